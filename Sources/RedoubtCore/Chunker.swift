@@ -1,0 +1,104 @@
+import Crypto
+
+/// Content-defined chunking: FastCDC with normalized chunking (level 2) and a gear table
+/// derived from the tenant's secret ``ChunkerSeed`` (docs/FORMAT.md §3).
+///
+/// The chunker is pure and stateless between chunks: ``cut(_:final:)`` is given the bytes
+/// that start at a chunk boundary and answers where that chunk ends. Because the gear
+/// table is secret, cut points (and so chunk sizes) differ between tenants, and sizes do
+/// not fingerprint content across them.
+public struct Chunker: Sendable {
+    /// Size limits of a chunker. `avg` must be a power of two.
+    public struct Parameters: Sendable, Equatable {
+        public let min: Int
+        public let avg: Int
+        public let max: Int
+
+        public init(min: Int, avg: Int, max: Int) {
+            precondition(min > 64 && min < avg && avg < max && avg & (avg - 1) == 0, "invalid chunker parameters")
+            self.min = min
+            self.avg = avg
+            self.max = max
+        }
+
+        /// 512 KiB / 1 MiB / 8 MiB: the format-v1 default.
+        public static let `default` = Parameters(min: 512 << 10, avg: 1 << 20, max: 8 << 20)
+    }
+
+    public let parameters: Parameters
+    private let gear: [UInt64]
+    /// Stricter mask before `avg` (log2(avg)+2 bits), looser after (log2(avg)-2 bits).
+    private let maskSmall: UInt64
+    private let maskLarge: UInt64
+
+    /// Derives the gear table: HKDF-SHA256(seed, salt: "redoubt/v1/chunker-gear") expanded
+    /// to 2048 bytes, read as 256 little-endian UInt64.
+    public init(seed: ChunkerSeed, parameters: Parameters = .default) {
+        self.parameters = parameters
+        let okm = seed.secret.withUnsafeBytes { ikm in
+            HKDF<SHA256>.deriveKey(inputKeyMaterial: SymmetricKey(data: ikm), salt: Label.gear, outputByteCount: 2048)
+        }
+        var table = [UInt64](repeating: 0, count: 256)
+        okm.withUnsafeBytes { raw in
+            for i in 0..<256 {
+                var v: UInt64 = 0
+                for j in 0..<8 { v |= UInt64(raw[i * 8 + j]) << UInt64(8 * j) }
+                table[i] = v
+            }
+        }
+        gear = table
+        let bits = parameters.avg.trailingZeroBitCount
+        // Masks on the high bits: after the shift-and-add, the top bits depend on the
+        // last 64 bytes, the low bits only on the last few.
+        maskSmall = ~UInt64(0) << UInt64(64 - (bits + 2))
+        maskLarge = ~UInt64(0) << UInt64(64 - (bits - 2))
+    }
+
+    /// The length of the chunk that starts at `data`'s first byte.
+    ///
+    /// Pass at least `parameters.max` bytes unless the input ends within them (`final`).
+    /// Returns nil when no boundary was found and more input is needed (fewer than `max`
+    /// bytes given and not `final`); otherwise a length in 1...max (the whole of `data`
+    /// when `final` and no boundary lies before its end).
+    public func cut(_ data: UnsafeRawBufferPointer, final: Bool) -> Int? {
+        let n = data.count
+        let p = parameters
+        if n <= p.min { return final ? (n == 0 ? nil : n) : (n >= p.max ? n : nil) }
+        let limit = Swift.min(n, p.max)
+        let normal = Swift.min(p.avg, limit)
+        let found: Int? = gear.withUnsafeBufferPointer { g -> Int? in
+            var hash: UInt64 = 0
+            var i = p.min
+            let ms = maskSmall, ml = maskLarge
+            while i < normal {
+                hash = (hash << 1) &+ g[Int(data[i])]
+                if hash & ms == 0 { return i + 1 }
+                i += 1
+            }
+            while i < limit {
+                hash = (hash << 1) &+ g[Int(data[i])]
+                if hash & ml == 0 { return i + 1 }
+                i += 1
+            }
+            return nil
+        }
+        if let found { return found }
+        if limit == p.max { return p.max }
+        return final ? n : nil
+    }
+
+    /// Splits a whole in-memory buffer into chunk lengths (for trees and tests).
+    public func split(_ data: UnsafeRawBufferPointer) -> [Int] {
+        var lengths: [Int] = []
+        var offset = 0
+        while offset < data.count {
+            let rest = UnsafeRawBufferPointer(rebasing: data[offset...])
+            guard let len = cut(rest, final: true) else { break }
+            lengths.append(len)
+            offset += len
+        }
+        return lengths
+    }
+
+    public func split(_ data: [UInt8]) -> [Int] { data.withUnsafeBytes { split($0) } }
+}

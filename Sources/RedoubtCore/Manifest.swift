@@ -1,0 +1,234 @@
+import Crypto
+import Foundation
+
+/// Counts a backup reports about itself. Public: the server may read them.
+public struct SnapshotStatistics: Sendable, Hashable, Codable {
+    public var files: UInt64 = 0
+    public var directories: UInt64 = 0
+    public var otherEntries: UInt64 = 0
+    /// Total logical size of the files.
+    public var bytesTotal: UInt64 = 0
+    /// Bytes the client read from disk (unchanged files found in its cache are not read).
+    public var bytesRead: UInt64 = 0
+    /// Bytes of packs uploaded for this snapshot, after dedup and compression.
+    public var bytesUploaded: UInt64 = 0
+    public var chunksNew: UInt64 = 0
+    public var chunksReused: UInt64 = 0
+    public init() {}
+}
+
+/// The public header of a snapshot manifest: what a server may read and index.
+public struct ManifestHeader: Sendable, Hashable {
+    public var tenant: String
+    /// The read key the sealed part is sealed to.
+    public var readKeyID: ReadKeyID
+    public var host: String
+    /// The host's Ed25519 key that signs the manifest.
+    public var hostKey: HostPublicKey
+    /// When the backup started, by the client's clock.
+    public var time: Timestamp
+    /// 16 random bytes, so two snapshots never share an ID.
+    public var nonce: [UInt8]
+    /// The paths that were backed up, as given (raw bytes).
+    public var paths: [[UInt8]]
+    public var tags: [String]
+    public var statistics: SnapshotStatistics
+    /// Every pack that holds a chunk this snapshot needs, ascending, unique.
+    public var packs: [PackID]
+    public var clientVersion: String
+
+    public init(tenant: String, readKeyID: ReadKeyID, host: String, hostKey: HostPublicKey, time: Timestamp, nonce: [UInt8],
+                paths: [[UInt8]], tags: [String], statistics: SnapshotStatistics, packs: [PackID], clientVersion: String) {
+        self.tenant = tenant
+        self.readKeyID = readKeyID
+        self.host = host
+        self.hostKey = hostKey
+        self.time = time
+        self.nonce = nonce
+        self.paths = paths
+        self.tags = tags
+        self.statistics = statistics
+        self.packs = packs
+        self.clientVersion = clientVersion
+    }
+}
+
+/// A snapshot manifest (format v1, docs/FORMAT.md §6): a public header, a part sealed to
+/// the tenant's read key (the root tree), and the host's signature over both.
+///
+/// The snapshot ID is the SHA-256 of the manifest's bytes.
+public struct Manifest: Sendable {
+    public static let magic = Array("RDBTSNAP".utf8)
+    public static let version: UInt16 = 1
+    static let sealedAADLabel = Array("redoubt/v1/manifest-sealed-aad".utf8)
+    public static let maxSize = 64 << 20
+    static let signatureSize = 64
+
+    public let id: SnapshotID
+    public let header: ManifestHeader
+    /// The exact bytes, as stored and as signed.
+    public let bytes: [UInt8]
+    let headerBytes: [UInt8]
+    let encapsulatedKey: [UInt8]
+    let sealedBody: [UInt8]
+    let signature: [UInt8]
+    let signedLength: Int
+
+    /// Builds and signs a manifest. `root` is the chunk list of the root tree's encoding.
+    public static func create(header: ManifestHeader, root: [ChunkID], readPublicKey: ReadPublicKey, signingKey: HostSigningKey) throws(CoreError) -> Manifest {
+        guard header.readKeyID == readPublicKey.keyID, header.hostKey == signingKey.publicKey else {
+            throw CoreError(.badKey, object: "new snapshot", "header names a different read key or host key than the ones given")
+        }
+        guard header.nonce.count == 16 else { throw CoreError(.corrupt, object: "new snapshot", "nonce must be 16 bytes") }
+        let headerBytes = encodeHeader(header)
+        var body = ByteWriter(capacity: 8 + root.count * 32)
+        body.uvarint(UInt64(root.count))
+        for c in root { body.raw(c.bytes) }
+        var w = ByteWriter(capacity: headerBytes.count + 2048)
+        w.raw(magic)
+        w.u16(version)
+        w.lengthPrefixed(headerBytes)
+        do {
+            var sender = try HPKE.Sender(recipientKey: readPublicKey.key, ciphersuite: readKeyCiphersuite, info: hpkeInfo(readPublicKey.keyID))
+            let sealed = try sender.seal(body.bytes, authenticating: sealedAADLabel + headerBytes)
+            w.lengthPrefixed(Array(sender.encapsulatedKey))
+            w.lengthPrefixed(Array(sealed))
+        } catch {
+            throw CoreError(.badKey, object: "new snapshot", "cannot seal the root to read key \(readPublicKey.keyID): \(error)")
+        }
+        let signed = w.bytes
+        w.raw(try signingKey.signature(for: Label.manifestSignature + signed))
+        return try parse(w.bytes, object: "new snapshot")
+    }
+
+    static func hpkeInfo(_ keyID: ReadKeyID) -> Data { Data(Label.manifestHPKE + keyID.bytes) }
+
+    /// Parses a manifest's structure from untrusted bytes. This checks neither the
+    /// signature nor who it names: call ``verify(tenant:host:hostKey:readKeyID:)``.
+    /// If `expectedID` is given the bytes must hash to it.
+    public static func parse(_ bytes: [UInt8], expectedID: SnapshotID? = nil, object: String? = nil) throws(CoreError) -> Manifest {
+        let id = SnapshotID(bytes: Array(SHA256.hash(data: bytes)))!
+        let object = object ?? "snapshot \(expectedID ?? id)"
+        if let expectedID, expectedID != id {
+            throw CoreError(.authenticationFailed, object: object, "bytes hash to \(id): the manifest was modified or is another one")
+        }
+        guard bytes.count <= maxSize else { throw CoreError(.limitExceeded, object: object, "manifest of \(bytes.count) bytes exceeds the limit") }
+        var r = ByteReader(bytes)
+        do {
+            guard try r.raw(8) == magic else { throw CoreError(.corrupt, object: object, "bad magic: not a Redoubt snapshot manifest") }
+            let v = try r.u16()
+            guard v == version else { throw CoreError(.unsupportedVersion, object: object, "manifest format version \(v); this build reads \(version): upgrade redoubt") }
+            let headerBytes = try r.lengthPrefixed()
+            let enc = try r.lengthPrefixed(limit: 2048)
+            let sealed = try r.lengthPrefixed()
+            let signedLength = r.offset
+            let sig = try r.raw(signatureSize)
+            guard r.isAtEnd else { throw CoreError(.corrupt, object: object, "trailing bytes after the signature") }
+            let header = try decodeHeader(headerBytes, object: object)
+            return Manifest(id: id, header: header, bytes: bytes, headerBytes: headerBytes, encapsulatedKey: enc,
+                            sealedBody: sealed, signature: sig, signedLength: signedLength)
+        } catch let e as CoreError { throw e } catch let e as ByteReader.Failure { throw e.corrupt(object, "malformed manifest") } catch {
+            throw CoreError(.corrupt, object: object, "\(error)")
+        }
+    }
+
+    /// Checks the host's signature and that the manifest names this tenant, host, host
+    /// key and read key. What a server does before it accepts a commit, and a restorer
+    /// before it trusts a snapshot.
+    public func verify(tenant: String, host: String, hostKey: HostPublicKey, readKeyID: ReadKeyID) throws(CoreError) {
+        let object = "snapshot \(id)"
+        guard hostKey.isValidSignature(signature, for: Label.manifestSignature + Array(bytes[0..<signedLength])) else {
+            throw CoreError(.badSignature, object: object, "signature does not verify with host \(host)'s key: the manifest was modified or signed by another host")
+        }
+        guard header.hostKey == hostKey else { throw CoreError(.badSignature, object: object, "names host key \(header.hostKey), not \(host)'s registered key") }
+        guard header.tenant == tenant else { throw CoreError(.badSignature, object: object, "names tenant \(header.tenant.debugDescription), expected \(tenant.debugDescription)") }
+        guard header.host == host else { throw CoreError(.badSignature, object: object, "names host \(header.host.debugDescription), expected \(host.debugDescription)") }
+        guard header.readKeyID == readKeyID else {
+            throw CoreError(.wrongTenant, object: object, "sealed to read key \(header.readKeyID), not the tenant's \(readKeyID)")
+        }
+    }
+
+    /// Unseals the root tree's chunk list with the read key.
+    public func openRoot(readKey: ReadPrivateKey) throws(CoreError) -> [ChunkID] {
+        let object = "snapshot \(id)"
+        guard header.readKeyID == readKey.publicKey.keyID else {
+            throw CoreError(.wrongTenant, object: object, "sealed to read key \(header.readKeyID), not this tenant's \(readKey.publicKey.keyID)")
+        }
+        let plain: Data
+        do {
+            var recipient = try HPKE.Recipient(privateKey: readKey.key, ciphersuite: readKeyCiphersuite, info: Manifest.hpkeInfo(header.readKeyID),
+                                               encapsulatedKey: Data(encapsulatedKey))
+            plain = try recipient.open(sealedBody, authenticating: Manifest.sealedAADLabel + headerBytes)
+        } catch {
+            throw CoreError(.authenticationFailed, object: object, "sealed root does not authenticate: the manifest was modified")
+        }
+        var r = ByteReader(plain)
+        do {
+            let n = try r.count(limit: r.remaining / 32)
+            var out: [ChunkID] = []
+            for _ in 0..<n { out.append(ChunkID(bytes: try r.raw(32))!) }
+            guard r.isAtEnd, !out.isEmpty else { throw CoreError(.corrupt, object: object, "sealed root is malformed") }
+            return out
+        } catch let e as CoreError { throw e } catch let e as ByteReader.Failure { throw e.corrupt(object, "sealed root") } catch {
+            throw CoreError(.corrupt, object: object, "\(error)")
+        }
+    }
+
+    static func encodeHeader(_ h: ManifestHeader) -> [UInt8] {
+        var w = ByteWriter(capacity: 512 + h.packs.count * 32)
+        w.string(h.tenant)
+        w.raw(h.readKeyID.bytes)
+        w.string(h.host)
+        w.lengthPrefixed(h.hostKey.rawRepresentation)
+        w.i64(h.time.seconds)
+        w.u32(h.time.nanoseconds)
+        w.raw(h.nonce)
+        w.uvarint(UInt64(h.paths.count))
+        for p in h.paths { w.lengthPrefixed(p) }
+        w.uvarint(UInt64(h.tags.count))
+        for t in h.tags { w.string(t) }
+        let s = h.statistics
+        for v in [s.files, s.directories, s.otherEntries, s.bytesTotal, s.bytesRead, s.bytesUploaded, s.chunksNew, s.chunksReused] { w.uvarint(v) }
+        let packs = Array(Set(h.packs)).sorted()
+        w.uvarint(UInt64(packs.count))
+        for p in packs { w.raw(p.bytes) }
+        w.string(h.clientVersion)
+        return w.bytes
+    }
+
+    static func decodeHeader(_ bytes: [UInt8], object: String) throws(CoreError) -> ManifestHeader {
+        var r = ByteReader(bytes)
+        do {
+            let tenant = try r.string(limit: 256)
+            let keyID = ReadKeyID(bytes: try r.raw(16))!
+            let host = try r.string(limit: 256)
+            let hostKey = try HostPublicKey(rawRepresentation: try r.lengthPrefixed(limit: 64))
+            let time = Timestamp(seconds: try r.i64(), nanoseconds: try r.u32())
+            guard time.nanoseconds < 1_000_000_000 else { throw CoreError(.corrupt, object: object, "time nanoseconds out of range") }
+            let nonce = try r.raw(16)
+            var paths: [[UInt8]] = []
+            for _ in 0..<(try r.count(limit: r.remaining)) { paths.append(try r.lengthPrefixed(limit: 65536)) }
+            var tags: [String] = []
+            for _ in 0..<(try r.count(limit: r.remaining)) { tags.append(try r.string(limit: 1024)) }
+            var s = SnapshotStatistics()
+            s.files = try r.uvarint(); s.directories = try r.uvarint(); s.otherEntries = try r.uvarint()
+            s.bytesTotal = try r.uvarint(); s.bytesRead = try r.uvarint(); s.bytesUploaded = try r.uvarint()
+            s.chunksNew = try r.uvarint(); s.chunksReused = try r.uvarint()
+            let np = try r.count(limit: r.remaining / 32)
+            var packs: [PackID] = []
+            packs.reserveCapacity(np)
+            for _ in 0..<np {
+                let p = PackID(bytes: try r.raw(32))!
+                // Why: canonical order, so one set of packs has one encoding.
+                if let last = packs.last, !(last < p) { throw CoreError(.corrupt, object: object, "pack list not ascending and unique") }
+                packs.append(p)
+            }
+            let clientVersion = try r.string(limit: 256)
+            guard r.isAtEnd else { throw CoreError(.corrupt, object: object, "trailing bytes in header") }
+            return ManifestHeader(tenant: tenant, readKeyID: keyID, host: host, hostKey: hostKey, time: time, nonce: nonce,
+                                  paths: paths, tags: tags, statistics: s, packs: packs, clientVersion: clientVersion)
+        } catch let e as CoreError { throw e } catch let e as ByteReader.Failure { throw e.corrupt(object, "malformed header") } catch {
+            throw CoreError(.corrupt, object: object, "\(error)")
+        }
+    }
+}

@@ -1,0 +1,396 @@
+import Crypto
+import Foundation
+
+/// Pack format v1 (docs/FORMAT.md §4): a header with a fresh data key sealed to the
+/// tenant's read key (HPKE), the chunks sealed with AES-256-GCM under that key, the
+/// sealed index, the public chunk-ID list and a fixed footer. The pack ID is the SHA-256
+/// of all of it.
+public enum PackFormat {
+    public static let magic = Array("RDBTPACK".utf8)
+    public static let footerMagic = Array("RDBTEND1".utf8)
+    public static let version: UInt16 = 1
+    /// Suite 1: X-Wing HPKE for the data key, AES-256-GCM for chunks, zstd.
+    public static let suite: UInt16 = 1
+    /// Bytes in the footer: index offset u64, index length u32, chunk count u32, magic.
+    public static let footerSize = 24
+    /// Bytes in one plaintext index entry.
+    static let entrySize = 32 + 8 + 4 + 4 + 1
+    /// At most this many chunks per pack: bounds the index and the AEAD invocations per
+    /// data key (2^20, far inside AES-GCM's limits; docs/FORMAT.md §4.4).
+    public static let maxChunks = 1 << 20
+    /// Largest plaintext chunk a pack accepts (the chunker's max is 8 MiB).
+    public static let maxRawChunk = 16 << 20
+    /// Largest pack a reader will accept.
+    public static let maxPackSize = 4 << 30
+    static let tagSize = 16
+    static let chunkAADLabel = Array("redoubt/v1/chunk".utf8)
+    static let indexAADLabel = Array("redoubt/v1/pack-index".utf8)
+
+    static func nonce(domain: UInt8, counter: UInt64) -> AES.GCM.Nonce {
+        var b = [UInt8](repeating: 0, count: 12)
+        b[0] = domain
+        for i in 0..<8 { b[4 + i] = UInt8(truncatingIfNeeded: counter >> UInt64(8 * i)) }
+        return try! AES.GCM.Nonce(data: b)  // 12 bytes is always a valid GCM nonce
+    }
+
+    static func chunkAAD(_ id: ChunkID, kind: CompressionKind, rawLength: Int) -> [UInt8] {
+        var w = ByteWriter(capacity: 64)
+        w.raw(chunkAADLabel)
+        w.raw(id.bytes)
+        w.u8(kind.rawValue)
+        w.u32(UInt32(rawLength))
+        return w.bytes
+    }
+
+    static func indexAAD(count: Int) -> [UInt8] {
+        var w = ByteWriter(capacity: 32)
+        w.raw(indexAADLabel)
+        w.u32(UInt32(count))
+        return w.bytes
+    }
+
+    static func hpkeInfo(_ keyID: ReadKeyID) -> Data { Data(Label.packHPKE + keyID.bytes) }
+}
+
+/// One chunk's entry in a pack index.
+public struct PackIndexEntry: Sendable, Equatable {
+    public let chunkID: ChunkID
+    /// Offset of the sealed chunk from the start of the pack.
+    public let offset: UInt64
+    /// Ciphertext plus tag.
+    public let sealedLength: UInt32
+    /// Length of the plaintext chunk.
+    public let rawLength: UInt32
+    public let kind: CompressionKind
+    /// Position in the pack; the chunk's nonce counter.
+    public let sequence: UInt32
+}
+
+/// A pack once written: its ID, bytes and the chunk IDs it holds, in order.
+public struct FinishedPack: Sendable {
+    public let id: PackID
+    public let bytes: [UInt8]
+    public let entries: [PackIndexEntry]
+    public var chunkIDs: [ChunkID] { entries.map(\.chunkID) }
+}
+
+/// Builds one pack in memory. Not thread-safe; one per pipeline.
+///
+/// Each writer draws a fresh random data key, so nonces are counters (chunk sequence
+/// numbers) and never repeat under a key.
+public struct PackWriter {
+    private var bytes: [UInt8]
+    private var hasher = SHA256()
+    private var hashed = 0
+    private let dataKey: SymmetricKey
+    private var entries: [PackIndexEntry] = []
+
+    /// Starts a pack sealed to `recipient`. `capacity` is a hint for the final size.
+    public init(recipient: ReadPublicKey, capacity: Int = 40 << 20) throws(CoreError) {
+        dataKey = SymmetricKey(size: .bits256)
+        var w = ByteWriter(capacity: 2048)
+        w.raw(PackFormat.magic)
+        w.u16(PackFormat.version)
+        w.u16(PackFormat.suite)
+        w.raw(recipient.keyID.bytes)
+        do {
+            var sender = try HPKE.Sender(recipientKey: recipient.key, ciphersuite: readKeyCiphersuite, info: PackFormat.hpkeInfo(recipient.keyID))
+            w.u16(UInt16(sender.encapsulatedKey.count))
+            w.raw(sender.encapsulatedKey)
+            let aad = w.bytes
+            let sealed = try dataKey.withUnsafeBytes { try sender.seal($0, authenticating: aad) }
+            w.raw(sealed)
+        } catch {
+            throw CoreError(.badKey, object: "new pack", "cannot seal the data key to read key \(recipient.keyID): \(error)")
+        }
+        bytes = w.bytes
+        bytes.reserveCapacity(capacity)
+    }
+
+    /// Bytes written so far (header and chunks; the index and footer come at finish).
+    public var size: Int { bytes.count }
+    public var chunkCount: Int { entries.count }
+
+    /// Seals one chunk's payload (already compressed or not) and appends it.
+    public mutating func append(id: ChunkID, kind: CompressionKind, rawLength: Int, payload: UnsafeRawBufferPointer) throws(CoreError) {
+        guard entries.count < PackFormat.maxChunks else {
+            throw CoreError(.limitExceeded, object: "chunk \(id.short)", "pack already holds \(PackFormat.maxChunks) chunks; finish it first")
+        }
+        guard rawLength <= PackFormat.maxRawChunk, payload.count <= PackFormat.maxRawChunk + 1024 else {
+            throw CoreError(.limitExceeded, object: "chunk \(id.short)", "chunk of \(rawLength) bytes exceeds the \(PackFormat.maxRawChunk)-byte limit")
+        }
+        let seq = UInt32(entries.count)
+        let nonce = PackFormat.nonce(domain: 0, counter: UInt64(seq))
+        let aad = PackFormat.chunkAAD(id, kind: kind, rawLength: rawLength)
+        let box: AES.GCM.SealedBox
+        do { box = try AES.GCM.seal(payload, using: dataKey, nonce: nonce, authenticating: aad) } catch {
+            throw CoreError(.badKey, object: "chunk \(id.short)", "AES-GCM seal failed: \(error)")
+        }
+        let offset = bytes.count
+        bytes.append(contentsOf: box.ciphertext)
+        bytes.append(contentsOf: box.tag)
+        entries.append(PackIndexEntry(chunkID: id, offset: UInt64(offset), sealedLength: UInt32(bytes.count - offset),
+                                      rawLength: UInt32(rawLength), kind: kind, sequence: seq))
+        hashPending()
+    }
+
+    public mutating func append(id: ChunkID, kind: CompressionKind, rawLength: Int, payload: [UInt8]) throws(CoreError) {
+        try narrow { try payload.withUnsafeBytes { try append(id: id, kind: kind, rawLength: rawLength, payload: $0) } }
+    }
+
+    private mutating func hashPending() {
+        let from = hashed
+        bytes.withUnsafeBytes { hasher.update(bufferPointer: UnsafeRawBufferPointer(rebasing: $0[from...])) }
+        hashed = bytes.count
+    }
+
+    /// Seals the index, writes the public chunk list and footer, and returns the pack.
+    public consuming func finish() throws(CoreError) -> FinishedPack {
+        var index = ByteWriter(capacity: 4 + entries.count * PackFormat.entrySize)
+        index.u32(UInt32(entries.count))
+        for e in entries {
+            index.raw(e.chunkID.bytes)
+            index.u64(e.offset)
+            index.u32(e.sealedLength)
+            index.u32(e.rawLength)
+            index.u8(e.kind.rawValue)
+        }
+        let box: AES.GCM.SealedBox
+        do {
+            box = try AES.GCM.seal(index.bytes, using: dataKey, nonce: PackFormat.nonce(domain: 1, counter: 0),
+                                   authenticating: PackFormat.indexAAD(count: entries.count))
+        } catch { throw CoreError(.badKey, object: "pack index", "AES-GCM seal failed: \(error)") }
+        let indexOffset = bytes.count
+        bytes.append(contentsOf: box.ciphertext)
+        bytes.append(contentsOf: box.tag)
+        let indexLength = bytes.count - indexOffset
+        for e in entries { bytes.append(contentsOf: e.chunkID.bytes) }
+        var f = ByteWriter(capacity: PackFormat.footerSize)
+        f.u64(UInt64(indexOffset))
+        f.u32(UInt32(indexLength))
+        f.u32(UInt32(entries.count))
+        f.raw(PackFormat.footerMagic)
+        bytes.append(contentsOf: f.bytes)
+        hashPending()
+        let id = PackID(bytes: Array(hasher.finalize()))!
+        return FinishedPack(id: id, bytes: bytes, entries: entries)
+    }
+}
+
+/// The parsed, unauthenticated header of a pack.
+public struct PackHeader: Sendable {
+    public let version: UInt16
+    public let keyID: ReadKeyID
+    let encapsulatedKey: [UInt8]
+    let sealedDataKey: [UInt8]
+    /// The header's length in bytes; chunks start here.
+    public let length: Int
+    /// The bytes the HPKE seal authenticates.
+    let authenticated: [UInt8]
+
+    /// Bytes a reader should fetch from the start of a pack to be sure of the header.
+    public static let maxLength = 30 + 2048 + 48
+
+    /// Parses a header from the first bytes of a pack (at least the header's length).
+    public static func parse(_ prefix: [UInt8], object: String) throws(CoreError) -> PackHeader {
+        var r = ByteReader(prefix)
+        do {
+            guard try r.raw(8) == PackFormat.magic else { throw CoreError(.corrupt, object: object, "bad magic: not a Redoubt pack") }
+            let version = try r.u16()
+            guard version == PackFormat.version else {
+                throw CoreError(.unsupportedVersion, object: object, "pack format version \(version); this build reads version \(PackFormat.version): upgrade redoubt")
+            }
+            let suite = try r.u16()
+            guard suite == PackFormat.suite else { throw CoreError(.unsupportedVersion, object: object, "unknown cipher suite \(suite)") }
+            let keyID = ReadKeyID(bytes: try r.raw(16))!
+            let encLen = Int(try r.u16())
+            guard encLen > 0 && encLen <= 2048 else { throw CoreError(.corrupt, object: object, "encapsulated key length \(encLen) out of range") }
+            let enc = try r.raw(encLen)
+            let authenticated = Array(prefix[0..<r.offset])
+            let sealed = try r.raw(32 + PackFormat.tagSize)
+            return PackHeader(version: version, keyID: keyID, encapsulatedKey: enc, sealedDataKey: sealed, length: r.offset, authenticated: authenticated)
+        } catch let e as CoreError { throw e } catch let e as ByteReader.Failure { throw e.corrupt(object, "header") } catch { throw CoreError(.corrupt, object: object, "\(error)") }
+    }
+}
+
+/// The parsed footer of a pack.
+public struct PackFooter: Sendable, Equatable {
+    public let indexOffset: UInt64
+    public let indexLength: UInt32
+    public let chunkCount: UInt32
+
+    /// Parses the last ``PackFormat/footerSize`` bytes of a pack of `packSize` bytes and
+    /// checks that the regions it names fit the pack exactly.
+    public static func parse(_ tail: [UInt8], packSize: Int, headerLength: Int, object: String) throws(CoreError) -> PackFooter {
+        guard tail.count == PackFormat.footerSize else { throw CoreError(.corrupt, object: object, "footer is \(tail.count) bytes, expected \(PackFormat.footerSize)") }
+        var r = ByteReader(tail)
+        do {
+            let off = try r.u64(), len = try r.u32(), count = try r.u32()
+            guard try r.raw(8) == PackFormat.footerMagic else { throw CoreError(.corrupt, object: object, "bad footer magic: pack truncated or not a Redoubt pack") }
+            guard count <= PackFormat.maxChunks else { throw CoreError(.corrupt, object: object, "footer claims \(count) chunks, more than the format allows") }
+            let expectedIndexLength = UInt64(4 + Int(count) * PackFormat.entrySize + PackFormat.tagSize)
+            let listEnd = off &+ UInt64(len) &+ UInt64(count) * 32 &+ UInt64(PackFormat.footerSize)
+            guard off >= UInt64(headerLength), UInt64(len) == expectedIndexLength, off <= UInt64(packSize), listEnd == UInt64(packSize) else {
+                throw CoreError(.corrupt, object: object, "footer regions do not match the pack's size (\(packSize) bytes): truncated or extended")
+            }
+            return PackFooter(indexOffset: off, indexLength: len, chunkCount: count)
+        } catch let e as CoreError { throw e } catch let e as ByteReader.Failure { throw e.corrupt(object, "footer") } catch { throw CoreError(.corrupt, object: object, "\(error)") }
+    }
+}
+
+/// What anyone can check about a pack without a key.
+public struct PackSummary: Sendable {
+    public let id: PackID
+    public let keyID: ReadKeyID
+    public let chunkIDs: [ChunkID]
+    public let size: Int
+}
+
+/// Reads packs. The one place that turns pack bytes into authenticated values.
+public enum PackReader {
+    /// Verifies a pack's hash and structure without any key and returns its public chunk
+    /// list: what a server does before it accepts an upload.
+    public static func inspect(_ bytes: [UInt8], expectedID: PackID) throws(CoreError) -> PackSummary {
+        let object = "pack \(expectedID)"
+        guard bytes.count <= PackFormat.maxPackSize else { throw CoreError(.limitExceeded, object: object, "pack of \(bytes.count) bytes exceeds the format's limit") }
+        let actual = PackID(bytes: Array(SHA256.hash(data: bytes)))!
+        guard actual == expectedID else {
+            throw CoreError(.authenticationFailed, object: object, "bytes hash to \(actual): the pack was modified, truncated or is another pack")
+        }
+        let header = try PackHeader.parse(Array(bytes.prefix(PackHeader.maxLength)), object: object)
+        guard bytes.count >= header.length + PackFormat.footerSize else { throw CoreError(.corrupt, object: object, "truncated: no footer") }
+        let footer = try PackFooter.parse(Array(bytes.suffix(PackFormat.footerSize)), packSize: bytes.count, headerLength: header.length, object: object)
+        let listStart = Int(footer.indexOffset) + Int(footer.indexLength)
+        var ids: [ChunkID] = []
+        ids.reserveCapacity(Int(footer.chunkCount))
+        for i in 0..<Int(footer.chunkCount) {
+            let s = listStart + 32 * i
+            ids.append(ChunkID(bytes: Array(bytes[s..<(s + 32)]))!)
+        }
+        return PackSummary(id: actual, keyID: header.keyID, chunkIDs: ids, size: bytes.count)
+    }
+
+    /// Opens a whole pack with the read key: checks its hash, unseals the data key and
+    /// the index, and checks the index against the public chunk list and the footer.
+    public static func open(_ bytes: [UInt8], expectedID: PackID, readKey: ReadPrivateKey) throws(CoreError) -> OpenedPack {
+        let summary = try inspect(bytes, expectedID: expectedID)
+        let object = "pack \(expectedID)"
+        let header = try PackHeader.parse(Array(bytes.prefix(PackHeader.maxLength)), object: object)
+        let footer = try PackFooter.parse(Array(bytes.suffix(PackFormat.footerSize)), packSize: bytes.count, headerLength: header.length, object: object)
+        let dataKey = try unsealDataKey(header, readKey: readKey, object: object)
+        let start = Int(footer.indexOffset)
+        let sealedIndex = Array(bytes[start..<(start + Int(footer.indexLength))])
+        let entries = try openIndex(sealedIndex, footer: footer, headerLength: header.length, dataKey: dataKey, object: object)
+        guard entries.map(\.chunkID) == summary.chunkIDs else {
+            throw CoreError(.authenticationFailed, object: object, "public chunk list differs from the sealed index")
+        }
+        return OpenedPack(id: expectedID, dataKey: dataKey, entries: entries, bytes: bytes)
+    }
+
+    /// Unseals the pack's data key with the read key.
+    static func unsealDataKey(_ header: PackHeader, readKey: ReadPrivateKey, object: String) throws(CoreError) -> SymmetricKey {
+        guard header.keyID == readKey.publicKey.keyID else {
+            throw CoreError(.wrongTenant, object: object, "sealed to read key \(header.keyID), not this tenant's \(readKey.publicKey.keyID): it belongs to another tenant")
+        }
+        do {
+            var recipient = try HPKE.Recipient(privateKey: readKey.key, ciphersuite: readKeyCiphersuite,
+                                               info: PackFormat.hpkeInfo(header.keyID), encapsulatedKey: Data(header.encapsulatedKey))
+            var keyBytes = try recipient.open(header.sealedDataKey, authenticating: header.authenticated)
+            defer { keyBytes.resetBytes(in: 0..<keyBytes.count) }
+            guard keyBytes.count == 32 else { throw CoreError(.corrupt, object: object, "data key has \(keyBytes.count) bytes") }
+            return SymmetricKey(data: keyBytes)
+        } catch let e as CoreError { throw e } catch {
+            throw CoreError(.authenticationFailed, object: object, "data key does not unseal: the header was modified")
+        }
+    }
+
+    /// Decrypts and parses a sealed index.
+    static func openIndex(_ sealed: [UInt8], footer: PackFooter, headerLength: Int, dataKey: SymmetricKey, object: String) throws(CoreError) -> [PackIndexEntry] {
+        let count = Int(footer.chunkCount)
+        let plain: Data
+        do {
+            let box = try AES.GCM.SealedBox(nonce: PackFormat.nonce(domain: 1, counter: 0),
+                                            ciphertext: sealed.dropLast(PackFormat.tagSize), tag: sealed.suffix(PackFormat.tagSize))
+            plain = try AES.GCM.open(box, using: dataKey, authenticating: PackFormat.indexAAD(count: count))
+        } catch {
+            throw CoreError(.authenticationFailed, object: object, "index does not authenticate: modified, or from another pack")
+        }
+        var r = ByteReader(plain)
+        var entries: [PackIndexEntry] = []
+        entries.reserveCapacity(count)
+        do {
+            guard Int(try r.u32()) == count else { throw CoreError(.corrupt, object: object, "index count differs from footer") }
+            var expectedOffset = UInt64(headerLength)
+            for seq in 0..<count {
+                let id = ChunkID(bytes: try r.raw(32))!
+                let off = try r.u64(), sealedLen = try r.u32(), rawLen = try r.u32()
+                guard let kind = CompressionKind(rawValue: try r.u8()) else { throw CoreError(.corrupt, object: object, "chunk \(id.short): unknown compression") }
+                // Why: chunks must tile the chunk area in order, so no region is hidden or shared.
+                guard off == expectedOffset, sealedLen >= UInt32(PackFormat.tagSize), rawLen <= UInt32(PackFormat.maxRawChunk) else {
+                    throw CoreError(.corrupt, object: object, "chunk \(id.short): index entry out of place")
+                }
+                expectedOffset = off + UInt64(sealedLen)
+                entries.append(PackIndexEntry(chunkID: id, offset: off, sealedLength: sealedLen, rawLength: rawLen, kind: kind, sequence: UInt32(seq)))
+            }
+            guard expectedOffset == footer.indexOffset, r.isAtEnd else { throw CoreError(.corrupt, object: object, "index does not cover the chunk area exactly") }
+        } catch let e as CoreError { throw e } catch let e as ByteReader.Failure { throw e.corrupt(object, "index") } catch { throw CoreError(.corrupt, object: object, "\(error)") }
+        return entries
+    }
+}
+
+/// A pack whose data key and index have been authenticated.
+public struct OpenedPack: Sendable {
+    public let id: PackID
+    let dataKey: SymmetricKey
+    public let entries: [PackIndexEntry]
+    let bytes: [UInt8]
+
+    /// Decrypts, decompresses and checks the chunk at `entry`: its tag (so it was sealed
+    /// here, at this position, with this ID) and its keyed ID (so the plaintext is what
+    /// the ID names).
+    public func chunk(_ entry: PackIndexEntry, chunkIDKey: ChunkIDKey, decompressor: ChunkDecompressor) throws(CoreError) -> [UInt8] {
+        let s = Int(entry.offset), e = s + Int(entry.sealedLength)
+        return try narrow { try bytes.withUnsafeBytes { b in
+            try ChunkOpener.open(UnsafeRawBufferPointer(rebasing: b[s..<e]), entry: entry, dataKey: dataKey, packID: id,
+                                 chunkIDKey: chunkIDKey, decompressor: decompressor)
+        } }
+    }
+
+    /// Every chunk, in pack order.
+    public func allChunks(chunkIDKey: ChunkIDKey, decompressor: ChunkDecompressor) throws(CoreError) -> [(ChunkID, [UInt8])] {
+        var out: [(ChunkID, [UInt8])] = []
+        for e in entries { out.append((e.chunkID, try chunk(e, chunkIDKey: chunkIDKey, decompressor: decompressor))) }
+        return out
+    }
+}
+
+enum ChunkOpener {
+    static func open(_ sealed: UnsafeRawBufferPointer, entry: PackIndexEntry, dataKey: SymmetricKey, packID: PackID,
+                     chunkIDKey: ChunkIDKey, decompressor: ChunkDecompressor) throws(CoreError) -> [UInt8] {
+        let object = "chunk \(entry.chunkID) in pack \(packID)"
+        guard sealed.count == Int(entry.sealedLength), sealed.count >= PackFormat.tagSize else {
+            throw CoreError(.corrupt, object: object, "sealed length \(sealed.count) differs from the index")
+        }
+        let payload: Data
+        do {
+            let box = try AES.GCM.SealedBox(nonce: PackFormat.nonce(domain: 0, counter: UInt64(entry.sequence)),
+                                            ciphertext: UnsafeRawBufferPointer(rebasing: sealed.dropLast(PackFormat.tagSize)),
+                                            tag: UnsafeRawBufferPointer(rebasing: sealed.suffix(PackFormat.tagSize)))
+            payload = try AES.GCM.open(box, using: dataKey, authenticating: PackFormat.chunkAAD(entry.chunkID, kind: entry.kind, rawLength: Int(entry.rawLength)))
+        } catch {
+            throw CoreError(.authenticationFailed, object: object, "does not authenticate: modified, reordered, or moved from another pack")
+        }
+        let plain: [UInt8]
+        switch entry.kind {
+        case .none:
+            guard payload.count == Int(entry.rawLength) else { throw CoreError(.corrupt, object: object, "length differs from the index") }
+            plain = Array(payload)
+        case .zstd:
+            plain = try narrow { try payload.withUnsafeBytes { try decompressor.decompress($0, rawLength: Int(entry.rawLength), object: object) } }
+        }
+        guard chunkIDKey.chunkID(for: plain) == entry.chunkID else {
+            throw CoreError(.authenticationFailed, object: object, "plaintext does not match its chunk ID (written with another chunk-ID key, or by a host that lied)")
+        }
+        return plain
+    }
+}

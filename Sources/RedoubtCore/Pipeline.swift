@@ -1,0 +1,201 @@
+/// The write side of the core: chunk → keyed ID → dedup → compress-or-skip → seal → pack.
+///
+/// Pure and in memory: finished packs are handed out with ``takeFinishedPacks()`` and
+/// the caller uploads them. One pipeline per task; not thread-safe.
+public final class PackPipeline {
+    public let material: SharedWriteMaterial
+    public let chunker: Chunker
+    /// A pack is finished once it holds at least this many bytes.
+    public let targetPackSize: Int
+    private let compressor: ChunkCompressor
+    private let isKnown: (ChunkID) -> Bool
+    private var current: PackWriter?
+    private var finished: [FinishedPack] = []
+    /// Chunk IDs sealed by this pipeline, with the pack that holds each (once finished).
+    private var sealedHere: Set<ChunkID> = []
+    public private(set) var chunksNew: UInt64 = 0
+    public private(set) var chunksReused: UInt64 = 0
+    public private(set) var bytesPacked: UInt64 = 0
+
+    /// `isKnown` answers whether the repository already holds a chunk (the server's
+    /// answer to "have?"); such chunks are not sealed again.
+    public init(material: SharedWriteMaterial, targetPackSize: Int = 32 << 20, compressionLevel: Int32 = ChunkCompressor.defaultLevel,
+                chunkerParameters: Chunker.Parameters = .default, isKnown: @escaping (ChunkID) -> Bool = { _ in false }) throws(CoreError) {
+        self.material = material
+        self.chunker = Chunker(seed: material.chunkerSeed, parameters: chunkerParameters)
+        self.targetPackSize = targetPackSize
+        self.compressor = try ChunkCompressor(level: compressionLevel)
+        self.isKnown = isKnown
+    }
+
+    /// Adds one chunk's plaintext; returns its ID. Seals it only if neither the
+    /// repository nor this pipeline already has it.
+    @discardableResult
+    public func add(chunk: UnsafeRawBufferPointer) throws(CoreError) -> ChunkID {
+        let id = material.chunkIDKey.chunkID(for: chunk)
+        if sealedHere.contains(id) || isKnown(id) {
+            chunksReused += 1
+            return id
+        }
+        if current == nil { current = try PackWriter(recipient: material.readPublicKey, capacity: targetPackSize + (9 << 20)) }
+        try narrow {
+            try compressor.compress(chunk) { kind, payload in
+                try current!.append(id: id, kind: kind, rawLength: chunk.count, payload: payload)
+            }
+        }
+        sealedHere.insert(id)
+        chunksNew += 1
+        if let c = current, c.size >= targetPackSize || c.chunkCount >= PackFormat.maxChunks - 1 { try finishCurrent() }
+        return id
+    }
+
+    /// Splits a whole in-memory blob (a tree encoding, a small file) with the chunker and
+    /// adds each chunk; returns the ordered chunk list.
+    public func add(blob: [UInt8]) throws(CoreError) -> [ChunkID] {
+        try narrow {
+            try blob.withUnsafeBytes { raw in
+                var ids: [ChunkID] = []
+                var offset = 0
+                while offset < raw.count {
+                    let rest = UnsafeRawBufferPointer(rebasing: raw[offset...])
+                    let len = chunker.cut(rest, final: true) ?? rest.count
+                    ids.append(try add(chunk: UnsafeRawBufferPointer(rebasing: rest[0..<len])))
+                    offset += len
+                }
+                if ids.isEmpty { ids.append(try add(chunk: UnsafeRawBufferPointer(start: nil, count: 0))) }
+                return ids
+            }
+        }
+    }
+
+    /// Encodes a tree and adds it; returns the chunk list that names it.
+    public func add(tree: Tree) throws(CoreError) -> [ChunkID] {
+        try add(blob: try TreeCodec.encode(tree))
+    }
+
+    /// Packs finished since the last call.
+    public func takeFinishedPacks() -> [FinishedPack] {
+        defer { finished.removeAll() }
+        return finished
+    }
+
+    /// Finishes the pack in progress, if any, and returns every pack not yet taken.
+    public func flush() throws(CoreError) -> [FinishedPack] {
+        try finishCurrent()
+        return takeFinishedPacks()
+    }
+
+    private func finishCurrent() throws(CoreError) {
+        guard let c = current else { return }
+        current = nil
+        let p = try c.finish()
+        bytesPacked += UInt64(p.bytes.count)
+        finished.append(p)
+    }
+}
+
+/// The read side of the core over packs fetched by a caller-supplied function: opens a
+/// snapshot's manifest, trees and file contents with the tenant's keys.
+///
+/// The chunk → pack map is built from the public chunk lists of the packs the manifest
+/// names, so it needs no catalog: only the packs and the read key.
+public final class SnapshotReader {
+    public let manifest: Manifest
+    private let readKey: ReadPrivateKey
+    private let chunkIDKey: ChunkIDKey
+    private let fetch: (PackID) throws -> [UInt8]
+    private var location: [ChunkID: PackID] = [:]
+    private var opened: [PackID: OpenedPack] = [:]
+    private var openedOrder: [PackID] = []
+    private let decompressor: ChunkDecompressor
+    /// Packs kept open (decrypted index and bytes) at once.
+    public var cacheLimit = 4
+
+    /// `fetch` returns a pack's bytes by ID (from a server, a bucket, a medium); any
+    /// error it throws is passed through.
+    public init(manifest: Manifest, readKey: ReadPrivateKey, chunkIDKey: ChunkIDKey, fetch: @escaping (PackID) throws -> [UInt8]) throws(CoreError) {
+        self.manifest = manifest
+        self.readKey = readKey
+        self.chunkIDKey = chunkIDKey
+        self.fetch = fetch
+        self.decompressor = try ChunkDecompressor()
+    }
+
+    /// Provides the chunk → pack map directly (from a catalog) instead of inspecting packs.
+    public func setLocations(_ map: [ChunkID: PackID]) { location = map }
+
+    private func locate(_ id: ChunkID) throws -> PackID {
+        if let p = location[id] { return p }
+        // Inspect the manifest's packs until the chunk is found.
+        for p in manifest.header.packs where !location.values.contains(p) {
+            let summary = try PackReader.inspect(try fetch(p), expectedID: p)
+            for c in summary.chunkIDs { location[c] = p }
+            if let found = location[id] { return found }
+        }
+        throw CoreError(.missing, object: "chunk \(id)", "not in any pack that snapshot \(manifest.id) names: the snapshot is incomplete")
+    }
+
+    private func pack(_ id: PackID) throws -> OpenedPack {
+        if let p = opened[id] { return p }
+        let p = try PackReader.open(try fetch(id), expectedID: id, readKey: readKey)
+        opened[id] = p
+        openedOrder.append(id)
+        if openedOrder.count > cacheLimit { opened[openedOrder.removeFirst()] = nil }
+        return p
+    }
+
+    /// One chunk's authenticated plaintext.
+    public func chunk(_ id: ChunkID) throws -> [UInt8] {
+        let p = try pack(try locate(id))
+        guard let entry = p.entries.first(where: { $0.chunkID == id }) else {
+            throw CoreError(.missing, object: "chunk \(id)", "pack \(p.id) does not hold it")
+        }
+        return try p.chunk(entry, chunkIDKey: chunkIDKey, decompressor: decompressor)
+    }
+
+    /// Concatenated plaintext of a chunk list.
+    public func blob(_ ids: [ChunkID]) throws -> [UInt8] {
+        var out: [UInt8] = []
+        for id in ids { out.append(contentsOf: try chunk(id)) }
+        return out
+    }
+
+    /// The snapshot's root tree.
+    public func rootTree() throws -> Tree {
+        let root = try manifest.openRoot(readKey: readKey)
+        return try TreeCodec.decode(try blob(root), object: "root tree of snapshot \(manifest.id)")
+    }
+
+    /// A directory node's tree.
+    public func tree(of node: Node) throws -> Tree {
+        try TreeCodec.decode(try blob(node.subtree), object: "tree of \(printable(node.name)) in snapshot \(manifest.id)")
+    }
+
+    /// A file node's whole contents, holes filled with zeros (for tests and small files).
+    public func contents(of node: Node) throws -> [UInt8] {
+        guard node.size <= 1 << 30 else {
+            throw CoreError(.limitExceeded, object: "file \(printable(node.name))", "too large to read into memory; restore it to a file instead")
+        }
+        let data = try blob(node.content)
+        guard let regions = node.dataRegions else {
+            guard UInt64(data.count) == node.size else {
+                throw CoreError(.corrupt, object: "file \(printable(node.name)) in snapshot \(manifest.id)", "content is \(data.count) bytes, tree says \(node.size)")
+            }
+            return data
+        }
+        var out = [UInt8](repeating: 0, count: Int(node.size))
+        var from = 0
+        for r in regions {
+            let n = Int(r.length)
+            guard from + n <= data.count else {
+                throw CoreError(.corrupt, object: "file \(printable(node.name)) in snapshot \(manifest.id)", "sparse map needs more data than the chunks hold")
+            }
+            out.replaceSubrange(Int(r.offset)..<(Int(r.offset) + n), with: data[from..<(from + n)])
+            from += n
+        }
+        guard from == data.count else {
+            throw CoreError(.corrupt, object: "file \(printable(node.name)) in snapshot \(manifest.id)", "chunks hold more data than the sparse map places")
+        }
+        return out
+    }
+}

@@ -1,0 +1,153 @@
+import Foundation
+import RedoubtCore
+
+/// What a wrapped read key is bound to: unwrapping it under another tenant or key
+/// version fails, so a wrapped key cannot be swapped between tenants.
+public struct KeyContext: Sendable, Hashable, Codable {
+    public let tenant: String
+    /// Increases by one on every rotation.
+    public let keyVersion: Int
+
+    public init(tenant: String, keyVersion: Int) {
+        self.tenant = tenant
+        self.keyVersion = keyVersion
+    }
+
+    /// Canonical bytes bound into every provider's wrapping as associated data.
+    public var associatedData: [UInt8] {
+        var w = ByteWriter()
+        w.raw(Array("redoubt/v1/wrapped-read-key".utf8))
+        w.string(tenant)
+        w.u64(UInt64(keyVersion))
+        return w.bytes
+    }
+}
+
+/// A tenant's read private key as stored at rest: wrapped by a key provider.
+///
+/// Self-describing JSON (docs/FORMAT.md §7): which provider, its public parameters, the
+/// read key's public half and ID, and the wrapped seed. Holds no secret in the clear.
+public struct WrappedReadKey: Sendable, Codable, Equatable {
+    public static let currentFormat = 1
+    public var format: Int
+    /// The provider's URI without secrets (e.g. `passphrase:`, `kmip://host:5696/KEY`).
+    public var provider: String
+    public var context: KeyContext
+    /// Hex of the read key ID, for messages and for checking the unwrapped key.
+    public var readKeyID: String
+    /// The read public key (base64), so hosts and servers can use it without unwrapping.
+    public var publicKey: String
+    /// Provider parameters that are not secret (salt, cost, key identifiers), as strings.
+    public var parameters: [String: String]
+    /// The wrapped 32-byte seed (base64), in the provider's own format.
+    public var wrapped: String
+
+    public init(provider: String, context: KeyContext, publicKey: ReadPublicKey, parameters: [String: String], wrapped: [UInt8]) {
+        format = Self.currentFormat
+        self.provider = provider
+        self.context = context
+        readKeyID = publicKey.keyID.description
+        self.publicKey = Data(publicKey.rawRepresentation).base64EncodedString()
+        self.parameters = parameters
+        self.wrapped = Data(wrapped).base64EncodedString()
+    }
+
+    /// The read public key this wrapped key claims to hold.
+    public func readPublicKey() throws -> ReadPublicKey {
+        guard let raw = Data(base64Encoded: publicKey) else { throw KeyProviderError.malformed("public key is not base64") }
+        let key = try ReadPublicKey(rawRepresentation: Array(raw))
+        guard key.keyID.description == readKeyID else { throw KeyProviderError.malformed("public key does not match read key ID \(readKeyID)") }
+        return key
+    }
+
+    func wrappedBytes() throws -> [UInt8] {
+        guard let raw = Data(base64Encoded: wrapped) else { throw KeyProviderError.malformed("wrapped key is not base64") }
+        return Array(raw)
+    }
+
+    /// Canonical JSON.
+    public func encoded() throws -> Data {
+        let e = JSONEncoder()
+        e.outputFormatting = [.sortedKeys, .prettyPrinted]
+        return try e.encode(self)
+    }
+
+    public static func decode(_ data: Data) throws -> WrappedReadKey {
+        let w: WrappedReadKey
+        do { w = try JSONDecoder().decode(WrappedReadKey.self, from: data) } catch {
+            throw KeyProviderError.malformed("not a Redoubt wrapped read key: \(error)")
+        }
+        guard w.format == currentFormat else {
+            throw KeyProviderError.malformed("wrapped key format \(w.format); this build reads \(currentFormat): upgrade redoubt")
+        }
+        return w
+    }
+}
+
+/// The one public error of RedoubtKMS. Each case names the provider and what to do;
+/// `code` is stable and maps to a distinct CLI exit code.
+public enum KeyProviderError: Error, Sendable, Equatable, CustomStringConvertible {
+    /// The wrapped key or its parameters do not parse.
+    case malformed(String)
+    /// The secret (passphrase, PIN) is wrong, or the wrapped key was modified.
+    case wrongSecret(provider: String)
+    /// The wrapped key is for another tenant or key version.
+    case wrongContext(provider: String, expected: KeyContext, found: KeyContext)
+    /// The unwrapped key is not the one the wrapped key names.
+    case keyMismatch(provider: String, readKeyID: String)
+    /// The provider needs a secret that was not supplied.
+    case secretMissing(provider: String, how: String)
+    /// The URI names a provider this build does not know.
+    case unknownProvider(String)
+
+    public var code: String {
+        switch self {
+        case .malformed: "E_KEY_MALFORMED"
+        case .wrongSecret: "E_KEY_WRONG_SECRET"
+        case .wrongContext: "E_KEY_WRONG_CONTEXT"
+        case .keyMismatch: "E_KEY_MISMATCH"
+        case .secretMissing: "E_KEY_SECRET_MISSING"
+        case .unknownProvider: "E_KEY_PROVIDER"
+        }
+    }
+
+    public var description: String {
+        switch self {
+        case .malformed(let s): "wrapped read key: \(s)"
+        case .wrongSecret(let p): "\(p): the read key does not unwrap: wrong passphrase, or the wrapped key file was modified. Check the passphrase (REDOUBT_PASSPHRASE or --passphrase-file)."
+        case .wrongContext(let p, let e, let f): "\(p): wrapped key is for tenant \(f.tenant.debugDescription) version \(f.keyVersion), expected \(e.tenant.debugDescription) version \(e.keyVersion)"
+        case .keyMismatch(let p, let id): "\(p): unwrapped key is not read key \(id): the wrapped key file was altered"
+        case .secretMissing(let p, let how): "\(p): no secret supplied; \(how)"
+        case .unknownProvider(let u): "unknown key provider \(u.debugDescription); use passphrase:"
+        }
+    }
+}
+
+/// Wraps and unwraps a tenant's read private key. Implementations talk to whatever holds
+/// the key-encryption key (a passphrase, a KMS, an HSM); the read key is unwrapped only
+/// in memory, for one operation.
+///
+/// Contract: `wrap` never stores the unwrapped key; `unwrap` checks the context and that
+/// the result's public key matches `wrapped.readKeyID`, and throws ``KeyProviderError``
+/// naming the provider on any failure. Neither logs secrets.
+public protocol KeyProvider: Sendable {
+    /// The provider's URI without secrets, recorded in ``WrappedReadKey/provider``.
+    var uri: String { get }
+    func wrap(_ key: ReadPrivateKey, context: KeyContext) async throws -> WrappedReadKey
+    func unwrap(_ wrapped: WrappedReadKey, context: KeyContext) async throws -> ReadPrivateKey
+}
+
+extension KeyProvider {
+    /// Checks the context a wrapped key claims against the one expected.
+    func checkContext(_ wrapped: WrappedReadKey, _ context: KeyContext) throws {
+        guard wrapped.context == context else { throw KeyProviderError.wrongContext(provider: uri, expected: context, found: wrapped.context) }
+    }
+
+    /// Checks an unwrapped key against the ID the wrapped key names.
+    func checkUnwrapped(_ key: ReadPrivateKey, _ wrapped: WrappedReadKey) throws -> ReadPrivateKey {
+        guard key.publicKey.keyID.description == wrapped.readKeyID, (try? wrapped.readPublicKey()) == key.publicKey else {
+            throw KeyProviderError.keyMismatch(provider: uri, readKeyID: wrapped.readKeyID)
+        }
+        return key
+    }
+}

@@ -1,0 +1,3 @@
+import CMallocTune
+redoubt_tune_malloc()
+print("bench")
