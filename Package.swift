@@ -1,6 +1,16 @@
 // swift-tools-version:6.1
-// The target graph is the architecture (docs/FORMAT.md §1, ../shared/STYLE.md "Layout").
+// The target graph is the architecture (../shared/STYLE.md "Layout").
 import PackageDescription
+
+let nio = Target.Dependency.product(name: "NIOCore", package: "swift-nio")
+let nioPosix = Target.Dependency.product(name: "NIOPosix", package: "swift-nio")
+let nioSSL = Target.Dependency.product(name: "NIOSSL", package: "swift-nio-ssl")
+let nioHTTP1 = Target.Dependency.product(name: "NIOHTTP1", package: "swift-nio")
+let logging = Target.Dependency.product(name: "Logging", package: "swift-log")
+let crypto = Target.Dependency.product(name: "Crypto", package: "swift-crypto")
+let cryptoExtras = Target.Dependency.product(name: "_CryptoExtras", package: "swift-crypto")
+let x509 = Target.Dependency.product(name: "X509", package: "swift-certificates")
+let asn1 = Target.Dependency.product(name: "SwiftASN1", package: "swift-asn1")
 
 let package = Package(
     name: "redoubt",
@@ -12,6 +22,14 @@ let package = Package(
     dependencies: [
         .package(url: "https://github.com/apple/swift-crypto.git", exact: "4.5.2"),
         .package(url: "https://github.com/apple/swift-argument-parser.git", exact: "1.8.2"),
+        .package(url: "https://github.com/hummingbird-project/hummingbird.git", exact: "2.28.1"),
+        .package(url: "https://github.com/swift-server/async-http-client.git", exact: "1.37.0"),
+        .package(url: "https://github.com/groue/GRDB.swift.git", exact: "7.10.0"),
+        .package(url: "https://github.com/apple/swift-log.git", exact: "1.16.2"),
+        .package(url: "https://github.com/apple/swift-nio-ssl.git", exact: "2.37.6"),
+        .package(url: "https://github.com/apple/swift-certificates.git", exact: "1.21.1"),
+        .package(url: "https://github.com/apple/swift-nio.git", from: "2.101.0"),
+        .package(url: "https://github.com/apple/swift-asn1.git", exact: "1.7.4"),
     ],
     targets: [
         .systemLibrary(
@@ -21,50 +39,47 @@ let package = Package(
         ),
         // glibc malloc thresholds for executables (mallopt is not visible from Swift).
         .target(name: "CMallocTune"),
+        // Linux calls Swift cannot import (variadic ioctl for the immutable flag).
+        .target(name: "CRedoubtSys"),
         // Pure core: formats, crypto, chunking. No files, sockets or clocks.
+        .target(name: "RedoubtCore", dependencies: ["CZstd", crypto, cryptoExtras]),
+        // Key providers: wrap and unwrap the tenant's read private key.
+        .target(name: "RedoubtKMS", dependencies: ["RedoubtCore", crypto, cryptoExtras]),
+        // The storage protocol and its implementations. Knows nothing of keys or packs.
+        .target(name: "RedoubtStore", dependencies: ["CRedoubtSys", logging]),
+        // The server: API, authn/authz, catalog, retention, audit. Holds no key that decrypts.
         .target(
-            name: "RedoubtCore",
+            name: "RedoubtServer",
             dependencies: [
-                "CZstd",
-                .product(name: "Crypto", package: "swift-crypto"),
-                .product(name: "_CryptoExtras", package: "swift-crypto"),
+                "RedoubtCore", "RedoubtStore", crypto, x509, asn1, nio, nioPosix, nioSSL, logging,
+                .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "HummingbirdCore", package: "hummingbird"),
+                .product(name: "HummingbirdTLS", package: "hummingbird"),
+                .product(name: "GRDB", package: "GRDB.swift"),
             ]
         ),
-        // Key providers: wrap and unwrap the tenant's read private key.
+        // The client: archiver, restorer, API client.
         .target(
-            name: "RedoubtKMS",
+            name: "RedoubtClient",
             dependencies: [
-                "RedoubtCore",
-                .product(name: "Crypto", package: "swift-crypto"),
-                .product(name: "_CryptoExtras", package: "swift-crypto"),
+                "RedoubtCore", "RedoubtKMS", "CRedoubtSys", crypto, x509, nio, nioHTTP1, nioSSL, logging,
+                .product(name: "AsyncHTTPClient", package: "async-http-client"),
             ]
         ),
         .executableTarget(
             name: "redoubt",
             dependencies: [
-                "RedoubtCore",
-                "RedoubtKMS",
-                "CMallocTune",
+                "RedoubtCore", "RedoubtKMS", "RedoubtStore", "RedoubtServer", "RedoubtClient", "CMallocTune", logging, crypto, nioHTTP1,
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
         // Prints MB/s figures for the core pipeline; see scripts/bench-core.
-        .executableTarget(
-            name: "redoubt-bench",
-            dependencies: [
-                "RedoubtCore",
-                "CMallocTune",
-                .product(name: "Crypto", package: "swift-crypto"),
-            ]
-        ),
-        .testTarget(
-            name: "RedoubtCoreTests",
-            dependencies: ["RedoubtCore", "RedoubtKMS"],
-            resources: [.copy("Fixtures")]
-        ),
-        .testTarget(
-            name: "RedoubtKMSTests",
-            dependencies: ["RedoubtCore", "RedoubtKMS"]
-        ),
+        .executableTarget(name: "redoubt-bench", dependencies: ["RedoubtCore", "CMallocTune", "CZstd", crypto]),
+        .testTarget(name: "RedoubtCoreTests", dependencies: ["RedoubtCore", "RedoubtKMS"], resources: [.copy("Fixtures")]),
+        .testTarget(name: "RedoubtKMSTests", dependencies: ["RedoubtCore", "RedoubtKMS"]),
+        .testTarget(name: "RedoubtStoreTests", dependencies: ["RedoubtStore"]),
+        .testTarget(name: "RedoubtClientTests", dependencies: ["RedoubtClient", "RedoubtCore", "RedoubtKMS"]),
+        .testTarget(name: "RedoubtServerTests", dependencies: ["RedoubtServer", "RedoubtClient", "RedoubtCore", "RedoubtKMS", "RedoubtStore", nioHTTP1, crypto,
+                                                    .product(name: "Hummingbird", package: "hummingbird"), .product(name: "GRDB", package: "GRDB.swift")]),
     ]
 )

@@ -1,5 +1,7 @@
 #include "CMallocTune.h"
 
+/* Any libc header defines __GLIBC__ on glibc (via <features.h>); test it only after one. */
+#include <stdlib.h>
 #ifdef __GLIBC__
 #include <malloc.h>
 #endif
@@ -7,7 +9,8 @@
 void redoubt_tune_malloc(void) {
 #ifdef __GLIBC__
     /* Why: glibc serves allocations >= 128 KiB with mmap by default; sealing or
-       compressing 1 MiB chunks into fresh buffers then page-faults on every call. */
+       compressing 1 MiB chunks into fresh buffers, or building 41 MiB packs, then
+       page-faults on every call. Keep them on the heap and keep freed memory. */
     mallopt(M_MMAP_THRESHOLD, 64 << 20);
     mallopt(M_TRIM_THRESHOLD, 256 << 20);
 #endif

@@ -349,6 +349,10 @@ public struct OpenedPack: Sendable {
     /// here, at this position, with this ID) and its keyed ID (so the plaintext is what
     /// the ID names).
     public func chunk(_ entry: PackIndexEntry, chunkIDKey: ChunkIDKey, decompressor: ChunkDecompressor) throws(CoreError) -> [UInt8] {
+        // Why: only entries of this pack's own authenticated index are in bounds.
+        guard Int(entry.sequence) < entries.count, entries[Int(entry.sequence)] == entry else {
+            throw CoreError(.missing, object: "chunk \(entry.chunkID) in pack \(id)", "entry is not from this pack's index")
+        }
         let s = Int(entry.offset), e = s + Int(entry.sealedLength)
         return try narrow { try bytes.withUnsafeBytes { b in
             try ChunkOpener.open(UnsafeRawBufferPointer(rebasing: b[s..<e]), entry: entry, dataKey: dataKey, packID: id,

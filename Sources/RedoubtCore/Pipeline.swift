@@ -32,7 +32,14 @@ public final class PackPipeline {
     /// repository nor this pipeline already has it.
     @discardableResult
     public func add(chunk: UnsafeRawBufferPointer) throws(CoreError) -> ChunkID {
-        let id = material.chunkIDKey.chunkID(for: chunk)
+        try add(chunk: chunk, id: material.chunkIDKey.chunkID(for: chunk))
+    }
+
+    /// Adds a chunk whose ID the caller has already computed with this tenant's
+    /// chunk-ID key (to ask the repository about a batch first). A wrong ID is caught
+    /// by every reader (docs/FORMAT.md §4.5 step 6), never silently accepted.
+    @discardableResult
+    public func add(chunk: UnsafeRawBufferPointer, id: ChunkID) throws(CoreError) -> ChunkID {
         if sealedHere.contains(id) || isKnown(id) {
             chunksReused += 1
             return id

@@ -22,7 +22,7 @@ enum Corpus {
     }
 
     /// What was gathered for the text corpus.
-    struct Text {
+    struct Text: Codable {
         var bytes: [UInt8]
         /// Distinct files concatenated (identical files are taken once).
         var files: Int
@@ -31,6 +31,24 @@ enum Corpus {
         /// True when the distinct files were fewer than asked and were repeated.
         var repeated: Bool
         var sources: [String]
+
+        /// Everything but the bytes: saved beside a corpus written with --save-text.
+        enum CodingKeys: String, CodingKey { case files, distinctBytes, repeated, sources }
+        init(bytes: [UInt8], files: Int, distinctBytes: Int, repeated: Bool, sources: [String]) {
+            self.bytes = bytes
+            self.files = files
+            self.distinctBytes = distinctBytes
+            self.repeated = repeated
+            self.sources = sources
+        }
+        init(from decoder: Decoder) throws {
+            let c = try decoder.container(keyedBy: CodingKeys.self)
+            bytes = []
+            files = try c.decode(Int.self, forKey: .files)
+            distinctBytes = try c.decode(Int.self, forKey: .distinctBytes)
+            repeated = try c.decode(Bool.self, forKey: .repeated)
+            sources = try c.decode([String].self, forKey: .sources)
+        }
     }
 
     static let textExtensions: Set<String> = ["swift", "h", "hpp", "c", "cc", "cpp", "py", "md", "rst"]

@@ -1,0 +1,16 @@
+#ifndef CREDOUBTSYS_H
+#define CREDOUBTSYS_H
+/* Thin wrappers over Linux calls that Swift cannot import (variadic ioctl), and the
+   system headers Glibc's Swift module leaves out (xattrs): `import CRedoubtSys` gives
+   llistxattr, lgetxattr, lsetxattr, fgetxattr, fsetxattr. */
+#include <sys/types.h>
+#include <sys/xattr.h>
+
+/* FS_IOC_GETFLAGS into *flags; returns 0 or -1 with errno set. */
+int redoubt_fs_get_flags(int fd, int *flags);
+/* FS_IOC_SETFLAGS from flags; returns 0 or -1 with errno set. */
+int redoubt_fs_set_flags(int fd, int flags);
+/* FS_IMMUTABLE_FL and FS_APPEND_FL. */
+int redoubt_fs_immutable_fl(void);
+int redoubt_fs_append_fl(void);
+#endif

@@ -1,0 +1,192 @@
+import AsyncHTTPClient
+import Crypto
+import Foundation
+import NIOCore
+import NIOHTTP1
+import NIOSSL
+import RedoubtCore
+
+/// An error from the server or the connection to it: the HTTP status (0 if none), the
+/// server's stable code and message, which name the object and the fix.
+public struct APIError: Error, Sendable, CustomStringConvertible {
+    public let status: Int
+    public let code: String
+    public let message: String
+
+    public init(status: Int, code: String, message: String) {
+        self.status = status
+        self.code = code
+        self.message = message
+    }
+
+    public var description: String { status == 0 ? "\(message) [\(code)]" : "server said \(status): \(message) [\(code)]" }
+    /// The server refused the caller (401/403).
+    public var isRefusal: Bool { status == 401 || status == 403 }
+}
+
+/// The v1 API over HTTPS with the caller's client certificate, trusting only the server
+/// CA from its credential (docs/PROTOCOL.md). One per process; call ``shutdown()``.
+public final class APIClient: Sendable {
+    let http: HTTPClient
+    public let baseURL: String
+    public let credential: ClientCredential?
+
+    /// A client that authenticates with `credential`.
+    public convenience init(credential: ClientCredential) throws {
+        var tls = TLSConfiguration.makeClientConfiguration()
+        tls.minimumTLSVersion = .tlsv13
+        tls.trustRoots = .certificates(try NIOSSLCertificate.fromPEMBytes(Array(credential.caPEM.utf8)))
+        tls.certificateChain = try NIOSSLCertificate.fromPEMBytes(Array(credential.certificatePEM.utf8)).map { .certificate($0) }
+        tls.privateKey = .privateKey(try NIOSSLPrivateKey(bytes: Array(credential.keyPEM.utf8), format: .pem))
+        try self.init(url: credential.url, tls: tls, credential: credential)
+    }
+
+    /// An unauthenticated client for enrollment, trusting only `caDER`.
+    public convenience init(url: String, caDER: [UInt8]) throws {
+        var tls = TLSConfiguration.makeClientConfiguration()
+        tls.minimumTLSVersion = .tlsv13
+        tls.trustRoots = .certificates([try NIOSSLCertificate(bytes: caDER, format: .der)])
+        try self.init(url: url, tls: tls, credential: nil)
+    }
+
+    init(url: String, tls: TLSConfiguration, credential: ClientCredential?) throws {
+        var config = HTTPClient.Configuration(tlsConfiguration: tls)
+        config.httpVersion = .http1Only
+        config.timeout = .init(connect: .seconds(10), read: .seconds(600))
+        config.connectionPool = .init(idleTimeout: .seconds(60), concurrentHTTP1ConnectionsPerHostSoftLimit: 8)
+        http = HTTPClient(eventLoopGroupProvider: .singleton, configuration: config)
+        baseURL = url.hasSuffix("/") ? String(url.dropLast()) : url
+        self.credential = credential
+    }
+
+    public func shutdown() async { try? await http.shutdown() }
+
+    // MARK: transport
+
+    /// Sends a request and returns the body of a 2xx answer; anything else is an APIError.
+    public func send(_ method: HTTPMethod, _ path: String, body: [UInt8]? = nil, contentType: String = "application/octet-stream",
+                     limit: Int = 1 << 30) async throws -> (status: Int, body: [UInt8]) {
+        var req = HTTPClientRequest(url: baseURL + path)
+        req.method = method
+        if let body {
+            req.headers.add(name: "Content-Type", value: contentType)
+            req.body = .bytes(ByteBuffer(bytes: body))
+        }
+        let resp: HTTPClientResponse
+        do { resp = try await http.execute(req, timeout: .seconds(600)) } catch {
+            throw APIError(status: 0, code: "E_CONNECT",
+                           message: "cannot reach the Redoubt server at \(baseURL) (\(error)): is `redoubt server run` up, and is this credential from that server?")
+        }
+        let data = Array((try await resp.body.collect(upTo: limit)).readableBytesView)
+        let status = Int(resp.status.code)
+        guard (200..<300).contains(status) else {
+            if let e = try? JSONDecoder().decode(Wire.ErrorBody.self, from: Data(data)) { throw APIError(status: status, code: e.code, message: e.message) }
+            throw APIError(status: status, code: "E_HTTP", message: String(decoding: data.prefix(500), as: UTF8.self))
+        }
+        return (status, data)
+    }
+
+    func json<T: Decodable>(_ type: T.Type, _ method: HTTPMethod, _ path: String, body: (some Encodable)? = Optional<Int>.none) async throws -> T {
+        var payload: [UInt8]? = nil
+        if let body { payload = Array(try JSONEncoder().encode(body)) }
+        let (_, data) = try await send(method, path, body: payload, contentType: "application/json")
+        let d = JSONDecoder()
+        d.dateDecodingStrategy = .iso8601
+        do { return try d.decode(T.self, from: Data(data)) } catch {
+            throw APIError(status: 0, code: "E_PROTOCOL", message: "server answered \(path) with an unexpected body: \(error)")
+        }
+    }
+
+    // MARK: API
+
+    public func health() async throws -> [String: String] { try await json([String: String].self, .GET, "/v1/health") }
+
+    public func enroll(_ req: Wire.EnrollRequest) async throws -> Wire.EnrollResponse {
+        try await json(Wire.EnrollResponse.self, .POST, "/v1/enroll", body: req)
+    }
+
+    public func createTenant(_ req: Wire.CreateTenantRequest) async throws -> Wire.TenantInfo {
+        try await json(Wire.TenantInfo.self, .POST, "/v1/tenants", body: req)
+    }
+
+    public func tenants() async throws -> [Wire.TenantInfo] { try await json([Wire.TenantInfo].self, .GET, "/v1/tenants") }
+
+    public func createEnrollment(tenant: String, role: String, name: String, ttlSeconds: Double?) async throws -> Wire.CreateEnrollmentResponse {
+        try await json(Wire.CreateEnrollmentResponse.self, .POST, "/v1/tenants/\(tenant)/enrollments",
+                       body: Wire.CreateEnrollmentRequest(role: role, name: name, ttlSeconds: ttlSeconds))
+    }
+
+    public func snapshots(host: String? = nil) async throws -> [Wire.SnapshotInfo] {
+        try await json([Wire.SnapshotInfo].self, .GET, "/v1/snapshots" + (host.map { "?host=\($0)" } ?? ""))
+    }
+
+    public func snapshot(_ id: String) async throws -> Wire.SnapshotInfo { try await json(Wire.SnapshotInfo.self, .GET, "/v1/snapshots/\(id)") }
+
+    public func manifestBytes(_ id: String) async throws -> [UInt8] { try await send(.GET, "/v1/snapshots/\(id)/manifest").body }
+
+    public func verify(_ id: String) async throws -> Wire.VerifyReport { try await json(Wire.VerifyReport.self, .POST, "/v1/snapshots/\(id)/verify") }
+
+    public func audit(after: Int64 = 0, limit: Int = 1000) async throws -> [Wire.AuditEntry] {
+        try await json([Wire.AuditEntry].self, .GET, "/v1/audit?after=\(after)&limit=\(limit)")
+    }
+
+    /// Which of `ids` the tenant holds, and in which pack; batched.
+    public func chunkLocations(_ ids: [ChunkID]) async throws -> [ChunkID: PackID] {
+        var out: [ChunkID: PackID] = [:]
+        var i = 0
+        while i < ids.count {
+            let batch = Array(ids[i..<min(i + 20_000, ids.count)])
+            i += batch.count
+            let (_, data) = try await send(.POST, "/v1/chunks/query", body: Wire.encodeChunkQuery(batch))
+            guard let m = Wire.decodeChunkLocations(data) else { throw APIError(status: 0, code: "E_PROTOCOL", message: "malformed chunk query answer") }
+            out.merge(m) { a, _ in a }
+        }
+        return out
+    }
+
+    public func uploadPack(id: PackID, bytes: [UInt8]) async throws -> Wire.UploadResponse {
+        let (_, data) = try await send(.PUT, "/v1/packs/\(id)", body: bytes)
+        let d = JSONDecoder()
+        d.dateDecodingStrategy = .iso8601
+        return try d.decode(Wire.UploadResponse.self, from: Data(data))
+    }
+
+    public func packBytes(_ id: PackID) async throws -> [UInt8] { try await send(.GET, "/v1/packs/\(id)").body }
+
+    public func commit(manifestBytes: [UInt8]) async throws -> Wire.SnapshotInfo {
+        let (_, data) = try await send(.POST, "/v1/snapshots", body: manifestBytes)
+        let d = JSONDecoder()
+        d.dateDecodingStrategy = .iso8601
+        return try d.decode(Wire.SnapshotInfo.self, from: Data(data))
+    }
+}
+
+extension APIClient: PackLocatingBackupTarget, ChunkLocatingPackSource {
+    public func existingChunkLocations(_ ids: [ChunkID]) async throws -> [ChunkID: PackID] { try await chunkLocations(ids) }
+
+    public func chunkLocations(inPacks packs: [PackID]) async throws -> [ChunkID: PackID] {
+        var out: [ChunkID: PackID] = [:]
+        var i = 0
+        while i < packs.count {
+            let batch = Array(packs[i..<min(i + 5000, packs.count)])
+            i += batch.count
+            var body: [UInt8] = []
+            for p in batch { body += p.bytes }
+            let data = try await send(.POST, "/v1/packs/chunk-lists", body: body).body
+            var r = ByteReader(data)
+            do {
+                while !r.isAtEnd {
+                    let pack = PackID(bytes: try r.raw(32))!
+                    let n = Int(try r.u32())
+                    for _ in 0..<n { out[ChunkID(bytes: try r.raw(32))!] = pack }
+                }
+            } catch { throw APIError(status: 0, code: "E_PROTOCOL", message: "malformed pack chunk lists from the server") }
+        }
+        return out
+    }
+
+    public func existingChunks(_ ids: [ChunkID]) async throws -> Set<ChunkID> { Set(try await chunkLocations(ids).keys) }
+    public func upload(pack: FinishedPack) async throws { _ = try await uploadPack(id: pack.id, bytes: pack.bytes) }
+    public func commit(manifest: Manifest) async throws { _ = try await commit(manifestBytes: manifest.bytes) }
+    public func pack(_ id: PackID) async throws -> [UInt8] { try await packBytes(id) }
+}

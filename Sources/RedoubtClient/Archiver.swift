@@ -1,0 +1,280 @@
+import Glibc
+import Logging
+import RedoubtCore
+
+/// Backs up local paths into a repository as one snapshot.
+///
+/// **Snapshot root layout.** Each path in ``BackupOptions/paths`` becomes one top-level
+/// entry of the root tree, named by the last component of the path made absolute and
+/// normalised lexically (`/srv/www/` → `www`; `/` → `root`). If two paths end in the
+/// same name, the later ones get `~2`, `~3`, … appended (`/a/data`, `/b/data` → `data`,
+/// `data~2`). The manifest's public header keeps the paths exactly as given, in order,
+/// so the mapping can be recomputed. Hard links name their first file by its path in
+/// this layout (`data~2/sub/file`).
+///
+/// **What is stored.** Every entry below the paths (minus exclusions), never following a
+/// symlink: names as raw bytes, all eight node types, `mode & 07777`, owner and group
+/// (ids and names), the three times with nanoseconds, symlink targets, device numbers,
+/// extended attributes (POSIX ACLs included), hard links (the first name seen in walk
+/// order is the file, later names are `.hardlink` entries), and sparse files as their
+/// data regions only.
+///
+/// **How.** The paths are walked first (so totals are known), files found unchanged in
+/// the ``MetadataCache`` are reused after their chunks are confirmed in the repository,
+/// and the rest are read by ``BackupOptions/workers`` workers in parallel: each reads
+/// windows of 16 MiB into a reused buffer, cuts chunks, computes each chunk ID once,
+/// asks the repository about batches of up to 1000 chunks or 32 MiB, seals the chunks
+/// nobody holds into its own pack and uploads finished packs (at most one in flight per
+/// worker). Directory trees are then encoded bottom-up and stored the same way (so
+/// unchanged trees deduplicate), the manifest is signed and committed, and only then is
+/// the metadata cache replaced.
+public final class Archiver: Sendable {
+    private let logger: Logger
+    let hooks: ArchiverTestHooks
+
+    public init(logger: Logger = Logger(label: "redoubt.backup")) {
+        self.logger = logger
+        hooks = ArchiverTestHooks()
+    }
+
+    init(logger: Logger = Logger(label: "redoubt.backup"), hooks: ArchiverTestHooks) {
+        self.logger = logger
+        self.hooks = hooks
+    }
+
+    /// Backs up `options.paths` and commits one snapshot.
+    ///
+    /// `target` should be a ``PackLocatingBackupTarget``; a plain ``BackupTarget`` cannot
+    /// say which packs hold the chunks it already has, so then nothing is deduplicated
+    /// against the repository (only within this backup) and a warning says so.
+    /// `now` is the snapshot's time. `progress` is called from worker tasks, at most
+    /// about every 100 ms plus once per phase. Throws ``ArchiveError`` if a path cannot
+    /// be backed up at all, and passes through errors of the target and of sealing;
+    /// problems with single entries become ``BackupResult/warnings``.
+    public func run(options: BackupOptions, keys: WriteKeySet, target: any BackupTarget, now: Timestamp,
+                    progress: @escaping @Sendable (BackupProgress) -> Void = { _ in }) async throws -> BackupResult {
+        guard !options.paths.isEmpty else { throw ArchiveError(.invalidArgument, object: "backup", "no paths given") }
+        var warnings: [BackupWarning] = []
+        let locating: any PackLocatingBackupTarget
+        if let t = target as? any PackLocatingBackupTarget {
+            locating = t
+        } else {
+            locating = UnlocatedTarget(base: target)
+            warnings.append(BackupWarning(.other, path: [], "the repository cannot say which packs hold existing chunks; every chunk of this backup is uploaded again"))
+        }
+        let run = BackupRun(target: locating, material: keys.shared, options: options, hooks: hooks, onProgress: progress)
+
+        // 1. The cache of the last snapshot.
+        var cache = MetadataCache()
+        if let path = options.cachePath {
+            let loaded = MetadataCache.load(path: path, chunkIDKey: keys.shared.chunkIDKey)
+            cache = loaded.cache
+            if let problem = loaded.problem {
+                warnings.append(BackupWarning(.cache, path: Array(path.utf8), "metadata cache ignored (\(problem)); every file is read"))
+            }
+        }
+
+        // 2. Walk.
+        var absolute: [[UInt8]] = []
+        for p in options.paths { absolute.append(try SnapshotLayout.absolute(p)) }
+        var walker = Walker(excludes: options.excludes) { count, path in
+            run.progress { $0.filesDone = UInt64(count); $0.currentPath = printable(path) }
+        }
+        var walk = try walker.walk(paths: absolute, names: SnapshotLayout.topLevelNames(absolute))
+        warnings += walk.warnings
+        let filesTotal = UInt64(walk.files.count)
+        run.progress(force: true) {
+            $0 = BackupProgress(phase: .checkingCache, filesTotal: filesTotal, bytesTotal: walk.bytesTotal)
+        }
+
+        // 3. Files unchanged since the cached snapshot, if the repository still has their chunks.
+        var filesNew: UInt64 = 0, filesChanged: UInt64 = 0, filesUnchanged: UInt64 = 0
+        var candidates: [(file: Int, entry: MetadataCache.Entry)] = []
+        var jobs: [FileJob] = []
+        for f in walk.files {
+            let e = walk.entries[f]
+            if let cached = cache[e.fullPath] {
+                if cached.matches(e.stat) { candidates.append((f, cached)) } else {
+                    filesChanged += 1
+                    jobs.append(FileJob(entry: f, path: e.fullPath, stat: e.stat))
+                }
+            } else {
+                filesNew += 1
+                jobs.append(FileJob(entry: f, path: e.fullPath, stat: e.stat))
+            }
+        }
+        var reused = Set<Int>()
+        if !candidates.isEmpty {
+            let missing = try await confirmInRepository(candidates.flatMap(\.entry.content), run: run)
+            for c in candidates {
+                if c.entry.content.contains(where: missing.contains) {
+                    // Why: the repository lost (or never committed) a chunk; read the file again.
+                    filesChanged += 1
+                    jobs.append(FileJob(entry: c.file, path: walk.entries[c.file].fullPath, stat: walk.entries[c.file].stat))
+                    continue
+                }
+                filesUnchanged += 1
+                reused.insert(c.file)
+                walk.entries[c.file].node.content = c.entry.content
+                walk.entries[c.file].node.dataRegions = c.entry.dataRegions
+                run.progress { $0.filesDone += 1; $0.bytesDone += c.entry.size }
+            }
+            run.registry.withLock { $0.chunksReused += UInt64(candidates.filter { reused.contains($0.file) }.reduce(0) { $0 + $1.entry.content.count }) }
+        }
+        jobs.sort { $0.entry < $1.entry }
+
+        // 4. Read the rest in parallel.
+        run.progress(force: true) { $0.phase = .reading }
+        var outcomes: [FileOutcome] = []
+        let workers = max(1, min(options.workers, 16))
+        let jobList = jobs
+        try await withThrowingTaskGroup(of: [FileOutcome].self) { group in
+            for _ in 0..<workers {
+                group.addTask { try await Self.workerLoop(run: run, jobs: jobList) }
+            }
+            for try await part in group { outcomes += part }
+        }
+        var stable = Set<Int>(reused)
+        for o in outcomes {
+            if let w = o.warning { warnings.append(w) }
+            guard let content = o.content, let st = o.stat else {
+                walk.entries[o.entry].omitted = true
+                continue
+            }
+            var node = walk.entries[o.entry].node
+            node.content = content
+            node.dataRegions = o.dataRegions
+            node.size = o.size
+            node.mode = st.permissions
+            node.uid = st.uid
+            node.gid = st.gid
+            node.mtime = st.mtime
+            node.ctime = st.ctime
+            node.atime = st.atime
+            walk.entries[o.entry].node = node
+            walk.entries[o.entry].stat = st
+            if o.stable { stable.insert(o.entry) }
+        }
+        // A hard link whose first name could not be stored has nothing to link to.
+        var omittedFiles = Set<[UInt8]>()
+        for f in walk.files where walk.entries[f].omitted { omittedFiles.insert(walk.entries[f].snapshotPath) }
+        if !omittedFiles.isEmpty {
+            for i in walk.entries.indices where walk.entries[i].node.type == .hardlink && omittedFiles.contains(walk.entries[i].node.linkTarget) {
+                walk.entries[i].omitted = true
+                warnings.append(BackupWarning(.unreadable, path: walk.entries[i].fullPath, "hard link to a file that could not be read; not in the snapshot"))
+            }
+        }
+
+        // 5. Trees, bottom-up: children always follow their directory in walk order.
+        run.progress(force: true) { $0.phase = .trees }
+        let root: [ChunkID] = try await withThrowingTaskGroup(of: UInt64.self) { uploads in
+            let worker = try BackupWorker(run: run)
+            for i in walk.entries.indices.reversed() where walk.entries[i].node.type == .directory && !walk.entries[i].omitted {
+                let children = walk.entries[i].children.filter { !walk.entries[$0].omitted }.map { walk.entries[$0].node }
+                walk.entries[i].node.subtree = try await worker.addBlob(try TreeCodec.encode(Tree(nodes: children)), &uploads)
+            }
+            let top = walk.topLevel.filter { !walk.entries[$0].omitted }.map { walk.entries[$0].node }
+            let ids = try await worker.addBlob(try TreeCodec.encode(Tree(nodes: top)), &uploads)
+            try await worker.finish(&uploads)
+            return ids
+        }
+
+        // 6. The packs this snapshot needs: every chunk it references, located.
+        let registry = run.registry.withLock { $0 }
+        var packs = Set(registry.uploaded)
+        var referenced = root
+        var stats = SnapshotStatistics()
+        for e in walk.entries where !e.omitted {
+            referenced += e.node.content
+            referenced += e.node.subtree
+            switch e.node.type {
+            case .file:
+                stats.files += 1
+                stats.bytesTotal += e.node.size
+            case .directory: stats.directories += 1
+            default: stats.otherEntries += 1
+            }
+        }
+        for c in referenced {
+            guard let p = registry.location[c] else {
+                throw ArchiveError(.inconsistentSnapshot, object: "chunk \(c)", "referenced by the snapshot but neither uploaded nor reported by the repository (internal error)")
+            }
+            packs.insert(p)
+        }
+        let status = run.status.withLock { $0.report }
+        stats.bytesRead = status.bytesRead
+        stats.bytesUploaded = status.bytesUploaded
+        stats.chunksNew = registry.chunksNew
+        stats.chunksReused = registry.chunksReused
+
+        // 7. Sign and commit.
+        run.progress(force: true) { $0.phase = .committing }
+        var rng = SystemRandomNumberGenerator()
+        let nonce = (0..<16).map { _ in UInt8.random(in: 0...255, using: &rng) }
+        let header = ManifestHeader(tenant: keys.tenant, readKeyID: keys.shared.readPublicKey.keyID, host: keys.host,
+                                    hostKey: keys.signingKey.publicKey, time: now, nonce: nonce,
+                                    paths: options.paths.map { Array($0.utf8) }, tags: options.tags, statistics: stats,
+                                    packs: packs.sorted(), clientVersion: RedoubtVersion.string)
+        let manifest = try Manifest.create(header: header, root: root, readPublicKey: keys.shared.readPublicKey, signingKey: keys.signingKey)
+        try await locating.commit(manifest: manifest)
+        logger.info("snapshot committed", metadata: ["snapshot": "\(manifest.id)", "packs": "\(packs.count)", "uploaded": "\(registry.uploaded.count)"])
+
+        // 8. Only a committed snapshot may seed the next backup's cache.
+        if let path = options.cachePath {
+            var next = MetadataCache()
+            for f in walk.files where !walk.entries[f].omitted && stable.contains(f) {
+                let e = walk.entries[f]
+                next[e.fullPath] = MetadataCache.Entry(size: e.stat.size, mtime: e.stat.mtime, ctime: e.stat.ctime, inode: e.stat.inode,
+                                                       device: e.stat.device, content: e.node.content, dataRegions: e.node.dataRegions)
+            }
+            do { try next.write(to: path, chunkIDKey: keys.shared.chunkIDKey) } catch {
+                warnings.append(BackupWarning(.cache, path: Array(path.utf8), "metadata cache not saved: \(error); the next backup reads every file"))
+            }
+        }
+        run.progress(force: true) { $0.phase = .done; $0.currentPath = "" }
+        return BackupResult(manifest: manifest, statistics: stats, filesNew: filesNew, filesChanged: filesChanged, filesUnchanged: filesUnchanged,
+                            bytesRead: stats.bytesRead, bytesUploaded: stats.bytesUploaded, packsUploaded: registry.uploaded.count, warnings: warnings)
+    }
+
+    /// One worker: takes the next file until none is left, then flushes.
+    private static func workerLoop(run: BackupRun, jobs: [FileJob]) async throws -> [FileOutcome] {
+        let worker = try BackupWorker(run: run)
+        return try await withThrowingTaskGroup(of: UInt64.self) { uploads in
+            var outcomes: [FileOutcome] = []
+            while true {
+                let i = run.nextJob.wrappingAdd(1, ordering: .relaxed).oldValue
+                guard i < jobs.count else { break }
+                outcomes.append(try await worker.process(jobs[i], &uploads))
+            }
+            try await worker.finish(&uploads)
+            return outcomes
+        }
+    }
+
+    /// Asks the repository where the given chunks are, in batches; records the answers
+    /// and returns the chunks it does not have.
+    private func confirmInRepository(_ ids: [ChunkID], run: BackupRun) async throws -> Set<ChunkID> {
+        var unique = Array(Set(ids))
+        unique.sort()
+        var missing = Set<ChunkID>()
+        var start = 0
+        while start < unique.count {
+            try Task.checkCancellation()
+            let slice = Array(unique[start..<min(start + 1000, unique.count)])
+            let found = try await run.target.existingChunkLocations(slice)
+            run.registry.withLock { r in for (id, p) in found { r.location[id] = p } }
+            for id in slice where found[id] == nil { missing.insert(id) }
+            start += slice.count
+        }
+        return missing
+    }
+}
+
+/// Wraps a target that cannot locate chunks: it reports none, so everything is sealed.
+struct UnlocatedTarget: PackLocatingBackupTarget {
+    let base: any BackupTarget
+    func existingChunks(_ ids: [ChunkID]) async throws -> Set<ChunkID> { [] }
+    func existingChunkLocations(_ ids: [ChunkID]) async throws -> [ChunkID: PackID] { [:] }
+    func upload(pack: FinishedPack) async throws { try await base.upload(pack: pack) }
+    func commit(manifest: Manifest) async throws { try await base.commit(manifest: manifest) }
+}

@@ -1,0 +1,365 @@
+import Glibc
+import RedoubtCore
+import Synchronization
+
+/// Hooks for tests; all nil in production.
+struct ArchiverTestHooks: Sendable {
+    /// Called after a file's content was read and before it is stat'ed again, with the
+    /// path and the attempt (1 or 2): lets a test change the file "during" the read.
+    var afterFileRead: (@Sendable ([UInt8], Int) -> Void)? = nil
+}
+
+/// Which chunks the repository or this run holds, and where. Shared by all workers.
+struct ChunkRegistry {
+    /// Chunk → the pack that holds it: reported by the repository, or sealed here.
+    var location: [ChunkID: PackID] = [:]
+    /// Chunks a worker has taken to seal whose pack is not finished yet.
+    var sealing: Set<ChunkID> = []
+    var chunksNew: UInt64 = 0
+    var chunksReused: UInt64 = 0
+    var uploaded: [PackID] = []
+}
+
+/// Progress counters shared by all workers, and the reporting throttle.
+struct ProgressState {
+    var report: BackupProgress
+    var last: ContinuousClock.Instant? = nil
+}
+
+/// State of one backup run that every worker shares.
+final class BackupRun: Sendable {
+    let target: any PackLocatingBackupTarget
+    let material: SharedWriteMaterial
+    let options: BackupOptions
+    let hooks: ArchiverTestHooks
+    let registry = Mutex(ChunkRegistry())
+    let status: Mutex<ProgressState>
+    let nextJob = Atomic<Int>(0)
+    private let onProgress: @Sendable (BackupProgress) -> Void
+
+    init(target: any PackLocatingBackupTarget, material: SharedWriteMaterial, options: BackupOptions, hooks: ArchiverTestHooks,
+         onProgress: @escaping @Sendable (BackupProgress) -> Void) {
+        self.target = target
+        self.material = material
+        self.options = options
+        self.hooks = hooks
+        self.onProgress = onProgress
+        status = Mutex(ProgressState(report: BackupProgress(phase: .scanning)))
+    }
+
+    /// Updates the counters and reports them at most every 100 ms (always if `force`).
+    func progress(force: Bool = false, _ update: (inout BackupProgress) -> Void) {
+        let now = ContinuousClock.now
+        let snapshot: BackupProgress? = status.withLock { s in
+            update(&s.report)
+            if !force, let last = s.last, now - last < .milliseconds(100) { return nil }
+            s.last = now
+            return s.report
+        }
+        if let snapshot { onProgress(snapshot) }
+    }
+}
+
+/// How one regular file was stored.
+struct FileOutcome: Sendable {
+    var entry: Int
+    /// Nil if the file is left out of the snapshot (see `warning`).
+    var content: [ChunkID]?
+    var dataRegions: [Extent]?
+    var size: UInt64
+    /// The stat matching the content that was read.
+    var stat: ArchiveSys.FileStat?
+    /// False if the file changed while it was read (it is then not cached).
+    var stable: Bool
+    var warning: BackupWarning?
+}
+
+/// A file to read.
+struct FileJob: Sendable {
+    var entry: Int
+    var path: [UInt8]
+    var stat: ArchiveSys.FileStat
+}
+
+typealias UploadGroup = ThrowingTaskGroup<UInt64, any Error>
+
+/// One backup worker: reads files through a reused buffer, cuts chunks, computes their
+/// IDs once, asks the repository about them in batches, seals the unknown ones into its
+/// own pack in progress and uploads finished packs, at most one in flight per worker.
+///
+/// Not thread-safe: one per task.
+final class BackupWorker {
+    let run: BackupRun
+    let pipeline: PackPipeline
+    private let chunkIDKey: ChunkIDKey
+    private let maxChunk: Int
+    /// Bytes read per pread.
+    private let window: Int
+    /// The read buffer: `window + maxChunk` bytes, so a window always fits behind the
+    /// unchunked tail of the previous one.
+    private let buffer: UnsafeMutableRawBufferPointer
+    /// Chunks whose IDs are computed, waiting for the repository's answer.
+    private let batch: UnsafeMutableRawBufferPointer
+    private var batchUsed = 0
+    private var batchItems: [(id: ChunkID, offset: Int, length: Int)] = []
+    private let batchMaxItems = 1000
+    private var inFlight = 0
+    private let maxInFlight = 1
+
+    static let windowSize = 16 << 20
+    static let batchBytes = 32 << 20
+
+    init(run: BackupRun) throws(CoreError) {
+        self.run = run
+        pipeline = try PackPipeline(material: run.material, targetPackSize: run.options.packSize, compressionLevel: run.options.compressionLevel)
+        chunkIDKey = run.material.chunkIDKey
+        maxChunk = pipeline.chunker.parameters.max
+        window = max(Self.windowSize, maxChunk)
+        buffer = .allocate(byteCount: window + maxChunk, alignment: 4096)
+        batch = .allocate(byteCount: Self.batchBytes + maxChunk, alignment: 64)
+    }
+
+    deinit {
+        buffer.deallocate()
+        batch.deallocate()
+    }
+
+    // MARK: - chunks
+
+    /// Queues a chunk whose ID is known; asks and seals when the batch is full.
+    private func enqueue(_ chunk: UnsafeRawBufferPointer, id: ChunkID, _ uploads: inout UploadGroup) async throws {
+        try await makeRoom(chunk.count, &uploads)
+        append(chunk, id: id)
+        try await flushIfFull(&uploads)
+    }
+
+    private func makeRoom(_ count: Int, _ uploads: inout UploadGroup) async throws {
+        if batchUsed + count > batch.count || batchItems.count >= batchMaxItems { try await flushBatch(&uploads) }
+    }
+
+    private func append(_ chunk: UnsafeRawBufferPointer, id: ChunkID) {
+        if chunk.count > 0 { UnsafeMutableRawBufferPointer(rebasing: batch[batchUsed..<(batchUsed + chunk.count)]).copyMemory(from: chunk) }
+        batchItems.append((id, batchUsed, chunk.count))
+        batchUsed += chunk.count
+    }
+
+    private func flushIfFull(_ uploads: inout UploadGroup) async throws {
+        if batchUsed >= Self.batchBytes || batchItems.count >= batchMaxItems { try await flushBatch(&uploads) }
+    }
+
+    /// Asks the repository about the queued chunks this run does not know yet, seals
+    /// the ones nobody has, and uploads any pack that fills up.
+    func flushBatch(_ uploads: inout UploadGroup) async throws {
+        guard !batchItems.isEmpty else { return }
+        let items = batchItems
+        let ask: [ChunkID] = run.registry.withLock { r in
+            var seen = Set<ChunkID>()
+            return items.compactMap { i in
+                (r.location[i.id] == nil && !r.sealing.contains(i.id) && seen.insert(i.id).inserted) ? i.id : nil
+            }
+        }
+        let found = ask.isEmpty ? [:] : try await run.target.existingChunkLocations(ask)
+        let toSeal: [Int] = run.registry.withLock { r in
+            for (id, pack) in found where r.location[id] == nil && !r.sealing.contains(id) { r.location[id] = pack }
+            var seal: [Int] = []
+            for (n, i) in items.enumerated() {
+                if r.location[i.id] != nil || r.sealing.contains(i.id) { continue }
+                r.sealing.insert(i.id)
+                seal.append(n)
+            }
+            r.chunksNew += UInt64(seal.count)
+            r.chunksReused += UInt64(items.count - seal.count)
+            return seal
+        }
+        for n in toSeal {
+            let i = items[n]
+            try pipeline.add(chunk: UnsafeRawBufferPointer(rebasing: batch[i.offset..<(i.offset + i.length)]), id: i.id)
+        }
+        batchItems.removeAll(keepingCapacity: true)
+        batchUsed = 0
+        try await submit(pipeline.takeFinishedPacks(), &uploads)
+    }
+
+    /// Records finished packs and starts their uploads, waiting for an earlier one
+    /// first if this worker already has `maxInFlight` running.
+    private func submit(_ packs: [FinishedPack], _ uploads: inout UploadGroup) async throws {
+        for p in packs {
+            run.registry.withLock { r in
+                for e in p.entries {
+                    r.location[e.chunkID] = p.id
+                    r.sealing.remove(e.chunkID)
+                }
+                r.uploaded.append(p.id)
+            }
+            if inFlight >= maxInFlight, let n = try await uploads.next() {
+                inFlight -= 1
+                uploaded(n)
+            }
+            let target = run.target
+            uploads.addTask {
+                try await target.upload(pack: p)
+                return UInt64(p.bytes.count)
+            }
+            inFlight += 1
+        }
+    }
+
+    private func uploaded(_ n: UInt64) { run.progress { $0.bytesUploaded += n } }
+
+    /// Flushes everything this worker holds and waits for its uploads.
+    func finish(_ uploads: inout UploadGroup) async throws {
+        try await flushBatch(&uploads)
+        try await submit(try pipeline.flush(), &uploads)
+        while let n = try await uploads.next() {
+            inFlight -= 1
+            uploaded(n)
+        }
+    }
+
+    /// Chunks an in-memory blob (a tree encoding) and queues it; returns its chunk list
+    /// (one empty chunk for an empty blob, docs/FORMAT.md §3.1).
+    func addBlob(_ blob: [UInt8], _ uploads: inout UploadGroup) async throws -> [ChunkID] {
+        var ids: [ChunkID] = []
+        var offset = 0
+        repeat {
+            let (len, id): (Int, ChunkID) = blob.withUnsafeBytes { raw in
+                let rest = UnsafeRawBufferPointer(rebasing: raw[offset...])
+                let len = rest.isEmpty ? 0 : (pipeline.chunker.cut(rest, final: true) ?? rest.count)
+                return (len, chunkIDKey.chunkID(for: UnsafeRawBufferPointer(rebasing: rest[0..<len])))
+            }
+            try await makeRoom(len, &uploads)
+            blob.withUnsafeBytes { raw in append(UnsafeRawBufferPointer(rebasing: raw[offset..<(offset + len)]), id: id) }
+            try await flushIfFull(&uploads)
+            ids.append(id)
+            offset += len
+        } while offset < blob.count
+        return ids
+    }
+
+    // MARK: - files
+
+    private struct ReadFailure: Error { let errno: Int32 }
+
+    /// Reads one file and queues its chunks. Failures that concern only this file become
+    /// a warning in the outcome; repository and sealing failures throw.
+    func process(_ job: FileJob, _ uploads: inout UploadGroup) async throws -> FileOutcome {
+        try Task.checkCancellation()
+        var outcome = FileOutcome(entry: job.entry, content: nil, dataRegions: nil, size: 0, stat: nil, stable: false, warning: nil)
+        var fd = ArchiveSys.withCString(job.path) { open($0, O_RDONLY | O_NOFOLLOW | O_CLOEXEC | ArchiveSys.oNoAtime) }
+        if fd < 0 && Glibc.errno == EPERM {
+            // O_NOATIME needs ownership or CAP_FOWNER.
+            fd = ArchiveSys.withCString(job.path) { open($0, O_RDONLY | O_NOFOLLOW | O_CLOEXEC) }
+        }
+        guard fd >= 0 else {
+            let e = Glibc.errno
+            outcome.warning = e == ENOENT || e == ELOOP
+                ? BackupWarning(.vanished, path: job.path, "disappeared or was replaced before it could be read")
+                : BackupWarning(.unreadable, path: job.path, "cannot open: \(ArchiveSys.describe(errno: e)); not in the snapshot")
+            return outcome
+        }
+        defer { close(fd) }
+        guard case .success(var before) = ArchiveSys.fstat(fd), before.isRegular else {
+            outcome.warning = BackupWarning(.vanished, path: job.path, "replaced by something other than a file before it could be read")
+            return outcome
+        }
+        run.progress { $0.currentPath = printable(job.path) }
+        var attempt = 1
+        while true {
+            let read: (content: [ChunkID], regions: [Extent]?, size: UInt64)
+            do {
+                read = try await readContent(fd: fd, stat: before, &uploads)
+            } catch let f as ReadFailure {
+                outcome.warning = BackupWarning(.unreadable, path: job.path, "read failed: \(ArchiveSys.describe(errno: f.errno)); not in the snapshot")
+                return outcome
+            }
+            run.hooks.afterFileRead?(job.path, attempt)
+            guard case .success(let after) = ArchiveSys.fstat(fd) else {
+                outcome.warning = BackupWarning(.unreadable, path: job.path, "cannot stat after reading; not in the snapshot")
+                return outcome
+            }
+            outcome.content = read.content
+            outcome.dataRegions = read.regions
+            outcome.size = read.size
+            outcome.stat = before
+            if !after.differsInContent(from: before) {
+                outcome.stable = true
+                break
+            }
+            if attempt == 2 {
+                // Why: never mix silently; what was read is kept, and the user is told.
+                outcome.warning = BackupWarning(.changedWhileReading, path: job.path,
+                                                "changed while being read, twice; stored as read the second time, which may mix old and new data")
+                break
+            }
+            attempt += 1
+            before = after
+        }
+        run.progress { $0.filesDone += 1 }
+        return outcome
+    }
+
+    /// Reads the file's data (its data regions if sparse) in windows, chunking across
+    /// window and region boundaries. Returns the chunk list, the regions (nil if dense)
+    /// and the logical size.
+    private func readContent(fd: Int32, stat st: ArchiveSys.FileStat, _ uploads: inout UploadGroup) async throws -> ([ChunkID], [Extent]?, UInt64) {
+        var sparse: [Extent]? = nil
+        if st.size > 0 && st.blocks * 512 < st.size, let regions = ArchiveSys.dataRegions(fd: fd, size: st.size),
+           regions != [Extent(offset: 0, length: st.size)] {
+            sparse = regions
+        }
+        let plan = sparse ?? (st.size > 0 ? [Extent(offset: 0, length: st.size)] : [])
+        var chunks: [ChunkID] = []
+        var readRegions: [Extent] = []
+        var filled = 0, start = 0
+        var total: UInt64 = 0
+        let base = buffer.baseAddress!
+        regions: for r in plan {
+            var offset = r.offset
+            var remaining = r.length
+            var got: UInt64 = 0
+            while remaining > 0 {
+                try Task.checkCancellation()
+                if buffer.count - filled < window && start > 0 {
+                    if filled > start { memmove(base, base + start, filled - start) }
+                    filled -= start
+                    start = 0
+                }
+                let want = Int(min(UInt64(buffer.count - filled), remaining))
+                let n: Int
+                switch ArchiveSys.preadFull(fd, into: base + filled, count: want, at: offset) {
+                case .success(let k): n = k
+                case .failure(let e): throw ReadFailure(errno: e)
+                }
+                if n == 0 { break }
+                filled += n
+                offset += UInt64(n)
+                remaining -= UInt64(n)
+                got += UInt64(n)
+                total += UInt64(n)
+                run.progress { $0.bytesRead += UInt64(n); $0.bytesDone += UInt64(n) }
+                while filled - start >= maxChunk {
+                    let slice = UnsafeRawBufferPointer(start: base + start, count: filled - start)
+                    let len = pipeline.chunker.cut(slice, final: false) ?? maxChunk
+                    try await emit(UnsafeRawBufferPointer(start: base + start, count: len), &chunks, &uploads)
+                    start += len
+                }
+            }
+            if got > 0 { readRegions.append(Extent(offset: r.offset, length: got)) }
+            if got < r.length { break regions }  // the file shrank: stop at what exists
+        }
+        while start < filled {
+            let slice = UnsafeRawBufferPointer(start: base + start, count: filled - start)
+            let len = pipeline.chunker.cut(slice, final: true) ?? slice.count
+            try await emit(UnsafeRawBufferPointer(start: base + start, count: len), &chunks, &uploads)
+            start += len
+        }
+        if sparse != nil { return (chunks, readRegions, st.size) }
+        return (chunks, nil, total)
+    }
+
+    private func emit(_ chunk: UnsafeRawBufferPointer, _ chunks: inout [ChunkID], _ uploads: inout UploadGroup) async throws {
+        let id = chunkIDKey.chunkID(for: chunk)
+        chunks.append(id)
+        try await enqueue(chunk, id: id, &uploads)
+    }
+}

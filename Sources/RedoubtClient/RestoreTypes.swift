@@ -1,0 +1,93 @@
+import RedoubtCore
+
+/// A ``PackSource`` that can also say which chunks each pack holds (the packs' public
+/// chunk lists, docs/FORMAT.md §4.1), e.g. from the server's catalog.
+///
+/// With it a restore fetches each pack exactly once. Without it the restorer must fetch
+/// every pack the manifest names once just to read its chunk list before it knows which
+/// packs it needs; packs that fit its memory budget are kept, larger restores fetch the
+/// rest a second time.
+///
+/// Contract: idempotent; the answer is an unauthenticated hint (every chunk is still
+/// checked when opened), so a wrong answer makes the restore fail naming the chunk,
+/// never write wrong data.
+public protocol ChunkLocatingPackSource: PackSource {
+    /// For chunks in `packs`, which of those packs holds each.
+    func chunkLocations(inPacks packs: [PackID]) async throws -> [ChunkID: PackID]
+}
+
+/// A progress report during a restore; the CLI renders it.
+public struct RestoreProgress: Sendable {
+    public enum Phase: String, Sendable {
+        /// Locating chunks and reading the snapshot's trees.
+        case planning
+        /// Creating entries and writing file contents, pack by pack.
+        case writing
+        /// Setting owners, modes, attributes and times.
+        case finishing
+        case done
+    }
+
+    public var phase: Phase
+    public var filesDone: UInt64
+    public var filesTotal: UInt64?
+    /// Bytes of file data written.
+    public var bytesDone: UInt64
+    public var bytesTotal: UInt64?
+    public var packsDone: Int
+    public var packsTotal: Int?
+    /// The entry last worked on, relative to the target (printable).
+    public var currentPath: String
+
+    public init(phase: Phase, filesDone: UInt64 = 0, filesTotal: UInt64? = nil, bytesDone: UInt64 = 0, bytesTotal: UInt64? = nil,
+                packsDone: Int = 0, packsTotal: Int? = nil, currentPath: String = "") {
+        self.phase = phase
+        self.filesDone = filesDone
+        self.filesTotal = filesTotal
+        self.bytesDone = bytesDone
+        self.bytesTotal = bytesTotal
+        self.packsDone = packsDone
+        self.packsTotal = packsTotal
+        self.currentPath = currentPath
+    }
+}
+
+/// Something a restore could not reproduce exactly, but that did not stop it.
+public struct RestoreWarning: Sendable, Hashable, CustomStringConvertible {
+    /// The entry, relative to the restore target (raw bytes).
+    public let path: [UInt8]
+    public let message: String
+
+    public init(path: [UInt8], _ message: String) {
+        self.path = path
+        self.message = message
+    }
+
+    public var description: String { "\(printable(path)): \(message)" }
+}
+
+/// An entry whose stored data failed an integrity check (only with `skipDamaged`).
+public struct DamagedEntry: Sendable, CustomStringConvertible {
+    /// The entry, relative to the restore target (raw bytes).
+    public let path: [UInt8]
+    /// The integrity error, which names the pack, chunk or tree concerned.
+    public let error: CoreError
+
+    public var description: String { "\(printable(path)): \(error)" }
+}
+
+/// What a finished restore did.
+public struct RestoreResult: Sendable {
+    public let files: UInt64
+    public let directories: UInt64
+    /// Symlinks, hard links, FIFOs and devices created.
+    public let otherEntries: UInt64
+    /// Bytes of file data written.
+    public let bytesWritten: UInt64
+    /// Pack downloads (a pack fetched twice counts twice).
+    public let packsFetched: Int
+    public let warnings: [RestoreWarning]
+    /// Entries left incomplete because their data is damaged (empty unless `skipDamaged`).
+    /// Damaged files stay in place, with holes where data is missing.
+    public let damaged: [DamagedEntry]
+}

@@ -1,0 +1,595 @@
+import Glibc
+import Logging
+import RedoubtCore
+
+/// Restores a snapshot, or one entry of it, into a local directory.
+///
+/// **Safety.** Names come from trees that `TreeCodec` has validated (no `/`, NUL, `.` or
+/// `..`), and every entry is created relative to an open directory descriptor with
+/// `O_NOFOLLOW`, then reopened only if its inode is the one this restore made. So no
+/// path is resolved through a symlink — neither one in the snapshot nor one already in
+/// the target — and nothing is written outside `target`. A hard link is made only to a
+/// regular file this restore wrote.
+///
+/// **Efficiency.** The trees are read first; then every needed pack is fetched once,
+/// opened (hash, data key, index checked) and each needed chunk decrypted once and
+/// written with `pwrite` at its offsets in every file that uses it. Up to two packs are
+/// fetched ahead of the one being written.
+///
+/// **Fidelity.** Contents (sparse files keep their holes: the file is sized with
+/// `ftruncate` and only data regions are written), owners (numeric uid/gid, when
+/// `isRoot`), modes including setuid/setgid/sticky (set after the owner), extended
+/// attributes and ACLs, nanosecond mtime and atime (directories last, after their
+/// contents), symlinks, hard links, FIFOs, devices (when `isRoot`), non-UTF-8 names,
+/// empty files and directories. Sockets are not recreated (a note says so).
+///
+/// The caller verifies the manifest (`Manifest.verify`) before calling this. Integrity
+/// failures of packs, chunks and trees are thrown as `CoreError`, which names the object;
+/// with `skipDamaged` they are collected in ``RestoreResult/damaged`` instead, with the
+/// files they affect, and the restore goes on.
+public final class Restorer: Sendable {
+    private let logger: Logger
+
+    public init(logger: Logger = Logger(label: "redoubt.restore")) { self.logger = logger }
+
+    /// Restores `subpath` of the snapshot (a path relative to its root, e.g. `data/etc`;
+    /// nil or empty for the whole snapshot) into the directory `target`, created if
+    /// missing. The selected entry keeps its name: restoring `data/etc` creates
+    /// `target/etc`; restoring everything creates one entry per backed-up path.
+    /// Existing non-directory entries in the way are replaced; existing directories are
+    /// merged into.
+    public func restore(manifest: Manifest, readKey: ReadPrivateKey, chunkIDKey: ChunkIDKey, source: any PackSource, target: String,
+                        subpath: [UInt8]? = nil, isRoot: Bool = geteuid() == 0, skipDamaged: Bool = false,
+                        progress: @escaping @Sendable (RestoreProgress) -> Void = { _ in }) async throws -> RestoreResult {
+        let r = try RestoreSession(manifest: manifest, readKey: readKey, chunkIDKey: chunkIDKey, source: source, isRoot: isRoot,
+                                   skipDamaged: skipDamaged, onProgress: progress)
+        let result = try await r.run(target: target, subpath: subpath)
+        logger.info("restore finished", metadata: ["snapshot": "\(manifest.id)", "files": "\(result.files)", "packs": "\(result.packsFetched)"])
+        return result
+    }
+}
+
+/// One restore's state. Not thread-safe: used by the task that runs the restore.
+final class RestoreSession {
+    let manifest: Manifest
+    let readKey: ReadPrivateKey
+    let chunkIDKey: ChunkIDKey
+    let source: any PackSource
+    let isRoot: Bool
+    let skipDamaged: Bool
+    let onProgress: @Sendable (RestoreProgress) -> Void
+    private let decompressor: ChunkDecompressor
+
+    /// Chunk → the pack that holds it, and the plaintext lengths learned from opened packs.
+    private var location: [ChunkID: PackID] = [:]
+    private var lengths: [ChunkID: Int] = [:]
+    /// Opened packs kept for reuse (trees, and packs read to locate chunks).
+    private var cache: [PackID: (pack: OpenedPack, index: [ChunkID: Int], size: Int, tick: Int)] = [:]
+    private var cacheBytes = 0
+    private let cacheBudget = 256 << 20
+    private var tick = 0
+    private var damagedPacks: [PackID: CoreError] = [:]
+    private var packsFetched = 0
+
+    private var tree: RestoreTree! = nil
+    private var rootTree: Tree? = nil
+    private var placements: [FilePlacement] = []
+    private var deferred: [Int: [Int]] = [:]
+    private var spill: SpillFile! = nil
+    private var warnings: [RestoreWarning] = []
+    private var damaged: [DamagedEntry] = []
+    private var status = RestoreProgress(phase: .planning)
+    private var lastReport: ContinuousClock.Instant? = nil
+    private var counts = (files: UInt64(0), directories: UInt64(0), other: UInt64(0))
+
+    init(manifest: Manifest, readKey: ReadPrivateKey, chunkIDKey: ChunkIDKey, source: any PackSource, isRoot: Bool, skipDamaged: Bool,
+         onProgress: @escaping @Sendable (RestoreProgress) -> Void) throws(CoreError) {
+        self.manifest = manifest
+        self.readKey = readKey
+        self.chunkIDKey = chunkIDKey
+        self.source = source
+        self.isRoot = isRoot
+        self.skipDamaged = skipDamaged
+        self.onProgress = onProgress
+        decompressor = try ChunkDecompressor()
+    }
+
+    private var snapshot: String { "snapshot \(manifest.id)" }
+
+    private func report(force: Bool = false, _ update: (inout RestoreProgress) -> Void = { _ in }) {
+        update(&status)
+        let now = ContinuousClock.now
+        if !force, let last = lastReport, now - last < .milliseconds(100) { return }
+        lastReport = now
+        onProgress(status)
+    }
+
+    func run(target: String, subpath: [UInt8]?) async throws -> RestoreResult {
+        let targetBytes = Array(target.utf8)
+        if mkdir(target, 0o700) != 0 && Glibc.errno != EEXIST {
+            throw ArchiveError.system("creating the restore target", object: target, errno: Glibc.errno)
+        }
+        let fd = open(target, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+        guard fd >= 0 else { throw ArchiveError.system("opening the restore target", object: target, errno: Glibc.errno) }
+        defer { close(fd) }
+        tree = RestoreTree(targetFD: fd, targetPath: targetBytes)
+        defer { tree.closeAll() }
+        spill = SpillFile(directoryFD: fd)
+
+        report(force: true)
+        try await locateChunks()
+        try await plan(subpath: subpath)
+        try await resolveHardLinks()
+        try createEntries()
+        try await writeContents()
+        try makeOtherEntries()
+        report(force: true) { $0.phase = .finishing }
+        try applyMetadata()
+        report(force: true) { $0.phase = .done; $0.currentPath = "" }
+        return RestoreResult(files: counts.files, directories: counts.directories, otherEntries: counts.other, bytesWritten: status.bytesDone,
+                             packsFetched: packsFetched, warnings: warnings, damaged: damaged)
+    }
+
+    // MARK: - packs
+
+    /// Records an integrity failure for `path`, or throws it without `skipDamaged`.
+    private func damage(_ path: [UInt8], _ error: CoreError) throws(CoreError) {
+        guard skipDamaged else { throw error }
+        damaged.append(DamagedEntry(path: path, error: error))
+    }
+
+    private func learn(_ p: OpenedPack) {
+        for e in p.entries {
+            if location[e.chunkID] == nil { location[e.chunkID] = p.id }
+            if lengths[e.chunkID] == nil { lengths[e.chunkID] = Int(e.rawLength) }
+        }
+    }
+
+    private func keep(_ p: OpenedPack, size: Int) {
+        guard cache[p.id] == nil, size <= cacheBudget else { return }
+        while cacheBytes + size > cacheBudget, let oldest = cache.min(by: { $0.value.tick < $1.value.tick }) {
+            cacheBytes -= oldest.value.size
+            cache[oldest.key] = nil
+        }
+        var index: [ChunkID: Int] = [:]
+        for (n, e) in p.entries.enumerated() { index[e.chunkID] = n }
+        tick += 1
+        cache[p.id] = (p, index, size, tick)
+        cacheBytes += size
+    }
+
+    private static func fetchAndOpen(_ source: any PackSource, _ id: PackID, _ readKey: ReadPrivateKey) async throws -> (OpenedPack, Int) {
+        let bytes = try await source.pack(id)
+        return (try PackReader.open(bytes, expectedID: id, readKey: readKey), bytes.count)
+    }
+
+    /// An opened pack, from the cache or fetched (and then cached).
+    private func openedPack(_ id: PackID) async throws -> (pack: OpenedPack, index: [ChunkID: Int]) {
+        if let e = damagedPacks[id] { throw e }
+        tick += 1
+        if let c = cache[id] {
+            cache[id]!.tick = tick
+            return (c.pack, c.index)
+        }
+        packsFetched += 1
+        let (p, size) = try await Self.fetchAndOpen(source, id, readKey)
+        learn(p)
+        keep(p, size: size)
+        if let c = cache[id] { return (c.pack, c.index) }
+        var index: [ChunkID: Int] = [:]
+        for (n, e) in p.entries.enumerated() { index[e.chunkID] = n }
+        return (p, index)
+    }
+
+    /// Fetches and opens `ids` in order, up to two ahead of the one `body` handles.
+    /// Cached packs are not fetched again.
+    private func forEachPack(_ ids: [PackID], _ body: (PackID, Result<OpenedPack, any Error>) async throws -> Void) async throws {
+        let source = self.source, readKey = self.readKey
+        try await withThrowingTaskGroup(of: (Int, Result<OpenedPack, any Error>, Int).self) { group in
+            var next = 0
+            var ready: [Int: Result<OpenedPack, any Error>] = [:]
+            for i in ids.indices {
+                while next < ids.count && next <= i + 2 {
+                    let n = next, id = ids[n]
+                    next += 1
+                    if let c = cache[id] {
+                        ready[n] = .success(c.pack)
+                        continue
+                    }
+                    group.addTask {
+                        do {
+                            let (p, size) = try await Self.fetchAndOpen(source, id, readKey)
+                            return (n, .success(p), size)
+                        } catch {
+                            return (n, .failure(error), 0)
+                        }
+                    }
+                }
+                while ready[i] == nil, let done = try await group.next() {
+                    packsFetched += 1
+                    ready[done.0] = done.1
+                }
+                guard let r = ready.removeValue(forKey: i) else { continue }
+                try Task.checkCancellation()
+                try await body(ids[i], r)
+            }
+        }
+    }
+
+    /// Builds the chunk → pack map: from the source's catalog if it has one, else by
+    /// opening every pack the manifest names (each kept while the budget allows).
+    private func locateChunks() async throws {
+        let packs = manifest.header.packs
+        if let s = source as? any ChunkLocatingPackSource {
+            location = try await s.chunkLocations(inPacks: packs)
+            return
+        }
+        status.packsTotal = packs.count
+        try await forEachPack(packs) { id, result in
+            switch result {
+            case .success(let p):
+                learn(p)
+                keep(p, size: p.entries.reduce(0) { $0 + Int($1.sealedLength) })
+            case .failure(let e as CoreError) where skipDamaged:
+                damagedPacks[id] = e
+                warnings.append(RestoreWarning(path: [], "\(e)"))
+            case .failure(let e):
+                throw e
+            }
+        }
+    }
+
+    /// The plaintext of a chunk list (a tree's encoding).
+    private func blob(_ ids: [ChunkID], object: String) async throws -> [UInt8] {
+        var out: [UInt8] = []
+        for id in ids {
+            guard let p = location[id] else {
+                throw CoreError(.missing, object: "chunk \(id)", "part of \(object) but in none of the packs \(snapshot) lists: the snapshot is incomplete")
+            }
+            let opened = try await openedPack(p)
+            guard let n = opened.index[id] else { throw CoreError(.missing, object: "chunk \(id)", "pack \(p) does not hold it (\(object))") }
+            out += try opened.pack.chunk(opened.pack.entries[n], chunkIDKey: chunkIDKey, decompressor: decompressor)
+        }
+        return out
+    }
+
+    private func loadTree(_ ids: [ChunkID], path: [UInt8]) async throws -> Tree {
+        let object = path.isEmpty ? "root tree of \(snapshot)" : "tree of \(printable(path)) in \(snapshot)"
+        return try TreeCodec.decode(try await blob(ids, object: object), object: object)
+    }
+
+    private func root() async throws -> Tree {
+        if let rootTree { return rootTree }
+        let t = try await loadTree(try manifest.openRoot(readKey: readKey), path: [])
+        rootTree = t
+        return t
+    }
+
+    /// The node at `path` (relative to the snapshot root), through directories only.
+    private func findNode(_ path: [UInt8]) async throws -> Node? {
+        let parts = path.split(separator: 0x2f, omittingEmptySubsequences: false).map(Array.init)
+        guard !parts.isEmpty, parts.allSatisfy(TreeCodec.isSafeName) else { return nil }
+        var t = try await root()
+        var walked: [UInt8] = []
+        for (k, name) in parts.enumerated() {
+            guard let n = t[name] else { return nil }
+            if k == parts.count - 1 { return n }
+            guard n.type == .directory else { return nil }
+            walked += (walked.isEmpty ? [] : [0x2f]) + name
+            t = try await loadTree(n.subtree, path: walked)
+        }
+        return nil
+    }
+
+    // MARK: - plan
+
+    private func plan(subpath: [UInt8]?) async throws {
+        var start: [(node: Node, snapshotPath: [UInt8])] = []
+        if let subpath, !subpath.isEmpty {
+            var trimmed = subpath
+            while trimmed.last == 0x2f { trimmed.removeLast() }
+            while trimmed.first == 0x2f { trimmed.removeFirst() }
+            guard let node = try await findNode(trimmed) else {
+                throw ArchiveError(.notFound, object: printable(subpath), "no such entry in \(snapshot)")
+            }
+            start = [(node, trimmed)]
+        } else {
+            start = try await root().nodes.map { ($0, $0.name) }
+        }
+        var stack: [(parent: Int, node: Node, snapshotPath: [UInt8], path: [UInt8])] = start.reversed().map { (-1, $0.node, $0.snapshotPath, $0.node.name) }
+        var files: UInt64 = 0, bytes: UInt64 = 0
+        while let e = stack.popLast() {
+            let i = tree.items.count
+            tree.items.append(RestoreItem(parent: e.parent, name: e.node.name, node: e.node, path: e.path, snapshotPath: e.snapshotPath))
+            if e.node.type == .file {
+                files += 1
+                bytes += e.node.size
+            }
+            guard e.node.type == .directory else { continue }
+            report { $0.currentPath = printable(e.path) }
+            let t: Tree
+            do { t = try await loadTree(e.node.subtree, path: e.snapshotPath) } catch let error as CoreError where skipDamaged {
+                damaged.append(DamagedEntry(path: e.path, error: error))
+                continue
+            }
+            for child in t.nodes.reversed() {
+                stack.append((i, child, e.snapshotPath + [0x2f] + child.name, e.path + [0x2f] + child.name))
+            }
+        }
+        report(force: true) { $0.filesTotal = files; $0.bytesTotal = bytes }
+    }
+
+    /// Maps each hard link to the file item it links to. A link whose first name is not
+    /// being restored (a subpath restore) becomes a copy of that file.
+    private var hardLinkTargets: [Int: Int] = [:]
+
+    private func resolveHardLinks() async throws {
+        var files: [[UInt8]: Int] = [:]
+        for (i, it) in tree.items.enumerated() where it.node.type == .file { files[it.snapshotPath] = i }
+        for i in tree.items.indices where tree.items[i].node.type == .hardlink {
+            let target = tree.items[i].node.linkTarget
+            if let f = files[target] {
+                hardLinkTargets[i] = f
+                continue
+            }
+            // Why: the target is looked up through directories of the snapshot only, never
+            // through a symlink, so a link cannot reach a file outside the snapshot.
+            if let n = try await findNode(target), n.type == .file {
+                var node = n
+                node.name = tree.items[i].name
+                tree.items[i].node = node
+                files[target] = i
+                status.filesTotal = (status.filesTotal ?? 0) + 1
+                status.bytesTotal = (status.bytesTotal ?? 0) + node.size
+            } else {
+                tree.items[i].skipped = true
+                warnings.append(RestoreWarning(path: tree.items[i].path, "hard link to \(printable(target)), which is not a file in \(snapshot); not restored"))
+            }
+        }
+    }
+
+    // MARK: - entries
+
+    private func createEntries() throws {
+        report(force: true) { $0.phase = .writing }
+        for i in tree.items.indices where !tree.items[i].skipped {
+            switch tree.items[i].node.type {
+            case .directory:
+                try tree.makeDirectory(i)
+                counts.directories += 1
+            case .file:
+                try tree.createFile(i)
+                placements.append(FilePlacement(item: i, node: tree.items[i].node))
+                counts.files += 1
+            default: break
+            }
+        }
+    }
+
+    private func makeOtherEntries() throws {
+        for i in tree.items.indices where !tree.items[i].skipped {
+            let node = tree.items[i].node
+            switch node.type {
+            case .directory, .file: continue
+            case .symlink:
+                try tree.makeSpecial(i, { dir, name in ArchiveSys.withCString(node.linkTarget) { symlinkat($0, dir, name) } }, what: "symlink")
+            case .fifo:
+                try tree.makeSpecial(i, { dir, name in mkfifoat(dir, name, 0o600) }, what: "mkfifo")
+            case .charDevice, .blockDevice:
+                guard isRoot else {
+                    tree.items[i].skipped = true
+                    warnings.append(RestoreWarning(path: tree.items[i].path, "\(node.type) not restored: creating devices needs root"))
+                    continue
+                }
+                let kind: UInt32 = node.type == .charDevice ? ArchiveSys.typeChar : ArchiveSys.typeBlock
+                try tree.makeSpecial(i, { dir, name in mknodat(dir, name, mode_t(kind | 0o600), dev_t(node.rdev)) }, what: "mknod")
+            case .socket:
+                tree.items[i].skipped = true
+                warnings.append(RestoreWarning(path: tree.items[i].path, "socket not restored: a socket is created by the program that listens on it"))
+                continue
+            case .hardlink:
+                guard let target = hardLinkTargets[i] else { continue }
+                try tree.makeHardLink(i, to: target)
+            }
+            counts.other += 1
+        }
+    }
+
+    // MARK: - contents
+
+    private func writeContents() async throws {
+        var destinations: [ChunkID: [(file: Int, chunk: Int)]] = [:]
+        var expected: [PackID: [ChunkID]] = [:]
+        var waiting: [ChunkID: [Int]] = [:]
+        var order: [PackID] = []
+        for f in placements.indices {
+            let item = tree.items[placements[f].item]
+            if placements[f].chunks.isEmpty {
+                if placements[f].expected != 0 {
+                    try damage(item.path, CoreError(.corrupt, object: "file \(printable(item.snapshotPath)) in \(snapshot)", "has no content but a size of \(placements[f].expected) bytes"))
+                }
+                finishedFile(f)
+                continue
+            }
+            for (k, c) in placements[f].chunks.enumerated() {
+                guard let p = location[c] else {
+                    placements[f].damaged = true
+                    try damage(item.path, CoreError(.missing, object: "chunk \(c)", "needed by file \(printable(item.snapshotPath)) but in none of the packs \(snapshot) lists"))
+                    break
+                }
+                if let e = damagedPacks[p] {
+                    placements[f].damaged = true
+                    try damage(item.path, e)
+                    break
+                }
+                if destinations[c] == nil {
+                    expected[p, default: []].append(c)
+                    if expected[p]!.count == 1 { order.append(p) }
+                }
+                destinations[c, default: []].append((f, k))
+            }
+            if let w = placements[f].advance(lengths) { waiting[w, default: []].append(f) }
+        }
+        status.packsTotal = order.count
+        status.packsDone = 0
+        report(force: true)
+
+        try await forEachPack(order) { id, result in
+            let p: OpenedPack
+            switch result {
+            case .success(let opened): p = opened
+            case .failure(let e as CoreError):
+                // Every file with a chunk in this pack is damaged.
+                guard skipDamaged else { throw e }
+                for c in expected[id] ?? [] {
+                    for d in destinations.removeValue(forKey: c) ?? [] where !placements[d.file].damaged {
+                        placements[d.file].damaged = true
+                        try damage(tree.items[placements[d.file].item].path, e)
+                    }
+                }
+                return
+            case .failure(let e): throw e
+            }
+            for e in p.entries where lengths[e.chunkID] == nil { lengths[e.chunkID] = Int(e.rawLength) }
+            var touched: [Int] = []
+            for e in p.entries {
+                guard let ws = waiting.removeValue(forKey: e.chunkID) else { continue }
+                for f in ws {
+                    if let w = placements[f].advance(lengths) { waiting[w, default: []].append(f) }
+                    touched.append(f)
+                }
+            }
+            for e in p.entries where location[e.chunkID] == id {
+                guard let ds = destinations.removeValue(forKey: e.chunkID) else { continue }
+                let live = ds.filter { !placements[$0.file].damaged }
+                if live.isEmpty { continue }
+                let plain: [UInt8]
+                do { plain = try p.chunk(e, chunkIDKey: chunkIDKey, decompressor: decompressor) } catch {
+                    for d in live where !placements[d.file].damaged {
+                        placements[d.file].damaged = true
+                        try damage(tree.items[placements[d.file].item].path, (error as? CoreError) ?? CoreError(.corrupt, object: "chunk \(e.chunkID)", "\(error)"))
+                    }
+                    continue
+                }
+                for d in live {
+                    if d.chunk < placements[d.file].known {
+                        try plain.withUnsafeBytes { try write(d.file, d.chunk, $0) }
+                    } else {
+                        try plain.withUnsafeBytes { try spill.put(e.chunkID, $0) }
+                        deferred[d.file, default: []].append(d.chunk)
+                    }
+                }
+            }
+            // Chunks the catalog placed here that the pack does not hold.
+            for c in expected[id] ?? [] {
+                guard let ds = destinations.removeValue(forKey: c) else { continue }
+                for d in ds where !placements[d.file].damaged {
+                    placements[d.file].damaged = true
+                    try damage(tree.items[placements[d.file].item].path,
+                               CoreError(.missing, object: "chunk \(c)", "not in pack \(id), where the repository said it is; needed by \(printable(tree.items[placements[d.file].item].snapshotPath))"))
+                }
+            }
+            for f in touched {
+                guard let ks = deferred[f], !placements[f].damaged else { continue }
+                var still: [Int] = []
+                for k in ks {
+                    if k < placements[f].known {
+                        let data = try spill.read(placements[f].chunks[k])
+                        try data.withUnsafeBytes { try write(f, k, $0) }
+                    } else {
+                        still.append(k)
+                    }
+                }
+                deferred[f] = still.isEmpty ? nil : still
+            }
+            report { $0.packsDone += 1 }
+        }
+        for f in placements.indices where !placements[f].damaged && placements[f].chunksLeft > 0 {
+            let item = tree.items[placements[f].item]
+            try damage(item.path, CoreError(.missing, object: "file \(printable(item.snapshotPath)) in \(snapshot)",
+                                            "\(placements[f].chunksLeft) of its chunks were not found in the packs"))
+        }
+    }
+
+    /// Writes chunk `k` of file `f` at its offset (into the data regions of a sparse file).
+    private func write(_ f: Int, _ k: Int, _ data: UnsafeRawBufferPointer) throws {
+        let placement = placements[f]
+        let item = tree.items[placement.item]
+        let start = placement.offsets[k]
+        let (end, overflow) = start.addingReportingOverflow(UInt64(data.count))
+        guard !overflow, end <= placement.expected else {
+            placements[f].damaged = true
+            try damage(item.path, CoreError(.corrupt, object: "file \(printable(item.snapshotPath)) in \(snapshot)",
+                                            "its chunks hold more than the \(placement.expected) bytes its tree entry gives"))
+            return
+        }
+        let fd = try tree.file(placement.item)
+        for r in placement.fileRanges(contentOffset: start, length: data.count) {
+            let from = Int(r.content - start)
+            let e = ArchiveSys.pwriteAll(fd, UnsafeRawBufferPointer(rebasing: data[from..<(from + r.length)]), at: r.file)
+            if e != 0 { throw ArchiveError.system("writing", object: printable(item.path), errno: e) }
+        }
+        placements[f].chunksLeft -= 1
+        status.bytesDone += UInt64(data.count)
+        if placements[f].chunksLeft == 0 {
+            // All lengths are known now: the chunks must add up to what the tree says.
+            let last = placement.chunks.count - 1
+            let total = placements[f].offsets[last] + UInt64(lengths[placement.chunks[last]] ?? 0)
+            if total != placement.expected {
+                placements[f].damaged = true
+                try damage(item.path, CoreError(.corrupt, object: "file \(printable(item.snapshotPath)) in \(snapshot)",
+                                                "its chunks hold \(total) bytes, its tree entry says \(placement.expected)"))
+            }
+            finishedFile(f)
+        }
+    }
+
+    private func finishedFile(_ f: Int) {
+        tree.closeFile(placements[f].item)
+        report { $0.filesDone += 1; $0.currentPath = printable(tree.items[placements[f].item].path) }
+    }
+
+    // MARK: - metadata
+
+    /// Owners, extended attributes, modes and times: everything but directories in walk
+    /// order, then directories deepest first, so writing into a directory never moves
+    /// its times afterwards and a read-only directory is closed last.
+    private func applyMetadata() throws {
+        for i in tree.items.indices where !tree.items[i].skipped && tree.items[i].node.type != .directory && tree.items[i].node.type != .hardlink {
+            try setMetadata(i)
+        }
+        for i in tree.items.indices.reversed() where tree.items[i].node.type == .directory {
+            try setMetadata(i)
+        }
+    }
+
+    private func setMetadata(_ i: Int) throws {
+        let item = tree.items[i]
+        let node = item.node
+        let parent = try tree.directory(item.parent)
+        try ArchiveSys.withCString(item.name) { (name: UnsafePointer<CChar>) throws in
+            // The owner first: chown clears setuid/setgid and file capabilities.
+            if isRoot && fchownat(parent, name, node.uid, node.gid, ArchiveSys.atSymlinkNoFollow) != 0 {
+                warnings.append(RestoreWarning(path: item.path, "owner \(node.uid):\(node.gid) not set: \(ArchiveSys.describe(errno: Glibc.errno))"))
+            }
+            if !node.xattrs.isEmpty {
+                let path = ArchiveSys.procPath(dirfd: parent, name: item.name) ?? (tree.targetPath + [0x2f] + item.path)
+                for x in node.xattrs {
+                    let e = ArchiveSys.setXattr(path, x)
+                    guard e != 0 else { continue }
+                    let privileged = x.name.starts(with: Array("system.".utf8)) || x.name.starts(with: Array("security.".utf8)) || x.name.starts(with: Array("trusted.".utf8))
+                    let hint = privileged && !isRoot ? " (needs root)" : ""
+                    warnings.append(RestoreWarning(path: item.path, "extended attribute \(printable(x.name)) not set\(hint): \(ArchiveSys.describe(errno: e))"))
+                }
+            }
+            // Symlinks have no mode of their own on Linux.
+            if node.type != .symlink && fchmodat(parent, name, mode_t(node.mode), ArchiveSys.atSymlinkNoFollow) != 0 {
+                warnings.append(RestoreWarning(path: item.path, "mode \(String(node.mode, radix: 8)) not set: \(ArchiveSys.describe(errno: Glibc.errno))"))
+            }
+            var times = [ArchiveSys.timespec(node.atime), ArchiveSys.timespec(node.mtime)]
+            if utimensat(parent, name, &times, ArchiveSys.atSymlinkNoFollow) != 0 {
+                warnings.append(RestoreWarning(path: item.path, "times not set: \(ArchiveSys.describe(errno: Glibc.errno))"))
+            }
+        }
+    }
+}

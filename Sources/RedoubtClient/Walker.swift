@@ -1,0 +1,277 @@
+import Glibc
+import RedoubtCore
+
+/// One entry found by the walk, with the node that will describe it.
+struct WalkEntry {
+    var node: Node
+    /// The absolute path on disk (normalised lexically).
+    var fullPath: [UInt8]
+    /// The path inside the snapshot, relative to its root (what hard links name).
+    var snapshotPath: [UInt8]
+    /// Index of the parent directory's entry; -1 for a top-level entry.
+    var parent: Int
+    /// For a directory: its children's indices (contiguous, sorted by name).
+    var children: Range<Int> = 0..<0
+    var stat: ArchiveSys.FileStat
+    /// Dropped from the snapshot (unreadable, vanished).
+    var omitted = false
+}
+
+/// What the walk found.
+struct WalkResult {
+    var entries: [WalkEntry] = []
+    /// Indices of the top-level entries, one per backed-up path.
+    var topLevel: [Int] = []
+    /// Indices of regular files whose content must be stored (hard links excluded).
+    var files: [Int] = []
+    var warnings: [BackupWarning] = []
+    var bytesTotal: UInt64 = 0
+}
+
+/// Walks the paths to back up: lstat only, never follows a symlink, descends through
+/// directory file descriptors (`openat` with `O_NOFOLLOW`), so a directory swapped for a
+/// symlink mid-walk is not followed. Entries are visited in name order, depth first, so
+/// the "first name" of a hard-linked file is the same on every run.
+struct Walker {
+    private let patterns: [[CChar]]
+    private var users: [UInt32: [UInt8]] = [:]
+    private var groups: [UInt32: [UInt8]] = [:]
+    /// (device, inode) of multiply-linked files → the snapshot path of their first name.
+    private var firstNames: [DevIno: [UInt8]] = [:]
+    private var result = WalkResult()
+    private let report: (Int, [UInt8]) -> Void
+
+    struct DevIno: Hashable {
+        let device: UInt64
+        let inode: UInt64
+    }
+
+    init(excludes: [String], report: @escaping (Int, [UInt8]) -> Void) {
+        patterns = excludes.map { Array($0.utf8CString) }
+        self.report = report
+    }
+
+    /// Walks `paths` (absolute, normalised); `names` are their top-level entry names.
+    mutating func walk(paths: [[UInt8]], names: [[UInt8]]) throws(ArchiveError) -> WalkResult {
+        for (path, name) in zip(paths, names) {
+            let st: ArchiveSys.FileStat
+            switch ArchiveSys.lstat(path) {
+            case .success(let s): st = s
+            case .failure(let e):
+                throw ArchiveError(e == ENOENT ? .notFound : .io, object: printable(path), "cannot back up this path: \(ArchiveSys.describe(errno: e))", errno: e)
+            }
+            guard let index = addEntry(name: name, fullPath: path, snapshotPath: name, parent: -1, stat: st, dirfd: nil) else {
+                throw ArchiveError(.io, object: printable(path), "cannot back up this path: it cannot be read")
+            }
+            result.topLevel.append(index)
+            if result.entries[index].node.type == .directory {
+                let fd = ArchiveSys.withCString(path) { open($0, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC) }
+                if fd < 0 {
+                    warnUnreadableDirectory(index, errno: Glibc.errno)
+                } else {
+                    walkTree(rootIndex: index, rootFD: fd)
+                }
+            }
+        }
+        return result
+    }
+
+    /// Depth-first walk below one directory, holding one open fd per level.
+    private mutating func walkTree(rootIndex: Int, rootFD: Int32) {
+        struct Frame {
+            let fd: Int32
+            var subdirectories: [Int]
+            var next = 0
+        }
+        var stack = [Frame(fd: rootFD, subdirectories: list(directory: rootIndex, fd: rootFD))]
+        while !stack.isEmpty {
+            let top = stack.count - 1
+            guard stack[top].next < stack[top].subdirectories.count else {
+                close(stack[top].fd)
+                stack.removeLast()
+                continue
+            }
+            let child = stack[top].subdirectories[stack[top].next]
+            stack[top].next += 1
+            let fd = ArchiveSys.withCString(result.entries[child].node.name) {
+                openat(stack[top].fd, $0, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
+            }
+            guard fd >= 0 else {
+                warnUnreadableDirectory(child, errno: Glibc.errno)
+                continue
+            }
+            // Why: the directory could have been replaced between lstat and open; what we
+            // opened is what we list, so its metadata must be from the open fd.
+            if case .success(let st) = ArchiveSys.fstat(fd), st.inode != result.entries[child].stat.inode || st.device != result.entries[child].stat.device {
+                result.warnings.append(BackupWarning(.vanished, path: result.entries[child].fullPath, "replaced while the backup ran; stored as found when listed"))
+                result.entries[child].stat = st
+            }
+            stack.append(Frame(fd: fd, subdirectories: list(directory: child, fd: fd)))
+        }
+    }
+
+    /// Lists one directory, adds its children as entries and returns the indices of the
+    /// subdirectories among them.
+    private mutating func list(directory index: Int, fd: Int32) -> [Int] {
+        let names: [[UInt8]]
+        switch ArchiveSys.listDirectory(fd: fd) {
+        case .success(let n): names = n
+        case .failure(let e):
+            warnUnreadableDirectory(index, errno: e)
+            return []
+        }
+        let parentFull = result.entries[index].fullPath
+        let parentSnapshot = result.entries[index].snapshotPath
+        let start = result.entries.count
+        var subdirectories: [Int] = []
+        for name in names {
+            let full = parentFull == [0x2f] ? parentFull + name : parentFull + [0x2f] + name
+            if isExcluded(full, name) { continue }
+            let st: ArchiveSys.FileStat
+            switch ArchiveSys.fstatat(fd, name) {
+            case .success(let s): st = s
+            case .failure(let e):
+                result.warnings.append(BackupWarning(e == ENOENT ? .vanished : .unreadable, path: full,
+                                                     e == ENOENT ? "disappeared before it could be read" : "cannot stat: \(ArchiveSys.describe(errno: e))"))
+                continue
+            }
+            if let child = addEntry(name: name, fullPath: full, snapshotPath: parentSnapshot + [0x2f] + name, parent: index, stat: st, dirfd: fd),
+               result.entries[child].node.type == .directory {
+                subdirectories.append(child)
+            }
+        }
+        result.entries[index].children = start..<result.entries.count
+        report(result.entries.count, parentFull)
+        return subdirectories
+    }
+
+    private func isExcluded(_ full: [UInt8], _ name: [UInt8]) -> Bool {
+        if patterns.isEmpty { return false }
+        return ArchiveSys.withCString(full, name) { cfull, cname in
+            patterns.contains { p in p.withUnsafeBufferPointer { fnmatch($0.baseAddress, cfull, 0) == 0 || fnmatch($0.baseAddress, cname, 0) == 0 } }
+        }
+    }
+
+    private mutating func warnUnreadableDirectory(_ index: Int, errno e: Int32) {
+        result.warnings.append(BackupWarning(.unreadable, path: result.entries[index].fullPath,
+                                             "directory cannot be read (\(ArchiveSys.describe(errno: e))); stored without its contents"))
+    }
+
+    /// Adds an entry for `name` with its node; returns nil (after a warning) if it is
+    /// skipped. `dirfd` is the open parent directory, nil for a top-level path.
+    private mutating func addEntry(name: [UInt8], fullPath: [UInt8], snapshotPath: [UInt8], parent: Int, stat st: ArchiveSys.FileStat, dirfd: Int32?) -> Int? {
+        guard var type = st.nodeType else {
+            result.warnings.append(BackupWarning(.unreadable, path: fullPath, "unknown file type \(String(st.fileType, radix: 8)); skipped"))
+            return nil
+        }
+        var linkTarget: [UInt8] = []
+        switch type {
+        case .symlink:
+            let r = dirfd.map { ArchiveSys.readlinkat($0, name, sizeHint: Int(st.size)) }
+                ?? ArchiveSys.readlinkat(ArchiveSys.atFDCWD, fullPath, sizeHint: Int(st.size))
+            switch r {
+            case .success(let t) where !t.isEmpty && t.count <= TreeCodec.maxLinkTarget: linkTarget = t
+            case .success: 
+                result.warnings.append(BackupWarning(.unreadable, path: fullPath, "symlink target is empty or too long; skipped"))
+                return nil
+            case .failure(let e):
+                result.warnings.append(BackupWarning(e == ENOENT ? .vanished : .unreadable, path: fullPath, "cannot read the symlink: \(ArchiveSys.describe(errno: e))"))
+                return nil
+            }
+        case .file where st.links > 1:
+            let key = DevIno(device: st.device, inode: st.inode)
+            if let first = firstNames[key] {
+                type = .hardlink
+                linkTarget = first
+            } else {
+                firstNames[key] = snapshotPath
+            }
+        default: break
+        }
+        var xattrs: [ExtendedAttribute] = []
+        let xattrPath = dirfd.flatMap { ArchiveSys.procPath(dirfd: $0, name: name) } ?? fullPath
+        switch ArchiveSys.listXattrs(xattrPath) {
+        case .success(let x): xattrs = x
+        case .failure(let e) where e == ENOENT:
+            result.warnings.append(BackupWarning(.vanished, path: fullPath, "disappeared before it could be read"))
+            return nil
+        case .failure(let e):
+            result.warnings.append(BackupWarning(.attributes, path: fullPath, "extended attributes not stored: \(ArchiveSys.describe(errno: e))"))
+        }
+        if xattrs.count > TreeCodec.maxXattrs {
+            result.warnings.append(BackupWarning(.attributes, path: fullPath, "more than \(TreeCodec.maxXattrs) extended attributes; none stored"))
+            xattrs = []
+        }
+        let node = Node(name: name, type: type, mode: st.permissions, uid: st.uid, gid: st.gid, user: user(st.uid), group: group(st.gid),
+                        mtime: st.mtime, ctime: st.ctime, atime: st.atime, size: type == .file ? st.size : 0, linkTarget: linkTarget,
+                        rdev: (type == .charDevice || type == .blockDevice) ? st.rdev : 0, xattrs: xattrs)
+        let index = result.entries.count
+        result.entries.append(WalkEntry(node: node, fullPath: fullPath, snapshotPath: snapshotPath, parent: parent, stat: st))
+        if type == .file {
+            result.files.append(index)
+            result.bytesTotal += st.size
+        }
+        return index
+    }
+
+    private mutating func user(_ uid: UInt32) -> [UInt8] {
+        if let n = users[uid] { return n }
+        let n = ArchiveSys.userName(uid)
+        users[uid] = n
+        return n
+    }
+
+    private mutating func group(_ gid: UInt32) -> [UInt8] {
+        if let n = groups[gid] { return n }
+        let n = ArchiveSys.groupName(gid)
+        groups[gid] = n
+        return n
+    }
+}
+
+/// How backed-up paths map to the snapshot root.
+enum SnapshotLayout {
+    /// `path` made absolute (against the working directory) and normalised lexically:
+    /// no empty, "." or ".." components, no trailing slash.
+    static func absolute(_ path: String) throws(ArchiveError) -> [UInt8] {
+        var bytes = Array(path.utf8)
+        guard !bytes.isEmpty else { throw ArchiveError(.invalidArgument, object: "\"\"", "an empty path cannot be backed up") }
+        if bytes.first != 0x2f {
+            var buf = [CChar](repeating: 0, count: 4096 + 1)
+            guard getcwd(&buf, buf.count) != nil else {
+                throw ArchiveError.system("getcwd", object: path, errno: Glibc.errno)
+            }
+            bytes = buf.withUnsafeBufferPointer { b in Array(UnsafeRawBufferPointer(start: b.baseAddress, count: strlen(b.baseAddress!))) } + [0x2f] + bytes
+        }
+        var parts: [ArraySlice<UInt8>] = []
+        for c in bytes.split(separator: 0x2f, omittingEmptySubsequences: true) {
+            if c.elementsEqual([0x2e]) { continue }
+            if c.elementsEqual([0x2e, 0x2e]) {
+                if !parts.isEmpty { parts.removeLast() }
+                continue
+            }
+            parts.append(c)
+        }
+        return [0x2f] + Array(parts.joined(separator: [0x2f]))
+    }
+
+    /// The top-level names for normalised absolute paths: each path's last component
+    /// ("root" for `/`); a name already taken gets "~2", "~3", … appended.
+    static func topLevelNames(_ paths: [[UInt8]]) -> [[UInt8]] {
+        var used = Set<[UInt8]>()
+        var out: [[UInt8]] = []
+        for p in paths {
+            let base = p.split(separator: 0x2f).last.map(Array.init) ?? Array("root".utf8)
+            var name = base
+            var n = 2
+            while used.contains(name) {
+                let suffix = Array("~\(n)".utf8)
+                name = Array(base.prefix(255 - suffix.count)) + suffix
+                n += 1
+            }
+            used.insert(name)
+            out.append(name)
+        }
+        return out
+    }
+}

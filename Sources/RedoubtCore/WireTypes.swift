@@ -1,0 +1,309 @@
+import Foundation
+
+/// JSON bodies of the v1 API (docs/PROTOCOL.md), shared by server and client so the two
+/// cannot drift. Binary bodies (packs, manifests, chunk queries) are described there too.
+public enum Wire {
+    public static let apiVersion = "v1"
+
+    /// What an enrollment token carries: printed once by the admin, pasted on the host.
+    public struct EnrollmentToken: Codable, Sendable, Equatable {
+        /// Server URL, e.g. `https://127.0.0.1:8443`.
+        public var url: String
+        /// The server CA certificate (DER, base64): the host trusts only this CA.
+        public var ca: String
+        /// SHA-256 of the CA's DER (hex), checked against `ca` before use.
+        public var pin: String
+        /// The one-time secret (hex); the server stores only its SHA-256.
+        public var secret: String
+        public var role: String
+        public var tenant: String?
+        public var name: String
+        /// Unix seconds after which the server refuses the token.
+        public var expires: Int64
+
+        public init(url: String, ca: String, pin: String, secret: String, role: String, tenant: String?, name: String, expires: Int64) {
+            self.url = url
+            self.ca = ca
+            self.pin = pin
+            self.secret = secret
+            self.role = role
+            self.tenant = tenant
+            self.name = name
+            self.expires = expires
+        }
+
+        public static let prefix = "rdbt1."
+
+        public func encoded() throws -> String {
+            let e = JSONEncoder()
+            e.outputFormatting = .sortedKeys
+            return Self.prefix + base64URL(try e.encode(self))
+        }
+
+        public static func decode(_ s: String) throws -> EnrollmentToken {
+            let t = s.trimmingCharacters(in: .whitespacesAndNewlines)
+            guard t.hasPrefix(prefix), let data = fromBase64URL(String(t.dropFirst(prefix.count))),
+                  let tok = try? JSONDecoder().decode(EnrollmentToken.self, from: data) else {
+                throw CoreError(.corrupt, object: "enrollment token", "not a Redoubt enrollment token (expected rdbt1.…); copy it again from `redoubt admin host add`")
+            }
+            return tok
+        }
+    }
+
+    public struct EnrollRequest: Codable, Sendable {
+        public var secret: String
+        /// The host's TLS client public key, PEM (P-256 SubjectPublicKeyInfo).
+        public var publicKeyPEM: String
+        /// A writer's Ed25519 manifest-signing public key, base64.
+        public var hostKey: String?
+        /// `PRETTY_NAME` from /etc/os-release, for `doctor`'s separation check.
+        public var os: String?
+
+        public init(secret: String, publicKeyPEM: String, hostKey: String?, os: String?) {
+            self.secret = secret
+            self.publicKeyPEM = publicKeyPEM
+            self.hostKey = hostKey
+            self.os = os
+        }
+    }
+
+    public struct EnrollResponse: Codable, Sendable {
+        public var principalID: String
+        public var role: String
+        public var tenant: String?
+        public var name: String
+        /// The client certificate the server CA issued for the host's key, PEM.
+        public var certificatePEM: String
+        /// Encoded SharedWriteMaterial, base64 (writers and restorers).
+        public var writeMaterial: String?
+        /// WrappedReadKey JSON (restorers only).
+        public var wrappedReadKey: String?
+
+        public init(principalID: String, role: String, tenant: String?, name: String, certificatePEM: String, writeMaterial: String?, wrappedReadKey: String?) {
+            self.principalID = principalID
+            self.role = role
+            self.tenant = tenant
+            self.name = name
+            self.certificatePEM = certificatePEM
+            self.writeMaterial = writeMaterial
+            self.wrappedReadKey = wrappedReadKey
+        }
+    }
+
+    public struct CreateTenantRequest: Codable, Sendable {
+        public var name: String
+        /// X-Wing read public key, base64.
+        public var readPublicKey: String
+        /// Encoded SharedWriteMaterial, base64.
+        public var writeMaterial: String
+        /// WrappedReadKey JSON.
+        public var wrappedReadKey: String
+        public var minRetentionSeconds: Double?
+
+        public init(name: String, readPublicKey: String, writeMaterial: String, wrappedReadKey: String, minRetentionSeconds: Double?) {
+            self.name = name
+            self.readPublicKey = readPublicKey
+            self.writeMaterial = writeMaterial
+            self.wrappedReadKey = wrappedReadKey
+            self.minRetentionSeconds = minRetentionSeconds
+        }
+    }
+
+    public struct TenantInfo: Codable, Sendable {
+        public var name: String
+        public var readKeyID: String
+        public var minRetentionSeconds: Double
+        public var createdAt: Date
+        public init(name: String, readKeyID: String, minRetentionSeconds: Double, createdAt: Date) {
+            self.name = name
+            self.readKeyID = readKeyID
+            self.minRetentionSeconds = minRetentionSeconds
+            self.createdAt = createdAt
+        }
+    }
+
+    public struct CreateEnrollmentRequest: Codable, Sendable {
+        public var role: String
+        public var name: String
+        public var ttlSeconds: Double?
+        public init(role: String, name: String, ttlSeconds: Double?) {
+            self.role = role
+            self.name = name
+            self.ttlSeconds = ttlSeconds
+        }
+    }
+
+    public struct CreateEnrollmentResponse: Codable, Sendable {
+        public var token: String
+        public var expires: Date
+        public init(token: String, expires: Date) {
+            self.token = token
+            self.expires = expires
+        }
+    }
+
+    /// Public metadata of a snapshot, as listed.
+    public struct SnapshotInfo: Codable, Sendable, Equatable {
+        public var id: String
+        public var tenant: String
+        public var host: String
+        public var time: Date
+        public var committedAt: Date
+        public var retainUntil: Date
+        public var paths: [String]
+        public var tags: [String]
+        public var statistics: SnapshotStatistics
+        public var packCount: Int
+
+        public init(id: String, tenant: String, host: String, time: Date, committedAt: Date, retainUntil: Date, paths: [String], tags: [String],
+                    statistics: SnapshotStatistics, packCount: Int) {
+            self.id = id
+            self.tenant = tenant
+            self.host = host
+            self.time = time
+            self.committedAt = committedAt
+            self.retainUntil = retainUntil
+            self.paths = paths
+            self.tags = tags
+            self.statistics = statistics
+            self.packCount = packCount
+        }
+    }
+
+    public struct UploadResponse: Codable, Sendable {
+        public var id: String
+        public var created: Bool
+        public var retainUntil: Date
+        public init(id: String, created: Bool, retainUntil: Date) {
+            self.id = id
+            self.created = created
+            self.retainUntil = retainUntil
+        }
+    }
+
+    public struct VerifyReport: Codable, Sendable {
+        public var snapshot: String
+        public var packsChecked: Int
+        public var bytesChecked: Int
+        public var damaged: [String]
+        public var missing: [String]
+        public var ok: Bool { damaged.isEmpty && missing.isEmpty }
+        public init(snapshot: String, packsChecked: Int, bytesChecked: Int, damaged: [String], missing: [String]) {
+            self.snapshot = snapshot
+            self.packsChecked = packsChecked
+            self.bytesChecked = bytesChecked
+            self.damaged = damaged
+            self.missing = missing
+        }
+    }
+
+    public struct AuditEntry: Codable, Sendable {
+        public var seq: Int64
+        public var time: Date
+        public var actor: String
+        public var role: String
+        public var credential: String
+        public var source: String
+        public var action: String
+        public var object: String
+        public var outcome: String
+        public var detail: String
+        public var hash: String
+        public init(seq: Int64, time: Date, actor: String, role: String, credential: String, source: String, action: String, object: String,
+                    outcome: String, detail: String, hash: String) {
+            self.seq = seq
+            self.time = time
+            self.actor = actor
+            self.role = role
+            self.credential = credential
+            self.source = source
+            self.action = action
+            self.object = object
+            self.outcome = outcome
+            self.detail = detail
+            self.hash = hash
+        }
+    }
+
+    /// Every error body: a stable code, a message naming the object, and the fix.
+    public struct ErrorBody: Codable, Sendable {
+        public var code: String
+        public var message: String
+        public init(code: String, message: String) {
+            self.code = code
+            self.message = message
+        }
+    }
+
+    /// Encodes a chunk query: the IDs back to back (32 bytes each).
+    public static func encodeChunkQuery(_ ids: [ChunkID]) -> [UInt8] {
+        var out: [UInt8] = []
+        out.reserveCapacity(ids.count * 32)
+        for id in ids { out += id.bytes }
+        return out
+    }
+
+    public static func decodeChunkQuery(_ bytes: [UInt8]) -> [ChunkID]? {
+        guard bytes.count % 32 == 0 else { return nil }
+        return stride(from: 0, to: bytes.count, by: 32).map { ChunkID(bytes: Array(bytes[$0..<($0 + 32)]))! }
+    }
+
+    /// Encodes a chunk query answer: for each held chunk, its ID then its pack's ID.
+    public static func encodeChunkLocations(_ map: [ChunkID: PackID]) -> [UInt8] {
+        var out: [UInt8] = []
+        out.reserveCapacity(map.count * 64)
+        for (c, p) in map {
+            out += c.bytes
+            out += p.bytes
+        }
+        return out
+    }
+
+    public static func decodeChunkLocations(_ bytes: [UInt8]) -> [ChunkID: PackID]? {
+        guard bytes.count % 64 == 0 else { return nil }
+        var out: [ChunkID: PackID] = [:]
+        for o in stride(from: 0, to: bytes.count, by: 64) {
+            out[ChunkID(bytes: Array(bytes[o..<(o + 32)]))!] = PackID(bytes: Array(bytes[(o + 32)..<(o + 64)]))!
+        }
+        return out
+    }
+}
+
+/// Base64url without padding (RFC 4648 §5).
+public func base64URL(_ data: Data) -> String {
+    data.base64EncodedString().replacingOccurrences(of: "+", with: "-").replacingOccurrences(of: "/", with: "_").replacingOccurrences(of: "=", with: "")
+}
+
+public func fromBase64URL(_ s: String) -> Data? {
+    var b = s.replacingOccurrences(of: "-", with: "+").replacingOccurrences(of: "_", with: "/")
+    while b.count % 4 != 0 { b += "=" }
+    return Data(base64Encoded: b)
+}
+
+/// A client's credential file (`credential.json`, mode 0600): how it reaches and proves
+/// itself to the server. Holds the client's TLS private key; never a key that decrypts.
+public struct ClientCredential: Codable, Sendable {
+    public var url: String
+    /// The server CA certificate, PEM: the only CA the client trusts for this server.
+    public var caPEM: String
+    public var pin: String
+    public var certificatePEM: String
+    /// The client's P-256 TLS private key, PEM. Secret.
+    public var keyPEM: String
+    public var principalID: String
+    public var role: String
+    public var tenant: String?
+    public var name: String
+
+    public init(url: String, caPEM: String, pin: String, certificatePEM: String, keyPEM: String, principalID: String, role: String, tenant: String?, name: String) {
+        self.url = url
+        self.caPEM = caPEM
+        self.pin = pin
+        self.certificatePEM = certificatePEM
+        self.keyPEM = keyPEM
+        self.principalID = principalID
+        self.role = role
+        self.tenant = tenant
+        self.name = name
+    }
+}

@@ -1,0 +1,414 @@
+import Crypto
+import Foundation
+import GRDB
+import RedoubtCore
+
+/// A principal's role (DESIGN.md §3).
+public enum Role: String, Sendable, Codable, CaseIterable {
+    /// A protected host: add packs, commit its own snapshots, list their metadata.
+    case writer
+    /// Downloads a tenant's packs and manifests to restore (holds the wrapped read key).
+    case restorer
+    /// Reads the audit log and metrics.
+    case auditor
+    /// Manages tenants and enrollments.
+    case admin
+}
+
+/// An authenticated caller.
+public struct Principal: Sendable, Equatable, Codable {
+    public let id: String
+    public let role: Role
+    /// Nil for admins and auditors of the whole server.
+    public let tenant: String?
+    public let name: String
+    public let fingerprint: String
+    /// A writer's Ed25519 key that signs its manifests.
+    public let hostKey: [UInt8]?
+}
+
+/// A tenant as the server knows it: public material only, plus the write material it
+/// hands to enrolling hosts and the *wrapped* read key it hands to restorers.
+public struct TenantRecord: Sendable, Equatable {
+    public let name: String
+    public let readKeyID: String
+    public let readPublicKey: [UInt8]
+    /// Encoded SharedWriteMaterial (chunk-ID key, chunker seed, read public key). It
+    /// decrypts nothing, but is confidential: it would let an intruder confirm guesses
+    /// about content through chunk IDs.
+    public let writeMaterial: [UInt8]
+    /// JSON of the wrapped read key (RedoubtKMS.WrappedReadKey): useless without the
+    /// key provider.
+    public let wrappedReadKey: String
+    public let minRetention: TimeInterval
+    public let createdAt: Date
+}
+
+/// Public metadata of a committed snapshot.
+public struct SnapshotRecord: Sendable, Equatable, Codable {
+    public let id: String
+    public let tenant: String
+    public let host: String
+    public let time: Date
+    public let committedAt: Date
+    public let retainUntil: Date
+    public let paths: [String]
+    public let tags: [String]
+    public let statistics: SnapshotStatistics
+    public let packCount: Int
+    public let manifestSize: Int
+}
+
+/// The server's SQLite catalog (GRDB). Everything in it can be rebuilt from the store
+/// except principals, enrollments and the audit log (docs/PROTOCOL.md §6).
+public final class Catalog: Sendable {
+    let db: DatabasePool
+
+    public init(path: String) throws {
+        var config = Configuration()
+        config.busyMode = .timeout(10)
+        db = try DatabasePool(path: path, configuration: config)
+        try Self.migrator.migrate(db)
+    }
+
+    static var migrator: DatabaseMigrator {
+        var m = DatabaseMigrator()
+        m.registerMigration("v1") { db in
+            try db.execute(sql: """
+                CREATE TABLE tenants (
+                    name TEXT PRIMARY KEY, read_key_id TEXT NOT NULL, read_public_key BLOB NOT NULL,
+                    write_material BLOB NOT NULL, wrapped_read_key TEXT NOT NULL,
+                    min_retention REAL NOT NULL, created_at REAL NOT NULL);
+                CREATE TABLE principals (
+                    id TEXT PRIMARY KEY, role TEXT NOT NULL, tenant TEXT, name TEXT NOT NULL,
+                    fingerprint TEXT NOT NULL UNIQUE, host_key BLOB, os TEXT, created_at REAL NOT NULL,
+                    revoked INTEGER NOT NULL DEFAULT 0);
+                CREATE UNIQUE INDEX principals_tenant_role_name ON principals(tenant, role, name) WHERE revoked = 0;
+                CREATE TABLE enrollments (
+                    token_hash TEXT PRIMARY KEY, role TEXT NOT NULL, tenant TEXT, name TEXT NOT NULL,
+                    expires_at REAL NOT NULL, used_at REAL, created_by TEXT NOT NULL);
+                CREATE TABLE packs (
+                    tenant TEXT NOT NULL, id TEXT NOT NULL, size INTEGER NOT NULL, retain_until REAL NOT NULL,
+                    created_at REAL NOT NULL, PRIMARY KEY (tenant, id)) WITHOUT ROWID;
+                CREATE TABLE chunks (
+                    tenant TEXT NOT NULL, chunk_id BLOB NOT NULL, pack_id TEXT NOT NULL,
+                    PRIMARY KEY (tenant, chunk_id)) WITHOUT ROWID;
+                CREATE TABLE snapshots (
+                    id TEXT PRIMARY KEY, tenant TEXT NOT NULL, host TEXT NOT NULL, time REAL NOT NULL,
+                    committed_at REAL NOT NULL, retain_until REAL NOT NULL, meta TEXT NOT NULL, manifest_size INTEGER NOT NULL);
+                CREATE INDEX snapshots_tenant_host ON snapshots(tenant, host, time);
+                CREATE TABLE snapshot_packs (snapshot TEXT NOT NULL, pack TEXT NOT NULL, PRIMARY KEY (snapshot, pack)) WITHOUT ROWID;
+                CREATE TABLE audit (
+                    seq INTEGER PRIMARY KEY, time REAL NOT NULL, actor TEXT NOT NULL, role TEXT NOT NULL,
+                    credential TEXT NOT NULL, source TEXT NOT NULL, action TEXT NOT NULL, object TEXT NOT NULL,
+                    outcome TEXT NOT NULL, detail TEXT NOT NULL, prev_hash TEXT NOT NULL, hash TEXT NOT NULL);
+                CREATE TABLE clock (id INTEGER PRIMARY KEY CHECK (id = 1), latest REAL NOT NULL);
+                CREATE TABLE settings (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+                """)
+        }
+        return m
+    }
+
+    // MARK: settings and clock
+
+    public func setting(_ key: String) throws -> String? {
+        try db.read { try String.fetchOne($0, sql: "SELECT value FROM settings WHERE key = ?", arguments: [key]) }
+    }
+
+    public func setSetting(_ key: String, _ value: String) throws {
+        try db.write { try $0.execute(sql: "INSERT OR REPLACE INTO settings(key, value) VALUES (?, ?)", arguments: [key, value]) }
+    }
+
+    /// The latest time the server has seen; never decreases (DESIGN.md: retention by time).
+    public func advanceClock(to t: Date) throws -> Date {
+        try db.write { db in
+            let latest = try Double.fetchOne(db, sql: "SELECT latest FROM clock WHERE id = 1") ?? 0
+            let next = max(latest, t.timeIntervalSince1970)
+            try db.execute(sql: "INSERT OR REPLACE INTO clock(id, latest) VALUES (1, ?)", arguments: [next])
+            return Date(timeIntervalSince1970: next)
+        }
+    }
+
+    // MARK: tenants
+
+    public func insertTenant(_ t: TenantRecord) throws {
+        try db.write { db in
+            try db.execute(sql: """
+                INSERT INTO tenants(name, read_key_id, read_public_key, write_material, wrapped_read_key, min_retention, created_at)
+                VALUES (?, ?, ?, ?, ?, ?, ?)
+                """, arguments: [t.name, t.readKeyID, Data(t.readPublicKey), Data(t.writeMaterial), t.wrappedReadKey, t.minRetention, t.createdAt.timeIntervalSince1970])
+        }
+    }
+
+    public func tenant(_ name: String) throws -> TenantRecord? {
+        try db.read { db in
+            try Row.fetchOne(db, sql: "SELECT * FROM tenants WHERE name = ?", arguments: [name]).map(Self.tenantRecord)
+        }
+    }
+
+    public func tenants() throws -> [TenantRecord] {
+        try db.read { db in try Row.fetchAll(db, sql: "SELECT * FROM tenants ORDER BY name").map(Self.tenantRecord) }
+    }
+
+    static func tenantRecord(_ r: Row) -> TenantRecord {
+        TenantRecord(name: r["name"], readKeyID: r["read_key_id"], readPublicKey: Array(r["read_public_key"] as Data),
+                     writeMaterial: Array(r["write_material"] as Data), wrappedReadKey: r["wrapped_read_key"],
+                     minRetention: r["min_retention"], createdAt: Date(timeIntervalSince1970: r["created_at"]))
+    }
+
+    // MARK: principals and enrollment
+
+    public func insertPrincipal(_ p: Principal, os: String?, now: Date) throws {
+        try db.write { db in
+            try db.execute(sql: """
+                INSERT INTO principals(id, role, tenant, name, fingerprint, host_key, os, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+                """, arguments: [p.id, p.role.rawValue, p.tenant, p.name, p.fingerprint, p.hostKey.map { Data($0) }, os, now.timeIntervalSince1970])
+        }
+    }
+
+    /// The active principal whose client certificate has this fingerprint.
+    public func principal(fingerprint: String) throws -> Principal? {
+        try db.read { db in
+            try Row.fetchOne(db, sql: "SELECT * FROM principals WHERE fingerprint = ? AND revoked = 0", arguments: [fingerprint]).map(Self.principal)
+        }
+    }
+
+    public func principals(tenant: String?) throws -> [Principal] {
+        try db.read { db in
+            if let tenant {
+                return try Row.fetchAll(db, sql: "SELECT * FROM principals WHERE tenant = ? AND revoked = 0 ORDER BY role, name", arguments: [tenant]).map(Self.principal)
+            }
+            return try Row.fetchAll(db, sql: "SELECT * FROM principals WHERE revoked = 0 ORDER BY role, name").map(Self.principal)
+        }
+    }
+
+    static func principal(_ r: Row) -> Principal {
+        Principal(id: r["id"], role: Role(rawValue: r["role"]) ?? .writer, tenant: r["tenant"], name: r["name"], fingerprint: r["fingerprint"],
+                  hostKey: (r["host_key"] as Data?).map { Array($0) })
+    }
+
+    public func insertEnrollment(tokenHash: String, role: Role, tenant: String?, name: String, expiresAt: Date, createdBy: String) throws {
+        try db.write { db in
+            try db.execute(sql: "INSERT INTO enrollments(token_hash, role, tenant, name, expires_at, created_by) VALUES (?, ?, ?, ?, ?, ?)",
+                           arguments: [tokenHash, role.rawValue, tenant, name, expiresAt.timeIntervalSince1970, createdBy])
+        }
+    }
+
+    public struct Enrollment: Sendable {
+        public let role: Role
+        public let tenant: String?
+        public let name: String
+    }
+
+    /// Marks a token used and returns what it enrolls, or nil if unknown, used or
+    /// expired. One transaction, so a token works once even under concurrent use.
+    public func consumeEnrollment(tokenHash: String, now: Date) throws -> Enrollment? {
+        try db.write { db in
+            guard let r = try Row.fetchOne(db, sql: "SELECT * FROM enrollments WHERE token_hash = ? AND used_at IS NULL AND expires_at > ?",
+                                           arguments: [tokenHash, now.timeIntervalSince1970]) else { return nil }
+            try db.execute(sql: "UPDATE enrollments SET used_at = ? WHERE token_hash = ?", arguments: [now.timeIntervalSince1970, tokenHash])
+            guard let role = Role(rawValue: r["role"]) else { return nil }
+            return Enrollment(role: role, tenant: r["tenant"], name: r["name"])
+        }
+    }
+
+    // MARK: packs and chunks
+
+    public func pack(tenant: String, id: String) throws -> (size: Int, retainUntil: Date)? {
+        try db.read { db in
+            try Row.fetchOne(db, sql: "SELECT size, retain_until FROM packs WHERE tenant = ? AND id = ?", arguments: [tenant, id]).map {
+                (size: $0["size"], retainUntil: Date(timeIntervalSince1970: $0["retain_until"]))
+            }
+        }
+    }
+
+    /// Records a stored pack and the chunks it holds (first pack wins for a chunk).
+    public func insertPack(tenant: String, id: String, size: Int, retainUntil: Date, chunkIDs: [ChunkID], now: Date) throws {
+        try db.write { db in
+            try db.execute(sql: "INSERT OR IGNORE INTO packs(tenant, id, size, retain_until, created_at) VALUES (?, ?, ?, ?, ?)",
+                           arguments: [tenant, id, size, retainUntil.timeIntervalSince1970, now.timeIntervalSince1970])
+            let stmt = try db.cachedStatement(sql: "INSERT OR IGNORE INTO chunks(tenant, chunk_id, pack_id) VALUES (?, ?, ?)")
+            for c in chunkIDs { try stmt.execute(arguments: [tenant, Data(c.bytes), id]) }
+        }
+    }
+
+    /// For each of `ids` the tenant holds, the pack that holds it.
+    public func chunkLocations(tenant: String, ids: [ChunkID]) throws -> [ChunkID: PackID] {
+        try db.read { db in
+            var out: [ChunkID: PackID] = [:]
+            var i = 0
+            while i < ids.count {
+                let batch = ids[i..<min(i + 500, ids.count)]
+                i += batch.count
+                let marks = Array(repeating: "?", count: batch.count).joined(separator: ",")
+                var args: [any DatabaseValueConvertible] = [tenant]
+                args += batch.map { Data($0.bytes) }
+                let rows = try Row.fetchAll(db, sql: "SELECT chunk_id, pack_id FROM chunks WHERE tenant = ? AND chunk_id IN (\(marks))",
+                                            arguments: StatementArguments(args))
+                for r in rows {
+                    if let c = ChunkID(bytes: Array(r["chunk_id"] as Data)), let p = PackID(hex: r["pack_id"]) { out[c] = p }
+                }
+            }
+            return out
+        }
+    }
+
+    /// Which of `packs` the tenant does not hold.
+    public func missingPacks(tenant: String, packs: [PackID]) throws -> [PackID] {
+        try db.read { db in
+            try packs.filter { p in
+                try Int.fetchOne(db, sql: "SELECT 1 FROM packs WHERE tenant = ? AND id = ?", arguments: [tenant, p.description]) == nil
+            }
+        }
+    }
+
+    /// Moves pack locks later (never earlier); returns the packs whose lock moved, with
+    /// their new retain-until, so the store's locks can follow.
+    public func extendPackLocks(tenant: String, packs: [PackID], until: Date) throws -> [(PackID, Date)] {
+        try db.write { db in
+            var moved: [(PackID, Date)] = []
+            for p in packs {
+                let cur = try Double.fetchOne(db, sql: "SELECT retain_until FROM packs WHERE tenant = ? AND id = ?", arguments: [tenant, p.description]) ?? 0
+                if until.timeIntervalSince1970 > cur {
+                    try db.execute(sql: "UPDATE packs SET retain_until = ? WHERE tenant = ? AND id = ?",
+                                   arguments: [until.timeIntervalSince1970, tenant, p.description])
+                    moved.append((p, until))
+                }
+            }
+            return moved
+        }
+    }
+
+    public func packs(tenant: String) throws -> [(id: String, size: Int, retainUntil: Date)] {
+        try db.read { db in
+            try Row.fetchAll(db, sql: "SELECT id, size, retain_until FROM packs WHERE tenant = ? ORDER BY id", arguments: [tenant]).map {
+                (id: $0["id"], size: $0["size"], retainUntil: Date(timeIntervalSince1970: $0["retain_until"]))
+            }
+        }
+    }
+
+    // MARK: snapshots
+
+    public func insertSnapshot(_ s: SnapshotRecord, packs: [PackID]) throws {
+        let meta = try JSONEncoder().encode(s)
+        try db.write { db in
+            try db.execute(sql: """
+                INSERT INTO snapshots(id, tenant, host, time, committed_at, retain_until, meta, manifest_size) VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+                """, arguments: [s.id, s.tenant, s.host, s.time.timeIntervalSince1970, s.committedAt.timeIntervalSince1970,
+                                 s.retainUntil.timeIntervalSince1970, String(decoding: meta, as: UTF8.self), s.manifestSize])
+            let stmt = try db.cachedStatement(sql: "INSERT OR IGNORE INTO snapshot_packs(snapshot, pack) VALUES (?, ?)")
+            for p in packs { try stmt.execute(arguments: [s.id, p.description]) }
+        }
+    }
+
+    public func snapshot(id: String) throws -> SnapshotRecord? {
+        try db.read { db in
+            try String.fetchOne(db, sql: "SELECT meta FROM snapshots WHERE id = ?", arguments: [id]).flatMap {
+                try JSONDecoder().decode(SnapshotRecord.self, from: Data($0.utf8))
+            }
+        }
+    }
+
+    /// Snapshots of a tenant, optionally of one host, oldest first.
+    public func snapshots(tenant: String, host: String? = nil) throws -> [SnapshotRecord] {
+        try db.read { db in
+            let rows: [String]
+            if let host {
+                rows = try String.fetchAll(db, sql: "SELECT meta FROM snapshots WHERE tenant = ? AND host = ? ORDER BY time, id", arguments: [tenant, host])
+            } else {
+                rows = try String.fetchAll(db, sql: "SELECT meta FROM snapshots WHERE tenant = ? ORDER BY time, id", arguments: [tenant])
+            }
+            return try rows.map { try JSONDecoder().decode(SnapshotRecord.self, from: Data($0.utf8)) }
+        }
+    }
+
+    public func snapshotPacks(id: String) throws -> [PackID] {
+        try db.read { db in
+            try String.fetchAll(db, sql: "SELECT pack FROM snapshot_packs WHERE snapshot = ? ORDER BY pack", arguments: [id]).compactMap { PackID(hex: $0) }
+        }
+    }
+
+    // MARK: audit
+
+    /// One audit record (docs/PROTOCOL.md §5).
+    public struct AuditRecord: Sendable, Codable, Equatable {
+        public let seq: Int64
+        public let time: Date
+        public let actor: String
+        public let role: String
+        public let credential: String
+        public let source: String
+        public let action: String
+        public let object: String
+        public let outcome: String
+        public let detail: String
+        public let prevHash: String
+        public let hash: String
+
+        /// The hash of this record: SHA-256 over the previous hash and every field.
+        static func computeHash(seq: Int64, time: Double, actor: String, role: String, credential: String, source: String,
+                                action: String, object: String, outcome: String, detail: String, prevHash: String) -> String {
+            var w = ByteWriter()
+            w.raw(Array("redoubt/v1/audit".utf8))
+            w.string(prevHash)
+            w.u64(UInt64(bitPattern: seq))
+            w.u64(time.bitPattern)
+            for f in [actor, role, credential, source, action, object, outcome, detail] { w.string(f) }
+            return hexString(SHA256.hash(data: w.bytes))
+        }
+    }
+
+    public static let auditGenesis = String(repeating: "0", count: 64)
+
+    /// Appends a record chained to the previous one.
+    @discardableResult
+    public func audit(time: Date, actor: String, role: String, credential: String, source: String, action: String,
+                      object: String, outcome: String, detail: String = "") throws -> AuditRecord {
+        try db.write { db in
+            let last = try Row.fetchOne(db, sql: "SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1")
+            let seq: Int64 = (last?["seq"] as Int64? ?? 0) + 1
+            let prev: String = last?["hash"] ?? Self.auditGenesis
+            let t = time.timeIntervalSince1970
+            let h = AuditRecord.computeHash(seq: seq, time: t, actor: actor, role: role, credential: credential, source: source,
+                                            action: action, object: object, outcome: outcome, detail: detail, prevHash: prev)
+            try db.execute(sql: """
+                INSERT INTO audit(seq, time, actor, role, credential, source, action, object, outcome, detail, prev_hash, hash)
+                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                """, arguments: [seq, t, actor, role, credential, source, action, object, outcome, detail, prev, h])
+            return AuditRecord(seq: seq, time: time, actor: actor, role: role, credential: credential, source: source, action: action,
+                               object: object, outcome: outcome, detail: detail, prevHash: prev, hash: h)
+        }
+    }
+
+    public func auditRecords(after seq: Int64 = 0, limit: Int = 10_000) throws -> [AuditRecord] {
+        try db.read { db in
+            try Row.fetchAll(db, sql: "SELECT * FROM audit WHERE seq > ? ORDER BY seq LIMIT ?", arguments: [seq, limit]).map { r in
+                AuditRecord(seq: r["seq"], time: Date(timeIntervalSince1970: r["time"]), actor: r["actor"], role: r["role"], credential: r["credential"],
+                            source: r["source"], action: r["action"], object: r["object"], outcome: r["outcome"], detail: r["detail"],
+                            prevHash: r["prev_hash"], hash: r["hash"])
+            }
+        }
+    }
+
+    /// Checks the whole chain; returns the sequence number of the first bad record, or nil.
+    public func verifyAudit() throws -> (firstBad: Int64?, count: Int) {
+        var prev = Self.auditGenesis
+        var expectedSeq: Int64 = 1
+        var count = 0
+        var after: Int64 = 0
+        while true {
+            let batch = try auditRecords(after: after, limit: 5000)
+            if batch.isEmpty { break }
+            for r in batch {
+                let h = AuditRecord.computeHash(seq: r.seq, time: r.time.timeIntervalSince1970, actor: r.actor, role: r.role, credential: r.credential,
+                                                source: r.source, action: r.action, object: r.object, outcome: r.outcome, detail: r.detail, prevHash: prev)
+                if r.seq != expectedSeq || r.prevHash != prev || r.hash != h { return (r.seq, count) }
+                prev = r.hash
+                expectedSeq += 1
+                count += 1
+            }
+            after = batch.last!.seq
+        }
+        return (nil, count)
+    }
+}

@@ -1,0 +1,209 @@
+import Foundation
+import Hummingbird
+import HummingbirdTLS
+import Logging
+import NIOCore
+import NIOSSL
+import RedoubtCore
+import RedoubtStore
+
+/// Per-request state: the channel (for the peer certificate and address) and, after
+/// authentication, who is calling.
+public struct RedoubtRequestContext: RequestContext {
+    public var coreContext: CoreRequestContextStorage
+    let channel: any Channel
+    var call = CallContext(principal: nil, source: "?")
+
+    public init(source: ApplicationRequestContextSource) {
+        coreContext = .init(source: source)
+        channel = source.channel
+    }
+
+    public var maxUploadSize: Int { 1 << 20 }
+}
+
+/// Authenticates every request by its client certificate and authorises it by
+/// ``Policy`` before any handler runs. A request for anything the API does not offer,
+/// or that the caller's role may not do, is refused with 403 and audited.
+struct AuthMiddleware: RouterMiddleware {
+    typealias Context = RedoubtRequestContext
+    let service: RepositoryService
+
+    func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
+        var ctx = context
+        let source = context.channel.remoteAddress.map { "\($0.ipAddress ?? "?"):\($0.port ?? 0)" } ?? "?"
+        var principal: Principal? = nil
+        if let cert = try? await context.channel.nioSSL_peerCertificate().get(), let der = try? cert.toDERBytes() {
+            principal = try service.catalog.principal(fingerprint: certificateFingerprint(der: der))
+        }
+        ctx.call = CallContext(principal: principal, source: source)
+        let what = "\(request.method) \(request.uri.path)"
+        guard let (action, _) = Policy.action(method: request.method, path: request.uri.path) else {
+            if principal == nil { return errorResponse(service.refuse(ctx.call, "request", object: what, .unauthorized("no valid client certificate"))) }
+            return errorResponse(service.refuse(ctx.call, "request", object: what, .forbidden("\(what) is not part of the API; nothing deletes or overwrites backups")))
+        }
+        if Policy.needsCredential(action) && principal == nil {
+            return errorResponse(service.refuse(ctx.call, action.rawValue, object: what,
+                                                .unauthorized("a client certificate from this server's CA is required: enroll first (`redoubt enroll TOKEN`)")))
+        }
+        guard Policy.allows(principal?.role, action) else {
+            return errorResponse(service.refuse(ctx.call, action.rawValue, object: what,
+                                                .forbidden("a \(principal?.role.rawValue ?? "caller") may not \(action.rawValue)")))
+        }
+        return try await next(request, ctx)
+    }
+}
+
+func jsonResponse<T: Encodable>(_ value: T, status: HTTPResponse.Status = .ok) -> Response {
+    let e = JSONEncoder()
+    e.dateEncodingStrategy = .iso8601
+    e.outputFormatting = [.sortedKeys]
+    let data = (try? e.encode(value)) ?? Data("{}".utf8)
+    return Response(status: status, headers: [.contentType: "application/json"], body: .init(byteBuffer: ByteBuffer(bytes: data)))
+}
+
+func bytesResponse(_ bytes: [UInt8]) -> Response {
+    Response(status: .ok, headers: [.contentType: "application/octet-stream"], body: .init(byteBuffer: ByteBuffer(bytes: bytes)))
+}
+
+func errorResponse(_ e: ServerError) -> Response {
+    jsonResponse(Wire.ErrorBody(code: e.code, message: e.message), status: .init(code: e.status))
+}
+
+/// Runs a handler and turns every error into a JSON error body with the right status.
+func handle(_ logger: Logger, _ body: () async throws -> Response) async -> Response {
+    do { return try await body() } catch let e as ServerError {
+        return errorResponse(e)
+    } catch let e as StoreError {
+        let status = switch e.code {
+        case .notFound: 404
+        case .conflict, .locked: 409
+        case .integrity: 422
+        default: 500
+        }
+        return errorResponse(ServerError(status, e.code.rawValue, e.description))
+    } catch let e as CoreError {
+        return errorResponse(ServerError(422, e.code.rawValue, e.description))
+    } catch let e as HTTPError {
+        return errorResponse(ServerError(Int(e.status.code), "E_HTTP", e.body ?? "\(e.status)"))
+    } catch {
+        logger.error("request failed", metadata: ["error": "\(error)"])
+        return errorResponse(ServerError(500, "E_INTERNAL", "internal error: \(error)"))
+    }
+}
+
+extension Request {
+    func bytes(limit: Int) async throws -> [UInt8] {
+        let buf = try await body.collect(upTo: limit)
+        return Array(buf.readableBytesView)
+    }
+
+    func json<T: Decodable>(_ type: T.Type) async throws -> T {
+        let b = try await bytes(limit: 1 << 20)
+        do { return try JSONDecoder().decode(T.self, from: Data(b)) } catch {
+            throw ServerError.badRequest("request body is not a valid \(T.self): \(error)")
+        }
+    }
+}
+
+/// Builds the v1 API on Hummingbird (docs/PROTOCOL.md).
+public enum RedoubtHTTP {
+    /// Largest pack body accepted (a pack is ~32 MiB; the format allows more).
+    public static let maxPackBody = 512 << 20
+
+    public static func router(service: RepositoryService, logger: Logger) -> Router<RedoubtRequestContext> {
+        let router = Router(context: RedoubtRequestContext.self)
+        router.add(middleware: AuthMiddleware(service: service))
+        router.get("/v1/health") { _, _ in jsonResponse(["status": "ok", "version": RedoubtVersion.string]) }
+        router.post("/v1/enroll") { req, ctx in
+            await handle(logger) { jsonResponse(try service.enroll(try await req.json(Wire.EnrollRequest.self), ctx: ctx.call)) }
+        }
+        router.post("/v1/chunks/query") { req, ctx in
+            await handle(logger) { bytesResponse(try service.queryChunks(try await req.bytes(limit: 100_000 * 32), ctx: ctx.call)) }
+        }
+        router.put("/v1/packs/:id") { req, ctx in
+            await handle(logger) {
+                let id = ctx.parameters.get("id") ?? ""
+                let r = try await service.uploadPack(idHex: id, bytes: try await req.bytes(limit: maxPackBody), ctx: ctx.call)
+                return jsonResponse(r, status: r.created ? .created : .ok)
+            }
+        }
+        router.post("/v1/packs/chunk-lists") { req, ctx in
+            await handle(logger) { bytesResponse(try await service.packChunkLists(try await req.bytes(limit: 100_000 * 32), ctx: ctx.call)) }
+        }
+        router.get("/v1/packs/:id") { _, ctx in
+            await handle(logger) { bytesResponse(try await service.pack(ctx.parameters.get("id") ?? "", ctx: ctx.call)) }
+        }
+        router.post("/v1/snapshots") { req, ctx in
+            await handle(logger) { jsonResponse(try await service.commit(try await req.bytes(limit: Manifest.maxSize), ctx: ctx.call), status: .created) }
+        }
+        router.get("/v1/snapshots") { req, ctx in
+            await handle(logger) {
+                jsonResponse(try service.listSnapshots(host: req.uri.queryParameters.get("host"), tenant: req.uri.queryParameters.get("tenant"), ctx: ctx.call))
+            }
+        }
+        router.get("/v1/snapshots/:id") { _, ctx in
+            await handle(logger) { jsonResponse(try service.showSnapshot(ctx.parameters.get("id") ?? "", ctx: ctx.call)) }
+        }
+        router.get("/v1/snapshots/:id/manifest") { _, ctx in
+            await handle(logger) { bytesResponse(try await service.manifest(ctx.parameters.get("id") ?? "", ctx: ctx.call)) }
+        }
+        router.post("/v1/snapshots/:id/verify") { _, ctx in
+            await handle(logger) { jsonResponse(try await service.verify(ctx.parameters.get("id") ?? "", ctx: ctx.call)) }
+        }
+        router.post("/v1/tenants") { req, ctx in
+            await handle(logger) { jsonResponse(try service.createTenant(try await req.json(Wire.CreateTenantRequest.self), ctx: ctx.call), status: .created) }
+        }
+        router.get("/v1/tenants") { _, _ in await handle(logger) { jsonResponse(try service.listTenants()) } }
+        router.post("/v1/tenants/:tenant/enrollments") { req, ctx in
+            await handle(logger) {
+                jsonResponse(try service.createEnrollment(tenant: ctx.parameters.get("tenant") ?? "", try await req.json(Wire.CreateEnrollmentRequest.self),
+                                                          ctx: ctx.call), status: .created)
+            }
+        }
+        router.get("/v1/audit") { req, _ in
+            await handle(logger) {
+                let after = req.uri.queryParameters.get("after").flatMap { Int64($0) } ?? 0
+                let limit = min(req.uri.queryParameters.get("limit").flatMap { Int($0) } ?? 1000, 10_000)
+                return jsonResponse(try service.auditEntries(after: after, limit: limit))
+            }
+        }
+        router.get("/v1/audit/verify") { _, _ in
+            await handle(logger) {
+                let (bad, count) = try service.catalog.verifyAudit()
+                return jsonResponse(AuditVerifyResult(ok: bad == nil, records: count, firstBad: bad))
+            }
+        }
+        return router
+    }
+
+    /// The server's TLS: TLS 1.3 only, its own certificate, and client certificates
+    /// checked against the server CA whenever presented (enrollment comes without one).
+    public static func tlsConfiguration(home: ServerHome) throws -> TLSConfiguration {
+        let files = try home.tlsMaterial()
+        var tls = TLSConfiguration.makeServerConfiguration(
+            certificateChain: [.certificate(try NIOSSLCertificate(bytes: Array(files.serverCertPEM.utf8), format: .pem))],
+            privateKey: .privateKey(try NIOSSLPrivateKey(bytes: Array(files.serverKeyPEM.utf8), format: .pem)))
+        tls.minimumTLSVersion = .tlsv13
+        tls.trustRoots = .certificates([try NIOSSLCertificate(bytes: Array(files.caCertPEM.utf8), format: .pem)])
+        tls.certificateVerification = .optionalVerification
+        return tls
+    }
+
+    /// An application serving `service` over TLS on `host:port` (port 0 picks one;
+    /// `onRunning` receives the bound port).
+    public static func application(service: RepositoryService, home: ServerHome, host: String, port: Int, logger: Logger,
+                                   onRunning: @escaping @Sendable (Int) async -> Void = { _ in }) throws -> some ApplicationProtocol {
+        Application(router: router(service: service, logger: logger),
+                    server: try .tls(tlsConfiguration: tlsConfiguration(home: home)),
+                    configuration: .init(address: .hostname(host, port: port), serverName: "redoubt"),
+                    onServerRunning: { channel in await onRunning(channel.localAddress?.port ?? port) },
+                    logger: logger)
+    }
+}
+
+struct AuditVerifyResult: Codable {
+    let ok: Bool
+    let records: Int
+    let firstBad: Int64?
+}

@@ -1,0 +1,63 @@
+import Hummingbird
+
+/// Everything the API lets a caller do. Nothing here deletes, overwrites or shortens a
+/// lock: there is no such action (DESIGN.md §1.1).
+public enum Action: String, Sendable, CaseIterable {
+    case health, enroll
+    case queryChunks, uploadPack, commitSnapshot, listSnapshots, showSnapshot
+    case getManifest, getPack, packChunkLists, verifySnapshot
+    case createTenant, listTenants, createEnrollment, listPrincipals
+    case listAudit, verifyAudit
+}
+
+/// Maps requests to actions and decides who may perform them. Pure: tested without a
+/// socket (Tests/RedoubtServerTests/PolicyTests.swift).
+public enum Policy {
+    /// The action a method and path name, or nil for anything the API does not offer
+    /// (which every role is refused, with a 403 and an audit record).
+    public static func action(method: HTTPRequest.Method, path: String) -> (Action, [String: String])? {
+        let parts = path.split(separator: "?", maxSplits: 1).first.map { $0.split(separator: "/").map(String.init) } ?? []
+        guard parts.first == "v1" else { return nil }
+        let p = Array(parts.dropFirst())
+        switch (method, p.count) {
+        case (.get, 1) where p[0] == "health": return (.health, [:])
+        case (.post, 1) where p[0] == "enroll": return (.enroll, [:])
+        case (.post, 2) where p[0] == "chunks" && p[1] == "query": return (.queryChunks, [:])
+        case (.post, 2) where p[0] == "packs" && p[1] == "chunk-lists": return (.packChunkLists, [:])
+        case (.put, 2) where p[0] == "packs": return (.uploadPack, ["id": p[1]])
+        case (.get, 2) where p[0] == "packs": return (.getPack, ["id": p[1]])
+        case (.post, 1) where p[0] == "snapshots": return (.commitSnapshot, [:])
+        case (.get, 1) where p[0] == "snapshots": return (.listSnapshots, [:])
+        case (.get, 2) where p[0] == "snapshots": return (.showSnapshot, ["id": p[1]])
+        case (.get, 3) where p[0] == "snapshots" && p[2] == "manifest": return (.getManifest, ["id": p[1]])
+        case (.post, 3) where p[0] == "snapshots" && p[2] == "verify": return (.verifySnapshot, ["id": p[1]])
+        case (.post, 1) where p[0] == "tenants": return (.createTenant, [:])
+        case (.get, 1) where p[0] == "tenants": return (.listTenants, [:])
+        case (.post, 3) where p[0] == "tenants" && p[2] == "enrollments": return (.createEnrollment, ["tenant": p[1]])
+        case (.get, 1) where p[0] == "principals": return (.listPrincipals, [:])
+        case (.get, 1) where p[0] == "audit": return (.listAudit, [:])
+        case (.get, 2) where p[0] == "audit" && p[1] == "verify": return (.verifyAudit, [:])
+        default: return nil
+        }
+    }
+
+    /// Whether `role` may perform `action` at all. Tenant and host scoping is checked by
+    /// the handlers (a writer sees only its own host's snapshots).
+    public static func allows(_ role: Role?, _ action: Action) -> Bool {
+        switch action {
+        case .health, .enroll: return true  // enroll is authorised by its one-time token
+        case .queryChunks: return role == .writer || role == .restorer
+        case .uploadPack, .commitSnapshot: return role == .writer
+        case .listSnapshots, .showSnapshot: return role != nil
+        // Why: reading packs or manifests is restorer-only, so a host's own credential
+        // cannot download even its own backups (DESIGN.md §1.2).
+        case .getManifest, .getPack, .packChunkLists: return role == .restorer
+        case .verifySnapshot: return role == .restorer || role == .admin || role == .auditor
+        case .createTenant, .createEnrollment, .listTenants, .listPrincipals: return role == .admin
+        case .listAudit, .verifyAudit: return role == .admin || role == .auditor
+        }
+    }
+
+    /// Whether the action needs an authenticated client certificate.
+    public static func needsCredential(_ action: Action) -> Bool { action != .health && action != .enroll }
+}

@@ -1,0 +1,425 @@
+import Crypto
+import Foundation
+import Logging
+import RedoubtCore
+import RedoubtStore
+import X509
+
+/// The one public error of RedoubtServer: an HTTP status, a stable code, and a message
+/// that names the object and the fix.
+public struct ServerError: Error, Sendable, CustomStringConvertible {
+    public let status: Int
+    public let code: String
+    public let message: String
+
+    public init(_ status: Int, _ code: String, _ message: String) {
+        self.status = status
+        self.code = code
+        self.message = message
+    }
+
+    public static func forbidden(_ m: String) -> ServerError { ServerError(403, "E_FORBIDDEN", m) }
+    public static func unauthorized(_ m: String) -> ServerError { ServerError(401, "E_UNAUTHENTICATED", m) }
+    public static func notFound(_ m: String) -> ServerError { ServerError(404, "E_NOT_FOUND", m) }
+    public static func badRequest(_ m: String) -> ServerError { ServerError(400, "E_BAD_REQUEST", m) }
+    public static func integrity(_ m: String) -> ServerError { ServerError(422, "E_INTEGRITY", m) }
+    public var description: String { "\(message) [\(code)]" }
+}
+
+/// Where the server reads the time. Tests use a manual clock.
+public protocol ServerClock: Sendable {
+    func now() -> Date
+}
+
+public struct SystemClock: ServerClock {
+    public init() {}
+    public func now() -> Date { Date() }
+}
+
+/// Who is calling, from where: what every audit record names.
+public struct CallContext: Sendable {
+    public let principal: Principal?
+    public let source: String
+    public init(principal: Principal?, source: String) {
+        self.principal = principal
+        self.source = source
+    }
+}
+
+/// The server's business logic, independent of HTTP: enrollment, uploads, commits,
+/// listings, verification and admin actions, each authorised and audited. Holds no key
+/// that decrypts: it checks pack hashes and manifest signatures only.
+public final class RepositoryService: Sendable {
+    public let catalog: Catalog
+    public let store: any ObjectStore
+    let clock: any ServerClock
+    let ca: CertificateAuthority
+    public let serverURL: String
+    let logger: Logger
+    /// Default minimum retention for new tenants.
+    public let defaultMinRetention: TimeInterval
+
+    public init(catalog: Catalog, store: any ObjectStore, clock: any ServerClock, ca: CertificateAuthority, serverURL: String,
+                defaultMinRetention: TimeInterval, logger: Logger) {
+        self.catalog = catalog
+        self.store = store
+        self.clock = clock
+        self.ca = ca
+        self.serverURL = serverURL
+        self.defaultMinRetention = defaultMinRetention
+        self.logger = logger
+    }
+
+    /// The current time, never earlier than any time the server has used before: if the
+    /// system clock goes backwards, retention still only moves forward.
+    public func now() throws -> Date { try catalog.advanceClock(to: clock.now()) }
+
+    // MARK: naming
+
+    static func isValidTenantName(_ s: String) -> Bool {
+        let u = Array(s.utf8)
+        guard (1...63).contains(u.count), let f = u.first, isLowerAlnum(f) else { return false }
+        return u.allSatisfy { isLowerAlnum($0) || $0 == 0x2d || $0 == 0x2e || $0 == 0x5f }
+    }
+
+    static func isValidPrincipalName(_ s: String) -> Bool {
+        let u = Array(s.utf8)
+        guard (1...253).contains(u.count) else { return false }
+        return u.allSatisfy { isLowerAlnum($0) || ($0 >= 0x41 && $0 <= 0x5a) || $0 == 0x2d || $0 == 0x2e || $0 == 0x5f }
+    }
+
+    private static func isLowerAlnum(_ c: UInt8) -> Bool { (c >= 0x61 && c <= 0x7a) || (c >= 0x30 && c <= 0x39) }
+
+    static func packKey(tenant: String, id: PackID) -> ObjectKey {
+        let h = id.description
+        return ObjectKey("t/\(tenant)/packs/\(h.prefix(2))/\(h)")!
+    }
+
+    static func manifestKey(tenant: String, id: SnapshotID) -> ObjectKey { ObjectKey("t/\(tenant)/snapshots/\(id)")! }
+
+    /// Pack locks are kept in whole UTC days, so a commit moves a pack's lock on disk at
+    /// most once a day instead of on every snapshot.
+    static func ceilDay(_ d: Date) -> Date {
+        Date(timeIntervalSince1970: (d.timeIntervalSince1970 / 86400).rounded(.up) * 86400)
+    }
+
+    // MARK: audit
+
+    func audit(_ ctx: CallContext, _ action: String, object: String, outcome: String, detail: String = "") {
+        do {
+            try catalog.audit(time: (try? now()) ?? clock.now(), actor: ctx.principal.map { "\($0.role.rawValue):\($0.tenant.map { $0 + "/" } ?? "")\($0.name)" } ?? "anonymous",
+                              role: ctx.principal?.role.rawValue ?? "-", credential: ctx.principal?.fingerprint.prefix(16).description ?? "-",
+                              source: ctx.source, action: action, object: object, outcome: outcome, detail: detail)
+        } catch {
+            logger.error("audit write failed", metadata: ["action": "\(action)", "error": "\(error)"])
+        }
+    }
+
+    /// Records a refused request and returns the error to send.
+    public func refuse(_ ctx: CallContext, _ action: String, object: String, _ error: ServerError) -> ServerError {
+        audit(ctx, action, object: object, outcome: "denied", detail: error.message)
+        return error
+    }
+
+    private func requireTenant(_ ctx: CallContext) throws -> (Principal, TenantRecord) {
+        guard let p = ctx.principal, let t = p.tenant, let rec = try catalog.tenant(t) else {
+            throw ServerError.forbidden("this credential belongs to no tenant")
+        }
+        return (p, rec)
+    }
+
+    /// Records at start-up that sealed packs cannot be made immutable here.
+    public func recordImmutabilityWarning(_ warning: String) {
+        audit(CallContext(principal: nil, source: "local"), "start", object: "store", outcome: "warning", detail: warning)
+    }
+
+    // MARK: enrollment
+
+    /// Exchanges a one-time token for a client certificate on the caller's own key.
+    public func enroll(_ req: Wire.EnrollRequest, ctx: CallContext) throws -> Wire.EnrollResponse {
+        let tokenHash = hexString(SHA256.hash(data: Array(req.secret.utf8)))
+        let now = try now()
+        guard let e = try catalog.consumeEnrollment(tokenHash: tokenHash, now: now) else {
+            throw refuse(ctx, "enroll", object: "token \(tokenHash.prefix(12))",
+                         .forbidden("enrollment token unknown, already used or expired: ask an admin for a new one (`redoubt admin host add`)"))
+        }
+        let publicKey: Certificate.PublicKey
+        do { publicKey = try Certificate.PublicKey(P256.Signing.PublicKey(pemRepresentation: req.publicKeyPEM)) } catch {
+            throw ServerError.badRequest("publicKeyPEM is not a P-256 public key")
+        }
+        var hostKey: [UInt8]? = nil
+        if e.role == .writer {
+            guard let hk = req.hostKey.flatMap({ Data(base64Encoded: $0) }), (try? HostPublicKey(rawRepresentation: Array(hk))) != nil else {
+                throw ServerError.badRequest("a writer must send its Ed25519 host key (hostKey, base64)")
+            }
+            hostKey = Array(hk)
+        }
+        let principalID = hexString((0..<16).map { _ in UInt8.random(in: 0...255) })
+        let cert = try ca.issueClient(publicKey: publicKey, principalID: principalID, now: now)
+        let der = try cert.serializeAsPEM().derBytes
+        let p = Principal(id: principalID, role: e.role, tenant: e.tenant, name: e.name, fingerprint: certificateFingerprint(der: der), hostKey: hostKey)
+        do { try catalog.insertPrincipal(p, os: req.os, now: now) } catch {
+            throw refuse(ctx, "enroll", object: "\(e.role.rawValue) \(e.name)", ServerError(409, "E_CONFLICT", "a \(e.role.rawValue) named \(e.name) is already enrolled in this tenant"))
+        }
+        audit(CallContext(principal: p, source: ctx.source), "enroll", object: "\(e.role.rawValue) \(e.tenant ?? "-")/\(e.name)", outcome: "ok", detail: "os=\(req.os ?? "?")")
+        var material: String? = nil, wrapped: String? = nil
+        if let t = e.tenant, let rec = try catalog.tenant(t) {
+            if e.role == .writer || e.role == .restorer { material = Data(rec.writeMaterial).base64EncodedString() }
+            if e.role == .restorer { wrapped = rec.wrappedReadKey }
+        }
+        return Wire.EnrollResponse(principalID: principalID, role: e.role.rawValue, tenant: e.tenant, name: e.name,
+                                   certificatePEM: try cert.serializeAsPEM().pemString, writeMaterial: material, wrappedReadKey: wrapped)
+    }
+
+    // MARK: writer operations
+
+    /// Which of the queried chunks the caller's tenant holds, and where.
+    public func queryChunks(_ body: [UInt8], ctx: CallContext) throws -> [UInt8] {
+        let (_, tenant) = try requireTenant(ctx)
+        guard let ids = Wire.decodeChunkQuery(body), ids.count <= 100_000 else {
+            throw ServerError.badRequest("chunk query must be a multiple of 32 bytes, at most 100000 IDs")
+        }
+        return Wire.encodeChunkLocations(try catalog.chunkLocations(tenant: tenant.name, ids: ids))
+    }
+
+    /// Stores a pack whose bytes hash to `idHex`. Idempotent; never overwrites.
+    public func uploadPack(idHex: String, bytes: [UInt8], ctx: CallContext) async throws -> Wire.UploadResponse {
+        let (_, tenant) = try requireTenant(ctx)
+        guard let id = PackID(hex: idHex) else { throw ServerError.badRequest("pack ID must be 64 lowercase hex digits") }
+        if let existing = try catalog.pack(tenant: tenant.name, id: id.description) {
+            // Why: a re-upload is a no-op, never an overwrite, whatever the body says.
+            return Wire.UploadResponse(id: id.description, created: false, retainUntil: existing.retainUntil)
+        }
+        let summary: PackSummary
+        do { summary = try PackReader.inspect(bytes, expectedID: id) } catch {
+            throw refuse(ctx, "upload-pack", object: "pack \(id)", .integrity("pack \(id) refused: \(error.detail)"))
+        }
+        guard summary.keyID.description == tenant.readKeyID else {
+            throw refuse(ctx, "upload-pack", object: "pack \(id)", .integrity("pack \(id) is sealed to read key \(summary.keyID), not tenant \(tenant.name)'s \(tenant.readKeyID)"))
+        }
+        let now = try now()
+        let until = Self.ceilDay(now.addingTimeInterval(tenant.minRetention))
+        let result = try await store.put(Self.packKey(tenant: tenant.name, id: id), bytes, retainUntil: until)
+        try catalog.insertPack(tenant: tenant.name, id: id.description, size: bytes.count, retainUntil: until, chunkIDs: summary.chunkIDs, now: now)
+        return Wire.UploadResponse(id: id.description, created: result == .created, retainUntil: until)
+    }
+
+    /// Commits a snapshot: checks the host's signature, the tenant, and that every pack is
+    /// present; stores the manifest under lock; extends the packs' locks.
+    public func commit(_ bytes: [UInt8], ctx: CallContext) async throws -> Wire.SnapshotInfo {
+        let (p, tenant) = try requireTenant(ctx)
+        let manifest: Manifest
+        do {
+            manifest = try Manifest.parse(bytes)
+            guard let hk = p.hostKey else { throw CoreError(.badKey, object: "host \(p.name)", "no registered host key") }
+            guard let readKeyID = ReadKeyID(bytes: bytesFromHex(tenant.readKeyID) ?? []) else { throw CoreError(.badKey, object: "tenant", "bad read key ID") }
+            try manifest.verify(tenant: tenant.name, host: p.name, hostKey: try HostPublicKey(rawRepresentation: hk), readKeyID: readKeyID)
+        } catch let e as CoreError {
+            throw refuse(ctx, "commit", object: "snapshot", .integrity("commit refused: \(e)"))
+        }
+        if let existing = try catalog.snapshot(id: manifest.id.description) { return Self.info(existing) }
+        let missing = try catalog.missingPacks(tenant: tenant.name, packs: manifest.header.packs)
+        guard missing.isEmpty else {
+            throw refuse(ctx, "commit", object: "snapshot \(manifest.id)",
+                         ServerError(409, "E_PACKS_MISSING", "snapshot \(manifest.id) names \(missing.count) pack(s) the repository does not hold, e.g. \(missing[0]): upload them first"))
+        }
+        let now = try now()
+        let retainUntil = now.addingTimeInterval(tenant.minRetention)
+        _ = try await store.put(Self.manifestKey(tenant: tenant.name, id: manifest.id), bytes, retainUntil: retainUntil)
+        let packLock = Self.ceilDay(retainUntil)
+        for (pack, until) in try catalog.extendPackLocks(tenant: tenant.name, packs: manifest.header.packs, until: packLock) {
+            try await store.extendRetention(Self.packKey(tenant: tenant.name, id: pack), until: until)
+        }
+        let h = manifest.header
+        let rec = SnapshotRecord(id: manifest.id.description, tenant: tenant.name, host: p.name,
+                                 time: Date(timeIntervalSince1970: Double(h.time.seconds) + Double(h.time.nanoseconds) / 1e9),
+                                 committedAt: now, retainUntil: retainUntil, paths: h.paths.map(printable), tags: h.tags,
+                                 statistics: h.statistics, packCount: h.packs.count, manifestSize: bytes.count)
+        try catalog.insertSnapshot(rec, packs: h.packs)
+        audit(ctx, "commit", object: "snapshot \(manifest.id)", outcome: "ok", detail: "packs=\(h.packs.count) retain-until=\(Int(retainUntil.timeIntervalSince1970))")
+        return Self.info(rec)
+    }
+
+    static func info(_ r: SnapshotRecord) -> Wire.SnapshotInfo {
+        Wire.SnapshotInfo(id: r.id, tenant: r.tenant, host: r.host, time: r.time, committedAt: r.committedAt, retainUntil: r.retainUntil,
+                          paths: r.paths, tags: r.tags, statistics: r.statistics, packCount: r.packCount)
+    }
+
+    /// Snapshots visible to the caller: a writer sees only its own host's.
+    public func listSnapshots(host: String?, tenant: String?, ctx: CallContext) throws -> [Wire.SnapshotInfo] {
+        guard let p = ctx.principal else { throw ServerError.unauthorized("no client certificate") }
+        switch p.role {
+        case .writer:
+            // Why: a host lists only its own snapshots' public metadata (issue 3, point 2).
+            if let host, host != p.name { throw refuse(ctx, "list-snapshots", object: "host \(host)", .forbidden("a host may list only its own snapshots")) }
+            return try catalog.snapshots(tenant: p.tenant ?? "", host: p.name).map(Self.info)
+        case .restorer:
+            return try catalog.snapshots(tenant: p.tenant ?? "", host: host).map(Self.info)
+        case .admin, .auditor:
+            let tenants = try tenant.map { [$0] } ?? catalog.tenants().map(\.name)
+            return try tenants.flatMap { try catalog.snapshots(tenant: $0, host: host) }.map(Self.info)
+        }
+    }
+
+    private func visibleSnapshot(_ idHex: String, ctx: CallContext, action: String) throws -> SnapshotRecord {
+        guard let p = ctx.principal else { throw ServerError.unauthorized("no client certificate") }
+        let id = try resolveSnapshotID(idHex, ctx: ctx)
+        guard let rec = try catalog.snapshot(id: id) else { throw ServerError.notFound("snapshot \(idHex) not found: `redoubt snapshots` lists them") }
+        let allowed: Bool
+        switch p.role {
+        case .writer: allowed = rec.tenant == p.tenant && rec.host == p.name
+        case .restorer: allowed = rec.tenant == p.tenant
+        case .admin, .auditor: allowed = true
+        }
+        guard allowed else { throw refuse(ctx, action, object: "snapshot \(idHex)", .notFound("snapshot \(idHex) not found")) }
+        return rec
+    }
+
+    /// Accepts a full ID or a unique prefix of at least 8 hex digits within what the
+    /// caller may see.
+    func resolveSnapshotID(_ s: String, ctx: CallContext) throws -> String {
+        if s.utf8.count == 64 { return s }
+        guard s.utf8.count >= 8, s.utf8.allSatisfy({ ($0 >= 0x30 && $0 <= 0x39) || ($0 >= 0x61 && $0 <= 0x66) }) else {
+            throw ServerError.badRequest("snapshot ID must be 8–64 lowercase hex digits")
+        }
+        let matches = try listSnapshots(host: nil, tenant: nil, ctx: ctx).filter { $0.id.hasPrefix(s) }
+        guard matches.count == 1 else {
+            throw matches.isEmpty ? ServerError.notFound("no snapshot starts with \(s)") : ServerError.badRequest("\(s) matches \(matches.count) snapshots: give more digits")
+        }
+        return matches[0].id
+    }
+
+    public func showSnapshot(_ idHex: String, ctx: CallContext) throws -> Wire.SnapshotInfo {
+        Self.info(try visibleSnapshot(idHex, ctx: ctx, action: "show-snapshot"))
+    }
+
+    // MARK: restorer operations
+
+    public func manifest(_ idHex: String, ctx: CallContext) async throws -> [UInt8] {
+        let rec = try visibleSnapshot(idHex, ctx: ctx, action: "get-manifest")
+        guard let id = SnapshotID(hex: rec.id) else { throw ServerError.badRequest("bad snapshot ID") }
+        audit(ctx, "get-manifest", object: "snapshot \(rec.id)", outcome: "ok")
+        return try await store.get(Self.manifestKey(tenant: rec.tenant, id: id))
+    }
+
+    public func pack(_ idHex: String, ctx: CallContext) async throws -> [UInt8] {
+        let (_, tenant) = try requireTenant(ctx)
+        guard let id = PackID(hex: idHex), try catalog.pack(tenant: tenant.name, id: id.description) != nil else {
+            throw ServerError.notFound("pack \(idHex) not found in tenant \(tenant.name)")
+        }
+        return try await store.get(Self.packKey(tenant: tenant.name, id: id))
+    }
+
+    /// The public chunk lists of packs, read from the packs' own footers in the store:
+    /// for each pack, its ID, a u32le count and the chunk IDs. Lets a restorer plan which
+    /// pack to fetch for each chunk without downloading any twice.
+    public func packChunkLists(_ body: [UInt8], ctx: CallContext) async throws -> [UInt8] {
+        let (_, tenant) = try requireTenant(ctx)
+        guard body.count % 32 == 0, body.count / 32 <= 100_000 else { throw ServerError.badRequest("body must be at most 100000 pack IDs of 32 bytes") }
+        var out: [UInt8] = []
+        for o in stride(from: 0, to: body.count, by: 32) {
+            let id = PackID(bytes: Array(body[o..<(o + 32)]))!
+            guard try catalog.pack(tenant: tenant.name, id: id.description) != nil else { throw ServerError.notFound("pack \(id) not found in tenant \(tenant.name)") }
+            let key = Self.packKey(tenant: tenant.name, id: id)
+            guard let info = try await store.head(key), info.size >= PackFormat.footerSize else { throw ServerError.notFound("pack \(id) missing from the store") }
+            let tail = try await store.get(key, range: (info.size - PackFormat.footerSize)..<info.size)
+            let footer = try PackFooter.parse(tail, packSize: info.size, headerLength: 0, object: "pack \(id)")
+            let listStart = Int(footer.indexOffset) + Int(footer.indexLength)
+            let list = try await store.get(key, range: listStart..<(info.size - PackFormat.footerSize))
+            out += id.bytes
+            var w = ByteWriter(capacity: 4)
+            w.u32(footer.chunkCount)
+            out += w.bytes
+            out += list
+        }
+        return out
+    }
+
+    /// Re-reads every pack of a snapshot from the store and checks its hash and
+    /// structure. Needs no key.
+    public func verify(_ idHex: String, ctx: CallContext) async throws -> Wire.VerifyReport {
+        let rec = try visibleSnapshot(idHex, ctx: ctx, action: "verify")
+        var damaged: [String] = [], missing: [String] = []
+        var bytes = 0
+        if let sid = SnapshotID(hex: rec.id) {
+            do {
+                let m = try await store.get(Self.manifestKey(tenant: rec.tenant, id: sid))
+                bytes += m.count
+                if SnapshotID(bytes: Array(SHA256.hash(data: m))) != sid { damaged.append("manifest \(rec.id)") }
+            } catch { missing.append("manifest \(rec.id)") }
+        }
+        let packs = try catalog.snapshotPacks(id: rec.id)
+        for p in packs {
+            let data: [UInt8]
+            do { data = try await store.get(Self.packKey(tenant: rec.tenant, id: p)) } catch {
+                missing.append("pack \(p)")
+                continue
+            }
+            bytes += data.count
+            do { _ = try PackReader.inspect(data, expectedID: p) } catch { damaged.append("pack \(p): \(error)") }
+        }
+        let report = Wire.VerifyReport(snapshot: rec.id, packsChecked: packs.count, bytesChecked: bytes, damaged: damaged, missing: missing)
+        audit(ctx, "verify", object: "snapshot \(rec.id)", outcome: report.ok ? "ok" : "damaged", detail: "damaged=\(damaged.count) missing=\(missing.count)")
+        return report
+    }
+
+    // MARK: admin operations
+
+    public func createTenant(_ req: Wire.CreateTenantRequest, ctx: CallContext) throws -> Wire.TenantInfo {
+        guard Self.isValidTenantName(req.name) else {
+            throw ServerError.badRequest("tenant name \(req.name.debugDescription) must be 1–63 characters of a-z, 0-9, '.', '-', '_', starting with a letter or digit")
+        }
+        guard try catalog.tenant(req.name) == nil else { throw ServerError(409, "E_CONFLICT", "tenant \(req.name) already exists") }
+        guard let pub = Data(base64Encoded: req.readPublicKey), let key = try? ReadPublicKey(rawRepresentation: Array(pub)),
+              let wm = Data(base64Encoded: req.writeMaterial),
+              let material = try? SharedWriteMaterial.decode(SecretBytes(copying: wm)), material.readPublicKey == key else {
+            throw ServerError.badRequest("read public key or write material is malformed or they do not match")
+        }
+        let minRetention = req.minRetentionSeconds ?? defaultMinRetention
+        guard minRetention >= 86400 else { throw ServerError.badRequest("minimum retention must be at least 1 day") }
+        let now = try now()
+        try catalog.insertTenant(TenantRecord(name: req.name, readKeyID: key.keyID.description, readPublicKey: Array(pub), writeMaterial: Array(wm),
+                                              wrappedReadKey: req.wrappedReadKey, minRetention: minRetention, createdAt: now))
+        audit(ctx, "create-tenant", object: "tenant \(req.name)", outcome: "ok", detail: "read-key=\(key.keyID) min-retention=\(Int(minRetention))s")
+        return Wire.TenantInfo(name: req.name, readKeyID: key.keyID.description, minRetentionSeconds: minRetention, createdAt: now)
+    }
+
+    public func listTenants() throws -> [Wire.TenantInfo] {
+        try catalog.tenants().map { Wire.TenantInfo(name: $0.name, readKeyID: $0.readKeyID, minRetentionSeconds: $0.minRetention, createdAt: $0.createdAt) }
+    }
+
+    /// Creates a one-time enrollment token for a writer, restorer or auditor.
+    public func createEnrollment(tenant: String, _ req: Wire.CreateEnrollmentRequest, ctx: CallContext) throws -> Wire.CreateEnrollmentResponse {
+        guard let role = Role(rawValue: req.role), role != .admin else { throw ServerError.badRequest("role must be writer, restorer or auditor") }
+        guard Self.isValidPrincipalName(req.name) else { throw ServerError.badRequest("name \(req.name.debugDescription) must be 1–253 characters of A-Z, a-z, 0-9, '.', '-', '_'") }
+        guard try catalog.tenant(tenant) != nil else { throw ServerError.notFound("tenant \(tenant) does not exist: `redoubt admin tenant create \(tenant)`") }
+        let ttl = min(max(req.ttlSeconds ?? 86400, 60), 7 * 86400)
+        let now = try now()
+        let secret = hexString((0..<32).map { _ in UInt8.random(in: 0...255) })
+        let expires = now.addingTimeInterval(ttl)
+        try catalog.insertEnrollment(tokenHash: hexString(SHA256.hash(data: Array(secret.utf8))), role: role, tenant: tenant, name: req.name,
+                                     expiresAt: expires, createdBy: ctx.principal?.name ?? "-")
+        let token = Wire.EnrollmentToken(url: serverURL, ca: Data(try ca.certificate.serializeAsPEM().derBytes).base64EncodedString(), pin: try ca.pin,
+                                         secret: secret, role: role.rawValue, tenant: tenant, name: req.name, expires: Int64(expires.timeIntervalSince1970))
+        audit(ctx, "create-enrollment", object: "\(role.rawValue) \(tenant)/\(req.name)", outcome: "ok", detail: "expires=\(Int(expires.timeIntervalSince1970))")
+        return Wire.CreateEnrollmentResponse(token: try token.encoded(), expires: expires)
+    }
+
+    /// An admin credential made directly on the server at init (no token round trip).
+    public func issueAdmin(name: String, publicKey: P256.Signing.PublicKey) throws -> (Principal, String) {
+        let now = try now()
+        let id = hexString((0..<16).map { _ in UInt8.random(in: 0...255) })
+        let cert = try ca.issueClient(publicKey: .init(publicKey), principalID: id, now: now)
+        let p = Principal(id: id, role: .admin, tenant: nil, name: name, fingerprint: certificateFingerprint(der: try cert.serializeAsPEM().derBytes), hostKey: nil)
+        try catalog.insertPrincipal(p, os: nil, now: now)
+        audit(CallContext(principal: p, source: "local"), "create-admin", object: "admin \(name)", outcome: "ok")
+        return (p, try cert.serializeAsPEM().pemString)
+    }
+
+    public func auditEntries(after: Int64, limit: Int) throws -> [Wire.AuditEntry] {
+        try catalog.auditRecords(after: after, limit: limit).map {
+            Wire.AuditEntry(seq: $0.seq, time: $0.time, actor: $0.actor, role: $0.role, credential: $0.credential, source: $0.source,
+                            action: $0.action, object: $0.object, outcome: $0.outcome, detail: $0.detail, hash: $0.hash)
+        }
+    }
+}

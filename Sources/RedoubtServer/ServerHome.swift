@@ -1,0 +1,132 @@
+import Crypto
+import Foundation
+import Logging
+import RedoubtCore
+import RedoubtStore
+
+/// A server's data directory: TLS material, the catalog, the store and the settings.
+///
+/// ```
+/// DIR/               0700
+///   server.json      listen address, URL, default minimum retention
+///   tls/ca.pem ca.key server.pem server.key   (keys 0600)
+///   catalog.sqlite   the catalog (SQLite, WAL)
+///   store/           the local immutable store (0700)
+///   admin.credential the first admin's credential (0600)
+/// ```
+public struct ServerHome: Sendable {
+    public let root: URL
+
+    public struct Settings: Codable, Sendable {
+        public var listen: String
+        public var url: String
+        public var minRetentionSeconds: Double
+    }
+
+    public struct TLSMaterial: Sendable {
+        public let caCertPEM: String
+        public let caKeyPEM: String
+        public let serverCertPEM: String
+        public let serverKeyPEM: String
+    }
+
+    public init(path: String) { root = URL(fileURLWithPath: path).standardizedFileURL }
+
+    var settingsURL: URL { root.appendingPathComponent("server.json") }
+    var tlsDir: URL { root.appendingPathComponent("tls") }
+    public var catalogPath: String { root.appendingPathComponent("catalog.sqlite").path }
+    public var storePath: String { root.appendingPathComponent("store").path }
+    public var adminCredentialPath: String { root.appendingPathComponent("admin.credential").path }
+
+    /// Creates a new data directory. Refuses one that already holds a server.
+    public func initialize(listen: String, minRetention: TimeInterval, now: Date) async throws -> (settings: Settings, adminCredential: String) {
+        let fm = FileManager.default
+        if fm.fileExists(atPath: settingsURL.path) {
+            throw ServerError(409, "E_EXISTS", "\(root.path) already holds a Redoubt server; use `redoubt server run --data \(root.path)`")
+        }
+        guard let (host, port) = Self.splitHostPort(listen) else { throw ServerError.badRequest("--listen must be HOST:PORT, got \(listen)") }
+        try fm.createDirectory(at: root, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
+        try fm.setAttributes([.posixPermissions: 0o700], ofItemAtPath: root.path)
+        try fm.createDirectory(at: tlsDir, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
+        let ca = try CertificateAuthority.create(name: root.lastPathComponent, now: now)
+        let serverKey = P256.Signing.PrivateKey()
+        var hosts = ["localhost", "127.0.0.1", "::1"]
+        if !hosts.contains(host) && host != "0.0.0.0" && host != "::" { hosts.append(host) }
+        let serverCert = try ca.issueServer(publicKey: serverKey.publicKey, hosts: hosts, now: now)
+        try writePrivate(tlsDir.appendingPathComponent("ca.key"), ca.keyPEM)
+        try writePrivate(tlsDir.appendingPathComponent("ca.pem"), try ca.certificatePEM)
+        try writePrivate(tlsDir.appendingPathComponent("server.key"), serverKey.pemRepresentation)
+        try writePrivate(tlsDir.appendingPathComponent("server.pem"), try serverCert.serializeAsPEM().pemString)
+        let urlHost = host.contains(":") ? "[\(host)]" : (host == "0.0.0.0" ? "127.0.0.1" : host)
+        let settings = Settings(listen: listen, url: "https://\(urlHost):\(port)", minRetentionSeconds: minRetention)
+        let enc = JSONEncoder()
+        enc.outputFormatting = [.prettyPrinted, .sortedKeys]
+        try writePrivate(settingsURL, String(decoding: try enc.encode(settings), as: UTF8.self))
+        let catalog = try Catalog(path: catalogPath)
+        let store = try LocalStore(root: URL(fileURLWithPath: storePath))
+        let service = RepositoryService(catalog: catalog, store: store, clock: SystemClock(), ca: ca, serverURL: settings.url,
+                                        defaultMinRetention: minRetention, logger: Logger(label: "redoubt.init"))
+        let adminKey = P256.Signing.PrivateKey()
+        let (principal, certPEM) = try service.issueAdmin(name: "admin", publicKey: adminKey.publicKey)
+        let cred = ClientCredential(url: settings.url, caPEM: try ca.certificatePEM, pin: try ca.pin, certificatePEM: certPEM, keyPEM: adminKey.pemRepresentation,
+                                    principalID: principal.id, role: Role.admin.rawValue, tenant: nil, name: "admin")
+        try writePrivate(URL(fileURLWithPath: adminCredentialPath), String(decoding: try enc.encode(cred), as: UTF8.self))
+        return (settings, adminCredentialPath)
+    }
+
+    public func settings() throws -> Settings {
+        guard let data = FileManager.default.contents(atPath: settingsURL.path) else {
+            throw ServerError(404, "E_NO_SERVER", "\(root.path) holds no Redoubt server: run `redoubt server init --data \(root.path)` first")
+        }
+        return try JSONDecoder().decode(Settings.self, from: data)
+    }
+
+    public func tlsMaterial() throws -> TLSMaterial {
+        func read(_ n: String) throws -> String {
+            guard let d = FileManager.default.contents(atPath: tlsDir.appendingPathComponent(n).path) else {
+                throw ServerError(404, "E_NO_TLS", "missing \(tlsDir.appendingPathComponent(n).path): the data directory is incomplete")
+            }
+            return String(decoding: d, as: UTF8.self)
+        }
+        return TLSMaterial(caCertPEM: try read("ca.pem"), caKeyPEM: try read("ca.key"), serverCertPEM: try read("server.pem"), serverKeyPEM: try read("server.key"))
+    }
+
+    /// Opens the catalog, store and CA for serving.
+    public func openService(clock: any ServerClock = SystemClock(), logger: Logger) throws -> RepositoryService {
+        let s = try settings()
+        let tls = try tlsMaterial()
+        let ca = try CertificateAuthority(certificatePEM: tls.caCertPEM, keyPEM: tls.caKeyPEM)
+        return RepositoryService(catalog: try Catalog(path: catalogPath), store: try LocalStore(root: URL(fileURLWithPath: storePath)), clock: clock, ca: ca,
+                                 serverURL: s.url, defaultMinRetention: s.minRetentionSeconds, logger: logger)
+    }
+
+    public static func splitHostPort(_ s: String) -> (String, Int)? {
+        var host: Substring, port: Substring
+        if s.hasPrefix("[") {
+            guard let close = s.firstIndex(of: "]") else { return nil }
+            host = s[s.index(after: s.startIndex)..<close]
+            port = s[s.index(after: close)...].dropFirst()
+        } else {
+            guard let colon = s.lastIndex(of: ":") else { return nil }
+            host = s[..<colon]
+            port = s[s.index(after: colon)...]
+        }
+        guard !host.isEmpty, let p = Int(port), (0...65535).contains(p) else { return nil }
+        return (String(host), p)
+    }
+
+    func writePrivate(_ url: URL, _ s: String) throws {
+        let fd = open(url.path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
+        guard fd >= 0 else { throw ServerError(500, "E_IO", "cannot write \(url.path): \(String(cString: strerror(errno)))") }
+        defer { close(fd) }
+        let bytes = Array(s.utf8)
+        var off = 0
+        while off < bytes.count {
+            let n = bytes[off...].withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
+            guard n > 0 else { throw ServerError(500, "E_IO", "cannot write \(url.path): \(String(cString: strerror(errno)))") }
+            off += n
+        }
+        fchmod(fd, 0o600)
+        fsync(fd)
+    }
+}

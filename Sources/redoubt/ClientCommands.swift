@@ -1,0 +1,113 @@
+import ArgumentParser
+import Foundation
+import RedoubtClient
+import RedoubtCore
+import RedoubtKMS
+
+struct ConfigOption: ParsableArguments {
+    @Option(name: .long, help: "Client configuration directory (default ~/.config/redoubt or REDOUBT_CONFIG).") var config: String?
+    var resolved: ClientConfig { ClientConfig(path: config) }
+}
+
+struct EnrollCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "enroll", abstract: "Enroll this host with a one-time token; its keys are made here.")
+    @Argument(help: "The token printed by `redoubt admin host add` (or restorer/auditor add).") var token: String
+    @OptionGroup var config: ConfigOption
+
+    func run() async throws {
+        try await RedoubtCLI.run {
+            let cred = try await ClientConfig.enroll(token: token, into: config.resolved, os: osPrettyName())
+            print("Enrolled \(cred.name) as \(cred.role) of tenant \(cred.tenant ?? "-") at \(cred.url); configuration in \(config.resolved.directory.path)")
+            return .ok
+        }
+    }
+}
+
+struct SnapshotsCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "snapshots", abstract: "List snapshots (a host sees only its own).")
+    @OptionGroup var config: ConfigOption
+    @Option(name: .long, help: "Only this host's snapshots.") var host: String?
+    @Flag(name: .long, help: "Print JSON.") var json = false
+
+    func run() async throws {
+        try await RedoubtCLI.run {
+            let list = try await RedoubtCLI.with(try APIClient(credential: config.resolved.credential())) { try await $0.snapshots(host: host) }
+            if json {
+                try printJSON(list)
+            } else {
+                let f = ISO8601DateFormatter()
+                print("ID        TIME                  HOST            FILES     SIZE        RETAIN UNTIL          PATHS")
+                for s in list {
+                    print("\(s.id.prefix(8))  \(f.string(from: s.time))  \(s.host.padding(toLength: 14, withPad: " ", startingAt: 0))  "
+                        + "\(String(s.statistics.files).padding(toLength: 8, withPad: " ", startingAt: 0))  "
+                        + "\(formatBytes(s.statistics.bytesTotal).padding(toLength: 10, withPad: " ", startingAt: 0))  \(f.string(from: s.retainUntil))  "
+                        + s.paths.joined(separator: " "))
+                }
+            }
+            return .ok
+        }
+    }
+}
+
+struct VerifyCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "verify",
+        abstract: "Check a snapshot: the server re-hashes every pack (no key); --deep decrypts and checks every chunk (restorer).")
+    @Argument(help: "Snapshot ID or a unique prefix (8+ hex digits).") var snapshot: String
+    @Flag(name: .long, help: "Decrypt every chunk and check it (needs the read key).") var deep = false
+    @OptionGroup var config: ConfigOption
+    @Option(name: .long, help: "Passphrase file for a passphrase-wrapped read key.") var passphraseFile: String?
+    @Flag(name: .long, help: "Print JSON.") var json = false
+
+    func run() async throws {
+        try await RedoubtCLI.run {
+            let cfg = config.resolved
+            return try await RedoubtCLI.with(try APIClient(credential: cfg.credential())) { client in
+                let report = try await client.verify(snapshot)
+                var damaged = report.damaged + report.missing
+                var chunks = 0
+                if deep {
+                    let readKey = try await RestoreSupport.unwrapReadKey(config: cfg, passphraseFile: passphraseFile)
+                    let material = try cfg.sharedMaterial()
+                    let manifestBytes = try await client.manifestBytes(report.snapshot)
+                    let manifest = try Manifest.parse(manifestBytes, expectedID: SnapshotID(hex: report.snapshot))
+                    _ = try manifest.openRoot(readKey: readKey)
+                    let decompressor = try ChunkDecompressor()
+                    for p in manifest.header.packs {
+                        do {
+                            let opened = try PackReader.open(try await client.pack(p), expectedID: p, readKey: readKey)
+                            for e in opened.entries {
+                                do {
+                                    _ = try opened.chunk(e, chunkIDKey: material.chunkIDKey, decompressor: decompressor)
+                                    chunks += 1
+                                } catch { damaged.append("\(error)") }
+                            }
+                        } catch { damaged.append("\(error)") }
+                    }
+                }
+                if json {
+                    try printJSON(["snapshot": report.snapshot, "packsChecked": "\(report.packsChecked)", "bytesChecked": "\(report.bytesChecked)",
+                                   "chunksDecrypted": "\(chunks)", "problems": damaged.joined(separator: "\n")])
+                } else {
+                    print("snapshot \(report.snapshot): \(report.packsChecked) packs, \(formatBytes(UInt64(report.bytesChecked))) re-hashed on the server"
+                        + (deep ? ", \(chunks) chunks decrypted and checked" : ""))
+                    for d in damaged { print("  DAMAGED: \(d)") }
+                    print(damaged.isEmpty ? "OK" : "\(damaged.count) problem(s) found")
+                }
+                return damaged.isEmpty ? .ok : .integrity
+            }
+        }
+    }
+}
+
+enum RestoreSupport {
+    /// Unwraps the restorer's read key in memory with its key provider.
+    static func unwrapReadKey(config: ClientConfig, passphraseFile: String?) async throws -> ReadPrivateKey {
+        let wrapped = try config.wrappedReadKey()
+        let tenant = try config.credential().tenant ?? ""
+        let provider = try RedoubtCLI.keyProvider(uri: wrapped.provider, passphraseFile: passphraseFile)
+        // Why the credential's tenant: the context bound into the wrapping must be this
+        // restorer's tenant, not whatever the file claims.
+        return try await provider.unwrap(wrapped, context: KeyContext(tenant: tenant, keyVersion: wrapped.context.keyVersion))
+    }
+}

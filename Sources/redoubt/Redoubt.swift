@@ -1,0 +1,23 @@
+import ArgumentParser
+import CMallocTune
+import RedoubtCore
+
+/// `redoubt`: one binary for the server, the admin, the client and the media.
+struct Redoubt: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "redoubt",
+        abstract: "Backups that a compromised host can neither read, change nor delete.",
+        discussion: "Exit codes: 0 ok, 1 failure, 2 usage, 3 not found, 4 refused by the server, 5 integrity failure, 6 key cannot be unwrapped, 7 server unreachable, 8 finished with warnings.",
+        version: "redoubt \(RedoubtVersion.string)",
+        subcommands: [QuickstartCommand.self, ServerCommand.self, AdminCommand.self, EnrollCommand.self, BackupCommand.self, SnapshotsCommand.self,
+                      RestoreCommand.self, VerifyCommand.self, AuditCommand.self])
+}
+
+@main
+enum Main {
+    static func main() async {
+        // Large seal buffers otherwise come from mmap and page-fault on every chunk.
+        redoubt_tune_malloc()
+        await Redoubt.main()
+    }
+}

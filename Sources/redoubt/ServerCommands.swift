@@ -1,0 +1,197 @@
+import ArgumentParser
+import Foundation
+import Logging
+import RedoubtClient
+import RedoubtCore
+import RedoubtKMS
+import RedoubtServer
+import RedoubtStore
+
+struct ServerCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "server", abstract: "Create and run a repository server.",
+                                                    subcommands: [ServerInit.self, ServerRun.self])
+}
+
+struct ServerInit: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "init", abstract: "Create a server's data directory, CA, catalog, store and admin credential.")
+
+    @Option(name: .long, help: "The data directory (created 0700).") var data: String
+    @Option(name: .long, help: "Address to listen on.") var listen = "127.0.0.1:8443"
+    @Option(name: .long, help: "Default minimum retention of new tenants (e.g. 30d).") var minRetention = "30d"
+
+    func run() async throws {
+        try await RedoubtCLI.run {
+            let r = try parseDuration(minRetention)
+            let (settings, cred) = try await ServerHome(path: data).initialize(listen: listen, minRetention: r, now: Date())
+            print("Initialised a Redoubt server in \(ServerHome(path: data).root.path)")
+            print("  URL:              \(settings.url)")
+            print("  admin credential: \(cred)  (mode 0600; keep it off protected hosts)")
+            print("Next: redoubt server run --data \(data)")
+            return .ok
+        }
+    }
+}
+
+struct ServerRun: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "run", abstract: "Serve the API over TLS until SIGTERM or SIGINT.")
+
+    @Option(name: .long, help: "The data directory.") var data: String
+
+    func run() async throws {
+        try await RedoubtCLI.run {
+            var logger = Logger(label: "redoubt.server")
+            logger.logLevel = .info
+            let home = ServerHome(path: data)
+            let settings = try home.settings()
+            let service = try home.openService(logger: logger)
+            if let store = service.store as? LocalStore, let warning = store.immutabilityWarning {
+                // Why loud: without the flag, root on this host can alter packs unnoticed until verify.
+                FileHandle.standardError.write(Data("WARNING: \(warning)\n".utf8))
+                service.recordImmutabilityWarning(warning)
+            }
+            guard let (host, port) = ServerHome.splitHostPort(settings.listen) else { throw ValidationError("bad listen address \(settings.listen)") }
+            let app = try RedoubtHTTP.application(service: service, home: home, host: host, port: port, logger: logger) { bound in
+                print("redoubt server listening on \(host):\(bound) (\(settings.url))")
+            }
+            try await app.runService()
+            return .ok
+        }
+    }
+}
+
+struct AdminCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "admin", abstract: "Manage tenants and enrollments (admin credential).",
+                                                    subcommands: [TenantCommand.self, HostCommand.self, RestorerCommand.self, AuditorCommand.self])
+}
+
+struct AdminOptions: ParsableArguments {
+    @Option(name: .long, help: "The admin credential file (from `redoubt server init`).") var credential: String
+
+    func client() throws -> APIClient { try APIClient(credential: loadCredential(credential)) }
+}
+
+struct TenantCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "tenant", abstract: "Create and list tenants.", subcommands: [TenantCreate.self, TenantList.self])
+}
+
+struct TenantCreate: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "create", abstract: "Create a tenant: its keys are made here and the read key leaves only wrapped.")
+    @OptionGroup var admin: AdminOptions
+    @Argument(help: "Tenant name (a-z, 0-9, '.', '-', '_').") var name: String
+    @Option(name: .long, help: "Key provider URI that wraps the read key (passphrase: by default).") var keyProvider = "passphrase:"
+    @Option(name: .long, help: "Minimum retention of this tenant's snapshots (e.g. 30d).") var minRetention: String?
+    @Option(name: .long, help: "File holding the passphrase (else REDOUBT_PASSPHRASE or a prompt).") var passphraseFile: String?
+
+    func run() async throws {
+        try await RedoubtCLI.run {
+            let provider = try RedoubtCLI.keyProvider(uri: keyProvider, passphraseFile: passphraseFile)
+            let keys = try TenantKeys.generate()
+            let wrapped = try await provider.wrap(keys.readKey, context: KeyContext(tenant: name, keyVersion: 1))
+            let material = keys.sharedWriteMaterial.encode().withUnsafeBytes { Data($0).base64EncodedString() }
+            let request = Wire.CreateTenantRequest(
+                name: name, readPublicKey: Data(keys.readKey.publicKey.rawRepresentation).base64EncodedString(), writeMaterial: material,
+                wrappedReadKey: String(decoding: try wrapped.encoded(), as: UTF8.self), minRetentionSeconds: try minRetention.map(parseDuration))
+            let info = try await RedoubtCLI.with(try admin.client()) { try await $0.createTenant(request) }
+            print("Created tenant \(info.name): read key \(info.readKeyID), wrapped by \(wrapped.provider), minimum retention \(Int(info.minRetentionSeconds / 86400)) days")
+            return .ok
+        }
+    }
+}
+
+struct TenantList: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "list", abstract: "List tenants.")
+    @OptionGroup var admin: AdminOptions
+    @Flag(name: .long, help: "Print JSON.") var json = false
+
+    func run() async throws {
+        try await RedoubtCLI.run {
+            let list = try await RedoubtCLI.with(try admin.client()) { try await $0.tenants() }
+            if json { try printJSON(list) } else {
+                for t in list { print("\(t.name)  read-key \(t.readKeyID)  min-retention \(Int(t.minRetentionSeconds / 86400))d") }
+            }
+            return .ok
+        }
+    }
+}
+
+/// `host add`, `restorer add`, `auditor add`: print a one-time enrollment token.
+protocol EnrollmentCommand: AsyncParsableCommand {
+    var admin: AdminOptions { get }
+    var tenant: String { get }
+    var name: String { get }
+    var ttl: String { get }
+    static var role: String { get }
+}
+
+extension EnrollmentCommand {
+    func run() async throws {
+        try await RedoubtCLI.run {
+            let ttlSeconds = try parseDuration(ttl)
+            let r = try await RedoubtCLI.with(try admin.client()) {
+                try await $0.createEnrollment(tenant: tenant, role: Self.role, name: name, ttlSeconds: ttlSeconds)
+            }
+            FileHandle.standardError.write(Data("One-time \(Self.role) token for \(tenant)/\(name), valid until \(r.expires). On that host run:\n  redoubt enroll TOKEN\n".utf8))
+            print(r.token)
+            return .ok
+        }
+    }
+}
+
+struct HostCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "host", abstract: "Enroll protected hosts (writers).", subcommands: [HostAdd.self])
+}
+
+struct HostAdd: EnrollmentCommand {
+    static let configuration = CommandConfiguration(commandName: "add", abstract: "Print a one-time token that enrolls a host as a writer.")
+    static let role = "writer"
+    @OptionGroup var admin: AdminOptions
+    @Argument var tenant: String
+    @Argument var name: String
+    @Option(name: .long, help: "How long the token stays valid.") var ttl = "24h"
+}
+
+struct RestorerCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "restorer", abstract: "Enroll restore hosts.", subcommands: [RestorerAdd.self])
+}
+
+struct RestorerAdd: EnrollmentCommand {
+    static let configuration = CommandConfiguration(commandName: "add", abstract: "Print a one-time token that enrolls a restorer.")
+    static let role = "restorer"
+    @OptionGroup var admin: AdminOptions
+    @Argument var tenant: String
+    @Argument var name: String
+    @Option(name: .long, help: "How long the token stays valid.") var ttl = "24h"
+}
+
+struct AuditorCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "auditor", abstract: "Enroll auditors.", subcommands: [AuditorAdd.self])
+}
+
+struct AuditorAdd: EnrollmentCommand {
+    static let configuration = CommandConfiguration(commandName: "add", abstract: "Print a one-time token that enrolls an auditor.")
+    static let role = "auditor"
+    @OptionGroup var admin: AdminOptions
+    @Argument var tenant: String
+    @Argument var name: String
+    @Option(name: .long, help: "How long the token stays valid.") var ttl = "24h"
+}
+
+struct AuditCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "audit", abstract: "Read and check the tamper-evident audit log.", subcommands: [AuditList.self])
+}
+
+struct AuditList: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "list", abstract: "List audit records (admin or auditor credential).")
+    @Option(name: .long, help: "An admin or auditor credential file.") var credential: String
+    @Flag(name: .long, help: "Print JSON.") var json = false
+
+    func run() async throws {
+        try await RedoubtCLI.run {
+            let list = try await RedoubtCLI.with(try APIClient(credential: loadCredential(credential))) { try await $0.audit() }
+            if json { try printJSON(list) } else {
+                for a in list { print("\(a.seq)  \(a.time)  \(a.actor)  \(a.source)  \(a.action)  \(a.object)  \(a.outcome)  \(a.detail)") }
+            }
+            return .ok
+        }
+    }
+}

@@ -1,0 +1,180 @@
+import ArgumentParser
+import Foundation
+import RedoubtClient
+import RedoubtCore
+import RedoubtKMS
+import RedoubtServer
+import RedoubtStore
+
+/// The CLI's exit codes (README "Exit codes"). Stable: scripts depend on them.
+enum Exit: Int32 {
+    case ok = 0
+    case failure = 1
+    case usage = 2
+    case notFound = 3
+    /// The server refused the credential (401/403).
+    case refused = 4
+    /// Stored bytes failed a check: tampered, truncated or corrupt.
+    case integrity = 5
+    /// The read key could not be unwrapped (wrong passphrase, key provider failure).
+    case key = 6
+    /// The server could not be reached.
+    case unreachable = 7
+    /// Finished, but with warnings (files skipped or changed while read) or damage found.
+    case partial = 8
+}
+
+/// Prints an error that names the object, the cause and the fix, and returns the exit code.
+func report(_ error: Error) -> Exit {
+    let (code, text): (Exit, String)
+    switch error {
+    case let e as APIError:
+        code = e.status == 0 && e.code == "E_CONNECT" ? .unreachable : e.isRefusal ? .refused : e.status == 404 ? .notFound
+            : e.status == 422 ? .integrity : .failure
+        text = e.description
+    case let e as CoreError:
+        code = e.isIntegrityFailure ? .integrity : .failure
+        text = e.description
+    case let e as KeyProviderError:
+        code = .key
+        text = "\(e) [\(e.code)]"
+    case let e as ServerError:
+        code = e.status == 404 ? .notFound : .failure
+        text = e.description
+    case let e as StoreError:
+        code = e.code == .integrity ? .integrity : .failure
+        text = e.description
+    case let e as ValidationError:
+        code = .usage
+        text = e.message
+    default:
+        code = .failure
+        text = "\(error)"
+    }
+    FileHandle.standardError.write(Data("error: \(text)\n".utf8))
+    return code
+}
+
+enum RedoubtCLI {
+    /// Runs a command body, mapping errors to documented exit codes.
+    static func run(_ body: () async throws -> Exit) async throws {
+        let code: Exit
+        do { code = try await body() } catch let e as ExitCode {
+            throw e
+        } catch {
+            code = report(error)
+        }
+        if code != .ok { throw ExitCode(code.rawValue) }
+    }
+
+    /// Runs `body` with `client`, shutting the client down afterwards either way.
+    static func with<T>(_ client: APIClient, _ body: (APIClient) async throws -> T) async throws -> T {
+        do {
+            let r = try await body(client)
+            await client.shutdown()
+            return r
+        } catch {
+            await client.shutdown()
+            throw error
+        }
+    }
+
+    static func keyProvider(uri: String, passphraseFile: String?) throws -> any KeyProvider {
+        try makeKeyProvider(uri: uri, passphraseFile: passphraseFile)
+    }
+}
+
+/// Parses `30d`, `12h`, `90m`, `45s`, `2w`, `1y` into seconds.
+func parseDuration(_ s: String) throws -> TimeInterval {
+    let units: [Character: Double] = ["s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400, "y": 365 * 86400]
+    guard let u = s.last, let mult = units[u], let n = Double(s.dropLast()), n > 0 else {
+        throw ValidationError("duration \(s.debugDescription) must be a number and a unit: s, m, h, d, w or y (e.g. 30d)")
+    }
+    return n * mult
+}
+
+/// Reads a secret from a file, else `REDOUBT_PASSPHRASE`, else a prompt on a terminal.
+/// Never from argv.
+func readPassphrase(file: String?, prompt: String) throws -> SecretBytes {
+    if let file {
+        guard var d = FileManager.default.contents(atPath: file) else { throw ValidationError("cannot read passphrase file \(file)") }
+        defer { d.resetBytes(in: 0..<d.count) }
+        while d.last == 0x0a || d.last == 0x0d { d.removeLast() }
+        return SecretBytes(copying: d)
+    }
+    if let env = ProcessInfo.processInfo.environment["REDOUBT_PASSPHRASE"], !env.isEmpty { return SecretBytes(copying: Array(env.utf8)) }
+    if isatty(0) != 0, let p = getpass(prompt) {
+        let s = SecretBytes(copying: UnsafeBufferPointer(start: UnsafeRawPointer(p).assumingMemoryBound(to: UInt8.self), count: strlen(p)))
+        memset(p, 0, strlen(p))
+        return s
+    }
+    throw KeyProviderError.secretMissing(provider: "passphrase:", how: "set REDOUBT_PASSPHRASE, pass --passphrase-file FILE, or run on a terminal")
+}
+
+/// The key provider a URI names. Only `passphrase:` exists so far.
+func makeKeyProvider(uri: String, passphraseFile: String?) throws -> any KeyProvider {
+    switch uri {
+    case "passphrase:", "passphrase":
+        return try PassphraseKeyProvider(passphrase: readPassphrase(file: passphraseFile, prompt: "Passphrase for the tenant's read key: "))
+    default:
+        throw KeyProviderError.unknownProvider(uri)
+    }
+}
+
+func loadCredential(_ path: String) throws -> ClientCredential {
+    guard let d = FileManager.default.contents(atPath: path) else { throw ValidationError("cannot read credential file \(path)") }
+    do { return try JSONDecoder().decode(ClientCredential.self, from: d) } catch { throw ValidationError("\(path) is not a Redoubt credential: \(error)") }
+}
+
+func printJSON<T: Encodable>(_ value: T) throws {
+    let e = JSONEncoder()
+    e.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
+    e.dateEncodingStrategy = .iso8601
+    print(String(decoding: try e.encode(value), as: UTF8.self))
+}
+
+func osPrettyName() -> String? {
+    guard let s = try? String(contentsOfFile: "/etc/os-release", encoding: .utf8) else { return nil }
+    for line in s.split(separator: "\n") where line.hasPrefix("PRETTY_NAME=") {
+        return String(line.dropFirst("PRETTY_NAME=".count)).trimmingCharacters(in: CharacterSet(charactersIn: "\""))
+    }
+    return nil
+}
+
+/// Human-readable byte counts.
+func formatBytes(_ n: UInt64) -> String {
+    let units = ["B", "KiB", "MiB", "GiB", "TiB"]
+    var v = Double(n)
+    var i = 0
+    while v >= 1024 && i < units.count - 1 {
+        v /= 1024
+        i += 1
+    }
+    return i == 0 ? "\(n) B" : String(format: "%.1f %@", v, units[i])
+}
+
+/// A one-line progress display on a terminal (stderr); silent otherwise.
+final class ProgressLine: @unchecked Sendable {
+    // Why @unchecked: updated from one task at a time (the job's progress callback).
+    let enabled = isatty(2) != 0
+    private var last = Date.distantPast
+    private let start = Date()
+
+    func update(files: UInt64, bytes: UInt64, totalBytes: UInt64?, current: String) {
+        guard enabled, Date().timeIntervalSince(last) > 0.2 else { return }
+        last = Date()
+        let elapsed = max(Date().timeIntervalSince(start), 0.001)
+        let rate = Double(bytes) / elapsed
+        var line = "\(files) files  \(formatBytes(bytes))  \(formatBytes(UInt64(rate)))/s"
+        if let t = totalBytes, t > 0, rate > 0 {
+            let eta = Double(t > bytes ? t - bytes : 0) / rate
+            line += String(format: "  %d%%  ETA %ds", Int(Double(bytes) * 100 / Double(t)), Int(eta))
+        }
+        line += "  " + String(current.suffix(40))
+        FileHandle.standardError.write(Data(("\r\u{1b}[K" + line).utf8))
+    }
+
+    func finish() {
+        if enabled { FileHandle.standardError.write(Data("\r\u{1b}[K".utf8)) }
+    }
+}

@@ -1,0 +1,113 @@
+import Foundation
+import Hummingbird
+import Logging
+import NIOCore
+import NIOHTTP1
+import RedoubtClient
+import RedoubtCore
+import RedoubtKMS
+import RedoubtServer
+
+/// A manual clock for retention tests.
+final class ManualClock: ServerClock, @unchecked Sendable {
+    private let lock = NSLock()
+    private var t: Date
+    init(_ t: Date) { self.t = t }
+    func now() -> Date { lock.withLock { t } }
+    func set(_ d: Date) { lock.withLock { t = d } }
+}
+
+/// A free TCP port on loopback (bound, read, released).
+func freeLoopbackPort() throws -> Int {
+    let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+    defer { close(fd) }
+    var addr = sockaddr_in()
+    addr.sin_family = sa_family_t(AF_INET)
+    addr.sin_port = 0
+    addr.sin_addr.s_addr = inet_addr("127.0.0.1")
+    var len = socklen_t(MemoryLayout<sockaddr_in>.size)
+    _ = withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, len) } }
+    _ = withUnsafeMutablePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &len) } }
+    return Int(UInt16(bigEndian: addr.sin_port))
+}
+
+/// A real server: TLS on loopback, a real SQLite catalog, a real local store with
+/// immutable flags, in a temp directory. One per test.
+final class TestServer: @unchecked Sendable {
+    let dir: URL
+    let home: ServerHome
+    let service: RepositoryService
+    let clock: ManualClock
+    let task: Task<Void, Error>
+    let admin: APIClient
+    let url: String
+
+    static func start(minRetention: TimeInterval = 30 * 86400) async throws -> TestServer {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("redoubt-srv-\(UUID().uuidString)")
+        let port = try freeLoopbackPort()
+        let home = ServerHome(path: dir.appendingPathComponent("data").path)
+        _ = try await home.initialize(listen: "127.0.0.1:\(port)", minRetention: minRetention, now: Date())
+        var logger = Logger(label: "test.server")
+        logger.logLevel = .warning
+        let clock = ManualClock(Date())
+        let service = try home.openService(clock: clock, logger: logger)
+        let (stream, cont) = AsyncStream<Int>.makeStream()
+        let app = try RedoubtHTTP.application(service: service, home: home, host: "127.0.0.1", port: port, logger: logger) { p in cont.yield(p) }
+        let task = Task { try await app.runService(gracefulShutdownSignals: []) }
+        for await _ in stream { break }
+        let cred = try JSONDecoder().decode(ClientCredential.self, from: Data(contentsOf: URL(fileURLWithPath: home.adminCredentialPath)))
+        return TestServer(dir: dir, home: home, service: service, clock: clock, task: task, admin: try APIClient(credential: cred), url: cred.url)
+    }
+
+    private init(dir: URL, home: ServerHome, service: RepositoryService, clock: ManualClock, task: Task<Void, Error>, admin: APIClient, url: String) {
+        self.dir = dir
+        self.home = home
+        self.service = service
+        self.clock = clock
+        self.task = task
+        self.admin = admin
+        self.url = url
+    }
+
+    func stop() async {
+        await admin.shutdown()
+        task.cancel()
+        _ = try? await task.value
+        // Objects are immutable: clear the flag before removing the temp tree.
+        _ = try? Process.run(URL(fileURLWithPath: "/usr/bin/chattr"), arguments: ["-R", "-i", dir.path]).waitUntilExit()
+        try? FileManager.default.removeItem(at: dir)
+    }
+
+    /// Creates a tenant whose keys the test holds.
+    func createTenant(_ name: String, keys: TenantKeys) async throws {
+        let provider = try PassphraseKeyProvider(passphrase: SecretBytes(copying: Array("pw".utf8)), logN: 10)
+        let wrapped = try await provider.wrap(keys.readKey, context: KeyContext(tenant: name, keyVersion: 1))
+        _ = try await admin.createTenant(Wire.CreateTenantRequest(
+            name: name, readPublicKey: Data(keys.readKey.publicKey.rawRepresentation).base64EncodedString(),
+            writeMaterial: keys.sharedWriteMaterial.encode().withUnsafeBytes { Data($0).base64EncodedString() },
+            wrappedReadKey: String(decoding: try wrapped.encoded(), as: UTF8.self), minRetentionSeconds: nil))
+    }
+
+    /// Enrolls a principal into a fresh config directory and returns it with a client.
+    func enroll(tenant: String, role: String, name: String) async throws -> (ClientConfig, APIClient) {
+        let token = try await admin.createEnrollment(tenant: tenant, role: role, name: name, ttlSeconds: 3600).token
+        let cfg = ClientConfig(path: dir.appendingPathComponent("cfg-\(role)-\(name)").path)
+        _ = try await ClientConfig.enroll(token: token, into: cfg, os: "Test OS 1")
+        return (cfg, try APIClient(credential: cfg.credential()))
+    }
+}
+
+/// Builds a small snapshot with Core alone: one file of `data`, under `name`.
+func makeSnapshot(keys: WriteKeySet, files: [(String, [UInt8])], time: Int64 = 1_800_000_000) throws -> (packs: [FinishedPack], manifest: Manifest) {
+    let pipeline = try PackPipeline(material: keys.shared)
+    var nodes: [Node] = []
+    for (name, data) in files {
+        nodes.append(Node(name: Array(name.utf8), type: .file, size: UInt64(data.count), content: data.isEmpty ? [] : try pipeline.add(blob: data)))
+    }
+    let root = try pipeline.add(tree: Tree(nodes: nodes))
+    let packs = try pipeline.flush()
+    let header = ManifestHeader(tenant: keys.tenant, readKeyID: keys.shared.readPublicKey.keyID, host: keys.host, hostKey: keys.signingKey.publicKey,
+                                time: Timestamp(seconds: time), nonce: (0..<16).map { _ in UInt8.random(in: 0...255) }, paths: [Array("/data".utf8)],
+                                tags: [], statistics: SnapshotStatistics(), packs: packs.map(\.id), clientVersion: "test")
+    return (packs, try Manifest.create(header: header, root: root, readPublicKey: keys.shared.readPublicKey, signingKey: keys.signingKey))
+}
