@@ -7,6 +7,8 @@ struct ArchiverTestHooks: Sendable {
     /// Called after a file's content was read and before it is stat'ed again, with the
     /// path and the attempt (1 or 2): lets a test change the file "during" the read.
     var afterFileRead: (@Sendable ([UInt8], Int) -> Void)? = nil
+    /// Smaller chunks than format v1's, so tests get many chunks from little data.
+    var chunkerParameters: Chunker.Parameters? = nil
 }
 
 /// Which chunks the repository or this run holds, and where. Shared by all workers.
@@ -111,7 +113,8 @@ final class BackupWorker {
 
     init(run: BackupRun) throws(CoreError) {
         self.run = run
-        pipeline = try PackPipeline(material: run.material, targetPackSize: run.options.packSize, compressionLevel: run.options.compressionLevel)
+        pipeline = try PackPipeline(material: run.material, targetPackSize: run.options.packSize, compressionLevel: run.options.compressionLevel,
+                                    chunkerParameters: run.hooks.chunkerParameters ?? .default)
         chunkIDKey = run.material.chunkIDKey
         maxChunk = pipeline.chunker.parameters.max
         window = max(Self.windowSize, maxChunk)

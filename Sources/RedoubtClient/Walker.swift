@@ -65,7 +65,7 @@ struct Walker {
             }
             result.topLevel.append(index)
             if result.entries[index].node.type == .directory {
-                let fd = ArchiveSys.withCString(path) { open($0, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC) }
+                let fd = Self.openDirectory(ArchiveSys.atFDCWD, path)
                 if fd < 0 {
                     warnUnreadableDirectory(index, errno: Glibc.errno)
                 } else {
@@ -93,9 +93,7 @@ struct Walker {
             }
             let child = stack[top].subdirectories[stack[top].next]
             stack[top].next += 1
-            let fd = ArchiveSys.withCString(result.entries[child].node.name) {
-                openat(stack[top].fd, $0, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
-            }
+            let fd = Self.openDirectory(stack[top].fd, result.entries[child].node.name)
             guard fd >= 0 else {
                 warnUnreadableDirectory(child, errno: Glibc.errno)
                 continue
@@ -108,6 +106,15 @@ struct Walker {
             }
             stack.append(Frame(fd: fd, subdirectories: list(directory: child, fd: fd)))
         }
+    }
+
+    /// Opens a directory for listing without following a symlink and, where allowed,
+    /// without touching its atime (so a backup does not change what the next one sees).
+    private static func openDirectory(_ dirfd: Int32, _ name: [UInt8]) -> Int32 {
+        let flags = O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC
+        let fd = ArchiveSys.withCString(name) { openat(dirfd, $0, flags | ArchiveSys.oNoAtime) }
+        if fd < 0 && Glibc.errno == EPERM { return ArchiveSys.withCString(name) { openat(dirfd, $0, flags) } }
+        return fd
     }
 
     /// Lists one directory, adds its children as entries and returns the indices of the

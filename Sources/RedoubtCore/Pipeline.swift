@@ -95,7 +95,9 @@ public final class PackPipeline {
     private func finishCurrent() throws(CoreError) {
         guard let c = current else { return }
         current = nil
-        let p = try c.finish()
+        // Why `consume`: otherwise the consuming finish() gets a copy and its first
+        // append duplicates the whole pack buffer (tens of MiB per pack).
+        let p = try (consume c).finish()
         bytesPacked += UInt64(p.bytes.count)
         finished.append(p)
     }

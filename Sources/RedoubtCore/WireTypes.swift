@@ -208,9 +208,10 @@ public enum Wire {
         public var object: String
         public var outcome: String
         public var detail: String
+        public var prevHash: String
         public var hash: String
         public init(seq: Int64, time: Date, actor: String, role: String, credential: String, source: String, action: String, object: String,
-                    outcome: String, detail: String, hash: String) {
+                    outcome: String, detail: String, prevHash: String, hash: String) {
             self.seq = seq
             self.time = time
             self.actor = actor
@@ -221,6 +222,7 @@ public enum Wire {
             self.object = object
             self.outcome = outcome
             self.detail = detail
+            self.prevHash = prevHash
             self.hash = hash
         }
     }

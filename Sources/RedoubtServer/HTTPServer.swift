@@ -84,6 +84,8 @@ func handle(_ logger: Logger, _ body: () async throws -> Response) async -> Resp
         return errorResponse(ServerError(status, e.code.rawValue, e.description))
     } catch let e as CoreError {
         return errorResponse(ServerError(422, e.code.rawValue, e.description))
+    } catch is NIOTooManyBytesError {
+        return errorResponse(ServerError(413, "E_TOO_LARGE", "request body exceeds the limit for this endpoint (see docs/PROTOCOL.md §3)"))
     } catch let e as HTTPError {
         return errorResponse(ServerError(Int(e.status.code), "E_HTTP", e.body ?? "\(e.status)"))
     } catch {
@@ -152,7 +154,7 @@ public enum RedoubtHTTP {
             await handle(logger) { jsonResponse(try await service.verify(ctx.parameters.get("id") ?? "", ctx: ctx.call)) }
         }
         router.post("/v1/tenants") { req, ctx in
-            await handle(logger) { jsonResponse(try service.createTenant(try await req.json(Wire.CreateTenantRequest.self), ctx: ctx.call), status: .created) }
+            await handle(logger) { jsonResponse(try await service.createTenant(try await req.json(Wire.CreateTenantRequest.self), ctx: ctx.call), status: .created) }
         }
         router.get("/v1/tenants") { _, _ in await handle(logger) { jsonResponse(try service.listTenants()) } }
         router.post("/v1/tenants/:tenant/enrollments") { req, ctx in
@@ -161,10 +163,13 @@ public enum RedoubtHTTP {
                                                           ctx: ctx.call), status: .created)
             }
         }
+        router.get("/v1/principals") { _, _ in
+            await handle(logger) { jsonResponse(try service.catalog.principals(tenant: nil).map(PrincipalInfo.init)) }
+        }
         router.get("/v1/audit") { req, _ in
             await handle(logger) {
                 let after = req.uri.queryParameters.get("after").flatMap { Int64($0) } ?? 0
-                let limit = min(req.uri.queryParameters.get("limit").flatMap { Int($0) } ?? 1000, 10_000)
+                let limit = max(1, min(req.uri.queryParameters.get("limit").flatMap { Int($0) } ?? 1000, 10_000))
                 return jsonResponse(try service.auditEntries(after: after, limit: limit))
             }
         }
@@ -199,6 +204,22 @@ public enum RedoubtHTTP {
                     configuration: .init(address: .hostname(host, port: port), serverName: "redoubt"),
                     onServerRunning: { channel in await onRunning(channel.localAddress?.port ?? port) },
                     logger: logger)
+    }
+}
+
+/// A principal as listed to admins: never its certificate or keys.
+struct PrincipalInfo: Codable {
+    let id: String
+    let role: String
+    let tenant: String?
+    let name: String
+    let fingerprint: String
+    init(_ p: Principal) {
+        id = p.id
+        role = p.role.rawValue
+        tenant = p.tenant
+        name = p.name
+        fingerprint = p.fingerprint
     }
 }
 

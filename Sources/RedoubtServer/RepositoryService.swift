@@ -97,6 +97,8 @@ public final class RepositoryService: Sendable {
 
     static func manifestKey(tenant: String, id: SnapshotID) -> ObjectKey { ObjectKey("t/\(tenant)/snapshots/\(id)")! }
 
+    static func tenantKey(_ tenant: String, version: Int) -> ObjectKey { ObjectKey("t/\(tenant)/tenant-v\(version).json")! }
+
     /// Pack locks are kept in whole UTC days, so a commit moves a pack's lock on disk at
     /// most once a day instead of on every snapshot.
     static func ceilDay(_ d: Date) -> Date {
@@ -278,7 +280,7 @@ public final class RepositoryService: Sendable {
     /// Accepts a full ID or a unique prefix of at least 8 hex digits within what the
     /// caller may see.
     func resolveSnapshotID(_ s: String, ctx: CallContext) throws -> String {
-        if s.utf8.count == 64 { return s }
+        if s.utf8.count == 64, SnapshotID(hex: s) != nil { return s }
         guard s.utf8.count >= 8, s.utf8.allSatisfy({ ($0 >= 0x30 && $0 <= 0x39) || ($0 >= 0x61 && $0 <= 0x66) }) else {
             throw ServerError.badRequest("snapshot ID must be 8–64 lowercase hex digits")
         }
@@ -365,7 +367,7 @@ public final class RepositoryService: Sendable {
 
     // MARK: admin operations
 
-    public func createTenant(_ req: Wire.CreateTenantRequest, ctx: CallContext) throws -> Wire.TenantInfo {
+    public func createTenant(_ req: Wire.CreateTenantRequest, ctx: CallContext) async throws -> Wire.TenantInfo {
         guard Self.isValidTenantName(req.name) else {
             throw ServerError.badRequest("tenant name \(req.name.debugDescription) must be 1–63 characters of a-z, 0-9, '.', '-', '_', starting with a letter or digit")
         }
@@ -378,8 +380,12 @@ public final class RepositoryService: Sendable {
         let minRetention = req.minRetentionSeconds ?? defaultMinRetention
         guard minRetention >= 86400 else { throw ServerError.badRequest("minimum retention must be at least 1 day") }
         let now = try now()
-        try catalog.insertTenant(TenantRecord(name: req.name, readKeyID: key.keyID.description, readPublicKey: Array(pub), writeMaterial: Array(wm),
-                                              wrappedReadKey: req.wrappedReadKey, minRetention: minRetention, createdAt: now))
+        let record = TenantRecord(name: req.name, readKeyID: key.keyID.description, readPublicKey: Array(pub), writeMaterial: Array(wm),
+                                  wrappedReadKey: req.wrappedReadKey, minRetention: minRetention, createdAt: now)
+        // The tenant's descriptor goes into the store first, so the catalog can be rebuilt
+        // from the store alone (`redoubt server rebuild-catalog`).
+        _ = try await store.put(Self.tenantKey(req.name, version: 1), try TenantDescriptor(record).encoded(), retainUntil: nil)
+        try catalog.insertTenant(record)
         audit(ctx, "create-tenant", object: "tenant \(req.name)", outcome: "ok", detail: "read-key=\(key.keyID) min-retention=\(Int(minRetention))s")
         return Wire.TenantInfo(name: req.name, readKeyID: key.keyID.description, minRetentionSeconds: minRetention, createdAt: now)
     }
@@ -419,7 +425,7 @@ public final class RepositoryService: Sendable {
     public func auditEntries(after: Int64, limit: Int) throws -> [Wire.AuditEntry] {
         try catalog.auditRecords(after: after, limit: limit).map {
             Wire.AuditEntry(seq: $0.seq, time: $0.time, actor: $0.actor, role: $0.role, credential: $0.credential, source: $0.source,
-                            action: $0.action, object: $0.object, outcome: $0.outcome, detail: $0.detail, hash: $0.hash)
+                            action: $0.action, object: $0.object, outcome: $0.outcome, detail: $0.detail, prevHash: $0.prevHash, hash: $0.hash)
         }
     }
 }

@@ -36,7 +36,8 @@ struct Quickstart {
         let home = ServerHome(path: root.appendingPathComponent("server").path)
         let (settings, adminPath) = try await home.initialize(listen: "127.0.0.1:\(port)", minRetention: 30 * 86400, now: Date())
         var logger = Logger(label: "redoubt.quickstart")
-        logger.logLevel = .warning
+        // The in-process server stops by cancellation at the end; its shutdown chatter is noise here.
+        logger.logLevel = .critical
         let service = try home.openService(logger: logger)
         let (started, cont) = AsyncStream<Int>.makeStream()
         let app = try RedoubtHTTP.application(service: service, home: home, host: "127.0.0.1", port: port, logger: logger) { p in cont.yield(p) }

@@ -1,5 +1,7 @@
 import ArgumentParser
 import CMallocTune
+import Foundation
+import Logging
 import RedoubtCore
 
 /// `redoubt`: one binary for the server, the admin, the client and the media.
@@ -18,6 +20,13 @@ enum Main {
     static func main() async {
         // Large seal buffers otherwise come from mmap and page-fault on every chunk.
         redoubt_tune_malloc()
+        // Logs go to stderr at warning and above; REDOUBT_LOG=info|debug|trace for more.
+        let level = ProcessInfo.processInfo.environment["REDOUBT_LOG"].flatMap(Logger.Level.init(rawValue:)) ?? .warning
+        LoggingSystem.bootstrap { label in
+            var h = StreamLogHandler.standardError(label: label)
+            h.logLevel = level
+            return h
+        }
         await Redoubt.main()
     }
 }

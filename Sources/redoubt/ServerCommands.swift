@@ -9,7 +9,7 @@ import RedoubtStore
 
 struct ServerCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(commandName: "server", abstract: "Create and run a repository server.",
-                                                    subcommands: [ServerInit.self, ServerRun.self])
+                                                    subcommands: [ServerInit.self, ServerRun.self, ServerRebuildCatalog.self])
 }
 
 struct ServerInit: AsyncParsableCommand {
@@ -39,8 +39,7 @@ struct ServerRun: AsyncParsableCommand {
 
     func run() async throws {
         try await RedoubtCLI.run {
-            var logger = Logger(label: "redoubt.server")
-            logger.logLevel = .info
+            let logger = Logger(label: "redoubt.server")
             let home = ServerHome(path: data)
             let settings = try home.settings()
             let service = try home.openService(logger: logger)
@@ -52,6 +51,9 @@ struct ServerRun: AsyncParsableCommand {
             guard let (host, port) = ServerHome.splitHostPort(settings.listen) else { throw ValidationError("bad listen address \(settings.listen)") }
             let app = try RedoubtHTTP.application(service: service, home: home, host: host, port: port, logger: logger) { bound in
                 print("redoubt server listening on \(host):\(bound) (\(settings.url))")
+                // Why flush: under systemd or a pipe, stdout is block-buffered and the
+                // readiness line would never show.
+                fflush(nil)
             }
             try await app.runService()
             return .ok
@@ -59,9 +61,31 @@ struct ServerRun: AsyncParsableCommand {
     }
 }
 
+struct ServerRebuildCatalog: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "rebuild-catalog",
+                                                    abstract: "Rebuild the catalog from the store alone (run with the server stopped).")
+    @Option(name: .long, help: "The data directory.") var data: String
+    @Flag(name: .long, help: "Print JSON.") var json = false
+
+    func run() async throws {
+        try await RedoubtCLI.run {
+            let r = try await CatalogRebuilder.rebuild(home: ServerHome(path: data), logger: Logger(label: "redoubt.rebuild"))
+            if json { try printJSON(r) } else {
+                print("rebuilt the catalog: \(r.tenants) tenants, \(r.packs) packs (\(r.chunks) chunks), \(r.snapshots) snapshots")
+                if let old = r.previousCatalog { print("  previous catalog kept as \(old)") }
+                for x in r.rejected { print("  left out: \(x)") }
+            }
+            return r.rejected.isEmpty ? .ok : .partial
+        }
+    }
+}
+
 struct AdminCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(commandName: "admin", abstract: "Manage tenants and enrollments (admin credential).",
                                                     subcommands: [TenantCommand.self, HostCommand.self, RestorerCommand.self, AuditorCommand.self])
+    // Declared here too so `redoubt admin --credential FILE tenant …` parses; the
+    // subcommands read the same value.
+    @OptionGroup var admin: AdminOptions
 }
 
 struct AdminOptions: ParsableArguments {

@@ -1,0 +1,138 @@
+import Foundation
+import GRDB
+import Logging
+import RedoubtCore
+import RedoubtStore
+
+/// A tenant as stored in the store (`t/<tenant>/tenant-v<N>.json`): its public material,
+/// its write material and its *wrapped* read key. What the catalog needs to be rebuilt.
+struct TenantDescriptor: Codable {
+    var format = 1
+    var name: String
+    var readKeyID: String
+    var readPublicKey: String
+    var writeMaterial: String
+    var wrappedReadKey: String
+    var minRetentionSeconds: Double
+    var createdAt: Double
+
+    init(_ r: TenantRecord) {
+        name = r.name
+        readKeyID = r.readKeyID
+        readPublicKey = Data(r.readPublicKey).base64EncodedString()
+        writeMaterial = Data(r.writeMaterial).base64EncodedString()
+        wrappedReadKey = r.wrappedReadKey
+        minRetentionSeconds = r.minRetention
+        createdAt = r.createdAt.timeIntervalSince1970
+    }
+
+    func encoded() throws -> [UInt8] {
+        let e = JSONEncoder()
+        e.outputFormatting = [.sortedKeys, .prettyPrinted]
+        return Array(try e.encode(self))
+    }
+
+    var record: TenantRecord? {
+        guard let pub = Data(base64Encoded: readPublicKey), let wm = Data(base64Encoded: writeMaterial) else { return nil }
+        return TenantRecord(name: name, readKeyID: readKeyID, readPublicKey: Array(pub), writeMaterial: Array(wm), wrappedReadKey: wrappedReadKey,
+                            minRetention: minRetentionSeconds, createdAt: Date(timeIntervalSince1970: createdAt))
+    }
+}
+
+/// What a rebuild found.
+public struct RebuildReport: Sendable, Codable {
+    public var tenants = 0
+    public var packs = 0
+    public var chunks = 0
+    public var snapshots = 0
+    /// Objects that failed their checks and were left out, each named with the reason.
+    public var rejected: [String] = []
+    public var previousCatalog: String?
+}
+
+/// Rebuilds the catalog's tenants, packs, chunk index and snapshots from the store alone:
+/// every pack is re-hashed and its public chunk list read; every manifest is parsed.
+/// Principals, enrollment tokens, the audit log and settings are not in the store: they
+/// are carried over from the previous catalog if it can still be opened.
+public enum CatalogRebuilder {
+    public static func rebuild(home: ServerHome, clock: any ServerClock = SystemClock(), logger: Logger) async throws -> RebuildReport {
+        var report = RebuildReport()
+        let fm = FileManager.default
+        let path = home.catalogPath
+        if fm.fileExists(atPath: path) {
+            let old = path + ".old-\(Int(clock.now().timeIntervalSince1970))"
+            // Why a checkpoint first: the WAL may hold committed rows not yet in the main file.
+            if let q = try? DatabaseQueue(path: path) { try? await q.writeWithoutTransaction { try $0.execute(sql: "PRAGMA wal_checkpoint(TRUNCATE)") } }
+            try fm.moveItem(atPath: path, toPath: old)
+            for suffix in ["-wal", "-shm"] where fm.fileExists(atPath: path + suffix) { try? fm.moveItem(atPath: path + suffix, toPath: old + suffix) }
+            report.previousCatalog = old
+        }
+        let catalog = try Catalog(path: path)
+        if let old = report.previousCatalog {
+            try await catalog.db.writeWithoutTransaction { db in
+                try db.execute(sql: "ATTACH DATABASE ? AS old", arguments: [old])
+                for table in ["principals", "enrollments", "audit", "clock", "settings"] {
+                    try? db.execute(sql: "INSERT OR IGNORE INTO main.\(table) SELECT * FROM old.\(table)")
+                }
+                try db.execute(sql: "DETACH DATABASE old")
+            }
+        }
+        let store = try LocalStore(root: URL(fileURLWithPath: home.storePath))
+        let objects = try await store.list(prefix: "t/")
+        let now = clock.now()
+        var tenants: [String: TenantRecord] = [:]
+        for o in objects where o.key.path.hasSuffix(".json") && o.key.path.contains("/tenant-v") {
+            let bytes = try await store.get(o.key)
+            guard let d = try? JSONDecoder().decode(TenantDescriptor.self, from: Data(bytes)), let r = d.record,
+                  o.key.path.hasPrefix("t/\(r.name)/") else {
+                report.rejected.append("\(o.key): not a tenant descriptor")
+                continue
+            }
+            if tenants[r.name] == nil {
+                try catalog.insertTenant(r)
+                tenants[r.name] = r
+                report.tenants += 1
+            }
+        }
+        for o in objects {
+            let parts = o.key.path.split(separator: "/").map(String.init)
+            guard parts.count >= 4, let tenant = tenants[parts[1]] else { continue }
+            if parts[2] == "packs", let id = PackID(hex: parts[parts.count - 1]) {
+                do {
+                    let summary = try PackReader.inspect(try await store.get(o.key), expectedID: id)
+                    guard summary.keyID.description == tenant.readKeyID else { throw CoreError(.wrongTenant, object: "pack \(id)", "sealed to another tenant's key") }
+                    try catalog.insertPack(tenant: tenant.name, id: id.description, size: o.size, retainUntil: o.retainUntil ?? now, chunkIDs: summary.chunkIDs, now: now)
+                    report.packs += 1
+                    report.chunks += summary.chunkIDs.count
+                } catch { report.rejected.append("\(o.key): \(error)") }
+            }
+        }
+        for o in objects {
+            let parts = o.key.path.split(separator: "/").map(String.init)
+            guard parts.count == 4, parts[2] == "snapshots", let tenant = tenants[parts[1]], let id = SnapshotID(hex: parts[3]) else { continue }
+            do {
+                let bytes = try await store.get(o.key)
+                let m = try Manifest.parse(bytes, expectedID: id)
+                guard m.header.tenant == tenant.name, m.header.readKeyID.description == tenant.readKeyID else {
+                    throw CoreError(.wrongTenant, object: "snapshot \(id)", "names another tenant or read key")
+                }
+                // Why only a hash check: host keys live with principals; a restorer
+                // verifies the signature again before it trusts a snapshot.
+                let missing = try catalog.missingPacks(tenant: tenant.name, packs: m.header.packs)
+                if !missing.isEmpty { report.rejected.append("snapshot \(id): \(missing.count) pack(s) missing, e.g. \(missing[0]) (kept; restore will fail on them)") }
+                let h = m.header
+                let retain = o.retainUntil ?? now
+                let rec = SnapshotRecord(id: id.description, tenant: tenant.name, host: h.host,
+                                         time: Date(timeIntervalSince1970: Double(h.time.seconds) + Double(h.time.nanoseconds) / 1e9),
+                                         committedAt: retain.addingTimeInterval(-tenant.minRetention), retainUntil: retain, paths: h.paths.map(printable),
+                                         tags: h.tags, statistics: h.statistics, packCount: h.packs.count, manifestSize: bytes.count)
+                try catalog.insertSnapshot(rec, packs: h.packs)
+                report.snapshots += 1
+            } catch { report.rejected.append("\(o.key): \(error)") }
+        }
+        try catalog.audit(time: now, actor: "local", role: "-", credential: "-", source: "local", action: "rebuild-catalog", object: "catalog",
+                          outcome: report.rejected.isEmpty ? "ok" : "warning",
+                          detail: "tenants=\(report.tenants) packs=\(report.packs) snapshots=\(report.snapshots) rejected=\(report.rejected.count)")
+        return report
+    }
+}

@@ -1,0 +1,397 @@
+import Glibc
+@testable import RedoubtClient
+import RedoubtCore
+import Synchronization
+import Testing
+
+/// Backs up real trees into an in-memory repository and restores them.
+@Suite struct BackupRestoreTests {
+    let now = Timestamp(seconds: 1_800_000_000, nanoseconds: 42)
+
+    func restore(_ m: Manifest, _ keys: TestKeys, from source: any PackSource, to target: String, subpath: String? = nil,
+                 skipDamaged: Bool = false) async throws -> RestoreResult {
+        try await Restorer().restore(manifest: m, readKey: keys.tenant.readKey, chunkIDKey: keys.tenant.chunkIDKey, source: source,
+                                     target: target, subpath: subpath.map { Array($0.utf8) }, skipDamaged: skipDamaged)
+    }
+
+    @Test func restoresEveryKindOfEntryFaithfully() async throws {
+        let keys = try TestKeys()
+        let work = try Fixture.tempDirectory("every")
+        defer { Fixture.remove(work) }
+        let src = work + "/src"
+        try Fixture.check(mkdir(src, 0o755), "mkdir")
+        let notes = try Fixture.everyKind(at: src)
+        for n in notes.skipped { print("fixture: \(n)") }
+        let repo = MemoryRepository(keys: keys.write)
+        let reports = Mutex<[BackupProgress]>([])
+        let result = try await Archiver().run(options: BackupOptions(paths: [src], packSize: 8 << 20), keys: keys.write, target: repo, now: now) { p in
+            reports.withLock { $0.append(p) }
+        }
+        #expect(result.warnings.isEmpty, "\(result.warnings)")
+        #expect(result.manifest.header.paths == [Array(src.utf8)])
+        #expect(result.manifest.header.time == now)
+        let s = result.statistics
+        #expect(s.files == 11)  // a/hard2 is a hard link, counted with the other entries
+        #expect(s.directories == 5)
+        #expect(s.otherEntries == 7)
+        #expect(s.bytesUploaded > 0 && s.bytesUploaded == result.bytesUploaded)
+        #expect(s.bytesRead < 22 << 20, "the sparse file's holes must not be read")
+        #expect(await repo.manifests.count == 1)
+        let last = reports.withLock { $0.last }
+        #expect(last?.phase == .done)
+        #expect(last?.filesTotal == 11)
+
+        // Restore with the repository's catalog: every pack fetched once at most.
+        let dst = work + "/dst"
+        let r = try await restore(result.manifest, keys, from: repo, to: dst)
+        #expect(try Fixture.compare(src, dst + "/src") == [])
+        #expect(r.warnings.contains { $0.message.contains("socket") })
+        #expect(r.damaged.isEmpty)
+        #expect(await repo.fetches.values.allSatisfy { $0 == 1 })
+        // Holes stay holes.
+        guard case .success(let sparse) = ArchiveSys.lstat(Array((dst + "/src/sparse.img").utf8)) else { throw Fixture.Failure("lstat") }
+        #expect(sparse.size == 64 << 20 && sparse.blocks * 512 < 1 << 20)
+        let content = try Fixture.read(Array((dst + "/src/sparse.img").utf8))
+        for region in notes.sparseRegions { #expect(Array(content[region.offset..<(region.offset + region.data.count)]) == region.data) }
+        // Setuid survives the chown; non-UTF-8 name restored byte for byte.
+        guard case .success(let su) = ArchiveSys.lstat(Array((dst + "/src/setuid").utf8)) else { throw Fixture.Failure("lstat") }
+        #expect(su.permissions == 0o4755)
+        #expect(try Fixture.read(Array((dst + "/src/").utf8) + Fixture.nonUTF8Name) == Array("bytes".utf8))
+
+        // Restore without a catalog: the manifest's pack list alone must suffice.
+        await repo.resetCounters()
+        let dst2 = work + "/dst2"
+        _ = try await restore(result.manifest, keys, from: PlainSource(repository: repo), to: dst2)
+        #expect(try Fixture.compare(src, dst2 + "/src") == [])
+        #expect(await repo.fetches.values.allSatisfy { $0 == 1 })
+
+        // Core's SnapshotReader reads the same snapshot.
+        let packs = await repo.packs
+        let reader = try SnapshotReader(manifest: result.manifest, readKey: keys.tenant.readKey, chunkIDKey: keys.tenant.chunkIDKey) { id in
+            guard let b = packs[id] else { throw Fixture.Failure("no pack") }
+            return b
+        }
+        let root = try reader.rootTree()
+        #expect(root.nodes.map(\.name) == [Array("src".utf8)])
+        let srcTree = try reader.tree(of: root.nodes[0])
+        let big = try #require(srcTree[Array("big.bin".utf8)])
+        #expect(try reader.contents(of: big) == Fixture.read(Array((src + "/big.bin").utf8)))
+        #expect(big.content.count > 2, "a 20 MiB file is several chunks")
+        let aNode = try #require(srcTree[Array("a".utf8)])
+        let hard2 = try #require(try reader.tree(of: aNode)[Array("hard2".utf8)])
+        #expect(hard2.type == .hardlink && hard2.linkTarget == Array("src/hard1".utf8))
+        let acl = try #require(srcTree[Array("acl.txt".utf8)])
+        #expect(acl.xattrs.map(\.name) == [Array("system.posix_acl_access".utf8)])
+        #expect(try #require(srcTree[Array("regular.txt".utf8)]).mtime == Timestamp(seconds: 1_700_000_000, nanoseconds: 123_456_789))
+    }
+
+    @Test func rootTreeNamesEachPathAndDisambiguatesDuplicates() async throws {
+        let keys = try TestKeys()
+        let work = try Fixture.tempDirectory("layout")
+        defer { Fixture.remove(work) }
+        for d in ["x", "y", "x/data", "y/data"] { try Fixture.check(mkdir(work + "/" + d, 0o755), "mkdir") }
+        try Fixture.write(work + "/x/data/one", Fixture.text(10))
+        try Fixture.write(work + "/y/data/two", Fixture.text(20))
+        try Fixture.write(work + "/single.txt", Fixture.text(30))
+        let repo = MemoryRepository(keys: keys.write)
+        let paths = [work + "/x/data/", work + "/y/./data", work + "/single.txt"]
+        let result = try await Archiver().run(options: BackupOptions(paths: paths), keys: keys.write, target: repo, now: now)
+        #expect(result.manifest.header.paths == paths.map { Array($0.utf8) })
+        let dst = work + "/dst"
+        _ = try await restore(result.manifest, keys, from: repo, to: dst)
+        #expect(try Fixture.read(Array((dst + "/data/one").utf8)) == Fixture.text(10))
+        #expect(try Fixture.read(Array((dst + "/data~2/two").utf8)) == Fixture.text(20))
+        #expect(try Fixture.read(Array((dst + "/single.txt").utf8)) == Fixture.text(30))
+        #expect(SnapshotLayout.topLevelNames([[0x2f]]) == [Array("root".utf8)])
+    }
+
+    @Test func cacheSkipsUnchangedFilesAndRereadsOnlyChangedOnes() async throws {
+        let keys = try TestKeys()
+        let work = try Fixture.tempDirectory("cache")
+        defer { Fixture.remove(work) }
+        let src = work + "/src"
+        try Fixture.check(mkdir(src, 0o755), "mkdir")
+        _ = try Fixture.everyKind(at: src, bigFile: 3 << 20)
+        let cache = work + "/cache.bin"
+        let repo = MemoryRepository(keys: keys.write)
+        let options = BackupOptions(paths: [src], cachePath: cache, packSize: 2 << 20)
+        let first = try await Archiver().run(options: options, keys: keys.write, target: repo, now: now)
+        #expect(first.filesNew == 11 && first.filesUnchanged == 0)
+        let cacheBytes = try Fixture.read(Array(cache.utf8))
+        #expect(cacheBytes.starts(with: MetadataCache.magic))
+
+        let second = try await Archiver().run(options: options, keys: keys.write, target: repo, now: now)
+        #expect(second.bytesRead == 0)
+        #expect(second.filesUnchanged == 11 && second.filesNew == 0 && second.filesChanged == 0)
+        #expect(second.packsUploaded == 0 && second.statistics.chunksNew == 0, "nothing changed: not even a tree is new")
+        #expect(second.warnings.isEmpty, "\(second.warnings)")
+
+        try Fixture.write(src + "/a/b/c/deep.txt", Fixture.text(7000, seed: "changed\n"))
+        let third = try await Archiver().run(options: options, keys: keys.write, target: repo, now: now)
+        #expect(third.bytesRead == 7000)
+        #expect(third.filesChanged == 1 && third.filesUnchanged == 10)
+        #expect(third.statistics.chunksNew >= 1)
+
+        let dst = work + "/dst"
+        _ = try await restore(third.manifest, keys, from: repo, to: dst)
+        #expect(try Fixture.compare(src, dst + "/src") == [])
+    }
+
+    @Test func withoutCacheRereadsButUploadsNothingNew() async throws {
+        let keys = try TestKeys()
+        let work = try Fixture.tempDirectory("dedup")
+        defer { Fixture.remove(work) }
+        let src = work + "/src"
+        try Fixture.check(mkdir(src, 0o755), "mkdir")
+        _ = try Fixture.everyKind(at: src, bigFile: 3 << 20)
+        let repo = MemoryRepository(keys: keys.write)
+        let first = try await Archiver().run(options: BackupOptions(paths: [src]), keys: keys.write, target: repo, now: now)
+        let second = try await Archiver().run(options: BackupOptions(paths: [src]), keys: keys.write, target: repo, now: now)
+        #expect(second.bytesRead == first.bytesRead && second.bytesRead > 3 << 20)
+        #expect(second.packsUploaded == 0 && second.statistics.chunksNew == 0)
+        #expect(second.statistics.chunksReused == first.statistics.chunksNew + first.statistics.chunksReused)
+        #expect(Set(second.manifest.header.packs) == Set(first.manifest.header.packs))
+    }
+
+    @Test func cacheWhoseChunksTheRepositoryLacksIsNotTrusted() async throws {
+        let keys = try TestKeys()
+        let work = try Fixture.tempDirectory("stale")
+        defer { Fixture.remove(work) }
+        let src = work + "/src"
+        try Fixture.check(mkdir(src, 0o755), "mkdir")
+        try Fixture.write(src + "/f", Fixture.text(50_000))
+        try Fixture.write(src + "/g", try Fixture.random(1 << 20))
+        let cache = work + "/cache"
+        let options = BackupOptions(paths: [src], cachePath: cache)
+        _ = try await Archiver().run(options: options, keys: keys.write, target: MemoryRepository(keys: keys.write), now: now)
+        // Another (empty) repository: the cached chunk IDs are unknown there.
+        let fresh = MemoryRepository(keys: keys.write)
+        let r = try await Archiver().run(options: options, keys: keys.write, target: fresh, now: now)
+        #expect(r.filesUnchanged == 0 && r.filesChanged == 2)
+        #expect(r.bytesRead == 50_000 + (1 << 20))
+        let dst = work + "/dst"
+        _ = try await restore(r.manifest, keys, from: fresh, to: dst)
+        #expect(try Fixture.compare(src, dst + "/src") == [])
+    }
+
+    @Test func corruptCacheIsIgnoredWithAWarning() async throws {
+        let keys = try TestKeys()
+        let work = try Fixture.tempDirectory("corrupt")
+        defer { Fixture.remove(work) }
+        let src = work + "/src"
+        try Fixture.check(mkdir(src, 0o755), "mkdir")
+        try Fixture.write(src + "/f", Fixture.text(10_000))
+        let cache = work + "/cache"
+        let repo = MemoryRepository(keys: keys.write)
+        let options = BackupOptions(paths: [src], cachePath: cache)
+        _ = try await Archiver().run(options: options, keys: keys.write, target: repo, now: now)
+        var bytes = try Fixture.read(Array(cache.utf8))
+        bytes[bytes.count / 2] ^= 0xff
+        try Fixture.write(cache, bytes)
+        let r = try await Archiver().run(options: options, keys: keys.write, target: repo, now: now)
+        #expect(r.warnings.contains { $0.kind == .cache })
+        #expect(r.bytesRead == 10_000)
+        // It was replaced by a good one.
+        let again = try await Archiver().run(options: options, keys: keys.write, target: repo, now: now)
+        #expect(again.bytesRead == 0 && again.warnings.isEmpty)
+        // Garbage and a cache for other keys are ignored too.
+        try Fixture.write(cache, Array("not a cache at all".utf8))
+        #expect(try await Archiver().run(options: options, keys: keys.write, target: repo, now: now).warnings.contains { $0.kind == .cache })
+        let other = try TestKeys()
+        _ = try await Archiver().run(options: options, keys: keys.write, target: repo, now: now)
+        let foreign = try await Archiver().run(options: options, keys: other.write, target: MemoryRepository(keys: other.write), now: now)
+        #expect(foreign.warnings.contains { $0.kind == .cache && $0.message.contains("another tenant") })
+        #expect(foreign.bytesRead == 10_000)
+    }
+
+    @Test func restoresASubpath() async throws {
+        let keys = try TestKeys()
+        let work = try Fixture.tempDirectory("subpath")
+        defer { Fixture.remove(work) }
+        let src = work + "/src"
+        try Fixture.check(mkdir(src, 0o755), "mkdir")
+        _ = try Fixture.everyKind(at: src, bigFile: 1 << 20)
+        let repo = MemoryRepository(keys: keys.write)
+        let result = try await Archiver().run(options: BackupOptions(paths: [src]), keys: keys.write, target: repo, now: now)
+        let dst = work + "/dst"
+        let r = try await restore(result.manifest, keys, from: repo, to: dst, subpath: "src/a/b")
+        #expect(try Fixture.compare(src + "/a/b", dst + "/b") == [])
+        #expect(r.files == 1 && r.directories == 2)
+        // A hard link whose first name is outside the subpath becomes a copy of that file.
+        let dst2 = work + "/dst2"
+        _ = try await restore(result.manifest, keys, from: repo, to: dst2, subpath: "src/a")
+        #expect(try Fixture.read(Array((dst2 + "/a/hard2").utf8)) == Fixture.read(Array((src + "/hard1").utf8)))
+        // A single file.
+        let dst3 = work + "/dst3"
+        _ = try await restore(result.manifest, keys, from: repo, to: dst3, subpath: "src/regular.txt")
+        #expect(try Fixture.compare(src + "/regular.txt", dst3 + "/regular.txt") == [])
+        await #expect(throws: ArchiveError.self) { _ = try await restore(result.manifest, keys, from: repo, to: work + "/dst4", subpath: "src/nope") }
+    }
+
+    @Test func excludedEntriesAreLeftOut() async throws {
+        let keys = try TestKeys()
+        let work = try Fixture.tempDirectory("exclude")
+        defer { Fixture.remove(work) }
+        let src = work + "/src"
+        for d in ["src", "src/cache", "src/keep"] { try Fixture.check(mkdir(work + "/" + d, 0o755), "mkdir") }
+        try Fixture.write(src + "/cache/big", Fixture.text(1000))
+        try Fixture.write(src + "/keep/a.tmp", Fixture.text(10))
+        try Fixture.write(src + "/keep/b.txt", Fixture.text(10))
+        let repo = MemoryRepository(keys: keys.write)
+        let r = try await Archiver().run(options: BackupOptions(paths: [src], excludes: ["*.tmp", src + "/cache"]), keys: keys.write, target: repo, now: now)
+        #expect(r.statistics.files == 1 && r.statistics.directories == 2)
+        let dst = work + "/dst"
+        _ = try await restore(r.manifest, keys, from: repo, to: dst)
+        #expect(access(dst + "/src/keep/b.txt", F_OK) == 0)
+        #expect(access(dst + "/src/keep/a.tmp", F_OK) != 0)
+        #expect(access(dst + "/src/cache", F_OK) != 0)
+    }
+
+    @Test func fileChangingDuringTheReadIsReported() async throws {
+        let keys = try TestKeys()
+        let work = try Fixture.tempDirectory("changing")
+        defer { Fixture.remove(work) }
+        let src = work + "/src"
+        try Fixture.check(mkdir(src, 0o755), "mkdir")
+        try Fixture.write(src + "/log", Fixture.text(5000))
+        try Fixture.write(src + "/calm", Fixture.text(4000))
+        let path = Array((src + "/log").utf8)
+        let appendOnce = ArchiverTestHooks(afterFileRead: { p, attempt in
+            if p == path && attempt == 1 { try? Fixture.write(p, Fixture.text(6000, seed: "new\n")) }
+        })
+        let repo = MemoryRepository(keys: keys.write)
+        let cache = work + "/cache"
+        let once = try await Archiver(hooks: appendOnce).run(options: BackupOptions(paths: [src], cachePath: cache), keys: keys.write, target: repo, now: now)
+        #expect(once.warnings.isEmpty, "one change: read again, consistent, no warning")
+        #expect(once.bytesRead == 5000 + 6000 + 4000)
+        let dst = work + "/dst"
+        _ = try await restore(once.manifest, keys, from: repo, to: dst)
+        #expect(try Fixture.read(Array((dst + "/src/log").utf8)) == Fixture.text(6000, seed: "new\n"))
+
+        let counter = Mutex(0)
+        let always = ArchiverTestHooks(afterFileRead: { p, _ in
+            guard p == path else { return }
+            let n = counter.withLock { $0 += 1; return $0 }
+            try? Fixture.write(p, Fixture.text(6000 + n, seed: "again\n"))
+        })
+        let cache2 = work + "/cache2"
+        let twice = try await Archiver(hooks: always).run(options: BackupOptions(paths: [src], cachePath: cache2), keys: keys.write, target: repo, now: now)
+        let w = twice.warnings.filter { $0.kind == .changedWhileReading }
+        #expect(w.count == 1 && w.first?.path == path)
+        #expect(w.first?.description.contains("log") == true)
+        // A file that kept changing is not trusted from the cache next time.
+        let next = try await Archiver().run(options: BackupOptions(paths: [src], cachePath: cache2), keys: keys.write, target: repo, now: now)
+        #expect(next.filesChanged + next.filesNew == 1 && next.filesUnchanged == 1)
+    }
+
+    @Test func plainTargetStillProducesARestorableSnapshot() async throws {
+        let keys = try TestKeys()
+        let work = try Fixture.tempDirectory("plain")
+        defer { Fixture.remove(work) }
+        let src = work + "/src"
+        try Fixture.check(mkdir(src, 0o755), "mkdir")
+        try Fixture.write(src + "/f", Fixture.text(70_000))
+        let repo = MemoryRepository(keys: keys.write)
+        _ = try await Archiver().run(options: BackupOptions(paths: [src]), keys: keys.write, target: repo, now: now)
+        let r = try await Archiver().run(options: BackupOptions(paths: [src]), keys: keys.write, target: PlainTarget(repository: repo), now: now)
+        #expect(r.warnings.contains { $0.message.contains("cannot say which packs") })
+        let dst = work + "/dst"
+        _ = try await restore(r.manifest, keys, from: PlainSource(repository: repo), to: dst)
+        #expect(try Fixture.compare(src, dst + "/src") == [])
+    }
+
+    @Test func tamperedPackFailsTheRestoreNamingThePack() async throws {
+        let keys = try TestKeys()
+        let work = try Fixture.tempDirectory("tamper")
+        defer { Fixture.remove(work) }
+        let src = work + "/src"
+        try Fixture.check(mkdir(src, 0o755), "mkdir")
+        try Fixture.write(src + "/big", try Fixture.random(3 << 20))
+        try Fixture.write(src + "/small", Fixture.text(1000))
+        let repo = MemoryRepository(keys: keys.write)
+        // Small packs: the big file's data lands in packs of its own.
+        let result = try await Archiver().run(options: BackupOptions(paths: [src], workers: 1, packSize: 256 << 10), keys: keys.write, target: repo, now: now)
+        let packs = await repo.packs
+        let reader = try SnapshotReader(manifest: result.manifest, readKey: keys.tenant.readKey, chunkIDKey: keys.tenant.chunkIDKey) { packs[$0]! }
+        let top = try reader.tree(of: try reader.rootTree().nodes[0])
+        let big = try #require(top[Array("big".utf8)])
+        let victim = try #require(await repo.chunkIndex[big.content[0]])
+        await repo.tamper(victim)
+
+        for source in [repo as any PackSource, PlainSource(repository: repo)] {
+            do {
+                _ = try await restore(result.manifest, keys, from: source, to: work + "/dst-\(UUIDish.next())")
+                Issue.record("restore of a tampered pack succeeded")
+            } catch let e as CoreError {
+                #expect(e.isIntegrityFailure)
+                #expect(e.object.contains(victim.description), "\(e)")
+            }
+        }
+        // With skipDamaged the damaged file is listed, the rest restored.
+        let dst = work + "/skip"
+        let r = try await restore(result.manifest, keys, from: repo, to: dst, skipDamaged: true)
+        #expect(r.damaged.map(\.path) == [Array("src/big".utf8)])
+        #expect(r.damaged.first?.error.object.contains(victim.description) == true)
+        #expect(try Fixture.read(Array((dst + "/src/small").utf8)) == Fixture.text(1000))
+    }
+
+    @Test func restoreWritesChunksWhoseOffsetsAreLearnedLater() async throws {
+        // A chunk that recurs in a file after chunks from packs that come later in the
+        // restore's pack order: its second offset is unknown when its pack is opened, so
+        // the restore must hold it back (spill) and write it once the lengths are known.
+        let keys = try TestKeys()
+        let work = try Fixture.tempDirectory("order")
+        defer { Fixture.remove(work) }
+        let src = work + "/src"
+        try Fixture.check(mkdir(src, 0o755), "mkdir")
+        let small = ArchiverTestHooks(chunkerParameters: Chunker.Parameters(min: 4 << 10, avg: 16 << 10, max: 64 << 10))
+        let options = BackupOptions(paths: [src], workers: 1, packSize: 64 << 10)
+        let middle = try Fixture.random(256 << 10)
+        let repo = MemoryRepository(keys: keys.write)
+        try Fixture.write(src + "/1-middle", middle)
+        _ = try await Archiver(hooks: small).run(options: options, keys: keys.write, target: repo, now: now)
+        let zeros = [UInt8](repeating: 0, count: 512 << 10)
+        let tail = try Fixture.random(100_000)
+        try Fixture.write(src + "/0-sandwich", zeros + middle + zeros + tail)
+        let r = try await Archiver(hooks: small).run(options: options, keys: keys.write, target: repo, now: now)
+        let packs = await repo.packs
+        let reader = try SnapshotReader(manifest: r.manifest, readKey: keys.tenant.readKey, chunkIDKey: keys.tenant.chunkIDKey) { packs[$0]! }
+        let top = try reader.tree(of: try reader.rootTree().nodes[0])
+        let sandwich = try #require(top[Array("0-sandwich".utf8)])
+        #expect(sandwich.content.count > 20 && Set(sandwich.content).count < sandwich.content.count, "the zero chunk recurs")
+        let dst = work + "/dst"
+        let restored = try await restore(r.manifest, keys, from: repo, to: dst)
+        #expect(try Fixture.compare(src, dst + "/src") == [])
+        #expect(await repo.fetches.values.allSatisfy { $0 == 1 })
+        #expect(restored.packsFetched == Set(r.manifest.header.packs).count)
+    }
+
+    @Test func comparerSeesEveryKindOfDifference() throws {
+        let work = try Fixture.tempDirectory("compare")
+        defer { Fixture.remove(work) }
+        for d in ["a", "b"] {
+            try Fixture.check(mkdir(work + "/" + d, 0o755), "mkdir")
+            try Fixture.write(work + "/\(d)/f", Fixture.text(100))
+            try Fixture.write(work + "/\(d)/g", Fixture.text(100))
+            try Fixture.check(symlink("f", work + "/\(d)/l"), "symlink")
+        }
+        try Fixture.setTimes(Array((work + "/a").utf8), atime: now, mtime: now)
+        try Fixture.setTimes(Array((work + "/b").utf8), atime: now, mtime: now)
+        try Fixture.setTimes(Array((work + "/a/f").utf8), atime: now, mtime: now)
+        try Fixture.setTimes(Array((work + "/b/f").utf8), atime: now, mtime: Timestamp(seconds: now.seconds, nanoseconds: 43))
+        try Fixture.check(chmod(work + "/b/g", 0o600), "chmod")
+        try Fixture.setXattr(work + "/b/g", "user.x", [1])
+        try Fixture.write(work + "/b/g", Fixture.text(100, seed: "other"), mode: 0o600)
+        let diffs = try Fixture.compare(work + "/a", work + "/b", compareDirectoryTimes: false)
+        let text = diffs.joined(separator: "\n")
+        #expect(text.contains("./f: mtime"))
+        #expect(text.contains("./g: mode"))
+        #expect(text.contains("./g: xattrs"))
+        #expect(text.contains("./g: contents differ"))
+    }
+}
+
+enum UUIDish {
+    static let counter = Atomic<Int>(0)
+    static func next() -> Int { counter.wrappingAdd(1, ordering: .relaxed).newValue }
+}

@@ -1,0 +1,171 @@
+import Glibc
+@testable import RedoubtClient
+import RedoubtCore
+import Testing
+
+/// Snapshots built with Core APIs and signed with a valid host key, whose trees try to
+/// make a restore write or link outside its target.
+@Suite struct HostileSnapshotTests {
+    /// Builds, uploads and signs a snapshot whose root tree is `root(pipeline)`.
+    func snapshot(_ keys: TestKeys, _ repo: MemoryRepository, _ root: (PackPipeline) throws -> [Node]) async throws -> Manifest {
+        let pipeline = try PackPipeline(material: keys.tenant.sharedWriteMaterial)
+        let rootIDs = try pipeline.add(tree: Tree(nodes: try root(pipeline)))
+        let packs = try pipeline.flush()
+        for p in packs { try await repo.store(p) }
+        var rng = SystemRandomNumberGenerator()
+        let header = ManifestHeader(tenant: keys.write.tenant, readKeyID: keys.write.shared.readPublicKey.keyID, host: keys.write.host,
+                                    hostKey: keys.write.signingKey.publicKey, time: Timestamp(seconds: 1), nonce: (0..<16).map { _ in UInt8.random(in: 0...255, using: &rng) },
+                                    paths: [], tags: [], statistics: SnapshotStatistics(), packs: packs.map(\.id), clientVersion: "hostile")
+        let m = try Manifest.create(header: header, root: rootIDs, readPublicKey: keys.write.shared.readPublicKey, signingKey: keys.write.signingKey)
+        try await repo.commit(manifest: m)
+        return m
+    }
+
+    func restore(_ m: Manifest, _ keys: TestKeys, _ repo: MemoryRepository, to target: String) async throws -> RestoreResult {
+        try await Restorer().restore(manifest: m, readKey: keys.tenant.readKey, chunkIDKey: keys.tenant.chunkIDKey, source: repo, target: target)
+    }
+
+    static func file(_ p: PackPipeline, _ name: String, _ data: String) throws -> Node {
+        Node(name: Array(name.utf8), type: .file, mode: 0o644, size: UInt64(data.utf8.count), content: try p.add(blob: Array(data.utf8)))
+    }
+
+    static func symlink(_ name: String, to target: String) -> Node {
+        Node(name: Array(name.utf8), type: .symlink, mode: 0o777, linkTarget: Array(target.utf8))
+    }
+
+    @Test func symlinkThenDirectoryOfTheSameNameCannotWriteOutside() async throws {
+        let keys = try TestKeys()
+        let work = try Fixture.tempDirectory("hostile")
+        defer { Fixture.remove(work) }
+        let outside = work + "/outside"
+        try Fixture.check(mkdir(outside, 0o755), "mkdir")
+        let repo = MemoryRepository(keys: keys.write)
+        // Snapshot A plants a symlink "evil" → outside; snapshot B has a directory "evil"
+        // with a file in it. Restoring B over A must not follow the symlink.
+        let a = try await snapshot(keys, repo) { _ in [Self.symlink("evil", to: outside)] }
+        let b = try await snapshot(keys, repo) { p in
+            let inner = try p.add(tree: Tree(nodes: [try Self.file(p, "pwned", "gotcha")]))
+            return [Node(name: Array("evil".utf8), type: .directory, mode: 0o755, subtree: inner)]
+        }
+        let target = work + "/target"
+        _ = try await restore(a, keys, repo, to: target)
+        #expect(ArchiveSys.readlinkat(ArchiveSys.atFDCWD, Array((target + "/evil").utf8), sizeHint: 64).isSuccess)
+        _ = try await restore(b, keys, repo, to: target)
+        #expect(access(outside + "/pwned", F_OK) != 0, "the restore wrote through a symlink")
+        #expect(try Fixture.read(Array((target + "/evil/pwned").utf8)) == Array("gotcha".utf8))
+
+        // The same with a file: a symlink "f" → outside/victim, then a file "f".
+        try Fixture.write(outside + "/victim", Array("original".utf8))
+        let c = try await snapshot(keys, repo) { _ in [Self.symlink("f", to: outside + "/victim")] }
+        let d = try await snapshot(keys, repo) { p in [try Self.file(p, "f", "overwritten?")] }
+        _ = try await restore(c, keys, repo, to: target)
+        _ = try await restore(d, keys, repo, to: target)
+        #expect(try Fixture.read(Array((outside + "/victim").utf8)) == Array("original".utf8))
+        #expect(try Fixture.read(Array((target + "/f").utf8)) == Array("overwritten?".utf8))
+    }
+
+    @Test func hardLinkThroughASymlinkIsRefused() async throws {
+        let keys = try TestKeys()
+        let work = try Fixture.tempDirectory("hostile-link")
+        defer { Fixture.remove(work) }
+        let outside = work + "/outside"
+        try Fixture.check(mkdir(outside, 0o755), "mkdir")
+        try Fixture.write(outside + "/victim", Array("secret".utf8))
+        let repo = MemoryRepository(keys: keys.write)
+        // "x" → outside, and hard links whose (safe, relative) targets go through "x" or
+        // name a directory: link(2) would otherwise pull outside/victim into the restore.
+        let m = try await snapshot(keys, repo) { p in
+            let sub = try p.add(tree: Tree(nodes: [try Self.file(p, "inside", "ok")]))
+            return [Self.symlink("x", to: outside),
+                    Node(name: Array("h".utf8), type: .hardlink, mode: 0o644, linkTarget: Array("x/victim".utf8)),
+                    Node(name: Array("d".utf8), type: .directory, mode: 0o755, subtree: sub),
+                    Node(name: Array("h2".utf8), type: .hardlink, mode: 0o644, linkTarget: Array("d".utf8)),
+                    Node(name: Array("h3".utf8), type: .hardlink, mode: 0o644, linkTarget: Array("d/inside".utf8))]
+        }
+        let target = work + "/target"
+        let r = try await restore(m, keys, repo, to: target)
+        #expect(access(target + "/h", F_OK) != 0)
+        #expect(access(target + "/h2", F_OK) != 0)
+        #expect(r.warnings.filter { $0.message.contains("hard link") }.count == 2)
+        guard case .success(let v) = ArchiveSys.lstat(Array((outside + "/victim").utf8)) else { throw Fixture.Failure("lstat") }
+        #expect(v.links == 1)
+        // A proper hard link is made.
+        guard case .success(let h3) = ArchiveSys.lstat(Array((target + "/h3").utf8)),
+              case .success(let inside) = ArchiveSys.lstat(Array((target + "/d/inside").utf8)) else { throw Fixture.Failure("lstat") }
+        #expect(h3.inode == inside.inode)
+    }
+
+    @Test func fileWhoseChunksDisagreeWithItsSizeIsAnIntegrityError() async throws {
+        let keys = try TestKeys()
+        let work = try Fixture.tempDirectory("hostile-size")
+        defer { Fixture.remove(work) }
+        let repo = MemoryRepository(keys: keys.write)
+        let m = try await snapshot(keys, repo) { p in
+            [Node(name: Array("short".utf8), type: .file, mode: 0o644, size: 3, content: try p.add(blob: Array("too long".utf8))),
+             Node(name: Array("long".utf8), type: .file, mode: 0o644, size: 100, content: try p.add(blob: Array("short".utf8)))]
+        }
+        do {
+            _ = try await restore(m, keys, repo, to: work + "/t")
+            Issue.record("restore accepted a file whose chunks exceed its size")
+        } catch let e as CoreError {
+            #expect(e.code == .corrupt && e.object.contains("file"))
+        }
+        let r = try await Restorer().restore(manifest: m, readKey: keys.tenant.readKey, chunkIDKey: keys.tenant.chunkIDKey, source: repo,
+                                             target: work + "/t2", skipDamaged: true)
+        #expect(Set(r.damaged.map(\.path)) == [Array("short".utf8), Array("long".utf8)])
+    }
+}
+
+extension SysResult {
+    var isSuccess: Bool { if case .success = self { true } else { false } }
+}
+
+@Suite struct MetadataCacheTests {
+    let key = ChunkIDKey.generate()
+
+    func sample() -> MetadataCache {
+        var c = MetadataCache()
+        c[Array("/a/b".utf8)] = .init(size: 10, mtime: Timestamp(seconds: 1, nanoseconds: 2), ctime: Timestamp(seconds: -3, nanoseconds: 4),
+                                      inode: 5, device: 6, content: [key.chunkID(for: [1, 2, 3])], dataRegions: nil)
+        c[[0x2f, 0xff]] = .init(size: 1 << 30, mtime: Timestamp(seconds: 7), ctime: Timestamp(seconds: 8), inode: 9, device: 10,
+                                content: [], dataRegions: [Extent(offset: 4096, length: 8192)])
+        return c
+    }
+
+    @Test func roundTripsAndIsCanonical() throws {
+        let bytes = sample().encode(chunkIDKey: key)
+        let back = try MetadataCache.decode(bytes, chunkIDKey: key)
+        #expect(back.entries == sample().entries)
+        #expect(back.encode(chunkIDKey: key) == bytes)
+    }
+
+    @Test func rejectsDamageTruncationAndOtherKeys() throws {
+        let bytes = sample().encode(chunkIDKey: key)
+        for i in stride(from: 0, to: bytes.count, by: 7) {
+            var b = bytes
+            b[i] ^= 0x40
+            #expect(throws: MetadataCache.Unusable.self) { try MetadataCache.decode(b, chunkIDKey: key) }
+        }
+        for n in [0, 10, bytes.count - 1] {
+            #expect(throws: MetadataCache.Unusable.self) { try MetadataCache.decode(Array(bytes.prefix(n)), chunkIDKey: key) }
+        }
+        #expect(throws: MetadataCache.Unusable.self) { try MetadataCache.decode(bytes, chunkIDKey: ChunkIDKey.generate()) }
+    }
+
+    @Test func writesAtomicallyAndLoads() throws {
+        let work = try Fixture.tempDirectory("mdc")
+        defer { Fixture.remove(work) }
+        let path = work + "/cache"
+        #expect(MetadataCache.load(path: path, chunkIDKey: key).problem == nil, "a missing cache is simply empty")
+        try sample().write(to: path, chunkIDKey: key)
+        try sample().write(to: path, chunkIDKey: key)
+        let loaded = MetadataCache.load(path: path, chunkIDKey: key)
+        #expect(loaded.problem == nil && loaded.cache.entries == sample().entries)
+        guard case .success(let st) = ArchiveSys.lstat(Array(path.utf8)) else { throw Fixture.Failure("lstat") }
+        #expect(st.permissions == 0o600)
+        let fd = open(work, O_RDONLY | O_DIRECTORY)
+        defer { close(fd) }
+        guard case .success(let names) = ArchiveSys.listDirectory(fd: fd) else { throw Fixture.Failure("list") }
+        #expect(names == [Array("cache".utf8)], "no temporary files left behind")
+    }
+}
