@@ -141,16 +141,21 @@ struct TenantList: AsyncParsableCommand {
 /// `host add`, `restorer add`, `auditor add`: print a one-time enrollment token.
 protocol EnrollmentCommand: AsyncParsableCommand {
     var admin: AdminOptions { get }
-    var tenant: String { get }
-    var name: String { get }
-    var ttl: String { get }
+    var enrollment: EnrollmentArguments { get }
     static var role: String { get }
+}
+
+struct EnrollmentArguments: ParsableArguments {
+    @Argument(help: "The tenant.") var tenant: String
+    @Argument(help: "The host's or person's name (A-Z, a-z, 0-9, '.', '-', '_').") var name: String
+    @Option(name: .long, help: "How long the token stays valid.") var ttl = "24h"
 }
 
 extension EnrollmentCommand {
     func run() async throws {
         try await RedoubtCLI.run {
-            let ttlSeconds = try parseDuration(ttl)
+            let (tenant, name) = (enrollment.tenant, enrollment.name)
+            let ttlSeconds = try parseDuration(enrollment.ttl)
             let r = try await RedoubtCLI.with(try admin.client()) {
                 try await $0.createEnrollment(tenant: tenant, role: Self.role, name: name, ttlSeconds: ttlSeconds)
             }
@@ -169,9 +174,7 @@ struct HostAdd: EnrollmentCommand {
     static let configuration = CommandConfiguration(commandName: "add", abstract: "Print a one-time token that enrolls a host as a writer.")
     static let role = "writer"
     @OptionGroup var admin: AdminOptions
-    @Argument var tenant: String
-    @Argument var name: String
-    @Option(name: .long, help: "How long the token stays valid.") var ttl = "24h"
+    @OptionGroup var enrollment: EnrollmentArguments
 }
 
 struct RestorerCommand: AsyncParsableCommand {
@@ -182,9 +185,7 @@ struct RestorerAdd: EnrollmentCommand {
     static let configuration = CommandConfiguration(commandName: "add", abstract: "Print a one-time token that enrolls a restorer.")
     static let role = "restorer"
     @OptionGroup var admin: AdminOptions
-    @Argument var tenant: String
-    @Argument var name: String
-    @Option(name: .long, help: "How long the token stays valid.") var ttl = "24h"
+    @OptionGroup var enrollment: EnrollmentArguments
 }
 
 struct AuditorCommand: AsyncParsableCommand {
@@ -195,9 +196,7 @@ struct AuditorAdd: EnrollmentCommand {
     static let configuration = CommandConfiguration(commandName: "add", abstract: "Print a one-time token that enrolls an auditor.")
     static let role = "auditor"
     @OptionGroup var admin: AdminOptions
-    @Argument var tenant: String
-    @Argument var name: String
-    @Option(name: .long, help: "How long the token stays valid.") var ttl = "24h"
+    @OptionGroup var enrollment: EnrollmentArguments
 }
 
 struct AuditCommand: AsyncParsableCommand {
