@@ -34,34 +34,69 @@ extension Digest32ID {
     }
 }
 
+/// 32 bytes held inline as four big-endian words: no heap allocation per ID, and
+/// word-wise comparison gives the same order as the bytes.
+public struct Words32: Hashable, Sendable {
+    let w0, w1, w2, w3: UInt64
+
+    init?(_ bytes: [UInt8]) {
+        guard bytes.count == 32 else { return nil }
+        func word(_ o: Int) -> UInt64 {
+            var v: UInt64 = 0
+            for i in 0..<8 { v = v << 8 | UInt64(bytes[o + i]) }
+            return v
+        }
+        w0 = word(0)
+        w1 = word(8)
+        w2 = word(16)
+        w3 = word(24)
+    }
+
+    var bytes: [UInt8] {
+        var out = [UInt8](repeating: 0, count: 32)
+        for (k, w) in [w0, w1, w2, w3].enumerated() {
+            for i in 0..<8 { out[k * 8 + i] = UInt8(truncatingIfNeeded: w >> UInt64(56 - 8 * i)) }
+        }
+        return out
+    }
+
+    static func < (a: Words32, b: Words32) -> Bool { (a.w0, a.w1, a.w2, a.w3) < (b.w0, b.w1, b.w2, b.w3) }
+}
+
 /// The keyed ID of a chunk: HMAC-SHA256 of its plaintext under the tenant's chunk-ID key.
 ///
 /// Equal plaintexts in one tenant have equal IDs (that is what deduplicates); without the
 /// key an ID reveals nothing about the content.
 public struct ChunkID: Digest32ID {
-    public let bytes: [UInt8]
+    let words: Words32
+    public var bytes: [UInt8] { words.bytes }
     public init?(bytes: [UInt8]) {
-        guard bytes.count == 32 else { return nil }
-        self.bytes = bytes
+        guard let w = Words32(bytes) else { return nil }
+        words = w
     }
+    public static func < (a: Self, b: Self) -> Bool { a.words < b.words }
 }
 
 /// The ID of a pack: SHA-256 of the pack's bytes, so anyone can verify a pack without a key.
 public struct PackID: Digest32ID {
-    public let bytes: [UInt8]
+    let words: Words32
+    public var bytes: [UInt8] { words.bytes }
     public init?(bytes: [UInt8]) {
-        guard bytes.count == 32 else { return nil }
-        self.bytes = bytes
+        guard let w = Words32(bytes) else { return nil }
+        words = w
     }
+    public static func < (a: Self, b: Self) -> Bool { a.words < b.words }
 }
 
 /// The ID of a snapshot: SHA-256 of its manifest's bytes.
 public struct SnapshotID: Digest32ID {
-    public let bytes: [UInt8]
+    let words: Words32
+    public var bytes: [UInt8] { words.bytes }
     public init?(bytes: [UInt8]) {
-        guard bytes.count == 32 else { return nil }
-        self.bytes = bytes
+        guard let w = Words32(bytes) else { return nil }
+        words = w
     }
+    public static func < (a: Self, b: Self) -> Bool { a.words < b.words }
 }
 
 /// Identifies a tenant's read key without revealing it: the first 16 bytes of
