@@ -14,6 +14,8 @@ struct RestoreItem {
     /// (device, inode) of what this restore created, to recognise it when reopening.
     var created: (device: UInt64, inode: UInt64)? = nil
     var skipped = false
+    /// Owner, attributes, mode and times are set (files: through their fd when complete).
+    var metadataDone = false
 }
 
 /// Everything the restore creates is created and reopened relative to directory file
@@ -63,12 +65,16 @@ final class RestoreTree {
         return fd
     }
 
-    /// The file `i`, open for writing.
+    /// The file `i`, open for writing; created (empty) on first use.
     func file(_ i: Int) throws(ArchiveError) -> Int32 {
         tick += 1
         if let f = files[i] {
             files[i] = (f.fd, tick)
             return f.fd
+        }
+        if items[i].created == nil {
+            try createFile(i)
+            return files[i]!.fd
         }
         let parent = try directory(items[i].parent)
         let fd = ArchiveSys.withCString(items[i].name) { openat(parent, $0, O_WRONLY | O_NOFOLLOW | O_CLOEXEC) }
@@ -142,8 +148,8 @@ final class RestoreTree {
         }
     }
 
-    /// Creates file `i` empty with its final size (so a sparse file is all hole) and
-    /// keeps it open for writing.
+    /// Creates file `i` empty, a sparse one with its final size (all hole until its data
+    /// regions are written), and keeps it open for writing.
     func createFile(_ i: Int) throws(ArchiveError) {
         let parent = try directory(items[i].parent)
         var fd = ArchiveSys.withCString(items[i].name) { openat(parent, $0, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0o600) }
@@ -153,7 +159,7 @@ final class RestoreTree {
         }
         guard fd >= 0 else { throw ArchiveError.system("creating the file", object: object(i), errno: Glibc.errno) }
         let size = items[i].node.size
-        if size > 0 && ftruncate(fd, off_t(clamping: size)) != 0 {
+        if items[i].node.dataRegions != nil && size > 0 && ftruncate(fd, off_t(clamping: size)) != 0 {
             let e = Glibc.errno
             close(fd)
             throw ArchiveError.system("setting the size (\(size) bytes)", object: object(i), errno: e)

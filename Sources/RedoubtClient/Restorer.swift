@@ -12,9 +12,14 @@ import RedoubtCore
 /// regular file this restore wrote.
 ///
 /// **Efficiency.** The trees are read first; then every needed pack is fetched once,
-/// opened (hash, data key, index checked) and each needed chunk decrypted once and
-/// written with `pwrite` at its offsets in every file that uses it. Up to two packs are
-/// fetched ahead of the one being written.
+/// opened (hash, data key, index checked) and each needed chunk decrypted, decompressed
+/// and verified once — in the task that fetched it, up to two packs ahead of the one
+/// being written — and written with `pwrite` at its offsets in every file that uses it.
+/// A chunk's offset needs the lengths of the chunks before it, which only their packs'
+/// indexes give; a chunk whose offset is not known yet waits in an unnamed temporary
+/// file in the target (O_TMPFILE) instead of its pack being fetched again. A file is
+/// created at its first write and gets its owner, attributes, mode and times through
+/// its descriptor as soon as it is complete.
 ///
 /// **Fidelity.** Contents (sparse files keep their holes: the file is sized with
 /// `ftruncate` and only data regions are written), owners (numeric uid/gid, when
@@ -181,32 +186,42 @@ final class RestoreSession {
         return (p, index)
     }
 
-    /// Fetches and opens `ids` in order, up to two ahead of the one `body` handles.
+    /// Plaintexts of the chunks a pack was opened for, or why each failed.
+    typealias PreparedChunks = [ChunkID: Result<[UInt8], CoreError>]
+    typealias PackResult = Result<(OpenedPack, PreparedChunks), any Error>
+
+    /// Fetches (unless cached) and opens one pack, then runs `prepare` on it.
+    private static func load(_ source: any PackSource, _ id: PackID, _ readKey: ReadPrivateKey, cached: OpenedPack?,
+                             prepare: @Sendable (OpenedPack) -> PreparedChunks) async -> PackResult {
+        if let cached { return .success((cached, prepare(cached))) }
+        let bytes: [UInt8]
+        do { bytes = try await source.pack(id) } catch { return .failure(error) }
+        do throws(CoreError) {
+            let p = try PackReader.open(bytes, expectedID: id, readKey: readKey)
+            return .success((p, prepare(p)))
+        } catch {
+            return .failure(error)
+        }
+    }
+
+    /// Fetches and opens `ids` in order, up to two ahead of the one `body` handles, and
+    /// runs `prepare` on each in that child task (so decryption overlaps writing).
     /// Cached packs are not fetched again.
-    private func forEachPack(_ ids: [PackID], _ body: (PackID, Result<OpenedPack, any Error>) async throws -> Void) async throws {
+    private func forEachPack(_ ids: [PackID], prepare: @escaping @Sendable (OpenedPack) -> PreparedChunks,
+                             _ body: (PackID, PackResult) async throws -> Void) async throws {
         let source = self.source, readKey = self.readKey
-        try await withThrowingTaskGroup(of: (Int, Result<OpenedPack, any Error>, Int).self) { group in
+        try await withThrowingTaskGroup(of: (Int, PackResult, Bool).self) { group in
             var next = 0
-            var ready: [Int: Result<OpenedPack, any Error>] = [:]
+            var ready: [Int: PackResult] = [:]
             for i in ids.indices {
                 while next < ids.count && next <= i + 2 {
                     let n = next, id = ids[n]
                     next += 1
-                    if let c = cache[id] {
-                        ready[n] = .success(c.pack)
-                        continue
-                    }
-                    group.addTask {
-                        do {
-                            let (p, size) = try await Self.fetchAndOpen(source, id, readKey)
-                            return (n, .success(p), size)
-                        } catch {
-                            return (n, .failure(error), 0)
-                        }
-                    }
+                    let cached = cache[id]?.pack
+                    group.addTask { (n, await Self.load(source, id, readKey, cached: cached, prepare: prepare), cached == nil) }
                 }
                 while ready[i] == nil, let done = try await group.next() {
-                    packsFetched += 1
+                    if done.2 { packsFetched += 1 }
                     ready[done.0] = done.1
                 }
                 guard let r = ready.removeValue(forKey: i) else { continue }
@@ -225,9 +240,9 @@ final class RestoreSession {
             return
         }
         status.packsTotal = packs.count
-        try await forEachPack(packs) { id, result in
+        try await forEachPack(packs, prepare: { _ in [:] }) { id, result in
             switch result {
-            case .success(let p):
+            case .success(let (p, _)):
                 learn(p)
                 keep(p, size: p.entries.reduce(0) { $0 + Int($1.sealedLength) })
             case .failure(let e as CoreError) where skipDamaged:
@@ -358,7 +373,8 @@ final class RestoreSession {
                 try tree.makeDirectory(i)
                 counts.directories += 1
             case .file:
-                try tree.createFile(i)
+                // Files with data are created at their first write (one open each).
+                if tree.items[i].node.content.isEmpty { try tree.createFile(i) }
                 placements.append(FilePlacement(item: i, node: tree.items[i].node))
                 counts.files += 1
             default: break
@@ -408,7 +424,7 @@ final class RestoreSession {
                 if placements[f].expected != 0 {
                     try damage(item.path, CoreError(.corrupt, object: "file \(printable(item.snapshotPath)) in \(snapshot)", "has no content but a size of \(placements[f].expected) bytes"))
                 }
-                finishedFile(f)
+                try finishedFile(f)
                 continue
             }
             for (k, c) in placements[f].chunks.enumerated() {
@@ -434,10 +450,29 @@ final class RestoreSession {
         status.packsDone = 0
         report(force: true)
 
-        try await forEachPack(order) { id, result in
-            let p: OpenedPack
+        // Decrypt, decompress and verify in the fetching task; write here.
+        let wanted = expected
+        let key = chunkIDKey
+        let prepare: @Sendable (OpenedPack) -> PreparedChunks = { p in
+            guard let want = wanted[p.id] else { return [:] }
+            var index: [ChunkID: PackIndexEntry] = [:]
+            for e in p.entries where index[e.chunkID] == nil { index[e.chunkID] = e }
+            var out: [ChunkID: Result<[UInt8], CoreError>] = [:]
+            let decompressor: ChunkDecompressor
+            do throws(CoreError) { decompressor = try ChunkDecompressor() } catch {
+                for c in want { out[c] = .failure(error) }
+                return out
+            }
+            for c in want {
+                guard let e = index[c] else { continue }
+                out[c] = Result { () throws(CoreError) in try p.chunk(e, chunkIDKey: key, decompressor: decompressor) }
+            }
+            return out
+        }
+        try await forEachPack(order, prepare: prepare) { id, result in
+            let p: OpenedPack, plain: PreparedChunks
             switch result {
-            case .success(let opened): p = opened
+            case .success(let r): (p, plain) = r
             case .failure(let e as CoreError):
                 // Every file with a chunk in this pack is damaged.
                 guard skipDamaged else { throw e }
@@ -459,34 +494,32 @@ final class RestoreSession {
                     touched.append(f)
                 }
             }
-            for e in p.entries where location[e.chunkID] == id {
-                guard let ds = destinations.removeValue(forKey: e.chunkID) else { continue }
-                let live = ds.filter { !placements[$0.file].damaged }
-                if live.isEmpty { continue }
-                let plain: [UInt8]
-                do { plain = try p.chunk(e, chunkIDKey: chunkIDKey, decompressor: decompressor) } catch {
-                    for d in live where !placements[d.file].damaged {
-                        placements[d.file].damaged = true
-                        try damage(tree.items[placements[d.file].item].path, (error as? CoreError) ?? CoreError(.corrupt, object: "chunk \(e.chunkID)", "\(error)"))
-                    }
-                    continue
-                }
-                for d in live {
-                    if d.chunk < placements[d.file].known {
-                        try plain.withUnsafeBytes { try write(d.file, d.chunk, $0) }
-                    } else {
-                        try plain.withUnsafeBytes { try spill.put(e.chunkID, $0) }
-                        deferred[d.file, default: []].append(d.chunk)
-                    }
-                }
-            }
-            // Chunks the catalog placed here that the pack does not hold.
             for c in expected[id] ?? [] {
                 guard let ds = destinations.removeValue(forKey: c) else { continue }
-                for d in ds where !placements[d.file].damaged {
-                    placements[d.file].damaged = true
-                    try damage(tree.items[placements[d.file].item].path,
-                               CoreError(.missing, object: "chunk \(c)", "not in pack \(id), where the repository said it is; needed by \(printable(tree.items[placements[d.file].item].snapshotPath))"))
+                let live = ds.filter { !placements[$0.file].damaged }
+                if live.isEmpty { continue }
+                switch plain[c] {
+                case .success(let data):
+                    for d in live {
+                        if d.chunk < placements[d.file].known {
+                            try data.withUnsafeBytes { try write(d.file, d.chunk, $0) }
+                        } else {
+                            try data.withUnsafeBytes { try spill.put(c, $0) }
+                            deferred[d.file, default: []].append(d.chunk)
+                        }
+                    }
+                case .failure(let error):
+                    for d in live where !placements[d.file].damaged {
+                        placements[d.file].damaged = true
+                        try damage(tree.items[placements[d.file].item].path, error)
+                    }
+                case nil:
+                    // The catalog placed the chunk here, but the pack does not hold it.
+                    for d in live where !placements[d.file].damaged {
+                        placements[d.file].damaged = true
+                        try damage(tree.items[placements[d.file].item].path,
+                                   CoreError(.missing, object: "chunk \(c)", "not in pack \(id), where the repository said it is; needed by \(printable(tree.items[placements[d.file].item].snapshotPath))"))
+                    }
                 }
             }
             for f in touched {
@@ -508,6 +541,10 @@ final class RestoreSession {
             let item = tree.items[placements[f].item]
             try damage(item.path, CoreError(.missing, object: "file \(printable(item.snapshotPath)) in \(snapshot)",
                                             "\(placements[f].chunksLeft) of its chunks were not found in the packs"))
+        }
+        // Damaged files stay, incomplete, with their metadata: they are listed.
+        for f in placements.indices where !tree.items[placements[f].item].metadataDone {
+            try finishedFile(f)
         }
     }
 
@@ -540,13 +577,50 @@ final class RestoreSession {
                 try damage(item.path, CoreError(.corrupt, object: "file \(printable(item.snapshotPath)) in \(snapshot)",
                                                 "its chunks hold \(total) bytes, its tree entry says \(placement.expected)"))
             }
-            finishedFile(f)
+            try finishedFile(f)
         }
     }
 
-    private func finishedFile(_ f: Int) {
-        tree.closeFile(placements[f].item)
-        report { $0.filesDone += 1; $0.currentPath = printable(tree.items[placements[f].item].path) }
+    /// A file is written: its metadata is set through its fd, then it is closed.
+    private func finishedFile(_ f: Int) throws {
+        let i = placements[f].item
+        try setMetadata(fd: try tree.file(i), item: i)
+        tree.closeFile(i)
+        report { $0.filesDone += 1; $0.currentPath = printable(tree.items[i].path) }
+    }
+
+    /// Owner, extended attributes, mode and times of an open file, in that order (chown
+    /// clears setuid/setgid and capabilities; the mode comes after the ACL).
+    private func setMetadata(fd: Int32, item i: Int) throws {
+        let item = tree.items[i]
+        let node = item.node
+        if isRoot && fchown(fd, node.uid, node.gid) != 0 {
+            warnings.append(RestoreWarning(path: item.path, "owner \(node.uid):\(node.gid) not set: \(ArchiveSys.describe(errno: Glibc.errno))"))
+        }
+        if !node.xattrs.isEmpty {
+            // No fsetxattr is importable here; the name in the open parent is the file
+            // this fd has open (checked by inode when it was opened).
+            let parent = try tree.directory(item.parent)
+            let path = ArchiveSys.procPath(dirfd: parent, name: item.name) ?? (tree.targetPath + [0x2f] + item.path)
+            for x in node.xattrs {
+                let e = ArchiveSys.setXattr(path, x)
+                if e != 0 { xattrWarning(item, x, errno: e) }
+            }
+        }
+        if fchmod(fd, mode_t(node.mode)) != 0 {
+            warnings.append(RestoreWarning(path: item.path, "mode \(String(node.mode, radix: 8)) not set: \(ArchiveSys.describe(errno: Glibc.errno))"))
+        }
+        var times = [ArchiveSys.timespec(node.atime), ArchiveSys.timespec(node.mtime)]
+        if futimens(fd, &times) != 0 {
+            warnings.append(RestoreWarning(path: item.path, "times not set: \(ArchiveSys.describe(errno: Glibc.errno))"))
+        }
+        tree.items[i].metadataDone = true
+    }
+
+    private func xattrWarning(_ item: RestoreItem, _ x: ExtendedAttribute, errno e: Int32) {
+        let privileged = x.name.starts(with: Array("system.".utf8)) || x.name.starts(with: Array("security.".utf8)) || x.name.starts(with: Array("trusted.".utf8))
+        let hint = privileged && !isRoot ? " (needs root)" : ""
+        warnings.append(RestoreWarning(path: item.path, "extended attribute \(printable(x.name)) not set\(hint): \(ArchiveSys.describe(errno: e))"))
     }
 
     // MARK: - metadata
@@ -555,7 +629,8 @@ final class RestoreSession {
     /// order, then directories deepest first, so writing into a directory never moves
     /// its times afterwards and a read-only directory is closed last.
     private func applyMetadata() throws {
-        for i in tree.items.indices where !tree.items[i].skipped && tree.items[i].node.type != .directory && tree.items[i].node.type != .hardlink {
+        for i in tree.items.indices where !tree.items[i].skipped && !tree.items[i].metadataDone
+            && tree.items[i].node.type != .directory && tree.items[i].node.type != .hardlink {
             try setMetadata(i)
         }
         for i in tree.items.indices.reversed() where tree.items[i].node.type == .directory {
@@ -576,10 +651,7 @@ final class RestoreSession {
                 let path = ArchiveSys.procPath(dirfd: parent, name: item.name) ?? (tree.targetPath + [0x2f] + item.path)
                 for x in node.xattrs {
                     let e = ArchiveSys.setXattr(path, x)
-                    guard e != 0 else { continue }
-                    let privileged = x.name.starts(with: Array("system.".utf8)) || x.name.starts(with: Array("security.".utf8)) || x.name.starts(with: Array("trusted.".utf8))
-                    let hint = privileged && !isRoot ? " (needs root)" : ""
-                    warnings.append(RestoreWarning(path: item.path, "extended attribute \(printable(x.name)) not set\(hint): \(ArchiveSys.describe(errno: e))"))
+                    if e != 0 { xattrWarning(item, x, errno: e) }
                 }
             }
             // Symlinks have no mode of their own on Linux.
