@@ -14,15 +14,22 @@ public struct Chunker: Sendable {
         public let avg: Int
         public let max: Int
 
-        public init(min: Int, avg: Int, max: Int) {
-            precondition(min > 64 && min < avg && avg < max && avg & (avg - 1) == 0, "invalid chunker parameters")
+        /// Throws unless 64 < min < avg < max and avg is a power of two.
+        public init(min: Int, avg: Int, max: Int) throws(CoreError) {
+            guard min > 64 && min < avg && avg < max && avg & (avg - 1) == 0 else {
+                throw CoreError(.limitExceeded, object: "chunker parameters", "need 64 < min < avg < max with avg a power of two; got \(min)/\(avg)/\(max)")
+            }
+            self.init(checkedMin: min, avg: avg, max: max)
+        }
+
+        private init(checkedMin min: Int, avg: Int, max: Int) {
             self.min = min
             self.avg = avg
             self.max = max
         }
 
         /// 512 KiB / 1 MiB / 8 MiB: the format-v1 default.
-        public static let `default` = Parameters(min: 512 << 10, avg: 1 << 20, max: 8 << 20)
+        public static let `default` = Parameters(checkedMin: 512 << 10, avg: 1 << 20, max: 8 << 20)
     }
 
     public let parameters: Parameters

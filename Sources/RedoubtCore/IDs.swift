@@ -109,4 +109,7 @@ public struct ReadKeyID: Hashable, Sendable, CustomStringConvertible {
         self.bytes = bytes
     }
     public var description: String { hexString(bytes) }
+
+    /// The first 16 bytes of a digest.
+    init<D: Sequence>(truncating digest: D) where D.Element == UInt8 { bytes = Array(digest.prefix(16)) }
 }

@@ -27,15 +27,19 @@ public struct ReadPublicKey: Sendable, Equatable, CustomStringConvertible {
     /// Parses an X-Wing public key.
     public init(rawRepresentation raw: [UInt8]) throws(CoreError) {
         do {
-            key = try XWingMLKEM768X25519.PublicKey(rawRepresentation: raw)
+            self.init(key: try XWingMLKEM768X25519.PublicKey(rawRepresentation: raw))
         } catch {
             throw CoreError(.badKey, object: "read public key", "not a valid X-Wing public key (\(raw.count) bytes)")
         }
-        rawRepresentation = raw
+    }
+
+    init(key: XWingMLKEM768X25519.PublicKey) {
+        self.key = key
+        rawRepresentation = Array(key.rawRepresentation)
         var h = SHA256()
         h.update(data: Label.readKeyID)
-        h.update(data: raw)
-        keyID = ReadKeyID(bytes: Array(h.finalize().prefix(16)))!
+        h.update(data: rawRepresentation)
+        keyID = ReadKeyID(truncating: h.finalize())
     }
 
     public static func == (a: Self, b: Self) -> Bool { a.rawRepresentation == b.rawRepresentation }
@@ -53,8 +57,7 @@ public struct ReadPrivateKey: Sendable, CustomStringConvertible {
 
     init(key: XWingMLKEM768X25519.PrivateKey) {
         self.key = key
-        // X-Wing public keys from a valid private key always parse.
-        self.publicKey = try! ReadPublicKey(rawRepresentation: Array(key.publicKey.rawRepresentation))
+        self.publicKey = ReadPublicKey(key: key.publicKey)
     }
 
     /// A fresh random read key.
@@ -119,10 +122,8 @@ public struct ChunkerSeed: Sendable, CustomStringConvertible {
         guard secret.count == 32 else { throw CoreError(.badKey, object: "chunker seed", "expected 32 bytes, got \(secret.count)") }
         self.secret = secret
     }
-    public static func generate() -> ChunkerSeed {
-        let k = SymmetricKey(size: .bits256)
-        return try! ChunkerSeed(secret: k.withUnsafeBytes { SecretBytes(copying: $0) })
-    }
+    private init(random: SymmetricKey) { secret = random.withUnsafeBytes { SecretBytes(copying: $0) } }
+    public static func generate() -> ChunkerSeed { ChunkerSeed(random: SymmetricKey(size: .bits256)) }
     public var description: String { "ChunkerSeed(redacted)" }
 }
 
@@ -132,10 +133,14 @@ public struct HostPublicKey: Sendable, Hashable, CustomStringConvertible {
     let key: Curve25519.Signing.PublicKey
 
     public init(rawRepresentation raw: [UInt8]) throws(CoreError) {
-        do { key = try Curve25519.Signing.PublicKey(rawRepresentation: raw) } catch {
+        do { self.init(key: try Curve25519.Signing.PublicKey(rawRepresentation: raw)) } catch {
             throw CoreError(.badKey, object: "host public key", "not an Ed25519 public key (\(raw.count) bytes)")
         }
-        rawRepresentation = raw
+    }
+
+    init(key: Curve25519.Signing.PublicKey) {
+        self.key = key
+        rawRepresentation = Array(key.rawRepresentation)
     }
 
     /// Verifies an Ed25519 signature over `message`.
@@ -156,7 +161,7 @@ public struct HostSigningKey: Sendable, CustomStringConvertible {
 
     init(key: Curve25519.Signing.PrivateKey) {
         self.key = key
-        publicKey = try! HostPublicKey(rawRepresentation: Array(key.publicKey.rawRepresentation))
+        publicKey = HostPublicKey(key: key.publicKey)
     }
 
     public static func generate() -> HostSigningKey { HostSigningKey(key: .init()) }

@@ -26,11 +26,13 @@ public enum PackFormat {
     static let chunkAADLabel = Array("redoubt/v1/chunk".utf8)
     static let indexAADLabel = Array("redoubt/v1/pack-index".utf8)
 
-    static func nonce(domain: UInt8, counter: UInt64) -> AES.GCM.Nonce {
+    static func nonce(domain: UInt8, counter: UInt64) throws(CoreError) -> AES.GCM.Nonce {
         var b = [UInt8](repeating: 0, count: 12)
         b[0] = domain
         for i in 0..<8 { b[4 + i] = UInt8(truncatingIfNeeded: counter >> UInt64(8 * i)) }
-        return try! AES.GCM.Nonce(data: b)  // 12 bytes is always a valid GCM nonce
+        do { return try AES.GCM.Nonce(data: b) } catch {
+            throw CoreError(.badKey, object: "nonce", "AES-GCM refused a 12-byte nonce: \(error)")
+        }
     }
 
     static func chunkAAD(_ id: ChunkID, kind: CompressionKind, rawLength: Int) -> [UInt8] {
@@ -120,7 +122,7 @@ public struct PackWriter {
             throw CoreError(.limitExceeded, object: "chunk \(id.short)", "chunk of \(rawLength) bytes exceeds the \(PackFormat.maxRawChunk)-byte limit")
         }
         let seq = UInt32(entries.count)
-        let nonce = PackFormat.nonce(domain: 0, counter: UInt64(seq))
+        let nonce = try PackFormat.nonce(domain: 0, counter: UInt64(seq))
         let aad = PackFormat.chunkAAD(id, kind: kind, rawLength: rawLength)
         let box: AES.GCM.SealedBox
         do { box = try AES.GCM.seal(payload, using: dataKey, nonce: nonce, authenticating: aad) } catch {
@@ -157,7 +159,7 @@ public struct PackWriter {
         }
         let box: AES.GCM.SealedBox
         do {
-            box = try AES.GCM.seal(index.bytes, using: dataKey, nonce: PackFormat.nonce(domain: 1, counter: 0),
+            box = try AES.GCM.seal(index.bytes, using: dataKey, nonce: try PackFormat.nonce(domain: 1, counter: 0),
                                    authenticating: PackFormat.indexAAD(count: entries.count))
         } catch { throw CoreError(.badKey, object: "pack index", "AES-GCM seal failed: \(error)") }
         let indexOffset = bytes.count
@@ -309,7 +311,7 @@ public enum PackReader {
         let count = Int(footer.chunkCount)
         let plain: Data
         do {
-            let box = try AES.GCM.SealedBox(nonce: PackFormat.nonce(domain: 1, counter: 0),
+            let box = try AES.GCM.SealedBox(nonce: try PackFormat.nonce(domain: 1, counter: 0),
                                             ciphertext: sealed.dropLast(PackFormat.tagSize), tag: sealed.suffix(PackFormat.tagSize))
             plain = try AES.GCM.open(box, using: dataKey, authenticating: PackFormat.indexAAD(count: count))
         } catch {
@@ -377,7 +379,7 @@ enum ChunkOpener {
         }
         let payload: Data
         do {
-            let box = try AES.GCM.SealedBox(nonce: PackFormat.nonce(domain: 0, counter: UInt64(entry.sequence)),
+            let box = try AES.GCM.SealedBox(nonce: try PackFormat.nonce(domain: 0, counter: UInt64(entry.sequence)),
                                             ciphertext: UnsafeRawBufferPointer(rebasing: sealed.dropLast(PackFormat.tagSize)),
                                             tag: UnsafeRawBufferPointer(rebasing: sealed.suffix(PackFormat.tagSize)))
             payload = try AES.GCM.open(box, using: dataKey, authenticating: PackFormat.chunkAAD(entry.chunkID, kind: entry.kind, rawLength: Int(entry.rawLength)))

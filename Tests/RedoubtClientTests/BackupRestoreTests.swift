@@ -344,7 +344,7 @@ import Testing
         defer { Fixture.remove(work) }
         let src = work + "/src"
         try Fixture.check(mkdir(src, 0o755), "mkdir")
-        let small = ArchiverTestHooks(chunkerParameters: Chunker.Parameters(min: 4 << 10, avg: 16 << 10, max: 64 << 10))
+        let small = ArchiverTestHooks(chunkerParameters: try Chunker.Parameters(min: 4 << 10, avg: 16 << 10, max: 64 << 10))
         let options = BackupOptions(paths: [src], workers: 1, packSize: 64 << 10)
         let middle = try Fixture.random(256 << 10)
         let repo = MemoryRepository(keys: keys.write)

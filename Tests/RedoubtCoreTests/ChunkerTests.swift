@@ -9,7 +9,7 @@ private func seedA() throws -> ChunkerSeed { try seed((0..<32).map { UInt8($0) }
 private func seedB() throws -> ChunkerSeed { try seed((0..<32).map { 0xff - UInt8($0) }) }
 
 /// 2 KiB / 8 KiB / 64 KiB: many chunks from little data.
-private let small = Chunker.Parameters(min: 2 << 10, avg: 8 << 10, max: 64 << 10)
+private let small = try! Chunker.Parameters(min: 2 << 10, avg: 8 << 10, max: 64 << 10)  // valid constants
 
 /// The known-answer input: 24 MiB of SplitMix64(seed: 0x5eed) output, little-endian.
 private let knownAnswerInput: [UInt8] = {
@@ -263,7 +263,14 @@ private func expectWellFormed(_ lengths: [Int], total: Int, _ p: Chunker.Paramet
         #expect([UInt8]().withUnsafeBytes { c.cut($0, final: false) } == nil)
     }
 
-    @Test func defaultParametersAreTheFormatsV1Values() {
-        #expect(Chunker.Parameters.default == Chunker.Parameters(min: 512 << 10, avg: 1 << 20, max: 8 << 20))
+    @Test func defaultParametersAreTheFormatsV1Values() throws {
+        #expect(try Chunker.Parameters.default == Chunker.Parameters(min: 512 << 10, avg: 1 << 20, max: 8 << 20))
+    }
+}
+
+@Suite struct ChunkerParameterTests {
+    @Test(arguments: [(64, 128, 256), (1024, 1024, 4096), (1024, 3000, 8192), (1024, 4096, 4096)])
+    func invalidParametersAreAnErrorNotACrash(_ p: (Int, Int, Int)) {
+        #expect(throws: CoreError.self) { try Chunker.Parameters(min: p.0, avg: p.1, max: p.2) }
     }
 }
