@@ -253,6 +253,11 @@ public enum PackReader {
     /// Verifies a pack's hash and structure without any key and returns its public chunk
     /// list: what a server does before it accepts an upload.
     public static func inspect(_ bytes: [UInt8], expectedID: PackID) throws(CoreError) -> PackSummary {
+        try parse(bytes, expectedID: expectedID).summary
+    }
+
+    /// Hash check, header, footer and public list: steps 1–2 of docs/FORMAT.md §4.5.
+    static func parse(_ bytes: [UInt8], expectedID: PackID) throws(CoreError) -> (summary: PackSummary, header: PackHeader, footer: PackFooter) {
         let object = "pack \(expectedID)"
         guard bytes.count <= PackFormat.maxPackSize else { throw CoreError(.limitExceeded, object: object, "pack of \(bytes.count) bytes exceeds the format's limit") }
         let actual = PackID(bytes: Array(SHA256.hash(data: bytes)))!
@@ -269,16 +274,14 @@ public enum PackReader {
             let s = listStart + 32 * i
             ids.append(ChunkID(bytes: Array(bytes[s..<(s + 32)]))!)
         }
-        return PackSummary(id: actual, keyID: header.keyID, chunkIDs: ids, size: bytes.count)
+        return (PackSummary(id: actual, keyID: header.keyID, chunkIDs: ids, size: bytes.count), header, footer)
     }
 
     /// Opens a whole pack with the read key: checks its hash, unseals the data key and
     /// the index, and checks the index against the public chunk list and the footer.
     public static func open(_ bytes: [UInt8], expectedID: PackID, readKey: ReadPrivateKey) throws(CoreError) -> OpenedPack {
-        let summary = try inspect(bytes, expectedID: expectedID)
+        let (summary, header, footer) = try parse(bytes, expectedID: expectedID)
         let object = "pack \(expectedID)"
-        let header = try PackHeader.parse(Array(bytes.prefix(PackHeader.maxLength)), object: object)
-        let footer = try PackFooter.parse(Array(bytes.suffix(PackFormat.footerSize)), packSize: bytes.count, headerLength: header.length, object: object)
         let dataKey = try unsealDataKey(header, readKey: readKey, object: object)
         let start = Int(footer.indexOffset)
         let sealedIndex = Array(bytes[start..<(start + Int(footer.indexLength))])

@@ -114,6 +114,8 @@ public final class SnapshotReader {
     private let chunkIDKey: ChunkIDKey
     private let fetch: (PackID) throws -> [UInt8]
     private var location: [ChunkID: PackID] = [:]
+    /// Packs whose public lists are already in `location`.
+    private var inspected: Set<PackID> = []
     private var opened: [PackID: OpenedPack] = [:]
     private var openedOrder: [PackID] = []
     private let decompressor: ChunkDecompressor
@@ -136,7 +138,8 @@ public final class SnapshotReader {
     private func locate(_ id: ChunkID) throws -> PackID {
         if let p = location[id] { return p }
         // Inspect the manifest's packs until the chunk is found.
-        for p in manifest.header.packs where !location.values.contains(p) {
+        for p in manifest.header.packs where !inspected.contains(p) {
+            inspected.insert(p)
             let summary = try PackReader.inspect(try fetch(p), expectedID: p)
             for c in summary.chunkIDs { location[c] = p }
             if let found = location[id] { return found }

@@ -100,6 +100,21 @@ public struct ServerHome: Sendable {
                                  serverURL: s.url, defaultMinRetention: s.minRetentionSeconds, logger: logger)
     }
 
+    /// A TCP port on 127.0.0.1 that is free now (bound, read, released): for loopback
+    /// servers in quickstart and tests.
+    public static func freeLoopbackPort() throws -> Int {
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        defer { close(fd) }
+        var addr = sockaddr_in()
+        addr.sin_family = sa_family_t(AF_INET)
+        addr.sin_addr.s_addr = inet_addr("127.0.0.1")
+        var len = socklen_t(MemoryLayout<sockaddr_in>.size)
+        let ok = withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, len) } } == 0
+            && withUnsafeMutablePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &len) } } == 0
+        guard ok else { throw ServerError(500, "E_NO_PORT", "cannot find a free port on 127.0.0.1: \(String(cString: strerror(errno)))") }
+        return Int(UInt16(bigEndian: addr.sin_port))
+    }
+
     public static func splitHostPort(_ s: String) -> (String, Int)? {
         var host: Substring, port: Substring
         if s.hasPrefix("[") {

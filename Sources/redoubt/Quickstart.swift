@@ -31,7 +31,7 @@ struct Quickstart {
         let root = URL(fileURLWithPath: base).standardizedFileURL
             .appendingPathComponent(ISO8601DateFormatter().string(from: Date()).replacingOccurrences(of: ":", with: ""))
         try FileManager.default.createDirectory(at: root, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
-        let port = try freePort()
+        let port = try ServerHome.freeLoopbackPort()
         step("server init in \(root.path)/server on 127.0.0.1:\(port)")
         let home = ServerHome(path: root.appendingPathComponent("server").path)
         let (settings, adminPath) = try await home.initialize(listen: "127.0.0.1:\(port)", minRetention: 30 * 86400, now: Date())
@@ -152,19 +152,6 @@ struct Quickstart {
         try fm.createSymbolicLink(atPath: dir.appendingPathComponent("link-to-readme").path, withDestinationPath: "README.txt")
         try fm.setAttributes([.posixPermissions: 0o600], ofItemAtPath: dir.appendingPathComponent("docs/report.txt").path)
         return dir
-    }
-
-    func freePort() throws -> Int {
-        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-        defer { close(fd) }
-        var addr = sockaddr_in()
-        addr.sin_family = sa_family_t(AF_INET)
-        addr.sin_addr.s_addr = inet_addr("127.0.0.1")
-        var len = socklen_t(MemoryLayout<sockaddr_in>.size)
-        let ok = withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, len) } } == 0
-            && withUnsafeMutablePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &len) } } == 0
-        guard ok else { throw ValidationError("cannot find a free port on 127.0.0.1") }
-        return Int(UInt16(bigEndian: addr.sin_port))
     }
 }
 

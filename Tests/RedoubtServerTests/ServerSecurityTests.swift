@@ -276,4 +276,15 @@ import RedoubtKMS
         _ = system("chattr -R -i '\(w.server.dir.path)' 2>/dev/null")
         try? FileManager.default.removeItem(at: w.server.dir)
     }
+
+    @Test func anOversizedBodyIsRefusedWith413() async throws {
+        let w = try await world()
+        do {
+            _ = try await w.writer.send(.POST, "/v1/chunks/query", body: [UInt8](repeating: 1, count: 100_001 * 32))
+            Issue.record("an oversized chunk query was accepted")
+        } catch let e as APIError {
+            #expect(e.status == 413 && e.code == "E_TOO_LARGE", "\(e)")
+        }
+        await w.stop()
+    }
 }

@@ -17,19 +17,8 @@ final class ManualClock: ServerClock, @unchecked Sendable {
     func set(_ d: Date) { lock.withLock { t = d } }
 }
 
-/// A free TCP port on loopback (bound, read, released).
-func freeLoopbackPort() throws -> Int {
-    let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-    defer { close(fd) }
-    var addr = sockaddr_in()
-    addr.sin_family = sa_family_t(AF_INET)
-    addr.sin_port = 0
-    addr.sin_addr.s_addr = inet_addr("127.0.0.1")
-    var len = socklen_t(MemoryLayout<sockaddr_in>.size)
-    _ = withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, len) } }
-    _ = withUnsafeMutablePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &len) } }
-    return Int(UInt16(bigEndian: addr.sin_port))
-}
+/// A free TCP port on loopback.
+func freeLoopbackPort() throws -> Int { try ServerHome.freeLoopbackPort() }
 
 /// A real server: TLS on loopback, a real SQLite catalog, a real local store with
 /// immutable flags, in a temp directory. One per test.
