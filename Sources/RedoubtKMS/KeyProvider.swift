@@ -99,6 +99,8 @@ public enum KeyProviderError: Error, Sendable, Equatable, CustomStringConvertibl
     case secretMissing(provider: String, how: String)
     /// The URI names a provider this build does not know.
     case unknownProvider(String)
+    /// The KMS sent bytes that break its protocol (a malformed KMIP message).
+    case kmsProtocol(provider: String, detail: String)
 
     public var code: String {
         switch self {
@@ -108,6 +110,7 @@ public enum KeyProviderError: Error, Sendable, Equatable, CustomStringConvertibl
         case .keyMismatch: "E_KEY_MISMATCH"
         case .secretMissing: "E_KEY_SECRET_MISSING"
         case .unknownProvider: "E_KEY_PROVIDER"
+        case .kmsProtocol: "E_KEY_KMS_PROTOCOL"
         }
     }
 
@@ -119,6 +122,7 @@ public enum KeyProviderError: Error, Sendable, Equatable, CustomStringConvertibl
         case .keyMismatch(let p, let id): "\(p): unwrapped key is not read key \(id): the wrapped key file was altered"
         case .secretMissing(let p, let how): "\(p): no secret supplied; \(how)"
         case .unknownProvider(let u): "unknown key provider \(u.debugDescription); use passphrase:"
+        case .kmsProtocol(let p, let d): "\(p): \(d); check that the address is a KMS speaking this protocol"
         }
     }
 }
