@@ -46,7 +46,7 @@ let package = Package(
         // AWS request signing (SigV4) and credential loading, shared by the S3 store and AWS KMS.
         .target(name: "RedoubtAWS", dependencies: [crypto]),
         // Key providers: wrap and unwrap the tenant's read private key.
-        .target(name: "RedoubtKMS", dependencies: ["RedoubtCore", crypto, cryptoExtras]),
+        .target(name: "RedoubtKMS", dependencies: ["RedoubtCore", crypto, cryptoExtras, nio, nioPosix, nioSSL]),
         // The storage protocol and its implementations. Knows nothing of keys or packs.
         .target(name: "RedoubtStore", dependencies: ["CRedoubtSys", logging]),
         // The server: API, authn/authz, catalog, retention, audit. Holds no key that decrypts.

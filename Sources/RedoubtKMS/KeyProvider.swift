@@ -101,6 +101,14 @@ public enum KeyProviderError: Error, Sendable, Equatable, CustomStringConvertibl
     case unknownProvider(String)
     /// The KMS sent bytes that break its protocol (a malformed KMIP message).
     case kmsProtocol(provider: String, detail: String)
+    /// The KMS or HSM could not be reached or did not answer in time.
+    case unreachable(provider: String, detail: String)
+    /// The key-encryption key exists but is disabled or revoked.
+    case keyDisabled(provider: String, detail: String)
+    /// The key-encryption key is destroyed or scheduled for deletion: crypto-shredded.
+    case keyDestroyed(provider: String, detail: String)
+    /// The KMS refused our credential (client certificate, PIN, access key).
+    case credentialRejected(provider: String, detail: String)
 
     public var code: String {
         switch self {
@@ -111,6 +119,10 @@ public enum KeyProviderError: Error, Sendable, Equatable, CustomStringConvertibl
         case .secretMissing: "E_KEY_SECRET_MISSING"
         case .unknownProvider: "E_KEY_PROVIDER"
         case .kmsProtocol: "E_KEY_KMS_PROTOCOL"
+        case .unreachable: "E_KEY_UNREACHABLE"
+        case .keyDisabled: "E_KEY_DISABLED"
+        case .keyDestroyed: "E_KEY_DESTROYED"
+        case .credentialRejected: "E_KEY_CREDENTIAL_REJECTED"
         }
     }
 
@@ -123,6 +135,10 @@ public enum KeyProviderError: Error, Sendable, Equatable, CustomStringConvertibl
         case .secretMissing(let p, let how): "\(p): no secret supplied; \(how)"
         case .unknownProvider(let u): "unknown key provider \(u.debugDescription); use passphrase:"
         case .kmsProtocol(let p, let d): "\(p): \(d); check that the address is a KMS speaking this protocol"
+        case .unreachable(let p, let d): "\(p): KMS unreachable: \(d)"
+        case .keyDisabled(let p, let d): "\(p): key disabled: \(d)"
+        case .keyDestroyed(let p, let d): "\(p): key destroyed: \(d)"
+        case .credentialRejected(let p, let d): "\(p): credential rejected: \(d)"
         }
     }
 }

@@ -1,0 +1,84 @@
+import Crypto
+import Foundation
+import Testing
+
+@testable import RedoubtKMS
+
+/// Reads a test peer's address from the environment `scripts/peers` writes. Missing
+/// peers fail the test when `REDOUBT_PEERS_REQUIRED=1` (CI), else the test is skipped.
+func peer(_ name: String) -> String? {
+    let env = ProcessInfo.processInfo.environment
+    if let value = env[name], !value.isEmpty { return value }
+    if env["REDOUBT_PEERS_REQUIRED"] == "1" {
+        Issue.record("\(name) is not set: run ./scripts/peers start and source its env file")
+    } else {
+        print("skipping: \(name) not set (./scripts/peers start; source \"$(./scripts/peers env)\")")
+    }
+    return nil
+}
+
+/// Against the real PyKMIP server (mTLS, ECDSA certificates; the certificate CN owns keys).
+@Suite(.serialized) struct KMIPClientTests {
+    func client(_ identity: String, port: Int? = nil) -> KMIPClient? {
+        guard let address = peer("REDOUBT_TEST_KMIP"), let pki = peer("REDOUBT_TEST_KMIP_PKI") else { return nil }
+        let parts = address.split(separator: ":")
+        return KMIPClient(endpoint: KMIPEndpoint(
+            host: String(parts[0]), port: port ?? Int(parts[1]) ?? 5696, caFile: "\(pki)/ca.crt",
+            certificateFile: "\(pki)/\(identity).crt", privateKeyFile: "\(pki)/\(identity).key"))
+    }
+
+    @Test func gcmUnderTheKMSKeyRoundTripsAndBindsTheAssociatedData() async throws {
+        guard let a = client("tenant-a") else { return }
+        let keyID = try await a.createActiveAESKey(name: "redoubt-test-\(UUID().uuidString)")
+        let seed = (0..<32).map { UInt8($0) }
+        let nonce = (0..<12).map { _ in UInt8.random(in: 0...255) }
+        let aad = KeyContext(tenant: "acme", keyVersion: 1).associatedData
+        let sealed = try await a.encrypt(keyID: keyID, plaintext: seed, nonce: nonce, associatedData: aad)
+        #expect(sealed.count == 32 + 16)
+        #expect(Array(sealed.prefix(32)) != seed)
+        #expect(try await a.decrypt(keyID: keyID, sealed: sealed, nonce: nonce, associatedData: aad) == seed)
+        // Another tenant's context, or a flipped bit, does not open.
+        let otherAAD = KeyContext(tenant: "other", keyVersion: 1).associatedData
+        await #expect(throws: KeyProviderError.self) { try await a.decrypt(keyID: keyID, sealed: sealed, nonce: nonce, associatedData: otherAAD) }
+        var flipped = sealed
+        flipped[3] ^= 1
+        await #expect(throws: KeyProviderError.self) { try await a.decrypt(keyID: keyID, sealed: flipped, nonce: nonce, associatedData: aad) }
+    }
+
+    @Test func anotherTenantsCertificateCannotUseTheKey() async throws {
+        guard let a = client("tenant-a"), let b = client("tenant-b") else { return }
+        let keyID = try await a.createActiveAESKey(name: "redoubt-test-\(UUID().uuidString)")
+        let nonce = [UInt8](repeating: 1, count: 12)
+        let sealed = try await a.encrypt(keyID: keyID, plaintext: [1, 2, 3], nonce: nonce, associatedData: [9])
+        let error = await #expect(throws: KeyProviderError.self) {
+            try await b.decrypt(keyID: keyID, sealed: sealed, nonce: nonce, associatedData: [9])
+        }
+        #expect(error?.code == "E_KEY_CREDENTIAL_REJECTED")
+        #expect(error.map { "\($0)" }?.contains("kmip://") == true)
+    }
+
+    @Test func aCertificateFromAnUntrustedCAIsRefusedAtTheHandshake() async throws {
+        guard let rogue = client("rogue") else { return }
+        let error = await #expect(throws: KeyProviderError.self) { try await rogue.createActiveAESKey(name: "rogue") }
+        #expect(error?.code == "E_KEY_CREDENTIAL_REJECTED" || error?.code == "E_KEY_UNREACHABLE")
+    }
+
+    @Test func revokedThenDestroyedKeysGiveDistinctErrors() async throws {
+        guard let a = client("tenant-a") else { return }
+        let keyID = try await a.createActiveAESKey(name: "redoubt-test-\(UUID().uuidString)")
+        let nonce = [UInt8](repeating: 2, count: 12)
+        let sealed = try await a.encrypt(keyID: keyID, plaintext: [4, 5, 6], nonce: nonce, associatedData: [])
+        try await a.revoke(keyID: keyID)
+        let disabled = await #expect(throws: KeyProviderError.self) { try await a.decrypt(keyID: keyID, sealed: sealed, nonce: nonce, associatedData: []) }
+        #expect(disabled?.code == "E_KEY_DISABLED")
+        try await a.revokeAndDestroy(keyID: keyID)
+        let destroyed = await #expect(throws: KeyProviderError.self) { try await a.decrypt(keyID: keyID, sealed: sealed, nonce: nonce, associatedData: []) }
+        #expect(destroyed?.code == "E_KEY_DESTROYED")
+    }
+
+    @Test func aKMSThatIsNotListeningIsUnreachable() async throws {
+        guard let down = client("tenant-a", port: 1) else { return }
+        let error = await #expect(throws: KeyProviderError.self) { try await down.createActiveAESKey(name: "x") }
+        #expect(error?.code == "E_KEY_UNREACHABLE")
+    }
+}
