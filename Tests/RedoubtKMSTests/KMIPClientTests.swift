@@ -1,5 +1,6 @@
 import Crypto
 import Foundation
+import RedoubtCore
 import Testing
 
 @testable import RedoubtKMS
@@ -80,5 +81,52 @@ func peer(_ name: String) -> String? {
         guard let down = client("tenant-a", port: 1) else { return }
         let error = await #expect(throws: KeyProviderError.self) { try await down.createActiveAESKey(name: "x") }
         #expect(error?.code == "E_KEY_UNREACHABLE")
+    }
+}
+
+/// The provider a tenant uses: wrap, unwrap, rotate away, shred.
+@Suite(.serialized) struct KMIPKeyProviderTests {
+    func endpoint(_ identity: String) -> KMIPEndpoint? {
+        guard let address = peer("REDOUBT_TEST_KMIP"), let pki = peer("REDOUBT_TEST_KMIP_PKI") else { return nil }
+        let parts = address.split(separator: ":")
+        return KMIPEndpoint(host: String(parts[0]), port: Int(parts[1]) ?? 5696, caFile: "\(pki)/ca.crt",
+                            certificateFile: "\(pki)/\(identity).crt", privateKeyFile: "\(pki)/\(identity).key")
+    }
+
+    @Test func wrapsUnwrapsRotatesAwayAndShreds() async throws {
+        guard let e = endpoint("tenant-a") else { return }
+        let provider = try await KMIPKeyProvider.createKEK(endpoint: e, tenant: "acme")
+        // The URI round-trips and carries no secret beyond file paths.
+        let reparsed = try KMIPKeyProvider(uri: provider.uri)
+        #expect(reparsed.keyID == provider.keyID && reparsed.client.endpoint == e)
+
+        let readKey = try ReadPrivateKey.generate()
+        let v1 = KeyContext(tenant: "acme", keyVersion: 1)
+        let wrapped = try await provider.wrap(readKey, context: v1)
+        #expect(wrapped.provider.hasPrefix("kmip://"))
+        let back = try await reparsed.unwrap(wrapped, context: v1)
+        #expect(back.publicKey == readKey.publicKey)
+        await #expect(throws: KeyProviderError.self) { try await provider.unwrap(wrapped, context: KeyContext(tenant: "other", keyVersion: 1)) }
+
+        // Rotation: re-wrap under a second KEK, destroy the first; the key still unwraps.
+        let next = try await KMIPKeyProvider.createKEK(endpoint: e, tenant: "acme")
+        let v2 = KeyContext(tenant: "acme", keyVersion: 2)
+        let rewrapped = try await next.wrap(try await provider.unwrap(wrapped, context: v1), context: v2)
+        try await provider.destroyKEK()
+        let old = await #expect(throws: KeyProviderError.self) { try await provider.unwrap(wrapped, context: v1) }
+        #expect(old?.code == "E_KEY_DESTROYED")
+        #expect(try await next.unwrap(rewrapped, context: v2).publicKey == readKey.publicKey)
+
+        // Shred: destroy the current KEK; nothing unwraps any more.
+        try await next.destroyKEK()
+        let shredded = await #expect(throws: KeyProviderError.self) { try await next.unwrap(rewrapped, context: v2) }
+        #expect(shredded?.code == "E_KEY_DESTROYED")
+        #expect(shredded.map { "\($0)" }?.contains("key destroyed") == true)
+    }
+
+    @Test func refusesURIsWithoutTheirFiles() {
+        #expect(throws: KeyProviderError.self) { try KMIPKeyProvider(uri: "kmip://127.0.0.1:5696/KEY") }
+        #expect(throws: KeyProviderError.self) { try KMIPKeyProvider(uri: "kmip://127.0.0.1:5696/?ca=a&cert=b&key=c") }
+        #expect(throws: KeyProviderError.self) { try KMIPKeyProvider(uri: "awskms://us-east-1/k") }
     }
 }

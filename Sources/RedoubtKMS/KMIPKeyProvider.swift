@@ -1,0 +1,78 @@
+import Crypto
+import Foundation
+import RedoubtCore
+
+/// Wraps the read key with a KEK held by a KMIP 1.4 server: the KMS's own AES-256-GCM
+/// Encrypt and Decrypt, with the key context as associated data, so the KEK never leaves
+/// the KMS.
+///
+/// URI: `kmip://HOST:PORT/KEY-ID?ca=FILE&cert=FILE&key=FILE`. The files hold the CA and
+/// the client's certificate and private key; no secret appears in the URI itself.
+public struct KMIPKeyProvider: KeyProvider {
+    public let client: KMIPClient
+    public let keyID: String
+
+    public var uri: String {
+        let e = client.endpoint
+        let query = [("ca", e.caFile), ("cert", e.certificateFile), ("key", e.privateKeyFile)]
+            .map { "\($0.0)=\($0.1.addingPercentEncoding(withAllowedCharacters: .urlQueryAllowed) ?? $0.1)" }
+            .joined(separator: "&")
+        return "kmip://\(e.host):\(e.port)/\(keyID)?\(query)"
+    }
+
+    public init(client: KMIPClient, keyID: String) {
+        self.client = client
+        self.keyID = keyID
+    }
+
+    /// Parses a `kmip://` URI.
+    public init(uri: String) throws(KeyProviderError) {
+        guard let parts = URLComponents(string: uri), parts.scheme == "kmip", let host = parts.host, !host.isEmpty else {
+            throw .unknownProvider(uri)
+        }
+        let keyID = String(parts.path.drop { $0 == "/" })
+        let query = Dictionary((parts.queryItems ?? []).map { ($0.name, $0.value ?? "") }, uniquingKeysWith: { $1 })
+        guard let ca = query["ca"], let cert = query["cert"], let key = query["key"], !keyID.isEmpty else {
+            throw .malformed("KMIP provider URI needs a key ID and ca=, cert= and key= files: kmip://HOST:PORT/KEY-ID?ca=FILE&cert=FILE&key=FILE")
+        }
+        self.init(client: KMIPClient(endpoint: KMIPEndpoint(host: host, port: parts.port ?? 5696, caFile: ca, certificateFile: cert, privateKeyFile: key)), keyID: keyID)
+    }
+
+    /// Creates and activates a fresh AES-256 KEK for a tenant at the KMS and returns a
+    /// provider for it. The KEK is owned by the client certificate's identity.
+    public static func createKEK(endpoint: KMIPEndpoint, tenant: String) async throws(KeyProviderError) -> KMIPKeyProvider {
+        let client = KMIPClient(endpoint: endpoint)
+        let id = try await client.createActiveAESKey(name: "redoubt-kek-\(tenant)-\(UUID().uuidString.lowercased())")
+        return KMIPKeyProvider(client: client, keyID: id)
+    }
+
+    public func wrap(_ key: ReadPrivateKey, context: KeyContext) async throws -> WrappedReadKey {
+        let nonce = Array(AES.GCM.Nonce())
+        var seed = key.exportSeed().withUnsafeBytes { Array($0) }
+        defer { for i in seed.indices { seed[i] = 0 } }
+        let sealed = try await client.encrypt(keyID: keyID, plaintext: seed, nonce: nonce, associatedData: context.associatedData)
+        return WrappedReadKey(
+            provider: uri, context: context, publicKey: key.publicKey,
+            parameters: ["kmip-key-id": keyID, "algorithm": "AES-256-GCM", "nonce": Data(nonce).base64EncodedString()],
+            wrapped: sealed)
+    }
+
+    public func unwrap(_ wrapped: WrappedReadKey, context: KeyContext) async throws -> ReadPrivateKey {
+        try checkContext(wrapped, context)
+        guard let nonceText = wrapped.parameters["nonce"], let nonce = Data(base64Encoded: nonceText), nonce.count == 12 else {
+            throw KeyProviderError.malformed("KMIP-wrapped key has no 12-byte nonce")
+        }
+        // The wrapped key names the KEK that sealed it; rotation may have moved on since.
+        let kek = wrapped.parameters["kmip-key-id"] ?? keyID
+        var seed = try await client.decrypt(keyID: kek, sealed: try wrapped.wrappedBytes(), nonce: Array(nonce), associatedData: context.associatedData)
+        defer { for i in seed.indices { seed[i] = 0 } }
+        let key = try ReadPrivateKey(seed: SecretBytes(copying: seed))
+        return try checkUnwrapped(key, wrapped)
+    }
+
+    /// Crypto-shreds: revokes and destroys the KEK at the KMS. Every copy wrapped under it
+    /// becomes unrecoverable.
+    public func destroyKEK() async throws(KeyProviderError) {
+        try await client.revokeAndDestroy(keyID: keyID)
+    }
+}
