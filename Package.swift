@@ -58,6 +58,8 @@ let package = Package(
                 .product(name: "GRDB", package: "GRDB.swift"),
             ]
         ),
+        // Offline media format (docs/FORMAT.md §13). May import RedoubtCore only.
+        .target(name: "RedoubtMedia", dependencies: ["RedoubtCore"]),
         // The client: archiver, restorer, API client.
         .target(
             name: "RedoubtClient",
@@ -78,6 +80,8 @@ let package = Package(
         .testTarget(name: "RedoubtCoreTests", dependencies: ["RedoubtCore", "RedoubtKMS"], resources: [.copy("Fixtures")]),
         .testTarget(name: "RedoubtKMSTests", dependencies: ["RedoubtCore", "RedoubtKMS"]),
         .testTarget(name: "RedoubtStoreTests", dependencies: ["RedoubtStore"]),
+        // Offline media sets (issue 6): the format, pure; devices and glue come later.
+        .testTarget(name: "RedoubtMediaTests", dependencies: ["RedoubtMedia"]),
         .testTarget(name: "RedoubtClientTests", dependencies: ["RedoubtClient", "RedoubtCore", "RedoubtKMS"]),
         .testTarget(name: "RedoubtServerTests", dependencies: ["RedoubtServer", "RedoubtClient", "RedoubtCore", "RedoubtKMS", "RedoubtStore", nioHTTP1, crypto,
                                                     .product(name: "Hummingbird", package: "hummingbird"), .product(name: "GRDB", package: "GRDB.swift")]),
