@@ -43,6 +43,8 @@ let package = Package(
         .target(name: "CRedoubtSys"),
         // Pure core: formats, crypto, chunking. No files, sockets or clocks.
         .target(name: "RedoubtCore", dependencies: ["CZstd", crypto, cryptoExtras]),
+        // AWS request signing (SigV4) and credential loading, shared by the S3 store and AWS KMS.
+        .target(name: "RedoubtAWS", dependencies: [crypto]),
         // Key providers: wrap and unwrap the tenant's read private key.
         .target(name: "RedoubtKMS", dependencies: ["RedoubtCore", crypto, cryptoExtras]),
         // The storage protocol and its implementations. Knows nothing of keys or packs.
@@ -78,6 +80,7 @@ let package = Package(
         // Prints MB/s figures for the core pipeline; see scripts/bench-core.
         .executableTarget(name: "redoubt-bench", dependencies: ["RedoubtCore", "CMallocTune", "CZstd", crypto]),
         .testTarget(name: "RedoubtCoreTests", dependencies: ["RedoubtCore", "RedoubtKMS"], resources: [.copy("Fixtures")]),
+        .testTarget(name: "RedoubtAWSTests", dependencies: ["RedoubtAWS"]),
         .testTarget(name: "RedoubtKMSTests", dependencies: ["RedoubtCore", "RedoubtKMS"]),
         .testTarget(name: "RedoubtStoreTests", dependencies: ["RedoubtStore"]),
         // Offline media sets (issue 6): the format, pure; devices and glue come later.
