@@ -61,7 +61,7 @@ let package = Package(
             ]
         ),
         // Offline media format (docs/FORMAT.md §13). May import RedoubtCore only.
-        .target(name: "RedoubtMedia", dependencies: ["RedoubtCore"]),
+        .target(name: "RedoubtMedia", dependencies: ["RedoubtCore", crypto]),
         // The client: archiver, restorer, API client.
         .target(
             name: "RedoubtClient",
@@ -84,7 +84,7 @@ let package = Package(
         .testTarget(name: "RedoubtKMSTests", dependencies: ["RedoubtCore", "RedoubtKMS"]),
         .testTarget(name: "RedoubtStoreTests", dependencies: ["RedoubtStore"]),
         // Offline media sets (issue 6): the format, pure; devices and glue come later.
-        .testTarget(name: "RedoubtMediaTests", dependencies: ["RedoubtMedia"]),
+        .testTarget(name: "RedoubtMediaTests", dependencies: ["RedoubtMedia", "RedoubtCore"], resources: [.copy("Fixtures")]),
         .testTarget(name: "RedoubtClientTests", dependencies: ["RedoubtClient", "RedoubtCore", "RedoubtKMS"]),
         .testTarget(name: "RedoubtServerTests", dependencies: ["RedoubtServer", "RedoubtClient", "RedoubtCore", "RedoubtKMS", "RedoubtStore", nioHTTP1, crypto,
                                                     .product(name: "Hummingbird", package: "hummingbird"), .product(name: "GRDB", package: "GRDB.swift")]),

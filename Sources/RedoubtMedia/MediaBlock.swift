@@ -51,10 +51,22 @@ public struct MediaBlockHeader: Sendable, Equatable {
 
 /// Encodes and checks whole blocks of a fixed size.
 public enum MediaBlock {
+    /// Block size announced by the first 64 bytes of a block (byte 62 = log2), or nil
+    /// when those bytes do not start a block (no magic, or an impossible size).
+    public static func announcedSize(_ head: [UInt8]) -> Int? {
+        guard head.count >= MediaBlockHeader.size, Array(head[0..<8]) == MediaBlockHeader.magic,
+              head[62] >= 8, head[62] <= 22 else { return nil }
+        return 1 << Int(head[62])
+    }
+
     /// Builds one block of `blockSize` bytes: header, payload, zero padding, CRC-32C.
     public static func encode(_ h: MediaBlockHeader, payload: [UInt8], blockSize: Int) throws(MediaError) -> [UInt8] {
         let room = blockSize - MediaBlockHeader.size
-        guard h.setID.count == 16, room > 0, payload.count <= room else {
+        guard h.setID.count == 16, blockSize >= 256, blockSize.nonzeroBitCount == 1 else {
+            throw MediaError(code: "E_MEDIA_LIMIT", volume: h.volumeSeq, block: h.blockSeq,
+                             detail: "block size \(blockSize) is not a power of two of at least 256 bytes")
+        }
+        guard room > 0, payload.count <= room else {
             throw MediaError(code: "E_MEDIA_LIMIT", volume: h.volumeSeq, block: h.blockSeq,
                              detail: "payload of \(payload.count) bytes does not fit a \(blockSize)-byte block")
         }
@@ -64,8 +76,10 @@ public enum MediaBlock {
         func le<T: FixedWidthInteger>(_ v: T) { put(withUnsafeBytes(of: v.littleEndian) { Array($0) }) }
         put(MediaBlockHeader.magic); put(h.setID); le(h.volumeSeq); le(h.blockSeq)
         put([h.kind.rawValue, h.lastOfRecord ? 1 : 0]); le(UInt32(payload.count)); le(h.recordSeq); le(h.recordOff)
-        // crc at offset o (zero while computing), header padded to 64.
+        // crc at offset o (zero while computing); byte 62 = log2(block size) so a reader
+        // on a pipe learns the block size from the first 64 bytes; header padded to 64.
         let crcAt = o
+        b[62] = UInt8(blockSize.trailingZeroBitCount)
         b.replaceSubrange(MediaBlockHeader.size..<(MediaBlockHeader.size + payload.count), with: payload)
         let crc = CRC32C.checksum(b)
         withUnsafeBytes(of: crc.littleEndian) { for (i, x) in $0.enumerated() { b[crcAt + i] = x } }
@@ -87,6 +101,7 @@ public enum MediaBlock {
         var zeroed = b
         for i in 0..<4 { zeroed[crcAt + i] = 0 }
         guard CRC32C.checksum(zeroed) == u(crcAt, UInt32.self) else { throw bad("checksum mismatch (damaged block)") }
+        guard b[62] < 64, 1 << Int(b[62]) == b.count else { throw bad("block size byte \(b[62]) does not match the \(b.count)-byte block") }
         guard let kind = MediaBlockKind(rawValue: b[36]) else { throw bad("unknown block kind \(b[36])") }
         let len = Int(u(38, UInt32.self))
         guard len <= b.count - MediaBlockHeader.size else { throw bad("payload length \(len) exceeds block") }
