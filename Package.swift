@@ -53,7 +53,7 @@ let package = Package(
         .target(
             name: "RedoubtServer",
             dependencies: [
-                "RedoubtCore", "RedoubtStore", crypto, x509, asn1, nio, nioPosix, nioSSL, logging,
+                "RedoubtCore", "RedoubtStore", "RedoubtMedia", crypto, x509, asn1, nio, nioPosix, nioSSL, logging,
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "HummingbirdCore", package: "hummingbird"),
                 .product(name: "HummingbirdTLS", package: "hummingbird"),
@@ -86,7 +86,7 @@ let package = Package(
         // Offline media sets (issue 6): the format, pure; devices and glue come later.
         .testTarget(name: "RedoubtMediaTests", dependencies: ["RedoubtMedia", "RedoubtCore"], resources: [.copy("Fixtures")]),
         .testTarget(name: "RedoubtClientTests", dependencies: ["RedoubtClient", "RedoubtCore", "RedoubtKMS"]),
-        .testTarget(name: "RedoubtServerTests", dependencies: ["RedoubtServer", "RedoubtClient", "RedoubtCore", "RedoubtKMS", "RedoubtStore", nioHTTP1, crypto,
+        .testTarget(name: "RedoubtServerTests", dependencies: ["RedoubtServer", "RedoubtMedia", "RedoubtClient", "RedoubtCore", "RedoubtKMS", "RedoubtStore", nioHTTP1, crypto,
                                                     .product(name: "Hummingbird", package: "hummingbird"), .product(name: "GRDB", package: "GRDB.swift")]),
     ]
 )
