@@ -2,6 +2,7 @@
 import ArgumentParser
 import Foundation
 import Logging
+import RedoubtClient
 import RedoubtCore
 import RedoubtMedia
 import RedoubtServer
@@ -9,7 +10,7 @@ import RedoubtStore
 
 struct MediaCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(commandName: "media", abstract: "Write and list offline media sets (tapes, files, directories).",
-                                                    subcommands: [MediaWrite.self, MediaList.self])
+                                                    subcommands: [MediaWrite.self, MediaList.self, MediaRestore.self])
 }
 
 /// Parses `123`, `64K`, `100M`, `2G`, `1T` (powers of 1024).
@@ -84,6 +85,82 @@ struct MediaList: AsyncParsableCommand {
                 for d in l.damage { print("DAMAGED: \(d)") }
             }
             return rep.damage.isEmpty ? .ok : .partial
+        }
+    }
+}
+
+/// Opens the volumes named by `--device` options: one `file:PATH` (PATH, PATH.2, … while they
+/// exist), several `file:` volumes in order (e.g. FIFOs), or one `dir:PATH`.
+func mediaSource(_ devices: [String]) throws -> SequentialSource {
+    if devices.count == 1, devices[0].hasPrefix("dir:") { return try DirectorySequentialDevice(path: String(devices[0].dropFirst(4))) }
+    guard !devices.isEmpty, devices.allSatisfy({ $0.hasPrefix("file:") }) else {
+        throw ValidationError("--device must be file:PATH (repeatable, one per volume in order) or one dir:PATH")
+    }
+    let paths = devices.map { String($0.dropFirst(5)) }
+    return paths.count == 1 ? FileSequentialDevice(path: paths[0]) : FileSequentialDevice(paths: paths)
+}
+
+/// Packs spooled from media into a directory, one file per pack ID; the restorer verifies them.
+struct SpoolPackSource: PackSource {
+    let dir: String
+    func pack(_ id: PackID) async throws -> [UInt8] {
+        guard let d = FileManager.default.contents(atPath: "\(dir)/\(id.description)") else {
+            throw MediaError(code: "E_MEDIA_MISSING", volume: 0, block: 0,
+                             detail: "pack \(id.description) was not on the volumes read (damaged or on a volume not supplied)")
+        }
+        return Array(d)
+    }
+}
+
+struct MediaRestore: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "restore",
+                                                    abstract: "Restore a snapshot from media alone (no server): restorer config for the read key.")
+    @Argument(help: "Snapshot ID or a unique prefix (8+ hex digits).") var snapshot: String
+    @Option(name: .long, help: "file:PATH (repeat for each volume, in order) or dir:PATH.") var device: [String]
+    @Option(name: .long, help: "Directory to restore into (created if missing).") var target: String
+    @OptionGroup var config: ConfigOption
+    @Option(name: .long, help: "Passphrase file for a passphrase-wrapped read key.") var passphraseFile: String?
+    @Flag(name: .long, help: "Read on past damaged blocks and restore everything that verified.") var skipDamaged = false
+
+    func run() async throws {
+        try await RedoubtCLI.run {
+            let cfg = config.resolved
+            let readKey = try await RestoreSupport.unwrapReadKey(config: cfg, passphraseFile: passphraseFile)
+            let material = try cfg.sharedMaterial()
+            let spool = NSTemporaryDirectory() + "redoubt-media-spool-\(UUID().uuidString)"
+            try FileManager.default.createDirectory(atPath: spool, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
+            defer { try? FileManager.default.removeItem(atPath: spool) }
+            var manifests: [String: [UInt8]] = [:]
+            var spoolError: String?
+            FileHandle.standardError.write(Data("reading volumes…\n".utf8))
+            let rep = try MediaReader(source: try mediaSource(device), skipDamaged: skipDamaged).read { r throws(MediaError) in
+                switch r.type {
+                case .pack:
+                    // Why: the ID names a file in the spool; only a 64-hex ID may become a path.
+                    guard PackID(hex: r.id) != nil else { spoolError = "record with malformed pack ID"; return }
+                    if !FileManager.default.createFile(atPath: "\(spool)/\(r.id)", contents: Data(r.body)) { spoolError = "cannot write to \(spool)" }
+                case .manifest: manifests[r.id] = r.body
+                default: break
+                }
+            }
+            if let e = spoolError { throw ValidationError(e) }
+            for d in rep.damage { FileHandle.standardError.write(Data("DAMAGED: \(d)\n".utf8)) }
+            let matches = manifests.keys.filter { $0.hasPrefix(snapshot.lowercased()) }
+            guard snapshot.count >= 8, matches.count == 1, let id = matches.first, let sid = SnapshotID(hex: id), let mb = manifests[id] else {
+                throw ValidationError("snapshot \(snapshot) is \(matches.isEmpty ? "not on these volumes" : "ambiguous"); `redoubt media list` shows what they hold")
+            }
+            let manifest = try Manifest.parse(mb, expectedID: sid)
+            let progress = ProgressLine()
+            let result = try await Restorer().restore(manifest: manifest, readKey: readKey, chunkIDKey: material.chunkIDKey,
+                                                      source: SpoolPackSource(dir: spool), target: target, subpath: nil,
+                                                      skipDamaged: skipDamaged) { p in
+                progress.update(files: p.filesDone, bytes: p.bytesDone, totalBytes: p.bytesTotal, current: p.currentPath)
+            }
+            progress.finish()
+            print("restored \(result.files) files, \(result.directories) directories, \(formatBytes(result.bytesWritten)) from media into \(target)")
+            for d in result.damaged { print("  DAMAGED: \(d)") }
+            if !result.damaged.isEmpty { return .integrity }
+            return rep.damage.isEmpty && result.warnings.isEmpty ? .ok : .partial
         }
     }
 }
