@@ -21,7 +21,10 @@ struct FD {
     func write(_ b: [UInt8], volume: UInt32) throws(MediaError) {
         var off = 0
         while off < b.count {
-            let n = b.withUnsafeBytes { Glibc.write(fd, $0.baseAddress! + off, b.count - off) }
+            let n = b.withUnsafeBytes { p -> Int in
+                guard let base = p.baseAddress else { return -1 }
+                return Glibc.write(fd, base + off, b.count - off)
+            }
             if n < 0 && errno == EINTR { continue }
             guard n > 0 else {
                 throw MediaError(code: "E_MEDIA_DEVICE", volume: volume, block: 0,
@@ -35,7 +38,10 @@ struct FD {
         var out = [UInt8](repeating: 0, count: count)
         var off = 0
         while off < count {
-            let n = out.withUnsafeMutableBytes { Glibc.read(fd, $0.baseAddress! + off, count - off) }
+            let n = out.withUnsafeMutableBytes { p -> Int in
+                guard let base = p.baseAddress else { return -1 }
+                return Glibc.read(fd, base + off, count - off)
+            }
             if n < 0 && errno == EINTR { continue }
             guard n >= 0 else {
                 throw MediaError(code: "E_MEDIA_DEVICE", volume: volume, block: 0,
