@@ -26,6 +26,12 @@ public enum MediaBlockKind: UInt8, Sendable {
 
 /// The 64-byte header at the start of every media block (§13.2).
 public struct MediaBlockHeader: Sendable, Equatable {
+    /// The volume number written in an encoded block's header (no checks).
+    public static func volumeOf(_ b: [UInt8]) -> UInt32 {
+        guard b.count >= 28 else { return 0 }
+        return (0..<4).reduce(UInt32(0)) { $0 | UInt32(b[24 + $1]) << (8 * $1) }
+    }
+
     /// Magic bytes that open every block.
     public static let magic: [UInt8] = Array("RDBTBLK1".utf8)
     /// Size of the encoded header.

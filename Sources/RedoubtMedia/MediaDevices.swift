@@ -84,6 +84,20 @@ public final class FileSequentialDevice: SequentialDevice, SequentialSource {
         current = try FD.open(volumePath(seq), write: true, volume: seq)
     }
 
+    public func existingLabelBlock(_ seq: UInt32) -> [UInt8]? {
+        Self.labelOfRegularFile(volumePath(seq))
+    }
+
+    /// The first block of a regular file (never a FIFO: reading would consume the stream).
+    static func labelOfRegularFile(_ p: String) -> [UInt8]? {
+        var st = stat()
+        guard stat(p, &st) == 0, (st.st_mode & S_IFMT) == S_IFREG, let f = try? FD.open(p, write: false, volume: 0) else { return nil }
+        defer { close(f.fd) }
+        guard let head = try? f.read(MediaBlockHeader.size, volume: 0), let bs = MediaBlock.announcedSize(head),
+              let rest = try? f.read(bs - MediaBlockHeader.size, volume: 0) else { return nil }
+        return head + rest
+    }
+
     public func write(_ block: [UInt8]) throws(MediaError) {
         guard let c = current else { throw MediaError(code: "E_MEDIA_DEVICE", volume: volume, block: 0, detail: "no volume open") }
         try c.write(block, volume: volume)

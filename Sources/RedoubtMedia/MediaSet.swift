@@ -119,6 +119,13 @@ public protocol SequentialDevice: AnyObject {
     func write(_ block: [UInt8]) throws(MediaError)
     /// Ends the open volume (flush, close, make read-only where the device can).
     func endVolume() throws(MediaError)
+    /// The label block already on the medium for volume `seq`, if it can be read without
+    /// consuming a stream (nil for FIFOs, empty or absent media).
+    func existingLabelBlock(_ seq: UInt32) -> [UInt8]?
+}
+
+extension SequentialDevice {
+    public func existingLabelBlock(_ seq: UInt32) -> [UInt8]? { nil }
 }
 
 /// Where blocks are read from: volumes in the order supplied, each read strictly sequentially.
@@ -188,6 +195,14 @@ public final class MediaWriter {
 
     func startVolume() throws(MediaError) {
         volume += 1; block = 0; volumeEntries = []
+        // Why: a labelled volume still under retention holds another set someone relies on;
+        // refuse before the device truncates it (§13.4).
+        if let old = device.existingLabelBlock(volume), let bs = MediaBlock.announcedSize(old), old.count >= bs,
+           let (h, p) = try? MediaBlock.decode(Array(old[0..<bs]), volume: MediaBlockHeader.volumeOf(old), block: 0), h.kind == .label,
+           let l = try? JSONDecoder().decode(MediaLabel.self, from: Data(p)), let until = l.retainUntil, until > labelBase.created {
+            throw MediaError(code: "E_MEDIA_RETAINED", volume: volume, block: 0,
+                             detail: "medium holds volume \(l.volumeSeq) of set \(l.setID) (pool \(l.pool)), retained until \(until); use another medium")
+        }
         try device.beginVolume(volume)
         var label = labelBase
         label.volumeSeq = volume

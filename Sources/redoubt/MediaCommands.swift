@@ -34,6 +34,7 @@ struct MediaWrite: AsyncParsableCommand {
     @Option(name: .long, parsing: .upToNextOption, help: "latest, all, or snapshot IDs.") var snapshots: [String] = ["latest"]
     @Option(name: .long, help: "Bytes per volume (e.g. 400G); without it the set is one volume.") var capacity: String?
     @Option(name: .long, help: "Block size (power of two, 256 to 4M).") var blockSize = "1M"
+    @Option(name: .long, help: "Keep the volumes from being overwritten by a later media write for this long (e.g. 90d).") var retain: String?
 
     func run() async throws {
         try await RedoubtCLI.run {
@@ -42,8 +43,10 @@ struct MediaWrite: AsyncParsableCommand {
             var rng = SystemRandomNumberGenerator()
             let setID = (0..<16).map { _ in UInt8.random(in: 0...255, using: &rng) }
             let f = ISO8601DateFormatter()
+            let now = Date()
+            let until = try retain.map { f.string(from: now.addingTimeInterval(try parseDuration($0))) }
             let w = try MediaWriter(device: dev, setID: setID, pool: pool, tenant: tenant, blockSize: Int(try parseMediaSize(blockSize)),
-                                    created: f.string(from: Date()), retainUntil: nil, writer: "redoubt")
+                                    created: f.string(from: now), retainUntil: until, writer: "redoubt")
             let sel: MediaExport.Selection = snapshots == ["latest"] ? .latest : snapshots == ["all"] ? .all : .ids(snapshots)
             let home = ServerHome(path: data)
             let catalog = try Catalog(path: home.catalogPath)

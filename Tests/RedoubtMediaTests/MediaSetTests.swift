@@ -153,6 +153,25 @@ func flip(_ path: String, at: Int) throws {
         #expect(e5?.code == "E_MEDIA_LABEL" && e5?.detail.contains("checksum") == true)
     }
 
+    @Test func retainedVolumeIsNotOverwritten() throws {
+        let dir = mediaTempDir(); defer { try? FileManager.default.removeItem(atPath: dir) }
+        let w = try MediaWriter(device: FileSequentialDevice(path: "\(dir)/set"), setID: Array(0..<16), pool: "vault", tenant: "t",
+                                blockSize: 512, created: "2026-11-26T00:00:00Z", retainUntil: "2027-01-01T00:00:00Z", writer: "test")
+        try w.append(sampleRecords()[0]); _ = try w.finish()
+        let before = try Data(contentsOf: URL(fileURLWithPath: "\(dir)/set"))
+        // Before the retention date: refused, naming pool, set and date; the volume is untouched.
+        let e = #expect(throws: MediaError.self) { try writeSet("\(dir)/set", sampleRecords(), capacity: nil) }
+        #expect(e?.code == "E_MEDIA_RETAINED" && e?.volume == 1)
+        #expect(e?.detail.contains("vault") == true && e?.detail.contains("2027-01-01") == true)
+        #expect(try Data(contentsOf: URL(fileURLWithPath: "\(dir)/set")) == before)
+        // After it: the medium may be reused.
+        let w2 = try MediaWriter(device: FileSequentialDevice(path: "\(dir)/set"), setID: Array(repeating: 1, count: 16), pool: "vault",
+                                 tenant: "t", blockSize: 512, created: "2027-02-01T00:00:00Z", retainUntil: nil, writer: "test")
+        try w2.append(sampleRecords()[1]); _ = try w2.finish()
+        let (got, _) = try readAll(FileSequentialDevice(path: "\(dir)/set"))
+        #expect(got == [sampleRecords()[1]])
+    }
+
     @Test func tooSmallCapacityIsRefused() throws {
         let dir = mediaTempDir(); defer { try? FileManager.default.removeItem(atPath: dir) }
         let e = #expect(throws: MediaError.self) { try writeSet("\(dir)/set", sampleRecords(), capacity: 3 * 512) }
