@@ -53,13 +53,15 @@ let package = Package(
         .target(
             name: "RedoubtServer",
             dependencies: [
-                "RedoubtCore", "RedoubtStore", crypto, x509, asn1, nio, nioPosix, nioSSL, logging,
+                "RedoubtCore", "RedoubtStore", "RedoubtMedia", crypto, x509, asn1, nio, nioPosix, nioSSL, logging,
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "HummingbirdCore", package: "hummingbird"),
                 .product(name: "HummingbirdTLS", package: "hummingbird"),
                 .product(name: "GRDB", package: "GRDB.swift"),
             ]
         ),
+        // Offline media format (docs/FORMAT.md §13). May import RedoubtCore only.
+        .target(name: "RedoubtMedia", dependencies: ["RedoubtCore", crypto]),
         // The client: archiver, restorer, API client.
         .target(
             name: "RedoubtClient",
@@ -71,7 +73,7 @@ let package = Package(
         .executableTarget(
             name: "redoubt",
             dependencies: [
-                "RedoubtCore", "RedoubtKMS", "RedoubtStore", "RedoubtServer", "RedoubtClient", "CMallocTune", logging, crypto, nioHTTP1,
+                "RedoubtCore", "RedoubtKMS", "RedoubtStore", "RedoubtServer", "RedoubtClient", "RedoubtMedia", "CMallocTune", logging, crypto, nioHTTP1,
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
@@ -81,8 +83,10 @@ let package = Package(
         .testTarget(name: "RedoubtAWSTests", dependencies: ["RedoubtAWS"]),
         .testTarget(name: "RedoubtKMSTests", dependencies: ["RedoubtCore", "RedoubtKMS"]),
         .testTarget(name: "RedoubtStoreTests", dependencies: ["RedoubtStore"]),
+        // Offline media sets (issue 6): the format, pure; devices and glue come later.
+        .testTarget(name: "RedoubtMediaTests", dependencies: ["RedoubtMedia", "RedoubtCore"], resources: [.copy("Fixtures")]),
         .testTarget(name: "RedoubtClientTests", dependencies: ["RedoubtClient", "RedoubtCore", "RedoubtKMS"]),
-        .testTarget(name: "RedoubtServerTests", dependencies: ["RedoubtServer", "RedoubtClient", "RedoubtCore", "RedoubtKMS", "RedoubtStore", nioHTTP1, crypto,
+        .testTarget(name: "RedoubtServerTests", dependencies: ["RedoubtServer", "RedoubtMedia", "RedoubtClient", "RedoubtCore", "RedoubtKMS", "RedoubtStore", nioHTTP1, crypto,
                                                     .product(name: "Hummingbird", package: "hummingbird"), .product(name: "GRDB", package: "GRDB.swift")]),
     ]
 )

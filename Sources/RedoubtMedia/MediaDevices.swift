@@ -1,0 +1,189 @@
+// Sequential devices for media sets: plain files or FIFOs (`file:`) and directories (`dir:`).
+#if canImport(Glibc)
+import Glibc
+#endif
+import Foundation
+
+/// Opens, writes and reads a file descriptor with whole-buffer loops (pipes return short reads).
+struct FD {
+    let fd: Int32
+    let path: String
+
+    static func open(_ path: String, write: Bool, volume: UInt32) throws(MediaError) -> FD {
+        let fd = write ? Glibc.open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600) : Glibc.open(path, O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else {
+            throw MediaError(code: "E_MEDIA_DEVICE", volume: volume, block: 0,
+                             detail: "cannot open \(path): \(String(cString: strerror(errno)))")
+        }
+        return FD(fd: fd, path: path)
+    }
+
+    func write(_ b: [UInt8], volume: UInt32) throws(MediaError) {
+        var off = 0
+        while off < b.count {
+            let n = b.withUnsafeBytes { p -> Int in
+                guard let base = p.baseAddress else { return -1 }
+                return Glibc.write(fd, base + off, b.count - off)
+            }
+            if n < 0 && errno == EINTR { continue }
+            guard n > 0 else {
+                throw MediaError(code: "E_MEDIA_DEVICE", volume: volume, block: 0,
+                                 detail: "write to \(path) failed: \(String(cString: strerror(errno)))")
+            }
+            off += n
+        }
+    }
+
+    func read(_ count: Int, volume: UInt32) throws(MediaError) -> [UInt8] {
+        var out = [UInt8](repeating: 0, count: count)
+        var off = 0
+        while off < count {
+            let n = out.withUnsafeMutableBytes { p -> Int in
+                guard let base = p.baseAddress else { return -1 }
+                return Glibc.read(fd, base + off, count - off)
+            }
+            if n < 0 && errno == EINTR { continue }
+            guard n >= 0 else {
+                throw MediaError(code: "E_MEDIA_DEVICE", volume: volume, block: 0,
+                                 detail: "read from \(path) failed: \(String(cString: strerror(errno)))")
+            }
+            if n == 0 { break }
+            off += n
+        }
+        return Array(out[0..<off])
+    }
+}
+
+/// `file:PATH`: volume 1 is PATH, volume n is PATH.n; a FIFO works (nothing seeks).
+/// For reading, `paths` lists the volume files in order (default: PATH, PATH.2, … while they exist).
+public final class FileSequentialDevice: SequentialDevice, SequentialSource {
+    public let capacity: UInt64?
+    let path: String
+    var paths: [String]
+    var current: FD?
+    var volume: UInt32 = 0
+
+    /// A device writing PATH, PATH.2, …; `capacity` bytes per volume (nil: one unlimited volume).
+    public init(path: String, capacity: UInt64? = nil) {
+        self.path = path; self.capacity = capacity
+        var ps = [path]
+        var n = 2
+        while FileManager.default.fileExists(atPath: "\(path).\(n)") { ps.append("\(path).\(n)"); n += 1 }
+        paths = ps
+    }
+
+    /// A device reading exactly these volume files (or FIFOs), in this order.
+    public init(paths: [String]) {
+        self.path = paths.first ?? ""; self.paths = paths; capacity = nil
+    }
+
+    func volumePath(_ seq: UInt32) -> String { seq == 1 ? path : "\(path).\(seq)" }
+
+    public func beginVolume(_ seq: UInt32) throws(MediaError) {
+        volume = seq
+        current = try FD.open(volumePath(seq), write: true, volume: seq)
+    }
+
+    public func existingLabelBlock(_ seq: UInt32) -> [UInt8]? {
+        Self.labelOfRegularFile(volumePath(seq))
+    }
+
+    /// The first block of a regular file (never a FIFO: reading would consume the stream).
+    static func labelOfRegularFile(_ p: String) -> [UInt8]? {
+        var st = stat()
+        guard stat(p, &st) == 0, (st.st_mode & S_IFMT) == S_IFREG, let f = try? FD.open(p, write: false, volume: 0) else { return nil }
+        defer { close(f.fd) }
+        guard let head = try? f.read(MediaBlockHeader.size, volume: 0), let bs = MediaBlock.announcedSize(head),
+              let rest = try? f.read(bs - MediaBlockHeader.size, volume: 0) else { return nil }
+        return head + rest
+    }
+
+    public func write(_ block: [UInt8]) throws(MediaError) {
+        guard let c = current else { throw MediaError(code: "E_MEDIA_DEVICE", volume: volume, block: 0, detail: "no volume open") }
+        try c.write(block, volume: volume)
+    }
+
+    public func endVolume() throws(MediaError) {
+        if let c = current { _ = fsync(c.fd); close(c.fd) }
+        current = nil
+    }
+
+    public func nextVolume() throws(MediaError) -> Bool {
+        if let c = current { close(c.fd); current = nil }
+        guard Int(volume) < paths.count else { return false }
+        volume += 1
+        current = try FD.open(paths[Int(volume) - 1], write: false, volume: volume)
+        return true
+    }
+
+    public func read(_ n: Int) throws(MediaError) -> [UInt8] {
+        guard let c = current else { return [] }
+        return try c.read(n, volume: volume)
+    }
+
+    deinit { if let c = current { close(c.fd) } }
+}
+
+/// `dir:PATH`: one file per volume (`vol-000001.rdm`, …); each is fsynced and made read-only
+/// (0444) when closed so a finished volume is not rewritten by accident.
+public final class DirectorySequentialDevice: SequentialDevice, SequentialSource {
+    public let capacity: UInt64?
+    let dir: String
+    let file: FileSequentialDevice
+
+    /// A directory device; it is created if missing.
+    public init(path: String, capacity: UInt64? = nil) throws(MediaError) {
+        dir = path; self.capacity = capacity
+        do {
+            try FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true)
+        } catch {
+            throw MediaError(code: "E_MEDIA_DEVICE", volume: 0, block: 0, detail: "cannot create directory \(path)")
+        }
+        let names = ((try? FileManager.default.contentsOfDirectory(atPath: path)) ?? [])
+            .filter { $0.hasPrefix("vol-") && $0.hasSuffix(".rdm") }.sorted()
+        file = FileSequentialDevice(paths: names.map { "\(path)/\($0)" })
+    }
+
+    static func name(_ seq: UInt32) -> String {
+        let s = String(seq)
+        return "vol-" + String(repeating: "0", count: max(0, 6 - s.count)) + s + ".rdm"
+    }
+
+    public func beginVolume(_ seq: UInt32) throws(MediaError) {
+        file.volume = seq
+        let p = "\(dir)/\(Self.name(seq))"
+        if FileManager.default.fileExists(atPath: p) {
+            // Why: a closed volume is 0444; refusing here keeps a finished set from being overwritten.
+            throw MediaError(code: "E_MEDIA_EXISTS", volume: seq, block: 0, detail: "\(p) already exists; use an empty directory")
+        }
+        file.current = try FD.open(p, write: true, volume: seq)
+    }
+
+    public func write(_ block: [UInt8]) throws(MediaError) { try file.write(block) }
+
+    public func endVolume() throws(MediaError) {
+        guard let c = file.current else { return }
+        file.current = nil
+        let ok = fsync(c.fd) == 0 && fchmod(c.fd, 0o444) == 0
+        close(c.fd)
+        guard ok else {
+            throw MediaError(code: "E_MEDIA_DEVICE", volume: file.volume, block: 0,
+                             detail: "cannot fsync or make \(c.path) read-only: \(String(cString: strerror(errno)))")
+        }
+        let d = Glibc.open(dir, O_RDONLY | O_DIRECTORY)
+        if d >= 0 { _ = fsync(d); close(d) }
+    }
+
+    public func nextVolume() throws(MediaError) -> Bool { try file.nextVolume() }
+    public func read(_ n: Int) throws(MediaError) -> [UInt8] { try file.read(n) }
+}
+
+/// Parses `file:PATH` or `dir:PATH` into a device (for writing) or source (for reading).
+public enum MediaDeviceSpec {
+    /// Opens a device for writing.
+    public static func writer(_ spec: String, capacity: UInt64?) throws(MediaError) -> SequentialDevice {
+        if spec.hasPrefix("file:") { return FileSequentialDevice(path: String(spec.dropFirst(5)), capacity: capacity) }
+        if spec.hasPrefix("dir:") { return try DirectorySequentialDevice(path: String(spec.dropFirst(4)), capacity: capacity) }
+        throw MediaError(code: "E_MEDIA_DEVICE", volume: 0, block: 0, detail: "unknown device \(spec); use file:PATH or dir:PATH")
+    }
+}

@@ -1,0 +1,169 @@
+// `redoubt media …`: offline media sets (issue 6, docs/FORMAT.md §13).
+import ArgumentParser
+import Foundation
+import Logging
+import RedoubtClient
+import RedoubtCore
+import RedoubtMedia
+import RedoubtServer
+import RedoubtStore
+
+struct MediaCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "media", abstract: "Write and list offline media sets (tapes, files, directories).",
+                                                    subcommands: [MediaWrite.self, MediaList.self, MediaRestore.self])
+}
+
+/// Parses `123`, `64K`, `100M`, `2G`, `1T` (powers of 1024).
+func parseMediaSize(_ s: String) throws -> UInt64 {
+    let units: [Character: UInt64] = ["K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40]
+    var t = s.uppercased()
+    if t.hasSuffix("B") { t.removeLast() }
+    var mult: UInt64 = 1
+    if let u = t.last, let m = units[u] { mult = m; t.removeLast() }
+    guard let n = UInt64(t), n > 0 else { throw ValidationError("size \(s) is not a number with an optional K/M/G/T suffix, e.g. 400G") }
+    return n * mult
+}
+
+struct MediaWrite: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "write",
+                                                    abstract: "Write a tenant's snapshots (ciphertext as stored) to a media set; run on the server host.")
+    @Argument(help: "The tenant.") var tenant: String
+    @Option(name: .long, help: "The server data directory.") var data: String
+    @Option(name: .long, help: "Device: file:PATH (volumes PATH, PATH.2, …; a FIFO works) or dir:PATH.") var device: String
+    @Option(name: .long, help: "Pool name written in each volume label.") var pool = "default"
+    @Option(name: .long, parsing: .upToNextOption, help: "latest, all, or snapshot IDs.") var snapshots: [String] = ["latest"]
+    @Option(name: .long, help: "Bytes per volume (e.g. 400G); without it the set is one volume.") var capacity: String?
+    @Option(name: .long, help: "Block size (power of two, 256 to 4M).") var blockSize = "1M"
+    @Option(name: .long, help: "Keep the volumes from being overwritten by a later media write for this long (e.g. 90d).") var retain: String?
+
+    func run() async throws {
+        try await RedoubtCLI.run {
+            let cap = try capacity.map(parseMediaSize)
+            let dev = try MediaDeviceSpec.writer(device, capacity: cap)
+            var rng = SystemRandomNumberGenerator()
+            let setID = (0..<16).map { _ in UInt8.random(in: 0...255, using: &rng) }
+            let f = ISO8601DateFormatter()
+            let now = Date()
+            let until = try retain.map { f.string(from: now.addingTimeInterval(try parseDuration($0))) }
+            let w = try MediaWriter(device: dev, setID: setID, pool: pool, tenant: tenant, blockSize: Int(try parseMediaSize(blockSize)),
+                                    created: f.string(from: now), retainUntil: until, writer: "redoubt")
+            let sel: MediaExport.Selection = snapshots == ["latest"] ? .latest : snapshots == ["all"] ? .all : .ids(snapshots)
+            let home = ServerHome(path: data)
+            let catalog = try Catalog(path: home.catalogPath)
+            let store = try LocalStore(root: URL(fileURLWithPath: home.storePath))
+            let s = try await MediaExport.run(catalog: catalog, store: store, tenant: tenant, selection: sel, writer: w,
+                                              actor: "local-admin", now: Date()) { line in
+                FileHandle.standardError.write(Data("  \(line)\n".utf8))
+            }
+            print("wrote media set \(hexString(setID)): \(s.snapshots.count) snapshots, \(s.packs) packs, \(s.media.volumes) volumes, "
+                  + "\(formatBytes(s.media.bytes)); audit record \(s.auditSeq)")
+            return .ok
+        }
+    }
+}
+
+struct MediaList: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "list", abstract: "Read a media set and list its volumes, records and damage.")
+    @Option(name: .long, help: "Device: file:PATH or dir:PATH.") var device: String
+    @Flag(name: .long, help: "Read on past damaged blocks and report them.") var skipDamaged = false
+    @Flag(name: .long, help: "Print JSON.") var json = false
+
+    struct Listing: Encodable {
+        var labels: [MediaLabel]
+        var records: [MediaCatalogEntry]
+        var damage: [String]
+    }
+
+    func run() async throws {
+        try await RedoubtCLI.run {
+            let src: SequentialSource
+            if device.hasPrefix("file:") { src = FileSequentialDevice(path: String(device.dropFirst(5))) }
+            else if device.hasPrefix("dir:") { src = try DirectorySequentialDevice(path: String(device.dropFirst(4))) }
+            else { throw ValidationError("unknown device \(device); use file:PATH or dir:PATH") }
+            let rep = try MediaReader(source: src, skipDamaged: skipDamaged).read { _ in }
+            let l = Listing(labels: rep.labels, records: rep.setCatalog?.records ?? [], damage: rep.damage.map(\.description))
+            if json { try printJSON(l) } else {
+                for v in rep.labels { print("volume \(v.volumeSeq) of set \(v.setID): pool \(v.pool), tenant \(v.tenant), written \(v.created)") }
+                for r in l.records { print("  \(r.type) \(r.id)  volume \(r.volume) blocks \(r.firstBlock)-\(r.lastBlock)") }
+                for d in l.damage { print("DAMAGED: \(d)") }
+            }
+            return rep.damage.isEmpty ? .ok : .partial
+        }
+    }
+}
+
+/// Opens the volumes named by `--device` options: one `file:PATH` (PATH, PATH.2, … while they
+/// exist), several `file:` volumes in order (e.g. FIFOs), or one `dir:PATH`.
+func mediaSource(_ devices: [String]) throws -> SequentialSource {
+    if devices.count == 1, devices[0].hasPrefix("dir:") { return try DirectorySequentialDevice(path: String(devices[0].dropFirst(4))) }
+    guard !devices.isEmpty, devices.allSatisfy({ $0.hasPrefix("file:") }) else {
+        throw ValidationError("--device must be file:PATH (repeatable, one per volume in order) or one dir:PATH")
+    }
+    let paths = devices.map { String($0.dropFirst(5)) }
+    return paths.count == 1 ? FileSequentialDevice(path: paths[0]) : FileSequentialDevice(paths: paths)
+}
+
+/// Packs spooled from media into a directory, one file per pack ID; the restorer verifies them.
+struct SpoolPackSource: PackSource {
+    let dir: String
+    func pack(_ id: PackID) async throws -> [UInt8] {
+        guard let d = FileManager.default.contents(atPath: "\(dir)/\(id.description)") else {
+            throw MediaError(code: "E_MEDIA_MISSING", volume: 0, block: 0,
+                             detail: "pack \(id.description) was not on the volumes read (damaged or on a volume not supplied)")
+        }
+        return Array(d)
+    }
+}
+
+struct MediaRestore: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "restore",
+                                                    abstract: "Restore a snapshot from media alone (no server): restorer config for the read key.")
+    @Argument(help: "Snapshot ID or a unique prefix (8+ hex digits).") var snapshot: String
+    @Option(name: .long, help: "file:PATH (repeat for each volume, in order) or dir:PATH.") var device: [String]
+    @Option(name: .long, help: "Directory to restore into (created if missing).") var target: String
+    @OptionGroup var config: ConfigOption
+    @Option(name: .long, help: "Passphrase file for a passphrase-wrapped read key.") var passphraseFile: String?
+    @Flag(name: .long, help: "Read on past damaged blocks and restore everything that verified.") var skipDamaged = false
+
+    func run() async throws {
+        try await RedoubtCLI.run {
+            let cfg = config.resolved
+            let readKey = try await RestoreSupport.unwrapReadKey(config: cfg, passphraseFile: passphraseFile)
+            let material = try cfg.sharedMaterial()
+            let spool = NSTemporaryDirectory() + "redoubt-media-spool-\(UUID().uuidString)"
+            try FileManager.default.createDirectory(atPath: spool, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
+            defer { try? FileManager.default.removeItem(atPath: spool) }
+            var manifests: [String: [UInt8]] = [:]
+            var spoolError: String?
+            FileHandle.standardError.write(Data("reading volumes…\n".utf8))
+            let rep = try MediaReader(source: try mediaSource(device), skipDamaged: skipDamaged).read { r throws(MediaError) in
+                switch r.type {
+                case .pack:
+                    // Why: the ID names a file in the spool; only a 64-hex ID may become a path.
+                    guard PackID(hex: r.id) != nil else { spoolError = "record with malformed pack ID"; return }
+                    if !FileManager.default.createFile(atPath: "\(spool)/\(r.id)", contents: Data(r.body)) { spoolError = "cannot write to \(spool)" }
+                case .manifest: manifests[r.id] = r.body
+                default: break
+                }
+            }
+            if let e = spoolError { throw ValidationError(e) }
+            for d in rep.damage { FileHandle.standardError.write(Data("DAMAGED: \(d)\n".utf8)) }
+            let matches = manifests.keys.filter { $0.hasPrefix(snapshot.lowercased()) }
+            guard snapshot.count >= 8, matches.count == 1, let id = matches.first, let sid = SnapshotID(hex: id), let mb = manifests[id] else {
+                throw ValidationError("snapshot \(snapshot) is \(matches.isEmpty ? "not on these volumes" : "ambiguous"); `redoubt media list` shows what they hold")
+            }
+            let manifest = try Manifest.parse(mb, expectedID: sid)
+            let progress = ProgressLine()
+            let result = try await Restorer().restore(manifest: manifest, readKey: readKey, chunkIDKey: material.chunkIDKey,
+                                                      source: SpoolPackSource(dir: spool), target: target, subpath: nil,
+                                                      skipDamaged: skipDamaged) { p in
+                progress.update(files: p.filesDone, bytes: p.bytesDone, totalBytes: p.bytesTotal, current: p.currentPath)
+            }
+            progress.finish()
+            print("restored \(result.files) files, \(result.directories) directories, \(formatBytes(result.bytesWritten)) from media into \(target)")
+            for d in result.damaged { print("  DAMAGED: \(d)") }
+            if !result.damaged.isEmpty { return .integrity }
+            return rep.damage.isEmpty && result.warnings.isEmpty ? .ok : .partial
+        }
+    }
+}
