@@ -15,15 +15,18 @@ struct QuickstartCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(commandName: "quickstart", abstract: "Run the embedded default end to end on this machine, on loopback.")
     @Argument(help: "What to back up (a small sample tree if omitted).") var path: String?
     @Option(name: .long, help: "Where to keep the server's data and the clients' configuration.") var dir = "redoubt-quickstart"
+    @Option(name: .long, help: "Key provider for the tenant's read key: passphrase: (default) or kmip://HOST:PORT/new?ca=FILE&cert=FILE&key=FILE.")
+    var keyProvider = "passphrase:"
 
     func run() async throws {
-        try await RedoubtCLI.run { try await Quickstart(base: dir, path: path).run() }
+        try await RedoubtCLI.run { try await Quickstart(base: dir, path: path, keyProvider: keyProvider).run() }
     }
 }
 
 struct Quickstart {
     let base: String
     let path: String?
+    var keyProvider = "passphrase:"
 
     func step(_ s: String) { print("==> \(s)") }
 
@@ -65,8 +68,11 @@ struct Quickstart {
             FileManager.default.createFile(atPath: passFile.path, contents: Data(String(pw).utf8), attributes: [.posixPermissions: 0o600])
         }
         let passArg: String? = FileManager.default.fileExists(atPath: passFile.path) ? passFile.path : nil
-        step("tenant create quickstart (read key X-Wing, wrapped by passphrase: scrypt)")
-        let provider = try makeKeyProvider(uri: "passphrase:", passphraseFile: passArg)
+        var provider = try makeKeyProvider(uri: keyProvider, passphraseFile: passArg)
+        if let kmip = provider as? KMIPKeyProvider, kmip.keyID == "new" {
+            provider = try await KMIPKeyProvider.createKEK(endpoint: kmip.client.endpoint, tenant: "quickstart")
+        }
+        step("tenant create quickstart (read key X-Wing, wrapped by \(provider is KMIPKeyProvider ? "a KEK in the KMIP server" : "passphrase: scrypt"))")
         let keys = try TenantKeys.generate()
         let wrapped = try await provider.wrap(keys.readKey, context: KeyContext(tenant: "quickstart", keyVersion: 1))
         _ = try await admin.createTenant(Wire.CreateTenantRequest(

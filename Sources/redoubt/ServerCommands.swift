@@ -102,13 +102,17 @@ struct TenantCreate: AsyncParsableCommand {
     static let configuration = CommandConfiguration(commandName: "create", abstract: "Create a tenant: its keys are made here and the read key leaves only wrapped.")
     @OptionGroup var admin: AdminOptions
     @Argument(help: "Tenant name (a-z, 0-9, '.', '-', '_').") var name: String
-    @Option(name: .long, help: "Key provider URI that wraps the read key (passphrase: by default).") var keyProvider = "passphrase:"
+    @Option(name: .long, help: "Key provider URI that wraps the read key: passphrase: (default) or kmip://HOST:PORT/new?ca=FILE&cert=FILE&key=FILE (creates the KEK).") var keyProvider = "passphrase:"
     @Option(name: .long, help: "Minimum retention of this tenant's snapshots (e.g. 30d).") var minRetention: String?
     @Option(name: .long, help: "File holding the passphrase (else REDOUBT_PASSPHRASE or a prompt).") var passphraseFile: String?
 
     func run() async throws {
         try await RedoubtCLI.run {
-            let provider = try RedoubtCLI.keyProvider(uri: keyProvider, passphraseFile: passphraseFile)
+            var provider = try RedoubtCLI.keyProvider(uri: keyProvider, passphraseFile: passphraseFile)
+            // `kmip://HOST:PORT/new?…`: the tenant's KEK is created and activated in the KMS now.
+            if let kmip = provider as? KMIPKeyProvider, kmip.keyID == "new" {
+                provider = try await KMIPKeyProvider.createKEK(endpoint: kmip.client.endpoint, tenant: name)
+            }
             let keys = try TenantKeys.generate()
             let wrapped = try await provider.wrap(keys.readKey, context: KeyContext(tenant: name, keyVersion: 1))
             let material = keys.sharedWriteMaterial.encode().withUnsafeBytes { Data($0).base64EncodedString() }

@@ -111,11 +111,13 @@ func readPassphrase(file: String?, prompt: String) throws -> SecretBytes {
     throw KeyProviderError.secretMissing(provider: "passphrase:", how: "set REDOUBT_PASSPHRASE, pass --passphrase-file FILE, or run on a terminal")
 }
 
-/// The key provider a URI names. Only `passphrase:` exists so far.
+/// The key provider a URI names: `passphrase:` or `kmip://HOST:PORT/KEY-ID?ca=&cert=&key=`.
 func makeKeyProvider(uri: String, passphraseFile: String?) throws -> any KeyProvider {
     switch uri {
     case "passphrase:", "passphrase":
         return try PassphraseKeyProvider(passphrase: readPassphrase(file: passphraseFile, prompt: "Passphrase for the tenant's read key: "))
+    case _ where uri.hasPrefix("kmip://"):
+        return try KMIPKeyProvider(uri: uri)
     default:
         throw KeyProviderError.unknownProvider(uri)
     }
