@@ -48,7 +48,10 @@ let package = Package(
         // Key providers: wrap and unwrap the tenant's read private key.
         .target(name: "RedoubtKMS", dependencies: ["RedoubtCore", crypto, cryptoExtras, nio, nioPosix, nioSSL]),
         // The storage protocol and its implementations. Knows nothing of keys or packs.
-        .target(name: "RedoubtStore", dependencies: ["CRedoubtSys", logging]),
+        .target(name: "RedoubtStore", dependencies: [
+            "CRedoubtSys", "RedoubtAWS", logging, crypto, nio, nioHTTP1,
+            .product(name: "AsyncHTTPClient", package: "async-http-client"),
+        ]),
         // The server: API, authn/authz, catalog, retention, audit. Holds no key that decrypts.
         .target(
             name: "RedoubtServer",
@@ -82,7 +85,7 @@ let package = Package(
         .testTarget(name: "RedoubtCoreTests", dependencies: ["RedoubtCore", "RedoubtKMS"], resources: [.copy("Fixtures")]),
         .testTarget(name: "RedoubtAWSTests", dependencies: ["RedoubtAWS"]),
         .testTarget(name: "RedoubtKMSTests", dependencies: ["RedoubtCore", "RedoubtKMS"]),
-        .testTarget(name: "RedoubtStoreTests", dependencies: ["RedoubtStore"]),
+        .testTarget(name: "RedoubtStoreTests", dependencies: ["RedoubtStore", "RedoubtAWS"]),
         // Offline media sets (issue 6): the format, pure; devices and glue come later.
         .testTarget(name: "RedoubtMediaTests", dependencies: ["RedoubtMedia", "RedoubtCore"], resources: [.copy("Fixtures")]),
         .testTarget(name: "RedoubtClientTests", dependencies: ["RedoubtClient", "RedoubtCore", "RedoubtKMS"]),

@@ -1,0 +1,144 @@
+import Foundation
+import NIOHTTP1
+import RedoubtAWS
+import Testing
+
+@testable import RedoubtStore
+
+/// A real S3 server from `scripts/peers`, or nil (recorded as a failure under
+/// `REDOUBT_PEERS_REQUIRED=1`).
+struct S3Peer: Sendable {
+    let name: String
+    let endpoint: URL
+    let writer: AWSCredentials
+    let admin: AWSCredentials
+
+    static func named(_ name: String) -> S3Peer? {
+        let env = ProcessInfo.processInfo.environment
+        func creds(_ v: String?) -> AWSCredentials? {
+            guard let parts = v?.split(separator: ":"), parts.count == 2 else { return nil }
+            return AWSCredentials(accessKeyID: String(parts[0]), secretAccessKey: String(parts[1]))
+        }
+        let any = AWSCredentials(accessKeyID: "test", secretAccessKey: "test")
+        var peer: S3Peer?
+        switch name {
+        case "seaweed":
+            if let e = env["REDOUBT_TEST_SEAWEED"], let url = URL(string: e), let w = creds(env["REDOUBT_TEST_SEAWEED_WRITER"]),
+                let a = creds(env["REDOUBT_TEST_SEAWEED_ADMIN"]) { peer = S3Peer(name: name, endpoint: url, writer: w, admin: a) }
+        case "localstack":
+            if let e = env["REDOUBT_TEST_LOCALSTACK"], let url = URL(string: e) { peer = S3Peer(name: name, endpoint: url, writer: any, admin: any) }
+        case "moto":
+            if let e = env["REDOUBT_TEST_MOTO"], let url = URL(string: e) { peer = S3Peer(name: name, endpoint: url, writer: any, admin: any) }
+        default: break
+        }
+        if peer == nil {
+            if env["REDOUBT_PEERS_REQUIRED"] == "1" { Issue.record("S3 peer \(name) is not configured: ./scripts/peers start") }
+            else { print("skipping: S3 peer \(name) not configured (./scripts/peers start; source its env)") }
+        }
+        return peer
+    }
+
+    /// A fresh bucket made by the admin identity, with Object Lock on (or off).
+    func makeBucket(objectLock: Bool = true) async throws -> String {
+        let bucket = "redoubt-test-\(UInt32.random(in: 0 ... .max))"
+        let admin = S3Client(location: S3Location(endpoint: endpoint, region: "us-east-1", bucket: bucket), credentials: admin)
+        let r = try await admin.send(.PUT, key: nil, headers: objectLock ? [("x-amz-bucket-object-lock-enabled", "true")] : [])
+        guard r.status == 200 else { throw S3Error(status: r.status, code: r.errorCode ?? "", message: r.errorMessage ?? "", key: bucket) }
+        return bucket
+    }
+
+    func client(_ bucket: String, prefix: String = "", as identity: AWSCredentials? = nil) -> S3Client {
+        S3Client(location: S3Location(endpoint: endpoint, region: "us-east-1", bucket: bucket, prefix: prefix), credentials: identity ?? writer)
+    }
+}
+
+/// The store contract, on real S3 servers with Object Lock.
+@Suite(.serialized) struct S3StoreConformanceTests {
+    @Test(arguments: StoreConformance.Check.allCases)
+    func seaweedFS(_ check: StoreConformance.Check) async throws {
+        guard let peer = S3Peer.named("seaweed") else { return }
+        let bucket = try await peer.makeBucket()
+        try await StoreConformance(makeStore: { S3Store(client: peer.client(bucket, prefix: "t/acme")) }).run(check)
+    }
+
+    @Test(arguments: StoreConformance.Check.allCases)
+    func localStack(_ check: StoreConformance.Check) async throws {
+        guard let peer = S3Peer.named("localstack") else { return }
+        let bucket = try await peer.makeBucket()
+        try await StoreConformance(makeStore: { S3Store(client: peer.client(bucket, prefix: "t/acme")) }).run(check)
+    }
+}
+
+/// Proof of enforcement: passes where COMPLIANCE is enforced, fails where it is not.
+@Suite(.serialized) struct S3LockProofTests {
+    @Test func passesOnLocalStackWithObjectLock() async throws {
+        guard let peer = S3Peer.named("localstack") else { return }
+        let result = await S3LockProof(client: peer.client(try await peer.makeBucket())).run()
+        #expect(result.passed, "\(result.checks)")
+    }
+
+    @Test func passesOnSeaweedFSForAWriterWithoutBypassRights() async throws {
+        guard let peer = S3Peer.named("seaweed") else { return }
+        let result = await S3LockProof(client: peer.client(try await peer.makeBucket())).run()
+        #expect(result.passed, "\(result.checks)")
+    }
+
+    @Test func failsOnABucketWithoutObjectLock() async throws {
+        guard let peer = S3Peer.named("localstack") else { return }
+        let result = await S3LockProof(client: peer.client(try await peer.makeBucket(objectLock: false))).run()
+        #expect(!result.passed)
+        #expect(result.checks.first?.name == "object-lock-enabled" && result.checks.first?.passed == false)
+    }
+
+    @Test func failsOnAServerThatAcceptsLockSettingsWithoutEnforcingThem() async throws {
+        // moto accepts COMPLIANCE and then lets the retention be shortened.
+        guard let peer = S3Peer.named("moto") else { return }
+        let result = await S3LockProof(client: peer.client(try await peer.makeBucket())).run()
+        #expect(!result.passed, "moto must fail the proof: \(result.checks)")
+        #expect(result.checks.contains { !$0.passed && ($0.name == "retention-not-shortenable" || $0.name == "locked-version-not-deletable" || $0.name == "mode-not-downgradable") })
+    }
+}
+
+/// An attacker holding Redoubt's own S3 credentials against what Redoubt wrote.
+@Suite(.serialized) struct S3AttackerTests {
+    func attack(_ peer: S3Peer) async throws {
+        let bucket = try await peer.makeBucket()
+        let client = peer.client(bucket)
+        let store = S3Store(client: client)
+        let key = try #require(ObjectKey("packs/ab/abcdef"))
+        let original = Array("the pack as written".utf8)
+        let until = Date().addingTimeInterval(3600)
+        #expect(try await store.put(key, original, retainUntil: until) == .created)
+        let head = try await client.send(.HEAD, key: key.path)
+        let version = try #require(head.header("x-amz-version-id"))
+
+        // Delete the locked version.
+        let delete = try await client.send(.DELETE, key: key.path, query: [("versionId", version)])
+        #expect(!(200..<300).contains(delete.status), "\(peer.name): deleting a locked version must be refused")
+        // Shorten, then downgrade, its retention.
+        for (mode, date) in [("COMPLIANCE", Date().addingTimeInterval(60)), ("GOVERNANCE", until)] {
+            let xml = Array("<Retention xmlns=\"http://s3.amazonaws.com/doc/2006-03-01/\"><Mode>\(mode)</Mode><RetainUntilDate>\(S3Date.format(date.rounded()))</RetainUntilDate></Retention>".utf8)
+            let r = try await client.send(.PUT, key: key.path, query: [("retention", ""), ("versionId", version)], headers: [("content-md5", contentMD5(xml))], body: xml)
+            #expect(r.status != 200, "\(peer.name): \(mode) until \(date) must be refused")
+        }
+        // Suspend versioning on a locked bucket.
+        let xml = Array("<VersioningConfiguration xmlns=\"http://s3.amazonaws.com/doc/2006-03-01/\"><Status>Suspended</Status></VersioningConfiguration>".utf8)
+        let suspend = try await client.send(.PUT, key: nil, query: [("versioning", "")], headers: [("content-md5", contentMD5(xml))], body: xml)
+        #expect(suspend.status != 200, "\(peer.name): suspending versioning must be refused")
+        // Overwrite through the store: refused; the original bytes stay.
+        await #expect(throws: StoreError.self) { try await store.put(key, Array("ransom".utf8), retainUntil: until) }
+        #expect(try await store.get(key) == original)
+        let stillThere = try await client.send(.GET, key: key.path, query: [("versionId", version)])
+        #expect(stillThere.status == 200 && stillThere.body == original)
+    }
+
+    @Test func localStackRefusesEveryAttack() async throws {
+        guard let peer = S3Peer.named("localstack") else { return }
+        try await attack(peer)
+    }
+
+    @Test func seaweedFSRefusesEveryAttack() async throws {
+        guard let peer = S3Peer.named("seaweed") else { return }
+        try await attack(peer)
+    }
+}
