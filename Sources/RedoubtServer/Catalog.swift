@@ -390,6 +390,39 @@ public final class Catalog: Sendable {
         }
     }
 
+    /// The newest record's sequence number and hash: the value other places (an S3 copy,
+    /// a media set) store so that a later rewrite or truncation of this log is provable.
+    public struct AuditChainHead: Sendable, Codable, Equatable {
+        /// Sequence number of the newest record (0 for an empty log).
+        public let seq: Int64
+        /// Hash of the newest record (`auditGenesis` for an empty log).
+        public let hash: String
+        public init(seq: Int64, hash: String) { self.seq = seq; self.hash = hash }
+    }
+
+    /// The current chain head, to be anchored somewhere the server cannot rewrite.
+    public func auditChainHead() throws -> AuditChainHead {
+        try db.read { db in
+            guard let r = try Row.fetchOne(db, sql: "SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1") else {
+                return AuditChainHead(seq: 0, hash: Self.auditGenesis)
+            }
+            return AuditChainHead(seq: r["seq"], hash: r["hash"])
+        }
+    }
+
+    /// Checks the chain against an anchored head: the chain must verify and must still contain
+    /// record `anchor.seq` with exactly `anchor.hash`. A log cut back to before the anchor
+    /// (truncation, which the chain alone cannot show) reports `anchor.seq` as the first bad record.
+    public func verifyAudit(anchor: AuditChainHead) throws -> (firstBad: Int64?, count: Int) {
+        let plain = try verifyAudit()
+        if let bad = plain.firstBad, bad <= anchor.seq { return plain }
+        if anchor.seq == 0 { return plain }
+        // Why: a consistent but shorter (or re-written) chain passes the plain check; only the anchor shows it.
+        let at = try auditRecords(after: anchor.seq - 1, limit: 1).first
+        if at?.seq != anchor.seq || at?.hash != anchor.hash { return (anchor.seq, plain.count) }
+        return plain
+    }
+
     /// Checks the whole chain; returns the sequence number of the first bad record, or nil.
     public func verifyAudit() throws -> (firstBad: Int64?, count: Int) {
         var prev = Self.auditGenesis
@@ -407,7 +440,8 @@ public final class Catalog: Sendable {
                 expectedSeq += 1
                 count += 1
             }
-            after = batch.last!.seq
+            guard let last = batch.last else { break }
+            after = last.seq
         }
         return (nil, count)
     }

@@ -204,7 +204,7 @@ struct AuditorAdd: EnrollmentCommand {
 }
 
 struct AuditCommand: AsyncParsableCommand {
-    static let configuration = CommandConfiguration(commandName: "audit", abstract: "Read and check the tamper-evident audit log.", subcommands: [AuditList.self])
+    static let configuration = CommandConfiguration(commandName: "audit", abstract: "Read and check the tamper-evident audit log.", subcommands: [AuditList.self, AuditVerify.self])
 }
 
 struct AuditList: AsyncParsableCommand {
@@ -219,6 +219,40 @@ struct AuditList: AsyncParsableCommand {
                 for a in list { print("\(a.seq)  \(a.time)  \(a.actor)  \(a.source)  \(a.action)  \(a.object)  \(a.outcome)  \(a.detail)") }
             }
             return .ok
+        }
+    }
+}
+
+/// `audit verify`: on the repository host, re-walks the hash chain in the catalog and, given
+/// an anchored chain head (from an S3 copy or a media set), also proves the log was not cut back.
+struct AuditVerify: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "verify",
+                                                    abstract: "Check the audit hash chain; name the first edited, removed, reordered or truncated record.")
+    @Option(name: .long, help: "The server's data directory.") var data: String
+    @Option(name: .long, help: "An anchored chain head SEQ:HASH (as printed by this command) the log must still contain.") var anchor: String?
+    @Flag(name: .long, help: "Print JSON.") var json = false
+
+    struct Report: Encodable { let ok: Bool; let records: Int; let firstBad: Int64?; let head: Catalog.AuditChainHead }
+
+    func run() async throws {
+        try await RedoubtCLI.run {
+            let catalog = try Catalog(path: ServerHome(path: data).catalogPath)
+            var result = try catalog.verifyAudit()
+            if let anchor {
+                let parts = anchor.split(separator: ":", maxSplits: 1).map(String.init)
+                guard parts.count == 2, let seq = Int64(parts[0]), seq >= 0, parts[1].count == 64 else {
+                    throw ValidationError("--anchor must be SEQ:HASH (64 hex digits), as printed by `redoubt audit verify`")
+                }
+                result = try catalog.verifyAudit(anchor: Catalog.AuditChainHead(seq: seq, hash: parts[1].lowercased()))
+            }
+            let head = try catalog.auditChainHead()
+            let report = Report(ok: result.firstBad == nil, records: result.count, firstBad: result.firstBad, head: head)
+            if json { try printJSON(report) } else if let bad = result.firstBad {
+                print("audit log BROKEN at record \(bad) (\(result.count) records verified before it)")
+            } else {
+                print("audit log intact: \(result.count) records; chain head \(head.seq):\(head.hash)")
+            }
+            return result.firstBad == nil ? .ok : .integrity
         }
     }
 }

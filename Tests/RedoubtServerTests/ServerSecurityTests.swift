@@ -246,6 +246,40 @@ import RedoubtKMS
         await w.stop()
     }
 
+    @Test func theAuditChainNamesADeletedRecord() async throws {
+        let w = try await world()
+        _ = try await backup(w, files: [("a", [1])])
+        try await w.server.service.catalog.db.write { db in try db.execute(sql: "DELETE FROM audit WHERE seq = 2") }
+        #expect(try w.server.service.catalog.verifyAudit().firstBad == 3)
+        await w.stop()
+    }
+
+    @Test func theAuditChainNamesReorderedRecords() async throws {
+        let w = try await world()
+        _ = try await backup(w, files: [("a", [1])])
+        // Swap the contents of records 2 and 3 while keeping the sequence numbers.
+        try await w.server.service.catalog.db.write { db in
+            try db.execute(sql: "UPDATE audit SET seq = -2 WHERE seq = 2")
+            try db.execute(sql: "UPDATE audit SET seq = 2 WHERE seq = 3")
+            try db.execute(sql: "UPDATE audit SET seq = 3 WHERE seq = -2")
+        }
+        #expect(try w.server.service.catalog.verifyAudit().firstBad == 2)
+        await w.stop()
+    }
+
+    @Test func aTruncatedAuditLogFailsAgainstItsAnchoredHead() async throws {
+        let w = try await world()
+        _ = try await backup(w, files: [("a", [1])])
+        let head = try w.server.service.catalog.auditChainHead()
+        #expect(head.seq >= 4)
+        #expect(try w.server.service.catalog.verifyAudit(anchor: head).firstBad == nil)
+        try await w.server.service.catalog.db.write { db in try db.execute(sql: "DELETE FROM audit WHERE seq = ?", arguments: [head.seq]) }
+        // The shortened chain is self-consistent; only the anchor exposes it.
+        #expect(try w.server.service.catalog.verifyAudit().firstBad == nil)
+        #expect(try w.server.service.catalog.verifyAudit(anchor: head).firstBad == head.seq)
+        await w.stop()
+    }
+
     @Test func theCatalogIsRebuiltFromTheStoreAlone() async throws {
         let w = try await world()
         let (packs1, m1, _) = try await backup(w, files: [("a", randomBytes(2 << 20)), ("b", Array("hello".utf8))])
