@@ -76,7 +76,7 @@ let package = Package(
         .executableTarget(
             name: "redoubt",
             dependencies: [
-                "RedoubtCore", "RedoubtKMS", "RedoubtStore", "RedoubtServer", "RedoubtClient", "RedoubtMedia", "CMallocTune", logging, crypto, nioHTTP1,
+                "RedoubtCore", "RedoubtKMS", "RedoubtStore", "RedoubtServer", "RedoubtClient", "RedoubtMedia", "RedoubtAWS", "CMallocTune", logging, crypto, nioHTTP1,
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),

@@ -1,0 +1,97 @@
+// The off-site copy (issue 5): a tenant's objects, ciphertext as stored, written to an
+// S3 bucket under Object Lock COMPLIANCE with their own retain-until, after a proof that
+// the bucket enforces it. The bucket mirrors the local store's layout, so a restore
+// needs only the bucket and the read key.
+import Foundation
+import RedoubtCore
+import RedoubtStore
+
+/// What one copy run did.
+public struct BucketCopySummary: Sendable, Codable {
+    public var copied: Int
+    public var alreadyThere: Int
+    public var extended: Int
+    public var auditSeq: Int64
+    public var proof: S3LockProof.Result?
+}
+
+/// Copies a tenant to an S3 target, resumably: objects already in the bucket are
+/// checked (same bytes) and skipped, their lock extended when the local lock grew.
+public enum BucketCopy {
+    /// Runs the proof (unless `acceptUnenforced`, which is recorded), then copies the
+    /// tenant descriptor, every pack and every manifest, each locked until its local lock
+    /// plus `margin`, and finally the audit chain head as `audit-head/<seq>.json`.
+    public static func sync(catalog: Catalog, store: any ObjectStore, tenant: String, target: S3Store, margin: TimeInterval,
+                            acceptUnenforced: Bool, actor: String, now: Date,
+                            progress: (String) -> Void) async throws -> BucketCopySummary {
+        let proof = await S3LockProof(client: target.client).run(now: now)
+        let where_ = "s3://\(target.client.location.bucket)/\(target.client.location.prefix)"
+        _ = try catalog.audit(time: now, actor: actor, role: "admin", credential: "", source: "local", action: "copy-proof",
+                              object: where_, outcome: proof.passed ? "ok" : (acceptUnenforced ? "warning" : "denied"),
+                              detail: proof.firstFailure ?? "all lock checks passed")
+        // Why refuse: a bucket that lets locked versions be deleted is no copy at all.
+        guard proof.passed || acceptUnenforced else {
+            throw ServerError.badRequest("copy target \(where_) does not enforce Object Lock COMPLIANCE (\(proof.firstFailure ?? "?")); use a bucket with Object Lock enabled, or --accept-unenforced to keep it with a warning")
+        }
+        if !proof.passed { progress("WARNING: \(where_) failed the lock proof (\(proof.firstFailure ?? "?")); copying anyway as asked") }
+
+        var summary = BucketCopySummary(copied: 0, alreadyThere: 0, extended: 0, auditSeq: 0, proof: proof)
+        let snapshots = try catalog.snapshots(tenant: tenant)
+        // Objects without a local lock of their own (the tenant descriptor, which carries the
+        // wrapped read key) stay locked as long as the newest snapshot that needs them.
+        let floor = snapshots.map(\.retainUntil).max() ?? now
+        func copy(_ key: ObjectKey) async throws {
+            let local = try await store.head(key)
+            let until = max(local?.retainUntil ?? floor, now).addingTimeInterval(margin)
+            let bytes = try await store.get(key)
+            switch try await target.put(key, bytes, retainUntil: until) {
+            case .created: summary.copied += 1
+            case .alreadyPresent:
+                summary.alreadyThere += 1
+                if let remote = try await target.head(key), (remote.retainUntil ?? .distantPast) < until {
+                    try await target.extendRetention(key, until: until)
+                    summary.extended += 1
+                }
+            }
+            // Why read back: a copy is only counted once the bucket holds exactly these bytes.
+            guard let info = try await target.head(key), info.size == bytes.count else {
+                throw StoreError(.integrity, key: key.path, "the bucket does not hold the \(bytes.count) bytes just copied")
+            }
+            progress("\(key.path) (\(bytes.count) bytes)")
+        }
+        try await copy(RepositoryService.tenantKey(tenant, version: 1))
+        var done = Set<String>()
+        for s in snapshots {
+            for p in try catalog.snapshotPacks(id: s.id) where done.insert(p.description).inserted {
+                try await copy(RepositoryService.packKey(tenant: tenant, id: p))
+            }
+            guard let sid = SnapshotID(hex: s.id) else { throw ServerError.badRequest("catalog holds a malformed snapshot ID \(s.id)") }
+            try await copy(RepositoryService.manifestKey(tenant: tenant, id: sid))
+        }
+        let record = try catalog.audit(time: now, actor: actor, role: "admin", credential: "", source: "local", action: "copy-sync",
+                                       object: where_, outcome: "ok",
+                                       detail: "tenant \(tenant): \(summary.copied) copied, \(summary.alreadyThere) already there, \(summary.extended) extended")
+        summary.auditSeq = record.seq
+        // The chain head, locked in the bucket: a later rewrite of the server's log is provable.
+        let head = Array(#"{"seq":\#(record.seq),"hash":"\#(record.hash)","time":"\#(ISO8601DateFormatter().string(from: now))"}"#.utf8)
+        if let key = ObjectKey("audit-head/\(String(format: "%012lld", record.seq)).json") {
+            _ = try await target.put(key, head, retainUntil: now.addingTimeInterval(max(margin, 86400) + 365 * 86400))
+        }
+        return summary
+    }
+
+    /// Snapshot manifests of `tenant` in a bucket copy, by snapshot ID.
+    public static func manifests(in target: S3Store, tenant: String) async throws -> [String: [UInt8]] {
+        var out: [String: [UInt8]] = [:]
+        for info in try await target.list(prefix: "t/\(tenant)/snapshots/") {
+            out[String(info.key.path.split(separator: "/").last ?? "")] = try await target.get(info.key)
+        }
+        return out
+    }
+
+    /// The key of a pack in a bucket copy (the local store's layout).
+    public static func packKey(tenant: String, id: PackID) -> ObjectKey { RepositoryService.packKey(tenant: tenant, id: id) }
+
+    /// The tenant descriptor (it carries the wrapped read key) in a bucket copy.
+    public static func tenantDescriptorKey(_ tenant: String) -> ObjectKey { RepositoryService.tenantKey(tenant, version: 1) }
+}

@@ -1,0 +1,179 @@
+import ArgumentParser
+import Foundation
+import RedoubtAWS
+import RedoubtClient
+import RedoubtCore
+import RedoubtServer
+import RedoubtStore
+
+/// Off-site copies to S3 with Object Lock COMPLIANCE (issue 5).
+struct CopyCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "copy", abstract: "Immutable off-site copies on S3 Object Lock (COMPLIANCE).",
+        subcommands: [CopySync.self, CopyProve.self, CopyPolicy.self, CopySnapshots.self, CopyRestore.self])
+}
+
+/// Where the bucket is and whose credentials to use; the secret comes from a file only.
+struct BucketOptions: ParsableArguments {
+    @Option(name: .long, help: "The copy: s3://BUCKET/PREFIX.") var to: String
+    @Option(name: .long, help: "S3 endpoint URL (e.g. https://s3.eu-west-1.amazonaws.com).") var endpoint: String
+    @Option(name: .long, help: "Region for signing.") var region = "us-east-1"
+    @Option(name: .long, help: "AWS shared-credentials file (aws_access_key_id, aws_secret_access_key); else the AWS environment.") var credentials: String?
+    @Flag(name: .long, help: "Virtual-hosted addressing (bucket.endpoint) instead of path-style.") var virtualHosted = false
+
+    func store() throws -> S3Store {
+        guard to.hasPrefix("s3://") else { throw ValidationError("--to must be s3://BUCKET/PREFIX") }
+        let rest = to.dropFirst(5)
+        let bucket = String(rest.prefix { $0 != "/" })
+        let prefix = String(rest.dropFirst(bucket.count))
+        guard !bucket.isEmpty, let url = URL(string: endpoint), url.host != nil else {
+            throw ValidationError("need a bucket in --to and a URL in --endpoint")
+        }
+        let creds = try credentials.map { try AWSCredentials.file($0) } ?? AWSCredentials.standard()
+        return S3Store(client: S3Client(location: S3Location(endpoint: url, region: region, bucket: bucket, prefix: prefix, pathStyle: !virtualHosted),
+                                        credentials: creds))
+    }
+}
+
+struct CopySync: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "sync", abstract: "Prove the bucket enforces Object Lock, then copy a tenant to it (resumable); run on the server host.")
+    @Argument(help: "The tenant.") var tenant: String
+    @Option(name: .long, help: "The server data directory.") var data: String
+    @OptionGroup var bucket: BucketOptions
+    @Option(name: .long, help: "Added to each object's local lock for its lock in the bucket (e.g. 7d).") var retentionMargin = "7d"
+    @Flag(name: .long, help: "Copy even if the lock proof fails (recorded in the audit log; warned on every run).") var acceptUnenforced = false
+
+    func run() async throws {
+        try await RedoubtCLI.run {
+            let home = ServerHome(path: data)
+            let catalog = try Catalog(path: home.catalogPath)
+            let store = try LocalStore(root: URL(fileURLWithPath: home.storePath))
+            let target = try bucket.store()
+            // TODO(approvals): --accept-unenforced weakens protection: it must become an M-of-N request (issue 7).
+            let s = try await BucketCopy.sync(catalog: catalog, store: store, tenant: tenant, target: target,
+                                              margin: try parseDuration(retentionMargin), acceptUnenforced: acceptUnenforced,
+                                              actor: "local-admin", now: Date()) { line in
+                FileHandle.standardError.write(Data("  \(line)\n".utf8))
+            }
+            print("copied tenant \(tenant) to \(bucket.to): \(s.copied) new, \(s.alreadyThere) already there, \(s.extended) locks extended; audit record \(s.auditSeq)")
+            return s.proof?.passed == false ? .partial : .ok
+        }
+    }
+}
+
+struct CopyProve: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "prove", abstract: "Check that a bucket enforces Object Lock COMPLIANCE, with a canary (never by changing the bucket).")
+    @OptionGroup var bucket: BucketOptions
+    @Flag(name: .long, help: "Print JSON.") var json = false
+
+    func run() async throws {
+        try await RedoubtCLI.run {
+            let result = await S3LockProof(client: try bucket.store().client).run()
+            if json { try printJSON(result) } else {
+                for c in result.checks { print("\(c.passed ? "pass" : "FAIL")  \(c.name): \(c.detail)") }
+                print(result.passed ? "\(bucket.to) enforces Object Lock COMPLIANCE" : "\(bucket.to) does NOT enforce Object Lock: do not use it as a copy target")
+            }
+            return result.passed ? .ok : .refused
+        }
+    }
+}
+
+struct CopyPolicy: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "policy", abstract: "Print a least-privilege bucket policy: only Redoubt writes and extends locks; nobody deletes or unlocks.")
+    @Option(name: .long, help: "The bucket (s3://BUCKET/PREFIX).") var to: String
+    @Option(name: .long, help: "Redoubt's principal ARN (the copy writer).") var principal: String
+
+    func run() async throws {
+        try await RedoubtCLI.run {
+            let rest = to.hasPrefix("s3://") ? String(to.dropFirst(5)) : to
+            let bucket = String(rest.prefix { $0 != "/" })
+            let arn = "arn:aws:s3:::\(bucket)"
+            let policy: [String: Any] = [
+                "Version": "2012-10-17",
+                "Statement": [
+                    ["Sid": "RedoubtWritesAndExtendsLocks", "Effect": "Allow", "Principal": ["AWS": principal],
+                     "Action": ["s3:PutObject", "s3:PutObjectRetention", "s3:GetObject", "s3:GetObjectRetention", "s3:GetObjectVersion",
+                                "s3:PutObjectLegalHold", "s3:GetObjectLegalHold"],
+                     "Resource": "\(arn)/*"],
+                    ["Sid": "RedoubtReadsBucketState", "Effect": "Allow", "Principal": ["AWS": principal],
+                     "Action": ["s3:ListBucket", "s3:ListBucketVersions", "s3:GetBucketObjectLockConfiguration", "s3:GetBucketVersioning"],
+                     "Resource": arn],
+                    ["Sid": "NobodyDeletesOrBypasses", "Effect": "Deny", "Principal": "*",
+                     "Action": ["s3:DeleteObject", "s3:DeleteObjectVersion", "s3:BypassGovernanceRetention"], "Resource": "\(arn)/*"],
+                    ["Sid": "NobodyWeakensTheBucket", "Effect": "Deny", "Principal": "*",
+                     "Action": ["s3:PutBucketPolicy", "s3:DeleteBucketPolicy", "s3:PutBucketVersioning", "s3:PutBucketObjectLockConfiguration",
+                                "s3:DeleteBucket", "s3:PutLifecycleConfiguration"],
+                     "Resource": arn],
+                ],
+            ]
+            let data = try JSONSerialization.data(withJSONObject: policy, options: [.prettyPrinted, .sortedKeys])
+            print(String(decoding: data, as: UTF8.self))
+            return .ok
+        }
+    }
+}
+
+struct CopySnapshots: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "snapshots", abstract: "List a tenant's snapshots in a bucket copy (no server, no catalog).")
+    @Argument(help: "The tenant.") var tenant: String
+    @OptionGroup var bucket: BucketOptions
+    @Flag(name: .long, help: "Print JSON.") var json = false
+
+    struct Row: Encodable { let id: String; let host: String; let time: Int64; let packs: Int }
+
+    func run() async throws {
+        try await RedoubtCLI.run {
+            let manifests = try await BucketCopy.manifests(in: try bucket.store(), tenant: tenant)
+            var rows: [Row] = []
+            for (id, bytes) in manifests {
+                let m = try Manifest.parse(bytes, expectedID: SnapshotID(hex: id))
+                rows.append(Row(id: id, host: m.header.host, time: m.header.time.seconds, packs: m.header.packs.count))
+            }
+            rows.sort { $0.time < $1.time }
+            if json { try printJSON(rows) } else {
+                for r in rows { print("\(r.id.prefix(8))  \(Date(timeIntervalSince1970: TimeInterval(r.time)))  \(r.host)  \(r.packs) packs") }
+            }
+            return .ok
+        }
+    }
+}
+
+/// Packs read from the bucket copy; the restorer verifies each against its ID.
+struct BucketPackSource: PackSource {
+    let store: S3Store
+    let tenant: String
+    func pack(_ id: PackID) async throws -> [UInt8] { try await store.get(BucketCopy.packKey(tenant: tenant, id: id)) }
+}
+
+struct CopyRestore: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "restore", abstract: "Restore a snapshot from a bucket copy alone (no server, no catalog).")
+    @Argument(help: "The tenant.") var tenant: String
+    @Argument(help: "Snapshot ID or a unique prefix (8+ hex digits).") var snapshot: String
+    @OptionGroup var bucket: BucketOptions
+    @Option(name: .long, help: "Directory to restore into (created if missing).") var target: String
+    @OptionGroup var config: ConfigOption
+    @Option(name: .long, help: "Passphrase file for a passphrase-wrapped read key.") var passphraseFile: String?
+
+    func run() async throws {
+        try await RedoubtCLI.run {
+            let store = try bucket.store()
+            let cfg = config.resolved
+            let readKey = try await RestoreSupport.unwrapReadKey(config: cfg, passphraseFile: passphraseFile)
+            let manifests = try await BucketCopy.manifests(in: store, tenant: tenant)
+            let matches = manifests.keys.filter { $0.hasPrefix(snapshot.lowercased()) }
+            guard snapshot.count >= 8, matches.count == 1, let id = matches.first, let bytes = manifests[id] else {
+                throw ValidationError("snapshot \(snapshot) is \(matches.isEmpty ? "not in \(bucket.to)" : "ambiguous"); `redoubt copy snapshots` lists them")
+            }
+            let manifest = try Manifest.parse(bytes, expectedID: SnapshotID(hex: id))
+            let progress = ProgressLine()
+            let result = try await Restorer().restore(manifest: manifest, readKey: readKey, chunkIDKey: try cfg.sharedMaterial().chunkIDKey,
+                                                      source: BucketPackSource(store: store, tenant: tenant), target: target, subpath: nil,
+                                                      skipDamaged: false) { p in
+                progress.update(files: p.filesDone, bytes: p.bytesDone, totalBytes: p.bytesTotal, current: p.currentPath)
+            }
+            progress.finish()
+            print("restored \(result.files) files, \(formatBytes(result.bytesWritten)) from \(bucket.to) into \(target)")
+            return result.damaged.isEmpty ? .ok : .integrity
+        }
+    }
+}
