@@ -22,6 +22,14 @@ enum Exit: Int32 {
     case unreachable = 7
     /// Finished, but with warnings (files skipped or changed while read) or damage found.
     case partial = 8
+    /// The KMS or HSM that holds the tenant's KEK could not be reached.
+    case kmsUnreachable = 9
+    /// The KEK is disabled or revoked at the KMS.
+    case keyDisabled = 10
+    /// The KEK is destroyed (crypto-shredded) or scheduled for deletion.
+    case keyDestroyed = 11
+    /// The KMS or HSM refused this client's credential (certificate, PIN, access key).
+    case kmsCredentialRejected = 12
 }
 
 /// Prints an error that names the object, the cause and the fix, and returns the exit code.
@@ -36,7 +44,13 @@ func report(_ error: Error) -> Exit {
         code = e.isIntegrityFailure ? .integrity : .failure
         text = e.description
     case let e as KeyProviderError:
-        code = .key
+        switch e {
+        case .unreachable: code = .kmsUnreachable
+        case .keyDisabled: code = .keyDisabled
+        case .keyDestroyed: code = .keyDestroyed
+        case .credentialRejected: code = .kmsCredentialRejected
+        default: code = .key
+        }
         text = "\(e) [\(e.code)]"
     case let e as ServerError:
         code = e.status == 404 ? .notFound : .failure
