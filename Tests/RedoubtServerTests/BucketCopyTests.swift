@@ -28,8 +28,8 @@ import Testing
             if env["REDOUBT_PEERS_REQUIRED"] == "1" { Issue.record("LocalStack/moto not configured: ./scripts/peers start") }
             return
         }
-        let bin = CrashTests.binary.path
-        try #require(FileManager.default.isExecutableFile(atPath: bin), "build the redoubt executable first")
+        let binary = CrashTests.binary.path
+        try #require(FileManager.default.isExecutableFile(atPath: binary), "build the redoubt executable first")
         let dir = FileManager.default.temporaryDirectory.appendingPathComponent("redoubt-copy-\(UUID().uuidString)").path
         try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
         defer {
@@ -39,19 +39,20 @@ import Testing
         let out = "\(dir)/out.txt"
         let creds = "\(dir)/s3-credentials"
         try "[default]\naws_access_key_id = test\naws_secret_access_key = test\n".write(toFile: creds, atomically: true, encoding: .utf8)
-        setenv("REDOUBT_PASSPHRASE", "bucket-copy-test", 1)
-        let (qs, qsOut) = sh("'\(bin)' quickstart --dir '\(dir)/qs'", out)
+        // Per command, not setenv: suites run in parallel in one process.
+        let bin = "REDOUBT_PASSPHRASE=bucket-copy-test '\(binary)'"
+        let (qs, qsOut) = sh("\(bin) quickstart --dir '\(dir)/qs'", out)
         try #require(qs == 0, "quickstart: \(qsOut)")
         let run = try #require(try FileManager.default.contentsOfDirectory(atPath: "\(dir)/qs").first)
         let base = "\(dir)/qs/\(run)"
 
         let name = try await bucket(ls)
         let target = "--to s3://\(name)/redoubt --endpoint \(ls.absoluteString) --credentials '\(creds)'"
-        let (sync, syncOut) = sh("'\(bin)' copy sync quickstart --data '\(base)/server' \(target)", out)
+        let (sync, syncOut) = sh("\(bin) copy sync quickstart --data '\(base)/server' \(target)", out)
         #expect(sync == 0, "copy sync: \(syncOut)")
         #expect(syncOut.contains("0 already there"))
         // Resumable and idempotent: a second run finds everything in place.
-        let (again, againOut) = sh("'\(bin)' copy sync quickstart --data '\(base)/server' \(target)", out)
+        let (again, againOut) = sh("\(bin) copy sync quickstart --data '\(base)/server' \(target)", out)
         #expect(again == 0 && againOut.contains(" 0 new"), "second sync: \(againOut)")
 
         // Every object in the bucket is COMPLIANCE-locked.
@@ -65,10 +66,10 @@ import Testing
         // The server is gone: data directory, catalog and store.
         _ = system("chattr -R -i '\(base)/server' 2>/dev/null")
         try FileManager.default.removeItem(atPath: "\(base)/server")
-        let (list, listOut) = sh("'\(bin)' copy snapshots quickstart \(target) --json", out)
+        let (list, listOut) = sh("\(bin) copy snapshots quickstart \(target) --json", out)
         #expect(list == 0, "copy snapshots: \(listOut)")
         let snapshot = try #require(listOut.split(separator: "\"").first { $0.count == 64 }.map(String.init))
-        let (restore, restoreOut) = sh("'\(bin)' copy restore quickstart \(snapshot) \(target) --target '\(dir)/restored' --config '\(base)/restorer'", out)
+        let (restore, restoreOut) = sh("\(bin) copy restore quickstart \(snapshot) \(target) --target '\(dir)/restored' --config '\(base)/restorer'", out)
         #expect(restore == 0, "copy restore: \(restoreOut)")
         let (diff, diffOut) = sh("diff -r '\(base)/sample' '\(dir)/restored\(base)/sample' || diff -r '\(base)/sample' '\(dir)/restored/sample'", out)
         #expect(diff == 0, "restored tree differs: \(diffOut)")
@@ -76,7 +77,7 @@ import Testing
         // moto accepts COMPLIANCE but lets it be shortened: refused as a target.
         let motoBucket = try await bucket(moto)
         let bad = "--to s3://\(motoBucket)/redoubt --endpoint \(moto.absoluteString) --credentials '\(creds)'"
-        let (prove, proveOut) = sh("'\(bin)' copy prove \(bad)", out)
+        let (prove, proveOut) = sh("\(bin) copy prove \(bad)", out)
         #expect(prove != 0 && proveOut.contains("does NOT enforce"), "prove on moto: \(proveOut)")
     }
 }
