@@ -44,18 +44,19 @@ public enum BucketCopy {
             let local = try await store.head(key)
             let until = max(local?.retainUntil ?? floor, now).addingTimeInterval(margin)
             let bytes = try await store.get(key)
-            switch try await target.put(key, bytes, retainUntil: until) {
-            case .created: summary.copied += 1
-            case .alreadyPresent:
+            let outcome = try await target.put(key, bytes, retainUntil: until)
+            // One HEAD serves both checks: the bytes landed, and the lock is not behind.
+            guard let remote = try await target.head(key), remote.size == bytes.count else {
+                throw StoreError(.integrity, key: key.path, "the bucket does not hold the \(bytes.count) bytes just copied")
+            }
+            if outcome == .created {
+                summary.copied += 1
+            } else {
                 summary.alreadyThere += 1
-                if let remote = try await target.head(key), (remote.retainUntil ?? .distantPast) < until {
+                if (remote.retainUntil ?? .distantPast) < until {
                     try await target.extendRetention(key, until: until)
                     summary.extended += 1
                 }
-            }
-            // Why read back: a copy is only counted once the bucket holds exactly these bytes.
-            guard let info = try await target.head(key), info.size == bytes.count else {
-                throw StoreError(.integrity, key: key.path, "the bucket does not hold the \(bytes.count) bytes just copied")
             }
             progress("\(key.path) (\(bytes.count) bytes)")
         }

@@ -130,9 +130,6 @@ enum S3XML {
 
     static func first(_ element: String, in body: [UInt8]) -> String? { all(element, in: body).first }
 
-    /// The `<Contents>` blocks of a ListObjectsV2 page.
-    static func blocks(_ element: String, in body: [UInt8]) -> [[UInt8]] { all(element, in: body).map { Array($0.utf8) } }
-
     static func unescape(_ s: String) -> String {
         s.replacingOccurrences(of: "&lt;", with: "<").replacingOccurrences(of: "&gt;", with: ">")
             .replacingOccurrences(of: "&quot;", with: "\"").replacingOccurrences(of: "&apos;", with: "'")
