@@ -101,6 +101,29 @@ struct VerifyCommand: AsyncParsableCommand {
 }
 
 enum RestoreSupport {
+    /// The one manifest in `manifests` (keyed by snapshot ID) whose ID starts with
+    /// `prefix`, parsed and checked against its ID. `place` and `lister` name where the
+    /// manifests came from and the command that lists them, for the error.
+    static func manifest(matching prefix: String, in manifests: [String: [UInt8]], place: String, lister: String) throws -> Manifest {
+        let matches = manifests.keys.filter { $0.hasPrefix(prefix.lowercased()) }
+        guard prefix.count >= 8, matches.count == 1, let id = matches.first, let bytes = manifests[id] else {
+            throw ValidationError("snapshot \(prefix) is \(matches.isEmpty ? "not \(place)" : "ambiguous"); `\(lister)` lists them")
+        }
+        return try Manifest.parse(bytes, expectedID: SnapshotID(hex: id))
+    }
+
+    /// Restores `manifest` from `source` into `target` with a progress line on stderr.
+    static func restore(manifest: Manifest, readKey: ReadPrivateKey, chunkIDKey: ChunkIDKey, source: any PackSource, target: String,
+                        subpath: [UInt8]? = nil, skipDamaged: Bool) async throws -> RestoreResult {
+        let progress = ProgressLine()
+        let result = try await Restorer().restore(manifest: manifest, readKey: readKey, chunkIDKey: chunkIDKey, source: source, target: target,
+                                                  subpath: subpath, skipDamaged: skipDamaged) { p in
+            progress.update(files: p.filesDone, bytes: p.bytesDone, totalBytes: p.bytesTotal, current: p.currentPath)
+        }
+        progress.finish()
+        return result
+    }
+
     /// Unwraps the restorer's read key in memory with its key provider.
     static func unwrapReadKey(config: ClientConfig, passphraseFile: String?) async throws -> ReadPrivateKey {
         let wrapped = try config.wrappedReadKey()

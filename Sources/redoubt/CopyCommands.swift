@@ -160,18 +160,9 @@ struct CopyRestore: AsyncParsableCommand {
             let cfg = config.resolved
             let readKey = try await RestoreSupport.unwrapReadKey(config: cfg, passphraseFile: passphraseFile)
             let manifests = try await BucketCopy.manifests(in: store, tenant: tenant)
-            let matches = manifests.keys.filter { $0.hasPrefix(snapshot.lowercased()) }
-            guard snapshot.count >= 8, matches.count == 1, let id = matches.first, let bytes = manifests[id] else {
-                throw ValidationError("snapshot \(snapshot) is \(matches.isEmpty ? "not in \(bucket.to)" : "ambiguous"); `redoubt copy snapshots` lists them")
-            }
-            let manifest = try Manifest.parse(bytes, expectedID: SnapshotID(hex: id))
-            let progress = ProgressLine()
-            let result = try await Restorer().restore(manifest: manifest, readKey: readKey, chunkIDKey: try cfg.sharedMaterial().chunkIDKey,
-                                                      source: BucketPackSource(store: store, tenant: tenant), target: target, subpath: nil,
-                                                      skipDamaged: false) { p in
-                progress.update(files: p.filesDone, bytes: p.bytesDone, totalBytes: p.bytesTotal, current: p.currentPath)
-            }
-            progress.finish()
+            let manifest = try RestoreSupport.manifest(matching: snapshot, in: manifests, place: "in \(bucket.to)", lister: "redoubt copy snapshots")
+            let result = try await RestoreSupport.restore(manifest: manifest, readKey: readKey, chunkIDKey: try cfg.sharedMaterial().chunkIDKey,
+                                                          source: BucketPackSource(store: store, tenant: tenant), target: target, skipDamaged: false)
             print("restored \(result.files) files, \(formatBytes(result.bytesWritten)) from \(bucket.to) into \(target)")
             return result.damaged.isEmpty ? .ok : .integrity
         }

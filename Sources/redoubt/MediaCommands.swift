@@ -148,18 +148,9 @@ struct MediaRestore: AsyncParsableCommand {
             }
             if let e = spoolError { throw ValidationError(e) }
             for d in rep.damage { FileHandle.standardError.write(Data("DAMAGED: \(d)\n".utf8)) }
-            let matches = manifests.keys.filter { $0.hasPrefix(snapshot.lowercased()) }
-            guard snapshot.count >= 8, matches.count == 1, let id = matches.first, let sid = SnapshotID(hex: id), let mb = manifests[id] else {
-                throw ValidationError("snapshot \(snapshot) is \(matches.isEmpty ? "not on these volumes" : "ambiguous"); `redoubt media list` shows what they hold")
-            }
-            let manifest = try Manifest.parse(mb, expectedID: sid)
-            let progress = ProgressLine()
-            let result = try await Restorer().restore(manifest: manifest, readKey: readKey, chunkIDKey: material.chunkIDKey,
-                                                      source: SpoolPackSource(dir: spool), target: target, subpath: nil,
-                                                      skipDamaged: skipDamaged) { p in
-                progress.update(files: p.filesDone, bytes: p.bytesDone, totalBytes: p.bytesTotal, current: p.currentPath)
-            }
-            progress.finish()
+            let manifest = try RestoreSupport.manifest(matching: snapshot, in: manifests, place: "on these volumes", lister: "redoubt media list")
+            let result = try await RestoreSupport.restore(manifest: manifest, readKey: readKey, chunkIDKey: material.chunkIDKey,
+                                                          source: SpoolPackSource(dir: spool), target: target, skipDamaged: skipDamaged)
             print("restored \(result.files) files, \(result.directories) directories, \(formatBytes(result.bytesWritten)) from media into \(target)")
             for d in result.damaged { print("  DAMAGED: \(d)") }
             if !result.damaged.isEmpty { return .integrity }
