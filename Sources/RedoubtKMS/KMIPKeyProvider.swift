@@ -70,9 +70,27 @@ public struct KMIPKeyProvider: KeyProvider {
         return try checkUnwrapped(key, wrapped)
     }
 
+    /// `kmip://…/new` creates the tenant's KEK now.
+    public func preparingKEK(tenant: String) async throws -> any KeyProvider {
+        keyID == "new" ? try await Self.createKEK(endpoint: client.endpoint, tenant: tenant) : self
+    }
+
     /// Crypto-shreds: revokes and destroys the KEK at the KMS. Every copy wrapped under it
     /// becomes unrecoverable.
     public func destroyKEK() async throws(KeyProviderError) {
         try await client.revokeAndDestroy(keyID: keyID)
+    }
+
+    /// Destroys the KEK named in `wrapped` (which may be an older one than this URI's).
+    /// A KEK the KMS reports destroyed already counts as done.
+    public func destroyKEK(of wrapped: WrappedReadKey) async throws {
+        let kek = wrapped.parameters["kmip-key-id"] ?? keyID
+        do {
+            try await client.revokeAndDestroy(keyID: kek)
+        } catch {
+            // (A typed `catch .keyDestroyed` here crashes swift-frontend 6.3.1's SILGen.)
+            if case .keyDestroyed = error { return }
+            throw error
+        }
     }
 }

@@ -109,6 +109,8 @@ public enum KeyProviderError: Error, Sendable, Equatable, CustomStringConvertibl
     case keyDestroyed(provider: String, detail: String)
     /// The KMS refused our credential (client certificate, PIN, access key).
     case credentialRejected(provider: String, detail: String)
+    /// The provider cannot do what was asked (e.g. destroy a passphrase).
+    case unsupported(provider: String, detail: String)
 
     public var code: String {
         switch self {
@@ -123,6 +125,7 @@ public enum KeyProviderError: Error, Sendable, Equatable, CustomStringConvertibl
         case .keyDisabled: "E_KEY_DISABLED"
         case .keyDestroyed: "E_KEY_DESTROYED"
         case .credentialRejected: "E_KEY_CREDENTIAL_REJECTED"
+        case .unsupported: "E_KEY_UNSUPPORTED"
         }
     }
 
@@ -139,6 +142,7 @@ public enum KeyProviderError: Error, Sendable, Equatable, CustomStringConvertibl
         case .keyDisabled(let p, let d): "\(p): key disabled: \(d)"
         case .keyDestroyed(let p, let d): "\(p): key destroyed: \(d)"
         case .credentialRejected(let p, let d): "\(p): credential rejected: \(d)"
+        case .unsupported(let p, let d): "\(p): \(d)"
         }
     }
 }
@@ -155,6 +159,18 @@ public protocol KeyProvider: Sendable {
     var uri: String { get }
     func wrap(_ key: ReadPrivateKey, context: KeyContext) async throws -> WrappedReadKey
     func unwrap(_ wrapped: WrappedReadKey, context: KeyContext) async throws -> ReadPrivateKey
+    /// When the URI asks for a fresh key-encryption key (`…/new`), creates one for
+    /// `tenant` in the KMS or HSM and returns a provider that names it; otherwise `self`.
+    func preparingKEK(tenant: String) async throws -> any KeyProvider
+    /// Crypto-shreds the KEK that wrapped `wrapped` (KMIP Revoke then Destroy, KMS
+    /// ScheduleKeyDeletion, PKCS#11 C_DestroyObject), so that no copy wrapped under it can
+    /// ever be unwrapped again. A KEK that is already destroyed counts as done. Providers
+    /// without a KEK of their own throw ``KeyProviderError/unsupported(provider:detail:)``.
+    func destroyKEK(of wrapped: WrappedReadKey) async throws
+}
+
+extension KeyProvider {
+    public func preparingKEK(tenant: String) async throws -> any KeyProvider { self }
 }
 
 extension KeyProvider {

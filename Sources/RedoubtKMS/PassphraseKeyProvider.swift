@@ -37,6 +37,12 @@ public struct PassphraseKeyProvider: KeyProvider {
         return WrappedReadKey(provider: uri, context: context, publicKey: key.publicKey, parameters: params, wrapped: Array(combined))
     }
 
+    /// A passphrase is not a key the provider can destroy: copies wrapped under it stay
+    /// readable by whoever knows it. Crypto-shredding needs a KMS or HSM provider.
+    public func destroyKEK(of wrapped: WrappedReadKey) async throws {
+        throw KeyProviderError.unsupported(provider: uri, detail: "a passphrase cannot be destroyed: every copy wrapped under it (bucket, media, escrow) stays readable to whoever knows it. Rotate to a kmip://, awskms:// or pkcs11: provider first, then shred")
+    }
+
     public func unwrap(_ wrapped: WrappedReadKey, context: KeyContext) async throws -> ReadPrivateKey {
         try checkContext(wrapped, context)
         let p = wrapped.parameters

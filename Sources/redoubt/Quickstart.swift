@@ -68,11 +68,8 @@ struct Quickstart {
             FileManager.default.createFile(atPath: passFile.path, contents: Data(String(pw).utf8), attributes: [.posixPermissions: 0o600])
         }
         let passArg: String? = FileManager.default.fileExists(atPath: passFile.path) ? passFile.path : nil
-        var provider = try makeKeyProvider(uri: keyProvider, passphraseFile: passArg)
-        if let kmip = provider as? KMIPKeyProvider, kmip.keyID == "new" {
-            provider = try await KMIPKeyProvider.createKEK(endpoint: kmip.client.endpoint, tenant: "quickstart")
-        }
-        step("tenant create quickstart (read key X-Wing, wrapped by \(provider is KMIPKeyProvider ? "a KEK in the KMIP server" : "passphrase: scrypt"))")
+        let provider = try await makeKeyProvider(uri: keyProvider, passphraseFile: passArg).preparingKEK(tenant: "quickstart")
+        step("tenant create quickstart (read key X-Wing, wrapped by \(provider is PassphraseKeyProvider ? "passphrase: scrypt" : "a KEK held by \(provider.uri.prefix { $0 != ":" })"))")
         let keys = try TenantKeys.generate()
         let wrapped = try await provider.wrap(keys.readKey, context: KeyContext(tenant: "quickstart", keyVersion: 1))
         _ = try await admin.createTenant(Wire.CreateTenantRequest(

@@ -108,11 +108,8 @@ struct TenantCreate: AsyncParsableCommand {
 
     func run() async throws {
         try await RedoubtCLI.run {
-            var provider = try RedoubtCLI.keyProvider(uri: keyProvider, passphraseFile: passphraseFile)
-            // `kmip://HOST:PORT/new?…`: the tenant's KEK is created and activated in the KMS now.
-            if let kmip = provider as? KMIPKeyProvider, kmip.keyID == "new" {
-                provider = try await KMIPKeyProvider.createKEK(endpoint: kmip.client.endpoint, tenant: name)
-            }
+            // A `…/new` URI: the tenant's KEK is created (and activated) in the KMS or HSM now.
+            let provider = try await RedoubtCLI.keyProvider(uri: keyProvider, passphraseFile: passphraseFile).preparingKEK(tenant: name)
             let keys = try TenantKeys.generate()
             let wrapped = try await provider.wrap(keys.readKey, context: KeyContext(tenant: name, keyVersion: 1))
             let material = keys.sharedWriteMaterial.encode().withUnsafeBytes { Data($0).base64EncodedString() }
