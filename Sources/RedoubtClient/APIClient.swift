@@ -116,6 +116,25 @@ public final class APIClient: Sendable {
                        body: Wire.CreateEnrollmentRequest(role: role, name: name, ttlSeconds: ttlSeconds))
     }
 
+    /// The tenant's current wrapped read key (admin: any tenant, with retired KEKs;
+    /// restorer: its own tenant).
+    public func readKey(tenant: String) async throws -> Wire.ReadKeyInfo {
+        try await json(Wire.ReadKeyInfo.self, .GET, "/v1/tenants/\(tenant)/read-key")
+    }
+
+    public func rotateReadKey(tenant: String, wrappedReadKey: String) async throws -> Wire.ReadKeyInfo {
+        try await json(Wire.ReadKeyInfo.self, .PUT, "/v1/tenants/\(tenant)/read-key", body: Wire.RotateReadKeyRequest(wrappedReadKey: wrappedReadKey))
+    }
+
+    public func markKEKsDestroyed(tenant: String, versions: [Int]) async throws -> Wire.ReadKeyInfo {
+        try await json(Wire.ReadKeyInfo.self, .POST, "/v1/tenants/\(tenant)/read-key/destroyed", body: Wire.DestroyedKEKsRequest(versions: versions))
+    }
+
+    public func shredTenant(tenant: String, confirm: String, destroyedVersions: [Int]) async throws -> Wire.ReadKeyInfo {
+        try await json(Wire.ReadKeyInfo.self, .POST, "/v1/tenants/\(tenant)/shred",
+                       body: Wire.ShredRequest(confirm: confirm, destroyedVersions: destroyedVersions))
+    }
+
     public func snapshots(host: String? = nil) async throws -> [Wire.SnapshotInfo] {
         try await json([Wire.SnapshotInfo].self, .GET, "/v1/snapshots" + (host.map { "?host=\($0)" } ?? ""))
     }

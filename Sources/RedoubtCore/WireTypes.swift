@@ -122,6 +122,61 @@ public enum Wire {
         }
     }
 
+    /// `GET /v1/tenants/{t}/read-key`: the tenant's current wrapped read key (absent once
+    /// shredded) and, for admins, the retired KEKs it was wrapped under before.
+    public struct ReadKeyInfo: Codable, Sendable {
+        public var tenant: String
+        public var keyVersion: Int
+        /// WrappedReadKey JSON; nil after a shred.
+        public var wrappedReadKey: String?
+        public var shreddedAt: Date?
+        public var retired: [RetiredKEKInfo]
+        public init(tenant: String, keyVersion: Int, wrappedReadKey: String?, shreddedAt: Date?, retired: [RetiredKEKInfo]) {
+            self.tenant = tenant
+            self.keyVersion = keyVersion
+            self.wrappedReadKey = wrappedReadKey
+            self.shreddedAt = shreddedAt
+            self.retired = retired
+        }
+    }
+
+    /// A KEK rotated away from: `stub` is its wrapped key's JSON without the wrapped bytes.
+    public struct RetiredKEKInfo: Codable, Sendable {
+        public var version: Int
+        public var stub: String
+        public var retiredAt: Date
+        public var destroyedAt: Date?
+        public init(version: Int, stub: String, retiredAt: Date, destroyedAt: Date?) {
+            self.version = version
+            self.stub = stub
+            self.retiredAt = retiredAt
+            self.destroyedAt = destroyedAt
+        }
+    }
+
+    /// `PUT /v1/tenants/{t}/read-key`: the same read key, wrapped anew (version + 1).
+    public struct RotateReadKeyRequest: Codable, Sendable {
+        public var wrappedReadKey: String
+        public init(wrappedReadKey: String) { self.wrappedReadKey = wrappedReadKey }
+    }
+
+    /// `POST /v1/tenants/{t}/read-key/destroyed`: these versions' KEKs were destroyed.
+    public struct DestroyedKEKsRequest: Codable, Sendable {
+        public var versions: [Int]
+        public init(versions: [Int]) { self.versions = versions }
+    }
+
+    /// `POST /v1/tenants/{t}/shred`: `confirm` must repeat the tenant's name;
+    /// `destroyedVersions` lists the key versions whose KEKs the admin destroyed first.
+    public struct ShredRequest: Codable, Sendable {
+        public var confirm: String
+        public var destroyedVersions: [Int]
+        public init(confirm: String, destroyedVersions: [Int]) {
+            self.confirm = confirm
+            self.destroyedVersions = destroyedVersions
+        }
+    }
+
     public struct CreateEnrollmentRequest: Codable, Sendable {
         public var role: String
         public var name: String

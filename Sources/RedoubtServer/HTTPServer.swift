@@ -163,6 +163,24 @@ public enum RedoubtHTTP {
                                                           ctx: ctx.call), status: .created)
             }
         }
+        router.get("/v1/tenants/:tenant/read-key") { _, ctx in
+            await handle(logger) { jsonResponse(try service.readKey(tenant: ctx.parameters.get("tenant") ?? "", ctx: ctx.call)) }
+        }
+        router.put("/v1/tenants/:tenant/read-key") { req, ctx in
+            await handle(logger) {
+                jsonResponse(try await service.rotateReadKey(tenant: ctx.parameters.get("tenant") ?? "", try await req.json(Wire.RotateReadKeyRequest.self), ctx: ctx.call))
+            }
+        }
+        router.post("/v1/tenants/:tenant/read-key/destroyed") { req, ctx in
+            await handle(logger) {
+                jsonResponse(try service.markKEKsDestroyed(tenant: ctx.parameters.get("tenant") ?? "", try await req.json(Wire.DestroyedKEKsRequest.self), ctx: ctx.call))
+            }
+        }
+        router.post("/v1/tenants/:tenant/shred") { req, ctx in
+            await handle(logger) {
+                jsonResponse(try await service.shredTenant(tenant: ctx.parameters.get("tenant") ?? "", try await req.json(Wire.ShredRequest.self), ctx: ctx.call))
+            }
+        }
         router.get("/v1/principals") { _, _ in
             await handle(logger) { jsonResponse(try service.catalog.principals(tenant: nil).map(PrincipalInfo.init)) }
         }

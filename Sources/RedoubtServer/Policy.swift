@@ -7,6 +7,7 @@ public enum Action: String, Sendable, CaseIterable {
     case queryChunks, uploadPack, commitSnapshot, listSnapshots, showSnapshot
     case getManifest, getPack, packChunkLists, verifySnapshot
     case createTenant, listTenants, createEnrollment, listPrincipals
+    case getReadKey, rotateReadKey, markKEKsDestroyed, shredTenant
     case listAudit, verifyAudit
 }
 
@@ -34,6 +35,10 @@ public enum Policy {
         case (.post, 1) where p[0] == "tenants": return (.createTenant, [:])
         case (.get, 1) where p[0] == "tenants": return (.listTenants, [:])
         case (.post, 3) where p[0] == "tenants" && p[2] == "enrollments": return (.createEnrollment, ["tenant": p[1]])
+        case (.get, 3) where p[0] == "tenants" && p[2] == "read-key": return (.getReadKey, ["tenant": p[1]])
+        case (.put, 3) where p[0] == "tenants" && p[2] == "read-key": return (.rotateReadKey, ["tenant": p[1]])
+        case (.post, 4) where p[0] == "tenants" && p[2] == "read-key" && p[3] == "destroyed": return (.markKEKsDestroyed, ["tenant": p[1]])
+        case (.post, 3) where p[0] == "tenants" && p[2] == "shred": return (.shredTenant, ["tenant": p[1]])
         case (.get, 1) where p[0] == "principals": return (.listPrincipals, [:])
         case (.get, 1) where p[0] == "audit": return (.listAudit, [:])
         case (.get, 2) where p[0] == "audit" && p[1] == "verify": return (.verifyAudit, [:])
@@ -54,6 +59,9 @@ public enum Policy {
         case .getManifest, .getPack, .packChunkLists: return role == .restorer
         case .verifySnapshot: return role == .restorer || role == .admin || role == .auditor
         case .createTenant, .createEnrollment, .listTenants, .listPrincipals: return role == .admin
+        // A restorer may fetch its own tenant's wrapped key (the handler checks the tenant).
+        case .getReadKey: return role == .admin || role == .restorer
+        case .rotateReadKey, .markKEKsDestroyed, .shredTenant: return role == .admin
         case .listAudit, .verifyAudit: return role == .admin || role == .auditor
         }
     }

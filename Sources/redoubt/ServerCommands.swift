@@ -95,7 +95,8 @@ struct AdminOptions: ParsableArguments {
 }
 
 struct TenantCommand: AsyncParsableCommand {
-    static let configuration = CommandConfiguration(commandName: "tenant", abstract: "Create and list tenants.", subcommands: [TenantCreate.self, TenantList.self])
+    static let configuration = CommandConfiguration(commandName: "tenant", abstract: "Create and list tenants; rotate, escrow or shred their read keys.",
+                                                    subcommands: [TenantCreate.self, TenantList.self, TenantRotateKey.self, TenantEscrow.self, TenantShred.self])
 }
 
 struct TenantCreate: AsyncParsableCommand {

@@ -107,29 +107,31 @@ func parseDuration(_ s: String) throws -> TimeInterval {
     return n * mult
 }
 
-/// Reads a secret from a file, else `REDOUBT_PASSPHRASE`, else a prompt on a terminal.
-/// Never from argv.
-func readPassphrase(file: String?, prompt: String) throws -> SecretBytes {
+/// Reads a secret from a file, else the environment variable `env` (`REDOUBT_PASSPHRASE`
+/// unless told), else a prompt on a terminal. Never from argv.
+func readPassphrase(file: String?, env envName: String = "REDOUBT_PASSPHRASE", prompt: String) throws -> SecretBytes {
     if let file {
         guard var d = FileManager.default.contents(atPath: file) else { throw ValidationError("cannot read passphrase file \(file)") }
         defer { d.resetBytes(in: 0..<d.count) }
         while d.last == 0x0a || d.last == 0x0d { d.removeLast() }
         return SecretBytes(copying: d)
     }
-    if let env = ProcessInfo.processInfo.environment["REDOUBT_PASSPHRASE"], !env.isEmpty { return SecretBytes(copying: Array(env.utf8)) }
+    if let env = ProcessInfo.processInfo.environment[envName], !env.isEmpty { return SecretBytes(copying: Array(env.utf8)) }
     if isatty(0) != 0, let p = getpass(prompt) {
         let s = SecretBytes(copying: UnsafeBufferPointer(start: UnsafeRawPointer(p).assumingMemoryBound(to: UInt8.self), count: strlen(p)))
         memset(p, 0, strlen(p))
         return s
     }
-    throw KeyProviderError.secretMissing(provider: "passphrase:", how: "set REDOUBT_PASSPHRASE, pass --passphrase-file FILE, or run on a terminal")
+    throw KeyProviderError.secretMissing(provider: "passphrase:", how: "set \(envName), pass the passphrase file option, or run on a terminal")
 }
 
 /// The key provider a URI names: `passphrase:` or `kmip://HOST:PORT/KEY-ID?ca=&cert=&key=`.
-func makeKeyProvider(uri: String, passphraseFile: String?) throws -> any KeyProvider {
+/// `passphraseEnv` names the variable a passphrase may come from when no file is given.
+func makeKeyProvider(uri: String, passphraseFile: String?, passphraseEnv: String = "REDOUBT_PASSPHRASE",
+                     prompt: String = "Passphrase for the tenant's read key: ") throws -> any KeyProvider {
     switch uri {
     case "passphrase:", "passphrase":
-        return try PassphraseKeyProvider(passphrase: readPassphrase(file: passphraseFile, prompt: "Passphrase for the tenant's read key: "))
+        return try PassphraseKeyProvider(passphrase: readPassphrase(file: passphraseFile, env: passphraseEnv, prompt: prompt))
     case _ where uri.hasPrefix("kmip://"):
         return try KMIPKeyProvider(uri: uri)
     default:
