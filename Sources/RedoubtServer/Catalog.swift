@@ -144,6 +144,7 @@ public final class Catalog: Sendable {
                     destroyed_at REAL, PRIMARY KEY (tenant, version)) WITHOUT ROWID;
                 """)
         }
+        registerApprovalMigrations(&m)
         return m
     }
 
@@ -196,6 +197,19 @@ public final class Catalog: Sendable {
                            arguments: [wrapped, newVersion, shredded ? now.timeIntervalSince1970 : nil, tenant])
             try db.execute(sql: "INSERT INTO retired_keks(tenant, version, stub, retired_at) VALUES (?, ?, ?, ?)",
                            arguments: [tenant, current, retiredStub, now.timeIntervalSince1970])
+        }
+    }
+
+    /// Sets a tenant's minimum retention (whether that may happen is the caller's question).
+    public func setMinRetention(tenant: String, seconds: TimeInterval) throws {
+        try db.write { try $0.execute(sql: "UPDATE tenants SET min_retention = ? WHERE name = ?", arguments: [seconds, tenant]) }
+    }
+
+    /// Revokes an admin credential by name: it authenticates no more.
+    public func revokeAdmin(name: String) throws -> Bool {
+        try db.write { db in
+            try db.execute(sql: "UPDATE principals SET revoked = 1 WHERE role = 'admin' AND tenant IS NULL AND name = ? AND revoked = 0", arguments: [name])
+            return db.changesCount > 0
         }
     }
 

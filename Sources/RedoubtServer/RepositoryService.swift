@@ -457,6 +457,11 @@ public final class RepositoryService: Sendable {
             throw refuse(ctx, "shred-tenant", object: object, .badRequest("confirm must repeat the tenant's name (\(tenant)) to shred it"))
         }
         guard rec.shreddedAt == nil else { throw refuse(ctx, "shred-tenant", object: object, .shredded(tenant)) }
+        // Why a check call first: the admin destroys the KEKs at the KMS before this call
+        // removes the server's copies, and must not do so for a shred that is not approved.
+        let checkOnly = req.check ?? false
+        try authorize("shred-tenant", object: object, parameters: [:], requestID: req.requestID, consume: !checkOnly, ctx: ctx)
+        if checkOnly { return try readKey(tenant: tenant, ctx: ctx) }
         let stub = try WrappedKeyHeader.stub(rec.wrappedReadKey)
         let shredded = TenantRecord(name: rec.name, readKeyID: rec.readKeyID, readPublicKey: rec.readPublicKey, writeMaterial: rec.writeMaterial,
                                     wrappedReadKey: "", minRetention: rec.minRetention, createdAt: rec.createdAt,

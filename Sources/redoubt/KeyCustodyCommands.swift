@@ -98,6 +98,7 @@ struct TenantShred: AsyncParsableCommand {
     @OptionGroup var admin: AdminOptions
     @Argument(help: "The tenant.") var tenant: String
     @Option(name: .long, help: "Repeat the tenant's name to confirm without a prompt (for scripts).") var confirm: String?
+    @Option(name: .long, help: "An approved request for this shred (`redoubt admin request list`).") var request: String?
     @Flag(name: .long, help: "Print JSON.") var json = false
 
     func run() async throws {
@@ -108,6 +109,9 @@ struct TenantShred: AsyncParsableCommand {
                     throw KeyProviderError.unsupported(provider: current.provider, detail: "tenant \(tenant)'s read key is wrapped by a passphrase, which no one can destroy: rotate it to a KMS or HSM first (`redoubt admin tenant rotate-key \(tenant) --key-provider kmip://…/new --destroy-old`), then shred")
                 }
                 try confirmShred()
+                // Authorised? (Files an approval request if the quorum needs one.) Nothing
+                // is destroyed at the KMS before the server says yes.
+                _ = try await client.shredTenant(tenant: tenant, confirm: tenant, destroyedVersions: [], requestID: request, check: true)
                 // Every KEK that ever wrapped this read key, newest first.
                 var keks: [(version: Int, wrapped: WrappedReadKey)] = [(info.keyVersion, current)]
                 for r in info.retired.reversed() where r.destroyedAt == nil {
@@ -131,7 +135,7 @@ struct TenantShred: AsyncParsableCommand {
                         throw error
                     }
                 }
-                let after = try await client.shredTenant(tenant: tenant, confirm: tenant, destroyedVersions: destroyed)
+                let after = try await client.shredTenant(tenant: tenant, confirm: tenant, destroyedVersions: destroyed, requestID: request)
                 if json {
                     try printJSON(ShredReport(tenant: tenant, shreddedAt: after.shreddedAt, destroyedKeyVersions: destroyed, notDestroyable: undestroyable))
                 } else {

@@ -30,12 +30,17 @@ enum Exit: Int32 {
     case keyDestroyed = 11
     /// The KMS or HSM refused this client's credential (certificate, PIN, access key).
     case kmsCredentialRejected = 12
+    /// The change needs other admins' approval: a request was filed (or is still pending).
+    case approvalRequired = 13
 }
 
 /// Prints an error that names the object, the cause and the fix, and returns the exit code.
 func report(_ error: Error) -> Exit {
     let (code, text): (Exit, String)
     switch error {
+    case let e as APIError where e.code == "E_APPROVAL_REQUIRED" || e.code == "E_APPROVAL_PENDING":
+        code = .approvalRequired
+        text = e.description
     case let e as APIError:
         code = e.status == 0 && e.code == "E_CONNECT" ? .unreachable : e.isRefusal ? .refused : e.status == 404 ? .notFound
             : e.status == 422 ? .integrity : .failure
