@@ -10,7 +10,7 @@ import RedoubtStore
 
 struct MediaCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(commandName: "media", abstract: "Write and list offline media sets (tapes, files, directories).",
-                                                    subcommands: [MediaWrite.self, MediaList.self, MediaRestore.self])
+                                                    subcommands: [MediaWrite.self, MediaList.self, MediaRestore.self, MediaImportCommand.self])
 }
 
 /// Parses `123`, `64K`, `100M`, `2G`, `1T` (powers of 1024).
@@ -156,6 +156,60 @@ struct MediaRestore: AsyncParsableCommand {
             for d in result.damaged { print("  DAMAGED: \(d)") }
             if !result.damaged.isEmpty { return .integrity }
             return rep.damage.isEmpty && result.warnings.isEmpty ? .ok : .partial
+        }
+    }
+}
+
+struct MediaImportCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "import",
+        abstract: "Rebuild a server's store and catalog from a media set (disaster recovery onto a fresh repository host).",
+        discussion: """
+            Run on the new repository host with its server stopped, after `redoubt server init --data DIR`. Every pack and \
+            manifest is verified (block checksums, record hashes, then pack hashes and manifest IDs in the catalog \
+            rebuild) and locked again for at least the tenant's minimum retention. Hosts and restorers enroll anew \
+            (the new server has its own CA); the read key's wrapping comes from the media's tenant descriptor.
+            """)
+    @Option(name: .long, help: "file:PATH (repeat for each volume, in order) or dir:PATH.") var device: [String]
+    @Option(name: .long, help: "The server data directory (made by `redoubt server init`).") var data: String
+    @Flag(name: .long, help: "Read on past damaged blocks and import everything that verified.") var skipDamaged = false
+    @Flag(name: .long, help: "Print the summary as JSON.") var json = false
+
+    struct Summary: Encodable {
+        var tenant: String
+        var objects: Int
+        var alreadyThere: Int
+        var bytes: UInt64
+        var packs: Int
+        var snapshots: Int
+        var rejected: [String]
+        var damage: [String]
+    }
+
+    func run() async throws {
+        try await RedoubtCLI.run {
+            let home = ServerHome(path: data)
+            guard (try? home.settings()) != nil else { throw ValidationError("\(data) is not a Redoubt server data directory: run `redoubt server init --data \(data)` first") }
+            var logger = Logger(label: "redoubt.media-import")
+            logger.logLevel = .warning
+            FileHandle.standardError.write(Data("reading volumes…\n".utf8))
+            let progress = ProgressLine()
+            var n: UInt64 = 0
+            let s = try await MediaImport.run(home: home, source: try mediaSource(device), skipDamaged: skipDamaged, now: Date(), logger: logger) { line in
+                n += 1
+                progress.update(files: n, bytes: 0, totalBytes: nil, current: line)
+            }
+            progress.finish()
+            let out = Summary(tenant: s.tenant, objects: s.objects, alreadyThere: s.alreadyThere, bytes: s.bytes, packs: s.rebuild.packs,
+                              snapshots: s.rebuild.snapshots, rejected: s.rebuild.rejected, damage: s.damage)
+            if json { try printJSON(out) } else {
+                print("imported tenant \(s.tenant): \(s.objects) objects (\(s.alreadyThere) already there), \(formatBytes(s.bytes)); "
+                      + "catalog rebuilt: \(s.rebuild.packs) packs, \(s.rebuild.snapshots) snapshots")
+                for r in s.rebuild.rejected { print("  REJECTED: \(r)") }
+                for d in s.damage { print("  DAMAGED: \(d)") }
+                print("Next: redoubt server run --data \(data); then enroll hosts and restorers anew (`redoubt admin host add`, `restorer add`).")
+            }
+            return s.damage.isEmpty && s.rebuild.rejected.isEmpty ? .ok : .partial
         }
     }
 }
