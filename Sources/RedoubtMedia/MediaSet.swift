@@ -466,3 +466,72 @@ public final class MediaReader {
         return report
     }
 }
+
+/// What one volume says of itself, read alone (`redoubt media list` on any volume).
+public struct MediaVolumeListing: Sendable {
+    public var label: MediaLabel
+    /// The catalog of the records on this volume (§13.5), if it was readable.
+    public var volumeCatalog: MediaCatalog?
+    /// The catalog of the whole set: only on the set's last volume.
+    public var setCatalog: MediaCatalog?
+    /// Damaged blocks met while reading (checksums are checked, records are not assembled).
+    public var damage: [MediaDamage]
+    /// Other volumes that a restore of what this volume holds needs as well: neighbours
+    /// holding the rest of records that span, or, on the last volume, every volume of the set.
+    public var needsVolumes: [UInt32]
+}
+
+extension MediaReader {
+    /// Reads the first supplied volume alone, whatever its place in the set: its label,
+    /// every block's checksum, and its catalogs. Needs no other volume.
+    public func listVolume() throws(MediaError) -> MediaVolumeListing {
+        guard try source.nextVolume() else { throw MediaError(code: "E_MEDIA_MISSING", volume: 0, block: 0, detail: "no volume was supplied") }
+        let head = try source.read(MediaBlockHeader.size)
+        guard let bs = MediaBlock.announcedSize(head) else {
+            throw MediaError(code: "E_MEDIA_LABEL", volume: 0, block: 0, detail: head.isEmpty ? "volume is empty" : "no media label (unlabelled or foreign medium)")
+        }
+        let labelBlock = head + (try source.read(bs - MediaBlockHeader.size))
+        let vol = MediaBlockHeader.volumeOf(labelBlock)
+        let (lh, lp) = try MediaBlock.decode(labelBlock, volume: vol, block: 0)
+        guard lh.kind == .label, let label = try? JSONDecoder().decode(MediaLabel.self, from: Data(lp)), label.format == 1 else {
+            throw MediaError(code: "E_MEDIA_LABEL", volume: vol, block: 0, detail: "block 0 is not a v1 media label")
+        }
+        var listing = MediaVolumeListing(label: label, volumeCatalog: nil, setCatalog: nil, damage: [], needsVolumes: [])
+        var blockNo: UInt64 = 1
+        var catalogBytes: [UInt8] = []
+        while true {
+            let b = try source.read(bs)
+            if b.isEmpty { throw MediaError(code: "E_MEDIA_TRUNCATED", volume: vol, block: blockNo, detail: "volume ends before its end block (truncated volume)") }
+            let h: MediaBlockHeader, p: [UInt8]
+            do throws(MediaError) {
+                (h, p) = try MediaBlock.decode(b, volume: vol, block: blockNo)
+            } catch {
+                if !skipDamaged { throw MediaError(code: "E_MEDIA_DAMAGED", volume: vol, block: blockNo, detail: error.detail) }
+                listing.damage.append(MediaDamage(volume: vol, block: blockNo, detail: error.detail, recordSeqs: [], records: []))
+                blockNo += 1
+                continue
+            }
+            blockNo += 1
+            if h.kind == .end { break }
+            guard h.kind == .volumeCatalog || h.kind == .setCatalog else { continue }
+            if h.recordOff == 0 { catalogBytes = [] }
+            catalogBytes += p
+            if h.lastOfRecord, let r = MediaRecord.decode(catalogBytes), let cat = try? JSONDecoder().decode(MediaCatalog.self, from: Data(r.body)) {
+                if h.kind == .setCatalog { listing.setCatalog = cat } else { listing.volumeCatalog = cat }
+            }
+        }
+        var needs = Set<UInt32>()
+        for e in listing.volumeCatalog?.records ?? [] {
+            if e.startsBefore && vol > 1 { needs.insert(vol - 1) }
+            if e.endsAfter { needs.insert(vol + 1) }
+        }
+        if let n = listing.setCatalog?.volumeCount { for v in 1...max(n, 1) where v != vol { needs.insert(v) } }
+        listing.needsVolumes = needs.sorted()
+        // Name damaged records from this volume's catalog where the block falls in one.
+        for i in listing.damage.indices {
+            let blk = listing.damage[i].block
+            listing.damage[i].records = (listing.volumeCatalog?.records ?? []).filter { $0.firstBlock <= blk && blk <= $0.lastBlock }.map { "\($0.type) \($0.id)" }
+        }
+        return listing
+    }
+}
