@@ -64,7 +64,7 @@ let package = Package(
             ]
         ),
         // Offline media format (docs/FORMAT.md §13). May import RedoubtCore only.
-        .target(name: "RedoubtMedia", dependencies: ["RedoubtCore", crypto]),
+        .target(name: "RedoubtMedia", dependencies: ["RedoubtCore", "CRedoubtSys", crypto]),
         // The client: archiver, restorer, API client.
         .target(
             name: "RedoubtClient",

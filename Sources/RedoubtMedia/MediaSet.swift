@@ -186,7 +186,7 @@ public final class MediaWriter {
 
     var capacityBlocks: UInt64? { device.capacity.map { $0 / UInt64(blockSize) } }
 
-    func emit(_ kind: MediaBlockKind, _ payload: [UInt8], last: Bool, seq: UInt64, off: UInt64) throws(MediaError) {
+    func emit(_ kind: MediaBlockKind, _ payload: ArraySlice<UInt8>, last: Bool, seq: UInt64, off: UInt64) throws(MediaError) {
         let h = MediaBlockHeader(setID: setID, volumeSeq: volume, blockSeq: block, kind: kind, lastOfRecord: last,
                                  payloadLen: UInt32(payload.count), recordSeq: seq, recordOff: off)
         try device.write(try MediaBlock.encode(h, payload: payload, blockSize: blockSize))
@@ -206,7 +206,7 @@ public final class MediaWriter {
         try device.beginVolume(volume)
         var label = labelBase
         label.volumeSeq = volume
-        try emit(.label, jsonBytes(label), last: true, seq: 0, off: 0)
+        try emit(.label, jsonBytes(label)[...], last: true, seq: 0, off: 0)
         if let cap = capacityBlocks, cap < 1 + 1 + reserve(extraEntries: 1) {
             throw MediaError(code: "E_MEDIA_LIMIT", volume: volume, block: 0,
                              detail: "capacity of \(cap) blocks cannot hold a data block and the catalogs; raise --capacity")
@@ -218,7 +218,7 @@ public final class MediaWriter {
         var off = 0
         repeat {
             let n = min(room, bytes.count - off)
-            try emit(kind, Array(bytes[off..<(off + n)]), last: off + n == bytes.count, seq: 0, off: UInt64(off))
+            try emit(kind, bytes[off..<(off + n)], last: off + n == bytes.count, seq: 0, off: UInt64(off))
             off += n
         } while off < bytes.count
     }
@@ -260,7 +260,7 @@ public final class MediaWriter {
             let last = off + n == bytes.count
             volumeEntries[volumeEntries.count - 1].lastBlock = block
             allEntries[allEntries.count - 1].lastBlock = block
-            try emit(.data, Array(bytes[off..<(off + n)]), last: last, seq: recordSeq, off: UInt64(off))
+            try emit(.data, bytes[off..<(off + n)], last: last, seq: recordSeq, off: UInt64(off))
             off += n
             if last { return }
         }
@@ -405,8 +405,9 @@ public final class MediaReader {
                     skipUntilSeqEnds = nil
                     if h.recordOff == 0 {
                         partial = (h.recordSeq, p)
-                    } else if let pp = partial, pp.seq == h.recordSeq, UInt64(pp.bytes.count) == h.recordOff {
-                        partial = (pp.seq, pp.bytes + p)
+                    } else if partial?.seq == h.recordSeq, UInt64(partial?.bytes.count ?? -1) == h.recordOff {
+                        // In place: `pp.bytes + p` would copy the whole record so far, per block.
+                        partial?.bytes.append(contentsOf: p)
                     } else if reported.contains(h.recordSeq) {
                         if h.lastOfRecord { lastSeq = h.recordSeq }
                         continue
