@@ -38,7 +38,7 @@ public struct AWSKMSKeyProvider: KeyProvider {
     }
 
     /// A provider for `keyID` in `region`. `credentials` nil means the standard AWS chain.
-    public init(region: String, keyID: String, endpoint: URL? = nil, credentials: AWSCredentials? = nil, http: HTTPClient = .shared) throws(KeyProviderError) {
+    public init(region: String, keyID: String, endpoint: URL? = nil, credentials: AWSCredentials? = nil, http: HTTPClient = AWSKMSKeyProvider.defaultHTTPClient) throws(KeyProviderError) {
         // Why: the region goes into a host name and the signature scope; refuse anything odd.
         guard !region.isEmpty, region.allSatisfy({ $0.isASCII && ($0.isLowercase || $0.isNumber || $0 == "-") }) else {
             throw .malformed("AWS KMS provider URI: region \(region.debugDescription) is not a region name like us-east-1: awskms://REGION/KEY-ID")
@@ -66,7 +66,7 @@ public struct AWSKMSKeyProvider: KeyProvider {
     }
 
     /// Parses an `awskms://` URI. `credentials` nil means the standard AWS chain.
-    public init(uri: String, credentials: AWSCredentials? = nil, http: HTTPClient = .shared) throws(KeyProviderError) {
+    public init(uri: String, credentials: AWSCredentials? = nil, http: HTTPClient = AWSKMSKeyProvider.defaultHTTPClient) throws(KeyProviderError) {
         guard uri.hasPrefix("awskms://") else { throw .unknownProvider(uri) }
         var rest = Substring(uri.dropFirst("awskms://".count))
         var endpoint: URL? = nil
@@ -168,6 +168,17 @@ public struct AWSKMSKeyProvider: KeyProvider {
 
     // MARK: The JSON API
 
+    /// The process-wide client for KMS calls. Unlike `HTTPClient.shared` it does not keep
+    /// re-trying a refused connection until the request's deadline: a KMS that is down is
+    /// reported after ``call(_:_:key:)``'s own few attempts, within seconds. It lives for
+    /// the whole process and is never shut down.
+    public static let defaultHTTPClient: HTTPClient = {
+        var configuration = HTTPClient.Configuration()
+        configuration.timeout = .init(connect: .seconds(10))
+        configuration.connectionPool.retryConnectionEstablishment = false
+        return HTTPClient(eventLoopGroup: HTTPClient.defaultEventLoopGroup, configuration: configuration)
+    }()
+
     func inRegion(_ other: String) throws(KeyProviderError) -> AWSKMSKeyProvider {
         other == region ? self : try AWSKMSKeyProvider(region: other, keyID: keyID, endpoint: endpointOverride, credentials: credentials, http: http)
     }
@@ -223,9 +234,12 @@ public struct AWSKMSKeyProvider: KeyProvider {
                 status = Int(response.status.code)
                 answer = Array(try await response.body.collect(upTo: 1 << 20).readableBytesView)
             } catch {
+                let timedOut = (error as? HTTPClientError).map { $0 == .deadlineExceeded || $0 == .readTimeout } ?? false
                 // Why: no answer means the KMS may be down or firewalled; backups go on
                 // without it, and only restores and key changes wait for it.
                 lastFailure = .unreachable(provider: uri, detail: "cannot reach \(url.absoluteString) (\(Self.describe(error))): check the region, the endpoint and this host's network; backups continue meanwhile")
+                // A request that timed out may still be at work in the KMS: do not pile on.
+                if timedOut { throw lastFailure }
                 continue
             }
             defer { zero(&answer) }
