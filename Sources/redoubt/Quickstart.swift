@@ -60,7 +60,6 @@ struct Quickstart {
     }
 
     func scenario(root: URL, adminPath: String) async throws -> Exit {
-        let admin = try APIClient(credential: loadCredential(adminPath))
         // The passphrase that wraps the read key: from the environment, or made here.
         let passFile = root.appendingPathComponent("passphrase")
         if ProcessInfo.processInfo.environment["REDOUBT_PASSPHRASE"] == nil {
@@ -72,6 +71,9 @@ struct Quickstart {
         step("tenant create quickstart (read key X-Wing, wrapped by \(provider is PassphraseKeyProvider ? "passphrase: scrypt" : "a KEK held by \(provider.uri.prefix { $0 != ":" })"))")
         let keys = try TenantKeys.generate()
         let wrapped = try await provider.wrap(keys.readKey, context: KeyContext(tenant: "quickstart", keyVersion: 1))
+        // The admin client comes after the key provider, so a KMS error is reported rather
+        // than tripping AsyncHTTPClient's shutdown-before-deinit assertion.
+        let admin = try APIClient(credential: loadCredential(adminPath))
         _ = try await admin.createTenant(Wire.CreateTenantRequest(
             name: "quickstart", readPublicKey: Data(keys.readKey.publicKey.rawRepresentation).base64EncodedString(),
             writeMaterial: keys.sharedWriteMaterial.encode().withUnsafeBytes { Data($0).base64EncodedString() },
