@@ -196,7 +196,7 @@ public struct AWSKMSKeyProvider: KeyProvider {
         if let c = self.credentials { credentials = c } else {
             do { credentials = try AWSCredentials.standard() } catch {
                 // Why: the message names the variables and file, never a value.
-                throw .secretMissing(provider: uri, how: "\(error) (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, optional AWS_SESSION_TOKEN; or AWS_SHARED_CREDENTIALS_FILE / ~/.aws/credentials under AWS_PROFILE)")
+                throw .secretMissing(provider: uri, how: "\(error) in the environment of this command")
             }
         }
         var payload: [UInt8]
