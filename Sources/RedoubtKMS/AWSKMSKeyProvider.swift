@@ -127,7 +127,7 @@ public struct AWSKMSKeyProvider: KeyProvider {
         guard var plain = (answer["Plaintext"] as? String).flatMap({ Data(base64Encoded: $0) }) else {
             throw KeyProviderError.kmsProtocol(provider: uri, detail: "Decrypt answer lacks Plaintext")
         }
-        defer { plain.withUnsafeMutableBytes { $0.initializeMemory(as: UInt8.self, repeating: 0) } }
+        defer { plain.resetBytes(in: plain.startIndex..<plain.endIndex) }
         guard plain.count == 32 else {
             throw KeyProviderError.keyMismatch(provider: uri, readKeyID: wrapped.readKeyID)
         }
@@ -196,7 +196,7 @@ public struct AWSKMSKeyProvider: KeyProvider {
         if let c = self.credentials { credentials = c } else {
             do { credentials = try AWSCredentials.standard() } catch {
                 // Why: the message names the variables and file, never a value.
-                throw .secretMissing(provider: uri, how: "\(error) in the environment of this command")
+                throw .secretMissing(provider: uri, how: "\(error)")
             }
         }
         var payload: [UInt8]
