@@ -205,14 +205,6 @@ public struct AWSKMSKeyProvider: KeyProvider {
         }
         defer { zero(&payload) }
         let url = endpoint
-        var host = url.host ?? ""
-        if host.contains(":") { host = "[\(host)]" }
-        if let port = url.port { host += ":\(port)" }
-        let path = url.path.isEmpty ? "/" : url.path
-        let signer = SigV4Signer(credentials: credentials, region: region, service: "kms")
-        let headers: [(name: String, value: String)] = [
-            ("host", host), ("content-type", "application/x-amz-json-1.1"), ("x-amz-target", "TrentService.\(operation)"),
-        ]
         var lastFailure: KeyProviderError = .unreachable(provider: uri, detail: "no attempt made")
         for attempt in 0..<3 {
             if attempt > 0 {
@@ -220,12 +212,11 @@ public struct AWSKMSKeyProvider: KeyProvider {
                     throw .unreachable(provider: uri, detail: "cancelled")
                 }
             }
-            let request = SigV4Request(method: "POST", encodedPath: path, headers: headers, payloadHash: SigV4Signer.hexSHA256(payload))
-            var http = HTTPClientRequest(url: "\(url.scheme ?? "https")://\(host)\(path)")
+            let signed = signedRequest(operation, payload: payload, credentials: credentials, at: Date())
+            var http = HTTPClientRequest(url: signed.url)
             http.method = .POST
-            for (n, v) in headers + signer.sign(request, at: Date(), includeContentHash: false) where n != "host" {
-                http.headers.add(name: n, value: v)
-            }
+            // AsyncHTTPClient writes the same Host header the signature covers.
+            for (n, v) in signed.headers where n != "host" { http.headers.add(name: n, value: v) }
             http.body = .bytes(ByteBuffer(bytes: payload))
             let status: Int
             var answer: [UInt8]
@@ -256,6 +247,22 @@ public struct AWSKMSKeyProvider: KeyProvider {
             throw error
         }
         throw lastFailure
+    }
+
+    /// The URL and headers (with `host`, which the HTTP client sets itself) of one
+    /// `TrentService.<operation>` POST carrying `payload`, signed with SigV4 for `kms`.
+    func signedRequest(_ operation: String, payload: [UInt8], credentials: AWSCredentials, at date: Date) -> (url: String, headers: [(name: String, value: String)]) {
+        let url = endpoint
+        var host = url.host ?? ""
+        if host.contains(":") { host = "[\(host)]" }
+        if let port = url.port { host += ":\(port)" }
+        let path = url.path.isEmpty ? "/" : url.path
+        let headers: [(name: String, value: String)] = [
+            ("host", host), ("content-type", "application/x-amz-json-1.1"), ("x-amz-target", "TrentService.\(operation)"),
+        ]
+        let request = SigV4Request(method: "POST", encodedPath: path, headers: headers, payloadHash: SigV4Signer.hexSHA256(payload))
+        let signer = SigV4Signer(credentials: credentials, region: region, service: "kms")
+        return ("\(url.scheme ?? "https")://\(host)\(path)", headers + signer.sign(request, at: date, includeContentHash: false))
     }
 
     /// Maps a KMS error answer to a ``KeyProviderError``.

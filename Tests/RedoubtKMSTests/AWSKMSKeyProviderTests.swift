@@ -9,8 +9,8 @@ import Testing
 ///
 /// LocalStack checks no signatures, so a rejected credential (AccessDenied,
 /// UnrecognizedClient, InvalidSignature) cannot be produced here; that mapping is covered
-/// only by `classifiesKMSErrorTypes`, which feeds the error bodies AWS documents. Nothing
-/// here fakes a KMS.
+/// only by `classifiesKMSErrorTypes`, which feeds the error bodies AWS documents, and the
+/// signature itself by `signsTheJSONRequestAsAWSExpects`. Nothing here fakes a KMS.
 @Suite(.serialized) struct AWSKMSKeyProviderTests {
     /// Test credentials passed explicitly: suites run in parallel and must not setenv.
     static let secret = "redoubt-test-secret-\(UUID().uuidString)"
@@ -182,6 +182,26 @@ import Testing
         #expect(throws: KeyProviderError.self) { try AWSKMSKeyProvider(uri: "awskms://evil.example.com%2F/k") }
         #expect(throws: KeyProviderError.self) { try AWSKMSKeyProvider(uri: "awskms://us-east-1/k?secret=x") }
         #expect(throws: KeyProviderError.self) { try AWSKMSKeyProvider(uri: "awskms://us-east-1/k?endpoint=ftp://127.0.0.1") }
+    }
+
+    /// LocalStack does not check signatures, so the request's signature is checked here
+    /// against a vector computed independently with botocore 1.x's SigV4Auth (service
+    /// `kms`, region eu-central-1, AWS's documented example key, 2026-11-27T00:00:00Z).
+    @Test func signsTheJSONRequestAsAWSExpects() throws {
+        let kms = try AWSKMSKeyProvider(uri: "awskms://eu-central-1/alias/redoubt")
+        let credentials = AWSCredentials(accessKeyID: "AKIDEXAMPLE", secretAccessKey: "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY")
+        let body = Array(#"{"KeyId":"alias/redoubt","Plaintext":"AAECAw=="}"#.utf8)
+        let signed = kms.signedRequest("Encrypt", payload: body, credentials: credentials, at: Date(timeIntervalSince1970: 1_795_737_600))
+        #expect(signed.url == "https://kms.eu-central-1.amazonaws.com/")
+        let headers = Dictionary(signed.headers.map { ($0.name.lowercased(), $0.value) }, uniquingKeysWith: { $1 })
+        #expect(headers["host"] == "kms.eu-central-1.amazonaws.com")
+        #expect(headers["x-amz-target"] == "TrentService.Encrypt")
+        #expect(headers["content-type"] == "application/x-amz-json-1.1")
+        #expect(headers["x-amz-date"] == "20261127T000000Z")
+        #expect(headers["x-amz-content-sha256"] == nil)
+        #expect(headers["authorization"] == "AWS4-HMAC-SHA256 Credential=AKIDEXAMPLE/20261127/eu-central-1/kms/aws4_request, "
+            + "SignedHeaders=content-type;host;x-amz-date;x-amz-target, Signature=fc2b789d896b3162f0a69d52612e6bfff18ab5aea7dbcdf5b6561152c441fe43")
+        #expect(!signed.headers.contains { $0.value.contains("wJalrXUtnFEMI") })
     }
 
     @Test func classifiesKMSErrorTypes() {
