@@ -131,7 +131,7 @@ public struct AWSKMSKeyProvider: KeyProvider {
         guard plain.count == 32 else {
             throw KeyProviderError.keyMismatch(provider: uri, readKeyID: wrapped.readKeyID)
         }
-        let key = try plain.withUnsafeBytes { try ReadPrivateKey(seed: SecretBytes(copying: Array($0))) }
+        let key = try ReadPrivateKey(seed: SecretBytes(copying: plain))
         return try checkUnwrapped(key, wrapped)
     }
 
