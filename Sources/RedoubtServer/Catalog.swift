@@ -71,6 +71,16 @@ public final class Catalog: Sendable {
         try Self.migrator.migrate(db)
     }
 
+    /// Opens an existing catalog read-only, without migrating it: for `doctor`, which may
+    /// run as another user than the service and must create no file the service then
+    /// cannot open.
+    public init(readOnlyPath path: String) throws {
+        var config = Configuration()
+        config.busyMode = .timeout(10)
+        config.readonly = true
+        db = try DatabasePool(path: path, configuration: config)
+    }
+
     static var migrator: DatabaseMigrator {
         var m = DatabaseMigrator()
         m.registerMigration("v1") { db in
