@@ -94,7 +94,6 @@ public struct Doctor: Sendable {
     /// Every check, in `checkIDs` order.
     public func run() -> [DoctorCheck] {
         let catalog = openCatalog()
-        defer { if case .open = catalog { restoreCatalogSidecars() } }
         let host = [checkPrivate(), checkLocalFilesystem(), checkNFSExport(), checkSambaShare(), checkImmutableFlag(), checkImmutableCapability(),
                     checkExcessCapabilities(), checkDomainJoin(), checkSSHPassword(), checkSSHRoot(), checkTimeSync()]
         let standIns = host.filter { ["domain.joined", "ssh.password", "ssh.root"].contains($0.id) }
@@ -403,26 +402,14 @@ public struct Doctor: Sendable {
 
     enum CatalogState { case missing, failed(String), open(Catalog) }
 
+    /// Opens the catalog read-only. SQLite still creates `-wal`/`-shm` beside a WAL
+    /// database; running as root it gives them the database file's owner, so a doctor run
+    /// by root leaves the service user able to open its catalog (test
+    /// `readingTheCatalogAsRootLeavesItUsableByTheServiceUser`).
     func openCatalog() -> CatalogState {
         let path = realDataDir + "/catalog.sqlite"
         guard FileManager.default.fileExists(atPath: path) else { return .missing }
         do { return .open(try Catalog(readOnlyPath: path)) } catch { return .failed("\(error)") }
-    }
-
-    /// SQLite creates `-wal` and `-shm` beside a WAL database even for a read-only
-    /// connection; made by root, they would lock the service user out of its own catalog.
-    /// Gives them the catalog's owner, group and mode.
-    func restoreCatalogSidecars() {
-        let path = realDataDir + "/catalog.sqlite"
-        var st = stat()
-        guard stat(path, &st) == 0 else { return }
-        for suffix in ["-wal", "-shm"] {
-            var s = stat()
-            let p = path + suffix
-            guard lstat(p, &s) == 0, s.st_mode & S_IFMT == S_IFREG else { continue }
-            if s.st_uid != st.st_uid || s.st_gid != st.st_gid { _ = chown(p, st.st_uid, st.st_gid) }
-            if s.st_mode & 0o7777 != st.st_mode & 0o666 { _ = chmod(p, st.st_mode & 0o666) }
-        }
     }
 
     func noCatalog(_ id: String, _ state: CatalogState) -> DoctorCheck? {
