@@ -68,6 +68,9 @@ public final class Catalog: Sendable {
         var config = Configuration()
         config.busyMode = .timeout(10)
         db = try DatabasePool(path: path, configuration: config)
+        // Why: SQLite creates the file and its -wal/-shm 0644; the catalog holds write
+        // material and the audit log, readable by the service user only (doctor: data.private).
+        for suffix in ["", "-wal", "-shm"] { _ = chmod(path + suffix, 0o600) }
         try Self.migrator.migrate(db)
     }
 

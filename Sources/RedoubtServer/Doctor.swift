@@ -124,13 +124,13 @@ public struct Doctor: Sendable {
         }
         let owner = st.st_uid
         var problems: [String] = [], loose: [String] = []
-        if st.st_mode & 0o077 != 0 { problems.append("\(dir) is mode \(String(st.st_mode & 0o7777, radix: 8)), open to group or others") }
+        if st.st_mode & 0o077 != 0 { problems.append("\(dir) is mode \(Self.octal(st.st_mode)), open to group or others") }
         // Why each entry: a readable key or catalog leaks the CA key, the write material or the audit log.
         for name in ["server.json", "catalog.sqlite", "catalog.sqlite-wal", "catalog.sqlite-shm", "admin.credential", "tls", "tls/ca.key", "tls/server.key", "store"] {
             var e = stat()
             guard lstat(dir + "/" + name, &e) == 0 else { continue }
             // Inside a 0700 directory a looser entry is reachable only if the directory opens up: warn.
-            if e.st_mode & 0o077 != 0 { loose.append("\(name) is mode \(String(e.st_mode & 0o7777, radix: 8))") }
+            if e.st_mode & 0o077 != 0 { loose.append("\(name) is mode \(Self.octal(e.st_mode))") }
             if e.st_uid != owner { problems.append("\(name) is owned by uid \(e.st_uid), not the directory's owner uid \(owner)") }
         }
         // Why ancestors: whoever may write a parent can rename the data directory and put another in its place.
@@ -138,7 +138,7 @@ public struct Doctor: Sendable {
         while !parent.isEmpty {
             var p = stat()
             if stat(parent, &p) == 0, p.st_mode & 0o022 != 0, p.st_mode & S_ISVTX == 0 {
-                problems.append("the parent \(parent) is writable by group or others (mode \(String(p.st_mode & 0o7777, radix: 8)))")
+                problems.append("the parent \(parent) is writable by group or others (mode \(Self.octal(p.st_mode)))")
             }
             if parent == "/" { break }
             parent = (parent as NSString).deletingLastPathComponent
@@ -157,8 +157,10 @@ public struct Doctor: Sendable {
             return DoctorCheck(id: id, status: .warn, summary: "\(dir) is private (mode 0700) but owned by root: the service runs as root",
                                fix: "useradd --system --shell /usr/sbin/nologin redoubt; chown -R redoubt: \(dir); run the service as that user (contrib/redoubt-server.service)")
         }
-        return DoctorCheck(id: id, status: .pass, summary: "\(dir) is mode \(String(st.st_mode & 0o7777, radix: 8)), owned by \(user) (uid \(owner)), contents private")
+        return DoctorCheck(id: id, status: .pass, summary: "\(dir) is mode \(Self.octal(st.st_mode)), owned by \(user) (uid \(owner)), contents private")
     }
+
+    static func octal(_ mode: mode_t) -> String { String(format: "%04o", Int(mode & 0o7777)) }
 
     static func userName(_ uid: uid_t) -> String {
         guard let pw = getpwuid(uid) else { return "uid \(uid)" }
@@ -395,7 +397,8 @@ public struct Doctor: Sendable {
         if let td, td["NTPSynchronized"] == "no" {
             return DoctorCheck(id: id, status: .warn, summary: "\(found.joined(separator: ", ")), but timedatectl says the clock is not synchronised yet", fix: "check `chronyc tracking` or `timedatectl timesync-status`")
         }
-        return DoctorCheck(id: id, status: .pass, summary: found.joined(separator: ", "))
+        let unseen = running.isEmpty && td == nil ? " (not seen running: no timedatectl answer, no chrony pid file, no timesyncd sync flag)" : ""
+        return DoctorCheck(id: id, status: .pass, summary: found.joined(separator: ", ") + unseen)
     }
 
     // MARK: catalog-based checks
