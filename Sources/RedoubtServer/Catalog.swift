@@ -179,6 +179,18 @@ public final class Catalog: Sendable {
         }
     }
 
+    /// Sets a principal's reported OS; returns the previous value (itself optional) when it
+    /// changed, nil when it was already `os`.
+    public func updatePrincipalOS(id: String, os: String) throws -> String?? {
+        try db.write { db in
+            guard let row = try Row.fetchOne(db, sql: "SELECT os FROM principals WHERE id = ?", arguments: [id]) else { return nil }
+            let previous: String? = row["os"]
+            guard previous != os else { return nil }
+            try db.execute(sql: "UPDATE principals SET os = ? WHERE id = ?", arguments: [os, id])
+            return .some(previous)
+        }
+    }
+
     /// The active principal whose client certificate has this fingerprint.
     public func principal(fingerprint: String) throws -> Principal? {
         try db.read { db in

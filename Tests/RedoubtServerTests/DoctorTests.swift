@@ -1,5 +1,6 @@
 import Foundation
 import Testing
+import RedoubtClient
 import RedoubtCore
 @testable import RedoubtServer
 
@@ -414,5 +415,39 @@ final class DoctorFixture {
             #expect(st.st_uid == DoctorFixture.nobody, "catalog.sqlite\(s) left owned by uid \(st.st_uid)")
         }
         #expect(seen >= 1)
+    }
+}
+
+/// The OS a host reports at enrollment and with each backup reaches the catalog (and so
+/// `hosts.os`), over the real API.
+@Suite(.serialized) struct HostOSReportTests {
+    @Test func backupsReportTheHostOSAndChangesAreAudited() async throws {
+        let server = try await TestServer.start()
+        let keys = try TenantKeys.generate()
+        try await server.createTenant("acme", keys: keys)
+        let (cfg, writer) = try await server.enroll(tenant: "acme", role: "writer", name: "web1")
+        var failure: (any Error)?
+        do { try await reportAndCheck(server, cfg, writer) } catch { failure = error }
+        await writer.shutdown()
+        await server.stop()
+        if let failure { throw failure }
+    }
+
+    func reportAndCheck(_ server: TestServer, _ cfg: ClientConfig, _ writer: APIClient) async throws {
+        #expect(try server.service.catalog.enrolledHostSystems().map(\.os) == ["Test OS 1"])
+        let (packs, manifest) = try makeSnapshot(keys: try cfg.writeKeySet(), files: [("a", [1, 2, 3])])
+        for p in packs { _ = try await writer.uploadPack(id: p.id, bytes: p.bytes) }
+        _ = try await writer.commit(manifestBytes: manifest.bytes)
+        let reported = try #require(APIClient.hostOS)
+        #expect(try server.service.catalog.enrolledHostSystems().map(\.os) == [reported])
+        let changes = try server.service.catalog.auditRecords().filter { $0.action == "host-os" }
+        #expect(changes.count == 1)
+        #expect(changes.first?.detail == "was Test OS 1, now \(reported)")
+        // A hostile value (here: over the 128-byte limit; HTTP clients refuse control
+        // characters before they are sent) is dropped, not stored.
+        let (p2, m2) = try makeSnapshot(keys: try cfg.writeKeySet(), files: [("b", [4, 5, 6])], time: 1_800_000_100)
+        for p in p2 { _ = try await writer.uploadPack(id: p.id, bytes: p.bytes) }
+        _ = try await writer.send(.POST, "/v1/snapshots", body: m2.bytes, headers: [(Wire.hostOSHeader, String(repeating: "A", count: 300))])
+        #expect(try server.service.catalog.enrolledHostSystems().map(\.os) == [reported])
     }
 }
