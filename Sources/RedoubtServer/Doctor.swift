@@ -206,13 +206,40 @@ public struct Doctor: Sendable {
         return DoctorCheck(id: id, status: .pass, summary: read == 0 ? "no NFS export tables on this host" : "no NFS export holds \(dir) (\(read) export tables read)")
     }
 
-    /// `data.smb-share`: no Samba share's `path` holds or lies in the data directory.
+    /// smb.conf with each `include = /absolute/file` line replaced by that file (four
+    /// levels deep; includes with `%` macros cannot be resolved here and are skipped).
+    func sambaConfig(_ path: String = "/etc/samba/smb.conf", depth: Int = 0) -> String? {
+        guard depth < 4, let text = files.read(path) else { return nil }
+        return text.split(separator: "\n", omittingEmptySubsequences: false).map { raw -> String in
+            let line = raw.trimmingCharacters(in: .whitespaces)
+            guard let eq = line.firstIndex(of: "="), line[..<eq].lowercased().filter({ !$0.isWhitespace }) == "include" else { return String(raw) }
+            let target = line[line.index(after: eq)...].trimmingCharacters(in: .whitespaces)
+            guard target.hasPrefix("/"), !target.contains("%") else { return String(raw) }
+            return sambaConfig(target, depth: depth + 1) ?? ""
+        }.joined(separator: "\n")
+    }
+
+    /// `data.smb-share`: no Samba share's `path` (smb.conf, its includes, and user shares
+    /// in /var/lib/samba/usershares) holds or lies in the data directory.
     public func checkSambaShare() -> DoctorCheck {
         let id = "data.smb-share"
         let dir = realDataDir
-        guard let text = files.read("/etc/samba/smb.conf") else { return DoctorCheck(id: id, status: .pass, summary: "no /etc/samba/smb.conf: no Samba shares") }
-        let conf = INIConfig.parse(text)
         var hits: [String] = []
+        for name in files.list("/var/lib/samba/usershares") {
+            guard let text = files.read("/var/lib/samba/usershares/" + name) else { continue }
+            for line in text.split(separator: "\n") where line.hasPrefix("path=") {
+                let p = String(line.dropFirst(5))
+                if PathRelation.overlaps(p, dir) { hits.append("user share \(name) path=\(p)") }
+            }
+        }
+        guard let text = sambaConfig() else {
+            if !hits.isEmpty {
+                return DoctorCheck(id: id, status: .fail, summary: "\(dir) is inside a Samba share: \(hits.joined(separator: ", "))",
+                                   fix: "`net usershare delete NAME` for each share named")
+            }
+            return DoctorCheck(id: id, status: .pass, summary: "no /etc/samba/smb.conf: no Samba shares")
+        }
+        let conf = INIConfig.parse(text)
         for s in conf.sections where s.name.lowercased() != "global" {
             if let p = s.value("path"), p.hasPrefix("/"), PathRelation.overlaps(p, dir) { hits.append("[\(s.name)] path = \(p)") }
         }
@@ -262,10 +289,13 @@ public struct Doctor: Sendable {
             return DoctorCheck(id: id, status: .warn, summary: "no CapEff line in \(files.resolve("/proc/self/status"))", fix: "run doctor where /proc is mounted")
         }
         let extra = CapabilitySet(bits: caps.bits & ~(UInt64(1) << 9) & ~(UInt64(1) << 10))
-        if extra.bits == 0 { return DoctorCheck(id: id, status: .pass, summary: "this process holds no capability beyond \(caps.names.isEmpty ? "none" : caps.names.joined(separator: ", "))") }
+        if extra.bits == 0 {
+            return DoctorCheck(id: id, status: .pass, summary: caps.names.isEmpty ? "this process holds no capabilities" : "this process holds only \(caps.names.joined(separator: ", "))")
+        }
         let names = extra.names
         // Why warn: cap_sys_admin or cap_dac_override lets a compromised server read or rewrite anything on the host.
-        let what = names.count > 20 ? "\(names.count + (caps.has(9) ? 1 : 0)) capabilities (the full root set, including cap_sys_admin)" : names.joined(separator: ", ")
+        let what = names.count > 20
+            ? "\(caps.names.count) capabilities (nearly the full root set\(caps.has(21) ? ", including cap_sys_admin" : ""))" : names.joined(separator: ", ")
         return DoctorCheck(id: id, status: .warn, summary: "this process holds more than it needs: \(what)",
                            fix: "run the service as a dedicated user with CapabilityBoundingSet=CAP_LINUX_IMMUTABLE and AmbientCapabilities=CAP_LINUX_IMMUTABLE")
     }
@@ -283,7 +313,7 @@ public struct Doctor: Sendable {
             if let d = c.section("sssd")?.value("domains"), !d.isEmpty { evidence.append("\(f): domains = \(d)") }
             for s in c.sections where s.name.lowercased().hasPrefix("domain/") { evidence.append("\(f): [\(s.name)]") }
         }
-        if let text = files.read("/etc/samba/smb.conf"), let g = INIConfig.parse(text).section("global") {
+        if let text = sambaConfig(), let g = INIConfig.parse(text).section("global") {
             if let sec = g.value("security")?.lowercased(), sec == "ads" || sec == "domain" { evidence.append("/etc/samba/smb.conf: security = \(sec)") }
         }
         if let text = files.read("/etc/nsswitch.conf") {

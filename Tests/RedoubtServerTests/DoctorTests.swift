@@ -188,6 +188,15 @@ final class DoctorFixture {
         let c = f.doctor().checkSambaShare()
         #expect(c.status == .fail)
         #expect(c.summary.contains("[everything]"))
+        // A share in an included file, and a user share, count as well.
+        let g = try DoctorFixture()
+        try g.write("/etc/samba/smb.conf", "[global]\n  include = /etc/samba/shares.conf\n")
+        #expect(g.doctor().checkSambaShare().status == .pass)
+        try g.write("/etc/samba/shares.conf", "[data]\n  path = \(g.data)/store\n")
+        #expect(g.doctor().checkSambaShare().status == .fail)
+        let h = try DoctorFixture()
+        try h.write("/var/lib/samba/usershares/backup", "#VERSION 2\npath=\(h.base)/srv\ncomment=\nusershare_acl=S-1-1-0:F\nguest_ok=n\n")
+        #expect(h.doctor().checkSambaShare().status == .fail)
     }
 
     @Test func immutableProbeRunsForReal() throws {
@@ -211,7 +220,7 @@ final class DoctorFixture {
         #expect(admin.status == .warn)
         #expect(admin.summary.contains("cap_sys_admin"))
         try f.write("/proc/self/status", "CapEff:\t000001ffffffffff\n")
-        #expect(f.doctor().checkExcessCapabilities().summary.contains("full root set"))
+        #expect(f.doctor().checkExcessCapabilities().summary.contains("41 capabilities (nearly the full root set, including cap_sys_admin)"))
     }
 
     @Test func domainMembershipFails() throws {
