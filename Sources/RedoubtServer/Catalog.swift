@@ -74,9 +74,9 @@ public final class Catalog: Sendable {
         try Self.migrator.migrate(db)
     }
 
-    /// Opens an existing catalog read-only, without migrating it: for `doctor`, which may
-    /// run as another user than the service and must create no file the service then
-    /// cannot open.
+    /// Opens an existing catalog read-only, without migrating it: for `doctor`, which must
+    /// not change what it inspects. (SQLite may still create `-wal`/`-shm`; run as root,
+    /// it gives them the database file's owner, so the service can still open them.)
     public init(readOnlyPath path: String) throws {
         var config = Configuration()
         config.busyMode = .timeout(10)
