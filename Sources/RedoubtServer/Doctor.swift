@@ -271,14 +271,22 @@ public struct Doctor: Sendable {
 
     func effectiveCapabilities() -> CapabilitySet? { files.read("/proc/self/status").flatMap(CapabilitySet.effective(status:)) }
 
+    /// Said beside the capability checks when doctor runs as another user than the one
+    /// that owns the data directory: then they describe this run, not the service.
+    var otherUserNote: String {
+        var st = stat()
+        guard stat(realDataDir, &st) == 0, st.st_uid != geteuid() else { return "" }
+        return "; doctor runs as uid \(geteuid()) but the data directory belongs to uid \(st.st_uid): run it as the service runs to check the service's own capabilities"
+    }
+
     /// `caps.immutable`: this process holds CAP_LINUX_IMMUTABLE (bit 9 of CapEff).
     public func checkImmutableCapability() -> DoctorCheck {
         let id = "caps.immutable"
         guard let caps = effectiveCapabilities() else {
             return DoctorCheck(id: id, status: .warn, summary: "no CapEff line in \(files.resolve("/proc/self/status"))", fix: "run doctor where /proc is mounted")
         }
-        if caps.has(CapabilitySet.linuxImmutable) { return DoctorCheck(id: id, status: .pass, summary: "this process holds cap_linux_immutable") }
-        return DoctorCheck(id: id, status: .fail, summary: "this process lacks cap_linux_immutable (CapEff \(String(caps.bits, radix: 16))): it cannot seal packs",
+        if caps.has(CapabilitySet.linuxImmutable) { return DoctorCheck(id: id, status: .pass, summary: "this process holds cap_linux_immutable" + otherUserNote) }
+        return DoctorCheck(id: id, status: .fail, summary: "this process lacks cap_linux_immutable (CapEff \(String(caps.bits, radix: 16))): it cannot seal packs" + otherUserNote,
                            fix: "run the service with AmbientCapabilities=CAP_LINUX_IMMUTABLE (contrib/redoubt-server.service); run doctor the same way")
     }
 
@@ -296,7 +304,7 @@ public struct Doctor: Sendable {
         // Why warn: cap_sys_admin or cap_dac_override lets a compromised server read or rewrite anything on the host.
         let what = names.count > 20
             ? "\(caps.names.count) capabilities (nearly the full root set\(caps.has(21) ? ", including cap_sys_admin" : ""))" : names.joined(separator: ", ")
-        return DoctorCheck(id: id, status: .warn, summary: "this process holds more than it needs: \(what)",
+        return DoctorCheck(id: id, status: .warn, summary: "this process holds more than it needs: \(what)" + otherUserNote,
                            fix: "run the service as a dedicated user with CapabilityBoundingSet=CAP_LINUX_IMMUTABLE and AmbientCapabilities=CAP_LINUX_IMMUTABLE")
     }
 
