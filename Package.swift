@@ -59,7 +59,7 @@ let package = Package(
         .target(
             name: "RedoubtServer",
             dependencies: [
-                "RedoubtCore", "RedoubtStore", "RedoubtMedia", crypto, x509, asn1, nio, nioPosix, nioSSL, logging,
+                "RedoubtCore", "RedoubtStore", "RedoubtMedia", "RedoubtAWS", crypto, x509, asn1, nio, nioPosix, nioSSL, logging,
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "HummingbirdCore", package: "hummingbird"),
                 .product(name: "HummingbirdTLS", package: "hummingbird"),

@@ -145,6 +145,22 @@ public final class APIClient: Sendable {
                        body: Wire.ShredRequest(confirm: confirm, destroyedVersions: destroyedVersions, requestID: requestID, check: check ? true : nil))
     }
 
+    // MARK: copy targets
+
+    public func addCopyTarget(_ req: Wire.AddCopyTargetRequest) async throws -> Wire.CopyTargetInfo {
+        try await json(Wire.CopyTargetInfo.self, .POST, "/v1/copy-targets", body: req)
+    }
+
+    public func copyTargets() async throws -> [Wire.CopyTargetInfo] { try await json([Wire.CopyTargetInfo].self, .GET, "/v1/copy-targets") }
+
+    public func removeCopyTarget(id: String, requestID: String?) async throws -> [Wire.CopyTargetInfo] {
+        try await json([Wire.CopyTargetInfo].self, .POST, "/v1/copy-targets/\(id)/remove", body: Wire.ApprovedChange(requestID: requestID))
+    }
+
+    public func syncCopyTarget(id: String, wait: Bool) async throws -> Wire.CopyTargetInfo {
+        try await json(Wire.CopyTargetInfo.self, .POST, "/v1/copy-targets/\(id)/sync" + (wait ? "?wait=1" : ""))
+    }
+
     // MARK: approvals
 
     public func setMinRetention(tenant: String, seconds: Double, requestID: String?) async throws -> Wire.TenantInfo {

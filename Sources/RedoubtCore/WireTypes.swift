@@ -230,6 +230,68 @@ public enum Wire {
         }
     }
 
+    /// `POST /v1/copy-targets`: an S3 Object Lock copy of a tenant. `credentialsFile` is a
+    /// path on the server host; no secret travels in the request.
+    public struct AddCopyTargetRequest: Codable, Sendable {
+        public var tenant: String
+        public var url: String
+        public var endpoint: String
+        public var region: String
+        public var credentialsFile: String?
+        public var virtualHosted: Bool?
+        public var marginSeconds: Double
+        public var acceptUnenforced: Bool?
+        public var requestID: String?
+        public init(tenant: String, url: String, endpoint: String, region: String, credentialsFile: String?, virtualHosted: Bool?,
+                    marginSeconds: Double, acceptUnenforced: Bool?, requestID: String?) {
+            self.tenant = tenant
+            self.url = url
+            self.endpoint = endpoint
+            self.region = region
+            self.credentialsFile = credentialsFile
+            self.virtualHosted = virtualHosted
+            self.marginSeconds = marginSeconds
+            self.acceptUnenforced = acceptUnenforced
+            self.requestID = requestID
+        }
+    }
+
+    /// A copy target and its last proof and sync (`GET /v1/copy-targets`).
+    public struct CopyTargetInfo: Codable, Sendable {
+        public var id: String
+        public var tenant: String
+        public var url: String
+        public var endpoint: String
+        public var region: String
+        public var marginSeconds: Double
+        public var acceptUnenforced: Bool
+        public var createdAt: Date
+        public var lastProofAt: Date?
+        public var lastProofOK: Bool?
+        public var lastProofDetail: String?
+        public var lastSyncAt: Date?
+        public var lastSyncOK: Bool?
+        public var lastSyncDetail: String?
+        public init(id: String, tenant: String, url: String, endpoint: String, region: String, marginSeconds: Double, acceptUnenforced: Bool,
+                    createdAt: Date, lastProofAt: Date?, lastProofOK: Bool?, lastProofDetail: String?, lastSyncAt: Date?, lastSyncOK: Bool?,
+                    lastSyncDetail: String?) {
+            self.id = id
+            self.tenant = tenant
+            self.url = url
+            self.endpoint = endpoint
+            self.region = region
+            self.marginSeconds = marginSeconds
+            self.acceptUnenforced = acceptUnenforced
+            self.createdAt = createdAt
+            self.lastProofAt = lastProofAt
+            self.lastProofOK = lastProofOK
+            self.lastProofDetail = lastProofDetail
+            self.lastSyncAt = lastSyncAt
+            self.lastSyncOK = lastSyncOK
+            self.lastSyncDetail = lastSyncDetail
+        }
+    }
+
     /// A request for a change that needs other admins' approval (`GET /v1/requests`).
     public struct RequestInfo: Codable, Sendable {
         public var id: String

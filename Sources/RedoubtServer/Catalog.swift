@@ -158,6 +158,7 @@ public final class Catalog: Sendable {
                 """)
         }
         registerApprovalMigrations(&m)
+        registerCopyTargetMigrations(&m)
         return m
     }
 

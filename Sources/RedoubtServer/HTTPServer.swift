@@ -204,6 +204,18 @@ public enum RedoubtHTTP {
         router.post("/v1/requests/:id/reject") { _, ctx in
             await handle(logger) { jsonResponse(try service.decideRequest(ctx.parameters.get("id") ?? "", approve: false, ctx: ctx.call).wire) }
         }
+        router.post("/v1/copy-targets") { req, ctx in
+            await handle(logger) { jsonResponse(try await service.addCopyTarget(try await req.json(Wire.AddCopyTargetRequest.self), ctx: ctx.call), status: .created) }
+        }
+        router.get("/v1/copy-targets") { _, _ in await handle(logger) { jsonResponse(try service.listCopyTargets()) } }
+        router.post("/v1/copy-targets/:id/remove") { req, ctx in
+            await handle(logger) { jsonResponse(try service.removeCopyTarget(id: ctx.parameters.get("id") ?? "", try await req.json(Wire.ApprovedChange.self), ctx: ctx.call)) }
+        }
+        router.post("/v1/copy-targets/:id/sync") { req, ctx in
+            await handle(logger) {
+                jsonResponse(try await service.syncCopyTarget(id: ctx.parameters.get("id") ?? "", wait: req.uri.queryParameters.get("wait") == "1"))
+            }
+        }
         router.get("/v1/principals") { _, _ in
             await handle(logger) { jsonResponse(try service.catalog.principals(tenant: nil).map(PrincipalInfo.init)) }
         }

@@ -9,6 +9,7 @@ public enum Action: String, Sendable, CaseIterable {
     case createTenant, listTenants, createEnrollment, listPrincipals
     case getReadKey, rotateReadKey, markKEKsDestroyed, shredTenant
     case setRetention, addAdmin, removeAdmin, getQuorum, setQuorum, listRequests, decideRequest
+    case addCopyTarget, listCopyTargets, removeCopyTarget, syncCopyTarget
     case listAudit, verifyAudit
 }
 
@@ -47,6 +48,10 @@ public enum Policy {
         case (.put, 1) where p[0] == "quorum": return (.setQuorum, [:])
         case (.get, 1) where p[0] == "requests": return (.listRequests, [:])
         case (.post, 3) where p[0] == "requests" && (p[2] == "approve" || p[2] == "reject"): return (.decideRequest, ["id": p[1], "decision": p[2]])
+        case (.post, 1) where p[0] == "copy-targets": return (.addCopyTarget, [:])
+        case (.get, 1) where p[0] == "copy-targets": return (.listCopyTargets, [:])
+        case (.post, 3) where p[0] == "copy-targets" && p[2] == "remove": return (.removeCopyTarget, ["id": p[1]])
+        case (.post, 3) where p[0] == "copy-targets" && p[2] == "sync": return (.syncCopyTarget, ["id": p[1]])
         case (.get, 1) where p[0] == "principals": return (.listPrincipals, [:])
         case (.get, 1) where p[0] == "audit": return (.listAudit, [:])
         case (.get, 2) where p[0] == "audit" && p[1] == "verify": return (.verifyAudit, [:])
@@ -71,6 +76,7 @@ public enum Policy {
         case .getReadKey: return role == .admin || role == .restorer
         case .rotateReadKey, .markKEKsDestroyed, .shredTenant: return role == .admin
         case .setRetention, .addAdmin, .removeAdmin, .getQuorum, .setQuorum, .listRequests, .decideRequest: return role == .admin
+        case .addCopyTarget, .listCopyTargets, .removeCopyTarget, .syncCopyTarget: return role == .admin
         case .listAudit, .verifyAudit: return role == .admin || role == .auditor
         }
     }

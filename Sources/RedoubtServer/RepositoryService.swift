@@ -62,6 +62,8 @@ public final class RepositoryService: Sendable {
     let logger: Logger
     /// Default minimum retention for new tenants.
     public let defaultMinRetention: TimeInterval
+    /// Syncs copy targets after commits and proves them daily.
+    public let copyJobs = CopyJobs()
 
     public init(catalog: Catalog, store: any ObjectStore, clock: any ServerClock, ca: CertificateAuthority, serverURL: String,
                 defaultMinRetention: TimeInterval, logger: Logger) {
@@ -246,6 +248,8 @@ public final class RepositoryService: Sendable {
                                  statistics: h.statistics, packCount: h.packs.count, manifestSize: bytes.count)
         try catalog.insertSnapshot(rec, packs: h.packs)
         audit(ctx, "commit", object: "snapshot \(manifest.id)", outcome: "ok", detail: "packs=\(h.packs.count) retain-until=\(Int(retainUntil.timeIntervalSince1970))")
+        // The off-site copies follow each commit, in the background.
+        if try !catalog.copyTargets(tenant: tenant.name).isEmpty { Task { await copyJobs.kick(tenant.name, service: self) } }
         recordHostOS(p, os, ctx: ctx)
         return Self.info(rec)
     }

@@ -58,6 +58,8 @@ struct ServerRun: AsyncParsableCommand {
                 // readiness line would never show.
                 fflush(nil)
             }
+            // Copy targets: proved again daily, synced after each commit and on failure, hourly.
+            await service.startCopyJobs()
             try await app.runService()
             return .ok
         }
@@ -86,7 +88,7 @@ struct ServerRebuildCatalog: AsyncParsableCommand {
 struct AdminCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(commandName: "admin", abstract: "Manage tenants and enrollments (admin credential).",
                                                     subcommands: [TenantCommand.self, HostCommand.self, RestorerCommand.self, AuditorCommand.self,
-                                                                  RequestCommand.self, AdminsCommand.self, QuorumCommand.self])
+                                                                  RequestCommand.self, AdminsCommand.self, QuorumCommand.self, AdminCopyCommand.self])
     // Declared here too so `redoubt admin --credential FILE tenant …` parses; the
     // subcommands read the same value.
     @OptionGroup var admin: AdminOptions

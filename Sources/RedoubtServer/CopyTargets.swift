@@ -1,0 +1,277 @@
+// Copy targets (issue 5): a tenant's S3 Object Lock copies, kept in the catalog and
+// served by a job inside the server: after every commit the tenant's targets are synced
+// (resumably: what is there is skipped), and every target is proved again once a day.
+// Adding a target proves it first; accepting one that fails the proof, or removing one,
+// weakens protection and goes through approvals (docs/PROTOCOL.md §4.2).
+import Foundation
+import GRDB
+import Logging
+import RedoubtAWS
+import RedoubtCore
+import RedoubtStore
+
+/// A copy target as the catalog keeps it, with its last proof and sync.
+public struct CopyTarget: Sendable, Codable, Equatable {
+    public var id: String
+    public var tenant: String
+    /// `s3://BUCKET/PREFIX`.
+    public var url: String
+    public var endpoint: String
+    public var region: String
+    /// AWS shared-credentials file on the server host (nil: the service's AWS environment).
+    public var credentialsFile: String?
+    public var virtualHosted: Bool
+    public var marginSeconds: Double
+    public var acceptUnenforced: Bool
+    public var createdAt: Date
+    public var lastProofAt: Date?
+    public var lastProofOK: Bool?
+    public var lastProofDetail: String?
+    public var lastSyncAt: Date?
+    public var lastSyncOK: Bool?
+    public var lastSyncDetail: String?
+
+    /// The S3 store this target names. Credentials are read now, never stored in the catalog.
+    public func store() throws -> S3Store {
+        guard url.hasPrefix("s3://") else { throw ServerError.badRequest("copy target \(url) must be s3://BUCKET/PREFIX") }
+        let rest = url.dropFirst(5)
+        let bucket = String(rest.prefix { $0 != "/" })
+        let prefix = String(rest.dropFirst(bucket.count).drop { $0 == "/" })
+        guard !bucket.isEmpty, let e = URL(string: endpoint), e.host != nil else {
+            throw ServerError.badRequest("copy target needs a bucket in s3://BUCKET/PREFIX and an endpoint URL")
+        }
+        let creds: AWSCredentials
+        do { creds = try credentialsFile.map { try AWSCredentials.file($0) } ?? AWSCredentials.standard() } catch {
+            throw ServerError(500, "E_CONFIG", "copy target \(url): no S3 credentials (\(error)); the file must be readable by the service user")
+        }
+        return S3Store(client: S3Client(location: S3Location(endpoint: e, region: region, bucket: bucket, prefix: prefix, pathStyle: !virtualHosted),
+                                        credentials: creds))
+    }
+}
+
+extension Catalog {
+    static func registerCopyTargetMigrations(_ m: inout DatabaseMigrator) {
+        m.registerMigration("v4-copy-targets") { db in
+            try db.execute(sql: """
+                CREATE TABLE copy_targets (
+                    id TEXT PRIMARY KEY, tenant TEXT NOT NULL, url TEXT NOT NULL, endpoint TEXT NOT NULL, region TEXT NOT NULL,
+                    credentials_file TEXT, virtual_hosted INTEGER NOT NULL, margin REAL NOT NULL, accept_unenforced INTEGER NOT NULL,
+                    created_at REAL NOT NULL, last_proof_at REAL, last_proof_ok INTEGER, last_proof_detail TEXT,
+                    last_sync_at REAL, last_sync_ok INTEGER, last_sync_detail TEXT, removed_at REAL);
+                """)
+        }
+    }
+
+    public func insertCopyTarget(_ t: CopyTarget) throws {
+        try db.write { db in
+            try db.execute(sql: """
+                INSERT INTO copy_targets(id, tenant, url, endpoint, region, credentials_file, virtual_hosted, margin, accept_unenforced, created_at,
+                                         last_proof_at, last_proof_ok, last_proof_detail)
+                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                """, arguments: [t.id, t.tenant, t.url, t.endpoint, t.region, t.credentialsFile, t.virtualHosted, t.marginSeconds, t.acceptUnenforced,
+                                 t.createdAt.timeIntervalSince1970, t.lastProofAt?.timeIntervalSince1970, t.lastProofOK, t.lastProofDetail])
+        }
+    }
+
+    /// Targets in use (not removed), optionally of one tenant.
+    public func copyTargets(tenant: String? = nil) throws -> [CopyTarget] {
+        try db.read { db in
+            let rows = try tenant.map { try Row.fetchAll(db, sql: "SELECT * FROM copy_targets WHERE removed_at IS NULL AND tenant = ? ORDER BY created_at", arguments: [$0]) }
+                ?? Row.fetchAll(db, sql: "SELECT * FROM copy_targets WHERE removed_at IS NULL ORDER BY created_at")
+            return rows.map(Self.copyTarget)
+        }
+    }
+
+    static func copyTarget(_ r: Row) -> CopyTarget {
+        func date(_ c: String) -> Date? { (r[c] as Double?).map(Date.init(timeIntervalSince1970:)) }
+        return CopyTarget(id: r["id"], tenant: r["tenant"], url: r["url"], endpoint: r["endpoint"], region: r["region"],
+                          credentialsFile: r["credentials_file"], virtualHosted: r["virtual_hosted"], marginSeconds: r["margin"],
+                          acceptUnenforced: r["accept_unenforced"], createdAt: Date(timeIntervalSince1970: r["created_at"]),
+                          lastProofAt: date("last_proof_at"), lastProofOK: r["last_proof_ok"], lastProofDetail: r["last_proof_detail"],
+                          lastSyncAt: date("last_sync_at"), lastSyncOK: r["last_sync_ok"], lastSyncDetail: r["last_sync_detail"])
+    }
+
+    func recordCopyProof(_ id: String, at: Date, ok: Bool, detail: String) throws {
+        try db.write {
+            try $0.execute(sql: "UPDATE copy_targets SET last_proof_at = ?, last_proof_ok = ?, last_proof_detail = ? WHERE id = ?",
+                           arguments: [at.timeIntervalSince1970, ok, detail, id])
+        }
+    }
+
+    func recordCopySync(_ id: String, at: Date, ok: Bool, detail: String) throws {
+        try db.write {
+            try $0.execute(sql: "UPDATE copy_targets SET last_sync_at = ?, last_sync_ok = ?, last_sync_detail = ? WHERE id = ?",
+                           arguments: [at.timeIntervalSince1970, ok, detail, id])
+        }
+    }
+
+    func removeCopyTarget(_ id: String, at: Date) throws -> Bool {
+        try db.write { db in
+            try db.execute(sql: "UPDATE copy_targets SET removed_at = ? WHERE id = ? AND removed_at IS NULL", arguments: [at.timeIntervalSince1970, id])
+            return db.changesCount > 0
+        }
+    }
+}
+
+/// The server's copy job: syncs a tenant's targets after each commit (coalescing commits
+/// that arrive while a sync runs), retries a failed sync with backoff, and proves every
+/// target again once a day. One sync at a time, in the background of the server.
+public actor CopyJobs {
+    /// Proof of enforcement is repeated this often.
+    public static let reproofInterval: TimeInterval = 86400
+    private weak var service: RepositoryService?
+    private var pending = Set<String>()
+    private var running: Task<Void, Never>?
+    private var failures: [String: Int] = [:]
+    private var ticker: Task<Void, Never>?
+
+    init() {}
+
+    /// Queues a sync of `tenant`'s targets (after a commit, or when asked).
+    func kick(_ tenant: String, service s: RepositoryService) {
+        service = s
+        kick(tenant)
+    }
+
+    private func kick(_ tenant: String) {
+        pending.insert(tenant)
+        if running == nil { running = Task { await self.drain() } }
+    }
+
+    /// Waits until nothing is queued or running (tests, `copy sync --wait`).
+    public func idle() async {
+        while let r = running { await r.value; if running == r { break } }
+    }
+
+    /// Starts the hourly check for targets due a proof or a retry (server run).
+    func startTicker(service s: RepositoryService, every interval: TimeInterval) {
+        service = s
+        guard ticker == nil else { return }
+        ticker = Task { [weak self] in
+            while !Task.isCancelled {
+                try? await Task.sleep(nanoseconds: UInt64(interval * 1e9))
+                await self?.tick()
+            }
+        }
+    }
+
+    public func stop() {
+        ticker?.cancel()
+        ticker = nil
+    }
+
+    /// Queues every tenant with a target whose proof is older than a day or whose last sync failed.
+    func tick() {
+        guard let service, let targets = try? service.catalog.copyTargets(), let now = try? service.now() else { return }
+        for t in targets where (t.lastProofAt ?? .distantPast) < now.addingTimeInterval(-Self.reproofInterval) || t.lastSyncOK == false {
+            kick(t.tenant)
+        }
+    }
+
+    private func drain() async {
+        while let tenant = pending.first {
+            pending.remove(tenant)
+            guard let service else { break }
+            let ok = await service.syncCopies(tenant: tenant)
+            if ok { failures[tenant] = nil } else {
+                // Backoff before a retry: 1, 2, 4 … minutes, at most an hour; the ticker also retries.
+                let n = (failures[tenant] ?? 0) + 1
+                failures[tenant] = n
+                let delay = min(3600, 60 * pow(2, Double(n - 1)))
+                Task { [weak self] in
+                    try? await Task.sleep(nanoseconds: UInt64(delay * 1e9))
+                    await self?.kick(tenant)
+                }
+            }
+        }
+        running = nil
+    }
+}
+
+extension RepositoryService {
+    /// Adds a copy target after proving it enforces Object Lock COMPLIANCE. A target that
+    /// fails the proof is refused, unless `acceptUnenforced` — which needs approval.
+    public func addCopyTarget(_ req: Wire.AddCopyTargetRequest, ctx: CallContext) async throws -> Wire.CopyTargetInfo {
+        guard let rec = try catalog.tenant(req.tenant) else { throw ServerError.notFound("tenant \(req.tenant) does not exist") }
+        guard rec.shreddedAt == nil else { throw ServerError.shredded(req.tenant) }
+        guard req.marginSeconds >= 0 else { throw ServerError.badRequest("the retention margin cannot be negative") }
+        let now = try now()
+        var target = CopyTarget(id: hexString((0..<6).map { _ in UInt8.random(in: 0...255) }), tenant: req.tenant, url: req.url, endpoint: req.endpoint,
+                                region: req.region, credentialsFile: req.credentialsFile, virtualHosted: req.virtualHosted ?? false,
+                                marginSeconds: req.marginSeconds, acceptUnenforced: req.acceptUnenforced ?? false, createdAt: now)
+        if target.acceptUnenforced {
+            try authorize("accept-unenforced", object: "copy target \(req.url)", parameters: ["tenant": req.tenant], requestID: req.requestID, consume: true, ctx: ctx)
+        }
+        let s3 = try target.store()
+        let proof = await S3LockProof(client: s3.client).run(now: now)
+        target.lastProofAt = now
+        target.lastProofOK = proof.passed
+        target.lastProofDetail = proof.firstFailure ?? "all lock checks passed"
+        audit(ctx, "copy-proof", object: req.url, outcome: proof.passed ? "ok" : (target.acceptUnenforced ? "warning" : "denied"),
+              detail: target.lastProofDetail ?? "")
+        guard proof.passed || target.acceptUnenforced else {
+            throw ServerError.badRequest("copy target \(req.url) does not enforce Object Lock COMPLIANCE (\(proof.firstFailure ?? "?")): use a bucket with Object Lock and versioning enabled; only with approval can --accept-unenforced keep it")
+        }
+        try catalog.insertCopyTarget(target)
+        audit(ctx, "add-copy-target", object: req.url, outcome: "ok",
+              detail: "id=\(target.id) tenant=\(req.tenant) margin=\(Int(req.marginSeconds))s\(target.acceptUnenforced ? " UNENFORCED" : "")")
+        await copyJobs.kick(req.tenant, service: self)
+        return target.info
+    }
+
+    public func listCopyTargets() throws -> [Wire.CopyTargetInfo] { try catalog.copyTargets().map(\.info) }
+
+    /// Removes a target (the bucket and its locked objects stay as they are): needs approval.
+    public func removeCopyTarget(id: String, _ req: Wire.ApprovedChange, ctx: CallContext) throws -> [Wire.CopyTargetInfo] {
+        guard let t = try catalog.copyTargets().first(where: { $0.id == id }) else { throw ServerError.notFound("no copy target \(id): `redoubt admin copy status`") }
+        try authorize("remove-copy-target", object: "copy target \(t.url)", parameters: ["id": id], requestID: req.requestID, consume: true, ctx: ctx)
+        _ = try catalog.removeCopyTarget(id, at: try now())
+        audit(ctx, "remove-copy-target", object: t.url, outcome: "ok", detail: "id=\(id) tenant=\(t.tenant)")
+        return try listCopyTargets()
+    }
+
+    /// Queues a sync of the target's tenant now.
+    public func syncCopyTarget(id: String, wait: Bool) async throws -> Wire.CopyTargetInfo {
+        guard let t = try catalog.copyTargets().first(where: { $0.id == id }) else { throw ServerError.notFound("no copy target \(id): `redoubt admin copy status`") }
+        await copyJobs.kick(t.tenant, service: self)
+        if wait { await copyJobs.idle() }
+        return try catalog.copyTargets().first { $0.id == id }?.info ?? t.info
+    }
+
+    /// Starts the copy job's hourly check (daily re-proof, retries); `redoubt server run` calls it.
+    public func startCopyJobs(every interval: TimeInterval = 3600) async {
+        await copyJobs.startTicker(service: self, every: interval)
+        await copyJobs.tick()
+    }
+
+    /// Syncs every target of `tenant` (proof included): true if all succeeded. Errors are
+    /// recorded on the target and in the audit log, never thrown: the job goes on.
+    func syncCopies(tenant: String) async -> Bool {
+        guard let targets = try? catalog.copyTargets(tenant: tenant) else { return false }
+        var allOK = true
+        for t in targets {
+            let now = (try? now()) ?? Date()
+            do {
+                let s = try await BucketCopy.sync(catalog: catalog, store: store, tenant: tenant, target: try t.store(), margin: t.marginSeconds,
+                                                  acceptUnenforced: t.acceptUnenforced, actor: "copy-job", now: now) { _ in }
+                try catalog.recordCopyProof(t.id, at: now, ok: s.proof?.passed ?? false, detail: s.proof?.firstFailure ?? "all lock checks passed")
+                try catalog.recordCopySync(t.id, at: now, ok: true, detail: "\(s.copied) copied, \(s.alreadyThere) already there, \(s.extended) extended")
+            } catch {
+                allOK = false
+                logger.warning("copy to \(t.url) failed", metadata: ["tenant": "\(tenant)", "error": "\(error)"])
+                try? catalog.recordCopySync(t.id, at: now, ok: false, detail: "\(error)")
+                try? catalog.audit(time: now, actor: "copy-job", role: "-", credential: "-", source: "local", action: "copy-sync",
+                                   object: t.url, outcome: "error", detail: "tenant \(tenant): \(error)")
+            }
+        }
+        return allOK
+    }
+}
+
+extension CopyTarget {
+    var info: Wire.CopyTargetInfo {
+        Wire.CopyTargetInfo(id: id, tenant: tenant, url: url, endpoint: endpoint, region: region, marginSeconds: marginSeconds,
+                            acceptUnenforced: acceptUnenforced, createdAt: createdAt, lastProofAt: lastProofAt, lastProofOK: lastProofOK,
+                            lastProofDetail: lastProofDetail, lastSyncAt: lastSyncAt, lastSyncOK: lastSyncOK, lastSyncDetail: lastSyncDetail)
+    }
+}

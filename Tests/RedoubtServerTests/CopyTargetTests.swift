@@ -1,0 +1,89 @@
+import Foundation
+import NIOHTTP1
+import Testing
+import RedoubtAWS
+import RedoubtClient
+import RedoubtCore
+import RedoubtStore
+@testable import RedoubtServer
+
+/// Copy targets kept by the server against real LocalStack (and moto, which does not
+/// enforce locks): proved when added, synced in the background after each commit.
+@Suite(.serialized) struct CopyTargetTests {
+    func bucket(_ endpoint: URL) async throws -> String {
+        let name = "redoubt-target-\(UInt32.random(in: 0 ... .max))"
+        let admin = S3Client(location: S3Location(endpoint: endpoint, region: "us-east-1", bucket: name),
+                             credentials: AWSCredentials(accessKeyID: "test", secretAccessKey: "test"))
+        let r = try await admin.send(.PUT, key: nil, headers: [("x-amz-bucket-object-lock-enabled", "true")])
+        #expect(r.status == 200)
+        return name
+    }
+
+    @Test func aCommitIsCopiedToTheTargetInTheBackgroundUnderCompliance() async throws {
+        let env = ProcessInfo.processInfo.environment
+        guard let ls = env["REDOUBT_TEST_LOCALSTACK"].flatMap(URL.init(string:)), let moto = env["REDOUBT_TEST_MOTO"].flatMap(URL.init(string:)) else {
+            if env["REDOUBT_PEERS_REQUIRED"] == "1" { Issue.record("LocalStack/moto not configured: ./scripts/peers start") }
+            return
+        }
+        let server = try await TestServer.start()
+        let keys = try TenantKeys.generate()
+        try await server.createTenant("acme", keys: keys)
+        let (wc, writer) = try await server.enroll(tenant: "acme", role: "writer", name: "web1")
+        let creds = server.dir.appendingPathComponent("s3-credentials").path
+        try "[default]\naws_access_key_id = test\naws_secret_access_key = test\n".write(toFile: creds, atomically: true, encoding: .utf8)
+        do {
+            let name = try await bucket(ls)
+            func req(_ url: String, _ endpoint: URL, accept: Bool = false) -> Wire.AddCopyTargetRequest {
+                Wire.AddCopyTargetRequest(tenant: "acme", url: url, endpoint: endpoint.absoluteString, region: "us-east-1", credentialsFile: creds,
+                                          virtualHosted: false, marginSeconds: 7 * 86400, acceptUnenforced: accept, requestID: nil)
+            }
+            // A host cannot add (or learn of) copy targets.
+            await #expect(throws: APIError.self) { try await writer.addCopyTarget(req("s3://\(name)/x", ls)) }
+            await #expect(throws: APIError.self) { try await writer.copyTargets() }
+
+            let t = try await server.admin.addCopyTarget(req("s3://\(name)/redoubt", ls))
+            #expect(t.lastProofOK == true)
+
+            // A commit: the server copies it without being asked.
+            let (packs, manifest) = try makeSnapshot(keys: try wc.writeKeySet(), files: [("a", (0..<200_000).map { UInt8(truncatingIfNeeded: $0) })])
+            for p in packs { _ = try await writer.uploadPack(id: p.id, bytes: p.bytes) }
+            let info = try await writer.commit(manifestBytes: manifest.bytes)
+            var synced: Wire.CopyTargetInfo?
+            for _ in 0..<300 where synced == nil {
+                await server.service.copyJobs.idle()
+                synced = try await server.admin.copyTargets().first { $0.id == t.id && $0.lastSyncAt != nil }
+                if synced == nil { try await Task.sleep(nanoseconds: 100_000_000) }
+            }
+            let s = try #require(synced)
+            #expect(s.lastSyncOK == true, "\(s.lastSyncDetail ?? "")")
+            let store = S3Store(client: S3Client(location: S3Location(endpoint: ls, region: "us-east-1", bucket: name, prefix: "redoubt"),
+                                                 credentials: AWSCredentials(accessKeyID: "test", secretAccessKey: "test")))
+            let objects = try await store.list(prefix: "t/acme/")
+            for p in packs {
+                let o = try #require(objects.first { $0.key.path.hasSuffix(p.id.description) })
+                #expect(o.enforced && (o.retainUntil ?? .distantPast) >= info.retainUntil.addingTimeInterval(7 * 86400 - 86400))
+            }
+            #expect(objects.contains { $0.key.path.hasSuffix(manifest.id.description) })
+
+            // moto accepts lock settings without enforcing them: refused, or kept only when accepted on purpose.
+            let motoBucket = try await bucket(moto)
+            do {
+                _ = try await server.admin.addCopyTarget(req("s3://\(motoBucket)/redoubt", moto))
+                Issue.record("an unenforcing target was accepted")
+            } catch let e as APIError { #expect(e.status == 400 && e.message.contains("does not enforce"), "\(e)") }
+            let kept = try await server.admin.addCopyTarget(req("s3://\(motoBucket)/redoubt", moto, accept: true))
+            #expect(kept.lastProofOK == false && kept.acceptUnenforced)
+            #expect(try await server.admin.copyTargets().count == 2)
+            let audit = try await server.admin.audit(limit: 10_000)
+            #expect(audit.contains { $0.action == "copy-proof" && $0.outcome == "denied" })
+            #expect(audit.contains { $0.action == "add-copy-target" && $0.detail.contains("UNENFORCED") })
+
+            // Removing (a lone admin may) stops the copying; the bucket keeps its locked objects.
+            let left = try await server.admin.removeCopyTarget(id: kept.id, requestID: nil)
+            #expect(left.map(\.id) == [t.id])
+        } catch { Issue.record("\(error)") }
+        await server.service.copyJobs.idle()
+        await writer.shutdown()
+        await server.stop()
+    }
+}
