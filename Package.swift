@@ -37,6 +37,12 @@ let package = Package(
             pkgConfig: "libzstd",
             providers: [.apt(["libzstd-dev"])]
         ),
+        // The PKCS#11 header (p11-kit's); modules are dlopen()ed, never linked.
+        .systemLibrary(
+            name: "CP11Kit",
+            pkgConfig: "p11-kit-1",
+            providers: [.apt(["libp11-kit-dev"])]
+        ),
         // glibc malloc thresholds for executables (mallopt is not visible from Swift).
         .target(name: "CMallocTune"),
         // Linux calls Swift cannot import (variadic ioctl for the immutable flag).
@@ -46,7 +52,7 @@ let package = Package(
         // AWS request signing (SigV4) and credential loading, shared by the S3 store and AWS KMS.
         .target(name: "RedoubtAWS", dependencies: [crypto]),
         // Key providers: wrap and unwrap the tenant's read private key.
-        .target(name: "RedoubtKMS", dependencies: ["RedoubtCore", crypto, cryptoExtras, nio, nioPosix, nioSSL]),
+        .target(name: "RedoubtKMS", dependencies: ["RedoubtCore", "CP11Kit", crypto, cryptoExtras, nio, nioPosix, nioSSL]),
         // The storage protocol and its implementations. Knows nothing of keys or packs.
         .target(name: "RedoubtStore", dependencies: [
             "CRedoubtSys", "RedoubtAWS", logging, crypto, nio, nioHTTP1,

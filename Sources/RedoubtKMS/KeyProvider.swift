@@ -132,7 +132,8 @@ public enum KeyProviderError: Error, Sendable, Equatable, CustomStringConvertibl
     public var description: String {
         switch self {
         case .malformed(let s): "wrapped read key: \(s)"
-        case .wrongSecret(let p): "\(p): the read key does not unwrap: wrong passphrase, or the wrapped key file was modified. Check the passphrase (REDOUBT_PASSPHRASE or --passphrase-file)."
+        case .wrongSecret(let p) where p.hasPrefix("passphrase"): "\(p): the read key does not unwrap: wrong passphrase, or the wrapped key file was modified. Check the passphrase (REDOUBT_PASSPHRASE or --passphrase-file)."
+        case .wrongSecret(let p): "\(p): the read key does not unwrap: the wrapped key was altered, or was sealed by another key than the one this provider names"
         case .wrongContext(let p, let e, let f): "\(p): wrapped key is for tenant \(f.tenant.debugDescription) version \(f.keyVersion), expected \(e.tenant.debugDescription) version \(e.keyVersion)"
         case .keyMismatch(let p, let id): "\(p): unwrapped key is not read key \(id): the wrapped key file was altered"
         case .secretMissing(let p, let how): "\(p): no secret supplied; \(how)"

@@ -125,13 +125,16 @@ func readPassphrase(file: String?, prompt: String) throws -> SecretBytes {
     throw KeyProviderError.secretMissing(provider: "passphrase:", how: "set REDOUBT_PASSPHRASE, pass --passphrase-file FILE, or run on a terminal")
 }
 
-/// The key provider a URI names: `passphrase:` or `kmip://HOST:PORT/KEY-ID?ca=&cert=&key=`.
+/// The key provider a URI names: `passphrase:`, `kmip://HOST:PORT/KEY-ID?ca=&cert=&key=` or
+/// `pkcs11:token=…;object=…?module-path=…&pin-source=…`.
 func makeKeyProvider(uri: String, passphraseFile: String?) throws -> any KeyProvider {
     switch uri {
     case "passphrase:", "passphrase":
         return try PassphraseKeyProvider(passphrase: readPassphrase(file: passphraseFile, prompt: "Passphrase for the tenant's read key: "))
     case _ where uri.hasPrefix("kmip://"):
         return try KMIPKeyProvider(uri: uri)
+    case _ where uri.hasPrefix("pkcs11:"):
+        return try PKCS11KeyProvider(uri: uri)
     default:
         throw KeyProviderError.unknownProvider(uri)
     }
