@@ -154,9 +154,9 @@ public struct PKCS11KeyProvider: KeyProvider {
             let label = withUnsafeBytes(of: info.label) { String(decoding: $0, as: UTF8.self) }
                 .trimmingCharacters(in: CharacterSet(charactersIn: " \0"))
             if label == target.token { return slot }
-            labels.append(label.debugDescription)
+            labels.append(label.isEmpty ? "(uninitialized)" : label.debugDescription)
         }
-        throw .unreachable(provider: uri, detail: "no token labelled \(target.token.debugDescription) in PKCS#11 module \(target.modulePath) (tokens present: \(labels.isEmpty ? "none" : labels.joined(separator: ", "))): connect the HSM or correct token=")
+        throw .unreachable(provider: uri, detail: "no token labelled \(target.token.debugDescription) in PKCS#11 module \(target.modulePath) (tokens present: \(labels.isEmpty ? "none" : labels.joined(separator: ", "))): connect the HSM, check the module's configuration, or correct token=")
     }
 
     /// Logs in as the user with the PIN from `pin-source` or `REDOUBT_PKCS11_PIN`; zeroes it.

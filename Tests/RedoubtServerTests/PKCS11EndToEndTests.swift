@@ -1,0 +1,87 @@
+import Foundation
+import Testing
+import RedoubtClient
+import RedoubtKMS
+
+/// The real binary with a tenant whose read key is wrapped by a non-extractable AES key on
+/// the real SoftHSM2 token: quickstart backs up and restores an identical tree; a wrong PIN
+/// and a missing token stop it with their own exit codes, and the PIN is never printed.
+/// `SOFTHSM2_CONF` goes to each command only (SoftHSM reads it in C_Initialize).
+@Suite(.serialized) struct PKCS11EndToEndTests {
+    @Test func quickstartWithAKEKOnTheTokenRestoresAndPINAndTokenFailuresHaveTheirExitCodes() async throws {
+        let env = ProcessInfo.processInfo.environment
+        guard let conf = env["REDOUBT_TEST_SOFTHSM_CONF"], let module = env["REDOUBT_TEST_SOFTHSM_MODULE"],
+              let token = env["REDOUBT_TEST_SOFTHSM_TOKEN"], let pinFile = env["REDOUBT_TEST_SOFTHSM_PIN_FILE"]
+        else {
+            if env["REDOUBT_PEERS_REQUIRED"] == "1" { Issue.record("REDOUBT_TEST_SOFTHSM_CONF is not set: ./scripts/peers start softhsm") }
+            return
+        }
+        try #require(FileManager.default.isExecutableFile(atPath: CrashTests.binary.path), "build the redoubt executable first")
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("redoubt-pkcs11-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        defer {
+            _ = system("chattr -R -i '\(dir.path)' 2>/dev/null")
+            try? FileManager.default.removeItem(at: dir)
+        }
+        let pin = try String(contentsOfFile: pinFile, encoding: .utf8)
+        let label = "redoubt-kek-e2e-\(UUID().uuidString.lowercased())"
+        func uri(token: String = token, pinSource: String = pinFile) -> String {
+            "pkcs11:token=\(token);object=\(label)?module-path=\(module)&pin-source=\(pinSource)"
+        }
+        /// Runs quickstart with SOFTHSM2_CONF (and `env`) for that command only; returns (exit code, output).
+        func quickstart(_ name: String, _ uri: String, env: String = "") -> (Int32, String) {
+            let out = dir.appendingPathComponent("\(name).txt").path
+            let status = system("\(env) SOFTHSM2_CONF='\(conf)' '\(CrashTests.binary.path)' quickstart --dir '\(dir.path)/\(name)' --key-provider '\(uri)' > '\(out)' 2>&1")
+            let output = (try? String(contentsOfFile: out, encoding: .utf8)) ?? ""
+            return ((status >> 8) & 0xff, output)
+        }
+
+        let (status, output) = quickstart("qs", uri())
+        #expect(status == 0, "quickstart failed: \(output)")
+        #expect(output.contains("identical to the source"))
+        #expect(output.contains("a KEK held by pkcs11"))
+        #expect(!output.contains(pin))
+
+        // The restorer's wrapped key names the token, the key's label and its CKA_ID, and
+        // holds no PIN; the KEK it names is the one quickstart created.
+        let runs = try FileManager.default.contentsOfDirectory(atPath: "\(dir.path)/qs")
+        let run = try #require(runs.first)
+        // Nowhere in the server's data or the clients' configuration is the PIN.
+        #expect(system("grep -rqaF -- \"$(cat '\(pinFile)')\" '\(dir.path)/qs'") != 0, "the PIN appears in the quickstart directory")
+        let wrapped = try ClientConfig(path: "\(dir.path)/qs/\(run)/restorer").wrappedReadKey()
+        #expect(wrapped.provider.hasPrefix("pkcs11:token=\(token);object=\(label);id=%"))
+        #expect(wrapped.parameters["pkcs11-object"] == label)
+        #expect(wrapped.parameters["pkcs11-id"]?.count == 32)
+
+        // Wrong PIN: exit 12, naming the PIN file, never the PIN.
+        let wrongPIN = dir.appendingPathComponent("wrong-pin").path
+        _ = FileManager.default.createFile(atPath: wrongPIN, contents: Data("wrong-pin-0815".utf8), attributes: [.posixPermissions: 0o600])
+        let (rejected, rejectedOutput) = quickstart("qs-wrong-pin", uri(pinSource: wrongPIN))
+        #expect(rejected == 12, "\(rejectedOutput)")
+        #expect(rejectedOutput.contains("E_KEY_CREDENTIAL_REJECTED") && rejectedOutput.contains(wrongPIN))
+        #expect(!rejectedOutput.contains("wrong-pin-0815"))
+
+        // A token that is not there: exit 9, naming the label.
+        let (missing, missingOutput) = quickstart("qs-no-token", uri(token: "absent-token"))
+        #expect(missing == 9, "\(missingOutput)")
+        #expect(missingOutput.contains("no token labelled \"absent-token\""))
+
+        // The PIN from REDOUBT_PKCS11_PIN when the URI names no pin-source.
+        let envLabel = "redoubt-kek-e2e-env-\(UUID().uuidString.lowercased())"
+        let (fromEnv, envOutput) = quickstart("qs-env-pin", "pkcs11:token=\(token);object=\(envLabel)?module-path=\(module)",
+                                              env: "REDOUBT_PKCS11_PIN=\"$(cat '\(pinFile)')\"")
+        #expect(fromEnv == 0, "\(envOutput)")
+        #expect(envOutput.contains("identical to the source"))
+
+        // An independent tool sees the KEK on the token as sensitive and never extractable;
+        // then it removes it. (pkcs11-tool takes the PIN only in argv: the test token's PIN.)
+        let tool = "SOFTHSM2_CONF='\(conf)' pkcs11-tool --module '\(module)' --token-label '\(token)' --login --pin \"$(cat '\(pinFile)')\""
+        let listing = dir.appendingPathComponent("objects.txt").path
+        _ = system("\(tool) --list-objects --type secrkey --label '\(label)' > '\(listing)' 2>&1")
+        let objects = (try? String(contentsOfFile: listing, encoding: .utf8)) ?? ""
+        #expect(objects.contains(label), "\(objects)")
+        #expect(objects.contains("never extractable"), "\(objects)")
+        #expect(system("\(tool) --delete-object --type secrkey --label '\(label)' >/dev/null 2>&1") == 0)
+        #expect(system("\(tool) --delete-object --type secrkey --label '\(envLabel)' >/dev/null 2>&1") == 0)
+    }
+}
