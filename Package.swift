@@ -90,7 +90,7 @@ let package = Package(
         .executableTarget(name: "redoubt-bench", dependencies: ["RedoubtCore", "CMallocTune", "CZstd", crypto]),
         .testTarget(name: "RedoubtCoreTests", dependencies: ["RedoubtCore", "RedoubtKMS"], resources: [.copy("Fixtures")]),
         .testTarget(name: "RedoubtAWSTests", dependencies: ["RedoubtAWS"]),
-        .testTarget(name: "RedoubtKMSTests", dependencies: ["RedoubtCore", "RedoubtKMS"]),
+        .testTarget(name: "RedoubtKMSTests", dependencies: ["RedoubtCore", "RedoubtKMS"], resources: [.copy("Fixtures")]),
         .testTarget(name: "RedoubtStoreTests", dependencies: ["RedoubtStore", "RedoubtAWS"]),
         // Offline media sets (issue 6): the format, pure; devices and glue come later.
         .testTarget(name: "RedoubtMediaTests", dependencies: ["RedoubtMedia", "RedoubtCore"], resources: [.copy("Fixtures")]),

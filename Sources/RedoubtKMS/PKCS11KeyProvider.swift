@@ -312,6 +312,20 @@ struct PKCS11Session {
         return key
     }
 
+    /// C_CreateObject: imports a known AES-256 value as a sensitive, non-extractable token
+    /// key. Only the golden-fixture tests use it, to pin the format against a known KEK;
+    /// Redoubt itself generates KEKs on the token.
+    func importAES256(label: String, id: [UInt8], value: [UInt8]) throws(KeyProviderError) -> CK_OBJECT_HANDLE {
+        guard let create = functions.C_CreateObject else { throw .kmsProtocol(provider: provider, detail: "the PKCS#11 module lacks C_CreateObject") }
+        let t = PKCS11Template()
+            .ulong(CKA_CLASS, CKO_SECRET_KEY).ulong(CKA_KEY_TYPE, CKK_AES).bytes(CKA_VALUE, value)
+            .bool(CKA_TOKEN, true).bool(CKA_PRIVATE, true).bool(CKA_SENSITIVE, true).bool(CKA_EXTRACTABLE, false)
+            .bool(CKA_ENCRYPT, true).bool(CKA_DECRYPT, true).bytes(CKA_LABEL, Array(label.utf8)).bytes(CKA_ID, id)
+        var key: CK_OBJECT_HANDLE = 0
+        try check(t.with { create(handle, $0, $1, &key) }, "C_CreateObject")
+        return key
+    }
+
     /// One-shot CKM_AES_GCM (96-bit nonce, 128-bit tag). Output is ciphertext ‖ tag.
     func gcm(encrypt: Bool, key: CK_OBJECT_HANDLE, nonce: [UInt8], aad: [UInt8], input: [UInt8]) throws(KeyProviderError) -> [UInt8] {
         let call = encrypt ? "C_Encrypt" : "C_Decrypt"
