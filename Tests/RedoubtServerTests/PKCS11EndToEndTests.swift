@@ -4,8 +4,9 @@ import RedoubtClient
 import RedoubtKMS
 
 /// The real binary with a tenant whose read key is wrapped by a non-extractable AES key on
-/// the real SoftHSM2 token: quickstart backs up and restores an identical tree; a wrong PIN
-/// and a missing token stop it with their own exit codes, and the PIN is never printed.
+/// the real SoftHSM2 token: quickstart backs up and restores an identical tree, as does an
+/// offline media restore; a wrong PIN (12), a missing token (9) and a destroyed KEK (11)
+/// stop it with their own exit codes, and the PIN is never printed or stored.
 /// `SOFTHSM2_CONF` goes to each command only (SoftHSM reads it in C_Initialize).
 @Suite(.serialized) struct PKCS11EndToEndTests {
     @Test func quickstartWithAKEKOnTheTokenRestoresAndPINAndTokenFailuresHaveTheirExitCodes() async throws {
@@ -53,6 +54,29 @@ import RedoubtKMS
         #expect(wrapped.parameters["pkcs11-object"] == label)
         #expect(wrapped.parameters["pkcs11-id"]?.count == 32)
 
+        // Offline restore from a media set: the restorer's wrapped key goes to the token.
+        let snapshot = try #require(output.split(separator: "\n").drop { !$0.contains("snapshots (as the host)") }.dropFirst().first?
+            .split(separator: " ").first.map(String.init))
+        let bin = "'\(CrashTests.binary.path)'"
+        let log = dir.appendingPathComponent("media.txt").path
+        #expect(system("\(bin) media write quickstart --data '\(dir.path)/qs/\(run)/server' --device 'dir:\(dir.path)/media' > '\(log)' 2>&1") == 0)
+        func mediaRestore(_ name: String, conf: String) -> (Int32, String) {
+            let out = dir.appendingPathComponent("\(name).txt").path
+            let status = system("SOFTHSM2_CONF='\(conf)' \(bin) media restore \(snapshot) --device 'dir:\(dir.path)/media' --target '\(dir.path)/\(name)' --config '\(dir.path)/qs/\(run)/restorer' > '\(out)' 2>&1")
+            return ((status >> 8) & 0xff, (try? String(contentsOfFile: out, encoding: .utf8)) ?? "")
+        }
+        let (restored, restoredOutput) = mediaRestore("restored", conf: conf)
+        #expect(restored == 0, "\(restoredOutput)")
+        #expect(system("diff -r '\(dir.path)/qs/\(run)/sample' '\(dir.path)/restored/sample' > /dev/null") == 0)
+
+        // The HSM is not there (a SoftHSM configuration with no tokens): exit 9, naming the token.
+        try FileManager.default.createDirectory(atPath: "\(dir.path)/empty-tokens", withIntermediateDirectories: true)
+        let emptyConf = dir.appendingPathComponent("empty.conf").path
+        try "directories.tokendir = \(dir.path)/empty-tokens\nobjectstore.backend = file\n".write(toFile: emptyConf, atomically: true, encoding: .utf8)
+        let (unplugged, unpluggedOutput) = mediaRestore("restored-unplugged", conf: emptyConf)
+        #expect(unplugged == 9, "\(unpluggedOutput)")
+        #expect(unpluggedOutput.contains("no token labelled \"\(token)\""))
+
         // Wrong PIN: exit 12, naming the PIN file, never the PIN.
         let wrongPIN = dir.appendingPathComponent("wrong-pin").path
         _ = FileManager.default.createFile(atPath: wrongPIN, contents: Data("wrong-pin-0815".utf8), attributes: [.posixPermissions: 0o600])
@@ -82,6 +106,11 @@ import RedoubtKMS
         #expect(objects.contains(label), "\(objects)")
         #expect(objects.contains("never extractable"), "\(objects)")
         #expect(system("\(tool) --delete-object --type secrkey --label '\(label)' >/dev/null 2>&1") == 0)
+        // Crypto-shredded: the same restore now fails with exit 11, "key destroyed".
+        let (shredded, shreddedOutput) = mediaRestore("restored-shredded", conf: conf)
+        #expect(shredded == 11, "\(shreddedOutput)")
+        #expect(shreddedOutput.contains("key destroyed") && shreddedOutput.contains("E_KEY_DESTROYED"))
+        #expect(!FileManager.default.fileExists(atPath: "\(dir.path)/restored-shredded/sample"))
         #expect(system("\(tool) --delete-object --type secrkey --label '\(envLabel)' >/dev/null 2>&1") == 0)
     }
 }
