@@ -116,6 +116,54 @@ public final class APIClient: Sendable {
                        body: Wire.CreateEnrollmentRequest(role: role, name: name, ttlSeconds: ttlSeconds))
     }
 
+    /// The tenant's current wrapped read key (admin: any tenant, with retired KEKs;
+    /// restorer: its own tenant).
+    public func readKey(tenant: String) async throws -> Wire.ReadKeyInfo {
+        try await json(Wire.ReadKeyInfo.self, .GET, "/v1/tenants/\(tenant)/read-key")
+    }
+
+    public func rotateReadKey(tenant: String, wrappedReadKey: String) async throws -> Wire.ReadKeyInfo {
+        try await json(Wire.ReadKeyInfo.self, .PUT, "/v1/tenants/\(tenant)/read-key", body: Wire.RotateReadKeyRequest(wrappedReadKey: wrappedReadKey))
+    }
+
+    public func markKEKsDestroyed(tenant: String, versions: [Int]) async throws -> Wire.ReadKeyInfo {
+        try await json(Wire.ReadKeyInfo.self, .POST, "/v1/tenants/\(tenant)/read-key/destroyed", body: Wire.DestroyedKEKsRequest(versions: versions))
+    }
+
+    public func shredTenant(tenant: String, confirm: String, destroyedVersions: [Int], requestID: String? = nil, check: Bool = false) async throws -> Wire.ReadKeyInfo {
+        try await json(Wire.ReadKeyInfo.self, .POST, "/v1/tenants/\(tenant)/shred",
+                       body: Wire.ShredRequest(confirm: confirm, destroyedVersions: destroyedVersions, requestID: requestID, check: check ? true : nil))
+    }
+
+    // MARK: approvals
+
+    public func setMinRetention(tenant: String, seconds: Double, requestID: String?) async throws -> Wire.TenantInfo {
+        try await json(Wire.TenantInfo.self, .PUT, "/v1/tenants/\(tenant)/retention", body: Wire.SetRetentionRequest(minRetentionSeconds: seconds, requestID: requestID))
+    }
+
+    public func addAdmin(name: String, ttlSeconds: Double?, requestID: String?) async throws -> Wire.CreateEnrollmentResponse {
+        try await json(Wire.CreateEnrollmentResponse.self, .POST, "/v1/admins", body: Wire.AddAdminRequest(name: name, ttlSeconds: ttlSeconds, requestID: requestID))
+    }
+
+    public func removeAdmin(name: String, requestID: String?) async throws -> Wire.QuorumInfo {
+        try await json(Wire.QuorumInfo.self, .POST, "/v1/admins/\(name)/remove", body: Wire.ApprovedChange(requestID: requestID))
+    }
+
+    /// Enrolled principals (admin): role, tenant and name of each.
+    public func principals() async throws -> [PrincipalListing] { try await json([PrincipalListing].self, .GET, "/v1/principals") }
+
+    public func quorum() async throws -> Wire.QuorumInfo { try await json(Wire.QuorumInfo.self, .GET, "/v1/quorum") }
+
+    public func setQuorum(_ q: Int, requestID: String?) async throws -> Wire.QuorumInfo {
+        try await json(Wire.QuorumInfo.self, .PUT, "/v1/quorum", body: Wire.ApprovedChange(requestID: requestID, quorum: q))
+    }
+
+    public func requests() async throws -> [Wire.RequestInfo] { try await json([Wire.RequestInfo].self, .GET, "/v1/requests") }
+
+    public func decide(request id: String, approve: Bool) async throws -> Wire.RequestInfo {
+        try await json(Wire.RequestInfo.self, .POST, "/v1/requests/\(id)/\(approve ? "approve" : "reject")")
+    }
+
     public func snapshots(host: String? = nil) async throws -> [Wire.SnapshotInfo] {
         try await json([Wire.SnapshotInfo].self, .GET, "/v1/snapshots" + (host.map { "?host=\($0)" } ?? ""))
     }
@@ -189,4 +237,11 @@ extension APIClient: PackLocatingBackupTarget, ChunkLocatingPackSource {
     public func upload(pack: FinishedPack) async throws { _ = try await uploadPack(id: pack.id, bytes: pack.bytes) }
     public func commit(manifest: Manifest) async throws { _ = try await commit(manifestBytes: manifest.bytes) }
     public func pack(_ id: PackID) async throws -> [UInt8] { try await packBytes(id) }
+}
+
+/// One entry of `GET /v1/principals`, as far as clients need it.
+public struct PrincipalListing: Decodable, Sendable {
+    public var role: String
+    public var tenant: String?
+    public var name: String
 }

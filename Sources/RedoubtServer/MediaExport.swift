@@ -41,8 +41,9 @@ public enum MediaExport {
         }
         guard !chosen.isEmpty else { throw ServerError.badRequest("tenant \(tenant) has no snapshots to write") }
         // The descriptor carries the wrapped read key, so a restore from media needs only the volumes and the unwrap secret.
-        let tkey = RepositoryService.tenantKey(tenant, version: 1)
-        try writer.append(MediaRecord(type: .object, id: "tenant-v1.json", body: try await store.get(tkey)))
+        let version = try catalog.tenant(tenant)?.keyVersion ?? 1
+        let tkey = RepositoryService.tenantKey(tenant, version: version)
+        try writer.append(MediaRecord(type: .object, id: "tenant-v\(version).json", body: try await store.get(tkey)))
         var written = Set<String>()
         for s in chosen {
             for p in try catalog.snapshotPacks(id: s.id) where !written.contains(p.description) {

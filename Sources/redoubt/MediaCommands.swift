@@ -123,12 +123,13 @@ struct MediaRestore: AsyncParsableCommand {
     @Option(name: .long, help: "Directory to restore into (created if missing).") var target: String
     @OptionGroup var config: ConfigOption
     @Option(name: .long, help: "Passphrase file for a passphrase-wrapped read key.") var passphraseFile: String?
+    @Option(name: .long, help: "Wrapped read key file to use instead of the server's (an escrow copy from `redoubt admin tenant escrow`).") var readKey: String?
     @Flag(name: .long, help: "Read on past damaged blocks and restore everything that verified.") var skipDamaged = false
 
     func run() async throws {
         try await RedoubtCLI.run {
             let cfg = config.resolved
-            let readKey = try await RestoreSupport.unwrapReadKey(config: cfg, passphraseFile: passphraseFile)
+            let readKey = try await RestoreSupport.unwrapReadKey(config: cfg, passphraseFile: passphraseFile, readKeyFile: readKey)
             let material = try cfg.sharedMaterial()
             let spool = NSTemporaryDirectory() + "redoubt-media-spool-\(UUID().uuidString)"
             try FileManager.default.createDirectory(atPath: spool, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
