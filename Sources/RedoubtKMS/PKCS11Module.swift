@@ -42,10 +42,15 @@ final class PKCS11Module: @unchecked Sendable {
     }
 
     private static func open(_ path: String, provider: String) throws(KeyProviderError) -> PKCS11Module {
+        guard path.hasPrefix("/") else {
+            throw .unsupported(provider: provider, detail: "PKCS#11 module-path \(path) is relative: give the module's absolute path")
+        }
         guard FileManager.default.fileExists(atPath: path) else {
             throw .unreachable(provider: provider, detail: "PKCS#11 module \(path) does not exist: install the HSM's PKCS#11 library or correct module-path=")
         }
-        guard let handle = dlopen(path, RTLD_NOW | RTLD_LOCAL) else {
+        // Load the resolved file that was checked, not a symlink that could be re-pointed.
+        let real = try checkTrusted(path, provider: provider)
+        guard let handle = dlopen(real, RTLD_NOW | RTLD_LOCAL) else {
             let why = dlerror().map { String(cString: $0) } ?? "unknown error"
             throw .unreachable(provider: provider, detail: "cannot load PKCS#11 module \(path): \(why)")
         }
@@ -68,6 +73,40 @@ final class PKCS11Module: @unchecked Sendable {
             throw .unreachable(provider: provider, detail: "PKCS#11 module \(path) failed to initialize (C_Initialize: \(PKCS11Module.name(initRV))); check its configuration (for SoftHSM2, SOFTHSM2_CONF and its tokendir)")
         }
         return PKCS11Module(path: path, functions: list)
+    }
+
+    /// Refuses a module that someone other than root or this user could have replaced.
+    ///
+    /// Why: loading a module runs its code in the process that is about to unwrap the read
+    /// key, and at restore the URI comes with the wrapped key from the server. A module
+    /// path is only accepted when it is absolute and the file and every directory above it
+    /// are owned by root or this user and writable by no one else (as sudo and sshd check).
+    /// Returns the module's resolved path.
+    static func checkTrusted(_ path: String, provider: String) throws(KeyProviderError) -> String {
+        guard let resolved = realpath(path, nil) else {
+            throw .unreachable(provider: provider, detail: "PKCS#11 module \(path) cannot be resolved: \(String(cString: strerror(errno)))")
+        }
+        let real = String(cString: resolved)
+        free(resolved)
+        let me = geteuid()
+        var current = real
+        var isFile = true
+        while true {
+            var st = stat()
+            guard stat(current, &st) == 0 else {
+                throw .unreachable(provider: provider, detail: "cannot inspect \(current) for PKCS#11 module \(path): \(String(cString: strerror(errno)))")
+            }
+            if isFile, (st.st_mode & S_IFMT) != S_IFREG {
+                throw .unsupported(provider: provider, detail: "PKCS#11 module \(path) is not a regular file")
+            }
+            guard st.st_uid == 0 || st.st_uid == me, st.st_mode & (S_IWGRP | S_IWOTH) == 0 else {
+                throw .unsupported(provider: provider, detail: "refusing to load PKCS#11 module \(path): \(current) is owned by uid \(st.st_uid) or writable by group or others; install the module where only root can change it")
+            }
+            if current == "/" { return real }
+            isFile = false
+            current = (current as NSString).deletingLastPathComponent
+            if current.isEmpty { current = "/" }
+        }
     }
 
     /// Runs `body` while holding this module's call lock.

@@ -191,6 +191,31 @@ enum SoftHSM {
         #expect(n?.code == "E_KEY_UNREACHABLE")
     }
 
+    @Test func aModuleOthersCouldReplaceIsNeverLoaded() async throws {
+        guard let p = SoftHSM.peer() else { return }
+        // The real module, copied where any user could swap it: what a hostile URI (the
+        // restorer gets it from the server) would point at.
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("redoubt-pkcs11-module-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o777])
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let copy = dir.appendingPathComponent("libsofthsm2.so").path
+        try FileManager.default.copyItem(atPath: URL(fileURLWithPath: p.module).resolvingSymlinksInPath().path, toPath: copy)
+        let hostile = try PKCS11KeyProvider(uri: SoftHSM.uri(p, object: "x", module: copy))
+        let e = await #expect(throws: KeyProviderError.self) { try await hostile.preparingKEK(tenant: "acme") }
+        #expect(e?.code == "E_KEY_UNSUPPORTED")
+        #expect(e.map { "\($0)" }?.contains("refusing to load PKCS#11 module") == true)
+
+        // A module file others may write is refused the same way (here /tmp alone would be).
+        try FileManager.default.setAttributes([.posixPermissions: 0o755], ofItemAtPath: dir.path)
+        try FileManager.default.setAttributes([.posixPermissions: 0o666], ofItemAtPath: copy)
+        let writable = await #expect(throws: KeyProviderError.self) { try await hostile.preparingKEK(tenant: "acme") }
+        #expect(writable?.code == "E_KEY_UNSUPPORTED")
+
+        let relative = try PKCS11KeyProvider(uri: SoftHSM.uri(p, object: "x", module: "libsofthsm2.so"))
+        let r = await #expect(throws: KeyProviderError.self) { try await relative.preparingKEK(tenant: "acme") }
+        #expect(r?.code == "E_KEY_UNSUPPORTED")
+    }
+
     @Test func destroyingTheKEKShredsEveryCopyAndARecreatedLabelDoesNotRevive() async throws {
         guard let p = SoftHSM.peer() else { return }
         let label = SoftHSM.label()
