@@ -1,6 +1,7 @@
 import CP11Kit
 import Crypto
 import Foundation
+import NIOPosix
 import RedoubtCore
 
 /// Wraps the read key with a non-extractable AES-256 key on a PKCS#11 token (an HSM, a
@@ -32,7 +33,7 @@ public struct PKCS11KeyProvider: KeyProvider {
     /// Creates the KEK on the token if no AES key carries the URI's object label, else
     /// adopts the one that does; returns a provider whose URI pins its CKA_ID.
     public func preparingKEK(tenant: String) async throws -> any KeyProvider {
-        let id: [UInt8] = try withSession { s throws(KeyProviderError) in
+        let id: [UInt8] = try await offloaded { s throws(KeyProviderError) in
             if let key = try s.findKey(label: target.object, id: target.id, required: false) {
                 return try s.checkedKEK(key, label: target.object).id
             }
@@ -49,16 +50,17 @@ public struct PKCS11KeyProvider: KeyProvider {
 
     public func wrap(_ key: ReadPrivateKey, context: KeyContext) async throws -> WrappedReadKey {
         let nonce = Array(AES.GCM.Nonce())
-        var seed = key.exportSeed().withUnsafeBytes { Array($0) }
-        defer { for i in seed.indices { seed[i] = 0 } }
-        let (sealed, id): ([UInt8], [UInt8]) = try withSession { s throws(KeyProviderError) in
+        let seed = key.exportSeed()
+        let aad = context.associatedData
+        let (sealed, id): ([UInt8], [UInt8]) = try await offloaded { s throws(KeyProviderError) in
             guard let handle = try s.findKey(label: target.object, id: target.id, required: true) else {
                 throw s.destroyed(label: target.object, id: target.id)
             }
             // Why: wrapping under an extractable or short key would give less than the
             // URI promises; refuse rather than wrap.
             let kek = try s.checkedKEK(handle, label: target.object)
-            return (try s.gcm(encrypt: true, key: handle, nonce: nonce, aad: context.associatedData, input: seed), kek.id)
+            let sealed = try s.gcm(encrypt: true, key: handle, nonce: nonce, aad: aad, input: seed)
+            return (sealed.withUnsafeBytes { Array($0) }, kek.id)
         }
         var parameters = [
             "pkcs11-token": target.token, "pkcs11-object": target.object,
@@ -76,13 +78,14 @@ public struct PKCS11KeyProvider: KeyProvider {
         let sealed = try wrapped.wrappedBytes()
         guard sealed.count == 32 + 16 else { throw KeyProviderError.malformed("PKCS#11-wrapped key is \(sealed.count) bytes, not a 32-byte seed and a 16-byte tag") }
         let (label, id) = try kek(of: wrapped)
-        var seed: [UInt8] = try withSession { s throws(KeyProviderError) in
+        let aad = context.associatedData
+        let nonceBytes = Array(nonce)
+        let seed: SecretBytes = try await offloaded { s throws(KeyProviderError) in
             guard let handle = try s.findKey(label: label, id: id, required: true) else { throw s.destroyed(label: label, id: id) }
-            return try s.gcm(encrypt: false, key: handle, nonce: Array(nonce), aad: context.associatedData, input: sealed)
+            return try s.gcm(encrypt: false, key: handle, nonce: nonceBytes, aad: aad, input: SecretBytes(copying: sealed))
         }
-        defer { for i in seed.indices { seed[i] = 0 } }
         guard seed.count == 32 else { throw KeyProviderError.keyMismatch(provider: uri, readKeyID: wrapped.readKeyID) }
-        let key = try ReadPrivateKey(seed: SecretBytes(copying: seed))
+        let key = try ReadPrivateKey(seed: seed)
         return try checkUnwrapped(key, wrapped)
     }
 
@@ -90,7 +93,7 @@ public struct PKCS11KeyProvider: KeyProvider {
     /// as done.
     public func destroyKEK(of wrapped: WrappedReadKey) async throws {
         let (label, id) = try kek(of: wrapped)
-        try withSession { s throws(KeyProviderError) in
+        try await offloaded { s throws(KeyProviderError) in
             guard let handle = try s.findKey(label: label, id: id, required: false) else { return }
             try s.destroy(handle)
         }
@@ -116,6 +119,13 @@ public struct PKCS11KeyProvider: KeyProvider {
     }
 
     // MARK: Sessions
+
+    /// ``withSession(_:)`` on NIO's blocking-I/O thread pool: a PKCS#11 call may block for as
+    /// long as the HSM takes (a network HSM, a slow card), which must not hold up a thread
+    /// of Swift's cooperative pool.
+    func offloaded<T: Sendable>(_ body: @escaping @Sendable (PKCS11Session) throws(KeyProviderError) -> T) async throws -> T {
+        try await NIOThreadPool.singleton.runIfActive { try self.withSession(body) }
+    }
 
     /// Loads the module, finds the token, opens a R/W session and logs in; runs `body`;
     /// always logs out and closes the session. One operation at a time per module.
@@ -327,12 +337,14 @@ struct PKCS11Session {
     }
 
     /// One-shot CKM_AES_GCM (96-bit nonce, 128-bit tag). Output is ciphertext ‖ tag.
-    func gcm(encrypt: Bool, key: CK_OBJECT_HANDLE, nonce: [UInt8], aad: [UInt8], input: [UInt8]) throws(KeyProviderError) -> [UInt8] {
+    /// Input and output are ``SecretBytes``: the seed goes in when sealing and comes out when
+    /// opening, and neither leaves an unzeroed copy behind.
+    func gcm(encrypt: Bool, key: CK_OBJECT_HANDLE, nonce: [UInt8], aad: [UInt8], input: SecretBytes) throws(KeyProviderError) -> SecretBytes {
         let call = encrypt ? "C_Encrypt" : "C_Decrypt"
         guard let initOp = encrypt ? functions.C_EncryptInit : functions.C_DecryptInit,
               let op = encrypt ? functions.C_Encrypt : functions.C_Decrypt
         else { throw .kmsProtocol(provider: provider, detail: "the PKCS#11 module lacks \(call)") }
-        var nonce = nonce, aad = aad, input = input
+        var nonce = nonce, aad = aad
         var output = [UInt8](repeating: 0, count: input.count + 32)
         var outLen = CK_ULONG(output.count)
         let (initRV, rv): (CK_RV, CK_RV) = nonce.withUnsafeMutableBufferPointer { n in
@@ -344,14 +356,16 @@ struct PKCS11Session {
                                                  ulParameterLen: CK_ULONG(MemoryLayout<CK_GCM_PARAMS>.size))
                     let initRV = initOp(handle, &mechanism, key)
                     guard initRV == CKR_OK else { return (initRV, initRV) }
-                    let rv = input.withUnsafeMutableBufferPointer { i in
-                        output.withUnsafeMutableBufferPointer { o in op(handle, i.baseAddress, CK_ULONG(i.count), o.baseAddress, &outLen) }
+                    // C_Encrypt/C_Decrypt take a non-const pointer but do not write the input.
+                    let rv = input.withUnsafeBytes { i in
+                        output.withUnsafeMutableBufferPointer { o in
+                            op(handle, UnsafeMutablePointer(mutating: i.bindMemory(to: UInt8.self).baseAddress), CK_ULONG(i.count), o.baseAddress, &outLen)
+                        }
                     }
                     return (initRV, rv)
                 }
             }
         }
-        defer { for i in input.indices { input[i] = 0 } }
         try check(initRV, encrypt ? "C_EncryptInit" : "C_DecryptInit")
         if !encrypt, rv == CKR_ENCRYPTED_DATA_INVALID || rv == CKR_GENERAL_ERROR || rv == CKR_ENCRYPTED_DATA_LEN_RANGE || rv == CKR_FUNCTION_FAILED {
             // Why one answer for these: a GCM tag that does not verify means the wrapped key
@@ -360,10 +374,9 @@ struct PKCS11Session {
             throw .wrongSecret(provider: provider)
         }
         try check(rv, call)
+        defer { for i in output.indices { output[i] = 0 } }
         guard Int(outLen) <= output.count else { throw .kmsProtocol(provider: provider, detail: "\(call) claims \(outLen) bytes of output") }
-        let result = Array(output.prefix(Int(outLen)))
-        for i in output.indices { output[i] = 0 }
-        return result
+        return SecretBytes(copying: output.prefix(Int(outLen)))
     }
 
     func destroy(_ key: CK_OBJECT_HANDLE) throws(KeyProviderError) {
