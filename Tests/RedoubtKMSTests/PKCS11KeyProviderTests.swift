@@ -36,7 +36,7 @@ enum SoftHSM {
     static func peer() -> Peer? {
         _ = RedoubtKMSTests.peer("REDOUBT_TEST_SOFTHSM_CONF")
         if configured == nil, ProcessInfo.processInfo.environment["REDOUBT_TEST_SOFTHSM_CONF"] != nil {
-            Issue.record("SOFTHSM2_CONF is already set to something other than REDOUBT_TEST_SOFTHSM_CONF")
+            Issue.record("REDOUBT_TEST_SOFTHSM_MODULE, _TOKEN or _PIN_FILE is missing, or SOFTHSM2_CONF is already set to another file than REDOUBT_TEST_SOFTHSM_CONF")
         }
         return configured
     }
