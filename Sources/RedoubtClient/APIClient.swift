@@ -61,13 +61,23 @@ public final class APIClient: Sendable {
 
     public func shutdown() async { try? await http.shutdown() }
 
+    /// `PRETTY_NAME` from this host's /etc/os-release, read once; nil if absent.
+    public static let hostOS: String? = {
+        guard let s = try? String(contentsOfFile: "/etc/os-release", encoding: .utf8) else { return nil }
+        for line in s.split(separator: "\n") where line.hasPrefix("PRETTY_NAME=") {
+            return String(line.dropFirst("PRETTY_NAME=".count)).trimmingCharacters(in: CharacterSet(charactersIn: "\"'"))
+        }
+        return nil
+    }()
+
     // MARK: transport
 
     /// Sends a request and returns the body of a 2xx answer; anything else is an APIError.
     public func send(_ method: HTTPMethod, _ path: String, body: [UInt8]? = nil, contentType: String = "application/octet-stream",
-                     limit: Int = 1 << 30) async throws -> (status: Int, body: [UInt8]) {
+                     headers: [(String, String)] = [], limit: Int = 1 << 30) async throws -> (status: Int, body: [UInt8]) {
         var req = HTTPClientRequest(url: baseURL + path)
         req.method = method
+        for (name, value) in headers { req.headers.add(name: name, value: value) }
         if let body {
             req.headers.add(name: "Content-Type", value: contentType)
             req.body = .bytes(ByteBuffer(bytes: body))
@@ -201,8 +211,11 @@ public final class APIClient: Sendable {
 
     public func packBytes(_ id: PackID) async throws -> [UInt8] { try await send(.GET, "/v1/packs/\(id)").body }
 
+    /// Commits a snapshot, reporting this host's OS (`Redoubt-OS`, docs/PROTOCOL.md §6) as
+    /// each backup does, so the server's `doctor` sees upgrades and reinstalls.
     public func commit(manifestBytes: [UInt8]) async throws -> Wire.SnapshotInfo {
-        let (_, data) = try await send(.POST, "/v1/snapshots", body: manifestBytes)
+        let os = Self.hostOS.map { [(Wire.hostOSHeader, $0)] } ?? []
+        let (_, data) = try await send(.POST, "/v1/snapshots", body: manifestBytes, headers: os)
         let d = JSONDecoder()
         d.dateDecodingStrategy = .iso8601
         return try d.decode(Wire.SnapshotInfo.self, from: Data(data))

@@ -50,6 +50,9 @@ public enum Wire {
         }
     }
 
+    /// HTTP header of `POST /v1/snapshots` that carries the host's `PRETTY_NAME` (optional).
+    public static let hostOSHeader = "Redoubt-OS"
+
     public struct EnrollRequest: Codable, Sendable {
         public var secret: String
         /// The host's TLS client public key, PEM (P-256 SubjectPublicKeyInfo).

@@ -96,7 +96,20 @@ public final class Catalog: Sendable {
         var config = Configuration()
         config.busyMode = .timeout(10)
         db = try DatabasePool(path: path, configuration: config)
+        // Why: SQLite creates the file and its -wal/-shm 0644; the catalog holds write
+        // material and the audit log, readable by the service user only (doctor: data.private).
+        for suffix in ["", "-wal", "-shm"] { _ = chmod(path + suffix, 0o600) }
         try Self.migrator.migrate(db)
+    }
+
+    /// Opens an existing catalog read-only, without migrating it: for `doctor`, which must
+    /// not change what it inspects. (SQLite may still create `-wal`/`-shm`; run as root,
+    /// it gives them the database file's owner, so the service can still open them.)
+    public init(readOnlyPath path: String) throws {
+        var config = Configuration()
+        config.busyMode = .timeout(10)
+        config.readonly = true
+        db = try DatabasePool(path: path, configuration: config)
     }
 
     static var migrator: DatabaseMigrator {
@@ -257,6 +270,18 @@ public final class Catalog: Sendable {
             try db.execute(sql: """
                 INSERT INTO principals(id, role, tenant, name, fingerprint, host_key, os, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)
                 """, arguments: [p.id, p.role.rawValue, p.tenant, p.name, p.fingerprint, p.hostKey.map { Data($0) }, os, now.timeIntervalSince1970])
+        }
+    }
+
+    /// Sets a principal's reported OS; returns the previous value (itself optional) when it
+    /// changed, nil when it was already `os`.
+    public func updatePrincipalOS(id: String, os: String) throws -> String?? {
+        try db.write { db in
+            guard let row = try Row.fetchOne(db, sql: "SELECT os FROM principals WHERE id = ?", arguments: [id]) else { return nil }
+            let previous: String? = row["os"]
+            guard previous != os else { return nil }
+            try db.execute(sql: "UPDATE principals SET os = ? WHERE id = ?", arguments: [os, id])
+            return .some(previous)
         }
     }
 

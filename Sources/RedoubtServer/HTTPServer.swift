@@ -137,7 +137,8 @@ public enum RedoubtHTTP {
             await handle(logger) { bytesResponse(try await service.pack(ctx.parameters.get("id") ?? "", ctx: ctx.call)) }
         }
         router.post("/v1/snapshots") { req, ctx in
-            await handle(logger) { jsonResponse(try await service.commit(try await req.bytes(limit: Manifest.maxSize), ctx: ctx.call), status: .created) }
+            let os = req.headers.first { $0.name.canonicalName == Wire.hostOSHeader.lowercased() }?.value
+            return await handle(logger) { jsonResponse(try await service.commit(try await req.bytes(limit: Manifest.maxSize), os: os, ctx: ctx.call), status: .created) }
         }
         router.get("/v1/snapshots") { req, ctx in
             await handle(logger) {

@@ -214,7 +214,8 @@ public final class RepositoryService: Sendable {
 
     /// Commits a snapshot: checks the host's signature, the tenant, and that every pack is
     /// present; stores the manifest under lock; extends the packs' locks.
-    public func commit(_ bytes: [UInt8], ctx: CallContext) async throws -> Wire.SnapshotInfo {
+    /// Commits a snapshot; `os` is the OS the host reports with it (kept for `doctor`).
+    public func commit(_ bytes: [UInt8], os: String? = nil, ctx: CallContext) async throws -> Wire.SnapshotInfo {
         let (p, tenant) = try requireTenant(ctx)
         let manifest: Manifest
         do {
@@ -245,7 +246,23 @@ public final class RepositoryService: Sendable {
                                  statistics: h.statistics, packCount: h.packs.count, manifestSize: bytes.count)
         try catalog.insertSnapshot(rec, packs: h.packs)
         audit(ctx, "commit", object: "snapshot \(manifest.id)", outcome: "ok", detail: "packs=\(h.packs.count) retain-until=\(Int(retainUntil.timeIntervalSince1970))")
+        recordHostOS(p, os, ctx: ctx)
         return Self.info(rec)
+    }
+
+    /// Keeps the OS a writer reports with a backup when it differs from the stored one,
+    /// and audits the change. The value is the host's claim: it authorises nothing, so a
+    /// malformed one (control characters, over 128 bytes) is dropped, never an error.
+    func recordHostOS(_ p: Principal, _ os: String?, ctx: CallContext) {
+        guard let os = os?.trimmingCharacters(in: .whitespaces), !os.isEmpty, os.utf8.count <= 128,
+              !os.unicodeScalars.contains(where: { CharacterSet.controlCharacters.contains($0) }) else { return }
+        do {
+            if let previous = try catalog.updatePrincipalOS(id: p.id, os: os) {
+                audit(ctx, "host-os", object: "host \(p.tenant ?? "-")/\(p.name)", outcome: "ok", detail: "was \(previous ?? "unknown"), now \(os)")
+            }
+        } catch {
+            logger.warning("could not record the host's OS", metadata: ["host": "\(p.name)", "error": "\(error)"])
+        }
     }
 
     static func info(_ r: SnapshotRecord) -> Wire.SnapshotInfo {

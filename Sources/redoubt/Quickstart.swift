@@ -15,7 +15,7 @@ struct QuickstartCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(commandName: "quickstart", abstract: "Run the embedded default end to end on this machine, on loopback.")
     @Argument(help: "What to back up (a small sample tree if omitted).") var path: String?
     @Option(name: .long, help: "Where to keep the server's data and the clients' configuration.") var dir = "redoubt-quickstart"
-    @Option(name: .long, help: "Key provider for the tenant's read key: passphrase: (default), kmip://HOST:PORT/new?ca=FILE&cert=FILE&key=FILE, or pkcs11:token=LABEL;object=LABEL?module-path=FILE&pin-source=FILE.")
+    @Option(name: .long, help: "Key provider for the tenant's read key: passphrase: (default), kmip://HOST:PORT/new?ca=FILE&cert=FILE&key=FILE, awskms://REGION/new[?endpoint=URL] or pkcs11:token=LABEL;object=LABEL?module-path=FILE&pin-source=FILE.")
     var keyProvider = "passphrase:"
 
     func run() async throws {
@@ -71,8 +71,8 @@ struct Quickstart {
         step("tenant create quickstart (read key X-Wing, wrapped by \(provider is PassphraseKeyProvider ? "passphrase: scrypt" : "a KEK held by \(provider.uri.prefix { $0 != ":" })"))")
         let keys = try TenantKeys.generate()
         let wrapped = try await provider.wrap(keys.readKey, context: KeyContext(tenant: "quickstart", keyVersion: 1))
-        // The admin client only after the key is wrapped: a key-provider error (wrong PIN, KMS down)
-        // must not leave an HTTP client un-shut-down, which traps in debug builds.
+        // The admin client comes after the key provider, so a KMS error is reported rather
+        // than tripping AsyncHTTPClient's shutdown-before-deinit assertion.
         let admin = try APIClient(credential: loadCredential(adminPath))
         _ = try await admin.createTenant(Wire.CreateTenantRequest(
             name: "quickstart", readPublicKey: Data(keys.readKey.publicKey.rawRepresentation).base64EncodedString(),
