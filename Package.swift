@@ -37,6 +37,12 @@ let package = Package(
             pkgConfig: "libzstd",
             providers: [.apt(["libzstd-dev"])]
         ),
+        // The PKCS#11 header (p11-kit's); modules are dlopen()ed, never linked.
+        .systemLibrary(
+            name: "CP11Kit",
+            pkgConfig: "p11-kit-1",
+            providers: [.apt(["libp11-kit-dev"])]
+        ),
         // glibc malloc thresholds for executables (mallopt is not visible from Swift).
         .target(name: "CMallocTune"),
         // Linux calls Swift cannot import (variadic ioctl for the immutable flag).
@@ -47,7 +53,7 @@ let package = Package(
         .target(name: "RedoubtAWS", dependencies: [crypto]),
         // Key providers: wrap and unwrap the tenant's read private key.
         .target(name: "RedoubtKMS", dependencies: [
-            "RedoubtCore", "RedoubtAWS", crypto, cryptoExtras, nio, nioPosix, nioSSL,
+            "RedoubtCore", "RedoubtAWS", "CP11Kit", crypto, cryptoExtras, nio, nioPosix, nioSSL,
             .product(name: "AsyncHTTPClient", package: "async-http-client"),
         ]),
         // The storage protocol and its implementations. Knows nothing of keys or packs.
@@ -87,7 +93,7 @@ let package = Package(
         .executableTarget(name: "redoubt-bench", dependencies: ["RedoubtCore", "CMallocTune", "CZstd", crypto]),
         .testTarget(name: "RedoubtCoreTests", dependencies: ["RedoubtCore", "RedoubtKMS"], resources: [.copy("Fixtures")]),
         .testTarget(name: "RedoubtAWSTests", dependencies: ["RedoubtAWS"]),
-        .testTarget(name: "RedoubtKMSTests", dependencies: ["RedoubtCore", "RedoubtKMS", "RedoubtAWS"]),
+        .testTarget(name: "RedoubtKMSTests", dependencies: ["RedoubtCore", "RedoubtKMS", "RedoubtAWS"], resources: [.copy("Fixtures")]),
         .testTarget(name: "RedoubtStoreTests", dependencies: ["RedoubtStore", "RedoubtAWS"]),
         // Offline media sets (issue 6): the format, pure; devices and glue come later.
         .testTarget(name: "RedoubtMediaTests", dependencies: ["RedoubtMedia", "RedoubtCore"], resources: [.copy("Fixtures")]),

@@ -15,7 +15,7 @@ struct QuickstartCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(commandName: "quickstart", abstract: "Run the embedded default end to end on this machine, on loopback.")
     @Argument(help: "What to back up (a small sample tree if omitted).") var path: String?
     @Option(name: .long, help: "Where to keep the server's data and the clients' configuration.") var dir = "redoubt-quickstart"
-    @Option(name: .long, help: "Key provider for the tenant's read key: passphrase: (default), kmip://HOST:PORT/new?ca=FILE&cert=FILE&key=FILE or awskms://REGION/new[?endpoint=URL].")
+    @Option(name: .long, help: "Key provider for the tenant's read key: passphrase: (default), kmip://HOST:PORT/new?ca=FILE&cert=FILE&key=FILE, awskms://REGION/new[?endpoint=URL] or pkcs11:token=LABEL;object=LABEL?module-path=FILE&pin-source=FILE.")
     var keyProvider = "passphrase:"
 
     func run() async throws {

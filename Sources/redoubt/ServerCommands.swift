@@ -109,7 +109,7 @@ struct TenantCreate: AsyncParsableCommand {
     static let configuration = CommandConfiguration(commandName: "create", abstract: "Create a tenant: its keys are made here and the read key leaves only wrapped.")
     @OptionGroup var admin: AdminOptions
     @Argument(help: "Tenant name (a-z, 0-9, '.', '-', '_').") var name: String
-    @Option(name: .long, help: "Key provider URI that wraps the read key: passphrase: (default), kmip://HOST:PORT/new?ca=FILE&cert=FILE&key=FILE or awskms://REGION/new[?endpoint=URL] (…/new creates the KEK).") var keyProvider = "passphrase:"
+    @Option(name: .long, help: "Key provider URI that wraps the read key: passphrase: (default), kmip://HOST:PORT/new?ca=FILE&cert=FILE&key=FILE, awskms://REGION/new[?endpoint=URL] (…/new creates the KEK) or pkcs11:token=LABEL;object=LABEL?module-path=FILE&pin-source=FILE (creates the KEK on the token if the label is new).") var keyProvider = "passphrase:"
     @Option(name: .long, help: "Minimum retention of this tenant's snapshots (e.g. 30d).") var minRetention: String?
     @Option(name: .long, help: "File holding the passphrase (else REDOUBT_PASSPHRASE or a prompt).") var passphraseFile: String?
 

@@ -130,8 +130,8 @@ func readPassphrase(file: String?, env envName: String = "REDOUBT_PASSPHRASE", p
     throw KeyProviderError.secretMissing(provider: "passphrase:", how: "set \(envName), pass the passphrase file option, or run on a terminal")
 }
 
-/// The key provider a URI names: `passphrase:`, `kmip://HOST:PORT/KEY-ID?ca=&cert=&key=` or
-/// `awskms://REGION/KEY-ID[?endpoint=URL]`.
+/// The key provider a URI names: `passphrase:`, `kmip://HOST:PORT/KEY-ID?ca=&cert=&key=`,
+/// `awskms://REGION/KEY-ID[?endpoint=URL]` or `pkcs11:token=…;object=…?module-path=…&pin-source=…`.
 /// `passphraseEnv` names the variable a passphrase may come from when no file is given.
 func makeKeyProvider(uri: String, passphraseFile: String?, passphraseEnv: String = "REDOUBT_PASSPHRASE",
                      prompt: String = "Passphrase for the tenant's read key: ") throws -> any KeyProvider {
@@ -144,6 +144,8 @@ func makeKeyProvider(uri: String, passphraseFile: String?, passphraseEnv: String
         // Credentials are read from the AWS environment or credentials file when the KMS
         // is first called, so commands that never unwrap never need them.
         return try AWSKMSKeyProvider(uri: uri)
+    case _ where uri.hasPrefix("pkcs11:"):
+        return try PKCS11KeyProvider(uri: uri)
     default:
         throw KeyProviderError.unknownProvider(uri)
     }
