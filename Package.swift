@@ -49,7 +49,7 @@ let package = Package(
         .target(name: "RedoubtKMS", dependencies: ["RedoubtCore", crypto, cryptoExtras, nio, nioPosix, nioSSL]),
         // The storage protocol and its implementations. Knows nothing of keys or packs.
         .target(name: "RedoubtStore", dependencies: [
-            "CRedoubtSys", "RedoubtAWS", logging, crypto, nio, nioHTTP1,
+            "CRedoubtSys", "RedoubtAWS", logging, crypto, nio, nioHTTP1, nioSSL,
             .product(name: "AsyncHTTPClient", package: "async-http-client"),
         ]),
         // The server: API, authn/authz, catalog, retention, audit. Holds no key that decrypts.
