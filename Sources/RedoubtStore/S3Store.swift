@@ -123,18 +123,16 @@ public struct S3Store: ObjectStore {
     }
 
     /// The key has an original: the same bytes is `.alreadyPresent`, other bytes `.conflict`.
-    /// The SHA-256 recorded with the original decides without a read; a version without
-    /// one (written by something else) is read and compared.
+    /// The SHA-256 recorded with the original decides without a read (a whole read checks
+    /// the bytes against it later).
     func settle(_ key: ObjectKey, _ data: [UInt8], digest: String, existing: S3XML.ListedVersion) async throws -> PutResult {
         guard existing.size == data.count else { throw conflict(key) }
         let h = try await send(key, .HEAD, query: Self.pin(existing))
         guard h.status == 200 else { throw fail(.remote, key, h, "HEAD of the original version failed") }
-        if let recorded = h.header("x-amz-meta-sha256") {
-            // Same size and a recorded hash that differs: other bytes, without reading them.
-            guard recorded == digest else { throw conflict(key) }
-            return .alreadyPresent
-        }
-        guard try await read(key, existing, range: nil) == data else { throw conflict(key) }
+        // Same size and a recorded hash that differs: other bytes, without reading them.
+        // No recorded hash: not a version Redoubt wrote (every put records one), so the
+        // key is taken by something else, whatever its bytes.
+        guard h.header("x-amz-meta-sha256") == digest else { throw conflict(key) }
         return .alreadyPresent
     }
 
@@ -228,8 +226,14 @@ public struct S3Store: ObjectStore {
         }
         // Why: the hash recorded at write time is checked on every whole read, so bytes
         // that changed on the server (or in transit past TLS) are an integrity error.
-        if range == nil, let recorded = r.header("x-amz-meta-sha256"), recorded != SigV4Signer.hexSHA256(r.body) {
-            throw StoreError(.integrity, key: key.path, "the bytes S3 returned do not match the SHA-256 recorded when they were written")
+        // A version without one was not written by Redoubt (every put records it).
+        if range == nil {
+            guard let recorded = r.header("x-amz-meta-sha256") else {
+                throw StoreError(.integrity, key: key.path, "the version in \(place) carries no x-amz-meta-sha256: Redoubt did not write it")
+            }
+            guard recorded == SigV4Signer.hexSHA256(r.body) else {
+                throw StoreError(.integrity, key: key.path, "the bytes S3 returned do not match the SHA-256 recorded when they were written")
+            }
         }
         return r.body
     }
