@@ -174,7 +174,10 @@ public struct S3Store: ObjectStore {
             let body = S3XML.completeMultipartBody(parts)
             let r = try await send(key, .POST, query: [("uploadId", uploadID)],
                                    headers: [("content-md5", contentMD5(body)), ("if-none-match", "*")], body: body)
-            if r.status == 412 || r.status == 409, let existing = try await original(key) {
+            // 412/409: someone created the key first. NoSuchUpload: a retry after an
+            // answer was lost, and the first Complete went through. Either way the
+            // original now decides, by its recorded hash.
+            if r.status == 412 || r.status == 409 || r.errorCode == "NoSuchUpload", let existing = try await original(key) {
                 await abort()
                 return try await settle(key, data, digest: digest, existing: existing)
             }
