@@ -246,10 +246,28 @@ public struct S3Store: ObjectStore {
         return try await info(key, v)
     }
 
+    /// The original version's size and lock, and the SHA-256 recorded when it was written
+    /// (nil if it carries none); nil if the key has no version. For an object whose key
+    /// is its own hash (packs, manifests) this tells that it is already copied without
+    /// reading it on either side; a later whole read still checks the bytes.
+    public func headRecorded(_ key: ObjectKey) async throws -> (info: ObjectInfo, sha256: String?)? {
+        guard let v = try await original(key) else { return nil }
+        let r = try await headVersion(key, v)
+        return (Self.info(key, v, r), r.header("x-amz-meta-sha256"))
+    }
+
     /// HEAD of one version: its size and its lock.
     func info(_ key: ObjectKey, _ v: S3XML.ListedVersion) async throws -> ObjectInfo {
+        Self.info(key, v, try await headVersion(key, v))
+    }
+
+    func headVersion(_ key: ObjectKey, _ v: S3XML.ListedVersion) async throws -> S3Response {
         let r = try await send(key, .HEAD, query: Self.pin(v))
         guard r.status == 200 else { throw fail(.remote, key, r, "HEAD of version \(v.versionID) failed") }
+        return r
+    }
+
+    static func info(_ key: ObjectKey, _ v: S3XML.ListedVersion, _ r: S3Response) -> ObjectInfo {
         let until = r.header("x-amz-object-lock-retain-until-date").flatMap(S3Date.parse)
         return ObjectInfo(key: key, size: Int(r.header("content-length") ?? "") ?? v.size, retainUntil: until,
                           enforced: r.header("x-amz-object-lock-mode") == "COMPLIANCE" && until != nil)

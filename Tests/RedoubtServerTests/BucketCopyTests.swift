@@ -54,6 +54,10 @@ import Testing
         // Resumable and idempotent: a second run finds everything in place.
         let (again, againOut) = sh("\(bin) copy sync quickstart --data '\(base)/server' \(target)", out)
         #expect(again == 0 && againOut.contains(" 0 new"), "second sync: \(againOut)")
+        // The rerun reads no pack or manifest: they are recognised by their recorded hash.
+        let rerunLines = againOut.split(separator: "\n")
+        #expect(rerunLines.contains { $0.contains("/packs/") && $0.hasSuffix("(already there)") }, "\(againOut)")
+        #expect(!rerunLines.contains { ($0.contains("/packs/") || $0.contains("/snapshots/")) && $0.hasSuffix("bytes)") }, "\(againOut)")
 
         // Every object in the bucket is COMPLIANCE-locked.
         let store = S3Store(client: S3Client(location: S3Location(endpoint: ls, region: "us-east-1", bucket: name, prefix: "redoubt"),
