@@ -31,6 +31,8 @@ public struct S3Store: ObjectStore {
     public var multipartThreshold: Int
     /// The part size of multipart uploads (S3's minimum is 5 MiB except the last part).
     public var partSize: Int
+    /// Entries per version-listing page (`max-keys`); nil for the server's default (1000).
+    public var listPageSize: Int? = nil
 
     public init(client: S3Client, multipartThreshold: Int = 64 << 20, partSize: Int = 16 << 20) {
         self.client = client
@@ -68,7 +70,7 @@ public struct S3Store: ObjectStore {
     /// delete marker; nil if there is none.
     func original(_ key: ObjectKey) async throws -> S3XML.ListedVersion? {
         let name = client.objectName(key.path)
-        return try await Self.originals(client.listVersions(prefix: name, key: key)).first { $0.key == name }
+        return try await Self.originals(client.listVersions(prefix: name, key: key, pageSize: listPageSize)).first { $0.key == name }
     }
 
     /// The original version of each key in `versions`, in key order. Order of age: by
@@ -278,7 +280,7 @@ public struct S3Store: ObjectStore {
         if prefix.contains("//") || prefix.hasPrefix("/") { return [] }
         let base = client.location.prefix.isEmpty ? "" : client.location.prefix + "/"
         let versions: [S3XML.ListedVersion]
-        do { versions = try await client.listVersions(prefix: base + prefix) } catch {
+        do { versions = try await client.listVersions(prefix: base + prefix, pageSize: listPageSize) } catch {
             throw (error as? StoreError) ?? StoreError(.io, key: prefix, "S3 list failed after retries: \(error)")
         }
         var found: [(ObjectKey, S3XML.ListedVersion)] = []
@@ -307,7 +309,7 @@ public struct S3Store: ObjectStore {
         // Every version and delete marker, so that the key is free again (a plain DELETE
         // on a versioned bucket only adds a marker, and the original would still be read).
         let name = client.objectName(key.path)
-        let versions = try await client.listVersions(prefix: name, key: key).filter { $0.key == name }
+        let versions = try await client.listVersions(prefix: name, key: key, pageSize: listPageSize).filter { $0.key == name }
         for v in versions.isEmpty ? [nil] : versions.map(Optional.some) {
             let r = try await send(key, .DELETE, query: v.map(Self.pin) ?? [])
             if r.status == 204 || r.status == 200 || r.status == 404 { continue }
@@ -329,12 +331,13 @@ public struct S3Store: ObjectStore {
 extension S3Client {
     /// Every version and delete marker under `prefix` (a full object name, bucket-relative),
     /// across pages. `key` names the object in errors.
-    func listVersions(prefix: String, key: ObjectKey? = nil) async throws -> [S3XML.ListedVersion] {
+    func listVersions(prefix: String, key: ObjectKey? = nil, pageSize: Int? = nil) async throws -> [S3XML.ListedVersion] {
         let what = key?.path ?? prefix
         var out: [S3XML.ListedVersion] = []
         var marker: (key: String, version: String?)? = nil
         repeat {
             var query: [(name: String, value: String)] = [("versions", ""), ("prefix", prefix)]
+            if let pageSize { query.append(("max-keys", "\(pageSize)")) }
             if let marker {
                 query.append(("key-marker", marker.key))
                 if let v = marker.version { query.append(("version-id-marker", v)) }

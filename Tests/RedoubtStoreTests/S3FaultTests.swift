@@ -15,6 +15,7 @@ final class FaultyTransport: S3Transport {
     let inner: any S3Transport
     let plan: Mutex<[Fault?]>
     let seen = Mutex<[String]>([])
+    let urls = Mutex<[String]>([])
 
     init(_ inner: any S3Transport, plan: [Fault?]) {
         self.inner = inner
@@ -26,6 +27,7 @@ final class FaultyTransport: S3Transport {
     func execute(_ request: S3HTTPRequest) async throws -> S3Response {
         let fault = plan.withLock { p in p.isEmpty ? nil : p.removeFirst() }
         seen.withLock { $0.append("\(request.method.rawValue)" + (fault.map { " \($0)" } ?? "")) }
+        urls.withLock { $0.append(request.url) }
         switch fault {
         case .cut: throw Cut()
         case .status500:
