@@ -47,8 +47,8 @@ final class FaultyTransport: S3Transport {
     static let fast = S3RetryPolicy(attempts: 6, baseDelay: .milliseconds(5), maxDelay: .milliseconds(50))
 
     func store(_ peer: S3Peer, _ faulty: FaultyTransport, threshold: Int = 64 << 20) async throws -> S3Store {
-        let bucket = try await peer.makeBucket()
-        return S3Store(client: peer.client(bucket, prefix: "faults", transport: faulty, retry: Self.fast),
+        let bucket = try await peer.sharedBucket()
+        return S3Store(client: peer.client(bucket, prefix: S3Peer.unique("faults"), transport: faulty, retry: Self.fast),
                        multipartThreshold: threshold, partSize: 5 << 20)
     }
 
@@ -117,11 +117,12 @@ final class FaultyTransport: S3Transport {
                 return S3Response(status: resp.status, headers: resp.headers, body: Array(resp.body.dropLast()))
             }
         }
-        let bucket = try await peer.makeBucket()
-        let good = S3Store(client: peer.client(bucket, prefix: "trunc"))
+        let bucket = try await peer.sharedBucket()
+        let prefix = S3Peer.unique("trunc")
+        let good = S3Store(client: peer.client(bucket, prefix: prefix))
         let key = try #require(ObjectKey("packs/t/t"))
         _ = try await good.put(key, [1, 2, 3, 4, 5], retainUntil: nil)
-        let bad = S3Store(client: peer.client(bucket, prefix: "trunc", transport: Truncating(try AHCTransport.shared())))
+        let bad = S3Store(client: peer.client(bucket, prefix: prefix, transport: Truncating(try AHCTransport.shared())))
         let whole = await #expect(throws: StoreError.self) { _ = try await bad.get(key) }
         #expect(whole?.code == .integrity)
         let part = await #expect(throws: StoreError.self) { _ = try await bad.get(key, range: 1..<4) }
@@ -142,10 +143,11 @@ final class FaultyTransport: S3Transport {
                 return S3Response(status: resp.status, headers: resp.headers, body: body)
             }
         }
-        let bucket = try await peer.makeBucket()
+        let bucket = try await peer.sharedBucket()
+        let prefix = S3Peer.unique("flip")
         let key = try #require(ObjectKey("packs/h/h"))
-        _ = try await S3Store(client: peer.client(bucket)).put(key, Array("pack bytes".utf8), retainUntil: nil)
-        let bad = S3Store(client: peer.client(bucket, transport: Flipping(try AHCTransport.shared())))
+        _ = try await S3Store(client: peer.client(bucket, prefix: prefix)).put(key, Array("pack bytes".utf8), retainUntil: nil)
+        let bad = S3Store(client: peer.client(bucket, prefix: prefix, transport: Flipping(try AHCTransport.shared())))
         let e = await #expect(throws: StoreError.self) { _ = try await bad.get(key) }
         #expect(e?.code == .integrity)
     }

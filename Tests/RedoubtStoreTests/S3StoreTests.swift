@@ -1,6 +1,7 @@
 import Foundation
 import NIOHTTP1
 import RedoubtAWS
+import Synchronization
 import Testing
 
 @testable import RedoubtStore
@@ -47,6 +48,24 @@ struct S3Peer: Sendable {
         return bucket
     }
 
+    private static let shared = Mutex<[String: String]>([:])
+
+    /// One Object Lock bucket per peer for the whole test process: tests that need no
+    /// bucket of their own use it under a unique prefix. (SeaweedFS gives every bucket
+    /// its own volumes and runs out after a few hundred buckets.)
+    func sharedBucket() async throws -> String {
+        if let b = Self.shared.withLock({ $0[name] }) { return b }
+        let made = try await makeBucket()
+        return Self.shared.withLock { all in
+            if let b = all[name] { return b }
+            all[name] = made
+            return made
+        }
+    }
+
+    /// A prefix no other test uses.
+    static func unique(_ base: String) -> String { "\(base)-\(String(UInt32.random(in: 0 ... .max), radix: 16))" }
+
     func client(_ bucket: String, prefix: String = "", as identity: AWSCredentials? = nil, transport: (any S3Transport)? = nil,
                 retry: S3RetryPolicy = S3RetryPolicy()) -> S3Client {
         S3Client(location: S3Location(endpoint: endpoint, region: "us-east-1", bucket: bucket, prefix: prefix), credentials: identity ?? writer,
@@ -59,15 +78,15 @@ struct S3Peer: Sendable {
     @Test(arguments: StoreConformance.Check.allCases)
     func seaweedFS(_ check: StoreConformance.Check) async throws {
         guard let peer = S3Peer.named("seaweed") else { return }
-        let bucket = try await peer.makeBucket()
-        try await StoreConformance(makeStore: { S3Store(client: peer.client(bucket, prefix: "t/acme")) }).run(check)
+        let bucket = try await peer.sharedBucket()
+        try await StoreConformance(makeStore: { S3Store(client: peer.client(bucket, prefix: "conformance")) }).run(check)
     }
 
     @Test(arguments: StoreConformance.Check.allCases)
     func localStack(_ check: StoreConformance.Check) async throws {
         guard let peer = S3Peer.named("localstack") else { return }
-        let bucket = try await peer.makeBucket()
-        try await StoreConformance(makeStore: { S3Store(client: peer.client(bucket, prefix: "t/acme")) }).run(check)
+        let bucket = try await peer.sharedBucket()
+        try await StoreConformance(makeStore: { S3Store(client: peer.client(bucket, prefix: "conformance")) }).run(check)
     }
 }
 
@@ -150,7 +169,7 @@ struct S3Peer: Sendable {
     @Test(arguments: ["seaweed", "localstack"])
     func multipartUploadKeepsTheLockAndTheBytes(_ name: String) async throws {
         guard let peer = S3Peer.named(name) else { return }
-        let store = S3Store(client: peer.client(try await peer.makeBucket(), prefix: "t/acme"), multipartThreshold: 6 << 20, partSize: 5 << 20)
+        let store = S3Store(client: peer.client(try await peer.sharedBucket(), prefix: S3Peer.unique("multipart")), multipartThreshold: 6 << 20, partSize: 5 << 20)
         let key = try #require(ObjectKey("packs/mp/big"))
         let data = (0..<(11 << 20)).map { UInt8(truncatingIfNeeded: $0 &* 2_654_435_761 >> 13) }
         let until = Date().addingTimeInterval(3600).rounded()
@@ -172,7 +191,7 @@ struct S3Peer: Sendable {
     /// SeaweedFS checks signatures: a writer with the wrong secret is refused, S3's code kept, no secret shown.
     @Test func wrongSecretIsRefusedWithS3sCode() async throws {
         guard let peer = S3Peer.named("seaweed") else { return }
-        let bucket = try await peer.makeBucket()
+        let bucket = try await peer.sharedBucket()
         let bad = AWSCredentials(accessKeyID: peer.writer.accessKeyID, secretAccessKey: "not-the-secret")
         let store = S3Store(client: peer.client(bucket, as: bad))
         let key = try #require(ObjectKey("sig/x"))
@@ -193,8 +212,7 @@ struct S3Peer: Sendable {
 /// still read, list, extend and settle the version Redoubt wrote.
 @Suite(.serialized) struct S3OverwrittenKeyTests {
     func attack(_ peer: S3Peer) async throws {
-        let bucket = try await peer.makeBucket()
-        let client = peer.client(bucket, prefix: "t/acme")
+        let client = peer.client(try await peer.sharedBucket(), prefix: S3Peer.unique("overwritten"))
         let store = S3Store(client: client)
         let until = Date().addingTimeInterval(3600).rounded()
         let keys = try ["packs/aa/overwritten", "packs/aa/deleted", "packs/aa/both"].map { try #require(ObjectKey($0)) }
@@ -236,8 +254,9 @@ struct S3Peer: Sendable {
         // Extending a lock extends the original version's, not the attacker's.
         let later = until.addingTimeInterval(600)
         try await store.extendRetention(keys[0], until: later)
-        #expect(try await store.head(keys[0])?.retainUntil == later)
         let versions = try await client.send(.GET, key: nil, query: [("versions", ""), ("prefix", client.objectName(keys[0].path))])
+        let extended = try await store.head(keys[0])?.retainUntil
+        #expect(extended == later, "\(peer.name): \(String(describing: extended)) vs \(later); \(String(decoding: versions.body, as: UTF8.self))")
         let page = try #require(S3XML.listObjectVersions(versions.body))
         #expect(page.versions.filter { !$0.isDeleteMarker }.count == 2, "one original, one attacker version; resync added none")
 
@@ -255,7 +274,7 @@ struct S3Peer: Sendable {
     /// markers of one key split across pages.
     func paged(_ peer: S3Peer) async throws {
         let counting = FaultyTransport(try AHCTransport.shared(), plan: [])
-        let client = peer.client(try await peer.makeBucket(), prefix: "t/acme", transport: counting)
+        let client = peer.client(try await peer.sharedBucket(), prefix: S3Peer.unique("paged"), transport: counting)
         var store = S3Store(client: client)
         store.listPageSize = 2
         let until = Date().addingTimeInterval(3600).rounded()
