@@ -73,20 +73,24 @@ public struct S3Store: ObjectStore {
         return try await Self.originals(client.listVersions(prefix: name, key: key, pageSize: listPageSize)).first { $0.key == name }
     }
 
-    /// The original version of each key in `versions`, in key order. Order of age: by
-    /// LastModified, and within a tie by listing order (S3 lists a key's versions newest
-    /// first), so the last one listed of the earliest second is the oldest.
+    /// The original version of each key in `versions`, in key order: the oldest version
+    /// that is not a delete marker.
+    ///
+    /// Age comes from the listing's order, never from LastModified: SeaweedFS moves a
+    /// version's LastModified when its retention is extended, so by date an attacker's
+    /// newer version would pass for the original after Redoubt's next lock extension.
+    /// S3 lists a key's versions newest first; should a server list them oldest first,
+    /// its `IsLatest` entry comes last and the order is turned round.
     static func originals(_ versions: [S3XML.ListedVersion]) -> [S3XML.ListedVersion] {
-        var oldest: [String: (version: S3XML.ListedVersion, index: Int)] = [:]
-        for (i, v) in versions.enumerated() where !v.isDeleteMarker {
-            if let o = oldest[v.key] {
-                let a = v.lastModified ?? .distantPast, b = o.version.lastModified ?? .distantPast
-                if a > b { continue }
-                if a == b && i < o.index { continue }
-            }
-            oldest[v.key] = (v, i)
+        var byKey: [String: [S3XML.ListedVersion]] = [:]
+        for v in versions { byKey[v.key, default: []].append(v) }
+        var out: [S3XML.ListedVersion] = []
+        for (_, listed) in byKey {
+            var newestFirst = listed
+            if listed.count > 1, listed.last?.isLatest == true, listed.first?.isLatest != true { newestFirst.reverse() }
+            if let original = newestFirst.last(where: { !$0.isDeleteMarker }) { out.append(original) }
         }
-        return oldest.values.map(\.version).sorted { Array($0.key.utf8).lexicographicallyPrecedes(Array($1.key.utf8)) }
+        return out.sorted { Array($0.key.utf8).lexicographicallyPrecedes(Array($1.key.utf8)) }
     }
 
     /// `versionId` for one version; none for the `null` version of an unversioned bucket.

@@ -98,8 +98,6 @@ public enum S3XML {
         public var isDeleteMarker: Bool
         public var size: Int
         public var etag: String?
-        /// When this version was written; nil if the server sent no parsable date.
-        public var lastModified: Date?
     }
 
     /// A `ListVersionsResult` page (ListObjectVersions).
@@ -117,8 +115,7 @@ public enum S3XML {
             guard let key = c.value("Key"), let vid = c.value("VersionId") else { return nil }
             let size = c.value("Size").flatMap { Int($0) } ?? 0
             out.append(ListedVersion(key: key, versionID: vid, isLatest: c.value("IsLatest") == "true",
-                                     isDeleteMarker: c.name == "DeleteMarker", size: size, etag: c.value("ETag"),
-                                     lastModified: c.value("LastModified").flatMap(S3Date.parse)))
+                                     isDeleteMarker: c.name == "DeleteMarker", size: size, etag: c.value("ETag")))
         }
         return VersionPage(versions: out, isTruncated: root.value("IsTruncated") == "true",
                            nextKeyMarker: root.value("NextKeyMarker"), nextVersionIDMarker: root.value("NextVersionIdMarker"))

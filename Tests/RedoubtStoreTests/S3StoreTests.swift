@@ -252,6 +252,9 @@ struct S3Peer: Sendable {
         #expect(listed.allSatisfy { $0.size == originals[$0.key]!.count && $0.retainUntil == until && $0.enforced })
 
         // Extending a lock extends the original version's, not the attacker's.
+        // A second apart, so that a server that moves LastModified on a retention change
+        // (SeaweedFS does) dates the original after the attacker's version.
+        try await Task.sleep(for: .milliseconds(1100))
         let later = until.addingTimeInterval(600)
         try await store.extendRetention(keys[0], until: later)
         let versions = try await client.send(.GET, key: nil, query: [("versions", ""), ("prefix", client.objectName(keys[0].path))])
@@ -259,6 +262,7 @@ struct S3Peer: Sendable {
         #expect(extended == later, "\(peer.name): \(String(describing: extended)) vs \(later); \(String(decoding: versions.body, as: UTF8.self))")
         let page = try #require(S3XML.listObjectVersions(versions.body))
         #expect(page.versions.filter { !$0.isDeleteMarker }.count == 2, "one original, one attacker version; resync added none")
+        #expect(try await store.get(keys[0]) == originals[keys[0]], "\(peer.name): after a lock extension the original is still the one read")
 
         // A key the attacker took first (no recorded hash): never settled as ours, never read as ours.
         let planted = try #require(ObjectKey("packs/aa/planted"))
@@ -298,6 +302,20 @@ struct S3Peer: Sendable {
         #expect(listed.map(\.key) == originals.keys.sorted(), "\(peer.name)")
         #expect(listed.allSatisfy { $0.size == originals[$0.key]!.count })
         for (key, bytes) in originals { #expect(try await store.get(key) == bytes, "\(peer.name): \(key)") }
+    }
+
+    @Test func theOriginalIsTheLastListedVersionThatIsNotADeleteMarker() {
+        func v(_ key: String, _ id: String, latest: Bool = false, marker: Bool = false) -> S3XML.ListedVersion {
+            S3XML.ListedVersion(key: key, versionID: id, isLatest: latest, isDeleteMarker: marker, size: 1, etag: nil)
+        }
+        // Newest first, as S3 lists: delete marker, attacker's version, the original.
+        let newestFirst = [v("a", "dm", latest: true, marker: true), v("a", "ransom"), v("a", "orig"), v("b", "only", latest: true)]
+        #expect(S3Store.originals(newestFirst).map(\.versionID) == ["orig", "only"])
+        // A server listing oldest first marks its last entry latest: read the other way.
+        let oldestFirst = [v("a", "orig"), v("a", "ransom"), v("a", "dm", latest: true, marker: true)]
+        #expect(S3Store.originals(oldestFirst).map(\.versionID) == ["orig"])
+        // Only delete markers: no original.
+        #expect(S3Store.originals([v("c", "dm", latest: true, marker: true)]).isEmpty)
     }
 
     @Test func localStackPagesVersionListings() async throws {
