@@ -120,7 +120,7 @@ public struct S3Store: ObjectStore {
         // Why: a checksum mismatch is never accepted as written. S3 checked Content-MD5;
         // the ETag of a single-part upload without SSE-KMS is that MD5, so a server that
         // stored other bytes (or ignored the header) shows here.
-        if let etag = r.header("etag")?.trimmingCharacters(in: CharacterSet(charactersIn: "\"")), etag.count == 32,
+        if Self.etagIsMD5(r), let etag = r.header("etag")?.trimmingCharacters(in: CharacterSet(charactersIn: "\"")), etag.count == 32,
             etag.lowercased() != hexMD5(data)
         {
             throw StoreError(.integrity, key: key.path, "S3 stored bytes whose MD5 (\(etag)) is not the one sent")
@@ -140,6 +140,15 @@ public struct S3Store: ObjectStore {
         // key is taken by something else, whatever its bytes.
         guard h.header("x-amz-meta-sha256") == digest else { throw conflict(key) }
         return .alreadyPresent
+    }
+
+    /// Whether the answer's ETag is an MD5 of the bytes (AWS: not under SSE-KMS, DSSE-KMS
+    /// or SSE-C, where it is opaque). Without this a bucket with default KMS encryption
+    /// would fail every write as an integrity error.
+    static func etagIsMD5(_ r: S3Response) -> Bool {
+        if r.header("x-amz-server-side-encryption-customer-algorithm") != nil { return false }
+        if let sse = r.header("x-amz-server-side-encryption")?.lowercased(), sse.hasPrefix("aws:kms") { return false }
+        return true
     }
 
     func lockHeaders(_ until: Date) -> [(name: String, value: String)] {
@@ -170,7 +179,7 @@ public struct S3Store: ObjectStore {
                                        headers: [("content-md5", Data(md5).base64EncodedString())], body: part)
                 guard r.status == 200, let etag = r.header("etag") else { throw fail(.remote, key, r, "UploadPart \(number) refused") }
                 // Why: each part's ETag is its MD5; another value means other bytes were stored.
-                if etag.trimmingCharacters(in: CharacterSet(charactersIn: "\"")).lowercased() != hex(md5) {
+                if Self.etagIsMD5(r), etag.trimmingCharacters(in: CharacterSet(charactersIn: "\"")).lowercased() != hex(md5) {
                     throw StoreError(.integrity, key: key.path, "S3 stored part \(number) with ETag \(etag), not the MD5 of the part sent")
                 }
                 parts.append((number, etag))
@@ -195,7 +204,9 @@ public struct S3Store: ObjectStore {
                 throw err
             }
             let expected = hexMD5(md5s) + "-\(parts.count)"
-            if let etag = done.etag?.trimmingCharacters(in: CharacterSet(charactersIn: "\"")), etag.contains("-"), etag.lowercased() != expected {
+            if Self.etagIsMD5(r), let etag = done.etag?.trimmingCharacters(in: CharacterSet(charactersIn: "\"")), etag.contains("-"),
+                etag.lowercased() != expected
+            {
                 throw StoreError(.integrity, key: key.path, "S3 assembled an object with ETag \(etag), expected \(expected)")
             }
             guard let v = try await original(key), v.size == data.count else {

@@ -201,6 +201,15 @@ struct S3Peer: Sendable {
         #expect(!(e?.description.contains("not-the-secret") ?? true), "the secret must not appear in errors")
     }
 
+    @Test func etagsAreCheckedAsMD5sOnlyWithoutKMSOrCustomerKeys() {
+        func r(_ h: [(String, String)]) -> S3Response { S3Response(status: 200, headers: HTTPHeaders(h), body: []) }
+        #expect(S3Store.etagIsMD5(r([("etag", "\"abc\"")])))
+        #expect(S3Store.etagIsMD5(r([("x-amz-server-side-encryption", "AES256")])))
+        #expect(!S3Store.etagIsMD5(r([("x-amz-server-side-encryption", "aws:kms")])))
+        #expect(!S3Store.etagIsMD5(r([("x-amz-server-side-encryption", "aws:kms:dsse")])))
+        #expect(!S3Store.etagIsMD5(r([("x-amz-server-side-encryption-customer-algorithm", "AES256")])))
+    }
+
     @Test func aCAThatIsNotPEMIsAConfigError() throws {
         let e = #expect(throws: StoreError.self) { _ = try AHCTransport(caPEM: "not a certificate") }
         #expect(e?.code == .config)
