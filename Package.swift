@@ -46,7 +46,10 @@ let package = Package(
         // AWS request signing (SigV4) and credential loading, shared by the S3 store and AWS KMS.
         .target(name: "RedoubtAWS", dependencies: [crypto]),
         // Key providers: wrap and unwrap the tenant's read private key.
-        .target(name: "RedoubtKMS", dependencies: ["RedoubtCore", crypto, cryptoExtras, nio, nioPosix, nioSSL]),
+        .target(name: "RedoubtKMS", dependencies: [
+            "RedoubtCore", "RedoubtAWS", crypto, cryptoExtras, nio, nioPosix, nioSSL,
+            .product(name: "AsyncHTTPClient", package: "async-http-client"),
+        ]),
         // The storage protocol and its implementations. Knows nothing of keys or packs.
         .target(name: "RedoubtStore", dependencies: [
             "CRedoubtSys", "RedoubtAWS", logging, crypto, nio, nioHTTP1, nioSSL,
@@ -64,7 +67,7 @@ let package = Package(
             ]
         ),
         // Offline media format (docs/FORMAT.md §13). May import RedoubtCore only.
-        .target(name: "RedoubtMedia", dependencies: ["RedoubtCore", crypto]),
+        .target(name: "RedoubtMedia", dependencies: ["RedoubtCore", "CRedoubtSys", crypto]),
         // The client: archiver, restorer, API client.
         .target(
             name: "RedoubtClient",
@@ -84,12 +87,12 @@ let package = Package(
         .executableTarget(name: "redoubt-bench", dependencies: ["RedoubtCore", "CMallocTune", "CZstd", crypto]),
         .testTarget(name: "RedoubtCoreTests", dependencies: ["RedoubtCore", "RedoubtKMS"], resources: [.copy("Fixtures")]),
         .testTarget(name: "RedoubtAWSTests", dependencies: ["RedoubtAWS"]),
-        .testTarget(name: "RedoubtKMSTests", dependencies: ["RedoubtCore", "RedoubtKMS"]),
+        .testTarget(name: "RedoubtKMSTests", dependencies: ["RedoubtCore", "RedoubtKMS", "RedoubtAWS"]),
         .testTarget(name: "RedoubtStoreTests", dependencies: ["RedoubtStore", "RedoubtAWS"]),
         // Offline media sets (issue 6): the format, pure; devices and glue come later.
         .testTarget(name: "RedoubtMediaTests", dependencies: ["RedoubtMedia", "RedoubtCore"], resources: [.copy("Fixtures")]),
         .testTarget(name: "RedoubtClientTests", dependencies: ["RedoubtClient", "RedoubtCore", "RedoubtKMS"]),
-        .testTarget(name: "RedoubtServerTests", dependencies: ["RedoubtServer", "RedoubtMedia", "RedoubtClient", "RedoubtCore", "RedoubtKMS", "RedoubtStore", nioHTTP1, crypto,
+        .testTarget(name: "RedoubtServerTests", dependencies: ["RedoubtServer", "RedoubtMedia", "RedoubtClient", "RedoubtCore", "RedoubtKMS", "RedoubtAWS", "RedoubtStore", nioHTTP1, crypto,
                                                     .product(name: "Hummingbird", package: "hummingbird"), .product(name: "GRDB", package: "GRDB.swift")]),
     ]
 )

@@ -61,13 +61,23 @@ public final class APIClient: Sendable {
 
     public func shutdown() async { try? await http.shutdown() }
 
+    /// `PRETTY_NAME` from this host's /etc/os-release, read once; nil if absent.
+    public static let hostOS: String? = {
+        guard let s = try? String(contentsOfFile: "/etc/os-release", encoding: .utf8) else { return nil }
+        for line in s.split(separator: "\n") where line.hasPrefix("PRETTY_NAME=") {
+            return String(line.dropFirst("PRETTY_NAME=".count)).trimmingCharacters(in: CharacterSet(charactersIn: "\"'"))
+        }
+        return nil
+    }()
+
     // MARK: transport
 
     /// Sends a request and returns the body of a 2xx answer; anything else is an APIError.
     public func send(_ method: HTTPMethod, _ path: String, body: [UInt8]? = nil, contentType: String = "application/octet-stream",
-                     limit: Int = 1 << 30) async throws -> (status: Int, body: [UInt8]) {
+                     headers: [(String, String)] = [], limit: Int = 1 << 30) async throws -> (status: Int, body: [UInt8]) {
         var req = HTTPClientRequest(url: baseURL + path)
         req.method = method
+        for (name, value) in headers { req.headers.add(name: name, value: value) }
         if let body {
             req.headers.add(name: "Content-Type", value: contentType)
             req.body = .bytes(ByteBuffer(bytes: body))
@@ -116,6 +126,54 @@ public final class APIClient: Sendable {
                        body: Wire.CreateEnrollmentRequest(role: role, name: name, ttlSeconds: ttlSeconds))
     }
 
+    /// The tenant's current wrapped read key (admin: any tenant, with retired KEKs;
+    /// restorer: its own tenant).
+    public func readKey(tenant: String) async throws -> Wire.ReadKeyInfo {
+        try await json(Wire.ReadKeyInfo.self, .GET, "/v1/tenants/\(tenant)/read-key")
+    }
+
+    public func rotateReadKey(tenant: String, wrappedReadKey: String) async throws -> Wire.ReadKeyInfo {
+        try await json(Wire.ReadKeyInfo.self, .PUT, "/v1/tenants/\(tenant)/read-key", body: Wire.RotateReadKeyRequest(wrappedReadKey: wrappedReadKey))
+    }
+
+    public func markKEKsDestroyed(tenant: String, versions: [Int]) async throws -> Wire.ReadKeyInfo {
+        try await json(Wire.ReadKeyInfo.self, .POST, "/v1/tenants/\(tenant)/read-key/destroyed", body: Wire.DestroyedKEKsRequest(versions: versions))
+    }
+
+    public func shredTenant(tenant: String, confirm: String, destroyedVersions: [Int], requestID: String? = nil, check: Bool = false) async throws -> Wire.ReadKeyInfo {
+        try await json(Wire.ReadKeyInfo.self, .POST, "/v1/tenants/\(tenant)/shred",
+                       body: Wire.ShredRequest(confirm: confirm, destroyedVersions: destroyedVersions, requestID: requestID, check: check ? true : nil))
+    }
+
+    // MARK: approvals
+
+    public func setMinRetention(tenant: String, seconds: Double, requestID: String?) async throws -> Wire.TenantInfo {
+        try await json(Wire.TenantInfo.self, .PUT, "/v1/tenants/\(tenant)/retention", body: Wire.SetRetentionRequest(minRetentionSeconds: seconds, requestID: requestID))
+    }
+
+    public func addAdmin(name: String, ttlSeconds: Double?, requestID: String?) async throws -> Wire.CreateEnrollmentResponse {
+        try await json(Wire.CreateEnrollmentResponse.self, .POST, "/v1/admins", body: Wire.AddAdminRequest(name: name, ttlSeconds: ttlSeconds, requestID: requestID))
+    }
+
+    public func removeAdmin(name: String, requestID: String?) async throws -> Wire.QuorumInfo {
+        try await json(Wire.QuorumInfo.self, .POST, "/v1/admins/\(name)/remove", body: Wire.ApprovedChange(requestID: requestID))
+    }
+
+    /// Enrolled principals (admin): role, tenant and name of each.
+    public func principals() async throws -> [PrincipalListing] { try await json([PrincipalListing].self, .GET, "/v1/principals") }
+
+    public func quorum() async throws -> Wire.QuorumInfo { try await json(Wire.QuorumInfo.self, .GET, "/v1/quorum") }
+
+    public func setQuorum(_ q: Int, requestID: String?) async throws -> Wire.QuorumInfo {
+        try await json(Wire.QuorumInfo.self, .PUT, "/v1/quorum", body: Wire.ApprovedChange(requestID: requestID, quorum: q))
+    }
+
+    public func requests() async throws -> [Wire.RequestInfo] { try await json([Wire.RequestInfo].self, .GET, "/v1/requests") }
+
+    public func decide(request id: String, approve: Bool) async throws -> Wire.RequestInfo {
+        try await json(Wire.RequestInfo.self, .POST, "/v1/requests/\(id)/\(approve ? "approve" : "reject")")
+    }
+
     public func snapshots(host: String? = nil) async throws -> [Wire.SnapshotInfo] {
         try await json([Wire.SnapshotInfo].self, .GET, "/v1/snapshots" + (host.map { "?host=\($0)" } ?? ""))
     }
@@ -153,8 +211,11 @@ public final class APIClient: Sendable {
 
     public func packBytes(_ id: PackID) async throws -> [UInt8] { try await send(.GET, "/v1/packs/\(id)").body }
 
+    /// Commits a snapshot, reporting this host's OS (`Redoubt-OS`, docs/PROTOCOL.md §6) as
+    /// each backup does, so the server's `doctor` sees upgrades and reinstalls.
     public func commit(manifestBytes: [UInt8]) async throws -> Wire.SnapshotInfo {
-        let (_, data) = try await send(.POST, "/v1/snapshots", body: manifestBytes)
+        let os = Self.hostOS.map { [(Wire.hostOSHeader, $0)] } ?? []
+        let (_, data) = try await send(.POST, "/v1/snapshots", body: manifestBytes, headers: os)
         let d = JSONDecoder()
         d.dateDecodingStrategy = .iso8601
         return try d.decode(Wire.SnapshotInfo.self, from: Data(data))
@@ -189,4 +250,11 @@ extension APIClient: PackLocatingBackupTarget, ChunkLocatingPackSource {
     public func upload(pack: FinishedPack) async throws { _ = try await uploadPack(id: pack.id, bytes: pack.bytes) }
     public func commit(manifest: Manifest) async throws { _ = try await commit(manifestBytes: manifest.bytes) }
     public func pack(_ id: PackID) async throws -> [UInt8] { try await packBytes(id) }
+}
+
+/// One entry of `GET /v1/principals`, as far as clients need it.
+public struct PrincipalListing: Decodable, Sendable {
+    public var role: String
+    public var tenant: String?
+    public var name: String
 }

@@ -69,6 +69,13 @@ public struct ClientConfig: Sendable {
         return try WrappedReadKey.decode(d)
     }
 
+    /// Replaces the restorer's copy of the wrapped read key (after a rotation the server
+    /// hands out the new one). Checked to parse before it replaces anything.
+    public func storeWrappedReadKey(_ json: String) throws {
+        _ = try WrappedReadKey.decode(Data(json.utf8))
+        try writePrivate(readKeyURL, Array(json.utf8))
+    }
+
     /// Enrolls with a token: makes this host's TLS key (and, for a writer, its signing
     /// key) here, sends only the public halves, and stores what the server returns.
     public static func enroll(token: String, into config: ClientConfig, os: String?) async throws -> ClientCredential {

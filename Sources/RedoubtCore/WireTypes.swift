@@ -50,6 +50,9 @@ public enum Wire {
         }
     }
 
+    /// HTTP header of `POST /v1/snapshots` that carries the host's `PRETTY_NAME` (optional).
+    public static let hostOSHeader = "Redoubt-OS"
+
     public struct EnrollRequest: Codable, Sendable {
         public var secret: String
         /// The host's TLS client public key, PEM (P-256 SubjectPublicKeyInfo).
@@ -119,6 +122,140 @@ public enum Wire {
             self.readKeyID = readKeyID
             self.minRetentionSeconds = minRetentionSeconds
             self.createdAt = createdAt
+        }
+    }
+
+    /// `GET /v1/tenants/{t}/read-key`: the tenant's current wrapped read key (absent once
+    /// shredded) and, for admins, the retired KEKs it was wrapped under before.
+    public struct ReadKeyInfo: Codable, Sendable {
+        public var tenant: String
+        public var keyVersion: Int
+        /// WrappedReadKey JSON; nil after a shred.
+        public var wrappedReadKey: String?
+        public var shreddedAt: Date?
+        public var retired: [RetiredKEKInfo]
+        public init(tenant: String, keyVersion: Int, wrappedReadKey: String?, shreddedAt: Date?, retired: [RetiredKEKInfo]) {
+            self.tenant = tenant
+            self.keyVersion = keyVersion
+            self.wrappedReadKey = wrappedReadKey
+            self.shreddedAt = shreddedAt
+            self.retired = retired
+        }
+    }
+
+    /// A KEK rotated away from: `stub` is its wrapped key's JSON without the wrapped bytes.
+    public struct RetiredKEKInfo: Codable, Sendable {
+        public var version: Int
+        public var stub: String
+        public var retiredAt: Date
+        public var destroyedAt: Date?
+        public init(version: Int, stub: String, retiredAt: Date, destroyedAt: Date?) {
+            self.version = version
+            self.stub = stub
+            self.retiredAt = retiredAt
+            self.destroyedAt = destroyedAt
+        }
+    }
+
+    /// `PUT /v1/tenants/{t}/read-key`: the same read key, wrapped anew (version + 1).
+    public struct RotateReadKeyRequest: Codable, Sendable {
+        public var wrappedReadKey: String
+        public init(wrappedReadKey: String) { self.wrappedReadKey = wrappedReadKey }
+    }
+
+    /// `POST /v1/tenants/{t}/read-key/destroyed`: these versions' KEKs were destroyed.
+    public struct DestroyedKEKsRequest: Codable, Sendable {
+        public var versions: [Int]
+        public init(versions: [Int]) { self.versions = versions }
+    }
+
+    /// `POST /v1/tenants/{t}/shred`: `confirm` must repeat the tenant's name;
+    /// `destroyedVersions` lists the key versions whose KEKs the admin destroyed first.
+    /// `check` asks only whether the shred is authorised (filing an approval request if
+    /// the quorum needs one) and changes nothing; `requestID` names an approved request.
+    public struct ShredRequest: Codable, Sendable {
+        public var confirm: String
+        public var destroyedVersions: [Int]
+        public var requestID: String?
+        public var check: Bool?
+        public init(confirm: String, destroyedVersions: [Int], requestID: String? = nil, check: Bool? = nil) {
+            self.confirm = confirm
+            self.destroyedVersions = destroyedVersions
+            self.requestID = requestID
+            self.check = check
+        }
+    }
+
+    /// `PUT /v1/tenants/{t}/retention`: lowering needs approval (`requestID`); raising does not.
+    public struct SetRetentionRequest: Codable, Sendable {
+        public var minRetentionSeconds: Double
+        public var requestID: String?
+        public init(minRetentionSeconds: Double, requestID: String?) {
+            self.minRetentionSeconds = minRetentionSeconds
+            self.requestID = requestID
+        }
+    }
+
+    /// `POST /v1/admins`: a one-time enrollment token for another admin (needs approval).
+    public struct AddAdminRequest: Codable, Sendable {
+        public var name: String
+        public var ttlSeconds: Double?
+        public var requestID: String?
+        public init(name: String, ttlSeconds: Double?, requestID: String?) {
+            self.name = name
+            self.ttlSeconds = ttlSeconds
+            self.requestID = requestID
+        }
+    }
+
+    /// `POST /v1/admins/{name}/remove` and `PUT /v1/quorum`: the approved request, if needed.
+    public struct ApprovedChange: Codable, Sendable {
+        public var requestID: String?
+        public var quorum: Int?
+        public init(requestID: String?, quorum: Int? = nil) {
+            self.requestID = requestID
+            self.quorum = quorum
+        }
+    }
+
+    /// `GET /v1/quorum`.
+    public struct QuorumInfo: Codable, Sendable {
+        public var configured: Int
+        public var effective: Int
+        public var admins: Int
+        public init(configured: Int, effective: Int, admins: Int) {
+            self.configured = configured
+            self.effective = effective
+            self.admins = admins
+        }
+    }
+
+    /// A request for a change that needs other admins' approval (`GET /v1/requests`).
+    public struct RequestInfo: Codable, Sendable {
+        public var id: String
+        public var action: String
+        public var object: String
+        public var parameters: [String: String]
+        public var requester: String
+        public var createdAt: Date
+        public var expiresAt: Date
+        public var needed: Int
+        public var approvers: [String]
+        public var rejectedBy: String?
+        public var state: String
+        public init(id: String, action: String, object: String, parameters: [String: String], requester: String, createdAt: Date,
+                    expiresAt: Date, needed: Int, approvers: [String], rejectedBy: String?, state: String) {
+            self.id = id
+            self.action = action
+            self.object = object
+            self.parameters = parameters
+            self.requester = requester
+            self.createdAt = createdAt
+            self.expiresAt = expiresAt
+            self.needed = needed
+            self.approvers = approvers
+            self.rejectedBy = rejectedBy
+            self.state = state
         }
     }
 

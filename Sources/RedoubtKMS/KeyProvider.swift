@@ -132,11 +132,12 @@ public enum KeyProviderError: Error, Sendable, Equatable, CustomStringConvertibl
     public var description: String {
         switch self {
         case .malformed(let s): "wrapped read key: \(s)"
-        case .wrongSecret(let p): "\(p): the read key does not unwrap: wrong passphrase, or the wrapped key file was modified. Check the passphrase (REDOUBT_PASSPHRASE or --passphrase-file)."
+        case .wrongSecret(let p) where p.hasPrefix("passphrase"): "\(p): the read key does not unwrap: wrong passphrase, or the wrapped key file was modified. Check the passphrase (REDOUBT_PASSPHRASE or --passphrase-file)."
+        case .wrongSecret(let p): "\(p): the KMS refused to unwrap the read key: the wrapped key file (its bytes, context or key ID) was altered, or it was not sealed by this KMS key"
         case .wrongContext(let p, let e, let f): "\(p): wrapped key is for tenant \(f.tenant.debugDescription) version \(f.keyVersion), expected \(e.tenant.debugDescription) version \(e.keyVersion)"
         case .keyMismatch(let p, let id): "\(p): unwrapped key is not read key \(id): the wrapped key file was altered"
         case .secretMissing(let p, let how): "\(p): no secret supplied; \(how)"
-        case .unknownProvider(let u): "unknown key provider \(u.debugDescription); use passphrase:"
+        case .unknownProvider(let u): "unknown key provider \(u.debugDescription); use passphrase:, kmip://HOST:PORT/KEY-ID?… or awskms://REGION/KEY-ID"
         case .kmsProtocol(let p, let d): "\(p): \(d); check that the address is a KMS speaking this protocol"
         case .unreachable(let p, let d): "\(p): KMS unreachable: \(d)"
         case .keyDisabled(let p, let d): "\(p): key disabled: \(d)"

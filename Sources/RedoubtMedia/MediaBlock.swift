@@ -1,4 +1,5 @@
 // Media format v1 block codec (docs/FORMAT.md §13.2). Pure: no files, devices or clocks.
+import CRedoubtSys
 
 /// Errors of the media format, each with a stable code and the place it was found.
 public struct MediaError: Error, Sendable, Equatable, CustomStringConvertible {
@@ -67,6 +68,11 @@ public enum MediaBlock {
 
     /// Builds one block of `blockSize` bytes: header, payload, zero padding, CRC-32C.
     public static func encode(_ h: MediaBlockHeader, payload: [UInt8], blockSize: Int) throws(MediaError) -> [UInt8] {
+        try encode(h, payload: payload[...], blockSize: blockSize)
+    }
+
+    /// As above, from a slice of a larger buffer (no copy before the block's own).
+    public static func encode(_ h: MediaBlockHeader, payload: ArraySlice<UInt8>, blockSize: Int) throws(MediaError) -> [UInt8] {
         let room = blockSize - MediaBlockHeader.size
         guard h.setID.count == 16, blockSize >= 256, blockSize.nonzeroBitCount == 1 else {
             throw MediaError(code: "E_MEDIA_LIMIT", volume: h.volumeSeq, block: h.blockSeq,
@@ -104,9 +110,7 @@ public enum MediaBlock {
             return v
         }
         let crcAt = 8 + 16 + 4 + 8 + 2 + 4 + 8 + 8
-        var zeroed = b
-        for i in 0..<4 { zeroed[crcAt + i] = 0 }
-        guard CRC32C.checksum(zeroed) == u(crcAt, UInt32.self) else { throw bad("checksum mismatch (damaged block)") }
+        guard CRC32C.checksum(b, zeroedAt: crcAt) == u(crcAt, UInt32.self) else { throw bad("checksum mismatch (damaged block)") }
         guard b[62] < 64, 1 << Int(b[62]) == b.count else { throw bad("block size byte \(b[62]) does not match the \(b.count)-byte block") }
         guard let kind = MediaBlockKind(rawValue: b[36]) else { throw bad("unknown block kind \(b[36])") }
         let len = Int(u(38, UInt32.self))
@@ -120,18 +124,22 @@ public enum MediaBlock {
     }
 }
 
-/// CRC-32C (Castagnoli), table-driven; detects accidental damage only (§13.2).
+/// CRC-32C (Castagnoli); detects accidental damage only (§13.2). SSE4.2 where the CPU has
+/// it (CRedoubtSys), else a table.
 public enum CRC32C {
-    private static let table: [UInt32] = (0..<256).map { n -> UInt32 in
-        var c = UInt32(n)
-        for _ in 0..<8 { c = c & 1 == 1 ? (c >> 1) ^ 0x82F6_3B78 : c >> 1 }
-        return c
-    }
-
     /// CRC-32C of `bytes`.
     public static func checksum(_ bytes: [UInt8]) -> UInt32 {
-        var c: UInt32 = 0xFFFF_FFFF
-        for x in bytes { c = table[Int((c ^ UInt32(x)) & 0xFF)] ^ (c >> 8) }
-        return c ^ 0xFFFF_FFFF
+        bytes.withUnsafeBytes { ~redoubt_crc32c_update(0xFFFF_FFFF, $0.baseAddress, $0.count) }
+    }
+
+    /// CRC-32C of `bytes` as if the four bytes at `zeroedAt` were zero (a block's own
+    /// checksum field), without copying the block.
+    static func checksum(_ bytes: [UInt8], zeroedAt at: Int) -> UInt32 {
+        bytes.withUnsafeBytes { b -> UInt32 in
+            let zeros: [UInt8] = [0, 0, 0, 0]
+            var c = redoubt_crc32c_update(0xFFFF_FFFF, b.baseAddress, at)
+            c = zeros.withUnsafeBytes { redoubt_crc32c_update(c, $0.baseAddress, 4) }
+            return ~redoubt_crc32c_update(c, b.baseAddress.map { $0 + at + 4 }, b.count - at - 4)
+        }
     }
 }

@@ -186,7 +186,7 @@ public final class MediaWriter {
 
     var capacityBlocks: UInt64? { device.capacity.map { $0 / UInt64(blockSize) } }
 
-    func emit(_ kind: MediaBlockKind, _ payload: [UInt8], last: Bool, seq: UInt64, off: UInt64) throws(MediaError) {
+    func emit(_ kind: MediaBlockKind, _ payload: ArraySlice<UInt8>, last: Bool, seq: UInt64, off: UInt64) throws(MediaError) {
         let h = MediaBlockHeader(setID: setID, volumeSeq: volume, blockSeq: block, kind: kind, lastOfRecord: last,
                                  payloadLen: UInt32(payload.count), recordSeq: seq, recordOff: off)
         try device.write(try MediaBlock.encode(h, payload: payload, blockSize: blockSize))
@@ -206,7 +206,7 @@ public final class MediaWriter {
         try device.beginVolume(volume)
         var label = labelBase
         label.volumeSeq = volume
-        try emit(.label, jsonBytes(label), last: true, seq: 0, off: 0)
+        try emit(.label, jsonBytes(label)[...], last: true, seq: 0, off: 0)
         if let cap = capacityBlocks, cap < 1 + 1 + reserve(extraEntries: 1) {
             throw MediaError(code: "E_MEDIA_LIMIT", volume: volume, block: 0,
                              detail: "capacity of \(cap) blocks cannot hold a data block and the catalogs; raise --capacity")
@@ -218,7 +218,7 @@ public final class MediaWriter {
         var off = 0
         repeat {
             let n = min(room, bytes.count - off)
-            try emit(kind, Array(bytes[off..<(off + n)]), last: off + n == bytes.count, seq: 0, off: UInt64(off))
+            try emit(kind, bytes[off..<(off + n)], last: off + n == bytes.count, seq: 0, off: UInt64(off))
             off += n
         } while off < bytes.count
     }
@@ -260,7 +260,7 @@ public final class MediaWriter {
             let last = off + n == bytes.count
             volumeEntries[volumeEntries.count - 1].lastBlock = block
             allEntries[allEntries.count - 1].lastBlock = block
-            try emit(.data, Array(bytes[off..<(off + n)]), last: last, seq: recordSeq, off: UInt64(off))
+            try emit(.data, bytes[off..<(off + n)], last: last, seq: recordSeq, off: UInt64(off))
             off += n
             if last { return }
         }
@@ -405,8 +405,9 @@ public final class MediaReader {
                     skipUntilSeqEnds = nil
                     if h.recordOff == 0 {
                         partial = (h.recordSeq, p)
-                    } else if let pp = partial, pp.seq == h.recordSeq, UInt64(pp.bytes.count) == h.recordOff {
-                        partial = (pp.seq, pp.bytes + p)
+                    } else if partial?.seq == h.recordSeq, UInt64(partial?.bytes.count ?? -1) == h.recordOff {
+                        // In place: `pp.bytes + p` would copy the whole record so far, per block.
+                        partial?.bytes.append(contentsOf: p)
                     } else if reported.contains(h.recordSeq) {
                         if h.lastOfRecord { lastSeq = h.recordSeq }
                         continue
@@ -464,5 +465,74 @@ public final class MediaReader {
             report.damage[i].records = report.damage[i].recordSeqs.compactMap { byName[$0] }
         }
         return report
+    }
+}
+
+/// What one volume says of itself, read alone (`redoubt media list` on any volume).
+public struct MediaVolumeListing: Sendable {
+    public var label: MediaLabel
+    /// The catalog of the records on this volume (§13.5), if it was readable.
+    public var volumeCatalog: MediaCatalog?
+    /// The catalog of the whole set: only on the set's last volume.
+    public var setCatalog: MediaCatalog?
+    /// Damaged blocks met while reading (checksums are checked, records are not assembled).
+    public var damage: [MediaDamage]
+    /// Other volumes that a restore of what this volume holds needs as well: neighbours
+    /// holding the rest of records that span, or, on the last volume, every volume of the set.
+    public var needsVolumes: [UInt32]
+}
+
+extension MediaReader {
+    /// Reads the first supplied volume alone, whatever its place in the set: its label,
+    /// every block's checksum, and its catalogs. Needs no other volume.
+    public func listVolume() throws(MediaError) -> MediaVolumeListing {
+        guard try source.nextVolume() else { throw MediaError(code: "E_MEDIA_MISSING", volume: 0, block: 0, detail: "no volume was supplied") }
+        let head = try source.read(MediaBlockHeader.size)
+        guard let bs = MediaBlock.announcedSize(head) else {
+            throw MediaError(code: "E_MEDIA_LABEL", volume: 0, block: 0, detail: head.isEmpty ? "volume is empty" : "no media label (unlabelled or foreign medium)")
+        }
+        let labelBlock = head + (try source.read(bs - MediaBlockHeader.size))
+        let vol = MediaBlockHeader.volumeOf(labelBlock)
+        let (lh, lp) = try MediaBlock.decode(labelBlock, volume: vol, block: 0)
+        guard lh.kind == .label, let label = try? JSONDecoder().decode(MediaLabel.self, from: Data(lp)), label.format == 1 else {
+            throw MediaError(code: "E_MEDIA_LABEL", volume: vol, block: 0, detail: "block 0 is not a v1 media label")
+        }
+        var listing = MediaVolumeListing(label: label, volumeCatalog: nil, setCatalog: nil, damage: [], needsVolumes: [])
+        var blockNo: UInt64 = 1
+        var catalogBytes: [UInt8] = []
+        while true {
+            let b = try source.read(bs)
+            if b.isEmpty { throw MediaError(code: "E_MEDIA_TRUNCATED", volume: vol, block: blockNo, detail: "volume ends before its end block (truncated volume)") }
+            let h: MediaBlockHeader, p: [UInt8]
+            do throws(MediaError) {
+                (h, p) = try MediaBlock.decode(b, volume: vol, block: blockNo)
+            } catch {
+                if !skipDamaged { throw MediaError(code: "E_MEDIA_DAMAGED", volume: vol, block: blockNo, detail: error.detail) }
+                listing.damage.append(MediaDamage(volume: vol, block: blockNo, detail: error.detail, recordSeqs: [], records: []))
+                blockNo += 1
+                continue
+            }
+            blockNo += 1
+            if h.kind == .end { break }
+            guard h.kind == .volumeCatalog || h.kind == .setCatalog else { continue }
+            if h.recordOff == 0 { catalogBytes = [] }
+            catalogBytes += p
+            if h.lastOfRecord, let r = MediaRecord.decode(catalogBytes), let cat = try? JSONDecoder().decode(MediaCatalog.self, from: Data(r.body)) {
+                if h.kind == .setCatalog { listing.setCatalog = cat } else { listing.volumeCatalog = cat }
+            }
+        }
+        var needs = Set<UInt32>()
+        for e in listing.volumeCatalog?.records ?? [] {
+            if e.startsBefore && vol > 1 { needs.insert(vol - 1) }
+            if e.endsAfter { needs.insert(vol + 1) }
+        }
+        if let n = listing.setCatalog?.volumeCount { for v in 1...max(n, 1) where v != vol { needs.insert(v) } }
+        listing.needsVolumes = needs.sorted()
+        // Name damaged records from this volume's catalog where the block falls in one.
+        for i in listing.damage.indices {
+            let blk = listing.damage[i].block
+            listing.damage[i].records = (listing.volumeCatalog?.records ?? []).filter { $0.firstBlock <= blk && blk <= $0.lastBlock }.map { "\($0.type) \($0.id)" }
+        }
+        return listing
     }
 }

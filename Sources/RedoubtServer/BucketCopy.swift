@@ -77,7 +77,9 @@ public enum BucketCopy {
             }
             progress("\(key.path) (\(bytes.count) bytes)")
         }
-        try await copy(RepositoryService.tenantKey(tenant, version: 1))
+        // The current descriptor: after a rotation it carries the newly wrapped read key; the
+        // older ones already in the bucket stay, locked, and name their own (retired) KEKs.
+        try await copy(RepositoryService.tenantKey(tenant, version: try catalog.tenant(tenant)?.keyVersion ?? 1))
         var done = Set<String>()
         for s in snapshots {
             for p in try catalog.snapshotPacks(id: s.id) where done.insert(p.description).inserted {
@@ -109,7 +111,4 @@ public enum BucketCopy {
 
     /// The key of a pack in a bucket copy (the local store's layout).
     public static func packKey(tenant: String, id: PackID) -> ObjectKey { RepositoryService.packKey(tenant: tenant, id: id) }
-
-    /// The tenant descriptor (it carries the wrapped read key) in a bucket copy.
-    public static func tenantDescriptorKey(_ tenant: String) -> ObjectKey { RepositoryService.tenantKey(tenant, version: 1) }
 }

@@ -42,6 +42,34 @@ public struct TenantRecord: Sendable, Equatable {
     public let wrappedReadKey: String
     public let minRetention: TimeInterval
     public let createdAt: Date
+    /// The read key's wrapping version: 1 at creation, +1 on every rotation (and on the
+    /// shred, which leaves no wrapped copy). The tenant descriptor is `tenant-v<N>.json`.
+    public var keyVersion: Int = 1
+    /// When the tenant was crypto-shredded; nil while its read key still exists.
+    public var shreddedAt: Date? = nil
+
+    public init(name: String, readKeyID: String, readPublicKey: [UInt8], writeMaterial: [UInt8], wrappedReadKey: String,
+                minRetention: TimeInterval, createdAt: Date, keyVersion: Int = 1, shreddedAt: Date? = nil) {
+        self.name = name
+        self.readKeyID = readKeyID
+        self.readPublicKey = readPublicKey
+        self.writeMaterial = writeMaterial
+        self.wrappedReadKey = wrappedReadKey
+        self.minRetention = minRetention
+        self.createdAt = createdAt
+        self.keyVersion = keyVersion
+        self.shreddedAt = shreddedAt
+    }
+}
+
+/// A key-encryption key that once wrapped a tenant's read key and was rotated away from.
+/// `stub` is the wrapped key's JSON with the wrapped bytes removed: it names the provider
+/// and the KEK, so the KEK can be destroyed later, but holds nothing that unwraps.
+public struct RetiredKEK: Sendable, Equatable, Codable {
+    public let version: Int
+    public let stub: String
+    public let retiredAt: Date
+    public let destroyedAt: Date?
 }
 
 /// Public metadata of a committed snapshot.
@@ -68,7 +96,20 @@ public final class Catalog: Sendable {
         var config = Configuration()
         config.busyMode = .timeout(10)
         db = try DatabasePool(path: path, configuration: config)
+        // Why: SQLite creates the file and its -wal/-shm 0644; the catalog holds write
+        // material and the audit log, readable by the service user only (doctor: data.private).
+        for suffix in ["", "-wal", "-shm"] { _ = chmod(path + suffix, 0o600) }
         try Self.migrator.migrate(db)
+    }
+
+    /// Opens an existing catalog read-only, without migrating it: for `doctor`, which must
+    /// not change what it inspects. (SQLite may still create `-wal`/`-shm`; run as root,
+    /// it gives them the database file's owner, so the service can still open them.)
+    public init(readOnlyPath path: String) throws {
+        var config = Configuration()
+        config.busyMode = .timeout(10)
+        config.readonly = true
+        db = try DatabasePool(path: path, configuration: config)
     }
 
     static var migrator: DatabaseMigrator {
@@ -106,6 +147,17 @@ public final class Catalog: Sendable {
                 CREATE TABLE settings (key TEXT PRIMARY KEY, value TEXT NOT NULL);
                 """)
         }
+        // Key rotation and crypto-shredding (issue 4).
+        m.registerMigration("v2-read-key-versions") { db in
+            try db.execute(sql: """
+                ALTER TABLE tenants ADD COLUMN key_version INTEGER NOT NULL DEFAULT 1;
+                ALTER TABLE tenants ADD COLUMN shredded_at REAL;
+                CREATE TABLE retired_keks (
+                    tenant TEXT NOT NULL, version INTEGER NOT NULL, stub TEXT NOT NULL, retired_at REAL NOT NULL,
+                    destroyed_at REAL, PRIMARY KEY (tenant, version)) WITHOUT ROWID;
+                """)
+        }
+        registerApprovalMigrations(&m)
         return m
     }
 
@@ -134,9 +186,63 @@ public final class Catalog: Sendable {
     public func insertTenant(_ t: TenantRecord) throws {
         try db.write { db in
             try db.execute(sql: """
-                INSERT INTO tenants(name, read_key_id, read_public_key, write_material, wrapped_read_key, min_retention, created_at)
-                VALUES (?, ?, ?, ?, ?, ?, ?)
-                """, arguments: [t.name, t.readKeyID, Data(t.readPublicKey), Data(t.writeMaterial), t.wrappedReadKey, t.minRetention, t.createdAt.timeIntervalSince1970])
+                INSERT INTO tenants(name, read_key_id, read_public_key, write_material, wrapped_read_key, min_retention, created_at, key_version, shredded_at)
+                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
+                """, arguments: [t.name, t.readKeyID, Data(t.readPublicKey), Data(t.writeMaterial), t.wrappedReadKey, t.minRetention,
+                                 t.createdAt.timeIntervalSince1970, t.keyVersion, t.shreddedAt?.timeIntervalSince1970])
+        }
+    }
+
+    /// Replaces the tenant's wrapped read key with version `newVersion` (which must be the
+    /// next one) and records the previous KEK as retired, in one transaction. An empty
+    /// `wrapped` with `shredded` set is the shred: no wrapped copy remains here.
+    public func replaceReadKey(tenant: String, newVersion: Int, wrapped: String, retiredStub: String, now: Date, shredded: Bool) throws {
+        try db.write { db in
+            guard let row = try Row.fetchOne(db, sql: "SELECT key_version, shredded_at FROM tenants WHERE name = ?", arguments: [tenant]) else {
+                throw ServerError.notFound("tenant \(tenant) does not exist")
+            }
+            guard (row["shredded_at"] as Double?) == nil else { throw ServerError.shredded(tenant) }
+            let current: Int = row["key_version"]
+            guard newVersion == current + 1 else {
+                throw ServerError(409, "E_CONFLICT", "tenant \(tenant)'s read key is at version \(current), not \(newVersion - 1): another rotation came first; fetch it again")
+            }
+            try db.execute(sql: "UPDATE tenants SET wrapped_read_key = ?, key_version = ?, shredded_at = ? WHERE name = ?",
+                           arguments: [wrapped, newVersion, shredded ? now.timeIntervalSince1970 : nil, tenant])
+            try db.execute(sql: "INSERT INTO retired_keks(tenant, version, stub, retired_at) VALUES (?, ?, ?, ?)",
+                           arguments: [tenant, current, retiredStub, now.timeIntervalSince1970])
+        }
+    }
+
+    /// Sets a tenant's minimum retention (whether that may happen is the caller's question).
+    public func setMinRetention(tenant: String, seconds: TimeInterval) throws {
+        try db.write { try $0.execute(sql: "UPDATE tenants SET min_retention = ? WHERE name = ?", arguments: [seconds, tenant]) }
+    }
+
+    /// Revokes an admin credential by name: it authenticates no more.
+    public func revokeAdmin(name: String) throws -> Bool {
+        try db.write { db in
+            try db.execute(sql: "UPDATE principals SET revoked = 1 WHERE role = 'admin' AND tenant IS NULL AND name = ? AND revoked = 0", arguments: [name])
+            return db.changesCount > 0
+        }
+    }
+
+    /// The KEKs the tenant's read key was wrapped under before its current one.
+    public func retiredKEKs(tenant: String) throws -> [RetiredKEK] {
+        try db.read { db in
+            try Row.fetchAll(db, sql: "SELECT * FROM retired_keks WHERE tenant = ? ORDER BY version", arguments: [tenant]).map {
+                RetiredKEK(version: $0["version"], stub: $0["stub"], retiredAt: Date(timeIntervalSince1970: $0["retired_at"]),
+                           destroyedAt: ($0["destroyed_at"] as Double?).map(Date.init(timeIntervalSince1970:)))
+            }
+        }
+    }
+
+    /// Records that the KEKs of these retired versions were destroyed at their KMS or HSM.
+    public func markKEKsDestroyed(tenant: String, versions: [Int], now: Date) throws {
+        try db.write { db in
+            for v in versions {
+                try db.execute(sql: "UPDATE retired_keks SET destroyed_at = ? WHERE tenant = ? AND version = ? AND destroyed_at IS NULL",
+                               arguments: [now.timeIntervalSince1970, tenant, v])
+            }
         }
     }
 
@@ -153,7 +259,8 @@ public final class Catalog: Sendable {
     static func tenantRecord(_ r: Row) -> TenantRecord {
         TenantRecord(name: r["name"], readKeyID: r["read_key_id"], readPublicKey: Array(r["read_public_key"] as Data),
                      writeMaterial: Array(r["write_material"] as Data), wrappedReadKey: r["wrapped_read_key"],
-                     minRetention: r["min_retention"], createdAt: Date(timeIntervalSince1970: r["created_at"]))
+                     minRetention: r["min_retention"], createdAt: Date(timeIntervalSince1970: r["created_at"]),
+                     keyVersion: r["key_version"], shreddedAt: (r["shredded_at"] as Double?).map(Date.init(timeIntervalSince1970:)))
     }
 
     // MARK: principals and enrollment
@@ -163,6 +270,18 @@ public final class Catalog: Sendable {
             try db.execute(sql: """
                 INSERT INTO principals(id, role, tenant, name, fingerprint, host_key, os, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)
                 """, arguments: [p.id, p.role.rawValue, p.tenant, p.name, p.fingerprint, p.hostKey.map { Data($0) }, os, now.timeIntervalSince1970])
+        }
+    }
+
+    /// Sets a principal's reported OS; returns the previous value (itself optional) when it
+    /// changed, nil when it was already `os`.
+    public func updatePrincipalOS(id: String, os: String) throws -> String?? {
+        try db.write { db in
+            guard let row = try Row.fetchOne(db, sql: "SELECT os FROM principals WHERE id = ?", arguments: [id]) else { return nil }
+            let previous: String? = row["os"]
+            guard previous != os else { return nil }
+            try db.execute(sql: "UPDATE principals SET os = ? WHERE id = ?", arguments: [os, id])
+            return .some(previous)
         }
     }
 

@@ -15,6 +15,10 @@ struct TenantDescriptor: Codable {
     var wrappedReadKey: String
     var minRetentionSeconds: Double
     var createdAt: Double
+    /// Absent in descriptors written before rotation existed: version 1.
+    var keyVersion: Int?
+    /// Set once the tenant is crypto-shredded (the descriptor then holds no wrapped key).
+    var shreddedAt: Double?
 
     init(_ r: TenantRecord) {
         name = r.name
@@ -24,6 +28,8 @@ struct TenantDescriptor: Codable {
         wrappedReadKey = r.wrappedReadKey
         minRetentionSeconds = r.minRetention
         createdAt = r.createdAt.timeIntervalSince1970
+        keyVersion = r.keyVersion
+        shreddedAt = r.shreddedAt?.timeIntervalSince1970
     }
 
     func encoded() throws -> [UInt8] {
@@ -35,7 +41,8 @@ struct TenantDescriptor: Codable {
     var record: TenantRecord? {
         guard let pub = Data(base64Encoded: readPublicKey), let wm = Data(base64Encoded: writeMaterial) else { return nil }
         return TenantRecord(name: name, readKeyID: readKeyID, readPublicKey: Array(pub), writeMaterial: Array(wm), wrappedReadKey: wrappedReadKey,
-                            minRetention: minRetentionSeconds, createdAt: Date(timeIntervalSince1970: createdAt))
+                            minRetention: minRetentionSeconds, createdAt: Date(timeIntervalSince1970: createdAt),
+                            keyVersion: keyVersion ?? 1, shreddedAt: shreddedAt.map(Date.init(timeIntervalSince1970:)))
     }
 }
 
@@ -88,11 +95,13 @@ public enum CatalogRebuilder {
                 report.rejected.append("\(o.key): not a tenant descriptor")
                 continue
             }
-            if tenants[r.name] == nil {
-                try catalog.insertTenant(r)
-                tenants[r.name] = r
-                report.tenants += 1
-            }
+            // After a rotation an older descriptor may survive (a crash between writing the
+            // new one and deleting the old): the highest key version wins.
+            if (tenants[r.name]?.keyVersion ?? 0) < r.keyVersion { tenants[r.name] = r }
+        }
+        for r in tenants.values.sorted(by: { $0.name < $1.name }) {
+            try catalog.insertTenant(r)
+            report.tenants += 1
         }
         for o in objects {
             let parts = o.key.path.split(separator: "/").map(String.init)

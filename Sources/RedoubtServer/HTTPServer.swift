@@ -137,7 +137,8 @@ public enum RedoubtHTTP {
             await handle(logger) { bytesResponse(try await service.pack(ctx.parameters.get("id") ?? "", ctx: ctx.call)) }
         }
         router.post("/v1/snapshots") { req, ctx in
-            await handle(logger) { jsonResponse(try await service.commit(try await req.bytes(limit: Manifest.maxSize), ctx: ctx.call), status: .created) }
+            let os = req.headers.first { $0.name.canonicalName == Wire.hostOSHeader.lowercased() }?.value
+            return await handle(logger) { jsonResponse(try await service.commit(try await req.bytes(limit: Manifest.maxSize), os: os, ctx: ctx.call), status: .created) }
         }
         router.get("/v1/snapshots") { req, ctx in
             await handle(logger) {
@@ -162,6 +163,46 @@ public enum RedoubtHTTP {
                 jsonResponse(try service.createEnrollment(tenant: ctx.parameters.get("tenant") ?? "", try await req.json(Wire.CreateEnrollmentRequest.self),
                                                           ctx: ctx.call), status: .created)
             }
+        }
+        router.get("/v1/tenants/:tenant/read-key") { _, ctx in
+            await handle(logger) { jsonResponse(try service.readKey(tenant: ctx.parameters.get("tenant") ?? "", ctx: ctx.call)) }
+        }
+        router.put("/v1/tenants/:tenant/read-key") { req, ctx in
+            await handle(logger) {
+                jsonResponse(try await service.rotateReadKey(tenant: ctx.parameters.get("tenant") ?? "", try await req.json(Wire.RotateReadKeyRequest.self), ctx: ctx.call))
+            }
+        }
+        router.post("/v1/tenants/:tenant/read-key/destroyed") { req, ctx in
+            await handle(logger) {
+                jsonResponse(try service.markKEKsDestroyed(tenant: ctx.parameters.get("tenant") ?? "", try await req.json(Wire.DestroyedKEKsRequest.self), ctx: ctx.call))
+            }
+        }
+        router.post("/v1/tenants/:tenant/shred") { req, ctx in
+            await handle(logger) {
+                jsonResponse(try await service.shredTenant(tenant: ctx.parameters.get("tenant") ?? "", try await req.json(Wire.ShredRequest.self), ctx: ctx.call))
+            }
+        }
+        router.put("/v1/tenants/:tenant/retention") { req, ctx in
+            await handle(logger) {
+                jsonResponse(try await service.setMinRetention(tenant: ctx.parameters.get("tenant") ?? "", try await req.json(Wire.SetRetentionRequest.self), ctx: ctx.call))
+            }
+        }
+        router.post("/v1/admins") { req, ctx in
+            await handle(logger) { jsonResponse(try service.addAdmin(try await req.json(Wire.AddAdminRequest.self), ctx: ctx.call), status: .created) }
+        }
+        router.post("/v1/admins/:name/remove") { req, ctx in
+            await handle(logger) { jsonResponse(try service.removeAdmin(name: ctx.parameters.get("name") ?? "", try await req.json(Wire.ApprovedChange.self), ctx: ctx.call)) }
+        }
+        router.get("/v1/quorum") { _, _ in await handle(logger) { jsonResponse(try service.quorum()) } }
+        router.put("/v1/quorum") { req, ctx in
+            await handle(logger) { jsonResponse(try service.setQuorum(try await req.json(Wire.ApprovedChange.self), ctx: ctx.call)) }
+        }
+        router.get("/v1/requests") { _, _ in await handle(logger) { jsonResponse(try service.listRequests().map(\.wire)) } }
+        router.post("/v1/requests/:id/approve") { _, ctx in
+            await handle(logger) { jsonResponse(try service.decideRequest(ctx.parameters.get("id") ?? "", approve: true, ctx: ctx.call).wire) }
+        }
+        router.post("/v1/requests/:id/reject") { _, ctx in
+            await handle(logger) { jsonResponse(try service.decideRequest(ctx.parameters.get("id") ?? "", approve: false, ctx: ctx.call).wire) }
         }
         router.get("/v1/principals") { _, _ in
             await handle(logger) { jsonResponse(try service.catalog.principals(tenant: nil).map(PrincipalInfo.init)) }

@@ -1,6 +1,7 @@
 // Server side of `redoubt media write` (issue 6, docs/FORMAT.md §13): streams a tenant's
 // stored objects, ciphertext as stored, into a media set. Needs no key.
 import Foundation
+import Logging
 import RedoubtCore
 import RedoubtMedia
 import RedoubtStore
@@ -41,8 +42,9 @@ public enum MediaExport {
         }
         guard !chosen.isEmpty else { throw ServerError.badRequest("tenant \(tenant) has no snapshots to write") }
         // The descriptor carries the wrapped read key, so a restore from media needs only the volumes and the unwrap secret.
-        let tkey = RepositoryService.tenantKey(tenant, version: 1)
-        try writer.append(MediaRecord(type: .object, id: "tenant-v1.json", body: try await store.get(tkey)))
+        let version = try catalog.tenant(tenant)?.keyVersion ?? 1
+        let tkey = RepositoryService.tenantKey(tenant, version: version)
+        try writer.append(MediaRecord(type: .object, id: "tenant-v\(version).json", body: try await store.get(tkey)))
         var written = Set<String>()
         for s in chosen {
             for p in try catalog.snapshotPacks(id: s.id) where !written.contains(p.description) {
@@ -62,5 +64,114 @@ public enum MediaExport {
         try writer.append(MediaRecord(type: .auditAnchor, id: "", body: Array(#"{"seq":\#(rec.seq),"hash":"\#(rec.hash)"}"#.utf8)))
         let media = try writer.finish()
         return MediaExportSummary(snapshots: chosen.map(\.id), packs: written.count, auditSeq: rec.seq, media: media)
+    }
+}
+
+/// What a media import brought back.
+public struct MediaImportSummary: Sendable {
+    public var tenant: String
+    public var objects = 0
+    public var alreadyThere = 0
+    public var bytes: UInt64 = 0
+    public var damage: [String] = []
+    public var rebuild: RebuildReport
+}
+
+/// Server side of `redoubt media import` (disaster recovery onto a fresh repository host):
+/// puts a media set's objects into a server's store, locked again, and rebuilds the
+/// catalog from the store. Needs no key: everything on media is ciphertext or public.
+public enum MediaImport {
+    /// Reads every supplied volume in order. Records are verified by the reader (block
+    /// CRCs, record SHA-256); packs and manifests are verified once more by the rebuild,
+    /// which leaves out anything that does not check and names it. Objects are locked
+    /// until the later of the set's own retention and now plus the tenant's minimum
+    /// retention: never shorter than they were. Run with the server stopped.
+    public static func run(home: ServerHome, source: SequentialSource, skipDamaged: Bool, now: Date, logger: Logger,
+                           progress: (String) -> Void) async throws -> MediaImportSummary {
+        let fm = FileManager.default
+        // Records arrive through a synchronous callback; they are spooled beside the store
+        // (same filesystem, private) and put into the store afterwards.
+        let spool = home.root.appendingPathComponent("import-spool-\(UUID().uuidString)")
+        try fm.createDirectory(at: spool, withIntermediateDirectories: false, attributes: [.posixPermissions: 0o700])
+        defer { try? fm.removeItem(at: spool) }
+        var spooled: [(key: String, file: String)] = []
+        var failure: String?
+        var tenantFromLabel: String?
+        let report = try MediaReader(source: source, skipDamaged: skipDamaged).read { r throws(MediaError) in
+            guard failure == nil else { return }
+            let name: String
+            switch r.type {
+            case .pack:
+                guard let id = PackID(hex: r.id) else { failure = "a pack record with a malformed ID \(r.id.debugDescription)"; return }
+                name = "pack-\(id)"
+            case .manifest:
+                guard let id = SnapshotID(hex: r.id) else { failure = "a manifest record with a malformed ID \(r.id.debugDescription)"; return }
+                name = "manifest-\(id)"
+            case .object:
+                // Why the strict pattern: the name becomes a store key.
+                guard r.id.hasPrefix("tenant-v"), r.id.hasSuffix(".json"), Int(r.id.dropFirst(8).dropLast(5)) != nil else { return }
+                name = "object-\(r.id)"
+            case .auditAnchor:
+                return
+            }
+            let file = spool.appendingPathComponent(name).path
+            guard fm.createFile(atPath: file, contents: Data(r.body), attributes: [.posixPermissions: 0o600]) else {
+                failure = "cannot write \(file)"; return
+            }
+            spooled.append((name, file))
+        }
+        if let failure { throw ServerError.badRequest("media import: \(failure); nothing was put into the store") }
+        tenantFromLabel = report.labels.first?.tenant
+        guard let tenant = tenantFromLabel, RepositoryService.isValidTenantName(tenant) else {
+            throw ServerError.badRequest("the media set's label names no valid tenant")
+        }
+        let store = try LocalStore(root: URL(fileURLWithPath: home.storePath))
+        // The tenant's minimum retention, from the newest descriptor on the media.
+        var minRetention: TimeInterval = 30 * 86400
+        var newest = 0
+        for s in spooled where s.key.hasPrefix("object-tenant-v") {
+            if let d = fm.contents(atPath: s.file), let t = try? JSONDecoder().decode(TenantDescriptor.self, from: d), t.name == tenant,
+               (t.keyVersion ?? 1) >= newest {
+                newest = t.keyVersion ?? 1
+                minRetention = t.minRetentionSeconds
+            }
+        }
+        guard newest > 0 else { throw ServerError.badRequest("the media set holds no descriptor of tenant \(tenant); it cannot be imported") }
+        let setRetention = report.labels.first?.retainUntil.flatMap { ISO8601DateFormatter().date(from: $0) }
+        let until = max(now.addingTimeInterval(minRetention), setRetention ?? now)
+        // An existing tenant of the same name must be the same tenant (same read key).
+        if let existing = try Catalog(path: home.catalogPath).tenant(tenant) {
+            let d = fm.contents(atPath: spooled.first { $0.key == "object-tenant-v\(newest).json" }?.file ?? "")
+            let incoming = d.flatMap { try? JSONDecoder().decode(TenantDescriptor.self, from: $0) }
+            guard incoming?.readKeyID == existing.readKeyID else {
+                throw ServerError(409, "E_CONFLICT", "this server already has a tenant \(tenant) with another read key; import into a fresh data directory")
+            }
+        }
+        var summary = MediaImportSummary(tenant: tenant, damage: report.damage.map(\.description), rebuild: RebuildReport())
+        for s in spooled {
+            let kind = s.key.prefix { $0 != "-" }
+            let id = String(s.key.dropFirst(kind.count + 1))
+            let key: ObjectKey?
+            var retain: Date? = until
+            switch kind {
+            case "pack": key = PackID(hex: id).map { RepositoryService.packKey(tenant: tenant, id: $0) }
+            case "manifest": key = SnapshotID(hex: id).map { RepositoryService.manifestKey(tenant: tenant, id: $0) }
+            default:
+                key = ObjectKey("t/\(tenant)/\(id)")
+                retain = nil  // descriptors are replaced on rotation, as on the server
+            }
+            guard let key, let bytes = fm.contents(atPath: s.file) else { continue }
+            let r = try await store.put(key, Array(bytes), retainUntil: retain)
+            if r == .created { summary.objects += 1 } else { summary.alreadyThere += 1 }
+            summary.bytes += UInt64(bytes.count)
+            progress("\(key.path) (\(bytes.count) bytes)")
+        }
+        // Older descriptors than the newest would carry older wrapped copies: keep only the newest.
+        for v in 1..<max(newest, 1) {
+            let k = RepositoryService.tenantKey(tenant, version: v)
+            if try await store.head(k) != nil { try await store.delete(k, now: now) }
+        }
+        summary.rebuild = try await CatalogRebuilder.rebuild(home: home, logger: logger)
+        return summary
     }
 }

@@ -7,6 +7,8 @@ public enum Action: String, Sendable, CaseIterable {
     case queryChunks, uploadPack, commitSnapshot, listSnapshots, showSnapshot
     case getManifest, getPack, packChunkLists, verifySnapshot
     case createTenant, listTenants, createEnrollment, listPrincipals
+    case getReadKey, rotateReadKey, markKEKsDestroyed, shredTenant
+    case setRetention, addAdmin, removeAdmin, getQuorum, setQuorum, listRequests, decideRequest
     case listAudit, verifyAudit
 }
 
@@ -34,6 +36,17 @@ public enum Policy {
         case (.post, 1) where p[0] == "tenants": return (.createTenant, [:])
         case (.get, 1) where p[0] == "tenants": return (.listTenants, [:])
         case (.post, 3) where p[0] == "tenants" && p[2] == "enrollments": return (.createEnrollment, ["tenant": p[1]])
+        case (.get, 3) where p[0] == "tenants" && p[2] == "read-key": return (.getReadKey, ["tenant": p[1]])
+        case (.put, 3) where p[0] == "tenants" && p[2] == "read-key": return (.rotateReadKey, ["tenant": p[1]])
+        case (.post, 4) where p[0] == "tenants" && p[2] == "read-key" && p[3] == "destroyed": return (.markKEKsDestroyed, ["tenant": p[1]])
+        case (.post, 3) where p[0] == "tenants" && p[2] == "shred": return (.shredTenant, ["tenant": p[1]])
+        case (.put, 3) where p[0] == "tenants" && p[2] == "retention": return (.setRetention, ["tenant": p[1]])
+        case (.post, 1) where p[0] == "admins": return (.addAdmin, [:])
+        case (.post, 3) where p[0] == "admins" && p[2] == "remove": return (.removeAdmin, ["name": p[1]])
+        case (.get, 1) where p[0] == "quorum": return (.getQuorum, [:])
+        case (.put, 1) where p[0] == "quorum": return (.setQuorum, [:])
+        case (.get, 1) where p[0] == "requests": return (.listRequests, [:])
+        case (.post, 3) where p[0] == "requests" && (p[2] == "approve" || p[2] == "reject"): return (.decideRequest, ["id": p[1], "decision": p[2]])
         case (.get, 1) where p[0] == "principals": return (.listPrincipals, [:])
         case (.get, 1) where p[0] == "audit": return (.listAudit, [:])
         case (.get, 2) where p[0] == "audit" && p[1] == "verify": return (.verifyAudit, [:])
@@ -54,6 +67,10 @@ public enum Policy {
         case .getManifest, .getPack, .packChunkLists: return role == .restorer
         case .verifySnapshot: return role == .restorer || role == .admin || role == .auditor
         case .createTenant, .createEnrollment, .listTenants, .listPrincipals: return role == .admin
+        // A restorer may fetch its own tenant's wrapped key (the handler checks the tenant).
+        case .getReadKey: return role == .admin || role == .restorer
+        case .rotateReadKey, .markKEKsDestroyed, .shredTenant: return role == .admin
+        case .setRetention, .addAdmin, .removeAdmin, .getQuorum, .setQuorum, .listRequests, .decideRequest: return role == .admin
         case .listAudit, .verifyAudit: return role == .admin || role == .auditor
         }
     }

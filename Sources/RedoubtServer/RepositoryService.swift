@@ -22,6 +22,10 @@ public struct ServerError: Error, Sendable, CustomStringConvertible {
     public static func unauthorized(_ m: String) -> ServerError { ServerError(401, "E_UNAUTHENTICATED", m) }
     public static func notFound(_ m: String) -> ServerError { ServerError(404, "E_NOT_FOUND", m) }
     public static func badRequest(_ m: String) -> ServerError { ServerError(400, "E_BAD_REQUEST", m) }
+    /// The tenant was crypto-shredded: nothing can be added to it or unwrapped for it.
+    public static func shredded(_ tenant: String) -> ServerError {
+        ServerError(410, "E_TENANT_SHREDDED", "tenant \(tenant) was crypto-shredded: its read key is destroyed; its backups can never be read again and nothing can be added to it")
+    }
     public static func integrity(_ m: String) -> ServerError { ServerError(422, "E_INTEGRITY", m) }
     public var description: String { "\(message) [\(code)]" }
 }
@@ -127,6 +131,8 @@ public final class RepositoryService: Sendable {
         guard let p = ctx.principal, let t = p.tenant, let rec = try catalog.tenant(t) else {
             throw ServerError.forbidden("this credential belongs to no tenant")
         }
+        // Why: after a shred nothing more may be added; what exists stays readable as ciphertext.
+        if p.role == .writer && rec.shreddedAt != nil { throw ServerError.shredded(t) }
         return (p, rec)
     }
 
@@ -208,7 +214,8 @@ public final class RepositoryService: Sendable {
 
     /// Commits a snapshot: checks the host's signature, the tenant, and that every pack is
     /// present; stores the manifest under lock; extends the packs' locks.
-    public func commit(_ bytes: [UInt8], ctx: CallContext) async throws -> Wire.SnapshotInfo {
+    /// Commits a snapshot; `os` is the OS the host reports with it (kept for `doctor`).
+    public func commit(_ bytes: [UInt8], os: String? = nil, ctx: CallContext) async throws -> Wire.SnapshotInfo {
         let (p, tenant) = try requireTenant(ctx)
         let manifest: Manifest
         do {
@@ -239,7 +246,23 @@ public final class RepositoryService: Sendable {
                                  statistics: h.statistics, packCount: h.packs.count, manifestSize: bytes.count)
         try catalog.insertSnapshot(rec, packs: h.packs)
         audit(ctx, "commit", object: "snapshot \(manifest.id)", outcome: "ok", detail: "packs=\(h.packs.count) retain-until=\(Int(retainUntil.timeIntervalSince1970))")
+        recordHostOS(p, os, ctx: ctx)
         return Self.info(rec)
+    }
+
+    /// Keeps the OS a writer reports with a backup when it differs from the stored one,
+    /// and audits the change. The value is the host's claim: it authorises nothing, so a
+    /// malformed one (control characters, over 128 bytes) is dropped, never an error.
+    func recordHostOS(_ p: Principal, _ os: String?, ctx: CallContext) {
+        guard let os = os?.trimmingCharacters(in: .whitespaces), !os.isEmpty, os.utf8.count <= 128,
+              !os.unicodeScalars.contains(where: { CharacterSet.controlCharacters.contains($0) }) else { return }
+        do {
+            if let previous = try catalog.updatePrincipalOS(id: p.id, os: os) {
+                audit(ctx, "host-os", object: "host \(p.tenant ?? "-")/\(p.name)", outcome: "ok", detail: "was \(previous ?? "unknown"), now \(os)")
+            }
+        } catch {
+            logger.warning("could not record the host's OS", metadata: ["host": "\(p.name)", "error": "\(error)"])
+        }
     }
 
     static func info(_ r: SnapshotRecord) -> Wire.SnapshotInfo {
@@ -380,6 +403,9 @@ public final class RepositoryService: Sendable {
         let minRetention = req.minRetentionSeconds ?? defaultMinRetention
         guard minRetention >= 86400 else { throw ServerError.badRequest("minimum retention must be at least 1 day") }
         let now = try now()
+        _ = try WrappedKeyHeader.check(req.wrappedReadKey, tenant: TenantRecord(
+            name: req.name, readKeyID: key.keyID.description, readPublicKey: Array(pub), writeMaterial: [], wrappedReadKey: "",
+            minRetention: minRetention, createdAt: now), version: 1)
         let record = TenantRecord(name: req.name, readKeyID: key.keyID.description, readPublicKey: Array(pub), writeMaterial: Array(wm),
                                   wrappedReadKey: req.wrappedReadKey, minRetention: minRetention, createdAt: now)
         // The tenant's descriptor goes into the store first, so the catalog can be rebuilt
@@ -390,6 +416,96 @@ public final class RepositoryService: Sendable {
         return Wire.TenantInfo(name: req.name, readKeyID: key.keyID.description, minRetentionSeconds: minRetention, createdAt: now)
     }
 
+    // MARK: read-key custody (rotation, shredding)
+
+    /// The tenant's current wrapped read key. A restorer sees only its own tenant's and
+    /// no retired KEKs; an admin sees any tenant's with its retired KEKs.
+    public func readKey(tenant: String, ctx: CallContext) throws -> Wire.ReadKeyInfo {
+        guard let p = ctx.principal, p.role == .admin || (p.role == .restorer && p.tenant == tenant) else {
+            throw refuse(ctx, "get-read-key", object: "tenant \(tenant)", .forbidden("only an admin or this tenant's restorer may fetch its wrapped read key"))
+        }
+        guard let rec = try catalog.tenant(tenant) else { throw ServerError.notFound("tenant \(tenant) does not exist") }
+        if rec.shreddedAt != nil && p.role == .restorer { throw refuse(ctx, "get-read-key", object: "tenant \(tenant)", .shredded(tenant)) }
+        let retired = p.role == .admin ? try catalog.retiredKEKs(tenant: tenant).map {
+            Wire.RetiredKEKInfo(version: $0.version, stub: $0.stub, retiredAt: $0.retiredAt, destroyedAt: $0.destroyedAt)
+        } : []
+        audit(ctx, "get-read-key", object: "tenant \(tenant)", outcome: "ok", detail: "version=\(rec.keyVersion)")
+        return Wire.ReadKeyInfo(tenant: tenant, keyVersion: rec.keyVersion, wrappedReadKey: rec.shreddedAt == nil ? rec.wrappedReadKey : nil,
+                                shreddedAt: rec.shreddedAt, retired: retired)
+    }
+
+    /// Replaces the tenant's wrapped read key with the same key wrapped anew (a new KEK or
+    /// another provider), as the next key version. No pack is rewritten: packs are sealed
+    /// to the read *public* key, which does not change. The previous KEK is recorded as
+    /// retired so that a later shred can destroy it too.
+    public func rotateReadKey(tenant: String, _ req: Wire.RotateReadKeyRequest, ctx: CallContext) async throws -> Wire.ReadKeyInfo {
+        let object = "tenant \(tenant)"
+        guard let rec = try catalog.tenant(tenant) else { throw ServerError.notFound("tenant \(tenant) does not exist") }
+        guard rec.shreddedAt == nil else { throw refuse(ctx, "rotate-read-key", object: object, .shredded(tenant)) }
+        let next = rec.keyVersion + 1
+        let header: WrappedKeyHeader
+        do { header = try WrappedKeyHeader.check(req.wrappedReadKey, tenant: rec, version: next) } catch let e as ServerError {
+            throw refuse(ctx, "rotate-read-key", object: object, e)
+        }
+        let stub = try WrappedKeyHeader.stub(rec.wrappedReadKey)
+        let updated = TenantRecord(name: rec.name, readKeyID: rec.readKeyID, readPublicKey: rec.readPublicKey, writeMaterial: rec.writeMaterial,
+                               wrappedReadKey: req.wrappedReadKey, minRetention: rec.minRetention, createdAt: rec.createdAt, keyVersion: next)
+        try await replaceDescriptor(updated, previous: rec.keyVersion, retiredStub: stub, shredded: false)
+        audit(ctx, "rotate-read-key", object: object, outcome: "ok", detail: "version \(rec.keyVersion)→\(next) provider=\(header.providerName)")
+        return try readKey(tenant: tenant, ctx: ctx)
+    }
+
+    /// Records that the KEKs of retired key versions were destroyed at their KMS or HSM.
+    public func markKEKsDestroyed(tenant: String, _ req: Wire.DestroyedKEKsRequest, ctx: CallContext) throws -> Wire.ReadKeyInfo {
+        guard try catalog.tenant(tenant) != nil else { throw ServerError.notFound("tenant \(tenant) does not exist") }
+        try catalog.markKEKsDestroyed(tenant: tenant, versions: req.versions, now: try now())
+        audit(ctx, "destroy-kek", object: "tenant \(tenant)", outcome: "ok", detail: "versions=\(req.versions.map(String.init).joined(separator: ","))")
+        return try readKey(tenant: tenant, ctx: ctx)
+    }
+
+    /// Crypto-shreds a tenant on the server's side: after the admin destroyed the KEKs at
+    /// the KMS, removes every wrapped copy of the read key the server holds (catalog and
+    /// store descriptors) and refuses further backups. Packs, manifests and their locks
+    /// stay exactly as they were: they are ciphertext that nothing can open any more.
+    public func shredTenant(tenant: String, _ req: Wire.ShredRequest, ctx: CallContext) async throws -> Wire.ReadKeyInfo {
+        let object = "tenant \(tenant)"
+        guard let rec = try catalog.tenant(tenant) else { throw ServerError.notFound("tenant \(tenant) does not exist") }
+        guard req.confirm == tenant else {
+            throw refuse(ctx, "shred-tenant", object: object, .badRequest("confirm must repeat the tenant's name (\(tenant)) to shred it"))
+        }
+        guard rec.shreddedAt == nil else { throw refuse(ctx, "shred-tenant", object: object, .shredded(tenant)) }
+        // Why a check call first: the admin destroys the KEKs at the KMS before this call
+        // removes the server's copies, and must not do so for a shred that is not approved.
+        let checkOnly = req.check ?? false
+        try authorize("shred-tenant", object: object, parameters: [:], requestID: req.requestID, consume: !checkOnly, ctx: ctx)
+        if checkOnly { return try readKey(tenant: tenant, ctx: ctx) }
+        let stub = try WrappedKeyHeader.stub(rec.wrappedReadKey)
+        let shredded = TenantRecord(name: rec.name, readKeyID: rec.readKeyID, readPublicKey: rec.readPublicKey, writeMaterial: rec.writeMaterial,
+                                    wrappedReadKey: "", minRetention: rec.minRetention, createdAt: rec.createdAt,
+                                    keyVersion: rec.keyVersion + 1, shreddedAt: try now())
+        try await replaceDescriptor(shredded, previous: rec.keyVersion, retiredStub: stub, shredded: true)
+        let now = try now()
+        try catalog.markKEKsDestroyed(tenant: tenant, versions: req.destroyedVersions, now: now)
+        let left = try catalog.retiredKEKs(tenant: tenant).filter { $0.destroyedAt == nil }.map(\.version)
+        audit(ctx, "shred-tenant", object: object, outcome: "ok",
+              detail: "destroyed KEK versions=\(req.destroyedVersions.map(String.init).joined(separator: ","))"
+                + (left.isEmpty ? "" : " NOT destroyed=\(left.map(String.init).joined(separator: ","))"))
+        return try readKey(tenant: tenant, ctx: ctx)
+    }
+
+    /// Writes the tenant's new descriptor to the store, switches the catalog to it, then
+    /// deletes the older descriptors from the store (they carry older wrapped copies).
+    private func replaceDescriptor(_ rec: TenantRecord, previous: Int, retiredStub: String, shredded: Bool) async throws {
+        _ = try await store.put(Self.tenantKey(rec.name, version: rec.keyVersion), try TenantDescriptor(rec).encoded(), retainUntil: nil)
+        try catalog.replaceReadKey(tenant: rec.name, newVersion: rec.keyVersion, wrapped: rec.wrappedReadKey, retiredStub: retiredStub,
+                                   now: try now(), shredded: shredded)
+        let now = try now()
+        for v in 1..<rec.keyVersion {
+            let key = Self.tenantKey(rec.name, version: v)
+            if try await store.head(key) != nil { try await store.delete(key, now: now) }
+        }
+    }
+
     public func listTenants() throws -> [Wire.TenantInfo] {
         try catalog.tenants().map { Wire.TenantInfo(name: $0.name, readKeyID: $0.readKeyID, minRetentionSeconds: $0.minRetention, createdAt: $0.createdAt) }
     }
@@ -398,7 +514,8 @@ public final class RepositoryService: Sendable {
     public func createEnrollment(tenant: String, _ req: Wire.CreateEnrollmentRequest, ctx: CallContext) throws -> Wire.CreateEnrollmentResponse {
         guard let role = Role(rawValue: req.role), role != .admin else { throw ServerError.badRequest("role must be writer, restorer or auditor") }
         guard Self.isValidPrincipalName(req.name) else { throw ServerError.badRequest("name \(req.name.debugDescription) must be 1–253 characters of A-Z, a-z, 0-9, '.', '-', '_'") }
-        guard try catalog.tenant(tenant) != nil else { throw ServerError.notFound("tenant \(tenant) does not exist: `redoubt admin tenant create \(tenant)`") }
+        guard let rec = try catalog.tenant(tenant) else { throw ServerError.notFound("tenant \(tenant) does not exist: `redoubt admin tenant create \(tenant)`") }
+        guard rec.shreddedAt == nil else { throw ServerError.shredded(tenant) }
         let ttl = min(max(req.ttlSeconds ?? 86400, 60), 7 * 86400)
         let now = try now()
         let secret = hexString((0..<32).map { _ in UInt8.random(in: 0...255) })
@@ -427,5 +544,46 @@ public final class RepositoryService: Sendable {
             Wire.AuditEntry(seq: $0.seq, time: $0.time, actor: $0.actor, role: $0.role, credential: $0.credential, source: $0.source,
                             action: $0.action, object: $0.object, outcome: $0.outcome, detail: $0.detail, prevHash: $0.prevHash, hash: $0.hash)
         }
+    }
+}
+
+/// What the server checks of a wrapped read key it is handed. It cannot unwrap it (it
+/// holds no KEK), but it can refuse one that names another tenant, another read key or
+/// the wrong version, so a mistaken or hostile rotation cannot replace a tenant's key
+/// with one that does not open its packs.
+struct WrappedKeyHeader: Decodable {
+    struct Context: Decodable {
+        var tenant: String
+        var keyVersion: Int
+    }
+    var format: Int
+    var provider: String
+    var context: Context
+    var readKeyID: String
+    var publicKey: String
+    var wrapped: String
+
+    /// The provider's scheme, for the audit log (the URI may name files; no secret).
+    var providerName: String { String(provider.prefix { $0 != ":" }) }
+
+    static func check(_ json: String, tenant: TenantRecord, version: Int) throws -> WrappedKeyHeader {
+        guard let h = try? JSONDecoder().decode(WrappedKeyHeader.self, from: Data(json.utf8)), h.format == 1 else {
+            throw ServerError.badRequest("wrappedReadKey is not a Redoubt wrapped read key (format 1; docs/FORMAT.md §7)")
+        }
+        guard h.context.tenant == tenant.name, h.context.keyVersion == version else {
+            throw ServerError.badRequest("wrapped read key is bound to tenant \(h.context.tenant.debugDescription) version \(h.context.keyVersion), expected \(tenant.name.debugDescription) version \(version)")
+        }
+        guard h.readKeyID == tenant.readKeyID, Data(base64Encoded: h.publicKey).map(Array.init) == tenant.readPublicKey else {
+            throw ServerError.badRequest("wrapped read key is for read key \(h.readKeyID), not tenant \(tenant.name)'s \(tenant.readKeyID): rotation re-wraps the same key")
+        }
+        guard !h.wrapped.isEmpty else { throw ServerError.badRequest("wrapped read key holds no wrapped bytes") }
+        return h
+    }
+
+    /// The wrapped key's JSON with its wrapped bytes removed: names the provider and KEK.
+    static func stub(_ json: String) throws -> String {
+        guard var o = (try? JSONSerialization.jsonObject(with: Data(json.utf8))) as? [String: Any] else { return "{}" }
+        o["wrapped"] = ""
+        return String(decoding: try JSONSerialization.data(withJSONObject: o, options: [.sortedKeys]), as: UTF8.self)
     }
 }

@@ -704,6 +704,14 @@ public final class LocalStore: ObjectStore {
         return removed
     }
 
+    /// Sets and clears `FS_IMMUTABLE_FL` (and a user xattr) on a probe file created in
+    /// `directory`, then removes it: nil if the flag works there, else a sentence naming
+    /// the cause and the fix. Throws `.io` if the probe file cannot be created, user
+    /// xattrs do not work, or the flag was set but could not be cleared. For `doctor`.
+    public static func probeImmutableFlag(in directory: String) throws -> String? {
+        try probe(root: directory)
+    }
+
     /// Proves user xattrs work (else throws) and tries the immutable flag on a probe file;
     /// returns nil if the flag works, else the warning text.
     private static func probe(root: String) throws -> String? {

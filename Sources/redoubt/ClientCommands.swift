@@ -57,6 +57,7 @@ struct VerifyCommand: AsyncParsableCommand {
     @Flag(name: .long, help: "Decrypt every chunk and check it (needs the read key).") var deep = false
     @OptionGroup var config: ConfigOption
     @Option(name: .long, help: "Passphrase file for a passphrase-wrapped read key.") var passphraseFile: String?
+    @Option(name: .long, help: "Wrapped read key file to use instead of the server's (an escrow copy from `redoubt admin tenant escrow`).") var readKey: String?
     @Flag(name: .long, help: "Print JSON.") var json = false
 
     func run() async throws {
@@ -67,7 +68,7 @@ struct VerifyCommand: AsyncParsableCommand {
                 var damaged = report.damaged + report.missing
                 var chunks = 0
                 if deep {
-                    let readKey = try await RestoreSupport.unwrapReadKey(config: cfg, passphraseFile: passphraseFile)
+                    let readKey = try await RestoreSupport.unwrapReadKey(config: cfg, passphraseFile: passphraseFile, readKeyFile: readKey)
                     let material = try cfg.sharedMaterial()
                     let manifestBytes = try await client.manifestBytes(report.snapshot)
                     let manifest = try Manifest.parse(manifestBytes, expectedID: SnapshotID(hex: report.snapshot))
@@ -124,13 +125,44 @@ enum RestoreSupport {
         return result
     }
 
-    /// Unwraps the restorer's read key in memory with its key provider.
-    static func unwrapReadKey(config: ClientConfig, passphraseFile: String?) async throws -> ReadPrivateKey {
-        let wrapped = try config.wrappedReadKey()
+    /// Unwraps the restorer's read key in memory with its key provider. The wrapped key is
+    /// `readKeyFile` if given (an escrow copy), else the server's current one (after a
+    /// rotation the restorer's enrollment copy is stale; it is refreshed here), else, when
+    /// the server cannot be reached, the copy saved at enrollment.
+    static func unwrapReadKey(config: ClientConfig, passphraseFile: String?, readKeyFile: String? = nil) async throws -> ReadPrivateKey {
         let tenant = try config.credential().tenant ?? ""
+        let wrapped: WrappedReadKey
+        if let readKeyFile {
+            guard let d = FileManager.default.contents(atPath: readKeyFile) else { throw ValidationError("cannot read wrapped read key file \(readKeyFile)") }
+            wrapped = try WrappedReadKey.decode(d)
+        } else {
+            wrapped = try await currentWrappedReadKey(config: config, tenant: tenant)
+        }
+        // Why: whoever handed us the wrapped key (server, file) must not be able to swap in
+        // another read key; the enrollment's write material names the tenant's one.
+        let expected = try config.sharedMaterial().readPublicKey.keyID.description
+        guard wrapped.readKeyID == expected else {
+            throw KeyProviderError.keyMismatch(provider: wrapped.provider, readKeyID: "\(wrapped.readKeyID) (tenant \(tenant)'s read key is \(expected))")
+        }
         let provider = try RedoubtCLI.keyProvider(uri: wrapped.provider, passphraseFile: passphraseFile)
         // Why the credential's tenant: the context bound into the wrapping must be this
         // restorer's tenant, not whatever the file claims.
         return try await provider.unwrap(wrapped, context: KeyContext(tenant: tenant, keyVersion: wrapped.context.keyVersion))
+    }
+
+    private static func currentWrappedReadKey(config: ClientConfig, tenant: String) async throws -> WrappedReadKey {
+        do {
+            let info = try await RedoubtCLI.with(try APIClient(credential: config.credential())) { try await $0.readKey(tenant: tenant) }
+            guard let json = info.wrappedReadKey else {
+                throw KeyProviderError.keyDestroyed(provider: "redoubt server", detail: "tenant \(tenant) was crypto-shredded; its backups cannot be decrypted")
+            }
+            try config.storeWrappedReadKey(json)
+        } catch let e as APIError where e.code == "E_TENANT_SHREDDED" {
+            throw KeyProviderError.keyDestroyed(provider: "redoubt server", detail: e.message)
+        } catch let e as APIError {
+            // The server is gone or older: the enrollment copy is the best we have.
+            FileHandle.standardError.write(Data("note: using the wrapped read key saved at enrollment (server: \(e.message)); after a rotation pass --read-key FILE\n".utf8))
+        }
+        return try config.wrappedReadKey()
     }
 }

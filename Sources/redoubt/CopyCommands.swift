@@ -163,12 +163,13 @@ struct CopyRestore: AsyncParsableCommand {
     @Option(name: .long, help: "Directory to restore into (created if missing).") var target: String
     @OptionGroup var config: ConfigOption
     @Option(name: .long, help: "Passphrase file for a passphrase-wrapped read key.") var passphraseFile: String?
+    @Option(name: .long, help: "Wrapped read key file to use instead of the server's (an escrow copy from `redoubt admin tenant escrow`).") var readKey: String?
 
     func run() async throws {
         try await RedoubtCLI.run {
             let store = try bucket.store()
             let cfg = config.resolved
-            let readKey = try await RestoreSupport.unwrapReadKey(config: cfg, passphraseFile: passphraseFile)
+            let readKey = try await RestoreSupport.unwrapReadKey(config: cfg, passphraseFile: passphraseFile, readKeyFile: readKey)
             let manifests = try await BucketCopy.manifests(in: store, tenant: tenant)
             let manifest = try RestoreSupport.manifest(matching: snapshot, in: manifests, place: "in \(bucket.to)", lister: "redoubt copy snapshots")
             let result = try await RestoreSupport.restore(manifest: manifest, readKey: readKey, chunkIDKey: try cfg.sharedMaterial().chunkIDKey,

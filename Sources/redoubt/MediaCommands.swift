@@ -10,7 +10,7 @@ import RedoubtStore
 
 struct MediaCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(commandName: "media", abstract: "Write and list offline media sets (tapes, files, directories).",
-                                                    subcommands: [MediaWrite.self, MediaList.self, MediaRestore.self])
+                                                    subcommands: [MediaWrite.self, MediaList.self, MediaRestore.self, MediaImportCommand.self])
 }
 
 /// Parses `123`, `64K`, `100M`, `2G`, `1T` (powers of 1024).
@@ -63,8 +63,12 @@ struct MediaWrite: AsyncParsableCommand {
 }
 
 struct MediaList: AsyncParsableCommand {
-    static let configuration = CommandConfiguration(commandName: "list", abstract: "Read a media set and list its volumes, records and damage.")
+    static let configuration = CommandConfiguration(
+        commandName: "list", abstract: "List a media set's volumes, records and damage; or what one volume holds.",
+        discussion: "Given the whole set (file:PATH finds PATH, PATH.2, …), every record is read and checked. Given one volume "
+            + "(any of them, or with --volume-only), its label and catalog say what it holds and which other volumes a restore needs.")
     @Option(name: .long, help: "Device: file:PATH or dir:PATH.") var device: String
+    @Flag(name: .long, help: "Read only the first volume the device supplies.") var volumeOnly = false
     @Flag(name: .long, help: "Read on past damaged blocks and report them.") var skipDamaged = false
     @Flag(name: .long, help: "Print JSON.") var json = false
 
@@ -74,13 +78,30 @@ struct MediaList: AsyncParsableCommand {
         var damage: [String]
     }
 
+    struct VolumeListing: Encodable {
+        var label: MediaLabel
+        var records: [MediaCatalogEntry]
+        var setRecords: [MediaCatalogEntry]?
+        var needsVolumes: [UInt32]
+        var damage: [String]
+    }
+
+    func open() throws -> SequentialSource {
+        if device.hasPrefix("file:") { return FileSequentialDevice(path: String(device.dropFirst(5))) }
+        if device.hasPrefix("dir:") { return try DirectorySequentialDevice(path: String(device.dropFirst(4))) }
+        throw ValidationError("unknown device \(device); use file:PATH or dir:PATH")
+    }
+
     func run() async throws {
         try await RedoubtCLI.run {
-            let src: SequentialSource
-            if device.hasPrefix("file:") { src = FileSequentialDevice(path: String(device.dropFirst(5))) }
-            else if device.hasPrefix("dir:") { src = try DirectorySequentialDevice(path: String(device.dropFirst(4))) }
-            else { throw ValidationError("unknown device \(device); use file:PATH or dir:PATH") }
-            let rep = try MediaReader(source: src, skipDamaged: skipDamaged).read { _ in }
+            if volumeOnly { return try listOne() }
+            let rep: MediaReadReport
+            do { rep = try MediaReader(source: try open(), skipDamaged: skipDamaged).read { _ in } } catch let e as MediaError
+                where (e.code == "E_MEDIA_ORDER" || e.code == "E_MEDIA_MISSING") && !isFIFO {
+                // Not the whole set: say what this volume holds instead.
+                FileHandle.standardError.write(Data("note: not a whole set (\(e.detail)); listing the volume alone\n".utf8))
+                return try listOne()
+            }
             let l = Listing(labels: rep.labels, records: rep.setCatalog?.records ?? [], damage: rep.damage.map(\.description))
             if json { try printJSON(l) } else {
                 for v in rep.labels { print("volume \(v.volumeSeq) of set \(v.setID): pool \(v.pool), tenant \(v.tenant), written \(v.created)") }
@@ -89,6 +110,36 @@ struct MediaList: AsyncParsableCommand {
             }
             return rep.damage.isEmpty ? .ok : .partial
         }
+    }
+
+    private var isFIFO: Bool {
+        guard device.hasPrefix("file:") else { return false }
+        var st = stat()
+        return stat(String(device.dropFirst(5)), &st) == 0 && (st.st_mode & S_IFMT) == S_IFIFO
+    }
+
+    private func listOne() throws -> Exit {
+        let v = try MediaReader(source: try open(), skipDamaged: skipDamaged).listVolume()
+        let out = VolumeListing(label: v.label, records: v.volumeCatalog?.records ?? [], setRecords: v.setCatalog?.records,
+                                needsVolumes: v.needsVolumes, damage: v.damage.map(\.description))
+        if json { try printJSON(out) } else {
+            let l = v.label
+            print("volume \(l.volumeSeq) of set \(l.setID): pool \(l.pool), tenant \(l.tenant), written \(l.created)"
+                  + (l.retainUntil.map { ", retained until \($0)" } ?? ""))
+            for r in out.records {
+                print("  \(r.type) \(r.id)  blocks \(r.firstBlock)-\(r.lastBlock)"
+                      + (r.startsBefore ? "  (begins on volume \(l.volumeSeq - 1))" : "") + (r.endsAfter ? "  (continues on volume \(l.volumeSeq + 1))" : ""))
+            }
+            if let set = v.setCatalog {
+                print("last volume of the set: \(set.volumeCount ?? l.volumeSeq) volumes, \(set.records.count) records in all")
+            } else {
+                print("not the last volume: the set's full catalog is on the last one")
+            }
+            print(v.needsVolumes.isEmpty ? "a restore of what this volume holds needs no other volume"
+                  : "a restore of what this volume holds also needs volume(s) \(v.needsVolumes.map(String.init).joined(separator: ", "))")
+            for d in out.damage { print("DAMAGED: \(d)") }
+        }
+        return v.damage.isEmpty ? .ok : .partial
     }
 }
 
@@ -123,12 +174,13 @@ struct MediaRestore: AsyncParsableCommand {
     @Option(name: .long, help: "Directory to restore into (created if missing).") var target: String
     @OptionGroup var config: ConfigOption
     @Option(name: .long, help: "Passphrase file for a passphrase-wrapped read key.") var passphraseFile: String?
+    @Option(name: .long, help: "Wrapped read key file to use instead of the server's (an escrow copy from `redoubt admin tenant escrow`).") var readKey: String?
     @Flag(name: .long, help: "Read on past damaged blocks and restore everything that verified.") var skipDamaged = false
 
     func run() async throws {
         try await RedoubtCLI.run {
             let cfg = config.resolved
-            let readKey = try await RestoreSupport.unwrapReadKey(config: cfg, passphraseFile: passphraseFile)
+            let readKey = try await RestoreSupport.unwrapReadKey(config: cfg, passphraseFile: passphraseFile, readKeyFile: readKey)
             let material = try cfg.sharedMaterial()
             let spool = NSTemporaryDirectory() + "redoubt-media-spool-\(UUID().uuidString)"
             try FileManager.default.createDirectory(atPath: spool, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
@@ -155,6 +207,60 @@ struct MediaRestore: AsyncParsableCommand {
             for d in result.damaged { print("  DAMAGED: \(d)") }
             if !result.damaged.isEmpty { return .integrity }
             return rep.damage.isEmpty && result.warnings.isEmpty ? .ok : .partial
+        }
+    }
+}
+
+struct MediaImportCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "import",
+        abstract: "Rebuild a server's store and catalog from a media set (disaster recovery onto a fresh repository host).",
+        discussion: """
+            Run on the new repository host with its server stopped, after `redoubt server init --data DIR`. Every pack and \
+            manifest is verified (block checksums, record hashes, then pack hashes and manifest IDs in the catalog \
+            rebuild) and locked again for at least the tenant's minimum retention. Hosts and restorers enroll anew \
+            (the new server has its own CA); the read key's wrapping comes from the media's tenant descriptor.
+            """)
+    @Option(name: .long, help: "file:PATH (repeat for each volume, in order) or dir:PATH.") var device: [String]
+    @Option(name: .long, help: "The server data directory (made by `redoubt server init`).") var data: String
+    @Flag(name: .long, help: "Read on past damaged blocks and import everything that verified.") var skipDamaged = false
+    @Flag(name: .long, help: "Print the summary as JSON.") var json = false
+
+    struct Summary: Encodable {
+        var tenant: String
+        var objects: Int
+        var alreadyThere: Int
+        var bytes: UInt64
+        var packs: Int
+        var snapshots: Int
+        var rejected: [String]
+        var damage: [String]
+    }
+
+    func run() async throws {
+        try await RedoubtCLI.run {
+            let home = ServerHome(path: data)
+            guard (try? home.settings()) != nil else { throw ValidationError("\(data) is not a Redoubt server data directory: run `redoubt server init --data \(data)` first") }
+            var logger = Logger(label: "redoubt.media-import")
+            logger.logLevel = .warning
+            FileHandle.standardError.write(Data("reading volumes…\n".utf8))
+            let progress = ProgressLine()
+            var n: UInt64 = 0
+            let s = try await MediaImport.run(home: home, source: try mediaSource(device), skipDamaged: skipDamaged, now: Date(), logger: logger) { line in
+                n += 1
+                progress.update(files: n, bytes: 0, totalBytes: nil, current: line)
+            }
+            progress.finish()
+            let out = Summary(tenant: s.tenant, objects: s.objects, alreadyThere: s.alreadyThere, bytes: s.bytes, packs: s.rebuild.packs,
+                              snapshots: s.rebuild.snapshots, rejected: s.rebuild.rejected, damage: s.damage)
+            if json { try printJSON(out) } else {
+                print("imported tenant \(s.tenant): \(s.objects) objects (\(s.alreadyThere) already there), \(formatBytes(s.bytes)); "
+                      + "catalog rebuilt: \(s.rebuild.packs) packs, \(s.rebuild.snapshots) snapshots")
+                for r in s.rebuild.rejected { print("  REJECTED: \(r)") }
+                for d in s.damage { print("  DAMAGED: \(d)") }
+                print("Next: redoubt server run --data \(data); then enroll hosts and restorers anew (`redoubt admin host add`, `restorer add`).")
+            }
+            return s.damage.isEmpty && s.rebuild.rejected.isEmpty ? .ok : .partial
         }
     }
 }

@@ -15,7 +15,7 @@ struct QuickstartCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(commandName: "quickstart", abstract: "Run the embedded default end to end on this machine, on loopback.")
     @Argument(help: "What to back up (a small sample tree if omitted).") var path: String?
     @Option(name: .long, help: "Where to keep the server's data and the clients' configuration.") var dir = "redoubt-quickstart"
-    @Option(name: .long, help: "Key provider for the tenant's read key: passphrase: (default) or kmip://HOST:PORT/new?ca=FILE&cert=FILE&key=FILE.")
+    @Option(name: .long, help: "Key provider for the tenant's read key: passphrase: (default), kmip://HOST:PORT/new?ca=FILE&cert=FILE&key=FILE or awskms://REGION/new[?endpoint=URL].")
     var keyProvider = "passphrase:"
 
     func run() async throws {
@@ -60,7 +60,6 @@ struct Quickstart {
     }
 
     func scenario(root: URL, adminPath: String) async throws -> Exit {
-        let admin = try APIClient(credential: loadCredential(adminPath))
         // The passphrase that wraps the read key: from the environment, or made here.
         let passFile = root.appendingPathComponent("passphrase")
         if ProcessInfo.processInfo.environment["REDOUBT_PASSPHRASE"] == nil {
@@ -72,6 +71,9 @@ struct Quickstart {
         step("tenant create quickstart (read key X-Wing, wrapped by \(provider is PassphraseKeyProvider ? "passphrase: scrypt" : "a KEK held by \(provider.uri.prefix { $0 != ":" })"))")
         let keys = try TenantKeys.generate()
         let wrapped = try await provider.wrap(keys.readKey, context: KeyContext(tenant: "quickstart", keyVersion: 1))
+        // The admin client comes after the key provider, so a KMS error is reported rather
+        // than tripping AsyncHTTPClient's shutdown-before-deinit assertion.
+        let admin = try APIClient(credential: loadCredential(adminPath))
         _ = try await admin.createTenant(Wire.CreateTenantRequest(
             name: "quickstart", readPublicKey: Data(keys.readKey.publicKey.rawRepresentation).base64EncodedString(),
             writeMaterial: keys.sharedWriteMaterial.encode().withUnsafeBytes { Data($0).base64EncodedString() },

@@ -18,11 +18,14 @@ struct ServerInit: AsyncParsableCommand {
     @Option(name: .long, help: "The data directory (created 0700).") var data: String
     @Option(name: .long, help: "Address to listen on.") var listen = "127.0.0.1:8443"
     @Option(name: .long, help: "Default minimum retention of new tenants (e.g. 30d).") var minRetention = "30d"
+    @Option(name: .long, help: "Admins (requester included) that a change weakening protection needs, once there are that many.") var quorum = 2
 
     func run() async throws {
         try await RedoubtCLI.run {
             let r = try parseDuration(minRetention)
+            guard quorum >= 1 else { throw ValidationError("--quorum must be at least 1") }
             let (settings, cred) = try await ServerHome(path: data).initialize(listen: listen, minRetention: r, now: Date())
+            try Catalog(path: ServerHome(path: data).catalogPath).setSetting("quorum", String(quorum))
             print("Initialised a Redoubt server in \(ServerHome(path: data).root.path)")
             print("  URL:              \(settings.url)")
             print("  admin credential: \(cred)  (mode 0600; keep it off protected hosts)")
@@ -82,7 +85,8 @@ struct ServerRebuildCatalog: AsyncParsableCommand {
 
 struct AdminCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(commandName: "admin", abstract: "Manage tenants and enrollments (admin credential).",
-                                                    subcommands: [TenantCommand.self, HostCommand.self, RestorerCommand.self, AuditorCommand.self])
+                                                    subcommands: [TenantCommand.self, HostCommand.self, RestorerCommand.self, AuditorCommand.self,
+                                                                  RequestCommand.self, AdminsCommand.self, QuorumCommand.self])
     // Declared here too so `redoubt admin --credential FILE tenant …` parses; the
     // subcommands read the same value.
     @OptionGroup var admin: AdminOptions
@@ -95,14 +99,15 @@ struct AdminOptions: ParsableArguments {
 }
 
 struct TenantCommand: AsyncParsableCommand {
-    static let configuration = CommandConfiguration(commandName: "tenant", abstract: "Create and list tenants.", subcommands: [TenantCreate.self, TenantList.self])
+    static let configuration = CommandConfiguration(commandName: "tenant", abstract: "Create and list tenants; rotate, escrow or shred their read keys.",
+                                                    subcommands: [TenantCreate.self, TenantList.self, TenantSetRetention.self, TenantRotateKey.self, TenantEscrow.self, TenantShred.self])
 }
 
 struct TenantCreate: AsyncParsableCommand {
     static let configuration = CommandConfiguration(commandName: "create", abstract: "Create a tenant: its keys are made here and the read key leaves only wrapped.")
     @OptionGroup var admin: AdminOptions
     @Argument(help: "Tenant name (a-z, 0-9, '.', '-', '_').") var name: String
-    @Option(name: .long, help: "Key provider URI that wraps the read key: passphrase: (default) or kmip://HOST:PORT/new?ca=FILE&cert=FILE&key=FILE (creates the KEK).") var keyProvider = "passphrase:"
+    @Option(name: .long, help: "Key provider URI that wraps the read key: passphrase: (default), kmip://HOST:PORT/new?ca=FILE&cert=FILE&key=FILE or awskms://REGION/new[?endpoint=URL] (…/new creates the KEK).") var keyProvider = "passphrase:"
     @Option(name: .long, help: "Minimum retention of this tenant's snapshots (e.g. 30d).") var minRetention: String?
     @Option(name: .long, help: "File holding the passphrase (else REDOUBT_PASSPHRASE or a prompt).") var passphraseFile: String?
 

@@ -30,12 +30,17 @@ enum Exit: Int32 {
     case keyDestroyed = 11
     /// The KMS or HSM refused this client's credential (certificate, PIN, access key).
     case kmsCredentialRejected = 12
+    /// The change needs other admins' approval: a request was filed (or is still pending).
+    case approvalRequired = 13
 }
 
 /// Prints an error that names the object, the cause and the fix, and returns the exit code.
 func report(_ error: Error) -> Exit {
     let (code, text): (Exit, String)
     switch error {
+    case let e as APIError where e.code == "E_APPROVAL_REQUIRED" || e.code == "E_APPROVAL_PENDING":
+        code = .approvalRequired
+        text = e.description
     case let e as APIError:
         code = e.status == 0 && e.code == "E_CONNECT" ? .unreachable : e.isRefusal ? .refused : e.status == 404 ? .notFound
             : e.status == 422 ? .integrity : .failure
@@ -107,31 +112,38 @@ func parseDuration(_ s: String) throws -> TimeInterval {
     return n * mult
 }
 
-/// Reads a secret from a file, else `REDOUBT_PASSPHRASE`, else a prompt on a terminal.
-/// Never from argv.
-func readPassphrase(file: String?, prompt: String) throws -> SecretBytes {
+/// Reads a secret from a file, else the environment variable `env` (`REDOUBT_PASSPHRASE`
+/// unless told), else a prompt on a terminal. Never from argv.
+func readPassphrase(file: String?, env envName: String = "REDOUBT_PASSPHRASE", prompt: String) throws -> SecretBytes {
     if let file {
         guard var d = FileManager.default.contents(atPath: file) else { throw ValidationError("cannot read passphrase file \(file)") }
         defer { d.resetBytes(in: 0..<d.count) }
         while d.last == 0x0a || d.last == 0x0d { d.removeLast() }
         return SecretBytes(copying: d)
     }
-    if let env = ProcessInfo.processInfo.environment["REDOUBT_PASSPHRASE"], !env.isEmpty { return SecretBytes(copying: Array(env.utf8)) }
+    if let env = ProcessInfo.processInfo.environment[envName], !env.isEmpty { return SecretBytes(copying: Array(env.utf8)) }
     if isatty(0) != 0, let p = getpass(prompt) {
         let s = SecretBytes(copying: UnsafeBufferPointer(start: UnsafeRawPointer(p).assumingMemoryBound(to: UInt8.self), count: strlen(p)))
         memset(p, 0, strlen(p))
         return s
     }
-    throw KeyProviderError.secretMissing(provider: "passphrase:", how: "set REDOUBT_PASSPHRASE, pass --passphrase-file FILE, or run on a terminal")
+    throw KeyProviderError.secretMissing(provider: "passphrase:", how: "set \(envName), pass the passphrase file option, or run on a terminal")
 }
 
-/// The key provider a URI names: `passphrase:` or `kmip://HOST:PORT/KEY-ID?ca=&cert=&key=`.
-func makeKeyProvider(uri: String, passphraseFile: String?) throws -> any KeyProvider {
+/// The key provider a URI names: `passphrase:`, `kmip://HOST:PORT/KEY-ID?ca=&cert=&key=` or
+/// `awskms://REGION/KEY-ID[?endpoint=URL]`.
+/// `passphraseEnv` names the variable a passphrase may come from when no file is given.
+func makeKeyProvider(uri: String, passphraseFile: String?, passphraseEnv: String = "REDOUBT_PASSPHRASE",
+                     prompt: String = "Passphrase for the tenant's read key: ") throws -> any KeyProvider {
     switch uri {
     case "passphrase:", "passphrase":
-        return try PassphraseKeyProvider(passphrase: readPassphrase(file: passphraseFile, prompt: "Passphrase for the tenant's read key: "))
+        return try PassphraseKeyProvider(passphrase: readPassphrase(file: passphraseFile, env: passphraseEnv, prompt: prompt))
     case _ where uri.hasPrefix("kmip://"):
         return try KMIPKeyProvider(uri: uri)
+    case _ where uri.hasPrefix("awskms://"):
+        // Credentials are read from the AWS environment or credentials file when the KMS
+        // is first called, so commands that never unwrap never need them.
+        return try AWSKMSKeyProvider(uri: uri)
     default:
         throw KeyProviderError.unknownProvider(uri)
     }

@@ -42,6 +42,38 @@ func flip(_ path: String, at: Int) throws {
 }
 
 @Suite struct MediaSetTests {
+    @Test func anyOneVolumeSaysWhatItHoldsAndWhichVolumesARestoreNeeds() throws {
+        let dir = mediaTempDir(); defer { try? FileManager.default.removeItem(atPath: dir) }
+        let recs = sampleRecords()
+        let s = try writeSet("\(dir)/set", recs, capacity: 16 * 512)
+        try #require(s.volumes >= 3)
+        let (_, whole) = try readAll(FileSequentialDevice(path: "\(dir)/set"))
+        let all = try #require(whole.setCatalog?.records)
+        for v in 1...s.volumes {
+            let path = v == 1 ? "\(dir)/set" : "\(dir)/set.\(v)"
+            let l = try MediaReader(source: FileSequentialDevice(paths: [path]), skipDamaged: false).listVolume()
+            #expect(l.label.volumeSeq == v && l.damage.isEmpty)
+            // The volume's catalog lists exactly the records the set catalog places on it.
+            let listed = try #require(l.volumeCatalog).records
+            #expect(Set(listed.map(\.recordSeq)).isSuperset(of: Set(all.filter { $0.volume == v }.map(\.recordSeq))), "volume \(v): \(listed)")
+            // Spanning records name their neighbours; the last volume knows the whole set.
+            if listed.contains(where: \.endsAfter) { #expect(l.needsVolumes.contains(v + 1)) }
+            if listed.contains(where: \.startsBefore) { #expect(l.needsVolumes.contains(v - 1)) }
+            if v == s.volumes {
+                #expect(l.setCatalog?.volumeCount == s.volumes && l.needsVolumes == Array(1..<s.volumes))
+            } else {
+                #expect(l.setCatalog == nil)
+            }
+        }
+        // A flipped bit in volume 2 is named with its record, alone or skipped past.
+        let size = try #require(try FileManager.default.attributesOfItem(atPath: "\(dir)/set.2")[.size] as? Int)
+        try flip("\(dir)/set.2", at: 512 * 2 + 100)
+        #expect(throws: MediaError.self) { try MediaReader(source: FileSequentialDevice(paths: ["\(dir)/set.2"]), skipDamaged: false).listVolume() }
+        let damaged = try MediaReader(source: FileSequentialDevice(paths: ["\(dir)/set.2"]), skipDamaged: true).listVolume()
+        #expect(damaged.damage.map(\.block) == [2] && size > 512 * 3)
+        #expect(damaged.damage.first?.records.isEmpty == false)
+    }
+
     @Test func multiVolumeRoundTrip() throws {
         let dir = mediaTempDir(); defer { try? FileManager.default.removeItem(atPath: dir) }
         let recs = sampleRecords()

@@ -87,6 +87,22 @@ import RedoubtCore
             usleep(100_000)
         }
 
+        /// Packs in the server's store now.
+        func storedPacks() -> Int {
+            let packs = dir.appendingPathComponent("server/store/t/crash/packs").path
+            return (FileManager.default.enumerator(atPath: packs)?.allObjects as? [String])?.filter { $0.split(separator: "/").last?.count == 64 }.count ?? 0
+        }
+
+        /// Kills a backup as soon as it has stored a pack (at most 60 s): however slow the
+        /// machine, the next backup then has something to reuse.
+        func killedBackupAfterAPackLands(_ path: String) {
+            let before = storedPacks()
+            let pid = background(["backup", path, "--config", dir.appendingPathComponent("host").path])
+            for _ in 0..<1200 where storedPacks() <= before { usleep(50_000) }
+            kill(pid, SIGKILL)
+            usleep(100_000)
+        }
+
         func cleanup() {
             killServer()
             _ = system("chattr -R -i \(q(dir.path)) 2>/dev/null")
@@ -124,6 +140,7 @@ import RedoubtCore
             try randomData(6 << 20, &rng).write(to: corpus.appendingPathComponent("g\(i).bin"))
         }
         for delay in [0.3, 0.8, 1.5] { e.killedBackup(corpus.path, after: delay) }
+        e.killedBackupAfterAPackLands(corpus.path)
         e.killedBackup(corpus.path, after: 1.0, alsoKillServer: true)
         try e.startServer()
 

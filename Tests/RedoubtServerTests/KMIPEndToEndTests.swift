@@ -26,7 +26,7 @@ import RedoubtKMS
         let output = (try? String(contentsOfFile: out, encoding: .utf8)) ?? ""
         #expect(status == 0, "quickstart failed: \(output)")
         #expect(output.contains("identical to the source"))
-        #expect(output.contains("wrapped by a KEK in the KMIP server"))
+        #expect(output.contains("wrapped by a KEK held by kmip"))
 
         // The restorer's wrapped key names the KEK that was created for the tenant.
         let runs = try FileManager.default.contentsOfDirectory(atPath: "\(dir.path)/qs")

@@ -31,11 +31,13 @@ final class TestServer: @unchecked Sendable {
     let admin: APIClient
     let url: String
 
-    static func start(minRetention: TimeInterval = 30 * 86400) async throws -> TestServer {
+    /// `prepare` runs on the initialised data directory before the server opens it.
+    static func start(minRetention: TimeInterval = 30 * 86400, prepare: ((ServerHome) async throws -> Void)? = nil) async throws -> TestServer {
         let dir = FileManager.default.temporaryDirectory.appendingPathComponent("redoubt-srv-\(UUID().uuidString)")
         let port = try freeLoopbackPort()
         let home = ServerHome(path: dir.appendingPathComponent("data").path)
         _ = try await home.initialize(listen: "127.0.0.1:\(port)", minRetention: minRetention, now: Date())
+        try await prepare?(home)
         var logger = Logger(label: "test.server")
         logger.logLevel = .warning
         let clock = ManualClock(Date())

@@ -13,4 +13,9 @@ int redoubt_fs_set_flags(int fd, int flags);
 /* FS_IMMUTABLE_FL and FS_APPEND_FL. */
 int redoubt_fs_immutable_fl(void);
 int redoubt_fs_append_fl(void);
+/* CRC-32C register update over count bytes (start 0xFFFFFFFF, complement at the end);
+   hardware-accelerated where the CPU allows. */
+#include <stdint.h>
+#include <stddef.h>
+uint32_t redoubt_crc32c_update(uint32_t state, const void *bytes, size_t count);
 #endif

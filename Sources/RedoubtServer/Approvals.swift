@@ -1,0 +1,280 @@
+import Crypto
+import Foundation
+import GRDB
+import RedoubtCore
+
+// M-of-N approvals (docs/PROTOCOL.md §4.2). A change that weakens protection — shredding
+// a tenant, lowering its minimum retention, adding or removing an admin, changing the
+// quorum — is a *request* until enough other admins approve it. The requester's own
+// approval does not count; one rejection ends it; it expires (72 h by default). Once
+// approved, the change is made by repeating the call with the request's ID, and the
+// request can be used exactly once, for exactly the change it names.
+
+/// A request for a change that needs other admins' approval.
+public struct ApprovalRequest: Sendable, Equatable, Codable {
+    public enum State: String, Sendable, Codable {
+        case pending, approved, rejected, expired, executed
+    }
+    public let id: String
+    /// What is asked (`shred-tenant`, `lower-retention`, `add-admin`, `remove-admin`, `set-quorum`).
+    public let action: String
+    /// What it applies to (`tenant acme`, `admin bob`, `quorum`).
+    public let object: String
+    /// The exact change: it is what the approvers approve, and what the final call must repeat.
+    public let parameters: [String: String]
+    public let requester: String
+    public let createdAt: Date
+    public let expiresAt: Date
+    /// Approvals needed from admins other than the requester (fixed when the request is made).
+    public let needed: Int
+    public let approvers: [String]
+    public let rejectedBy: String?
+    public let state: State
+}
+
+extension Catalog {
+    static func registerApprovalMigrations(_ m: inout DatabaseMigrator) {
+        m.registerMigration("v3-approvals") { db in
+            try db.execute(sql: """
+                CREATE TABLE requests (
+                    id TEXT PRIMARY KEY, action TEXT NOT NULL, object TEXT NOT NULL, parameters TEXT NOT NULL,
+                    requester_id TEXT NOT NULL, requester TEXT NOT NULL, created_at REAL NOT NULL, expires_at REAL NOT NULL,
+                    needed INTEGER NOT NULL, rejected_by TEXT, executed_at REAL);
+                CREATE TABLE approvals (
+                    request_id TEXT NOT NULL, approver_id TEXT NOT NULL, approver TEXT NOT NULL, time REAL NOT NULL,
+                    PRIMARY KEY (request_id, approver_id)) WITHOUT ROWID;
+                """)
+        }
+    }
+
+    func insertRequest(id: String, action: String, object: String, parameters: [String: String], requester: Principal,
+                       now: Date, expiresAt: Date, needed: Int) throws {
+        let params = String(decoding: try JSONEncoder.sorted.encode(parameters), as: UTF8.self)
+        try db.write { db in
+            try db.execute(sql: """
+                INSERT INTO requests(id, action, object, parameters, requester_id, requester, created_at, expires_at, needed)
+                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
+                """, arguments: [id, action, object, params, requester.id, requester.name, now.timeIntervalSince1970, expiresAt.timeIntervalSince1970, needed])
+        }
+    }
+
+    /// The request with its approvals, its state computed at `now`.
+    public func request(_ id: String, now: Date) throws -> ApprovalRequest? {
+        try db.read { db in try Self.request(db, id, now: now) }
+    }
+
+    public func requests(now: Date) throws -> [ApprovalRequest] {
+        try db.read { db in
+            try String.fetchAll(db, sql: "SELECT id FROM requests ORDER BY created_at").compactMap { try Self.request(db, $0, now: now) }
+        }
+    }
+
+    static func request(_ db: Database, _ id: String, now: Date) throws -> ApprovalRequest? {
+        guard let r = try Row.fetchOne(db, sql: "SELECT * FROM requests WHERE id = ?", arguments: [id]) else { return nil }
+        let approvers = try String.fetchAll(db, sql: "SELECT approver FROM approvals WHERE request_id = ? ORDER BY time", arguments: [id])
+        let params = (try? JSONDecoder().decode([String: String].self, from: Data((r["parameters"] as String).utf8))) ?? [:]
+        let needed: Int = r["needed"]
+        let rejectedBy: String? = r["rejected_by"]
+        let expiresAt = Date(timeIntervalSince1970: r["expires_at"])
+        let state: ApprovalRequest.State =
+            (r["executed_at"] as Double?) != nil ? .executed
+            : rejectedBy != nil ? .rejected
+            : approvers.count >= needed ? (expiresAt > now ? .approved : .expired)
+            : expiresAt > now ? .pending : .expired
+        return ApprovalRequest(id: id, action: r["action"], object: r["object"], parameters: params, requester: r["requester"],
+                               createdAt: Date(timeIntervalSince1970: r["created_at"]), expiresAt: expiresAt, needed: needed,
+                               approvers: approvers, rejectedBy: rejectedBy, state: state)
+    }
+
+    /// Records one admin's decision. Refuses the requester, a second decision by the same
+    /// admin, and any request that is no longer pending.
+    func decide(_ id: String, by admin: Principal, approve: Bool, now: Date) throws -> ApprovalRequest {
+        try db.write { db in
+            guard let req = try Self.request(db, id, now: now),
+                  let requesterID = try String.fetchOne(db, sql: "SELECT requester_id FROM requests WHERE id = ?", arguments: [id]) else {
+                throw ServerError.notFound("request \(id) does not exist: `redoubt admin request list`")
+            }
+            guard req.state == .pending else { throw ServerError(409, "E_CONFLICT", "request \(id) is \(req.state.rawValue); only a pending request can be decided") }
+            guard requesterID != admin.id else {
+                throw ServerError.forbidden("request \(id) was made by you: the requester's own approval does not count; another admin must decide")
+            }
+            if approve {
+                let done = try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM approvals WHERE request_id = ? AND approver_id = ?", arguments: [id, admin.id]) ?? 0
+                guard done == 0 else { throw ServerError(409, "E_CONFLICT", "you already approved request \(id); it needs approvals from other admins") }
+                try db.execute(sql: "INSERT INTO approvals(request_id, approver_id, approver, time) VALUES (?, ?, ?, ?)",
+                               arguments: [id, admin.id, admin.name, now.timeIntervalSince1970])
+            } else {
+                try db.execute(sql: "UPDATE requests SET rejected_by = ? WHERE id = ?", arguments: [admin.name, id])
+            }
+            guard let after = try Self.request(db, id, now: now) else { throw ServerError.notFound("request \(id) vanished") }
+            return after
+        }
+    }
+
+    /// Marks an approved request used, once: false if it was used (or is not approved).
+    func consumeRequest(_ id: String, now: Date) throws -> Bool {
+        try db.write { db in
+            guard try Self.request(db, id, now: now)?.state == .approved else { return false }
+            try db.execute(sql: "UPDATE requests SET executed_at = ? WHERE id = ?", arguments: [now.timeIntervalSince1970, id])
+            return true
+        }
+    }
+
+    /// Admins that can act (not revoked).
+    public func adminCount() throws -> Int {
+        try db.read { try Int.fetchOne($0, sql: "SELECT COUNT(*) FROM principals WHERE role = 'admin' AND revoked = 0") ?? 0 }
+    }
+}
+
+extension JSONEncoder {
+    static var sorted: JSONEncoder {
+        let e = JSONEncoder()
+        e.outputFormatting = [.sortedKeys]
+        return e
+    }
+}
+
+extension RepositoryService {
+    /// How long a request stays open.
+    public static let requestLifetime: TimeInterval = 72 * 3600
+
+    /// The number of admins (requester included) a weakening change needs: the configured
+    /// quorum (`server init --quorum`, `admin quorum set`; default 2), but never more than
+    /// the admins there are — a lone admin acts alone until a second one is enrolled.
+    public func effectiveQuorum() throws -> Int {
+        let configured = try catalog.setting("quorum").flatMap(Int.init) ?? 2
+        return max(1, min(configured, try catalog.adminCount()))
+    }
+
+    /// Lets a weakening change through, or turns it into a request. With `requestID`, the
+    /// request must be approved, unexpired, unused, and name exactly this action, object
+    /// and parameters; it is consumed when `consume` is set (the final call), so it
+    /// authorises one change. Without one, and when the quorum needs other admins, a
+    /// request is filed and `E_APPROVAL_REQUIRED` names it.
+    func authorize(_ action: String, object: String, parameters: [String: String], requestID: String?, consume: Bool,
+                   ctx: CallContext) throws {
+        guard let p = ctx.principal, p.role == .admin else { throw ServerError.forbidden("only an admin may \(action)") }
+        let now = try now()
+        let quorum = try effectiveQuorum()
+        if let requestID {
+            guard let req = try catalog.request(requestID, now: now) else {
+                throw refuse(ctx, action, object: object, .notFound("request \(requestID) does not exist: `redoubt admin request list`"))
+            }
+            guard req.action == action, req.object == object, req.parameters == parameters else {
+                throw refuse(ctx, action, object: object, .forbidden("request \(requestID) approved \(req.action) of \(req.object) \(req.parameters), not this change; file a new request"))
+            }
+            guard req.state == .approved else {
+                throw refuse(ctx, action, object: object, ServerError(409, "E_APPROVAL_PENDING",
+                    "request \(requestID) is \(req.state.rawValue) (\(req.approvers.count) of \(req.needed) approvals)"
+                    + (req.state == .pending ? ": other admins run `redoubt admin request approve \(requestID)`" : ": file a new request")))
+            }
+            if consume {
+                guard try catalog.consumeRequest(requestID, now: now) else {
+                    throw refuse(ctx, action, object: object, ServerError(409, "E_APPROVAL_PENDING", "request \(requestID) was already used"))
+                }
+                audit(ctx, "execute-request", object: object, outcome: "ok", detail: "request=\(requestID) action=\(action)")
+            }
+            return
+        }
+        guard quorum > 1 else { return }
+        let id = hexString((0..<8).map { _ in UInt8.random(in: 0...255) })
+        try catalog.insertRequest(id: id, action: action, object: object, parameters: parameters, requester: p, now: now,
+                                  expiresAt: now.addingTimeInterval(Self.requestLifetime), needed: quorum - 1)
+        audit(ctx, "request", object: object, outcome: "pending", detail: "request=\(id) action=\(action) needs=\(quorum - 1) \(parameters.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: " "))")
+        throw ServerError(403, "E_APPROVAL_REQUIRED",
+                          "\(action) of \(object) weakens protection and needs \(quorum - 1) approval(s) from other admins: filed as request \(id), open for 72 h. "
+                          + "They run `redoubt admin request approve \(id)`; then repeat this command with --request \(id)")
+    }
+
+    public func listRequests() throws -> [ApprovalRequest] { try catalog.requests(now: try now()) }
+
+    public func decideRequest(_ id: String, approve: Bool, ctx: CallContext) throws -> ApprovalRequest {
+        guard let p = ctx.principal, p.role == .admin else { throw ServerError.forbidden("only an admin may decide a request") }
+        let r: ApprovalRequest
+        do { r = try catalog.decide(id, by: p, approve: approve, now: try now()) } catch let e as ServerError {
+            throw refuse(ctx, approve ? "approve" : "reject", object: "request \(id)", e)
+        }
+        audit(ctx, approve ? "approve" : "reject", object: "request \(id)", outcome: "ok",
+              detail: "action=\(r.action) object=\(r.object) approvals=\(r.approvers.count)/\(r.needed) state=\(r.state.rawValue)")
+        return r
+    }
+}
+
+// MARK: the changes that need approval (besides the shred, in RepositoryService)
+
+extension RepositoryService {
+    /// Raising a tenant's minimum retention takes effect at once; lowering it is a request.
+    public func setMinRetention(tenant: String, _ req: Wire.SetRetentionRequest, ctx: CallContext) async throws -> Wire.TenantInfo {
+        let object = "tenant \(tenant)"
+        guard let rec = try catalog.tenant(tenant) else { throw ServerError.notFound("tenant \(tenant) does not exist") }
+        guard req.minRetentionSeconds >= 86400 else { throw ServerError.badRequest("minimum retention must be at least 1 day") }
+        if req.minRetentionSeconds < rec.minRetention {
+            try authorize("lower-retention", object: object, parameters: ["minRetentionSeconds": String(Int(req.minRetentionSeconds))],
+                          requestID: req.requestID, consume: true, ctx: ctx)
+        }
+        let updated = TenantRecord(name: rec.name, readKeyID: rec.readKeyID, readPublicKey: rec.readPublicKey, writeMaterial: rec.writeMaterial,
+                                   wrappedReadKey: rec.wrappedReadKey, minRetention: req.minRetentionSeconds, createdAt: rec.createdAt,
+                                   keyVersion: rec.keyVersion, shreddedAt: rec.shreddedAt)
+        // The descriptor carries the retention for a catalog rebuild: replace it (unlocked).
+        let key = Self.tenantKey(tenant, version: rec.keyVersion)
+        if try await store.head(key) != nil { try await store.delete(key, now: try now()) }
+        _ = try await store.put(key, try TenantDescriptor(updated).encoded(), retainUntil: nil)
+        try catalog.setMinRetention(tenant: tenant, seconds: req.minRetentionSeconds)
+        audit(ctx, "set-retention", object: object, outcome: "ok", detail: "min-retention \(Int(rec.minRetention))s→\(Int(req.minRetentionSeconds))s")
+        return Wire.TenantInfo(name: tenant, readKeyID: rec.readKeyID, minRetentionSeconds: req.minRetentionSeconds, createdAt: rec.createdAt)
+    }
+
+    /// A one-time enrollment token for another admin.
+    public func addAdmin(_ req: Wire.AddAdminRequest, ctx: CallContext) throws -> Wire.CreateEnrollmentResponse {
+        guard Self.isValidPrincipalName(req.name) else { throw ServerError.badRequest("name \(req.name.debugDescription) must be 1–253 characters of A-Z, a-z, 0-9, '.', '-', '_'") }
+        guard try !catalog.principals(tenant: nil).contains(where: { $0.role == .admin && $0.name == req.name }) else {
+            throw ServerError(409, "E_CONFLICT", "an admin named \(req.name) already exists")
+        }
+        try authorize("add-admin", object: "admin \(req.name)", parameters: [:], requestID: req.requestID, consume: true, ctx: ctx)
+        let ttl = min(max(req.ttlSeconds ?? 86400, 60), 7 * 86400)
+        let now = try now()
+        let secret = hexString((0..<32).map { _ in UInt8.random(in: 0...255) })
+        let expires = now.addingTimeInterval(ttl)
+        try catalog.insertEnrollment(tokenHash: hexString(SHA256.hash(data: Array(secret.utf8))), role: .admin, tenant: nil, name: req.name,
+                                     expiresAt: expires, createdBy: ctx.principal?.name ?? "-")
+        let token = Wire.EnrollmentToken(url: serverURL, ca: Data(try ca.certificate.serializeAsPEM().derBytes).base64EncodedString(), pin: try ca.pin,
+                                         secret: secret, role: Role.admin.rawValue, tenant: nil, name: req.name, expires: Int64(expires.timeIntervalSince1970))
+        audit(ctx, "create-enrollment", object: "admin \(req.name)", outcome: "ok", detail: "expires=\(Int(expires.timeIntervalSince1970))")
+        return Wire.CreateEnrollmentResponse(token: try token.encoded(), expires: expires)
+    }
+
+    /// Revokes another admin's credential. The last admin cannot be removed.
+    public func removeAdmin(name: String, _ req: Wire.ApprovedChange, ctx: CallContext) throws -> Wire.QuorumInfo {
+        let admins = try catalog.principals(tenant: nil).filter { $0.role == .admin }
+        guard admins.contains(where: { $0.name == name }) else { throw ServerError.notFound("no admin named \(name)") }
+        guard admins.count > 1 else { throw ServerError(409, "E_CONFLICT", "\(name) is the last admin; enroll another first") }
+        try authorize("remove-admin", object: "admin \(name)", parameters: [:], requestID: req.requestID, consume: true, ctx: ctx)
+        _ = try catalog.revokeAdmin(name: name)
+        // Why: a quorum above the admins left would lock every weakening change out.
+        if let q = try catalog.setting("quorum").flatMap(Int.init), q > admins.count - 1 { try catalog.setSetting("quorum", String(admins.count - 1)) }
+        audit(ctx, "remove-admin", object: "admin \(name)", outcome: "ok")
+        return try quorum()
+    }
+
+    public func quorum() throws -> Wire.QuorumInfo {
+        Wire.QuorumInfo(configured: try catalog.setting("quorum").flatMap(Int.init) ?? 2, effective: try effectiveQuorum(), admins: try catalog.adminCount())
+    }
+
+    /// Changes the quorum (either way: it is the rule every other approval rests on).
+    public func setQuorum(_ req: Wire.ApprovedChange, ctx: CallContext) throws -> Wire.QuorumInfo {
+        guard let q = req.quorum, q >= 1 else { throw ServerError.badRequest("quorum must be at least 1") }
+        let admins = try catalog.adminCount()
+        guard q <= max(admins, 2) else { throw ServerError.badRequest("quorum \(q) exceeds the \(admins) admins there are: enroll more first") }
+        try authorize("set-quorum", object: "quorum", parameters: ["quorum": String(q)], requestID: req.requestID, consume: true, ctx: ctx)
+        try catalog.setSetting("quorum", String(q))
+        audit(ctx, "set-quorum", object: "quorum", outcome: "ok", detail: "quorum=\(q)")
+        return try quorum()
+    }
+}
+
+extension ApprovalRequest {
+    public var wire: Wire.RequestInfo {
+        Wire.RequestInfo(id: id, action: action, object: object, parameters: parameters, requester: requester, createdAt: createdAt,
+                         expiresAt: expiresAt, needed: needed, approvers: approvers, rejectedBy: rejectedBy, state: state.rawValue)
+    }
+}

@@ -1,0 +1,110 @@
+import Foundation
+import Testing
+
+/// The real binary, a running server and the real PyKMIP: a passphrase tenant is rotated
+/// to a KEK in the KMS, then to another with the old one destroyed; every snapshot still
+/// restores, while a copy wrapped under the destroyed KEK no longer opens. An escrow copy
+/// is made; the shred destroys the KEK and the server's wrapped copies: restores and
+/// backups are refused by name, and the ciphertext is intact (the escrow still opens it).
+@Suite(.serialized) struct KeyCustodyEndToEndTests {
+    func sh(_ cmd: String, _ out: String) -> (Int32, String) {
+        let raw = system(cmd + " > '\(out)' 2>&1")
+        return (Int32((raw >> 8) & 0xff), (try? String(contentsOfFile: out, encoding: .utf8)) ?? "")
+    }
+
+    @Test func rotateToKMIPDestroyTheOldKEKEscrowThenShred() async throws {
+        let env = ProcessInfo.processInfo.environment
+        guard let address = env["REDOUBT_TEST_KMIP"], let pki = env["REDOUBT_TEST_KMIP_PKI"] else {
+            if env["REDOUBT_PEERS_REQUIRED"] == "1" { Issue.record("REDOUBT_TEST_KMIP is not set: ./scripts/peers start") }
+            return
+        }
+        let binary = CrashTests.binary.path
+        try #require(FileManager.default.isExecutableFile(atPath: binary), "build the redoubt executable first")
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("redoubt-custody-\(UUID().uuidString)").path
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        let out = "\(dir)/out.txt"
+        let pidFile = "\(dir)/server.pid"
+        defer {
+            if let pid = (try? String(contentsOfFile: pidFile, encoding: .utf8)).flatMap({ Int32($0.trimmingCharacters(in: .whitespacesAndNewlines)) }) {
+                kill(pid, SIGTERM)
+            }
+            _ = system("chattr -R -i '\(dir)' 2>/dev/null")
+            try? FileManager.default.removeItem(atPath: dir)
+        }
+        // Secrets go to each command's environment only: suites run in parallel in one process.
+        let bin = "'\(binary)'"
+        let (qs, qsOut) = sh("REDOUBT_PASSPHRASE=custody-pass \(bin) quickstart --dir '\(dir)/qs'", out)
+        try #require(qs == 0, "quickstart: \(qsOut)")
+        let run = try #require(try FileManager.default.contentsOfDirectory(atPath: "\(dir)/qs").first)
+        let base = "\(dir)/qs/\(run)"
+        let admin = "--credential '\(base)/server/admin.credential'"
+        let restorer = "--config '\(base)/restorer'"
+
+        // The quickstart's server stopped with it: run it again, in the background.
+        _ = system("\(bin) server run --data '\(base)/server' > '\(dir)/server.log' 2>&1 & echo $! > '\(pidFile)'")
+        var up = false
+        for _ in 0..<100 where !up {
+            up = sh("\(bin) admin \(admin) tenant list", out).0 == 0
+            if !up { try await Task.sleep(nanoseconds: 200_000_000) }
+        }
+        try #require(up, "server did not come up: \((try? String(contentsOfFile: "\(dir)/server.log", encoding: .utf8)) ?? "")")
+        let (ls, lsOut) = sh("\(bin) snapshots \(restorer) --json", out)
+        try #require(ls == 0, "snapshots: \(lsOut)")
+        let snapshot = try #require(lsOut.split(separator: "\"").first { $0.count == 64 }.map(String.init))
+        var restores = 0
+        func restore(_ extra: String = "", env: String = "") -> (Int32, String) {
+            restores += 1
+            let target = "\(dir)/restored-\(restores)"
+            let r = sh("\(env) \(bin) restore \(snapshot) --target '\(target)' \(restorer) \(extra)", out)
+            guard r.0 == 0 else { return r }
+            let diff = sh("diff -r '\(base)/sample' '\(target)/sample'", "\(dir)/diff.txt")
+            return diff.0 == 0 ? r : (99, "restored tree differs: \(diff.1)")
+        }
+        let kmip = "kmip://\(address)/new?ca=\(pki)/ca.crt&cert=\(pki)/tenant-a.crt&key=\(pki)/tenant-a.key"
+
+        // Passphrase → KEK 1 in the KMS. A passphrase cannot be "destroyed": refused up front.
+        let (refusedDestroy, rdOut) = sh("REDOUBT_PASSPHRASE=custody-pass \(bin) admin \(admin) tenant rotate-key quickstart --key-provider '\(kmip)' --destroy-old", out)
+        #expect(refusedDestroy == 2 && rdOut.contains("cannot be destroyed"), "rotate --destroy-old from a passphrase: \(rdOut)")
+        let (r1, r1Out) = sh("REDOUBT_PASSPHRASE=custody-pass \(bin) admin \(admin) tenant rotate-key quickstart --key-provider '\(kmip)'", out)
+        #expect(r1 == 0 && r1Out.contains("key version 2"), "rotate to KMIP: \(r1Out)")
+        // The restorer fetches the new wrapping: no passphrase needed any more.
+        let (a, aOut) = restore()
+        #expect(a == 0, "restore after the first rotation: \(aOut)")
+        let keyV2 = "\(dir)/read-key-v2.json"
+        try FileManager.default.copyItem(atPath: "\(base)/restorer/read-key.json", toPath: keyV2)
+        #expect(try String(contentsOfFile: keyV2, encoding: .utf8).contains("\"provider\" : \"kmip:"))
+
+        // KEK 1 → KEK 2, KEK 1 destroyed: the snapshot restores; the version-2 copy is dead.
+        let (r2, r2Out) = sh("\(bin) admin \(admin) tenant rotate-key quickstart --key-provider '\(kmip)' --destroy-old --json", out)
+        #expect(r2 == 0 && r2Out.contains("\"previousKEKDestroyed\" : \"true\""), "rotate with --destroy-old: \(r2Out)")
+        let (b, bOut) = restore()
+        #expect(b == 0, "restore after the second rotation: \(bOut)")
+        let (c, cOut) = restore("--read-key '\(keyV2)'")
+        #expect(c == 11 && cOut.contains("E_KEY_DESTROYED"), "restore with the copy wrapped under the destroyed KEK: \(cOut)")
+
+        // An escrow copy, on purpose, under its own passphrase.
+        let escrow = "\(dir)/escrow.json"
+        let (e, eOut) = sh("REDOUBT_ESCROW_PASSPHRASE=escrow-pass \(bin) admin \(admin) tenant escrow quickstart --out '\(escrow)'", out)
+        #expect(e == 0, "escrow: \(eOut)")
+        #expect((try FileManager.default.attributesOfItem(atPath: escrow)[.posixPermissions] as? Int) == 0o600)
+
+        // Shred: a wrong confirmation changes nothing; the right one destroys KEK 2 and the
+        // server's copies, and warns that version 1 was a passphrase nobody can destroy.
+        let (wrong, wrongOut) = sh("\(bin) admin \(admin) tenant shred quickstart --confirm quickstart2", out)
+        #expect(wrong == 2, "shred with a wrong confirmation: \(wrongOut)")
+        let (d, dOut) = restore()
+        #expect(d == 0, "restore after a refused shred: \(dOut)")
+        let (s, sOut) = sh("\(bin) admin \(admin) tenant shred quickstart --confirm quickstart", out)
+        #expect(s == 8 && sOut.contains("crypto-shredded") && sOut.contains("key version 1 (passphrase:)"), "shred: \(sOut)")
+        let (f, fOut) = restore()
+        #expect(f == 11 && fOut.contains("shredded"), "restore after the shred: \(fOut)")
+        let (g, gOut) = sh("\(bin) backup '\(base)/sample' --config '\(base)/host'", out)
+        #expect(g != 0 && gOut.contains("E_TENANT_SHREDDED"), "backup after the shred: \(gOut)")
+        let (audit, auditOut) = sh("\(bin) audit verify --data '\(base)/server'", out)
+        #expect(audit == 0, "audit chain after rotation and shred: \(auditOut)")
+
+        // The ciphertext and its locks are as they were: the escrow copy still opens them.
+        let (h, hOut) = restore("--read-key '\(escrow)'", env: "REDOUBT_PASSPHRASE=escrow-pass")
+        #expect(h == 0, "restore from the escrow copy after the shred: \(hOut)")
+    }
+}
