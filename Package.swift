@@ -58,7 +58,7 @@ let package = Package(
         ]),
         // The storage protocol and its implementations. Knows nothing of keys or packs.
         .target(name: "RedoubtStore", dependencies: [
-            "CRedoubtSys", "RedoubtAWS", logging, crypto, nio, nioHTTP1,
+            "CRedoubtSys", "RedoubtAWS", logging, crypto, nio, nioHTTP1, nioSSL,
             .product(name: "AsyncHTTPClient", package: "async-http-client"),
         ]),
         // The server: API, authn/authz, catalog, retention, audit. Holds no key that decrypts.

@@ -40,9 +40,26 @@ public enum BucketCopy {
         // Objects without a local lock of their own (the tenant descriptor, which carries the
         // wrapped read key) stay locked as long as the newest snapshot that needs them.
         let floor = snapshots.map(\.retainUntil).max() ?? now
-        func copy(_ key: ObjectKey) async throws {
+        /// `sha256`: the object's hash when its key is that hash (packs, manifests).
+        func copy(_ key: ObjectKey, sha256: String? = nil) async throws {
             let local = try await store.head(key)
             let until = max(local?.retainUntil ?? floor, now).addingTimeInterval(margin)
+            // A rerun skips what is there without reading it: for a content-addressed
+            // object the hash recorded with the bucket's original version must be the
+            // key's own hash, and the size the local size. (A whole read from the bucket
+            // checks the bytes against that hash, so a lying version fails restore and
+            // verify, never passes as data.)
+            if let sha256, let local, let remote = try await target.headRecorded(key),
+                remote.sha256 == sha256, remote.info.size == local.size
+            {
+                summary.alreadyThere += 1
+                if (remote.info.retainUntil ?? .distantPast) < until {
+                    try await target.extendRetention(key, until: until)
+                    summary.extended += 1
+                }
+                progress("\(key.path) (already there)")
+                return
+            }
             let bytes = try await store.get(key)
             let outcome = try await target.put(key, bytes, retainUntil: until)
             // One HEAD serves both checks: the bytes landed, and the lock is not behind.
@@ -66,10 +83,10 @@ public enum BucketCopy {
         var done = Set<String>()
         for s in snapshots {
             for p in try catalog.snapshotPacks(id: s.id) where done.insert(p.description).inserted {
-                try await copy(RepositoryService.packKey(tenant: tenant, id: p))
+                try await copy(RepositoryService.packKey(tenant: tenant, id: p), sha256: p.description)
             }
             guard let sid = SnapshotID(hex: s.id) else { throw ServerError.badRequest("catalog holds a malformed snapshot ID \(s.id)") }
-            try await copy(RepositoryService.manifestKey(tenant: tenant, id: sid))
+            try await copy(RepositoryService.manifestKey(tenant: tenant, id: sid), sha256: sid.description)
         }
         let record = try catalog.audit(time: now, actor: actor, role: "admin", credential: "", source: "local", action: "copy-sync",
                                        object: where_, outcome: "ok",

@@ -61,11 +61,17 @@ public struct StoreError: Error, Sendable, Equatable, CustomStringConvertible {
         case io = "E_STORE_IO"
         /// The store's contents are not what was written (size or hash mismatch).
         case integrity = "E_STORE_INTEGRITY"
+        /// A remote store (S3) refused the request; `remoteCode` keeps its own code.
+        case remote = "E_STORE_REMOTE"
+        /// The store's settings are unusable (bad endpoint URL, bucket name, CA).
+        case config = "E_STORE_CONFIG"
     }
 
     public let code: Code
     public let key: String
     public let detail: String
+    /// The remote server's own error code (S3's `AccessDenied`, `InvalidRequest`, …), if any.
+    public var remoteCode: String? = nil
 
     public init(_ code: Code, key: String, _ detail: String) {
         self.code = code

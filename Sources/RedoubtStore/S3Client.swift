@@ -3,7 +3,9 @@ import Crypto
 import Foundation
 import NIOCore
 import NIOHTTP1
+import NIOSSL
 import RedoubtAWS
+import Synchronization
 
 /// Where an S3 bucket is and how to sign for it.
 public struct S3Location: Sendable, Equatable {
@@ -31,25 +33,146 @@ public struct S3Response: Sendable {
     public let headers: HTTPHeaders
     public let body: [UInt8]
     public func header(_ name: String) -> String? { headers.first(name: name) }
+    public init(status: Int, headers: HTTPHeaders, body: [UInt8]) {
+        self.status = status
+        self.headers = headers
+        self.body = body
+    }
     /// The `<Code>` of an S3 error body, if any.
-    public var errorCode: String? { S3XML.first("Code", in: body) }
-    public var errorMessage: String? { S3XML.first("Message", in: body) }
+    public var errorCode: String? { S3XML.error(body)?.code }
+    public var errorMessage: String? { S3XML.error(body)?.message }
 }
 
-/// A small S3 client on AsyncHTTPClient: SigV4-signed requests (payload hash always
-/// signed), retries with backoff on 5xx, throttling and broken connections, and errors
-/// that keep S3's code and message. Credentials never appear in errors or logs.
+/// One signed HTTP request as it goes on the wire.
+public struct S3HTTPRequest: Sendable {
+    public var method: HTTPMethod
+    public var url: String
+    public var headers: HTTPHeaders
+    public var body: [UInt8]
+
+    public init(method: HTTPMethod, url: String, headers: HTTPHeaders, body: [UInt8]) {
+        self.method = method
+        self.url = url
+        self.headers = headers
+        self.body = body
+    }
+}
+
+/// Sends signed requests and returns the whole answer. The real one is `AHCTransport`;
+/// tests wrap it to inject faults (cuts, lost answers, 5xx, throttling) into our own
+/// layer while the real S3 server stays the peer.
+///
+/// Contract: throw for a request that got no complete answer (a cut, a timeout);
+/// return every answer the server gave, whatever its status. Retries are the client's.
+public protocol S3Transport: Sendable {
+    func execute(_ request: S3HTTPRequest) async throws -> S3Response
+}
+
+/// The AsyncHTTPClient transport: HTTP/1.1, TLS 1.2 or later with the system roots or
+/// one private CA, bodies bounded at 1 GiB.
+public final class AHCTransport: S3Transport {
+    let http: HTTPClient
+    let bodyLimit: Int
+
+    /// A transport trusting `caPEM` (PEM certificates) instead of the system roots when given.
+    /// Prefer `shared(caPEM:)`: each instance owns a connection pool that lives as long as it.
+    public convenience init(caPEM: String? = nil, bodyLimit: Int = 1 << 30) throws {
+        var roots = NIOSSLTrustRoots.default
+        if let caPEM {
+            do { roots = .certificates(try NIOSSLCertificate.fromPEMBytes(Array(caPEM.utf8))) } catch {
+                throw StoreError(.config, key: "ca", "cannot read the S3 endpoint's CA certificate (\(error)): give a PEM file")
+            }
+        }
+        self.init(trustRoots: roots, bodyLimit: bodyLimit)
+    }
+
+    init(trustRoots: NIOSSLTrustRoots, bodyLimit: Int) {
+        var tls = TLSConfiguration.makeClientConfiguration()
+        tls.minimumTLSVersion = .tlsv12
+        tls.trustRoots = trustRoots
+        var config = HTTPClient.Configuration(tlsConfiguration: tls)
+        config.httpVersion = .http1Only
+        config.decompression = .disabled
+        config.timeout = .init(connect: .seconds(10), read: .seconds(120))
+        http = HTTPClient(eventLoopGroupProvider: .singleton, configuration: config)
+        self.bodyLimit = bodyLimit
+    }
+
+    public func execute(_ request: S3HTTPRequest) async throws -> S3Response {
+        var req = HTTPClientRequest(url: request.url)
+        req.method = request.method
+        req.headers = request.headers
+        if !request.body.isEmpty || request.method == .PUT || request.method == .POST {
+            req.body = .bytes(ByteBuffer(bytes: request.body))
+        }
+        let response = try await http.execute(req, timeout: .seconds(300))
+        let bytes = try await response.body.collect(upTo: bodyLimit)
+        return S3Response(status: Int(response.status.code), headers: response.headers, body: Array(bytes.readableBytesView))
+    }
+
+    private static let cache = Mutex<[String: AHCTransport]>([:])
+
+    /// One process-wide transport per CA (nil: the system roots). AsyncHTTPClient must be
+    /// shut down before release; a cached one lives as long as the process and pools
+    /// connections across every client that uses it.
+    public static func shared(caPEM: String? = nil) throws -> AHCTransport {
+        try cache.withLock { all in
+            if let t = all[caPEM ?? ""] { return t }
+            let t = try AHCTransport(caPEM: caPEM)
+            all[caPEM ?? ""] = t
+            return t
+        }
+    }
+
+    /// The shared transport with the system roots.
+    static var system: AHCTransport {
+        cache.withLock { all in
+            if let t = all[""] { return t }
+            let t = AHCTransport(trustRoots: .default, bodyLimit: 1 << 30)
+            all[""] = t
+            return t
+        }
+    }
+}
+
+/// How often and how long to retry a request that got no answer, a 5xx or a throttle.
+public struct S3RetryPolicy: Sendable {
+    /// Attempts in all, the first included.
+    public var attempts: Int
+    /// The first back-off; each retry doubles it (with jitter), up to `maxDelay`.
+    public var baseDelay: Duration
+    public var maxDelay: Duration
+
+    public init(attempts: Int = 6, baseDelay: Duration = .milliseconds(200), maxDelay: Duration = .seconds(5)) {
+        self.attempts = attempts
+        self.baseDelay = baseDelay
+        self.maxDelay = maxDelay
+    }
+
+    func delay(before attempt: Int) -> Duration {
+        func seconds(_ d: Duration) -> Double { Double(d.components.seconds) + Double(d.components.attoseconds) / 1e18 }
+        let ceiling = min(seconds(maxDelay), seconds(baseDelay) * pow(2, Double(attempt - 1)))
+        return .milliseconds(Int(ceiling * 1000 * Double.random(in: 0.5...1.0)))
+    }
+}
+
+/// A small S3 client: SigV4-signed requests (payload hash always signed) through an
+/// `S3Transport`, retries with backoff on broken connections, 5xx and throttling, and
+/// errors that keep S3's code and message. Credentials never appear in errors or logs.
 public struct S3Client: Sendable {
     public let location: S3Location
     let signer: SigV4Signer
-    let http: HTTPClient
-    /// Attempts per request (first try included).
-    public var attempts = 5
+    let transport: any S3Transport
+    public var retry: S3RetryPolicy
 
-    public init(location: S3Location, credentials: AWSCredentials, http: HTTPClient = .shared) {
+    /// A client for `location`, signing with `credentials`; `transport` defaults to the
+    /// shared AsyncHTTPClient transport with the system roots.
+    public init(location: S3Location, credentials: AWSCredentials, transport: (any S3Transport)? = nil,
+                retry: S3RetryPolicy = S3RetryPolicy()) {
         self.location = location
         self.signer = SigV4Signer(credentials: credentials, region: location.region, service: "s3")
-        self.http = http
+        self.transport = transport ?? AHCTransport.system
+        self.retry = retry
     }
 
     /// The full object key for `key` under the location's prefix.
@@ -70,26 +193,19 @@ public struct S3Client: Sendable {
         let scheme = location.endpoint.scheme ?? "https"
         let payloadHash = SigV4Signer.hexSHA256(body)
         var lastError: (any Error)?
-        for attempt in 0..<max(1, attempts) {
-            if attempt > 0 {
-                // Exponential backoff with jitter: 0.2 s, 0.4 s, 0.8 s, … (capped at 5 s).
-                let base = min(5.0, 0.2 * pow(2.0, Double(attempt - 1)))
-                try await Task.sleep(for: .milliseconds(Int(base * 1000 * Double.random(in: 0.5...1.0))))
-            }
+        for attempt in 0..<max(1, retry.attempts) {
+            try Task.checkCancellation()
+            if attempt > 0 { try await Task.sleep(for: retry.delay(before: attempt)) }
             let request = SigV4Request(method: method.rawValue, encodedPath: path.isEmpty ? "/" : path, query: query,
                                        headers: [("host", host)] + extra, payloadHash: payloadHash)
             let signed = signer.sign(request, at: Date())
             let query = request.encodedQuery
-            var http = HTTPClientRequest(url: "\(scheme)://\(host)\(request.encodedPath)" + (query.isEmpty ? "" : "?" + query))
-            http.method = method
-            for (n, v) in extra + signed { http.headers.add(name: n, value: v) }
-            if !body.isEmpty || method == .PUT || method == .POST { http.body = .bytes(ByteBuffer(bytes: body)) }
+            var headers = HTTPHeaders()
+            for (n, v) in extra + signed { headers.add(name: n, value: v) }
+            let url = "\(scheme)://\(host)\(request.encodedPath)" + (query.isEmpty ? "" : "?" + query)
             do {
-                let response = try await self.http.execute(http, timeout: .seconds(120))
-                let bytes = try await response.body.collect(upTo: 1 << 30)
-                let r = S3Response(status: Int(response.status.code), headers: response.headers, body: Array(bytes.readableBytesView))
-                // 5xx and throttling are transient; anything else is S3's answer.
-                if r.status >= 500 || r.status == 429 || r.errorCode == "SlowDown" || r.errorCode == "Throttling" {
+                let r = try await transport.execute(S3HTTPRequest(method: method, url: url, headers: headers, body: body))
+                if Self.isTransient(r) {
                     lastError = S3Error(status: r.status, code: r.errorCode ?? "HTTP\(r.status)", message: r.errorMessage ?? "", key: key ?? location.bucket)
                     continue
                 }
@@ -102,6 +218,16 @@ public struct S3Client: Sendable {
         }
         throw lastError ?? S3Error(status: 0, code: "Unreachable", message: "no attempt made", key: key ?? location.bucket)
     }
+
+    /// 5xx that may pass (not 501 NotImplemented, which never will), 429, and the
+    /// throttling and timeout codes some servers send with 400 or 403.
+    static func isTransient(_ r: S3Response) -> Bool {
+        if [500, 502, 503, 504, 429].contains(r.status) { return true }
+        if r.status == 400 || r.status == 403 || r.status >= 500, let code = r.errorCode {
+            return ["SlowDown", "Throttling", "ThrottlingException", "RequestTimeout", "InternalError"].contains(code)
+        }
+        return false
+    }
 }
 
 /// An error S3 returned, with its code and message kept.
@@ -113,33 +239,9 @@ public struct S3Error: Error, Sendable, CustomStringConvertible {
     public var description: String { "S3 \(status) \(code) on \(key): \(message)" }
 }
 
-/// Minimal reading of S3's XML: the elements Redoubt needs have no attributes or
-/// nesting ambiguity, and keys are restricted to a safe character set.
-enum S3XML {
-    static func all(_ element: String, in body: [UInt8]) -> [String] {
-        let text = String(decoding: body, as: UTF8.self)
-        var out: [String] = []
-        var rest = text[...]
-        let open = "<\(element)>", close = "</\(element)>"
-        while let a = rest.range(of: open), let b = rest.range(of: close, range: a.upperBound..<rest.endIndex) {
-            out.append(unescape(String(rest[a.upperBound..<b.lowerBound])))
-            rest = rest[b.upperBound...]
-        }
-        return out
-    }
-
-    static func first(_ element: String, in body: [UInt8]) -> String? { all(element, in: body).first }
-
-    static func unescape(_ s: String) -> String {
-        s.replacingOccurrences(of: "&lt;", with: "<").replacingOccurrences(of: "&gt;", with: ">")
-            .replacingOccurrences(of: "&quot;", with: "\"").replacingOccurrences(of: "&apos;", with: "'")
-            .replacingOccurrences(of: "&amp;", with: "&")
-    }
-}
-
 /// S3's dates: ISO 8601 with or without fractional seconds.
-enum S3Date {
-    static func parse(_ s: String) -> Date? {
+public enum S3Date {
+    public static func parse(_ s: String) -> Date? {
         let f = ISO8601DateFormatter()
         f.formatOptions = [.withInternetDateTime, .withFractionalSeconds]
         if let d = f.date(from: s) { return d }
@@ -153,7 +255,7 @@ enum S3Date {
         return h.date(from: s)
     }
 
-    static func format(_ d: Date) -> String {
+    public static func format(_ d: Date) -> String {
         let f = ISO8601DateFormatter()
         f.formatOptions = [.withInternetDateTime]
         return f.string(from: d)

@@ -36,10 +36,10 @@ public struct S3LockProof: Sendable {
         func record(_ name: String, _ passed: Bool, _ detail: String) { checks.append(Check(name: name, passed: passed, detail: detail)) }
         do {
             let lock = try await client.send(.GET, key: nil, query: [("object-lock", "")])
-            let enabled = lock.status == 200 && S3XML.first("ObjectLockEnabled", in: lock.body) == "Enabled"
+            let enabled = lock.status == 200 && S3XML.lockConfiguration(lock.body)?.enabled == true
             record("object-lock-enabled", enabled, enabled ? "ObjectLockEnabled is Enabled" : "the bucket has no Object Lock configuration (\(lock.status) \(lock.errorCode ?? "")): create the bucket with Object Lock enabled")
             let versioning = try await client.send(.GET, key: nil, query: [("versioning", "")])
-            let versioned = versioning.status == 200 && S3XML.first("Status", in: versioning.body) == "Enabled"
+            let versioned = versioning.status == 200 && S3XML.versioningStatus(versioning.body) == .some("Enabled")
             record("versioning-enabled", versioned, versioned ? "versioning is Enabled" : "versioning is not Enabled")
             guard enabled else { return Result(time: now, checks: checks) }
 

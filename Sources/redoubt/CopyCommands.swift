@@ -20,6 +20,7 @@ struct BucketOptions: ParsableArguments {
     @Option(name: .long, help: "Region for signing.") var region = "us-east-1"
     @Option(name: .long, help: "AWS shared-credentials file (aws_access_key_id, aws_secret_access_key); else the AWS environment.") var credentials: String?
     @Flag(name: .long, help: "Virtual-hosted addressing (bucket.endpoint) instead of path-style.") var virtualHosted = false
+    @Option(name: .long, help: "PEM file of the private CA that signed the endpoint's certificate (else the system roots).") var ca: String?
 
     func store() throws -> S3Store {
         guard to.hasPrefix("s3://") else { throw ValidationError("--to must be s3://BUCKET/PREFIX") }
@@ -29,9 +30,18 @@ struct BucketOptions: ParsableArguments {
         guard !bucket.isEmpty, let url = URL(string: endpoint), url.host != nil else {
             throw ValidationError("need a bucket in --to and a URL in --endpoint")
         }
+        // Why: SigV4 signs but does not encrypt; plain http would show every object and
+        // request on the wire. Loopback is for tests only.
+        if url.scheme?.lowercased() == "http", !["127.0.0.1", "localhost", "::1", "[::1]"].contains(url.host ?? "") {
+            throw ValidationError("plain http is only allowed to a loopback address: use https (with --ca for a private CA)")
+        }
         let creds = try credentials.map { try AWSCredentials.file($0) } ?? AWSCredentials.standard()
+        let transport = try ca.map { path -> AHCTransport in
+            guard let pem = try? String(contentsOfFile: path, encoding: .utf8) else { throw ValidationError("cannot read the CA file \(path)") }
+            return try AHCTransport.shared(caPEM: pem)
+        }
         return S3Store(client: S3Client(location: S3Location(endpoint: url, region: region, bucket: bucket, prefix: prefix, pathStyle: !virtualHosted),
-                                        credentials: creds))
+                                        credentials: creds, transport: transport))
     }
 }
 

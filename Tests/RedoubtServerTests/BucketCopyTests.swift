@@ -1,7 +1,7 @@
 import Foundation
 import NIOHTTP1
 import RedoubtAWS
-import RedoubtStore
+@testable import RedoubtStore
 import Testing
 
 /// The real binary: a tenant copied to a real LocalStack bucket under COMPLIANCE locks,
@@ -54,6 +54,10 @@ import Testing
         // Resumable and idempotent: a second run finds everything in place.
         let (again, againOut) = sh("\(bin) copy sync quickstart --data '\(base)/server' \(target)", out)
         #expect(again == 0 && againOut.contains(" 0 new"), "second sync: \(againOut)")
+        // The rerun reads no pack or manifest: they are recognised by their recorded hash.
+        let rerunLines = againOut.split(separator: "\n")
+        #expect(rerunLines.contains { $0.contains("/packs/") && $0.hasSuffix("(already there)") }, "\(againOut)")
+        #expect(!rerunLines.contains { ($0.contains("/packs/") || $0.contains("/snapshots/")) && $0.hasSuffix("bytes)") }, "\(againOut)")
 
         // Every object in the bucket is COMPLIANCE-locked.
         let store = S3Store(client: S3Client(location: S3Location(endpoint: ls, region: "us-east-1", bucket: name, prefix: "redoubt"),
@@ -79,5 +83,91 @@ import Testing
         let bad = "--to s3://\(motoBucket)/redoubt --endpoint \(moto.absoluteString) --credentials '\(creds)'"
         let (prove, proveOut) = sh("\(bin) copy prove \(bad)", out)
         #expect(prove != 0 && proveOut.contains("does NOT enforce"), "prove on moto: \(proveOut)")
+    }
+
+    /// An S3 peer for the attacker test: endpoint, the bucket admin, Redoubt's writer
+    /// (on SeaweedFS an identity without bypass rights; LocalStack checks no signatures).
+    func peer(_ name: String) -> (url: URL, admin: AWSCredentials, writer: (id: String, secret: String))? {
+        let env = ProcessInfo.processInfo.environment
+        func pair(_ v: String?) -> (id: String, secret: String)? {
+            guard let p = v?.split(separator: ":", maxSplits: 1), p.count == 2 else { return nil }
+            return (String(p[0]), String(p[1]))
+        }
+        switch name {
+        case "localstack":
+            guard let u = env["REDOUBT_TEST_LOCALSTACK"].flatMap(URL.init(string:)) else { break }
+            return (u, AWSCredentials(accessKeyID: "test", secretAccessKey: "test"), ("test", "test"))
+        case "seaweed":
+            guard let u = env["REDOUBT_TEST_SEAWEED"].flatMap(URL.init(string:)), let a = pair(env["REDOUBT_TEST_SEAWEED_ADMIN"]),
+                let w = pair(env["REDOUBT_TEST_SEAWEED_WRITER"]) else { break }
+            return (u, AWSCredentials(accessKeyID: a.id, secretAccessKey: a.secret), w)
+        default: break
+        }
+        if env["REDOUBT_PEERS_REQUIRED"] == "1" { Issue.record("S3 peer \(name) not configured: ./scripts/peers start") }
+        return nil
+    }
+
+    /// After a copy, an attacker with Redoubt's own bucket credential puts ransom versions
+    /// over the manifest and a pack and delete markers on top: the locked originals stay,
+    /// and a resync, `copy snapshots` and `copy restore` all use them.
+    @Test(arguments: ["localstack", "seaweed"])
+    func restoreFromTheBucketIgnoresAnAttackersNewerVersionsAndDeleteMarkers(_ peerName: String) async throws {
+        guard let peer = peer(peerName) else { return }
+        let binary = CrashTests.binary.path
+        try #require(FileManager.default.isExecutableFile(atPath: binary), "build the redoubt executable first")
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("redoubt-copy-\(UUID().uuidString)").path
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        defer {
+            _ = system("chattr -R -i '\(dir)' 2>/dev/null")
+            try? FileManager.default.removeItem(atPath: dir)
+        }
+        let out = "\(dir)/out.txt"
+        let creds = "\(dir)/s3-credentials"
+        try "[default]\naws_access_key_id = \(peer.writer.id)\naws_secret_access_key = \(peer.writer.secret)\n".write(toFile: creds, atomically: true, encoding: .utf8)
+        let bin = "REDOUBT_PASSPHRASE=bucket-copy-test '\(binary)'"
+        let (qs, qsOut) = sh("\(bin) quickstart --dir '\(dir)/qs'", out)
+        try #require(qs == 0, "quickstart: \(qsOut)")
+        let run = try #require(try FileManager.default.contentsOfDirectory(atPath: "\(dir)/qs").first)
+        let base = "\(dir)/qs/\(run)"
+
+        let name = "redoubt-copy-\(UInt32.random(in: 0 ... .max))"
+        let admin = S3Client(location: S3Location(endpoint: peer.url, region: "us-east-1", bucket: name), credentials: peer.admin)
+        #expect(try await admin.send(.PUT, key: nil, headers: [("x-amz-bucket-object-lock-enabled", "true")]).status == 200)
+        let target = "--to s3://\(name)/redoubt --endpoint \(peer.url.absoluteString) --credentials '\(creds)'"
+        let (sync, syncOut) = sh("\(bin) copy sync quickstart --data '\(base)/server' \(target)", out)
+        try #require(sync == 0, "copy sync: \(syncOut)")
+
+        // The attacker holds the same writer credential Redoubt uses.
+        let attacker = S3Client(location: S3Location(endpoint: peer.url, region: "us-east-1", bucket: name, prefix: "redoubt"),
+                                credentials: AWSCredentials(accessKeyID: peer.writer.id, secretAccessKey: peer.writer.secret))
+        let store = S3Store(client: attacker)
+        let manifests = try await store.list(prefix: "t/quickstart/snapshots/")
+        let packs = try await store.list(prefix: "t/quickstart/packs/")
+        try #require(manifests.count == 1 && !packs.isEmpty)
+        let ransom = Array("your backups are encrypted; pay to restore".utf8)
+        for key in [manifests[0].key, packs[0].key] {
+            let r = try await attacker.send(.PUT, key: attacker.objectName(key.path), headers: [("content-md5", contentMD5(ransom))], body: ransom)
+            #expect(r.status == 200, "\(peerName): overwrite of \(key) as a new version (\(r.status))")
+        }
+        for key in [manifests[0].key, packs[packs.count - 1].key] {
+            let r = try await attacker.send(.DELETE, key: attacker.objectName(key.path))
+            #expect((200..<300).contains(r.status), "\(peerName): delete marker on \(key) (\(r.status))")
+        }
+        #expect(try await attacker.send(.GET, key: attacker.objectName(manifests[0].key.path)).status == 404, "the attack took")
+
+        // A resync finds every original in place and writes nothing new.
+        let (again, againOut) = sh("\(bin) copy sync quickstart --data '\(base)/server' \(target)", out)
+        #expect(again == 0 && againOut.contains(" 0 new"), "resync after the attack: \(againOut)")
+
+        // The server is gone; the bucket alone restores the original tree.
+        _ = system("chattr -R -i '\(base)/server' 2>/dev/null")
+        try FileManager.default.removeItem(atPath: "\(base)/server")
+        let (list, listOut) = sh("\(bin) copy snapshots quickstart \(target) --json", out)
+        #expect(list == 0, "copy snapshots: \(listOut)")
+        let snapshot = try #require(listOut.split(separator: "\"").first { $0.count == 64 }.map(String.init), "\(listOut)")
+        let (restore, restoreOut) = sh("\(bin) copy restore quickstart \(snapshot) \(target) --target '\(dir)/restored' --config '\(base)/restorer'", out)
+        #expect(restore == 0, "copy restore: \(restoreOut)")
+        let (diff, diffOut) = sh("diff -r '\(base)/sample' '\(dir)/restored\(base)/sample' || diff -r '\(base)/sample' '\(dir)/restored/sample'", out)
+        #expect(diff == 0, "restored tree differs: \(diffOut)")
     }
 }
