@@ -109,6 +109,8 @@ public enum KeyProviderError: Error, Sendable, Equatable, CustomStringConvertibl
     case keyDestroyed(provider: String, detail: String)
     /// The KMS refused our credential (client certificate, PIN, access key).
     case credentialRejected(provider: String, detail: String)
+    /// A wrapped key names a KMS or HSM this restorer was never told to trust.
+    case untrustedProvider(provider: String, detail: String)
     /// The provider cannot do what was asked (e.g. destroy a passphrase).
     case unsupported(provider: String, detail: String)
 
@@ -125,6 +127,7 @@ public enum KeyProviderError: Error, Sendable, Equatable, CustomStringConvertibl
         case .keyDisabled: "E_KEY_DISABLED"
         case .keyDestroyed: "E_KEY_DESTROYED"
         case .credentialRejected: "E_KEY_CREDENTIAL_REJECTED"
+        case .untrustedProvider: "E_KEY_UNTRUSTED_PROVIDER"
         case .unsupported: "E_KEY_UNSUPPORTED"
         }
     }
@@ -143,6 +146,7 @@ public enum KeyProviderError: Error, Sendable, Equatable, CustomStringConvertibl
         case .keyDisabled(let p, let d): "\(p): key disabled: \(d)"
         case .keyDestroyed(let p, let d): "\(p): key destroyed: \(d)"
         case .credentialRejected(let p, let d): "\(p): credential rejected: \(d)"
+        case .untrustedProvider(let p, let d): "\(p): not a key provider this restorer trusts: \(d)"
         case .unsupported(let p, let d): "\(p): \(d)"
         }
     }
@@ -187,4 +191,27 @@ extension KeyProvider {
         }
         return key
     }
+}
+
+/// Where a provider URI sends a wrapped key to be unwrapped, without the key's own ID:
+/// scheme, server and the files or module it uses. Two URIs with the same location differ
+/// only in which key they name (a rotation to a new KEK on the same KMS).
+///
+/// Why it matters: a restorer takes the current wrapped key from the server, and a
+/// compromised server must not be able to send the restorer's credentials (a signed KMS
+/// request, a client certificate, an HSM module to load) anywhere it likes.
+public func keyProviderLocation(_ uri: String) -> String {
+    if uri.hasPrefix("passphrase") { return "passphrase:" }
+    if uri.hasPrefix("pkcs11:") {
+        let body = uri.dropFirst("pkcs11:".count)
+        let path = body.prefix { $0 != "?" }
+        let query = body.dropFirst(path.count + 1)
+        let token = path.split(separator: ";").first { $0.hasPrefix("token=") }.map(String.init) ?? ""
+        let module = query.split(separator: "&").first { $0.hasPrefix("module-path=") }.map(String.init) ?? ""
+        return "pkcs11:\(token);\(module)"
+    }
+    guard let c = URLComponents(string: uri), let scheme = c.scheme else { return uri }
+    let query = (c.queryItems ?? []).filter { ["ca", "cert", "key", "endpoint"].contains($0.name) }
+        .sorted { $0.name < $1.name }.map { "\($0.name)=\($0.value ?? "")" }.joined(separator: "&")
+    return "\(scheme)://\(c.host ?? "")\(c.port.map { ":\($0)" } ?? "")\(query.isEmpty ? "" : "?\(query)")"
 }

@@ -70,13 +70,14 @@ struct RestoreCommand: AsyncParsableCommand {
     @OptionGroup var config: ConfigOption
     @Option(name: .long, help: "Passphrase file for a passphrase-wrapped read key.") var passphraseFile: String?
     @Option(name: .long, help: "Wrapped read key file to use instead of the server's (an escrow copy from `redoubt admin tenant escrow`).") var readKey: String?
+    @Option(name: .long, help: "Trust this key provider (KMS, HSM) that a rotation moved the read key to (its URI; the key ID does not matter).") var trustKeyProvider: String?
     @Flag(name: .long, help: "Restore everything undamaged and list what is damaged, instead of stopping at the first damage.") var skipDamaged = false
     @Flag(name: .long, help: "Print the summary as JSON.") var json = false
 
     func run() async throws {
         try await RedoubtCLI.run {
             let cfg = config.resolved
-            let readKey = try await RestoreSupport.unwrapReadKey(config: cfg, passphraseFile: passphraseFile, readKeyFile: readKey)
+            let readKey = try await RestoreSupport.unwrapReadKey(config: cfg, passphraseFile: passphraseFile, readKeyFile: readKey, trustProvider: trustKeyProvider)
             let material = try cfg.sharedMaterial()
             let progress = ProgressLine()
             let start = Date()

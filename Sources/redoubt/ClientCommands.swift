@@ -58,6 +58,7 @@ struct VerifyCommand: AsyncParsableCommand {
     @OptionGroup var config: ConfigOption
     @Option(name: .long, help: "Passphrase file for a passphrase-wrapped read key.") var passphraseFile: String?
     @Option(name: .long, help: "Wrapped read key file to use instead of the server's (an escrow copy from `redoubt admin tenant escrow`).") var readKey: String?
+    @Option(name: .long, help: "Trust this key provider (KMS, HSM) that a rotation moved the read key to (its URI; the key ID does not matter).") var trustKeyProvider: String?
     @Flag(name: .long, help: "Print JSON.") var json = false
 
     func run() async throws {
@@ -68,7 +69,7 @@ struct VerifyCommand: AsyncParsableCommand {
                 var damaged = report.damaged + report.missing
                 var chunks = 0
                 if deep {
-                    let readKey = try await RestoreSupport.unwrapReadKey(config: cfg, passphraseFile: passphraseFile, readKeyFile: readKey)
+                    let readKey = try await RestoreSupport.unwrapReadKey(config: cfg, passphraseFile: passphraseFile, readKeyFile: readKey, trustProvider: trustKeyProvider)
                     let material = try cfg.sharedMaterial()
                     let manifestBytes = try await client.manifestBytes(report.snapshot)
                     let manifest = try Manifest.parse(manifestBytes, expectedID: SnapshotID(hex: report.snapshot))
@@ -129,14 +130,15 @@ enum RestoreSupport {
     /// `readKeyFile` if given (an escrow copy), else the server's current one (after a
     /// rotation the restorer's enrollment copy is stale; it is refreshed here), else, when
     /// the server cannot be reached, the copy saved at enrollment.
-    static func unwrapReadKey(config: ClientConfig, passphraseFile: String?, readKeyFile: String? = nil) async throws -> ReadPrivateKey {
+    static func unwrapReadKey(config: ClientConfig, passphraseFile: String?, readKeyFile: String? = nil,
+                              trustProvider: String? = nil) async throws -> ReadPrivateKey {
         let tenant = try config.credential().tenant ?? ""
         let wrapped: WrappedReadKey
         if let readKeyFile {
             guard let d = FileManager.default.contents(atPath: readKeyFile) else { throw ValidationError("cannot read wrapped read key file \(readKeyFile)") }
             wrapped = try WrappedReadKey.decode(d)
         } else {
-            wrapped = try await currentWrappedReadKey(config: config, tenant: tenant)
+            wrapped = try await currentWrappedReadKey(config: config, tenant: tenant, trustProvider: trustProvider)
         }
         // Why: whoever handed us the wrapped key (server, file) must not be able to swap in
         // another read key; the enrollment's write material names the tenant's one.
@@ -150,13 +152,23 @@ enum RestoreSupport {
         return try await provider.unwrap(wrapped, context: KeyContext(tenant: tenant, keyVersion: wrapped.context.keyVersion))
     }
 
-    private static func currentWrappedReadKey(config: ClientConfig, tenant: String) async throws -> WrappedReadKey {
+    private static func currentWrappedReadKey(config: ClientConfig, tenant: String, trustProvider: String?) async throws -> WrappedReadKey {
+        let saved = try? config.wrappedReadKey()
         do {
             let info = try await RedoubtCLI.with(try APIClient(credential: config.credential())) { try await $0.readKey(tenant: tenant) }
             guard let json = info.wrappedReadKey else {
                 throw KeyProviderError.keyDestroyed(provider: "redoubt server", detail: "tenant \(tenant) was crypto-shredded; its backups cannot be decrypted")
             }
+            let current = try WrappedReadKey.decode(Data(json.utf8))
+            // The server may name a new key (a rotation) but not a new place to send our
+            // credentials to: that takes this restorer's own word (--trust-key-provider).
+            let location = keyProviderLocation(current.provider)
+            let trusted = [saved.map { keyProviderLocation($0.provider) }, trustProvider.map(keyProviderLocation), "passphrase:"].compactMap { $0 }
+            guard trusted.contains(location) else {
+                throw KeyProviderError.untrustedProvider(provider: location, detail: "the server hands out tenant \(tenant)'s read key wrapped by it, but this restorer was enrolled with \(saved.map { keyProviderLocation($0.provider) } ?? "none"). If the admins rotated the key there, repeat with --trust-key-provider '\(location)'; otherwise treat the server as compromised")
+            }
             try config.storeWrappedReadKey(json)
+            return current
         } catch let e as APIError where e.code == "E_TENANT_SHREDDED" {
             throw KeyProviderError.keyDestroyed(provider: "redoubt server", detail: e.message)
         } catch let e as APIError {

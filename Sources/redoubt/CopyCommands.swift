@@ -164,12 +164,13 @@ struct CopyRestore: AsyncParsableCommand {
     @OptionGroup var config: ConfigOption
     @Option(name: .long, help: "Passphrase file for a passphrase-wrapped read key.") var passphraseFile: String?
     @Option(name: .long, help: "Wrapped read key file to use instead of the server's (an escrow copy from `redoubt admin tenant escrow`).") var readKey: String?
+    @Option(name: .long, help: "Trust this key provider (KMS, HSM) that a rotation moved the read key to (its URI; the key ID does not matter).") var trustKeyProvider: String?
 
     func run() async throws {
         try await RedoubtCLI.run {
             let store = try bucket.store()
             let cfg = config.resolved
-            let readKey = try await RestoreSupport.unwrapReadKey(config: cfg, passphraseFile: passphraseFile, readKeyFile: readKey)
+            let readKey = try await RestoreSupport.unwrapReadKey(config: cfg, passphraseFile: passphraseFile, readKeyFile: readKey, trustProvider: trustKeyProvider)
             let manifests = try await BucketCopy.manifests(in: store, tenant: tenant)
             let manifest = try RestoreSupport.manifest(matching: snapshot, in: manifests, place: "in \(bucket.to)", lister: "redoubt copy snapshots")
             let result = try await RestoreSupport.restore(manifest: manifest, readKey: readKey, chunkIDKey: try cfg.sharedMaterial().chunkIDKey,

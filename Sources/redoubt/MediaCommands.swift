@@ -175,12 +175,13 @@ struct MediaRestore: AsyncParsableCommand {
     @OptionGroup var config: ConfigOption
     @Option(name: .long, help: "Passphrase file for a passphrase-wrapped read key.") var passphraseFile: String?
     @Option(name: .long, help: "Wrapped read key file to use instead of the server's (an escrow copy from `redoubt admin tenant escrow`).") var readKey: String?
+    @Option(name: .long, help: "Trust this key provider (KMS, HSM) that a rotation moved the read key to (its URI; the key ID does not matter).") var trustKeyProvider: String?
     @Flag(name: .long, help: "Read on past damaged blocks and restore everything that verified.") var skipDamaged = false
 
     func run() async throws {
         try await RedoubtCLI.run {
             let cfg = config.resolved
-            let readKey = try await RestoreSupport.unwrapReadKey(config: cfg, passphraseFile: passphraseFile, readKeyFile: readKey)
+            let readKey = try await RestoreSupport.unwrapReadKey(config: cfg, passphraseFile: passphraseFile, readKeyFile: readKey, trustProvider: trustKeyProvider)
             let material = try cfg.sharedMaterial()
             let spool = NSTemporaryDirectory() + "redoubt-media-spool-\(UUID().uuidString)"
             try FileManager.default.createDirectory(atPath: spool, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])

@@ -67,14 +67,18 @@ import Testing
         #expect(refusedDestroy == 2 && rdOut.contains("cannot be destroyed"), "rotate --destroy-old from a passphrase: \(rdOut)")
         let (r1, r1Out) = sh("REDOUBT_PASSPHRASE=custody-pass \(bin) admin \(admin) tenant rotate-key quickstart --key-provider '\(kmip)'", out)
         #expect(r1 == 0 && r1Out.contains("key version 2"), "rotate to KMIP: \(r1Out)")
-        // The restorer fetches the new wrapping: no passphrase needed any more.
-        let (a, aOut) = restore()
+        // The restorer fetches the new wrapping, but a new KMS is a new place to send its
+        // credentials: it takes the restorer's own word. Then no passphrase is needed.
+        let (untrusted, untrustedOut) = restore()
+        #expect(untrusted == 6 && untrustedOut.contains("E_KEY_UNTRUSTED_PROVIDER"), "restore from a provider not yet trusted: \(untrustedOut)")
+        let (a, aOut) = restore("--trust-key-provider 'kmip://\(address)?ca=\(pki)/ca.crt&cert=\(pki)/tenant-a.crt&key=\(pki)/tenant-a.key'")
         #expect(a == 0, "restore after the first rotation: \(aOut)")
         let keyV2 = "\(dir)/read-key-v2.json"
         try FileManager.default.copyItem(atPath: "\(base)/restorer/read-key.json", toPath: keyV2)
         #expect(try String(contentsOfFile: keyV2, encoding: .utf8).contains("\"provider\" : \"kmip:"))
 
-        // KEK 1 → KEK 2, KEK 1 destroyed: the snapshot restores; the version-2 copy is dead.
+        // KEK 1 → KEK 2 on the same KMS (trusted now), KEK 1 destroyed: the snapshot
+        // restores; the version-2 copy is dead.
         let (r2, r2Out) = sh("\(bin) admin \(admin) tenant rotate-key quickstart --key-provider '\(kmip)' --destroy-old --json", out)
         #expect(r2 == 0 && r2Out.contains("\"previousKEKDestroyed\" : \"true\""), "rotate with --destroy-old: \(r2Out)")
         let (b, bOut) = restore()
