@@ -1,11 +1,16 @@
 import Foundation
 import Testing
+import RedoubtAWS
+import RedoubtClient
+@testable import RedoubtKMS
 
-/// The real binary, a running server and the real PyKMIP: a passphrase tenant is rotated
-/// to a KEK in the KMS, then to another with the old one destroyed; every snapshot still
-/// restores, while a copy wrapped under the destroyed KEK no longer opens. An escrow copy
-/// is made; the shred destroys the KEK and the server's wrapped copies: restores and
-/// backups are refused by name, and the ciphertext is intact (the escrow still opens it).
+/// The real binary, a running server, the real PyKMIP and LocalStack's KMS: a passphrase
+/// tenant is rotated to a KEK in the KMIP server, then to another with the old one
+/// destroyed, then to AWS KMS (another provider); every snapshot still restores, while a
+/// copy wrapped under a destroyed KEK no longer opens. With the KEK disabled, backups go on
+/// and restores say why they cannot. An escrow copy is made; the shred destroys every KEK
+/// and the server's wrapped copies: restores and backups are refused by name, and the
+/// ciphertext is intact (the escrow still opens it).
 @Suite(.serialized) struct KeyCustodyEndToEndTests {
     func sh(_ cmd: String, _ out: String) -> (Int32, String) {
         let raw = system(cmd + " > '\(out)' 2>&1")
@@ -14,8 +19,8 @@ import Testing
 
     @Test func rotateToKMIPDestroyTheOldKEKEscrowThenShred() async throws {
         let env = ProcessInfo.processInfo.environment
-        guard let address = env["REDOUBT_TEST_KMIP"], let pki = env["REDOUBT_TEST_KMIP_PKI"] else {
-            if env["REDOUBT_PEERS_REQUIRED"] == "1" { Issue.record("REDOUBT_TEST_KMIP is not set: ./scripts/peers start") }
+        guard let address = env["REDOUBT_TEST_KMIP"], let pki = env["REDOUBT_TEST_KMIP_PKI"], let localstack = env["REDOUBT_TEST_LOCALSTACK"] else {
+            if env["REDOUBT_PEERS_REQUIRED"] == "1" { Issue.record("REDOUBT_TEST_KMIP or REDOUBT_TEST_LOCALSTACK is not set: ./scripts/peers start") }
             return
         }
         let binary = CrashTests.binary.path
@@ -92,15 +97,41 @@ import Testing
         #expect(e == 0, "escrow: \(eOut)")
         #expect((try FileManager.default.attributesOfItem(atPath: escrow)[.posixPermissions] as? Int) == 0o600)
 
-        // Shred: a wrong confirmation changes nothing; the right one destroys KEK 2 and the
-        // server's copies, and warns that version 1 was a passphrase nobody can destroy.
+        // KMIP → AWS KMS (another provider), the KMIP KEK destroyed. The restorer trusts the
+        // new KMS on its own word, and needs AWS credentials (per command) from now on.
+        let aws = "AWS_ACCESS_KEY_ID=test AWS_SECRET_ACCESS_KEY=test"
+        let awsURI = "awskms://us-east-1/new?endpoint=\(localstack)"
+        let (r3, r3Out) = sh("\(aws) \(bin) admin \(admin) tenant rotate-key quickstart --key-provider '\(awsURI)' --destroy-old", out)
+        #expect(r3 == 0 && r3Out.contains("key version 4") && r3Out.contains("is destroyed"), "rotate to AWS KMS: \(r3Out)")
+        let (i, iOut) = restore("--trust-key-provider '\(awsURI)'", env: aws)
+        #expect(i == 0, "restore through AWS KMS: \(iOut)")
+
+        // The KEK disabled at the KMS: backups go on (hosts seal to the public key), restores
+        // stop with exit code 10; enabled again, restores work.
+        let current = try ClientConfig(path: "\(base)/restorer").wrappedReadKey()
+        let kek = try AWSKMSKeyProvider(uri: current.provider, credentials: AWSCredentials(accessKeyID: "test", secretAccessKey: "test"))
+        let kekID = try #require(current.parameters["awskms-key-id"])
+        _ = try await kek.call("DisableKey", ["KeyId": kekID], key: kekID)
+        let (bk, bkOut) = sh("\(bin) backup '\(base)/sample' --config '\(base)/host'", out)
+        #expect(bk == 0, "backup while the KEK is disabled: \(bkOut)")
+        let (j, jOut) = restore(env: aws)
+        #expect(j == 10 && jOut.contains("E_KEY_DISABLED"), "restore while the KEK is disabled: \(jOut)")
+        _ = try await kek.call("EnableKey", ["KeyId": kekID], key: kekID)
+        let (k, kOut) = restore(env: aws)
+        #expect(k == 0, "restore with the KEK enabled again: \(kOut)")
+
+        // Shred: a wrong confirmation changes nothing; the right one destroys the AWS KEK and
+        // the server's copies, and warns that version 1 was a passphrase nobody can destroy.
         let (wrong, wrongOut) = sh("\(bin) admin \(admin) tenant shred quickstart --confirm quickstart2", out)
         #expect(wrong == 2, "shred with a wrong confirmation: \(wrongOut)")
-        let (d, dOut) = restore()
+        let (d, dOut) = restore(env: aws)
         #expect(d == 0, "restore after a refused shred: \(dOut)")
-        let (s, sOut) = sh("\(bin) admin \(admin) tenant shred quickstart --confirm quickstart", out)
+        let (s, sOut) = sh("\(aws) \(bin) admin \(admin) tenant shred quickstart --confirm quickstart", out)
         #expect(s == 8 && sOut.contains("crypto-shredded") && sOut.contains("key version 1 (passphrase:)"), "shred: \(sOut)")
-        let (f, fOut) = restore()
+        // The AWS KEK is scheduled for deletion: even the copy saved at enrollment is dead.
+        let dead = await #expect(throws: KeyProviderError.self) { try await kek.unwrap(current, context: current.context) }
+        #expect(dead?.code == "E_KEY_DESTROYED")
+        let (f, fOut) = restore(env: aws)
         #expect(f == 11 && fOut.contains("shredded"), "restore after the shred: \(fOut)")
         let (g, gOut) = sh("\(bin) backup '\(base)/sample' --config '\(base)/host'", out)
         #expect(g != 0 && gOut.contains("E_TENANT_SHREDDED"), "backup after the shred: \(gOut)")
