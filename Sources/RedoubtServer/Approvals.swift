@@ -120,6 +120,21 @@ extension Catalog {
         }
     }
 
+    /// For a command run on the server host itself, which has no principal: a weakening
+    /// change goes through only when the quorum is one admin, or with an approved, unused
+    /// request for exactly this change (filed through the API, e.g. `admin copy add
+    /// --accept-unenforced`), which it consumes.
+    public func authorizeLocally(_ action: String, object: String, parameters: [String: String], requestID: String?, now: Date) throws {
+        let configured = try setting("quorum").flatMap(Int.init) ?? 2
+        guard max(1, min(configured, try adminCount())) > 1 else { return }
+        guard let requestID, let req = try request(requestID, now: now), req.action == action, req.object == object,
+              req.parameters == parameters, req.state == .approved, try consumeRequest(requestID, now: now) else {
+            throw ServerError(403, "E_APPROVAL_REQUIRED", "\(action) of \(object) weakens protection and needs an approved request for exactly this change: file it through the API (e.g. `redoubt admin copy add … --accept-unenforced`), have other admins approve it, then pass --request ID")
+        }
+        _ = try audit(time: now, actor: "local-admin", role: "admin", credential: "-", source: "local", action: "execute-request",
+                      object: object, outcome: "ok", detail: "request=\(requestID) action=\(action)")
+    }
+
     /// Admins that can act (not revoked).
     public func adminCount() throws -> Int {
         try db.read { try Int.fetchOne($0, sql: "SELECT COUNT(*) FROM principals WHERE role = 'admin' AND revoked = 0") ?? 0 }

@@ -51,7 +51,8 @@ struct CopySync: AsyncParsableCommand {
     @Option(name: .long, help: "The server data directory.") var data: String
     @OptionGroup var bucket: BucketOptions
     @Option(name: .long, help: "Added to each object's local lock for its lock in the bucket (e.g. 7d).") var retentionMargin = "7d"
-    @Flag(name: .long, help: "Copy even if the lock proof fails (recorded in the audit log; warned on every run).") var acceptUnenforced = false
+    @Flag(name: .long, help: "Copy even if the lock proof fails (needs an approved request once there are two admins; recorded; warned on every run).") var acceptUnenforced = false
+    @Option(name: .long, help: "An approved request for --accept-unenforced.") var request: String?
 
     func run() async throws {
         try await RedoubtCLI.run {
@@ -59,7 +60,11 @@ struct CopySync: AsyncParsableCommand {
             let catalog = try Catalog(path: home.catalogPath)
             let store = try LocalStore(root: URL(fileURLWithPath: home.storePath))
             let target = try bucket.store()
-            // TODO(approvals): --accept-unenforced weakens protection: it must become an M-of-N request (issue 7).
+            // Why: keeping a target that does not enforce its locks weakens protection (M-of-N).
+            if acceptUnenforced {
+                try catalog.authorizeLocally("accept-unenforced", object: "copy target \(bucket.to)", parameters: ["tenant": tenant],
+                                             requestID: request, now: Date())
+            }
             let s = try await BucketCopy.sync(catalog: catalog, store: store, tenant: tenant, target: target,
                                               margin: try parseDuration(retentionMargin), acceptUnenforced: acceptUnenforced,
                                               actor: "local-admin", now: Date()) { line in
