@@ -73,6 +73,13 @@ public enum MediaBlock {
 
     /// As above, from a slice of a larger buffer (no copy before the block's own).
     public static func encode(_ h: MediaBlockHeader, payload: ArraySlice<UInt8>, blockSize: Int) throws(MediaError) -> [UInt8] {
+        var b: [UInt8] = []
+        try encode(h, payload: payload, blockSize: blockSize, into: &b)
+        return b
+    }
+
+    /// Builds the block in `b`, reusing its storage when it already has `blockSize` bytes.
+    public static func encode(_ h: MediaBlockHeader, payload: ArraySlice<UInt8>, blockSize: Int, into b: inout [UInt8]) throws(MediaError) {
         let room = blockSize - MediaBlockHeader.size
         guard h.setID.count == 16, blockSize >= 256, blockSize.nonzeroBitCount == 1 else {
             throw MediaError(code: "E_MEDIA_LIMIT", volume: h.volumeSeq, block: h.blockSeq,
@@ -82,21 +89,34 @@ public enum MediaBlock {
             throw MediaError(code: "E_MEDIA_LIMIT", volume: h.volumeSeq, block: h.blockSeq,
                              detail: "payload of \(payload.count) bytes does not fit a \(blockSize)-byte block")
         }
-        var b = [UInt8](repeating: 0, count: blockSize)
-        var o = 0
-        func put(_ bytes: [UInt8]) { for x in bytes { b[o] = x; o += 1 } }
-        func le<T: FixedWidthInteger>(_ v: T) { put(withUnsafeBytes(of: v.littleEndian) { Array($0) }) }
-        put(MediaBlockHeader.magic); put(h.setID); le(h.volumeSeq); le(h.blockSeq)
-        put([h.kind.rawValue, h.lastOfRecord ? 1 : 0]); le(UInt32(payload.count)); le(h.recordSeq); le(h.recordOff)
-        // crc at offset o (zero while computing); byte 62 = log2(block size) so a reader
-        // on a pipe learns the block size from the first 64 bytes; header padded to 64.
-        let crcAt = o
-        b[62] = UInt8(blockSize.trailingZeroBitCount)
-        b.replaceSubrange(MediaBlockHeader.size..<(MediaBlockHeader.size + payload.count), with: payload)
-        let crc = CRC32C.checksum(b)
-        withUnsafeBytes(of: crc.littleEndian) { for (i, x) in $0.enumerated() { b[crcAt + i] = x } }
-        return b
+        if b.count != blockSize { b = [UInt8](repeating: 0, count: blockSize) }
+        b.withUnsafeMutableBytes { out in
+            var o = 0
+            func put(_ bytes: some Collection<UInt8>) { for x in bytes { out[o] = x; o += 1 } }
+            func le<T: FixedWidthInteger>(_ v: T) { withUnsafeBytes(of: v.littleEndian) { put($0) } }
+            put(MediaBlockHeader.magic); put(h.setID); le(h.volumeSeq); le(h.blockSeq)
+            put([h.kind.rawValue, h.lastOfRecord ? 1 : 0]); le(UInt32(payload.count)); le(h.recordSeq); le(h.recordOff)
+            // crc at offset o (zero while computing); header bytes up to 62 zero; byte 62 =
+            // log2(block size) so a reader on a pipe learns the block size from the first
+            // 64 bytes; byte 63 zero.
+            for i in o..<MediaBlockHeader.size { out[i] = 0 }
+            out[62] = UInt8(blockSize.trailingZeroBitCount)
+            let body = UnsafeMutableRawBufferPointer(rebasing: out[MediaBlockHeader.size...])
+            payload.withUnsafeBytes { src in
+                if let s = src.baseAddress, src.count > 0 { body.baseAddress?.copyMemory(from: s, byteCount: src.count) }
+            }
+            // Zero padding after the payload (the buffer may hold an earlier block's bytes).
+            if payload.count < room, let base = body.baseAddress {
+                (base + payload.count).initializeMemory(as: UInt8.self, repeating: 0, count: room - payload.count)
+            }
+            let crc = ~redoubt_crc32c_update(0xFFFF_FFFF, out.baseAddress, out.count)
+            withUnsafeBytes(of: crc.littleEndian) { for i in 0..<4 { out[crcOffset + i] = $0[i] } }
+        }
     }
+
+    /// Where the CRC sits in the header: after magic, set ID, volume, block, kind, flags,
+    /// payload length, record seq and record offset.
+    static let crcOffset = 8 + 16 + 4 + 8 + 2 + 4 + 8 + 8
 
     /// Parses and verifies one block read from `volume` at position `block`.
     /// Returns the header and the used payload; a bad magic or CRC is `E_MEDIA_BLOCK`.
@@ -109,7 +129,7 @@ public enum MediaBlock {
             for i in 0..<MemoryLayout<T>.size { v |= T(b[at + i]) << (8 * i) }
             return v
         }
-        let crcAt = 8 + 16 + 4 + 8 + 2 + 4 + 8 + 8
+        let crcAt = crcOffset
         guard CRC32C.checksum(b, zeroedAt: crcAt) == u(crcAt, UInt32.self) else { throw bad("checksum mismatch (damaged block)") }
         guard b[62] < 64, 1 << Int(b[62]) == b.count else { throw bad("block size byte \(b[62]) does not match the \(b.count)-byte block") }
         guard let kind = MediaBlockKind(rawValue: b[36]) else { throw bad("unknown block kind \(b[36])") }

@@ -65,6 +65,21 @@ public struct MediaRecord: Sendable, Equatable {
     }
 }
 
+/// A record already framed and hashed for media, so that a caller can prepare the next
+/// record (read, hash) on another thread while the writer writes this one.
+public struct FramedMediaRecord: Sendable {
+    public let type: MediaRecordType
+    public let id: String
+    let bytes: [UInt8]
+    /// Bytes of the framed record (header, hash, id, body).
+    public var size: Int { bytes.count }
+}
+
+extension MediaRecord {
+    /// Frames and hashes the record (§13.3).
+    public func framed() -> FramedMediaRecord { FramedMediaRecord(type: type, id: id, bytes: encoded()) }
+}
+
 /// Volume label, the JSON payload of block 0 (§13.4).
 public struct MediaLabel: Codable, Sendable, Equatable {
     public var format: Int
@@ -186,10 +201,15 @@ public final class MediaWriter {
 
     var capacityBlocks: UInt64? { device.capacity.map { $0 / UInt64(blockSize) } }
 
+    /// One block's buffer, reused: a fresh megabyte per block cost more (zeroing, page
+    /// faults) than the checksum.
+    var blockBuffer: [UInt8] = []
+
     func emit(_ kind: MediaBlockKind, _ payload: ArraySlice<UInt8>, last: Bool, seq: UInt64, off: UInt64) throws(MediaError) {
         let h = MediaBlockHeader(setID: setID, volumeSeq: volume, blockSeq: block, kind: kind, lastOfRecord: last,
                                  payloadLen: UInt32(payload.count), recordSeq: seq, recordOff: off)
-        try device.write(try MediaBlock.encode(h, payload: payload, blockSize: blockSize))
+        try MediaBlock.encode(h, payload: payload, blockSize: blockSize, into: &blockBuffer)
+        try device.write(blockBuffer)
         block += 1; bytesWritten += UInt64(blockSize)
     }
 
@@ -234,9 +254,12 @@ public final class MediaWriter {
     }
 
     /// Appends one record, continuing on a new volume when this one is full.
-    public func append(_ r: MediaRecord) throws(MediaError) {
+    public func append(_ r: MediaRecord) throws(MediaError) { try append(r.framed()) }
+
+    /// Appends a record framed beforehand (possibly on another thread).
+    public func append(_ r: FramedMediaRecord) throws(MediaError) {
         if volume == 0 { try startVolume() }
-        let bytes = r.encoded()
+        let bytes = r.bytes
         recordSeq += 1
         var off = 0
         var startsBefore = false

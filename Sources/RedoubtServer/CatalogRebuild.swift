@@ -67,7 +67,11 @@ public enum CatalogRebuilder {
         let fm = FileManager.default
         let path = home.catalogPath
         if fm.fileExists(atPath: path) {
-            let old = path + ".old-\(Int(clock.now().timeIntervalSince1970))"
+            // Two rebuilds within a second must not collide: the first free name wins.
+            let stamp = path + ".old-\(Int(clock.now().timeIntervalSince1970))"
+            var old = stamp
+            var n = 1
+            while fm.fileExists(atPath: old) { n += 1; old = "\(stamp).\(n)" }
             // Why a checkpoint first: the WAL may hold committed rows not yet in the main file.
             if let q = try? DatabaseQueue(path: path) { try? await q.writeWithoutTransaction { try $0.execute(sql: "PRAGMA wal_checkpoint(TRUNCATE)") } }
             try fm.moveItem(atPath: path, toPath: old)
