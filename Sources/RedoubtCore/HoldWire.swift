@@ -1,6 +1,6 @@
 import Foundation
 
-// Legal holds (docs/PROTOCOL.md §3.8): JSON bodies of `/v1/holds`.
+// Legal holds (docs/PROTOCOL.md §4.3): JSON bodies of `/v1/holds`.
 extension Wire {
     /// `POST /v1/holds`: hold one snapshot (full ID or unique prefix) or a whole tenant.
     /// Exactly one of `snapshot` and `tenant` is set.

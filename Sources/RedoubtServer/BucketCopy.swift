@@ -92,7 +92,7 @@ public enum BucketCopy {
             guard let sid = SnapshotID(hex: s.id) else { throw ServerError.badRequest("catalog holds a malformed snapshot ID \(s.id)") }
             try await copy(RepositoryService.manifestKey(tenant: tenant, id: sid), sha256: sid.description)
         }
-        // Legal holds (docs/PROTOCOL.md §3.8): the original version of every held object
+        // Legal holds (docs/PROTOCOL.md §4.3): the original version of every held object
         // gets an S3 legal hold, re-asserted on each run (should someone with bucket
         // rights have lifted it); objects whose hold was released since lose theirs.
         let held = try catalog.heldKeys(tenant: tenant)

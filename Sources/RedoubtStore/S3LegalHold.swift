@@ -1,7 +1,7 @@
 import Foundation
 import NIOHTTP1
 
-// S3 legal hold on the original version of a key (docs/PROTOCOL.md §3.8): a held object
+// S3 legal hold on the original version of a key (docs/PROTOCOL.md §4.3): a held object
 // version cannot be deleted, by anyone, until the hold is lifted, whatever its
 // retain-until date. Redoubt sets it on the objects of held snapshots in its copies.
 extension S3Store {
