@@ -1,4 +1,5 @@
 import Foundation
+import Logging
 import NIOHTTP1
 import Testing
 import RedoubtAWS
@@ -128,6 +129,13 @@ import RedoubtStore
             // A shred would make the held snapshots unreadable: refused while held.
             #expect(await code { _ = try await alice.shredTenant(tenant: "acme", confirm: "acme", destroyedVersions: [], check: true) } == "E_HELD")
             #expect(await code { _ = try await alice.placeHold(Wire.PlaceHoldRequest(snapshot: nil, tenant: "nobody", reason: nil)) } == "E_NOT_FOUND")
+            // A catalog rebuild from the store keeps the hold (it is not in the store).
+            var quiet = Logger(label: "test.rebuild")
+            quiet.logLevel = .warning
+            _ = try await CatalogRebuilder.rebuild(home: server.home, clock: server.clock, logger: quiet)
+            let rebuilt = try Catalog(path: server.home.catalogPath)
+            #expect(try rebuilt.holds(active: true).map(\.id) == [hold.id])
+            #expect(try rebuilt.isHeld(snapshot: snap.id))
         } catch { Issue.record("\(error)") }
         await writer.shutdown()
         await bob.shutdown()
