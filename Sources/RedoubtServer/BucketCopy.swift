@@ -13,7 +13,7 @@ public struct BucketCopySummary: Sendable, Codable {
     public var extended: Int
     public var auditSeq: Int64
     public var proof: S3LockProof.Result?
-    /// Objects under a legal hold in the bucket after this run (set or re-asserted).
+    /// Objects this run put under a legal hold in the bucket.
     public var legalHolds: Int = 0
     /// Objects whose legal hold this run lifted (their hold was released).
     public var legalHoldsLifted: Int = 0
@@ -92,18 +92,21 @@ public enum BucketCopy {
             guard let sid = SnapshotID(hex: s.id) else { throw ServerError.badRequest("catalog holds a malformed snapshot ID \(s.id)") }
             try await copy(RepositoryService.manifestKey(tenant: tenant, id: sid), sha256: sid.description)
         }
-        // Legal holds (docs/PROTOCOL.md §4.3): the original version of every held object
-        // gets an S3 legal hold, re-asserted on each run (should someone with bucket
-        // rights have lifted it); objects whose hold was released since lose theirs.
+        // Legal holds (docs/PROTOCOL.md §4.3): the original version of every newly held
+        // object gets an S3 legal hold (one request each, once: a tenant hold may cover
+        // many packs; the COMPLIANCE retention copied above follows the local lock, which
+        // the hold keeps ahead, so it protects them as well); objects whose hold was
+        // released since lose theirs.
         let held = try catalog.heldKeys(tenant: tenant)
-        for k in held.sorted() {
+        let marked = try catalog.copyLegalHolds(place: where_)
+        for k in held.subtracting(marked).sorted() {
             guard let key = ObjectKey(k) else { continue }
             try await target.setLegalHold(key, on: true)
             try catalog.setCopyLegalHold(place: where_, key: k, on: true)
             summary.legalHolds += 1
             progress("\(k) (legal hold)")
         }
-        for k in try catalog.copyLegalHolds(place: where_).subtracting(held).sorted() where k.hasPrefix("t/\(tenant)/") {
+        for k in marked.subtracting(held).sorted() where k.hasPrefix("t/\(tenant)/") {
             guard let key = ObjectKey(k) else { continue }
             try await target.setLegalHold(key, on: false)
             try catalog.setCopyLegalHold(place: where_, key: k, on: false)
