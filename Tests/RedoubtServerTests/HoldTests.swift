@@ -165,7 +165,9 @@ import RedoubtStore
             let hold = try await alice.placeHold(Wire.PlaceHoldRequest(snapshot: snap.id, tenant: nil, reason: "matter 9"))
             let synced = try await alice.syncCopyTarget(id: t.id, wait: true)
             #expect(synced.lastSyncOK == true, "\(synced.lastSyncDetail ?? "")")
-            #expect(synced.lastSyncDetail?.contains("legal hold") == true, "\(synced.lastSyncDetail ?? "")")
+            // Placing the hold queued a sync of its own; one of the two set the legal holds (pack + manifest at least).
+            let syncs = try await alice.audit(limit: 10_000).filter { $0.action == "copy-sync" && $0.outcome == "ok" }
+            #expect(syncs.contains { $0.detail.contains("legal hold(s)") && !$0.detail.contains(", 0 legal hold(s)") }, "\(syncs.map(\.detail))")
 
             let bucket = S3Store(client: S3Client(location: S3Location(endpoint: ls, region: "us-east-1", bucket: name, prefix: "redoubt"), credentials: s3))
             let packKey = RepositoryService.packKey(tenant: "acme", id: try #require(packs.first))
@@ -190,6 +192,7 @@ import RedoubtStore
             #expect(again.lastSyncOK == true, "\(again.lastSyncDetail ?? "")")
             #expect(try await bucket.legalHold(packKey) == false)
             #expect(try await bucket.legalHold(manifestKey) == false)
+            #expect(try await alice.audit(limit: 10_000).contains { $0.action == "copy-sync" && $0.detail.contains("lifted") && !$0.detail.contains(" 0 lifted") })
         } catch { Issue.record("\(error)") }
         await server.service.copyJobs.idle()
         await writer.shutdown()
