@@ -23,7 +23,7 @@ struct AdminHoldAdd: AsyncParsableCommand {
     @Flag(name: .long, help: "Print JSON.") var json = false
 
     func validate() throws {
-        guard (snapshot == nil) != (tenant == nil) else { throw ValidationError("name a snapshot or --tenant TENANT, not both") }
+        guard (snapshot == nil) != (tenant == nil) else { throw ValidationError("name exactly one: a SNAPSHOT, or --tenant TENANT") }
     }
 
     func run() async throws {
@@ -32,7 +32,7 @@ struct AdminHoldAdd: AsyncParsableCommand {
                 try await $0.placeHold(Wire.PlaceHoldRequest(snapshot: snapshot, tenant: tenant, reason: reason))
             }
             if json { try printJSON(h) } else {
-                print("legal hold \(h.id) on \(h.kind) \(h.target) (tenant \(h.tenant)) is in force")
+                print("legal hold \(h.id) on \(h.kind) \(h.target)\(h.kind == "tenant" ? "" : " (tenant \(h.tenant))") is in force")
                 print("releasing it needs approval: `redoubt admin hold release \(h.id)`")
             }
             return .ok
@@ -52,7 +52,7 @@ struct AdminHoldList: AsyncParsableCommand {
                 if list.isEmpty { print("no legal holds: `redoubt admin hold add SNAPSHOT|--tenant TENANT --reason TEXT`") }
                 for h in list {
                     let state = h.releasedAt.map { "released \($0)" + (h.releaseRequest.map { " (request \($0))" } ?? "") } ?? "IN FORCE"
-                    print("\(h.id)  \(h.kind) \(h.target)  tenant \(h.tenant)  by \(h.createdBy) \(h.createdAt)  \(state)\(h.reason.isEmpty ? "" : "  reason: \(h.reason)")")
+                    print("\(h.id)  \(h.kind) \(h.target)\(h.kind == "tenant" ? "" : "  tenant \(h.tenant)")  by \(h.createdBy) \(h.createdAt)  \(state)\(h.reason.isEmpty ? "" : "  reason: \(h.reason)")")
                 }
             }
             return .ok
