@@ -232,7 +232,7 @@ extension RepositoryService {
                                    keyVersion: rec.keyVersion, shreddedAt: rec.shreddedAt)
         // The descriptor carries the retention for a catalog rebuild: replace it (unlocked).
         let key = Self.tenantKey(tenant, version: rec.keyVersion)
-        if try await store.head(key) != nil { try await store.delete(key, now: try now()) }
+        if try await store.head(key) != nil { try await deleteUnlessHeld(key, now: try now()) }
         _ = try await store.put(key, try TenantDescriptor(updated).encoded(), retainUntil: nil)
         try catalog.setMinRetention(tenant: tenant, seconds: req.minRetentionSeconds)
         audit(ctx, "set-retention", object: object, outcome: "ok", detail: "min-retention \(Int(rec.minRetention))s→\(Int(req.minRetentionSeconds))s")

@@ -13,6 +13,10 @@ public struct BucketCopySummary: Sendable, Codable {
     public var extended: Int
     public var auditSeq: Int64
     public var proof: S3LockProof.Result?
+    /// Objects this run put under a legal hold in the bucket.
+    public var legalHolds: Int = 0
+    /// Objects whose legal hold this run lifted (their hold was released).
+    public var legalHoldsLifted: Int = 0
 }
 
 /// Copies a tenant to an S3 target, resumably: objects already in the bucket are
@@ -88,9 +92,31 @@ public enum BucketCopy {
             guard let sid = SnapshotID(hex: s.id) else { throw ServerError.badRequest("catalog holds a malformed snapshot ID \(s.id)") }
             try await copy(RepositoryService.manifestKey(tenant: tenant, id: sid), sha256: sid.description)
         }
+        // Legal holds (docs/PROTOCOL.md §4.3): the original version of every newly held
+        // object gets an S3 legal hold (one request each, once: a tenant hold may cover
+        // many packs; the COMPLIANCE retention copied above follows the local lock, which
+        // the hold keeps ahead, so it protects them as well); objects whose hold was
+        // released since lose theirs.
+        let held = try catalog.heldKeys(tenant: tenant)
+        let marked = try catalog.copyLegalHolds(place: where_)
+        for k in held.subtracting(marked).sorted() {
+            guard let key = ObjectKey(k) else { continue }
+            try await target.setLegalHold(key, on: true)
+            try catalog.setCopyLegalHold(place: where_, key: k, on: true)
+            summary.legalHolds += 1
+            progress("\(k) (legal hold)")
+        }
+        for k in marked.subtracting(held).sorted() where k.hasPrefix("t/\(tenant)/") {
+            guard let key = ObjectKey(k) else { continue }
+            try await target.setLegalHold(key, on: false)
+            try catalog.setCopyLegalHold(place: where_, key: k, on: false)
+            summary.legalHoldsLifted += 1
+            progress("\(k) (legal hold lifted)")
+        }
         let record = try catalog.audit(time: now, actor: actor, role: "admin", credential: "", source: "local", action: "copy-sync",
                                        object: where_, outcome: "ok",
-                                       detail: "tenant \(tenant): \(summary.copied) copied, \(summary.alreadyThere) already there, \(summary.extended) extended")
+                                       detail: "tenant \(tenant): \(summary.copied) copied, \(summary.alreadyThere) already there, \(summary.extended) extended"
+                                           + (summary.legalHolds + summary.legalHoldsLifted > 0 ? ", \(summary.legalHolds) legal hold(s), \(summary.legalHoldsLifted) lifted" : ""))
         summary.auditSeq = record.seq
         // The chain head, locked in the bucket: a later rewrite of the server's log is provable.
         let head = Array(#"{"seq":\#(record.seq),"hash":"\#(record.hash)","time":"\#(ISO8601DateFormatter().string(from: now))"}"#.utf8)

@@ -159,6 +159,7 @@ public final class Catalog: Sendable {
         }
         registerApprovalMigrations(&m)
         registerCopyTargetMigrations(&m)
+        registerHoldMigrations(&m)
         return m
     }
 

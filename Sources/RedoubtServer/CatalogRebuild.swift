@@ -59,7 +59,7 @@ public struct RebuildReport: Sendable, Codable {
 
 /// Rebuilds the catalog's tenants, packs, chunk index and snapshots from the store alone:
 /// every pack is re-hashed and its public chunk list read; every manifest is parsed.
-/// Principals, enrollment tokens, the audit log and settings are not in the store: they
+/// Principals, enrollment tokens, the audit log, settings and legal holds are not in the store: they
 /// are carried over from the previous catalog if it can still be opened.
 public enum CatalogRebuilder {
     public static func rebuild(home: ServerHome, clock: any ServerClock = SystemClock(), logger: Logger) async throws -> RebuildReport {
@@ -82,7 +82,8 @@ public enum CatalogRebuilder {
         if let old = report.previousCatalog {
             try await catalog.db.writeWithoutTransaction { db in
                 try db.execute(sql: "ATTACH DATABASE ? AS old", arguments: [old])
-                for table in ["principals", "enrollments", "audit", "clock", "settings"] {
+                // Legal holds are not in the store either; losing one in a rebuild would release it unapproved.
+                for table in ["principals", "enrollments", "audit", "clock", "settings", "holds", "copy_legal_holds"] {
                     try? db.execute(sql: "INSERT OR IGNORE INTO main.\(table) SELECT * FROM old.\(table)")
                 }
                 try db.execute(sql: "DETACH DATABASE old")

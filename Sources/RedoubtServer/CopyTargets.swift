@@ -151,8 +151,14 @@ public actor CopyJobs {
             while !Task.isCancelled {
                 try? await Task.sleep(nanoseconds: UInt64(interval * 1e9))
                 await self?.tick()
+                await self?.holdTick()
             }
         }
+    }
+
+    /// Keeps held objects locked ahead of the clock (legal holds ride on this ticker).
+    func holdTick() async {
+        do { try await service?.enforceHolds() } catch { service?.logger.error("legal hold check failed", metadata: ["error": "\(error)"]) }
     }
 
     public func stop() {
@@ -242,6 +248,7 @@ extension RepositoryService {
     public func startCopyJobs(every interval: TimeInterval = 3600) async {
         await copyJobs.startTicker(service: self, every: interval)
         await copyJobs.tick()
+        await copyJobs.holdTick()
     }
 
     /// Syncs every target of `tenant` (proof included): true if all succeeded. Errors are
@@ -255,7 +262,8 @@ extension RepositoryService {
                 let s = try await BucketCopy.sync(catalog: catalog, store: store, tenant: tenant, target: try t.store(), margin: t.marginSeconds,
                                                   acceptUnenforced: t.acceptUnenforced, actor: "copy-job", now: now) { _ in }
                 try catalog.recordCopyProof(t.id, at: now, ok: s.proof?.passed ?? false, detail: s.proof?.firstFailure ?? "all lock checks passed")
-                try catalog.recordCopySync(t.id, at: now, ok: true, detail: "\(s.copied) copied, \(s.alreadyThere) already there, \(s.extended) extended")
+                try catalog.recordCopySync(t.id, at: now, ok: true, detail: "\(s.copied) copied, \(s.alreadyThere) already there, \(s.extended) extended"
+                                            + (s.legalHolds + s.legalHoldsLifted > 0 ? ", \(s.legalHolds) legal hold(s), \(s.legalHoldsLifted) lifted" : ""))
             } catch {
                 allOK = false
                 logger.warning("copy to \(t.url) failed", metadata: ["tenant": "\(tenant)", "error": "\(error)"])

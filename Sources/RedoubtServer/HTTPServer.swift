@@ -216,6 +216,13 @@ public enum RedoubtHTTP {
                 jsonResponse(try await service.syncCopyTarget(id: ctx.parameters.get("id") ?? "", wait: req.uri.queryParameters.get("wait") == "1"))
             }
         }
+        router.post("/v1/holds") { req, ctx in
+            await handle(logger) { jsonResponse(try await service.placeHold(try await req.json(Wire.PlaceHoldRequest.self), ctx: ctx.call), status: .created) }
+        }
+        router.get("/v1/holds") { _, _ in await handle(logger) { jsonResponse(try service.listHolds()) } }
+        router.post("/v1/holds/:id/release") { req, ctx in
+            await handle(logger) { jsonResponse(try await service.releaseHold(id: ctx.parameters.get("id") ?? "", try await req.json(Wire.ApprovedChange.self), ctx: ctx.call)) }
+        }
         router.get("/v1/principals") { _, _ in
             await handle(logger) { jsonResponse(try service.catalog.principals(tenant: nil).map(PrincipalInfo.init)) }
         }

@@ -10,6 +10,7 @@ public enum Action: String, Sendable, CaseIterable {
     case getReadKey, rotateReadKey, markKEKsDestroyed, shredTenant
     case setRetention, addAdmin, removeAdmin, getQuorum, setQuorum, listRequests, decideRequest
     case addCopyTarget, listCopyTargets, removeCopyTarget, syncCopyTarget
+    case placeHold, listHolds, releaseHold
     case listAudit, verifyAudit
 }
 
@@ -52,6 +53,9 @@ public enum Policy {
         case (.get, 1) where p[0] == "copy-targets": return (.listCopyTargets, [:])
         case (.post, 3) where p[0] == "copy-targets" && p[2] == "remove": return (.removeCopyTarget, ["id": p[1]])
         case (.post, 3) where p[0] == "copy-targets" && p[2] == "sync": return (.syncCopyTarget, ["id": p[1]])
+        case (.post, 1) where p[0] == "holds": return (.placeHold, [:])
+        case (.get, 1) where p[0] == "holds": return (.listHolds, [:])
+        case (.post, 3) where p[0] == "holds" && p[2] == "release": return (.releaseHold, ["id": p[1]])
         case (.get, 1) where p[0] == "principals": return (.listPrincipals, [:])
         case (.get, 1) where p[0] == "audit": return (.listAudit, [:])
         case (.get, 2) where p[0] == "audit" && p[1] == "verify": return (.verifyAudit, [:])
@@ -77,6 +81,7 @@ public enum Policy {
         case .rotateReadKey, .markKEKsDestroyed, .shredTenant: return role == .admin
         case .setRetention, .addAdmin, .removeAdmin, .getQuorum, .setQuorum, .listRequests, .decideRequest: return role == .admin
         case .addCopyTarget, .listCopyTargets, .removeCopyTarget, .syncCopyTarget: return role == .admin
+        case .placeHold, .listHolds, .releaseHold: return role == .admin
         case .listAudit, .verifyAudit: return role == .admin || role == .auditor
         }
     }

@@ -478,6 +478,10 @@ public final class RepositoryService: Sendable {
             throw refuse(ctx, "shred-tenant", object: object, .badRequest("confirm must repeat the tenant's name (\(tenant)) to shred it"))
         }
         guard rec.shreddedAt == nil else { throw refuse(ctx, "shred-tenant", object: object, .shredded(tenant)) }
+        // Why: a shred makes every snapshot unreadable, which would defeat a legal hold.
+        if let h = try catalog.holds(active: true).first(where: { $0.tenant == tenant }) {
+            throw refuse(ctx, "shred-tenant", object: object, ServerError(409, "E_HELD", "tenant \(tenant) is under legal hold \(h.id) (\(h.kind.rawValue) \(h.target)): release it first (`redoubt admin hold release \(h.id)`)"))
+        }
         // Why a check call first: the admin destroys the KEKs at the KMS before this call
         // removes the server's copies, and must not do so for a shred that is not approved.
         let checkOnly = req.check ?? false
@@ -506,7 +510,7 @@ public final class RepositoryService: Sendable {
         let now = try now()
         for v in 1..<rec.keyVersion {
             let key = Self.tenantKey(rec.name, version: v)
-            if try await store.head(key) != nil { try await store.delete(key, now: now) }
+            if try await store.head(key) != nil { try await deleteUnlessHeld(key, now: now) }
         }
     }
 

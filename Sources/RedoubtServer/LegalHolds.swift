@@ -1,0 +1,233 @@
+import Foundation
+import GRDB
+import RedoubtCore
+import RedoubtStore
+
+// Legal holds (issue 7, docs/PROTOCOL.md §4.3 and §4): a hold on a snapshot, or on a
+// whole tenant (all its snapshots, present and future), keeps their packs and manifests
+// locked past their retention until the hold is released through an approved request.
+// Placing a hold strengthens protection and takes effect at once; releasing one weakens
+// it and is gated like every other weakening change (§4.2, `release-hold`).
+//
+// Locally a held object's lock (retain-until plus the immutable flag) is kept at least a
+// day ahead of the clock, by `enforceHolds` (when a hold is placed and hourly with the
+// copy job's ticker). In an S3 copy the held objects' original versions carry an S3
+// legal hold, set by each sync and lifted by the first sync after the release.
+
+/// A legal hold as the catalog keeps it.
+public struct LegalHold: Sendable, Equatable {
+    public enum Kind: String, Sendable { case snapshot, tenant }
+    public let id: String
+    public let kind: Kind
+    /// The snapshot ID, or the tenant name.
+    public let target: String
+    public let tenant: String
+    public let reason: String
+    public let createdBy: String
+    public let createdAt: Date
+    public let releasedAt: Date?
+    public let releaseRequest: String?
+
+    public var wire: Wire.HoldInfo {
+        Wire.HoldInfo(id: id, kind: kind.rawValue, target: target, tenant: tenant, reason: reason, createdBy: createdBy, createdAt: createdAt,
+                      releasedAt: releasedAt, releaseRequest: releaseRequest)
+    }
+}
+
+extension Catalog {
+    static func registerHoldMigrations(_ m: inout DatabaseMigrator) {
+        m.registerMigration("v5-legal-holds") { db in
+            try db.execute(sql: """
+                CREATE TABLE holds (
+                    id TEXT PRIMARY KEY, kind TEXT NOT NULL, target TEXT NOT NULL, tenant TEXT NOT NULL, reason TEXT NOT NULL,
+                    created_by TEXT NOT NULL, created_at REAL NOT NULL, released_at REAL, release_request TEXT);
+                CREATE INDEX holds_tenant ON holds(tenant) WHERE released_at IS NULL;
+                CREATE TABLE copy_legal_holds (place TEXT NOT NULL, key TEXT NOT NULL, PRIMARY KEY (place, key)) WITHOUT ROWID;
+                """)
+        }
+    }
+
+    func insertHold(_ h: LegalHold) throws {
+        try db.write {
+            try $0.execute(sql: """
+                INSERT INTO holds(id, kind, target, tenant, reason, created_by, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)
+                """, arguments: [h.id, h.kind.rawValue, h.target, h.tenant, h.reason, h.createdBy, h.createdAt.timeIntervalSince1970])
+        }
+    }
+
+    /// Every hold, released ones included (`active`: only those in force), oldest first.
+    public func holds(active: Bool = false) throws -> [LegalHold] {
+        try db.read { db in
+            try Row.fetchAll(db, sql: "SELECT * FROM holds\(active ? " WHERE released_at IS NULL" : "") ORDER BY created_at, id").compactMap { r in
+                guard let kind = LegalHold.Kind(rawValue: r["kind"]) else { return nil }
+                return LegalHold(id: r["id"], kind: kind, target: r["target"], tenant: r["tenant"], reason: r["reason"], createdBy: r["created_by"],
+                                 createdAt: Date(timeIntervalSince1970: r["created_at"]),
+                                 releasedAt: (r["released_at"] as Double?).map(Date.init(timeIntervalSince1970:)), releaseRequest: r["release_request"])
+            }
+        }
+    }
+
+    /// Marks a hold released, once: false if it was not in force.
+    func releaseHold(_ id: String, at: Date, request: String?) throws -> Bool {
+        try db.write { db in
+            try db.execute(sql: "UPDATE holds SET released_at = ?, release_request = ? WHERE id = ? AND released_at IS NULL",
+                           arguments: [at.timeIntervalSince1970, request, id])
+            return db.changesCount > 0
+        }
+    }
+
+    /// Whether a hold in force covers this snapshot (its own, or its tenant's).
+    /// Anything that deletes a manifest (a future prune included) must ask this first.
+    public func isHeld(snapshot id: String) throws -> Bool {
+        try db.read { db in
+            try Int.fetchOne(db, sql: """
+                SELECT 1 FROM holds h WHERE h.released_at IS NULL AND (
+                    (h.kind = 'snapshot' AND h.target = ?) OR
+                    (h.kind = 'tenant' AND h.tenant = (SELECT tenant FROM snapshots WHERE id = ?))) LIMIT 1
+                """, arguments: [id, id]) != nil
+        }
+    }
+
+    /// Whether a hold in force covers this pack: a tenant hold covers every pack of the
+    /// tenant, a snapshot hold every pack the snapshot names. Anything that deletes a
+    /// pack (a future prune included) must ask this first.
+    public func isHeld(tenant: String, pack id: String) throws -> Bool {
+        try db.read { db in
+            try Int.fetchOne(db, sql: """
+                SELECT 1 FROM holds h WHERE h.released_at IS NULL AND (
+                    (h.kind = 'tenant' AND h.tenant = ?) OR
+                    (h.kind = 'snapshot' AND h.tenant = ? AND EXISTS (SELECT 1 FROM snapshot_packs sp WHERE sp.snapshot = h.target AND sp.pack = ?))) LIMIT 1
+                """, arguments: [tenant, tenant, id]) != nil
+        }
+    }
+
+    /// Whether a store object is a held pack or manifest (`t/<tenant>/packs/…`,
+    /// `t/<tenant>/snapshots/<id>`); other objects are never held.
+    public func isHeld(key: ObjectKey) throws -> Bool {
+        let parts = key.path.split(separator: "/").map(String.init)
+        guard parts.count >= 4, parts[0] == "t" else { return false }
+        if parts[2] == "packs", let id = parts.last { return try isHeld(tenant: parts[1], pack: id) }
+        if parts[2] == "snapshots", parts.count == 4 { return try isHeld(snapshot: parts[3]) }
+        return false
+    }
+
+    /// The store keys that holds in force cover for `tenant` (packs and manifests).
+    func heldKeys(tenant: String) throws -> Set<String> {
+        var keys = Set<String>()
+        for h in try holds(active: true) where h.tenant == tenant {
+            let snaps = h.kind == .tenant ? try snapshots(tenant: tenant).map(\.id) : [h.target]
+            if h.kind == .tenant {
+                for p in try packs(tenant: tenant) {
+                    if let id = PackID(hex: p.id) { keys.insert(RepositoryService.packKey(tenant: tenant, id: id).path) }
+                }
+            }
+            for s in snaps {
+                guard let sid = SnapshotID(hex: s) else { continue }
+                keys.insert(RepositoryService.manifestKey(tenant: tenant, id: sid).path)
+                for p in try snapshotPacks(id: s) { keys.insert(RepositoryService.packKey(tenant: tenant, id: p).path) }
+            }
+        }
+        return keys
+    }
+
+    /// Keys of `place` (an S3 copy) whose original version was given a legal hold.
+    func copyLegalHolds(place: String) throws -> Set<String> {
+        try db.read { Set(try String.fetchAll($0, sql: "SELECT key FROM copy_legal_holds WHERE place = ?", arguments: [place])) }
+    }
+
+    func setCopyLegalHold(place: String, key: String, on: Bool) throws {
+        try db.write {
+            try $0.execute(sql: on ? "INSERT OR IGNORE INTO copy_legal_holds(place, key) VALUES (?, ?)" : "DELETE FROM copy_legal_holds WHERE place = ? AND key = ?",
+                           arguments: [place, key])
+        }
+    }
+}
+
+extension RepositoryService {
+    /// How far ahead of the clock a held object's local lock is kept (at least).
+    public static let holdLead: TimeInterval = 86400
+
+    /// Places a hold at once (it only strengthens protection), then locks its objects.
+    public func placeHold(_ req: Wire.PlaceHoldRequest, ctx: CallContext) async throws -> Wire.HoldInfo {
+        guard let p = ctx.principal, p.role == .admin else { throw ServerError.forbidden("only an admin may place a legal hold") }
+        let reason = req.reason ?? ""
+        guard reason.utf8.count <= 1024, !reason.unicodeScalars.contains(where: { $0.properties.generalCategory == .control }) else {
+            throw ServerError.badRequest("the reason must be at most 1024 bytes without control characters")
+        }
+        let kind: LegalHold.Kind
+        let target: String
+        let tenant: String
+        switch (req.snapshot, req.tenant) {
+        case (let s?, nil):
+            let id = try resolveSnapshotID(s, ctx: ctx)
+            guard let rec = try catalog.snapshot(id: id) else { throw ServerError.notFound("snapshot \(s) not found: `redoubt admin tenant list`, `redoubt snapshots`") }
+            (kind, target, tenant) = (.snapshot, id, rec.tenant)
+        case (nil, let t?):
+            guard try catalog.tenant(t) != nil else { throw ServerError.notFound("tenant \(t) does not exist: `redoubt admin tenant list`") }
+            (kind, target, tenant) = (.tenant, t, t)
+        default:
+            throw ServerError.badRequest("a hold names exactly one snapshot or one tenant")
+        }
+        let hold = LegalHold(id: hexString((0..<6).map { _ in UInt8.random(in: 0...255) }), kind: kind, target: target, tenant: tenant,
+                             reason: reason, createdBy: p.name, createdAt: try now(), releasedAt: nil, releaseRequest: nil)
+        try catalog.insertHold(hold)
+        audit(ctx, "place-hold", object: "hold \(hold.id)", outcome: "ok", detail: "\(kind.rawValue)=\(target) tenant=\(tenant) reason=\(reason)")
+        try await enforceHolds(tenant: tenant)
+        if try !catalog.copyTargets(tenant: tenant).isEmpty { await copyJobs.kick(tenant, service: self) }
+        return hold.wire
+    }
+
+    public func listHolds() throws -> [Wire.HoldInfo] { try catalog.holds().map(\.wire) }
+
+    /// Releases a hold: weakens protection, so it needs approval (`release-hold`). The
+    /// local locks already extended stay until their date (a lock is never shortened);
+    /// the S3 legal holds are lifted by the next sync of the tenant's copy targets.
+    public func releaseHold(id: String, _ req: Wire.ApprovedChange, ctx: CallContext) async throws -> Wire.HoldInfo {
+        guard let h = try catalog.holds().first(where: { $0.id == id }) else { throw ServerError.notFound("no legal hold \(id): `redoubt admin hold list`") }
+        guard h.releasedAt == nil else { throw ServerError(409, "E_CONFLICT", "legal hold \(id) was already released") }
+        try authorize("release-hold", object: "hold \(id)", parameters: [:], requestID: req.requestID, consume: true, ctx: ctx)
+        guard try catalog.releaseHold(id, at: try now(), request: req.requestID) else {
+            throw ServerError(409, "E_CONFLICT", "legal hold \(id) was already released")
+        }
+        audit(ctx, "release-hold", object: "hold \(id)", outcome: "ok", detail: "\(h.kind.rawValue)=\(h.target) tenant=\(h.tenant) request=\(req.requestID ?? "-")")
+        if try !catalog.copyTargets(tenant: h.tenant).isEmpty { await copyJobs.kick(h.tenant, service: self) }
+        return try catalog.holds().first { $0.id == id }?.wire ?? h.wire
+    }
+
+    /// Keeps every held pack's and manifest's local lock at least `holdLead` ahead of the
+    /// clock (whole days, so the flag is touched about once a day), so the immutable flag
+    /// is never cleared on a held object. `tenant` limits it to one tenant. Errors are
+    /// logged and audited per object; the first is thrown after all were tried.
+    public func enforceHolds(tenant: String? = nil) async throws {
+        let now = try now()
+        let until = Self.ceilDay(now.addingTimeInterval(Self.holdLead))
+        let tenants = Set(try catalog.holds(active: true).map(\.tenant)).filter { tenant == nil || $0 == tenant }
+        var firstError: (any Error)?
+        for t in tenants.sorted() {
+            let keys = try catalog.heldKeys(tenant: t)
+            // The catalog's pack locks follow the store's, so a rebuild and the copies agree.
+            let packs = keys.compactMap { k in k.contains("/packs/") ? k.split(separator: "/").last.flatMap { PackID(hex: String($0)) } : nil }
+            _ = try catalog.extendPackLocks(tenant: t, packs: packs, until: until)
+            for k in keys.sorted() {
+                guard let key = ObjectKey(k) else { continue }
+                do { try await store.extendRetention(key, until: until) } catch {
+                    firstError = firstError ?? error
+                    logger.error("legal hold: could not extend the lock", metadata: ["key": "\(k)", "error": "\(error)"])
+                    try? catalog.audit(time: now, actor: "hold-job", role: "-", credential: "-", source: "local", action: "hold-extend",
+                                       object: k, outcome: "error", detail: "\(error)")
+                }
+            }
+        }
+        if let firstError { throw firstError }
+    }
+
+    /// Deletes a store object unless a legal hold covers it. Every server path that
+    /// deletes from the store goes through here.
+    func deleteUnlessHeld(_ key: ObjectKey, now: Date) async throws {
+        // Why: a hold must win over any deletion, even one the store's lock would allow.
+        guard try !catalog.isHeld(key: key) else {
+            throw ServerError(409, "E_HELD", "\(key.path) is under a legal hold: release the hold (`redoubt admin hold list`) first")
+        }
+        try await store.delete(key, now: now)
+    }
+}
