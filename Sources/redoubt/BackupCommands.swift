@@ -72,9 +72,15 @@ struct RestoreCommand: AsyncParsableCommand {
     @Option(name: .long, help: "Wrapped read key file to use instead of the server's (an escrow copy from `redoubt admin tenant escrow`).") var readKey: String?
     @Flag(name: .long, help: "Restore everything undamaged and list what is damaged, instead of stopping at the first damage.") var skipDamaged = false
     @Flag(name: .long, help: "Print the summary as JSON.") var json = false
+    @OptionGroup(title: "A bucket copy instead of the server") var bucket: FromBucketOptions
 
     func run() async throws {
         try await RedoubtCLI.run {
+            if let store = try bucket.store() {
+                return try await BucketCommands.restore(store: store, place: bucket.from ?? "", tenant: try await bucket.tenant(in: store), snapshot: snapshot,
+                                                        target: target, config: config.resolved, passphraseFile: passphraseFile, readKeyFile: readKey,
+                                                        subpath: path, skipDamaged: skipDamaged, lister: "redoubt snapshots --from")
+            }
             let cfg = config.resolved
             let readKey = try await RestoreSupport.unwrapReadKey(config: cfg, passphraseFile: passphraseFile, readKeyFile: readKey)
             let material = try cfg.sharedMaterial()
