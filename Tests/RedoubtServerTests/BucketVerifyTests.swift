@@ -1,6 +1,8 @@
 import Foundation
 import NIOHTTP1
 import RedoubtAWS
+import RedoubtCore
+@testable import RedoubtServer
 @testable import RedoubtStore
 import Testing
 
@@ -131,6 +133,8 @@ import Testing
         try await put(s, prefix: "redoubt", key: "t/quickstart/packs/\(governancePack.prefix(2))/\(governancePack)", body: Array("governance".utf8),
                       sha256: governancePack, lock: "GOVERNANCE")
         try await put(s, prefix: "redoubt", key: "t/quickstart/packs/notes.txt", body: junk, sha256: SigV4Signer.hexSHA256(junk), lock: nil)
+        // A name no Redoubt key can have (upper case) is listed too, though never read.
+        try await put(s, prefix: "redoubt", key: "t/quickstart/README.TXT", body: junk, sha256: SigV4Signer.hexSHA256(junk), lock: nil)
         let tampered = sh("\(s.bin) copy verify quickstart \(s.target("redoubt")) --json", s.dir)
         #expect(tampered.code == 5, "after unlocked objects: \(tampered.out)\(tampered.err)")
         let t = try report(tampered.out)
@@ -138,7 +142,7 @@ import Testing
         #expect(t.unlocked.contains { $0.key.hasSuffix(unlockedPack) && $0.detail.contains("no Object Lock") }, "\(tampered.out)")
         #expect(t.unlocked.contains { $0.key.hasSuffix(governancePack) && $0.detail.contains("GOVERNANCE") }, "\(tampered.out)")
         #expect(t.unlocked.contains { $0.key == "t/quickstart/packs/notes.txt" })
-        #expect(t.extra.map(\.key) == ["t/quickstart/packs/notes.txt"], "\(tampered.out)")
+        #expect(t.extra.map(\.key).sorted() == ["t/quickstart/README.TXT", "t/quickstart/packs/notes.txt"], "\(tampered.out)")
         #expect(t.missing.isEmpty && t.wrong.isEmpty)
         let text = sh("\(s.bin) copy verify quickstart \(s.target("redoubt"))", s.dir)
         #expect(text.code == 5 && text.out.contains("UNLOCKED: t/quickstart/packs/\(unlockedPack.prefix(2))/\(unlockedPack)")
@@ -209,5 +213,20 @@ import Testing
         // --from options without --from are refused rather than silently going to the server.
         let stray = sh("\(s.bin) snapshots --tenant quickstart --config '\(s.base)/restorer'", s.dir)
         #expect(stray.code != 0 && stray.err.contains("--from"), "\(stray.out)\(stray.err)")
+    }
+
+    /// How names under `t/<tenant>/` are classified: only the exact spellings Redoubt
+    /// writes are packs, manifests or descriptors; everything else is extra.
+    @Test func namesAreClassifiedOnlyByTheirExactSpelling() {
+        let id = String(repeating: "ab", count: 32)
+        #expect(BucketVerify.kind("t/q/packs/ab/\(id)", tenant: "q") == .pack(PackID(hex: id)!))
+        #expect(BucketVerify.kind("t/q/snapshots/\(id)", tenant: "q") == .manifest(SnapshotID(hex: id)!))
+        #expect(BucketVerify.kind("t/q/tenant-v12.json", tenant: "q") == .descriptor(12))
+        for extra in ["t/q/packs/cd/\(id)",  // filed under the wrong two digits
+                      "t/q/packs/AB/\(id.uppercased())", "t/q/packs/ab/\(id.dropLast(2))", "t/q/packs/ab/\(id)/x",
+                      "t/q/snapshots/\(id).json", "t/q/tenant-v0.json", "t/q/tenant-v01.json", "t/q/tenant-v.json",
+                      "t/q/tenant-v1.json.bak", "t/other/packs/ab/\(id)", "t/q/packs/ab"] {
+            #expect(BucketVerify.kind(extra, tenant: "q") == .extra, "\(extra)")
+        }
     }
 }
