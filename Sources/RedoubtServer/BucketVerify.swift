@@ -65,6 +65,12 @@ public enum BucketVerify {
         return .extra
     }
 
+    /// The key version of a tenant descriptor name (`t/<tenant>/tenant-v<N>.json`), else nil.
+    public static func descriptorVersion(_ name: String, tenant: String) -> Int? {
+        if case .descriptor(let v) = kind(name, tenant: tenant) { return v }
+        return nil
+    }
+
     /// The tenants a bucket copy holds (the names under `t/`), sorted.
     public static func tenants(in store: S3Store) async throws -> [String] {
         var out = Set<String>()

@@ -2,6 +2,7 @@ import ArgumentParser
 import Foundation
 import RedoubtClient
 import RedoubtCore
+import RedoubtKMS
 import RedoubtServer
 import RedoubtStore
 
@@ -66,7 +67,8 @@ enum BucketCommands {
     static func restore(store: S3Store, place: String, tenant: String, snapshot: String, target: String, config cfg: ClientConfig,
                         passphraseFile: String?, readKeyFile: String?, subpath: String? = nil, skipDamaged: Bool = false,
                         lister: String = "redoubt copy snapshots") async throws -> Exit {
-        let readKey = try await RestoreSupport.unwrapReadKey(config: cfg, passphraseFile: passphraseFile, readKeyFile: readKeyFile)
+        let copied = readKeyFile == nil ? try await wrappedReadKey(store: store, tenant: tenant, config: cfg) : nil
+        let readKey = try await RestoreSupport.unwrapReadKey(config: cfg, passphraseFile: passphraseFile, readKeyFile: readKeyFile, copied: copied)
         let manifests = try await BucketCopy.manifests(in: store, tenant: tenant)
         let manifest = try RestoreSupport.manifest(matching: snapshot, in: manifests, place: "in \(place)", lister: lister)
         let result = try await RestoreSupport.restore(manifest: manifest, readKey: readKey, chunkIDKey: try cfg.sharedMaterial().chunkIDKey,
@@ -76,6 +78,47 @@ enum BucketCommands {
         for w in result.warnings { print("  warning: \(w)") }
         for d in result.damaged { print("  DAMAGED: \(d)") }
         return result.damaged.isEmpty ? .ok : .integrity
+    }
+
+    /// The wrapped read key in the copy's newest tenant descriptor, so that a restore from
+    /// the bucket needs no server (and after a rotation gets the current wrapping, which
+    /// the enrollment copy is not); nil if the copy has no readable descriptor. Why it
+    /// may be trusted: `unwrapReadKey` checks its key ID against the enrollment's.
+    ///
+    /// Why only at the enrolled key service: anyone with the bucket's writer credential can
+    /// add a newer descriptor whose provider URI points elsewhere (their KMS, or a PKCS#11
+    /// module path of their choosing). Such a descriptor is not used unless its provider is
+    /// the same service (scheme, host and port, query) as the enrollment's; the key's own
+    /// name may differ (a KEK rotation).
+    static func wrappedReadKey(store: S3Store, tenant: String, config: ClientConfig) async throws -> WrappedReadKey? {
+        struct Descriptor: Decodable { let wrappedReadKey: String?; let shreddedAt: Double? }
+        let newest = try await store.originalNames(prefix: "t/\(tenant)/")
+            .compactMap { n in BucketVerify.descriptorVersion(n, tenant: tenant).map { (n, $0) } }.max { $0.1 < $1.1 }
+        guard let (name, _) = newest, let key = ObjectKey(name) else { return nil }
+        let d = try JSONDecoder().decode(Descriptor.self, from: Data(try await store.get(key)))
+        if d.shreddedAt != nil {
+            throw KeyProviderError.keyDestroyed(provider: "bucket copy", detail: "tenant \(tenant) was crypto-shredded (\(name)); only an escrowed copy (--read-key FILE) can restore")
+        }
+        guard let json = d.wrappedReadKey, !json.isEmpty else { return nil }
+        let wrapped = try WrappedReadKey.decode(Data(json.utf8))
+        guard let enrolled = try? config.wrappedReadKey(), sameKeyService(wrapped.provider, enrolled.provider) else {
+            FileHandle.standardError.write(Data("note: not using the wrapped read key in \(name): its key provider is not the one this restorer enrolled with; pass --read-key FILE to use another\n".utf8))
+            return nil
+        }
+        FileHandle.standardError.write(Data("note: using the wrapped read key in \(name)\n".utf8))
+        return wrapped
+    }
+
+    /// Whether two key provider URIs name the same service: the same scheme, host and port
+    /// (for `scheme://` forms) and the same query; the key's path or label may differ.
+    static func sameKeyService(_ a: String, _ b: String) -> Bool {
+        func parts(_ uri: String) -> [String] {
+            let scheme = String(uri.prefix { $0 != ":" })
+            let query = uri.firstIndex(of: "?").map { String(uri[$0...]) } ?? ""
+            guard uri.contains("://"), let c = URLComponents(string: uri) else { return [scheme, query] }
+            return [scheme, c.host ?? "", c.port.map(String.init) ?? "", c.user ?? "", query]
+        }
+        return parts(a) == parts(b)
     }
 
     /// Checks every object of the tenant's copy (hash, lock) and that no pack is missing.

@@ -143,12 +143,17 @@ enum RestoreSupport {
     /// `readKeyFile` if given (an escrow copy), else the server's current one (after a
     /// rotation the restorer's enrollment copy is stale; it is refreshed here), else, when
     /// the server cannot be reached, the copy saved at enrollment.
-    static func unwrapReadKey(config: ClientConfig, passphraseFile: String?, readKeyFile: String? = nil) async throws -> ReadPrivateKey {
+    /// `copied`: the wrapped key from a copy's tenant descriptor (a bucket), used instead of
+    /// asking the server when no file is given; checked against the enrollment like any other.
+    static func unwrapReadKey(config: ClientConfig, passphraseFile: String?, readKeyFile: String? = nil,
+                              copied: WrappedReadKey? = nil) async throws -> ReadPrivateKey {
         let tenant = try config.credential().tenant ?? ""
         let wrapped: WrappedReadKey
         if let readKeyFile {
             guard let d = FileManager.default.contents(atPath: readKeyFile) else { throw ValidationError("cannot read wrapped read key file \(readKeyFile)") }
             wrapped = try WrappedReadKey.decode(d)
+        } else if let copied {
+            wrapped = copied
         } else {
             wrapped = try await currentWrappedReadKey(config: config, tenant: tenant)
         }

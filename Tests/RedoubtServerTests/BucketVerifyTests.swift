@@ -200,8 +200,25 @@ import Testing
 
         let restore = sh("\(s.bin) restore \(row.id.prefix(12)) \(s.from("redoubt")) --tenant quickstart --target '\(s.dir)/restored' --config '\(s.base)/restorer'", s.dir)
         #expect(restore.code == 0, "restore --from: \(restore.out)\(restore.err)")
+        // The wrapped read key came from the copy's tenant descriptor, not the (gone) server.
+        #expect(restore.err.contains("wrapped read key in t/quickstart/tenant-v1.json") && !restore.err.contains("saved at enrollment"), "\(restore.err)")
         let diff = sh("diff -r '\(s.base)/sample' '\(s.dir)/restored\(s.base)/sample' || diff -r '\(s.base)/sample' '\(s.dir)/restored/sample'", s.dir)
         #expect(diff.code == 0, "restored tree differs: \(diff.out)")
+
+        // Someone with the writer credential adds a newer descriptor whose wrapped key names
+        // their own KMS: it is not used, and the restore still works from the enrollment copy.
+        let v1 = try await s.store("redoubt").get(try #require(ObjectKey("t/quickstart/tenant-v1.json")))
+        var descriptor = try #require(try JSONSerialization.jsonObject(with: Data(v1)) as? [String: Any])
+        let wrappedJSON = try #require(descriptor["wrappedReadKey"] as? String)
+        var wrapped = try #require(try JSONSerialization.jsonObject(with: Data(wrappedJSON.utf8)) as? [String: Any])
+        wrapped["provider"] = "kmip://203.0.113.7:5696/attacker-key"
+        descriptor["wrappedReadKey"] = String(decoding: try JSONSerialization.data(withJSONObject: wrapped), as: UTF8.self)
+        descriptor["keyVersion"] = 2
+        let forged = Array(try JSONSerialization.data(withJSONObject: descriptor))
+        try await put(s, prefix: "redoubt", key: "t/quickstart/tenant-v2.json", body: forged, sha256: SigV4Signer.hexSHA256(forged), lock: "COMPLIANCE")
+        let again = sh("\(s.bin) restore \(row.id.prefix(12)) \(s.from("redoubt")) --target '\(s.dir)/restored2' --config '\(s.base)/restorer'", s.dir)
+        #expect(again.code == 0, "restore --from after a forged descriptor: \(again.out)\(again.err)")
+        #expect(again.err.contains("not using the wrapped read key in t/quickstart/tenant-v2.json"), "\(again.err)")
 
         // With a second tenant in the bucket, --tenant is needed, and the error lists both.
         let body = Array("{}".utf8)
