@@ -79,7 +79,7 @@ struct RestoreCommand: AsyncParsableCommand {
             if let store = try bucket.store() {
                 return try await BucketCommands.restore(store: store, place: bucket.from ?? "", tenant: try await bucket.tenant(in: store), snapshot: snapshot,
                                                         target: target, config: config.resolved, passphraseFile: passphraseFile, readKeyFile: readKey,
-                                                        subpath: path, skipDamaged: skipDamaged, lister: "redoubt snapshots --from")
+                                                        subpath: path, skipDamaged: skipDamaged, lister: "redoubt snapshots --from", json: json)
             }
             let cfg = config.resolved
             let readKey = try await RestoreSupport.unwrapReadKey(config: cfg, passphraseFile: passphraseFile, readKeyFile: readKey)

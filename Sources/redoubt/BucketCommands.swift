@@ -66,7 +66,7 @@ enum BucketCommands {
     /// Restores one snapshot from the copy with the restorer's read key.
     static func restore(store: S3Store, place: String, tenant: String, snapshot: String, target: String, config cfg: ClientConfig,
                         passphraseFile: String?, readKeyFile: String?, subpath: String? = nil, skipDamaged: Bool = false,
-                        lister: String = "redoubt copy snapshots") async throws -> Exit {
+                        lister: String = "redoubt copy snapshots", json: Bool = false) async throws -> Exit {
         let copied = readKeyFile == nil ? try await wrappedReadKey(store: store, tenant: tenant, config: cfg) : nil
         let readKey = try await RestoreSupport.unwrapReadKey(config: cfg, passphraseFile: passphraseFile, readKeyFile: readKeyFile, copied: copied)
         let manifests = try await BucketCopy.manifests(in: store, tenant: tenant)
@@ -74,10 +74,18 @@ enum BucketCommands {
         let result = try await RestoreSupport.restore(manifest: manifest, readKey: readKey, chunkIDKey: try cfg.sharedMaterial().chunkIDKey,
                                                       source: BucketPackSource(store: store, tenant: tenant), target: target,
                                                       subpath: subpath.map { Array($0.utf8) }, skipDamaged: skipDamaged)
-        print("restored \(result.files) files, \(formatBytes(result.bytesWritten)) from \(place) into \(target)")
-        for w in result.warnings { print("  warning: \(w)") }
-        for d in result.damaged { print("  DAMAGED: \(d)") }
-        return result.damaged.isEmpty ? .ok : .integrity
+        if json {
+            try printJSON(["files": "\(result.files)", "directories": "\(result.directories)", "other": "\(result.otherEntries)",
+                           "bytes": "\(result.bytesWritten)", "packs": "\(result.packsFetched)",
+                           "warnings": result.warnings.map(\.description).joined(separator: "\n"),
+                           "damaged": result.damaged.map(\.description).joined(separator: "\n")])
+        } else {
+            print("restored \(result.files) files, \(formatBytes(result.bytesWritten)) from \(place) into \(target)")
+            for w in result.warnings { print("  warning: \(w)") }
+            for d in result.damaged { print("  DAMAGED: \(d)") }
+        }
+        if !result.damaged.isEmpty { return .integrity }
+        return result.warnings.isEmpty ? .ok : .partial
     }
 
     /// The wrapped read key in the copy's newest tenant descriptor, so that a restore from
@@ -131,7 +139,7 @@ enum BucketCommands {
         if json {
             try printJSON(report)
         } else {
-            print("tenant \(tenant) in \(place): \(report.objects) objects, \(formatBytes(UInt64(report.bytes))) read and hashed; "
+            print("tenant \(tenant) in \(place): \(report.objects) objects (\(formatBytes(UInt64(report.bytes)))) checked; "
                 + "\(report.manifests) snapshots, \(report.packs) packs")
             for (label, list) in [("MISSING", report.missing), ("WRONG", report.wrong), ("UNLOCKED", report.unlocked),
                                   ("EXPIRING", report.expiring), ("EXTRA", report.extra)] {
