@@ -102,12 +102,11 @@ public enum BucketVerify {
         var present = Set<PackID>()
         var needed: [PackID: [SnapshotID]] = [:]
         var descriptors = 0
-        for (i, info) in infos.enumerated() {
+        var toRead: [(info: ObjectInfo, kind: Kind)] = []
+        for info in infos {
             let key = info.key.path
             report.objects += 1
             report.bytes += info.size
-            if i % 50 == 0 || i == infos.count - 1 { progress("\(i + 1)/\(infos.count) objects, \(report.bytes) bytes: \(key)") }
-
             // The lock. Why COMPLIANCE only: a GOVERNANCE lock can be lifted by anyone
             // with s3:BypassGovernanceRetention, so it is no protection against an admin's
             // stolen credential.
@@ -122,42 +121,48 @@ public enum BucketVerify {
             } else {
                 report.unlocked.append(.init(key: key, detail: "no Object Lock on the version Redoubt reads"))
             }
-
             let kind = kind(key, tenant: tenant)
-            if kind == .extra {
+            switch kind {
+            case .extra:
                 report.extra.append(.init(key: key, detail: "not a pack, manifest or tenant descriptor name"))
                 continue
-            }
-            // The bytes. S3Store.get checks them against the recorded x-amz-meta-sha256.
-            let bytes: [UInt8]
-            do { bytes = try await store.get(info.key) } catch let e as StoreError where e.code == .integrity || e.code == .notFound {
-                report.wrong.append(.init(key: key, detail: e.detail))
-                if case .pack(let id) = kind { present.insert(id) }  // there, but wrong: reported once
-                continue
-            }
-            switch kind {
             case .pack(let id):
+                // There, even if its bytes are wrong: reported once, as wrong, not also as missing.
                 present.insert(id)
                 report.packs += 1
-                let actual = SigV4Signer.hexSHA256(bytes)
-                if actual != id.description {
-                    report.wrong.append(.init(key: key, detail: "SHA-256 of the bytes is \(actual), not the pack ID"))
-                }
-            case .manifest(let id):
-                report.manifests += 1
-                do {
-                    let m = try Manifest.parse(bytes, expectedID: id, object: key)
-                    for p in m.header.packs { needed[p, default: []].append(id) }
-                } catch {
-                    report.wrong.append(.init(key: key, detail: "\(error)"))
-                }
-            case .descriptor:
-                descriptors += 1
-                if (try? JSONSerialization.jsonObject(with: Data(bytes))) as? [String: Any] == nil {
-                    report.wrong.append(.init(key: key, detail: "tenant descriptor is not a JSON object"))
-                }
-            case .extra: break
+            case .manifest: report.manifests += 1
+            case .descriptor: descriptors += 1
             }
+            toRead.append((info, kind))
+        }
+
+        // The bytes: every object read whole, a few at a time (each read is latency-bound).
+        let total = toRead.reduce(0) { $0 + $1.info.size }
+        var results: [(wrong: String?, needs: [PackID])?] = Array(repeating: nil, count: toRead.count)
+        var done = 0
+        var doneBytes = 0
+        try await withThrowingTaskGroup(of: (Int, String?, [PackID]).self) { group in
+            func collect(_ r: (Int, String?, [PackID])) {
+                results[r.0] = (r.1, r.2)
+                done += 1
+                doneBytes += toRead[r.0].info.size
+                if done % 50 == 0 || done == toRead.count {
+                    progress("\(done)/\(toRead.count) objects read, \(doneBytes)/\(total) bytes: \(toRead[r.0].info.key.path)")
+                }
+            }
+            for (i, item) in toRead.enumerated() {
+                if i >= 4, let r = try await group.next() { collect(r) }
+                group.addTask {
+                    let c = try await check(store, item.info.key, item.kind)
+                    return (i, c.wrong, c.needs)
+                }
+            }
+            while let r = try await group.next() { collect(r) }
+        }
+        for (i, item) in toRead.enumerated() {
+            guard let r = results[i] else { continue }
+            if let wrong = r.wrong { report.wrong.append(.init(key: item.info.key.path, detail: wrong)) }
+            if case .manifest(let id) = item.kind { for p in r.needs { needed[p, default: []].append(id) } }
         }
         for (p, snapshots) in needed.sorted(by: { $0.key < $1.key }) where !present.contains(p) {
             report.missing.append(.init(key: RepositoryService.packKey(tenant: tenant, id: p).path,
@@ -168,5 +173,27 @@ public enum BucketVerify {
                                         detail: "no tenant descriptor: the wrapped read key is not in the copy (restore needs --read-key FILE)"))
         }
         return report
+    }
+
+    /// Reads one object whole and checks its bytes against its name: why it is wrong
+    /// (nil if right) and, for a manifest, the packs it names. `S3Store.get` checks the
+    /// bytes against the recorded `x-amz-meta-sha256` first.
+    static func check(_ store: S3Store, _ key: ObjectKey, _ kind: Kind) async throws -> (wrong: String?, needs: [PackID]) {
+        let bytes: [UInt8]
+        do { bytes = try await store.get(key) } catch let e as StoreError where e.code == .integrity || e.code == .notFound {
+            return (e.detail, [])
+        }
+        switch kind {
+        case .pack(let id):
+            let actual = SigV4Signer.hexSHA256(bytes)
+            return (actual == id.description ? nil : "SHA-256 of the bytes is \(actual), not the pack ID", [])
+        case .manifest(let id):
+            do { return (nil, try Manifest.parse(bytes, expectedID: id, object: key.path).header.packs) } catch { return ("\(error)", []) }
+        case .descriptor:
+            let ok = (try? JSONSerialization.jsonObject(with: Data(bytes))) as? [String: Any] != nil
+            return (ok ? nil : "tenant descriptor is not a JSON object", [])
+        case .extra:
+            return (nil, [])
+        }
     }
 }
