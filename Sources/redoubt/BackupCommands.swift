@@ -73,9 +73,15 @@ struct RestoreCommand: AsyncParsableCommand {
     @Option(name: .long, help: "Trust this key provider (KMS, HSM) that a rotation moved the read key to (its URI; the key ID does not matter).") var trustKeyProvider: String?
     @Flag(name: .long, help: "Restore everything undamaged and list what is damaged, instead of stopping at the first damage.") var skipDamaged = false
     @Flag(name: .long, help: "Print the summary as JSON.") var json = false
+    @OptionGroup(title: "A bucket copy instead of the server") var bucket: FromBucketOptions
 
     func run() async throws {
         try await RedoubtCLI.run {
+            if let store = try bucket.store() {
+                return try await BucketCommands.restore(store: store, place: bucket.from ?? "", tenant: try await bucket.tenant(in: store), snapshot: snapshot,
+                                                        target: target, config: config.resolved, passphraseFile: passphraseFile, readKeyFile: readKey, trustProvider: trustKeyProvider,
+                                                        subpath: path, skipDamaged: skipDamaged, lister: "redoubt snapshots --from", json: json)
+            }
             let cfg = config.resolved
             let readKey = try await RestoreSupport.unwrapReadKey(config: cfg, passphraseFile: passphraseFile, readKeyFile: readKey, trustProvider: trustKeyProvider)
             let material = try cfg.sharedMaterial()

@@ -28,9 +28,13 @@ struct SnapshotsCommand: AsyncParsableCommand {
     @OptionGroup var config: ConfigOption
     @Option(name: .long, help: "Only this host's snapshots.") var host: String?
     @Flag(name: .long, help: "Print JSON.") var json = false
+    @OptionGroup(title: "A bucket copy instead of the server") var bucket: FromBucketOptions
 
     func run() async throws {
         try await RedoubtCLI.run {
+            if let store = try bucket.store() {
+                return try await BucketCommands.snapshots(store: store, tenant: try await bucket.tenant(in: store), host: host, json: json)
+            }
             let list = try await RedoubtCLI.with(try APIClient(credential: config.resolved.credential())) { try await $0.snapshots(host: host) }
             if json {
                 try printJSON(list)
@@ -53,16 +57,26 @@ struct VerifyCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "verify",
         abstract: "Check a snapshot: the server re-hashes every pack (no key); --deep decrypts and checks every chunk (restorer).")
-    @Argument(help: "Snapshot ID or a unique prefix (8+ hex digits).") var snapshot: String
+    @Argument(help: "Snapshot ID or a unique prefix (8+ hex digits); omitted with --from, which checks the whole copy.") var snapshot: String?
     @Flag(name: .long, help: "Decrypt every chunk and check it (needs the read key).") var deep = false
     @OptionGroup var config: ConfigOption
     @Option(name: .long, help: "Passphrase file for a passphrase-wrapped read key.") var passphraseFile: String?
     @Option(name: .long, help: "Wrapped read key file to use instead of the server's (an escrow copy from `redoubt admin tenant escrow`).") var readKey: String?
     @Option(name: .long, help: "Trust this key provider (KMS, HSM) that a rotation moved the read key to (its URI; the key ID does not matter).") var trustKeyProvider: String?
     @Flag(name: .long, help: "Print JSON.") var json = false
+    @OptionGroup(title: "A bucket copy instead of the server") var bucket: FromBucketOptions
+    @Option(name: .long, help: "With --from: also report objects whose lock ends sooner than this from now (e.g. 30d).") var minRetain: String?
 
     func run() async throws {
         try await RedoubtCLI.run {
+            if let store = try bucket.store() {
+                // The bucket alone: every object of the tenant, no key (so no --deep).
+                guard snapshot == nil, !deep else { throw ValidationError("verify --from checks the whole copy without a key: drop SNAPSHOT and --deep") }
+                return try await BucketCommands.verify(store: store, place: bucket.from ?? "", tenant: try await bucket.tenant(in: store),
+                                                       minRetain: minRetain, json: json)
+            }
+            guard let snapshot else { throw ValidationError("name the snapshot to verify (or --from s3://BUCKET/PREFIX for a bucket copy)") }
+            if minRetain != nil { throw ValidationError("--min-retain goes with --from s3://BUCKET/PREFIX") }
             let cfg = config.resolved
             return try await RedoubtCLI.with(try APIClient(credential: cfg.credential())) { client in
                 let report = try await client.verify(snapshot)
@@ -130,13 +144,17 @@ enum RestoreSupport {
     /// `readKeyFile` if given (an escrow copy), else the server's current one (after a
     /// rotation the restorer's enrollment copy is stale; it is refreshed here), else, when
     /// the server cannot be reached, the copy saved at enrollment.
+    /// `copied`: the wrapped key from a copy's tenant descriptor (a bucket), used instead of
+    /// asking the server when no file is given; checked against the enrollment like any other.
     static func unwrapReadKey(config: ClientConfig, passphraseFile: String?, readKeyFile: String? = nil,
-                              trustProvider: String? = nil) async throws -> ReadPrivateKey {
+                              copied: WrappedReadKey? = nil, trustProvider: String? = nil) async throws -> ReadPrivateKey {
         let tenant = try config.credential().tenant ?? ""
         let wrapped: WrappedReadKey
         if let readKeyFile {
             guard let d = FileManager.default.contents(atPath: readKeyFile) else { throw ValidationError("cannot read wrapped read key file \(readKeyFile)") }
             wrapped = try WrappedReadKey.decode(d)
+        } else if let copied {
+            wrapped = copied
         } else {
             wrapped = try await currentWrappedReadKey(config: config, tenant: tenant, trustProvider: trustProvider)
         }

@@ -10,7 +10,7 @@ import RedoubtStore
 struct CopyCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "copy", abstract: "Immutable off-site copies on S3 Object Lock (COMPLIANCE).",
-        subcommands: [CopySync.self, CopyProve.self, CopyPolicy.self, CopySnapshots.self, CopyRestore.self])
+        subcommands: [CopySync.self, CopyProve.self, CopyPolicy.self, CopySnapshots.self, CopyRestore.self, CopyVerify.self])
 }
 
 /// Where the bucket is and whose credentials to use; the secret comes from a file only.
@@ -23,12 +23,17 @@ struct BucketOptions: ParsableArguments {
     @Option(name: .long, help: "PEM file of the private CA that signed the endpoint's certificate (else the system roots).") var ca: String?
 
     func store() throws -> S3Store {
-        guard to.hasPrefix("s3://") else { throw ValidationError("--to must be s3://BUCKET/PREFIX") }
-        let rest = to.dropFirst(5)
+        try Self.store(path: to, flag: "--to", endpoint: endpoint, region: region, credentials: credentials, virtualHosted: virtualHosted, ca: ca)
+    }
+
+    /// The S3 store at `path` (s3://BUCKET/PREFIX, given with `flag`), shared by `--to` and `--from`.
+    static func store(path: String, flag: String, endpoint: String, region: String, credentials: String?, virtualHosted: Bool, ca: String?) throws -> S3Store {
+        guard path.hasPrefix("s3://") else { throw ValidationError("\(flag) must be s3://BUCKET/PREFIX") }
+        let rest = path.dropFirst(5)
         let bucket = String(rest.prefix { $0 != "/" })
         let prefix = String(rest.dropFirst(bucket.count))
         guard !bucket.isEmpty, let url = URL(string: endpoint), url.host != nil else {
-            throw ValidationError("need a bucket in --to and a URL in --endpoint")
+            throw ValidationError("need a bucket in \(flag) and a URL in --endpoint")
         }
         // Why: SigV4 signs but does not encrypt; plain http would show every object and
         // request on the wire. Loopback is for tests only.
@@ -134,21 +139,9 @@ struct CopySnapshots: AsyncParsableCommand {
     @OptionGroup var bucket: BucketOptions
     @Flag(name: .long, help: "Print JSON.") var json = false
 
-    struct Row: Encodable { let id: String; let host: String; let time: Int64; let packs: Int }
-
     func run() async throws {
         try await RedoubtCLI.run {
-            let manifests = try await BucketCopy.manifests(in: try bucket.store(), tenant: tenant)
-            var rows: [Row] = []
-            for (id, bytes) in manifests {
-                let m = try Manifest.parse(bytes, expectedID: SnapshotID(hex: id))
-                rows.append(Row(id: id, host: m.header.host, time: m.header.time.seconds, packs: m.header.packs.count))
-            }
-            rows.sort { $0.time < $1.time }
-            if json { try printJSON(rows) } else {
-                for r in rows { print("\(r.id.prefix(8))  \(Date(timeIntervalSince1970: TimeInterval(r.time)))  \(r.host)  \(r.packs) packs") }
-            }
-            return .ok
+            try await BucketCommands.snapshots(store: try bucket.store(), tenant: tenant, host: nil, json: json)
         }
     }
 }
@@ -173,15 +166,8 @@ struct CopyRestore: AsyncParsableCommand {
 
     func run() async throws {
         try await RedoubtCLI.run {
-            let store = try bucket.store()
-            let cfg = config.resolved
-            let readKey = try await RestoreSupport.unwrapReadKey(config: cfg, passphraseFile: passphraseFile, readKeyFile: readKey, trustProvider: trustKeyProvider)
-            let manifests = try await BucketCopy.manifests(in: store, tenant: tenant)
-            let manifest = try RestoreSupport.manifest(matching: snapshot, in: manifests, place: "in \(bucket.to)", lister: "redoubt copy snapshots")
-            let result = try await RestoreSupport.restore(manifest: manifest, readKey: readKey, chunkIDKey: try cfg.sharedMaterial().chunkIDKey,
-                                                          source: BucketPackSource(store: store, tenant: tenant), target: target, skipDamaged: false)
-            print("restored \(result.files) files, \(formatBytes(result.bytesWritten)) from \(bucket.to) into \(target)")
-            return result.damaged.isEmpty ? .ok : .integrity
+            try await BucketCommands.restore(store: try bucket.store(), place: bucket.to, tenant: tenant, snapshot: snapshot, target: target,
+                                             config: config.resolved, passphraseFile: passphraseFile, readKeyFile: readKey, trustProvider: trustKeyProvider)
         }
     }
 }

@@ -1,0 +1,162 @@
+import ArgumentParser
+import Foundation
+import RedoubtClient
+import RedoubtCore
+import RedoubtKMS
+import RedoubtServer
+import RedoubtStore
+
+/// `--from s3://BUCKET/PREFIX` for `restore`, `snapshots` and `verify`: read a bucket copy
+/// instead of asking the server. Absent, those commands talk to the server as before.
+struct FromBucketOptions: ParsableArguments {
+    @Option(name: .long, help: "Read a bucket copy instead of the server: s3://BUCKET/PREFIX (with --endpoint).") var from: String?
+    @Option(name: .long, help: "With --from: the S3 endpoint URL.") var endpoint: String?
+    @Option(name: .long, help: "With --from: region for signing.") var region = "us-east-1"
+    @Option(name: .long, help: "With --from: AWS shared-credentials file; else the AWS environment.") var credentials: String?
+    @Flag(name: .long, help: "With --from: virtual-hosted addressing instead of path-style.") var virtualHosted = false
+    @Option(name: .long, help: "With --from: PEM file of the private CA that signed the endpoint's certificate.") var ca: String?
+    @Option(name: .long, help: "With --from: the tenant (default: the bucket's only tenant).") var tenant: String?
+
+    /// The bucket copy, or nil when `--from` is absent (then the other options must be too).
+    func store() throws -> S3Store? {
+        guard let from else {
+            if endpoint != nil || credentials != nil || tenant != nil || ca != nil {
+                throw ValidationError("--endpoint, --credentials, --ca and --tenant go with --from s3://BUCKET/PREFIX")
+            }
+            return nil
+        }
+        guard let endpoint else { throw ValidationError("--from needs --endpoint URL (e.g. https://s3.eu-west-1.amazonaws.com)") }
+        return try BucketOptions.store(path: from, flag: "--from", endpoint: endpoint, region: region, credentials: credentials,
+                                       virtualHosted: virtualHosted, ca: ca)
+    }
+
+    /// `--tenant`, else the bucket's only tenant; several or none is an error that lists them.
+    func tenant(in store: S3Store) async throws -> String {
+        if let tenant { return tenant }
+        let all = try await BucketVerify.tenants(in: store)
+        guard all.count == 1, let only = all.first else {
+            throw ValidationError(all.isEmpty ? "\(from ?? "the bucket") holds no tenant (nothing under t/): check --from and its prefix"
+                : "\(from ?? "the bucket") holds \(all.count) tenants (\(all.joined(separator: ", "))): pick one with --tenant")
+        }
+        return only
+    }
+}
+
+/// The bucket-copy commands, shared by `copy snapshots|restore|verify` and the `--from`
+/// spellings of `snapshots`, `restore` and `verify`.
+enum BucketCommands {
+    struct Row: Encodable { let id: String; let host: String; let time: Int64; let packs: Int }
+
+    /// Lists the tenant's snapshots in the copy (oldest first), optionally one host's.
+    static func snapshots(store: S3Store, tenant: String, host: String?, json: Bool) async throws -> Exit {
+        let manifests = try await BucketCopy.manifests(in: store, tenant: tenant)
+        var rows: [Row] = []
+        for (id, bytes) in manifests {
+            let m = try Manifest.parse(bytes, expectedID: SnapshotID(hex: id))
+            if let host, m.header.host != host { continue }
+            rows.append(Row(id: id, host: m.header.host, time: m.header.time.seconds, packs: m.header.packs.count))
+        }
+        rows.sort { $0.time < $1.time }
+        if json { try printJSON(rows) } else {
+            for r in rows { print("\(r.id.prefix(8))  \(Date(timeIntervalSince1970: TimeInterval(r.time)))  \(r.host)  \(r.packs) packs") }
+        }
+        return .ok
+    }
+
+    /// Restores one snapshot from the copy with the restorer's read key.
+    static func restore(store: S3Store, place: String, tenant: String, snapshot: String, target: String, config cfg: ClientConfig,
+                        passphraseFile: String?, readKeyFile: String?, trustProvider: String? = nil, subpath: String? = nil, skipDamaged: Bool = false,
+                        lister: String = "redoubt copy snapshots", json: Bool = false) async throws -> Exit {
+        let copied = readKeyFile == nil ? try await wrappedReadKey(store: store, tenant: tenant, config: cfg) : nil
+        let readKey = try await RestoreSupport.unwrapReadKey(config: cfg, passphraseFile: passphraseFile, readKeyFile: readKeyFile, copied: copied,
+                                                             trustProvider: trustProvider)
+        let manifests = try await BucketCopy.manifests(in: store, tenant: tenant)
+        let manifest = try RestoreSupport.manifest(matching: snapshot, in: manifests, place: "in \(place)", lister: lister)
+        let result = try await RestoreSupport.restore(manifest: manifest, readKey: readKey, chunkIDKey: try cfg.sharedMaterial().chunkIDKey,
+                                                      source: BucketPackSource(store: store, tenant: tenant), target: target,
+                                                      subpath: subpath.map { Array($0.utf8) }, skipDamaged: skipDamaged)
+        if json {
+            try printJSON(["files": "\(result.files)", "directories": "\(result.directories)", "other": "\(result.otherEntries)",
+                           "bytes": "\(result.bytesWritten)", "packs": "\(result.packsFetched)",
+                           "warnings": result.warnings.map(\.description).joined(separator: "\n"),
+                           "damaged": result.damaged.map(\.description).joined(separator: "\n")])
+        } else {
+            print("restored \(result.files) files, \(formatBytes(result.bytesWritten)) from \(place) into \(target)")
+            for w in result.warnings { print("  warning: \(w)") }
+            for d in result.damaged { print("  DAMAGED: \(d)") }
+        }
+        if !result.damaged.isEmpty { return .integrity }
+        return result.warnings.isEmpty ? .ok : .partial
+    }
+
+    /// The wrapped read key in the copy's newest tenant descriptor, so that a restore from
+    /// the bucket needs no server (and after a rotation gets the current wrapping, which
+    /// the enrollment copy is not); nil if the copy has no readable descriptor. Why it
+    /// may be trusted: `unwrapReadKey` checks its key ID against the enrollment's.
+    ///
+    /// Why only at the enrolled key service: anyone with the bucket's writer credential can
+    /// add a newer descriptor whose provider URI points elsewhere (their KMS, or a PKCS#11
+    /// module path of their choosing). Such a descriptor is not used unless its provider is
+    /// the same service (scheme, host and port, query) as the enrollment's; the key's own
+    /// name may differ (a KEK rotation).
+    static func wrappedReadKey(store: S3Store, tenant: String, config: ClientConfig) async throws -> WrappedReadKey? {
+        struct Descriptor: Decodable { let wrappedReadKey: String?; let shreddedAt: Double? }
+        let newest = try await store.originalNames(prefix: "t/\(tenant)/")
+            .compactMap { n in BucketVerify.descriptorVersion(n, tenant: tenant).map { (n, $0) } }.max { $0.1 < $1.1 }
+        guard let (name, _) = newest, let key = ObjectKey(name) else { return nil }
+        let d = try JSONDecoder().decode(Descriptor.self, from: Data(try await store.get(key)))
+        if d.shreddedAt != nil {
+            throw KeyProviderError.keyDestroyed(provider: "bucket copy", detail: "tenant \(tenant) was crypto-shredded (\(name)); only an escrowed copy (--read-key FILE) can restore")
+        }
+        guard let json = d.wrappedReadKey, !json.isEmpty else { return nil }
+        let wrapped = try WrappedReadKey.decode(Data(json.utf8))
+        guard let enrolled = try? config.wrappedReadKey(), sameKeyService(wrapped.provider, enrolled.provider) else {
+            FileHandle.standardError.write(Data("note: not using the wrapped read key in \(name): its key provider is not the one this restorer enrolled with; pass --read-key FILE to use another\n".utf8))
+            return nil
+        }
+        FileHandle.standardError.write(Data("note: using the wrapped read key in \(name)\n".utf8))
+        return wrapped
+    }
+
+    /// Whether two key provider URIs send the key to the same place (RedoubtKMS's
+    /// `keyProviderLocation`: scheme, server, endpoint, certificate files, module); the key's
+    /// own ID may differ.
+    static func sameKeyService(_ a: String, _ b: String) -> Bool { keyProviderLocation(a) == keyProviderLocation(b) }
+
+    /// Checks every object of the tenant's copy (hash, lock) and that no pack is missing.
+    /// Exit 5 if anything is missing, wrong or unlocked; 8 if only expiring or extra objects.
+    static func verify(store: S3Store, place: String, tenant: String, minRetain: String?, json: Bool) async throws -> Exit {
+        let min = try minRetain.map(parseDuration) ?? 0
+        let report = try await BucketVerify.run(store: store, tenant: tenant, now: Date(), minRetain: min) { line in
+            FileHandle.standardError.write(Data("  verify: \(line)\n".utf8))
+        }
+        if json {
+            try printJSON(report)
+        } else {
+            print("tenant \(tenant) in \(place): \(report.objects) objects (\(formatBytes(UInt64(report.bytes)))) checked; "
+                + "\(report.manifests) snapshots, \(report.packs) packs")
+            for (label, list) in [("MISSING", report.missing), ("WRONG", report.wrong), ("UNLOCKED", report.unlocked),
+                                  ("EXPIRING", report.expiring), ("EXTRA", report.extra)] {
+                for f in list { print("  \(label): \(f.key): \(f.detail)") }
+            }
+            print(report.clean ? "OK" : report.intact ? "intact, with warnings" : "NOT INTACT: do not count on this copy until fixed")
+        }
+        return report.intact ? (report.clean ? .ok : .partial) : .integrity
+    }
+}
+
+struct CopyVerify: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "verify",
+        abstract: "Check a tenant's bucket copy alone (no server, catalog or key): every object's hash and COMPLIANCE lock, and no pack missing.")
+    @Argument(help: "The tenant.") var tenant: String
+    @OptionGroup var bucket: BucketOptions
+    @Option(name: .long, help: "Also report objects whose lock ends sooner than this from now (e.g. 30d).") var minRetain: String?
+    @Flag(name: .long, help: "Print JSON: {objects, bytes, missing, wrong, unlocked, expiring, extra}.") var json = false
+
+    func run() async throws {
+        try await RedoubtCLI.run {
+            try await BucketCommands.verify(store: try bucket.store(), place: bucket.to, tenant: tenant, minRetain: minRetain, json: json)
+        }
+    }
+}
