@@ -113,6 +113,23 @@ public enum BucketCopy {
             summary.legalHoldsLifted += 1
             progress("\(k) (legal hold lifted)")
         }
+        // A catalog export when anything changed: the snapshots as the server lists them
+        // (public metadata, no key), locked like the descriptor, so the copy says what it
+        // should hold without a server.
+        if summary.copied > 0 || summary.extended > 0 {
+            var export = CatalogExport(format: 1, tenant: tenant, exportedAt: now, snapshots: [])
+            for s in snapshots {
+                export.snapshots.append(.init(id: s.id, host: s.host, time: s.time, committedAt: s.committedAt, retainUntil: s.retainUntil,
+                                              packs: try catalog.snapshotPacks(id: s.id).map(\.description)))
+            }
+            let e = JSONEncoder()
+            e.outputFormatting = [.sortedKeys]
+            e.dateEncodingStrategy = .iso8601
+            if let key = ObjectKey("t/\(tenant)/catalog/\(String(format: "%013lld", Int64(now.timeIntervalSince1970 * 1000))).json") {
+                let outcome = try await target.put(key, Array(try e.encode(export)), retainUntil: max(floor, now).addingTimeInterval(margin))
+                if outcome == .created { progress("\(key.path) (catalog export, \(export.snapshots.count) snapshots)") }
+            }
+        }
         let record = try catalog.audit(time: now, actor: actor, role: "admin", credential: "", source: "local", action: "copy-sync",
                                        object: where_, outcome: "ok",
                                        detail: "tenant \(tenant): \(summary.copied) copied, \(summary.alreadyThere) already there, \(summary.extended) extended"
@@ -124,6 +141,22 @@ public enum BucketCopy {
             _ = try await target.put(key, head, retainUntil: now.addingTimeInterval(max(margin, 86400) + 365 * 86400))
         }
         return summary
+    }
+
+    /// `t/<tenant>/catalog/<unix ms>.json` (docs/FORMAT.md §7.1.1).
+    public struct CatalogExport: Codable, Sendable {
+        public struct Snapshot: Codable, Sendable {
+            public var id: String
+            public var host: String
+            public var time: Date
+            public var committedAt: Date
+            public var retainUntil: Date
+            public var packs: [String]
+        }
+        public var format: Int
+        public var tenant: String
+        public var exportedAt: Date
+        public var snapshots: [Snapshot]
     }
 
     /// Snapshot manifests of `tenant` in a bucket copy, by snapshot ID.

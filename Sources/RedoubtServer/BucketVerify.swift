@@ -44,6 +44,8 @@ public enum BucketVerify {
         case pack(PackID)
         case manifest(SnapshotID)
         case descriptor(Int)
+        /// `catalog/<unix ms>.json`: the server's listing of the tenant's snapshots at a sync.
+        case catalogExport
         case extra
     }
 
@@ -57,6 +59,9 @@ public enum BucketVerify {
             if let id = PackID(hex: parts[2]), id.description == parts[2], parts[1] == String(parts[2].prefix(2)) { return .pack(id) }
         case 2 where parts[0] == "snapshots":
             if let id = SnapshotID(hex: parts[1]), id.description == parts[1] { return .manifest(id) }
+        case 2 where parts[0] == "catalog" && parts[1].hasSuffix(".json"):
+            let n = parts[1].dropLast(".json".count)
+            if n.count == 13, n.allSatisfy({ $0.isASCII && $0.isNumber }) { return .catalogExport }
         case 1 where parts[0].hasPrefix("tenant-v") && parts[0].hasSuffix(".json"):
             let n = parts[0].dropFirst("tenant-v".count).dropLast(".json".count)
             if let v = Int(n), v >= 1, String(v) == n { return .descriptor(v) }
@@ -124,7 +129,7 @@ public enum BucketVerify {
             let kind = kind(key, tenant: tenant)
             switch kind {
             case .extra:
-                report.extra.append(.init(key: key, detail: "not a pack, manifest or tenant descriptor name"))
+                report.extra.append(.init(key: key, detail: "not a pack, manifest, tenant descriptor or catalog export name"))
                 continue
             case .pack(let id):
                 // There, even if its bytes are wrong: reported once, as wrong, not also as missing.
@@ -132,6 +137,7 @@ public enum BucketVerify {
                 report.packs += 1
             case .manifest: report.manifests += 1
             case .descriptor: descriptors += 1
+            case .catalogExport: break
             }
             toRead.append((info, kind))
         }
@@ -192,6 +198,11 @@ public enum BucketVerify {
         case .descriptor:
             let ok = (try? JSONSerialization.jsonObject(with: Data(bytes))) as? [String: Any] != nil
             return (ok ? nil : "tenant descriptor is not a JSON object", [])
+        case .catalogExport:
+            let d = JSONDecoder()
+            d.dateDecodingStrategy = .iso8601
+            let ok = (try? d.decode(BucketCopy.CatalogExport.self, from: Data(bytes)))?.format == 1
+            return (ok ? nil : "catalog export is not a format-1 snapshot listing", [])
         case .extra:
             return (nil, [])
         }

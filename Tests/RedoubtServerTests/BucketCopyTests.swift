@@ -1,6 +1,7 @@
 import Foundation
 import NIOHTTP1
 import RedoubtAWS
+import RedoubtServer
 @testable import RedoubtStore
 import Testing
 
@@ -66,6 +67,15 @@ import Testing
         #expect(objects.count >= 3)
         #expect(objects.allSatisfy { $0.enforced && ($0.retainUntil ?? .distantPast) > Date().addingTimeInterval(29 * 86400) })
         #expect(try await store.list(prefix: "audit-head/").count == 2)
+        // One catalog export (the rerun changed nothing, so wrote none), naming the snapshot.
+        let exports = try await store.list(prefix: "t/quickstart/catalog/")
+        #expect(exports.count == 1)
+        if let e = exports.first {
+            let d = JSONDecoder()
+            d.dateDecodingStrategy = .iso8601
+            let export = try d.decode(BucketCopy.CatalogExport.self, from: Data(try await store.get(e.key)))
+            #expect(export.tenant == "quickstart" && export.snapshots.count == 1 && !(export.snapshots.first?.packs.isEmpty ?? true))
+        }
 
         // The server is gone: data directory, catalog and store.
         _ = system("chattr -R -i '\(base)/server' 2>/dev/null")
