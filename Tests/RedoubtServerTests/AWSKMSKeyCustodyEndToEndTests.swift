@@ -11,64 +11,23 @@ import Testing
 /// second for deletion and restores are refused. AWS credentials reach each command
 /// through its own environment only.
 @Suite(.serialized) struct AWSKMSKeyCustodyEndToEndTests {
-    func sh(_ cmd: String, _ out: String) -> (Int32, String) {
-        let raw = system(cmd + " > '\(out)' 2>&1")
-        return (Int32((raw >> 8) & 0xff), (try? String(contentsOfFile: out, encoding: .utf8)) ?? "")
-    }
-
     @Test func rotateBetweenAWSKMSKeysDestroyTheOldThenShred() async throws {
         let env = ProcessInfo.processInfo.environment
         guard let endpoint = env["REDOUBT_TEST_LOCALSTACK"] else {
             if env["REDOUBT_PEERS_REQUIRED"] == "1" { Issue.record("REDOUBT_TEST_LOCALSTACK is not set: ./scripts/peers start") }
             return
         }
-        let binary = CrashTests.binary.path
-        try #require(FileManager.default.isExecutableFile(atPath: binary), "build the redoubt executable first")
-        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("redoubt-awscustody-\(UUID().uuidString)").path
-        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
-        let out = "\(dir)/out.txt"
-        let pidFile = "\(dir)/server.pid"
-        defer {
-            if let pid = (try? String(contentsOfFile: pidFile, encoding: .utf8)).flatMap({ Int32($0.trimmingCharacters(in: .whitespacesAndNewlines)) }) {
-                kill(pid, SIGTERM)
-            }
-            _ = system("chattr -R -i '\(dir)' 2>/dev/null")
-            try? FileManager.default.removeItem(atPath: dir)
-        }
         let secret = "custody-secret-\(UUID().uuidString)"
         let aws = "AWS_ACCESS_KEY_ID=AKIAREDOUBTCUSTODY AWS_SECRET_ACCESS_KEY='\(secret)'"
-        let bin = "\(aws) '\(binary)'"
         let kms = "awskms://us-east-1/new?endpoint=\(endpoint)"
-
-        let (qs, qsOut) = sh("\(bin) quickstart --dir '\(dir)/qs' --key-provider '\(kms)'", out)
-        try #require(qs == 0, "quickstart: \(qsOut)")
-        let run = try #require(try FileManager.default.contentsOfDirectory(atPath: "\(dir)/qs").first)
-        let base = "\(dir)/qs/\(run)"
-        let admin = "--credential '\(base)/server/admin.credential'"
-        let restorer = "--config '\(base)/restorer'"
+        let q = try await QuickstartServer.start("awscustody", env: aws, quickstartArgs: "--key-provider '\(kms)'")
+        defer { q.stop() }
+        let (bin, base, admin, dir, out) = (q.bin, q.base, q.admin, q.dir, "")
+        func sh(_ cmd: String, _: String) -> (Int32, String) { q.shell(cmd) }
+        func restore(_ extra: String = "") -> (Int32, String) { q.restore(extra) }
         let keyV1 = "\(dir)/read-key-v1.json"
         try FileManager.default.copyItem(atPath: "\(base)/restorer/read-key.json", toPath: keyV1)
         let v1 = try WrappedReadKey.decode(try Data(contentsOf: URL(fileURLWithPath: keyV1)))
-
-        _ = system("'\(binary)' server run --data '\(base)/server' > '\(dir)/server.log' 2>&1 & echo $! > '\(pidFile)'")
-        var up = false
-        for _ in 0..<100 where !up {
-            up = sh("\(bin) admin \(admin) tenant list", out).0 == 0
-            if !up { try await Task.sleep(nanoseconds: 200_000_000) }
-        }
-        try #require(up, "server did not come up: \((try? String(contentsOfFile: "\(dir)/server.log", encoding: .utf8)) ?? "")")
-        let (ls, lsOut) = sh("\(bin) snapshots \(restorer) --json", out)
-        try #require(ls == 0, "snapshots: \(lsOut)")
-        let snapshot = try #require(lsOut.split(separator: "\"").first { $0.count == 64 }.map(String.init))
-        var restores = 0
-        func restore(_ extra: String = "") -> (Int32, String) {
-            restores += 1
-            let target = "\(dir)/restored-\(restores)"
-            let r = sh("\(bin) restore \(snapshot) --target '\(target)' \(restorer) \(extra)", out)
-            guard r.0 == 0 else { return r }
-            let diff = sh("diff -r '\(base)/sample' '\(target)/sample'", "\(dir)/diff.txt")
-            return diff.0 == 0 ? r : (99, "restored tree differs: \(diff.1)")
-        }
 
         // KEK 1 → KEK 2, KEK 1 scheduled for deletion: the snapshot restores under KEK 2,
         // while the version-1 copy is dead.

@@ -12,59 +12,18 @@ import RedoubtClient
 /// and the server's wrapped copies: restores and backups are refused by name, and the
 /// ciphertext is intact (the escrow still opens it).
 @Suite(.serialized) struct KeyCustodyEndToEndTests {
-    func sh(_ cmd: String, _ out: String) -> (Int32, String) {
-        let raw = system(cmd + " > '\(out)' 2>&1")
-        return (Int32((raw >> 8) & 0xff), (try? String(contentsOfFile: out, encoding: .utf8)) ?? "")
-    }
-
     @Test func rotateToKMIPDestroyTheOldKEKEscrowThenShred() async throws {
         let env = ProcessInfo.processInfo.environment
         guard let address = env["REDOUBT_TEST_KMIP"], let pki = env["REDOUBT_TEST_KMIP_PKI"], let localstack = env["REDOUBT_TEST_LOCALSTACK"] else {
             if env["REDOUBT_PEERS_REQUIRED"] == "1" { Issue.record("REDOUBT_TEST_KMIP or REDOUBT_TEST_LOCALSTACK is not set: ./scripts/peers start") }
             return
         }
-        let binary = CrashTests.binary.path
-        try #require(FileManager.default.isExecutableFile(atPath: binary), "build the redoubt executable first")
-        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("redoubt-custody-\(UUID().uuidString)").path
-        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
-        let out = "\(dir)/out.txt"
-        let pidFile = "\(dir)/server.pid"
-        defer {
-            if let pid = (try? String(contentsOfFile: pidFile, encoding: .utf8)).flatMap({ Int32($0.trimmingCharacters(in: .whitespacesAndNewlines)) }) {
-                kill(pid, SIGTERM)
-            }
-            _ = system("chattr -R -i '\(dir)' 2>/dev/null")
-            try? FileManager.default.removeItem(atPath: dir)
-        }
-        // Secrets go to each command's environment only: suites run in parallel in one process.
-        let bin = "'\(binary)'"
-        let (qs, qsOut) = sh("REDOUBT_PASSPHRASE=custody-pass \(bin) quickstart --dir '\(dir)/qs'", out)
-        try #require(qs == 0, "quickstart: \(qsOut)")
-        let run = try #require(try FileManager.default.contentsOfDirectory(atPath: "\(dir)/qs").first)
-        let base = "\(dir)/qs/\(run)"
-        let admin = "--credential '\(base)/server/admin.credential'"
-        let restorer = "--config '\(base)/restorer'"
-
-        // The quickstart's server stopped with it: run it again, in the background.
-        _ = system("\(bin) server run --data '\(base)/server' > '\(dir)/server.log' 2>&1 & echo $! > '\(pidFile)'")
-        var up = false
-        for _ in 0..<100 where !up {
-            up = sh("\(bin) admin \(admin) tenant list", out).0 == 0
-            if !up { try await Task.sleep(nanoseconds: 200_000_000) }
-        }
-        try #require(up, "server did not come up: \((try? String(contentsOfFile: "\(dir)/server.log", encoding: .utf8)) ?? "")")
-        let (ls, lsOut) = sh("\(bin) snapshots \(restorer) --json", out)
-        try #require(ls == 0, "snapshots: \(lsOut)")
-        let snapshot = try #require(lsOut.split(separator: "\"").first { $0.count == 64 }.map(String.init))
-        var restores = 0
-        func restore(_ extra: String = "", env: String = "") -> (Int32, String) {
-            restores += 1
-            let target = "\(dir)/restored-\(restores)"
-            let r = sh("\(env) \(bin) restore \(snapshot) --target '\(target)' \(restorer) \(extra)", out)
-            guard r.0 == 0 else { return r }
-            let diff = sh("diff -r '\(base)/sample' '\(target)/sample'", "\(dir)/diff.txt")
-            return diff.0 == 0 ? r : (99, "restored tree differs: \(diff.1)")
-        }
+        let q = try await QuickstartServer.start("custody", quickstartEnv: "REDOUBT_PASSPHRASE=custody-pass")
+        defer { q.stop() }
+        let (bin, base, admin, out) = (q.bin, q.base, q.admin, "")
+        func sh(_ cmd: String, _: String) -> (Int32, String) { q.shell(cmd) }
+        func restore(_ extra: String = "", env: String = "") -> (Int32, String) { q.restore(extra, env: env) }
+        let dir = q.dir
         let kmip = "kmip://\(address)/new?ca=\(pki)/ca.crt&cert=\(pki)/tenant-a.crt&key=\(pki)/tenant-a.key"
 
         // Passphrase → KEK 1 in the KMS. A passphrase cannot be "destroyed": refused up front.

@@ -125,52 +125,14 @@ import RedoubtKMS
             if env["REDOUBT_PEERS_REQUIRED"] == "1" { Issue.record("REDOUBT_TEST_SOFTHSM_CONF is not set: ./scripts/peers start softhsm") }
             return
         }
-        let binary = CrashTests.binary.path
-        try #require(FileManager.default.isExecutableFile(atPath: binary), "build the redoubt executable first")
-        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("redoubt-pkcs11-custody-\(UUID().uuidString)").path
-        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
-        let out = "\(dir)/out.txt"
-        let pidFile = "\(dir)/server.pid"
-        defer {
-            if let pid = (try? String(contentsOfFile: pidFile, encoding: .utf8)).flatMap({ Int32($0.trimmingCharacters(in: .whitespacesAndNewlines)) }) {
-                kill(pid, SIGTERM)
-            }
-            _ = system("chattr -R -i '\(dir)' 2>/dev/null")
-            try? FileManager.default.removeItem(atPath: dir)
-        }
-        func sh(_ cmd: String) -> (Int32, String) {
-            let raw = system(cmd + " > '\(out)' 2>&1")
-            return (Int32((raw >> 8) & 0xff), (try? String(contentsOfFile: out, encoding: .utf8)) ?? "")
-        }
-        // SOFTHSM2_CONF goes to each command that touches the token, never to this process.
-        let bin = "SOFTHSM2_CONF='\(conf)' '\(binary)'"
         let kek1 = "redoubt-kek-custody1-\(UUID().uuidString.lowercased())", kek2 = "redoubt-kek-custody2-\(UUID().uuidString.lowercased())"
         func uri(_ label: String) -> String { "pkcs11:token=\(token);object=\(label)?module-path=\(module)&pin-source=\(pinFile)" }
-
-        let (qs, qsOut) = sh("\(bin) quickstart --dir '\(dir)/qs' --key-provider '\(uri(kek1))'")
-        try #require(qs == 0, "quickstart: \(qsOut)")
-        let run = try #require(try FileManager.default.contentsOfDirectory(atPath: "\(dir)/qs").first)
-        let base = "\(dir)/qs/\(run)"
-        let admin = "--credential '\(base)/server/admin.credential'"
-        let restorer = "--config '\(base)/restorer'"
-        _ = system("'\(binary)' server run --data '\(base)/server' > '\(dir)/server.log' 2>&1 & echo $! > '\(pidFile)'")
-        var up = false
-        for _ in 0..<100 where !up {
-            up = sh("\(bin) admin \(admin) tenant list").0 == 0
-            if !up { try await Task.sleep(nanoseconds: 200_000_000) }
-        }
-        try #require(up, "server did not come up: \((try? String(contentsOfFile: "\(dir)/server.log", encoding: .utf8)) ?? "")")
-        let (ls, lsOut) = sh("\(bin) snapshots \(restorer) --json")
-        try #require(ls == 0, "snapshots: \(lsOut)")
-        let snapshot = try #require(lsOut.split(separator: "\"").first { $0.count == 64 }.map(String.init))
-        var restores = 0
-        func restore(_ extra: String = "") -> (Int32, String) {
-            restores += 1
-            let target = "\(dir)/restored-\(restores)"
-            let r = sh("\(bin) restore \(snapshot) --target '\(target)' \(restorer) \(extra)")
-            guard r.0 == 0 else { return r }
-            return system("diff -r '\(base)/sample' '\(target)/sample' > /dev/null") == 0 ? r : (99, "restored tree differs")
-        }
+        // SOFTHSM2_CONF goes to each command that touches the token, never to this process.
+        let q = try await QuickstartServer.start("pkcs11-custody", env: "SOFTHSM2_CONF='\(conf)'", quickstartArgs: "--key-provider '\(uri(kek1))'")
+        defer { q.stop() }
+        let (bin, base, admin, dir) = (q.bin, q.base, q.admin, q.dir)
+        func sh(_ cmd: String) -> (Int32, String) { q.shell(cmd) }
+        func restore(_ extra: String = "") -> (Int32, String) { q.restore(extra) }
         let (a, aOut) = restore()
         #expect(a == 0, "restore under KEK 1: \(aOut)")
         let keyV1 = "\(dir)/read-key-v1.json"
