@@ -125,8 +125,7 @@ extension Catalog {
     /// request for exactly this change (filed through the API, e.g. `admin copy add
     /// --accept-unenforced`), which it consumes.
     public func authorizeLocally(_ action: String, object: String, parameters: [String: String], requestID: String?, now: Date) throws {
-        let configured = try setting("quorum").flatMap(Int.init) ?? 2
-        guard max(1, min(configured, try adminCount())) > 1 else { return }
+        guard try effectiveQuorum() > 1 else { return }
         guard let requestID, let req = try request(requestID, now: now), req.action == action, req.object == object,
               req.parameters == parameters, req.state == .approved, try consumeRequest(requestID, now: now) else {
             throw ServerError(403, "E_APPROVAL_REQUIRED", "\(action) of \(object) weakens protection and needs an approved request for exactly this change: file it through the API (e.g. `redoubt admin copy add … --accept-unenforced`), have other admins approve it, then pass --request ID")
@@ -134,6 +133,14 @@ extension Catalog {
         _ = try audit(time: now, actor: "local-admin", role: "admin", credential: "-", source: "local", action: "execute-request",
                       object: object, outcome: "ok", detail: "request=\(requestID) action=\(action)")
     }
+
+    /// The quorum set at `server init --quorum` or by `admin quorum set`; 2 when unset.
+    public func configuredQuorum() throws -> Int { try setting("quorum").flatMap(Int.init) ?? 2 }
+
+    /// The number of admins (requester included) a weakening change needs: the configured
+    /// quorum, but never more than the admins there are — a lone admin acts alone until a
+    /// second one is enrolled.
+    public func effectiveQuorum() throws -> Int { max(1, min(try configuredQuorum(), try adminCount())) }
 
     /// Admins that can act (not revoked).
     public func adminCount() throws -> Int {
@@ -153,14 +160,6 @@ extension RepositoryService {
     /// How long a request stays open.
     public static let requestLifetime: TimeInterval = 72 * 3600
 
-    /// The number of admins (requester included) a weakening change needs: the configured
-    /// quorum (`server init --quorum`, `admin quorum set`; default 2), but never more than
-    /// the admins there are — a lone admin acts alone until a second one is enrolled.
-    public func effectiveQuorum() throws -> Int {
-        let configured = try catalog.setting("quorum").flatMap(Int.init) ?? 2
-        return max(1, min(configured, try catalog.adminCount()))
-    }
-
     /// Lets a weakening change through, or turns it into a request. With `requestID`, the
     /// request must be approved, unexpired, unused, and name exactly this action, object
     /// and parameters; it is consumed when `consume` is set (the final call), so it
@@ -170,7 +169,7 @@ extension RepositoryService {
                    ctx: CallContext) throws {
         guard let p = ctx.principal, p.role == .admin else { throw ServerError.forbidden("only an admin may \(action)") }
         let now = try now()
-        let quorum = try effectiveQuorum()
+        let quorum = try catalog.effectiveQuorum()
         if let requestID {
             guard let req = try catalog.request(requestID, now: now) else {
                 throw refuse(ctx, action, object: object, .notFound("request \(requestID) does not exist: `redoubt admin request list`"))
@@ -266,13 +265,13 @@ extension RepositoryService {
         try authorize("remove-admin", object: "admin \(name)", parameters: [:], requestID: req.requestID, consume: true, ctx: ctx)
         _ = try catalog.revokeAdmin(name: name)
         // Why: a quorum above the admins left would lock every weakening change out.
-        if let q = try catalog.setting("quorum").flatMap(Int.init), q > admins.count - 1 { try catalog.setSetting("quorum", String(admins.count - 1)) }
+        if try catalog.configuredQuorum() > admins.count - 1 { try catalog.setSetting("quorum", String(admins.count - 1)) }
         audit(ctx, "remove-admin", object: "admin \(name)", outcome: "ok")
         return try quorum()
     }
 
     public func quorum() throws -> Wire.QuorumInfo {
-        Wire.QuorumInfo(configured: try catalog.setting("quorum").flatMap(Int.init) ?? 2, effective: try effectiveQuorum(), admins: try catalog.adminCount())
+        Wire.QuorumInfo(configured: try catalog.configuredQuorum(), effective: try catalog.effectiveQuorum(), admins: try catalog.adminCount())
     }
 
     /// Changes the quorum (either way: it is the rule every other approval rests on).

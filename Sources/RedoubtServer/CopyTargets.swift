@@ -10,29 +10,23 @@ import RedoubtAWS
 import RedoubtCore
 import RedoubtStore
 
-/// A copy target as the catalog keeps it, with its last proof and sync.
-public struct CopyTarget: Sendable, Codable, Equatable {
-    public var id: String
-    public var tenant: String
-    /// `s3://BUCKET/PREFIX`.
-    public var url: String
-    public var endpoint: String
-    public var region: String
+/// A copy target as the catalog keeps it: what the API shows (`info`, its fields read
+/// through as `target.id`, `target.lastProofAt`, …) plus how the server reaches the bucket.
+@dynamicMemberLookup
+public struct CopyTarget: Sendable {
+    public var info: Wire.CopyTargetInfo
     /// AWS shared-credentials file on the server host (nil: the service's AWS environment).
     public var credentialsFile: String?
     public var virtualHosted: Bool
-    public var marginSeconds: Double
-    public var acceptUnenforced: Bool
-    public var createdAt: Date
-    public var lastProofAt: Date?
-    public var lastProofOK: Bool?
-    public var lastProofDetail: String?
-    public var lastSyncAt: Date?
-    public var lastSyncOK: Bool?
-    public var lastSyncDetail: String?
+
+    public subscript<T>(dynamicMember field: WritableKeyPath<Wire.CopyTargetInfo, T>) -> T {
+        get { info[keyPath: field] }
+        set { info[keyPath: field] = newValue }
+    }
 
     /// The S3 store this target names. Credentials are read now, never stored in the catalog.
     public func store() throws -> S3Store {
+        let (url, endpoint, region) = (info.url, info.endpoint, info.region)
         guard url.hasPrefix("s3://") else { throw ServerError.badRequest("copy target \(url) must be s3://BUCKET/PREFIX") }
         let rest = url.dropFirst(5)
         let bucket = String(rest.prefix { $0 != "/" })
@@ -84,11 +78,13 @@ extension Catalog {
 
     static func copyTarget(_ r: Row) -> CopyTarget {
         func date(_ c: String) -> Date? { (r[c] as Double?).map(Date.init(timeIntervalSince1970:)) }
-        return CopyTarget(id: r["id"], tenant: r["tenant"], url: r["url"], endpoint: r["endpoint"], region: r["region"],
-                          credentialsFile: r["credentials_file"], virtualHosted: r["virtual_hosted"], marginSeconds: r["margin"],
-                          acceptUnenforced: r["accept_unenforced"], createdAt: Date(timeIntervalSince1970: r["created_at"]),
-                          lastProofAt: date("last_proof_at"), lastProofOK: r["last_proof_ok"], lastProofDetail: r["last_proof_detail"],
-                          lastSyncAt: date("last_sync_at"), lastSyncOK: r["last_sync_ok"], lastSyncDetail: r["last_sync_detail"])
+        return CopyTarget(
+            info: Wire.CopyTargetInfo(id: r["id"], tenant: r["tenant"], url: r["url"], endpoint: r["endpoint"], region: r["region"],
+                                      marginSeconds: r["margin"], acceptUnenforced: r["accept_unenforced"],
+                                      createdAt: Date(timeIntervalSince1970: r["created_at"]), lastProofAt: date("last_proof_at"),
+                                      lastProofOK: r["last_proof_ok"], lastProofDetail: r["last_proof_detail"], lastSyncAt: date("last_sync_at"),
+                                      lastSyncOK: r["last_sync_ok"], lastSyncDetail: r["last_sync_detail"]),
+            credentialsFile: r["credentials_file"], virtualHosted: r["virtual_hosted"])
     }
 
     func recordCopyProof(_ id: String, at: Date, ok: Bool, detail: String) throws {
@@ -202,9 +198,12 @@ extension RepositoryService {
         guard rec.shreddedAt == nil else { throw ServerError.shredded(req.tenant) }
         guard req.marginSeconds >= 0 else { throw ServerError.badRequest("the retention margin cannot be negative") }
         let now = try now()
-        var target = CopyTarget(id: hexString((0..<6).map { _ in UInt8.random(in: 0...255) }), tenant: req.tenant, url: req.url, endpoint: req.endpoint,
-                                region: req.region, credentialsFile: req.credentialsFile, virtualHosted: req.virtualHosted ?? false,
-                                marginSeconds: req.marginSeconds, acceptUnenforced: req.acceptUnenforced ?? false, createdAt: now)
+        var target = CopyTarget(
+            info: Wire.CopyTargetInfo(id: hexString((0..<6).map { _ in UInt8.random(in: 0...255) }), tenant: req.tenant, url: req.url,
+                                      endpoint: req.endpoint, region: req.region, marginSeconds: req.marginSeconds,
+                                      acceptUnenforced: req.acceptUnenforced ?? false, createdAt: now, lastProofAt: nil, lastProofOK: nil,
+                                      lastProofDetail: nil, lastSyncAt: nil, lastSyncOK: nil, lastSyncDetail: nil),
+            credentialsFile: req.credentialsFile, virtualHosted: req.virtualHosted ?? false)
         if target.acceptUnenforced {
             try authorize("accept-unenforced", object: "copy target \(req.url)", parameters: ["tenant": req.tenant], requestID: req.requestID, consume: true, ctx: ctx)
         }
@@ -273,13 +272,5 @@ extension RepositoryService {
             }
         }
         return allOK
-    }
-}
-
-extension CopyTarget {
-    var info: Wire.CopyTargetInfo {
-        Wire.CopyTargetInfo(id: id, tenant: tenant, url: url, endpoint: endpoint, region: region, marginSeconds: marginSeconds,
-                            acceptUnenforced: acceptUnenforced, createdAt: createdAt, lastProofAt: lastProofAt, lastProofOK: lastProofOK,
-                            lastProofDetail: lastProofDetail, lastSyncAt: lastSyncAt, lastSyncOK: lastSyncOK, lastSyncDetail: lastSyncDetail)
     }
 }

@@ -123,7 +123,6 @@ public enum MediaImport {
         defer { try? fm.removeItem(at: spool) }
         var spooled: [(key: String, file: String)] = []
         var failure: String?
-        var tenantFromLabel: String?
         let report = try MediaReader(source: source, skipDamaged: skipDamaged).read { r throws(MediaError) in
             guard failure == nil else { return }
             let name: String
@@ -148,8 +147,7 @@ public enum MediaImport {
             spooled.append((name, file))
         }
         if let failure { throw ServerError.badRequest("media import: \(failure); nothing was put into the store") }
-        tenantFromLabel = report.labels.first?.tenant
-        guard let tenant = tenantFromLabel, RepositoryService.isValidTenantName(tenant) else {
+        guard let tenant = report.labels.first?.tenant, RepositoryService.isValidTenantName(tenant) else {
             throw ServerError.badRequest("the media set's label names no valid tenant")
         }
         let store = try LocalStore(root: URL(fileURLWithPath: home.storePath))

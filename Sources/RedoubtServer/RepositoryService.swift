@@ -430,10 +430,17 @@ public final class RepositoryService: Sendable {
         }
         guard let rec = try catalog.tenant(tenant) else { throw ServerError.notFound("tenant \(tenant) does not exist") }
         if rec.shreddedAt != nil && p.role == .restorer { throw refuse(ctx, "get-read-key", object: "tenant \(tenant)", .shredded(tenant)) }
-        let retired = p.role == .admin ? try catalog.retiredKEKs(tenant: tenant).map {
+        audit(ctx, "get-read-key", object: "tenant \(tenant)", outcome: "ok", detail: "version=\(rec.keyVersion)")
+        return try readKeyInfo(tenant, withRetired: p.role == .admin)
+    }
+
+    /// What the read-key endpoints answer, read from the catalog without an audit record
+    /// (the admin calls that change the key record their own).
+    private func readKeyInfo(_ tenant: String, withRetired: Bool) throws -> Wire.ReadKeyInfo {
+        guard let rec = try catalog.tenant(tenant) else { throw ServerError.notFound("tenant \(tenant) does not exist") }
+        let retired = withRetired ? try catalog.retiredKEKs(tenant: tenant).map {
             Wire.RetiredKEKInfo(version: $0.version, stub: $0.stub, retiredAt: $0.retiredAt, destroyedAt: $0.destroyedAt)
         } : []
-        audit(ctx, "get-read-key", object: "tenant \(tenant)", outcome: "ok", detail: "version=\(rec.keyVersion)")
         return Wire.ReadKeyInfo(tenant: tenant, keyVersion: rec.keyVersion, wrappedReadKey: rec.shreddedAt == nil ? rec.wrappedReadKey : nil,
                                 shreddedAt: rec.shreddedAt, retired: retired)
     }
@@ -454,9 +461,9 @@ public final class RepositoryService: Sendable {
         let stub = try WrappedKeyHeader.stub(rec.wrappedReadKey)
         let updated = TenantRecord(name: rec.name, readKeyID: rec.readKeyID, readPublicKey: rec.readPublicKey, writeMaterial: rec.writeMaterial,
                                wrappedReadKey: req.wrappedReadKey, minRetention: rec.minRetention, createdAt: rec.createdAt, keyVersion: next)
-        try await replaceDescriptor(updated, previous: rec.keyVersion, retiredStub: stub, shredded: false)
+        try await replaceDescriptor(updated, retiredStub: stub, shredded: false, now: try now())
         audit(ctx, "rotate-read-key", object: object, outcome: "ok", detail: "version \(rec.keyVersion)→\(next) provider=\(header.providerName)")
-        return try readKey(tenant: tenant, ctx: ctx)
+        return try readKeyInfo(tenant, withRetired: true)
     }
 
     /// Records that the KEKs of retired key versions were destroyed at their KMS or HSM.
@@ -464,7 +471,7 @@ public final class RepositoryService: Sendable {
         guard try catalog.tenant(tenant) != nil else { throw ServerError.notFound("tenant \(tenant) does not exist") }
         try catalog.markKEKsDestroyed(tenant: tenant, versions: req.versions, now: try now())
         audit(ctx, "destroy-kek", object: "tenant \(tenant)", outcome: "ok", detail: "versions=\(req.versions.map(String.init).joined(separator: ","))")
-        return try readKey(tenant: tenant, ctx: ctx)
+        return try readKeyInfo(tenant, withRetired: true)
     }
 
     /// Crypto-shreds a tenant on the server's side: after the admin destroyed the KEKs at
@@ -486,28 +493,27 @@ public final class RepositoryService: Sendable {
         // removes the server's copies, and must not do so for a shred that is not approved.
         let checkOnly = req.check ?? false
         try authorize("shred-tenant", object: object, parameters: [:], requestID: req.requestID, consume: !checkOnly, ctx: ctx)
-        if checkOnly { return try readKey(tenant: tenant, ctx: ctx) }
+        if checkOnly { return try readKeyInfo(tenant, withRetired: true) }
         let stub = try WrappedKeyHeader.stub(rec.wrappedReadKey)
+        let now = try now()
         let shredded = TenantRecord(name: rec.name, readKeyID: rec.readKeyID, readPublicKey: rec.readPublicKey, writeMaterial: rec.writeMaterial,
                                     wrappedReadKey: "", minRetention: rec.minRetention, createdAt: rec.createdAt,
-                                    keyVersion: rec.keyVersion + 1, shreddedAt: try now())
-        try await replaceDescriptor(shredded, previous: rec.keyVersion, retiredStub: stub, shredded: true)
-        let now = try now()
+                                    keyVersion: rec.keyVersion + 1, shreddedAt: now)
+        try await replaceDescriptor(shredded, retiredStub: stub, shredded: true, now: now)
         try catalog.markKEKsDestroyed(tenant: tenant, versions: req.destroyedVersions, now: now)
         let left = try catalog.retiredKEKs(tenant: tenant).filter { $0.destroyedAt == nil }.map(\.version)
         audit(ctx, "shred-tenant", object: object, outcome: "ok",
               detail: "destroyed KEK versions=\(req.destroyedVersions.map(String.init).joined(separator: ","))"
                 + (left.isEmpty ? "" : " NOT destroyed=\(left.map(String.init).joined(separator: ","))"))
-        return try readKey(tenant: tenant, ctx: ctx)
+        return try readKeyInfo(tenant, withRetired: true)
     }
 
     /// Writes the tenant's new descriptor to the store, switches the catalog to it, then
     /// deletes the older descriptors from the store (they carry older wrapped copies).
-    private func replaceDescriptor(_ rec: TenantRecord, previous: Int, retiredStub: String, shredded: Bool) async throws {
+    private func replaceDescriptor(_ rec: TenantRecord, retiredStub: String, shredded: Bool, now: Date) async throws {
         _ = try await store.put(Self.tenantKey(rec.name, version: rec.keyVersion), try TenantDescriptor(rec).encoded(), retainUntil: nil)
         try catalog.replaceReadKey(tenant: rec.name, newVersion: rec.keyVersion, wrapped: rec.wrappedReadKey, retiredStub: retiredStub,
-                                   now: try now(), shredded: shredded)
-        let now = try now()
+                                   now: now, shredded: shredded)
         for v in 1..<rec.keyVersion {
             let key = Self.tenantKey(rec.name, version: v)
             if try await store.head(key) != nil { try await deleteUnlessHeld(key, now: now) }
