@@ -56,7 +56,8 @@ public enum MediaExport {
             items.append(Item(type: .manifest, id: s.id, key: RepositoryService.manifestKey(tenant: tenant, id: sid), hash: sid.bytes, note: "snapshot \(s.id)"))
         }
         // Why a pipeline: the next record is read, checked and hashed on another thread
-        // while this one is checksummed and written (2 cores: about twice the speed).
+        // while this one is checksummed and written, so the two cores overlap
+        // (docs/BENCHMARKS.md has the figures of all the media changes together).
         var next: Task<FramedMediaRecord, Error>? = items.first.map { i in Task.detached { try await Self.load(i, from: store) } }
         defer { next?.cancel() }
         for idx in items.indices {
