@@ -47,8 +47,10 @@ let package = Package(
         .target(name: "CMallocTune"),
         // Linux calls Swift cannot import (variadic ioctl for the immutable flag).
         .target(name: "CRedoubtSys"),
+        // SHA-256 hashing two messages in one loop (x86 SHA extensions). Pure.
+        .target(name: "CRedoubtHash"),
         // Pure core: formats, crypto, chunking. No files, sockets or clocks.
-        .target(name: "RedoubtCore", dependencies: ["CZstd", crypto, cryptoExtras]),
+        .target(name: "RedoubtCore", dependencies: ["CZstd", "CRedoubtHash", crypto, cryptoExtras]),
         // AWS request signing (SigV4) and credential loading, shared by the S3 store and AWS KMS.
         .target(name: "RedoubtAWS", dependencies: [crypto]),
         // Key providers: wrap and unwrap the tenant's read private key.
@@ -91,7 +93,7 @@ let package = Package(
         ),
         // Prints MB/s figures for the core pipeline; see scripts/bench-core.
         .executableTarget(name: "redoubt-bench", dependencies: ["RedoubtCore", "CMallocTune", "CZstd", crypto]),
-        .testTarget(name: "RedoubtCoreTests", dependencies: ["RedoubtCore", "RedoubtKMS"], resources: [.copy("Fixtures")]),
+        .testTarget(name: "RedoubtCoreTests", dependencies: ["RedoubtCore", "RedoubtKMS", "CRedoubtHash"], resources: [.copy("Fixtures")]),
         .testTarget(name: "RedoubtAWSTests", dependencies: ["RedoubtAWS"]),
         .testTarget(name: "RedoubtKMSTests", dependencies: ["RedoubtCore", "RedoubtKMS", "RedoubtAWS"], resources: [.copy("Fixtures")]),
         .testTarget(name: "RedoubtStoreTests", dependencies: ["RedoubtStore", "RedoubtAWS"]),

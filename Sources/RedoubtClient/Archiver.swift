@@ -167,7 +167,7 @@ public final class Archiver: Sendable {
 
         // 5. Trees, bottom-up: children always follow their directory in walk order.
         run.progress(force: true) { $0.phase = .trees }
-        let root: [ChunkID] = try await withThrowingTaskGroup(of: UInt64.self) { uploads in
+        let root: [ChunkID] = try await withThrowingTaskGroup(of: FinishedPack.self) { uploads in
             let worker = try BackupWorker(run: run)
             for i in walk.entries.indices.reversed() where walk.entries[i].node.type == .directory && !walk.entries[i].omitted {
                 let children = walk.entries[i].children.filter { !walk.entries[$0].omitted }.map { walk.entries[$0].node }
@@ -239,7 +239,7 @@ public final class Archiver: Sendable {
     /// One worker: takes the next file until none is left, then flushes.
     private static func workerLoop(run: BackupRun, jobs: [FileJob]) async throws -> [FileOutcome] {
         let worker = try BackupWorker(run: run)
-        return try await withThrowingTaskGroup(of: UInt64.self) { uploads in
+        return try await withThrowingTaskGroup(of: FinishedPack.self) { uploads in
             var outcomes: [FileOutcome] = []
             while true {
                 let i = run.nextJob.wrappingAdd(1, ordering: .relaxed).oldValue

@@ -83,7 +83,7 @@ struct FileJob: Sendable {
     var stat: ArchiveSys.FileStat
 }
 
-typealias UploadGroup = ThrowingTaskGroup<UInt64, any Error>
+typealias UploadGroup = ThrowingTaskGroup<FinishedPack, any Error>
 
 /// One backup worker: reads files through a reused buffer, cuts chunks, computes their
 /// IDs once, asks the repository about them in batches, seals the unknown ones into its
@@ -194,28 +194,31 @@ final class BackupWorker {
                 }
                 r.uploaded.append(p.id)
             }
-            if inFlight >= maxInFlight, let n = try await uploads.next() {
+            if inFlight >= maxInFlight, let done = try await uploads.next() {
                 inFlight -= 1
-                uploaded(n)
+                uploaded(done)
             }
             let target = run.target
             uploads.addTask {
                 try await target.upload(pack: p)
-                return UInt64(p.bytes.count)
+                return p
             }
             inFlight += 1
         }
     }
 
-    private func uploaded(_ n: UInt64) { run.progress { $0.bytesUploaded += n } }
+    private func uploaded(_ pack: FinishedPack) {
+        run.progress { $0.bytesUploaded += UInt64(pack.bytes.count) }
+        pipeline.recycle(pack)
+    }
 
     /// Flushes everything this worker holds and waits for its uploads.
     func finish(_ uploads: inout UploadGroup) async throws {
         try await flushBatch(&uploads)
         try await submit(try pipeline.flush(), &uploads)
-        while let n = try await uploads.next() {
+        while let done = try await uploads.next() {
             inFlight -= 1
-            uploaded(n)
+            uploaded(done)
         }
     }
 
@@ -361,7 +364,7 @@ final class BackupWorker {
     }
 
     private func emit(_ chunk: UnsafeRawBufferPointer, _ chunks: inout [ChunkID], _ uploads: inout UploadGroup) async throws {
-        let id = chunkIDKey.chunkID(for: chunk)
+        let id = pipeline.chunkID(for: chunk)
         chunks.append(id)
         try await enqueue(chunk, id: id, &uploads)
     }

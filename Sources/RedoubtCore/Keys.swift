@@ -93,17 +93,43 @@ public struct ReadPrivateKey: Sendable, CustomStringConvertible {
 /// The tenant's secret key for chunk IDs (HMAC-SHA256). Never prints.
 public struct ChunkIDKey: Sendable, CustomStringConvertible {
     let key: SymmetricKey
+    /// The keyed pads when ``SHA256Stream`` is accelerated; otherwise swift-crypto's HMAC.
+    private let pads: HMACSHA256Pads?
     public init(secret: SecretBytes) throws(CoreError) {
         guard secret.count == 32 else { throw CoreError(.badKey, object: "chunk-ID key", "expected 32 bytes, got \(secret.count)") }
-        key = secret.withUnsafeBytes { SymmetricKey(data: $0) }
+        self.init(key: secret.withUnsafeBytes { SymmetricKey(data: $0) })
     }
     public static func generate() -> ChunkIDKey { ChunkIDKey(key: SymmetricKey(size: .bits256)) }
-    init(key: SymmetricKey) { self.key = key }
+    init(key: SymmetricKey) {
+        self.key = key
+        pads = SHA256Stream.accelerated ? key.withUnsafeBytes { HMACSHA256Pads(key: $0) } : nil
+    }
 
     /// The keyed ID of `plaintext`.
     public func chunkID(for plaintext: UnsafeRawBufferPointer) -> ChunkID {
-        let mac = HMAC<SHA256>.authenticationCode(for: plaintext, using: key)
-        return ChunkID(bytes: Array(mac))!
+        guard let pads else { return ChunkID(bytes: Array(HMAC<SHA256>.authenticationCode(for: plaintext, using: key)))! }
+        var inner = pads.start()
+        inner.update(plaintext)
+        return ChunkID(bytes: pads.finish(inner))!
+    }
+
+    /// The keyed ID of `plaintext`, while `other` absorbs `otherBytes` in the same loop.
+    func chunkID(for plaintext: UnsafeRawBufferPointer, alongside other: inout SHA256Stream, _ otherBytes: UnsafeRawBufferPointer) -> ChunkID {
+        guard let pads else {
+            other.update(otherBytes)
+            return chunkID(for: plaintext)
+        }
+        var inner = pads.start()
+        inner.update(plaintext, alongside: &other, otherBytes)
+        return ChunkID(bytes: pads.finish(inner))!
+    }
+
+    /// The keyed IDs of two plaintexts, computed in one loop.
+    public func chunkIDs(for a: UnsafeRawBufferPointer, _ b: UnsafeRawBufferPointer) -> (ChunkID, ChunkID) {
+        guard let pads else { return (chunkID(for: a), chunkID(for: b)) }
+        var ia = pads.start(), ib = pads.start()
+        ia.update(a, alongside: &ib, b)
+        return (ChunkID(bytes: pads.finish(ia))!, ChunkID(bytes: pads.finish(ib))!)
     }
 
     public func chunkID(for plaintext: [UInt8]) -> ChunkID {

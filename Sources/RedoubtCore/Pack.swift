@@ -71,7 +71,7 @@ public struct PackIndexEntry: Sendable, Equatable {
 /// A pack once written: its ID, bytes and the chunk IDs it holds, in order.
 public struct FinishedPack: Sendable {
     public let id: PackID
-    public let bytes: [UInt8]
+    public internal(set) var bytes: [UInt8]
     public let entries: [PackIndexEntry]
     public var chunkIDs: [ChunkID] { entries.map(\.chunkID) }
 }
@@ -82,13 +82,16 @@ public struct FinishedPack: Sendable {
 /// numbers) and never repeat under a key.
 public struct PackWriter {
     private var bytes: [UInt8]
-    private var hasher = SHA256()
+    /// The pack ID's hash; `bytes[..<hashed]` are in it. Appends leave the rest for
+    /// ``chunkID(for:key:)`` to hash alongside the next chunk's ID, or for ``finish()``.
+    private var hasher = SHA256Stream()
     private var hashed = 0
     private let dataKey: SymmetricKey
     private var entries: [PackIndexEntry] = []
 
-    /// Starts a pack sealed to `recipient`. `capacity` is a hint for the final size.
-    public init(recipient: ReadPublicKey, capacity: Int = 40 << 20) throws(CoreError) {
+    /// Starts a pack sealed to `recipient`. `capacity` is a hint for the final size;
+    /// `buffer`, an earlier pack's memory, is reused if nobody else holds it.
+    public init(recipient: ReadPublicKey, capacity: Int = 40 << 20, reusing buffer: consuming [UInt8] = []) throws(CoreError) {
         dataKey = SymmetricKey(size: .bits256)
         var w = ByteWriter(capacity: 2048)
         w.raw(PackFormat.magic)
@@ -105,8 +108,10 @@ public struct PackWriter {
         } catch {
             throw CoreError(.badKey, object: "new pack", "cannot seal the data key to read key \(recipient.keyID): \(error)")
         }
-        bytes = w.bytes
+        bytes = buffer
+        bytes.removeAll(keepingCapacity: true)
         bytes.reserveCapacity(capacity)
+        bytes.append(contentsOf: w.bytes)
     }
 
     /// Bytes written so far (header and chunks; the index and footer come at finish).
@@ -133,7 +138,6 @@ public struct PackWriter {
         bytes.append(contentsOf: box.tag)
         entries.append(PackIndexEntry(chunkID: id, offset: UInt64(offset), sealedLength: UInt32(bytes.count - offset),
                                       rawLength: UInt32(rawLength), kind: kind, sequence: seq))
-        hashPending()
     }
 
     public mutating func append(id: ChunkID, kind: CompressionKind, rawLength: Int, payload: [UInt8]) throws(CoreError) {
@@ -142,8 +146,20 @@ public struct PackWriter {
 
     private mutating func hashPending() {
         let from = hashed
-        bytes.withUnsafeBytes { hasher.update(bufferPointer: UnsafeRawBufferPointer(rebasing: $0[from...])) }
+        bytes.withUnsafeBytes { hasher.update(UnsafeRawBufferPointer(rebasing: $0[from...])) }
         hashed = bytes.count
+    }
+
+    /// The keyed ID of `chunk` (the next one to seal, usually), computed in one loop with
+    /// the pack ID's hash of as many appended bytes as the chunk has; the rest wait for
+    /// the next chunk (or ``finish()``), so that as little as possible is hashed alone.
+    public mutating func chunkID(for chunk: UnsafeRawBufferPointer, key: ChunkIDKey) -> ChunkID {
+        let from = hashed
+        let to = from + Swift.min(bytes.count - from, chunk.count)
+        hashed = to
+        return bytes.withUnsafeBytes { all in
+            key.chunkID(for: chunk, alongside: &hasher, UnsafeRawBufferPointer(rebasing: all[from..<to]))
+        }
     }
 
     /// Seals the index, writes the public chunk list and footer, and returns the pack.
@@ -174,7 +190,7 @@ public struct PackWriter {
         f.raw(PackFormat.footerMagic)
         bytes.append(contentsOf: f.bytes)
         hashPending()
-        let id = PackID(bytes: Array(hasher.finalize()))!
+        let id = PackID(bytes: hasher.finalize())!
         return FinishedPack(id: id, bytes: bytes, entries: entries)
     }
 }

@@ -10,6 +10,8 @@ public final class PackPipeline {
     private let compressor: ChunkCompressor
     private let isKnown: (ChunkID) -> Bool
     private var current: PackWriter?
+    /// A finished pack's buffer given back by ``recycle(_:)``, for the next pack.
+    private var spare: [UInt8] = []
     private var finished: [FinishedPack] = []
     /// Chunk IDs sealed by this pipeline, with the pack that holds each (once finished).
     private var sealedHere: Set<ChunkID> = []
@@ -32,7 +34,15 @@ public final class PackPipeline {
     /// repository nor this pipeline already has it.
     @discardableResult
     public func add(chunk: UnsafeRawBufferPointer) throws(CoreError) -> ChunkID {
-        try add(chunk: chunk, id: material.chunkIDKey.chunkID(for: chunk))
+        try add(chunk: chunk, id: chunkID(for: chunk))
+    }
+
+    /// The keyed ID of `chunk`. Sealed bytes of the pack in progress not yet hashed for
+    /// its pack ID are hashed in the same loop (SHA256Stream), so a caller that computes
+    /// IDs here rather than with the key alone makes the write path cheaper.
+    public func chunkID(for chunk: UnsafeRawBufferPointer) -> ChunkID {
+        if current != nil { return current!.chunkID(for: chunk, key: material.chunkIDKey) }
+        return material.chunkIDKey.chunkID(for: chunk)
     }
 
     /// Adds a chunk whose ID the caller has already computed with this tenant's
@@ -44,7 +54,11 @@ public final class PackPipeline {
             chunksReused += 1
             return id
         }
-        if current == nil { current = try PackWriter(recipient: material.readPublicKey, capacity: targetPackSize + (9 << 20)) }
+        if current == nil {
+            var buffer: [UInt8] = []
+            swap(&buffer, &spare)
+            current = try PackWriter(recipient: material.readPublicKey, capacity: targetPackSize + (9 << 20), reusing: buffer)
+        }
         try narrow {
             try compressor.compress(chunk) { kind, payload in
                 try current!.append(id: id, kind: kind, rawLength: chunk.count, payload: payload)
@@ -52,7 +66,9 @@ public final class PackPipeline {
         }
         sealedHere.insert(id)
         chunksNew += 1
-        if let c = current, c.size >= targetPackSize || c.chunkCount >= PackFormat.maxChunks - 1 { try finishCurrent() }
+        // Not `if let c = current`: that copy would keep the pack buffer shared while
+        // finish() appends to it, and the append would copy the whole pack.
+        if current.map({ $0.size >= targetPackSize || $0.chunkCount >= PackFormat.maxChunks - 1 }) == true { try finishCurrent() }
         return id
     }
 
@@ -80,6 +96,16 @@ public final class PackPipeline {
         try add(blob: try TreeCodec.encode(tree))
     }
 
+    /// Gives back a pack the caller is done with (uploaded), so that the next pack is
+    /// built in its memory instead of tens of MiB of fresh pages, each a page fault.
+    /// Keeps one buffer; does nothing if the bytes are still shared.
+    public func recycle(_ pack: consuming FinishedPack) {
+        var bytes: [UInt8] = []
+        swap(&bytes, &pack.bytes)
+        guard spare.capacity == 0, bytes.capacity >= targetPackSize else { return }
+        spare = bytes
+    }
+
     /// Packs finished since the last call.
     public func takeFinishedPacks() -> [FinishedPack] {
         defer { finished.removeAll() }
@@ -93,10 +119,9 @@ public final class PackPipeline {
     }
 
     private func finishCurrent() throws(CoreError) {
-        guard let c = current else { return }
-        current = nil
-        // Why `consume`: otherwise the consuming finish() gets a copy and its first
-        // append duplicates the whole pack buffer (tens of MiB per pack).
+        // take(), then consume: the consuming finish() must get the only reference, or
+        // its first append duplicates the whole pack buffer (tens of MiB per pack).
+        guard let c = current.take() else { return }
         let p = try (consume c).finish()
         bytesPacked += UInt64(p.bytes.count)
         finished.append(p)

@@ -227,7 +227,11 @@ struct Stages {
                 try p.add(chunk: UnsafeRawBufferPointer(rebasing: rest[0..<len]))
                 off += len
                 chunks += 1
-                for f in p.takeFinishedPacks() { packs += 1; out += f.bytes.count }
+                for f in p.takeFinishedPacks() {
+                    packs += 1
+                    out += f.bytes.count
+                    p.recycle(f)  // as a backup does once the pack is uploaded
+                }
             }
             for f in try p.flush() { packs += 1; out += f.bytes.count }
             return RunInfo(outputBytes: out, chunks: chunks, packs: packs, reused: Int(p.chunksReused), sink: UInt64(out))

@@ -43,7 +43,7 @@ let usage = """
       --only L          run only these stages (comma-separated; a word matches keys containing it):
                         chunker chunkid sha256 zstd1 zstd3 compress3 aes packwriter pipeline3 pipeline1
       --corpus C        run only on this corpus (for profiling)
-      --experiments     also time proposed variants of core code (xchunker2, xpipeline3, xpipeline3p)
+      --experiments     also time a variant of core code (xpipeline3)
       --reference K=V   another tool's MB/s on this machine, printed beside Redoubt's:
                         openssl-sha256, openssl-aes-256-gcm, zstd-cli-1, zstd-cli-3 (text corpus)
     """
@@ -154,9 +154,7 @@ func runAll(_ name: String, _ bytes: [UInt8]) throws -> [StageResult] {
         try add("pipeline3") { try stages.pipeline(name, data, level: 3) }
         try add("pipeline1") { try stages.pipeline(name, data, level: 1) }
         if options.experiments {
-            try add("xchunker2") { try stages.pairTableChunker(name, data, spans) }
             try add("xpipeline3") { try stages.handPipeline(name, data, level: 3) }
-            try add("xpipeline3p") { try stages.handPipeline(name, data, level: 3, pairTable: true) }
         }
         return m
     }
