@@ -79,15 +79,18 @@ public enum MediaBlock {
     }
 
     /// Builds the block in `b`, reusing its storage when it already has `blockSize` bytes.
-    public static func encode(_ h: MediaBlockHeader, payload: ArraySlice<UInt8>, blockSize: Int, into b: inout [UInt8]) throws(MediaError) {
+    /// The payload is `payload` followed by `more`.
+    public static func encode(_ h: MediaBlockHeader, payload: ArraySlice<UInt8>, _ more: ArraySlice<UInt8> = [], blockSize: Int,
+                              into b: inout [UInt8]) throws(MediaError) {
         let room = blockSize - MediaBlockHeader.size
+        let count = payload.count + more.count
         guard h.setID.count == 16, blockSize >= 256, blockSize.nonzeroBitCount == 1 else {
             throw MediaError(code: "E_MEDIA_LIMIT", volume: h.volumeSeq, block: h.blockSeq,
                              detail: "block size \(blockSize) is not a power of two of at least 256 bytes")
         }
-        guard room > 0, payload.count <= room else {
+        guard room > 0, count <= room else {
             throw MediaError(code: "E_MEDIA_LIMIT", volume: h.volumeSeq, block: h.blockSeq,
-                             detail: "payload of \(payload.count) bytes does not fit a \(blockSize)-byte block")
+                             detail: "payload of \(count) bytes does not fit a \(blockSize)-byte block")
         }
         if b.count != blockSize { b = [UInt8](repeating: 0, count: blockSize) }
         b.withUnsafeMutableBytes { out in
@@ -95,7 +98,7 @@ public enum MediaBlock {
             func put(_ bytes: some Collection<UInt8>) { for x in bytes { out[o] = x; o += 1 } }
             func le<T: FixedWidthInteger>(_ v: T) { withUnsafeBytes(of: v.littleEndian) { put($0) } }
             put(MediaBlockHeader.magic); put(h.setID); le(h.volumeSeq); le(h.blockSeq)
-            put([h.kind.rawValue, h.lastOfRecord ? 1 : 0]); le(UInt32(payload.count)); le(h.recordSeq); le(h.recordOff)
+            put([h.kind.rawValue, h.lastOfRecord ? 1 : 0]); le(UInt32(count)); le(h.recordSeq); le(h.recordOff)
             // crc at offset o (zero while computing); header bytes up to 62 zero; byte 62 =
             // log2(block size) so a reader on a pipe learns the block size from the first
             // 64 bytes; byte 63 zero.
@@ -105,9 +108,12 @@ public enum MediaBlock {
             payload.withUnsafeBytes { src in
                 if let s = src.baseAddress, src.count > 0 { body.baseAddress?.copyMemory(from: s, byteCount: src.count) }
             }
+            more.withUnsafeBytes { src in
+                if let s = src.baseAddress, src.count > 0 { (body.baseAddress! + payload.count).copyMemory(from: s, byteCount: src.count) }
+            }
             // Zero padding after the payload (the buffer may hold an earlier block's bytes).
-            if payload.count < room, let base = body.baseAddress {
-                (base + payload.count).initializeMemory(as: UInt8.self, repeating: 0, count: room - payload.count)
+            if count < room, let base = body.baseAddress {
+                (base + count).initializeMemory(as: UInt8.self, repeating: 0, count: room - count)
             }
             let crc = ~redoubt_crc32c_update(0xFFFF_FFFF, out.baseAddress, out.count)
             withUnsafeBytes(of: crc.littleEndian) { for i in 0..<4 { out[crcOffset + i] = $0[i] } }

@@ -39,14 +39,26 @@ public struct MediaRecord: Sendable, Equatable {
     /// Record framing (§13.3): type u8, id length u16, id UTF-8, body length u64,
     /// SHA-256 of id and body (32), then id and body.
     func encoded() -> [UInt8] {
+        var none: SHA256Stream? = nil
+        return framing(bodyHash: &none) + body
+    }
+
+    /// Everything before the body: type, id length, body length, record hash, id.
+    /// `bodyHash`, if given, absorbs the body in the same loop as the record hash.
+    private func framing(bodyHash: inout SHA256Stream?) -> [UInt8] {
         let idBytes = Array(id.utf8)
-        var out: [UInt8] = [type.rawValue]
-        out += withUnsafeBytes(of: UInt16(idBytes.count).littleEndian) { Array($0) }
-        out += withUnsafeBytes(of: UInt64(body.count).littleEndian) { Array($0) }
-        var h = SHA256()
-        h.update(data: idBytes); h.update(data: body)
-        out += Array(h.finalize())
-        out += idBytes; out += body
+        var out: [UInt8] = []
+        out.reserveCapacity(43 + idBytes.count)
+        out.append(type.rawValue)
+        withUnsafeBytes(of: UInt16(idBytes.count).littleEndian) { out.append(contentsOf: $0) }
+        withUnsafeBytes(of: UInt64(body.count).littleEndian) { out.append(contentsOf: $0) }
+        var h = SHA256Stream()
+        h.update(idBytes)
+        body.withUnsafeBytes { b in
+            if bodyHash != nil { h.update(b, alongside: &bodyHash!, b) } else { h.update(b) }
+        }
+        out += h.finalize()
+        out += idBytes
         return out
     }
 
@@ -66,18 +78,38 @@ public struct MediaRecord: Sendable, Equatable {
 }
 
 /// A record already framed and hashed for media, so that a caller can prepare the next
-/// record (read, hash) on another thread while the writer writes this one.
+/// record (read, hash) on another thread while the writer writes this one. The body is
+/// kept apart from the framing: the writer copies it into blocks, never into a record
+/// buffer first.
 public struct FramedMediaRecord: Sendable {
     public let type: MediaRecordType
     public let id: String
-    let bytes: [UInt8]
+    let head: [UInt8]
+    let body: [UInt8]
     /// Bytes of the framed record (header, hash, id, body).
-    public var size: Int { bytes.count }
+    public var size: Int { head.count + body.count }
+
+    /// The record's bytes `from..<to`, as the part in the framing and the part in the body.
+    func slices(_ from: Int, _ to: Int) -> (ArraySlice<UInt8>, ArraySlice<UInt8>) {
+        let h = head.count
+        return (head[Swift.min(from, h)..<Swift.min(to, h)], body[Swift.max(from - h, 0)..<Swift.max(to - h, 0)])
+    }
 }
 
 extension MediaRecord {
     /// Frames and hashes the record (§13.3).
-    public func framed() -> FramedMediaRecord { FramedMediaRecord(type: type, id: id, bytes: encoded()) }
+    public func framed() -> FramedMediaRecord {
+        var none: SHA256Stream? = nil
+        return FramedMediaRecord(type: type, id: id, head: framing(bodyHash: &none), body: body)
+    }
+
+    /// Frames the record only if its body's SHA-256 is `bodySHA256` (a pack's or a
+    /// manifest's ID): both hashes in one pass over the body.
+    public func framed(ifBodyHashes bodySHA256: [UInt8]) -> FramedMediaRecord? {
+        var check: SHA256Stream? = SHA256Stream()
+        let head = framing(bodyHash: &check)
+        return check!.finalize() == bodySHA256 ? FramedMediaRecord(type: type, id: id, head: head, body: body) : nil
+    }
 }
 
 /// Volume label, the JSON payload of block 0 (§13.4).
@@ -205,10 +237,10 @@ public final class MediaWriter {
     /// faults) than the checksum.
     var blockBuffer: [UInt8] = []
 
-    func emit(_ kind: MediaBlockKind, _ payload: ArraySlice<UInt8>, last: Bool, seq: UInt64, off: UInt64) throws(MediaError) {
+    func emit(_ kind: MediaBlockKind, _ payload: ArraySlice<UInt8>, _ more: ArraySlice<UInt8> = [], last: Bool, seq: UInt64, off: UInt64) throws(MediaError) {
         let h = MediaBlockHeader(setID: setID, volumeSeq: volume, blockSeq: block, kind: kind, lastOfRecord: last,
-                                 payloadLen: UInt32(payload.count), recordSeq: seq, recordOff: off)
-        try MediaBlock.encode(h, payload: payload, blockSize: blockSize, into: &blockBuffer)
+                                 payloadLen: UInt32(payload.count + more.count), recordSeq: seq, recordOff: off)
+        try MediaBlock.encode(h, payload: payload, more, blockSize: blockSize, into: &blockBuffer)
         try device.write(blockBuffer)
         block += 1; bytesWritten += UInt64(blockSize)
     }
@@ -259,7 +291,7 @@ public final class MediaWriter {
     /// Appends a record framed beforehand (possibly on another thread).
     public func append(_ r: FramedMediaRecord) throws(MediaError) {
         if volume == 0 { try startVolume() }
-        let bytes = r.bytes
+        let size = r.size
         recordSeq += 1
         var off = 0
         var startsBefore = false
@@ -279,11 +311,12 @@ public final class MediaWriter {
                                           firstBlock: block, lastBlock: block, startsBefore: startsBefore, endsAfter: false)
                 volumeEntries.append(e); allEntries.append(e)
             }
-            let n = min(room, bytes.count - off)
-            let last = off + n == bytes.count
+            let n = min(room, size - off)
+            let last = off + n == size
             volumeEntries[volumeEntries.count - 1].lastBlock = block
             allEntries[allEntries.count - 1].lastBlock = block
-            try emit(.data, bytes[off..<(off + n)], last: last, seq: recordSeq, off: UInt64(off))
+            let (a, b) = r.slices(off, off + n)
+            try emit(.data, a, b, last: last, seq: recordSeq, off: UInt64(off))
             off += n
             if last { return }
         }

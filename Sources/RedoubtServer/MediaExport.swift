@@ -55,14 +55,24 @@ public enum MediaExport {
             guard let sid = SnapshotID(hex: s.id) else { throw ServerError.badRequest("catalog holds a malformed snapshot ID \(s.id)") }
             items.append(Item(type: .manifest, id: s.id, key: RepositoryService.manifestKey(tenant: tenant, id: sid), hash: sid.bytes, note: "snapshot \(s.id)"))
         }
-        // Why a pipeline: the next record is read, checked and hashed on another thread
-        // while this one is checksummed and written, so the two cores overlap
+        // Why a pipeline: the next two records are read, checked and hashed on other
+        // threads while this one is checksummed and written. Loading (two SHA-256 over
+        // every byte) costs more than writing, so two loads in flight keep both cores busy
         // (docs/BENCHMARKS.md has the figures of all the media changes together).
-        var next: Task<FramedMediaRecord, Error>? = items.first.map { i in Task.detached { try await Self.load(i, from: store) } }
-        defer { next?.cancel() }
+        var loading: [Task<FramedMediaRecord, Error>] = []
+        var toLoad = items.startIndex
+        func startLoads() {
+            while loading.count < 2, toLoad < items.endIndex {
+                let i = items[toLoad]
+                loading.append(Task.detached { try await Self.load(i, from: store) })
+                toLoad += 1
+            }
+        }
+        defer { for t in loading { t.cancel() } }
         for idx in items.indices {
-            guard let current = try await next?.value else { break }
-            next = idx + 1 < items.count ? { let i = items[idx + 1]; return Task.detached { try await Self.load(i, from: store) } }() : nil
+            startLoads()
+            let current = try await loading.removeFirst().value
+            startLoads()
             try writer.append(current)
             if let note = items[idx].note { progress(items[idx].type == .pack ? "\(note) (\(current.size) bytes)" : note) }
         }
@@ -87,11 +97,12 @@ public enum MediaExport {
     /// Reads an object, checks it is the bytes its ID names (a damaged local copy must not
     /// become a media set that looks whole), and frames it.
     static func load(_ i: Item, from store: any ObjectStore) async throws -> FramedMediaRecord {
-        let bytes = try await store.get(i.key)
-        if let h = i.hash, Array(SHA256.hash(data: bytes)) != h {
+        let record = MediaRecord(type: i.type, id: i.id, body: try await store.get(i.key))
+        guard let h = i.hash else { return record.framed() }
+        guard let framed = record.framed(ifBodyHashes: h) else {
             throw StoreError(.integrity, key: i.key.path, "\(i.type == .pack ? "pack" : "manifest") \(i.id) in the store does not hash to its ID: damaged; run `redoubt verify` and restore it from a copy before writing media")
         }
-        return MediaRecord(type: i.type, id: i.id, body: bytes).framed()
+        return framed
     }
 }
 
