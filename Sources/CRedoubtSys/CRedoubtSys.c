@@ -7,6 +7,35 @@ int redoubt_fs_set_flags(int fd, int flags) { return ioctl(fd, FS_IOC_SETFLAGS, 
 int redoubt_fs_immutable_fl(void) { return FS_IMMUTABLE_FL; }
 int redoubt_fs_append_fl(void) { return FS_APPEND_FL; }
 
+#include <sys/mtio.h>
+
+int redoubt_mt_op(int fd, enum redoubt_mt_operation op, int count) {
+    struct mtop m = { .mt_count = count };
+    switch (op) {
+    case REDOUBT_MT_REWIND: m.mt_op = MTREW; break;
+    case REDOUBT_MT_WRITE_EOF: m.mt_op = MTWEOF; break;
+    case REDOUBT_MT_UNLOAD: m.mt_op = MTOFFL; break;
+    case REDOUBT_MT_SET_BLOCK: m.mt_op = MTSETBLK; break;
+    default: return -1;
+    }
+    return ioctl(fd, MTIOCTOP, &m);
+}
+
+int redoubt_mt_get_status(int fd, redoubt_mt_status *out) {
+    struct mtget g;
+    if (ioctl(fd, MTIOCGET, &g) != 0) return -1;
+    out->online = GMT_ONLINE(g.mt_gstat) != 0;
+    out->write_protected = GMT_WR_PROT(g.mt_gstat) != 0;
+    out->at_bot = GMT_BOT(g.mt_gstat) != 0;
+    out->at_eot = GMT_EOT(g.mt_gstat) != 0;
+    out->at_eod = GMT_EOD(g.mt_gstat) != 0;
+    out->at_filemark = GMT_EOF(g.mt_gstat) != 0;
+    out->block_size = (g.mt_dsreg & MT_ST_BLKSIZE_MASK) >> MT_ST_BLKSIZE_SHIFT;
+    out->file_no = g.mt_fileno;
+    out->block_no = g.mt_blkno;
+    return 0;
+}
+
 /* CRC-32C (Castagnoli, reflected polynomial 0x82F63B78), the block checksum of the media
    format (docs/FORMAT.md §13.2). The state is the raw register: start with 0xFFFFFFFF and
    complement the result. SSE4.2's crc32 instruction where the CPU has it (8 bytes per

@@ -178,12 +178,59 @@ public final class DirectorySequentialDevice: SequentialDevice, SequentialSource
     public func read(_ n: Int) throws(MediaError) -> [UInt8] { try file.read(n) }
 }
 
-/// Parses `file:PATH` or `dir:PATH` into a device (for writing) or source (for reading).
+/// Parses `file:PATH`, `dir:PATH` or `tape:PATH[?fixed]` into a device (for writing) or a
+/// source (for reading).
 public enum MediaDeviceSpec {
+    /// Loads the cartridge for a volume after the first (a changer hook or the operator).
+    public typealias NextMedium = (UInt32) throws(MediaError) -> Void
+
+    static let usage = "use file:PATH, dir:PATH or tape:/dev/nstN"
+
     /// Opens a device for writing.
-    public static func writer(_ spec: String, capacity: UInt64?) throws(MediaError) -> SequentialDevice {
+    public static func writer(_ spec: String, capacity: UInt64?, blockSize: Int = 1 << 20,
+                              nextMedium: @escaping NextMedium = noChanger) throws(MediaError) -> SequentialDevice {
         if spec.hasPrefix("file:") { return FileSequentialDevice(path: String(spec.dropFirst(5)), capacity: capacity) }
         if spec.hasPrefix("dir:") { return try DirectorySequentialDevice(path: String(spec.dropFirst(4)), capacity: capacity) }
-        throw MediaError(code: "E_MEDIA_DEVICE", volume: 0, block: 0, detail: "unknown device \(spec); use file:PATH or dir:PATH")
+        if let (path, fixed) = try tape(spec) {
+            return TapeDevice(drive: STTapeDrive(path: path), blockSize: blockSize, fixedBlocks: fixed, capacity: capacity, nextMedium: nextMedium)
+        }
+        throw MediaError(code: "E_MEDIA_DEVICE", volume: 0, block: 0, detail: "unknown device \(spec); \(usage)")
+    }
+
+    /// Opens the volumes named by `--device` options for reading: one `file:PATH` (PATH,
+    /// PATH.2, … while they exist), several `file:` volumes in order (e.g. FIFOs), one
+    /// `dir:PATH`, or one `tape:PATH` (later cartridges through `nextMedium`).
+    public static func source(_ specs: [String], nextMedium: @escaping NextMedium = noChanger) throws(MediaError) -> SequentialSource {
+        if specs.count == 1, specs[0].hasPrefix("dir:") { return try DirectorySequentialDevice(path: String(specs[0].dropFirst(4))) }
+        if specs.count == 1, let (path, fixed) = try tape(specs[0]) {
+            return TapeDevice(drive: STTapeDrive(path: path), fixedBlocks: fixed, nextMedium: nextMedium)
+        }
+        guard !specs.isEmpty, specs.allSatisfy({ $0.hasPrefix("file:") }) else {
+            throw MediaError(code: "E_MEDIA_DEVICE", volume: 0, block: 0,
+                             detail: "--device must be file:PATH (repeatable, one per volume in order), one dir:PATH or one tape:/dev/nstN")
+        }
+        let paths = specs.map { String($0.dropFirst(5)) }
+        return paths.count == 1 ? FileSequentialDevice(path: paths[0]) : FileSequentialDevice(paths: paths)
+    }
+
+    /// `tape:PATH` or `tape:PATH?fixed`: the path and whether to use fixed-size blocks.
+    static func tape(_ spec: String) throws(MediaError) -> (String, Bool)? {
+        guard spec.hasPrefix("tape:") else { return nil }
+        var path = String(spec.dropFirst(5))
+        var fixed = false
+        if path.hasSuffix("?fixed") {
+            path.removeLast(6)
+            fixed = true
+        }
+        guard path.hasPrefix("/"), !path.contains("?") else {
+            throw MediaError(code: "E_MEDIA_DEVICE", volume: 0, block: 0, detail: "\(spec): expected tape:/dev/nstN or tape:/dev/nstN?fixed")
+        }
+        return (path, fixed)
+    }
+
+    /// Without a changer: any volume after the first cannot be loaded.
+    public static func noChanger(_ n: UInt32) throws(MediaError) {
+        throw MediaError(code: "E_MEDIA_DEVICE", volume: n, block: 0,
+                         detail: "volume \(n) is needed on another cartridge: give --changer CMD or run on a terminal to be asked")
     }
 }

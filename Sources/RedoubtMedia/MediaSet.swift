@@ -169,10 +169,14 @@ public protocol SequentialDevice: AnyObject {
     /// The label block already on the medium for volume `seq`, if it can be read without
     /// consuming a stream (nil for FIFOs, empty or absent media).
     func existingLabelBlock(_ seq: UInt32) -> [UInt8]?
+    /// True once the medium signalled that it is nearly full (a tape's early warning):
+    /// the writer then closes the volume and goes on with the next.
+    var pastEarlyWarning: Bool { get }
 }
 
 extension SequentialDevice {
     public func existingLabelBlock(_ seq: UInt32) -> [UInt8]? { nil }
+    public var pastEarlyWarning: Bool { false }
 }
 
 /// Where blocks are read from: volumes in the order supplied, each read strictly sequentially.
@@ -181,6 +185,13 @@ public protocol SequentialSource: AnyObject {
     func nextVolume() throws(MediaError) -> Bool
     /// Reads up to `n` bytes; fewer only at the end of the volume.
     func read(_ n: Int) throws(MediaError) -> [UInt8]
+    /// True when volumes are asked for one at a time (tape): the reader stops after the
+    /// set's last volume instead of asking for one more.
+    var promptsForVolumes: Bool { get }
+}
+
+extension SequentialSource {
+    public var promptsForVolumes: Bool { false }
 }
 
 /// Summary of a finished write.
@@ -297,7 +308,8 @@ public final class MediaWriter {
         var startsBefore = false
         while true {
             // Room for one more data block plus the catalogs (counting this record's entry)?
-            if let cap = capacityBlocks, block + 1 + reserve(extraEntries: 1) > cap {
+            let full = capacityBlocks.map { block + 1 + reserve(extraEntries: 1) > $0 } ?? false
+            if full || device.pastEarlyWarning {
                 if off > 0 || startsBefore {
                     volumeEntries[volumeEntries.count - 1].endsAfter = true
                     allEntries[allEntries.count - 1].endsAfter = true
@@ -377,6 +389,7 @@ public final class MediaReader {
         // Records already reported damaged: their remaining blocks are skipped quietly.
         var reported = Set<UInt64>()
         while true {
+            if report.setCatalog != nil && source.promptsForVolumes { break }
             let have = try source.nextVolume()
             guard have else { break }
             let vol = expectVolume

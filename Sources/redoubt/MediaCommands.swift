@@ -29,7 +29,8 @@ struct MediaWrite: AsyncParsableCommand {
                                                     abstract: "Write a tenant's snapshots (ciphertext as stored) to a media set; run on the server host.")
     @Argument(help: "The tenant.") var tenant: String
     @Option(name: .long, help: "The server data directory.") var data: String
-    @Option(name: .long, help: "Device: file:PATH (volumes PATH, PATH.2, …; a FIFO works) or dir:PATH.") var device: String
+    @Option(name: .long, help: "Device: file:PATH (volumes PATH, PATH.2, …; a FIFO works), dir:PATH, or tape:/dev/nstN[?fixed].") var device: String
+    @Option(name: .long, help: changerHelp) var changer: String?
     @Option(name: .long, help: "Pool name written in each volume label.") var pool = "default"
     @Option(name: .long, parsing: .upToNextOption, help: "latest, all, or snapshot IDs.") var snapshots: [String] = ["latest"]
     @Option(name: .long, help: "Bytes per volume (e.g. 400G); without it the set is one volume.") var capacity: String?
@@ -39,13 +40,14 @@ struct MediaWrite: AsyncParsableCommand {
     func run() async throws {
         try await RedoubtCLI.run {
             let cap = try capacity.map(parseMediaSize)
-            let dev = try MediaDeviceSpec.writer(device, capacity: cap)
+            let blocks = Int(try parseMediaSize(blockSize))
+            let dev = try MediaDeviceSpec.writer(device, capacity: cap, blockSize: blocks, nextMedium: mediaChanger(changer, device: device))
             var rng = SystemRandomNumberGenerator()
             let setID = (0..<16).map { _ in UInt8.random(in: 0...255, using: &rng) }
             let f = ISO8601DateFormatter()
             let now = Date()
             let until = try retain.map { f.string(from: now.addingTimeInterval(try parseDuration($0))) }
-            let w = try MediaWriter(device: dev, setID: setID, pool: pool, tenant: tenant, blockSize: Int(try parseMediaSize(blockSize)),
+            let w = try MediaWriter(device: dev, setID: setID, pool: pool, tenant: tenant, blockSize: blocks,
                                     created: f.string(from: now), retainUntil: until, writer: "redoubt")
             let sel: MediaExport.Selection = snapshots == ["latest"] ? .latest : snapshots == ["all"] ? .all : .ids(snapshots)
             let home = ServerHome(path: data)
@@ -67,7 +69,8 @@ struct MediaList: AsyncParsableCommand {
         commandName: "list", abstract: "List a media set's volumes, records and damage; or what one volume holds.",
         discussion: "Given the whole set (file:PATH finds PATH, PATH.2, …), every record is read and checked. Given one volume "
             + "(any of them, or with --volume-only), its label and catalog say what it holds and which other volumes a restore needs.")
-    @Option(name: .long, help: "Device: file:PATH or dir:PATH.") var device: String
+    @Option(name: .long, help: "Device: file:PATH, dir:PATH or tape:/dev/nstN.") var device: String
+    @Option(name: .long, help: changerHelp) var changer: String?
     @Flag(name: .long, help: "Read only the first volume the device supplies.") var volumeOnly = false
     @Flag(name: .long, help: "Read on past damaged blocks and report them.") var skipDamaged = false
     @Flag(name: .long, help: "Print JSON.") var json = false
@@ -87,9 +90,10 @@ struct MediaList: AsyncParsableCommand {
     }
 
     func open() throws -> SequentialSource {
-        if device.hasPrefix("file:") { return FileSequentialDevice(path: String(device.dropFirst(5))) }
-        if device.hasPrefix("dir:") { return try DirectorySequentialDevice(path: String(device.dropFirst(4))) }
-        throw ValidationError("unknown device \(device); use file:PATH or dir:PATH")
+        guard device.hasPrefix("file:") || device.hasPrefix("dir:") || device.hasPrefix("tape:") else {
+            throw ValidationError("unknown device \(device); use file:PATH, dir:PATH or tape:/dev/nstN")
+        }
+        return try MediaDeviceSpec.source([device], nextMedium: mediaChanger(changer, device: device))
     }
 
     func run() async throws {
@@ -143,15 +147,43 @@ struct MediaList: AsyncParsableCommand {
     }
 }
 
-/// Opens the volumes named by `--device` options: one `file:PATH` (PATH, PATH.2, … while they
-/// exist), several `file:` volumes in order (e.g. FIFOs), or one `dir:PATH`.
-func mediaSource(_ devices: [String]) throws -> SequentialSource {
-    if devices.count == 1, devices[0].hasPrefix("dir:") { return try DirectorySequentialDevice(path: String(devices[0].dropFirst(4))) }
-    guard !devices.isEmpty, devices.allSatisfy({ $0.hasPrefix("file:") }) else {
-        throw ValidationError("--device must be file:PATH (repeatable, one per volume in order) or one dir:PATH")
+let changerHelp: ArgumentHelp = """
+    Tape only: a command that loads the cartridge for the next volume (run with REDOUBT_VOLUME=N and \
+    REDOUBT_DEVICE=PATH; exit 0 when loaded). Without it, the operator is asked on the terminal.
+    """
+
+/// Loads the cartridge for volume n of a tape set: the changer command, or the operator.
+func mediaChanger(_ command: String?, device: String) -> MediaDeviceSpec.NextMedium {
+    { (n: UInt32) throws(MediaError) in
+        if let command {
+            let p = Process()
+            p.executableURL = URL(fileURLWithPath: "/bin/sh")
+            p.arguments = ["-c", command]
+            var env = ProcessInfo.processInfo.environment
+            env["REDOUBT_VOLUME"] = String(n)
+            env["REDOUBT_DEVICE"] = String(device.drop { $0 != ":" }.dropFirst())
+            p.environment = env
+            do { try p.run() } catch {
+                throw MediaError(code: "E_MEDIA_DEVICE", volume: n, block: 0, detail: "cannot run the changer command: \(error)")
+            }
+            p.waitUntilExit()
+            guard p.terminationStatus == 0 else {
+                throw MediaError(code: "E_MEDIA_DEVICE", volume: n, block: 0,
+                                 detail: "the changer command exited \(p.terminationStatus) while loading volume \(n)")
+            }
+            return
+        }
+        guard isatty(0) != 0 else { return try MediaDeviceSpec.noChanger(n) }
+        FileHandle.standardError.write(Data("insert the cartridge for volume \(n) into \(device) and press Enter (Ctrl-C stops) ".utf8))
+        guard readLine() != nil else {
+            throw MediaError(code: "E_MEDIA_DEVICE", volume: n, block: 0, detail: "no cartridge for volume \(n): input closed")
+        }
     }
-    let paths = devices.map { String($0.dropFirst(5)) }
-    return paths.count == 1 ? FileSequentialDevice(path: paths[0]) : FileSequentialDevice(paths: paths)
+}
+
+/// Opens the volumes named by `--device` options (MediaDeviceSpec.source).
+func mediaSource(_ devices: [String], changer: String? = nil) throws -> SequentialSource {
+    try MediaDeviceSpec.source(devices, nextMedium: mediaChanger(changer, device: devices.first ?? ""))
 }
 
 /// Packs spooled from media into a directory, one file per pack ID; the restorer verifies them.
@@ -170,7 +202,8 @@ struct MediaRestore: AsyncParsableCommand {
     static let configuration = CommandConfiguration(commandName: "restore",
                                                     abstract: "Restore a snapshot from media alone (no server): restorer config for the read key.")
     @Argument(help: "Snapshot ID or a unique prefix (8+ hex digits).") var snapshot: String
-    @Option(name: .long, help: "file:PATH (repeat for each volume, in order) or dir:PATH.") var device: [String]
+    @Option(name: .long, help: "file:PATH (repeat for each volume, in order), dir:PATH or tape:/dev/nstN.") var device: [String]
+    @Option(name: .long, help: changerHelp) var changer: String?
     @Option(name: .long, help: "Directory to restore into (created if missing).") var target: String
     @OptionGroup var config: ConfigOption
     @Option(name: .long, help: "Passphrase file for a passphrase-wrapped read key.") var passphraseFile: String?
@@ -189,7 +222,7 @@ struct MediaRestore: AsyncParsableCommand {
             var manifests: [String: [UInt8]] = [:]
             var spoolError: String?
             FileHandle.standardError.write(Data("reading volumes…\n".utf8))
-            let rep = try MediaReader(source: try mediaSource(device), skipDamaged: skipDamaged).read { r throws(MediaError) in
+            let rep = try MediaReader(source: try mediaSource(device, changer: changer), skipDamaged: skipDamaged).read { r throws(MediaError) in
                 switch r.type {
                 case .pack:
                     // Why: the ID names a file in the spool; only a 64-hex ID may become a path.
@@ -222,7 +255,8 @@ struct MediaImportCommand: AsyncParsableCommand {
             rebuild) and locked again for at least the tenant's minimum retention. Hosts and restorers enroll anew \
             (the new server has its own CA); the read key's wrapping comes from the media's tenant descriptor.
             """)
-    @Option(name: .long, help: "file:PATH (repeat for each volume, in order) or dir:PATH.") var device: [String]
+    @Option(name: .long, help: "file:PATH (repeat for each volume, in order), dir:PATH or tape:/dev/nstN.") var device: [String]
+    @Option(name: .long, help: changerHelp) var changer: String?
     @Option(name: .long, help: "The server data directory (made by `redoubt server init`).") var data: String
     @Flag(name: .long, help: "Read on past damaged blocks and import everything that verified.") var skipDamaged = false
     @Flag(name: .long, help: "Print the summary as JSON.") var json = false
@@ -247,7 +281,7 @@ struct MediaImportCommand: AsyncParsableCommand {
             FileHandle.standardError.write(Data("reading volumes…\n".utf8))
             let progress = ProgressLine()
             var n: UInt64 = 0
-            let s = try await MediaImport.run(home: home, source: try mediaSource(device), skipDamaged: skipDamaged, now: Date(), logger: logger) { line in
+            let s = try await MediaImport.run(home: home, source: try mediaSource(device, changer: changer), skipDamaged: skipDamaged, now: Date(), logger: logger) { line in
                 n += 1
                 progress.update(files: n, bytes: 0, totalBytes: nil, current: line)
             }

@@ -18,4 +18,22 @@ int redoubt_fs_append_fl(void);
 #include <stdint.h>
 #include <stddef.h>
 uint32_t redoubt_crc32c_update(uint32_t state, const void *bytes, size_t count);
+
+/* Magnetic tape through the Linux st driver (<sys/mtio.h>). */
+enum redoubt_mt_operation {
+    REDOUBT_MT_REWIND,       /* MTREW */
+    REDOUBT_MT_WRITE_EOF,    /* MTWEOF: one filemark; flushes the drive's buffer */
+    REDOUBT_MT_UNLOAD,       /* MTOFFL: rewind and eject */
+    REDOUBT_MT_SET_BLOCK,    /* MTSETBLK: count = block size, 0 = variable */
+};
+/* MTIOCTOP; 0, or -1 with errno set. */
+int redoubt_mt_op(int fd, enum redoubt_mt_operation op, int count);
+
+typedef struct {
+    int online, write_protected, at_bot, at_eot, at_eod, at_filemark;
+    long block_size;  /* 0: variable */
+    int file_no, block_no;
+} redoubt_mt_status;
+/* MTIOCGET; 0, or -1 with errno set (ENOTTY: not a tape device). */
+int redoubt_mt_get_status(int fd, redoubt_mt_status *out);
 #endif
