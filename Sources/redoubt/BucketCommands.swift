@@ -100,28 +100,11 @@ enum BucketCommands {
     /// the same service (scheme, host and port, query) as the enrollment's; the key's own
     /// name may differ (a KEK rotation).
     static func wrappedReadKey(store: S3Store, tenant: String, config: ClientConfig) async throws -> WrappedReadKey? {
-        struct Descriptor: Decodable { let wrappedReadKey: String?; let shreddedAt: Double? }
         let newest = try await store.originalNames(prefix: "t/\(tenant)/")
             .compactMap { n in BucketVerify.descriptorVersion(n, tenant: tenant).map { (n, $0) } }.max { $0.1 < $1.1 }
         guard let (name, _) = newest, let key = ObjectKey(name) else { return nil }
-        let d = try JSONDecoder().decode(Descriptor.self, from: Data(try await store.get(key)))
-        if d.shreddedAt != nil {
-            throw KeyProviderError.keyDestroyed(provider: "bucket copy", detail: "tenant \(tenant) was crypto-shredded (\(name)); only an escrowed copy (--read-key FILE) can restore")
-        }
-        guard let json = d.wrappedReadKey, !json.isEmpty else { return nil }
-        let wrapped = try WrappedReadKey.decode(Data(json.utf8))
-        guard let enrolled = try? config.wrappedReadKey(), sameKeyService(wrapped.provider, enrolled.provider) else {
-            FileHandle.standardError.write(Data("note: not using the wrapped read key in \(name): its key provider is not the one this restorer enrolled with; pass --read-key FILE to use another\n".utf8))
-            return nil
-        }
-        FileHandle.standardError.write(Data("note: using the wrapped read key in \(name)\n".utf8))
-        return wrapped
+        return try RestoreSupport.wrappedReadKey(descriptor: try await store.get(key), name: name, place: "bucket copy", tenant: tenant, config: config)
     }
-
-    /// Whether two key provider URIs send the key to the same place (RedoubtKMS's
-    /// `keyProviderLocation`: scheme, server, endpoint, certificate files, module); the key's
-    /// own ID may differ.
-    static func sameKeyService(_ a: String, _ b: String) -> Bool { keyProviderLocation(a) == keyProviderLocation(b) }
 
     /// Checks every object of the tenant's copy (hash, lock) and that no pack is missing.
     /// Exit 5 if anything is missing, wrong or unlocked; 8 if only expiring or extra objects.

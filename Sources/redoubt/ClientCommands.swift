@@ -170,6 +170,29 @@ enum RestoreSupport {
         return try await provider.unwrap(wrapped, context: KeyContext(tenant: tenant, keyVersion: wrapped.context.keyVersion))
     }
 
+    /// The wrapped read key in a tenant descriptor copied off the server (a bucket copy, a
+    /// media set), or nil when it has none or it is not to be used. Why only at the enrolled
+    /// key service: whoever can write the copy can add a descriptor whose provider URI
+    /// points elsewhere (their KMS, or a PKCS#11 module path of their choosing). Such a
+    /// descriptor is not used unless its provider is the same service (scheme, host and
+    /// port, query) as the enrollment's; the key's own name may differ (a KEK rotation).
+    /// `unwrapReadKey` then checks the key ID against the enrollment's.
+    static func wrappedReadKey(descriptor: [UInt8], name: String, place: String, tenant: String, config: ClientConfig) throws -> WrappedReadKey? {
+        struct Descriptor: Decodable { let wrappedReadKey: String?; let shreddedAt: Double? }
+        let d = try JSONDecoder().decode(Descriptor.self, from: Data(descriptor))
+        if d.shreddedAt != nil {
+            throw KeyProviderError.keyDestroyed(provider: place, detail: "tenant \(tenant) was crypto-shredded (\(name)); only an escrowed copy (--read-key FILE) can restore")
+        }
+        guard let json = d.wrappedReadKey, !json.isEmpty else { return nil }
+        let wrapped = try WrappedReadKey.decode(Data(json.utf8))
+        guard let enrolled = try? config.wrappedReadKey(), keyProviderLocation(wrapped.provider) == keyProviderLocation(enrolled.provider) else {
+            FileHandle.standardError.write(Data("note: not using the wrapped read key in \(name): its key provider is not the one this restorer enrolled with; pass --read-key FILE to use another\n".utf8))
+            return nil
+        }
+        FileHandle.standardError.write(Data("note: using the wrapped read key in \(name)\n".utf8))
+        return wrapped
+    }
+
     private static func currentWrappedReadKey(config: ClientConfig, tenant: String, trustProvider: String?) async throws -> WrappedReadKey {
         let saved = try? config.wrappedReadKey()
         do {

@@ -214,12 +214,12 @@ struct MediaRestore: AsyncParsableCommand {
     func run() async throws {
         try await RedoubtCLI.run {
             let cfg = config.resolved
-            let readKey = try await RestoreSupport.unwrapReadKey(config: cfg, passphraseFile: passphraseFile, readKeyFile: readKey, trustProvider: trustKeyProvider)
             let material = try cfg.sharedMaterial()
             let spool = NSTemporaryDirectory() + "redoubt-media-spool-\(UUID().uuidString)"
             try FileManager.default.createDirectory(atPath: spool, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
             defer { try? FileManager.default.removeItem(atPath: spool) }
             var manifests: [String: [UInt8]] = [:]
+            var descriptor: (version: Int, name: String, body: [UInt8])?
             var spoolError: String?
             FileHandle.standardError.write(Data("reading volumes…\n".utf8))
             let rep = try MediaReader(source: try mediaSource(device, changer: changer), skipDamaged: skipDamaged).read { r throws(MediaError) in
@@ -229,10 +229,32 @@ struct MediaRestore: AsyncParsableCommand {
                     guard PackID(hex: r.id) != nil else { spoolError = "record with malformed pack ID"; return }
                     if !FileManager.default.createFile(atPath: "\(spool)/\(r.id)", contents: Data(r.body)) { spoolError = "cannot write to \(spool)" }
                 case .manifest: manifests[r.id] = r.body
+                case .object:
+                    if let v = Int(r.id.dropFirst(8).dropLast(5)), r.id.hasPrefix("tenant-v"), r.id.hasSuffix(".json"), v > (descriptor?.version ?? 0) {
+                        descriptor = (v, r.id, r.body)
+                    }
                 default: break
                 }
             }
             if let e = spoolError { throw ValidationError(e) }
+            // The set's tenant descriptor carries the read key as wrapped when the set was
+            // written (current after a rotation, unlike an old enrollment copy); a server
+            // is not needed. If it does not open (say, a KEK destroyed since), the usual
+            // way: the server's current wrapping, or the enrollment copy.
+            let tenant = try cfg.credential().tenant ?? ""
+            var unwrapped: ReadPrivateKey?
+            if readKey == nil, let d = descriptor,
+               let fromMedia = try RestoreSupport.wrappedReadKey(descriptor: d.body, name: "\(d.name) on the media", place: "media set", tenant: tenant, config: cfg) {
+                do {
+                    unwrapped = try await RestoreSupport.unwrapReadKey(config: cfg, passphraseFile: passphraseFile, copied: fromMedia, trustProvider: trustKeyProvider)
+                } catch {
+                    FileHandle.standardError.write(Data("note: the media's wrapped read key did not open (\(error)); trying the server's\n".utf8))
+                }
+            }
+            if unwrapped == nil {
+                unwrapped = try await RestoreSupport.unwrapReadKey(config: cfg, passphraseFile: passphraseFile, readKeyFile: readKey, trustProvider: trustKeyProvider)
+            }
+            guard let readKey = unwrapped else { throw ValidationError("no read key") }
             for d in rep.damage { FileHandle.standardError.write(Data("DAMAGED: \(d)\n".utf8)) }
             let manifest = try RestoreSupport.manifest(matching: snapshot, in: manifests, place: "on these volumes", lister: "redoubt media list")
             let result = try await RestoreSupport.restore(manifest: manifest, readKey: readKey, chunkIDKey: material.chunkIDKey,
