@@ -98,7 +98,8 @@ public final class PackPipeline {
 
     /// Gives back a pack the caller is done with (uploaded), so that the next pack is
     /// built in its memory instead of tens of MiB of fresh pages, each a page fault.
-    /// Keeps one buffer; does nothing if the bytes are still shared.
+    /// Keeps one buffer. Bytes still held elsewhere are never written over (the next
+    /// pack then gets fresh memory, as without this call).
     public func recycle(_ pack: consuming FinishedPack) {
         var bytes: [UInt8] = []
         swap(&bytes, &pack.bytes)
