@@ -196,7 +196,7 @@ final class BackupWorker {
             }
             if inFlight >= maxInFlight, let done = try await uploads.next() {
                 inFlight -= 1
-                uploaded(done)
+                uploaded(consume done)
             }
             let target = run.target
             uploads.addTask {
@@ -207,9 +207,11 @@ final class BackupWorker {
         }
     }
 
-    private func uploaded(_ pack: FinishedPack) {
+    /// `consuming`, and callers pass `consume`: the pipeline can reuse the pack's memory
+    /// only if nothing else still holds it.
+    private func uploaded(_ pack: consuming FinishedPack) {
         run.progress { $0.bytesUploaded += UInt64(pack.bytes.count) }
-        pipeline.recycle(pack)
+        pipeline.recycle(consume pack)
     }
 
     /// Flushes everything this worker holds and waits for its uploads.
@@ -218,7 +220,7 @@ final class BackupWorker {
         try await submit(try pipeline.flush(), &uploads)
         while let done = try await uploads.next() {
             inFlight -= 1
-            uploaded(done)
+            uploaded(consume done)
         }
     }
 

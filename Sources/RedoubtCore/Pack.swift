@@ -108,7 +108,7 @@ public struct PackWriter {
         } catch {
             throw CoreError(.badKey, object: "new pack", "cannot seal the data key to read key \(recipient.keyID): \(error)")
         }
-        bytes = buffer
+        bytes = consume buffer  // `consume`: a second reference would make the removeAll below allocate anew
         bytes.removeAll(keepingCapacity: true)
         bytes.reserveCapacity(capacity)
         bytes.append(contentsOf: w.bytes)

@@ -57,7 +57,7 @@ public final class PackPipeline {
         if current == nil {
             var buffer: [UInt8] = []
             swap(&buffer, &spare)
-            current = try PackWriter(recipient: material.readPublicKey, capacity: targetPackSize + (9 << 20), reusing: buffer)
+            current = try PackWriter(recipient: material.readPublicKey, capacity: targetPackSize + (9 << 20), reusing: consume buffer)
         }
         try narrow {
             try compressor.compress(chunk) { kind, payload in

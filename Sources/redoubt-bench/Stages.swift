@@ -227,10 +227,11 @@ struct Stages {
                 try p.add(chunk: UnsafeRawBufferPointer(rebasing: rest[0..<len]))
                 off += len
                 chunks += 1
-                for f in p.takeFinishedPacks() {
+                var done = p.takeFinishedPacks()
+                while let f = done.popLast() {
                     packs += 1
                     out += f.bytes.count
-                    p.recycle(f)  // as a backup does once the pack is uploaded
+                    p.recycle(consume f)  // as a backup does once the pack is uploaded
                 }
             }
             for f in try p.flush() { packs += 1; out += f.bytes.count }

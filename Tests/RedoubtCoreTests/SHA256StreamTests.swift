@@ -127,8 +127,27 @@ import Testing
         }
     }
 
-    /// A recycled buffer is reused for the next pack, and a pack the caller still holds is
-    /// never written over.
+    /// A recycled pack's memory is where the next pack is built (no fresh pages).
+    @Test func aRecycledBufferIsReusedForTheNextPack() throws {
+        var rng = SplitMix64(seed: 71)
+        let keys = try TenantKeys.generate()
+        let pipeline = try PackPipeline(material: keys.sharedWriteMaterial, targetPackSize: 200_000)
+        func nextPack() throws -> FinishedPack {
+            while true {
+                _ = try rng.bytes(50_000).withUnsafeBytes { try pipeline.add(chunk: $0) }
+                if let p = pipeline.takeFinishedPacks().first { return p }
+            }
+        }
+        let first = try nextPack()
+        let address = first.bytes.withUnsafeBufferPointer { UInt(bitPattern: $0.baseAddress) }
+        pipeline.recycle(consume first)
+        let second = try nextPack()
+        #expect(second.bytes.withUnsafeBufferPointer { UInt(bitPattern: $0.baseAddress) } == address)
+        let opened = try PackReader.open(second.bytes, expectedID: second.id, readKey: keys.readKey)
+        #expect(try opened.allChunks(chunkIDKey: keys.chunkIDKey, decompressor: try ChunkDecompressor()).count == second.entries.count)
+    }
+
+    /// A pack the caller still holds is never written over by a later one.
     @Test func recycledPackBuffersNeverOverwriteAHeldPack() throws {
         var rng = SplitMix64(seed: 61)
         let keys = try TenantKeys.generate()
