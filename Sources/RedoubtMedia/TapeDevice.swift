@@ -146,6 +146,8 @@ public final class TapeDevice: SequentialDevice, SequentialSource {
     var pendingAt = 0
     var scratch: [UInt8] = []
     var atFilemark = false
+    /// The outcome of existingLabelBlock for the volume about to begin.
+    var checked: (seq: UInt32, result: Result<[UInt8]?, MediaError>)?
 
     /// Largest tape record a reader accepts (the largest media block size is far smaller).
     static let maxRecord = 16 << 20
@@ -199,8 +201,11 @@ public final class TapeDevice: SequentialDevice, SequentialSource {
     // MARK: writing
 
     public func existingLabelBlock(_ seq: UInt32) -> [UInt8]? {
-        // Errors surface in beginVolume; a label that cannot be read is handled there.
-        (try? labelOnCartridge(seq)) ?? nil
+        // An error surfaces from beginVolume (this call cannot throw), without loading
+        // or reading the cartridge a second time.
+        let r = Result { () throws(MediaError) in try labelOnCartridge(seq) }
+        checked = (seq, r)
+        return (try? r.get()) ?? nil
     }
 
     /// The first record of the cartridge for `seq`, nil when it is blank.
@@ -225,7 +230,12 @@ public final class TapeDevice: SequentialDevice, SequentialSource {
     public func beginVolume(_ seq: UInt32) throws(MediaError) {
         volume = seq
         // Refuse what cannot be checked: an unreadable first record is not treated as blank.
-        _ = try labelOnCartridge(seq)
+        if let c = checked, c.seq == seq {
+            checked = nil
+            _ = try c.result.get()
+        } else {
+            _ = try labelOnCartridge(seq)
+        }
         do throws(MediaError) {
             try drive.setBlockSize(fixedBlocks ? blockSize : 0)
         } catch { throw tagged(error, seq) }
