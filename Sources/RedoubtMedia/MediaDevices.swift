@@ -126,14 +126,20 @@ public final class FileSequentialDevice: SequentialDevice, SequentialSource {
 
 /// `dir:PATH`: one file per volume (`vol-000001.rdm`, …); each is fsynced and made read-only
 /// (0444) when closed so a finished volume is not rewritten by accident.
+///
+/// With `nextMedium` (removable disks, RDX): each volume after the first goes on another
+/// disk mounted at PATH; `nextMedium(n)` swaps it in before volume n is written or read,
+/// and PATH must then exist (it is never created on whatever lies under the mount point).
+/// Without it, all volumes go in PATH.
 public final class DirectorySequentialDevice: SequentialDevice, SequentialSource {
     public let capacity: UInt64?
     let dir: String
     let file: FileSequentialDevice
+    let nextMedium: MediaDeviceSpec.NextMedium?
 
     /// A directory device; it is created if missing.
-    public init(path: String, capacity: UInt64? = nil) throws(MediaError) {
-        dir = path; self.capacity = capacity
+    public init(path: String, capacity: UInt64? = nil, nextMedium: MediaDeviceSpec.NextMedium? = nil) throws(MediaError) {
+        dir = path; self.capacity = capacity; self.nextMedium = nextMedium
         do {
             try FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true)
         } catch {
@@ -144,12 +150,25 @@ public final class DirectorySequentialDevice: SequentialDevice, SequentialSource
         file = FileSequentialDevice(paths: names.map { "\(path)/\($0)" })
     }
 
+    public var promptsForVolumes: Bool { nextMedium != nil }
+
+    /// Runs the changer for volume `seq` (> 1) and checks the mount point is there.
+    private func change(to seq: UInt32) throws(MediaError) {
+        guard let nextMedium, seq > 1 else { return }
+        try nextMedium(seq)
+        var isDir: ObjCBool = false
+        guard FileManager.default.fileExists(atPath: dir, isDirectory: &isDir), isDir.boolValue else {
+            throw MediaError(code: "E_MEDIA_DEVICE", volume: seq, block: 0, detail: "\(dir) is missing after loading the disk for volume \(seq): is it mounted?")
+        }
+    }
+
     static func name(_ seq: UInt32) -> String {
         let s = String(seq)
         return "vol-" + String(repeating: "0", count: max(0, 6 - s.count)) + s + ".rdm"
     }
 
     public func beginVolume(_ seq: UInt32) throws(MediaError) {
+        try change(to: seq)
         file.volume = seq
         let p = "\(dir)/\(Self.name(seq))"
         if FileManager.default.fileExists(atPath: p) {
@@ -174,7 +193,20 @@ public final class DirectorySequentialDevice: SequentialDevice, SequentialSource
         if d >= 0 { _ = fsync(d); close(d) }
     }
 
-    public func nextVolume() throws(MediaError) -> Bool { try file.nextVolume() }
+    public func nextVolume() throws(MediaError) -> Bool {
+        guard nextMedium != nil else { return try file.nextVolume() }
+        // One disk at a time: volume n is PATH/vol-n on whatever disk is mounted.
+        let seq = file.volume + 1
+        try change(to: seq)
+        let p = "\(dir)/\(Self.name(seq))"
+        guard FileManager.default.fileExists(atPath: p) else {
+            throw MediaError(code: "E_MEDIA_MISSING", volume: seq, block: 0, detail: "\(p) not found: the disk for volume \(seq) is not the one mounted at \(dir)")
+        }
+        if let c = file.current { close(c.fd) }
+        file.current = try FD.open(p, write: false, volume: seq)
+        file.volume = seq
+        return true
+    }
     public func read(_ n: Int) throws(MediaError) -> [UInt8] { try file.read(n) }
 }
 
@@ -187,12 +219,14 @@ public enum MediaDeviceSpec {
     static let usage = "use file:PATH, dir:PATH or tape:/dev/nstN"
 
     /// Opens a device for writing.
+    /// `nextMedium`: how the next tape or removable disk is loaded (a tape without one
+    /// cannot span; a directory without one keeps every volume).
     public static func writer(_ spec: String, capacity: UInt64?, blockSize: Int = 1 << 20,
-                              nextMedium: @escaping NextMedium = noChanger) throws(MediaError) -> SequentialDevice {
+                              nextMedium: NextMedium? = nil) throws(MediaError) -> SequentialDevice {
         if spec.hasPrefix("file:") { return FileSequentialDevice(path: String(spec.dropFirst(5)), capacity: capacity) }
-        if spec.hasPrefix("dir:") { return try DirectorySequentialDevice(path: String(spec.dropFirst(4)), capacity: capacity) }
+        if spec.hasPrefix("dir:") { return try DirectorySequentialDevice(path: String(spec.dropFirst(4)), capacity: capacity, nextMedium: nextMedium) }
         if let (path, fixed) = try tape(spec) {
-            return TapeDevice(drive: STTapeDrive(path: path), blockSize: blockSize, fixedBlocks: fixed, capacity: capacity, nextMedium: nextMedium)
+            return TapeDevice(drive: STTapeDrive(path: path), blockSize: blockSize, fixedBlocks: fixed, capacity: capacity, nextMedium: orNoChanger(nextMedium))
         }
         throw MediaError(code: "E_MEDIA_DEVICE", volume: 0, block: 0, detail: "unknown device \(spec); \(usage)")
     }
@@ -200,10 +234,10 @@ public enum MediaDeviceSpec {
     /// Opens the volumes named by `--device` options for reading: one `file:PATH` (PATH,
     /// PATH.2, … while they exist), several `file:` volumes in order (e.g. FIFOs), one
     /// `dir:PATH`, or one `tape:PATH` (later cartridges through `nextMedium`).
-    public static func source(_ specs: [String], nextMedium: @escaping NextMedium = noChanger) throws(MediaError) -> SequentialSource {
-        if specs.count == 1, specs[0].hasPrefix("dir:") { return try DirectorySequentialDevice(path: String(specs[0].dropFirst(4))) }
+    public static func source(_ specs: [String], nextMedium: NextMedium? = nil) throws(MediaError) -> SequentialSource {
+        if specs.count == 1, specs[0].hasPrefix("dir:") { return try DirectorySequentialDevice(path: String(specs[0].dropFirst(4)), nextMedium: nextMedium) }
         if specs.count == 1, let (path, fixed) = try tape(specs[0]) {
-            return TapeDevice(drive: STTapeDrive(path: path), fixedBlocks: fixed, nextMedium: nextMedium)
+            return TapeDevice(drive: STTapeDrive(path: path), fixedBlocks: fixed, nextMedium: orNoChanger(nextMedium))
         }
         guard !specs.isEmpty, specs.allSatisfy({ $0.hasPrefix("file:") }) else {
             throw MediaError(code: "E_MEDIA_DEVICE", volume: 0, block: 0,
@@ -228,9 +262,16 @@ public enum MediaDeviceSpec {
         return (path, fixed)
     }
 
+    // Why not `?? noChanger`: swift-frontend 6.3.1 crashes converting the typed-throws
+    // function reference there.
+    static func orNoChanger(_ n: NextMedium?) -> NextMedium {
+        if let n { return n }
+        return { (v: UInt32) throws(MediaError) in try noChanger(v) }
+    }
+
     /// Without a changer: any volume after the first cannot be loaded.
     public static func noChanger(_ n: UInt32) throws(MediaError) {
         throw MediaError(code: "E_MEDIA_DEVICE", volume: n, block: 0,
-                         detail: "volume \(n) is needed on another cartridge: give --changer CMD or run on a terminal to be asked")
+                         detail: "volume \(n) is needed on another medium: give --changer CMD, or --changer ask on a terminal")
     }
 }

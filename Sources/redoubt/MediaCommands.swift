@@ -41,7 +41,7 @@ struct MediaWrite: AsyncParsableCommand {
         try await RedoubtCLI.run {
             let cap = try capacity.map(parseMediaSize)
             let blocks = Int(try parseMediaSize(blockSize))
-            let dev = try MediaDeviceSpec.writer(device, capacity: cap, blockSize: blocks, nextMedium: mediaChanger(changer, device: device))
+            let dev = try MediaDeviceSpec.writer(device, capacity: cap, blockSize: blocks, nextMedium: mediaNextMedium(changer, device: device))
             var rng = SystemRandomNumberGenerator()
             let setID = (0..<16).map { _ in UInt8.random(in: 0...255, using: &rng) }
             let f = ISO8601DateFormatter()
@@ -93,7 +93,7 @@ struct MediaList: AsyncParsableCommand {
         guard device.hasPrefix("file:") || device.hasPrefix("dir:") || device.hasPrefix("tape:") else {
             throw ValidationError("unknown device \(device); use file:PATH, dir:PATH or tape:/dev/nstN")
         }
-        return try MediaDeviceSpec.source([device], nextMedium: mediaChanger(changer, device: device))
+        return try MediaDeviceSpec.source([device], nextMedium: mediaNextMedium(changer, device: device))
     }
 
     func run() async throws {
@@ -148,14 +148,23 @@ struct MediaList: AsyncParsableCommand {
 }
 
 let changerHelp: ArgumentHelp = """
-    Tape only: a command that loads the cartridge for the next volume (run with REDOUBT_VOLUME=N and \
-    REDOUBT_DEVICE=PATH; exit 0 when loaded). Without it, the operator is asked on the terminal.
+    How the next tape or removable disk is loaded: a command (run with REDOUBT_VOLUME=N and \
+    REDOUBT_DEVICE=PATH; exit 0 when loaded), or `ask` to ask on the terminal. Tapes ask without it; \
+    a dir: device without it keeps every volume in the one directory.
     """
 
-/// Loads the cartridge for volume n of a tape set: the changer command, or the operator.
+/// How the device loads volumes after the first: tapes always through the changer or the
+/// operator; a directory (removable disks) only when `--changer` is given; files never.
+func mediaNextMedium(_ changer: String?, device: String) -> MediaDeviceSpec.NextMedium? {
+    if device.hasPrefix("tape:") { return mediaChanger(changer, device: device) }
+    if device.hasPrefix("dir:"), changer != nil { return mediaChanger(changer, device: device) }
+    return nil
+}
+
+/// Loads the medium for volume n: the changer command, or (nil or `ask`) the operator.
 func mediaChanger(_ command: String?, device: String) -> MediaDeviceSpec.NextMedium {
     { (n: UInt32) throws(MediaError) in
-        if let command {
+        if let command, command != "ask" {
             let p = Process()
             p.executableURL = URL(fileURLWithPath: "/bin/sh")
             p.arguments = ["-c", command]
@@ -174,16 +183,16 @@ func mediaChanger(_ command: String?, device: String) -> MediaDeviceSpec.NextMed
             return
         }
         guard isatty(0) != 0 else { return try MediaDeviceSpec.noChanger(n) }
-        FileHandle.standardError.write(Data("insert the cartridge for volume \(n) into \(device) and press Enter (Ctrl-C stops) ".utf8))
+        FileHandle.standardError.write(Data("load the medium for volume \(n) at \(device) and press Enter (Ctrl-C stops) ".utf8))
         guard readLine() != nil else {
-            throw MediaError(code: "E_MEDIA_DEVICE", volume: n, block: 0, detail: "no cartridge for volume \(n): input closed")
+            throw MediaError(code: "E_MEDIA_DEVICE", volume: n, block: 0, detail: "no medium for volume \(n): input closed")
         }
     }
 }
 
 /// Opens the volumes named by `--device` options (MediaDeviceSpec.source).
 func mediaSource(_ devices: [String], changer: String? = nil) throws -> SequentialSource {
-    try MediaDeviceSpec.source(devices, nextMedium: mediaChanger(changer, device: devices.first ?? ""))
+    try MediaDeviceSpec.source(devices, nextMedium: mediaNextMedium(changer, device: devices.first ?? ""))
 }
 
 /// Packs spooled from media into a directory, one file per pack ID; the restorer verifies them.
@@ -205,6 +214,7 @@ struct MediaRestore: AsyncParsableCommand {
     @Option(name: .long, help: "file:PATH (repeat for each volume, in order), dir:PATH or tape:/dev/nstN.") var device: [String]
     @Option(name: .long, help: changerHelp) var changer: String?
     @Option(name: .long, help: "Directory to restore into (created if missing).") var target: String
+    @Option(name: .long, help: "Restore only this path inside the snapshot (e.g. data/etc).") var path: String?
     @OptionGroup var config: ConfigOption
     @Option(name: .long, help: "Passphrase file for a passphrase-wrapped read key.") var passphraseFile: String?
     @Option(name: .long, help: "Wrapped read key file to use instead of the server's (an escrow copy from `redoubt admin tenant escrow`).") var readKey: String?
@@ -258,7 +268,8 @@ struct MediaRestore: AsyncParsableCommand {
             for d in rep.damage { FileHandle.standardError.write(Data("DAMAGED: \(d)\n".utf8)) }
             let manifest = try RestoreSupport.manifest(matching: snapshot, in: manifests, place: "on these volumes", lister: "redoubt media list")
             let result = try await RestoreSupport.restore(manifest: manifest, readKey: readKey, chunkIDKey: material.chunkIDKey,
-                                                          source: SpoolPackSource(dir: spool), target: target, skipDamaged: skipDamaged)
+                                                          source: SpoolPackSource(dir: spool), target: target,
+                                                          subpath: path.map { Array($0.utf8) }, skipDamaged: skipDamaged)
             print("restored \(result.files) files, \(result.directories) directories, \(formatBytes(result.bytesWritten)) from media into \(target)")
             for d in result.damaged { print("  DAMAGED: \(d)") }
             if !result.damaged.isEmpty { return .integrity }

@@ -259,3 +259,56 @@ private func readTapes(_ lib: SimulatedTapeLibrary, asked: inout [UInt32]) throw
         #expect(throws: MediaError.self) { _ = try MediaDeviceSpec.source(["tape:relative/nst0"]) }
     }
 }
+
+/// Removable disks (RDX) through `dir:` with a changer: one volume per disk, all mounted in
+/// turn at the same path.
+@Suite struct RemovableDiskTests {
+    /// Moves what is "mounted" at `mnt` onto disk `from` and mounts disk `to` there.
+    private func swapDisks(_ base: String, unmount from: Int, mount to: Int) throws {
+        let fm = FileManager.default
+        let mnt = "\(base)/mnt", disk = { (n: Int) in "\(base)/disk-\(n)" }
+        try fm.moveItem(atPath: mnt, toPath: disk(from))
+        if fm.fileExists(atPath: disk(to)) { try fm.moveItem(atPath: disk(to), toPath: mnt) } else { try fm.createDirectory(atPath: mnt, withIntermediateDirectories: false) }
+    }
+
+    @Test func eachVolumeGoesOnTheNextDiskAndReadsBackDiskByDisk() throws {
+        let base = mediaTempDir(); defer { try? FileManager.default.removeItem(atPath: base) }
+        var mounted = 1
+        var asked: [UInt32] = []
+        let change = { (n: UInt32) throws(MediaError) in
+            asked.append(n)
+            do { try self.swapDisks(base, unmount: mounted, mount: Int(n)) } catch {
+                throw MediaError(code: "E_MEDIA_DEVICE", volume: n, block: 0, detail: "\(error)")
+            }
+            mounted = Int(n)
+        }
+        let dev = try DirectorySequentialDevice(path: "\(base)/mnt", capacity: 8 << 10, nextMedium: change)
+        let w = try MediaWriter(device: dev, setID: Array(0..<16), pool: "rdx", tenant: "acme", blockSize: 512,
+                                created: "2026-11-27T00:00:00Z", retainUntil: nil, writer: "test")
+        let records = sampleRecords()
+        for r in records { try w.append(r) }
+        let summary = try w.finish()
+        #expect(summary.volumes >= 3)
+        #expect(asked == Array(2...summary.volumes))
+        // Each disk holds exactly its own volume.
+        for n in 1..<Int(summary.volumes) {
+            #expect(try FileManager.default.contentsOfDirectory(atPath: "\(base)/disk-\(n)") == [DirectorySequentialDevice.name(UInt32(n))])
+        }
+        #expect(try FileManager.default.contentsOfDirectory(atPath: "\(base)/mnt") == [DirectorySequentialDevice.name(summary.volumes)])
+
+        // Read back: disk 1 mounted first, the others on request; nothing asked past the last.
+        try swapDisks(base, unmount: mounted, mount: 1)
+        mounted = 1
+        asked = []
+        let (got, rep) = try readAll(try DirectorySequentialDevice(path: "\(base)/mnt", nextMedium: change))
+        #expect(got == records && rep.damage.isEmpty)
+        #expect(asked == Array(2...summary.volumes))
+
+        // The wrong disk mounted for a volume is named, not read.
+        try swapDisks(base, unmount: mounted, mount: 1)
+        mounted = 1
+        let wrong = { (n: UInt32) throws(MediaError) in asked.append(n) }  // the operator does not swap
+        let e = #expect(throws: MediaError.self) { _ = try readAll(try DirectorySequentialDevice(path: "\(base)/mnt", nextMedium: wrong)) }
+        #expect(e?.code == "E_MEDIA_MISSING" && e?.volume == 2)
+    }
+}

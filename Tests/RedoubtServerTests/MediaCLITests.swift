@@ -25,6 +25,13 @@ import RedoubtMedia
         #expect(r == 0, "media restore: \(rOut)")
         #expect(rOut.contains("using the wrapped read key in tenant-v1.json on the media"), "\(rOut)")
         #expect(q.shell("diff -r '\(q.base)/sample' '\(target)/sample'").0 == 0, "restored tree differs from the sample")
+        // One directory of the snapshot only.
+        let part = "\(q.dir)/part"
+        let (p, pOut) = q.sh("media restore \(q.snapshot.prefix(12)) --device 'file:\(set)' --target '\(part)' --path sample/docs \(q.restorer)",
+                             env: "REDOUBT_PASSPHRASE=media-pass")
+        #expect(p == 0, "media restore --path: \(pOut)")
+        #expect(q.shell("diff -r '\(q.base)/sample/docs' '\(part)/docs'").0 == 0)
+        #expect(!FileManager.default.fileExists(atPath: "\(part)/README.txt") && !FileManager.default.fileExists(atPath: "\(part)/sample"))
 
         // An attacker who can write media rewrites the descriptor to name their KMS.
         var records: [MediaRecord] = []
