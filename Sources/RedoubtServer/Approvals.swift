@@ -23,10 +23,14 @@ public struct ApprovalRequest: Sendable, Equatable, Codable {
     /// The exact change: it is what the approvers approve, and what the final call must repeat.
     public let parameters: [String: String]
     public let requester: String
+    /// The requester's principal ID: only the requester may carry the change out.
+    public let requesterID: String
     public let createdAt: Date
     public let expiresAt: Date
-    /// Approvals needed from admins other than the requester (fixed when the request is made).
+    /// Approvals needed from admins other than the requester: fixed when the request is
+    /// made, raised if the quorum has been raised since.
     public let needed: Int
+    /// Admins who approved and are admins still (a revoked admin's approval no longer counts).
     public let approvers: [String]
     public let rejectedBy: String?
     public let state: State
@@ -71,19 +75,29 @@ extension Catalog {
 
     static func request(_ db: Database, _ id: String, now: Date) throws -> ApprovalRequest? {
         guard let r = try Row.fetchOne(db, sql: "SELECT * FROM requests WHERE id = ?", arguments: [id]) else { return nil }
-        let approvers = try String.fetchAll(db, sql: "SELECT approver FROM approvals WHERE request_id = ? ORDER BY time", arguments: [id])
+        // Why only current admins: an admin removed (say, as compromised) must not keep
+        // approving, nor keep a request of theirs alive.
+        let approvers = try String.fetchAll(db, sql: """
+            SELECT a.approver FROM approvals a JOIN principals p ON p.id = a.approver_id
+            WHERE a.request_id = ? AND p.role = 'admin' AND p.revoked = 0 ORDER BY a.time
+            """, arguments: [id])
+        let requesterID: String = r["requester_id"]
+        let requesterActive = try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM principals WHERE id = ? AND role = 'admin' AND revoked = 0",
+                                               arguments: [requesterID]) ?? 0 > 0
         let params = (try? JSONDecoder().decode([String: String].self, from: Data((r["parameters"] as String).utf8))) ?? [:]
-        let needed: Int = r["needed"]
+        // A quorum raised since the request was made applies to it too.
+        let needed = max(r["needed"] as Int, try effectiveQuorum(db) - 1)
         let rejectedBy: String? = r["rejected_by"]
         let expiresAt = Date(timeIntervalSince1970: r["expires_at"])
+        let live = expiresAt > now && requesterActive
         let state: ApprovalRequest.State =
             (r["executed_at"] as Double?) != nil ? .executed
             : rejectedBy != nil ? .rejected
-            : approvers.count >= needed ? (expiresAt > now ? .approved : .expired)
-            : expiresAt > now ? .pending : .expired
+            : !live ? .expired
+            : approvers.count >= needed ? .approved : .pending
         return ApprovalRequest(id: id, action: r["action"], object: r["object"], parameters: params, requester: r["requester"],
-                               createdAt: Date(timeIntervalSince1970: r["created_at"]), expiresAt: expiresAt, needed: needed,
-                               approvers: approvers, rejectedBy: rejectedBy, state: state)
+                               requesterID: requesterID, createdAt: Date(timeIntervalSince1970: r["created_at"]), expiresAt: expiresAt,
+                               needed: needed, approvers: approvers, rejectedBy: rejectedBy, state: state)
     }
 
     /// Records one admin's decision. Refuses the requester, a second decision by the same
@@ -135,16 +149,24 @@ extension Catalog {
     }
 
     /// The quorum set at `server init --quorum` or by `admin quorum set`; 2 when unset.
-    public func configuredQuorum() throws -> Int { try setting("quorum").flatMap(Int.init) ?? 2 }
+    public func configuredQuorum() throws -> Int { try db.read { try Self.configuredQuorum($0) } }
 
     /// The number of admins (requester included) a weakening change needs: the configured
     /// quorum, but never more than the admins there are — a lone admin acts alone until a
     /// second one is enrolled.
-    public func effectiveQuorum() throws -> Int { max(1, min(try configuredQuorum(), try adminCount())) }
+    public func effectiveQuorum() throws -> Int { try db.read { try Self.effectiveQuorum($0) } }
 
     /// Admins that can act (not revoked).
-    public func adminCount() throws -> Int {
-        try db.read { try Int.fetchOne($0, sql: "SELECT COUNT(*) FROM principals WHERE role = 'admin' AND revoked = 0") ?? 0 }
+    public func adminCount() throws -> Int { try db.read { try Self.adminCount($0) } }
+
+    static func configuredQuorum(_ db: Database) throws -> Int {
+        try String.fetchOne(db, sql: "SELECT value FROM settings WHERE key = 'quorum'").flatMap { Int($0) } ?? 2
+    }
+
+    static func effectiveQuorum(_ db: Database) throws -> Int { max(1, min(try configuredQuorum(db), try adminCount(db))) }
+
+    static func adminCount(_ db: Database) throws -> Int {
+        try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM principals WHERE role = 'admin' AND revoked = 0") ?? 0
     }
 }
 
@@ -176,6 +198,12 @@ extension RepositoryService {
             }
             guard req.action == action, req.object == object, req.parameters == parameters else {
                 throw refuse(ctx, action, object: object, .forbidden("request \(requestID) approved \(req.action) of \(req.object) \(req.parameters), not this change; file a new request"))
+            }
+            // Why: otherwise any admin could carry out another's approved change first,
+            // e.g. take the one-time enrollment token of an approved add-admin and so
+            // become a second admin who can approve their own requests.
+            guard req.requesterID == p.id else {
+                throw refuse(ctx, action, object: object, .forbidden("request \(requestID) was made by \(req.requester); only they may carry it out"))
             }
             guard req.state == .approved else {
                 throw refuse(ctx, action, object: object, ServerError(409, "E_APPROVAL_PENDING",
@@ -221,9 +249,11 @@ extension RepositoryService {
     public func setMinRetention(tenant: String, _ req: Wire.SetRetentionRequest, ctx: CallContext) async throws -> Wire.TenantInfo {
         let object = "tenant \(tenant)"
         guard let rec = try catalog.tenant(tenant) else { throw ServerError.notFound("tenant \(tenant) does not exist") }
-        guard req.minRetentionSeconds >= 86400 else { throw ServerError.badRequest("minimum retention must be at least 1 day") }
+        try Self.checkRetention(req.minRetentionSeconds)
         if req.minRetentionSeconds < rec.minRetention {
-            try authorize("lower-retention", object: object, parameters: ["minRetentionSeconds": String(Int(req.minRetentionSeconds))],
+            // "from" too: an approval to lower 90 days to 7 must not undo a raise made since.
+            try authorize("lower-retention", object: object,
+                          parameters: ["from": String(Int(rec.minRetention)), "minRetentionSeconds": String(Int(req.minRetentionSeconds))],
                           requestID: req.requestID, consume: true, ctx: ctx)
         }
         let updated = TenantRecord(name: rec.name, readKeyID: rec.readKeyID, readPublicKey: rec.readPublicKey, writeMaterial: rec.writeMaterial,
@@ -233,9 +263,21 @@ extension RepositoryService {
         let key = Self.tenantKey(tenant, version: rec.keyVersion)
         if try await store.head(key) != nil { try await deleteUnlessHeld(key, now: try now()) }
         _ = try await store.put(key, try TenantDescriptor(updated).encoded(), retainUntil: nil)
-        try catalog.setMinRetention(tenant: tenant, seconds: req.minRetentionSeconds)
+        // Compare-and-set: a change made meanwhile (another admin's raise) is not overwritten.
+        guard try catalog.setMinRetention(tenant: tenant, seconds: req.minRetentionSeconds, from: rec.minRetention) else {
+            throw refuse(ctx, "set-retention", object: object, ServerError(409, "E_CONFLICT", "tenant \(tenant)'s minimum retention changed meanwhile; look again (`redoubt admin tenant list`) and repeat"))
+        }
         audit(ctx, "set-retention", object: object, outcome: "ok", detail: "min-retention \(Int(rec.minRetention))s→\(Int(req.minRetentionSeconds))s")
         return Wire.TenantInfo(name: tenant, readKeyID: rec.readKeyID, minRetentionSeconds: req.minRetentionSeconds, createdAt: rec.createdAt)
+    }
+
+    /// Longest minimum retention accepted (about 100 years): beyond it, dates overflow.
+    public static let maxRetentionSeconds: Double = 100 * 365 * 86400
+
+    static func checkRetention(_ seconds: Double) throws {
+        guard seconds.isFinite, seconds >= 86400, seconds <= maxRetentionSeconds else {
+            throw ServerError.badRequest("minimum retention must be between 1 day and 100 years")
+        }
     }
 
     /// A one-time enrollment token for another admin.
@@ -264,8 +306,8 @@ extension RepositoryService {
         guard admins.count > 1 else { throw ServerError(409, "E_CONFLICT", "\(name) is the last admin; enroll another first") }
         try authorize("remove-admin", object: "admin \(name)", parameters: [:], requestID: req.requestID, consume: true, ctx: ctx)
         _ = try catalog.revokeAdmin(name: name)
-        // Why: a quorum above the admins left would lock every weakening change out.
-        if try catalog.configuredQuorum() > admins.count - 1 { try catalog.setSetting("quorum", String(admins.count - 1)) }
+        // The configured quorum stays: effectiveQuorum() caps it by the admins left, and
+        // it applies again in full once replacements are enrolled.
         audit(ctx, "remove-admin", object: "admin \(name)", outcome: "ok")
         return try quorum()
     }

@@ -216,8 +216,12 @@ public final class Catalog: Sendable {
     }
 
     /// Sets a tenant's minimum retention (whether that may happen is the caller's question).
-    public func setMinRetention(tenant: String, seconds: TimeInterval) throws {
-        try db.write { try $0.execute(sql: "UPDATE tenants SET min_retention = ? WHERE name = ?", arguments: [seconds, tenant]) }
+    /// Sets a tenant's minimum retention if it is still `from`; false if it changed meanwhile.
+    public func setMinRetention(tenant: String, seconds: TimeInterval, from: TimeInterval) throws -> Bool {
+        try db.write { db in
+            try db.execute(sql: "UPDATE tenants SET min_retention = ? WHERE name = ? AND min_retention = ?", arguments: [seconds, tenant, from])
+            return db.changesCount > 0
+        }
     }
 
     /// Revokes an admin credential by name: it authenticates no more.

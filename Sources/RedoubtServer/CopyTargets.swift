@@ -196,7 +196,9 @@ extension RepositoryService {
     public func addCopyTarget(_ req: Wire.AddCopyTargetRequest, ctx: CallContext) async throws -> Wire.CopyTargetInfo {
         guard let rec = try catalog.tenant(req.tenant) else { throw ServerError.notFound("tenant \(req.tenant) does not exist") }
         guard rec.shreddedAt == nil else { throw ServerError.shredded(req.tenant) }
-        guard req.marginSeconds >= 0 else { throw ServerError.badRequest("the retention margin cannot be negative") }
+        guard req.marginSeconds.isFinite, req.marginSeconds >= 0, req.marginSeconds <= CopyApproval.maxMarginSeconds else {
+            throw ServerError.badRequest("the retention margin must be between 0 and 10 years")
+        }
         let now = try now()
         var target = CopyTarget(
             info: Wire.CopyTargetInfo(id: hexString((0..<6).map { _ in UInt8.random(in: 0...255) }), tenant: req.tenant, url: req.url,
@@ -205,7 +207,11 @@ extension RepositoryService {
                                       lastProofDetail: nil, lastSyncAt: nil, lastSyncOK: nil, lastSyncDetail: nil),
             credentialsFile: req.credentialsFile, virtualHosted: req.virtualHosted ?? false)
         if target.acceptUnenforced {
-            try authorize("accept-unenforced", object: "copy target \(req.url)", parameters: ["tenant": req.tenant], requestID: req.requestID, consume: true, ctx: ctx)
+            try authorize("accept-unenforced", object: "copy target \(req.url)",
+                          parameters: CopyApproval.parameters(tenant: req.tenant, endpoint: req.endpoint, region: req.region,
+                                                              credentialsFile: req.credentialsFile, virtualHosted: req.virtualHosted ?? false,
+                                                              marginSeconds: req.marginSeconds),
+                          requestID: req.requestID, consume: true, ctx: ctx)
         }
         let s3 = try target.store()
         let proof = await S3LockProof(client: s3.client).run(now: now)
@@ -272,5 +278,17 @@ extension RepositoryService {
             }
         }
         return allOK
+    }
+}
+
+/// What an approval of `--accept-unenforced` binds: the whole target, so that an approval
+/// for one endpoint, credential and margin cannot be used for another.
+public enum CopyApproval {
+    public static let maxMarginSeconds: Double = 10 * 365 * 86400
+
+    public static func parameters(tenant: String, endpoint: String, region: String, credentialsFile: String?, virtualHosted: Bool,
+                                  marginSeconds: Double) -> [String: String] {
+        ["tenant": tenant, "endpoint": endpoint, "region": region, "credentials": credentialsFile ?? "",
+         "virtualHosted": String(virtualHosted), "marginSeconds": String(Int(marginSeconds.rounded()))]
     }
 }

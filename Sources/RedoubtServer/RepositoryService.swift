@@ -405,7 +405,7 @@ public final class RepositoryService: Sendable {
             throw ServerError.badRequest("read public key or write material is malformed or they do not match")
         }
         let minRetention = req.minRetentionSeconds ?? defaultMinRetention
-        guard minRetention >= 86400 else { throw ServerError.badRequest("minimum retention must be at least 1 day") }
+        try Self.checkRetention(minRetention)
         let now = try now()
         _ = try WrappedKeyHeader.check(req.wrappedReadKey, tenant: TenantRecord(
             name: req.name, readKeyID: key.keyID.description, readPublicKey: Array(pub), writeMaterial: [], wrappedReadKey: "",

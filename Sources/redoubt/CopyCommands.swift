@@ -66,12 +66,19 @@ struct CopySync: AsyncParsableCommand {
             let store = try LocalStore(root: URL(fileURLWithPath: home.storePath))
             let target = try bucket.store()
             // Why: keeping a target that does not enforce its locks weakens protection (M-of-N).
+            let margin = try parseDuration(retentionMargin)
+            guard margin.isFinite, margin >= 0, margin <= CopyApproval.maxMarginSeconds else {
+                throw ValidationError("--retention-margin must be between 0 and 10 years")
+            }
             if acceptUnenforced {
-                try catalog.authorizeLocally("accept-unenforced", object: "copy target \(bucket.to)", parameters: ["tenant": tenant],
+                try catalog.authorizeLocally("accept-unenforced", object: "copy target \(bucket.to)",
+                                             parameters: CopyApproval.parameters(tenant: tenant, endpoint: bucket.endpoint, region: bucket.region,
+                                                                                 credentialsFile: bucket.credentials, virtualHosted: bucket.virtualHosted,
+                                                                                 marginSeconds: margin),
                                              requestID: request, now: Date())
             }
             let s = try await BucketCopy.sync(catalog: catalog, store: store, tenant: tenant, target: target,
-                                              margin: try parseDuration(retentionMargin), acceptUnenforced: acceptUnenforced,
+                                              margin: margin, acceptUnenforced: acceptUnenforced,
                                               actor: "local-admin", now: Date()) { line in
                 FileHandle.standardError.write(Data("  \(line)\n".utf8))
             }

@@ -64,6 +64,11 @@ import RedoubtKMS
             let approved = try await bob.decide(request: req.id, approve: true)
             #expect(approved.state == "approved" && approved.approvers == ["bob"])
             await refused("E_CONFLICT", "approving twice") { _ = try await bob.decide(request: req.id, approve: true) }
+            // Only the requester may carry it out: another admin using it first is refused.
+            await refused("E_FORBIDDEN", "bob carrying out alice's approved shred") {
+                _ = try await bob.shredTenant(tenant: "acme", confirm: "acme", destroyedVersions: [], requestID: req.id)
+            }
+            #expect(try server.service.catalog.tenant("acme")?.shreddedAt == nil)
             await refused("E_FORBIDDEN", "the shred approval used for a retention change") {
                 _ = try await alice.setMinRetention(tenant: "acme", seconds: 86400, requestID: req.id)
             }
@@ -78,7 +83,7 @@ import RedoubtKMS
             #expect(try await alice.setMinRetention(tenant: "beta", seconds: 90 * 86400, requestID: nil).minRetentionSeconds == 90 * 86400)
             await refused("E_APPROVAL_REQUIRED", "lowering alone") { _ = try await alice.setMinRetention(tenant: "beta", seconds: 7 * 86400, requestID: nil) }
             let lower = try #require(try await alice.requests().first { $0.action == "lower-retention" })
-            #expect(lower.parameters == ["minRetentionSeconds": "604800"])
+            #expect(lower.parameters == ["from": "7776000", "minRetentionSeconds": "604800"])
             let rejected = try await bob.decide(request: lower.id, approve: false)
             #expect(rejected.state == "rejected" && rejected.rejectedBy == "bob")
             await refused("E_CONFLICT", "approving a rejected request") { _ = try await bob.decide(request: lower.id, approve: true) }
@@ -106,7 +111,16 @@ import RedoubtKMS
             await refused("E_APPROVAL_REQUIRED", "removing bob alone") { _ = try await alice.removeAdmin(name: "bob", requestID: nil) }
             let rm = try #require(try await alice.requests().first { $0.action == "remove-admin" })
             _ = try await bob.decide(request: rm.id, approve: true)
-            #expect(try await alice.removeAdmin(name: "bob", requestID: rm.id).admins == 1)
+            // Bob also approves another change before he goes.
+            await refused("E_APPROVAL_REQUIRED", "lowering beta alone") { _ = try await alice.setMinRetention(tenant: "beta", seconds: 86400, requestID: nil) }
+            let pendingLower = try #require(try await alice.requests().last { $0.action == "lower-retention" && $0.state == "pending" })
+            #expect(try await bob.decide(request: pendingLower.id, approve: true).state == "approved")
+            let afterRemoval = try await alice.removeAdmin(name: "bob", requestID: rm.id)
+            // The configured quorum stays; only the effective one follows the admins left.
+            #expect(afterRemoval.admins == 1 && afterRemoval.configured == 2 && afterRemoval.effective == 1)
+            // A removed admin's approval no longer counts.
+            let lowerNow = try #require(try await alice.requests().first { $0.id == pendingLower.id })
+            #expect(lowerNow.state == "pending" && lowerNow.approvers.isEmpty)
             await refused("E_UNAUTHENTICATED", "the removed admin") { _ = try await bob.quorum() }
             await refused("E_CONFLICT", "removing the last admin") { _ = try await alice.removeAdmin(name: "admin", requestID: nil) }
 
