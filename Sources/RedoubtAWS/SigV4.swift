@@ -16,7 +16,7 @@ public struct AWSCredentials: Sendable, CustomStringConvertible {
     public init(accessKeyID: String, secretAccessKey: String, sessionToken: String? = nil) {
         self.accessKeyID = accessKeyID
         self.secretAccessKey = secretAccessKey
-        self.sessionToken = sessionToken
+        self.sessionToken = sessionToken?.isEmpty == true ? nil : sessionToken  // an empty token is no token (AWS refuses one sent empty)
     }
 
     public var description: String { "AWSCredentials(\(accessKeyID), secret redacted)" }

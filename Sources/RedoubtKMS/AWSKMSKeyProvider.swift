@@ -68,6 +68,7 @@ public struct AWSKMSKeyProvider: KeyProvider {
     /// Parses an `awskms://` URI. `credentials` nil means the standard AWS chain.
     public init(uri: String, credentials: AWSCredentials? = nil, http: HTTPClient = AWSKMSKeyProvider.defaultHTTPClient) throws(KeyProviderError) {
         guard uri.hasPrefix("awskms://") else { throw .unknownProvider(uri) }
+        guard isWellFormedProviderURI(uri) else { throw .malformed("\(uri.debugDescription): not a well-formed awskms:// URI (printable ASCII, no '#')") }
         var rest = Substring(uri.dropFirst("awskms://".count))
         var endpoint: URL? = nil
         if let q = rest.firstIndex(of: "?") {
@@ -176,6 +177,9 @@ public struct AWSKMSKeyProvider: KeyProvider {
         var configuration = HTTPClient.Configuration()
         configuration.timeout = .init(connect: .seconds(10))
         configuration.connectionPool.retryConnectionEstablishment = false
+        // Why: a redirect would carry Encrypt's plaintext (the read key's seed) and the
+        // session token to another host, possibly over http.
+        configuration.redirectConfiguration = .disallow
         return HTTPClient(eventLoopGroup: HTTPClient.defaultEventLoopGroup, configuration: configuration)
     }()
 

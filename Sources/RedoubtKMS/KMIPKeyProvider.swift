@@ -27,6 +27,7 @@ public struct KMIPKeyProvider: KeyProvider {
 
     /// Parses a `kmip://` URI.
     public init(uri: String) throws(KeyProviderError) {
+        guard isWellFormedProviderURI(uri) else { throw .malformed("\(uri.debugDescription): not a well-formed kmip:// URI (printable ASCII, no '#')") }
         guard let parts = URLComponents(string: uri), parts.scheme == "kmip", let host = parts.host, !host.isEmpty else {
             throw .unknownProvider(uri)
         }

@@ -80,6 +80,10 @@ public struct WrappedReadKey: Sendable, Codable, Equatable {
         guard w.format == currentFormat else {
             throw KeyProviderError.malformed("wrapped key format \(w.format); this build reads \(currentFormat): upgrade redoubt")
         }
+        guard w.context.keyVersion >= 1 else { throw KeyProviderError.malformed("wrapped key version \(w.context.keyVersion) is not a version") }
+        guard isWellFormedProviderURI(w.provider) else {
+            throw KeyProviderError.malformed("wrapped key names provider \(w.provider.debugDescription), which is not a well-formed key provider URI")
+        }
         return w
     }
 }
@@ -201,6 +205,11 @@ extension KeyProvider {
 /// compromised server must not be able to send the restorer's credentials (a signed KMS
 /// request, a client certificate, an HSM module to load) anywhere it likes.
 public func keyProviderLocation(_ uri: String) -> String {
+    // Why: a second parser (URLComponents below, the provider's own) could read a URI with a
+    // fragment or control characters differently, e.g. `awskms://r/k#?endpoint=https://evil`
+    // is region r for one and endpoint evil for the other. Such a URI is a location of its
+    // own that matches nothing enrolled.
+    guard isWellFormedProviderURI(uri) else { return "malformed:\(uri)" }
     if uri.hasPrefix("passphrase") { return "passphrase:" }
     if uri.hasPrefix("pkcs11:") {
         let body = uri.dropFirst("pkcs11:".count)
@@ -208,10 +217,19 @@ public func keyProviderLocation(_ uri: String) -> String {
         let query = body.dropFirst(path.count + 1)
         let token = path.split(separator: ";").first { $0.hasPrefix("token=") }.map(String.init) ?? ""
         let module = query.split(separator: "&").first { $0.hasPrefix("module-path=") }.map(String.init) ?? ""
-        return "pkcs11:\(token);\(module)"
+        // The PIN's source too: a server must not make a restorer try a wrong PIN (a file of
+        // its choosing) until the token locks.
+        let pin = query.split(separator: "&").first { $0.hasPrefix("pin-source=") }.map(String.init) ?? ""
+        return "pkcs11:\(token);\(module);\(pin)"
     }
     guard let c = URLComponents(string: uri), let scheme = c.scheme else { return uri }
     let query = (c.queryItems ?? []).filter { ["ca", "cert", "key", "endpoint"].contains($0.name) }
         .sorted { $0.name < $1.name }.map { "\($0.name)=\($0.value ?? "")" }.joined(separator: "&")
     return "\(scheme)://\(c.host ?? "")\(c.port.map { ":\($0)" } ?? "")\(query.isEmpty ? "" : "?\(query)")"
+}
+
+/// A key provider URI Redoubt accepts anywhere: printable ASCII without spaces and without a
+/// fragment (`#`), which no provider uses and which parsers disagree on.
+public func isWellFormedProviderURI(_ uri: String) -> Bool {
+    !uri.isEmpty && !uri.contains("#") && uri.unicodeScalars.allSatisfy { $0.value > 0x20 && $0.value < 0x7F }
 }

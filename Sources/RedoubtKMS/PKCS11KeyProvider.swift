@@ -25,6 +25,7 @@ public struct PKCS11KeyProvider: KeyProvider {
 
     /// Parses a `pkcs11:` URI.
     public init(uri: String) throws(KeyProviderError) {
+        guard isWellFormedProviderURI(uri) else { throw .malformed("\(uri.debugDescription): not a well-formed pkcs11: URI (printable ASCII, no '#')") }
         self.init(target: try PKCS11URI(parsing: uri))
     }
 

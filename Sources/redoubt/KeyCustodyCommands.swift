@@ -119,6 +119,12 @@ struct TenantShred: AsyncParsableCommand {
                 }
                 var destroyed: [Int] = []
                 var undestroyable: [String] = []
+                // A wrapping the server says belongs to another tenant is not destroyed here.
+                // (This cannot catch a server that forges the context too: see the notes on
+                // checking a KEK's tenant tag at the KMS itself.)
+                for (_, w) in keks where w.context.tenant != tenant {
+                    throw KeyProviderError.wrongContext(provider: w.provider, expected: KeyContext(tenant: tenant, keyVersion: w.context.keyVersion), found: w.context)
+                }
                 for (version, w) in keks {
                     if isPassphrase(w.provider) {
                         undestroyable.append("key version \(version) (\(w.provider)): copies wrapped under it before its rotation (bucket copies, media, escrow files) stay readable to whoever knows that passphrase")
