@@ -162,8 +162,14 @@ public enum BucketCopy {
     /// Snapshot manifests of `tenant` in a bucket copy, by snapshot ID.
     public static func manifests(in target: S3Store, tenant: String) async throws -> [String: [UInt8]] {
         var out: [String: [UInt8]] = [:]
-        for info in try await target.list(prefix: "t/\(tenant)/snapshots/") {
-            out[String(info.key.path.split(separator: "/").last ?? "")] = try await target.get(info.key)
+        let prefix = "t/\(tenant)/snapshots/"
+        for info in try await target.list(prefix: prefix) where info.key.path.hasPrefix(prefix) {
+            // Only `snapshots/<snapshot ID>`: anything else (a nested or misnamed key that
+            // someone with the bucket's credentials added) is not a manifest Redoubt wrote;
+            // `copy verify` lists it as EXTRA.
+            let name = String(info.key.path.dropFirst(prefix.count))
+            guard SnapshotID(hex: name) != nil else { continue }
+            out[name] = try await target.get(info.key)
         }
         return out
     }

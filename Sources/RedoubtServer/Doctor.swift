@@ -347,6 +347,14 @@ public struct Doctor: Sendable {
         return SSHDConfig.parse(path: "/etc/ssh/sshd_config", read: files.read, list: files.list)
     }
 
+    /// Why not pass: sshd takes the first value, and an included file this process cannot
+    /// read may set it before anything it could read.
+    static func unreadIncludes(_ c: SSHDConfig) -> String? {
+        c.unreadable.isEmpty ? nil : "included file(s) \(c.unreadable.joined(separator: ", ")) could not be read and may set it first"
+    }
+
+    static let unreadFix = "run `redoubt doctor` as root, or check those files yourself"
+
     static func describe(_ keyword: String, _ v: (value: String, isDefault: Bool)) -> String {
         "\(keyword) \(v.value)" + (v.isDefault ? " (unset: OpenSSH default assumed)" : "")
     }
@@ -369,6 +377,7 @@ public struct Doctor: Sendable {
         if let w = weak.first {
             return DoctorCheck(id: id, status: .warn, summary: "passwords are off globally but a Match block turns them on: \(w.match): \(w.keyword) yes", fix: "remove it from the Match block")
         }
+        if let unread = Self.unreadIncludes(c) { return DoctorCheck(id: id, status: .warn, summary: "\(state) as far as readable, but \(unread)", fix: Self.unreadFix) }
         return DoctorCheck(id: id, status: .pass, summary: "SSH accepts no passwords: \(state)")
     }
 
@@ -385,6 +394,7 @@ public struct Doctor: Sendable {
             if let w = c.conditional.first(where: { $0.keyword == "permitrootlogin" && $0.value != "no" }) {
                 return DoctorCheck(id: id, status: .warn, summary: "root login is off globally but a Match block allows it: \(w.match): PermitRootLogin \(w.value)", fix: fix)
             }
+            if let unread = Self.unreadIncludes(c) { return DoctorCheck(id: id, status: .warn, summary: "\(state) as far as readable, but \(unread)", fix: Self.unreadFix) }
             return DoctorCheck(id: id, status: .pass, summary: "SSH refuses root: \(state)")
         case "prohibit-password", "without-password", "forced-commands-only":
             // Why warn, not fail: no password can be guessed, but one stolen key is root here, unattributed.

@@ -164,6 +164,9 @@ public struct SSHDConfig: Sendable, Equatable {
     public var conditional: [MatchValue] = []
     /// Files read, in order.
     public var files: [String] = []
+    /// Included files that could not be read (often 0600, e.g. cloud-init's): a value set
+    /// there may win over anything seen here.
+    public var unreadable: [String] = []
 
     public struct MatchValue: Sendable, Equatable {
         public let keyword: String
@@ -191,7 +194,11 @@ public struct SSHDConfig: Sendable, Equatable {
         var c = SSHDConfig()
         var depth = 0
         func load(_ p: String, inMatch: String?) {
-            guard depth < 16, let text = read(p) else { return }
+            guard depth < 16 else { return }
+            guard let text = read(p) else {
+                if depth > 0 { c.unreadable.append(p) }
+                return
+            }
             depth += 1
             defer { depth -= 1 }
             c.files.append(p)

@@ -125,7 +125,11 @@ enum RestoreSupport {
         guard prefix.count >= 8, matches.count == 1, let id = matches.first, let bytes = manifests[id] else {
             throw ValidationError("snapshot \(prefix) is \(matches.isEmpty ? "not \(place)" : "ambiguous"); `\(lister)` lists them")
         }
-        return try Manifest.parse(bytes, expectedID: SnapshotID(hex: id))
+        // Why required: without an ID, parse would check nothing against the name.
+        guard let expected = SnapshotID(hex: id) else {
+            throw ValidationError("\(id.debugDescription) \(place) is not named by a snapshot ID: not a manifest Redoubt wrote")
+        }
+        return try Manifest.parse(bytes, expectedID: expected)
     }
 
     /// Restores `manifest` from `source` into `target` with a progress line on stderr.

@@ -112,6 +112,23 @@ final class DoctorFixture {
         #expect(c.value("kbdinteractiveauthentication") == ("yes", true))
         #expect(c.conditional.count == 1)
         #expect(c.files == ["/etc/ssh/sshd_config", "/etc/ssh/sshd_config.d/10-cloud.conf"])
+        #expect(c.unreadable.isEmpty)
+    }
+
+    /// An included file this process cannot read (cloud-init's is often 0600) may set a
+    /// keyword first: it is recorded, and the ssh checks then warn instead of passing.
+    @Test func unreadableSSHDIncludeIsRecorded() {
+        let files = [
+            "/etc/ssh/sshd_config": "Include /etc/ssh/sshd_config.d/*.conf\nPasswordAuthentication no\nPermitRootLogin no\n",
+            "/etc/ssh/sshd_config.d/50-cloud-init.conf": "PasswordAuthentication yes\n",
+        ]
+        // As root every file reads, so the test makes this one unreadable in the reader.
+        let c = SSHDConfig.parse(path: "/etc/ssh/sshd_config", read: { $0.hasSuffix("50-cloud-init.conf") ? nil : files[$0] },
+                                 list: { dir in files.keys.filter { ($0 as NSString).deletingLastPathComponent == dir }.map { ($0 as NSString).lastPathComponent } })
+        #expect(c.value("passwordauthentication").value == "no")
+        #expect(c.unreadable == ["/etc/ssh/sshd_config.d/50-cloud-init.conf"])
+        #expect(Doctor.unreadIncludes(c)?.contains("50-cloud-init.conf") == true)
+        #expect(Doctor.unreadIncludes(SSHDConfig.parse(path: "/etc/ssh/sshd_config", read: { files[$0] }, list: { _ in [] })) == nil)
     }
 
     @Test func capabilitiesReadCapEff() throws {
