@@ -204,6 +204,11 @@ public final class Catalog: Sendable {
                 throw ServerError.notFound("tenant \(tenant) does not exist")
             }
             guard (row["shredded_at"] as Double?) == nil else { throw ServerError.shredded(tenant) }
+            // Checked again here, in the same transaction as the shred: a hold placed after
+            // the service's first check (across its awaits) still stops it.
+            if shredded, let hold = try String.fetchOne(db, sql: "SELECT id FROM holds WHERE tenant = ? AND released_at IS NULL LIMIT 1", arguments: [tenant]) {
+                throw ServerError(409, "E_HELD", "tenant \(tenant) is under legal hold \(hold): release it first (`redoubt admin hold release \(hold)`)")
+            }
             let current: Int = row["key_version"]
             guard newVersion == current + 1 else {
                 throw ServerError(409, "E_CONFLICT", "tenant \(tenant)'s read key is at version \(current), not \(newVersion - 1): another rotation came first; fetch it again")
