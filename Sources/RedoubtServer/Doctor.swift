@@ -100,6 +100,21 @@ public struct Doctor: Sendable {
         return host + [checkHostOS(catalog, standIns: standIns), checkCopyProof(catalog), checkCopyFreshness(catalog)]
     }
 
+    /// Whether a shared or exported path holds or lies in `dir`, as written or with its
+    /// symlinks resolved (a share of /srv/x where /srv/x links to the data directory
+    /// shares the data directory).
+    func overlapsData(_ p: String, _ dir: String) -> Bool {
+        var candidates = [p]
+        for path in [p, files.resolve(p)] {
+            guard let r = realpath(path, nil) else { continue }
+            defer { free(r) }
+            let s = String(cString: r)
+            candidates.append(s)
+            if files.root != "/", s.hasPrefix(files.root) { candidates.append(String(s.dropFirst(files.root.count))) }
+        }
+        return candidates.contains { PathRelation.overlaps($0, dir) }
+    }
+
     /// The data directory with symlinks resolved (as the mount table names it).
     var realDataDir: String {
         guard let r = realpath(dataDir, nil) else { return PathRelation.normalize(URL(fileURLWithPath: dataDir).standardizedFileURL.path) }
@@ -197,7 +212,7 @@ public struct Doctor: Sendable {
         for f in sources {
             guard let text = files.read(f) else { continue }
             read += 1
-            for p in NFSExports.paths(text) where PathRelation.overlaps(p, dir) { hits.append("\(p) (\(f))") }
+            for p in NFSExports.paths(text) where overlapsData(p, dir) { hits.append("\(p) (\(f))") }
         }
         if !hits.isEmpty {
             return DoctorCheck(id: id, status: .fail, summary: "\(dir) is exported through NFS: \(Self.unique(hits).joined(separator: ", "))",
@@ -229,7 +244,7 @@ public struct Doctor: Sendable {
             guard let text = files.read("/var/lib/samba/usershares/" + name) else { continue }
             for line in text.split(separator: "\n") where line.hasPrefix("path=") {
                 let p = String(line.dropFirst(5))
-                if PathRelation.overlaps(p, dir) { hits.append("user share \(name) path=\(p)") }
+                if overlapsData(p, dir) { hits.append("user share \(name) path=\(p)") }
             }
         }
         guard let text = sambaConfig() else {
@@ -241,7 +256,8 @@ public struct Doctor: Sendable {
         }
         let conf = INIConfig.parse(text)
         for s in conf.sections where s.name.lowercased() != "global" {
-            if let p = s.value("path"), p.hasPrefix("/"), PathRelation.overlaps(p, dir) { hits.append("[\(s.name)] path = \(p)") }
+            // `directory` is Samba's synonym of `path`; every value counts, not the first.
+            for p in s.values(["path", "directory"]) where p.hasPrefix("/") && overlapsData(p, dir) { hits.append("[\(s.name)] path = \(p)") }
         }
         if !hits.isEmpty {
             return DoctorCheck(id: id, status: .fail, summary: "\(dir) is inside a Samba share: \(hits.joined(separator: ", "))",

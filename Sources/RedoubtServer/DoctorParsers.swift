@@ -130,6 +130,9 @@ public struct INIConfig: Sendable, Equatable {
 
         /// The first value of `key` (already normalised: lower case, no spaces).
         public func value(_ key: String) -> String? { entries.first { $0.key == key }?.value }
+
+        /// Every value of any of `keys`, in order (synonyms, repeats).
+        public func values(_ keys: Set<String>) -> [String] { entries.filter { keys.contains($0.key) }.map(\.value) }
     }
 
     public var sections: [Section]

@@ -214,6 +214,18 @@ final class DoctorFixture {
         let h = try DoctorFixture()
         try h.write("/var/lib/samba/usershares/backup", "#VERSION 2\npath=\(h.base)/srv\ncomment=\nusershare_acl=S-1-1-0:F\nguest_ok=n\n")
         #expect(h.doctor().checkSambaShare().status == .fail)
+        // Samba's synonym `directory`, a second `path`, and a symlink to the data directory.
+        let i = try DoctorFixture()
+        try i.write("/etc/samba/smb.conf", "[x]\n  directory = \(i.data)\n")
+        #expect(i.doctor().checkSambaShare().status == .fail)
+        try i.write("/etc/samba/smb.conf", "[x]\n  path = /srv/public\n  path = \(i.data)\n")
+        #expect(i.doctor().checkSambaShare().status == .fail)
+        let link = i.base + "/srv/innocent"
+        try FileManager.default.createSymbolicLink(atPath: link, withDestinationPath: i.data)
+        try i.write("/etc/samba/smb.conf", "[x]\n  path = \(link)\n")
+        #expect(i.doctor().checkSambaShare().status == .fail)
+        try i.write("/etc/exports", "\(link) *(rw)\n")
+        #expect(i.doctor().checkNFSExport().status == .fail)
     }
 
     @Test func immutableProbeRunsForReal() throws {
