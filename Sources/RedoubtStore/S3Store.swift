@@ -350,6 +350,7 @@ extension S3Client {
         let what = key?.path ?? prefix
         var out: [S3XML.ListedVersion] = []
         var marker: (key: String, version: String?)? = nil
+        var seen = Set<String>()
         repeat {
             var query: [(name: String, value: String)] = [("versions", ""), ("prefix", prefix)]
             if let pageSize { query.append(("max-keys", "\(pageSize)")) }
@@ -374,10 +375,13 @@ extension S3Client {
                 guard let next = page.nextKeyMarker else {
                     throw StoreError(.integrity, key: what, "S3 version listing is truncated without a NextKeyMarker")
                 }
-                // A server that hands back the marker it was given would loop for ever.
-                if let marker, marker.key == next, marker.version == page.nextVersionIDMarker {
+                // A server that hands back a marker it gave before, or goes back in key order
+                // (S3 lists keys in ascending order), would loop for ever.
+                let seenKey = next + "\u{0}" + (page.nextVersionIDMarker ?? "")
+                if let marker, next.utf8.lexicographicallyPrecedes(marker.key.utf8) || seen.contains(seenKey) {
                     throw StoreError(.integrity, key: what, "S3 version listing does not advance past \(next)")
                 }
+                seen.insert(seenKey)
                 marker = (next, page.nextVersionIDMarker)
             } else {
                 marker = nil

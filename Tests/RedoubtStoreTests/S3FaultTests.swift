@@ -152,3 +152,34 @@ final class FaultyTransport: S3Transport {
         #expect(e?.code == .integrity)
     }
 }
+
+/// A hostile S3 endpoint whose version listing never ends: markers that alternate (a, b,
+/// a, …) or go back in key order. Our own transport stands in for it (no S3 server can be
+/// made to answer this way); the listing must stop with an error, not loop for ever.
+final class CyclingListing: S3Transport {
+    let markers: [String]
+    let calls = Mutex(0)
+    init(_ markers: [String]) { self.markers = markers }
+
+    func execute(_ request: S3HTTPRequest) async throws -> S3Response {
+        let n = calls.withLock { c -> Int in
+            c += 1
+            return c
+        }
+        let next = markers[(n - 1) % markers.count]
+        let xml = "<ListVersionsResult><IsTruncated>true</IsTruncated><NextKeyMarker>\(next)</NextKeyMarker><NextVersionIdMarker>v</NextVersionIdMarker></ListVersionsResult>"
+        return S3Response(status: 200, headers: [:], body: Array(xml.utf8))
+    }
+}
+
+@Suite struct HostileListingTests {
+    @Test(arguments: [["t/a", "t/b"], ["t/b", "t/a"]])
+    func aListingThatDoesNotAdvanceIsAnError(_ markers: [String]) async throws {
+        let endpoint = try #require(URL(string: "http://127.0.0.1:9"))
+        let transport = CyclingListing(markers)
+        let client = S3Client(location: S3Location(endpoint: endpoint, region: "us-east-1", bucket: "b"),
+                              credentials: AWSCredentials(accessKeyID: "a", secretAccessKey: "s"), transport: transport)
+        await #expect(throws: StoreError.self) { _ = try await client.listVersions(prefix: "t/") }
+        #expect(transport.calls.withLock { $0 } <= 3)
+    }
+}
