@@ -132,8 +132,11 @@ public final class APIClient: Sendable {
         try await json(Wire.ReadKeyInfo.self, .GET, "/v1/tenants/\(tenant)/read-key")
     }
 
-    public func rotateReadKey(tenant: String, wrappedReadKey: String) async throws -> Wire.ReadKeyInfo {
-        try await json(Wire.ReadKeyInfo.self, .PUT, "/v1/tenants/\(tenant)/read-key", body: Wire.RotateReadKeyRequest(wrappedReadKey: wrappedReadKey))
+    /// Rotates to `wrappedReadKey`, or (empty, with `requestID`) to the wrapping an approved
+    /// request holds.
+    public func rotateReadKey(tenant: String, wrappedReadKey: String, requestID: String? = nil) async throws -> Wire.ReadKeyInfo {
+        try await json(Wire.ReadKeyInfo.self, .PUT, "/v1/tenants/\(tenant)/read-key",
+                       body: Wire.RotateReadKeyRequest(wrappedReadKey: wrappedReadKey, requestID: requestID))
     }
 
     public func markKEKsDestroyed(tenant: String, versions: [Int]) async throws -> Wire.ReadKeyInfo {

@@ -159,8 +159,13 @@ public enum Wire {
 
     /// `PUT /v1/tenants/{t}/read-key`: the same read key, wrapped anew (version + 1).
     public struct RotateReadKeyRequest: Codable, Sendable {
+        /// The new wrapping; empty when carrying out an approved request (which holds it).
         public var wrappedReadKey: String
-        public init(wrappedReadKey: String) { self.wrappedReadKey = wrappedReadKey }
+        public var requestID: String?
+        public init(wrappedReadKey: String, requestID: String? = nil) {
+            self.wrappedReadKey = wrappedReadKey
+            self.requestID = requestID
+        }
     }
 
     /// `POST /v1/tenants/{t}/read-key/destroyed`: these versions' KEKs were destroyed.

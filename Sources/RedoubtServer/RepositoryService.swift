@@ -454,13 +454,34 @@ public final class RepositoryService: Sendable {
         guard let rec = try catalog.tenant(tenant) else { throw ServerError.notFound("tenant \(tenant) does not exist") }
         guard rec.shreddedAt == nil else { throw refuse(ctx, "rotate-read-key", object: object, .shredded(tenant)) }
         let next = rec.keyVersion + 1
+        // Why a gated change: the server can check only the wrapping's header, and the old
+        // descriptors are deleted; one admin could otherwise swap in a wrapping nobody can
+        // open (a shred in effect). The request holds the exact wrapping the approvers saw;
+        // carrying it out applies that wrapping, not a new upload.
+        var wrappedJSON = req.wrappedReadKey
+        if let id = req.requestID {
+            guard let r = try catalog.request(id, now: try now()), r.action == "rotate-read-key", r.object == object,
+                  let held = r.parameters["wrappedReadKey"] else {
+                throw refuse(ctx, "rotate-read-key", object: object, .forbidden("request \(id) is not a rotation of \(object)'s read key"))
+            }
+            guard r.state != .executed else {
+                throw refuse(ctx, "rotate-read-key", object: object, ServerError(409, "E_APPROVAL_PENDING", "request \(id) was already used"))
+            }
+            guard wrappedJSON.isEmpty || wrappedJSON == held else {
+                throw refuse(ctx, "rotate-read-key", object: object, .forbidden("request \(id) approved another wrapping; send none to apply the approved one"))
+            }
+            wrappedJSON = held
+        }
         let header: WrappedKeyHeader
-        do { header = try WrappedKeyHeader.check(req.wrappedReadKey, tenant: rec, version: next) } catch let e as ServerError {
+        do { header = try WrappedKeyHeader.check(wrappedJSON, tenant: rec, version: next) } catch let e as ServerError {
             throw refuse(ctx, "rotate-read-key", object: object, e)
         }
+        try authorize("rotate-read-key", object: object,
+                      parameters: ["version": String(next), "provider": header.provider, "wrappedReadKey": wrappedJSON],
+                      requestID: req.requestID, consume: true, ctx: ctx)
         let stub = try WrappedKeyHeader.stub(rec.wrappedReadKey)
         let updated = TenantRecord(name: rec.name, readKeyID: rec.readKeyID, readPublicKey: rec.readPublicKey, writeMaterial: rec.writeMaterial,
-                               wrappedReadKey: req.wrappedReadKey, minRetention: rec.minRetention, createdAt: rec.createdAt, keyVersion: next)
+                               wrappedReadKey: wrappedJSON, minRetention: rec.minRetention, createdAt: rec.createdAt, keyVersion: next)
         try await replaceDescriptor(updated, retiredStub: stub, shredded: false, now: try now())
         audit(ctx, "rotate-read-key", object: object, outcome: "ok", detail: "version \(rec.keyVersion)→\(next) provider=\(header.providerName)")
         return try readKeyInfo(tenant, withRetired: true)

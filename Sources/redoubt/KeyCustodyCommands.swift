@@ -37,7 +37,8 @@ struct TenantRotateKey: AsyncParsableCommand {
             """)
     @OptionGroup var admin: AdminOptions
     @Argument(help: "The tenant.") var tenant: String
-    @Option(name: .long, help: "The new key provider URI (kmip://…/new, passphrase:, …).") var keyProvider: String
+    @Option(name: .long, help: "The new key provider URI (kmip://…/new, passphrase:, …); not with --request.") var keyProvider: String?
+    @Option(name: .long, help: "Carry out this approved rotation request (it holds the new wrapping made when it was filed).") var request: String?
     @Option(name: .long, help: "File with the CURRENT passphrase, if the key is passphrase-wrapped now (else REDOUBT_PASSPHRASE or a prompt).") var oldPassphraseFile: String?
     @Option(name: .long, help: "File with the NEW passphrase, if rotating to passphrase: (else REDOUBT_NEW_PASSPHRASE or a prompt).") var passphraseFile: String?
     @Flag(name: .long, help: "Destroy the old KEK at its KMS or HSM once the new wrapping is in place.") var destroyOld = false
@@ -50,18 +51,31 @@ struct TenantRotateKey: AsyncParsableCommand {
                 if destroyOld && old.provider.hasPrefix("passphrase") {
                     throw ValidationError("the current wrapping is a passphrase, which cannot be destroyed: drop --destroy-old (nothing was changed)")
                 }
-                let key = try await unwrapCurrent(old, tenant: tenant, passphraseFile: oldPassphraseFile)
-                let provider = try await makeKeyProvider(uri: keyProvider, passphraseFile: passphraseFile, passphraseEnv: "REDOUBT_NEW_PASSPHRASE",
-                                                         prompt: "New passphrase for tenant \(tenant)'s read key: ").preparingKEK(tenant: tenant)
-                let context = KeyContext(tenant: tenant, keyVersion: info.keyVersion + 1)
-                let wrapped = try await provider.wrap(key, context: context)
-                // Why: the server cannot check that the new wrapping opens; we can, before
-                // anything depends on it.
-                let back = try await provider.unwrap(wrapped, context: context)
-                guard back.publicKey == key.publicKey else {
-                    throw KeyProviderError.keyMismatch(provider: provider.uri, readKeyID: wrapped.readKeyID)
+                let after: Wire.ReadKeyInfo
+                let wrapped: WrappedReadKey
+                if let request {
+                    // The approvers approved the wrapping made (and checked to open) when the
+                    // request was filed; the server applies exactly that one.
+                    guard keyProvider == nil else { throw ValidationError("--request applies the wrapping the request holds: drop --key-provider") }
+                    after = try await client.rotateReadKey(tenant: tenant, wrappedReadKey: "", requestID: request)
+                    wrapped = try WrappedReadKey.decode(Data((after.wrappedReadKey ?? "").utf8))
+                } else {
+                    guard let keyProvider else { throw ValidationError("give --key-provider URI (or --request ID for an approved rotation)") }
+                    let key = try await unwrapCurrent(old, tenant: tenant, passphraseFile: oldPassphraseFile)
+                    let provider = try await makeKeyProvider(uri: keyProvider, passphraseFile: passphraseFile, passphraseEnv: "REDOUBT_NEW_PASSPHRASE",
+                                                             prompt: "New passphrase for tenant \(tenant)'s read key: ").preparingKEK(tenant: tenant)
+                    let context = KeyContext(tenant: tenant, keyVersion: info.keyVersion + 1)
+                    wrapped = try await provider.wrap(key, context: context)
+                    // Why: the server cannot check that the new wrapping opens; we can, before
+                    // anything depends on it.
+                    let back = try await provider.unwrap(wrapped, context: context)
+                    guard back.publicKey == key.publicKey else {
+                        throw KeyProviderError.keyMismatch(provider: provider.uri, readKeyID: wrapped.readKeyID)
+                    }
+                    // With two admins or more this files a request (E_APPROVAL_REQUIRED, exit
+                    // 13) holding this wrapping; once approved: `rotate-key T --request ID`.
+                    after = try await client.rotateReadKey(tenant: tenant, wrappedReadKey: String(decoding: try wrapped.encoded(), as: UTF8.self))
                 }
-                let after = try await client.rotateReadKey(tenant: tenant, wrappedReadKey: String(decoding: try wrapped.encoded(), as: UTF8.self))
                 var destroyed = false
                 if destroyOld {
                     guard old.provider != wrapped.provider else {

@@ -131,4 +131,35 @@ import RedoubtKMS
         } catch { Issue.record("\(error)") }
         await finish(server, [bob, writer])
     }
+
+    /// A rotation replaces the only wrapping the server hands out and deletes the old
+    /// descriptors: with two admins it is a request that holds the exact new wrapping, and
+    /// carrying it out applies that wrapping, not another.
+    @Test func rotatingTheReadKeyNeedsApprovalAndAppliesTheApprovedWrapping() async throws {
+        let server = try await TestServer.start()
+        let keys = try TenantKeys.generate()
+        try await server.createTenant("acme", keys: keys)
+        let token = try await server.admin.addAdmin(name: "bob", ttlSeconds: nil, requestID: nil).token
+        let cfg = ClientConfig(path: server.dir.appendingPathComponent("cfg-admin-bob").path)
+        _ = try await ClientConfig.enroll(token: token, into: cfg, os: nil)
+        let bob = try APIClient(credential: cfg.credential())
+        let alice = server.admin
+        do {
+            let provider = try PassphraseKeyProvider(passphrase: SecretBytes(copying: Array("new-pw".utf8)), logN: 10)
+            let approved = String(decoding: try await provider.wrap(keys.readKey, context: KeyContext(tenant: "acme", keyVersion: 2)).encoded(), as: UTF8.self)
+            await refused("E_APPROVAL_REQUIRED", "a lone rotation") { _ = try await alice.rotateReadKey(tenant: "acme", wrappedReadKey: approved) }
+            #expect(try server.service.catalog.tenant("acme")?.keyVersion == 1)
+            let req = try #require(try await alice.requests().first { $0.action == "rotate-read-key" })
+            #expect(req.parameters["version"] == "2" && req.parameters["wrappedReadKey"] == approved && req.parameters["provider"] == "passphrase:")
+            _ = try await bob.decide(request: req.id, approve: true)
+            // Bob may not carry it out; nor may Alice swap in another wrapping under it.
+            await refused("E_FORBIDDEN", "bob carrying out alice's rotation") { _ = try await bob.rotateReadKey(tenant: "acme", wrappedReadKey: "", requestID: req.id) }
+            let other = String(decoding: try await provider.wrap(keys.readKey, context: KeyContext(tenant: "acme", keyVersion: 2)).encoded(), as: UTF8.self)
+            await refused("E_FORBIDDEN", "another wrapping under the approval") { _ = try await alice.rotateReadKey(tenant: "acme", wrappedReadKey: other, requestID: req.id) }
+            let after = try await alice.rotateReadKey(tenant: "acme", wrappedReadKey: "", requestID: req.id)
+            #expect(after.keyVersion == 2 && after.wrappedReadKey == approved)
+            await refused("E_APPROVAL_PENDING", "the same request twice") { _ = try await alice.rotateReadKey(tenant: "acme", wrappedReadKey: "", requestID: req.id) }
+        } catch { Issue.record("\(error)") }
+        await finish(server, [bob])
+    }
 }
