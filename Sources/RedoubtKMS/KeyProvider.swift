@@ -180,6 +180,19 @@ public protocol KeyProvider: Sendable {
 
 extension KeyProvider {
     public func preparingKEK(tenant: String) async throws -> any KeyProvider { self }
+
+    /// Wraps `key`, then unwraps the result once and compares: a wrapping that does not
+    /// open (e.g. a PKCS#11 module that picks its own GCM IV, as AWS CloudHSM documents)
+    /// is refused now, not found at the first restore months later.
+    public func wrapChecked(_ key: ReadPrivateKey, context: KeyContext) async throws -> WrappedReadKey {
+        let wrapped = try await wrap(key, context: context)
+        let back: ReadPrivateKey
+        do { back = try await unwrap(wrapped, context: context) } catch {
+            throw KeyProviderError.kmsProtocol(provider: uri, detail: "a new wrapping does not open again (\(error)); this provider cannot hold the read key")
+        }
+        guard back.publicKey == key.publicKey else { throw KeyProviderError.keyMismatch(provider: uri, readKeyID: wrapped.readKeyID) }
+        return wrapped
+    }
 }
 
 extension KeyProvider {

@@ -68,18 +68,7 @@ public struct PKCS11KeyProvider: KeyProvider {
             "algorithm": "AES-256-GCM", "nonce": Data(nonce).base64EncodedString(),
         ]
         if !id.isEmpty { parameters["pkcs11-id"] = id.map { String(format: "%02x", $0) }.joined() }
-        let wrapped = WrappedReadKey(provider: uri, context: context, publicKey: key.publicKey, parameters: parameters, wrapped: sealed)
-        // Why open it again here: some modules ignore the caller's GCM IV and pick their own
-        // (AWS CloudHSM documents this), so the stored nonce would be wrong and the first
-        // restore, months later, would fail. Better to refuse the wrapping now.
-        let back: ReadPrivateKey
-        do { back = try await unwrap(wrapped, context: context) } catch {
-            throw KeyProviderError.kmsProtocol(provider: uri, detail: "the token's AES-GCM wrapping does not open again (\(error)); the module may choose its own IV, which this provider does not support")
-        }
-        guard back.publicKey == key.publicKey else {
-            throw KeyProviderError.kmsProtocol(provider: uri, detail: "the token's AES-GCM wrapping opens to another key; the module is not usable for Redoubt")
-        }
-        return wrapped
+        return WrappedReadKey(provider: uri, context: context, publicKey: key.publicKey, parameters: parameters, wrapped: sealed)
     }
 
     public func unwrap(_ wrapped: WrappedReadKey, context: KeyContext) async throws -> ReadPrivateKey {

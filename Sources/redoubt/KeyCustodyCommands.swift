@@ -65,13 +65,8 @@ struct TenantRotateKey: AsyncParsableCommand {
                     let provider = try await makeKeyProvider(uri: keyProvider, passphraseFile: passphraseFile, passphraseEnv: "REDOUBT_NEW_PASSPHRASE",
                                                              prompt: "New passphrase for tenant \(tenant)'s read key: ").preparingKEK(tenant: tenant)
                     let context = KeyContext(tenant: tenant, keyVersion: info.keyVersion + 1)
-                    wrapped = try await provider.wrap(key, context: context)
-                    // Why: the server cannot check that the new wrapping opens; we can, before
-                    // anything depends on it.
-                    let back = try await provider.unwrap(wrapped, context: context)
-                    guard back.publicKey == key.publicKey else {
-                        throw KeyProviderError.keyMismatch(provider: provider.uri, readKeyID: wrapped.readKeyID)
-                    }
+                    // Checked to open: the server cannot check that, we can, before anything depends on it.
+                    wrapped = try await provider.wrapChecked(key, context: context)
                     // With two admins or more this files a request (E_APPROVAL_REQUIRED, exit
                     // 13) holding this wrapping; once approved: `rotate-key T --request ID`.
                     after = try await client.rotateReadKey(tenant: tenant, wrappedReadKey: String(decoding: try wrapped.encoded(), as: UTF8.self))

@@ -70,7 +70,7 @@ struct Quickstart {
         let provider = try await makeKeyProvider(uri: keyProvider, passphraseFile: passArg).preparingKEK(tenant: "quickstart")
         step("tenant create quickstart (read key X-Wing, wrapped by \(provider is PassphraseKeyProvider ? "passphrase: scrypt" : "a KEK held by \(provider.uri.prefix { $0 != ":" })"))")
         let keys = try TenantKeys.generate()
-        let wrapped = try await provider.wrap(keys.readKey, context: KeyContext(tenant: "quickstart", keyVersion: 1))
+        let wrapped = try await provider.wrapChecked(keys.readKey, context: KeyContext(tenant: "quickstart", keyVersion: 1))
         // The admin client comes after the key provider, so a KMS error is reported rather
         // than tripping AsyncHTTPClient's shutdown-before-deinit assertion.
         let admin = try APIClient(credential: loadCredential(adminPath))

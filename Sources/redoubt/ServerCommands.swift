@@ -118,7 +118,7 @@ struct TenantCreate: AsyncParsableCommand {
             // A `…/new` URI: the tenant's KEK is created (and activated) in the KMS or HSM now.
             let provider = try await RedoubtCLI.keyProvider(uri: keyProvider, passphraseFile: passphraseFile).preparingKEK(tenant: name)
             let keys = try TenantKeys.generate()
-            let wrapped = try await provider.wrap(keys.readKey, context: KeyContext(tenant: name, keyVersion: 1))
+            let wrapped = try await provider.wrapChecked(keys.readKey, context: KeyContext(tenant: name, keyVersion: 1))
             let material = keys.sharedWriteMaterial.encode().withUnsafeBytes { Data($0).base64EncodedString() }
             let request = Wire.CreateTenantRequest(
                 name: name, readPublicKey: Data(keys.readKey.publicKey.rawRepresentation).base64EncodedString(), writeMaterial: material,

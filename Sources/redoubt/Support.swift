@@ -135,9 +135,6 @@ func readPassphrase(file: String?, env envName: String = "REDOUBT_PASSPHRASE", p
 /// `passphraseEnv` names the variable a passphrase may come from when no file is given.
 func makeKeyProvider(uri: String, passphraseFile: String?, passphraseEnv: String = "REDOUBT_PASSPHRASE",
                      prompt: String = "Passphrase for the tenant's read key: ") throws -> any KeyProvider {
-    guard isWellFormedProviderURI(uri) else {
-        throw KeyProviderError.malformed("key provider \(uri.debugDescription) is not a well-formed URI (printable ASCII, no spaces, no '#')")
-    }
     switch uri {
     case "passphrase:", "passphrase":
         return try PassphraseKeyProvider(passphrase: readPassphrase(file: passphraseFile, env: passphraseEnv, prompt: prompt))

@@ -81,3 +81,35 @@ import RedoubtCore
         }
     }
 }
+
+/// `wrapChecked` refuses a wrapping that does not open again, or opens to another key: a
+/// provider of our own that breaks its wrapping on purpose (a module that ignored the
+/// caller's IV would do the first).
+@Suite struct WrapCheckedTests {
+    struct Breaking: KeyProvider {
+        enum Fault { case unopenable, otherKey }
+        let inner: PassphraseKeyProvider
+        let fault: Fault
+        let other: ReadPrivateKey
+        var uri: String { inner.uri }
+        func wrap(_ key: ReadPrivateKey, context: KeyContext) async throws -> WrappedReadKey { try await inner.wrap(key, context: context) }
+        func unwrap(_ wrapped: WrappedReadKey, context: KeyContext) async throws -> ReadPrivateKey {
+            switch fault {
+            case .unopenable: throw KeyProviderError.wrongSecret(provider: uri)
+            case .otherKey: return other
+            }
+        }
+        func destroyKEK(of wrapped: WrappedReadKey) async throws {}
+    }
+
+    @Test func aWrappingThatDoesNotOpenToTheSameKeyIsRefused() async throws {
+        let inner = try PassphraseKeyProvider(passphrase: SecretBytes(copying: Array("pw".utf8)), logN: 10)
+        let key = try ReadPrivateKey.generate(), other = try ReadPrivateKey.generate()
+        let context = KeyContext(tenant: "acme", keyVersion: 1)
+        let good = try await inner.wrapChecked(key, context: context)
+        #expect(good.readKeyID == key.publicKey.keyID.description)
+        await #expect(throws: KeyProviderError.self) { _ = try await Breaking(inner: inner, fault: .unopenable, other: other).wrapChecked(key, context: context) }
+        let e = await #expect(throws: KeyProviderError.self) { _ = try await Breaking(inner: inner, fault: .otherKey, other: other).wrapChecked(key, context: context) }
+        #expect(e?.code == KeyProviderError.keyMismatch(provider: "", readKeyID: "").code)
+    }
+}
