@@ -160,7 +160,7 @@ extension Catalog {
     public func adminCount() throws -> Int { try db.read { try Self.adminCount($0) } }
 
     static func configuredQuorum(_ db: Database) throws -> Int {
-        try String.fetchOne(db, sql: "SELECT value FROM settings WHERE key = 'quorum'").flatMap { Int($0) } ?? 2
+        try setting(db, "quorum").flatMap { Int($0) } ?? 2
     }
 
     static func effectiveQuorum(_ db: Database) throws -> Int { max(1, min(try configuredQuorum(db), try adminCount(db))) }
@@ -196,9 +196,6 @@ extension RepositoryService {
             guard let req = try catalog.request(requestID, now: now) else {
                 throw refuse(ctx, action, object: object, .notFound("request \(requestID) does not exist: `redoubt admin request list`"))
             }
-            guard req.action == action, req.object == object, req.parameters == parameters else {
-                throw refuse(ctx, action, object: object, .forbidden("request \(requestID) approved \(req.action) of \(req.object) \(req.parameters), not this change; file a new request"))
-            }
             // Why: otherwise any admin could carry out another's approved change first,
             // e.g. take the one-time enrollment token of an approved add-admin and so
             // become a second admin who can approve their own requests.
@@ -209,6 +206,11 @@ extension RepositoryService {
                 throw refuse(ctx, action, object: object, ServerError(409, "E_APPROVAL_PENDING",
                     "request \(requestID) is \(req.state.rawValue) (\(req.approvers.count) of \(req.needed) approvals)"
                     + (req.state == .pending ? ": other admins run `redoubt admin request approve \(requestID)`" : ": file a new request")))
+            }
+            // After the state: a used request no longer matches a state that moved on (e.g.
+            // a rotation's key version), and "already used" is the answer that helps.
+            guard req.action == action, req.object == object, req.parameters == parameters else {
+                throw refuse(ctx, action, object: object, .forbidden("request \(requestID) approved \(req.action) of \(req.object) \(req.parameters), not this change; file a new request"))
             }
             if consume {
                 guard try catalog.consumeRequest(requestID, now: now) else {

@@ -166,7 +166,11 @@ public final class Catalog: Sendable {
     // MARK: settings and clock
 
     public func setting(_ key: String) throws -> String? {
-        try db.read { try String.fetchOne($0, sql: "SELECT value FROM settings WHERE key = ?", arguments: [key]) }
+        try db.read { try Self.setting($0, key) }
+    }
+
+    static func setting(_ db: Database, _ key: String) throws -> String? {
+        try String.fetchOne(db, sql: "SELECT value FROM settings WHERE key = ?", arguments: [key])
     }
 
     public func setSetting(_ key: String, _ value: String) throws {

@@ -105,7 +105,7 @@ public struct Doctor: Sendable {
     /// shares the data directory).
     func overlapsData(_ p: String, _ dir: String) -> Bool {
         var candidates = [p]
-        for path in [p, files.resolve(p)] {
+        for path in Set([p, files.resolve(p)]) {
             guard let r = realpath(path, nil) else { continue }
             defer { free(r) }
             let s = String(cString: r)

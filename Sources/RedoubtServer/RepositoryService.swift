@@ -464,6 +464,7 @@ public final class RepositoryService: Sendable {
                   let held = r.parameters["wrappedReadKey"] else {
                 throw refuse(ctx, "rotate-read-key", object: object, .forbidden("request \(id) is not a rotation of \(object)'s read key"))
             }
+            // Before the header check below, which a used request fails for its stale version.
             guard r.state != .executed else {
                 throw refuse(ctx, "rotate-read-key", object: object, ServerError(409, "E_APPROVAL_PENDING", "request \(id) was already used"))
             }
