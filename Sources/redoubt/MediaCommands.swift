@@ -251,20 +251,7 @@ struct MediaRestore: AsyncParsableCommand {
             // written (current after a rotation, unlike an old enrollment copy); a server
             // is not needed. If it does not open (say, a KEK destroyed since), the usual
             // way: the server's current wrapping, or the enrollment copy.
-            let tenant = try cfg.credential().tenant ?? ""
-            var unwrapped: ReadPrivateKey?
-            if readKey == nil, let d = descriptor,
-               let fromMedia = try RestoreSupport.wrappedReadKey(descriptor: d.body, name: "\(d.name) on the media", place: "media set", tenant: tenant, config: cfg) {
-                do {
-                    unwrapped = try await RestoreSupport.unwrapReadKey(config: cfg, passphraseFile: passphraseFile, copied: fromMedia, trustProvider: trustKeyProvider)
-                } catch {
-                    FileHandle.standardError.write(Data("note: the media's wrapped read key did not open (\(error)); trying the server's\n".utf8))
-                }
-            }
-            if unwrapped == nil {
-                unwrapped = try await RestoreSupport.unwrapReadKey(config: cfg, passphraseFile: passphraseFile, readKeyFile: readKey, trustProvider: trustKeyProvider)
-            }
-            guard let readKey = unwrapped else { throw ValidationError("no read key") }
+            let readKey = try await mediaReadKey(descriptor, config: cfg)
             for d in rep.damage { FileHandle.standardError.write(Data("DAMAGED: \(d)\n".utf8)) }
             let manifest = try RestoreSupport.manifest(matching: snapshot, in: manifests, place: "on these volumes", lister: "redoubt media list")
             let result = try await RestoreSupport.restore(manifest: manifest, readKey: readKey, chunkIDKey: material.chunkIDKey,
@@ -275,6 +262,23 @@ struct MediaRestore: AsyncParsableCommand {
             if !result.damaged.isEmpty { return .integrity }
             return rep.damage.isEmpty && result.warnings.isEmpty ? .ok : .partial
         }
+    }
+}
+
+extension MediaRestore {
+    /// The read key from the set's newest tenant descriptor when it opens; otherwise the
+    /// usual way (--read-key, the server's current wrapping, or the enrollment copy).
+    func mediaReadKey(_ descriptor: (version: Int, name: String, body: [UInt8])?, config cfg: ClientConfig) async throws -> ReadPrivateKey {
+        let tenant = try cfg.credential().tenant ?? ""
+        if readKey == nil, let d = descriptor,
+           let fromMedia = try RestoreSupport.wrappedReadKey(descriptor: d.body, name: "\(d.name) on the media", place: "media set", tenant: tenant, config: cfg) {
+            do {
+                return try await RestoreSupport.unwrapReadKey(config: cfg, passphraseFile: passphraseFile, copied: fromMedia, trustProvider: trustKeyProvider)
+            } catch {
+                FileHandle.standardError.write(Data("note: the media's wrapped read key did not open (\(error)); trying the server's\n".utf8))
+            }
+        }
+        return try await RestoreSupport.unwrapReadKey(config: cfg, passphraseFile: passphraseFile, readKeyFile: readKey, trustProvider: trustKeyProvider)
     }
 }
 
