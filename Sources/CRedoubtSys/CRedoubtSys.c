@@ -26,13 +26,7 @@ int redoubt_mt_get_status(int fd, redoubt_mt_status *out) {
     if (ioctl(fd, MTIOCGET, &g) != 0) return -1;
     out->online = GMT_ONLINE(g.mt_gstat) != 0;
     out->write_protected = GMT_WR_PROT(g.mt_gstat) != 0;
-    out->at_bot = GMT_BOT(g.mt_gstat) != 0;
-    out->at_eot = GMT_EOT(g.mt_gstat) != 0;
     out->at_eod = GMT_EOD(g.mt_gstat) != 0;
-    out->at_filemark = GMT_EOF(g.mt_gstat) != 0;
-    out->block_size = (g.mt_dsreg & MT_ST_BLKSIZE_MASK) >> MT_ST_BLKSIZE_SHIFT;
-    out->file_no = g.mt_fileno;
-    out->block_no = g.mt_blkno;
     return 0;
 }
 

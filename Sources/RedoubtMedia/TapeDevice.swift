@@ -5,21 +5,15 @@ import Glibc
 #endif
 import CRedoubtSys
 
-/// What a tape drive reports (MTIOCGET).
+/// What a tape drive reports (MTIOCGET), as far as Redoubt uses it.
 public struct TapeStatus: Sendable, Equatable {
     public var online: Bool
     public var writeProtected: Bool
-    public var atBeginning: Bool
-    /// Past the end-of-medium early warning.
-    public var pastEarlyWarning: Bool
     /// At the end of recorded data (a blank tape reads as this at the beginning).
     public var atEndOfData: Bool
-    /// 0 in variable block mode.
-    public var blockSize: Int
 
-    public init(online: Bool, writeProtected: Bool, atBeginning: Bool, pastEarlyWarning: Bool, atEndOfData: Bool, blockSize: Int) {
-        self.online = online; self.writeProtected = writeProtected; self.atBeginning = atBeginning
-        self.pastEarlyWarning = pastEarlyWarning; self.atEndOfData = atEndOfData; self.blockSize = blockSize
+    public init(online: Bool, writeProtected: Bool, atEndOfData: Bool) {
+        self.online = online; self.writeProtected = writeProtected; self.atEndOfData = atEndOfData
     }
 }
 
@@ -87,8 +81,7 @@ public final class STTapeDrive: TapeDrive {
     public func status() throws(MediaError) -> TapeStatus {
         var s = redoubt_mt_status()
         guard redoubt_mt_get_status(fd, &s) == 0 else { throw fail("MTIOCGET failed") }
-        return TapeStatus(online: s.online != 0, writeProtected: s.write_protected != 0, atBeginning: s.at_bot != 0,
-                          pastEarlyWarning: s.at_eot != 0, atEndOfData: s.at_eod != 0, blockSize: Int(s.block_size))
+        return TapeStatus(online: s.online != 0, writeProtected: s.write_protected != 0, atEndOfData: s.at_eod != 0)
     }
 
     private func op(_ o: redoubt_mt_operation, _ count: Int32, _ what: String) throws(MediaError) {

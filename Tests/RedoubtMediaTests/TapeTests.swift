@@ -53,11 +53,10 @@ final class SimulatedTapeLibrary: TapeDrive {
 
     func status() throws(MediaError) -> TapeStatus {
         guard let i = loaded else {
-            return TapeStatus(online: false, writeProtected: false, atBeginning: false, pastEarlyWarning: false, atEndOfData: false, blockSize: blockSize)
+            return TapeStatus(online: false, writeProtected: false, atEndOfData: false)
         }
         let c = cartridges[i]
-        return TapeStatus(online: true, writeProtected: c.writeProtected, atBeginning: position == 0,
-                          pastEarlyWarning: c.entries.count >= c.earlyWarningAt, atEndOfData: position >= c.entries.count, blockSize: blockSize)
+        return TapeStatus(online: true, writeProtected: c.writeProtected, atEndOfData: position >= c.entries.count)
     }
 
     func rewind() throws(MediaError) {

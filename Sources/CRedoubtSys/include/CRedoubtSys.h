@@ -30,9 +30,7 @@ enum redoubt_mt_operation {
 int redoubt_mt_op(int fd, enum redoubt_mt_operation op, int count);
 
 typedef struct {
-    int online, write_protected, at_bot, at_eot, at_eod, at_filemark;
-    long block_size;  /* 0: variable */
-    int file_no, block_no;
+    int online, write_protected, at_eod;
 } redoubt_mt_status;
 /* MTIOCGET; 0, or -1 with errno set (ENOTTY: not a tape device). */
 int redoubt_mt_get_status(int fd, redoubt_mt_status *out);
