@@ -57,7 +57,8 @@ public enum MediaExport {
         }
         // Why a pipeline: the next two records are read, checked and hashed on other
         // threads while this one is checksummed and written. Loading (two SHA-256 over
-        // every byte) costs more than writing, so two loads in flight keep both cores busy
+        // every byte) costs more than writing, so one load in flight left the writer
+        // waiting; with two, `time` showed ~1.35 cores busy on this 2-core VM
         // (docs/BENCHMARKS.md has the figures of all the media changes together).
         var loading: [Task<FramedMediaRecord, Error>] = []
         var toLoad = items.startIndex
