@@ -34,8 +34,19 @@ import RedoubtCore
 /// files they affect, and the restore goes on.
 public final class Restorer: Sendable {
     private let logger: Logger
+    /// Plaintext bytes decrypted ahead per batch (see ``RestoreSession/defaultBatchBudget``);
+    /// tests make it tiny to split every pack.
+    let batchPlaintextBudget: Int
 
-    public init(logger: Logger = Logger(label: "redoubt.restore")) { self.logger = logger }
+    public init(logger: Logger = Logger(label: "redoubt.restore")) {
+        self.logger = logger
+        batchPlaintextBudget = RestoreSession.defaultBatchBudget
+    }
+
+    init(batchPlaintextBudget: Int) {
+        logger = Logger(label: "redoubt.restore")
+        self.batchPlaintextBudget = batchPlaintextBudget
+    }
 
     /// Restores `subpath` of the snapshot (a path relative to its root, e.g. `data/etc`;
     /// nil or empty for the whole snapshot) into the directory `target`, created if
@@ -47,7 +58,7 @@ public final class Restorer: Sendable {
                         subpath: [UInt8]? = nil, isRoot: Bool = geteuid() == 0, skipDamaged: Bool = false,
                         progress: @escaping @Sendable (RestoreProgress) -> Void = { _ in }) async throws -> RestoreResult {
         let r = try RestoreSession(manifest: manifest, readKey: readKey, chunkIDKey: chunkIDKey, source: source, isRoot: isRoot,
-                                   skipDamaged: skipDamaged, onProgress: progress)
+                                   skipDamaged: skipDamaged, batchPlaintextBudget: batchPlaintextBudget, onProgress: progress)
         let result = try await r.run(target: target, subpath: subpath)
         logger.info("restore finished", metadata: ["snapshot": "\(manifest.id)", "files": "\(result.files)", "packs": "\(result.packsFetched)"])
         return result
@@ -88,7 +99,8 @@ final class RestoreSession {
     private var counts = (files: UInt64(0), directories: UInt64(0), other: UInt64(0))
 
     init(manifest: Manifest, readKey: ReadPrivateKey, chunkIDKey: ChunkIDKey, source: any PackSource, isRoot: Bool, skipDamaged: Bool,
-         onProgress: @escaping @Sendable (RestoreProgress) -> Void) throws(CoreError) {
+         batchPlaintextBudget: Int = RestoreSession.defaultBatchBudget, onProgress: @escaping @Sendable (RestoreProgress) -> Void) throws(CoreError) {
+        self.batchPlaintextBudget = batchPlaintextBudget
         self.manifest = manifest
         self.readKey = readKey
         self.chunkIDKey = chunkIDKey
@@ -188,45 +200,86 @@ final class RestoreSession {
 
     /// Plaintexts of the chunks a pack was opened for, or why each failed.
     typealias PreparedChunks = [ChunkID: Result<[UInt8], CoreError>]
-    typealias PackResult = Result<(OpenedPack, PreparedChunks), any Error>
 
-    /// Fetches (unless cached) and opens one pack, then runs `prepare` on it.
-    private static func load(_ source: any PackSource, _ id: PackID, _ readKey: ReadPrivateKey, cached: OpenedPack?,
-                             prepare: @Sendable (OpenedPack) -> PreparedChunks) async -> PackResult {
-        if let cached { return .success((cached, prepare(cached))) }
-        let bytes: [UInt8]
-        do { bytes = try await source.pack(id) } catch { return .failure(error) }
-        do throws(CoreError) {
-            let p = try PackReader.open(bytes, expectedID: id, readKey: readKey)
-            return .success((p, prepare(p)))
-        } catch {
-            return .failure(error)
+    /// One run of a pack's work: the pack, opened, and the plaintexts of a run of the
+    /// chunks wanted from it (`range`, indices into the caller's list for that pack).
+    struct PackBatch: Sendable {
+        let pack: OpenedPack
+        let plain: PreparedChunks
+        let range: Range<Int>
+        /// More of this pack's chunks follow in another batch.
+        let more: Bool
+        var isFirst: Bool { range.lowerBound == 0 }
+    }
+    typealias PackResult = Result<PackBatch, any Error>
+    /// Prepares the run of a pack's wanted chunks that starts at index `from`.
+    typealias Prepare = @Sendable (_ pack: OpenedPack, _ from: Int) -> (PreparedChunks, range: Range<Int>, more: Bool)
+
+    /// Plaintext bytes one batch prepares before it stops (the last chunk may pass it by
+    /// up to a chunk's size). Why: text expands ~6x from its sealed size, so a whole
+    /// 32 MiB pack prepared at once, with two more loading ahead, held over 600 MiB.
+    static let defaultBatchBudget = 32 << 20
+    let batchPlaintextBudget: Int
+
+    /// Fetches (unless given the opened pack) and opens one pack, then runs `prepare`.
+    private static func load(_ source: any PackSource, _ id: PackID, _ readKey: ReadPrivateKey, opened: OpenedPack?, from: Int,
+                             prepare: Prepare) async -> PackResult {
+        let pack: OpenedPack
+        if let opened {
+            pack = opened
+        } else {
+            let bytes: [UInt8]
+            do { bytes = try await source.pack(id) } catch { return .failure(error) }
+            do throws(CoreError) {
+                pack = try PackReader.open(bytes, expectedID: id, readKey: readKey)
+            } catch {
+                return .failure(error)
+            }
         }
+        let (plain, range, more) = prepare(pack, from)
+        return .success(PackBatch(pack: pack, plain: plain, range: range, more: more))
     }
 
-    /// Fetches and opens `ids` in order, up to two ahead of the one `body` handles, and
-    /// runs `prepare` on each in that child task (so decryption overlaps writing).
-    /// Cached packs are not fetched again.
-    private func forEachPack(_ ids: [PackID], prepare: @escaping @Sendable (OpenedPack) -> PreparedChunks,
-                             _ body: (PackID, PackResult) async throws -> Void) async throws {
+    /// Fetches and opens `ids` in order and runs `prepare` on each in a child task (so
+    /// decryption overlaps writing), up to two batches ahead of the one `body` handles. A
+    /// pack whose chunks take several batches is opened once; its next batch starts as
+    /// soon as the previous one reaches `body`. Cached packs are not fetched again.
+    private func forEachPack(_ ids: [PackID], prepare: @escaping Prepare, _ body: (PackID, PackResult) async throws -> Void) async throws {
         let source = self.source, readKey = self.readKey
         try await withThrowingTaskGroup(of: (Int, PackResult, Bool).self) { group in
-            var next = 0
+            var continuations: [(id: PackID, pack: OpenedPack, from: Int)] = []
+            var nextPack = 0
+            var started: [PackID] = []
+            var consumed = 0
             var ready: [Int: PackResult] = [:]
-            for i in ids.indices {
-                while next < ids.count && next <= i + 2 {
-                    let n = next, id = ids[n]
-                    next += 1
-                    let cached = cache[id]?.pack
-                    group.addTask { (n, await Self.load(source, id, readKey, cached: cached, prepare: prepare), cached == nil) }
+            while true {
+                while started.count - consumed <= 2 {
+                    let id: PackID, opened: OpenedPack?, from: Int
+                    if !continuations.isEmpty {
+                        let c = continuations.removeFirst()
+                        (id, opened, from) = (c.id, c.pack, c.from)
+                    } else if nextPack < ids.count {
+                        id = ids[nextPack]
+                        nextPack += 1
+                        (opened, from) = (cache[id]?.pack, 0)
+                    } else {
+                        break
+                    }
+                    let n = started.count
+                    started.append(id)
+                    group.addTask { (n, await Self.load(source, id, readKey, opened: opened, from: from, prepare: prepare), opened == nil) }
                 }
-                while ready[i] == nil, let done = try await group.next() {
+                guard consumed < started.count else { break }
+                while ready[consumed] == nil, let done = try await group.next() {
                     if done.2 { packsFetched += 1 }
                     ready[done.0] = done.1
                 }
-                guard let r = ready.removeValue(forKey: i) else { continue }
+                guard let r = ready.removeValue(forKey: consumed) else { break }
+                let id = started[consumed]
+                consumed += 1
+                if case .success(let b) = r, b.more { continuations.append((id, b.pack, b.range.upperBound)) }
                 try Task.checkCancellation()
-                try await body(ids[i], r)
+                try await body(id, r)
             }
         }
     }
@@ -240,9 +293,10 @@ final class RestoreSession {
             return
         }
         status.packsTotal = packs.count
-        try await forEachPack(packs, prepare: { _ in [:] }) { id, result in
+        try await forEachPack(packs, prepare: { _, from in ([:], from..<from, false) }) { id, result in
             switch result {
-            case .success(let (p, _)):
+            case .success(let b):
+                let p = b.pack
                 learn(p)
                 keep(p, size: p.entries.reduce(0) { $0 + Int($1.sealedLength) })
             case .failure(let e as CoreError) where skipDamaged:
@@ -453,26 +507,32 @@ final class RestoreSession {
         // Decrypt, decompress and verify in the fetching task; write here.
         let wanted = expected
         let key = chunkIDKey
-        let prepare: @Sendable (OpenedPack) -> PreparedChunks = { p in
-            guard let want = wanted[p.id] else { return [:] }
+        let budget = batchPlaintextBudget
+        let prepare: Prepare = { p, from in
+            guard let want = wanted[p.id], from < want.count else { return ([:], from..<from, false) }
             var index: [ChunkID: PackIndexEntry] = [:]
             for e in p.entries where index[e.chunkID] == nil { index[e.chunkID] = e }
-            var out: [ChunkID: Result<[UInt8], CoreError>] = [:]
+            var out: PreparedChunks = [:]
             let decompressor: ChunkDecompressor
             do throws(CoreError) { decompressor = try ChunkDecompressor() } catch {
-                for c in want { out[c] = .failure(error) }
-                return out
+                for c in want[from...] { out[c] = .failure(error) }
+                return (out, from..<want.count, false)
             }
-            for c in want {
+            var i = from, bytes = 0
+            while i < want.count && bytes < budget {
+                let c = want[i]
+                i += 1
                 guard let e = index[c] else { continue }
-                out[c] = Result { () throws(CoreError) in try p.chunk(e, chunkIDKey: key, decompressor: decompressor) }
+                let r = Result { () throws(CoreError) in try p.chunk(e, chunkIDKey: key, decompressor: decompressor) }
+                if case .success(let data) = r { bytes += data.count }
+                out[c] = r
             }
-            return out
+            return (out, from..<i, i < want.count)
         }
         try await forEachPack(order, prepare: prepare) { id, result in
-            let p: OpenedPack, plain: PreparedChunks
+            let batch: PackBatch
             switch result {
-            case .success(let r): (p, plain) = r
+            case .success(let b): batch = b
             case .failure(let e as CoreError):
                 // Every file with a chunk in this pack is damaged.
                 guard skipDamaged else { throw e }
@@ -485,16 +545,20 @@ final class RestoreSession {
                 return
             case .failure(let e): throw e
             }
-            for e in p.entries where lengths[e.chunkID] == nil { lengths[e.chunkID] = Int(e.rawLength) }
+            let plain = batch.plain
             var touched: [Int] = []
-            for e in p.entries {
-                guard let ws = waiting.removeValue(forKey: e.chunkID) else { continue }
-                for f in ws {
-                    if let w = placements[f].advance(lengths) { waiting[w, default: []].append(f) }
-                    touched.append(f)
+            if batch.isFirst {
+                // The pack's index gives every chunk's length: offsets further into files are known.
+                for e in batch.pack.entries where lengths[e.chunkID] == nil { lengths[e.chunkID] = Int(e.rawLength) }
+                for e in batch.pack.entries {
+                    guard let ws = waiting.removeValue(forKey: e.chunkID) else { continue }
+                    for f in ws {
+                        if let w = placements[f].advance(lengths) { waiting[w, default: []].append(f) }
+                        touched.append(f)
+                    }
                 }
             }
-            for c in expected[id] ?? [] {
+            for c in (expected[id] ?? [])[batch.range] {
                 guard let ds = destinations.removeValue(forKey: c) else { continue }
                 let live = ds.filter { !placements[$0.file].damaged }
                 if live.isEmpty { continue }
@@ -535,7 +599,7 @@ final class RestoreSession {
                 }
                 deferred[f] = still.isEmpty ? nil : still
             }
-            report { $0.packsDone += 1 }
+            if !batch.more { report { $0.packsDone += 1 } }
         }
         for f in placements.indices where !placements[f].damaged && placements[f].chunksLeft > 0 {
             let item = tree.items[placements[f].item]

@@ -366,6 +366,37 @@ import Testing
         #expect(restored.packsFetched == Set(r.manifest.header.packs).count)
     }
 
+    @Test func packsPreparedInManySmallBatchesRestoreTheSame() async throws {
+        // A budget of one byte makes every chunk its own batch: each pack is fetched and
+        // opened once and its chunks prepared across many batches, interleaved with the
+        // next packs' first batches.
+        let keys = try TestKeys()
+        let work = try Fixture.tempDirectory("batches")
+        defer { Fixture.remove(work) }
+        let src = work + "/src"
+        try Fixture.check(mkdir(src, 0o755), "mkdir")
+        let small = ArchiverTestHooks(chunkerParameters: try Chunker.Parameters(min: 4 << 10, avg: 16 << 10, max: 64 << 10))
+        let options = BackupOptions(paths: [src], workers: 1, packSize: 256 << 10)
+        var text: [UInt8] = []
+        for i in 0..<40_000 { text += Array("line \(i) of a file that compresses well\n".utf8) }
+        try Fixture.write(src + "/text", text)
+        try Fixture.write(src + "/random", try Fixture.random(700_000))
+        let zeros = [UInt8](repeating: 0, count: 300 << 10)
+        try Fixture.write(src + "/repeats", zeros + (try Fixture.random(50_000)) + zeros)
+        let repo = MemoryRepository(keys: keys.write)
+        let r = try await Archiver(hooks: small).run(options: options, keys: keys.write, target: repo, now: now)
+        #expect(r.manifest.header.packs.count > 3)
+        for source in [repo as any PackSource, PlainSource(repository: repo)] {
+            await repo.resetCounters()
+            let dst = work + "/dst-\(source is PlainSource ? "plain" : "catalog")"
+            let restored = try await Restorer(batchPlaintextBudget: 1).restore(manifest: r.manifest, readKey: keys.tenant.readKey,
+                                                                             chunkIDKey: keys.tenant.chunkIDKey, source: source, target: dst)
+            #expect(try Fixture.compare(src, dst + "/src") == [])
+            #expect(restored.damaged.isEmpty && restored.warnings.isEmpty, "\(restored.damaged) \(restored.warnings)")
+            #expect(await repo.fetches.values.allSatisfy { $0 == 1 }, "a pack split into batches is fetched once")
+        }
+    }
+
     @Test func comparerSeesEveryKindOfDifference() throws {
         let work = try Fixture.tempDirectory("compare")
         defer { Fixture.remove(work) }
