@@ -156,6 +156,18 @@ public struct SigV4Signer: Sendable {
     /// An object key as an encoded path segment sequence (`a b/c` → `a%20b/c`).
     public static func encodePath(_ path: String) -> String { encode(path, keepSlash: true) }
 
+    /// The `host` header value an HTTP client sends for `url`, which the signature must
+    /// cover byte for byte: an IPv6 address in brackets, and the port only when it is not
+    /// the scheme's default (AsyncHTTPClient drops `:443` from `https://h:443`, so signing
+    /// `h:443` made every request fail with a signature mismatch).
+    public static func hostHeader(for url: URL) -> String {
+        var host = url.host ?? ""
+        if host.contains(":") && !host.hasPrefix("[") { host = "[\(host)]" }
+        let defaultPort = url.scheme?.lowercased() == "http" ? 80 : 443
+        if let port = url.port, port != defaultPort { host += ":\(port)" }
+        return host
+    }
+
     static func trimHeaderValue(_ value: String) -> String {
         // Leading/trailing spaces go; inner runs of spaces collapse to one.
         value.split(separator: " ", omittingEmptySubsequences: true).joined(separator: " ")

@@ -257,9 +257,7 @@ public struct AWSKMSKeyProvider: KeyProvider {
     /// `TrentService.<operation>` POST carrying `payload`, signed with SigV4 for `kms`.
     func signedRequest(_ operation: String, payload: [UInt8], credentials: AWSCredentials, at date: Date) -> (url: String, headers: [(name: String, value: String)]) {
         let url = endpoint
-        var host = url.host ?? ""
-        if host.contains(":") { host = "[\(host)]" }
-        if let port = url.port { host += ":\(port)" }
+        let host = SigV4Signer.hostHeader(for: url)
         let path = url.path.isEmpty ? "/" : url.path
         let headers: [(name: String, value: String)] = [
             ("host", host), ("content-type", "application/x-amz-json-1.1"), ("x-amz-target", "TrentService.\(operation)"),

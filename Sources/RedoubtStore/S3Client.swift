@@ -184,8 +184,7 @@ public struct S3Client: Sendable {
         _ method: HTTPMethod, key: String?, query: [(name: String, value: String)] = [],
         headers extra: [(name: String, value: String)] = [], body: [UInt8] = []
     ) async throws -> S3Response {
-        var host = location.endpoint.host ?? "localhost"
-        if let port = location.endpoint.port { host += ":\(port)" }
+        var host = SigV4Signer.hostHeader(for: location.endpoint)
         var path = ""
         if location.pathStyle { path = "/" + SigV4Signer.encode(location.bucket, keepSlash: false) } else { host = location.bucket + "." + host }
         path += "/" + (key.map { SigV4Signer.encodePath($0) } ?? "")

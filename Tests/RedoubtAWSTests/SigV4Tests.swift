@@ -62,6 +62,21 @@ import Testing
         #expect(SigV4Signer.encodePath("t/a b") == "t/a%20b")
     }
 
+    /// The signed `host` must be what AsyncHTTPClient sends: no default port, IPv6 in brackets.
+    @Test(arguments: [
+        ("https://kms.example.com:443", "kms.example.com"),
+        ("https://kms.example.com", "kms.example.com"),
+        ("http://127.0.0.1:80/", "127.0.0.1"),
+        ("http://127.0.0.1:443/", "127.0.0.1:443"),
+        ("https://s3.example:8443/x", "s3.example:8443"),
+        ("HTTPS://s3.example:443", "s3.example"),
+        ("https://[::1]:9000", "[::1]:9000"),
+        ("https://[::1]:443", "[::1]"),
+    ])
+    func hostHeaderMatchesWhatTheClientSends(url: String, host: String) throws {
+        #expect(SigV4Signer.hostHeader(for: try #require(URL(string: url))) == host)
+    }
+
     @Test func credentialsNeverPrintTheSecret() {
         let credentials = AWSCredentials(accessKeyID: "AKID", secretAccessKey: "very-secret")
         #expect(!"\(credentials)".contains("very-secret"))
