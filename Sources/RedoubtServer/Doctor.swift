@@ -326,7 +326,8 @@ public struct Doctor: Sendable {
 
     // MARK: host separation
 
-    /// `domain.joined`: no sssd domain, no winbind/ADS Samba membership, no realmd domain, no Kerberos host keytab.
+    /// `domain.joined`: no sssd domain, no winbind/ADS Samba membership, no directory source
+    /// for accounts in nsswitch.conf, no realmd domain, no Kerberos host keytab.
     public func checkDomainJoin() -> DoctorCheck {
         let id = "domain.joined"
         var evidence: [String] = []
@@ -341,8 +342,16 @@ public struct Doctor: Sendable {
             if let sec = g.value("security")?.lowercased(), sec == "ads" || sec == "domain" { evidence.append("/etc/samba/smb.conf: security = \(sec)") }
         }
         if let text = files.read("/etc/nsswitch.conf") {
-            for line in text.split(separator: "\n") where !line.hasPrefix("#") && line.contains("winbind") {
-                evidence.append("/etc/nsswitch.conf: \(line.trimmingCharacters(in: .whitespaces))")
+            // Accounts from a directory: sssd's `sss`, winbind, or nss-ldap/nslcd's `ldap`
+            // (sssd.conf itself is root-only, so a doctor run as the service user sees only this).
+            for line in text.split(separator: "\n") {
+                let body = line.split(separator: "#", maxSplits: 1, omittingEmptySubsequences: false).first ?? ""
+                let parts = body.split(separator: ":", maxSplits: 1)
+                guard parts.count == 2, ["passwd", "group", "shadow", "initgroups"].contains(parts[0].trimmingCharacters(in: .whitespaces)) else { continue }
+                let sources = parts[1].split(whereSeparator: { $0 == " " || $0 == "\t" }).filter { !$0.hasPrefix("[") }
+                if sources.contains(where: { ["sss", "winbind", "ldap"].contains($0) }) {
+                    evidence.append("/etc/nsswitch.conf: \(body.trimmingCharacters(in: .whitespaces))")
+                }
             }
         }
         if let text = files.read("/etc/realmd.conf") {
@@ -355,7 +364,7 @@ public struct Doctor: Sendable {
             return DoctorCheck(id: id, status: .fail, summary: "the host is joined to a directory domain: \(Self.unique(evidence).joined(separator: "; "))",
                                fix: "leave the domain (`realm leave`, or `net ads leave`), remove sssd/winbind, delete /etc/krb5.keytab; use local accounts only")
         }
-        return DoctorCheck(id: id, status: .pass, summary: "no sssd, winbind, realmd or Kerberos keytab configuration")
+        return DoctorCheck(id: id, status: .pass, summary: "no sssd, winbind, LDAP accounts, realmd or Kerberos keytab configuration")
     }
 
     func sshd() -> SSHDConfig? {

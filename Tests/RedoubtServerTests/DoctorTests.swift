@@ -262,13 +262,23 @@ final class DoctorFixture {
         try f.write("/etc/sssd/sssd.conf", "[sssd]\ndomains = corp.example.com\n[domain/corp.example.com]\nid_provider = ad\n")
         #expect(f.doctor().checkDomainJoin().status == .fail)
         for (path, text) in [("/etc/samba/smb.conf", "[global]\n  security = ADS\n  realm = CORP.EXAMPLE.COM\n"),
-                             ("/etc/krb5.keytab", "binary"), ("/etc/realmd.conf", "[corp.example.com]\nfully-qualified-names = no\n")] {
+                             ("/etc/krb5.keytab", "binary"), ("/etc/realmd.conf", "[corp.example.com]\nfully-qualified-names = no\n"),
+                             ("/etc/nsswitch.conf", "passwd:         files systemd sss\ngroup: files\n"),
+                             ("/etc/nsswitch.conf", "passwd: files\ngroup:\tfiles [NOTFOUND=return] winbind\n"),
+                             ("/etc/nsswitch.conf", "shadow: files ldap # nslcd\n")] {
             let g = try DoctorFixture()
             try g.write(path, text)
             let c = g.doctor().checkDomainJoin()
             #expect(c.status == .fail, "\(path)")
             #expect(c.summary.contains(path))
         }
+    }
+
+    @Test func localOnlyNsswitchPasses() throws {
+        let f = try DoctorFixture()
+        // Debian 12's default, plus mentions that are not account sources.
+        try f.write("/etc/nsswitch.conf", "# passwd: files sss\npasswd: files systemd\ngroup: files systemd\nhosts: files mdns4_minimal [NOTFOUND=return] dns ldap\nnetgroup: nis\n")
+        #expect(f.doctor().checkDomainJoin().status == .pass)
     }
 
     @Test func sshPasswordRule() throws {
