@@ -152,15 +152,21 @@ public struct Doctor: Sendable {
         var parent = (dir as NSString).deletingLastPathComponent
         while !parent.isEmpty {
             var p = stat()
-            if stat(parent, &p) == 0, p.st_mode & 0o022 != 0, p.st_mode & S_ISVTX == 0 {
-                problems.append("the parent \(parent) is writable by group or others (mode \(Self.octal(p.st_mode)))")
+            if stat(parent, &p) == 0 {
+                if p.st_mode & 0o022 != 0, p.st_mode & S_ISVTX == 0 {
+                    problems.append("the parent \(parent) is writable by group or others (mode \(Self.octal(p.st_mode)))")
+                }
+                // Its owner may chmod it writable at will, whatever its mode now.
+                if p.st_uid != 0 && p.st_uid != owner {
+                    problems.append("the parent \(parent) is owned by \(Self.userName(p.st_uid)) (uid \(p.st_uid)), who can rename the data directory away")
+                }
             }
             if parent == "/" { break }
             parent = (parent as NSString).deletingLastPathComponent
         }
         if !problems.isEmpty {
             return DoctorCheck(id: id, status: .fail, summary: problems.joined(separator: "; "),
-                               fix: "chmod 0700 \(dir); chmod -R go-rwx \(dir); chown -R SERVICE-USER: \(dir); chmod go-w on writable parents")
+                               fix: "chmod 0700 \(dir); chmod -R go-rwx \(dir); chown -R SERVICE-USER: \(dir); chmod go-w on writable parents and chown root: parents owned by other users")
         }
         let user = Self.userName(owner)
         if !loose.isEmpty {

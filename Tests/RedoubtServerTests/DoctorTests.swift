@@ -168,6 +168,14 @@ final class DoctorFixture {
         chmod(f.base + "/srv", 0o777)
         #expect(f.doctor().checkPrivate().status == .fail)
         chmod(f.base + "/srv", 0o755)
+        // A parent owned by another user: that user may make it writable at any time.
+        chown(f.base + "/srv", 4242, 4242)
+        let otherOwner = f.doctor().checkPrivate()
+        #expect(otherOwner.status == .fail)
+        #expect(otherOwner.summary.contains("\(f.base)/srv is owned by") && otherOwner.summary.contains("uid 4242"))
+        chown(f.base + "/srv", DoctorFixture.nobody, DoctorFixture.nobody)  // the service user's own parent is fine
+        #expect(f.doctor().checkPrivate().status == .pass)
+        chown(f.base + "/srv", 0, 0)
         let rootOwned = try DoctorFixture(owner: 0)
         #expect(rootOwned.doctor().checkPrivate().status == .warn)
         let missing = Doctor(dataDir: f.base + "/nope", files: HostFiles(root: f.root))
