@@ -10,11 +10,8 @@ import Testing
 /// access key shows up in no output and no file.
 @Suite(.serialized) struct AWSKMSEndToEndTests {
     @Test func quickstartWithAnAWSKMSWrappedKeyRestoresAndTheKEKsStateDecidesLaterRestores() async throws {
-        let env = ProcessInfo.processInfo.environment
-        guard let endpoint = env["REDOUBT_TEST_LOCALSTACK"] else {
-            if env["REDOUBT_PEERS_REQUIRED"] == "1" { Issue.record("REDOUBT_TEST_LOCALSTACK is not set: ./scripts/peers start") }
-            return
-        }
+        guard let env = peerEnvironment("REDOUBT_TEST_LOCALSTACK"),
+              let endpoint = env["REDOUBT_TEST_LOCALSTACK"] else { return }
         try #require(FileManager.default.isExecutableFile(atPath: CrashTests.binary.path), "build the redoubt executable first")
         let dir = FileManager.default.temporaryDirectory.appendingPathComponent("redoubt-awskms-\(UUID().uuidString)")
         try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)

@@ -12,11 +12,8 @@ import Testing
 /// through its own environment only.
 @Suite(.serialized) struct AWSKMSKeyCustodyEndToEndTests {
     @Test func rotateBetweenAWSKMSKeysDestroyTheOldThenShred() async throws {
-        let env = ProcessInfo.processInfo.environment
-        guard let endpoint = env["REDOUBT_TEST_LOCALSTACK"] else {
-            if env["REDOUBT_PEERS_REQUIRED"] == "1" { Issue.record("REDOUBT_TEST_LOCALSTACK is not set: ./scripts/peers start") }
-            return
-        }
+        guard let env = peerEnvironment("REDOUBT_TEST_LOCALSTACK"),
+              let endpoint = env["REDOUBT_TEST_LOCALSTACK"] else { return }
         let secret = "custody-secret-\(UUID().uuidString)"
         let aws = "AWS_ACCESS_KEY_ID=AKIAREDOUBTCUSTODY AWS_SECRET_ACCESS_KEY='\(secret)'"
         let kms = "awskms://us-east-1/new?endpoint=\(endpoint)"

@@ -24,11 +24,8 @@ import Testing
     }
 
     @Test func copyThenRestoreFromTheBucketAloneAndRefuseAnUnenforcingTarget() async throws {
-        let env = ProcessInfo.processInfo.environment
-        guard let ls = env["REDOUBT_TEST_LOCALSTACK"].flatMap(URL.init(string:)), let moto = env["REDOUBT_TEST_MOTO"].flatMap(URL.init(string:)) else {
-            if env["REDOUBT_PEERS_REQUIRED"] == "1" { Issue.record("LocalStack/moto not configured: ./scripts/peers start") }
-            return
-        }
+        guard let env = peerEnvironment("REDOUBT_TEST_LOCALSTACK", "REDOUBT_TEST_MOTO"),
+              let ls = env["REDOUBT_TEST_LOCALSTACK"].flatMap(URL.init(string:)), let moto = env["REDOUBT_TEST_MOTO"].flatMap(URL.init(string:)) else { return }
         let binary = CrashTests.binary.path
         try #require(FileManager.default.isExecutableFile(atPath: binary), "build the redoubt executable first")
         let dir = FileManager.default.temporaryDirectory.appendingPathComponent("redoubt-copy-\(UUID().uuidString)").path

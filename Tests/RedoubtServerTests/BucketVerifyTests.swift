@@ -52,11 +52,8 @@ import Testing
     }
 
     func setup() async throws -> Setup? {
-        let env = ProcessInfo.processInfo.environment
-        guard let ls = env["REDOUBT_TEST_LOCALSTACK"].flatMap(URL.init(string:)) else {
-            if env["REDOUBT_PEERS_REQUIRED"] == "1" { Issue.record("LocalStack not configured: ./scripts/peers start") }
-            return nil
-        }
+        guard let env = peerEnvironment("REDOUBT_TEST_LOCALSTACK"),
+              let ls = env["REDOUBT_TEST_LOCALSTACK"].flatMap(URL.init(string:)) else { return nil }
         let binary = CrashTests.binary.path
         try #require(FileManager.default.isExecutableFile(atPath: binary), "build the redoubt executable first")
         let dir = FileManager.default.temporaryDirectory.appendingPathComponent("redoubt-bverify-\(UUID().uuidString)").path

@@ -20,11 +20,8 @@ import RedoubtStore
     }
 
     @Test func aCommitIsCopiedToTheTargetInTheBackgroundUnderCompliance() async throws {
-        let env = ProcessInfo.processInfo.environment
-        guard let ls = env["REDOUBT_TEST_LOCALSTACK"].flatMap(URL.init(string:)), let moto = env["REDOUBT_TEST_MOTO"].flatMap(URL.init(string:)) else {
-            if env["REDOUBT_PEERS_REQUIRED"] == "1" { Issue.record("LocalStack/moto not configured: ./scripts/peers start") }
-            return
-        }
+        guard let env = peerEnvironment("REDOUBT_TEST_LOCALSTACK", "REDOUBT_TEST_MOTO"),
+              let ls = env["REDOUBT_TEST_LOCALSTACK"].flatMap(URL.init(string:)), let moto = env["REDOUBT_TEST_MOTO"].flatMap(URL.init(string:)) else { return }
         let server = try await TestServer.start()
         let keys = try TenantKeys.generate()
         try await server.createTenant("acme", keys: keys)

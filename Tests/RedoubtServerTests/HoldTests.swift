@@ -144,11 +144,8 @@ import RedoubtStore
 
     /// The copy: held objects' original versions carry an S3 legal hold in real LocalStack.
     @Test func heldObjectsGetAnS3LegalHoldInTheCopyLiftedAfterRelease() async throws {
-        let env = ProcessInfo.processInfo.environment
-        guard let ls = env["REDOUBT_TEST_LOCALSTACK"].flatMap(URL.init(string:)) else {
-            if env["REDOUBT_PEERS_REQUIRED"] == "1" { Issue.record("LocalStack not configured: ./scripts/peers start localstack") }
-            return
-        }
+        guard let env = peerEnvironment("REDOUBT_TEST_LOCALSTACK"),
+              let ls = env["REDOUBT_TEST_LOCALSTACK"].flatMap(URL.init(string:)) else { return }
         let (server, bob, wc, writer) = try await world()
         let alice = server.admin
         let creds = server.dir.appendingPathComponent("s3-credentials").path
@@ -202,11 +199,8 @@ import RedoubtStore
 
     /// The store primitive alone: a legal hold, and nothing else, keeps a version from deletion.
     @Test func anS3LegalHoldAloneRefusesTheDeletionOfAVersion() async throws {
-        let env = ProcessInfo.processInfo.environment
-        guard let ls = env["REDOUBT_TEST_LOCALSTACK"].flatMap(URL.init(string:)) else {
-            if env["REDOUBT_PEERS_REQUIRED"] == "1" { Issue.record("LocalStack not configured: ./scripts/peers start localstack") }
-            return
-        }
+        guard let env = peerEnvironment("REDOUBT_TEST_LOCALSTACK"),
+              let ls = env["REDOUBT_TEST_LOCALSTACK"].flatMap(URL.init(string:)) else { return }
         let name = "redoubt-lh-\(UInt32.random(in: 0 ... .max))"
         let s3 = AWSCredentials(accessKeyID: "test", secretAccessKey: "test")
         let bucketClient = S3Client(location: S3Location(endpoint: ls, region: "us-east-1", bucket: name), credentials: s3)

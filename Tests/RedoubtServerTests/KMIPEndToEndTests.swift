@@ -8,11 +8,8 @@ import RedoubtKMS
 /// wrapped key no longer opens, with an error that says which.
 @Suite(.serialized) struct KMIPEndToEndTests {
     @Test func quickstartWithAKMIPWrappedKeyRestoresAndTheKEKsFateDecidesLaterRestores() async throws {
-        let env = ProcessInfo.processInfo.environment
-        guard let address = env["REDOUBT_TEST_KMIP"], let pki = env["REDOUBT_TEST_KMIP_PKI"] else {
-            if env["REDOUBT_PEERS_REQUIRED"] == "1" { Issue.record("REDOUBT_TEST_KMIP is not set: ./scripts/peers start") }
-            return
-        }
+        guard let env = peerEnvironment("REDOUBT_TEST_KMIP", "REDOUBT_TEST_KMIP_PKI"),
+              let address = env["REDOUBT_TEST_KMIP"], let pki = env["REDOUBT_TEST_KMIP_PKI"] else { return }
         try #require(FileManager.default.isExecutableFile(atPath: CrashTests.binary.path), "build the redoubt executable first")
         let dir = FileManager.default.temporaryDirectory.appendingPathComponent("redoubt-kmip-\(UUID().uuidString)")
         try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)

@@ -13,11 +13,8 @@ import RedoubtClient
 /// ciphertext is intact (the escrow still opens it).
 @Suite(.serialized) struct KeyCustodyEndToEndTests {
     @Test func rotateToKMIPDestroyTheOldKEKEscrowThenShred() async throws {
-        let env = ProcessInfo.processInfo.environment
-        guard let address = env["REDOUBT_TEST_KMIP"], let pki = env["REDOUBT_TEST_KMIP_PKI"], let localstack = env["REDOUBT_TEST_LOCALSTACK"] else {
-            if env["REDOUBT_PEERS_REQUIRED"] == "1" { Issue.record("REDOUBT_TEST_KMIP or REDOUBT_TEST_LOCALSTACK is not set: ./scripts/peers start") }
-            return
-        }
+        guard let env = peerEnvironment("REDOUBT_TEST_KMIP", "REDOUBT_TEST_KMIP_PKI", "REDOUBT_TEST_LOCALSTACK"),
+              let address = env["REDOUBT_TEST_KMIP"], let pki = env["REDOUBT_TEST_KMIP_PKI"], let localstack = env["REDOUBT_TEST_LOCALSTACK"] else { return }
         let q = try await QuickstartServer.start("custody", quickstartEnv: "REDOUBT_PASSPHRASE=custody-pass")
         defer { q.stop() }
         let (bin, base, admin, out) = (q.bin, q.base, q.admin, "")

@@ -10,13 +10,10 @@ import RedoubtKMS
 /// `SOFTHSM2_CONF` goes to each command only (SoftHSM reads it in C_Initialize).
 @Suite(.serialized) struct PKCS11EndToEndTests {
     @Test func quickstartWithAKEKOnTheTokenRestoresAndPINAndTokenFailuresHaveTheirExitCodes() async throws {
-        let env = ProcessInfo.processInfo.environment
-        guard let conf = env["REDOUBT_TEST_SOFTHSM_CONF"], let module = env["REDOUBT_TEST_SOFTHSM_MODULE"],
+        guard let env = peerEnvironment("REDOUBT_TEST_SOFTHSM_CONF", "REDOUBT_TEST_SOFTHSM_MODULE", "REDOUBT_TEST_SOFTHSM_TOKEN", "REDOUBT_TEST_SOFTHSM_PIN_FILE"),
+              let conf = env["REDOUBT_TEST_SOFTHSM_CONF"], let module = env["REDOUBT_TEST_SOFTHSM_MODULE"],
               let token = env["REDOUBT_TEST_SOFTHSM_TOKEN"], let pinFile = env["REDOUBT_TEST_SOFTHSM_PIN_FILE"]
-        else {
-            if env["REDOUBT_PEERS_REQUIRED"] == "1" { Issue.record("REDOUBT_TEST_SOFTHSM_CONF is not set: ./scripts/peers start softhsm") }
-            return
-        }
+        else { return }
         try #require(FileManager.default.isExecutableFile(atPath: CrashTests.binary.path), "build the redoubt executable first")
         let dir = FileManager.default.temporaryDirectory.appendingPathComponent("redoubt-pkcs11-\(UUID().uuidString)")
         try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
@@ -118,13 +115,10 @@ import RedoubtKMS
     /// destroyed (its copy then exits 11), every snapshot still restores, and a shred
     /// destroys KEK 2 on the token: restores are refused, and neither key is left.
     @Test func rotateBetweenTokenKEKsDestroyTheOldOneThenShred() async throws {
-        let env = ProcessInfo.processInfo.environment
-        guard let conf = env["REDOUBT_TEST_SOFTHSM_CONF"], let module = env["REDOUBT_TEST_SOFTHSM_MODULE"],
+        guard let env = peerEnvironment("REDOUBT_TEST_SOFTHSM_CONF", "REDOUBT_TEST_SOFTHSM_MODULE", "REDOUBT_TEST_SOFTHSM_TOKEN", "REDOUBT_TEST_SOFTHSM_PIN_FILE"),
+              let conf = env["REDOUBT_TEST_SOFTHSM_CONF"], let module = env["REDOUBT_TEST_SOFTHSM_MODULE"],
               let token = env["REDOUBT_TEST_SOFTHSM_TOKEN"], let pinFile = env["REDOUBT_TEST_SOFTHSM_PIN_FILE"]
-        else {
-            if env["REDOUBT_PEERS_REQUIRED"] == "1" { Issue.record("REDOUBT_TEST_SOFTHSM_CONF is not set: ./scripts/peers start softhsm") }
-            return
-        }
+        else { return }
         let kek1 = "redoubt-kek-custody1-\(UUID().uuidString.lowercased())", kek2 = "redoubt-kek-custody2-\(UUID().uuidString.lowercased())"
         func uri(_ label: String) -> String { "pkcs11:token=\(token);object=\(label)?module-path=\(module)&pin-source=\(pinFile)" }
         // SOFTHSM2_CONF goes to each command that touches the token, never to this process.

@@ -7,6 +7,7 @@ import RedoubtClient
 import RedoubtCore
 import RedoubtKMS
 import RedoubtServer
+import Testing
 
 /// A manual clock for retention tests.
 final class ManualClock: ServerClock, @unchecked Sendable {
@@ -19,6 +20,18 @@ final class ManualClock: ServerClock, @unchecked Sendable {
 
 /// A free TCP port on loopback.
 func freeLoopbackPort() throws -> Int { try ServerHome.freeLoopbackPort() }
+
+/// The environment, if every named test-peer variable (written by `scripts/peers`) is
+/// set; otherwise nil, and under `REDOUBT_PEERS_REQUIRED=1` (CI) a recorded failure
+/// naming what is missing, so that a peer that did not start is never a silent pass.
+func peerEnvironment(_ names: String..., sourceLocation: SourceLocation = #_sourceLocation) -> [String: String]? {
+    let env = ProcessInfo.processInfo.environment
+    let missing = names.filter { env[$0]?.isEmpty ?? true }
+    if missing.isEmpty { return env }
+    let message = "\(missing.joined(separator: ", ")) not set: ./scripts/peers start, then source \"$(./scripts/peers env)\""
+    if env["REDOUBT_PEERS_REQUIRED"] == "1" { Issue.record(Comment(rawValue: message), sourceLocation: sourceLocation) } else { print("skipping: " + message) }
+    return nil
+}
 
 /// A real server: TLS on loopback, a real SQLite catalog, a real local store with
 /// immutable flags, in a temp directory. One per test.
