@@ -177,7 +177,7 @@ enum ArchiveSys {
             if n == 2 && p[0] == 0x2e && p[1] == 0x2e { continue }
             names.append(Array(UnsafeBufferPointer(start: p, count: n)))
         }
-        names.sort { $0.lexicographicallyPrecedes($1) }
+        names.sort(by: bytesPrecede)
         return .success(names)
     }
 
@@ -215,7 +215,7 @@ enum ArchiveSys {
                 case .failure(let e): return .failure(e)
                 }
             }
-            out.sort { $0.name.lexicographicallyPrecedes($1.name) }
+            out.sort { bytesPrecede($0.name, $1.name) }
             return .success(out)
         }
     }

@@ -63,30 +63,36 @@ public struct MetadataCache: Sendable {
     /// A cache larger than this is not read (a sanity bound, ~10 million files).
     public static let maxSize = 4 << 30
 
-    /// Entries by absolute path bytes.
-    public private(set) var entries: [[UInt8]: Entry]
+    /// Entries by absolute path bytes (`ByteKey`: a hundred thousand lookups per backup).
+    private var byPath: [ByteKey: Entry]
 
-    public init(entries: [[UInt8]: Entry] = [:]) { self.entries = entries }
-
-    public subscript(path: [UInt8]) -> Entry? {
-        get { entries[path] }
-        set { entries[path] = newValue }
+    public init(entries: [[UInt8]: Entry] = [:]) {
+        byPath = Dictionary(uniqueKeysWithValues: entries.map { (ByteKey($0.key), $0.value) })
     }
 
-    public var count: Int { entries.count }
+    private init(byPath: [ByteKey: Entry]) { self.byPath = byPath }
+
+    /// Every entry by path (a copy: for tests and tools, not the backup's lookups).
+    public var entries: [[UInt8]: Entry] { Dictionary(uniqueKeysWithValues: byPath.map { ($0.key.bytes, $0.value) }) }
+
+    public subscript(path: [UInt8]) -> Entry? {
+        get { byPath[ByteKey(path)] }
+        set { byPath[ByteKey(path)] = newValue }
+    }
+
+    public var count: Int { byPath.count }
 
     static func keyCheck(_ key: ChunkIDKey) -> [UInt8] { key.chunkID(for: keyCheckLabel).bytes }
 
     /// The encoding described above.
     public func encode(chunkIDKey: ChunkIDKey) -> [UInt8] {
-        var w = ByteWriter(capacity: 64 + entries.count * 120)
+        var w = ByteWriter(capacity: 64 + byPath.count * 120)
         w.raw(Self.magic)
         w.u16(Self.version)
         w.raw(Self.keyCheck(chunkIDKey))
-        w.uvarint(UInt64(entries.count))
-        for path in entries.keys.sorted(by: { $0.lexicographicallyPrecedes($1) }) {
-            let e = entries[path]!
-            w.lengthPrefixed(path)
+        w.uvarint(UInt64(byPath.count))
+        for (key, e) in byPath.sorted(by: { bytesPrecede($0.key.bytes, $1.key.bytes) }) {
+            w.lengthPrefixed(key.bytes)
             w.uvarint(e.size)
             for t in [e.mtime, e.ctime] {
                 w.i64(t.seconds)
@@ -132,7 +138,7 @@ public struct MetadataCache: Sendable {
             guard v == version else { throw Unusable(reason: "cache version \(v); this build reads \(version)") }
             guard try r.raw(32) == keyCheck(chunkIDKey) else { throw Unusable(reason: "written for another tenant's keys") }
             let count = try r.count(limit: r.remaining / 32)
-            var entries: [[UInt8]: Entry] = [:]
+            var entries: [ByteKey: Entry] = [:]
             entries.reserveCapacity(count)
             for _ in 0..<count {
                 let path = try r.lengthPrefixed(limit: 1 << 16)
@@ -165,10 +171,10 @@ public struct MetadataCache: Sendable {
                     regions = list
                 default: throw Unusable(reason: "bad sparse flag")
                 }
-                entries[path] = Entry(size: size, mtime: times[0], ctime: times[1], inode: inode, device: device, content: content, dataRegions: regions)
+                entries[ByteKey(path)] = Entry(size: size, mtime: times[0], ctime: times[1], inode: inode, device: device, content: content, dataRegions: regions)
             }
             guard r.isAtEnd else { throw Unusable(reason: "trailing bytes") }
-            return MetadataCache(entries: entries)
+            return MetadataCache(byPath: entries)
         } catch let e as Unusable {
             throw e
         } catch {

@@ -1,3 +1,5 @@
+import Foundation
+
 /// Little-endian encoder for Redoubt's binary formats.
 ///
 /// Every multi-byte integer in docs/FORMAT.md is little-endian; variable-length byte
@@ -205,4 +207,31 @@ public func bytesFromHex(_ s: String) -> [UInt8]? {
         i += 2
     }
     return out
+}
+
+/// Whether `a` sorts before `b` byte by byte, a shorter prefix first: the order of
+/// `a.lexicographicallyPrecedes(b)`, by `memcmp`. Why: sorting a hundred thousand paths
+/// or names the generic way compared them an element at a time through closures, a
+/// tenth of an unchanged backup's time.
+@inlinable
+public func bytesPrecede(_ a: [UInt8], _ b: [UInt8]) -> Bool {
+    a.withUnsafeBufferPointer { pa in
+        b.withUnsafeBufferPointer { pb in
+            let n = Swift.min(pa.count, pb.count)
+            let c = n == 0 ? 0 : memcmp(pa.baseAddress!, pb.baseAddress!, n)
+            return c != 0 ? c < 0 : pa.count < pb.count
+        }
+    }
+}
+
+/// A byte string as a dictionary key or set element, hashed in one call rather than
+/// byte by byte (`[UInt8]`'s own `Hashable` feeds the hasher one element at a time).
+public struct ByteKey: Hashable, Sendable {
+    public let bytes: [UInt8]
+    @inlinable public init(_ bytes: [UInt8]) { self.bytes = bytes }
+    @inlinable public static func == (a: ByteKey, b: ByteKey) -> Bool { a.bytes == b.bytes }
+    @inlinable public func hash(into hasher: inout Hasher) {
+        hasher.combine(bytes.count)
+        bytes.withUnsafeBytes { hasher.combine(bytes: $0) }
+    }
 }

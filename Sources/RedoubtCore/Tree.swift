@@ -121,9 +121,9 @@ public struct Tree: Sendable, Hashable {
     public init(nodes: [Node]) {
         self.nodes = nodes.map { n in
             var n = n
-            n.xattrs.sort { $0.name.lexicographicallyPrecedes($1.name) }
+            n.xattrs.sort { bytesPrecede($0.name, $1.name) }
             return n
-        }.sorted { $0.name.lexicographicallyPrecedes($1.name) }
+        }.sorted { bytesPrecede($0.name, $1.name) }
     }
 
     init(validatedSorted nodes: [Node]) { self.nodes = nodes }
@@ -270,13 +270,13 @@ public enum TreeCodec {
         // Why: a name with '/' or NUL, or "." / "..", would let a hostile snapshot write
         // outside the directory being restored.
         guard isSafeName(n.name) else { throw CoreError(.corrupt, object: object, "unsafe entry name \(name)") }
-        if let previous, !previous.lexicographicallyPrecedes(n.name) {
+        if let previous, !bytesPrecede(previous, n.name) {
             throw CoreError(.corrupt, object: object, "entries not in strictly ascending name order at \(name)")
         }
         var lastX: [UInt8]? = nil
         for x in n.xattrs {
             guard !x.name.isEmpty, !x.name.contains(0) else { throw CoreError(.corrupt, object: object, "bad xattr name on \(name)") }
-            if let lastX, !lastX.lexicographicallyPrecedes(x.name) { throw CoreError(.corrupt, object: object, "xattrs of \(name) not sorted/unique") }
+            if let lastX, !bytesPrecede(lastX, x.name) { throw CoreError(.corrupt, object: object, "xattrs of \(name) not sorted/unique") }
             lastX = x.name
         }
         let isFile = n.type == .file

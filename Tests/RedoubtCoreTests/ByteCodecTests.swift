@@ -352,4 +352,17 @@ struct SplitMix64: RandomNumberGenerator {
         #expect(ChunkID(bytes: [UInt8](repeating: 0, count: 31)) == nil)
         #expect(ReadKeyID(bytes: [UInt8](repeating: 0, count: 32)) == nil)
     }
+
+    /// memcmp order is the generic byte order, prefixes first, over random strings
+    /// drawn from a small alphabet so that equal prefixes and equal strings are common.
+    @Test func bytesPrecedeIsLexicographicOrder() {
+        var rng = SplitMix64(seed: 81)
+        func draw() -> [UInt8] { (0..<Int(rng.next() % 5)).map { _ in [0, 1, 0x7f, 0x80, 0xff][Int(rng.next() % 5)] } }
+        for _ in 0..<5000 {
+            let a = draw(), b = draw()
+            #expect(bytesPrecede(a, b) == a.lexicographicallyPrecedes(b), "\(a) vs \(b)")
+            #expect((ByteKey(a) == ByteKey(b)) == (a == b))
+            if a == b { #expect(ByteKey(a).hashValue == ByteKey(b).hashValue) }
+        }
+    }
 }
