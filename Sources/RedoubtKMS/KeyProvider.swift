@@ -118,6 +118,16 @@ public enum KeyProviderError: Error, Sendable, Equatable, CustomStringConvertibl
     /// The provider cannot do what was asked (e.g. destroy a passphrase).
     case unsupported(provider: String, detail: String)
 
+    /// Whether the failure is the key service's or this restorer's (unreachable, refused
+    /// credential, missing secret, untrusted) rather than one wrapped copy's: another copy
+    /// at the same service would fail the same way.
+    public var isAboutTheService: Bool {
+        switch self {
+        case .unreachable, .credentialRejected, .secretMissing, .untrustedProvider, .unknownProvider: true
+        default: false
+        }
+    }
+
     public var code: String {
         switch self {
         case .malformed: "E_KEY_MALFORMED"

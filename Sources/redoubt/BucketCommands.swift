@@ -67,9 +67,25 @@ enum BucketCommands {
     static func restore(store: S3Store, place: String, tenant: String, snapshot: String, target: String, config cfg: ClientConfig,
                         passphraseFile: String?, readKeyFile: String?, trustProvider: String? = nil, subpath: String? = nil, skipDamaged: Bool = false,
                         lister: String = "redoubt copy snapshots", json: Bool = false) async throws -> Exit {
-        let copied = readKeyFile == nil ? try await wrappedReadKey(store: store, tenant: tenant, config: cfg) : nil
-        let readKey = try await RestoreSupport.unwrapReadKey(config: cfg, passphraseFile: passphraseFile, readKeyFile: readKeyFile, copied: copied,
-                                                             trustProvider: trustProvider)
+        var opened: ReadPrivateKey? = nil
+        if readKeyFile == nil {
+            // Newest first; one that does not open (damaged, or added by whoever can write
+            // the bucket) must not stand in the way of an older, real one.
+            for (name, wrapped) in try await wrappedReadKeys(store: store, tenant: tenant, config: cfg) {
+                do {
+                    opened = try await RestoreSupport.unwrapReadKey(config: cfg, passphraseFile: passphraseFile, copied: wrapped, trustProvider: trustProvider)
+                    break
+                } catch let e as KeyProviderError where !e.isAboutTheService {
+                    FileHandle.standardError.write(Data("note: the wrapped read key in \(name) did not open (\(e)); trying the next\n".utf8))
+                }
+            }
+        }
+        let readKey: ReadPrivateKey
+        if let opened {
+            readKey = opened
+        } else {
+            readKey = try await RestoreSupport.unwrapReadKey(config: cfg, passphraseFile: passphraseFile, readKeyFile: readKeyFile, trustProvider: trustProvider)
+        }
         let manifests = try await BucketCopy.manifests(in: store, tenant: tenant)
         let manifest = try RestoreSupport.manifest(matching: snapshot, in: manifests, place: "in \(place)", lister: lister)
         let result = try await RestoreSupport.restore(manifest: manifest, readKey: readKey, chunkIDKey: try cfg.sharedMaterial().chunkIDKey,
@@ -89,21 +105,29 @@ enum BucketCommands {
         return result.warnings.isEmpty ? .ok : .partial
     }
 
-    /// The wrapped read key in the copy's newest tenant descriptor, so that a restore from
-    /// the bucket needs no server (and after a rotation gets the current wrapping, which
-    /// the enrollment copy is not); nil if the copy has no readable descriptor. Why it
-    /// may be trusted: `unwrapReadKey` checks its key ID against the enrollment's.
-    ///
-    /// Why only at the enrolled key service: anyone with the bucket's writer credential can
-    /// add a newer descriptor whose provider URI points elsewhere (their KMS, or a PKCS#11
-    /// module path of their choosing). Such a descriptor is not used unless its provider is
-    /// the same service (scheme, host and port, query) as the enrollment's; the key's own
-    /// name may differ (a KEK rotation).
-    static func wrappedReadKey(store: S3Store, tenant: String, config: ClientConfig) async throws -> WrappedReadKey? {
-        let newest = try await store.originalNames(prefix: "t/\(tenant)/")
-            .compactMap { n in BucketVerify.descriptorVersion(n, tenant: tenant).map { (n, $0) } }.max { $0.1 < $1.1 }
-        guard let (name, _) = newest, let key = ObjectKey(name) else { return nil }
-        return try RestoreSupport.wrappedReadKey(descriptor: try await store.get(key), name: name, place: "bucket copy", tenant: tenant, config: config)
+    /// The wrapped read keys in the copy's tenant descriptors, newest first, so that a
+    /// restore from the bucket needs no server (and after a rotation gets the current
+    /// wrapping, which the enrollment copy is not). Descriptors that do not decode, or
+    /// whose key service is not the enrolled one, are skipped with a note
+    /// (`RestoreSupport.wrappedReadKey` says why); `unwrapReadKey` checks each key's ID
+    /// against the enrollment's.
+    static func wrappedReadKeys(store: S3Store, tenant: String, config: ClientConfig) async throws -> [(name: String, key: WrappedReadKey)] {
+        let names = try await store.originalNames(prefix: "t/\(tenant)/")
+            .compactMap { n in BucketVerify.descriptorVersion(n, tenant: tenant).map { (n, $0) } }
+            .sorted { $0.1 > $1.1 }
+        var out: [(name: String, key: WrappedReadKey)] = []
+        for (name, _) in names {
+            guard let key = ObjectKey(name) else { continue }
+            let body = try await store.get(key)
+            do {
+                if let w = try RestoreSupport.wrappedReadKey(descriptor: body, name: name, place: "bucket copy", tenant: tenant, config: config) {
+                    out.append((name, w))
+                }
+            } catch {
+                FileHandle.standardError.write(Data("note: skipping \(name): not a readable tenant descriptor (\(error))\n".utf8))
+            }
+        }
+        return out
     }
 
     /// Checks every object of the tenant's copy (hash, lock) and that no pack is missing.

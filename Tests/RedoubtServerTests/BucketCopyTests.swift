@@ -1,6 +1,7 @@
 import Foundation
 import NIOHTTP1
 import RedoubtAWS
+import RedoubtKMS
 import RedoubtServer
 @testable import RedoubtStore
 import Testing
@@ -80,8 +81,25 @@ import Testing
         let (list, listOut) = sh("\(bin) copy snapshots quickstart \(target) --json", out)
         #expect(list == 0, "copy snapshots: \(listOut)")
         let snapshot = try #require(listOut.split(separator: "\"").first { $0.count == 64 }.map(String.init))
+        // Newer descriptors added by whoever can write the bucket: one that is not a
+        // descriptor, one whose wrapped key was altered. Neither may stop the restore: it
+        // says so and opens the real, older one.
+        let realName = try #require(try await store.originalNames(prefix: "t/quickstart/").first { $0.hasSuffix("/tenant-v1.json") })
+        let realKey = try #require(ObjectKey(realName))
+        let realBytes = try await store.get(realKey)
+        var descriptor = try #require(try JSONSerialization.jsonObject(with: Data(realBytes)) as? [String: Any])
+        let realWrapping = try #require(descriptor["wrappedReadKey"] as? String)
+        var tampered = try WrappedReadKey.decode(Data(realWrapping.utf8))
+        var sealed = try #require(Data(base64Encoded: tampered.wrapped))
+        sealed[sealed.count - 1] ^= 1
+        tampered.wrapped = sealed.base64EncodedString()
+        descriptor["wrappedReadKey"] = String(decoding: try tampered.encoded(), as: UTF8.self)
+        let v91 = try #require(ObjectKey("t/quickstart/tenant-v91.json")), v90 = try #require(ObjectKey("t/quickstart/tenant-v90.json"))
+        _ = try await store.put(v91, Array(try JSONSerialization.data(withJSONObject: descriptor)), retainUntil: nil)
+        _ = try await store.put(v90, Array("not a descriptor".utf8), retainUntil: nil)
         let (restore, restoreOut) = sh("\(bin) copy restore quickstart \(snapshot) \(target) --target '\(dir)/restored' --config '\(base)/restorer'", out)
         #expect(restore == 0, "copy restore: \(restoreOut)")
+        #expect(restoreOut.contains("tenant-v91.json did not open") && restoreOut.contains("skipping t/quickstart/tenant-v90.json"), "\(restoreOut)")
         let (diff, diffOut) = sh("diff -r '\(base)/sample' '\(dir)/restored\(base)/sample' || diff -r '\(base)/sample' '\(dir)/restored/sample'", out)
         #expect(diff == 0, "restored tree differs: \(diffOut)")
 
