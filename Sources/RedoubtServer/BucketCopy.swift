@@ -125,9 +125,19 @@ public enum BucketCopy {
             let e = JSONEncoder()
             e.outputFormatting = [.sortedKeys]
             e.dateEncodingStrategy = .iso8601
-            if let key = ObjectKey("t/\(tenant)/catalog/\(String(format: "%013lld", Int64(now.timeIntervalSince1970 * 1000))).json") {
-                let outcome = try await target.put(key, Array(try e.encode(export)), retainUntil: max(floor, now).addingTimeInterval(margin))
-                if outcome == .created { progress("\(key.path) (catalog export, \(export.snapshots.count) snapshots)") }
+            let bytes = Array(try e.encode(export))
+            let ms = Int64(now.timeIntervalSince1970 * 1000)
+            // Two syncs within one millisecond (a quick re-sync, a clock held still) must not
+            // collide on the name: the later export takes the next free millisecond.
+            var bump: Int64 = 0
+            while let key = ObjectKey("t/\(tenant)/catalog/\(String(format: "%013lld", ms + bump)).json") {
+                do {
+                    let outcome = try await target.put(key, bytes, retainUntil: max(floor, now).addingTimeInterval(margin))
+                    if outcome == .created { progress("\(key.path) (catalog export, \(export.snapshots.count) snapshots)") }
+                    break
+                } catch let error as StoreError where error.code == .conflict && bump < 63 {
+                    bump += 1
+                }
             }
         }
         let record = try catalog.audit(time: now, actor: actor, role: "admin", credential: "", source: "local", action: "copy-sync",

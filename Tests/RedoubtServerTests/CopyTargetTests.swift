@@ -62,6 +62,21 @@ import RedoubtStore
             }
             #expect(objects.contains { $0.key.path.hasSuffix(manifest.id.description) })
 
+            // A second commit copied in the same millisecond (this server's clock stands
+            // still): its catalog export takes the next free name instead of failing the sync.
+            let (packs2, manifest2) = try makeSnapshot(keys: try wc.writeKeySet(), files: [("b", (0..<150_000).map { UInt8(truncatingIfNeeded: $0 &* 7) })],
+                                                       time: 1_800_000_100)
+            for p in packs2 { _ = try await writer.uploadPack(id: p.id, bytes: p.bytes) }
+            _ = try await writer.commit(manifestBytes: manifest2.bytes)
+            let again = try await server.admin.syncCopyTarget(id: t.id, wait: true)
+            #expect(again.lastSyncOK == true, "\(again.lastSyncDetail ?? "")")
+            let exports = try await store.list(prefix: "t/acme/catalog/").map(\.key).sorted { $0.path < $1.path }
+            let newest = try #require(exports.last)
+            let d = JSONDecoder()
+            d.dateDecodingStrategy = .iso8601
+            let export = try d.decode(BucketCopy.CatalogExport.self, from: Data(try await store.get(newest)))
+            #expect(export.snapshots.count == 2, "\(exports.map(\.path))")
+
             // moto accepts lock settings without enforcing them: refused, or kept only when accepted on purpose.
             let motoBucket = try await bucket(moto)
             do {
