@@ -225,9 +225,11 @@ extension RepositoryService {
         try catalog.insertRequest(id: id, action: action, object: object, parameters: parameters, requester: p, now: now,
                                   expiresAt: now.addingTimeInterval(Self.requestLifetime), needed: quorum - 1)
         audit(ctx, "request", object: object, outcome: "pending", detail: "request=\(id) action=\(action) needs=\(quorum - 1) \(parameters.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: " "))")
-        throw ServerError(403, "E_APPROVAL_REQUIRED",
-                          "\(action) of \(object) weakens protection and needs \(quorum - 1) approval(s) from other admins: filed as request \(id), open for 72 h. "
-                          + "They run `redoubt admin request approve \(id)`; then repeat this command with --request \(id)")
+        var filed = ServerError(403, "E_APPROVAL_REQUIRED",
+                                "\(action) of \(object) weakens protection and needs \(quorum - 1) approval(s) from other admins: filed as request \(id), open for 72 h. "
+                                + "They run `redoubt admin request approve \(id)`; then repeat this command with --request \(id)")
+        filed.audited = true
+        throw filed
     }
 
     public func listRequests() throws -> [ApprovalRequest] { try catalog.requests(now: try now()) }

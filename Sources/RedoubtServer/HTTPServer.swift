@@ -1,6 +1,7 @@
 import Foundation
 import Hummingbird
 import HummingbirdTLS
+import HTTPTypes
 import Logging
 import NIOCore
 import NIOSSL
@@ -50,9 +51,23 @@ struct AuthMiddleware: RouterMiddleware {
             return errorResponse(service.refuse(ctx.call, action.rawValue, object: what,
                                                 .forbidden("a \(principal?.role.rawValue ?? "caller") may not \(action.rawValue)")))
         }
-        return try await next(request, ctx)
+        var response = try await next(request, ctx)
+        // Why: the audit log must show attempts to change things that failed, not only
+        // refusals by role (a probing credential, a bad quorum, a missing name).
+        if response.status.code >= 400, request.method != .get, request.method != .head {
+            if response.headers[auditedHeader] == nil {
+                service.audit(ctx.call, action.rawValue, object: what, outcome: "error",
+                              detail: "\(response.status.code) \(response.headers[errorCodeHeader] ?? "")")
+            }
+        }
+        response.headers[auditedHeader] = nil
+        return response
     }
 }
+
+/// Set by ``errorResponse(_:)``: the error's code, and whether it is already audited.
+let errorCodeHeader = HTTPField.Name("x-redoubt-error")!
+let auditedHeader = HTTPField.Name("x-redoubt-audited")!
 
 func jsonResponse<T: Encodable>(_ value: T, status: HTTPResponse.Status = .ok) -> Response {
     let e = JSONEncoder()
@@ -67,7 +82,10 @@ func bytesResponse(_ bytes: [UInt8]) -> Response {
 }
 
 func errorResponse(_ e: ServerError) -> Response {
-    jsonResponse(Wire.ErrorBody(code: e.code, message: e.message), status: .init(code: e.status))
+    var r = jsonResponse(Wire.ErrorBody(code: e.code, message: e.message), status: .init(code: e.status))
+    r.headers[errorCodeHeader] = e.code
+    if e.audited { r.headers[auditedHeader] = "1" }
+    return r
 }
 
 /// Runs a handler and turns every error into a JSON error body with the right status.

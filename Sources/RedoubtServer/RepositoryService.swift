@@ -11,6 +11,9 @@ public struct ServerError: Error, Sendable, CustomStringConvertible {
     public let status: Int
     public let code: String
     public let message: String
+    /// Already in the audit log (a refusal, or a filed approval request): the request
+    /// handler does not record it again.
+    public var audited = false
 
     public init(_ status: Int, _ code: String, _ message: String) {
         self.status = status
@@ -126,7 +129,9 @@ public final class RepositoryService: Sendable {
     /// Records a refused request and returns the error to send.
     public func refuse(_ ctx: CallContext, _ action: String, object: String, _ error: ServerError) -> ServerError {
         audit(ctx, action, object: object, outcome: "denied", detail: error.message)
-        return error
+        var e = error
+        e.audited = true
+        return e
     }
 
     private func requireTenant(_ ctx: CallContext) throws -> (Principal, TenantRecord) {

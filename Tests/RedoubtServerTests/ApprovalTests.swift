@@ -124,8 +124,15 @@ import RedoubtKMS
             await refused("E_UNAUTHENTICATED", "the removed admin") { _ = try await bob.quorum() }
             await refused("E_CONFLICT", "removing the last admin") { _ = try await alice.removeAdmin(name: "admin", requestID: nil) }
 
+            // Failed attempts to change things are audited too, with their error code; a
+            // filed approval request is recorded once, as the request.
+            let log = try await alice.audit(limit: 10_000)
+            #expect(log.contains { $0.action == "removeAdmin" && $0.outcome == "error" && $0.detail.contains("E_CONFLICT") && $0.role == "admin" },
+                    "\(log.suffix(5).map { "\($0.action) \($0.outcome) \($0.detail)" })")
+            #expect(!log.contains { $0.outcome == "error" && $0.detail.contains("E_APPROVAL_REQUIRED") })
+
             // Every step is in the audit chain.
-            let actions = Set(try await alice.audit(limit: 10_000).map(\.action))
+            let actions = Set(log.map(\.action))
             #expect(actions.isSuperset(of: ["request", "approve", "reject", "execute-request", "shred-tenant", "set-retention", "remove-admin"]))
             #expect(try server.service.catalog.verifyAudit().firstBad == nil)
         } catch { Issue.record("\(error)") }
