@@ -59,8 +59,9 @@ public struct RebuildReport: Sendable, Codable {
 
 /// Rebuilds the catalog's tenants, packs, chunk index and snapshots from the store alone:
 /// every pack is re-hashed and its public chunk list read; every manifest is parsed.
-/// Principals, enrollment tokens, the audit log, settings and legal holds are not in the store: they
-/// are carried over from the previous catalog if it can still be opened.
+/// Principals, enrollment tokens, the audit log, settings, legal holds, retired KEKs, copy
+/// targets and approval requests are not in the store: they are carried over from the
+/// previous catalog if it can still be opened.
 public enum CatalogRebuilder {
     public static func rebuild(home: ServerHome, clock: any ServerClock = SystemClock(), logger: Logger) async throws -> RebuildReport {
         var report = RebuildReport()
@@ -83,7 +84,11 @@ public enum CatalogRebuilder {
             try await catalog.db.writeWithoutTransaction { db in
                 try db.execute(sql: "ATTACH DATABASE ? AS old", arguments: [old])
                 // Legal holds are not in the store either; losing one in a rebuild would release it unapproved.
-                for table in ["principals", "enrollments", "audit", "clock", "settings", "holds", "copy_legal_holds"] {
+                // Retired KEKs: a shred after the rebuild must still destroy the KEKs rotated away from
+                // (their descriptors are gone from the store). Copy targets: copies must not stop
+                // silently. Requests and approvals: an approved change stays approved.
+                for table in ["principals", "enrollments", "audit", "clock", "settings", "holds", "copy_legal_holds",
+                              "retired_keks", "copy_targets", "requests", "approvals"] {
                     try? db.execute(sql: "INSERT OR IGNORE INTO main.\(table) SELECT * FROM old.\(table)")
                 }
                 try db.execute(sql: "DETACH DATABASE old")

@@ -153,4 +153,36 @@ import RedoubtStore
         _ = system("chattr -R -i '\(server.dir.path)' 2>/dev/null")
         try? FileManager.default.removeItem(at: server.dir)
     }
+
+    /// What exists only in the catalog survives a rebuild from the store: the retired KEKs
+    /// (their descriptors were deleted at rotation; without them a later shred would leave
+    /// the old KEKs, and every copy wrapped under them, alive), copy targets and requests.
+    @Test func aRebuildKeepsRetiredKEKsCopyTargetsAndRequests() async throws {
+        let server = try await TestServer.start()
+        try await server.createTenant("acme", keys: try TenantKeys.generate())
+        let catalog = server.service.catalog
+        let now = Date()
+        try await catalog.db.write { db in
+            try db.execute(sql: "INSERT INTO retired_keks(tenant, version, stub, retired_at) VALUES ('acme', 1, '{\"stub\":1}', ?)",
+                           arguments: [now.timeIntervalSince1970])
+        }
+        try catalog.insertCopyTarget(CopyTarget(
+            info: Wire.CopyTargetInfo(id: "t1", tenant: "acme", url: "s3://b/p", endpoint: "https://s3.example", region: "us-east-1", marginSeconds: 0,
+                                      acceptUnenforced: false, createdAt: now, lastProofAt: nil, lastProofOK: nil, lastProofDetail: nil,
+                                      lastSyncAt: nil, lastSyncOK: nil, lastSyncDetail: nil),
+            credentialsFile: nil, virtualHosted: false))
+        let admin = try #require(try catalog.principals(tenant: nil).first { $0.role == .admin })
+        try catalog.insertRequest(id: "r1", action: "remove-admin", object: "admin x", parameters: [:], requester: admin, now: now,
+                                  expiresAt: now.addingTimeInterval(3600), needed: 1)
+        await server.admin.shutdown()
+        server.task.cancel()
+        _ = try? await server.task.value
+        _ = try await CatalogRebuilder.rebuild(home: server.home, logger: Logger(label: "test"))
+        let rebuilt = try Catalog(path: server.home.catalogPath)
+        #expect(try rebuilt.retiredKEKs(tenant: "acme").map(\.version) == [1])
+        #expect(try rebuilt.copyTargets().map(\.id) == ["t1"])
+        #expect(try rebuilt.request("r1", now: now) != nil)
+        _ = system("chattr -R -i '\(server.dir.path)' 2>/dev/null")
+        try? FileManager.default.removeItem(at: server.dir)
+    }
 }
