@@ -252,7 +252,7 @@ final class RestoreSession {
             var started: [PackID] = []
             var consumed = 0
             var ready: [Int: PackResult] = [:]
-            while true {
+            func startMore() {
                 while started.count - consumed <= 2 {
                     let id: PackID, opened: OpenedPack?, from: Int
                     if !continuations.isEmpty {
@@ -269,6 +269,9 @@ final class RestoreSession {
                     started.append(id)
                     group.addTask { (n, await Self.load(source, id, readKey, opened: opened, from: from, prepare: prepare), opened == nil) }
                 }
+            }
+            while true {
+                startMore()
                 guard consumed < started.count else { break }
                 while ready[consumed] == nil, let done = try await group.next() {
                     if done.2 { packsFetched += 1 }
@@ -277,7 +280,11 @@ final class RestoreSession {
                 guard let r = ready.removeValue(forKey: consumed) else { break }
                 let id = started[consumed]
                 consumed += 1
-                if case .success(let b) = r, b.more { continuations.append((id, b.pack, b.range.upperBound)) }
+                if case .success(let b) = r, b.more {
+                    // Started now, so that the pack's next batch is prepared while this one is written.
+                    continuations.append((id, b.pack, b.range.upperBound))
+                    startMore()
+                }
                 try Task.checkCancellation()
                 try await body(id, r)
             }
@@ -519,7 +526,7 @@ final class RestoreSession {
                 return (out, from..<want.count, false)
             }
             var i = from, bytes = 0
-            while i < want.count && bytes < budget {
+            while i < want.count && (i == from || bytes < budget) {
                 let c = want[i]
                 i += 1
                 guard let e = index[c] else { continue }
@@ -542,6 +549,7 @@ final class RestoreSession {
                         try damage(tree.items[placements[d.file].item].path, e)
                     }
                 }
+                report { $0.packsDone += 1 }
                 return
             case .failure(let e): throw e
             }

@@ -118,12 +118,14 @@ public enum KeyProviderError: Error, Sendable, Equatable, CustomStringConvertibl
     /// The provider cannot do what was asked (e.g. destroy a passphrase).
     case unsupported(provider: String, detail: String)
 
-    /// Whether the failure is the key service's or this restorer's (unreachable, refused
-    /// credential, missing secret, untrusted) rather than one wrapped copy's: another copy
-    /// at the same service would fail the same way.
-    public var isAboutTheService: Bool {
+    /// Whether trying another wrapped copy at the same service is pointless or harmful:
+    /// the service is unreachable, a secret is missing, the provider is not trusted, or an
+    /// HSM refused the PIN (each retry counts towards locking the token). A KMS refusing
+    /// access to one key is about that copy's key (which whoever wrote the copy chose).
+    public func endsTheSearch(provider: String) -> Bool {
         switch self {
-        case .unreachable, .credentialRejected, .secretMissing, .untrustedProvider, .unknownProvider: true
+        case .unreachable, .secretMissing, .untrustedProvider, .unknownProvider: true
+        case .credentialRejected: provider.hasPrefix("pkcs11:")
         default: false
         }
     }

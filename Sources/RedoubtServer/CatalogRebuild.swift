@@ -81,7 +81,8 @@ public enum CatalogRebuilder {
         }
         let catalog = try Catalog(path: path)
         if let old = report.previousCatalog {
-            try await catalog.db.writeWithoutTransaction { db in
+            let lost: [String] = try await catalog.db.writeWithoutTransaction { db in
+                var lost: [String] = []
                 try db.execute(sql: "ATTACH DATABASE ? AS old", arguments: [old])
                 // Legal holds are not in the store either; losing one in a rebuild would release it unapproved.
                 // Retired KEKs: a shred after the rebuild must still destroy the KEKs rotated away from
@@ -89,10 +90,16 @@ public enum CatalogRebuilder {
                 // silently. Requests and approvals: an approved change stays approved.
                 for table in ["principals", "enrollments", "audit", "clock", "settings", "holds", "copy_legal_holds",
                               "retired_keks", "copy_targets", "requests", "approvals"] {
-                    try? db.execute(sql: "INSERT OR IGNORE INTO main.\(table) SELECT * FROM old.\(table)")
+                    do {
+                        try db.execute(sql: "INSERT OR IGNORE INTO main.\(table) SELECT * FROM old.\(table)")
+                    } catch {
+                        lost.append("\(table) of the previous catalog not carried over: \(error)")
+                    }
                 }
                 try db.execute(sql: "DETACH DATABASE old")
+                return lost
             }
+            report.rejected += lost
         }
         let store = try LocalStore(root: URL(fileURLWithPath: home.storePath))
         let objects = try await store.list(prefix: "t/")

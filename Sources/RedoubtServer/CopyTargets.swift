@@ -221,7 +221,9 @@ extension RepositoryService {
         audit(ctx, "copy-proof", object: req.url, outcome: proof.passed ? "ok" : (target.acceptUnenforced ? "warning" : "denied"),
               detail: target.lastProofDetail ?? "")
         guard proof.passed || target.acceptUnenforced else {
-            throw ServerError.badRequest("copy target \(req.url) does not enforce Object Lock COMPLIANCE (\(proof.firstFailure ?? "?")): use a bucket with Object Lock and versioning enabled; only with approval can --accept-unenforced keep it")
+            var refused = ServerError.badRequest("copy target \(req.url) does not enforce Object Lock COMPLIANCE (\(proof.firstFailure ?? "?")): use a bucket with Object Lock and versioning enabled; only with approval can --accept-unenforced keep it")
+            refused.audited = true  // as copy-proof, just above
+            throw refused
         }
         try catalog.insertCopyTarget(target)
         audit(ctx, "add-copy-target", object: req.url, outcome: "ok",

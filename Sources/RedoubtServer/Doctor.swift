@@ -354,8 +354,12 @@ public struct Doctor: Sendable {
                 let body = line.split(separator: "#", maxSplits: 1, omittingEmptySubsequences: false).first ?? ""
                 let parts = body.split(separator: ":", maxSplits: 1)
                 guard parts.count == 2, ["passwd", "group", "shadow", "initgroups"].contains(parts[0].trimmingCharacters(in: .whitespaces)) else { continue }
-                let sources = parts[1].split(whereSeparator: { $0 == " " || $0 == "\t" }).filter { !$0.hasPrefix("[") }
-                if sources.contains(where: { ["sss", "winbind", "ldap"].contains($0) }) {
+                // Tokens end at blanks and at an action in brackets ("sss[NOTFOUND=return]").
+                let sources = parts[1].split(whereSeparator: { $0 == " " || $0 == "\t" || $0 == "[" || $0 == "]" })
+                // `sss` alone is in RHEL's default authselect profile on hosts never joined:
+                // it counts only with an sssd domain cache beside it.
+                let sssdCache = files.list("/var/lib/sss/db").contains { $0.hasPrefix("cache_") && $0.hasSuffix(".ldb") }
+                if sources.contains(where: { $0 == "winbind" || $0 == "ldap" || ($0 == "sss" && sssdCache) }) {
                     evidence.append("/etc/nsswitch.conf: \(body.trimmingCharacters(in: .whitespaces))")
                 }
             }

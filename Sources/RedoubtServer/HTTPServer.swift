@@ -40,16 +40,16 @@ struct AuthMiddleware: RouterMiddleware {
         ctx.call = CallContext(principal: principal, source: source)
         let what = "\(request.method) \(request.uri.path)"
         guard let (action, _) = Policy.action(method: request.method, path: request.uri.path) else {
-            if principal == nil { return errorResponse(service.refuse(ctx.call, "request", object: what, .unauthorized("no valid client certificate"))) }
-            return errorResponse(service.refuse(ctx.call, "request", object: what, .forbidden("\(what) is not part of the API; nothing deletes or overwrites backups")))
+            if principal == nil { return withoutMarks(errorResponse(service.refuse(ctx.call, "request", object: what, .unauthorized("no valid client certificate")))) }
+            return withoutMarks(errorResponse(service.refuse(ctx.call, "request", object: what, .forbidden("\(what) is not part of the API; nothing deletes or overwrites backups"))))
         }
         if Policy.needsCredential(action) && principal == nil {
-            return errorResponse(service.refuse(ctx.call, action.rawValue, object: what,
-                                                .unauthorized("a client certificate from this server's CA is required: enroll first (`redoubt enroll TOKEN`)")))
+            return withoutMarks(errorResponse(service.refuse(ctx.call, action.rawValue, object: what,
+                                                             .unauthorized("a client certificate from this server's CA is required: enroll first (`redoubt enroll TOKEN`)"))))
         }
         guard Policy.allows(principal?.role, action) else {
-            return errorResponse(service.refuse(ctx.call, action.rawValue, object: what,
-                                                .forbidden("a \(principal?.role.rawValue ?? "caller") may not \(action.rawValue)")))
+            return withoutMarks(errorResponse(service.refuse(ctx.call, action.rawValue, object: what,
+                                                             .forbidden("a \(principal?.role.rawValue ?? "caller") may not \(action.rawValue)"))))
         }
         var response = try await next(request, ctx)
         // Why: the audit log must show attempts to change things that failed, not only
@@ -60,8 +60,14 @@ struct AuthMiddleware: RouterMiddleware {
                               detail: "\(response.status.code) \(response.headers[errorCodeHeader] ?? "")")
             }
         }
-        response.headers[auditedHeader] = nil
-        return response
+        return withoutMarks(response)
+    }
+
+    /// The internal "already audited" mark is not sent to clients.
+    private func withoutMarks(_ response: Response) -> Response {
+        var r = response
+        r.headers[auditedHeader] = nil
+        return r
     }
 }
 

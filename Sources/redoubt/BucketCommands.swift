@@ -71,11 +71,17 @@ enum BucketCommands {
         if readKeyFile == nil {
             // Newest first; one that does not open (damaged, or added by whoever can write
             // the bucket) must not stand in the way of an older, real one.
-            for (name, wrapped) in try await wrappedReadKeys(store: store, tenant: tenant, config: cfg) {
+            let enrolled = try? cfg.wrappedReadKey()
+            for (name, wrapped) in try await wrappedReadKeys(store: store, tenant: tenant, config: cfg).prefix(Self.descriptorsTried) {
+                // A passphrase wrapping costs what its scrypt parameters say: no more than the enrollment's.
+                if wrapped.provider.hasPrefix("passphrase"), let enrolled, Self.costlier(wrapped, than: enrolled) {
+                    FileHandle.standardError.write(Data("note: skipping \(name): its scrypt parameters cost more than the enrollment copy's\n".utf8))
+                    continue
+                }
                 do {
                     opened = try await RestoreSupport.unwrapReadKey(config: cfg, passphraseFile: passphraseFile, copied: wrapped, trustProvider: trustProvider)
                     break
-                } catch let e as KeyProviderError where !e.isAboutTheService {
+                } catch let e as KeyProviderError where !e.endsTheSearch(provider: wrapped.provider) {
                     FileHandle.standardError.write(Data("note: the wrapped read key in \(name) did not open (\(e)); trying the next\n".utf8))
                 }
             }
@@ -118,9 +124,13 @@ enum BucketCommands {
         var out: [(name: String, key: WrappedReadKey)] = []
         for (name, _) in names {
             guard let key = ObjectKey(name) else { continue }
-            let body = try await store.get(key)
             do {
-                if let w = try RestoreSupport.wrappedReadKey(descriptor: body, name: name, place: "bucket copy", tenant: tenant, config: config) {
+                // A descriptor is a few KiB; a huge object under that name is not one.
+                if let info = try await store.head(key), info.size > 1 << 20 {
+                    FileHandle.standardError.write(Data("note: skipping \(name): \(info.size) bytes is not a tenant descriptor\n".utf8))
+                    continue
+                }
+                if let w = try RestoreSupport.wrappedReadKey(descriptor: try await store.get(key), name: name, place: "bucket copy", tenant: tenant, config: config) {
                     out.append((name, w))
                 }
             } catch {
@@ -128,6 +138,21 @@ enum BucketCommands {
             }
         }
         return out
+    }
+
+    /// Descriptors tried before falling back to the server or the enrollment copy: a copy
+    /// holds one per key version, and each try may cost a KMS call or a scrypt run.
+    static let descriptorsTried = 4
+
+    /// Whether `w`'s scrypt parameters ask for more work than `enrolled`'s.
+    static func costlier(_ w: WrappedReadKey, than enrolled: WrappedReadKey) -> Bool {
+        func cost(_ k: WrappedReadKey) -> Double? {
+            guard let n = k.parameters["logN"].flatMap(Int.init), let r = k.parameters["r"].flatMap(Int.init),
+                  let p = k.parameters["p"].flatMap(Int.init) else { return nil }
+            return pow(2, Double(n)) * Double(r) * Double(p)
+        }
+        guard let mine = cost(enrolled) else { return false }
+        return (cost(w) ?? .infinity) > mine
     }
 
     /// Checks every object of the tenant's copy (hash, lock) and that no pack is missing.

@@ -271,11 +271,12 @@ final class DoctorFixture {
         #expect(f.doctor().checkDomainJoin().status == .fail)
         for (path, text) in [("/etc/samba/smb.conf", "[global]\n  security = ADS\n  realm = CORP.EXAMPLE.COM\n"),
                              ("/etc/krb5.keytab", "binary"), ("/etc/realmd.conf", "[corp.example.com]\nfully-qualified-names = no\n"),
-                             ("/etc/nsswitch.conf", "passwd:         files systemd sss\ngroup: files\n"),
+                             ("/etc/nsswitch.conf", "passwd:         files systemd sss[NOTFOUND=return]\ngroup: files\n"),
                              ("/etc/nsswitch.conf", "passwd: files\ngroup:\tfiles [NOTFOUND=return] winbind\n"),
                              ("/etc/nsswitch.conf", "shadow: files ldap # nslcd\n")] {
             let g = try DoctorFixture()
             try g.write(path, text)
+            try g.write("/var/lib/sss/db/cache_corp.example.com.ldb", "")  // an sssd domain cache
             let c = g.doctor().checkDomainJoin()
             #expect(c.status == .fail, "\(path)")
             #expect(c.summary.contains(path))
@@ -286,6 +287,9 @@ final class DoctorFixture {
         let f = try DoctorFixture()
         // Debian 12's default, plus mentions that are not account sources.
         try f.write("/etc/nsswitch.conf", "# passwd: files sss\npasswd: files systemd\ngroup: files systemd\nhosts: files mdns4_minimal [NOTFOUND=return] dns ldap\nnetgroup: nis\n")
+        #expect(f.doctor().checkDomainJoin().status == .pass)
+        // RHEL's default authselect profile names sss on hosts never joined: no domain cache, no failure.
+        try f.write("/etc/nsswitch.conf", "passwd: sss files systemd\ngroup: sss files systemd\n")
         #expect(f.doctor().checkDomainJoin().status == .pass)
     }
 
