@@ -99,7 +99,7 @@ final class RestoreSession {
     private var counts = (files: UInt64(0), directories: UInt64(0), other: UInt64(0))
 
     init(manifest: Manifest, readKey: ReadPrivateKey, chunkIDKey: ChunkIDKey, source: any PackSource, isRoot: Bool, skipDamaged: Bool,
-         batchPlaintextBudget: Int = RestoreSession.defaultBatchBudget, onProgress: @escaping @Sendable (RestoreProgress) -> Void) throws(CoreError) {
+         batchPlaintextBudget: Int, onProgress: @escaping @Sendable (RestoreProgress) -> Void) throws(CoreError) {
         self.batchPlaintextBudget = batchPlaintextBudget
         self.manifest = manifest
         self.readKey = readKey

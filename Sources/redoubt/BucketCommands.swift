@@ -67,31 +67,9 @@ enum BucketCommands {
     static func restore(store: S3Store, place: String, tenant: String, snapshot: String, target: String, config cfg: ClientConfig,
                         passphraseFile: String?, readKeyFile: String?, trustProvider: String? = nil, subpath: String? = nil, skipDamaged: Bool = false,
                         lister: String = "redoubt copy snapshots", json: Bool = false) async throws -> Exit {
-        var opened: ReadPrivateKey? = nil
-        if readKeyFile == nil {
-            // Newest first; one that does not open (damaged, or added by whoever can write
-            // the bucket) must not stand in the way of an older, real one.
-            let enrolled = try? cfg.wrappedReadKey()
-            for (name, wrapped) in try await wrappedReadKeys(store: store, tenant: tenant, config: cfg).prefix(Self.descriptorsTried) {
-                // A passphrase wrapping costs what its scrypt parameters say: no more than the enrollment's.
-                if wrapped.provider.hasPrefix("passphrase"), let enrolled, Self.costlier(wrapped, than: enrolled) {
-                    FileHandle.standardError.write(Data("note: skipping \(name): its scrypt parameters cost more than the enrollment copy's\n".utf8))
-                    continue
-                }
-                do {
-                    opened = try await RestoreSupport.unwrapReadKey(config: cfg, passphraseFile: passphraseFile, copied: wrapped, trustProvider: trustProvider)
-                    break
-                } catch let e as KeyProviderError where !e.endsTheSearch(provider: wrapped.provider) {
-                    FileHandle.standardError.write(Data("note: the wrapped read key in \(name) did not open (\(e)); trying the next\n".utf8))
-                }
-            }
-        }
-        let readKey: ReadPrivateKey
-        if let opened {
-            readKey = opened
-        } else {
-            readKey = try await RestoreSupport.unwrapReadKey(config: cfg, passphraseFile: passphraseFile, readKeyFile: readKeyFile, trustProvider: trustProvider)
-        }
+        let copies = readKeyFile == nil ? try await wrappedReadKeys(store: store, tenant: tenant, config: cfg) : []
+        let readKey = try await RestoreSupport.unwrapReadKey(config: cfg, passphraseFile: passphraseFile, readKeyFile: readKeyFile, copies: copies,
+                                                             trustProvider: trustProvider)
         let manifests = try await BucketCopy.manifests(in: store, tenant: tenant)
         let manifest = try RestoreSupport.manifest(matching: snapshot, in: manifests, place: "in \(place)", lister: lister)
         let result = try await RestoreSupport.restore(manifest: manifest, readKey: readKey, chunkIDKey: try cfg.sharedMaterial().chunkIDKey,
@@ -138,21 +116,6 @@ enum BucketCommands {
             }
         }
         return out
-    }
-
-    /// Descriptors tried before falling back to the server or the enrollment copy: a copy
-    /// holds one per key version, and each try may cost a KMS call or a scrypt run.
-    static let descriptorsTried = 4
-
-    /// Whether `w`'s scrypt parameters ask for more work than `enrolled`'s.
-    static func costlier(_ w: WrappedReadKey, than enrolled: WrappedReadKey) -> Bool {
-        func cost(_ k: WrappedReadKey) -> Double? {
-            guard let n = k.parameters["logN"].flatMap(Int.init), let r = k.parameters["r"].flatMap(Int.init),
-                  let p = k.parameters["p"].flatMap(Int.init) else { return nil }
-            return pow(2, Double(n)) * Double(r) * Double(p)
-        }
-        guard let mine = cost(enrolled) else { return false }
-        return (cost(w) ?? .infinity) > mine
     }
 
     /// Checks every object of the tenant's copy (hash, lock) and that no pack is missing.

@@ -145,25 +145,44 @@ enum RestoreSupport {
     }
 
     /// Unwraps the restorer's read key in memory with its key provider. The wrapped key is
-    /// `readKeyFile` if given (an escrow copy), else the server's current one (after a
-    /// rotation the restorer's enrollment copy is stale; it is refreshed here), else, when
-    /// the server cannot be reached, the copy saved at enrollment.
-    /// `copied`: the wrapped key from a copy's tenant descriptor (a bucket), used instead of
-    /// asking the server when no file is given; checked against the enrollment like any other.
+    /// `readKeyFile` if given (an escrow copy); else the first of `copies` that opens (the
+    /// tenant descriptors of a bucket copy or media set, newest first: no server needed,
+    /// and current after a rotation); else the server's current one (after a rotation the
+    /// restorer's enrollment copy is stale; it is refreshed here); else, when the server
+    /// cannot be reached, the copy saved at enrollment. Each is checked against the
+    /// enrollment.
     static func unwrapReadKey(config: ClientConfig, passphraseFile: String?, readKeyFile: String? = nil,
-                              copied: WrappedReadKey? = nil, trustProvider: String? = nil) async throws -> ReadPrivateKey {
-        let tenant = try config.credential().tenant ?? ""
+                              copies: [(name: String, key: WrappedReadKey)] = [], trustProvider: String? = nil) async throws -> ReadPrivateKey {
+        if readKeyFile == nil {
+            // One that does not open (damaged, or added by whoever can write the copy) must not
+            // stand in the way of an older, real one; nor may it cost without bound.
+            let enrolled = try? config.wrappedReadKey()
+            for (name, wrapped) in copies.prefix(copiesTried) {
+                if wrapped.provider.hasPrefix("passphrase"), let enrolled, costlier(wrapped, than: enrolled) {
+                    FileHandle.standardError.write(Data("note: skipping \(name): its scrypt parameters cost more than the enrollment copy's\n".utf8))
+                    continue
+                }
+                do {
+                    return try await unwrap(wrapped, config: config, passphraseFile: passphraseFile)
+                } catch let e as KeyProviderError where !e.endsTheSearch(provider: wrapped.provider) {
+                    FileHandle.standardError.write(Data("note: the wrapped read key in \(name) did not open (\(e)); trying the next\n".utf8))
+                }
+            }
+        }
         let wrapped: WrappedReadKey
         if let readKeyFile {
             guard let d = FileManager.default.contents(atPath: readKeyFile) else { throw ValidationError("cannot read wrapped read key file \(readKeyFile)") }
             wrapped = try WrappedReadKey.decode(d)
-        } else if let copied {
-            wrapped = copied
         } else {
-            wrapped = try await currentWrappedReadKey(config: config, tenant: tenant, trustProvider: trustProvider)
+            wrapped = try await currentWrappedReadKey(config: config, tenant: try config.credential().tenant ?? "", trustProvider: trustProvider)
         }
-        // Why: whoever handed us the wrapped key (server, file) must not be able to swap in
-        // another read key; the enrollment's write material names the tenant's one.
+        return try await unwrap(wrapped, config: config, passphraseFile: passphraseFile)
+    }
+
+    private static func unwrap(_ wrapped: WrappedReadKey, config: ClientConfig, passphraseFile: String?) async throws -> ReadPrivateKey {
+        let tenant = try config.credential().tenant ?? ""
+        // Why: whoever handed us the wrapped key (server, file, copy) must not be able to swap
+        // in another read key; the enrollment's write material names the tenant's one.
         let expected = try config.sharedMaterial().readPublicKey.keyID.description
         guard wrapped.readKeyID == expected else {
             throw KeyProviderError.keyMismatch(provider: wrapped.provider, readKeyID: "\(wrapped.readKeyID) (tenant \(tenant)'s read key is \(expected))")
@@ -172,6 +191,21 @@ enum RestoreSupport {
         // Why the credential's tenant: the context bound into the wrapping must be this
         // restorer's tenant, not whatever the file claims.
         return try await provider.unwrap(wrapped, context: KeyContext(tenant: tenant, keyVersion: wrapped.context.keyVersion))
+    }
+
+    /// Copies tried before falling back to the server or the enrollment copy: a copy holds
+    /// one descriptor per key version, and each try may cost a KMS call or a scrypt run.
+    static let copiesTried = 4
+
+    /// Whether `w`'s scrypt parameters ask for more work than `enrolled`'s.
+    static func costlier(_ w: WrappedReadKey, than enrolled: WrappedReadKey) -> Bool {
+        func cost(_ k: WrappedReadKey) -> Double? {
+            guard let n = k.parameters["logN"].flatMap(Int.init), let r = k.parameters["r"].flatMap(Int.init),
+                  let p = k.parameters["p"].flatMap(Int.init) else { return nil }
+            return pow(2, Double(n)) * Double(r) * Double(p)
+        }
+        guard let mine = cost(enrolled) else { return false }
+        return (cost(w) ?? .infinity) > mine
     }
 
     /// The wrapped read key in a tenant descriptor copied off the server (a bucket copy, a

@@ -4,6 +4,7 @@ import Foundation
 import Logging
 import RedoubtClient
 import RedoubtCore
+import RedoubtKMS
 import RedoubtMedia
 import RedoubtServer
 import RedoubtStore
@@ -270,15 +271,17 @@ extension MediaRestore {
     /// usual way (--read-key, the server's current wrapping, or the enrollment copy).
     func mediaReadKey(_ descriptor: (version: Int, name: String, body: [UInt8])?, config cfg: ClientConfig) async throws -> ReadPrivateKey {
         let tenant = try cfg.credential().tenant ?? ""
-        if readKey == nil, let d = descriptor,
-           let fromMedia = try RestoreSupport.wrappedReadKey(descriptor: d.body, name: "\(d.name) on the media", place: "media set", tenant: tenant, config: cfg) {
+        var copies: [(name: String, key: WrappedReadKey)] = []
+        if readKey == nil, let d = descriptor {
+            let name = "\(d.name) on the media"
             do {
-                return try await RestoreSupport.unwrapReadKey(config: cfg, passphraseFile: passphraseFile, copied: fromMedia, trustProvider: trustKeyProvider)
+                if let w = try RestoreSupport.wrappedReadKey(descriptor: d.body, name: name, place: "media set", tenant: tenant, config: cfg) { copies.append((name, w)) }
             } catch {
-                FileHandle.standardError.write(Data("note: the media's wrapped read key did not open (\(error)); trying the server's\n".utf8))
+                FileHandle.standardError.write(Data("note: skipping \(name): not a readable tenant descriptor (\(error))\n".utf8))
             }
         }
-        return try await RestoreSupport.unwrapReadKey(config: cfg, passphraseFile: passphraseFile, readKeyFile: readKey, trustProvider: trustKeyProvider)
+        return try await RestoreSupport.unwrapReadKey(config: cfg, passphraseFile: passphraseFile, readKeyFile: readKey, copies: copies,
+                                                      trustProvider: trustKeyProvider)
     }
 }
 
