@@ -350,15 +350,15 @@ public struct Doctor: Sendable {
         if let text = files.read("/etc/nsswitch.conf") {
             // Accounts from a directory: sssd's `sss`, winbind, or nss-ldap/nslcd's `ldap`
             // (sssd.conf itself is root-only, so a doctor run as the service user sees only this).
+            // `sss` alone is in RHEL's default authselect profile on hosts never joined: it
+            // counts only with an sssd domain cache beside it.
+            let sssdCache = files.list("/var/lib/sss/db").contains { $0.hasPrefix("cache_") && $0.hasSuffix(".ldb") }
             for line in text.split(separator: "\n") {
                 let body = line.split(separator: "#", maxSplits: 1, omittingEmptySubsequences: false).first ?? ""
                 let parts = body.split(separator: ":", maxSplits: 1)
                 guard parts.count == 2, ["passwd", "group", "shadow", "initgroups"].contains(parts[0].trimmingCharacters(in: .whitespaces)) else { continue }
                 // Tokens end at blanks and at an action in brackets ("sss[NOTFOUND=return]").
                 let sources = parts[1].split(whereSeparator: { $0 == " " || $0 == "\t" || $0 == "[" || $0 == "]" })
-                // `sss` alone is in RHEL's default authselect profile on hosts never joined:
-                // it counts only with an sssd domain cache beside it.
-                let sssdCache = files.list("/var/lib/sss/db").contains { $0.hasPrefix("cache_") && $0.hasSuffix(".ldb") }
                 if sources.contains(where: { $0 == "winbind" || $0 == "ldap" || ($0 == "sss" && sssdCache) }) {
                     evidence.append("/etc/nsswitch.conf: \(body.trimmingCharacters(in: .whitespaces))")
                 }
