@@ -335,16 +335,21 @@ import Testing
         #expect(try Fixture.read(Array((dst + "/src/small").utf8)) == Fixture.text(1000))
     }
 
+    /// Keys, a work directory with an empty `src`, and hooks for 4/16/64 KiB chunks (many
+    /// chunks and packs from little data).
+    func smallChunkSetup(_ name: String) throws -> (TestKeys, String, String, ArchiverTestHooks) {
+        let work = try Fixture.tempDirectory(name)
+        let src = work + "/src"
+        try Fixture.check(mkdir(src, 0o755), "mkdir")
+        return (try TestKeys(), work, src, ArchiverTestHooks(chunkerParameters: try Chunker.Parameters(min: 4 << 10, avg: 16 << 10, max: 64 << 10)))
+    }
+
     @Test func restoreWritesChunksWhoseOffsetsAreLearnedLater() async throws {
         // A chunk that recurs in a file after chunks from packs that come later in the
         // restore's pack order: its second offset is unknown when its pack is opened, so
         // the restore must hold it back (spill) and write it once the lengths are known.
-        let keys = try TestKeys()
-        let work = try Fixture.tempDirectory("order")
+        let (keys, work, src, small) = try smallChunkSetup("order")
         defer { Fixture.remove(work) }
-        let src = work + "/src"
-        try Fixture.check(mkdir(src, 0o755), "mkdir")
-        let small = ArchiverTestHooks(chunkerParameters: try Chunker.Parameters(min: 4 << 10, avg: 16 << 10, max: 64 << 10))
         let options = BackupOptions(paths: [src], workers: 1, packSize: 64 << 10)
         let middle = try Fixture.random(256 << 10)
         let repo = MemoryRepository(keys: keys.write)
@@ -370,12 +375,8 @@ import Testing
         // A budget of one byte makes every chunk its own batch: each pack is fetched and
         // opened once and its chunks prepared across many batches, interleaved with the
         // next packs' first batches.
-        let keys = try TestKeys()
-        let work = try Fixture.tempDirectory("batches")
+        let (keys, work, src, small) = try smallChunkSetup("batches")
         defer { Fixture.remove(work) }
-        let src = work + "/src"
-        try Fixture.check(mkdir(src, 0o755), "mkdir")
-        let small = ArchiverTestHooks(chunkerParameters: try Chunker.Parameters(min: 4 << 10, avg: 16 << 10, max: 64 << 10))
         let options = BackupOptions(paths: [src], workers: 1, packSize: 256 << 10)
         var text: [UInt8] = []
         for i in 0..<40_000 { text += Array("line \(i) of a file that compresses well\n".utf8) }
