@@ -167,6 +167,25 @@ public struct AWSKMSKeyProvider: KeyProvider {
         }
     }
 
+    /// Checks the KEK's `redoubt-tenant` tag at the KMS: `awskms://…/new` tags each KEK it
+    /// creates with its tenant. A key pending deletion passes (nothing left to destroy); a key
+    /// the KMS does not know fails, as in ``destroyKEK(of:)``.
+    public func checkKEKOwner(of wrapped: WrappedReadKey, tenant: String) async throws {
+        let kek = wrapped.parameters["awskms-key-id"] ?? keyID
+        let kms = try self.inRegion(wrapped.parameters["awskms-region"] ?? region)
+        let described = try await kms.call("DescribeKey", ["KeyId": kek], key: kek)
+        if let meta = described["KeyMetadata"] as? [String: Any], meta["KeyState"] as? String == "PendingDeletion" { return }
+        let answer = try await kms.call("ListResourceTags", ["KeyId": kek, "Limit": 50], key: kek)
+        let tags = (answer["Tags"] as? [[String: Any]] ?? []).compactMap { t -> (String, String)? in
+            guard let k = t["TagKey"] as? String, let v = t["TagValue"] as? String else { return nil }
+            return (k, v)
+        }
+        let owners = tags.filter { $0.0 == "redoubt-tenant" }.map(\.1)
+        guard owners == [tenant] else {
+            throw KeyProviderError.foreignKEK(provider: kms.uri, detail: "key \(kek) is tagged \(owners.isEmpty ? "with no redoubt-tenant tag" : "redoubt-tenant=\(owners.joined(separator: ","))"), not redoubt-tenant=\(tenant) as the KEKs Redoubt creates for tenant \(tenant) are. Nothing was destroyed. If it really is this tenant's (a key adopted at tenant creation), tag it (aws kms tag-resource --key-id \(kek) --tags TagKey=redoubt-tenant,TagValue=\(tenant)) and repeat")
+        }
+    }
+
     // MARK: The JSON API
 
     /// The process-wide client for KMS calls. Unlike `HTTPClient.shared` it does not keep

@@ -66,7 +66,7 @@ public struct KMIPClient: Sendable {
     }
 
     enum Operation: UInt32 {
-        case create = 0x01, activate = 0x12, revoke = 0x13, destroy = 0x14, encrypt = 0x1F, decrypt = 0x20
+        case create = 0x01, getAttributes = 0x0B, activate = 0x12, revoke = 0x13, destroy = 0x14, encrypt = 0x1F, decrypt = 0x20
     }
 
     enum ResultReason: UInt32 {
@@ -124,6 +124,18 @@ public struct KMIPClient: Sendable {
             throw .kmsProtocol(provider: provider, detail: "Decrypt response has no data")
         }
         return plaintext
+    }
+
+    /// The key's Name attributes (KMIP GetAttributes). A key may carry none or several.
+    public func names(keyID: String) async throws(KeyProviderError) -> [String] {
+        let payload = try await call(.getAttributes, keyID: keyID, [
+            TTLV(Tag.uniqueIdentifier, .textString(keyID)), TTLV(Tag.attributeName, .textString("Name")),
+        ])
+        return payload.all(Tag.attribute).compactMap { attribute -> String? in
+            guard case .textString("Name")? = attribute[Tag.attributeName]?.value,
+                  case .textString(let name)? = attribute[Tag.attributeValue]?[Tag.nameValue]?.value else { return nil }
+            return name
+        }
     }
 
     /// Revokes the key (reason: cessation of operation), then destroys it. KMIP refuses

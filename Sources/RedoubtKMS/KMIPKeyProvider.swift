@@ -43,8 +43,20 @@ public struct KMIPKeyProvider: KeyProvider {
     /// provider for it. The KEK is owned by the client certificate's identity.
     public static func createKEK(endpoint: KMIPEndpoint, tenant: String) async throws(KeyProviderError) -> KMIPKeyProvider {
         let client = KMIPClient(endpoint: endpoint)
-        let id = try await client.createActiveAESKey(name: "redoubt-kek-\(tenant)-\(UUID().uuidString.lowercased())")
+        let id = try await client.createActiveAESKey(name: kekName(tenant: tenant, unique: UUID()))
         return KMIPKeyProvider(client: client, keyID: id)
+    }
+
+    /// The Name a KEK made for `tenant` carries: `redoubt-kek-TENANT-UUID`.
+    static func kekName(tenant: String, unique: UUID) -> String { "redoubt-kek-\(tenant)-\(unique.uuidString.lowercased())" }
+
+    /// Whether `name` is one ``kekName(tenant:unique:)`` made for exactly `tenant`: tenant
+    /// `a` must not match `redoubt-kek-a-b-…`, which is tenant `a-b`'s.
+    static func isKEKName(_ name: String, of tenant: String) -> Bool {
+        let prefix = "redoubt-kek-\(tenant)-"
+        guard name.hasPrefix(prefix) else { return false }
+        let unique = name.dropFirst(prefix.count)
+        return UUID(uuidString: String(unique)).map { $0.uuidString.lowercased() == unique } ?? false
     }
 
     public func wrap(_ key: ReadPrivateKey, context: KeyContext) async throws -> WrappedReadKey {
@@ -80,6 +92,19 @@ public struct KMIPKeyProvider: KeyProvider {
     /// becomes unrecoverable.
     public func destroyKEK() async throws(KeyProviderError) {
         try await client.revokeAndDestroy(keyID: keyID)
+    }
+
+    /// Checks the KEK's Name at the KMS: Redoubt names each KEK it creates after its tenant.
+    public func checkKEKOwner(of wrapped: WrappedReadKey, tenant: String) async throws {
+        let kek = wrapped.parameters["kmip-key-id"] ?? keyID
+        let names: [String]
+        do { names = try await client.names(keyID: kek) } catch {
+            if case .keyDestroyed = error { return }
+            throw error
+        }
+        guard names.contains(where: { Self.isKEKName($0, of: tenant) }) else {
+            throw KeyProviderError.foreignKEK(provider: client.provider, detail: "key \(kek) is named \(names.isEmpty ? "nothing" : names.map(\.debugDescription).joined(separator: ", ")), not redoubt-kek-\(tenant)-UUID as the KEKs Redoubt creates for tenant \(tenant) are. Nothing was destroyed. If it really is this tenant's (a key adopted at tenant creation), destroy it at the KMS yourself and repeat")
+        }
     }
 
     /// Destroys the KEK named in `wrapped` (which may be an older one than this URI's).

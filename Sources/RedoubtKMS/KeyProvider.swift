@@ -117,6 +117,9 @@ public enum KeyProviderError: Error, Sendable, Equatable, CustomStringConvertibl
     case untrustedProvider(provider: String, detail: String)
     /// The provider cannot do what was asked (e.g. destroy a passphrase).
     case unsupported(provider: String, detail: String)
+    /// The KMS or HSM does not show the key-encryption key as the tenant's (no tag or
+    /// name made for it): it is not destroyed on anyone's word.
+    case foreignKEK(provider: String, detail: String)
 
     /// Whether trying another wrapped copy at the same service is pointless or harmful:
     /// the service is unreachable, a secret is missing, the provider is not trusted, or an
@@ -145,6 +148,7 @@ public enum KeyProviderError: Error, Sendable, Equatable, CustomStringConvertibl
         case .credentialRejected: "E_KEY_CREDENTIAL_REJECTED"
         case .untrustedProvider: "E_KEY_UNTRUSTED_PROVIDER"
         case .unsupported: "E_KEY_UNSUPPORTED"
+        case .foreignKEK: "E_KEY_FOREIGN_KEK"
         }
     }
 
@@ -164,6 +168,7 @@ public enum KeyProviderError: Error, Sendable, Equatable, CustomStringConvertibl
         case .credentialRejected(let p, let d): "\(p): credential rejected: \(d)"
         case .untrustedProvider(let p, let d): "\(p): not a key provider this restorer trusts: \(d)"
         case .unsupported(let p, let d): "\(p): \(d)"
+        case .foreignKEK(let p, let d): "\(p): not shown as this tenant's key-encryption key: \(d)"
         }
     }
 }
@@ -188,6 +193,14 @@ public protocol KeyProvider: Sendable {
     /// ever be unwrapped again. A KEK that is already destroyed counts as done. Providers
     /// without a KEK of their own throw ``KeyProviderError/unsupported(provider:detail:)``.
     func destroyKEK(of wrapped: WrappedReadKey) async throws
+    /// Checks at the KMS or HSM itself that the KEK which wrapped `wrapped` was made for
+    /// `tenant` (a tag, name or ID set when Redoubt created it), before anyone destroys it.
+    /// Why: the wrapped key comes from the server, and a compromised server must not be able
+    /// to make an admin's shred destroy another tenant's KEK. Throws
+    /// ``KeyProviderError/foreignKEK(provider:detail:)`` when the key does not show it (an
+    /// adopted key, another tenant's). A KEK that ``destroyKEK(of:)`` would count as
+    /// destroyed already passes: there is nothing left to destroy.
+    func checkKEKOwner(of wrapped: WrappedReadKey, tenant: String) async throws
 }
 
 extension KeyProvider {

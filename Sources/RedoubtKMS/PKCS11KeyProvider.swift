@@ -39,8 +39,9 @@ public struct PKCS11KeyProvider: KeyProvider {
                 return try s.checkedKEK(key, label: target.object).id
             }
             // Why a random CKA_ID: a key later created under the same label (after a
-            // shred) is a different key, and old wrapped copies must not find it.
-            let id = target.id ?? Array(SymmetricKey(size: .bits128).withUnsafeBytes { Array($0) })
+            // shred) is a different key, and old wrapped copies must not find it. Its first
+            // half names the tenant, for ``checkKEKOwner(of:tenant:)``.
+            let id = target.id ?? Self.kekID(tenant: tenant)
             _ = try s.generateAES256(label: target.object, id: id, extractable: false)
             return id
         }
@@ -88,6 +89,31 @@ public struct PKCS11KeyProvider: KeyProvider {
         guard seed.count == 32 else { throw KeyProviderError.keyMismatch(provider: uri, readKeyID: wrapped.readKeyID) }
         let key = try ReadPrivateKey(seed: seed)
         return try checkUnwrapped(key, wrapped)
+    }
+
+    /// The CKA_ID of a KEK Redoubt generates for `tenant`: eight bytes that name the tenant
+    /// (SHA-256 of `redoubt-kek-tenant`, a zero byte and the name), then eight random ones.
+    static func kekID(tenant: String) -> [UInt8] {
+        tenantTag(tenant) + (0..<8).map { _ in UInt8.random(in: 0...255) }
+    }
+
+    static func tenantTag(_ tenant: String) -> [UInt8] {
+        Array(SHA256.hash(data: Array("redoubt-kek-tenant".utf8) + [0] + Array(tenant.utf8)).prefix(8))
+    }
+
+    /// Checks the KEK's CKA_ID on the token: a KEK Redoubt generated names its tenant there
+    /// (``kekID(tenant:)``); labels are the operator's and prove nothing.
+    public func checkKEKOwner(of wrapped: WrappedReadKey, tenant: String) async throws {
+        let (label, id) = try kek(of: wrapped)
+        let actual: [UInt8]? = try await offloaded { s throws(KeyProviderError) in
+            guard let handle = try s.findKey(label: label, id: id, required: false) else { return nil }
+            return try s.facts(handle).id
+        }
+        guard let actual else { return }
+        guard actual.count == 16, Array(actual.prefix(8)) == Self.tenantTag(tenant) else {
+            let hex = actual.map { String(format: "%02x", $0) }.joined()
+            throw KeyProviderError.foreignKEK(provider: uri, detail: "the key labelled \(label.debugDescription) (CKA_ID \(hex)) on token \(target.token.debugDescription) does not carry tenant \(tenant)'s mark in its CKA_ID, as the KEKs Redoubt generates for it do. Nothing was destroyed. If it really is this tenant's (a key adopted at tenant creation), destroy it on the token yourself (e.g. pkcs11-tool --delete-object --type secrkey --label \(label)) and repeat")
+        }
     }
 
     /// Destroys (C_DestroyObject) the KEK that sealed `wrapped`; a key already gone counts

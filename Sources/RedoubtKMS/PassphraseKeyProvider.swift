@@ -43,6 +43,10 @@ public struct PassphraseKeyProvider: KeyProvider {
         throw KeyProviderError.unsupported(provider: uri, detail: "a passphrase cannot be destroyed: every copy wrapped under it (bucket, media, escrow) stays readable to whoever knows it. Rotate to a kmip://, awskms:// or pkcs11: provider first, then shred")
     }
 
+    public func checkKEKOwner(of wrapped: WrappedReadKey, tenant: String) async throws {
+        try await destroyKEK(of: wrapped)
+    }
+
     public func unwrap(_ wrapped: WrappedReadKey, context: KeyContext) async throws -> ReadPrivateKey {
         try checkContext(wrapped, context)
         let p = wrapped.parameters

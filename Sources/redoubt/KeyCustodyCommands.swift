@@ -51,6 +51,8 @@ struct TenantRotateKey: AsyncParsableCommand {
                 if destroyOld && old.provider.hasPrefix("passphrase") {
                     throw ValidationError("the current wrapping is a passphrase, which cannot be destroyed: drop --destroy-old (nothing was changed)")
                 }
+                // Before anything changes: the KMS must show the old KEK as this tenant's.
+                if destroyOld { try await makeKeyProvider(uri: old.provider, passphraseFile: nil).checkKEKOwner(of: old, tenant: tenant) }
                 let after: Wire.ReadKeyInfo
                 let wrapped: WrappedReadKey
                 if let request {
@@ -102,7 +104,9 @@ struct TenantShred: AsyncParsableCommand {
             Irreversible. Packs, manifests and their locks stay exactly as they are, but nothing can decrypt them again, \
             and the server refuses further backups to the tenant. Every KEK the tenant's read key was ever wrapped under \
             (the current one and those rotated away from) is destroyed first; if any KMS cannot be reached nothing is \
-            changed on the server. Copies wrapped under a passphrase cannot be destroyed by anyone: they are listed.
+            changed on the server. Each KEK must first show at its KMS or HSM that it was made for this tenant (AWS tag, \
+            KMIP name, PKCS#11 CKA_ID): one that does not (another tenant's, or a key adopted at tenant creation) is not \
+            destroyed, and neither is any other. Copies wrapped under a passphrase cannot be destroyed by anyone: they are listed.
             """)
     @OptionGroup var admin: AdminOptions
     @Argument(help: "The tenant.") var tenant: String
@@ -129,10 +133,13 @@ struct TenantShred: AsyncParsableCommand {
                 var destroyed: [Int] = []
                 var undestroyable: [String] = []
                 // A wrapping the server says belongs to another tenant is not destroyed here.
-                // (This cannot catch a server that forges the context too: see the notes on
-                // checking a KEK's tenant tag at the KMS itself.)
                 for (_, w) in keks where w.context.tenant != tenant {
                     throw KeyProviderError.wrongContext(provider: w.provider, expected: KeyContext(tenant: tenant, keyVersion: w.context.keyVersion), found: w.context)
+                }
+                // A server that forges the context too is caught at the KMS or HSM: each KEK
+                // must show there that it was made for this tenant, before any is destroyed.
+                for (_, w) in keks where !isPassphrase(w.provider) {
+                    try await makeKeyProvider(uri: w.provider, passphraseFile: nil).checkKEKOwner(of: w, tenant: tenant)
                 }
                 for (version, w) in keks {
                     if isPassphrase(w.provider) {

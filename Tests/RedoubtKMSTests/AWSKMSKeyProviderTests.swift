@@ -118,6 +118,32 @@ import Testing
         #expect(wrapError?.code == "E_KEY_DESTROYED")
     }
 
+    /// Shred checks each KEK's `redoubt-tenant` tag at the KMS before destroying it.
+    @Test func aKEKShowsItsTenantByTagAtTheKMS() async throws {
+        guard let kek = try await newKEK("acme"), let other = try await newKEK("acme-b") else { return }
+        let wrapped = try await kek.wrap(try ReadPrivateKey.generate(), context: KeyContext(tenant: "acme", keyVersion: 1))
+        try await kek.checkKEKOwner(of: wrapped, tenant: "acme")
+        let wrongTenant = await #expect(throws: KeyProviderError.self) { try await kek.checkKEKOwner(of: wrapped, tenant: "acme-b") }
+        #expect(wrongTenant?.code == "E_KEY_FOREIGN_KEK")
+        // The server names another tenant's KEK in this tenant's stub.
+        var pointed = wrapped
+        pointed.parameters["awskms-key-id"] = other.keyID
+        let foreign = await #expect(throws: KeyProviderError.self) { try await kek.checkKEKOwner(of: pointed, tenant: "acme") }
+        #expect(foreign?.code == "E_KEY_FOREIGN_KEK")
+        #expect(foreign.map { "\($0)" }?.contains("redoubt-tenant=acme-b") == true)
+        // A key made outside Redoubt carries no tag: not destroyed on the server's word.
+        let created = try await kek.call("CreateKey", ["KeySpec": "SYMMETRIC_DEFAULT", "KeyUsage": "ENCRYPT_DECRYPT"], key: nil)
+        let untagged = try #require((created["KeyMetadata"] as? [String: Any])?["KeyId"] as? String)
+        pointed.parameters["awskms-key-id"] = untagged
+        let bare = await #expect(throws: KeyProviderError.self) { try await kek.checkKEKOwner(of: pointed, tenant: "acme") }
+        #expect(bare?.code == "E_KEY_FOREIGN_KEK")
+        #expect(bare.map { "\($0)" }?.contains("aws kms tag-resource") == true)
+        // Pending deletion: nothing left to destroy, so nothing to check.
+        try await kek.destroyKEK(of: wrapped)
+        try await kek.checkKEKOwner(of: wrapped, tenant: "acme")
+        for id in [other.keyID, untagged] { _ = try await kek.call("ScheduleKeyDeletion", ["KeyId": id, "PendingWindowInDays": 7], key: id) }
+    }
+
     @Test func aKeyTheKMSDoesNotKnowIsDestroyedAndCannotBeClaimedShredded() async throws {
         guard let kek = try await newKEK(), let ghost = try provider(UUID().uuidString.lowercased()) else { return }
         let context = KeyContext(tenant: "acme", keyVersion: 1)

@@ -124,6 +124,47 @@ func peer(_ name: String) -> String? {
         #expect(shredded.map { "\($0)" }?.contains("key destroyed") == true)
     }
 
+    /// Shred checks each KEK's Name at the KMS before destroying it: a server that names
+    /// another tenant's KEK (or a key Redoubt did not create) is refused there.
+    @Test func aKEKShowsItsTenantByNameAtTheKMS() async throws {
+        guard let e = endpoint("tenant-a") else { return }
+        let acme = try await KMIPKeyProvider.createKEK(endpoint: e, tenant: "acme")
+        let acmeB = try await KMIPKeyProvider.createKEK(endpoint: e, tenant: "acme-b")
+        let readKey = try ReadPrivateKey.generate()
+        let wrapped = try await acme.wrap(readKey, context: KeyContext(tenant: "acme", keyVersion: 1))
+        try await acme.checkKEKOwner(of: wrapped, tenant: "acme")
+        for tenant in ["acme-b", "acm", "other"] {
+            let e = await #expect(throws: KeyProviderError.self) { try await acme.checkKEKOwner(of: wrapped, tenant: tenant) }
+            #expect(e?.code == "E_KEY_FOREIGN_KEK", "\(tenant)")
+        }
+        // Tenant acme-b's KEK is named redoubt-kek-acme-b-…, which starts like acme's.
+        var pointed = wrapped
+        pointed.parameters["kmip-key-id"] = acmeB.keyID
+        let foreign = await #expect(throws: KeyProviderError.self) { try await acme.checkKEKOwner(of: pointed, tenant: "acme") }
+        #expect(foreign?.code == "E_KEY_FOREIGN_KEK")
+        #expect(foreign.map { "\($0)" }?.contains("redoubt-kek-acme-b-") == true)
+        // A key Redoubt did not create (adopted by ID) shows no tenant.
+        let adopted = try await acme.client.createActiveAESKey(name: "ops-kek-\(UUID().uuidString)")
+        pointed.parameters["kmip-key-id"] = adopted
+        let unnamed = await #expect(throws: KeyProviderError.self) { try await acme.checkKEKOwner(of: pointed, tenant: "acme") }
+        #expect(unnamed?.code == "E_KEY_FOREIGN_KEK")
+        // Destroyed: nothing left to check or destroy.
+        try await acme.destroyKEK()
+        try await acme.checkKEKOwner(of: wrapped, tenant: "acme")
+        try await acmeB.destroyKEK()
+        try await acme.client.revokeAndDestroy(keyID: adopted)
+    }
+
+    @Test func kekNamesMatchExactlyOneTenant() {
+        let name = KMIPKeyProvider.kekName(tenant: "a", unique: UUID())
+        #expect(KMIPKeyProvider.isKEKName(name, of: "a"))
+        #expect(!KMIPKeyProvider.isKEKName(name, of: "a-"))
+        #expect(!KMIPKeyProvider.isKEKName(KMIPKeyProvider.kekName(tenant: "a-b", unique: UUID()), of: "a"))
+        #expect(!KMIPKeyProvider.isKEKName("redoubt-kek-a-", of: "a"))
+        #expect(!KMIPKeyProvider.isKEKName("redoubt-kek-a-\(UUID().uuidString)", of: "a"))  // upper case: not one Redoubt made
+        #expect(!KMIPKeyProvider.isKEKName(name + "x", of: "a"))
+    }
+
     @Test func refusesURIsWithoutTheirFiles() {
         #expect(throws: KeyProviderError.self) { try KMIPKeyProvider(uri: "kmip://127.0.0.1:5696/KEY") }
         #expect(throws: KeyProviderError.self) { try KMIPKeyProvider(uri: "kmip://127.0.0.1:5696/?ca=a&cert=b&key=c") }

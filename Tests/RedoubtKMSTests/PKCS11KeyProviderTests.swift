@@ -103,6 +103,44 @@ enum SoftHSM {
         try await provider.destroyKEK(of: wrapped)
     }
 
+    /// Shred checks each KEK's CKA_ID on the token before destroying it: the first half of
+    /// an ID Redoubt generates names the tenant; labels are the operator's and prove nothing.
+    @Test func aKEKShowsItsTenantInItsIDOnTheToken() async throws {
+        guard let p = SoftHSM.peer() else { return }
+        let provider = try await prepared(p, label: SoftHSM.label())
+        let wrapped = try await provider.wrap(try ReadPrivateKey.generate(), context: v1)
+        try await provider.checkKEKOwner(of: wrapped, tenant: "acme")
+        let wrongTenant = await #expect(throws: KeyProviderError.self) { try await provider.checkKEKOwner(of: wrapped, tenant: "acme-b") }
+        #expect(wrongTenant?.code == "E_KEY_FOREIGN_KEK")
+
+        // Another tenant's KEK on the same token, named in this tenant's stub.
+        let otherLabel = SoftHSM.label()
+        let other = try #require(try await PKCS11KeyProvider(uri: SoftHSM.uri(p, object: otherLabel)).preparingKEK(tenant: "acme-b") as? PKCS11KeyProvider)
+        var pointed = wrapped
+        pointed.parameters["pkcs11-object"] = otherLabel
+        pointed.parameters["pkcs11-id"] = other.target.id.map { $0.map { String(format: "%02x", $0) }.joined() }
+        let foreign = await #expect(throws: KeyProviderError.self) { try await provider.checkKEKOwner(of: pointed, tenant: "acme") }
+        #expect(foreign?.code == "E_KEY_FOREIGN_KEK")
+        try await other.checkKEKOwner(of: pointed, tenant: "acme-b")
+
+        // An operator-provisioned key adopted by label: its ID is the operator's.
+        let adoptedLabel = SoftHSM.label()
+        let adoptedID: [UInt8] = [1, 2, 3, 4]
+        _ = try provider.withSession { s throws(KeyProviderError) in try s.generateAES256(label: adoptedLabel, id: adoptedID, extractable: false) }
+        let adopted = try #require(try await PKCS11KeyProvider(uri: SoftHSM.uri(p, object: adoptedLabel)).preparingKEK(tenant: "acme") as? PKCS11KeyProvider)
+        #expect(adopted.target.id == adoptedID)
+        let adoptedWrap = try await adopted.wrap(try ReadPrivateKey.generate(), context: v1)
+        let unmarked = await #expect(throws: KeyProviderError.self) { try await adopted.checkKEKOwner(of: adoptedWrap, tenant: "acme") }
+        #expect(unmarked?.code == "E_KEY_FOREIGN_KEK")
+        #expect(unmarked.map { "\($0)" }?.contains("pkcs11-tool --delete-object") == true)
+
+        // Gone from the token: nothing left to check.
+        try await provider.destroyKEK(of: wrapped)
+        try await provider.checkKEKOwner(of: wrapped, tenant: "acme")
+        try await other.destroyKEK(of: pointed)
+        try await adopted.destroyKEK(of: adoptedWrap)
+    }
+
     @Test func anotherTenantsContextAndTamperedBytesDoNotUnwrap() async throws {
         guard let p = SoftHSM.peer() else { return }
         let provider = try await prepared(p, label: SoftHSM.label())

@@ -100,6 +100,7 @@ import RedoubtCore
             }
         }
         func destroyKEK(of wrapped: WrappedReadKey) async throws {}
+        func checkKEKOwner(of wrapped: WrappedReadKey, tenant: String) async throws {}
     }
 
     @Test func aWrappingThatDoesNotOpenToTheSameKeyIsRefused() async throws {

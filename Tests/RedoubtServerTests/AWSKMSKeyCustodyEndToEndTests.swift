@@ -37,13 +37,40 @@ import Testing
         let v2 = try WrappedReadKey.decode(try Data(contentsOf: URL(fileURLWithPath: "\(base)/restorer/read-key.json")))
         #expect(v2.context.keyVersion == 2 && v2.parameters["awskms-key-id"] != v1.parameters["awskms-key-id"])
 
+        // A compromised server lies to the admin's shred: it lists a "retired" KEK of this
+        // tenant that is really tenant victim's, its context forged to match. The KMS shows
+        // the key's tag: the shred destroys nothing (this tenant's KEK 2 included) and
+        // changes nothing on the server.
+        let (vc, vcOut) = sh("\(bin) admin \(admin) tenant create victim --key-provider '\(kms)'", out)
+        let victimKEK = try #require(vcOut.components(separatedBy: "awskms://us-east-1/").dropFirst().first?.split(separator: "?").first.map(String.init),
+                                     "tenant create: \(vc) \(vcOut)")
+        var forged = v2
+        forged.parameters["awskms-key-id"] = victimKEK
+        forged.context = KeyContext(tenant: "quickstart", keyVersion: 3)
+        forged.wrapped = ""
+        let sql = "\(dir)/forge.sql"
+        let stub = String(decoding: try forged.encoded(), as: UTF8.self).replacingOccurrences(of: "'", with: "''")
+        try "INSERT INTO retired_keks(tenant, version, stub, retired_at) VALUES ('quickstart', 3, '\(stub)', 0);".write(toFile: sql, atomically: true, encoding: .utf8)
+        #expect(system("sqlite3 '\(base)/server/catalog.sqlite' < '\(sql)'") == 0)
+        let (lied, liedOut) = sh("\(bin) admin \(admin) tenant shred quickstart --confirm quickstart", out)
+        #expect(lied == 6 && liedOut.contains("E_KEY_FOREIGN_KEK") && liedOut.contains("redoubt-tenant=victim") && liedOut.contains("Nothing was destroyed"),
+                "shred with a forged KEK: \(liedOut)")
+        let credentials = AWSCredentials(accessKeyID: "AKIAREDOUBTCUSTODY", secretAccessKey: secret)
+        let kmsAPI = try AWSKMSKeyProvider(uri: v2.provider, credentials: credentials)
+        for kek in [victimKEK, try #require(v2.parameters["awskms-key-id"])] {
+            let state = (try await kmsAPI.call("DescribeKey", ["KeyId": kek], key: kek)["KeyMetadata"] as? [String: Any])?["KeyState"] as? String
+            #expect(state == "Enabled", "\(kek) after the refused shred")
+        }
+        let (stillThere, stillOut) = restore()
+        #expect(stillThere == 0, "restore after the refused shred: \(stillOut)")
+        #expect(system("sqlite3 '\(base)/server/catalog.sqlite' \"DELETE FROM retired_keks WHERE version = 3\"") == 0)
+
         // Shred: KEK 2 is scheduled for deletion too, and nothing opens any more.
         let (s, sOut) = sh("\(bin) admin \(admin) tenant shred quickstart --confirm quickstart", out)
         #expect(s == 0 && sOut.contains("crypto-shredded"), "shred: \(sOut)")
         let (f, fOut) = restore()
         #expect(f == 11 && fOut.contains("shredded"), "restore after the shred: \(fOut)")
-        let provider = try AWSKMSKeyProvider(uri: v2.provider, credentials: AWSCredentials(accessKeyID: "AKIAREDOUBTCUSTODY", secretAccessKey: secret))
-        let gone = await #expect(throws: KeyProviderError.self) { try await provider.unwrap(v2, context: v2.context) }
+        let gone = await #expect(throws: KeyProviderError.self) { try await kmsAPI.unwrap(v2, context: v2.context) }
         #expect(gone?.code == "E_KEY_DESTROYED")
         // The secret access key is in no file the server or the clients wrote.
         #expect(system("grep -rqF '\(secret)' '\(base)'") != 0)
