@@ -12,8 +12,8 @@ import RedoubtCore
 /// module is loaded with `dlopen`; the user PIN comes from the `pin-source` file or from
 /// `REDOUBT_PKCS11_PIN`, is never printed, and its buffer is zeroed after login. At tenant
 /// creation ``preparingKEK(tenant:)`` generates the key when the token has none with that
-/// label, or adopts an operator-provisioned one (which must be AES-256, sensitive and
-/// non-extractable); the provider it returns pins the key's CKA_ID in its URI.
+/// label, or adopts an operator-provisioned one (which must be AES-256, and sensitive and
+/// non-extractable since it was made); the provider it returns pins the key's CKA_ID in its URI.
 public struct PKCS11KeyProvider: KeyProvider {
     public let target: PKCS11URI
 
@@ -296,6 +296,10 @@ struct PKCS11Session {
         var id: [UInt8]
         var extractable: Bool?
         var sensitive: Bool?
+        /// CKA_NEVER_EXTRACTABLE and CKA_ALWAYS_SENSITIVE: false for a key imported with a
+        /// known value, or once extractable (a copy may exist outside the token).
+        var neverExtractable: Bool?
+        var alwaysSensitive: Bool?
         var valueLength: Int?
         /// Whether the token handed out CKA_VALUE, the key itself.
         var valueReadable: Bool
@@ -306,6 +310,7 @@ struct PKCS11Session {
         let t = PKCS11Template()
             .slot(CKA_ID, capacity: 256).slot(CKA_EXTRACTABLE, capacity: 1).slot(CKA_SENSITIVE, capacity: 1)
             .slot(CKA_VALUE_LEN, capacity: MemoryLayout<CK_ULONG>.size)
+            .slot(CKA_NEVER_EXTRACTABLE, capacity: 1).slot(CKA_ALWAYS_SENSITIVE, capacity: 1)
         let rv = t.with { get(handle, key, $0, $1) }
         // Sensitive or unknown attributes come back per attribute as unavailable.
         guard rv == CKR_OK || rv == CKR_ATTRIBUTE_SENSITIVE || rv == CKR_ATTRIBUTE_TYPE_INVALID || rv == CKR_BUFFER_TOO_SMALL else {
@@ -317,6 +322,7 @@ struct PKCS11Session {
         let length = t.value(at: 3).flatMap { $0.count == MemoryLayout<CK_ULONG>.size ? $0.withUnsafeBytes { Int($0.loadUnaligned(as: CK_ULONG.self)) } : nil }
         return KeyFacts(
             id: t.value(at: 0) ?? [], extractable: t.value(at: 1).map { $0.first != 0 }, sensitive: t.value(at: 2).map { $0.first != 0 },
+            neverExtractable: t.value(at: 4).map { $0.first != 0 }, alwaysSensitive: t.value(at: 5).map { $0.first != 0 },
             valueLength: length, valueReadable: valueRV == CKR_OK && value.value(at: 0) != nil)
     }
 
@@ -327,6 +333,11 @@ struct PKCS11Session {
         // would let whoever holds the PIN copy it and defeat crypto-shredding.
         guard f.extractable == false, f.sensitive == true, !f.valueReadable else {
             throw .unsupported(provider: provider, detail: "the key labelled \(label.debugDescription) on token \(token.debugDescription) is extractable or not sensitive; Redoubt wraps only under a key created with CKA_EXTRACTABLE=false and CKA_SENSITIVE=true")
+        }
+        // Why: a key that was ever extractable or not sensitive (or imported with a known
+        // value) may have a copy outside the token that no C_DestroyObject reaches.
+        guard f.neverExtractable == true, f.alwaysSensitive == true else {
+            throw .unsupported(provider: provider, detail: "the key labelled \(label.debugDescription) on token \(token.debugDescription) has not been sensitive and non-extractable since it was made (CKA_NEVER_EXTRACTABLE or CKA_ALWAYS_SENSITIVE is not true: it was imported, or extractable once), so a copy may exist outside the token; let Redoubt generate the KEK on the token instead")
         }
         guard f.valueLength == 32 else {
             throw .unsupported(provider: provider, detail: "the key labelled \(label.debugDescription) on token \(token.debugDescription) is \(f.valueLength.map { "\($0 * 8)-bit" } ?? "of unknown size"); Redoubt needs AES-256")

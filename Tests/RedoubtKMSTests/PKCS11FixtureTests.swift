@@ -60,9 +60,23 @@ import Testing
         let readKey = try await provider.unwrap(f.wrapped, context: f.wrapped.context)
         #expect(readKey.publicKey == (try f.wrapped.readPublicKey()))
 
-        // The other way: what the token seals, software opens with the same KEK.
-        let fresh = try await provider.wrap(readKey, context: KeyContext(tenant: "fixture", keyVersion: 2))
-        #expect(fresh.parameters["pkcs11-id"] == "52444254")
+        // Redoubt wraps nothing new under an imported key: its value is known outside the
+        // token (here, in the fixture), so destroying it would shred nothing.
+        let refused = await #expect(throws: KeyProviderError.self) { try await provider.wrap(readKey, context: KeyContext(tenant: "fixture", keyVersion: 2)) }
+        #expect(refused?.code == "E_KEY_UNSUPPORTED")
+        #expect(refused.map { "\($0)" }?.contains("CKA_NEVER_EXTRACTABLE") == true)
+
+        // The other way: what the token's CKM_AES_GCM seals as §7.1 says, software opens.
+        let context = KeyContext(tenant: "fixture", keyVersion: 2)
+        let nonce = Array(AES.GCM.Nonce())
+        let sealed = try provider.withSession { s throws(KeyProviderError) in
+            guard let handle = try s.findKey(label: label, id: id, required: true) else { throw s.destroyed(label: label, id: id) }
+            return try s.gcm(encrypt: true, key: handle, nonce: nonce, aad: context.associatedData, input: readKey.exportSeed()).withUnsafeBytes { Array($0) }
+        }
+        var fresh = f.wrapped
+        fresh.context = context
+        fresh.parameters["nonce"] = Data(nonce).base64EncodedString()
+        fresh.wrapped = Data(sealed).base64EncodedString()
         let seed = try softwareUnwrap(fresh, kek: f.kek)
         #expect(seed == readKey.exportSeed().withUnsafeBytes { Array($0) })
         try await provider.destroyKEK(of: fresh)
