@@ -139,6 +139,14 @@ public final class APIClient: Sendable {
                        body: Wire.RotateReadKeyRequest(wrappedReadKey: wrappedReadKey, requestID: requestID))
     }
 
+    public func writeMaterial(tenant: String) async throws -> Wire.WriteMaterialInfo {
+        try await json(Wire.WriteMaterialInfo.self, .GET, "/v1/tenants/\(tenant)/write-material")
+    }
+
+    public func restoreWriteMaterial(tenant: String, material: String) async throws -> Wire.WriteMaterialInfo {
+        try await json(Wire.WriteMaterialInfo.self, .PUT, "/v1/tenants/\(tenant)/write-material", body: Wire.RestoreWriteMaterialRequest(writeMaterial: material))
+    }
+
     public func markKEKsDestroyed(tenant: String, versions: [Int]) async throws -> Wire.ReadKeyInfo {
         try await json(Wire.ReadKeyInfo.self, .POST, "/v1/tenants/\(tenant)/read-key/destroyed", body: Wire.DestroyedKEKsRequest(versions: versions))
     }

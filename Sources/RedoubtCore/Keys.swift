@@ -10,6 +10,8 @@ enum Label {
     static let manifestHPKE = Array("redoubt/v1/manifest-sealed".utf8)
     static let manifestSignature = Array("redoubt/v1/manifest-signature".utf8)
     static let hostKeyID = Array("redoubt/v1/host-key-id".utf8)
+    static let writeMaterialHPKE = Array("redoubt/v1/write-material".utf8)
+    static let writeMaterialAAD = Array("redoubt/v1/write-material-aad".utf8)
 }
 
 /// The HPKE ciphersuite every seal to a read key uses: X-Wing (ML-KEM-768 + X25519),
@@ -277,6 +279,66 @@ public struct SharedWriteMaterial: Sendable {
         } catch {
             throw CoreError(.corrupt, object: object, "\(error)")
         }
+    }
+}
+
+extension SharedWriteMaterial {
+    static let sealedMagic = Array("RDBTSWM1".utf8)
+
+    /// The material sealed to its own read public key (docs/FORMAT.md §7.3), as tenant
+    /// descriptors in the store, bucket copies and media carry it: whoever holds only a copy
+    /// learns nothing from it (the chunk-ID key would let them confirm guessed content),
+    /// while whoever holds the read key can recover it.
+    public func sealed(tenant: String) throws(CoreError) -> [UInt8] {
+        var w = ByteWriter(capacity: 3000)
+        w.raw(Self.sealedMagic)
+        do {
+            var sender = try HPKE.Sender(recipientKey: readPublicKey.key, ciphersuite: readKeyCiphersuite,
+                                         info: Data(Label.writeMaterialHPKE + readPublicKey.keyID.bytes))
+            let box = try encode().withUnsafeBytes { try sender.seal($0, authenticating: Self.sealedAAD(tenant)) }
+            w.lengthPrefixed(Array(sender.encapsulatedKey))
+            w.lengthPrefixed(Array(box))
+        } catch {
+            throw CoreError(.badKey, object: "write material of tenant \(tenant)", "cannot seal it to read key \(readPublicKey.keyID): \(error)")
+        }
+        return w.bytes
+    }
+
+    /// Opens ``sealed(tenant:)``'s output with the read key; the material inside must name
+    /// that read key.
+    public static func open(sealed bytes: [UInt8], tenant: String, readKey: ReadPrivateKey) throws(CoreError) -> SharedWriteMaterial {
+        let object = "sealed write material of tenant \(tenant)"
+        var r = ByteReader(bytes)
+        let enc: [UInt8], box: [UInt8]
+        do {
+            guard try r.raw(8) == sealedMagic else { throw CoreError(.corrupt, object: object, "bad magic") }
+            enc = try r.lengthPrefixed(limit: 4096)
+            box = try r.lengthPrefixed(limit: 8192)
+            guard r.isAtEnd else { throw CoreError(.corrupt, object: object, "trailing bytes") }
+        } catch let e as CoreError { throw e } catch let e as ByteReader.Failure { throw e.corrupt(object, "malformed") } catch {
+            throw CoreError(.corrupt, object: object, "\(error)")
+        }
+        var plain: Data
+        do {
+            var recipient = try HPKE.Recipient(privateKey: readKey.key, ciphersuite: readKeyCiphersuite,
+                                               info: Data(Label.writeMaterialHPKE + readKey.publicKey.keyID.bytes), encapsulatedKey: Data(enc))
+            plain = try recipient.open(box, authenticating: sealedAAD(tenant))
+        } catch {
+            throw CoreError(.authenticationFailed, object: object, "does not open with read key \(readKey.publicKey.keyID): modified, or sealed for another tenant or key")
+        }
+        defer { plain.resetBytes(in: plain.startIndex..<plain.endIndex) }
+        let material = try decode(SecretBytes(copying: Array(plain)))
+        guard material.readPublicKey == readKey.publicKey else {
+            throw CoreError(.wrongTenant, object: object, "names read key \(material.readPublicKey.keyID), not \(readKey.publicKey.keyID)")
+        }
+        return material
+    }
+
+    static func sealedAAD(_ tenant: String) -> Data {
+        var w = ByteWriter(capacity: 64)
+        w.raw(Label.writeMaterialAAD)
+        w.lengthPrefixed(Array(tenant.utf8))
+        return Data(w.bytes)
     }
 }
 

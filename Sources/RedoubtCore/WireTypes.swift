@@ -143,6 +143,26 @@ public enum Wire {
         }
     }
 
+    /// A tenant's write material as an admin sees it: whether the server has it (a catalog
+    /// rebuilt from the store alone has not), and the copy sealed to the read key that the
+    /// tenant descriptor carries (base64 of docs/FORMAT.md §7.3's sealed form).
+    public struct WriteMaterialInfo: Codable, Sendable {
+        public var tenant: String
+        public var present: Bool
+        public var sealedWriteMaterial: String
+        public init(tenant: String, present: Bool, sealedWriteMaterial: String) {
+            self.tenant = tenant
+            self.present = present
+            self.sealedWriteMaterial = sealedWriteMaterial
+        }
+    }
+
+    /// Gives a server back a tenant's write material (base64 of §7.3's encoding).
+    public struct RestoreWriteMaterialRequest: Codable, Sendable {
+        public var writeMaterial: String
+        public init(writeMaterial: String) { self.writeMaterial = writeMaterial }
+    }
+
     /// A KEK rotated away from: `stub` is its wrapped key's JSON without the wrapped bytes.
     public struct RetiredKEKInfo: Codable, Sendable {
         public var version: Int

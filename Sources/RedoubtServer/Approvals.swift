@@ -265,8 +265,9 @@ extension RepositoryService {
                                    keyVersion: rec.keyVersion, shreddedAt: rec.shreddedAt)
         // The descriptor carries the retention for a catalog rebuild: replace it (unlocked).
         let key = Self.tenantKey(tenant, version: rec.keyVersion)
+        let descriptor = try await descriptor(updated)  // before the old one, which may hold the sealed copy, is gone
         if try await store.head(key) != nil { try await deleteUnlessHeld(key, now: try now()) }
-        _ = try await store.put(key, try TenantDescriptor(updated).encoded(), retainUntil: nil)
+        _ = try await store.put(key, try descriptor.encoded(), retainUntil: nil)
         // Compare-and-set: a change made meanwhile (another admin's raise) is not overwritten.
         guard try catalog.setMinRetention(tenant: tenant, seconds: req.minRetentionSeconds, from: rec.minRetention) else {
             throw refuse(ctx, "set-retention", object: object, ServerError(409, "E_CONFLICT", "tenant \(tenant)'s minimum retention changed meanwhile; look again (`redoubt admin tenant list`) and repeat"))

@@ -62,6 +62,13 @@ public struct TenantRecord: Sendable, Equatable {
     }
 }
 
+extension TenantRecord {
+    func withWriteMaterial(_ material: [UInt8]) -> TenantRecord {
+        TenantRecord(name: name, readKeyID: readKeyID, readPublicKey: readPublicKey, writeMaterial: material, wrappedReadKey: wrappedReadKey,
+                     minRetention: minRetention, createdAt: createdAt, keyVersion: keyVersion, shreddedAt: shreddedAt)
+    }
+}
+
 /// A key-encryption key that once wrapped a tenant's read key and was rotated away from.
 /// `stub` is the wrapped key's JSON with the wrapped bytes removed: it names the provider
 /// and the KEK, so the KEK can be destroyed later, but holds nothing that unwraps.
@@ -221,6 +228,14 @@ public final class Catalog: Sendable {
                            arguments: [wrapped, newVersion, shredded ? now.timeIntervalSince1970 : nil, tenant])
             try db.execute(sql: "INSERT INTO retired_keks(tenant, version, stub, retired_at) VALUES (?, ?, ?, ?)",
                            arguments: [tenant, current, retiredStub, now.timeIntervalSince1970])
+        }
+    }
+
+    /// Gives a tenant whose catalog row has no write material (rebuilt from the store) its
+    /// material back; a row that has one is not changed.
+    public func setWriteMaterial(tenant: String, material: [UInt8]) throws {
+        try db.write { db in
+            try db.execute(sql: "UPDATE tenants SET write_material = ? WHERE name = ? AND length(write_material) = 0", arguments: [Data(material), tenant])
         }
     }
 

@@ -5,13 +5,17 @@ import RedoubtCore
 import RedoubtStore
 
 /// A tenant as stored in the store (`t/<tenant>/tenant-v<N>.json`): its public material,
-/// its write material and its *wrapped* read key. What the catalog needs to be rebuilt.
+/// its write material sealed to its read key, and its *wrapped* read key. What the catalog
+/// needs to be rebuilt. Format 1 held the write material in the clear (docs/FORMAT.md §7.1).
 struct TenantDescriptor: Codable {
-    var format = 1
+    var format = 2
     var name: String
     var readKeyID: String
     var readPublicKey: String
-    var writeMaterial: String
+    /// Format 1 only: the write material in the clear. Read, never written.
+    var writeMaterial: String?
+    /// Format 2: base64 of the write material sealed to the read key (§7.3).
+    var sealedWriteMaterial: String?
     var wrappedReadKey: String
     var minRetentionSeconds: Double
     var createdAt: Double
@@ -20,11 +24,11 @@ struct TenantDescriptor: Codable {
     /// Set once the tenant is crypto-shredded (the descriptor then holds no wrapped key).
     var shreddedAt: Double?
 
-    init(_ r: TenantRecord) {
+    init(_ r: TenantRecord, sealedWriteMaterial sealed: [UInt8]) {
         name = r.name
         readKeyID = r.readKeyID
         readPublicKey = Data(r.readPublicKey).base64EncodedString()
-        writeMaterial = Data(r.writeMaterial).base64EncodedString()
+        sealedWriteMaterial = Data(sealed).base64EncodedString()
         wrappedReadKey = r.wrappedReadKey
         minRetentionSeconds = r.minRetention
         createdAt = r.createdAt.timeIntervalSince1970
@@ -32,14 +36,24 @@ struct TenantDescriptor: Codable {
         shreddedAt = r.shreddedAt?.timeIntervalSince1970
     }
 
+    var sealed: [UInt8]? { sealedWriteMaterial.flatMap { Data(base64Encoded: $0) }.map(Array.init) }
+
     func encoded() throws -> [UInt8] {
         let e = JSONEncoder()
         e.outputFormatting = [.sortedKeys, .prettyPrinted]
         return Array(try e.encode(self))
     }
 
+    /// The tenant's record; its write material is empty unless the descriptor is format 1
+    /// (a server cannot open the sealed copy).
     var record: TenantRecord? {
-        guard let pub = Data(base64Encoded: readPublicKey), let wm = Data(base64Encoded: writeMaterial) else { return nil }
+        guard let pub = Data(base64Encoded: readPublicKey) else { return nil }
+        let wm: Data
+        switch (writeMaterial, sealedWriteMaterial) {
+        case (let clear?, nil): guard let d = Data(base64Encoded: clear) else { return nil }; wm = d
+        case (nil, let sealed?): guard Data(base64Encoded: sealed) != nil else { return nil }; wm = Data()
+        default: return nil
+        }
         return TenantRecord(name: name, readKeyID: readKeyID, readPublicKey: Array(pub), writeMaterial: Array(wm), wrappedReadKey: wrappedReadKey,
                             minRetention: minRetentionSeconds, createdAt: Date(timeIntervalSince1970: createdAt),
                             keyVersion: keyVersion ?? 1, shreddedAt: shreddedAt.map(Date.init(timeIntervalSince1970:)))
@@ -54,6 +68,8 @@ public struct RebuildReport: Sendable, Codable {
     public var snapshots = 0
     /// Objects that failed their checks and were left out, each named with the reason.
     public var rejected: [String] = []
+    /// What an admin must do before the rebuilt catalog serves everyone as before.
+    public var toDo: [String] = []
     public var previousCatalog: String?
 }
 
@@ -80,10 +96,20 @@ public enum CatalogRebuilder {
             report.previousCatalog = old
         }
         let catalog = try Catalog(path: path)
+        // Write material by tenant, from the previous catalog: the store holds it sealed.
+        var oldMaterial: [String: (readKeyID: String, material: [UInt8])] = [:]
         if let old = report.previousCatalog {
-            let lost: [String] = try await catalog.db.writeWithoutTransaction { db in
+            let (lost, material): ([String], [String: (readKeyID: String, material: [UInt8])]) = try await catalog.db.writeWithoutTransaction { db in
                 var lost: [String] = []
+                var material: [String: (readKeyID: String, material: [UInt8])] = [:]
                 try db.execute(sql: "ATTACH DATABASE ? AS old", arguments: [old])
+                do {
+                    for row in try Row.fetchAll(db, sql: "SELECT name, read_key_id, write_material FROM old.tenants") {
+                        material[row["name"]] = (row["read_key_id"], Array(row["write_material"] as Data))
+                    }
+                } catch {
+                    lost.append("write material of the previous catalog not carried over: \(error)")
+                }
                 // Legal holds are not in the store either; losing one in a rebuild would release it unapproved.
                 // Retired KEKs: a shred after the rebuild must still destroy the KEKs rotated away from
                 // (their descriptors are gone from the store). Copy targets: copies must not stop
@@ -97,9 +123,10 @@ public enum CatalogRebuilder {
                     }
                 }
                 try db.execute(sql: "DETACH DATABASE old")
-                return lost
+                return (lost, material)
             }
             report.rejected += lost
+            oldMaterial = material
         }
         let store = try LocalStore(root: URL(fileURLWithPath: home.storePath))
         let objects = try await store.list(prefix: "t/")
@@ -116,7 +143,13 @@ public enum CatalogRebuilder {
             // new one and deleting the old): the highest key version wins.
             if (tenants[r.name]?.keyVersion ?? 0) < r.keyVersion { tenants[r.name] = r }
         }
-        for r in tenants.values.sorted(by: { $0.name < $1.name }) {
+        for var r in tenants.values.sorted(by: { $0.name < $1.name }) {
+            if r.writeMaterial.isEmpty, let old = oldMaterial[r.name], old.readKeyID == r.readKeyID, !old.material.isEmpty {
+                r = r.withWriteMaterial(old.material)
+            }
+            if r.writeMaterial.isEmpty {
+                report.toDo.append("tenant \(r.name): its write material is sealed to the read key in the store; hosts cannot enroll until an admin gives it back (`redoubt admin tenant restore-material \(r.name)`)")
+            }
             try catalog.insertTenant(r)
             report.tenants += 1
         }

@@ -201,6 +201,15 @@ public enum RedoubtHTTP {
                 jsonResponse(try service.markKEKsDestroyed(tenant: ctx.parameters.get("tenant") ?? "", try await req.json(Wire.DestroyedKEKsRequest.self), ctx: ctx.call))
             }
         }
+        router.get("/v1/tenants/:tenant/write-material") { _, ctx in
+            await handle(logger) { jsonResponse(try await service.writeMaterial(tenant: ctx.parameters.get("tenant") ?? "", ctx: ctx.call)) }
+        }
+        router.put("/v1/tenants/:tenant/write-material") { req, ctx in
+            await handle(logger) {
+                jsonResponse(try await service.restoreWriteMaterial(tenant: ctx.parameters.get("tenant") ?? "",
+                                                                    try await req.json(Wire.RestoreWriteMaterialRequest.self), ctx: ctx.call))
+            }
+        }
         router.post("/v1/tenants/:tenant/shred") { req, ctx in
             await handle(logger) {
                 jsonResponse(try await service.shredTenant(tenant: ctx.parameters.get("tenant") ?? "", try await req.json(Wire.ShredRequest.self), ctx: ctx.call))

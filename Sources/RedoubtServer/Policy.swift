@@ -7,7 +7,7 @@ public enum Action: String, Sendable, CaseIterable {
     case queryChunks, uploadPack, commitSnapshot, listSnapshots, showSnapshot
     case getManifest, getPack, packChunkLists, verifySnapshot
     case createTenant, listTenants, createEnrollment, listPrincipals
-    case getReadKey, rotateReadKey, markKEKsDestroyed, shredTenant
+    case getReadKey, rotateReadKey, markKEKsDestroyed, shredTenant, getWriteMaterial, restoreWriteMaterial
     case setRetention, addAdmin, removeAdmin, getQuorum, setQuorum, listRequests, decideRequest
     case addCopyTarget, listCopyTargets, removeCopyTarget, syncCopyTarget
     case placeHold, listHolds, releaseHold
@@ -42,6 +42,8 @@ public enum Policy {
         case (.put, 3) where p[0] == "tenants" && p[2] == "read-key": return (.rotateReadKey, ["tenant": p[1]])
         case (.post, 4) where p[0] == "tenants" && p[2] == "read-key" && p[3] == "destroyed": return (.markKEKsDestroyed, ["tenant": p[1]])
         case (.post, 3) where p[0] == "tenants" && p[2] == "shred": return (.shredTenant, ["tenant": p[1]])
+        case (.get, 3) where p[0] == "tenants" && p[2] == "write-material": return (.getWriteMaterial, ["tenant": p[1]])
+        case (.put, 3) where p[0] == "tenants" && p[2] == "write-material": return (.restoreWriteMaterial, ["tenant": p[1]])
         case (.put, 3) where p[0] == "tenants" && p[2] == "retention": return (.setRetention, ["tenant": p[1]])
         case (.post, 1) where p[0] == "admins": return (.addAdmin, [:])
         case (.post, 3) where p[0] == "admins" && p[2] == "remove": return (.removeAdmin, ["name": p[1]])
@@ -78,7 +80,7 @@ public enum Policy {
         case .createTenant, .createEnrollment, .listTenants, .listPrincipals: return role == .admin
         // A restorer may fetch its own tenant's wrapped key (the handler checks the tenant).
         case .getReadKey: return role == .admin || role == .restorer
-        case .rotateReadKey, .markKEKsDestroyed, .shredTenant: return role == .admin
+        case .rotateReadKey, .markKEKsDestroyed, .shredTenant, .getWriteMaterial, .restoreWriteMaterial: return role == .admin
         case .setRetention, .addAdmin, .removeAdmin, .getQuorum, .setQuorum, .listRequests, .decideRequest: return role == .admin
         case .addCopyTarget, .listCopyTargets, .removeCopyTarget, .syncCopyTarget: return role == .admin
         case .placeHold, .listHolds, .releaseHold: return role == .admin

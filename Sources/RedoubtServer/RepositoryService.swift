@@ -29,6 +29,11 @@ public struct ServerError: Error, Sendable, CustomStringConvertible {
     public static func shredded(_ tenant: String) -> ServerError {
         ServerError(410, "E_TENANT_SHREDDED", "tenant \(tenant) was crypto-shredded: its read key is destroyed; its backups can never be read again and nothing can be added to it")
     }
+    /// The catalog was rebuilt from the store alone, where the write material is sealed to
+    /// the read key: hosts cannot enroll until an admin gives it back.
+    public static func noWriteMaterial(_ tenant: String) -> ServerError {
+        ServerError(409, "E_NO_WRITE_MATERIAL", "this server has no write material for tenant \(tenant) (its catalog was rebuilt from the store, where it is sealed to the read key): an admin gives it back with `redoubt admin tenant restore-material \(tenant)` (opens the sealed copy with the read key) or `… --from FILE` (an enrolled host's write-material.bin)")
+    }
     public static func integrity(_ m: String) -> ServerError { ServerError(422, "E_INTEGRITY", m) }
     public var description: String { "\(message) [\(code)]" }
 }
@@ -161,6 +166,9 @@ public final class RepositoryService: Sendable {
         let publicKey: Certificate.PublicKey
         do { publicKey = try Certificate.PublicKey(P256.Signing.PublicKey(pemRepresentation: req.publicKeyPEM)) } catch {
             throw ServerError.badRequest("publicKeyPEM is not a P-256 public key")
+        }
+        if e.role == .writer || e.role == .restorer, let t = e.tenant, let rec = try catalog.tenant(t), rec.writeMaterial.isEmpty {
+            throw ServerError.noWriteMaterial(t)
         }
         var hostKey: [UInt8]? = nil
         if e.role == .writer {
@@ -419,7 +427,7 @@ public final class RepositoryService: Sendable {
                                   wrappedReadKey: req.wrappedReadKey, minRetention: minRetention, createdAt: now)
         // The tenant's descriptor goes into the store first, so the catalog can be rebuilt
         // from the store alone (`redoubt server rebuild-catalog`).
-        _ = try await store.put(Self.tenantKey(req.name, version: 1), try TenantDescriptor(record).encoded(), retainUntil: nil)
+        _ = try await store.put(Self.tenantKey(req.name, version: 1), try await descriptor(record).encoded(), retainUntil: nil)
         try catalog.insertTenant(record)
         audit(ctx, "create-tenant", object: "tenant \(req.name)", outcome: "ok", detail: "read-key=\(key.keyID) min-retention=\(Int(minRetention))s")
         return Wire.TenantInfo(name: req.name, readKeyID: key.keyID.description, minRetentionSeconds: minRetention, createdAt: now)
@@ -538,13 +546,94 @@ public final class RepositoryService: Sendable {
     /// Writes the tenant's new descriptor to the store, switches the catalog to it, then
     /// deletes the older descriptors from the store (they carry older wrapped copies).
     private func replaceDescriptor(_ rec: TenantRecord, retiredStub: String, shredded: Bool, now: Date) async throws {
-        _ = try await store.put(Self.tenantKey(rec.name, version: rec.keyVersion), try TenantDescriptor(rec).encoded(), retainUntil: nil)
+        _ = try await store.put(Self.tenantKey(rec.name, version: rec.keyVersion), try await descriptor(rec).encoded(), retainUntil: nil)
         try catalog.replaceReadKey(tenant: rec.name, newVersion: rec.keyVersion, wrapped: rec.wrappedReadKey, retiredStub: retiredStub,
                                    now: now, shredded: shredded)
         for v in 1..<rec.keyVersion {
             let key = Self.tenantKey(rec.name, version: v)
             if try await store.head(key) != nil { try await deleteUnlessHeld(key, now: now) }
         }
+    }
+
+    /// The tenant's descriptor for the store, its write material sealed to its read key:
+    /// sealed now from the catalog's copy, or, when the catalog has none (rebuilt from the
+    /// store alone and not yet given back), the sealed copy the newest descriptor carries.
+    func descriptor(_ rec: TenantRecord) async throws -> TenantDescriptor {
+        TenantDescriptor(rec, sealedWriteMaterial: try await sealedWriteMaterial(rec))
+    }
+
+    func sealedWriteMaterial(_ rec: TenantRecord) async throws -> [UInt8] {
+        if !rec.writeMaterial.isEmpty {
+            return try SharedWriteMaterial.decode(SecretBytes(copying: rec.writeMaterial)).sealed(tenant: rec.name)
+        }
+        let found = try await store.list(prefix: "t/\(rec.name)/tenant-v").compactMap { o -> (Int, ObjectKey)? in
+            let name = o.key.path.split(separator: "/").last ?? ""
+            guard name.hasPrefix("tenant-v"), name.hasSuffix(".json"), let v = Int(name.dropFirst(8).dropLast(5)) else { return nil }
+            return (v, o.key)
+        }
+        for (_, key) in found.sorted(by: { $0.0 > $1.0 }) {
+            if let d = try? JSONDecoder().decode(TenantDescriptor.self, from: Data(try await store.get(key))), d.name == rec.name, let sealed = d.sealed {
+                return sealed
+            }
+        }
+        throw ServerError.noWriteMaterial(rec.name)
+    }
+
+    /// Rewrites each tenant's current descriptor that still holds the write material in the
+    /// clear (format 1, or missing after a crash between delete and put) in format 2, so that
+    /// later bucket copies and media carry it only sealed. Run at server start. Returns a line
+    /// per tenant it could not rewrite.
+    public func sealDescriptors() async -> [String] {
+        var failures: [String] = []
+        for rec in (try? catalog.tenants()) ?? [] where !rec.writeMaterial.isEmpty {
+            let key = Self.tenantKey(rec.name, version: rec.keyVersion)
+            do {
+                if try await store.head(key) != nil {
+                    let d = try JSONDecoder().decode(TenantDescriptor.self, from: Data(try await store.get(key)))
+                    guard d.writeMaterial != nil else { continue }
+                    let sealed = try await descriptor(rec)
+                    try await deleteUnlessHeld(key, now: try now())
+                    _ = try await store.put(key, try sealed.encoded(), retainUntil: nil)
+                } else {
+                    _ = try await store.put(key, try await descriptor(rec).encoded(), retainUntil: nil)
+                }
+                audit(CallContext(principal: nil, source: "local"), "seal-descriptor", object: key.path, outcome: "ok", detail: "write material sealed to read key \(rec.readKeyID)")
+            } catch {
+                failures.append("\(key.path): \(error)")
+            }
+        }
+        return failures
+    }
+
+    /// What an admin needs to give the write material back after a rebuild from the store
+    /// alone: whether the server has it, and the sealed copy to open with the read key.
+    public func writeMaterial(tenant: String, ctx: CallContext) async throws -> Wire.WriteMaterialInfo {
+        guard let rec = try catalog.tenant(tenant) else { throw ServerError.notFound("tenant \(tenant) does not exist") }
+        let sealed = try await sealedWriteMaterial(rec)
+        return Wire.WriteMaterialInfo(tenant: tenant, present: !rec.writeMaterial.isEmpty, sealedWriteMaterial: Data(sealed).base64EncodedString())
+    }
+
+    /// Takes a tenant's write material back (opened by an admin with the read key, or
+    /// copied from an enrolled host): only the one that names the tenant's read key, and
+    /// never in place of one the server has.
+    public func restoreWriteMaterial(tenant: String, _ req: Wire.RestoreWriteMaterialRequest, ctx: CallContext) async throws -> Wire.WriteMaterialInfo {
+        let object = "tenant \(tenant)"
+        guard let rec = try catalog.tenant(tenant) else { throw ServerError.notFound("tenant \(tenant) does not exist") }
+        guard let bytes = Data(base64Encoded: req.writeMaterial), let material = try? SharedWriteMaterial.decode(SecretBytes(copying: Array(bytes))) else {
+            throw refuse(ctx, "restore-write-material", object: object, .badRequest("writeMaterial is not a Redoubt write key set (base64)"))
+        }
+        guard Array(material.readPublicKey.rawRepresentation) == rec.readPublicKey else {
+            throw refuse(ctx, "restore-write-material", object: object, .badRequest("this write material belongs to read key \(material.readPublicKey.keyID), not tenant \(tenant)'s \(rec.readKeyID)"))
+        }
+        if !rec.writeMaterial.isEmpty {
+            guard rec.writeMaterial == Array(bytes) else {
+                throw refuse(ctx, "restore-write-material", object: object, ServerError(409, "E_CONFLICT", "the server already has tenant \(tenant)'s write material, and it differs: nothing was changed"))
+            }
+        } else {
+            try catalog.setWriteMaterial(tenant: tenant, material: Array(bytes))
+            audit(ctx, "restore-write-material", object: object, outcome: "ok", detail: "read-key=\(rec.readKeyID)")
+        }
+        return try await writeMaterial(tenant: tenant, ctx: ctx)
     }
 
     public func listTenants() throws -> [Wire.TenantInfo] {
@@ -557,6 +646,7 @@ public final class RepositoryService: Sendable {
         guard Self.isValidPrincipalName(req.name) else { throw ServerError.badRequest("name \(req.name.debugDescription) must be 1–253 characters of A-Z, a-z, 0-9, '.', '-', '_'") }
         guard let rec = try catalog.tenant(tenant) else { throw ServerError.notFound("tenant \(tenant) does not exist: `redoubt admin tenant create \(tenant)`") }
         guard rec.shreddedAt == nil else { throw ServerError.shredded(tenant) }
+        if role == .writer || role == .restorer, rec.writeMaterial.isEmpty { throw ServerError.noWriteMaterial(tenant) }
         let ttl = min(max(req.ttlSeconds ?? 86400, 60), 7 * 86400)
         let now = try now()
         let secret = hexString((0..<32).map { _ in UInt8.random(in: 0...255) })

@@ -227,3 +227,44 @@ struct TenantEscrow: AsyncParsableCommand {
         }
     }
 }
+
+struct TenantRestoreMaterial: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "restore-material",
+        abstract: "Give a server back a tenant's write material after its catalog was rebuilt from the store or media.",
+        discussion: """
+            The store, bucket copies and media hold the write material (chunk-ID key, chunker seed) sealed to the \
+            tenant's read key, so a catalog rebuilt from them alone cannot enroll hosts or restorers. This opens the \
+            sealed copy here, with the read key unwrapped in memory as for an escrow, and gives the server the \
+            material; or takes it from --from FILE, the write-material.bin of a host or restorer enrolled before.
+            """)
+    @OptionGroup var admin: AdminOptions
+    @Argument(help: "The tenant.") var tenant: String
+    @Option(name: .long, help: "An enrolled host's or restorer's write-material.bin, instead of unwrapping the read key.") var from: String?
+    @Option(name: .long, help: "File with the current passphrase, if the key is passphrase-wrapped.") var passphraseFile: String?
+
+    func run() async throws {
+        try await RedoubtCLI.run {
+            try await RedoubtCLI.with(try admin.client()) { client in
+                let info = try await client.writeMaterial(tenant: tenant)
+                if info.present && from == nil {
+                    print("The server has tenant \(tenant)'s write material already; nothing to do.")
+                    return .ok
+                }
+                let material: [UInt8]
+                if let from {
+                    guard let d = FileManager.default.contents(atPath: from) else { throw ValidationError("cannot read \(from)") }
+                    material = Array(d)
+                } else {
+                    guard let sealed = Data(base64Encoded: info.sealedWriteMaterial) else { throw ValidationError("the server sent no sealed write material for tenant \(tenant)") }
+                    let (_, current) = try await currentReadKey(client, tenant: tenant)
+                    let key = try await unwrapCurrent(current, tenant: tenant, passphraseFile: passphraseFile)
+                    material = try SharedWriteMaterial.open(sealed: Array(sealed), tenant: tenant, readKey: key).encode().withUnsafeBytes { Array($0) }
+                }
+                _ = try await client.restoreWriteMaterial(tenant: tenant, material: Data(material).base64EncodedString())
+                print("Tenant \(tenant)'s write material is back on the server: hosts and restorers can enroll again.")
+                return .ok
+            }
+        }
+    }
+}

@@ -310,6 +310,7 @@ struct MediaImportCommand: AsyncParsableCommand {
         var snapshots: Int
         var rejected: [String]
         var damage: [String]
+        var toDo: [String]
     }
 
     func run() async throws {
@@ -327,12 +328,13 @@ struct MediaImportCommand: AsyncParsableCommand {
             }
             progress.finish()
             let out = Summary(tenant: s.tenant, objects: s.objects, alreadyThere: s.alreadyThere, bytes: s.bytes, packs: s.rebuild.packs,
-                              snapshots: s.rebuild.snapshots, rejected: s.rebuild.rejected, damage: s.damage)
+                              snapshots: s.rebuild.snapshots, rejected: s.rebuild.rejected, damage: s.damage, toDo: s.rebuild.toDo)
             if json { try printJSON(out) } else {
                 print("imported tenant \(s.tenant): \(s.objects) objects (\(s.alreadyThere) already there), \(formatBytes(s.bytes)); "
                       + "catalog rebuilt: \(s.rebuild.packs) packs, \(s.rebuild.snapshots) snapshots")
                 for r in s.rebuild.rejected { print("  REJECTED: \(r)") }
                 for d in s.damage { print("  DAMAGED: \(d)") }
+                for t in s.rebuild.toDo { print("  TO DO: \(t)") }
                 print("Next: redoubt server run --data \(data); then enroll hosts and restorers anew (`redoubt admin host add`, `restorer add`).")
             }
             return s.damage.isEmpty && s.rebuild.rejected.isEmpty ? .ok : .partial

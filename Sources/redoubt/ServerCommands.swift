@@ -51,6 +51,11 @@ struct ServerRun: AsyncParsableCommand {
                 FileHandle.standardError.write(Data("WARNING: \(warning)\n".utf8))
                 service.recordImmutabilityWarning(warning)
             }
+            // Descriptors written before format 2 held the write material in the clear; later
+            // copies must not carry it.
+            for failure in await service.sealDescriptors() {
+                FileHandle.standardError.write(Data("WARNING: tenant descriptor still holds the write material in the clear: \(failure)\n".utf8))
+            }
             guard let (host, port) = ServerHome.splitHostPort(settings.listen) else { throw ValidationError("bad listen address \(settings.listen)") }
             let app = try RedoubtHTTP.application(service: service, home: home, host: host, port: port, logger: logger) { bound in
                 print("redoubt server listening on \(host):\(bound) (\(settings.url))")
@@ -79,6 +84,7 @@ struct ServerRebuildCatalog: AsyncParsableCommand {
                 print("rebuilt the catalog: \(r.tenants) tenants, \(r.packs) packs (\(r.chunks) chunks), \(r.snapshots) snapshots")
                 if let old = r.previousCatalog { print("  previous catalog kept as \(old)") }
                 for x in r.rejected { print("  left out: \(x)") }
+                for t in r.toDo { print("  TO DO: \(t)") }
             }
             return r.rejected.isEmpty ? .ok : .partial
         }
@@ -102,7 +108,7 @@ struct AdminOptions: ParsableArguments {
 
 struct TenantCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(commandName: "tenant", abstract: "Create and list tenants; rotate, escrow or shred their read keys.",
-                                                    subcommands: [TenantCreate.self, TenantList.self, TenantSetRetention.self, TenantRotateKey.self, TenantEscrow.self, TenantShred.self])
+                                                    subcommands: [TenantCreate.self, TenantList.self, TenantSetRetention.self, TenantRotateKey.self, TenantEscrow.self, TenantShred.self, TenantRestoreMaterial.self])
 }
 
 struct TenantCreate: AsyncParsableCommand {

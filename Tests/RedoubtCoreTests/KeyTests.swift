@@ -212,6 +212,39 @@ private func expectRedacted(_ value: Any, hiding secret: [UInt8], _ name: String
         }
     }
 
+    /// Sealed to the read key (what tenant descriptors in the store, buckets and media hold):
+    /// opens only with that read key and that tenant's name, and every changed, cut or
+    /// extended byte is refused.
+    @Test func sealedWriteMaterialOpensOnlyWithItsReadKeyAndTenant() throws {
+        let keys = try TenantKeys.generate()
+        let m = keys.sharedWriteMaterial
+        let sealed = try m.sealed(tenant: "acme")
+        #expect(sealed.starts(with: Array("RDBTSWM1".utf8)))
+        let secret = bytes(of: m.chunkIDKey.export())
+        #expect(!sealed.indices.contains { i in sealed[i...].starts(with: secret) })
+        #expect(try SharedWriteMaterial.open(sealed: sealed, tenant: "acme", readKey: keys.readKey).encode().equals(m.encode()))
+        #expect(try m.sealed(tenant: "acme") != sealed)  // a fresh encapsulation each time
+
+        let other = try TenantKeys.generate()
+        #expect(throws: CoreError.self) { try SharedWriteMaterial.open(sealed: sealed, tenant: "acme", readKey: other.readKey) }
+        let wrongTenant = #expect(throws: CoreError.self) { try SharedWriteMaterial.open(sealed: sealed, tenant: "acme-b", readKey: keys.readKey) }
+        #expect(wrongTenant?.code == .authenticationFailed)
+        // Another tenant's material sealed to this read key (possible for anyone: it is public).
+        let planted = try SharedWriteMaterial(readPublicKey: other.readKey.publicKey, chunkIDKey: other.sharedWriteMaterial.chunkIDKey,
+                                              chunkerSeed: other.sharedWriteMaterial.chunkerSeed).sealed(tenant: "acme")
+        #expect(try SharedWriteMaterial.open(sealed: planted, tenant: "acme", readKey: other.readKey).readPublicKey == other.readKey.publicKey)
+        #expect(throws: CoreError.self) { try SharedWriteMaterial.open(sealed: planted, tenant: "acme", readKey: keys.readKey) }
+
+        var rng = SplitMix64(seed: 0x5ea1)
+        for n in stride(from: 0, to: sealed.count, by: 37) {
+            #expect(throws: CoreError.self) { try SharedWriteMaterial.open(sealed: Array(sealed.prefix(n)), tenant: "acme", readKey: keys.readKey) }
+            var b = sealed
+            b[n] ^= UInt8(1 + rng.int(255))
+            #expect(throws: CoreError.self) { try SharedWriteMaterial.open(sealed: b, tenant: "acme", readKey: keys.readKey) }
+        }
+        #expect(throws: CoreError.self) { try SharedWriteMaterial.open(sealed: sealed + [0], tenant: "acme", readKey: keys.readKey) }
+    }
+
     /// A changed byte is either refused, or (inside key material, which has no checksum)
     /// decodes to material that encodes back to exactly the changed bytes.
     @Test func mutatedSharedWriteMaterialIsRefusedOrDecodesExactly() throws {

@@ -57,4 +57,57 @@ import RedoubtMedia
         #expect(r2 == 0, "\(r2Out)")
         #expect(q.shell("diff -r '\(q.base)/sample' '\(target2)/sample'").0 == 0)
     }
+
+    /// Disaster recovery through the binary: the repository host is lost; a fresh one
+    /// imports the media set, whose descriptor holds the write material only sealed to the
+    /// read key. Nobody can enroll until an admin gives it back with the read key; then a
+    /// new restorer enrolls and restores bit for bit.
+    @Test func aFreshServerFromMediaEnrollsOnlyAfterTheWriteMaterialIsGivenBack() async throws {
+        let q = try await QuickstartServer.start("mediadr", quickstartEnv: "REDOUBT_PASSPHRASE=dr-pass")
+        defer { q.stop() }
+        let set = "\(q.dir)/vol"
+        _ = q.shell("kill $(cat '\(q.dir)/server.pid'); sleep 1")
+        let (w, wOut) = q.sh("media write quickstart --data '\(q.base)/server' --device 'file:\(set)'")
+        try #require(w == 0, "media write: \(wOut)")
+
+        let fresh = "\(q.dir)/fresh"
+        let port = try freeLoopbackPort()
+        let (i, iOut) = q.sh("server init --data '\(fresh)' --listen 127.0.0.1:\(port)")
+        try #require(i == 0, "server init: \(iOut)")
+        let (m, mOut) = q.sh("media import --device 'file:\(set)' --data '\(fresh)'")
+        #expect(m == 0 && mOut.contains("TO DO: tenant quickstart") && mOut.contains("restore-material"), "media import: \(mOut)")
+        _ = q.shell("\(q.bin) server run --data '\(fresh)' > '\(q.dir)/fresh.log' 2>&1 & echo $! > '\(q.dir)/fresh.pid'")
+        defer { _ = q.shell("kill $(cat '\(q.dir)/fresh.pid')") }
+        let admin = "--credential '\(fresh)/admin.credential'"
+        var up = false
+        for _ in 0..<150 where !up {
+            up = q.sh("admin \(admin) tenant list").0 == 0
+            if !up { try await Task.sleep(nanoseconds: 200_000_000) }
+        }
+        try #require(up, "the fresh server did not come up")
+
+        let (early, earlyOut) = q.sh("admin \(admin) restorer add quickstart dr")
+        #expect(early != 0 && earlyOut.contains("E_NO_WRITE_MATERIAL") && earlyOut.contains("restore-material"), "enrollment before: \(earlyOut)")
+        let (wrong, wrongOut) = q.sh("admin \(admin) tenant restore-material quickstart", env: "REDOUBT_PASSPHRASE=not-it")
+        #expect(wrong == 6, "restore-material with a wrong passphrase: \(wrongOut)")
+        let (g, gOut) = q.sh("admin \(admin) tenant restore-material quickstart", env: "REDOUBT_PASSPHRASE=dr-pass")
+        #expect(g == 0 && gOut.contains("back on the server"), "restore-material: \(gOut)")
+        // From a host's file: the same material is accepted again, anything else refused.
+        let (h, hOut) = q.sh("admin \(admin) tenant restore-material quickstart --from '\(q.base)/host/write-material.bin'")
+        #expect(h == 0, "restore-material --from the host's file: \(hOut)")
+        let (x, xOut) = q.sh("admin \(admin) tenant restore-material quickstart --from '\(q.base)/host/host-signing.key'")
+        #expect(x != 0 && xOut.contains("E_BAD_REQUEST"), "restore-material --from another file: \(xOut)")
+        let (t, token) = q.shell("\(q.bin) admin \(admin) restorer add quickstart dr 2>/dev/null")
+        try #require(t == 0, "restorer add: \(token)")
+        let cfg = "\(q.dir)/dr-restorer"
+        let tokenLine = try #require(token.split(separator: "\n").last { $0.hasPrefix("rdbt1.") }, "restorer add printed no token: \(token)")
+        let (e, eOut) = q.sh("enroll '\(tokenLine)' --config '\(cfg)'")
+        try #require(e == 0, "enroll: \(eOut)")
+        // The material given back is the one the hosts hold.
+        #expect(q.shell("cmp '\(q.base)/host/write-material.bin' '\(cfg)/write-material.bin'").0 == 0)
+        let target = "\(q.dir)/dr-restored"
+        let (r, rOut) = q.sh("restore \(q.snapshot.prefix(12)) --target '\(target)' --config '\(cfg)'", env: "REDOUBT_PASSPHRASE=dr-pass")
+        #expect(r == 0, "restore through the fresh server: \(rOut)")
+        #expect(q.shell("diff -r '\(q.base)/sample' '\(target)/sample'").0 == 0, "restored tree differs from the sample")
+    }
 }

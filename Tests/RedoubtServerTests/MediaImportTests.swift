@@ -39,6 +39,16 @@ import RedoubtStore
         let written = try await MediaExport.run(catalog: try Catalog(path: first.home.catalogPath), store: try LocalStore(root: URL(fileURLWithPath: first.home.storePath)),
                                                 tenant: "acme", selection: .all, writer: mw, actor: "test", now: Date()) { _ in }
         #expect(written.media.volumes >= 2)
+        // Nothing on the media or in the store reveals the write material (its chunk-ID key
+        // would let whoever holds a copy confirm guessed content).
+        let secret = keys.sharedWriteMaterial.encode().withUnsafeBytes { Data($0) }
+        let chunkIDKey = keys.sharedWriteMaterial.chunkIDKey.export().withUnsafeBytes { Data($0) }
+        let leaks = try FileManager.default.subpathsOfDirectory(atPath: work.path).map { "\(work.path)/\($0)" }
+            + FileManager.default.subpathsOfDirectory(atPath: first.home.storePath).map { "\(first.home.storePath)/\($0)" }
+        for path in leaks {
+            guard let d = FileManager.default.contents(atPath: path) else { continue }
+            #expect(d.range(of: chunkIDKey) == nil && d.range(of: Data(secret.base64EncodedString().utf8).prefix(48)) == nil, "\(path)")
+        }
         // The first host is lost.
         await first.stop()
 
@@ -54,6 +64,20 @@ import RedoubtStore
         }
         let s = try #require(imported)
         #expect(s.tenant == "acme" && s.damage.isEmpty && s.rebuild.rejected.isEmpty)
+        // The media hold the write material only sealed to the read key: the new server
+        // cannot enroll anyone until an admin opens it with the read key and gives it back.
+        #expect(s.rebuild.toDo.count == 1 && s.rebuild.toDo.allSatisfy { $0.contains("tenant acme") && $0.contains("restore-material") })
+        let refused = await #expect(throws: APIError.self) { _ = try await second.enroll(tenant: "acme", role: "restorer", name: "early") }
+        #expect(refused?.code == "E_NO_WRITE_MATERIAL")
+        let info = try await second.admin.writeMaterial(tenant: "acme")
+        #expect(!info.present)
+        let opened = try SharedWriteMaterial.open(sealed: Array(try #require(Data(base64Encoded: info.sealedWriteMaterial))), tenant: "acme", readKey: keys.readKey)
+        let material = opened.encode().withUnsafeBytes { Data($0).base64EncodedString() }
+        // Material of another tenant (another read key) is refused; the right one is taken once.
+        let foreign = try TenantKeys.generate().sharedWriteMaterial.encode().withUnsafeBytes { Data($0).base64EncodedString() }
+        let wrongKey = await #expect(throws: APIError.self) { _ = try await second.admin.restoreWriteMaterial(tenant: "acme", material: foreign) }
+        #expect(wrongKey?.code == "E_BAD_REQUEST")
+        #expect(try await second.admin.restoreWriteMaterial(tenant: "acme", material: material).present)
         #expect(s.rebuild.packs == written.packs && s.rebuild.snapshots == 1)
         // Imported packs are locked again for at least the tenant's minimum retention.
         let store = try LocalStore(root: URL(fileURLWithPath: second.home.storePath))

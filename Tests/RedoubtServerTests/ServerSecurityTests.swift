@@ -97,6 +97,9 @@ import RedoubtKMS
         await expectRefused(.POST, "/v1/tenants", body: Array("{}".utf8))
         await expectRefused(.POST, "/v1/tenants/acme/enrollments", body: Array(#"{"role":"writer","name":"evil"}"#.utf8))
         await expectRefused(.GET, "/v1/audit")
+        // The tenant's write material: neither read (sealed or not) nor replaced by a host.
+        await expectRefused(.GET, "/v1/tenants/acme/write-material")
+        await expectRefused(.PUT, "/v1/tenants/acme/write-material", body: Array(#"{"writeMaterial":"UkRCVFdLUzE="}"#.utf8))
 
         // Overwrite: a re-upload under the same ID with other bytes changes nothing.
         var tampered = pack.bytes

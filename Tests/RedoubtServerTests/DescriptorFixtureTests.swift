@@ -1,0 +1,97 @@
+import Foundation
+import Logging
+import Testing
+import RedoubtCore
+import RedoubtKMS
+import RedoubtStore
+@testable import RedoubtServer
+
+/// The golden tenant descriptors (docs/FORMAT.md §7.1): format 1 held the write material in
+/// the clear, format 2 holds it sealed to the read key. Every later build must read both.
+@Suite struct DescriptorFixtureTests {
+    static let directory = Bundle.module.resourceURL!.appendingPathComponent("Fixtures/descriptors")
+
+    /// The fixtures' tenant keys: fixed bytes, so the material can be compared.
+    static func keys() throws -> TenantKeys {
+        let b = { (o: UInt8) in SecretBytes(copying: (0..<32).map { UInt8(truncatingIfNeeded: Int($0) + Int(o) + 21) }) }
+        return TenantKeys(readKey: try ReadPrivateKey(seed: b(0)), chunkIDKey: try ChunkIDKey(secret: b(32)), chunkerSeed: try ChunkerSeed(secret: b(64)))
+    }
+
+    func descriptor(_ format: Int) throws -> (bytes: Data, descriptor: TenantDescriptor) {
+        let bytes = try Data(contentsOf: Self.directory.appendingPathComponent("tenant-v1-format\(format).json"))
+        return (bytes, try JSONDecoder().decode(TenantDescriptor.self, from: bytes))
+    }
+
+    @Test func formatOneCarriesTheMaterialInTheClear() throws {
+        let keys = try Self.keys()
+        let d = try descriptor(1).descriptor
+        #expect(d.format == 1 && d.sealed == nil)
+        let r = try #require(d.record)
+        #expect(r.name == "fixture" && r.readKeyID == keys.readKey.publicKey.keyID.description)
+        #expect(SecretBytes(copying: r.writeMaterial).equals(keys.sharedWriteMaterial.encode()))
+    }
+
+    @Test func formatTwoCarriesTheMaterialSealedToTheReadKey() throws {
+        let keys = try Self.keys()
+        let (bytes, d) = try descriptor(2)
+        #expect(d.format == 2 && d.writeMaterial == nil)
+        let r = try #require(d.record)
+        #expect(r.writeMaterial.isEmpty)
+        let opened = try SharedWriteMaterial.open(sealed: try #require(d.sealed), tenant: "fixture", readKey: keys.readKey)
+        #expect(opened.encode().equals(keys.sharedWriteMaterial.encode()))
+        let secret = keys.sharedWriteMaterial.chunkIDKey.export().withUnsafeBytes { Data($0) }
+        #expect(bytes.range(of: secret) == nil && bytes.range(of: Data(secret.base64EncodedString().utf8)) == nil)
+    }
+
+    /// A catalog rebuilt from the store alone: format 1 gives the material back, format 2
+    /// cannot and says what to do.
+    @Test(arguments: [1, 2]) func aRebuildFromTheStoreAloneReadsEitherFormat(format: Int) async throws {
+        let (bytes, _) = try descriptor(format)
+        var report: RebuildReport?
+        let server = try await TestServer.start { home in
+            let store = try LocalStore(root: URL(fileURLWithPath: home.storePath))
+            _ = try await store.put(ObjectKey("t/fixture/tenant-v1.json")!, Array(bytes), retainUntil: nil)
+            report = try await CatalogRebuilder.rebuild(home: home, logger: Logger(label: "test.descriptor-fixture"))
+        }
+        defer { Task { await server.stop() } }
+        let r = try #require(report)
+        #expect(r.tenants == 1 && r.rejected.isEmpty, "\(r)")
+        let rec = try #require(try Catalog(path: server.home.catalogPath).tenant("fixture"))
+        if format == 1 {
+            #expect(r.toDo.isEmpty && !rec.writeMaterial.isEmpty)
+            // At the next start the server rewrites the descriptor with the material sealed.
+            #expect(await server.service.sealDescriptors().isEmpty)
+            let store = try LocalStore(root: URL(fileURLWithPath: server.home.storePath))
+            let now = try JSONDecoder().decode(TenantDescriptor.self, from: Data(try await store.get(ObjectKey("t/fixture/tenant-v1.json")!)))
+            #expect(now.format == 2 && now.writeMaterial == nil)
+            let opened = try SharedWriteMaterial.open(sealed: try #require(now.sealed), tenant: "fixture", readKey: try Self.keys().readKey)
+            #expect(opened.encode().equals(try Self.keys().sharedWriteMaterial.encode()))
+            #expect(await server.service.sealDescriptors().isEmpty)  // nothing left to do
+        } else {
+            #expect(r.toDo.count == 1 && rec.writeMaterial.isEmpty)
+            // The server still writes the sealed copy into later descriptors.
+            let info = try await server.admin.writeMaterial(tenant: "fixture")
+            let expected = try descriptor(2).descriptor.sealed
+            #expect(!info.present && Data(base64Encoded: info.sealedWriteMaterial).map { Array($0) } == expected)
+        }
+    }
+
+    @Test(.disabled("wrote the golden descriptors once; kept to show how")) func writeFixtures() async throws {
+        let keys = try Self.keys()
+        let wrapped = try await PassphraseKeyProvider(passphrase: SecretBytes(copying: Array("fixture".utf8)), logN: 10)
+            .wrap(keys.readKey, context: KeyContext(tenant: "fixture", keyVersion: 1))
+        let material = keys.sharedWriteMaterial.encode().withUnsafeBytes { Array($0) }
+        let record = TenantRecord(name: "fixture", readKeyID: keys.readKey.publicKey.keyID.description,
+                                  readPublicKey: keys.readKey.publicKey.rawRepresentation, writeMaterial: material,
+                                  wrappedReadKey: String(decoding: try wrapped.encoded(), as: UTF8.self), minRetention: 30 * 86400,
+                                  createdAt: Date(timeIntervalSince1970: 1_800_000_000))
+        var two = TenantDescriptor(record, sealedWriteMaterial: try keys.sharedWriteMaterial.sealed(tenant: "fixture"))
+        two.keyVersion = 1
+        var one = two
+        one.format = 1
+        one.sealedWriteMaterial = nil
+        one.writeMaterial = Data(material).base64EncodedString()
+        try Data(try one.encoded()).write(to: URL(fileURLWithPath: "/tmp/tenant-v1-format1.json"))
+        try Data(try two.encoded()).write(to: URL(fileURLWithPath: "/tmp/tenant-v1-format2.json"))
+    }
+}
