@@ -7,15 +7,21 @@ import RedoubtMedia
 /// from the set's own tenant descriptor, and a set whose descriptor an attacker rewrote to
 /// point at their key service does not send the restorer there.
 @Suite struct MediaCLITests {
+    /// Stops the quickstart's server (it is gone for everything after) and writes its
+    /// snapshot to a media set from the data directory; returns the set's path.
+    func writeSet(_ q: QuickstartServer, _ args: String = "") throws -> String {
+        let set = "\(q.dir)/vol"
+        _ = q.shell("kill $(cat '\(q.dir)/server.pid'); sleep 1")
+        let (w, wOut) = q.sh("media write quickstart --data '\(q.base)/server' --device 'file:\(set)' \(args)")
+        try #require(w == 0, "media write: \(wOut)")
+        return set
+    }
+
     @Test func mediaSetRestoresWithTheServerGoneAndIgnoresAForeignKeyService() async throws {
         let q = try await QuickstartServer.start("mediacli", quickstartEnv: "REDOUBT_PASSPHRASE=media-pass")
         defer { q.stop() }
-        let set = "\(q.dir)/vol"
-        // The server is gone for everything below; the media write reads its data directory.
-        _ = q.shell("kill $(cat '\(q.dir)/server.pid'); sleep 1")
-        let (w, wOut) = q.sh("media write quickstart --data '\(q.base)/server' --device 'file:\(set)' --capacity 256K --block-size 16K")
-        try #require(w == 0, "media write: \(wOut)")
-        #expect(FileManager.default.fileExists(atPath: "\(set).2"), "wanted a multi-volume set: \(wOut)")
+        let set = try writeSet(q, "--capacity 256K --block-size 16K")
+        #expect(FileManager.default.fileExists(atPath: "\(set).2"), "wanted a multi-volume set")
         let (l, lOut) = q.sh("media list --device 'file:\(set)' --json")
         #expect(l == 0 && lOut.contains(q.snapshot), "media list: \(lOut)")
 
@@ -65,10 +71,7 @@ import RedoubtMedia
     @Test func aFreshServerFromMediaEnrollsOnlyAfterTheWriteMaterialIsGivenBack() async throws {
         let q = try await QuickstartServer.start("mediadr", quickstartEnv: "REDOUBT_PASSPHRASE=dr-pass")
         defer { q.stop() }
-        let set = "\(q.dir)/vol"
-        _ = q.shell("kill $(cat '\(q.dir)/server.pid'); sleep 1")
-        let (w, wOut) = q.sh("media write quickstart --data '\(q.base)/server' --device 'file:\(set)'")
-        try #require(w == 0, "media write: \(wOut)")
+        let set = try writeSet(q)
 
         let fresh = "\(q.dir)/fresh"
         let port = try freeLoopbackPort()
