@@ -12,6 +12,7 @@ enum Label {
     static let hostKeyID = Array("redoubt/v1/host-key-id".utf8)
     static let writeMaterialHPKE = Array("redoubt/v1/write-material".utf8)
     static let writeMaterialAAD = Array("redoubt/v1/write-material-aad".utf8)
+    static let writeMaterialCheck = Array("redoubt/v1/write-material-check".utf8)
 }
 
 /// The HPKE ciphersuite every seal to a read key uses: X-Wing (ML-KEM-768 + X25519),
@@ -284,6 +285,19 @@ public struct SharedWriteMaterial: Sendable {
 
 extension SharedWriteMaterial {
     static let sealedMagic = Array("RDBTSWM1".utf8)
+
+    /// A public fingerprint of the material (hex SHA-256 of a label and the encoding), kept
+    /// beside the sealed copy so that a server can tell the tenant's real material from
+    /// other material naming the same read key, without being able to open the seal. It
+    /// reveals nothing: the material holds two random 256-bit secrets.
+    public var check: String {
+        encode().withUnsafeBytes { m in
+            var h = SHA256()
+            h.update(data: Label.writeMaterialCheck)
+            h.update(bufferPointer: m)
+            return h.finalize().map { String(format: "%02x", $0) }.joined()
+        }
+    }
 
     /// The material sealed to its own read public key (docs/FORMAT.md §7.3), as tenant
     /// descriptors in the store, bucket copies and media carry it: whoever holds only a copy

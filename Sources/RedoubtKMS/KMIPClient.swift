@@ -126,16 +126,24 @@ public struct KMIPClient: Sendable {
         return plaintext
     }
 
-    /// The key's Name attributes (KMIP GetAttributes). A key may carry none or several.
-    public func names(keyID: String) async throws(KeyProviderError) -> [String] {
+    /// The key's Name attributes (a key may carry none or several) and whether it is
+    /// destroyed (State Destroyed or Destroyed Compromised: some servers keep a destroyed
+    /// object's attributes), from one KMIP GetAttributes.
+    public func namesAndState(keyID: String) async throws(KeyProviderError) -> (names: [String], destroyed: Bool) {
         let payload = try await call(.getAttributes, keyID: keyID, [
-            TTLV(Tag.uniqueIdentifier, .textString(keyID)), TTLV(Tag.attributeName, .textString("Name")),
+            TTLV(Tag.uniqueIdentifier, .textString(keyID)), TTLV(Tag.attributeName, .textString("Name")), TTLV(Tag.attributeName, .textString("State")),
         ])
-        return payload.all(Tag.attribute).compactMap { attribute -> String? in
-            guard case .textString("Name")? = attribute[Tag.attributeName]?.value,
-                  case .textString(let name)? = attribute[Tag.attributeValue]?[Tag.nameValue]?.value else { return nil }
-            return name
+        var names: [String] = [], destroyed = false
+        for attribute in payload.all(Tag.attribute) {
+            switch (attribute[Tag.attributeName]?.value, attribute[Tag.attributeValue]) {
+            case (.textString("Name")?, let value?):
+                if case .textString(let name)? = value[Tag.nameValue]?.value { names.append(name) }
+            case (.textString("State")?, let value?):
+                if case .enumeration(let state) = value.value, state == 5 || state == 6 { destroyed = true }
+            default: break
+            }
         }
+        return (names, destroyed)
     }
 
     /// Revokes the key (reason: cessation of operation), then destroys it. KMIP refuses

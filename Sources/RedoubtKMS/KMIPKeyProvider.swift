@@ -98,7 +98,11 @@ public struct KMIPKeyProvider: KeyProvider {
     public func checkKEKOwner(of wrapped: WrappedReadKey, tenant: String) async throws {
         let kek = wrapped.parameters["kmip-key-id"] ?? keyID
         let names: [String]
-        do { names = try await client.names(keyID: kek) } catch {
+        do {
+            let facts = try await client.namesAndState(keyID: kek)
+            if facts.destroyed { return }
+            names = facts.names
+        } catch {
             if case .keyDestroyed = error { return }
             throw error
         }

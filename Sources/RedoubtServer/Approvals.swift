@@ -264,8 +264,12 @@ extension RepositoryService {
                                    wrappedReadKey: rec.wrappedReadKey, minRetention: req.minRetentionSeconds, createdAt: rec.createdAt,
                                    keyVersion: rec.keyVersion, shreddedAt: rec.shreddedAt)
         // The descriptor carries the retention for a catalog rebuild: replace it (unlocked).
+        // Why: the descriptor is replaced under its own key (delete, then put); without the
+        // material here, its sealed copy would be the only one, and a crash between the two
+        // would lose it.
+        if rec.writeMaterial.isEmpty && rec.shreddedAt == nil { throw ServerError.noWriteMaterial(tenant) }
         let key = Self.tenantKey(tenant, version: rec.keyVersion)
-        let descriptor = try await descriptor(updated)  // before the old one, which may hold the sealed copy, is gone
+        let descriptor = try await descriptor(updated)
         if try await store.head(key) != nil { try await deleteUnlessHeld(key, now: try now()) }
         _ = try await store.put(key, try descriptor.encoded(), retainUntil: nil)
         // Compare-and-set: a change made meanwhile (another admin's raise) is not overwritten.

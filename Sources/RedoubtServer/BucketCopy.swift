@@ -64,8 +64,32 @@ public enum BucketCopy {
                 progress("\(key.path) (already there)")
                 return
             }
-            let bytes = try await store.get(key)
-            let outcome = try await target.put(key, bytes, retainUntil: until)
+            var bytes = try await store.get(key)
+            let outcome: PutResult
+            if sha256 == nil, BucketVerify.descriptorVersion(key.path, tenant: tenant) != nil {
+                // A descriptor leaves the server only with its write material sealed, and one
+                // of the same key version already there stands for it (the server rewrites its
+                // own in place: a fresh seal, a later retention; the bucket keeps the original).
+                guard let export = TenantDescriptor.forExport(bytes) else {
+                    throw StoreError(.integrity, key: key.path, "the local tenant descriptor does not decode")
+                }
+                bytes = export
+                do {
+                    outcome = try await target.put(key, bytes, retainUntil: until)
+                } catch let e as StoreError where e.code == .conflict {
+                    let there = try? JSONDecoder().decode(TenantDescriptor.self, from: Data(try await target.get(key)))
+                    guard let there, let here = try? JSONDecoder().decode(TenantDescriptor.self, from: Data(bytes)), there.isSameVersion(as: here) else { throw e }
+                    if let remote = try await target.head(key), (remote.retainUntil ?? .distantPast) < until {
+                        try await target.extendRetention(key, until: until)
+                        summary.extended += 1
+                    }
+                    summary.alreadyThere += 1
+                    progress("\(key.path) (already there, same key version)")
+                    return
+                }
+            } else {
+                outcome = try await target.put(key, bytes, retainUntil: until)
+            }
             // One HEAD serves both checks: the bytes landed, and the lock is not behind.
             guard let remote = try await target.head(key), remote.size == bytes.count else {
                 throw StoreError(.integrity, key: key.path, "the bucket does not hold the \(bytes.count) bytes just copied")

@@ -233,10 +233,16 @@ public final class Catalog: Sendable {
 
     /// Gives a tenant whose catalog row has no write material (rebuilt from the store) its
     /// material back; a row that has one is not changed.
-    public func setWriteMaterial(tenant: String, material: [UInt8]) throws {
+    public func setWriteMaterial(tenant: String, material: [UInt8]) throws -> Bool {
         try db.write { db in
             try db.execute(sql: "UPDATE tenants SET write_material = ? WHERE name = ? AND length(write_material) = 0", arguments: [Data(material), tenant])
+            return db.changesCount > 0
         }
+    }
+
+    /// Forgets a shredded tenant's write material.
+    public func clearWriteMaterial(tenant: String) throws {
+        try db.write { db in try db.execute(sql: "UPDATE tenants SET write_material = ? WHERE name = ?", arguments: [Data(), tenant]) }
     }
 
     /// Sets a tenant's minimum retention (whether that may happen is the caller's question).

@@ -14,8 +14,10 @@ struct TenantDescriptor: Codable {
     var readPublicKey: String
     /// Format 1 only: the write material in the clear. Read, never written.
     var writeMaterial: String?
-    /// Format 2: base64 of the write material sealed to the read key (§7.3).
+    /// Format 2: base64 of the write material sealed to the read key (§7.3), and its public
+    /// check (`SharedWriteMaterial.check`). Both absent once the tenant is shredded.
     var sealedWriteMaterial: String?
+    var writeMaterialCheck: String?
     var wrappedReadKey: String
     var minRetentionSeconds: Double
     var createdAt: Double
@@ -24,11 +26,12 @@ struct TenantDescriptor: Codable {
     /// Set once the tenant is crypto-shredded (the descriptor then holds no wrapped key).
     var shreddedAt: Double?
 
-    init(_ r: TenantRecord, sealedWriteMaterial sealed: [UInt8]) {
+    init(_ r: TenantRecord, sealedWriteMaterial sealed: [UInt8]?, check: String?) {
         name = r.name
         readKeyID = r.readKeyID
         readPublicKey = Data(r.readPublicKey).base64EncodedString()
-        sealedWriteMaterial = Data(sealed).base64EncodedString()
+        sealedWriteMaterial = sealed.map { Data($0).base64EncodedString() }
+        writeMaterialCheck = check
         wrappedReadKey = r.wrappedReadKey
         minRetentionSeconds = r.minRetention
         createdAt = r.createdAt.timeIntervalSince1970
@@ -37,6 +40,27 @@ struct TenantDescriptor: Codable {
     }
 
     var sealed: [UInt8]? { sealedWriteMaterial.flatMap { Data(base64Encoded: $0) }.map(Array.init) }
+
+    /// Whether `other` is this tenant's descriptor of the same key version (same read key and
+    /// wrapped key). Such two stand for each other in copies, whatever else differs: a fresh
+    /// seal of the same material, a later minimum retention, format 1 against format 2.
+    func isSameVersion(as other: TenantDescriptor) -> Bool {
+        name == other.name && readKeyID == other.readKeyID && (keyVersion ?? 1) == (other.keyVersion ?? 1)
+            && wrappedReadKey == other.wrappedReadKey && shreddedAt == other.shreddedAt
+    }
+
+    /// A stored descriptor as it may leave the server (bucket copy, media): a format-1
+    /// descriptor, which holds the write material in the clear, is sealed first; anything
+    /// else goes as it is. Nil if `bytes` is not a descriptor.
+    static func forExport(_ bytes: [UInt8]) -> [UInt8]? {
+        guard let d = try? JSONDecoder().decode(TenantDescriptor.self, from: Data(bytes)), let r = d.record else { return nil }
+        guard d.writeMaterial != nil else { return bytes }
+        guard let material = try? SharedWriteMaterial.decode(SecretBytes(copying: r.writeMaterial)),
+              let sealed = try? material.sealed(tenant: r.name) else { return nil }
+        var out = TenantDescriptor(r, sealedWriteMaterial: sealed, check: material.check)
+        out.keyVersion = d.keyVersion
+        return try? out.encoded()
+    }
 
     func encoded() throws -> [UInt8] {
         let e = JSONEncoder()
@@ -52,6 +76,7 @@ struct TenantDescriptor: Codable {
         switch (writeMaterial, sealedWriteMaterial) {
         case (let clear?, nil): guard let d = Data(base64Encoded: clear) else { return nil }; wm = d
         case (nil, let sealed?): guard Data(base64Encoded: sealed) != nil else { return nil }; wm = Data()
+        case (nil, nil) where shreddedAt != nil: wm = Data()  // a shred leaves no material anywhere
         default: return nil
         }
         return TenantRecord(name: name, readKeyID: readKeyID, readPublicKey: Array(pub), writeMaterial: Array(wm), wrappedReadKey: wrappedReadKey,
@@ -132,6 +157,7 @@ public enum CatalogRebuilder {
         let objects = try await store.list(prefix: "t/")
         let now = clock.now()
         var tenants: [String: TenantRecord] = [:]
+        var checks: [String: String] = [:]
         for o in objects where o.key.path.hasSuffix(".json") && o.key.path.contains("/tenant-v") {
             let bytes = try await store.get(o.key)
             guard let d = try? JSONDecoder().decode(TenantDescriptor.self, from: Data(bytes)), let r = d.record,
@@ -141,13 +167,18 @@ public enum CatalogRebuilder {
             }
             // After a rotation an older descriptor may survive (a crash between writing the
             // new one and deleting the old): the highest key version wins.
-            if (tenants[r.name]?.keyVersion ?? 0) < r.keyVersion { tenants[r.name] = r }
+            if (tenants[r.name]?.keyVersion ?? 0) < r.keyVersion {
+                tenants[r.name] = r
+                checks[r.name] = d.writeMaterialCheck
+            }
         }
         for var r in tenants.values.sorted(by: { $0.name < $1.name }) {
-            if r.writeMaterial.isEmpty, let old = oldMaterial[r.name], old.readKeyID == r.readKeyID, !old.material.isEmpty {
+            if r.writeMaterial.isEmpty, r.shreddedAt == nil, let old = oldMaterial[r.name], old.readKeyID == r.readKeyID,
+               let material = try? SharedWriteMaterial.decode(SecretBytes(copying: old.material)),
+               checks[r.name].map({ $0 == material.check }) ?? true {
                 r = r.withWriteMaterial(old.material)
             }
-            if r.writeMaterial.isEmpty {
+            if r.writeMaterial.isEmpty && r.shreddedAt == nil {
                 report.toDo.append("tenant \(r.name): its write material is sealed to the read key in the store; hosts cannot enroll until an admin gives it back (`redoubt admin tenant restore-material \(r.name)`)")
             }
             try catalog.insertTenant(r)

@@ -535,6 +535,8 @@ public final class RepositoryService: Sendable {
                                     wrappedReadKey: "", minRetention: rec.minRetention, createdAt: rec.createdAt,
                                     keyVersion: rec.keyVersion + 1, shreddedAt: now)
         try await replaceDescriptor(shredded, retiredStub: stub, shredded: true, now: now)
+        // The chunk-ID key would still let whoever reads this disk confirm guessed content.
+        try catalog.clearWriteMaterial(tenant: tenant)
         try catalog.markKEKsDestroyed(tenant: tenant, versions: req.destroyedVersions, now: now)
         let left = try catalog.retiredKEKs(tenant: tenant).filter { $0.destroyedAt == nil }.map(\.version)
         audit(ctx, "shred-tenant", object: object, outcome: "ok",
@@ -558,13 +560,17 @@ public final class RepositoryService: Sendable {
     /// The tenant's descriptor for the store, its write material sealed to its read key:
     /// sealed now from the catalog's copy, or, when the catalog has none (rebuilt from the
     /// store alone and not yet given back), the sealed copy the newest descriptor carries.
+    /// A shredded tenant's descriptor carries no material at all.
     func descriptor(_ rec: TenantRecord) async throws -> TenantDescriptor {
-        TenantDescriptor(rec, sealedWriteMaterial: try await sealedWriteMaterial(rec))
+        if rec.shreddedAt != nil { return TenantDescriptor(rec, sealedWriteMaterial: nil, check: nil) }
+        let (sealed, check) = try await sealedWriteMaterial(rec)
+        return TenantDescriptor(rec, sealedWriteMaterial: sealed, check: check)
     }
 
-    func sealedWriteMaterial(_ rec: TenantRecord) async throws -> [UInt8] {
+    func sealedWriteMaterial(_ rec: TenantRecord) async throws -> (sealed: [UInt8], check: String?) {
         if !rec.writeMaterial.isEmpty {
-            return try SharedWriteMaterial.decode(SecretBytes(copying: rec.writeMaterial)).sealed(tenant: rec.name)
+            let material = try SharedWriteMaterial.decode(SecretBytes(copying: rec.writeMaterial))
+            return (try material.sealed(tenant: rec.name), material.check)
         }
         let found = try await store.list(prefix: "t/\(rec.name)/tenant-v").compactMap { o -> (Int, ObjectKey)? in
             let name = o.key.path.split(separator: "/").last ?? ""
@@ -573,7 +579,7 @@ public final class RepositoryService: Sendable {
         }
         for (_, key) in found.sorted(by: { $0.0 > $1.0 }) {
             if let d = try? JSONDecoder().decode(TenantDescriptor.self, from: Data(try await store.get(key))), d.name == rec.name, let sealed = d.sealed {
-                return sealed
+                return (sealed, d.writeMaterialCheck)
             }
         }
         throw ServerError.noWriteMaterial(rec.name)
@@ -609,7 +615,7 @@ public final class RepositoryService: Sendable {
     /// alone: whether the server has it, and the sealed copy to open with the read key.
     public func writeMaterial(tenant: String, ctx: CallContext) async throws -> Wire.WriteMaterialInfo {
         guard let rec = try catalog.tenant(tenant) else { throw ServerError.notFound("tenant \(tenant) does not exist") }
-        let sealed = try await sealedWriteMaterial(rec)
+        let (sealed, _) = try await sealedWriteMaterial(rec)
         return Wire.WriteMaterialInfo(tenant: tenant, present: !rec.writeMaterial.isEmpty, sealedWriteMaterial: Data(sealed).base64EncodedString())
     }
 
@@ -619,19 +625,22 @@ public final class RepositoryService: Sendable {
     public func restoreWriteMaterial(tenant: String, _ req: Wire.RestoreWriteMaterialRequest, ctx: CallContext) async throws -> Wire.WriteMaterialInfo {
         let object = "tenant \(tenant)"
         guard let rec = try catalog.tenant(tenant) else { throw ServerError.notFound("tenant \(tenant) does not exist") }
+        guard rec.shreddedAt == nil else { throw refuse(ctx, "restore-write-material", object: object, .shredded(tenant)) }
         guard let bytes = Data(base64Encoded: req.writeMaterial), let material = try? SharedWriteMaterial.decode(SecretBytes(copying: Array(bytes))) else {
             throw refuse(ctx, "restore-write-material", object: object, .badRequest("writeMaterial is not a Redoubt write key set (base64)"))
         }
         guard Array(material.readPublicKey.rawRepresentation) == rec.readPublicKey else {
             throw refuse(ctx, "restore-write-material", object: object, .badRequest("this write material belongs to read key \(material.readPublicKey.keyID), not tenant \(tenant)'s \(rec.readKeyID)"))
         }
-        if !rec.writeMaterial.isEmpty {
-            guard rec.writeMaterial == Array(bytes) else {
-                throw refuse(ctx, "restore-write-material", object: object, ServerError(409, "E_CONFLICT", "the server already has tenant \(tenant)'s write material, and it differs: nothing was changed"))
-            }
-        } else {
-            try catalog.setWriteMaterial(tenant: tenant, material: Array(bytes))
+        // Why: material from a host's file may come from a compromised host; the descriptor's
+        // public check tells the tenant's real chunk-ID key and seed from others.
+        if rec.writeMaterial.isEmpty, let check = try? await sealedWriteMaterial(rec).check, check != material.check {
+            throw refuse(ctx, "restore-write-material", object: object, .badRequest("this write material names tenant \(tenant)'s read key but is not the material its descriptor was sealed with (another chunk-ID key or seed): take it from the sealed copy (`redoubt admin tenant restore-material \(tenant)` without --from)"))
+        }
+        if rec.writeMaterial.isEmpty, try catalog.setWriteMaterial(tenant: tenant, material: Array(bytes)) {
             audit(ctx, "restore-write-material", object: object, outcome: "ok", detail: "read-key=\(rec.readKeyID)")
+        } else if try catalog.tenant(tenant)?.writeMaterial != Array(bytes) {
+            throw refuse(ctx, "restore-write-material", object: object, ServerError(409, "E_CONFLICT", "the server already has tenant \(tenant)'s write material, and it differs: nothing was changed"))
         }
         return try await writeMaterial(tenant: tenant, ctx: ctx)
     }

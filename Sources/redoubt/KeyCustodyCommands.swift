@@ -246,16 +246,17 @@ struct TenantRestoreMaterial: AsyncParsableCommand {
     func run() async throws {
         try await RedoubtCLI.run {
             try await RedoubtCLI.with(try admin.client()) { client in
-                let info = try await client.writeMaterial(tenant: tenant)
-                if info.present && from == nil {
-                    print("The server has tenant \(tenant)'s write material already; nothing to do.")
-                    return .ok
-                }
                 let material: [UInt8]
                 if let from {
+                    // The server checks it against the descriptor's public check.
                     guard let d = FileManager.default.contents(atPath: from) else { throw ValidationError("cannot read \(from)") }
                     material = Array(d)
                 } else {
+                    let info = try await client.writeMaterial(tenant: tenant)
+                    if info.present {
+                        print("The server has tenant \(tenant)'s write material already; nothing to do.")
+                        return .ok
+                    }
                     guard let sealed = Data(base64Encoded: info.sealedWriteMaterial) else { throw ValidationError("the server sent no sealed write material for tenant \(tenant)") }
                     let (_, current) = try await currentReadKey(client, tenant: tenant)
                     let key = try await unwrapCurrent(current, tenant: tenant, passphraseFile: passphraseFile)

@@ -57,6 +57,16 @@ import Testing
         let rerunLines = againOut.split(separator: "\n")
         #expect(rerunLines.contains { $0.contains("/packs/") && $0.hasSuffix("(already there)") }, "\(againOut)")
         #expect(!rerunLines.contains { ($0.contains("/packs/") || $0.contains("/snapshots/")) && $0.hasSuffix("bytes)") }, "\(againOut)")
+        // The server rewrites its descriptor in place (a retention change, a fresh seal at
+        // start): the bucket's original of that key version stands for it, copies go on.
+        let local = try LocalStore(root: URL(fileURLWithPath: "\(base)/server/store"))
+        let dkey = try #require(ObjectKey("t/quickstart/tenant-v1.json"))
+        var rewritten = try #require(try JSONSerialization.jsonObject(with: Data(try await local.get(dkey))) as? [String: Any])
+        rewritten["minRetentionSeconds"] = ((rewritten["minRetentionSeconds"] as? Double) ?? 0) + 86400
+        try await local.delete(dkey, now: Date())
+        _ = try await local.put(dkey, Array(try JSONSerialization.data(withJSONObject: rewritten)), retainUntil: nil)
+        let (third, thirdOut) = sh("\(bin) copy sync quickstart --data '\(base)/server' \(target)", out)
+        #expect(third == 0 && thirdOut.contains("tenant-v1.json (already there, same key version)"), "sync after the descriptor was rewritten: \(thirdOut)")
 
         // Every object in the bucket is COMPLIANCE-locked.
         let store = S3Store(client: S3Client(location: S3Location(endpoint: ls, region: "us-east-1", bucket: name, prefix: "redoubt"),
@@ -64,7 +74,10 @@ import Testing
         let objects = try await store.list(prefix: "t/quickstart/")
         #expect(objects.count >= 3)
         #expect(objects.allSatisfy { $0.enforced && ($0.retainUntil ?? .distantPast) > Date().addingTimeInterval(29 * 86400) })
-        #expect(try await store.list(prefix: "audit-head/").count == 2)
+        // The descriptor in the bucket holds the write material only sealed.
+        let copied = try await store.get(try #require(ObjectKey("t/quickstart/tenant-v1.json")))
+        #expect(Data(copied).range(of: Data("\"writeMaterial\"".utf8)) == nil && Data(copied).range(of: Data("sealedWriteMaterial".utf8)) != nil)
+        #expect(try await store.list(prefix: "audit-head/").count == 3)  // one per sync
         // One catalog export (the rerun changed nothing, so wrote none), naming the snapshot.
         let exports = try await store.list(prefix: "t/quickstart/catalog/")
         #expect(exports.count == 1)
@@ -196,3 +209,4 @@ import Testing
         #expect(diff == 0, "restored tree differs: \(diffOut)")
     }
 }
+

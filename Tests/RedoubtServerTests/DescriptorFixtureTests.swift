@@ -1,6 +1,7 @@
 import Foundation
 import Logging
 import Testing
+import RedoubtClient
 import RedoubtCore
 import RedoubtKMS
 import RedoubtStore
@@ -39,8 +40,29 @@ import RedoubtStore
         #expect(r.writeMaterial.isEmpty)
         let opened = try SharedWriteMaterial.open(sealed: try #require(d.sealed), tenant: "fixture", readKey: keys.readKey)
         #expect(opened.encode().equals(keys.sharedWriteMaterial.encode()))
+        #expect(d.writeMaterialCheck == keys.sharedWriteMaterial.check)
         let secret = keys.sharedWriteMaterial.chunkIDKey.export().withUnsafeBytes { Data($0) }
         #expect(bytes.range(of: secret) == nil && bytes.range(of: Data(secret.base64EncodedString().utf8)) == nil)
+    }
+
+    /// A format-1 descriptor leaves the server (bucket, media) only sealed, as the same
+    /// key version; a format-2 one leaves as it is.
+    @Test func descriptorsLeaveTheServerSealed() throws {
+        let keys = try Self.keys()
+        let (oneBytes, one) = try descriptor(1)
+        let exported = try #require(TenantDescriptor.forExport(Array(oneBytes)))
+        let e = try JSONDecoder().decode(TenantDescriptor.self, from: Data(exported))
+        #expect(e.format == 2 && e.writeMaterial == nil && e.writeMaterialCheck == keys.sharedWriteMaterial.check)
+        #expect(e.isSameVersion(as: one) && Data(exported).range(of: Data("writeMaterial\"".utf8)) == nil)
+        #expect(try SharedWriteMaterial.open(sealed: try #require(e.sealed), tenant: "fixture", readKey: keys.readKey).encode().equals(keys.sharedWriteMaterial.encode()))
+        let (twoBytes, two) = try descriptor(2)
+        #expect(TenantDescriptor.forExport(Array(twoBytes)) == Array(twoBytes))
+        var later = two
+        later.minRetentionSeconds += 86400
+        #expect(later.isSameVersion(as: two))
+        later.keyVersion = 2
+        #expect(!later.isSameVersion(as: two))
+        #expect(TenantDescriptor.forExport(Array("{}".utf8)) == nil)
     }
 
     /// A catalog rebuilt from the store alone: format 1 gives the material back, format 2
@@ -73,6 +95,22 @@ import RedoubtStore
             let info = try await server.admin.writeMaterial(tenant: "fixture")
             let expected = try descriptor(2).descriptor.sealed
             #expect(!info.present && Data(base64Encoded: info.sealedWriteMaterial).map { Array($0) } == expected)
+            // Material that names the tenant's read key but holds another chunk-ID key and
+            // seed (a compromised host's file) fails the descriptor's check; the real one passes.
+            let keys = try Self.keys()
+            let forged = SharedWriteMaterial(readPublicKey: keys.readKey.publicKey, chunkIDKey: try ChunkIDKey(secret: SecretBytes(copying: [UInt8](repeating: 1, count: 32))),
+                                             chunkerSeed: keys.sharedWriteMaterial.chunkerSeed)
+            let refused = await #expect(throws: APIError.self) {
+                _ = try await server.admin.restoreWriteMaterial(tenant: "fixture", material: forged.encode().withUnsafeBytes { Data($0).base64EncodedString() })
+            }
+            #expect(refused?.code == "E_BAD_REQUEST" && refused?.message.contains("not the material its descriptor was sealed with") == true)
+            let real = keys.sharedWriteMaterial.encode().withUnsafeBytes { Data($0).base64EncodedString() }
+            #expect(try await server.admin.restoreWriteMaterial(tenant: "fixture", material: real).present)
+            #expect(try await server.admin.restoreWriteMaterial(tenant: "fixture", material: real).present)  // again: no change
+            let late = await #expect(throws: APIError.self) {
+                _ = try await server.admin.restoreWriteMaterial(tenant: "fixture", material: forged.encode().withUnsafeBytes { Data($0).base64EncodedString() })
+            }
+            #expect(late?.code == "E_CONFLICT")
         }
     }
 
@@ -85,11 +123,12 @@ import RedoubtStore
                                   readPublicKey: keys.readKey.publicKey.rawRepresentation, writeMaterial: material,
                                   wrappedReadKey: String(decoding: try wrapped.encoded(), as: UTF8.self), minRetention: 30 * 86400,
                                   createdAt: Date(timeIntervalSince1970: 1_800_000_000))
-        var two = TenantDescriptor(record, sealedWriteMaterial: try keys.sharedWriteMaterial.sealed(tenant: "fixture"))
+        var two = TenantDescriptor(record, sealedWriteMaterial: try keys.sharedWriteMaterial.sealed(tenant: "fixture"), check: keys.sharedWriteMaterial.check)
         two.keyVersion = 1
         var one = two
         one.format = 1
         one.sealedWriteMaterial = nil
+        one.writeMaterialCheck = nil
         one.writeMaterial = Data(material).base64EncodedString()
         try Data(try one.encoded()).write(to: URL(fileURLWithPath: "/tmp/tenant-v1-format1.json"))
         try Data(try two.encoded()).write(to: URL(fileURLWithPath: "/tmp/tenant-v1-format2.json"))

@@ -119,6 +119,9 @@ import RedoubtStore
         #expect(descriptors.map(\.key.path) == ["t/acme/tenant-v3.json"])
         let d = String(decoding: try await store.get(descriptors[0].key), as: UTF8.self)
         #expect(!d.contains("\"wrapped\"") && d.contains("shreddedAt"))
+        // Nor the write material: its chunk-ID key would still let whoever reads this disk
+        // confirm guessed content in the ciphertext that stays.
+        #expect(rec.writeMaterial.isEmpty && !d.contains("riteMaterial"))
         // Packs and manifests are untouched, locks included.
         let after = try await store.list(prefix: "t/acme/").filter { !$0.key.path.contains("/tenant-v") }
         #expect(after.map(\.key.path) == before.map(\.key.path))
