@@ -116,6 +116,8 @@ public struct KMIPKeyProvider: KeyProvider {
     public func destroyKEK(of wrapped: WrappedReadKey) async throws {
         let kek = wrapped.parameters["kmip-key-id"] ?? keyID
         do {
+            // Some servers keep a destroyed object (state Destroyed) and refuse to destroy it again.
+            if try await client.namesAndState(keyID: kek).destroyed { return }
             try await client.revokeAndDestroy(keyID: kek)
         } catch {
             // (A typed `catch .keyDestroyed` here crashes swift-frontend 6.3.1's SILGen.)

@@ -254,6 +254,10 @@ extension RepositoryService {
         let object = "tenant \(tenant)"
         guard let rec = try catalog.tenant(tenant) else { throw ServerError.notFound("tenant \(tenant) does not exist") }
         try Self.checkRetention(req.minRetentionSeconds)
+        // Why, and before any approval is used up: the descriptor is replaced under its own
+        // key (delete, then put); without the material here its sealed copy would be the only
+        // one, and a crash between the two would lose it.
+        if rec.writeMaterial.isEmpty && rec.shreddedAt == nil { throw refuse(ctx, "set-retention", object: object, .noWriteMaterial(tenant)) }
         if req.minRetentionSeconds < rec.minRetention {
             // "from" too: an approval to lower 90 days to 7 must not undo a raise made since.
             try authorize("lower-retention", object: object,
@@ -264,10 +268,6 @@ extension RepositoryService {
                                    wrappedReadKey: rec.wrappedReadKey, minRetention: req.minRetentionSeconds, createdAt: rec.createdAt,
                                    keyVersion: rec.keyVersion, shreddedAt: rec.shreddedAt)
         // The descriptor carries the retention for a catalog rebuild: replace it (unlocked).
-        // Why: the descriptor is replaced under its own key (delete, then put); without the
-        // material here, its sealed copy would be the only one, and a crash between the two
-        // would lose it.
-        if rec.writeMaterial.isEmpty && rec.shreddedAt == nil { throw ServerError.noWriteMaterial(tenant) }
         let key = Self.tenantKey(tenant, version: rec.keyVersion)
         let descriptor = try await descriptor(updated)
         if try await store.head(key) != nil { try await deleteUnlessHeld(key, now: try now()) }

@@ -102,6 +102,9 @@ public final class Catalog: Sendable {
     public init(path: String) throws {
         var config = Configuration()
         config.busyMode = .timeout(10)
+        // Why: a shred's cleared write material (and other deleted rows) must not linger in
+        // the file's free pages.
+        config.prepareDatabase { db in try db.execute(sql: "PRAGMA secure_delete = ON") }
         db = try DatabasePool(path: path, configuration: config)
         // Why: SQLite creates the file and its -wal/-shm 0644; the catalog holds write
         // material and the audit log, readable by the service user only (doctor: data.private).
@@ -226,6 +229,9 @@ public final class Catalog: Sendable {
             }
             try db.execute(sql: "UPDATE tenants SET wrapped_read_key = ?, key_version = ?, shredded_at = ? WHERE name = ?",
                            arguments: [wrapped, newVersion, shredded ? now.timeIntervalSince1970 : nil, tenant])
+            // A shred forgets the write material in the same transaction: its chunk-ID key
+            // would still let whoever reads this disk confirm guessed content.
+            if shredded { try db.execute(sql: "UPDATE tenants SET write_material = ? WHERE name = ?", arguments: [Data(), tenant]) }
             try db.execute(sql: "INSERT INTO retired_keks(tenant, version, stub, retired_at) VALUES (?, ?, ?, ?)",
                            arguments: [tenant, current, retiredStub, now.timeIntervalSince1970])
         }
@@ -240,9 +246,13 @@ public final class Catalog: Sendable {
         }
     }
 
-    /// Forgets a shredded tenant's write material.
-    public func clearWriteMaterial(tenant: String) throws {
-        try db.write { db in try db.execute(sql: "UPDATE tenants SET write_material = ? WHERE name = ?", arguments: [Data(), tenant]) }
+    /// Forgets the write material of every shredded tenant (shreds before the shred did it
+    /// itself); returns how many rows changed.
+    public func clearShreddedWriteMaterial() throws -> Int {
+        try db.write { db in
+            try db.execute(sql: "UPDATE tenants SET write_material = ? WHERE shredded_at IS NOT NULL AND length(write_material) > 0", arguments: [Data()])
+            return db.changesCount
+        }
     }
 
     /// Sets a tenant's minimum retention (whether that may happen is the caller's question).

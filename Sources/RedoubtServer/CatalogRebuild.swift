@@ -44,9 +44,21 @@ struct TenantDescriptor: Codable {
     /// Whether `other` is this tenant's descriptor of the same key version (same read key and
     /// wrapped key). Such two stand for each other in copies, whatever else differs: a fresh
     /// seal of the same material, a later minimum retention, format 1 against format 2.
+    /// (A check is compared when both have one: a descriptor planted with the real wrapped
+    /// key but other sealed material must not pass for the server's.)
     func isSameVersion(as other: TenantDescriptor) -> Bool {
-        name == other.name && readKeyID == other.readKeyID && (keyVersion ?? 1) == (other.keyVersion ?? 1)
-            && wrappedReadKey == other.wrappedReadKey && shreddedAt == other.shreddedAt
+        guard name == other.name, readKeyID == other.readKeyID, readPublicKey == other.readPublicKey,
+              (keyVersion ?? 1) == (other.keyVersion ?? 1), wrappedReadKey == other.wrappedReadKey, shreddedAt == other.shreddedAt else { return false }
+        if let mine = materialCheck, let theirs = other.materialCheck { return mine == theirs }
+        return true
+    }
+
+    /// The material's check: recorded (format 2), or computed from the clear material (format 1).
+    var materialCheck: String? {
+        if let writeMaterialCheck { return writeMaterialCheck }
+        guard let clear = writeMaterial.flatMap({ Data(base64Encoded: $0) }),
+              let material = try? SharedWriteMaterial.decode(SecretBytes(copying: Array(clear))) else { return nil }
+        return material.check
     }
 
     /// A stored descriptor as it may leave the server (bucket copy, media): a format-1

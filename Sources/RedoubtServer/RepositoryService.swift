@@ -535,8 +535,6 @@ public final class RepositoryService: Sendable {
                                     wrappedReadKey: "", minRetention: rec.minRetention, createdAt: rec.createdAt,
                                     keyVersion: rec.keyVersion + 1, shreddedAt: now)
         try await replaceDescriptor(shredded, retiredStub: stub, shredded: true, now: now)
-        // The chunk-ID key would still let whoever reads this disk confirm guessed content.
-        try catalog.clearWriteMaterial(tenant: tenant)
         try catalog.markKEKsDestroyed(tenant: tenant, versions: req.destroyedVersions, now: now)
         let left = try catalog.retiredKEKs(tenant: tenant).filter { $0.destroyedAt == nil }.map(\.version)
         audit(ctx, "shred-tenant", object: object, outcome: "ok",
@@ -591,12 +589,18 @@ public final class RepositoryService: Sendable {
     /// per tenant it could not rewrite.
     public func sealDescriptors() async -> [String] {
         var failures: [String] = []
-        for rec in (try? catalog.tenants()) ?? [] where !rec.writeMaterial.isEmpty {
+        do {
+            if try catalog.clearShreddedWriteMaterial() > 0 {
+                audit(CallContext(principal: nil, source: "local"), "clear-write-material", object: "catalog", outcome: "ok", detail: "shredded tenants")
+            }
+        } catch { failures.append("catalog: shredded tenants' write material not cleared: \(error)") }
+        for rec in (try? catalog.tenants()) ?? [] where !rec.writeMaterial.isEmpty && rec.shreddedAt == nil {
             let key = Self.tenantKey(rec.name, version: rec.keyVersion)
             do {
                 if try await store.head(key) != nil {
                     let d = try JSONDecoder().decode(TenantDescriptor.self, from: Data(try await store.get(key)))
-                    guard d.writeMaterial != nil else { continue }
+                    // Format 1 (in the clear), or format 2 without its check (2026-11-27 only).
+                    guard d.writeMaterial != nil || d.writeMaterialCheck == nil else { continue }
                     let sealed = try await descriptor(rec)
                     try await deleteUnlessHeld(key, now: try now())
                     _ = try await store.put(key, try sealed.encoded(), retainUntil: nil)
@@ -634,8 +638,13 @@ public final class RepositoryService: Sendable {
         }
         // Why: material from a host's file may come from a compromised host; the descriptor's
         // public check tells the tenant's real chunk-ID key and seed from others.
-        if rec.writeMaterial.isEmpty, let check = try? await sealedWriteMaterial(rec).check, check != material.check {
-            throw refuse(ctx, "restore-write-material", object: object, .badRequest("this write material names tenant \(tenant)'s read key but is not the material its descriptor was sealed with (another chunk-ID key or seed): take it from the sealed copy (`redoubt admin tenant restore-material \(tenant)` without --from)"))
+        if rec.writeMaterial.isEmpty {
+            guard let check = try await sealedWriteMaterial(rec).check else {
+                throw refuse(ctx, "restore-write-material", object: object, ServerError(409, "E_CONFLICT", "tenant \(tenant)'s descriptor carries no check of its write material, so none given here can be verified; nothing was changed"))
+            }
+            guard check == material.check else {
+                throw refuse(ctx, "restore-write-material", object: object, .badRequest("this write material names tenant \(tenant)'s read key but is not the material its descriptor was sealed with (another chunk-ID key or seed): take it from the sealed copy (`redoubt admin tenant restore-material \(tenant)` without --from)"))
+            }
         }
         if rec.writeMaterial.isEmpty, try catalog.setWriteMaterial(tenant: tenant, material: Array(bytes)) {
             audit(ctx, "restore-write-material", object: object, outcome: "ok", detail: "read-key=\(rec.readKeyID)")

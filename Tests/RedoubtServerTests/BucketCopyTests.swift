@@ -45,6 +45,18 @@ import Testing
         let run = try #require(try FileManager.default.contentsOfDirectory(atPath: "\(dir)/qs").first)
         let base = "\(dir)/qs/\(run)"
 
+        // The store holds its descriptor as servers before format 2 wrote it: the write
+        // material in the clear. The copy must carry it sealed.
+        let local = try LocalStore(root: URL(fileURLWithPath: "\(base)/server/store"))
+        let dkey = try #require(ObjectKey("t/quickstart/tenant-v1.json"))
+        var old = try #require(try JSONSerialization.jsonObject(with: Data(try await local.get(dkey))) as? [String: Any])
+        old["format"] = 1
+        old["writeMaterial"] = try Data(contentsOf: URL(fileURLWithPath: "\(base)/host/write-material.bin")).base64EncodedString()
+        old["sealedWriteMaterial"] = nil
+        old["writeMaterialCheck"] = nil
+        try await local.delete(dkey, now: Date())
+        _ = try await local.put(dkey, Array(try JSONSerialization.data(withJSONObject: old)), retainUntil: nil)
+
         let name = try await bucket(ls)
         let target = "--to s3://\(name)/redoubt --endpoint \(ls.absoluteString) --credentials '\(creds)'"
         let (sync, syncOut) = sh("\(bin) copy sync quickstart --data '\(base)/server' \(target)", out)
@@ -59,8 +71,6 @@ import Testing
         #expect(!rerunLines.contains { ($0.contains("/packs/") || $0.contains("/snapshots/")) && $0.hasSuffix("bytes)") }, "\(againOut)")
         // The server rewrites its descriptor in place (a retention change, a fresh seal at
         // start): the bucket's original of that key version stands for it, copies go on.
-        let local = try LocalStore(root: URL(fileURLWithPath: "\(base)/server/store"))
-        let dkey = try #require(ObjectKey("t/quickstart/tenant-v1.json"))
         var rewritten = try #require(try JSONSerialization.jsonObject(with: Data(try await local.get(dkey))) as? [String: Any])
         rewritten["minRetentionSeconds"] = ((rewritten["minRetentionSeconds"] as? Double) ?? 0) + 86400
         try await local.delete(dkey, now: Date())

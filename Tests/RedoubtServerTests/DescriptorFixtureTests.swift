@@ -62,6 +62,14 @@ import RedoubtStore
         #expect(later.isSameVersion(as: two))
         later.keyVersion = 2
         #expect(!later.isSameVersion(as: two))
+        // Planted with the real wrapped key but another public key or other sealed material.
+        var planted = two
+        planted.readPublicKey = one.readPublicKey.reversed().map(String.init).joined()
+        #expect(!planted.isSameVersion(as: two))
+        planted = two
+        planted.writeMaterialCheck = String(repeating: "0", count: 64)
+        #expect(!planted.isSameVersion(as: two) && !planted.isSameVersion(as: one))
+        #expect(two.isSameVersion(as: one) == (two.wrappedReadKey == one.wrappedReadKey))  // the check of format 1 is computed
         #expect(TenantDescriptor.forExport(Array("{}".utf8)) == nil)
     }
 
