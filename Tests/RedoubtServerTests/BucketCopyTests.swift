@@ -47,15 +47,7 @@ import Testing
 
         // The store holds its descriptor as servers before format 2 wrote it: the write
         // material in the clear. The copy must carry it sealed.
-        let local = try LocalStore(root: URL(fileURLWithPath: "\(base)/server/store"))
-        let dkey = try #require(ObjectKey("t/quickstart/tenant-v1.json"))
-        var old = try #require(try JSONSerialization.jsonObject(with: Data(try await local.get(dkey))) as? [String: Any])
-        old["format"] = 1
-        old["writeMaterial"] = try Data(contentsOf: URL(fileURLWithPath: "\(base)/host/write-material.bin")).base64EncodedString()
-        old["sealedWriteMaterial"] = nil
-        old["writeMaterialCheck"] = nil
-        try await local.delete(dkey, now: Date())
-        _ = try await local.put(dkey, Array(try JSONSerialization.data(withJSONObject: old)), retainUntil: nil)
+        let (local, dkey) = try await storeDescriptorInFormat1(quickstart: base)
 
         let name = try await bucket(ls)
         let target = "--to s3://\(name)/redoubt --endpoint \(ls.absoluteString) --credentials '\(creds)'"

@@ -1,7 +1,6 @@
 import Foundation
 import Testing
 import RedoubtMedia
-import RedoubtStore
 
 /// `redoubt media write|list|restore` through the built binary: a multi-volume set written
 /// on the repository host restores with the server gone, taking the read key's wrapping
@@ -74,15 +73,7 @@ import RedoubtStore
         defer { q.stop() }
         // The store holds its descriptor as servers before format 2 wrote it (the material
         // in the clear): the media must carry it sealed all the same.
-        let local = try LocalStore(root: URL(fileURLWithPath: "\(q.base)/server/store"))
-        let dkey = try #require(ObjectKey("t/quickstart/tenant-v1.json"))
-        var old = try #require(try JSONSerialization.jsonObject(with: Data(try await local.get(dkey))) as? [String: Any])
-        old["format"] = 1
-        old["writeMaterial"] = try Data(contentsOf: URL(fileURLWithPath: "\(q.base)/host/write-material.bin")).base64EncodedString()
-        old["sealedWriteMaterial"] = nil
-        old["writeMaterialCheck"] = nil
-        try await local.delete(dkey, now: Date())
-        _ = try await local.put(dkey, Array(try JSONSerialization.data(withJSONObject: old)), retainUntil: nil)
+        _ = try await storeDescriptorInFormat1(quickstart: q.base)
         let set = try writeSet(q)
         let written = try Data(contentsOf: URL(fileURLWithPath: set))
         #expect(written.range(of: Data("\"writeMaterial\"".utf8)) == nil && written.range(of: Data("sealedWriteMaterial".utf8)) != nil)

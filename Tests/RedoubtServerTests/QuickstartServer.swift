@@ -1,4 +1,5 @@
 import Foundation
+import RedoubtStore
 import Testing
 
 /// `redoubt quickstart` in a temporary directory with its server run again in the
@@ -100,4 +101,20 @@ final class QuickstartServer {
 struct QuickstartError: Error, CustomStringConvertible {
     let description: String
     init(_ d: String) { description = d }
+}
+
+/// Rewrites a quickstart run's tenant descriptor as servers before descriptor format 2 wrote
+/// it, with the write material in the clear (taken from the host's `write-material.bin`);
+/// returns the store and the descriptor's key.
+func storeDescriptorInFormat1(quickstart base: String, tenant: String = "quickstart") async throws -> (LocalStore, ObjectKey) {
+    let store = try LocalStore(root: URL(fileURLWithPath: "\(base)/server/store"))
+    let key = try #require(ObjectKey("t/\(tenant)/tenant-v1.json"))
+    var d = try #require(try JSONSerialization.jsonObject(with: Data(try await store.get(key))) as? [String: Any])
+    d["format"] = 1
+    d["writeMaterial"] = try Data(contentsOf: URL(fileURLWithPath: "\(base)/host/write-material.bin")).base64EncodedString()
+    d["sealedWriteMaterial"] = nil
+    d["writeMaterialCheck"] = nil
+    try await store.delete(key, now: Date())
+    _ = try await store.put(key, Array(try JSONSerialization.data(withJSONObject: d)), retainUntil: nil)
+    return (store, key)
 }
