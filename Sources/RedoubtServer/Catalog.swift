@@ -371,6 +371,12 @@ public final class Catalog: Sendable {
         try db.write { db in
             guard let r = try Row.fetchOne(db, sql: "SELECT * FROM enrollments WHERE token_hash = ? AND used_at IS NULL AND expires_at > ?",
                                            arguments: [tokenHash, now.timeIntervalSince1970]) else { return nil }
+            // A writer or restorer gets the tenant's write material: without it (a catalog
+            // rebuilt from the store) the token is refused but not used up.
+            if let tenant = r["tenant"] as String?, r["role"] == Role.writer.rawValue || r["role"] == Role.restorer.rawValue,
+               let material = try Data.fetchOne(db, sql: "SELECT write_material FROM tenants WHERE name = ?", arguments: [tenant]), material.isEmpty {
+                throw ServerError.noWriteMaterial(tenant)
+            }
             try db.execute(sql: "UPDATE enrollments SET used_at = ? WHERE token_hash = ?", arguments: [now.timeIntervalSince1970, tokenHash])
             guard let role = Role(rawValue: r["role"]) else { return nil }
             return Enrollment(role: role, tenant: r["tenant"], name: r["name"])

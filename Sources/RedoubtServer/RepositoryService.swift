@@ -167,9 +167,6 @@ public final class RepositoryService: Sendable {
         do { publicKey = try Certificate.PublicKey(P256.Signing.PublicKey(pemRepresentation: req.publicKeyPEM)) } catch {
             throw ServerError.badRequest("publicKeyPEM is not a P-256 public key")
         }
-        if e.role == .writer || e.role == .restorer, let t = e.tenant, let rec = try catalog.tenant(t), rec.writeMaterial.isEmpty {
-            throw ServerError.noWriteMaterial(t)
-        }
         var hostKey: [UInt8]? = nil
         if e.role == .writer {
             guard let hk = req.hostKey.flatMap({ Data(base64Encoded: $0) }), (try? HostPublicKey(rawRepresentation: Array(hk))) != nil else {

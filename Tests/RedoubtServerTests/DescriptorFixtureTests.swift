@@ -122,6 +122,25 @@ import RedoubtStore
         }
     }
 
+    /// A token issued before the material went missing is refused, not used up, and works
+    /// once the material is back.
+    @Test func aTokenIsNotUsedUpWhileTheWriteMaterialIsMissing() async throws {
+        let server = try await TestServer.start()
+        defer { Task { await server.stop() } }
+        let keys = try TenantKeys.generate()
+        try await server.createTenant("acme", keys: keys)
+        let token = try await server.admin.createEnrollment(tenant: "acme", role: "restorer", name: "vault", ttlSeconds: 3600).token
+        // As a rebuild from the store alone leaves it.
+        try await server.service.catalog.db.write { try $0.execute(sql: "UPDATE tenants SET write_material = ? WHERE name = 'acme'", arguments: [Data()]) }
+        let cfg = ClientConfig(path: server.dir.appendingPathComponent("cfg-vault").path)
+        let refused = await #expect(throws: APIError.self) { _ = try await ClientConfig.enroll(token: token, into: cfg, os: "Test OS 1") }
+        #expect(refused?.code == "E_NO_WRITE_MATERIAL")
+        let material = keys.sharedWriteMaterial.encode().withUnsafeBytes { Data($0).base64EncodedString() }
+        #expect(try await server.admin.restoreWriteMaterial(tenant: "acme", material: material).present)
+        _ = try await ClientConfig.enroll(token: token, into: cfg, os: "Test OS 1")
+        #expect(try cfg.sharedMaterial().encode().equals(keys.sharedWriteMaterial.encode()))
+    }
+
     @Test(.disabled("wrote the golden descriptors once; kept to show how")) func writeFixtures() async throws {
         let keys = try Self.keys()
         let wrapped = try await PassphraseKeyProvider(passphrase: SecretBytes(copying: Array("fixture".utf8)), logN: 10)
