@@ -190,7 +190,12 @@ struct StoreConformance: Sendable {
         let key = try Self.key(ns, "short")
         let until = Self.wholeSecond(options.shortLock)
         _ = try await store.put(key, [1, 2], retainUntil: until)
-        try await Self.expectError(.locked, key) { try await store.delete(key, now: Date()) }
+        // Why the guard: under the full suite on two cores the put itself has outlasted the
+        // short lock (the delete then succeeded). The refusal is what deleteRefusedWhileLocked
+        // tests with a long lock; here it is checked only while the lock surely holds.
+        if until.timeIntervalSinceNow > 1 {
+            try await Self.expectError(.locked, key) { try await store.delete(key, now: Date()) }
+        }
         let wait = until.timeIntervalSinceNow + options.expirySlack
         if wait > 0 { try await Task.sleep(for: .milliseconds(Int(wait * 1000))) }
         try await store.delete(key, now: Date())
