@@ -84,7 +84,9 @@ import RedoubtMedia
         try #require(i == 0, "server init: \(iOut)")
         let (m, mOut) = q.sh("media import --device 'file:\(set)' --data '\(fresh)'")
         #expect(m == 0 && mOut.contains("TO DO: tenant quickstart") && mOut.contains("restore-material"), "media import: \(mOut)")
-        _ = q.shell("\(q.bin) server run --data '\(fresh)' > '\(q.dir)/fresh.log' 2>&1 & echo $! > '\(q.dir)/fresh.pid'")
+        // In a subshell: `shell` sends the command's output to a file, which would otherwise
+        // take the pid's place.
+        _ = q.shell("(\(q.bin) server run --data '\(fresh)' > '\(q.dir)/fresh.log' 2>&1 & echo $! > '\(q.dir)/fresh.pid')")
         defer { _ = q.shell("kill $(cat '\(q.dir)/fresh.pid')") }
         let admin = "--credential '\(fresh)/admin.credential'"
         var up = false
