@@ -295,7 +295,7 @@ extension SharedWriteMaterial {
             var h = SHA256()
             h.update(data: Label.writeMaterialCheck)
             h.update(bufferPointer: m)
-            return h.finalize().map { String(format: "%02x", $0) }.joined()
+            return hexString(h.finalize())
         }
     }
 

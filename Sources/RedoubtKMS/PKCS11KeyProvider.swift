@@ -111,8 +111,7 @@ public struct PKCS11KeyProvider: KeyProvider {
         }
         guard let actual else { return }
         guard actual.count == 16, Array(actual.prefix(8)) == Self.tenantTag(tenant) else {
-            let hex = actual.map { String(format: "%02x", $0) }.joined()
-            throw KeyProviderError.foreignKEK(provider: uri, detail: "the key labelled \(label.debugDescription) (CKA_ID \(hex)) on token \(target.token.debugDescription) does not carry tenant \(tenant)'s mark in its CKA_ID, as the KEKs Redoubt generates for it do. Nothing was destroyed. If it really is this tenant's (a key adopted at tenant creation), destroy it on the token yourself (e.g. pkcs11-tool --delete-object --type secrkey --label \(label)) and repeat")
+            throw KeyProviderError.foreignKEK(provider: uri, detail: "the key labelled \(label.debugDescription) (CKA_ID \(hexString(actual))) on token \(target.token.debugDescription) does not carry tenant \(tenant)'s mark in its CKA_ID, as the KEKs Redoubt generates for it do. Nothing was destroyed. If it really is this tenant's (a key adopted at tenant creation), destroy it on the token yourself (e.g. pkcs11-tool --delete-object --type secrkey --label \(label)) and repeat")
         }
     }
 

@@ -44,6 +44,12 @@ public enum BucketCopy {
         // Objects without a local lock of their own (the tenant descriptor, which carries the
         // wrapped read key) stay locked as long as the newest snapshot that needs them.
         let floor = snapshots.map(\.retainUntil).max() ?? now
+        /// Moves the bucket original's lock up to `until` if it is behind.
+        func extendIfBehind(_ key: ObjectKey, _ remoteUntil: Date?, _ until: Date) async throws {
+            guard (remoteUntil ?? .distantPast) < until else { return }
+            try await target.extendRetention(key, until: until)
+            summary.extended += 1
+        }
         /// `sha256`: the object's hash when its key is that hash (packs, manifests).
         func copy(_ key: ObjectKey, sha256: String? = nil) async throws {
             let local = try await store.head(key)
@@ -57,10 +63,7 @@ public enum BucketCopy {
                 remote.sha256 == sha256, remote.info.size == local.size
             {
                 summary.alreadyThere += 1
-                if (remote.info.retainUntil ?? .distantPast) < until {
-                    try await target.extendRetention(key, until: until)
-                    summary.extended += 1
-                }
+                try await extendIfBehind(key, remote.info.retainUntil, until)
                 progress("\(key.path) (already there)")
                 return
             }
@@ -79,10 +82,7 @@ public enum BucketCopy {
                 } catch let e as StoreError where e.code == .conflict {
                     let there = try? JSONDecoder().decode(TenantDescriptor.self, from: Data(try await target.get(key)))
                     guard let there, let here = try? JSONDecoder().decode(TenantDescriptor.self, from: Data(bytes)), there.isSameVersion(as: here) else { throw e }
-                    if let remote = try await target.head(key), (remote.retainUntil ?? .distantPast) < until {
-                        try await target.extendRetention(key, until: until)
-                        summary.extended += 1
-                    }
+                    try await extendIfBehind(key, try await target.head(key)?.retainUntil, until)
                     summary.alreadyThere += 1
                     progress("\(key.path) (already there, same key version)")
                     return
@@ -98,10 +98,7 @@ public enum BucketCopy {
                 summary.copied += 1
             } else {
                 summary.alreadyThere += 1
-                if (remote.retainUntil ?? .distantPast) < until {
-                    try await target.extendRetention(key, until: until)
-                    summary.extended += 1
-                }
+                try await extendIfBehind(key, remote.retainUntil, until)
             }
             progress("\(key.path) (\(bytes.count) bytes)")
         }

@@ -567,10 +567,8 @@ public final class RepositoryService: Sendable {
             let material = try SharedWriteMaterial.decode(SecretBytes(copying: rec.writeMaterial))
             return (try material.sealed(tenant: rec.name), material.check)
         }
-        let found = try await store.list(prefix: "t/\(rec.name)/tenant-v").compactMap { o -> (Int, ObjectKey)? in
-            let name = o.key.path.split(separator: "/").last ?? ""
-            guard name.hasPrefix("tenant-v"), name.hasSuffix(".json"), let v = Int(name.dropFirst(8).dropLast(5)) else { return nil }
-            return (v, o.key)
+        let found = try await store.list(prefix: "t/\(rec.name)/tenant-v").compactMap { o in
+            BucketVerify.descriptorVersion(o.key.path, tenant: rec.name).map { ($0, o.key) }
         }
         for (_, key) in found.sorted(by: { $0.0 > $1.0 }) {
             if let d = try? JSONDecoder().decode(TenantDescriptor.self, from: Data(try await store.get(key))), d.name == rec.name, let sealed = d.sealed {

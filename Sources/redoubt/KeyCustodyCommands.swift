@@ -52,7 +52,8 @@ struct TenantRotateKey: AsyncParsableCommand {
                     throw ValidationError("the current wrapping is a passphrase, which cannot be destroyed: drop --destroy-old (nothing was changed)")
                 }
                 // Before anything changes: the KMS must show the old KEK as this tenant's.
-                if destroyOld { try await makeKeyProvider(uri: old.provider, passphraseFile: nil).checkKEKOwner(of: old, tenant: tenant) }
+                let oldKEK = destroyOld ? try makeKeyProvider(uri: old.provider, passphraseFile: nil) : nil
+                try await oldKEK?.checkKEKOwner(of: old, tenant: tenant)
                 let after: Wire.ReadKeyInfo
                 let wrapped: WrappedReadKey
                 if let request {
@@ -74,11 +75,11 @@ struct TenantRotateKey: AsyncParsableCommand {
                     after = try await client.rotateReadKey(tenant: tenant, wrappedReadKey: String(decoding: try wrapped.encoded(), as: UTF8.self))
                 }
                 var destroyed = false
-                if destroyOld {
+                if let oldKEK {
                     guard old.provider != wrapped.provider else {
                         throw ValidationError("the new wrapping uses the same KEK as the old (\(old.provider)); it was not destroyed. The rotation itself is done.")
                     }
-                    try await makeKeyProvider(uri: old.provider, passphraseFile: oldPassphraseFile).destroyKEK(of: old)
+                    try await oldKEK.destroyKEK(of: old)
                     _ = try await client.markKEKsDestroyed(tenant: tenant, versions: [info.keyVersion])
                     destroyed = true
                 }
@@ -138,16 +139,15 @@ struct TenantShred: AsyncParsableCommand {
                 }
                 // A server that forges the context too is caught at the KMS or HSM: each KEK
                 // must show there that it was made for this tenant, before any is destroyed.
-                for (_, w) in keks where !isPassphrase(w.provider) {
-                    try await makeKeyProvider(uri: w.provider, passphraseFile: nil).checkKEKOwner(of: w, tenant: tenant)
-                }
-                for (version, w) in keks {
-                    if isPassphrase(w.provider) {
+                let providers = try keks.map { isPassphrase($0.wrapped.provider) ? nil : try makeKeyProvider(uri: $0.wrapped.provider, passphraseFile: nil) }
+                for (kek, provider) in zip(keks, providers) { try await provider?.checkKEKOwner(of: kek.wrapped, tenant: tenant) }
+                for ((version, w), provider) in zip(keks, providers) {
+                    guard let provider else {
                         undestroyable.append("key version \(version) (\(w.provider)): copies wrapped under it before its rotation (bucket copies, media, escrow files) stay readable to whoever knows that passphrase")
                         continue
                     }
                     do {
-                        try await makeKeyProvider(uri: w.provider, passphraseFile: nil).destroyKEK(of: w)
+                        try await provider.destroyKEK(of: w)
                         destroyed.append(version)
                         progressNote("destroyed the KEK of key version \(version) at \(w.provider)")
                     } catch {
