@@ -186,8 +186,15 @@ public final class APIClient: Sendable {
         try await json(Wire.QuorumInfo.self, .POST, "/v1/admins/\(name)/remove", body: Wire.ApprovedChange(requestID: requestID))
     }
 
-    /// Enrolled principals (admin): role, tenant and name of each.
-    public func principals() async throws -> [PrincipalListing] { try await json([PrincipalListing].self, .GET, "/v1/principals") }
+    /// Enrolled principals (admin); `includeRevoked` adds the revoked ones.
+    public func principals(includeRevoked: Bool = false) async throws -> [Wire.PrincipalInfo] {
+        try await json([Wire.PrincipalInfo].self, .GET, includeRevoked ? "/v1/principals?all=1" : "/v1/principals")
+    }
+
+    /// Revokes a writer, restorer or auditor credential (a writer needs approval once there are two admins).
+    public func revokePrincipal(id: String, requestID: String?) async throws -> Wire.PrincipalInfo {
+        try await json(Wire.PrincipalInfo.self, .POST, "/v1/principals/\(id)/revoke", body: Wire.ApprovedChange(requestID: requestID))
+    }
 
     public func quorum() async throws -> Wire.QuorumInfo { try await json(Wire.QuorumInfo.self, .GET, "/v1/quorum") }
 
@@ -279,9 +286,3 @@ extension APIClient: PackLocatingBackupTarget, ChunkLocatingPackSource {
     public func pack(_ id: PackID) async throws -> [UInt8] { try await packBytes(id) }
 }
 
-/// One entry of `GET /v1/principals`, as far as clients need it.
-public struct PrincipalListing: Decodable, Sendable {
-    public var role: String
-    public var tenant: String?
-    public var name: String
-}

@@ -314,7 +314,7 @@ extension RepositoryService {
         guard admins.contains(where: { $0.name == name }) else { throw ServerError.notFound("no admin named \(name)") }
         guard admins.count > 1 else { throw ServerError(409, "E_CONFLICT", "\(name) is the last admin; enroll another first") }
         try authorize("remove-admin", object: "admin \(name)", parameters: [:], requestID: req.requestID, consume: true, ctx: ctx)
-        _ = try catalog.revokeAdmin(name: name)
+        _ = try catalog.revokeAdmin(name: name, now: try now())
         // The configured quorum stays: effectiveQuorum() caps it by the admins left, and
         // it applies again in full once replacements are enrolled.
         audit(ctx, "remove-admin", object: "admin \(name)", outcome: "ok")

@@ -170,6 +170,7 @@ public final class Catalog: Sendable {
         registerApprovalMigrations(&m)
         registerCopyTargetMigrations(&m)
         registerHoldMigrations(&m)
+        registerPrincipalMigrations(&m)
         return m
     }
 
@@ -265,9 +266,10 @@ public final class Catalog: Sendable {
     }
 
     /// Revokes an admin credential by name: it authenticates no more.
-    public func revokeAdmin(name: String) throws -> Bool {
+    public func revokeAdmin(name: String, now: Date) throws -> Bool {
         try db.write { db in
-            try db.execute(sql: "UPDATE principals SET revoked = 1 WHERE role = 'admin' AND tenant IS NULL AND name = ? AND revoked = 0", arguments: [name])
+            try db.execute(sql: "UPDATE principals SET revoked = 1, revoked_at = ? WHERE role = 'admin' AND tenant IS NULL AND name = ? AND revoked = 0",
+                           arguments: [now.timeIntervalSince1970, name])
             return db.changesCount > 0
         }
     }

@@ -136,6 +136,9 @@ public enum CatalogRebuilder {
         // Write material by tenant, from the previous catalog: the store holds it sealed.
         var oldMaterial: [String: (readKeyID: String, material: [UInt8])] = [:]
         if let old = report.previousCatalog {
+            // Why migrate it first: the copy below is `SELECT *`, which needs the columns
+            // of this version's tables (a catalog last opened by an older build has fewer).
+            do { _ = try Catalog(path: old) } catch { report.rejected.append("the previous catalog could not be brought to this version: \(error)") }
             let (lost, material): ([String], [String: (readKeyID: String, material: [UInt8])]) = try await catalog.db.writeWithoutTransaction { db in
                 var lost: [String] = []
                 var material: [String: (readKeyID: String, material: [UInt8])] = [:]

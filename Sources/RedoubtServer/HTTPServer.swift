@@ -34,8 +34,10 @@ struct AuthMiddleware: RouterMiddleware {
         var ctx = context
         let source = context.channel.remoteAddress.map { "\($0.ipAddress ?? "?"):\($0.port ?? 0)" } ?? "?"
         var principal: Principal? = nil
+        var presented: String? = nil
         if let cert = try? await context.channel.nioSSL_peerCertificate().get(), let der = try? cert.toDERBytes() {
-            principal = try service.catalog.principal(fingerprint: certificateFingerprint(der: der))
+            presented = certificateFingerprint(der: der)
+            principal = try service.catalog.principal(fingerprint: presented!)
         }
         ctx.call = CallContext(principal: principal, source: source)
         let what = "\(request.method) \(request.uri.path)"
@@ -44,14 +46,18 @@ struct AuthMiddleware: RouterMiddleware {
             return withoutMarks(errorResponse(service.refuse(ctx.call, "request", object: what, .forbidden("\(what) is not part of the API; nothing deletes or overwrites backups"))))
         }
         if Policy.needsCredential(action) && principal == nil {
-            return withoutMarks(errorResponse(service.refuse(ctx.call, action.rawValue, object: what,
-                                                             .unauthorized("a client certificate from this server's CA is required: enroll first (`redoubt enroll TOKEN`)"))))
+            // A certificate this CA issued but the catalog does not know was revoked (or
+            // enrolled into a catalog since lost): say so, not "enroll first".
+            let why = presented.map { "this credential (certificate \($0.prefix(16))) was revoked or is not enrolled here: "
+                + "ask an admin for a new token (`redoubt admin host add`) and enroll again (`redoubt enroll TOKEN`)" }
+                ?? "a client certificate from this server's CA is required: enroll first (`redoubt enroll TOKEN`)"
+            return withoutMarks(errorResponse(service.refuse(ctx.call, action.rawValue, object: what, .unauthorized(why))))
         }
         guard Policy.allows(principal?.role, action) else {
             return withoutMarks(errorResponse(service.refuse(ctx.call, action.rawValue, object: what,
                                                              .forbidden("a \(principal?.role.rawValue ?? "caller") may not \(action.rawValue)"))))
         }
-        var response = try await next(request, ctx)
+        let response = try await next(request, ctx)
         // Why: the audit log must show attempts to change things that failed, not only
         // refusals by role (a probing credential, a bad quorum, a missing name).
         if response.status.code >= 400, request.method != .get, request.method != .head {
@@ -256,8 +262,11 @@ public enum RedoubtHTTP {
         router.post("/v1/holds/:id/release") { req, ctx in
             await handle(logger) { jsonResponse(try await service.releaseHold(id: ctx.parameters.get("id") ?? "", try await req.json(Wire.ApprovedChange.self), ctx: ctx.call)) }
         }
-        router.get("/v1/principals") { _, _ in
-            await handle(logger) { jsonResponse(try service.catalog.principals(tenant: nil).map(PrincipalInfo.init)) }
+        router.get("/v1/principals") { req, _ in
+            await handle(logger) { jsonResponse(try service.listPrincipals(includeRevoked: req.uri.queryParameters.get("all") == "1")) }
+        }
+        router.post("/v1/principals/:id/revoke") { req, ctx in
+            await handle(logger) { jsonResponse(try service.revokePrincipal(id: ctx.parameters.get("id") ?? "", try await req.json(Wire.ApprovedChange.self), ctx: ctx.call)) }
         }
         router.get("/v1/audit") { req, _ in
             await handle(logger) {
@@ -297,22 +306,6 @@ public enum RedoubtHTTP {
                     configuration: .init(address: .hostname(host, port: port), serverName: "redoubt"),
                     onServerRunning: { channel in await onRunning(channel.localAddress?.port ?? port) },
                     logger: logger)
-    }
-}
-
-/// A principal as listed to admins: never its certificate or keys.
-struct PrincipalInfo: Codable {
-    let id: String
-    let role: String
-    let tenant: String?
-    let name: String
-    let fingerprint: String
-    init(_ p: Principal) {
-        id = p.id
-        role = p.role.rawValue
-        tenant = p.tenant
-        name = p.name
-        fingerprint = p.fingerprint
     }
 }
 

@@ -6,7 +6,7 @@ public enum Action: String, Sendable, CaseIterable {
     case health, enroll
     case queryChunks, uploadPack, commitSnapshot, listSnapshots, showSnapshot
     case getManifest, getPack, packChunkLists, verifySnapshot
-    case createTenant, listTenants, createEnrollment, listPrincipals
+    case createTenant, listTenants, createEnrollment, listPrincipals, revokePrincipal
     case getReadKey, rotateReadKey, markKEKsDestroyed, shredTenant, getWriteMaterial, restoreWriteMaterial
     case setRetention, addAdmin, removeAdmin, getQuorum, setQuorum, listRequests, decideRequest
     case addCopyTarget, listCopyTargets, removeCopyTarget, syncCopyTarget
@@ -59,6 +59,7 @@ public enum Policy {
         case (.get, 1) where p[0] == "holds": return (.listHolds, [:])
         case (.post, 3) where p[0] == "holds" && p[2] == "release": return (.releaseHold, ["id": p[1]])
         case (.get, 1) where p[0] == "principals": return (.listPrincipals, [:])
+        case (.post, 3) where p[0] == "principals" && p[2] == "revoke": return (.revokePrincipal, ["id": p[1]])
         case (.get, 1) where p[0] == "audit": return (.listAudit, [:])
         case (.get, 2) where p[0] == "audit" && p[1] == "verify": return (.verifyAudit, [:])
         default: return nil
@@ -77,7 +78,7 @@ public enum Policy {
         // cannot download even its own backups (DESIGN.md §1.2).
         case .getManifest, .getPack, .packChunkLists: return role == .restorer
         case .verifySnapshot: return role == .restorer || role == .admin || role == .auditor
-        case .createTenant, .createEnrollment, .listTenants, .listPrincipals: return role == .admin
+        case .createTenant, .createEnrollment, .listTenants, .listPrincipals, .revokePrincipal: return role == .admin
         // A restorer may fetch its own tenant's wrapped key (the handler checks the tenant).
         case .getReadKey: return role == .admin || role == .restorer
         case .rotateReadKey, .markKEKsDestroyed, .shredTenant, .getWriteMaterial, .restoreWriteMaterial: return role == .admin

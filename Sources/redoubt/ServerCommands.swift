@@ -181,7 +181,7 @@ extension EnrollmentCommand {
 }
 
 struct HostCommand: AsyncParsableCommand {
-    static let configuration = CommandConfiguration(commandName: "host", abstract: "Enroll protected hosts (writers).", subcommands: [HostAdd.self])
+    static let configuration = CommandConfiguration(commandName: "host", abstract: "Enroll, list and revoke protected hosts (writers).", subcommands: [HostAdd.self, HostList.self, HostRevoke.self])
 }
 
 struct HostAdd: EnrollmentCommand {
@@ -192,7 +192,7 @@ struct HostAdd: EnrollmentCommand {
 }
 
 struct RestorerCommand: AsyncParsableCommand {
-    static let configuration = CommandConfiguration(commandName: "restorer", abstract: "Enroll restore hosts.", subcommands: [RestorerAdd.self])
+    static let configuration = CommandConfiguration(commandName: "restorer", abstract: "Enroll, list and revoke restore hosts.", subcommands: [RestorerAdd.self, RestorerList.self, RestorerRevoke.self])
 }
 
 struct RestorerAdd: EnrollmentCommand {
@@ -203,7 +203,7 @@ struct RestorerAdd: EnrollmentCommand {
 }
 
 struct AuditorCommand: AsyncParsableCommand {
-    static let configuration = CommandConfiguration(commandName: "auditor", abstract: "Enroll auditors.", subcommands: [AuditorAdd.self])
+    static let configuration = CommandConfiguration(commandName: "auditor", abstract: "Enroll, list and revoke auditors.", subcommands: [AuditorAdd.self, AuditorList.self, AuditorRevoke.self])
 }
 
 struct AuditorAdd: EnrollmentCommand {

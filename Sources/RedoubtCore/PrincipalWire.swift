@@ -1,0 +1,33 @@
+import Foundation
+
+extension Wire {
+    /// A principal as `GET /v1/principals` lists it to admins: never its certificate or keys.
+    public struct PrincipalInfo: Codable, Sendable, Equatable {
+        public var id: String
+        /// `writer`, `restorer`, `auditor` or `admin`.
+        public var role: String
+        public var tenant: String?
+        public var name: String
+        /// SHA-256 of the client certificate (hex).
+        public var fingerprint: String
+        public var createdAt: Date
+        /// The OS the host reported at enrollment or with its last commit.
+        public var os: String?
+        /// When its credential was revoked; nil while it authenticates.
+        public var revokedAt: Date?
+        /// A writer's newest committed snapshot (server time): hosts that stopped backing up show here.
+        public var lastSnapshotAt: Date?
+        public init(id: String, role: String, tenant: String?, name: String, fingerprint: String, createdAt: Date, os: String?,
+                    revokedAt: Date?, lastSnapshotAt: Date?) {
+            self.id = id
+            self.role = role
+            self.tenant = tenant
+            self.name = name
+            self.fingerprint = fingerprint
+            self.createdAt = createdAt
+            self.os = os
+            self.revokedAt = revokedAt
+            self.lastSnapshotAt = lastSnapshotAt
+        }
+    }
+}

@@ -1,0 +1,95 @@
+import Foundation
+import GRDB
+import RedoubtCore
+
+// Listing and revoking enrolled credentials (docs/PROTOCOL.md §3, §4.4). A revoked
+// credential authenticates no more from its next request on (every request looks its
+// certificate up, AuthMiddleware); what it committed stays, under its locks, and its
+// snapshots still verify (the host key is kept). Revoking a restorer or an auditor
+// takes effect at once: it only narrows who can read. Revoking a writer stops that
+// host's backups, which weakens protection, so it is gated like the other weakening
+// changes (§4.2, `revoke-writer`). Admins are removed with `admins remove` instead.
+
+extension Catalog {
+    static func registerPrincipalMigrations(_ m: inout DatabaseMigrator) {
+        m.registerMigration("v6-principal-revocation") { db in
+            try db.execute(sql: "ALTER TABLE principals ADD COLUMN revoked_at REAL")
+        }
+    }
+
+    /// Every principal (`includeRevoked`: revoked ones too), by tenant, role and name,
+    /// with each writer's newest committed snapshot.
+    public func principalListing(includeRevoked: Bool) throws -> [Wire.PrincipalInfo] {
+        try db.read { db in
+            try Row.fetchAll(db, sql: """
+                SELECT p.*, CASE WHEN p.role = 'writer' THEN
+                    (SELECT MAX(s.committed_at) FROM snapshots s WHERE s.tenant = p.tenant AND s.host = p.name) END AS last_snapshot
+                FROM principals p \(includeRevoked ? "" : "WHERE p.revoked = 0")
+                ORDER BY p.tenant, p.role, p.name, p.created_at
+                """).map(Self.principalInfo)
+        }
+    }
+
+    static func principalInfo(_ r: Row) -> Wire.PrincipalInfo {
+        let revoked: Bool = r["revoked"]
+        return Wire.PrincipalInfo(id: r["id"], role: r["role"], tenant: r["tenant"], name: r["name"], fingerprint: r["fingerprint"],
+                                  createdAt: Date(timeIntervalSince1970: r["created_at"]), os: r["os"],
+                                  // A credential revoked before revoked_at existed shows the epoch.
+                                  revokedAt: revoked ? Date(timeIntervalSince1970: (r["revoked_at"] as Double?) ?? 0) : nil,
+                                  lastSnapshotAt: (r["last_snapshot"] as Double?).map { Date(timeIntervalSince1970: $0) })
+    }
+
+    /// The principal with this ID, revoked or not.
+    public func principalInfo(id: String) throws -> Wire.PrincipalInfo? {
+        try db.read { db in
+            try Row.fetchOne(db, sql: "SELECT p.*, NULL AS last_snapshot FROM principals p WHERE p.id = ?", arguments: [id]).map(Self.principalInfo)
+        }
+    }
+
+    /// Revokes a writer, restorer or auditor credential, and with it every unused
+    /// enrollment token for the same tenant, role and name (a token taken with the host
+    /// must not enroll it again). False if it was not active.
+    func revokePrincipal(id: String, now: Date) throws -> Bool {
+        try db.write { db in
+            guard let r = try Row.fetchOne(db, sql: "SELECT role, tenant, name FROM principals WHERE id = ? AND revoked = 0 AND role != 'admin'",
+                                           arguments: [id]) else { return false }
+            try db.execute(sql: "UPDATE principals SET revoked = 1, revoked_at = ? WHERE id = ?", arguments: [now.timeIntervalSince1970, id])
+            let (role, tenant, name): (String, String?, String) = (r["role"], r["tenant"], r["name"])
+            try db.execute(sql: """
+                UPDATE enrollments SET expires_at = MIN(expires_at, ?) WHERE role = ? AND tenant IS ? AND name = ? AND used_at IS NULL
+                """, arguments: [now.timeIntervalSince1970, role, tenant, name])
+            return true
+        }
+    }
+}
+
+extension RepositoryService {
+    /// `GET /v1/principals[?all=1]`.
+    public func listPrincipals(includeRevoked: Bool) throws -> [Wire.PrincipalInfo] {
+        try catalog.principalListing(includeRevoked: includeRevoked)
+    }
+
+    /// `POST /v1/principals/{id}/revoke`: see the comment at the top of this file.
+    public func revokePrincipal(id: String, _ req: Wire.ApprovedChange, ctx: CallContext) throws -> Wire.PrincipalInfo {
+        guard let p = try catalog.principalInfo(id: id) else {
+            throw ServerError.notFound("no principal with ID \(id): `redoubt admin host list TENANT --all`")
+        }
+        let object = "\(p.role) \(p.tenant.map { $0 + "/" } ?? "")\(p.name)"
+        guard p.role != Role.admin.rawValue else {
+            throw refuse(ctx, "revoke", object: object, .badRequest("\(p.name) is an admin: remove admins with `redoubt admin admins remove \(p.name)` (it needs approval)"))
+        }
+        guard p.revokedAt == nil else {
+            throw refuse(ctx, "revoke", object: object, ServerError(409, "E_CONFLICT", "\(object) was already revoked at \(p.revokedAt!)"))
+        }
+        if p.role == Role.writer.rawValue {
+            // The principal ID, not the name: approving the revocation of web1 must not
+            // revoke a web1 enrolled anew after the request was filed.
+            try authorize("revoke-writer", object: object, parameters: ["principal": id], requestID: req.requestID, consume: true, ctx: ctx)
+        }
+        guard try catalog.revokePrincipal(id: id, now: try now()) else {
+            throw refuse(ctx, "revoke", object: object, ServerError(409, "E_CONFLICT", "\(object) was revoked meanwhile"))
+        }
+        audit(ctx, "revoke", object: object, outcome: "ok", detail: "principal=\(id) fingerprint=\(p.fingerprint.prefix(16))")
+        return try catalog.principalInfo(id: id) ?? p
+    }
+}

@@ -1,0 +1,123 @@
+import ArgumentParser
+import Foundation
+import RedoubtClient
+import RedoubtCore
+import RedoubtServer
+
+// `admin host|restorer|auditor list|revoke`: who holds a credential, when each host last
+// committed a snapshot, and taking a credential back (docs/PROTOCOL.md §4.4).
+
+protocol PrincipalRoleCommand {
+    static var role: String { get }
+}
+
+protocol PrincipalListCommand: AsyncParsableCommand, PrincipalRoleCommand {
+    var admin: AdminOptions { get }
+    var listing: PrincipalListArguments { get }
+}
+
+struct PrincipalListArguments: ParsableArguments {
+    @Argument(help: "Only this tenant's.") var tenant: String?
+    @Flag(name: .long, help: "Include revoked credentials.") var all = false
+    @Flag(name: .long, help: "Print JSON.") var json = false
+}
+
+extension PrincipalListCommand {
+    func run() async throws {
+        try await RedoubtCLI.run {
+            let list = try await RedoubtCLI.with(try admin.client()) { try await $0.principals(includeRevoked: listing.all) }
+                .filter { $0.role == Self.role && (listing.tenant == nil || $0.tenant == listing.tenant) }
+            if listing.json { try printJSON(list); return .ok }
+            guard !list.isEmpty else {
+                FileHandle.standardError.write(Data("no \(Self.role) credentials\(listing.tenant.map { " for tenant \($0)" } ?? "")\n".utf8))
+                return .ok
+            }
+            let f = ISO8601DateFormatter()
+            let writers = Self.role == "writer"
+            print("NAME                          ENROLLED              \(writers ? "LAST SNAPSHOT         " : "")STATE                 OS")
+            for p in list {
+                let name = "\(p.tenant.map { $0 + "/" } ?? "")\(p.name)"
+                let last = p.lastSnapshotAt.map { f.string(from: $0) } ?? "never"
+                let state = p.revokedAt.map { "revoked \(f.string(from: $0).prefix(10))" } ?? "active"
+                print(name.padding(toLength: 28, withPad: " ", startingAt: 0) + "  " + f.string(from: p.createdAt) + "  "
+                      + (writers ? last.padding(toLength: 20, withPad: " ", startingAt: 0) + "  " : "")
+                      + state.padding(toLength: 20, withPad: " ", startingAt: 0) + "  " + (p.os ?? "-"))
+            }
+            return .ok
+        }
+    }
+}
+
+protocol PrincipalRevokeCommand: AsyncParsableCommand, PrincipalRoleCommand {
+    var admin: AdminOptions { get }
+    var target: PrincipalRevokeArguments { get }
+}
+
+struct PrincipalRevokeArguments: ParsableArguments {
+    @Argument(help: "The tenant.") var tenant: String
+    @Argument(help: "The host's or person's name.") var name: String
+    @Option(name: .long, help: "An approved request for this change (revoking a host needs one once there are two admins).") var request: String?
+}
+
+extension PrincipalRevokeCommand {
+    func run() async throws {
+        try await RedoubtCLI.run {
+            let p = try await RedoubtCLI.with(try admin.client()) { c in
+                let active = try await c.principals().filter { $0.role == Self.role && $0.tenant == target.tenant && $0.name == target.name }
+                guard let p = active.first else {
+                    throw ServerError.notFound("no active \(Self.role) \(target.tenant)/\(target.name): `redoubt admin \(Self.command) list \(target.tenant) --all`")
+                }
+                return try await c.revokePrincipal(id: p.id, requestID: target.request)
+            }
+            print("\(Self.role) \(target.tenant)/\(target.name) revoked (credential \(p.fingerprint.prefix(16))…): it is refused from its next request on; what it committed stays")
+            return .ok
+        }
+    }
+}
+
+extension PrincipalRoleCommand {
+    /// The `admin` subcommand that manages this role.
+    static var command: String { role == "writer" ? "host" : role }
+}
+
+struct HostList: PrincipalListCommand {
+    static let configuration = CommandConfiguration(commandName: "list", abstract: "List enrolled hosts and when each last committed a snapshot.")
+    static let role = "writer"
+    @OptionGroup var admin: AdminOptions
+    @OptionGroup var listing: PrincipalListArguments
+}
+
+struct HostRevoke: PrincipalRevokeCommand {
+    static let configuration = CommandConfiguration(commandName: "revoke", abstract: "Revoke a host's credential: its backups stop (needs approval once there are two admins).")
+    static let role = "writer"
+    @OptionGroup var admin: AdminOptions
+    @OptionGroup var target: PrincipalRevokeArguments
+}
+
+struct RestorerList: PrincipalListCommand {
+    static let configuration = CommandConfiguration(commandName: "list", abstract: "List enrolled restorers.")
+    static let role = "restorer"
+    @OptionGroup var admin: AdminOptions
+    @OptionGroup var listing: PrincipalListArguments
+}
+
+struct RestorerRevoke: PrincipalRevokeCommand {
+    static let configuration = CommandConfiguration(commandName: "revoke", abstract: "Revoke a restorer's credential (at once).")
+    static let role = "restorer"
+    @OptionGroup var admin: AdminOptions
+    @OptionGroup var target: PrincipalRevokeArguments
+}
+
+struct AuditorList: PrincipalListCommand {
+    static let configuration = CommandConfiguration(commandName: "list", abstract: "List enrolled auditors.")
+    static let role = "auditor"
+    @OptionGroup var admin: AdminOptions
+    @OptionGroup var listing: PrincipalListArguments
+}
+
+struct AuditorRevoke: PrincipalRevokeCommand {
+    static let configuration = CommandConfiguration(commandName: "revoke", abstract: "Revoke an auditor's credential (at once).")
+    static let role = "auditor"
+    @OptionGroup var admin: AdminOptions
+    @OptionGroup var target: PrincipalRevokeArguments
+}
