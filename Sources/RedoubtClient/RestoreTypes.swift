@@ -91,3 +91,41 @@ public struct RestoreResult: Sendable {
     /// Damaged files stay in place, with holes where data is missing.
     public let damaged: [DamagedEntry]
 }
+
+/// One entry of a snapshot as `redoubt ls` shows it: what the tree records, without the
+/// contents.
+public struct ListedEntry: Sendable, Equatable, Encodable {
+    /// Relative to the snapshot root; bytes that are not printable UTF-8 are escaped
+    /// (`printable`), so two raw names may print alike: `pathHex` is exact.
+    public let path: String
+    public let pathHex: String
+    /// `file`, `directory`, `symlink`, `hardlink`, `fifo`, `char device`, `block device`, `socket`.
+    public let type: String
+    public let size: UInt64
+    /// Permission and type bits as stored (`st_mode & 07777`).
+    public let mode: UInt32
+    public let uid: UInt32
+    public let gid: UInt32
+    public let user: String
+    public let group: String
+    /// Modification time, seconds and nanoseconds since the epoch (UTC).
+    public let mtime: Int64
+    public let mtimeNanoseconds: UInt32
+    /// A symlink's target, or the path a hard link names.
+    public let linkTarget: String?
+
+    init(path: [UInt8], node: Node) {
+        self.path = printable(path)
+        pathHex = hexString(path)
+        type = node.type.description
+        size = node.size
+        mode = node.mode & 0o7777
+        uid = node.uid
+        gid = node.gid
+        user = printable(node.user)
+        group = printable(node.group)
+        mtime = node.mtime.seconds
+        mtimeNanoseconds = node.mtime.nanoseconds
+        linkTarget = node.type == .symlink || node.type == .hardlink ? printable(node.linkTarget) : nil
+    }
+}

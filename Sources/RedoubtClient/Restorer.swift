@@ -63,6 +63,18 @@ public final class Restorer: Sendable {
         logger.info("restore finished", metadata: ["snapshot": "\(manifest.id)", "files": "\(result.files)", "packs": "\(result.packsFetched)"])
         return result
     }
+
+    /// The entries of the snapshot at `subpath` (nil or empty: its top level): a
+    /// directory's children, or the one entry a path names; `recursive` walks the
+    /// directories below too. Reads trees only: the packs that hold them are fetched,
+    /// no file contents are decrypted. Throws ``ArchiveError`` `.notFound` for a path the
+    /// snapshot does not hold, and `CoreError` (naming the object) for damaged trees.
+    public func list(manifest: Manifest, readKey: ReadPrivateKey, chunkIDKey: ChunkIDKey, source: any PackSource,
+                     subpath: [UInt8]? = nil, recursive: Bool = false) async throws -> [ListedEntry] {
+        let r = try RestoreSession(manifest: manifest, readKey: readKey, chunkIDKey: chunkIDKey, source: source, isRoot: false,
+                                   skipDamaged: false, batchPlaintextBudget: batchPlaintextBudget, onProgress: { _ in })
+        return try await r.list(subpath: subpath, recursive: recursive)
+    }
 }
 
 /// One restore's state. Not thread-safe: used by the task that runs the restore.
@@ -355,6 +367,37 @@ final class RestoreSession {
             t = try await loadTree(n.subtree, path: walked)
         }
         return nil
+    }
+
+    // MARK: - list
+
+    func list(subpath: [UInt8]?, recursive: Bool) async throws -> [ListedEntry] {
+        try await locateChunks()
+        var trimmed = subpath ?? []
+        while trimmed.last == 0x2f { trimmed.removeLast() }
+        while trimmed.first == 0x2f { trimmed.removeFirst() }
+        var out: [ListedEntry] = []
+        let top: Tree
+        if trimmed.isEmpty {
+            top = try await root()
+        } else {
+            guard let node = try await findNode(trimmed) else {
+                throw ArchiveError(.notFound, object: printable(trimmed), "no such entry in \(snapshot)")
+            }
+            guard node.type == .directory else { return [ListedEntry(path: trimmed, node: node)] }
+            top = try await loadTree(node.subtree, path: trimmed)
+        }
+        // Depth first, each directory's entries in tree order (as `find` prints them).
+        var stack: [(nodes: [Node], next: Int, dir: [UInt8])] = [(top.nodes, 0, trimmed)]
+        while let last = stack.indices.last {
+            guard stack[last].next < stack[last].nodes.count else { stack.removeLast(); continue }
+            let n = stack[last].nodes[stack[last].next]
+            stack[last].next += 1
+            let path = stack[last].dir.isEmpty ? n.name : stack[last].dir + [0x2f] + n.name
+            out.append(ListedEntry(path: path, node: n))
+            if recursive, n.type == .directory { stack.append((try await loadTree(n.subtree, path: path).nodes, 0, path)) }
+        }
+        return out
     }
 
     // MARK: - plan

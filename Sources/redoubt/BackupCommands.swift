@@ -88,8 +88,7 @@ struct RestoreCommand: AsyncParsableCommand {
             let progress = ProgressLine()
             let start = Date()
             let result = try await RedoubtCLI.with(try APIClient(credential: cfg.credential())) { client in
-                let info = try await client.snapshot(snapshot)
-                let manifest = try Manifest.parse(try await client.manifestBytes(info.id), expectedID: SnapshotID(hex: info.id))
+                let manifest = try await RestoreSupport.manifest(snapshot, from: client)
                 return try await Restorer().restore(manifest: manifest, readKey: readKey, chunkIDKey: material.chunkIDKey, source: client, target: target,
                                                     subpath: path.map { Array($0.utf8) }, skipDamaged: skipDamaged) { p in
                     progress.update(files: p.filesDone, bytes: p.bytesDone, totalBytes: p.bytesTotal, current: p.currentPath)
@@ -111,4 +110,76 @@ struct RestoreCommand: AsyncParsableCommand {
             return result.warnings.isEmpty ? .ok : .partial
         }
     }
+}
+
+struct LsCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "ls", abstract: "List what a snapshot holds, to find what to restore (restorer credential and the read key's provider).")
+    @Argument(help: "Snapshot ID or a unique prefix (8+ hex digits).") var snapshot: String
+    @Argument(help: "A path inside the snapshot (default: its top level).") var path: String?
+    @Flag(name: [.short, .long], help: "List the directories below too.") var recursive = false
+    @OptionGroup var config: ConfigOption
+    @Option(name: .long, help: "Passphrase file for a passphrase-wrapped read key.") var passphraseFile: String?
+    @Option(name: .long, help: "Wrapped read key file to use instead of the server's (an escrow copy).") var readKey: String?
+    @Option(name: .long, help: "Trust this key provider (KMS, HSM) that a rotation moved the read key to.") var trustKeyProvider: String?
+    @Flag(name: .long, help: "Print JSON.") var json = false
+    @OptionGroup(title: "A bucket copy instead of the server") var bucket: FromBucketOptions
+
+    func run() async throws {
+        try await RedoubtCLI.run {
+            let cfg = config.resolved
+            let chunkIDKey = try cfg.sharedMaterial().chunkIDKey
+            let subpath = path.map { Array($0.utf8) }
+            let entries: [ListedEntry]
+            if let store = try bucket.store() {
+                let tenant = try await bucket.tenant(in: store)
+                let (manifest, key) = try await BucketCommands.open(store: store, place: bucket.from ?? "", tenant: tenant, snapshot: snapshot, config: cfg,
+                                                                    passphraseFile: passphraseFile, readKeyFile: readKey, trustProvider: trustKeyProvider,
+                                                                    lister: "redoubt snapshots --from")
+                entries = try await Restorer().list(manifest: manifest, readKey: key, chunkIDKey: chunkIDKey, source: BucketPackSource(store: store, tenant: tenant),
+                                                    subpath: subpath, recursive: recursive)
+            } else {
+                let key = try await RestoreSupport.unwrapReadKey(config: cfg, passphraseFile: passphraseFile, readKeyFile: readKey, trustProvider: trustKeyProvider)
+                entries = try await RedoubtCLI.with(try APIClient(credential: cfg.credential())) { client in
+                    try await Restorer().list(manifest: try await RestoreSupport.manifest(snapshot, from: client), readKey: key, chunkIDKey: chunkIDKey,
+                                              source: client, subpath: subpath, recursive: recursive)
+                }
+            }
+            if json { try printJSON(entries); return .ok }
+            for e in entries {
+                let owner = "\(e.user.isEmpty ? String(e.uid) : e.user)/\(e.group.isEmpty ? String(e.gid) : e.group)"
+                let time = Date(timeIntervalSince1970: TimeInterval(e.mtime))
+                print("\(modeString(e))  \(owner.padding(toLength: 17, withPad: " ", startingAt: 0))  "
+                      + "\(String(e.size).leftPadded(to: 12))  \(ISO8601DateFormatter().string(from: time))  \(e.path)"
+                      + (e.linkTarget.map { e.type == "hardlink" ? " link to \($0)" : " -> \($0)" } ?? ""))
+            }
+            return .ok
+        }
+    }
+
+    /// `ls -l`'s mode column: the type, then rwx for owner, group and others with s/S and t/T.
+    func modeString(_ e: ListedEntry) -> String {
+        let type: Character = switch e.type {
+        case "directory": "d"
+        case "symlink": "l"
+        case "fifo": "p"
+        case "char device": "c"
+        case "block device": "b"
+        case "socket": "s"
+        case "hardlink": "h"
+        default: "-"
+        }
+        var out = String(type)
+        for (shift, special, mark) in [(6, 0o4000, "s"), (3, 0o2000, "s"), (0, 0o1000, "t")] as [(UInt32, UInt32, String)] {
+            let bits = (e.mode >> shift) & 7
+            out += bits & 4 != 0 ? "r" : "-"
+            out += bits & 2 != 0 ? "w" : "-"
+            let x = bits & 1 != 0
+            out += e.mode & special != 0 ? (x ? mark : mark.uppercased()) : (x ? "x" : "-")
+        }
+        return out
+    }
+}
+
+extension String {
+    func leftPadded(to n: Int) -> String { count >= n ? self : String(repeating: " ", count: n - count) + self }
 }

@@ -117,6 +117,12 @@ struct VerifyCommand: AsyncParsableCommand {
 }
 
 enum RestoreSupport {
+    /// The snapshot's manifest from the server (ID or unique prefix), checked against its ID.
+    static func manifest(_ snapshot: String, from client: APIClient) async throws -> Manifest {
+        let info = try await client.snapshot(snapshot)
+        return try Manifest.parse(try await client.manifestBytes(info.id), expectedID: SnapshotID(hex: info.id))
+    }
+
     /// The one manifest in `manifests` (keyed by snapshot ID) whose ID starts with
     /// `prefix`, parsed and checked against its ID. `place` and `lister` name where the
     /// manifests came from and the command that lists them, for the error.

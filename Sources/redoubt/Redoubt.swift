@@ -12,7 +12,7 @@ struct Redoubt: AsyncParsableCommand {
         discussion: "Exit codes: 0 ok, 1 failure, 2 usage, 3 not found, 4 refused by the server, 5 integrity failure, 6 key cannot be unwrapped, 7 server unreachable, 8 finished with warnings.",
         version: "redoubt \(RedoubtVersion.string)",
         subcommands: [QuickstartCommand.self, ServerCommand.self, CopyCommand.self, AdminCommand.self, EnrollCommand.self, BackupCommand.self, SnapshotsCommand.self,
-                      RestoreCommand.self, VerifyCommand.self, AuditCommand.self, MediaCommand.self, DoctorCommand.self])
+                      RestoreCommand.self, LsCommand.self, VerifyCommand.self, AuditCommand.self, MediaCommand.self, DoctorCommand.self])
 }
 
 @main

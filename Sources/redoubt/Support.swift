@@ -60,6 +60,9 @@ func report(_ error: Error) -> Exit {
     case let e as ServerError:
         code = e.status == 404 ? .notFound : .failure
         text = e.description
+    case let e as ArchiveError:
+        code = e.code == .notFound ? .notFound : .failure
+        text = e.description
     case let e as StoreError:
         code = e.code == .integrity ? .integrity : .failure
         text = e.description

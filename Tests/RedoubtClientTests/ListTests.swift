@@ -1,0 +1,78 @@
+import Glibc
+@testable import RedoubtClient
+import RedoubtCore
+import Testing
+
+/// `Restorer.list` (`redoubt ls`): what a snapshot holds, read from its trees alone.
+@Suite struct ListTests {
+    @Test func listsWhatTheTreesRecordAtAnyPathAndRecursively() async throws {
+        let keys = try TestKeys()
+        let work = try Fixture.tempDirectory("list")
+        defer { Fixture.remove(work) }
+        let src = work + "/src"
+        try Fixture.check(mkdir(src, 0o755), "mkdir")
+        _ = try Fixture.everyKind(at: src, bigFile: 1 << 20)
+        let repo = MemoryRepository(keys: keys.write)
+        let m = try await Archiver().run(options: BackupOptions(paths: [src]), keys: keys.write, target: repo,
+                                         now: Timestamp(seconds: 1_800_000_000)).manifest
+        func list(_ path: String?, recursive: Bool = false) async throws -> [ListedEntry] {
+            try await Restorer().list(manifest: m, readKey: keys.tenant.readKey, chunkIDKey: keys.tenant.chunkIDKey, source: repo,
+                                      subpath: path.map { Array($0.utf8) }, recursive: recursive)
+        }
+
+        // The top level names each backed-up path.
+        #expect(try await list(nil).map(\.path) == ["src"])
+        #expect(try await list(nil).first?.type == "directory")
+
+        // A directory's entries: every name the directory holds, with what lstat says.
+        let entries = try await list("src/")
+        var names: [[UInt8]] = []
+        let dir = try #require(opendir(src))
+        while let d = readdir(dir) {
+            let name = withUnsafeBytes(of: d.pointee.d_name) { Array($0.prefix { $0 != 0 }) }
+            if name != [0x2e] && name != [0x2e, 0x2e] { names.append(name) }
+        }
+        closedir(dir)
+        #expect(Set(entries.map(\.pathHex)) == Set(names.map { hexString(Array("src/".utf8) + $0) }))
+        for e in entries where e.type != "hardlink" {
+            var st = stat()
+            var cpath = (Array("\(work)/".utf8) + (try #require(fromHex(e.pathHex)))).map { CChar(bitPattern: $0) } + [0]
+            try Fixture.check(lstat(&cpath, &st), "lstat \(e.path)")
+            #expect(e.mode == UInt32(st.st_mode) & 0o7777, "\(e.path)")
+            #expect(e.uid == st.st_uid && e.gid == st.st_gid, "\(e.path)")
+            #expect(e.mtime == Int64(st.st_mtim.tv_sec) && e.mtimeNanoseconds == UInt32(st.st_mtim.tv_nsec), "\(e.path)")
+            if e.type == "file" { #expect(e.size == UInt64(st.st_size), "\(e.path)") }
+        }
+        #expect(entries.first { $0.path == "src/link-relative" }?.linkTarget == "regular.txt")
+        #expect(entries.first { $0.path == "src/setuid" }?.mode == 0o4755)
+        #expect(entries.first { $0.pathHex == hexString(Array("src/".utf8) + Fixture.nonUTF8Name) }?.type == "file")
+
+        // One file by its path; a directory's subtree, depth first in tree order.
+        let deep = try await list("src/a/b/c/deep.txt")
+        #expect(deep.count == 1 && deep[0].type == "file" && deep[0].size == 5000)
+        #expect(try await list("src/a", recursive: true).map(\.path) == ["src/a/b", "src/a/b/c", "src/a/b/c/deep.txt", "src/a/hard2"])
+        #expect(try await list("src/a").map(\.path) == ["src/a/b", "src/a/hard2"])
+        #expect(try await list("src/emptydir", recursive: true).isEmpty)
+        #expect(try await list("src", recursive: true).count > entries.count)
+
+        // A path the snapshot does not hold, or that goes through a file.
+        for missing in ["src/nope", "src/regular.txt/x", "src/../etc"] {
+            do {
+                _ = try await list(missing)
+                Issue.record("\(missing) was listed")
+            } catch let e as ArchiveError {
+                #expect(e.code == .notFound, "\(missing): \(e)")
+            }
+        }
+    }
+}
+
+private func fromHex(_ s: String) -> [UInt8]? {
+    var out: [UInt8] = []
+    var it = s.utf8.makeIterator()
+    while let a = it.next(), let b = it.next() {
+        guard let v = UInt8(String(decoding: [a, b], as: UTF8.self), radix: 16) else { return nil }
+        out.append(v)
+    }
+    return out
+}

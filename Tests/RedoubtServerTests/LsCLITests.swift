@@ -1,0 +1,32 @@
+import Foundation
+import Testing
+
+/// `redoubt ls` through the built binary, against the quickstart's server: a restorer
+/// finds what to restore without restoring it; a host cannot.
+@Suite struct LsCLITests {
+    @Test func aRestorerListsASnapshotAtAnyPathAndAHostCannot() async throws {
+        let q = try await QuickstartServer.start("ls", quickstartEnv: "REDOUBT_PASSPHRASE=ls-pass")
+        defer { q.stop() }
+        let pass = "REDOUBT_PASSPHRASE=ls-pass"
+        let (t, top) = q.sh("ls \(q.snapshot.prefix(12)) \(q.restorer)", env: pass)
+        #expect(t == 0 && top.contains(" sample") && top.hasPrefix("d"), "ls: \(top)")
+
+        let (r, json) = q.sh("ls \(q.snapshot.prefix(12)) sample --recursive --json \(q.restorer)", env: pass)
+        try #require(r == 0, "ls --recursive --json: \(json)")
+        let entries = try #require(try JSONSerialization.jsonObject(with: Data(json.utf8)) as? [[String: Any]])
+        let listed = Set(entries.compactMap { $0["path"] as? String })
+        // Everything the sample holds, by the same relative paths.
+        let walker = try #require(FileManager.default.enumerator(atPath: "\(q.base)/sample"))
+        var onDisk: Set<String> = []
+        while let p = walker.nextObject() as? String { onDisk.insert("sample/" + p) }
+        #expect(listed == onDisk, "listed \(listed.sorted()) vs on disk \(onDisk.sorted())")
+
+        let (w, wOut) = q.sh("ls \(q.snapshot.prefix(12)) \(q.restorer)", env: "REDOUBT_PASSPHRASE=wrong")
+        #expect(w == 6, "a wrong passphrase: \(w) \(wOut)")
+        let (m, mOut) = q.sh("ls \(q.snapshot.prefix(12)) sample/no-such-file \(q.restorer)", env: pass)
+        #expect(m == 3 && mOut.contains("no-such-file"), "a missing path: \(m) \(mOut)")
+        // The protected host's own credential cannot read what it backed up.
+        let (h, hOut) = q.sh("ls \(q.snapshot.prefix(12)) --config '\(q.base)/host'", env: pass)
+        #expect(h != 0 && !hOut.contains(" sample"), "a host listing its snapshot: \(h) \(hOut)")
+    }
+}
