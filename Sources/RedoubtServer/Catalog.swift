@@ -265,12 +265,15 @@ public final class Catalog: Sendable {
         }
     }
 
-    /// Revokes an admin credential by name: it authenticates no more.
+    /// Revokes an admin credential by name: it authenticates no more, and unused admin
+    /// tokens for that name are cancelled.
     public func revokeAdmin(name: String, now: Date) throws -> Bool {
         try db.write { db in
             try db.execute(sql: "UPDATE principals SET revoked = 1, revoked_at = ? WHERE role = 'admin' AND tenant IS NULL AND name = ? AND revoked = 0",
                            arguments: [now.timeIntervalSince1970, name])
-            return db.changesCount > 0
+            guard db.changesCount > 0 else { return false }
+            _ = try Self.cancelEnrollments(db, role: .admin, tenant: nil, name: name, now: now)
+            return true
         }
     }
 
@@ -314,11 +317,13 @@ public final class Catalog: Sendable {
     // MARK: principals and enrollment
 
     public func insertPrincipal(_ p: Principal, os: String?, now: Date) throws {
-        try db.write { db in
-            try db.execute(sql: """
-                INSERT INTO principals(id, role, tenant, name, fingerprint, host_key, os, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)
-                """, arguments: [p.id, p.role.rawValue, p.tenant, p.name, p.fingerprint, p.hostKey.map { Data($0) }, os, now.timeIntervalSince1970])
-        }
+        try db.write { db in try Self.insertPrincipal(db, p, os: os, now: now) }
+    }
+
+    static func insertPrincipal(_ db: Database, _ p: Principal, os: String?, now: Date) throws {
+        try db.execute(sql: """
+            INSERT INTO principals(id, role, tenant, name, fingerprint, host_key, os, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+            """, arguments: [p.id, p.role.rawValue, p.tenant, p.name, p.fingerprint, p.hostKey.map { Data($0) }, os, now.timeIntervalSince1970])
     }
 
     /// Sets a principal's reported OS; returns the previous value (itself optional) when it
@@ -367,21 +372,36 @@ public final class Catalog: Sendable {
         public let name: String
     }
 
-    /// Marks a token used and returns what it enrolls, or nil if unknown, used or
-    /// expired. One transaction, so a token works once even under concurrent use.
-    public func consumeEnrollment(tokenHash: String, now: Date) throws -> Enrollment? {
+    public enum RedeemError: Error {
+        /// Unknown, used, cancelled or expired.
+        case unknownToken
+        /// An active principal already has the token's tenant, role and name.
+        case nameTaken(Enrollment)
+    }
+
+    /// Redeems a one-time token and records the principal `make` builds from it, in one
+    /// transaction: the token is used up only if the principal is recorded. Errors that
+    /// `make` throws pass through (and leave the token unused).
+    public func redeemEnrollment(tokenHash: String, now: Date, os: String?, _ make: (Enrollment) throws -> Principal) throws -> Principal {
         try db.write { db in
-            guard let r = try Row.fetchOne(db, sql: "SELECT * FROM enrollments WHERE token_hash = ? AND used_at IS NULL AND expires_at > ?",
-                                           arguments: [tokenHash, now.timeIntervalSince1970]) else { return nil }
+            guard let r = try Row.fetchOne(db, sql: """
+                    SELECT * FROM enrollments WHERE token_hash = ? AND used_at IS NULL AND cancelled_at IS NULL AND expires_at > ?
+                    """, arguments: [tokenHash, now.timeIntervalSince1970]),
+                  let role = Role(rawValue: r["role"]) else { throw RedeemError.unknownToken }
+            let e = Enrollment(role: role, tenant: r["tenant"], name: r["name"])
             // A writer or restorer gets the tenant's write material: without it (a catalog
             // rebuilt from the store) the token is refused but not used up.
-            if let tenant = r["tenant"] as String?, r["role"] == Role.writer.rawValue || r["role"] == Role.restorer.rawValue,
+            if let tenant = e.tenant, role == .writer || role == .restorer,
                let material = try Data.fetchOne(db, sql: "SELECT write_material FROM tenants WHERE name = ?", arguments: [tenant]), material.isEmpty {
                 throw ServerError.noWriteMaterial(tenant)
             }
+            let p = try make(e)
+            let taken = try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM principals WHERE tenant IS ? AND role = ? AND name = ? AND revoked = 0",
+                                         arguments: [e.tenant, role.rawValue, e.name]) ?? 0
+            guard taken == 0 else { throw RedeemError.nameTaken(e) }
+            try Self.insertPrincipal(db, p, os: os, now: now)
             try db.execute(sql: "UPDATE enrollments SET used_at = ? WHERE token_hash = ?", arguments: [now.timeIntervalSince1970, tokenHash])
-            guard let role = Role(rawValue: r["role"]) else { return nil }
-            return Enrollment(role: role, tenant: r["tenant"], name: r["name"])
+            return p
         }
     }
 

@@ -136,9 +136,6 @@ public enum CatalogRebuilder {
         // Write material by tenant, from the previous catalog: the store holds it sealed.
         var oldMaterial: [String: (readKeyID: String, material: [UInt8])] = [:]
         if let old = report.previousCatalog {
-            // Why migrate it first: the copy below is `SELECT *`, which needs the columns
-            // of this version's tables (a catalog last opened by an older build has fewer).
-            do { _ = try Catalog(path: old) } catch { report.rejected.append("the previous catalog could not be brought to this version: \(error)") }
             let (lost, material): ([String], [String: (readKeyID: String, material: [UInt8])]) = try await catalog.db.writeWithoutTransaction { db in
                 var lost: [String] = []
                 var material: [String: (readKeyID: String, material: [UInt8])] = [:]
@@ -157,7 +154,13 @@ public enum CatalogRebuilder {
                 for table in ["principals", "enrollments", "audit", "clock", "settings", "holds", "copy_legal_holds",
                               "retired_keks", "copy_targets", "requests", "approvals"] {
                     do {
-                        try db.execute(sql: "INSERT OR IGNORE INTO main.\(table) SELECT * FROM old.\(table)")
+                        // By name, the columns both have: a catalog an older build last wrote has
+                        // fewer (they take their defaults), and the previous catalog is only read.
+                        let ours = try Row.fetchAll(db, sql: "SELECT name FROM pragma_table_info(?, 'main')", arguments: [table]).map { $0["name"] as String }
+                        let theirs = Set(try Row.fetchAll(db, sql: "SELECT name FROM pragma_table_info(?, 'old')", arguments: [table]).map { $0["name"] as String })
+                        let columns = ours.filter(theirs.contains).map { "\"\($0)\"" }.joined(separator: ", ")
+                        guard !columns.isEmpty else { throw ServerError(500, "E_INTERNAL", "no such table in the previous catalog") }
+                        try db.execute(sql: "INSERT OR IGNORE INTO main.\(table) (\(columns)) SELECT \(columns) FROM old.\(table)")
                     } catch {
                         lost.append("\(table) of the previous catalog not carried over: \(error)")
                     }
@@ -221,8 +224,9 @@ public enum CatalogRebuilder {
                 guard m.header.tenant == tenant.name, m.header.readKeyID.description == tenant.readKeyID else {
                     throw CoreError(.wrongTenant, object: "snapshot \(id)", "names another tenant or read key")
                 }
-                // Why only a hash check: host keys live with principals; a restorer
-                // verifies the signature again before it trusts a snapshot.
+                // Why no signature check: host keys live with principals, which a rebuild
+                // from the store alone does not have. (Restores check a manifest's ID, not
+                // its signature either; the server checked it at commit.)
                 let missing = try catalog.missingPacks(tenant: tenant.name, packs: m.header.packs)
                 if !missing.isEmpty { report.rejected.append("snapshot \(id): \(missing.count) pack(s) missing, e.g. \(missing[0]) (kept; restore will fail on them)") }
                 let h = m.header

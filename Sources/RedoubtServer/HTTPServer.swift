@@ -36,10 +36,11 @@ struct AuthMiddleware: RouterMiddleware {
         var principal: Principal? = nil
         var presented: String? = nil
         if let cert = try? await context.channel.nioSSL_peerCertificate().get(), let der = try? cert.toDERBytes() {
-            presented = certificateFingerprint(der: der)
-            principal = try service.catalog.principal(fingerprint: presented!)
+            let fingerprint = certificateFingerprint(der: der)
+            presented = fingerprint
+            principal = try service.catalog.principal(fingerprint: fingerprint)
         }
-        ctx.call = CallContext(principal: principal, source: source)
+        ctx.call = CallContext(principal: principal, source: source, certificate: presented)
         let what = "\(request.method) \(request.uri.path)"
         guard let (action, _) = Policy.action(method: request.method, path: request.uri.path) else {
             if principal == nil { return withoutMarks(errorResponse(service.refuse(ctx.call, "request", object: what, .unauthorized("no valid client certificate")))) }
@@ -49,7 +50,7 @@ struct AuthMiddleware: RouterMiddleware {
             // A certificate this CA issued but the catalog does not know was revoked (or
             // enrolled into a catalog since lost): say so, not "enroll first".
             let why = presented.map { "this credential (certificate \($0.prefix(16))) was revoked or is not enrolled here: "
-                + "ask an admin for a new token (`redoubt admin host add`) and enroll again (`redoubt enroll TOKEN`)" }
+                + "ask an admin for a new enrollment token and enroll again (`redoubt enroll TOKEN`)" }
                 ?? "a client certificate from this server's CA is required: enroll first (`redoubt enroll TOKEN`)"
             return withoutMarks(errorResponse(service.refuse(ctx.call, action.rawValue, object: what, .unauthorized(why))))
         }

@@ -13,7 +13,10 @@ import RedoubtCore
 extension Catalog {
     static func registerPrincipalMigrations(_ m: inout DatabaseMigrator) {
         m.registerMigration("v6-principal-revocation") { db in
-            try db.execute(sql: "ALTER TABLE principals ADD COLUMN revoked_at REAL")
+            try db.execute(sql: """
+                ALTER TABLE principals ADD COLUMN revoked_at REAL;
+                ALTER TABLE enrollments ADD COLUMN cancelled_at REAL;
+                """)
         }
     }
 
@@ -48,18 +51,25 @@ extension Catalog {
 
     /// Revokes a writer, restorer or auditor credential, and with it every unused
     /// enrollment token for the same tenant, role and name (a token taken with the host
-    /// must not enroll it again). False if it was not active.
-    func revokePrincipal(id: String, now: Date) throws -> Bool {
+    /// must not enroll it again). Nil if it was not active; else how many tokens were
+    /// cancelled.
+    func revokePrincipal(id: String, now: Date) throws -> Int? {
         try db.write { db in
             guard let r = try Row.fetchOne(db, sql: "SELECT role, tenant, name FROM principals WHERE id = ? AND revoked = 0 AND role != 'admin'",
-                                           arguments: [id]) else { return false }
+                                           arguments: [id]),
+                  let role = Role(rawValue: r["role"]) else { return nil }
             try db.execute(sql: "UPDATE principals SET revoked = 1, revoked_at = ? WHERE id = ?", arguments: [now.timeIntervalSince1970, id])
-            let (role, tenant, name): (String, String?, String) = (r["role"], r["tenant"], r["name"])
-            try db.execute(sql: """
-                UPDATE enrollments SET expires_at = MIN(expires_at, ?) WHERE role = ? AND tenant IS ? AND name = ? AND used_at IS NULL
-                """, arguments: [now.timeIntervalSince1970, role, tenant, name])
-            return true
+            return try Self.cancelEnrollments(db, role: role, tenant: r["tenant"], name: r["name"], now: now)
         }
+    }
+
+    /// Cancels the unused tokens that would enroll this tenant, role and name; returns how
+    /// many. Redemption refuses a cancelled token whatever its expiry.
+    static func cancelEnrollments(_ db: Database, role: Role, tenant: String?, name: String, now: Date) throws -> Int {
+        try db.execute(sql: """
+            UPDATE enrollments SET cancelled_at = ? WHERE role = ? AND tenant IS ? AND name = ? AND used_at IS NULL AND cancelled_at IS NULL
+            """, arguments: [now.timeIntervalSince1970, role.rawValue, tenant, name])
+        return db.changesCount
     }
 }
 
@@ -78,18 +88,18 @@ extension RepositoryService {
         guard p.role != Role.admin.rawValue else {
             throw refuse(ctx, "revoke", object: object, .badRequest("\(p.name) is an admin: remove admins with `redoubt admin admins remove \(p.name)` (it needs approval)"))
         }
-        guard p.revokedAt == nil else {
-            throw refuse(ctx, "revoke", object: object, ServerError(409, "E_CONFLICT", "\(object) was already revoked at \(p.revokedAt!)"))
+        if let at = p.revokedAt {
+            throw refuse(ctx, "revoke", object: object, ServerError(409, "E_CONFLICT", "\(object) was already revoked at \(at)"))
         }
         if p.role == Role.writer.rawValue {
             // The principal ID, not the name: approving the revocation of web1 must not
             // revoke a web1 enrolled anew after the request was filed.
             try authorize("revoke-writer", object: object, parameters: ["principal": id], requestID: req.requestID, consume: true, ctx: ctx)
         }
-        guard try catalog.revokePrincipal(id: id, now: try now()) else {
+        guard let cancelled = try catalog.revokePrincipal(id: id, now: try now()) else {
             throw refuse(ctx, "revoke", object: object, ServerError(409, "E_CONFLICT", "\(object) was revoked meanwhile"))
         }
-        audit(ctx, "revoke", object: object, outcome: "ok", detail: "principal=\(id) fingerprint=\(p.fingerprint.prefix(16))")
+        audit(ctx, "revoke", object: object, outcome: "ok", detail: "principal=\(id) fingerprint=\(p.fingerprint.prefix(16)) tokens-cancelled=\(cancelled)")
         return try catalog.principalInfo(id: id) ?? p
     }
 }

@@ -52,9 +52,13 @@ public struct SystemClock: ServerClock {
 public struct CallContext: Sendable {
     public let principal: Principal?
     public let source: String
-    public init(principal: Principal?, source: String) {
+    /// The fingerprint of the client certificate presented, known to the catalog or not
+    /// (a revoked one): the audit log's `credential` for anonymous callers too.
+    public let certificate: String?
+    public init(principal: Principal?, source: String, certificate: String? = nil) {
         self.principal = principal
         self.source = source
+        self.certificate = certificate ?? principal?.fingerprint
     }
 }
 
@@ -124,7 +128,7 @@ public final class RepositoryService: Sendable {
     func audit(_ ctx: CallContext, _ action: String, object: String, outcome: String, detail: String = "") {
         do {
             try catalog.audit(time: (try? now()) ?? clock.now(), actor: ctx.principal.map { "\($0.role.rawValue):\($0.tenant.map { $0 + "/" } ?? "")\($0.name)" } ?? "anonymous",
-                              role: ctx.principal?.role.rawValue ?? "-", credential: ctx.principal?.fingerprint.prefix(16).description ?? "-",
+                              role: ctx.principal?.role.rawValue ?? "-", credential: ctx.certificate?.prefix(16).description ?? "-",
                               source: ctx.source, action: action, object: object, outcome: outcome, detail: detail)
         } catch {
             logger.error("audit write failed", metadata: ["action": "\(action)", "error": "\(error)"])
@@ -159,35 +163,41 @@ public final class RepositoryService: Sendable {
     public func enroll(_ req: Wire.EnrollRequest, ctx: CallContext) throws -> Wire.EnrollResponse {
         let tokenHash = hexString(SHA256.hash(data: Array(req.secret.utf8)))
         let now = try now()
-        guard let e = try catalog.consumeEnrollment(tokenHash: tokenHash, now: now) else {
-            throw refuse(ctx, "enroll", object: "token \(tokenHash.prefix(12))",
-                         .forbidden("enrollment token unknown, already used or expired: ask an admin for a new one (`redoubt admin host add`)"))
-        }
         let publicKey: Certificate.PublicKey
         do { publicKey = try Certificate.PublicKey(P256.Signing.PublicKey(pemRepresentation: req.publicKeyPEM)) } catch {
             throw ServerError.badRequest("publicKeyPEM is not a P-256 public key")
         }
-        var hostKey: [UInt8]? = nil
-        if e.role == .writer {
-            guard let hk = req.hostKey.flatMap({ Data(base64Encoded: $0) }), (try? HostPublicKey(rawRepresentation: Array(hk))) != nil else {
-                throw ServerError.badRequest("a writer must send its Ed25519 host key (hostKey, base64)")
-            }
-            hostKey = Array(hk)
+        let hostKey = req.hostKey.flatMap { Data(base64Encoded: $0) }.map(Array.init)
+        if let hostKey, (try? HostPublicKey(rawRepresentation: hostKey)) == nil {
+            throw ServerError.badRequest("hostKey is not a base64 Ed25519 public key")
         }
+        // The certificate first: redeeming the token and recording its holder are then one
+        // transaction, so a revocation (which cancels the name's tokens) either comes first
+        // and the token enrolls nothing, or after and revokes no one but the old holder.
         let principalID = hexString((0..<16).map { _ in UInt8.random(in: 0...255) })
         let cert = try ca.issueClient(publicKey: publicKey, principalID: principalID, now: now)
         let der = try cert.serializeAsPEM().derBytes
-        let p = Principal(id: principalID, role: e.role, tenant: e.tenant, name: e.name, fingerprint: certificateFingerprint(der: der), hostKey: hostKey)
-        do { try catalog.insertPrincipal(p, os: req.os, now: now) } catch {
-            throw refuse(ctx, "enroll", object: "\(e.role.rawValue) \(e.name)", ServerError(409, "E_CONFLICT", "a \(e.role.rawValue) named \(e.name) is already enrolled in this tenant"))
+        let p: Principal
+        do {
+            p = try catalog.redeemEnrollment(tokenHash: tokenHash, now: now, os: req.os) { e in
+                guard e.role != .writer || hostKey != nil else { throw ServerError.badRequest("a writer must send its Ed25519 host key (hostKey, base64)") }
+                return Principal(id: principalID, role: e.role, tenant: e.tenant, name: e.name, fingerprint: certificateFingerprint(der: der),
+                                 hostKey: e.role == .writer ? hostKey : nil)
+            }
+        } catch Catalog.RedeemError.unknownToken {
+            throw refuse(ctx, "enroll", object: "token \(tokenHash.prefix(12))",
+                         .forbidden("enrollment token unknown, already used, cancelled or expired: ask an admin for a new one (`redoubt admin host add`)"))
+        } catch Catalog.RedeemError.nameTaken(let e) {
+            throw refuse(ctx, "enroll", object: "\(e.role.rawValue) \(e.name)", ServerError(409, "E_CONFLICT",
+                "a \(e.role.rawValue) named \(e.name) is already enrolled in this tenant: revoke it first (`redoubt admin \(e.role == .writer ? "host" : e.role.rawValue) revoke`); the token is not used up"))
         }
-        audit(CallContext(principal: p, source: ctx.source), "enroll", object: "\(e.role.rawValue) \(e.tenant ?? "-")/\(e.name)", outcome: "ok", detail: "os=\(req.os ?? "?")")
+        audit(CallContext(principal: p, source: ctx.source), "enroll", object: "\(p.role.rawValue) \(p.tenant ?? "-")/\(p.name)", outcome: "ok", detail: "os=\(req.os ?? "?")")
         var material: String? = nil, wrapped: String? = nil
-        if let t = e.tenant, let rec = try catalog.tenant(t) {
-            if e.role == .writer || e.role == .restorer { material = Data(rec.writeMaterial).base64EncodedString() }
-            if e.role == .restorer { wrapped = rec.wrappedReadKey }
+        if let t = p.tenant, let rec = try catalog.tenant(t) {
+            if p.role == .writer || p.role == .restorer { material = Data(rec.writeMaterial).base64EncodedString() }
+            if p.role == .restorer { wrapped = rec.wrappedReadKey }
         }
-        return Wire.EnrollResponse(principalID: principalID, role: e.role.rawValue, tenant: e.tenant, name: e.name,
+        return Wire.EnrollResponse(principalID: principalID, role: p.role.rawValue, tenant: p.tenant, name: p.name,
                                    certificatePEM: try cert.serializeAsPEM().pemString, writeMaterial: material, wrappedReadKey: wrapped)
     }
 

@@ -56,7 +56,7 @@ protocol PrincipalRevokeCommand: AsyncParsableCommand, PrincipalRoleCommand {
 struct PrincipalRevokeArguments: ParsableArguments {
     @Argument(help: "The tenant.") var tenant: String
     @Argument(help: "The host's or person's name.") var name: String
-    @Option(name: .long, help: "An approved request for this change (revoking a host needs one once there are two admins).") var request: String?
+    @Option(name: .long, help: "An approved request for this change (revoking a host needs one while the quorum is above one).") var request: String?
 }
 
 extension PrincipalRevokeCommand {
@@ -88,7 +88,7 @@ struct HostList: PrincipalListCommand {
 }
 
 struct HostRevoke: PrincipalRevokeCommand {
-    static let configuration = CommandConfiguration(commandName: "revoke", abstract: "Revoke a host's credential: its backups stop (needs approval once there are two admins).")
+    static let configuration = CommandConfiguration(commandName: "revoke", abstract: "Revoke a host's credential: its backups stop (needs approval while the quorum is above one).")
     static let role = "writer"
     @OptionGroup var admin: AdminOptions
     @OptionGroup var target: PrincipalRevokeArguments

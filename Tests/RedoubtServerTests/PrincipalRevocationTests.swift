@@ -59,8 +59,14 @@ import RedoubtCore
             await refused("E_BAD_REQUEST", "revoking an admin as a principal") { _ = try await admin.revokePrincipal(id: adminID, requestID: nil) }
             await refused("E_NOT_FOUND", "revoking an unknown ID") { _ = try await admin.revokePrincipal(id: "00112233", requestID: nil) }
 
-            // A token for web1 issued before the revocation (say, on the compromised host's disk).
+            // A token for web1 issued before the revocation (say, on the compromised host's disk),
+            // and one for another host, which the revocation must leave alone.
             let spare = try await admin.createEnrollment(tenant: "acme", role: "writer", name: "web1", ttlSeconds: 3600).token
+            let web3Token = try await admin.createEnrollment(tenant: "acme", role: "writer", name: "web3", ttlSeconds: 3600).token
+            // While web1 is active its token does not enroll a second web1, and is not used up by trying.
+            await refused("E_CONFLICT", "a second web1 while the first is active") {
+                _ = try await ClientConfig.enroll(token: spare, into: ClientConfig(path: server.dir.appendingPathComponent("cfg-spare0").path), os: nil)
+            }
 
             // One admin: immediate.
             let revoked = try await admin.revokePrincipal(id: web1.id, requestID: nil)
@@ -76,16 +82,25 @@ import RedoubtCore
             _ = try await commitOne(oc, other, name: "web2.bin")
 
             // The token taken before the revocation enrolls nothing.
-            let spareCfg = ClientConfig(path: server.dir.appendingPathComponent("cfg-spare").path)
-            do {
-                _ = try await ClientConfig.enroll(token: spare, into: spareCfg, os: nil)
-                Issue.record("a token issued before the revocation still enrolled web1")
-            } catch {}
+            await refused("E_FORBIDDEN", "the token issued before the revocation") {
+                _ = try await ClientConfig.enroll(token: spare, into: ClientConfig(path: server.dir.appendingPathComponent("cfg-spare").path), os: nil)
+            }
+            let web3Cfg = ClientConfig(path: server.dir.appendingPathComponent("cfg-web3").path)
+            _ = try await ClientConfig.enroll(token: web3Token, into: web3Cfg, os: nil)
+            clients.append(try APIClient(credential: web3Cfg.credential()))
 
-            // What it committed stays, and still verifies (its host key is kept).
+            // What it committed stays, and its manifest still verifies against the host key,
+            // which the catalog keeps.
             #expect(try await admin.snapshots().contains { $0.id == snap.id })
             let report = try await restorer.verify(snap.id)
             #expect(report.damaged.isEmpty && report.missing.isEmpty)
+            let hostKey = try #require(try await server.service.catalog.db.read { db in
+                try Data.fetchOne(db, sql: "SELECT host_key FROM principals WHERE id = ?", arguments: [web1.id])
+            })
+            let manifest = try Manifest.parse(try await restorer.manifestBytes(snap.id), expectedID: SnapshotID(hex: snap.id))
+            let kept = try HostPublicKey(rawRepresentation: Array(hostKey))
+            #expect(kept == manifest.header.hostKey)
+            try manifest.verify(tenant: "acme", host: "web1", hostKey: kept, readKeyID: manifest.header.readKeyID)
 
             // Listing: hidden by default, shown with all=1; the audit log names who did it.
             #expect(try await admin.principals().contains { $0.id == web1.id } == false)
@@ -93,8 +108,9 @@ import RedoubtCore
             let audit = try await admin.audit()
             #expect(audit.contains { $0.action == "revoke" && $0.object == "writer acme/web1" && $0.outcome == "ok" && $0.actor.hasPrefix("admin") })
             #expect(audit.contains { $0.action == "revokePrincipal" && $0.outcome == "denied" && $0.actor.contains("web1") })
-            #expect(audit.contains { $0.action == "listSnapshots" && $0.outcome == "denied" && $0.detail.contains(web1.fingerprint.prefix(16)) },
+            #expect(audit.contains { $0.action == "listSnapshots" && $0.outcome == "denied" && $0.credential == web1.fingerprint.prefix(16) },
                     "a revoked credential's attempts are audited with its certificate")
+            #expect(audit.contains { $0.action == "revoke" && $0.detail.contains("tokens-cancelled=1") }, "only web1's token was cancelled")
 
             // The name can enroll anew with a fresh token; the old credential stays refused.
             let fresh = try await admin.createEnrollment(tenant: "acme", role: "writer", name: "web1", ttlSeconds: 3600).token
@@ -130,6 +146,13 @@ import RedoubtCore
             _ = try await bob.revokePrincipal(id: vault.id, requestID: nil)
             await refused("E_UNAUTHENTICATED", "a revoked restorer reading a manifest") { _ = try await restorer.manifestBytes(snap.id) }
             await refused("E_UNAUTHENTICATED", "a revoked restorer fetching the wrapped read key") { _ = try await restorer.send(.GET, "/v1/tenants/acme/read-key") }
+            // An auditor likewise.
+            let (_, auditor) = try await server.enroll(tenant: "acme", role: "auditor", name: "soc")
+            clients.append(auditor)
+            _ = try await auditor.audit()
+            let soc = try #require(try await bob.principals().first { $0.role == "auditor" && $0.name == "soc" })
+            _ = try await bob.revokePrincipal(id: soc.id, requestID: nil)
+            await refused("E_UNAUTHENTICATED", "a revoked auditor reading the log") { _ = try await auditor.audit() }
         } catch { Issue.record("\(error)") }
         for c in clients { await c.shutdown() }
         await server.stop()
@@ -234,6 +257,10 @@ import RedoubtCore
 
             let report = try await CatalogRebuilder.rebuild(home: server.home, logger: .init(label: "test"))
             #expect(report.rejected.isEmpty, "\(report.rejected)")
+            // The previous catalog is only read: not migrated, not changed.
+            let previous = try #require(report.previousCatalog)
+            let oldColumns = try await DatabaseQueue(path: previous).read { db in try String.fetchAll(db, sql: "SELECT name FROM pragma_table_info('principals')") }
+            #expect(!oldColumns.isEmpty && !oldColumns.contains("revoked_at"))
             let rebuilt = try Catalog(path: path)
             let all = try rebuilt.principalListing(includeRevoked: true)
             #expect(all.contains { $0.name == "web1" && $0.revokedAt == nil })
