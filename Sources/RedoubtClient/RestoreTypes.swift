@@ -102,7 +102,7 @@ public struct ListedEntry: Sendable, Equatable, Encodable {
     /// `file`, `directory`, `symlink`, `hardlink`, `fifo`, `char device`, `block device`, `socket`.
     public let type: String
     public let size: UInt64
-    /// Permission and type bits as stored (`st_mode & 07777`).
+    /// Permission bits with setuid, setgid and sticky (`st_mode & 07777`).
     public let mode: UInt32
     public let uid: UInt32
     public let gid: UInt32
@@ -111,8 +111,18 @@ public struct ListedEntry: Sendable, Equatable, Encodable {
     /// Modification time, seconds and nanoseconds since the epoch (UTC).
     public let mtime: Int64
     public let mtimeNanoseconds: UInt32
-    /// A symlink's target, or the path a hard link names.
+    /// A symlink's target, or the path a hard link names (escaped like `path`).
     public let linkTarget: String?
+    public let linkTargetHex: String?
+    /// A device's major and minor numbers.
+    public let deviceMajor: UInt32?
+    public let deviceMinor: UInt32?
+    /// The node's type, for callers that switch on it (not encoded: `type` is).
+    public let kind: NodeType
+
+    enum CodingKeys: String, CodingKey {
+        case path, pathHex, type, size, mode, uid, gid, user, group, mtime, mtimeNanoseconds, linkTarget, linkTargetHex, deviceMajor, deviceMinor
+    }
 
     init(path: [UInt8], node: Node) {
         self.path = printable(path)
@@ -126,6 +136,13 @@ public struct ListedEntry: Sendable, Equatable, Encodable {
         group = printable(node.group)
         mtime = node.mtime.seconds
         mtimeNanoseconds = node.mtime.nanoseconds
-        linkTarget = node.type == .symlink || node.type == .hardlink ? printable(node.linkTarget) : nil
+        let linked = node.type == .symlink || node.type == .hardlink
+        linkTarget = linked ? printable(node.linkTarget) : nil
+        linkTargetHex = linked ? hexString(node.linkTarget) : nil
+        let device = node.type == .charDevice || node.type == .blockDevice
+        // Linux's dev_t layout (gnu_dev_major / gnu_dev_minor).
+        deviceMajor = device ? UInt32((node.rdev >> 8) & 0xfff | (node.rdev >> 32) & 0xffff_f000) : nil
+        deviceMinor = device ? UInt32(node.rdev & 0xff | (node.rdev >> 12) & 0xffff_ff00) : nil
+        kind = node.type
     }
 }

@@ -64,16 +64,18 @@ public final class Restorer: Sendable {
         return result
     }
 
-    /// The entries of the snapshot at `subpath` (nil or empty: its top level): a
-    /// directory's children, or the one entry a path names; `recursive` walks the
-    /// directories below too. Reads trees only: the packs that hold them are fetched,
-    /// no file contents are decrypted. Throws ``ArchiveError`` `.notFound` for a path the
+    /// Calls `body` with each entry of the snapshot at `subpath` (nil or empty: its top
+    /// level), as it is read: a directory's children, or the one entry a path names;
+    /// `recursive` walks the directories below too, depth first, each directory's entries
+    /// in tree (name) order. Reads trees only, so it needs only the packs that hold them
+    /// — if `source` can locate chunks (the server); otherwise every pack the snapshot
+    /// names is read once to find them. Throws ``ArchiveError`` `.notFound` for a path the
     /// snapshot does not hold, and `CoreError` (naming the object) for damaged trees.
     public func list(manifest: Manifest, readKey: ReadPrivateKey, chunkIDKey: ChunkIDKey, source: any PackSource,
-                     subpath: [UInt8]? = nil, recursive: Bool = false) async throws -> [ListedEntry] {
+                     subpath: [UInt8]? = nil, recursive: Bool = false, _ body: (ListedEntry) throws -> Void) async throws {
         let r = try RestoreSession(manifest: manifest, readKey: readKey, chunkIDKey: chunkIDKey, source: source, isRoot: false,
                                    skipDamaged: false, batchPlaintextBudget: batchPlaintextBudget, onProgress: { _ in })
-        return try await r.list(subpath: subpath, recursive: recursive)
+        try await r.list(subpath: subpath, recursive: recursive, body)
     }
 }
 
@@ -327,15 +329,25 @@ final class RestoreSession {
         }
     }
 
+    /// Largest tree encoding read (about four million entries): a tree naming the same
+    /// chunk again and again is small in storage but would expand without bound.
+    static let maxTreeBytes = 512 << 20
+
     /// The plaintext of a chunk list (a tree's encoding).
     private func blob(_ ids: [ChunkID], object: String) async throws -> [UInt8] {
         var out: [UInt8] = []
+        var total = 0
         for id in ids {
             guard let p = location[id] else {
                 throw CoreError(.missing, object: "chunk \(id)", "part of \(object) but in none of the packs \(snapshot) lists: the snapshot is incomplete")
             }
             let opened = try await openedPack(p)
             guard let n = opened.index[id] else { throw CoreError(.missing, object: "chunk \(id)", "pack \(p) does not hold it (\(object))") }
+            // Why before decrypting: the index gives each chunk's length.
+            total += Int(opened.pack.entries[n].rawLength)
+            guard total <= Self.maxTreeBytes else {
+                throw CoreError(.limitExceeded, object: object, "its encoding exceeds \(Self.maxTreeBytes >> 20) MiB: the snapshot is damaged or was made to exhaust memory")
+            }
             out += try opened.pack.chunk(opened.pack.entries[n], chunkIDKey: chunkIDKey, decompressor: decompressor)
         }
         return out
@@ -371,33 +383,35 @@ final class RestoreSession {
 
     // MARK: - list
 
-    func list(subpath: [UInt8]?, recursive: Bool) async throws -> [ListedEntry] {
+    func list(subpath: [UInt8]?, recursive: Bool, _ body: (ListedEntry) throws -> Void) async throws {
         try await locateChunks()
-        var trimmed = subpath ?? []
-        while trimmed.last == 0x2f { trimmed.removeLast() }
-        while trimmed.first == 0x2f { trimmed.removeFirst() }
-        var out: [ListedEntry] = []
+        var path = subpath ?? []
+        while path.last == 0x2f { path.removeLast() }
+        while path.first == 0x2f { path.removeFirst() }
         let top: Tree
-        if trimmed.isEmpty {
+        if path.isEmpty {
             top = try await root()
         } else {
-            guard let node = try await findNode(trimmed) else {
-                throw ArchiveError(.notFound, object: printable(trimmed), "no such entry in \(snapshot)")
+            guard let node = try await findNode(path) else {
+                throw ArchiveError(.notFound, object: printable(path), "no such entry in \(snapshot)")
             }
-            guard node.type == .directory else { return [ListedEntry(path: trimmed, node: node)] }
-            top = try await loadTree(node.subtree, path: trimmed)
+            guard node.type == .directory else { return try body(ListedEntry(path: path, node: node)) }
+            top = try await loadTree(node.subtree, path: path)
         }
-        // Depth first, each directory's entries in tree order (as `find` prints them).
-        var stack: [(nodes: [Node], next: Int, dir: [UInt8])] = [(top.nodes, 0, trimmed)]
+        // One path buffer, grown and cut back as the walk goes down and up: a deep tree
+        // costs its depth, not depth × path length.
+        var stack: [(nodes: [Node], next: Int, length: Int)] = [(top.nodes, 0, path.count)]
         while let last = stack.indices.last {
+            try Task.checkCancellation()
             guard stack[last].next < stack[last].nodes.count else { stack.removeLast(); continue }
             let n = stack[last].nodes[stack[last].next]
             stack[last].next += 1
-            let path = stack[last].dir.isEmpty ? n.name : stack[last].dir + [0x2f] + n.name
-            out.append(ListedEntry(path: path, node: n))
-            if recursive, n.type == .directory { stack.append((try await loadTree(n.subtree, path: path).nodes, 0, path)) }
+            path.removeSubrange(stack[last].length...)
+            if !path.isEmpty { path.append(0x2f) }
+            path += n.name
+            try body(ListedEntry(path: path, node: n))
+            if recursive, n.type == .directory { stack.append((try await loadTree(n.subtree, path: path).nodes, 0, path.count)) }
         }
-        return out
     }
 
     // MARK: - plan

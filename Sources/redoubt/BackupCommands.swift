@@ -113,7 +113,14 @@ struct RestoreCommand: AsyncParsableCommand {
 }
 
 struct LsCommand: AsyncParsableCommand {
-    static let configuration = CommandConfiguration(commandName: "ls", abstract: "List what a snapshot holds, to find what to restore (restorer credential and the read key's provider).")
+    static let configuration = CommandConfiguration(
+        commandName: "ls", abstract: "List what a snapshot holds, to find what to restore (restorer credential and the read key's provider).",
+        discussion: """
+            Reads the snapshot's trees only. From the server that fetches just the packs that \
+            hold them; from a bucket copy (--from) every pack the snapshot names is read once \
+            to find them. Names that are not printable UTF-8 are escaped (\\xNN); --json \
+            gives the exact bytes in pathHex and linkTargetHex.
+            """)
     @Argument(help: "Snapshot ID or a unique prefix (8+ hex digits).") var snapshot: String
     @Argument(help: "A path inside the snapshot (default: its top level).") var path: String?
     @Flag(name: [.short, .long], help: "List the directories below too.") var recursive = false
@@ -121,7 +128,7 @@ struct LsCommand: AsyncParsableCommand {
     @Option(name: .long, help: "Passphrase file for a passphrase-wrapped read key.") var passphraseFile: String?
     @Option(name: .long, help: "Wrapped read key file to use instead of the server's (an escrow copy).") var readKey: String?
     @Option(name: .long, help: "Trust this key provider (KMS, HSM) that a rotation moved the read key to.") var trustKeyProvider: String?
-    @Flag(name: .long, help: "Print JSON.") var json = false
+    @Flag(name: .long, help: "Print a JSON array, one entry per line.") var json = false
     @OptionGroup(title: "A bucket copy instead of the server") var bucket: FromBucketOptions
 
     func run() async throws {
@@ -129,57 +136,85 @@ struct LsCommand: AsyncParsableCommand {
             let cfg = config.resolved
             let chunkIDKey = try cfg.sharedMaterial().chunkIDKey
             let subpath = path.map { Array($0.utf8) }
-            let entries: [ListedEntry]
+            let out = Listing(json: json)
             if let store = try bucket.store() {
                 let tenant = try await bucket.tenant(in: store)
                 let (manifest, key) = try await BucketCommands.open(store: store, place: bucket.from ?? "", tenant: tenant, snapshot: snapshot, config: cfg,
                                                                     passphraseFile: passphraseFile, readKeyFile: readKey, trustProvider: trustKeyProvider,
                                                                     lister: "redoubt snapshots --from")
-                entries = try await Restorer().list(manifest: manifest, readKey: key, chunkIDKey: chunkIDKey, source: BucketPackSource(store: store, tenant: tenant),
-                                                    subpath: subpath, recursive: recursive)
+                try await Restorer().list(manifest: manifest, readKey: key, chunkIDKey: chunkIDKey, source: BucketPackSource(store: store, tenant: tenant),
+                                          subpath: subpath, recursive: recursive, out.print)
             } else {
                 let key = try await RestoreSupport.unwrapReadKey(config: cfg, passphraseFile: passphraseFile, readKeyFile: readKey, trustProvider: trustKeyProvider)
-                entries = try await RedoubtCLI.with(try APIClient(credential: cfg.credential())) { client in
+                try await RedoubtCLI.with(try APIClient(credential: cfg.credential())) { client in
                     try await Restorer().list(manifest: try await RestoreSupport.manifest(snapshot, from: client), readKey: key, chunkIDKey: chunkIDKey,
-                                              source: client, subpath: subpath, recursive: recursive)
+                                              source: client, subpath: subpath, recursive: recursive, out.print)
                 }
             }
-            if json { try printJSON(entries); return .ok }
-            for e in entries {
-                let owner = "\(e.user.isEmpty ? String(e.uid) : e.user)/\(e.group.isEmpty ? String(e.gid) : e.group)"
-                let time = Date(timeIntervalSince1970: TimeInterval(e.mtime))
-                print("\(modeString(e))  \(owner.padding(toLength: 17, withPad: " ", startingAt: 0))  "
-                      + "\(String(e.size).leftPadded(to: 12))  \(ISO8601DateFormatter().string(from: time))  \(e.path)"
-                      + (e.linkTarget.map { e.type == "hardlink" ? " link to \($0)" : " -> \($0)" } ?? ""))
-            }
+            out.finish()
             return .ok
         }
     }
 
-    /// `ls -l`'s mode column: the type, then rwx for owner, group and others with s/S and t/T.
-    func modeString(_ e: ListedEntry) -> String {
-        let type: Character = switch e.type {
-        case "directory": "d"
-        case "symlink": "l"
-        case "fifo": "p"
-        case "char device": "c"
-        case "block device": "b"
-        case "socket": "s"
-        case "hardlink": "h"
-        default: "-"
+    /// Prints entries as they come: `ls -l`-like lines, or a JSON array one entry per line.
+    final class Listing {
+        let json: Bool
+        private let encoder = JSONEncoder()
+        private let dates = ISO8601DateFormatter()
+        private var pending: String? = nil
+        private var started = false
+
+        init(json: Bool) {
+            self.json = json
+            encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
         }
-        var out = String(type)
-        for (shift, special, mark) in [(6, 0o4000, "s"), (3, 0o2000, "s"), (0, 0o1000, "t")] as [(UInt32, UInt32, String)] {
-            let bits = (e.mode >> shift) & 7
-            out += bits & 4 != 0 ? "r" : "-"
-            out += bits & 2 != 0 ? "w" : "-"
-            let x = bits & 1 != 0
-            out += e.mode & special != 0 ? (x ? mark : mark.uppercased()) : (x ? "x" : "-")
+
+        func print(_ e: ListedEntry) throws {
+            guard json else { return Swift.print(line(e)) }
+            if !started { Swift.print("["); started = true }
+            if let pending { Swift.print(pending + ",") }
+            pending = String(decoding: try encoder.encode(e), as: UTF8.self)
         }
-        return out
+
+        func finish() {
+            guard json else { return }
+            if !started { Swift.print("[") }
+            if let pending { Swift.print(pending) }
+            Swift.print("]")
+        }
+
+        func line(_ e: ListedEntry) -> String {
+            let owner = "\(e.user.isEmpty ? String(e.uid) : e.user)/\(e.group.isEmpty ? String(e.gid) : e.group)"
+            let size = e.deviceMajor.map { "\($0), \(e.deviceMinor ?? 0)" } ?? String(e.size)
+            let time = dates.string(from: Date(timeIntervalSince1970: TimeInterval(e.mtime)))
+            let link = e.linkTarget.map { e.kind == .hardlink ? " link to \($0)" : " -> \($0)" } ?? ""
+            return "\(Self.modeString(e))  \(owner.rightPadded(to: 17))  \(size.leftPadded(to: 12))  \(time)  \(e.path)\(link)"
+        }
+
+        /// `ls -l`'s mode column: the type, then rwx for owner, group and others with s/S and t/T.
+        static func modeString(_ e: ListedEntry) -> String {
+            var out: String = switch e.kind {
+            case .directory: "d"
+            case .symlink: "l"
+            case .fifo: "p"
+            case .charDevice: "c"
+            case .blockDevice: "b"
+            case .socket: "s"
+            case .file, .hardlink: "-"
+            }
+            for (shift, special, mark) in [(6, 0o4000, "s"), (3, 0o2000, "s"), (0, 0o1000, "t")] as [(UInt32, UInt32, String)] {
+                let bits = (e.mode >> shift) & 7
+                out += bits & 4 != 0 ? "r" : "-"
+                out += bits & 2 != 0 ? "w" : "-"
+                let x = bits & 1 != 0
+                out += e.mode & special != 0 ? (x ? mark : mark.uppercased()) : (x ? "x" : "-")
+            }
+            return out
+        }
     }
 }
 
 extension String {
     func leftPadded(to n: Int) -> String { count >= n ? self : String(repeating: " ", count: n - count) + self }
+    func rightPadded(to n: Int) -> String { count >= n ? self : self + String(repeating: " ", count: n - count) }
 }

@@ -259,6 +259,9 @@ enum RestoreSupport {
             return current
         } catch let e as APIError where e.code == "E_TENANT_SHREDDED" {
             throw KeyProviderError.keyDestroyed(provider: "redoubt server", detail: e.message)
+        } catch let e as APIError where e.isRefusal {
+            // A credential that may not read (a host's, a revoked one): say so, exit 4.
+            throw e
         } catch let e as APIError {
             // The server is gone or older: the enrollment copy is the best we have.
             FileHandle.standardError.write(Data("note: using the wrapped read key saved at enrollment (server: \(e.message)); after a rotation pass --read-key FILE\n".utf8))

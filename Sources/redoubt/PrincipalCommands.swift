@@ -19,17 +19,28 @@ protocol PrincipalListCommand: AsyncParsableCommand, PrincipalRoleCommand {
 struct PrincipalListArguments: ParsableArguments {
     @Argument(help: "Only this tenant's.") var tenant: String?
     @Flag(name: .long, help: "Include revoked credentials.") var all = false
+    @Option(name: .long, help: "Hosts only: list just those whose newest snapshot is older than this (e.g. 26h), or that never committed one, and exit 8 if there are any (for monitoring).")
+    var staleAfter: String?
     @Flag(name: .long, help: "Print JSON.") var json = false
 }
 
 extension PrincipalListCommand {
     func run() async throws {
         try await RedoubtCLI.run {
-            let list = try await RedoubtCLI.with(try admin.client()) { try await $0.principals(includeRevoked: listing.all) }
+            var staleBefore: Date? = nil
+            if let s = listing.staleAfter {
+                guard Self.role == "writer" else { throw ValidationError("--stale-after applies to hosts (`redoubt admin host list`)") }
+                staleBefore = Date().addingTimeInterval(-(try parseDuration(s)))
+            }
+            var list = try await RedoubtCLI.with(try admin.client()) { try await $0.principals(includeRevoked: listing.all) }
                 .filter { $0.role == Self.role && (listing.tenant == nil || $0.tenant == listing.tenant) }
-            if listing.json { try printJSON(list); return .ok }
+            if let staleBefore { list = list.filter { ($0.lastSnapshotAt ?? .distantPast) < staleBefore } }
+            // Why 8: monitoring runs this and alerts on a host that stopped backing up.
+            let exit: Exit = staleBefore != nil && !list.isEmpty ? .partial : .ok
+            if listing.json { try printJSON(list); return exit }
             guard !list.isEmpty else {
-                FileHandle.standardError.write(Data("no \(Self.role) credentials\(listing.tenant.map { " for tenant \($0)" } ?? "")\n".utf8))
+                let what = staleBefore.map { "hosts without a snapshot since \(ISO8601DateFormatter().string(from: $0))" } ?? "\(Self.role) credentials"
+                FileHandle.standardError.write(Data("no \(what)\(listing.tenant.map { " for tenant \($0)" } ?? "")\n".utf8))
                 return .ok
             }
             let f = ISO8601DateFormatter()
@@ -43,7 +54,7 @@ extension PrincipalListCommand {
                       + (writers ? last.padding(toLength: 20, withPad: " ", startingAt: 0) + "  " : "")
                       + state.padding(toLength: 20, withPad: " ", startingAt: 0) + "  " + (p.os ?? "-"))
             }
-            return .ok
+            return exit
         }
     }
 }

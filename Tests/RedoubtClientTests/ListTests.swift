@@ -1,3 +1,4 @@
+import Foundation
 import Glibc
 @testable import RedoubtClient
 import RedoubtCore
@@ -16,8 +17,10 @@ import Testing
         let m = try await Archiver().run(options: BackupOptions(paths: [src]), keys: keys.write, target: repo,
                                          now: Timestamp(seconds: 1_800_000_000)).manifest
         func list(_ path: String?, recursive: Bool = false) async throws -> [ListedEntry] {
+            var out: [ListedEntry] = []
             try await Restorer().list(manifest: m, readKey: keys.tenant.readKey, chunkIDKey: keys.tenant.chunkIDKey, source: repo,
-                                      subpath: path.map { Array($0.utf8) }, recursive: recursive)
+                                      subpath: path.map { Array($0.utf8) }, recursive: recursive) { out.append($0) }
+            return out
         }
 
         // The top level names each backed-up path.
@@ -53,7 +56,20 @@ import Testing
         #expect(try await list("src/a", recursive: true).map(\.path) == ["src/a/b", "src/a/b/c", "src/a/b/c/deep.txt", "src/a/hard2"])
         #expect(try await list("src/a").map(\.path) == ["src/a/b", "src/a/hard2"])
         #expect(try await list("src/emptydir", recursive: true).isEmpty)
-        #expect(try await list("src", recursive: true).count > entries.count)
+        // Recursively: every path under src, as a directory walk finds them.
+        var walked: Set<String> = []
+        let walker = try #require(FileManager.default.enumerator(atPath: src))
+        while let p = walker.nextObject() as? String { walked.insert(p) }
+        let all = try await list("src", recursive: true)
+        #expect(Set(all.filter { $0.pathHex == hexString(Array($0.path.utf8)) }.map { String($0.path.dropFirst(4)) })
+                == walked.filter { !$0.unicodeScalars.contains("\u{FFFD}") })
+        #expect(all.count == walked.count + (walked.contains { $0.unicodeScalars.contains("\u{FFFD}") } ? 0 : 1))
+        // A hard link names the file it links to; a device its numbers (when the fixture could make one).
+        let hard = try #require(all.first { $0.path == "src/a/hard2" })
+        #expect(hard.kind == .hardlink && hard.linkTarget == "src/hard1" && hard.linkTargetHex == hexString(Array("src/hard1".utf8)))
+        if let dev = all.first(where: { $0.path == "src/chardev" }) {
+            #expect(dev.kind == .charDevice && dev.deviceMajor == 1 && dev.deviceMinor == 3)
+        }
 
         // A path the snapshot does not hold, or that goes through a file.
         for missing in ["src/nope", "src/regular.txt/x", "src/../etc"] {

@@ -9,7 +9,11 @@ import Testing
         defer { q.stop() }
         let pass = "REDOUBT_PASSPHRASE=ls-pass"
         let (t, top) = q.sh("ls \(q.snapshot.prefix(12)) \(q.restorer)", env: pass)
-        #expect(t == 0 && top.contains(" sample") && top.hasPrefix("d"), "ls: \(top)")
+        let line = try #require(top.split(separator: "\n").first { $0.hasSuffix(" sample") }, "ls: \(top)")
+        // The mode column as `ls -l` shows it, from the sample directory's own mode.
+        let mode = try #require(try FileManager.default.attributesOfItem(atPath: "\(q.base)/sample")[.posixPermissions] as? Int)
+        let rwx = (0..<9).map { i in mode & (0o400 >> i) != 0 ? Array("rwxrwxrwx")[i] : "-" }
+        #expect(t == 0 && line.hasPrefix("d" + String(rwx)), "ls: \(line) (mode \(String(mode, radix: 8)))")
 
         let (r, json) = q.sh("ls \(q.snapshot.prefix(12)) sample --recursive --json \(q.restorer)", env: pass)
         try #require(r == 0, "ls --recursive --json: \(json)")
@@ -27,6 +31,9 @@ import Testing
         #expect(m == 3 && mOut.contains("no-such-file"), "a missing path: \(m) \(mOut)")
         // The protected host's own credential cannot read what it backed up.
         let (h, hOut) = q.sh("ls \(q.snapshot.prefix(12)) --config '\(q.base)/host'", env: pass)
-        #expect(h != 0 && !hOut.contains(" sample"), "a host listing its snapshot: \(h) \(hOut)")
+        #expect(h == 4 && !hOut.contains(" sample"), "a host listing its snapshot: \(h) \(hOut)")
+        // restore --path of a path the snapshot does not hold: not found, nothing written.
+        let (rp, rpOut) = q.sh("restore \(q.snapshot.prefix(12)) --target '\(q.dir)/nothing' --path sample/no-such-file \(q.restorer)", env: pass)
+        #expect(rp == 3 && rpOut.contains("no-such-file"), "restore --path missing: \(rp) \(rpOut)")
     }
 }

@@ -213,6 +213,14 @@ import RedoubtCore
         let hosts = try JSONDecoder().decode([Wire.PrincipalInfo].self, from: Data(lOut.utf8), dates: true)
         let host = try #require(hosts.first, "no host listed: \(lOut)")
         #expect(hosts.allSatisfy { $0.role == "writer" && $0.tenant == "quickstart" } && host.lastSnapshotAt != nil)
+        // Monitoring: the host committed a moment ago, so it is stale after 1 s (once a
+        // second has passed) but not after a day.
+        let (fresh, freshOut) = q.sh("admin \(q.admin) host list quickstart --stale-after 1d")
+        #expect(fresh == 0 && !freshOut.contains(host.name), "stale after a day: \(fresh) \(freshOut)")
+        try await Task.sleep(nanoseconds: 1_100_000_000)
+        let (stale, staleOut) = q.sh("admin \(q.admin) host list quickstart --stale-after 1s --json")
+        #expect(stale == 8 && staleOut.contains(host.name), "stale after a second: \(stale) \(staleOut)")
+        #expect(q.sh("admin \(q.admin) restorer list --stale-after 1d").0 == 2, "--stale-after is for hosts only")
 
         let (r, rOut) = q.sh("admin \(q.admin) host revoke quickstart \(host.name)")
         #expect(r == 0 && rOut.contains("revoked"), "host revoke: \(rOut)")
