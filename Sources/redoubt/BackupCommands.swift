@@ -68,9 +68,7 @@ struct RestoreCommand: AsyncParsableCommand {
     @Option(name: .long, help: "Directory to restore into (created if missing).") var target: String
     @Option(name: .long, help: "Restore only this path inside the snapshot (e.g. data/etc).") var path: String?
     @OptionGroup var config: ConfigOption
-    @Option(name: .long, help: "Passphrase file for a passphrase-wrapped read key.") var passphraseFile: String?
-    @Option(name: .long, help: "Wrapped read key file to use instead of the server's (an escrow copy from `redoubt admin tenant escrow`).") var readKey: String?
-    @Option(name: .long, help: "Trust this key provider (KMS, HSM) that a rotation moved the read key to (its URI; the key ID does not matter).") var trustKeyProvider: String?
+    @OptionGroup(title: "The read key") var key: ReadKeyOptions
     @Flag(name: .long, help: "Restore everything undamaged and list what is damaged, instead of stopping at the first damage.") var skipDamaged = false
     @Flag(name: .long, help: "Print the summary as JSON.") var json = false
     @OptionGroup(title: "A bucket copy instead of the server") var bucket: FromBucketOptions
@@ -79,11 +77,11 @@ struct RestoreCommand: AsyncParsableCommand {
         try await RedoubtCLI.run {
             if let store = try bucket.store() {
                 return try await BucketCommands.restore(store: store, place: bucket.from ?? "", tenant: try await bucket.tenant(in: store), snapshot: snapshot,
-                                                        target: target, config: config.resolved, passphraseFile: passphraseFile, readKeyFile: readKey, trustProvider: trustKeyProvider,
+                                                        target: target, config: config.resolved, key: key,
                                                         subpath: path, skipDamaged: skipDamaged, lister: "redoubt snapshots --from", json: json)
             }
             let cfg = config.resolved
-            let readKey = try await RestoreSupport.unwrapReadKey(config: cfg, passphraseFile: passphraseFile, readKeyFile: readKey, trustProvider: trustKeyProvider)
+            let readKey = try await key.unwrap(config: cfg)
             let material = try cfg.sharedMaterial()
             let progress = ProgressLine()
             let start = Date()
@@ -125,9 +123,7 @@ struct LsCommand: AsyncParsableCommand {
     @Argument(help: "A path inside the snapshot (default: its top level).") var path: String?
     @Flag(name: [.short, .long], help: "List the directories below too.") var recursive = false
     @OptionGroup var config: ConfigOption
-    @Option(name: .long, help: "Passphrase file for a passphrase-wrapped read key.") var passphraseFile: String?
-    @Option(name: .long, help: "Wrapped read key file to use instead of the server's (an escrow copy).") var readKey: String?
-    @Option(name: .long, help: "Trust this key provider (KMS, HSM) that a rotation moved the read key to.") var trustKeyProvider: String?
+    @OptionGroup(title: "The read key") var key: ReadKeyOptions
     @Flag(name: .long, help: "Print a JSON array, one entry per line.") var json = false
     @OptionGroup(title: "A bucket copy instead of the server") var bucket: FromBucketOptions
 
@@ -139,15 +135,14 @@ struct LsCommand: AsyncParsableCommand {
             let out = Listing(json: json)
             if let store = try bucket.store() {
                 let tenant = try await bucket.tenant(in: store)
-                let (manifest, key) = try await BucketCommands.open(store: store, place: bucket.from ?? "", tenant: tenant, snapshot: snapshot, config: cfg,
-                                                                    passphraseFile: passphraseFile, readKeyFile: readKey, trustProvider: trustKeyProvider,
-                                                                    lister: "redoubt snapshots --from")
-                try await Restorer().list(manifest: manifest, readKey: key, chunkIDKey: chunkIDKey, source: BucketPackSource(store: store, tenant: tenant),
+                let (manifest, readKey) = try await BucketCommands.open(store: store, place: bucket.from ?? "", tenant: tenant, snapshot: snapshot, config: cfg,
+                                                                        key: key, lister: "redoubt snapshots --from")
+                try await Restorer().list(manifest: manifest, readKey: readKey, chunkIDKey: chunkIDKey, source: BucketPackSource(store: store, tenant: tenant),
                                           subpath: subpath, recursive: recursive, out.print)
             } else {
-                let key = try await RestoreSupport.unwrapReadKey(config: cfg, passphraseFile: passphraseFile, readKeyFile: readKey, trustProvider: trustKeyProvider)
+                let readKey = try await key.unwrap(config: cfg)
                 try await RedoubtCLI.with(try APIClient(credential: cfg.credential())) { client in
-                    try await Restorer().list(manifest: try await RestoreSupport.manifest(snapshot, from: client), readKey: key, chunkIDKey: chunkIDKey,
+                    try await Restorer().list(manifest: try await RestoreSupport.manifest(snapshot, from: client), readKey: readKey, chunkIDKey: chunkIDKey,
                                               source: client, subpath: subpath, recursive: recursive, out.print)
                 }
             }

@@ -65,10 +65,9 @@ enum BucketCommands {
 
     /// Restores one snapshot from the copy with the restorer's read key.
     static func restore(store: S3Store, place: String, tenant: String, snapshot: String, target: String, config cfg: ClientConfig,
-                        passphraseFile: String?, readKeyFile: String?, trustProvider: String? = nil, subpath: String? = nil, skipDamaged: Bool = false,
+                        key: ReadKeyOptions, subpath: String? = nil, skipDamaged: Bool = false,
                         lister: String = "redoubt copy snapshots", json: Bool = false) async throws -> Exit {
-        let (manifest, readKey) = try await open(store: store, place: place, tenant: tenant, snapshot: snapshot, config: cfg, passphraseFile: passphraseFile,
-                                                 readKeyFile: readKeyFile, trustProvider: trustProvider, lister: lister)
+        let (manifest, readKey) = try await open(store: store, place: place, tenant: tenant, snapshot: snapshot, config: cfg, key: key, lister: lister)
         let result = try await RestoreSupport.restore(manifest: manifest, readKey: readKey, chunkIDKey: try cfg.sharedMaterial().chunkIDKey,
                                                       source: BucketPackSource(store: store, tenant: tenant), target: target,
                                                       subpath: subpath.map { Array($0.utf8) }, skipDamaged: skipDamaged)
@@ -87,12 +86,11 @@ enum BucketCommands {
     }
 
     /// The snapshot's manifest from the bucket copy and the read key, unwrapped in memory
-    /// (from the copy's own descriptors unless `readKeyFile` names an escrow copy).
-    static func open(store: S3Store, place: String, tenant: String, snapshot: String, config cfg: ClientConfig, passphraseFile: String?,
-                     readKeyFile: String?, trustProvider: String?, lister: String) async throws -> (Manifest, ReadPrivateKey) {
-        let copies = readKeyFile == nil ? try await wrappedReadKeys(store: store, tenant: tenant, config: cfg) : []
-        let readKey = try await RestoreSupport.unwrapReadKey(config: cfg, passphraseFile: passphraseFile, readKeyFile: readKeyFile, copies: copies,
-                                                             trustProvider: trustProvider)
+    /// (from the copy's own descriptors unless `--read-key` names an escrow copy).
+    static func open(store: S3Store, place: String, tenant: String, snapshot: String, config cfg: ClientConfig, key: ReadKeyOptions,
+                     lister: String) async throws -> (Manifest, ReadPrivateKey) {
+        let copies = key.readKey == nil ? try await wrappedReadKeys(store: store, tenant: tenant, config: cfg) : []
+        let readKey = try await key.unwrap(config: cfg, copies: copies)
         let manifests = try await BucketCopy.manifests(in: store, tenant: tenant)
         return (try RestoreSupport.manifest(matching: snapshot, in: manifests, place: "in \(place)", lister: lister), readKey)
     }

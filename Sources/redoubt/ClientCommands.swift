@@ -60,9 +60,7 @@ struct VerifyCommand: AsyncParsableCommand {
     @Argument(help: "Snapshot ID or a unique prefix (8+ hex digits); omitted with --from, which checks the whole copy.") var snapshot: String?
     @Flag(name: .long, help: "Decrypt every chunk and check it (needs the read key).") var deep = false
     @OptionGroup var config: ConfigOption
-    @Option(name: .long, help: "Passphrase file for a passphrase-wrapped read key.") var passphraseFile: String?
-    @Option(name: .long, help: "Wrapped read key file to use instead of the server's (an escrow copy from `redoubt admin tenant escrow`).") var readKey: String?
-    @Option(name: .long, help: "Trust this key provider (KMS, HSM) that a rotation moved the read key to (its URI; the key ID does not matter).") var trustKeyProvider: String?
+    @OptionGroup(title: "The read key") var key: ReadKeyOptions
     @Flag(name: .long, help: "Print JSON.") var json = false
     @OptionGroup(title: "A bucket copy instead of the server") var bucket: FromBucketOptions
     @Option(name: .long, help: "With --from: also report objects whose lock ends sooner than this from now (e.g. 30d).") var minRetain: String?
@@ -83,7 +81,7 @@ struct VerifyCommand: AsyncParsableCommand {
                 var damaged = report.damaged + report.missing
                 var chunks = 0
                 if deep {
-                    let readKey = try await RestoreSupport.unwrapReadKey(config: cfg, passphraseFile: passphraseFile, readKeyFile: readKey, trustProvider: trustKeyProvider)
+                    let readKey = try await key.unwrap(config: cfg)
                     let material = try cfg.sharedMaterial()
                     let manifestBytes = try await client.manifestBytes(report.snapshot)
                     let manifest = try Manifest.parse(manifestBytes, expectedID: SnapshotID(hex: report.snapshot))
@@ -113,6 +111,19 @@ struct VerifyCommand: AsyncParsableCommand {
                 return damaged.isEmpty ? .ok : .integrity
             }
         }
+    }
+}
+
+/// How a restorer gets its read key: the key provider's secret, an escrow copy, a
+/// provider a rotation moved the key to. Shared by restore, ls, verify --deep, copy restore and media restore.
+struct ReadKeyOptions: ParsableArguments {
+    @Option(name: .long, help: "Passphrase file for a passphrase-wrapped read key.") var passphraseFile: String?
+    @Option(name: .long, help: "Wrapped read key file to use instead of the server's (an escrow copy from `redoubt admin tenant escrow`).") var readKey: String?
+    @Option(name: .long, help: "Trust this key provider (KMS, HSM) that a rotation moved the read key to (its URI; the key ID does not matter).") var trustKeyProvider: String?
+
+    /// The read key, unwrapped in memory (`copies`: a bucket's or media set's wrappings, newest first).
+    func unwrap(config: ClientConfig, copies: [(name: String, key: WrappedReadKey)] = []) async throws -> ReadPrivateKey {
+        try await RestoreSupport.unwrapReadKey(config: config, passphraseFile: passphraseFile, readKeyFile: readKey, copies: copies, trustProvider: trustKeyProvider)
     }
 }
 

@@ -167,14 +167,12 @@ struct CopyRestore: AsyncParsableCommand {
     @OptionGroup var bucket: BucketOptions
     @Option(name: .long, help: "Directory to restore into (created if missing).") var target: String
     @OptionGroup var config: ConfigOption
-    @Option(name: .long, help: "Passphrase file for a passphrase-wrapped read key.") var passphraseFile: String?
-    @Option(name: .long, help: "Wrapped read key file to use instead of the server's (an escrow copy from `redoubt admin tenant escrow`).") var readKey: String?
-    @Option(name: .long, help: "Trust this key provider (KMS, HSM) that a rotation moved the read key to (its URI; the key ID does not matter).") var trustKeyProvider: String?
+    @OptionGroup(title: "The read key") var key: ReadKeyOptions
 
     func run() async throws {
         try await RedoubtCLI.run {
             try await BucketCommands.restore(store: try bucket.store(), place: bucket.to, tenant: tenant, snapshot: snapshot, target: target,
-                                             config: config.resolved, passphraseFile: passphraseFile, readKeyFile: readKey, trustProvider: trustKeyProvider)
+                                             config: config.resolved, key: key)
         }
     }
 }

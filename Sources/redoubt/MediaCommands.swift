@@ -217,9 +217,7 @@ struct MediaRestore: AsyncParsableCommand {
     @Option(name: .long, help: "Directory to restore into (created if missing).") var target: String
     @Option(name: .long, help: "Restore only this path inside the snapshot (e.g. data/etc).") var path: String?
     @OptionGroup var config: ConfigOption
-    @Option(name: .long, help: "Passphrase file for a passphrase-wrapped read key.") var passphraseFile: String?
-    @Option(name: .long, help: "Wrapped read key file to use instead of the server's (an escrow copy from `redoubt admin tenant escrow`).") var readKey: String?
-    @Option(name: .long, help: "Trust this key provider (KMS, HSM) that a rotation moved the read key to (its URI; the key ID does not matter).") var trustKeyProvider: String?
+    @OptionGroup(title: "The read key") var key: ReadKeyOptions
     @Flag(name: .long, help: "Read on past damaged blocks and restore everything that verified.") var skipDamaged = false
 
     func run() async throws {
@@ -272,7 +270,7 @@ extension MediaRestore {
     func mediaReadKey(_ descriptor: (version: Int, name: String, body: [UInt8])?, config cfg: ClientConfig) async throws -> ReadPrivateKey {
         let tenant = try cfg.credential().tenant ?? ""
         var copies: [(name: String, key: WrappedReadKey)] = []
-        if readKey == nil, let d = descriptor {
+        if key.readKey == nil, let d = descriptor {
             let name = "\(d.name) on the media"
             do {
                 if let w = try RestoreSupport.wrappedReadKey(descriptor: d.body, name: name, place: "media set", tenant: tenant, config: cfg) { copies.append((name, w)) }
@@ -280,8 +278,7 @@ extension MediaRestore {
                 FileHandle.standardError.write(Data("note: skipping \(name): not a readable tenant descriptor (\(error))\n".utf8))
             }
         }
-        return try await RestoreSupport.unwrapReadKey(config: cfg, passphraseFile: passphraseFile, readKeyFile: readKey, copies: copies,
-                                                      trustProvider: trustKeyProvider)
+        return try await key.unwrap(config: cfg, copies: copies)
     }
 }
 

@@ -15,10 +15,7 @@ import RedoubtKMS
         try await server.createTenant("acme", keys: try TenantKeys.generate())
         // A lone admin acts alone: adding the second needs nobody's approval.
         #expect(try await server.admin.quorum().effective == 1)
-        let token = try await server.admin.addAdmin(name: "bob", ttlSeconds: nil, requestID: nil).token
-        let cfg = ClientConfig(path: server.dir.appendingPathComponent("cfg-admin-bob").path)
-        _ = try await ClientConfig.enroll(token: token, into: cfg, os: nil)
-        let bob = try APIClient(credential: cfg.credential())
+        let bob = try await server.enrollAdmin("bob")
         let (_, writer) = try await server.enroll(tenant: "acme", role: "writer", name: "web1")
         return (server, bob, writer)
     }
@@ -26,19 +23,6 @@ import RedoubtKMS
     func finish(_ server: TestServer, _ clients: [APIClient]) async {
         for c in clients { await c.shutdown() }
         await server.stop()
-    }
-
-    /// Runs `body` expecting an API error with `code`; returns it.
-    @discardableResult
-    func refused(_ code: String, _ what: String, _ body: () async throws -> Void) async -> APIError? {
-        do {
-            try await body()
-            Issue.record("\(what) was allowed")
-        } catch let e as APIError {
-            #expect(e.code == code, "\(what): \(e)")
-            return e
-        } catch { Issue.record("\(what): \(error)") }
-        return nil
     }
 
     @Test func oneAdminCannotShredOrLowerRetentionTwoCan() async throws {
@@ -146,10 +130,7 @@ import RedoubtKMS
         let server = try await TestServer.start()
         let keys = try TenantKeys.generate()
         try await server.createTenant("acme", keys: keys)
-        let token = try await server.admin.addAdmin(name: "bob", ttlSeconds: nil, requestID: nil).token
-        let cfg = ClientConfig(path: server.dir.appendingPathComponent("cfg-admin-bob").path)
-        _ = try await ClientConfig.enroll(token: token, into: cfg, os: nil)
-        let bob = try APIClient(credential: cfg.credential())
+        let bob = try await server.enrollAdmin("bob")
         let alice = server.admin
         do {
             let provider = try PassphraseKeyProvider(passphrase: SecretBytes(copying: Array("new-pw".utf8)), logN: 10)

@@ -12,18 +12,6 @@ import RedoubtCore
 @Suite(.serialized) struct PrincipalRevocationTests {
     func randomBytes(_ n: Int) -> [UInt8] { (0..<n).map { _ in UInt8.random(in: 0...255) } }
 
-    /// Expects an API error with `code` from `body`.
-    func refused(_ code: String, _ what: String, _ body: () async throws -> Void) async -> APIError? {
-        do {
-            try await body()
-            Issue.record("\(what) was allowed")
-        } catch let e as APIError {
-            #expect(e.code == code, "\(what): \(e)")
-            return e
-        } catch { Issue.record("\(what): \(error)") }
-        return nil
-    }
-
     func commitOne(_ cfg: ClientConfig, _ client: APIClient, name: String) async throws -> Wire.SnapshotInfo {
         let (packs, manifest) = try makeSnapshot(keys: try cfg.writeKeySet(), files: [(name, randomBytes(64 << 10))])
         for p in packs { _ = try await client.uploadPack(id: p.id, bytes: p.bytes) }
@@ -134,10 +122,7 @@ import RedoubtCore
             let (wc, writer) = try await server.enroll(tenant: "acme", role: "writer", name: "web1")
             let (_, restorer) = try await server.enroll(tenant: "acme", role: "restorer", name: "vault")
             // A second admin: weakening changes now need approval, but this one narrows access.
-            let token = try await server.admin.addAdmin(name: "bob", ttlSeconds: nil, requestID: nil).token
-            let bobCfg = ClientConfig(path: server.dir.appendingPathComponent("cfg-admin-bob").path)
-            _ = try await ClientConfig.enroll(token: token, into: bobCfg, os: nil)
-            let bob = try APIClient(credential: bobCfg.credential())
+            let bob = try await server.enrollAdmin("bob")
             clients += [writer, restorer, bob]
 
             let snap = try await commitOne(wc, writer, name: "a.bin")
@@ -164,10 +149,7 @@ import RedoubtCore
         do {
             try await server.createTenant("acme", keys: try TenantKeys.generate())
             let (wc, writer) = try await server.enroll(tenant: "acme", role: "writer", name: "web1")
-            let token = try await server.admin.addAdmin(name: "bob", ttlSeconds: nil, requestID: nil).token
-            let bobCfg = ClientConfig(path: server.dir.appendingPathComponent("cfg-admin-bob").path)
-            _ = try await ClientConfig.enroll(token: token, into: bobCfg, os: nil)
-            let bob = try APIClient(credential: bobCfg.credential())
+            let bob = try await server.enrollAdmin("bob")
             clients += [writer, bob]
             let alice = server.admin
 

@@ -92,6 +92,14 @@ final class TestServer: @unchecked Sendable {
             wrappedReadKey: String(decoding: try wrapped.encoded(), as: UTF8.self), minRetentionSeconds: nil))
     }
 
+    /// Enrolls another admin (one admin adds the second alone) and returns its client.
+    func enrollAdmin(_ name: String) async throws -> APIClient {
+        let token = try await admin.addAdmin(name: name, ttlSeconds: nil, requestID: nil).token
+        let cfg = ClientConfig(path: dir.appendingPathComponent("cfg-admin-\(name)").path)
+        _ = try await ClientConfig.enroll(token: token, into: cfg, os: nil)
+        return try APIClient(credential: cfg.credential())
+    }
+
     /// Enrolls a principal into a fresh config directory and returns it with a client.
     func enroll(tenant: String, role: String, name: String) async throws -> (ClientConfig, APIClient) {
         let token = try await admin.createEnrollment(tenant: tenant, role: role, name: name, ttlSeconds: 3600).token
@@ -114,4 +122,17 @@ func makeSnapshot(keys: WriteKeySet, files: [(String, [UInt8])], time: Int64 = 1
                                 time: Timestamp(seconds: time), nonce: (0..<16).map { _ in UInt8.random(in: 0...255) }, paths: [Array("/data".utf8)],
                                 tags: [], statistics: SnapshotStatistics(), packs: packs.map(\.id), clientVersion: "test")
     return (packs, try Manifest.create(header: header, root: root, readPublicKey: keys.shared.readPublicKey, signingKey: keys.signingKey))
+}
+
+/// Runs `body` expecting the server to refuse it with `code`; returns the error.
+@discardableResult
+func refused(_ code: String, _ what: String, sourceLocation: SourceLocation = #_sourceLocation, _ body: () async throws -> Void) async -> APIError? {
+    do {
+        try await body()
+        Issue.record("\(what) was allowed", sourceLocation: sourceLocation)
+    } catch let e as APIError {
+        #expect(e.code == code, "\(what): \(e)", sourceLocation: sourceLocation)
+        return e
+    } catch { Issue.record("\(what): \(error)", sourceLocation: sourceLocation) }
+    return nil
 }
