@@ -40,12 +40,14 @@ struct SnapshotsCommand: AsyncParsableCommand {
                 try printJSON(list)
             } else {
                 let f = ISO8601DateFormatter()
-                print("ID        TIME                  HOST            FILES     SIZE        RETAIN UNTIL          PATHS")
+                // NEW: what the snapshot uploaded after dedup. A sudden jump (most of SIZE) is
+                // what a host whose files were just encrypted looks like.
+                print("ID        TIME                  HOST            FILES     SIZE        NEW         RETAIN UNTIL          PATHS")
                 for s in list {
-                    print("\(s.id.prefix(8))  \(f.string(from: s.time))  \(s.host.padding(toLength: 14, withPad: " ", startingAt: 0))  "
-                        + "\(String(s.statistics.files).padding(toLength: 8, withPad: " ", startingAt: 0))  "
-                        + "\(formatBytes(s.statistics.bytesTotal).padding(toLength: 10, withPad: " ", startingAt: 0))  \(f.string(from: s.retainUntil))  "
-                        + s.paths.joined(separator: " "))
+                    print("\(s.id.prefix(8))  \(f.string(from: s.time))  \(s.host.rightPadded(to: 14))  "
+                        + "\(String(s.statistics.files).rightPadded(to: 8))  "
+                        + "\(formatBytes(s.statistics.bytesTotal).rightPadded(to: 10))  \(formatBytes(s.statistics.bytesUploaded).rightPadded(to: 10))  "
+                        + "\(f.string(from: s.retainUntil))  " + s.paths.joined(separator: " "))
                 }
             }
             return .ok
