@@ -191,6 +191,14 @@ public final class APIClient: Sendable {
         try await json([Wire.PrincipalInfo].self, .GET, includeRevoked ? "/v1/principals?all=1" : "/v1/principals")
     }
 
+    /// Enrollment tokens that could still enroll someone (admin).
+    public func enrollments() async throws -> [Wire.EnrollmentInfo] { try await json([Wire.EnrollmentInfo].self, .GET, "/v1/enrollments") }
+
+    /// Cancels a pending enrollment token by its ID (or a unique prefix of 12+ hex digits).
+    public func cancelEnrollment(id: String) async throws -> Wire.EnrollmentInfo {
+        try await json(Wire.EnrollmentInfo.self, .POST, "/v1/enrollments/\(id)/cancel")
+    }
+
     /// Revokes a writer, restorer or auditor credential (a writer needs approval once there are two admins).
     public func revokePrincipal(id: String, requestID: String?) async throws -> Wire.PrincipalInfo {
         try await json(Wire.PrincipalInfo.self, .POST, "/v1/principals/\(id)/revoke", body: Wire.ApprovedChange(requestID: requestID))

@@ -30,4 +30,24 @@ extension Wire {
             self.lastSnapshotAt = lastSnapshotAt
         }
     }
+
+    /// An enrollment token not yet used, cancelled or expired, as `GET /v1/enrollments`
+    /// lists it: never the token itself.
+    public struct EnrollmentInfo: Codable, Sendable, Equatable {
+        /// The first 16 hex digits of the SHA-256 of the token's secret (what the audit log names).
+        public var id: String
+        public var role: String
+        public var tenant: String?
+        public var name: String
+        public var createdBy: String
+        public var expiresAt: Date
+        public init(id: String, role: String, tenant: String?, name: String, createdBy: String, expiresAt: Date) {
+            self.id = id
+            self.role = role
+            self.tenant = tenant
+            self.name = name
+            self.createdBy = createdBy
+            self.expiresAt = expiresAt
+        }
+    }
 }

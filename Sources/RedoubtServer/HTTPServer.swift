@@ -266,6 +266,10 @@ public enum RedoubtHTTP {
         router.get("/v1/principals") { req, _ in
             await handle(logger) { jsonResponse(try service.listPrincipals(includeRevoked: req.uri.queryParameters.get("all") == "1")) }
         }
+        router.get("/v1/enrollments") { _, _ in await handle(logger) { jsonResponse(try service.listEnrollments()) } }
+        router.post("/v1/enrollments/:id/cancel") { _, ctx in
+            await handle(logger) { jsonResponse(try service.cancelEnrollment(id: ctx.parameters.get("id") ?? "", ctx: ctx.call)) }
+        }
         router.post("/v1/principals/:id/revoke") { req, ctx in
             await handle(logger) { jsonResponse(try service.revokePrincipal(id: ctx.parameters.get("id") ?? "", try await req.json(Wire.ApprovedChange.self), ctx: ctx.call)) }
         }

@@ -6,7 +6,7 @@ public enum Action: String, Sendable, CaseIterable {
     case health, enroll
     case queryChunks, uploadPack, commitSnapshot, listSnapshots, showSnapshot
     case getManifest, getPack, packChunkLists, verifySnapshot
-    case createTenant, listTenants, createEnrollment, listPrincipals, revokePrincipal
+    case createTenant, listTenants, createEnrollment, listEnrollments, cancelEnrollment, listPrincipals, revokePrincipal
     case getReadKey, rotateReadKey, markKEKsDestroyed, shredTenant, getWriteMaterial, restoreWriteMaterial
     case setRetention, addAdmin, removeAdmin, getQuorum, setQuorum, listRequests, decideRequest
     case addCopyTarget, listCopyTargets, removeCopyTarget, syncCopyTarget
@@ -58,6 +58,8 @@ public enum Policy {
         case (.post, 1) where p[0] == "holds": return (.placeHold, [:])
         case (.get, 1) where p[0] == "holds": return (.listHolds, [:])
         case (.post, 3) where p[0] == "holds" && p[2] == "release": return (.releaseHold, ["id": p[1]])
+        case (.get, 1) where p[0] == "enrollments": return (.listEnrollments, [:])
+        case (.post, 3) where p[0] == "enrollments" && p[2] == "cancel": return (.cancelEnrollment, ["id": p[1]])
         case (.get, 1) where p[0] == "principals": return (.listPrincipals, [:])
         case (.post, 3) where p[0] == "principals" && p[2] == "revoke": return (.revokePrincipal, ["id": p[1]])
         case (.get, 1) where p[0] == "audit": return (.listAudit, [:])
@@ -78,7 +80,7 @@ public enum Policy {
         // cannot download even its own backups (DESIGN.md §1.2).
         case .getManifest, .getPack, .packChunkLists: return role == .restorer
         case .verifySnapshot: return role == .restorer || role == .admin || role == .auditor
-        case .createTenant, .createEnrollment, .listTenants, .listPrincipals, .revokePrincipal: return role == .admin
+        case .createTenant, .createEnrollment, .listEnrollments, .cancelEnrollment, .listTenants, .listPrincipals, .revokePrincipal: return role == .admin
         // A restorer may fetch its own tenant's wrapped key (the handler checks the tenant).
         case .getReadKey: return role == .admin || role == .restorer
         case .rotateReadKey, .markKEKsDestroyed, .shredTenant, .getWriteMaterial, .restoreWriteMaterial: return role == .admin

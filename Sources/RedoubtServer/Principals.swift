@@ -73,7 +73,52 @@ extension Catalog {
     }
 }
 
+extension Catalog {
+    /// Tokens that could still enroll someone (unused, not cancelled, unexpired at `now`).
+    public func pendingEnrollments(now: Date) throws -> [Wire.EnrollmentInfo] {
+        try db.read { db in
+            try Row.fetchAll(db, sql: """
+                SELECT * FROM enrollments WHERE used_at IS NULL AND cancelled_at IS NULL AND expires_at > ? ORDER BY expires_at
+                """, arguments: [now.timeIntervalSince1970]).map {
+                Wire.EnrollmentInfo(id: String(($0["token_hash"] as String).prefix(16)), role: $0["role"], tenant: $0["tenant"], name: $0["name"],
+                                    createdBy: $0["created_by"], expiresAt: Date(timeIntervalSince1970: $0["expires_at"]))
+            }
+        }
+    }
+
+    /// Cancels the one pending token whose hash starts with `id`; returns it, or nil when
+    /// none or several match.
+    func cancelEnrollment(id: String, now: Date) throws -> Wire.EnrollmentInfo? {
+        try db.write { db in
+            let rows = try Row.fetchAll(db, sql: """
+                SELECT * FROM enrollments WHERE substr(token_hash, 1, ?) = ? AND used_at IS NULL AND cancelled_at IS NULL AND expires_at > ? LIMIT 2
+                """, arguments: [id.count, id, now.timeIntervalSince1970])
+            guard rows.count == 1, let r = rows.first else { return nil }
+            try db.execute(sql: "UPDATE enrollments SET cancelled_at = ? WHERE token_hash = ?", arguments: [now.timeIntervalSince1970, r["token_hash"] as String])
+            return Wire.EnrollmentInfo(id: String((r["token_hash"] as String).prefix(16)), role: r["role"], tenant: r["tenant"], name: r["name"],
+                                       createdBy: r["created_by"], expiresAt: Date(timeIntervalSince1970: r["expires_at"]))
+        }
+    }
+}
+
 extension RepositoryService {
+    /// `GET /v1/enrollments`: the tokens that could still enroll someone.
+    public func listEnrollments() throws -> [Wire.EnrollmentInfo] { try catalog.pendingEnrollments(now: try now()) }
+
+    /// `POST /v1/enrollments/{id}/cancel`: a token sent to the wrong place enrolls no one.
+    /// Immediate: it only narrows who can join.
+    public func cancelEnrollment(id: String, ctx: CallContext) throws -> Wire.EnrollmentInfo {
+        let id = id.lowercased()
+        guard id.count >= 12, id.count <= 64, id.allSatisfy(\.isHexDigit) else {
+            throw ServerError.badRequest("a token ID is 12 to 64 hex digits, as `redoubt admin token list` shows it")
+        }
+        guard let e = try catalog.cancelEnrollment(id: id, now: try now()) else {
+            throw refuse(ctx, "cancel-enrollment", object: "token \(id)", .notFound("no pending token \(id) (or several match): `redoubt admin token list`"))
+        }
+        audit(ctx, "cancel-enrollment", object: "token \(e.id)", outcome: "ok", detail: "\(e.role) \(e.tenant ?? "-")/\(e.name)")
+        return e
+    }
+
     /// `GET /v1/principals[?all=1]`.
     public func listPrincipals(includeRevoked: Bool) throws -> [Wire.PrincipalInfo] {
         try catalog.principalListing(includeRevoked: includeRevoked)

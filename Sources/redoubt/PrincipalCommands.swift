@@ -132,3 +132,42 @@ struct AuditorRevoke: PrincipalRevokeCommand {
     @OptionGroup var admin: AdminOptions
     @OptionGroup var target: PrincipalRevokeArguments
 }
+
+struct TokenCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "token", abstract: "List and cancel enrollment tokens not yet used.",
+                                                    subcommands: [TokenList.self, TokenCancel.self])
+}
+
+struct TokenList: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "list", abstract: "List the enrollment tokens that could still enroll someone.")
+    @OptionGroup var admin: AdminOptions
+    @Flag(name: .long, help: "Print JSON.") var json = false
+
+    func run() async throws {
+        try await RedoubtCLI.run {
+            let list = try await RedoubtCLI.with(try admin.client()) { try await $0.enrollments() }
+            if json { try printJSON(list); return .ok }
+            guard !list.isEmpty else { FileHandle.standardError.write(Data("no pending enrollment tokens\n".utf8)); return .ok }
+            let f = ISO8601DateFormatter()
+            print("ID                ROLE      NAME                          EXPIRES               BY")
+            for e in list {
+                print("\(e.id)  \(e.role.rightPadded(to: 8))  \("\(e.tenant.map { $0 + "/" } ?? "")\(e.name)".rightPadded(to: 28))  \(f.string(from: e.expiresAt))  \(e.createdBy)")
+            }
+            return .ok
+        }
+    }
+}
+
+struct TokenCancel: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "cancel", abstract: "Cancel an enrollment token (sent to the wrong place, no longer needed): it enrolls no one.")
+    @OptionGroup var admin: AdminOptions
+    @Argument(help: "The token's ID from `redoubt admin token list` (12+ hex digits).") var id: String
+
+    func run() async throws {
+        try await RedoubtCLI.run {
+            let e = try await RedoubtCLI.with(try admin.client()) { try await $0.cancelEnrollment(id: id) }
+            print("token \(e.id) (\(e.role) \(e.tenant.map { $0 + "/" } ?? "")\(e.name)) cancelled")
+            return .ok
+        }
+    }
+}

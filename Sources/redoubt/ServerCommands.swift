@@ -93,7 +93,7 @@ struct ServerRebuildCatalog: AsyncParsableCommand {
 
 struct AdminCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(commandName: "admin", abstract: "Manage tenants and enrollments (admin credential).",
-                                                    subcommands: [TenantCommand.self, HostCommand.self, RestorerCommand.self, AuditorCommand.self,
+                                                    subcommands: [TenantCommand.self, HostCommand.self, RestorerCommand.self, AuditorCommand.self, TokenCommand.self,
                                                                   RequestCommand.self, AdminsCommand.self, QuorumCommand.self, AdminCopyCommand.self, AdminHoldCommand.self])
     // Declared here too so `redoubt admin --credential FILE tenant …` parses; the
     // subcommands read the same value.

@@ -261,4 +261,42 @@ import RedoubtCore
         _ = system("chattr -R -i '\(server.dir.path)' 2>/dev/null")
         try? FileManager.default.removeItem(at: server.dir)
     }
+
+    /// A token sent to the wrong place: listed without its secret, cancelled by its ID,
+    /// then enrolls no one; only an admin sees or cancels tokens.
+    @Test func anAdminListsAndCancelsPendingTokens() async throws {
+        let server = try await TestServer.start()
+        var clients: [APIClient] = []
+        do {
+            try await server.createTenant("acme", keys: try TenantKeys.generate())
+            let (_, writer) = try await server.enroll(tenant: "acme", role: "writer", name: "web1")
+            clients.append(writer)
+            let admin = server.admin
+            let token = try await admin.createEnrollment(tenant: "acme", role: "writer", name: "web2", ttlSeconds: 3600).token
+            let other = try await admin.createEnrollment(tenant: "acme", role: "restorer", name: "vault", ttlSeconds: 3600).token
+            let pending = try await admin.enrollments()
+            #expect(Set(pending.map(\.name)) == ["web2", "vault"], "the token web1 used is not pending")
+            let web2 = try #require(pending.first { $0.name == "web2" })
+            #expect(web2.role == "writer" && web2.tenant == "acme" && web2.createdBy == "admin" && web2.id.count == 16)
+            #expect(!token.contains(web2.id), "the listing does not give the token away")
+
+            await refused("E_FORBIDDEN", "a host listing tokens") { _ = try await writer.enrollments() }
+            await refused("E_FORBIDDEN", "a host cancelling a token") { _ = try await writer.cancelEnrollment(id: web2.id) }
+            await refused("E_BAD_REQUEST", "a short ID") { _ = try await admin.cancelEnrollment(id: String(web2.id.prefix(6))) }
+            await refused("E_NOT_FOUND", "an unknown ID") { _ = try await admin.cancelEnrollment(id: "000000000000") }
+
+            #expect(try await admin.cancelEnrollment(id: String(web2.id.prefix(12))).name == "web2")
+            await refused("E_NOT_FOUND", "cancelling twice") { _ = try await admin.cancelEnrollment(id: web2.id) }
+            #expect(try await admin.enrollments().map(\.name) == ["vault"])
+            await refused("E_FORBIDDEN", "enrolling with the cancelled token") {
+                _ = try await ClientConfig.enroll(token: token, into: ClientConfig(path: server.dir.appendingPathComponent("cfg-web2").path), os: nil)
+            }
+            // The other token still works.
+            _ = try await ClientConfig.enroll(token: other, into: ClientConfig(path: server.dir.appendingPathComponent("cfg-vault").path), os: nil)
+            let audit = try await admin.audit()
+            #expect(audit.contains { $0.action == "cancel-enrollment" && $0.object == "token \(web2.id)" && $0.outcome == "ok" })
+        } catch { Issue.record("\(error)") }
+        for c in clients { await c.shutdown() }
+        await server.stop()
+    }
 }
