@@ -191,6 +191,11 @@ public final class APIClient: Sendable {
         try await json([Wire.PrincipalInfo].self, .GET, includeRevoked ? "/v1/principals?all=1" : "/v1/principals")
     }
 
+    /// Removes a tenant's expired snapshots and the packs nothing names any more (admin).
+    public func collectGarbage(tenant: String, dryRun: Bool) async throws -> Wire.GCReport {
+        try await json(Wire.GCReport.self, .POST, "/v1/tenants/\(tenant)/gc", body: Wire.GCRequest(dryRun: dryRun))
+    }
+
     /// Enrollment tokens that could still enroll someone (admin).
     public func enrollments() async throws -> [Wire.EnrollmentInfo] { try await json([Wire.EnrollmentInfo].self, .GET, "/v1/enrollments") }
 

@@ -171,6 +171,7 @@ public final class Catalog: Sendable {
         registerCopyTargetMigrations(&m)
         registerHoldMigrations(&m)
         registerPrincipalMigrations(&m)
+        registerGCMigrations(&m)
         return m
     }
 
@@ -482,9 +483,23 @@ public final class Catalog: Sendable {
 
     // MARK: snapshots
 
-    public func insertSnapshot(_ s: SnapshotRecord, packs: [PackID]) throws {
+    /// A commit named packs the catalog no longer holds (garbage collection removed them
+    /// after the commit first looked).
+    public struct PacksMissing: Error { public let packs: [PackID] }
+
+    /// Records a snapshot and the packs it names. With `requirePacks` (a commit) every pack
+    /// must still be in the catalog, checked in the same transaction, so a garbage
+    /// collection can never remove a pack between the commit's check and its record
+    /// (throws ``PacksMissing``). A rebuild records what the store holds, missing packs too.
+    public func insertSnapshot(_ s: SnapshotRecord, packs: [PackID], requirePacks: Bool = false) throws {
         let meta = try JSONEncoder().encode(s)
         try db.write { db in
+            if requirePacks {
+                let missing = try packs.filter { p in
+                    try Int.fetchOne(db, sql: "SELECT 1 FROM packs WHERE tenant = ? AND id = ?", arguments: [s.tenant, p.description]) == nil
+                }
+                guard missing.isEmpty else { throw PacksMissing(packs: missing) }
+            }
             try db.execute(sql: """
                 INSERT INTO snapshots(id, tenant, host, time, committed_at, retain_until, meta, manifest_size) VALUES (?, ?, ?, ?, ?, ?, ?, ?)
                 """, arguments: [s.id, s.tenant, s.host, s.time.timeIntervalSince1970, s.committedAt.timeIntervalSince1970,

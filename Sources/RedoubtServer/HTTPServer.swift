@@ -266,6 +266,11 @@ public enum RedoubtHTTP {
         router.get("/v1/principals") { req, _ in
             await handle(logger) { jsonResponse(try service.listPrincipals(includeRevoked: req.uri.queryParameters.get("all") == "1")) }
         }
+        router.post("/v1/tenants/:tenant/gc") { req, ctx in
+            await handle(logger) {
+                jsonResponse(try await service.collectGarbage(tenant: ctx.parameters.get("tenant") ?? "", try await req.json(Wire.GCRequest.self), ctx: ctx.call))
+            }
+        }
         router.get("/v1/enrollments") { _, _ in await handle(logger) { jsonResponse(try service.listEnrollments()) } }
         router.post("/v1/enrollments/:id/cancel") { _, ctx in
             await handle(logger) { jsonResponse(try service.cancelEnrollment(id: ctx.parameters.get("id") ?? "", ctx: ctx.call)) }

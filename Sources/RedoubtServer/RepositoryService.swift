@@ -266,7 +266,10 @@ public final class RepositoryService: Sendable {
                                  time: Date(timeIntervalSince1970: Double(h.time.seconds) + Double(h.time.nanoseconds) / 1e9),
                                  committedAt: now, retainUntil: retainUntil, paths: h.paths.map(printable), tags: h.tags,
                                  statistics: h.statistics, packCount: h.packs.count, manifestSize: bytes.count)
-        try catalog.insertSnapshot(rec, packs: h.packs)
+        do { try catalog.insertSnapshot(rec, packs: h.packs, requirePacks: true) } catch let e as Catalog.PacksMissing {
+            throw refuse(ctx, "commit", object: "snapshot \(manifest.id)",
+                         ServerError(409, "E_PACKS_MISSING", "snapshot \(manifest.id) names \(e.packs.count) pack(s) that garbage collection removed meanwhile, e.g. \(e.packs[0]): run the backup again"))
+        }
         audit(ctx, "commit", object: "snapshot \(manifest.id)", outcome: "ok", detail: "packs=\(h.packs.count) retain-until=\(Int(retainUntil.timeIntervalSince1970))")
         // The off-site copies follow each commit, in the background.
         if try !catalog.copyTargets(tenant: tenant.name).isEmpty { Task { await copyJobs.kick(tenant.name, service: self) } }

@@ -93,7 +93,7 @@ struct ServerRebuildCatalog: AsyncParsableCommand {
 
 struct AdminCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(commandName: "admin", abstract: "Manage tenants and enrollments (admin credential).",
-                                                    subcommands: [TenantCommand.self, HostCommand.self, RestorerCommand.self, AuditorCommand.self, TokenCommand.self,
+                                                    subcommands: [TenantCommand.self, HostCommand.self, RestorerCommand.self, AuditorCommand.self, TokenCommand.self, GCCommand.self,
                                                                   RequestCommand.self, AdminsCommand.self, QuorumCommand.self, AdminCopyCommand.self, AdminHoldCommand.self])
     // Declared here too so `redoubt admin --credential FILE tenant …` parses; the
     // subcommands read the same value.
@@ -263,6 +263,35 @@ struct AuditVerify: AsyncParsableCommand {
                 print("audit log intact: \(result.count) records; chain head \(head.seq):\(head.hash)")
             }
             return result.firstBad == nil ? .ok : .integrity
+        }
+    }
+}
+
+struct GCCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "gc", abstract: "Remove a tenant's expired snapshots and the packs no snapshot names any more.",
+        discussion: """
+            Only what no lock protects goes: a snapshot whose retention has expired (unless a \
+            legal hold covers it, or it is its host's newest), and a pack no remaining snapshot \
+            names whose own lock has expired and that is over 7 days old. Bucket copies and \
+            media sets are not touched. A backup committing while gc removes a pack it reuses \
+            fails with E_PACKS_MISSING and succeeds when run again.
+            """)
+    @OptionGroup var admin: AdminOptions
+    @Argument(help: "The tenant.") var tenant: String
+    @Flag(name: .long, help: "Report what would be removed; change nothing.") var dryRun = false
+    @Flag(name: .long, help: "Print JSON.") var json = false
+
+    func run() async throws {
+        try await RedoubtCLI.run {
+            let r = try await RedoubtCLI.with(try admin.client()) { try await $0.collectGarbage(tenant: tenant, dryRun: dryRun) }
+            if json { try printJSON(r) } else {
+                print("\(dryRun ? "would remove" : "removed") \(r.snapshotsRemoved.count) expired snapshots and \(r.packsRemoved) packs "
+                      + "(\(formatBytes(UInt64(max(0, r.bytesRemoved))))) of tenant \(tenant); kept \(r.keptNewest) expired as their host's newest, \(r.keptHeld) under a legal hold")
+                for s in r.snapshotsRemoved { print("  \(s.prefix(8))") }
+                if r.pendingDeletes > 0 { print("  \(r.pendingDeletes) store objects could not be deleted yet (see the server log); the next gc retries them") }
+            }
+            return r.pendingDeletes > 0 ? .partial : .ok
         }
     }
 }

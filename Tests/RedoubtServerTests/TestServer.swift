@@ -110,7 +110,9 @@ final class TestServer: @unchecked Sendable {
 }
 
 /// Builds a small snapshot with Core alone: one file of `data`, under `name`.
-func makeSnapshot(keys: WriteKeySet, files: [(String, [UInt8])], time: Int64 = 1_800_000_000) throws -> (packs: [FinishedPack], manifest: Manifest) {
+/// `alsoNaming`: packs of earlier snapshots the manifest names too (as a backup that reuses them would).
+func makeSnapshot(keys: WriteKeySet, files: [(String, [UInt8])], time: Int64 = 1_800_000_000,
+                  alsoNaming: [PackID] = []) throws -> (packs: [FinishedPack], manifest: Manifest) {
     let pipeline = try PackPipeline(material: keys.shared)
     var nodes: [Node] = []
     for (name, data) in files {
@@ -120,7 +122,7 @@ func makeSnapshot(keys: WriteKeySet, files: [(String, [UInt8])], time: Int64 = 1
     let packs = try pipeline.flush()
     let header = ManifestHeader(tenant: keys.tenant, readKeyID: keys.shared.readPublicKey.keyID, host: keys.host, hostKey: keys.signingKey.publicKey,
                                 time: Timestamp(seconds: time), nonce: (0..<16).map { _ in UInt8.random(in: 0...255) }, paths: [Array("/data".utf8)],
-                                tags: [], statistics: SnapshotStatistics(), packs: packs.map(\.id), clientVersion: "test")
+                                tags: [], statistics: SnapshotStatistics(), packs: packs.map(\.id) + alsoNaming, clientVersion: "test")
     return (packs, try Manifest.create(header: header, root: root, readPublicKey: keys.shared.readPublicKey, signingKey: keys.signingKey))
 }
 

@@ -1,0 +1,143 @@
+import Foundation
+import Logging
+import Testing
+import RedoubtClient
+import RedoubtCore
+import RedoubtStore
+@testable import RedoubtServer
+
+/// Garbage collection (docs/PROTOCOL.md §4.5) against a real server and store: only what
+/// no lock protects goes; a host's newest snapshot, held snapshots and every pack a
+/// remaining snapshot names stay and still restore; a host cannot trigger it.
+@Suite(.serialized) struct GCTests {
+    func randomBytes(_ n: Int) -> [UInt8] { (0..<n).map { _ in UInt8.random(in: 0...255) } }
+
+    struct Committed {
+        let manifest: Manifest
+        let packs: [FinishedPack]
+        let data: [UInt8]
+    }
+
+    func commit(_ cfg: ClientConfig, _ client: APIClient, alsoNaming: [PackID] = []) async throws -> Committed {
+        let data = randomBytes(100 << 10)
+        let (packs, manifest) = try makeSnapshot(keys: try cfg.writeKeySet(), files: [("f.bin", data)], alsoNaming: alsoNaming)
+        for p in packs { _ = try await client.uploadPack(id: p.id, bytes: p.bytes) }
+        _ = try await client.commit(manifestBytes: manifest.bytes)
+        return Committed(manifest: manifest, packs: packs, data: data)
+    }
+
+    @Test func onlyWhatNoLockProtectsGoesAndWhatStaysRestores() async throws {
+        let server = try await TestServer.start(minRetention: 86400)
+        var clients: [APIClient] = []
+        do {
+            let keys = try TenantKeys.generate()
+            try await server.createTenant("acme", keys: keys)
+            let (c1, web1) = try await server.enroll(tenant: "acme", role: "writer", name: "web1")
+            let (c2, web2) = try await server.enroll(tenant: "acme", role: "writer", name: "web2")
+            let (_, restorer) = try await server.enroll(tenant: "acme", role: "restorer", name: "vault")
+            clients += [web1, web2, restorer]
+            let admin = server.admin
+            let t0 = server.clock.now()
+
+            // web1: s1, then s2 reusing s1's pack (held), then s4 (its newest).
+            // web2: s5, then s3 (its newest). And a pack uploaded by a backup that never committed.
+            let s1 = try await commit(c1, web1)
+            let s5 = try await commit(c2, web2)
+            server.clock.set(t0.addingTimeInterval(3600))
+            let s2 = try await commit(c1, web1, alsoNaming: s1.packs.map(\.id))
+            let s3 = try await commit(c2, web2)
+            server.clock.set(t0.addingTimeInterval(7200))
+            let s4 = try await commit(c1, web1)
+            let (orphanPacks, _) = try makeSnapshot(keys: try c1.writeKeySet(), files: [("never-committed", randomBytes(50 << 10))])
+            for p in orphanPacks { _ = try await web1.uploadPack(id: p.id, bytes: p.bytes) }
+            _ = try await admin.placeHold(Wire.PlaceHoldRequest(snapshot: s2.manifest.id.description, tenant: nil, reason: "case 7"))
+
+            // A host's or a restorer's credential cannot collect.
+            await refused("E_FORBIDDEN", "a host running gc") { _ = try await web1.collectGarbage(tenant: "acme", dryRun: false) }
+            await refused("E_FORBIDDEN", "a restorer running gc") { _ = try await restorer.collectGarbage(tenant: "acme", dryRun: true) }
+
+            // While the locks hold, nothing goes.
+            let early = try await admin.collectGarbage(tenant: "acme", dryRun: false)
+            #expect(early.snapshotsRemoved.isEmpty && early.packsRemoved == 0, "\(early)")
+            #expect(try await admin.snapshots().count == 5)
+
+            // Nine days on: every snapshot and pack lock has expired, and the grace for packs no snapshot names has passed.
+            server.clock.set(t0.addingTimeInterval(9 * 86400))
+            let dry = try await admin.collectGarbage(tenant: "acme", dryRun: true)
+            let gone = Set([s1.manifest.id.description, s5.manifest.id.description])
+            #expect(Set(dry.snapshotsRemoved) == gone, "\(dry)")
+            #expect(dry.keptNewest == 2 && dry.keptHeld == 1 && dry.packsRemoved == s5.packs.count + orphanPacks.count, "\(dry)")
+            #expect(try await admin.snapshots().count == 5, "a dry run changes nothing")
+
+            let run = try await admin.collectGarbage(tenant: "acme", dryRun: false)
+            #expect(Set(run.snapshotsRemoved) == gone && run.packsRemoved == dry.packsRemoved && run.pendingDeletes == 0, "\(run)")
+            #expect(run.bytesRemoved == Int64((s5.packs + orphanPacks).reduce(0) { $0 + $1.bytes.count }))
+            let left = Set(try await admin.snapshots().map(\.id))
+            #expect(left == Set([s2, s3, s4].map { $0.manifest.id.description }))
+
+            // The store: what went is gone, what stays is there.
+            let store = try LocalStore(root: URL(fileURLWithPath: server.home.storePath))
+            for p in s5.packs + orphanPacks {
+                #expect(try await store.head(RepositoryService.packKey(tenant: "acme", id: p.id)) == nil, "pack \(p.id) still stored")
+            }
+            #expect(try await store.head(RepositoryService.manifestKey(tenant: "acme", id: s1.manifest.id)) == nil)
+            for p in s1.packs + s2.packs + s3.packs + s4.packs {
+                #expect(try await store.head(RepositoryService.packKey(tenant: "acme", id: p.id)) != nil, "pack \(p.id) was removed")
+            }
+            // The chunk index forgets removed packs: a backup of that data uploads it again.
+            let removedChunks = try PackReader.inspect(s5.packs[0].bytes, expectedID: s5.packs[0].id).chunkIDs
+            #expect(try await web2.chunkLocations(removedChunks).isEmpty)
+            // A commit naming a removed pack is refused, not recorded; and should collection
+            // remove a pack after a commit looked, the commit's own transaction still finds
+            // it missing (the commit's record is what a restore relies on).
+            await refused("E_PACKS_MISSING", "a commit naming a collected pack") {
+                _ = try await commit(c2, web2, alsoNaming: s5.packs.map(\.id))
+            }
+            let late = SnapshotRecord(id: String(repeating: "ab", count: 32), tenant: "acme", host: "web2", time: t0, committedAt: server.clock.now(),
+                                      retainUntil: server.clock.now().addingTimeInterval(86400), paths: [], tags: [], statistics: SnapshotStatistics(),
+                                      packCount: 1, manifestSize: 0)
+            #expect(throws: Catalog.PacksMissing.self) {
+                try server.service.catalog.insertSnapshot(late, packs: s5.packs.map(\.id), requirePacks: true)
+            }
+            #expect(try server.service.catalog.snapshot(id: late.id) == nil)
+
+            // What stays restores bit for bit: s2 (held; it reads s1's pack too) and s4.
+            for c in [s2, s4] {
+                let m = try Manifest.parse(try await restorer.manifestBytes(c.manifest.id.description), expectedID: c.manifest.id)
+                var packs: [PackID: [UInt8]] = [:]
+                for p in m.header.packs { packs[p] = try await restorer.packBytes(p) }
+                let reader = try SnapshotReader(manifest: m, readKey: keys.readKey, chunkIDKey: keys.chunkIDKey) { packs[$0]! }
+                #expect(try reader.contents(of: try reader.rootTree()[Array("f.bin".utf8)]!) == c.data)
+            }
+            let report = try await restorer.verify(s2.manifest.id.description)
+            #expect(report.damaged.isEmpty && report.missing.isEmpty)
+
+            let audit = try await admin.audit(limit: 10_000)
+            #expect(audit.contains { $0.action == "gc" && $0.object == "tenant acme" && $0.detail.contains("snapshots=2") })
+            #expect(audit.contains { $0.action == "collectGarbage" && $0.outcome == "denied" && $0.actor.contains("web1") })
+        } catch { Issue.record("\(error)") }
+        for c in clients { await c.shutdown() }
+        await server.stop()
+    }
+
+    @Test func aTenantHoldKeepsEverything() async throws {
+        let server = try await TestServer.start(minRetention: 86400)
+        var clients: [APIClient] = []
+        do {
+            try await server.createTenant("acme", keys: try TenantKeys.generate())
+            let (c1, web1) = try await server.enroll(tenant: "acme", role: "writer", name: "web1")
+            clients.append(web1)
+            let t0 = server.clock.now()
+            _ = try await commit(c1, web1)
+            server.clock.set(t0.addingTimeInterval(3600))
+            _ = try await commit(c1, web1)
+            _ = try await server.admin.placeHold(Wire.PlaceHoldRequest(snapshot: nil, tenant: "acme", reason: "litigation"))
+            server.clock.set(t0.addingTimeInterval(9 * 86400))
+            let r = try await server.admin.collectGarbage(tenant: "acme", dryRun: false)
+            #expect(r.snapshotsRemoved.isEmpty && r.packsRemoved == 0, "\(r)")
+            #expect(try await server.admin.snapshots().count == 2)
+        } catch { Issue.record("\(error)") }
+        for c in clients { await c.shutdown() }
+        await server.stop()
+    }
+}
