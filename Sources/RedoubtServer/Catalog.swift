@@ -416,9 +416,12 @@ public final class Catalog: Sendable {
         }
     }
 
-    /// Records a stored pack and the chunks it holds (first pack wins for a chunk).
-    public func insertPack(tenant: String, id: String, size: Int, retainUntil: Date, chunkIDs: [ChunkID], now: Date) throws {
+    /// Records a stored pack and the chunks it holds (first pack wins for a chunk). A pack
+    /// garbage collection queued for deletion is taken back off the queue (its bytes were
+    /// uploaded again); one whose deletion is under way is refused (``BeingCollected``).
+    public func insertPack(tenant: String, id: String, key: String, size: Int, retainUntil: Date, chunkIDs: [ChunkID], now: Date) throws {
         try db.write { db in
+            try Self.reclaim(db, key: key)
             try db.execute(sql: "INSERT OR IGNORE INTO packs(tenant, id, size, retain_until, created_at) VALUES (?, ?, ?, ?, ?)",
                            arguments: [tenant, id, size, retainUntil.timeIntervalSince1970, now.timeIntervalSince1970])
             let stmt = try db.cachedStatement(sql: "INSERT OR IGNORE INTO chunks(tenant, chunk_id, pack_id) VALUES (?, ?, ?)")
@@ -457,18 +460,25 @@ public final class Catalog: Sendable {
     }
 
     /// Moves pack locks later (never earlier); returns the packs whose lock moved, with
-    /// their new retain-until, so the store's locks can follow.
-    public func extendPackLocks(tenant: String, packs: [PackID], until: Date) throws -> [(PackID, Date)] {
+    /// their new retain-until, so the store's locks can follow. With `requireAll` (a
+    /// commit) a pack the catalog does not hold (collected meanwhile) is ``PacksMissing``
+    /// and nothing moves; once this has run, garbage collection cannot take these packs.
+    public func extendPackLocks(tenant: String, packs: [PackID], until: Date, requireAll: Bool = false) throws -> [(PackID, Date)] {
         try db.write { db in
             var moved: [(PackID, Date)] = []
+            var missing: [PackID] = []
             for p in packs {
-                let cur = try Double.fetchOne(db, sql: "SELECT retain_until FROM packs WHERE tenant = ? AND id = ?", arguments: [tenant, p.description]) ?? 0
+                guard let cur = try Double.fetchOne(db, sql: "SELECT retain_until FROM packs WHERE tenant = ? AND id = ?", arguments: [tenant, p.description]) else {
+                    missing.append(p)
+                    continue
+                }
                 if until.timeIntervalSince1970 > cur {
                     try db.execute(sql: "UPDATE packs SET retain_until = ? WHERE tenant = ? AND id = ?",
                                    arguments: [until.timeIntervalSince1970, tenant, p.description])
                     moved.append((p, until))
                 }
             }
+            if requireAll, !missing.isEmpty { throw PacksMissing(packs: missing) }
             return moved
         }
     }
@@ -491,9 +501,10 @@ public final class Catalog: Sendable {
     /// must still be in the catalog, checked in the same transaction, so a garbage
     /// collection can never remove a pack between the commit's check and its record
     /// (throws ``PacksMissing``). A rebuild records what the store holds, missing packs too.
-    public func insertSnapshot(_ s: SnapshotRecord, packs: [PackID], requirePacks: Bool = false) throws {
+    public func insertSnapshot(_ s: SnapshotRecord, packs: [PackID], requirePacks: Bool = false, manifestKey: String? = nil) throws {
         let meta = try JSONEncoder().encode(s)
         try db.write { db in
+            if let manifestKey { try Self.reclaim(db, key: manifestKey) }
             if requirePacks {
                 let missing = try packs.filter { p in
                     try Int.fetchOne(db, sql: "SELECT 1 FROM packs WHERE tenant = ? AND id = ?", arguments: [s.tenant, p.description]) == nil

@@ -21,7 +21,7 @@ extension Catalog {
     static func registerGCMigrations(_ m: inout DatabaseMigrator) {
         m.registerMigration("v7-gc") { db in
             try db.execute(sql: """
-                CREATE TABLE gc_pending (key TEXT PRIMARY KEY, tenant TEXT NOT NULL, queued_at REAL NOT NULL) WITHOUT ROWID;
+                CREATE TABLE gc_pending (key TEXT PRIMARY KEY, tenant TEXT NOT NULL, queued_at REAL NOT NULL, claimed_at REAL) WITHOUT ROWID;
                 CREATE INDEX snapshot_packs_pack ON snapshot_packs(pack);
                 """)
         }
@@ -47,7 +47,10 @@ extension Catalog {
                 let t = now.timeIntervalSince1970
                 let tenantHeld = try Int.fetchOne(db, sql: "SELECT 1 FROM holds WHERE released_at IS NULL AND kind = 'tenant' AND tenant = ?",
                                                   arguments: [tenant]) != nil
-                if tenantHeld { return .rollback }
+                if tenantHeld {
+                    plan.keptHeld = try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM snapshots WHERE tenant = ? AND retain_until < ?", arguments: [tenant, t]) ?? 0
+                    return .rollback
+                }
                 // Expired snapshots, each with whether it is its host's newest and whether a hold covers it.
                 let rows = try Row.fetchAll(db, sql: """
                     SELECT s.id,
@@ -83,12 +86,45 @@ extension Catalog {
         }
     }
 
+    /// The deletion of this object is under way: its pack or manifest cannot be recorded
+    /// again until it is done (retry).
+    public struct BeingCollected: Error { public let key: String }
+
+    /// For an object about to be recorded (again): refuses one whose store deletion is
+    /// under way, and takes one merely queued off the queue, so that it is not deleted
+    /// from under the record.
+    static func reclaim(_ db: Database, key: String) throws {
+        guard let claimed = try Row.fetchOne(db, sql: "SELECT claimed_at FROM gc_pending WHERE key = ?", arguments: [key]) else { return }
+        if (claimed["claimed_at"] as Double?) != nil { throw BeingCollected(key: key) }
+        try db.execute(sql: "DELETE FROM gc_pending WHERE key = ?", arguments: [key])
+    }
+
     func pendingDeletes(tenant: String) throws -> [String] {
         try db.read { db in try String.fetchAll(db, sql: "SELECT key FROM gc_pending WHERE tenant = ? ORDER BY key", arguments: [tenant]) }
     }
 
-    func clearPendingDelete(_ key: String) throws {
-        try db.write { db in try db.execute(sql: "DELETE FROM gc_pending WHERE key = ?", arguments: [key]) }
+    /// Claims a queued key for deletion from the store: true if it is still queued and
+    /// the catalog does not hold its object (else it is dropped from the queue: the
+    /// object was recorded again). While claimed, ``reclaim(_:key:)`` refuses it.
+    func claimPendingDelete(_ key: String, pack: (tenant: String, id: String)?, snapshot: String?, now: Date) throws -> Bool {
+        try db.write { db in
+            guard try Int.fetchOne(db, sql: "SELECT 1 FROM gc_pending WHERE key = ?", arguments: [key]) != nil else { return false }
+            let recorded = try pack.map { try Int.fetchOne(db, sql: "SELECT 1 FROM packs WHERE tenant = ? AND id = ?", arguments: [$0.tenant, $0.id]) != nil } ?? false
+                || snapshot.map { try Int.fetchOne(db, sql: "SELECT 1 FROM snapshots WHERE id = ?", arguments: [$0]) != nil } ?? false
+            if recorded {
+                try db.execute(sql: "DELETE FROM gc_pending WHERE key = ?", arguments: [key])
+                return false
+            }
+            try db.execute(sql: "UPDATE gc_pending SET claimed_at = ? WHERE key = ?", arguments: [now.timeIntervalSince1970, key])
+            return true
+        }
+    }
+
+    /// Ends a claim: `done` drops the key from the queue, else it waits for the next run.
+    func finishPendingDelete(_ key: String, done: Bool) throws {
+        try db.write { db in
+            try db.execute(sql: done ? "DELETE FROM gc_pending WHERE key = ?" : "UPDATE gc_pending SET claimed_at = NULL WHERE key = ?", arguments: [key])
+        }
     }
 }
 
@@ -99,6 +135,7 @@ extension RepositoryService {
 
     /// `POST /v1/tenants/{tenant}/gc` (admin): see the comment at the top of this file.
     public func collectGarbage(tenant: String, _ req: Wire.GCRequest, ctx: CallContext) async throws -> Wire.GCReport {
+        guard let p = ctx.principal, p.role == .admin else { throw ServerError.forbidden("only an admin may collect garbage") }
         guard try catalog.tenant(tenant) != nil else { throw ServerError.notFound("tenant \(tenant) does not exist: `redoubt admin tenant list`") }
         let now = try now()
         let plan = try catalog.collect(tenant: tenant, now: now, grace: Self.gcGrace, dryRun: req.dryRun) { kind, id in
@@ -109,23 +146,34 @@ extension RepositoryService {
         }
         let bytes = plan.packs.reduce(Int64(0)) { $0 + $1.size }
         var pending = 0
-        if !req.dryRun {
-            audit(ctx, "gc", object: "tenant \(tenant)", outcome: "ok",
-                  detail: "snapshots=\(plan.snapshots.count) packs=\(plan.packs.count) bytes=\(bytes) kept-newest=\(plan.keptNewest) kept-held=\(plan.keptHeld)")
-            // This run's keys and any an earlier run left.
+        if !req.dryRun, try catalog.isTenantHeld(tenant) {
+            // A tenant hold keeps even what an earlier run queued.
+            pending = try catalog.pendingDeletes(tenant: tenant).count
+        } else if !req.dryRun {
+            // This run's keys and any an earlier run left, each claimed first: a pack or
+            // manifest recorded again since it was queued is not deleted, and while one is
+            // being deleted it cannot be recorded again (E_RETRY).
             for k in try catalog.pendingDeletes(tenant: tenant) {
-                guard let key = ObjectKey(k) else { try catalog.clearPendingDelete(k); continue }
+                guard let key = ObjectKey(k) else { try catalog.finishPendingDelete(k, done: true); continue }
+                let parts = k.split(separator: "/").map(String.init)
+                let pack = parts.count == 5 && parts[2] == "packs" ? (tenant: parts[1], id: parts[4]) : nil
+                let snapshot = parts.count == 4 && parts[2] == "snapshots" ? parts[3] : nil
+                guard try catalog.claimPendingDelete(k, pack: pack, snapshot: snapshot, now: now) else { continue }
                 do {
                     try await deleteUnlessHeld(key, now: now)
-                    try catalog.clearPendingDelete(k)
+                    try catalog.finishPendingDelete(k, done: true)
                 } catch let e as StoreError where e.code == .notFound {
-                    try catalog.clearPendingDelete(k)
+                    try catalog.finishPendingDelete(k, done: true)
                 } catch {
+                    try catalog.finishPendingDelete(k, done: false)
                     pending += 1
                     logger.warning("gc: could not delete a store object; the next run retries", metadata: ["key": "\(k)", "error": "\(error)"])
                     audit(ctx, "gc-delete", object: k, outcome: "error", detail: "\(error)")
                 }
             }
+            audit(ctx, "gc", object: "tenant \(tenant)", outcome: pending == 0 ? "ok" : "partial",
+                  detail: "snapshots=\(plan.snapshots.count) packs=\(plan.packs.count) bytes=\(bytes) kept-newest=\(plan.keptNewest) kept-held=\(plan.keptHeld) "
+                    + "pending=\(pending) removed=\(plan.snapshots.joined(separator: ","))")
         }
         return Wire.GCReport(tenant: tenant, dryRun: req.dryRun, snapshotsRemoved: plan.snapshots, keptNewest: plan.keptNewest, keptHeld: plan.keptHeld,
                              packsRemoved: plan.packs.count, bytesRemoved: bytes, pendingDeletes: pending)

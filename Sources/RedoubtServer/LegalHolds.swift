@@ -49,6 +49,11 @@ extension Catalog {
 
     func insertHold(_ h: LegalHold) throws {
         try db.write {
+            // In the same transaction as the insert: garbage collection must not take the
+            // snapshot between the caller's check and the hold.
+            if h.kind == .snapshot, try Int.fetchOne($0, sql: "SELECT 1 FROM snapshots WHERE id = ?", arguments: [h.target]) == nil {
+                throw ServerError.notFound("snapshot \(h.target) is no longer in the catalog (collected?)")
+            }
             try $0.execute(sql: """
                 INSERT INTO holds(id, kind, target, tenant, reason, created_by, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)
                 """, arguments: [h.id, h.kind.rawValue, h.target, h.tenant, h.reason, h.createdBy, h.createdAt.timeIntervalSince1970])
@@ -106,9 +111,19 @@ extension Catalog {
     public func isHeld(key: ObjectKey) throws -> Bool {
         let parts = key.path.split(separator: "/").map(String.init)
         guard parts.count >= 4, parts[0] == "t" else { return false }
+        // The tenant from the key: a manifest garbage collection queued has no snapshot
+        // row left to name its tenant, and a tenant hold must still cover it.
+        if parts[2] == "packs" || parts[2] == "snapshots", try isTenantHeld(parts[1]) { return true }
         if parts[2] == "packs", let id = parts.last { return try isHeld(tenant: parts[1], pack: id) }
         if parts[2] == "snapshots", parts.count == 4 { return try isHeld(snapshot: parts[3]) }
         return false
+    }
+
+    /// Whether a tenant hold in force covers `tenant`.
+    public func isTenantHeld(_ tenant: String) throws -> Bool {
+        try db.read { db in
+            try Int.fetchOne(db, sql: "SELECT 1 FROM holds WHERE released_at IS NULL AND kind = 'tenant' AND tenant = ? LIMIT 1", arguments: [tenant]) != nil
+        }
     }
 
     /// The store keys that holds in force cover for `tenant` (packs and manifests).
@@ -126,6 +141,8 @@ extension Catalog {
                 keys.insert(RepositoryService.manifestKey(tenant: tenant, id: sid).path)
                 for p in try snapshotPacks(id: s) { keys.insert(RepositoryService.packKey(tenant: tenant, id: p).path) }
             }
+            // Objects garbage collection queued but has not deleted: the hold keeps them locked too.
+            if h.kind == .tenant { keys.formUnion(try pendingDeletes(tenant: tenant)) }
         }
         return keys
     }

@@ -1,7 +1,8 @@
 import Hummingbird
 
 /// Everything the API lets a caller do. Nothing here deletes, overwrites or shortens a
-/// lock: there is no such action (DESIGN.md §1.1).
+/// lock (DESIGN.md §1.1): the one action that deletes, `collectGarbage` (admin), removes
+/// only objects whose locks have expired and no hold covers (docs/PROTOCOL.md §4.5).
 public enum Action: String, Sendable, CaseIterable {
     case health, enroll
     case queryChunks, uploadPack, commitSnapshot, listSnapshots, showSnapshot

@@ -229,8 +229,16 @@ public final class RepositoryService: Sendable {
         }
         let now = try now()
         let until = Self.ceilDay(now.addingTimeInterval(tenant.minRetention))
-        let result = try await store.put(Self.packKey(tenant: tenant.name, id: id), bytes, retainUntil: until)
-        try catalog.insertPack(tenant: tenant.name, id: id.description, size: bytes.count, retainUntil: until, chunkIDs: summary.chunkIDs, now: now)
+        let key = Self.packKey(tenant: tenant.name, id: id)
+        let result = try await store.put(key, bytes, retainUntil: until)
+        // Why: the same bytes may still be in the store after garbage collection took the
+        // pack out of the catalog; recorded again, they must be locked again too.
+        if result != .created { try await store.extendRetention(key, until: until) }
+        do {
+            try catalog.insertPack(tenant: tenant.name, id: id.description, key: key.path, size: bytes.count, retainUntil: until, chunkIDs: summary.chunkIDs, now: now)
+        } catch is Catalog.BeingCollected {
+            throw ServerError(409, "E_RETRY", "pack \(id) is being removed by garbage collection right now; upload it again in a minute")
+        }
         return Wire.UploadResponse(id: id.description, created: result == .created, retainUntil: until)
     }
 
@@ -256,19 +264,32 @@ public final class RepositoryService: Sendable {
         }
         let now = try now()
         let retainUntil = now.addingTimeInterval(tenant.minRetention)
-        _ = try await store.put(Self.manifestKey(tenant: tenant.name, id: manifest.id), bytes, retainUntil: retainUntil)
+        // The packs' locks first: once their catalog locks are in the future, garbage
+        // collection cannot take them; a pack it took meanwhile stops the commit here,
+        // before the manifest is stored.
         let packLock = Self.ceilDay(retainUntil)
-        for (pack, until) in try catalog.extendPackLocks(tenant: tenant.name, packs: manifest.header.packs, until: packLock) {
+        let moved: [(PackID, Date)]
+        do { moved = try catalog.extendPackLocks(tenant: tenant.name, packs: manifest.header.packs, until: packLock, requireAll: true) } catch let e as Catalog.PacksMissing {
+            throw refuse(ctx, "commit", object: "snapshot \(manifest.id)",
+                         ServerError(409, "E_PACKS_MISSING", "snapshot \(manifest.id) names \(e.packs.count) pack(s) that garbage collection removed meanwhile, e.g. \(e.packs[0]): run the backup again"))
+        }
+        for (pack, until) in moved {
             try await store.extendRetention(Self.packKey(tenant: tenant.name, id: pack), until: until)
+        }
+        let manifestKey = Self.manifestKey(tenant: tenant.name, id: manifest.id)
+        if try await store.put(manifestKey, bytes, retainUntil: retainUntil) != .created {
+            try await store.extendRetention(manifestKey, until: retainUntil)
         }
         let h = manifest.header
         let rec = SnapshotRecord(id: manifest.id.description, tenant: tenant.name, host: p.name,
                                  time: Date(timeIntervalSince1970: Double(h.time.seconds) + Double(h.time.nanoseconds) / 1e9),
                                  committedAt: now, retainUntil: retainUntil, paths: h.paths.map(printable), tags: h.tags,
                                  statistics: h.statistics, packCount: h.packs.count, manifestSize: bytes.count)
-        do { try catalog.insertSnapshot(rec, packs: h.packs, requirePacks: true) } catch let e as Catalog.PacksMissing {
+        do { try catalog.insertSnapshot(rec, packs: h.packs, requirePacks: true, manifestKey: manifestKey.path) } catch let e as Catalog.PacksMissing {
             throw refuse(ctx, "commit", object: "snapshot \(manifest.id)",
                          ServerError(409, "E_PACKS_MISSING", "snapshot \(manifest.id) names \(e.packs.count) pack(s) that garbage collection removed meanwhile, e.g. \(e.packs[0]): run the backup again"))
+        } catch is Catalog.BeingCollected {
+            throw ServerError(409, "E_RETRY", "snapshot \(manifest.id) is being removed by garbage collection right now; commit it again in a minute")
         }
         audit(ctx, "commit", object: "snapshot \(manifest.id)", outcome: "ok", detail: "packs=\(h.packs.count) retain-until=\(Int(retainUntil.timeIntervalSince1970))")
         // The off-site copies follow each commit, in the background.

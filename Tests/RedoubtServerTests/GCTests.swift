@@ -140,4 +140,76 @@ import RedoubtStore
         for c in clients { await c.shutdown() }
         await server.stop()
     }
+
+    /// What a run queued but the store would not delete yet (its own lock was later) is
+    /// never lost: uploaded again it is recorded and locked again, and a tenant hold placed
+    /// meanwhile keeps it; packs younger than the grace period stay.
+    @Test func queuedObjectsAreNeverDeletedFromUnderARecordOrAHold() async throws {
+        let server = try await TestServer.start(minRetention: 86400)
+        var clients: [APIClient] = []
+        do {
+            try await server.createTenant("acme", keys: try TenantKeys.generate())
+            let (c1, web1) = try await server.enroll(tenant: "acme", role: "writer", name: "web1")
+            clients.append(web1)
+            let admin = server.admin
+            let store = try LocalStore(root: URL(fileURLWithPath: server.home.storePath))
+            let t0 = server.clock.now()
+            let old1 = try await commit(c1, web1)
+            let old2 = try await commit(c1, web1)
+            server.clock.set(t0.addingTimeInterval(3600))
+            _ = try await commit(c1, web1)
+            // The store's locks of the old snapshots' objects outlast the catalog's (as after a released hold).
+            let day = 86400.0
+            let pack1 = RepositoryService.packKey(tenant: "acme", id: old1.packs[0].id)
+            let manifest1 = RepositoryService.manifestKey(tenant: "acme", id: old1.manifest.id)
+            let manifest2 = RepositoryService.manifestKey(tenant: "acme", id: old2.manifest.id)
+            for p in old1.packs { try await store.extendRetention(RepositoryService.packKey(tenant: "acme", id: p.id), until: t0.addingTimeInterval(9.5 * day)) }
+            try await store.extendRetention(manifest1, until: t0.addingTimeInterval(9.5 * day))
+            try await store.extendRetention(manifest2, until: t0.addingTimeInterval(11 * day))
+
+            server.clock.set(t0.addingTimeInterval(9 * day))
+            let young = try makeSnapshot(keys: try c1.writeKeySet(), files: [("running", randomBytes(10 << 10))]).packs
+            for p in young { _ = try await web1.uploadPack(id: p.id, bytes: p.bytes) }
+            let first = try await admin.collectGarbage(tenant: "acme", dryRun: false)
+            #expect(Set(first.snapshotsRemoved) == Set([old1, old2].map { $0.manifest.id.description }), "\(first)")
+            #expect(first.pendingDeletes == 2 + old1.packs.count, "the store refused what its locks still held: \(first)")
+            let stillPack = try await store.head(pack1), stillManifest = try await store.head(manifest1)
+            #expect(stillPack != nil && stillManifest != nil)
+            // A pack a backup uploaded within the grace period is not collected.
+            #expect(try await admin.collectGarbage(tenant: "acme", dryRun: true).packsRemoved == 0)
+
+            // old1's pack bytes uploaded again (a host that still has them): recorded and
+            // locked again, so the queued deletion must not happen.
+            _ = try await web1.uploadPack(id: old1.packs[0].id, bytes: old1.packs[0].bytes)
+            let chunks = try PackReader.inspect(old1.packs[0].bytes, expectedID: old1.packs[0].id).chunkIDs
+            #expect(try await web1.chunkLocations(chunks).count == chunks.count)
+            let relocked = try #require(try await store.head(pack1)?.retainUntil)
+            #expect(relocked >= t0.addingTimeInterval(10 * day))
+            server.clock.set(t0.addingTimeInterval(9.75 * day))
+            let second = try await admin.collectGarbage(tenant: "acme", dryRun: false)
+            #expect(second.pendingDeletes == 1, "only old2's manifest is still locked: \(second)")
+            #expect(try await store.head(pack1) != nil, "a pack recorded again must stay")
+            #expect(try await store.head(manifest1) == nil, "old1's manifest went once its store lock expired")
+            _ = try await commit(c1, web1, alsoNaming: [old1.packs[0].id])
+
+            // A tenant hold placed now keeps old2's queued manifest, past its store lock too.
+            _ = try await admin.placeHold(Wire.PlaceHoldRequest(snapshot: nil, tenant: "acme", reason: "audit"))
+            server.clock.set(t0.addingTimeInterval(11.5 * day))
+            let held = try await admin.collectGarbage(tenant: "acme", dryRun: false)
+            #expect(held.snapshotsRemoved.isEmpty && held.packsRemoved == 0, "\(held)")
+            #expect(try await store.head(manifest2) != nil, "a tenant hold must keep a queued manifest")
+
+            // A queued object whose deletion is under way cannot be recorded again meanwhile.
+            let claimed = "t/acme/packs/00/" + String(repeating: "0", count: 64)
+            try await server.service.catalog.db.write { db in
+                try db.execute(sql: "INSERT INTO gc_pending(key, tenant, queued_at, claimed_at) VALUES (?, 'acme', 0, 0)", arguments: [claimed])
+            }
+            #expect(throws: Catalog.BeingCollected.self) {
+                try server.service.catalog.insertPack(tenant: "acme", id: String(repeating: "0", count: 64), key: claimed, size: 1,
+                                                      retainUntil: Date(), chunkIDs: [], now: Date())
+            }
+        } catch { Issue.record("\(error)") }
+        for c in clients { await c.shutdown() }
+        await server.stop()
+    }
 }
