@@ -99,6 +99,18 @@ extension Catalog {
         try db.execute(sql: "DELETE FROM gc_pending WHERE key = ?", arguments: [key])
     }
 
+    /// Before an object is stored (again): refuses one whose deletion is under way and
+    /// takes one merely queued off the queue, in its own transaction, so that no run can
+    /// claim it between the store write and the record.
+    public func reclaim(key: String) throws {
+        try db.write { db in try Self.reclaim(db, key: key) }
+    }
+
+    /// Releases every claim of `tenant` (a run that cannot delete now, under a hold).
+    func unclaimPendingDeletes(tenant: String) throws {
+        try db.write { db in try db.execute(sql: "UPDATE gc_pending SET claimed_at = NULL WHERE tenant = ?", arguments: [tenant]) }
+    }
+
     func pendingDeletes(tenant: String) throws -> [String] {
         try db.read { db in try String.fetchAll(db, sql: "SELECT key FROM gc_pending WHERE tenant = ? ORDER BY key", arguments: [tenant]) }
     }
@@ -137,6 +149,11 @@ extension RepositoryService {
     public func collectGarbage(tenant: String, _ req: Wire.GCRequest, ctx: CallContext) async throws -> Wire.GCReport {
         guard let p = ctx.principal, p.role == .admin else { throw ServerError.forbidden("only an admin may collect garbage") }
         guard try catalog.tenant(tenant) != nil else { throw ServerError.notFound("tenant \(tenant) does not exist: `redoubt admin tenant list`") }
+        // One run per tenant at a time (a retried request must not race the first).
+        guard gcRunning.withLock({ $0.insert(tenant).inserted }) else {
+            throw ServerError(409, "E_CONFLICT", "garbage collection of tenant \(tenant) is already running; wait for it to finish")
+        }
+        defer { _ = gcRunning.withLock { $0.remove(tenant) } }
         let now = try now()
         let plan = try catalog.collect(tenant: tenant, now: now, grace: Self.gcGrace, dryRun: req.dryRun) { kind, id in
             switch kind {
@@ -146,8 +163,16 @@ extension RepositoryService {
         }
         let bytes = plan.packs.reduce(Int64(0)) { $0 + $1.size }
         var pending = 0
+        if !req.dryRun {
+            // Audited as soon as the catalog side is done, whatever happens to the store side.
+            audit(ctx, "gc", object: "tenant \(tenant)", outcome: "ok",
+                  detail: "snapshots=\(plan.snapshots.count) packs=\(plan.packs.count) bytes=\(bytes) kept-newest=\(plan.keptNewest) kept-held=\(plan.keptHeld) "
+                    + "removed=\(plan.snapshots.joined(separator: ","))")
+        }
         if !req.dryRun, try catalog.isTenantHeld(tenant) {
-            // A tenant hold keeps even what an earlier run queued.
+            // A tenant hold keeps even what an earlier run queued (and frees its claims, so
+            // those objects can be recorded again meanwhile).
+            try catalog.unclaimPendingDeletes(tenant: tenant)
             pending = try catalog.pendingDeletes(tenant: tenant).count
         } else if !req.dryRun {
             // This run's keys and any an earlier run left, each claimed first: a pack or
@@ -171,9 +196,7 @@ extension RepositoryService {
                     audit(ctx, "gc-delete", object: k, outcome: "error", detail: "\(error)")
                 }
             }
-            audit(ctx, "gc", object: "tenant \(tenant)", outcome: pending == 0 ? "ok" : "partial",
-                  detail: "snapshots=\(plan.snapshots.count) packs=\(plan.packs.count) bytes=\(bytes) kept-newest=\(plan.keptNewest) kept-held=\(plan.keptHeld) "
-                    + "pending=\(pending) removed=\(plan.snapshots.joined(separator: ","))")
+            audit(ctx, "gc-store", object: "tenant \(tenant)", outcome: pending == 0 ? "ok" : "partial", detail: "pending=\(pending)")
         }
         return Wire.GCReport(tenant: tenant, dryRun: req.dryRun, snapshotsRemoved: plan.snapshots, keptNewest: plan.keptNewest, keptHeld: plan.keptHeld,
                              packsRemoved: plan.packs.count, bytesRemoved: bytes, pendingDeletes: pending)

@@ -225,9 +225,13 @@ extension RepositoryService {
             // The catalog's pack locks follow the store's, so a rebuild and the copies agree.
             let packs = keys.compactMap { k in k.contains("/packs/") ? k.split(separator: "/").last.flatMap { PackID(hex: String($0)) } : nil }
             _ = try catalog.extendPackLocks(tenant: t, packs: packs, until: until)
+            let queued = Set(try catalog.pendingDeletes(tenant: t))
             for k in keys.sorted() {
                 guard let key = ObjectKey(k) else { continue }
-                do { try await store.extendRetention(key, until: until) } catch {
+                do { try await store.extendRetention(key, until: until) } catch let e as StoreError where e.code == .notFound && queued.contains(k) {
+                    // Queued by garbage collection and already deleted: nothing to hold.
+                    continue
+                } catch {
                     firstError = firstError ?? error
                     logger.error("legal hold: could not extend the lock", metadata: ["key": "\(k)", "error": "\(error)"])
                     try? catalog.audit(time: now, actor: "hold-job", role: "-", credential: "-", source: "local", action: "hold-extend",

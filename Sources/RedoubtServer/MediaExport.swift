@@ -216,6 +216,9 @@ public enum MediaImport {
             }
             let r = try await store.put(key, Array(bytes), retainUntil: retain)
             if r == .created { summary.objects += 1 } else { summary.alreadyThere += 1 }
+            // Already there with an older lock (say, queued by garbage collection): the rebuild
+            // below takes locks from the store, so lock it as the import promises.
+            if r != .created, let retain { try await store.extendRetention(key, until: retain) }
             summary.bytes += UInt64(bytes.count)
             progress("\(key.path) (\(bytes.count) bytes)")
         }

@@ -3,6 +3,7 @@ import Foundation
 import Logging
 import RedoubtCore
 import RedoubtStore
+import Synchronization
 import X509
 
 /// The one public error of RedoubtServer: an HTTP status, a stable code, and a message
@@ -76,6 +77,8 @@ public final class RepositoryService: Sendable {
     public let defaultMinRetention: TimeInterval
     /// Syncs copy targets after commits and proves them daily.
     public let copyJobs = CopyJobs()
+    /// Tenants whose garbage collection is running (one run per tenant at a time).
+    let gcRunning = Mutex<Set<String>>([])
 
     public init(catalog: Catalog, store: any ObjectStore, clock: any ServerClock, ca: CertificateAuthority, serverURL: String,
                 defaultMinRetention: TimeInterval, logger: Logger) {
@@ -230,6 +233,11 @@ public final class RepositoryService: Sendable {
         let now = try now()
         let until = Self.ceilDay(now.addingTimeInterval(tenant.minRetention))
         let key = Self.packKey(tenant: tenant.name, id: id)
+        // Off the garbage collector's queue before the store is touched: no run can then
+        // delete the object between the write below and its record.
+        do { try catalog.reclaim(key: key.path) } catch is Catalog.BeingCollected {
+            throw ServerError(409, "E_RETRY", "pack \(id) is being removed by garbage collection right now; upload it again in a minute")
+        }
         let result = try await store.put(key, bytes, retainUntil: until)
         // Why: the same bytes may still be in the store after garbage collection took the
         // pack out of the catalog; recorded again, they must be locked again too.
@@ -277,6 +285,9 @@ public final class RepositoryService: Sendable {
             try await store.extendRetention(Self.packKey(tenant: tenant.name, id: pack), until: until)
         }
         let manifestKey = Self.manifestKey(tenant: tenant.name, id: manifest.id)
+        do { try catalog.reclaim(key: manifestKey.path) } catch is Catalog.BeingCollected {
+            throw ServerError(409, "E_RETRY", "snapshot \(manifest.id) is being removed by garbage collection right now; commit it again in a minute")
+        }
         if try await store.put(manifestKey, bytes, retainUntil: retainUntil) != .created {
             try await store.extendRetention(manifestKey, until: retainUntil)
         }

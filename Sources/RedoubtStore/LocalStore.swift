@@ -354,6 +354,10 @@ public final class LocalStore: ObjectStore {
         defer { close(fd) }
         let wanted = Self.retainSeconds(until)
         try metadataLock.withLock { _ in
+            // Opened before the lock: a delete may have unlinked it since. Extending an
+            // unlinked inode would report success for an object that is gone.
+            var st = stat()
+            if fstat(fd, &st) == 0, st.st_nlink == 0 { throw notFound(key) }
             if let current = try readRetain(fd, key: key), Int64(current.timeIntervalSince1970) >= wanted {
                 return  // never shorten; equal is already done (retries land here)
             }

@@ -9,7 +9,7 @@ import RedoubtStore
 /// Garbage collection (docs/PROTOCOL.md §4.5) against a real server and store: only what
 /// no lock protects goes; a host's newest snapshot, held snapshots and every pack a
 /// remaining snapshot names stay and still restore; a host cannot trigger it.
-@Suite(.serialized) struct GCTests {
+@Suite(.serialized, .timeLimit(.minutes(5))) struct GCTests {
     func randomBytes(_ n: Int) -> [UInt8] { (0..<n).map { _ in UInt8.random(in: 0...255) } }
 
     struct Committed {
@@ -111,6 +111,25 @@ import RedoubtStore
             }
             let report = try await restorer.verify(s2.manifest.id.description)
             #expect(report.damaged.isEmpty && report.missing.isEmpty)
+
+            // A pack whose lock has expired but that is younger than the grace period stays;
+            // past it, with nothing naming it, it goes.
+            let (slow, _) = try makeSnapshot(keys: try c1.writeKeySet(), files: [("slow-backup", randomBytes(20 << 10))])
+            for p in slow { _ = try await web1.uploadPack(id: p.id, bytes: p.bytes) }
+            server.clock.set(t0.addingTimeInterval(12 * 86400))
+            #expect(try await admin.collectGarbage(tenant: "acme", dryRun: false).packsRemoved == 0, "a 3-day-old pack went")
+            server.clock.set(t0.addingTimeInterval(17 * 86400))
+            // (with the packs of the refused commit above, also named by nothing)
+            #expect(try await admin.collectGarbage(tenant: "acme", dryRun: false).packsRemoved >= slow.count)
+            for p in slow { #expect(try await store.head(RepositoryService.packKey(tenant: "acme", id: p.id)) == nil) }
+
+            // The commit's first step refuses a pack the catalog lost, and moves no lock.
+            let before = try server.service.catalog.pack(tenant: "acme", id: s4.packs[0].id.description)
+            #expect(throws: Catalog.PacksMissing.self) {
+                _ = try server.service.catalog.extendPackLocks(tenant: "acme", packs: [s4.packs[0].id, s5.packs[0].id],
+                                                               until: t0.addingTimeInterval(100 * 86400), requireAll: true)
+            }
+            #expect(try server.service.catalog.pack(tenant: "acme", id: s4.packs[0].id.description)?.retainUntil == before?.retainUntil)
 
             let audit = try await admin.audit(limit: 10_000)
             #expect(audit.contains { $0.action == "gc" && $0.object == "tenant acme" && $0.detail.contains("snapshots=2") })

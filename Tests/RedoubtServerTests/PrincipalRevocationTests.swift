@@ -9,7 +9,7 @@ import RedoubtCore
 /// Taking a credential back (docs/PROTOCOL.md §4.4), against a real server over TLS: a
 /// revoked host is refused from its next request on, what it committed stays and still
 /// verifies, a token issued for it no longer enrolls, and nobody but an admin can revoke.
-@Suite(.serialized) struct PrincipalRevocationTests {
+@Suite(.serialized, .timeLimit(.minutes(5))) struct PrincipalRevocationTests {
     func randomBytes(_ n: Int) -> [UInt8] { (0..<n).map { _ in UInt8.random(in: 0...255) } }
 
     func commitOne(_ cfg: ClientConfig, _ client: APIClient, name: String) async throws -> Wire.SnapshotInfo {

@@ -76,7 +76,13 @@ final class TestServer: @unchecked Sendable {
     func stop() async {
         await admin.shutdown()
         task.cancel()
-        _ = try? await task.value
+        // Why bounded: under CI load Hummingbird's graceful shutdown has hung for good in a
+        // few runs (every thread idle, no connection left), holding the whole suite. The
+        // server's port and directory are the test's own, so one left running harms nothing.
+        let t = task
+        if !(await finishes(within: 30) { _ = try? await t.value }) {
+            FileHandle.standardError.write(Data("warning: the test server at \(url) did not shut down within 30 s; left running\n".utf8))
+        }
         // Objects are immutable: clear the flag before removing the temp tree.
         _ = system("chattr -R -i '\(dir.path)' 2>/dev/null")
         try? FileManager.default.removeItem(at: dir)
@@ -137,4 +143,13 @@ func refused(_ code: String, _ what: String, sourceLocation: SourceLocation = #_
         return e
     } catch { Issue.record("\(what): \(error)", sourceLocation: sourceLocation) }
     return nil
+}
+
+/// Whether `body` finishes within `seconds`; if not, it is left running (detached).
+func finishes(within seconds: Double, _ body: @escaping @Sendable () async -> Void) async -> Bool {
+    let (stream, continuation) = AsyncStream<Bool>.makeStream()
+    Task { await body(); continuation.yield(true) }
+    Task { try? await Task.sleep(nanoseconds: UInt64(seconds * 1e9)); continuation.yield(false) }
+    for await done in stream { return done }
+    return false
 }
