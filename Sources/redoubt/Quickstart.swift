@@ -127,6 +127,9 @@ struct Quickstart {
         await attempt("read back a pack    ", .GET, "/v1/packs/\(pack)")
         await attempt("read the manifest   ", .GET, "/v1/snapshots/\(manifest.id)/manifest")
         await attempt("shorten retention   ", .PATCH, "/v1/snapshots/\(manifest.id)", body: Array(#"{"retainUntil":"2000-01-01T00:00:00Z"}"#.utf8))
+        await attempt("collect garbage     ", .POST, "/v1/tenants/quickstart/gc", body: Array(#"{"dryRun":false}"#.utf8))
+        let hostID = try hostCfg.credential().principalID
+        await attempt("revoke a credential ", .POST, "/v1/principals/\(hostID)/revoke", body: Array("{}".utf8))
         let original = try await restorer.packBytes(pack)
         let overwrite = try await host.uploadPack(id: pack, bytes: [UInt8](repeating: 0, count: 1024))
         let after = try await restorer.packBytes(pack)
