@@ -27,8 +27,6 @@ extension Catalog {
         }
     }
 
-    enum GCObject { case snapshot, pack }
-
     struct GCPlan {
         var snapshots: [String] = []
         var keptNewest = 0
@@ -37,17 +35,13 @@ extension Catalog {
     }
 
     /// Finds what garbage collection removes for `tenant` at `now` and, unless `dryRun`,
-    /// removes it from the catalog and queues its store keys (`key` of a snapshot or pack
-    /// ID), in one transaction.
-    func collect(tenant: String, now: Date, grace: TimeInterval, dryRun: Bool,
-                 key: (_ kind: GCObject, _ id: String) -> String?) throws -> GCPlan {
+    /// removes it from the catalog and queues its store keys, in one transaction.
+    func collect(tenant: String, now: Date, grace: TimeInterval, dryRun: Bool) throws -> GCPlan {
         try db.write { db in
             var plan = GCPlan()
             try db.inSavepoint {
                 let t = now.timeIntervalSince1970
-                let tenantHeld = try Int.fetchOne(db, sql: "SELECT 1 FROM holds WHERE released_at IS NULL AND kind = 'tenant' AND tenant = ?",
-                                                  arguments: [tenant]) != nil
-                if tenantHeld {
+                if try Self.isTenantHeld(db, tenant) {
                     plan.keptHeld = try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM snapshots WHERE tenant = ? AND retain_until < ?", arguments: [tenant, t]) ?? 0
                     return .rollback
                 }
@@ -78,8 +72,9 @@ extension Catalog {
                 }
                 if dryRun { return .rollback }
                 let queue = try db.cachedStatement(sql: "INSERT OR IGNORE INTO gc_pending(key, tenant, queued_at) VALUES (?, ?, ?)")
-                for id in plan.snapshots { if let k = key(.snapshot, id) { try queue.execute(arguments: [k, tenant, t]) } }
-                for p in plan.packs { if let k = key(.pack, p.id) { try queue.execute(arguments: [k, tenant, t]) } }
+                let keys = plan.snapshots.compactMap { SnapshotID(hex: $0).map { RepositoryService.manifestKey(tenant: tenant, id: $0) } }
+                    + plan.packs.compactMap { PackID(hex: $0.id).map { RepositoryService.packKey(tenant: tenant, id: $0) } }
+                for k in keys { try queue.execute(arguments: [k.path, tenant, t]) }
                 return .commit
             }
             return plan
@@ -118,11 +113,14 @@ extension Catalog {
     /// Claims a queued key for deletion from the store: true if it is still queued and
     /// the catalog does not hold its object (else it is dropped from the queue: the
     /// object was recorded again). While claimed, ``reclaim(_:key:)`` refuses it.
-    func claimPendingDelete(_ key: String, pack: (tenant: String, id: String)?, snapshot: String?, now: Date) throws -> Bool {
+    func claimPendingDelete(_ key: String, tenant: String, now: Date) throws -> Bool {
         try db.write { db in
             guard try Int.fetchOne(db, sql: "SELECT 1 FROM gc_pending WHERE key = ?", arguments: [key]) != nil else { return false }
-            let recorded = try pack.map { try Int.fetchOne(db, sql: "SELECT 1 FROM packs WHERE tenant = ? AND id = ?", arguments: [$0.tenant, $0.id]) != nil } ?? false
-                || snapshot.map { try Int.fetchOne(db, sql: "SELECT 1 FROM snapshots WHERE id = ?", arguments: [$0]) != nil } ?? false
+            let recorded = switch BucketVerify.kind(key, tenant: tenant) {
+            case .pack(let id): try Int.fetchOne(db, sql: "SELECT 1 FROM packs WHERE tenant = ? AND id = ?", arguments: [tenant, id.description]) != nil
+            case .manifest(let id): try Int.fetchOne(db, sql: "SELECT 1 FROM snapshots WHERE id = ?", arguments: [id.description]) != nil
+            default: false
+            }
             if recorded {
                 try db.execute(sql: "DELETE FROM gc_pending WHERE key = ?", arguments: [key])
                 return false
@@ -155,50 +153,43 @@ extension RepositoryService {
         }
         defer { _ = gcRunning.withLock { $0.remove(tenant) } }
         let now = try now()
-        let plan = try catalog.collect(tenant: tenant, now: now, grace: Self.gcGrace, dryRun: req.dryRun) { kind, id in
-            switch kind {
-            case .snapshot: SnapshotID(hex: id).map { Self.manifestKey(tenant: tenant, id: $0).path }
-            case .pack: PackID(hex: id).map { Self.packKey(tenant: tenant, id: $0).path }
-            }
-        }
+        let plan = try catalog.collect(tenant: tenant, now: now, grace: Self.gcGrace, dryRun: req.dryRun)
         let bytes = plan.packs.reduce(Int64(0)) { $0 + $1.size }
-        var pending = 0
-        if !req.dryRun {
-            // Audited as soon as the catalog side is done, whatever happens to the store side.
-            audit(ctx, "gc", object: "tenant \(tenant)", outcome: "ok",
-                  detail: "snapshots=\(plan.snapshots.count) packs=\(plan.packs.count) bytes=\(bytes) kept-newest=\(plan.keptNewest) kept-held=\(plan.keptHeld) "
-                    + "removed=\(plan.snapshots.joined(separator: ","))")
+        func report(pending: Int) -> Wire.GCReport {
+            Wire.GCReport(tenant: tenant, dryRun: req.dryRun, snapshotsRemoved: plan.snapshots, keptNewest: plan.keptNewest, keptHeld: plan.keptHeld,
+                          packsRemoved: plan.packs.count, bytesRemoved: bytes, pendingDeletes: pending)
         }
-        if !req.dryRun, try catalog.isTenantHeld(tenant) {
+        guard !req.dryRun else { return report(pending: 0) }
+        // Audited as soon as the catalog side is done, whatever happens to the store side.
+        audit(ctx, "gc", object: "tenant \(tenant)", outcome: "ok",
+              detail: "snapshots=\(plan.snapshots.count) packs=\(plan.packs.count) bytes=\(bytes) kept-newest=\(plan.keptNewest) kept-held=\(plan.keptHeld) "
+                + "removed=\(plan.snapshots.joined(separator: ","))")
+        if try catalog.isTenantHeld(tenant) {
             // A tenant hold keeps even what an earlier run queued (and frees its claims, so
             // those objects can be recorded again meanwhile).
             try catalog.unclaimPendingDeletes(tenant: tenant)
-            pending = try catalog.pendingDeletes(tenant: tenant).count
-        } else if !req.dryRun {
-            // This run's keys and any an earlier run left, each claimed first: a pack or
-            // manifest recorded again since it was queued is not deleted, and while one is
-            // being deleted it cannot be recorded again (E_RETRY).
-            for k in try catalog.pendingDeletes(tenant: tenant) {
-                guard let key = ObjectKey(k) else { try catalog.finishPendingDelete(k, done: true); continue }
-                let parts = k.split(separator: "/").map(String.init)
-                let pack = parts.count == 5 && parts[2] == "packs" ? (tenant: parts[1], id: parts[4]) : nil
-                let snapshot = parts.count == 4 && parts[2] == "snapshots" ? parts[3] : nil
-                guard try catalog.claimPendingDelete(k, pack: pack, snapshot: snapshot, now: now) else { continue }
-                do {
-                    try await deleteUnlessHeld(key, now: now)
-                    try catalog.finishPendingDelete(k, done: true)
-                } catch let e as StoreError where e.code == .notFound {
-                    try catalog.finishPendingDelete(k, done: true)
-                } catch {
-                    try catalog.finishPendingDelete(k, done: false)
-                    pending += 1
-                    logger.warning("gc: could not delete a store object; the next run retries", metadata: ["key": "\(k)", "error": "\(error)"])
-                    audit(ctx, "gc-delete", object: k, outcome: "error", detail: "\(error)")
-                }
-            }
-            audit(ctx, "gc-store", object: "tenant \(tenant)", outcome: pending == 0 ? "ok" : "partial", detail: "pending=\(pending)")
+            return report(pending: try catalog.pendingDeletes(tenant: tenant).count)
         }
-        return Wire.GCReport(tenant: tenant, dryRun: req.dryRun, snapshotsRemoved: plan.snapshots, keptNewest: plan.keptNewest, keptHeld: plan.keptHeld,
-                             packsRemoved: plan.packs.count, bytesRemoved: bytes, pendingDeletes: pending)
+        // This run's keys and any an earlier run left, each claimed first: a pack or
+        // manifest recorded again since it was queued is not deleted, and while one is
+        // being deleted it cannot be recorded again (E_RETRY).
+        var pending = 0
+        for k in try catalog.pendingDeletes(tenant: tenant) {
+            guard let key = ObjectKey(k) else { try catalog.finishPendingDelete(k, done: true); continue }
+            guard try catalog.claimPendingDelete(k, tenant: tenant, now: now) else { continue }
+            do {
+                try await deleteUnlessHeld(key, now: now)
+                try catalog.finishPendingDelete(k, done: true)
+            } catch let e as StoreError where e.code == .notFound {
+                try catalog.finishPendingDelete(k, done: true)
+            } catch {
+                try catalog.finishPendingDelete(k, done: false)
+                pending += 1
+                logger.warning("gc: could not delete a store object; the next run retries", metadata: ["key": "\(k)", "error": "\(error)"])
+                audit(ctx, "gc-delete", object: k, outcome: "error", detail: "\(error)")
+            }
+        }
+        audit(ctx, "gc-store", object: "tenant \(tenant)", outcome: pending == 0 ? "ok" : "partial", detail: "pending=\(pending)")
+        return report(pending: pending)
     }
 }

@@ -109,21 +109,28 @@ extension Catalog {
     /// Whether a store object is a held pack or manifest (`t/<tenant>/packs/…`,
     /// `t/<tenant>/snapshots/<id>`); other objects are never held.
     public func isHeld(key: ObjectKey) throws -> Bool {
-        let parts = key.path.split(separator: "/").map(String.init)
-        guard parts.count >= 4, parts[0] == "t" else { return false }
-        // The tenant from the key: a manifest garbage collection queued has no snapshot
-        // row left to name its tenant, and a tenant hold must still cover it.
-        if parts[2] == "packs" || parts[2] == "snapshots", try isTenantHeld(parts[1]) { return true }
-        if parts[2] == "packs", let id = parts.last { return try isHeld(tenant: parts[1], pack: id) }
-        if parts[2] == "snapshots", parts.count == 4 { return try isHeld(snapshot: parts[3]) }
-        return false
+        let parts = key.path.split(separator: "/", maxSplits: 2)
+        guard parts.count == 3, parts[0] == "t" else { return false }
+        let tenant = String(parts[1])
+        switch BucketVerify.kind(key.path, tenant: tenant) {
+        case .pack(let id):
+            return try isHeld(tenant: tenant, pack: id.description)
+        case .manifest(let id):
+            // The tenant from the key: a manifest garbage collection queued has no snapshot
+            // row left to name its tenant, and a tenant hold must still cover it.
+            return try isTenantHeld(tenant) || isHeld(snapshot: id.description)
+        default:
+            return false
+        }
     }
 
     /// Whether a tenant hold in force covers `tenant`.
     public func isTenantHeld(_ tenant: String) throws -> Bool {
-        try db.read { db in
-            try Int.fetchOne(db, sql: "SELECT 1 FROM holds WHERE released_at IS NULL AND kind = 'tenant' AND tenant = ? LIMIT 1", arguments: [tenant]) != nil
-        }
+        try db.read { db in try Self.isTenantHeld(db, tenant) }
+    }
+
+    static func isTenantHeld(_ db: Database, _ tenant: String) throws -> Bool {
+        try Int.fetchOne(db, sql: "SELECT 1 FROM holds WHERE released_at IS NULL AND kind = 'tenant' AND tenant = ? LIMIT 1", arguments: [tenant]) != nil
     }
 
     /// The store keys that holds in force cover for `tenant` (packs and manifests).

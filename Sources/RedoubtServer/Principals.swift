@@ -79,11 +79,13 @@ extension Catalog {
         try db.read { db in
             try Row.fetchAll(db, sql: """
                 SELECT * FROM enrollments WHERE used_at IS NULL AND cancelled_at IS NULL AND expires_at > ? ORDER BY expires_at
-                """, arguments: [now.timeIntervalSince1970]).map {
-                Wire.EnrollmentInfo(id: String(($0["token_hash"] as String).prefix(16)), role: $0["role"], tenant: $0["tenant"], name: $0["name"],
-                                    createdBy: $0["created_by"], expiresAt: Date(timeIntervalSince1970: $0["expires_at"]))
-            }
+                """, arguments: [now.timeIntervalSince1970]).map(Self.enrollmentInfo)
         }
+    }
+
+    static func enrollmentInfo(_ r: Row) -> Wire.EnrollmentInfo {
+        Wire.EnrollmentInfo(id: String((r["token_hash"] as String).prefix(16)), role: r["role"], tenant: r["tenant"], name: r["name"],
+                            createdBy: r["created_by"], expiresAt: Date(timeIntervalSince1970: r["expires_at"]))
     }
 
     /// Cancels the one pending token whose hash starts with `id`; returns it, or nil when
@@ -95,8 +97,7 @@ extension Catalog {
                 """, arguments: [id.count, id, now.timeIntervalSince1970])
             guard rows.count == 1, let r = rows.first else { return nil }
             try db.execute(sql: "UPDATE enrollments SET cancelled_at = ? WHERE token_hash = ?", arguments: [now.timeIntervalSince1970, r["token_hash"] as String])
-            return Wire.EnrollmentInfo(id: String((r["token_hash"] as String).prefix(16)), role: r["role"], tenant: r["tenant"], name: r["name"],
-                                       createdBy: r["created_by"], expiresAt: Date(timeIntervalSince1970: r["expires_at"]))
+            return Self.enrollmentInfo(r)
         }
     }
 }

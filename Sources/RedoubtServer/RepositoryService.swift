@@ -26,6 +26,10 @@ public struct ServerError: Error, Sendable, CustomStringConvertible {
     public static func unauthorized(_ m: String) -> ServerError { ServerError(401, "E_UNAUTHENTICATED", m) }
     public static func notFound(_ m: String) -> ServerError { ServerError(404, "E_NOT_FOUND", m) }
     public static func badRequest(_ m: String) -> ServerError { ServerError(400, "E_BAD_REQUEST", m) }
+    /// Garbage collection is deleting `object` from the store right now (§4.5).
+    static func beingCollected(_ object: String) -> ServerError {
+        ServerError(409, "E_RETRY", "\(object) is being removed by garbage collection right now; send it again in a minute")
+    }
     /// The tenant was crypto-shredded: nothing can be added to it or unwrapped for it.
     public static func shredded(_ tenant: String) -> ServerError {
         ServerError(410, "E_TENANT_SHREDDED", "tenant \(tenant) was crypto-shredded: its read key is destroyed; its backups can never be read again and nothing can be added to it")
@@ -236,7 +240,7 @@ public final class RepositoryService: Sendable {
         // Off the garbage collector's queue before the store is touched: no run can then
         // delete the object between the write below and its record.
         do { try catalog.reclaim(key: key.path) } catch is Catalog.BeingCollected {
-            throw ServerError(409, "E_RETRY", "pack \(id) is being removed by garbage collection right now; upload it again in a minute")
+            throw ServerError.beingCollected("pack \(id)")
         }
         let result = try await store.put(key, bytes, retainUntil: until)
         // Why: the same bytes may still be in the store after garbage collection took the
@@ -245,14 +249,14 @@ public final class RepositoryService: Sendable {
         do {
             try catalog.insertPack(tenant: tenant.name, id: id.description, key: key.path, size: bytes.count, retainUntil: until, chunkIDs: summary.chunkIDs, now: now)
         } catch is Catalog.BeingCollected {
-            throw ServerError(409, "E_RETRY", "pack \(id) is being removed by garbage collection right now; upload it again in a minute")
+            throw ServerError.beingCollected("pack \(id)")
         }
         return Wire.UploadResponse(id: id.description, created: result == .created, retainUntil: until)
     }
 
     /// Commits a snapshot: checks the host's signature, the tenant, and that every pack is
-    /// present; stores the manifest under lock; extends the packs' locks.
-    /// Commits a snapshot; `os` is the OS the host reports with it (kept for `doctor`).
+    /// present; extends the packs' locks; stores the manifest under lock. `os` is the OS
+    /// the host reports with it (kept for `doctor`).
     public func commit(_ bytes: [UInt8], os: String? = nil, ctx: CallContext) async throws -> Wire.SnapshotInfo {
         let (p, tenant) = try requireTenant(ctx)
         let manifest: Manifest
@@ -286,7 +290,7 @@ public final class RepositoryService: Sendable {
         }
         let manifestKey = Self.manifestKey(tenant: tenant.name, id: manifest.id)
         do { try catalog.reclaim(key: manifestKey.path) } catch is Catalog.BeingCollected {
-            throw ServerError(409, "E_RETRY", "snapshot \(manifest.id) is being removed by garbage collection right now; commit it again in a minute")
+            throw ServerError.beingCollected("snapshot \(manifest.id)")
         }
         if try await store.put(manifestKey, bytes, retainUntil: retainUntil) != .created {
             try await store.extendRetention(manifestKey, until: retainUntil)
@@ -300,7 +304,7 @@ public final class RepositoryService: Sendable {
             throw refuse(ctx, "commit", object: "snapshot \(manifest.id)",
                          ServerError(409, "E_PACKS_MISSING", "snapshot \(manifest.id) names \(e.packs.count) pack(s) that garbage collection removed meanwhile, e.g. \(e.packs[0]): run the backup again"))
         } catch is Catalog.BeingCollected {
-            throw ServerError(409, "E_RETRY", "snapshot \(manifest.id) is being removed by garbage collection right now; commit it again in a minute")
+            throw ServerError.beingCollected("snapshot \(manifest.id)")
         }
         audit(ctx, "commit", object: "snapshot \(manifest.id)", outcome: "ok", detail: "packs=\(h.packs.count) retain-until=\(Int(retainUntil.timeIntervalSince1970))")
         // The off-site copies follow each commit, in the background.

@@ -139,13 +139,22 @@ import RedoubtStore
         await server.stop()
     }
 
-    @Test func aTenantHoldKeepsEverything() async throws {
+    /// A server with a one-day retention, tenant "acme" and host web1; stops it after `body`.
+    func withOneHost(_ body: (TestServer, ClientConfig, APIClient) async throws -> Void) async throws {
         let server = try await TestServer.start(minRetention: 86400)
         var clients: [APIClient] = []
         do {
             try await server.createTenant("acme", keys: try TenantKeys.generate())
             let (c1, web1) = try await server.enroll(tenant: "acme", role: "writer", name: "web1")
             clients.append(web1)
+            try await body(server, c1, web1)
+        } catch { Issue.record("\(error)") }
+        for c in clients { await c.shutdown() }
+        await server.stop()
+    }
+
+    @Test func aTenantHoldKeepsEverything() async throws {
+        try await withOneHost { server, c1, web1 in
             let t0 = server.clock.now()
             _ = try await commit(c1, web1)
             server.clock.set(t0.addingTimeInterval(3600))
@@ -155,21 +164,14 @@ import RedoubtStore
             let r = try await server.admin.collectGarbage(tenant: "acme", dryRun: false)
             #expect(r.snapshotsRemoved.isEmpty && r.packsRemoved == 0, "\(r)")
             #expect(try await server.admin.snapshots().count == 2)
-        } catch { Issue.record("\(error)") }
-        for c in clients { await c.shutdown() }
-        await server.stop()
+        }
     }
 
     /// What a run queued but the store would not delete yet (its own lock was later) is
     /// never lost: uploaded again it is recorded and locked again, and a tenant hold placed
     /// meanwhile keeps it; packs younger than the grace period stay.
     @Test func queuedObjectsAreNeverDeletedFromUnderARecordOrAHold() async throws {
-        let server = try await TestServer.start(minRetention: 86400)
-        var clients: [APIClient] = []
-        do {
-            try await server.createTenant("acme", keys: try TenantKeys.generate())
-            let (c1, web1) = try await server.enroll(tenant: "acme", role: "writer", name: "web1")
-            clients.append(web1)
+        try await withOneHost { server, c1, web1 in
             let admin = server.admin
             let store = try LocalStore(root: URL(fileURLWithPath: server.home.storePath))
             let t0 = server.clock.now()
@@ -227,8 +229,6 @@ import RedoubtStore
                 try server.service.catalog.insertPack(tenant: "acme", id: String(repeating: "0", count: 64), key: claimed, size: 1,
                                                       retainUntil: Date(), chunkIDs: [], now: Date())
             }
-        } catch { Issue.record("\(error)") }
-        for c in clients { await c.shutdown() }
-        await server.stop()
+        }
     }
 }
