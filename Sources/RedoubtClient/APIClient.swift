@@ -178,6 +178,11 @@ public final class APIClient: Sendable {
         try await json(Wire.TenantInfo.self, .PUT, "/v1/tenants/\(tenant)/retention", body: Wire.SetRetentionRequest(minRetentionSeconds: seconds, requestID: requestID))
     }
 
+    public func setDedupScope(tenant: String, scope: String, requestID: String?) async throws -> Wire.TenantInfo {
+        try await json(Wire.TenantInfo.self, .PUT, "/v1/tenants/\(tenant)/dedup-scope",
+                       body: Wire.SetDedupScopeRequest(dedupScope: scope, requestID: requestID))
+    }
+
     public func addAdmin(name: String, ttlSeconds: Double?, requestID: String?) async throws -> Wire.CreateEnrollmentResponse {
         try await json(Wire.CreateEnrollmentResponse.self, .POST, "/v1/admins", body: Wire.AddAdminRequest(name: name, ttlSeconds: ttlSeconds, requestID: requestID))
     }

@@ -102,13 +102,17 @@ public enum Wire {
         /// WrappedReadKey JSON.
         public var wrappedReadKey: String
         public var minRetentionSeconds: Double?
+        /// `host` (the default when absent) or `tenant`: which chunks a host may reuse.
+        public var dedupScope: String?
 
-        public init(name: String, readPublicKey: String, writeMaterial: String, wrappedReadKey: String, minRetentionSeconds: Double?) {
+        public init(name: String, readPublicKey: String, writeMaterial: String, wrappedReadKey: String, minRetentionSeconds: Double?,
+                    dedupScope: String? = nil) {
             self.name = name
             self.readPublicKey = readPublicKey
             self.writeMaterial = writeMaterial
             self.wrappedReadKey = wrappedReadKey
             self.minRetentionSeconds = minRetentionSeconds
+            self.dedupScope = dedupScope
         }
     }
 
@@ -117,11 +121,24 @@ public enum Wire {
         public var readKeyID: String
         public var minRetentionSeconds: Double
         public var createdAt: Date
-        public init(name: String, readKeyID: String, minRetentionSeconds: Double, createdAt: Date) {
+        /// `host` or `tenant` (absent from servers older than dedup scopes, which shared chunks tenant-wide).
+        public var dedupScope: String?
+        public init(name: String, readKeyID: String, minRetentionSeconds: Double, createdAt: Date, dedupScope: String? = nil) {
             self.name = name
             self.readKeyID = readKeyID
             self.minRetentionSeconds = minRetentionSeconds
             self.createdAt = createdAt
+            self.dedupScope = dedupScope
+        }
+    }
+
+    /// `PUT /v1/tenants/{t}/dedup-scope`: widening to `tenant` needs approval.
+    public struct SetDedupScopeRequest: Codable, Sendable {
+        public var dedupScope: String
+        public var requestID: String?
+        public init(dedupScope: String, requestID: String?) {
+            self.dedupScope = dedupScope
+            self.requestID = requestID
         }
     }
 

@@ -277,7 +277,7 @@ extension RepositoryService {
             throw refuse(ctx, "set-retention", object: object, ServerError(409, "E_CONFLICT", "tenant \(tenant)'s minimum retention changed meanwhile; look again (`redoubt admin tenant list`) and repeat"))
         }
         audit(ctx, "set-retention", object: object, outcome: "ok", detail: "min-retention \(Int(rec.minRetention))s→\(Int(req.minRetentionSeconds))s")
-        return Wire.TenantInfo(name: tenant, readKeyID: rec.readKeyID, minRetentionSeconds: req.minRetentionSeconds, createdAt: rec.createdAt)
+        return try tenantInfo(updated)
     }
 
     /// Longest minimum retention accepted (about 100 years): beyond it, dates overflow.

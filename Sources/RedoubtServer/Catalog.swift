@@ -172,6 +172,7 @@ public final class Catalog: Sendable {
         registerHoldMigrations(&m)
         registerPrincipalMigrations(&m)
         registerGCMigrations(&m)
+        registerDedupMigrations(&m)
         return m
     }
 
@@ -416,21 +417,25 @@ public final class Catalog: Sendable {
         }
     }
 
-    /// Records a stored pack and the chunks it holds (first pack wins for a chunk). A pack
-    /// garbage collection queued for deletion is taken back off the queue (its bytes were
-    /// uploaded again); one whose deletion is under way is refused (``BeingCollected``).
-    public func insertPack(tenant: String, id: String, key: String, size: Int, retainUntil: Date, chunkIDs: [ChunkID], now: Date) throws {
+    /// Records a stored pack and the chunks it holds, in the dedup scope of `uploader` (the
+    /// principal ID that uploaded it; nil when unknown, as in a rebuild from the store: then
+    /// no host reuses them under host scope). The first pack wins for a chunk within a scope.
+    /// A pack garbage collection queued for deletion is taken back off the queue (its bytes
+    /// were uploaded again); one whose deletion is under way is refused (``BeingCollected``).
+    public func insertPack(tenant: String, id: String, key: String, size: Int, retainUntil: Date, chunkIDs: [ChunkID], now: Date,
+                           uploader: String? = nil) throws {
         try db.write { db in
             try Self.reclaim(db, key: key)
-            try db.execute(sql: "INSERT OR IGNORE INTO packs(tenant, id, size, retain_until, created_at) VALUES (?, ?, ?, ?, ?)",
-                           arguments: [tenant, id, size, retainUntil.timeIntervalSince1970, now.timeIntervalSince1970])
-            let stmt = try db.cachedStatement(sql: "INSERT OR IGNORE INTO chunks(tenant, chunk_id, pack_id) VALUES (?, ?, ?)")
-            for c in chunkIDs { try stmt.execute(arguments: [tenant, Data(c.bytes), id]) }
+            try db.execute(sql: "INSERT OR IGNORE INTO packs(tenant, id, size, retain_until, created_at, uploader) VALUES (?, ?, ?, ?, ?, ?)",
+                           arguments: [tenant, id, size, retainUntil.timeIntervalSince1970, now.timeIntervalSince1970, uploader])
+            let stmt = try db.cachedStatement(sql: "INSERT OR IGNORE INTO chunks(tenant, chunk_id, scope, pack_id) VALUES (?, ?, ?, ?)")
+            for c in chunkIDs { try stmt.execute(arguments: [tenant, Data(c.bytes), uploader ?? "", id]) }
         }
     }
 
-    /// For each of `ids` the tenant holds, the pack that holds it.
-    public func chunkLocations(tenant: String, ids: [ChunkID]) throws -> [ChunkID: PackID] {
+    /// For each of `ids` the tenant holds, a pack that holds it: only among chunks uploaded
+    /// by principal `scope` when given (host-scoped dedup), else among all of the tenant's.
+    public func chunkLocations(tenant: String, ids: [ChunkID], scope: String? = nil) throws -> [ChunkID: PackID] {
         try db.read { db in
             var out: [ChunkID: PackID] = [:]
             var i = 0
@@ -440,8 +445,12 @@ public final class Catalog: Sendable {
                 let marks = Array(repeating: "?", count: batch.count).joined(separator: ",")
                 var args: [any DatabaseValueConvertible] = [tenant]
                 args += batch.map { Data($0.bytes) }
-                let rows = try Row.fetchAll(db, sql: "SELECT chunk_id, pack_id FROM chunks WHERE tenant = ? AND chunk_id IN (\(marks))",
-                                            arguments: StatementArguments(args))
+                var sql = "SELECT chunk_id, pack_id FROM chunks WHERE tenant = ? AND chunk_id IN (\(marks))"
+                if let scope {
+                    sql += " AND scope = ?"
+                    args.append(scope)
+                }
+                let rows = try Row.fetchAll(db, sql: sql, arguments: StatementArguments(args))
                 for r in rows {
                     if let c = ChunkID(bytes: Array(r["chunk_id"] as Data)), let p = PackID(hex: r["pack_id"]) { out[c] = p }
                 }

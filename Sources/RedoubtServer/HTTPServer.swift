@@ -227,6 +227,12 @@ public enum RedoubtHTTP {
                 jsonResponse(try await service.setMinRetention(tenant: ctx.parameters.get("tenant") ?? "", try await req.json(Wire.SetRetentionRequest.self), ctx: ctx.call))
             }
         }
+        router.put("/v1/tenants/:tenant/dedup-scope") { req, ctx in
+            await handle(logger) {
+                jsonResponse(try service.setDedupScope(tenant: ctx.parameters.get("tenant") ?? "",
+                                                       try await req.json(Wire.SetDedupScopeRequest.self), ctx: ctx.call))
+            }
+        }
         router.post("/v1/admins") { req, ctx in
             await handle(logger) { jsonResponse(try service.addAdmin(try await req.json(Wire.AddAdminRequest.self), ctx: ctx.call), status: .created) }
         }

@@ -9,7 +9,7 @@ public enum Action: String, Sendable, CaseIterable {
     case getManifest, getPack, packChunkLists, verifySnapshot
     case createTenant, listTenants, createEnrollment, listEnrollments, cancelEnrollment, listPrincipals, revokePrincipal
     case getReadKey, rotateReadKey, markKEKsDestroyed, shredTenant, getWriteMaterial, restoreWriteMaterial
-    case setRetention, addAdmin, removeAdmin, getQuorum, setQuorum, listRequests, decideRequest
+    case setRetention, setDedupScope, addAdmin, removeAdmin, getQuorum, setQuorum, listRequests, decideRequest
     case addCopyTarget, listCopyTargets, removeCopyTarget, syncCopyTarget
     case placeHold, listHolds, releaseHold
     case collectGarbage
@@ -47,6 +47,7 @@ public enum Policy {
         case (.get, 3) where p[0] == "tenants" && p[2] == "write-material": return (.getWriteMaterial, ["tenant": p[1]])
         case (.put, 3) where p[0] == "tenants" && p[2] == "write-material": return (.restoreWriteMaterial, ["tenant": p[1]])
         case (.put, 3) where p[0] == "tenants" && p[2] == "retention": return (.setRetention, ["tenant": p[1]])
+        case (.put, 3) where p[0] == "tenants" && p[2] == "dedup-scope": return (.setDedupScope, ["tenant": p[1]])
         case (.post, 3) where p[0] == "tenants" && p[2] == "gc": return (.collectGarbage, ["tenant": p[1]])
         case (.post, 1) where p[0] == "admins": return (.addAdmin, [:])
         case (.post, 3) where p[0] == "admins" && p[2] == "remove": return (.removeAdmin, ["name": p[1]])
@@ -87,7 +88,7 @@ public enum Policy {
         // A restorer may fetch its own tenant's wrapped key (the handler checks the tenant).
         case .getReadKey: return role == .admin || role == .restorer
         case .rotateReadKey, .markKEKsDestroyed, .shredTenant, .getWriteMaterial, .restoreWriteMaterial: return role == .admin
-        case .setRetention, .addAdmin, .removeAdmin, .getQuorum, .setQuorum, .listRequests, .decideRequest: return role == .admin
+        case .setRetention, .setDedupScope, .addAdmin, .removeAdmin, .getQuorum, .setQuorum, .listRequests, .decideRequest: return role == .admin
         case .addCopyTarget, .listCopyTargets, .removeCopyTarget, .syncCopyTarget: return role == .admin
         case .placeHold, .listHolds, .releaseHold: return role == .admin
         // Removes only what no lock protects any more (§4.5): an admin's routine job.

@@ -210,18 +210,20 @@ public final class RepositoryService: Sendable {
 
     // MARK: writer operations
 
-    /// Which of the queried chunks the caller's tenant holds, and where.
+    /// Which of the queried chunks the caller may reuse, and where: under host scope a
+    /// writer learns only of chunks its own credential uploaded (§4.6).
     public func queryChunks(_ body: [UInt8], ctx: CallContext) throws -> [UInt8] {
-        let (_, tenant) = try requireTenant(ctx)
+        let (p, tenant) = try requireTenant(ctx)
         guard let ids = Wire.decodeChunkQuery(body), ids.count <= 100_000 else {
             throw ServerError.badRequest("chunk query must be a multiple of 32 bytes, at most 100000 IDs")
         }
-        return Wire.encodeChunkLocations(try catalog.chunkLocations(tenant: tenant.name, ids: ids))
+        let scope = try chunkScope(p, tenant: tenant.name)
+        return Wire.encodeChunkLocations(try catalog.chunkLocations(tenant: tenant.name, ids: ids, scope: scope))
     }
 
     /// Stores a pack whose bytes hash to `idHex`. Idempotent; never overwrites.
     public func uploadPack(idHex: String, bytes: [UInt8], ctx: CallContext) async throws -> Wire.UploadResponse {
-        let (_, tenant) = try requireTenant(ctx)
+        let (p, tenant) = try requireTenant(ctx)
         guard let id = PackID(hex: idHex) else { throw ServerError.badRequest("pack ID must be 64 lowercase hex digits") }
         if let existing = try catalog.pack(tenant: tenant.name, id: id.description) {
             // Why: a re-upload is a no-op, never an overwrite, whatever the body says.
@@ -247,7 +249,8 @@ public final class RepositoryService: Sendable {
         // pack out of the catalog; recorded again, they must be locked again too.
         if result != .created { try await store.extendRetention(key, until: until) }
         do {
-            try catalog.insertPack(tenant: tenant.name, id: id.description, key: key.path, size: bytes.count, retainUntil: until, chunkIDs: summary.chunkIDs, now: now)
+            try catalog.insertPack(tenant: tenant.name, id: id.description, key: key.path, size: bytes.count, retainUntil: until, chunkIDs: summary.chunkIDs, now: now,
+                                   uploader: p.id)
         } catch is Catalog.BeingCollected {
             throw ServerError.beingCollected("pack \(id)")
         }
@@ -465,6 +468,9 @@ public final class RepositoryService: Sendable {
         }
         let minRetention = req.minRetentionSeconds ?? defaultMinRetention
         try Self.checkRetention(minRetention)
+        guard let scope = DedupScope(rawValue: req.dedupScope ?? DedupScope.host.rawValue) else {
+            throw ServerError.badRequest("dedupScope must be \"host\" or \"tenant\"")
+        }
         let now = try now()
         _ = try WrappedKeyHeader.check(req.wrappedReadKey, tenant: TenantRecord(
             name: req.name, readKeyID: key.keyID.description, readPublicKey: Array(pub), writeMaterial: [], wrappedReadKey: "",
@@ -475,8 +481,11 @@ public final class RepositoryService: Sendable {
         // from the store alone (`redoubt server rebuild-catalog`).
         _ = try await store.put(Self.tenantKey(req.name, version: 1), try await descriptor(record).encoded(), retainUntil: nil)
         try catalog.insertTenant(record)
-        audit(ctx, "create-tenant", object: "tenant \(req.name)", outcome: "ok", detail: "read-key=\(key.keyID) min-retention=\(Int(minRetention))s")
-        return Wire.TenantInfo(name: req.name, readKeyID: key.keyID.description, minRetentionSeconds: minRetention, createdAt: now)
+        // A new tenant has no hosts yet: choosing the wider scope now weakens nothing that exists.
+        if scope != .host { _ = try catalog.setDedupScope(tenant: req.name, scope, from: .host) }
+        audit(ctx, "create-tenant", object: "tenant \(req.name)", outcome: "ok",
+              detail: "read-key=\(key.keyID) min-retention=\(Int(minRetention))s dedup-scope=\(scope.rawValue)")
+        return try tenantInfo(record)
     }
 
     // MARK: read-key custody (rotation, shredding)
@@ -699,7 +708,7 @@ public final class RepositoryService: Sendable {
     }
 
     public func listTenants() throws -> [Wire.TenantInfo] {
-        try catalog.tenants().map { Wire.TenantInfo(name: $0.name, readKeyID: $0.readKeyID, minRetentionSeconds: $0.minRetention, createdAt: $0.createdAt) }
+        try catalog.tenants().map(tenantInfo)
     }
 
     /// Creates a one-time enrollment token for a writer, restorer or auditor.

@@ -108,7 +108,7 @@ struct AdminOptions: ParsableArguments {
 
 struct TenantCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(commandName: "tenant", abstract: "Create and list tenants; rotate, escrow or shred their read keys.",
-                                                    subcommands: [TenantCreate.self, TenantList.self, TenantSetRetention.self, TenantRotateKey.self, TenantEscrow.self, TenantShred.self, TenantRestoreMaterial.self])
+                                                    subcommands: [TenantCreate.self, TenantList.self, TenantSet.self, TenantSetRetention.self, TenantRotateKey.self, TenantEscrow.self, TenantShred.self, TenantRestoreMaterial.self])
 }
 
 struct TenantCreate: AsyncParsableCommand {
@@ -118,9 +118,11 @@ struct TenantCreate: AsyncParsableCommand {
     @Option(name: .long, help: "Key provider URI that wraps the read key: passphrase: (default), kmip://HOST:PORT/new?ca=FILE&cert=FILE&key=FILE, awskms://REGION/new[?endpoint=URL] (…/new creates the KEK) or pkcs11:token=LABEL;object=LABEL?module-path=FILE&pin-source=FILE (creates the KEK on the token if the label is new).") var keyProvider = "passphrase:"
     @Option(name: .long, help: "Minimum retention of this tenant's snapshots (e.g. 30d).") var minRetention: String?
     @Option(name: .long, help: "File holding the passphrase (else REDOUBT_PASSPHRASE or a prompt).") var passphraseFile: String?
+    @Option(name: .long, help: ArgumentHelp(DedupScopeHelp.text, valueName: "host|tenant")) var dedupScope = "host"
 
     func run() async throws {
         try await RedoubtCLI.run {
+            guard ["host", "tenant"].contains(dedupScope) else { throw ValidationError("--dedup-scope is host or tenant") }
             // A `…/new` URI: the tenant's KEK is created (and activated) in the KMS or HSM now.
             let provider = try await RedoubtCLI.keyProvider(uri: keyProvider, passphraseFile: passphraseFile).preparingKEK(tenant: name)
             let keys = try TenantKeys.generate()
@@ -128,9 +130,11 @@ struct TenantCreate: AsyncParsableCommand {
             let material = keys.sharedWriteMaterial.encode().withUnsafeBytes { Data($0).base64EncodedString() }
             let request = Wire.CreateTenantRequest(
                 name: name, readPublicKey: Data(keys.readKey.publicKey.rawRepresentation).base64EncodedString(), writeMaterial: material,
-                wrappedReadKey: String(decoding: try wrapped.encoded(), as: UTF8.self), minRetentionSeconds: try minRetention.map(parseDuration))
+                wrappedReadKey: String(decoding: try wrapped.encoded(), as: UTF8.self), minRetentionSeconds: try minRetention.map(parseDuration),
+                dedupScope: dedupScope)
             let info = try await RedoubtCLI.with(try admin.client()) { try await $0.createTenant(request) }
-            print("Created tenant \(info.name): read key \(info.readKeyID), wrapped by \(wrapped.provider), minimum retention \(Int(info.minRetentionSeconds / 86400)) days")
+            print("Created tenant \(info.name): read key \(info.readKeyID), wrapped by \(wrapped.provider), "
+                + "minimum retention \(Int(info.minRetentionSeconds / 86400)) days, dedup scope \(info.dedupScope ?? dedupScope)")
             return .ok
         }
     }
@@ -145,8 +149,39 @@ struct TenantList: AsyncParsableCommand {
         try await RedoubtCLI.run {
             let list = try await RedoubtCLI.with(try admin.client()) { try await $0.tenants() }
             if json { try printJSON(list) } else {
-                for t in list { print("\(t.name)  read-key \(t.readKeyID)  min-retention \(Int(t.minRetentionSeconds / 86400))d") }
+                for t in list {
+                    print("\(t.name)  read-key \(t.readKeyID)  min-retention \(Int(t.minRetentionSeconds / 86400))d"
+                        + "  dedup-scope \(t.dedupScope ?? "tenant")")
+                }
             }
+            return .ok
+        }
+    }
+}
+
+/// What `--dedup-scope` means, for `tenant create` and `tenant set`.
+enum DedupScopeHelp {
+    static let text = "Which chunks a host may reuse: host (default) — only chunks its own credential uploaded; "
+        + "tenant — every chunk of the tenant, which saves storage when hosts hold the same files but lets a host that "
+        + "is taken confirm guesses about other hosts' files (a PIN, a password line) by asking whether their chunks "
+        + "exist, and make their later backups reuse bytes it uploaded. Widening to tenant needs the admins' quorum."
+}
+
+struct TenantSet: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "set", abstract: "Change a tenant's settings (widening the dedup scope needs approval).")
+    @OptionGroup var admin: AdminOptions
+    @Argument(help: "The tenant.") var tenant: String
+    @Option(name: .long, help: ArgumentHelp(DedupScopeHelp.text, valueName: "host|tenant")) var dedupScope: String?
+    @Option(name: .long, help: "An approved request for this change.") var request: String?
+
+    func run() async throws {
+        try await RedoubtCLI.run {
+            guard let dedupScope else { throw ValidationError("name a setting to change (--dedup-scope host|tenant)") }
+            guard ["host", "tenant"].contains(dedupScope) else { throw ValidationError("--dedup-scope is host or tenant") }
+            let t = try await RedoubtCLI.with(try admin.client()) {
+                try await $0.setDedupScope(tenant: tenant, scope: dedupScope, requestID: request)
+            }
+            print("tenant \(t.name): dedup scope \(t.dedupScope ?? dedupScope)")
             return .ok
         }
     }

@@ -1,0 +1,88 @@
+import Foundation
+import GRDB
+import RedoubtCore
+
+/// Which chunks a host may learn of and reuse when it deduplicates (docs/PROTOCOL.md §4.6).
+public enum DedupScope: String, Sendable, Codable, CaseIterable {
+    /// A host sees only chunks its own credential uploaded. The default: a taken host can
+    /// neither confirm guesses about other hosts' files nor make them reuse its bytes.
+    case host
+    /// Every writer of the tenant sees every chunk of the tenant: less storage for hosts
+    /// with the same files, at the price of trusting every host of the tenant.
+    case tenant
+}
+
+extension Catalog {
+    /// Chunk rows carry the principal that uploaded them (their `scope`), and tenants their
+    /// dedup scope. Rows recorded before this existed have the empty scope: no host reuses
+    /// them under host scope, so each host uploads its data once more after the upgrade.
+    static func registerDedupMigrations(_ m: inout DatabaseMigrator) {
+        m.registerMigration("v9-dedup-scope") { db in
+            try db.execute(sql: """
+                ALTER TABLE tenants ADD COLUMN dedup_scope TEXT NOT NULL DEFAULT 'host';
+                ALTER TABLE packs ADD COLUMN uploader TEXT;
+                CREATE TABLE chunks_scoped (
+                    tenant TEXT NOT NULL, chunk_id BLOB NOT NULL, scope TEXT NOT NULL, pack_id TEXT NOT NULL,
+                    PRIMARY KEY (tenant, chunk_id, scope)) WITHOUT ROWID;
+                INSERT INTO chunks_scoped(tenant, chunk_id, scope, pack_id) SELECT tenant, chunk_id, '', pack_id FROM chunks;
+                DROP TABLE chunks;
+                ALTER TABLE chunks_scoped RENAME TO chunks;
+                """)
+        }
+    }
+
+    /// The tenant's dedup scope (host when the tenant is unknown: the narrower one).
+    public func dedupScope(tenant: String) throws -> DedupScope {
+        try db.read { db in
+            try String.fetchOne(db, sql: "SELECT dedup_scope FROM tenants WHERE name = ?", arguments: [tenant])
+                .flatMap(DedupScope.init(rawValue:)) ?? .host
+        }
+    }
+
+    /// Sets the tenant's dedup scope if it is still `from`; false if it changed meanwhile.
+    public func setDedupScope(tenant: String, _ scope: DedupScope, from: DedupScope) throws -> Bool {
+        try db.write { db in
+            try db.execute(sql: "UPDATE tenants SET dedup_scope = ? WHERE name = ? AND dedup_scope = ?",
+                           arguments: [scope.rawValue, tenant, from.rawValue])
+            return db.changesCount == 1
+        }
+    }
+}
+
+extension RepositoryService {
+    /// The scope a caller's chunk queries are answered in: a writer's own principal ID
+    /// under host scope, or nil (every chunk of the tenant) for tenant scope and restorers.
+    func chunkScope(_ p: Principal, tenant: String) throws -> String? {
+        guard p.role == .writer else { return nil }
+        return try catalog.dedupScope(tenant: tenant) == .host ? p.id : nil
+    }
+
+    /// Narrowing to host scope takes effect at once; widening to tenant scope lets every
+    /// host of the tenant confirm guesses about the others' files and reuse their chunks,
+    /// so it is a weakening change that needs the admins' quorum.
+    public func setDedupScope(tenant: String, _ req: Wire.SetDedupScopeRequest, ctx: CallContext) throws -> Wire.TenantInfo {
+        let object = "tenant \(tenant)"
+        guard let rec = try catalog.tenant(tenant) else { throw ServerError.notFound("tenant \(tenant) does not exist") }
+        guard let scope = DedupScope(rawValue: req.dedupScope) else {
+            throw ServerError.badRequest("dedupScope must be \"host\" or \"tenant\"")
+        }
+        let current = try catalog.dedupScope(tenant: tenant)
+        if scope == current { return try tenantInfo(rec) }
+        if scope == .tenant {
+            try authorize("widen-dedup-scope", object: object, parameters: ["dedupScope": scope.rawValue],
+                          requestID: req.requestID, consume: true, ctx: ctx)
+        }
+        guard try catalog.setDedupScope(tenant: tenant, scope, from: current) else {
+            throw refuse(ctx, "set-dedup-scope", object: object, ServerError(409, "E_CONFLICT",
+                "tenant \(tenant)'s dedup scope changed meanwhile; look again (`redoubt admin tenant list`) and repeat"))
+        }
+        audit(ctx, "set-dedup-scope", object: object, outcome: "ok", detail: "dedup-scope \(current.rawValue)→\(scope.rawValue)")
+        return try tenantInfo(rec)
+    }
+
+    /// What tenant listings show of a tenant.
+    func tenantInfo(_ rec: TenantRecord) throws -> Wire.TenantInfo {
+        Wire.TenantInfo(name: rec.name, readKeyID: rec.readKeyID, minRetentionSeconds: rec.minRetention, createdAt: rec.createdAt,
+                        dedupScope: try catalog.dedupScope(tenant: rec.name).rawValue)
+    }
+}

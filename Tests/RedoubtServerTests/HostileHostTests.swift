@@ -1,0 +1,165 @@
+import Foundation
+import Testing
+import RedoubtClient
+import RedoubtCore
+import RedoubtKMS
+@testable import RedoubtServer
+
+/// A host that is taken, with its own credential and write key set, attacks its
+/// neighbours in the same tenant: it must not learn of their chunks nor make them reuse
+/// bytes it uploaded (DESIGN.md §2, "Hosts are not trusted by each other").
+@Suite(.serialized, .timeLimit(.minutes(5))) struct HostileHostTests {
+    struct Neighbours {
+        let server: TestServer
+        let victim: (ClientConfig, APIClient)
+        let attacker: (ClientConfig, APIClient)
+        let restorer: (ClientConfig, APIClient)
+
+        func stop() async {
+            await victim.1.shutdown()
+            await attacker.1.shutdown()
+            await restorer.1.shutdown()
+            await server.stop()
+        }
+    }
+
+    /// Runs `body` against a server with a victim host, an attacker host and a restorer in
+    /// one tenant, and stops everything whether or not it throws.
+    func withNeighbours(_ body: (Neighbours) async throws -> Void) async throws {
+        let server = try await TestServer.start()
+        let n: Neighbours
+        do {
+            try await server.createTenant("acme", keys: try TenantKeys.generate())
+            n = Neighbours(server: server, victim: try await server.enroll(tenant: "acme", role: "writer", name: "web1"),
+                           attacker: try await server.enroll(tenant: "acme", role: "writer", name: "web2"),
+                           restorer: try await server.enroll(tenant: "acme", role: "restorer", name: "vault"))
+        } catch {
+            await server.stop()
+            throw error
+        }
+        do { try await body(n) } catch {
+            await n.stop()
+            throw error
+        }
+        await n.stop()
+    }
+
+    /// Backs up `dir` as the victim would, through the real archiver and the API.
+    func backUp(_ dir: URL, as host: (ClientConfig, APIClient), at seconds: Int64) async throws -> BackupResult {
+        try await Archiver().run(options: BackupOptions(paths: [dir.path], cachePath: host.0.cachePath), keys: try host.0.writeKeySet(),
+                                 target: host.1, now: Timestamp(seconds: seconds))
+    }
+
+    /// Restores a snapshot with the restorer's credential and returns the restored file's bytes.
+    func restoredFile(_ n: Neighbours, _ snapshot: SnapshotID, dir: String, file: String) async throws -> [UInt8] {
+        let (rc, restorer) = n.restorer
+        let readKey = try await PassphraseKeyProvider(passphrase: SecretBytes(copying: Array("pw".utf8)), logN: 10)
+            .unwrap(try rc.wrappedReadKey(), context: KeyContext(tenant: "acme", keyVersion: 1))
+        let manifest = try Manifest.parse(try await restorer.manifestBytes(snapshot.description), expectedID: snapshot)
+        let target = n.server.dir.appendingPathComponent("restore-\(UUID().uuidString)")
+        let result = try await Restorer().restore(manifest: manifest, readKey: readKey, chunkIDKey: try rc.sharedMaterial().chunkIDKey,
+                                                  source: restorer, target: target.path)
+        #expect(result.damaged.isEmpty, "restore reported damage: \(result.damaged)")
+        return Array(try Data(contentsOf: target.appendingPathComponent(dir).appendingPathComponent(file)))
+    }
+
+    /// The attacker's guesses at a small secret in the victim's file: one file content per
+    /// PIN, chunk IDs computed with the write key set every host holds.
+    func guesses(_ key: ChunkIDKey, pins: Range<Int>) -> [ChunkID] {
+        pins.map { pin in Array("backup-pin=\(String(format: "%04d", pin))\n".utf8).withUnsafeBytes { key.chunkID(for: $0) } }
+    }
+
+    @Test func aHostCannotConfirmGuessesAboutAnotherHostsFiles() async throws {
+        try await withNeighbours { n in
+            let src = n.server.dir.appendingPathComponent("etc")
+            try FileManager.default.createDirectory(at: src, withIntermediateDirectories: true)
+            try Data("backup-pin=4711\n".utf8).write(to: src.appendingPathComponent("pin.conf"))
+            _ = try await backUp(src, as: n.victim, at: 1_800_000_000)
+
+            let ids = guesses(try n.attacker.0.writeKeySet().shared.chunkIDKey, pins: 0..<10_000)
+            let found = try await n.attacker.1.chunkLocations(ids)
+            #expect(found.isEmpty, "the attacker confirmed \(found.count) guess(es) about another host's file")
+            // The victim itself still deduplicates against its own chunks.
+            #expect(try await n.victim.1.chunkLocations(ids).count == 1)
+
+            // Tenant-wide dedup, once an admin opts in, answers exactly that question: the
+            // risk the option's help names, shown here so this test can tell the scopes apart.
+            let info = try await n.server.admin.setDedupScope(tenant: "acme", scope: "tenant", requestID: nil)
+            #expect(info.dedupScope == "tenant")
+            #expect(try await n.attacker.1.chunkLocations(ids).count == 1)
+        }
+    }
+
+    @Test func aPoisonedChunkIsNeverReusedByAnotherHost() async throws {
+        try await withNeighbours { n in
+            let content = (0..<200_000).map { UInt8(truncatingIfNeeded: $0 &* 31 &+ 7) }
+            let keys = try n.attacker.0.writeKeySet()
+            let target = content.withUnsafeBytes { keys.shared.chunkIDKey.chunkID(for: $0) }
+
+            // The attacker uploads a well-formed pack whose public list claims the victim's
+            // future chunk, with garbage inside: the server, which has no key, accepts it.
+            var writer = try PackWriter(recipient: keys.shared.readPublicKey)
+            let garbage = [UInt8](repeating: 0x41, count: content.count)
+            try writer.append(id: target, kind: .none, rawLength: garbage.count, payload: garbage)
+            let poisoned = try writer.finish()
+            _ = try await n.attacker.1.uploadPack(id: poisoned.id, bytes: poisoned.bytes)
+
+            // The victim then backs up a file with exactly that content.
+            let src = n.server.dir.appendingPathComponent("srv")
+            try FileManager.default.createDirectory(at: src, withIntermediateDirectories: true)
+            try Data(content).write(to: src.appendingPathComponent("data.bin"))
+            let result = try await backUp(src, as: n.victim, at: 1_800_000_000)
+            #expect(!result.manifest.header.packs.contains(poisoned.id), "the victim's snapshot names the attacker's pack")
+            #expect(try await restoredFile(n, result.manifest.id, dir: "srv", file: "data.bin") == content)
+        }
+    }
+
+    @Test func aReEnrolledHostStartsAFreshScope() async throws {
+        try await withNeighbours { n in
+            let src = n.server.dir.appendingPathComponent("home")
+            try FileManager.default.createDirectory(at: src, withIntermediateDirectories: true)
+            let content = Array("a re-imaged host must not reuse what its earlier credential uploaded\n".utf8)
+            try Data(content).write(to: src.appendingPathComponent("notes.txt"))
+            let first = try await backUp(src, as: n.victim, at: 1_800_000_000)
+            let id = content.withUnsafeBytes { (try? n.victim.0.writeKeySet())?.shared.chunkIDKey.chunkID(for: $0) }
+            let chunk = try #require(id)
+            #expect(try await n.victim.1.chunkLocations([chunk]).count == 1)
+
+            let principal = try #require(try await n.server.admin.principals().first { $0.name == "web1" && $0.role == "writer" })
+            _ = try await n.server.admin.revokePrincipal(id: principal.id, requestID: nil)
+            // Re-imaged: a new configuration directory, a new key, a new credential.
+            let token = try await n.server.admin.createEnrollment(tenant: "acme", role: "writer", name: "web1", ttlSeconds: 3600).token
+            let cfg = ClientConfig(path: n.server.dir.appendingPathComponent("cfg-writer-web1-reimaged").path)
+            _ = try await ClientConfig.enroll(token: token, into: cfg, os: nil)
+            let again = (cfg, try APIClient(credential: cfg.credential()))
+            #expect(try await again.1.chunkLocations([chunk]).isEmpty, "a new credential inherited the old one's chunks")
+            // Its first backup uploads the file anew, and both snapshots restore.
+            let second = try await backUp(src, as: again, at: 1_800_000_100)
+            #expect(Set(second.manifest.header.packs).isDisjoint(with: first.manifest.header.packs))
+            #expect(try await restoredFile(n, first.manifest.id, dir: "home", file: "notes.txt") == content)
+            #expect(try await restoredFile(n, second.manifest.id, dir: "home", file: "notes.txt") == content)
+            await again.1.shutdown()
+        }
+    }
+
+    @Test func wideningTheDedupScopeNeedsTheQuorumAndNarrowingDoesNot() async throws {
+        try await withNeighbours { n in
+            let bob = try await n.server.enrollAdmin("bob")
+            await refused("E_APPROVAL_REQUIRED", "widening alone") {
+                _ = try await n.server.admin.setDedupScope(tenant: "acme", scope: "tenant", requestID: nil)
+            }
+            let request = try #require(try await bob.requests().first { $0.action == "widen-dedup-scope" })
+            _ = try await bob.decide(request: request.id, approve: true)
+            let wide = try await n.server.admin.setDedupScope(tenant: "acme", scope: "tenant", requestID: request.id)
+            #expect(wide.dedupScope == "tenant")
+            // A host cannot change it at all; narrowing back is immediate.
+            await refused("E_FORBIDDEN", "a host narrowing or widening") {
+                _ = try await n.attacker.1.setDedupScope(tenant: "acme", scope: "tenant", requestID: nil)
+            }
+            let narrow = try await bob.setDedupScope(tenant: "acme", scope: "host", requestID: nil)
+            #expect(narrow.dedupScope == "host")
+            #expect(try await n.server.admin.tenants().first?.dedupScope == "host")
+            await bob.shutdown()
+        }
+    }
+}
