@@ -100,8 +100,7 @@ public final class APIClient: Sendable {
         var payload: [UInt8]? = nil
         if let body { payload = Array(try JSONEncoder().encode(body)) }
         let (_, data) = try await send(method, path, body: payload, contentType: "application/json")
-        let d = JSONDecoder()
-        d.dateDecodingStrategy = .iso8601
+        let d = WireDate.decoder()
         do { return try d.decode(T.self, from: Data(data)) } catch {
             throw APIError(status: 0, code: "E_PROTOCOL", message: "server answered \(path) with an unexpected body: \(error)")
         }
@@ -256,8 +255,7 @@ public final class APIClient: Sendable {
 
     public func uploadPack(id: PackID, bytes: [UInt8]) async throws -> Wire.UploadResponse {
         let (_, data) = try await send(.PUT, "/v1/packs/\(id)", body: bytes)
-        let d = JSONDecoder()
-        d.dateDecodingStrategy = .iso8601
+        let d = WireDate.decoder()
         return try d.decode(Wire.UploadResponse.self, from: Data(data))
     }
 
@@ -268,8 +266,7 @@ public final class APIClient: Sendable {
     public func commit(manifestBytes: [UInt8]) async throws -> Wire.SnapshotInfo {
         let os = Self.hostOS.map { [(Wire.hostOSHeader, $0)] } ?? []
         let (_, data) = try await send(.POST, "/v1/snapshots", body: manifestBytes, headers: os)
-        let d = JSONDecoder()
-        d.dateDecodingStrategy = .iso8601
+        let d = WireDate.decoder()
         return try d.decode(Wire.SnapshotInfo.self, from: Data(data))
     }
 }

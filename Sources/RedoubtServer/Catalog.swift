@@ -537,16 +537,28 @@ public final class Catalog: Sendable {
         }
     }
 
-    /// Snapshots of a tenant, optionally of one host, oldest first.
+    /// Snapshots of a tenant, optionally of one host, in the order the server committed
+    /// them (never by the time a host claims: a host's clock decides nothing).
     public func snapshots(tenant: String, host: String? = nil) throws -> [SnapshotRecord] {
         try db.read { db in
             let rows: [String]
             if let host {
-                rows = try String.fetchAll(db, sql: "SELECT meta FROM snapshots WHERE tenant = ? AND host = ? ORDER BY time, id", arguments: [tenant, host])
+                rows = try String.fetchAll(db, sql: "SELECT meta FROM snapshots WHERE tenant = ? AND host = ? ORDER BY committed_at, id",
+                                           arguments: [tenant, host])
             } else {
-                rows = try String.fetchAll(db, sql: "SELECT meta FROM snapshots WHERE tenant = ? ORDER BY time, id", arguments: [tenant])
+                rows = try String.fetchAll(db, sql: "SELECT meta FROM snapshots WHERE tenant = ? ORDER BY committed_at, id", arguments: [tenant])
             }
             return try rows.map { try JSONDecoder().decode(SnapshotRecord.self, from: Data($0.utf8)) }
+        }
+    }
+
+    /// The latest time a host's snapshots claim, and when the host's credential was
+    /// enrolled: what a new snapshot's claimed time is checked against.
+    public func hostTimeFloor(tenant: String, host: String, principalID: String) throws -> (lastClaimed: Date?, enrolled: Date?) {
+        try db.read { db in
+            let last = try Double.fetchOne(db, sql: "SELECT MAX(time) FROM snapshots WHERE tenant = ? AND host = ?", arguments: [tenant, host])
+            let enrolled = try Double.fetchOne(db, sql: "SELECT created_at FROM principals WHERE id = ?", arguments: [principalID])
+            return (last.map(Date.init(timeIntervalSince1970:)), enrolled.map(Date.init(timeIntervalSince1970:)))
         }
     }
 

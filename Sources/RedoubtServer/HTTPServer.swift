@@ -83,8 +83,7 @@ let errorCodeHeader = HTTPField.Name("x-redoubt-error")!
 let auditedHeader = HTTPField.Name("x-redoubt-audited")!
 
 func jsonResponse<T: Encodable>(_ value: T, status: HTTPResponse.Status = .ok) -> Response {
-    let e = JSONEncoder()
-    e.dateEncodingStrategy = .iso8601
+    let e = WireDate.encoder()
     e.outputFormatting = [.sortedKeys]
     let data = (try? e.encode(value)) ?? Data("{}".utf8)
     return Response(status: status, headers: [.contentType: "application/json"], body: .init(byteBuffer: ByteBuffer(bytes: data)))

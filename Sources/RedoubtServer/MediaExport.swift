@@ -28,7 +28,8 @@ public enum MediaExport {
     /// then finishes the set. `progress` gets one line per object.
     public static func run(catalog: Catalog, store: any ObjectStore, tenant: String, selection: Selection, writer: MediaWriter,
                            actor: String, now: Date, progress: (String) -> Void) async throws -> MediaExportSummary {
-        let all = try catalog.snapshots(tenant: tenant).sorted { $0.time < $1.time }
+        // Commit order: "latest" is what the server committed last, whatever a host's clock said.
+        let all = try catalog.snapshots(tenant: tenant)
         let chosen: [SnapshotRecord]
         switch selection {
         case .all: chosen = all

@@ -83,9 +83,12 @@ public final class RepositoryService: Sendable {
     public let copyJobs = CopyJobs()
     /// Tenants whose garbage collection is running (one run per tenant at a time).
     let gcRunning = Mutex<Set<String>>([])
+    /// How far a manifest's claimed time may stray from the server's clock.
+    public let timeBounds: SnapshotTimeBounds
 
     public init(catalog: Catalog, store: any ObjectStore, clock: any ServerClock, ca: CertificateAuthority, serverURL: String,
-                defaultMinRetention: TimeInterval, logger: Logger) {
+                defaultMinRetention: TimeInterval, logger: Logger, timeBounds: SnapshotTimeBounds = SnapshotTimeBounds()) {
+        self.timeBounds = timeBounds
         self.catalog = catalog
         self.store = store
         self.clock = clock
@@ -272,6 +275,7 @@ public final class RepositoryService: Sendable {
             throw refuse(ctx, "commit", object: "snapshot", .integrity("commit refused: \(e)"))
         }
         if let existing = try catalog.snapshot(id: manifest.id.description) { return Self.info(existing) }
+        try checkSnapshotTime(manifest.header, host: p, tenant: tenant.name, now: try now(), ctx: ctx)
         let missing = try catalog.missingPacks(tenant: tenant.name, packs: manifest.header.packs)
         guard missing.isEmpty else {
             throw refuse(ctx, "commit", object: "snapshot \(manifest.id)",

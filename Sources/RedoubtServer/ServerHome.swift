@@ -92,12 +92,13 @@ public struct ServerHome: Sendable {
     }
 
     /// Opens the catalog, store and CA for serving.
-    public func openService(clock: any ServerClock = SystemClock(), logger: Logger) throws -> RepositoryService {
+    public func openService(clock: any ServerClock = SystemClock(), logger: Logger,
+                            timeBounds: SnapshotTimeBounds = SnapshotTimeBounds()) throws -> RepositoryService {
         let s = try settings()
         let tls = try tlsMaterial()
         let ca = try CertificateAuthority(certificatePEM: tls.caCertPEM, keyPEM: tls.caKeyPEM)
         return RepositoryService(catalog: try Catalog(path: catalogPath), store: try LocalStore(root: URL(fileURLWithPath: storePath)), clock: clock, ca: ca,
-                                 serverURL: s.url, defaultMinRetention: s.minRetentionSeconds, logger: logger)
+                                 serverURL: s.url, defaultMinRetention: s.minRetentionSeconds, logger: logger, timeBounds: timeBounds)
     }
 
     /// A TCP port on 127.0.0.1 that is free now (bound, read, released): for loopback

@@ -42,9 +42,11 @@ struct SnapshotsCommand: AsyncParsableCommand {
                 let f = ISO8601DateFormatter()
                 // NEW: what the snapshot uploaded after dedup. A sudden jump (most of SIZE) is
                 // what a host whose files were just encrypted looks like.
-                print("ID        TIME                  HOST            FILES     SIZE        NEW         RETAIN UNTIL          PATHS")
+                // COMMITTED is the server's time, the one that orders snapshots and decides
+                // retention; the host's own clock is in --json (`time`).
+                print("ID        COMMITTED             HOST            FILES     SIZE        NEW         RETAIN UNTIL          PATHS")
                 for s in list {
-                    print("\(s.id.prefix(8))  \(f.string(from: s.time))  \(s.host.rightPadded(to: 14))  "
+                    print("\(s.id.prefix(8))  \(f.string(from: s.committedAt))  \(s.host.rightPadded(to: 14))  "
                         + "\(String(s.statistics.files).rightPadded(to: 8))  "
                         + "\(formatBytes(s.statistics.bytesTotal).rightPadded(to: 10))  \(formatBytes(s.statistics.bytesUploaded).rightPadded(to: 10))  "
                         + "\(f.string(from: s.retainUntil))  " + s.paths.joined(separator: " "))

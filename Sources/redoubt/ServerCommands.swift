@@ -39,13 +39,18 @@ struct ServerRun: AsyncParsableCommand {
     static let configuration = CommandConfiguration(commandName: "run", abstract: "Serve the API over TLS until SIGTERM or SIGINT.")
 
     @Option(name: .long, help: "The data directory.") var data: String
+    @Option(name: .long, help: "Refuse snapshots whose time is further ahead of this server's clock (default 1d).")
+    var snapshotTimeAhead = "1d"
+    @Option(name: .long, help: "Refuse snapshots whose time is further before the host's newest snapshot or enrollment (default 1d).")
+    var snapshotTimeMargin = "1d"
 
     func run() async throws {
         try await RedoubtCLI.run {
             let logger = Logger(label: "redoubt.server")
             let home = ServerHome(path: data)
             let settings = try home.settings()
-            let service = try home.openService(logger: logger)
+            let bounds = SnapshotTimeBounds(maxAhead: try parseDuration(snapshotTimeAhead), margin: try parseDuration(snapshotTimeMargin))
+            let service = try home.openService(logger: logger, timeBounds: bounds)
             if let store = service.store as? LocalStore, let warning = store.immutabilityWarning {
                 // Why loud: without the flag, root on this host can alter packs unnoticed until verify.
                 FileHandle.standardError.write(Data("WARNING: \(warning)\n".utf8))

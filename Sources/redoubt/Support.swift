@@ -160,9 +160,8 @@ func loadCredential(_ path: String) throws -> ClientCredential {
 }
 
 func printJSON<T: Encodable>(_ value: T) throws {
-    let e = JSONEncoder()
+    let e = WireDate.encoder()
     e.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
-    e.dateEncodingStrategy = .iso8601
     print(String(decoding: try e.encode(value), as: UTF8.self))
 }
 

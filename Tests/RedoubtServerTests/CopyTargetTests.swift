@@ -65,7 +65,7 @@ import RedoubtStore
             // A second commit copied in the same millisecond (this server's clock stands
             // still): its catalog export takes the next free name instead of failing the sync.
             let (packs2, manifest2) = try makeSnapshot(keys: try wc.writeKeySet(), files: [("b", (0..<150_000).map { UInt8(truncatingIfNeeded: $0 &* 7) })],
-                                                       time: 1_800_000_100)
+                                                       time: testNow + 100)
             for p in packs2 { _ = try await writer.uploadPack(id: p.id, bytes: p.bytes) }
             _ = try await writer.commit(manifestBytes: manifest2.bytes)
             let again = try await server.admin.syncCopyTarget(id: t.id, wait: true)

@@ -507,7 +507,7 @@ final class DoctorFixture {
         #expect(changes.first?.detail == "was Test OS 1, now \(reported)")
         // A hostile value (here: over the 128-byte limit; HTTP clients refuse control
         // characters before they are sent) is dropped, not stored.
-        let (p2, m2) = try makeSnapshot(keys: try cfg.writeKeySet(), files: [("b", [4, 5, 6])], time: 1_800_000_100)
+        let (p2, m2) = try makeSnapshot(keys: try cfg.writeKeySet(), files: [("b", [4, 5, 6])], time: testNow + 100)
         for p in p2 { _ = try await writer.uploadPack(id: p.id, bytes: p.bytes) }
         _ = try await writer.send(.POST, "/v1/snapshots", body: m2.bytes, headers: [(Wire.hostOSHeader, String(repeating: "A", count: 300))])
         #expect(try server.service.catalog.enrolledHostSystems().map(\.os) == [reported])

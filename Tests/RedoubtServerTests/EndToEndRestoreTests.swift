@@ -97,7 +97,7 @@ import RedoubtKMS
         let src = server.dir.appendingPathComponent("src")
         let skipped = try makeTree(src)
         let result = try await Archiver().run(options: BackupOptions(paths: [src.path], cachePath: wc.cachePath), keys: try wc.writeKeySet(),
-                                              target: writer, now: Timestamp(seconds: 1_800_000_000))
+                                              target: writer, now: Timestamp(seconds: testNow))
         #expect(result.warnings.isEmpty, "\(result.warnings)")
 
         let readKey = try await PassphraseKeyProvider(passphrase: SecretBytes(copying: Array("pw".utf8)), logN: 10)
@@ -119,7 +119,7 @@ import RedoubtKMS
 
         // Second run with the cache reads nothing and uploads nothing new.
         let again = try await Archiver().run(options: BackupOptions(paths: [src.path], cachePath: wc.cachePath), keys: try wc.writeKeySet(),
-                                             target: writer, now: Timestamp(seconds: 1_800_000_100))
+                                             target: writer, now: Timestamp(seconds: testNow + 100))
         // Only trees may change (reading files moved their atimes); no file data is re-sent.
         #expect(again.bytesRead == 0 && again.bytesUploaded < 64 << 10, "read \(again.bytesRead), uploaded \(again.bytesUploaded)")
         if !skipped.isEmpty { print("skipped: \(skipped)") }

@@ -1,5 +1,6 @@
 import Foundation
 import Testing
+import RedoubtMedia
 import RedoubtClient
 import RedoubtCore
 import RedoubtKMS
@@ -74,7 +75,7 @@ import RedoubtKMS
             let src = n.server.dir.appendingPathComponent("etc")
             try FileManager.default.createDirectory(at: src, withIntermediateDirectories: true)
             try Data("backup-pin=4711\n".utf8).write(to: src.appendingPathComponent("pin.conf"))
-            _ = try await backUp(src, as: n.victim, at: 1_800_000_000)
+            _ = try await backUp(src, as: n.victim, at: testNow)
 
             let ids = guesses(try n.attacker.0.writeKeySet().shared.chunkIDKey, pins: 0..<10_000)
             let found = try await n.attacker.1.chunkLocations(ids)
@@ -108,7 +109,7 @@ import RedoubtKMS
             let src = n.server.dir.appendingPathComponent("srv")
             try FileManager.default.createDirectory(at: src, withIntermediateDirectories: true)
             try Data(content).write(to: src.appendingPathComponent("data.bin"))
-            let result = try await backUp(src, as: n.victim, at: 1_800_000_000)
+            let result = try await backUp(src, as: n.victim, at: testNow)
             #expect(!result.manifest.header.packs.contains(poisoned.id), "the victim's snapshot names the attacker's pack")
             #expect(try await restoredFile(n, result.manifest.id, dir: "srv", file: "data.bin") == content)
         }
@@ -120,7 +121,7 @@ import RedoubtKMS
             try FileManager.default.createDirectory(at: src, withIntermediateDirectories: true)
             let content = Array("a re-imaged host must not reuse what its earlier credential uploaded\n".utf8)
             try Data(content).write(to: src.appendingPathComponent("notes.txt"))
-            let first = try await backUp(src, as: n.victim, at: 1_800_000_000)
+            let first = try await backUp(src, as: n.victim, at: testNow)
             let id = content.withUnsafeBytes { (try? n.victim.0.writeKeySet())?.shared.chunkIDKey.chunkID(for: $0) }
             let chunk = try #require(id)
             #expect(try await n.victim.1.chunkLocations([chunk]).count == 1)
@@ -134,7 +135,7 @@ import RedoubtKMS
             let again = (cfg, try APIClient(credential: cfg.credential()))
             #expect(try await again.1.chunkLocations([chunk]).isEmpty, "a new credential inherited the old one's chunks")
             // Its first backup uploads the file anew, and both snapshots restore.
-            let second = try await backUp(src, as: again, at: 1_800_000_100)
+            let second = try await backUp(src, as: again, at: testNow + 100)
             #expect(Set(second.manifest.header.packs).isDisjoint(with: first.manifest.header.packs))
             #expect(try await restoredFile(n, first.manifest.id, dir: "home", file: "notes.txt") == content)
             #expect(try await restoredFile(n, second.manifest.id, dir: "home", file: "notes.txt") == content)
@@ -160,6 +161,76 @@ import RedoubtKMS
             #expect(narrow.dedupScope == "host")
             #expect(try await n.server.admin.tenants().first?.dedupScope == "host")
             await bob.shutdown()
+        }
+    }
+}
+
+/// A host's clock decides nothing: the server bounds the time a manifest claims, and
+/// orders snapshots (and picks "latest") by its own commit time.
+@Suite(.serialized, .timeLimit(.minutes(5))) struct HostClockTests {
+    @Test func aSnapshotDatedAYearAheadOrCenturiesBackIsRefusedAndListingsStayReadable() async throws {
+        let server = try await TestServer.start()
+        try await server.createTenant("acme", keys: try TenantKeys.generate())
+        let (wc, host) = try await server.enroll(tenant: "acme", role: "writer", name: "web1")
+        let keys = try wc.writeKeySet()
+        let (goodPacks, good) = try makeSnapshot(keys: keys, files: [("real", [1, 2, 3])])
+        for p in goodPacks { _ = try await host.uploadPack(id: p.id, bytes: p.bytes) }
+        let committed = try await host.commit(manifestBytes: good.bytes)
+
+        for (what, time) in [("a year ahead", testNow + 365 * 86400), ("year -1199", Int64(-99_999_999_999)),
+                             ("before the host's newest snapshot", testNow - 3 * 86400)] {
+            let (packs, decoy) = try makeSnapshot(keys: keys, files: [("decoy", [9])], time: time)
+            for p in packs { _ = try await host.uploadPack(id: p.id, bytes: p.bytes) }
+            await refused("E_CLOCK", "a snapshot dated \(what)") { _ = try await host.commit(manifestBytes: decoy.bytes) }
+        }
+        // Every role still lists, and what it lists is the real snapshot only.
+        let (_, restorer) = try await server.enroll(tenant: "acme", role: "restorer", name: "vault")
+        #expect(try await host.snapshots().map(\.id) == [committed.id])
+        #expect(try await restorer.snapshots().map(\.id) == [committed.id])
+        #expect(try await server.admin.snapshots().map(\.id) == [committed.id])
+        let refusals = try await server.admin.audit().filter { $0.action == "commit" && $0.outcome == "denied" }
+        #expect(refusals.count == 3)
+        await host.shutdown()
+        await restorer.shutdown()
+        await server.stop()
+    }
+
+    @Test func latestIsTheLastCommittedWhateverTheHostClaims() async throws {
+        let server = try await TestServer.start()
+        try await server.createTenant("acme", keys: try TenantKeys.generate())
+        let (wc, host) = try await server.enroll(tenant: "acme", role: "writer", name: "web1")
+        let keys = try wc.writeKeySet()
+        // Claimed times run backwards (within the margin); the server's clock forwards.
+        var ids: [String] = []
+        for (i, claimed) in [testNow + 80_000, testNow + 40_000, testNow].enumerated() {
+            server.clock.set(Date().addingTimeInterval(Double(i) * 3600))
+            let (packs, m) = try makeSnapshot(keys: keys, files: [("f\(i)", [UInt8(i)])], time: claimed)
+            for p in packs { _ = try await host.uploadPack(id: p.id, bytes: p.bytes) }
+            ids.append(try await host.commit(manifestBytes: m.bytes).id)
+        }
+        #expect(try await server.admin.snapshots().map(\.id) == ids)
+        let media = server.dir.appendingPathComponent("set.media")
+        let writer = try MediaWriter(device: FileSequentialDevice(path: media.path, capacity: 64 << 20), setID: Array(repeating: 7, count: 16),
+                                     pool: "offsite", tenant: "acme", blockSize: 64 << 10, created: "2026-12-05T00:00:00Z",
+                                     retainUntil: nil, writer: "test")
+        let summary = try await MediaExport.run(catalog: server.service.catalog, store: server.service.store, tenant: "acme",
+                                                selection: .latest, writer: writer, actor: "test", now: Date()) { _ in }
+        #expect(summary.snapshots == [ids[2]])
+        await host.shutdown()
+        await server.stop()
+    }
+
+    @Test func datesOutsideFourDigitYearsAreWrittenAtTheNearestEndAndReadBack() {
+        #expect(WireDate.string(Date(timeIntervalSince1970: -99_999_999_999)) == "0001-01-01T00:00:00Z")
+        #expect(WireDate.string(Date(timeIntervalSince1970: 1e15)) == "9999-12-31T23:59:59Z")
+        #expect(WireDate.string(Date(timeIntervalSince1970: 0)) == "1970-01-01T00:00:00Z")
+        #expect(WireDate.string(Date(timeIntervalSince1970: 951_782_400)) == "2000-02-29T00:00:00Z")
+        for t in [-62_135_596_800.0, -1, 0, 951_782_399, 1_800_000_000, 253_402_300_799] {
+            #expect(WireDate.parse(WireDate.string(Date(timeIntervalSince1970: t)))?.timeIntervalSince1970 == t)
+        }
+        #expect(WireDate.parse("2026-12-05T04:10:00.25+01:00")?.timeIntervalSince1970 == 1_796_440_200.25)
+        for bad in ["", "2026-02-30T00:00:00Z", "2026-12-05 04:10:00Z", "2026-12-05T04:10:00", "-1199-01-01T00:00:00Z", "2026-12-05T04:10:00Zx"] {
+            #expect(WireDate.parse(bad) == nil, "\(bad) was accepted")
         }
     }
 }

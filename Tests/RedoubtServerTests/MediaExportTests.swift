@@ -32,7 +32,7 @@ struct SpoolPackSource: PackSource {
             try Data(bytes).write(to: src.appendingPathComponent("f\(i).bin"))
         }
         let result = try await Archiver().run(options: BackupOptions(paths: [src.path], cachePath: wc.cachePath), keys: try wc.writeKeySet(),
-                                              target: writer, now: Timestamp(seconds: 1_800_000_000))
+                                              target: writer, now: Timestamp(seconds: testNow))
         let chunkIDKey = try rc.sharedMaterial().chunkIDKey
         let hostKey = try wc.writeKeySet().signingKey.publicKey
         await writer.shutdown(); await restorer.shutdown()

@@ -28,7 +28,7 @@ import RedoubtStore
             try Data(files["f\(i).bin"]!).write(to: src.appendingPathComponent("f\(i).bin"))
         }
         let backup = try await Archiver().run(options: BackupOptions(paths: [src.path], cachePath: wc.cachePath), keys: try wc.writeKeySet(),
-                                              target: writer, now: Timestamp(seconds: 1_800_000_000))
+                                              target: writer, now: Timestamp(seconds: testNow))
         await writer.shutdown()
         let work = FileManager.default.temporaryDirectory.appendingPathComponent("redoubt-import-\(UUID().uuidString)")
         try FileManager.default.createDirectory(at: work, withIntermediateDirectories: true)

@@ -115,9 +115,12 @@ final class TestServer: @unchecked Sendable {
     }
 }
 
+/// The time test snapshots claim: the server refuses manifests dated far from its clock.
+let testNow = Int64(Date().timeIntervalSince1970)
+
 /// Builds a small snapshot with Core alone: one file of `data`, under `name`.
 /// `alsoNaming`: packs of earlier snapshots the manifest names too (as a backup that reuses them would).
-func makeSnapshot(keys: WriteKeySet, files: [(String, [UInt8])], time: Int64 = 1_800_000_000,
+func makeSnapshot(keys: WriteKeySet, files: [(String, [UInt8])], time: Int64 = testNow,
                   alsoNaming: [PackID] = []) throws -> (packs: [FinishedPack], manifest: Manifest) {
     let pipeline = try PackPipeline(material: keys.shared)
     var nodes: [Node] = []
