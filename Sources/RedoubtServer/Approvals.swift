@@ -138,13 +138,14 @@ extension Catalog {
     /// change goes through only when the quorum is one admin, or with an approved, unused
     /// request for exactly this change (filed through the API, e.g. `admin copy add
     /// --accept-unenforced`), which it consumes.
-    public func authorizeLocally(_ action: String, object: String, parameters: [String: String], requestID: String?, now: Date) throws {
+    public func authorizeLocally(_ action: Action, object: String, parameters: [String: String], requestID: String?, now: Date) throws {
         guard try effectiveQuorum() > 1 else { return }
-        guard let requestID, let req = try request(requestID, now: now), req.action == action, req.object == object,
+        guard let requestID, let req = try request(requestID, now: now), req.action == action.rawValue, req.object == object,
               req.parameters == parameters, req.state == .approved, try consumeRequest(requestID, now: now) else {
             throw ServerError(403, "E_APPROVAL_REQUIRED", "\(action) of \(object) weakens protection and needs an approved request for exactly this change: file it through the API (e.g. `redoubt admin copy add … --accept-unenforced`), have other admins approve it, then pass --request ID")
         }
-        _ = try audit(time: now, actor: "local-admin", role: "admin", credential: "-", source: "local", action: "execute-request",
+        _ = try audit(time: now, actor: "local-admin", role: "admin", credential: "-", source: "local",
+                      action: Action.executeRequest.rawValue,
                       object: object, outcome: "ok", detail: "request=\(requestID) action=\(action)")
     }
 
@@ -187,7 +188,7 @@ extension RepositoryService {
     /// and parameters; it is consumed when `consume` is set (the final call), so it
     /// authorises one change. Without one, and when the quorum needs other admins, a
     /// request is filed and `E_APPROVAL_REQUIRED` names it.
-    func authorize(_ action: String, object: String, parameters: [String: String], requestID: String?, consume: Bool,
+    func authorize(_ action: Action, object: String, parameters: [String: String], requestID: String?, consume: Bool,
                    ctx: CallContext) throws {
         guard let p = ctx.principal, p.role == .admin else { throw ServerError.forbidden("only an admin may \(action)") }
         let now = try now()
@@ -209,22 +210,22 @@ extension RepositoryService {
             }
             // After the state: a used request no longer matches a state that moved on (e.g.
             // a rotation's key version), and "already used" is the answer that helps.
-            guard req.action == action, req.object == object, req.parameters == parameters else {
+            guard req.action == action.rawValue, req.object == object, req.parameters == parameters else {
                 throw refuse(ctx, action, object: object, .forbidden("request \(requestID) approved \(req.action) of \(req.object) \(req.parameters), not this change; file a new request"))
             }
             if consume {
                 guard try catalog.consumeRequest(requestID, now: now) else {
                     throw refuse(ctx, action, object: object, ServerError(409, "E_APPROVAL_PENDING", "request \(requestID) was already used"))
                 }
-                audit(ctx, "execute-request", object: object, outcome: "ok", detail: "request=\(requestID) action=\(action)")
+                audit(ctx, .executeRequest, object: object, outcome: "ok", detail: "request=\(requestID) action=\(action)")
             }
             return
         }
         guard quorum > 1 else { return }
         let id = hexString((0..<8).map { _ in UInt8.random(in: 0...255) })
-        try catalog.insertRequest(id: id, action: action, object: object, parameters: parameters, requester: p, now: now,
+        try catalog.insertRequest(id: id, action: action.rawValue, object: object, parameters: parameters, requester: p, now: now,
                                   expiresAt: now.addingTimeInterval(Self.requestLifetime), needed: quorum - 1)
-        audit(ctx, "request", object: object, outcome: "pending", detail: "request=\(id) action=\(action) needs=\(quorum - 1) \(parameters.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: " "))")
+        audit(ctx, .fileRequest, object: object, outcome: "pending", detail: "request=\(id) action=\(action) needs=\(quorum - 1) \(parameters.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: " "))")
         var filed = ServerError(403, "E_APPROVAL_REQUIRED",
                                 "\(action) of \(object) weakens protection and needs \(quorum - 1) approval(s) from other admins: filed as request \(id), open for 72 h. "
                                 + "They run `redoubt admin request approve \(id)`; then repeat this command with --request \(id)")
@@ -238,9 +239,9 @@ extension RepositoryService {
         guard let p = ctx.principal, p.role == .admin else { throw ServerError.forbidden("only an admin may decide a request") }
         let r: ApprovalRequest
         do { r = try catalog.decide(id, by: p, approve: approve, now: try now()) } catch let e as ServerError {
-            throw refuse(ctx, approve ? "approve" : "reject", object: "request \(id)", e)
+            throw refuse(ctx, approve ? .approveRequest : .rejectRequest, object: "request \(id)", e)
         }
-        audit(ctx, approve ? "approve" : "reject", object: "request \(id)", outcome: "ok",
+        audit(ctx, approve ? .approveRequest : .rejectRequest, object: "request \(id)", outcome: "ok",
               detail: "action=\(r.action) object=\(r.object) approvals=\(r.approvers.count)/\(r.needed) state=\(r.state.rawValue)")
         return r
     }
@@ -257,10 +258,10 @@ extension RepositoryService {
         // Why, and before any approval is used up: the descriptor is replaced under its own
         // key (delete, then put); without the material here its sealed copy would be the only
         // one, and a crash between the two would lose it.
-        if rec.writeMaterial.isEmpty && rec.shreddedAt == nil { throw refuse(ctx, "set-retention", object: object, .noWriteMaterial(tenant)) }
+        if rec.writeMaterial.isEmpty && rec.shreddedAt == nil { throw refuse(ctx, .setRetention, object: object, .noWriteMaterial(tenant)) }
         if req.minRetentionSeconds < rec.minRetention {
             // "from" too: an approval to lower 90 days to 7 must not undo a raise made since.
-            try authorize("lower-retention", object: object,
+            try authorize(.lowerRetention, object: object,
                           parameters: ["from": String(Int(rec.minRetention)), "minRetentionSeconds": String(Int(req.minRetentionSeconds))],
                           requestID: req.requestID, consume: true, ctx: ctx)
         }
@@ -274,9 +275,9 @@ extension RepositoryService {
         _ = try await store.put(key, try descriptor.encoded(), retainUntil: nil)
         // Compare-and-set: a change made meanwhile (another admin's raise) is not overwritten.
         guard try catalog.setMinRetention(tenant: tenant, seconds: req.minRetentionSeconds, from: rec.minRetention) else {
-            throw refuse(ctx, "set-retention", object: object, ServerError(409, "E_CONFLICT", "tenant \(tenant)'s minimum retention changed meanwhile; look again (`redoubt admin tenant list`) and repeat"))
+            throw refuse(ctx, .setRetention, object: object, ServerError(409, "E_CONFLICT", "tenant \(tenant)'s minimum retention changed meanwhile; look again (`redoubt admin tenant list`) and repeat"))
         }
-        audit(ctx, "set-retention", object: object, outcome: "ok", detail: "min-retention \(Int(rec.minRetention))s→\(Int(req.minRetentionSeconds))s")
+        audit(ctx, .setRetention, object: object, outcome: "ok", detail: "min-retention \(Int(rec.minRetention))s→\(Int(req.minRetentionSeconds))s")
         return try tenantInfo(updated)
     }
 
@@ -295,7 +296,7 @@ extension RepositoryService {
         guard try !catalog.principals(tenant: nil).contains(where: { $0.role == .admin && $0.name == req.name }) else {
             throw ServerError(409, "E_CONFLICT", "an admin named \(req.name) already exists")
         }
-        try authorize("add-admin", object: "admin \(req.name)", parameters: [:], requestID: req.requestID, consume: true, ctx: ctx)
+        try authorize(.addAdmin, object: "admin \(req.name)", parameters: [:], requestID: req.requestID, consume: true, ctx: ctx)
         let ttl = min(max(req.ttlSeconds ?? 86400, 60), 7 * 86400)
         let now = try now()
         let secret = hexString((0..<32).map { _ in UInt8.random(in: 0...255) })
@@ -304,7 +305,7 @@ extension RepositoryService {
                                      expiresAt: expires, createdBy: ctx.principal?.name ?? "-")
         let token = Wire.EnrollmentToken(url: serverURL, ca: Data(try ca.certificate.serializeAsPEM().derBytes).base64EncodedString(), pin: try ca.pin,
                                          secret: secret, role: Role.admin.rawValue, tenant: nil, name: req.name, expires: Int64(expires.timeIntervalSince1970))
-        audit(ctx, "create-enrollment", object: "admin \(req.name)", outcome: "ok", detail: "expires=\(Int(expires.timeIntervalSince1970))")
+        audit(ctx, .createEnrollment, object: "admin \(req.name)", outcome: "ok", detail: "expires=\(Int(expires.timeIntervalSince1970))")
         return Wire.CreateEnrollmentResponse(token: try token.encoded(), expires: expires)
     }
 
@@ -313,11 +314,11 @@ extension RepositoryService {
         let admins = try catalog.principals(tenant: nil).filter { $0.role == .admin }
         guard admins.contains(where: { $0.name == name }) else { throw ServerError.notFound("no admin named \(name)") }
         guard admins.count > 1 else { throw ServerError(409, "E_CONFLICT", "\(name) is the last admin; enroll another first") }
-        try authorize("remove-admin", object: "admin \(name)", parameters: [:], requestID: req.requestID, consume: true, ctx: ctx)
+        try authorize(.removeAdmin, object: "admin \(name)", parameters: [:], requestID: req.requestID, consume: true, ctx: ctx)
         _ = try catalog.revokeAdmin(name: name, now: try now())
         // The configured quorum stays: effectiveQuorum() caps it by the admins left, and
         // it applies again in full once replacements are enrolled.
-        audit(ctx, "remove-admin", object: "admin \(name)", outcome: "ok")
+        audit(ctx, .removeAdmin, object: "admin \(name)", outcome: "ok")
         return try quorum()
     }
 
@@ -330,9 +331,9 @@ extension RepositoryService {
         guard let q = req.quorum, q >= 1 else { throw ServerError.badRequest("quorum must be at least 1") }
         let admins = try catalog.adminCount()
         guard q <= max(admins, 2) else { throw ServerError.badRequest("quorum \(q) exceeds the \(admins) admins there are: enroll more first") }
-        try authorize("set-quorum", object: "quorum", parameters: ["quorum": String(q)], requestID: req.requestID, consume: true, ctx: ctx)
+        try authorize(.setQuorum, object: "quorum", parameters: ["quorum": String(q)], requestID: req.requestID, consume: true, ctx: ctx)
         try catalog.setSetting("quorum", String(q))
-        audit(ctx, "set-quorum", object: "quorum", outcome: "ok", detail: "quorum=\(q)")
+        audit(ctx, .setQuorum, object: "quorum", outcome: "ok", detail: "quorum=\(q)")
         return try quorum()
     }
 }

@@ -207,7 +207,7 @@ extension RepositoryService {
                                       lastProofDetail: nil, lastSyncAt: nil, lastSyncOK: nil, lastSyncDetail: nil),
             credentialsFile: req.credentialsFile, virtualHosted: req.virtualHosted ?? false)
         if target.acceptUnenforced {
-            try authorize("accept-unenforced", object: "copy target \(req.url)",
+            try authorize(.acceptUnenforced, object: "copy target \(req.url)",
                           parameters: CopyApproval.parameters(tenant: req.tenant, endpoint: req.endpoint, region: req.region,
                                                               credentialsFile: req.credentialsFile, virtualHosted: req.virtualHosted ?? false,
                                                               marginSeconds: req.marginSeconds),
@@ -218,7 +218,7 @@ extension RepositoryService {
         target.lastProofAt = now
         target.lastProofOK = proof.passed
         target.lastProofDetail = proof.firstFailure ?? "all lock checks passed"
-        audit(ctx, "copy-proof", object: req.url, outcome: proof.passed ? "ok" : (target.acceptUnenforced ? "warning" : "denied"),
+        audit(ctx, .copyProof, object: req.url, outcome: proof.passed ? "ok" : (target.acceptUnenforced ? "warning" : "denied"),
               detail: target.lastProofDetail ?? "")
         guard proof.passed || target.acceptUnenforced else {
             var refused = ServerError.badRequest("copy target \(req.url) does not enforce Object Lock COMPLIANCE (\(proof.firstFailure ?? "?")): use a bucket with Object Lock and versioning enabled; only with approval can --accept-unenforced keep it")
@@ -226,7 +226,7 @@ extension RepositoryService {
             throw refused
         }
         try catalog.insertCopyTarget(target)
-        audit(ctx, "add-copy-target", object: req.url, outcome: "ok",
+        audit(ctx, .addCopyTarget, object: req.url, outcome: "ok",
               detail: "id=\(target.id) tenant=\(req.tenant) margin=\(Int(req.marginSeconds))s\(target.acceptUnenforced ? " UNENFORCED" : "")")
         await copyJobs.kick(req.tenant, service: self)
         return target.info
@@ -237,9 +237,9 @@ extension RepositoryService {
     /// Removes a target (the bucket and its locked objects stay as they are): needs approval.
     public func removeCopyTarget(id: String, _ req: Wire.ApprovedChange, ctx: CallContext) throws -> [Wire.CopyTargetInfo] {
         guard let t = try catalog.copyTargets().first(where: { $0.id == id }) else { throw ServerError.notFound("no copy target \(id): `redoubt admin copy status`") }
-        try authorize("remove-copy-target", object: "copy target \(t.url)", parameters: ["id": id], requestID: req.requestID, consume: true, ctx: ctx)
+        try authorize(.removeCopyTarget, object: "copy target \(t.url)", parameters: ["id": id], requestID: req.requestID, consume: true, ctx: ctx)
         _ = try catalog.removeCopyTarget(id, at: try now())
-        audit(ctx, "remove-copy-target", object: t.url, outcome: "ok", detail: "id=\(id) tenant=\(t.tenant)")
+        audit(ctx, .removeCopyTarget, object: t.url, outcome: "ok", detail: "id=\(id) tenant=\(t.tenant)")
         return try listCopyTargets()
     }
 

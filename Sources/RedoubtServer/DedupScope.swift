@@ -69,14 +69,14 @@ extension RepositoryService {
         let current = try catalog.dedupScope(tenant: tenant)
         if scope == current { return try tenantInfo(rec) }
         if scope == .tenant {
-            try authorize("widen-dedup-scope", object: object, parameters: ["dedupScope": scope.rawValue],
+            try authorize(.widenDedupScope, object: object, parameters: ["dedupScope": scope.rawValue],
                           requestID: req.requestID, consume: true, ctx: ctx)
         }
         guard try catalog.setDedupScope(tenant: tenant, scope, from: current) else {
-            throw refuse(ctx, "set-dedup-scope", object: object, ServerError(409, "E_CONFLICT",
+            throw refuse(ctx, .setDedupScope, object: object, ServerError(409, "E_CONFLICT",
                 "tenant \(tenant)'s dedup scope changed meanwhile; look again (`redoubt admin tenant list`) and repeat"))
         }
-        audit(ctx, "set-dedup-scope", object: object, outcome: "ok", detail: "dedup-scope \(current.rawValue)→\(scope.rawValue)")
+        audit(ctx, .setDedupScope, object: object, outcome: "ok", detail: "dedup-scope \(current.rawValue)→\(scope.rawValue)")
         return try tenantInfo(rec)
     }
 

@@ -161,7 +161,7 @@ extension RepositoryService {
         }
         guard !req.dryRun else { return report(pending: 0) }
         // Audited as soon as the catalog side is done, whatever happens to the store side.
-        audit(ctx, "gc", object: "tenant \(tenant)", outcome: "ok",
+        audit(ctx, .collectGarbage, object: "tenant \(tenant)", outcome: "ok",
               detail: "snapshots=\(plan.snapshots.count) packs=\(plan.packs.count) bytes=\(bytes) kept-newest=\(plan.keptNewest) kept-held=\(plan.keptHeld) "
                 + "removed=\(plan.snapshots.joined(separator: ","))")
         if try catalog.isTenantHeld(tenant) {
@@ -186,10 +186,10 @@ extension RepositoryService {
                 try catalog.finishPendingDelete(k, done: false)
                 pending += 1
                 logger.warning("gc: could not delete a store object; the next run retries", metadata: ["key": "\(k)", "error": "\(error)"])
-                audit(ctx, "gc-delete", object: k, outcome: "error", detail: "\(error)")
+                audit(ctx, .gcDelete, object: k, outcome: "error", detail: "\(error)")
             }
         }
-        audit(ctx, "gc-store", object: "tenant \(tenant)", outcome: pending == 0 ? "ok" : "partial", detail: "pending=\(pending)")
+        audit(ctx, .gcStore, object: "tenant \(tenant)", outcome: pending == 0 ? "ok" : "partial", detail: "pending=\(pending)")
         return report(pending: pending)
     }
 }

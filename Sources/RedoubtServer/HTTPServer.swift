@@ -23,9 +23,10 @@ public struct RedoubtRequestContext: RequestContext {
     public var maxUploadSize: Int { 1 << 20 }
 }
 
-/// Authenticates every request by its client certificate and authorises it by
-/// ``Policy`` before any handler runs. A request for anything the API does not offer,
-/// or that the caller's role may not do, is refused with 403 and audited.
+/// Authenticates every request by its client certificate and authorises it by its
+/// route's ``Access`` before any handler runs. A request for anything the API does not
+/// offer (by path or by method), or that the caller's role may not make, is refused
+/// with 403 and audited.
 struct AuthMiddleware: RouterMiddleware {
     typealias Context = RedoubtRequestContext
     let service: RepositoryService
@@ -42,20 +43,28 @@ struct AuthMiddleware: RouterMiddleware {
         }
         ctx.call = CallContext(principal: principal, source: source, certificate: presented)
         let what = "\(request.method) \(request.uri.path)"
-        guard let (action, _) = Policy.action(method: request.method, path: request.uri.path) else {
-            if principal == nil { return withoutMarks(errorResponse(service.refuse(ctx.call, "request", object: what, .unauthorized("no valid client certificate")))) }
-            return withoutMarks(errorResponse(service.refuse(ctx.call, "request", object: what, .forbidden("\(what) is not part of the API; nothing deletes or overwrites backups"))))
+        // Why: the route is the one the router chose (its `endpointPath`), so the policy
+        // can never judge another route than the handler that runs.
+        let chosen = context.endpointPath.flatMap { RedoubtHTTP.routesByEndpoint["\(request.method) \($0)"] }
+        guard let route = chosen else {
+            if principal == nil {
+                return withoutMarks(errorResponse(service.refuse(ctx.call, .unknownRoute, object: what,
+                                                                 .unauthorized("no valid client certificate"))))
+            }
+            return withoutMarks(errorResponse(service.refuse(ctx.call, .unknownRoute, object: what,
+                                                             .forbidden("\(what) is not part of the API; nothing deletes or overwrites backups"))))
         }
-        if Policy.needsCredential(action) && principal == nil {
+        let action = route.action
+        if route.access != .anyone && principal == nil {
             // A certificate this CA issued but the catalog does not know was revoked (or
             // enrolled into a catalog since lost): say so, not "enroll first".
             let why = presented.map { "this credential (certificate \($0.prefix(16))) was revoked or is not enrolled here: "
                 + "ask an admin for a new enrollment token and enroll again (`redoubt enroll TOKEN`)" }
                 ?? "a client certificate from this server's CA is required: enroll first (`redoubt enroll TOKEN`)"
-            return withoutMarks(errorResponse(service.refuse(ctx.call, action.rawValue, object: what, .unauthorized(why))))
+            return withoutMarks(errorResponse(service.refuse(ctx.call, action, object: what, .unauthorized(why))))
         }
-        guard Policy.allows(principal?.role, action) else {
-            return withoutMarks(errorResponse(service.refuse(ctx.call, action.rawValue, object: what,
+        guard route.access.allows(principal?.role) else {
+            return withoutMarks(errorResponse(service.refuse(ctx.call, action, object: what,
                                                              .forbidden("a \(principal?.role.rawValue ?? "caller") may not \(action.rawValue)"))))
         }
         let response = try await next(request, ctx)
@@ -63,7 +72,7 @@ struct AuthMiddleware: RouterMiddleware {
         // refusals by role (a probing credential, a bad quorum, a missing name).
         if response.status.code >= 400, request.method != .get, request.method != .head {
             if response.headers[auditedHeader] == nil {
-                service.audit(ctx.call, action.rawValue, object: what, outcome: "error",
+                service.audit(ctx.call, action, object: what, outcome: "error",
                               detail: "\(response.status.code) \(response.headers[errorCodeHeader] ?? "")")
             }
         }
@@ -143,157 +152,179 @@ public enum RedoubtHTTP {
     /// Largest pack body accepted (a pack is ~32 MiB; the format allows more).
     public static let maxPackBody = 512 << 20
 
-    public static func router(service: RepositoryService, logger: Logger) -> Router<RedoubtRequestContext> {
-        let router = Router(context: RedoubtRequestContext.self)
-        router.add(middleware: AuthMiddleware(service: service))
-        router.get("/v1/health") { _, _ in jsonResponse(["status": "ok", "version": RedoubtVersion.string]) }
-        router.post("/v1/enroll") { req, ctx in
+    /// Every endpoint of the v1 API, once (docs/PROTOCOL.md §3, docs/openapi.yaml): the
+    /// router, the policy and the audit log's action names derive from this table.
+    public static let routes: [Route] = [
+        Route(.get, "/v1/health", .health, .anyone) { _, _, _, _ in
+            jsonResponse(["status": "ok", "version": RedoubtVersion.string])
+        },
+        Route(.post, "/v1/enroll", .enroll, .anyone) { service, logger, req, ctx in
             await handle(logger) { jsonResponse(try service.enroll(try await req.json(Wire.EnrollRequest.self), ctx: ctx.call)) }
-        }
-        router.post("/v1/chunks/query") { req, ctx in
+        },
+        Route(.post, "/v1/chunks/query", .queryChunks, .roles([.writer, .restorer])) { service, logger, req, ctx in
             await handle(logger) { bytesResponse(try service.queryChunks(try await req.bytes(limit: 100_000 * 32), ctx: ctx.call)) }
-        }
-        router.put("/v1/packs/:id") { req, ctx in
+        },
+        Route(.put, "/v1/packs/{id}", .uploadPack, .writer) { service, logger, req, ctx in
             await handle(logger) {
                 let id = ctx.parameters.get("id") ?? ""
                 let r = try await service.uploadPack(idHex: id, bytes: try await req.bytes(limit: maxPackBody), ctx: ctx.call)
                 return jsonResponse(r, status: r.created ? .created : .ok)
             }
-        }
-        router.post("/v1/packs/chunk-lists") { req, ctx in
+        },
+        Route(.post, "/v1/packs/chunk-lists", .packChunkLists, .restorer) { service, logger, req, ctx in
             await handle(logger) { bytesResponse(try await service.packChunkLists(try await req.bytes(limit: 100_000 * 32), ctx: ctx.call)) }
-        }
-        router.get("/v1/packs/:id") { _, ctx in
+        },
+        Route(.get, "/v1/packs/{id}", .getPack, .restorer) { service, logger, _, ctx in
             await handle(logger) { bytesResponse(try await service.pack(ctx.parameters.get("id") ?? "", ctx: ctx.call)) }
-        }
-        router.post("/v1/snapshots") { req, ctx in
+        },
+        Route(.post, "/v1/snapshots", .commitSnapshot, .writer) { service, logger, req, ctx in
             let os = req.headers.first { $0.name.canonicalName == Wire.hostOSHeader.lowercased() }?.value
             return await handle(logger) { jsonResponse(try await service.commit(try await req.bytes(limit: Manifest.maxSize), os: os, ctx: ctx.call), status: .created) }
-        }
-        router.get("/v1/snapshots") { req, ctx in
+        },
+        Route(.get, "/v1/snapshots", .listSnapshots, .anyRole) { service, logger, req, ctx in
             await handle(logger) {
                 jsonResponse(try service.listSnapshots(host: req.uri.queryParameters.get("host"), tenant: req.uri.queryParameters.get("tenant"), ctx: ctx.call))
             }
-        }
-        router.get("/v1/snapshots/:id") { _, ctx in
+        },
+        Route(.get, "/v1/snapshots/{id}", .showSnapshot, .anyRole) { service, logger, _, ctx in
             await handle(logger) { jsonResponse(try service.showSnapshot(ctx.parameters.get("id") ?? "", ctx: ctx.call)) }
-        }
-        router.get("/v1/snapshots/:id/manifest") { _, ctx in
+        },
+        Route(.get, "/v1/snapshots/{id}/manifest", .getManifest, .restorer) { service, logger, _, ctx in
             await handle(logger) { bytesResponse(try await service.manifest(ctx.parameters.get("id") ?? "", ctx: ctx.call)) }
-        }
-        router.post("/v1/snapshots/:id/verify") { _, ctx in
+        },
+        Route(.post, "/v1/snapshots/{id}/verify", .verifySnapshot, .roles([.restorer, .admin, .auditor])) { service, logger, _, ctx in
             await handle(logger) { jsonResponse(try await service.verify(ctx.parameters.get("id") ?? "", ctx: ctx.call)) }
-        }
-        router.post("/v1/tenants") { req, ctx in
+        },
+        Route(.post, "/v1/tenants", .createTenant, .admin) { service, logger, req, ctx in
             await handle(logger) { jsonResponse(try await service.createTenant(try await req.json(Wire.CreateTenantRequest.self), ctx: ctx.call), status: .created) }
-        }
-        router.get("/v1/tenants") { _, _ in await handle(logger) { jsonResponse(try service.listTenants()) } }
-        router.post("/v1/tenants/:tenant/enrollments") { req, ctx in
+        },
+        Route(.get, "/v1/tenants", .listTenants, .admin) { service, logger, _, _ in await handle(logger) { jsonResponse(try service.listTenants()) } },
+        Route(.post, "/v1/tenants/{tenant}/enrollments", .createEnrollment, .admin) { service, logger, req, ctx in
             await handle(logger) {
                 jsonResponse(try service.createEnrollment(tenant: ctx.parameters.get("tenant") ?? "", try await req.json(Wire.CreateEnrollmentRequest.self),
                                                           ctx: ctx.call), status: .created)
             }
-        }
-        router.get("/v1/tenants/:tenant/read-key") { _, ctx in
+        },
+        Route(.get, "/v1/tenants/{tenant}/read-key", .getReadKey, .roles([.admin, .restorer])) { service, logger, _, ctx in
             await handle(logger) { jsonResponse(try service.readKey(tenant: ctx.parameters.get("tenant") ?? "", ctx: ctx.call)) }
-        }
-        router.put("/v1/tenants/:tenant/read-key") { req, ctx in
+        },
+        Route(.put, "/v1/tenants/{tenant}/read-key", .rotateReadKey, .admin) { service, logger, req, ctx in
             await handle(logger) {
                 jsonResponse(try await service.rotateReadKey(tenant: ctx.parameters.get("tenant") ?? "", try await req.json(Wire.RotateReadKeyRequest.self), ctx: ctx.call))
             }
-        }
-        router.post("/v1/tenants/:tenant/read-key/destroyed") { req, ctx in
+        },
+        Route(.post, "/v1/tenants/{tenant}/read-key/destroyed", .markKEKsDestroyed, .admin) { service, logger, req, ctx in
             await handle(logger) {
                 jsonResponse(try service.markKEKsDestroyed(tenant: ctx.parameters.get("tenant") ?? "", try await req.json(Wire.DestroyedKEKsRequest.self), ctx: ctx.call))
             }
-        }
-        router.get("/v1/tenants/:tenant/write-material") { _, ctx in
+        },
+        Route(.get, "/v1/tenants/{tenant}/write-material", .getWriteMaterial, .admin) { service, logger, _, ctx in
             await handle(logger) { jsonResponse(try await service.writeMaterial(tenant: ctx.parameters.get("tenant") ?? "", ctx: ctx.call)) }
-        }
-        router.put("/v1/tenants/:tenant/write-material") { req, ctx in
+        },
+        Route(.put, "/v1/tenants/{tenant}/write-material", .restoreWriteMaterial, .admin) { service, logger, req, ctx in
             await handle(logger) {
                 jsonResponse(try await service.restoreWriteMaterial(tenant: ctx.parameters.get("tenant") ?? "",
                                                                     try await req.json(Wire.RestoreWriteMaterialRequest.self), ctx: ctx.call))
             }
-        }
-        router.post("/v1/tenants/:tenant/shred") { req, ctx in
+        },
+        Route(.post, "/v1/tenants/{tenant}/shred", .shredTenant, .admin) { service, logger, req, ctx in
             await handle(logger) {
                 jsonResponse(try await service.shredTenant(tenant: ctx.parameters.get("tenant") ?? "", try await req.json(Wire.ShredRequest.self), ctx: ctx.call))
             }
-        }
-        router.put("/v1/tenants/:tenant/retention") { req, ctx in
+        },
+        Route(.put, "/v1/tenants/{tenant}/retention", .setRetention, .admin) { service, logger, req, ctx in
             await handle(logger) {
                 jsonResponse(try await service.setMinRetention(tenant: ctx.parameters.get("tenant") ?? "", try await req.json(Wire.SetRetentionRequest.self), ctx: ctx.call))
             }
-        }
-        router.put("/v1/tenants/:tenant/dedup-scope") { req, ctx in
+        },
+        Route(.put, "/v1/tenants/{tenant}/dedup-scope", .setDedupScope, .admin) { service, logger, req, ctx in
             await handle(logger) {
                 jsonResponse(try service.setDedupScope(tenant: ctx.parameters.get("tenant") ?? "",
                                                        try await req.json(Wire.SetDedupScopeRequest.self), ctx: ctx.call))
             }
-        }
-        router.post("/v1/admins") { req, ctx in
+        },
+        Route(.post, "/v1/admins", .addAdmin, .admin) { service, logger, req, ctx in
             await handle(logger) { jsonResponse(try service.addAdmin(try await req.json(Wire.AddAdminRequest.self), ctx: ctx.call), status: .created) }
-        }
-        router.post("/v1/admins/:name/remove") { req, ctx in
+        },
+        Route(.post, "/v1/admins/{name}/remove", .removeAdmin, .admin) { service, logger, req, ctx in
             await handle(logger) { jsonResponse(try service.removeAdmin(name: ctx.parameters.get("name") ?? "", try await req.json(Wire.ApprovedChange.self), ctx: ctx.call)) }
-        }
-        router.get("/v1/quorum") { _, _ in await handle(logger) { jsonResponse(try service.quorum()) } }
-        router.put("/v1/quorum") { req, ctx in
+        },
+        Route(.get, "/v1/quorum", .getQuorum, .admin) { service, logger, _, _ in await handle(logger) { jsonResponse(try service.quorum()) } },
+        Route(.put, "/v1/quorum", .setQuorum, .admin) { service, logger, req, ctx in
             await handle(logger) { jsonResponse(try service.setQuorum(try await req.json(Wire.ApprovedChange.self), ctx: ctx.call)) }
-        }
-        router.get("/v1/requests") { _, _ in await handle(logger) { jsonResponse(try service.listRequests().map(\.wire)) } }
-        router.post("/v1/requests/:id/approve") { _, ctx in
+        },
+        Route(.get, "/v1/requests", .listRequests, .admin) { service, logger, _, _ in await handle(logger) { jsonResponse(try service.listRequests().map(\.wire)) } },
+        Route(.post, "/v1/requests/{id}/approve", .approveRequest, .admin) { service, logger, _, ctx in
             await handle(logger) { jsonResponse(try service.decideRequest(ctx.parameters.get("id") ?? "", approve: true, ctx: ctx.call).wire) }
-        }
-        router.post("/v1/requests/:id/reject") { _, ctx in
+        },
+        Route(.post, "/v1/requests/{id}/reject", .rejectRequest, .admin) { service, logger, _, ctx in
             await handle(logger) { jsonResponse(try service.decideRequest(ctx.parameters.get("id") ?? "", approve: false, ctx: ctx.call).wire) }
-        }
-        router.post("/v1/copy-targets") { req, ctx in
+        },
+        Route(.post, "/v1/copy-targets", .addCopyTarget, .admin) { service, logger, req, ctx in
             await handle(logger) { jsonResponse(try await service.addCopyTarget(try await req.json(Wire.AddCopyTargetRequest.self), ctx: ctx.call), status: .created) }
-        }
-        router.get("/v1/copy-targets") { _, _ in await handle(logger) { jsonResponse(try service.listCopyTargets()) } }
-        router.post("/v1/copy-targets/:id/remove") { req, ctx in
+        },
+        Route(.get, "/v1/copy-targets", .listCopyTargets, .admin) { service, logger, _, _ in await handle(logger) { jsonResponse(try service.listCopyTargets()) } },
+        Route(.post, "/v1/copy-targets/{id}/remove", .removeCopyTarget, .admin) { service, logger, req, ctx in
             await handle(logger) { jsonResponse(try service.removeCopyTarget(id: ctx.parameters.get("id") ?? "", try await req.json(Wire.ApprovedChange.self), ctx: ctx.call)) }
-        }
-        router.post("/v1/copy-targets/:id/sync") { req, ctx in
+        },
+        Route(.post, "/v1/copy-targets/{id}/sync", .syncCopyTarget, .admin) { service, logger, req, ctx in
             await handle(logger) {
                 jsonResponse(try await service.syncCopyTarget(id: ctx.parameters.get("id") ?? "", wait: req.uri.queryParameters.get("wait") == "1"))
             }
-        }
-        router.post("/v1/holds") { req, ctx in
+        },
+        Route(.post, "/v1/holds", .placeHold, .admin) { service, logger, req, ctx in
             await handle(logger) { jsonResponse(try await service.placeHold(try await req.json(Wire.PlaceHoldRequest.self), ctx: ctx.call), status: .created) }
-        }
-        router.get("/v1/holds") { _, _ in await handle(logger) { jsonResponse(try service.listHolds()) } }
-        router.post("/v1/holds/:id/release") { req, ctx in
+        },
+        Route(.get, "/v1/holds", .listHolds, .admin) { service, logger, _, _ in await handle(logger) { jsonResponse(try service.listHolds()) } },
+        Route(.post, "/v1/holds/{id}/release", .releaseHold, .admin) { service, logger, req, ctx in
             await handle(logger) { jsonResponse(try await service.releaseHold(id: ctx.parameters.get("id") ?? "", try await req.json(Wire.ApprovedChange.self), ctx: ctx.call)) }
-        }
-        router.get("/v1/principals") { req, _ in
+        },
+        Route(.get, "/v1/principals", .listPrincipals, .admin) { service, logger, req, _ in
             await handle(logger) { jsonResponse(try service.listPrincipals(includeRevoked: req.uri.queryParameters.get("all") == "1")) }
-        }
-        router.post("/v1/tenants/:tenant/gc") { req, ctx in
+        },
+        Route(.post, "/v1/tenants/{tenant}/gc", .collectGarbage, .admin) { service, logger, req, ctx in
             await handle(logger) {
                 jsonResponse(try await service.collectGarbage(tenant: ctx.parameters.get("tenant") ?? "", try await req.json(Wire.GCRequest.self), ctx: ctx.call))
             }
-        }
-        router.get("/v1/enrollments") { _, _ in await handle(logger) { jsonResponse(try service.listEnrollments()) } }
-        router.post("/v1/enrollments/:id/cancel") { _, ctx in
+        },
+        Route(.get, "/v1/enrollments", .listEnrollments, .admin) { service, logger, _, _ in await handle(logger) { jsonResponse(try service.listEnrollments()) } },
+        Route(.post, "/v1/enrollments/{id}/cancel", .cancelEnrollment, .admin) { service, logger, _, ctx in
             await handle(logger) { jsonResponse(try service.cancelEnrollment(id: ctx.parameters.get("id") ?? "", ctx: ctx.call)) }
-        }
-        router.post("/v1/principals/:id/revoke") { req, ctx in
+        },
+        Route(.post, "/v1/principals/{id}/revoke", .revokePrincipal, .admin) { service, logger, req, ctx in
             await handle(logger) { jsonResponse(try service.revokePrincipal(id: ctx.parameters.get("id") ?? "", try await req.json(Wire.ApprovedChange.self), ctx: ctx.call)) }
-        }
-        router.get("/v1/audit") { req, _ in
+        },
+        Route(.get, "/v1/audit", .listAudit, .roles([.admin, .auditor])) { service, logger, req, _ in
             await handle(logger) {
                 let after = req.uri.queryParameters.get("after").flatMap { Int64($0) } ?? 0
                 let limit = max(1, min(req.uri.queryParameters.get("limit").flatMap { Int($0) } ?? 1000, 10_000))
                 return jsonResponse(try service.auditEntries(after: after, limit: limit))
             }
-        }
-        router.get("/v1/audit/verify") { _, _ in
+        },
+        Route(.get, "/v1/audit/verify", .verifyAudit, .roles([.admin, .auditor])) { service, logger, _, _ in
             await handle(logger) {
                 let (bad, count) = try service.catalog.verifyAudit()
                 return jsonResponse(AuditVerifyResult(ok: bad == nil, records: count, firstBad: bad))
+            }
+        },
+    ]
+
+    /// The routes by action: each action is served by at most one route.
+    static let routesByAction: [Action: Route] = Dictionary(routes.map { ($0.action, $0) },
+                                                             uniquingKeysWith: { a, _ in a })
+    /// The routes by method and the router's own spelling of their path (`endpointPath`).
+    static let routesByEndpoint: [String: Route] = Dictionary(
+        routes.map { ("\($0.method) \(RouterPath($0.path).description)", $0) }, uniquingKeysWith: { a, _ in a })
+
+    static func route(for action: Action) -> Route? { routesByAction[action] }
+
+    public static func router(service: RepositoryService, logger: Logger) -> Router<RedoubtRequestContext> {
+        let router = Router(context: RedoubtRequestContext.self)
+        router.add(middleware: AuthMiddleware(service: service))
+        for route in routes {
+            let handler = route.handler
+            router.on(RouterPath(route.path), method: route.method) { req, ctx in
+                await handler(service, logger, req, ctx)
             }
         }
         return router

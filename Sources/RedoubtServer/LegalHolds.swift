@@ -195,7 +195,7 @@ extension RepositoryService {
         let hold = LegalHold(id: hexString((0..<6).map { _ in UInt8.random(in: 0...255) }), kind: kind, target: target, tenant: tenant,
                              reason: reason, createdBy: p.name, createdAt: try now(), releasedAt: nil, releaseRequest: nil)
         try catalog.insertHold(hold)
-        audit(ctx, "place-hold", object: "hold \(hold.id)", outcome: "ok", detail: "\(kind.rawValue)=\(target) tenant=\(tenant) reason=\(reason)")
+        audit(ctx, .placeHold, object: "hold \(hold.id)", outcome: "ok", detail: "\(kind.rawValue)=\(target) tenant=\(tenant) reason=\(reason)")
         try await enforceHolds(tenant: tenant)
         if try !catalog.copyTargets(tenant: tenant).isEmpty { await copyJobs.kick(tenant, service: self) }
         return hold.wire
@@ -209,11 +209,11 @@ extension RepositoryService {
     public func releaseHold(id: String, _ req: Wire.ApprovedChange, ctx: CallContext) async throws -> Wire.HoldInfo {
         guard let h = try catalog.holds().first(where: { $0.id == id }) else { throw ServerError.notFound("no legal hold \(id): `redoubt admin hold list`") }
         guard h.releasedAt == nil else { throw ServerError(409, "E_CONFLICT", "legal hold \(id) was already released") }
-        try authorize("release-hold", object: "hold \(id)", parameters: [:], requestID: req.requestID, consume: true, ctx: ctx)
+        try authorize(.releaseHold, object: "hold \(id)", parameters: [:], requestID: req.requestID, consume: true, ctx: ctx)
         guard try catalog.releaseHold(id, at: try now(), request: req.requestID) else {
             throw ServerError(409, "E_CONFLICT", "legal hold \(id) was already released")
         }
-        audit(ctx, "release-hold", object: "hold \(id)", outcome: "ok", detail: "\(h.kind.rawValue)=\(h.target) tenant=\(h.tenant) request=\(req.requestID ?? "-")")
+        audit(ctx, .releaseHold, object: "hold \(id)", outcome: "ok", detail: "\(h.kind.rawValue)=\(h.target) tenant=\(h.tenant) request=\(req.requestID ?? "-")")
         if try !catalog.copyTargets(tenant: h.tenant).isEmpty { await copyJobs.kick(h.tenant, service: self) }
         return try catalog.holds().first { $0.id == id }?.wire ?? h.wire
     }

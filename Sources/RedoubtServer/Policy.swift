@@ -1,102 +1,78 @@
 import Hummingbird
 
-/// Everything the API lets a caller do. Nothing here deletes, overwrites or shortens a
-/// lock (DESIGN.md §1.1): the one action that deletes, `collectGarbage` (admin), removes
-/// only objects whose locks have expired and no hold covers (docs/PROTOCOL.md §4.5).
+/// Everything the server records or authorises, by the one name the audit log, the
+/// approvals catalog and the policy share (docs/PROTOCOL.md §5). Most name one route of
+/// ``RedoubtHTTP/routes``; the rest name approvals (§4.2) and the server's own events.
+/// Nothing here deletes, overwrites or shortens a lock (DESIGN.md §1.1): the one action
+/// that deletes, `gc` (admin), removes only objects whose locks have expired and no hold
+/// covers (docs/PROTOCOL.md §4.5).
+///
+/// Raw values are stored: in audit records and in filed approval requests. Renaming one
+/// breaks matching against records already written; add a case instead.
 public enum Action: String, Sendable, CaseIterable {
+    // Routes (one each).
     case health, enroll
-    case queryChunks, uploadPack, commitSnapshot, listSnapshots, showSnapshot
-    case getManifest, getPack, packChunkLists, verifySnapshot
-    case createTenant, listTenants, createEnrollment, listEnrollments, cancelEnrollment, listPrincipals, revokePrincipal
-    case getReadKey, rotateReadKey, markKEKsDestroyed, shredTenant, getWriteMaterial, restoreWriteMaterial
-    case setRetention, setDedupScope, addAdmin, removeAdmin, getQuorum, setQuorum, listRequests, decideRequest
-    case addCopyTarget, listCopyTargets, removeCopyTarget, syncCopyTarget
-    case placeHold, listHolds, releaseHold
-    case collectGarbage
-    case listAudit, verifyAudit
+    case queryChunks = "query-chunks", uploadPack = "upload-pack", commitSnapshot = "commit"
+    case listSnapshots = "list-snapshots", showSnapshot = "show-snapshot"
+    case getManifest = "get-manifest", getPack = "get-pack", packChunkLists = "pack-chunk-lists"
+    case verifySnapshot = "verify"
+    case createTenant = "create-tenant", listTenants = "list-tenants", createEnrollment = "create-enrollment"
+    case listEnrollments = "list-enrollments", cancelEnrollment = "cancel-enrollment"
+    case listPrincipals = "list-principals", revokePrincipal = "revoke"
+    case getReadKey = "get-read-key", rotateReadKey = "rotate-read-key", markKEKsDestroyed = "destroy-kek"
+    case shredTenant = "shred-tenant", getWriteMaterial = "get-write-material"
+    case restoreWriteMaterial = "restore-write-material"
+    case setRetention = "set-retention", setDedupScope = "set-dedup-scope"
+    case addAdmin = "add-admin", removeAdmin = "remove-admin"
+    case getQuorum = "get-quorum", setQuorum = "set-quorum", listRequests = "list-requests"
+    case approveRequest = "approve", rejectRequest = "reject"
+    case addCopyTarget = "add-copy-target", listCopyTargets = "list-copy-targets"
+    case removeCopyTarget = "remove-copy-target", syncCopyTarget = "sync-copy-target"
+    case placeHold = "place-hold", listHolds = "list-holds", releaseHold = "release-hold"
+    case collectGarbage = "gc"
+    case listAudit = "list-audit", verifyAudit = "verify-audit"
+    // Changes that need approval under another name than their route's (§4.2).
+    case lowerRetention = "lower-retention", revokeWriter = "revoke-writer", acceptUnenforced = "accept-unenforced"
+    case widenDedupScope = "widen-dedup-scope"
+    // Approval bookkeeping.
+    case fileRequest = "request", executeRequest = "execute-request"
+    // Events inside a request or the server, not routes of their own.
+    case unknownRoute = "unknown-route", hostOS = "host-os", copyProof = "copy-proof", createAdmin = "create-admin"
+    case start, clearWriteMaterial = "clear-write-material", sealDescriptor = "seal-descriptor"
+    case gcDelete = "gc-delete", gcStore = "gc-store"
 }
 
-/// Maps requests to actions and decides who may perform them. Pure: tested without a
-/// socket (Tests/RedoubtServerTests/PolicyTests.swift).
+/// Prints as its stored name, so messages and records read the same.
+extension Action: CustomStringConvertible {
+    public var description: String { rawValue }
+}
+
+/// Decides who may do what, derived from the one route table (``RedoubtHTTP/routes``).
+/// Pure: tested without a socket (Tests/RedoubtServerTests/PolicyTests.swift).
 public enum Policy {
-    /// The action a method and path name, or nil for anything the API does not offer
-    /// (which every role is refused, with a 403 and an audit record).
-    public static func action(method: HTTPRequest.Method, path: String) -> (Action, [String: String])? {
-        let parts = path.split(separator: "?", maxSplits: 1).first.map { $0.split(separator: "/").map(String.init) } ?? []
-        guard parts.first == "v1" else { return nil }
-        let p = Array(parts.dropFirst())
-        switch (method, p.count) {
-        case (.get, 1) where p[0] == "health": return (.health, [:])
-        case (.post, 1) where p[0] == "enroll": return (.enroll, [:])
-        case (.post, 2) where p[0] == "chunks" && p[1] == "query": return (.queryChunks, [:])
-        case (.post, 2) where p[0] == "packs" && p[1] == "chunk-lists": return (.packChunkLists, [:])
-        case (.put, 2) where p[0] == "packs": return (.uploadPack, ["id": p[1]])
-        case (.get, 2) where p[0] == "packs": return (.getPack, ["id": p[1]])
-        case (.post, 1) where p[0] == "snapshots": return (.commitSnapshot, [:])
-        case (.get, 1) where p[0] == "snapshots": return (.listSnapshots, [:])
-        case (.get, 2) where p[0] == "snapshots": return (.showSnapshot, ["id": p[1]])
-        case (.get, 3) where p[0] == "snapshots" && p[2] == "manifest": return (.getManifest, ["id": p[1]])
-        case (.post, 3) where p[0] == "snapshots" && p[2] == "verify": return (.verifySnapshot, ["id": p[1]])
-        case (.post, 1) where p[0] == "tenants": return (.createTenant, [:])
-        case (.get, 1) where p[0] == "tenants": return (.listTenants, [:])
-        case (.post, 3) where p[0] == "tenants" && p[2] == "enrollments": return (.createEnrollment, ["tenant": p[1]])
-        case (.get, 3) where p[0] == "tenants" && p[2] == "read-key": return (.getReadKey, ["tenant": p[1]])
-        case (.put, 3) where p[0] == "tenants" && p[2] == "read-key": return (.rotateReadKey, ["tenant": p[1]])
-        case (.post, 4) where p[0] == "tenants" && p[2] == "read-key" && p[3] == "destroyed": return (.markKEKsDestroyed, ["tenant": p[1]])
-        case (.post, 3) where p[0] == "tenants" && p[2] == "shred": return (.shredTenant, ["tenant": p[1]])
-        case (.get, 3) where p[0] == "tenants" && p[2] == "write-material": return (.getWriteMaterial, ["tenant": p[1]])
-        case (.put, 3) where p[0] == "tenants" && p[2] == "write-material": return (.restoreWriteMaterial, ["tenant": p[1]])
-        case (.put, 3) where p[0] == "tenants" && p[2] == "retention": return (.setRetention, ["tenant": p[1]])
-        case (.put, 3) where p[0] == "tenants" && p[2] == "dedup-scope": return (.setDedupScope, ["tenant": p[1]])
-        case (.post, 3) where p[0] == "tenants" && p[2] == "gc": return (.collectGarbage, ["tenant": p[1]])
-        case (.post, 1) where p[0] == "admins": return (.addAdmin, [:])
-        case (.post, 3) where p[0] == "admins" && p[2] == "remove": return (.removeAdmin, ["name": p[1]])
-        case (.get, 1) where p[0] == "quorum": return (.getQuorum, [:])
-        case (.put, 1) where p[0] == "quorum": return (.setQuorum, [:])
-        case (.get, 1) where p[0] == "requests": return (.listRequests, [:])
-        case (.post, 3) where p[0] == "requests" && (p[2] == "approve" || p[2] == "reject"): return (.decideRequest, ["id": p[1], "decision": p[2]])
-        case (.post, 1) where p[0] == "copy-targets": return (.addCopyTarget, [:])
-        case (.get, 1) where p[0] == "copy-targets": return (.listCopyTargets, [:])
-        case (.post, 3) where p[0] == "copy-targets" && p[2] == "remove": return (.removeCopyTarget, ["id": p[1]])
-        case (.post, 3) where p[0] == "copy-targets" && p[2] == "sync": return (.syncCopyTarget, ["id": p[1]])
-        case (.post, 1) where p[0] == "holds": return (.placeHold, [:])
-        case (.get, 1) where p[0] == "holds": return (.listHolds, [:])
-        case (.post, 3) where p[0] == "holds" && p[2] == "release": return (.releaseHold, ["id": p[1]])
-        case (.get, 1) where p[0] == "enrollments": return (.listEnrollments, [:])
-        case (.post, 3) where p[0] == "enrollments" && p[2] == "cancel": return (.cancelEnrollment, ["id": p[1]])
-        case (.get, 1) where p[0] == "principals": return (.listPrincipals, [:])
-        case (.post, 3) where p[0] == "principals" && p[2] == "revoke": return (.revokePrincipal, ["id": p[1]])
-        case (.get, 1) where p[0] == "audit": return (.listAudit, [:])
-        case (.get, 2) where p[0] == "audit" && p[1] == "verify": return (.verifyAudit, [:])
-        default: return nil
+    /// The route a method and path name, with the path's parameters, or nil for anything
+    /// the API does not offer (which every role is refused, with an audit record).
+    public static func route(method: HTTPRequest.Method, path: String) -> (Route, [String: String])? {
+        for r in RedoubtHTTP.routes where r.method == method {
+            if let parameters = r.match(path) { return (r, parameters) }
         }
+        return nil
     }
 
-    /// Whether `role` may perform `action` at all. Tenant and host scoping is checked by
-    /// the handlers (a writer sees only its own host's snapshots).
+    /// The action a method and path name, or nil for anything the API does not offer.
+    public static func action(method: HTTPRequest.Method, path: String) -> (Action, [String: String])? {
+        route(method: method, path: path).map { ($0.0.action, $0.1) }
+    }
+
+    /// Whether `role` may perform `action` through the API at all: as its route declares;
+    /// an action that no route offers is allowed to no one. Tenant and host scoping is
+    /// checked by the handlers (a writer sees only its own host's snapshots).
     public static func allows(_ role: Role?, _ action: Action) -> Bool {
-        switch action {
-        case .health, .enroll: return true  // enroll is authorised by its one-time token
-        case .queryChunks: return role == .writer || role == .restorer
-        case .uploadPack, .commitSnapshot: return role == .writer
-        case .listSnapshots, .showSnapshot: return role != nil
-        // Why: reading packs or manifests is restorer-only, so a host's own credential
-        // cannot download even its own backups (DESIGN.md §1.2).
-        case .getManifest, .getPack, .packChunkLists: return role == .restorer
-        case .verifySnapshot: return role == .restorer || role == .admin || role == .auditor
-        case .createTenant, .createEnrollment, .listEnrollments, .cancelEnrollment, .listTenants, .listPrincipals, .revokePrincipal: return role == .admin
-        // A restorer may fetch its own tenant's wrapped key (the handler checks the tenant).
-        case .getReadKey: return role == .admin || role == .restorer
-        case .rotateReadKey, .markKEKsDestroyed, .shredTenant, .getWriteMaterial, .restoreWriteMaterial: return role == .admin
-        case .setRetention, .setDedupScope, .addAdmin, .removeAdmin, .getQuorum, .setQuorum, .listRequests, .decideRequest: return role == .admin
-        case .addCopyTarget, .listCopyTargets, .removeCopyTarget, .syncCopyTarget: return role == .admin
-        case .placeHold, .listHolds, .releaseHold: return role == .admin
-        // Removes only what no lock protects any more (§4.5): an admin's routine job.
-        case .collectGarbage: return role == .admin
-        case .listAudit, .verifyAudit: return role == .admin || role == .auditor
-        }
+        RedoubtHTTP.route(for: action)?.access.allows(role) ?? false
     }
 
     /// Whether the action needs an authenticated client certificate.
-    public static func needsCredential(_ action: Action) -> Bool { action != .health && action != .enroll }
+    public static func needsCredential(_ action: Action) -> Bool {
+        RedoubtHTTP.route(for: action)?.access != .anyone
+    }
 }

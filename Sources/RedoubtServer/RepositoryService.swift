@@ -135,18 +135,18 @@ public final class RepositoryService: Sendable {
 
     // MARK: audit
 
-    func audit(_ ctx: CallContext, _ action: String, object: String, outcome: String, detail: String = "") {
+    func audit(_ ctx: CallContext, _ action: Action, object: String, outcome: String, detail: String = "") {
         do {
             try catalog.audit(time: (try? now()) ?? clock.now(), actor: ctx.principal.map { "\($0.role.rawValue):\($0.tenant.map { $0 + "/" } ?? "")\($0.name)" } ?? "anonymous",
                               role: ctx.principal?.role.rawValue ?? "-", credential: ctx.certificate?.prefix(16).description ?? "-",
-                              source: ctx.source, action: action, object: object, outcome: outcome, detail: detail)
+                              source: ctx.source, action: action.rawValue, object: object, outcome: outcome, detail: detail)
         } catch {
             logger.error("audit write failed", metadata: ["action": "\(action)", "error": "\(error)"])
         }
     }
 
     /// Records a refused request and returns the error to send.
-    public func refuse(_ ctx: CallContext, _ action: String, object: String, _ error: ServerError) -> ServerError {
+    public func refuse(_ ctx: CallContext, _ action: Action, object: String, _ error: ServerError) -> ServerError {
         audit(ctx, action, object: object, outcome: "denied", detail: error.message)
         var e = error
         e.audited = true
@@ -164,7 +164,7 @@ public final class RepositoryService: Sendable {
 
     /// Records at start-up that sealed packs cannot be made immutable here.
     public func recordImmutabilityWarning(_ warning: String) {
-        audit(CallContext(principal: nil, source: "local"), "start", object: "store", outcome: "warning", detail: warning)
+        audit(CallContext(principal: nil, source: "local"), .start, object: "store", outcome: "warning", detail: warning)
     }
 
     // MARK: enrollment
@@ -195,13 +195,13 @@ public final class RepositoryService: Sendable {
                                  hostKey: e.role == .writer ? hostKey : nil)
             }
         } catch Catalog.RedeemError.unknownToken {
-            throw refuse(ctx, "enroll", object: "token \(tokenHash.prefix(12))",
+            throw refuse(ctx, .enroll, object: "token \(tokenHash.prefix(12))",
                          .forbidden("enrollment token unknown, already used, cancelled or expired: ask an admin for a new one (`redoubt admin host add`)"))
         } catch Catalog.RedeemError.nameTaken(let e) {
-            throw refuse(ctx, "enroll", object: "\(e.role.rawValue) \(e.name)", ServerError(409, "E_CONFLICT",
+            throw refuse(ctx, .enroll, object: "\(e.role.rawValue) \(e.name)", ServerError(409, "E_CONFLICT",
                 "a \(e.role.rawValue) named \(e.name) is already enrolled in this tenant: revoke it first (`redoubt admin \(e.role == .writer ? "host" : e.role.rawValue) revoke`); the token is not used up"))
         }
-        audit(CallContext(principal: p, source: ctx.source), "enroll", object: "\(p.role.rawValue) \(p.tenant ?? "-")/\(p.name)", outcome: "ok", detail: "os=\(req.os ?? "?")")
+        audit(CallContext(principal: p, source: ctx.source), .enroll, object: "\(p.role.rawValue) \(p.tenant ?? "-")/\(p.name)", outcome: "ok", detail: "os=\(req.os ?? "?")")
         var material: String? = nil, wrapped: String? = nil
         if let t = p.tenant, let rec = try catalog.tenant(t) {
             if p.role == .writer || p.role == .restorer { material = Data(rec.writeMaterial).base64EncodedString() }
@@ -234,10 +234,10 @@ public final class RepositoryService: Sendable {
         }
         let summary: PackSummary
         do { summary = try PackReader.inspect(bytes, expectedID: id) } catch {
-            throw refuse(ctx, "upload-pack", object: "pack \(id)", .integrity("pack \(id) refused: \(error.detail)"))
+            throw refuse(ctx, .uploadPack, object: "pack \(id)", .integrity("pack \(id) refused: \(error.detail)"))
         }
         guard summary.keyID.description == tenant.readKeyID else {
-            throw refuse(ctx, "upload-pack", object: "pack \(id)", .integrity("pack \(id) is sealed to read key \(summary.keyID), not tenant \(tenant.name)'s \(tenant.readKeyID)"))
+            throw refuse(ctx, .uploadPack, object: "pack \(id)", .integrity("pack \(id) is sealed to read key \(summary.keyID), not tenant \(tenant.name)'s \(tenant.readKeyID)"))
         }
         let now = try now()
         let until = Self.ceilDay(now.addingTimeInterval(tenant.minRetention))
@@ -272,13 +272,13 @@ public final class RepositoryService: Sendable {
             guard let readKeyID = ReadKeyID(bytes: bytesFromHex(tenant.readKeyID) ?? []) else { throw CoreError(.badKey, object: "tenant", "bad read key ID") }
             try manifest.verify(tenant: tenant.name, host: p.name, hostKey: try HostPublicKey(rawRepresentation: hk), readKeyID: readKeyID)
         } catch let e as CoreError {
-            throw refuse(ctx, "commit", object: "snapshot", .integrity("commit refused: \(e)"))
+            throw refuse(ctx, .commitSnapshot, object: "snapshot", .integrity("commit refused: \(e)"))
         }
         if let existing = try catalog.snapshot(id: manifest.id.description) { return Self.info(existing) }
         try checkSnapshotTime(manifest.header, host: p, tenant: tenant.name, now: try now(), ctx: ctx)
         let missing = try catalog.missingPacks(tenant: tenant.name, packs: manifest.header.packs)
         guard missing.isEmpty else {
-            throw refuse(ctx, "commit", object: "snapshot \(manifest.id)",
+            throw refuse(ctx, .commitSnapshot, object: "snapshot \(manifest.id)",
                          ServerError(409, "E_PACKS_MISSING", "snapshot \(manifest.id) names \(missing.count) pack(s) the repository does not hold, e.g. \(missing[0]): upload them first"))
         }
         let now = try now()
@@ -289,7 +289,7 @@ public final class RepositoryService: Sendable {
         let packLock = Self.ceilDay(retainUntil)
         let moved: [(PackID, Date)]
         do { moved = try catalog.extendPackLocks(tenant: tenant.name, packs: manifest.header.packs, until: packLock, requireAll: true) } catch let e as Catalog.PacksMissing {
-            throw refuse(ctx, "commit", object: "snapshot \(manifest.id)",
+            throw refuse(ctx, .commitSnapshot, object: "snapshot \(manifest.id)",
                          ServerError(409, "E_PACKS_MISSING", "snapshot \(manifest.id) names \(e.packs.count) pack(s) that garbage collection removed meanwhile, e.g. \(e.packs[0]): run the backup again"))
         }
         for (pack, until) in moved {
@@ -308,12 +308,12 @@ public final class RepositoryService: Sendable {
                                  committedAt: now, retainUntil: retainUntil, paths: h.paths.map(printable), tags: h.tags,
                                  statistics: h.statistics, packCount: h.packs.count, manifestSize: bytes.count)
         do { try catalog.insertSnapshot(rec, packs: h.packs, requirePacks: true, manifestKey: manifestKey.path) } catch let e as Catalog.PacksMissing {
-            throw refuse(ctx, "commit", object: "snapshot \(manifest.id)",
+            throw refuse(ctx, .commitSnapshot, object: "snapshot \(manifest.id)",
                          ServerError(409, "E_PACKS_MISSING", "snapshot \(manifest.id) names \(e.packs.count) pack(s) that garbage collection removed meanwhile, e.g. \(e.packs[0]): run the backup again"))
         } catch is Catalog.BeingCollected {
             throw ServerError.beingCollected("snapshot \(manifest.id)")
         }
-        audit(ctx, "commit", object: "snapshot \(manifest.id)", outcome: "ok", detail: "packs=\(h.packs.count) retain-until=\(Int(retainUntil.timeIntervalSince1970))")
+        audit(ctx, .commitSnapshot, object: "snapshot \(manifest.id)", outcome: "ok", detail: "packs=\(h.packs.count) retain-until=\(Int(retainUntil.timeIntervalSince1970))")
         // The off-site copies follow each commit, in the background.
         if try !catalog.copyTargets(tenant: tenant.name).isEmpty { Task { await copyJobs.kick(tenant.name, service: self) } }
         recordHostOS(p, os, ctx: ctx)
@@ -328,7 +328,7 @@ public final class RepositoryService: Sendable {
               !os.unicodeScalars.contains(where: { CharacterSet.controlCharacters.contains($0) }) else { return }
         do {
             if let previous = try catalog.updatePrincipalOS(id: p.id, os: os) {
-                audit(ctx, "host-os", object: "host \(p.tenant ?? "-")/\(p.name)", outcome: "ok", detail: "was \(previous ?? "unknown"), now \(os)")
+                audit(ctx, .hostOS, object: "host \(p.tenant ?? "-")/\(p.name)", outcome: "ok", detail: "was \(previous ?? "unknown"), now \(os)")
             }
         } catch {
             logger.warning("could not record the host's OS", metadata: ["host": "\(p.name)", "error": "\(error)"])
@@ -346,7 +346,7 @@ public final class RepositoryService: Sendable {
         switch p.role {
         case .writer:
             // Why: a host lists only its own snapshots' public metadata (issue 3, point 2).
-            if let host, host != p.name { throw refuse(ctx, "list-snapshots", object: "host \(host)", .forbidden("a host may list only its own snapshots")) }
+            if let host, host != p.name { throw refuse(ctx, .listSnapshots, object: "host \(host)", .forbidden("a host may list only its own snapshots")) }
             return try catalog.snapshots(tenant: p.tenant ?? "", host: p.name).map(Self.info)
         case .restorer:
             return try catalog.snapshots(tenant: p.tenant ?? "", host: host).map(Self.info)
@@ -356,7 +356,7 @@ public final class RepositoryService: Sendable {
         }
     }
 
-    private func visibleSnapshot(_ idHex: String, ctx: CallContext, action: String) throws -> SnapshotRecord {
+    private func visibleSnapshot(_ idHex: String, ctx: CallContext, action: Action) throws -> SnapshotRecord {
         guard let p = ctx.principal else { throw ServerError.unauthorized("no client certificate") }
         let id = try resolveSnapshotID(idHex, ctx: ctx)
         guard let rec = try catalog.snapshot(id: id) else { throw ServerError.notFound("snapshot \(idHex) not found: `redoubt snapshots` lists them") }
@@ -385,15 +385,15 @@ public final class RepositoryService: Sendable {
     }
 
     public func showSnapshot(_ idHex: String, ctx: CallContext) throws -> Wire.SnapshotInfo {
-        Self.info(try visibleSnapshot(idHex, ctx: ctx, action: "show-snapshot"))
+        Self.info(try visibleSnapshot(idHex, ctx: ctx, action: .showSnapshot))
     }
 
     // MARK: restorer operations
 
     public func manifest(_ idHex: String, ctx: CallContext) async throws -> [UInt8] {
-        let rec = try visibleSnapshot(idHex, ctx: ctx, action: "get-manifest")
+        let rec = try visibleSnapshot(idHex, ctx: ctx, action: .getManifest)
         guard let id = SnapshotID(hex: rec.id) else { throw ServerError.badRequest("bad snapshot ID") }
-        audit(ctx, "get-manifest", object: "snapshot \(rec.id)", outcome: "ok")
+        audit(ctx, .getManifest, object: "snapshot \(rec.id)", outcome: "ok")
         return try await store.get(Self.manifestKey(tenant: rec.tenant, id: id))
     }
 
@@ -433,7 +433,7 @@ public final class RepositoryService: Sendable {
     /// Re-reads every pack of a snapshot from the store and checks its hash and
     /// structure. Needs no key.
     public func verify(_ idHex: String, ctx: CallContext) async throws -> Wire.VerifyReport {
-        let rec = try visibleSnapshot(idHex, ctx: ctx, action: "verify")
+        let rec = try visibleSnapshot(idHex, ctx: ctx, action: .verifySnapshot)
         var damaged: [String] = [], missing: [String] = []
         var bytes = 0
         if let sid = SnapshotID(hex: rec.id) {
@@ -454,7 +454,7 @@ public final class RepositoryService: Sendable {
             do { _ = try PackReader.inspect(data, expectedID: p) } catch { damaged.append("pack \(p): \(error)") }
         }
         let report = Wire.VerifyReport(snapshot: rec.id, packsChecked: packs.count, bytesChecked: bytes, damaged: damaged, missing: missing)
-        audit(ctx, "verify", object: "snapshot \(rec.id)", outcome: report.ok ? "ok" : "damaged", detail: "damaged=\(damaged.count) missing=\(missing.count)")
+        audit(ctx, .verifySnapshot, object: "snapshot \(rec.id)", outcome: report.ok ? "ok" : "damaged", detail: "damaged=\(damaged.count) missing=\(missing.count)")
         return report
     }
 
@@ -487,7 +487,7 @@ public final class RepositoryService: Sendable {
         try catalog.insertTenant(record)
         // A new tenant has no hosts yet: choosing the wider scope now weakens nothing that exists.
         if scope != .host { _ = try catalog.setDedupScope(tenant: req.name, scope, from: .host) }
-        audit(ctx, "create-tenant", object: "tenant \(req.name)", outcome: "ok",
+        audit(ctx, .createTenant, object: "tenant \(req.name)", outcome: "ok",
               detail: "read-key=\(key.keyID) min-retention=\(Int(minRetention))s dedup-scope=\(scope.rawValue)")
         return try tenantInfo(record)
     }
@@ -498,11 +498,11 @@ public final class RepositoryService: Sendable {
     /// no retired KEKs; an admin sees any tenant's with its retired KEKs.
     public func readKey(tenant: String, ctx: CallContext) throws -> Wire.ReadKeyInfo {
         guard let p = ctx.principal, p.role == .admin || (p.role == .restorer && p.tenant == tenant) else {
-            throw refuse(ctx, "get-read-key", object: "tenant \(tenant)", .forbidden("only an admin or this tenant's restorer may fetch its wrapped read key"))
+            throw refuse(ctx, .getReadKey, object: "tenant \(tenant)", .forbidden("only an admin or this tenant's restorer may fetch its wrapped read key"))
         }
         guard let rec = try catalog.tenant(tenant) else { throw ServerError.notFound("tenant \(tenant) does not exist") }
-        if rec.shreddedAt != nil && p.role == .restorer { throw refuse(ctx, "get-read-key", object: "tenant \(tenant)", .shredded(tenant)) }
-        audit(ctx, "get-read-key", object: "tenant \(tenant)", outcome: "ok", detail: "version=\(rec.keyVersion)")
+        if rec.shreddedAt != nil && p.role == .restorer { throw refuse(ctx, .getReadKey, object: "tenant \(tenant)", .shredded(tenant)) }
+        audit(ctx, .getReadKey, object: "tenant \(tenant)", outcome: "ok", detail: "version=\(rec.keyVersion)")
         return try readKeyInfo(tenant, withRetired: p.role == .admin)
     }
 
@@ -524,7 +524,7 @@ public final class RepositoryService: Sendable {
     public func rotateReadKey(tenant: String, _ req: Wire.RotateReadKeyRequest, ctx: CallContext) async throws -> Wire.ReadKeyInfo {
         let object = "tenant \(tenant)"
         guard let rec = try catalog.tenant(tenant) else { throw ServerError.notFound("tenant \(tenant) does not exist") }
-        guard rec.shreddedAt == nil else { throw refuse(ctx, "rotate-read-key", object: object, .shredded(tenant)) }
+        guard rec.shreddedAt == nil else { throw refuse(ctx, .rotateReadKey, object: object, .shredded(tenant)) }
         let next = rec.keyVersion + 1
         // Why a gated change: the server can check only the wrapping's header, and the old
         // descriptors are deleted; one admin could otherwise swap in a wrapping nobody can
@@ -534,29 +534,29 @@ public final class RepositoryService: Sendable {
         if let id = req.requestID {
             guard let r = try catalog.request(id, now: try now()), r.action == "rotate-read-key", r.object == object,
                   let held = r.parameters["wrappedReadKey"] else {
-                throw refuse(ctx, "rotate-read-key", object: object, .forbidden("request \(id) is not a rotation of \(object)'s read key"))
+                throw refuse(ctx, .rotateReadKey, object: object, .forbidden("request \(id) is not a rotation of \(object)'s read key"))
             }
             // Before the header check below, which a used request fails for its stale version.
             guard r.state != .executed else {
-                throw refuse(ctx, "rotate-read-key", object: object, ServerError(409, "E_APPROVAL_PENDING", "request \(id) was already used"))
+                throw refuse(ctx, .rotateReadKey, object: object, ServerError(409, "E_APPROVAL_PENDING", "request \(id) was already used"))
             }
             guard wrappedJSON.isEmpty || wrappedJSON == held else {
-                throw refuse(ctx, "rotate-read-key", object: object, .forbidden("request \(id) approved another wrapping; send none to apply the approved one"))
+                throw refuse(ctx, .rotateReadKey, object: object, .forbidden("request \(id) approved another wrapping; send none to apply the approved one"))
             }
             wrappedJSON = held
         }
         let header: WrappedKeyHeader
         do { header = try WrappedKeyHeader.check(wrappedJSON, tenant: rec, version: next) } catch let e as ServerError {
-            throw refuse(ctx, "rotate-read-key", object: object, e)
+            throw refuse(ctx, .rotateReadKey, object: object, e)
         }
-        try authorize("rotate-read-key", object: object,
+        try authorize(.rotateReadKey, object: object,
                       parameters: ["version": String(next), "provider": header.provider, "wrappedReadKey": wrappedJSON],
                       requestID: req.requestID, consume: true, ctx: ctx)
         let stub = try WrappedKeyHeader.stub(rec.wrappedReadKey)
         let updated = TenantRecord(name: rec.name, readKeyID: rec.readKeyID, readPublicKey: rec.readPublicKey, writeMaterial: rec.writeMaterial,
                                wrappedReadKey: wrappedJSON, minRetention: rec.minRetention, createdAt: rec.createdAt, keyVersion: next)
         try await replaceDescriptor(updated, retiredStub: stub, shredded: false, now: try now())
-        audit(ctx, "rotate-read-key", object: object, outcome: "ok", detail: "version \(rec.keyVersion)→\(next) provider=\(header.providerName)")
+        audit(ctx, .rotateReadKey, object: object, outcome: "ok", detail: "version \(rec.keyVersion)→\(next) provider=\(header.providerName)")
         return try readKeyInfo(tenant, withRetired: true)
     }
 
@@ -564,7 +564,7 @@ public final class RepositoryService: Sendable {
     public func markKEKsDestroyed(tenant: String, _ req: Wire.DestroyedKEKsRequest, ctx: CallContext) throws -> Wire.ReadKeyInfo {
         guard try catalog.tenant(tenant) != nil else { throw ServerError.notFound("tenant \(tenant) does not exist") }
         try catalog.markKEKsDestroyed(tenant: tenant, versions: req.versions, now: try now())
-        audit(ctx, "destroy-kek", object: "tenant \(tenant)", outcome: "ok", detail: "versions=\(req.versions.map(String.init).joined(separator: ","))")
+        audit(ctx, .markKEKsDestroyed, object: "tenant \(tenant)", outcome: "ok", detail: "versions=\(req.versions.map(String.init).joined(separator: ","))")
         return try readKeyInfo(tenant, withRetired: true)
     }
 
@@ -576,17 +576,17 @@ public final class RepositoryService: Sendable {
         let object = "tenant \(tenant)"
         guard let rec = try catalog.tenant(tenant) else { throw ServerError.notFound("tenant \(tenant) does not exist") }
         guard req.confirm == tenant else {
-            throw refuse(ctx, "shred-tenant", object: object, .badRequest("confirm must repeat the tenant's name (\(tenant)) to shred it"))
+            throw refuse(ctx, .shredTenant, object: object, .badRequest("confirm must repeat the tenant's name (\(tenant)) to shred it"))
         }
-        guard rec.shreddedAt == nil else { throw refuse(ctx, "shred-tenant", object: object, .shredded(tenant)) }
+        guard rec.shreddedAt == nil else { throw refuse(ctx, .shredTenant, object: object, .shredded(tenant)) }
         // Why: a shred makes every snapshot unreadable, which would defeat a legal hold.
         if let h = try catalog.holds(active: true).first(where: { $0.tenant == tenant }) {
-            throw refuse(ctx, "shred-tenant", object: object, ServerError(409, "E_HELD", "tenant \(tenant) is under legal hold \(h.id) (\(h.kind.rawValue) \(h.target)): release it first (`redoubt admin hold release \(h.id)`)"))
+            throw refuse(ctx, .shredTenant, object: object, ServerError(409, "E_HELD", "tenant \(tenant) is under legal hold \(h.id) (\(h.kind.rawValue) \(h.target)): release it first (`redoubt admin hold release \(h.id)`)"))
         }
         // Why a check call first: the admin destroys the KEKs at the KMS before this call
         // removes the server's copies, and must not do so for a shred that is not approved.
         let checkOnly = req.check ?? false
-        try authorize("shred-tenant", object: object, parameters: [:], requestID: req.requestID, consume: !checkOnly, ctx: ctx)
+        try authorize(.shredTenant, object: object, parameters: [:], requestID: req.requestID, consume: !checkOnly, ctx: ctx)
         if checkOnly { return try readKeyInfo(tenant, withRetired: true) }
         let stub = try WrappedKeyHeader.stub(rec.wrappedReadKey)
         let now = try now()
@@ -596,7 +596,7 @@ public final class RepositoryService: Sendable {
         try await replaceDescriptor(shredded, retiredStub: stub, shredded: true, now: now)
         try catalog.markKEKsDestroyed(tenant: tenant, versions: req.destroyedVersions, now: now)
         let left = try catalog.retiredKEKs(tenant: tenant).filter { $0.destroyedAt == nil }.map(\.version)
-        audit(ctx, "shred-tenant", object: object, outcome: "ok",
+        audit(ctx, .shredTenant, object: object, outcome: "ok",
               detail: "destroyed KEK versions=\(req.destroyedVersions.map(String.init).joined(separator: ","))"
                 + (left.isEmpty ? "" : " NOT destroyed=\(left.map(String.init).joined(separator: ","))"))
         return try readKeyInfo(tenant, withRetired: true)
@@ -648,7 +648,7 @@ public final class RepositoryService: Sendable {
         var failures: [String] = []
         do {
             if try catalog.clearShreddedWriteMaterial() > 0 {
-                audit(CallContext(principal: nil, source: "local"), "clear-write-material", object: "catalog", outcome: "ok", detail: "shredded tenants")
+                audit(CallContext(principal: nil, source: "local"), .clearWriteMaterial, object: "catalog", outcome: "ok", detail: "shredded tenants")
             }
         } catch { failures.append("catalog: shredded tenants' write material not cleared: \(error)") }
         for rec in (try? catalog.tenants()) ?? [] where !rec.writeMaterial.isEmpty && rec.shreddedAt == nil {
@@ -664,7 +664,7 @@ public final class RepositoryService: Sendable {
                 } else {
                     _ = try await store.put(key, try await descriptor(rec).encoded(), retainUntil: nil)
                 }
-                audit(CallContext(principal: nil, source: "local"), "seal-descriptor", object: key.path, outcome: "ok", detail: "write material sealed to read key \(rec.readKeyID)")
+                audit(CallContext(principal: nil, source: "local"), .sealDescriptor, object: key.path, outcome: "ok", detail: "write material sealed to read key \(rec.readKeyID)")
             } catch {
                 failures.append("\(key.path): \(error)")
             }
@@ -686,27 +686,27 @@ public final class RepositoryService: Sendable {
     public func restoreWriteMaterial(tenant: String, _ req: Wire.RestoreWriteMaterialRequest, ctx: CallContext) async throws -> Wire.WriteMaterialInfo {
         let object = "tenant \(tenant)"
         guard let rec = try catalog.tenant(tenant) else { throw ServerError.notFound("tenant \(tenant) does not exist") }
-        guard rec.shreddedAt == nil else { throw refuse(ctx, "restore-write-material", object: object, .shredded(tenant)) }
+        guard rec.shreddedAt == nil else { throw refuse(ctx, .restoreWriteMaterial, object: object, .shredded(tenant)) }
         guard let bytes = Data(base64Encoded: req.writeMaterial), let material = try? SharedWriteMaterial.decode(SecretBytes(copying: Array(bytes))) else {
-            throw refuse(ctx, "restore-write-material", object: object, .badRequest("writeMaterial is not a Redoubt write key set (base64)"))
+            throw refuse(ctx, .restoreWriteMaterial, object: object, .badRequest("writeMaterial is not a Redoubt write key set (base64)"))
         }
         guard Array(material.readPublicKey.rawRepresentation) == rec.readPublicKey else {
-            throw refuse(ctx, "restore-write-material", object: object, .badRequest("this write material belongs to read key \(material.readPublicKey.keyID), not tenant \(tenant)'s \(rec.readKeyID)"))
+            throw refuse(ctx, .restoreWriteMaterial, object: object, .badRequest("this write material belongs to read key \(material.readPublicKey.keyID), not tenant \(tenant)'s \(rec.readKeyID)"))
         }
         // Why: material from a host's file may come from a compromised host; the descriptor's
         // public check tells the tenant's real chunk-ID key and seed from others.
         if rec.writeMaterial.isEmpty {
             guard let check = try await sealedWriteMaterial(rec).check else {
-                throw refuse(ctx, "restore-write-material", object: object, ServerError(409, "E_CONFLICT", "tenant \(tenant)'s descriptor carries no check of its write material, so none given here can be verified; nothing was changed"))
+                throw refuse(ctx, .restoreWriteMaterial, object: object, ServerError(409, "E_CONFLICT", "tenant \(tenant)'s descriptor carries no check of its write material, so none given here can be verified; nothing was changed"))
             }
             guard check == material.check else {
-                throw refuse(ctx, "restore-write-material", object: object, .badRequest("this write material names tenant \(tenant)'s read key but is not the material its descriptor was sealed with (another chunk-ID key or seed): take it from the sealed copy (`redoubt admin tenant restore-material \(tenant)` without --from)"))
+                throw refuse(ctx, .restoreWriteMaterial, object: object, .badRequest("this write material names tenant \(tenant)'s read key but is not the material its descriptor was sealed with (another chunk-ID key or seed): take it from the sealed copy (`redoubt admin tenant restore-material \(tenant)` without --from)"))
             }
         }
         if rec.writeMaterial.isEmpty, try catalog.setWriteMaterial(tenant: tenant, material: Array(bytes)) {
-            audit(ctx, "restore-write-material", object: object, outcome: "ok", detail: "read-key=\(rec.readKeyID)")
+            audit(ctx, .restoreWriteMaterial, object: object, outcome: "ok", detail: "read-key=\(rec.readKeyID)")
         } else if try catalog.tenant(tenant)?.writeMaterial != Array(bytes) {
-            throw refuse(ctx, "restore-write-material", object: object, ServerError(409, "E_CONFLICT", "the server already has tenant \(tenant)'s write material, and it differs: nothing was changed"))
+            throw refuse(ctx, .restoreWriteMaterial, object: object, ServerError(409, "E_CONFLICT", "the server already has tenant \(tenant)'s write material, and it differs: nothing was changed"))
         }
         return try await writeMaterial(tenant: tenant, ctx: ctx)
     }
@@ -730,7 +730,7 @@ public final class RepositoryService: Sendable {
                                      expiresAt: expires, createdBy: ctx.principal?.name ?? "-")
         let token = Wire.EnrollmentToken(url: serverURL, ca: Data(try ca.certificate.serializeAsPEM().derBytes).base64EncodedString(), pin: try ca.pin,
                                          secret: secret, role: role.rawValue, tenant: tenant, name: req.name, expires: Int64(expires.timeIntervalSince1970))
-        audit(ctx, "create-enrollment", object: "\(role.rawValue) \(tenant)/\(req.name)", outcome: "ok", detail: "expires=\(Int(expires.timeIntervalSince1970))")
+        audit(ctx, .createEnrollment, object: "\(role.rawValue) \(tenant)/\(req.name)", outcome: "ok", detail: "expires=\(Int(expires.timeIntervalSince1970))")
         return Wire.CreateEnrollmentResponse(token: try token.encoded(), expires: expires)
     }
 
@@ -741,7 +741,7 @@ public final class RepositoryService: Sendable {
         let cert = try ca.issueClient(publicKey: .init(publicKey), principalID: id, now: now)
         let p = Principal(id: id, role: .admin, tenant: nil, name: name, fingerprint: certificateFingerprint(der: try cert.serializeAsPEM().derBytes), hostKey: nil)
         try catalog.insertPrincipal(p, os: nil, now: now)
-        audit(CallContext(principal: p, source: "local"), "create-admin", object: "admin \(name)", outcome: "ok")
+        audit(CallContext(principal: p, source: "local"), .createAdmin, object: "admin \(name)", outcome: "ok")
         return (p, try cert.serializeAsPEM().pemString)
     }
 

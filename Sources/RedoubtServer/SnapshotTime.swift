@@ -39,7 +39,7 @@ extension RepositoryService {
         let time = Date(timeIntervalSince1970: Double(header.time.seconds) + Double(header.time.nanoseconds) / 1e9)
         let floor = try catalog.hostTimeFloor(tenant: tenant, host: host.name, principalID: host.id)
         guard let why = timeBounds.problem(time: time, now: now, lastClaimed: floor.lastClaimed, enrolled: floor.enrolled) else { return }
-        throw refuse(ctx, "commit", object: "snapshot of host \(tenant)/\(host.name)", ServerError(422, "E_CLOCK",
+        throw refuse(ctx, .commitSnapshot, object: "snapshot of host \(tenant)/\(host.name)", ServerError(422, "E_CLOCK",
             "commit refused: \(why). Set the host's clock (NTP, `timedatectl`) and back up again; the server orders and keeps "
             + "snapshots by its own commit time"))
     }

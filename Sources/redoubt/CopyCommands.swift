@@ -71,7 +71,7 @@ struct CopySync: AsyncParsableCommand {
                 throw ValidationError("--retention-margin must be between 0 and 10 years")
             }
             if acceptUnenforced {
-                try catalog.authorizeLocally("accept-unenforced", object: "copy target \(bucket.to)",
+                try catalog.authorizeLocally(.acceptUnenforced, object: "copy target \(bucket.to)",
                                              parameters: CopyApproval.parameters(tenant: tenant, endpoint: bucket.endpoint, region: bucket.region,
                                                                                  credentialsFile: bucket.credentials, virtualHosted: bucket.virtualHosted,
                                                                                  marginSeconds: margin),

@@ -111,7 +111,7 @@ import RedoubtKMS
             // Failed attempts to change things are audited too, with their error code; a
             // filed approval request is recorded once, as the request.
             let log = try await alice.audit(limit: 10_000)
-            #expect(log.contains { $0.action == "removeAdmin" && $0.outcome == "error" && $0.detail.contains("E_CONFLICT") && $0.role == "admin" },
+            #expect(log.contains { $0.action == "remove-admin" && $0.outcome == "error" && $0.detail.contains("E_CONFLICT") && $0.role == "admin" },
                     "\(log.suffix(5).map { "\($0.action) \($0.outcome) \($0.detail)" })")
             #expect(!log.contains { $0.outcome == "error" && $0.detail.contains("E_APPROVAL_REQUIRED") })
 

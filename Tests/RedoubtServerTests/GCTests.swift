@@ -133,7 +133,7 @@ import RedoubtStore
 
             let audit = try await admin.audit(limit: 10_000)
             #expect(audit.contains { $0.action == "gc" && $0.object == "tenant acme" && $0.detail.contains("snapshots=2") })
-            #expect(audit.contains { $0.action == "collectGarbage" && $0.outcome == "denied" && $0.actor.contains("web1") })
+            #expect(audit.contains { $0.action == "gc" && $0.outcome == "denied" && $0.actor.contains("web1") })
         } catch { Issue.record("\(error)") }
         for c in clients { await c.shutdown() }
         await server.stop()

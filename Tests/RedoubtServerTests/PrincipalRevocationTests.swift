@@ -95,8 +95,8 @@ import RedoubtCore
             #expect(try await admin.principals(includeRevoked: true).first { $0.id == web1.id }?.revokedAt != nil)
             let audit = try await admin.audit()
             #expect(audit.contains { $0.action == "revoke" && $0.object == "writer acme/web1" && $0.outcome == "ok" && $0.actor.hasPrefix("admin") })
-            #expect(audit.contains { $0.action == "revokePrincipal" && $0.outcome == "denied" && $0.actor.contains("web1") })
-            #expect(audit.contains { $0.action == "listSnapshots" && $0.outcome == "denied" && $0.credential == web1.fingerprint.prefix(16) },
+            #expect(audit.contains { $0.action == "revoke" && $0.outcome == "denied" && $0.actor.contains("web1") })
+            #expect(audit.contains { $0.action == "list-snapshots" && $0.outcome == "denied" && $0.credential == web1.fingerprint.prefix(16) },
                     "a revoked credential's attempts are audited with its certificate")
             #expect(audit.contains { $0.action == "revoke" && $0.detail.contains("tokens-cancelled=1") }, "only web1's token was cancelled")
 
