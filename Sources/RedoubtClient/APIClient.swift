@@ -259,6 +259,11 @@ public final class APIClient: Sendable {
         return try d.decode(Wire.UploadResponse.self, from: Data(data))
     }
 
+    /// Tells the server a pack does not open (deep verify); the answer names its uploader.
+    public func reportDamagedPack(_ id: PackID, problem: String) async throws -> Wire.DamagedPackInfo {
+        try await json(Wire.DamagedPackInfo.self, .POST, "/v1/packs/\(id)/damaged", body: Wire.DamagedPackReport(problem: problem))
+    }
+
     public func packBytes(_ id: PackID) async throws -> [UInt8] { try await send(.GET, "/v1/packs/\(id)").body }
 
     /// Commits a snapshot, reporting this host's OS (`Redoubt-OS`, docs/PROTOCOL.md §6) as

@@ -119,6 +119,8 @@ public struct ListedEntry: Sendable, Equatable, Encodable {
     public let deviceMinor: UInt32?
     /// The node's type, for callers that switch on it (not encoded: `type` is).
     public let kind: NodeType
+    /// A file's content chunks, in order (not encoded: chunk IDs are for checking, not listing).
+    public let content: [ChunkID]
 
     enum CodingKeys: String, CodingKey {
         case path, pathHex, type, size, mode, uid, gid, user, group, mtime, mtimeNanoseconds, linkTarget, linkTargetHex, deviceMajor, deviceMinor
@@ -144,5 +146,6 @@ public struct ListedEntry: Sendable, Equatable, Encodable {
         deviceMajor = device ? UInt32((node.rdev >> 8) & 0xfff | (node.rdev >> 32) & 0xffff_f000) : nil
         deviceMinor = device ? UInt32(node.rdev & 0xff | (node.rdev >> 12) & 0xffff_ff00) : nil
         kind = node.type
+        content = node.content
     }
 }

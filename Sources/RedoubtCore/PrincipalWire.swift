@@ -17,8 +17,12 @@ extension Wire {
         public var revokedAt: Date?
         /// A writer's newest committed snapshot (server time): hosts that stopped backing up show here.
         public var lastSnapshotAt: Date?
+        /// Packs this writer uploaded that a restorer's deep verify reported as not opening
+        /// (a host that uploaded bytes its chunk IDs do not name may have been taken).
+        public var damagedPacks: Int?
         public init(id: String, role: String, tenant: String?, name: String, fingerprint: String, createdAt: Date, os: String?,
-                    revokedAt: Date?, lastSnapshotAt: Date?) {
+                    revokedAt: Date?, lastSnapshotAt: Date?, damagedPacks: Int? = nil) {
+            self.damagedPacks = damagedPacks
             self.id = id
             self.role = role
             self.tenant = tenant
@@ -48,6 +52,25 @@ extension Wire {
             self.name = name
             self.createdBy = createdBy
             self.expiresAt = expiresAt
+        }
+    }
+
+    /// `POST /v1/packs/{id}/damaged`: a restorer's deep verify found the pack (or chunks in
+    /// it) not opening; `problem` is what it saw (at most 512 bytes).
+    public struct DamagedPackReport: Codable, Sendable {
+        public var problem: String
+        public init(problem: String) { self.problem = problem }
+    }
+
+    /// What the server recorded of a damaged-pack report: who uploaded the pack.
+    public struct DamagedPackInfo: Codable, Sendable, Equatable {
+        public var pack: String
+        /// The host whose credential uploaded it; nil if unknown (uploaded before the server
+        /// recorded uploaders, or found by a catalog rebuild).
+        public var uploader: String?
+        public init(pack: String, uploader: String?) {
+            self.pack = pack
+            self.uploader = uploader
         }
     }
 }

@@ -173,6 +173,7 @@ public final class Catalog: Sendable {
         registerPrincipalMigrations(&m)
         registerGCMigrations(&m)
         registerDedupMigrations(&m)
+        registerDamagedPackMigrations(&m)
         return m
     }
 

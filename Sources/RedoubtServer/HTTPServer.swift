@@ -177,6 +177,12 @@ public enum RedoubtHTTP {
         Route(.get, "/v1/packs/{id}", .getPack, .restorer) { service, logger, _, ctx in
             await handle(logger) { bytesResponse(try await service.pack(ctx.parameters.get("id") ?? "", ctx: ctx.call)) }
         },
+        Route(.post, "/v1/packs/{id}/damaged", .reportDamagedPack, .restorer) { service, logger, req, ctx in
+            await handle(logger) {
+                jsonResponse(try service.reportDamagedPack(idHex: ctx.parameters.get("id") ?? "",
+                                                           try await req.json(Wire.DamagedPackReport.self), ctx: ctx.call))
+            }
+        },
         Route(.post, "/v1/snapshots", .commitSnapshot, .writer) { service, logger, req, ctx in
             let os = req.headers.first { $0.name.canonicalName == Wire.hostOSHeader.lowercased() }?.value
             return await handle(logger) { jsonResponse(try await service.commit(try await req.bytes(limit: Manifest.maxSize), os: os, ctx: ctx.call), status: .created) }

@@ -23,13 +23,18 @@ extension Catalog {
     /// Every principal (`includeRevoked`: revoked ones too), by tenant, role and name,
     /// with each writer's newest committed snapshot.
     public func principalListing(includeRevoked: Bool) throws -> [Wire.PrincipalInfo] {
-        try db.read { db in
+        let damaged = try damagedPackCounts()
+        return try db.read { db in
             try Row.fetchAll(db, sql: """
                 SELECT p.*, CASE WHEN p.role = 'writer' THEN
                     (SELECT MAX(s.committed_at) FROM snapshots s WHERE s.tenant = p.tenant AND s.host = p.name) END AS last_snapshot
                 FROM principals p \(includeRevoked ? "" : "WHERE p.revoked = 0")
                 ORDER BY p.tenant, p.role, p.name, p.created_at
                 """).map(Self.principalInfo)
+        }.map { info in
+            var i = info
+            i.damagedPacks = damaged[info.id]
+            return i
         }
     }
 

@@ -63,6 +63,9 @@ struct VerifyCommand: AsyncParsableCommand {
         abstract: "Check a snapshot: the server re-hashes every pack (no key); --deep decrypts and checks every chunk (restorer).")
     @Argument(help: "Snapshot ID or a unique prefix (8+ hex digits); omitted with --from, which checks the whole copy.") var snapshot: String?
     @Flag(name: .long, help: "Decrypt every chunk and check it (needs the read key).") var deep = false
+    @Flag(name: .long, help: "With --deep and no SNAPSHOT: every snapshot of the tenant (or of --host); names each snapshot that references a chunk that does not open, and reports each damaged pack to the server, which names the host that uploaded it.")
+    var all = false
+    @Option(name: .long, help: "With --deep --all: only this host's snapshots.") var host: String?
     @OptionGroup var config: ConfigOption
     @OptionGroup(title: "The read key") var key: ReadKeyOptions
     @Flag(name: .long, help: "Print JSON.") var json = false
@@ -76,6 +79,10 @@ struct VerifyCommand: AsyncParsableCommand {
                 guard snapshot == nil, !deep else { throw ValidationError("verify --from checks the whole copy without a key: drop SNAPSHOT and --deep") }
                 return try await BucketCommands.verify(store: store, place: bucket.from ?? "", tenant: try await bucket.tenant(in: store),
                                                        minRetain: minRetain, json: json)
+            }
+            if all {
+                guard deep, snapshot == nil else { throw ValidationError("--all goes with --deep and without SNAPSHOT") }
+                return try await verifyAll()
             }
             guard let snapshot else { throw ValidationError("name the snapshot to verify (or --from s3://BUCKET/PREFIX for a bucket copy)") }
             if minRetain != nil { throw ValidationError("--min-retain goes with --from s3://BUCKET/PREFIX") }
@@ -114,6 +121,44 @@ struct VerifyCommand: AsyncParsableCommand {
                 }
                 return damaged.isEmpty ? .ok : .integrity
             }
+        }
+    }
+
+    /// Every snapshot of the tenant (or host), each pack opened once; damaged packs are
+    /// reported to the server, which answers with the host that uploaded them.
+    private func verifyAll() async throws -> Exit {
+        let cfg = config.resolved
+        return try await RedoubtCLI.with(try APIClient(credential: cfg.credential())) { client in
+            let readKey = try await key.unwrap(config: cfg)
+            let material = try cfg.sharedMaterial()
+            var manifests: [Manifest] = []
+            for s in try await client.snapshots(host: host) {
+                manifests.append(try Manifest.parse(try await client.manifestBytes(s.id), expectedID: SnapshotID(hex: s.id)))
+            }
+            let report = try await DeepVerifier().verify(manifests, readKey: readKey, chunkIDKey: material.chunkIDKey, source: client) { line in
+                if !json { FileHandle.standardError.write(Data("\r\u{1B}[K\(line)".utf8)) }
+            }
+            if !json { FileHandle.standardError.write(Data("\r\u{1B}[K".utf8)) }
+            var uploaders: [String: String] = [:]
+            for d in report.damagedPacks {
+                guard let id = PackID(hex: d.pack) else { continue }
+                uploaders[d.pack] = (try? await client.reportDamagedPack(id, problem: d.problem))?.uploader ?? "unknown"
+            }
+            if json {
+                struct Out: Encodable { let report: DeepVerifyReport; let uploaders: [String: String] }
+                try printJSON(Out(report: report, uploaders: uploaders))
+            } else {
+                print("\(report.snapshots) snapshots, \(report.packsChecked) packs, \(report.chunksChecked) chunks decrypted and checked")
+                for d in report.damagedPacks {
+                    print("  DAMAGED PACK \(d.pack) (uploaded by host \(uploaders[d.pack] ?? "unknown")): "
+                        + (d.badChunks > 0 ? "\(d.badChunks) chunk(s) do not open: " : "") + d.problem)
+                }
+                for a in report.affectedSnapshots {
+                    print("  SNAPSHOT \(a.snapshot) of host \(a.host) cannot be restored whole: \(a.problem)")
+                }
+                print(report.isClean ? "OK" : "\(report.damagedPacks.count) damaged pack(s), \(report.affectedSnapshots.count) snapshot(s) affected")
+            }
+            return report.isClean ? .ok : .integrity
         }
     }
 }

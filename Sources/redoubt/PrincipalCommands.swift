@@ -49,7 +49,9 @@ extension PrincipalListCommand {
             for p in list {
                 let name = "\(p.tenant.map { $0 + "/" } ?? "")\(p.name)"
                 let last = p.lastSnapshotAt.map { f.string(from: $0) } ?? "never"
-                let state = p.revokedAt.map { "revoked \(f.string(from: $0).prefix(10))" } ?? "active"
+                // A host whose uploads a restorer's deep verify found not opening may have been taken.
+                let state = p.revokedAt.map { "revoked \(f.string(from: $0).prefix(10))" }
+                    ?? p.damagedPacks.map { "DAMAGED PACKS: \($0)" } ?? "active"
                 print(name.padding(toLength: 28, withPad: " ", startingAt: 0) + "  " + f.string(from: p.createdAt) + "  "
                       + (writers ? last.padding(toLength: 20, withPad: " ", startingAt: 0) + "  " : "")
                       + state.padding(toLength: 20, withPad: " ", startingAt: 0) + "  " + (p.os ?? "-"))

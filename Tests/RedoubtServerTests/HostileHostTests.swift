@@ -115,6 +115,51 @@ import RedoubtKMS
         }
     }
 
+    @Test func deepVerifyNamesEverySnapshotThatReusedAPoisonedChunkAndTheHostThatUploadedIt() async throws {
+        try await withNeighbours { n in
+            // Under tenant-wide dedup the poisoning works; deep verify is what finds it.
+            _ = try await n.server.admin.setDedupScope(tenant: "acme", scope: "tenant", requestID: nil)
+            let content = (0..<150_000).map { UInt8(truncatingIfNeeded: $0 &* 17 &+ 3) }
+            let keys = try n.attacker.0.writeKeySet()
+            let target = content.withUnsafeBytes { keys.shared.chunkIDKey.chunkID(for: $0) }
+            var writer = try PackWriter(recipient: keys.shared.readPublicKey)
+            try writer.append(id: target, kind: .none, rawLength: content.count, payload: [UInt8](repeating: 0x42, count: content.count))
+            let poisoned = try writer.finish()
+            _ = try await n.attacker.1.uploadPack(id: poisoned.id, bytes: poisoned.bytes)
+
+            let src = n.server.dir.appendingPathComponent("srv")
+            try FileManager.default.createDirectory(at: src, withIntermediateDirectories: true)
+            try Data(content).write(to: src.appendingPathComponent("data.bin"))
+            try Data("clean\n".utf8).write(to: src.appendingPathComponent("clean.txt"))
+            let victim = try await backUp(src, as: n.victim, at: testNow)
+            let clean = try await backUp(n.server.dir.appendingPathComponent("cfg-writer-web1"), as: n.victim, at: testNow + 10)
+
+            let (rc, restorer) = n.restorer
+            let readKey = try await PassphraseKeyProvider(passphrase: SecretBytes(copying: Array("pw".utf8)), logN: 10)
+                .unwrap(try rc.wrappedReadKey(), context: KeyContext(tenant: "acme", keyVersion: 1))
+            var manifests: [Manifest] = []
+            for s in try await restorer.snapshots() {
+                manifests.append(try Manifest.parse(try await restorer.manifestBytes(s.id), expectedID: SnapshotID(hex: s.id)))
+            }
+            let report = try await DeepVerifier().verify(manifests, readKey: readKey, chunkIDKey: try rc.sharedMaterial().chunkIDKey,
+                                                         source: restorer)
+            #expect(report.damagedPacks.map(\.pack) == [poisoned.id.description])
+            #expect(report.affectedSnapshots.map(\.snapshot) == [victim.manifest.id.description])
+            #expect(report.affectedSnapshots.first?.problem.contains("data.bin") == true, "\(report.affectedSnapshots)")
+            #expect(!report.affectedSnapshots.contains { $0.snapshot == clean.manifest.id.description })
+
+            // Reported, the server names the host whose credential uploaded the pack.
+            let info = try await restorer.reportDamagedPack(poisoned.id, problem: report.damagedPacks[0].problem)
+            #expect(info.uploader == "web2")
+            let flagged = try await n.server.admin.principals().filter { ($0.damagedPacks ?? 0) > 0 }.map(\.name)
+            #expect(flagged == ["web2"])
+            // A host can neither report a pack nor clear anything.
+            await refused("E_FORBIDDEN", "a host reporting a pack") {
+                _ = try await n.attacker.1.reportDamagedPack(poisoned.id, problem: "x")
+            }
+        }
+    }
+
     @Test func aReEnrolledHostStartsAFreshScope() async throws {
         try await withNeighbours { n in
             let src = n.server.dir.appendingPathComponent("home")

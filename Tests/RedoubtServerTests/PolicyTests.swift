@@ -20,6 +20,7 @@ private let expectedAccess: [String: Set<String>] = {
         // Reading packs or manifests is restorer-only: a host's own credential cannot
         // download even its own backups (DESIGN.md §1.2).
         "GET /v1/packs/{id}": ["restorer"],
+        "POST /v1/packs/{id}/damaged": ["restorer"],
         "POST /v1/packs/chunk-lists": ["restorer"],
         "POST /v1/snapshots": ["writer"],
         "GET /v1/snapshots": ["writer", "restorer", "auditor", "admin"],
