@@ -67,6 +67,7 @@ import RedoubtCore
         }
         let (ok, _, _) = await status(w.writer, .GET, "/v1/snapshots?host=web1")
         #expect(ok == 200)
+        try Self.expectAuditVerifyPasses(w.server)
     }
 
     @Test func everyByteValueInEveryAuditedFieldIsStoredAsHashed() async throws {
@@ -102,6 +103,13 @@ import RedoubtCore
         }
         let verdict = try catalog.verifyAudit()
         #expect(verdict.firstBad == nil, "audit chain broken at \(verdict.firstBad ?? -1)")
+        try Self.expectAuditVerifyPasses(w.server)
+    }
+
+    /// `redoubt audit verify` (the built binary, on the data directory) finds the chain intact.
+    static func expectAuditVerifyPasses(_ server: TestServer, sourceLocation: SourceLocation = #_sourceLocation) throws {
+        let (s, out, err) = try UntrustedInputCLITests.run(["audit", "verify", "--data", server.dir.appendingPathComponent("data").path])
+        #expect(s == 0 && out.contains("intact"), "audit verify: \(s) \(out) \(err)", sourceLocation: sourceLocation)
     }
 
     @Test func anEnrollmentOSWithControlCharactersIsRefusedBeforeAnythingIsStored() async throws {
@@ -122,6 +130,7 @@ import RedoubtCore
         let p = try #require(try await w.server.admin.principals().first { $0.name == "web2" })
         #expect(p.os == "Debian GNU/Linux 12 (bookworm)")
         #expect(try w.server.service.catalog.verifyAudit().firstBad == nil)
+        try Self.expectAuditVerifyPasses(w.server)
     }
 
     @Test func aMalformedRequestIDIsRefusedAndTheChainHolds() async throws {
@@ -133,7 +142,14 @@ import RedoubtCore
         }
         let (code, err, _) = await status(w.server.admin, .POST, "/v1/requests/%1b%5b31m/approve")
         #expect(code == 400 && err == "E_BAD_REQUEST", "approve of a malformed ID: \(code) \(err)")
+        // A hold's reason is free text: listed and audited, so it follows the same rule.
+        for reason in [#"case 7\u0000"#, #"case 7\u001b[2J"#, #"case 7\u202e"#, #"case 7\n999 forged"#] {
+            let (h, hErr, _) = await status(w.server.admin, .POST, "/v1/holds", json: #"{"tenant":"acme","reason":"\#(reason)"}"#)
+            #expect(h == 400 && hErr == "E_BAD_REQUEST", "hold reason \(reason): \(h) \(hErr)")
+        }
+        #expect(try await w.server.admin.holds().isEmpty)
         #expect(try w.server.service.catalog.verifyAudit().firstBad == nil)
+        try Self.expectAuditVerifyPasses(w.server)
     }
 
     // MARK: 2. request JSON
