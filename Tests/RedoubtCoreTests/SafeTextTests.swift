@@ -81,6 +81,15 @@ import Testing
         }
     }
 
+    @Test func printablePathsHideNothingATerminalWouldActOn() {
+        for name in ["a\u{1b}[2J", "a\u{9b}31m", "invoice\u{202e}fdp.exe", "a\u{2028}b", "a\u{200b}b"] {
+            let p = printable(Array(name.utf8))
+            #expect(Self.isTerminalSafe(p), "\(name.debugDescription) → \(p.debugDescription)")
+        }
+        #expect(printable(Array("plain/é/日本".utf8)) == "plain/é/日本")
+        #expect(printable([0x61, 0xff]) == "a\\xff")
+    }
+
     @Test func auditFieldsAreBoundedAtACharacterBoundary() {
         let long = String(repeating: "é", count: 10_000)
         let f = SafeText.auditField(long)
