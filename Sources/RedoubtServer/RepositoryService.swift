@@ -780,11 +780,32 @@ public final class RepositoryService: Sendable {
         return (p, try cert.serializeAsPEM().pemString)
     }
 
-    public func auditEntries(after: Int64, limit: Int) throws -> [Wire.AuditEntry] {
-        try catalog.auditRecords(after: after, limit: limit).map {
-            Wire.AuditEntry(seq: $0.seq, time: $0.time, actor: $0.actor, role: $0.role, credential: $0.credential, source: $0.source,
-                            action: $0.action, object: $0.object, outcome: $0.outcome, detail: $0.detail, prevHash: $0.prevHash, hash: $0.hash)
+    /// Largest `GET /v1/audit` page, in bytes of record text (about the answer's size).
+    public static let auditPageByteLimit = 16 << 20
+
+    /// The audit records after `after`, oldest first: at most `limit`, and no more than fit in
+    /// `byteLimit` (at least one). An empty answer is the end of the log; a shorter one is not.
+    public func auditEntries(after: Int64, limit: Int, byteLimit: Int = auditPageByteLimit) throws -> [Wire.AuditEntry] {
+        var out: [Wire.AuditEntry] = []
+        var cursor = after
+        var size = 0
+        // Read in small batches: each field may be 4 KiB, so `limit` records at once could be large.
+        while out.count < limit {
+            let want = min(500, limit - out.count)
+            let batch = try catalog.auditRecords(after: cursor, limit: want)
+            for r in batch {
+                let n = 256 + [r.actor, r.role, r.credential, r.source, r.action, r.object, r.outcome, r.detail]
+                    .reduce(0) { $0 + $1.utf8.count }
+                if !out.isEmpty && size + n > byteLimit { return out }
+                size += n
+                out.append(Wire.AuditEntry(seq: r.seq, time: r.time, actor: r.actor, role: r.role, credential: r.credential,
+                                           source: r.source, action: r.action, object: r.object, outcome: r.outcome,
+                                           detail: r.detail, prevHash: r.prevHash, hash: r.hash))
+            }
+            guard let last = batch.last, batch.count == want else { break }
+            cursor = last.seq
         }
+        return out
     }
 }
 

@@ -249,15 +249,16 @@ struct AuditList: AsyncParsableCommand {
                 while limit.map({ printed < $0 }) ?? true {
                     let want = min(Self.pageSize, limit.map { $0 - printed } ?? Self.pageSize)
                     let page = try await client.audit(after: cursor, limit: want)
-                    for entry in page { try out.write(entry) }
-                    printed += page.count
-                    cursor = page.last?.seq ?? cursor
-                    out.flush()
-                    // A short page: the log's end for now.
-                    if page.count < want {
+                    // Only an empty page is the log's end for now: the server also shortens pages by size.
+                    guard let last = page.last else {
                         if !follow { break }
                         try await Task.sleep(nanoseconds: UInt64(interval * 1e9))
+                        continue
                     }
+                    for entry in page { try out.write(entry) }
+                    printed += page.count
+                    cursor = last.seq
+                    out.flush()
                 }
             }
             out.finish()

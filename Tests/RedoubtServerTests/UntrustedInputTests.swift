@@ -216,6 +216,26 @@ import RedoubtCore
         #expect(located.count >= 300 && Set(located.values) == [pack])
     }
 
+    @Test func auditPagesStopAtTheirByteLimitAndPagingStillReadsEverything() async throws {
+        let server = try await TestServer.start()
+        defer { Task { await server.stop() } }
+        for i in 0..<300 {
+            try server.service.catalog.audit(time: Date(), actor: "test", role: "-", credential: "-", source: "local", action: "probe",
+                                             object: "record \(i)", outcome: "ok", detail: String(repeating: "d", count: 3000))
+        }
+        let total = Int(try server.service.catalog.auditChainHead().seq)
+        var seqs: [Int64] = []
+        var pages = 0
+        while true {
+            let page = try server.service.auditEntries(after: seqs.last ?? 0, limit: 1000, byteLimit: 100_000)
+            guard !page.isEmpty else { break }
+            #expect(page.count <= 100_000 / 3000 + 1, "a page of \(page.count) records")
+            seqs += page.map(\.seq)
+            pages += 1
+        }
+        #expect(seqs == (1...Int64(total)).map { $0 } && pages > 5)
+    }
+
     @Test func chunkListAnswersStopAtTheLimitAndTheRestIsAskedAgain() async throws {
         let w = try await world()
         defer { Task { await w.stop() } }
