@@ -329,7 +329,8 @@ public enum TreeCodec {
 /// terminal, else every byte that is not printable ASCII as \xNN (control, C1, bidi and other
 /// invisible characters: `SafeText.needsEscape`).
 public func printable(_ bytes: [UInt8]) -> String {
-    if let s = String(validating: bytes, as: UTF8.self), !s.unicodeScalars.contains(where: { SafeText.needsEscape($0) && $0 != "\\" }) {
+    if let s = String(validating: bytes, as: UTF8.self),
+       !s.unicodeScalars.contains(where: { SafeText.needsEscape($0) && $0 != "\\" }) {
         return s
     }
     var out = ""

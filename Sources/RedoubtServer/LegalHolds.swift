@@ -177,8 +177,8 @@ extension RepositoryService {
         let reason = req.reason ?? ""
         // The free-text rule (docs/PROTOCOL.md §3.2): the reason is listed and audited.
         guard reason.isEmpty || SafeText.isValidFreeText(reason, maxBytes: 1024) else {
-            throw ServerError.badRequest("the reason must be at most 1024 bytes of printable text "
-                                         + "(no control, format or line-separator characters, no leading or trailing space)")
+            throw ServerError.badRequest("the reason must be at most 1024 bytes of printable text (no control, "
+                                         + "format or line-separator characters, no leading or trailing space)")
         }
         let kind: LegalHold.Kind
         let target: String

@@ -186,8 +186,9 @@ public final class RepositoryService: Sendable {
         // Why first: the OS is stored and audited; a malformed one must not use up the token.
         let os = req.os.flatMap { o in o.isEmpty ? nil : o }
         if let os, !SafeText.isValidFreeText(os, maxBytes: Self.maxOSBytes) {
-            throw ServerError.badRequest("os \(SafeText.echo(os, maxBytes: 160)) must be 1–\(Self.maxOSBytes) bytes of printable "
-                                         + "text (no control, format or line-separator characters); the token is not used up")
+            throw ServerError.badRequest("os \(SafeText.echo(os, maxBytes: 160)) must be 1–\(Self.maxOSBytes) bytes "
+                                         + "of printable text (no control, format or line-separator characters, "
+                                         + "no leading or trailing space); the token is not used up")
         }
         let tokenHash = hexString(SHA256.hash(data: Array(req.secret.utf8)))
         let now = try now()
@@ -219,8 +220,8 @@ public final class RepositoryService: Sendable {
             throw refuse(ctx, "enroll", object: "\(e.role.rawValue) \(e.name)", ServerError(409, "E_CONFLICT",
                 "a \(e.role.rawValue) named \(e.name) is already enrolled in this tenant: revoke it first (`redoubt admin \(e.role == .writer ? "host" : e.role.rawValue) revoke`); the token is not used up"))
         }
-        audit(CallContext(principal: p, source: ctx.source), "enroll", object: "\(p.role.rawValue) \(p.tenant ?? "-")/\(p.name)",
-              outcome: "ok", detail: "os=\(os ?? "?")")
+        audit(CallContext(principal: p, source: ctx.source), "enroll",
+              object: "\(p.role.rawValue) \(p.tenant ?? "-")/\(p.name)", outcome: "ok", detail: "os=\(os ?? "?")")
         var material: String? = nil, wrapped: String? = nil
         if let t = p.tenant, let rec = try catalog.tenant(t) {
             if p.role == .writer || p.role == .restorer { material = Data(rec.writeMaterial).base64EncodedString() }
@@ -339,9 +340,8 @@ public final class RepositoryService: Sendable {
     /// and audits the change. The value is the host's claim: it authorises nothing, so a
     /// malformed one (by the enrollment's rule: `SafeText.isValidFreeText`) is dropped, never an error.
     func recordHostOS(_ p: Principal, _ os: String?, ctx: CallContext) {
-        guard let os = os?.trimmingCharacters(in: .whitespaces), SafeText.isValidFreeText(os, maxBytes: Self.maxOSBytes) else {
-            return
-        }
+        guard let os = os?.trimmingCharacters(in: .whitespaces),
+              SafeText.isValidFreeText(os, maxBytes: Self.maxOSBytes) else { return }
         do {
             if let previous = try catalog.updatePrincipalOS(id: p.id, os: os) {
                 audit(ctx, "host-os", object: "host \(p.tenant ?? "-")/\(p.name)", outcome: "ok", detail: "was \(previous ?? "unknown"), now \(os)")
@@ -440,7 +440,8 @@ public final class RepositoryService: Sendable {
     /// answered once, in the order first asked; lists stop before the answer would pass
     /// `answerLimit` bytes (the first list always comes), and the caller asks again for the
     /// packs left out.
-    public func packChunkLists(_ body: [UInt8], ctx: CallContext, answerLimit: Int = chunkListAnswerLimit) async throws -> [UInt8] {
+    public func packChunkLists(_ body: [UInt8], ctx: CallContext,
+                               answerLimit: Int = chunkListAnswerLimit) async throws -> [UInt8] {
         let (_, tenant) = try requireTenant(ctx)
         guard body.count % 32 == 0, body.count / 32 <= 100_000 else { throw ServerError.badRequest("body must be at most 100000 pack IDs of 32 bytes") }
         var seen = Set<PackID>()
@@ -785,7 +786,8 @@ public final class RepositoryService: Sendable {
 
     /// The audit records after `after`, oldest first: at most `limit`, and no more than fit in
     /// `byteLimit` (at least one). An empty answer is the end of the log; a shorter one is not.
-    public func auditEntries(after: Int64, limit: Int, byteLimit: Int = auditPageByteLimit) throws -> [Wire.AuditEntry] {
+    public func auditEntries(after: Int64, limit: Int,
+                             byteLimit: Int = auditPageByteLimit) throws -> [Wire.AuditEntry] {
         var out: [Wire.AuditEntry] = []
         var cursor = after
         var size = 0
@@ -798,9 +800,10 @@ public final class RepositoryService: Sendable {
                     .reduce(0) { $0 + $1.utf8.count }
                 if !out.isEmpty && size + n > byteLimit { return out }
                 size += n
-                out.append(Wire.AuditEntry(seq: r.seq, time: r.time, actor: r.actor, role: r.role, credential: r.credential,
-                                           source: r.source, action: r.action, object: r.object, outcome: r.outcome,
-                                           detail: r.detail, prevHash: r.prevHash, hash: r.hash))
+                out.append(Wire.AuditEntry(seq: r.seq, time: r.time, actor: r.actor, role: r.role,
+                                           credential: r.credential, source: r.source, action: r.action,
+                                           object: r.object, outcome: r.outcome, detail: r.detail,
+                                           prevHash: r.prevHash, hash: r.hash))
             }
             guard let last = batch.last, batch.count == want else { break }
             cursor = last.seq

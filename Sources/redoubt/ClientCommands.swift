@@ -44,7 +44,8 @@ struct SnapshotsCommand: AsyncParsableCommand {
                 // what a host whose files were just encrypted looks like.
                 print("ID        TIME                  HOST            FILES     SIZE        NEW         RETAIN UNTIL          PATHS")
                 for s in list {
-                    print("\(shown(String(s.id.prefix(8))))  \(f.string(from: s.time))  \(shown(s.host).rightPadded(to: 14))  "
+                    print("\(shown(String(s.id.prefix(8))))  \(f.string(from: s.time))  "
+                        + "\(shown(s.host).rightPadded(to: 14))  "
                         + "\(String(s.statistics.files).rightPadded(to: 8))  "
                         + "\(formatBytes(s.statistics.bytesTotal).rightPadded(to: 10))  \(formatBytes(s.statistics.bytesUploaded).rightPadded(to: 10))  "
                         + "\(f.string(from: s.retainUntil))  " + s.paths.map(shown).joined(separator: " "))

@@ -151,7 +151,8 @@ struct TokenList: AsyncParsableCommand {
             let f = ISO8601DateFormatter()
             print("ID                ROLE      NAME                          EXPIRES               BY")
             for e in list {
-                print("\(shown(e.id))  \(shown(e.role).rightPadded(to: 8))  \(shown("\(e.tenant.map { $0 + "/" } ?? "")\(e.name)").rightPadded(to: 28))  "
+                let name = shown("\(e.tenant.map { $0 + "/" } ?? "")\(e.name)")
+                print("\(shown(e.id))  \(shown(e.role).rightPadded(to: 8))  \(name.rightPadded(to: 28))  "
                       + "\(f.string(from: e.expiresAt))  \(shown(e.createdBy))")
             }
             return .ok

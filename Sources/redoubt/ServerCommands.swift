@@ -230,7 +230,8 @@ struct AuditList: AsyncParsableCommand {
     @Option(name: .long, help: "An admin or auditor credential file.") var credential: String
     @Option(name: .long, help: "Start after this record number (0: from the first).") var after: Int64 = 0
     @Option(name: .long, help: "Print at most this many records (default: all).") var limit: Int?
-    @Flag(name: .long, help: "Keep running and print new records as they are written (polls the server).") var follow = false
+    @Flag(name: .long, help: "Keep running and print new records as they are written (polls the server).")
+    var follow = false
     @Option(name: .long, help: "Seconds between polls with --follow.") var interval: Double = 2
     @Flag(name: .long, help: "Print JSON (an array; JSON Lines with --follow).") var json = false
 
@@ -241,7 +242,9 @@ struct AuditList: AsyncParsableCommand {
         try await RedoubtCLI.run {
             guard after >= 0 else { throw ValidationError("--after must be a record number, 0 or more") }
             if let limit, limit < 1 { throw ValidationError("--limit must be at least 1") }
-            guard interval >= 0.1, interval <= 3600 else { throw ValidationError("--interval must be between 0.1 and 3600 seconds") }
+            guard interval >= 0.1, interval <= 3600 else {
+                throw ValidationError("--interval must be between 0.1 and 3600 seconds")
+            }
             var out = AuditOutput(json: json, lines: follow)
             try await RedoubtCLI.with(try APIClient(credential: loadCredential(credential))) { client in
                 var cursor = after

@@ -13,12 +13,14 @@ import Testing
             switch it.popFirst() {
             case "\\": out.append("\\")
             case "x":
-                guard it.count >= 2, let v = UInt8(String(String.UnicodeScalarView(it.prefix(2))), radix: 16), v < 0x80 else { return nil }
+                let digits = String(String.UnicodeScalarView(it.prefix(2)))
+                guard it.count >= 2, let v = UInt8(digits, radix: 16), v < 0x80 else { return nil }
                 it = it.dropFirst(2)
                 out.append(Unicode.Scalar(v))
             case "u":
                 guard it.popFirst() == "{", let end = it.firstIndex(of: "}"),
-                      let v = UInt32(String(String.UnicodeScalarView(it[..<end])), radix: 16), let sc = Unicode.Scalar(v) else { return nil }
+                      let v = UInt32(String(String.UnicodeScalarView(it[..<end])), radix: 16),
+                      let sc = Unicode.Scalar(v) else { return nil }
                 it = it[(end + 1)...]
                 out.append(sc)
             default: return nil
@@ -27,7 +29,9 @@ import Testing
         return String(out)
     }
 
-    static func isTerminalSafe(_ s: String) -> Bool { !s.unicodeScalars.contains { SafeText.needsEscape($0) && $0 != "\\" } }
+    static func isTerminalSafe(_ s: String) -> Bool {
+        !s.unicodeScalars.contains { SafeText.needsEscape($0) && $0 != "\\" }
+    }
 
     @Test func everyScalarIsEscapedOrKeptAndReadsBack() {
         var all = String.UnicodeScalarView()
@@ -37,7 +41,8 @@ import Testing
         #expect(Self.isTerminalSafe(e))
         #expect(Self.unescape(e) == s)
         for v: UInt32 in [0, 0x1b, 0x7f, 0x85, 0x9b, 0x200b, 0x202e, 0x2066, 0x2028, 0x2029, 0xfeff, 0xe000] {
-            #expect(SafeText.escaped(String(Unicode.Scalar(v)!)) != String(Unicode.Scalar(v)!), "U+\(String(v, radix: 16)) kept raw")
+            let c = String(Unicode.Scalar(v)!)
+            #expect(SafeText.escaped(c) != c, "U+\(String(v, radix: 16)) kept raw")
         }
         for kept in ["héllo wörld", "日本語", "Ελληνικά", "emoji 🙂", "a/b-c_d.e:f=g", "Debian GNU/Linux 12 (bookworm)"] {
             #expect(SafeText.escaped(kept) == kept)
@@ -52,8 +57,9 @@ import Testing
             var v = String.UnicodeScalarView()
             for _ in 0..<Int.random(in: 0...8, using: &rng) {
                 // Mostly the interesting ranges: ASCII, C1, and the escapes' own characters.
+                let own = Array("\\xu{}".unicodeScalars).randomElement(using: &rng)!.value
                 let pick = [UInt32.random(in: 0...0x7f, using: &rng), UInt32.random(in: 0x80...0xff, using: &rng),
-                            UInt32.random(in: 0x2000...0x206f, using: &rng), UInt32(Array("\\xu{}".unicodeScalars).randomElement(using: &rng)!.value),
+                            UInt32.random(in: 0x2000...0x206f, using: &rng), own,
                             UInt32.random(in: 0...0x10ffff, using: &rng)].randomElement(using: &rng)!
                 if let c = Unicode.Scalar(pick) { v.append(c) }
             }
@@ -113,14 +119,15 @@ import Testing
         var rng = SplitMix64(seed: 11)
         for _ in 0..<2000 {
             let s = String(String.UnicodeScalarView((0..<6).compactMap { _ in
-                Unicode.Scalar([UInt32.random(in: 0...0x3000, using: &rng), UInt32.random(in: 0x10000...0x10ffff, using: &rng)]
-                    .randomElement(using: &rng)!)
+                Unicode.Scalar([UInt32.random(in: 0...0x3000, using: &rng),
+                                UInt32.random(in: 0x10000...0x10ffff, using: &rng)].randomElement(using: &rng)!)
             }))
             let json = String(decoding: try JSONEncoder().encode(["k": s]), as: UTF8.self)
             let safe = SafeText.terminalSafeJSON(json)
             #expect(Self.isTerminalSafe(safe.replacingOccurrences(of: "\n", with: "")))
             let back = try JSONDecoder().decode([String: String].self, from: Data(safe.utf8))
-            #expect(back["k"].map { Array($0.unicodeScalars) } == Array(s.unicodeScalars), "\(s.debugDescription) → \(safe)")
+            #expect(back["k"].map { Array($0.unicodeScalars) } == Array(s.unicodeScalars),
+                    "\(s.debugDescription) → \(safe)")
         }
     }
 }

@@ -41,12 +41,16 @@ import Testing
         do { try StrictJSON.validate([0x22, 0xff, 0x22]); Issue.record("invalid UTF-8 accepted") } catch {
             #expect(error.detail.contains("not UTF-8"))
         }
-        do { try StrictJSON.validate(Array(String(repeating: "[", count: 100).utf8)) } catch { #expect(error.code == .limitExceeded) }
+        do { try StrictJSON.validate(Array(String(repeating: "[", count: 100).utf8)) } catch {
+            #expect(error.code == .limitExceeded)
+        }
     }
 
     @Test func acceptsWhatEncodersWrite() {
-        for json in [#"{}"#, #"[]"#, #"{"a":{"a":{"a":1}}}"#, " {\"dryRun\" : true}\n", #"{"s":"\ud83d\ude00 \u00e9 \" \\ \/"}"#,
-                     #"{"n":[0,-0,1.5e-3,9223372036854775807,-9223372036854775808,1E+2,1e-400]}"#, "null", "\"x\"", "12",
+        for json in [#"{}"#, #"[]"#, #"{"a":{"a":{"a":1}}}"#, " {\"dryRun\" : true}\n",
+                     #"{"s":"\ud83d\ude00 \u00e9 \" \\ \/"}"#,
+                     #"{"n":[0,-0,1.5e-3,9223372036854775807,-9223372036854775808,1E+2,1e-400]}"#,
+                     "null", "\"x\"", "12",
                      String(repeating: "[", count: 32) + String(repeating: "]", count: 32), #"{"a":1,"A":2,"a ":3}"#] {
             #expect(problem(json) == nil, "\(json.prefix(60)): \(problem(json) ?? "")")
         }
@@ -64,7 +68,9 @@ import Testing
         case 5: return (0..<Int.random(in: 0...4, using: &rng)).map { _ in randomValue(&rng, depth: depth - 1) }
         default:
             var o: [String: Any] = [:]
-            for i in 0..<Int.random(in: 0...4, using: &rng) { o["k\(i)\(Int.random(in: 0...9, using: &rng))"] = randomValue(&rng, depth: depth - 1) }
+            for i in 0..<Int.random(in: 0...4, using: &rng) {
+                o["k\(i)\(Int.random(in: 0...9, using: &rng))"] = randomValue(&rng, depth: depth - 1)
+            }
             return o
         }
     }
@@ -74,7 +80,8 @@ import Testing
         for _ in 0..<3000 {
             let doc = ["root": randomValue(&rng, depth: 6)]
             let data = try JSONSerialization.data(withJSONObject: doc, options: [.fragmentsAllowed])
-            #expect(problem(String(decoding: data, as: UTF8.self)) == nil, "\(String(decoding: data.prefix(200), as: UTF8.self))")
+            let text = String(decoding: data, as: UTF8.self)
+            #expect(problem(text) == nil, "\(text.prefix(200))")
         }
     }
 
@@ -99,7 +106,8 @@ import Testing
             if (try? StrictJSON.validate(b)) != nil {
                 accepted += 1
                 let parsed = try? JSONSerialization.jsonObject(with: Data(b), options: [.fragmentsAllowed])
-                #expect(parsed != nil, "accepted but Foundation refuses: \(String(decoding: b, as: UTF8.self).prefix(200))")
+                #expect(parsed != nil,
+                        "accepted but Foundation refuses: \(String(decoding: b, as: UTF8.self).prefix(200))")
             }
         }
         #expect(accepted > 100)

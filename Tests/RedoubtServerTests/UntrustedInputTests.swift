@@ -32,15 +32,18 @@ import RedoubtCore
     }
 
     /// The status and error code of a request (200/"" when it succeeded).
-    func status(_ client: APIClient, _ method: HTTPMethod, _ path: String, json: String? = nil) async -> (Int, String, String) {
+    func status(_ client: APIClient, _ method: HTTPMethod, _ path: String,
+                json: String? = nil) async -> (Int, String, String) {
         do {
-            let r = try await client.send(method, path, body: json.map { Array($0.utf8) }, contentType: "application/json")
+            let body = json.map { Array($0.utf8) }
+            let r = try await client.send(method, path, body: body, contentType: "application/json")
             return (r.status, "", String(decoding: r.body, as: UTF8.self))
         } catch let e as APIError { return (e.status, e.code, e.message) } catch { return (-1, "\(error)", "") }
     }
 
     /// Byte strings that are not UTF-8 (lone continuation, overlong NUL, surrogate, too high).
-    static let invalidUTF8: [[UInt8]] = [[0xff], [0xfe, 0xff], [0x80], [0xc0, 0x80], [0xed, 0xa0, 0x80], [0xf4, 0x90, 0x80, 0x80], [0xe2, 0x82]]
+    static let invalidUTF8: [[UInt8]] = [[0xff], [0xfe, 0xff], [0x80], [0xc0, 0x80], [0xed, 0xa0, 0x80],
+                                         [0xf4, 0x90, 0x80, 0x80], [0xe2, 0x82]]
 
     // MARK: 1. the audit chain
 
@@ -62,7 +65,8 @@ import RedoubtCore
         // What was audited holds no control character.
         for r in try w.server.service.catalog.auditRecords() {
             for f in [r.actor, r.object, r.detail] {
-                #expect(!f.unicodeScalars.contains { $0.value < 0x20 || (0x7f...0x9f).contains($0.value) }, "\(r.seq): \(f.debugDescription)")
+                let raw = f.unicodeScalars.contains { $0.value < 0x20 || (0x7f...0x9f).contains($0.value) }
+                #expect(!raw, "\(r.seq): \(f.debugDescription)")
             }
         }
         let (ok, _, _) = await status(w.writer, .GET, "/v1/snapshots?host=web1")
@@ -84,11 +88,14 @@ import RedoubtCore
             for field in 0..<8 {
                 var f = Array(repeating: "x", count: 8)
                 f[field] = v
-                let rec = try catalog.audit(time: Date(), actor: f[0], role: f[1], credential: f[2], source: f[3], action: f[4],
-                                            object: f[5], outcome: f[6], detail: f[7])
+                let rec = try catalog.audit(time: Date(), actor: f[0], role: f[1], credential: f[2], source: f[3],
+                                            action: f[4], object: f[5], outcome: f[6], detail: f[7])
                 let stored = try #require(try catalog.auditRecords(after: rec.seq - 1, limit: 1).first)
-                let fields = { (r: Catalog.AuditRecord) in [r.actor, r.role, r.credential, r.source, r.action, r.object, r.outcome, r.detail] }
-                #expect(fields(stored) == fields(rec) && stored.hash == rec.hash, "field \(field): stored \(stored) differs from what was hashed \(rec)")
+                let fields = { (r: Catalog.AuditRecord) in
+                    [r.actor, r.role, r.credential, r.source, r.action, r.object, r.outcome, r.detail]
+                }
+                #expect(fields(stored) == fields(rec) && stored.hash == rec.hash,
+                        "field \(field): stored \(stored) differs from what was hashed \(rec)")
                 #expect(fields(rec).allSatisfy { $0.utf8.count <= 4096 + 64 }, "field \(field) is not bounded")
             }
         }
@@ -96,9 +103,10 @@ import RedoubtCore
         var seen: [String: Int] = [:]
         for b in 0...255 {
             let s = String(String.UnicodeScalarView([Unicode.Scalar(UInt8(b))]))
-            let rec = try catalog.audit(time: Date(), actor: "a", role: "r", credential: "c", source: "s", action: "probe",
-                                        object: "o" + s + "o", outcome: "ok")
-            #expect(seen[rec.object] == nil, "byte \(b) and \(seen[rec.object] ?? -1) are stored alike: \(rec.object.debugDescription)")
+            let rec = try catalog.audit(time: Date(), actor: "a", role: "r", credential: "c", source: "s",
+                                        action: "probe", object: "o" + s + "o", outcome: "ok")
+            #expect(seen[rec.object] == nil,
+                    "byte \(b) and \(seen[rec.object] ?? -1) are stored alike: \(rec.object.debugDescription)")
             seen[rec.object] = b
         }
         let verdict = try catalog.verifyAudit()
@@ -107,16 +115,20 @@ import RedoubtCore
     }
 
     /// `redoubt audit verify` (the built binary, on the data directory) finds the chain intact.
-    static func expectAuditVerifyPasses(_ server: TestServer, sourceLocation: SourceLocation = #_sourceLocation) throws {
-        let (s, out, err) = try UntrustedInputCLITests.run(["audit", "verify", "--data", server.dir.appendingPathComponent("data").path])
+    static func expectAuditVerifyPasses(_ server: TestServer,
+                                        sourceLocation: SourceLocation = #_sourceLocation) throws {
+        let data = server.dir.appendingPathComponent("data").path
+        let (s, out, err) = try UntrustedInputCLITests.run(["audit", "verify", "--data", data])
         #expect(s == 0 && out.contains("intact"), "audit verify: \(s) \(out) \(err)", sourceLocation: sourceLocation)
     }
 
     @Test func anEnrollmentOSWithControlCharactersIsRefusedBeforeAnythingIsStored() async throws {
         let w = try await world()
         defer { Task { await w.stop() } }
-        let token = try await w.server.admin.createEnrollment(tenant: "acme", role: "writer", name: "web2", ttlSeconds: 3600).token
-        let bad = ["Linux\u{0}evil", "Linux\u{1b}]0;owned\u{7}", "Linux\nacme/forged  active", "Linux\u{9b}31m", "Linux\u{202e}",
+        let token = try await w.server.admin.createEnrollment(tenant: "acme", role: "writer", name: "web2",
+                                                             ttlSeconds: 3600).token
+        let bad = ["Linux\u{0}evil", "Linux\u{1b}]0;owned\u{7}", "Linux\nacme/forged  active", "Linux\u{9b}31m",
+                   "Linux\u{202e}", " Linux",
                    String(repeating: "L", count: 129)]
         for (i, os) in bad.enumerated() {
             let cfg = ClientConfig(path: w.server.dir.appendingPathComponent("bad-os-\(i)").path)
@@ -136,15 +148,19 @@ import RedoubtCore
     @Test func aMalformedRequestIDIsRefusedAndTheChainHolds() async throws {
         let w = try await world()
         defer { Task { await w.stop() } }
-        for id in ["a\\u0000b", "\\u001b[31mred", "0123456789abcdeg", "0123456789ABCDEF", String(repeating: "a", count: 300)] {
-            let (code, err, msg) = await status(w.server.admin, .PUT, "/v1/quorum", json: #"{"quorum":2,"requestID":"\#(id)"}"#)
-            #expect(code == 400 && err == "E_BAD_REQUEST" && msg.contains("requestID"), "requestID \(id): \(code) \(err) \(msg)")
+        let ids = ["a\\u0000b", "\\u001b[31mred", "0123456789abcdeg", "0123456789ABCDEF", String(repeating: "a", count: 300)]
+        for id in ids {
+            let body = #"{"quorum":2,"requestID":"\#(id)"}"#
+            let (code, err, msg) = await status(w.server.admin, .PUT, "/v1/quorum", json: body)
+            #expect(code == 400 && err == "E_BAD_REQUEST" && msg.contains("requestID"),
+                    "requestID \(id): \(code) \(err) \(msg)")
         }
         let (code, err, _) = await status(w.server.admin, .POST, "/v1/requests/%1b%5b31m/approve")
         #expect(code == 400 && err == "E_BAD_REQUEST", "approve of a malformed ID: \(code) \(err)")
         // A hold's reason is free text: listed and audited, so it follows the same rule.
         for reason in [#"case 7\u0000"#, #"case 7\u001b[2J"#, #"case 7\u202e"#, #"case 7\n999 forged"#] {
-            let (h, hErr, _) = await status(w.server.admin, .POST, "/v1/holds", json: #"{"tenant":"acme","reason":"\#(reason)"}"#)
+            let body = #"{"tenant":"acme","reason":"\#(reason)"}"#
+            let (h, hErr, _) = await status(w.server.admin, .POST, "/v1/holds", json: body)
             #expect(h == 400 && hErr == "E_BAD_REQUEST", "hold reason \(reason): \(h) \(hErr)")
         }
         #expect(try await w.server.admin.holds().isEmpty)
@@ -163,7 +179,8 @@ import RedoubtCore
             ("/v1/tenants/acme/gc", #"{"dryRun":true,"dry\u0052un":false}"#, "dryRun"),
             ("/v1/tenants/acme/gc", #"{"dryRun":true,"x":{"a":1,"a":2}}"#, "\"a\""),
             ("/v1/tenants/acme/gc", #"{"dryRun":true}{"dryRun":false}"#, "trailing"),
-            ("/v1/tenants/acme/gc", #"{"dryRun":true,"x":"# + String(repeating: "[", count: 100) + String(repeating: "]", count: 100) + "}",
+            ("/v1/tenants/acme/gc",
+             #"{"dryRun":true,"x":"# + String(repeating: "[", count: 100) + String(repeating: "]", count: 100) + "}",
              "deep"),
             ("/v1/tenants/acme/enrollments", #"{"role":"auditor","role":"writer","name":"x"}"#, "role"),
             ("/v1/tenants/acme/enrollments", #"{"role":"auditor","name":"x","ttlSeconds":1e400}"#, "number"),
@@ -171,7 +188,8 @@ import RedoubtCore
         ]
         for (path, body, names) in cases {
             let (code, err, msg) = await status(admin, .POST, path, json: body)
-            #expect(code == 400 && err == "E_BAD_REQUEST" && msg.contains(names), "\(path) \(body.prefix(60)): \(code) \(err) \(msg)")
+            #expect(code == 400 && err == "E_BAD_REQUEST" && msg.contains(names),
+                    "\(path) \(body.prefix(60)): \(code) \(err) \(msg)")
         }
         let (q, qErr, qMsg) = await status(admin, .PUT, "/v1/quorum", json: #"{"quorum":99999999999999999999999}"#)
         #expect(q == 400 && qErr == "E_BAD_REQUEST" && qMsg.contains("quorum"), "huge quorum: \(q) \(qErr) \(qMsg)")
@@ -220,8 +238,9 @@ import RedoubtCore
         let server = try await TestServer.start()
         defer { Task { await server.stop() } }
         for i in 0..<300 {
-            try server.service.catalog.audit(time: Date(), actor: "test", role: "-", credential: "-", source: "local", action: "probe",
-                                             object: "record \(i)", outcome: "ok", detail: String(repeating: "d", count: 3000))
+            try server.service.catalog.audit(time: Date(), actor: "test", role: "-", credential: "-", source: "local",
+                                             action: "probe", object: "record \(i)", outcome: "ok",
+                                             detail: String(repeating: "d", count: 3000))
         }
         let total = Int(try server.service.catalog.auditChainHead().seq)
         var seqs: [Int64] = []
@@ -241,12 +260,14 @@ import RedoubtCore
         defer { Task { await w.stop() } }
         var ids: [PackID] = []
         for i in 0..<3 {
-            let (packs, manifest) = try makeSnapshot(keys: try w.writerConfig.writeKeySet(), files: [("f\(i)", Array(repeating: UInt8(i), count: 1000))])
+            let files = [("f\(i)", Array(repeating: UInt8(i), count: 1000))]
+            let (packs, manifest) = try makeSnapshot(keys: try w.writerConfig.writeKeySet(), files: files)
             for p in packs { _ = try await w.writer.uploadPack(id: p.id, bytes: p.bytes) }
             _ = try await w.writer.commit(manifestBytes: manifest.bytes)
             ids += packs.map(\.id)
         }
-        let restorerCall = CallContext(principal: try w.server.service.catalog.principals(tenant: nil).first { $0.role == .restorer }, source: "test")
+        let restorer = try w.server.service.catalog.principals(tenant: nil).first { $0.role == .restorer }
+        let restorerCall = CallContext(principal: restorer, source: "test")
         let body = ids.flatMap(\.bytes)
         // A limit below two lists: only the first pack is answered (always at least one).
         let first = try await w.server.service.packChunkLists(body, ctx: restorerCall, answerLimit: 40)
@@ -269,7 +290,8 @@ import RedoubtCore
         p.executableURL = CrashTests.binary
         p.arguments = args
         let dir = FileManager.default.temporaryDirectory
-        let out = dir.appendingPathComponent("cli-out-\(UUID().uuidString)"), err = dir.appendingPathComponent("cli-err-\(UUID().uuidString)")
+        let out = dir.appendingPathComponent("cli-out-\(UUID().uuidString)")
+        let err = dir.appendingPathComponent("cli-err-\(UUID().uuidString)")
         FileManager.default.createFile(atPath: out.path, contents: nil)
         FileManager.default.createFile(atPath: err.path, contents: nil)
         defer { try? FileManager.default.removeItem(at: out); try? FileManager.default.removeItem(at: err) }
@@ -277,7 +299,8 @@ import RedoubtCore
         p.standardError = try FileHandle(forWritingTo: err)
         try p.run()
         p.waitUntilExit()
-        return (p.terminationStatus, try String(contentsOf: out, encoding: .utf8), try String(contentsOf: err, encoding: .utf8))
+        return (p.terminationStatus, try String(contentsOf: out, encoding: .utf8),
+                try String(contentsOf: err, encoding: .utf8))
     }
 
     /// Whether `s` holds anything a terminal would act on (C0 but newline, DEL, C1, bidi controls).
@@ -296,7 +319,8 @@ import RedoubtCore
         await web1.shutdown()
         let catalog = server.service.catalog
         // What an older server stored raw: an OS that paints the terminal and forges a line.
-        let evil = "Linux\u{1b}]0;owned\u{7}\u{1b}[2J\r\nacme/db9                      2026-01-01T00:00:00Z  active \u{9b}31m\u{202e}"
+        let evil = "Linux\u{1b}]0;owned\u{7}\u{1b}[2J\r\nacme/db9                      "
+            + "2026-01-01T00:00:00Z  active \u{9b}31m\u{202e}"
         let id = try #require(try catalog.principals(tenant: nil).first { $0.name == "web1" }?.id)
         _ = try catalog.updatePrincipalOS(id: id, os: evil)
         let cred = server.home.adminCredentialPath
@@ -306,7 +330,8 @@ import RedoubtCore
         #expect(out.split(separator: "\n").count == 2 && out.contains("\\x1b"), "host list: \(out)")
         // And a raw audit record (written before audited strings were made safe).
         let db = server.home.catalogPath
-        let sql = "INSERT INTO audit VALUES((SELECT MAX(seq)+1 FROM audit), 0, 'anonymous', '-', '-', '1.2.3.4:5', 'request', "
+        let sql = "INSERT INTO audit VALUES((SELECT MAX(seq)+1 FROM audit), 0, 'anonymous', '-', '-', '1.2.3.4:5', "
+            + "'request', "
             + "'GET /x' || char(27) || '[2J' || char(10) || '999  forged', 'denied', char(155) || 'x', '0', '0');"
         let sqlite = Process()
         sqlite.executableURL = URL(fileURLWithPath: "/usr/bin/sqlite3")
@@ -340,17 +365,21 @@ import RedoubtCore
         #expect(lines.last?.hasPrefix("\(total) ") == true)
 
         let (j, jOut, jErr) = try Self.run(["audit", "list", "--credential", cred, "--json"])
-        let all = try #require(try JSONSerialization.jsonObject(with: Data(jOut.utf8)) as? [[String: Any]], "--json: \(jErr)")
+        let all = try #require(try JSONSerialization.jsonObject(with: Data(jOut.utf8)) as? [[String: Any]],
+                               "--json: \(jErr)")
         #expect(j == 0 && all.count == total && (all.last?["seq"] as? Int) == total)
 
-        let (p, pOut, pErr) = try Self.run(["audit", "list", "--credential", cred, "--after", "2000", "--limit", "10", "--json"])
-        let page = try #require(try JSONSerialization.jsonObject(with: Data(pOut.utf8)) as? [[String: Any]], "page: \(pErr)")
+        let (p, pOut, pErr) = try Self.run(["audit", "list", "--credential", cred, "--after", "2000", "--limit", "10",
+                                            "--json"])
+        let page = try #require(try JSONSerialization.jsonObject(with: Data(pOut.utf8)) as? [[String: Any]],
+                                "page: \(pErr)")
         #expect(p == 0 && page.compactMap { $0["seq"] as? Int } == Array(2001...2010))
 
         // --follow: prints what is there, then each new record as it comes (JSON Lines with --json).
         let follow = Process()
         follow.executableURL = CrashTests.binary
-        follow.arguments = ["audit", "list", "--credential", cred, "--after", "\(total - 1)", "--follow", "--json", "--interval", "0.2"]
+        follow.arguments = ["audit", "list", "--credential", cred, "--after", "\(total - 1)", "--follow", "--json",
+                            "--interval", "0.2"]
         let outFile = server.dir.appendingPathComponent("follow.out")
         FileManager.default.createFile(atPath: outFile.path, contents: nil)
         follow.standardOutput = try FileHandle(forWritingTo: outFile)
