@@ -148,7 +148,8 @@ import RedoubtCore
     @Test func aMalformedRequestIDIsRefusedAndTheChainHolds() async throws {
         let w = try await world()
         defer { Task { await w.stop() } }
-        let ids = ["a\\u0000b", "\\u001b[31mred", "0123456789abcdeg", "0123456789ABCDEF", String(repeating: "a", count: 300)]
+        let ids = ["a\\u0000b", "\\u001b[31mred", "0123456789abcdeg", "0123456789ABCDEF",
+                   String(repeating: "a", count: 300)]
         for id in ids {
             let body = #"{"quorum":2,"requestID":"\#(id)"}"#
             let (code, err, msg) = await status(w.server.admin, .PUT, "/v1/quorum", json: body)
