@@ -832,6 +832,11 @@ struct WrappedKeyHeader: Decodable {
     var providerName: String { String(provider.prefix { $0 != ":" }) }
 
     static func check(_ json: String, tenant: TenantRecord, version: Int) throws -> WrappedKeyHeader {
+        // Why strict: this JSON is itself untrusted input inside the request, and the server
+        // checks fields (tenant, version, key ID) that a repeated key could make ambiguous.
+        do { try StrictJSON.validate(Array(json.utf8)) } catch {
+            throw ServerError.badRequest("wrappedReadKey refused: \(error.detail)")
+        }
         guard let h = try? JSONDecoder().decode(WrappedKeyHeader.self, from: Data(json.utf8)), h.format == 1 else {
             throw ServerError.badRequest("wrappedReadKey is not a Redoubt wrapped read key (format 1; docs/FORMAT.md §7)")
         }

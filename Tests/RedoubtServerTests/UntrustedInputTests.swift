@@ -192,6 +192,10 @@ import RedoubtCore
             #expect(code == 400 && err == "E_BAD_REQUEST" && msg.contains(names),
                     "\(path) \(body.prefix(60)): \(code) \(err) \(msg)")
         }
+        // The wrapped read key is JSON inside the JSON body: checked as strictly.
+        let nested = #"{"wrappedReadKey":"{\"format\":1,\"context\":{\"tenant\":\"acme\",\"tenant\":\"x\"}}"}"#
+        let (n, nErr, nMsg) = await status(admin, .PUT, "/v1/tenants/acme/read-key", json: nested)
+        #expect(n == 400 && nErr == "E_BAD_REQUEST" && nMsg.contains("duplicate key \"tenant\""), "\(n) \(nErr) \(nMsg)")
         let (q, qErr, qMsg) = await status(admin, .PUT, "/v1/quorum", json: #"{"quorum":99999999999999999999999}"#)
         #expect(q == 400 && qErr == "E_BAD_REQUEST" && qMsg.contains("quorum"), "huge quorum: \(q) \(qErr) \(qMsg)")
         // Nothing ran and nothing was issued.
