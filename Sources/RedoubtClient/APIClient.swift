@@ -281,21 +281,32 @@ extension APIClient: PackLocatingBackupTarget, ChunkLocatingPackSource {
 
     public func chunkLocations(inPacks packs: [PackID]) async throws -> [ChunkID: PackID] {
         var out: [ChunkID: PackID] = [:]
-        var i = 0
-        while i < packs.count {
-            let batch = Array(packs[i..<min(i + 5000, packs.count)])
-            i += batch.count
+        var seen = Set<PackID>()
+        var left = packs.filter { seen.insert($0).inserted }
+        // The server answers the first lists that fit its answer limit (docs/PROTOCOL.md §3);
+        // what it left out is asked for again.
+        while !left.isEmpty {
+            let batch = Array(left.prefix(5000))
             var body: [UInt8] = []
             for p in batch { body += p.bytes }
             let data = try await send(.POST, "/v1/packs/chunk-lists", body: body).body
+            var answered = Set<PackID>()
             var r = ByteReader(data)
             do {
                 while !r.isAtEnd {
-                    let pack = PackID(bytes: try r.raw(32))!
+                    let pack = try PackID(bytes: r.raw(32)).orThrow()
+                    answered.insert(pack)
                     let n = Int(try r.u32())
-                    for _ in 0..<n { out[ChunkID(bytes: try r.raw(32))!] = pack }
+                    for _ in 0..<n {
+                        out[try ChunkID(bytes: r.raw(32)).orThrow()] = pack
+                    }
                 }
             } catch { throw APIError(status: 0, code: "E_PROTOCOL", message: "malformed pack chunk lists from the server") }
+            guard !answered.isEmpty, answered.isSubset(of: Set(batch)) else {
+                throw APIError(status: 0, code: "E_PROTOCOL",
+                               message: "the server answered pack chunk lists for no pack or for packs not asked for")
+            }
+            left = left.filter { !answered.contains($0) }
         }
         return out
     }
@@ -306,3 +317,11 @@ extension APIClient: PackLocatingBackupTarget, ChunkLocatingPackSource {
     public func pack(_ id: PackID) async throws -> [UInt8] { try await packBytes(id) }
 }
 
+
+private extension Optional {
+    /// The value, or a read failure: a 32-byte ID that does not make an ID is malformed input.
+    func orThrow() throws -> Wrapped {
+        guard let v = self else { throw ByteReader.Failure.truncated(needed: 32, remaining: 0) }
+        return v
+    }
+}

@@ -325,10 +325,12 @@ public enum TreeCodec {
     public static func printableName(_ name: [UInt8]) -> String { printable(name) }
 }
 
-/// Renders raw path bytes for humans: valid UTF-8 as is (control characters escaped),
-/// other bytes as \xNN.
+/// Renders raw path bytes for humans: valid UTF-8 as is when nothing in it would act on a
+/// terminal, else every byte that is not printable ASCII as \xNN (control, C1, bidi and other
+/// invisible characters: `SafeText.needsEscape`).
 public func printable(_ bytes: [UInt8]) -> String {
-    if let s = String(validating: bytes, as: UTF8.self), !s.unicodeScalars.contains(where: { $0.value < 0x20 || $0.value == 0x7f }) {
+    if let s = String(validating: bytes, as: UTF8.self),
+       !s.unicodeScalars.contains(where: { SafeText.needsEscape($0) && $0 != "\\" }) {
         return s
     }
     var out = ""

@@ -140,6 +140,7 @@ extension Catalog {
     /// --accept-unenforced`), which it consumes.
     public func authorizeLocally(_ action: Action, object: String, parameters: [String: String], requestID: String?, now: Date) throws {
         guard try effectiveQuorum() > 1 else { return }
+        try RepositoryService.checkRequestID(requestID)
         guard let requestID, let req = try request(requestID, now: now), req.action == action.rawValue, req.object == object,
               req.parameters == parameters, req.state == .approved, try consumeRequest(requestID, now: now) else {
             throw ServerError(403, "E_APPROVAL_REQUIRED", "\(action) of \(object) weakens protection and needs an approved request for exactly this change: file it through the API (e.g. `redoubt admin copy add … --accept-unenforced`), have other admins approve it, then pass --request ID")
@@ -191,6 +192,7 @@ extension RepositoryService {
     func authorize(_ action: Action, object: String, parameters: [String: String], requestID: String?, consume: Bool,
                    ctx: CallContext) throws {
         guard let p = ctx.principal, p.role == .admin else { throw ServerError.forbidden("only an admin may \(action)") }
+        try Self.checkRequestID(requestID)
         let now = try now()
         let quorum = try catalog.effectiveQuorum()
         if let requestID {
@@ -237,6 +239,7 @@ extension RepositoryService {
 
     public func decideRequest(_ id: String, approve: Bool, ctx: CallContext) throws -> ApprovalRequest {
         guard let p = ctx.principal, p.role == .admin else { throw ServerError.forbidden("only an admin may decide a request") }
+        try Self.checkRequestID(id, field: "request ID")
         let r: ApprovalRequest
         do { r = try catalog.decide(id, by: p, approve: approve, now: try now()) } catch let e as ServerError {
             throw refuse(ctx, approve ? .approveRequest : .rejectRequest, object: "request \(id)", e)

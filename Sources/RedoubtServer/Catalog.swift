@@ -601,11 +601,18 @@ public final class Catalog: Sendable {
 
     public static let auditGenesis = String(repeating: "0", count: 64)
 
-    /// Appends a record chained to the previous one.
+    /// Appends a record chained to the previous one. Every field is first made safe
+    /// (`SafeText.auditField`: control, bidi and other invisible characters escaped, length
+    /// bounded), and that one value is both hashed and stored: SQLite's TEXT would cut a
+    /// raw NUL, and a terminal would act on a raw escape sequence.
     @discardableResult
     public func audit(time: Date, actor: String, role: String, credential: String, source: String, action: String,
                       object: String, outcome: String, detail: String = "") throws -> AuditRecord {
-        try db.write { db in
+        let (actor, role, credential, source) = (SafeText.auditField(actor), SafeText.auditField(role),
+                                                 SafeText.auditField(credential), SafeText.auditField(source))
+        let (action, object, outcome, detail) = (SafeText.auditField(action), SafeText.auditField(object),
+                                                 SafeText.auditField(outcome), SafeText.auditField(detail))
+        return try db.write { db in
             let last = try Row.fetchOne(db, sql: "SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1")
             let seq: Int64 = (last?["seq"] as Int64? ?? 0) + 1
             let prev: String = last?["hash"] ?? Self.auditGenesis

@@ -139,11 +139,10 @@ extension Request {
         return Array(buf.readableBytesView)
     }
 
+    /// The body decoded as `T`, after `RequestJSON.decode`'s strict check (duplicate keys,
+    /// depth, trailing bytes, number ranges): every refusal is a 400 naming the problem.
     func json<T: Decodable>(_ type: T.Type) async throws -> T {
-        let b = try await bytes(limit: 1 << 20)
-        do { return try JSONDecoder().decode(T.self, from: Data(b)) } catch {
-            throw ServerError.badRequest("request body is not a valid \(T.self): \(error)")
-        }
+        try RequestJSON.decode(T.self, from: try await bytes(limit: 1 << 20))
     }
 }
 

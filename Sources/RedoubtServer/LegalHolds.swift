@@ -175,8 +175,10 @@ extension RepositoryService {
     public func placeHold(_ req: Wire.PlaceHoldRequest, ctx: CallContext) async throws -> Wire.HoldInfo {
         guard let p = ctx.principal, p.role == .admin else { throw ServerError.forbidden("only an admin may place a legal hold") }
         let reason = req.reason ?? ""
-        guard reason.utf8.count <= 1024, !reason.unicodeScalars.contains(where: { $0.properties.generalCategory == .control }) else {
-            throw ServerError.badRequest("the reason must be at most 1024 bytes without control characters")
+        // The free-text rule (docs/PROTOCOL.md §3.2): the reason is listed and audited.
+        guard reason.isEmpty || SafeText.isValidFreeText(reason, maxBytes: 1024) else {
+            throw ServerError.badRequest("the reason must be at most 1024 bytes of printable text (no control, "
+                                         + "format or line-separator characters, no leading or trailing space)")
         }
         let kind: LegalHold.Kind
         let target: String

@@ -116,6 +116,21 @@ public final class RepositoryService: Sendable {
         return u.allSatisfy { isLowerAlnum($0) || ($0 >= 0x41 && $0 <= 0x5a) || $0 == 0x2d || $0 == 0x2e || $0 == 0x5f }
     }
 
+    /// An approval request's ID as the server makes it: 16 lowercase hex digits.
+    static func isValidRequestID(_ s: String) -> Bool {
+        s.utf8.count == 16 && s.utf8.allSatisfy { ($0 >= 0x30 && $0 <= 0x39) || ($0 >= 0x61 && $0 <= 0x66) }
+    }
+
+    /// Refuses a malformed request ID before it is looked up, echoed or audited.
+    static func checkRequestID(_ id: String?, field: String = "requestID") throws {
+        guard let id, !isValidRequestID(id) else { return }
+        throw ServerError.badRequest("\(field) \(SafeText.echo(id)) is not a request ID "
+                                     + "(16 lowercase hex digits, as `redoubt admin request list` shows)")
+    }
+
+    /// Longest OS name a host may report (`Wire.EnrollRequest.os`, the `Redoubt-OS` header).
+    public static let maxOSBytes = 128
+
     private static func isLowerAlnum(_ c: UInt8) -> Bool { (c >= 0x61 && c <= 0x7a) || (c >= 0x30 && c <= 0x39) }
 
     static func packKey(tenant: String, id: PackID) -> ObjectKey {
@@ -171,6 +186,13 @@ public final class RepositoryService: Sendable {
 
     /// Exchanges a one-time token for a client certificate on the caller's own key.
     public func enroll(_ req: Wire.EnrollRequest, ctx: CallContext) throws -> Wire.EnrollResponse {
+        // Why first: the OS is stored and audited; a malformed one must not use up the token.
+        let os = req.os.flatMap { o in o.isEmpty ? nil : o }
+        if let os, !SafeText.isValidFreeText(os, maxBytes: Self.maxOSBytes) {
+            throw ServerError.badRequest("os \(SafeText.echo(os, maxBytes: 160)) must be 1–\(Self.maxOSBytes) bytes "
+                                         + "of printable text (no control, format or line-separator characters, "
+                                         + "no leading or trailing space); the token is not used up")
+        }
         let tokenHash = hexString(SHA256.hash(data: Array(req.secret.utf8)))
         let now = try now()
         let publicKey: Certificate.PublicKey
@@ -189,7 +211,7 @@ public final class RepositoryService: Sendable {
         let der = try cert.serializeAsPEM().derBytes
         let p: Principal
         do {
-            p = try catalog.redeemEnrollment(tokenHash: tokenHash, now: now, os: req.os) { e in
+            p = try catalog.redeemEnrollment(tokenHash: tokenHash, now: now, os: os) { e in
                 guard e.role != .writer || hostKey != nil else { throw ServerError.badRequest("a writer must send its Ed25519 host key (hostKey, base64)") }
                 return Principal(id: principalID, role: e.role, tenant: e.tenant, name: e.name, fingerprint: certificateFingerprint(der: der),
                                  hostKey: e.role == .writer ? hostKey : nil)
@@ -201,7 +223,8 @@ public final class RepositoryService: Sendable {
             throw refuse(ctx, .enroll, object: "\(e.role.rawValue) \(e.name)", ServerError(409, "E_CONFLICT",
                 "a \(e.role.rawValue) named \(e.name) is already enrolled in this tenant: revoke it first (`redoubt admin \(e.role == .writer ? "host" : e.role.rawValue) revoke`); the token is not used up"))
         }
-        audit(CallContext(principal: p, source: ctx.source), .enroll, object: "\(p.role.rawValue) \(p.tenant ?? "-")/\(p.name)", outcome: "ok", detail: "os=\(req.os ?? "?")")
+        audit(CallContext(principal: p, source: ctx.source), .enroll,
+              object: "\(p.role.rawValue) \(p.tenant ?? "-")/\(p.name)", outcome: "ok", detail: "os=\(os ?? "?")")
         var material: String? = nil, wrapped: String? = nil
         if let t = p.tenant, let rec = try catalog.tenant(t) {
             if p.role == .writer || p.role == .restorer { material = Data(rec.writeMaterial).base64EncodedString() }
@@ -322,10 +345,10 @@ public final class RepositoryService: Sendable {
 
     /// Keeps the OS a writer reports with a backup when it differs from the stored one,
     /// and audits the change. The value is the host's claim: it authorises nothing, so a
-    /// malformed one (control characters, over 128 bytes) is dropped, never an error.
+    /// malformed one (by the enrollment's rule: `SafeText.isValidFreeText`) is dropped, never an error.
     func recordHostOS(_ p: Principal, _ os: String?, ctx: CallContext) {
-        guard let os = os?.trimmingCharacters(in: .whitespaces), !os.isEmpty, os.utf8.count <= 128,
-              !os.unicodeScalars.contains(where: { CharacterSet.controlCharacters.contains($0) }) else { return }
+        guard let os = os?.trimmingCharacters(in: .whitespaces),
+              SafeText.isValidFreeText(os, maxBytes: Self.maxOSBytes) else { return }
         do {
             if let previous = try catalog.updatePrincipalOS(id: p.id, os: os) {
                 audit(ctx, .hostOS, object: "host \(p.tenant ?? "-")/\(p.name)", outcome: "ok", detail: "was \(previous ?? "unknown"), now \(os)")
@@ -343,6 +366,15 @@ public final class RepositoryService: Sendable {
     /// Snapshots visible to the caller: a writer sees only its own host's.
     public func listSnapshots(host: String?, tenant: String?, ctx: CallContext) throws -> [Wire.SnapshotInfo] {
         guard let p = ctx.principal else { throw ServerError.unauthorized("no client certificate") }
+        // Why before anything: the names are echoed, audited and compared; refuse what no name can be.
+        if let host, !Self.isValidPrincipalName(host) {
+            throw ServerError.badRequest("host \(SafeText.echo(host)) is not a host name "
+                                         + "(1–253 characters of A-Z, a-z, 0-9, '.', '-', '_')")
+        }
+        if let tenant, !Self.isValidTenantName(tenant) {
+            throw ServerError.badRequest("tenant \(SafeText.echo(tenant)) is not a tenant name "
+                                         + "(1–63 characters of a-z, 0-9, '.', '-', '_')")
+        }
         switch p.role {
         case .writer:
             // Why: a host lists only its own snapshots' public metadata (issue 3, point 2).
@@ -405,21 +437,37 @@ public final class RepositoryService: Sendable {
         return try await store.get(Self.packKey(tenant: tenant.name, id: id))
     }
 
+    /// Largest `POST /v1/packs/chunk-lists` answer (docs/PROTOCOL.md §3): lists that would
+    /// go past it are left out and asked for again.
+    public static let chunkListAnswerLimit = 16 << 20
+
     /// The public chunk lists of packs, read from the packs' own footers in the store:
     /// for each pack, its ID, a u32le count and the chunk IDs. Lets a restorer plan which
-    /// pack to fetch for each chunk without downloading any twice.
-    public func packChunkLists(_ body: [UInt8], ctx: CallContext) async throws -> [UInt8] {
+    /// pack to fetch for each chunk without downloading any twice. Each distinct pack is
+    /// answered once, in the order first asked; lists stop before the answer would pass
+    /// `answerLimit` bytes (the first list always comes), and the caller asks again for the
+    /// packs left out.
+    public func packChunkLists(_ body: [UInt8], ctx: CallContext,
+                               answerLimit: Int = chunkListAnswerLimit) async throws -> [UInt8] {
         let (_, tenant) = try requireTenant(ctx)
         guard body.count % 32 == 0, body.count / 32 <= 100_000 else { throw ServerError.badRequest("body must be at most 100000 pack IDs of 32 bytes") }
-        var out: [UInt8] = []
+        var seen = Set<PackID>()
+        var ids: [PackID] = []
         for o in stride(from: 0, to: body.count, by: 32) {
-            let id = PackID(bytes: Array(body[o..<(o + 32)]))!
+            // Why: a repeated ID would be answered (and held in memory) once per repetition.
+            guard let id = PackID(bytes: Array(body[o..<(o + 32)])), seen.insert(id).inserted else { continue }
             guard try catalog.pack(tenant: tenant.name, id: id.description) != nil else { throw ServerError.notFound("pack \(id) not found in tenant \(tenant.name)") }
+            ids.append(id)
+        }
+        var out: [UInt8] = []
+        for id in ids {
             let key = Self.packKey(tenant: tenant.name, id: id)
             guard let info = try await store.head(key), info.size >= PackFormat.footerSize else { throw ServerError.notFound("pack \(id) missing from the store") }
             let tail = try await store.get(key, range: (info.size - PackFormat.footerSize)..<info.size)
             let footer = try PackFooter.parse(tail, packSize: info.size, headerLength: 0, object: "pack \(id)")
             let listStart = Int(footer.indexOffset) + Int(footer.indexLength)
+            let listLength = info.size - PackFormat.footerSize - listStart
+            if !out.isEmpty && out.count + 36 + listLength > answerLimit { break }
             let list = try await store.get(key, range: listStart..<(info.size - PackFormat.footerSize))
             out += id.bytes
             var w = ByteWriter(capacity: 4)
@@ -531,6 +579,7 @@ public final class RepositoryService: Sendable {
         // open (a shred in effect). The request holds the exact wrapping the approvers saw;
         // carrying it out applies that wrapping, not a new upload.
         var wrappedJSON = req.wrappedReadKey
+        try Self.checkRequestID(req.requestID)
         if let id = req.requestID {
             guard let r = try catalog.request(id, now: try now()), r.action == "rotate-read-key", r.object == object,
                   let held = r.parameters["wrappedReadKey"] else {
@@ -745,11 +794,34 @@ public final class RepositoryService: Sendable {
         return (p, try cert.serializeAsPEM().pemString)
     }
 
-    public func auditEntries(after: Int64, limit: Int) throws -> [Wire.AuditEntry] {
-        try catalog.auditRecords(after: after, limit: limit).map {
-            Wire.AuditEntry(seq: $0.seq, time: $0.time, actor: $0.actor, role: $0.role, credential: $0.credential, source: $0.source,
-                            action: $0.action, object: $0.object, outcome: $0.outcome, detail: $0.detail, prevHash: $0.prevHash, hash: $0.hash)
+    /// Largest `GET /v1/audit` page, in bytes of record text (about the answer's size).
+    public static let auditPageByteLimit = 16 << 20
+
+    /// The audit records after `after`, oldest first: at most `limit`, and no more than fit in
+    /// `byteLimit` (at least one). An empty answer is the end of the log; a shorter one is not.
+    public func auditEntries(after: Int64, limit: Int,
+                             byteLimit: Int = auditPageByteLimit) throws -> [Wire.AuditEntry] {
+        var out: [Wire.AuditEntry] = []
+        var cursor = after
+        var size = 0
+        // Read in small batches: each field may be 4 KiB, so `limit` records at once could be large.
+        while out.count < limit {
+            let want = min(500, limit - out.count)
+            let batch = try catalog.auditRecords(after: cursor, limit: want)
+            for r in batch {
+                let n = 256 + [r.actor, r.role, r.credential, r.source, r.action, r.object, r.outcome, r.detail]
+                    .reduce(0) { $0 + $1.utf8.count }
+                if !out.isEmpty && size + n > byteLimit { return out }
+                size += n
+                out.append(Wire.AuditEntry(seq: r.seq, time: r.time, actor: r.actor, role: r.role,
+                                           credential: r.credential, source: r.source, action: r.action,
+                                           object: r.object, outcome: r.outcome, detail: r.detail,
+                                           prevHash: r.prevHash, hash: r.hash))
+            }
+            guard let last = batch.last, batch.count == want else { break }
+            cursor = last.seq
         }
+        return out
     }
 }
 
@@ -773,6 +845,11 @@ struct WrappedKeyHeader: Decodable {
     var providerName: String { String(provider.prefix { $0 != ":" }) }
 
     static func check(_ json: String, tenant: TenantRecord, version: Int) throws -> WrappedKeyHeader {
+        // Why strict: this JSON is itself untrusted input inside the request, and the server
+        // checks fields (tenant, version, key ID) that a repeated key could make ambiguous.
+        do { try StrictJSON.validate(Array(json.utf8)) } catch {
+            throw ServerError.badRequest("wrappedReadKey refused: \(error.detail)")
+        }
         guard let h = try? JSONDecoder().decode(WrappedKeyHeader.self, from: Data(json.utf8)), h.format == 1 else {
             throw ServerError.badRequest("wrappedReadKey is not a Redoubt wrapped read key (format 1; docs/FORMAT.md §7)")
         }

@@ -27,9 +27,10 @@ struct RequestList: AsyncParsableCommand {
                 if list.isEmpty { print("no requests") }
                 for r in list {
                     let params = r.parameters.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: " ")
-                    print("\(r.id)  \(r.state)  \(r.action) \(r.object)\(params.isEmpty ? "" : " (\(params))")  by \(r.requester)  "
+                    print(shown("\(r.id)  \(r.state)  \(r.action) \(r.object)\(params.isEmpty ? "" : " (\(params))")  "
+                        + "by \(r.requester)  "
                         + "approvals \(r.approvers.count)/\(r.needed)\(r.approvers.isEmpty ? "" : " [\(r.approvers.joined(separator: ", "))]")"
-                        + (r.rejectedBy.map { "  rejected by \($0)" } ?? "") + "  expires \(r.expiresAt)")
+                        + (r.rejectedBy.map { "  rejected by \($0)" } ?? "") + "  expires \(r.expiresAt)"))
                 }
             }
             return .ok

@@ -46,10 +46,11 @@ struct SnapshotsCommand: AsyncParsableCommand {
                 // retention; the host's own clock is in --json (`time`).
                 print("ID        COMMITTED             HOST            FILES     SIZE        NEW         RETAIN UNTIL          PATHS")
                 for s in list {
-                    print("\(s.id.prefix(8))  \(f.string(from: s.committedAt))  \(s.host.rightPadded(to: 14))  "
+                    print("\(shown(String(s.id.prefix(8))))  \(f.string(from: s.committedAt))  "
+                        + "\(shown(s.host).rightPadded(to: 14))  "
                         + "\(String(s.statistics.files).rightPadded(to: 8))  "
                         + "\(formatBytes(s.statistics.bytesTotal).rightPadded(to: 10))  \(formatBytes(s.statistics.bytesUploaded).rightPadded(to: 10))  "
-                        + "\(f.string(from: s.retainUntil))  " + s.paths.joined(separator: " "))
+                        + "\(f.string(from: s.retainUntil))  " + s.paths.map(shown).joined(separator: " "))
                 }
             }
             return .ok

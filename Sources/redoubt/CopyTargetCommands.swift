@@ -62,7 +62,7 @@ struct AdminCopyStatus: AsyncParsableCommand {
     static func line(_ t: Wire.CopyTargetInfo) -> String {
         let proof = t.lastProofOK == true ? "proof ok \(t.lastProofAt.map { "\($0)" } ?? "")" : "WARNING proof failed: \(t.lastProofDetail ?? "?")"
         let sync = t.lastSyncAt.map { "last sync \($0): " + (t.lastSyncOK == true ? (t.lastSyncDetail ?? "ok") : "FAILED \(t.lastSyncDetail ?? "")") } ?? "not synced yet"
-        return "\(t.id)  \(t.tenant) → \(t.url)  \(proof)  \(sync)"
+        return shown("\(t.id)  \(t.tenant) → \(t.url)  \(proof)  \(sync)")
     }
 }
 

@@ -24,8 +24,9 @@ struct DoctorCommand: AsyncParsableCommand {
                 let width = checks.map(\.id.count).max() ?? 0
                 for c in checks {
                     let tag = c.status == .pass ? "pass" : c.status == .warn ? "WARN" : "FAIL"
-                    print("\(tag)  \(c.id.padding(toLength: width, withPad: " ", startingAt: 0))  \(c.summary)")
-                    if !c.fix.isEmpty { print("      \(String(repeating: " ", count: width))  fix: \(c.fix)") }
+                    // The summaries quote what hosts reported (their OS names): shown escaped.
+                    print("\(tag)  \(c.id.padding(toLength: width, withPad: " ", startingAt: 0))  \(shown(c.summary))")
+                    if !c.fix.isEmpty { print("      \(String(repeating: " ", count: width))  fix: \(shown(c.fix))") }
                 }
             }
             let worst = checks.map(\.status).max() ?? .pass

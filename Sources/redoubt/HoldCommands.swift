@@ -52,7 +52,9 @@ struct AdminHoldList: AsyncParsableCommand {
                 if list.isEmpty { print("no legal holds: `redoubt admin hold add SNAPSHOT|--tenant TENANT --reason TEXT`") }
                 for h in list {
                     let state = h.releasedAt.map { "released \($0)" + (h.releaseRequest.map { " (request \($0))" } ?? "") } ?? "IN FORCE"
-                    print("\(h.id)  \(h.kind) \(h.target)\(h.kind == "tenant" ? "" : "  tenant \(h.tenant)")  by \(h.createdBy) \(h.createdAt)  \(state)\(h.reason.isEmpty ? "" : "  reason: \(h.reason)")")
+                    let tenant = h.kind == "tenant" ? "" : "  tenant \(h.tenant)"
+                    print(shown("\(h.id)  \(h.kind) \(h.target)\(tenant)  by \(h.createdBy) \(h.createdAt)  "
+                                + "\(state)\(h.reason.isEmpty ? "" : "  reason: \(h.reason)")"))
                 }
             }
             return .ok

@@ -47,14 +47,14 @@ extension PrincipalListCommand {
             let writers = Self.role == "writer"
             print("NAME                          ENROLLED              \(writers ? "LAST SNAPSHOT         " : "")STATE                 OS")
             for p in list {
-                let name = "\(p.tenant.map { $0 + "/" } ?? "")\(p.name)"
+                let name = shown("\(p.tenant.map { $0 + "/" } ?? "")\(p.name)")
                 let last = p.lastSnapshotAt.map { f.string(from: $0) } ?? "never"
                 // A host whose uploads a restorer's deep verify found not opening may have been taken.
                 let state = p.revokedAt.map { "revoked \(f.string(from: $0).prefix(10))" }
                     ?? p.damagedPacks.map { "DAMAGED PACKS: \($0)" } ?? "active"
                 print(name.padding(toLength: 28, withPad: " ", startingAt: 0) + "  " + f.string(from: p.createdAt) + "  "
                       + (writers ? last.padding(toLength: 20, withPad: " ", startingAt: 0) + "  " : "")
-                      + state.padding(toLength: 20, withPad: " ", startingAt: 0) + "  " + (p.os ?? "-"))
+                      + state.padding(toLength: 20, withPad: " ", startingAt: 0) + "  " + shown(p.os ?? "-"))
             }
             return exit
         }
@@ -153,7 +153,9 @@ struct TokenList: AsyncParsableCommand {
             let f = ISO8601DateFormatter()
             print("ID                ROLE      NAME                          EXPIRES               BY")
             for e in list {
-                print("\(e.id)  \(e.role.rightPadded(to: 8))  \("\(e.tenant.map { $0 + "/" } ?? "")\(e.name)".rightPadded(to: 28))  \(f.string(from: e.expiresAt))  \(e.createdBy)")
+                let name = shown("\(e.tenant.map { $0 + "/" } ?? "")\(e.name)")
+                print("\(shown(e.id))  \(shown(e.role).rightPadded(to: 8))  \(name.rightPadded(to: 28))  "
+                      + "\(f.string(from: e.expiresAt))  \(shown(e.createdBy))")
             }
             return .ok
         }

@@ -258,18 +258,96 @@ struct AuditCommand: AsyncParsableCommand {
 }
 
 struct AuditList: AsyncParsableCommand {
-    static let configuration = CommandConfiguration(commandName: "list", abstract: "List audit records (admin or auditor credential).")
+    static let configuration = CommandConfiguration(
+        commandName: "list", abstract: "List audit records (admin or auditor credential).",
+        discussion: """
+            Pages through the whole log (or --limit records after --after), asking the server for \
+            1000 records at a time. --json writes one JSON array, element by element, so it can be \
+            read before the command ends; with --follow it writes JSON Lines instead (one record \
+            per line, no enclosing array), since the output never ends. Text output escapes control \
+            and other invisible characters (\\xNN, \\u{N}).
+            """)
     @Option(name: .long, help: "An admin or auditor credential file.") var credential: String
-    @Flag(name: .long, help: "Print JSON.") var json = false
+    @Option(name: .long, help: "Start after this record number (0: from the first).") var after: Int64 = 0
+    @Option(name: .long, help: "Print at most this many records (default: all).") var limit: Int?
+    @Flag(name: .long, help: "Keep running and print new records as they are written (polls the server).")
+    var follow = false
+    @Option(name: .long, help: "Seconds between polls with --follow.") var interval: Double = 2
+    @Flag(name: .long, help: "Print JSON (an array; JSON Lines with --follow).") var json = false
+
+    /// Records asked for per request (the server allows up to 10 000).
+    static let pageSize = 1000
 
     func run() async throws {
         try await RedoubtCLI.run {
-            let list = try await RedoubtCLI.with(try APIClient(credential: loadCredential(credential))) { try await $0.audit() }
-            if json { try printJSON(list) } else {
-                for a in list { print("\(a.seq)  \(a.time)  \(a.actor)  \(a.source)  \(a.action)  \(a.object)  \(a.outcome)  \(a.detail)") }
+            guard after >= 0 else { throw ValidationError("--after must be a record number, 0 or more") }
+            if let limit, limit < 1 { throw ValidationError("--limit must be at least 1") }
+            guard interval >= 0.1, interval <= 3600 else {
+                throw ValidationError("--interval must be between 0.1 and 3600 seconds")
             }
+            var out = AuditOutput(json: json, lines: follow)
+            try await RedoubtCLI.with(try APIClient(credential: loadCredential(credential))) { client in
+                var cursor = after
+                var printed = 0
+                while limit.map({ printed < $0 }) ?? true {
+                    let want = min(Self.pageSize, limit.map { $0 - printed } ?? Self.pageSize)
+                    let page = try await client.audit(after: cursor, limit: want)
+                    // Only an empty page is the log's end for now: the server also shortens pages by size.
+                    guard let last = page.last else {
+                        if !follow { break }
+                        try await Task.sleep(nanoseconds: UInt64(interval * 1e9))
+                        continue
+                    }
+                    for entry in page { try out.write(entry) }
+                    printed += page.count
+                    cursor = last.seq
+                    out.flush()
+                }
+            }
+            out.finish()
             return .ok
         }
+    }
+}
+
+/// Writes audit records as they arrive: text lines, a JSON array element by element, or
+/// JSON Lines. Flushed after each page, so a reader (or `--follow`'s watcher) sees them.
+struct AuditOutput {
+    let json: Bool
+    /// JSON Lines instead of one array.
+    let lines: Bool
+    private var opened = false
+    private let encoder: JSONEncoder = {
+        let e = JSONEncoder()
+        e.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
+        e.dateEncodingStrategy = .iso8601
+        return e
+    }()
+
+    init(json: Bool, lines: Bool) {
+        self.json = json
+        self.lines = lines
+    }
+
+    mutating func write(_ a: Wire.AuditEntry) throws {
+        guard json else {
+            let fields = [a.actor, a.source, a.action, a.object, a.outcome, a.detail].map(shown)
+            print("\(a.seq)  \(a.time)  " + fields.joined(separator: "  "))
+            return
+        }
+        let text = SafeText.terminalSafeJSON(String(decoding: try encoder.encode(a), as: UTF8.self))
+        if lines { print(text); return }
+        print((opened ? "," : "[") + text)
+        opened = true
+    }
+
+    /// `print` buffers stdout when it is not a terminal; nil flushes every C stream.
+    func flush() { fflush(nil) }
+
+    /// Closes the JSON array (an empty one if nothing was written).
+    func finish() {
+        if json && !lines { print(opened ? "]" : "[]") }
+        flush()
     }
 }
 

@@ -159,10 +159,16 @@ func loadCredential(_ path: String) throws -> ClientCredential {
     do { return try JSONDecoder().decode(ClientCredential.self, from: d) } catch { throw ValidationError("\(path) is not a Redoubt credential: \(error)") }
 }
 
+/// A value from the server, a catalog or a store as a terminal shows it: control, bidi and
+/// other invisible characters escaped (`SafeText.escaped`), so no listing can move the
+/// cursor, retitle the window or forge a line. Every text listing prints server-held strings
+/// through it; JSON output is escaped by its encoder.
+func shown(_ s: String) -> String { SafeText.escaped(s) }
+
 func printJSON<T: Encodable>(_ value: T) throws {
     let e = WireDate.encoder()
     e.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
-    print(String(decoding: try e.encode(value), as: UTF8.self))
+    print(SafeText.terminalSafeJSON(String(decoding: try e.encode(value), as: UTF8.self)))
 }
 
 func osPrettyName() -> String? {
