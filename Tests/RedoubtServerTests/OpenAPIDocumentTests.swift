@@ -1,5 +1,8 @@
 import Foundation
+import NIOHTTP1
 import Testing
+import RedoubtClient
+import RedoubtCore
 @testable import RedoubtServer
 
 /// docs/openapi.yaml against what the server serves: the route table is the list of
@@ -25,7 +28,8 @@ import Testing
         let paths = try #require(doc["paths"] as? [String: [String: Any]])
         var ops: [String: [String: Any]] = [:]
         for (path, item) in paths {
-            for (method, op) in item where ["get", "put", "post", "delete", "patch", "head", "options"].contains(method) {
+            let methods = ["get", "put", "post", "delete", "patch", "head", "options"]
+            for (method, op) in item where methods.contains(method) {
                 ops["\(method.uppercased()) \(shape(path))"] = op as? [String: Any]
             }
         }
@@ -45,7 +49,9 @@ import Testing
     }
 
     /// Routes that never read their body: no request body, no 413.
-    static let bodiless: Set<Action> = [.approveRequest, .rejectRequest, .syncCopyTarget, .verifySnapshot, .cancelEnrollment]
+    static let bodiless: Set<Action> = [
+        .approveRequest, .rejectRequest, .syncCopyTarget, .verifySnapshot, .cancelEnrollment,
+    ]
 
     @Test func theDocumentDescribesEveryServedRouteAndNoOther() throws {
         let ops = try operations(try document())
@@ -69,23 +75,25 @@ import Testing
             if readsBody { need.insert("413") }  // every body is read with a limit
             let content = ((op["requestBody"] as? [String: Any])?["content"] as? [String: Any]) ?? [:]
             if content["application/json"] != nil { need.insert("400") }  // `Request.json` refuses what does not decode
-            #expect(need.subtracting(statuses).sorted() == [], "\(name) lacks statuses \(need.subtracting(statuses).sorted())")
-            #expect((op["requestBody"] != nil) == readsBody, "\(name): requestBody documented \(op["requestBody"] != nil)")
+            let lacking = need.subtracting(statuses).sorted()
+            #expect(lacking == [], "\(name) lacks statuses \(lacking)")
+            let documentsBody = op["requestBody"] != nil
+            #expect(documentsBody == readsBody, "\(name): requestBody documented \(documentsBody)")
             let roles = Set(op["x-roles"] as? [String] ?? [])
             let declared: Set<String> = switch route.access {
             case .anyone: ["anyone"]
             case .roles(let r): Set(r.map(\.rawValue))
             }
-            #expect(roles == declared, "\(name): x-roles \(roles.sorted()) but the route table says \(declared.sorted())")
+            #expect(roles == declared, "\(name): x-roles \(roles.sorted()), the route table \(declared.sorted())")
         }
     }
 
     @Test func enumsHoldEveryValueTheServerSends() throws {
         let doc = try document()
         let roles = Set(Role.allCases.map(\.rawValue))
-        for (schemaName, property) in [("PrincipalInfo", "role"), ("EnrollmentInfo", "role"), ("EnrollResponse", "role"),
-                                       ("EnrollmentTokenPayload", "role")] {
-            #expect(roles.subtracting(try enumValues(doc, schemaName, property)).sorted() == [], "\(schemaName).\(property)")
+        for schemaName in ["PrincipalInfo", "EnrollmentInfo", "EnrollResponse", "EnrollmentTokenPayload"] {
+            let documented = try enumValues(doc, schemaName, "role")
+            #expect(roles.subtracting(documented).sorted() == [], "\(schemaName).role")
         }
         // Every outcome a source file writes into the audit log.
         let outcomes = try enumValues(doc, "AuditEntry", "outcome")
@@ -119,5 +127,62 @@ import Testing
         }
         #expect(found.isSuperset(of: ["ok", "denied", "error", "pending"]), "the source scan found \(found.sorted())")
         return found
+    }
+
+    /// The schema a `$ref` names, or the schema itself.
+    func resolve(_ doc: [String: Any], _ schema: [String: Any]) throws -> [String: Any] {
+        guard let ref = schema["$ref"] as? String else { return schema }
+        return try self.schema(doc, String(ref.split(separator: "/").last ?? ""))
+    }
+
+    /// Every key of `value` (an object, or the objects of an array) must be a documented
+    /// property of `schema`, recursively.
+    func checkFields(_ doc: [String: Any], _ value: Any, _ schema: [String: Any], _ at: String) throws {
+        let s = try resolve(doc, schema)
+        if let array = value as? [Any], let items = s["items"] as? [String: Any] {
+            for v in array { try checkFields(doc, v, items, at + "[]") }
+        } else if let object = value as? [String: Any] {
+            let props = s["properties"] as? [String: Any] ?? [:]
+            if props.isEmpty, s["additionalProperties"] is [String: Any] { return }  // a map, e.g. parameters
+            for (k, v) in object {
+                guard let p = props[k] as? [String: Any] else {
+                    Issue.record("\(at).\(k) is sent but not documented")
+                    continue
+                }
+                try checkFields(doc, v, p, at + "." + k)
+            }
+        }
+    }
+
+    /// The admin's and the auditor's JSON answers, from a real server with a tenant, its
+    /// principals, a pending token and a hold: every field sent is documented.
+    @Test func everyFieldTheServerSendsIsDocumented() async throws {
+        let doc = try document()
+        let ops = try operations(doc)
+        let server = try await TestServer.start()
+        try await server.createTenant("acme", keys: try TenantKeys.generate())
+        let (_, writer) = try await server.enroll(tenant: "acme", role: "writer", name: "web1")
+        let (_, auditor) = try await server.enroll(tenant: "acme", role: "auditor", name: "eve")
+        _ = try await server.admin.createEnrollment(tenant: "acme", role: "restorer", name: "later", ttlSeconds: 600)
+        _ = try await server.admin.placeHold(Wire.PlaceHoldRequest(snapshot: nil, tenant: "acme", reason: "audit"))
+        _ = try? await writer.send(.DELETE, "/v1/packs/00")  // a denied record in the log
+        var checked = 0
+        for route in RedoubtHTTP.routes where route.method == .get && !route.path.contains("/packs/")
+            && !route.path.contains("/snapshots/") {
+            let path = route.path.replacingOccurrences(of: "{tenant}", with: "acme")
+            let client = route.access.allows(.admin) ? server.admin : auditor
+            let (status, body) = try await client.send(.GET, path)
+            #expect(status == 200, "GET \(path)")
+            let op = try #require(ops["GET \(shape(route.path))"])
+            let ok = try #require((op["responses"] as? [String: Any])?["200"] as? [String: Any])
+            let media = try #require((ok["content"] as? [String: Any])?["application/json"] as? [String: Any])
+            let schema = try #require(media["schema"] as? [String: Any])
+            try checkFields(doc, try JSONSerialization.jsonObject(with: Data(body)), schema, "GET \(route.path)")
+            checked += 1
+        }
+        #expect(checked >= 12)
+        await writer.shutdown()
+        await auditor.shutdown()
+        await server.stop()
     }
 }
