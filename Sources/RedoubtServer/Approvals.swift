@@ -12,7 +12,7 @@ import RedoubtCore
 
 /// A request for a change that needs other admins' approval.
 public struct ApprovalRequest: Sendable, Equatable, Codable {
-    public enum State: String, Sendable, Codable {
+    public enum State: String, Sendable, Codable, CaseIterable {
         case pending, approved, rejected, expired, executed
     }
     public let id: String

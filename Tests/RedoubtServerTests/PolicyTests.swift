@@ -153,10 +153,13 @@ private func key(_ r: Route) -> String { "\(r.method) \(r.path)" }
         for client in clients.values { #expect(try await client.send(.GET, "/v1/health").status == 200) }
         var refusals = 0
         for route in RedoubtHTTP.routes {
-            for (name, client) in clients.sorted(by: { $0.key < $1.key }) where !(expectedAccess[key(route)]?.contains(name) ?? false) {
+            let refusedCallers = clients.sorted { $0.key < $1.key }
+                .filter { !(expectedAccess[key(route)]?.contains($0.key) ?? false) }
+            for (name, client) in refusedCallers {
                 let path = concretePath(route.path)
                 do {
-                    let r = try await client.send(HTTPMethod(rawValue: route.method.rawValue), path, body: Array("{}".utf8))
+                    let method = HTTPMethod(rawValue: route.method.rawValue)
+                    let r = try await client.send(method, path, body: Array("{}".utf8))
                     Issue.record("\(route.method) \(path) answered \(r.status) to a \(name)")
                 } catch let e as APIError {
                     #expect(e.status == 403 && e.code == "E_FORBIDDEN", "\(route.method) \(path) as \(name): \(e)")
@@ -170,11 +173,20 @@ private func key(_ r: Route) -> String { "\(r.method) \(r.path)" }
             #expect(denied.contains { $0.action == route.action.rawValue && $0.actor.hasPrefix("writer:") },
                     "no denied record named \(route.action.rawValue) for the writer")
         }
-        // A method the API does not offer on a path it does: refused alike, with a JSON body.
-        for (m, path) in [("DELETE", "/v1/health"), ("PATCH", "/v1/packs/00"), ("HEAD", "/v1/audit")] {
-            let r = try? await clients["writer"]!.send(HTTPMethod(rawValue: m), path)
-            #expect(r == nil, "\(m) \(path) was answered")
+        // A method the API does not offer on a path it does: refused alike, with a JSON
+        // error body (which `APIError` decoded) and an audit record.
+        let offPaths = [("DELETE", "/v1/health"), ("PATCH", "/v1/packs/00"), ("TRACE", "/v1/enroll"),
+                        ("OPTIONS", "/v1/audit")]
+        for (m, path) in offPaths {
+            do {
+                let r = try await clients["writer"]!.send(HTTPMethod(rawValue: m), path)
+                Issue.record("\(m) \(path) answered \(r.status)")
+            } catch let e as APIError {
+                #expect(e.status == 403 && e.code == "E_FORBIDDEN", "\(m) \(path): \(e)")
+            }
         }
+        let head = try? await clients["writer"]!.send(.HEAD, "/v1/audit")
+        #expect(head == nil, "HEAD /v1/audit was answered")
         #expect(try server.service.catalog.auditRecords().contains {
             $0.action == "unknown-route" && $0.object == "DELETE /v1/health" && $0.outcome == "denied"
         })
