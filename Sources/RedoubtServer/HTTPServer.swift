@@ -126,11 +126,6 @@ func handle(_ logger: Logger, _ body: () async throws -> Response) async -> Resp
 }
 
 extension Request {
-    func bytes(limit: Int) async throws -> [UInt8] {
-        let buf = try await body.collect(upTo: limit)
-        return Array(buf.readableBytesView)
-    }
-
     func json<T: Decodable>(_ type: T.Type) async throws -> T {
         let b = try await bytes(limit: 1 << 20)
         do { return try JSONDecoder().decode(T.self, from: Data(b)) } catch {
@@ -146,6 +141,7 @@ public enum RedoubtHTTP {
 
     public static func router(service: RepositoryService, logger: Logger) -> Router<RedoubtRequestContext> {
         let router = Router(context: RedoubtRequestContext.self)
+        router.add(middleware: RequestLimitsMiddleware(limits: service.limits))
         router.add(middleware: AuthMiddleware(service: service))
         router.get("/v1/health") { _, _ in jsonResponse(["status": "ok", "version": RedoubtVersion.string]) }
         router.post("/v1/enroll") { req, ctx in
@@ -157,7 +153,7 @@ public enum RedoubtHTTP {
         router.put("/v1/packs/:id") { req, ctx in
             await handle(logger) {
                 let id = ctx.parameters.get("id") ?? ""
-                let r = try await service.uploadPack(idHex: id, bytes: try await req.bytes(limit: maxPackBody), ctx: ctx.call)
+                let r = try await service.uploadPack(idHex: id, bytes: try await req.bytes(limit: service.limits.maxPackBytes), ctx: ctx.call)
                 return jsonResponse(r, status: r.created ? .created : .ok)
             }
         }
@@ -169,7 +165,7 @@ public enum RedoubtHTTP {
         }
         router.post("/v1/snapshots") { req, ctx in
             let os = req.headers.first { $0.name.canonicalName == Wire.hostOSHeader.lowercased() }?.value
-            return await handle(logger) { jsonResponse(try await service.commit(try await req.bytes(limit: Manifest.maxSize), os: os, ctx: ctx.call), status: .created) }
+            return await handle(logger) { jsonResponse(try await service.commit(try await req.bytes(limit: min(service.limits.maxManifestBytes, Manifest.maxSize)), os: os, ctx: ctx.call), status: .created) }
         }
         router.get("/v1/snapshots") { req, ctx in
             await handle(logger) {
@@ -312,7 +308,8 @@ public enum RedoubtHTTP {
     public static func application(service: RepositoryService, home: ServerHome, host: String, port: Int, logger: Logger,
                                    onRunning: @escaping @Sendable (Int) async -> Void = { _ in }) throws -> some ApplicationProtocol {
         Application(router: router(service: service, logger: logger),
-                    server: try .tls(tlsConfiguration: tlsConfiguration(home: home)),
+                    server: try GuardedTLSChannel.builder(tls: tlsConfiguration(home: home), limits: service.limits,
+                                                          counter: service.connections),
                     configuration: .init(address: .hostname(host, port: port), serverName: "redoubt"),
                     onServerRunning: { channel in await onRunning(channel.localAddress?.port ?? port) },
                     logger: logger)

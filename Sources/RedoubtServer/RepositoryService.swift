@@ -83,9 +83,15 @@ public final class RepositoryService: Sendable {
     public let copyJobs = CopyJobs()
     /// Tenants whose garbage collection is running (one run per tenant at a time).
     let gcRunning = Mutex<Set<String>>([])
+    /// What one request, connection or caller may spend (docs/PROTOCOL.md §3.1).
+    public let limits: ServerLimits
+    /// Open connections by source and credential, against `limits`.
+    let connections: ConnectionCounter
 
     public init(catalog: Catalog, store: any ObjectStore, clock: any ServerClock, ca: CertificateAuthority, serverURL: String,
-                defaultMinRetention: TimeInterval, logger: Logger) {
+                defaultMinRetention: TimeInterval, logger: Logger, limits: ServerLimits = ServerLimits()) {
+        self.limits = limits
+        self.connections = ConnectionCounter(limits: limits)
         self.catalog = catalog
         self.store = store
         self.clock = clock

@@ -19,12 +19,15 @@ struct ServerInit: AsyncParsableCommand {
     @Option(name: .long, help: "Address to listen on.") var listen = "127.0.0.1:8443"
     @Option(name: .long, help: "Default minimum retention of new tenants (e.g. 30d).") var minRetention = "30d"
     @Option(name: .long, help: "Admins (requester included) that a change weakening protection needs, once there are that many.") var quorum = 2
+    @Option(name: .long, help: "A server limit, NAME=VALUE (repeatable; names, defaults and units in docs/PROTOCOL.md §3.1), kept in server.json.")
+    var limit: [String] = []
 
     func run() async throws {
         try await RedoubtCLI.run {
             let r = try parseDuration(minRetention)
             guard quorum >= 1 else { throw ValidationError("--quorum must be at least 1") }
-            let (settings, cred) = try await ServerHome(path: data).initialize(listen: listen, minRetention: r, now: Date())
+            let limits = try ServerLimits().applying(limit)
+            let (settings, cred) = try await ServerHome(path: data).initialize(listen: listen, minRetention: r, now: Date(), limits: limits)
             try Catalog(path: ServerHome(path: data).catalogPath).setSetting("quorum", String(quorum))
             print("Initialised a Redoubt server in \(ServerHome(path: data).root.path)")
             print("  URL:              \(settings.url)")
@@ -39,13 +42,16 @@ struct ServerRun: AsyncParsableCommand {
     static let configuration = CommandConfiguration(commandName: "run", abstract: "Serve the API over TLS until SIGTERM or SIGINT.")
 
     @Option(name: .long, help: "The data directory.") var data: String
+    @Option(name: .long, help: "A server limit for this run, NAME=VALUE (repeatable; over server.json; docs/PROTOCOL.md §3.1).")
+    var limit: [String] = []
 
     func run() async throws {
         try await RedoubtCLI.run {
             let logger = Logger(label: "redoubt.server")
             let home = ServerHome(path: data)
             let settings = try home.settings()
-            let service = try home.openService(logger: logger)
+            let limits = try (settings.limits ?? ServerLimits()).applying(limit)
+            let service = try home.openService(logger: logger, limits: limits)
             if let store = service.store as? LocalStore, let warning = store.immutabilityWarning {
                 // Why loud: without the flag, root on this host can alter packs unnoticed until verify.
                 FileHandle.standardError.write(Data("WARNING: \(warning)\n".utf8))

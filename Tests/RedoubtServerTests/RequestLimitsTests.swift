@@ -1,0 +1,355 @@
+import Crypto
+import Foundation
+import NIOCore
+import NIOPosix
+import NIOSSL
+import RedoubtClient
+import RedoubtCore
+import RedoubtKMS
+@testable import RedoubtServer
+import Synchronization
+import Testing
+
+/// What one request, connection or caller may spend (docs/PROTOCOL.md §3.1), tried as an
+/// attacker would, with raw sockets and a host's own credential, against a real server.
+/// Every test ends with the victim's committed snapshot restoring bit for bit.
+@Suite(.serialized) struct RequestLimitsTests {
+    /// Short timeouts so that the tests see them fire; every other limit at its default.
+    static func testLimits() -> ServerLimits {
+        var l = ServerLimits()
+        l.idleTimeoutSeconds = 3
+        l.handshakeTimeoutSeconds = 2
+        return l
+    }
+
+    struct World {
+        let server: TestServer
+        let keys: TenantKeys
+        let writerConfig: ClientConfig
+        let writer: APIClient
+        let restorer: APIClient
+        let port: Int
+        let victim: (manifest: Manifest, data: [UInt8])
+
+        /// The victim's snapshot, read back through the restorer and decrypted.
+        func victimRestores() async throws {
+            let m = try Manifest.parse(try await restorer.manifestBytes(victim.manifest.id.description), expectedID: victim.manifest.id)
+            var packs: [PackID: [UInt8]] = [:]
+            for p in m.header.packs { packs[p] = try await restorer.packBytes(p) }
+            let reader = try SnapshotReader(manifest: m, readKey: keys.readKey, chunkIDKey: keys.chunkIDKey) { packs[$0]! }
+            let node = try reader.rootTree()[Array("victim.bin".utf8)]
+            #expect(node != nil)
+            if let node { #expect(try reader.contents(of: node) == victim.data, "the victim's snapshot no longer restores bit for bit") }
+        }
+
+        func stop() async {
+            await writer.shutdown()
+            await restorer.shutdown()
+            await server.stop()
+        }
+    }
+
+    func world(_ limits: ServerLimits = testLimits()) async throws -> World {
+        let server = try await TestServer.start(limits: limits)
+        let keys = try TenantKeys.generate()
+        try await server.createTenant("acme", keys: keys)
+        let (victimConfig, victim) = try await server.enroll(tenant: "acme", role: "writer", name: "db1")
+        let data = (0..<(300 << 10)).map { _ in UInt8.random(in: 0...255) }
+        let (packs, manifest) = try makeSnapshot(keys: try victimConfig.writeKeySet(), files: [("victim.bin", data)])
+        for p in packs { _ = try await victim.uploadPack(id: p.id, bytes: p.bytes) }
+        _ = try await victim.commit(manifestBytes: manifest.bytes)
+        await victim.shutdown()
+        let (wc, w) = try await server.enroll(tenant: "acme", role: "writer", name: "web1")
+        let (_, r) = try await server.enroll(tenant: "acme", role: "restorer", name: "vault")
+        guard let port = URLComponents(string: server.url)?.port else { throw ServerError.badRequest("no port in \(server.url)") }
+        return World(server: server, keys: keys, writerConfig: wc, writer: w, restorer: r, port: port, victim: (manifest, data))
+    }
+
+    /// TLS to the test server, as the writer (its own credential) or with no certificate.
+    func tls(_ w: World, asWriter: Bool) throws -> TLSConfiguration {
+        let cred = try w.writerConfig.credential()
+        var c = TLSConfiguration.makeClientConfiguration()
+        c.trustRoots = .certificates([try NIOSSLCertificate(bytes: Array(cred.caPEM.utf8), format: .pem)])
+        c.certificateVerification = .noHostnameVerification
+        if asWriter {
+            c.certificateChain = [.certificate(try NIOSSLCertificate(bytes: Array(cred.certificatePEM.utf8), format: .pem))]
+            c.privateKey = .privateKey(try NIOSSLPrivateKey(bytes: Array(cred.keyPEM.utf8), format: .pem))
+        }
+        return c
+    }
+
+    // MARK: connections
+
+    @Test func idleConnectionsAreClosedIncludingDuringTheTLSHandshake() async throws {
+        let w = try await world()
+        let rss = vmRSS()
+        // A bare TCP socket that never sends a ClientHello, a TLS session without a
+        // certificate and one with the host's own: none sends a request.
+        let bare = try await RawConnection.open(port: w.port, tls: nil)
+        let anonymous = try await RawConnection.open(port: w.port, tls: try tls(w, asWriter: false))
+        let host = try await RawConnection.open(port: w.port, tls: try tls(w, asWriter: true))
+        // A ClientHello sent a byte at a time never finishes the handshake either.
+        let trickle = try await RawConnection.open(port: w.port, tls: nil)
+        var trickled = 0
+        for b in [UInt8]([0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xfc, 0x03, 0x03]) + [UInt8](repeating: 0, count: 100) {
+            guard trickle.isOpen else { break }
+            try? await trickle.send([b])
+            trickled += 1
+            try await Task.sleep(nanoseconds: 300_000_000)
+        }
+        #expect(await trickle.waitClosed(within: 30), "a ClientHello trickled a byte at a time kept its connection")
+        #expect(trickled < 111, "the server read the whole trickled ClientHello (\(trickled) bytes, one each 0.3 s) without closing")
+        #expect(await bare.waitClosed(within: 30), "a bare TCP connection with no ClientHello was never closed")
+        #expect(await anonymous.waitClosed(within: 30), "an idle TLS connection without a certificate was never closed")
+        #expect(await host.waitClosed(within: 30), "an idle TLS connection with a host's certificate was never closed")
+        print("server RSS: before \(rss >> 10) KiB, after \(vmRSS() >> 10) KiB (in-process server)")
+        try await w.victimRestores()
+        await w.stop()
+    }
+
+    @Test func aSlowLorisRequestHeadIsClosed() async throws {
+        let w = try await world()
+        let c = try await RawConnection.open(port: w.port, tls: try tls(w, asWriter: true))
+        let head = Array("GET /v1/snapshots HTTP/1.1\r\nhost: localhost\r\nx-slow: \(String(repeating: "a", count: 200))\r\n\r\n".utf8)
+        var sent = 0
+        for b in head {
+            guard c.isOpen else { break }
+            try? await c.send([b])
+            sent += 1
+            try await Task.sleep(nanoseconds: 200_000_000)
+        }
+        #expect(sent < head.count, "a request head sent a byte each 0.2 s was read to the end (\(head.count) bytes)")
+        #expect(await c.waitClosed(within: 30))
+        try await w.victimRestores()
+        await w.stop()
+    }
+
+    @Test func oversizedHeadersAreRefused() async throws {
+        let w = try await world()
+        let c = try await RawConnection.open(port: w.port, tls: try tls(w, asWriter: true))
+        try await c.send(Array("GET /v1/snapshots HTTP/1.1\r\nhost: localhost\r\nx-big: \(String(repeating: "a", count: 40 << 10))\r\n\r\n".utf8))
+        let r = await c.response(within: 30)
+        #expect(r?.status == 400 || (r == nil && !c.isOpen), "a 40 KiB header field: \(String(describing: r))")
+        #expect(await c.waitClosed(within: 30))
+        // A 60 kB path, the audit log's old filler, is refused on its length.
+        let p = try await RawConnection.open(port: w.port, tls: try tls(w, asWriter: false))
+        try await p.send(Array("GET /v1/\(String(repeating: "x", count: 60_000)) HTTP/1.1\r\nhost: localhost\r\n\r\n".utf8))
+        let pr = await p.response(within: 30)
+        #expect(pr?.status == 414 || pr?.status == 400 || (pr == nil && !p.isOpen), "a 60 kB path: \(String(describing: pr))")
+        try await w.victimRestores()
+        await w.stop()
+    }
+
+    @Test func connectionsPerSourceAreCapped() async throws {
+        var limits = Self.testLimits()
+        limits.maxConnectionsPerSource = 16
+        let w = try await world(limits)
+        let rss = vmRSS()
+        var open: [RawConnection] = []
+        for _ in 0..<1000 { open.append(try await RawConnection.open(port: w.port, tls: nil)) }
+        // Beyond the cap, connections are closed at accept; the first few only when their
+        // handshake deadline passes.
+        var closedEarly = 0
+        for c in open where await c.waitClosed(within: 0.5) { closedEarly += 1 }
+        let peak = vmRSS()
+        #expect(closedEarly >= 1000 - 16, "only \(closedEarly) of 1000 idle connections from one source were closed early")
+        var stillOpen = 0
+        for c in open where !(await c.waitClosed(within: 30)) { stillOpen += 1 }
+        #expect(stillOpen == 0, "\(stillOpen) idle connections were never closed")
+        for c in open { await c.close() }
+        print("server RSS with 1000 idle connections: before \(rss >> 10) KiB, with them \(peak >> 10) KiB, after \(vmRSS() >> 10) KiB")
+        // The server still serves: a new backup commits and the victim restores.
+        let (packs, manifest) = try makeSnapshot(keys: try w.writerConfig.writeKeySet(), files: [("after.bin", [1, 2, 3])])
+        for p in packs { _ = try await w.writer.uploadPack(id: p.id, bytes: p.bytes) }
+        _ = try await w.writer.commit(manifestBytes: manifest.bytes)
+        try await w.victimRestores()
+        await w.stop()
+    }
+
+    @Test func connectionsPerCredentialAreCapped() async throws {
+        var limits = Self.testLimits()
+        limits.maxConnectionsPerCredential = 4
+        limits.idleTimeoutSeconds = 30
+        let w = try await world(limits)
+        var held: [RawConnection] = []
+        for i in 0..<4 {
+            let c = try await RawConnection.open(port: w.port, tls: try tls(w, asWriter: true))
+            try await c.send(Array("GET /v1/snapshots HTTP/1.1\r\nhost: localhost\r\n\r\n".utf8))
+            #expect(await c.response(within: 30)?.status == 200, "connection \(i + 1) of 4 refused")
+            held.append(c)
+        }
+        let fifth = try await RawConnection.open(port: w.port, tls: try tls(w, asWriter: true))
+        try? await fifth.send(Array("GET /v1/snapshots HTTP/1.1\r\nhost: localhost\r\n\r\n".utf8))
+        let r = await fifth.response(within: 30)
+        #expect(r?.status == 503 && r?.body.contains("E_TOO_MANY_CONNECTIONS") == true, "a fifth connection: \(String(describing: r))")
+        #expect(await fifth.waitClosed(within: 30))
+        // Other credentials are not held back by this one's connections.
+        #expect(try await w.restorer.snapshots().count == 1)
+        for c in held { await c.close() }
+        try await w.victimRestores()
+        await w.stop()
+    }
+
+    // MARK: bodies
+
+    @Test func aBodyDeclaredOverTheLimitIsRefusedBeforeItIsRead() async throws {
+        let w = try await world()
+        let id = String(repeating: "ab", count: 32)
+        // 1 TiB declared, nothing sent: answered at once from the header, then closed.
+        let c = try await RawConnection.open(port: w.port, tls: try tls(w, asWriter: true))
+        try await c.send(Array("PUT /v1/packs/\(id) HTTP/1.1\r\nhost: localhost\r\ncontent-length: \(1 << 40)\r\n\r\n".utf8))
+        let r = await c.response(within: 30)
+        #expect(r?.status == 413 && r?.body.contains("E_TOO_LARGE") == true && r?.body.contains("pack-size") == true,
+                "a 1 TiB pack: \(String(describing: r))")
+        #expect(await c.waitClosed(within: 30))
+        // Unauthenticated, a JSON body over its limit is refused the same way.
+        let e = try await RawConnection.open(port: w.port, tls: try tls(w, asWriter: false))
+        try await e.send(Array("POST /v1/enroll HTTP/1.1\r\nhost: localhost\r\ncontent-length: \(64 << 20)\r\n\r\n".utf8))
+        #expect(await e.response(within: 30)?.status == 413)
+        try await w.victimRestores()
+        await w.stop()
+    }
+
+    @Test func aBodyThatNeverArrivesEndsByTimeout() async throws {
+        let w = try await world()
+        let c = try await RawConnection.open(port: w.port, tls: try tls(w, asWriter: true))
+        let id = String(repeating: "cd", count: 32)
+        try await c.send(Array("PUT /v1/packs/\(id) HTTP/1.1\r\nhost: localhost\r\ncontent-length: 100000\r\n\r\n0123456789".utf8))
+        #expect(await c.waitClosed(within: 30), "a body that stopped after 10 of 100000 bytes held its connection")
+        #expect(try await w.server.service.catalog.pack(tenant: "acme", id: id) == nil)
+        try await w.victimRestores()
+        await w.stop()
+    }
+
+    @Test func aLargePackBodyIsHeldOnce() async throws {
+        let w = try await world()
+        let size = 256 << 20
+        var bytes = [UInt8](repeating: 0, count: size)
+        bytes.withUnsafeMutableBytes { b in
+            var g = SystemRandomNumberGenerator()
+            for i in stride(from: 0, to: size, by: 8) { b.storeBytes(of: g.next() as UInt64, toByteOffset: i, as: UInt64.self) }
+        }
+        let id = PackID(bytes: Array(SHA256.hash(data: bytes)))!
+        // Sent in 1 MiB slices on a raw connection, so the client holds no copy of its own.
+        let c = try await RawConnection.open(port: w.port, tls: try tls(w, asWriter: true))
+        resetPeakRSS()
+        let before = vmRSS()
+        try await c.send(Array("PUT /v1/packs/\(id) HTTP/1.1\r\nhost: localhost\r\ncontent-length: \(size)\r\n\r\n".utf8))
+        var off = 0
+        while off < size {
+            try await c.send(Array(bytes[off..<min(off + (1 << 20), size)]))
+            off += 1 << 20
+        }
+        let r = await c.response(within: 120)
+        let peak = peakRSS()
+        print("server RSS for a 256 MiB pack body: before \(before >> 20) MiB, peak \(peak >> 20) MiB (+\((peak - before) >> 20) MiB), "
+              + "after \(vmRSS() >> 20) MiB; answer \(r?.status ?? 0)")
+        // Random bytes are not a pack: refused after the body is read and checked.
+        #expect(r?.status == 422, "\(String(describing: r))")
+        #expect(peak - before < 2 * size, "the 256 MiB body was held more than once: peak +\((peak - before) >> 20) MiB")
+        await c.close()
+        try await w.victimRestores()
+        await w.stop()
+    }
+}
+
+// MARK: raw connections
+
+/// This process's resident set (the test server runs in it), from /proc/self/status.
+func vmRSS() -> Int { procStatus("VmRSS:") }
+/// The peak resident set since the last `resetPeakRSS()`.
+func peakRSS() -> Int { procStatus("VmHWM:") }
+func resetPeakRSS() { try? "5".write(toFile: "/proc/self/clear_refs", atomically: false, encoding: .utf8) }
+
+private func procStatus(_ field: String) -> Int {
+    guard let s = try? String(contentsOfFile: "/proc/self/status", encoding: .utf8),
+          let line = s.split(separator: "\n").first(where: { $0.hasPrefix(field) }),
+          let kb = Int(line.split(separator: " ").dropFirst().first ?? "") else { return 0 }
+    return kb << 10
+}
+
+/// A client socket that does no HTTP of its own: what it receives, and whether the server
+/// closed it.
+final class RawConnection: Sendable {
+    final class Inbox: Sendable {
+        let state = Mutex<(bytes: [UInt8], closed: Bool)>(([], false))
+    }
+
+    final class Collector: ChannelInboundHandler, Sendable {
+        typealias InboundIn = ByteBuffer
+        let inbox: Inbox
+        init(_ inbox: Inbox) { self.inbox = inbox }
+        func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+            let b = unwrapInboundIn(data)
+            inbox.state.withLock { $0.bytes.append(contentsOf: b.readableBytesView) }
+        }
+        func channelInactive(context: ChannelHandlerContext) { inbox.state.withLock { $0.closed = true } }
+        func errorCaught(context: ChannelHandlerContext, error: any Error) { context.close(promise: nil) }
+    }
+
+    let channel: any Channel
+    let inbox: Inbox
+
+    private init(channel: any Channel, inbox: Inbox) {
+        self.channel = channel
+        self.inbox = inbox
+    }
+
+    static func open(port: Int, tls: TLSConfiguration?) async throws -> RawConnection {
+        let inbox = Inbox()
+        let context = try tls.map { try NIOSSLContext(configuration: $0) }
+        let channel = try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+            .channelInitializer { ch in
+                ch.eventLoop.makeCompletedFuture {
+                    if let context { try ch.pipeline.syncOperations.addHandler(try NIOSSLClientHandler(context: context, serverHostname: nil)) }
+                    try ch.pipeline.syncOperations.addHandler(Collector(inbox))
+                }
+            }
+            .connect(host: "127.0.0.1", port: port).get()
+        return RawConnection(channel: channel, inbox: inbox)
+    }
+
+    var isOpen: Bool { !inbox.state.withLock { $0.closed } }
+
+    func send(_ bytes: [UInt8]) async throws {
+        try await channel.writeAndFlush(channel.allocator.buffer(bytes: bytes)).get()
+    }
+
+    func close() async { try? await channel.close().get() }
+
+    /// Whether the server closed the connection within `seconds` (polled).
+    func waitClosed(within seconds: Double) async -> Bool {
+        let deadline = Date().addingTimeInterval(seconds)
+        while Date() < deadline {
+            if !isOpen { return true }
+            try? await Task.sleep(nanoseconds: 50_000_000)
+        }
+        return !isOpen
+    }
+
+    /// The first HTTP response received within `seconds` (status and body), or nil.
+    func response(within seconds: Double) async -> (status: Int, body: String)? {
+        let deadline = Date().addingTimeInterval(seconds)
+        while Date() < deadline {
+            let (bytes, closed) = inbox.state.withLock { ($0.bytes, $0.closed) }
+            if let r = Self.parse(bytes) { return r }
+            if closed { return nil }
+            try? await Task.sleep(nanoseconds: 50_000_000)
+        }
+        return nil
+    }
+
+    static func parse(_ bytes: [UInt8]) -> (status: Int, body: String)? {
+        let sep: [UInt8] = [13, 10, 13, 10]
+        guard bytes.count >= 12, let end = (0...(bytes.count - 4)).first(where: { Array(bytes[$0..<($0 + 4)]) == sep }) else { return nil }
+        let head = String(decoding: bytes[..<end], as: UTF8.self)
+        let lines = head.split(separator: "\r\n")
+        guard let first = lines.first, let status = Int(first.split(separator: " ").dropFirst().first ?? "") else { return nil }
+        let length = lines.dropFirst().compactMap { l -> Int? in
+            let kv = l.split(separator: ":", maxSplits: 1)
+            return kv.count == 2 && kv[0].lowercased() == "content-length" ? Int(kv[1].trimmingCharacters(in: .whitespaces)) : nil
+        }.first ?? 0
+        guard bytes.count >= end + 4 + length else { return nil }
+        return (status, String(decoding: bytes[(end + 4)..<(end + 4 + length)], as: UTF8.self))
+    }
+}
