@@ -267,10 +267,12 @@ public final class RepositoryService: Sendable {
         let (p, tenant) = try requireTenant(ctx)
         let manifest: Manifest
         do {
-            manifest = try Manifest.parse(bytes)
+            manifest = try Manifest.parse(bytes, bounds: limits.manifestBounds)
             guard let hk = p.hostKey else { throw CoreError(.badKey, object: "host \(p.name)", "no registered host key") }
             guard let readKeyID = ReadKeyID(bytes: bytesFromHex(tenant.readKeyID) ?? []) else { throw CoreError(.badKey, object: "tenant", "bad read key ID") }
             try manifest.verify(tenant: tenant.name, host: p.name, hostKey: try HostPublicKey(rawRepresentation: hk), readKeyID: readKeyID)
+        } catch let e as CoreError where e.code == .limitExceeded {
+            throw refuse(ctx, "commit", object: "snapshot", limits.manifestTooLarge(e))
         } catch let e as CoreError {
             throw refuse(ctx, "commit", object: "snapshot", .integrity("commit refused: \(e)"))
         }
@@ -339,6 +341,17 @@ public final class RepositoryService: Sendable {
                           paths: r.paths, tags: r.tags, statistics: r.statistics, packCount: r.packCount)
     }
 
+    /// A snapshot in a listing: its first paths only, with their count, so that a listing's
+    /// size does not grow with any one snapshot's list of backed-up paths.
+    func listed(_ r: SnapshotRecord) -> Wire.SnapshotInfo {
+        var i = Self.info(r)
+        if r.paths.count > limits.listedPathsPerSnapshot {
+            i.paths = Array(r.paths.prefix(limits.listedPathsPerSnapshot))
+        }
+        i.pathCount = r.paths.count
+        return i
+    }
+
     /// Snapshots visible to the caller: a writer sees only its own host's.
     public func listSnapshots(host: String?, tenant: String?, ctx: CallContext) throws -> [Wire.SnapshotInfo] {
         guard let p = ctx.principal else { throw ServerError.unauthorized("no client certificate") }
@@ -346,12 +359,12 @@ public final class RepositoryService: Sendable {
         case .writer:
             // Why: a host lists only its own snapshots' public metadata (issue 3, point 2).
             if let host, host != p.name { throw refuse(ctx, "list-snapshots", object: "host \(host)", .forbidden("a host may list only its own snapshots")) }
-            return try catalog.snapshots(tenant: p.tenant ?? "", host: p.name).map(Self.info)
+            return try catalog.snapshots(tenant: p.tenant ?? "", host: p.name).map(listed)
         case .restorer:
-            return try catalog.snapshots(tenant: p.tenant ?? "", host: host).map(Self.info)
+            return try catalog.snapshots(tenant: p.tenant ?? "", host: host).map(listed)
         case .admin, .auditor:
             let tenants = try tenant.map { [$0] } ?? catalog.tenants().map(\.name)
-            return try tenants.flatMap { try catalog.snapshots(tenant: $0, host: host) }.map(Self.info)
+            return try tenants.flatMap { try catalog.snapshots(tenant: $0, host: host) }.map(listed)
         }
     }
 

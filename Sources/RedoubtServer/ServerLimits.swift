@@ -1,4 +1,5 @@
 import Foundation
+import RedoubtCore
 
 /// Every bound on what one request, connection or caller may spend on this server: time,
 /// connections, bytes, catalog rows and audit records. One value, read at start from
@@ -135,6 +136,18 @@ public struct ServerLimits: Codable, Sendable, Equatable {
         if method == "PUT" && path.hasPrefix("/v1/packs/") { return maxPackBytes }
         if method == "POST" && (path == "/v1/snapshots" || path == "/v1/snapshots/") { return maxManifestBytes }
         return maxRequestBytes
+    }
+
+    /// The manifest bounds the server parses commits with.
+    var manifestBounds: ManifestBounds {
+        ManifestBounds(maxPaths: maxManifestPaths, maxPathBytes: maxManifestPathBytes, maxTags: maxManifestTags, maxTagBytes: maxTagBytes)
+    }
+
+    /// A commit refused for a manifest over one of these bounds.
+    func manifestTooLarge(_ e: CoreError) -> ServerError {
+        ServerError(413, "E_TOO_LARGE", "commit refused: \(e.description) (server limits manifest-paths=\(maxManifestPaths), "
+                    + "manifest-path-bytes=\(maxManifestPathBytes), manifest-tags=\(maxManifestTags), tag-size=\(maxTagBytes); "
+                    + "back up fewer top-level paths per snapshot, or ask the operator to raise the limit; docs/PROTOCOL.md §3.1)")
     }
 
     // Settings files written before limits existed, or naming only some: every limit not

@@ -47,7 +47,8 @@ struct SnapshotsCommand: AsyncParsableCommand {
                     print("\(s.id.prefix(8))  \(f.string(from: s.time))  \(s.host.rightPadded(to: 14))  "
                         + "\(String(s.statistics.files).rightPadded(to: 8))  "
                         + "\(formatBytes(s.statistics.bytesTotal).rightPadded(to: 10))  \(formatBytes(s.statistics.bytesUploaded).rightPadded(to: 10))  "
-                        + "\(f.string(from: s.retainUntil))  " + s.paths.joined(separator: " "))
+                        + "\(f.string(from: s.retainUntil))  " + s.paths.joined(separator: " ")
+                        + ((s.pathCount ?? 0) > s.paths.count ? " (+\((s.pathCount ?? 0) - s.paths.count) more)" : ""))
                 }
             }
             return .ok

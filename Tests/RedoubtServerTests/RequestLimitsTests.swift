@@ -253,6 +253,50 @@ import Testing
     }
 }
 
+// MARK: manifests
+
+extension RequestLimitsTests {
+    /// A one-file snapshot whose header names `paths` and `tags`.
+    func snapshot(_ w: World, paths: [[UInt8]], tags: [String]) throws -> ([FinishedPack], Manifest) {
+        let keys = try w.writerConfig.writeKeySet()
+        let pipeline = try PackPipeline(material: keys.shared)
+        let data: [UInt8] = [7, 7, 7]
+        let root = try pipeline.add(tree: Tree(nodes: [Node(name: Array("f".utf8), type: .file, size: 3, content: try pipeline.add(blob: data))]))
+        let packs = try pipeline.flush()
+        let header = ManifestHeader(tenant: keys.tenant, readKeyID: keys.shared.readPublicKey.keyID, host: keys.host,
+                                    hostKey: keys.signingKey.publicKey, time: Timestamp(seconds: 1_800_000_000),
+                                    nonce: (0..<16).map { _ in UInt8.random(in: 0...255) }, paths: paths, tags: tags,
+                                    statistics: SnapshotStatistics(), packs: packs.map(\.id), clientVersion: "test")
+        return (packs, try Manifest.create(header: header, root: root, readPublicKey: keys.shared.readPublicKey, signingKey: keys.signingKey))
+    }
+
+    @Test func manifestsAreBoundedAndListingsDoNotGrowWithThem() async throws {
+        let w = try await world()
+        // Four million empty paths in a 4 MB manifest: refused while parsed.
+        let (packs, huge) = try snapshot(w, paths: Array(repeating: [], count: 4_000_000), tags: [])
+        for p in packs { _ = try await w.writer.uploadPack(id: p.id, bytes: p.bytes) }
+        let before = vmRSS()
+        await refused("E_TOO_LARGE", "a manifest of 4 million empty paths") { _ = try await w.writer.commit(manifestBytes: huge.bytes) }
+        print("server RSS for a \(huge.bytes.count >> 10) KiB manifest of 4 million paths: before \(before >> 20) MiB, after \(vmRSS() >> 20) MiB")
+        #expect(try w.server.service.catalog.snapshot(id: huge.id.description) == nil)
+        // Too many tags, and one tag too long.
+        let (_, tagged) = try snapshot(w, paths: [Array("/srv".utf8)], tags: (0..<65).map { "t\($0)" })
+        await refused("E_TOO_LARGE", "a manifest of 65 tags") { _ = try await w.writer.commit(manifestBytes: tagged.bytes) }
+        let (_, longTag) = try snapshot(w, paths: [Array("/srv".utf8)], tags: [String(repeating: "x", count: 257)])
+        await refused("E_TOO_LARGE", "a 257-byte tag") { _ = try await w.writer.commit(manifestBytes: longTag.bytes) }
+        // A snapshot of 1000 paths (within the limit) is listed with its first 16 and the count.
+        let many = (0..<1000).map { Array("/srv/p\($0)".utf8) }
+        let (widePacks, wide) = try snapshot(w, paths: many, tags: ["daily"])
+        for p in widePacks { _ = try await w.writer.uploadPack(id: p.id, bytes: p.bytes) }
+        _ = try await w.writer.commit(manifestBytes: wide.bytes)
+        let listed = try await w.writer.snapshots().first { $0.id == wide.id.description }
+        #expect(listed?.paths.count == 16 && listed?.pathCount == 1000, "listed: \(listed?.paths.count ?? -1) paths, count \(String(describing: listed?.pathCount))")
+        #expect(listed?.tags == ["daily"])
+        try await w.victimRestores()
+        await w.stop()
+    }
+}
+
 // MARK: raw connections
 
 /// This process's resident set (the test server runs in it), from /proc/self/status.
