@@ -237,6 +237,13 @@ public final class RepositoryService: Sendable {
         do { summary = try PackReader.inspect(bytes, expectedID: id) } catch {
             throw refuse(ctx, "upload-pack", object: "pack \(id)", .integrity("pack \(id) refused: \(error.detail)"))
         }
+        // Why: each chunk ID is a catalog row; the format's own bound (2^20) is the most
+        // one pack may make the server index.
+        guard summary.chunkIDs.count <= limits.maxChunksPerPack else {
+            throw refuse(ctx, "upload-pack", object: "pack \(id)", ServerError(413, "E_TOO_LARGE",
+                "pack \(id) declares \(summary.chunkIDs.count) chunks, over the server's limit of \(limits.maxChunksPerPack) "
+                + "(limit chunks-per-pack; docs/PROTOCOL.md §3.1): write smaller packs"))
+        }
         guard summary.keyID.description == tenant.readKeyID else {
             throw refuse(ctx, "upload-pack", object: "pack \(id)", .integrity("pack \(id) is sealed to read key \(summary.keyID), not tenant \(tenant.name)'s \(tenant.readKeyID)"))
         }
@@ -253,7 +260,8 @@ public final class RepositoryService: Sendable {
         // pack out of the catalog; recorded again, they must be locked again too.
         if result != .created { try await store.extendRetention(key, until: until) }
         do {
-            try catalog.insertPack(tenant: tenant.name, id: id.description, key: key.path, size: bytes.count, retainUntil: until, chunkIDs: summary.chunkIDs, now: now)
+            try catalog.insertPack(tenant: tenant.name, id: id.description, key: key.path, size: bytes.count, retainUntil: until, chunkIDs: summary.chunkIDs, now: now,
+                                   batch: limits.chunkInsertBatch)
         } catch is Catalog.BeingCollected {
             throw ServerError.beingCollected("pack \(id)")
         }

@@ -7,12 +7,14 @@ import RedoubtCore
 /// the table in docs/PROTOCOL.md §3.1. A limit of 0 is not "unlimited": every limit holds.
 public struct ServerLimits: Codable, Sendable, Equatable {
     /// A connection with no complete TLS handshake, request head or body progress for this
-    /// long is closed; so is an idle keep-alive connection.
-    public var idleTimeoutSeconds: Double = 60
+    /// long is closed; so is an idle keep-alive connection. Above the client's own pool
+    /// timeout (60 s), so the server does not close a connection the client is reusing.
+    public var idleTimeoutSeconds: Double = 90
     /// The TLS handshake must finish this soon after the connection is accepted.
     public var handshakeTimeoutSeconds: Double = 10
-    /// Open connections from one source address (closed at accept beyond it).
-    public var maxConnectionsPerSource: Int = 64
+    /// Open connections from one source address (closed at accept beyond it); hosts behind
+    /// one NAT share it, at up to 8 connections each.
+    public var maxConnectionsPerSource: Int = 256
     /// Open connections presenting one client certificate (503 beyond it).
     public var maxConnectionsPerCredential: Int = 32
     /// Open connections in all.

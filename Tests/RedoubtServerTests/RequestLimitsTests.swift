@@ -1,5 +1,6 @@
 import Crypto
 import Foundation
+import GRDB
 import NIOCore
 import NIOPosix
 import NIOSSL
@@ -292,6 +293,74 @@ extension RequestLimitsTests {
         let listed = try await w.writer.snapshots().first { $0.id == wide.id.description }
         #expect(listed?.paths.count == 16 && listed?.pathCount == 1000, "listed: \(listed?.paths.count ?? -1) paths, count \(String(describing: listed?.pathCount))")
         #expect(listed?.tags == ["daily"])
+        try await w.victimRestores()
+        await w.stop()
+    }
+}
+
+// MARK: chunk index
+
+extension RequestLimitsTests {
+    /// A pack declaring `count` random chunk IDs of empty payloads: what the server can
+    /// check without keys is all well formed, as an attacker with a host's key set writes it.
+    func claimingPack(_ w: World, count: Int) throws -> FinishedPack {
+        var writer = try PackWriter(recipient: w.keys.readKey.publicKey, capacity: count * 110)
+        var g = SystemRandomNumberGenerator()
+        for _ in 0..<count {
+            var id = [UInt8](repeating: 0, count: 32)
+            id.withUnsafeMutableBytes { b in for i in 0..<4 { b.storeBytes(of: g.next() as UInt64, toByteOffset: 8 * i, as: UInt64.self) } }
+            try writer.append(id: ChunkID(bytes: id)!, kind: .none, rawLength: 0, payload: [UInt8]())
+        }
+        return try writer.finish()
+    }
+
+    func indexedChunks(_ w: World, pack: PackID) throws -> Int {
+        try w.server.service.catalog.db.read { db in
+            try Int.fetchOne(db, sql: "SELECT count(*) FROM chunks WHERE tenant = 'acme' AND pack_id = ?", arguments: [pack.description]) ?? 0
+        }
+    }
+
+    @Test func aPackOfAMillionChunkIDsDoesNotStallAnotherTenant() async throws {
+        var limits = Self.testLimits()
+        limits.idleTimeoutSeconds = 300
+        limits.chunkInsertBatch = 1024
+        let w = try await world(limits)
+        let otherKeys = try TenantKeys.generate()
+        try await w.server.createTenant("globex", keys: otherKeys)
+        let (otherConfig, other) = try await w.server.enroll(tenant: "globex", role: "writer", name: "mail1")
+        let data = (0..<1024).map { _ in UInt8.random(in: 0...255) }
+        let (smallPacks, small) = try makeSnapshot(keys: try otherConfig.writeKeySet(), files: [("note.txt", data)])
+
+        let big = try claimingPack(w, count: 1_000_000)
+        let writer = w.writer
+        let attack = Task { try await writer.uploadPack(id: big.id, bytes: big.bytes) }
+        // Once the pack is recorded its index is being written: the other tenant backs up now.
+        var recorded = false
+        for _ in 0..<3000 {
+            if try w.server.service.catalog.pack(tenant: "acme", id: big.id.description) != nil { recorded = true; break }
+            try await Task.sleep(nanoseconds: 100_000_000)
+        }
+        #expect(recorded, "the million-chunk pack was never recorded")
+        for p in smallPacks { _ = try await other.uploadPack(id: p.id, bytes: p.bytes) }
+        let info = try await other.commit(manifestBytes: small.bytes)
+        let indexedWhenOtherDone = try indexedChunks(w, pack: big.id)
+        print("the other tenant's 1 kB backup committed with \(indexedWhenOtherDone) of 1000000 chunk IDs indexed")
+        #expect(indexedWhenOtherDone < 1_000_000, "the other tenant's upload waited for the whole million-chunk index")
+        #expect(try await attack.value.created)
+        #expect(try indexedChunks(w, pack: big.id) == 1_000_000)
+        #expect(info.id == small.id.description)
+        await other.shutdown()
+        try await w.victimRestores()
+        await w.stop()
+    }
+
+    @Test func aPackOverTheChunkLimitIsRefused() async throws {
+        var limits = Self.testLimits()
+        limits.maxChunksPerPack = 100
+        let w = try await world(limits)
+        let big = try claimingPack(w, count: 101)
+        await refused("E_TOO_LARGE", "a pack of 101 chunk IDs") { _ = try await w.writer.uploadPack(id: big.id, bytes: big.bytes) }
+        #expect(try w.server.service.catalog.pack(tenant: "acme", id: big.id.description) == nil)
         try await w.victimRestores()
         await w.stop()
     }
