@@ -87,11 +87,14 @@ public final class RepositoryService: Sendable {
     public let limits: ServerLimits
     /// Open connections by source and credential, against `limits`.
     let connections: ConnectionCounter
+    /// Refusals of callers without a credential, counted per source between audit records.
+    let anonymousRefusals: AnonymousRefusals
 
     public init(catalog: Catalog, store: any ObjectStore, clock: any ServerClock, ca: CertificateAuthority, serverURL: String,
                 defaultMinRetention: TimeInterval, logger: Logger, limits: ServerLimits = ServerLimits()) {
         self.limits = limits
         self.connections = ConnectionCounter(limits: limits)
+        self.anonymousRefusals = AnonymousRefusals(window: limits.anonymousAuditWindowSeconds)
         self.catalog = catalog
         self.store = store
         self.clock = clock
@@ -139,6 +142,7 @@ public final class RepositoryService: Sendable {
     // MARK: audit
 
     func audit(_ ctx: CallContext, _ action: String, object: String, outcome: String, detail: String = "") {
+        let object = limits.boundedAuditField(object), detail = limits.boundedAuditField(detail)
         do {
             try catalog.audit(time: (try? now()) ?? clock.now(), actor: ctx.principal.map { "\($0.role.rawValue):\($0.tenant.map { $0 + "/" } ?? "")\($0.name)" } ?? "anonymous",
                               role: ctx.principal?.role.rawValue ?? "-", credential: ctx.certificate?.prefix(16).description ?? "-",
@@ -149,8 +153,17 @@ public final class RepositoryService: Sendable {
     }
 
     /// Records a refused request and returns the error to send.
+    /// A caller without a credential is recorded once per source per window; the refusals
+    /// after it are counted into one record when the window ends (``AnonymousRefusals``).
     public func refuse(_ ctx: CallContext, _ action: String, object: String, _ error: ServerError) -> ServerError {
-        audit(ctx, action, object: object, outcome: "denied", detail: error.message)
+        if ctx.principal == nil {
+            recordAnonymousRefusals()
+            if anonymousRefusals.first(source: ctx.source, now: clock.now()) {
+                audit(ctx, action, object: object, outcome: "denied", detail: error.message + AnonymousRefusals.note(limits))
+            }
+        } else {
+            audit(ctx, action, object: object, outcome: "denied", detail: error.message)
+        }
         var e = error
         e.audited = true
         return e
@@ -184,17 +197,21 @@ public final class RepositoryService: Sendable {
         if let hostKey, (try? HostPublicKey(rawRepresentation: hostKey)) == nil {
             throw ServerError.badRequest("hostKey is not a base64 Ed25519 public key")
         }
-        // The certificate first: redeeming the token and recording its holder are then one
-        // transaction, so a revocation (which cancels the name's tokens) either comes first
-        // and the token enrolls nothing, or after and revokes no one but the old holder.
+        // The certificate is signed inside the redeeming transaction, once the token is
+        // known good: a guessed token costs the server a lookup, never a signature. Redeeming
+        // and recording the holder stay one transaction, so a revocation (which cancels the
+        // name's tokens) either comes first and the token enrolls nothing, or after and
+        // revokes no one but the old holder.
         let principalID = hexString((0..<16).map { _ in UInt8.random(in: 0...255) })
-        let cert = try ca.issueClient(publicKey: publicKey, principalID: principalID, now: now)
-        let der = try cert.serializeAsPEM().derBytes
+        var issued: Certificate? = nil
         let p: Principal
         do {
             p = try catalog.redeemEnrollment(tokenHash: tokenHash, now: now, os: req.os) { e in
                 guard e.role != .writer || hostKey != nil else { throw ServerError.badRequest("a writer must send its Ed25519 host key (hostKey, base64)") }
-                return Principal(id: principalID, role: e.role, tenant: e.tenant, name: e.name, fingerprint: certificateFingerprint(der: der),
+                let cert = try ca.issueClient(publicKey: publicKey, principalID: principalID, now: now)
+                issued = cert
+                return Principal(id: principalID, role: e.role, tenant: e.tenant, name: e.name,
+                                 fingerprint: certificateFingerprint(der: try cert.serializeAsPEM().derBytes),
                                  hostKey: e.role == .writer ? hostKey : nil)
             }
         } catch Catalog.RedeemError.unknownToken {
@@ -204,6 +221,7 @@ public final class RepositoryService: Sendable {
             throw refuse(ctx, "enroll", object: "\(e.role.rawValue) \(e.name)", ServerError(409, "E_CONFLICT",
                 "a \(e.role.rawValue) named \(e.name) is already enrolled in this tenant: revoke it first (`redoubt admin \(e.role == .writer ? "host" : e.role.rawValue) revoke`); the token is not used up"))
         }
+        guard let cert = issued else { throw ServerError(500, "E_INTERNAL", "enrollment recorded no certificate for \(p.name)") }
         audit(CallContext(principal: p, source: ctx.source), "enroll", object: "\(p.role.rawValue) \(p.tenant ?? "-")/\(p.name)", outcome: "ok", detail: "os=\(req.os ?? "?")")
         var material: String? = nil, wrapped: String? = nil
         if let t = p.tenant, let rec = try catalog.tenant(t) {
@@ -760,7 +778,8 @@ public final class RepositoryService: Sendable {
     }
 
     public func auditEntries(after: Int64, limit: Int) throws -> [Wire.AuditEntry] {
-        try catalog.auditRecords(after: after, limit: limit).map {
+        recordAnonymousRefusals()
+        return try catalog.auditRecords(after: after, limit: limit).map {
             Wire.AuditEntry(seq: $0.seq, time: $0.time, actor: $0.actor, role: $0.role, credential: $0.credential, source: $0.source,
                             action: $0.action, object: $0.object, outcome: $0.outcome, detail: $0.detail, prevHash: $0.prevHash, hash: $0.hash)
         }

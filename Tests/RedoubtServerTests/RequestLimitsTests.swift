@@ -2,6 +2,7 @@ import Crypto
 import Foundation
 import GRDB
 import NIOCore
+import NIOHTTP1
 import NIOPosix
 import NIOSSL
 import RedoubtClient
@@ -366,6 +367,67 @@ extension RequestLimitsTests {
     }
 }
 
+// MARK: audit
+
+extension RequestLimitsTests {
+    @Test func anonymousRefusalsAreAuditedOncePerSourcePerWindow() async throws {
+        let w = try await world()
+        let last = try await w.server.admin.audit(limit: 10_000).last?.seq ?? 0
+        let catalogBefore = fileSize(w.server.home.catalogPath)
+        // 300 requests with no certificate, each with a 3 kB path, on one connection.
+        let c = try await RawConnection.open(port: w.port, tls: try tls(w, asWriter: false))
+        var statuses: [Int: Int] = [:]
+        for i in 0..<300 {
+            try await c.send(Array("GET /v1/snapshots/\(i)-\(String(repeating: "z", count: 3000)) HTTP/1.1\r\nhost: localhost\r\n\r\n".utf8))
+            guard let r = await c.nextResponse(within: 30) else { Issue.record("no answer to request \(i)"); break }
+            statuses[r.status, default: 0] += 1
+        }
+        // 20 guessed enrollment tokens from the same source.
+        let key = P256.Signing.PrivateKey().publicKey.pemRepresentation
+        for _ in 0..<20 {
+            let body = try JSONEncoder().encode(Wire.EnrollRequest(secret: String(repeating: "0", count: 64), publicKeyPEM: key, hostKey: nil, os: nil))
+            try await c.send(Array("POST /v1/enroll HTTP/1.1\r\nhost: localhost\r\ncontent-type: application/json\r\ncontent-length: \(body.count)\r\n\r\n".utf8)
+                             + Array(body))
+            guard let r = await c.nextResponse(within: 30) else { Issue.record("no answer to an enrollment"); break }
+            statuses[r.status, default: 0] += 1
+        }
+        #expect(statuses == [401: 300, 403: 20], "\(statuses)")
+        let during = try await w.server.admin.audit(after: last, limit: 10_000).filter { $0.actor == "anonymous" }
+        #expect(during.count == 1, "\(during.count) audit records for 320 anonymous refusals from one source")
+        #expect(during.allSatisfy { $0.object.utf8.count <= 600 }, "an audit object of \(during.map(\.object.utf8.count).max() ?? 0) bytes")
+        // When the window has passed, one record carries the count.
+        w.server.clock.set(w.server.clock.now().addingTimeInterval(61))
+        let after = try await w.server.admin.audit(after: last, limit: 10_000).filter { $0.actor == "anonymous" }
+        #expect(after.count == 2)
+        #expect(after.last?.action == "refused-anonymous" && after.last?.detail.hasPrefix("319 more requests") == true,
+                "\(String(describing: after.last))")
+        print("catalog: \(catalogBefore >> 10) KiB before 320 anonymous refusals, \(fileSize(w.server.home.catalogPath) >> 10) KiB after; "
+              + "\(after.count) audit records")
+        let verified = try await w.server.admin.send(.GET, "/v1/audit/verify")
+        #expect(String(decoding: verified.body, as: UTF8.self).contains(#""ok":true"#), "the audit chain does not verify")
+        await c.close()
+        try await w.victimRestores()
+        await w.stop()
+    }
+
+    @Test func auditRecordsOfAuthenticatedCallersAreBounded() async throws {
+        let w = try await world()
+        let last = try await w.server.admin.audit(limit: 10_000).last?.seq ?? 0
+        // A path under the URI limit but far over the audit field's: refused (not in the
+        // API), audited with the object cut.
+        do { _ = try await w.writer.send(.POST, "/v1/" + String(repeating: "y", count: 3500)); Issue.record("allowed") } catch {}
+        let records = try await w.server.admin.audit(after: last, limit: 10_000).filter { $0.actor.contains("web1") }
+        #expect(records.count == 1)
+        #expect(records.allSatisfy { $0.object.utf8.count <= 600 && $0.object.contains("cut") }, "\(records.map(\.object.utf8.count))")
+        try await w.victimRestores()
+        await w.stop()
+    }
+}
+
+func fileSize(_ path: String) -> Int {
+    ((try? FileManager.default.attributesOfItem(atPath: path)[.size]) as? NSNumber)?.intValue ?? 0
+}
+
 // MARK: raw connections
 
 /// This process's resident set (the test server runs in it), from /proc/self/status.
@@ -452,7 +514,25 @@ final class RawConnection: Sendable {
         return nil
     }
 
-    static func parse(_ bytes: [UInt8]) -> (status: Int, body: String)? {
+    /// The next response (keep-alive), removed from what was received.
+    func nextResponse(within seconds: Double) async -> (status: Int, body: String)? {
+        let deadline = Date().addingTimeInterval(seconds)
+        while Date() < deadline {
+            let r: (status: Int, body: String)? = inbox.state.withLock { s in
+                guard let (r, used) = Self.parseCounting(s.bytes) else { return nil }
+                s.bytes.removeFirst(used)
+                return r
+            }
+            if let r { return r }
+            if !isOpen { return nil }
+            try? await Task.sleep(nanoseconds: 5_000_000)
+        }
+        return nil
+    }
+
+    static func parse(_ bytes: [UInt8]) -> (status: Int, body: String)? { parseCounting(bytes)?.0 }
+
+    static func parseCounting(_ bytes: [UInt8]) -> ((status: Int, body: String), Int)? {
         let sep: [UInt8] = [13, 10, 13, 10]
         guard bytes.count >= 12, let end = (0...(bytes.count - 4)).first(where: { Array(bytes[$0..<($0 + 4)]) == sep }) else { return nil }
         let head = String(decoding: bytes[..<end], as: UTF8.self)
@@ -463,6 +543,6 @@ final class RawConnection: Sendable {
             return kv.count == 2 && kv[0].lowercased() == "content-length" ? Int(kv[1].trimmingCharacters(in: .whitespaces)) : nil
         }.first ?? 0
         guard bytes.count >= end + 4 + length else { return nil }
-        return (status, String(decoding: bytes[(end + 4)..<(end + 4 + length)], as: UTF8.self))
+        return ((status, String(decoding: bytes[(end + 4)..<(end + 4 + length)], as: UTF8.self)), end + 4 + length)
     }
 }
