@@ -1,12 +1,15 @@
 import Foundation
 import Synchronization
 
-/// Refusals of callers without a credential, by source address: the first in a window is
-/// audited on its own, the rest are only counted and written as one record when the window
-/// ends, so that anonymous traffic cannot grow the audit chain by a record per request.
+/// Refusals of callers without a valid credential, by the certificate they presented (a
+/// revoked one) or else by source address: the first in a window is audited on its own,
+/// the rest are only counted and written as one record when the window ends, so that
+/// anonymous traffic cannot grow the audit chain by a record per request.
 final class AnonymousRefusals: Sendable {
     private struct Window {
         var start: Date
+        var source: String
+        var certificate: String?
         var counted = 0
     }
     private let windows = Mutex<[String: Window]>([:])
@@ -23,9 +26,10 @@ final class AnonymousRefusals: Sendable {
         return String(source[..<colon])
     }
 
-    /// Whether this refusal is the first of its source's window (audit it); otherwise it is counted.
-    func first(source: String, now: Date) -> Bool {
-        var key = Self.address(source)
+    /// Whether this refusal is the first of its window (audit it); otherwise it is counted.
+    func first(_ ctx: CallContext, now: Date) -> Bool {
+        let address = Self.address(ctx.source)
+        var key = ctx.certificate.map { "certificate " + $0 } ?? address
         return windows.withLock { w in
             if w[key] == nil && w.count >= Self.maxSources { key = "other sources" }
             if var open = w[key], now.timeIntervalSince(open.start) < window {
@@ -33,26 +37,26 @@ final class AnonymousRefusals: Sendable {
                 w[key] = open
                 return false
             }
-            w[key] = Window(start: now)
+            w[key] = Window(start: now, source: key == "other sources" ? key : address, certificate: ctx.certificate)
             return true
         }
     }
 
     /// Windows that have ended with refusals counted but not yet audited; they are forgotten.
-    func ended(now: Date) -> [(source: String, count: Int, start: Date)] {
+    func ended(now: Date) -> [(source: String, certificate: String?, count: Int, start: Date)] {
         windows.withLock { w in
-            var out: [(String, Int, Date)] = []
+            var out: [(String, String?, Int, Date)] = []
             for (k, v) in w where now.timeIntervalSince(v.start) >= window {
-                if v.counted > 0 { out.append((k, v.counted, v.start)) }
+                if v.counted > 0 { out.append((v.source, v.certificate, v.counted, v.start)) }
                 w[k] = nil
             }
-            return out.sorted { $0.0 < $1.0 }
+            return out.sorted { ($0.3, $0.0) < ($1.3, $1.0) }
         }
     }
 
     /// Appended to the first record of a window.
     static func note(_ limits: ServerLimits) -> String {
-        " (more refusals from this source within \(Int(limits.anonymousAuditWindowSeconds)) s are counted in one record)"
+        " (more refusals from this source or certificate within \(Int(limits.anonymousAuditWindowSeconds)) s are counted in one record)"
     }
 }
 
@@ -64,8 +68,9 @@ extension RepositoryService {
         let now = clock.now()
         for e in anonymousRefusals.ended(now: now) {
             let seconds = Int(now.timeIntervalSince(e.start).rounded())
-            audit(CallContext(principal: nil, source: e.source), "refused-anonymous", object: "source \(e.source)", outcome: "denied",
-                  detail: "\(e.count) more requests without a valid credential refused from \(e.source) in the \(seconds) s after "
+            let who = e.certificate.map { "certificate \($0.prefix(16))" } ?? "source \(e.source)"
+            audit(CallContext(principal: nil, source: e.source, certificate: e.certificate), "refused-anonymous", object: who, outcome: "denied",
+                  detail: "\(e.count) more requests without a valid credential refused from \(who) in the \(seconds) s after "
                   + "\(ISO8601DateFormatter().string(from: e.start))")
         }
     }

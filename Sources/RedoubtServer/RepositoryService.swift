@@ -158,7 +158,7 @@ public final class RepositoryService: Sendable {
     public func refuse(_ ctx: CallContext, _ action: String, object: String, _ error: ServerError) -> ServerError {
         if ctx.principal == nil {
             recordAnonymousRefusals()
-            if anonymousRefusals.first(source: ctx.source, now: clock.now()) {
+            if anonymousRefusals.first(ctx, now: clock.now()) {
                 audit(ctx, action, object: object, outcome: "denied", detail: error.message + AnonymousRefusals.note(limits))
             }
         } else {
