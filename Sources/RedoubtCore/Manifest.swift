@@ -55,7 +55,7 @@ public struct ManifestHeader: Sendable, Hashable {
 
 /// Bounds a reader puts on a manifest's public header beyond the format's own: how many
 /// backed-up paths and tags it may carry, and their bytes. The server applies its limits
-/// here (docs/PROTOCOL.md §3.1), so a manifest of millions of empty paths is refused while
+/// here (docs/PROTOCOL.md §3.2), so a manifest of millions of empty paths is refused while
 /// it is parsed, before anything is allocated per path.
 public struct ManifestBounds: Sendable, Equatable {
     public var maxPaths: Int

@@ -83,7 +83,7 @@ public final class RepositoryService: Sendable {
     public let copyJobs = CopyJobs()
     /// Tenants whose garbage collection is running (one run per tenant at a time).
     let gcRunning = Mutex<Set<String>>([])
-    /// What one request, connection or caller may spend (docs/PROTOCOL.md §3.1).
+    /// What one request, connection or caller may spend (docs/PROTOCOL.md §3.2).
     public let limits: ServerLimits
     /// Open connections by source and credential, against `limits`.
     let connections: ConnectionCounter
@@ -260,7 +260,7 @@ public final class RepositoryService: Sendable {
         guard summary.chunkIDs.count <= limits.maxChunksPerPack else {
             throw refuse(ctx, "upload-pack", object: "pack \(id)", ServerError(413, "E_TOO_LARGE",
                 "pack \(id) declares \(summary.chunkIDs.count) chunks, over the server's limit of \(limits.maxChunksPerPack) "
-                + "(limit chunks-per-pack; docs/PROTOCOL.md §3.1): write smaller packs"))
+                + "(limit chunks-per-pack; docs/PROTOCOL.md §3.2): write smaller packs"))
         }
         guard summary.keyID.description == tenant.readKeyID else {
             throw refuse(ctx, "upload-pack", object: "pack \(id)", .integrity("pack \(id) is sealed to read key \(summary.keyID), not tenant \(tenant.name)'s \(tenant.readKeyID)"))

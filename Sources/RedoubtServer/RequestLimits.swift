@@ -2,7 +2,7 @@ import Hummingbird
 import NIOCore
 
 /// Refuses, before anything reads the body or looks up the caller, a request whose path
-/// or declared body is over its limit (docs/PROTOCOL.md §3.1), and closes the connection
+/// or declared body is over its limit (docs/PROTOCOL.md §3.2), and closes the connection
 /// after the answer so that the body never sent, or sent anyway, is not read.
 struct RequestLimitsMiddleware: RouterMiddleware {
     typealias Context = RedoubtRequestContext
@@ -46,7 +46,7 @@ extension ServerError {
     /// A body or object over one of the server's limits.
     static func tooLarge(what: String, size: Int, limit: Int, setting: String) -> ServerError {
         ServerError(413, "E_TOO_LARGE", "\(what) of \(size) bytes exceeds the server's limit of \(limit) bytes "
-                    + "(limit \(setting); docs/PROTOCOL.md §3.1)")
+                    + "(limit \(setting); docs/PROTOCOL.md §3.2)")
     }
 }
 

@@ -4,7 +4,7 @@ import RedoubtCore
 /// Every bound on what one request, connection or caller may spend on this server: time,
 /// connections, bytes, catalog rows and audit records. One value, read at start from
 /// `server.json` (key `limits`) and `--limit NAME=VALUE` flags; defaults and errors are
-/// the table in docs/PROTOCOL.md §3.1. A limit of 0 is not "unlimited": every limit holds.
+/// the table in docs/PROTOCOL.md §3.2. Every limit is above zero; none can be switched off.
 public struct ServerLimits: Codable, Sendable, Equatable {
     /// A connection with no complete TLS handshake, request head or body progress for this
     /// long is closed; so is an idle keep-alive connection. Above the client's own pool
@@ -50,7 +50,7 @@ public struct ServerLimits: Codable, Sendable, Equatable {
 
     public init() {}
 
-    /// The names `--limit NAME=VALUE` accepts, with how to read each (docs/PROTOCOL.md §3.1).
+    /// The names `--limit NAME=VALUE` accepts, with how to read each (docs/PROTOCOL.md §3.2).
     static var settable: [(name: String, path: WritableKeyPath<ServerLimits, Int>?, seconds: WritableKeyPath<ServerLimits, Double>?,
                            size: Bool)] { [
         ("idle-timeout", nil, \.idleTimeoutSeconds, false),
@@ -149,7 +149,7 @@ public struct ServerLimits: Codable, Sendable, Equatable {
     func manifestTooLarge(_ e: CoreError) -> ServerError {
         ServerError(413, "E_TOO_LARGE", "commit refused: \(e.description) (server limits manifest-paths=\(maxManifestPaths), "
                     + "manifest-path-bytes=\(maxManifestPathBytes), manifest-tags=\(maxManifestTags), tag-size=\(maxTagBytes); "
-                    + "back up fewer top-level paths per snapshot, or ask the operator to raise the limit; docs/PROTOCOL.md §3.1)")
+                    + "back up fewer top-level paths per snapshot, or ask the operator to raise the limit; docs/PROTOCOL.md §3.2)")
     }
 
     // Settings files written before limits existed, or naming only some: every limit not

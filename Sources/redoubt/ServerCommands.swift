@@ -19,7 +19,7 @@ struct ServerInit: AsyncParsableCommand {
     @Option(name: .long, help: "Address to listen on.") var listen = "127.0.0.1:8443"
     @Option(name: .long, help: "Default minimum retention of new tenants (e.g. 30d).") var minRetention = "30d"
     @Option(name: .long, help: "Admins (requester included) that a change weakening protection needs, once there are that many.") var quorum = 2
-    @Option(name: .long, help: "A server limit, NAME=VALUE (repeatable; names, defaults and units in docs/PROTOCOL.md §3.1), kept in server.json.")
+    @Option(name: .long, help: "A server limit, NAME=VALUE (repeatable; names, defaults and units in docs/PROTOCOL.md §3.2), kept in server.json.")
     var limit: [String] = []
 
     func run() async throws {
@@ -42,7 +42,7 @@ struct ServerRun: AsyncParsableCommand {
     static let configuration = CommandConfiguration(commandName: "run", abstract: "Serve the API over TLS until SIGTERM or SIGINT.")
 
     @Option(name: .long, help: "The data directory.") var data: String
-    @Option(name: .long, help: "A server limit for this run, NAME=VALUE (repeatable; over server.json; docs/PROTOCOL.md §3.1).")
+    @Option(name: .long, help: "A server limit for this run, NAME=VALUE (repeatable; over server.json; docs/PROTOCOL.md §3.2).")
     var limit: [String] = []
 
     func run() async throws {

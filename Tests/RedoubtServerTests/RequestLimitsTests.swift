@@ -12,7 +12,7 @@ import RedoubtKMS
 import Synchronization
 import Testing
 
-/// What one request, connection or caller may spend (docs/PROTOCOL.md §3.1), tried as an
+/// What one request, connection or caller may spend (docs/PROTOCOL.md §3.2), tried as an
 /// attacker would, with raw sockets and a host's own credential, against a real server.
 /// Every test ends with the victim's committed snapshot restoring bit for bit.
 @Suite(.serialized) struct RequestLimitsTests {
