@@ -17,6 +17,8 @@ extension Wire {
         public var revokedAt: Date?
         /// A writer's newest committed snapshot (server time): hosts that stopped backing up show here.
         public var lastSnapshotAt: Date?
+        /// A writer's storage: its quota, if any, and the bytes of packs it uploaded.
+        public var quota: QuotaInfo?
         public init(id: String, role: String, tenant: String?, name: String, fingerprint: String, createdAt: Date, os: String?,
                     revokedAt: Date?, lastSnapshotAt: Date?) {
             self.id = id

@@ -402,7 +402,10 @@ public enum Wire {
         public var id: String
         public var created: Bool
         public var retainUntil: Date
-        public init(id: String, created: Bool, retainUntil: Date) {
+        /// Set when the upload leaves the host or tenant at 90 % of its quota or more.
+        public var quotaWarning: String?
+        public init(id: String, created: Bool, retainUntil: Date, quotaWarning: String? = nil) {
+            self.quotaWarning = quotaWarning
             self.id = id
             self.created = created
             self.retainUntil = retainUntil

@@ -172,6 +172,7 @@ public final class Catalog: Sendable {
         registerHoldMigrations(&m)
         registerPrincipalMigrations(&m)
         registerGCMigrations(&m)
+        registerQuotaMigrations(&m)
         return m
     }
 

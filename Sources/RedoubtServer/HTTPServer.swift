@@ -267,6 +267,11 @@ public enum RedoubtHTTP {
                 jsonResponse(try await service.collectGarbage(tenant: ctx.parameters.get("tenant") ?? "", try await req.json(Wire.GCRequest.self), ctx: ctx.call))
             }
         }
+        router.put("/v1/tenants/:tenant/quota") { req, ctx in
+            await handle(logger) {
+                jsonResponse(try service.setQuota(tenant: ctx.parameters.get("tenant") ?? "", try await req.json(Wire.SetQuotaRequest.self), ctx: ctx.call))
+            }
+        }
         router.get("/v1/enrollments") { _, _ in await handle(logger) { jsonResponse(try service.listEnrollments()) } }
         router.post("/v1/enrollments/:id/cancel") { _, ctx in
             await handle(logger) { jsonResponse(try service.cancelEnrollment(id: ctx.parameters.get("id") ?? "", ctx: ctx.call)) }

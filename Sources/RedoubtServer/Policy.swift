@@ -12,7 +12,7 @@ public enum Action: String, Sendable, CaseIterable {
     case setRetention, addAdmin, removeAdmin, getQuorum, setQuorum, listRequests, decideRequest
     case addCopyTarget, listCopyTargets, removeCopyTarget, syncCopyTarget
     case placeHold, listHolds, releaseHold
-    case collectGarbage
+    case collectGarbage, setQuota
     case listAudit, verifyAudit
 }
 
@@ -48,6 +48,7 @@ public enum Policy {
         case (.put, 3) where p[0] == "tenants" && p[2] == "write-material": return (.restoreWriteMaterial, ["tenant": p[1]])
         case (.put, 3) where p[0] == "tenants" && p[2] == "retention": return (.setRetention, ["tenant": p[1]])
         case (.post, 3) where p[0] == "tenants" && p[2] == "gc": return (.collectGarbage, ["tenant": p[1]])
+        case (.put, 3) where p[0] == "tenants" && p[2] == "quota": return (.setQuota, ["tenant": p[1]])
         case (.post, 1) where p[0] == "admins": return (.addAdmin, [:])
         case (.post, 3) where p[0] == "admins" && p[2] == "remove": return (.removeAdmin, ["name": p[1]])
         case (.get, 1) where p[0] == "quorum": return (.getQuorum, [:])
@@ -92,6 +93,7 @@ public enum Policy {
         case .placeHold, .listHolds, .releaseHold: return role == .admin
         // Removes only what no lock protects any more (§4.5): an admin's routine job.
         case .collectGarbage: return role == .admin
+        case .setQuota: return role == .admin
         case .listAudit, .verifyAudit: return role == .admin || role == .auditor
         }
     }

@@ -245,7 +245,7 @@ public final class RepositoryService: Sendable {
 
     /// Stores a pack whose bytes hash to `idHex`. Idempotent; never overwrites.
     public func uploadPack(idHex: String, bytes: [UInt8], ctx: CallContext) async throws -> Wire.UploadResponse {
-        let (_, tenant) = try requireTenant(ctx)
+        let (p, tenant) = try requireTenant(ctx)
         guard let id = PackID(hex: idHex) else { throw ServerError.badRequest("pack ID must be 64 lowercase hex digits") }
         if let existing = try catalog.pack(tenant: tenant.name, id: id.description) {
             // Why: a re-upload is a no-op, never an overwrite, whatever the body says.
@@ -265,6 +265,7 @@ public final class RepositoryService: Sendable {
         guard summary.keyID.description == tenant.readKeyID else {
             throw refuse(ctx, "upload-pack", object: "pack \(id)", .integrity("pack \(id) is sealed to read key \(summary.keyID), not tenant \(tenant.name)'s \(tenant.readKeyID)"))
         }
+        let quotaWarning = try checkQuota(tenant: tenant.name, host: p.name, adding: bytes.count, ctx: ctx, pack: id)
         let now = try now()
         let until = Self.ceilDay(now.addingTimeInterval(tenant.minRetention))
         let key = Self.packKey(tenant: tenant.name, id: id)
@@ -283,7 +284,8 @@ public final class RepositoryService: Sendable {
         } catch is Catalog.BeingCollected {
             throw ServerError.beingCollected("pack \(id)")
         }
-        return Wire.UploadResponse(id: id.description, created: result == .created, retainUntil: until)
+        try catalog.recordUpload(tenant: tenant.name, pack: id.description, host: p.name)
+        return Wire.UploadResponse(id: id.description, created: result == .created, retainUntil: until, quotaWarning: quotaWarning)
     }
 
     /// Commits a snapshot: checks the host's signature, the tenant, and that every pack is

@@ -114,7 +114,7 @@ struct AdminOptions: ParsableArguments {
 
 struct TenantCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(commandName: "tenant", abstract: "Create and list tenants; rotate, escrow or shred their read keys.",
-                                                    subcommands: [TenantCreate.self, TenantList.self, TenantSetRetention.self, TenantRotateKey.self, TenantEscrow.self, TenantShred.self, TenantRestoreMaterial.self])
+                                                    subcommands: [TenantCreate.self, TenantList.self, TenantSet.self, TenantSetRetention.self, TenantRotateKey.self, TenantEscrow.self, TenantShred.self, TenantRestoreMaterial.self])
 }
 
 struct TenantCreate: AsyncParsableCommand {
@@ -187,7 +187,7 @@ extension EnrollmentCommand {
 }
 
 struct HostCommand: AsyncParsableCommand {
-    static let configuration = CommandConfiguration(commandName: "host", abstract: "Enroll, list and revoke protected hosts (writers).", subcommands: [HostAdd.self, HostList.self, HostRevoke.self])
+    static let configuration = CommandConfiguration(commandName: "host", abstract: "Enroll, list and revoke protected hosts (writers).", subcommands: [HostAdd.self, HostList.self, HostSet.self, HostRevoke.self])
 }
 
 struct HostAdd: EnrollmentCommand {

@@ -424,6 +424,54 @@ extension RequestLimitsTests {
     }
 }
 
+// MARK: quotas
+
+extension RequestLimitsTests {
+    @Test func quotasBoundEachHostAndTheTenantCommittedOrNot() async throws {
+        let w = try await world()
+        func random(_ n: Int) -> [UInt8] { (0..<n).map { _ in UInt8.random(in: 0...255) } }
+        await refused("E_FORBIDDEN", "a host setting its own quota") { _ = try await w.writer.setQuota(tenant: "acme", host: "web1", bytes: 1 << 40) }
+        let set = try await w.server.admin.setQuota(tenant: "acme", host: "web1", bytes: 1 << 20)
+        #expect(set.quotaBytes == 1 << 20 && set.committedBytes == 0 && set.uncommittedBytes == 0)
+
+        // Within its quota web1 backs up; a second 600 KiB pack, never to be committed, is refused.
+        let keys = try w.writerConfig.writeKeySet()
+        let (p1, m1) = try makeSnapshot(keys: keys, files: [("a.bin", random(600 << 10))])
+        for p in p1 { _ = try await w.writer.uploadPack(id: p.id, bytes: p.bytes) }
+        _ = try await w.writer.commit(manifestBytes: m1.bytes)
+        let (junk, _) = try makeSnapshot(keys: keys, files: [("junk.bin", random(600 << 10))])
+        let e = await refused("E_QUOTA", "a pack past the host's quota") {
+            for p in junk { _ = try await w.writer.uploadPack(id: p.id, bytes: p.bytes) }
+        }
+        #expect(e?.status == 507 && e?.message.contains("redoubt admin host set acme web1 --quota") == true, "\(String(describing: e))")
+        for p in junk { #expect(try w.server.service.catalog.pack(tenant: "acme", id: p.id.description) == nil) }
+        // `host list` reports it.
+        let listed = try await w.server.admin.principals().first { $0.name == "web1" }?.quota
+        #expect(listed?.quotaBytes == 1 << 20 && (listed?.committedBytes ?? 0) >= 600 << 10 && listed?.uncommittedBytes == 0,
+                "\(String(describing: listed))")
+
+        // The tenant's quota binds its other hosts too.
+        let (c2, web2) = try await w.server.enroll(tenant: "acme", role: "writer", name: "web2")
+        let held = try w.server.service.quotaInfo(tenant: "acme", host: nil)
+        let used = held.committedBytes + held.uncommittedBytes
+        _ = try await w.server.admin.setQuota(tenant: "acme", host: nil, bytes: used + (100 << 10))
+        let (p2, m2) = try makeSnapshot(keys: try c2.writeKeySet(), files: [("b.bin", random(600 << 10))])
+        let t = await refused("E_QUOTA", "a pack past the tenant's quota") {
+            for p in p2 { _ = try await web2.uploadPack(id: p.id, bytes: p.bytes) }
+        }
+        #expect(t?.message.contains("redoubt admin tenant set acme --quota") == true, "\(String(describing: t))")
+        // Raised, it lets the backup through and says it is near.
+        _ = try await w.server.admin.setQuota(tenant: "acme", host: nil, bytes: used + (700 << 10))
+        var warning: String? = nil
+        for p in p2 { warning = try await web2.uploadPack(id: p.id, bytes: p.bytes).quotaWarning ?? warning }
+        #expect(warning?.contains("tenant acme") == true, "no near-quota warning: \(String(describing: warning))")
+        _ = try await web2.commit(manifestBytes: m2.bytes)
+        await web2.shutdown()
+        try await w.victimRestores()
+        await w.stop()
+    }
+}
+
 func fileSize(_ path: String) -> Int {
     ((try? FileManager.default.attributesOfItem(atPath: path)[.size]) as? NSNumber)?.intValue ?? 0
 }
