@@ -80,6 +80,19 @@ import Testing
         return c
     }
 
+    @Test func limitsAreSetByNameWithUnitsAndUnknownOnesAreRefused() throws {
+        let l = try ServerLimits().applying(["pack-size=64M", "idle-timeout=2m", "connections-per-source=10", "tag-size=1K"])
+        #expect(l.maxPackBytes == 64 << 20 && l.idleTimeoutSeconds == 120 && l.maxConnectionsPerSource == 10 && l.maxTagBytes == 1024)
+        #expect(l.maxManifestPaths == ServerLimits().maxManifestPaths, "a limit not named keeps its default")
+        for bad in ["pack-size=0", "pack-size=lots", "nonsense=1", "idle-timeout", "chunks-per-pack=2000000"] {
+            #expect(throws: ServerError.self, "--limit \(bad) was taken") { _ = try ServerLimits().applying([bad]) }
+        }
+        // server.json written before limits existed, or naming only some, keeps the defaults.
+        let partial = try JSONDecoder().decode(ServerLimits.self, from: Data(#"{"maxPackBytes": 1024}"#.utf8))
+        #expect(partial.maxPackBytes == 1024 && partial.idleTimeoutSeconds == ServerLimits().idleTimeoutSeconds)
+        #expect(try JSONDecoder().decode(ServerLimits.self, from: JSONEncoder().encode(l)) == l)
+    }
+
     // MARK: connections
 
     @Test func idleConnectionsAreClosedIncludingDuringTheTLSHandshake() async throws {
