@@ -26,7 +26,7 @@ struct ServerInit: AsyncParsableCommand {
         try await RedoubtCLI.run {
             let r = try parseDuration(minRetention)
             guard quorum >= 1 else { throw ValidationError("--quorum must be at least 1") }
-            let limits = try ServerLimits().applying(limit)
+            let limits = try applyLimits(ServerLimits(), limit)
             let (settings, cred) = try await ServerHome(path: data).initialize(listen: listen, minRetention: r, now: Date(), limits: limits)
             try Catalog(path: ServerHome(path: data).catalogPath).setSetting("quorum", String(quorum))
             print("Initialised a Redoubt server in \(ServerHome(path: data).root.path)")
@@ -50,7 +50,7 @@ struct ServerRun: AsyncParsableCommand {
             let logger = Logger(label: "redoubt.server")
             let home = ServerHome(path: data)
             let settings = try home.settings()
-            let limits = try (settings.limits ?? ServerLimits()).applying(limit)
+            let limits = try applyLimits(settings.limits ?? ServerLimits(), limit)
             let service = try home.openService(logger: logger, limits: limits)
             if let store = service.store as? LocalStore, let warning = store.immutabilityWarning {
                 // Why loud: without the flag, root on this host can alter packs unnoticed until verify.
@@ -300,4 +300,9 @@ struct GCCommand: AsyncParsableCommand {
             return r.pendingDeletes > 0 ? .partial : .ok
         }
     }
+}
+
+/// `--limit NAME=VALUE` settings over `base`; a bad one is a usage error (exit 2).
+func applyLimits(_ base: ServerLimits, _ settings: [String]) throws -> ServerLimits {
+    do { return try base.applying(settings) } catch let e as ServerError { throw ValidationError(e.message) }
 }
