@@ -102,7 +102,7 @@ let package = Package(
         // Offline media sets (issue 6): the format, pure; devices and glue come later.
         .testTarget(name: "RedoubtMediaTests", dependencies: ["RedoubtMedia", "RedoubtCore"], resources: [.copy("Fixtures")]),
         .testTarget(name: "RedoubtClientTests", dependencies: ["RedoubtClient", "RedoubtCore", "RedoubtKMS"]),
-        .testTarget(name: "RedoubtServerTests", dependencies: ["RedoubtServer", "RedoubtMedia", "RedoubtClient", "RedoubtCore", "RedoubtKMS", "RedoubtAWS", "RedoubtStore", nioHTTP1, crypto,
+        .testTarget(name: "RedoubtServerTests", dependencies: ["RedoubtServer", "RedoubtMedia", "RedoubtClient", "RedoubtCore", "RedoubtKMS", "RedoubtAWS", "RedoubtStore", nioHTTP1, crypto, nioPosix, nioSSL,
                                                     .product(name: "Hummingbird", package: "hummingbird"), .product(name: "GRDB", package: "GRDB.swift")],
                     resources: [.copy("Fixtures")]),
     ]

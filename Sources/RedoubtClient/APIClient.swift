@@ -191,6 +191,11 @@ public final class APIClient: Sendable {
     }
 
     /// Enrolled principals (admin); `includeRevoked` adds the revoked ones.
+    /// Sets (nil: removes) a tenant's storage quota, or with `host` that host's (admin).
+    public func setQuota(tenant: String, host: String?, bytes: Int64?) async throws -> Wire.QuotaInfo {
+        try await json(Wire.QuotaInfo.self, .PUT, "/v1/tenants/\(tenant)/quota", body: Wire.SetQuotaRequest(host: host, bytes: bytes))
+    }
+
     public func principals(includeRevoked: Bool = false) async throws -> [Wire.PrincipalInfo] {
         try await json([Wire.PrincipalInfo].self, .GET, includeRevoked ? "/v1/principals?all=1" : "/v1/principals")
     }

@@ -53,6 +53,26 @@ public struct ManifestHeader: Sendable, Hashable {
     }
 }
 
+/// Bounds a reader puts on a manifest's public header beyond the format's own: how many
+/// backed-up paths and tags it may carry, and their bytes. The server applies its limits
+/// here (docs/PROTOCOL.md §3.2), so a manifest of millions of empty paths is refused while
+/// it is parsed, before anything is allocated per path.
+public struct ManifestBounds: Sendable, Equatable {
+    public var maxPaths: Int
+    /// Bytes of all paths together.
+    public var maxPathBytes: Int
+    public var maxTags: Int
+    /// Bytes of each tag.
+    public var maxTagBytes: Int
+
+    public init(maxPaths: Int, maxPathBytes: Int, maxTags: Int, maxTagBytes: Int) {
+        self.maxPaths = maxPaths
+        self.maxPathBytes = maxPathBytes
+        self.maxTags = maxTags
+        self.maxTagBytes = maxTagBytes
+    }
+}
+
 /// A snapshot manifest (format v1, docs/FORMAT.md §6): a public header, a part sealed to
 /// the tenant's read key (the root tree), and the host's signature over both.
 ///
@@ -106,7 +126,9 @@ public struct Manifest: Sendable {
     /// Parses a manifest's structure from untrusted bytes. This checks neither the
     /// signature nor who it names: call ``verify(tenant:host:hostKey:readKeyID:)``.
     /// If `expectedID` is given the bytes must hash to it.
-    public static func parse(_ bytes: [UInt8], expectedID: SnapshotID? = nil, object: String? = nil) throws(CoreError) -> Manifest {
+    /// `bounds`, if given, limits the header's paths and tags (`.limitExceeded` beyond them).
+    public static func parse(_ bytes: [UInt8], expectedID: SnapshotID? = nil, object: String? = nil,
+                             bounds: ManifestBounds? = nil) throws(CoreError) -> Manifest {
         let id = SnapshotID(bytes: Array(SHA256.hash(data: bytes)))!
         let object = object ?? "snapshot \(expectedID ?? id)"
         if let expectedID, expectedID != id {
@@ -124,7 +146,7 @@ public struct Manifest: Sendable {
             let signedLength = r.offset
             let sig = try r.raw(signatureSize)
             guard r.isAtEnd else { throw CoreError(.corrupt, object: object, "trailing bytes after the signature") }
-            let header = try decodeHeader(headerBytes, object: object)
+            let header = try decodeHeader(headerBytes, object: object, bounds: bounds)
             return Manifest(id: id, header: header, bytes: bytes, headerBytes: headerBytes, encapsulatedKey: enc,
                             sealedBody: sealed, signature: sig, signedLength: signedLength)
         } catch let e as CoreError { throw e } catch let e as ByteReader.Failure { throw e.corrupt(object, "malformed manifest") } catch {
@@ -196,7 +218,7 @@ public struct Manifest: Sendable {
         return w.bytes
     }
 
-    static func decodeHeader(_ bytes: [UInt8], object: String) throws(CoreError) -> ManifestHeader {
+    static func decodeHeader(_ bytes: [UInt8], object: String, bounds: ManifestBounds? = nil) throws(CoreError) -> ManifestHeader {
         var r = ByteReader(bytes)
         do {
             let tenant = try r.string(limit: 256)
@@ -207,9 +229,30 @@ public struct Manifest: Sendable {
             guard time.nanoseconds < 1_000_000_000 else { throw CoreError(.corrupt, object: object, "time nanoseconds out of range") }
             let nonce = try r.raw(16)
             var paths: [[UInt8]] = []
-            for _ in 0..<(try r.count(limit: r.remaining)) { paths.append(try r.lengthPrefixed(limit: 65536)) }
+            let pathCount = try r.count(limit: r.remaining)
+            if let bounds, pathCount > bounds.maxPaths {
+                throw CoreError(.limitExceeded, object: object, "names \(pathCount) backed-up paths; at most \(bounds.maxPaths) are accepted")
+            }
+            var pathBytes = 0
+            for _ in 0..<pathCount {
+                paths.append(try r.lengthPrefixed(limit: 65536))
+                pathBytes += paths[paths.count - 1].count
+                if let bounds, pathBytes > bounds.maxPathBytes {
+                    throw CoreError(.limitExceeded, object: object, "backed-up paths over \(bounds.maxPathBytes) bytes together")
+                }
+            }
             var tags: [String] = []
-            for _ in 0..<(try r.count(limit: r.remaining)) { tags.append(try r.string(limit: 1024)) }
+            let tagCount = try r.count(limit: r.remaining)
+            if let bounds, tagCount > bounds.maxTags {
+                throw CoreError(.limitExceeded, object: object, "carries \(tagCount) tags; at most \(bounds.maxTags) are accepted")
+            }
+            for _ in 0..<tagCount {
+                tags.append(try r.string(limit: 1024))
+                if let bounds, tags[tags.count - 1].utf8.count > bounds.maxTagBytes {
+                    throw CoreError(.limitExceeded, object: object, "carries a tag of \(tags[tags.count - 1].utf8.count) bytes; "
+                                    + "at most \(bounds.maxTagBytes) are accepted")
+                }
+            }
             var s = SnapshotStatistics()
             s.files = try r.uvarint(); s.directories = try r.uvarint(); s.otherEntries = try r.uvarint()
             s.bytesTotal = try r.uvarint(); s.bytesRead = try r.uvarint(); s.bytesUploaded = try r.uvarint()

@@ -20,6 +20,8 @@ extension Wire {
         /// Packs this writer uploaded that a restorer's deep verify reported as not opening
         /// (a host that uploaded bytes its chunk IDs do not name may have been taken).
         public var damagedPacks: Int?
+        /// A writer's storage: its quota, if any, and the bytes of packs it uploaded.
+        public var quota: QuotaInfo?
         public init(id: String, role: String, tenant: String?, name: String, fingerprint: String, createdAt: Date, os: String?,
                     revokedAt: Date?, lastSnapshotAt: Date?, damagedPacks: Int? = nil) {
             self.damagedPacks = damagedPacks

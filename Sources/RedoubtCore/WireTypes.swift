@@ -395,9 +395,13 @@ public enum Wire {
         public var tags: [String]
         public var statistics: SnapshotStatistics
         public var packCount: Int
+        /// How many paths the snapshot names, when `paths` (in listings) shows only the
+        /// first of them; absent from servers that always sent them all.
+        public var pathCount: Int?
 
         public init(id: String, tenant: String, host: String, time: Date, committedAt: Date, retainUntil: Date, paths: [String], tags: [String],
-                    statistics: SnapshotStatistics, packCount: Int) {
+                    statistics: SnapshotStatistics, packCount: Int, pathCount: Int? = nil) {
+            self.pathCount = pathCount
             self.id = id
             self.tenant = tenant
             self.host = host
@@ -415,7 +419,10 @@ public enum Wire {
         public var id: String
         public var created: Bool
         public var retainUntil: Date
-        public init(id: String, created: Bool, retainUntil: Date) {
+        /// Set when the upload leaves the host or tenant at 90 % of its quota or more.
+        public var quotaWarning: String?
+        public init(id: String, created: Bool, retainUntil: Date, quotaWarning: String? = nil) {
+            self.quotaWarning = quotaWarning
             self.id = id
             self.created = created
             self.retainUntil = retainUntil

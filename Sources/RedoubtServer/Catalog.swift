@@ -172,6 +172,7 @@ public final class Catalog: Sendable {
         registerHoldMigrations(&m)
         registerPrincipalMigrations(&m)
         registerGCMigrations(&m)
+        registerQuotaMigrations(&m)
         registerDedupMigrations(&m)
         registerDamagedPackMigrations(&m)
         return m
@@ -423,14 +424,30 @@ public final class Catalog: Sendable {
     /// no host reuses them under host scope). The first pack wins for a chunk within a scope.
     /// A pack garbage collection queued for deletion is taken back off the queue (its bytes
     /// were uploaded again); one whose deletion is under way is refused (``BeingCollected``).
+    ///
+    /// The chunk index is written `batch` rows per transaction, the pack's own row with the
+    /// first: the catalog has one writer, and a pack of a million chunk IDs in one
+    /// transaction would hold every other tenant's upload and commit until it is done.
+    /// Should the server stop between batches, the pack is recorded with part of its index:
+    /// the chunks not indexed are only not deduplicated against, and nothing is lost.
     public func insertPack(tenant: String, id: String, key: String, size: Int, retainUntil: Date, chunkIDs: [ChunkID], now: Date,
-                           uploader: String? = nil) throws {
+                           uploader: String? = nil, batch: Int = 4096) throws {
+        let step = max(1, batch)
+        func insert(_ db: Database, _ ids: ArraySlice<ChunkID>) throws {
+            let stmt = try db.cachedStatement(sql: "INSERT OR IGNORE INTO chunks(tenant, chunk_id, scope, pack_id) VALUES (?, ?, ?, ?)")
+            for c in ids { try stmt.execute(arguments: [tenant, Data(c.bytes), uploader ?? "", id]) }
+        }
         try db.write { db in
             try Self.reclaim(db, key: key)
             try db.execute(sql: "INSERT OR IGNORE INTO packs(tenant, id, size, retain_until, created_at, uploader) VALUES (?, ?, ?, ?, ?, ?)",
                            arguments: [tenant, id, size, retainUntil.timeIntervalSince1970, now.timeIntervalSince1970, uploader])
-            let stmt = try db.cachedStatement(sql: "INSERT OR IGNORE INTO chunks(tenant, chunk_id, scope, pack_id) VALUES (?, ?, ?, ?)")
-            for c in chunkIDs { try stmt.execute(arguments: [tenant, Data(c.bytes), uploader ?? "", id]) }
+            try insert(db, chunkIDs.prefix(step))
+        }
+        var i = step
+        while i < chunkIDs.count {
+            let end = min(i + step, chunkIDs.count)
+            try db.write { db in try insert(db, chunkIDs[i..<end]) }
+            i = end
         }
     }
 

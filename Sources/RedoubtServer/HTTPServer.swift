@@ -134,11 +134,6 @@ func handle(_ logger: Logger, _ body: () async throws -> Response) async -> Resp
 }
 
 extension Request {
-    func bytes(limit: Int) async throws -> [UInt8] {
-        let buf = try await body.collect(upTo: limit)
-        return Array(buf.readableBytesView)
-    }
-
     /// The body decoded as `T`, after `RequestJSON.decode`'s strict check (duplicate keys,
     /// depth, trailing bytes, number ranges): every refusal is a 400 naming the problem.
     func json<T: Decodable>(_ type: T.Type) async throws -> T {
@@ -166,7 +161,7 @@ public enum RedoubtHTTP {
         Route(.put, "/v1/packs/{id}", .uploadPack, .writer) { service, logger, req, ctx in
             await handle(logger) {
                 let id = ctx.parameters.get("id") ?? ""
-                let r = try await service.uploadPack(idHex: id, bytes: try await req.bytes(limit: maxPackBody), ctx: ctx.call)
+                let r = try await service.uploadPack(idHex: id, bytes: try await req.bytes(limit: service.limits.maxPackBytes), ctx: ctx.call)
                 return jsonResponse(r, status: r.created ? .created : .ok)
             }
         },
@@ -184,7 +179,7 @@ public enum RedoubtHTTP {
         },
         Route(.post, "/v1/snapshots", .commitSnapshot, .writer) { service, logger, req, ctx in
             let os = req.headers.first { $0.name.canonicalName == Wire.hostOSHeader.lowercased() }?.value
-            return await handle(logger) { jsonResponse(try await service.commit(try await req.bytes(limit: Manifest.maxSize), os: os, ctx: ctx.call), status: .created) }
+            return await handle(logger) { jsonResponse(try await service.commit(try await req.bytes(limit: min(service.limits.maxManifestBytes, Manifest.maxSize)), os: os, ctx: ctx.call), status: .created) }
         },
         Route(.get, "/v1/snapshots", .listSnapshots, .anyRole) { service, logger, req, ctx in
             await handle(logger) {
@@ -292,6 +287,12 @@ public enum RedoubtHTTP {
                 jsonResponse(try await service.collectGarbage(tenant: ctx.parameters.get("tenant") ?? "", try await req.json(Wire.GCRequest.self), ctx: ctx.call))
             }
         },
+        Route(.put, "/v1/tenants/{tenant}/quota", .setQuota, .admin) { service, logger, req, ctx in
+            await handle(logger) {
+                jsonResponse(try service.setQuota(tenant: ctx.parameters.get("tenant") ?? "", try await req.json(Wire.SetQuotaRequest.self),
+                                                  ctx: ctx.call))
+            }
+        },
         Route(.get, "/v1/enrollments", .listEnrollments, .admin) { service, logger, _, _ in await handle(logger) { jsonResponse(try service.listEnrollments()) } },
         Route(.post, "/v1/enrollments/{id}/cancel", .cancelEnrollment, .admin) { service, logger, _, ctx in
             await handle(logger) { jsonResponse(try service.cancelEnrollment(id: ctx.parameters.get("id") ?? "", ctx: ctx.call)) }
@@ -325,6 +326,7 @@ public enum RedoubtHTTP {
 
     public static func router(service: RepositoryService, logger: Logger) -> Router<RedoubtRequestContext> {
         let router = Router(context: RedoubtRequestContext.self)
+        router.add(middleware: RequestLimitsMiddleware(limits: service.limits))
         router.add(middleware: AuthMiddleware(service: service))
         for route in routes {
             let handler = route.handler
@@ -353,7 +355,8 @@ public enum RedoubtHTTP {
     public static func application(service: RepositoryService, home: ServerHome, host: String, port: Int, logger: Logger,
                                    onRunning: @escaping @Sendable (Int) async -> Void = { _ in }) throws -> some ApplicationProtocol {
         Application(router: router(service: service, logger: logger),
-                    server: try .tls(tlsConfiguration: tlsConfiguration(home: home)),
+                    server: try GuardedTLSChannel.builder(tls: tlsConfiguration(home: home), limits: service.limits,
+                                                          counter: service.connections),
                     configuration: .init(address: .hostname(host, port: port), serverName: "redoubt"),
                     onServerRunning: { channel in await onRunning(channel.localAddress?.port ?? port) },
                     logger: logger)

@@ -30,7 +30,7 @@ public enum Action: String, Sendable, CaseIterable {
     case addCopyTarget = "add-copy-target", listCopyTargets = "list-copy-targets"
     case removeCopyTarget = "remove-copy-target", syncCopyTarget = "sync-copy-target"
     case placeHold = "place-hold", listHolds = "list-holds", releaseHold = "release-hold"
-    case collectGarbage = "gc"
+    case collectGarbage = "gc", setQuota = "set-quota"
     case listAudit = "list-audit", verifyAudit = "verify-audit"
     // Changes that need approval under another name than their route's (§4.2).
     case lowerRetention = "lower-retention", revokeWriter = "revoke-writer", acceptUnenforced = "accept-unenforced"
@@ -40,7 +40,7 @@ public enum Action: String, Sendable, CaseIterable {
     // Events inside a request or the server, not routes of their own.
     case unknownRoute = "unknown-route", hostOS = "host-os", copyProof = "copy-proof", createAdmin = "create-admin"
     case start, clearWriteMaterial = "clear-write-material", sealDescriptor = "seal-descriptor"
-    case gcDelete = "gc-delete", gcStore = "gc-store"
+    case gcDelete = "gc-delete", gcStore = "gc-store", refusedAnonymous = "refused-anonymous"
 }
 
 /// Prints as its stored name, so messages and records read the same.

@@ -127,7 +127,12 @@ extension RepositoryService {
 
     /// `GET /v1/principals[?all=1]`.
     public func listPrincipals(includeRevoked: Bool) throws -> [Wire.PrincipalInfo] {
-        try catalog.principalListing(includeRevoked: includeRevoked)
+        try catalog.principalListing(includeRevoked: includeRevoked).map { p in
+            guard p.role == Role.writer.rawValue, let t = p.tenant else { return p }
+            var p = p
+            p.quota = try quotaInfo(tenant: t, host: p.name)
+            return p
+        }
     }
 
     /// `POST /v1/principals/{id}/revoke`: see the comment at the top of this file.

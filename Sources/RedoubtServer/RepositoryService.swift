@@ -85,10 +85,20 @@ public final class RepositoryService: Sendable {
     let gcRunning = Mutex<Set<String>>([])
     /// How far a manifest's claimed time may stray from the server's clock.
     public let timeBounds: SnapshotTimeBounds
+    /// What one request, connection or caller may spend (docs/PROTOCOL.md §3.2).
+    public let limits: ServerLimits
+    /// Open connections by source and credential, against `limits`.
+    let connections: ConnectionCounter
+    /// Refusals of callers without a credential, counted per source between audit records.
+    let anonymousRefusals: AnonymousRefusals
 
     public init(catalog: Catalog, store: any ObjectStore, clock: any ServerClock, ca: CertificateAuthority, serverURL: String,
-                defaultMinRetention: TimeInterval, logger: Logger, timeBounds: SnapshotTimeBounds = SnapshotTimeBounds()) {
+                defaultMinRetention: TimeInterval, logger: Logger, timeBounds: SnapshotTimeBounds = SnapshotTimeBounds(),
+                limits: ServerLimits = ServerLimits()) {
         self.timeBounds = timeBounds
+        self.limits = limits
+        self.connections = ConnectionCounter(limits: limits)
+        self.anonymousRefusals = AnonymousRefusals(window: limits.anonymousAuditWindowSeconds)
         self.catalog = catalog
         self.store = store
         self.clock = clock
@@ -151,6 +161,7 @@ public final class RepositoryService: Sendable {
     // MARK: audit
 
     func audit(_ ctx: CallContext, _ action: Action, object: String, outcome: String, detail: String = "") {
+        let object = limits.boundedAuditField(object), detail = limits.boundedAuditField(detail)
         do {
             try catalog.audit(time: (try? now()) ?? clock.now(), actor: ctx.principal.map { "\($0.role.rawValue):\($0.tenant.map { $0 + "/" } ?? "")\($0.name)" } ?? "anonymous",
                               role: ctx.principal?.role.rawValue ?? "-", credential: ctx.certificate?.prefix(16).description ?? "-",
@@ -161,8 +172,17 @@ public final class RepositoryService: Sendable {
     }
 
     /// Records a refused request and returns the error to send.
+    /// A caller without a credential is recorded once per source per window; the refusals
+    /// after it are counted into one record when the window ends (``AnonymousRefusals``).
     public func refuse(_ ctx: CallContext, _ action: Action, object: String, _ error: ServerError) -> ServerError {
-        audit(ctx, action, object: object, outcome: "denied", detail: error.message)
+        if ctx.principal == nil {
+            recordAnonymousRefusals()
+            if anonymousRefusals.first(ctx, now: clock.now()) {
+                audit(ctx, action, object: object, outcome: "denied", detail: error.message + AnonymousRefusals.note(limits))
+            }
+        } else {
+            audit(ctx, action, object: object, outcome: "denied", detail: error.message)
+        }
         var e = error
         e.audited = true
         return e
@@ -203,17 +223,21 @@ public final class RepositoryService: Sendable {
         if let hostKey, (try? HostPublicKey(rawRepresentation: hostKey)) == nil {
             throw ServerError.badRequest("hostKey is not a base64 Ed25519 public key")
         }
-        // The certificate first: redeeming the token and recording its holder are then one
-        // transaction, so a revocation (which cancels the name's tokens) either comes first
-        // and the token enrolls nothing, or after and revokes no one but the old holder.
+        // The certificate is signed inside the redeeming transaction, once the token is
+        // known good: a guessed token costs the server a lookup, never a signature. Redeeming
+        // and recording the holder stay one transaction, so a revocation (which cancels the
+        // name's tokens) either comes first and the token enrolls nothing, or after and
+        // revokes no one but the old holder.
         let principalID = hexString((0..<16).map { _ in UInt8.random(in: 0...255) })
-        let cert = try ca.issueClient(publicKey: publicKey, principalID: principalID, now: now)
-        let der = try cert.serializeAsPEM().derBytes
+        var issued: Certificate? = nil
         let p: Principal
         do {
             p = try catalog.redeemEnrollment(tokenHash: tokenHash, now: now, os: os) { e in
                 guard e.role != .writer || hostKey != nil else { throw ServerError.badRequest("a writer must send its Ed25519 host key (hostKey, base64)") }
-                return Principal(id: principalID, role: e.role, tenant: e.tenant, name: e.name, fingerprint: certificateFingerprint(der: der),
+                let cert = try ca.issueClient(publicKey: publicKey, principalID: principalID, now: now)
+                issued = cert
+                return Principal(id: principalID, role: e.role, tenant: e.tenant, name: e.name,
+                                 fingerprint: certificateFingerprint(der: try cert.serializeAsPEM().derBytes),
                                  hostKey: e.role == .writer ? hostKey : nil)
             }
         } catch Catalog.RedeemError.unknownToken {
@@ -223,6 +247,7 @@ public final class RepositoryService: Sendable {
             throw refuse(ctx, .enroll, object: "\(e.role.rawValue) \(e.name)", ServerError(409, "E_CONFLICT",
                 "a \(e.role.rawValue) named \(e.name) is already enrolled in this tenant: revoke it first (`redoubt admin \(e.role == .writer ? "host" : e.role.rawValue) revoke`); the token is not used up"))
         }
+        guard let cert = issued else { throw ServerError(500, "E_INTERNAL", "enrollment recorded no certificate for \(p.name)") }
         audit(CallContext(principal: p, source: ctx.source), .enroll,
               object: "\(p.role.rawValue) \(p.tenant ?? "-")/\(p.name)", outcome: "ok", detail: "os=\(os ?? "?")")
         var material: String? = nil, wrapped: String? = nil
@@ -259,9 +284,17 @@ public final class RepositoryService: Sendable {
         do { summary = try PackReader.inspect(bytes, expectedID: id) } catch {
             throw refuse(ctx, .uploadPack, object: "pack \(id)", .integrity("pack \(id) refused: \(error.detail)"))
         }
+        // Why: each chunk ID is a catalog row; the format's own bound (2^20) is the most
+        // one pack may make the server index.
+        guard summary.chunkIDs.count <= limits.maxChunksPerPack else {
+            throw refuse(ctx, .uploadPack, object: "pack \(id)", ServerError(413, "E_TOO_LARGE",
+                "pack \(id) declares \(summary.chunkIDs.count) chunks, over the server's limit of \(limits.maxChunksPerPack) "
+                + "(limit chunks-per-pack; docs/PROTOCOL.md §3.2): write smaller packs"))
+        }
         guard summary.keyID.description == tenant.readKeyID else {
             throw refuse(ctx, .uploadPack, object: "pack \(id)", .integrity("pack \(id) is sealed to read key \(summary.keyID), not tenant \(tenant.name)'s \(tenant.readKeyID)"))
         }
+        let quotaWarning = try checkQuota(tenant: tenant.name, host: p.name, adding: bytes.count, ctx: ctx, pack: id)
         let now = try now()
         let until = Self.ceilDay(now.addingTimeInterval(tenant.minRetention))
         let key = Self.packKey(tenant: tenant.name, id: id)
@@ -276,11 +309,12 @@ public final class RepositoryService: Sendable {
         if result != .created { try await store.extendRetention(key, until: until) }
         do {
             try catalog.insertPack(tenant: tenant.name, id: id.description, key: key.path, size: bytes.count, retainUntil: until, chunkIDs: summary.chunkIDs, now: now,
-                                   uploader: p.id)
+                                   uploader: p.id, batch: limits.chunkInsertBatch)
         } catch is Catalog.BeingCollected {
             throw ServerError.beingCollected("pack \(id)")
         }
-        return Wire.UploadResponse(id: id.description, created: result == .created, retainUntil: until)
+        try catalog.recordUpload(tenant: tenant.name, pack: id.description, host: p.name)
+        return Wire.UploadResponse(id: id.description, created: result == .created, retainUntil: until, quotaWarning: quotaWarning)
     }
 
     /// Commits a snapshot: checks the host's signature, the tenant, and that every pack is
@@ -290,10 +324,12 @@ public final class RepositoryService: Sendable {
         let (p, tenant) = try requireTenant(ctx)
         let manifest: Manifest
         do {
-            manifest = try Manifest.parse(bytes)
+            manifest = try Manifest.parse(bytes, bounds: limits.manifestBounds)
             guard let hk = p.hostKey else { throw CoreError(.badKey, object: "host \(p.name)", "no registered host key") }
             guard let readKeyID = ReadKeyID(bytes: bytesFromHex(tenant.readKeyID) ?? []) else { throw CoreError(.badKey, object: "tenant", "bad read key ID") }
             try manifest.verify(tenant: tenant.name, host: p.name, hostKey: try HostPublicKey(rawRepresentation: hk), readKeyID: readKeyID)
+        } catch let e as CoreError where e.code == .limitExceeded {
+            throw refuse(ctx, .commitSnapshot, object: "snapshot", limits.manifestTooLarge(e))
         } catch let e as CoreError {
             throw refuse(ctx, .commitSnapshot, object: "snapshot", .integrity("commit refused: \(e)"))
         }
@@ -363,6 +399,17 @@ public final class RepositoryService: Sendable {
                           paths: r.paths, tags: r.tags, statistics: r.statistics, packCount: r.packCount)
     }
 
+    /// A snapshot in a listing: its first paths only, with their count, so that a listing's
+    /// size does not grow with any one snapshot's list of backed-up paths.
+    func listed(_ r: SnapshotRecord) -> Wire.SnapshotInfo {
+        var i = Self.info(r)
+        if r.paths.count > limits.listedPathsPerSnapshot {
+            i.paths = Array(r.paths.prefix(limits.listedPathsPerSnapshot))
+        }
+        i.pathCount = r.paths.count
+        return i
+    }
+
     /// Snapshots visible to the caller: a writer sees only its own host's.
     public func listSnapshots(host: String?, tenant: String?, ctx: CallContext) throws -> [Wire.SnapshotInfo] {
         guard let p = ctx.principal else { throw ServerError.unauthorized("no client certificate") }
@@ -379,12 +426,12 @@ public final class RepositoryService: Sendable {
         case .writer:
             // Why: a host lists only its own snapshots' public metadata (issue 3, point 2).
             if let host, host != p.name { throw refuse(ctx, .listSnapshots, object: "host \(host)", .forbidden("a host may list only its own snapshots")) }
-            return try catalog.snapshots(tenant: p.tenant ?? "", host: p.name).map(Self.info)
+            return try catalog.snapshots(tenant: p.tenant ?? "", host: p.name).map(listed)
         case .restorer:
-            return try catalog.snapshots(tenant: p.tenant ?? "", host: host).map(Self.info)
+            return try catalog.snapshots(tenant: p.tenant ?? "", host: host).map(listed)
         case .admin, .auditor:
             let tenants = try tenant.map { [$0] } ?? catalog.tenants().map(\.name)
-            return try tenants.flatMap { try catalog.snapshots(tenant: $0, host: host) }.map(Self.info)
+            return try tenants.flatMap { try catalog.snapshots(tenant: $0, host: host) }.map(listed)
         }
     }
 
@@ -801,6 +848,7 @@ public final class RepositoryService: Sendable {
     /// `byteLimit` (at least one). An empty answer is the end of the log; a shorter one is not.
     public func auditEntries(after: Int64, limit: Int,
                              byteLimit: Int = auditPageByteLimit) throws -> [Wire.AuditEntry] {
+        recordAnonymousRefusals()
         var out: [Wire.AuditEntry] = []
         var cursor = after
         var size = 0

@@ -21,6 +21,8 @@ public struct ServerHome: Sendable {
         public var listen: String
         public var url: String
         public var minRetentionSeconds: Double
+        /// Limits set at `server init`; absent in older files (every default then holds).
+        public var limits: ServerLimits?
     }
 
     public struct TLSMaterial: Sendable {
@@ -39,7 +41,8 @@ public struct ServerHome: Sendable {
     public var adminCredentialPath: String { root.appendingPathComponent("admin.credential").path }
 
     /// Creates a new data directory. Refuses one that already holds a server.
-    public func initialize(listen: String, minRetention: TimeInterval, now: Date) async throws -> (settings: Settings, adminCredential: String) {
+    public func initialize(listen: String, minRetention: TimeInterval, now: Date,
+                           limits: ServerLimits? = nil) async throws -> (settings: Settings, adminCredential: String) {
         let fm = FileManager.default
         if fm.fileExists(atPath: settingsURL.path) {
             throw ServerError(409, "E_EXISTS", "\(root.path) already holds a Redoubt server; use `redoubt server run --data \(root.path)`")
@@ -58,7 +61,7 @@ public struct ServerHome: Sendable {
         try writePrivate(tlsDir.appendingPathComponent("server.key"), serverKey.pemRepresentation)
         try writePrivate(tlsDir.appendingPathComponent("server.pem"), try serverCert.serializeAsPEM().pemString)
         let urlHost = host.contains(":") ? "[\(host)]" : (host == "0.0.0.0" ? "127.0.0.1" : host)
-        let settings = Settings(listen: listen, url: "https://\(urlHost):\(port)", minRetentionSeconds: minRetention)
+        let settings = Settings(listen: listen, url: "https://\(urlHost):\(port)", minRetentionSeconds: minRetention, limits: limits)
         let enc = JSONEncoder()
         enc.outputFormatting = [.prettyPrinted, .sortedKeys]
         try writePrivate(settingsURL, String(decoding: try enc.encode(settings), as: UTF8.self))
@@ -92,13 +95,15 @@ public struct ServerHome: Sendable {
     }
 
     /// Opens the catalog, store and CA for serving.
-    public func openService(clock: any ServerClock = SystemClock(), logger: Logger,
+    /// `limits`, when given, replaces the ones in `server.json` (`server run --limit`).
+    public func openService(clock: any ServerClock = SystemClock(), logger: Logger, limits: ServerLimits? = nil,
                             timeBounds: SnapshotTimeBounds = SnapshotTimeBounds()) throws -> RepositoryService {
         let s = try settings()
         let tls = try tlsMaterial()
         let ca = try CertificateAuthority(certificatePEM: tls.caCertPEM, keyPEM: tls.caKeyPEM)
         return RepositoryService(catalog: try Catalog(path: catalogPath), store: try LocalStore(root: URL(fileURLWithPath: storePath)), clock: clock, ca: ca,
-                                 serverURL: s.url, defaultMinRetention: s.minRetentionSeconds, logger: logger, timeBounds: timeBounds)
+                                 serverURL: s.url, defaultMinRetention: s.minRetentionSeconds, logger: logger, timeBounds: timeBounds,
+                                 limits: limits ?? s.limits ?? ServerLimits())
     }
 
     /// A TCP port on 127.0.0.1 that is free now (bound, read, released): for loopback

@@ -46,11 +46,13 @@ struct SnapshotsCommand: AsyncParsableCommand {
                 // retention; the host's own clock is in --json (`time`).
                 print("ID        COMMITTED             HOST            FILES     SIZE        NEW         RETAIN UNTIL          PATHS")
                 for s in list {
-                    print("\(shown(String(s.id.prefix(8))))  \(f.string(from: s.committedAt))  "
-                        + "\(shown(s.host).rightPadded(to: 14))  "
-                        + "\(String(s.statistics.files).rightPadded(to: 8))  "
-                        + "\(formatBytes(s.statistics.bytesTotal).rightPadded(to: 10))  \(formatBytes(s.statistics.bytesUploaded).rightPadded(to: 10))  "
-                        + "\(f.string(from: s.retainUntil))  " + s.paths.map(shown).joined(separator: " "))
+                    let more = (s.pathCount ?? 0) - s.paths.count
+                    let paths: String = s.paths.map(shown).joined(separator: " ") + (more > 0 ? " (+\(more) more)" : "")
+                    let sizes: String = formatBytes(s.statistics.bytesTotal).rightPadded(to: 10) + "  "
+                        + formatBytes(s.statistics.bytesUploaded).rightPadded(to: 10)
+                    let line: String = "\(shown(String(s.id.prefix(8))))  \(f.string(from: s.committedAt))  "
+                        + "\(shown(s.host).rightPadded(to: 14))  \(String(s.statistics.files).rightPadded(to: 8))  "
+                    print(line + sizes + "  \(f.string(from: s.retainUntil))  " + paths)
                 }
             }
             return .ok

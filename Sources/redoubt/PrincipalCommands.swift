@@ -45,7 +45,8 @@ extension PrincipalListCommand {
             }
             let f = ISO8601DateFormatter()
             let writers = Self.role == "writer"
-            print("NAME                          ENROLLED              \(writers ? "LAST SNAPSHOT         " : "")STATE                 OS")
+            print("NAME                          ENROLLED              \(writers ? "LAST SNAPSHOT         STORED / QUOTA        " : "")"
+                  + "STATE                 OS")
             for p in list {
                 let name = shown("\(p.tenant.map { $0 + "/" } ?? "")\(p.name)")
                 let last = p.lastSnapshotAt.map { f.string(from: $0) } ?? "never"
@@ -53,11 +54,22 @@ extension PrincipalListCommand {
                 let state = p.revokedAt.map { "revoked \(f.string(from: $0).prefix(10))" }
                     ?? p.damagedPacks.map { "DAMAGED PACKS: \($0)" } ?? "active"
                 print(name.padding(toLength: 28, withPad: " ", startingAt: 0) + "  " + f.string(from: p.createdAt) + "  "
-                      + (writers ? last.padding(toLength: 20, withPad: " ", startingAt: 0) + "  " : "")
+                      + (writers ? last.padding(toLength: 20, withPad: " ", startingAt: 0) + "  "
+                         + Self.storage(p.quota).padding(toLength: 20, withPad: " ", startingAt: 0) + "  " : "")
                       + state.padding(toLength: 20, withPad: " ", startingAt: 0) + "  " + shown(p.os ?? "-"))
             }
             return exit
         }
+    }
+}
+
+extension PrincipalListCommand {
+    /// `STORED / QUOTA` of a host, with a mark at 90 % of the quota or more.
+    static func storage(_ q: Wire.QuotaInfo?) -> String {
+        guard let q else { return "-" }
+        let used = q.committedBytes + q.uncommittedBytes
+        guard let quota = q.quotaBytes else { return formatBytes(UInt64(used)) + " / none" }
+        return formatBytes(UInt64(used)) + " / " + formatBytes(UInt64(quota)) + (used * 10 >= quota * 9 ? " NEAR" : "")
     }
 }
 

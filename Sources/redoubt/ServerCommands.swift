@@ -19,12 +19,15 @@ struct ServerInit: AsyncParsableCommand {
     @Option(name: .long, help: "Address to listen on.") var listen = "127.0.0.1:8443"
     @Option(name: .long, help: "Default minimum retention of new tenants (e.g. 30d).") var minRetention = "30d"
     @Option(name: .long, help: "Admins (requester included) that a change weakening protection needs, once there are that many.") var quorum = 2
+    @Option(name: .long, help: "A server limit, NAME=VALUE (repeatable; names, defaults and units in docs/PROTOCOL.md §3.2), kept in server.json.")
+    var limit: [String] = []
 
     func run() async throws {
         try await RedoubtCLI.run {
             let r = try parseDuration(minRetention)
             guard quorum >= 1 else { throw ValidationError("--quorum must be at least 1") }
-            let (settings, cred) = try await ServerHome(path: data).initialize(listen: listen, minRetention: r, now: Date())
+            let limits = try applyLimits(ServerLimits(), limit)
+            let (settings, cred) = try await ServerHome(path: data).initialize(listen: listen, minRetention: r, now: Date(), limits: limits)
             try Catalog(path: ServerHome(path: data).catalogPath).setSetting("quorum", String(quorum))
             print("Initialised a Redoubt server in \(ServerHome(path: data).root.path)")
             print("  URL:              \(settings.url)")
@@ -43,6 +46,8 @@ struct ServerRun: AsyncParsableCommand {
     var snapshotTimeAhead = "1d"
     @Option(name: .long, help: "Refuse snapshots whose time is further before the host's newest snapshot or enrollment (default 1d).")
     var snapshotTimeMargin = "1d"
+    @Option(name: .long, help: "A server limit for this run, NAME=VALUE (repeatable; over server.json; docs/PROTOCOL.md §3.2).")
+    var limit: [String] = []
 
     func run() async throws {
         try await RedoubtCLI.run {
@@ -50,7 +55,8 @@ struct ServerRun: AsyncParsableCommand {
             let home = ServerHome(path: data)
             let settings = try home.settings()
             let bounds = SnapshotTimeBounds(maxAhead: try parseDuration(snapshotTimeAhead), margin: try parseDuration(snapshotTimeMargin))
-            let service = try home.openService(logger: logger, timeBounds: bounds)
+            let limits = try applyLimits(settings.limits ?? ServerLimits(), limit)
+            let service = try home.openService(logger: logger, limits: limits, timeBounds: bounds)
             if let store = service.store as? LocalStore, let warning = store.immutabilityWarning {
                 // Why loud: without the flag, root on this host can alter packs unnoticed until verify.
                 FileHandle.standardError.write(Data("WARNING: \(warning)\n".utf8))
@@ -172,26 +178,6 @@ enum DedupScopeHelp {
         + "exist, and make their later backups reuse bytes it uploaded. Widening to tenant needs the admins' quorum."
 }
 
-struct TenantSet: AsyncParsableCommand {
-    static let configuration = CommandConfiguration(commandName: "set", abstract: "Change a tenant's settings (widening the dedup scope needs approval).")
-    @OptionGroup var admin: AdminOptions
-    @Argument(help: "The tenant.") var tenant: String
-    @Option(name: .long, help: ArgumentHelp(DedupScopeHelp.text, valueName: "host|tenant")) var dedupScope: String?
-    @Option(name: .long, help: "An approved request for this change.") var request: String?
-
-    func run() async throws {
-        try await RedoubtCLI.run {
-            guard let dedupScope else { throw ValidationError("name a setting to change (--dedup-scope host|tenant)") }
-            guard ["host", "tenant"].contains(dedupScope) else { throw ValidationError("--dedup-scope is host or tenant") }
-            let t = try await RedoubtCLI.with(try admin.client()) {
-                try await $0.setDedupScope(tenant: tenant, scope: dedupScope, requestID: request)
-            }
-            print("tenant \(t.name): dedup scope \(t.dedupScope ?? dedupScope)")
-            return .ok
-        }
-    }
-}
-
 /// `host add`, `restorer add`, `auditor add`: print a one-time enrollment token.
 protocol EnrollmentCommand: AsyncParsableCommand {
     var admin: AdminOptions { get }
@@ -221,7 +207,7 @@ extension EnrollmentCommand {
 }
 
 struct HostCommand: AsyncParsableCommand {
-    static let configuration = CommandConfiguration(commandName: "host", abstract: "Enroll, list and revoke protected hosts (writers).", subcommands: [HostAdd.self, HostList.self, HostRevoke.self])
+    static let configuration = CommandConfiguration(commandName: "host", abstract: "Enroll, list and revoke protected hosts (writers).", subcommands: [HostAdd.self, HostList.self, HostSet.self, HostRevoke.self])
 }
 
 struct HostAdd: EnrollmentCommand {
@@ -412,4 +398,9 @@ struct GCCommand: AsyncParsableCommand {
             return r.pendingDeletes > 0 ? .partial : .ok
         }
     }
+}
+
+/// `--limit NAME=VALUE` settings over `base`; a bad one is a usage error (exit 2).
+func applyLimits(_ base: ServerLimits, _ settings: [String]) throws -> ServerLimits {
+    do { return try base.applying(settings) } catch let e as ServerError { throw ValidationError(e.message) }
 }

@@ -38,6 +38,7 @@ private let expectedAccess: [String: Set<String>] = {
         "POST /v1/tenants/{tenant}/shred": admin,
         "PUT /v1/tenants/{tenant}/retention": admin,
         "PUT /v1/tenants/{tenant}/dedup-scope": admin,
+        "PUT /v1/tenants/{tenant}/quota": admin,
         "POST /v1/tenants/{tenant}/gc": admin,
         "POST /v1/admins": admin,
         "POST /v1/admins/{name}/remove": admin,

@@ -45,7 +45,8 @@ final class TestServer: @unchecked Sendable {
     let url: String
 
     /// `prepare` runs on the initialised data directory before the server opens it.
-    static func start(minRetention: TimeInterval = 30 * 86400, prepare: ((ServerHome) async throws -> Void)? = nil) async throws -> TestServer {
+    static func start(minRetention: TimeInterval = 30 * 86400, limits: ServerLimits = ServerLimits(),
+                      prepare: ((ServerHome) async throws -> Void)? = nil) async throws -> TestServer {
         let dir = FileManager.default.temporaryDirectory.appendingPathComponent("redoubt-srv-\(UUID().uuidString)")
         let port = try freeLoopbackPort()
         let home = ServerHome(path: dir.appendingPathComponent("data").path)
@@ -54,7 +55,7 @@ final class TestServer: @unchecked Sendable {
         var logger = Logger(label: "test.server")
         logger.logLevel = .warning
         let clock = ManualClock(Date())
-        let service = try home.openService(clock: clock, logger: logger)
+        let service = try home.openService(clock: clock, logger: logger, limits: limits)
         let (stream, cont) = AsyncStream<Int>.makeStream()
         let app = try RedoubtHTTP.application(service: service, home: home, host: "127.0.0.1", port: port, logger: logger) { p in cont.yield(p) }
         let task = Task { try await app.runService(gracefulShutdownSignals: []) }
