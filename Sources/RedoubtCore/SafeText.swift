@@ -78,16 +78,17 @@ public enum SafeText {
         return kept + "…[+\(total - used) bytes]"
     }
 
-    /// The free-text rule (a host's OS name and similar claims): 1 to `maxBytes` UTF-8
-    /// bytes, nothing that ``needsEscape(_:)`` would escape except none at all, no
-    /// leading or trailing space.
+    /// The free-text rule (a host's OS name, a hold's reason): 1 to `maxBytes` UTF-8 bytes,
+    /// no leading or trailing space, and nothing ``needsEscape(_:)`` flags but `\` (which is
+    /// printable: it is only doubled when shown). Callers drop surrounding blanks first
+    /// where a claim may carry them.
     public static func isValidFreeText(_ s: String, maxBytes: Int = 128) -> Bool {
         guard (1...maxBytes).contains(s.utf8.count), s.first != " ", s.last != " " else { return false }
         return !s.unicodeScalars.contains { needsEscape($0) && $0 != "\\" }
     }
 
-    /// JSON text with every scalar that ``needsEscape(_:)`` flags (but `\\`, which JSON
-    /// escapes itself) written as a `\\uXXXX` escape: the same JSON value, safe on a
+    /// JSON text with every scalar that ``needsEscape(_:)`` flags (but `\`, which JSON
+    /// escapes itself) written as a `\uXXXX` escape: the same JSON value, safe on a
     /// terminal. Encoders escape C0 controls but leave DEL, C1 and bidi controls raw, and
     /// such scalars can only occur inside strings, where the escape means the same.
     public static func terminalSafeJSON(_ json: String) -> String {

@@ -207,11 +207,12 @@ public final class RepositoryService: Sendable {
     /// Exchanges a one-time token for a client certificate on the caller's own key.
     public func enroll(_ req: Wire.EnrollRequest, ctx: CallContext) throws -> Wire.EnrollResponse {
         // Why first: the OS is stored and audited; a malformed one must not use up the token.
-        let os = req.os.flatMap { o in o.isEmpty ? nil : o }
+        // Surrounding blanks are dropped, as for the `Redoubt-OS` header (`recordHostOS`).
+        let os = req.os.map { $0.trimmingCharacters(in: .whitespaces) }.flatMap { o in o.isEmpty ? nil : o }
         if let os, !SafeText.isValidFreeText(os, maxBytes: Self.maxOSBytes) {
             throw ServerError.badRequest("os \(SafeText.echo(os, maxBytes: 160)) must be 1–\(Self.maxOSBytes) bytes "
-                                         + "of printable text (no control, format or line-separator characters, "
-                                         + "no leading or trailing space); the token is not used up")
+                                         + "of printable text (no control, format or line-separator characters); "
+                                         + "the token is not used up")
         }
         let tokenHash = hexString(SHA256.hash(data: Array(req.secret.utf8)))
         let now = try now()
