@@ -230,8 +230,18 @@ public final class APIClient: Sendable {
         try await json(Wire.RequestInfo.self, .POST, "/v1/requests/\(id)/\(approve ? "approve" : "reject")")
     }
 
-    public func snapshots(host: String? = nil) async throws -> [Wire.SnapshotInfo] {
-        try await json([Wire.SnapshotInfo].self, .GET, "/v1/snapshots" + (host.map { "?host=\($0)" } ?? ""))
+    /// Every snapshot the caller may see, read a page at a time (the server answers at most
+    /// `pageSize`, docs/PROTOCOL.md §3).
+    public func snapshots(host: String? = nil, pageSize: Int = 5000) async throws -> [Wire.SnapshotInfo] {
+        var all: [Wire.SnapshotInfo] = []
+        while true {
+            var query = ["limit=\(pageSize)"]
+            if let host { query.append("host=\(host.addingPercentEncoding(withAllowedCharacters: .alphanumerics) ?? host)") }
+            if let last = all.last { query.append("after=\(last.id)") }
+            let page = try await json([Wire.SnapshotInfo].self, .GET, "/v1/snapshots?" + query.joined(separator: "&"))
+            all += page
+            if page.count < pageSize { return all }
+        }
     }
 
     public func snapshot(_ id: String) async throws -> Wire.SnapshotInfo { try await json(Wire.SnapshotInfo.self, .GET, "/v1/snapshots/\(id)") }

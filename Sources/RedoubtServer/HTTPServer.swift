@@ -183,7 +183,9 @@ public enum RedoubtHTTP {
         },
         Route(.get, "/v1/snapshots", .listSnapshots, .anyRole) { service, logger, req, ctx in
             await handle(logger) {
-                jsonResponse(try service.listSnapshots(host: req.uri.queryParameters.get("host"), tenant: req.uri.queryParameters.get("tenant"), ctx: ctx.call))
+                let q = req.uri.queryParameters
+                let page = try SnapshotPage(after: q.get("after"), limit: q.get("limit"))
+                return jsonResponse(try page.slice(try service.listSnapshots(host: q.get("host"), tenant: q.get("tenant"), ctx: ctx.call)))
             }
         },
         Route(.get, "/v1/snapshots/{id}", .showSnapshot, .anyRole) { service, logger, _, ctx in

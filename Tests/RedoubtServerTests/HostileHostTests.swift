@@ -279,3 +279,35 @@ import RedoubtKMS
         }
     }
 }
+
+/// A listing's answer is bounded by its page, not by how many snapshots a host committed.
+@Suite(.serialized, .timeLimit(.minutes(5))) struct SnapshotPagingTests {
+    @Test func aDecoyFloodIsListedAPageAtATimeAndTheClientStillSeesEverything() async throws {
+        let server = try await TestServer.start()
+        try await server.createTenant("acme", keys: try TenantKeys.generate())
+        let (wc, host) = try await server.enroll(tenant: "acme", role: "writer", name: "web1")
+        let keys = try wc.writeKeySet()
+        var committed: [String] = []
+        let start = Date()
+        for i in 0..<12 {
+            server.clock.set(start.addingTimeInterval(Double(i)))
+            let (packs, m) = try makeSnapshot(keys: keys, files: [("decoy", [UInt8(i)])])
+            for p in packs { _ = try await host.uploadPack(id: p.id, bytes: p.bytes) }
+            committed.append(try await host.commit(manifestBytes: m.bytes).id)
+        }
+        // Pages of 5: 5, 5, 2 — and the client's loop reads them all, in commit order.
+        let first = try await server.admin.send(.GET, "/v1/snapshots?limit=5")
+        let page = try WireDate.decoder().decode([Wire.SnapshotInfo].self, from: Data(first.body))
+        #expect(page.map(\.id) == Array(committed.prefix(5)))
+        let rest = try await server.admin.send(.GET, "/v1/snapshots?limit=5&after=\(committed[9])")
+        #expect(try WireDate.decoder().decode([Wire.SnapshotInfo].self, from: Data(rest.body)).map(\.id) == Array(committed.suffix(2)))
+        #expect(try await server.admin.snapshots(pageSize: 5).map(\.id) == committed)
+        #expect(try await host.snapshots(pageSize: 5).map(\.id) == committed)
+        // Out-of-range pages and cursors are refused, never answered with everything.
+        for bad in ["limit=0", "limit=5001", "limit=x", "after=zz"] {
+            await refused("E_BAD_REQUEST", bad) { _ = try await server.admin.send(.GET, "/v1/snapshots?\(bad)") }
+        }
+        await host.shutdown()
+        await server.stop()
+    }
+}
