@@ -282,7 +282,7 @@ extension RequestLimitsTests {
         let root = try pipeline.add(tree: Tree(nodes: [Node(name: Array("f".utf8), type: .file, size: 3, content: try pipeline.add(blob: data))]))
         let packs = try pipeline.flush()
         let header = ManifestHeader(tenant: keys.tenant, readKeyID: keys.shared.readPublicKey.keyID, host: keys.host,
-                                    hostKey: keys.signingKey.publicKey, time: Timestamp(seconds: 1_800_000_000),
+                                    hostKey: keys.signingKey.publicKey, time: Timestamp(seconds: testNow),
                                     nonce: (0..<16).map { _ in UInt8.random(in: 0...255) }, paths: paths, tags: tags,
                                     statistics: SnapshotStatistics(), packs: packs.map(\.id), clientVersion: "test")
         return (packs, try Manifest.create(header: header, root: root, readPublicKey: keys.shared.readPublicKey, signingKey: keys.signingKey))
