@@ -53,7 +53,7 @@ let package = Package(
         // Pure core: formats, crypto, chunking. No files, sockets or clocks.
         .target(name: "RedoubtCore", dependencies: ["CZstd", "CRedoubtHash", crypto, cryptoExtras]),
         // AWS request signing (SigV4) and credential loading, shared by the S3 store and AWS KMS.
-        .target(name: "RedoubtAWS", dependencies: [crypto]),
+        .target(name: "RedoubtAWS", dependencies: ["RedoubtCore", crypto]),
         // Key providers: wrap and unwrap the tenant's read private key.
         .target(name: "RedoubtKMS", dependencies: [
             "RedoubtCore", "RedoubtAWS", "CP11Kit", crypto, cryptoExtras, nio, nioPosix, nioSSL,
@@ -61,7 +61,7 @@ let package = Package(
         ]),
         // The storage protocol and its implementations. Knows nothing of keys or packs.
         .target(name: "RedoubtStore", dependencies: [
-            "CRedoubtSys", "RedoubtAWS", logging, crypto, nio, nioHTTP1, nioSSL,
+            "CRedoubtSys", "RedoubtCore", "RedoubtAWS", logging, crypto, nio, nioHTTP1, nioSSL,
             .product(name: "AsyncHTTPClient", package: "async-http-client"),
         ]),
         // The server: API, authn/authz, catalog, retention, audit. Holds no key that decrypts.

@@ -158,13 +158,8 @@ public struct AWSKMSKeyProvider: KeyProvider {
     public func destroyKEK(of wrapped: WrappedReadKey) async throws {
         let kek = wrapped.parameters["awskms-key-id"] ?? keyID
         let kms = try self.inRegion(wrapped.parameters["awskms-region"] ?? region)
-        do {
-            _ = try await kms.call("ScheduleKeyDeletion", ["KeyId": kek, "PendingWindowInDays": 7], key: kek)
-        } catch {
-            // (A typed `catch .keyDestroyed` crashes swift-frontend 6.3.1's SILGen.)
-            if case .keyDestroyed(_, let detail) = error, detail.contains("is pending deletion") { return }
-            throw error
-        }
+        _ = try await kms.call("ScheduleKeyDeletion", ["KeyId": kek, "PendingWindowInDays": 7], key: kek,
+                               pendingDeletionIsDone: true)
     }
 
     /// Checks the KEK's `redoubt-tenant` tag at the KMS: `awskms://…/new` tags each KEK it
@@ -214,7 +209,10 @@ public struct AWSKMSKeyProvider: KeyProvider {
     /// throws the ``KeyProviderError`` its `__type` maps to. `key` names the key in messages.
     /// Retries only failures that happened before the KMS could act (connect errors) and
     /// throttling / 5xx answers, twice.
-    func call(_ operation: String, _ body: [String: Any], key: String?) async throws(KeyProviderError) -> [String: Any] {
+    /// With `pendingDeletionIsDone`, a key the KMS reports as pending deletion answers as
+    /// an empty success, decided on the KMS's own error type rather than on words.
+    func call(_ operation: String, _ body: [String: Any], key: String?,
+              pendingDeletionIsDone: Bool = false) async throws(KeyProviderError) -> [String: Any] {
         let credentials: AWSCredentials
         if let c = self.credentials { credentials = c } else {
             do { credentials = try AWSCredentials.standard() } catch {
@@ -262,6 +260,7 @@ public struct AWSKMSKeyProvider: KeyProvider {
                 guard let decoded else { throw .kmsProtocol(provider: uri, detail: "\(operation) answer (HTTP \(status)) is not a JSON object") }
                 return decoded
             }
+            if pendingDeletionIsDone && Self.isPendingDeletion(decoded) { return [:] }
             let error = Self.classify(status: status, body: decoded, operation: operation, key: key, provider: uri, endpoint: url)
             if status >= 500 || status == 429 || (decoded?["__type"] as? String)?.hasSuffix("ThrottlingException") == true {
                 lastFailure = error
@@ -286,6 +285,19 @@ public struct AWSKMSKeyProvider: KeyProvider {
         return ("\(url.scheme ?? "https")://\(host)\(path)", headers + signer.sign(request, at: date, includeContentHash: false))
     }
 
+    /// Whether a KMS error answer says the key is pending deletion.
+    static func isPendingDeletion(_ body: [String: Any]?) -> Bool {
+        let rawType = body?["__type"] as? String ?? ""
+        let type = rawType.split(separator: "#").last.map(String.init) ?? rawType
+        let message = (body?["message"] as? String) ?? (body?["Message"] as? String) ?? ""
+        return type == "KMSInvalidStateException" && Self.saysPendingDeletion(message)
+    }
+
+    /// AWS says a key is pending deletion only in the message of KMSInvalidStateException.
+    static func saysPendingDeletion(_ message: String) -> Bool {
+        message.lowercased().contains("pending deletion") || message.contains("PendingDeletion")
+    }
+
     /// Maps a KMS error answer to a ``KeyProviderError``.
     static func classify(status: Int, body: [String: Any]?, operation: String, key: String?, provider: String, endpoint: URL) -> KeyProviderError {
         // AWS sends `__type` as `NotFoundException` or `com.amazonaws.kms#NotFoundException`.
@@ -298,7 +310,7 @@ public struct AWSKMSKeyProvider: KeyProvider {
         case "DisabledException":
             return .keyDisabled(provider: provider, detail: "\(what) is disabled (\(said)); enable it (aws kms enable-key) to restore. Backups continue meanwhile")
         case "KMSInvalidStateException":
-            if message.lowercased().contains("pending deletion") || message.contains("PendingDeletion") {
+            if Self.saysPendingDeletion(message) {
                 return .keyDestroyed(provider: provider, detail: "\(what) is pending deletion (\(said)); cancel the deletion (aws kms cancel-key-deletion) within its waiting period, or the wrapped copies under it are lost")
             }
             return .keyDisabled(provider: provider, detail: "\(what) is not usable in its present state (\(said))")

@@ -408,7 +408,9 @@ public final class MediaReader {
             do throws(MediaError) {
                 (lh, lp) = try MediaBlock.decode(labelBlock, volume: vol, block: 0)
             } catch {
-                if error.detail.contains("belongs to volume") {
+                // A label that is sound read as the volume it names is another volume's.
+                let named = MediaBlockHeader.volumeOf(labelBlock)
+                if named != vol, (try? MediaBlock.decode(labelBlock, volume: named, block: 0)) != nil {
                     throw MediaError(code: "E_MEDIA_ORDER", volume: vol, block: 0,
                                      detail: "\(error.detail); expected volume \(vol) (missing or out-of-order volume)")
                 }

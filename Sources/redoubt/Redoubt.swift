@@ -9,7 +9,7 @@ struct Redoubt: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "redoubt",
         abstract: "Backups that a compromised host can neither read, change nor delete.",
-        discussion: "Exit codes: 0 ok, 1 failure, 2 usage, 3 not found, 4 refused by the server, 5 integrity failure, 6 key cannot be unwrapped, 7 server unreachable, 8 finished with warnings.",
+        discussion: ExitCategory.helpText,
         version: "redoubt \(RedoubtVersion.string)",
         subcommands: [QuickstartCommand.self, ServerCommand.self, CopyCommand.self, AdminCommand.self, EnrollCommand.self, BackupCommand.self, SnapshotsCommand.self,
                       RestoreCommand.self, LsCommand.self, VerifyCommand.self, AuditCommand.self, MediaCommand.self, DoctorCommand.self])

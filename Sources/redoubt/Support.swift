@@ -6,75 +6,29 @@ import RedoubtKMS
 import RedoubtServer
 import RedoubtStore
 
-/// The CLI's exit codes (README "Exit codes"). Stable: scripts depend on them.
-enum Exit: Int32 {
-    case ok = 0
-    case failure = 1
-    case usage = 2
-    case notFound = 3
-    /// The server refused the credential (401/403).
-    case refused = 4
-    /// Stored bytes failed a check: tampered, truncated or corrupt.
-    case integrity = 5
-    /// The read key could not be unwrapped (wrong passphrase, key provider failure).
-    case key = 6
-    /// The server could not be reached.
-    case unreachable = 7
-    /// Finished, but with warnings (files skipped or changed while read) or damage found.
-    case partial = 8
-    /// The KMS or HSM that holds the tenant's KEK could not be reached.
-    case kmsUnreachable = 9
-    /// The KEK is disabled or revoked at the KMS.
-    case keyDisabled = 10
-    /// The KEK is destroyed (crypto-shredded) or scheduled for deletion.
-    case keyDestroyed = 11
-    /// The KMS or HSM refused this client's credential (certificate, PIN, access key).
-    case kmsCredentialRejected = 12
-    /// The change needs other admins' approval: a request was filed (or is still pending).
-    case approvalRequired = 13
-}
+/// The CLI's exit codes: RedoubtCore's one table, which README "Exit codes" and `--help` follow.
+typealias Exit = ExitCategory
 
 /// Prints an error that names the object, the cause and the fix, and returns the exit code.
+/// Every module's public error is a `RedoubtError`, which carries its own exit category.
 func report(_ error: Error) -> Exit {
-    let (code, text): (Exit, String)
+    FileHandle.standardError.write(Data("error: \(reportText(error))\n".utf8))
+    return exitCode(for: error)
+}
+
+/// The exit code `error` leaves the CLI with (README "Exit codes").
+func exitCode(for error: Error) -> Exit {
+    error is ValidationError ? .usage : ExitCategory.of(error)
+}
+
+/// The text printed after `error:` for `error`.
+func reportText(_ error: Error) -> String {
     switch error {
-    case let e as APIError where e.code == "E_APPROVAL_REQUIRED" || e.code == "E_APPROVAL_PENDING":
-        code = .approvalRequired
-        text = e.description
-    case let e as APIError:
-        code = e.status == 0 && e.code == "E_CONNECT" ? .unreachable : e.isRefusal ? .refused : e.status == 404 ? .notFound
-            : e.status == 422 ? .integrity : .failure
-        text = e.description
-    case let e as CoreError:
-        code = e.isIntegrityFailure ? .integrity : .failure
-        text = e.description
-    case let e as KeyProviderError:
-        switch e {
-        case .unreachable: code = .kmsUnreachable
-        case .keyDisabled: code = .keyDisabled
-        case .keyDestroyed: code = .keyDestroyed
-        case .credentialRejected: code = .kmsCredentialRejected
-        default: code = .key
-        }
-        text = "\(e) [\(e.code)]"
-    case let e as ServerError:
-        code = e.status == 404 ? .notFound : .failure
-        text = e.description
-    case let e as ArchiveError:
-        code = e.code == .notFound ? .notFound : .failure
-        text = e.description
-    case let e as StoreError:
-        code = e.code == .integrity ? .integrity : .failure
-        text = e.description
-    case let e as ValidationError:
-        code = .usage
-        text = e.message
-    default:
-        code = .failure
-        text = "\(error)"
+    case let e as ValidationError: e.message
+    // The enum's own description omits its code; scripts read it in brackets.
+    case let e as KeyProviderError: "\(e) [\(e.code)]"
+    default: "\(error)"
     }
-    FileHandle.standardError.write(Data("error: \(text)\n".utf8))
-    return code
 }
 
 enum RedoubtCLI {
