@@ -13,7 +13,9 @@ public struct KeyProviderScheme: Sendable {
     let make: @Sendable (String, () throws -> SecretBytes) throws -> any KeyProvider
 
     /// Whether `uri` is of this kind (`passphrase` alone is also a passphrase).
-    public func matches(_ uri: String) -> Bool { uri.hasPrefix(prefix) || (prefix == "passphrase:" && uri == "passphrase") }
+    public func matches(_ uri: String) -> Bool {
+        uri.hasPrefix(prefix) || (prefix == "passphrase:" && uri == "passphrase")
+    }
 }
 
 public enum KeyProviderRegistry {
@@ -24,8 +26,9 @@ public enum KeyProviderRegistry {
             parse: { uri throws(KeyProviderError) in
                 guard uri == "passphrase:" || uri == "passphrase" else {
                     // Why: anything after the colon could be the passphrase itself; never echo it.
-                    throw .malformed("a passphrase provider is written `passphrase:` alone; the passphrase comes from a file, "
-                                     + "the environment or a prompt, never the URI")
+                    throw .malformed(
+                        "a passphrase provider is written `passphrase:` alone; the passphrase comes from a file, "
+                            + "the environment or a prompt, never the URI")
                 }
                 return "passphrase:"
             },
@@ -58,7 +61,9 @@ public enum KeyProviderRegistry {
     /// Parses `uri` without I/O and returns it with no secret in it (what is recorded beside
     /// a wrapped key and shown in messages). Not ``keyProviderLocation(_:)``, which is what a
     /// restorer compares before trusting a provider the server names (it leaves out the key).
-    public static func secretFreeURI(_ uri: String) throws(KeyProviderError) -> String { try scheme(of: uri).parse(uri) }
+    public static func secretFreeURI(_ uri: String) throws(KeyProviderError) -> String {
+        try scheme(of: uri).parse(uri)
+    }
 
     /// The provider `uri` names. `passphrase` is asked only for `passphrase:`.
     public static func make(uri: String, passphrase: () throws -> SecretBytes) throws -> any KeyProvider {
@@ -72,7 +77,8 @@ public enum KeyProviderRegistry {
     static func awsKMS(_ uri: String) throws(KeyProviderError) -> AWSKMSKeyProvider {
         let p = try AWSKMSKeyProvider(uri: uri)
         if let e = p.endpointOverride, e.user != nil || e.password != nil {
-            throw .malformed("AWS KMS provider URI: the endpoint must not carry a user or password; use the AWS credentials chain")
+            throw .malformed(
+                "AWS KMS provider URI: the endpoint must not carry a user or password; use the AWS credentials chain")
         }
         return p
     }

@@ -28,8 +28,8 @@ public struct CopyTarget: Sendable {
     /// loopback only); a target that fails it is a bad request, refused before any network use.
     public func target() throws -> S3Target {
         do {
-            return try S3Target.parse(url: info.url, endpoint: info.endpoint, region: info.region, credentialsFile: credentialsFile,
-                                      pathStyle: !virtualHosted)
+            return try S3Target.parse(url: info.url, endpoint: info.endpoint, region: info.region,
+                                      credentialsFile: credentialsFile, pathStyle: !virtualHosted)
         } catch {
             throw ServerError.badRequest("copy target \(info.url): \(error.detail)")
         }
@@ -40,7 +40,8 @@ public struct CopyTarget: Sendable {
         let target = try target()
         let creds: AWSCredentials
         do { creds = try target.awsCredentials() } catch {
-            throw ServerError(500, "E_CONFIG", "copy target \(info.url): no S3 credentials (\(error)); the file must be readable by the service user")
+            throw ServerError(500, "E_CONFIG", "copy target \(info.url): no S3 credentials (\(error)); "
+                                                + "the file must be readable by the service user")
         }
         return S3Store(client: S3Client(location: target.location, credentials: creds))
     }

@@ -30,22 +30,30 @@ public struct S3Target: Sendable, Equatable {
     /// Parses `url` (`s3://BUCKET` or `s3://BUCKET/PREFIX`) with `endpoint` and `region`.
     /// Throws `StoreError.config` naming the part at fault and the fix; the error never
     /// repeats anything that could be a secret.
-    public static func parse(url: String, endpoint: String, region: String, credentialsFile: String? = nil,
-                             pathStyle: Bool = true) throws(StoreError) -> S3Target {
+    public static func parse(
+        url: String, endpoint: String, region: String, credentialsFile: String? = nil,
+        pathStyle: Bool = true
+    ) throws(StoreError) -> S3Target {
         let (bucket, prefix) = try parsePath(url)
         let endpointURL = try checkEndpoint(endpoint)
         guard !region.isEmpty, region.count <= 64,
-              region.unicodeScalars.allSatisfy({ CharacterSet.alphanumerics.contains($0) && $0.isASCII || $0 == "-" || $0 == "_" })
+            region.unicodeScalars.allSatisfy({
+                CharacterSet.alphanumerics.contains($0) && $0.isASCII || $0 == "-" || $0 == "_"
+            })
         else { throw refuse("region \(region.debugDescription) must be a region name such as us-east-1") }
         let source: CredentialsSource
         if let credentialsFile {
-            guard !credentialsFile.isEmpty else { throw refuse("the credentials file path is empty: name the file or leave it out") }
+            guard !credentialsFile.isEmpty else {
+                throw refuse("the credentials file path is empty: name the file or leave it out")
+            }
             source = .file(credentialsFile)
         } else {
             source = .environment
         }
-        return S3Target(location: S3Location(endpoint: endpointURL, region: region, bucket: bucket, prefix: prefix, pathStyle: pathStyle),
-                        credentials: source)
+        return S3Target(
+            location: S3Location(
+                endpoint: endpointURL, region: region, bucket: bucket, prefix: prefix, pathStyle: pathStyle),
+            credentials: source)
     }
 
     static func refuse(_ detail: String) -> StoreError { StoreError(.config, key: "copy target", detail) }
@@ -65,8 +73,9 @@ public struct S3Target: Sendable, Equatable {
                 // Why: a gateway or proxy that normalizes paths would move `..` or `//` keys
                 // outside the prefix the admin chose, into another tenant's or the bucket root.
                 guard !segment.isEmpty, segment != ".", segment != ".." else {
-                    throw refuse("prefix \(prefix.debugDescription) has an empty, `.` or `..` segment: name the folder plainly, "
-                                 + "e.g. s3://\(bucket)/redoubt")
+                    throw refuse(
+                        "prefix \(prefix.debugDescription) has an empty, `.` or `..` segment: name the folder plainly, "
+                            + "e.g. s3://\(bucket)/redoubt")
                 }
                 guard segment.unicodeScalars.allSatisfy({ $0.value >= 0x20 && $0.value != 0x7f && $0 != "\\" }) else {
                     throw refuse("prefix \(prefix.debugDescription) has a control character or a backslash")
@@ -81,21 +90,27 @@ public struct S3Target: Sendable, Equatable {
     static func checkBucket(_ bucket: String) throws(StoreError) {
         guard !bucket.isEmpty else { throw refuse("the bucket is missing: write s3://BUCKET/PREFIX") }
         if bucket.contains(where: \.isUppercase) {
-            throw refuse("bucket \(bucket.debugDescription) has capital letters; S3 bucket names are lowercase: "
-                         + "s3://\(bucket.lowercased())")
+            throw refuse(
+                "bucket \(bucket.debugDescription) has capital letters; S3 bucket names are lowercase: "
+                    + "s3://\(bucket.lowercased())")
         }
         let allowed = CharacterSet(charactersIn: "abcdefghijklmnopqrstuvwxyz0123456789.-_")
         guard (3...63).contains(bucket.count), bucket.unicodeScalars.allSatisfy(allowed.contains),
-              let first = bucket.unicodeScalars.first, let last = bucket.unicodeScalars.last,
-              CharacterSet.alphanumerics.contains(first), CharacterSet.alphanumerics.contains(last)
+            let first = bucket.unicodeScalars.first, let last = bucket.unicodeScalars.last,
+            CharacterSet.alphanumerics.contains(first), CharacterSet.alphanumerics.contains(last)
         else {
-            throw refuse("bucket \(bucket.debugDescription) is not an S3 bucket name "
-                         + "(3 to 63 lowercase letters, digits, dots and hyphens, starting and ending with a letter or digit)")
+            throw refuse(
+                "bucket \(bucket.debugDescription) is not an S3 bucket name "
+                    + "(3 to 63 lowercase letters, digits, dots and hyphens, "
+                    + "starting and ending with a letter or digit)"
+            )
         }
     }
 
     static func checkEndpoint(_ endpoint: String) throws(StoreError) -> URL {
-        guard let url = URL(string: endpoint), let scheme = url.scheme?.lowercased(), let rawHost = url.host, !rawHost.isEmpty else {
+        guard let url = URL(string: endpoint), let scheme = url.scheme?.lowercased(), let rawHost = url.host,
+            !rawHost.isEmpty
+        else {
             throw refuse("the endpoint must be a URL such as https://s3.eu-west-1.amazonaws.com")
         }
         let host = rawHost.lowercased().trimmingCharacters(in: CharacterSet(charactersIn: "[]"))
@@ -113,8 +128,10 @@ public struct S3Target: Sendable, Equatable {
             // Why: SigV4 signs but does not encrypt; plain http would show every object and
             // request on the wire. Loopback is for tests and a gateway on the same host only.
             guard loopbackHosts.contains(host) else {
-                throw refuse("plain http to \(shown) is refused: only a loopback address (127.0.0.1, localhost, ::1) may use http; "
-                             + "use https (with the private CA's certificate if the endpoint has one)")
+                throw refuse(
+                    "plain http to \(shown) is refused: "
+                        + "only a loopback address (127.0.0.1, localhost, ::1) may use http; "
+                        + "use https (with the private CA's certificate if the endpoint has one)")
             }
         default:
             throw refuse("the endpoint \(shown) must be https (or http to a loopback address)")
@@ -136,7 +153,9 @@ public struct S3Target: Sendable, Equatable {
     }
 
     /// Reads the credentials now (they are never kept with the target).
-    public func awsCredentials(environment: [String: String] = ProcessInfo.processInfo.environment) throws -> AWSCredentials {
+    public func awsCredentials(environment: [String: String] = ProcessInfo.processInfo.environment) throws
+        -> AWSCredentials
+    {
         switch credentials {
         case .file(let path): try AWSCredentials.file(path)
         case .environment: try AWSCredentials.standard(environment: environment)

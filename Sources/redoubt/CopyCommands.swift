@@ -41,7 +41,8 @@ struct BucketOptions: ParsableArguments {
     static func target(path: String, flag: String, endpoint: String, region: String, credentials: String?,
                        virtualHosted: Bool) throws -> S3Target {
         do {
-            return try S3Target.parse(url: path, endpoint: endpoint, region: region, credentialsFile: credentials, pathStyle: !virtualHosted)
+            return try S3Target.parse(url: path, endpoint: endpoint, region: region, credentialsFile: credentials,
+                                      pathStyle: !virtualHosted)
         } catch {
             throw ValidationError("\(flag) \(path): \(error.detail)")
         }
@@ -111,7 +112,9 @@ struct CopyPolicy: AsyncParsableCommand {
     func run() async throws {
         try await RedoubtCLI.run {
             let bucket: String
-            do throws(StoreError) { bucket = try S3Target.parsePath(to.lowercased().hasPrefix("s3://") ? to : "s3://" + to).bucket } catch {
+            do throws(StoreError) {
+                bucket = try S3Target.parsePath(to.lowercased().hasPrefix("s3://") ? to : "s3://" + to).bucket
+            } catch {
                 throw ValidationError("--to \(to): \(error.detail)")
             }
             let arn = "arn:aws:s3:::\(bucket)"

@@ -31,8 +31,8 @@ struct AdminCopyAdd: AsyncParsableCommand {
     func run() async throws {
         try await RedoubtCLI.run {
             // The server checks again; checking here names the mistake before any request.
-            _ = try BucketOptions.target(path: url, flag: "the target", endpoint: endpoint, region: region, credentials: credentials,
-                                         virtualHosted: virtualHosted)
+            _ = try BucketOptions.target(path: url, flag: "the target", endpoint: endpoint, region: region,
+                                         credentials: credentials, virtualHosted: virtualHosted)
             let req = Wire.AddCopyTargetRequest(tenant: tenant, url: url, endpoint: endpoint, region: region, credentialsFile: credentials,
                                                 virtualHosted: virtualHosted, marginSeconds: try parseDuration(retentionMargin),
                                                 acceptUnenforced: acceptUnenforced, requestID: request)

@@ -138,7 +138,9 @@ func readPassphrase(file: String?, env envName: String = "REDOUBT_PASSPHRASE", p
 /// `passphraseEnv` names the variable a passphrase may come from when no file is given.
 func makeKeyProvider(uri: String, passphraseFile: String?, passphraseEnv: String = "REDOUBT_PASSPHRASE",
                      prompt: String = "Passphrase for the tenant's read key: ") throws -> any KeyProvider {
-    try KeyProviderRegistry.make(uri: uri) { try readPassphrase(file: passphraseFile, env: passphraseEnv, prompt: prompt) }
+    try KeyProviderRegistry.make(uri: uri) {
+        try readPassphrase(file: passphraseFile, env: passphraseEnv, prompt: prompt)
+    }
 }
 
 func loadCredential(_ path: String) throws -> ClientCredential {

@@ -126,13 +126,15 @@ import RedoubtStore
         let server = try await TestServer.start()
         try await server.createTenant("acme", keys: try TenantKeys.generate())
         let creds = server.dir.appendingPathComponent("s3-credentials").path
-        try "[default]\naws_access_key_id = AKIAVICTIM\naws_secret_access_key = victim-secret\n".write(toFile: creds, atomically: true, encoding: .utf8)
+        try "[default]\naws_access_key_id = AKIAVICTIM\naws_secret_access_key = victim-secret\n"
+            .write(toFile: creds, atomically: true, encoding: .utf8)
         do {
             for endpoint in ["http://127.0.0.2:\(port)", "HTTP://127.0.0.2:\(port)/", "http://10.0.0.1:\(port)"] {
                 for accept in [false, true] {
-                    let req = Wire.AddCopyTargetRequest(tenant: "acme", url: "s3://redoubt-copy/x", endpoint: endpoint, region: "us-east-1",
-                                                        credentialsFile: creds, virtualHosted: false, marginSeconds: 86400,
-                                                        acceptUnenforced: accept, requestID: nil)
+                    let req = Wire.AddCopyTargetRequest(
+                        tenant: "acme", url: "s3://redoubt-copy/x", endpoint: endpoint, region: "us-east-1",
+                        credentialsFile: creds, virtualHosted: false, marginSeconds: 86400, acceptUnenforced: accept,
+                        requestID: nil)
                     do {
                         _ = try await server.admin.addCopyTarget(req)
                         Issue.record("\(endpoint) was accepted")
@@ -145,7 +147,8 @@ import RedoubtStore
             #expect(try await server.admin.copyTargets().isEmpty)
             #expect(accepted.count == 0, "the server connected to the plain-http endpoint")
             // The listener does count: a connection made on purpose is seen.
-            let probe = try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton).connect(host: "127.0.0.2", port: port).get()
+            let probe = try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+                .connect(host: "127.0.0.2", port: port).get()
             try? await probe.close()  // the listener may have hung up first
             for _ in 0..<50 where accepted.count == 0 { try await Task.sleep(nanoseconds: 20_000_000) }
             #expect(accepted.count == 1)
