@@ -160,7 +160,8 @@ public enum KeyProviderError: Error, Sendable, Equatable, CustomStringConvertibl
         case .wrongContext(let p, let e, let f): "\(p): wrapped key is for tenant \(f.tenant.debugDescription) version \(f.keyVersion), expected \(e.tenant.debugDescription) version \(e.keyVersion)"
         case .keyMismatch(let p, let id): "\(p): unwrapped key is not read key \(id): the wrapped key file was altered"
         case .secretMissing(let p, let how): "\(p): no secret supplied; \(how)"
-        case .unknownProvider(let u): "unknown key provider \(u.debugDescription); use passphrase:, kmip://HOST:PORT/KEY-ID?… or awskms://REGION/KEY-ID"
+        case .unknownProvider(let u):
+            "unknown key provider \(u.debugDescription); use one of \(KeyProviderRegistry.known)"
         case .kmsProtocol(let p, let d): "\(p): \(d); check that the address is a KMS speaking this protocol"
         case .unreachable(let p, let d): "\(p): KMS unreachable: \(d)"
         case .keyDisabled(let p, let d): "\(p): key disabled: \(d)"

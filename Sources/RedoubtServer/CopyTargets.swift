@@ -24,22 +24,26 @@ public struct CopyTarget: Sendable {
         set { info[keyPath: field] = newValue }
     }
 
+    /// Where this target is, checked by the one parser the CLI uses too (https, or http to
+    /// loopback only); a target that fails it is a bad request, refused before any network use.
+    public func target() throws -> S3Target {
+        do {
+            return try S3Target.parse(url: info.url, endpoint: info.endpoint, region: info.region,
+                                      credentialsFile: credentialsFile, pathStyle: !virtualHosted)
+        } catch {
+            throw ServerError.badRequest("copy target \(info.url): \(error.detail)")
+        }
+    }
+
     /// The S3 store this target names. Credentials are read now, never stored in the catalog.
     public func store() throws -> S3Store {
-        let (url, endpoint, region) = (info.url, info.endpoint, info.region)
-        guard url.hasPrefix("s3://") else { throw ServerError.badRequest("copy target \(url) must be s3://BUCKET/PREFIX") }
-        let rest = url.dropFirst(5)
-        let bucket = String(rest.prefix { $0 != "/" })
-        let prefix = String(rest.dropFirst(bucket.count).drop { $0 == "/" })
-        guard !bucket.isEmpty, let e = URL(string: endpoint), e.host != nil else {
-            throw ServerError.badRequest("copy target needs a bucket in s3://BUCKET/PREFIX and an endpoint URL")
-        }
+        let target = try target()
         let creds: AWSCredentials
-        do { creds = try credentialsFile.map { try AWSCredentials.file($0) } ?? AWSCredentials.standard() } catch {
-            throw ServerError(500, "E_CONFIG", "copy target \(url): no S3 credentials (\(error)); the file must be readable by the service user")
+        do { creds = try target.awsCredentials() } catch {
+            throw ServerError(500, "E_CONFIG", "copy target \(info.url): no S3 credentials (\(error)); "
+                                                + "the file must be readable by the service user")
         }
-        return S3Store(client: S3Client(location: S3Location(endpoint: e, region: region, bucket: bucket, prefix: prefix, pathStyle: !virtualHosted),
-                                        credentials: creds))
+        return S3Store(client: S3Client(location: target.location, credentials: creds))
     }
 }
 
@@ -206,6 +210,8 @@ extension RepositoryService {
                                       acceptUnenforced: req.acceptUnenforced ?? false, createdAt: now, lastProofAt: nil, lastProofOK: nil,
                                       lastProofDetail: nil, lastSyncAt: nil, lastSyncOK: nil, lastSyncDetail: nil),
             credentialsFile: req.credentialsFile, virtualHosted: req.virtualHosted ?? false)
+        // Checked before an approval is used up or the endpoint is contacted at all.
+        _ = try target.target()
         if target.acceptUnenforced {
             try authorize(.acceptUnenforced, object: "copy target \(req.url)",
                           parameters: CopyApproval.parameters(tenant: req.tenant, endpoint: req.endpoint, region: req.region,

@@ -28,25 +28,24 @@ struct BucketOptions: ParsableArguments {
 
     /// The S3 store at `path` (s3://BUCKET/PREFIX, given with `flag`), shared by `--to` and `--from`.
     static func store(path: String, flag: String, endpoint: String, region: String, credentials: String?, virtualHosted: Bool, ca: String?) throws -> S3Store {
-        guard path.hasPrefix("s3://") else { throw ValidationError("\(flag) must be s3://BUCKET/PREFIX") }
-        let rest = path.dropFirst(5)
-        let bucket = String(rest.prefix { $0 != "/" })
-        let prefix = String(rest.dropFirst(bucket.count))
-        guard !bucket.isEmpty, let url = URL(string: endpoint), url.host != nil else {
-            throw ValidationError("need a bucket in \(flag) and a URL in --endpoint")
-        }
-        // Why: SigV4 signs but does not encrypt; plain http would show every object and
-        // request on the wire. Loopback is for tests only.
-        if url.scheme?.lowercased() == "http", !["127.0.0.1", "localhost", "::1", "[::1]"].contains(url.host ?? "") {
-            throw ValidationError("plain http is only allowed to a loopback address: use https (with --ca for a private CA)")
-        }
-        let creds = try credentials.map { try AWSCredentials.file($0) } ?? AWSCredentials.standard()
+        let target = try target(path: path, flag: flag, endpoint: endpoint, region: region, credentials: credentials,
+                                virtualHosted: virtualHosted)
         let transport = try ca.map { path -> AHCTransport in
             guard let pem = try? String(contentsOfFile: path, encoding: .utf8) else { throw ValidationError("cannot read the CA file \(path)") }
             return try AHCTransport.shared(caPEM: pem)
         }
-        return S3Store(client: S3Client(location: S3Location(endpoint: url, region: region, bucket: bucket, prefix: prefix, pathStyle: !virtualHosted),
-                                        credentials: creds, transport: transport))
+        return try target.store(transport: transport)
+    }
+
+    /// The parsed target (the one parser the server uses too); a bad one is a usage error.
+    static func target(path: String, flag: String, endpoint: String, region: String, credentials: String?,
+                       virtualHosted: Bool) throws -> S3Target {
+        do {
+            return try S3Target.parse(url: path, endpoint: endpoint, region: region, credentialsFile: credentials,
+                                      pathStyle: !virtualHosted)
+        } catch {
+            throw ValidationError("\(flag) \(path): \(error.detail)")
+        }
     }
 }
 
@@ -112,8 +111,12 @@ struct CopyPolicy: AsyncParsableCommand {
 
     func run() async throws {
         try await RedoubtCLI.run {
-            let rest = to.hasPrefix("s3://") ? String(to.dropFirst(5)) : to
-            let bucket = String(rest.prefix { $0 != "/" })
+            let bucket: String
+            do throws(StoreError) {
+                bucket = try S3Target.parsePath(to.lowercased().hasPrefix("s3://") ? to : "s3://" + to).bucket
+            } catch {
+                throw ValidationError("--to \(to): \(error.detail)")
+            }
             let arn = "arn:aws:s3:::\(bucket)"
             let policy: [String: Any] = [
                 "Version": "2012-10-17",

@@ -2,6 +2,7 @@ import ArgumentParser
 import Foundation
 import RedoubtClient
 import RedoubtCore
+import RedoubtStore
 
 // `redoubt admin copy add|status|sync|remove`: S3 Object Lock copy targets kept by the
 // server, which copies after each commit and proves each target again daily.
@@ -29,7 +30,9 @@ struct AdminCopyAdd: AsyncParsableCommand {
 
     func run() async throws {
         try await RedoubtCLI.run {
-            guard url.hasPrefix("s3://") else { throw ValidationError("the target must be s3://BUCKET/PREFIX") }
+            // The server checks again; checking here names the mistake before any request.
+            _ = try BucketOptions.target(path: url, flag: "the target", endpoint: endpoint, region: region,
+                                         credentials: credentials, virtualHosted: virtualHosted)
             let req = Wire.AddCopyTargetRequest(tenant: tenant, url: url, endpoint: endpoint, region: region, credentialsFile: credentials,
                                                 virtualHosted: virtualHosted, marginSeconds: try parseDuration(retentionMargin),
                                                 acceptUnenforced: acceptUnenforced, requestID: request)

@@ -92,19 +92,8 @@ func readPassphrase(file: String?, env envName: String = "REDOUBT_PASSPHRASE", p
 /// `passphraseEnv` names the variable a passphrase may come from when no file is given.
 func makeKeyProvider(uri: String, passphraseFile: String?, passphraseEnv: String = "REDOUBT_PASSPHRASE",
                      prompt: String = "Passphrase for the tenant's read key: ") throws -> any KeyProvider {
-    switch uri {
-    case "passphrase:", "passphrase":
-        return try PassphraseKeyProvider(passphrase: readPassphrase(file: passphraseFile, env: passphraseEnv, prompt: prompt))
-    case _ where uri.hasPrefix("kmip://"):
-        return try KMIPKeyProvider(uri: uri)
-    case _ where uri.hasPrefix("awskms://"):
-        // Credentials are read from the AWS environment or credentials file when the KMS
-        // is first called, so commands that never unwrap never need them.
-        return try AWSKMSKeyProvider(uri: uri)
-    case _ where uri.hasPrefix("pkcs11:"):
-        return try PKCS11KeyProvider(uri: uri)
-    default:
-        throw KeyProviderError.unknownProvider(uri)
+    try KeyProviderRegistry.make(uri: uri) {
+        try readPassphrase(file: passphraseFile, env: passphraseEnv, prompt: prompt)
     }
 }
 

@@ -1,5 +1,7 @@
 import Foundation
+import NIOCore
 import NIOHTTP1
+import NIOPosix
 import Testing
 import RedoubtAWS
 import RedoubtClient
@@ -96,6 +98,62 @@ import RedoubtStore
         } catch { Issue.record("\(error)") }
         await server.service.copyJobs.idle()
         await writer.shutdown()
+        await server.stop()
+    }
+
+    /// An admin's copy target with a plain-http endpoint off loopback is refused (400) by the
+    /// server itself, before any request leaves it: SigV4 does not encrypt, so even the lock
+    /// proof would put the admin's access key id and the canary on the wire in clear. The
+    /// endpoint is a listener on 127.0.0.2 (loopback to the kernel, but not one of the names
+    /// http is allowed to), so a request that did go out would be seen.
+    @Test func aPlainHTTPEndpointOffLoopbackIsRefusedBeforeAnyRequest() async throws {
+        final class Accepted: @unchecked Sendable {
+            private let lock = NSLock()
+            private var n = 0
+            func add() { lock.withLock { n += 1 } }
+            var count: Int { lock.withLock { n } }
+        }
+        let accepted = Accepted()
+        let listener = try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+            .childChannelInitializer { channel in
+                // Counted and hung up on, so that a regression fails the test instead of hanging it.
+                accepted.add()
+                channel.close(promise: nil)
+                return channel.eventLoop.makeSucceededVoidFuture()
+            }
+            .bind(host: "127.0.0.2", port: 0).get()
+        let port = try #require(listener.localAddress?.port)
+        let server = try await TestServer.start()
+        try await server.createTenant("acme", keys: try TenantKeys.generate())
+        let creds = server.dir.appendingPathComponent("s3-credentials").path
+        try "[default]\naws_access_key_id = AKIAVICTIM\naws_secret_access_key = victim-secret\n"
+            .write(toFile: creds, atomically: true, encoding: .utf8)
+        do {
+            for endpoint in ["http://127.0.0.2:\(port)", "HTTP://127.0.0.2:\(port)/", "http://10.0.0.1:\(port)"] {
+                for accept in [false, true] {
+                    let req = Wire.AddCopyTargetRequest(
+                        tenant: "acme", url: "s3://redoubt-copy/x", endpoint: endpoint, region: "us-east-1",
+                        credentialsFile: creds, virtualHosted: false, marginSeconds: 86400, acceptUnenforced: accept,
+                        requestID: nil)
+                    do {
+                        _ = try await server.admin.addCopyTarget(req)
+                        Issue.record("\(endpoint) was accepted")
+                    } catch let e as APIError {
+                        #expect(e.status == 400 && e.message.contains("plain http"), "\(e)")
+                        #expect(!e.message.contains("victim-secret") && !e.message.contains("AKIAVICTIM"))
+                    }
+                }
+            }
+            #expect(try await server.admin.copyTargets().isEmpty)
+            #expect(accepted.count == 0, "the server connected to the plain-http endpoint")
+            // The listener does count: a connection made on purpose is seen.
+            let probe = try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+                .connect(host: "127.0.0.2", port: port).get()
+            try? await probe.close()  // the listener may have hung up first
+            for _ in 0..<50 where accepted.count == 0 { try await Task.sleep(nanoseconds: 20_000_000) }
+            #expect(accepted.count == 1)
+        } catch { Issue.record("\(error)") }
+        try await listener.close()
         await server.stop()
     }
 }
