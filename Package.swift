@@ -99,7 +99,7 @@ let package = Package(
         .testTarget(name: "RedoubtAWSTests", dependencies: ["RedoubtAWS"]),
         .testTarget(name: "RedoubtKMSTests", dependencies: ["RedoubtCore", "RedoubtKMS", "RedoubtAWS"], resources: [.copy("Fixtures")]),
         .testTarget(name: "RedoubtStoreTests", dependencies: ["RedoubtStore", "RedoubtAWS"]),
-        // Offline media sets (issue 6): the format, pure; devices and glue come later.
+        // Offline media sets: the format, pure; devices and glue come later.
         .testTarget(name: "RedoubtMediaTests", dependencies: ["RedoubtMedia", "RedoubtCore"], resources: [.copy("Fixtures")]),
         .testTarget(name: "RedoubtClientTests", dependencies: ["RedoubtClient", "RedoubtCore", "RedoubtKMS"]),
         .testTarget(name: "RedoubtServerTests", dependencies: ["RedoubtServer", "RedoubtMedia", "RedoubtClient", "RedoubtCore", "RedoubtKMS", "RedoubtAWS", "RedoubtStore", nioHTTP1, crypto, nioPosix, nioSSL,

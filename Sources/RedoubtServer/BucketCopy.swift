@@ -1,4 +1,4 @@
-// The off-site copy (issue 5): a tenant's objects, ciphertext as stored, written to an
+// The off-site copy: a tenant's objects, ciphertext as stored, written to an
 // S3 bucket under Object Lock COMPLIANCE with their own retain-until, after a proof that
 // the bucket enforces it. The bucket mirrors the local store's layout, so a restore
 // needs only the bucket and the read key.

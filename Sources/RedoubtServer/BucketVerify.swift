@@ -1,4 +1,4 @@
-// Verifying a bucket copy alone (issue 5): no server, no catalog, no key. Every object
+// Verifying a bucket copy alone: no server, no catalog, no key. Every object
 // under a tenant's prefix is read whole and checked against its name (packs and
 // manifests are named by their SHA-256) and its lock (COMPLIANCE, retain-until ahead);
 // every pack a manifest names must be there.

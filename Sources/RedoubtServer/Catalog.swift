@@ -157,7 +157,7 @@ public final class Catalog: Sendable {
                 CREATE TABLE settings (key TEXT PRIMARY KEY, value TEXT NOT NULL);
                 """)
         }
-        // Key rotation and crypto-shredding (issue 4).
+        // Key rotation and crypto-shredding.
         m.registerMigration("v2-read-key-versions") { db in
             try db.execute(sql: """
                 ALTER TABLE tenants ADD COLUMN key_version INTEGER NOT NULL DEFAULT 1;

@@ -1,4 +1,4 @@
-// Copy targets (issue 5): a tenant's S3 Object Lock copies, kept in the catalog and
+// Copy targets: a tenant's S3 Object Lock copies, kept in the catalog and
 // served by a job inside the server: after every commit the tenant's targets are synced
 // (resumably: what is there is skipped), and every target is proved again once a day.
 // Adding a target proves it first; accepting one that fails the proof, or removing one,

@@ -1,4 +1,4 @@
-// `redoubt doctor` (issue 7, item 1): checks that the repository host is hardened as
+// `redoubt doctor`: checks that the repository host is hardened as
 // README "Hardened deployment" asks. Every check reads host files through `HostFiles`,
 // so tests point it at a fake /etc and /proc tree; the data directory checks (mode,
 // owner, the immutable-flag probe) use the real directory.

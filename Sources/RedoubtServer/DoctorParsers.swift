@@ -1,4 +1,4 @@
-// Pure parsers for the host files `redoubt doctor` reads (issue 7): mount table, NFS
+// Pure parsers for the host files `redoubt doctor` reads: mount table, NFS
 // export tables, INI-style configuration (smb.conf, sssd.conf, realmd.conf),
 // sshd_config, /proc/self/status capabilities and /etc/os-release. No I/O here except
 // through the closures `SSHDConfig.parse` is given.

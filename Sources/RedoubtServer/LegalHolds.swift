@@ -3,7 +3,7 @@ import GRDB
 import RedoubtCore
 import RedoubtStore
 
-// Legal holds (issue 7, docs/PROTOCOL.md §4.3 and §4): a hold on a snapshot, or on a
+// Legal holds (docs/PROTOCOL.md §4.3 and §4): a hold on a snapshot, or on a
 // whole tenant (all its snapshots, present and future), keeps their packs and manifests
 // locked past their retention until the hold is released through an approved request.
 // Placing a hold strengthens protection and takes effect at once; releasing one weakens

@@ -1,4 +1,4 @@
-// Server side of `redoubt media write` (issue 6, docs/FORMAT.md §13): streams a tenant's
+// Server side of `redoubt media write` (docs/FORMAT.md §13): streams a tenant's
 // stored objects, ciphertext as stored, into a media set. Needs no key.
 import Crypto
 import Foundation

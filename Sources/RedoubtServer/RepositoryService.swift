@@ -425,7 +425,7 @@ public final class RepositoryService: Sendable {
         }
         switch p.role {
         case .writer:
-            // Why: a host lists only its own snapshots' public metadata (issue 3, point 2).
+            // Why: a host lists only its own snapshots' public metadata: a taken host must not learn what its neighbours back up.
             if let host, host != p.name { throw refuse(ctx, .listSnapshots, object: "host \(host)", .forbidden("a host may list only its own snapshots")) }
             return try catalog.snapshots(tenant: p.tenant ?? "", host: p.name).map(listed)
         case .restorer:

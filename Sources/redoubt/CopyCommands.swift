@@ -6,7 +6,7 @@ import RedoubtCore
 import RedoubtServer
 import RedoubtStore
 
-/// Off-site copies to S3 with Object Lock COMPLIANCE (issue 5).
+/// Off-site copies to S3 with Object Lock COMPLIANCE.
 struct CopyCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "copy", abstract: "Immutable off-site copies on S3 Object Lock (COMPLIANCE).",

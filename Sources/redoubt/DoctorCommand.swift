@@ -2,7 +2,7 @@ import ArgumentParser
 import Foundation
 import RedoubtServer
 
-/// `redoubt doctor`: the repository host's hardening checklist (issue 7, README "Doctor").
+/// `redoubt doctor`: the repository host's hardening checklist (README "Doctor").
 struct DoctorCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "doctor", abstract: "Check that this repository host is hardened: pass, warn or fail, with the fix for each.",

@@ -1,4 +1,4 @@
-// `redoubt media …`: offline media sets (issue 6, docs/FORMAT.md §13).
+// `redoubt media …`: offline media sets (docs/FORMAT.md §13).
 import ArgumentParser
 import Foundation
 import Logging
