@@ -232,7 +232,7 @@ public enum CatalogRebuilder {
                 let h = m.header
                 let retain = o.retainUntil ?? now
                 let rec = SnapshotRecord(id: id.description, tenant: tenant.name, host: h.host,
-                                         time: Date(timeIntervalSince1970: Double(h.time.seconds) + Double(h.time.nanoseconds) / 1e9),
+                                         time: h.time.date,
                                          committedAt: retain.addingTimeInterval(-tenant.minRetention), retainUntil: retain, paths: h.paths.map(printable),
                                          tags: h.tags, statistics: h.statistics, packCount: h.packs.count, manifestSize: bytes.count)
                 try catalog.insertSnapshot(rec, packs: h.packs)

@@ -50,8 +50,7 @@ extension RepositoryService {
             throw ServerError.forbidden("only a restorer reports damaged packs")
         }
         guard let id = PackID(hex: idHex) else { throw ServerError.badRequest("pack ID must be 64 lowercase hex digits") }
-        let problem = String(req.problem.unicodeScalars.filter { !CharacterSet.controlCharacters.contains($0) }.prefix(512)
-            .map(Character.init))
+        let problem = SafeText.echo(req.problem, maxBytes: 512)
         guard let uploader = try catalog.recordDamagedPack(tenant: tenant, pack: id.description, reporter: p.id, problem: problem,
                                                             now: try now()) else {
             throw ServerError.notFound("pack \(id) not found in tenant \(tenant)")

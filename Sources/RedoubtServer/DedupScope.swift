@@ -39,6 +39,17 @@ extension Catalog {
         }
     }
 
+    /// Every tenant's dedup scope, in one read (for listings).
+    public func dedupScopes() throws -> [String: DedupScope] {
+        try db.read { db in
+            var out: [String: DedupScope] = [:]
+            for r in try Row.fetchAll(db, sql: "SELECT name, dedup_scope FROM tenants") {
+                out[r["name"]] = DedupScope(rawValue: r["dedup_scope"]) ?? .host
+            }
+            return out
+        }
+    }
+
     /// Sets the tenant's dedup scope if it is still `from`; false if it changed meanwhile.
     public func setDedupScope(tenant: String, _ scope: DedupScope, from: DedupScope) throws -> Bool {
         try db.write { db in
@@ -80,9 +91,9 @@ extension RepositoryService {
         return try tenantInfo(rec)
     }
 
-    /// What tenant listings show of a tenant.
-    func tenantInfo(_ rec: TenantRecord) throws -> Wire.TenantInfo {
+    /// What tenant listings show of a tenant (`scope` when the caller has read it already).
+    func tenantInfo(_ rec: TenantRecord, scope: DedupScope? = nil) throws -> Wire.TenantInfo {
         Wire.TenantInfo(name: rec.name, readKeyID: rec.readKeyID, minRetentionSeconds: rec.minRetention, createdAt: rec.createdAt,
-                        dedupScope: try catalog.dedupScope(tenant: rec.name).rawValue)
+                        dedupScope: try (scope ?? catalog.dedupScope(tenant: rec.name)).rawValue)
     }
 }

@@ -364,7 +364,7 @@ public final class RepositoryService: Sendable {
         }
         let h = manifest.header
         let rec = SnapshotRecord(id: manifest.id.description, tenant: tenant.name, host: p.name,
-                                 time: Date(timeIntervalSince1970: Double(h.time.seconds) + Double(h.time.nanoseconds) / 1e9),
+                                 time: h.time.date,
                                  committedAt: now, retainUntil: retainUntil, paths: h.paths.map(printable), tags: h.tags,
                                  statistics: h.statistics, packCount: h.packs.count, manifestSize: bytes.count)
         do { try catalog.insertSnapshot(rec, packs: h.packs, requirePacks: true, manifestKey: manifestKey.path) } catch let e as Catalog.PacksMissing {
@@ -809,7 +809,8 @@ public final class RepositoryService: Sendable {
     }
 
     public func listTenants() throws -> [Wire.TenantInfo] {
-        try catalog.tenants().map(tenantInfo)
+        let scopes = try catalog.dedupScopes()
+        return try catalog.tenants().map { try tenantInfo($0, scope: scopes[$0.name]) }
     }
 
     /// Creates a one-time enrollment token for a writer, restorer or auditor.
