@@ -37,20 +37,6 @@ public struct ApprovalRequest: Sendable, Equatable, Codable {
 }
 
 extension Catalog {
-    static func registerApprovalMigrations(_ m: inout DatabaseMigrator) {
-        m.registerMigration("v3-approvals") { db in
-            try db.execute(sql: """
-                CREATE TABLE requests (
-                    id TEXT PRIMARY KEY, action TEXT NOT NULL, object TEXT NOT NULL, parameters TEXT NOT NULL,
-                    requester_id TEXT NOT NULL, requester TEXT NOT NULL, created_at REAL NOT NULL, expires_at REAL NOT NULL,
-                    needed INTEGER NOT NULL, rejected_by TEXT, executed_at REAL);
-                CREATE TABLE approvals (
-                    request_id TEXT NOT NULL, approver_id TEXT NOT NULL, approver TEXT NOT NULL, time REAL NOT NULL,
-                    PRIMARY KEY (request_id, approver_id)) WITHOUT ROWID;
-                """)
-        }
-    }
-
     func insertRequest(id: String, action: String, object: String, parameters: [String: String], requester: Principal,
                        now: Date, expiresAt: Date, needed: Int) throws {
         let params = String(decoding: try JSONEncoder.sorted.encode(parameters), as: UTF8.self)

@@ -122,62 +122,6 @@ public final class Catalog: Sendable {
         db = try DatabasePool(path: path, configuration: config)
     }
 
-    static var migrator: DatabaseMigrator {
-        var m = DatabaseMigrator()
-        m.registerMigration("v1") { db in
-            try db.execute(sql: """
-                CREATE TABLE tenants (
-                    name TEXT PRIMARY KEY, read_key_id TEXT NOT NULL, read_public_key BLOB NOT NULL,
-                    write_material BLOB NOT NULL, wrapped_read_key TEXT NOT NULL,
-                    min_retention REAL NOT NULL, created_at REAL NOT NULL);
-                CREATE TABLE principals (
-                    id TEXT PRIMARY KEY, role TEXT NOT NULL, tenant TEXT, name TEXT NOT NULL,
-                    fingerprint TEXT NOT NULL UNIQUE, host_key BLOB, os TEXT, created_at REAL NOT NULL,
-                    revoked INTEGER NOT NULL DEFAULT 0);
-                CREATE UNIQUE INDEX principals_tenant_role_name ON principals(tenant, role, name) WHERE revoked = 0;
-                CREATE TABLE enrollments (
-                    token_hash TEXT PRIMARY KEY, role TEXT NOT NULL, tenant TEXT, name TEXT NOT NULL,
-                    expires_at REAL NOT NULL, used_at REAL, created_by TEXT NOT NULL);
-                CREATE TABLE packs (
-                    tenant TEXT NOT NULL, id TEXT NOT NULL, size INTEGER NOT NULL, retain_until REAL NOT NULL,
-                    created_at REAL NOT NULL, PRIMARY KEY (tenant, id)) WITHOUT ROWID;
-                CREATE TABLE chunks (
-                    tenant TEXT NOT NULL, chunk_id BLOB NOT NULL, pack_id TEXT NOT NULL,
-                    PRIMARY KEY (tenant, chunk_id)) WITHOUT ROWID;
-                CREATE TABLE snapshots (
-                    id TEXT PRIMARY KEY, tenant TEXT NOT NULL, host TEXT NOT NULL, time REAL NOT NULL,
-                    committed_at REAL NOT NULL, retain_until REAL NOT NULL, meta TEXT NOT NULL, manifest_size INTEGER NOT NULL);
-                CREATE INDEX snapshots_tenant_host ON snapshots(tenant, host, time);
-                CREATE TABLE snapshot_packs (snapshot TEXT NOT NULL, pack TEXT NOT NULL, PRIMARY KEY (snapshot, pack)) WITHOUT ROWID;
-                CREATE TABLE audit (
-                    seq INTEGER PRIMARY KEY, time REAL NOT NULL, actor TEXT NOT NULL, role TEXT NOT NULL,
-                    credential TEXT NOT NULL, source TEXT NOT NULL, action TEXT NOT NULL, object TEXT NOT NULL,
-                    outcome TEXT NOT NULL, detail TEXT NOT NULL, prev_hash TEXT NOT NULL, hash TEXT NOT NULL);
-                CREATE TABLE clock (id INTEGER PRIMARY KEY CHECK (id = 1), latest REAL NOT NULL);
-                CREATE TABLE settings (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-                """)
-        }
-        // Key rotation and crypto-shredding.
-        m.registerMigration("v2-read-key-versions") { db in
-            try db.execute(sql: """
-                ALTER TABLE tenants ADD COLUMN key_version INTEGER NOT NULL DEFAULT 1;
-                ALTER TABLE tenants ADD COLUMN shredded_at REAL;
-                CREATE TABLE retired_keks (
-                    tenant TEXT NOT NULL, version INTEGER NOT NULL, stub TEXT NOT NULL, retired_at REAL NOT NULL,
-                    destroyed_at REAL, PRIMARY KEY (tenant, version)) WITHOUT ROWID;
-                """)
-        }
-        registerApprovalMigrations(&m)
-        registerCopyTargetMigrations(&m)
-        registerHoldMigrations(&m)
-        registerPrincipalMigrations(&m)
-        registerGCMigrations(&m)
-        registerQuotaMigrations(&m)
-        registerDedupMigrations(&m)
-        registerDamagedPackMigrations(&m)
-        return m
-    }
-
     // MARK: settings and clock
 
     public func setting(_ key: String) throws -> String? {

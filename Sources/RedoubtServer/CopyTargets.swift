@@ -48,18 +48,6 @@ public struct CopyTarget: Sendable {
 }
 
 extension Catalog {
-    static func registerCopyTargetMigrations(_ m: inout DatabaseMigrator) {
-        m.registerMigration("v4-copy-targets") { db in
-            try db.execute(sql: """
-                CREATE TABLE copy_targets (
-                    id TEXT PRIMARY KEY, tenant TEXT NOT NULL, url TEXT NOT NULL, endpoint TEXT NOT NULL, region TEXT NOT NULL,
-                    credentials_file TEXT, virtual_hosted INTEGER NOT NULL, margin REAL NOT NULL, accept_unenforced INTEGER NOT NULL,
-                    created_at REAL NOT NULL, last_proof_at REAL, last_proof_ok INTEGER, last_proof_detail TEXT,
-                    last_sync_at REAL, last_sync_ok INTEGER, last_sync_detail TEXT, removed_at REAL);
-                """)
-        }
-    }
-
     public func insertCopyTarget(_ t: CopyTarget) throws {
         try db.write { db in
             try db.execute(sql: """

@@ -3,16 +3,6 @@ import GRDB
 import RedoubtCore
 
 extension Catalog {
-    static func registerDamagedPackMigrations(_ m: inout DatabaseMigrator) {
-        m.registerMigration("v10-damaged-packs") { db in
-            try db.execute(sql: """
-                CREATE TABLE damaged_packs (
-                    tenant TEXT NOT NULL, pack TEXT NOT NULL, uploader TEXT, reported_at REAL NOT NULL, reporter TEXT NOT NULL,
-                    problem TEXT NOT NULL, PRIMARY KEY (tenant, pack)) WITHOUT ROWID;
-                """)
-        }
-    }
-
     /// Records a restorer's report that a pack does not open; returns the uploader's
     /// principal ID (nil if unknown). A pack reported twice keeps its first report.
     func recordDamagedPack(tenant: String, pack: String, reporter: String, problem: String, now: Date) throws -> String?? {

@@ -13,24 +13,6 @@ public enum DedupScope: String, Sendable, Codable, CaseIterable {
 }
 
 extension Catalog {
-    /// Chunk rows carry the principal that uploaded them (their `scope`), and tenants their
-    /// dedup scope. Rows recorded before this existed have the empty scope: no host reuses
-    /// them under host scope, so each host uploads its data once more after the upgrade.
-    static func registerDedupMigrations(_ m: inout DatabaseMigrator) {
-        m.registerMigration("v9-dedup-scope") { db in
-            try db.execute(sql: """
-                ALTER TABLE tenants ADD COLUMN dedup_scope TEXT NOT NULL DEFAULT 'host';
-                ALTER TABLE packs ADD COLUMN uploader TEXT;
-                CREATE TABLE chunks_scoped (
-                    tenant TEXT NOT NULL, chunk_id BLOB NOT NULL, scope TEXT NOT NULL, pack_id TEXT NOT NULL,
-                    PRIMARY KEY (tenant, chunk_id, scope)) WITHOUT ROWID;
-                INSERT INTO chunks_scoped(tenant, chunk_id, scope, pack_id) SELECT tenant, chunk_id, '', pack_id FROM chunks;
-                DROP TABLE chunks;
-                ALTER TABLE chunks_scoped RENAME TO chunks;
-                """)
-        }
-    }
-
     /// The tenant's dedup scope (host when the tenant is unknown: the narrower one).
     public func dedupScope(tenant: String) throws -> DedupScope {
         try db.read { db in

@@ -18,15 +18,6 @@ import RedoubtStore
 // a snapshot being committed: that commit fails with E_PACKS_MISSING instead.
 
 extension Catalog {
-    static func registerGCMigrations(_ m: inout DatabaseMigrator) {
-        m.registerMigration("v7-gc") { db in
-            try db.execute(sql: """
-                CREATE TABLE gc_pending (key TEXT PRIMARY KEY, tenant TEXT NOT NULL, queued_at REAL NOT NULL, claimed_at REAL) WITHOUT ROWID;
-                CREATE INDEX snapshot_packs_pack ON snapshot_packs(pack);
-                """)
-        }
-    }
-
     struct GCPlan {
         var snapshots: [String] = []
         var keptNewest = 0

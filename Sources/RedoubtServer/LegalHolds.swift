@@ -35,18 +35,6 @@ public struct LegalHold: Sendable, Equatable {
 }
 
 extension Catalog {
-    static func registerHoldMigrations(_ m: inout DatabaseMigrator) {
-        m.registerMigration("v5-legal-holds") { db in
-            try db.execute(sql: """
-                CREATE TABLE holds (
-                    id TEXT PRIMARY KEY, kind TEXT NOT NULL, target TEXT NOT NULL, tenant TEXT NOT NULL, reason TEXT NOT NULL,
-                    created_by TEXT NOT NULL, created_at REAL NOT NULL, released_at REAL, release_request TEXT);
-                CREATE INDEX holds_tenant ON holds(tenant) WHERE released_at IS NULL;
-                CREATE TABLE copy_legal_holds (place TEXT NOT NULL, key TEXT NOT NULL, PRIMARY KEY (place, key)) WITHOUT ROWID;
-                """)
-        }
-    }
-
     func insertHold(_ h: LegalHold) throws {
         try db.write {
             // In the same transaction as the insert: garbage collection must not take the

@@ -11,15 +11,6 @@ import RedoubtCore
 // changes (§4.2, `revoke-writer`). Admins are removed with `admins remove` instead.
 
 extension Catalog {
-    static func registerPrincipalMigrations(_ m: inout DatabaseMigrator) {
-        m.registerMigration("v6-principal-revocation") { db in
-            try db.execute(sql: """
-                ALTER TABLE principals ADD COLUMN revoked_at REAL;
-                ALTER TABLE enrollments ADD COLUMN cancelled_at REAL;
-                """)
-        }
-    }
-
     /// Every principal (`includeRevoked`: revoked ones too), by tenant, role and name,
     /// with each writer's newest committed snapshot.
     public func principalListing(includeRevoked: Bool) throws -> [Wire.PrincipalInfo] {

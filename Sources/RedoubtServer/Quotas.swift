@@ -10,18 +10,6 @@ import RedoubtCore
 // against their tenant only.
 
 extension Catalog {
-    static func registerQuotaMigrations(_ m: inout DatabaseMigrator) {
-        m.registerMigration("v8-quotas") { db in
-            try db.execute(sql: """
-                CREATE TABLE quotas (tenant TEXT NOT NULL, host TEXT NOT NULL, bytes INTEGER NOT NULL,
-                    PRIMARY KEY (tenant, host)) WITHOUT ROWID;
-                CREATE TABLE pack_uploads (tenant TEXT NOT NULL, pack_id TEXT NOT NULL, host TEXT NOT NULL,
-                    PRIMARY KEY (tenant, pack_id)) WITHOUT ROWID;
-                CREATE INDEX pack_uploads_host ON pack_uploads(tenant, host);
-                """)
-        }
-    }
-
     /// Sets (or with nil removes) the quota of a tenant (`host` "") or of one of its hosts.
     func setQuota(tenant: String, host: String, bytes: Int64?) throws {
         try db.write { db in
