@@ -92,21 +92,21 @@ extension Catalog {
         try db.write { db in
             guard let req = try Self.request(db, id, now: now),
                   let requesterID = try String.fetchOne(db, sql: "SELECT requester_id FROM requests WHERE id = ?", arguments: [id]) else {
-                throw ServerError.notFound("request \(id) does not exist: `redoubt admin request list`")
+                throw CatalogError(.notFound, object: "request \(id)", "request \(id) does not exist: `redoubt admin request list`")
             }
-            guard req.state == .pending else { throw ServerError(409, "E_CONFLICT", "request \(id) is \(req.state.rawValue); only a pending request can be decided") }
+            guard req.state == .pending else { throw CatalogError(.conflict, object: "request \(id)", "request \(id) is \(req.state.rawValue); only a pending request can be decided") }
             guard requesterID != admin.id else {
-                throw ServerError.forbidden("request \(id) was made by you: the requester's own approval does not count; another admin must decide")
+                throw CatalogError(.forbidden, object: "request \(id)", "request \(id) was made by you: the requester's own approval does not count; another admin must decide")
             }
             if approve {
                 let done = try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM approvals WHERE request_id = ? AND approver_id = ?", arguments: [id, admin.id]) ?? 0
-                guard done == 0 else { throw ServerError(409, "E_CONFLICT", "you already approved request \(id); it needs approvals from other admins") }
+                guard done == 0 else { throw CatalogError(.conflict, object: "request \(id)", "you already approved request \(id); it needs approvals from other admins") }
                 try db.execute(sql: "INSERT INTO approvals(request_id, approver_id, approver, time) VALUES (?, ?, ?, ?)",
                                arguments: [id, admin.id, admin.name, now.timeIntervalSince1970])
             } else {
                 try db.execute(sql: "UPDATE requests SET rejected_by = ? WHERE id = ?", arguments: [admin.name, id])
             }
-            guard let after = try Self.request(db, id, now: now) else { throw ServerError.notFound("request \(id) vanished") }
+            guard let after = try Self.request(db, id, now: now) else { throw CatalogError(.notFound, object: "request \(id)", "request \(id) vanished") }
             return after
         }
     }
@@ -227,8 +227,8 @@ extension RepositoryService {
         guard let p = ctx.principal, p.role == .admin else { throw ServerError.forbidden("only an admin may decide a request") }
         try Self.checkRequestID(id, field: "request ID")
         let r: ApprovalRequest
-        do { r = try catalog.decide(id, by: p, approve: approve, now: try now()) } catch let e as ServerError {
-            throw refuse(ctx, approve ? .approveRequest : .rejectRequest, object: "request \(id)", e)
+        do { r = try catalog.decide(id, by: p, approve: approve, now: try now()) } catch let e as CatalogError {
+            throw refuse(ctx, approve ? .approveRequest : .rejectRequest, object: "request \(id)", ServerError(e))
         }
         audit(ctx, approve ? .approveRequest : .rejectRequest, object: "request \(id)", outcome: "ok",
               detail: "action=\(r.action) object=\(r.object) approvals=\(r.approvers.count)/\(r.needed) state=\(r.state.rawValue)")

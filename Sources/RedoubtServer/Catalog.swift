@@ -164,17 +164,17 @@ public final class Catalog: Sendable {
     public func replaceReadKey(tenant: String, newVersion: Int, wrapped: String, retiredStub: String, now: Date, shredded: Bool) throws {
         try db.write { db in
             guard let row = try Row.fetchOne(db, sql: "SELECT key_version, shredded_at FROM tenants WHERE name = ?", arguments: [tenant]) else {
-                throw ServerError.notFound("tenant \(tenant) does not exist")
+                throw CatalogError(.notFound, object: "tenant \(tenant)", "tenant \(tenant) does not exist")
             }
-            guard (row["shredded_at"] as Double?) == nil else { throw ServerError.shredded(tenant) }
+            guard (row["shredded_at"] as Double?) == nil else { throw CatalogError.shredded(tenant) }
             // Checked again here, in the same transaction as the shred: a hold placed after
             // the service's first check (across its awaits) still stops it.
             if shredded, let hold = try String.fetchOne(db, sql: "SELECT id FROM holds WHERE tenant = ? AND released_at IS NULL LIMIT 1", arguments: [tenant]) {
-                throw ServerError(409, "E_HELD", "tenant \(tenant) is under legal hold \(hold): release it first (`redoubt admin hold release \(hold)`)")
+                throw CatalogError(.held, object: "tenant \(tenant)", "tenant \(tenant) is under legal hold \(hold): release it first (`redoubt admin hold release \(hold)`)")
             }
             let current: Int = row["key_version"]
             guard newVersion == current + 1 else {
-                throw ServerError(409, "E_CONFLICT", "tenant \(tenant)'s read key is at version \(current), not \(newVersion - 1): another rotation came first; fetch it again")
+                throw CatalogError(.conflict, object: "tenant \(tenant)", "tenant \(tenant)'s read key is at version \(current), not \(newVersion - 1): another rotation came first; fetch it again")
             }
             try db.execute(sql: "UPDATE tenants SET wrapped_read_key = ?, key_version = ?, shredded_at = ? WHERE name = ?",
                            arguments: [wrapped, newVersion, shredded ? now.timeIntervalSince1970 : nil, tenant])
@@ -320,33 +320,34 @@ public final class Catalog: Sendable {
         public let name: String
     }
 
-    public enum RedeemError: Error {
-        /// Unknown, used, cancelled or expired.
-        case unknownToken
-        /// An active principal already has the token's tenant, role and name.
-        case nameTaken(Enrollment)
-    }
-
     /// Redeems a one-time token and records the principal `make` builds from it, in one
     /// transaction: the token is used up only if the principal is recorded. Errors that
-    /// `make` throws pass through (and leave the token unused).
+    /// `make` throws pass through (and leave the token unused). An unknown, used, cancelled
+    /// or expired token is ``CatalogError/Code/notFound``; an active principal that already
+    /// has the token's tenant, role and name is ``CatalogError/Code/conflict``.
     public func redeemEnrollment(tokenHash: String, now: Date, os: String?, _ make: (Enrollment) throws -> Principal) throws -> Principal {
         try db.write { db in
             guard let r = try Row.fetchOne(db, sql: """
                     SELECT * FROM enrollments WHERE token_hash = ? AND used_at IS NULL AND cancelled_at IS NULL AND expires_at > ?
                     """, arguments: [tokenHash, now.timeIntervalSince1970]),
-                  let role = Role(rawValue: r["role"]) else { throw RedeemError.unknownToken }
+                  let role = Role(rawValue: r["role"]) else {
+                throw CatalogError(.notFound, object: "enrollment token",
+                                   "enrollment token unknown, already used, cancelled or expired: ask an admin for a new one (`redoubt admin host add`)")
+            }
             let e = Enrollment(role: role, tenant: r["tenant"], name: r["name"])
             // A writer or restorer gets the tenant's write material: without it (a catalog
             // rebuilt from the store) the token is refused but not used up.
             if let tenant = e.tenant, role == .writer || role == .restorer,
                let material = try Data.fetchOne(db, sql: "SELECT write_material FROM tenants WHERE name = ?", arguments: [tenant]), material.isEmpty {
-                throw ServerError.noWriteMaterial(tenant)
+                throw CatalogError.noWriteMaterial(tenant)
             }
             let p = try make(e)
             let taken = try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM principals WHERE tenant IS ? AND role = ? AND name = ? AND revoked = 0",
                                          arguments: [e.tenant, role.rawValue, e.name]) ?? 0
-            guard taken == 0 else { throw RedeemError.nameTaken(e) }
+            guard taken == 0 else {
+                throw CatalogError(.conflict, object: "\(role.rawValue) \(e.name)",
+                    "a \(role.rawValue) named \(e.name) is already enrolled in this tenant: revoke it first (`redoubt admin \(role == .writer ? "host" : role.rawValue) revoke`); the token is not used up")
+            }
             try Self.insertPrincipal(db, p, os: os, now: now)
             try db.execute(sql: "UPDATE enrollments SET used_at = ? WHERE token_hash = ?", arguments: [now.timeIntervalSince1970, tokenHash])
             return p
@@ -367,7 +368,7 @@ public final class Catalog: Sendable {
     /// principal ID that uploaded it; nil when unknown, as in a rebuild from the store: then
     /// no host reuses them under host scope). The first pack wins for a chunk within a scope.
     /// A pack garbage collection queued for deletion is taken back off the queue (its bytes
-    /// were uploaded again); one whose deletion is under way is refused (``BeingCollected``).
+    /// were uploaded again); one whose deletion is under way is refused (``CatalogError/Code/beingCollected``).
     ///
     /// The chunk index is written `batch` rows per transaction, the pack's own row with the
     /// first: the catalog has one writer, and a pack of a million chunk IDs in one
@@ -432,7 +433,7 @@ public final class Catalog: Sendable {
 
     /// Moves pack locks later (never earlier); returns the packs whose lock moved, with
     /// their new retain-until, so the store's locks can follow. With `requireAll` (a
-    /// commit) a pack the catalog does not hold (collected meanwhile) is ``PacksMissing``
+    /// commit) a pack the catalog does not hold (collected meanwhile) is ``CatalogError/Code/packsMissing``
     /// and nothing moves; once this has run, garbage collection cannot take these packs.
     public func extendPackLocks(tenant: String, packs: [PackID], until: Date, requireAll: Bool = false) throws -> [(PackID, Date)] {
         try db.write { db in
@@ -449,7 +450,7 @@ public final class Catalog: Sendable {
                     moved.append((p, until))
                 }
             }
-            if requireAll, !missing.isEmpty { throw PacksMissing(packs: missing) }
+            if requireAll, !missing.isEmpty { throw Self.packsMissing(tenant: tenant, missing) }
             return moved
         }
     }
@@ -466,12 +467,15 @@ public final class Catalog: Sendable {
 
     /// A commit named packs the catalog no longer holds (garbage collection removed them
     /// after the commit first looked).
-    public struct PacksMissing: Error { public let packs: [PackID] }
+    static func packsMissing(tenant: String, _ packs: [PackID]) -> CatalogError {
+        CatalogError(.packsMissing, object: "tenant \(tenant)",
+                     "tenant \(tenant) no longer holds \(packs.count) pack(s), e.g. \(packs[0]): garbage collection removed them", packs: packs)
+    }
 
     /// Records a snapshot and the packs it names. With `requirePacks` (a commit) every pack
     /// must still be in the catalog, checked in the same transaction, so a garbage
     /// collection can never remove a pack between the commit's check and its record
-    /// (throws ``PacksMissing``). A rebuild records what the store holds, missing packs too.
+    /// (throws ``CatalogError/Code/packsMissing``). A rebuild records what the store holds, missing packs too.
     public func insertSnapshot(_ s: SnapshotRecord, packs: [PackID], requirePacks: Bool = false, manifestKey: String? = nil) throws {
         let meta = try JSONEncoder().encode(s)
         try db.write { db in
@@ -480,7 +484,7 @@ public final class Catalog: Sendable {
                 let missing = try packs.filter { p in
                     try Int.fetchOne(db, sql: "SELECT 1 FROM packs WHERE tenant = ? AND id = ?", arguments: [s.tenant, p.description]) == nil
                 }
-                guard missing.isEmpty else { throw PacksMissing(packs: missing) }
+                guard missing.isEmpty else { throw Self.packsMissing(tenant: s.tenant, missing) }
             }
             try db.execute(sql: """
                 INSERT INTO snapshots(id, tenant, host, time, committed_at, retain_until, meta, manifest_size) VALUES (?, ?, ?, ?, ?, ?, ?, ?)

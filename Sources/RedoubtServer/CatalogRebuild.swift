@@ -159,7 +159,7 @@ public enum CatalogRebuilder {
                         let ours = try Row.fetchAll(db, sql: "SELECT name FROM pragma_table_info(?, 'main')", arguments: [table]).map { $0["name"] as String }
                         let theirs = Set(try Row.fetchAll(db, sql: "SELECT name FROM pragma_table_info(?, 'old')", arguments: [table]).map { $0["name"] as String })
                         let columns = ours.filter(theirs.contains).map { "\"\($0)\"" }.joined(separator: ", ")
-                        guard !columns.isEmpty else { throw ServerError(500, "E_INTERNAL", "no such table in the previous catalog") }
+                        guard !columns.isEmpty else { throw CatalogError(.inconsistent, object: "table \(table)", "no such table in the previous catalog") }
                         try db.execute(sql: "INSERT OR IGNORE INTO main.\(table) (\(columns)) SELECT \(columns) FROM old.\(table)")
                     } catch {
                         lost.append("\(table) of the previous catalog not carried over: \(error)")

@@ -72,16 +72,13 @@ extension Catalog {
         }
     }
 
-    /// The deletion of this object is under way: its pack or manifest cannot be recorded
-    /// again until it is done (retry).
-    public struct BeingCollected: Error { public let key: String }
-
     /// For an object about to be recorded (again): refuses one whose store deletion is
     /// under way, and takes one merely queued off the queue, so that it is not deleted
     /// from under the record.
     static func reclaim(_ db: Database, key: String) throws {
         guard let claimed = try Row.fetchOne(db, sql: "SELECT claimed_at FROM gc_pending WHERE key = ?", arguments: [key]) else { return }
-        if (claimed["claimed_at"] as Double?) != nil { throw BeingCollected(key: key) }
+        // The deletion of this object is under way: it cannot be recorded again until it is done.
+        if (claimed["claimed_at"] as Double?) != nil { throw CatalogError.beingCollected(key: key) }
         try db.execute(sql: "DELETE FROM gc_pending WHERE key = ?", arguments: [key])
     }
 

@@ -113,6 +113,8 @@ func errorResponse(_ e: ServerError) -> Response {
 func handle(_ logger: Logger, _ body: () async throws -> Response) async -> Response {
     do { return try await body() } catch let e as ServerError {
         return errorResponse(e)
+    } catch let e as CatalogError {
+        return errorResponse(ServerError(e))
     } catch let e as StoreError {
         let status = switch e.code {
         case .notFound: 404

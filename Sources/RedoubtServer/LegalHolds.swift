@@ -40,7 +40,7 @@ extension Catalog {
             // In the same transaction as the insert: garbage collection must not take the
             // snapshot between the caller's check and the hold.
             if h.kind == .snapshot, try Int.fetchOne($0, sql: "SELECT 1 FROM snapshots WHERE id = ?", arguments: [h.target]) == nil {
-                throw ServerError.notFound("snapshot \(h.target) is no longer in the catalog (collected?)")
+                throw CatalogError(.notFound, object: "snapshot \(h.target)", "snapshot \(h.target) is no longer in the catalog (collected?)")
             }
             try $0.execute(sql: """
                 INSERT INTO holds(id, kind, target, tenant, reason, created_by, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)

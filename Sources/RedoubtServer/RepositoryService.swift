@@ -31,14 +31,10 @@ public struct ServerError: Error, Sendable, CustomStringConvertible {
         ServerError(409, "E_RETRY", "\(object) is being removed by garbage collection right now; send it again in a minute")
     }
     /// The tenant was crypto-shredded: nothing can be added to it or unwrapped for it.
-    public static func shredded(_ tenant: String) -> ServerError {
-        ServerError(410, "E_TENANT_SHREDDED", "tenant \(tenant) was crypto-shredded: its read key is destroyed; its backups can never be read again and nothing can be added to it")
-    }
+    public static func shredded(_ tenant: String) -> ServerError { ServerError(CatalogError.shredded(tenant)) }
     /// The catalog was rebuilt from the store alone, where the write material is sealed to
     /// the read key: hosts cannot enroll until an admin gives it back.
-    public static func noWriteMaterial(_ tenant: String) -> ServerError {
-        ServerError(409, "E_NO_WRITE_MATERIAL", "this server has no write material for tenant \(tenant) (its catalog was rebuilt from the store, where it is sealed to the read key): an admin gives it back with `redoubt admin tenant restore-material \(tenant)` (opens the sealed copy with the read key) or `… --from FILE` (an enrolled host's write-material.bin)")
-    }
+    public static func noWriteMaterial(_ tenant: String) -> ServerError { ServerError(CatalogError.noWriteMaterial(tenant)) }
     public static func integrity(_ m: String) -> ServerError { ServerError(422, "E_INTEGRITY", m) }
     public var description: String { "\(message) [\(code)]" }
 }
@@ -241,12 +237,11 @@ public final class RepositoryService: Sendable {
                                  fingerprint: certificateFingerprint(der: try cert.serializeAsPEM().derBytes),
                                  hostKey: e.role == .writer ? hostKey : nil)
             }
-        } catch Catalog.RedeemError.unknownToken {
-            throw refuse(ctx, .enroll, object: "token \(tokenHash.prefix(12))",
-                         .forbidden("enrollment token unknown, already used, cancelled or expired: ask an admin for a new one (`redoubt admin host add`)"))
-        } catch Catalog.RedeemError.nameTaken(let e) {
-            throw refuse(ctx, .enroll, object: "\(e.role.rawValue) \(e.name)", ServerError(409, "E_CONFLICT",
-                "a \(e.role.rawValue) named \(e.name) is already enrolled in this tenant: revoke it first (`redoubt admin \(e.role == .writer ? "host" : e.role.rawValue) revoke`); the token is not used up"))
+        } catch let e as CatalogError where e.code == .notFound {
+            // Unknown, used, cancelled or expired: refused as any bad credential is.
+            throw refuse(ctx, .enroll, object: "token \(tokenHash.prefix(12))", .forbidden(e.message))
+        } catch let e as CatalogError where e.code == .conflict {
+            throw refuse(ctx, .enroll, object: e.object, ServerError(e))
         }
         guard let cert = issued else { throw ServerError(500, "E_INTERNAL", "enrollment recorded no certificate for \(p.name)") }
         audit(CallContext(principal: p, source: ctx.source), .enroll,
@@ -301,7 +296,7 @@ public final class RepositoryService: Sendable {
         let key = Self.packKey(tenant: tenant.name, id: id)
         // Off the garbage collector's queue before the store is touched: no run can then
         // delete the object between the write below and its record.
-        do { try catalog.reclaim(key: key.path) } catch is Catalog.BeingCollected {
+        do { try catalog.reclaim(key: key.path) } catch let e as CatalogError where e.code == .beingCollected {
             throw ServerError.beingCollected("pack \(id)")
         }
         let result = try await store.put(key, bytes, retainUntil: until)
@@ -311,7 +306,7 @@ public final class RepositoryService: Sendable {
         do {
             try catalog.insertPack(tenant: tenant.name, id: id.description, key: key.path, size: bytes.count, retainUntil: until, chunkIDs: summary.chunkIDs, now: now,
                                    uploader: p.id, batch: limits.chunkInsertBatch)
-        } catch is Catalog.BeingCollected {
+        } catch let e as CatalogError where e.code == .beingCollected {
             throw ServerError.beingCollected("pack \(id)")
         }
         try catalog.recordUpload(tenant: tenant.name, pack: id.description, host: p.name)
@@ -348,7 +343,7 @@ public final class RepositoryService: Sendable {
         // before the manifest is stored.
         let packLock = Self.ceilDay(retainUntil)
         let moved: [(PackID, Date)]
-        do { moved = try catalog.extendPackLocks(tenant: tenant.name, packs: manifest.header.packs, until: packLock, requireAll: true) } catch let e as Catalog.PacksMissing {
+        do { moved = try catalog.extendPackLocks(tenant: tenant.name, packs: manifest.header.packs, until: packLock, requireAll: true) } catch let e as CatalogError where e.code == .packsMissing {
             throw refuse(ctx, .commitSnapshot, object: "snapshot \(manifest.id)",
                          ServerError(409, "E_PACKS_MISSING", "snapshot \(manifest.id) names \(e.packs.count) pack(s) that garbage collection removed meanwhile, e.g. \(e.packs[0]): run the backup again"))
         }
@@ -356,7 +351,7 @@ public final class RepositoryService: Sendable {
             try await store.extendRetention(Self.packKey(tenant: tenant.name, id: pack), until: until)
         }
         let manifestKey = Self.manifestKey(tenant: tenant.name, id: manifest.id)
-        do { try catalog.reclaim(key: manifestKey.path) } catch is Catalog.BeingCollected {
+        do { try catalog.reclaim(key: manifestKey.path) } catch let e as CatalogError where e.code == .beingCollected {
             throw ServerError.beingCollected("snapshot \(manifest.id)")
         }
         if try await store.put(manifestKey, bytes, retainUntil: retainUntil) != .created {
@@ -367,10 +362,10 @@ public final class RepositoryService: Sendable {
                                  time: h.time.date,
                                  committedAt: now, retainUntil: retainUntil, paths: h.paths.map(printable), tags: h.tags,
                                  statistics: h.statistics, packCount: h.packs.count, manifestSize: bytes.count)
-        do { try catalog.insertSnapshot(rec, packs: h.packs, requirePacks: true, manifestKey: manifestKey.path) } catch let e as Catalog.PacksMissing {
+        do { try catalog.insertSnapshot(rec, packs: h.packs, requirePacks: true, manifestKey: manifestKey.path) } catch let e as CatalogError where e.code == .packsMissing {
             throw refuse(ctx, .commitSnapshot, object: "snapshot \(manifest.id)",
                          ServerError(409, "E_PACKS_MISSING", "snapshot \(manifest.id) names \(e.packs.count) pack(s) that garbage collection removed meanwhile, e.g. \(e.packs[0]): run the backup again"))
-        } catch is Catalog.BeingCollected {
+        } catch let e as CatalogError where e.code == .beingCollected {
             throw ServerError.beingCollected("snapshot \(manifest.id)")
         }
         audit(ctx, .commitSnapshot, object: "snapshot \(manifest.id)", outcome: "ok", detail: "packs=\(h.packs.count) retain-until=\(Int(retainUntil.timeIntervalSince1970))")

@@ -96,9 +96,9 @@ import RedoubtStore
             let late = SnapshotRecord(id: String(repeating: "ab", count: 32), tenant: "acme", host: "web2", time: t0, committedAt: server.clock.now(),
                                       retainUntil: server.clock.now().addingTimeInterval(86400), paths: [], tags: [], statistics: SnapshotStatistics(),
                                       packCount: 1, manifestSize: 0)
-            #expect(throws: Catalog.PacksMissing.self) {
+            #expect {
                 try server.service.catalog.insertSnapshot(late, packs: s5.packs.map(\.id), requirePacks: true)
-            }
+            } throws: { ($0 as? CatalogError)?.code == .packsMissing }
             #expect(try server.service.catalog.snapshot(id: late.id) == nil)
 
             // What stays restores bit for bit: s2 (held; it reads s1's pack too) and s4.
@@ -125,10 +125,10 @@ import RedoubtStore
 
             // The commit's first step refuses a pack the catalog lost, and moves no lock.
             let before = try server.service.catalog.pack(tenant: "acme", id: s4.packs[0].id.description)
-            #expect(throws: Catalog.PacksMissing.self) {
+            #expect {
                 _ = try server.service.catalog.extendPackLocks(tenant: "acme", packs: [s4.packs[0].id, s5.packs[0].id],
                                                                until: t0.addingTimeInterval(100 * 86400), requireAll: true)
-            }
+            } throws: { ($0 as? CatalogError)?.code == .packsMissing }
             #expect(try server.service.catalog.pack(tenant: "acme", id: s4.packs[0].id.description)?.retainUntil == before?.retainUntil)
 
             let audit = try await admin.audit(limit: 10_000)
@@ -225,10 +225,10 @@ import RedoubtStore
             try await server.service.catalog.db.write { db in
                 try db.execute(sql: "INSERT INTO gc_pending(key, tenant, queued_at, claimed_at) VALUES (?, 'acme', 0, 0)", arguments: [claimed])
             }
-            #expect(throws: Catalog.BeingCollected.self) {
+            #expect {
                 try server.service.catalog.insertPack(tenant: "acme", id: String(repeating: "0", count: 64), key: claimed, size: 1,
                                                       retainUntil: Date(), chunkIDs: [], now: Date())
-            }
+            } throws: { ($0 as? CatalogError)?.code == .beingCollected }
         }
     }
 }
