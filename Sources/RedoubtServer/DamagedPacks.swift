@@ -2,34 +2,6 @@ import Foundation
 import GRDB
 import RedoubtCore
 
-extension Catalog {
-    /// Records a restorer's report that a pack does not open; returns the uploader's
-    /// principal ID (nil if unknown). A pack reported twice keeps its first report.
-    func recordDamagedPack(tenant: String, pack: String, reporter: String, problem: String, now: Date) throws -> String?? {
-        try db.write { db in
-            guard let row = try Row.fetchOne(db, sql: "SELECT uploader FROM packs WHERE tenant = ? AND id = ?", arguments: [tenant, pack]) else {
-                return nil
-            }
-            let uploader: String? = row["uploader"]
-            try db.execute(sql: """
-                INSERT OR IGNORE INTO damaged_packs(tenant, pack, uploader, reported_at, reporter, problem) VALUES (?, ?, ?, ?, ?, ?)
-                """, arguments: [tenant, pack, uploader, now.timeIntervalSince1970, reporter, problem])
-            return .some(uploader)
-        }
-    }
-
-    /// Damaged packs reported per uploading principal ID.
-    func damagedPackCounts() throws -> [String: Int] {
-        try db.read { db in
-            var out: [String: Int] = [:]
-            for r in try Row.fetchAll(db, sql: "SELECT uploader, COUNT(*) AS n FROM damaged_packs WHERE uploader IS NOT NULL GROUP BY uploader") {
-                out[r["uploader"]] = r["n"]
-            }
-            return out
-        }
-    }
-}
-
 extension RepositoryService {
     /// A restorer reports a pack of its tenant that does not open. The server cannot check
     /// the claim (it has no key), so it changes nothing stored: it names the host whose

@@ -12,36 +12,6 @@ public enum DedupScope: String, Sendable, Codable, CaseIterable {
     case tenant
 }
 
-extension Catalog {
-    /// The tenant's dedup scope (host when the tenant is unknown: the narrower one).
-    public func dedupScope(tenant: String) throws -> DedupScope {
-        try db.read { db in
-            try String.fetchOne(db, sql: "SELECT dedup_scope FROM tenants WHERE name = ?", arguments: [tenant])
-                .flatMap(DedupScope.init(rawValue:)) ?? .host
-        }
-    }
-
-    /// Every tenant's dedup scope, in one read (for listings).
-    public func dedupScopes() throws -> [String: DedupScope] {
-        try db.read { db in
-            var out: [String: DedupScope] = [:]
-            for r in try Row.fetchAll(db, sql: "SELECT name, dedup_scope FROM tenants") {
-                out[r["name"]] = DedupScope(rawValue: r["dedup_scope"]) ?? .host
-            }
-            return out
-        }
-    }
-
-    /// Sets the tenant's dedup scope if it is still `from`; false if it changed meanwhile.
-    public func setDedupScope(tenant: String, _ scope: DedupScope, from: DedupScope) throws -> Bool {
-        try db.write { db in
-            try db.execute(sql: "UPDATE tenants SET dedup_scope = ? WHERE name = ? AND dedup_scope = ?",
-                           arguments: [scope.rawValue, tenant, from.rawValue])
-            return db.changesCount == 1
-        }
-    }
-}
-
 extension RepositoryService {
     /// The scope a caller's chunk queries are answered in: a writer's own principal ID
     /// under host scope, or nil (every chunk of the tenant) for tenant scope and restorers.

@@ -646,37 +646,3 @@ public struct Doctor: Sendable {
     }
 }
 
-extension Catalog {
-    /// An enrolled writer and the OS it reported at enrollment.
-    public struct HostOS: Sendable, Equatable {
-        public let tenant: String?
-        public let name: String
-        public let os: String?
-        public init(tenant: String?, name: String, os: String?) {
-            self.tenant = tenant
-            self.name = name
-            self.os = os
-        }
-        var label: String { "\(tenant ?? "-")/\(name)" }
-    }
-
-    /// Active (not revoked) writers with the `os` each reported at enrollment.
-    public func enrolledHostSystems() throws -> [HostOS] {
-        try db.read { db in
-            try Row.fetchAll(db, sql: "SELECT tenant, name, os FROM principals WHERE role = 'writer' AND revoked = 0 ORDER BY tenant, name").map {
-                HostOS(tenant: $0["tenant"], name: $0["name"], os: $0["os"])
-            }
-        }
-    }
-
-    /// Audit records of copy proofs, bucket copies and media exports, oldest first.
-    public func copyEvents() throws -> [AuditRecord] {
-        try db.read { db in
-            try Row.fetchAll(db, sql: "SELECT * FROM audit WHERE action IN ('copy-proof', 'copy-sync', 'media-write') ORDER BY seq").map { r in
-                AuditRecord(seq: r["seq"], time: Date(timeIntervalSince1970: r["time"]), actor: r["actor"], role: r["role"], credential: r["credential"],
-                            source: r["source"], action: r["action"], object: r["object"], outcome: r["outcome"], detail: r["detail"],
-                            prevHash: r["prev_hash"], hash: r["hash"])
-            }
-        }
-    }
-}

@@ -9,45 +9,6 @@ import RedoubtCore
 // against the host that first uploaded it; packs stored before quotas existed count
 // against their tenant only.
 
-extension Catalog {
-    /// Sets (or with nil removes) the quota of a tenant (`host` "") or of one of its hosts.
-    func setQuota(tenant: String, host: String, bytes: Int64?) throws {
-        try db.write { db in
-            if let bytes {
-                try db.execute(sql: "INSERT OR REPLACE INTO quotas(tenant, host, bytes) VALUES (?, ?, ?)", arguments: [tenant, host, bytes])
-            } else {
-                try db.execute(sql: "DELETE FROM quotas WHERE tenant = ? AND host = ?", arguments: [tenant, host])
-            }
-        }
-    }
-
-    func quota(tenant: String, host: String) throws -> Int64? {
-        try db.read { try Int64.fetchOne($0, sql: "SELECT bytes FROM quotas WHERE tenant = ? AND host = ?", arguments: [tenant, host]) }
-    }
-
-    /// Records the host that uploaded a pack (the first one, if several sent it).
-    func recordUpload(tenant: String, pack: String, host: String) throws {
-        try db.write { db in
-            try db.execute(sql: "INSERT OR IGNORE INTO pack_uploads(tenant, pack_id, host) VALUES (?, ?, ?)", arguments: [tenant, pack, host])
-        }
-    }
-
-    /// Bytes of the tenant's packs (with `host`, of those that host uploaded), split into
-    /// those a committed snapshot of the tenant names and the rest.
-    func usage(tenant: String, host: String?) throws -> (committed: Int64, uncommitted: Int64) {
-        try db.read { db in
-            let named = "EXISTS (SELECT 1 FROM snapshot_packs sp JOIN snapshots s ON s.id = sp.snapshot WHERE sp.pack = p.id AND s.tenant = p.tenant)"
-            let from = host == nil ? "packs p WHERE p.tenant = ?"
-                : "packs p JOIN pack_uploads u ON u.tenant = p.tenant AND u.pack_id = p.id WHERE p.tenant = ? AND u.host = ?"
-            let row = try Row.fetchOne(db, sql: """
-                SELECT COALESCE(SUM(CASE WHEN \(named) THEN p.size ELSE 0 END), 0) AS c,
-                       COALESCE(SUM(CASE WHEN \(named) THEN 0 ELSE p.size END), 0) AS u FROM \(from)
-                """, arguments: host.map { [tenant, $0] } ?? [tenant])
-            return (row?["c"] ?? 0, row?["u"] ?? 0)
-        }
-    }
-}
-
 extension RepositoryService {
     /// Refuses a pack of `size` bytes that would take the tenant or the host past its
     /// quota (507 `E_QUOTA`, naming the quota and the fix); otherwise returns a warning

@@ -1,0 +1,143 @@
+import Crypto
+import Foundation
+import GRDB
+import RedoubtCore
+
+// The SQLite implementation of ``PackRepository``: packs, the chunk index, damaged packs.
+
+extension Catalog {
+    public func pack(tenant: String, id: String) throws -> (size: Int, retainUntil: Date)? {
+        try db.read { db in
+            try Row.fetchOne(db, sql: "SELECT size, retain_until FROM packs WHERE tenant = ? AND id = ?", arguments: [tenant, id]).map {
+                (size: $0["size"], retainUntil: Date(timeIntervalSince1970: $0["retain_until"]))
+            }
+        }
+    }
+
+    /// Records a stored pack and the chunks it holds, in the dedup scope of `uploader` (the
+    /// principal ID that uploaded it; nil when unknown, as in a rebuild from the store: then
+    /// no host reuses them under host scope). The first pack wins for a chunk within a scope.
+    /// A pack garbage collection queued for deletion is taken back off the queue (its bytes
+    /// were uploaded again); one whose deletion is under way is refused (``CatalogError/Code/beingCollected``).
+    ///
+    /// The chunk index is written `batch` rows per transaction, the pack's own row with the
+    /// first: the catalog has one writer, and a pack of a million chunk IDs in one
+    /// transaction would hold every other tenant's upload and commit until it is done.
+    /// Should the server stop between batches, the pack is recorded with part of its index:
+    /// the chunks not indexed are only not deduplicated against, and nothing is lost.
+    public func insertPack(tenant: String, id: String, key: String, size: Int, retainUntil: Date, chunkIDs: [ChunkID], now: Date,
+                           uploader: String? = nil, batch: Int = 4096) throws {
+        let step = max(1, batch)
+        func insert(_ db: Database, _ ids: ArraySlice<ChunkID>) throws {
+            let stmt = try db.cachedStatement(sql: "INSERT OR IGNORE INTO chunks(tenant, chunk_id, scope, pack_id) VALUES (?, ?, ?, ?)")
+            for c in ids { try stmt.execute(arguments: [tenant, Data(c.bytes), uploader ?? "", id]) }
+        }
+        try db.write { db in
+            try Self.reclaim(db, key: key)
+            try db.execute(sql: "INSERT OR IGNORE INTO packs(tenant, id, size, retain_until, created_at, uploader) VALUES (?, ?, ?, ?, ?, ?)",
+                           arguments: [tenant, id, size, retainUntil.timeIntervalSince1970, now.timeIntervalSince1970, uploader])
+            try insert(db, chunkIDs.prefix(step))
+        }
+        var i = step
+        while i < chunkIDs.count {
+            let end = min(i + step, chunkIDs.count)
+            try db.write { db in try insert(db, chunkIDs[i..<end]) }
+            i = end
+        }
+    }
+
+    /// For each of `ids` the tenant holds, a pack that holds it: only among chunks uploaded
+    /// by principal `scope` when given (host-scoped dedup), else among all of the tenant's.
+    public func chunkLocations(tenant: String, ids: [ChunkID], scope: String? = nil) throws -> [ChunkID: PackID] {
+        try db.read { db in
+            var out: [ChunkID: PackID] = [:]
+            var i = 0
+            while i < ids.count {
+                let batch = ids[i..<min(i + 500, ids.count)]
+                i += batch.count
+                let marks = Array(repeating: "?", count: batch.count).joined(separator: ",")
+                var args: [any DatabaseValueConvertible] = [tenant]
+                args += batch.map { Data($0.bytes) }
+                var sql = "SELECT chunk_id, pack_id FROM chunks WHERE tenant = ? AND chunk_id IN (\(marks))"
+                if let scope {
+                    sql += " AND scope = ?"
+                    args.append(scope)
+                }
+                let rows = try Row.fetchAll(db, sql: sql, arguments: StatementArguments(args))
+                for r in rows {
+                    if let c = ChunkID(bytes: Array(r["chunk_id"] as Data)), let p = PackID(hex: r["pack_id"]) { out[c] = p }
+                }
+            }
+            return out
+        }
+    }
+
+    /// Which of `packs` the tenant does not hold.
+    public func missingPacks(tenant: String, packs: [PackID]) throws -> [PackID] {
+        try db.read { db in
+            try packs.filter { p in
+                try Int.fetchOne(db, sql: "SELECT 1 FROM packs WHERE tenant = ? AND id = ?", arguments: [tenant, p.description]) == nil
+            }
+        }
+    }
+
+    /// Moves pack locks later (never earlier); returns the packs whose lock moved, with
+    /// their new retain-until, so the store's locks can follow. With `requireAll` (a
+    /// commit) a pack the catalog does not hold (collected meanwhile) is ``CatalogError/Code/packsMissing``
+    /// and nothing moves; once this has run, garbage collection cannot take these packs.
+    public func extendPackLocks(tenant: String, packs: [PackID], until: Date, requireAll: Bool = false) throws -> [(PackID, Date)] {
+        try db.write { db in
+            var moved: [(PackID, Date)] = []
+            var missing: [PackID] = []
+            for p in packs {
+                guard let cur = try Double.fetchOne(db, sql: "SELECT retain_until FROM packs WHERE tenant = ? AND id = ?", arguments: [tenant, p.description]) else {
+                    missing.append(p)
+                    continue
+                }
+                if until.timeIntervalSince1970 > cur {
+                    try db.execute(sql: "UPDATE packs SET retain_until = ? WHERE tenant = ? AND id = ?",
+                                   arguments: [until.timeIntervalSince1970, tenant, p.description])
+                    moved.append((p, until))
+                }
+            }
+            if requireAll, !missing.isEmpty { throw Self.packsMissing(tenant: tenant, missing) }
+            return moved
+        }
+    }
+
+    public func packs(tenant: String) throws -> [(id: String, size: Int, retainUntil: Date)] {
+        try db.read { db in
+            try Row.fetchAll(db, sql: "SELECT id, size, retain_until FROM packs WHERE tenant = ? ORDER BY id", arguments: [tenant]).map {
+                (id: $0["id"], size: $0["size"], retainUntil: Date(timeIntervalSince1970: $0["retain_until"]))
+            }
+        }
+    }
+}
+
+extension Catalog {
+    /// Records a restorer's report that a pack does not open; returns the uploader's
+    /// principal ID (nil if unknown). A pack reported twice keeps its first report.
+    public func recordDamagedPack(tenant: String, pack: String, reporter: String, problem: String, now: Date) throws -> String?? {
+        try db.write { db in
+            guard let row = try Row.fetchOne(db, sql: "SELECT uploader FROM packs WHERE tenant = ? AND id = ?", arguments: [tenant, pack]) else {
+                return nil
+            }
+            let uploader: String? = row["uploader"]
+            try db.execute(sql: """
+                INSERT OR IGNORE INTO damaged_packs(tenant, pack, uploader, reported_at, reporter, problem) VALUES (?, ?, ?, ?, ?, ?)
+                """, arguments: [tenant, pack, uploader, now.timeIntervalSince1970, reporter, problem])
+            return .some(uploader)
+        }
+    }
+
+    /// Damaged packs reported per uploading principal ID.
+    public func damagedPackCounts() throws -> [String: Int] {
+        try db.read { db in
+            var out: [String: Int] = [:]
+            for r in try Row.fetchAll(db, sql: "SELECT uploader, COUNT(*) AS n FROM damaged_packs WHERE uploader IS NOT NULL GROUP BY uploader") {
+                out[r["uploader"]] = r["n"]
+            }
+            return out
+        }
+    }
+}
