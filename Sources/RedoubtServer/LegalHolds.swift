@@ -128,3 +128,47 @@ extension RepositoryService {
         try await store.delete(key, now: now)
     }
 }
+
+// Over the repositories only, so every catalog backend answers alike; the key layout is the server's.
+extension LegalHoldRepository {
+    /// Whether a store object is a held pack or manifest (`t/<tenant>/packs/…`,
+    /// `t/<tenant>/snapshots/<id>`); other objects are never held.
+    public func isHeld(key: ObjectKey) throws -> Bool {
+        let parts = key.path.split(separator: "/", maxSplits: 2)
+        guard parts.count == 3, parts[0] == "t" else { return false }
+        let tenant = String(parts[1])
+        switch BucketVerify.kind(key.path, tenant: tenant) {
+        case .pack(let id):
+            return try isHeld(tenant: tenant, pack: id.description)
+        case .manifest(let id):
+            // The tenant from the key: a manifest garbage collection queued has no snapshot
+            // row left to name its tenant, and a tenant hold must still cover it.
+            return try isTenantHeld(tenant) || isHeld(snapshot: id.description)
+        default:
+            return false
+        }
+    }
+}
+
+extension LegalHoldRepository where Self: SnapshotRepository & PackRepository & GCQueueRepository {
+    /// The store keys that holds in force cover for `tenant` (packs and manifests).
+    public func heldKeys(tenant: String) throws -> Set<String> {
+        var keys = Set<String>()
+        for h in try holds(active: true) where h.tenant == tenant {
+            let snaps = h.kind == .tenant ? try snapshots(tenant: tenant, host: nil).map(\.id) : [h.target]
+            if h.kind == .tenant {
+                for p in try packs(tenant: tenant) {
+                    if let id = PackID(hex: p.id) { keys.insert(RepositoryService.packKey(tenant: tenant, id: id).path) }
+                }
+            }
+            for s in snaps {
+                guard let sid = SnapshotID(hex: s) else { continue }
+                keys.insert(RepositoryService.manifestKey(tenant: tenant, id: sid).path)
+                for p in try snapshotPacks(id: s) { keys.insert(RepositoryService.packKey(tenant: tenant, id: p).path) }
+            }
+            // Objects garbage collection queued but has not deleted: the hold keeps them locked too.
+            if h.kind == .tenant { keys.formUnion(try pendingDeletes(tenant: tenant)) }
+        }
+        return keys
+    }
+}

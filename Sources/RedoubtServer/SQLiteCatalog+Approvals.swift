@@ -89,22 +89,6 @@ extension Catalog {
         }
     }
 
-    /// For a command run on the server host itself, which has no principal: a weakening
-    /// change goes through only when the quorum is one admin, or with an approved, unused
-    /// request for exactly this change (filed through the API, e.g. `admin copy add
-    /// --accept-unenforced`), which it consumes.
-    public func authorizeLocally(_ action: Action, object: String, parameters: [String: String], requestID: String?, now: Date) throws {
-        guard try effectiveQuorum() > 1 else { return }
-        try RepositoryService.checkRequestID(requestID)
-        guard let requestID, let req = try request(requestID, now: now), req.action == action.rawValue, req.object == object,
-              req.parameters == parameters, req.state == .approved, try consumeRequest(requestID, now: now) else {
-            throw ServerError(403, "E_APPROVAL_REQUIRED", "\(action) of \(object) weakens protection and needs an approved request for exactly this change: file it through the API (e.g. `redoubt admin copy add … --accept-unenforced`), have other admins approve it, then pass --request ID")
-        }
-        _ = try audit(time: now, actor: "local-admin", role: "admin", credential: "-", source: "local",
-                      action: Action.executeRequest.rawValue,
-                      object: object, outcome: "ok", detail: "request=\(requestID) action=\(action)")
-    }
-
     /// The quorum set at `server init --quorum` or by `admin quorum set`; 2 when unset.
     public func configuredQuorum() throws -> Int { try db.read { try Self.configuredQuorum($0) } }
 
