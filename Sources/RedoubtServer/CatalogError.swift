@@ -53,16 +53,23 @@ public struct CatalogError: Error, Sendable, Equatable, CustomStringConvertible 
     // The refusals more than one place builds, worded once.
 
     static func shredded(_ tenant: String) -> CatalogError {
-        CatalogError(.shredded, object: "tenant \(tenant)", "tenant \(tenant) was crypto-shredded: its read key is destroyed; its backups can never be read again and nothing can be added to it")
+        CatalogError(.shredded, object: "tenant \(tenant)",
+                     "tenant \(tenant) was crypto-shredded: its read key is destroyed; its backups can never be "
+                     + "read again and nothing can be added to it")
     }
 
     static func noWriteMaterial(_ tenant: String) -> CatalogError {
-        CatalogError(.noWriteMaterial, object: "tenant \(tenant)", "this server has no write material for tenant \(tenant) (its catalog was rebuilt from the store, where it is sealed to the read key): an admin gives it back with `redoubt admin tenant restore-material \(tenant)` (opens the sealed copy with the read key) or `… --from FILE` (an enrolled host's write-material.bin)")
+        CatalogError(.noWriteMaterial, object: "tenant \(tenant)",
+                     "this server has no write material for tenant \(tenant) (its catalog was rebuilt from the "
+                     + "store, where it is sealed to the read key): an admin gives it back with "
+                     + "`redoubt admin tenant restore-material \(tenant)` (opens the sealed copy with the read key) "
+                     + "or `… --from FILE` (an enrolled host's write-material.bin)")
     }
 
     /// `key` is the store key; `object` what a client calls it (`pack …`, `snapshot …`).
     static func beingCollected(key: String) -> CatalogError {
-        CatalogError(.beingCollected, object: key, "\(key) is being removed by garbage collection right now; send it again in a minute")
+        CatalogError(.beingCollected, object: key,
+                     "\(key) is being removed by garbage collection right now; send it again in a minute")
     }
 }
 

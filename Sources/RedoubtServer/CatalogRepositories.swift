@@ -43,7 +43,8 @@ public protocol TenantRepository: Sendable {
     /// may name the tenant (`.held`, checked in this transaction, so a hold placed after the
     /// caller's own check still stops it). Records the previous KEK as retired; a shred
     /// also empties the write material, in the same transaction.
-    func replaceReadKey(tenant: String, newVersion: Int, wrapped: String, retiredStub: String, now: Date, shredded: Bool) throws
+    func replaceReadKey(tenant: String, newVersion: Int, wrapped: String, retiredStub: String, now: Date,
+                        shredded: Bool) throws
     /// Sets the material only where the row has none; true if it did.
     func setWriteMaterial(tenant: String, material: [UInt8]) throws -> Bool
     /// Empties the material of every shredded tenant; returns how many rows changed.
@@ -82,14 +83,16 @@ public protocol PrincipalRepository: Sendable {
     /// enroll the same tenant, role and name, in one transaction: returns how many tokens,
     /// nil if there was no such principal.
     func revokePrincipal(id: String, now: Date) throws -> Int?
-    func insertEnrollment(tokenHash: String, role: Role, tenant: String?, name: String, expiresAt: Date, createdBy: String) throws
+    func insertEnrollment(tokenHash: String, role: Role, tenant: String?, name: String, expiresAt: Date,
+                          createdBy: String) throws
     /// One transaction: finds the unused, uncancelled, unexpired token (else `.notFound`),
     /// refuses a writer or restorer of a tenant without write material
     /// (`.noWriteMaterial`), calls `make`, refuses a name an active principal of the same
     /// tenant and role holds (`.conflict`), records the principal and uses the token up.
     /// Any refusal, or an error `make` throws, leaves the token unused. Two concurrent
     /// redemptions of one token: exactly one succeeds.
-    func redeemEnrollment(tokenHash: String, now: Date, os: String?, _ make: (Catalog.Enrollment) throws -> Principal) throws -> Principal
+    func redeemEnrollment(tokenHash: String, now: Date, os: String?,
+                          _ make: (Catalog.Enrollment) throws -> Principal) throws -> Principal
     /// Tokens that could still enroll someone at `now`, soonest expiry first.
     func pendingEnrollments(now: Date) throws -> [Wire.EnrollmentInfo]
     /// Cancels the one pending token whose hash starts with `id`; nil when none or several.
@@ -111,7 +114,8 @@ public protocol PackRepository: Sendable {
     /// them leaves the pack recorded with part of its index, which only costs dedup.
     /// A pack already recorded keeps its row; within a scope the first pack recorded for a
     /// chunk keeps it.
-    func insertPack(tenant: String, id: String, key: String, size: Int, retainUntil: Date, chunkIDs: [ChunkID], now: Date,
+    func insertPack(tenant: String, id: String, key: String, size: Int, retainUntil: Date, chunkIDs: [ChunkID],
+                    now: Date,
                     uploader: String?, batch: Int) throws
     /// For each of `ids` the tenant holds, one pack holding it: only among chunks of scope
     /// `scope` when given, else among all the tenant's. Another tenant's chunks never answer.
@@ -127,7 +131,8 @@ public protocol PackRepository: Sendable {
     func packs(tenant: String) throws -> [(id: String, size: Int, retainUntil: Date)]
     /// Records the first report of a damaged pack: returns its uploader (itself optional),
     /// nil when the tenant holds no such pack. A second report keeps the first.
-    func recordDamagedPack(tenant: String, pack: String, reporter: String, problem: String, now: Date) throws -> String??
+    func recordDamagedPack(tenant: String, pack: String, reporter: String, problem: String,
+                           now: Date) throws -> String??
     /// Damaged packs reported, per uploading principal ID.
     func damagedPackCounts() throws -> [String: Int]
 }
@@ -144,7 +149,8 @@ public protocol SnapshotRepository: Sendable {
     /// In commit order (committedAt, then ID), never by the time a host claims.
     func snapshots(tenant: String, host: String?) throws -> [SnapshotRecord]
     /// The latest time the host's snapshots claim and when the principal was enrolled.
-    func hostTimeFloor(tenant: String, host: String, principalID: String) throws -> (lastClaimed: Date?, enrolled: Date?)
+    func hostTimeFloor(tenant: String, host: String,
+                       principalID: String) throws -> (lastClaimed: Date?, enrolled: Date?)
     /// Ordered by pack ID.
     func snapshotPacks(id: String) throws -> [PackID]
 }
@@ -264,4 +270,5 @@ public typealias CatalogRepositories = SettingsRepository & TenantRepository & P
     & CopyTargetRepository & QuotaRepository
 
 extension Catalog: SettingsRepository, TenantRepository, PrincipalRepository, PackRepository, SnapshotRepository,
-    AuditRepository, ApprovalRepository, LegalHoldRepository, GCQueueRepository, CopyTargetRepository, QuotaRepository {}
+    AuditRepository, ApprovalRepository, LegalHoldRepository, GCQueueRepository, CopyTargetRepository,
+    QuotaRepository {}

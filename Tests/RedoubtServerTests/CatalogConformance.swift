@@ -40,31 +40,42 @@ struct CatalogConformance: Sendable {
 
     /// 32 bytes, distinct for every `n` and `kind`.
     static func id32(_ n: Int, _ kind: UInt8) -> [UInt8] {
-        [kind] + (0..<8).map { UInt8(truncatingIfNeeded: UInt64(n) >> (8 * (7 - $0))) } + [UInt8](repeating: 0x5A, count: 23)
+        [kind] + (0..<8).map { UInt8(truncatingIfNeeded: UInt64(n) >> (8 * (7 - $0))) }
+            + [UInt8](repeating: 0x5A, count: 23)
     }
     static func chunk(_ n: Int) -> ChunkID { ChunkID(bytes: id32(n, 0xC0))! }
     static func pack(_ n: Int) -> PackID { PackID(bytes: id32(n, 0x9A))! }
     static func snapshotID(_ n: Int) -> String { hexString(id32(n, 0x5E)) }
-    static func packKey(_ tenant: String, _ p: PackID) -> String { RepositoryService.packKey(tenant: tenant, id: p).path }
+    static func packKey(_ tenant: String, _ p: PackID) -> String {
+        RepositoryService.packKey(tenant: tenant, id: p).path
+    }
 
     static func tenant(_ name: String) -> TenantRecord {
-        TenantRecord(name: name, readKeyID: "rk-\(name)", readPublicKey: [1, 2], writeMaterial: [3, 4], wrappedReadKey: "{\"v\":1}",
-                     minRetention: day, createdAt: t0)
+        TenantRecord(
+            name: name, readKeyID: "rk-\(name)", readPublicKey: [1, 2], writeMaterial: [3, 4],
+            wrappedReadKey: "{\"v\":1}",
+            minRetention: day, createdAt: t0)
     }
 
     static func admin(_ name: String) -> Principal {
         Principal(id: "id-\(name)", role: .admin, tenant: nil, name: name, fingerprint: "fp-\(name)", hostKey: nil)
     }
 
-    static func snapshot(_ n: Int, tenant: String = "acme", host: String = "web1", committed: Date, retainUntil: Date, packs: Int) -> SnapshotRecord {
-        SnapshotRecord(id: snapshotID(n), tenant: tenant, host: host, time: committed, committedAt: committed, retainUntil: retainUntil,
-                       paths: ["/srv"], tags: [], statistics: SnapshotStatistics(), packCount: packs, manifestSize: 100)
+    static func snapshot(
+        _ n: Int, tenant: String = "acme", host: String = "web1", committed: Date, retainUntil: Date, packs: Int
+    ) -> SnapshotRecord {
+        SnapshotRecord(
+            id: snapshotID(n), tenant: tenant, host: host, time: committed, committedAt: committed,
+            retainUntil: retainUntil,
+            paths: ["/srv"], tags: [], statistics: SnapshotStatistics(), packCount: packs, manifestSize: 100)
     }
 
     /// Runs `body` and checks that it is refused with `code`; returns the refusal.
     @discardableResult
-    static func refused(_ code: CatalogError.Code, _ what: String, sourceLocation: SourceLocation = #_sourceLocation,
-                        _ body: () throws -> Void) -> CatalogError? {
+    static func refused(
+        _ code: CatalogError.Code, _ what: String, sourceLocation: SourceLocation = #_sourceLocation,
+        _ body: () throws -> Void
+    ) -> CatalogError? {
         do {
             try body()
             Issue.record("\(what) was not refused (expected \(code))", sourceLocation: sourceLocation)
@@ -84,35 +95,50 @@ struct CatalogConformance: Sendable {
         case .packAndItsChunksAreRecordedTogether:
             // Every chunk is indexed, whatever the batch size, and answers with its pack.
             let chunks = (0..<7).map(Self.chunk)
-            try c.insertPack(tenant: "acme", id: Self.pack(1).description, key: Self.packKey("acme", Self.pack(1)), size: 700,
-                             retainUntil: t0.addingTimeInterval(day), chunkIDs: chunks, now: t0, uploader: "w1", batch: 3)
+            try c.insertPack(
+                tenant: "acme", id: Self.pack(1).description, key: Self.packKey("acme", Self.pack(1)), size: 700,
+                retainUntil: t0.addingTimeInterval(day), chunkIDs: chunks, now: t0, uploader: "w1", batch: 3)
             #expect(try c.pack(tenant: "acme", id: Self.pack(1).description)?.size == 700)
-            #expect(try c.chunkLocations(tenant: "acme", ids: chunks, scope: nil) == Dictionary(uniqueKeysWithValues: chunks.map { ($0, Self.pack(1)) }))
+            #expect(
+                try c.chunkLocations(tenant: "acme", ids: chunks, scope: nil)
+                    == Dictionary(uniqueKeysWithValues: chunks.map { ($0, Self.pack(1)) }))
             // A refused record leaves neither the pack nor any of its chunks.
             let claimed = Self.packKey("acme", Self.pack(2))
-            try c.insertPack(tenant: "acme", id: Self.pack(2).description, key: claimed, size: 1, retainUntil: t0, chunkIDs: [],
-                             now: t0, uploader: nil, batch: 10)
+            try c.insertPack(
+                tenant: "acme", id: Self.pack(2).description, key: claimed, size: 1, retainUntil: t0, chunkIDs: [],
+                now: t0, uploader: nil, batch: 10)
             _ = try c.collect(tenant: "acme", now: t0.addingTimeInterval(30 * day), grace: 7 * day, dryRun: false)
             #expect(try c.claimPendingDelete(claimed, tenant: "acme", now: t0.addingTimeInterval(30 * day)))
             Self.refused(.beingCollected, "recording a pack whose deletion is under way") {
-                try c.insertPack(tenant: "acme", id: Self.pack(2).description, key: claimed, size: 1, retainUntil: t0.addingTimeInterval(60 * day),
-                                 chunkIDs: [Self.chunk(50)], now: t0.addingTimeInterval(30 * day), uploader: "w1", batch: 10)
+                try c.insertPack(
+                    tenant: "acme", id: Self.pack(2).description, key: claimed, size: 1,
+                    retainUntil: t0.addingTimeInterval(60 * day),
+                    chunkIDs: [Self.chunk(50)], now: t0.addingTimeInterval(30 * day), uploader: "w1", batch: 10)
             }
             #expect(try c.pack(tenant: "acme", id: Self.pack(2).description) == nil)
             #expect(try c.chunkLocations(tenant: "acme", ids: [Self.chunk(50)], scope: nil).isEmpty)
 
         case .chunkQueriesStayInTheirScopeAndTenant:
             let shared = Self.chunk(1), own1 = Self.chunk(2), own2 = Self.chunk(3)
-            try c.insertPack(tenant: "acme", id: Self.pack(1).description, key: Self.packKey("acme", Self.pack(1)), size: 1,
-                             retainUntil: t0, chunkIDs: [shared, own1], now: t0, uploader: "w1", batch: 100)
-            try c.insertPack(tenant: "acme", id: Self.pack(2).description, key: Self.packKey("acme", Self.pack(2)), size: 1,
-                             retainUntil: t0, chunkIDs: [shared, own2], now: t0, uploader: "w2", batch: 100)
+            try c.insertPack(
+                tenant: "acme", id: Self.pack(1).description, key: Self.packKey("acme", Self.pack(1)), size: 1,
+                retainUntil: t0, chunkIDs: [shared, own1], now: t0, uploader: "w1", batch: 100)
+            try c.insertPack(
+                tenant: "acme", id: Self.pack(2).description, key: Self.packKey("acme", Self.pack(2)), size: 1,
+                retainUntil: t0, chunkIDs: [shared, own2], now: t0, uploader: "w2", batch: 100)
             // Within a scope, the first pack recorded for a chunk keeps it.
-            try c.insertPack(tenant: "acme", id: Self.pack(3).description, key: Self.packKey("acme", Self.pack(3)), size: 1,
-                             retainUntil: t0, chunkIDs: [shared], now: t0, uploader: "w1", batch: 100)
+            try c.insertPack(
+                tenant: "acme", id: Self.pack(3).description, key: Self.packKey("acme", Self.pack(3)), size: 1,
+                retainUntil: t0, chunkIDs: [shared], now: t0, uploader: "w1", batch: 100)
             let ids = [shared, own1, own2]
-            #expect(try c.chunkLocations(tenant: "acme", ids: ids, scope: "w1") == [shared: Self.pack(1), own1: Self.pack(1)])
-            #expect(try c.chunkLocations(tenant: "acme", ids: ids, scope: "w2") == [shared: Self.pack(2), own2: Self.pack(2)])
+            #expect(
+                try c.chunkLocations(tenant: "acme", ids: ids, scope: "w1") == [
+                    shared: Self.pack(1), own1: Self.pack(1),
+                ])
+            #expect(
+                try c.chunkLocations(tenant: "acme", ids: ids, scope: "w2") == [
+                    shared: Self.pack(2), own2: Self.pack(2),
+                ])
             #expect(try c.chunkLocations(tenant: "acme", ids: ids, scope: "w3").isEmpty)
             let tenantWide = try c.chunkLocations(tenant: "acme", ids: ids, scope: nil)
             #expect(Set(tenantWide.keys) == Set(ids) && [Self.pack(1), Self.pack(2)].contains(tenantWide[shared]))
@@ -123,8 +149,9 @@ struct CatalogConformance: Sendable {
             #expect(try c.chunkLocations(tenant: "acme", ids: many + [own1], scope: nil) == [own1: Self.pack(1)])
 
         case .aCommitNeedsEveryPackStillHeld:
-            try c.insertPack(tenant: "acme", id: Self.pack(1).description, key: Self.packKey("acme", Self.pack(1)), size: 1,
-                             retainUntil: t0, chunkIDs: [], now: t0, uploader: "w1", batch: 10)
+            try c.insertPack(
+                tenant: "acme", id: Self.pack(1).description, key: Self.packKey("acme", Self.pack(1)), size: 1,
+                retainUntil: t0, chunkIDs: [], now: t0, uploader: "w1", batch: 10)
             #expect(try c.missingPacks(tenant: "acme", packs: [Self.pack(1), Self.pack(2)]) == [Self.pack(2)])
             #expect(try c.missingPacks(tenant: "other", packs: [Self.pack(1)]) == [Self.pack(1)])
             let s = Self.snapshot(1, committed: t0, retainUntil: t0.addingTimeInterval(day), packs: 2)
@@ -137,45 +164,60 @@ struct CatalogConformance: Sendable {
             // A rebuild records what the store holds, missing packs too.
             try c.insertSnapshot(s, packs: [Self.pack(2), Self.pack(1)], requirePacks: false, manifestKey: nil)
             #expect(try c.snapshot(id: s.id) == s)
-            #expect(try c.snapshotPacks(id: s.id) == [Self.pack(1), Self.pack(2)].sorted { $0.description < $1.description })
+            #expect(
+                try c.snapshotPacks(id: s.id)
+                    == [Self.pack(1), Self.pack(2)].sorted { $0.description < $1.description })
             #expect(try c.snapshots(tenant: "acme", host: nil).map(\.id) == [s.id])
             #expect(try c.snapshots(tenant: "acme", host: "web2").isEmpty)
 
         case .packLocksNeverMoveEarlier:
             let later = t0.addingTimeInterval(10 * day)
-            try c.insertPack(tenant: "acme", id: Self.pack(1).description, key: Self.packKey("acme", Self.pack(1)), size: 1,
-                             retainUntil: later, chunkIDs: [], now: t0, uploader: nil, batch: 10)
-            try c.insertPack(tenant: "acme", id: Self.pack(2).description, key: Self.packKey("acme", Self.pack(2)), size: 1,
-                             retainUntil: t0, chunkIDs: [], now: t0, uploader: nil, batch: 10)
+            try c.insertPack(
+                tenant: "acme", id: Self.pack(1).description, key: Self.packKey("acme", Self.pack(1)), size: 1,
+                retainUntil: later, chunkIDs: [], now: t0, uploader: nil, batch: 10)
+            try c.insertPack(
+                tenant: "acme", id: Self.pack(2).description, key: Self.packKey("acme", Self.pack(2)), size: 1,
+                retainUntil: t0, chunkIDs: [], now: t0, uploader: nil, batch: 10)
             let until = t0.addingTimeInterval(5 * day)
-            let moved = try c.extendPackLocks(tenant: "acme", packs: [Self.pack(1), Self.pack(2)], until: until, requireAll: true)
+            let moved = try c.extendPackLocks(
+                tenant: "acme", packs: [Self.pack(1), Self.pack(2)], until: until, requireAll: true)
             #expect(moved.map(\.0) == [Self.pack(2)] && moved.map(\.1) == [until])
             #expect(try c.pack(tenant: "acme", id: Self.pack(1).description)?.retainUntil == later)
             // With requireAll, one missing pack moves nothing.
             Self.refused(.packsMissing, "extending the locks of a pack collected meanwhile") {
-                _ = try c.extendPackLocks(tenant: "acme", packs: [Self.pack(2), Self.pack(3)], until: t0.addingTimeInterval(99 * day), requireAll: true)
+                _ = try c.extendPackLocks(
+                    tenant: "acme", packs: [Self.pack(2), Self.pack(3)], until: t0.addingTimeInterval(99 * day),
+                    requireAll: true)
             }
             #expect(try c.pack(tenant: "acme", id: Self.pack(2).description)?.retainUntil == until)
 
         case .gcQueueReclaimRace:
             let p = Self.pack(1), key = Self.packKey("acme", p)
-            try c.insertPack(tenant: "acme", id: p.description, key: key, size: 10, retainUntil: t0.addingTimeInterval(day), chunkIDs: [Self.chunk(1)],
-                             now: t0, uploader: "w1", batch: 10)
+            try c.insertPack(
+                tenant: "acme", id: p.description, key: key, size: 10, retainUntil: t0.addingTimeInterval(day),
+                chunkIDs: [Self.chunk(1)],
+                now: t0, uploader: "w1", batch: 10)
             let now = t0.addingTimeInterval(30 * day)
             let dry = try c.collect(tenant: "acme", now: now, grace: 7 * day, dryRun: true)
             #expect(dry.packs.map(\.id) == [p.description])
-            #expect(try c.pack(tenant: "acme", id: p.description) != nil && c.pendingDeletes(tenant: "acme").isEmpty, "a dry run changed the catalog")
+            #expect(
+                try c.pack(tenant: "acme", id: p.description) != nil && c.pendingDeletes(tenant: "acme").isEmpty,
+                "a dry run changed the catalog")
             let plan = try c.collect(tenant: "acme", now: now, grace: 7 * day, dryRun: false)
             #expect(plan.packs.map(\.id) == [p.description] && plan.packs.map(\.size) == [10])
             #expect(try c.pack(tenant: "acme", id: p.description) == nil)
-            #expect(try c.chunkLocations(tenant: "acme", ids: [Self.chunk(1)], scope: nil).isEmpty, "a collected pack's chunks still answer")
+            #expect(
+                try c.chunkLocations(tenant: "acme", ids: [Self.chunk(1)], scope: nil).isEmpty,
+                "a collected pack's chunks still answer")
             #expect(try c.pendingDeletes(tenant: "acme") == [key])
             // Queued but not claimed: recording it again takes it off the queue.
             try c.reclaim(key: key)
             #expect(try c.pendingDeletes(tenant: "acme").isEmpty)
             // Queued again, then claimed: it cannot be recorded until the claim ends.
-            try c.insertPack(tenant: "acme", id: p.description, key: key, size: 10, retainUntil: t0.addingTimeInterval(day), chunkIDs: [],
-                             now: t0, uploader: "w1", batch: 10)
+            try c.insertPack(
+                tenant: "acme", id: p.description, key: key, size: 10, retainUntil: t0.addingTimeInterval(day),
+                chunkIDs: [],
+                now: t0, uploader: "w1", batch: 10)
             _ = try c.collect(tenant: "acme", now: now, grace: 7 * day, dryRun: false)
             #expect(try c.claimPendingDelete(key, tenant: "acme", now: now))
             Self.refused(.beingCollected, "reclaiming a claimed key") { try c.reclaim(key: key) }
@@ -188,14 +230,17 @@ struct CatalogConformance: Sendable {
             try c.finishPendingDelete(key, done: false)
             #expect(try c.pendingDeletes(tenant: "acme") == [key])
             // Recorded again meanwhile: the next claim drops the key instead of deleting.
-            try c.insertPack(tenant: "acme", id: p.description, key: key, size: 10, retainUntil: now.addingTimeInterval(day), chunkIDs: [],
-                             now: now, uploader: "w1", batch: 10)
+            try c.insertPack(
+                tenant: "acme", id: p.description, key: key, size: 10, retainUntil: now.addingTimeInterval(day),
+                chunkIDs: [],
+                now: now, uploader: "w1", batch: 10)
             #expect(try c.pendingDeletes(tenant: "acme").isEmpty)
             // A key queued while its object is recorded (a crash between the two) is never claimed.
             _ = try c.collect(tenant: "acme", now: now.addingTimeInterval(30 * day), grace: 7 * day, dryRun: false)
             #expect(try c.pendingDeletes(tenant: "acme") == [key])
-            try c.insertPack(tenant: "acme", id: p.description, key: Self.packKey("acme", Self.pack(9)), size: 10,
-                             retainUntil: now.addingTimeInterval(99 * day), chunkIDs: [], now: now, uploader: "w1", batch: 10)
+            try c.insertPack(
+                tenant: "acme", id: p.description, key: Self.packKey("acme", Self.pack(9)), size: 10,
+                retainUntil: now.addingTimeInterval(99 * day), chunkIDs: [], now: now, uploader: "w1", batch: 10)
             #expect(try !c.claimPendingDelete(key, tenant: "acme", now: now.addingTimeInterval(30 * day)))
             #expect(try c.pendingDeletes(tenant: "acme").isEmpty)
             // Done: off the queue for good.
@@ -206,30 +251,45 @@ struct CatalogConformance: Sendable {
 
         case .collectionSparesHeldNamedAndNewest:
             for n in 1...3 {
-                try c.insertPack(tenant: "acme", id: Self.pack(n).description, key: Self.packKey("acme", Self.pack(n)), size: n,
-                                 retainUntil: t0.addingTimeInterval(day), chunkIDs: [], now: t0, uploader: nil, batch: 10)
+                try c.insertPack(
+                    tenant: "acme", id: Self.pack(n).description, key: Self.packKey("acme", Self.pack(n)), size: n,
+                    retainUntil: t0.addingTimeInterval(day), chunkIDs: [], now: t0, uploader: nil, batch: 10)
             }
             // s1 expired and superseded (goes), s2 expired but held, s3 expired but its host's newest.
-            try c.insertSnapshot(Self.snapshot(1, committed: t0, retainUntil: t0.addingTimeInterval(day), packs: 1), packs: [Self.pack(1)],
-                                 requirePacks: true, manifestKey: nil)
-            try c.insertSnapshot(Self.snapshot(2, committed: t0.addingTimeInterval(1), retainUntil: t0.addingTimeInterval(day), packs: 1),
-                                 packs: [Self.pack(2)], requirePacks: true, manifestKey: nil)
-            try c.insertSnapshot(Self.snapshot(3, committed: t0.addingTimeInterval(2), retainUntil: t0.addingTimeInterval(day), packs: 1),
-                                 packs: [Self.pack(3)], requirePacks: true, manifestKey: nil)
-            try c.insertHold(LegalHold(id: "h1", kind: .snapshot, target: Self.snapshotID(2), tenant: "acme", reason: "case 1", createdBy: "alice",
-                                       createdAt: t0, releasedAt: nil, releaseRequest: nil))
-            #expect(try c.isHeld(snapshot: Self.snapshotID(2)) && c.isHeld(tenant: "acme", pack: Self.pack(2).description))
+            try c.insertSnapshot(
+                Self.snapshot(1, committed: t0, retainUntil: t0.addingTimeInterval(day), packs: 1),
+                packs: [Self.pack(1)],
+                requirePacks: true, manifestKey: nil)
+            try c.insertSnapshot(
+                Self.snapshot(
+                    2, committed: t0.addingTimeInterval(1), retainUntil: t0.addingTimeInterval(day), packs: 1),
+                packs: [Self.pack(2)], requirePacks: true, manifestKey: nil)
+            try c.insertSnapshot(
+                Self.snapshot(
+                    3, committed: t0.addingTimeInterval(2), retainUntil: t0.addingTimeInterval(day), packs: 1),
+                packs: [Self.pack(3)], requirePacks: true, manifestKey: nil)
+            try c.insertHold(
+                LegalHold(
+                    id: "h1", kind: .snapshot, target: Self.snapshotID(2), tenant: "acme", reason: "case 1",
+                    createdBy: "alice",
+                    createdAt: t0, releasedAt: nil, releaseRequest: nil))
+            #expect(
+                try c.isHeld(snapshot: Self.snapshotID(2)) && c.isHeld(tenant: "acme", pack: Self.pack(2).description))
             #expect(try !c.isHeld(snapshot: Self.snapshotID(1)))
-            let plan = try c.collect(tenant: "acme", now: t0.addingTimeInterval(30 * day), grace: 7 * day, dryRun: false)
+            let plan = try c.collect(
+                tenant: "acme", now: t0.addingTimeInterval(30 * day), grace: 7 * day, dryRun: false)
             #expect(plan.snapshots == [Self.snapshotID(1)] && plan.keptHeld == 1 && plan.keptNewest == 1)
             #expect(plan.packs.map(\.id) == [Self.pack(1).description])
             #expect(try c.snapshot(id: Self.snapshotID(2)) != nil && c.snapshot(id: Self.snapshotID(3)) != nil)
             // A tenant hold keeps everything.
-            try c.insertHold(LegalHold(id: "h2", kind: .tenant, target: "acme", tenant: "acme", reason: "case 2", createdBy: "alice",
-                                       createdAt: t0, releasedAt: nil, releaseRequest: nil))
+            try c.insertHold(
+                LegalHold(
+                    id: "h2", kind: .tenant, target: "acme", tenant: "acme", reason: "case 2", createdBy: "alice",
+                    createdAt: t0, releasedAt: nil, releaseRequest: nil))
             #expect(try c.isTenantHeld("acme"))
             #expect(try c.releaseHold("h1", at: t0, request: nil) && !c.releaseHold("h1", at: t0, request: nil))
-            let held = try c.collect(tenant: "acme", now: t0.addingTimeInterval(400 * day), grace: 7 * day, dryRun: false)
+            let held = try c.collect(
+                tenant: "acme", now: t0.addingTimeInterval(400 * day), grace: 7 * day, dryRun: false)
             #expect(held.snapshots.isEmpty && held.packs.isEmpty)
             #expect(try c.holds(active: true).map(\.id) == ["h2"] && c.holds(active: false).map(\.id) == ["h1", "h2"])
 
@@ -237,12 +297,16 @@ struct CatalogConformance: Sendable {
             #expect(try c.auditChainHead() == Catalog.AuditChainHead(seq: 0, hash: Catalog.auditGenesis))
             var last: Catalog.AuditRecord?
             for i in 1...25 {
-                last = try c.audit(time: t0.addingTimeInterval(Double(i) + 0.123456), actor: "alice", role: "admin", credential: "fp",
-                                   source: "127.0.0.1", action: i % 5 == 0 ? "copy-sync" : "list", object: "tenant acme", outcome: "ok",
-                                   detail: "n=\(i)\u{1B}[31m")
+                last = try c.audit(
+                    time: t0.addingTimeInterval(Double(i) + 0.123456), actor: "alice", role: "admin", credential: "fp",
+                    source: "127.0.0.1", action: i % 5 == 0 ? "copy-sync" : "list", object: "tenant acme",
+                    outcome: "ok",
+                    detail: "n=\(i)\u{1B}[31m")
             }
-            #expect(last?.seq == 25 && last?.detail == SafeText.auditField("n=25\u{1B}[31m") && last?.detail.contains("\u{1B}") == false,
-                    "fields are stored as made safe: \(String(describing: last))")
+            #expect(
+                last?.seq == 25 && last?.detail == SafeText.auditField("n=25\u{1B}[31m")
+                    && last?.detail.contains("\u{1B}") == false,
+                "fields are stored as made safe: \(String(describing: last))")
             var pages: [[Int64]] = []
             var after: Int64 = 0
             while true {
@@ -253,10 +317,13 @@ struct CatalogConformance: Sendable {
             }
             #expect(pages == [Array(1...10), Array(11...20), Array(21...25)])
             let all = try c.auditRecords(after: 0, limit: 100)
-            #expect(all.last?.hash == last?.hash && all.last?.detail == last?.detail && all[0].prevHash == Catalog.auditGenesis)
+            #expect(
+                all.last?.hash == last?.hash && all.last?.detail == last?.detail
+                    && all[0].prevHash == Catalog.auditGenesis)
             #expect(zip(all, all.dropFirst()).allSatisfy { $1.prevHash == $0.hash }, "records are not chained in order")
-            #expect(all[3].time.timeIntervalSince1970 == t0.addingTimeInterval(Double(4) + 0.123456).timeIntervalSince1970,
-                    "a time did not read back exactly as hashed")
+            #expect(
+                all[3].time.timeIntervalSince1970 == t0.addingTimeInterval(Double(4) + 0.123456).timeIntervalSince1970,
+                "a time did not read back exactly as hashed")
             #expect(try c.auditChainHead() == Catalog.AuditChainHead(seq: 25, hash: last?.hash ?? ""))
             #expect(try c.verifyAudit() == (nil, 25))
             #expect(try c.verifyAudit(anchor: c.auditChainHead()) == (nil, 25))
@@ -267,8 +334,10 @@ struct CatalogConformance: Sendable {
                 for task in 0..<4 {
                     group.addTask {
                         for i in 0..<15 {
-                            try c.audit(time: t0, actor: "task\(task)", role: "writer", credential: "fp", source: "-", action: "upload-pack",
-                                        object: "pack \(i)", outcome: "ok", detail: "")
+                            try c.audit(
+                                time: t0, actor: "task\(task)", role: "writer", credential: "fp", source: "-",
+                                action: "upload-pack",
+                                object: "pack \(i)", outcome: "ok", detail: "")
                         }
                     }
                 }
@@ -283,13 +352,17 @@ struct CatalogConformance: Sendable {
             try c.setSetting("quorum", "2")
             #expect(try c.configuredQuorum() == 2 && c.effectiveQuorum() == 2 && c.adminCount() == 3)
             let expires = t0.addingTimeInterval(72 * 3600)
-            try c.insertRequest(id: "r1", action: "shred-tenant", object: "tenant acme", parameters: ["v": "2"], requester: Self.admin("alice"),
-                                now: t0, expiresAt: expires, needed: 1)
+            try c.insertRequest(
+                id: "r1", action: "shred-tenant", object: "tenant acme", parameters: ["v": "2"],
+                requester: Self.admin("alice"),
+                now: t0, expiresAt: expires, needed: 1)
             #expect(try c.request("r1", now: t0)?.state == .pending)
             Self.refused(.forbidden, "the requester approving their own request") {
                 _ = try c.decide("r1", by: Self.admin("alice"), approve: true, now: t0)
             }
-            Self.refused(.notFound, "deciding an unknown request") { _ = try c.decide("nope", by: Self.admin("bob"), approve: true, now: t0) }
+            Self.refused(.notFound, "deciding an unknown request") {
+                _ = try c.decide("nope", by: Self.admin("bob"), approve: true, now: t0)
+            }
             let approved = try c.decide("r1", by: Self.admin("bob"), approve: true, now: t0)
             #expect(approved.state == .approved && approved.approvers == ["bob"] && approved.parameters == ["v": "2"])
             Self.refused(.conflict, "deciding a request no longer pending") {
@@ -304,12 +377,14 @@ struct CatalogConformance: Sendable {
             #expect(try !c.consumeRequest("r1", now: t0))
             #expect(try c.request("r1", now: t0)?.state == .executed)
             // One rejection ends a request; an unanswered one expires.
-            try c.insertRequest(id: "r2", action: "add-admin", object: "admin dave", parameters: [:], requester: Self.admin("alice"),
-                                now: t0.addingTimeInterval(1), expiresAt: expires, needed: 1)
+            try c.insertRequest(
+                id: "r2", action: "add-admin", object: "admin dave", parameters: [:], requester: Self.admin("alice"),
+                now: t0.addingTimeInterval(1), expiresAt: expires, needed: 1)
             #expect(try c.decide("r2", by: Self.admin("carol"), approve: false, now: t0).state == .rejected)
             #expect(try !c.consumeRequest("r2", now: t0))
-            try c.insertRequest(id: "r3", action: "set-quorum", object: "quorum", parameters: [:], requester: Self.admin("alice"),
-                                now: t0.addingTimeInterval(2), expiresAt: expires, needed: 1)
+            try c.insertRequest(
+                id: "r3", action: "set-quorum", object: "quorum", parameters: [:], requester: Self.admin("alice"),
+                now: t0.addingTimeInterval(2), expiresAt: expires, needed: 1)
             #expect(try c.request("r3", now: expires.addingTimeInterval(1))?.state == .expired)
             // Only admins still active count: a revoked approver's approval no longer does.
             _ = try c.decide("r3", by: Self.admin("bob"), approve: true, now: t0)
@@ -320,20 +395,33 @@ struct CatalogConformance: Sendable {
         case .enrollmentTokenIsUsedOnceAndOnlyOnSuccess:
             try c.insertTenant(Self.tenant("acme"))
             let expires = t0.addingTimeInterval(3600)
-            try c.insertEnrollment(tokenHash: "h1", role: .writer, tenant: "acme", name: "web1", expiresAt: expires, createdBy: "alice")
-            try c.insertEnrollment(tokenHash: "h2", role: .writer, tenant: "acme", name: "web1", expiresAt: expires, createdBy: "alice")
+            try c.insertEnrollment(
+                tokenHash: "h1", role: .writer, tenant: "acme", name: "web1", expiresAt: expires, createdBy: "alice")
+            try c.insertEnrollment(
+                tokenHash: "h2", role: .writer, tenant: "acme", name: "web1", expiresAt: expires, createdBy: "alice")
             func writer(_ id: String) -> (Catalog.Enrollment) throws -> Principal {
-                { e in Principal(id: id, role: e.role, tenant: e.tenant, name: e.name, fingerprint: "fp-\(id)", hostKey: [9]) }
+                { e in
+                    Principal(
+                        id: id, role: e.role, tenant: e.tenant, name: e.name, fingerprint: "fp-\(id)", hostKey: [9])
+                }
             }
             // An error of the caller's leaves the token unused.
             struct Refused: Error {}
-            #expect(throws: Refused.self) { _ = try c.redeemEnrollment(tokenHash: "h1", now: t0, os: nil) { _ in throw Refused() } }
+            #expect(throws: Refused.self) {
+                _ = try c.redeemEnrollment(tokenHash: "h1", now: t0, os: nil) { _ in throw Refused() }
+            }
             let p = try c.redeemEnrollment(tokenHash: "h1", now: t0, os: "Linux", writer("p1"))
             #expect(try c.principal(fingerprint: "fp-p1") == p)
-            Self.refused(.notFound, "a used token") { _ = try c.redeemEnrollment(tokenHash: "h1", now: t0, os: nil, writer("p9")) }
-            Self.refused(.notFound, "an unknown token") { _ = try c.redeemEnrollment(tokenHash: "zz", now: t0, os: nil, writer("p9")) }
+            Self.refused(.notFound, "a used token") {
+                _ = try c.redeemEnrollment(tokenHash: "h1", now: t0, os: nil, writer("p9"))
+            }
+            Self.refused(.notFound, "an unknown token") {
+                _ = try c.redeemEnrollment(tokenHash: "zz", now: t0, os: nil, writer("p9"))
+            }
             // The name is taken: refused, and the token stays usable.
-            Self.refused(.conflict, "a second active web1") { _ = try c.redeemEnrollment(tokenHash: "h2", now: t0, os: nil, writer("p2")) }
+            Self.refused(.conflict, "a second active web1") {
+                _ = try c.redeemEnrollment(tokenHash: "h2", now: t0, os: nil, writer("p2"))
+            }
             #expect(try c.pendingEnrollments(now: t0).count == 1)
             // Revoking web1 cancels the pending token for its name too.
             #expect(try c.revokePrincipal(id: "p1", now: t0) == 1)
@@ -342,46 +430,61 @@ struct CatalogConformance: Sendable {
                 _ = try c.redeemEnrollment(tokenHash: "h2", now: t0, os: nil, writer("p2"))
             }
             // Expired tokens enroll no one.
-            try c.insertEnrollment(tokenHash: "h3", role: .writer, tenant: "acme", name: "web2", expiresAt: expires, createdBy: "alice")
+            try c.insertEnrollment(
+                tokenHash: "h3", role: .writer, tenant: "acme", name: "web2", expiresAt: expires, createdBy: "alice")
             Self.refused(.notFound, "an expired token") {
                 _ = try c.redeemEnrollment(tokenHash: "h3", now: expires.addingTimeInterval(1), os: nil, writer("p3"))
             }
             // Without write material a writer is refused and the token is not used up.
             #expect(try c.clearShreddedWriteMaterial() == 0)
-            try c.insertTenant(TenantRecord(name: "bare", readKeyID: "rk", readPublicKey: [1], writeMaterial: [], wrappedReadKey: "{}",
-                                            minRetention: day, createdAt: t0))
-            try c.insertEnrollment(tokenHash: "h4", role: .writer, tenant: "bare", name: "web1", expiresAt: expires, createdBy: "alice")
+            try c.insertTenant(
+                TenantRecord(
+                    name: "bare", readKeyID: "rk", readPublicKey: [1], writeMaterial: [], wrappedReadKey: "{}",
+                    minRetention: day, createdAt: t0))
+            try c.insertEnrollment(
+                tokenHash: "h4", role: .writer, tenant: "bare", name: "web1", expiresAt: expires, createdBy: "alice")
             Self.refused(.noWriteMaterial, "a writer of a tenant without write material") {
                 _ = try c.redeemEnrollment(tokenHash: "h4", now: t0, os: nil, writer("p4"))
             }
-            #expect(try c.setWriteMaterial(tenant: "bare", material: [5]) && !c.setWriteMaterial(tenant: "bare", material: [6]))
+            #expect(
+                try c.setWriteMaterial(tenant: "bare", material: [5])
+                    && !c.setWriteMaterial(tenant: "bare", material: [6]))
             #expect(try c.redeemEnrollment(tokenHash: "h4", now: t0, os: nil, writer("p4")).tenant == "bare")
 
         case .readKeyChangesAreCompareAndSet:
             try c.insertTenant(Self.tenant("acme"))
             Self.refused(.notFound, "rotating an unknown tenant") {
-                try c.replaceReadKey(tenant: "nope", newVersion: 2, wrapped: "{}", retiredStub: "{}", now: t0, shredded: false)
+                try c.replaceReadKey(
+                    tenant: "nope", newVersion: 2, wrapped: "{}", retiredStub: "{}", now: t0, shredded: false)
             }
             Self.refused(.conflict, "a rotation that skips a version") {
-                try c.replaceReadKey(tenant: "acme", newVersion: 3, wrapped: "{}", retiredStub: "{}", now: t0, shredded: false)
+                try c.replaceReadKey(
+                    tenant: "acme", newVersion: 3, wrapped: "{}", retiredStub: "{}", now: t0, shredded: false)
             }
-            try c.replaceReadKey(tenant: "acme", newVersion: 2, wrapped: "{\"v\":2}", retiredStub: "{\"s\":1}", now: t0, shredded: false)
+            try c.replaceReadKey(
+                tenant: "acme", newVersion: 2, wrapped: "{\"v\":2}", retiredStub: "{\"s\":1}", now: t0, shredded: false)
             Self.refused(.conflict, "a second rotation to the same version") {
-                try c.replaceReadKey(tenant: "acme", newVersion: 2, wrapped: "{}", retiredStub: "{}", now: t0, shredded: false)
+                try c.replaceReadKey(
+                    tenant: "acme", newVersion: 2, wrapped: "{}", retiredStub: "{}", now: t0, shredded: false)
             }
             #expect(try c.tenant("acme")?.keyVersion == 2 && c.tenant("acme")?.wrappedReadKey == "{\"v\":2}")
             #expect(try c.retiredKEKs(tenant: "acme").map(\.version) == [1])
-            try c.insertHold(LegalHold(id: "h", kind: .tenant, target: "acme", tenant: "acme", reason: "r", createdBy: "a", createdAt: t0,
-                                       releasedAt: nil, releaseRequest: nil))
+            try c.insertHold(
+                LegalHold(
+                    id: "h", kind: .tenant, target: "acme", tenant: "acme", reason: "r", createdBy: "a", createdAt: t0,
+                    releasedAt: nil, releaseRequest: nil))
             Self.refused(.held, "shredding a held tenant") {
-                try c.replaceReadKey(tenant: "acme", newVersion: 3, wrapped: "", retiredStub: "{}", now: t0, shredded: true)
+                try c.replaceReadKey(
+                    tenant: "acme", newVersion: 3, wrapped: "", retiredStub: "{}", now: t0, shredded: true)
             }
             #expect(try c.releaseHold("h", at: t0, request: "r1"))
-            try c.replaceReadKey(tenant: "acme", newVersion: 3, wrapped: "", retiredStub: "{\"s\":2}", now: t0, shredded: true)
+            try c.replaceReadKey(
+                tenant: "acme", newVersion: 3, wrapped: "", retiredStub: "{\"s\":2}", now: t0, shredded: true)
             let shredded = try c.tenant("acme")
             #expect(shredded?.shreddedAt == t0 && shredded?.writeMaterial == [] && shredded?.wrappedReadKey == "")
             Self.refused(.shredded, "rotating a shredded tenant") {
-                try c.replaceReadKey(tenant: "acme", newVersion: 4, wrapped: "{}", retiredStub: "{}", now: t0, shredded: false)
+                try c.replaceReadKey(
+                    tenant: "acme", newVersion: 4, wrapped: "{}", retiredStub: "{}", now: t0, shredded: false)
             }
             try c.markKEKsDestroyed(tenant: "acme", versions: [1, 2], now: t0)
             try c.markKEKsDestroyed(tenant: "acme", versions: [1], now: t0.addingTimeInterval(5))
@@ -389,13 +492,18 @@ struct CatalogConformance: Sendable {
             #expect(try c.setMinRetention(tenant: "acme", seconds: 7 * day, from: day))
             #expect(try !c.setMinRetention(tenant: "acme", seconds: 9 * day, from: day))
             #expect(try c.dedupScope(tenant: "acme") == .host && c.dedupScope(tenant: "nope") == .host)
-            #expect(try c.setDedupScope(tenant: "acme", .tenant, from: .host) && !c.setDedupScope(tenant: "acme", .host, from: .host))
+            #expect(
+                try c.setDedupScope(tenant: "acme", .tenant, from: .host)
+                    && !c.setDedupScope(tenant: "acme", .host, from: .host))
             #expect(try c.dedupScopes()["acme"] == .tenant)
 
         case .aHoldOnACollectedSnapshotIsRefused:
             Self.refused(.notFound, "a hold on a snapshot the catalog no longer holds") {
-                try c.insertHold(LegalHold(id: "h", kind: .snapshot, target: Self.snapshotID(1), tenant: "acme", reason: "r", createdBy: "a",
-                                           createdAt: t0, releasedAt: nil, releaseRequest: nil))
+                try c.insertHold(
+                    LegalHold(
+                        id: "h", kind: .snapshot, target: Self.snapshotID(1), tenant: "acme", reason: "r",
+                        createdBy: "a",
+                        createdAt: t0, releasedAt: nil, releaseRequest: nil))
             }
             #expect(try c.holds(active: false).isEmpty)
 
@@ -410,13 +518,16 @@ struct CatalogConformance: Sendable {
 
         case .quotaUsageSplitsCommittedFromUncommitted:
             for (n, host) in [(1, "web1"), (2, "web1"), (3, "web2")] {
-                try c.insertPack(tenant: "acme", id: Self.pack(n).description, key: Self.packKey("acme", Self.pack(n)), size: 100 * n,
-                                 retainUntil: t0, chunkIDs: [], now: t0, uploader: nil, batch: 10)
+                try c.insertPack(
+                    tenant: "acme", id: Self.pack(n).description, key: Self.packKey("acme", Self.pack(n)),
+                    size: 100 * n,
+                    retainUntil: t0, chunkIDs: [], now: t0, uploader: nil, batch: 10)
                 try c.recordUpload(tenant: "acme", pack: Self.pack(n).description, host: host)
             }
             try c.recordUpload(tenant: "acme", pack: Self.pack(1).description, host: "web2")
-            try c.insertSnapshot(Self.snapshot(1, committed: t0, retainUntil: t0, packs: 2), packs: [Self.pack(1), Self.pack(3)],
-                                 requirePacks: true, manifestKey: nil)
+            try c.insertSnapshot(
+                Self.snapshot(1, committed: t0, retainUntil: t0, packs: 2), packs: [Self.pack(1), Self.pack(3)],
+                requirePacks: true, manifestKey: nil)
             #expect(try c.usage(tenant: "acme", host: nil) == (committed: 400, uncommitted: 200))
             #expect(try c.usage(tenant: "acme", host: "web1") == (committed: 100, uncommitted: 200))
             #expect(try c.usage(tenant: "acme", host: "web2") == (committed: 300, uncommitted: 0))
@@ -432,9 +543,12 @@ struct CatalogConformance: Sendable {
 @Suite struct SQLiteCatalogConformanceTests {
     @Test(arguments: CatalogConformance.Check.allCases)
     func sqlite(_ check: CatalogConformance.Check) async throws {
-        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("redoubt-catalog-conf-\(UUID().uuidString)")
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent(
+            "redoubt-catalog-conf-\(UUID().uuidString)")
         try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(at: dir) }
-        try await CatalogConformance(makeCatalog: { try Catalog(path: dir.appendingPathComponent("catalog.sqlite").path) }).run(check)
+        try await CatalogConformance(makeCatalog: {
+            try Catalog(path: dir.appendingPathComponent("catalog.sqlite").path)
+        }).run(check)
     }
 }

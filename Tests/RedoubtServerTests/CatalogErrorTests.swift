@@ -1,4 +1,6 @@
 import Foundation
+import Hummingbird
+import Logging
 import RedoubtCore
 @testable import RedoubtServer
 import Testing
@@ -19,7 +21,9 @@ import Testing
         #expect(Set(Self.expected.keys) == Set(CatalogError.Code.allCases), "a code without a row in this table")
         for code in CatalogError.Code.allCases {
             let e = ServerError(CatalogError(code, object: "tenant acme", "tenant acme: why and the fix"))
-            #expect(e.status == Self.expected[code]?.0 && e.code == Self.expected[code]?.1, "\(code) → \(e.status) \(e.code)")
+            #expect(
+                e.status == Self.expected[code]?.0 && e.code == Self.expected[code]?.1,
+                "\(code) → \(e.status) \(e.code)")
             #expect(e.message == "tenant acme: why and the fix", "the mapping keeps the catalog's message as it is")
         }
     }
@@ -30,7 +34,8 @@ import Testing
         for code in CatalogError.Code.allCases {
             let c = CatalogError(code, object: "x", "m")
             let s = ServerError(c)
-            #expect(c.description == s.description && c.errorCode == s.code && c.exitCategory == s.exitCategory, "\(code)")
+            #expect(
+                c.description == s.description && c.errorCode == s.code && c.exitCategory == s.exitCategory, "\(code)")
         }
         #expect(CatalogError(.notFound, object: "x", "m").exitCategory == .notFound)
         #expect(CatalogError(.forbidden, object: "x", "m").exitCategory == .refused)
@@ -40,10 +45,16 @@ import Testing
     @Test func sharedRefusalsKeepTheirWording() {
         let shredded = ServerError.shredded("acme")
         #expect(shredded.status == 410 && shredded.code == "E_TENANT_SHREDDED")
-        #expect(shredded.message == "tenant acme was crypto-shredded: its read key is destroyed; its backups can never be read again and nothing can be added to it")
+        #expect(
+            shredded.message
+                == "tenant acme was crypto-shredded: its read key is destroyed; its backups can never be read again "
+                + "and nothing can be added to it"
+        )
         let material = ServerError.noWriteMaterial("acme")
         #expect(material.status == 409 && material.code == "E_NO_WRITE_MATERIAL")
-        #expect(material.message.hasPrefix("this server has no write material for tenant acme (its catalog was rebuilt from the store"))
+        #expect(
+            material.message.hasPrefix(
+                "this server has no write material for tenant acme (its catalog was rebuilt from the store"))
     }
 
     /// A refusal from inside a catalog transaction reaches the client as it did when the
@@ -54,16 +65,32 @@ import Testing
         defer { try? FileManager.default.removeItem(at: dir) }
         let catalog = try Catalog(path: dir.appendingPathComponent("catalog.sqlite").path)
         let now = Date(timeIntervalSince1970: 1_800_000_000)
-        try catalog.insertTenant(TenantRecord(name: "acme", readKeyID: "k", readPublicKey: [1], writeMaterial: [2], wrappedReadKey: "{}",
-                                              minRetention: 86400, createdAt: now))
+        try catalog.insertTenant(
+            TenantRecord(
+                name: "acme", readKeyID: "k", readPublicKey: [1], writeMaterial: [2], wrappedReadKey: "{}",
+                minRetention: 86400, createdAt: now))
         let stale = #expect(throws: CatalogError.self) {
-            try catalog.replaceReadKey(tenant: "acme", newVersion: 3, wrapped: "{}", retiredStub: "{}", now: now, shredded: false)
+            try catalog.replaceReadKey(
+                tenant: "acme", newVersion: 3, wrapped: "{}", retiredStub: "{}", now: now, shredded: false)
         }
         #expect(stale?.code == .conflict && stale?.object == "tenant acme")
         #expect(stale.map { ServerError($0).code } == "E_CONFLICT")
         let missing = #expect(throws: CatalogError.self) {
-            try catalog.replaceReadKey(tenant: "nobody", newVersion: 2, wrapped: "{}", retiredStub: "{}", now: now, shredded: false)
+            try catalog.replaceReadKey(
+                tenant: "nobody", newVersion: 2, wrapped: "{}", retiredStub: "{}", now: now, shredded: false)
         }
         #expect(missing.map { ServerError($0).status } == 404)
+    }
+
+    /// The HTTP edge answers a catalog refusal that reaches it as the mapped error: status,
+    /// the `x-redoubt-error` code header, nothing marked as audited.
+    @Test func theHTTPEdgeAppliesTheMapping() async {
+        let logger = Logger(label: "test.catalog-error")
+        for code in CatalogError.Code.allCases {
+            let r = await handle(logger) { throw CatalogError(code, object: "tenant acme", "m") }
+            #expect(Int(r.status.code) == Self.expected[code]?.0, "\(code)")
+            #expect(r.headers[errorCodeHeader] == Self.expected[code]?.1, "\(code)")
+            #expect(r.headers[auditedHeader] == nil)
+        }
     }
 }

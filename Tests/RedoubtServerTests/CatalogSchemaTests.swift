@@ -10,8 +10,10 @@ import Testing
 @Suite struct CatalogSchemaTests {
     /// The migrations a released catalog may have recorded, in order. New ones are appended
     /// after these; none of these may be renamed, reordered or removed.
-    static let released = ["v1", "v2-read-key-versions", "v3-approvals", "v4-copy-targets", "v5-legal-holds",
-                           "v6-principal-revocation", "v7-gc", "v8-quotas", "v9-dedup-scope", "v10-damaged-packs"]
+    static let released = [
+        "v1", "v2-read-key-versions", "v3-approvals", "v4-copy-targets", "v5-legal-holds",
+        "v6-principal-revocation", "v7-gc", "v8-quotas", "v9-dedup-scope", "v10-damaged-packs",
+    ]
 
     /// A catalog written by the migrations up to `v8-quotas` (before chunk rows had a dedup
     /// scope, whose migration rebuilds the chunk table), one or more rows in every table.
@@ -32,22 +34,28 @@ import Testing
 
     static func rowCounts(_ db: Database) throws -> [String: Int] {
         var out: [String: Int] = [:]
-        for t in try String.fetchAll(db, sql: "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'") {
+        for t in try String.fetchAll(
+            db, sql: "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'")
+        {
             out[t] = try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM \"\(t)\"") ?? 0
         }
         return out
     }
 
     static func schema(_ db: Database) throws -> [String] {
-        try String.fetchAll(db, sql: """
-            SELECT type || ' ' || name || ': ' || COALESCE(sql, '') FROM sqlite_master
-            WHERE name NOT LIKE 'sqlite_%' ORDER BY type, name
-            """)
+        try String.fetchAll(
+            db,
+            sql: """
+                SELECT type || ' ' || name || ': ' || COALESCE(sql, '') FROM sqlite_master
+                WHERE name NOT LIKE 'sqlite_%' ORDER BY type, name
+                """)
     }
 
     @Test func migrationIdentifiersKeepTheirNamesAndOrder() {
         let ids = Catalog.migrator.migrations
-        #expect(Array(ids.prefix(Self.released.count)) == Self.released, "a released migration was renamed or moved: \(ids)")
+        #expect(
+            Array(ids.prefix(Self.released.count)) == Self.released, "a released migration was renamed or moved: \(ids)"
+        )
         #expect(Set(ids).count == ids.count, "two migrations share an identifier: \(ids)")
     }
 
@@ -56,15 +64,21 @@ import Testing
         defer { try? FileManager.default.removeItem(at: dir) }
         let before = try DatabaseQueue(path: path)
         let countsBefore = try before.read { try Self.rowCounts($0) }
-        let applied = try before.read { try String.fetchAll($0, sql: "SELECT identifier FROM grdb_migrations ORDER BY rowid") }
+        let applied = try before.read {
+            try String.fetchAll($0, sql: "SELECT identifier FROM grdb_migrations ORDER BY rowid")
+        }
         try before.close()
         #expect(applied == Array(Self.released.prefix(8)))
-        #expect(countsBefore["chunks"] == 3 && countsBefore["audit"] == 3, "the fixture is not the one this test describes: \(countsBefore)")
+        #expect(
+            countsBefore["chunks"] == 3 && countsBefore["audit"] == 3,
+            "the fixture is not the one this test describes: \(countsBefore)")
 
         let catalog = try Catalog(path: path)
         let countsAfter = try catalog.db.read { try Self.rowCounts($0) }
         // grdb_migrations gains the rows of the migrations just run; no other table changes size.
-        for (table, n) in countsBefore where table != "grdb_migrations" { #expect(countsAfter[table] == n, "table \(table): \(n) rows before, \(countsAfter[table] ?? -1) after") }
+        for (table, n) in countsBefore where table != "grdb_migrations" {
+            #expect(countsAfter[table] == n, "table \(table): \(n) rows before, \(countsAfter[table] ?? -1) after")
+        }
         #expect(try catalog.db.read { try Catalog.migrator.completedMigrations($0) } == Catalog.migrator.migrations)
 
         // Every row reads back through the catalog's own API.
@@ -75,7 +89,10 @@ import Testing
         // Chunks recorded before dedup scopes exist in the empty scope: found tenant-wide,
         // reused by no host under host scope.
         let locations = try catalog.chunkLocations(tenant: Self.tenant, ids: Self.chunkIDs)
-        #expect(locations == [Self.chunkIDs[0]: Self.packIDs[0], Self.chunkIDs[1]: Self.packIDs[0], Self.chunkIDs[2]: Self.packIDs[1]])
+        #expect(
+            locations == [
+                Self.chunkIDs[0]: Self.packIDs[0], Self.chunkIDs[1]: Self.packIDs[0], Self.chunkIDs[2]: Self.packIDs[1],
+            ])
         #expect(try catalog.chunkLocations(tenant: Self.tenant, ids: Self.chunkIDs, scope: "writer-1").isEmpty)
         #expect(try catalog.packs(tenant: Self.tenant).map(\.id) == Self.packIDs.map(\.description))
         let snap = try #require(try catalog.snapshot(id: Self.snapshotID))
@@ -112,58 +129,76 @@ import Testing
         try Catalog.migrator.migrate(q, upTo: "v8-quotas")
         let t0 = 1_800_000_000.0
         try q.write { db in
-            try db.execute(sql: """
-                INSERT INTO tenants(name, read_key_id, read_public_key, write_material, wrapped_read_key, min_retention, created_at, key_version)
-                VALUES ('acme', 'rk1', X'0A0B', X'010203', '{"wrapped":1}', 86400, ?, 2);
-                INSERT INTO retired_keks(tenant, version, stub, retired_at) VALUES ('acme', 1, '{"stub":1}', ?);
-                INSERT INTO principals(id, role, tenant, name, fingerprint, host_key, os, created_at)
-                VALUES ('admin-1', 'admin', NULL, 'alice', 'fp-alice', NULL, NULL, ?),
-                       ('admin-2', 'admin', NULL, 'bob', 'fp-bob', NULL, NULL, ?),
-                       ('writer-1', 'writer', 'acme', 'host1', 'fp-writer', X'070707', 'Linux', ?);
-                INSERT INTO enrollments(token_hash, role, tenant, name, expires_at, created_by)
-                VALUES ('tok1', 'writer', 'acme', 'host2', ?, 'alice'), ('tok2', 'restorer', 'acme', 'vault', ?, 'alice');
-                UPDATE enrollments SET cancelled_at = ? WHERE token_hash = 'tok2';
-                INSERT INTO settings(key, value) VALUES ('quorum', '2');
-                INSERT INTO clock(id, latest) VALUES (1, ?);
-                INSERT INTO requests(id, action, object, parameters, requester_id, requester, created_at, expires_at, needed)
-                VALUES ('req1', 'shred-tenant', 'tenant acme', '{}', 'admin-1', 'alice', ?, ?, 1);
-                INSERT INTO approvals(request_id, approver_id, approver, time) VALUES ('req1', 'admin-2', 'bob', ?);
-                INSERT INTO copy_targets(id, tenant, url, endpoint, region, virtual_hosted, margin, accept_unenforced, created_at)
-                VALUES ('ct1', 'acme', 's3://bucket/acme', 'https://s3.example', 'us-east-1', 0, 86400, 0, ?);
-                INSERT INTO holds(id, kind, target, tenant, reason, created_by, created_at)
-                VALUES ('hold1', 'tenant', 'acme', 'acme', 'litigation', 'alice', ?);
-                INSERT INTO copy_legal_holds(place, key) VALUES ('ct1', 'packs/x');
-                INSERT INTO gc_pending(key, tenant, queued_at) VALUES ('gone-key', 'acme', ?);
-                INSERT INTO quotas(tenant, host, bytes) VALUES ('acme', 'host1', 1073741824);
-                """, arguments: [t0, t0, t0, t0, t0, t0 + 3600, t0 + 3600, t0, t0, t0, t0 + 3600, t0, t0, t0, t0])
+            try db.execute(
+                sql: """
+                    INSERT INTO tenants(name, read_key_id, read_public_key, write_material, wrapped_read_key,
+                        min_retention, created_at, key_version)
+                    VALUES ('acme', 'rk1', X'0A0B', X'010203', '{"wrapped":1}', 86400, ?, 2);
+                    INSERT INTO retired_keks(tenant, version, stub, retired_at) VALUES ('acme', 1, '{"stub":1}', ?);
+                    INSERT INTO principals(id, role, tenant, name, fingerprint, host_key, os, created_at)
+                    VALUES ('admin-1', 'admin', NULL, 'alice', 'fp-alice', NULL, NULL, ?),
+                           ('admin-2', 'admin', NULL, 'bob', 'fp-bob', NULL, NULL, ?),
+                           ('writer-1', 'writer', 'acme', 'host1', 'fp-writer', X'070707', 'Linux', ?);
+                    INSERT INTO enrollments(token_hash, role, tenant, name, expires_at, created_by)
+                    VALUES ('tok1', 'writer', 'acme', 'host2', ?, 'alice'), ('tok2', 'restorer', 'acme', 'vault', ?,
+                        'alice');
+                    UPDATE enrollments SET cancelled_at = ? WHERE token_hash = 'tok2';
+                    INSERT INTO settings(key, value) VALUES ('quorum', '2');
+                    INSERT INTO clock(id, latest) VALUES (1, ?);
+                    INSERT INTO requests(id, action, object, parameters, requester_id, requester, created_at,
+                        expires_at, needed)
+                    VALUES ('req1', 'shred-tenant', 'tenant acme', '{}', 'admin-1', 'alice', ?, ?, 1);
+                    INSERT INTO approvals(request_id, approver_id, approver, time) VALUES ('req1', 'admin-2', 'bob', ?);
+                    INSERT INTO copy_targets(id, tenant, url, endpoint, region, virtual_hosted, margin,
+                        accept_unenforced, created_at)
+                    VALUES ('ct1', 'acme', 's3://bucket/acme', 'https://s3.example', 'us-east-1', 0, 86400, 0, ?);
+                    INSERT INTO holds(id, kind, target, tenant, reason, created_by, created_at)
+                    VALUES ('hold1', 'tenant', 'acme', 'acme', 'litigation', 'alice', ?);
+                    INSERT INTO copy_legal_holds(place, key) VALUES ('ct1', 'packs/x');
+                    INSERT INTO gc_pending(key, tenant, queued_at) VALUES ('gone-key', 'acme', ?);
+                    INSERT INTO quotas(tenant, host, bytes) VALUES ('acme', 'host1', 1073741824);
+                    """, arguments: [t0, t0, t0, t0, t0, t0 + 3600, t0 + 3600, t0, t0, t0, t0 + 3600, t0, t0, t0, t0])
             for (i, p) in Self.packIDs.enumerated() {
-                try db.execute(sql: "INSERT INTO packs(tenant, id, size, retain_until, created_at) VALUES ('acme', ?, ?, ?, ?)",
-                               arguments: [p.description, 100 * (i + 1), t0 + 86400, t0])
-                try db.execute(sql: "INSERT INTO pack_uploads(tenant, pack_id, host) VALUES ('acme', ?, 'host1')", arguments: [p.description])
+                try db.execute(
+                    sql: "INSERT INTO packs(tenant, id, size, retain_until, created_at) VALUES ('acme', ?, ?, ?, ?)",
+                    arguments: [p.description, 100 * (i + 1), t0 + 86400, t0])
+                try db.execute(
+                    sql: "INSERT INTO pack_uploads(tenant, pack_id, host) VALUES ('acme', ?, 'host1')",
+                    arguments: [p.description])
             }
             for (i, c) in Self.chunkIDs.enumerated() {
-                try db.execute(sql: "INSERT INTO chunks(tenant, chunk_id, pack_id) VALUES ('acme', ?, ?)",
-                               arguments: [Data(c.bytes), Self.packIDs[i < 2 ? 0 : 1].description])
+                try db.execute(
+                    sql: "INSERT INTO chunks(tenant, chunk_id, pack_id) VALUES ('acme', ?, ?)",
+                    arguments: [Data(c.bytes), Self.packIDs[i < 2 ? 0 : 1].description])
             }
             var stats = SnapshotStatistics()
             stats.files = 3
-            let rec = SnapshotRecord(id: Self.snapshotID, tenant: "acme", host: "host1", time: Date(timeIntervalSince1970: t0),
-                                     committedAt: Date(timeIntervalSince1970: t0), retainUntil: Date(timeIntervalSince1970: t0 + 86400),
-                                     paths: ["/etc"], tags: [], statistics: stats, packCount: 2, manifestSize: 512)
-            try db.execute(sql: """
-                INSERT INTO snapshots(id, tenant, host, time, committed_at, retain_until, meta, manifest_size) VALUES (?, 'acme', 'host1', ?, ?, ?, ?, 512)
-                """, arguments: [rec.id, t0, t0, t0 + 86400, String(decoding: try JSONEncoder().encode(rec), as: UTF8.self)])
+            let rec = SnapshotRecord(
+                id: Self.snapshotID, tenant: "acme", host: "host1", time: Date(timeIntervalSince1970: t0),
+                committedAt: Date(timeIntervalSince1970: t0), retainUntil: Date(timeIntervalSince1970: t0 + 86400),
+                paths: ["/etc"], tags: [], statistics: stats, packCount: 2, manifestSize: 512)
+            try db.execute(
+                sql: """
+                    INSERT INTO snapshots(id, tenant, host, time, committed_at, retain_until, meta,
+                        manifest_size) VALUES (?, 'acme', 'host1', ?, ?, ?, ?, 512)
+                    """,
+                arguments: [rec.id, t0, t0, t0 + 86400, String(decoding: try JSONEncoder().encode(rec), as: UTF8.self)])
             for p in Self.packIDs {
-                try db.execute(sql: "INSERT INTO snapshot_packs(snapshot, pack) VALUES (?, ?)", arguments: [rec.id, p.description])
+                try db.execute(
+                    sql: "INSERT INTO snapshot_packs(snapshot, pack) VALUES (?, ?)", arguments: [rec.id, p.description])
             }
             var prev = Catalog.auditGenesis
             for seq in Int64(1)...3 {
-                let h = Catalog.AuditRecord.computeHash(seq: seq, time: t0, actor: "alice", role: "admin", credential: "fp-alice", source: "local",
-                                                        action: "create-tenant", object: "tenant acme", outcome: "ok", detail: "n=\(seq)", prevHash: prev)
-                try db.execute(sql: """
-                    INSERT INTO audit(seq, time, actor, role, credential, source, action, object, outcome, detail, prev_hash, hash)
-                    VALUES (?, ?, 'alice', 'admin', 'fp-alice', 'local', 'create-tenant', 'tenant acme', 'ok', ?, ?, ?)
-                    """, arguments: [seq, t0, "n=\(seq)", prev, h])
+                let h = Catalog.AuditRecord.computeHash(
+                    seq: seq, time: t0, actor: "alice", role: "admin", credential: "fp-alice", source: "local",
+                    action: "create-tenant", object: "tenant acme", outcome: "ok", detail: "n=\(seq)", prevHash: prev)
+                try db.execute(
+                    sql: """
+                        INSERT INTO audit(seq, time, actor, role, credential, source, action, object, outcome,
+                            detail, prev_hash, hash)
+                        VALUES (?, ?, 'alice', 'admin', 'fp-alice', 'local', 'create-tenant', 'tenant acme', 'ok', ?,
+                            ?, ?)
+                        """, arguments: [seq, t0, "n=\(seq)", prev, h])
                 prev = h
             }
         }
