@@ -102,7 +102,7 @@ enum BucketCommands {
     /// (`ReadKeyResolver.copy` says why); `ReadKeyResolver.unwrap` checks each key's ID
     /// against the enrollment's.
     static func wrappedReadKeys(store: S3Store, tenant: String, config: ClientConfig) async throws -> [(name: String, key: WrappedReadKey)] {
-        let names = try await store.originalNames(prefix: "t/\(tenant)/")
+        let names = try await store.originalNames(prefix: RepositoryLayout.tenantPrefix(tenant))
             .compactMap { n in BucketVerify.descriptorVersion(n, tenant: tenant).map { (n, $0) } }
             .sorted { $0.1 > $1.1 }
         var out: [(name: String, key: WrappedReadKey)] = []

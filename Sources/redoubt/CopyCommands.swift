@@ -153,7 +153,7 @@ struct CopySnapshots: AsyncParsableCommand {
 struct BucketPackSource: PackSource {
     let store: S3Store
     let tenant: String
-    func pack(_ id: PackID) async throws -> [UInt8] { try await store.get(BucketCopy.packKey(tenant: tenant, id: id)) }
+    func pack(_ id: PackID) async throws -> [UInt8] { try await store.get(RepositoryLayout.packKey(tenant: tenant, id: id)) }
 }
 
 struct CopyRestore: AsyncParsableCommand {

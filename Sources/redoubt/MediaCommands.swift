@@ -235,7 +235,7 @@ struct MediaRestore: AsyncParsableCommand {
                     if !FileManager.default.createFile(atPath: "\(spool)/\(r.id)", contents: Data(r.body)) { spoolError = "cannot write to \(spool)" }
                 case .manifest: manifests[r.id] = r.body
                 case .object:
-                    if let v = Int(r.id.dropFirst(8).dropLast(5)), r.id.hasPrefix("tenant-v"), r.id.hasSuffix(".json"), v > (descriptor?.version ?? 0) {
+                    if let v = RepositoryLayout.descriptorVersion(name: r.id), v > (descriptor?.version ?? 0) {
                         descriptor = (v, r.id, r.body)
                     }
                 default: break
