@@ -171,7 +171,7 @@ public enum CatalogRebuilder {
             report.rejected += lost
             oldMaterial = material
         }
-        let store = try LocalStore(root: URL(fileURLWithPath: home.storePath))
+        let store = try home.openStore()
         let objects = try await store.list(prefix: RepositoryLayout.tenantsPrefix)
         let now = clock.now()
         var tenants: [String: TenantRecord] = [:]

@@ -75,6 +75,6 @@ extension ServerHome {
 
     /// The store this server keeps its objects in.
     public func openStore() throws -> any ObjectStore {
-        try LocalStore(root: URL(fileURLWithPath: storePath))
+        try StoreFactory.make(.directory(storePath))
     }
 }

@@ -172,7 +172,7 @@ public enum MediaImport {
         guard let tenant = report.labels.first?.tenant, RepositoryService.isValidTenantName(tenant) else {
             throw ServerError.badRequest("the media set's label names no valid tenant")
         }
-        let store = try LocalStore(root: URL(fileURLWithPath: home.storePath))
+        let store = try home.openStore()
         // The tenant's minimum retention, from the newest descriptor on the media.
         var minRetention: TimeInterval = 30 * 86400
         var newest = 0

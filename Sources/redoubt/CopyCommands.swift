@@ -87,7 +87,7 @@ struct CopyProve: AsyncParsableCommand {
 
     func run() async throws {
         try await RedoubtCLI.run {
-            let result = await S3LockProof(client: try bucket.store().client).run()
+            let result = await try bucket.store().proveLocks(now: Date())
             if json { try printJSON(result) } else {
                 for c in result.checks { print("\(c.passed ? "pass" : "FAIL")  \(c.name): \(c.detail)") }
                 print(result.passed ? "\(bucket.to) enforces Object Lock COMPLIANCE" : "\(bucket.to) does NOT enforce Object Lock: do not use it as a copy target")

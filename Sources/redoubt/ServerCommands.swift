@@ -57,7 +57,7 @@ struct ServerRun: AsyncParsableCommand {
             let bounds = SnapshotTimeBounds(maxAhead: try parseDuration(snapshotTimeAhead), margin: try parseDuration(snapshotTimeMargin))
             let limits = try applyLimits(settings.limits ?? ServerLimits(), limit)
             let service = try home.openService(logger: logger, limits: limits, timeBounds: bounds)
-            if let store = service.store as? LocalStore, let warning = store.immutabilityWarning {
+            if let store = service.store as? any ImmutabilityReporting, let warning = store.immutabilityWarning {
                 // Why loud: without the flag, root on this host can alter packs unnoticed until verify.
                 FileHandle.standardError.write(Data("WARNING: \(warning)\n".utf8))
                 service.recordImmutabilityWarning(warning)
