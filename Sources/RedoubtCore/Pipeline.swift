@@ -158,9 +158,6 @@ public final class SnapshotReader {
         self.decompressor = try ChunkDecompressor()
     }
 
-    /// Provides the chunk → pack map directly (from a catalog) instead of inspecting packs.
-    public func setLocations(_ map: [ChunkID: PackID]) { location = map }
-
     private func locate(_ id: ChunkID) throws -> PackID {
         if let p = location[id] { return p }
         // Inspect the manifest's packs until the chunk is found.

@@ -382,12 +382,7 @@ public final class MediaReader {
         var report = MediaReadReport()
         var setID: [UInt8]?
         var expectVolume: UInt32 = 1
-        // The record being assembled, possibly carried across a volume boundary.
-        var partial: (seq: UInt64, bytes: [UInt8])?
-        var lastSeq: UInt64 = 0
-        var skipUntilSeqEnds: UInt64?
-        // Records already reported damaged: their remaining blocks are skipped quietly.
-        var reported = Set<UInt64>()
+        var assembler = MediaRecordAssembler()
         while true {
             if report.setCatalog != nil && source.promptsForVolumes { break }
             let have = try source.nextVolume()
@@ -397,132 +392,15 @@ public final class MediaReader {
                 throw MediaError(code: "E_MEDIA_ORDER", volume: vol, block: 0,
                                  detail: "an extra volume was supplied after the last volume of the set")
             }
-            // Label: block size comes from the first 64 bytes.
-            let head = try source.read(MediaBlockHeader.size)
-            guard let bs = MediaBlock.announcedSize(head) else {
-                throw MediaError(code: "E_MEDIA_LABEL", volume: vol, block: 0,
-                                 detail: head.isEmpty ? "volume is empty" : "no media label (unlabelled or foreign medium)")
-            }
-            let labelBlock = head + (try source.read(bs - MediaBlockHeader.size))
-            let lh: MediaBlockHeader, lp: [UInt8]
-            do throws(MediaError) {
-                (lh, lp) = try MediaBlock.decode(labelBlock, volume: vol, block: 0)
-            } catch {
-                // A label that is sound read as the volume it names is another volume's.
-                let named = MediaBlockHeader.volumeOf(labelBlock)
-                if named != vol, (try? MediaBlock.decode(labelBlock, volume: named, block: 0)) != nil {
-                    throw MediaError(code: "E_MEDIA_ORDER", volume: vol, block: 0,
-                                     detail: "\(error.detail); expected volume \(vol) (missing or out-of-order volume)")
-                }
-                throw MediaError(code: "E_MEDIA_LABEL", volume: vol, block: 0, detail: "bad label block: \(error.detail)")
-            }
-            guard lh.kind == .label, let label = try? JSONDecoder().decode(MediaLabel.self, from: Data(lp)), label.format == 1 else {
-                throw MediaError(code: "E_MEDIA_LABEL", volume: vol, block: 0, detail: "block 0 is not a v1 media label")
-            }
+            let (lh, label, blockSize) = try readLabel(volume: vol)
             if let s = setID, s != lh.setID {
                 throw MediaError(code: "E_MEDIA_FOREIGN", volume: vol, block: 0,
                                  detail: "volume belongs to set \(hexString(lh.setID)), not \(hexString(s)) (foreign set)")
             }
             setID = lh.setID
             report.labels.append(label)
-            var blockNo: UInt64 = 1
-            var pendingDamage: MediaDamage?
-            var catalogBytes: [UInt8] = []
-            var ended = false
-            func flushDamage(nextSeq: UInt64?) throws(MediaError) {
-                guard var d = pendingDamage else { return }
-                pendingDamage = nil
-                var seqs = Set<UInt64>()
-                if let p = partial { seqs.insert(p.seq) }
-                if let n = nextSeq, n > lastSeq { for s in (lastSeq + 1)...n { seqs.insert(s) } }
-                if nextSeq == nil { seqs.insert(lastSeq + 1) }
-                d.recordSeqs = seqs.sorted()
-                reported.formUnion(seqs)
-                partial = nil
-                if !skipDamaged { throw MediaError(code: "E_MEDIA_DAMAGED", volume: d.volume, block: d.block, detail: d.description) }
-                report.damage.append(d)
-            }
-            while !ended {
-                let b = try source.read(bs)
-                if b.isEmpty {
-                    throw MediaError(code: "E_MEDIA_TRUNCATED", volume: vol, block: blockNo,
-                                     detail: "volume ends before its end block (truncated volume)")
-                }
-                let h: MediaBlockHeader, p: [UInt8]
-                do throws(MediaError) {
-                    (h, p) = try MediaBlock.decode(b, volume: vol, block: blockNo)
-                    guard h.setID == lh.setID else {
-                        throw MediaError(code: "E_MEDIA_BLOCK", volume: vol, block: blockNo, detail: "block of another set")
-                    }
-                } catch {
-                    if b.count < bs {
-                        throw MediaError(code: "E_MEDIA_TRUNCATED", volume: vol, block: blockNo,
-                                         detail: "volume ends inside a block (truncated volume)")
-                    }
-                    if pendingDamage == nil {
-                        pendingDamage = MediaDamage(volume: vol, block: blockNo, detail: error.detail, recordSeqs: [], records: [])
-                    }
-                    blockNo += 1
-                    continue
-                }
-                blockNo += 1
-                switch h.kind {
-                case .data:
-                    try flushDamage(nextSeq: h.recordOff == 0 ? h.recordSeq - 1 : h.recordSeq)
-                    if let s = skipUntilSeqEnds, s == h.recordSeq {
-                        if h.lastOfRecord { skipUntilSeqEnds = nil; lastSeq = h.recordSeq }
-                        continue
-                    }
-                    skipUntilSeqEnds = nil
-                    if h.recordOff == 0 {
-                        partial = (h.recordSeq, p)
-                    } else if partial?.seq == h.recordSeq, UInt64(partial?.bytes.count ?? -1) == h.recordOff {
-                        // In place: `pp.bytes + p` would copy the whole record so far, per block.
-                        partial?.bytes.append(contentsOf: p)
-                    } else if reported.contains(h.recordSeq) {
-                        if h.lastOfRecord { lastSeq = h.recordSeq }
-                        continue
-                    } else {
-                        // Continuation of a record whose start we lost.
-                        let d = MediaDamage(volume: vol, block: blockNo - 1, detail: "record continues from bytes that were not read",
-                                            recordSeqs: [h.recordSeq], records: [])
-                        if !skipDamaged { throw MediaError(code: "E_MEDIA_DAMAGED", volume: vol, block: blockNo - 1, detail: d.description) }
-                        report.damage.append(d)
-                        if !h.lastOfRecord { skipUntilSeqEnds = h.recordSeq }
-                        lastSeq = h.recordSeq
-                        continue
-                    }
-                    if h.lastOfRecord, let pp = partial {
-                        partial = nil
-                        lastSeq = pp.seq
-                        guard let r = MediaRecord.decode(pp.bytes) else {
-                            let d = MediaDamage(volume: vol, block: blockNo - 1, detail: "record hash or framing does not check",
-                                                recordSeqs: [pp.seq], records: [])
-                            if !skipDamaged { throw MediaError(code: "E_MEDIA_DAMAGED", volume: vol, block: blockNo - 1, detail: d.description) }
-                            report.damage.append(d)
-                            continue
-                        }
-                        report.recordsRead += 1
-                        try onRecord(r)
-                    }
-                case .volumeCatalog, .setCatalog:
-                    try flushDamage(nextSeq: nil)
-                    if h.recordOff == 0 { catalogBytes = [] }
-                    catalogBytes += p
-                    if h.lastOfRecord {
-                        if let r = MediaRecord.decode(catalogBytes),
-                           let cat = try? JSONDecoder().decode(MediaCatalog.self, from: Data(r.body)) {
-                            if h.kind == .setCatalog { report.setCatalog = cat } else { report.volumeCatalogs.append(cat) }
-                        }
-                        catalogBytes = []
-                    }
-                case .end:
-                    try flushDamage(nextSeq: nil)
-                    ended = true
-                case .label:
-                    throw MediaError(code: "E_MEDIA_BLOCK", volume: vol, block: blockNo - 1, detail: "label block inside a volume")
-                }
-            }
+            assembler.startVolume(vol)
+            try readBlocks(volume: vol, setID: lh.setID, blockSize: blockSize, assembler: &assembler, report: &report, onRecord)
             expectVolume += 1
         }
         guard let set = report.setCatalog else {
@@ -536,6 +414,77 @@ public final class MediaReader {
             report.damage[i].records = report.damage[i].recordSeqs.compactMap { byName[$0] }
         }
         return report
+    }
+
+    /// Reads volume `vol`'s label block: its header, the label, and the block size it announces.
+    private func readLabel(volume vol: UInt32) throws(MediaError) -> (MediaBlockHeader, MediaLabel, Int) {
+        // Label: block size comes from the first 64 bytes.
+        let head = try source.read(MediaBlockHeader.size)
+        guard let bs = MediaBlock.announcedSize(head) else {
+            throw MediaError(code: "E_MEDIA_LABEL", volume: vol, block: 0,
+                             detail: head.isEmpty ? "volume is empty" : "no media label (unlabelled or foreign medium)")
+        }
+        let labelBlock = head + (try source.read(bs - MediaBlockHeader.size))
+        let lh: MediaBlockHeader, lp: [UInt8]
+        do throws(MediaError) {
+            (lh, lp) = try MediaBlock.decode(labelBlock, volume: vol, block: 0)
+        } catch {
+            // A label that is sound read as the volume it names is another volume's.
+            let named = MediaBlockHeader.volumeOf(labelBlock)
+            if named != vol, (try? MediaBlock.decode(labelBlock, volume: named, block: 0)) != nil {
+                throw MediaError(code: "E_MEDIA_ORDER", volume: vol, block: 0,
+                                 detail: "\(error.detail); expected volume \(vol) (missing or out-of-order volume)")
+            }
+            throw MediaError(code: "E_MEDIA_LABEL", volume: vol, block: 0, detail: "bad label block: \(error.detail)")
+        }
+        guard lh.kind == .label, let label = try? JSONDecoder().decode(MediaLabel.self, from: Data(lp)), label.format == 1 else {
+            throw MediaError(code: "E_MEDIA_LABEL", volume: vol, block: 0, detail: "block 0 is not a v1 media label")
+        }
+        return (lh, label, bs)
+    }
+
+    /// Reads volume `vol`'s blocks after its label up to its end block, feeding each to
+    /// `assembler` and carrying out what it answers.
+    private func readBlocks(volume vol: UInt32, setID: [UInt8], blockSize bs: Int, assembler: inout MediaRecordAssembler,
+                            report: inout MediaReadReport,
+                            _ onRecord: (MediaRecord) throws(MediaError) -> Void) throws(MediaError) {
+        var blockNo: UInt64 = 1
+        while true {
+            let b = try source.read(bs)
+            if b.isEmpty {
+                throw MediaError(code: "E_MEDIA_TRUNCATED", volume: vol, block: blockNo,
+                                 detail: "volume ends before its end block (truncated volume)")
+            }
+            let event: MediaRecordAssembler.Event
+            do throws(MediaError) {
+                let (h, p) = try MediaBlock.decode(b, volume: vol, block: blockNo)
+                guard h.setID == setID else {
+                    throw MediaError(code: "E_MEDIA_BLOCK", volume: vol, block: blockNo, detail: "block of another set")
+                }
+                event = .block(h, payload: p, block: blockNo)
+            } catch {
+                if b.count < bs {
+                    throw MediaError(code: "E_MEDIA_TRUNCATED", volume: vol, block: blockNo,
+                                     detail: "volume ends inside a block (truncated volume)")
+                }
+                event = .unreadable(block: blockNo, detail: error.detail)
+            }
+            blockNo += 1
+            for action in try assembler.feed(event) {
+                switch action {
+                case .record(let r):
+                    report.recordsRead += 1
+                    try onRecord(r)
+                case .catalog(let cat, let isSet):
+                    if isSet { report.setCatalog = cat } else { report.volumeCatalogs.append(cat) }
+                case .damage(let d):
+                    if !skipDamaged { throw MediaError(code: "E_MEDIA_DAMAGED", volume: d.volume, block: d.block, detail: d.description) }
+                    report.damage.append(d)
+                case .volumeEnded:
+                    return
+                }
+            }
+        }
     }
 }
 

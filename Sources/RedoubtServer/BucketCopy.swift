@@ -104,14 +104,14 @@ public enum BucketCopy {
         }
         // The current descriptor: after a rotation it carries the newly wrapped read key; the
         // older ones already in the bucket stay, locked, and name their own (retired) KEKs.
-        try await copy(RepositoryService.tenantKey(tenant, version: try catalog.tenant(tenant)?.keyVersion ?? 1))
+        try await copy(RepositoryLayout.descriptorKey(tenant: tenant, version: try catalog.tenant(tenant)?.keyVersion ?? 1))
         var done = Set<String>()
         for s in snapshots {
             for p in try catalog.snapshotPacks(id: s.id) where done.insert(p.description).inserted {
-                try await copy(RepositoryService.packKey(tenant: tenant, id: p), sha256: p.description)
+                try await copy(RepositoryLayout.packKey(tenant: tenant, id: p), sha256: p.description)
             }
             guard let sid = SnapshotID(hex: s.id) else { throw ServerError.badRequest("catalog holds a malformed snapshot ID \(s.id)") }
-            try await copy(RepositoryService.manifestKey(tenant: tenant, id: sid), sha256: sid.description)
+            try await copy(RepositoryLayout.manifestKey(tenant: tenant, id: sid), sha256: sid.description)
         }
         // Legal holds (docs/PROTOCOL.md §4.3): the original version of every newly held
         // object gets an S3 legal hold (one request each, once: a tenant hold may cover
@@ -127,7 +127,7 @@ public enum BucketCopy {
             summary.legalHolds += 1
             progress("\(k) (legal hold)")
         }
-        for k in marked.subtracting(held).sorted() where k.hasPrefix("t/\(tenant)/") {
+        for k in marked.subtracting(held).sorted() where k.hasPrefix(RepositoryLayout.tenantPrefix(tenant)) {
             guard let key = ObjectKey(k) else { continue }
             try await target.setLegalHold(key, on: false)
             try catalog.setCopyLegalHold(place: where_, key: k, on: false)
@@ -151,7 +151,7 @@ public enum BucketCopy {
             // Two syncs within one millisecond (a quick re-sync, a clock held still) must not
             // collide on the name: the later export takes the next free millisecond.
             var bump: Int64 = 0
-            while let key = ObjectKey("t/\(tenant)/catalog/\(String(format: "%013lld", ms + bump)).json") {
+            while let key = RepositoryLayout.key(.catalogExport(tenant: tenant, milliseconds: ms + bump)) {
                 do {
                     let outcome = try await target.put(key, bytes, retainUntil: max(floor, now).addingTimeInterval(margin))
                     if outcome == .created { progress("\(key.path) (catalog export, \(export.snapshots.count) snapshots)") }
@@ -168,7 +168,7 @@ public enum BucketCopy {
         summary.auditSeq = record.seq
         // The chain head, locked in the bucket: a later rewrite of the server's log is provable.
         let head = Array(#"{"seq":\#(record.seq),"hash":"\#(record.hash)","time":"\#(ISO8601DateFormatter().string(from: now))"}"#.utf8)
-        if let key = ObjectKey("audit-head/\(String(format: "%012lld", record.seq)).json") {
+        if let key = RepositoryLayout.key(.auditHead(seq: record.seq)) {
             _ = try await target.put(key, head, retainUntil: now.addingTimeInterval(max(margin, 86400) + 365 * 86400))
         }
         return summary
@@ -193,7 +193,7 @@ public enum BucketCopy {
     /// Snapshot manifests of `tenant` in a bucket copy, by snapshot ID.
     public static func manifests(in target: S3Store, tenant: String) async throws -> [String: [UInt8]] {
         var out: [String: [UInt8]] = [:]
-        let prefix = "t/\(tenant)/snapshots/"
+        let prefix = RepositoryLayout.snapshotsPrefix(tenant)
         for info in try await target.list(prefix: prefix) where info.key.path.hasPrefix(prefix) {
             // Only `snapshots/<snapshot ID>`: anything else (a nested or misnamed key that
             // someone with the bucket's credentials added) is not a manifest Redoubt wrote;
@@ -206,5 +206,5 @@ public enum BucketCopy {
     }
 
     /// The key of a pack in a bucket copy (the local store's layout).
-    public static func packKey(tenant: String, id: PackID) -> ObjectKey { RepositoryService.packKey(tenant: tenant, id: id) }
+    public static func packKey(tenant: String, id: PackID) -> ObjectKey { RepositoryLayout.packKey(tenant: tenant, id: id) }
 }

@@ -50,24 +50,13 @@ public enum BucketVerify {
     }
 
     static func kind(_ name: String, tenant: String) -> Kind {
-        let base = "t/\(tenant)/"
-        guard name.hasPrefix(base) else { return .extra }
-        let parts = name.dropFirst(base.count).split(separator: "/", omittingEmptySubsequences: false).map(String.init)
-        switch parts.count {
-        case 3 where parts[0] == "packs":
-            // Only the canonical spelling: lowercase hex, filed under its first two digits.
-            if let id = PackID(hex: parts[2]), id.description == parts[2], parts[1] == String(parts[2].prefix(2)) { return .pack(id) }
-        case 2 where parts[0] == "snapshots":
-            if let id = SnapshotID(hex: parts[1]), id.description == parts[1] { return .manifest(id) }
-        case 2 where parts[0] == "catalog" && parts[1].hasSuffix(".json"):
-            let n = parts[1].dropLast(".json".count)
-            if n.count == 13, n.allSatisfy({ $0.isASCII && $0.isNumber }) { return .catalogExport }
-        case 1 where parts[0].hasPrefix("tenant-v") && parts[0].hasSuffix(".json"):
-            let n = parts[0].dropFirst("tenant-v".count).dropLast(".json".count)
-            if let v = Int(n), v >= 1, String(v) == n { return .descriptor(v) }
-        default: break
+        switch RepositoryLayout.parse(name, tenant: tenant) {
+        case .pack(_, let id): .pack(id)
+        case .manifest(_, let id): .manifest(id)
+        case .descriptor(_, let v): .descriptor(v)
+        case .catalogExport: .catalogExport
+        case .auditHead, nil: .extra
         }
-        return .extra
     }
 
     /// The key version of a tenant descriptor name (`t/<tenant>/tenant-v<N>.json`), else nil.
@@ -79,9 +68,8 @@ public enum BucketVerify {
     /// The tenants a bucket copy holds (the names under `t/`), sorted.
     public static func tenants(in store: S3Store) async throws -> [String] {
         var out = Set<String>()
-        for name in try await store.originalNames(prefix: "t/") {
-            let parts = name.split(separator: "/", omittingEmptySubsequences: false)
-            if parts.count > 2, !parts[1].isEmpty { out.insert(String(parts[1])) }
+        for name in try await store.originalNames(prefix: RepositoryLayout.tenantsPrefix) {
+            if let t = RepositoryLayout.tenant(of: name) { out.insert(t) }
         }
         return out.sorted()
     }
@@ -94,7 +82,7 @@ public enum BucketVerify {
     public static func run(store: S3Store, tenant: String, now: Date, minRetain: TimeInterval,
                            progress: (String) -> Void) async throws -> BucketVerifyReport {
         var report = BucketVerifyReport(tenant: tenant)
-        let prefix = "t/\(tenant)/"
+        let prefix = RepositoryLayout.tenantPrefix(tenant)
         guard ObjectKey(prefix + "x") != nil else {
             throw StoreError(.config, key: prefix, "tenant name \(tenant.debugDescription) is not a valid key component")
         }
@@ -171,11 +159,11 @@ public enum BucketVerify {
             if case .manifest(let id) = item.kind { for p in r.needs { needed[p, default: []].append(id) } }
         }
         for (p, snapshots) in needed.sorted(by: { $0.key < $1.key }) where !present.contains(p) {
-            report.missing.append(.init(key: RepositoryService.packKey(tenant: tenant, id: p).path,
+            report.missing.append(.init(key: RepositoryLayout.packKey(tenant: tenant, id: p).path,
                                         detail: "pack \(p) is named by snapshot \(snapshots.map(\.description).sorted().joined(separator: ", ")) and is not in the bucket"))
         }
         if descriptors == 0 {
-            report.missing.append(.init(key: "\(prefix)tenant-v<N>.json",
+            report.missing.append(.init(key: RepositoryLayout.descriptorsPrefix(tenant) + "<N>.json",
                                         detail: "no tenant descriptor: the wrapped read key is not in the copy (restore needs --read-key FILE)"))
         }
         return report

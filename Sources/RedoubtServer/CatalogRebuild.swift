@@ -171,15 +171,15 @@ public enum CatalogRebuilder {
             report.rejected += lost
             oldMaterial = material
         }
-        let store = try LocalStore(root: URL(fileURLWithPath: home.storePath))
-        let objects = try await store.list(prefix: "t/")
+        let store = try home.openStore()
+        let objects = try await store.list(prefix: RepositoryLayout.tenantsPrefix)
         let now = clock.now()
         var tenants: [String: TenantRecord] = [:]
         var checks: [String: String] = [:]
         for o in objects where o.key.path.hasSuffix(".json") && o.key.path.contains("/tenant-v") {
             let bytes = try await store.get(o.key)
             guard let d = try? JSONDecoder().decode(TenantDescriptor.self, from: Data(bytes)), let r = d.record,
-                  o.key.path.hasPrefix("t/\(r.name)/") else {
+                  o.key.path.hasPrefix(RepositoryLayout.tenantPrefix(r.name)) else {
                 report.rejected.append("\(o.key): not a tenant descriptor")
                 continue
             }

@@ -33,6 +33,23 @@ struct AuthMiddleware: RouterMiddleware {
 
     func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
         var ctx = context
+        ctx.call = try await caller(context)
+        let what = "\(request.method) \(request.uri.path)"
+        // Why: the route is the one the router chose (its `endpointPath`), so the policy
+        // can never judge another route than the handler that runs.
+        let chosen = context.endpointPath.flatMap { RedoubtHTTP.routesByEndpoint["\(request.method) \($0)"] }
+        switch Self.admission(route: chosen, role: ctx.call.principal?.role, certificate: ctx.call.certificate, what: what) {
+        case .refuse(let action, let error):
+            return withoutMarks(errorResponse(service.refuse(ctx.call, action, object: what, error)))
+        case .admit(let action):
+            let response = try await next(request, ctx)
+            auditFailure(response, method: request.method, call: ctx.call, action: action, what: what)
+            return withoutMarks(response)
+        }
+    }
+
+    /// Who is calling: the principal the presented client certificate names, if any.
+    private func caller(_ context: Context) async throws -> CallContext {
         let source = context.channel.remoteAddress.map { "\($0.ipAddress ?? "?"):\($0.port ?? 0)" } ?? "?"
         var principal: Principal? = nil
         var presented: String? = nil
@@ -41,42 +58,45 @@ struct AuthMiddleware: RouterMiddleware {
             presented = fingerprint
             principal = try service.catalog.principal(fingerprint: fingerprint)
         }
-        ctx.call = CallContext(principal: principal, source: source, certificate: presented)
-        let what = "\(request.method) \(request.uri.path)"
-        // Why: the route is the one the router chose (its `endpointPath`), so the policy
-        // can never judge another route than the handler that runs.
-        let chosen = context.endpointPath.flatMap { RedoubtHTTP.routesByEndpoint["\(request.method) \($0)"] }
-        guard let route = chosen else {
-            if principal == nil {
-                return withoutMarks(errorResponse(service.refuse(ctx.call, .unknownRoute, object: what,
-                                                                 .unauthorized("no valid client certificate"))))
-            }
-            return withoutMarks(errorResponse(service.refuse(ctx.call, .unknownRoute, object: what,
-                                                             .forbidden("\(what) is not part of the API; nothing deletes or overwrites backups"))))
+        return CallContext(principal: principal, source: source, certificate: presented)
+    }
+
+    /// What the edge decides before any handler runs.
+    enum Admission {
+        /// The route's handler runs; `Action` names it in the audit log.
+        case admit(Action)
+        /// Refused (and audited) with this error; no handler runs.
+        case refuse(Action, ServerError)
+    }
+
+    /// The edge's decision, from the route the router chose (nil: none), the caller's role
+    /// (nil: no principal) and the certificate it presented. Pure: tested without a socket.
+    static func admission(route: Route?, role: Role?, certificate presented: String?, what: String) -> Admission {
+        guard let route else {
+            if role == nil { return .refuse(.unknownRoute, .unauthorized("no valid client certificate")) }
+            return .refuse(.unknownRoute, .forbidden("\(what) is not part of the API; nothing deletes or overwrites backups"))
         }
         let action = route.action
-        if route.access != .anyone && principal == nil {
+        if route.access != .anyone && role == nil {
             // A certificate this CA issued but the catalog does not know was revoked (or
             // enrolled into a catalog since lost): say so, not "enroll first".
             let why = presented.map { "this credential (certificate \($0.prefix(16))) was revoked or is not enrolled here: "
                 + "ask an admin for a new enrollment token and enroll again (`redoubt enroll TOKEN`)" }
                 ?? "a client certificate from this server's CA is required: enroll first (`redoubt enroll TOKEN`)"
-            return withoutMarks(errorResponse(service.refuse(ctx.call, action, object: what, .unauthorized(why))))
+            return .refuse(action, .unauthorized(why))
         }
-        guard route.access.allows(principal?.role) else {
-            return withoutMarks(errorResponse(service.refuse(ctx.call, action, object: what,
-                                                             .forbidden("a \(principal?.role.rawValue ?? "caller") may not \(action.rawValue)"))))
+        guard route.access.allows(role) else {
+            return .refuse(action, .forbidden("a \(role?.rawValue ?? "caller") may not \(action.rawValue)"))
         }
-        let response = try await next(request, ctx)
-        // Why: the audit log must show attempts to change things that failed, not only
-        // refusals by role (a probing credential, a bad quorum, a missing name).
-        if response.status.code >= 400, request.method != .get, request.method != .head {
-            if response.headers[auditedHeader] == nil {
-                service.audit(ctx.call, action, object: what, outcome: "error",
-                              detail: "\(response.status.code) \(response.headers[errorCodeHeader] ?? "")")
-            }
-        }
-        return withoutMarks(response)
+        return .admit(action)
+    }
+
+    /// Why: the audit log must show attempts to change things that failed, not only
+    /// refusals by role (a probing credential, a bad quorum, a missing name).
+    private func auditFailure(_ response: Response, method: HTTPRequest.Method, call: CallContext, action: Action, what: String) {
+        guard response.status.code >= 400, method != .get, method != .head, response.headers[auditedHeader] == nil else { return }
+        service.audit(call, action, object: what, outcome: "error",
+                      detail: "\(response.status.code) \(response.headers[errorCodeHeader] ?? "")")
     }
 
     /// The internal "already audited" mark is not sent to clients.

@@ -158,13 +158,13 @@ extension LegalHoldRepository where Self: SnapshotRepository & PackRepository & 
             let snaps = h.kind == .tenant ? try snapshots(tenant: tenant, host: nil).map(\.id) : [h.target]
             if h.kind == .tenant {
                 for p in try packs(tenant: tenant) {
-                    if let id = PackID(hex: p.id) { keys.insert(RepositoryService.packKey(tenant: tenant, id: id).path) }
+                    if let id = PackID(hex: p.id) { keys.insert(RepositoryLayout.packKey(tenant: tenant, id: id).path) }
                 }
             }
             for s in snaps {
                 guard let sid = SnapshotID(hex: s) else { continue }
-                keys.insert(RepositoryService.manifestKey(tenant: tenant, id: sid).path)
-                for p in try snapshotPacks(id: s) { keys.insert(RepositoryService.packKey(tenant: tenant, id: p).path) }
+                keys.insert(RepositoryLayout.manifestKey(tenant: tenant, id: sid).path)
+                for p in try snapshotPacks(id: s) { keys.insert(RepositoryLayout.packKey(tenant: tenant, id: p).path) }
             }
             // Objects garbage collection queued but has not deleted: the hold keeps them locked too.
             if h.kind == .tenant { keys.formUnion(try pendingDeletes(tenant: tenant)) }

@@ -47,14 +47,14 @@ public enum MediaExport {
         // so a restore from media needs only the volumes and the unwrap secret), then each
         // snapshot's packs not yet written and its manifest.
         let version = try catalog.tenant(tenant)?.keyVersion ?? 1
-        var items: [Item] = [Item(type: .object, id: "tenant-v\(version).json", key: RepositoryService.tenantKey(tenant, version: version), hash: nil, note: nil)]
+        var items: [Item] = [Item(type: .object, id: RepositoryLayout.descriptorName(version: version), key: RepositoryLayout.descriptorKey(tenant: tenant, version: version), hash: nil, note: nil)]
         var written = Set<String>()
         for s in chosen {
             for p in try catalog.snapshotPacks(id: s.id) where written.insert(p.description).inserted {
-                items.append(Item(type: .pack, id: p.description, key: RepositoryService.packKey(tenant: tenant, id: p), hash: p.bytes, note: "pack \(p.description)"))
+                items.append(Item(type: .pack, id: p.description, key: RepositoryLayout.packKey(tenant: tenant, id: p), hash: p.bytes, note: "pack \(p.description)"))
             }
             guard let sid = SnapshotID(hex: s.id) else { throw ServerError.badRequest("catalog holds a malformed snapshot ID \(s.id)") }
-            items.append(Item(type: .manifest, id: s.id, key: RepositoryService.manifestKey(tenant: tenant, id: sid), hash: sid.bytes, note: "snapshot \(s.id)"))
+            items.append(Item(type: .manifest, id: s.id, key: RepositoryLayout.manifestKey(tenant: tenant, id: sid), hash: sid.bytes, note: "snapshot \(s.id)"))
         }
         // Why a pipeline: the next two records are read, checked and hashed on other
         // threads while this one is checksummed and written. Loading (two SHA-256 over
@@ -157,7 +157,7 @@ public enum MediaImport {
                 name = "manifest-\(id)"
             case .object:
                 // Why the strict pattern: the name becomes a store key.
-                guard r.id.hasPrefix("tenant-v"), r.id.hasSuffix(".json"), Int(r.id.dropFirst(8).dropLast(5)) != nil else { return }
+                guard RepositoryLayout.descriptorVersion(name: r.id) != nil else { return }
                 name = "object-\(r.id)"
             case .auditAnchor:
                 return
@@ -172,11 +172,11 @@ public enum MediaImport {
         guard let tenant = report.labels.first?.tenant, RepositoryService.isValidTenantName(tenant) else {
             throw ServerError.badRequest("the media set's label names no valid tenant")
         }
-        let store = try LocalStore(root: URL(fileURLWithPath: home.storePath))
+        let store = try home.openStore()
         // The tenant's minimum retention, from the newest descriptor on the media.
         var minRetention: TimeInterval = 30 * 86400
         var newest = 0
-        for s in spooled where s.key.hasPrefix("object-tenant-v") {
+        for s in spooled where RepositoryLayout.descriptorVersion(name: s.key.dropFirst("object-".count)) != nil {
             if let d = fm.contents(atPath: s.file), let t = try? JSONDecoder().decode(TenantDescriptor.self, from: d), t.name == tenant,
                (t.keyVersion ?? 1) >= newest {
                 newest = t.keyVersion ?? 1
@@ -188,7 +188,7 @@ public enum MediaImport {
         let until = max(now.addingTimeInterval(minRetention), setRetention ?? now)
         // An existing tenant of the same name must be the same tenant (same read key).
         if let existing = try Catalog(path: home.catalogPath).tenant(tenant) {
-            let d = fm.contents(atPath: spooled.first { $0.key == "object-tenant-v\(newest).json" }?.file ?? "")
+            let d = fm.contents(atPath: spooled.first { $0.key == "object-" + RepositoryLayout.descriptorName(version: newest) }?.file ?? "")
             let incoming = d.flatMap { try? JSONDecoder().decode(TenantDescriptor.self, from: $0) }
             guard incoming?.readKeyID == existing.readKeyID else {
                 throw ServerError(409, "E_CONFLICT", "this server already has a tenant \(tenant) with another read key; import into a fresh data directory")
@@ -201,10 +201,10 @@ public enum MediaImport {
             let key: ObjectKey?
             var retain: Date? = until
             switch kind {
-            case "pack": key = PackID(hex: id).map { RepositoryService.packKey(tenant: tenant, id: $0) }
-            case "manifest": key = SnapshotID(hex: id).map { RepositoryService.manifestKey(tenant: tenant, id: $0) }
+            case "pack": key = PackID(hex: id).map { RepositoryLayout.packKey(tenant: tenant, id: $0) }
+            case "manifest": key = SnapshotID(hex: id).map { RepositoryLayout.manifestKey(tenant: tenant, id: $0) }
             default:
-                key = ObjectKey("t/\(tenant)/\(id)")
+                key = RepositoryLayout.descriptorVersion(name: id).map { RepositoryLayout.descriptorKey(tenant: tenant, version: $0) }
                 retain = nil  // descriptors are replaced on rotation, as on the server
             }
             guard let key, let bytes = fm.contents(atPath: s.file) else { continue }
@@ -225,7 +225,7 @@ public enum MediaImport {
         }
         // Older descriptors than the newest would carry older wrapped copies: keep only the newest.
         for v in 1..<max(newest, 1) {
-            let k = RepositoryService.tenantKey(tenant, version: v)
+            let k = RepositoryLayout.descriptorKey(tenant: tenant, version: v)
             if try await store.head(k) != nil { try await store.delete(k, now: now) }
         }
         summary.rebuild = try await CatalogRebuilder.rebuild(home: home, logger: logger)

@@ -139,14 +139,12 @@ public final class RepositoryService: Sendable {
 
     private static func isLowerAlnum(_ c: UInt8) -> Bool { (c >= 0x61 && c <= 0x7a) || (c >= 0x30 && c <= 0x39) }
 
-    static func packKey(tenant: String, id: PackID) -> ObjectKey {
-        let h = id.description
-        return ObjectKey("t/\(tenant)/packs/\(h.prefix(2))/\(h)")!
-    }
+    // Object keys: RepositoryLayout spells them all.
+    static func packKey(tenant: String, id: PackID) -> ObjectKey { RepositoryLayout.packKey(tenant: tenant, id: id) }
 
-    static func manifestKey(tenant: String, id: SnapshotID) -> ObjectKey { ObjectKey("t/\(tenant)/snapshots/\(id)")! }
+    static func manifestKey(tenant: String, id: SnapshotID) -> ObjectKey { RepositoryLayout.manifestKey(tenant: tenant, id: id) }
 
-    static func tenantKey(_ tenant: String, version: Int) -> ObjectKey { ObjectKey("t/\(tenant)/tenant-v\(version).json")! }
+    static func tenantKey(_ tenant: String, version: Int) -> ObjectKey { RepositoryLayout.descriptorKey(tenant: tenant, version: version) }
 
     /// Pack locks are kept in whole UTC days, so a commit moves a pack's lock on disk at
     /// most once a day instead of on every snapshot.
@@ -721,7 +719,7 @@ public final class RepositoryService: Sendable {
             let material = try SharedWriteMaterial.decode(SecretBytes(copying: rec.writeMaterial))
             return (try material.sealed(tenant: rec.name), material.check)
         }
-        let found = try await store.list(prefix: "t/\(rec.name)/tenant-v").compactMap { o in
+        let found = try await store.list(prefix: RepositoryLayout.descriptorsPrefix(rec.name)).compactMap { o in
             BucketVerify.descriptorVersion(o.key.path, tenant: rec.name).map { ($0, o.key) }
         }
         for (_, key) in found.sorted(by: { $0.0 > $1.0 }) {

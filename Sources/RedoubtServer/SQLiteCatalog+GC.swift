@@ -52,8 +52,8 @@ extension Catalog {
                 }
                 if dryRun { return .rollback }
                 let queue = try db.cachedStatement(sql: "INSERT OR IGNORE INTO gc_pending(key, tenant, queued_at) VALUES (?, ?, ?)")
-                let keys = plan.snapshots.compactMap { SnapshotID(hex: $0).map { RepositoryService.manifestKey(tenant: tenant, id: $0) } }
-                    + plan.packs.compactMap { PackID(hex: $0.id).map { RepositoryService.packKey(tenant: tenant, id: $0) } }
+                let keys = plan.snapshots.compactMap { SnapshotID(hex: $0).map { RepositoryLayout.manifestKey(tenant: tenant, id: $0) } }
+                    + plan.packs.compactMap { PackID(hex: $0.id).map { RepositoryLayout.packKey(tenant: tenant, id: $0) } }
                 for k in keys { try queue.execute(arguments: [k.path, tenant, t]) }
                 return .commit
             }

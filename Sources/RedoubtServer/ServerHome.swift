@@ -66,7 +66,7 @@ public struct ServerHome: Sendable {
         enc.outputFormatting = [.prettyPrinted, .sortedKeys]
         try writePrivate(settingsURL, String(decoding: try enc.encode(settings), as: UTF8.self))
         let catalog = try Catalog(path: catalogPath)
-        let store = try LocalStore(root: URL(fileURLWithPath: storePath))
+        let store = try openStore()
         let service = RepositoryService(catalog: catalog, store: store, clock: SystemClock(), ca: ca, serverURL: settings.url,
                                         defaultMinRetention: minRetention, logger: Logger(label: "redoubt.init"))
         let adminKey = P256.Signing.PrivateKey()
@@ -95,13 +95,15 @@ public struct ServerHome: Sendable {
     }
 
     /// Opens the catalog, store and CA for serving.
-    /// `limits`, when given, replaces the ones in `server.json` (`server run --limit`).
+    /// `limits`, when given, replaces the ones in `server.json` (`server run --limit`);
+    /// `store`, when given, replaces the data directory's own (tests without xattrs).
     public func openService(clock: any ServerClock = SystemClock(), logger: Logger, limits: ServerLimits? = nil,
-                            timeBounds: SnapshotTimeBounds = SnapshotTimeBounds()) throws -> RepositoryService {
+                            timeBounds: SnapshotTimeBounds = SnapshotTimeBounds(),
+                            store: (any ObjectStore)? = nil) throws -> RepositoryService {
         let s = try settings()
         let tls = try tlsMaterial()
         let ca = try CertificateAuthority(certificatePEM: tls.caCertPEM, keyPEM: tls.caKeyPEM)
-        return RepositoryService(catalog: try Catalog(path: catalogPath), store: try LocalStore(root: URL(fileURLWithPath: storePath)), clock: clock, ca: ca,
+        return RepositoryService(catalog: try Catalog(path: catalogPath), store: try store ?? openStore(), clock: clock, ca: ca,
                                  serverURL: s.url, defaultMinRetention: s.minRetentionSeconds, logger: logger, timeBounds: timeBounds,
                                  limits: limits ?? s.limits ?? ServerLimits())
     }

@@ -65,31 +65,6 @@ public enum S3XML {
         return ErrorBody(code: code, message: root.value("Message") ?? "", requestID: root.value("RequestId"))
     }
 
-    /// One object in a `ListObjectsV2` page.
-    public struct ListedObject: Sendable, Equatable {
-        public var key: String
-        public var size: Int
-        public var etag: String?
-    }
-
-    /// A `ListBucketResult` page (ListObjectsV2).
-    public struct ListPage: Sendable, Equatable {
-        public var objects: [ListedObject]
-        public var nextContinuationToken: String?
-        public var isTruncated: Bool
-    }
-
-    public static func listObjectsV2(_ bytes: [UInt8]) -> ListPage? {
-        guard let root = S3XMLElement.parse(bytes), root.name == "ListBucketResult" else { return nil }
-        var objects: [ListedObject] = []
-        for c in root.all("Contents") {
-            guard let key = c.value("Key"), let size = c.value("Size").flatMap({ Int($0) }), size >= 0 else { return nil }
-            objects.append(ListedObject(key: key, size: size, etag: c.value("ETag")))
-        }
-        return ListPage(objects: objects, nextContinuationToken: root.value("NextContinuationToken"),
-                        isTruncated: root.value("IsTruncated") == "true")
-    }
-
     /// One version (or delete marker) in a `ListVersionsResult` page.
     public struct ListedVersion: Sendable, Equatable {
         public var key: String
@@ -183,11 +158,6 @@ public enum S3XML {
         for p in parts { s += "<Part><PartNumber>\(p.number)</PartNumber><ETag>\(escape(p.etag))</ETag></Part>" }
         s += "</CompleteMultipartUpload>"
         return Array(s.utf8)
-    }
-
-    /// The body of PutBucketVersioning.
-    public static func versioningBody(_ status: String) -> [UInt8] {
-        Array("<VersioningConfiguration xmlns=\"http://s3.amazonaws.com/doc/2006-03-01/\"><Status>\(status)</Status></VersioningConfiguration>".utf8)
     }
 
     static func escape(_ s: String) -> String {

@@ -99,10 +99,10 @@ enum BucketCommands {
     /// restore from the bucket needs no server (and after a rotation gets the current
     /// wrapping, which the enrollment copy is not). Descriptors that do not decode, or
     /// whose key service is not the enrolled one, are skipped with a note
-    /// (`RestoreSupport.wrappedReadKey` says why); `unwrapReadKey` checks each key's ID
+    /// (`ReadKeyResolver.copy` says why); `ReadKeyResolver.unwrap` checks each key's ID
     /// against the enrollment's.
     static func wrappedReadKeys(store: S3Store, tenant: String, config: ClientConfig) async throws -> [(name: String, key: WrappedReadKey)] {
-        let names = try await store.originalNames(prefix: "t/\(tenant)/")
+        let names = try await store.originalNames(prefix: RepositoryLayout.tenantPrefix(tenant))
             .compactMap { n in BucketVerify.descriptorVersion(n, tenant: tenant).map { (n, $0) } }
             .sorted { $0.1 > $1.1 }
         var out: [(name: String, key: WrappedReadKey)] = []
@@ -114,7 +114,8 @@ enum BucketCommands {
                     FileHandle.standardError.write(Data("note: skipping \(name): \(info.size) bytes is not a tenant descriptor\n".utf8))
                     continue
                 }
-                if let w = try RestoreSupport.wrappedReadKey(descriptor: try await store.get(key), name: name, place: "bucket copy", tenant: tenant, config: config) {
+                let resolver = RestoreSupport.resolver(config: config, passphraseFile: nil)
+                if let w = try resolver.copy(descriptor: try await store.get(key), name: name, tenant: tenant) {
                     out.append((name, w))
                 }
             } catch {

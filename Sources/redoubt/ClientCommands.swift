@@ -175,7 +175,20 @@ struct ReadKeyOptions: ParsableArguments {
 
     /// The read key, unwrapped in memory (`copies`: a bucket's or media set's wrappings, newest first).
     func unwrap(config: ClientConfig, copies: [(name: String, key: WrappedReadKey)] = []) async throws -> ReadPrivateKey {
-        try await RestoreSupport.unwrapReadKey(config: config, passphraseFile: passphraseFile, readKeyFile: readKey, copies: copies, trustProvider: trustKeyProvider)
+        var escrow: WrappedReadKey?
+        if let readKey {
+            guard let d = FileManager.default.contents(atPath: readKey) else {
+                throw ValidationError("cannot read wrapped read key file \(readKey)")
+            }
+            escrow = try WrappedReadKey.decode(d)
+        }
+        return try await resolver(config: config).resolve(escrow: escrow, copies: copies,
+                                                          server: ReadKeyResolver.fetch(config: config))
+    }
+
+    /// The resolver with this command's secrets: a passphrase from the file, the environment or a prompt.
+    func resolver(config: ClientConfig) -> ReadKeyResolver {
+        RestoreSupport.resolver(config: config, passphraseFile: passphraseFile, trustProvider: trustKeyProvider)
     }
 }
 
@@ -213,122 +226,10 @@ enum RestoreSupport {
         return result
     }
 
-    /// Unwraps the restorer's read key in memory with its key provider. The wrapped key is
-    /// `readKeyFile` if given (an escrow copy); else the first of `copies` that opens (the
-    /// tenant descriptors of a bucket copy or media set, newest first: no server needed,
-    /// and current after a rotation); else the server's current one (after a rotation the
-    /// restorer's enrollment copy is stale; it is refreshed here); else, when the server
-    /// cannot be reached, the copy saved at enrollment. Each is checked against the
-    /// enrollment.
-    static func unwrapReadKey(config: ClientConfig, passphraseFile: String?, readKeyFile: String? = nil,
-                              copies: [(name: String, key: WrappedReadKey)] = [], trustProvider: String? = nil) async throws -> ReadPrivateKey {
-        if readKeyFile == nil {
-            // One that does not open (damaged, or added by whoever can write the copy) must not
-            // stand in the way of an older, real one; nor may it cost without bound.
-            let enrolled = try? config.wrappedReadKey()
-            for (name, wrapped) in copies.prefix(copiesTried) {
-                if wrapped.provider.hasPrefix("passphrase"), let enrolled, costlier(wrapped, than: enrolled) {
-                    FileHandle.standardError.write(Data("note: skipping \(name): its scrypt parameters cost more than the enrollment copy's\n".utf8))
-                    continue
-                }
-                do {
-                    return try await unwrap(wrapped, config: config, passphraseFile: passphraseFile)
-                } catch let e as KeyProviderError where !e.endsTheSearch(provider: wrapped.provider) {
-                    FileHandle.standardError.write(Data("note: the wrapped read key in \(name) did not open (\(e)); trying the next\n".utf8))
-                }
-            }
-        }
-        let wrapped: WrappedReadKey
-        if let readKeyFile {
-            guard let d = FileManager.default.contents(atPath: readKeyFile) else { throw ValidationError("cannot read wrapped read key file \(readKeyFile)") }
-            wrapped = try WrappedReadKey.decode(d)
-        } else {
-            wrapped = try await currentWrappedReadKey(config: config, tenant: try config.credential().tenant ?? "", trustProvider: trustProvider)
-        }
-        return try await unwrap(wrapped, config: config, passphraseFile: passphraseFile)
-    }
-
-    private static func unwrap(_ wrapped: WrappedReadKey, config: ClientConfig, passphraseFile: String?) async throws -> ReadPrivateKey {
-        let tenant = try config.credential().tenant ?? ""
-        // Why: whoever handed us the wrapped key (server, file, copy) must not be able to swap
-        // in another read key; the enrollment's write material names the tenant's one.
-        let expected = try config.sharedMaterial().readPublicKey.keyID.description
-        guard wrapped.readKeyID == expected else {
-            throw KeyProviderError.keyMismatch(provider: wrapped.provider, readKeyID: "\(wrapped.readKeyID) (tenant \(tenant)'s read key is \(expected))")
-        }
-        let provider = try RedoubtCLI.keyProvider(uri: wrapped.provider, passphraseFile: passphraseFile)
-        // Why the credential's tenant: the context bound into the wrapping must be this
-        // restorer's tenant, not whatever the file claims.
-        return try await provider.unwrap(wrapped, context: KeyContext(tenant: tenant, keyVersion: wrapped.context.keyVersion))
-    }
-
-    /// Copies tried before falling back to the server or the enrollment copy: a copy holds
-    /// one descriptor per key version, and each try may cost a KMS call or a scrypt run.
-    static let copiesTried = 4
-
-    /// Whether `w`'s scrypt parameters ask for more work than `enrolled`'s.
-    static func costlier(_ w: WrappedReadKey, than enrolled: WrappedReadKey) -> Bool {
-        func cost(_ k: WrappedReadKey) -> Double? {
-            guard let n = k.parameters["logN"].flatMap(Int.init), let r = k.parameters["r"].flatMap(Int.init),
-                  let p = k.parameters["p"].flatMap(Int.init) else { return nil }
-            return pow(2, Double(n)) * Double(r) * Double(p)
-        }
-        guard let mine = cost(enrolled) else { return false }
-        return (cost(w) ?? .infinity) > mine
-    }
-
-    /// The wrapped read key in a tenant descriptor copied off the server (a bucket copy, a
-    /// media set), or nil when it has none or it is not to be used. Why only at the enrolled
-    /// key service: whoever can write the copy can add a descriptor whose provider URI
-    /// points elsewhere (their KMS, or a PKCS#11 module path of their choosing). Such a
-    /// descriptor is not used unless its provider is the same service (scheme, host and
-    /// port, query) as the enrollment's; the key's own name may differ (a KEK rotation).
-    /// `unwrapReadKey` then checks the key ID against the enrollment's.
-    static func wrappedReadKey(descriptor: [UInt8], name: String, place: String, tenant: String, config: ClientConfig) throws -> WrappedReadKey? {
-        struct Descriptor: Decodable { let wrappedReadKey: String?; let shreddedAt: Double? }
-        let d = try JSONDecoder().decode(Descriptor.self, from: Data(descriptor))
-        if d.shreddedAt != nil {
-            // Not final: whoever can write the copy can add a descriptor that says so. If the
-            // tenant really was shredded, its KEKs are gone and the unwrap fails by itself.
-            FileHandle.standardError.write(Data("note: \(name) says tenant \(tenant) was crypto-shredded; trying the other copies of the read key (only an escrowed copy, --read-key FILE, restores a shredded tenant)\n".utf8))
-            return nil
-        }
-        guard let json = d.wrappedReadKey, !json.isEmpty else { return nil }
-        let wrapped = try WrappedReadKey.decode(Data(json.utf8))
-        guard let enrolled = try? config.wrappedReadKey(), keyProviderLocation(wrapped.provider) == keyProviderLocation(enrolled.provider) else {
-            FileHandle.standardError.write(Data("note: not using the wrapped read key in \(name): its key provider is not the one this restorer enrolled with; pass --read-key FILE to use another\n".utf8))
-            return nil
-        }
-        FileHandle.standardError.write(Data("note: using the wrapped read key in \(name)\n".utf8))
-        return wrapped
-    }
-
-    private static func currentWrappedReadKey(config: ClientConfig, tenant: String, trustProvider: String?) async throws -> WrappedReadKey {
-        let saved = try? config.wrappedReadKey()
-        do {
-            let info = try await RedoubtCLI.with(try APIClient(credential: config.credential())) { try await $0.readKey(tenant: tenant) }
-            guard let json = info.wrappedReadKey else {
-                throw KeyProviderError.keyDestroyed(provider: "redoubt server", detail: "tenant \(tenant) was crypto-shredded; its backups cannot be decrypted")
-            }
-            let current = try WrappedReadKey.decode(Data(json.utf8))
-            // The server may name a new key (a rotation) but not a new place to send our
-            // credentials to: that takes this restorer's own word (--trust-key-provider).
-            let location = keyProviderLocation(current.provider)
-            let trusted = [saved.map { keyProviderLocation($0.provider) }, trustProvider.map(keyProviderLocation), "passphrase:"].compactMap { $0 }
-            guard trusted.contains(location) else {
-                throw KeyProviderError.untrustedProvider(provider: location, detail: "the server hands out tenant \(tenant)'s read key wrapped by it, but this restorer was enrolled with \(saved.map { keyProviderLocation($0.provider) } ?? "none"). If the admins rotated the key there, repeat with --trust-key-provider '\(location)'; otherwise treat the server as compromised")
-            }
-            try config.storeWrappedReadKey(json)
-            return current
-        } catch let e as APIError where e.code == "E_TENANT_SHREDDED" {
-            throw KeyProviderError.keyDestroyed(provider: "redoubt server", detail: e.message)
-        } catch let e as APIError where e.isRefusal {
-            // A credential that may not read (a host's, a revoked one): say so, exit 4.
-            throw e
-        } catch let e as APIError {
-            // The server is gone or older: the enrollment copy is the best we have.
-            FileHandle.standardError.write(Data("note: using the wrapped read key saved at enrollment (server: \(e.message)); after a rotation pass --read-key FILE\n".utf8))
-        }
-        return try config.wrappedReadKey()
+    /// The read-key resolver for `config`, its notes on stderr, passphrases read as the CLI reads them.
+    static func resolver(config: ClientConfig, passphraseFile: String?, trustProvider: String? = nil) -> ReadKeyResolver {
+        ReadKeyResolver(config: config, trustedProvider: trustProvider,
+                        makeProvider: { try RedoubtCLI.keyProvider(uri: $0, passphraseFile: passphraseFile) },
+                        note: { FileHandle.standardError.write(Data("\($0)\n".utf8)) })
     }
 }

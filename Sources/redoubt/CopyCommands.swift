@@ -60,25 +60,18 @@ struct CopySync: AsyncParsableCommand {
 
     func run() async throws {
         try await RedoubtCLI.run {
-            let home = ServerHome(path: data)
-            let catalog = try Catalog(path: home.catalogPath)
-            let store = try LocalStore(root: URL(fileURLWithPath: home.storePath))
             let target = try bucket.store()
             // Why: keeping a target that does not enforce its locks weakens protection (M-of-N).
             let margin = try parseDuration(retentionMargin)
             guard margin.isFinite, margin >= 0, margin <= CopyApproval.maxMarginSeconds else {
                 throw ValidationError("--retention-margin must be between 0 and 10 years")
             }
-            if acceptUnenforced {
-                try catalog.authorizeLocally(.acceptUnenforced, object: "copy target \(bucket.to)",
-                                             parameters: CopyApproval.parameters(tenant: tenant, endpoint: bucket.endpoint, region: bucket.region,
-                                                                                 credentialsFile: bucket.credentials, virtualHosted: bucket.virtualHosted,
-                                                                                 marginSeconds: margin),
-                                             requestID: request, now: Date())
-            }
-            let s = try await BucketCopy.sync(catalog: catalog, store: store, tenant: tenant, target: target,
-                                              margin: margin, acceptUnenforced: acceptUnenforced,
-                                              actor: "local-admin", now: Date()) { line in
+            let destination = ServerHome.CopyDestination(url: bucket.to, endpoint: bucket.endpoint, region: bucket.region,
+                                                         credentialsFile: bucket.credentials,
+                                                         virtualHosted: bucket.virtualHosted)
+            let s = try await ServerHome(path: data).syncCopy(tenant: tenant, to: target, destination: destination, margin: margin,
+                                                              acceptUnenforced: acceptUnenforced, requestID: request,
+                                                              now: Date()) { line in
                 FileHandle.standardError.write(Data("  \(line)\n".utf8))
             }
             print("copied tenant \(tenant) to \(bucket.to): \(s.copied) new, \(s.alreadyThere) already there, \(s.extended) locks extended; audit record \(s.auditSeq)")
@@ -94,7 +87,7 @@ struct CopyProve: AsyncParsableCommand {
 
     func run() async throws {
         try await RedoubtCLI.run {
-            let result = await S3LockProof(client: try bucket.store().client).run()
+            let result = await try bucket.store().proveLocks(now: Date())
             if json { try printJSON(result) } else {
                 for c in result.checks { print("\(c.passed ? "pass" : "FAIL")  \(c.name): \(c.detail)") }
                 print(result.passed ? "\(bucket.to) enforces Object Lock COMPLIANCE" : "\(bucket.to) does NOT enforce Object Lock: do not use it as a copy target")
@@ -160,7 +153,7 @@ struct CopySnapshots: AsyncParsableCommand {
 struct BucketPackSource: PackSource {
     let store: S3Store
     let tenant: String
-    func pack(_ id: PackID) async throws -> [UInt8] { try await store.get(BucketCopy.packKey(tenant: tenant, id: id)) }
+    func pack(_ id: PackID) async throws -> [UInt8] { try await store.get(RepositoryLayout.packKey(tenant: tenant, id: id)) }
 }
 
 struct CopyRestore: AsyncParsableCommand {

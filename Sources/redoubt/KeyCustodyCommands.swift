@@ -8,20 +8,24 @@ import RedoubtKMS
 // decrypts a tenant's backups. Each runs on the admin's machine: the read key is
 // unwrapped there, in memory, and never reaches the server.
 
-/// Fetches the tenant's current wrapped read key as an admin.
-private func currentReadKey(_ client: APIClient, tenant: String) async throws -> (Wire.ReadKeyInfo, WrappedReadKey) {
-    let info = try await client.readKey(tenant: tenant)
-    guard let json = info.wrappedReadKey else {
-        throw KeyProviderError.keyDestroyed(provider: "redoubt server", detail: "tenant \(tenant) was crypto-shredded\(info.shreddedAt.map { " at \($0)" } ?? "")")
+/// The key-custody steps for `tenant` with `client`; each provider's secret read from its
+/// own file, variable or prompt (`current` is also the secret of a `restore-material` unwrap).
+private func custody(_ client: APIClient, tenant: String, current: String?, new: String? = nil,
+                     escrow: String? = nil) -> KeyCustody {
+    KeyCustody(client: client, tenant: tenant) { uri, secret in
+        switch secret {
+        case .current:
+            try makeKeyProvider(uri: uri, passphraseFile: current, prompt: "Current passphrase of tenant \(tenant)'s read key: ")
+        case .new:
+            try makeKeyProvider(uri: uri, passphraseFile: new, passphraseEnv: "REDOUBT_NEW_PASSPHRASE",
+                                prompt: "New passphrase for tenant \(tenant)'s read key: ")
+        case .escrow:
+            try makeKeyProvider(uri: uri, passphraseFile: escrow, passphraseEnv: "REDOUBT_ESCROW_PASSPHRASE",
+                                prompt: "Escrow passphrase (keep it apart from the file): ")
+        case .none:
+            try makeKeyProvider(uri: uri, passphraseFile: nil)
+        }
     }
-    return (info, try WrappedReadKey.decode(Data(json.utf8)))
-}
-
-/// Unwraps the current read key with the provider it names.
-private func unwrapCurrent(_ wrapped: WrappedReadKey, tenant: String, passphraseFile: String?) async throws -> ReadPrivateKey {
-    let provider = try makeKeyProvider(uri: wrapped.provider, passphraseFile: passphraseFile,
-                                       prompt: "Current passphrase of tenant \(tenant)'s read key: ")
-    return try await provider.unwrap(wrapped, context: KeyContext(tenant: tenant, keyVersion: wrapped.context.keyVersion))
 }
 
 struct TenantRotateKey: AsyncParsableCommand {
@@ -47,49 +51,17 @@ struct TenantRotateKey: AsyncParsableCommand {
     func run() async throws {
         try await RedoubtCLI.run {
             try await RedoubtCLI.with(try admin.client()) { client in
-                let (info, old) = try await currentReadKey(client, tenant: tenant)
-                if destroyOld && old.provider.hasPrefix("passphrase") {
-                    throw ValidationError("the current wrapping is a passphrase, which cannot be destroyed: drop --destroy-old (nothing was changed)")
-                }
-                // Before anything changes: the KMS must show the old KEK as this tenant's.
-                let oldKEK = destroyOld ? try makeKeyProvider(uri: old.provider, passphraseFile: nil) : nil
-                try await oldKEK?.checkKEKOwner(of: old, tenant: tenant)
-                let after: Wire.ReadKeyInfo
-                let wrapped: WrappedReadKey
-                if let request {
-                    // The approvers approved the wrapping made (and checked to open) when the
-                    // request was filed; the server applies exactly that one.
-                    guard keyProvider == nil else { throw ValidationError("--request applies the wrapping the request holds: drop --key-provider") }
-                    after = try await client.rotateReadKey(tenant: tenant, wrappedReadKey: "", requestID: request)
-                    wrapped = try WrappedReadKey.decode(Data((after.wrappedReadKey ?? "").utf8))
-                } else {
-                    guard let keyProvider else { throw ValidationError("give --key-provider URI (or --request ID for an approved rotation)") }
-                    let key = try await unwrapCurrent(old, tenant: tenant, passphraseFile: oldPassphraseFile)
-                    let provider = try await makeKeyProvider(uri: keyProvider, passphraseFile: passphraseFile, passphraseEnv: "REDOUBT_NEW_PASSPHRASE",
-                                                             prompt: "New passphrase for tenant \(tenant)'s read key: ").preparingKEK(tenant: tenant)
-                    let context = KeyContext(tenant: tenant, keyVersion: info.keyVersion + 1)
-                    // Checked to open: the server cannot check that, we can, before anything depends on it.
-                    wrapped = try await provider.wrapChecked(key, context: context)
-                    // With two admins or more this files a request (E_APPROVAL_REQUIRED, exit
-                    // 13) holding this wrapping; once approved: `rotate-key T --request ID`.
-                    after = try await client.rotateReadKey(tenant: tenant, wrappedReadKey: String(decoding: try wrapped.encoded(), as: UTF8.self))
-                }
-                var destroyed = false
-                if let oldKEK {
-                    guard old.provider != wrapped.provider else {
-                        throw ValidationError("the new wrapping uses the same KEK as the old (\(old.provider)); it was not destroyed. The rotation itself is done.")
-                    }
-                    try await oldKEK.destroyKEK(of: old)
-                    _ = try await client.markKEKsDestroyed(tenant: tenant, versions: [info.keyVersion])
-                    destroyed = true
-                }
+                let r = try await custody(client, tenant: tenant, current: oldPassphraseFile, new: passphraseFile)
+                    .rotate(to: keyProvider, requestID: request, destroyOld: destroyOld)
+                let (wrapped, old, after, info, destroyed) = (r.wrapped, r.previous, r.keyVersion, r.previousKeyVersion,
+                                                               r.previousKEKDestroyed)
                 if json {
-                    try printJSON(["tenant": tenant, "keyVersion": "\(after.keyVersion)", "provider": wrapped.provider,
+                    try printJSON(["tenant": tenant, "keyVersion": "\(after)", "provider": wrapped.provider,
                                    "previousProvider": old.provider, "previousKEKDestroyed": "\(destroyed)"])
                 } else {
-                    print("Tenant \(tenant): read key \(wrapped.readKeyID) re-wrapped by \(wrapped.provider) as key version \(after.keyVersion).")
-                    print(destroyed ? "The old KEK (\(old.provider), version \(info.keyVersion)) is destroyed."
-                        : "The old KEK (\(old.provider), version \(info.keyVersion)) still exists: copies wrapped under it stay readable until it is destroyed (`--destroy-old`, or `redoubt admin tenant shred`).")
+                    print("Tenant \(tenant): read key \(wrapped.readKeyID) re-wrapped by \(wrapped.provider) as key version \(after).")
+                    print(destroyed ? "The old KEK (\(old.provider), version \(info)) is destroyed."
+                        : "The old KEK (\(old.provider), version \(info)) still exists: copies wrapped under it stay readable until it is destroyed (`--destroy-old`, or `redoubt admin tenant shred`).")
                 }
                 return .ok
             }
@@ -118,59 +90,19 @@ struct TenantShred: AsyncParsableCommand {
     func run() async throws {
         try await RedoubtCLI.run {
             try await RedoubtCLI.with(try admin.client()) { client in
-                let (info, current) = try await currentReadKey(client, tenant: tenant)
-                guard !isPassphrase(current.provider) else {
-                    throw KeyProviderError.unsupported(provider: current.provider, detail: "tenant \(tenant)'s read key is wrapped by a passphrase, which no one can destroy: rotate it to a KMS or HSM first (`redoubt admin tenant rotate-key \(tenant) --key-provider kmip://…/new --destroy-old`), then shred")
-                }
-                try confirmShred()
-                // Authorised? (Files an approval request if the quorum needs one.) Nothing
-                // is destroyed at the KMS before the server says yes.
-                _ = try await client.shredTenant(tenant: tenant, confirm: tenant, destroyedVersions: [], requestID: request, check: true)
-                // Every KEK that ever wrapped this read key, newest first.
-                var keks: [(version: Int, wrapped: WrappedReadKey)] = [(info.keyVersion, current)]
-                for r in info.retired.reversed() where r.destroyedAt == nil {
-                    keks.append((r.version, try WrappedReadKey.decode(Data(r.stub.utf8))))
-                }
-                var destroyed: [Int] = []
-                var undestroyable: [String] = []
-                // A wrapping the server says belongs to another tenant is not destroyed here.
-                for (_, w) in keks where w.context.tenant != tenant {
-                    throw KeyProviderError.wrongContext(provider: w.provider, expected: KeyContext(tenant: tenant, keyVersion: w.context.keyVersion), found: w.context)
-                }
-                // A server that forges the context too is caught at the KMS or HSM: each KEK
-                // must show there that it was made for this tenant, before any is destroyed.
-                let providers = try keks.map { isPassphrase($0.wrapped.provider) ? nil : try makeKeyProvider(uri: $0.wrapped.provider, passphraseFile: nil) }
-                for (kek, provider) in zip(keks, providers) { try await provider?.checkKEKOwner(of: kek.wrapped, tenant: tenant) }
-                for ((version, w), provider) in zip(keks, providers) {
-                    guard let provider else {
-                        undestroyable.append("key version \(version) (\(w.provider)): copies wrapped under it before its rotation (bucket copies, media, escrow files) stay readable to whoever knows that passphrase")
-                        continue
-                    }
-                    do {
-                        try await provider.destroyKEK(of: w)
-                        destroyed.append(version)
-                        progressNote("destroyed the KEK of key version \(version) at \(w.provider)")
-                    } catch {
-                        // Record what is already gone, change nothing else, and say why.
-                        let retired = destroyed.filter { $0 != info.keyVersion }
-                        if !retired.isEmpty { _ = try? await client.markKEKsDestroyed(tenant: tenant, versions: retired) }
-                        throw error
-                    }
-                }
-                let after = try await client.shredTenant(tenant: tenant, confirm: tenant, destroyedVersions: destroyed, requestID: request)
+                let r = try await custody(client, tenant: tenant, current: nil)
+                    .shred(requestID: request, confirm: confirmShred, progress: progressNote)
                 if json {
-                    try printJSON(ShredReport(tenant: tenant, shreddedAt: after.shreddedAt, destroyedKeyVersions: destroyed, notDestroyable: undestroyable))
+                    try printJSON(r)
                 } else {
-                    print("Tenant \(tenant) is crypto-shredded: \(destroyed.count) KEK(s) destroyed, the server's wrapped copies deleted; its backups and their locks remain as ciphertext that nothing can open.")
-                    for u in undestroyable { print("WARNING: \(u)") }
+                    print("Tenant \(tenant) is crypto-shredded: \(r.destroyedKeyVersions.count) KEK(s) destroyed, the server's wrapped copies deleted; its backups and their locks remain as ciphertext that nothing can open.")
+                    for u in r.notDestroyable { print("WARNING: \(u)") }
                     print("Escrow copies made with `redoubt admin tenant escrow` (the audit log's get-read-key records show when) must be destroyed by hand.")
                 }
-                return undestroyable.isEmpty ? .ok : .partial
+                return r.notDestroyable.isEmpty ? .ok : .partial
             }
         }
     }
-
-    private func isPassphrase(_ uri: String) -> Bool { uri.hasPrefix("passphrase") }
 
     private func confirmShred() throws {
         if let confirm {
@@ -184,13 +116,6 @@ struct TenantShred: AsyncParsableCommand {
 
     private func progressNote(_ s: String) {
         if !json { FileHandle.standardError.write(Data("  \(s)\n".utf8)) }
-    }
-
-    struct ShredReport: Encodable {
-        var tenant: String
-        var shreddedAt: Date?
-        var destroyedKeyVersions: [Int]
-        var notDestroyable: [String]
     }
 }
 
@@ -211,17 +136,10 @@ struct TenantEscrow: AsyncParsableCommand {
 
     func run() async throws {
         try await RedoubtCLI.run {
-            guard !FileManager.default.fileExists(atPath: out) else { throw ValidationError("\(out) exists; an escrow copy is never overwritten: choose another path") }
-            return try await RedoubtCLI.with(try admin.client()) { client in
-                let (_, current) = try await currentReadKey(client, tenant: tenant)
-                let key = try await unwrapCurrent(current, tenant: tenant, passphraseFile: passphraseFile)
-                let escrow = try makeKeyProvider(uri: "passphrase:", passphraseFile: escrowPassphraseFile, passphraseEnv: "REDOUBT_ESCROW_PASSPHRASE",
-                                                 prompt: "Escrow passphrase (keep it apart from the file): ")
-                let wrapped = try await escrow.wrap(key, context: current.context)
-                guard FileManager.default.createFile(atPath: out, contents: try wrapped.encoded(), attributes: [.posixPermissions: 0o600]) else {
-                    throw ValidationError("cannot write \(out)")
-                }
-                print("Escrow copy of tenant \(tenant)'s read key \(wrapped.readKeyID) (key version \(current.context.keyVersion)) written to \(out), wrapped under the escrow passphrase.")
+            try await RedoubtCLI.with(try admin.client()) { client in
+                let wrapped = try await custody(client, tenant: tenant, current: passphraseFile, escrow: escrowPassphraseFile)
+                    .escrow(to: out)
+                print("Escrow copy of tenant \(tenant)'s read key \(wrapped.readKeyID) (key version \(wrapped.context.keyVersion)) written to \(out), wrapped under the escrow passphrase.")
                 return .ok
             }
         }
@@ -246,23 +164,16 @@ struct TenantRestoreMaterial: AsyncParsableCommand {
     func run() async throws {
         try await RedoubtCLI.run {
             try await RedoubtCLI.with(try admin.client()) { client in
-                let material: [UInt8]
+                var material: [UInt8]?
                 if let from {
                     // The server checks it against the descriptor's public check.
                     guard let d = FileManager.default.contents(atPath: from) else { throw ValidationError("cannot read \(from)") }
                     material = Array(d)
-                } else {
-                    let info = try await client.writeMaterial(tenant: tenant)
-                    if info.present {
-                        print("The server has tenant \(tenant)'s write material already; nothing to do.")
-                        return .ok
-                    }
-                    guard let sealed = Data(base64Encoded: info.sealedWriteMaterial) else { throw ValidationError("the server sent no sealed write material for tenant \(tenant)") }
-                    let (_, current) = try await currentReadKey(client, tenant: tenant)
-                    let key = try await unwrapCurrent(current, tenant: tenant, passphraseFile: passphraseFile)
-                    material = try SharedWriteMaterial.open(sealed: Array(sealed), tenant: tenant, readKey: key).encode().withUnsafeBytes { Array($0) }
                 }
-                _ = try await client.restoreWriteMaterial(tenant: tenant, material: Data(material).base64EncodedString())
+                guard try await custody(client, tenant: tenant, current: passphraseFile).restoreWriteMaterial(material) else {
+                    print("The server has tenant \(tenant)'s write material already; nothing to do.")
+                    return .ok
+                }
                 print("Tenant \(tenant)'s write material is back on the server: hosts and restorers can enroll again.")
                 return .ok
             }

@@ -51,11 +51,7 @@ struct MediaWrite: AsyncParsableCommand {
             let w = try MediaWriter(device: dev, setID: setID, pool: pool, tenant: tenant, blockSize: blocks,
                                     created: f.string(from: now), retainUntil: until, writer: "redoubt")
             let sel: MediaExport.Selection = snapshots == ["latest"] ? .latest : snapshots == ["all"] ? .all : .ids(snapshots)
-            let home = ServerHome(path: data)
-            let catalog = try Catalog(path: home.catalogPath)
-            let store = try LocalStore(root: URL(fileURLWithPath: home.storePath))
-            let s = try await MediaExport.run(catalog: catalog, store: store, tenant: tenant, selection: sel, writer: w,
-                                              actor: "local-admin", now: Date()) { line in
+            let s = try await ServerHome(path: data).exportMedia(tenant: tenant, selection: sel, writer: w, now: Date()) { line in
                 FileHandle.standardError.write(Data("  \(line)\n".utf8))
             }
             print("wrote media set \(hexString(setID)): \(s.snapshots.count) snapshots, \(s.packs) packs, \(s.media.volumes) volumes, "
@@ -239,7 +235,7 @@ struct MediaRestore: AsyncParsableCommand {
                     if !FileManager.default.createFile(atPath: "\(spool)/\(r.id)", contents: Data(r.body)) { spoolError = "cannot write to \(spool)" }
                 case .manifest: manifests[r.id] = r.body
                 case .object:
-                    if let v = Int(r.id.dropFirst(8).dropLast(5)), r.id.hasPrefix("tenant-v"), r.id.hasSuffix(".json"), v > (descriptor?.version ?? 0) {
+                    if let v = RepositoryLayout.descriptorVersion(name: r.id), v > (descriptor?.version ?? 0) {
                         descriptor = (v, r.id, r.body)
                     }
                 default: break
@@ -273,7 +269,7 @@ extension MediaRestore {
         if key.readKey == nil, let d = descriptor {
             let name = "\(d.name) on the media"
             do {
-                if let w = try RestoreSupport.wrappedReadKey(descriptor: d.body, name: name, place: "media set", tenant: tenant, config: cfg) { copies.append((name, w)) }
+                if let w = try key.resolver(config: cfg).copy(descriptor: d.body, name: name, tenant: tenant) { copies.append((name, w)) }
             } catch {
                 FileHandle.standardError.write(Data("note: skipping \(name): not a readable tenant descriptor (\(error))\n".utf8))
             }

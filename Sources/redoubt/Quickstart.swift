@@ -99,7 +99,8 @@ struct Quickstart {
         step("restore (as the restorer, read key unwrapped in memory) and compare")
         let target = root.appendingPathComponent("restored")
         let restorer = try APIClient(credential: restorerCfg.credential())
-        let readKey = try await RestoreSupport.unwrapReadKey(config: restorerCfg, passphraseFile: passArg)
+        let readKey = try await RestoreSupport.resolver(config: restorerCfg, passphraseFile: passArg)
+            .resolve(server: ReadKeyResolver.fetch(config: restorerCfg))
         let manifest = try Manifest.parse(try await restorer.manifestBytes(summary.snapshot), expectedID: SnapshotID(hex: summary.snapshot))
         let result = try await Restorer().restore(manifest: manifest, readKey: readKey, chunkIDKey: try restorerCfg.sharedMaterial().chunkIDKey,
                                                   source: restorer, target: target.path)

@@ -28,7 +28,7 @@ struct ServerInit: AsyncParsableCommand {
             guard quorum >= 1 else { throw ValidationError("--quorum must be at least 1") }
             let limits = try applyLimits(ServerLimits(), limit)
             let (settings, cred) = try await ServerHome(path: data).initialize(listen: listen, minRetention: r, now: Date(), limits: limits)
-            try Catalog(path: ServerHome(path: data).catalogPath).setSetting("quorum", String(quorum))
+            try ServerHome(path: data).setQuorum(quorum)
             print("Initialised a Redoubt server in \(ServerHome(path: data).root.path)")
             print("  URL:              \(settings.url)")
             print("  admin credential: \(cred)  (mode 0600; keep it off protected hosts)")
@@ -57,7 +57,7 @@ struct ServerRun: AsyncParsableCommand {
             let bounds = SnapshotTimeBounds(maxAhead: try parseDuration(snapshotTimeAhead), margin: try parseDuration(snapshotTimeMargin))
             let limits = try applyLimits(settings.limits ?? ServerLimits(), limit)
             let service = try home.openService(logger: logger, limits: limits, timeBounds: bounds)
-            if let store = service.store as? LocalStore, let warning = store.immutabilityWarning {
+            if let store = service.store as? any ImmutabilityReporting, let warning = store.immutabilityWarning {
                 // Why loud: without the flag, root on this host can alter packs unnoticed until verify.
                 FileHandle.standardError.write(Data("WARNING: \(warning)\n".utf8))
                 service.recordImmutabilityWarning(warning)
@@ -346,27 +346,23 @@ struct AuditVerify: AsyncParsableCommand {
     @Option(name: .long, help: "An anchored chain head SEQ:HASH (as printed by this command) the log must still contain.") var anchor: String?
     @Flag(name: .long, help: "Print JSON.") var json = false
 
-    struct Report: Encodable { let ok: Bool; let records: Int; let firstBad: Int64?; let head: Catalog.AuditChainHead }
-
     func run() async throws {
         try await RedoubtCLI.run {
-            let catalog = try Catalog(path: ServerHome(path: data).catalogPath)
-            var result = try catalog.verifyAudit()
+            var head: Catalog.AuditChainHead?
             if let anchor {
                 let parts = anchor.split(separator: ":", maxSplits: 1).map(String.init)
                 guard parts.count == 2, let seq = Int64(parts[0]), seq >= 0, parts[1].count == 64 else {
                     throw ValidationError("--anchor must be SEQ:HASH (64 hex digits), as printed by `redoubt audit verify`")
                 }
-                result = try catalog.verifyAudit(anchor: Catalog.AuditChainHead(seq: seq, hash: parts[1].lowercased()))
+                head = Catalog.AuditChainHead(seq: seq, hash: parts[1].lowercased())
             }
-            let head = try catalog.auditChainHead()
-            let report = Report(ok: result.firstBad == nil, records: result.count, firstBad: result.firstBad, head: head)
-            if json { try printJSON(report) } else if let bad = result.firstBad {
-                print("audit log BROKEN at record \(bad) (\(result.count) records verified before it)")
+            let report = try ServerHome(path: data).verifyAudit(anchor: head)
+            if json { try printJSON(report) } else if let bad = report.firstBad {
+                print("audit log BROKEN at record \(bad) (\(report.records) records verified before it)")
             } else {
-                print("audit log intact: \(result.count) records; chain head \(head.seq):\(head.hash)")
+                print("audit log intact: \(report.records) records; chain head \(report.head.seq):\(report.head.hash)")
             }
-            return result.firstBad == nil ? .ok : .integrity
+            return report.ok ? .ok : .integrity
         }
     }
 }

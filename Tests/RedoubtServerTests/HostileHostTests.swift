@@ -4,11 +4,13 @@ import RedoubtMedia
 import RedoubtClient
 import RedoubtCore
 import RedoubtKMS
+import RedoubtStore
 @testable import RedoubtServer
 
 /// A host that is taken, with its own credential and write key set, attacks its
 /// neighbours in the same tenant: it must not learn of their chunks nor make them reuse
-/// bytes it uploaded (DESIGN.md §2, "Hosts are not trusted by each other").
+/// bytes it uploaded (DESIGN.md §2, "Hosts are not trusted by each other"). Nothing here
+/// needs real immutable flags: objects live in a `MemoryStore`.
 @Suite(.serialized, .timeLimit(.minutes(5))) struct HostileHostTests {
     struct Neighbours {
         let server: TestServer
@@ -27,7 +29,8 @@ import RedoubtKMS
     /// Runs `body` against a server with a victim host, an attacker host and a restorer in
     /// one tenant, and stops everything whether or not it throws.
     func withNeighbours(_ body: (Neighbours) async throws -> Void) async throws {
-        let server = try await TestServer.start()
+        let server = try await TestServer.start(inMemory: true)
+        #expect(server.service.store is MemoryStore)
         let n: Neighbours
         do {
             try await server.createTenant("acme", keys: try TenantKeys.generate())
@@ -214,7 +217,7 @@ import RedoubtKMS
 /// orders snapshots (and picks "latest") by its own commit time.
 @Suite(.serialized, .timeLimit(.minutes(5))) struct HostClockTests {
     @Test func aSnapshotDatedAYearAheadOrCenturiesBackIsRefusedAndListingsStayReadable() async throws {
-        let server = try await TestServer.start()
+        let server = try await TestServer.start(inMemory: true)
         try await server.createTenant("acme", keys: try TenantKeys.generate())
         let (wc, host) = try await server.enroll(tenant: "acme", role: "writer", name: "web1")
         let keys = try wc.writeKeySet()
@@ -241,7 +244,7 @@ import RedoubtKMS
     }
 
     @Test func latestIsTheLastCommittedWhateverTheHostClaims() async throws {
-        let server = try await TestServer.start()
+        let server = try await TestServer.start(inMemory: true)
         try await server.createTenant("acme", keys: try TenantKeys.generate())
         let (wc, host) = try await server.enroll(tenant: "acme", role: "writer", name: "web1")
         let keys = try wc.writeKeySet()
@@ -283,7 +286,7 @@ import RedoubtKMS
 /// A listing's answer is bounded by its page, not by how many snapshots a host committed.
 @Suite(.serialized, .timeLimit(.minutes(5))) struct SnapshotPagingTests {
     @Test func aDecoyFloodIsListedAPageAtATimeAndTheClientStillSeesEverything() async throws {
-        let server = try await TestServer.start()
+        let server = try await TestServer.start(inMemory: true)
         try await server.createTenant("acme", keys: try TenantKeys.generate())
         let (wc, host) = try await server.enroll(tenant: "acme", role: "writer", name: "web1")
         let keys = try wc.writeKeySet()

@@ -7,6 +7,7 @@ import RedoubtClient
 import RedoubtCore
 import RedoubtKMS
 import RedoubtServer
+import RedoubtStore
 import Testing
 
 /// A manual clock for retention tests.
@@ -44,8 +45,10 @@ final class TestServer: @unchecked Sendable {
     let admin: APIClient
     let url: String
 
-    /// `prepare` runs on the initialised data directory before the server opens it.
-    static func start(minRetention: TimeInterval = 30 * 86400, limits: ServerLimits = ServerLimits(),
+    /// `prepare` runs on the initialised data directory before the server opens it. With
+    /// `inMemory`, objects go to a `MemoryStore` on the server's clock instead of the data
+    /// directory's store: for suites that need no real immutable flags.
+    static func start(minRetention: TimeInterval = 30 * 86400, limits: ServerLimits = ServerLimits(), inMemory: Bool = false,
                       prepare: ((ServerHome) async throws -> Void)? = nil) async throws -> TestServer {
         let dir = FileManager.default.temporaryDirectory.appendingPathComponent("redoubt-srv-\(UUID().uuidString)")
         let port = try freeLoopbackPort()
@@ -55,7 +58,8 @@ final class TestServer: @unchecked Sendable {
         var logger = Logger(label: "test.server")
         logger.logLevel = .warning
         let clock = ManualClock(Date())
-        let service = try home.openService(clock: clock, logger: logger, limits: limits)
+        let store: (any ObjectStore)? = inMemory ? MemoryStore(clock: { clock.now() }) : nil
+        let service = try home.openService(clock: clock, logger: logger, limits: limits, store: store)
         let (stream, cont) = AsyncStream<Int>.makeStream()
         let app = try RedoubtHTTP.application(service: service, home: home, host: "127.0.0.1", port: port, logger: logger) { p in cont.yield(p) }
         let task = Task { try await app.runService(gracefulShutdownSignals: []) }

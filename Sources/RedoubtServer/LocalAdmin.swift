@@ -1,0 +1,80 @@
+import Foundation
+import RedoubtMedia
+import RedoubtStore
+
+/// What the server's own host does to its data directory without going through the API:
+/// `server init --quorum`, `audit verify`, `copy sync` and `media export` open the catalog
+/// and the store here, so the CLI never writes to either itself.
+extension ServerHome {
+    /// Sets the number of admins (requester included) a change weakening protection needs.
+    public func setQuorum(_ quorum: Int) throws {
+        try Catalog(path: catalogPath).setSetting("quorum", String(quorum))
+    }
+
+    /// The audit chain's state as `audit verify` reports it.
+    public struct AuditVerification: Encodable, Sendable {
+        public let ok: Bool
+        public let records: Int
+        public let firstBad: Int64?
+        public let head: Catalog.AuditChainHead
+    }
+
+    /// Re-walks the audit hash chain; with `anchor` (from an S3 copy or a media set) also
+    /// proves the log was not cut back to before it.
+    public func verifyAudit(anchor: Catalog.AuditChainHead?) throws -> AuditVerification {
+        let catalog = try Catalog(path: catalogPath)
+        var result = try catalog.verifyAudit()
+        if let anchor { result = try catalog.verifyAudit(anchor: anchor) }
+        let head = try catalog.auditChainHead()
+        return AuditVerification(ok: result.firstBad == nil, records: result.count, firstBad: result.firstBad, head: head)
+    }
+
+    /// Where an off-site copy goes and how it was named on the command line, for the
+    /// approval an unenforced target needs (`CopyApproval.parameters`).
+    public struct CopyDestination: Sendable {
+        public var url: String
+        public var endpoint: String
+        public var region: String
+        public var credentialsFile: String?
+        public var virtualHosted: Bool
+        public init(url: String, endpoint: String, region: String, credentialsFile: String?, virtualHosted: Bool) {
+            self.url = url
+            self.endpoint = endpoint
+            self.region = region
+            self.credentialsFile = credentialsFile
+            self.virtualHosted = virtualHosted
+        }
+    }
+
+    /// Copies `tenant` from this server's store to `target` (`copy sync` on the server's host).
+    /// `acceptUnenforced` keeps a target whose lock proof fails, which weakens protection and so
+    /// needs the approved `requestID` once there are enough admins (M-of-N).
+    public func syncCopy(tenant: String, to target: S3Store, destination: CopyDestination, margin: TimeInterval,
+                         acceptUnenforced: Bool, requestID: String?, now: Date,
+                         progress: (String) -> Void) async throws -> BucketCopySummary {
+        let catalog = try Catalog(path: catalogPath)
+        let store = try openStore()
+        if acceptUnenforced {
+            let parameters = CopyApproval.parameters(tenant: tenant, endpoint: destination.endpoint, region: destination.region,
+                                                     credentialsFile: destination.credentialsFile,
+                                                     virtualHosted: destination.virtualHosted, marginSeconds: margin)
+            try catalog.authorizeLocally(.acceptUnenforced, object: "copy target \(destination.url)", parameters: parameters,
+                                         requestID: requestID, now: now)
+        }
+        return try await BucketCopy.sync(catalog: catalog, store: store, tenant: tenant, target: target, margin: margin,
+                                         acceptUnenforced: acceptUnenforced, actor: "local-admin", now: now,
+                                         progress: progress)
+    }
+
+    /// Writes `tenant`'s selected snapshots to a media set (`media export` on the server's host).
+    public func exportMedia(tenant: String, selection: MediaExport.Selection, writer: MediaWriter, now: Date,
+                            progress: (String) -> Void) async throws -> MediaExportSummary {
+        try await MediaExport.run(catalog: try Catalog(path: catalogPath), store: try openStore(), tenant: tenant,
+                                  selection: selection, writer: writer, actor: "local-admin", now: now, progress: progress)
+    }
+
+    /// The store this server keeps its objects in.
+    public func openStore() throws -> any ObjectStore {
+        try StoreFactory.make(.directory(storePath))
+    }
+}
