@@ -175,6 +175,7 @@ public final class Catalog: Sendable {
         registerQuotaMigrations(&m)
         registerDedupMigrations(&m)
         registerDamagedPackMigrations(&m)
+        registerDeepVerifyMigrations(&m)
         return m
     }
 

@@ -177,6 +177,16 @@ public enum RedoubtHTTP {
                                                            try await req.json(Wire.DamagedPackReport.self), ctx: ctx.call))
             }
         },
+        Route(.post, "/v1/packs/verified", .reportVerifiedPacks, .restorer) { service, logger, req, ctx in
+            await handle(logger) {
+                jsonResponse(try service.reportVerifiedPacks(try await req.json(Wire.PacksVerifiedReport.self), ctx: ctx.call))
+            }
+        },
+        Route(.get, "/v1/deep-verify", .deepVerifyState, .restorer) { service, logger, req, ctx in
+            await handle(logger) {
+                jsonResponse(try service.deepVerifyState(budget: req.uri.queryParameters.get("budget"), ctx: ctx.call))
+            }
+        },
         Route(.post, "/v1/snapshots", .commitSnapshot, .writer) { service, logger, req, ctx in
             let os = req.headers.first { $0.name.canonicalName == Wire.hostOSHeader.lowercased() }?.value
             return await handle(logger) { jsonResponse(try await service.commit(try await req.bytes(limit: min(service.limits.maxManifestBytes, Manifest.maxSize)), os: os, ctx: ctx.call), status: .created) }
