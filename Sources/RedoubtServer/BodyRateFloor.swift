@@ -66,7 +66,8 @@ struct BodyRateFloor: Sendable {
             "floor": "\(limits.minBodyBytesPerSecond)", "window": "\(limits.bodyRateWindowSeconds)"])
         closeAfterResponse(channel)
         return ServerError(408, "E_TOO_SLOW", "request body arrived at \(Int(rate)) bytes/s over the last "
-                           + "\(limits.bodyRateWindowSeconds) s, below the server's floor of \(limits.minBodyBytesPerSecond) "
+                           + "\(limits.bodyRateWindowSeconds) s, below the server's floor of "
+                           + "\(limits.minBodyBytesPerSecond) "
                            + "bytes/s (limit body-rate-floor; docs/PROTOCOL.md §3.2.1): the connection is closed; "
                            + "retry on a faster link, or ask the operator to lower the floor")
     }

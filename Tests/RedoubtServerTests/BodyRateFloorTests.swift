@@ -31,7 +31,8 @@ import Testing
 
         // The taken host trickles a pack body at 80 % of the floor, with its own credential.
         let slow = try await RawConnection.open(port: w.port, tls: try suite.tls(w, asWriter: true))
-        try await slow.send(Array("PUT /v1/packs/\(id) HTTP/1.1\r\nhost: localhost\r\ncontent-length: \(1 << 20)\r\n\r\n".utf8))
+        let head = "PUT /v1/packs/\(id) HTTP/1.1\r\nhost: localhost\r\ncontent-length: "
+        try await slow.send(Array("\(head)\(1 << 20)\r\n\r\n".utf8))
         let started = Date()
         while slow.isOpen, Date().timeIntervalSince(started) < 6 {
             try? await slow.send([UInt8](repeating: 0x41, count: Int(4000 * 0.8 * piece)))
@@ -48,7 +49,7 @@ import Testing
         // (and, being random bytes, refused as no pack: 422, not 408).
         let size = Int(4000 * 1.25 * piece) * 16
         let ok = try await RawConnection.open(port: w.port, tls: try suite.tls(w, asWriter: true))
-        try await ok.send(Array("PUT /v1/packs/\(id) HTTP/1.1\r\nhost: localhost\r\ncontent-length: \(size)\r\n\r\n".utf8))
+        try await ok.send(Array("\(head)\(size)\r\n\r\n".utf8))
         for _ in 0..<16 {
             try await ok.send((0..<Int(4000 * 1.25 * piece)).map { _ in UInt8.random(in: 0...255) })
             try await Task.sleep(nanoseconds: UInt64(piece * 1e9))
@@ -61,7 +62,9 @@ import Testing
 
         // The cut is in the audit log, under the host that trickled.
         let audit = try await w.server.admin.audit()
-        #expect(audit.contains { $0.action == "upload-pack" && $0.actor.contains("web1") && $0.detail.contains("E_TOO_SLOW") },
+        #expect(audit.contains {
+                    $0.action == "upload-pack" && $0.actor.contains("web1") && $0.detail.contains("E_TOO_SLOW")
+                },
                 "\(audit.suffix(3).map { "\($0.action) \($0.outcome) \($0.detail)" })")
         try await w.victimRestores()
         await w.stop()
