@@ -176,6 +176,7 @@ public final class Catalog: Sendable {
         registerDedupMigrations(&m)
         registerDamagedPackMigrations(&m)
         registerDeepVerifyMigrations(&m)
+        registerSnapshotPageMigrations(&m)
         return m
     }
 

@@ -195,7 +195,8 @@ public enum RedoubtHTTP {
             await handle(logger) {
                 let q = req.uri.queryParameters
                 let page = try SnapshotPage(after: q.get("after"), limit: q.get("limit"))
-                return jsonResponse(try page.slice(try service.listSnapshots(host: q.get("host"), tenant: q.get("tenant"), ctx: ctx.call)))
+                return jsonResponse(try service.listSnapshots(host: q.get("host"), tenant: q.get("tenant"), page: page,
+                                                              ctx: ctx.call))
             }
         },
         Route(.get, "/v1/snapshots/{id}", .showSnapshot, .anyRole) { service, logger, _, ctx in
