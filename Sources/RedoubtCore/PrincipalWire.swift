@@ -20,6 +20,11 @@ extension Wire {
         /// Packs this writer uploaded that a restorer's deep verify reported as not opening
         /// (a host that uploaded bytes its chunk IDs do not name may have been taken).
         public var damagedPacks: Int?
+        /// A writer's packs that no restorer has deep-verified yet (nil: none, or not a writer).
+        public var packsNotDeepVerified: Int?
+        /// The oldest last deep verify among a writer's packs verified at least once: a
+        /// rolling verify that keeps up keeps this within its period (docs/PROTOCOL.md §4.6.1).
+        public var oldestDeepVerifyAt: Date?
         /// A writer's storage: its quota, if any, and the bytes of packs it uploaded.
         public var quota: QuotaInfo?
         public init(id: String, role: String, tenant: String?, name: String, fingerprint: String, createdAt: Date, os: String?,

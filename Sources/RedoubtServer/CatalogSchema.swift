@@ -131,6 +131,22 @@ extension Catalog {
                     problem TEXT NOT NULL, PRIMARY KEY (tenant, pack)) WITHOUT ROWID;
                 """)
         }
+        // When a restorer last deep-verified each pack (DeepVerifyLedger.swift).
+        m.registerMigration("v11-pack-verifications") { db in
+            try db.execute(sql: """
+                CREATE TABLE pack_verifications (
+                    tenant TEXT NOT NULL, pack TEXT NOT NULL, verified_at REAL NOT NULL, outcome TEXT NOT NULL,
+                    reporter TEXT NOT NULL, PRIMARY KEY (tenant, pack)) WITHOUT ROWID;
+                CREATE INDEX pack_verifications_age ON pack_verifications(tenant, verified_at);
+                """)
+        }
+        // Snapshot listings read a page from an index in listing order (SnapshotPageQuery.swift).
+        m.registerMigration("v12-snapshot-listing") { db in
+            try db.execute(sql: """
+                CREATE INDEX snapshots_listing ON snapshots(tenant, committed_at, id);
+                CREATE INDEX snapshots_host_listing ON snapshots(tenant, host, committed_at, id);
+                """)
+        }
         // New migrations go here, after every released one.
         return m
     }

@@ -17,6 +17,10 @@ extension RepositoryService {
                                                             now: try now()) else {
             throw ServerError.notFound("pack \(id) not found in tenant \(tenant)")
         }
+        // The rolling deep verify counts a damaged pack as checked now: it is reported, and
+        // re-opening it every day would spend the budget on what is already known.
+        _ = try catalog.recordPackVerifications(tenant: tenant, packs: [id.description], outcome: "damaged",
+                                                reporter: p.id, now: try now())
         let host = try uploader.flatMap { try catalog.principalInfo(id: $0) }
         let who = host.map { "host \(tenant)/\($0.name) (principal \($0.id))" } ?? "an unknown host"
         audit(ctx, .reportDamagedPack, object: "pack \(id)", outcome: "warning", detail: "uploaded by \(who): \(problem)")

@@ -199,6 +199,16 @@ public enum RedoubtHTTP {
                                                            try await req.json(Wire.DamagedPackReport.self), ctx: ctx.call))
             }
         },
+        Route(.post, "/v1/packs/verified", .reportVerifiedPacks, .restorer) { service, logger, req, ctx in
+            await handle(logger) {
+                jsonResponse(try service.reportVerifiedPacks(try await req.json(Wire.PacksVerifiedReport.self), ctx: ctx.call))
+            }
+        },
+        Route(.get, "/v1/deep-verify", .deepVerifyState, .restorer) { service, logger, req, ctx in
+            await handle(logger) {
+                jsonResponse(try service.deepVerifyState(budget: req.uri.queryParameters.get("budget"), ctx: ctx.call))
+            }
+        },
         Route(.post, "/v1/snapshots", .commitSnapshot, .writer) { service, logger, req, ctx in
             let os = req.headers.first { $0.name.canonicalName == Wire.hostOSHeader.lowercased() }?.value
             return await handle(logger) { jsonResponse(try await service.commit(try await req.bytes(limit: min(service.limits.maxManifestBytes, Manifest.maxSize)), os: os, ctx: ctx.call), status: .created) }
@@ -207,7 +217,8 @@ public enum RedoubtHTTP {
             await handle(logger) {
                 let q = req.uri.queryParameters
                 let page = try SnapshotPage(after: q.get("after"), limit: q.get("limit"))
-                return jsonResponse(try page.slice(try service.listSnapshots(host: q.get("host"), tenant: q.get("tenant"), ctx: ctx.call)))
+                return jsonResponse(try service.listSnapshots(host: q.get("host"), tenant: q.get("tenant"), page: page,
+                                                              ctx: ctx.call))
             }
         },
         Route(.get, "/v1/snapshots/{id}", .showSnapshot, .anyRole) { service, logger, _, ctx in

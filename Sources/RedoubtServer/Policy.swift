@@ -16,6 +16,7 @@ public enum Action: String, Sendable, CaseIterable {
     case listSnapshots = "list-snapshots", showSnapshot = "show-snapshot"
     case getManifest = "get-manifest", getPack = "get-pack", packChunkLists = "pack-chunk-lists"
     case reportDamagedPack = "report-damaged-pack"
+    case reportVerifiedPacks = "report-verified-packs", deepVerifyState = "deep-verify-state"
     case verifySnapshot = "verify"
     case createTenant = "create-tenant", listTenants = "list-tenants", createEnrollment = "create-enrollment"
     case listEnrollments = "list-enrollments", cancelEnrollment = "cancel-enrollment"

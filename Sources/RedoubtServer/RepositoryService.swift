@@ -404,8 +404,10 @@ public final class RepositoryService: Sendable {
         return i
     }
 
-    /// Snapshots visible to the caller: a writer sees only its own host's.
-    public func listSnapshots(host: String?, tenant: String?, ctx: CallContext) throws -> [Wire.SnapshotInfo] {
+    /// Snapshots visible to the caller (`page`: one page of them; nil: all): a writer sees
+    /// only its own host's.
+    public func listSnapshots(host: String?, tenant: String?, page: SnapshotPage? = nil,
+                              ctx: CallContext) throws -> [Wire.SnapshotInfo] {
         guard let p = ctx.principal else { throw ServerError.unauthorized("no client certificate") }
         // Why before anything: the names are echoed, audited and compared; refuse what no name can be.
         if let host, !Self.isValidPrincipalName(host) {
@@ -420,12 +422,14 @@ public final class RepositoryService: Sendable {
         case .writer:
             // Why: a host lists only its own snapshots' public metadata: a taken host must not learn what its neighbours back up.
             if let host, host != p.name { throw refuse(ctx, .listSnapshots, object: "host \(host)", .forbidden("a host may list only its own snapshots")) }
-            return try catalog.snapshots(tenant: p.tenant ?? "", host: p.name).map(listed)
+            return try catalog.snapshotPage(tenant: p.tenant ?? "", host: p.name, after: page?.after,
+                                            limit: page?.limit).map(listed)
         case .restorer:
-            return try catalog.snapshots(tenant: p.tenant ?? "", host: host).map(listed)
+            return try catalog.snapshotPage(tenant: p.tenant ?? "", host: host, after: page?.after,
+                                            limit: page?.limit).map(listed)
         case .admin, .auditor:
-            let tenants = try tenant.map { [$0] } ?? catalog.tenants().map(\.name)
-            return try tenants.flatMap { try catalog.snapshots(tenant: $0, host: host) }.map(listed)
+            return try catalog.snapshotPage(tenant: tenant, host: host, after: page?.after,
+                                            limit: page?.limit).map(listed)
         }
     }
 

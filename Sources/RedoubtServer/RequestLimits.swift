@@ -26,7 +26,10 @@ struct RequestLimitsMiddleware: RouterMiddleware {
                                          setting: limits.bodySetting(method: request.method.rawValue, path: request.uri.path)), context)
             }
         }
-        return try await next(request, context)
+        // The body reader (`Request.bytes(limit:)`) enforces the rate floor for this request.
+        let floor = BodyRateFloor(limits: limits, channel: context.channel, logger: context.logger,
+                                  request: "\(request.method) \(request.uri.path.prefix(80))")
+        return try await BodyRateFloor.$current.withValue(floor) { try await next(request, context) }
     }
 
     /// The error response, and the connection marked to close once it is written.
@@ -71,9 +74,14 @@ extension Request {
             guard declared <= limit else { throw NIOTooManyBytesError(maxBytes: limit) }
             out.reserveCapacity(declared)
         }
+        let floor = BodyRateFloor.current
+        var meter = floor?.meter()
         for try await part in body {
             guard part.readableBytes <= limit - out.count else { throw NIOTooManyBytesError(maxBytes: limit) }
             out.append(contentsOf: part.readableBytesView)
+            if let floor, let rate = meter?.add(part.readableBytes, now: BodyRateFloor.now()) {
+                throw floor.cut(rate: rate, received: out.count)
+            }
         }
         return out
     }

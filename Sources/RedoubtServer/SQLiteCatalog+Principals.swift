@@ -103,6 +103,7 @@ extension Catalog {
     /// with each writer's newest committed snapshot.
     public func principalListing(includeRevoked: Bool) throws -> [Wire.PrincipalInfo] {
         let damaged = try damagedPackCounts()
+        let verified = try deepVerifyByUploader()
         return try db.read { db in
             try Row.fetchAll(db, sql: """
                 SELECT p.*, CASE WHEN p.role = 'writer' THEN
@@ -113,6 +114,10 @@ extension Catalog {
         }.map { info in
             var i = info
             i.damagedPacks = damaged[info.id]
+            if let v = verified[info.id] {
+                i.packsNotDeepVerified = v.never > 0 ? v.never : nil
+                i.oldestDeepVerifyAt = v.oldest
+            }
             return i
         }
     }

@@ -47,6 +47,13 @@ public struct ServerLimits: Codable, Sendable, Equatable {
     public var anonymousAuditWindowSeconds: Double = 60
     /// Bytes of an audit record's object and detail fields.
     public var maxAuditFieldBytes: Int = 512
+    /// The slowest a request body may arrive, in bytes per second averaged over each
+    /// `bodyRateWindowSeconds` once `bodyRateGraceSeconds` have passed (§3.2.1). Low enough
+    /// for any real link shared by a host's parallel uploads; a 32 MiB pack at the floor
+    /// still takes nine hours.
+    public var minBodyBytesPerSecond: Int = 1024
+    public var bodyRateWindowSeconds: Double = 30
+    public var bodyRateGraceSeconds: Double = 10
 
     public init() {}
 
@@ -72,6 +79,9 @@ public struct ServerLimits: Codable, Sendable, Equatable {
         ("chunk-insert-batch", \.chunkInsertBatch, nil, false),
         ("anonymous-audit-window", nil, \.anonymousAuditWindowSeconds, false),
         ("audit-field-size", \.maxAuditFieldBytes, nil, true),
+        ("body-rate-floor", \.minBodyBytesPerSecond, nil, true),
+        ("body-rate-window", nil, \.bodyRateWindowSeconds, false),
+        ("body-rate-grace", nil, \.bodyRateGraceSeconds, false),
     ] }
 
     /// Applies `NAME=VALUE` settings (sizes take K/M/G suffixes, times s/m/h). Throws a
@@ -176,5 +186,8 @@ public struct ServerLimits: Codable, Sendable, Equatable {
         try d(.chunkInsertBatch, &chunkInsertBatch)
         try d(.anonymousAuditWindowSeconds, &anonymousAuditWindowSeconds)
         try d(.maxAuditFieldBytes, &maxAuditFieldBytes)
+        try d(.minBodyBytesPerSecond, &minBodyBytesPerSecond)
+        try d(.bodyRateWindowSeconds, &bodyRateWindowSeconds)
+        try d(.bodyRateGraceSeconds, &bodyRateGraceSeconds)
     }
 }

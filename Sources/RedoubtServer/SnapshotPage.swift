@@ -24,15 +24,6 @@ public struct SnapshotPage: Sendable {
         self.limit = n
     }
 
-    /// The page of `all` this asks for.
-    public func slice(_ all: [Wire.SnapshotInfo]) throws -> [Wire.SnapshotInfo] {
-        var start = 0
-        if let after {
-            guard let i = all.firstIndex(where: { $0.id == after }) else {
-                throw ServerError.notFound("snapshot \(after) is no longer listed (garbage collection removed it): list again from the start")
-            }
-            start = i + 1
-        }
-        return Array(all[start..<min(all.count, start + limit)])
-    }
+    // The page itself is read by the catalog (`Catalog.snapshotPage`, SnapshotPageQuery.swift),
+    // with the cursor and the bound in the query.
 }

@@ -69,6 +69,18 @@ struct VerifyCommand: AsyncParsableCommand {
     @Flag(name: .long, help: "With --deep and no SNAPSHOT: every snapshot of the tenant (or of --host); names each snapshot that references a chunk that does not open, and reports each damaged pack to the server, which names the host that uploaded it.")
     var all = false
     @Option(name: .long, help: "With --deep --all: only this host's snapshots.") var host: String?
+    @Flag(name: .long, help: """
+        With --deep and no SNAPSHOT: open the packs never deep-verified first, then those verified longest ago, \
+        within a byte budget (run daily, e.g. by contrib/redoubt-verify.timer).
+        """)
+    var rolling = false
+    @Option(name: .long, help: "With --rolling: bytes of packs to open this run (e.g. 200G).") var budget: String?
+    @Option(name: .long, help: """
+        With --rolling: size the budget so that, run daily, every pack is re-opened within N days (default 30).
+        """)
+    var days: Int?
+    @Flag(name: .long, help: "Show the tenant's deep-verify state (packs never verified, the oldest verify) and exit.")
+    var status = false
     @OptionGroup var config: ConfigOption
     @OptionGroup(title: "The read key") var key: ReadKeyOptions
     @Flag(name: .long, help: "Print JSON.") var json = false
@@ -83,6 +95,15 @@ struct VerifyCommand: AsyncParsableCommand {
                 return try await BucketCommands.verify(store: store, place: bucket.from ?? "", tenant: try await bucket.tenant(in: store),
                                                        minRetain: minRetain, json: json)
             }
+            if rolling || status {
+                guard snapshot == nil, !all, host == nil else {
+                    throw ValidationError("--rolling and --status cover the whole tenant: "
+                                          + "drop SNAPSHOT, --all and --host")
+                }
+                guard deep || status else { throw ValidationError("--rolling goes with --deep") }
+                return status ? try await deepVerifyStatus() : try await verifyRolling()
+            }
+            if budget != nil || days != nil { throw ValidationError("--budget and --days go with --deep --rolling") }
             if all {
                 guard deep, snapshot == nil else { throw ValidationError("--all goes with --deep and without SNAPSHOT") }
                 return try await verifyAll()

@@ -25,6 +25,13 @@ struct PrincipalListArguments: ParsableArguments {
 }
 
 extension PrincipalListCommand {
+    /// `DEEP VERIFIED` of a host: the oldest restorer deep verify of its packs, or how many
+    /// no restorer has opened yet (a rolling verify that keeps up keeps this recent).
+    static func deepVerified(_ p: Wire.PrincipalInfo) -> String {
+        if let n = p.packsNotDeepVerified { return "\(n) pack(s) never" }
+        return p.oldestDeepVerifyAt.map { String(ISO8601DateFormatter().string(from: $0).prefix(10)) } ?? "-"
+    }
+
     func run() async throws {
         try await RedoubtCLI.run {
             var staleBefore: Date? = nil
@@ -46,6 +53,7 @@ extension PrincipalListCommand {
             let f = ISO8601DateFormatter()
             let writers = Self.role == "writer"
             print("NAME                          ENROLLED              \(writers ? "LAST SNAPSHOT         STORED / QUOTA        " : "")"
+                  + (writers ? "DEEP VERIFIED         " : "")
                   + "STATE                 OS")
             for p in list {
                 let name = shown("\(p.tenant.map { $0 + "/" } ?? "")\(p.name)")
@@ -55,7 +63,8 @@ extension PrincipalListCommand {
                     ?? p.damagedPacks.map { "DAMAGED PACKS: \($0)" } ?? "active"
                 print(name.padding(toLength: 28, withPad: " ", startingAt: 0) + "  " + f.string(from: p.createdAt) + "  "
                       + (writers ? last.padding(toLength: 20, withPad: " ", startingAt: 0) + "  "
-                         + Self.storage(p.quota).padding(toLength: 20, withPad: " ", startingAt: 0) + "  " : "")
+                         + Self.storage(p.quota).padding(toLength: 20, withPad: " ", startingAt: 0) + "  "
+                         + Self.deepVerified(p).padding(toLength: 20, withPad: " ", startingAt: 0) + "  " : "")
                       + state.padding(toLength: 20, withPad: " ", startingAt: 0) + "  " + shown(p.os ?? "-"))
             }
             return exit

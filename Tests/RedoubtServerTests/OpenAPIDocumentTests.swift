@@ -163,6 +163,7 @@ import RedoubtCore
         try await server.createTenant("acme", keys: try TenantKeys.generate())
         let (_, writer) = try await server.enroll(tenant: "acme", role: "writer", name: "web1")
         let (_, auditor) = try await server.enroll(tenant: "acme", role: "auditor", name: "eve")
+        let (_, restorer) = try await server.enroll(tenant: "acme", role: "restorer", name: "vault")
         _ = try await server.admin.createEnrollment(tenant: "acme", role: "restorer", name: "later", ttlSeconds: 600)
         _ = try await server.admin.placeHold(Wire.PlaceHoldRequest(snapshot: nil, tenant: "acme", reason: "audit"))
         _ = try? await writer.send(.DELETE, "/v1/packs/00")  // a denied record in the log
@@ -170,7 +171,7 @@ import RedoubtCore
         for route in RedoubtHTTP.routes where route.method == .get && !route.path.contains("/packs/")
             && !route.path.contains("/snapshots/") {
             let path = route.path.replacingOccurrences(of: "{tenant}", with: "acme")
-            let client = route.access.allows(.admin) ? server.admin : auditor
+            let client = route.access.allows(.admin) ? server.admin : route.access.allows(.auditor) ? auditor : restorer
             let (status, body) = try await client.send(.GET, path)
             #expect(status == 200, "GET \(path)")
             let op = try #require(ops["GET \(shape(route.path))"])
@@ -183,6 +184,7 @@ import RedoubtCore
         #expect(checked >= 12)
         await writer.shutdown()
         await auditor.shutdown()
+        await restorer.shutdown()
         await server.stop()
     }
 }

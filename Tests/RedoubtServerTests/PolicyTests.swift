@@ -21,6 +21,10 @@ private let expectedAccess: [String: Set<String>] = {
         // download even its own backups (DESIGN.md §1.2).
         "GET /v1/packs/{id}": ["restorer"],
         "POST /v1/packs/{id}/damaged": ["restorer"],
+        // Only a restorer deep-verifies: a writer must not push its own uploads to the
+        // back of the rolling queue, nor learn which of them are checked.
+        "POST /v1/packs/verified": ["restorer"],
+        "GET /v1/deep-verify": ["restorer"],
         "POST /v1/packs/chunk-lists": ["restorer"],
         "POST /v1/snapshots": ["writer"],
         "GET /v1/snapshots": ["writer", "restorer", "auditor", "admin"],

@@ -39,3 +39,46 @@ import Testing
         #expect(said.trimmingCharacters(in: .whitespacesAndNewlines).isEmpty, "systemd-analyze verify warned: \(said)")
     }
 }
+
+/// contrib/redoubt-verify.service and .timer: the daily rolling deep verify, sandboxed,
+/// with no capability, a run missed while the host was off made up at boot.
+@Suite struct VerifyTimerUnitTests {
+    static func contrib(_ name: String) -> URL {
+        ServiceUnitTests.unit.deletingLastPathComponent().appendingPathComponent(name)
+    }
+
+    @Test func theVerifyUnitsAreSandboxedAndPersistent() throws {
+        let service = Set(try String(contentsOf: Self.contrib("redoubt-verify.service"), encoding: .utf8)
+            .split(separator: "\n").map(String.init))
+        for required in ["Type=oneshot", "User=redoubt-verify", "CapabilityBoundingSet=", "NoNewPrivileges=yes",
+                         "ProtectSystem=strict", "ProtectHome=yes", "PrivateTmp=yes"] {
+            #expect(service.contains(required), "redoubt-verify.service is missing \(required)")
+        }
+        #expect(service.contains { $0.hasPrefix("ExecStart=") && $0.contains("verify --deep --rolling") })
+        #expect(!service.contains { $0.hasPrefix("ReadWritePaths=") }, "a verify writes nothing locally")
+        let timer = Set(try String(contentsOf: Self.contrib("redoubt-verify.timer"), encoding: .utf8)
+            .split(separator: "\n").map(String.init))
+        #expect(timer.contains("Persistent=true") && timer.contains("OnCalendar=daily"))
+        #expect(timer.contains("Unit=redoubt-verify.service"))
+    }
+
+    @Test func systemdAnalyzeVerifyAcceptsTheVerifyUnits() throws {
+        let tool = ["/usr/bin/systemd-analyze", "/bin/systemd-analyze"].first { FileManager.default.isExecutableFile(atPath: $0) }
+        guard let tool else { print("skipping: systemd-analyze is not installed"); return }
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("redoubt-units-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: dir) }
+        // The binary is not installed here, so point ExecStart at an executable that exists.
+        let service = try String(contentsOf: Self.contrib("redoubt-verify.service"), encoding: .utf8)
+            .replacingOccurrences(of: "ExecStart=/usr/local/bin/redoubt", with: "ExecStart=/bin/true")
+        try service.write(to: dir.appendingPathComponent("redoubt-verify.service"), atomically: true, encoding: .utf8)
+        try FileManager.default.copyItem(at: Self.contrib("redoubt-verify.timer"),
+                                         to: dir.appendingPathComponent("redoubt-verify.timer"))
+        let out = dir.appendingPathComponent("out")
+        let units = "redoubt-verify.service redoubt-verify.timer"
+        let rc = system("cd '\(dir.path)' && '\(tool)' verify \(units) >'\(out.path)' 2>&1")
+        let said = (try? String(contentsOf: out, encoding: .utf8)) ?? ""
+        #expect(rc == 0, "systemd-analyze verify failed: \(said)")
+        #expect(said.trimmingCharacters(in: .whitespacesAndNewlines).isEmpty, "systemd-analyze verify warned: \(said)")
+    }
+}

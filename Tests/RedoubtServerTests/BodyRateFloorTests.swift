@@ -1,0 +1,79 @@
+import Foundation
+import Testing
+@testable import RedoubtServer
+
+/// The body rate floor (docs/PROTOCOL.md §3.2.1): a body that trickles is cut however long
+/// it could keep the idle timer from firing; an honest slow upload is not.
+@Suite(.serialized) struct BodyRateFloorTests {
+    @Test func theMeterJudgesEachWindowOnlyAfterTheGrace() {
+        var m = BodyRateMeter(floor: 100, window: 2, grace: 5, now: 0)
+        // One byte a second: nothing is judged during the grace period.
+        for t in 1...4 { #expect(m.add(1, now: Double(t)) == nil) }
+        // The first arrival past the grace judges the window so far (5 bytes in 5 s).
+        #expect(m.add(1, now: 5) == 1)
+
+        var honest = BodyRateMeter(floor: 100, window: 2, grace: 1, now: 0)
+        for t in 1...20 { #expect(honest.add(101, now: Double(t)) == nil, "second \(t)") }
+        // One slow window after many fast ones is judged on its own.
+        #expect(honest.add(10, now: 22.5) == 4)
+    }
+
+    @Test func aTrickleJustBelowTheFloorIsCutAndAnUploadJustAboveIsNot() async throws {
+        var limits = RequestLimitsTests.testLimits()
+        limits.minBodyBytesPerSecond = 4000
+        limits.bodyRateWindowSeconds = 1
+        limits.bodyRateGraceSeconds = 0.5
+        let suite = RequestLimitsTests()
+        let w = try await suite.world(limits)
+        let rss = vmRSS()
+        let id = String(repeating: "ab", count: 32)
+        let piece = 0.25
+
+        // The taken host trickles a pack body at 80 % of the floor, with its own credential.
+        let slow = try await RawConnection.open(port: w.port, tls: try suite.tls(w, asWriter: true))
+        let head = "PUT /v1/packs/\(id) HTTP/1.1\r\nhost: localhost\r\ncontent-length: "
+        try await slow.send(Array("\(head)\(1 << 20)\r\n\r\n".utf8))
+        let started = Date()
+        while slow.isOpen, Date().timeIntervalSince(started) < 6 {
+            try? await slow.send([UInt8](repeating: 0x41, count: Int(4000 * 0.8 * piece)))
+            try await Task.sleep(nanoseconds: UInt64(piece * 1e9))
+        }
+        let cutAfter = Date().timeIntervalSince(started)
+        let answer = await slow.response(within: 5)
+        #expect(answer?.status == 408 && answer?.body.contains("E_TOO_SLOW") == true, "\(String(describing: answer))")
+        #expect(await slow.waitClosed(within: 5), "the trickling connection stayed open")
+        #expect(cutAfter < 4, "cut only after \(cutAfter) s")
+        #expect(try await w.server.service.catalog.pack(tenant: "acme", id: id) == nil)
+
+        // An honest slow upload at 125 % of the floor, for longer than a window, is read whole
+        // (and, being random bytes, refused as no pack: 422, not 408).
+        let size = Int(4000 * 1.25 * piece) * 16
+        let ok = try await RawConnection.open(port: w.port, tls: try suite.tls(w, asWriter: true))
+        try await ok.send(Array("\(head)\(size)\r\n\r\n".utf8))
+        for _ in 0..<16 {
+            try await ok.send((0..<Int(4000 * 1.25 * piece)).map { _ in UInt8.random(in: 0...255) })
+            try await Task.sleep(nanoseconds: UInt64(piece * 1e9))
+        }
+        let honest = await ok.response(within: 10)
+        #expect(honest?.status == 422, "an upload above the floor was answered \(String(describing: honest))")
+        await ok.close()
+        print("server RSS: before \(rss >> 10) KiB, after \(vmRSS() >> 10) KiB (in-process server); trickle cut after "
+              + String(format: "%.2f", cutAfter) + " s")
+
+        // The cut is in the audit log, under the host that trickled.
+        let audit = try await w.server.admin.audit()
+        #expect(audit.contains {
+                    $0.action == "upload-pack" && $0.actor.contains("web1") && $0.detail.contains("E_TOO_SLOW")
+                },
+                "\(audit.suffix(3).map { "\($0.action) \($0.outcome) \($0.detail)" })")
+        try await w.victimRestores()
+        await w.stop()
+    }
+
+    @Test func theFloorIsALimitWithUnits() throws {
+        let l = try ServerLimits().applying(["body-rate-floor=2K", "body-rate-window=1m", "body-rate-grace=5s"])
+        #expect(l.minBodyBytesPerSecond == 2048 && l.bodyRateWindowSeconds == 60 && l.bodyRateGraceSeconds == 5)
+        #expect(ServerLimits().minBodyBytesPerSecond == 1024 && ServerLimits().bodyRateWindowSeconds == 30)
+        #expect(throws: ServerError.self) { try ServerLimits().applying(["body-rate-floor=0"]) }
+    }
+}
