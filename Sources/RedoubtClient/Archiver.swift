@@ -94,7 +94,9 @@ public final class Archiver: Sendable {
         for f in walk.files {
             let e = walk.entries[f]
             if let cached = cache[e.fullPath] {
-                if cached.matches(e.stat) { candidates.append((f, cached)) } else {
+                // Why the seals: a format-2 tree names each chunk with its seal; an entry
+                // without them (written for format-1 chunks) is read again.
+                if cached.matches(e.stat) && cached.contentSeals.count == cached.content.count { candidates.append((f, cached)) } else {
                     filesChanged += 1
                     jobs.append(FileJob(entry: f, path: e.fullPath, stat: e.stat))
                 }
@@ -116,6 +118,7 @@ public final class Archiver: Sendable {
                 filesUnchanged += 1
                 reused.insert(c.file)
                 walk.entries[c.file].node.content = c.entry.content
+                walk.entries[c.file].node.contentSeals = c.entry.contentSeals
                 walk.entries[c.file].node.dataRegions = c.entry.dataRegions
                 run.progress { $0.filesDone += 1; $0.bytesDone += c.entry.size }
             }
@@ -143,6 +146,7 @@ public final class Archiver: Sendable {
             }
             var node = walk.entries[o.entry].node
             node.content = content
+            node.contentSeals = o.contentSeals
             node.dataRegions = o.dataRegions
             node.size = o.size
             node.mode = st.permissions
@@ -167,16 +171,17 @@ public final class Archiver: Sendable {
 
         // 5. Trees, bottom-up: children always follow their directory in walk order.
         run.progress(force: true) { $0.phase = .trees }
-        let root: [ChunkID] = try await withThrowingTaskGroup(of: FinishedPack.self) { uploads in
+        let (root, rootSeals): ([ChunkID], [ChunkSeal]) = try await withThrowingTaskGroup(of: FinishedPack.self) { uploads in
             let worker = try BackupWorker(run: run)
             for i in walk.entries.indices.reversed() where walk.entries[i].node.type == .directory && !walk.entries[i].omitted {
                 let children = walk.entries[i].children.filter { !walk.entries[$0].omitted }.map { walk.entries[$0].node }
-                walk.entries[i].node.subtree = try await worker.addBlob(try TreeCodec.encode(Tree(nodes: children)), &uploads)
+                (walk.entries[i].node.subtree, walk.entries[i].node.subtreeSeals) =
+                    try await worker.addBlob(try TreeCodec.encode(Tree(nodes: children)), &uploads)
             }
             let top = walk.topLevel.filter { !walk.entries[$0].omitted }.map { walk.entries[$0].node }
-            let ids = try await worker.addBlob(try TreeCodec.encode(Tree(nodes: top)), &uploads)
+            let refs = try await worker.addBlob(try TreeCodec.encode(Tree(nodes: top)), &uploads)
             try await worker.finish(&uploads)
-            return ids
+            return refs
         }
 
         // 6. The packs this snapshot needs: every chunk it references, located.
@@ -215,7 +220,8 @@ public final class Archiver: Sendable {
                                     hostKey: keys.signingKey.publicKey, time: now, nonce: nonce,
                                     paths: options.paths.map { Array($0.utf8) }, tags: options.tags, statistics: stats,
                                     packs: packs.sorted(), clientVersion: RedoubtVersion.string)
-        let manifest = try Manifest.create(header: header, root: root, readPublicKey: keys.shared.readPublicKey, signingKey: keys.signingKey)
+        let manifest = try Manifest.create(header: header, root: root, rootSeals: rootSeals, readPublicKey: keys.shared.readPublicKey,
+                                           signingKey: keys.signingKey)
         try await locating.commit(manifest: manifest)
         logger.info("snapshot committed", metadata: ["snapshot": "\(manifest.id)", "packs": "\(packs.count)", "uploaded": "\(registry.uploaded.count)"])
 
@@ -224,8 +230,10 @@ public final class Archiver: Sendable {
             var next = MetadataCache()
             for f in walk.files where !walk.entries[f].omitted && stable.contains(f) {
                 let e = walk.entries[f]
-                next[e.fullPath] = MetadataCache.Entry(size: e.stat.size, mtime: e.stat.mtime, ctime: e.stat.ctime, inode: e.stat.inode,
-                                                       device: e.stat.device, content: e.node.content, dataRegions: e.node.dataRegions)
+                var entry = MetadataCache.Entry(size: e.stat.size, mtime: e.stat.mtime, ctime: e.stat.ctime, inode: e.stat.inode,
+                                                device: e.stat.device, content: e.node.content, dataRegions: e.node.dataRegions)
+                entry.contentSeals = e.node.contentSeals
+                next[e.fullPath] = entry
             }
             do { try next.write(to: path, chunkIDKey: keys.shared.chunkIDKey) } catch {
                 warnings.append(BackupWarning(.cache, path: Array(path.utf8), "metadata cache not saved: \(error); the next backup reads every file"))
