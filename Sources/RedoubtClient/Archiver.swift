@@ -96,7 +96,9 @@ public final class Archiver: Sendable {
             if let cached = cache[e.fullPath] {
                 // Why the seals: a format-2 tree names each chunk with its seal; an entry
                 // without them (written for format-1 chunks) is read again.
-                if cached.matches(e.stat) && cached.contentSeals.count == cached.content.count { candidates.append((f, cached)) } else {
+                if cached.matches(e.stat) && cached.contentSeals.count == cached.content.count {
+                    candidates.append((f, cached))
+                } else {
                     filesChanged += 1
                     jobs.append(FileJob(entry: f, path: e.fullPath, stat: e.stat))
                 }
@@ -171,7 +173,8 @@ public final class Archiver: Sendable {
 
         // 5. Trees, bottom-up: children always follow their directory in walk order.
         run.progress(force: true) { $0.phase = .trees }
-        let (root, rootSeals): ([ChunkID], [ChunkSeal]) = try await withThrowingTaskGroup(of: FinishedPack.self) { uploads in
+        let (root, rootSeals): ([ChunkID], [ChunkSeal]) = try await withThrowingTaskGroup(of: FinishedPack.self) {
+            uploads in
             let worker = try BackupWorker(run: run)
             for i in walk.entries.indices.reversed() where walk.entries[i].node.type == .directory && !walk.entries[i].omitted {
                 let children = walk.entries[i].children.filter { !walk.entries[$0].omitted }.map { walk.entries[$0].node }
@@ -220,8 +223,8 @@ public final class Archiver: Sendable {
                                     hostKey: keys.signingKey.publicKey, time: now, nonce: nonce,
                                     paths: options.paths.map { Array($0.utf8) }, tags: options.tags, statistics: stats,
                                     packs: packs.sorted(), clientVersion: RedoubtVersion.string)
-        let manifest = try Manifest.create(header: header, root: root, rootSeals: rootSeals, readPublicKey: keys.shared.readPublicKey,
-                                           signingKey: keys.signingKey)
+        let manifest = try Manifest.create(header: header, root: root, rootSeals: rootSeals,
+                                           readPublicKey: keys.shared.readPublicKey, signingKey: keys.signingKey)
         try await locating.commit(manifest: manifest)
         logger.info("snapshot committed", metadata: ["snapshot": "\(manifest.id)", "packs": "\(packs.count)", "uploaded": "\(registry.uploaded.count)"])
 
@@ -230,8 +233,9 @@ public final class Archiver: Sendable {
             var next = MetadataCache()
             for f in walk.files where !walk.entries[f].omitted && stable.contains(f) {
                 let e = walk.entries[f]
-                var entry = MetadataCache.Entry(size: e.stat.size, mtime: e.stat.mtime, ctime: e.stat.ctime, inode: e.stat.inode,
-                                                device: e.stat.device, content: e.node.content, dataRegions: e.node.dataRegions)
+                var entry = MetadataCache.Entry(size: e.stat.size, mtime: e.stat.mtime, ctime: e.stat.ctime,
+                                                inode: e.stat.inode, device: e.stat.device, content: e.node.content,
+                                                dataRegions: e.node.dataRegions)
                 entry.contentSeals = e.node.contentSeals
                 next[e.fullPath] = entry
             }

@@ -187,7 +187,8 @@ public struct MetadataCache: Sendable {
                     regions = list
                 default: throw Unusable(reason: "bad sparse flag")
                 }
-                var entry = Entry(size: size, mtime: times[0], ctime: times[1], inode: inode, device: device, content: content, dataRegions: regions)
+                var entry = Entry(size: size, mtime: times[0], ctime: times[1], inode: inode, device: device, content: content,
+                                  dataRegions: regions)
                 entry.contentSeals = seals
                 entries[ByteKey(path)] = entry
             }

@@ -367,7 +367,8 @@ final class RestoreSession {
             guard total <= Self.maxTreeBytes else {
                 throw CoreError(.limitExceeded, object: object, "its encoding exceeds \(Self.maxTreeBytes >> 20) MiB: the snapshot is damaged or was made to exhaust memory")
             }
-            out += try opened.pack.chunk(opened.pack.entries[n], seal: seals[id], chunkIDKey: chunkIDKey, decompressor: decompressor)
+            out += try opened.pack.chunk(opened.pack.entries[n], seal: seals[id], chunkIDKey: chunkIDKey,
+                                         decompressor: decompressor)
         }
         return out
     }
@@ -609,7 +610,9 @@ final class RestoreSession {
                 let c = want[i]
                 i += 1
                 guard let e = index[c] else { continue }
-                let r = Result { () throws(CoreError) in try p.chunk(e, seal: known[c], chunkIDKey: key, decompressor: decompressor) }
+                let r = Result { () throws(CoreError) in
+                    try p.chunk(e, seal: known[c], chunkIDKey: key, decompressor: decompressor)
+                }
                 if case .success(let data) = r { bytes += data.count }
                 out[c] = r
             }
@@ -636,7 +639,9 @@ final class RestoreSession {
             var touched: [Int] = []
             if batch.isFirst {
                 // The pack's index gives every chunk's length: offsets further into files are known.
-                for e in batch.pack.entries where batch.pack.version == 1 && lengths[e.chunkID] == nil { lengths[e.chunkID] = Int(e.rawLength) }
+                for e in batch.pack.entries where batch.pack.version == 1 && lengths[e.chunkID] == nil {
+                    lengths[e.chunkID] = Int(e.rawLength)
+                }
                 for e in batch.pack.entries {
                     guard let ws = waiting.removeValue(forKey: e.chunkID) else { continue }
                     for f in ws {

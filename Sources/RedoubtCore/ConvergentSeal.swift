@@ -64,7 +64,8 @@ public enum ConvergentSealing {
     public static func seal(kind: CompressionKind, rawLength: Int, data: UnsafeRawBufferPointer, chunkIDKey: ChunkIDKey,
                             scratch: inout [UInt8]) throws(CoreError) -> SealedChunk {
         guard rawLength <= PackFormat.maxRawChunk, data.count <= PackFormat.maxRawChunk + 1024 else {
-            throw CoreError(.limitExceeded, object: "chunk", "chunk of \(rawLength) bytes exceeds the \(PackFormat.maxRawChunk)-byte limit")
+            throw CoreError(.limitExceeded, object: "chunk",
+                            "chunk of \(rawLength) bytes exceeds the \(PackFormat.maxRawChunk)-byte limit")
         }
         scratch.removeAll(keepingCapacity: true)
         scratch.reserveCapacity(payloadHeader + data.count)
@@ -84,7 +85,9 @@ public enum ConvergentSealing {
         bytes.append(contentsOf: box.tag)
         var h = SHA256Stream()
         h.update(bytes)
-        return SealedChunk(id: ChunkID(bytes: h.finalize())!, seal: ChunkSeal(key: key, rawLength: UInt32(rawLength))!, bytes: bytes)
+        // Both unwraps hold by construction: a digest is 32 bytes, and rawLength was checked above.
+        return SealedChunk(id: ChunkID(bytes: h.finalize())!, seal: ChunkSeal(key: key, rawLength: UInt32(rawLength))!,
+                           bytes: bytes)
     }
 
     /// Compresses (by the rule of §3.3) and seals one plaintext chunk.
@@ -92,7 +95,8 @@ public enum ConvergentSealing {
                             scratch: inout [UInt8]) throws(CoreError) -> SealedChunk {
         try narrow {
             try compressor.compress(plaintext) { kind, payload in
-                try seal(kind: kind, rawLength: plaintext.count, data: payload, chunkIDKey: chunkIDKey, scratch: &scratch)
+                try seal(kind: kind, rawLength: plaintext.count, data: payload, chunkIDKey: chunkIDKey,
+                         scratch: &scratch)
             }
         }
     }
@@ -100,22 +104,23 @@ public enum ConvergentSealing {
     /// Checks that `sealed` is what `id` names (SHA-256), opens it with `seal` (from the
     /// reader's own tree, never from the pack) and returns the plaintext, which must be
     /// `seal.rawLength` bytes. `object` names the chunk and where it was read in errors.
-    public static func open(_ sealed: UnsafeRawBufferPointer, id: ChunkID, seal: ChunkSeal, decompressor: ChunkDecompressor,
-                            object: String) throws(CoreError) -> [UInt8] {
+    public static func open(_ sealed: UnsafeRawBufferPointer, id: ChunkID, seal: ChunkSeal,
+                            decompressor: ChunkDecompressor, object: String) throws(CoreError) -> [UInt8] {
         var h = SHA256Stream()
         h.update(sealed)
         guard h.finalize() == id.bytes, sealed.count >= PackFormat.tagSize else {
-            throw CoreError(.authenticationFailed, object: object, "sealed bytes do not hash to the chunk ID: modified, or another chunk")
+            throw CoreError(.authenticationFailed, object: object,
+                            "sealed bytes do not hash to the chunk ID: modified, or another chunk")
         }
         let payload: Data
         do {
-            let box = try AES.GCM.SealedBox(nonce: try zeroNonce(),
-                                            ciphertext: UnsafeRawBufferPointer(rebasing: sealed.dropLast(PackFormat.tagSize)),
-                                            tag: UnsafeRawBufferPointer(rebasing: sealed.suffix(PackFormat.tagSize)))
+            let ciphertext = UnsafeRawBufferPointer(rebasing: sealed.dropLast(PackFormat.tagSize))
+            let tag = UnsafeRawBufferPointer(rebasing: sealed.suffix(PackFormat.tagSize))
+            let box = try AES.GCM.SealedBox(nonce: try zeroNonce(), ciphertext: ciphertext, tag: tag)
             payload = try AES.GCM.open(box, using: SymmetricKey(data: seal.key), authenticating: aad)
         } catch {
-            throw CoreError(.authenticationFailed, object: object,
-                            "does not open with the key its tree gives (the tree and the chunk were written with different keys)")
+            throw CoreError(.authenticationFailed, object: object, "does not open with the key its tree gives "
+                            + "(the tree and the chunk were written with different keys)")
         }
         return try narrow { try payload.withUnsafeBytes { (p: UnsafeRawBufferPointer) throws -> [UInt8] in
             guard p.count >= payloadHeader, let kind = CompressionKind(rawValue: p[0]) else {
@@ -129,7 +134,9 @@ public enum ConvergentSealing {
             let data = UnsafeRawBufferPointer(rebasing: p[payloadHeader...])
             switch kind {
             case .none:
-                guard data.count == Int(raw) else { throw CoreError(.corrupt, object: object, "length differs from the payload header") }
+                guard data.count == Int(raw) else {
+                    throw CoreError(.corrupt, object: object, "length differs from the payload header")
+                }
                 return Array(data)
             case .zstd:
                 return try decompressor.decompress(data, rawLength: Int(raw), object: object)

@@ -99,10 +99,11 @@ public struct Manifest: Sendable {
 
     /// Builds and signs a manifest. `root` is the chunk list of the root tree's encoding;
     /// with `rootSeals` (one per root chunk) it is format 2, without them format 1.
-    public static func create(header: ManifestHeader, root: [ChunkID], rootSeals: [ChunkSeal]? = nil, readPublicKey: ReadPublicKey,
-                              signingKey: HostSigningKey) throws(CoreError) -> Manifest {
+    public static func create(header: ManifestHeader, root: [ChunkID], rootSeals: [ChunkSeal]? = nil,
+                              readPublicKey: ReadPublicKey, signingKey: HostSigningKey) throws(CoreError) -> Manifest {
         if let rootSeals, rootSeals.count != root.count {
-            throw CoreError(.corrupt, object: "new snapshot", "\(rootSeals.count) root seals for \(root.count) root chunks")
+            throw CoreError(.corrupt, object: "new snapshot",
+                            "\(rootSeals.count) root seals for \(root.count) root chunks")
         }
         guard header.readKeyID == readPublicKey.keyID, header.hostKey == signingKey.publicKey else {
             throw CoreError(.badKey, object: "new snapshot", "header names a different read key or host key than the ones given")
@@ -154,7 +155,8 @@ public struct Manifest: Sendable {
             guard try r.raw(8) == magic else { throw CoreError(.corrupt, object: object, "bad magic: not a Redoubt snapshot manifest") }
             let v = try r.u16()
             guard v == 1 || v == 2 else {
-                throw CoreError(.unsupportedVersion, object: object, "manifest format version \(v); this build reads 1 and 2: upgrade redoubt")
+                throw CoreError(.unsupportedVersion, object: object,
+                                "manifest format version \(v); this build reads 1 and 2: upgrade redoubt")
             }
             let headerBytes = try r.lengthPrefixed()
             let enc = try r.lengthPrefixed(limit: 2048)
@@ -187,7 +189,9 @@ public struct Manifest: Sendable {
     }
 
     /// Unseals the root tree's chunk list with the read key.
-    public func openRoot(readKey: ReadPrivateKey) throws(CoreError) -> [ChunkID] { try openRootRefs(readKey: readKey).ids }
+    public func openRoot(readKey: ReadPrivateKey) throws(CoreError) -> [ChunkID] {
+        try openRootRefs(readKey: readKey).ids
+    }
 
     /// Unseals the root tree's chunk list and (format 2) each root chunk's seal.
     public func openRootRefs(readKey: ReadPrivateKey) throws(CoreError) -> (ids: [ChunkID], seals: [ChunkSeal]) {
@@ -212,7 +216,9 @@ public struct Manifest: Sendable {
                 out.append(ChunkID(bytes: try r.raw(32))!)
                 if version == 2 {
                     let key = try r.raw(32), raw = try r.u32()
-                    guard let s = ChunkSeal(key: key, rawLength: raw) else { throw CoreError(.corrupt, object: object, "sealed root has a bad seal") }
+                    guard let s = ChunkSeal(key: key, rawLength: raw) else {
+                        throw CoreError(.corrupt, object: object, "sealed root has a bad seal")
+                    }
                     seals.append(s)
                 }
             }

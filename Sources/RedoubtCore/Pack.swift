@@ -142,19 +142,23 @@ public struct PackWriter {
 
     /// Appends a chunk sealed by ``ConvergentSealing`` (format 2).
     public mutating func append(_ chunk: SealedChunk) throws(CoreError) {
-        guard version == 2 else { throw CoreError(.unsupportedVersion, object: "chunk \(chunk.id.short)", "a format-1 pack seals its own chunks") }
+        let object = "chunk \(chunk.id.short)"
+        guard version == 2 else { throw CoreError(.unsupportedVersion, object: object, "a format-1 pack seals its own chunks") }
         guard entries.count < PackFormat.maxChunks else {
-            throw CoreError(.limitExceeded, object: "chunk \(chunk.id.short)", "pack already holds \(PackFormat.maxChunks) chunks; finish it first")
+            throw CoreError(.limitExceeded, object: object, "pack already holds \(PackFormat.maxChunks) chunks; finish it first")
         }
         let offset = bytes.count
         bytes.append(contentsOf: chunk.bytes)
         entries.append(PackIndexEntry(chunkID: chunk.id, offset: UInt64(offset), sealedLength: UInt32(chunk.bytes.count),
-                                      rawLength: chunk.seal.rawLength, kind: .none, sequence: UInt32(entries.count), seal: chunk.seal))
+                                      rawLength: chunk.seal.rawLength, kind: .none, sequence: UInt32(entries.count),
+                                      seal: chunk.seal))
     }
 
     /// Seals one chunk's payload (already compressed or not) and appends it (format 1).
     public mutating func append(id: ChunkID, kind: CompressionKind, rawLength: Int, payload: UnsafeRawBufferPointer) throws(CoreError) {
-        guard version == 1 else { throw CoreError(.unsupportedVersion, object: "chunk \(id.short)", "a format-2 pack takes sealed chunks") }
+        guard version == 1 else {
+            throw CoreError(.unsupportedVersion, object: "chunk \(id.short)", "a format-2 pack takes sealed chunks")
+        }
         guard entries.count < PackFormat.maxChunks else {
             throw CoreError(.limitExceeded, object: "chunk \(id.short)", "pack already holds \(PackFormat.maxChunks) chunks; finish it first")
         }
@@ -264,8 +268,9 @@ public struct PackHeader: Sendable {
             guard try r.raw(8) == PackFormat.magic else { throw CoreError(.corrupt, object: object, "bad magic: not a Redoubt pack") }
             let version = try r.u16()
             guard PackFormat.readableVersions.contains(version) else {
+                let readable = PackFormat.readableVersions
                 throw CoreError(.unsupportedVersion, object: object, "pack format version \(version); this build reads versions "
-                                + "\(PackFormat.readableVersions.lowerBound)–\(PackFormat.readableVersions.upperBound): upgrade redoubt")
+                                + "\(readable.lowerBound)–\(readable.upperBound): upgrade redoubt")
             }
             let suite = try r.u16()
             guard suite == PackFormat.suite else { throw CoreError(.unsupportedVersion, object: object, "unknown cipher suite \(suite)") }
@@ -307,7 +312,8 @@ public struct PackFooter: Sendable, Equatable {
             }
             guard count <= PackFormat.maxChunks else { throw CoreError(.corrupt, object: object, "footer claims \(count) chunks, more than the format allows") }
             let expectedIndexLength = UInt64(4 + Int(count) * PackFormat.indexEntrySize(version) + PackFormat.tagSize)
-            let listEnd = off &+ UInt64(len) &+ UInt64(count) * UInt64(PackFormat.listEntrySize(version)) &+ UInt64(PackFormat.footerSize)
+            let listBytes = UInt64(count) * UInt64(PackFormat.listEntrySize(version))
+            let listEnd = off &+ UInt64(len) &+ listBytes &+ UInt64(PackFormat.footerSize)
             guard off >= UInt64(headerLength), UInt64(len) == expectedIndexLength, off <= UInt64(packSize), listEnd == UInt64(packSize) else {
                 throw CoreError(.corrupt, object: object, "footer regions do not match the pack's size (\(packSize) bytes): truncated or extended")
             }
@@ -340,14 +346,17 @@ public enum PackReader {
 
     /// Hash check, header, footer and public list: steps 1–2 of docs/FORMAT.md §4.5 (and
     /// for format 2 the per-chunk hashes of step 2a).
-    static func parse(_ bytes: [UInt8], expectedID: PackID) throws(CoreError) -> (summary: PackSummary, header: PackHeader, footer: PackFooter,
-                                                                                 places: [PackIndexEntry]) {
+    typealias Parsed = (summary: PackSummary, header: PackHeader, footer: PackFooter, places: [PackIndexEntry])
+
+    static func parse(_ bytes: [UInt8], expectedID: PackID) throws(CoreError) -> Parsed {
         let object = "pack \(expectedID)"
         guard bytes.count <= PackFormat.maxPackSize else { throw CoreError(.limitExceeded, object: object, "pack of \(bytes.count) bytes exceeds the format's limit") }
         if bytes.count >= 10, bytes[8] == 2, bytes[9] == 0 { return try parse2(bytes, expectedID: expectedID) }
         try checkHash(bytes, expectedID)
         let (header, footer) = try structure(bytes, object: object)
-        guard header.version == footer.version else { throw CoreError(.corrupt, object: object, "header and footer disagree on the version") }
+        guard header.version == footer.version else {
+            throw CoreError(.corrupt, object: object, "header and footer disagree on the version")
+        }
         let listStart = Int(footer.indexOffset) + Int(footer.indexLength)
         var ids: [ChunkID] = []
         ids.reserveCapacity(Int(footer.chunkCount))
@@ -361,7 +370,8 @@ public enum PackReader {
     private static func checkHash(_ bytes: [UInt8], _ expectedID: PackID) throws(CoreError) {
         let actual = PackID(bytes: Array(SHA256.hash(data: bytes)))!
         guard actual == expectedID else {
-            throw CoreError(.authenticationFailed, object: "pack \(expectedID)", "bytes hash to \(actual): the pack was modified, truncated or is another pack")
+            throw CoreError(.authenticationFailed, object: "pack \(expectedID)",
+                            "bytes hash to \(actual): the pack was modified, truncated or is another pack")
         }
     }
 
@@ -374,14 +384,15 @@ public enum PackReader {
 
     /// Format 2: the structure first (a pack that does not parse is still reported by its
     /// hash if that is wrong), then one pass that hashes the pack and each chunk together.
-    private static func parse2(_ bytes: [UInt8], expectedID: PackID) throws(CoreError) -> (summary: PackSummary, header: PackHeader,
-                                                                                          footer: PackFooter, places: [PackIndexEntry]) {
+    private static func parse2(_ bytes: [UInt8], expectedID: PackID) throws(CoreError) -> Parsed {
         let object = "pack \(expectedID)"
         let header: PackHeader, footer: PackFooter
         var places: [PackIndexEntry] = []
         do {
             (header, footer) = try structure(bytes, object: object)
-            guard footer.version == 2 else { throw CoreError(.corrupt, object: object, "header and footer disagree on the version") }
+            guard footer.version == 2 else {
+                throw CoreError(.corrupt, object: object, "header and footer disagree on the version")
+            }
             let listStart = Int(footer.indexOffset) + Int(footer.indexLength)
             places.reserveCapacity(Int(footer.chunkCount))
             var r = ByteReader(Array(bytes[listStart..<(bytes.count - PackFormat.footerSize)]))
@@ -390,11 +401,13 @@ public enum PackReader {
                 let id = ChunkID(bytes: try r.raw(32))!
                 let off = try r.u64(), len = try r.u32()
                 // Why: chunks must tile the chunk area in order, so no region is hidden or shared.
-                guard off == expected, len >= UInt32(PackFormat.tagSize), len <= UInt32(PackFormat.maxRawChunk + 1024 + 64) else {
+                let maxSealed = UInt32(PackFormat.maxRawChunk + 1024 + 64)
+                guard off == expected, len >= UInt32(PackFormat.tagSize), len <= maxSealed else {
                     throw CoreError(.corrupt, object: object, "chunk \(id.short): public list entry out of place")
                 }
                 expected = off + UInt64(len)
-                places.append(PackIndexEntry(chunkID: id, offset: off, sealedLength: len, rawLength: 0, kind: .none, sequence: UInt32(seq)))
+                places.append(PackIndexEntry(chunkID: id, offset: off, sealedLength: len, rawLength: 0, kind: .none,
+                                             sequence: UInt32(seq)))
             }
             guard expected == footer.indexOffset, r.isAtEnd else {
                 throw CoreError(.corrupt, object: object, "public list does not cover the chunk area exactly")
@@ -413,7 +426,8 @@ public enum PackReader {
         bytes.withUnsafeBytes { all in
             pack.update(UnsafeRawBufferPointer(rebasing: all[0..<header.length]))
             for p in places {
-                let region = UnsafeRawBufferPointer(rebasing: all[Int(p.offset)..<(Int(p.offset) + Int(p.sealedLength))])
+                let start = Int(p.offset)
+                let region = UnsafeRawBufferPointer(rebasing: all[start..<(start + Int(p.sealedLength))])
                 var chunk = SHA256Stream()
                 chunk.update(region, alongside: &pack, region)
                 if firstBad == nil, chunk.finalize() != p.chunkID.bytes { firstBad = p.chunkID }
@@ -422,15 +436,18 @@ public enum PackReader {
         }
         let actual = PackID(bytes: pack.finalize())!
         guard actual == expectedID else {
-            throw CoreError(.authenticationFailed, object: object, "bytes hash to \(actual): the pack was modified, truncated or is another pack")
+            throw CoreError(.authenticationFailed, object: object,
+                            "bytes hash to \(actual): the pack was modified, truncated or is another pack")
         }
         if let firstBad {
             // Why: a chunk whose bytes are not what its ID names would be reused by any host
             // computing that ID, and its restore would fail: refuse the whole pack.
             throw CoreError(.authenticationFailed, object: "chunk \(firstBad) in pack \(expectedID)",
-                            "chunk \(firstBad): its sealed bytes do not hash to the ID the pack's public list gives, so the pack is refused")
+                            "chunk \(firstBad): its sealed bytes do not hash to the ID the pack's public list gives, "
+                            + "so the pack is refused")
         }
-        let summary = PackSummary(id: actual, keyID: header.keyID, chunkIDs: places.map(\.chunkID), size: bytes.count, version: 2)
+        let summary = PackSummary(id: actual, keyID: header.keyID, chunkIDs: places.map(\.chunkID), size: bytes.count,
+                                  version: 2)
         return (summary, header, footer, places)
     }
 
@@ -446,7 +463,9 @@ public enum PackReader {
         guard header.keyID == readKey.publicKey.keyID else {
             throw CoreError(.wrongTenant, object: object, "sealed to read key \(header.keyID), not this tenant's \(readKey.publicKey.keyID): it belongs to another tenant")
         }
-        if header.version == 2 { return OpenedPack(id: expectedID, dataKey: nil, entries: places, bytes: bytes, version: 2) }
+        if header.version == 2 {
+            return OpenedPack(id: expectedID, dataKey: nil, entries: places, bytes: bytes, version: 2)
+        }
         let dataKey = try unsealDataKey(header, readKey: readKey, object: object)
         let start = Int(footer.indexOffset)
         let sealedIndex = Array(bytes[start..<(start + Int(footer.indexLength))])
@@ -474,7 +493,8 @@ public enum PackReader {
         }
     }
 
-    static func unsealIndex(_ sealed: [UInt8], count: Int, dataKey: SymmetricKey, object: String) throws(CoreError) -> Data {
+    static func unsealIndex(_ sealed: [UInt8], count: Int, dataKey: SymmetricKey,
+                            object: String) throws(CoreError) -> Data {
         do {
             let box = try AES.GCM.SealedBox(nonce: try PackFormat.nonce(domain: 1, counter: 0),
                                             ciphertext: sealed.dropLast(PackFormat.tagSize), tag: sealed.suffix(PackFormat.tagSize))
@@ -517,17 +537,21 @@ public enum PackReader {
         let dataKey = try unsealDataKey(header, readKey: readKey, object: object)
         let start = Int(footer.indexOffset)
         let count = Int(footer.chunkCount)
-        let plain = try unsealIndex(Array(bytes[start..<(start + Int(footer.indexLength))]), count: count, dataKey: dataKey, object: object)
+        let sealed = Array(bytes[start..<(start + Int(footer.indexLength))])
+        let plain = try unsealIndex(sealed, count: count, dataKey: dataKey, object: object)
         var r = ByteReader(plain)
         var seals: [ChunkSeal] = []
         seals.reserveCapacity(count)
         do {
-            guard Int(try r.u32()) == count else { throw CoreError(.corrupt, object: object, "index count differs from footer") }
+            guard Int(try r.u32()) == count else {
+                throw CoreError(.corrupt, object: object, "index count differs from footer")
+            }
             for p in places {
                 let id = ChunkID(bytes: try r.raw(32))!
                 let key = try r.raw(32), rawLen = try r.u32()
                 guard id == p.chunkID, let seal = ChunkSeal(key: key, rawLength: rawLen) else {
-                    throw CoreError(.authenticationFailed, object: object, "sealed index differs from the public chunk list at chunk \(p.chunkID.short)")
+                    throw CoreError(.authenticationFailed, object: object,
+                                    "sealed index differs from the public chunk list at chunk \(p.chunkID.short)")
                 }
                 seals.append(seal)
             }
@@ -555,7 +579,8 @@ public struct OpenedPack: Sendable {
         guard version == 2 else { return [:] }
         let object = "pack \(id)"
         let (_, header, footer, places) = try PackReader.parse(bytes, expectedID: id)
-        let seals = try PackReader.openIndex2(bytes, header: header, footer: footer, places: places, readKey: readKey, object: object)
+        let seals = try PackReader.openIndex2(bytes, header: header, footer: footer, places: places, readKey: readKey,
+                                              object: object)
         var out: [ChunkID: ChunkSeal] = [:]
         for (p, s) in zip(places, seals) where out[p.chunkID] == nil { out[p.chunkID] = s }
         return out
@@ -570,15 +595,17 @@ public struct OpenedPack: Sendable {
     public func chunk(_ entry: PackIndexEntry, seal: ChunkSeal? = nil, chunkIDKey: ChunkIDKey,
                       decompressor: ChunkDecompressor) throws(CoreError) -> [UInt8] {
         // Why: only entries of this pack's own authenticated index are in bounds.
-        guard Int(entry.sequence) < entries.count, entries[Int(entry.sequence)].chunkID == entry.chunkID,
-              entries[Int(entry.sequence)].offset == entry.offset, entries[Int(entry.sequence)].sealedLength == entry.sealedLength else {
+        let n = Int(entry.sequence)
+        guard n < entries.count, entries[n].chunkID == entry.chunkID, entries[n].offset == entry.offset,
+              entries[n].sealedLength == entry.sealedLength else {
             throw CoreError(.missing, object: "chunk \(entry.chunkID) in pack \(id)", "entry is not from this pack's index")
         }
         let s = Int(entry.offset), e = s + Int(entry.sealedLength)
         if version == 2 {
             let object = "chunk \(entry.chunkID) in pack \(id)"
             guard let seal else {
-                throw CoreError(.missing, object: object, "no key for it: a format-2 chunk opens only with the seal its tree gives")
+                throw CoreError(.missing, object: object,
+                                "no key for it: a format-2 chunk opens only with the seal its tree gives")
             }
             return try narrow { try bytes.withUnsafeBytes { b in
                 try ConvergentSealing.open(UnsafeRawBufferPointer(rebasing: b[s..<e]), id: entry.chunkID, seal: seal,
@@ -600,7 +627,8 @@ public struct OpenedPack: Sendable {
         if version == 2, seals == nil, let readKey { known = try indexSeals(readKey: readKey) }
         var out: [(ChunkID, [UInt8])] = []
         for e in entries {
-            out.append((e.chunkID, try chunk(e, seal: known[e.chunkID], chunkIDKey: chunkIDKey, decompressor: decompressor)))
+            let plain = try chunk(e, seal: known[e.chunkID], chunkIDKey: chunkIDKey, decompressor: decompressor)
+            out.append((e.chunkID, plain))
         }
         return out
     }

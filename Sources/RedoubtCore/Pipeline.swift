@@ -67,7 +67,9 @@ public final class PackPipeline {
         try current!.append(chunk)
         sealedHere.insert(chunk.id)
         chunksNew += 1
-        if current.map({ $0.size >= targetPackSize || $0.chunkCount >= PackFormat.maxChunks - 1 }) == true { try finishCurrent() }
+        if current.map({ $0.size >= targetPackSize || $0.chunkCount >= PackFormat.maxChunks - 1 }) == true {
+            try finishCurrent()
+        }
         return chunk.id
     }
 
@@ -85,8 +87,8 @@ public final class PackPipeline {
         guard current == nil else { return }
         var buffer: [UInt8] = []
         swap(&buffer, &spare)
-        current = try PackWriter(recipient: material.readPublicKey, capacity: targetPackSize + (9 << 20), reusing: consume buffer,
-                                 version: packVersion)
+        current = try PackWriter(recipient: material.readPublicKey, capacity: targetPackSize + (9 << 20),
+                                 reusing: consume buffer, version: packVersion)
     }
 
     /// The keyed ID of `chunk`. Sealed bytes of the pack in progress not yet hashed for
@@ -275,7 +277,8 @@ public final class SnapshotReader {
     /// A directory node's tree.
     public func tree(of node: Node) throws -> Tree {
         for (c, s) in zip(node.subtree, node.subtreeSeals) { seals[c] = s }
-        return learn(try TreeCodec.decode(try blob(node.subtree), object: "tree of \(printable(node.name)) in snapshot \(manifest.id)"))
+        let object = "tree of \(printable(node.name)) in snapshot \(manifest.id)"
+        return learn(try TreeCodec.decode(try blob(node.subtree), object: object))
     }
 
     /// A file node's whole contents, holes filled with zeros (for tests and small files).

@@ -162,7 +162,8 @@ public enum TreeCodec {
         for n in tree.nodes {
             try validate(n, after: previous, object: "tree entry")
             if version == 2, n.contentSeals.count != n.content.count || n.subtreeSeals.count != n.subtree.count {
-                throw CoreError(.corrupt, object: "tree entry \(printableName(n.name))", "a format-2 tree needs the seal of every chunk it names")
+                throw CoreError(.corrupt, object: "tree entry \(printableName(n.name))",
+                                "a format-2 tree needs the seal of every chunk it names")
             }
             previous = n.name
             var b = ByteWriter(capacity: 160 + 32 * (n.content.count + n.subtree.count))
@@ -217,7 +218,8 @@ public enum TreeCodec {
             guard try r.raw(8) == magic else { throw CoreError(.corrupt, object: object, "bad magic: not a Redoubt tree") }
             let v = try r.u16()
             guard v == 1 || v == 2 else {
-                throw CoreError(.unsupportedVersion, object: object, "tree format version \(v); this build reads 1 and 2: upgrade redoubt")
+                throw CoreError(.unsupportedVersion, object: object,
+                                "tree format version \(v); this build reads 1 and 2: upgrade redoubt")
             }
             // Every node takes at least 40 bytes, so a count beyond remaining/40 is a lie.
             let count = try r.count(limit: min(maxEntries, r.remaining / 40))
@@ -282,7 +284,8 @@ public enum TreeCodec {
     }
 
     /// A chunk list: IDs (format 1), or ID ‖ key ‖ raw length u32 each (format 2).
-    private static func chunkList(_ b: inout ByteReader, version: UInt16) throws(ByteReader.Failure) -> ([ChunkID], [ChunkSeal]) {
+    private static func chunkList(_ b: inout ByteReader, version: UInt16) throws(ByteReader.Failure)
+        -> ([ChunkID], [ChunkSeal]) {
         let size = version == 1 ? 32 : 68
         let n = try b.count(limit: b.remaining / size)
         var out: [ChunkID] = [], seals: [ChunkSeal] = []
@@ -291,7 +294,10 @@ public enum TreeCodec {
             out.append(ChunkID(bytes: try b.raw(32))!)
             if version == 2 {
                 let key = try b.raw(32), raw = try b.u32()
-                guard let s = ChunkSeal(key: key, rawLength: raw) else { throw ByteReader.Failure.lengthTooLarge(UInt64(raw)) }
+                // A raw length over the format's limit is refused like an oversized length.
+                guard let s = ChunkSeal(key: key, rawLength: raw) else {
+                    throw ByteReader.Failure.lengthTooLarge(UInt64(raw))
+                }
                 seals.append(s)
             }
         }

@@ -437,7 +437,8 @@ public final class Catalog: Sendable {
                            uploader: String? = nil, batch: Int = 4096, verified: Bool = false) throws {
         let step = max(1, batch)
         func insert(_ db: Database, _ ids: ArraySlice<ChunkID>) throws {
-            let stmt = try db.cachedStatement(sql: "INSERT OR IGNORE INTO chunks(tenant, chunk_id, scope, pack_id, verified) VALUES (?, ?, ?, ?, ?)")
+            let stmt = try db.cachedStatement(
+                sql: "INSERT OR IGNORE INTO chunks(tenant, chunk_id, scope, pack_id, verified) VALUES (?, ?, ?, ?, ?)")
             for c in ids { try stmt.execute(arguments: [tenant, Data(c.bytes), uploader ?? "", id, verified ? 1 : 0]) }
         }
         try db.write { db in
@@ -457,7 +458,8 @@ public final class Catalog: Sendable {
     /// For each of `ids` the tenant holds, a pack that holds it: only among chunks uploaded
     /// by principal `scope` when given (host-scoped dedup), else among all of the tenant's;
     /// with `orVerified`, also among every chunk whose bytes the server checked (tenant scope).
-    public func chunkLocations(tenant: String, ids: [ChunkID], scope: String? = nil, orVerified: Bool = false) throws -> [ChunkID: PackID] {
+    public func chunkLocations(tenant: String, ids: [ChunkID], scope: String? = nil,
+                               orVerified: Bool = false) throws -> [ChunkID: PackID] {
         try db.read { db in
             var out: [ChunkID: PackID] = [:]
             var i = 0

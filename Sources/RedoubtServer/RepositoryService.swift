@@ -270,8 +270,8 @@ public final class RepositoryService: Sendable {
             throw ServerError.badRequest("chunk query must be a multiple of 32 bytes, at most 100000 IDs")
         }
         let scope = try chunkScope(p, tenant: tenant.name)
-        return Wire.encodeChunkLocations(try catalog.chunkLocations(tenant: tenant.name, ids: ids, scope: scope.principal,
-                                                                    orVerified: scope.orVerified))
+        let found = try catalog.chunkLocations(tenant: tenant.name, ids: ids, scope: scope.principal, orVerified: scope.orVerified)
+        return Wire.encodeChunkLocations(found)
     }
 
     /// Stores a pack whose bytes hash to `idHex`. Idempotent; never overwrites.

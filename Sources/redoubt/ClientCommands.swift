@@ -107,7 +107,8 @@ struct VerifyCommand: AsyncParsableCommand {
                             let seals = try opened.indexSeals(readKey: readKey)
                             for e in opened.entries {
                                 do {
-                                    _ = try opened.chunk(e, seal: seals[e.chunkID], chunkIDKey: material.chunkIDKey, decompressor: decompressor)
+                                    _ = try opened.chunk(e, seal: seals[e.chunkID], chunkIDKey: material.chunkIDKey,
+                                                         decompressor: decompressor)
                                     chunks += 1
                                 } catch { damaged.append("\(error)") }
                             }

@@ -95,13 +95,16 @@ enum GoldenModel {
     func writeGoldenFixture() async throws {
         let version = Int(ProcessInfo.processInfo.environment["REDOUBT_WRITE_FIXTURES"] ?? "") ?? 0
         try #require(version == 1 || version == 2)
-        let dir = URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent("Fixtures/v\(version)")
-        try #require(!FileManager.default.fileExists(atPath: dir.path), "Fixtures/v\(version) exists; fixtures are never rewritten")
+        let dir = URL(fileURLWithPath: #filePath).deletingLastPathComponent()
+            .appendingPathComponent("Fixtures/v\(version)")
+        try #require(!FileManager.default.fileExists(atPath: dir.path),
+                     "Fixtures/v\(version) exists; fixtures are never rewritten")
         for sub in ["packs", "snapshots", "keys"] {
             try FileManager.default.createDirectory(at: dir.appendingPathComponent(sub), withIntermediateDirectories: true)
         }
         let keys = GoldenModel.keys()
-        let pipeline = try PackPipeline(material: keys.sharedWriteMaterial, targetPackSize: 256 << 10, packVersion: UInt16(version))
+        let pipeline = try PackPipeline(material: keys.sharedWriteMaterial, targetPackSize: 256 << 10,
+                                        packVersion: UInt16(version))
         let entries = GoldenModel.entries()
         // Build trees bottom-up: "sub" first, then the root.
         func nodeWithContent(_ e: GoldenModel.Entry) throws -> Node {
@@ -130,9 +133,11 @@ enum GoldenModel {
         stats.bytesUploaded = pipeline.bytesPacked
         let header = ManifestHeader(tenant: GoldenModel.tenant, readKeyID: keys.readKey.publicKey.keyID, host: GoldenModel.host,
                                     hostKey: GoldenModel.hostKey().publicKey, time: GoldenModel.time, nonce: [UInt8](repeating: 0x5a, count: 16),
-                                    paths: [Array("/srv/golden".utf8)], tags: ["golden"], statistics: stats, packs: packs.map(\.id), clientVersion: "redoubt fixture v\(version)")
-        let m = try Manifest.create(header: header, root: root, rootSeals: version == 2 ? pipeline.seals(for: root) : nil,
-                                    readPublicKey: keys.readKey.publicKey, signingKey: GoldenModel.hostKey())
+                                    paths: [Array("/srv/golden".utf8)], tags: ["golden"], statistics: stats, packs: packs.map(\.id),
+                                    clientVersion: "redoubt fixture v\(version)")
+        let rootSeals = version == 2 ? pipeline.seals(for: root) : nil
+        let m = try Manifest.create(header: header, root: root, rootSeals: rootSeals, readPublicKey: keys.readKey.publicKey,
+                                    signingKey: GoldenModel.hostKey())
         try Data(m.bytes).write(to: dir.appendingPathComponent("snapshots/\(m.id)"))
         let provider = try PassphraseKeyProvider(passphrase: SecretBytes(copying: Array(GoldenModel.passphrase.utf8)), logN: 10)
         let wrapped = try await provider.wrap(keys.readKey, context: KeyContext(tenant: GoldenModel.tenant, keyVersion: 1))

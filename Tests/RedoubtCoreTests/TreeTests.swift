@@ -16,7 +16,9 @@ struct TreeRNG: RandomNumberGenerator {
 }
 
 func fakeChunkID(_ seed: UInt8) -> ChunkID { ChunkID(bytes: [UInt8](repeating: seed, count: 32))! }
-func fakeSeal(_ seed: UInt8) -> ChunkSeal { ChunkSeal(key: [UInt8](repeating: seed ^ 0x5a, count: 32), rawLength: UInt32(seed) * 1000)! }
+func fakeSeal(_ seed: UInt8) -> ChunkSeal {
+    ChunkSeal(key: [UInt8](repeating: seed ^ 0x5a, count: 32), rawLength: UInt32(seed) * 1000)!
+}
 
 /// `node` with a seal for each chunk it names, as format 2 requires.
 func sealed(_ node: Node) -> Node {

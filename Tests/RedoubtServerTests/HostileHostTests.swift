@@ -80,7 +80,8 @@ import RedoubtKMS
     func sealedChunk(_ content: [UInt8], _ keys: WriteKeySet) throws -> SealedChunk {
         var scratch: [UInt8] = []
         return try content.withUnsafeBytes {
-            try ConvergentSealing.seal($0, compressor: try ChunkCompressor(), chunkIDKey: keys.shared.chunkIDKey, scratch: &scratch)
+            try ConvergentSealing.seal($0, compressor: try ChunkCompressor(), chunkIDKey: keys.shared.chunkIDKey,
+                                       scratch: &scratch)
         }
     }
 
@@ -145,20 +146,25 @@ import RedoubtKMS
             // The victim's format-1 backup, as a format-1 client made it: it reused the chunk.
             let vkeys = try n.victim.0.writeKeySet()
             let pipeline = try PackPipeline(material: vkeys.shared, packVersion: 1) { $0 == target }
-            let file = Node(name: Array("data.bin".utf8), type: .file, size: UInt64(content.count), content: try pipeline.add(blob: content))
-            let other = Node(name: Array("clean.txt".utf8), type: .file, size: 6, content: try pipeline.add(blob: Array("clean\n".utf8)))
+            let file = Node(name: Array("data.bin".utf8), type: .file, size: UInt64(content.count),
+                            content: try pipeline.add(blob: content))
+            let other = Node(name: Array("clean.txt".utf8), type: .file, size: 6,
+                             content: try pipeline.add(blob: Array("clean\n".utf8)))
             let root = try pipeline.add(tree: Tree(nodes: [file, other]))
             let own = try pipeline.flush()
             for p in own { _ = try await n.victim.1.uploadPack(id: p.id, bytes: p.bytes) }
-            let header = ManifestHeader(tenant: vkeys.tenant, readKeyID: vkeys.shared.readPublicKey.keyID, host: vkeys.host,
-                                        hostKey: vkeys.signingKey.publicKey, time: Timestamp(seconds: testNow), nonce: [UInt8](repeating: 3, count: 16),
+            let header = ManifestHeader(tenant: vkeys.tenant, readKeyID: vkeys.shared.readPublicKey.keyID,
+                                        host: vkeys.host, hostKey: vkeys.signingKey.publicKey,
+                                        time: Timestamp(seconds: testNow), nonce: [UInt8](repeating: 3, count: 16),
                                         paths: [Array("/srv".utf8)], tags: [], statistics: SnapshotStatistics(),
                                         packs: own.map(\.id) + [poisoned.id], clientVersion: "format-1 client")
-            let v1 = try Manifest.create(header: header, root: root, readPublicKey: vkeys.shared.readPublicKey, signingKey: vkeys.signingKey)
+            let v1 = try Manifest.create(header: header, root: root, readPublicKey: vkeys.shared.readPublicKey,
+                                         signingKey: vkeys.signingKey)
             #expect(v1.version == 1)
             let victimID = try await n.victim.1.commit(manifestBytes: v1.bytes).id
             // A format-2 backup alongside is clean, and deep verify reads both formats.
-            let clean = try await backUp(n.server.dir.appendingPathComponent("cfg-writer-web1"), as: n.victim, at: testNow + 10)
+            let clean = try await backUp(n.server.dir.appendingPathComponent("cfg-writer-web1"), as: n.victim,
+                                         at: testNow + 10)
 
             let (rc, restorer) = n.restorer
             let readKey = try await PassphraseKeyProvider(passphrase: SecretBytes(copying: Array("pw".utf8)), logN: 10)
@@ -212,7 +218,8 @@ import RedoubtKMS
             // 2. A format-1 pack claiming it is accepted (nothing to check without keys) but
             //    is never offered to another host.
             var v1 = try PackWriter(recipient: keys.shared.readPublicKey, version: 1)
-            try v1.append(id: future.id, kind: .none, rawLength: content.count, payload: [UInt8](repeating: 0x42, count: content.count))
+            try v1.append(id: future.id, kind: .none, rawLength: content.count,
+                          payload: [UInt8](repeating: 0x42, count: content.count))
             let unverified = try v1.finish()
             _ = try await n.attacker.1.uploadPack(id: unverified.id, bytes: unverified.bytes)
             #expect(try await n.victim.1.chunkLocations([future.id]).isEmpty)
@@ -222,7 +229,8 @@ import RedoubtKMS
             try FileManager.default.createDirectory(at: src, withIntermediateDirectories: true)
             try Data(content).write(to: src.appendingPathComponent("data.bin"))
             let first = try await backUp(src, as: n.victim, at: testNow)
-            #expect(!first.manifest.header.packs.contains(unverified.id), "the victim's snapshot names the attacker's unverified pack")
+            #expect(!first.manifest.header.packs.contains(unverified.id),
+                    "the victim's snapshot names the attacker's unverified pack")
             #expect(try await restoredFile(n, first.manifest.id, dir: "srv", file: "data.bin") == content)
 
             // 3. The right bytes for the victim's next file, under an index that lies about

@@ -285,8 +285,8 @@ extension RequestLimitsTests {
                                     hostKey: keys.signingKey.publicKey, time: Timestamp(seconds: testNow),
                                     nonce: (0..<16).map { _ in UInt8.random(in: 0...255) }, paths: paths, tags: tags,
                                     statistics: SnapshotStatistics(), packs: packs.map(\.id), clientVersion: "test")
-        return (packs, try Manifest.create(header: header, root: root, rootSeals: pipeline.seals(for: root), readPublicKey: keys.shared.readPublicKey,
-                                      signingKey: keys.signingKey))
+        return (packs, try Manifest.create(header: header, root: root, rootSeals: pipeline.seals(for: root),
+                                           readPublicKey: keys.shared.readPublicKey, signingKey: keys.signingKey))
     }
 
     @Test func manifestsAreBoundedAndListingsDoNotGrowWithThem() async throws {
