@@ -22,10 +22,11 @@ import RedoubtCore
 /// **How.** The paths are walked first (so totals are known), files found unchanged in
 /// the ``MetadataCache`` are reused after their chunks are confirmed in the repository,
 /// and the rest are read by ``BackupOptions/workers`` workers in parallel: each reads
-/// windows of 16 MiB into a reused buffer, cuts chunks, computes each chunk ID once,
-/// asks the repository about batches of up to 1000 chunks or 32 MiB, seals the chunks
-/// nobody holds into its own pack and uploads finished packs (at most one in flight per
-/// worker). Directory trees are then encoded bottom-up and stored the same way (so
+/// windows of 16 MiB into a reused buffer, cuts chunks, names a chunk the cache knows (by
+/// its keyed plaintext hash, for changed files) from the cache and otherwise compresses
+/// and seals it once (format 2: the ID is the hash of the sealed bytes), asks the
+/// repository about batches of up to 1000 chunks or 32 MiB, packs the chunks nobody holds
+/// into its own pack and uploads finished packs (at most one in flight per worker). Directory trees are then encoded bottom-up and stored the same way (so
 /// unchanged trees deduplicate), the manifest is signed and committed, and only then is
 /// the metadata cache replaced.
 public final class Archiver: Sendable {
@@ -91,6 +92,10 @@ public final class Archiver: Sendable {
         var filesNew: UInt64 = 0, filesChanged: UInt64 = 0, filesUnchanged: UInt64 = 0
         var candidates: [(file: Int, entry: MetadataCache.Entry)] = []
         var jobs: [FileJob] = []
+        /// Chunks of changed files' cached entries, by keyed plaintext hash.
+        var cachedChunks: [ChunkID: CachedChunk] = [:]
+        /// The keyed plaintext hashes of each stored file's chunks, for the next cache.
+        var macs: [Int: [ChunkID]] = [:]
         for f in walk.files {
             let e = walk.entries[f]
             if let cached = cache[e.fullPath] {
@@ -101,6 +106,12 @@ public final class Archiver: Sendable {
                 } else {
                     filesChanged += 1
                     jobs.append(FileJob(entry: f, path: e.fullPath, stat: e.stat))
+                    if cached.contentMACs.count == cached.content.count && cached.contentSeals.count == cached.content.count {
+                        for k in cached.content.indices {
+                            let chunk = CachedChunk(id: cached.content[k], seal: cached.contentSeals[k])
+                            cachedChunks[cached.contentMACs[k]] = chunk
+                        }
+                    }
                 }
             } else {
                 filesNew += 1
@@ -122,9 +133,17 @@ public final class Archiver: Sendable {
                 walk.entries[c.file].node.content = c.entry.content
                 walk.entries[c.file].node.contentSeals = c.entry.contentSeals
                 walk.entries[c.file].node.dataRegions = c.entry.dataRegions
+                macs[c.file] = c.entry.contentMACs
                 run.progress { $0.filesDone += 1; $0.bytesDone += c.entry.size }
             }
             run.registry.withLock { $0.chunksReused += UInt64(candidates.filter { reused.contains($0.file) }.reduce(0) { $0 + $1.entry.content.count }) }
+        }
+        if !cachedChunks.isEmpty {
+            // Why ask first: a chunk is named without its bytes only if the repository
+            // holds it (confirmInRepository records where).
+            let missing = try await confirmInRepository(cachedChunks.values.map(\.id), run: run)
+            let usable = cachedChunks.filter { !missing.contains($0.value.id) }
+            run.registry.withLock { $0.reusable = usable }
         }
         jobs.sort { $0.entry < $1.entry }
 
@@ -149,6 +168,7 @@ public final class Archiver: Sendable {
             var node = walk.entries[o.entry].node
             node.content = content
             node.contentSeals = o.contentSeals
+            macs[o.entry] = o.contentMACs
             node.dataRegions = o.dataRegions
             node.size = o.size
             node.mode = st.permissions
@@ -237,6 +257,7 @@ public final class Archiver: Sendable {
                                                 inode: e.stat.inode, device: e.stat.device, content: e.node.content,
                                                 dataRegions: e.node.dataRegions)
                 entry.contentSeals = e.node.contentSeals
+                entry.contentMACs = macs[f] ?? []
                 next[e.fullPath] = entry
             }
             do { try next.write(to: path, chunkIDKey: keys.shared.chunkIDKey) } catch {

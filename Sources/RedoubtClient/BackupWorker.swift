@@ -9,6 +9,14 @@ struct ArchiverTestHooks: Sendable {
     var afterFileRead: (@Sendable ([UInt8], Int) -> Void)? = nil
     /// Smaller chunks than format v1's, so tests get many chunks from little data.
     var chunkerParameters: Chunker.Parameters? = nil
+    /// Called for each chunk of a changed file named from the metadata cache instead of sealed.
+    var sealSkipped: (@Sendable () -> Void)? = nil
+}
+
+/// A chunk of the last snapshot a changed file may still contain: its ID and seal.
+struct CachedChunk: Sendable {
+    let id: ChunkID
+    let seal: ChunkSeal
 }
 
 /// Which chunks the repository or this run holds, and where. Shared by all workers.
@@ -20,6 +28,10 @@ struct ChunkRegistry {
     var chunksNew: UInt64 = 0
     var chunksReused: UInt64 = 0
     var uploaded: [PackID] = []
+    /// Keyed plaintext hash → chunk, for chunks of changed files in the metadata cache that
+    /// the repository confirmed it holds: such a chunk is named without being compressed
+    /// and sealed again (its location is in `location`).
+    var reusable: [ChunkID: CachedChunk] = [:]
 }
 
 /// Progress counters shared by all workers, and the reporting throttle.
@@ -69,6 +81,8 @@ struct FileOutcome: Sendable {
     var content: [ChunkID]?
     /// The seal of each chunk of `content`.
     var contentSeals: [ChunkSeal] = []
+    /// The keyed plaintext hash of each chunk of `content`, for the metadata cache.
+    var contentMACs: [ChunkID] = []
     var dataRegions: [Extent]?
     var size: UInt64
     /// The stat matching the content that was read.
@@ -255,7 +269,7 @@ final class BackupWorker {
         run.progress { $0.currentPath = printable(job.path) }
         var attempt = 1
         while true {
-            let read: (content: [ChunkID], seals: [ChunkSeal], regions: [Extent]?, size: UInt64)
+            let read: (content: [ChunkID], seals: [ChunkSeal], macs: [ChunkID], regions: [Extent]?, size: UInt64)
             do {
                 read = try await readContent(fd: fd, stat: before, &uploads)
             } catch let f as ReadFailure {
@@ -269,6 +283,7 @@ final class BackupWorker {
             }
             outcome.content = read.content
             outcome.contentSeals = read.seals
+            outcome.contentMACs = read.macs
             outcome.dataRegions = read.regions
             outcome.size = read.size
             outcome.stat = before
@@ -293,7 +308,7 @@ final class BackupWorker {
     /// window and region boundaries. Returns the chunk list, the regions (nil if dense)
     /// and the logical size.
     private func readContent(fd: Int32, stat st: ArchiveSys.FileStat, _ uploads: inout UploadGroup) async throws
-        -> ([ChunkID], [ChunkSeal], [Extent]?, UInt64) {
+        -> ([ChunkID], [ChunkSeal], [ChunkID], [Extent]?, UInt64) {
         var sparse: [Extent]? = nil
         if st.size > 0 && st.blocks * 512 < st.size, let regions = ArchiveSys.dataRegions(fd: fd, size: st.size),
            regions != [Extent(offset: 0, length: st.size)] {
@@ -302,6 +317,7 @@ final class BackupWorker {
         let plan = sparse ?? (st.size > 0 ? [Extent(offset: 0, length: st.size)] : [])
         var chunks: [ChunkID] = []
         var seals: [ChunkSeal] = []
+        var macs: [ChunkID] = []
         var readRegions: [Extent] = []
         var filled = 0, start = 0
         var total: UInt64 = 0
@@ -333,7 +349,7 @@ final class BackupWorker {
                 while filled - start >= maxChunk {
                     let slice = UnsafeRawBufferPointer(start: base + start, count: filled - start)
                     let len = pipeline.chunker.cut(slice, final: false) ?? maxChunk
-                    try await emit(UnsafeRawBufferPointer(start: base + start, count: len), &chunks, &seals, &uploads)
+                    try await emit(UnsafeRawBufferPointer(start: base + start, count: len), &chunks, &seals, &macs, &uploads)
                     start += len
                 }
             }
@@ -343,15 +359,30 @@ final class BackupWorker {
         while start < filled {
             let slice = UnsafeRawBufferPointer(start: base + start, count: filled - start)
             let len = pipeline.chunker.cut(slice, final: true) ?? slice.count
-            try await emit(UnsafeRawBufferPointer(start: base + start, count: len), &chunks, &seals, &uploads)
+            try await emit(UnsafeRawBufferPointer(start: base + start, count: len), &chunks, &seals, &macs, &uploads)
             start += len
         }
-        if sparse != nil { return (chunks, seals, readRegions, st.size) }
-        return (chunks, seals, nil, total)
+        if sparse != nil { return (chunks, seals, macs, readRegions, st.size) }
+        return (chunks, seals, macs, nil, total)
     }
 
     private func emit(_ chunk: UnsafeRawBufferPointer, _ chunks: inout [ChunkID], _ seals: inout [ChunkSeal],
-                      _ uploads: inout UploadGroup) async throws {
+                      _ macs: inout [ChunkID], _ uploads: inout UploadGroup) async throws {
+        // The keyed hash of the plaintext (in one loop with the pack's pending bytes):
+        // an unchanged chunk of a changed file is then named from the cache, not sealed again.
+        let mac = pipeline.chunkID(for: chunk)
+        macs.append(mac)
+        let cached: CachedChunk? = run.registry.withLock { r in
+            guard let c = r.reusable[mac] else { return nil }
+            r.chunksReused += 1
+            return c
+        }
+        if let cached {
+            run.hooks.sealSkipped?()
+            chunks.append(cached.id)
+            seals.append(cached.seal)
+            return
+        }
         let sealed = try pipeline.seal(chunk)
         chunks.append(sealed.id)
         seals.append(sealed.seal)

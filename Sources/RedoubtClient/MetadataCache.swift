@@ -42,6 +42,9 @@ public struct MetadataCache: Sendable {
         public var dataRegions: [Extent]?
         /// The seal of each chunk of `content` (format-2 chunks: a tree needs them).
         public var contentSeals: [ChunkSeal] = []
+        /// The keyed hash (HMAC, chunk-ID key) of each chunk's plaintext: lets a changed file's
+        /// unchanged chunks be named without compressing and sealing them again.
+        public var contentMACs: [ChunkID] = []
 
         public init(size: UInt64, mtime: Timestamp, ctime: Timestamp, inode: UInt64, device: UInt64, content: [ChunkID], dataRegions: [Extent]?) {
             self.size = size
@@ -60,8 +63,9 @@ public struct MetadataCache: Sendable {
     }
 
     public static let magic = Array("RDBTMDC1".utf8)
-    /// Version 2 keeps each chunk's seal beside its ID. It holds the keys of the last
-    /// snapshot's file chunks: see docs/FORMAT.md §3.4 on what that means on a taken host.
+    /// Version 2 keeps each chunk's seal and its plaintext's keyed hash beside its ID. It
+    /// holds the keys of the last snapshot's file chunks: see docs/FORMAT.md §3.4 on what
+    /// that means on a taken host.
     public static let version: UInt16 = 2
     static let keyCheckLabel = Array("redoubt/v1/metadata-cache".utf8)
     /// A cache larger than this is not read (a sanity bound, ~10 million files).
@@ -110,6 +114,7 @@ public struct MetadataCache: Sendable {
                 let seal = k < e.contentSeals.count ? e.contentSeals[k] : nil
                 w.raw(seal?.key ?? [UInt8](repeating: 0, count: 32))
                 w.u32(seal?.rawLength ?? UInt32.max)
+                w.raw(k < e.contentMACs.count ? e.contentMACs[k].bytes : [UInt8](repeating: 0, count: 32))
             }
             if let regions = e.dataRegions {
                 w.u8(1)
@@ -159,17 +164,21 @@ public struct MetadataCache: Sendable {
                     times.append(Timestamp(seconds: s, nanoseconds: ns))
                 }
                 let inode = try r.uvarint(), device = try r.uvarint()
-                let n = try r.count(limit: r.remaining / 68)
+                let n = try r.count(limit: r.remaining / 100)
                 var content: [ChunkID] = []
                 var seals: [ChunkSeal] = []
+                var macs: [ChunkID] = []
                 content.reserveCapacity(n)
                 for _ in 0..<n {
                     content.append(ChunkID(bytes: try r.raw(32))!)
                     let key = try r.raw(32), raw = try r.u32()
                     if let s = ChunkSeal(key: key, rawLength: raw) { seals.append(s) }
+                    let mac = try r.raw(32)
+                    if mac != [UInt8](repeating: 0, count: 32) { macs.append(ChunkID(bytes: mac)!) }
                 }
                 // A chunk without a seal (a format-1 chunk) leaves the file to be read again.
                 if seals.count != content.count { seals = [] }
+                if macs.count != content.count || seals.isEmpty { macs = [] }
                 var regions: [Extent]? = nil
                 switch try r.u8() {
                 case 0: break
@@ -190,6 +199,7 @@ public struct MetadataCache: Sendable {
                 var entry = Entry(size: size, mtime: times[0], ctime: times[1], inode: inode, device: device, content: content,
                                   dataRegions: regions)
                 entry.contentSeals = seals
+                entry.contentMACs = macs
                 entries[ByteKey(path)] = entry
             }
             guard r.isAtEnd else { throw Unusable(reason: "trailing bytes") }
