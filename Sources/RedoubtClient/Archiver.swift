@@ -26,9 +26,10 @@ import RedoubtCore
 /// its keyed plaintext hash, for changed files) from the cache and otherwise compresses
 /// and seals it once (format 2: the ID is the hash of the sealed bytes), asks the
 /// repository about batches of up to 1000 chunks or 32 MiB, packs the chunks nobody holds
-/// into its own pack and uploads finished packs (at most one in flight per worker). Directory trees are then encoded bottom-up and stored the same way (so
-/// unchanged trees deduplicate), the manifest is signed and committed, and only then is
-/// the metadata cache replaced.
+/// into its own pack and uploads finished packs (at most one in flight per worker).
+/// Directory trees are then encoded bottom-up and stored the same way (so unchanged trees
+/// deduplicate), the manifest is signed and committed, and only then is the metadata cache
+/// replaced.
 public final class Archiver: Sendable {
     private let logger: Logger
     let hooks: ArchiverTestHooks
@@ -106,7 +107,8 @@ public final class Archiver: Sendable {
                 } else {
                     filesChanged += 1
                     jobs.append(FileJob(entry: f, path: e.fullPath, stat: e.stat))
-                    if cached.contentMACs.count == cached.content.count && cached.contentSeals.count == cached.content.count {
+                    let n = cached.content.count
+                    if cached.contentMACs.count == n && cached.contentSeals.count == n {
                         for k in cached.content.indices {
                             let chunk = CachedChunk(id: cached.content[k], seal: cached.contentSeals[k])
                             cachedChunks[cached.contentMACs[k]] = chunk

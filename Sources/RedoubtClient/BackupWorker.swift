@@ -349,7 +349,8 @@ final class BackupWorker {
                 while filled - start >= maxChunk {
                     let slice = UnsafeRawBufferPointer(start: base + start, count: filled - start)
                     let len = pipeline.chunker.cut(slice, final: false) ?? maxChunk
-                    try await emit(UnsafeRawBufferPointer(start: base + start, count: len), &chunks, &seals, &macs, &uploads)
+                    let chunk = UnsafeRawBufferPointer(start: base + start, count: len)
+                    try await emit(chunk, &chunks, &seals, &macs, &uploads)
                     start += len
                 }
             }
