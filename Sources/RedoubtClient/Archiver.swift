@@ -22,12 +22,14 @@ import RedoubtCore
 /// **How.** The paths are walked first (so totals are known), files found unchanged in
 /// the ``MetadataCache`` are reused after their chunks are confirmed in the repository,
 /// and the rest are read by ``BackupOptions/workers`` workers in parallel: each reads
-/// windows of 16 MiB into a reused buffer, cuts chunks, computes each chunk ID once,
-/// asks the repository about batches of up to 1000 chunks or 32 MiB, seals the chunks
-/// nobody holds into its own pack and uploads finished packs (at most one in flight per
-/// worker). Directory trees are then encoded bottom-up and stored the same way (so
-/// unchanged trees deduplicate), the manifest is signed and committed, and only then is
-/// the metadata cache replaced.
+/// windows of 16 MiB into a reused buffer, cuts chunks, names a chunk the cache knows (by
+/// its keyed plaintext hash, for changed files) from the cache and otherwise compresses
+/// and seals it once (format 2: the ID is the hash of the sealed bytes), asks the
+/// repository about batches of up to 1000 chunks or 32 MiB, packs the chunks nobody holds
+/// into its own pack and uploads finished packs (at most one in flight per worker).
+/// Directory trees are then encoded bottom-up and stored the same way (so unchanged trees
+/// deduplicate), the manifest is signed and committed, and only then is the metadata cache
+/// replaced.
 public final class Archiver: Sendable {
     private let logger: Logger
     let hooks: ArchiverTestHooks
@@ -91,12 +93,27 @@ public final class Archiver: Sendable {
         var filesNew: UInt64 = 0, filesChanged: UInt64 = 0, filesUnchanged: UInt64 = 0
         var candidates: [(file: Int, entry: MetadataCache.Entry)] = []
         var jobs: [FileJob] = []
+        /// Chunks of changed files' cached entries, by keyed plaintext hash.
+        var cachedChunks: [ChunkID: CachedChunk] = [:]
+        /// The keyed plaintext hashes of each stored file's chunks, for the next cache.
+        var macs: [Int: [ChunkID]] = [:]
         for f in walk.files {
             let e = walk.entries[f]
             if let cached = cache[e.fullPath] {
-                if cached.matches(e.stat) { candidates.append((f, cached)) } else {
+                // Why the seals: a format-2 tree names each chunk with its seal; an entry
+                // without them (written for format-1 chunks) is read again.
+                if cached.matches(e.stat) && cached.contentSeals.count == cached.content.count {
+                    candidates.append((f, cached))
+                } else {
                     filesChanged += 1
                     jobs.append(FileJob(entry: f, path: e.fullPath, stat: e.stat))
+                    let n = cached.content.count
+                    if cached.contentMACs.count == n && cached.contentSeals.count == n {
+                        for k in cached.content.indices {
+                            let chunk = CachedChunk(id: cached.content[k], seal: cached.contentSeals[k])
+                            cachedChunks[cached.contentMACs[k]] = chunk
+                        }
+                    }
                 }
             } else {
                 filesNew += 1
@@ -116,10 +133,19 @@ public final class Archiver: Sendable {
                 filesUnchanged += 1
                 reused.insert(c.file)
                 walk.entries[c.file].node.content = c.entry.content
+                walk.entries[c.file].node.contentSeals = c.entry.contentSeals
                 walk.entries[c.file].node.dataRegions = c.entry.dataRegions
+                macs[c.file] = c.entry.contentMACs
                 run.progress { $0.filesDone += 1; $0.bytesDone += c.entry.size }
             }
             run.registry.withLock { $0.chunksReused += UInt64(candidates.filter { reused.contains($0.file) }.reduce(0) { $0 + $1.entry.content.count }) }
+        }
+        if !cachedChunks.isEmpty {
+            // Why ask first: a chunk is named without its bytes only if the repository
+            // holds it (confirmInRepository records where).
+            let missing = try await confirmInRepository(cachedChunks.values.map(\.id), run: run)
+            let usable = cachedChunks.filter { !missing.contains($0.value.id) }
+            run.registry.withLock { $0.reusable = usable }
         }
         jobs.sort { $0.entry < $1.entry }
 
@@ -143,6 +169,8 @@ public final class Archiver: Sendable {
             }
             var node = walk.entries[o.entry].node
             node.content = content
+            node.contentSeals = o.contentSeals
+            macs[o.entry] = o.contentMACs
             node.dataRegions = o.dataRegions
             node.size = o.size
             node.mode = st.permissions
@@ -167,16 +195,18 @@ public final class Archiver: Sendable {
 
         // 5. Trees, bottom-up: children always follow their directory in walk order.
         run.progress(force: true) { $0.phase = .trees }
-        let root: [ChunkID] = try await withThrowingTaskGroup(of: FinishedPack.self) { uploads in
+        let (root, rootSeals): ([ChunkID], [ChunkSeal]) = try await withThrowingTaskGroup(of: FinishedPack.self) {
+            uploads in
             let worker = try BackupWorker(run: run)
             for i in walk.entries.indices.reversed() where walk.entries[i].node.type == .directory && !walk.entries[i].omitted {
                 let children = walk.entries[i].children.filter { !walk.entries[$0].omitted }.map { walk.entries[$0].node }
-                walk.entries[i].node.subtree = try await worker.addBlob(try TreeCodec.encode(Tree(nodes: children)), &uploads)
+                (walk.entries[i].node.subtree, walk.entries[i].node.subtreeSeals) =
+                    try await worker.addBlob(try TreeCodec.encode(Tree(nodes: children)), &uploads)
             }
             let top = walk.topLevel.filter { !walk.entries[$0].omitted }.map { walk.entries[$0].node }
-            let ids = try await worker.addBlob(try TreeCodec.encode(Tree(nodes: top)), &uploads)
+            let refs = try await worker.addBlob(try TreeCodec.encode(Tree(nodes: top)), &uploads)
             try await worker.finish(&uploads)
-            return ids
+            return refs
         }
 
         // 6. The packs this snapshot needs: every chunk it references, located.
@@ -215,7 +245,8 @@ public final class Archiver: Sendable {
                                     hostKey: keys.signingKey.publicKey, time: now, nonce: nonce,
                                     paths: options.paths.map { Array($0.utf8) }, tags: options.tags, statistics: stats,
                                     packs: packs.sorted(), clientVersion: RedoubtVersion.string)
-        let manifest = try Manifest.create(header: header, root: root, readPublicKey: keys.shared.readPublicKey, signingKey: keys.signingKey)
+        let manifest = try Manifest.create(header: header, root: root, rootSeals: rootSeals,
+                                           readPublicKey: keys.shared.readPublicKey, signingKey: keys.signingKey)
         try await locating.commit(manifest: manifest)
         logger.info("snapshot committed", metadata: ["snapshot": "\(manifest.id)", "packs": "\(packs.count)", "uploaded": "\(registry.uploaded.count)"])
 
@@ -224,8 +255,12 @@ public final class Archiver: Sendable {
             var next = MetadataCache()
             for f in walk.files where !walk.entries[f].omitted && stable.contains(f) {
                 let e = walk.entries[f]
-                next[e.fullPath] = MetadataCache.Entry(size: e.stat.size, mtime: e.stat.mtime, ctime: e.stat.ctime, inode: e.stat.inode,
-                                                       device: e.stat.device, content: e.node.content, dataRegions: e.node.dataRegions)
+                var entry = MetadataCache.Entry(size: e.stat.size, mtime: e.stat.mtime, ctime: e.stat.ctime,
+                                                inode: e.stat.inode, device: e.stat.device, content: e.node.content,
+                                                dataRegions: e.node.dataRegions)
+                entry.contentSeals = e.node.contentSeals
+                entry.contentMACs = macs[f] ?? []
+                next[e.fullPath] = entry
             }
             do { try next.write(to: path, chunkIDKey: keys.shared.chunkIDKey) } catch {
                 warnings.append(BackupWarning(.cache, path: Array(path.utf8), "metadata cache not saved: \(error); the next backup reads every file"))

@@ -9,6 +9,14 @@ struct ArchiverTestHooks: Sendable {
     var afterFileRead: (@Sendable ([UInt8], Int) -> Void)? = nil
     /// Smaller chunks than format v1's, so tests get many chunks from little data.
     var chunkerParameters: Chunker.Parameters? = nil
+    /// Called for each chunk of a changed file named from the metadata cache instead of sealed.
+    var sealSkipped: (@Sendable () -> Void)? = nil
+}
+
+/// A chunk of the last snapshot a changed file may still contain: its ID and seal.
+struct CachedChunk: Sendable {
+    let id: ChunkID
+    let seal: ChunkSeal
 }
 
 /// Which chunks the repository or this run holds, and where. Shared by all workers.
@@ -20,6 +28,10 @@ struct ChunkRegistry {
     var chunksNew: UInt64 = 0
     var chunksReused: UInt64 = 0
     var uploaded: [PackID] = []
+    /// Keyed plaintext hash → chunk, for chunks of changed files in the metadata cache that
+    /// the repository confirmed it holds: such a chunk is named without being compressed
+    /// and sealed again (its location is in `location`).
+    var reusable: [ChunkID: CachedChunk] = [:]
 }
 
 /// Progress counters shared by all workers, and the reporting throttle.
@@ -67,6 +79,10 @@ struct FileOutcome: Sendable {
     var entry: Int
     /// Nil if the file is left out of the snapshot (see `warning`).
     var content: [ChunkID]?
+    /// The seal of each chunk of `content`.
+    var contentSeals: [ChunkSeal] = []
+    /// The keyed plaintext hash of each chunk of `content`, for the metadata cache.
+    var contentMACs: [ChunkID] = []
     var dataRegions: [Extent]?
     var size: UInt64
     /// The stat matching the content that was read.
@@ -85,25 +101,24 @@ struct FileJob: Sendable {
 
 typealias UploadGroup = ThrowingTaskGroup<FinishedPack, any Error>
 
-/// One backup worker: reads files through a reused buffer, cuts chunks, computes their
-/// IDs once, asks the repository about them in batches, seals the unknown ones into its
+/// One backup worker: reads files through a reused buffer, cuts chunks, compresses and
+/// seals each once (format 2: the ID is the hash of the sealed bytes, so it is known only
+/// then), asks the repository about them in batches, packs the ones nobody has into its
 /// own pack in progress and uploads finished packs, at most one in flight per worker.
 ///
 /// Not thread-safe: one per task.
 final class BackupWorker {
     let run: BackupRun
     let pipeline: PackPipeline
-    private let chunkIDKey: ChunkIDKey
     private let maxChunk: Int
     /// Bytes read per pread.
     private let window: Int
     /// The read buffer: `window + maxChunk` bytes, so a window always fits behind the
     /// unchunked tail of the previous one.
     private let buffer: UnsafeMutableRawBufferPointer
-    /// Chunks whose IDs are computed, waiting for the repository's answer.
-    private let batch: UnsafeMutableRawBufferPointer
+    /// Sealed chunks waiting for the repository's answer, and their bytes.
     private var batchUsed = 0
-    private var batchItems: [(id: ChunkID, offset: Int, length: Int)] = []
+    private var batchItems: [SealedChunk] = []
     private let batchMaxItems = 1000
     private var inFlight = 0
     private let maxInFlight = 1
@@ -115,35 +130,20 @@ final class BackupWorker {
         self.run = run
         pipeline = try PackPipeline(material: run.material, targetPackSize: run.options.packSize, compressionLevel: run.options.compressionLevel,
                                     chunkerParameters: run.hooks.chunkerParameters ?? .default)
-        chunkIDKey = run.material.chunkIDKey
         maxChunk = pipeline.chunker.parameters.max
         window = max(Self.windowSize, maxChunk)
         buffer = .allocate(byteCount: window + maxChunk, alignment: 4096)
-        batch = .allocate(byteCount: Self.batchBytes + maxChunk, alignment: 64)
     }
 
-    deinit {
-        buffer.deallocate()
-        batch.deallocate()
-    }
+    deinit { buffer.deallocate() }
 
     // MARK: - chunks
 
-    /// Queues a chunk whose ID is known; asks and seals when the batch is full.
-    private func enqueue(_ chunk: UnsafeRawBufferPointer, id: ChunkID, _ uploads: inout UploadGroup) async throws {
-        try await makeRoom(chunk.count, &uploads)
-        append(chunk, id: id)
+    /// Queues a sealed chunk; asks and packs when the batch is full.
+    private func enqueue(_ chunk: SealedChunk, _ uploads: inout UploadGroup) async throws {
+        batchItems.append(chunk)
+        batchUsed += chunk.bytes.count
         try await flushIfFull(&uploads)
-    }
-
-    private func makeRoom(_ count: Int, _ uploads: inout UploadGroup) async throws {
-        if batchUsed + count > batch.count || batchItems.count >= batchMaxItems { try await flushBatch(&uploads) }
-    }
-
-    private func append(_ chunk: UnsafeRawBufferPointer, id: ChunkID) {
-        if chunk.count > 0 { UnsafeMutableRawBufferPointer(rebasing: batch[batchUsed..<(batchUsed + chunk.count)]).copyMemory(from: chunk) }
-        batchItems.append((id, batchUsed, chunk.count))
-        batchUsed += chunk.count
     }
 
     private func flushIfFull(_ uploads: inout UploadGroup) async throws {
@@ -174,10 +174,7 @@ final class BackupWorker {
             r.chunksReused += UInt64(items.count - seal.count)
             return seal
         }
-        for n in toSeal {
-            let i = items[n]
-            try pipeline.add(chunk: UnsafeRawBufferPointer(rebasing: batch[i.offset..<(i.offset + i.length)]), id: i.id)
-        }
+        for n in toSeal { try pipeline.add(sealed: items[n]) }
         batchItems.removeAll(keepingCapacity: true)
         batchUsed = 0
         try await submit(pipeline.takeFinishedPacks(), &uploads)
@@ -224,24 +221,23 @@ final class BackupWorker {
         }
     }
 
-    /// Chunks an in-memory blob (a tree encoding) and queues it; returns its chunk list
-    /// (one empty chunk for an empty blob, docs/FORMAT.md §3.1).
-    func addBlob(_ blob: [UInt8], _ uploads: inout UploadGroup) async throws -> [ChunkID] {
-        var ids: [ChunkID] = []
+    /// Chunks an in-memory blob (a tree encoding) and queues it; returns its chunk list and
+    /// the chunks' seals (one empty chunk for an empty blob, docs/FORMAT.md §3.1).
+    func addBlob(_ blob: [UInt8], _ uploads: inout UploadGroup) async throws -> ([ChunkID], [ChunkSeal]) {
+        var ids: [ChunkID] = [], seals: [ChunkSeal] = []
         var offset = 0
         repeat {
-            let (len, id): (Int, ChunkID) = blob.withUnsafeBytes { raw in
+            let sealed: SealedChunk = try blob.withUnsafeBytes { raw throws(CoreError) in
                 let rest = UnsafeRawBufferPointer(rebasing: raw[offset...])
                 let len = rest.isEmpty ? 0 : (pipeline.chunker.cut(rest, final: true) ?? rest.count)
-                return (len, chunkIDKey.chunkID(for: UnsafeRawBufferPointer(rebasing: rest[0..<len])))
+                return try pipeline.seal(UnsafeRawBufferPointer(rebasing: rest[0..<len]))
             }
-            try await makeRoom(len, &uploads)
-            blob.withUnsafeBytes { raw in append(UnsafeRawBufferPointer(rebasing: raw[offset..<(offset + len)]), id: id) }
-            try await flushIfFull(&uploads)
-            ids.append(id)
-            offset += len
+            try await enqueue(sealed, &uploads)
+            ids.append(sealed.id)
+            seals.append(sealed.seal)
+            offset += Int(sealed.seal.rawLength)
         } while offset < blob.count
-        return ids
+        return (ids, seals)
     }
 
     // MARK: - files
@@ -273,7 +269,7 @@ final class BackupWorker {
         run.progress { $0.currentPath = printable(job.path) }
         var attempt = 1
         while true {
-            let read: (content: [ChunkID], regions: [Extent]?, size: UInt64)
+            let read: (content: [ChunkID], seals: [ChunkSeal], macs: [ChunkID], regions: [Extent]?, size: UInt64)
             do {
                 read = try await readContent(fd: fd, stat: before, &uploads)
             } catch let f as ReadFailure {
@@ -286,6 +282,8 @@ final class BackupWorker {
                 return outcome
             }
             outcome.content = read.content
+            outcome.contentSeals = read.seals
+            outcome.contentMACs = read.macs
             outcome.dataRegions = read.regions
             outcome.size = read.size
             outcome.stat = before
@@ -309,7 +307,8 @@ final class BackupWorker {
     /// Reads the file's data (its data regions if sparse) in windows, chunking across
     /// window and region boundaries. Returns the chunk list, the regions (nil if dense)
     /// and the logical size.
-    private func readContent(fd: Int32, stat st: ArchiveSys.FileStat, _ uploads: inout UploadGroup) async throws -> ([ChunkID], [Extent]?, UInt64) {
+    private func readContent(fd: Int32, stat st: ArchiveSys.FileStat, _ uploads: inout UploadGroup) async throws
+        -> ([ChunkID], [ChunkSeal], [ChunkID], [Extent]?, UInt64) {
         var sparse: [Extent]? = nil
         if st.size > 0 && st.blocks * 512 < st.size, let regions = ArchiveSys.dataRegions(fd: fd, size: st.size),
            regions != [Extent(offset: 0, length: st.size)] {
@@ -317,6 +316,8 @@ final class BackupWorker {
         }
         let plan = sparse ?? (st.size > 0 ? [Extent(offset: 0, length: st.size)] : [])
         var chunks: [ChunkID] = []
+        var seals: [ChunkSeal] = []
+        var macs: [ChunkID] = []
         var readRegions: [Extent] = []
         var filled = 0, start = 0
         var total: UInt64 = 0
@@ -348,7 +349,8 @@ final class BackupWorker {
                 while filled - start >= maxChunk {
                     let slice = UnsafeRawBufferPointer(start: base + start, count: filled - start)
                     let len = pipeline.chunker.cut(slice, final: false) ?? maxChunk
-                    try await emit(UnsafeRawBufferPointer(start: base + start, count: len), &chunks, &uploads)
+                    let chunk = UnsafeRawBufferPointer(start: base + start, count: len)
+                    try await emit(chunk, &chunks, &seals, &macs, &uploads)
                     start += len
                 }
             }
@@ -358,16 +360,33 @@ final class BackupWorker {
         while start < filled {
             let slice = UnsafeRawBufferPointer(start: base + start, count: filled - start)
             let len = pipeline.chunker.cut(slice, final: true) ?? slice.count
-            try await emit(UnsafeRawBufferPointer(start: base + start, count: len), &chunks, &uploads)
+            try await emit(UnsafeRawBufferPointer(start: base + start, count: len), &chunks, &seals, &macs, &uploads)
             start += len
         }
-        if sparse != nil { return (chunks, readRegions, st.size) }
-        return (chunks, nil, total)
+        if sparse != nil { return (chunks, seals, macs, readRegions, st.size) }
+        return (chunks, seals, macs, nil, total)
     }
 
-    private func emit(_ chunk: UnsafeRawBufferPointer, _ chunks: inout [ChunkID], _ uploads: inout UploadGroup) async throws {
-        let id = pipeline.chunkID(for: chunk)
-        chunks.append(id)
-        try await enqueue(chunk, id: id, &uploads)
+    private func emit(_ chunk: UnsafeRawBufferPointer, _ chunks: inout [ChunkID], _ seals: inout [ChunkSeal],
+                      _ macs: inout [ChunkID], _ uploads: inout UploadGroup) async throws {
+        // The keyed hash of the plaintext (in one loop with the pack's pending bytes):
+        // an unchanged chunk of a changed file is then named from the cache, not sealed again.
+        let mac = pipeline.chunkID(for: chunk)
+        macs.append(mac)
+        let cached: CachedChunk? = run.registry.withLock { r in
+            guard let c = r.reusable[mac] else { return nil }
+            r.chunksReused += 1
+            return c
+        }
+        if let cached {
+            run.hooks.sealSkipped?()
+            chunks.append(cached.id)
+            seals.append(cached.seal)
+            return
+        }
+        let sealed = try pipeline.seal(chunk)
+        chunks.append(sealed.id)
+        seals.append(sealed.seal)
+        try await enqueue(sealed, &uploads)
     }
 }

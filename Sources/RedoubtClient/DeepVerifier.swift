@@ -54,7 +54,13 @@ public struct DeepVerifier: Sendable {
             try Task.checkCancellation()
             progress("pack \(i + 1)/\(packs.count) \(id)")
             let opened: OpenedPack
-            do { opened = try PackReader.open(try await source.pack(id), expectedID: id, readKey: readKey) } catch {
+            let seals: [ChunkID: ChunkSeal]
+            do {
+                opened = try PackReader.open(try await source.pack(id), expectedID: id, readKey: readKey)
+                // Format 2: the pack's own sealed index must open and give a key that opens
+                // each chunk (a restore uses its trees' keys, but a pack should be whole).
+                seals = try opened.indexSeals(readKey: readKey)
+            } catch {
                 report.damagedPacks.append(.init(pack: id.description, badChunks: 0, problem: "\(error)"))
                 continue
             }
@@ -62,7 +68,7 @@ public struct DeepVerifier: Sendable {
             var bad = 0, first: String? = nil
             for e in opened.entries {
                 do {
-                    _ = try opened.chunk(e, chunkIDKey: chunkIDKey, decompressor: decompressor)
+                    _ = try opened.chunk(e, seal: seals[e.chunkID], chunkIDKey: chunkIDKey, decompressor: decompressor)
                     goodIn[e.chunkID, default: []].append(id)
                 } catch {
                     bad += 1

@@ -40,6 +40,11 @@ public struct MetadataCache: Sendable {
         public var device: UInt64
         public var content: [ChunkID]
         public var dataRegions: [Extent]?
+        /// The seal of each chunk of `content` (format-2 chunks: a tree needs them).
+        public var contentSeals: [ChunkSeal] = []
+        /// The keyed hash (HMAC, chunk-ID key) of each chunk's plaintext: lets a changed file's
+        /// unchanged chunks be named without compressing and sealing them again.
+        public var contentMACs: [ChunkID] = []
 
         public init(size: UInt64, mtime: Timestamp, ctime: Timestamp, inode: UInt64, device: UInt64, content: [ChunkID], dataRegions: [Extent]?) {
             self.size = size
@@ -58,7 +63,10 @@ public struct MetadataCache: Sendable {
     }
 
     public static let magic = Array("RDBTMDC1".utf8)
-    public static let version: UInt16 = 1
+    /// Version 2 keeps each chunk's seal and its plaintext's keyed hash beside its ID. It
+    /// holds the keys of the last snapshot's file chunks: see docs/FORMAT.md §3.4 on what
+    /// that means on a taken host.
+    public static let version: UInt16 = 2
     static let keyCheckLabel = Array("redoubt/v1/metadata-cache".utf8)
     /// A cache larger than this is not read (a sanity bound, ~10 million files).
     public static let maxSize = 4 << 30
@@ -101,7 +109,13 @@ public struct MetadataCache: Sendable {
             w.uvarint(e.inode)
             w.uvarint(e.device)
             w.uvarint(UInt64(e.content.count))
-            for c in e.content { w.raw(c.bytes) }
+            for (k, c) in e.content.enumerated() {
+                w.raw(c.bytes)
+                let seal = k < e.contentSeals.count ? e.contentSeals[k] : nil
+                w.raw(seal?.key ?? [UInt8](repeating: 0, count: 32))
+                w.u32(seal?.rawLength ?? UInt32.max)
+                w.raw(k < e.contentMACs.count ? e.contentMACs[k].bytes : [UInt8](repeating: 0, count: 32))
+            }
             if let regions = e.dataRegions {
                 w.u8(1)
                 w.uvarint(UInt64(regions.count))
@@ -150,10 +164,21 @@ public struct MetadataCache: Sendable {
                     times.append(Timestamp(seconds: s, nanoseconds: ns))
                 }
                 let inode = try r.uvarint(), device = try r.uvarint()
-                let n = try r.count(limit: r.remaining / 32)
+                let n = try r.count(limit: r.remaining / 100)
                 var content: [ChunkID] = []
+                var seals: [ChunkSeal] = []
+                var macs: [ChunkID] = []
                 content.reserveCapacity(n)
-                for _ in 0..<n { content.append(ChunkID(bytes: try r.raw(32))!) }
+                for _ in 0..<n {
+                    content.append(ChunkID(bytes: try r.raw(32))!)
+                    let key = try r.raw(32), raw = try r.u32()
+                    if let s = ChunkSeal(key: key, rawLength: raw) { seals.append(s) }
+                    let mac = try r.raw(32)
+                    if mac != [UInt8](repeating: 0, count: 32) { macs.append(ChunkID(bytes: mac)!) }
+                }
+                // A chunk without a seal (a format-1 chunk) leaves the file to be read again.
+                if seals.count != content.count { seals = [] }
+                if macs.count != content.count || seals.isEmpty { macs = [] }
                 var regions: [Extent]? = nil
                 switch try r.u8() {
                 case 0: break
@@ -171,7 +196,11 @@ public struct MetadataCache: Sendable {
                     regions = list
                 default: throw Unusable(reason: "bad sparse flag")
                 }
-                entries[ByteKey(path)] = Entry(size: size, mtime: times[0], ctime: times[1], inode: inode, device: device, content: content, dataRegions: regions)
+                var entry = Entry(size: size, mtime: times[0], ctime: times[1], inode: inode, device: device, content: content,
+                                  dataRegions: regions)
+                entry.contentSeals = seals
+                entry.contentMACs = macs
+                entries[ByteKey(path)] = entry
             }
             guard r.isAtEnd else { throw Unusable(reason: "trailing bytes") }
             return MetadataCache(byPath: entries)

@@ -93,6 +93,9 @@ final class RestoreSession {
     /// Chunk → the pack that holds it, and the plaintext lengths learned from opened packs.
     private var location: [ChunkID: PackID] = [:]
     private var lengths: [ChunkID: Int] = [:]
+    /// Format-2 chunks' seals, from the manifest root and the trees read (this snapshot's
+    /// own chain): a pack's uploader is never trusted for the key or length of a chunk.
+    private var seals: [ChunkID: ChunkSeal] = [:]
     /// Opened packs kept for reuse (trees, and packs read to locate chunks).
     private var cache: [PackID: (pack: OpenedPack, index: [ChunkID: Int], size: Int, tick: Int)] = [:]
     private var cacheBytes = 0
@@ -172,8 +175,24 @@ final class RestoreSession {
     private func learn(_ p: OpenedPack) {
         for e in p.entries {
             if location[e.chunkID] == nil { location[e.chunkID] = p.id }
-            if lengths[e.chunkID] == nil { lengths[e.chunkID] = Int(e.rawLength) }
+            if p.version == 1, lengths[e.chunkID] == nil { lengths[e.chunkID] = Int(e.rawLength) }
         }
+    }
+
+    /// Records the seals (and so the lengths) a tree or root gives for its chunks.
+    private func learnSeals(_ ids: [ChunkID], _ list: [ChunkSeal]) {
+        for (c, s) in zip(ids, list) {
+            seals[c] = s
+            lengths[c] = Int(s.rawLength)
+        }
+    }
+
+    private func learnSeals(_ tree: Tree) -> Tree {
+        for n in tree.nodes {
+            learnSeals(n.content, n.contentSeals)
+            learnSeals(n.subtree, n.subtreeSeals)
+        }
+        return tree
     }
 
     private func keep(_ p: OpenedPack, size: Int) {
@@ -343,24 +362,27 @@ final class RestoreSession {
             }
             let opened = try await openedPack(p)
             guard let n = opened.index[id] else { throw CoreError(.missing, object: "chunk \(id)", "pack \(p) does not hold it (\(object))") }
-            // Why before decrypting: the index gives each chunk's length.
-            total += Int(opened.pack.entries[n].rawLength)
+            // Why before decrypting: the index (format 1) or the tree (format 2) gives each chunk's length.
+            total += opened.pack.version == 1 ? Int(opened.pack.entries[n].rawLength) : Int(seals[id]?.rawLength ?? 0)
             guard total <= Self.maxTreeBytes else {
                 throw CoreError(.limitExceeded, object: object, "its encoding exceeds \(Self.maxTreeBytes >> 20) MiB: the snapshot is damaged or was made to exhaust memory")
             }
-            out += try opened.pack.chunk(opened.pack.entries[n], chunkIDKey: chunkIDKey, decompressor: decompressor)
+            out += try opened.pack.chunk(opened.pack.entries[n], seal: seals[id], chunkIDKey: chunkIDKey,
+                                         decompressor: decompressor)
         }
         return out
     }
 
     private func loadTree(_ ids: [ChunkID], path: [UInt8]) async throws -> Tree {
         let object = path.isEmpty ? "root tree of \(snapshot)" : "tree of \(printable(path)) in \(snapshot)"
-        return try TreeCodec.decode(try await blob(ids, object: object), object: object)
+        return learnSeals(try TreeCodec.decode(try await blob(ids, object: object), object: object))
     }
 
     private func root() async throws -> Tree {
         if let rootTree { return rootTree }
-        let t = try await loadTree(try manifest.openRoot(readKey: readKey), path: [])
+        let root = try manifest.openRootRefs(readKey: readKey)
+        learnSeals(root.ids, root.seals)
+        let t = try await loadTree(root.ids, path: [])
         rootTree = t
         return t
     }
@@ -571,6 +593,7 @@ final class RestoreSession {
         // Decrypt, decompress and verify in the fetching task; write here.
         let wanted = expected
         let key = chunkIDKey
+        let known = seals
         let budget = batchPlaintextBudget
         let prepare: Prepare = { p, from in
             guard let want = wanted[p.id], from < want.count else { return ([:], from..<from, false) }
@@ -587,7 +610,9 @@ final class RestoreSession {
                 let c = want[i]
                 i += 1
                 guard let e = index[c] else { continue }
-                let r = Result { () throws(CoreError) in try p.chunk(e, chunkIDKey: key, decompressor: decompressor) }
+                let r = Result { () throws(CoreError) in
+                    try p.chunk(e, seal: known[c], chunkIDKey: key, decompressor: decompressor)
+                }
                 if case .success(let data) = r { bytes += data.count }
                 out[c] = r
             }
@@ -614,7 +639,9 @@ final class RestoreSession {
             var touched: [Int] = []
             if batch.isFirst {
                 // The pack's index gives every chunk's length: offsets further into files are known.
-                for e in batch.pack.entries where lengths[e.chunkID] == nil { lengths[e.chunkID] = Int(e.rawLength) }
+                for e in batch.pack.entries where batch.pack.version == 1 && lengths[e.chunkID] == nil {
+                    lengths[e.chunkID] = Int(e.rawLength)
+                }
                 for e in batch.pack.entries {
                     guard let ws = waiting.removeValue(forKey: e.chunkID) else { continue }
                     for f in ws {

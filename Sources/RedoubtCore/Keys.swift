@@ -97,7 +97,7 @@ public struct ReadPrivateKey: Sendable, CustomStringConvertible {
 public struct ChunkIDKey: Sendable, CustomStringConvertible {
     let key: SymmetricKey
     /// The keyed pads when ``SHA256Stream`` is accelerated; otherwise swift-crypto's HMAC.
-    private let pads: HMACSHA256Pads?
+    let pads: HMACSHA256Pads?
     public init(secret: SecretBytes) throws(CoreError) {
         guard secret.count == 32 else { throw CoreError(.badKey, object: "chunk-ID key", "expected 32 bytes, got \(secret.count)") }
         self.init(key: secret.withUnsafeBytes { SymmetricKey(data: $0) })

@@ -79,7 +79,8 @@ public struct ManifestBounds: Sendable, Equatable {
 /// The snapshot ID is the SHA-256 of the manifest's bytes.
 public struct Manifest: Sendable {
     public static let magic = Array("RDBTSNAP".utf8)
-    public static let version: UInt16 = 1
+    /// The version writers write when they give root seals (format 2, docs/FORMAT.md §6.2).
+    public static let version: UInt16 = 2
     static let sealedAADLabel = Array("redoubt/v1/manifest-sealed-aad".utf8)
     public static let maxSize = 64 << 20
     static let signatureSize = 64
@@ -93,9 +94,17 @@ public struct Manifest: Sendable {
     let sealedBody: [UInt8]
     let signature: [UInt8]
     let signedLength: Int
+    /// 1 or 2: in format 2 the sealed root gives each root chunk's seal.
+    public var version: UInt16 = 1
 
-    /// Builds and signs a manifest. `root` is the chunk list of the root tree's encoding.
-    public static func create(header: ManifestHeader, root: [ChunkID], readPublicKey: ReadPublicKey, signingKey: HostSigningKey) throws(CoreError) -> Manifest {
+    /// Builds and signs a manifest. `root` is the chunk list of the root tree's encoding;
+    /// with `rootSeals` (one per root chunk) it is format 2, without them format 1.
+    public static func create(header: ManifestHeader, root: [ChunkID], rootSeals: [ChunkSeal]? = nil,
+                              readPublicKey: ReadPublicKey, signingKey: HostSigningKey) throws(CoreError) -> Manifest {
+        if let rootSeals, rootSeals.count != root.count {
+            throw CoreError(.corrupt, object: "new snapshot",
+                            "\(rootSeals.count) root seals for \(root.count) root chunks")
+        }
         guard header.readKeyID == readPublicKey.keyID, header.hostKey == signingKey.publicKey else {
             throw CoreError(.badKey, object: "new snapshot", "header names a different read key or host key than the ones given")
         }
@@ -103,10 +112,16 @@ public struct Manifest: Sendable {
         let headerBytes = encodeHeader(header)
         var body = ByteWriter(capacity: 8 + root.count * 32)
         body.uvarint(UInt64(root.count))
-        for c in root { body.raw(c.bytes) }
+        for (k, c) in root.enumerated() {
+            body.raw(c.bytes)
+            if let rootSeals {
+                body.raw(rootSeals[k].key)
+                body.u32(rootSeals[k].rawLength)
+            }
+        }
         var w = ByteWriter(capacity: headerBytes.count + 2048)
         w.raw(magic)
-        w.u16(version)
+        w.u16(rootSeals == nil ? 1 : version)
         w.lengthPrefixed(headerBytes)
         do {
             var sender = try HPKE.Sender(recipientKey: readPublicKey.key, ciphersuite: readKeyCiphersuite, info: hpkeInfo(readPublicKey.keyID))
@@ -139,7 +154,10 @@ public struct Manifest: Sendable {
         do {
             guard try r.raw(8) == magic else { throw CoreError(.corrupt, object: object, "bad magic: not a Redoubt snapshot manifest") }
             let v = try r.u16()
-            guard v == version else { throw CoreError(.unsupportedVersion, object: object, "manifest format version \(v); this build reads \(version): upgrade redoubt") }
+            guard v == 1 || v == 2 else {
+                throw CoreError(.unsupportedVersion, object: object,
+                                "manifest format version \(v); this build reads 1 and 2: upgrade redoubt")
+            }
             let headerBytes = try r.lengthPrefixed()
             let enc = try r.lengthPrefixed(limit: 2048)
             let sealed = try r.lengthPrefixed()
@@ -148,7 +166,7 @@ public struct Manifest: Sendable {
             guard r.isAtEnd else { throw CoreError(.corrupt, object: object, "trailing bytes after the signature") }
             let header = try decodeHeader(headerBytes, object: object, bounds: bounds)
             return Manifest(id: id, header: header, bytes: bytes, headerBytes: headerBytes, encapsulatedKey: enc,
-                            sealedBody: sealed, signature: sig, signedLength: signedLength)
+                            sealedBody: sealed, signature: sig, signedLength: signedLength, version: v)
         } catch let e as CoreError { throw e } catch let e as ByteReader.Failure { throw e.corrupt(object, "malformed manifest") } catch {
             throw CoreError(.corrupt, object: object, "\(error)")
         }
@@ -172,6 +190,11 @@ public struct Manifest: Sendable {
 
     /// Unseals the root tree's chunk list with the read key.
     public func openRoot(readKey: ReadPrivateKey) throws(CoreError) -> [ChunkID] {
+        try openRootRefs(readKey: readKey).ids
+    }
+
+    /// Unseals the root tree's chunk list and (format 2) each root chunk's seal.
+    public func openRootRefs(readKey: ReadPrivateKey) throws(CoreError) -> (ids: [ChunkID], seals: [ChunkSeal]) {
         let object = "snapshot \(id)"
         guard header.readKeyID == readKey.publicKey.keyID else {
             throw CoreError(.wrongTenant, object: object, "sealed to read key \(header.readKeyID), not this tenant's \(readKey.publicKey.keyID)")
@@ -186,11 +209,21 @@ public struct Manifest: Sendable {
         }
         var r = ByteReader(plain)
         do {
-            let n = try r.count(limit: r.remaining / 32)
-            var out: [ChunkID] = []
-            for _ in 0..<n { out.append(ChunkID(bytes: try r.raw(32))!) }
+            let size = version == 1 ? 32 : 68
+            let n = try r.count(limit: r.remaining / size)
+            var out: [ChunkID] = [], seals: [ChunkSeal] = []
+            for _ in 0..<n {
+                out.append(ChunkID(bytes: try r.raw(32))!)
+                if version == 2 {
+                    let key = try r.raw(32), raw = try r.u32()
+                    guard let s = ChunkSeal(key: key, rawLength: raw) else {
+                        throw CoreError(.corrupt, object: object, "sealed root has a bad seal")
+                    }
+                    seals.append(s)
+                }
+            }
             guard r.isAtEnd, !out.isEmpty else { throw CoreError(.corrupt, object: object, "sealed root is malformed") }
-            return out
+            return (out, seals)
         } catch let e as CoreError { throw e } catch let e as ByteReader.Failure { throw e.corrupt(object, "sealed root") } catch {
             throw CoreError(.corrupt, object: object, "\(error)")
         }

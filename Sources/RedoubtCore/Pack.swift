@@ -1,20 +1,31 @@
 import Crypto
 import Foundation
 
-/// Pack format v1 (docs/FORMAT.md §4): a header with a fresh data key sealed to the
-/// tenant's read key (HPKE), the chunks sealed with AES-256-GCM under that key, the
-/// sealed index, the public chunk-ID list and a fixed footer. The pack ID is the SHA-256
-/// of all of it.
+/// Pack formats 1 and 2 (docs/FORMAT.md §4): a header with a fresh data key sealed to the
+/// tenant's read key (HPKE), the sealed chunks, the sealed index, the public chunk list and
+/// a fixed footer. The pack ID is the SHA-256 of all of it. In format 1 chunks are sealed
+/// under the data key; in format 2 each is sealed convergently (§3.4) and the public list
+/// gives each chunk's place, so anyone can check every chunk's bytes against its ID.
 public enum PackFormat {
     public static let magic = Array("RDBTPACK".utf8)
     public static let footerMagic = Array("RDBTEND1".utf8)
-    public static let version: UInt16 = 1
+    /// Format 2's footer magic: the footer alone tells a reader the list's entry size.
+    public static let footerMagic2 = Array("RDBTEND2".utf8)
+    /// The version writers write.
+    public static let version: UInt16 = 2
+    /// Versions this build reads.
+    public static let readableVersions: ClosedRange<UInt16> = 1...2
     /// Suite 1: X-Wing HPKE for the data key, AES-256-GCM for chunks, zstd.
     public static let suite: UInt16 = 1
     /// Bytes in the footer: index offset u64, index length u32, chunk count u32, magic.
     public static let footerSize = 24
-    /// Bytes in one plaintext index entry.
+    /// Bytes in one plaintext index entry of format 1.
     static let entrySize = 32 + 8 + 4 + 4 + 1
+    /// Format 2: chunk ID ‖ chunk key ‖ raw length.
+    static let entrySize2 = 32 + 32 + 4
+    /// Bytes in one public-list entry: format 1 the ID; format 2 ID ‖ offset u64 ‖ sealed length u32.
+    static func listEntrySize(_ version: UInt16) -> Int { version == 1 ? 32 : 44 }
+    static func indexEntrySize(_ version: UInt16) -> Int { version == 1 ? entrySize : entrySize2 }
     /// At most this many chunks per pack: bounds the index and the AEAD invocations per
     /// data key (2^20, far inside AES-GCM's limits; docs/FORMAT.md §4.4).
     public static let maxChunks = 1 << 20
@@ -64,8 +75,11 @@ public struct PackIndexEntry: Sendable, Equatable {
     /// Length of the plaintext chunk.
     public let rawLength: UInt32
     public let kind: CompressionKind
-    /// Position in the pack; the chunk's nonce counter.
+    /// Position in the pack; the chunk's nonce counter (format 1).
     public let sequence: UInt32
+    /// Format 2: the key and length the pack's own index gives, if it was opened. A
+    /// reader reusing the chunk takes them from its own tree instead (§4.5).
+    public var seal: ChunkSeal? = nil
 }
 
 /// A pack once written: its ID, bytes and the chunk IDs it holds, in order.
@@ -88,14 +102,22 @@ public struct PackWriter {
     private var hashed = 0
     private let dataKey: SymmetricKey
     private var entries: [PackIndexEntry] = []
+    /// 1 or 2 (``PackFormat/version``): which `append` the pack takes.
+    public let version: UInt16
 
     /// Starts a pack sealed to `recipient`. `capacity` is a hint for the final size;
-    /// `buffer`, an earlier pack's memory, is reused if nobody else holds it.
-    public init(recipient: ReadPublicKey, capacity: Int = 40 << 20, reusing buffer: consuming [UInt8] = []) throws(CoreError) {
+    /// `buffer`, an earlier pack's memory, is reused if nobody else holds it. `version` 1
+    /// is for tests and fixtures of the older format.
+    public init(recipient: ReadPublicKey, capacity: Int = 40 << 20, reusing buffer: consuming [UInt8] = [],
+                version: UInt16 = PackFormat.version) throws(CoreError) {
+        guard PackFormat.readableVersions.contains(version) else {
+            throw CoreError(.unsupportedVersion, object: "new pack", "cannot write pack format version \(version)")
+        }
+        self.version = version
         dataKey = SymmetricKey(size: .bits256)
         var w = ByteWriter(capacity: 2048)
         w.raw(PackFormat.magic)
-        w.u16(PackFormat.version)
+        w.u16(version)
         w.u16(PackFormat.suite)
         w.raw(recipient.keyID.bytes)
         do {
@@ -118,8 +140,25 @@ public struct PackWriter {
     public var size: Int { bytes.count }
     public var chunkCount: Int { entries.count }
 
-    /// Seals one chunk's payload (already compressed or not) and appends it.
+    /// Appends a chunk sealed by ``ConvergentSealing`` (format 2).
+    public mutating func append(_ chunk: SealedChunk) throws(CoreError) {
+        let object = "chunk \(chunk.id.short)"
+        guard version == 2 else { throw CoreError(.unsupportedVersion, object: object, "a format-1 pack seals its own chunks") }
+        guard entries.count < PackFormat.maxChunks else {
+            throw CoreError(.limitExceeded, object: object, "pack already holds \(PackFormat.maxChunks) chunks; finish it first")
+        }
+        let offset = bytes.count
+        bytes.append(contentsOf: chunk.bytes)
+        entries.append(PackIndexEntry(chunkID: chunk.id, offset: UInt64(offset), sealedLength: UInt32(chunk.bytes.count),
+                                      rawLength: chunk.seal.rawLength, kind: .none, sequence: UInt32(entries.count),
+                                      seal: chunk.seal))
+    }
+
+    /// Seals one chunk's payload (already compressed or not) and appends it (format 1).
     public mutating func append(id: ChunkID, kind: CompressionKind, rawLength: Int, payload: UnsafeRawBufferPointer) throws(CoreError) {
+        guard version == 1 else {
+            throw CoreError(.unsupportedVersion, object: "chunk \(id.short)", "a format-2 pack takes sealed chunks")
+        }
         guard entries.count < PackFormat.maxChunks else {
             throw CoreError(.limitExceeded, object: "chunk \(id.short)", "pack already holds \(PackFormat.maxChunks) chunks; finish it first")
         }
@@ -164,14 +203,19 @@ public struct PackWriter {
 
     /// Seals the index, writes the public chunk list and footer, and returns the pack.
     public consuming func finish() throws(CoreError) -> FinishedPack {
-        var index = ByteWriter(capacity: 4 + entries.count * PackFormat.entrySize)
+        var index = ByteWriter(capacity: 4 + entries.count * PackFormat.indexEntrySize(version))
         index.u32(UInt32(entries.count))
         for e in entries {
             index.raw(e.chunkID.bytes)
-            index.u64(e.offset)
-            index.u32(e.sealedLength)
-            index.u32(e.rawLength)
-            index.u8(e.kind.rawValue)
+            if version == 1 {
+                index.u64(e.offset)
+                index.u32(e.sealedLength)
+                index.u32(e.rawLength)
+                index.u8(e.kind.rawValue)
+            } else {
+                index.raw(e.seal?.key ?? [UInt8](repeating: 0, count: 32))
+                index.u32(e.rawLength)
+            }
         }
         let box: AES.GCM.SealedBox
         do {
@@ -182,12 +226,20 @@ public struct PackWriter {
         bytes.append(contentsOf: box.ciphertext)
         bytes.append(contentsOf: box.tag)
         let indexLength = bytes.count - indexOffset
-        for e in entries { bytes.append(contentsOf: e.chunkID.bytes) }
+        for e in entries {
+            bytes.append(contentsOf: e.chunkID.bytes)
+            if version == 2 {
+                var l = ByteWriter(capacity: 12)
+                l.u64(e.offset)
+                l.u32(e.sealedLength)
+                bytes.append(contentsOf: l.bytes)
+            }
+        }
         var f = ByteWriter(capacity: PackFormat.footerSize)
         f.u64(UInt64(indexOffset))
         f.u32(UInt32(indexLength))
         f.u32(UInt32(entries.count))
-        f.raw(PackFormat.footerMagic)
+        f.raw(version == 1 ? PackFormat.footerMagic : PackFormat.footerMagic2)
         bytes.append(contentsOf: f.bytes)
         hashPending()
         let id = PackID(bytes: hasher.finalize())!
@@ -215,8 +267,10 @@ public struct PackHeader: Sendable {
         do {
             guard try r.raw(8) == PackFormat.magic else { throw CoreError(.corrupt, object: object, "bad magic: not a Redoubt pack") }
             let version = try r.u16()
-            guard version == PackFormat.version else {
-                throw CoreError(.unsupportedVersion, object: object, "pack format version \(version); this build reads version \(PackFormat.version): upgrade redoubt")
+            guard PackFormat.readableVersions.contains(version) else {
+                let readable = PackFormat.readableVersions
+                throw CoreError(.unsupportedVersion, object: object, "pack format version \(version); this build reads versions "
+                                + "\(readable.lowerBound)–\(readable.upperBound): upgrade redoubt")
             }
             let suite = try r.u16()
             guard suite == PackFormat.suite else { throw CoreError(.unsupportedVersion, object: object, "unknown cipher suite \(suite)") }
@@ -236,6 +290,11 @@ public struct PackFooter: Sendable, Equatable {
     public let indexOffset: UInt64
     public let indexLength: UInt32
     public let chunkCount: UInt32
+    /// 1 or 2, from the footer's magic.
+    public var version: UInt16 = 1
+
+    /// Bytes of one public-list entry (32 in format 1, 44 in format 2).
+    public var listEntrySize: Int { PackFormat.listEntrySize(version) }
 
     /// Parses the last ``PackFormat/footerSize`` bytes of a pack of `packSize` bytes and
     /// checks that the regions it names fit the pack exactly.
@@ -244,14 +303,21 @@ public struct PackFooter: Sendable, Equatable {
         var r = ByteReader(tail)
         do {
             let off = try r.u64(), len = try r.u32(), count = try r.u32()
-            guard try r.raw(8) == PackFormat.footerMagic else { throw CoreError(.corrupt, object: object, "bad footer magic: pack truncated or not a Redoubt pack") }
+            let magic = try r.raw(8)
+            let version: UInt16
+            switch magic {
+            case PackFormat.footerMagic: version = 1
+            case PackFormat.footerMagic2: version = 2
+            default: throw CoreError(.corrupt, object: object, "bad footer magic: pack truncated or not a Redoubt pack")
+            }
             guard count <= PackFormat.maxChunks else { throw CoreError(.corrupt, object: object, "footer claims \(count) chunks, more than the format allows") }
-            let expectedIndexLength = UInt64(4 + Int(count) * PackFormat.entrySize + PackFormat.tagSize)
-            let listEnd = off &+ UInt64(len) &+ UInt64(count) * 32 &+ UInt64(PackFormat.footerSize)
+            let expectedIndexLength = UInt64(4 + Int(count) * PackFormat.indexEntrySize(version) + PackFormat.tagSize)
+            let listBytes = UInt64(count) * UInt64(PackFormat.listEntrySize(version))
+            let listEnd = off &+ UInt64(len) &+ listBytes &+ UInt64(PackFormat.footerSize)
             guard off >= UInt64(headerLength), UInt64(len) == expectedIndexLength, off <= UInt64(packSize), listEnd == UInt64(packSize) else {
                 throw CoreError(.corrupt, object: object, "footer regions do not match the pack's size (\(packSize) bytes): truncated or extended")
             }
-            return PackFooter(indexOffset: off, indexLength: len, chunkCount: count)
+            return PackFooter(indexOffset: off, indexLength: len, chunkCount: count, version: version)
         } catch let e as CoreError { throw e } catch let e as ByteReader.Failure { throw e.corrupt(object, "footer") } catch { throw CoreError(.corrupt, object: object, "\(error)") }
     }
 }
@@ -262,27 +328,35 @@ public struct PackSummary: Sendable {
     public let keyID: ReadKeyID
     public let chunkIDs: [ChunkID]
     public let size: Int
+    /// Pack format version (1 or 2).
+    public var version: UInt16 = 1
+    /// Whether every chunk's sealed bytes were checked to hash to its ID (format 2): then
+    /// the chunks are exactly what any host computing those IDs would have stored.
+    public var chunksVerified: Bool { version >= 2 }
 }
 
 /// Reads packs. The one place that turns pack bytes into authenticated values.
 public enum PackReader {
     /// Verifies a pack's hash and structure without any key and returns its public chunk
-    /// list: what a server does before it accepts an upload.
+    /// list: what a server does before it accepts an upload. For a format-2 pack this also
+    /// checks that every chunk's sealed bytes hash to the ID the list gives (§4.5).
     public static func inspect(_ bytes: [UInt8], expectedID: PackID) throws(CoreError) -> PackSummary {
         try parse(bytes, expectedID: expectedID).summary
     }
 
-    /// Hash check, header, footer and public list: steps 1–2 of docs/FORMAT.md §4.5.
-    static func parse(_ bytes: [UInt8], expectedID: PackID) throws(CoreError) -> (summary: PackSummary, header: PackHeader, footer: PackFooter) {
+    /// Hash check, header, footer and public list: steps 1–2 of docs/FORMAT.md §4.5 (and
+    /// for format 2 the per-chunk hashes of step 2a).
+    typealias Parsed = (summary: PackSummary, header: PackHeader, footer: PackFooter, places: [PackIndexEntry])
+
+    static func parse(_ bytes: [UInt8], expectedID: PackID) throws(CoreError) -> Parsed {
         let object = "pack \(expectedID)"
         guard bytes.count <= PackFormat.maxPackSize else { throw CoreError(.limitExceeded, object: object, "pack of \(bytes.count) bytes exceeds the format's limit") }
-        let actual = PackID(bytes: Array(SHA256.hash(data: bytes)))!
-        guard actual == expectedID else {
-            throw CoreError(.authenticationFailed, object: object, "bytes hash to \(actual): the pack was modified, truncated or is another pack")
+        if bytes.count >= 10, bytes[8] == 2, bytes[9] == 0 { return try parse2(bytes, expectedID: expectedID) }
+        try checkHash(bytes, expectedID)
+        let (header, footer) = try structure(bytes, object: object)
+        guard header.version == footer.version else {
+            throw CoreError(.corrupt, object: object, "header and footer disagree on the version")
         }
-        let header = try PackHeader.parse(Array(bytes.prefix(PackHeader.maxLength)), object: object)
-        guard bytes.count >= header.length + PackFormat.footerSize else { throw CoreError(.corrupt, object: object, "truncated: no footer") }
-        let footer = try PackFooter.parse(Array(bytes.suffix(PackFormat.footerSize)), packSize: bytes.count, headerLength: header.length, object: object)
         let listStart = Int(footer.indexOffset) + Int(footer.indexLength)
         var ids: [ChunkID] = []
         ids.reserveCapacity(Int(footer.chunkCount))
@@ -290,14 +364,108 @@ public enum PackReader {
             let s = listStart + 32 * i
             ids.append(ChunkID(bytes: Array(bytes[s..<(s + 32)]))!)
         }
-        return (PackSummary(id: actual, keyID: header.keyID, chunkIDs: ids, size: bytes.count), header, footer)
+        return (PackSummary(id: expectedID, keyID: header.keyID, chunkIDs: ids, size: bytes.count), header, footer, [])
+    }
+
+    private static func checkHash(_ bytes: [UInt8], _ expectedID: PackID) throws(CoreError) {
+        let actual = PackID(bytes: Array(SHA256.hash(data: bytes)))!
+        guard actual == expectedID else {
+            throw CoreError(.authenticationFailed, object: "pack \(expectedID)",
+                            "bytes hash to \(actual): the pack was modified, truncated or is another pack")
+        }
+    }
+
+    private static func structure(_ bytes: [UInt8], object: String) throws(CoreError) -> (PackHeader, PackFooter) {
+        let header = try PackHeader.parse(Array(bytes.prefix(PackHeader.maxLength)), object: object)
+        guard bytes.count >= header.length + PackFormat.footerSize else { throw CoreError(.corrupt, object: object, "truncated: no footer") }
+        let footer = try PackFooter.parse(Array(bytes.suffix(PackFormat.footerSize)), packSize: bytes.count, headerLength: header.length, object: object)
+        return (header, footer)
+    }
+
+    /// Format 2: the structure first (a pack that does not parse is still reported by its
+    /// hash if that is wrong), then one pass that hashes the pack and each chunk together.
+    private static func parse2(_ bytes: [UInt8], expectedID: PackID) throws(CoreError) -> Parsed {
+        let object = "pack \(expectedID)"
+        let header: PackHeader, footer: PackFooter
+        var places: [PackIndexEntry] = []
+        do {
+            (header, footer) = try structure(bytes, object: object)
+            guard footer.version == 2 else {
+                throw CoreError(.corrupt, object: object, "header and footer disagree on the version")
+            }
+            let listStart = Int(footer.indexOffset) + Int(footer.indexLength)
+            places.reserveCapacity(Int(footer.chunkCount))
+            var r = ByteReader(Array(bytes[listStart..<(bytes.count - PackFormat.footerSize)]))
+            var expected = UInt64(header.length)
+            for seq in 0..<Int(footer.chunkCount) {
+                let id = ChunkID(bytes: try r.raw(32))!
+                let off = try r.u64(), len = try r.u32()
+                // Why: chunks must tile the chunk area in order, so no region is hidden or shared.
+                let maxSealed = UInt32(PackFormat.maxRawChunk + 1024 + 64)
+                guard off == expected, len >= UInt32(PackFormat.tagSize), len <= maxSealed else {
+                    throw CoreError(.corrupt, object: object, "chunk \(id.short): public list entry out of place")
+                }
+                expected = off + UInt64(len)
+                places.append(PackIndexEntry(chunkID: id, offset: off, sealedLength: len, rawLength: 0, kind: .none,
+                                             sequence: UInt32(seq)))
+            }
+            guard expected == footer.indexOffset, r.isAtEnd else {
+                throw CoreError(.corrupt, object: object, "public list does not cover the chunk area exactly")
+            }
+        } catch let e as CoreError {
+            try checkHash(bytes, expectedID)
+            throw e
+        } catch let e as ByteReader.Failure {
+            try checkHash(bytes, expectedID)
+            throw e.corrupt(object, "public list")
+        } catch {
+            throw CoreError(.corrupt, object: object, "\(error)")
+        }
+        var pack = SHA256Stream()
+        var firstBad: ChunkID? = nil
+        bytes.withUnsafeBytes { all in
+            pack.update(UnsafeRawBufferPointer(rebasing: all[0..<header.length]))
+            for p in places {
+                let start = Int(p.offset)
+                let region = UnsafeRawBufferPointer(rebasing: all[start..<(start + Int(p.sealedLength))])
+                var chunk = SHA256Stream()
+                chunk.update(region, alongside: &pack, region)
+                if firstBad == nil, chunk.finalize() != p.chunkID.bytes { firstBad = p.chunkID }
+            }
+            pack.update(UnsafeRawBufferPointer(rebasing: all[Int(footer.indexOffset)...]))
+        }
+        let actual = PackID(bytes: pack.finalize())!
+        guard actual == expectedID else {
+            throw CoreError(.authenticationFailed, object: object,
+                            "bytes hash to \(actual): the pack was modified, truncated or is another pack")
+        }
+        if let firstBad {
+            // Why: a chunk whose bytes are not what its ID names would be reused by any host
+            // computing that ID, and its restore would fail: refuse the whole pack.
+            throw CoreError(.authenticationFailed, object: "chunk \(firstBad) in pack \(expectedID)",
+                            "chunk \(firstBad): its sealed bytes do not hash to the ID the pack's public list gives, "
+                            + "so the pack is refused")
+        }
+        let summary = PackSummary(id: actual, keyID: header.keyID, chunkIDs: places.map(\.chunkID), size: bytes.count,
+                                  version: 2)
+        return (summary, header, footer, places)
     }
 
     /// Opens a whole pack with the read key: checks its hash, unseals the data key and
     /// the index, and checks the index against the public chunk list and the footer.
+    ///
+    /// A format-2 pack is opened from its public list alone (every chunk's hash checked):
+    /// its chunks open with the seals of the reader's own trees, so nothing in the
+    /// uploader's sealed index is needed; ``OpenedPack/indexSeals(readKey:)`` reads that.
     public static func open(_ bytes: [UInt8], expectedID: PackID, readKey: ReadPrivateKey) throws(CoreError) -> OpenedPack {
-        let (summary, header, footer) = try parse(bytes, expectedID: expectedID)
+        let (summary, header, footer, places) = try parse(bytes, expectedID: expectedID)
         let object = "pack \(expectedID)"
+        guard header.keyID == readKey.publicKey.keyID else {
+            throw CoreError(.wrongTenant, object: object, "sealed to read key \(header.keyID), not this tenant's \(readKey.publicKey.keyID): it belongs to another tenant")
+        }
+        if header.version == 2 {
+            return OpenedPack(id: expectedID, dataKey: nil, entries: places, bytes: bytes, version: 2)
+        }
         let dataKey = try unsealDataKey(header, readKey: readKey, object: object)
         let start = Int(footer.indexOffset)
         let sealedIndex = Array(bytes[start..<(start + Int(footer.indexLength))])
@@ -305,7 +473,7 @@ public enum PackReader {
         guard entries.map(\.chunkID) == summary.chunkIDs else {
             throw CoreError(.authenticationFailed, object: object, "public chunk list differs from the sealed index")
         }
-        return OpenedPack(id: expectedID, dataKey: dataKey, entries: entries, bytes: bytes)
+        return OpenedPack(id: expectedID, dataKey: dataKey, entries: entries, bytes: bytes, version: 1)
     }
 
     /// Unseals the pack's data key with the read key.
@@ -325,17 +493,21 @@ public enum PackReader {
         }
     }
 
-    /// Decrypts and parses a sealed index.
-    static func openIndex(_ sealed: [UInt8], footer: PackFooter, headerLength: Int, dataKey: SymmetricKey, object: String) throws(CoreError) -> [PackIndexEntry] {
-        let count = Int(footer.chunkCount)
-        let plain: Data
+    static func unsealIndex(_ sealed: [UInt8], count: Int, dataKey: SymmetricKey,
+                            object: String) throws(CoreError) -> Data {
         do {
             let box = try AES.GCM.SealedBox(nonce: try PackFormat.nonce(domain: 1, counter: 0),
                                             ciphertext: sealed.dropLast(PackFormat.tagSize), tag: sealed.suffix(PackFormat.tagSize))
-            plain = try AES.GCM.open(box, using: dataKey, authenticating: PackFormat.indexAAD(count: count))
+            return try AES.GCM.open(box, using: dataKey, authenticating: PackFormat.indexAAD(count: count))
         } catch {
             throw CoreError(.authenticationFailed, object: object, "index does not authenticate: modified, or from another pack")
         }
+    }
+
+    /// Decrypts and parses a sealed index.
+    static func openIndex(_ sealed: [UInt8], footer: PackFooter, headerLength: Int, dataKey: SymmetricKey, object: String) throws(CoreError) -> [PackIndexEntry] {
+        let count = Int(footer.chunkCount)
+        let plain = try unsealIndex(sealed, count: count, dataKey: dataKey, object: object)
         var r = ByteReader(plain)
         var entries: [PackIndexEntry] = []
         entries.reserveCapacity(count)
@@ -357,34 +529,107 @@ public enum PackReader {
         } catch let e as CoreError { throw e } catch let e as ByteReader.Failure { throw e.corrupt(object, "index") } catch { throw CoreError(.corrupt, object: object, "\(error)") }
         return entries
     }
+
+    /// Format 2: opens the uploader's sealed index and returns each chunk's seal, after
+    /// checking that it names the public list's chunks in order.
+    static func openIndex2(_ bytes: [UInt8], header: PackHeader, footer: PackFooter, places: [PackIndexEntry],
+                           readKey: ReadPrivateKey, object: String) throws(CoreError) -> [ChunkSeal] {
+        let dataKey = try unsealDataKey(header, readKey: readKey, object: object)
+        let start = Int(footer.indexOffset)
+        let count = Int(footer.chunkCount)
+        let sealed = Array(bytes[start..<(start + Int(footer.indexLength))])
+        let plain = try unsealIndex(sealed, count: count, dataKey: dataKey, object: object)
+        var r = ByteReader(plain)
+        var seals: [ChunkSeal] = []
+        seals.reserveCapacity(count)
+        do {
+            guard Int(try r.u32()) == count else {
+                throw CoreError(.corrupt, object: object, "index count differs from footer")
+            }
+            for p in places {
+                let id = ChunkID(bytes: try r.raw(32))!
+                let key = try r.raw(32), rawLen = try r.u32()
+                guard id == p.chunkID, let seal = ChunkSeal(key: key, rawLength: rawLen) else {
+                    throw CoreError(.authenticationFailed, object: object,
+                                    "sealed index differs from the public chunk list at chunk \(p.chunkID.short)")
+                }
+                seals.append(seal)
+            }
+            guard r.isAtEnd else { throw CoreError(.corrupt, object: object, "trailing bytes in the index") }
+        } catch let e as CoreError { throw e } catch let e as ByteReader.Failure { throw e.corrupt(object, "index") } catch { throw CoreError(.corrupt, object: object, "\(error)") }
+        return seals
+    }
 }
 
-/// A pack whose data key and index have been authenticated.
+/// A pack whose structure (format 2: and every chunk's hash) or data key and index
+/// (format 1) have been authenticated.
 public struct OpenedPack: Sendable {
     public let id: PackID
-    let dataKey: SymmetricKey
+    /// Format 1 only.
+    let dataKey: SymmetricKey?
+    /// Format 1: the sealed index. Format 2: the public list (no seals; see ``indexSeals(readKey:)``).
     public let entries: [PackIndexEntry]
     let bytes: [UInt8]
+    public let version: UInt16
 
-    /// Decrypts, decompresses and checks the chunk at `entry`: its tag (so it was sealed
-    /// here, at this position, with this ID) and its keyed ID (so the plaintext is what
-    /// the ID names).
-    public func chunk(_ entry: PackIndexEntry, chunkIDKey: ChunkIDKey, decompressor: ChunkDecompressor) throws(CoreError) -> [UInt8] {
+    /// Format 2: the seal of every chunk as the pack's own sealed index gives it, by chunk.
+    /// For checking a pack on its own (deep verify, media); a restore takes seals from its
+    /// trees instead, since the index is the uploader's word.
+    public func indexSeals(readKey: ReadPrivateKey) throws(CoreError) -> [ChunkID: ChunkSeal] {
+        guard version == 2 else { return [:] }
+        let object = "pack \(id)"
+        let (_, header, footer, places) = try PackReader.parse(bytes, expectedID: id)
+        let seals = try PackReader.openIndex2(bytes, header: header, footer: footer, places: places, readKey: readKey,
+                                              object: object)
+        var out: [ChunkID: ChunkSeal] = [:]
+        for (p, s) in zip(places, seals) where out[p.chunkID] == nil { out[p.chunkID] = s }
+        return out
+    }
+
+    /// Decrypts, decompresses and checks the chunk at `entry`.
+    ///
+    /// Format 1: its tag (so it was sealed here, at this position, with this ID) and its
+    /// keyed ID (so the plaintext is what the ID names); `seal` is ignored. Format 2: its
+    /// hash is its ID and it opens with `seal`, which must come from the reader's own tree
+    /// or root (a missing seal is `E_MISSING`).
+    public func chunk(_ entry: PackIndexEntry, seal: ChunkSeal? = nil, chunkIDKey: ChunkIDKey,
+                      decompressor: ChunkDecompressor) throws(CoreError) -> [UInt8] {
         // Why: only entries of this pack's own authenticated index are in bounds.
-        guard Int(entry.sequence) < entries.count, entries[Int(entry.sequence)] == entry else {
+        let n = Int(entry.sequence)
+        guard n < entries.count, entries[n].chunkID == entry.chunkID, entries[n].offset == entry.offset,
+              entries[n].sealedLength == entry.sealedLength else {
             throw CoreError(.missing, object: "chunk \(entry.chunkID) in pack \(id)", "entry is not from this pack's index")
         }
         let s = Int(entry.offset), e = s + Int(entry.sealedLength)
+        if version == 2 {
+            let object = "chunk \(entry.chunkID) in pack \(id)"
+            guard let seal else {
+                throw CoreError(.missing, object: object,
+                                "no key for it: a format-2 chunk opens only with the seal its tree gives")
+            }
+            return try narrow { try bytes.withUnsafeBytes { b in
+                try ConvergentSealing.open(UnsafeRawBufferPointer(rebasing: b[s..<e]), id: entry.chunkID, seal: seal,
+                                           decompressor: decompressor, object: object)
+            } }
+        }
+        guard let dataKey else { throw CoreError(.missing, object: "pack \(id)", "opened without its data key") }
         return try narrow { try bytes.withUnsafeBytes { b in
             try ChunkOpener.open(UnsafeRawBufferPointer(rebasing: b[s..<e]), entry: entry, dataKey: dataKey, packID: id,
                                  chunkIDKey: chunkIDKey, decompressor: decompressor)
         } }
     }
 
-    /// Every chunk, in pack order.
-    public func allChunks(chunkIDKey: ChunkIDKey, decompressor: ChunkDecompressor) throws(CoreError) -> [(ChunkID, [UInt8])] {
+    /// Every chunk, in pack order. Format 2 chunks open with `seals` (by default the
+    /// pack's own index, opened with `readKey`).
+    public func allChunks(chunkIDKey: ChunkIDKey, decompressor: ChunkDecompressor, readKey: ReadPrivateKey? = nil,
+                          seals: [ChunkID: ChunkSeal]? = nil) throws(CoreError) -> [(ChunkID, [UInt8])] {
+        var known = seals ?? [:]
+        if version == 2, seals == nil, let readKey { known = try indexSeals(readKey: readKey) }
         var out: [(ChunkID, [UInt8])] = []
-        for e in entries { out.append((e.chunkID, try chunk(e, chunkIDKey: chunkIDKey, decompressor: decompressor))) }
+        for e in entries {
+            let plain = try chunk(e, seal: known[e.chunkID], chunkIDKey: chunkIDKey, decompressor: decompressor)
+            out.append((e.chunkID, plain))
+        }
         return out
     }
 }

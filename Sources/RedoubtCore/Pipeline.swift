@@ -1,4 +1,6 @@
-/// The write side of the core: chunk → keyed ID → dedup → compress-or-skip → seal → pack.
+/// The write side of the core. Format 2: chunk → compress-or-skip → convergent seal →
+/// ID (hash of the sealed bytes) → dedup → pack. Format 1: chunk → keyed ID → dedup →
+/// compress-or-skip → seal → pack.
 ///
 /// Pure and in memory: finished packs are handed out with ``takeFinishedPacks()`` and
 /// the caller uploads them. One pipeline per task; not thread-safe.
@@ -18,11 +20,19 @@ public final class PackPipeline {
     public private(set) var chunksNew: UInt64 = 0
     public private(set) var chunksReused: UInt64 = 0
     public private(set) var bytesPacked: UInt64 = 0
+    /// The pack format written (2 unless a test or fixture asks for 1).
+    public let packVersion: UInt16
+    /// Format 2: the seal of every chunk this pipeline sealed, for the trees and the
+    /// manifest root that name them.
+    public private(set) var seals: [ChunkID: ChunkSeal] = [:]
+    private var scratch: [UInt8] = []
 
     /// `isKnown` answers whether the repository already holds a chunk (the server's
     /// answer to "have?"); such chunks are not sealed again.
     public init(material: SharedWriteMaterial, targetPackSize: Int = 32 << 20, compressionLevel: Int32 = ChunkCompressor.defaultLevel,
-                chunkerParameters: Chunker.Parameters = .default, isKnown: @escaping (ChunkID) -> Bool = { _ in false }) throws(CoreError) {
+                chunkerParameters: Chunker.Parameters = .default, packVersion: UInt16 = PackFormat.version,
+                isKnown: @escaping (ChunkID) -> Bool = { _ in false }) throws(CoreError) {
+        self.packVersion = packVersion
         self.material = material
         self.chunker = Chunker(seed: material.chunkerSeed, parameters: chunkerParameters)
         self.targetPackSize = targetPackSize
@@ -34,7 +44,51 @@ public final class PackPipeline {
     /// repository nor this pipeline already has it.
     @discardableResult
     public func add(chunk: UnsafeRawBufferPointer) throws(CoreError) -> ChunkID {
-        try add(chunk: chunk, id: chunkID(for: chunk))
+        if packVersion == 2 { return try add(sealed: seal(chunk)) }
+        return try add(chunk: chunk, id: chunkID(for: chunk))
+    }
+
+    /// Compresses and seals `chunk` the format-2 way, without adding it (its ID is what
+    /// to ask the repository about).
+    public func seal(_ chunk: UnsafeRawBufferPointer) throws(CoreError) -> SealedChunk {
+        try ConvergentSealing.seal(chunk, compressor: compressor, chunkIDKey: material.chunkIDKey, scratch: &scratch)
+    }
+
+    /// Adds a chunk sealed with ``seal(_:)`` (format 2) unless this pipeline or the
+    /// repository already has it; records its seal either way.
+    @discardableResult
+    public func add(sealed chunk: SealedChunk) throws(CoreError) -> ChunkID {
+        seals[chunk.id] = chunk.seal
+        if sealedHere.contains(chunk.id) || isKnown(chunk.id) {
+            chunksReused += 1
+            return chunk.id
+        }
+        try openPack()
+        try current!.append(chunk)
+        sealedHere.insert(chunk.id)
+        chunksNew += 1
+        if current.map({ $0.size >= targetPackSize || $0.chunkCount >= PackFormat.maxChunks - 1 }) == true {
+            try finishCurrent()
+        }
+        return chunk.id
+    }
+
+    /// The seals of `ids`, in order, if this pipeline sealed every one of them.
+    public func seals(for ids: [ChunkID]) -> [ChunkSeal]? {
+        var out: [ChunkSeal] = []
+        for id in ids {
+            guard let s = seals[id] else { return nil }
+            out.append(s)
+        }
+        return out
+    }
+
+    private func openPack() throws(CoreError) {
+        guard current == nil else { return }
+        var buffer: [UInt8] = []
+        swap(&buffer, &spare)
+        current = try PackWriter(recipient: material.readPublicKey, capacity: targetPackSize + (9 << 20),
+                                 reusing: consume buffer, version: packVersion)
     }
 
     /// The keyed ID of `chunk`. Sealed bytes of the pack in progress not yet hashed for
@@ -47,18 +101,15 @@ public final class PackPipeline {
 
     /// Adds a chunk whose ID the caller has already computed with this tenant's
     /// chunk-ID key (to ask the repository about a batch first). A wrong ID is caught
-    /// by every reader (docs/FORMAT.md §4.5 step 6), never silently accepted.
+    /// by every reader (docs/FORMAT.md §4.5 step 6), never silently accepted. Format 1 only:
+    /// a format-2 ID is the hash of the sealed bytes (``seal(_:)``, ``add(sealed:)``).
     @discardableResult
     public func add(chunk: UnsafeRawBufferPointer, id: ChunkID) throws(CoreError) -> ChunkID {
         if sealedHere.contains(id) || isKnown(id) {
             chunksReused += 1
             return id
         }
-        if current == nil {
-            var buffer: [UInt8] = []
-            swap(&buffer, &spare)
-            current = try PackWriter(recipient: material.readPublicKey, capacity: targetPackSize + (9 << 20), reusing: consume buffer)
-        }
+        try openPack()
         try narrow {
             try compressor.compress(chunk) { kind, payload in
                 try current!.append(id: id, kind: kind, rawLength: chunk.count, payload: payload)
@@ -91,9 +142,16 @@ public final class PackPipeline {
         }
     }
 
-    /// Encodes a tree and adds it; returns the chunk list that names it.
+    /// Encodes a tree and adds it; returns the chunk list that names it. In format 2 a
+    /// node's missing seals are filled in from the chunks this pipeline sealed.
     public func add(tree: Tree) throws(CoreError) -> [ChunkID] {
-        try add(blob: try TreeCodec.encode(tree))
+        guard packVersion == 2 else { return try add(blob: try TreeCodec.encode(tree, version: 1)) }
+        var nodes = tree.nodes
+        for i in nodes.indices {
+            if nodes[i].contentSeals.isEmpty, let s = seals(for: nodes[i].content) { nodes[i].contentSeals = s }
+            if nodes[i].subtreeSeals.isEmpty, let s = seals(for: nodes[i].subtree) { nodes[i].subtreeSeals = s }
+        }
+        return try add(blob: try TreeCodec.encode(Tree(nodes: nodes)))
     }
 
     /// Gives back a pack the caller is done with (uploaded), so that the next pack is
@@ -145,6 +203,9 @@ public final class SnapshotReader {
     private var opened: [PackID: OpenedPack] = [:]
     private var openedOrder: [PackID] = []
     private let decompressor: ChunkDecompressor
+    /// Format 2: seals from the manifest root and the trees read so far (this snapshot's
+    /// own chain; never a pack's index).
+    private var seals: [ChunkID: ChunkSeal] = [:]
     /// Packs kept open (decrypted index and bytes) at once.
     public var cacheLimit = 4
 
@@ -185,7 +246,15 @@ public final class SnapshotReader {
         guard let entry = p.entries.first(where: { $0.chunkID == id }) else {
             throw CoreError(.missing, object: "chunk \(id)", "pack \(p.id) does not hold it")
         }
-        return try p.chunk(entry, chunkIDKey: chunkIDKey, decompressor: decompressor)
+        return try p.chunk(entry, seal: seals[id], chunkIDKey: chunkIDKey, decompressor: decompressor)
+    }
+
+    private func learn(_ tree: Tree) -> Tree {
+        for n in tree.nodes {
+            for (c, s) in zip(n.content, n.contentSeals) { seals[c] = s }
+            for (c, s) in zip(n.subtree, n.subtreeSeals) { seals[c] = s }
+        }
+        return tree
     }
 
     /// Concatenated plaintext of a chunk list.
@@ -197,13 +266,16 @@ public final class SnapshotReader {
 
     /// The snapshot's root tree.
     public func rootTree() throws -> Tree {
-        let root = try manifest.openRoot(readKey: readKey)
-        return try TreeCodec.decode(try blob(root), object: "root tree of snapshot \(manifest.id)")
+        let root = try manifest.openRootRefs(readKey: readKey)
+        for (c, s) in zip(root.ids, root.seals) { seals[c] = s }
+        return learn(try TreeCodec.decode(try blob(root.ids), object: "root tree of snapshot \(manifest.id)"))
     }
 
     /// A directory node's tree.
     public func tree(of node: Node) throws -> Tree {
-        try TreeCodec.decode(try blob(node.subtree), object: "tree of \(printable(node.name)) in snapshot \(manifest.id)")
+        for (c, s) in zip(node.subtree, node.subtreeSeals) { seals[c] = s }
+        let object = "tree of \(printable(node.name)) in snapshot \(manifest.id)"
+        return learn(try TreeCodec.decode(try blob(node.subtree), object: object))
     }
 
     /// A file node's whole contents, holes filled with zeros (for tests and small files).
@@ -211,6 +283,7 @@ public final class SnapshotReader {
         guard node.size <= 1 << 30 else {
             throw CoreError(.limitExceeded, object: "file \(printable(node.name))", "too large to read into memory; restore it to a file instead")
         }
+        for (c, s) in zip(node.content, node.contentSeals) { seals[c] = s }
         let data = try blob(node.content)
         guard let regions = node.dataRegions else {
             guard UInt64(data.count) == node.size else {

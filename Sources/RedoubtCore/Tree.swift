@@ -87,6 +87,10 @@ public struct Node: Sendable, Hashable {
     public var dataRegions: [Extent]?
     /// A directory's tree, as an ordered list of chunks of its encoding.
     public var subtree: [ChunkID]
+    /// Format 2: the seal of each chunk of `content`, in order (empty in format-1 trees).
+    public var contentSeals: [ChunkSeal] = []
+    /// Format 2: the seal of each chunk of `subtree`, in order (empty in format-1 trees).
+    public var subtreeSeals: [ChunkSeal] = []
 
     public init(name: [UInt8], type: NodeType, mode: UInt32 = 0o644, uid: UInt32 = 0, gid: UInt32 = 0,
                 user: [UInt8] = [], group: [UInt8] = [], mtime: Timestamp = .init(seconds: 0), ctime: Timestamp = .init(seconds: 0),
@@ -131,12 +135,14 @@ public struct Tree: Sendable, Hashable {
     public subscript(name: [UInt8]) -> Node? { nodes.first { $0.name == name } }
 }
 
-/// Encodes and decodes trees (format v1, docs/FORMAT.md §5). Decoding is strict: any
+/// Encodes and decodes trees (formats 1 and 2, docs/FORMAT.md §5). Decoding is strict: any
 /// byte sequence that is not the canonical encoding of a valid tree is rejected, and
-/// no name can escape the directory it is restored into.
+/// no name can escape the directory it is restored into. Format 2 carries each chunk's
+/// seal (key and length) beside its ID, so a reader needs nothing from a pack's uploader.
 public enum TreeCodec {
     public static let magic = Array("RDBTTREE".utf8)
-    public static let version: UInt16 = 1
+    /// The version writers write.
+    public static let version: UInt16 = 2
     /// Limits that bound the work and memory a hostile tree can cause.
     public static let maxName = 4096
     public static let maxLinkTarget = 65536
@@ -146,7 +152,8 @@ public enum TreeCodec {
 
     /// The canonical encoding of `tree`. Throws if a node breaks a rule that decoding
     /// enforces (so nothing is written that cannot be read back).
-    public static func encode(_ tree: Tree) throws(CoreError) -> [UInt8] {
+    /// In `version` 2 every chunk of every node needs its seal.
+    public static func encode(_ tree: Tree, version: UInt16 = TreeCodec.version) throws(CoreError) -> [UInt8] {
         var w = ByteWriter(capacity: 64 + tree.nodes.count * 160)
         w.raw(magic)
         w.u16(version)
@@ -154,6 +161,10 @@ public enum TreeCodec {
         var previous: [UInt8]? = nil
         for n in tree.nodes {
             try validate(n, after: previous, object: "tree entry")
+            if version == 2, n.contentSeals.count != n.content.count || n.subtreeSeals.count != n.subtree.count {
+                throw CoreError(.corrupt, object: "tree entry \(printableName(n.name))",
+                                "a format-2 tree needs the seal of every chunk it names")
+            }
             previous = n.name
             var b = ByteWriter(capacity: 160 + 32 * (n.content.count + n.subtree.count))
             b.lengthPrefixed(n.name)
@@ -176,7 +187,10 @@ public enum TreeCodec {
                 b.lengthPrefixed(x.value)
             }
             b.uvarint(UInt64(n.content.count))
-            for c in n.content { b.raw(c.bytes) }
+            for (k, c) in n.content.enumerated() {
+                b.raw(c.bytes)
+                if version == 2 { seal(n.contentSeals[k], &b) }
+            }
             if let regions = n.dataRegions {
                 b.u8(1)
                 b.uvarint(UInt64(regions.count))
@@ -188,7 +202,10 @@ public enum TreeCodec {
                 b.u8(0)
             }
             b.uvarint(UInt64(n.subtree.count))
-            for c in n.subtree { b.raw(c.bytes) }
+            for (k, c) in n.subtree.enumerated() {
+                b.raw(c.bytes)
+                if version == 2 { seal(n.subtreeSeals[k], &b) }
+            }
             w.lengthPrefixed(b.bytes)
         }
         return w.bytes
@@ -200,7 +217,10 @@ public enum TreeCodec {
         do {
             guard try r.raw(8) == magic else { throw CoreError(.corrupt, object: object, "bad magic: not a Redoubt tree") }
             let v = try r.u16()
-            guard v == version else { throw CoreError(.unsupportedVersion, object: object, "tree format version \(v); this build reads \(version): upgrade redoubt") }
+            guard v == 1 || v == 2 else {
+                throw CoreError(.unsupportedVersion, object: object,
+                                "tree format version \(v); this build reads 1 and 2: upgrade redoubt")
+            }
             // Every node takes at least 40 bytes, so a count beyond remaining/40 is a lie.
             let count = try r.count(limit: min(maxEntries, r.remaining / 40))
             var nodes: [Node] = []
@@ -229,7 +249,7 @@ public enum TreeCodec {
                     let xn = try b.lengthPrefixed(limit: 255), xv = try b.lengthPrefixed(limit: maxXattrValue)
                     xattrs.append(ExtendedAttribute(name: xn, value: xv))
                 }
-                let content = try chunkList(&b)
+                let (content, contentSeals) = try chunkList(&b, version: v)
                 var regions: [Extent]? = nil
                 switch try b.u8() {
                 case 0: break
@@ -240,11 +260,13 @@ public enum TreeCodec {
                     regions = list
                 default: throw CoreError(.corrupt, object: nodeObject, "bad sparse flag")
                 }
-                let subtree = try chunkList(&b)
+                let (subtree, subtreeSeals) = try chunkList(&b, version: v)
                 guard b.isAtEnd else { throw CoreError(.corrupt, object: nodeObject, "trailing bytes in entry") }
-                let node = Node(name: name, type: type, mode: UInt32(mode), uid: UInt32(uid), gid: UInt32(gid), user: user, group: group,
+                var node = Node(name: name, type: type, mode: UInt32(mode), uid: UInt32(uid), gid: UInt32(gid), user: user, group: group,
                                 mtime: times[0], ctime: times[1], atime: times[2], size: size, linkTarget: link, rdev: rdev,
                                 xattrs: xattrs, content: content, dataRegions: regions, subtree: subtree)
+                node.contentSeals = contentSeals
+                node.subtreeSeals = subtreeSeals
                 try validate(node, after: previous, object: nodeObject)
                 previous = name
                 nodes.append(node)
@@ -256,12 +278,30 @@ public enum TreeCodec {
         }
     }
 
-    private static func chunkList(_ b: inout ByteReader) throws(ByteReader.Failure) -> [ChunkID] {
-        let n = try b.count(limit: b.remaining / 32)
-        var out: [ChunkID] = []
+    private static func seal(_ s: ChunkSeal, _ b: inout ByteWriter) {
+        b.raw(s.key)
+        b.u32(s.rawLength)
+    }
+
+    /// A chunk list: IDs (format 1), or ID ‖ key ‖ raw length u32 each (format 2).
+    private static func chunkList(_ b: inout ByteReader, version: UInt16) throws(ByteReader.Failure)
+        -> ([ChunkID], [ChunkSeal]) {
+        let size = version == 1 ? 32 : 68
+        let n = try b.count(limit: b.remaining / size)
+        var out: [ChunkID] = [], seals: [ChunkSeal] = []
         out.reserveCapacity(n)
-        for _ in 0..<n { out.append(ChunkID(bytes: try b.raw(32))!) }
-        return out
+        for _ in 0..<n {
+            out.append(ChunkID(bytes: try b.raw(32))!)
+            if version == 2 {
+                let key = try b.raw(32), raw = try b.u32()
+                // A raw length over the format's limit is refused like an oversized length.
+                guard let s = ChunkSeal(key: key, rawLength: raw) else {
+                    throw ByteReader.Failure.lengthTooLarge(UInt64(raw))
+                }
+                seals.append(s)
+            }
+        }
+        return (out, seals)
     }
 
     /// The rules that make a tree safe to restore and canonical to encode.

@@ -209,7 +209,8 @@ public enum CatalogRebuilder {
                 do {
                     let summary = try PackReader.inspect(try await store.get(o.key), expectedID: id)
                     guard summary.keyID.description == tenant.readKeyID else { throw CoreError(.wrongTenant, object: "pack \(id)", "sealed to another tenant's key") }
-                    try catalog.insertPack(tenant: tenant.name, id: id.description, key: o.key.path, size: o.size, retainUntil: o.retainUntil ?? now, chunkIDs: summary.chunkIDs, now: now)
+                    try catalog.insertPack(tenant: tenant.name, id: id.description, key: o.key.path, size: o.size, retainUntil: o.retainUntil ?? now, chunkIDs: summary.chunkIDs, now: now,
+                                           verified: summary.chunksVerified)
                     report.packs += 1
                     report.chunks += summary.chunkIDs.count
                 } catch { report.rejected.append("\(o.key): \(error)") }

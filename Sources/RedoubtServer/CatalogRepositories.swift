@@ -113,13 +113,15 @@ public protocol PackRepository: Sendable {
     /// `batch` rows each, so one huge pack does not hold the single writer: a crash between
     /// them leaves the pack recorded with part of its index, which only costs dedup.
     /// A pack already recorded keeps its row; within a scope the first pack recorded for a
-    /// chunk keeps it.
+    /// chunk keeps it. `verified`: the caller checked every chunk's bytes against its ID
+    /// (format-2 packs), which makes the rows visible to other hosts under tenant scope.
     func insertPack(tenant: String, id: String, key: String, size: Int, retainUntil: Date, chunkIDs: [ChunkID],
                     now: Date,
-                    uploader: String?, batch: Int) throws
+                    uploader: String?, batch: Int, verified: Bool) throws
     /// For each of `ids` the tenant holds, one pack holding it: only among chunks of scope
-    /// `scope` when given, else among all the tenant's. Another tenant's chunks never answer.
-    func chunkLocations(tenant: String, ids: [ChunkID], scope: String?) throws -> [ChunkID: PackID]
+    /// `scope` when given (and, with `orVerified`, verified chunks of any scope), else among
+    /// all the tenant's. Another tenant's chunks never answer.
+    func chunkLocations(tenant: String, ids: [ChunkID], scope: String?, orVerified: Bool) throws -> [ChunkID: PackID]
     /// Which of `packs` the tenant does not hold, in the order given.
     func missingPacks(tenant: String, packs: [PackID]) throws -> [PackID]
     /// Moves the packs' retain-until to `until` where that is later (never earlier); returns

@@ -147,6 +147,11 @@ extension Catalog {
                 CREATE INDEX snapshots_host_listing ON snapshots(tenant, host, committed_at, id);
                 """)
         }
+        // Chunk rows record whether the server checked their bytes against their ID (format-2
+        // packs). Rows from before are unchecked, as every format-1 chunk is.
+        m.registerMigration("v13-verified-chunks") { db in
+            try db.execute(sql: "ALTER TABLE chunks ADD COLUMN verified INTEGER NOT NULL DEFAULT 0")
+        }
         // New migrations go here, after every released one.
         return m
     }

@@ -13,11 +13,16 @@ public enum DedupScope: String, Sendable, Codable, CaseIterable {
 }
 
 extension RepositoryService {
-    /// The scope a caller's chunk queries are answered in: a writer's own principal ID
-    /// under host scope, or nil (every chunk of the tenant) for tenant scope and restorers.
-    func chunkScope(_ p: Principal, tenant: String) throws -> String? {
-        guard p.role == .writer else { return nil }
-        return try catalog.dedupScope(tenant: tenant) == .host ? p.id : nil
+    /// The scope a caller's chunk queries are answered in: a writer's own principal ID,
+    /// and under tenant scope also every chunk the server verified; restorers see all.
+    ///
+    /// Why only verified chunks of other hosts: a format-1 chunk's bytes cannot be checked
+    /// without keys, so a taken host could list garbage under another host's future chunk
+    /// ID; a verified (format-2) chunk's bytes are, by their hash, exactly what any host
+    /// computing that ID would have stored.
+    func chunkScope(_ p: Principal, tenant: String) throws -> (principal: String?, orVerified: Bool) {
+        guard p.role == .writer else { return (nil, false) }
+        return (p.id, try catalog.dedupScope(tenant: tenant) == .tenant)
     }
 
     /// Narrowing to host scope takes effect at once; widening to tenant scope lets every

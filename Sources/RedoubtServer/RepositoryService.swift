@@ -263,7 +263,8 @@ public final class RepositoryService: Sendable {
             throw ServerError.badRequest("chunk query must be a multiple of 32 bytes, at most 100000 IDs")
         }
         let scope = try chunkScope(p, tenant: tenant.name)
-        return Wire.encodeChunkLocations(try catalog.chunkLocations(tenant: tenant.name, ids: ids, scope: scope))
+        let found = try catalog.chunkLocations(tenant: tenant.name, ids: ids, scope: scope.principal, orVerified: scope.orVerified)
+        return Wire.encodeChunkLocations(found)
     }
 
     /// Stores a pack whose bytes hash to `idHex`. Idempotent; never overwrites.
@@ -303,7 +304,8 @@ public final class RepositoryService: Sendable {
         if result != .created { try await store.extendRetention(key, until: until) }
         do {
             try catalog.insertPack(tenant: tenant.name, id: id.description, key: key.path, size: bytes.count, retainUntil: until, chunkIDs: summary.chunkIDs, now: now,
-                                   uploader: p.id, batch: limits.chunkInsertBatch)
+                                   uploader: p.id, batch: limits.chunkInsertBatch,
+                                   verified: summary.chunksVerified)
         } catch let e as CatalogError where e.code == .beingCollected {
             throw ServerError.beingCollected("pack \(id)")
         }
@@ -511,9 +513,13 @@ public final class RepositoryService: Sendable {
             let tail = try await store.get(key, range: (info.size - PackFormat.footerSize)..<info.size)
             let footer = try PackFooter.parse(tail, packSize: info.size, headerLength: 0, object: "pack \(id)")
             let listStart = Int(footer.indexOffset) + Int(footer.indexLength)
-            let listLength = info.size - PackFormat.footerSize - listStart
+            let listLength = Int(footer.chunkCount) * 32
             if !out.isEmpty && out.count + 36 + listLength > answerLimit { break }
-            let list = try await store.get(key, range: listStart..<(info.size - PackFormat.footerSize))
+            var list = try await store.get(key, range: listStart..<(info.size - PackFormat.footerSize))
+            // The answer lists chunk IDs only; a format-2 list also gives places.
+            if footer.listEntrySize != 32 {
+                list = stride(from: 0, to: list.count, by: footer.listEntrySize).flatMap { list[$0..<($0 + 32)] }
+            }
             out += id.bytes
             var w = ByteWriter(capacity: 4)
             w.u32(footer.chunkCount)

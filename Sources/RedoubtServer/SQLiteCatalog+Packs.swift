@@ -25,12 +25,15 @@ extension Catalog {
     /// transaction would hold every other tenant's upload and commit until it is done.
     /// Should the server stop between batches, the pack is recorded with part of its index:
     /// the chunks not indexed are only not deduplicated against, and nothing is lost.
+    /// `verified`: the server checked every chunk's bytes against its ID (format-2 packs;
+    /// docs/PROTOCOL.md §4.6), so other hosts may reuse them under tenant scope.
     public func insertPack(tenant: String, id: String, key: String, size: Int, retainUntil: Date, chunkIDs: [ChunkID], now: Date,
-                           uploader: String? = nil, batch: Int = 4096) throws {
+                           uploader: String? = nil, batch: Int = 4096, verified: Bool = false) throws {
         let step = max(1, batch)
         func insert(_ db: Database, _ ids: ArraySlice<ChunkID>) throws {
-            let stmt = try db.cachedStatement(sql: "INSERT OR IGNORE INTO chunks(tenant, chunk_id, scope, pack_id) VALUES (?, ?, ?, ?)")
-            for c in ids { try stmt.execute(arguments: [tenant, Data(c.bytes), uploader ?? "", id]) }
+            let stmt = try db.cachedStatement(
+                sql: "INSERT OR IGNORE INTO chunks(tenant, chunk_id, scope, pack_id, verified) VALUES (?, ?, ?, ?, ?)")
+            for c in ids { try stmt.execute(arguments: [tenant, Data(c.bytes), uploader ?? "", id, verified ? 1 : 0]) }
         }
         try db.write { db in
             try Self.reclaim(db, key: key)
@@ -47,8 +50,10 @@ extension Catalog {
     }
 
     /// For each of `ids` the tenant holds, a pack that holds it: only among chunks uploaded
-    /// by principal `scope` when given (host-scoped dedup), else among all of the tenant's.
-    public func chunkLocations(tenant: String, ids: [ChunkID], scope: String? = nil) throws -> [ChunkID: PackID] {
+    /// by principal `scope` when given (host-scoped dedup), else among all of the tenant's;
+    /// with `orVerified`, also among every chunk whose bytes the server checked (tenant scope).
+    public func chunkLocations(tenant: String, ids: [ChunkID], scope: String? = nil,
+                               orVerified: Bool = false) throws -> [ChunkID: PackID] {
         try db.read { db in
             var out: [ChunkID: PackID] = [:]
             var i = 0
@@ -60,7 +65,7 @@ extension Catalog {
                 args += batch.map { Data($0.bytes) }
                 var sql = "SELECT chunk_id, pack_id FROM chunks WHERE tenant = ? AND chunk_id IN (\(marks))"
                 if let scope {
-                    sql += " AND scope = ?"
+                    sql += orVerified ? " AND (scope = ? OR verified = 1)" : " AND scope = ?"
                     args.append(scope)
                 }
                 let rows = try Row.fetchAll(db, sql: sql, arguments: StatementArguments(args))

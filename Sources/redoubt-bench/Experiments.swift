@@ -21,7 +21,9 @@ extension Stages {
                 let len = chunker.cut(rest, final: true) ?? rest.count
                 let chunk = UnsafeRawBufferPointer(rebasing: rest[0..<len])
                 let id = key.chunkID(for: chunk)
-                if w == nil { w = try PackWriter(recipient: material.readPublicKey, capacity: target + (9 << 20)) }
+                if w == nil {
+                    w = try PackWriter(recipient: material.readPublicKey, capacity: target + (9 << 20), version: 1)
+                }
                 try compressor.compress(chunk) { kind, payload in
                     try w!.append(id: id, kind: kind, rawLength: len, payload: payload)
                 }

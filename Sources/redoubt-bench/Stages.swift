@@ -202,7 +202,9 @@ struct Stages {
             var packs = 0, out = 0
             var w: PackWriter? = nil
             for (i, (o, l)) in spans.enumerated() {
-                if w == nil { w = try PackWriter(recipient: material.readPublicKey, capacity: (32 << 20) + (9 << 20)) }
+                if w == nil {
+                    w = try PackWriter(recipient: material.readPublicKey, capacity: (32 << 20) + (9 << 20), version: 1)
+                }
                 try w!.append(id: ids[i], kind: .none, rawLength: l, payload: UnsafeRawBufferPointer(rebasing: data[o..<(o + l)]))
                 if w!.size >= 32 << 20 {
                     let p = try w.take()!.finish()

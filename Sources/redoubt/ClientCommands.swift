@@ -125,9 +125,11 @@ struct VerifyCommand: AsyncParsableCommand {
                     for p in manifest.header.packs {
                         do {
                             let opened = try PackReader.open(try await client.pack(p), expectedID: p, readKey: readKey)
+                            let seals = try opened.indexSeals(readKey: readKey)
                             for e in opened.entries {
                                 do {
-                                    _ = try opened.chunk(e, chunkIDKey: material.chunkIDKey, decompressor: decompressor)
+                                    _ = try opened.chunk(e, seal: seals[e.chunkID], chunkIDKey: material.chunkIDKey,
+                                                         decompressor: decompressor)
                                     chunks += 1
                                 } catch { damaged.append("\(error)") }
                             }

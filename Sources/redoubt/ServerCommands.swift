@@ -173,9 +173,10 @@ struct TenantList: AsyncParsableCommand {
 /// What `--dedup-scope` means, for `tenant create` and `tenant set`.
 enum DedupScopeHelp {
     static let text = "Which chunks a host may reuse: host (default) — only chunks its own credential uploaded; "
-        + "tenant — every chunk of the tenant, which saves storage when hosts hold the same files but lets a host that "
-        + "is taken confirm guesses about other hosts' files (a PIN, a password line) by asking whether their chunks "
-        + "exist, and make their later backups reuse bytes it uploaded. Widening to tenant needs the admins' quorum."
+        + "tenant — also every chunk of the tenant the server verified, which saves storage when hosts hold the same "
+        + "files but lets a host that is taken confirm guesses about other hosts' files (a PIN, a password line) by "
+        + "asking whether their chunks exist. (No host can make another reuse bytes that are not what it would have "
+        + "stored: the server re-hashes every chunk.) Widening to tenant needs the admins' quorum."
 }
 
 /// `host add`, `restorer add`, `auditor add`: print a one-time enrollment token.

@@ -344,6 +344,36 @@ import Testing
         return (try TestKeys(), work, src, ArchiverTestHooks(chunkerParameters: try Chunker.Parameters(min: 4 << 10, avg: 16 << 10, max: 64 << 10)))
     }
 
+    final class Counter: Sendable {
+        let value = Atomic<Int>(0)
+    }
+
+    /// Format 2 seals a chunk before asking the repository about it; a changed file's
+    /// unchanged chunks are named from the metadata cache (keyed plaintext hash → ID and
+    /// seal) instead of being compressed and sealed again, and the snapshot restores exactly.
+    @Test func aChangedFilesUnchangedChunksAreNamedFromTheCacheNotSealedAgain() async throws {
+        let (keys, work, src, small) = try smallChunkSetup("reseal")
+        defer { Fixture.remove(work) }
+        let skipped = Counter()
+        var hooks = small
+        hooks.sealSkipped = { skipped.value.wrappingAdd(1, ordering: .relaxed) }
+        let options = BackupOptions(paths: [src], cachePath: work + "/cache.bin", workers: 1, packSize: 64 << 10)
+        let data = try Fixture.random(1 << 20)
+        try Fixture.write(src + "/big", data)
+        let repo = MemoryRepository(keys: keys.write)
+        let first = try await Archiver(hooks: hooks).run(options: options, keys: keys.write, target: repo, now: now)
+        #expect(skipped.value.load(ordering: .relaxed) == 0)
+        try Fixture.write(src + "/big", data + (try Fixture.random(5000)))
+        let second = try await Archiver(hooks: hooks).run(options: options, keys: keys.write, target: repo, now: now)
+        #expect(second.filesChanged == 1)
+        let named = skipped.value.load(ordering: .relaxed)
+        #expect(named >= first.statistics.chunksNew / 2, "only \(named) chunks named from the cache")
+        #expect(second.statistics.chunksNew <= 4, "the tail and the trees are new, nothing else")
+        let dst = work + "/dst"
+        _ = try await restore(second.manifest, keys, from: repo, to: dst)
+        #expect(try Fixture.compare(src, dst + "/src") == [])
+    }
+
     @Test func restoreWritesChunksWhoseOffsetsAreLearnedLater() async throws {
         // A chunk that recurs in a file after chunks from packs that come later in the
         // restore's pack order: its second offset is unknown when its pack is opened, so

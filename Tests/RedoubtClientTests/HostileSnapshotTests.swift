@@ -16,7 +16,8 @@ import Testing
         let header = ManifestHeader(tenant: keys.write.tenant, readKeyID: keys.write.shared.readPublicKey.keyID, host: keys.write.host,
                                     hostKey: keys.write.signingKey.publicKey, time: Timestamp(seconds: 1), nonce: (0..<16).map { _ in UInt8.random(in: 0...255, using: &rng) },
                                     paths: [], tags: [], statistics: SnapshotStatistics(), packs: packs.map(\.id), clientVersion: "hostile")
-        let m = try Manifest.create(header: header, root: rootIDs, readPublicKey: keys.write.shared.readPublicKey, signingKey: keys.write.signingKey)
+        let m = try Manifest.create(header: header, root: rootIDs, rootSeals: pipeline.seals(for: rootIDs),
+                                    readPublicKey: keys.write.shared.readPublicKey, signingKey: keys.write.signingKey)
         try await repo.commit(manifest: m)
         return m
     }

@@ -83,19 +83,28 @@ enum GoldenModel {
 }
 
 @Suite struct GoldenFixtureTests {
-    static var fixtureDir: URL {
-        Bundle.module.url(forResource: "Fixtures", withExtension: nil)!.appendingPathComponent("v1")
+    static var fixtureDir: URL { fixtureDir(1) }
+
+    static func fixtureDir(_ version: Int) -> URL {
+        Bundle.module.url(forResource: "Fixtures", withExtension: nil)!.appendingPathComponent("v\(version)")
     }
 
-    @Test(.enabled(if: ProcessInfo.processInfo.environment["REDOUBT_WRITE_FIXTURES"] == "1"))
+    /// `REDOUBT_WRITE_FIXTURES=N` writes `Fixtures/vN` with format N (1 or 2): only to add
+    /// a new format's fixture; committed fixtures are never rewritten.
+    @Test(.enabled(if: ProcessInfo.processInfo.environment["REDOUBT_WRITE_FIXTURES"] != nil))
     func writeGoldenFixture() async throws {
-        let dir = URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent("Fixtures/v1")
-        try? FileManager.default.removeItem(at: dir)
+        let version = Int(ProcessInfo.processInfo.environment["REDOUBT_WRITE_FIXTURES"] ?? "") ?? 0
+        try #require(version == 1 || version == 2)
+        let dir = URL(fileURLWithPath: #filePath).deletingLastPathComponent()
+            .appendingPathComponent("Fixtures/v\(version)")
+        try #require(!FileManager.default.fileExists(atPath: dir.path),
+                     "Fixtures/v\(version) exists; fixtures are never rewritten")
         for sub in ["packs", "snapshots", "keys"] {
             try FileManager.default.createDirectory(at: dir.appendingPathComponent(sub), withIntermediateDirectories: true)
         }
         let keys = GoldenModel.keys()
-        let pipeline = try PackPipeline(material: keys.sharedWriteMaterial, targetPackSize: 256 << 10)
+        let pipeline = try PackPipeline(material: keys.sharedWriteMaterial, targetPackSize: 256 << 10,
+                                        packVersion: UInt16(version))
         let entries = GoldenModel.entries()
         // Build trees bottom-up: "sub" first, then the root.
         func nodeWithContent(_ e: GoldenModel.Entry) throws -> Node {
@@ -124,8 +133,11 @@ enum GoldenModel {
         stats.bytesUploaded = pipeline.bytesPacked
         let header = ManifestHeader(tenant: GoldenModel.tenant, readKeyID: keys.readKey.publicKey.keyID, host: GoldenModel.host,
                                     hostKey: GoldenModel.hostKey().publicKey, time: GoldenModel.time, nonce: [UInt8](repeating: 0x5a, count: 16),
-                                    paths: [Array("/srv/golden".utf8)], tags: ["golden"], statistics: stats, packs: packs.map(\.id), clientVersion: "redoubt fixture v1")
-        let m = try Manifest.create(header: header, root: root, readPublicKey: keys.readKey.publicKey, signingKey: GoldenModel.hostKey())
+                                    paths: [Array("/srv/golden".utf8)], tags: ["golden"], statistics: stats, packs: packs.map(\.id),
+                                    clientVersion: "redoubt fixture v\(version)")
+        let rootSeals = version == 2 ? pipeline.seals(for: root) : nil
+        let m = try Manifest.create(header: header, root: root, rootSeals: rootSeals, readPublicKey: keys.readKey.publicKey,
+                                    signingKey: GoldenModel.hostKey())
         try Data(m.bytes).write(to: dir.appendingPathComponent("snapshots/\(m.id)"))
         let provider = try PassphraseKeyProvider(passphrase: SecretBytes(copying: Array(GoldenModel.passphrase.utf8)), logN: 10)
         let wrapped = try await provider.wrap(keys.readKey, context: KeyContext(tenant: GoldenModel.tenant, keyVersion: 1))
@@ -136,8 +148,13 @@ enum GoldenModel {
     }
 
     /// Reads the committed v1 repository with only its own files and the passphrase.
-    @Test func readsTheV1GoldenRepositoryBitForBit() async throws {
-        let dir = Self.fixtureDir
+    @Test func readsTheV1GoldenRepositoryBitForBit() async throws { try await readsGoldenRepository(1) }
+
+    /// Reads the committed v2 repository (convergent sealing: trees and root carry seals).
+    @Test func readsTheV2GoldenRepositoryBitForBit() async throws { try await readsGoldenRepository(2) }
+
+    func readsGoldenRepository(_ version: Int) async throws {
+        let dir = Self.fixtureDir(version)
         let wrapped = try WrappedReadKey.decode(try Data(contentsOf: dir.appendingPathComponent("keys/read-key.json")))
         let provider = try PassphraseKeyProvider(passphrase: SecretBytes(copying: Array(GoldenModel.passphrase.utf8)))
         let readKey = try await provider.unwrap(wrapped, context: KeyContext(tenant: GoldenModel.tenant, keyVersion: 1))
@@ -152,6 +169,7 @@ enum GoldenModel {
         try manifest.verify(tenant: GoldenModel.tenant, host: GoldenModel.host, hostKey: hostKey, readKeyID: readKey.publicKey.keyID)
         #expect(manifest.header.time == GoldenModel.time)
         #expect(manifest.header.tags == ["golden"])
+        #expect(manifest.version == UInt16(version))
 
         let packDir = dir.appendingPathComponent("packs")
         let packFiles = try FileManager.default.contentsOfDirectory(atPath: packDir.path).sorted()
@@ -159,6 +177,7 @@ enum GoldenModel {
         for name in packFiles {
             let summary = try PackReader.inspect(Array(try Data(contentsOf: packDir.appendingPathComponent(name))), expectedID: PackID(hex: name)!)
             #expect(summary.keyID == readKey.publicKey.keyID)
+            #expect(summary.version == UInt16(version))
         }
 
         let reader = try SnapshotReader(manifest: manifest, readKey: readKey, chunkIDKey: material.chunkIDKey) { id in
@@ -180,8 +199,8 @@ enum GoldenModel {
         #expect(expected == GoldenModel.expectedLines(GoldenModel.entries()))
     }
 
-    @Test func aFlippedBitInAnyGoldenPackIsReportedWithThePack() throws {
-        let packDir = Self.fixtureDir.appendingPathComponent("packs")
+    @Test(arguments: [1, 2]) func aFlippedBitInAnyGoldenPackIsReportedWithThePack(version: Int) throws {
+        let packDir = Self.fixtureDir(version).appendingPathComponent("packs")
         for name in try FileManager.default.contentsOfDirectory(atPath: packDir.path) {
             var bytes = Array(try Data(contentsOf: packDir.appendingPathComponent(name)))
             bytes[bytes.count / 2] ^= 0x10

@@ -13,7 +13,7 @@ private func tenantKeys(_ n: UInt8) throws -> TenantKeys {
 
 /// Compresses (or not) and seals `chunks` into one pack, in order.
 private func makePack(_ chunks: [[UInt8]], _ keys: TenantKeys) throws -> FinishedPack {
-    var writer = try PackWriter(recipient: keys.readKey.publicKey, capacity: 1 << 16)
+    var writer = try PackWriter(recipient: keys.readKey.publicKey, capacity: 1 << 16, version: 1)
     let compressor = try ChunkCompressor()
     for c in chunks {
         let id = keys.chunkIDKey.chunkID(for: c)
@@ -130,7 +130,7 @@ private let tinyChunks: [[UInt8]] = [Array("alpha".utf8), Array("bravo!".utf8), 
 
     @Test func oversizeChunkIsRefused() throws {
         let keys = try tenantKeys(1)
-        var writer = try PackWriter(recipient: keys.readKey.publicKey, capacity: 1024)
+        var writer = try PackWriter(recipient: keys.readKey.publicKey, capacity: 1024, version: 1)
         let e = #expect(throws: CoreError.self) {
             try writer.append(id: keys.chunkIDKey.chunkID(for: [1]), kind: .none, rawLength: PackFormat.maxRawChunk + 1, payload: [1])
         }
@@ -342,7 +342,7 @@ private let tinyChunks: [[UInt8]] = [Array("alpha".utf8), Array("bravo!".utf8), 
         let pack = try makePack(tinyChunks, keys)
         for at in [8, 10] {
             var b = pack.bytes
-            b[at] = 2
+            b[at] = 3
             let e = #expect(throws: CoreError.self) { try PackReader.inspect(b, expectedID: packID(of: b)) }
             #expect(e?.code == .unsupportedVersion)
         }

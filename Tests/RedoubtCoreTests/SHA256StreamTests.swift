@@ -111,7 +111,7 @@ import Testing
         var rng = SplitMix64(seed: 51)
         let keys = try TenantKeys.generate()
         let material = keys.sharedWriteMaterial
-        let pipeline = try PackPipeline(material: material, targetPackSize: 300_000)
+        let pipeline = try PackPipeline(material: material, targetPackSize: 300_000, packVersion: 1)
         var chunks: [[UInt8]] = []
         for _ in 0..<40 { chunks.append(rng.bytes(Int(rng.next() % 60_000))) }
         for c in chunks {
@@ -144,7 +144,8 @@ import Testing
         let second = try nextPack()
         #expect(second.bytes.withUnsafeBufferPointer { UInt(bitPattern: $0.baseAddress) } == address)
         let opened = try PackReader.open(second.bytes, expectedID: second.id, readKey: keys.readKey)
-        #expect(try opened.allChunks(chunkIDKey: keys.chunkIDKey, decompressor: try ChunkDecompressor()).count == second.entries.count)
+        let all = try opened.allChunks(chunkIDKey: keys.chunkIDKey, decompressor: try ChunkDecompressor(), readKey: keys.readKey)
+        #expect(all.count == second.entries.count)
     }
 
     /// A pack the caller still holds is never written over by a later one.
@@ -164,7 +165,8 @@ import Testing
         #expect(held.count >= 3)
         for p in held {
             let opened = try PackReader.open(p.bytes, expectedID: p.id, readKey: keys.readKey)
-            #expect(try opened.allChunks(chunkIDKey: keys.chunkIDKey, decompressor: try ChunkDecompressor()).count == p.entries.count)
+            let all = try opened.allChunks(chunkIDKey: keys.chunkIDKey, decompressor: try ChunkDecompressor(), readKey: keys.readKey)
+            #expect(all.count == p.entries.count)
         }
     }
 }

@@ -16,10 +16,25 @@ struct TreeRNG: RandomNumberGenerator {
 }
 
 func fakeChunkID(_ seed: UInt8) -> ChunkID { ChunkID(bytes: [UInt8](repeating: seed, count: 32))! }
+func fakeSeal(_ seed: UInt8) -> ChunkSeal {
+    ChunkSeal(key: [UInt8](repeating: seed ^ 0x5a, count: 32), rawLength: UInt32(seed) * 1000)!
+}
+
+/// `node` with a seal for each chunk it names, as format 2 requires.
+func sealed(_ node: Node) -> Node {
+    var n = node
+    n.contentSeals = n.content.map { fakeSeal($0.bytes[0]) }
+    n.subtreeSeals = n.subtree.map { fakeSeal($0.bytes[0]) }
+    return n
+}
 
 func everyKindTree() -> Tree {
     let t = Timestamp(seconds: 1_700_000_000, nanoseconds: 123_456_789)
-    return Tree(nodes: [
+    return Tree(nodes: everyKindNodes(t).map(sealed))
+}
+
+private func everyKindNodes(_ t: Timestamp) -> [Node] {
+    [
         Node(name: Array("file.txt".utf8), type: .file, mode: 0o644, uid: 1000, gid: 1000, user: Array("alice".utf8), group: Array("staff".utf8),
              mtime: t, ctime: t, atime: t, size: 11, xattrs: [ExtendedAttribute(name: Array("user.b".utf8), value: [1]),
                                                             ExtendedAttribute(name: Array("system.posix_acl_access".utf8), value: [2, 0, 0, 0])],
@@ -35,7 +50,7 @@ func everyKindTree() -> Tree {
         Node(name: Array("sparse".utf8), type: .file, mode: 0o644, size: 1 << 30, content: [fakeChunkID(4)],
              dataRegions: [Extent(offset: 0, length: 4096), Extent(offset: 1 << 20, length: 8192)]),
         Node(name: Array("setuid".utf8), type: .file, mode: 0o4755, mtime: Timestamp(seconds: -5, nanoseconds: 999_999_999)),
-    ])
+    ]
 }
 
 @Suite struct TreeTests {

@@ -97,61 +97,71 @@ struct CatalogConformance: Sendable {
             let chunks = (0..<7).map(Self.chunk)
             try c.insertPack(
                 tenant: "acme", id: Self.pack(1).description, key: Self.packKey("acme", Self.pack(1)), size: 700,
-                retainUntil: t0.addingTimeInterval(day), chunkIDs: chunks, now: t0, uploader: "w1", batch: 3)
+                retainUntil: t0.addingTimeInterval(day), chunkIDs: chunks, now: t0, uploader: "w1", batch: 3, verified: false)
             #expect(try c.pack(tenant: "acme", id: Self.pack(1).description)?.size == 700)
             #expect(
-                try c.chunkLocations(tenant: "acme", ids: chunks, scope: nil)
+                try c.chunkLocations(tenant: "acme", ids: chunks, scope: nil, orVerified: false)
                     == Dictionary(uniqueKeysWithValues: chunks.map { ($0, Self.pack(1)) }))
             // A refused record leaves neither the pack nor any of its chunks.
             let claimed = Self.packKey("acme", Self.pack(2))
             try c.insertPack(
                 tenant: "acme", id: Self.pack(2).description, key: claimed, size: 1, retainUntil: t0, chunkIDs: [],
-                now: t0, uploader: nil, batch: 10)
+                now: t0, uploader: nil, batch: 10, verified: false)
             _ = try c.collect(tenant: "acme", now: t0.addingTimeInterval(30 * day), grace: 7 * day, dryRun: false)
             #expect(try c.claimPendingDelete(claimed, tenant: "acme", now: t0.addingTimeInterval(30 * day)))
             Self.refused(.beingCollected, "recording a pack whose deletion is under way") {
                 try c.insertPack(
                     tenant: "acme", id: Self.pack(2).description, key: claimed, size: 1,
                     retainUntil: t0.addingTimeInterval(60 * day),
-                    chunkIDs: [Self.chunk(50)], now: t0.addingTimeInterval(30 * day), uploader: "w1", batch: 10)
+                    chunkIDs: [Self.chunk(50)], now: t0.addingTimeInterval(30 * day), uploader: "w1", batch: 10, verified: false)
             }
             #expect(try c.pack(tenant: "acme", id: Self.pack(2).description) == nil)
-            #expect(try c.chunkLocations(tenant: "acme", ids: [Self.chunk(50)], scope: nil).isEmpty)
+            #expect(try c.chunkLocations(tenant: "acme", ids: [Self.chunk(50)], scope: nil, orVerified: false).isEmpty)
 
         case .chunkQueriesStayInTheirScopeAndTenant:
             let shared = Self.chunk(1), own1 = Self.chunk(2), own2 = Self.chunk(3)
             try c.insertPack(
                 tenant: "acme", id: Self.pack(1).description, key: Self.packKey("acme", Self.pack(1)), size: 1,
-                retainUntil: t0, chunkIDs: [shared, own1], now: t0, uploader: "w1", batch: 100)
+                retainUntil: t0, chunkIDs: [shared, own1], now: t0, uploader: "w1", batch: 100, verified: false)
             try c.insertPack(
                 tenant: "acme", id: Self.pack(2).description, key: Self.packKey("acme", Self.pack(2)), size: 1,
-                retainUntil: t0, chunkIDs: [shared, own2], now: t0, uploader: "w2", batch: 100)
+                retainUntil: t0, chunkIDs: [shared, own2], now: t0, uploader: "w2", batch: 100, verified: false)
             // Within a scope, the first pack recorded for a chunk keeps it.
             try c.insertPack(
                 tenant: "acme", id: Self.pack(3).description, key: Self.packKey("acme", Self.pack(3)), size: 1,
-                retainUntil: t0, chunkIDs: [shared], now: t0, uploader: "w1", batch: 100)
+                retainUntil: t0, chunkIDs: [shared], now: t0, uploader: "w1", batch: 100, verified: false)
             let ids = [shared, own1, own2]
             #expect(
-                try c.chunkLocations(tenant: "acme", ids: ids, scope: "w1") == [
+                try c.chunkLocations(tenant: "acme", ids: ids, scope: "w1", orVerified: false) == [
                     shared: Self.pack(1), own1: Self.pack(1),
                 ])
             #expect(
-                try c.chunkLocations(tenant: "acme", ids: ids, scope: "w2") == [
+                try c.chunkLocations(tenant: "acme", ids: ids, scope: "w2", orVerified: false) == [
                     shared: Self.pack(2), own2: Self.pack(2),
                 ])
-            #expect(try c.chunkLocations(tenant: "acme", ids: ids, scope: "w3").isEmpty)
-            let tenantWide = try c.chunkLocations(tenant: "acme", ids: ids, scope: nil)
+            #expect(try c.chunkLocations(tenant: "acme", ids: ids, scope: "w3", orVerified: false).isEmpty)
+            // Chunks whose bytes the server checked answer every scope that asks for them
+            // too; unchecked ones of other scopes never do.
+            let checked = Self.chunk(4)
+            try c.insertPack(
+                tenant: "acme", id: Self.pack(4).description, key: Self.packKey("acme", Self.pack(4)), size: 1,
+                retainUntil: t0, chunkIDs: [checked], now: t0, uploader: "w4", batch: 100, verified: true)
+            #expect(
+                try c.chunkLocations(tenant: "acme", ids: ids + [checked], scope: "w3", orVerified: true)
+                    == [checked: Self.pack(4)])
+            #expect(try c.chunkLocations(tenant: "acme", ids: [checked], scope: "w3", orVerified: false).isEmpty)
+            let tenantWide = try c.chunkLocations(tenant: "acme", ids: ids, scope: nil, orVerified: false)
             #expect(Set(tenantWide.keys) == Set(ids) && [Self.pack(1), Self.pack(2)].contains(tenantWide[shared]))
             // Another tenant holding the same chunk never answers for this one.
-            #expect(try c.chunkLocations(tenant: "other", ids: ids, scope: nil).isEmpty)
+            #expect(try c.chunkLocations(tenant: "other", ids: ids, scope: nil, orVerified: false).isEmpty)
             // More IDs than one query may bind.
             let many = (0..<1200).map { Self.chunk(10_000 + $0) }
-            #expect(try c.chunkLocations(tenant: "acme", ids: many + [own1], scope: nil) == [own1: Self.pack(1)])
+            #expect(try c.chunkLocations(tenant: "acme", ids: many + [own1], scope: nil, orVerified: false) == [own1: Self.pack(1)])
 
         case .aCommitNeedsEveryPackStillHeld:
             try c.insertPack(
                 tenant: "acme", id: Self.pack(1).description, key: Self.packKey("acme", Self.pack(1)), size: 1,
-                retainUntil: t0, chunkIDs: [], now: t0, uploader: "w1", batch: 10)
+                retainUntil: t0, chunkIDs: [], now: t0, uploader: "w1", batch: 10, verified: false)
             #expect(try c.missingPacks(tenant: "acme", packs: [Self.pack(1), Self.pack(2)]) == [Self.pack(2)])
             #expect(try c.missingPacks(tenant: "other", packs: [Self.pack(1)]) == [Self.pack(1)])
             let s = Self.snapshot(1, committed: t0, retainUntil: t0.addingTimeInterval(day), packs: 2)
@@ -174,10 +184,10 @@ struct CatalogConformance: Sendable {
             let later = t0.addingTimeInterval(10 * day)
             try c.insertPack(
                 tenant: "acme", id: Self.pack(1).description, key: Self.packKey("acme", Self.pack(1)), size: 1,
-                retainUntil: later, chunkIDs: [], now: t0, uploader: nil, batch: 10)
+                retainUntil: later, chunkIDs: [], now: t0, uploader: nil, batch: 10, verified: false)
             try c.insertPack(
                 tenant: "acme", id: Self.pack(2).description, key: Self.packKey("acme", Self.pack(2)), size: 1,
-                retainUntil: t0, chunkIDs: [], now: t0, uploader: nil, batch: 10)
+                retainUntil: t0, chunkIDs: [], now: t0, uploader: nil, batch: 10, verified: false)
             let until = t0.addingTimeInterval(5 * day)
             let moved = try c.extendPackLocks(
                 tenant: "acme", packs: [Self.pack(1), Self.pack(2)], until: until, requireAll: true)
@@ -196,7 +206,7 @@ struct CatalogConformance: Sendable {
             try c.insertPack(
                 tenant: "acme", id: p.description, key: key, size: 10, retainUntil: t0.addingTimeInterval(day),
                 chunkIDs: [Self.chunk(1)],
-                now: t0, uploader: "w1", batch: 10)
+                now: t0, uploader: "w1", batch: 10, verified: false)
             let now = t0.addingTimeInterval(30 * day)
             let dry = try c.collect(tenant: "acme", now: now, grace: 7 * day, dryRun: true)
             #expect(dry.packs.map(\.id) == [p.description])
@@ -207,7 +217,7 @@ struct CatalogConformance: Sendable {
             #expect(plan.packs.map(\.id) == [p.description] && plan.packs.map(\.size) == [10])
             #expect(try c.pack(tenant: "acme", id: p.description) == nil)
             #expect(
-                try c.chunkLocations(tenant: "acme", ids: [Self.chunk(1)], scope: nil).isEmpty,
+                try c.chunkLocations(tenant: "acme", ids: [Self.chunk(1)], scope: nil, orVerified: false).isEmpty,
                 "a collected pack's chunks still answer")
             #expect(try c.pendingDeletes(tenant: "acme") == [key])
             // Queued but not claimed: recording it again takes it off the queue.
@@ -217,7 +227,7 @@ struct CatalogConformance: Sendable {
             try c.insertPack(
                 tenant: "acme", id: p.description, key: key, size: 10, retainUntil: t0.addingTimeInterval(day),
                 chunkIDs: [],
-                now: t0, uploader: "w1", batch: 10)
+                now: t0, uploader: "w1", batch: 10, verified: false)
             _ = try c.collect(tenant: "acme", now: now, grace: 7 * day, dryRun: false)
             #expect(try c.claimPendingDelete(key, tenant: "acme", now: now))
             Self.refused(.beingCollected, "reclaiming a claimed key") { try c.reclaim(key: key) }
@@ -233,14 +243,14 @@ struct CatalogConformance: Sendable {
             try c.insertPack(
                 tenant: "acme", id: p.description, key: key, size: 10, retainUntil: now.addingTimeInterval(day),
                 chunkIDs: [],
-                now: now, uploader: "w1", batch: 10)
+                now: now, uploader: "w1", batch: 10, verified: false)
             #expect(try c.pendingDeletes(tenant: "acme").isEmpty)
             // A key queued while its object is recorded (a crash between the two) is never claimed.
             _ = try c.collect(tenant: "acme", now: now.addingTimeInterval(30 * day), grace: 7 * day, dryRun: false)
             #expect(try c.pendingDeletes(tenant: "acme") == [key])
             try c.insertPack(
                 tenant: "acme", id: p.description, key: Self.packKey("acme", Self.pack(9)), size: 10,
-                retainUntil: now.addingTimeInterval(99 * day), chunkIDs: [], now: now, uploader: "w1", batch: 10)
+                retainUntil: now.addingTimeInterval(99 * day), chunkIDs: [], now: now, uploader: "w1", batch: 10, verified: false)
             #expect(try !c.claimPendingDelete(key, tenant: "acme", now: now.addingTimeInterval(30 * day)))
             #expect(try c.pendingDeletes(tenant: "acme").isEmpty)
             // Done: off the queue for good.
@@ -253,7 +263,7 @@ struct CatalogConformance: Sendable {
             for n in 1...3 {
                 try c.insertPack(
                     tenant: "acme", id: Self.pack(n).description, key: Self.packKey("acme", Self.pack(n)), size: n,
-                    retainUntil: t0.addingTimeInterval(day), chunkIDs: [], now: t0, uploader: nil, batch: 10)
+                    retainUntil: t0.addingTimeInterval(day), chunkIDs: [], now: t0, uploader: nil, batch: 10, verified: false)
             }
             // s1 expired and superseded (goes), s2 expired but held, s3 expired but its host's newest.
             try c.insertSnapshot(
@@ -521,7 +531,7 @@ struct CatalogConformance: Sendable {
                 try c.insertPack(
                     tenant: "acme", id: Self.pack(n).description, key: Self.packKey("acme", Self.pack(n)),
                     size: 100 * n,
-                    retainUntil: t0, chunkIDs: [], now: t0, uploader: nil, batch: 10)
+                    retainUntil: t0, chunkIDs: [], now: t0, uploader: nil, batch: 10, verified: false)
                 try c.recordUpload(tenant: "acme", pack: Self.pack(n).description, host: host)
             }
             try c.recordUpload(tenant: "acme", pack: Self.pack(1).description, host: "web2")

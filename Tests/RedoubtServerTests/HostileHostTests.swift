@@ -68,9 +68,24 @@ import RedoubtStore
     }
 
     /// The attacker's guesses at a small secret in the victim's file: one file content per
-    /// PIN, chunk IDs computed with the write key set every host holds.
-    func guesses(_ key: ChunkIDKey, pins: Range<Int>) -> [ChunkID] {
-        pins.map { pin in Array("backup-pin=\(String(format: "%04d", pin))\n".utf8).withUnsafeBytes { key.chunkID(for: $0) } }
+    /// PIN, chunk IDs computed (sealed, format 2) with the write key set every host holds.
+    func guesses(_ key: ChunkIDKey, pins: Range<Int>) throws -> [ChunkID] {
+        let compressor = try ChunkCompressor()
+        var scratch: [UInt8] = []
+        return try pins.map { pin in
+            try Array("backup-pin=\(String(format: "%04d", pin))\n".utf8).withUnsafeBytes {
+                try ConvergentSealing.seal($0, compressor: compressor, chunkIDKey: key, scratch: &scratch).id
+            }
+        }
+    }
+
+    /// The chunk a host would store for `content` (one chunk: smaller than the chunker's minimum).
+    func sealedChunk(_ content: [UInt8], _ keys: WriteKeySet) throws -> SealedChunk {
+        var scratch: [UInt8] = []
+        return try content.withUnsafeBytes {
+            try ConvergentSealing.seal($0, compressor: try ChunkCompressor(), chunkIDKey: keys.shared.chunkIDKey,
+                                       scratch: &scratch)
+        }
     }
 
     @Test func aHostCannotConfirmGuessesAboutAnotherHostsFiles() async throws {
@@ -80,7 +95,7 @@ import RedoubtStore
             try Data("backup-pin=4711\n".utf8).write(to: src.appendingPathComponent("pin.conf"))
             _ = try await backUp(src, as: n.victim, at: testNow)
 
-            let ids = guesses(try n.attacker.0.writeKeySet().shared.chunkIDKey, pins: 0..<10_000)
+            let ids = try guesses(try n.attacker.0.writeKeySet().shared.chunkIDKey, pins: 0..<10_000)
             let found = try await n.attacker.1.chunkLocations(ids)
             #expect(found.isEmpty, "the attacker confirmed \(found.count) guess(es) about another host's file")
             // The victim itself still deduplicates against its own chunks.
@@ -102,7 +117,7 @@ import RedoubtStore
 
             // The attacker uploads a well-formed pack whose public list claims the victim's
             // future chunk, with garbage inside: the server, which has no key, accepts it.
-            var writer = try PackWriter(recipient: keys.shared.readPublicKey)
+            var writer = try PackWriter(recipient: keys.shared.readPublicKey, version: 1)
             let garbage = [UInt8](repeating: 0x41, count: content.count)
             try writer.append(id: target, kind: .none, rawLength: garbage.count, payload: garbage)
             let poisoned = try writer.finish()
@@ -120,22 +135,39 @@ import RedoubtStore
 
     @Test func deepVerifyNamesEverySnapshotThatReusedAPoisonedChunkAndTheHostThatUploadedIt() async throws {
         try await withNeighbours { n in
-            // Under tenant-wide dedup the poisoning works; deep verify is what finds it.
+            // Format-1 chunks cannot be checked without keys: a format-1 snapshot that reused a
+            // poisoned chunk (under tenant-wide dedup, before format 2) is what deep verify finds.
             _ = try await n.server.admin.setDedupScope(tenant: "acme", scope: "tenant", requestID: nil)
             let content = (0..<150_000).map { UInt8(truncatingIfNeeded: $0 &* 17 &+ 3) }
             let keys = try n.attacker.0.writeKeySet()
             let target = content.withUnsafeBytes { keys.shared.chunkIDKey.chunkID(for: $0) }
-            var writer = try PackWriter(recipient: keys.shared.readPublicKey)
+            var writer = try PackWriter(recipient: keys.shared.readPublicKey, version: 1)
             try writer.append(id: target, kind: .none, rawLength: content.count, payload: [UInt8](repeating: 0x42, count: content.count))
             let poisoned = try writer.finish()
             _ = try await n.attacker.1.uploadPack(id: poisoned.id, bytes: poisoned.bytes)
 
-            let src = n.server.dir.appendingPathComponent("srv")
-            try FileManager.default.createDirectory(at: src, withIntermediateDirectories: true)
-            try Data(content).write(to: src.appendingPathComponent("data.bin"))
-            try Data("clean\n".utf8).write(to: src.appendingPathComponent("clean.txt"))
-            let victim = try await backUp(src, as: n.victim, at: testNow)
-            let clean = try await backUp(n.server.dir.appendingPathComponent("cfg-writer-web1"), as: n.victim, at: testNow + 10)
+            // The victim's format-1 backup, as a format-1 client made it: it reused the chunk.
+            let vkeys = try n.victim.0.writeKeySet()
+            let pipeline = try PackPipeline(material: vkeys.shared, packVersion: 1) { $0 == target }
+            let file = Node(name: Array("data.bin".utf8), type: .file, size: UInt64(content.count),
+                            content: try pipeline.add(blob: content))
+            let other = Node(name: Array("clean.txt".utf8), type: .file, size: 6,
+                             content: try pipeline.add(blob: Array("clean\n".utf8)))
+            let root = try pipeline.add(tree: Tree(nodes: [file, other]))
+            let own = try pipeline.flush()
+            for p in own { _ = try await n.victim.1.uploadPack(id: p.id, bytes: p.bytes) }
+            let header = ManifestHeader(tenant: vkeys.tenant, readKeyID: vkeys.shared.readPublicKey.keyID,
+                                        host: vkeys.host, hostKey: vkeys.signingKey.publicKey,
+                                        time: Timestamp(seconds: testNow), nonce: [UInt8](repeating: 3, count: 16),
+                                        paths: [Array("/srv".utf8)], tags: [], statistics: SnapshotStatistics(),
+                                        packs: own.map(\.id) + [poisoned.id], clientVersion: "format-1 client")
+            let v1 = try Manifest.create(header: header, root: root, readPublicKey: vkeys.shared.readPublicKey,
+                                         signingKey: vkeys.signingKey)
+            #expect(v1.version == 1)
+            let victimID = try await n.victim.1.commit(manifestBytes: v1.bytes).id
+            // A format-2 backup alongside is clean, and deep verify reads both formats.
+            let clean = try await backUp(n.server.dir.appendingPathComponent("cfg-writer-web1"), as: n.victim,
+                                         at: testNow + 10)
 
             let (rc, restorer) = n.restorer
             let readKey = try await PassphraseKeyProvider(passphrase: SecretBytes(copying: Array("pw".utf8)), logN: 10)
@@ -147,7 +179,8 @@ import RedoubtStore
             let report = try await DeepVerifier().verify(manifests, readKey: readKey, chunkIDKey: try rc.sharedMaterial().chunkIDKey,
                                                          source: restorer)
             #expect(report.damagedPacks.map(\.pack) == [poisoned.id.description])
-            #expect(report.affectedSnapshots.map(\.snapshot) == [victim.manifest.id.description])
+            #expect(report.affectedSnapshots.map(\.snapshot) == [victimID])
+            #expect(report.packsChecked == Set(manifests.flatMap(\.header.packs)).count)
             #expect(report.affectedSnapshots.first?.problem.contains("data.bin") == true, "\(report.affectedSnapshots)")
             #expect(!report.affectedSnapshots.contains { $0.snapshot == clean.manifest.id.description })
 
@@ -163,6 +196,65 @@ import RedoubtStore
         }
     }
 
+    /// Tenant-wide dedup with format 2: a taken host (its own credential and write key
+    /// set) that knows the victim's future file cannot make the victim reuse anything but
+    /// the exact bytes the victim would have stored, and the victim restores bit for bit.
+    @Test func underTenantScopeAForgedChunkIsRefusedAndTheVictimRestoresBitForBit() async throws {
+        try await withNeighbours { n in
+            _ = try await n.server.admin.setDedupScope(tenant: "acme", scope: "tenant", requestID: nil)
+            let keys = try n.attacker.0.writeKeySet()
+            let content = (0..<200_000).map { UInt8(truncatingIfNeeded: $0 &* 31 &+ 7) }
+            let future = try sealedChunk(content, keys)
+
+            // 1. A format-2 pack whose list claims the victim's future chunk with garbage
+            //    inside: the server re-hashes every chunk and refuses it, naming both.
+            let garbage = try sealedChunk([UInt8](repeating: 0x41, count: content.count), keys)
+            var forged = try PackWriter(recipient: keys.shared.readPublicKey)
+            try forged.append(SealedChunk(id: future.id, seal: future.seal, bytes: garbage.bytes))
+            let refusedPack = try forged.finish()
+            let e = await refused("E_INTEGRITY", "a pack whose chunk bytes do not hash to their ID") {
+                _ = try await n.attacker.1.uploadPack(id: refusedPack.id, bytes: refusedPack.bytes)
+            }
+            #expect(e?.message.contains(future.id.description) == true, "\(String(describing: e))")
+            #expect(e?.message.contains(refusedPack.id.description) == true, "\(String(describing: e))")
+
+            // 2. A format-1 pack claiming it is accepted (nothing to check without keys) but
+            //    is never offered to another host.
+            var v1 = try PackWriter(recipient: keys.shared.readPublicKey, version: 1)
+            try v1.append(id: future.id, kind: .none, rawLength: content.count,
+                          payload: [UInt8](repeating: 0x42, count: content.count))
+            let unverified = try v1.finish()
+            _ = try await n.attacker.1.uploadPack(id: unverified.id, bytes: unverified.bytes)
+            #expect(try await n.victim.1.chunkLocations([future.id]).isEmpty)
+            #expect(try await n.attacker.1.chunkLocations([future.id]) == [future.id: unverified.id])
+
+            let src = n.server.dir.appendingPathComponent("srv")
+            try FileManager.default.createDirectory(at: src, withIntermediateDirectories: true)
+            try Data(content).write(to: src.appendingPathComponent("data.bin"))
+            let first = try await backUp(src, as: n.victim, at: testNow)
+            #expect(!first.manifest.header.packs.contains(unverified.id),
+                    "the victim's snapshot names the attacker's unverified pack")
+            #expect(try await restoredFile(n, first.manifest.id, dir: "srv", file: "data.bin") == content)
+
+            // 3. The right bytes for the victim's next file, under an index that lies about
+            //    the key and length: accepted (the bytes are right), reused by the victim,
+            //    whose restore takes key and length from its own trees, so it is exact.
+            let next = (0..<300_000).map { UInt8(truncatingIfNeeded: ($0 / 3) &* 13 &+ 1) }
+            let honest = try sealedChunk(next, keys)
+            let lie = try #require(ChunkSeal(key: [UInt8](repeating: 9, count: 32), rawLength: 17))
+            var right = try PackWriter(recipient: keys.shared.readPublicKey)
+            try right.append(SealedChunk(id: honest.id, seal: lie, bytes: honest.bytes))
+            let rightBytes = try right.finish()
+            _ = try await n.attacker.1.uploadPack(id: rightBytes.id, bytes: rightBytes.bytes)
+            #expect(try await n.victim.1.chunkLocations([honest.id]) == [honest.id: rightBytes.id])
+            try Data(next).write(to: src.appendingPathComponent("next.bin"))
+            let second = try await backUp(src, as: n.victim, at: testNow + 100)
+            #expect(second.manifest.header.packs.contains(rightBytes.id), "the victim did not reuse the verified chunk")
+            #expect(try await restoredFile(n, second.manifest.id, dir: "srv", file: "next.bin") == next)
+            #expect(try await restoredFile(n, second.manifest.id, dir: "srv", file: "data.bin") == content)
+        }
+    }
+
     @Test func aReEnrolledHostStartsAFreshScope() async throws {
         try await withNeighbours { n in
             let src = n.server.dir.appendingPathComponent("home")
@@ -170,8 +262,7 @@ import RedoubtStore
             let content = Array("a re-imaged host must not reuse what its earlier credential uploaded\n".utf8)
             try Data(content).write(to: src.appendingPathComponent("notes.txt"))
             let first = try await backUp(src, as: n.victim, at: testNow)
-            let id = content.withUnsafeBytes { (try? n.victim.0.writeKeySet())?.shared.chunkIDKey.chunkID(for: $0) }
-            let chunk = try #require(id)
+            let chunk = try sealedChunk(content, try n.victim.0.writeKeySet()).id
             #expect(try await n.victim.1.chunkLocations([chunk]).count == 1)
 
             let principal = try #require(try await n.server.admin.principals().first { $0.name == "web1" && $0.role == "writer" })

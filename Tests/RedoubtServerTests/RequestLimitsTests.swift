@@ -285,7 +285,8 @@ extension RequestLimitsTests {
                                     hostKey: keys.signingKey.publicKey, time: Timestamp(seconds: testNow),
                                     nonce: (0..<16).map { _ in UInt8.random(in: 0...255) }, paths: paths, tags: tags,
                                     statistics: SnapshotStatistics(), packs: packs.map(\.id), clientVersion: "test")
-        return (packs, try Manifest.create(header: header, root: root, readPublicKey: keys.shared.readPublicKey, signingKey: keys.signingKey))
+        return (packs, try Manifest.create(header: header, root: root, rootSeals: pipeline.seals(for: root),
+                                           readPublicKey: keys.shared.readPublicKey, signingKey: keys.signingKey))
     }
 
     @Test func manifestsAreBoundedAndListingsDoNotGrowWithThem() async throws {
@@ -321,7 +322,7 @@ extension RequestLimitsTests {
     /// A pack declaring `count` random chunk IDs of empty payloads: what the server can
     /// check without keys is all well formed, as an attacker with a host's key set writes it.
     func claimingPack(_ w: World, count: Int) throws -> FinishedPack {
-        var writer = try PackWriter(recipient: w.keys.readKey.publicKey, capacity: count * 110)
+        var writer = try PackWriter(recipient: w.keys.readKey.publicKey, capacity: count * 110, version: 1)
         var g = SystemRandomNumberGenerator()
         for _ in 0..<count {
             var id = [UInt8](repeating: 0, count: 32)

@@ -137,7 +137,8 @@ func makeSnapshot(keys: WriteKeySet, files: [(String, [UInt8])], time: Int64 = t
     let header = ManifestHeader(tenant: keys.tenant, readKeyID: keys.shared.readPublicKey.keyID, host: keys.host, hostKey: keys.signingKey.publicKey,
                                 time: Timestamp(seconds: time), nonce: (0..<16).map { _ in UInt8.random(in: 0...255) }, paths: [Array("/data".utf8)],
                                 tags: [], statistics: SnapshotStatistics(), packs: packs.map(\.id) + alsoNaming, clientVersion: "test")
-    return (packs, try Manifest.create(header: header, root: root, readPublicKey: keys.shared.readPublicKey, signingKey: keys.signingKey))
+    return (packs, try Manifest.create(header: header, root: root, rootSeals: pipeline.seals(for: root),
+                                       readPublicKey: keys.shared.readPublicKey, signingKey: keys.signingKey))
 }
 
 /// Runs `body` expecting the server to refuse it with `code`; returns the error.
