@@ -131,6 +131,8 @@ extension Catalog {
                     problem TEXT NOT NULL, PRIMARY KEY (tenant, pack)) WITHOUT ROWID;
                 """)
         }
+        // Retention policies per tenant, host glob and tag (RetentionPolicies.swift).
+        m.registerMigration("v11-policy-retention-policies") { db in try db.execute(sql: Catalog.policySchema) }
         // New migrations go here, after every released one.
         return m
     }
