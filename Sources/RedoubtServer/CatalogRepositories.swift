@@ -158,6 +158,16 @@ public protocol SnapshotRepository: Sendable {
 }
 
 /// The hash-chained audit log (docs/PROTOCOL.md §5).
+/// Retention policies, and moving a snapshot's lock later. A backend must make `setPolicy`
+/// and `removePolicy` compare-and-set (false when the stored rules are not `from`; nil:
+/// none stored), and `extendSnapshotLock` move a lock only later (nil when it did not move).
+public protocol PolicyRepository: Sendable {
+    func policies(tenant: String?) throws -> [Wire.PolicyInfo]
+    func setPolicy(_ p: Wire.PolicyInfo, from: RetentionRules?) throws -> Bool
+    func removePolicy(tenant: String, hostGlob: String, tag: String, from: RetentionRules) throws -> Bool
+    func extendSnapshotLock(id: String, until: Date) throws -> SnapshotRecord?
+}
+
 public protocol AuditRepository: Sendable {
     /// Appends one record: reads the newest record's sequence number and hash and inserts
     /// `seq + 1` chained to it, atomically against every other append (one serialised
@@ -269,8 +279,8 @@ public protocol QuotaRepository: Sendable {
 /// Everything the server needs of a catalog: what a new backend implements.
 public typealias CatalogRepositories = SettingsRepository & TenantRepository & PrincipalRepository & PackRepository
     & SnapshotRepository & AuditRepository & ApprovalRepository & LegalHoldRepository & GCQueueRepository
-    & CopyTargetRepository & QuotaRepository
+    & CopyTargetRepository & QuotaRepository & PolicyRepository
 
 extension Catalog: SettingsRepository, TenantRepository, PrincipalRepository, PackRepository, SnapshotRepository,
     AuditRepository, ApprovalRepository, LegalHoldRepository, GCQueueRepository, CopyTargetRepository,
-    QuotaRepository {}
+    QuotaRepository, PolicyRepository {}

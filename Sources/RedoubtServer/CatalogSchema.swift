@@ -152,6 +152,8 @@ extension Catalog {
         m.registerMigration("v13-verified-chunks") { db in
             try db.execute(sql: "ALTER TABLE chunks ADD COLUMN verified INTEGER NOT NULL DEFAULT 0")
         }
+        // Retention policies per tenant, host glob and tag (RetentionPolicies.swift).
+        m.registerMigration("v14-retention-policies") { db in try db.execute(sql: Catalog.policySchema) }
         // New migrations go here, after every released one.
         return m
     }

@@ -328,6 +328,21 @@ public enum RedoubtHTTP {
                                                   ctx: ctx.call))
             }
         },
+        Route(.put, "/v1/tenants/{tenant}/policy", .setPolicy, .admin) { service, logger, req, ctx in
+            await handle(logger) {
+                jsonResponse(try await service.setPolicy(tenant: ctx.parameters.get("tenant") ?? "",
+                                                         try await req.json(Wire.SetPolicyRequest.self), ctx: ctx.call))
+            }
+        },
+        Route(.get, "/v1/policies", .listPolicies, .admin) { service, logger, req, _ in
+            await handle(logger) { jsonResponse(try service.listPolicies(tenant: req.uri.queryParameters.get("tenant"))) }
+        },
+        Route(.get, "/v1/tenants/{tenant}/policy/simulate", .simulatePolicy, .admin) { service, logger, _, ctx in
+            await handle(logger) { jsonResponse(try service.simulatePolicies(tenant: ctx.parameters.get("tenant") ?? "")) }
+        },
+        Route(.post, "/v1/tenants/{tenant}/policy/apply", .applyPolicy, .admin) { service, logger, _, ctx in
+            await handle(logger) { jsonResponse(try await service.applyPolicies(tenant: ctx.parameters.get("tenant") ?? "", host: nil)) }
+        },
         Route(.get, "/v1/enrollments", .listEnrollments, .admin) { service, logger, _, _ in await handle(logger) { jsonResponse(try service.listEnrollments()) } },
         Route(.post, "/v1/enrollments/{id}/cancel", .cancelEnrollment, .admin) { service, logger, _, ctx in
             await handle(logger) { jsonResponse(try service.cancelEnrollment(id: ctx.parameters.get("id") ?? "", ctx: ctx.call)) }

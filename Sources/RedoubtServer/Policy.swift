@@ -32,10 +32,12 @@ public enum Action: String, Sendable, CaseIterable {
     case removeCopyTarget = "remove-copy-target", syncCopyTarget = "sync-copy-target"
     case placeHold = "place-hold", listHolds = "list-holds", releaseHold = "release-hold"
     case collectGarbage = "gc", setQuota = "set-quota"
+    case setPolicy = "set-policy", listPolicies = "list-policies", simulatePolicy = "simulate-policy"
+    case applyPolicy = "apply-policy"
     case listAudit = "list-audit", verifyAudit = "verify-audit"
     // Changes that need approval under another name than their route's (§4.2).
     case lowerRetention = "lower-retention", revokeWriter = "revoke-writer", acceptUnenforced = "accept-unenforced"
-    case widenDedupScope = "widen-dedup-scope"
+    case widenDedupScope = "widen-dedup-scope", lowerPolicy = "lower-policy"
     // Approval bookkeeping.
     case fileRequest = "request", executeRequest = "execute-request"
     // Events inside a request or the server, not routes of their own.

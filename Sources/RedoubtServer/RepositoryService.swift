@@ -370,6 +370,8 @@ public final class RepositoryService: Sendable {
         }
         audit(ctx, .commitSnapshot, object: "snapshot \(manifest.id)", outcome: "ok", detail: "packs=\(h.packs.count) retain-until=\(Int(retainUntil.timeIntervalSince1970))")
         // The off-site copies follow each commit, in the background.
+        // The tenant's retention policies move the locks of what they keep (RetentionPolicies.swift).
+        await applyPoliciesAfterCommit(tenant: tenant.name, host: p.name)
         if try !catalog.copyTargets(tenant: tenant.name).isEmpty { Task { await copyJobs.kick(tenant.name, service: self) } }
         recordHostOS(p, os, ctx: ctx)
         return Self.info(rec)

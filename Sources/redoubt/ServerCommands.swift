@@ -105,7 +105,8 @@ struct ServerRebuildCatalog: AsyncParsableCommand {
 struct AdminCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(commandName: "admin", abstract: "Manage tenants and enrollments (admin credential).",
                                                     subcommands: [TenantCommand.self, HostCommand.self, RestorerCommand.self, AuditorCommand.self, TokenCommand.self, GCCommand.self,
-                                                                  RequestCommand.self, AdminsCommand.self, QuorumCommand.self, AdminCopyCommand.self, AdminHoldCommand.self])
+                                                                  RequestCommand.self, AdminsCommand.self, QuorumCommand.self, AdminCopyCommand.self, AdminHoldCommand.self,
+                                                                  AdminPolicyCommand.self])
     // Declared here too so `redoubt admin --credential FILE tenant …` parses; the
     // subcommands read the same value.
     @OptionGroup var admin: AdminOptions

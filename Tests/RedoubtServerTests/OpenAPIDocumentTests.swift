@@ -50,7 +50,7 @@ import RedoubtCore
 
     /// Routes that never read their body: no request body, no 413.
     static let bodiless: Set<Action> = [
-        .approveRequest, .rejectRequest, .syncCopyTarget, .verifySnapshot, .cancelEnrollment,
+        .approveRequest, .rejectRequest, .syncCopyTarget, .verifySnapshot, .cancelEnrollment, .applyPolicy,
     ]
 
     @Test func theDocumentDescribesEveryServedRouteAndNoOther() throws {
@@ -100,7 +100,7 @@ import RedoubtCore
         #expect(auditOutcomes().subtracting(outcomes).sorted() == [], "documented: \(outcomes.sorted())")
         // Every action a request for approval can name.
         let gated: [Action] = [.addAdmin, .removeAdmin, .setQuorum, .lowerRetention, .rotateReadKey, .shredTenant,
-                               .releaseHold, .revokeWriter, .removeCopyTarget, .acceptUnenforced]
+                               .releaseHold, .revokeWriter, .removeCopyTarget, .acceptUnenforced, .lowerPolicy]
         #expect(Set(gated.map(\.rawValue)).subtracting(try enumValues(doc, "RequestInfo", "action")).sorted() == [])
         let states = Set(ApprovalRequest.State.allCases.map(\.rawValue))
         #expect(states.subtracting(try enumValues(doc, "RequestInfo", "state")).sorted() == [])
