@@ -2,6 +2,7 @@
 // under a tenant's prefix is read whole and checked against its name (packs and
 // manifests are named by their SHA-256) and its lock (COMPLIANCE, retain-until ahead);
 // every pack a manifest names must be there.
+import Crypto
 import Foundation
 import RedoubtAWS
 import RedoubtCore
@@ -46,6 +47,8 @@ public enum BucketVerify {
         case descriptor(Int)
         /// `catalog/<unix ms>.json`: the server's listing of the tenant's snapshots at a sync.
         case catalogExport
+        /// `host-keys/<principal ID>.registration|.revocation` (docs/FORMAT.md §6.4).
+        case hostKeyStatement
         case extra
     }
 
@@ -62,6 +65,8 @@ public enum BucketVerify {
         case 2 where parts[0] == "catalog" && parts[1].hasSuffix(".json"):
             let n = parts[1].dropLast(".json".count)
             if n.count == 13, n.allSatisfy({ $0.isASCII && $0.isNumber }) { return .catalogExport }
+        case 2 where HostKeyObjects.isStatementName(parts.joined(separator: "/")):
+            return .hostKeyStatement
         case 1 where parts[0].hasPrefix("tenant-v") && parts[0].hasSuffix(".json"):
             let n = parts[0].dropFirst("tenant-v".count).dropLast(".json".count)
             if let v = Int(n), v >= 1, String(v) == n { return .descriptor(v) }
@@ -91,7 +96,10 @@ public enum BucketVerify {
     /// each must be COMPLIANCE-locked until at least `now + minRetain` (an expired lock
     /// counts as unlocked), and every pack that a manifest names must be there.
     /// Problems are collected, not thrown; only a failure to talk to the bucket throws.
-    public static func run(store: S3Store, tenant: String, now: Date, minRetain: TimeInterval,
+    /// With `trustRoot` (the server CA's key a restorer pins), host key statements must
+    /// open under it and every manifest must be signed by a key they register and do not
+    /// revoke before it (else *wrong*, `E_SIGNATURE`); without it, authorship is not checked.
+    public static func run(store: S3Store, tenant: String, now: Date, minRetain: TimeInterval, trustRoot: P256.Signing.PublicKey? = nil,
                            progress: (String) -> Void) async throws -> BucketVerifyReport {
         var report = BucketVerifyReport(tenant: tenant)
         let prefix = "t/\(tenant)/"
@@ -137,7 +145,7 @@ public enum BucketVerify {
                 report.packs += 1
             case .manifest: report.manifests += 1
             case .descriptor: descriptors += 1
-            case .catalogExport: break
+            case .catalogExport, .hostKeyStatement: break
             }
             toRead.append((info, kind))
         }
@@ -174,11 +182,37 @@ public enum BucketVerify {
             report.missing.append(.init(key: RepositoryService.packKey(tenant: tenant, id: p).path,
                                         detail: "pack \(p) is named by snapshot \(snapshots.map(\.description).sorted().joined(separator: ", ")) and is not in the bucket"))
         }
+        if let trustRoot {
+            try await checkAuthorship(store: store, tenant: tenant, trustRoot: trustRoot, objects: toRead, report: &report)
+        }
         if descriptors == 0 {
             report.missing.append(.init(key: "\(prefix)tenant-v<N>.json",
                                         detail: "no tenant descriptor: the wrapped read key is not in the copy (restore needs --read-key FILE)"))
         }
         return report
+    }
+
+    /// The authorship pass: statements that do not open under `trustRoot`, and manifests
+    /// no statement vouches for, are *wrong*. Objects whose bytes were already wrong are
+    /// skipped (reported once).
+    static func checkAuthorship(store: S3Store, tenant: String, trustRoot: P256.Signing.PublicKey,
+                                objects: [(info: ObjectInfo, kind: Kind)], report: inout BucketVerifyReport) async throws {
+        let bad = Set(report.wrong.map(\.key))
+        var statements: [(name: String, bytes: [UInt8])] = []
+        for o in objects where o.kind == .hostKeyStatement && !bad.contains(o.info.key.path) {
+            let bytes = try await store.get(o.info.key)
+            do { _ = try HostKeyStatement.open(bytes, trustRoot: trustRoot, object: o.info.key.path) } catch {
+                report.wrong.append(.init(key: o.info.key.path, detail: "\(error)"))
+            }
+            statements.append((o.info.key.path, bytes))
+        }
+        let registry = HostKeyRegistry(tenant: tenant, trustRoot: trustRoot, objects: statements)
+        for o in objects where !bad.contains(o.info.key.path) {
+            guard case .manifest(let id) = o.kind else { continue }
+            do { try registry.check(try Manifest.parse(try await store.get(o.info.key), expectedID: id), readKeyID: nil) } catch {
+                report.wrong.append(.init(key: o.info.key.path, detail: "\(error)"))
+            }
+        }
     }
 
     /// Reads one object whole and checks its bytes against its name: why it is wrong
@@ -203,7 +237,8 @@ public enum BucketVerify {
             d.dateDecodingStrategy = .iso8601
             let ok = (try? d.decode(BucketCopy.CatalogExport.self, from: Data(bytes)))?.format == 1
             return (ok ? nil : "catalog export is not a format-1 snapshot listing", [])
-        case .extra:
+        case .extra, .hostKeyStatement:
+            // Statements are checked against the trust root in the authorship pass, if asked.
             return (nil, [])
         }
     }

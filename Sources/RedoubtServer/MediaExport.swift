@@ -48,6 +48,14 @@ public enum MediaExport {
         // snapshot's packs not yet written and its manifest.
         let version = try catalog.tenant(tenant)?.keyVersion ?? 1
         var items: [Item] = [Item(type: .object, id: "tenant-v\(version).json", key: RepositoryService.tenantKey(tenant, version: version), hash: nil, note: nil)]
+        // The host key statements (registrations, revocations), so a restore from the set
+        // alone can tell a snapshot an enrolled host wrote from one planted on the volumes.
+        let statements = HostKeyObjects.prefix(tenant: tenant)
+        for info in try await store.list(prefix: statements).sorted(by: { $0.key < $1.key }) {
+            let name = "host-keys/" + info.key.path.dropFirst(statements.count)
+            guard HostKeyObjects.isStatementName(name) else { continue }
+            items.append(Item(type: .object, id: name, key: info.key, hash: nil, note: name))
+        }
         var written = Set<String>()
         for s in chosen {
             for p in try catalog.snapshotPacks(id: s.id) where written.insert(p.description).inserted {
@@ -100,7 +108,7 @@ public enum MediaExport {
     /// become a media set that looks whole), and frames it.
     static func load(_ i: Item, from store: any ObjectStore) async throws -> FramedMediaRecord {
         var body = try await store.get(i.key)
-        if i.hash == nil {
+        if i.hash == nil, !HostKeyObjects.isStatementName(i.id) {
             // The descriptor leaves the server only with its write material sealed.
             guard let export = TenantDescriptor.forExport(body) else {
                 throw StoreError(.integrity, key: i.key.path, "the tenant descriptor in the store does not decode")
@@ -157,6 +165,10 @@ public enum MediaImport {
                 name = "manifest-\(id)"
             case .object:
                 // Why the strict pattern: the name becomes a store key.
+                if HostKeyObjects.isStatementName(r.id) {
+                    name = "hostkey-\(r.id.dropFirst("host-keys/".count))"
+                    break
+                }
                 guard r.id.hasPrefix("tenant-v"), r.id.hasSuffix(".json"), Int(r.id.dropFirst(8).dropLast(5)) != nil else { return }
                 name = "object-\(r.id)"
             case .auditAnchor:
@@ -203,12 +215,13 @@ public enum MediaImport {
             switch kind {
             case "pack": key = PackID(hex: id).map { RepositoryService.packKey(tenant: tenant, id: $0) }
             case "manifest": key = SnapshotID(hex: id).map { RepositoryService.manifestKey(tenant: tenant, id: $0) }
+            case "hostkey": key = ObjectKey(HostKeyObjects.prefix(tenant: tenant) + id)
             default:
                 key = ObjectKey("t/\(tenant)/\(id)")
                 retain = nil  // descriptors are replaced on rotation, as on the server
             }
             guard let key, let bytes = fm.contents(atPath: s.file) else { continue }
-            if kind != "pack" && kind != "manifest", let local = try? await store.get(key),
+            if kind == "object", let local = try? await store.get(key),
                let here = try? JSONDecoder().decode(TenantDescriptor.self, from: Data(local)),
                let there = try? JSONDecoder().decode(TenantDescriptor.self, from: bytes), here.isSameVersion(as: there) {
                 // The server's own descriptor of this key version (its seal differs): kept.

@@ -92,8 +92,34 @@ enum BucketCommands {
         let copies = key.readKey == nil ? try await wrappedReadKeys(store: store, tenant: tenant, config: cfg) : []
         let readKey = try await key.unwrap(config: cfg, copies: copies)
         let manifests = try await BucketCopy.manifests(in: store, tenant: tenant)
-        return (try RestoreSupport.manifest(matching: snapshot, in: manifests, place: "in \(place)", lister: lister), readKey)
+        let manifest = try RestoreSupport.manifest(matching: snapshot, in: manifests, place: "in \(place)", lister: lister)
+        // Why: the bucket's writer could have put the manifest there; only the pinned CA's
+        // registrations say which host keys may sign this tenant's snapshots.
+        try cfg.checkAuthorship(manifest, tenant: tenant, statements: try await hostKeyStatements(store: store, tenant: tenant))
+        return (manifest, readKey)
     }
+
+    /// The host key statements in the copy (originals), by key. Oversized objects and any
+    /// beyond `maxStatements` are skipped with a note: whoever can write the bucket can add
+    /// objects, and they must not make a restore unbounded.
+    static func hostKeyStatements(store: S3Store, tenant: String) async throws -> [(name: String, bytes: [UInt8])] {
+        var out: [(name: String, bytes: [UInt8])] = []
+        let names = try await store.originalNames(prefix: HostKeyObjects.prefix(tenant: tenant)).sorted()
+        if names.count > maxStatements {
+            FileHandle.standardError.write(Data("note: \(names.count) host key objects in the copy; reading the first \(maxStatements)\n".utf8))
+        }
+        for name in names.prefix(maxStatements) {
+            guard let key = ObjectKey(name) else { continue }
+            if let info = try await store.head(key), info.size > HostKeyStatement.maxSize {
+                FileHandle.standardError.write(Data("note: skipping \(name): \(info.size) bytes is not a host key statement\n".utf8))
+                continue
+            }
+            out.append((name, try await store.get(key)))
+        }
+        return out
+    }
+
+    static let maxStatements = 1 << 16
 
     /// The wrapped read keys in the copy's tenant descriptors, newest first, so that a
     /// restore from the bucket needs no server (and after a rotation gets the current
@@ -126,9 +152,16 @@ enum BucketCommands {
 
     /// Checks every object of the tenant's copy (hash, lock) and that no pack is missing.
     /// Exit 5 if anything is missing, wrong or unlocked; 8 if only expiring or extra objects.
-    static func verify(store: S3Store, place: String, tenant: String, minRetain: String?, json: Bool) async throws -> Exit {
+    /// `config`: whose pinned server CA checks who wrote each snapshot; without one (no
+    /// enrollment here) authorship is not checked, and a note says so.
+    static func verify(store: S3Store, place: String, tenant: String, minRetain: String?, json: Bool,
+                       config: ClientConfig? = nil) async throws -> Exit {
         let min = try minRetain.map(parseDuration) ?? 0
-        let report = try await BucketVerify.run(store: store, tenant: tenant, now: Date(), minRetain: min) { line in
+        let root = try? config?.trustRoot()
+        if root == nil {
+            FileHandle.standardError.write(Data("note: no pinned server CA (--config of an enrolled restorer): who wrote each snapshot is not checked\n".utf8))
+        }
+        let report = try await BucketVerify.run(store: store, tenant: tenant, now: Date(), minRetain: min, trustRoot: root) { line in
             FileHandle.standardError.write(Data("  verify: \(line)\n".utf8))
         }
         if json {
@@ -154,10 +187,13 @@ struct CopyVerify: AsyncParsableCommand {
     @OptionGroup var bucket: BucketOptions
     @Option(name: .long, help: "Also report objects whose lock ends sooner than this from now (e.g. 30d).") var minRetain: String?
     @Flag(name: .long, help: "Print JSON: {objects, bytes, missing, wrong, unlocked, expiring, extra}.") var json = false
+    @Option(name: .long, help: "An enrolled client's configuration directory: its pinned server CA checks who wrote each snapshot.")
+    var config: String?
 
     func run() async throws {
         try await RedoubtCLI.run {
-            try await BucketCommands.verify(store: try bucket.store(), place: bucket.to, tenant: tenant, minRetain: minRetain, json: json)
+            try await BucketCommands.verify(store: try bucket.store(), place: bucket.to, tenant: tenant, minRetain: minRetain, json: json,
+                                            config: config.map { ClientConfig(path: $0) })
         }
     }
 }

@@ -81,7 +81,7 @@ struct VerifyCommand: AsyncParsableCommand {
                 // The bucket alone: every object of the tenant, no key (so no --deep).
                 guard snapshot == nil, !deep else { throw ValidationError("verify --from checks the whole copy without a key: drop SNAPSHOT and --deep") }
                 return try await BucketCommands.verify(store: store, place: bucket.from ?? "", tenant: try await bucket.tenant(in: store),
-                                                       minRetain: minRetain, json: json)
+                                                       minRetain: minRetain, json: json, config: config.resolved)
             }
             if all {
                 guard deep, snapshot == nil else { throw ValidationError("--all goes with --deep and without SNAPSHOT") }

@@ -54,6 +54,7 @@ struct MediaWrite: AsyncParsableCommand {
             let home = ServerHome(path: data)
             let catalog = try Catalog(path: home.catalogPath)
             let store = try LocalStore(root: URL(fileURLWithPath: home.storePath))
+            try await HostKeyObjects.ensure(catalog: catalog, store: store, ca: try home.certificateAuthority(), tenant: tenant, now: Date())
             let s = try await MediaExport.run(catalog: catalog, store: store, tenant: tenant, selection: sel, writer: w,
                                               actor: "local-admin", now: Date()) { line in
                 FileHandle.standardError.write(Data("  \(line)\n".utf8))
@@ -230,6 +231,7 @@ struct MediaRestore: AsyncParsableCommand {
             var manifests: [String: [UInt8]] = [:]
             var descriptor: (version: Int, name: String, body: [UInt8])?
             var spoolError: String?
+            var statements: [(name: String, bytes: [UInt8])] = []
             FileHandle.standardError.write(Data("reading volumes…\n".utf8))
             let rep = try MediaReader(source: try mediaSource(device, changer: changer), skipDamaged: skipDamaged).read { r throws(MediaError) in
                 switch r.type {
@@ -239,6 +241,7 @@ struct MediaRestore: AsyncParsableCommand {
                     if !FileManager.default.createFile(atPath: "\(spool)/\(r.id)", contents: Data(r.body)) { spoolError = "cannot write to \(spool)" }
                 case .manifest: manifests[r.id] = r.body
                 case .object:
+                    if HostKeyObjects.isStatementName(r.id) { statements.append(("\(r.id) on the media", r.body)) }
                     if let v = Int(r.id.dropFirst(8).dropLast(5)), r.id.hasPrefix("tenant-v"), r.id.hasSuffix(".json"), v > (descriptor?.version ?? 0) {
                         descriptor = (v, r.id, r.body)
                     }
@@ -253,6 +256,9 @@ struct MediaRestore: AsyncParsableCommand {
             let readKey = try await mediaReadKey(descriptor, config: cfg)
             for d in rep.damage { FileHandle.standardError.write(Data("DAMAGED: \(d)\n".utf8)) }
             let manifest = try RestoreSupport.manifest(matching: snapshot, in: manifests, place: "on these volumes", lister: "redoubt media list")
+            // Why: whoever wrote the volumes could have added the manifest; only the pinned
+            // CA's registrations on the set say which host keys may sign this tenant's snapshots.
+            try cfg.checkAuthorship(manifest, tenant: try cfg.credential().tenant ?? "", statements: statements)
             let result = try await RestoreSupport.restore(manifest: manifest, readKey: readKey, chunkIDKey: material.chunkIDKey,
                                                           source: SpoolPackSource(dir: spool), target: target,
                                                           subpath: path.map { Array($0.utf8) }, skipDamaged: skipDamaged)
