@@ -87,27 +87,38 @@ public struct HostKeyStatement: Sendable, Hashable {
 
     /// Parses an object and checks its signature under `trustRoot`. `object` names it in
     /// errors (its store key). `.badSignature` if the trust root did not sign it.
-    public static func open(_ bytes: [UInt8], trustRoot: P256.Signing.PublicKey, object: String) throws(CoreError) -> HostKeyStatement {
-        guard bytes.count <= maxSize else { throw CoreError(.limitExceeded, object: object, "\(bytes.count) bytes is not a host key statement") }
+    public static func open(_ bytes: [UInt8], trustRoot: P256.Signing.PublicKey,
+                            object: String) throws(CoreError) -> HostKeyStatement {
+        guard bytes.count <= maxSize else {
+            throw CoreError(.limitExceeded, object: object, "\(bytes.count) bytes is not a host key statement")
+        }
         var r = ByteReader(bytes)
         let body: [UInt8], sig: [UInt8]
         do {
-            guard try r.raw(8) == magic else { throw CoreError(.corrupt, object: object, "bad magic: not a host key statement") }
+            guard try r.raw(8) == magic else {
+                throw CoreError(.corrupt, object: object, "bad magic: not a host key statement")
+            }
             let v = try r.u16()
             guard v == version else {
-                throw CoreError(.unsupportedVersion, object: object, "host key statement version \(v); this build reads \(version): upgrade redoubt")
+                throw CoreError(.unsupportedVersion, object: object,
+                                "host key statement version \(v); this build reads \(version): upgrade redoubt")
             }
             body = try r.lengthPrefixed(limit: maxSize)
             sig = try r.raw(64)
             guard r.isAtEnd else { throw CoreError(.corrupt, object: object, "trailing bytes after the signature") }
-        } catch let e as CoreError { throw e } catch let e as ByteReader.Failure { throw e.corrupt(object, "malformed host key statement") } catch {
+        } catch let e as CoreError {
+            throw e
+        } catch let e as ByteReader.Failure {
+            throw e.corrupt(object, "malformed host key statement")
+        } catch {
             throw CoreError(.corrupt, object: object, "\(error)")
         }
         // Why before decoding the body: nothing of an unsigned object is believed.
         guard let signature = try? P256.Signing.ECDSASignature(rawRepresentation: sig),
               trustRoot.isValidSignature(signature, for: signatureLabel + body)
         else {
-            throw CoreError(.badSignature, object: object, "not signed by the pinned server CA: forged or from another repository")
+            throw CoreError(.badSignature, object: object,
+                            "not signed by the pinned server CA: forged or from another repository")
         }
         return try decodeBody(body, object: object)
     }
@@ -115,7 +126,9 @@ public struct HostKeyStatement: Sendable, Hashable {
     static func decodeBody(_ body: [UInt8], object: String) throws(CoreError) -> HostKeyStatement {
         var r = ByteReader(body)
         do {
-            guard let kind = Kind(rawValue: try r.u8()) else { throw CoreError(.corrupt, object: object, "unknown statement kind") }
+            guard let kind = Kind(rawValue: try r.u8()) else {
+                throw CoreError(.corrupt, object: object, "unknown statement kind")
+            }
             let tenant = try r.string(limit: 1024)
             let host = try r.string(limit: 1024)
             let principal = try r.string(limit: 1024)
@@ -125,16 +138,25 @@ public struct HostKeyStatement: Sendable, Hashable {
             var snaps: [SnapshotID] = []
             snaps.reserveCapacity(n)
             for _ in 0..<n {
-                guard let s = SnapshotID(bytes: try r.raw(32)) else { throw CoreError(.corrupt, object: object, "bad snapshot ID") }
+                guard let s = SnapshotID(bytes: try r.raw(32)) else {
+                    throw CoreError(.corrupt, object: object, "bad snapshot ID")
+                }
                 if let last = snaps.last, !bytesPrecede(last.bytes, s.bytes) {
                     throw CoreError(.corrupt, object: object, "snapshot list not strictly ascending")
                 }
                 snaps.append(s)
             }
             guard r.isAtEnd else { throw CoreError(.corrupt, object: object, "trailing bytes in the body") }
-            guard kind == .revocation || snaps.isEmpty else { throw CoreError(.corrupt, object: object, "a registration lists no snapshots") }
-            return HostKeyStatement(kind: kind, tenant: tenant, host: host, principal: principal, hostKey: hostKey, time: time, snapshots: snaps)
-        } catch let e as CoreError { throw e } catch let e as ByteReader.Failure { throw e.corrupt(object, "malformed host key statement") } catch {
+            guard kind == .revocation || snaps.isEmpty else {
+                throw CoreError(.corrupt, object: object, "a registration lists no snapshots")
+            }
+            return HostKeyStatement(kind: kind, tenant: tenant, host: host, principal: principal, hostKey: hostKey,
+                                    time: time, snapshots: snaps)
+        } catch let e as CoreError {
+            throw e
+        } catch let e as ByteReader.Failure {
+            throw e.corrupt(object, "malformed host key statement")
+        } catch {
             throw CoreError(.corrupt, object: object, "\(error)")
         }
     }
@@ -166,7 +188,8 @@ public struct HostKeyRegistry: Sendable {
             do {
                 let s = try HostKeyStatement.open(bytes, trustRoot: trustRoot, object: name)
                 guard s.tenant == tenant else {
-                    ignored.append(Ignored(name: name, reason: "names tenant \(s.tenant.debugDescription), not \(tenant.debugDescription)"))
+                    let reason = "names tenant \(s.tenant.debugDescription), not \(tenant.debugDescription)"
+                    ignored.append(Ignored(name: name, reason: reason))
                     continue
                 }
                 switch s.kind {
@@ -193,9 +216,10 @@ public struct HostKeyRegistry: Sendable {
             let note = ignored.isEmpty ? "" : "; \(ignored.count) host key object(s) here were ignored ("
                 + ignored.prefix(3).map { "\($0.name): \($0.reason)" }.joined(separator: "; ") + ")"
             throw CoreError(.badSignature, object: object,
-                            "signed by host key \(hexString(h.hostKey.rawRepresentation)) of host \(h.host.debugDescription), "
-                            + "which no registration signed by the pinned server CA names for tenant \(tenant.debugDescription)"
-                            + note + ": not written by an enrolled host (planted in this copy?); refusing it")
+                            "signed by host key \(hexString(h.hostKey.rawRepresentation)) of host "
+                            + "\(h.host.debugDescription), which no registration signed by the pinned server CA "
+                            + "names for tenant \(tenant.debugDescription)" + note
+                            + ": not written by an enrolled host (planted in this copy?); refusing it")
         }
         try manifest.verify(tenant: tenant, host: h.host, hostKey: h.hostKey, readKeyID: readKeyID ?? h.readKeyID)
         var revokedAt: [Int64] = []
@@ -208,7 +232,7 @@ public struct HostKeyRegistry: Sendable {
         }
         let when = revokedAt.min().map { Date(timeIntervalSince1970: TimeInterval($0)) }.map { "\($0)" } ?? "?"
         throw CoreError(.badSignature, object: object,
-                        "signed by host \(h.host.debugDescription)'s key, which the server CA revoked at \(when); the snapshot is "
-                        + "not among those the key committed before: refusing it")
+                        "signed by host \(h.host.debugDescription)'s key, which the server CA revoked at \(when); "
+                        + "the snapshot is not among those the key committed before: refusing it")
     }
 }

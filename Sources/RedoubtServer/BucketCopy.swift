@@ -108,7 +108,8 @@ public enum BucketCopy {
         try await copy(RepositoryService.tenantKey(tenant, version: try catalog.tenant(tenant)?.keyVersion ?? 1))
         // The host key statements: a restore from the bucket alone checks who signed each
         // manifest against them. Locked as long as the newest snapshot, which they vouch for.
-        for info in try await store.list(prefix: HostKeyObjects.prefix(tenant: tenant)).sorted(by: { $0.key < $1.key }) {
+        let statements = try await store.list(prefix: HostKeyObjects.prefix(tenant: tenant))
+        for info in statements.sorted(by: { $0.key < $1.key }) {
             try await copy(info.key, atLeastFloor: true)
         }
         var done = Set<String>()

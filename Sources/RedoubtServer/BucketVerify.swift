@@ -99,7 +99,8 @@ public enum BucketVerify {
     /// With `trustRoot` (the server CA's key a restorer pins), host key statements must
     /// open under it and every manifest must be signed by a key they register and do not
     /// revoke before it (else *wrong*, `E_SIGNATURE`); without it, authorship is not checked.
-    public static func run(store: S3Store, tenant: String, now: Date, minRetain: TimeInterval, trustRoot: P256.Signing.PublicKey? = nil,
+    public static func run(store: S3Store, tenant: String, now: Date, minRetain: TimeInterval,
+                           trustRoot: P256.Signing.PublicKey? = nil,
                            progress: (String) -> Void) async throws -> BucketVerifyReport {
         var report = BucketVerifyReport(tenant: tenant)
         let prefix = "t/\(tenant)/"
@@ -183,7 +184,8 @@ public enum BucketVerify {
                                         detail: "pack \(p) is named by snapshot \(snapshots.map(\.description).sorted().joined(separator: ", ")) and is not in the bucket"))
         }
         if let trustRoot {
-            try await checkAuthorship(store: store, tenant: tenant, trustRoot: trustRoot, objects: toRead, report: &report)
+            try await checkAuthorship(store: store, tenant: tenant, trustRoot: trustRoot, objects: toRead,
+                                      report: &report)
         }
         if descriptors == 0 {
             report.missing.append(.init(key: "\(prefix)tenant-v<N>.json",
@@ -196,7 +198,8 @@ public enum BucketVerify {
     /// no statement vouches for, are *wrong*. Objects whose bytes were already wrong are
     /// skipped (reported once).
     static func checkAuthorship(store: S3Store, tenant: String, trustRoot: P256.Signing.PublicKey,
-                                objects: [(info: ObjectInfo, kind: Kind)], report: inout BucketVerifyReport) async throws {
+                                objects: [(info: ObjectInfo, kind: Kind)],
+                                report: inout BucketVerifyReport) async throws {
         let bad = Set(report.wrong.map(\.key))
         var statements: [(name: String, bytes: [UInt8])] = []
         for o in objects where o.kind == .hostKeyStatement && !bad.contains(o.info.key.path) {
@@ -209,7 +212,10 @@ public enum BucketVerify {
         let registry = HostKeyRegistry(tenant: tenant, trustRoot: trustRoot, objects: statements)
         for o in objects where !bad.contains(o.info.key.path) {
             guard case .manifest(let id) = o.kind else { continue }
-            do { try registry.check(try Manifest.parse(try await store.get(o.info.key), expectedID: id), readKeyID: nil) } catch {
+            do {
+                let manifest = try Manifest.parse(try await store.get(o.info.key), expectedID: id)
+                try registry.check(manifest, readKeyID: nil)
+            } catch {
                 report.wrong.append(.init(key: o.info.key.path, detail: "\(error)"))
             }
         }

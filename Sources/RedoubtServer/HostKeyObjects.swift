@@ -54,7 +54,9 @@ public enum HostKeyObjects {
                 ORDER BY created_at
                 """, arguments: [tenant, tenant])
         }.compactMap { r in
-            guard let raw = r["host_key"] as Data?, let key = try? HostPublicKey(rawRepresentation: Array(raw)) else { return nil }
+            guard let raw = r["host_key"] as Data?, let key = try? HostPublicKey(rawRepresentation: Array(raw)) else {
+                return nil
+            }
             let revoked: Bool = r["revoked"]
             return Writer(id: r["id"], tenant: r["tenant"], name: r["name"], hostKey: key,
                           createdAt: Date(timeIntervalSince1970: r["created_at"]),
@@ -78,9 +80,10 @@ public enum HostKeyObjects {
         for w in try writers(catalog, tenant: tenant) {
             let until = RepositoryService.ceilDay(now.addingTimeInterval(minRetention[w.tenant] ?? 0))
             if try await ensureRegistration(w, store: store, ca: ca, until: until) { written += 1 }
-            if let at = w.revokedAt, let key = revocationKey(tenant: w.tenant, principal: w.id), try await store.head(key) == nil {
-                let s = HostKeyStatement(kind: .revocation, tenant: w.tenant, host: w.name, principal: w.id, hostKey: w.hostKey,
-                                         time: Int64(at.timeIntervalSince1970.rounded(.down)),
+            if let at = w.revokedAt, let key = revocationKey(tenant: w.tenant, principal: w.id),
+               try await store.head(key) == nil {
+                let s = HostKeyStatement(kind: .revocation, tenant: w.tenant, host: w.name, principal: w.id,
+                                         hostKey: w.hostKey, time: Int64(at.timeIntervalSince1970.rounded(.down)),
                                          snapshots: try await committed(by: w, catalog: catalog, store: store))
                 _ = try await store.put(key, try s.encoded(signedBy: ca.key), retainUntil: until)
                 written += 1
@@ -90,13 +93,14 @@ public enum HostKeyObjects {
     }
 
     /// Writes `w`'s registration unless the store has it; true if written.
-    static func ensureRegistration(_ w: Writer, store: any ObjectStore, ca: CertificateAuthority, until: Date) async throws -> Bool {
+    static func ensureRegistration(_ w: Writer, store: any ObjectStore, ca: CertificateAuthority,
+                                   until: Date) async throws -> Bool {
         guard let key = registrationKey(tenant: w.tenant, principal: w.id) else {
             throw ServerError(500, "E_INTERNAL", "principal ID \(w.id) does not make a store key")
         }
         guard try await store.head(key) == nil else { return false }
-        let s = HostKeyStatement(kind: .registration, tenant: w.tenant, host: w.name, principal: w.id, hostKey: w.hostKey,
-                                 time: Int64(w.createdAt.timeIntervalSince1970.rounded(.down)))
+        let s = HostKeyStatement(kind: .registration, tenant: w.tenant, host: w.name, principal: w.id,
+                                 hostKey: w.hostKey, time: Int64(w.createdAt.timeIntervalSince1970.rounded(.down)))
         _ = try await store.put(key, try s.encoded(signedBy: ca.key), retainUntil: until)
         return true
     }
@@ -105,16 +109,23 @@ public enum HostKeyObjects {
     /// Read from the manifests themselves, since the catalog does not keep the signer.
     static func committed(by w: Writer, catalog: Catalog, store: any ObjectStore) async throws -> [SnapshotID] {
         var out: [SnapshotID] = []
-        for s in try catalog.snapshots(tenant: w.tenant, host: w.name) where s.committedAt >= w.createdAt.addingTimeInterval(-1) {
+        let since = w.createdAt.addingTimeInterval(-1)
+        for s in try catalog.snapshots(tenant: w.tenant, host: w.name) where s.committedAt >= since {
             guard let id = SnapshotID(hex: s.id) else { continue }
-            let m = try Manifest.parse(try await store.get(RepositoryService.manifestKey(tenant: w.tenant, id: id)), expectedID: id)
+            let key = RepositoryService.manifestKey(tenant: w.tenant, id: id)
+            // A manifest that cannot be read here cannot be restored from a copy either
+            // (verify reports it); leaving it out must not keep the revocation from existing.
+            guard let bytes = try? await store.get(key), let m = try? Manifest.parse(bytes, expectedID: id) else {
+                continue
+            }
             if m.header.hostKey == w.hostKey { out.append(id) }
         }
         return out
     }
 
     /// The statements of `tenant` in `store`, by key, for a copy or a media set.
-    public static func all(in store: any ObjectStore, tenant: String) async throws -> [(key: ObjectKey, bytes: [UInt8])] {
+    public static func all(in store: any ObjectStore,
+                           tenant: String) async throws -> [(key: ObjectKey, bytes: [UInt8])] {
         var out: [(key: ObjectKey, bytes: [UInt8])] = []
         for info in try await store.list(prefix: prefix(tenant: tenant)).sorted(by: { $0.key < $1.key }) {
             out.append((info.key, try await store.get(info.key)))
@@ -133,9 +144,13 @@ extension RepositoryService {
     /// On a commit by `p`: its registration exists and stays locked at least as long as
     /// the snapshot's packs (a restorer of a copy needs it as long as any snapshot it signed).
     func lockRegistration(of p: Principal, tenant: TenantRecord, until: Date) async throws {
-        guard let raw = p.hostKey, let key = HostKeyObjects.registrationKey(tenant: tenant.name, principal: p.id) else { return }
-        let w = HostKeyObjects.Writer(id: p.id, tenant: tenant.name, name: p.name, hostKey: try HostPublicKey(rawRepresentation: raw),
-                                      createdAt: try catalog.principalInfo(id: p.id)?.createdAt ?? now(), revokedAt: nil)
+        guard let raw = p.hostKey, let key = HostKeyObjects.registrationKey(tenant: tenant.name, principal: p.id) else {
+            return
+        }
+        let w = HostKeyObjects.Writer(id: p.id, tenant: tenant.name, name: p.name,
+                                      hostKey: try HostPublicKey(rawRepresentation: raw),
+                                      createdAt: try catalog.principalInfo(id: p.id)?.createdAt ?? now(),
+                                      revokedAt: nil)
         _ = try await HostKeyObjects.ensureRegistration(w, store: store, ca: ca, until: until)
         if let info = try await store.head(key), (info.retainUntil ?? .distantPast) < until {
             try await store.extendRetention(key, until: until)
@@ -144,12 +159,14 @@ extension RepositoryService {
 
     /// `POST /v1/principals/{id}/revoke`, then the revoked writer's revocation object at
     /// once (listing what its key committed), so copies made from now on carry it.
-    public func revokePrincipalRecorded(id: String, _ req: Wire.ApprovedChange, ctx: CallContext) async throws -> Wire.PrincipalInfo {
+    public func revokePrincipalRecorded(id: String, _ req: Wire.ApprovedChange,
+                                        ctx: CallContext) async throws -> Wire.PrincipalInfo {
         let info = try revokePrincipal(id: id, req, ctx: ctx)
         if info.role == Role.writer.rawValue, let t = info.tenant {
             do { try await recordHostKeys(tenant: t) } catch {
                 // The revocation stands in the catalog; the object follows at the next start or sync.
-                logger.warning("revocation object not written yet", metadata: ["principal": "\(id)", "error": "\(error)"])
+                logger.warning("revocation object not written yet",
+                               metadata: ["principal": "\(id)", "error": "\(error)"])
             }
         }
         return info

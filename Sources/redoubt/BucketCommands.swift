@@ -92,10 +92,12 @@ enum BucketCommands {
         let copies = key.readKey == nil ? try await wrappedReadKeys(store: store, tenant: tenant, config: cfg) : []
         let readKey = try await key.unwrap(config: cfg, copies: copies)
         let manifests = try await BucketCopy.manifests(in: store, tenant: tenant)
-        let manifest = try RestoreSupport.manifest(matching: snapshot, in: manifests, place: "in \(place)", lister: lister)
+        let manifest = try RestoreSupport.manifest(matching: snapshot, in: manifests, place: "in \(place)",
+                                                   lister: lister)
         // Why: the bucket's writer could have put the manifest there; only the pinned CA's
         // registrations say which host keys may sign this tenant's snapshots.
-        try cfg.checkAuthorship(manifest, tenant: tenant, statements: try await hostKeyStatements(store: store, tenant: tenant))
+        let statements = try await hostKeyStatements(store: store, tenant: tenant)
+        try cfg.checkAuthorship(manifest, tenant: tenant, statements: statements)
         return (manifest, readKey)
     }
 
@@ -106,12 +108,14 @@ enum BucketCommands {
         var out: [(name: String, bytes: [UInt8])] = []
         let names = try await store.originalNames(prefix: HostKeyObjects.prefix(tenant: tenant)).sorted()
         if names.count > maxStatements {
-            FileHandle.standardError.write(Data("note: \(names.count) host key objects in the copy; reading the first \(maxStatements)\n".utf8))
+            let note = "note: \(names.count) host key objects in the copy; reading the first \(maxStatements)\n"
+            FileHandle.standardError.write(Data(note.utf8))
         }
         for name in names.prefix(maxStatements) {
             guard let key = ObjectKey(name) else { continue }
             if let info = try await store.head(key), info.size > HostKeyStatement.maxSize {
-                FileHandle.standardError.write(Data("note: skipping \(name): \(info.size) bytes is not a host key statement\n".utf8))
+                let note = "note: skipping \(name): \(info.size) bytes is not a host key statement\n"
+                FileHandle.standardError.write(Data(note.utf8))
                 continue
             }
             out.append((name, try await store.get(key)))
@@ -159,9 +163,12 @@ enum BucketCommands {
         let min = try minRetain.map(parseDuration) ?? 0
         let root = try? config?.trustRoot()
         if root == nil {
-            FileHandle.standardError.write(Data("note: no pinned server CA (--config of an enrolled restorer): who wrote each snapshot is not checked\n".utf8))
+            let note = "note: no pinned server CA (--config of an enrolled restorer): "
+                + "who wrote each snapshot is not checked\n"
+            FileHandle.standardError.write(Data(note.utf8))
         }
-        let report = try await BucketVerify.run(store: store, tenant: tenant, now: Date(), minRetain: min, trustRoot: root) { line in
+        let report = try await BucketVerify.run(store: store, tenant: tenant, now: Date(), minRetain: min,
+                                                trustRoot: root) { line in
             FileHandle.standardError.write(Data("  verify: \(line)\n".utf8))
         }
         if json {
@@ -187,12 +194,14 @@ struct CopyVerify: AsyncParsableCommand {
     @OptionGroup var bucket: BucketOptions
     @Option(name: .long, help: "Also report objects whose lock ends sooner than this from now (e.g. 30d).") var minRetain: String?
     @Flag(name: .long, help: "Print JSON: {objects, bytes, missing, wrong, unlocked, expiring, extra}.") var json = false
-    @Option(name: .long, help: "An enrolled client's configuration directory: its pinned server CA checks who wrote each snapshot.")
+    @Option(name: .long,
+            help: "An enrolled client's configuration directory: its pinned server CA checks who wrote each snapshot.")
     var config: String?
 
     func run() async throws {
         try await RedoubtCLI.run {
-            try await BucketCommands.verify(store: try bucket.store(), place: bucket.to, tenant: tenant, minRetain: minRetain, json: json,
+            try await BucketCommands.verify(store: try bucket.store(), place: bucket.to, tenant: tenant,
+                                            minRetain: minRetain, json: json,
                                             config: config.map { ClientConfig(path: $0) })
         }
     }

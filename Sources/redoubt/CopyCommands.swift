@@ -76,7 +76,8 @@ struct CopySync: AsyncParsableCommand {
                                                                                  marginSeconds: margin),
                                              requestID: request, now: Date())
             }
-            try await HostKeyObjects.ensure(catalog: catalog, store: store, ca: try home.certificateAuthority(), tenant: tenant, now: Date())
+            try await HostKeyObjects.ensure(catalog: catalog, store: store, ca: try home.certificateAuthority(),
+                                            tenant: tenant, now: Date())
             let s = try await BucketCopy.sync(catalog: catalog, store: store, tenant: tenant, target: target,
                                               margin: margin, acceptUnenforced: acceptUnenforced,
                                               actor: "local-admin", now: Date()) { line in

@@ -54,7 +54,8 @@ struct MediaWrite: AsyncParsableCommand {
             let home = ServerHome(path: data)
             let catalog = try Catalog(path: home.catalogPath)
             let store = try LocalStore(root: URL(fileURLWithPath: home.storePath))
-            try await HostKeyObjects.ensure(catalog: catalog, store: store, ca: try home.certificateAuthority(), tenant: tenant, now: Date())
+            try await HostKeyObjects.ensure(catalog: catalog, store: store, ca: try home.certificateAuthority(),
+                                            tenant: tenant, now: Date())
             let s = try await MediaExport.run(catalog: catalog, store: store, tenant: tenant, selection: sel, writer: w,
                                               actor: "local-admin", now: Date()) { line in
                 FileHandle.standardError.write(Data("  \(line)\n".utf8))

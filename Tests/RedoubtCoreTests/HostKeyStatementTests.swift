@@ -1,6 +1,7 @@
 import Crypto
 import Foundation
 import Testing
+
 @testable import RedoubtCore
 
 /// Host key statements (docs/FORMAT.md §6.4): the golden registration and revocation in
@@ -11,20 +12,26 @@ import Testing
 /// rewritten; the test checks that it opens and that this build encodes the same body.
 @Suite struct HostKeyStatementTests {
     /// The fixture's trust root: P-256 private scalar SHA-256("redoubt host key fixture CA").
-    static let trustRoot = try! P256.Signing.PrivateKey(rawRepresentation: Array(SHA256.hash(data: Array("redoubt host key fixture CA".utf8))))
+    static let trustRoot = try! P256.Signing.PrivateKey(
+        rawRepresentation: Array(SHA256.hash(data: Array("redoubt host key fixture CA".utf8))))
     /// The fixture's host key: Ed25519 seed SHA-256("redoubt host key fixture host").
-    static let hostKey = try! HostSigningKey(secret: SecretBytes(copying: Array(SHA256.hash(data: Array("redoubt host key fixture host".utf8)))))
+    static let hostKey = try! HostSigningKey(
+        secret: SecretBytes(copying: Array(SHA256.hash(data: Array("redoubt host key fixture host".utf8)))))
     static let principal = "0123456789abcdef0123456789abcdef"
-    static let snapshots = [SnapshotID(bytes: Array(repeating: 0x22, count: 32))!, SnapshotID(bytes: Array(repeating: 0x11, count: 32))!]
+    static let snapshots = [
+        SnapshotID(bytes: Array(repeating: 0x22, count: 32))!, SnapshotID(bytes: Array(repeating: 0x11, count: 32))!,
+    ]
 
     static var registration: HostKeyStatement {
-        HostKeyStatement(kind: .registration, tenant: "golden", host: "fixture-host", principal: principal,
-                         hostKey: hostKey.publicKey, time: 1_795_000_000)
+        HostKeyStatement(
+            kind: .registration, tenant: "golden", host: "fixture-host", principal: principal,
+            hostKey: hostKey.publicKey, time: 1_795_000_000)
     }
 
     static var revocation: HostKeyStatement {
-        HostKeyStatement(kind: .revocation, tenant: "golden", host: "fixture-host", principal: principal,
-                         hostKey: hostKey.publicKey, time: 1_796_000_000, snapshots: snapshots)
+        HostKeyStatement(
+            kind: .revocation, tenant: "golden", host: "fixture-host", principal: principal,
+            hostKey: hostKey.publicKey, time: 1_796_000_000, snapshots: snapshots)
     }
 
     static var fixtureDir: URL {
@@ -33,7 +40,8 @@ import Testing
 
     @Test(.enabled(if: ProcessInfo.processInfo.environment["REDOUBT_WRITE_FIXTURES"] == "1"))
     func regenerate() throws {
-        let dir = URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent("Fixtures/host-keys-v1")
+        let dir = URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent(
+            "Fixtures/host-keys-v1")
         try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
         for (name, s) in [("registration.bin", Self.registration), ("revocation.bin", Self.revocation)] {
             let url = dir.appendingPathComponent(name)
@@ -47,7 +55,8 @@ import Testing
 
     @Test func goldenStatementsOpenAndThisBuildWritesTheSameBody() throws {
         let hex = try String(contentsOf: Self.fixtureDir.appendingPathComponent("trust-root.hex"), encoding: .utf8)
-        let root = try P256.Signing.PublicKey(x963Representation: try #require(bytesFromHex(hex.trimmingCharacters(in: .whitespacesAndNewlines))))
+        let root = try P256.Signing.PublicKey(
+            x963Representation: try #require(bytesFromHex(hex.trimmingCharacters(in: .whitespacesAndNewlines))))
         #expect(root.x963Representation == Self.trustRoot.publicKey.x963Representation)
         for (name, expected) in [("registration.bin", Self.registration), ("revocation.bin", Self.revocation)] {
             let bytes = Array(try Data(contentsOf: Self.fixtureDir.appendingPathComponent(name)))
@@ -74,7 +83,9 @@ import Testing
         } catch {
             #expect(error.code == .badSignature || error.code == .corrupt)
         }
-        #expect(throws: CoreError.self) { try HostKeyStatement.open(Array(genuine.prefix(30)), trustRoot: root, object: "truncated") }
+        #expect(throws: CoreError.self) {
+            try HostKeyStatement.open(Array(genuine.prefix(30)), trustRoot: root, object: "truncated")
+        }
     }
 
     /// A registry built from a copy's objects: a manifest by a registered key passes; one by
@@ -82,23 +93,37 @@ import Testing
     /// not; forged objects are ignored and do not block genuine snapshots.
     @Test func registryAcceptsOnlyRegisteredUnrevokedSigners() throws {
         let read = try ReadPrivateKey.generate()
-        let material = SharedWriteMaterial(readPublicKey: read.publicKey, chunkIDKey: ChunkIDKey.generate(), chunkerSeed: ChunkerSeed.generate())
+        let material = SharedWriteMaterial(
+            readPublicKey: read.publicKey, chunkIDKey: ChunkIDKey.generate(), chunkerSeed: ChunkerSeed.generate())
         func manifest(_ key: HostSigningKey, host: String = "fixture-host") throws(CoreError) -> Manifest {
-            let header = ManifestHeader(tenant: "golden", readKeyID: read.publicKey.keyID, host: host, hostKey: key.publicKey,
-                                        time: Timestamp(seconds: 1_795_000_100), nonce: (0..<16).map { _ in UInt8.random(in: 0...255) },
-                                        paths: [], tags: [], statistics: SnapshotStatistics(), packs: [], clientVersion: "test")
-            return try Manifest.create(header: header, root: [ChunkID(bytes: Array(repeating: 1, count: 32))!], readPublicKey: material.readPublicKey,
-                                       signingKey: key)
+            let header = ManifestHeader(
+                tenant: "golden", readKeyID: read.publicKey.keyID, host: host, hostKey: key.publicKey,
+                time: Timestamp(seconds: 1_795_000_100), nonce: (0..<16).map { _ in UInt8.random(in: 0...255) },
+                paths: [], tags: [], statistics: SnapshotStatistics(), packs: [], clientVersion: "test")
+            return try Manifest.create(
+                header: header, root: [ChunkID(bytes: Array(repeating: 1, count: 32))!],
+                readPublicKey: material.readPublicKey,
+                signingKey: key)
         }
         let genuine = try manifest(Self.hostKey)
         let stranger = HostSigningKey.generate()
         let planted = try manifest(stranger)
         let objects: [(name: String, bytes: [UInt8])] = [
             ("reg", try Self.registration.encoded(signedBy: Self.trustRoot)),
-            ("forged-reg", try HostKeyStatement(kind: .registration, tenant: "golden", host: "fixture-host", principal: "ff",
-                                                hostKey: stranger.publicKey, time: 0).encoded(signedBy: P256.Signing.PrivateKey())),
-            ("forged-rev", try HostKeyStatement(kind: .revocation, tenant: "golden", host: "fixture-host", principal: Self.principal,
-                                                hostKey: Self.hostKey.publicKey, time: 0).encoded(signedBy: P256.Signing.PrivateKey())),
+            (
+                "forged-reg",
+                try HostKeyStatement(
+                    kind: .registration, tenant: "golden", host: "fixture-host", principal: "ff",
+                    hostKey: stranger.publicKey, time: 0
+                ).encoded(signedBy: P256.Signing.PrivateKey())
+            ),
+            (
+                "forged-rev",
+                try HostKeyStatement(
+                    kind: .revocation, tenant: "golden", host: "fixture-host", principal: Self.principal,
+                    hostKey: Self.hostKey.publicKey, time: 0
+                ).encoded(signedBy: P256.Signing.PrivateKey())
+            ),
             ("junk", Array("not a statement".utf8)),
         ]
         let registry = HostKeyRegistry(tenant: "golden", trustRoot: Self.trustRoot.publicKey, objects: objects)
@@ -112,13 +137,17 @@ import Testing
             #expect(error.detail.contains("forged-reg"), "names the ignored registration: \(error.detail)")
         }
         // The registered key under another host's name is not that host's.
-        #expect(throws: CoreError.self) { try registry.check(try manifest(Self.hostKey, host: "other"), readKeyID: read.publicKey.keyID) }
+        #expect(throws: CoreError.self) {
+            try registry.check(try manifest(Self.hostKey, host: "other"), readKeyID: read.publicKey.keyID)
+        }
 
         // Revoked: what the key committed before stays; anything else it signs is refused.
-        let revocation = HostKeyStatement(kind: .revocation, tenant: "golden", host: "fixture-host", principal: Self.principal,
-                                          hostKey: Self.hostKey.publicKey, time: 1_796_000_000, snapshots: [genuine.id])
-        let revoked = HostKeyRegistry(tenant: "golden", trustRoot: Self.trustRoot.publicKey,
-                                      objects: objects + [("rev", try revocation.encoded(signedBy: Self.trustRoot))])
+        let revocation = HostKeyStatement(
+            kind: .revocation, tenant: "golden", host: "fixture-host", principal: Self.principal,
+            hostKey: Self.hostKey.publicKey, time: 1_796_000_000, snapshots: [genuine.id])
+        let revoked = HostKeyRegistry(
+            tenant: "golden", trustRoot: Self.trustRoot.publicKey,
+            objects: objects + [("rev", try revocation.encoded(signedBy: Self.trustRoot))])
         try revoked.check(genuine, readKeyID: read.publicKey.keyID)
         do {
             try revoked.check(try manifest(Self.hostKey), readKeyID: read.publicKey.keyID)

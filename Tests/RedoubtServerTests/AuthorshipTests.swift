@@ -25,16 +25,21 @@ import Testing
     func plant(tenant: String, host: String, material: SharedWriteMaterial) throws -> Plant {
         let key = HostSigningKey.generate()
         let keys = WriteKeySet(tenant: tenant, host: host, shared: material, signingKey: key)
-        let (packs, manifest) = try makeSnapshot(keys: keys, files: [("README.txt", Array("pay 10 BTC to get your files back".utf8))])
-        let forged = try HostKeyStatement(kind: .registration, tenant: tenant, host: host, principal: "00112233445566778899aabbccddeeff",
-                                          hostKey: key.publicKey, time: testNow).encoded(signedBy: P256.Signing.PrivateKey())
+        let (packs, manifest) = try makeSnapshot(
+            keys: keys, files: [("README.txt", Array("pay 10 BTC to get your files back".utf8))])
+        let forged = try HostKeyStatement(
+            kind: .registration, tenant: tenant, host: host, principal: "00112233445566778899aabbccddeeff",
+            hostKey: key.publicKey, time: testNow
+        ).encoded(signedBy: P256.Signing.PrivateKey())
         return Plant(packs: packs, manifest: manifest, forgedRegistration: forged)
     }
 
     /// A revocation of the genuine host's key, forged: it must not stop genuine restores.
     func forgedRevocation(tenant: String, host: String, hostKey: HostPublicKey, principal: String) throws -> [UInt8] {
-        try HostKeyStatement(kind: .revocation, tenant: tenant, host: host, principal: principal, hostKey: hostKey, time: 0)
-            .encoded(signedBy: P256.Signing.PrivateKey())
+        try HostKeyStatement(
+            kind: .revocation, tenant: tenant, host: host, principal: principal, hostKey: hostKey, time: 0
+        )
+        .encoded(signedBy: P256.Signing.PrivateKey())
     }
 
     @Test func plantedSnapshotsInABucketAreRefusedAndGenuineOnesRestore() async throws {
@@ -47,62 +52,88 @@ import Testing
         try "[default]\naws_access_key_id = \(peer.writer.id)\naws_secret_access_key = \(peer.writer.secret)\n"
             .write(toFile: creds, atomically: true, encoding: .utf8)
         let name = "redoubt-auth-\(UInt32.random(in: 0 ... .max))"
-        let admin = S3Client(location: S3Location(endpoint: peer.url, region: "us-east-1", bucket: name), credentials: peer.admin)
-        #expect(try await admin.send(.PUT, key: nil, headers: [("x-amz-bucket-object-lock-enabled", "true")]).status == 200)
+        let admin = S3Client(
+            location: S3Location(endpoint: peer.url, region: "us-east-1", bucket: name), credentials: peer.admin)
+        #expect(
+            try await admin.send(.PUT, key: nil, headers: [("x-amz-bucket-object-lock-enabled", "true")]).status == 200)
         let target = "--to s3://\(name)/redoubt --endpoint \(peer.url.absoluteString) --credentials '\(creds)'"
         let (sync, syncOut) = q.sh("copy sync quickstart --data '\(q.base)/server' \(target)")
         try #require(sync == 0, "copy sync: \(syncOut)")
         #expect(syncOut.contains("host-keys/"), "the registration went to the bucket: \(syncOut)")
 
         // The attacker holds Redoubt's own writer credential for the bucket.
-        let attacker = S3Store(client: S3Client(location: S3Location(endpoint: peer.url, region: "us-east-1", bucket: name, prefix: "redoubt"),
-                                                credentials: AWSCredentials(accessKeyID: peer.writer.id, secretAccessKey: peer.writer.secret)))
-        let genuine = try Manifest.parse(try await attacker.get(try #require(ObjectKey("t/quickstart/snapshots/\(q.snapshot)"))))
+        let attacker = S3Store(
+            client: S3Client(
+                location: S3Location(endpoint: peer.url, region: "us-east-1", bucket: name, prefix: "redoubt"),
+                credentials: AWSCredentials(accessKeyID: peer.writer.id, secretAccessKey: peer.writer.secret)))
+        let genuine = try Manifest.parse(
+            try await attacker.get(try #require(ObjectKey("t/quickstart/snapshots/\(q.snapshot)"))))
         let material = try ClientConfig(path: "\(q.base)/restorer").sharedMaterial()
         let selfSigned = try plant(tenant: "quickstart", host: genuine.header.host, material: material)
         let withForgery = try plant(tenant: "quickstart", host: genuine.header.host, material: material)
         let lock = Date().addingTimeInterval(86400)
         for p in [selfSigned, withForgery] {
-            for pack in p.packs { _ = try await attacker.put(BucketCopy.packKey(tenant: "quickstart", id: pack.id), pack.bytes, retainUntil: lock) }
-            _ = try await attacker.put(try #require(ObjectKey("t/quickstart/snapshots/\(p.manifest.id)")), p.manifest.bytes, retainUntil: lock)
+            for pack in p.packs {
+                _ = try await attacker.put(
+                    BucketCopy.packKey(tenant: "quickstart", id: pack.id), pack.bytes, retainUntil: lock)
+            }
+            _ = try await attacker.put(
+                try #require(ObjectKey("t/quickstart/snapshots/\(p.manifest.id)")), p.manifest.bytes, retainUntil: lock)
         }
-        _ = try await attacker.put(try #require(HostKeyObjects.registrationKey(tenant: "quickstart", principal: "00112233445566778899aabbccddeeff")),
-                                   withForgery.forgedRegistration, retainUntil: lock)
+        _ = try await attacker.put(
+            try #require(
+                HostKeyObjects.registrationKey(tenant: "quickstart", principal: "00112233445566778899aabbccddeeff")),
+            withForgery.forgedRegistration, retainUntil: lock)
         let registrations = try await attacker.list(prefix: HostKeyObjects.prefix(tenant: "quickstart"))
-        let genuinePrincipal = try #require(registrations.map(\.key.path).first { !$0.contains("0011223344") }.map {
-            String($0.split(separator: "/").last?.split(separator: ".").first ?? "")
-        })
-        _ = try await attacker.put(try #require(HostKeyObjects.revocationKey(tenant: "quickstart", principal: genuinePrincipal)),
-                                   try forgedRevocation(tenant: "quickstart", host: genuine.header.host, hostKey: genuine.header.hostKey,
-                                                        principal: genuinePrincipal), retainUntil: lock)
+        let genuinePrincipal = try #require(
+            registrations.map(\.key.path).first { !$0.contains("0011223344") }.map {
+                String($0.split(separator: "/").last?.split(separator: ".").first ?? "")
+            })
+        _ = try await attacker.put(
+            try #require(HostKeyObjects.revocationKey(tenant: "quickstart", principal: genuinePrincipal)),
+            try forgedRevocation(
+                tenant: "quickstart", host: genuine.header.host, hostKey: genuine.header.hostKey,
+                principal: genuinePrincipal), retainUntil: lock)
 
         // The server is gone; only the bucket and the restorer's config remain.
         _ = q.shell("chattr -R -i '\(q.base)/server' 2>/dev/null; rm -rf '\(q.base)/server'")
         let from = "--from s3://\(name)/redoubt --endpoint \(peer.url.absoluteString) --credentials '\(creds)'"
         for p in [selfSigned, withForgery] {
             let dest = "\(q.dir)/planted-\(p.manifest.id.description.prefix(8))"
-            let (r, out) = q.sh("restore \(p.manifest.id) \(from) --target '\(dest)' \(q.restorer)", env: "REDOUBT_PASSPHRASE=auth-pass")
+            let (r, out) = q.sh(
+                "restore \(p.manifest.id) \(from) --target '\(dest)' \(q.restorer)", env: "REDOUBT_PASSPHRASE=auth-pass"
+            )
             #expect(r == 5, "planted snapshot restored: \(out)")
-            #expect(out.contains("snapshot \(p.manifest.id)") && out.contains("E_SIGNATURE") && out.contains("pinned server CA"), "\(out)")
-            #expect(!FileManager.default.fileExists(atPath: "\(dest)/README.txt"), "nothing of the planted snapshot is written")
+            #expect(
+                out.contains("snapshot \(p.manifest.id)") && out.contains("E_SIGNATURE")
+                    && out.contains("pinned server CA"), "\(out)")
+            #expect(
+                !FileManager.default.fileExists(atPath: "\(dest)/README.txt"),
+                "nothing of the planted snapshot is written")
         }
-        let (g, gOut) = q.sh("copy restore quickstart \(q.snapshot) \(target) --target '\(q.dir)/genuine' \(q.restorer)",
-                             env: "REDOUBT_PASSPHRASE=auth-pass")
+        let (g, gOut) = q.sh(
+            "copy restore quickstart \(q.snapshot) \(target) --target '\(q.dir)/genuine' \(q.restorer)",
+            env: "REDOUBT_PASSPHRASE=auth-pass")
         #expect(g == 0, "genuine restore from the bucket: \(gOut)")
-        #expect(q.shell("diff -r '\(q.base)/sample' '\(q.dir)/genuine/sample'").0 == 0, "restored tree differs from the sample")
+        #expect(
+            q.shell("diff -r '\(q.base)/sample' '\(q.dir)/genuine/sample'").0 == 0,
+            "restored tree differs from the sample")
 
         // A keyless verify of the copy with the pinned CA names exactly the plants as wrong.
         let json = "\(q.dir)/verify.json"
-        let (v, vErr) = q.shell("( \(q.bin) copy verify quickstart \(target) --config '\(q.base)/restorer' --json > '\(json)' )")
+        let (v, vErr) = q.shell(
+            "( \(q.bin) copy verify quickstart \(target) --config '\(q.base)/restorer' --json > '\(json)' )")
         let vOut = (try? String(contentsOfFile: json, encoding: .utf8)) ?? ""
         #expect(v == 5, "copy verify: \(vOut) \(vErr)")
-        let report = try #require((try? JSONSerialization.jsonObject(with: Data(vOut.utf8))) as? [String: Any], "\(vOut) \(vErr)")
+        let report = try #require(
+            (try? JSONSerialization.jsonObject(with: Data(vOut.utf8))) as? [String: Any], "\(vOut) \(vErr)")
         let wrong = Set(((report["wrong"] as? [[String: Any]]) ?? []).compactMap { $0["key"] as? String })
-        #expect(wrong == [
-            "t/quickstart/snapshots/\(selfSigned.manifest.id)", "t/quickstart/snapshots/\(withForgery.manifest.id)",
-            "t/quickstart/host-keys/00112233445566778899aabbccddeeff.registration",
-            "t/quickstart/host-keys/\(genuinePrincipal).revocation",
-        ], "\(vOut)")
+        #expect(
+            wrong == [
+                "t/quickstart/snapshots/\(selfSigned.manifest.id)", "t/quickstart/snapshots/\(withForgery.manifest.id)",
+                "t/quickstart/host-keys/00112233445566778899aabbccddeeff.registration",
+                "t/quickstart/host-keys/\(genuinePrincipal).revocation",
+            ], "\(vOut)")
     }
 
     @Test func plantedSnapshotsOnMediaAreRefusedAndGenuineOnesRestore() async throws {
@@ -114,7 +145,9 @@ import Testing
         try #require(w == 0, "media write: \(wOut)")
         var records: [MediaRecord] = []
         _ = try MediaReader(source: FileSequentialDevice(path: set), skipDamaged: false).read { records.append($0) }
-        #expect(records.contains { $0.type == .object && HostKeyObjects.isStatementName($0.id) }, "the set carries the registration")
+        #expect(
+            records.contains { $0.type == .object && HostKeyObjects.isStatementName($0.id) },
+            "the set carries the registration")
         let genuine = try Manifest.parse(try #require(records.first { $0.type == .manifest }?.body))
         let material = try ClientConfig(path: "\(q.base)/restorer").sharedMaterial()
         let selfSigned = try plant(tenant: "quickstart", host: genuine.header.host, material: material)
@@ -126,26 +159,35 @@ import Testing
             forged += p.packs.map { MediaRecord(type: .pack, id: $0.id.description, body: $0.bytes) }
             forged.append(MediaRecord(type: .manifest, id: p.manifest.id.description, body: p.manifest.bytes))
         }
-        forged.append(MediaRecord(type: .object, id: "host-keys/00112233445566778899aabbccddeeff.registration", body: withForgery.forgedRegistration))
+        forged.append(
+            MediaRecord(
+                type: .object, id: "host-keys/00112233445566778899aabbccddeeff.registration",
+                body: withForgery.forgedRegistration))
         let planted = "\(q.dir)/planted-set"
-        let mw = try MediaWriter(device: FileSequentialDevice(path: planted), setID: Array(repeating: 7, count: 16), pool: "p",
-                                 tenant: "quickstart", blockSize: 16 << 10, created: "2026-12-05T00:00:00Z", retainUntil: nil, writer: "attacker")
+        let mw = try MediaWriter(
+            device: FileSequentialDevice(path: planted), setID: Array(repeating: 7, count: 16), pool: "p",
+            tenant: "quickstart", blockSize: 16 << 10, created: "2026-12-05T00:00:00Z", retainUntil: nil,
+            writer: "attacker")
         for rec in forged { try mw.append(rec) }
         _ = try mw.finish()
 
         _ = q.shell("chattr -R -i '\(q.base)/server' 2>/dev/null; rm -rf '\(q.base)/server'")
         for p in [selfSigned, withForgery] {
             let dest = "\(q.dir)/planted-\(p.manifest.id.description.prefix(8))"
-            let (r, out) = q.sh("media restore \(p.manifest.id) --device 'file:\(planted)' --target '\(dest)' \(q.restorer)",
-                                env: "REDOUBT_PASSPHRASE=auth-pass")
+            let (r, out) = q.sh(
+                "media restore \(p.manifest.id) --device 'file:\(planted)' --target '\(dest)' \(q.restorer)",
+                env: "REDOUBT_PASSPHRASE=auth-pass")
             #expect(r == 5, "planted snapshot restored from media: \(out)")
             #expect(out.contains("snapshot \(p.manifest.id)") && out.contains("E_SIGNATURE"), "\(out)")
             #expect(!FileManager.default.fileExists(atPath: "\(dest)/README.txt"))
         }
-        let (g, gOut) = q.sh("media restore \(q.snapshot) --device 'file:\(planted)' --target '\(q.dir)/genuine' \(q.restorer)",
-                             env: "REDOUBT_PASSPHRASE=auth-pass")
+        let (g, gOut) = q.sh(
+            "media restore \(q.snapshot) --device 'file:\(planted)' --target '\(q.dir)/genuine' \(q.restorer)",
+            env: "REDOUBT_PASSPHRASE=auth-pass")
         #expect(g == 0, "genuine restore from the same set: \(gOut)")
-        #expect(q.shell("diff -r '\(q.base)/sample' '\(q.dir)/genuine/sample'").0 == 0, "restored tree differs from the sample")
+        #expect(
+            q.shell("diff -r '\(q.base)/sample' '\(q.dir)/genuine/sample'").0 == 0,
+            "restored tree differs from the sample")
     }
 
     /// A set written before host key statements existed (or with them stripped) restores
@@ -160,12 +202,15 @@ import Testing
         var records: [MediaRecord] = []
         _ = try MediaReader(source: FileSequentialDevice(path: set), skipDamaged: false).read { records.append($0) }
         let stripped = "\(q.dir)/stripped"
-        let mw = try MediaWriter(device: FileSequentialDevice(path: stripped), setID: Array(repeating: 8, count: 16), pool: "p",
-                                 tenant: "quickstart", blockSize: 16 << 10, created: "2026-12-05T00:00:00Z", retainUntil: nil, writer: "attacker")
+        let mw = try MediaWriter(
+            device: FileSequentialDevice(path: stripped), setID: Array(repeating: 8, count: 16), pool: "p",
+            tenant: "quickstart", blockSize: 16 << 10, created: "2026-12-05T00:00:00Z", retainUntil: nil,
+            writer: "attacker")
         for rec in records where !(rec.type == .object && HostKeyObjects.isStatementName(rec.id)) { try mw.append(rec) }
         _ = try mw.finish()
-        let (r, out) = q.sh("media restore \(q.snapshot) --device 'file:\(stripped)' --target '\(q.dir)/r' \(q.restorer)",
-                            env: "REDOUBT_PASSPHRASE=auth-pass")
+        let (r, out) = q.sh(
+            "media restore \(q.snapshot) --device 'file:\(stripped)' --target '\(q.dir)/r' \(q.restorer)",
+            env: "REDOUBT_PASSPHRASE=auth-pass")
         #expect(r == 5 && out.contains("snapshot \(q.snapshot)") && out.contains("E_SIGNATURE"), "\(out)")
     }
 }
@@ -189,14 +234,23 @@ import Testing
         let webID = try wc.credential().principalID
         let regKey = try #require(HostKeyObjects.registrationKey(tenant: "acme", principal: webID))
         let reg = try HostKeyStatement.open(try await store.get(regKey), trustRoot: root, object: regKey.path)
-        #expect(reg.kind == .registration && reg.host == "web1" && reg.hostKey == ws.signingKey.publicKey && reg.principal == webID)
-        #expect((try await store.head(regKey))?.retainUntil ?? .distantPast > Date().addingTimeInterval(29 * 86400), "locked as long as the snapshot")
+        #expect(
+            reg.kind == .registration && reg.host == "web1" && reg.hostKey == ws.signingKey.publicKey
+                && reg.principal == webID)
+        #expect(
+            (try await store.head(regKey))?.retainUntil ?? .distantPast > Date().addingTimeInterval(29 * 86400),
+            "locked as long as the snapshot")
 
         // A host that never committed gets its registration at the next start (or sync).
-        let idleID = try #require(try await server.service.listPrincipals(includeRevoked: false).first { $0.name == "idle" }?.id)
-        #expect(try await store.head(try #require(HostKeyObjects.registrationKey(tenant: "acme", principal: idleID))) == nil)
+        let idleID = try #require(
+            try await server.service.listPrincipals(includeRevoked: false).first { $0.name == "idle" }?.id)
+        #expect(
+            try await store.head(try #require(HostKeyObjects.registrationKey(tenant: "acme", principal: idleID))) == nil
+        )
         #expect(try await server.service.recordHostKeys() == 1)
-        #expect(try await store.head(try #require(HostKeyObjects.registrationKey(tenant: "acme", principal: idleID))) != nil)
+        #expect(
+            try await store.head(try #require(HostKeyObjects.registrationKey(tenant: "acme", principal: idleID))) != nil
+        )
         await idle.shutdown()
 
         // Revoked: the revocation lists exactly the snapshot the key committed.
@@ -206,7 +260,9 @@ import Testing
         #expect(rev.kind == .revocation && rev.snapshots == [manifest.id])
 
         // A restorer's check: the listed snapshot passes; one the stolen key signs later does not.
-        let objects = try await HostKeyObjects.all(in: store, tenant: "acme").map { (name: $0.key.path, bytes: $0.bytes) }
+        let objects = try await HostKeyObjects.all(in: store, tenant: "acme").map {
+            (name: $0.key.path, bytes: $0.bytes)
+        }
         let registry = HostKeyRegistry(tenant: "acme", trustRoot: root, objects: objects)
         #expect(registry.ignored.isEmpty)
         try registry.check(manifest, readKeyID: keys.readKey.publicKey.keyID)
