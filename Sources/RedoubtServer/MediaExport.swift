@@ -131,6 +131,9 @@ public struct MediaImportSummary: Sendable {
     public var alreadyThere = 0
     public var bytes: UInt64 = 0
     public var damage: [String] = []
+    /// Manifests left out because no host key statement verified under the trust root
+    /// vouches for their signer (planted on the set), each with the reason.
+    public var unverified: [String] = []
     public var rebuild: RebuildReport
 }
 
@@ -138,13 +141,22 @@ public struct MediaImportSummary: Sendable {
 /// puts a media set's objects into a server's store, locked again, and rebuilds the
 /// catalog from the store. Needs no key: everything on media is ciphertext or public.
 public enum MediaImport {
+    /// What the import checks each manifest's signer against.
+    public enum Trust: Sendable {
+        /// The old server's CA (pinned in every restorer's credential.json): a manifest is
+        /// imported only if a statement it signed registers the key (docs/FORMAT.md §6.4).
+        case trustRoot(P256.Signing.PublicKey)
+        /// No check: whoever wrote the set decides what the new catalog lists.
+        case unchecked
+    }
+
     /// Reads every supplied volume in order. Records are verified by the reader (block
     /// CRCs, record SHA-256); packs and manifests are verified once more by the rebuild,
     /// which leaves out anything that does not check and names it. Objects are locked
     /// until the later of the set's own retention and now plus the tenant's minimum
     /// retention: never shorter than they were. Run with the server stopped.
-    public static func run(home: ServerHome, source: SequentialSource, skipDamaged: Bool, now: Date, logger: Logger,
-                           progress: (String) -> Void) async throws -> MediaImportSummary {
+    public static func run(home: ServerHome, source: SequentialSource, skipDamaged: Bool, trust: Trust, now: Date,
+                           logger: Logger, progress: (String) -> Void) async throws -> MediaImportSummary {
         let fm = FileManager.default
         // Records arrive through a synchronous callback; they are spooled beside the store
         // (same filesystem, private) and put into the store afterwards.
@@ -207,6 +219,33 @@ public enum MediaImport {
             }
         }
         var summary = MediaImportSummary(tenant: tenant, damage: report.damage.map(\.description), rebuild: RebuildReport())
+        // Why before anything is put: the new server has a new CA and cannot tell a planted
+        // manifest from a genuine one later; only the old CA's statements on the set can.
+        if case .trustRoot(let root) = trust {
+            let statements = spooled.filter { $0.key.hasPrefix("hostkey-") }.compactMap { s in
+                fm.contents(atPath: s.file).map { (name: "host-keys/\(s.key.dropFirst("hostkey-".count)) on the media",
+                                                   bytes: Array($0)) }
+            }
+            let registry = HostKeyRegistry(tenant: tenant, trustRoot: root, objects: statements)
+            // Statements that do not open under the trust root (forged) are not carried on
+            // into the store and so into later copies.
+            let ignored = Set(registry.ignored.map(\.name))
+            spooled = spooled.filter { s in
+                if s.key.hasPrefix("hostkey-") {
+                    return !ignored.contains("host-keys/\(s.key.dropFirst("hostkey-".count)) on the media")
+                }
+                guard s.key.hasPrefix("manifest-"), let id = SnapshotID(hex: String(s.key.dropFirst("manifest-".count)))
+                else { return true }
+                do {
+                    guard let bytes = fm.contents(atPath: s.file) else { return false }
+                    try registry.check(try Manifest.parse(Array(bytes), expectedID: id), readKeyID: nil)
+                    return true
+                } catch {
+                    summary.unverified.append("\(error)")
+                    return false
+                }
+            }
+        }
         for s in spooled {
             let kind = s.key.prefix { $0 != "-" }
             let id = String(s.key.dropFirst(kind.count + 1))

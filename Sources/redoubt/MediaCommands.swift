@@ -304,9 +304,18 @@ struct MediaImportCommand: AsyncParsableCommand {
     @Option(name: .long, help: "The server data directory (made by `redoubt server init`).") var data: String
     @Flag(name: .long, help: "Read on past damaged blocks and import everything that verified.") var skipDamaged = false
     @Flag(name: .long, help: "Print the summary as JSON.") var json = false
+    @Option(name: .long, help: ArgumentHelp(
+        "A restorer's or host's config directory enrolled with the old server: its pinned CA is what each "
+            + "snapshot's host key registration on the set must be signed by.", valueName: "DIR"))
+    var trustedConfig: String?
+    @Flag(name: .long, help: "Import without checking who wrote each snapshot: the set's writer decides what is listed.")
+    var trustUnverifiedSnapshots = false
+    @Flag(name: .long, help: "Exit 0, not 5, when snapshots were left out as unverified (they are still named).")
+    var skipUnverified = false
 
     struct Summary: Encodable {
         var tenant: String
+        var unverified: [String]
         var objects: Int
         var alreadyThere: Int
         var bytes: UInt64
@@ -321,26 +330,42 @@ struct MediaImportCommand: AsyncParsableCommand {
         try await RedoubtCLI.run {
             let home = ServerHome(path: data)
             guard (try? home.settings()) != nil else { throw ValidationError("\(data) is not a Redoubt server data directory: run `redoubt server init --data \(data)` first") }
+            let trust: MediaImport.Trust
+            switch (trustedConfig, trustUnverifiedSnapshots) {
+            case (let dir?, false): trust = .trustRoot(try ClientConfig(path: dir).trustRoot())
+            case (nil, true):
+                trust = .unchecked
+                FileHandle.standardError.write(Data(("WARNING: --trust-unverified-snapshots: snapshots are imported without "
+                    + "checking who wrote them; anyone who could write this set could have planted some\n").utf8))
+            case (_?, true): throw ValidationError("give --trusted-config or --trust-unverified-snapshots, not both")
+            case (nil, false):
+                throw ValidationError("media import checks each snapshot against the old server's CA: give "
+                    + "--trusted-config DIR (a restorer's config enrolled with the old server), or, knowingly, "
+                    + "--trust-unverified-snapshots")
+            }
             var logger = Logger(label: "redoubt.media-import")
             logger.logLevel = .warning
             FileHandle.standardError.write(Data("reading volumes…\n".utf8))
             let progress = ProgressLine()
             var n: UInt64 = 0
-            let s = try await MediaImport.run(home: home, source: try mediaSource(device, changer: changer), skipDamaged: skipDamaged, now: Date(), logger: logger) { line in
+            let s = try await MediaImport.run(home: home, source: try mediaSource(device, changer: changer), skipDamaged: skipDamaged, trust: trust,
+                                              now: Date(), logger: logger) { line in
                 n += 1
                 progress.update(files: n, bytes: 0, totalBytes: nil, current: line)
             }
             progress.finish()
-            let out = Summary(tenant: s.tenant, objects: s.objects, alreadyThere: s.alreadyThere, bytes: s.bytes, packs: s.rebuild.packs,
+            let out = Summary(tenant: s.tenant, unverified: s.unverified, objects: s.objects, alreadyThere: s.alreadyThere, bytes: s.bytes, packs: s.rebuild.packs,
                               snapshots: s.rebuild.snapshots, rejected: s.rebuild.rejected, damage: s.damage, toDo: s.rebuild.toDo)
             if json { try printJSON(out) } else {
                 print("imported tenant \(s.tenant): \(s.objects) objects (\(s.alreadyThere) already there), \(formatBytes(s.bytes)); "
                       + "catalog rebuilt: \(s.rebuild.packs) packs, \(s.rebuild.snapshots) snapshots")
+                for u in s.unverified { print("  NOT IMPORTED (unverified author): \(u)") }
                 for r in s.rebuild.rejected { print("  REJECTED: \(r)") }
                 for d in s.damage { print("  DAMAGED: \(d)") }
                 for t in s.rebuild.toDo { print("  TO DO: \(t)") }
                 print("Next: redoubt server run --data \(data); then enroll hosts and restorers anew (`redoubt admin host add`, `restorer add`).")
             }
+            if !s.unverified.isEmpty && !skipUnverified { return .integrity }
             return s.damage.isEmpty && s.rebuild.rejected.isEmpty ? .ok : .partial
         }
     }

@@ -42,6 +42,35 @@ import Testing
         .encoded(signedBy: P256.Signing.PrivateKey())
     }
 
+    /// A media set as an attacker holding a media writer writes it: the genuine records of
+    /// `records` plus two planted snapshots (one self-signed, one with a forged registration).
+    func plantedSet(_ q: QuickstartServer, records: [MediaRecord]) throws -> (String, Plant, Plant) {
+        let genuine = try Manifest.parse(try #require(records.first { $0.type == .manifest }?.body))
+        let material = try ClientConfig(path: "\(q.base)/restorer").sharedMaterial()
+        let selfSigned = try plant(tenant: "quickstart", host: genuine.header.host, material: material)
+        let withForgery = try plant(tenant: "quickstart", host: genuine.header.host, material: material)
+
+        // Whoever writes media writes a whole new set: the genuine records plus the plants.
+        var forged = records.filter { $0.type != .auditAnchor }
+        for p in [selfSigned, withForgery] {
+            forged += p.packs.map { MediaRecord(type: .pack, id: $0.id.description, body: $0.bytes) }
+            forged.append(MediaRecord(type: .manifest, id: p.manifest.id.description, body: p.manifest.bytes))
+        }
+        forged.append(
+            MediaRecord(
+                type: .object, id: "host-keys/00112233445566778899aabbccddeeff.registration",
+                body: withForgery.forgedRegistration))
+        let planted = "\(q.dir)/planted-set"
+        let mw = try MediaWriter(
+            device: FileSequentialDevice(path: planted), setID: Array(repeating: 7, count: 16), pool: "p",
+            tenant: "quickstart", blockSize: 16 << 10, created: "2026-12-05T00:00:00Z", retainUntil: nil,
+            writer: "attacker")
+        for rec in forged { try mw.append(rec) }
+        _ = try mw.finish()
+
+        return (planted, selfSigned, withForgery)
+    }
+
     @Test func plantedSnapshotsInABucketAreRefusedAndGenuineOnesRestore() async throws {
         let bucketTests = BucketCopyTests()
         guard let peer = bucketTests.peer("seaweed") else { return }
@@ -148,28 +177,7 @@ import Testing
         #expect(
             records.contains { $0.type == .object && HostKeyObjects.isStatementName($0.id) },
             "the set carries the registration")
-        let genuine = try Manifest.parse(try #require(records.first { $0.type == .manifest }?.body))
-        let material = try ClientConfig(path: "\(q.base)/restorer").sharedMaterial()
-        let selfSigned = try plant(tenant: "quickstart", host: genuine.header.host, material: material)
-        let withForgery = try plant(tenant: "quickstart", host: genuine.header.host, material: material)
-
-        // Whoever writes media writes a whole new set: the genuine records plus the plants.
-        var forged = records.filter { $0.type != .auditAnchor }
-        for p in [selfSigned, withForgery] {
-            forged += p.packs.map { MediaRecord(type: .pack, id: $0.id.description, body: $0.bytes) }
-            forged.append(MediaRecord(type: .manifest, id: p.manifest.id.description, body: p.manifest.bytes))
-        }
-        forged.append(
-            MediaRecord(
-                type: .object, id: "host-keys/00112233445566778899aabbccddeeff.registration",
-                body: withForgery.forgedRegistration))
-        let planted = "\(q.dir)/planted-set"
-        let mw = try MediaWriter(
-            device: FileSequentialDevice(path: planted), setID: Array(repeating: 7, count: 16), pool: "p",
-            tenant: "quickstart", blockSize: 16 << 10, created: "2026-12-05T00:00:00Z", retainUntil: nil,
-            writer: "attacker")
-        for rec in forged { try mw.append(rec) }
-        _ = try mw.finish()
+        let (planted, selfSigned, withForgery) = try plantedSet(q, records: records)
 
         _ = q.shell("chattr -R -i '\(q.base)/server' 2>/dev/null; rm -rf '\(q.base)/server'")
         for p in [selfSigned, withForgery] {
@@ -188,6 +196,57 @@ import Testing
         #expect(
             q.shell("diff -r '\(q.base)/sample' '\(q.dir)/genuine/sample'").0 == 0,
             "restored tree differs from the sample")
+    }
+
+    /// Disaster recovery from a set an attacker holding a media writer wrote: the fresh
+    /// server has a new CA, so the import checks each manifest against the old CA a restorer
+    /// pinned. Planted snapshots are not imported and are named (exit 5); the genuine one
+    /// and its registration land in the new store, the forged registration does not.
+    @Test func plantedSnapshotsOnMediaAreNotImported() async throws {
+        let q = try await QuickstartServer.start("authorship-import", quickstartEnv: "REDOUBT_PASSPHRASE=auth-pass")
+        defer { q.stop() }
+        _ = q.shell("kill $(cat '\(q.dir)/server.pid'); sleep 1")
+        let set = "\(q.dir)/vol"
+        let (w, wOut) = q.sh("media write quickstart --data '\(q.base)/server' --device 'file:\(set)' --block-size 16K")
+        try #require(w == 0, "media write: \(wOut)")
+        var records: [MediaRecord] = []
+        _ = try MediaReader(source: FileSequentialDevice(path: set), skipDamaged: false).read { records.append($0) }
+        let (planted, selfSigned, withForgery) = try plantedSet(q, records: records)
+
+        let fresh = "\(q.dir)/fresh"
+        let (i, iOut) = q.sh("server init --data '\(fresh)' --listen 127.0.0.1:\(try freeLoopbackPort())")
+        try #require(i == 0, "server init: \(iOut)")
+        let (n, nOut) = q.sh("media import --device 'file:\(planted)' --data '\(fresh)'")
+        #expect(n == 2 && nOut.contains("--trusted-config"), "import without a trust root: \(nOut)")
+        let store = try LocalStore(root: URL(fileURLWithPath: ServerHome(path: fresh).storePath))
+        #expect(try await store.list(prefix: "t/").isEmpty, "a refused import put nothing into the store")
+
+        let (m, mOut) = q.sh(
+            "media import --device 'file:\(planted)' --data '\(fresh)' --trusted-config '\(q.base)/restorer'")
+        #expect(m == 5, "planted snapshots imported: \(mOut)")
+        for p in [selfSigned, withForgery] {
+            #expect(mOut.contains("NOT IMPORTED") && mOut.contains("snapshot \(p.manifest.id)"), "\(mOut)")
+            #expect(try await store.head(try #require(ObjectKey("t/quickstart/snapshots/\(p.manifest.id)"))) == nil)
+        }
+        #expect(
+            try await store.head(try #require(ObjectKey("t/quickstart/snapshots/\(q.snapshot)"))) != nil,
+            "the genuine snapshot is imported")
+        // The statements land in the new store, verified under the old CA; the forgery does not.
+        let statements = try await HostKeyObjects.all(in: store, tenant: "quickstart")
+        #expect(!statements.contains { $0.key.path.hasSuffix("00112233445566778899aabbccddeeff.registration") })
+        let registry = HostKeyRegistry(
+            tenant: "quickstart", trustRoot: try ClientConfig(path: "\(q.base)/restorer").trustRoot(),
+            objects: statements.map { ($0.key.path, $0.bytes) })
+        #expect(!registry.registrations.isEmpty && registry.ignored.isEmpty, "\(registry.ignored)")
+        let genuine = try Manifest.parse(
+            try await store.get(try #require(ObjectKey("t/quickstart/snapshots/\(q.snapshot)"))))
+        #expect(throws: Never.self) { try registry.check(genuine, readKeyID: nil) }
+
+        // Asked to skip, the operator gets exit 0 and the plants are still named.
+        let (k, kOut) = q.sh(
+            "media import --device 'file:\(planted)' --data '\(fresh)' --trusted-config '\(q.base)/restorer' "
+                + "--skip-unverified")
+        #expect(k == 0 && kOut.contains("snapshot \(selfSigned.manifest.id)"), "\(kOut)")
     }
 
     /// A set written before host key statements existed (or with them stripped) restores
