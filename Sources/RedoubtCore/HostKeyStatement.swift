@@ -123,6 +123,16 @@ public struct HostKeyStatement: Sendable, Hashable {
         return try decodeBody(body, object: object)
     }
 
+    /// The statement an object claims to be, without checking its signature: only to name a
+    /// forgery in a listing (`HostKeyRegistry.status`), never to trust it.
+    static func claimed(_ bytes: [UInt8]) -> HostKeyStatement? {
+        guard bytes.count <= maxSize, bytes.count > 8 + 2 + 64 else { return nil }
+        var r = ByteReader(bytes)
+        guard (try? r.raw(8)) == magic, (try? r.u16()) == version,
+              let body = try? r.lengthPrefixed(limit: maxSize) else { return nil }
+        return try? decodeBody(body, object: "host key statement")
+    }
+
     static func decodeBody(_ body: [UInt8], object: String) throws(CoreError) -> HostKeyStatement {
         var r = ByteReader(body)
         do {
@@ -177,6 +187,32 @@ public struct HostKeyRegistry: Sendable {
     public private(set) var registrations: [HostKeyStatement] = []
     public private(set) var revocations: [HostKeyStatement] = []
     public private(set) var ignored: [Ignored] = []
+    /// Host keys that a registration here claims but the trust root did not sign.
+    public private(set) var forgedKeys: [HostPublicKey] = []
+
+    /// Who wrote a snapshot, as a listing of a copy shows it.
+    public enum Status: String, Sendable, Codable {
+        /// `check` passes: a registered key, not revoked before the snapshot.
+        case verified
+        /// No registration of the key opens under the trust root, and none claims it.
+        case unregisteredKey = "unregistered-key"
+        /// The key is registered but was revoked before this snapshot was committed.
+        case revoked
+        /// Only a registration the trust root did not sign names the key.
+        case forgedStatement = "forged-statement"
+        /// The key is registered but the manifest's own signature or header does not check.
+        case badSignature = "bad-signature"
+    }
+
+    /// What `check` concludes about `manifest`, as one word for a listing.
+    public func status(of manifest: Manifest) -> Status {
+        do { try check(manifest, readKeyID: nil); return .verified } catch {}
+        let h = manifest.header
+        if registrations.contains(where: { $0.hostKey == h.hostKey && $0.host == h.host && $0.tenant == h.tenant }) {
+            return revocations.contains { $0.hostKey == h.hostKey } ? .revoked : .badSignature
+        }
+        return forgedKeys.contains(h.hostKey) ? .forgedStatement : .unregisteredKey
+    }
 
     /// Opens every object (`name` is its key, for messages) under `trustRoot`. Objects that
     /// do not open, or that name another tenant, are kept in `ignored`: anyone who can write
@@ -198,6 +234,9 @@ public struct HostKeyRegistry: Sendable {
                 }
             } catch {
                 ignored.append(Ignored(name: name, reason: (error as? CoreError)?.detail ?? "\(error)"))
+                if let c = HostKeyStatement.claimed(bytes), c.tenant == tenant, c.kind == .registration {
+                    forgedKeys.append(c.hostKey)
+                }
             }
         }
     }

@@ -45,20 +45,44 @@ struct FromBucketOptions: ParsableArguments {
 /// The bucket-copy commands, shared by `copy snapshots|restore|verify` and the `--from`
 /// spellings of `snapshots`, `restore` and `verify`.
 enum BucketCommands {
-    struct Row: Encodable { let id: String; let host: String; let time: Int64; let packs: Int }
+    struct Row: Encodable {
+        let id: String; let host: String; let time: Int64; let packs: Int
+        /// `HostKeyRegistry.Status`, or `unchecked` without a pinned CA.
+        let authorship: String
+    }
 
-    /// Lists the tenant's snapshots in the copy (oldest first), optionally one host's.
-    static func snapshots(store: S3Store, tenant: String, host: String?, json: Bool) async throws -> Exit {
+    /// Lists the tenant's snapshots in the copy (oldest first), optionally one host's, each
+    /// with who wrote it as the copy's host key statements prove under `trustRoot` (the CA
+    /// pinned in `cfg`'s credential; `unchecked` when there is none): whoever can write the
+    /// copy can add snapshots, and a listing must not show them as genuine.
+    static func snapshots(store: S3Store, tenant: String, host: String?, json: Bool,
+                          cfg: ClientConfig) async throws -> Exit {
         let manifests = try await BucketCopy.manifests(in: store, tenant: tenant)
+        let root = try? cfg.trustRoot()
+        if root == nil {
+            let note = "note: no CA pinned in \(cfg.directory.path)/credential.json: authorship is not checked "
+                + "(give --config of a restorer)\n"
+            FileHandle.standardError.write(Data(note.utf8))
+        }
+        var registry: HostKeyRegistry?
+        if let root {
+            registry = HostKeyRegistry(tenant: tenant, trustRoot: root,
+                                       objects: try await hostKeyStatements(store: store, tenant: tenant))
+        }
         var rows: [Row] = []
         for (id, bytes) in manifests {
             let m = try Manifest.parse(bytes, expectedID: SnapshotID(hex: id))
             if let host, m.header.host != host { continue }
-            rows.append(Row(id: id, host: m.header.host, time: m.header.time.seconds, packs: m.header.packs.count))
+            rows.append(Row(id: id, host: m.header.host, time: m.header.time.seconds, packs: m.header.packs.count,
+                            authorship: registry?.status(of: m).rawValue ?? "unchecked"))
         }
         rows.sort { $0.time < $1.time }
         if json { try printJSON(rows) } else {
-            for r in rows { print("\(r.id.prefix(8))  \(Date(timeIntervalSince1970: TimeInterval(r.time)))  \(r.host)  \(r.packs) packs") }
+            for r in rows {
+                let mark = r.authorship == "verified" ? "" : "  NOT VERIFIED: \(r.authorship)"
+                print("\(r.id.prefix(8))  \(Date(timeIntervalSince1970: TimeInterval(r.time)))  \(r.host)  \(r.packs) packs"
+                      + mark)
+            }
         }
         return .ok
     }

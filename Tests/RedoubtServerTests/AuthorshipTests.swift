@@ -127,6 +127,24 @@ import Testing
         // The server is gone; only the bucket and the restorer's config remain.
         _ = q.shell("chattr -R -i '\(q.base)/server' 2>/dev/null; rm -rf '\(q.base)/server'")
         let from = "--from s3://\(name)/redoubt --endpoint \(peer.url.absoluteString) --credentials '\(creds)'"
+        // Listings of the copy mark each snapshot with who wrote it, under the pinned CA.
+        let listing = "\(q.dir)/snapshots.json"
+        let (l, lErr) = q.shell("( \(q.bin) snapshots \(from) \(q.restorer) --json > '\(listing)' )")
+        let rows = (try? JSONSerialization.jsonObject(
+            with: Data(contentsOf: URL(fileURLWithPath: listing)))) as? [[String: Any]] ?? []
+        let marks = Dictionary(rows.compactMap { r in (r["id"] as? String).map { ($0, r["authorship"] as? String) } },
+                               uniquingKeysWith: { a, _ in a })
+        #expect(l == 0, "\(lErr)")
+        #expect(
+            marks == [
+                q.snapshot: "verified", selfSigned.manifest.id.description: "unregistered-key",
+                withForgery.manifest.id.description: "forged-statement",
+            ], "\(rows)")
+        let (c, cOut) = q.sh("copy snapshots quickstart \(target) \(q.restorer)")
+        #expect(
+            c == 0 && cOut.contains("\(selfSigned.manifest.id.description.prefix(8))")
+                && cOut.contains("NOT VERIFIED: unregistered-key") && cOut.contains("NOT VERIFIED: forged-statement")
+                && cOut.components(separatedBy: "NOT VERIFIED").count == 3, "\(cOut)")
         for p in [selfSigned, withForgery] {
             let dest = "\(q.dir)/planted-\(p.manifest.id.description.prefix(8))"
             let (r, out) = q.sh(
