@@ -77,11 +77,14 @@ struct MediaList: AsyncParsableCommand {
     @Flag(name: .long, help: "Read only the first volume the device supplies.") var volumeOnly = false
     @Flag(name: .long, help: "Read on past damaged blocks and report them.") var skipDamaged = false
     @Flag(name: .long, help: "Print JSON.") var json = false
+    @OptionGroup(title: "Whose pinned CA checks who wrote each snapshot") var config: ConfigOption
 
     struct Listing: Encodable {
         var labels: [MediaLabel]
         var records: [MediaCatalogEntry]
         var damage: [String]
+        /// Snapshot ID → `HostKeyRegistry.Status` (docs/FORMAT.md §6.4), or `unchecked`.
+        var authorship: [String: String]
     }
 
     struct VolumeListing: Encodable {
@@ -103,16 +106,38 @@ struct MediaList: AsyncParsableCommand {
         try await RedoubtCLI.run {
             if volumeOnly { return try listOne() }
             let rep: MediaReadReport
-            do { rep = try MediaReader(source: try open(), skipDamaged: skipDamaged).read { _ in } } catch let e as MediaError
+            var manifests: [(id: String, bytes: [UInt8])] = []
+            var statements: [(name: String, bytes: [UInt8])] = []
+            do {
+                rep = try MediaReader(source: try open(), skipDamaged: skipDamaged).read { r in
+                    if r.type == .manifest { manifests.append((r.id, r.body)) }
+                    if r.type == .object, HostKeyObjects.isStatementName(r.id) { statements.append((r.id, r.body)) }
+                }
+            } catch let e as MediaError
                 where (e.code == "E_MEDIA_ORDER" || e.code == "E_MEDIA_MISSING") && !isFIFO {
                 // Not the whole set: say what this volume holds instead.
                 FileHandle.standardError.write(Data("note: not a whole set (\(e.detail)); listing the volume alone\n".utf8))
                 return try listOne()
             }
-            let l = Listing(labels: rep.labels, records: rep.setCatalog?.records ?? [], damage: rep.damage.map(\.description))
+            // Whoever can write media can add snapshots: mark each with who wrote it.
+            let root = try? config.resolved.trustRoot()
+            let registry = root.flatMap { root in
+                rep.labels.first.map { HostKeyRegistry(tenant: $0.tenant, trustRoot: root, objects: statements) }
+            }
+            var marks: [String: String] = [:]
+            for (id, bytes) in manifests {
+                let m = try? Manifest.parse(bytes, expectedID: SnapshotID(hex: id))
+                marks[id] = registry.map { r in m.map { r.status(of: $0).rawValue } ?? "bad-signature" } ?? "unchecked"
+            }
+            let l = Listing(labels: rep.labels, records: rep.setCatalog?.records ?? [], damage: rep.damage.map(\.description),
+                            authorship: marks)
             if json { try printJSON(l) } else {
+                if root == nil { print("note: no CA pinned in the configuration: authorship is not checked (give --config)") }
                 for v in rep.labels { print("volume \(v.volumeSeq) of set \(v.setID): pool \(v.pool), tenant \(v.tenant), written \(v.created)") }
-                for r in l.records { print("  \(r.type) \(r.id)  volume \(r.volume) blocks \(r.firstBlock)-\(r.lastBlock)") }
+                for r in l.records {
+                    let mark = marks[r.id].map { $0 == "verified" ? "" : "  NOT VERIFIED: \($0)" } ?? ""
+                    print("  \(r.type) \(r.id)  volume \(r.volume) blocks \(r.firstBlock)-\(r.lastBlock)" + mark)
+                }
                 for d in l.damage { print("DAMAGED: \(d)") }
             }
             return rep.damage.isEmpty ? .ok : .partial

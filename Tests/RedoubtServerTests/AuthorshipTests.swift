@@ -197,6 +197,16 @@ import Testing
             "the set carries the registration")
         let (planted, selfSigned, withForgery) = try plantedSet(q, records: records)
 
+        let listing = "\(q.dir)/media-list.json"
+        let (l, lErr) = q.shell("( \(q.bin) media list --device 'file:\(planted)' \(q.restorer) --json > '\(listing)' )")
+        let list = (try? JSONSerialization.jsonObject(
+            with: Data(contentsOf: URL(fileURLWithPath: listing)))) as? [String: Any]
+        #expect(l == 0, "\(lErr)")
+        #expect(
+            (list?["authorship"] as? [String: String]) == [
+                q.snapshot: "verified", selfSigned.manifest.id.description: "unregistered-key",
+                withForgery.manifest.id.description: "forged-statement",
+            ], "\(String(describing: list))")
         _ = q.shell("chattr -R -i '\(q.base)/server' 2>/dev/null; rm -rf '\(q.base)/server'")
         for p in [selfSigned, withForgery] {
             let dest = "\(q.dir)/planted-\(p.manifest.id.description.prefix(8))"
