@@ -80,8 +80,8 @@ enum BucketCommands {
         if json { try printJSON(rows) } else {
             for r in rows {
                 let mark = r.authorship == "verified" ? "" : "  NOT VERIFIED: \(r.authorship)"
-                print("\(r.id.prefix(8))  \(Date(timeIntervalSince1970: TimeInterval(r.time)))  \(r.host)  \(r.packs) packs"
-                      + mark)
+                let when = Date(timeIntervalSince1970: TimeInterval(r.time))
+                print("\(r.id.prefix(8))  \(when)  \(r.host)  \(r.packs) packs" + mark)
             }
         }
         return .ok

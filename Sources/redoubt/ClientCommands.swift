@@ -33,8 +33,9 @@ struct SnapshotsCommand: AsyncParsableCommand {
     func run() async throws {
         try await RedoubtCLI.run {
             if let store = try bucket.store() {
-                return try await BucketCommands.snapshots(store: store, tenant: try await bucket.tenant(in: store), host: host,
-                                                          json: json, cfg: config.resolved)
+                let tenant = try await bucket.tenant(in: store)
+                return try await BucketCommands.snapshots(store: store, tenant: tenant, host: host, json: json,
+                                                          cfg: config.resolved)
             }
             let list = try await RedoubtCLI.with(try APIClient(credential: config.resolved.credential())) { try await $0.snapshots(host: host) }
             if json {

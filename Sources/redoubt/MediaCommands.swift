@@ -129,10 +129,12 @@ struct MediaList: AsyncParsableCommand {
                 let m = try? Manifest.parse(bytes, expectedID: SnapshotID(hex: id))
                 marks[id] = registry.map { r in m.map { r.status(of: $0).rawValue } ?? "bad-signature" } ?? "unchecked"
             }
-            let l = Listing(labels: rep.labels, records: rep.setCatalog?.records ?? [], damage: rep.damage.map(\.description),
-                            authorship: marks)
+            let l = Listing(labels: rep.labels, records: rep.setCatalog?.records ?? [],
+                            damage: rep.damage.map(\.description), authorship: marks)
             if json { try printJSON(l) } else {
-                if root == nil { print("note: no CA pinned in the configuration: authorship is not checked (give --config)") }
+                if root == nil {
+                    print("note: no CA pinned in the configuration: authorship is not checked (give --config)")
+                }
                 for v in rep.labels { print("volume \(v.volumeSeq) of set \(v.setID): pool \(v.pool), tenant \(v.tenant), written \(v.created)") }
                 for r in l.records {
                     let mark = marks[r.id].map { $0 == "verified" ? "" : "  NOT VERIFIED: \($0)" } ?? ""
@@ -333,7 +335,8 @@ struct MediaImportCommand: AsyncParsableCommand {
         "A restorer's or host's config directory enrolled with the old server: its pinned CA is what each "
             + "snapshot's host key registration on the set must be signed by.", valueName: "DIR"))
     var trustedConfig: String?
-    @Flag(name: .long, help: "Import without checking who wrote each snapshot: the set's writer decides what is listed.")
+    @Flag(name: .long,
+          help: "Import without checking who wrote each snapshot: the set's writer decides what is listed.")
     var trustUnverifiedSnapshots = false
     @Flag(name: .long, help: "Exit 0, not 5, when snapshots were left out as unverified (they are still named).")
     var skipUnverified = false
@@ -360,8 +363,8 @@ struct MediaImportCommand: AsyncParsableCommand {
             case (let dir?, false): trust = .trustRoot(try ClientConfig(path: dir).trustRoot())
             case (nil, true):
                 trust = .unchecked
-                FileHandle.standardError.write(Data(("WARNING: --trust-unverified-snapshots: snapshots are imported without "
-                    + "checking who wrote them; anyone who could write this set could have planted some\n").utf8))
+                FileHandle.standardError.write(Data(("WARNING: --trust-unverified-snapshots: snapshots are imported "
+                    + "without checking who wrote them; anyone who could write this set could have planted some\n").utf8))
             case (_?, true): throw ValidationError("give --trusted-config or --trust-unverified-snapshots, not both")
             case (nil, false):
                 throw ValidationError("media import checks each snapshot against the old server's CA: give "
@@ -373,13 +376,14 @@ struct MediaImportCommand: AsyncParsableCommand {
             FileHandle.standardError.write(Data("reading volumes…\n".utf8))
             let progress = ProgressLine()
             var n: UInt64 = 0
-            let s = try await MediaImport.run(home: home, source: try mediaSource(device, changer: changer), skipDamaged: skipDamaged, trust: trust,
-                                              now: Date(), logger: logger) { line in
+            let s = try await MediaImport.run(home: home, source: try mediaSource(device, changer: changer),
+                                              skipDamaged: skipDamaged, trust: trust, now: Date(), logger: logger) { line in
                 n += 1
                 progress.update(files: n, bytes: 0, totalBytes: nil, current: line)
             }
             progress.finish()
-            let out = Summary(tenant: s.tenant, unverified: s.unverified, objects: s.objects, alreadyThere: s.alreadyThere, bytes: s.bytes, packs: s.rebuild.packs,
+            let out = Summary(tenant: s.tenant, unverified: s.unverified,
+                              objects: s.objects, alreadyThere: s.alreadyThere, bytes: s.bytes, packs: s.rebuild.packs,
                               snapshots: s.rebuild.snapshots, rejected: s.rebuild.rejected, damage: s.damage, toDo: s.rebuild.toDo)
             if json { try printJSON(out) } else {
                 print("imported tenant \(s.tenant): \(s.objects) objects (\(s.alreadyThere) already there), \(formatBytes(s.bytes)); "

@@ -198,7 +198,8 @@ import Testing
         let (planted, selfSigned, withForgery) = try plantedSet(q, records: records)
 
         let listing = "\(q.dir)/media-list.json"
-        let (l, lErr) = q.shell("( \(q.bin) media list --device 'file:\(planted)' \(q.restorer) --json > '\(listing)' )")
+        let (l, lErr) = q.shell(
+            "( \(q.bin) media list --device 'file:\(planted)' \(q.restorer) --json > '\(listing)' )")
         let list = (try? JSONSerialization.jsonObject(
             with: Data(contentsOf: URL(fileURLWithPath: listing)))) as? [String: Any]
         #expect(l == 0, "\(lErr)")
