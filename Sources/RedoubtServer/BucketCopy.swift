@@ -51,9 +51,10 @@ public enum BucketCopy {
             summary.extended += 1
         }
         /// `sha256`: the object's hash when its key is that hash (packs, manifests).
-        func copy(_ key: ObjectKey, sha256: String? = nil) async throws {
+        /// `atLeastFloor`: locked at least as long as the newest snapshot, whatever the local lock.
+        func copy(_ key: ObjectKey, sha256: String? = nil, atLeastFloor: Bool = false) async throws {
             let local = try await store.head(key)
-            let until = max(local?.retainUntil ?? floor, now).addingTimeInterval(margin)
+            let until = max(local?.retainUntil ?? floor, atLeastFloor ? floor : now, now).addingTimeInterval(margin)
             // A rerun skips what is there without reading it: for a content-addressed
             // object the hash recorded with the bucket's original version must be the
             // key's own hash, and the size the local size. (A whole read from the bucket
@@ -69,7 +70,7 @@ public enum BucketCopy {
             }
             var bytes = try await store.get(key)
             let outcome: PutResult
-            if sha256 == nil, BucketVerify.descriptorVersion(key.path, tenant: tenant) != nil {
+            if sha256 == nil, !atLeastFloor, BucketVerify.descriptorVersion(key.path, tenant: tenant) != nil {
                 // A descriptor leaves the server only with its write material sealed, and one
                 // of the same key version already there stands for it (the server rewrites its
                 // own in place: a fresh seal, a later retention; the bucket keeps the original).
@@ -105,6 +106,12 @@ public enum BucketCopy {
         // The current descriptor: after a rotation it carries the newly wrapped read key; the
         // older ones already in the bucket stay, locked, and name their own (retired) KEKs.
         try await copy(RepositoryLayout.descriptorKey(tenant: tenant, version: try catalog.tenant(tenant)?.keyVersion ?? 1))
+        // The host key statements: a restore from the bucket alone checks who signed each
+        // manifest against them. Locked as long as the newest snapshot, which they vouch for.
+        let statements = try await store.list(prefix: HostKeyObjects.prefix(tenant: tenant))
+        for info in statements.sorted(by: { $0.key < $1.key }) {
+            try await copy(info.key, atLeastFloor: true)
+        }
         var done = Set<String>()
         for s in snapshots {
             for p in try catalog.snapshotPacks(id: s.id) where done.insert(p.description).inserted {

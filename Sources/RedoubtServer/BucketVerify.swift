@@ -2,6 +2,7 @@
 // under a tenant's prefix is read whole and checked against its name (packs and
 // manifests are named by their SHA-256) and its lock (COMPLIANCE, retain-until ahead);
 // every pack a manifest names must be there.
+import Crypto
 import Foundation
 import RedoubtAWS
 import RedoubtCore
@@ -46,10 +47,16 @@ public enum BucketVerify {
         case descriptor(Int)
         /// `catalog/<unix ms>.json`: the server's listing of the tenant's snapshots at a sync.
         case catalogExport
+        /// `host-keys/<principal ID>.registration|.revocation` (docs/FORMAT.md §6.4).
+        case hostKeyStatement
         case extra
     }
 
     static func kind(_ name: String, tenant: String) -> Kind {
+        let statements = HostKeyObjects.prefix(tenant: tenant)
+        if name.hasPrefix(statements), HostKeyObjects.isStatementName("host-keys/" + name.dropFirst(statements.count)) {
+            return .hostKeyStatement
+        }
         switch RepositoryLayout.parse(name, tenant: tenant) {
         case .pack(_, let id): .pack(id)
         case .manifest(_, let id): .manifest(id)
@@ -79,7 +86,11 @@ public enum BucketVerify {
     /// each must be COMPLIANCE-locked until at least `now + minRetain` (an expired lock
     /// counts as unlocked), and every pack that a manifest names must be there.
     /// Problems are collected, not thrown; only a failure to talk to the bucket throws.
+    /// With `trustRoot` (the server CA's key a restorer pins), host key statements must
+    /// open under it and every manifest must be signed by a key they register and do not
+    /// revoke before it (else *wrong*, `E_SIGNATURE`); without it, authorship is not checked.
     public static func run(store: S3Store, tenant: String, now: Date, minRetain: TimeInterval,
+                           trustRoot: P256.Signing.PublicKey? = nil,
                            progress: (String) -> Void) async throws -> BucketVerifyReport {
         var report = BucketVerifyReport(tenant: tenant)
         let prefix = RepositoryLayout.tenantPrefix(tenant)
@@ -125,7 +136,7 @@ public enum BucketVerify {
                 report.packs += 1
             case .manifest: report.manifests += 1
             case .descriptor: descriptors += 1
-            case .catalogExport: break
+            case .catalogExport, .hostKeyStatement: break
             }
             toRead.append((info, kind))
         }
@@ -162,11 +173,42 @@ public enum BucketVerify {
             report.missing.append(.init(key: RepositoryLayout.packKey(tenant: tenant, id: p).path,
                                         detail: "pack \(p) is named by snapshot \(snapshots.map(\.description).sorted().joined(separator: ", ")) and is not in the bucket"))
         }
+        if let trustRoot {
+            try await checkAuthorship(store: store, tenant: tenant, trustRoot: trustRoot, objects: toRead,
+                                      report: &report)
+        }
         if descriptors == 0 {
             report.missing.append(.init(key: RepositoryLayout.descriptorsPrefix(tenant) + "<N>.json",
                                         detail: "no tenant descriptor: the wrapped read key is not in the copy (restore needs --read-key FILE)"))
         }
         return report
+    }
+
+    /// The authorship pass: statements that do not open under `trustRoot`, and manifests
+    /// no statement vouches for, are *wrong*. Objects whose bytes were already wrong are
+    /// skipped (reported once).
+    static func checkAuthorship(store: S3Store, tenant: String, trustRoot: P256.Signing.PublicKey,
+                                objects: [(info: ObjectInfo, kind: Kind)],
+                                report: inout BucketVerifyReport) async throws {
+        let bad = Set(report.wrong.map(\.key))
+        var statements: [(name: String, bytes: [UInt8])] = []
+        for o in objects where o.kind == .hostKeyStatement && !bad.contains(o.info.key.path) {
+            let bytes = try await store.get(o.info.key)
+            do { _ = try HostKeyStatement.open(bytes, trustRoot: trustRoot, object: o.info.key.path) } catch {
+                report.wrong.append(.init(key: o.info.key.path, detail: "\(error)"))
+            }
+            statements.append((o.info.key.path, bytes))
+        }
+        let registry = HostKeyRegistry(tenant: tenant, trustRoot: trustRoot, objects: statements)
+        for o in objects where !bad.contains(o.info.key.path) {
+            guard case .manifest(let id) = o.kind else { continue }
+            do {
+                let manifest = try Manifest.parse(try await store.get(o.info.key), expectedID: id)
+                try registry.check(manifest, readKeyID: nil)
+            } catch {
+                report.wrong.append(.init(key: o.info.key.path, detail: "\(error)"))
+            }
+        }
     }
 
     /// Reads one object whole and checks its bytes against its name: why it is wrong
@@ -191,7 +233,8 @@ public enum BucketVerify {
             d.dateDecodingStrategy = .iso8601
             let ok = (try? d.decode(BucketCopy.CatalogExport.self, from: Data(bytes)))?.format == 1
             return (ok ? nil : "catalog export is not a format-1 snapshot listing", [])
-        case .extra:
+        case .extra, .hostKeyStatement:
+            // Statements are checked against the trust root in the authorship pass, if asked.
             return (nil, [])
         }
     }

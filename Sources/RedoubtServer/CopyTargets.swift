@@ -206,6 +206,7 @@ extension RepositoryService {
         for t in targets {
             let now = (try? now()) ?? Date()
             do {
+                try await recordHostKeys(tenant: tenant)
                 let s = try await BucketCopy.sync(catalog: catalog, store: store, tenant: tenant, target: try t.store(), margin: t.marginSeconds,
                                                   acceptUnenforced: t.acceptUnenforced, actor: "copy-job", now: now) { _ in }
                 try catalog.recordCopyProof(t.id, at: now, ok: s.proof?.passed ?? false, detail: s.proof?.firstFailure ?? "all lock checks passed")

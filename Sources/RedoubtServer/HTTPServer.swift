@@ -348,7 +348,11 @@ public enum RedoubtHTTP {
             await handle(logger) { jsonResponse(try service.cancelEnrollment(id: ctx.parameters.get("id") ?? "", ctx: ctx.call)) }
         },
         Route(.post, "/v1/principals/{id}/revoke", .revokePrincipal, .admin) { service, logger, req, ctx in
-            await handle(logger) { jsonResponse(try service.revokePrincipal(id: ctx.parameters.get("id") ?? "", try await req.json(Wire.ApprovedChange.self), ctx: ctx.call)) }
+            await handle(logger) {
+                jsonResponse(try await service.revokePrincipalRecorded(id: ctx.parameters.get("id") ?? "",
+                                                                       try await req.json(Wire.ApprovedChange.self),
+                                                                       ctx: ctx.call))
+            }
         },
         Route(.get, "/v1/audit", .listAudit, .roles([.admin, .auditor])) { service, logger, req, _ in
             await handle(logger) {

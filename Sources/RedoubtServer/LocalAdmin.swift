@@ -61,6 +61,9 @@ extension ServerHome {
             try catalog.authorizeLocally(.acceptUnenforced, object: "copy target \(destination.url)", parameters: parameters,
                                          requestID: requestID, now: now)
         }
+        // The host key statements first: the copy must carry who may sign its snapshots.
+        _ = try await HostKeyObjects.ensure(catalog: catalog, store: store, ca: try certificateAuthority(),
+                                            tenant: tenant, now: now)
         return try await BucketCopy.sync(catalog: catalog, store: store, tenant: tenant, target: target, margin: margin,
                                          acceptUnenforced: acceptUnenforced, actor: "local-admin", now: now,
                                          progress: progress)
@@ -69,8 +72,14 @@ extension ServerHome {
     /// Writes `tenant`'s selected snapshots to a media set (`media export` on the server's host).
     public func exportMedia(tenant: String, selection: MediaExport.Selection, writer: MediaWriter, now: Date,
                             progress: (String) -> Void) async throws -> MediaExportSummary {
-        try await MediaExport.run(catalog: try Catalog(path: catalogPath), store: try openStore(), tenant: tenant,
-                                  selection: selection, writer: writer, actor: "local-admin", now: now, progress: progress)
+        let catalog = try Catalog(path: catalogPath)
+        let store = try openStore()
+        // The host key statements first: the set must carry who may sign its snapshots.
+        _ = try await HostKeyObjects.ensure(catalog: catalog, store: store, ca: try certificateAuthority(),
+                                            tenant: tenant, now: now)
+        return try await MediaExport.run(catalog: catalog, store: store, tenant: tenant,
+                                         selection: selection, writer: writer, actor: "local-admin", now: now,
+                                         progress: progress)
     }
 
     /// The store this server keeps its objects in.

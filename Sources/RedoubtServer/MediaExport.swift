@@ -48,6 +48,14 @@ public enum MediaExport {
         // snapshot's packs not yet written and its manifest.
         let version = try catalog.tenant(tenant)?.keyVersion ?? 1
         var items: [Item] = [Item(type: .object, id: RepositoryLayout.descriptorName(version: version), key: RepositoryLayout.descriptorKey(tenant: tenant, version: version), hash: nil, note: nil)]
+        // The host key statements (registrations, revocations), so a restore from the set
+        // alone can tell a snapshot an enrolled host wrote from one planted on the volumes.
+        let statements = HostKeyObjects.prefix(tenant: tenant)
+        for info in try await store.list(prefix: statements).sorted(by: { $0.key < $1.key }) {
+            let name = "host-keys/" + info.key.path.dropFirst(statements.count)
+            guard HostKeyObjects.isStatementName(name) else { continue }
+            items.append(Item(type: .object, id: name, key: info.key, hash: nil, note: name))
+        }
         var written = Set<String>()
         for s in chosen {
             for p in try catalog.snapshotPacks(id: s.id) where written.insert(p.description).inserted {
@@ -100,7 +108,7 @@ public enum MediaExport {
     /// become a media set that looks whole), and frames it.
     static func load(_ i: Item, from store: any ObjectStore) async throws -> FramedMediaRecord {
         var body = try await store.get(i.key)
-        if i.hash == nil {
+        if i.hash == nil, !HostKeyObjects.isStatementName(i.id) {
             // The descriptor leaves the server only with its write material sealed.
             guard let export = TenantDescriptor.forExport(body) else {
                 throw StoreError(.integrity, key: i.key.path, "the tenant descriptor in the store does not decode")
@@ -123,6 +131,9 @@ public struct MediaImportSummary: Sendable {
     public var alreadyThere = 0
     public var bytes: UInt64 = 0
     public var damage: [String] = []
+    /// Manifests left out because no host key statement verified under the trust root
+    /// vouches for their signer (planted on the set), each with the reason.
+    public var unverified: [String] = []
     public var rebuild: RebuildReport
 }
 
@@ -130,13 +141,22 @@ public struct MediaImportSummary: Sendable {
 /// puts a media set's objects into a server's store, locked again, and rebuilds the
 /// catalog from the store. Needs no key: everything on media is ciphertext or public.
 public enum MediaImport {
+    /// What the import checks each manifest's signer against.
+    public enum Trust: Sendable {
+        /// The old server's CA (pinned in every restorer's credential.json): a manifest is
+        /// imported only if a statement it signed registers the key (docs/FORMAT.md §6.4).
+        case trustRoot(P256.Signing.PublicKey)
+        /// No check: whoever wrote the set decides what the new catalog lists.
+        case unchecked
+    }
+
     /// Reads every supplied volume in order. Records are verified by the reader (block
     /// CRCs, record SHA-256); packs and manifests are verified once more by the rebuild,
     /// which leaves out anything that does not check and names it. Objects are locked
     /// until the later of the set's own retention and now plus the tenant's minimum
     /// retention: never shorter than they were. Run with the server stopped.
-    public static func run(home: ServerHome, source: SequentialSource, skipDamaged: Bool, now: Date, logger: Logger,
-                           progress: (String) -> Void) async throws -> MediaImportSummary {
+    public static func run(home: ServerHome, source: SequentialSource, skipDamaged: Bool, trust: Trust, now: Date,
+                           logger: Logger, progress: (String) -> Void) async throws -> MediaImportSummary {
         let fm = FileManager.default
         // Records arrive through a synchronous callback; they are spooled beside the store
         // (same filesystem, private) and put into the store afterwards.
@@ -157,6 +177,10 @@ public enum MediaImport {
                 name = "manifest-\(id)"
             case .object:
                 // Why the strict pattern: the name becomes a store key.
+                if HostKeyObjects.isStatementName(r.id) {
+                    name = "hostkey-\(r.id.dropFirst("host-keys/".count))"
+                    break
+                }
                 guard RepositoryLayout.descriptorVersion(name: r.id) != nil else { return }
                 name = "object-\(r.id)"
             case .auditAnchor:
@@ -195,6 +219,33 @@ public enum MediaImport {
             }
         }
         var summary = MediaImportSummary(tenant: tenant, damage: report.damage.map(\.description), rebuild: RebuildReport())
+        // Why before anything is put: the new server has a new CA and cannot tell a planted
+        // manifest from a genuine one later; only the old CA's statements on the set can.
+        if case .trustRoot(let root) = trust {
+            let statements = spooled.filter { $0.key.hasPrefix("hostkey-") }.compactMap { s in
+                fm.contents(atPath: s.file).map { (name: "host-keys/\(s.key.dropFirst("hostkey-".count)) on the media",
+                                                   bytes: Array($0)) }
+            }
+            let registry = HostKeyRegistry(tenant: tenant, trustRoot: root, objects: statements)
+            // Statements that do not open under the trust root (forged) are not carried on
+            // into the store and so into later copies.
+            let ignored = Set(registry.ignored.map(\.name))
+            spooled = spooled.filter { s in
+                if s.key.hasPrefix("hostkey-") {
+                    return !ignored.contains("host-keys/\(s.key.dropFirst("hostkey-".count)) on the media")
+                }
+                guard s.key.hasPrefix("manifest-"), let id = SnapshotID(hex: String(s.key.dropFirst("manifest-".count)))
+                else { return true }
+                do {
+                    guard let bytes = fm.contents(atPath: s.file) else { return false }
+                    try registry.check(try Manifest.parse(Array(bytes), expectedID: id), readKeyID: nil)
+                    return true
+                } catch {
+                    summary.unverified.append("\(error)")
+                    return false
+                }
+            }
+        }
         for s in spooled {
             let kind = s.key.prefix { $0 != "-" }
             let id = String(s.key.dropFirst(kind.count + 1))
@@ -203,12 +254,13 @@ public enum MediaImport {
             switch kind {
             case "pack": key = PackID(hex: id).map { RepositoryLayout.packKey(tenant: tenant, id: $0) }
             case "manifest": key = SnapshotID(hex: id).map { RepositoryLayout.manifestKey(tenant: tenant, id: $0) }
+            case "hostkey": key = ObjectKey(HostKeyObjects.prefix(tenant: tenant) + id)
             default:
                 key = RepositoryLayout.descriptorVersion(name: id).map { RepositoryLayout.descriptorKey(tenant: tenant, version: $0) }
                 retain = nil  // descriptors are replaced on rotation, as on the server
             }
             guard let key, let bytes = fm.contents(atPath: s.file) else { continue }
-            if kind != "pack" && kind != "manifest", let local = try? await store.get(key),
+            if kind == "object", let local = try? await store.get(key),
                let here = try? JSONDecoder().decode(TenantDescriptor.self, from: Data(local)),
                let there = try? JSONDecoder().decode(TenantDescriptor.self, from: bytes), here.isSameVersion(as: there) {
                 // The server's own descriptor of this key version (its seal differs): kept.

@@ -354,6 +354,8 @@ public final class RepositoryService: Sendable {
         do { try catalog.reclaim(key: manifestKey.path) } catch let e as CatalogError where e.code == .beingCollected {
             throw ServerError.beingCollected("snapshot \(manifest.id)")
         }
+        // The signer's registration first: a stored manifest always has one to be checked against.
+        try await lockRegistration(of: p, tenant: tenant, until: packLock)
         if try await store.put(manifestKey, bytes, retainUntil: retainUntil) != .created {
             try await store.extendRetention(manifestKey, until: retainUntil)
         }

@@ -94,6 +94,12 @@ public struct ServerHome: Sendable {
         return TLSMaterial(caCertPEM: try read("ca.pem"), caKeyPEM: try read("ca.key"), serverCertPEM: try read("server.pem"), serverKeyPEM: try read("server.key"))
     }
 
+    /// The server's CA (it signs host key statements as well as certificates).
+    public func certificateAuthority() throws -> CertificateAuthority {
+        let tls = try tlsMaterial()
+        return try CertificateAuthority(certificatePEM: tls.caCertPEM, keyPEM: tls.caKeyPEM)
+    }
+
     /// Opens the catalog, store and CA for serving.
     /// `limits`, when given, replaces the ones in `server.json` (`server run --limit`);
     /// `store`, when given, replaces the data directory's own (tests without xattrs).

@@ -45,20 +45,44 @@ struct FromBucketOptions: ParsableArguments {
 /// The bucket-copy commands, shared by `copy snapshots|restore|verify` and the `--from`
 /// spellings of `snapshots`, `restore` and `verify`.
 enum BucketCommands {
-    struct Row: Encodable { let id: String; let host: String; let time: Int64; let packs: Int }
+    struct Row: Encodable {
+        let id: String; let host: String; let time: Int64; let packs: Int
+        /// `HostKeyRegistry.Status`, or `unchecked` without a pinned CA.
+        let authorship: String
+    }
 
-    /// Lists the tenant's snapshots in the copy (oldest first), optionally one host's.
-    static func snapshots(store: S3Store, tenant: String, host: String?, json: Bool) async throws -> Exit {
+    /// Lists the tenant's snapshots in the copy (oldest first), optionally one host's, each
+    /// with who wrote it as the copy's host key statements prove under `trustRoot` (the CA
+    /// pinned in `cfg`'s credential; `unchecked` when there is none): whoever can write the
+    /// copy can add snapshots, and a listing must not show them as genuine.
+    static func snapshots(store: S3Store, tenant: String, host: String?, json: Bool,
+                          cfg: ClientConfig) async throws -> Exit {
         let manifests = try await BucketCopy.manifests(in: store, tenant: tenant)
+        let root = try? cfg.trustRoot()
+        if root == nil {
+            let note = "note: no CA pinned in \(cfg.directory.path)/credential.json: authorship is not checked "
+                + "(give --config of a restorer)\n"
+            FileHandle.standardError.write(Data(note.utf8))
+        }
+        var registry: HostKeyRegistry?
+        if let root {
+            registry = HostKeyRegistry(tenant: tenant, trustRoot: root,
+                                       objects: try await hostKeyStatements(store: store, tenant: tenant))
+        }
         var rows: [Row] = []
         for (id, bytes) in manifests {
             let m = try Manifest.parse(bytes, expectedID: SnapshotID(hex: id))
             if let host, m.header.host != host { continue }
-            rows.append(Row(id: id, host: m.header.host, time: m.header.time.seconds, packs: m.header.packs.count))
+            rows.append(Row(id: id, host: m.header.host, time: m.header.time.seconds, packs: m.header.packs.count,
+                            authorship: registry?.status(of: m).rawValue ?? "unchecked"))
         }
         rows.sort { $0.time < $1.time }
         if json { try printJSON(rows) } else {
-            for r in rows { print("\(r.id.prefix(8))  \(Date(timeIntervalSince1970: TimeInterval(r.time)))  \(r.host)  \(r.packs) packs") }
+            for r in rows {
+                let mark = r.authorship == "verified" ? "" : "  NOT VERIFIED: \(r.authorship)"
+                let when = Date(timeIntervalSince1970: TimeInterval(r.time))
+                print("\(r.id.prefix(8))  \(when)  \(r.host)  \(r.packs) packs" + mark)
+            }
         }
         return .ok
     }
@@ -92,8 +116,38 @@ enum BucketCommands {
         let copies = key.readKey == nil ? try await wrappedReadKeys(store: store, tenant: tenant, config: cfg) : []
         let readKey = try await key.unwrap(config: cfg, copies: copies)
         let manifests = try await BucketCopy.manifests(in: store, tenant: tenant)
-        return (try RestoreSupport.manifest(matching: snapshot, in: manifests, place: "in \(place)", lister: lister), readKey)
+        let manifest = try RestoreSupport.manifest(matching: snapshot, in: manifests, place: "in \(place)",
+                                                   lister: lister)
+        // Why: the bucket's writer could have put the manifest there; only the pinned CA's
+        // registrations say which host keys may sign this tenant's snapshots.
+        let statements = try await hostKeyStatements(store: store, tenant: tenant)
+        try cfg.checkAuthorship(manifest, tenant: tenant, statements: statements)
+        return (manifest, readKey)
     }
+
+    /// The host key statements in the copy (originals), by key. Oversized objects and any
+    /// beyond `maxStatements` are skipped with a note: whoever can write the bucket can add
+    /// objects, and they must not make a restore unbounded.
+    static func hostKeyStatements(store: S3Store, tenant: String) async throws -> [(name: String, bytes: [UInt8])] {
+        var out: [(name: String, bytes: [UInt8])] = []
+        let names = try await store.originalNames(prefix: HostKeyObjects.prefix(tenant: tenant)).sorted()
+        if names.count > maxStatements {
+            let note = "note: \(names.count) host key objects in the copy; reading the first \(maxStatements)\n"
+            FileHandle.standardError.write(Data(note.utf8))
+        }
+        for name in names.prefix(maxStatements) {
+            guard let key = ObjectKey(name) else { continue }
+            if let info = try await store.head(key), info.size > HostKeyStatement.maxSize {
+                let note = "note: skipping \(name): \(info.size) bytes is not a host key statement\n"
+                FileHandle.standardError.write(Data(note.utf8))
+                continue
+            }
+            out.append((name, try await store.get(key)))
+        }
+        return out
+    }
+
+    static let maxStatements = 1 << 16
 
     /// The wrapped read keys in the copy's tenant descriptors, newest first, so that a
     /// restore from the bucket needs no server (and after a rotation gets the current
@@ -127,9 +181,19 @@ enum BucketCommands {
 
     /// Checks every object of the tenant's copy (hash, lock) and that no pack is missing.
     /// Exit 5 if anything is missing, wrong or unlocked; 8 if only expiring or extra objects.
-    static func verify(store: S3Store, place: String, tenant: String, minRetain: String?, json: Bool) async throws -> Exit {
+    /// `config`: whose pinned server CA checks who wrote each snapshot; without one (no
+    /// enrollment here) authorship is not checked, and a note says so.
+    static func verify(store: S3Store, place: String, tenant: String, minRetain: String?, json: Bool,
+                       config: ClientConfig? = nil) async throws -> Exit {
         let min = try minRetain.map(parseDuration) ?? 0
-        let report = try await BucketVerify.run(store: store, tenant: tenant, now: Date(), minRetain: min) { line in
+        let root = try? config?.trustRoot()
+        if root == nil {
+            let note = "note: no pinned server CA (--config of an enrolled restorer): "
+                + "who wrote each snapshot is not checked\n"
+            FileHandle.standardError.write(Data(note.utf8))
+        }
+        let report = try await BucketVerify.run(store: store, tenant: tenant, now: Date(), minRetain: min,
+                                                trustRoot: root) { line in
             FileHandle.standardError.write(Data("  verify: \(line)\n".utf8))
         }
         if json {
@@ -155,10 +219,15 @@ struct CopyVerify: AsyncParsableCommand {
     @OptionGroup var bucket: BucketOptions
     @Option(name: .long, help: "Also report objects whose lock ends sooner than this from now (e.g. 30d).") var minRetain: String?
     @Flag(name: .long, help: "Print JSON: {objects, bytes, missing, wrong, unlocked, expiring, extra}.") var json = false
+    @Option(name: .long,
+            help: "An enrolled client's configuration directory: its pinned server CA checks who wrote each snapshot.")
+    var config: String?
 
     func run() async throws {
         try await RedoubtCLI.run {
-            try await BucketCommands.verify(store: try bucket.store(), place: bucket.to, tenant: tenant, minRetain: minRetain, json: json)
+            try await BucketCommands.verify(store: try bucket.store(), place: bucket.to, tenant: tenant,
+                                            minRetain: minRetain, json: json,
+                                            config: config.map { ClientConfig(path: $0) })
         }
     }
 }

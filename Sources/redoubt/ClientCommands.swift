@@ -33,7 +33,9 @@ struct SnapshotsCommand: AsyncParsableCommand {
     func run() async throws {
         try await RedoubtCLI.run {
             if let store = try bucket.store() {
-                return try await BucketCommands.snapshots(store: store, tenant: try await bucket.tenant(in: store), host: host, json: json)
+                let tenant = try await bucket.tenant(in: store)
+                return try await BucketCommands.snapshots(store: store, tenant: tenant, host: host, json: json,
+                                                          cfg: config.resolved)
             }
             let list = try await RedoubtCLI.with(try APIClient(credential: config.resolved.credential())) { try await $0.snapshots(host: host) }
             if json {
@@ -93,7 +95,7 @@ struct VerifyCommand: AsyncParsableCommand {
                 // The bucket alone: every object of the tenant, no key (so no --deep).
                 guard snapshot == nil, !deep else { throw ValidationError("verify --from checks the whole copy without a key: drop SNAPSHOT and --deep") }
                 return try await BucketCommands.verify(store: store, place: bucket.from ?? "", tenant: try await bucket.tenant(in: store),
-                                                       minRetain: minRetain, json: json)
+                                                       minRetain: minRetain, json: json, config: config.resolved)
             }
             if rolling || status {
                 guard snapshot == nil, !all, host == nil else {

@@ -141,10 +141,12 @@ struct CopySnapshots: AsyncParsableCommand {
     @Argument(help: "The tenant.") var tenant: String
     @OptionGroup var bucket: BucketOptions
     @Flag(name: .long, help: "Print JSON.") var json = false
+    @OptionGroup(title: "Whose pinned CA checks who wrote each snapshot") var config: ConfigOption
 
     func run() async throws {
         try await RedoubtCLI.run {
-            try await BucketCommands.snapshots(store: try bucket.store(), tenant: tenant, host: nil, json: json)
+            try await BucketCommands.snapshots(store: try bucket.store(), tenant: tenant, host: nil, json: json,
+                                               cfg: config.resolved)
         }
     }
 }

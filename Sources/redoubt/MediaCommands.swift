@@ -71,11 +71,14 @@ struct MediaList: AsyncParsableCommand {
     @Flag(name: .long, help: "Read only the first volume the device supplies.") var volumeOnly = false
     @Flag(name: .long, help: "Read on past damaged blocks and report them.") var skipDamaged = false
     @Flag(name: .long, help: "Print JSON.") var json = false
+    @OptionGroup(title: "Whose pinned CA checks who wrote each snapshot") var config: ConfigOption
 
     struct Listing: Encodable {
         var labels: [MediaLabel]
         var records: [MediaCatalogEntry]
         var damage: [String]
+        /// Snapshot ID → `HostKeyRegistry.Status` (docs/FORMAT.md §6.4), or `unchecked`.
+        var authorship: [String: String]
     }
 
     struct VolumeListing: Encodable {
@@ -97,16 +100,40 @@ struct MediaList: AsyncParsableCommand {
         try await RedoubtCLI.run {
             if volumeOnly { return try listOne() }
             let rep: MediaReadReport
-            do { rep = try MediaReader(source: try open(), skipDamaged: skipDamaged).read { _ in } } catch let e as MediaError
+            var manifests: [(id: String, bytes: [UInt8])] = []
+            var statements: [(name: String, bytes: [UInt8])] = []
+            do {
+                rep = try MediaReader(source: try open(), skipDamaged: skipDamaged).read { r in
+                    if r.type == .manifest { manifests.append((r.id, r.body)) }
+                    if r.type == .object, HostKeyObjects.isStatementName(r.id) { statements.append((r.id, r.body)) }
+                }
+            } catch let e as MediaError
                 where (e.code == "E_MEDIA_ORDER" || e.code == "E_MEDIA_MISSING") && !isFIFO {
                 // Not the whole set: say what this volume holds instead.
                 FileHandle.standardError.write(Data("note: not a whole set (\(e.detail)); listing the volume alone\n".utf8))
                 return try listOne()
             }
-            let l = Listing(labels: rep.labels, records: rep.setCatalog?.records ?? [], damage: rep.damage.map(\.description))
+            // Whoever can write media can add snapshots: mark each with who wrote it.
+            let root = try? config.resolved.trustRoot()
+            let registry = root.flatMap { root in
+                rep.labels.first.map { HostKeyRegistry(tenant: $0.tenant, trustRoot: root, objects: statements) }
+            }
+            var marks: [String: String] = [:]
+            for (id, bytes) in manifests {
+                let m = try? Manifest.parse(bytes, expectedID: SnapshotID(hex: id))
+                marks[id] = registry.map { r in m.map { r.status(of: $0).rawValue } ?? "bad-signature" } ?? "unchecked"
+            }
+            let l = Listing(labels: rep.labels, records: rep.setCatalog?.records ?? [],
+                            damage: rep.damage.map(\.description), authorship: marks)
             if json { try printJSON(l) } else {
+                if root == nil {
+                    print("note: no CA pinned in the configuration: authorship is not checked (give --config)")
+                }
                 for v in rep.labels { print("volume \(v.volumeSeq) of set \(v.setID): pool \(v.pool), tenant \(v.tenant), written \(v.created)") }
-                for r in l.records { print("  \(r.type) \(r.id)  volume \(r.volume) blocks \(r.firstBlock)-\(r.lastBlock)") }
+                for r in l.records {
+                    let mark = marks[r.id].map { $0 == "verified" ? "" : "  NOT VERIFIED: \($0)" } ?? ""
+                    print("  \(r.type) \(r.id)  volume \(r.volume) blocks \(r.firstBlock)-\(r.lastBlock)" + mark)
+                }
                 for d in l.damage { print("DAMAGED: \(d)") }
             }
             return rep.damage.isEmpty ? .ok : .partial
@@ -226,6 +253,7 @@ struct MediaRestore: AsyncParsableCommand {
             var manifests: [String: [UInt8]] = [:]
             var descriptor: (version: Int, name: String, body: [UInt8])?
             var spoolError: String?
+            var statements: [(name: String, bytes: [UInt8])] = []
             FileHandle.standardError.write(Data("reading volumes…\n".utf8))
             let rep = try MediaReader(source: try mediaSource(device, changer: changer), skipDamaged: skipDamaged).read { r throws(MediaError) in
                 switch r.type {
@@ -235,6 +263,7 @@ struct MediaRestore: AsyncParsableCommand {
                     if !FileManager.default.createFile(atPath: "\(spool)/\(r.id)", contents: Data(r.body)) { spoolError = "cannot write to \(spool)" }
                 case .manifest: manifests[r.id] = r.body
                 case .object:
+                    if HostKeyObjects.isStatementName(r.id) { statements.append(("\(r.id) on the media", r.body)) }
                     if let v = RepositoryLayout.descriptorVersion(name: r.id), v > (descriptor?.version ?? 0) {
                         descriptor = (v, r.id, r.body)
                     }
@@ -249,6 +278,9 @@ struct MediaRestore: AsyncParsableCommand {
             let readKey = try await mediaReadKey(descriptor, config: cfg)
             for d in rep.damage { FileHandle.standardError.write(Data("DAMAGED: \(d)\n".utf8)) }
             let manifest = try RestoreSupport.manifest(matching: snapshot, in: manifests, place: "on these volumes", lister: "redoubt media list")
+            // Why: whoever wrote the volumes could have added the manifest; only the pinned
+            // CA's registrations on the set say which host keys may sign this tenant's snapshots.
+            try cfg.checkAuthorship(manifest, tenant: try cfg.credential().tenant ?? "", statements: statements)
             let result = try await RestoreSupport.restore(manifest: manifest, readKey: readKey, chunkIDKey: material.chunkIDKey,
                                                           source: SpoolPackSource(dir: spool), target: target,
                                                           subpath: path.map { Array($0.utf8) }, skipDamaged: skipDamaged)
@@ -293,9 +325,19 @@ struct MediaImportCommand: AsyncParsableCommand {
     @Option(name: .long, help: "The server data directory (made by `redoubt server init`).") var data: String
     @Flag(name: .long, help: "Read on past damaged blocks and import everything that verified.") var skipDamaged = false
     @Flag(name: .long, help: "Print the summary as JSON.") var json = false
+    @Option(name: .long, help: ArgumentHelp(
+        "A restorer's or host's config directory enrolled with the old server: its pinned CA is what each "
+            + "snapshot's host key registration on the set must be signed by.", valueName: "DIR"))
+    var trustedConfig: String?
+    @Flag(name: .long,
+          help: "Import without checking who wrote each snapshot: the set's writer decides what is listed.")
+    var trustUnverifiedSnapshots = false
+    @Flag(name: .long, help: "Exit 0, not 5, when snapshots were left out as unverified (they are still named).")
+    var skipUnverified = false
 
     struct Summary: Encodable {
         var tenant: String
+        var unverified: [String]
         var objects: Int
         var alreadyThere: Int
         var bytes: UInt64
@@ -310,26 +352,43 @@ struct MediaImportCommand: AsyncParsableCommand {
         try await RedoubtCLI.run {
             let home = ServerHome(path: data)
             guard (try? home.settings()) != nil else { throw ValidationError("\(data) is not a Redoubt server data directory: run `redoubt server init --data \(data)` first") }
+            let trust: MediaImport.Trust
+            switch (trustedConfig, trustUnverifiedSnapshots) {
+            case (let dir?, false): trust = .trustRoot(try ClientConfig(path: dir).trustRoot())
+            case (nil, true):
+                trust = .unchecked
+                FileHandle.standardError.write(Data(("WARNING: --trust-unverified-snapshots: snapshots are imported "
+                    + "without checking who wrote them; anyone who could write this set could have planted some\n").utf8))
+            case (_?, true): throw ValidationError("give --trusted-config or --trust-unverified-snapshots, not both")
+            case (nil, false):
+                throw ValidationError("media import checks each snapshot against the old server's CA: give "
+                    + "--trusted-config DIR (a restorer's config enrolled with the old server), or, knowingly, "
+                    + "--trust-unverified-snapshots")
+            }
             var logger = Logger(label: "redoubt.media-import")
             logger.logLevel = .warning
             FileHandle.standardError.write(Data("reading volumes…\n".utf8))
             let progress = ProgressLine()
             var n: UInt64 = 0
-            let s = try await MediaImport.run(home: home, source: try mediaSource(device, changer: changer), skipDamaged: skipDamaged, now: Date(), logger: logger) { line in
+            let s = try await MediaImport.run(home: home, source: try mediaSource(device, changer: changer),
+                                              skipDamaged: skipDamaged, trust: trust, now: Date(), logger: logger) { line in
                 n += 1
                 progress.update(files: n, bytes: 0, totalBytes: nil, current: line)
             }
             progress.finish()
-            let out = Summary(tenant: s.tenant, objects: s.objects, alreadyThere: s.alreadyThere, bytes: s.bytes, packs: s.rebuild.packs,
+            let out = Summary(tenant: s.tenant, unverified: s.unverified,
+                              objects: s.objects, alreadyThere: s.alreadyThere, bytes: s.bytes, packs: s.rebuild.packs,
                               snapshots: s.rebuild.snapshots, rejected: s.rebuild.rejected, damage: s.damage, toDo: s.rebuild.toDo)
             if json { try printJSON(out) } else {
                 print("imported tenant \(s.tenant): \(s.objects) objects (\(s.alreadyThere) already there), \(formatBytes(s.bytes)); "
                       + "catalog rebuilt: \(s.rebuild.packs) packs, \(s.rebuild.snapshots) snapshots")
+                for u in s.unverified { print("  NOT IMPORTED (unverified author): \(u)") }
                 for r in s.rebuild.rejected { print("  REJECTED: \(r)") }
                 for d in s.damage { print("  DAMAGED: \(d)") }
                 for t in s.rebuild.toDo { print("  TO DO: \(t)") }
                 print("Next: redoubt server run --data \(data); then enroll hosts and restorers anew (`redoubt admin host add`, `restorer add`).")
             }
+            if !s.unverified.isEmpty && !skipUnverified { return .integrity }
             return s.damage.isEmpty && s.rebuild.rejected.isEmpty ? .ok : .partial
         }
     }

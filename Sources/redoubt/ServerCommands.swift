@@ -67,6 +67,11 @@ struct ServerRun: AsyncParsableCommand {
             for failure in await service.sealDescriptors() {
                 FileHandle.standardError.write(Data("WARNING: tenant descriptor still holds the write material in the clear: \(failure)\n".utf8))
             }
+            // Hosts enrolled before host key statements existed get theirs now, so copies
+            // made from here on prove who wrote every snapshot.
+            do { try await service.recordHostKeys() } catch {
+                FileHandle.standardError.write(Data("WARNING: host key registrations not written: \(error)\n".utf8))
+            }
             guard let (host, port) = ServerHome.splitHostPort(settings.listen) else { throw ValidationError("bad listen address \(settings.listen)") }
             let app = try RedoubtHTTP.application(service: service, home: home, host: host, port: port, logger: logger) { bound in
                 print("redoubt server listening on \(host):\(bound) (\(settings.url))")

@@ -82,7 +82,11 @@ import RedoubtMedia
         let port = try freeLoopbackPort()
         let (i, iOut) = q.sh("server init --data '\(fresh)' --listen 127.0.0.1:\(port)")
         try #require(i == 0, "server init: \(iOut)")
-        let (m, mOut) = q.sh("media import --device 'file:\(set)' --data '\(fresh)'")
+        // Without a trust root the import refuses to start: the new CA cannot check the set.
+        let (n, nOut) = q.sh("media import --device 'file:\(set)' --data '\(fresh)'")
+        #expect(n == 2 && nOut.contains("--trusted-config"), "media import without a trust root: \(nOut)")
+        let (m, mOut) = q.sh(
+            "media import --device 'file:\(set)' --data '\(fresh)' --trusted-config '\(q.base)/restorer'")
         #expect(m == 0 && mOut.contains("TO DO: tenant quickstart") && mOut.contains("restore-material"), "media import: \(mOut)")
         // In a subshell: `shell` sends the command's output to a file, which would otherwise
         // take the pid's place.

@@ -56,10 +56,10 @@ import RedoubtStore
         // A fresh host: init, import, then serve.
         var imported: MediaImportSummary?
         let second = try await TestServer.start { home in
-            imported = try await MediaImport.run(home: home, source: FileSequentialDevice(path: volumes), skipDamaged: false, now: Date(),
+            imported = try await MediaImport.run(home: home, source: FileSequentialDevice(path: volumes), skipDamaged: false, trust: .unchecked, now: Date(),
                                                  logger: logger) { _ in }
             // Again: nothing new, nothing lost.
-            let again = try await MediaImport.run(home: home, source: FileSequentialDevice(path: volumes), skipDamaged: false, now: Date(),
+            let again = try await MediaImport.run(home: home, source: FileSequentialDevice(path: volumes), skipDamaged: false, trust: .unchecked, now: Date(),
                                                   logger: logger) { _ in }
             #expect(again.objects == 0 && again.alreadyThere == imported?.objects)
         }
@@ -105,7 +105,7 @@ import RedoubtStore
         let other = try await TestServer.start()
         try await other.createTenant("acme", keys: try TenantKeys.generate())
         do {
-            _ = try await MediaImport.run(home: other.home, source: FileSequentialDevice(path: volumes), skipDamaged: false, now: Date(), logger: logger) { _ in }
+            _ = try await MediaImport.run(home: other.home, source: FileSequentialDevice(path: volumes), skipDamaged: false, trust: .unchecked, now: Date(), logger: logger) { _ in }
             Issue.record("a set of another tenant acme was merged")
         } catch let e as ServerError { #expect(e.code == "E_CONFLICT", "\(e)") }
         #expect(try await LocalStore(root: URL(fileURLWithPath: other.home.storePath)).list(prefix: "t/acme/packs/").isEmpty)
@@ -119,13 +119,13 @@ import RedoubtStore
         try bytes.write(to: URL(fileURLWithPath: "\(volumes).2"))
         let third = try await TestServer.start { home in
             do {
-                _ = try await MediaImport.run(home: home, source: FileSequentialDevice(path: volumes), skipDamaged: false, now: Date(), logger: logger) { _ in }
+                _ = try await MediaImport.run(home: home, source: FileSequentialDevice(path: volumes), skipDamaged: false, trust: .unchecked, now: Date(), logger: logger) { _ in }
                 Issue.record("a damaged set was imported")
             } catch let e as MediaError {
                 #expect(e.volume == 2 && e.block > 0, "\(e)")
             }
             #expect(try await LocalStore(root: URL(fileURLWithPath: home.storePath)).list(prefix: "t/").isEmpty)
-            let partial = try await MediaImport.run(home: home, source: FileSequentialDevice(path: volumes), skipDamaged: true, now: Date(), logger: logger) { _ in }
+            let partial = try await MediaImport.run(home: home, source: FileSequentialDevice(path: volumes), skipDamaged: true, trust: .unchecked, now: Date(), logger: logger) { _ in }
             #expect(!partial.damage.isEmpty && partial.damage.allSatisfy { $0.contains("volume 2") })
         }
         await third.stop()
@@ -135,7 +135,7 @@ import RedoubtStore
         // the server keeps its own descriptor. (The set is damaged by now: what verifies
         // comes in.) Imports run with the server stopped, as here.
         let fourth = try await TestServer.start { home in
-            _ = try await MediaImport.run(home: home, source: FileSequentialDevice(path: volumes), skipDamaged: true, now: Date(), logger: logger) { _ in }
+            _ = try await MediaImport.run(home: home, source: FileSequentialDevice(path: volumes), skipDamaged: true, trust: .unchecked, now: Date(), logger: logger) { _ in }
             let store = try LocalStore(root: URL(fileURLWithPath: home.storePath))
             let key = ObjectKey("t/acme/tenant-v1.json")!
             var d = try #require(try JSONSerialization.jsonObject(with: Data(try await store.get(key))) as? [String: Any])
@@ -143,7 +143,7 @@ import RedoubtStore
             try await store.delete(key, now: Date())
             _ = try await store.put(key, Array(try JSONSerialization.data(withJSONObject: d)), retainUntil: nil)
             let before = try await store.get(key)
-            _ = try await MediaImport.run(home: home, source: FileSequentialDevice(path: volumes), skipDamaged: true, now: Date(), logger: logger) { _ in }
+            _ = try await MediaImport.run(home: home, source: FileSequentialDevice(path: volumes), skipDamaged: true, trust: .unchecked, now: Date(), logger: logger) { _ in }
             #expect(try await store.get(key) == before)
         }
         await fourth.stop()
