@@ -157,13 +157,19 @@ public struct RollingDeepVerifier: Sendable {
     static func open(_ id: PackID, client: APIClient, readKey: ReadPrivateKey, chunkIDKey: ChunkIDKey,
                      decompressor: ChunkDecompressor) async -> (chunks: Int, bad: Int, problem: String?) {
         let opened: OpenedPack
-        do { opened = try PackReader.open(try await client.pack(id), expectedID: id, readKey: readKey) } catch {
+        let seals: [ChunkID: ChunkSeal]
+        do {
+            opened = try PackReader.open(try await client.pack(id), expectedID: id, readKey: readKey)
+            // Format 2: the pack's own sealed index must give a seal that opens each chunk
+            // (a restore takes seals from its trees, but a whole pack opens on its own).
+            seals = try opened.indexSeals(readKey: readKey)
+        } catch {
             return (0, 0, "\(error)")
         }
         var chunks = 0, bad = 0, first: String? = nil
         for e in opened.entries {
             do {
-                _ = try opened.chunk(e, chunkIDKey: chunkIDKey, decompressor: decompressor)
+                _ = try opened.chunk(e, seal: seals[e.chunkID], chunkIDKey: chunkIDKey, decompressor: decompressor)
             } catch {
                 bad += 1
                 first = first ?? "\(error)"

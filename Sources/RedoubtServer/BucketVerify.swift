@@ -57,7 +57,7 @@ public enum BucketVerify {
         if name.hasPrefix(statements), HostKeyObjects.isStatementName("host-keys/" + name.dropFirst(statements.count)) {
             return .hostKeyStatement
         }
-        switch RepositoryLayout.parse(name, tenant: tenant) {
+        return switch RepositoryLayout.parse(name, tenant: tenant) {
         case .pack(_, let id): .pack(id)
         case .manifest(_, let id): .manifest(id)
         case .descriptor(_, let v): .descriptor(v)
