@@ -341,7 +341,7 @@ public enum PackReader {
     /// list: what a server does before it accepts an upload. For a format-2 pack this also
     /// checks that every chunk's sealed bytes hash to the ID the list gives (§4.5).
     public static func inspect(_ bytes: [UInt8], expectedID: PackID) throws(CoreError) -> PackSummary {
-        try parse(bytes, expectedID: expectedID).summary
+        try inspect(size: bytes.count, expectedID: expectedID) { range throws(CoreError) in Array(bytes[range]) }
     }
 
     /// Hash check, header, footer and public list: steps 1–2 of docs/FORMAT.md §4.5 (and

@@ -183,7 +183,12 @@ public enum RedoubtHTTP {
         Route(.put, "/v1/packs/{id}", .uploadPack, .writer) { service, logger, req, ctx in
             await handle(logger) {
                 let id = ctx.parameters.get("id") ?? ""
-                let r = try await service.uploadPack(idHex: id, bytes: try await req.bytes(limit: service.limits.maxPackBytes), ctx: ctx.call)
+                let limit = service.limits.maxPackBytes
+                let r = if let spool = service.uploads {
+                    try await spool.receive(req, limit: limit) { try await service.uploadPack(idHex: id, file: $0, size: $1, ctx: ctx.call) }
+                } else {
+                    try await service.uploadPack(idHex: id, bytes: try await req.bytes(limit: limit), ctx: ctx.call)
+                }
                 return jsonResponse(r, status: r.created ? .created : .ok)
             }
         },

@@ -87,10 +87,13 @@ public final class RepositoryService: Sendable {
     let connections: ConnectionCounter
     /// Refusals of callers without a credential, counted per source between audit records.
     let anonymousRefusals: AnonymousRefusals
+    /// Where pack bodies are spooled to files; nil holds them in memory.
+    let uploads: UploadSpool?
 
     public init(catalog: Catalog, store: any ObjectStore, clock: any ServerClock, ca: CertificateAuthority, serverURL: String,
                 defaultMinRetention: TimeInterval, logger: Logger, timeBounds: SnapshotTimeBounds = SnapshotTimeBounds(),
-                limits: ServerLimits = ServerLimits()) {
+                limits: ServerLimits = ServerLimits(), uploadDirectory: URL? = nil) {
+        self.uploads = uploadDirectory.map { UploadSpool(directory: $0) }
         self.timeBounds = timeBounds
         self.limits = limits
         self.connections = ConnectionCounter(limits: limits)
@@ -269,6 +272,23 @@ public final class RepositoryService: Sendable {
 
     /// Stores a pack whose bytes hash to `idHex`. Idempotent; never overwrites.
     public func uploadPack(idHex: String, bytes: [UInt8], ctx: CallContext) async throws -> Wire.UploadResponse {
+        try await uploadPack(idHex: idHex, size: bytes.count, ctx: ctx,
+                             inspect: { id throws(CoreError) in try PackReader.inspect(bytes, expectedID: id) },
+                             put: { key, until in try await self.store.put(key, bytes, retainUntil: until) })
+    }
+
+    /// ``uploadPack(idHex:bytes:ctx:)`` of a body spooled to `file` (`size` bytes): inspected
+    /// by range and stored through the store's file put, so it is never held whole in memory.
+    func uploadPack(idHex: String, file: URL, size: Int, ctx: CallContext) async throws -> Wire.UploadResponse {
+        let reader = try SpooledPackReader(file)
+        return try await uploadPack(idHex: idHex, size: size, ctx: ctx, inspect: { id throws(CoreError) in
+            try PackReader.inspect(size: size, expectedID: id, read: reader.read)
+        }, put: { key, until in try await self.store.put(key, contentsOf: file, retainUntil: until) }, reader: reader)
+    }
+
+    private func uploadPack(idHex: String, size: Int, ctx: CallContext, inspect: (PackID) throws(CoreError) -> PackSummary,
+                            put: (ObjectKey, Date) async throws -> PutResult,
+                            reader: SpooledPackReader? = nil) async throws -> Wire.UploadResponse {
         let (p, tenant) = try requireTenant(ctx)
         guard let id = PackID(hex: idHex) else { throw ServerError.badRequest("pack ID must be 64 lowercase hex digits") }
         if let existing = try catalog.pack(tenant: tenant.name, id: id.description) {
@@ -276,7 +296,9 @@ public final class RepositoryService: Sendable {
             return Wire.UploadResponse(id: id.description, created: false, retainUntil: existing.retainUntil)
         }
         let summary: PackSummary
-        do { summary = try PackReader.inspect(bytes, expectedID: id) } catch {
+        do { summary = try inspect(id) } catch {
+            // The server failing to read its own spool file is not the pack's fault.
+            if let failure = reader?.failure { throw failure }
             throw refuse(ctx, .uploadPack, object: "pack \(id)", .integrity("pack \(id) refused: \(error.detail)"))
         }
         // Why: each chunk ID is a catalog row; the format's own bound (2^20) is the most
@@ -289,7 +311,7 @@ public final class RepositoryService: Sendable {
         guard summary.keyID.description == tenant.readKeyID else {
             throw refuse(ctx, .uploadPack, object: "pack \(id)", .integrity("pack \(id) is sealed to read key \(summary.keyID), not tenant \(tenant.name)'s \(tenant.readKeyID)"))
         }
-        let quotaWarning = try checkQuota(tenant: tenant.name, host: p.name, adding: bytes.count, ctx: ctx, pack: id)
+        let quotaWarning = try checkQuota(tenant: tenant.name, host: p.name, adding: size, ctx: ctx, pack: id)
         let now = try now()
         let until = Self.ceilDay(now.addingTimeInterval(tenant.minRetention))
         let key = Self.packKey(tenant: tenant.name, id: id)
@@ -298,12 +320,12 @@ public final class RepositoryService: Sendable {
         do { try catalog.reclaim(key: key.path) } catch let e as CatalogError where e.code == .beingCollected {
             throw ServerError.beingCollected("pack \(id)")
         }
-        let result = try await store.put(key, bytes, retainUntil: until)
+        let result = try await put(key, until)
         // Why: the same bytes may still be in the store after garbage collection took the
         // pack out of the catalog; recorded again, they must be locked again too.
         if result != .created { try await store.extendRetention(key, until: until) }
         do {
-            try catalog.insertPack(tenant: tenant.name, id: id.description, key: key.path, size: bytes.count, retainUntil: until, chunkIDs: summary.chunkIDs, now: now,
+            try catalog.insertPack(tenant: tenant.name, id: id.description, key: key.path, size: size, retainUntil: until, chunkIDs: summary.chunkIDs, now: now,
                                    uploader: p.id, batch: limits.chunkInsertBatch,
                                    verified: summary.chunksVerified)
         } catch let e as CatalogError where e.code == .beingCollected {

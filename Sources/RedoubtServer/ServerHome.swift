@@ -109,9 +109,11 @@ public struct ServerHome: Sendable {
         let s = try settings()
         let tls = try tlsMaterial()
         let ca = try CertificateAuthority(certificatePEM: tls.caCertPEM, keyPEM: tls.caKeyPEM)
+        // Cleared here, at start: a crash mid-upload leaves at most its spool files.
+        let uploads = try UploadSpool.open(root.appendingPathComponent("uploads"))
         return RepositoryService(catalog: try Catalog(path: catalogPath), store: try store ?? openStore(), clock: clock, ca: ca,
                                  serverURL: s.url, defaultMinRetention: s.minRetentionSeconds, logger: logger, timeBounds: timeBounds,
-                                 limits: limits ?? s.limits ?? ServerLimits())
+                                 limits: limits ?? s.limits ?? ServerLimits(), uploadDirectory: uploads.directory)
     }
 
     /// A TCP port on 127.0.0.1 that is free now (bound, read, released): for loopback

@@ -89,7 +89,21 @@ public final class LocalStore: ObjectStore {
     /// sealing a crash interrupted); other bytes throw `.conflict` and leave the stored
     /// object untouched. `retainUntil` is rounded up to a whole second.
     public func put(_ key: ObjectKey, _ data: [UInt8], retainUntil: Date?) async throws -> PutResult {
-        try await offload { try self.putSync(key, data, retainUntil) }
+        try await offload { try self.putSync(key, .bytes(data), retainUntil) }
+    }
+
+    /// ``put(_:_:retainUntil:)`` of a file's bytes, copied in 1 MiB pieces into the store's
+    /// own temp file, which is then published and sealed exactly as a put of an array is; a
+    /// retry's comparison with the stored object also reads the file piece by piece.
+    public func put(_ key: ObjectKey, contentsOf file: URL, retainUntil: Date?) async throws -> PutResult {
+        try await offload {
+            let source = open(file.path, O_RDONLY | O_CLOEXEC)
+            guard source >= 0 else { let e = errno; throw self.ioError(key, "open source file \(file.path) for", self.path(of: key), e) }
+            defer { close(source) }
+            var st = stat()
+            guard fstat(source, &st) == 0 else { let e = errno; throw self.ioError(key, "stat source file \(file.path) for", self.path(of: key), e) }
+            return try self.putSync(key, .file(source, Int(st.st_size)), retainUntil)
+        }
     }
 
     /// The object's bytes, or `range` of them (`.badRange` unless `0 <= lower` and
@@ -134,7 +148,20 @@ public final class LocalStore: ObjectStore {
         }
     }
 
-    private func putSync(_ key: ObjectKey, _ data: [UInt8], _ retainUntil: Date?) throws -> PutResult {
+    /// The bytes of a put: an array, or an open file of a known size read by piece.
+    private enum PutSource {
+        case bytes([UInt8])
+        case file(Int32, Int)
+
+        var count: Int {
+            switch self {
+            case .bytes(let b): b.count
+            case .file(_, let n): n
+            }
+        }
+    }
+
+    private func putSync(_ key: ObjectKey, _ data: PutSource, _ retainUntil: Date?) throws -> PutResult {
         let (dirs, name) = Self.split(key)
         guard let dirfd = try openDirectory(dirs, creating: true, key: key) else {
             throw StoreError(.io, key: key.path, "the directory for \(path(of: key)) vanished while it was being created; retry the put")
@@ -154,7 +181,22 @@ public final class LocalStore: ObjectStore {
         var tempExists = true
         defer { if tempExists { unlinkat(dirfd, tmp, 0) } }
 
-        try Self.writeAll(fd, data, onError: { ioError(key, "write", self.path(of: key), $0) })
+        switch data {
+        case .bytes(let bytes):
+            try Self.writeAll(fd, bytes, onError: { ioError(key, "write", self.path(of: key), $0) })
+        case .file(let source, let size):
+            var buffer = [UInt8](repeating: 0, count: min(1 << 20, max(size, 1)))
+            var offset = 0
+            while offset < size {
+                let want = min(buffer.count, size - offset)
+                guard try preadFully(source, &buffer, count: want, at: offset, key: key) == want else {
+                    throw StoreError(.io, key: key.path, "the source file became shorter than \(size) bytes while it was "
+                                     + "copied into the store; retry the put")
+                }
+                try Self.writeAll(fd, Array(buffer[0..<want]), onError: { ioError(key, "write", self.path(of: key), $0) })
+                offset += want
+            }
+        }
         if let retainUntil {
             // Before publishing: a visible object always carries its lock.
             try setRetain(fd, Self.retainSeconds(retainUntil), key: key)
@@ -216,7 +258,7 @@ public final class LocalStore: ObjectStore {
     }
 
     /// Same bytes → `.alreadyPresent`; other bytes → `.conflict`. Compares size first.
-    private func compareExisting(_ fd: Int32, _ data: [UInt8], key: ObjectKey) throws -> PutResult {
+    private func compareExisting(_ fd: Int32, _ data: PutSource, key: ObjectKey) throws -> PutResult {
         let size = try fileSize(fd, key: key)
         guard size == data.count else {
             throw StoreError(.conflict, key: key.path,
@@ -225,14 +267,26 @@ public final class LocalStore: ObjectStore {
         let chunk = 1 << 20
         var offset = 0
         var buffer = [UInt8](repeating: 0, count: min(chunk, max(size, 1)))
+        var theirs = [UInt8](repeating: 0, count: 0)
+        if case .file = data { theirs = buffer }
         while offset < size {
             let want = min(chunk, size - offset)
             let got = try preadFully(fd, &buffer, count: want, at: offset, key: key)
             guard got == want else {
                 throw StoreError(.integrity, key: key.path, "the stored object is shorter than its size (\(size) bytes) while comparing; check the disk and the filesystem")
             }
-            let same = buffer.withUnsafeBytes { a in
-                data.withUnsafeBytes { b in memcmp(a.baseAddress!, b.baseAddress! + offset, want) == 0 }
+            let same: Bool
+            switch data {
+            case .bytes(let bytes):
+                same = buffer.withUnsafeBytes { a in
+                    bytes.withUnsafeBytes { b in memcmp(a.baseAddress!, b.baseAddress! + offset, want) == 0 }
+                }
+            case .file(let source, _):
+                guard try preadFully(source, &theirs, count: want, at: offset, key: key) == want else {
+                    throw StoreError(.io, key: key.path, "the source file became shorter than \(data.count) bytes while it "
+                                     + "was compared with the stored object; retry the put")
+                }
+                same = buffer.withUnsafeBytes { a in theirs.withUnsafeBytes { b in memcmp(a.baseAddress!, b.baseAddress!, want) == 0 } }
             }
             guard same else {
                 throw StoreError(.conflict, key: key.path,

@@ -105,8 +105,20 @@ public protocol ObjectStore: Sendable {
     func list(prefix: String) async throws -> [ObjectInfo]
     func delete(_ key: ObjectKey, now: Date) async throws
     func extendRetention(_ key: ObjectKey, until: Date) async throws
+    /// `put` of the bytes of a local file (which the caller does not change meanwhile), with
+    /// the same contract. A store that can stream (``LocalStore``) copies it in bounded
+    /// pieces; the default reads the file whole and calls `put`.
+    func put(_ key: ObjectKey, contentsOf file: URL, retainUntil: Date?) async throws -> PutResult
 }
 
 extension ObjectStore {
     public func get(_ key: ObjectKey) async throws -> [UInt8] { try await get(key, range: nil) }
+
+    public func put(_ key: ObjectKey, contentsOf file: URL, retainUntil: Date?) async throws -> PutResult {
+        let data: Data
+        do { data = try Data(contentsOf: file) } catch {
+            throw StoreError(.io, key: key.path, "cannot read \(file.path) to store it: \(error)")
+        }
+        return try await put(key, [UInt8](data), retainUntil: retainUntil)
+    }
 }

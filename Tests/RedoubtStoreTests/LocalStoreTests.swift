@@ -89,6 +89,31 @@ import Glibc
         }
     }
 
+    /// A put from a file gets exactly a put's lock: the flag, the retain-until, and a retry
+    /// that re-seals what a crash left unsealed.
+    @Test func putFromFileIsSealedLikeAPut() async throws {
+        try await withTempDirectory { base in
+            let store = try LocalStore(root: base.appending(path: "store"))
+            try requireFlagSupport(store)
+            let key = try #require(ObjectKey("packs/fe/fe01"))
+            let data = (0..<((2 << 20) + 3)).map { UInt8(truncatingIfNeeded: $0 &* 7) }
+            let file = base.appending(path: "spooled")
+            try Data(data).write(to: file)
+            let until = Date(timeIntervalSince1970: (Date().timeIntervalSince1970 + 3600).rounded(.up))
+            #expect(try await store.put(key, contentsOf: file, retainUntil: until) == .created)
+            let path = store.rootPath + "/packs/fe/fe01"
+            #expect(try lsattrFlags(path).contains("i"))
+            #expect(try await store.head(key) == ObjectInfo(key: key, size: data.count, retainUntil: until, enforced: true))
+            #expect(unlink(path) == -1 && errno == EPERM, "unlink of an object put from a file must fail with EPERM")
+            try run("/usr/bin/chattr", "-i", path)
+            #expect(try await store.put(key, contentsOf: file, retainUntil: until) == .alreadyPresent)
+            #expect(try await store.head(key)?.enforced == true)
+            #expect(try await store.get(key) == data)
+            // The source file is the caller's: left in place.
+            #expect(FileManager.default.fileExists(atPath: file.path))
+        }
+    }
+
     @Test func deleteUsesTheCallersClockAtTheLockBoundary() async throws {
         try await withTempDirectory { base in
             let store = try LocalStore(root: base.appending(path: "store"))

@@ -43,6 +43,7 @@ struct StoreConformance: Sendable {
         case listIsOrderedAndFilteredByPrefix
         case missingObjectsAreNotFound
         case keysThatCouldEscapeAreRejected
+        case putFromFileIsAPutOfItsBytes
 
         var testDescription: String { rawValue }
     }
@@ -72,6 +73,7 @@ struct StoreConformance: Sendable {
         case .listIsOrderedAndFilteredByPrefix: try await listIsOrderedAndFilteredByPrefix(store, ns)
         case .missingObjectsAreNotFound: try await missingObjectsAreNotFound(store, ns)
         case .keysThatCouldEscapeAreRejected: keysThatCouldEscapeAreRejected()
+        case .putFromFileIsAPutOfItsBytes: try await putFromFileIsAPutOfItsBytes(store, ns)
         }
     }
 
@@ -133,6 +135,39 @@ struct StoreConformance: Sendable {
         let empty = try Self.key(ns, "empty")
         #expect(try await store.put(empty, [], retainUntil: nil) == .created)
         #expect(try await store.put(empty, [], retainUntil: nil) == .alreadyPresent)
+    }
+
+    /// `put(_:contentsOf:retainUntil:)` has `put`'s contract: a file over a streaming store's
+    /// piece size (1 MiB) round-trips with its lock, and same or other bytes, from a file or
+    /// an array, are `.alreadyPresent` or `.conflict` as for any put.
+    func putFromFileIsAPutOfItsBytes(_ store: any ObjectStore, _ ns: String) async throws {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent(ns)
+        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: dir) }
+        func file(_ name: String, _ data: [UInt8]) throws -> URL {
+            let url = dir.appendingPathComponent(name)
+            try Data(data).write(to: url)
+            return url
+        }
+        let data = Self.bytes((3 << 20) + 7, seed: 21)
+        let key = try Self.key(ns, "from-file")
+        let until = Self.wholeSecond(options.longLock)
+        #expect(try await store.put(key, contentsOf: try file("a", data), retainUntil: until) == .created)
+        #expect(try await store.get(key) == data)
+        #expect(try await store.head(key)?.retainUntil == until)
+        #expect(try await store.put(key, contentsOf: try file("b", data), retainUntil: until) == .alreadyPresent)
+        #expect(try await store.put(key, data, retainUntil: until) == .alreadyPresent)
+        var other = data
+        other[(2 << 20) + 5] ^= 1
+        await #expect(throws: StoreError.self) { try await store.put(key, contentsOf: try file("c", other), retainUntil: nil) }
+        await #expect(throws: StoreError.self) { try await store.put(key, contentsOf: try file("d", [1, 2]), retainUntil: nil) }
+        #expect(try await store.get(key) == data)
+        let empty = try Self.key(ns, "from-empty-file")
+        #expect(try await store.put(empty, contentsOf: try file("e", []), retainUntil: nil) == .created)
+        #expect(try await store.get(empty) == [])
+        let missing = dir.appendingPathComponent("missing")
+        await #expect(throws: StoreError.self) { try await store.put(try Self.key(ns, "none"), contentsOf: missing, retainUntil: nil) }
+        #expect(try await store.head(try Self.key(ns, "none")) == nil)
     }
 
     func concurrentSamePutsCreateOnce(_ store: any ObjectStore, _ ns: String) async throws {
