@@ -183,15 +183,22 @@ import Testing
             ], "\(vOut)")
     }
 
-    @Test func plantedSnapshotsOnMediaAreRefusedAndGenuineOnesRestore() async throws {
-        let q = try await QuickstartServer.start("authorship-media", quickstartEnv: "REDOUBT_PASSPHRASE=auth-pass")
-        defer { q.stop() }
+    /// Stops the quickstart server and writes its tenant to a media set at `<dir>/vol`;
+    /// the set's records.
+    func writtenSet(_ q: QuickstartServer) throws -> [MediaRecord] {
         _ = q.shell("kill $(cat '\(q.dir)/server.pid'); sleep 1")
         let set = "\(q.dir)/vol"
         let (w, wOut) = q.sh("media write quickstart --data '\(q.base)/server' --device 'file:\(set)' --block-size 16K")
         try #require(w == 0, "media write: \(wOut)")
         var records: [MediaRecord] = []
         _ = try MediaReader(source: FileSequentialDevice(path: set), skipDamaged: false).read { records.append($0) }
+        return records
+    }
+
+    @Test func plantedSnapshotsOnMediaAreRefusedAndGenuineOnesRestore() async throws {
+        let q = try await QuickstartServer.start("authorship-media", quickstartEnv: "REDOUBT_PASSPHRASE=auth-pass")
+        defer { q.stop() }
+        let records = try writtenSet(q)
         #expect(
             records.contains { $0.type == .object && HostKeyObjects.isStatementName($0.id) },
             "the set carries the registration")
@@ -234,12 +241,7 @@ import Testing
     @Test func plantedSnapshotsOnMediaAreNotImported() async throws {
         let q = try await QuickstartServer.start("authorship-import", quickstartEnv: "REDOUBT_PASSPHRASE=auth-pass")
         defer { q.stop() }
-        _ = q.shell("kill $(cat '\(q.dir)/server.pid'); sleep 1")
-        let set = "\(q.dir)/vol"
-        let (w, wOut) = q.sh("media write quickstart --data '\(q.base)/server' --device 'file:\(set)' --block-size 16K")
-        try #require(w == 0, "media write: \(wOut)")
-        var records: [MediaRecord] = []
-        _ = try MediaReader(source: FileSequentialDevice(path: set), skipDamaged: false).read { records.append($0) }
+        let records = try writtenSet(q)
         let (planted, selfSigned, withForgery) = try plantedSet(q, records: records)
 
         let fresh = "\(q.dir)/fresh"
@@ -283,12 +285,7 @@ import Testing
     @Test func mediaWithoutRegistrationsIsRefused() async throws {
         let q = try await QuickstartServer.start("authorship-noreg", quickstartEnv: "REDOUBT_PASSPHRASE=auth-pass")
         defer { q.stop() }
-        _ = q.shell("kill $(cat '\(q.dir)/server.pid'); sleep 1")
-        let set = "\(q.dir)/vol"
-        let (w, wOut) = q.sh("media write quickstart --data '\(q.base)/server' --device 'file:\(set)' --block-size 16K")
-        try #require(w == 0, "media write: \(wOut)")
-        var records: [MediaRecord] = []
-        _ = try MediaReader(source: FileSequentialDevice(path: set), skipDamaged: false).read { records.append($0) }
+        let records = try writtenSet(q)
         let stripped = "\(q.dir)/stripped"
         let mw = try MediaWriter(
             device: FileSequentialDevice(path: stripped), setID: Array(repeating: 8, count: 16), pool: "p",

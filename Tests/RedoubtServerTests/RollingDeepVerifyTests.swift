@@ -121,25 +121,35 @@ import RedoubtKMS
             let content = (0..<150_000).map { UInt8(truncatingIfNeeded: $0 &* 13 &+ 5) }
             let keys = try t.attacker.0.writeKeySet()
             let target = content.withUnsafeBytes { keys.shared.chunkIDKey.chunkID(for: $0) }
-            var writer = try PackWriter(recipient: keys.shared.readPublicKey)
+            var writer = try PackWriter(recipient: keys.shared.readPublicKey, version: 1)
             let garbage = [UInt8](repeating: 0x42, count: content.count)
             try writer.append(id: target, kind: .none, rawLength: content.count, payload: garbage)
             let poisoned = try writer.finish()
             _ = try await t.attacker.1.uploadPack(id: poisoned.id, bytes: poisoned.bytes)
-            // The victim backs up that content (reusing the poisoned chunk) and something clean.
-            let src = t.server.dir.appendingPathComponent("srv")
-            try FileManager.default.createDirectory(at: src, withIntermediateDirectories: true)
-            try Data(content).write(to: src.appendingPathComponent("data.bin"))
-            let victim = try await Archiver().run(options: BackupOptions(paths: [src.path], cachePath: t.host.0.cachePath),
-                                                  keys: try t.host.0.writeKeySet(), target: t.host.1,
-                                                  now: Timestamp(seconds: testNow))
+            // Format-1 chunks cannot be checked without keys: the victim's format-1 backup (as a
+            // format-1 client made it under tenant-wide dedup) reused the poisoned chunk.
+            let vkeys = try t.host.0.writeKeySet()
+            let pipeline = try PackPipeline(material: vkeys.shared, packVersion: 1) { $0 == target }
+            let file = Node(name: Array("data.bin".utf8), type: .file, size: UInt64(content.count),
+                            content: try pipeline.add(blob: content))
+            let root = try pipeline.add(tree: Tree(nodes: [file]))
+            let own = try pipeline.flush()
+            for p in own { _ = try await t.host.1.uploadPack(id: p.id, bytes: p.bytes) }
+            let header = ManifestHeader(tenant: vkeys.tenant, readKeyID: vkeys.shared.readPublicKey.keyID,
+                                        host: vkeys.host, hostKey: vkeys.signingKey.publicKey,
+                                        time: Timestamp(seconds: testNow), nonce: [UInt8](repeating: 5, count: 16),
+                                        paths: [Array("/srv".utf8)], tags: [], statistics: SnapshotStatistics(),
+                                        packs: own.map(\.id) + [poisoned.id], clientVersion: "format-1 client")
+            let manifest = try Manifest.create(header: header, root: root, readPublicKey: vkeys.shared.readPublicKey,
+                                               signingKey: vkeys.signingKey)
+            let victimID = try await t.host.1.commit(manifestBytes: manifest.bytes).id
             let clean = try await commit(2, as: t.host, tag: "clean")
 
             let r = try await RollingDeepVerifier().run(client: t.restorer.1, readKey: t.readKey,
                                                         chunkIDKey: try t.chunkIDKey, budget: .default)
             #expect(r.damagedPacks.map(\.pack) == [poisoned.id.description], "\(r.damagedPacks)")
             #expect(r.uploaders[poisoned.id.description] == "web2")
-            #expect(r.affectedSnapshots.map(\.snapshot) == [victim.manifest.id.description], "\(r.affectedSnapshots)")
+            #expect(r.affectedSnapshots.map(\.snapshot) == [victimID], "\(r.affectedSnapshots)")
             #expect(r.affectedSnapshots.first?.problem.contains("data.bin") == true)
             #expect(r.after?.damagedPacks == 1 && r.after?.neverVerifiedPacks == 0)
             let flagged = try await t.server.admin.principals().filter { ($0.damagedPacks ?? 0) > 0 }.map(\.name)
