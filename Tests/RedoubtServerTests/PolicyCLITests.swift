@@ -58,6 +58,17 @@ import Testing
         #expect(st == 0 && simText.contains("1 of \(listed.count) snapshot(s) kept by a rule")
                 && simText.contains("within until"), "simulate: \(simText)")
 
+        // `snapshots` shows the rules keeping each snapshot, and its lock end (RETAIN UNTIL / retainUntil).
+        let (ls, lsJSON) = q.sh("snapshots --json \(q.restorer)")
+        let withKeeps = try #require(try json(lsJSON) as? [[String: Any]], "snapshots: \(ls) \(lsJSON)")
+        let mine = try #require(withKeeps.first { $0["id"] as? String == q.snapshot }, "\(withKeeps)")
+        let keptBy = try #require(mine["keptBy"] as? [[String: Any]], "no keptBy: \(mine)")
+        #expect(Set(keptBy.compactMap { $0["rule"] as? String }) == ["daily", "weekly", "monthly", "yearly", "within"]
+                && mine["retainUntil"] is String && keptBy.allSatisfy { $0["until"] is String }, "\(mine)")
+        let (lt2, lsText) = q.sh("snapshots \(q.restorer)")
+        #expect(lt2 == 0 && lsText.contains("KEPT BY") && lsText.contains("daily*,weekly*,monthly*,yearly*,within"),
+                "snapshots: \(lsText)")
+
         // A second admin: lowering now needs approval (exit 13), naming the request and how to finish.
         let (a, token) = q.shell("\(q.bin) admin admins add bob \(q.admin) 2>/dev/null")
         try #require(a == 0, "admins add: \(token)")

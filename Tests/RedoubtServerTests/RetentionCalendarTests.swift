@@ -161,6 +161,14 @@ import RedoubtCore
             let sim = try w.server.service.simulatePolicies(tenant: "acme")
             #expect(Set(sim.snapshots.filter { !$0.keeps.isEmpty }.map(\.id)) == expectedKept)
 
+            // The listing shows the same rules for each snapshot.
+            let listed = try w.server.service.listSnapshots(host: nil, tenant: "acme", ctx: w.admin)
+            let keptBy = Dictionary(uniqueKeysWithValues: listed.map { ($0.id, $0.keptBy) })
+            for d in sim.snapshots {
+                #expect(keptBy[d.id] == .some(d.keeps), "\(d.id): listed \(String(describing: keptBy[d.id])) vs \(d.keeps)")
+            }
+            #expect(expectedKept.count < 3 * days / 2, "\(expectedKept.count) of \(3 * days) kept")
+
             // By hand, per host: the last 14 days; the newest of each month (last day of each
             // ended month); the newest of each ISO week of the last 8 (Sundays).
             var cal = Calendar(identifier: .gregorian)
