@@ -123,6 +123,49 @@ import RedoubtCore
         await w.server.stop()
     }
 
+    /// The README's figure: one host, one backup a day for nine years, the README's policy set
+    /// at the end, and the server's own simulation (what `redoubt admin policy simulate` asks) on 5 December.
+    /// The simulation reads only the catalog's commit times: the records go in directly, which
+    /// keeps nine years of backups to a second (one real commit first, so the host exists).
+    @Test func theReadmePolicyKeeps46SnapshotsPerHostWithDailyBackups() async throws {
+        let w = try await world(hosts: ["web1"])
+        do {
+            let start = w.server.clock.now()
+            let thisYear = Calendar(identifier: .gregorian).dateComponents(in: try #require(TimeZone(identifier: "UTC")),
+                                                                          from: start).year ?? 2026
+            let t0 = try utc(thisYear + 1, 1, 1)
+            let end = try utc(thisYear + 9, 12, 5, 18)
+            var t = t0.addingTimeInterval(12 * 3600)
+            var n = 0
+            w.server.clock.set(t)
+            _ = try await commit(w, host: 0)
+            n += 1
+            t = t.addingTimeInterval(Self.day)
+            while t < end {
+                let id = (0..<32).map { _ in String(format: "%02x", UInt8.random(in: 0...255)) }.joined()
+                try w.server.service.catalog.insertSnapshot(SnapshotRecord(
+                    id: id, tenant: "acme", host: "web1", time: t, committedAt: t, retainUntil: t.addingTimeInterval(Self.day),
+                    paths: [], tags: [], statistics: SnapshotStatistics(), packCount: 0, manifestSize: 0), packs: [])
+                t = t.addingTimeInterval(Self.day)
+                n += 1
+            }
+            w.server.clock.set(end)
+            // Into the catalog directly: setting it through the service would apply it, and these
+            // records have no manifests in the store to lock.
+            #expect(try w.server.service.catalog.setPolicy(Wire.PolicyInfo(
+                tenant: "acme", hostGlob: "*", tag: "", rules: RetentionRules(daily: 14, weekly: 8, monthly: 24, yearly: 7),
+                updatedAt: end), from: nil))
+            let sim = try w.server.service.simulatePolicies(tenant: "acme")
+            var byRule: [String: Int] = [:]
+            for s in sim.snapshots { for k in s.keeps { byRule[k.rule, default: 0] += 1 } }
+            print("README figure: \(n) daily snapshots, \(sim.kept) kept on \(end): \(byRule.sorted { $0.key < $1.key })")
+            #expect(sim.kept == 46, "\(sim.kept) kept")
+        } catch {
+            Issue.record(error)
+        }
+        await w.server.stop()
+    }
+
     @Test func twoMonthsOfDailyBackupsFromThreeHostsKeepExactlyWhatTheScheduleSays() async throws {
         let w = try await world(hosts: ["web1", "web2", "db1"])
         do {
