@@ -398,6 +398,10 @@ public enum Wire {
         /// How many paths the snapshot names, when `paths` (in listings) shows only the
         /// first of them; absent from servers that always sent them all.
         public var pathCount: Int?
+        /// In listings, when a retention policy covers the snapshot's host: the rules keeping it,
+        /// each until when (empty: no rule does; the lock is the minimum retention's). Absent
+        /// when no policy covers it, and from servers without policies.
+        public var keptBy: [PolicyKeep]?
 
         public init(id: String, tenant: String, host: String, time: Date, committedAt: Date, retainUntil: Date, paths: [String], tags: [String],
                     statistics: SnapshotStatistics, packCount: Int, pathCount: Int? = nil) {

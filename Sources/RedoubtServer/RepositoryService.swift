@@ -450,14 +450,14 @@ public final class RepositoryService: Sendable {
         case .writer:
             // Why: a host lists only its own snapshots' public metadata: a taken host must not learn what its neighbours back up.
             if let host, host != p.name { throw refuse(ctx, .listSnapshots, object: "host \(host)", .forbidden("a host may list only its own snapshots")) }
-            return try catalog.snapshotPage(tenant: p.tenant ?? "", host: p.name, after: page?.after,
-                                            limit: page?.limit).map(listed)
+            return try withPolicyKeeps(try catalog.snapshotPage(tenant: p.tenant ?? "", host: p.name, after: page?.after,
+                                            limit: page?.limit).map(listed))
         case .restorer:
-            return try catalog.snapshotPage(tenant: p.tenant ?? "", host: host, after: page?.after,
-                                            limit: page?.limit).map(listed)
+            return try withPolicyKeeps(try catalog.snapshotPage(tenant: p.tenant ?? "", host: host, after: page?.after,
+                                            limit: page?.limit).map(listed))
         case .admin, .auditor:
-            return try catalog.snapshotPage(tenant: tenant, host: host, after: page?.after,
-                                            limit: page?.limit).map(listed)
+            return try withPolicyKeeps(try catalog.snapshotPage(tenant: tenant, host: host, after: page?.after,
+                                            limit: page?.limit).map(listed))
         }
     }
 

@@ -83,6 +83,27 @@ extension RepositoryService {
         return snaps.map { ($0, keeps[$0.id] ?? [], locks[$0.id]) }
     }
 
+    /// A listing with, for each snapshot a policy covers, the rules keeping it (`keptBy`),
+    /// decided per host on the server's clock as `policy simulate` does.
+    func withPolicyKeeps(_ list: [Wire.SnapshotInfo]) throws -> [Wire.SnapshotInfo] {
+        let now = try now()
+        var keeps: [String: [Wire.PolicyKeep]] = [:]
+        var withPolicies: [String: Bool] = [:]
+        for (tenant, hosts) in Dictionary(grouping: list, by: \.tenant).mapValues({ Set($0.map(\.host)) }) {
+            let policies = try catalog.policies(tenant: tenant)
+            guard !policies.isEmpty else { continue }
+            for host in hosts where policies.contains(where: { Self.hostMatches($0.hostGlob, host) }) {
+                withPolicies["\(tenant)/\(host)"] = true
+                for (s, k, _) in try policyDecisions(tenant: tenant, host: host, now: now) { keeps[s.id] = k }
+            }
+        }
+        return list.map { s in
+            var s = s
+            if withPolicies["\(s.tenant)/\(s.host)"] == true { s.keptBy = keeps[s.id] ?? [] }
+            return s
+        }
+    }
+
     /// What the policies would keep and until when; changes nothing.
     public func simulatePolicies(tenant: String) throws -> Wire.PolicySimulation {
         let now = try now()

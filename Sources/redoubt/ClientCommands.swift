@@ -46,7 +46,10 @@ struct SnapshotsCommand: AsyncParsableCommand {
                 // what a host whose files were just encrypted looks like.
                 // COMMITTED is the server's time, the one that orders snapshots and decides
                 // retention; the host's own clock is in --json (`time`).
-                print("ID        COMMITTED             HOST            FILES     SIZE        NEW         RETAIN UNTIL          PATHS")
+                // KEPT BY: the retention rules keeping each snapshot (only when a policy covers some).
+                let policies = list.contains { $0.keptBy != nil }
+                print("ID        COMMITTED             HOST            FILES     SIZE        NEW         RETAIN UNTIL          "
+                      + (policies ? "KEPT BY                     " : "") + "PATHS")
                 for s in list {
                     let more = (s.pathCount ?? 0) - s.paths.count
                     let paths: String = s.paths.map(shown).joined(separator: " ") + (more > 0 ? " (+\(more) more)" : "")
@@ -54,7 +57,9 @@ struct SnapshotsCommand: AsyncParsableCommand {
                         + formatBytes(s.statistics.bytesUploaded).rightPadded(to: 10)
                     let line: String = "\(shown(String(s.id.prefix(8))))  \(f.string(from: s.committedAt))  "
                         + "\(shown(s.host).rightPadded(to: 14))  \(String(s.statistics.files).rightPadded(to: 8))  "
-                    print(line + sizes + "  \(f.string(from: s.retainUntil))  " + paths)
+                    let kept = (s.keptBy ?? []).map { $0.rule + ($0.final ? "" : "*") }.joined(separator: ",")
+                    let keptColumn = policies ? (kept.isEmpty ? "-" : kept).rightPadded(to: 26) + "  " : ""
+                    print(line + sizes + "  \(f.string(from: s.retainUntil))  " + keptColumn + paths)
                 }
             }
             return .ok

@@ -32,6 +32,7 @@ struct CatalogConformance: Sendable {
         case aHoldOnACollectedSnapshotIsRefused
         case clockNeverGoesBack
         case quotaUsageSplitsCommittedFromUncommitted
+        case policiesAreCompareAndSetAndLocksOnlyMoveLater
         var testDescription: String { rawValue }
     }
 
@@ -545,6 +546,31 @@ struct CatalogConformance: Sendable {
             #expect(try c.quota(tenant: "acme", host: "") == 1000 && c.quota(tenant: "acme", host: "web1") == nil)
             try c.setQuota(tenant: "acme", host: "", bytes: nil)
             #expect(try c.quota(tenant: "acme", host: "") == nil)
+
+        case .policiesAreCompareAndSetAndLocksOnlyMoveLater:
+            // Two admins changing one policy at once: only the one that saw the stored rules wins.
+            let daily = RetentionRules(daily: 7), weekly = RetentionRules(daily: 7, weekly: 4)
+            let p = { (r: RetentionRules, glob: String, tenant: String) in
+                Wire.PolicyInfo(tenant: tenant, hostGlob: glob, tag: "", rules: r, updatedAt: t0) }
+            #expect(try c.setPolicy(p(daily, "*", "acme"), from: nil))
+            #expect(try !c.setPolicy(p(weekly, "*", "acme"), from: nil), "a second create over an existing policy")
+            #expect(try c.setPolicy(p(weekly, "*", "acme"), from: daily))
+            #expect(try !c.setPolicy(p(daily, "*", "acme"), from: daily), "a change from stale rules")
+            #expect(try c.setPolicy(p(daily, "web*", "acme"), from: nil) && c.setPolicy(p(daily, "*", "beta"), from: nil))
+            #expect(try c.policies(tenant: "acme").count == 2 && c.policies(tenant: nil).count == 3)
+            #expect(try c.policies(tenant: "acme").first { $0.hostGlob == "*" }?.rules == weekly)
+            #expect(try !c.removePolicy(tenant: "acme", hostGlob: "*", tag: "", from: daily), "a removal from stale rules")
+            #expect(try c.removePolicy(tenant: "acme", hostGlob: "*", tag: "", from: weekly))
+            #expect(try c.policies(tenant: "acme").map(\.hostGlob) == ["web*"])
+            // A snapshot's lock moves only later.
+            try c.insertSnapshot(Self.snapshot(1, committed: t0, retainUntil: t0.addingTimeInterval(day), packs: 0), packs: [],
+                                 requirePacks: false, manifestKey: nil)
+            #expect(try c.extendSnapshotLock(id: Self.snapshotID(1), until: t0) == nil)
+            #expect(try c.extendSnapshotLock(id: Self.snapshotID(1), until: t0.addingTimeInterval(30 * day))?.retainUntil
+                    == t0.addingTimeInterval(30 * day))
+            #expect(try c.extendSnapshotLock(id: Self.snapshotID(1), until: t0.addingTimeInterval(2 * day)) == nil)
+            #expect(try c.snapshot(id: Self.snapshotID(1))?.retainUntil == t0.addingTimeInterval(30 * day))
+            #expect(try c.extendSnapshotLock(id: Self.snapshotID(2), until: t0.addingTimeInterval(30 * day)) == nil)
         }
     }
 }
