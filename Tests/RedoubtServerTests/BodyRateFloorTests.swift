@@ -20,7 +20,7 @@ import Testing
 
     @Test func aTrickleBelowTheFloorIsCutAndAnUploadAboveIsNot() async throws {
         var limits = RequestLimitsTests.testLimits()
-        limits.minBodyBytesPerSecond = 4000
+        limits.minBodyBytesPerSecond = 500
         limits.bodyRateWindowSeconds = 3
         limits.bodyRateGraceSeconds = 1
         let suite = RequestLimitsTests()
@@ -31,13 +31,13 @@ import Testing
             let id = String(repeating: "ab", count: 32)
             let piece = 0.25
 
-            // The taken host trickles a pack body at half the floor, with its own credential.
+            // The taken host trickles a pack body at a tenth of the floor, with its own credential.
             let slow = try await RawConnection.open(port: w.port, tls: try suite.tls(w, asWriter: true))
             let head = "PUT /v1/packs/\(id) HTTP/1.1\r\nhost: localhost\r\ncontent-length: "
             try await slow.send(Array("\(head)\(1 << 20)\r\n\r\n".utf8))
             let started = Date()
             while slow.isOpen, Date().timeIntervalSince(started) < 15 {
-                try? await slow.send([UInt8](repeating: 0x41, count: Int(4000 * 0.5 * piece)))
+                try? await slow.send([UInt8](repeating: 0x41, count: Int(500 * 0.1 * piece)))
                 try await Task.sleep(nanoseconds: UInt64(piece * 1e9))
             }
             let cutAfter = Date().timeIntervalSince(started)
@@ -49,8 +49,9 @@ import Testing
 
             // An honest slow upload above the floor, for longer than a window, is read whole (and,
             // being random bytes, refused as no pack: 422, not 408). It paces itself by the clock
-            // at four times the floor, so a loaded machine's late wake-ups do not drop it below.
-            let rate = 4000.0 * 4, duration = 8.0
+            // at 32 times the floor: a window is judged at its first arrival, so after a stall of the
+            // loaded machine one TLS record of a quarter second's bytes must still clear the floor.
+            let rate = 500.0 * 32, duration = 8.0
             let size = Int(rate * duration)
             let ok = try await RawConnection.open(port: w.port, tls: try suite.tls(w, asWriter: true))
             try await ok.send(Array("\(head)\(size)\r\n\r\n".utf8))
