@@ -1,0 +1,105 @@
+import Foundation
+import Testing
+import RedoubtClient
+import RedoubtCore
+@testable import RedoubtServer
+
+/// The protected host's side through the real binary against a real server: what a
+/// sysadmin types, the exit codes README documents, and what lands in the snapshot.
+@Suite(.serialized) struct HostCLITests {
+    /// A running server with one tenant, an enrolled host and an enrolled restorer.
+    final class Setup {
+        let e: CrashTests.Env
+        var host: String { e.dir.appendingPathComponent("host").path }
+        var restorer: String { e.dir.appendingPathComponent("restorer").path }
+        var admin: String { e.dir.appendingPathComponent("server/admin.credential").path }
+
+        init() throws {
+            try #require(FileManager.default.isExecutableFile(atPath: CrashTests.binary.path), "build the redoubt executable first")
+            e = try CrashTests.Env()
+            try e.run(["server", "init", "--data", e.dir.appendingPathComponent("server").path, "--listen", "127.0.0.1:\(e.port)"])
+            try e.startServer()
+            try e.run(["admin", "--credential", admin, "tenant", "create", "crash"])
+            let hostToken = try e.run(["admin", "--credential", admin, "host", "add", "crash", "h1"]).out
+                .trimmingCharacters(in: .whitespacesAndNewlines)
+            try e.run(["enroll", hostToken, "--config", host])
+            let restorerToken = try e.run(["admin", "--credential", admin, "restorer", "add", "crash", "r1"]).out
+                .trimmingCharacters(in: .whitespacesAndNewlines)
+            try e.run(["enroll", restorerToken, "--config", restorer])
+        }
+
+        func snapshots() throws -> [Wire.SnapshotInfo] {
+            let list = try e.run(["snapshots", "--json", "--config", restorer]).out
+            return try JSONDecoder().decode([Wire.SnapshotInfo].self, from: Data(list.utf8), dates: true)
+        }
+
+        /// Writes `files` (relative path → content) under `root`.
+        func tree(_ root: String, _ files: [String: String]) throws {
+            for (rel, content) in files {
+                let url = URL(fileURLWithPath: root).appendingPathComponent(rel)
+                try FileManager.default.createDirectory(at: url.deletingLastPathComponent(), withIntermediateDirectories: true)
+                try Data(content.utf8).write(to: url)
+            }
+        }
+
+        /// Every regular file below `root`, relative, sorted.
+        func files(_ root: String) -> [String] {
+            let en = FileManager.default.enumerator(atPath: root)
+            var out: [String] = []
+            while let p = en?.nextObject() as? String {
+                var isDir: ObjCBool = false
+                if FileManager.default.fileExists(atPath: root + "/" + p, isDirectory: &isDir), !isDir.boolValue { out.append(p) }
+            }
+            return out.sorted()
+        }
+
+        deinit { e.cleanup() }
+    }
+
+    /// `--exclude 'PARENT/*'` names PARENT's entries: it must not swallow everything below
+    /// the backed-up directory, which lies under PARENT; and `DIR/sub/*` leaves DIR/sub
+    /// (empty) and the rest of DIR.
+    @Test func excludeGlobsDoNotCrossSlash() throws {
+        let s = try Setup()
+        let corpus = s.e.dir.appendingPathComponent("corpus").path
+        try s.tree(corpus, ["keep.txt": "k", "a/b/deep.txt": "d", "sub/x.txt": "x", "sub/deeper/y.txt": "y"])
+        // Before: `*` crossed `/`, so this excluded every entry and made an empty snapshot.
+        let r = try s.e.run(["backup", corpus, "--exclude", s.e.dir.path + "/*", "--exclude", corpus + "/sub/*",
+                             "--config", s.host], check: false)
+        #expect(r.status == 0, "backup: \(r.status) \(r.err)")
+        let snaps = try s.snapshots()
+        try #require(snaps.count == 1)
+        let target = s.e.dir.appendingPathComponent("restored").path
+        try s.e.run(["restore", snaps[0].id, "--target", target, "--config", s.restorer])
+        #expect(s.files(target + "/corpus") == ["a/b/deep.txt", "keep.txt"])
+        var isDir: ObjCBool = false
+        #expect(FileManager.default.fileExists(atPath: target + "/corpus/sub", isDirectory: &isDir) && isDir.boolValue)
+        #expect(s.files(target + "/corpus/sub").isEmpty)
+    }
+
+    /// A backup whose every entry is excluded is refused (no snapshot becomes the host's
+    /// newest); one missing path among others is a warning naming it, exit 8, and the others
+    /// are backed up; only missing paths exit 3 with no snapshot.
+    @Test func emptyOrMissingBackupIsNeverASilentSuccess() throws {
+        let s = try Setup()
+        let corpus = s.e.dir.appendingPathComponent("corpus").path
+        try s.tree(corpus, ["a.txt": "a", "d/b.txt": "b"])
+        let empty = try s.e.run(["backup", corpus, "--exclude", "*", "--config", s.host], check: false)
+        #expect(empty.status == 1 && empty.err.contains("nothing to back up"), "\(empty.status) \(empty.err)")
+        #expect(try s.snapshots().isEmpty, "an empty snapshot was committed")
+
+        let missing = s.e.dir.appendingPathComponent("not-mounted").path
+        let partial = try s.e.run(["backup", missing, corpus, "--config", s.host], check: false)
+        #expect(partial.status == 8, "\(partial.status) \(partial.err)")
+        #expect(partial.out.contains("warning: \(missing): does not exist"), "\(partial.out)")
+        let snaps = try s.snapshots()
+        try #require(snaps.count == 1)
+        let target = s.e.dir.appendingPathComponent("restored").path
+        try s.e.run(["restore", snaps[0].id, "--target", target, "--config", s.restorer])
+        #expect(s.files(target + "/corpus") == ["a.txt", "d/b.txt"])
+
+        let none = try s.e.run(["backup", missing, "--config", s.host], check: false)
+        #expect(none.status == 3 && none.err.contains(missing), "\(none.status) \(none.err)")
+        #expect(try s.snapshots().count == 1)
+    }
+}
