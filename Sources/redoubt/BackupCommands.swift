@@ -49,6 +49,8 @@ func runBackup(config cfg: ClientConfig, paths: [String], tags: [String], exclud
         }
     }
     progress.finish()
+    // The server accepted what these keys made: record them, so later damage is found first.
+    if !cfg.hasKeyCheck { try? cfg.recordKeyCheck() }
     let s = BackupSummary(snapshot: result.manifest.id.description, filesNew: result.filesNew, filesChanged: result.filesChanged,
                           filesUnchanged: result.filesUnchanged, bytesTotal: result.statistics.bytesTotal, bytesRead: result.bytesRead,
                           bytesUploaded: result.bytesUploaded, packsUploaded: result.packsUploaded, seconds: Date().timeIntervalSince(start),

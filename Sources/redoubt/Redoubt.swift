@@ -27,6 +27,25 @@ enum Main {
             h.logLevel = level
             return h
         }
-        await Redoubt.main()
+        do {
+            var command = try Redoubt.parseAsRoot()
+            if var asyncCommand = command as? AsyncParsableCommand {
+                try await asyncCommand.run()
+            } else {
+                try command.run()
+            }
+        } catch {
+            // ArgumentParser exits 64 (EX_USAGE) on a usage error; README's table says 2.
+            let code = Redoubt.exitCode(for: error)
+            let message = Redoubt.fullMessage(for: error)
+            if !message.isEmpty {
+                if code == .success {
+                    print(message)
+                } else {
+                    FileHandle.standardError.write(Data((message + "\n").utf8))
+                }
+            }
+            exit(code == .validationFailure ? ExitCategory.usage.rawValue : code.rawValue)
+        }
     }
 }

@@ -102,4 +102,68 @@ import RedoubtCore
         #expect(none.status == 3 && none.err.contains(missing), "\(none.status) \(none.err)")
         #expect(try s.snapshots().count == 1)
     }
+
+    /// Usage errors exit 2 as README's table says (ArgumentParser's own default is 64).
+    @Test func usageErrorsExitTwo() throws {
+        try #require(FileManager.default.isExecutableFile(atPath: CrashTests.binary.path), "build the redoubt executable first")
+        let e = try CrashTests.Env()
+        defer { e.cleanup() }
+        for args in [["backup"], ["restore", "3fa1c2d4"], ["snapshots", "--no-such-option"], ["no-such-command"],
+                     ["admin", "tenant", "create"]] {
+            let r = try e.run(args, check: false)
+            #expect(r.status == 2, "redoubt \(args.joined(separator: " ")): \(r.status) \(r.err)")
+        }
+        #expect(try e.run(["--help"], check: false).status == 0)
+    }
+
+    /// A garbled token or credential file exits 2 naming it, never 5 (which says stored
+    /// bytes are damaged).
+    @Test func garbledTokenOrCredentialExitsTwo() throws {
+        try #require(FileManager.default.isExecutableFile(atPath: CrashTests.binary.path), "build the redoubt executable first")
+        let e = try CrashTests.Env()
+        defer { e.cleanup() }
+        let config = e.dir.appendingPathComponent("host").path
+        for token in ["rdbt1.eyJ1cmwiOiJodHRwczovL3gifQ", "garbage", "rdbt1.!!!"] {
+            let r = try e.run(["enroll", token, "--config", config], check: false)
+            #expect(r.status == 2 && r.err.contains("not a Redoubt enrollment token"), "\(token): \(r.status) \(r.err)")
+        }
+        try FileManager.default.createDirectory(atPath: config, withIntermediateDirectories: true)
+        try Data("{\"url\": 3".utf8).write(to: URL(fileURLWithPath: config + "/credential.json"))
+        let r = try e.run(["snapshots", "--config", config], check: false)
+        #expect(r.status == 2 && r.err.contains(config + "/credential.json"), "\(r.status) \(r.err)")
+        let admin = try e.run(["admin", "--credential", config + "/credential.json", "tenant", "list"], check: false)
+        #expect(admin.status == 2, "\(admin.status) \(admin.err)")
+    }
+
+    /// A damaged write-material.bin or host-signing.key (one flipped bit still parses) is
+    /// named with the fix before anything is uploaded, exit 2; restored, the backup works.
+    @Test func damagedLocalKeyFilesAreNamedBeforeAnyUpload() throws {
+        let s = try Setup()
+        let corpus = s.e.dir.appendingPathComponent("corpus").path
+        try s.tree(corpus, ["a.bin": String(repeating: "payload ", count: 20000)])
+        for (file, offset) in [("host-signing.key", 5), ("write-material.bin", 200), ("write-material.bin", 3)] {
+            let url = URL(fileURLWithPath: s.host + "/" + file)
+            let good = try Data(contentsOf: url)
+            var bad = good
+            bad[offset] ^= 0x04
+            try bad.write(to: url)
+            let before = s.e.storedPacks()
+            let r = try s.e.run(["backup", corpus, "--config", s.host], check: false)
+            #expect(r.status == 2, "\(file)@\(offset): \(r.status) \(r.err)")
+            #expect(r.err.contains(url.path) && r.err.contains("re-enroll"), "\(file): \(r.err)")
+            #expect(s.e.storedPacks() == before, "\(file): packs were uploaded before the damage was found")
+            try good.write(to: url)
+        }
+        // Without the recorded hashes (a directory enrolled earlier) an unparsable file is still named.
+        try FileManager.default.removeItem(atPath: s.host + "/key-check.json")
+        let material = URL(fileURLWithPath: s.host + "/write-material.bin")
+        let good = try Data(contentsOf: material)
+        try good.prefix(20).write(to: material)
+        let r = try s.e.run(["backup", corpus, "--config", s.host], check: false)
+        #expect(r.status == 2 && r.err.contains(material.path), "\(r.status) \(r.err)")
+        try good.write(to: material)
+        try s.e.run(["backup", corpus, "--config", s.host])
+        #expect(FileManager.default.fileExists(atPath: s.host + "/key-check.json"), "a good backup records the key files' hashes")
+        #expect(try s.snapshots().count == 1)
+    }
 }
