@@ -166,4 +166,32 @@ import RedoubtCore
         #expect(FileManager.default.fileExists(atPath: s.host + "/key-check.json"), "a good backup records the key files' hashes")
         #expect(try s.snapshots().count == 1)
     }
+
+    /// `redoubt admin X … --help` prints X's own help for every admin subcommand, found by
+    /// walking the SUBCOMMANDS sections of the help itself.
+    @Test func everyAdminSubcommandHelpIsItsOwn() throws {
+        try #require(FileManager.default.isExecutableFile(atPath: CrashTests.binary.path), "build the redoubt executable first")
+        let e = try CrashTests.Env()
+        defer { e.cleanup() }
+        func flat(_ s: String) -> String { s.split(whereSeparator: { $0 == " " || $0 == "\n" }).joined(separator: " ") }
+        func subcommands(_ help: String) -> [String] {
+            guard let r = help.range(of: "SUBCOMMANDS:\n") else { return [] }
+            return help[r.upperBound...].split(separator: "\n").prefix { !$0.isEmpty && $0.hasPrefix(" ") }.compactMap { line in
+                // Entries start at a 2-space indent; wrapped abstracts are indented further.
+                guard line.hasPrefix("  "), !line.hasPrefix("   ") else { return nil }
+                return line.split(separator: " ").first.map(String.init)
+            }.filter { name in name != "help" && name.allSatisfy { $0.isLowercase || $0.isNumber || $0 == "-" } }
+        }
+        var queue = [["admin"]]
+        var seen = 0
+        while let path = queue.popLast(), path.count < 6 {
+            let r = try e.run(path + ["--help"], check: false)
+            #expect(r.status == 0, "\(path): \(r.status) \(r.err)")
+            let usage = "USAGE: redoubt " + path.joined(separator: " ")
+            #expect(flat(r.out).contains(usage), "redoubt \(path.joined(separator: " ")) --help printed another command's help: \(r.out)")
+            for sub in subcommands(r.out) { queue.append(path + [sub.replacingOccurrences(of: "(default)", with: "")]) }
+            seen += 1
+        }
+        #expect(seen > 30, "only \(seen) admin commands found")
+    }
 }
