@@ -97,10 +97,7 @@ struct RestoreCommand: AsyncParsableCommand {
             progress.finish()
             let seconds = Date().timeIntervalSince(start)
             if json {
-                try printJSON(["files": "\(result.files)", "directories": "\(result.directories)", "other": "\(result.otherEntries)",
-                               "bytes": "\(result.bytesWritten)", "packs": "\(result.packsFetched)", "seconds": String(format: "%.2f", seconds),
-                               "warnings": result.warnings.map(\.description).joined(separator: "\n"),
-                               "damaged": result.damaged.map(\.description).joined(separator: "\n")])
+                try printJSON(RestoreJSON(result, seconds: seconds))
             } else {
                 print("restored \(result.files) files, \(result.directories) directories, \(result.otherEntries) other entries, \(formatBytes(result.bytesWritten)) from \(result.packsFetched) packs into \(target) in \(String(format: "%.1f", seconds)) s")
                 for w in result.warnings { print("  warning: \(w)") }

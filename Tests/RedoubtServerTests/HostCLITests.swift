@@ -194,4 +194,23 @@ import RedoubtCore
         }
         #expect(seen > 30, "only \(seen) admin commands found")
     }
+
+    /// `restore --json` and `verify --json` give numbers as numbers and lists as arrays.
+    @Test func restoreAndVerifyJSONHaveNumbersAndArrays() throws {
+        let s = try Setup()
+        let corpus = s.e.dir.appendingPathComponent("corpus").path
+        try s.tree(corpus, ["a.txt": "a", "d/b.txt": "bb"])
+        try s.e.run(["backup", corpus, "--config", s.host])
+        let id = try #require(try s.snapshots().first?.id)
+        let target = s.e.dir.appendingPathComponent("restored").path
+        let r = try s.e.run(["restore", id, "--target", target, "--json", "--config", s.restorer]).out
+        let restore = try #require(try JSONSerialization.jsonObject(with: Data(r.utf8)) as? [String: Any], "\(r)")
+        #expect(restore["files"] as? Int == 2 && restore["bytes"] as? Int == 3, "\(r)")
+        #expect(restore["directories"] is Int && restore["packs"] is Int && restore["seconds"] is Double, "\(r)")
+        #expect(restore["warnings"] as? [String] == [] && restore["damaged"] as? [String] == [], "\(r)")
+        let v = try s.e.run(["verify", id, "--deep", "--json", "--config", s.restorer]).out
+        let verify = try #require(try JSONSerialization.jsonObject(with: Data(v.utf8)) as? [String: Any], "\(v)")
+        #expect(verify["snapshot"] as? String == id && verify["problems"] as? [String] == [], "\(v)")
+        #expect((verify["packsChecked"] as? Int ?? 0) > 0 && verify["bytesChecked"] is Int && (verify["chunksDecrypted"] as? Int ?? 0) > 0, "\(v)")
+    }
 }
