@@ -11,6 +11,8 @@ import RedoubtKMS
 ///   write-material.bin     the tenant's write material: read public key, chunk-ID key, chunker seed (0600)
 ///   host-signing.key       a writer's Ed25519 manifest-signing key (0600)
 ///   read-key.json          a restorer's *wrapped* read key (0600); unwrapped only in memory
+///   key-check.json         SHA-256 of write-material.bin and host-signing.key, to find a damaged
+///                          copy before a backup uploads anything (hashes of random keys reveal nothing)
 ///   cache/                 the metadata cache of the last backup
 /// ```
 /// Nothing in it decrypts a backup: a writer's directory has no read key at all, and a
@@ -32,6 +34,7 @@ public struct ClientConfig: Sendable {
     var materialURL: URL { directory.appendingPathComponent("write-material.bin") }
     var signingKeyURL: URL { directory.appendingPathComponent("host-signing.key") }
     var readKeyURL: URL { directory.appendingPathComponent("read-key.json") }
+    var keyCheckURL: URL { directory.appendingPathComponent("key-check.json") }
     public var cachePath: String { directory.appendingPathComponent("cache").path }
 
     public func credential() throws -> ClientCredential {
@@ -39,7 +42,8 @@ public struct ClientConfig: Sendable {
             throw APIError(status: 0, code: "E_NOT_ENROLLED", message: "no credential in \(directory.path): run `redoubt enroll TOKEN --config \(directory.path)` first")
         }
         do { return try JSONDecoder().decode(ClientCredential.self, from: d) } catch {
-            throw APIError(status: 0, code: "E_CONFIG", message: "\(credentialURL.path) is not a Redoubt credential: \(error)")
+            throw APIError(status: 0, code: "E_CREDENTIAL", message: "\(credentialURL.path) is not a Redoubt credential (\(error)): "
+                           + "restore it from a copy of this directory, or re-enroll (`redoubt enroll TOKEN --config DIR`)")
         }
     }
 
@@ -47,7 +51,46 @@ public struct ClientConfig: Sendable {
         guard let d = FileManager.default.contents(atPath: materialURL.path) else {
             throw APIError(status: 0, code: "E_NOT_ENROLLED", message: "no write material in \(directory.path): enroll this host first")
         }
-        return try SharedWriteMaterial.decode(SecretBytes(copying: d))
+        do { return try SharedWriteMaterial.decode(SecretBytes(copying: d)) } catch {
+            throw damagedKeyFile(materialURL, "\(error)")
+        }
+    }
+
+    /// A local key file that cannot be used: named with the fix, exit 2 (not 5, which
+    /// means the repository's stored bytes are damaged).
+    func damagedKeyFile(_ url: URL, _ why: String) -> APIError {
+        APIError(status: 0, code: "E_CREDENTIAL", message: "\(url.path) is damaged (\(why)); nothing was uploaded: restore it from a copy "
+                 + "of \(directory.path), or re-enroll this host (a new token from `redoubt admin host add`, then `redoubt enroll`)")
+    }
+
+    /// The recorded SHA-256 of the two key files, if this directory has a record.
+    struct KeyCheck: Codable {
+        var writeMaterialSHA256: String
+        var signingKeySHA256: String
+    }
+
+    /// Records the key files' hashes: at enrollment, or after a backup the server accepted
+    /// (so the files were good) in a directory enrolled before the record existed.
+    public func recordKeyCheck() throws {
+        guard let m = FileManager.default.contents(atPath: materialURL.path),
+              let k = FileManager.default.contents(atPath: signingKeyURL.path) else { return }
+        let check = KeyCheck(writeMaterialSHA256: hexString(SHA256.hash(data: m)), signingKeySHA256: hexString(SHA256.hash(data: k)))
+        try writePrivate(keyCheckURL, Array(try JSONEncoder().encode(check)))
+    }
+
+    /// Whether this directory records its key files' hashes yet.
+    public var hasKeyCheck: Bool { FileManager.default.fileExists(atPath: keyCheckURL.path) }
+
+    /// Compares a key file with its recorded hash; a flipped bit in a key still parses.
+    private func checkKeyFile(_ url: URL, _ bytes: Data, _ recorded: KeyPath<KeyCheck, String>) throws {
+        guard let d = FileManager.default.contents(atPath: keyCheckURL.path) else { return }
+        guard let check = try? JSONDecoder().decode(KeyCheck.self, from: d) else {
+            throw APIError(status: 0, code: "E_CREDENTIAL", message: "\(keyCheckURL.path) is damaged: delete it (the next good backup "
+                           + "writes it again) or re-enroll this host")
+        }
+        guard hexString(SHA256.hash(data: bytes)) == check[keyPath: recorded] else {
+            throw damagedKeyFile(url, "its SHA-256 differs from the one recorded in \(keyCheckURL.lastPathComponent)")
+        }
     }
 
     /// A writer's keys: everything to back up, nothing to decrypt.
@@ -57,9 +100,16 @@ public struct ClientConfig: Sendable {
             throw APIError(status: 0, code: "E_ROLE", message: "\(directory.path) holds a \(cred.role) credential; backups need a host (writer) enrollment")
         }
         guard let k = FileManager.default.contents(atPath: signingKeyURL.path) else {
-            throw APIError(status: 0, code: "E_CONFIG", message: "\(signingKeyURL.path) is missing: re-enroll this host")
+            throw APIError(status: 0, code: "E_CREDENTIAL", message: "\(signingKeyURL.path) is missing: re-enroll this host")
         }
-        return WriteKeySet(tenant: tenant, host: cred.name, shared: try sharedMaterial(), signingKey: try HostSigningKey(secret: SecretBytes(copying: k)))
+        guard let m = FileManager.default.contents(atPath: materialURL.path) else {
+            throw APIError(status: 0, code: "E_NOT_ENROLLED", message: "no write material in \(directory.path): enroll this host first")
+        }
+        try checkKeyFile(materialURL, m, \.writeMaterialSHA256)
+        try checkKeyFile(signingKeyURL, k, \.signingKeySHA256)
+        let signing: HostSigningKey
+        do { signing = try HostSigningKey(secret: SecretBytes(copying: k)) } catch { throw damagedKeyFile(signingKeyURL, "\(error)") }
+        return WriteKeySet(tenant: tenant, host: cred.name, shared: try sharedMaterial(), signingKey: signing)
     }
 
     public func wrappedReadKey() throws -> WrappedReadKey {
@@ -79,7 +129,11 @@ public struct ClientConfig: Sendable {
     /// Enrolls with a token: makes this host's TLS key (and, for a writer, its signing
     /// key) here, sends only the public halves, and stores what the server returns.
     public static func enroll(token: String, into config: ClientConfig, os: String?) async throws -> ClientCredential {
-        let tok = try Wire.EnrollmentToken.decode(token)
+        let tok: Wire.EnrollmentToken
+        do { tok = try Wire.EnrollmentToken.decode(token) } catch {
+            throw APIError(status: 0, code: "E_TOKEN", message: "not a Redoubt enrollment token (expected rdbt1.…, whole): "
+                           + "copy it again from `redoubt admin host add`")
+        }
         guard let ca = Data(base64Encoded: tok.ca), hexString(SHA256.hash(data: ca)) == tok.pin else {
             throw APIError(status: 0, code: "E_TOKEN", message: "the token's CA does not match its pin: the token was altered; ask for a new one")
         }
@@ -112,6 +166,7 @@ public struct ClientConfig: Sendable {
         if let m = resp.writeMaterial.flatMap({ Data(base64Encoded: $0) }) { try writePrivate(config.materialURL, Array(m)) }
         if let signing { try signing.export().withUnsafeBytes { try writePrivate(config.signingKeyURL, Array($0)) } }
         if let w = resp.wrappedReadKey { try writePrivate(config.readKeyURL, Array(w.utf8)) }
+        try config.recordKeyCheck()
         return cred
     }
 }

@@ -57,8 +57,13 @@ struct Walker {
             let st: ArchiveSys.FileStat
             switch ArchiveSys.lstat(path) {
             case .success(let s): st = s
+            case .failure(let e) where e == ENOENT:
+                // Why a warning: one missing path (an unmounted disk, a renamed directory)
+                // must not cost the backup of the others; the run ends with "partial".
+                result.warnings.append(BackupWarning(.vanished, path: path, "does not exist; not backed up (the other paths are)"))
+                continue
             case .failure(let e):
-                throw ArchiveError(e == ENOENT ? .notFound : .io, object: printable(path), "cannot back up this path: \(ArchiveSys.describe(errno: e))", errno: e)
+                throw ArchiveError(.io, object: printable(path), "cannot back up this path: \(ArchiveSys.describe(errno: e))", errno: e)
             }
             guard let index = addEntry(name: name, fullPath: path, snapshotPath: name, parent: -1, stat: st, dirfd: nil) else {
                 throw ArchiveError(.io, object: printable(path), "cannot back up this path: it cannot be read")
@@ -72,6 +77,17 @@ struct Walker {
                     walkTree(rootIndex: index, rootFD: fd)
                 }
             }
+        }
+        let given = paths.map(printable).joined(separator: ", ")
+        if result.topLevel.isEmpty {
+            throw ArchiveError(.notFound, object: given, "none of the paths to back up exists; nothing was backed up")
+        }
+        // Why refuse: a snapshot of nothing would become the host's newest and keep
+        // monitoring (`host list --stale-after`) quiet while nothing is protected.
+        if result.entries.count == result.topLevel.count && result.entries.allSatisfy({ $0.node.type == .directory }) {
+            let why = patterns.isEmpty ? "they are empty" : "they are empty or every entry in them matched an exclude pattern"
+            throw ArchiveError(.invalidArgument, object: given,
+                               "nothing to back up: \(why), so no snapshot was made (check --exclude: * and ? never match /)")
         }
         return result
     }
@@ -152,10 +168,12 @@ struct Walker {
         return subdirectories
     }
 
+    /// A pattern matches the entry's full path or its name; `*`, `?` and `[...]` never match
+    /// `/` (FNM_PATHNAME), so `/tmp/*` excludes /tmp's entries and not everything below /tmp.
     private func isExcluded(_ full: [UInt8], _ name: [UInt8]) -> Bool {
         if patterns.isEmpty { return false }
         return ArchiveSys.withCString(full, name) { cfull, cname in
-            patterns.contains { p in p.withUnsafeBufferPointer { fnmatch($0.baseAddress, cfull, 0) == 0 || fnmatch($0.baseAddress, cname, 0) == 0 } }
+            patterns.contains { p in p.withUnsafeBufferPointer { fnmatch($0.baseAddress, cfull, FNM_PATHNAME) == 0 || fnmatch($0.baseAddress, cname, FNM_PATHNAME) == 0 } }
         }
     }
 

@@ -32,7 +32,7 @@ public enum ExitCategory: Int32, Sendable, CaseIterable {
         switch self {
         case .ok: "success"
         case .failure: "failure (the message names the object and the fix)"
-        case .usage: "usage error"
+        case .usage: "usage error, or an unreadable token or credential file (the message names it and the fix)"
         case .notFound: "not found (snapshot, tenant, configuration)"
         case .refused: "refused by the server (credential not allowed)"
         case .integrity: "integrity failure: stored bytes were modified, truncated or are missing"
@@ -64,6 +64,9 @@ public enum ExitCategory: Int32, Sendable, CaseIterable {
     public static func ofHTTP(status: Int, code: String) -> ExitCategory {
         if code == "E_APPROVAL_REQUIRED" || code == "E_APPROVAL_PENDING" { return .approvalRequired }
         if status == 0 && code == "E_CONNECT" { return .unreachable }
+        // A garbled token or local credential file is the user's input to fix, not damage
+        // to stored bytes (5) nor a refusal by the server (4).
+        if status == 0 && (code == "E_TOKEN" || code == "E_CREDENTIAL") { return .usage }
         switch status {
         case 401, 403: return .refused
         case 404: return .notFound

@@ -49,6 +49,8 @@ func runBackup(config cfg: ClientConfig, paths: [String], tags: [String], exclud
         }
     }
     progress.finish()
+    // The server accepted what these keys made: record them, so later damage is found first.
+    if !cfg.hasKeyCheck { try? cfg.recordKeyCheck() }
     let s = BackupSummary(snapshot: result.manifest.id.description, filesNew: result.filesNew, filesChanged: result.filesChanged,
                           filesUnchanged: result.filesUnchanged, bytesTotal: result.statistics.bytesTotal, bytesRead: result.bytesRead,
                           bytesUploaded: result.bytesUploaded, packsUploaded: result.packsUploaded, seconds: Date().timeIntervalSince(start),
@@ -95,10 +97,7 @@ struct RestoreCommand: AsyncParsableCommand {
             progress.finish()
             let seconds = Date().timeIntervalSince(start)
             if json {
-                try printJSON(["files": "\(result.files)", "directories": "\(result.directories)", "other": "\(result.otherEntries)",
-                               "bytes": "\(result.bytesWritten)", "packs": "\(result.packsFetched)", "seconds": String(format: "%.2f", seconds),
-                               "warnings": result.warnings.map(\.description).joined(separator: "\n"),
-                               "damaged": result.damaged.map(\.description).joined(separator: "\n")])
+                try printJSON(RestoreJSON(result, seconds: seconds))
             } else {
                 print("restored \(result.files) files, \(result.directories) directories, \(result.otherEntries) other entries, \(formatBytes(result.bytesWritten)) from \(result.packsFetched) packs into \(target) in \(String(format: "%.1f", seconds)) s")
                 for w in result.warnings { print("  warning: \(w)") }

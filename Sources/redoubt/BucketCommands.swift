@@ -96,10 +96,7 @@ enum BucketCommands {
                                                       source: BucketPackSource(store: store, tenant: tenant), target: target,
                                                       subpath: subpath.map { Array($0.utf8) }, skipDamaged: skipDamaged)
         if json {
-            try printJSON(["files": "\(result.files)", "directories": "\(result.directories)", "other": "\(result.otherEntries)",
-                           "bytes": "\(result.bytesWritten)", "packs": "\(result.packsFetched)",
-                           "warnings": result.warnings.map(\.description).joined(separator: "\n"),
-                           "damaged": result.damaged.map(\.description).joined(separator: "\n")])
+            try printJSON(RestoreJSON(result, seconds: nil))
         } else {
             print("restored \(result.files) files, \(formatBytes(result.bytesWritten)) from \(place) into \(target)")
             for w in result.warnings { print("  warning: \(w)") }

@@ -144,8 +144,8 @@ struct VerifyCommand: AsyncParsableCommand {
                     }
                 }
                 if json {
-                    try printJSON(["snapshot": report.snapshot, "packsChecked": "\(report.packsChecked)", "bytesChecked": "\(report.bytesChecked)",
-                                   "chunksDecrypted": "\(chunks)", "problems": damaged.joined(separator: "\n")])
+                    try printJSON(VerifyJSON(snapshot: report.snapshot, packsChecked: Int(report.packsChecked),
+                                             bytesChecked: Int64(report.bytesChecked), chunksDecrypted: Int(chunks), problems: damaged))
                 } else {
                     print("snapshot \(report.snapshot): \(report.packsChecked) packs, \(formatBytes(UInt64(report.bytesChecked))) re-hashed on the server"
                         + (deep ? ", \(chunks) chunks decrypted and checked" : ""))

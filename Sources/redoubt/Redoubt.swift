@@ -27,6 +27,41 @@ enum Main {
             h.logLevel = level
             return h
         }
-        await Redoubt.main()
+        // Why by hand: `admin`'s required --credential fails `admin tenant create --help`
+        // into the generic admin help before ArgumentParser reaches the subcommand.
+        let args = Array(CommandLine.arguments.dropFirst())
+        if args.first == "admin", args.contains("--help") || args.contains("-h") {
+            var type: ParsableCommand.Type = AdminCommand.self
+            var skipValue = false
+            for a in args.dropFirst() {
+                if skipValue { skipValue = false; continue }
+                if a == "--credential" { skipValue = true; continue }
+                if a.hasPrefix("-") { continue }
+                guard let sub = type.configuration.subcommands.first(where: { $0.configuration.commandName == a }) else { break }
+                type = sub
+            }
+            print(Redoubt.helpMessage(for: type))
+            exit(0)
+        }
+        do {
+            var command = try Redoubt.parseAsRoot()
+            if var asyncCommand = command as? AsyncParsableCommand {
+                try await asyncCommand.run()
+            } else {
+                try command.run()
+            }
+        } catch {
+            // ArgumentParser exits 64 (EX_USAGE) on a usage error; README's table says 2.
+            let code = Redoubt.exitCode(for: error)
+            let message = Redoubt.fullMessage(for: error)
+            if !message.isEmpty {
+                if code == .success {
+                    print(message)
+                } else {
+                    FileHandle.standardError.write(Data((message + "\n").utf8))
+                }
+            }
+            exit(code == .validationFailure ? ExitCategory.usage.rawValue : code.rawValue)
+        }
     }
 }

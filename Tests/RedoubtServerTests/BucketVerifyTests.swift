@@ -215,8 +215,8 @@ import Testing
         try await put(s, prefix: "redoubt", key: "t/quickstart/tenant-v2.json", body: forged, sha256: SigV4Signer.hexSHA256(forged), lock: "COMPLIANCE")
         let again = sh("\(s.bin) restore \(row.id.prefix(12)) \(s.from("redoubt")) --target '\(s.dir)/restored2' --config '\(s.base)/restorer' --json", s.dir)
         #expect(again.code == 0, "restore --from after a forged descriptor: \(again.out)\(again.err)")
-        let summary = try JSONDecoder().decode([String: String].self, from: Data(again.out.utf8))
-        #expect(Int(summary["files"] ?? "") ?? 0 > 0 && summary["damaged"] == "", "\(again.out)")
+        let summary = try #require(try JSONSerialization.jsonObject(with: Data(again.out.utf8)) as? [String: Any], "\(again.out)")
+        #expect((summary["files"] as? Int ?? 0) > 0 && summary["damaged"] as? [String] == [], "\(again.out)")
         #expect(again.err.contains("not using the wrapped read key in t/quickstart/tenant-v2.json"), "\(again.err)")
 
         // With a second tenant in the bucket, --tenant is needed, and the error lists both.

@@ -186,6 +186,9 @@ import RedoubtServer
             #expect(of(APIError(status: status, code: code, message: "x")) == exit, "client \(status) \(code)")
         }
         #expect(of(APIError(status: 0, code: "E_CONNECT", message: "x")) == 7)
+        // A garbled token or local credential file is the user's to fix: usage, not integrity.
+        #expect(of(APIError(status: 0, code: "E_TOKEN", message: "x")) == 2)
+        #expect(of(APIError(status: 0, code: "E_CREDENTIAL", message: "x")) == 2)
         #expect(ServerError.notFound("x").errorCode == "E_NOT_FOUND")
         // The client's filesystem side.
         #expect(of(ArchiveError(.notFound, object: "/etc", "x")) == 3)
