@@ -71,7 +71,7 @@ import RedoubtCore
         }
         let (ok, _, _) = await status(w.writer, .GET, "/v1/snapshots?host=web1")
         #expect(ok == 200)
-        try Self.expectAuditVerifyPasses(w.server)
+        try await Self.expectAuditVerifyPasses(w.server)
     }
 
     @Test func everyByteValueInEveryAuditedFieldIsStoredAsHashed() async throws {
@@ -111,14 +111,14 @@ import RedoubtCore
         }
         let verdict = try catalog.verifyAudit()
         #expect(verdict.firstBad == nil, "audit chain broken at \(verdict.firstBad ?? -1)")
-        try Self.expectAuditVerifyPasses(w.server)
+        try await Self.expectAuditVerifyPasses(w.server)
     }
 
     /// `redoubt audit verify` (the built binary, on the data directory) finds the chain intact.
     static func expectAuditVerifyPasses(_ server: TestServer,
-                                        sourceLocation: SourceLocation = #_sourceLocation) throws {
+                                        sourceLocation: SourceLocation = #_sourceLocation) async throws {
         let data = server.dir.appendingPathComponent("data").path
-        let (s, out, err) = try UntrustedInputCLITests.run(["audit", "verify", "--data", data])
+        let (s, out, err) = try await UntrustedInputCLITests.run(["audit", "verify", "--data", data])
         #expect(s == 0 && out.contains("intact"), "audit verify: \(s) \(out) \(err)", sourceLocation: sourceLocation)
     }
 
@@ -142,7 +142,7 @@ import RedoubtCore
         let p = try #require(try await w.server.admin.principals().first { $0.name == "web2" })
         #expect(p.os == "Debian GNU/Linux 12 (bookworm)")
         #expect(try w.server.service.catalog.verifyAudit().firstBad == nil)
-        try Self.expectAuditVerifyPasses(w.server)
+        try await Self.expectAuditVerifyPasses(w.server)
     }
 
     @Test func aMalformedRequestIDIsRefusedAndTheChainHolds() async throws {
@@ -166,7 +166,7 @@ import RedoubtCore
         }
         #expect(try await w.server.admin.holds().isEmpty)
         #expect(try w.server.service.catalog.verifyAudit().firstBad == nil)
-        try Self.expectAuditVerifyPasses(w.server)
+        try await Self.expectAuditVerifyPasses(w.server)
     }
 
     // MARK: 2. request JSON
@@ -291,7 +291,11 @@ import RedoubtCore
 /// `audit list` paging.
 @Suite(.serialized, .timeLimit(.minutes(5))) struct UntrustedInputCLITests {
     /// Runs the binary; returns its status, stdout and stderr (through files: outputs can exceed a pipe).
-    static func run(_ args: [String]) throws -> (Int32, String, String) {
+    ///
+    /// Why it awaits the exit instead of blocking on it: the in-process server runs on the
+    /// same two cooperative threads, and a test thread blocked waiting for the CLI starves the
+    /// server the CLI is waiting for.
+    static func run(_ args: [String]) async throws -> (Int32, String, String) {
         let p = Process()
         p.executableURL = CrashTests.binary
         p.arguments = args
@@ -303,8 +307,13 @@ import RedoubtCore
         defer { try? FileManager.default.removeItem(at: out); try? FileManager.default.removeItem(at: err) }
         p.standardOutput = try FileHandle(forWritingTo: out)
         p.standardError = try FileHandle(forWritingTo: err)
-        try p.run()
-        p.waitUntilExit()
+        try await withCheckedThrowingContinuation { (done: CheckedContinuation<Void, any Error>) in
+            p.terminationHandler = { _ in done.resume() }
+            do { try p.run() } catch {
+                p.terminationHandler = nil
+                done.resume(throwing: error)
+            }
+        }
         return (p.terminationStatus, try String(contentsOf: out, encoding: .utf8),
                 try String(contentsOf: err, encoding: .utf8))
     }
@@ -330,7 +339,7 @@ import RedoubtCore
         let id = try #require(try catalog.principals(tenant: nil).first { $0.name == "web1" }?.id)
         _ = try catalog.updatePrincipalOS(id: id, os: evil)
         let cred = server.home.adminCredentialPath
-        let (s, out, err) = try Self.run(["admin", "host", "list", "--credential", cred])
+        let (s, out, err) = try await Self.run(["admin", "host", "list", "--credential", cred])
         #expect(s == 0, "host list: \(err)")
         #expect(!Self.hasTerminalControls(out), "host list printed control characters: \(out.debugDescription)")
         #expect(out.split(separator: "\n").count == 2 && out.contains("\\x1b"), "host list: \(out)")
@@ -345,12 +354,12 @@ import RedoubtCore
         try sqlite.run()
         sqlite.waitUntilExit()
         try #require(sqlite.terminationStatus == 0)
-        let (a, aOut, aErr) = try Self.run(["audit", "list", "--credential", cred])
+        let (a, aOut, aErr) = try await Self.run(["audit", "list", "--credential", cred])
         #expect(a == 0, "audit list: \(aErr)")
         #expect(!Self.hasTerminalControls(aOut), "audit list printed control characters: \(aOut.debugDescription)")
         #expect(!aOut.split(separator: "\n").contains { $0.hasPrefix("999") }, "a forged line: \(aOut)")
         // JSON output carries the exact value, escaped by the encoder.
-        let (j, jOut, _) = try Self.run(["admin", "host", "list", "--credential", cred, "--json"])
+        let (j, jOut, _) = try await Self.run(["admin", "host", "list", "--credential", cred, "--json"])
         let list = try #require(try JSONSerialization.jsonObject(with: Data(jOut.utf8)) as? [[String: Any]])
         #expect(j == 0 && list.first?["os"] as? String == evil && !Self.hasTerminalControls(jOut))
     }
@@ -365,17 +374,17 @@ import RedoubtCore
         }
         let total = Int(try catalog.auditChainHead().seq)
         let cred = server.home.adminCredentialPath
-        let (s, out, err) = try Self.run(["audit", "list", "--credential", cred])
+        let (s, out, err) = try await Self.run(["audit", "list", "--credential", cred])
         let lines = out.split(separator: "\n")
         #expect(s == 0 && lines.count == total, "audit list printed \(lines.count) of \(total) records: \(err)")
         #expect(lines.last?.hasPrefix("\(total) ") == true)
 
-        let (j, jOut, jErr) = try Self.run(["audit", "list", "--credential", cred, "--json"])
+        let (j, jOut, jErr) = try await Self.run(["audit", "list", "--credential", cred, "--json"])
         let all = try #require(try JSONSerialization.jsonObject(with: Data(jOut.utf8)) as? [[String: Any]],
                                "--json: \(jErr)")
         #expect(j == 0 && all.count == total && (all.last?["seq"] as? Int) == total)
 
-        let (p, pOut, pErr) = try Self.run(["audit", "list", "--credential", cred, "--after", "2000", "--limit", "10",
+        let (p, pOut, pErr) = try await Self.run(["audit", "list", "--credential", cred, "--after", "2000", "--limit", "10",
                                             "--json"])
         let page = try #require(try JSONSerialization.jsonObject(with: Data(pOut.utf8)) as? [[String: Any]],
                                 "page: \(pErr)")
