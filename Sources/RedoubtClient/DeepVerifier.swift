@@ -53,31 +53,21 @@ public struct DeepVerifier: Sendable {
         for (i, id) in packs.enumerated() {
             try Task.checkCancellation()
             progress("pack \(i + 1)/\(packs.count) \(id)")
-            let opened: OpenedPack
-            let seals: [ChunkID: ChunkSeal]
+            let opening: PackOpening
             do {
-                opened = try PackReader.open(try await source.pack(id), expectedID: id, readKey: readKey)
-                // Format 2: the pack's own sealed index must open and give a key that opens
-                // each chunk (a restore uses its trees' keys, but a pack should be whole).
-                seals = try opened.indexSeals(readKey: readKey)
+                opening = try Self.openEveryChunk(try await source.pack(id), id: id, readKey: readKey,
+                                                  chunkIDKey: chunkIDKey, decompressor: decompressor)
             } catch {
                 report.damagedPacks.append(.init(pack: id.description, badChunks: 0, problem: "\(error)"))
                 continue
             }
             report.packsChecked += 1
-            var bad = 0, first: String? = nil
-            for e in opened.entries {
-                do {
-                    _ = try opened.chunk(e, seal: seals[e.chunkID], chunkIDKey: chunkIDKey, decompressor: decompressor)
-                    goodIn[e.chunkID, default: []].append(id)
-                } catch {
-                    bad += 1
-                    first = first ?? "\(error)"
-                    badIn[e.chunkID] = badIn[e.chunkID] ?? "\(error)"
-                }
-                report.chunksChecked += 1
+            for c in opening.good { goodIn[c, default: []].append(id) }
+            for (c, problem) in opening.bad where badIn[c] == nil { badIn[c] = problem }
+            report.chunksChecked += opening.good.count + opening.bad.count
+            if let first = opening.bad.first {
+                report.damagedPacks.append(.init(pack: id.description, badChunks: opening.bad.count, problem: first.problem))
             }
-            if bad > 0 { report.damagedPacks.append(.init(pack: id.description, badChunks: bad, problem: first ?? "")) }
         }
 
         // Pass 2: walk each snapshot's trees; a reference is good if one of the snapshot's
@@ -103,5 +93,32 @@ public struct DeepVerifier: Sendable {
             }
         }
         return report
+    }
+}
+
+/// What opening every chunk of one pack found, in the pack's order.
+struct PackOpening {
+    var good: [ChunkID] = []
+    var bad: [(chunk: ChunkID, problem: String)] = []
+}
+
+extension DeepVerifier {
+    /// Opens one pack and every chunk in it. Format 2 takes each chunk's seal from the pack's
+    /// own sealed index: a restore uses its trees' seals, but a whole pack opens on its own.
+    /// Throws when the pack itself does not open (hash, structure, key, index).
+    static func openEveryChunk(_ bytes: [UInt8], id: PackID, readKey: ReadPrivateKey, chunkIDKey: ChunkIDKey,
+                               decompressor: ChunkDecompressor) throws -> PackOpening {
+        let opened = try PackReader.open(bytes, expectedID: id, readKey: readKey)
+        let seals = try opened.indexSeals(readKey: readKey)
+        var out = PackOpening()
+        for e in opened.entries {
+            do {
+                _ = try opened.chunk(e, seal: seals[e.chunkID], chunkIDKey: chunkIDKey, decompressor: decompressor)
+                out.good.append(e.chunkID)
+            } catch {
+                out.bad.append((e.chunkID, "\(error)"))
+            }
+        }
+        return out
     }
 }

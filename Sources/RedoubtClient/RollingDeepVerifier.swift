@@ -156,27 +156,14 @@ public struct RollingDeepVerifier: Sendable {
     /// Opens every chunk of one pack; `problem` is nil when all open.
     static func open(_ id: PackID, client: APIClient, readKey: ReadPrivateKey, chunkIDKey: ChunkIDKey,
                      decompressor: ChunkDecompressor) async -> (chunks: Int, bad: Int, problem: String?) {
-        let opened: OpenedPack
-        let seals: [ChunkID: ChunkSeal]
         do {
-            opened = try PackReader.open(try await client.pack(id), expectedID: id, readKey: readKey)
-            // Format 2: the pack's own sealed index must give a seal that opens each chunk
-            // (a restore takes seals from its trees, but a whole pack opens on its own).
-            seals = try opened.indexSeals(readKey: readKey)
+            let o = try DeepVerifier.openEveryChunk(try await client.pack(id), id: id, readKey: readKey,
+                                                    chunkIDKey: chunkIDKey, decompressor: decompressor)
+            return (o.good.count + o.bad.count, o.bad.count,
+                    o.bad.first.map { "\(o.bad.count) chunk(s) do not open: " + $0.problem })
         } catch {
             return (0, 0, "\(error)")
         }
-        var chunks = 0, bad = 0, first: String? = nil
-        for e in opened.entries {
-            do {
-                _ = try opened.chunk(e, seal: seals[e.chunkID], chunkIDKey: chunkIDKey, decompressor: decompressor)
-            } catch {
-                bad += 1
-                first = first ?? "\(error)"
-            }
-            chunks += 1
-        }
-        return (chunks, bad, bad > 0 ? "\(bad) chunk(s) do not open: " + (first ?? "") : nil)
     }
 
     /// Every snapshot that names a damaged pack, walked whole by ``DeepVerifier``: a
