@@ -53,15 +53,12 @@ public enum BucketVerify {
     }
 
     static func kind(_ name: String, tenant: String) -> Kind {
-        let statements = HostKeyObjects.prefix(tenant: tenant)
-        if name.hasPrefix(statements), HostKeyObjects.isStatementName("host-keys/" + name.dropFirst(statements.count)) {
-            return .hostKeyStatement
-        }
-        return switch RepositoryLayout.parse(name, tenant: tenant) {
+        switch RepositoryLayout.parse(name, tenant: tenant) {
         case .pack(_, let id): .pack(id)
         case .manifest(_, let id): .manifest(id)
         case .descriptor(_, let v): .descriptor(v)
         case .catalogExport: .catalogExport
+        case .hostKeyStatement: .hostKeyStatement
         case .auditHead, nil: .extra
         }
     }

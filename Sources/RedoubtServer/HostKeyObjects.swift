@@ -11,30 +11,22 @@ import RedoubtStore
 /// and how the server writes them. Key spelling is here only.
 public enum HostKeyObjects {
     /// `t/<tenant>/host-keys/`: every statement of the tenant is under it.
-    public static func prefix(tenant: String) -> String { "t/\(tenant)/host-keys/" }
+    public static func prefix(tenant: String) -> String { RepositoryLayout.hostKeysPrefix(tenant) }
 
     /// `t/<tenant>/host-keys/<principal ID>.registration`.
     public static func registrationKey(tenant: String, principal: String) -> ObjectKey? {
-        ObjectKey(prefix(tenant: tenant) + principal + ".registration")
+        RepositoryLayout.key(.hostKeyStatement(tenant: tenant, principal: principal, revocation: false))
     }
 
     /// `t/<tenant>/host-keys/<principal ID>.revocation`.
     public static func revocationKey(tenant: String, principal: String) -> ObjectKey? {
-        ObjectKey(prefix(tenant: tenant) + principal + ".revocation")
+        RepositoryLayout.key(.hostKeyStatement(tenant: tenant, principal: principal, revocation: true))
     }
 
     /// True for a statement's name relative to the tenant (`host-keys/<ID>.registration` or
     /// `.revocation`, ID lowercase hex): what a media set carries as an `object` record, and
     /// what an import may turn into a store key.
-    public static func isStatementName(_ name: String) -> Bool {
-        guard name.hasPrefix("host-keys/") else { return false }
-        let rest = name.dropFirst("host-keys/".count)
-        for suffix in [".registration", ".revocation"] where rest.hasSuffix(suffix) {
-            let id = rest.dropLast(suffix.count)
-            return (1...64).contains(id.count) && id.allSatisfy { $0.isHexDigit && !$0.isUppercase }
-        }
-        return false
-    }
+    public static func isStatementName(_ name: String) -> Bool { RepositoryLayout.statement(name: name) != nil }
 
     /// A writer principal as the catalog holds it.
     struct Writer {

@@ -9,6 +9,7 @@ import RedoubtCore
 /// t/<tenant>/packs/<first 2 hex>/<pack ID>
 /// t/<tenant>/snapshots/<snapshot ID>     a snapshot's manifest
 /// t/<tenant>/catalog/<13-digit ms>.json  a bucket copy's listing of the tenant's snapshots
+/// t/<tenant>/host-keys/<principal ID>.registration|.revocation   a host key statement
 /// audit-head/<12-digit seq>.json         a bucket copy's anchored audit chain head
 /// ```
 ///
@@ -24,12 +25,16 @@ public enum RepositoryLayout {
         case manifest(tenant: String, id: SnapshotID)
         case descriptor(tenant: String, version: Int)
         case catalogExport(tenant: String, milliseconds: Int64)
+        /// A CA-signed registration (or, `revocation`, revocation) of a host's signing key
+        /// (docs/FORMAT.md §6.4); `principal` is the host's principal ID, lowercase hex.
+        case hostKeyStatement(tenant: String, principal: String, revocation: Bool)
         case auditHead(seq: Int64)
 
         /// The tenant the object belongs to; nil for the audit chain head.
         public var tenant: String? {
             switch self {
-            case .pack(let t, _), .manifest(let t, _), .descriptor(let t, _), .catalogExport(let t, _): t
+            case .pack(let t, _), .manifest(let t, _), .descriptor(let t, _), .catalogExport(let t, _),
+                 .hostKeyStatement(let t, _, _): t
             case .auditHead: nil
             }
         }
@@ -47,6 +52,9 @@ public enum RepositoryLayout {
     public static func snapshotsPrefix(_ tenant: String) -> String { tenantPrefix(tenant) + "snapshots/" }
     /// The tenant's descriptors: `t/<tenant>/tenant-v`.
     public static func descriptorsPrefix(_ tenant: String) -> String { tenantPrefix(tenant) + descriptorStem }
+    /// The tenant's host key statements: `t/<tenant>/host-keys/`.
+    public static func hostKeysPrefix(_ tenant: String) -> String { tenantPrefix(tenant) + hostKeysDirectory }
+    static let hostKeysDirectory = "host-keys/"
 
     /// Whether `tenant` can name objects at all (every character a key may hold, no `/`).
     public static func isUsableTenant(_ tenant: String) -> Bool {
@@ -67,6 +75,9 @@ public enum RepositoryLayout {
             return v >= 1 ? ObjectKey(tenantPrefix(t) + descriptorName(version: v)) : nil
         case .catalogExport(let t, let ms):
             return ms >= 0 ? ObjectKey("\(tenantPrefix(t))catalog/\(String(format: "%013lld", ms)).json") : nil
+        case .hostKeyStatement(let t, let principal, let revocation):
+            let name = hostKeyStatementName(principal: principal, revocation: revocation)
+            return statement(name: name) != nil ? ObjectKey(tenantPrefix(t) + name) : nil
         case .auditHead(let seq):
             return seq >= 0 ? ObjectKey("\(auditHeadPrefix)\(String(format: "%012lld", seq)).json") : nil
         }
@@ -96,6 +107,25 @@ public enum RepositoryLayout {
         return v
     }
 
+    /// A statement's name inside its tenant's prefix (also its record ID on media):
+    /// `host-keys/<principal ID>.registration` or `.revocation`.
+    public static func hostKeyStatementName(principal: String, revocation: Bool) -> String {
+        "\(hostKeysDirectory)\(principal).\(revocation ? "revocation" : "registration")"
+    }
+
+    /// The principal and kind a statement name (`host-keys/<ID>.registration|.revocation`,
+    /// ID 1–64 lowercase hex digits) holds, else nil.
+    public static func statement(name: some StringProtocol) -> (principal: String, revocation: Bool)? {
+        guard name.hasPrefix(hostKeysDirectory) else { return nil }
+        let rest = name.dropFirst(hostKeysDirectory.count)
+        for (suffix, revocation) in [(".registration", false), (".revocation", true)] where rest.hasSuffix(suffix) {
+            let id = rest.dropLast(suffix.count)
+            guard (1...64).contains(id.count), id.allSatisfy({ $0.isHexDigit && !$0.isUppercase }) else { return nil }
+            return (String(id), revocation)
+        }
+        return nil
+    }
+
     /// What `path` names, or nil for anything Redoubt does not write there (a malformed or
     /// non-canonical key, an unknown kind).
     public static func parse(_ path: String) -> Object? {
@@ -117,6 +147,10 @@ public enum RepositoryLayout {
             if let id = SnapshotID(hex: rest[1]), id.description == rest[1] { return .manifest(tenant: t, id: id) }
         case 2 where rest[0] == "catalog":
             if let ms = digits(rest[1], count: 13) { return .catalogExport(tenant: t, milliseconds: ms) }
+        case 2 where rest[0] + "/" == hostKeysDirectory:
+            if let s = statement(name: rest.joined(separator: "/")) {
+                return .hostKeyStatement(tenant: t, principal: s.principal, revocation: s.revocation)
+            }
         case 1:
             if let v = descriptorVersion(name: rest[0]) { return .descriptor(tenant: t, version: v) }
         default: break

@@ -14,7 +14,8 @@ import Testing
         let objects: [RepositoryLayout.Object] = [
             .pack(tenant: "acme", id: pack), .manifest(tenant: "acme", id: snap), .descriptor(tenant: "acme", version: 1),
             .descriptor(tenant: "a.b-c_d", version: 12), .catalogExport(tenant: "acme", milliseconds: 1_800_000_000_123),
-            .auditHead(seq: 42),
+            .hostKeyStatement(tenant: "acme", principal: "00ff", revocation: false),
+            .hostKeyStatement(tenant: "acme", principal: "00ff", revocation: true), .auditHead(seq: 42),
         ]
         for o in objects {
             let key = try #require(RepositoryLayout.key(o), "\(o) has no key")
@@ -33,6 +34,9 @@ import Testing
         #expect(RepositoryLayout.key(.catalogExport(tenant: "acme", milliseconds: 5))?.path == "t/acme/catalog/0000000000005.json")
         #expect(RepositoryLayout.key(.auditHead(seq: 7))?.path == "audit-head/000000000007.json")
         #expect(RepositoryLayout.descriptorName(version: 9) == "tenant-v9.json")
+        #expect(RepositoryLayout.key(.hostKeyStatement(tenant: "acme", principal: "ab", revocation: true))?.path
+                    == "t/acme/host-keys/ab.revocation")
+        #expect(RepositoryLayout.key(.hostKeyStatement(tenant: "acme", principal: "AB", revocation: false)) == nil)
         #expect(RepositoryLayout.descriptorVersion(name: "tenant-v9.json") == 9)
     }
 
