@@ -147,24 +147,9 @@ import RedoubtStore
             _ = try await n.attacker.1.uploadPack(id: poisoned.id, bytes: poisoned.bytes)
 
             // The victim's format-1 backup, as a format-1 client made it: it reused the chunk.
-            let vkeys = try n.victim.0.writeKeySet()
-            let pipeline = try PackPipeline(material: vkeys.shared, packVersion: 1) { $0 == target }
-            let file = Node(name: Array("data.bin".utf8), type: .file, size: UInt64(content.count),
-                            content: try pipeline.add(blob: content))
-            let other = Node(name: Array("clean.txt".utf8), type: .file, size: 6,
-                             content: try pipeline.add(blob: Array("clean\n".utf8)))
-            let root = try pipeline.add(tree: Tree(nodes: [file, other]))
-            let own = try pipeline.flush()
-            for p in own { _ = try await n.victim.1.uploadPack(id: p.id, bytes: p.bytes) }
-            let header = ManifestHeader(tenant: vkeys.tenant, readKeyID: vkeys.shared.readPublicKey.keyID,
-                                        host: vkeys.host, hostKey: vkeys.signingKey.publicKey,
-                                        time: Timestamp(seconds: testNow), nonce: [UInt8](repeating: 3, count: 16),
-                                        paths: [Array("/srv".utf8)], tags: [], statistics: SnapshotStatistics(),
-                                        packs: own.map(\.id) + [poisoned.id], clientVersion: "format-1 client")
-            let v1 = try Manifest.create(header: header, root: root, readPublicKey: vkeys.shared.readPublicKey,
-                                         signingKey: vkeys.signingKey)
-            #expect(v1.version == 1)
-            let victimID = try await n.victim.1.commit(manifestBytes: v1.bytes).id
+            let victimID = try await commitFormatOneSnapshot(
+                [("data.bin", content), ("clean.txt", Array("clean\n".utf8))], as: n.victim,
+                isHeld: { $0 == target }, otherPacks: [poisoned.id], nonce: 3)
             // A format-2 backup alongside is clean, and deep verify reads both formats.
             let clean = try await backUp(n.server.dir.appendingPathComponent("cfg-writer-web1"), as: n.victim,
                                          at: testNow + 10)

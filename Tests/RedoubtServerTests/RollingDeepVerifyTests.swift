@@ -128,21 +128,8 @@ import RedoubtKMS
             _ = try await t.attacker.1.uploadPack(id: poisoned.id, bytes: poisoned.bytes)
             // Format-1 chunks cannot be checked without keys: the victim's format-1 backup (as a
             // format-1 client made it under tenant-wide dedup) reused the poisoned chunk.
-            let vkeys = try t.host.0.writeKeySet()
-            let pipeline = try PackPipeline(material: vkeys.shared, packVersion: 1) { $0 == target }
-            let file = Node(name: Array("data.bin".utf8), type: .file, size: UInt64(content.count),
-                            content: try pipeline.add(blob: content))
-            let root = try pipeline.add(tree: Tree(nodes: [file]))
-            let own = try pipeline.flush()
-            for p in own { _ = try await t.host.1.uploadPack(id: p.id, bytes: p.bytes) }
-            let header = ManifestHeader(tenant: vkeys.tenant, readKeyID: vkeys.shared.readPublicKey.keyID,
-                                        host: vkeys.host, hostKey: vkeys.signingKey.publicKey,
-                                        time: Timestamp(seconds: testNow), nonce: [UInt8](repeating: 5, count: 16),
-                                        paths: [Array("/srv".utf8)], tags: [], statistics: SnapshotStatistics(),
-                                        packs: own.map(\.id) + [poisoned.id], clientVersion: "format-1 client")
-            let manifest = try Manifest.create(header: header, root: root, readPublicKey: vkeys.shared.readPublicKey,
-                                               signingKey: vkeys.signingKey)
-            let victimID = try await t.host.1.commit(manifestBytes: manifest.bytes).id
+            let victimID = try await commitFormatOneSnapshot([("data.bin", content)], as: t.host,
+                                                             isHeld: { $0 == target }, otherPacks: [poisoned.id], nonce: 5)
             let clean = try await commit(2, as: t.host, tag: "clean")
 
             let r = try await RollingDeepVerifier().run(client: t.restorer.1, readKey: t.readKey,
