@@ -53,13 +53,22 @@ public final class APIClient: Sendable {
         var config = HTTPClient.Configuration(tlsConfiguration: tls)
         config.httpVersion = .http1Only
         config.timeout = .init(connect: .seconds(10), read: .seconds(600))
-        config.connectionPool = .init(idleTimeout: .seconds(60), concurrentHTTP1ConnectionsPerHostSoftLimit: 8)
+        // Why shorter than the server's idle timeout (90 s by default): a pooled connection the
+        // server has already closed fails the next request sent on it.
+        config.connectionPool = .init(idleTimeout: .seconds(20), concurrentHTTP1ConnectionsPerHostSoftLimit: 8)
         http = HTTPClient(eventLoopGroupProvider: .singleton, configuration: config)
         baseURL = url.hasSuffix("/") ? String(url.dropLast()) : url
         self.credential = credential
     }
 
     public func shutdown() async { try? await http.shutdown() }
+
+    deinit {
+        // A client dropped on an error path before shutdown() would keep its pool's
+        // connections open; the task holds the HTTP client until they are closed.
+        let http = self.http
+        Task { try? await http.shutdown() }
+    }
 
     /// `PRETTY_NAME` from this host's /etc/os-release, read once; nil if absent.
     public static let hostOS: String? = {
@@ -83,7 +92,7 @@ public final class APIClient: Sendable {
             req.body = .bytes(ByteBuffer(bytes: body))
         }
         let resp: HTTPClientResponse
-        do { resp = try await http.execute(req, timeout: .seconds(600)) } catch {
+        do { resp = try await execute(req) } catch {
             throw APIError(status: 0, code: "E_CONNECT",
                            message: "cannot reach the Redoubt server at \(baseURL) (\(error)): is `redoubt server run` up, and is this credential from that server?")
         }
@@ -94,6 +103,23 @@ public final class APIClient: Sendable {
             throw APIError(status: status, code: "E_HTTP", message: String(decoding: data.prefix(500), as: UTF8.self))
         }
         return (status, data)
+    }
+
+    /// Sends once more a request that cannot have changed anything twice (GET, HEAD, and a
+    /// PUT of content-addressed bytes) when its connection closed before any answer: a
+    /// server closes idle connections, and one may close just as the pool hands it out.
+    private func execute(_ req: HTTPClientRequest) async throws -> HTTPClientResponse {
+        do { return try await http.execute(req, timeout: .seconds(600)) } catch {
+            guard [.GET, .HEAD, .PUT].contains(req.method), Self.closedBeforeAnswer(error) else { throw error }
+            return try await http.execute(req, timeout: .seconds(600))
+        }
+    }
+
+    static func closedBeforeAnswer(_ error: any Error) -> Bool {
+        if let e = error as? HTTPClientError { return e == .remoteConnectionClosed }
+        if error is ChannelError { return true }
+        if let e = error as? IOError { return e.errnoCode == ECONNRESET || e.errnoCode == EPIPE }
+        return false
     }
 
     func json<T: Decodable>(_ type: T.Type, _ method: HTTPMethod, _ path: String, body: (some Encodable)? = Optional<Int>.none) async throws -> T {
