@@ -11,11 +11,13 @@ extension AWSCredentials {
     /// `AWS_SESSION_TOKEN`) from the environment, else the shared credentials file
     /// (`AWS_SHARED_CREDENTIALS_FILE` or `~/.aws/credentials`) under `AWS_PROFILE` or
     /// `default`.
-    public static func standard(environment: [String: String] = ProcessInfo.processInfo.environment) throws -> AWSCredentials {
+    public static func standard(environment: [String: String] = ProcessInfo.processInfo.environment) throws
+        -> AWSCredentials {
         if let id = environment["AWS_ACCESS_KEY_ID"], let secret = environment["AWS_SECRET_ACCESS_KEY"],
             !id.isEmpty, !secret.isEmpty
         {
-            return AWSCredentials(accessKeyID: id, secretAccessKey: secret, sessionToken: environment["AWS_SESSION_TOKEN"])
+            return AWSCredentials(accessKeyID: id, secretAccessKey: secret,
+                sessionToken: environment["AWS_SESSION_TOKEN"])
         }
         let home = environment["HOME"] ?? NSHomeDirectory()
         let path = environment["AWS_SHARED_CREDENTIALS_FILE"] ?? home + "/.aws/credentials"
@@ -33,7 +35,9 @@ extension AWSCredentials {
     /// credentials file made for one copy target needs no `[default]` line.
     public static func file(_ path: String, profile: String = "default") throws -> AWSCredentials {
         guard let data = FileManager.default.contents(atPath: path) else {
-            throw AWSCredentialsError(message: "cannot read AWS credentials file \(path): check it exists and is readable by this user")
+            throw AWSCredentialsError(message: """
+                cannot read AWS credentials file \(path): check it exists and is readable by this user
+                """)
         }
         let text = String(decoding: data, as: UTF8.self)
         var section: String? = nil
@@ -55,10 +59,12 @@ extension AWSCredentials {
             let value = line[line.index(after: eq)...].trimmingCharacters(in: .whitespaces)
             values[key] = value
         }
-        guard let id = values["aws_access_key_id"], let secret = values["aws_secret_access_key"], !id.isEmpty, !secret.isEmpty
+        guard let id = values["aws_access_key_id"], let secret = values["aws_secret_access_key"], !id.isEmpty,
+            !secret.isEmpty
         else {
             throw AWSCredentialsError(message:
-                "AWS credentials file \(path) has no aws_access_key_id and aws_secret_access_key" + (sawSection ? " under [\(profile)]" : ""))
+                "AWS credentials file \(path) has no aws_access_key_id and aws_secret_access_key"
+                    + (sawSection ? " under [\(profile)]" : ""))
         }
         return AWSCredentials(accessKeyID: id, secretAccessKey: secret, sessionToken: values["aws_session_token"])
     }

@@ -16,7 +16,8 @@ public struct AWSCredentials: Sendable, CustomStringConvertible {
     public init(accessKeyID: String, secretAccessKey: String, sessionToken: String? = nil) {
         self.accessKeyID = accessKeyID
         self.secretAccessKey = secretAccessKey
-        self.sessionToken = sessionToken?.isEmpty == true ? nil : sessionToken  // an empty token is no token (AWS refuses one sent empty)
+        // an empty token is no token (AWS refuses one sent empty)
+        self.sessionToken = sessionToken?.isEmpty == true ? nil : sessionToken
     }
 
     public var description: String { "AWSCredentials(\(accessKeyID), secret redacted)" }
@@ -78,7 +79,8 @@ public struct SigV4Signer: Sendable {
     /// `x-amz-date`, `x-amz-content-sha256` (unless `includeContentHash` is false, as
     /// for services other than S3), `x-amz-security-token` when there is a session token,
     /// and `Authorization`.
-    public func sign(_ request: SigV4Request, at date: Date, includeContentHash: Bool = true) -> [(name: String, value: String)] {
+    public func sign(_ request: SigV4Request, at date: Date, includeContentHash: Bool = true) -> [(name: String,
+        value: String)] {
         let amzDate = Self.amzDate(date)
         let day = String(amzDate.prefix(8))
         var added: [(name: String, value: String)] = [("x-amz-date", amzDate)]
@@ -92,10 +94,14 @@ public struct SigV4Signer: Sendable {
         let (canonical, signedHeaders) = canonicalRequest(signed)
         let scope = "\(day)/\(region)/\(service)/aws4_request"
         let stringToSign = "AWS4-HMAC-SHA256\n\(amzDate)\n\(scope)\n\(Self.hexSHA256(Data(canonical.utf8)))"
-        let signature = Self.hex(HMAC<SHA256>.authenticationCode(for: Data(stringToSign.utf8), using: signingKey(day: day)))
+        let signature = Self.hex(HMAC<SHA256>.authenticationCode(for: Data(stringToSign.utf8),
+            using: signingKey(day: day)))
         added.append((
             "Authorization",
-            "AWS4-HMAC-SHA256 Credential=\(credentials.accessKeyID)/\(scope), SignedHeaders=\(signedHeaders), Signature=\(signature)"
+            """
+                AWS4-HMAC-SHA256 Credential=\(credentials.accessKeyID)/\(scope), SignedHeaders=\(signedHeaders), \
+                Signature=\(signature)
+                """
         ))
         return added
     }
@@ -128,7 +134,9 @@ public struct SigV4Signer: Sendable {
     }
 
     static func canonicalQuery(_ query: [(name: String, value: String)]) -> String {
-        var pairs: [(String, String)] = query.map { (encode($0.name, keepSlash: false), encode($0.value, keepSlash: false)) }
+        var pairs: [(String, String)] = query.map {
+            (encode($0.name, keepSlash: false), encode($0.value, keepSlash: false))
+        }
         pairs.sort { (a: (String, String), b: (String, String)) -> Bool in a.0 == b.0 ? a.1 < b.1 : a.0 < b.0 }
         return pairs.map { (pair: (String, String)) -> String in pair.0 + "=" + pair.1 }.joined(separator: "&")
     }

@@ -19,7 +19,9 @@ public struct APIError: Error, Sendable, CustomStringConvertible {
         self.message = message
     }
 
-    public var description: String { status == 0 ? "\(message) [\(code)]" : "server said \(status): \(message) [\(code)]" }
+    public var description: String {
+        status == 0 ? "\(message) [\(code)]" : "server said \(status): \(message) [\(code)]"
+    }
     /// The server refused the caller (401/403).
     public var isRefusal: Bool { status == 401 || status == 403 }
 }
@@ -36,7 +38,9 @@ public final class APIClient: Sendable {
         var tls = TLSConfiguration.makeClientConfiguration()
         tls.minimumTLSVersion = .tlsv13
         tls.trustRoots = .certificates(try NIOSSLCertificate.fromPEMBytes(Array(credential.caPEM.utf8)))
-        tls.certificateChain = try NIOSSLCertificate.fromPEMBytes(Array(credential.certificatePEM.utf8)).map { .certificate($0) }
+        tls.certificateChain = try NIOSSLCertificate.fromPEMBytes(Array(credential.certificatePEM.utf8)).map {
+            .certificate($0)
+        }
         tls.privateKey = .privateKey(try NIOSSLPrivateKey(bytes: Array(credential.keyPEM.utf8), format: .pem))
         try self.init(url: credential.url, tls: tls, credential: credential)
     }
@@ -74,7 +78,8 @@ public final class APIClient: Sendable {
     public static let hostOS: String? = {
         guard let s = try? String(contentsOfFile: "/etc/os-release", encoding: .utf8) else { return nil }
         for line in s.split(separator: "\n") where line.hasPrefix("PRETTY_NAME=") {
-            return String(line.dropFirst("PRETTY_NAME=".count)).trimmingCharacters(in: CharacterSet(charactersIn: "\"'"))
+            return String(line.dropFirst("PRETTY_NAME=".count))
+                .trimmingCharacters(in: CharacterSet(charactersIn: "\"'"))
         }
         return nil
     }()
@@ -82,8 +87,10 @@ public final class APIClient: Sendable {
     // MARK: transport
 
     /// Sends a request and returns the body of a 2xx answer; anything else is an APIError.
-    public func send(_ method: HTTPMethod, _ path: String, body: [UInt8]? = nil, contentType: String = "application/octet-stream",
-                     headers: [(String, String)] = [], limit: Int = 1 << 30) async throws -> (status: Int, body: [UInt8]) {
+    public func send(_ method: HTTPMethod, _ path: String, body: [UInt8]? = nil,
+        contentType: String = "application/octet-stream",
+                     headers: [(String, String)] = [], limit: Int = 1 << 30) async throws -> (status: Int,
+                         body: [UInt8]) {
         var req = HTTPClientRequest(url: baseURL + path)
         req.method = method
         for (name, value) in headers { req.headers.add(name: name, value: value) }
@@ -94,12 +101,17 @@ public final class APIClient: Sendable {
         let resp: HTTPClientResponse
         do { resp = try await execute(req) } catch {
             throw APIError(status: 0, code: "E_CONNECT",
-                           message: "cannot reach the Redoubt server at \(baseURL) (\(error)): is `redoubt server run` up, and is this credential from that server?")
+                           message: """
+                               cannot reach the Redoubt server at \(baseURL) (\(error)): is `redoubt server run` up, \
+                               and is this credential from that server?
+                               """)
         }
         let data = Array((try await resp.body.collect(upTo: limit)).readableBytesView)
         let status = Int(resp.status.code)
         guard (200..<300).contains(status) else {
-            if let e = try? JSONDecoder().decode(Wire.ErrorBody.self, from: Data(data)) { throw APIError(status: status, code: e.code, message: e.message) }
+            if let e = try? JSONDecoder().decode(Wire.ErrorBody.self, from: Data(data)) {
+                throw APIError(status: status, code: e.code, message: e.message)
+            }
             throw APIError(status: status, code: "E_HTTP", message: String(decoding: data.prefix(500), as: UTF8.self))
         }
         return (status, data)
@@ -122,13 +134,15 @@ public final class APIClient: Sendable {
         return false
     }
 
-    func json<T: Decodable>(_ type: T.Type, _ method: HTTPMethod, _ path: String, body: (some Encodable)? = Optional<Int>.none) async throws -> T {
+    func json<T: Decodable>(_ type: T.Type, _ method: HTTPMethod, _ path: String,
+        body: (some Encodable)? = Optional<Int>.none) async throws -> T {
         var payload: [UInt8]? = nil
         if let body { payload = Array(try JSONEncoder().encode(body)) }
         let (_, data) = try await send(method, path, body: payload, contentType: "application/json")
         let d = WireDate.decoder()
         do { return try d.decode(T.self, from: Data(data)) } catch {
-            throw APIError(status: 0, code: "E_PROTOCOL", message: "server answered \(path) with an unexpected body: \(error)")
+            throw APIError(status: 0, code: "E_PROTOCOL",
+                message: "server answered \(path) with an unexpected body: \(error)")
         }
     }
 
@@ -144,9 +158,12 @@ public final class APIClient: Sendable {
         try await json(Wire.TenantInfo.self, .POST, "/v1/tenants", body: req)
     }
 
-    public func tenants() async throws -> [Wire.TenantInfo] { try await json([Wire.TenantInfo].self, .GET, "/v1/tenants") }
+    public func tenants() async throws -> [Wire.TenantInfo] {
+        try await json([Wire.TenantInfo].self, .GET, "/v1/tenants")
+    }
 
-    public func createEnrollment(tenant: String, role: String, name: String, ttlSeconds: Double?) async throws -> Wire.CreateEnrollmentResponse {
+    public func createEnrollment(tenant: String, role: String, name: String,
+        ttlSeconds: Double?) async throws -> Wire.CreateEnrollmentResponse {
         try await json(Wire.CreateEnrollmentResponse.self, .POST, "/v1/tenants/\(tenant)/enrollments",
                        body: Wire.CreateEnrollmentRequest(role: role, name: name, ttlSeconds: ttlSeconds))
     }
@@ -159,7 +176,8 @@ public final class APIClient: Sendable {
 
     /// Rotates to `wrappedReadKey`, or (empty, with `requestID`) to the wrapping an approved
     /// request holds.
-    public func rotateReadKey(tenant: String, wrappedReadKey: String, requestID: String? = nil) async throws -> Wire.ReadKeyInfo {
+    public func rotateReadKey(tenant: String, wrappedReadKey: String,
+        requestID: String? = nil) async throws -> Wire.ReadKeyInfo {
         try await json(Wire.ReadKeyInfo.self, .PUT, "/v1/tenants/\(tenant)/read-key",
                        body: Wire.RotateReadKeyRequest(wrappedReadKey: wrappedReadKey, requestID: requestID))
     }
@@ -169,16 +187,20 @@ public final class APIClient: Sendable {
     }
 
     public func restoreWriteMaterial(tenant: String, material: String) async throws -> Wire.WriteMaterialInfo {
-        try await json(Wire.WriteMaterialInfo.self, .PUT, "/v1/tenants/\(tenant)/write-material", body: Wire.RestoreWriteMaterialRequest(writeMaterial: material))
+        try await json(Wire.WriteMaterialInfo.self, .PUT, "/v1/tenants/\(tenant)/write-material",
+            body: Wire.RestoreWriteMaterialRequest(writeMaterial: material))
     }
 
     public func markKEKsDestroyed(tenant: String, versions: [Int]) async throws -> Wire.ReadKeyInfo {
-        try await json(Wire.ReadKeyInfo.self, .POST, "/v1/tenants/\(tenant)/read-key/destroyed", body: Wire.DestroyedKEKsRequest(versions: versions))
+        try await json(Wire.ReadKeyInfo.self, .POST, "/v1/tenants/\(tenant)/read-key/destroyed",
+            body: Wire.DestroyedKEKsRequest(versions: versions))
     }
 
-    public func shredTenant(tenant: String, confirm: String, destroyedVersions: [Int], requestID: String? = nil, check: Bool = false) async throws -> Wire.ReadKeyInfo {
+    public func shredTenant(tenant: String, confirm: String, destroyedVersions: [Int], requestID: String? = nil,
+        check: Bool = false) async throws -> Wire.ReadKeyInfo {
         try await json(Wire.ReadKeyInfo.self, .POST, "/v1/tenants/\(tenant)/shred",
-                       body: Wire.ShredRequest(confirm: confirm, destroyedVersions: destroyedVersions, requestID: requestID, check: check ? true : nil))
+                       body: Wire.ShredRequest(confirm: confirm, destroyedVersions: destroyedVersions,
+                           requestID: requestID, check: check ? true : nil))
     }
 
     // MARK: copy targets
@@ -187,10 +209,13 @@ public final class APIClient: Sendable {
         try await json(Wire.CopyTargetInfo.self, .POST, "/v1/copy-targets", body: req)
     }
 
-    public func copyTargets() async throws -> [Wire.CopyTargetInfo] { try await json([Wire.CopyTargetInfo].self, .GET, "/v1/copy-targets") }
+    public func copyTargets() async throws -> [Wire.CopyTargetInfo] {
+        try await json([Wire.CopyTargetInfo].self, .GET, "/v1/copy-targets")
+    }
 
     public func removeCopyTarget(id: String, requestID: String?) async throws -> [Wire.CopyTargetInfo] {
-        try await json([Wire.CopyTargetInfo].self, .POST, "/v1/copy-targets/\(id)/remove", body: Wire.ApprovedChange(requestID: requestID))
+        try await json([Wire.CopyTargetInfo].self, .POST, "/v1/copy-targets/\(id)/remove",
+            body: Wire.ApprovedChange(requestID: requestID))
     }
 
     public func syncCopyTarget(id: String, wait: Bool) async throws -> Wire.CopyTargetInfo {
@@ -200,7 +225,8 @@ public final class APIClient: Sendable {
     // MARK: approvals
 
     public func setMinRetention(tenant: String, seconds: Double, requestID: String?) async throws -> Wire.TenantInfo {
-        try await json(Wire.TenantInfo.self, .PUT, "/v1/tenants/\(tenant)/retention", body: Wire.SetRetentionRequest(minRetentionSeconds: seconds, requestID: requestID))
+        try await json(Wire.TenantInfo.self, .PUT, "/v1/tenants/\(tenant)/retention",
+            body: Wire.SetRetentionRequest(minRetentionSeconds: seconds, requestID: requestID))
     }
 
     public func setDedupScope(tenant: String, scope: String, requestID: String?) async throws -> Wire.TenantInfo {
@@ -208,18 +234,22 @@ public final class APIClient: Sendable {
                        body: Wire.SetDedupScopeRequest(dedupScope: scope, requestID: requestID))
     }
 
-    public func addAdmin(name: String, ttlSeconds: Double?, requestID: String?) async throws -> Wire.CreateEnrollmentResponse {
-        try await json(Wire.CreateEnrollmentResponse.self, .POST, "/v1/admins", body: Wire.AddAdminRequest(name: name, ttlSeconds: ttlSeconds, requestID: requestID))
+    public func addAdmin(name: String, ttlSeconds: Double?,
+        requestID: String?) async throws -> Wire.CreateEnrollmentResponse {
+        try await json(Wire.CreateEnrollmentResponse.self, .POST, "/v1/admins", body: Wire.AddAdminRequest(name: name,
+            ttlSeconds: ttlSeconds, requestID: requestID))
     }
 
     public func removeAdmin(name: String, requestID: String?) async throws -> Wire.QuorumInfo {
-        try await json(Wire.QuorumInfo.self, .POST, "/v1/admins/\(name)/remove", body: Wire.ApprovedChange(requestID: requestID))
+        try await json(Wire.QuorumInfo.self, .POST, "/v1/admins/\(name)/remove",
+            body: Wire.ApprovedChange(requestID: requestID))
     }
 
     /// Enrolled principals (admin); `includeRevoked` adds the revoked ones.
     /// Sets (nil: removes) a tenant's storage quota, or with `host` that host's (admin).
     public func setQuota(tenant: String, host: String?, bytes: Int64?) async throws -> Wire.QuotaInfo {
-        try await json(Wire.QuotaInfo.self, .PUT, "/v1/tenants/\(tenant)/quota", body: Wire.SetQuotaRequest(host: host, bytes: bytes))
+        try await json(Wire.QuotaInfo.self, .PUT, "/v1/tenants/\(tenant)/quota", body: Wire.SetQuotaRequest(host: host,
+            bytes: bytes))
     }
 
     public func principals(includeRevoked: Bool = false) async throws -> [Wire.PrincipalInfo] {
@@ -232,7 +262,9 @@ public final class APIClient: Sendable {
     }
 
     /// Enrollment tokens that could still enroll someone (admin).
-    public func enrollments() async throws -> [Wire.EnrollmentInfo] { try await json([Wire.EnrollmentInfo].self, .GET, "/v1/enrollments") }
+    public func enrollments() async throws -> [Wire.EnrollmentInfo] {
+        try await json([Wire.EnrollmentInfo].self, .GET, "/v1/enrollments")
+    }
 
     /// Cancels a pending enrollment token by its ID (or a unique prefix of 12+ hex digits).
     public func cancelEnrollment(id: String) async throws -> Wire.EnrollmentInfo {
@@ -241,16 +273,20 @@ public final class APIClient: Sendable {
 
     /// Revokes a writer, restorer or auditor credential (a writer needs approval once there are two admins).
     public func revokePrincipal(id: String, requestID: String?) async throws -> Wire.PrincipalInfo {
-        try await json(Wire.PrincipalInfo.self, .POST, "/v1/principals/\(id)/revoke", body: Wire.ApprovedChange(requestID: requestID))
+        try await json(Wire.PrincipalInfo.self, .POST, "/v1/principals/\(id)/revoke",
+            body: Wire.ApprovedChange(requestID: requestID))
     }
 
     public func quorum() async throws -> Wire.QuorumInfo { try await json(Wire.QuorumInfo.self, .GET, "/v1/quorum") }
 
     public func setQuorum(_ q: Int, requestID: String?) async throws -> Wire.QuorumInfo {
-        try await json(Wire.QuorumInfo.self, .PUT, "/v1/quorum", body: Wire.ApprovedChange(requestID: requestID, quorum: q))
+        try await json(Wire.QuorumInfo.self, .PUT, "/v1/quorum", body: Wire.ApprovedChange(requestID: requestID,
+            quorum: q))
     }
 
-    public func requests() async throws -> [Wire.RequestInfo] { try await json([Wire.RequestInfo].self, .GET, "/v1/requests") }
+    public func requests() async throws -> [Wire.RequestInfo] {
+        try await json([Wire.RequestInfo].self, .GET, "/v1/requests")
+    }
 
     public func decide(request id: String, approve: Bool) async throws -> Wire.RequestInfo {
         try await json(Wire.RequestInfo.self, .POST, "/v1/requests/\(id)/\(approve ? "approve" : "reject")")
@@ -262,7 +298,9 @@ public final class APIClient: Sendable {
         var all: [Wire.SnapshotInfo] = []
         while true {
             var query = ["limit=\(pageSize)"]
-            if let host { query.append("host=\(host.addingPercentEncoding(withAllowedCharacters: .alphanumerics) ?? host)") }
+            if let host {
+                query.append("host=\(host.addingPercentEncoding(withAllowedCharacters: .alphanumerics) ?? host)")
+            }
             if let last = all.last { query.append("after=\(last.id)") }
             let page = try await json([Wire.SnapshotInfo].self, .GET, "/v1/snapshots?" + query.joined(separator: "&"))
             all += page
@@ -270,11 +308,17 @@ public final class APIClient: Sendable {
         }
     }
 
-    public func snapshot(_ id: String) async throws -> Wire.SnapshotInfo { try await json(Wire.SnapshotInfo.self, .GET, "/v1/snapshots/\(id)") }
+    public func snapshot(_ id: String) async throws -> Wire.SnapshotInfo {
+        try await json(Wire.SnapshotInfo.self, .GET, "/v1/snapshots/\(id)")
+    }
 
-    public func manifestBytes(_ id: String) async throws -> [UInt8] { try await send(.GET, "/v1/snapshots/\(id)/manifest").body }
+    public func manifestBytes(_ id: String) async throws -> [UInt8] {
+        try await send(.GET, "/v1/snapshots/\(id)/manifest").body
+    }
 
-    public func verify(_ id: String) async throws -> Wire.VerifyReport { try await json(Wire.VerifyReport.self, .POST, "/v1/snapshots/\(id)/verify") }
+    public func verify(_ id: String) async throws -> Wire.VerifyReport {
+        try await json(Wire.VerifyReport.self, .POST, "/v1/snapshots/\(id)/verify")
+    }
 
     public func audit(after: Int64 = 0, limit: Int = 1000) async throws -> [Wire.AuditEntry] {
         try await json([Wire.AuditEntry].self, .GET, "/v1/audit?after=\(after)&limit=\(limit)")
@@ -288,7 +332,9 @@ public final class APIClient: Sendable {
             let batch = Array(ids[i..<min(i + 20_000, ids.count)])
             i += batch.count
             let (_, data) = try await send(.POST, "/v1/chunks/query", body: Wire.encodeChunkQuery(batch))
-            guard let m = Wire.decodeChunkLocations(data) else { throw APIError(status: 0, code: "E_PROTOCOL", message: "malformed chunk query answer") }
+            guard let m = Wire.decodeChunkLocations(data) else {
+                throw APIError(status: 0, code: "E_PROTOCOL", message: "malformed chunk query answer")
+            }
             out.merge(m) { a, _ in a }
         }
         return out
@@ -302,7 +348,8 @@ public final class APIClient: Sendable {
 
     /// Tells the server a pack does not open (deep verify); the answer names its uploader.
     public func reportDamagedPack(_ id: PackID, problem: String) async throws -> Wire.DamagedPackInfo {
-        try await json(Wire.DamagedPackInfo.self, .POST, "/v1/packs/\(id)/damaged", body: Wire.DamagedPackReport(problem: problem))
+        try await json(Wire.DamagedPackInfo.self, .POST, "/v1/packs/\(id)/damaged",
+            body: Wire.DamagedPackReport(problem: problem))
     }
 
     public func packBytes(_ id: PackID) async throws -> [UInt8] { try await send(.GET, "/v1/packs/\(id)").body }
@@ -318,7 +365,9 @@ public final class APIClient: Sendable {
 }
 
 extension APIClient: PackLocatingBackupTarget, ChunkLocatingPackSource {
-    public func existingChunkLocations(_ ids: [ChunkID]) async throws -> [ChunkID: PackID] { try await chunkLocations(ids) }
+    public func existingChunkLocations(_ ids: [ChunkID]) async throws -> [ChunkID: PackID] {
+        try await chunkLocations(ids)
+    }
 
     public func chunkLocations(inPacks packs: [PackID]) async throws -> [ChunkID: PackID] {
         var out: [ChunkID: PackID] = [:]
@@ -342,7 +391,9 @@ extension APIClient: PackLocatingBackupTarget, ChunkLocatingPackSource {
                         out[try ChunkID(bytes: r.raw(32)).orThrow()] = pack
                     }
                 }
-            } catch { throw APIError(status: 0, code: "E_PROTOCOL", message: "malformed pack chunk lists from the server") }
+            } catch {
+                throw APIError(status: 0, code: "E_PROTOCOL", message: "malformed pack chunk lists from the server")
+            }
             guard !answered.isEmpty, answered.isSubset(of: Set(batch)) else {
                 throw APIError(status: 0, code: "E_PROTOCOL",
                                message: "the server answered pack chunk lists for no pack or for packs not asked for")
@@ -352,7 +403,9 @@ extension APIClient: PackLocatingBackupTarget, ChunkLocatingPackSource {
         return out
     }
 
-    public func existingChunks(_ ids: [ChunkID]) async throws -> Set<ChunkID> { Set(try await chunkLocations(ids).keys) }
+    public func existingChunks(_ ids: [ChunkID]) async throws -> Set<ChunkID> {
+        Set(try await chunkLocations(ids).keys)
+    }
     public func upload(pack: FinishedPack) async throws { _ = try await uploadPack(id: pack.id, bytes: pack.bytes) }
     public func commit(manifest: Manifest) async throws { _ = try await commit(manifestBytes: manifest.bytes) }
     public func pack(_ id: PackID) async throws -> [UInt8] { try await packBytes(id) }

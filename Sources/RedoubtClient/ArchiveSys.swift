@@ -78,7 +78,8 @@ enum ArchiveSys {
         /// True if reading the file would show a change since `other` was taken: the
         /// fields that any write moves (size, mtime, ctime) or another inode.
         func differsInContent(from other: FileStat) -> Bool {
-            size != other.size || mtime != other.mtime || ctime != other.ctime || inode != other.inode || device != other.device
+            size != other.size || mtime != other.mtime || ctime != other.ctime || inode != other.inode
+                || device != other.device
         }
     }
 
@@ -104,7 +105,8 @@ enum ArchiveSys {
         }
     }
 
-    static func withCString<R>(_ a: [UInt8], _ b: [UInt8], _ body: (UnsafePointer<CChar>, UnsafePointer<CChar>) throws -> R) rethrows -> R {
+    static func withCString<R>(_ a: [UInt8], _ b: [UInt8], _ body: (UnsafePointer<CChar>,
+        UnsafePointer<CChar>) throws -> R) rethrows -> R {
         try withCString(a) { pa in try withCString(b) { pb in try body(pa, pb) } }
     }
 
@@ -142,7 +144,10 @@ enum ArchiveSys {
         while true {
             var buf = [UInt8](repeating: 0, count: capacity)
             let n = withCString(name) { cname in
-                buf.withUnsafeMutableBufferPointer { b in Glibc.readlinkat(dirfd, cname, UnsafeMutableRawPointer(b.baseAddress!).assumingMemoryBound(to: CChar.self), b.count) }
+                buf.withUnsafeMutableBufferPointer {
+                    b in Glibc.readlinkat(dirfd, cname,
+                        UnsafeMutableRawPointer(b.baseAddress!).assumingMemoryBound(to: CChar.self), b.count)
+                }
             }
             if n < 0 { return .failure(Glibc.errno) }
             if n < capacity { return .success(Array(buf[0..<n])) }
@@ -196,7 +201,9 @@ enum ArchiveSys {
             var names = [UInt8]()
             while true {
                 names = [UInt8](repeating: 0, count: size + 64)
-                let n = names.withUnsafeMutableBytes { CRedoubtSys.llistxattr(cpath, $0.baseAddress!.assumingMemoryBound(to: CChar.self), $0.count) }
+                let n = names.withUnsafeMutableBytes {
+                    CRedoubtSys.llistxattr(cpath, $0.baseAddress!.assumingMemoryBound(to: CChar.self), $0.count)
+                }
                 if n >= 0 {
                     names.removeSubrange(n...)
                     break
@@ -264,7 +271,10 @@ enum ArchiveSys {
         var result: UnsafeMutablePointer<passwd>? = nil
         var buf = [CChar](repeating: 0, count: 4096)
         return buf.withUnsafeMutableBufferPointer { b -> [UInt8] in
-            guard getpwuid_r(uid, &pwd, b.baseAddress!, b.count, &result) == 0, result != nil, let n = pwd.pw_name else { return [] }
+            guard getpwuid_r(uid, &pwd, b.baseAddress!, b.count, &result) == 0, result != nil,
+                let n = pwd.pw_name else {
+                return []
+            }
             return boundedName(n)
         }
     }
@@ -274,7 +284,10 @@ enum ArchiveSys {
         var result: UnsafeMutablePointer<group>? = nil
         var buf = [CChar](repeating: 0, count: 4096)
         return buf.withUnsafeMutableBufferPointer { b -> [UInt8] in
-            guard getgrgid_r(gid, &grp, b.baseAddress!, b.count, &result) == 0, result != nil, let n = grp.gr_name else { return [] }
+            guard getgrgid_r(gid, &grp, b.baseAddress!, b.count, &result) == 0, result != nil,
+                let n = grp.gr_name else {
+                return []
+            }
             return boundedName(n)
         }
     }
@@ -328,7 +341,8 @@ enum ArchiveSys {
     }
 
     /// Reads up to `count` bytes at `offset`, retrying short reads until EOF.
-    static func preadFull(_ fd: Int32, into buffer: UnsafeMutableRawPointer, count: Int, at offset: UInt64) -> SysResult<Int> {
+    static func preadFull(_ fd: Int32, into buffer: UnsafeMutableRawPointer, count: Int,
+        at offset: UInt64) -> SysResult<Int> {
         var done = 0
         while done < count {
             let n = Glibc.pread(fd, buffer + done, count - done, off_t(offset) + off_t(done))

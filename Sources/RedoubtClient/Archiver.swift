@@ -62,9 +62,11 @@ public final class Archiver: Sendable {
             locating = t
         } else {
             locating = UnlocatedTarget(base: target)
-            warnings.append(BackupWarning(.other, path: [], "the repository cannot say which packs hold existing chunks; every chunk of this backup is uploaded again"))
+            warnings.append(BackupWarning(.other, path: [],
+                "the repository cannot say which packs hold existing chunks; every chunk of this backup is uploaded again"))
         }
-        let run = BackupRun(target: locating, material: keys.shared, options: options, hooks: hooks, onProgress: progress)
+        let run = BackupRun(target: locating, material: keys.shared, options: options, hooks: hooks,
+            onProgress: progress)
 
         // 1. The cache of the last snapshot.
         var cache = MetadataCache()
@@ -72,7 +74,8 @@ public final class Archiver: Sendable {
             let loaded = MetadataCache.load(path: path, chunkIDKey: keys.shared.chunkIDKey)
             cache = loaded.cache
             if let problem = loaded.problem {
-                warnings.append(BackupWarning(.cache, path: Array(path.utf8), "metadata cache ignored (\(problem)); every file is read"))
+                warnings.append(BackupWarning(.cache, path: Array(path.utf8),
+                    "metadata cache ignored (\(problem)); every file is read"))
             }
         }
 
@@ -127,7 +130,8 @@ public final class Archiver: Sendable {
                 if c.entry.content.contains(where: missing.contains) {
                     // Why: the repository lost (or never committed) a chunk; read the file again.
                     filesChanged += 1
-                    jobs.append(FileJob(entry: c.file, path: walk.entries[c.file].fullPath, stat: walk.entries[c.file].stat))
+                    jobs.append(FileJob(entry: c.file, path: walk.entries[c.file].fullPath,
+                        stat: walk.entries[c.file].stat))
                     continue
                 }
                 filesUnchanged += 1
@@ -138,7 +142,11 @@ public final class Archiver: Sendable {
                 macs[c.file] = c.entry.contentMACs
                 run.progress { $0.filesDone += 1; $0.bytesDone += c.entry.size }
             }
-            run.registry.withLock { $0.chunksReused += UInt64(candidates.filter { reused.contains($0.file) }.reduce(0) { $0 + $1.entry.content.count }) }
+            run.registry.withLock {
+                $0.chunksReused += UInt64(candidates.filter { reused.contains($0.file) }.reduce(0) {
+                    $0 + $1.entry.content.count
+                })
+            }
         }
         if !cachedChunks.isEmpty {
             // Why ask first: a chunk is named without its bytes only if the repository
@@ -187,9 +195,11 @@ public final class Archiver: Sendable {
         var omittedFiles = Set<[UInt8]>()
         for f in walk.files where walk.entries[f].omitted { omittedFiles.insert(walk.entries[f].snapshotPath) }
         if !omittedFiles.isEmpty {
-            for i in walk.entries.indices where walk.entries[i].node.type == .hardlink && omittedFiles.contains(walk.entries[i].node.linkTarget) {
+            for i in walk.entries.indices where walk.entries[i].node.type == .hardlink
+                && omittedFiles.contains(walk.entries[i].node.linkTarget) {
                 walk.entries[i].omitted = true
-                warnings.append(BackupWarning(.unreadable, path: walk.entries[i].fullPath, "hard link to a file that could not be read; not in the snapshot"))
+                warnings.append(BackupWarning(.unreadable, path: walk.entries[i].fullPath,
+                    "hard link to a file that could not be read; not in the snapshot"))
             }
         }
 
@@ -198,8 +208,11 @@ public final class Archiver: Sendable {
         let (root, rootSeals): ([ChunkID], [ChunkSeal]) = try await withThrowingTaskGroup(of: FinishedPack.self) {
             uploads in
             let worker = try BackupWorker(run: run)
-            for i in walk.entries.indices.reversed() where walk.entries[i].node.type == .directory && !walk.entries[i].omitted {
-                let children = walk.entries[i].children.filter { !walk.entries[$0].omitted }.map { walk.entries[$0].node }
+            for i in walk.entries.indices.reversed() where walk.entries[i].node.type == .directory
+                && !walk.entries[i].omitted {
+                let children = walk.entries[i].children.filter { !walk.entries[$0].omitted }.map {
+                    walk.entries[$0].node
+                }
                 (walk.entries[i].node.subtree, walk.entries[i].node.subtreeSeals) =
                     try await worker.addBlob(try TreeCodec.encode(Tree(nodes: children)), &uploads)
             }
@@ -227,7 +240,8 @@ public final class Archiver: Sendable {
         }
         for c in referenced {
             guard let p = registry.location[c] else {
-                throw ArchiveError(.inconsistentSnapshot, object: "chunk \(c)", "referenced by the snapshot but neither uploaded nor reported by the repository (internal error)")
+                throw ArchiveError(.inconsistentSnapshot, object: "chunk \(c)",
+                    "referenced by the snapshot but neither uploaded nor reported by the repository (internal error)")
             }
             packs.insert(p)
         }
@@ -248,7 +262,8 @@ public final class Archiver: Sendable {
         let manifest = try Manifest.create(header: header, root: root, rootSeals: rootSeals,
                                            readPublicKey: keys.shared.readPublicKey, signingKey: keys.signingKey)
         try await locating.commit(manifest: manifest)
-        logger.info("snapshot committed", metadata: ["snapshot": "\(manifest.id)", "packs": "\(packs.count)", "uploaded": "\(registry.uploaded.count)"])
+        logger.info("snapshot committed", metadata: ["snapshot": "\(manifest.id)", "packs": "\(packs.count)",
+            "uploaded": "\(registry.uploaded.count)"])
 
         // 8. Only a committed snapshot may seed the next backup's cache.
         if let path = options.cachePath {
@@ -263,12 +278,15 @@ public final class Archiver: Sendable {
                 next[e.fullPath] = entry
             }
             do { try next.write(to: path, chunkIDKey: keys.shared.chunkIDKey) } catch {
-                warnings.append(BackupWarning(.cache, path: Array(path.utf8), "metadata cache not saved: \(error); the next backup reads every file"))
+                warnings.append(BackupWarning(.cache, path: Array(path.utf8),
+                    "metadata cache not saved: \(error); the next backup reads every file"))
             }
         }
         run.progress(force: true) { $0.phase = .done; $0.currentPath = "" }
-        return BackupResult(manifest: manifest, statistics: stats, filesNew: filesNew, filesChanged: filesChanged, filesUnchanged: filesUnchanged,
-                            bytesRead: stats.bytesRead, bytesUploaded: stats.bytesUploaded, packsUploaded: registry.uploaded.count, warnings: warnings)
+        return BackupResult(manifest: manifest, statistics: stats, filesNew: filesNew, filesChanged: filesChanged,
+            filesUnchanged: filesUnchanged,
+                            bytesRead: stats.bytesRead, bytesUploaded: stats.bytesUploaded,
+                                packsUploaded: registry.uploaded.count, warnings: warnings)
     }
 
     /// One worker: takes the next file until none is left, then flushes.

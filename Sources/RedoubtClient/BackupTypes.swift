@@ -78,7 +78,8 @@ public struct BackupProgress: Sendable {
     /// The path last started (printable), or "".
     public var currentPath: String
 
-    public init(phase: Phase, filesDone: UInt64 = 0, filesTotal: UInt64? = nil, bytesDone: UInt64 = 0, bytesTotal: UInt64? = nil,
+    public init(phase: Phase, filesDone: UInt64 = 0, filesTotal: UInt64? = nil, bytesDone: UInt64 = 0,
+        bytesTotal: UInt64? = nil,
                 bytesRead: UInt64 = 0, bytesUploaded: UInt64 = 0, currentPath: String = "") {
         self.phase = phase
         self.filesDone = filesDone

@@ -51,7 +51,8 @@ final class BackupRun: Sendable {
     let nextJob = Atomic<Int>(0)
     private let onProgress: @Sendable (BackupProgress) -> Void
 
-    init(target: any PackLocatingBackupTarget, material: SharedWriteMaterial, options: BackupOptions, hooks: ArchiverTestHooks,
+    init(target: any PackLocatingBackupTarget, material: SharedWriteMaterial, options: BackupOptions,
+        hooks: ArchiverTestHooks,
          onProgress: @escaping @Sendable (BackupProgress) -> Void) {
         self.target = target
         self.material = material
@@ -128,7 +129,8 @@ final class BackupWorker {
 
     init(run: BackupRun) throws(CoreError) {
         self.run = run
-        pipeline = try PackPipeline(material: run.material, targetPackSize: run.options.packSize, compressionLevel: run.options.compressionLevel,
+        pipeline = try PackPipeline(material: run.material, targetPackSize: run.options.packSize,
+            compressionLevel: run.options.compressionLevel,
                                     chunkerParameters: run.hooks.chunkerParameters ?? .default)
         maxChunk = pipeline.chunker.parameters.max
         window = max(Self.windowSize, maxChunk)
@@ -248,7 +250,8 @@ final class BackupWorker {
     /// a warning in the outcome; repository and sealing failures throw.
     func process(_ job: FileJob, _ uploads: inout UploadGroup) async throws -> FileOutcome {
         try Task.checkCancellation()
-        var outcome = FileOutcome(entry: job.entry, content: nil, dataRegions: nil, size: 0, stat: nil, stable: false, warning: nil)
+        var outcome = FileOutcome(entry: job.entry, content: nil, dataRegions: nil, size: 0, stat: nil, stable: false,
+            warning: nil)
         var fd = ArchiveSys.withCString(job.path) { open($0, O_RDONLY | O_NOFOLLOW | O_CLOEXEC | ArchiveSys.oNoAtime) }
         if fd < 0 && Glibc.errno == EPERM {
             // O_NOATIME needs ownership or CAP_FOWNER.
@@ -258,12 +261,14 @@ final class BackupWorker {
             let e = Glibc.errno
             outcome.warning = e == ENOENT || e == ELOOP
                 ? BackupWarning(.vanished, path: job.path, "disappeared or was replaced before it could be read")
-                : BackupWarning(.unreadable, path: job.path, "cannot open: \(ArchiveSys.describe(errno: e)); not in the snapshot")
+                : BackupWarning(.unreadable, path: job.path,
+                    "cannot open: \(ArchiveSys.describe(errno: e)); not in the snapshot")
             return outcome
         }
         defer { close(fd) }
         guard case .success(var before) = ArchiveSys.fstat(fd), before.isRegular else {
-            outcome.warning = BackupWarning(.vanished, path: job.path, "replaced by something other than a file before it could be read")
+            outcome.warning = BackupWarning(.vanished, path: job.path,
+                "replaced by something other than a file before it could be read")
             return outcome
         }
         run.progress { $0.currentPath = printable(job.path) }
@@ -273,12 +278,14 @@ final class BackupWorker {
             do {
                 read = try await readContent(fd: fd, stat: before, &uploads)
             } catch let f as ReadFailure {
-                outcome.warning = BackupWarning(.unreadable, path: job.path, "read failed: \(ArchiveSys.describe(errno: f.errno)); not in the snapshot")
+                outcome.warning = BackupWarning(.unreadable, path: job.path,
+                    "read failed: \(ArchiveSys.describe(errno: f.errno)); not in the snapshot")
                 return outcome
             }
             run.hooks.afterFileRead?(job.path, attempt)
             guard case .success(let after) = ArchiveSys.fstat(fd) else {
-                outcome.warning = BackupWarning(.unreadable, path: job.path, "cannot stat after reading; not in the snapshot")
+                outcome.warning = BackupWarning(.unreadable, path: job.path,
+                    "cannot stat after reading; not in the snapshot")
                 return outcome
             }
             outcome.content = read.content
@@ -294,7 +301,10 @@ final class BackupWorker {
             if attempt == 2 {
                 // Why: never mix silently; what was read is kept, and the user is told.
                 outcome.warning = BackupWarning(.changedWhileReading, path: job.path,
-                                                "changed while being read, twice; stored as read the second time, which may mix old and new data")
+                                                """
+                                                    changed while being read, twice; stored as read the second time, \
+                                                    which may mix old and new data
+                                                    """)
                 break
             }
             attempt += 1

@@ -39,17 +39,25 @@ public struct ClientConfig: Sendable {
 
     public func credential() throws -> ClientCredential {
         guard let d = FileManager.default.contents(atPath: credentialURL.path) else {
-            throw APIError(status: 0, code: "E_NOT_ENROLLED", message: "no credential in \(directory.path): run `redoubt enroll TOKEN --config \(directory.path)` first")
+            throw APIError(status: 0, code: "E_NOT_ENROLLED",
+                message: """
+                    no credential in \(directory.path): run `redoubt enroll TOKEN --config \(directory.path)` first
+                    """)
         }
         do { return try JSONDecoder().decode(ClientCredential.self, from: d) } catch {
-            throw APIError(status: 0, code: "E_CREDENTIAL", message: "\(credentialURL.path) is not a Redoubt credential (\(error)): "
-                           + "restore it from a copy of this directory, or re-enroll (`redoubt enroll TOKEN --config DIR`)")
+            throw APIError(status: 0, code: "E_CREDENTIAL",
+                message: "\(credentialURL.path) is not a Redoubt credential (\(error)): "
+                           + """
+                               restore it from a copy of this directory, or re-enroll (`redoubt enroll TOKEN --config \
+                               DIR`)
+                               """)
         }
     }
 
     public func sharedMaterial() throws -> SharedWriteMaterial {
         guard let d = FileManager.default.contents(atPath: materialURL.path) else {
-            throw APIError(status: 0, code: "E_NOT_ENROLLED", message: "no write material in \(directory.path): enroll this host first")
+            throw APIError(status: 0, code: "E_NOT_ENROLLED",
+                message: "no write material in \(directory.path): enroll this host first")
         }
         do { return try SharedWriteMaterial.decode(SecretBytes(copying: d)) } catch {
             throw damagedKeyFile(materialURL, "\(error)")
@@ -59,8 +67,12 @@ public struct ClientConfig: Sendable {
     /// A local key file that cannot be used: named with the fix, exit 2 (not 5, which
     /// means the repository's stored bytes are damaged).
     func damagedKeyFile(_ url: URL, _ why: String) -> APIError {
-        APIError(status: 0, code: "E_CREDENTIAL", message: "\(url.path) is damaged (\(why)); nothing was uploaded: restore it from a copy "
-                 + "of \(directory.path), or re-enroll this host (a new token from `redoubt admin host add`, then `redoubt enroll`)")
+        APIError(status: 0, code: "E_CREDENTIAL",
+            message: "\(url.path) is damaged (\(why)); nothing was uploaded: restore it from a copy "
+                 + """
+                     of \(directory.path), or re-enroll this host (a new token from `redoubt admin host add`, then \
+                     `redoubt enroll`)
+                     """)
     }
 
     /// The recorded SHA-256 of the two key files, if this directory has a record.
@@ -74,7 +86,8 @@ public struct ClientConfig: Sendable {
     public func recordKeyCheck() throws {
         guard let m = FileManager.default.contents(atPath: materialURL.path),
               let k = FileManager.default.contents(atPath: signingKeyURL.path) else { return }
-        let check = KeyCheck(writeMaterialSHA256: hexString(SHA256.hash(data: m)), signingKeySHA256: hexString(SHA256.hash(data: k)))
+        let check = KeyCheck(writeMaterialSHA256: hexString(SHA256.hash(data: m)),
+            signingKeySHA256: hexString(SHA256.hash(data: k)))
         try writePrivate(keyCheckURL, Array(try JSONEncoder().encode(check)))
     }
 
@@ -85,7 +98,8 @@ public struct ClientConfig: Sendable {
     private func checkKeyFile(_ url: URL, _ bytes: Data, _ recorded: KeyPath<KeyCheck, String>) throws {
         guard let d = FileManager.default.contents(atPath: keyCheckURL.path) else { return }
         guard let check = try? JSONDecoder().decode(KeyCheck.self, from: d) else {
-            throw APIError(status: 0, code: "E_CREDENTIAL", message: "\(keyCheckURL.path) is damaged: delete it (the next good backup "
+            throw APIError(status: 0, code: "E_CREDENTIAL",
+                message: "\(keyCheckURL.path) is damaged: delete it (the next good backup "
                            + "writes it again) or re-enroll this host")
         }
         guard hexString(SHA256.hash(data: bytes)) == check[keyPath: recorded] else {
@@ -97,24 +111,33 @@ public struct ClientConfig: Sendable {
     public func writeKeySet() throws -> WriteKeySet {
         let cred = try credential()
         guard cred.role == "writer", let tenant = cred.tenant else {
-            throw APIError(status: 0, code: "E_ROLE", message: "\(directory.path) holds a \(cred.role) credential; backups need a host (writer) enrollment")
+            throw APIError(status: 0, code: "E_ROLE",
+                message: "\(directory.path) holds a \(cred.role) credential; backups need a host (writer) enrollment")
         }
         guard let k = FileManager.default.contents(atPath: signingKeyURL.path) else {
-            throw APIError(status: 0, code: "E_CREDENTIAL", message: "\(signingKeyURL.path) is missing: re-enroll this host")
+            throw APIError(status: 0, code: "E_CREDENTIAL",
+                message: "\(signingKeyURL.path) is missing: re-enroll this host")
         }
         guard let m = FileManager.default.contents(atPath: materialURL.path) else {
-            throw APIError(status: 0, code: "E_NOT_ENROLLED", message: "no write material in \(directory.path): enroll this host first")
+            throw APIError(status: 0, code: "E_NOT_ENROLLED",
+                message: "no write material in \(directory.path): enroll this host first")
         }
         try checkKeyFile(materialURL, m, \.writeMaterialSHA256)
         try checkKeyFile(signingKeyURL, k, \.signingKeySHA256)
         let signing: HostSigningKey
-        do { signing = try HostSigningKey(secret: SecretBytes(copying: k)) } catch { throw damagedKeyFile(signingKeyURL, "\(error)") }
+        do { signing = try HostSigningKey(secret: SecretBytes(copying: k)) } catch {
+            throw damagedKeyFile(signingKeyURL, "\(error)")
+        }
         return WriteKeySet(tenant: tenant, host: cred.name, shared: try sharedMaterial(), signingKey: signing)
     }
 
     public func wrappedReadKey() throws -> WrappedReadKey {
         guard let d = FileManager.default.contents(atPath: readKeyURL.path) else {
-            throw APIError(status: 0, code: "E_ROLE", message: "no wrapped read key in \(directory.path): restores need a restorer enrollment (`redoubt admin restorer add`)")
+            throw APIError(status: 0, code: "E_ROLE",
+                message: """
+                    no wrapped read key in \(directory.path): restores need a restorer enrollment (`redoubt admin \
+                    restorer add`)
+                    """)
         }
         return try WrappedReadKey.decode(d)
     }
@@ -131,39 +154,51 @@ public struct ClientConfig: Sendable {
     public static func enroll(token: String, into config: ClientConfig, os: String?) async throws -> ClientCredential {
         let tok: Wire.EnrollmentToken
         do { tok = try Wire.EnrollmentToken.decode(token) } catch {
-            throw APIError(status: 0, code: "E_TOKEN", message: "not a Redoubt enrollment token (expected rdbt1.…, whole): "
+            throw APIError(status: 0, code: "E_TOKEN",
+                message: "not a Redoubt enrollment token (expected rdbt1.…, whole): "
                            + "copy it again from `redoubt admin host add`")
         }
         guard let ca = Data(base64Encoded: tok.ca), hexString(SHA256.hash(data: ca)) == tok.pin else {
-            throw APIError(status: 0, code: "E_TOKEN", message: "the token's CA does not match its pin: the token was altered; ask for a new one")
+            throw APIError(status: 0, code: "E_TOKEN",
+                message: "the token's CA does not match its pin: the token was altered; ask for a new one")
         }
         if Date().timeIntervalSince1970 > Double(tok.expires) {
-            throw APIError(status: 0, code: "E_TOKEN", message: "the enrollment token expired; ask an admin for a new one")
+            throw APIError(status: 0, code: "E_TOKEN",
+                message: "the enrollment token expired; ask an admin for a new one")
         }
         let fm = FileManager.default
-        try fm.createDirectory(at: config.directory, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
+        try fm.createDirectory(at: config.directory, withIntermediateDirectories: true,
+            attributes: [.posixPermissions: 0o700])
         if fm.fileExists(atPath: config.credentialURL.path) {
-            throw APIError(status: 0, code: "E_EXISTS", message: "\(config.directory.path) already holds a credential; use another --config directory")
+            throw APIError(status: 0, code: "E_EXISTS",
+                message: "\(config.directory.path) already holds a credential; use another --config directory")
         }
         let tlsKey = P256.Signing.PrivateKey()
         let signing = tok.role == "writer" ? HostSigningKey.generate() : nil
         let client = try APIClient(url: tok.url, caDER: Array(ca))
         let resp: Wire.EnrollResponse
         do {
-            resp = try await client.enroll(Wire.EnrollRequest(secret: tok.secret, publicKeyPEM: tlsKey.publicKey.pemRepresentation,
-                                                             hostKey: signing.map { Data($0.publicKey.rawRepresentation).base64EncodedString() }, os: os))
+            resp = try await client.enroll(Wire.EnrollRequest(secret: tok.secret,
+                publicKeyPEM: tlsKey.publicKey.pemRepresentation,
+                                                             hostKey: signing.map { Data($0.publicKey.rawRepresentation)
+                                                                 .base64EncodedString() }, os: os))
         } catch {
             await client.shutdown()
             throw error
         }
         await client.shutdown()
-        let caPEM = "-----BEGIN CERTIFICATE-----\n" + ca.base64EncodedString(options: [.lineLength64Characters, .endLineWithLineFeed]) + "\n-----END CERTIFICATE-----\n"
-        let cred = ClientCredential(url: tok.url, caPEM: caPEM, pin: tok.pin, certificatePEM: resp.certificatePEM, keyPEM: tlsKey.pemRepresentation,
-                                    principalID: resp.principalID, role: resp.role, tenant: resp.tenant, name: resp.name)
+        let caPEM = "-----BEGIN CERTIFICATE-----\n" + ca.base64EncodedString(options: [.lineLength64Characters,
+            .endLineWithLineFeed]) + "\n-----END CERTIFICATE-----\n"
+        let cred = ClientCredential(url: tok.url, caPEM: caPEM, pin: tok.pin, certificatePEM: resp.certificatePEM,
+            keyPEM: tlsKey.pemRepresentation,
+                                    principalID: resp.principalID, role: resp.role, tenant: resp.tenant,
+                                        name: resp.name)
         let enc = JSONEncoder()
         enc.outputFormatting = [.prettyPrinted, .sortedKeys]
         try writePrivate(config.credentialURL, Array(try enc.encode(cred)))
-        if let m = resp.writeMaterial.flatMap({ Data(base64Encoded: $0) }) { try writePrivate(config.materialURL, Array(m)) }
+        if let m = resp.writeMaterial.flatMap({ Data(base64Encoded: $0) }) {
+            try writePrivate(config.materialURL, Array(m))
+        }
         if let signing { try signing.export().withUnsafeBytes { try writePrivate(config.signingKeyURL, Array($0)) } }
         if let w = resp.wrappedReadKey { try writePrivate(config.readKeyURL, Array(w.utf8)) }
         try config.recordKeyCheck()
@@ -175,18 +210,25 @@ public struct ClientConfig: Sendable {
 func writePrivate(_ url: URL, _ bytes: [UInt8]) throws {
     let tmp = url.path + ".tmp"
     let fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
-    guard fd >= 0 else { throw APIError(status: 0, code: "E_IO", message: "cannot write \(url.path): \(String(cString: strerror(errno)))") }
+    guard fd >= 0 else {
+        throw APIError(status: 0, code: "E_IO",
+            message: "cannot write \(url.path): \(String(cString: strerror(errno)))")
+    }
     var off = 0
     while off < bytes.count {
         let n = bytes[off...].withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
         if n <= 0 {
             close(fd)
-            throw APIError(status: 0, code: "E_IO", message: "cannot write \(url.path): \(String(cString: strerror(errno)))")
+            throw APIError(status: 0, code: "E_IO",
+                message: "cannot write \(url.path): \(String(cString: strerror(errno)))")
         }
         off += n
     }
     fchmod(fd, 0o600)
     fsync(fd)
     close(fd)
-    guard rename(tmp, url.path) == 0 else { throw APIError(status: 0, code: "E_IO", message: "cannot write \(url.path): \(String(cString: strerror(errno)))") }
+    guard rename(tmp, url.path) == 0 else {
+        throw APIError(status: 0, code: "E_IO",
+            message: "cannot write \(url.path): \(String(cString: strerror(errno)))")
+    }
 }

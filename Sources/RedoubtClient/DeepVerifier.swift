@@ -66,7 +66,8 @@ public struct DeepVerifier: Sendable {
             for (c, problem) in opening.bad where badIn[c] == nil { badIn[c] = problem }
             report.chunksChecked += opening.good.count + opening.bad.count
             if let first = opening.bad.first {
-                report.damagedPacks.append(.init(pack: id.description, badChunks: opening.bad.count, problem: first.problem))
+                report.damagedPacks.append(.init(pack: id.description, badChunks: opening.bad.count,
+                    problem: first.problem))
             }
         }
 
@@ -78,7 +79,8 @@ public struct DeepVerifier: Sendable {
             let own = Set(m.header.packs)
             var bad = Set<ChunkID>(), first: String? = nil
             do {
-                try await Restorer().list(manifest: m, readKey: readKey, chunkIDKey: chunkIDKey, source: source, recursive: true) { entry in
+                try await Restorer().list(manifest: m, readKey: readKey, chunkIDKey: chunkIDKey, source: source,
+                    recursive: true) { entry in
                     for c in entry.content where !(goodIn[c]?.contains(where: own.contains) ?? false) {
                         bad.insert(c)
                         first = first ?? "\(entry.path): chunk \(c) "
@@ -89,7 +91,8 @@ public struct DeepVerifier: Sendable {
                 first = first ?? "its trees cannot be read: \(error)"
             }
             if let first {
-                report.affectedSnapshots.append(.init(snapshot: m.id.description, host: m.header.host, badChunks: bad.count, problem: first))
+                report.affectedSnapshots.append(.init(snapshot: m.id.description, host: m.header.host,
+                    badChunks: bad.count, problem: first))
             }
         }
         return report

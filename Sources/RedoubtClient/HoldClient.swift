@@ -11,6 +11,7 @@ extension APIClient {
     public func holds() async throws -> [Wire.HoldInfo] { try await json([Wire.HoldInfo].self, .GET, "/v1/holds") }
 
     public func releaseHold(id: String, requestID: String?) async throws -> Wire.HoldInfo {
-        try await json(Wire.HoldInfo.self, .POST, "/v1/holds/\(id)/release", body: Wire.ApprovedChange(requestID: requestID))
+        try await json(Wire.HoldInfo.self, .POST, "/v1/holds/\(id)/release",
+            body: Wire.ApprovedChange(requestID: requestID))
     }
 }

@@ -53,7 +53,8 @@ public struct KeyCustody: Sendable {
     /// The read key, unwrapped in memory with the provider its current wrapping names.
     public func unwrapCurrent(_ wrapped: WrappedReadKey) async throws -> ReadPrivateKey {
         let provider = try makeProvider(wrapped.provider, .current)
-        return try await provider.unwrap(wrapped, context: KeyContext(tenant: tenant, keyVersion: wrapped.context.keyVersion))
+        return try await provider.unwrap(wrapped, context: KeyContext(tenant: tenant,
+            keyVersion: wrapped.context.keyVersion))
     }
 
     // MARK: Rotation
@@ -102,7 +103,8 @@ public struct KeyCustody: Sendable {
             // With two admins or more this files a request (E_APPROVAL_REQUIRED, exit
             // 13) holding this wrapping; once approved: `rotate-key T --request ID`.
             after = try await client.rotateReadKey(tenant: tenant,
-                                                   wrappedReadKey: String(decoding: try wrapped.encoded(), as: UTF8.self))
+                                                   wrappedReadKey: String(decoding: try wrapped.encoded(),
+                                                       as: UTF8.self))
         }
         var destroyed = false
         if let oldKEK {
@@ -114,7 +116,8 @@ public struct KeyCustody: Sendable {
             _ = try await client.markKEKsDestroyed(tenant: tenant, versions: [info.keyVersion])
             destroyed = true
         }
-        return Rotation(keyVersion: after.keyVersion, previousKeyVersion: info.keyVersion, wrapped: wrapped, previous: old,
+        return Rotation(keyVersion: after.keyVersion, previousKeyVersion: info.keyVersion, wrapped: wrapped,
+            previous: old,
                         previousKEKDestroyed: destroyed)
     }
 
@@ -138,14 +141,17 @@ public struct KeyCustody: Sendable {
         guard !Self.isPassphrase(current.provider) else {
             throw KeyProviderError.unsupported(
                 provider: current.provider,
-                detail: "tenant \(tenant)'s read key is wrapped by a passphrase, which no one can destroy: rotate it to "
+                detail: """
+                    tenant \(tenant)'s read key is wrapped by a passphrase, which no one can destroy: rotate it to 
+                    """
                     + "a KMS or HSM first (`redoubt admin tenant rotate-key \(tenant) --key-provider kmip://…/new "
                     + "--destroy-old`), then shred")
         }
         try confirm()
         // Authorised? (Files an approval request if the quorum needs one.) Nothing
         // is destroyed at the KMS before the server says yes.
-        _ = try await client.shredTenant(tenant: tenant, confirm: tenant, destroyedVersions: [], requestID: requestID, check: true)
+        _ = try await client.shredTenant(tenant: tenant, confirm: tenant, destroyedVersions: [], requestID: requestID,
+            check: true)
         let keks = try Self.everyKEK(info, current: current)
         // A wrapping the server says belongs to another tenant is not destroyed here.
         for (_, w) in keks where w.context.tenant != tenant {
@@ -155,14 +161,23 @@ public struct KeyCustody: Sendable {
         }
         // A server that forges the context too is caught at the KMS or HSM: each KEK
         // must show there that it was made for this tenant, before any is destroyed.
-        let providers = try keks.map { Self.isPassphrase($0.wrapped.provider) ? nil : try makeProvider($0.wrapped.provider, .none) }
-        for (kek, provider) in zip(keks, providers) { try await provider?.checkKEKOwner(of: kek.wrapped, tenant: tenant) }
+        let providers = try keks.map {
+            Self.isPassphrase($0.wrapped.provider) ? nil : try makeProvider($0.wrapped.provider, .none)
+        }
+        for (kek, provider) in zip(keks, providers) {
+            try await provider?.checkKEKOwner(of: kek.wrapped, tenant: tenant)
+        }
         var destroyed: [Int] = []
         var undestroyable: [String] = []
         for ((version, w), provider) in zip(keks, providers) {
             guard let provider else {
-                undestroyable.append("key version \(version) (\(w.provider)): copies wrapped under it before its rotation "
-                                     + "(bucket copies, media, escrow files) stay readable to whoever knows that passphrase")
+                undestroyable.append("""
+                    key version \(version) (\(w.provider)): copies wrapped under it before its rotation 
+                    """
+                                     + """
+                                         (bucket copies, media, escrow files) stay readable to whoever knows that \
+                                         passphrase
+                                         """)
                 continue
             }
             do {
@@ -176,12 +191,15 @@ public struct KeyCustody: Sendable {
                 throw error
             }
         }
-        let after = try await client.shredTenant(tenant: tenant, confirm: tenant, destroyedVersions: destroyed, requestID: requestID)
-        return Shred(tenant: tenant, shreddedAt: after.shreddedAt, destroyedKeyVersions: destroyed, notDestroyable: undestroyable)
+        let after = try await client.shredTenant(tenant: tenant, confirm: tenant, destroyedVersions: destroyed,
+            requestID: requestID)
+        return Shred(tenant: tenant, shreddedAt: after.shreddedAt, destroyedKeyVersions: destroyed,
+            notDestroyable: undestroyable)
     }
 
     /// Every KEK that ever wrapped this read key and is not destroyed yet, newest first.
-    static func everyKEK(_ info: Wire.ReadKeyInfo, current: WrappedReadKey) throws -> [(version: Int, wrapped: WrappedReadKey)] {
+    static func everyKEK(_ info: Wire.ReadKeyInfo, current: WrappedReadKey) throws -> [(version: Int,
+        wrapped: WrappedReadKey)] {
         var keks: [(version: Int, wrapped: WrappedReadKey)] = [(info.keyVersion, current)]
         for r in info.retired.reversed() where r.destroyedAt == nil {
             keks.append((r.version, try WrappedReadKey.decode(Data(r.stub.utf8))))

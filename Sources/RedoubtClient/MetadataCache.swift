@@ -46,7 +46,8 @@ public struct MetadataCache: Sendable {
         /// unchanged chunks be named without compressing and sealing them again.
         public var contentMACs: [ChunkID] = []
 
-        public init(size: UInt64, mtime: Timestamp, ctime: Timestamp, inode: UInt64, device: UInt64, content: [ChunkID], dataRegions: [Extent]?) {
+        public init(size: UInt64, mtime: Timestamp, ctime: Timestamp, inode: UInt64, device: UInt64, content: [ChunkID],
+            dataRegions: [Extent]?) {
             self.size = size
             self.mtime = mtime
             self.ctime = ctime
@@ -150,7 +151,9 @@ public struct MetadataCache: Sendable {
             guard try r.raw(8) == magic else { throw Unusable(reason: "not a Redoubt metadata cache") }
             let v = try r.u16()
             guard v == version else { throw Unusable(reason: "cache version \(v); this build reads \(version)") }
-            guard try r.raw(32) == keyCheck(chunkIDKey) else { throw Unusable(reason: "written for another tenant's keys") }
+            guard try r.raw(32) == keyCheck(chunkIDKey) else {
+                throw Unusable(reason: "written for another tenant's keys")
+            }
             let count = try r.count(limit: r.remaining / 32)
             var entries: [ByteKey: Entry] = [:]
             entries.reserveCapacity(count)
@@ -189,14 +192,17 @@ public struct MetadataCache: Sendable {
                     for _ in 0..<nr {
                         let e = Extent(offset: try r.uvarint(), length: try r.uvarint())
                         let (stop, overflow) = e.offset.addingReportingOverflow(e.length)
-                        guard !overflow, e.offset >= end, e.length > 0, stop <= size else { throw Unusable(reason: "bad sparse map") }
+                        guard !overflow, e.offset >= end, e.length > 0, stop <= size else {
+                            throw Unusable(reason: "bad sparse map")
+                        }
                         end = stop
                         list.append(e)
                     }
                     regions = list
                 default: throw Unusable(reason: "bad sparse flag")
                 }
-                var entry = Entry(size: size, mtime: times[0], ctime: times[1], inode: inode, device: device, content: content,
+                var entry = Entry(size: size, mtime: times[0], ctime: times[1], inode: inode, device: device,
+                    content: content,
                                   dataRegions: regions)
                 entry.contentSeals = seals
                 entry.contentMACs = macs
@@ -220,7 +226,9 @@ public struct MetadataCache: Sendable {
             return (MetadataCache(), e == ENOENT ? nil : "cannot open: \(ArchiveSys.describe(errno: e))")
         }
         defer { close(fd) }
-        guard case .success(let st) = ArchiveSys.fstat(fd), st.isRegular else { return (MetadataCache(), "not a regular file") }
+        guard case .success(let st) = ArchiveSys.fstat(fd), st.isRegular else {
+            return (MetadataCache(), "not a regular file")
+        }
         guard st.size <= UInt64(maxSize) else { return (MetadataCache(), "too large (\(st.size) bytes)") }
         var bytes = [UInt8](repeating: 0, count: Int(st.size))
         let read = bytes.withUnsafeMutableBytes { b in
@@ -245,7 +253,9 @@ public struct MetadataCache: Sendable {
         var random = SystemRandomNumberGenerator()
         let temp = path + ".tmp-\(getpid())-\(String(random.next() as UInt64, radix: 16))"
         let fd = open(temp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0o600)
-        guard fd >= 0 else { throw ArchiveError.system("creating the metadata cache", object: temp, errno: Glibc.errno) }
+        guard fd >= 0 else {
+            throw ArchiveError.system("creating the metadata cache", object: temp, errno: Glibc.errno)
+        }
         var failure: ArchiveError? = nil
         let e = bytes.withUnsafeBytes { ArchiveSys.pwriteAll(fd, $0, at: 0) }
         if e != 0 {

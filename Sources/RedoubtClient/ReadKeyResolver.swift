@@ -72,12 +72,15 @@ public struct ReadKeyResolver: Sendable {
         let expected = try config.sharedMaterial().readPublicKey.keyID.description
         guard wrapped.readKeyID == expected else {
             throw KeyProviderError.keyMismatch(provider: wrapped.provider,
-                                               readKeyID: "\(wrapped.readKeyID) (tenant \(tenant)'s read key is \(expected))")
+                                               readKeyID: """
+                                                   \(wrapped.readKeyID) (tenant \(tenant)'s read key is \(expected))
+                                                   """)
         }
         let provider = try makeProvider(wrapped.provider)
         // Why the credential's tenant: the context bound into the wrapping must be this
         // restorer's tenant, not whatever the file claims.
-        return try await provider.unwrap(wrapped, context: KeyContext(tenant: tenant, keyVersion: wrapped.context.keyVersion))
+        return try await provider.unwrap(wrapped, context: KeyContext(tenant: tenant,
+            keyVersion: wrapped.context.keyVersion))
     }
 
     /// The wrapped read key in a tenant descriptor copied off the server (a bucket copy, a
@@ -145,7 +148,10 @@ public struct ReadKeyResolver: Sendable {
             let info = try await server()
             guard let json = info.wrappedReadKey else {
                 throw KeyProviderError.keyDestroyed(provider: "redoubt server",
-                                                    detail: "tenant \(tenant) was crypto-shredded; its backups cannot be decrypted")
+                                                    detail: """
+                                                        tenant \(tenant) was crypto-shredded; its backups cannot be \
+                                                        decrypted
+                                                        """)
             }
             let current = try WrappedReadKey.decode(Data(json.utf8))
             try checkTrusted(current, saved: saved, tenant: tenant)
@@ -173,7 +179,9 @@ public struct ReadKeyResolver: Sendable {
         guard trusted.contains(location) else {
             throw KeyProviderError.untrustedProvider(
                 provider: location,
-                detail: "the server hands out tenant \(tenant)'s read key wrapped by it, but this restorer was enrolled "
+                detail: """
+                    the server hands out tenant \(tenant)'s read key wrapped by it, but this restorer was enrolled 
+                    """
                     + "with \(enrolled ?? "none"). If the admins rotated the key there, repeat with "
                     + "--trust-key-provider '\(location)'; otherwise treat the server as compromised")
         }

@@ -57,7 +57,9 @@ final class RestoreTree {
             return d.fd
         }
         let parent = try directory(items[i].parent)
-        let fd = ArchiveSys.withCString(items[i].name) { openat(parent, $0, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC) }
+        let fd = ArchiveSys.withCString(items[i].name) {
+            openat(parent, $0, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
+        }
         guard fd >= 0 else { throw ArchiveError.system("opening the directory", object: object(i), errno: Glibc.errno) }
         try checkCreated(i, fd: fd)
         evict(&directories)
@@ -113,18 +115,25 @@ final class RestoreTree {
         var fd: Int32 = -1
         for _ in 0..<2 {
             let r = ArchiveSys.withCString(name) { mkdirat(parent, $0, 0o700) }
-            if r != 0 && Glibc.errno != EEXIST { throw ArchiveError.system("mkdir", object: object(i), errno: Glibc.errno) }
+            if r != 0 && Glibc.errno != EEXIST {
+                throw ArchiveError.system("mkdir", object: object(i), errno: Glibc.errno)
+            }
             fd = ArchiveSys.withCString(name) { openat(parent, $0, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC) }
             if fd >= 0 { break }
             let e = Glibc.errno
-            guard e == ENOTDIR || e == ELOOP else { throw ArchiveError.system("opening the directory", object: object(i), errno: e) }
+            guard e == ENOTDIR || e == ELOOP else {
+                throw ArchiveError.system("opening the directory", object: object(i), errno: e)
+            }
             // Something that is not a directory is in the way (perhaps a symlink left by
             // an earlier restore): remove it, it is not followed.
             if ArchiveSys.withCString(name, { unlinkat(parent, $0, 0) }) != 0 {
                 throw ArchiveError.system("removing what is in the way", object: object(i), errno: Glibc.errno)
             }
         }
-        guard fd >= 0 else { throw ArchiveError(.unsafePath, object: object(i), "cannot create the directory: something keeps taking its place") }
+        guard fd >= 0 else {
+            throw ArchiveError(.unsafePath, object: object(i),
+                "cannot create the directory: something keeps taking its place")
+        }
         guard case .success(let st) = ArchiveSys.fstat(fd) else {
             close(fd)
             throw ArchiveError.system("fstat", object: object(i), errno: Glibc.errno)
@@ -142,7 +151,8 @@ final class RestoreTree {
             let e = Glibc.errno
             if e == ENOENT { return }
             if e == EISDIR || e == EPERM {
-                throw ArchiveError(.unsafePath, object: object(i), "a directory is in the way; remove it or restore elsewhere", errno: e)
+                throw ArchiveError(.unsafePath, object: object(i),
+                    "a directory is in the way; remove it or restore elsewhere", errno: e)
             }
             throw ArchiveError.system("removing the existing entry", object: object(i), errno: e)
         }
@@ -152,10 +162,14 @@ final class RestoreTree {
     /// regions are written), and keeps it open for writing.
     func createFile(_ i: Int) throws(ArchiveError) {
         let parent = try directory(items[i].parent)
-        var fd = ArchiveSys.withCString(items[i].name) { openat(parent, $0, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0o600) }
+        var fd = ArchiveSys.withCString(items[i].name) {
+            openat(parent, $0, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0o600)
+        }
         if fd < 0 && Glibc.errno == EEXIST {
             try clear(i, parent: parent)
-            fd = ArchiveSys.withCString(items[i].name) { openat(parent, $0, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0o600) }
+            fd = ArchiveSys.withCString(items[i].name) {
+                openat(parent, $0, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0o600)
+            }
         }
         guard fd >= 0 else { throw ArchiveError.system("creating the file", object: object(i), errno: Glibc.errno) }
         let size = items[i].node.size
@@ -192,8 +206,10 @@ final class RestoreTree {
         // Why: link(2) with no AT_SYMLINK_FOLLOW never follows; the inode check makes
         // sure the name still is the file this restore wrote.
         let check = ArchiveSys.fstatat(from, fromName)
-        guard case .success(let st) = check, let c = items[target].created, st.device == c.device, st.inode == c.inode else {
-            throw ArchiveError(.unsafePath, object: object(i), "hard link target \(object(target)) was replaced while the restore ran")
+        guard case .success(let st) = check, let c = items[target].created, st.device == c.device,
+            st.inode == c.inode else {
+            throw ArchiveError(.unsafePath, object: object(i),
+                "hard link target \(object(target)) was replaced while the restore ran")
         }
         let to = try directory(items[i].parent)
         var r = ArchiveSys.withCString(fromName, items[i].name) { linkat(from, $0, to, $1, 0) }
@@ -296,7 +312,10 @@ final class SpillFile {
         if stored[id] != nil { return }
         if fd < 0 {
             fd = openat(directoryFD, ".", O_RDWR | ArchiveSys.oTmpFile | O_CLOEXEC, 0o600)
-            guard fd >= 0 else { throw ArchiveError.system("creating a temporary file in the target", object: "restore", errno: Glibc.errno) }
+            guard fd >= 0 else {
+                throw ArchiveError.system("creating a temporary file in the target", object: "restore",
+                    errno: Glibc.errno)
+            }
         }
         let e = ArchiveSys.pwriteAll(fd, data, at: end)
         if e != 0 { throw ArchiveError.system("writing the temporary file", object: "restore", errno: e) }
@@ -307,7 +326,10 @@ final class SpillFile {
     func read(_ id: ChunkID) throws(ArchiveError) -> [UInt8] {
         guard let s = stored[id] else { return [] }
         var out = [UInt8](repeating: 0, count: s.length)
-        let r = out.withUnsafeMutableBytes { b in s.length == 0 ? .success(0) : ArchiveSys.preadFull(fd, into: b.baseAddress!, count: s.length, at: s.offset) }
+        let r = out.withUnsafeMutableBytes {
+            b in s.length == 0 ? .success(0) : ArchiveSys.preadFull(fd, into: b.baseAddress!, count: s.length,
+                at: s.offset)
+        }
         switch r {
         case .success(let n) where n == s.length: return out
         case .success: throw ArchiveError(.io, object: "restore", "temporary file is shorter than written")

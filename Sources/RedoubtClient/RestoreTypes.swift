@@ -39,7 +39,8 @@ public struct RestoreProgress: Sendable {
     /// The entry last worked on, relative to the target (printable).
     public var currentPath: String
 
-    public init(phase: Phase, filesDone: UInt64 = 0, filesTotal: UInt64? = nil, bytesDone: UInt64 = 0, bytesTotal: UInt64? = nil,
+    public init(phase: Phase, filesDone: UInt64 = 0, filesTotal: UInt64? = nil, bytesDone: UInt64 = 0,
+        bytesTotal: UInt64? = nil,
                 packsDone: Int = 0, packsTotal: Int? = nil, currentPath: String = "") {
         self.phase = phase
         self.filesDone = filesDone
@@ -123,7 +124,8 @@ public struct ListedEntry: Sendable, Equatable, Encodable {
     public let content: [ChunkID]
 
     enum CodingKeys: String, CodingKey {
-        case path, pathHex, type, size, mode, uid, gid, user, group, mtime, mtimeNanoseconds, linkTarget, linkTargetHex, deviceMajor, deviceMinor
+        case path, pathHex, type, size, mode, uid, gid, user, group, mtime, mtimeNanoseconds, linkTarget, linkTargetHex,
+            deviceMajor, deviceMinor
     }
 
     init(path: [UInt8], node: Node) {

@@ -54,13 +54,18 @@ public final class Restorer: Sendable {
     /// `target/etc`; restoring everything creates one entry per backed-up path.
     /// Existing non-directory entries in the way are replaced; existing directories are
     /// merged into.
-    public func restore(manifest: Manifest, readKey: ReadPrivateKey, chunkIDKey: ChunkIDKey, source: any PackSource, target: String,
+    public func restore(manifest: Manifest, readKey: ReadPrivateKey, chunkIDKey: ChunkIDKey, source: any PackSource,
+        target: String,
                         subpath: [UInt8]? = nil, isRoot: Bool = geteuid() == 0, skipDamaged: Bool = false,
-                        progress: @escaping @Sendable (RestoreProgress) -> Void = { _ in }) async throws -> RestoreResult {
-        let r = try RestoreSession(manifest: manifest, readKey: readKey, chunkIDKey: chunkIDKey, source: source, isRoot: isRoot,
-                                   skipDamaged: skipDamaged, batchPlaintextBudget: batchPlaintextBudget, onProgress: progress)
+                        progress: @escaping @Sendable (RestoreProgress) -> Void =
+                            { _ in }) async throws -> RestoreResult {
+        let r = try RestoreSession(manifest: manifest, readKey: readKey, chunkIDKey: chunkIDKey, source: source,
+            isRoot: isRoot,
+                                   skipDamaged: skipDamaged, batchPlaintextBudget: batchPlaintextBudget,
+                                       onProgress: progress)
         let result = try await r.run(target: target, subpath: subpath)
-        logger.info("restore finished", metadata: ["snapshot": "\(manifest.id)", "files": "\(result.files)", "packs": "\(result.packsFetched)"])
+        logger.info("restore finished", metadata: ["snapshot": "\(manifest.id)", "files": "\(result.files)",
+            "packs": "\(result.packsFetched)"])
         return result
     }
 
@@ -72,8 +77,10 @@ public final class Restorer: Sendable {
     /// names is read once to find them. Throws ``ArchiveError`` `.notFound` for a path the
     /// snapshot does not hold, and `CoreError` (naming the object) for damaged trees.
     public func list(manifest: Manifest, readKey: ReadPrivateKey, chunkIDKey: ChunkIDKey, source: any PackSource,
-                     subpath: [UInt8]? = nil, recursive: Bool = false, _ body: (ListedEntry) throws -> Void) async throws {
-        let r = try RestoreSession(manifest: manifest, readKey: readKey, chunkIDKey: chunkIDKey, source: source, isRoot: false,
+                     subpath: [UInt8]? = nil, recursive: Bool = false,
+                         _ body: (ListedEntry) throws -> Void) async throws {
+        let r = try RestoreSession(manifest: manifest, readKey: readKey, chunkIDKey: chunkIDKey, source: source,
+            isRoot: false,
                                    skipDamaged: false, batchPlaintextBudget: batchPlaintextBudget, onProgress: { _ in })
         try await r.list(subpath: subpath, recursive: recursive, body)
     }
@@ -115,7 +122,8 @@ final class RestoreSession {
     private var lastReport: ContinuousClock.Instant? = nil
     private var counts = (files: UInt64(0), directories: UInt64(0), other: UInt64(0))
 
-    init(manifest: Manifest, readKey: ReadPrivateKey, chunkIDKey: ChunkIDKey, source: any PackSource, isRoot: Bool, skipDamaged: Bool,
+    init(manifest: Manifest, readKey: ReadPrivateKey, chunkIDKey: ChunkIDKey, source: any PackSource, isRoot: Bool,
+        skipDamaged: Bool,
          batchPlaintextBudget: Int, onProgress: @escaping @Sendable (RestoreProgress) -> Void) throws(CoreError) {
         self.batchPlaintextBudget = batchPlaintextBudget
         self.manifest = manifest
@@ -144,7 +152,9 @@ final class RestoreSession {
             throw ArchiveError.system("creating the restore target", object: target, errno: Glibc.errno)
         }
         let fd = open(target, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
-        guard fd >= 0 else { throw ArchiveError.system("opening the restore target", object: target, errno: Glibc.errno) }
+        guard fd >= 0 else {
+            throw ArchiveError.system("opening the restore target", object: target, errno: Glibc.errno)
+        }
         defer { close(fd) }
         tree = RestoreTree(targetFD: fd, targetPath: targetBytes)
         defer { tree.closeAll() }
@@ -160,7 +170,8 @@ final class RestoreSession {
         report(force: true) { $0.phase = .finishing }
         try applyMetadata()
         report(force: true) { $0.phase = .done; $0.currentPath = "" }
-        return RestoreResult(files: counts.files, directories: counts.directories, otherEntries: counts.other, bytesWritten: status.bytesDone,
+        return RestoreResult(files: counts.files, directories: counts.directories, otherEntries: counts.other,
+            bytesWritten: status.bytesDone,
                              packsFetched: packsFetched, warnings: warnings, damaged: damaged)
     }
 
@@ -208,7 +219,8 @@ final class RestoreSession {
         cacheBytes += size
     }
 
-    private static func fetchAndOpen(_ source: any PackSource, _ id: PackID, _ readKey: ReadPrivateKey) async throws -> (OpenedPack, Int) {
+    private static func fetchAndOpen(_ source: any PackSource, _ id: PackID,
+        _ readKey: ReadPrivateKey) async throws -> (OpenedPack, Int) {
         let bytes = try await source.pack(id)
         return (try PackReader.open(bytes, expectedID: id, readKey: readKey), bytes.count)
     }
@@ -255,7 +267,8 @@ final class RestoreSession {
     let batchPlaintextBudget: Int
 
     /// Fetches (unless given the opened pack) and opens one pack, then runs `prepare`.
-    private static func load(_ source: any PackSource, _ id: PackID, _ readKey: ReadPrivateKey, opened: OpenedPack?, from: Int,
+    private static func load(_ source: any PackSource, _ id: PackID, _ readKey: ReadPrivateKey, opened: OpenedPack?,
+        from: Int,
                              prepare: Prepare) async -> PackResult {
         let pack: OpenedPack
         if let opened {
@@ -277,7 +290,8 @@ final class RestoreSession {
     /// decryption overlaps writing), up to two batches ahead of the one `body` handles. A
     /// pack whose chunks take several batches is opened once; its next batch starts as
     /// soon as the previous one reaches `body`. Cached packs are not fetched again.
-    private func forEachPack(_ ids: [PackID], prepare: @escaping Prepare, _ body: (PackID, PackResult) async throws -> Void) async throws {
+    private func forEachPack(_ ids: [PackID], prepare: @escaping Prepare, _ body: (PackID,
+        PackResult) async throws -> Void) async throws {
         let source = self.source, readKey = self.readKey
         try await withThrowingTaskGroup(of: (Int, PackResult, Bool).self) { group in
             var continuations: [(id: PackID, pack: OpenedPack, from: Int)] = []
@@ -300,7 +314,10 @@ final class RestoreSession {
                     }
                     let n = started.count
                     started.append(id)
-                    group.addTask { (n, await Self.load(source, id, readKey, opened: opened, from: from, prepare: prepare), opened == nil) }
+                    group.addTask {
+                        (n, await Self.load(source, id, readKey, opened: opened, from: from, prepare: prepare),
+                            opened == nil)
+                    }
                 }
             }
             while true {
@@ -358,14 +375,21 @@ final class RestoreSession {
         var total = 0
         for id in ids {
             guard let p = location[id] else {
-                throw CoreError(.missing, object: "chunk \(id)", "part of \(object) but in none of the packs \(snapshot) lists: the snapshot is incomplete")
+                throw CoreError(.missing, object: "chunk \(id)",
+                    "part of \(object) but in none of the packs \(snapshot) lists: the snapshot is incomplete")
             }
             let opened = try await openedPack(p)
-            guard let n = opened.index[id] else { throw CoreError(.missing, object: "chunk \(id)", "pack \(p) does not hold it (\(object))") }
+            guard let n = opened.index[id] else {
+                throw CoreError(.missing, object: "chunk \(id)", "pack \(p) does not hold it (\(object))")
+            }
             // Why before decrypting: the index (format 1) or the tree (format 2) gives each chunk's length.
             total += opened.pack.version == 1 ? Int(opened.pack.entries[n].rawLength) : Int(seals[id]?.rawLength ?? 0)
             guard total <= Self.maxTreeBytes else {
-                throw CoreError(.limitExceeded, object: object, "its encoding exceeds \(Self.maxTreeBytes >> 20) MiB: the snapshot is damaged or was made to exhaust memory")
+                throw CoreError(.limitExceeded, object: object,
+                    """
+                        its encoding exceeds \(Self.maxTreeBytes >> 20) MiB: the snapshot is damaged or was made to \
+                        exhaust memory
+                        """)
             }
             out += try opened.pack.chunk(opened.pack.entries[n], seal: seals[id], chunkIDKey: chunkIDKey,
                                          decompressor: decompressor)
@@ -432,7 +456,9 @@ final class RestoreSession {
             if !path.isEmpty { path.append(0x2f) }
             path += n.name
             try body(ListedEntry(path: path, node: n))
-            if recursive, n.type == .directory { stack.append((try await loadTree(n.subtree, path: path).nodes, 0, path.count)) }
+            if recursive, n.type == .directory {
+                stack.append((try await loadTree(n.subtree, path: path).nodes, 0, path.count))
+            }
         }
     }
 
@@ -451,11 +477,14 @@ final class RestoreSession {
         } else {
             start = try await root().nodes.map { ($0, $0.name) }
         }
-        var stack: [(parent: Int, node: Node, snapshotPath: [UInt8], path: [UInt8])] = start.reversed().map { (-1, $0.node, $0.snapshotPath, $0.node.name) }
+        var stack: [(parent: Int, node: Node, snapshotPath: [UInt8], path: [UInt8])] = start.reversed().map {
+            (-1, $0.node, $0.snapshotPath, $0.node.name)
+        }
         var files: UInt64 = 0, bytes: UInt64 = 0
         while let e = stack.popLast() {
             let i = tree.items.count
-            tree.items.append(RestoreItem(parent: e.parent, name: e.node.name, node: e.node, path: e.path, snapshotPath: e.snapshotPath))
+            tree.items.append(RestoreItem(parent: e.parent, name: e.node.name, node: e.node, path: e.path,
+                snapshotPath: e.snapshotPath))
             if e.node.type == .file {
                 files += 1
                 bytes += e.node.size
@@ -463,7 +492,8 @@ final class RestoreSession {
             guard e.node.type == .directory else { continue }
             report { $0.currentPath = printable(e.path) }
             let t: Tree
-            do { t = try await loadTree(e.node.subtree, path: e.snapshotPath) } catch let error as CoreError where skipDamaged {
+            do { t = try await loadTree(e.node.subtree,
+                path: e.snapshotPath) } catch let error as CoreError where skipDamaged {
                 damaged.append(DamagedEntry(path: e.path, error: error))
                 continue
             }
@@ -498,7 +528,8 @@ final class RestoreSession {
                 status.bytesTotal = (status.bytesTotal ?? 0) + node.size
             } else {
                 tree.items[i].skipped = true
-                warnings.append(RestoreWarning(path: tree.items[i].path, "hard link to \(printable(target)), which is not a file in \(snapshot); not restored"))
+                warnings.append(RestoreWarning(path: tree.items[i].path,
+                    "hard link to \(printable(target)), which is not a file in \(snapshot); not restored"))
             }
         }
     }
@@ -528,20 +559,24 @@ final class RestoreSession {
             switch node.type {
             case .directory, .file: continue
             case .symlink:
-                try tree.makeSpecial(i, { dir, name in ArchiveSys.withCString(node.linkTarget) { symlinkat($0, dir, name) } }, what: "symlink")
+                try tree.makeSpecial(i, { dir, name in ArchiveSys.withCString(node.linkTarget) { symlinkat($0, dir,
+                    name) } }, what: "symlink")
             case .fifo:
                 try tree.makeSpecial(i, { dir, name in mkfifoat(dir, name, 0o600) }, what: "mkfifo")
             case .charDevice, .blockDevice:
                 guard isRoot else {
                     tree.items[i].skipped = true
-                    warnings.append(RestoreWarning(path: tree.items[i].path, "\(node.type) not restored: creating devices needs root"))
+                    warnings.append(RestoreWarning(path: tree.items[i].path,
+                        "\(node.type) not restored: creating devices needs root"))
                     continue
                 }
                 let kind: UInt32 = node.type == .charDevice ? ArchiveSys.typeChar : ArchiveSys.typeBlock
-                try tree.makeSpecial(i, { dir, name in mknodat(dir, name, mode_t(kind | 0o600), dev_t(node.rdev)) }, what: "mknod")
+                try tree.makeSpecial(i, { dir, name in mknodat(dir, name, mode_t(kind | 0o600), dev_t(node.rdev)) },
+                    what: "mknod")
             case .socket:
                 tree.items[i].skipped = true
-                warnings.append(RestoreWarning(path: tree.items[i].path, "socket not restored: a socket is created by the program that listens on it"))
+                warnings.append(RestoreWarning(path: tree.items[i].path,
+                    "socket not restored: a socket is created by the program that listens on it"))
                 continue
             case .hardlink:
                 guard let target = hardLinkTargets[i] else { continue }
@@ -562,7 +597,9 @@ final class RestoreSession {
             let item = tree.items[placements[f].item]
             if placements[f].chunks.isEmpty {
                 if placements[f].expected != 0 {
-                    try damage(item.path, CoreError(.corrupt, object: "file \(printable(item.snapshotPath)) in \(snapshot)", "has no content but a size of \(placements[f].expected) bytes"))
+                    try damage(item.path, CoreError(.corrupt,
+                        object: "file \(printable(item.snapshotPath)) in \(snapshot)",
+                        "has no content but a size of \(placements[f].expected) bytes"))
                 }
                 try finishedFile(f)
                 continue
@@ -570,7 +607,8 @@ final class RestoreSession {
             for (k, c) in placements[f].chunks.enumerated() {
                 guard let p = location[c] else {
                     placements[f].damaged = true
-                    try damage(item.path, CoreError(.missing, object: "chunk \(c)", "needed by file \(printable(item.snapshotPath)) but in none of the packs \(snapshot) lists"))
+                    try damage(item.path, CoreError(.missing, object: "chunk \(c)",
+                        "needed by file \(printable(item.snapshotPath)) but in none of the packs \(snapshot) lists"))
                     break
                 }
                 if let e = damagedPacks[p] {
@@ -674,7 +712,11 @@ final class RestoreSession {
                     for d in live where !placements[d.file].damaged {
                         placements[d.file].damaged = true
                         try damage(tree.items[placements[d.file].item].path,
-                                   CoreError(.missing, object: "chunk \(c)", "not in pack \(id), where the repository said it is; needed by \(printable(tree.items[placements[d.file].item].snapshotPath))"))
+                                   CoreError(.missing, object: "chunk \(c)",
+                                       """
+                                           not in pack \(id), where the repository said it is; needed by \
+                                           \(printable(tree.items[placements[d.file].item].snapshotPath))
+                                           """))
                     }
                 }
             }
@@ -713,13 +755,17 @@ final class RestoreSession {
         guard !overflow, end <= placement.expected else {
             placements[f].damaged = true
             try damage(item.path, CoreError(.corrupt, object: "file \(printable(item.snapshotPath)) in \(snapshot)",
-                                            "its chunks hold more than the \(placement.expected) bytes its tree entry gives"))
+                                            """
+                                                its chunks hold more than the \(placement.expected) bytes its tree \
+                                                entry gives
+                                                """))
             return
         }
         let fd = try tree.file(placement.item)
         for r in placement.fileRanges(contentOffset: start, length: data.count) {
             let from = Int(r.content - start)
-            let e = ArchiveSys.pwriteAll(fd, UnsafeRawBufferPointer(rebasing: data[from..<(from + r.length)]), at: r.file)
+            let e = ArchiveSys.pwriteAll(fd, UnsafeRawBufferPointer(rebasing: data[from..<(from + r.length)]),
+                at: r.file)
             if e != 0 { throw ArchiveError.system("writing", object: printable(item.path), errno: e) }
         }
         placements[f].chunksLeft -= 1
@@ -731,7 +777,10 @@ final class RestoreSession {
             if total != placement.expected {
                 placements[f].damaged = true
                 try damage(item.path, CoreError(.corrupt, object: "file \(printable(item.snapshotPath)) in \(snapshot)",
-                                                "its chunks hold \(total) bytes, its tree entry says \(placement.expected)"))
+                                                """
+                                                    its chunks hold \(total) bytes, its tree entry says \
+                                                    \(placement.expected)
+                                                    """))
             }
             try finishedFile(f)
         }
@@ -751,7 +800,8 @@ final class RestoreSession {
         let item = tree.items[i]
         let node = item.node
         if isRoot && fchown(fd, node.uid, node.gid) != 0 {
-            warnings.append(RestoreWarning(path: item.path, "owner \(node.uid):\(node.gid) not set: \(ArchiveSys.describe(errno: Glibc.errno))"))
+            warnings.append(RestoreWarning(path: item.path,
+                "owner \(node.uid):\(node.gid) not set: \(ArchiveSys.describe(errno: Glibc.errno))"))
         }
         if !node.xattrs.isEmpty {
             // No fsetxattr is importable here; the name in the open parent is the file
@@ -764,19 +814,23 @@ final class RestoreSession {
             }
         }
         if fchmod(fd, mode_t(node.mode)) != 0 {
-            warnings.append(RestoreWarning(path: item.path, "mode \(String(node.mode, radix: 8)) not set: \(ArchiveSys.describe(errno: Glibc.errno))"))
+            warnings.append(RestoreWarning(path: item.path,
+                "mode \(String(node.mode, radix: 8)) not set: \(ArchiveSys.describe(errno: Glibc.errno))"))
         }
         var times = [ArchiveSys.timespec(node.atime), ArchiveSys.timespec(node.mtime)]
         if futimens(fd, &times) != 0 {
-            warnings.append(RestoreWarning(path: item.path, "times not set: \(ArchiveSys.describe(errno: Glibc.errno))"))
+            warnings.append(RestoreWarning(path: item.path,
+                "times not set: \(ArchiveSys.describe(errno: Glibc.errno))"))
         }
         tree.items[i].metadataDone = true
     }
 
     private func xattrWarning(_ item: RestoreItem, _ x: ExtendedAttribute, errno e: Int32) {
-        let privileged = x.name.starts(with: Array("system.".utf8)) || x.name.starts(with: Array("security.".utf8)) || x.name.starts(with: Array("trusted.".utf8))
+        let privileged = x.name.starts(with: Array("system.".utf8)) || x.name.starts(with: Array("security.".utf8))
+            || x.name.starts(with: Array("trusted.".utf8))
         let hint = privileged && !isRoot ? " (needs root)" : ""
-        warnings.append(RestoreWarning(path: item.path, "extended attribute \(printable(x.name)) not set\(hint): \(ArchiveSys.describe(errno: e))"))
+        warnings.append(RestoreWarning(path: item.path,
+            "extended attribute \(printable(x.name)) not set\(hint): \(ArchiveSys.describe(errno: e))"))
     }
 
     // MARK: - metadata
@@ -801,7 +855,8 @@ final class RestoreSession {
         try ArchiveSys.withCString(item.name) { (name: UnsafePointer<CChar>) throws in
             // The owner first: chown clears setuid/setgid and file capabilities.
             if isRoot && fchownat(parent, name, node.uid, node.gid, ArchiveSys.atSymlinkNoFollow) != 0 {
-                warnings.append(RestoreWarning(path: item.path, "owner \(node.uid):\(node.gid) not set: \(ArchiveSys.describe(errno: Glibc.errno))"))
+                warnings.append(RestoreWarning(path: item.path,
+                    "owner \(node.uid):\(node.gid) not set: \(ArchiveSys.describe(errno: Glibc.errno))"))
             }
             if !node.xattrs.isEmpty {
                 let path = ArchiveSys.procPath(dirfd: parent, name: item.name) ?? (tree.targetPath + [0x2f] + item.path)
@@ -812,11 +867,13 @@ final class RestoreSession {
             }
             // Symlinks have no mode of their own on Linux.
             if node.type != .symlink && fchmodat(parent, name, mode_t(node.mode), ArchiveSys.atSymlinkNoFollow) != 0 {
-                warnings.append(RestoreWarning(path: item.path, "mode \(String(node.mode, radix: 8)) not set: \(ArchiveSys.describe(errno: Glibc.errno))"))
+                warnings.append(RestoreWarning(path: item.path,
+                    "mode \(String(node.mode, radix: 8)) not set: \(ArchiveSys.describe(errno: Glibc.errno))"))
             }
             var times = [ArchiveSys.timespec(node.atime), ArchiveSys.timespec(node.mtime)]
             if utimensat(parent, name, &times, ArchiveSys.atSymlinkNoFollow) != 0 {
-                warnings.append(RestoreWarning(path: item.path, "times not set: \(ArchiveSys.describe(errno: Glibc.errno))"))
+                warnings.append(RestoreWarning(path: item.path,
+                    "times not set: \(ArchiveSys.describe(errno: Glibc.errno))"))
             }
         }
     }

@@ -60,12 +60,15 @@ struct Walker {
             case .failure(let e) where e == ENOENT:
                 // Why a warning: one missing path (an unmounted disk, a renamed directory)
                 // must not cost the backup of the others; the run ends with "partial".
-                result.warnings.append(BackupWarning(.vanished, path: path, "does not exist; not backed up (the other paths are)"))
+                result.warnings.append(BackupWarning(.vanished, path: path,
+                    "does not exist; not backed up (the other paths are)"))
                 continue
             case .failure(let e):
-                throw ArchiveError(.io, object: printable(path), "cannot back up this path: \(ArchiveSys.describe(errno: e))", errno: e)
+                throw ArchiveError(.io, object: printable(path),
+                    "cannot back up this path: \(ArchiveSys.describe(errno: e))", errno: e)
             }
-            guard let index = addEntry(name: name, fullPath: path, snapshotPath: name, parent: -1, stat: st, dirfd: nil) else {
+            guard let index = addEntry(name: name, fullPath: path, snapshotPath: name, parent: -1, stat: st,
+                dirfd: nil) else {
                 throw ArchiveError(.io, object: printable(path), "cannot back up this path: it cannot be read")
             }
             result.topLevel.append(index)
@@ -85,7 +88,8 @@ struct Walker {
         // Why refuse: a snapshot of nothing would become the host's newest and keep
         // monitoring (`host list --stale-after`) quiet while nothing is protected.
         if result.entries.count == result.topLevel.count && result.entries.allSatisfy({ $0.node.type == .directory }) {
-            let why = patterns.isEmpty ? "they are empty" : "they are empty or every entry in them matched an exclude pattern"
+            let why =
+                patterns.isEmpty ? "they are empty" : "they are empty or every entry in them matched an exclude pattern"
             throw ArchiveError(.invalidArgument, object: given,
                                "nothing to back up: \(why), so no snapshot was made (check --exclude: * and ? never match /)")
         }
@@ -116,8 +120,10 @@ struct Walker {
             }
             // Why: the directory could have been replaced between lstat and open; what we
             // opened is what we list, so its metadata must be from the open fd.
-            if case .success(let st) = ArchiveSys.fstat(fd), st.inode != result.entries[child].stat.inode || st.device != result.entries[child].stat.device {
-                result.warnings.append(BackupWarning(.vanished, path: result.entries[child].fullPath, "replaced while the backup ran; stored as found when listed"))
+            if case .success(let st) = ArchiveSys.fstat(fd), st.inode != result.entries[child].stat.inode
+                || st.device != result.entries[child].stat.device {
+                result.warnings.append(BackupWarning(.vanished, path: result.entries[child].fullPath,
+                    "replaced while the backup ran; stored as found when listed"))
                 result.entries[child].stat = st
             }
             stack.append(Frame(fd: fd, subdirectories: list(directory: child, fd: fd)))
@@ -155,10 +161,13 @@ struct Walker {
             case .success(let s): st = s
             case .failure(let e):
                 result.warnings.append(BackupWarning(e == ENOENT ? .vanished : .unreadable, path: full,
-                                                     e == ENOENT ? "disappeared before it could be read" : "cannot stat: \(ArchiveSys.describe(errno: e))"))
+                                                     e == ENOENT ? "disappeared before it could be read" : """
+                                                         cannot stat: \(ArchiveSys.describe(errno: e))
+                                                         """))
                 continue
             }
-            if let child = addEntry(name: name, fullPath: full, snapshotPath: parentSnapshot + [0x2f] + name, parent: index, stat: st, dirfd: fd),
+            if let child = addEntry(name: name, fullPath: full, snapshotPath: parentSnapshot + [0x2f] + name,
+                parent: index, stat: st, dirfd: fd),
                result.entries[child].node.type == .directory {
                 subdirectories.append(child)
             }
@@ -173,20 +182,30 @@ struct Walker {
     private func isExcluded(_ full: [UInt8], _ name: [UInt8]) -> Bool {
         if patterns.isEmpty { return false }
         return ArchiveSys.withCString(full, name) { cfull, cname in
-            patterns.contains { p in p.withUnsafeBufferPointer { fnmatch($0.baseAddress, cfull, FNM_PATHNAME) == 0 || fnmatch($0.baseAddress, cname, FNM_PATHNAME) == 0 } }
+            patterns.contains {
+                p in p.withUnsafeBufferPointer {
+                    fnmatch($0.baseAddress, cfull, FNM_PATHNAME) == 0 || fnmatch($0.baseAddress, cname,
+                        FNM_PATHNAME) == 0
+                }
+            }
         }
     }
 
     private mutating func warnUnreadableDirectory(_ index: Int, errno e: Int32) {
         result.warnings.append(BackupWarning(.unreadable, path: result.entries[index].fullPath,
-                                             "directory cannot be read (\(ArchiveSys.describe(errno: e))); stored without its contents"))
+                                             """
+                                                 directory cannot be read (\(ArchiveSys.describe(errno: e))); stored \
+                                                 without its contents
+                                                 """))
     }
 
     /// Adds an entry for `name` with its node; returns nil (after a warning) if it is
     /// skipped. `dirfd` is the open parent directory, nil for a top-level path.
-    private mutating func addEntry(name: [UInt8], fullPath: [UInt8], snapshotPath: [UInt8], parent: Int, stat st: ArchiveSys.FileStat, dirfd: Int32?) -> Int? {
+    private mutating func addEntry(name: [UInt8], fullPath: [UInt8], snapshotPath: [UInt8], parent: Int,
+        stat st: ArchiveSys.FileStat, dirfd: Int32?) -> Int? {
         guard var type = st.nodeType else {
-            result.warnings.append(BackupWarning(.unreadable, path: fullPath, "unknown file type \(String(st.fileType, radix: 8)); skipped"))
+            result.warnings.append(BackupWarning(.unreadable, path: fullPath,
+                "unknown file type \(String(st.fileType, radix: 8)); skipped"))
             return nil
         }
         var linkTarget: [UInt8] = []
@@ -197,10 +216,12 @@ struct Walker {
             switch r {
             case .success(let t) where !t.isEmpty && t.count <= TreeCodec.maxLinkTarget: linkTarget = t
             case .success: 
-                result.warnings.append(BackupWarning(.unreadable, path: fullPath, "symlink target is empty or too long; skipped"))
+                result.warnings.append(BackupWarning(.unreadable, path: fullPath,
+                    "symlink target is empty or too long; skipped"))
                 return nil
             case .failure(let e):
-                result.warnings.append(BackupWarning(e == ENOENT ? .vanished : .unreadable, path: fullPath, "cannot read the symlink: \(ArchiveSys.describe(errno: e))"))
+                result.warnings.append(BackupWarning(e == ENOENT ? .vanished : .unreadable, path: fullPath,
+                    "cannot read the symlink: \(ArchiveSys.describe(errno: e))"))
                 return nil
             }
         case .file where st.links > 1:
@@ -221,17 +242,22 @@ struct Walker {
             result.warnings.append(BackupWarning(.vanished, path: fullPath, "disappeared before it could be read"))
             return nil
         case .failure(let e):
-            result.warnings.append(BackupWarning(.attributes, path: fullPath, "extended attributes not stored: \(ArchiveSys.describe(errno: e))"))
+            result.warnings.append(BackupWarning(.attributes, path: fullPath,
+                "extended attributes not stored: \(ArchiveSys.describe(errno: e))"))
         }
         if xattrs.count > TreeCodec.maxXattrs {
-            result.warnings.append(BackupWarning(.attributes, path: fullPath, "more than \(TreeCodec.maxXattrs) extended attributes; none stored"))
+            result.warnings.append(BackupWarning(.attributes, path: fullPath,
+                "more than \(TreeCodec.maxXattrs) extended attributes; none stored"))
             xattrs = []
         }
-        let node = Node(name: name, type: type, mode: st.permissions, uid: st.uid, gid: st.gid, user: user(st.uid), group: group(st.gid),
-                        mtime: st.mtime, ctime: st.ctime, atime: st.atime, size: type == .file ? st.size : 0, linkTarget: linkTarget,
+        let node = Node(name: name, type: type, mode: st.permissions, uid: st.uid, gid: st.gid, user: user(st.uid),
+            group: group(st.gid),
+                        mtime: st.mtime, ctime: st.ctime, atime: st.atime, size: type == .file ? st.size : 0,
+                            linkTarget: linkTarget,
                         rdev: (type == .charDevice || type == .blockDevice) ? st.rdev : 0, xattrs: xattrs)
         let index = result.entries.count
-        result.entries.append(WalkEntry(node: node, fullPath: fullPath, snapshotPath: snapshotPath, parent: parent, stat: st))
+        result.entries.append(WalkEntry(node: node, fullPath: fullPath, snapshotPath: snapshotPath, parent: parent,
+            stat: st))
         if type == .file {
             result.files.append(index)
             result.bytesTotal += st.size
@@ -260,13 +286,16 @@ enum SnapshotLayout {
     /// no empty, "." or ".." components, no trailing slash.
     static func absolute(_ path: String) throws(ArchiveError) -> [UInt8] {
         var bytes = Array(path.utf8)
-        guard !bytes.isEmpty else { throw ArchiveError(.invalidArgument, object: "\"\"", "an empty path cannot be backed up") }
+        guard !bytes.isEmpty else {
+            throw ArchiveError(.invalidArgument, object: "\"\"", "an empty path cannot be backed up")
+        }
         if bytes.first != 0x2f {
             var buf = [CChar](repeating: 0, count: 4096 + 1)
             guard getcwd(&buf, buf.count) != nil else {
                 throw ArchiveError.system("getcwd", object: path, errno: Glibc.errno)
             }
-            bytes = buf.withUnsafeBufferPointer { b in Array(UnsafeRawBufferPointer(start: b.baseAddress, count: strlen(b.baseAddress!))) } + [0x2f] + bytes
+            bytes = buf.withUnsafeBufferPointer { b in Array(UnsafeRawBufferPointer(start: b.baseAddress,
+                count: strlen(b.baseAddress!))) } + [0x2f] + bytes
         }
         var parts: [ArraySlice<UInt8>] = []
         for c in bytes.split(separator: 0x2f, omittingEmptySubsequences: true) {

@@ -17,7 +17,8 @@ public struct Chunker: Sendable {
         /// Throws unless 64 < min < avg < max and avg is a power of two.
         public init(min: Int, avg: Int, max: Int) throws(CoreError) {
             guard min > 64 && min < avg && avg < max && avg & (avg - 1) == 0 else {
-                throw CoreError(.limitExceeded, object: "chunker parameters", "need 64 < min < avg < max with avg a power of two; got \(min)/\(avg)/\(max)")
+                throw CoreError(.limitExceeded, object: "chunker parameters",
+                    "need 64 < min < avg < max with avg a power of two; got \(min)/\(avg)/\(max)")
             }
             self.init(checkedMin: min, avg: avg, max: max)
         }
@@ -80,7 +81,8 @@ public struct Chunker: Sendable {
         let normal = Swift.min(p.avg, limit)
         let found: Int? = gear.withUnsafeBufferPointer { g in
             pairs.withUnsafeBufferPointer { t in
-                Self.scan(data, from: p.min, normal: normal, limit: limit, gear: g, pairs: t, maskSmall: maskSmall, maskLarge: maskLarge)
+                Self.scan(data, from: p.min, normal: normal, limit: limit, gear: g, pairs: t, maskSmall: maskSmall,
+                    maskLarge: maskLarge)
             }
         }
         if let found { return found }
@@ -101,7 +103,8 @@ public struct Chunker: Sendable {
         func run(to end: Int, mask m: UInt64) -> Int? {
             while i + 2 <= end {
                 let h1 = (hash &<< 1) &+ g[Int(base.load(fromByteOffset: i, as: UInt8.self))]
-                hash = (hash &<< 2) &+ t[Int(UInt16(littleEndian: base.loadUnaligned(fromByteOffset: i, as: UInt16.self)))]
+                hash = (hash &<< 2) &+ t[Int(UInt16(littleEndian: base.loadUnaligned(fromByteOffset: i,
+                    as: UInt16.self)))]
                 if h1 & m == 0 { return i + 1 }
                 if hash & m == 0 { return i + 2 }
                 i += 2

@@ -23,7 +23,9 @@ public final class ChunkCompressor {
     static func worthKeeping(raw: Int, compressed: Int) -> Bool { compressed < raw - raw / 32 }
 
     public init(level: Int32 = ChunkCompressor.defaultLevel) throws(CoreError) {
-        guard let c = ZSTD_createCCtx() else { throw CoreError(.compression, object: "zstd", "cannot create a compression context (out of memory?)") }
+        guard let c = ZSTD_createCCtx() else {
+            throw CoreError(.compression, object: "zstd", "cannot create a compression context (out of memory?)")
+        }
         cctx = c
         self.level = level
     }
@@ -35,7 +37,8 @@ public final class ChunkCompressor {
     ///
     /// Incompressible data costs one level-1 trial on a 16 KiB sample from the middle
     /// of the chunk: zstd passes such data at several GB/s, but skipping it is cheaper.
-    public func compress<R>(_ input: UnsafeRawBufferPointer, _ body: (CompressionKind, UnsafeRawBufferPointer) throws -> R) rethrows -> R {
+    public func compress<R>(_ input: UnsafeRawBufferPointer, _ body: (CompressionKind,
+        UnsafeRawBufferPointer) throws -> R) rethrows -> R {
         if input.count >= 4 * Self.probeSize && !probeCompresses(input) {
             return try body(.none, input)
         }
@@ -67,14 +70,17 @@ public final class ChunkDecompressor {
     private let dctx: OpaquePointer
 
     public init() throws(CoreError) {
-        guard let d = ZSTD_createDCtx() else { throw CoreError(.compression, object: "zstd", "cannot create a decompression context (out of memory?)") }
+        guard let d = ZSTD_createDCtx() else {
+            throw CoreError(.compression, object: "zstd", "cannot create a decompression context (out of memory?)")
+        }
         dctx = d
     }
 
     deinit { ZSTD_freeDCtx(dctx) }
 
     /// Decompresses `input`, which must expand to exactly `rawLength` bytes.
-    public func decompress(_ input: UnsafeRawBufferPointer, rawLength: Int, object: String) throws(CoreError) -> [UInt8] {
+    public func decompress(_ input: UnsafeRawBufferPointer, rawLength: Int,
+        object: String) throws(CoreError) -> [UInt8] {
         var out = [UInt8](repeating: 0, count: rawLength)
         let n = out.withUnsafeMutableBytes { o in
             ZSTD_decompressDCtx(dctx, o.baseAddress, o.count, input.baseAddress, input.count)

@@ -23,7 +23,8 @@ extension Wire {
         /// Store objects still to delete (from this run or an earlier one that stopped), to
         /// be retried by the next run; 0 when all went.
         public var pendingDeletes: Int
-        public init(tenant: String, dryRun: Bool, snapshotsRemoved: [String], keptNewest: Int, keptHeld: Int, packsRemoved: Int,
+        public init(tenant: String, dryRun: Bool, snapshotsRemoved: [String], keptNewest: Int, keptHeld: Int,
+            packsRemoved: Int,
                     bytesRemoved: Int64, pendingDeletes: Int) {
             self.tenant = tenant
             self.dryRun = dryRun

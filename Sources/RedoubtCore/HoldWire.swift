@@ -30,7 +30,8 @@ extension Wire {
         public var releasedAt: Date?
         /// The approved request that released it (nil when a lone admin released it).
         public var releaseRequest: String?
-        public init(id: String, kind: String, target: String, tenant: String, reason: String, createdBy: String, createdAt: Date,
+        public init(id: String, kind: String, target: String, tenant: String, reason: String, createdBy: String,
+            createdAt: Date,
                     releasedAt: Date?, releaseRequest: String?) {
             self.id = id
             self.kind = kind

@@ -28,7 +28,8 @@ extension Digest32ID {
         let c = try decoder.singleValueContainer()
         let s = try c.decode(String.self)
         guard let v = Self(hex: s) else {
-            throw DecodingError.dataCorruptedError(in: c, debugDescription: "expected 64 hex digits, got \(s.prefix(80))")
+            throw DecodingError.dataCorruptedError(in: c,
+                debugDescription: "expected 64 hex digits, got \(s.prefix(80))")
         }
         self = v
     }

@@ -76,7 +76,9 @@ public struct ReadPrivateKey: Sendable, CustomStringConvertible {
             throw CoreError(.badKey, object: "read key", "unwrapped seed has \(seed.count) bytes, expected 32")
         }
         do {
-            let k = try seed.withUnsafeBytes { try XWingMLKEM768X25519.PrivateKey(seedRepresentation: Data($0), publicKey: nil) }
+            let k = try seed.withUnsafeBytes {
+                try XWingMLKEM768X25519.PrivateKey(seedRepresentation: Data($0), publicKey: nil)
+            }
             self.init(key: k)
         } catch {
             throw CoreError(.badKey, object: "read key", "unwrapped seed is not an X-Wing key")
@@ -99,7 +101,9 @@ public struct ChunkIDKey: Sendable, CustomStringConvertible {
     /// The keyed pads when ``SHA256Stream`` is accelerated; otherwise swift-crypto's HMAC.
     let pads: HMACSHA256Pads?
     public init(secret: SecretBytes) throws(CoreError) {
-        guard secret.count == 32 else { throw CoreError(.badKey, object: "chunk-ID key", "expected 32 bytes, got \(secret.count)") }
+        guard secret.count == 32 else {
+            throw CoreError(.badKey, object: "chunk-ID key", "expected 32 bytes, got \(secret.count)")
+        }
         self.init(key: secret.withUnsafeBytes { SymmetricKey(data: $0) })
     }
     public static func generate() -> ChunkIDKey { ChunkIDKey(key: SymmetricKey(size: .bits256)) }
@@ -110,14 +114,17 @@ public struct ChunkIDKey: Sendable, CustomStringConvertible {
 
     /// The keyed ID of `plaintext`.
     public func chunkID(for plaintext: UnsafeRawBufferPointer) -> ChunkID {
-        guard let pads else { return ChunkID(bytes: Array(HMAC<SHA256>.authenticationCode(for: plaintext, using: key)))! }
+        guard let pads else {
+            return ChunkID(bytes: Array(HMAC<SHA256>.authenticationCode(for: plaintext, using: key)))!
+        }
         var inner = pads.start()
         inner.update(plaintext)
         return ChunkID(bytes: pads.finish(inner))!
     }
 
     /// The keyed ID of `plaintext`, while `other` absorbs `otherBytes` in the same loop.
-    func chunkID(for plaintext: UnsafeRawBufferPointer, alongside other: inout SHA256Stream, _ otherBytes: UnsafeRawBufferPointer) -> ChunkID {
+    func chunkID(for plaintext: UnsafeRawBufferPointer, alongside other: inout SHA256Stream,
+        _ otherBytes: UnsafeRawBufferPointer) -> ChunkID {
         guard let pads else {
             other.update(otherBytes)
             return chunkID(for: plaintext)
@@ -148,7 +155,9 @@ public struct ChunkIDKey: Sendable, CustomStringConvertible {
 public struct ChunkerSeed: Sendable, CustomStringConvertible {
     public let secret: SecretBytes
     public init(secret: SecretBytes) throws(CoreError) {
-        guard secret.count == 32 else { throw CoreError(.badKey, object: "chunker seed", "expected 32 bytes, got \(secret.count)") }
+        guard secret.count == 32 else {
+            throw CoreError(.badKey, object: "chunker seed", "expected 32 bytes, got \(secret.count)")
+        }
         self.secret = secret
     }
     private init(random: SymmetricKey) { secret = random.withUnsafeBytes { SecretBytes(copying: $0) } }
@@ -267,7 +276,9 @@ public struct SharedWriteMaterial: Sendable {
         let object = "write key set"
         do {
             var r = bytes.withUnsafeBytes { ByteReader(Array($0)) }
-            guard try r.raw(8) == magic else { throw CoreError(.corrupt, object: object, "bad magic: not a Redoubt write key set") }
+            guard try r.raw(8) == magic else {
+                throw CoreError(.corrupt, object: object, "bad magic: not a Redoubt write key set")
+            }
             let pub = try ReadPublicKey(rawRepresentation: try r.lengthPrefixed(limit: 4096))
             let cid = try ChunkIDKey(secret: SecretBytes(copying: try r.lengthPrefixed(limit: 64)))
             let seed = try ChunkerSeed(secret: SecretBytes(copying: try r.lengthPrefixed(limit: 64)))
@@ -313,14 +324,16 @@ extension SharedWriteMaterial {
             w.lengthPrefixed(Array(sender.encapsulatedKey))
             w.lengthPrefixed(Array(box))
         } catch {
-            throw CoreError(.badKey, object: "write material of tenant \(tenant)", "cannot seal it to read key \(readPublicKey.keyID): \(error)")
+            throw CoreError(.badKey, object: "write material of tenant \(tenant)",
+                "cannot seal it to read key \(readPublicKey.keyID): \(error)")
         }
         return w.bytes
     }
 
     /// Opens ``sealed(tenant:)``'s output with the read key; the material inside must name
     /// that read key.
-    public static func open(sealed bytes: [UInt8], tenant: String, readKey: ReadPrivateKey) throws(CoreError) -> SharedWriteMaterial {
+    public static func open(sealed bytes: [UInt8], tenant: String,
+        readKey: ReadPrivateKey) throws(CoreError) -> SharedWriteMaterial {
         let object = "sealed write material of tenant \(tenant)"
         var r = ByteReader(bytes)
         let enc: [UInt8], box: [UInt8]
@@ -329,21 +342,25 @@ extension SharedWriteMaterial {
             enc = try r.lengthPrefixed(limit: 4096)
             box = try r.lengthPrefixed(limit: 8192)
             guard r.isAtEnd else { throw CoreError(.corrupt, object: object, "trailing bytes") }
-        } catch let e as CoreError { throw e } catch let e as ByteReader.Failure { throw e.corrupt(object, "malformed") } catch {
+        } catch let e as CoreError { throw e } catch let e as ByteReader.Failure { throw e.corrupt(object,
+            "malformed") } catch {
             throw CoreError(.corrupt, object: object, "\(error)")
         }
         var plain: Data
         do {
             var recipient = try HPKE.Recipient(privateKey: readKey.key, ciphersuite: readKeyCiphersuite,
-                                               info: Data(Label.writeMaterialHPKE + readKey.publicKey.keyID.bytes), encapsulatedKey: Data(enc))
+                                               info: Data(Label.writeMaterialHPKE + readKey.publicKey.keyID.bytes),
+                                                   encapsulatedKey: Data(enc))
             plain = try recipient.open(box, authenticating: sealedAAD(tenant))
         } catch {
-            throw CoreError(.authenticationFailed, object: object, "does not open with read key \(readKey.publicKey.keyID): modified, or sealed for another tenant or key")
+            throw CoreError(.authenticationFailed, object: object,
+                "does not open with read key \(readKey.publicKey.keyID): modified, or sealed for another tenant or key")
         }
         defer { plain.resetBytes(in: plain.startIndex..<plain.endIndex) }
         let material = try decode(SecretBytes(copying: Array(plain)))
         guard material.readPublicKey == readKey.publicKey else {
-            throw CoreError(.wrongTenant, object: object, "names read key \(material.readPublicKey.keyID), not \(readKey.publicKey.keyID)")
+            throw CoreError(.wrongTenant, object: object,
+                "names read key \(material.readPublicKey.keyID), not \(readKey.publicKey.keyID)")
         }
         return material
     }
@@ -371,5 +388,7 @@ public struct WriteKeySet: Sendable, CustomStringConvertible {
         self.signingKey = signingKey
     }
 
-    public var description: String { "WriteKeySet(tenant: \(tenant), host: \(host), read key \(shared.readPublicKey.keyID))" }
+    public var description: String {
+        "WriteKeySet(tenant: \(tenant), host: \(host), read key \(shared.readPublicKey.keyID))"
+    }
 }

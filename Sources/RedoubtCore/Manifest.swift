@@ -37,8 +37,10 @@ public struct ManifestHeader: Sendable, Hashable {
     public var packs: [PackID]
     public var clientVersion: String
 
-    public init(tenant: String, readKeyID: ReadKeyID, host: String, hostKey: HostPublicKey, time: Timestamp, nonce: [UInt8],
-                paths: [[UInt8]], tags: [String], statistics: SnapshotStatistics, packs: [PackID], clientVersion: String) {
+    public init(tenant: String, readKeyID: ReadKeyID, host: String, hostKey: HostPublicKey, time: Timestamp,
+        nonce: [UInt8],
+                paths: [[UInt8]], tags: [String], statistics: SnapshotStatistics, packs: [PackID],
+                    clientVersion: String) {
         self.tenant = tenant
         self.readKeyID = readKeyID
         self.host = host
@@ -106,9 +108,12 @@ public struct Manifest: Sendable {
                             "\(rootSeals.count) root seals for \(root.count) root chunks")
         }
         guard header.readKeyID == readPublicKey.keyID, header.hostKey == signingKey.publicKey else {
-            throw CoreError(.badKey, object: "new snapshot", "header names a different read key or host key than the ones given")
+            throw CoreError(.badKey, object: "new snapshot",
+                "header names a different read key or host key than the ones given")
         }
-        guard header.nonce.count == 16 else { throw CoreError(.corrupt, object: "new snapshot", "nonce must be 16 bytes") }
+        guard header.nonce.count == 16 else {
+            throw CoreError(.corrupt, object: "new snapshot", "nonce must be 16 bytes")
+        }
         let headerBytes = encodeHeader(header)
         var body = ByteWriter(capacity: 8 + root.count * 32)
         body.uvarint(UInt64(root.count))
@@ -124,12 +129,14 @@ public struct Manifest: Sendable {
         w.u16(rootSeals == nil ? 1 : version)
         w.lengthPrefixed(headerBytes)
         do {
-            var sender = try HPKE.Sender(recipientKey: readPublicKey.key, ciphersuite: readKeyCiphersuite, info: hpkeInfo(readPublicKey.keyID))
+            var sender = try HPKE.Sender(recipientKey: readPublicKey.key, ciphersuite: readKeyCiphersuite,
+                info: hpkeInfo(readPublicKey.keyID))
             let sealed = try sender.seal(body.bytes, authenticating: sealedAADLabel + headerBytes)
             w.lengthPrefixed(Array(sender.encapsulatedKey))
             w.lengthPrefixed(Array(sealed))
         } catch {
-            throw CoreError(.badKey, object: "new snapshot", "cannot seal the root to read key \(readPublicKey.keyID): \(error)")
+            throw CoreError(.badKey, object: "new snapshot",
+                "cannot seal the root to read key \(readPublicKey.keyID): \(error)")
         }
         let signed = w.bytes
         w.raw(try signingKey.signature(for: Label.manifestSignature + signed))
@@ -147,12 +154,17 @@ public struct Manifest: Sendable {
         let id = SnapshotID(bytes: Array(SHA256.hash(data: bytes)))!
         let object = object ?? "snapshot \(expectedID ?? id)"
         if let expectedID, expectedID != id {
-            throw CoreError(.authenticationFailed, object: object, "bytes hash to \(id): the manifest was modified or is another one")
+            throw CoreError(.authenticationFailed, object: object,
+                "bytes hash to \(id): the manifest was modified or is another one")
         }
-        guard bytes.count <= maxSize else { throw CoreError(.limitExceeded, object: object, "manifest of \(bytes.count) bytes exceeds the limit") }
+        guard bytes.count <= maxSize else {
+            throw CoreError(.limitExceeded, object: object, "manifest of \(bytes.count) bytes exceeds the limit")
+        }
         var r = ByteReader(bytes)
         do {
-            guard try r.raw(8) == magic else { throw CoreError(.corrupt, object: object, "bad magic: not a Redoubt snapshot manifest") }
+            guard try r.raw(8) == magic else {
+                throw CoreError(.corrupt, object: object, "bad magic: not a Redoubt snapshot manifest")
+            }
             let v = try r.u16()
             guard v == 1 || v == 2 else {
                 throw CoreError(.unsupportedVersion, object: object,
@@ -167,7 +179,8 @@ public struct Manifest: Sendable {
             let header = try decodeHeader(headerBytes, object: object, bounds: bounds)
             return Manifest(id: id, header: header, bytes: bytes, headerBytes: headerBytes, encapsulatedKey: enc,
                             sealedBody: sealed, signature: sig, signedLength: signedLength, version: v)
-        } catch let e as CoreError { throw e } catch let e as ByteReader.Failure { throw e.corrupt(object, "malformed manifest") } catch {
+        } catch let e as CoreError { throw e } catch let e as ByteReader.Failure { throw e.corrupt(object,
+            "malformed manifest") } catch {
             throw CoreError(.corrupt, object: object, "\(error)")
         }
     }
@@ -178,13 +191,27 @@ public struct Manifest: Sendable {
     public func verify(tenant: String, host: String, hostKey: HostPublicKey, readKeyID: ReadKeyID) throws(CoreError) {
         let object = "snapshot \(id)"
         guard hostKey.isValidSignature(signature, for: Label.manifestSignature + Array(bytes[0..<signedLength])) else {
-            throw CoreError(.badSignature, object: object, "signature does not verify with host \(host)'s key: the manifest was modified or signed by another host")
+            throw CoreError(.badSignature, object: object,
+                """
+                    signature does not verify with host \(host)'s key: the manifest was modified or signed by another \
+                    host
+                    """)
         }
-        guard header.hostKey == hostKey else { throw CoreError(.badSignature, object: object, "names host key \(header.hostKey), not \(host)'s registered key") }
-        guard header.tenant == tenant else { throw CoreError(.badSignature, object: object, "names tenant \(header.tenant.debugDescription), expected \(tenant.debugDescription)") }
-        guard header.host == host else { throw CoreError(.badSignature, object: object, "names host \(header.host.debugDescription), expected \(host.debugDescription)") }
+        guard header.hostKey == hostKey else {
+            throw CoreError(.badSignature, object: object,
+                "names host key \(header.hostKey), not \(host)'s registered key")
+        }
+        guard header.tenant == tenant else {
+            throw CoreError(.badSignature, object: object,
+                "names tenant \(header.tenant.debugDescription), expected \(tenant.debugDescription)")
+        }
+        guard header.host == host else {
+            throw CoreError(.badSignature, object: object,
+                "names host \(header.host.debugDescription), expected \(host.debugDescription)")
+        }
         guard header.readKeyID == readKeyID else {
-            throw CoreError(.wrongTenant, object: object, "sealed to read key \(header.readKeyID), not the tenant's \(readKeyID)")
+            throw CoreError(.wrongTenant, object: object,
+                "sealed to read key \(header.readKeyID), not the tenant's \(readKeyID)")
         }
     }
 
@@ -197,15 +224,18 @@ public struct Manifest: Sendable {
     public func openRootRefs(readKey: ReadPrivateKey) throws(CoreError) -> (ids: [ChunkID], seals: [ChunkSeal]) {
         let object = "snapshot \(id)"
         guard header.readKeyID == readKey.publicKey.keyID else {
-            throw CoreError(.wrongTenant, object: object, "sealed to read key \(header.readKeyID), not this tenant's \(readKey.publicKey.keyID)")
+            throw CoreError(.wrongTenant, object: object,
+                "sealed to read key \(header.readKeyID), not this tenant's \(readKey.publicKey.keyID)")
         }
         let plain: Data
         do {
-            var recipient = try HPKE.Recipient(privateKey: readKey.key, ciphersuite: readKeyCiphersuite, info: Manifest.hpkeInfo(header.readKeyID),
+            var recipient = try HPKE.Recipient(privateKey: readKey.key, ciphersuite: readKeyCiphersuite,
+                info: Manifest.hpkeInfo(header.readKeyID),
                                                encapsulatedKey: Data(encapsulatedKey))
             plain = try recipient.open(sealedBody, authenticating: Manifest.sealedAADLabel + headerBytes)
         } catch {
-            throw CoreError(.authenticationFailed, object: object, "sealed root does not authenticate: the manifest was modified")
+            throw CoreError(.authenticationFailed, object: object,
+                "sealed root does not authenticate: the manifest was modified")
         }
         var r = ByteReader(plain)
         do {
@@ -224,7 +254,8 @@ public struct Manifest: Sendable {
             }
             guard r.isAtEnd, !out.isEmpty else { throw CoreError(.corrupt, object: object, "sealed root is malformed") }
             return (out, seals)
-        } catch let e as CoreError { throw e } catch let e as ByteReader.Failure { throw e.corrupt(object, "sealed root") } catch {
+        } catch let e as CoreError { throw e } catch let e as ByteReader.Failure { throw e.corrupt(object,
+            "sealed root") } catch {
             throw CoreError(.corrupt, object: object, "\(error)")
         }
     }
@@ -243,7 +274,10 @@ public struct Manifest: Sendable {
         w.uvarint(UInt64(h.tags.count))
         for t in h.tags { w.string(t) }
         let s = h.statistics
-        for v in [s.files, s.directories, s.otherEntries, s.bytesTotal, s.bytesRead, s.bytesUploaded, s.chunksNew, s.chunksReused] { w.uvarint(v) }
+        for v in [s.files, s.directories, s.otherEntries, s.bytesTotal, s.bytesRead, s.bytesUploaded, s.chunksNew,
+            s.chunksReused] {
+            w.uvarint(v)
+        }
         let packs = Array(Set(h.packs)).sorted()
         w.uvarint(UInt64(packs.count))
         for p in packs { w.raw(p.bytes) }
@@ -251,7 +285,8 @@ public struct Manifest: Sendable {
         return w.bytes
     }
 
-    static func decodeHeader(_ bytes: [UInt8], object: String, bounds: ManifestBounds? = nil) throws(CoreError) -> ManifestHeader {
+    static func decodeHeader(_ bytes: [UInt8], object: String,
+        bounds: ManifestBounds? = nil) throws(CoreError) -> ManifestHeader {
         var r = ByteReader(bytes)
         do {
             let tenant = try r.string(limit: 256)
@@ -259,30 +294,36 @@ public struct Manifest: Sendable {
             let host = try r.string(limit: 256)
             let hostKey = try HostPublicKey(rawRepresentation: try r.lengthPrefixed(limit: 64))
             let time = Timestamp(seconds: try r.i64(), nanoseconds: try r.u32())
-            guard time.nanoseconds < 1_000_000_000 else { throw CoreError(.corrupt, object: object, "time nanoseconds out of range") }
+            guard time.nanoseconds < 1_000_000_000 else {
+                throw CoreError(.corrupt, object: object, "time nanoseconds out of range")
+            }
             let nonce = try r.raw(16)
             var paths: [[UInt8]] = []
             let pathCount = try r.count(limit: r.remaining)
             if let bounds, pathCount > bounds.maxPaths {
-                throw CoreError(.limitExceeded, object: object, "names \(pathCount) backed-up paths; at most \(bounds.maxPaths) are accepted")
+                throw CoreError(.limitExceeded, object: object,
+                    "names \(pathCount) backed-up paths; at most \(bounds.maxPaths) are accepted")
             }
             var pathBytes = 0
             for _ in 0..<pathCount {
                 paths.append(try r.lengthPrefixed(limit: 65536))
                 pathBytes += paths[paths.count - 1].count
                 if let bounds, pathBytes > bounds.maxPathBytes {
-                    throw CoreError(.limitExceeded, object: object, "backed-up paths over \(bounds.maxPathBytes) bytes together")
+                    throw CoreError(.limitExceeded, object: object,
+                        "backed-up paths over \(bounds.maxPathBytes) bytes together")
                 }
             }
             var tags: [String] = []
             let tagCount = try r.count(limit: r.remaining)
             if let bounds, tagCount > bounds.maxTags {
-                throw CoreError(.limitExceeded, object: object, "carries \(tagCount) tags; at most \(bounds.maxTags) are accepted")
+                throw CoreError(.limitExceeded, object: object,
+                    "carries \(tagCount) tags; at most \(bounds.maxTags) are accepted")
             }
             for _ in 0..<tagCount {
                 tags.append(try r.string(limit: 1024))
                 if let bounds, tags[tags.count - 1].utf8.count > bounds.maxTagBytes {
-                    throw CoreError(.limitExceeded, object: object, "carries a tag of \(tags[tags.count - 1].utf8.count) bytes; "
+                    throw CoreError(.limitExceeded, object: object,
+                        "carries a tag of \(tags[tags.count - 1].utf8.count) bytes; "
                                     + "at most \(bounds.maxTagBytes) are accepted")
                 }
             }
@@ -296,14 +337,18 @@ public struct Manifest: Sendable {
             for _ in 0..<np {
                 let p = PackID(bytes: try r.raw(32))!
                 // Why: canonical order, so one set of packs has one encoding.
-                if let last = packs.last, !(last < p) { throw CoreError(.corrupt, object: object, "pack list not ascending and unique") }
+                if let last = packs.last, !(last < p) {
+                    throw CoreError(.corrupt, object: object, "pack list not ascending and unique")
+                }
                 packs.append(p)
             }
             let clientVersion = try r.string(limit: 256)
             guard r.isAtEnd else { throw CoreError(.corrupt, object: object, "trailing bytes in header") }
-            return ManifestHeader(tenant: tenant, readKeyID: keyID, host: host, hostKey: hostKey, time: time, nonce: nonce,
+            return ManifestHeader(tenant: tenant, readKeyID: keyID, host: host, hostKey: hostKey, time: time,
+                nonce: nonce,
                                   paths: paths, tags: tags, statistics: s, packs: packs, clientVersion: clientVersion)
-        } catch let e as CoreError { throw e } catch let e as ByteReader.Failure { throw e.corrupt(object, "malformed header") } catch {
+        } catch let e as CoreError { throw e } catch let e as ByteReader.Failure { throw e.corrupt(object,
+            "malformed header") } catch {
             throw CoreError(.corrupt, object: object, "\(error)")
         }
     }

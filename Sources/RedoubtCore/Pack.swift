@@ -121,14 +121,16 @@ public struct PackWriter {
         w.u16(PackFormat.suite)
         w.raw(recipient.keyID.bytes)
         do {
-            var sender = try HPKE.Sender(recipientKey: recipient.key, ciphersuite: readKeyCiphersuite, info: PackFormat.hpkeInfo(recipient.keyID))
+            var sender = try HPKE.Sender(recipientKey: recipient.key, ciphersuite: readKeyCiphersuite,
+                info: PackFormat.hpkeInfo(recipient.keyID))
             w.u16(UInt16(sender.encapsulatedKey.count))
             w.raw(sender.encapsulatedKey)
             let aad = w.bytes
             let sealed = try dataKey.withUnsafeBytes { try sender.seal($0, authenticating: aad) }
             w.raw(sealed)
         } catch {
-            throw CoreError(.badKey, object: "new pack", "cannot seal the data key to read key \(recipient.keyID): \(error)")
+            throw CoreError(.badKey, object: "new pack",
+                "cannot seal the data key to read key \(recipient.keyID): \(error)")
         }
         bytes = consume buffer  // `consume`: a second reference would make the removeAll below allocate anew
         bytes.removeAll(keepingCapacity: true)
@@ -143,27 +145,34 @@ public struct PackWriter {
     /// Appends a chunk sealed by ``ConvergentSealing`` (format 2).
     public mutating func append(_ chunk: SealedChunk) throws(CoreError) {
         let object = "chunk \(chunk.id.short)"
-        guard version == 2 else { throw CoreError(.unsupportedVersion, object: object, "a format-1 pack seals its own chunks") }
+        guard version == 2 else {
+            throw CoreError(.unsupportedVersion, object: object, "a format-1 pack seals its own chunks")
+        }
         guard entries.count < PackFormat.maxChunks else {
-            throw CoreError(.limitExceeded, object: object, "pack already holds \(PackFormat.maxChunks) chunks; finish it first")
+            throw CoreError(.limitExceeded, object: object,
+                "pack already holds \(PackFormat.maxChunks) chunks; finish it first")
         }
         let offset = bytes.count
         bytes.append(contentsOf: chunk.bytes)
-        entries.append(PackIndexEntry(chunkID: chunk.id, offset: UInt64(offset), sealedLength: UInt32(chunk.bytes.count),
+        entries.append(PackIndexEntry(chunkID: chunk.id, offset: UInt64(offset),
+            sealedLength: UInt32(chunk.bytes.count),
                                       rawLength: chunk.seal.rawLength, kind: .none, sequence: UInt32(entries.count),
                                       seal: chunk.seal))
     }
 
     /// Seals one chunk's payload (already compressed or not) and appends it (format 1).
-    public mutating func append(id: ChunkID, kind: CompressionKind, rawLength: Int, payload: UnsafeRawBufferPointer) throws(CoreError) {
+    public mutating func append(id: ChunkID, kind: CompressionKind, rawLength: Int,
+        payload: UnsafeRawBufferPointer) throws(CoreError) {
         guard version == 1 else {
             throw CoreError(.unsupportedVersion, object: "chunk \(id.short)", "a format-2 pack takes sealed chunks")
         }
         guard entries.count < PackFormat.maxChunks else {
-            throw CoreError(.limitExceeded, object: "chunk \(id.short)", "pack already holds \(PackFormat.maxChunks) chunks; finish it first")
+            throw CoreError(.limitExceeded, object: "chunk \(id.short)",
+                "pack already holds \(PackFormat.maxChunks) chunks; finish it first")
         }
         guard rawLength <= PackFormat.maxRawChunk, payload.count <= PackFormat.maxRawChunk + 1024 else {
-            throw CoreError(.limitExceeded, object: "chunk \(id.short)", "chunk of \(rawLength) bytes exceeds the \(PackFormat.maxRawChunk)-byte limit")
+            throw CoreError(.limitExceeded, object: "chunk \(id.short)",
+                "chunk of \(rawLength) bytes exceeds the \(PackFormat.maxRawChunk)-byte limit")
         }
         let seq = UInt32(entries.count)
         let nonce = try PackFormat.nonce(domain: 0, counter: UInt64(seq))
@@ -179,7 +188,8 @@ public struct PackWriter {
                                       rawLength: UInt32(rawLength), kind: kind, sequence: seq))
     }
 
-    public mutating func append(id: ChunkID, kind: CompressionKind, rawLength: Int, payload: [UInt8]) throws(CoreError) {
+    public mutating func append(id: ChunkID, kind: CompressionKind, rawLength: Int,
+        payload: [UInt8]) throws(CoreError) {
         try narrow { try payload.withUnsafeBytes { try append(id: id, kind: kind, rawLength: rawLength, payload: $0) } }
     }
 
@@ -265,23 +275,34 @@ public struct PackHeader: Sendable {
     public static func parse(_ prefix: [UInt8], object: String) throws(CoreError) -> PackHeader {
         var r = ByteReader(prefix)
         do {
-            guard try r.raw(8) == PackFormat.magic else { throw CoreError(.corrupt, object: object, "bad magic: not a Redoubt pack") }
+            guard try r.raw(8) == PackFormat.magic else {
+                throw CoreError(.corrupt, object: object, "bad magic: not a Redoubt pack")
+            }
             let version = try r.u16()
             guard PackFormat.readableVersions.contains(version) else {
                 let readable = PackFormat.readableVersions
-                throw CoreError(.unsupportedVersion, object: object, "pack format version \(version); this build reads versions "
+                throw CoreError(.unsupportedVersion, object: object,
+                    "pack format version \(version); this build reads versions "
                                 + "\(readable.lowerBound)–\(readable.upperBound): upgrade redoubt")
             }
             let suite = try r.u16()
-            guard suite == PackFormat.suite else { throw CoreError(.unsupportedVersion, object: object, "unknown cipher suite \(suite)") }
+            guard suite == PackFormat.suite else {
+                throw CoreError(.unsupportedVersion, object: object, "unknown cipher suite \(suite)")
+            }
             let keyID = ReadKeyID(bytes: try r.raw(16))!
             let encLen = Int(try r.u16())
-            guard encLen > 0 && encLen <= 2048 else { throw CoreError(.corrupt, object: object, "encapsulated key length \(encLen) out of range") }
+            guard encLen > 0 && encLen <= 2048 else {
+                throw CoreError(.corrupt, object: object, "encapsulated key length \(encLen) out of range")
+            }
             let enc = try r.raw(encLen)
             let authenticated = Array(prefix[0..<r.offset])
             let sealed = try r.raw(32 + PackFormat.tagSize)
-            return PackHeader(version: version, keyID: keyID, encapsulatedKey: enc, sealedDataKey: sealed, length: r.offset, authenticated: authenticated)
-        } catch let e as CoreError { throw e } catch let e as ByteReader.Failure { throw e.corrupt(object, "header") } catch { throw CoreError(.corrupt, object: object, "\(error)") }
+            return PackHeader(version: version, keyID: keyID, encapsulatedKey: enc, sealedDataKey: sealed,
+                length: r.offset, authenticated: authenticated)
+        } catch let e as CoreError { throw e } catch let e as ByteReader.Failure { throw e.corrupt(object,
+            "header") } catch {
+            throw CoreError(.corrupt, object: object, "\(error)")
+        }
     }
 }
 
@@ -298,8 +319,12 @@ public struct PackFooter: Sendable, Equatable {
 
     /// Parses the last ``PackFormat/footerSize`` bytes of a pack of `packSize` bytes and
     /// checks that the regions it names fit the pack exactly.
-    public static func parse(_ tail: [UInt8], packSize: Int, headerLength: Int, object: String) throws(CoreError) -> PackFooter {
-        guard tail.count == PackFormat.footerSize else { throw CoreError(.corrupt, object: object, "footer is \(tail.count) bytes, expected \(PackFormat.footerSize)") }
+    public static func parse(_ tail: [UInt8], packSize: Int, headerLength: Int,
+        object: String) throws(CoreError) -> PackFooter {
+        guard tail.count == PackFormat.footerSize else {
+            throw CoreError(.corrupt, object: object,
+                "footer is \(tail.count) bytes, expected \(PackFormat.footerSize)")
+        }
         var r = ByteReader(tail)
         do {
             let off = try r.u64(), len = try r.u32(), count = try r.u32()
@@ -310,15 +335,22 @@ public struct PackFooter: Sendable, Equatable {
             case PackFormat.footerMagic2: version = 2
             default: throw CoreError(.corrupt, object: object, "bad footer magic: pack truncated or not a Redoubt pack")
             }
-            guard count <= PackFormat.maxChunks else { throw CoreError(.corrupt, object: object, "footer claims \(count) chunks, more than the format allows") }
+            guard count <= PackFormat.maxChunks else {
+                throw CoreError(.corrupt, object: object, "footer claims \(count) chunks, more than the format allows")
+            }
             let expectedIndexLength = UInt64(4 + Int(count) * PackFormat.indexEntrySize(version) + PackFormat.tagSize)
             let listBytes = UInt64(count) * UInt64(PackFormat.listEntrySize(version))
             let listEnd = off &+ UInt64(len) &+ listBytes &+ UInt64(PackFormat.footerSize)
-            guard off >= UInt64(headerLength), UInt64(len) == expectedIndexLength, off <= UInt64(packSize), listEnd == UInt64(packSize) else {
-                throw CoreError(.corrupt, object: object, "footer regions do not match the pack's size (\(packSize) bytes): truncated or extended")
+            guard off >= UInt64(headerLength), UInt64(len) == expectedIndexLength, off <= UInt64(packSize),
+                listEnd == UInt64(packSize) else {
+                throw CoreError(.corrupt, object: object,
+                    "footer regions do not match the pack's size (\(packSize) bytes): truncated or extended")
             }
             return PackFooter(indexOffset: off, indexLength: len, chunkCount: count, version: version)
-        } catch let e as CoreError { throw e } catch let e as ByteReader.Failure { throw e.corrupt(object, "footer") } catch { throw CoreError(.corrupt, object: object, "\(error)") }
+        } catch let e as CoreError { throw e } catch let e as ByteReader.Failure { throw e.corrupt(object,
+            "footer") } catch {
+            throw CoreError(.corrupt, object: object, "\(error)")
+        }
     }
 }
 
@@ -350,7 +382,9 @@ public enum PackReader {
 
     static func parse(_ bytes: [UInt8], expectedID: PackID) throws(CoreError) -> Parsed {
         let object = "pack \(expectedID)"
-        guard bytes.count <= PackFormat.maxPackSize else { throw CoreError(.limitExceeded, object: object, "pack of \(bytes.count) bytes exceeds the format's limit") }
+        guard bytes.count <= PackFormat.maxPackSize else {
+            throw CoreError(.limitExceeded, object: object, "pack of \(bytes.count) bytes exceeds the format's limit")
+        }
         if bytes.count >= 10, bytes[8] == 2, bytes[9] == 0 { return try parse2(bytes, expectedID: expectedID) }
         try checkHash(bytes, expectedID)
         let (header, footer) = try structure(bytes, object: object)
@@ -377,8 +411,11 @@ public enum PackReader {
 
     private static func structure(_ bytes: [UInt8], object: String) throws(CoreError) -> (PackHeader, PackFooter) {
         let header = try PackHeader.parse(Array(bytes.prefix(PackHeader.maxLength)), object: object)
-        guard bytes.count >= header.length + PackFormat.footerSize else { throw CoreError(.corrupt, object: object, "truncated: no footer") }
-        let footer = try PackFooter.parse(Array(bytes.suffix(PackFormat.footerSize)), packSize: bytes.count, headerLength: header.length, object: object)
+        guard bytes.count >= header.length + PackFormat.footerSize else {
+            throw CoreError(.corrupt, object: object, "truncated: no footer")
+        }
+        let footer = try PackFooter.parse(Array(bytes.suffix(PackFormat.footerSize)), packSize: bytes.count,
+            headerLength: header.length, object: object)
         return (header, footer)
     }
 
@@ -457,11 +494,16 @@ public enum PackReader {
     /// A format-2 pack is opened from its public list alone (every chunk's hash checked):
     /// its chunks open with the seals of the reader's own trees, so nothing in the
     /// uploader's sealed index is needed; ``OpenedPack/indexSeals(readKey:)`` reads that.
-    public static func open(_ bytes: [UInt8], expectedID: PackID, readKey: ReadPrivateKey) throws(CoreError) -> OpenedPack {
+    public static func open(_ bytes: [UInt8], expectedID: PackID,
+        readKey: ReadPrivateKey) throws(CoreError) -> OpenedPack {
         let (summary, header, footer, places) = try parse(bytes, expectedID: expectedID)
         let object = "pack \(expectedID)"
         guard header.keyID == readKey.publicKey.keyID else {
-            throw CoreError(.wrongTenant, object: object, "sealed to read key \(header.keyID), not this tenant's \(readKey.publicKey.keyID): it belongs to another tenant")
+            throw CoreError(.wrongTenant, object: object,
+                """
+                    sealed to read key \(header.keyID), not this tenant's \(readKey.publicKey.keyID): it belongs to \
+                    another tenant
+                    """)
         }
         if header.version == 2 {
             return OpenedPack(id: expectedID, dataKey: nil, entries: places, bytes: bytes, version: 2)
@@ -469,7 +511,8 @@ public enum PackReader {
         let dataKey = try unsealDataKey(header, readKey: readKey, object: object)
         let start = Int(footer.indexOffset)
         let sealedIndex = Array(bytes[start..<(start + Int(footer.indexLength))])
-        let entries = try openIndex(sealedIndex, footer: footer, headerLength: header.length, dataKey: dataKey, object: object)
+        let entries = try openIndex(sealedIndex, footer: footer, headerLength: header.length, dataKey: dataKey,
+            object: object)
         guard entries.map(\.chunkID) == summary.chunkIDs else {
             throw CoreError(.authenticationFailed, object: object, "public chunk list differs from the sealed index")
         }
@@ -477,16 +520,24 @@ public enum PackReader {
     }
 
     /// Unseals the pack's data key with the read key.
-    static func unsealDataKey(_ header: PackHeader, readKey: ReadPrivateKey, object: String) throws(CoreError) -> SymmetricKey {
+    static func unsealDataKey(_ header: PackHeader, readKey: ReadPrivateKey,
+        object: String) throws(CoreError) -> SymmetricKey {
         guard header.keyID == readKey.publicKey.keyID else {
-            throw CoreError(.wrongTenant, object: object, "sealed to read key \(header.keyID), not this tenant's \(readKey.publicKey.keyID): it belongs to another tenant")
+            throw CoreError(.wrongTenant, object: object,
+                """
+                    sealed to read key \(header.keyID), not this tenant's \(readKey.publicKey.keyID): it belongs to \
+                    another tenant
+                    """)
         }
         do {
             var recipient = try HPKE.Recipient(privateKey: readKey.key, ciphersuite: readKeyCiphersuite,
-                                               info: PackFormat.hpkeInfo(header.keyID), encapsulatedKey: Data(header.encapsulatedKey))
+                                               info: PackFormat.hpkeInfo(header.keyID),
+                                                   encapsulatedKey: Data(header.encapsulatedKey))
             var keyBytes = try recipient.open(header.sealedDataKey, authenticating: header.authenticated)
             defer { keyBytes.resetBytes(in: 0..<keyBytes.count) }
-            guard keyBytes.count == 32 else { throw CoreError(.corrupt, object: object, "data key has \(keyBytes.count) bytes") }
+            guard keyBytes.count == 32 else {
+                throw CoreError(.corrupt, object: object, "data key has \(keyBytes.count) bytes")
+            }
             return SymmetricKey(data: keyBytes)
         } catch let e as CoreError { throw e } catch {
             throw CoreError(.authenticationFailed, object: object, "data key does not unseal: the header was modified")
@@ -497,36 +548,50 @@ public enum PackReader {
                             object: String) throws(CoreError) -> Data {
         do {
             let box = try AES.GCM.SealedBox(nonce: try PackFormat.nonce(domain: 1, counter: 0),
-                                            ciphertext: sealed.dropLast(PackFormat.tagSize), tag: sealed.suffix(PackFormat.tagSize))
+                                            ciphertext: sealed.dropLast(PackFormat.tagSize),
+                                                tag: sealed.suffix(PackFormat.tagSize))
             return try AES.GCM.open(box, using: dataKey, authenticating: PackFormat.indexAAD(count: count))
         } catch {
-            throw CoreError(.authenticationFailed, object: object, "index does not authenticate: modified, or from another pack")
+            throw CoreError(.authenticationFailed, object: object,
+                "index does not authenticate: modified, or from another pack")
         }
     }
 
     /// Decrypts and parses a sealed index.
-    static func openIndex(_ sealed: [UInt8], footer: PackFooter, headerLength: Int, dataKey: SymmetricKey, object: String) throws(CoreError) -> [PackIndexEntry] {
+    static func openIndex(_ sealed: [UInt8], footer: PackFooter, headerLength: Int, dataKey: SymmetricKey,
+        object: String) throws(CoreError) -> [PackIndexEntry] {
         let count = Int(footer.chunkCount)
         let plain = try unsealIndex(sealed, count: count, dataKey: dataKey, object: object)
         var r = ByteReader(plain)
         var entries: [PackIndexEntry] = []
         entries.reserveCapacity(count)
         do {
-            guard Int(try r.u32()) == count else { throw CoreError(.corrupt, object: object, "index count differs from footer") }
+            guard Int(try r.u32()) == count else {
+                throw CoreError(.corrupt, object: object, "index count differs from footer")
+            }
             var expectedOffset = UInt64(headerLength)
             for seq in 0..<count {
                 let id = ChunkID(bytes: try r.raw(32))!
                 let off = try r.u64(), sealedLen = try r.u32(), rawLen = try r.u32()
-                guard let kind = CompressionKind(rawValue: try r.u8()) else { throw CoreError(.corrupt, object: object, "chunk \(id.short): unknown compression") }
+                guard let kind = CompressionKind(rawValue: try r.u8()) else {
+                    throw CoreError(.corrupt, object: object, "chunk \(id.short): unknown compression")
+                }
                 // Why: chunks must tile the chunk area in order, so no region is hidden or shared.
-                guard off == expectedOffset, sealedLen >= UInt32(PackFormat.tagSize), rawLen <= UInt32(PackFormat.maxRawChunk) else {
+                guard off == expectedOffset, sealedLen >= UInt32(PackFormat.tagSize),
+                    rawLen <= UInt32(PackFormat.maxRawChunk) else {
                     throw CoreError(.corrupt, object: object, "chunk \(id.short): index entry out of place")
                 }
                 expectedOffset = off + UInt64(sealedLen)
-                entries.append(PackIndexEntry(chunkID: id, offset: off, sealedLength: sealedLen, rawLength: rawLen, kind: kind, sequence: UInt32(seq)))
+                entries.append(PackIndexEntry(chunkID: id, offset: off, sealedLength: sealedLen, rawLength: rawLen,
+                    kind: kind, sequence: UInt32(seq)))
             }
-            guard expectedOffset == footer.indexOffset, r.isAtEnd else { throw CoreError(.corrupt, object: object, "index does not cover the chunk area exactly") }
-        } catch let e as CoreError { throw e } catch let e as ByteReader.Failure { throw e.corrupt(object, "index") } catch { throw CoreError(.corrupt, object: object, "\(error)") }
+            guard expectedOffset == footer.indexOffset, r.isAtEnd else {
+                throw CoreError(.corrupt, object: object, "index does not cover the chunk area exactly")
+            }
+        } catch let e as CoreError { throw e } catch let e as ByteReader.Failure { throw e.corrupt(object,
+            "index") } catch {
+            throw CoreError(.corrupt, object: object, "\(error)")
+        }
         return entries
     }
 
@@ -556,7 +621,10 @@ public enum PackReader {
                 seals.append(seal)
             }
             guard r.isAtEnd else { throw CoreError(.corrupt, object: object, "trailing bytes in the index") }
-        } catch let e as CoreError { throw e } catch let e as ByteReader.Failure { throw e.corrupt(object, "index") } catch { throw CoreError(.corrupt, object: object, "\(error)") }
+        } catch let e as CoreError { throw e } catch let e as ByteReader.Failure { throw e.corrupt(object,
+            "index") } catch {
+            throw CoreError(.corrupt, object: object, "\(error)")
+        }
         return seals
     }
 }
@@ -598,7 +666,8 @@ public struct OpenedPack: Sendable {
         let n = Int(entry.sequence)
         guard n < entries.count, entries[n].chunkID == entry.chunkID, entries[n].offset == entry.offset,
               entries[n].sealedLength == entry.sealedLength else {
-            throw CoreError(.missing, object: "chunk \(entry.chunkID) in pack \(id)", "entry is not from this pack's index")
+            throw CoreError(.missing, object: "chunk \(entry.chunkID) in pack \(id)",
+                "entry is not from this pack's index")
         }
         let s = Int(entry.offset), e = s + Int(entry.sealedLength)
         if version == 2 {
@@ -646,20 +715,29 @@ enum ChunkOpener {
             let box = try AES.GCM.SealedBox(nonce: try PackFormat.nonce(domain: 0, counter: UInt64(entry.sequence)),
                                             ciphertext: UnsafeRawBufferPointer(rebasing: sealed.dropLast(PackFormat.tagSize)),
                                             tag: UnsafeRawBufferPointer(rebasing: sealed.suffix(PackFormat.tagSize)))
-            payload = try AES.GCM.open(box, using: dataKey, authenticating: PackFormat.chunkAAD(entry.chunkID, kind: entry.kind, rawLength: Int(entry.rawLength)))
+            payload = try AES.GCM.open(box, using: dataKey, authenticating: PackFormat.chunkAAD(entry.chunkID,
+                kind: entry.kind, rawLength: Int(entry.rawLength)))
         } catch {
-            throw CoreError(.authenticationFailed, object: object, "does not authenticate: modified, reordered, or moved from another pack")
+            throw CoreError(.authenticationFailed, object: object,
+                "does not authenticate: modified, reordered, or moved from another pack")
         }
         let plain: [UInt8]
         switch entry.kind {
         case .none:
-            guard payload.count == Int(entry.rawLength) else { throw CoreError(.corrupt, object: object, "length differs from the index") }
+            guard payload.count == Int(entry.rawLength) else {
+                throw CoreError(.corrupt, object: object, "length differs from the index")
+            }
             plain = Array(payload)
         case .zstd:
-            plain = try narrow { try payload.withUnsafeBytes { try decompressor.decompress($0, rawLength: Int(entry.rawLength), object: object) } }
+            plain = try narrow {
+                try payload.withUnsafeBytes {
+                    try decompressor.decompress($0, rawLength: Int(entry.rawLength), object: object)
+                }
+            }
         }
         guard chunkIDKey.chunkID(for: plain) == entry.chunkID else {
-            throw CoreError(.authenticationFailed, object: object, "plaintext does not match its chunk ID (written with another chunk-ID key, or by a host that lied)")
+            throw CoreError(.authenticationFailed, object: object,
+                "plaintext does not match its chunk ID (written with another chunk-ID key, or by a host that lied)")
         }
         return plain
     }

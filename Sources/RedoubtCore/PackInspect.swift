@@ -59,9 +59,12 @@ extension PackReader {
     }
 
     private static func structure(size: Int, prefix: [UInt8], object: String,
-                                  read: (Range<Int>) throws(CoreError) -> [UInt8]) throws(CoreError) -> (PackHeader, PackFooter) {
+                                  read: (Range<Int>) throws(CoreError) -> [UInt8]) throws(CoreError) -> (PackHeader,
+                                      PackFooter) {
         let header = try PackHeader.parse(prefix, object: object)
-        guard size >= header.length + PackFormat.footerSize else { throw CoreError(.corrupt, object: object, "truncated: no footer") }
+        guard size >= header.length + PackFormat.footerSize else {
+            throw CoreError(.corrupt, object: object, "truncated: no footer")
+        }
         let tail = try read((size - PackFormat.footerSize)..<size)
         let footer = try PackFooter.parse(tail, packSize: size, headerLength: header.length, object: object)
         return (header, footer)

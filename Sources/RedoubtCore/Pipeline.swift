@@ -29,7 +29,8 @@ public final class PackPipeline {
 
     /// `isKnown` answers whether the repository already holds a chunk (the server's
     /// answer to "have?"); such chunks are not sealed again.
-    public init(material: SharedWriteMaterial, targetPackSize: Int = 32 << 20, compressionLevel: Int32 = ChunkCompressor.defaultLevel,
+    public init(material: SharedWriteMaterial, targetPackSize: Int = 32 << 20,
+        compressionLevel: Int32 = ChunkCompressor.defaultLevel,
                 chunkerParameters: Chunker.Parameters = .default, packVersion: UInt16 = PackFormat.version,
                 isKnown: @escaping (ChunkID) -> Bool = { _ in false }) throws(CoreError) {
         self.packVersion = packVersion
@@ -119,7 +120,9 @@ public final class PackPipeline {
         chunksNew += 1
         // Not `if let c = current`: that copy would keep the pack buffer shared while
         // finish() appends to it, and the append would copy the whole pack.
-        if current.map({ $0.size >= targetPackSize || $0.chunkCount >= PackFormat.maxChunks - 1 }) == true { try finishCurrent() }
+        if current.map({ $0.size >= targetPackSize || $0.chunkCount >= PackFormat.maxChunks - 1 }) == true {
+            try finishCurrent()
+        }
         return id
     }
 
@@ -211,7 +214,8 @@ public final class SnapshotReader {
 
     /// `fetch` returns a pack's bytes by ID (from a server, a bucket, a medium); any
     /// error it throws is passed through.
-    public init(manifest: Manifest, readKey: ReadPrivateKey, chunkIDKey: ChunkIDKey, fetch: @escaping (PackID) throws -> [UInt8]) throws(CoreError) {
+    public init(manifest: Manifest, readKey: ReadPrivateKey, chunkIDKey: ChunkIDKey,
+        fetch: @escaping (PackID) throws -> [UInt8]) throws(CoreError) {
         self.manifest = manifest
         self.readKey = readKey
         self.chunkIDKey = chunkIDKey
@@ -228,7 +232,8 @@ public final class SnapshotReader {
             for c in summary.chunkIDs { location[c] = p }
             if let found = location[id] { return found }
         }
-        throw CoreError(.missing, object: "chunk \(id)", "not in any pack that snapshot \(manifest.id) names: the snapshot is incomplete")
+        throw CoreError(.missing, object: "chunk \(id)",
+            "not in any pack that snapshot \(manifest.id) names: the snapshot is incomplete")
     }
 
     private func pack(_ id: PackID) throws -> OpenedPack {
@@ -281,13 +286,15 @@ public final class SnapshotReader {
     /// A file node's whole contents, holes filled with zeros (for tests and small files).
     public func contents(of node: Node) throws -> [UInt8] {
         guard node.size <= 1 << 30 else {
-            throw CoreError(.limitExceeded, object: "file \(printable(node.name))", "too large to read into memory; restore it to a file instead")
+            throw CoreError(.limitExceeded, object: "file \(printable(node.name))",
+                "too large to read into memory; restore it to a file instead")
         }
         for (c, s) in zip(node.content, node.contentSeals) { seals[c] = s }
         let data = try blob(node.content)
         guard let regions = node.dataRegions else {
             guard UInt64(data.count) == node.size else {
-                throw CoreError(.corrupt, object: "file \(printable(node.name)) in snapshot \(manifest.id)", "content is \(data.count) bytes, tree says \(node.size)")
+                throw CoreError(.corrupt, object: "file \(printable(node.name)) in snapshot \(manifest.id)",
+                    "content is \(data.count) bytes, tree says \(node.size)")
             }
             return data
         }
@@ -296,13 +303,15 @@ public final class SnapshotReader {
         for r in regions {
             let n = Int(r.length)
             guard from + n <= data.count else {
-                throw CoreError(.corrupt, object: "file \(printable(node.name)) in snapshot \(manifest.id)", "sparse map needs more data than the chunks hold")
+                throw CoreError(.corrupt, object: "file \(printable(node.name)) in snapshot \(manifest.id)",
+                    "sparse map needs more data than the chunks hold")
             }
             out.replaceSubrange(Int(r.offset)..<(Int(r.offset) + n), with: data[from..<(from + n)])
             from += n
         }
         guard from == data.count else {
-            throw CoreError(.corrupt, object: "file \(printable(node.name)) in snapshot \(manifest.id)", "chunks hold more data than the sparse map places")
+            throw CoreError(.corrupt, object: "file \(printable(node.name)) in snapshot \(manifest.id)",
+                "chunks hold more data than the sparse map places")
         }
         return out
     }

@@ -74,8 +74,11 @@ public struct RetentionRules: Codable, Equatable, Sendable {
 
     /// Parses `30d`, `12h`, `2w`, `1y` (365 days) or plain seconds.
     public static func parseDuration(_ s: String) -> TimeInterval? {
-        let units: [Character: TimeInterval] = ["s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400, "y": 365 * 86400]
-        if let last = s.last, let unit = units[last], let n = Int(s.dropLast()), n >= 0 { return TimeInterval(n) * unit }
+        let units: [Character: TimeInterval] = ["s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400,
+            "y": 365 * 86400]
+        if let last = s.last, let unit = units[last], let n = Int(s.dropLast()), n >= 0 {
+            return TimeInterval(n) * unit
+        }
         return Int(s).flatMap { $0 >= 0 ? TimeInterval($0) : nil }
     }
 
@@ -145,7 +148,8 @@ extension Wire {
         public let keeps: [PolicyKeep]
         /// The lock the policies set (nil: none; the minimum retention's lock stands).
         public let lockUntil: Date?
-        public init(id: String, host: String, committedAt: Date, retainUntil: Date, keeps: [PolicyKeep], lockUntil: Date?) {
+        public init(id: String, host: String, committedAt: Date, retainUntil: Date, keeps: [PolicyKeep],
+            lockUntil: Date?) {
             self.id = id
             self.host = host
             self.committedAt = committedAt

@@ -27,7 +27,8 @@ extension Wire {
         public var oldestDeepVerifyAt: Date?
         /// A writer's storage: its quota, if any, and the bytes of packs it uploaded.
         public var quota: QuotaInfo?
-        public init(id: String, role: String, tenant: String?, name: String, fingerprint: String, createdAt: Date, os: String?,
+        public init(id: String, role: String, tenant: String?, name: String, fingerprint: String, createdAt: Date,
+            os: String?,
                     revokedAt: Date?, lastSnapshotAt: Date?, damagedPacks: Int? = nil) {
             self.damagedPacks = damagedPacks
             self.id = id

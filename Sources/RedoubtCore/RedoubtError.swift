@@ -44,7 +44,10 @@ public enum ExitCategory: Int32, Sendable, CaseIterable {
         case .keyDestroyed: "the KEK is destroyed: the tenant was crypto-shredded; only an escrowed copy can restore"
         case .kmsCredentialRejected: "the KMS refused this client's credential (certificate, PIN, access key)"
         case .approvalRequired:
-            "the change needs other admins' approval: a request was filed or is still pending (`redoubt admin request list`)"
+            """
+                the change needs other admins' approval: a request was filed or is still pending (`redoubt admin \
+                request list`)
+                """
         }
     }
 

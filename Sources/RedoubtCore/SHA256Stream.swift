@@ -31,7 +31,8 @@ public struct SHA256Stream: @unchecked Sendable {
     public mutating func update(_ bytes: [UInt8]) { bytes.withUnsafeBytes { update($0) } }
 
     /// `self.update(mine)` and `other.update(theirs)`, their common blocks in one loop.
-    public mutating func update(_ mine: UnsafeRawBufferPointer, alongside other: inout SHA256Stream, _ theirs: UnsafeRawBufferPointer) {
+    public mutating func update(_ mine: UnsafeRawBufferPointer, alongside other: inout SHA256Stream,
+        _ theirs: UnsafeRawBufferPointer) {
         if portable != nil || other.portable != nil {
             update(mine)
             other.update(theirs)

@@ -93,9 +93,11 @@ public struct Node: Sendable, Hashable {
     public var subtreeSeals: [ChunkSeal] = []
 
     public init(name: [UInt8], type: NodeType, mode: UInt32 = 0o644, uid: UInt32 = 0, gid: UInt32 = 0,
-                user: [UInt8] = [], group: [UInt8] = [], mtime: Timestamp = .init(seconds: 0), ctime: Timestamp = .init(seconds: 0),
+                user: [UInt8] = [], group: [UInt8] = [], mtime: Timestamp = .init(seconds: 0),
+                    ctime: Timestamp = .init(seconds: 0),
                 atime: Timestamp = .init(seconds: 0), size: UInt64 = 0, linkTarget: [UInt8] = [], rdev: UInt64 = 0,
-                xattrs: [ExtendedAttribute] = [], content: [ChunkID] = [], dataRegions: [Extent]? = nil, subtree: [ChunkID] = []) {
+                xattrs: [ExtendedAttribute] = [], content: [ChunkID] = [], dataRegions: [Extent]? = nil,
+                    subtree: [ChunkID] = []) {
         self.name = name
         self.type = type
         self.mode = mode
@@ -215,7 +217,9 @@ public enum TreeCodec {
     public static func decode(_ bytes: [UInt8], object: String) throws(CoreError) -> Tree {
         var r = ByteReader(bytes)
         do {
-            guard try r.raw(8) == magic else { throw CoreError(.corrupt, object: object, "bad magic: not a Redoubt tree") }
+            guard try r.raw(8) == magic else {
+                throw CoreError(.corrupt, object: object, "bad magic: not a Redoubt tree")
+            }
             let v = try r.u16()
             guard v == 1 || v == 2 else {
                 throw CoreError(.unsupportedVersion, object: object,
@@ -230,14 +234,20 @@ public enum TreeCodec {
                 var b = ByteReader(try r.lengthPrefixed())
                 let name = try b.lengthPrefixed(limit: maxName)
                 let nodeObject = "\(object), entry \(printableName(name))"
-                guard let type = NodeType(rawValue: try b.u8()) else { throw CoreError(.corrupt, object: nodeObject, "unknown entry type") }
+                guard let type = NodeType(rawValue: try b.u8()) else {
+                    throw CoreError(.corrupt, object: nodeObject, "unknown entry type")
+                }
                 let mode = try b.uvarint(), uid = try b.uvarint(), gid = try b.uvarint()
-                guard mode <= 0o7777, uid <= UInt64(UInt32.max), gid <= UInt64(UInt32.max) else { throw CoreError(.corrupt, object: nodeObject, "mode, uid or gid out of range") }
+                guard mode <= 0o7777, uid <= UInt64(UInt32.max), gid <= UInt64(UInt32.max) else {
+                    throw CoreError(.corrupt, object: nodeObject, "mode, uid or gid out of range")
+                }
                 let user = try b.lengthPrefixed(limit: 256), group = try b.lengthPrefixed(limit: 256)
                 var times: [Timestamp] = []
                 for _ in 0..<3 {
                     let s = try b.i64(), ns = try b.u32()
-                    guard ns < 1_000_000_000 else { throw CoreError(.corrupt, object: nodeObject, "nanoseconds out of range") }
+                    guard ns < 1_000_000_000 else {
+                        throw CoreError(.corrupt, object: nodeObject, "nanoseconds out of range")
+                    }
                     times.append(Timestamp(seconds: s, nanoseconds: ns))
                 }
                 let size = try b.uvarint()
@@ -262,8 +272,10 @@ public enum TreeCodec {
                 }
                 let (subtree, subtreeSeals) = try chunkList(&b, version: v)
                 guard b.isAtEnd else { throw CoreError(.corrupt, object: nodeObject, "trailing bytes in entry") }
-                var node = Node(name: name, type: type, mode: UInt32(mode), uid: UInt32(uid), gid: UInt32(gid), user: user, group: group,
-                                mtime: times[0], ctime: times[1], atime: times[2], size: size, linkTarget: link, rdev: rdev,
+                var node = Node(name: name, type: type, mode: UInt32(mode), uid: UInt32(uid), gid: UInt32(gid),
+                    user: user, group: group,
+                                mtime: times[0], ctime: times[1], atime: times[2], size: size, linkTarget: link,
+                                    rdev: rdev,
                                 xattrs: xattrs, content: content, dataRegions: regions, subtree: subtree)
                 node.contentSeals = contentSeals
                 node.subtreeSeals = subtreeSeals
@@ -273,7 +285,8 @@ public enum TreeCodec {
             }
             guard r.isAtEnd else { throw CoreError(.corrupt, object: object, "trailing bytes after the last entry") }
             return Tree(validatedSorted: nodes)
-        } catch let e as CoreError { throw e } catch let e as ByteReader.Failure { throw e.corrupt(object, "malformed tree") } catch {
+        } catch let e as CoreError { throw e } catch let e as ByteReader.Failure { throw e.corrupt(object,
+            "malformed tree") } catch {
             throw CoreError(.corrupt, object: object, "\(error)")
         }
     }
@@ -315,25 +328,39 @@ public enum TreeCodec {
         }
         var lastX: [UInt8]? = nil
         for x in n.xattrs {
-            guard !x.name.isEmpty, !x.name.contains(0) else { throw CoreError(.corrupt, object: object, "bad xattr name on \(name)") }
-            if let lastX, !bytesPrecede(lastX, x.name) { throw CoreError(.corrupt, object: object, "xattrs of \(name) not sorted/unique") }
+            guard !x.name.isEmpty, !x.name.contains(0) else {
+                throw CoreError(.corrupt, object: object, "bad xattr name on \(name)")
+            }
+            if let lastX, !bytesPrecede(lastX, x.name) {
+                throw CoreError(.corrupt, object: object, "xattrs of \(name) not sorted/unique")
+            }
             lastX = x.name
         }
         let isFile = n.type == .file
         guard isFile || (n.content.isEmpty && n.dataRegions == nil && n.size == 0) else {
             throw CoreError(.corrupt, object: object, "\(n.type) \(name) carries file data")
         }
-        guard n.type == .directory || n.subtree.isEmpty else { throw CoreError(.corrupt, object: object, "\(n.type) \(name) carries a subtree") }
-        guard n.type == .directory ? !n.subtree.isEmpty : true else { throw CoreError(.corrupt, object: object, "directory \(name) has no subtree") }
+        guard n.type == .directory || n.subtree.isEmpty else {
+            throw CoreError(.corrupt, object: object, "\(n.type) \(name) carries a subtree")
+        }
+        guard n.type == .directory ? !n.subtree.isEmpty : true else {
+            throw CoreError(.corrupt, object: object, "directory \(name) has no subtree")
+        }
         switch n.type {
         case .symlink:
-            guard !n.linkTarget.isEmpty, !n.linkTarget.contains(0) else { throw CoreError(.corrupt, object: object, "symlink \(name) has a bad target") }
+            guard !n.linkTarget.isEmpty, !n.linkTarget.contains(0) else {
+                throw CoreError(.corrupt, object: object, "symlink \(name) has a bad target")
+            }
         case .hardlink:
             // Why: a hard link restores as link(target) inside the restore root; a target
             // that is absolute or climbs out would link a file from elsewhere.
-            guard isSafeRelativePath(n.linkTarget) else { throw CoreError(.corrupt, object: object, "hard link \(name) has an unsafe target") }
+            guard isSafeRelativePath(n.linkTarget) else {
+                throw CoreError(.corrupt, object: object, "hard link \(name) has an unsafe target")
+            }
         default:
-            guard n.linkTarget.isEmpty else { throw CoreError(.corrupt, object: object, "\(n.type) \(name) carries a link target") }
+            guard n.linkTarget.isEmpty else {
+                throw CoreError(.corrupt, object: object, "\(n.type) \(name) carries a link target")
+            }
         }
         guard n.type == .charDevice || n.type == .blockDevice || n.rdev == 0 else {
             throw CoreError(.corrupt, object: object, "\(n.type) \(name) carries a device number")
@@ -343,7 +370,8 @@ public enum TreeCodec {
             for r in regions {
                 let (e, overflow) = r.offset.addingReportingOverflow(r.length)
                 guard r.offset >= end, r.length > 0, !overflow, e <= n.size else {
-                    throw CoreError(.corrupt, object: object, "sparse map of \(name) is not ascending, overlapping or within the size")
+                    throw CoreError(.corrupt, object: object,
+                        "sparse map of \(name) is not ascending, overlapping or within the size")
                 }
                 end = e
             }
@@ -352,7 +380,8 @@ public enum TreeCodec {
 
     /// A single path component that is safe to create inside a directory.
     public static func isSafeName(_ name: [UInt8]) -> Bool {
-        !name.isEmpty && name != [0x2e] && name != [0x2e, 0x2e] && !name.contains(0x2f) && !name.contains(0) && name.count <= 255
+        !name.isEmpty && name != [0x2e] && name != [0x2e, 0x2e] && !name.contains(0x2f) && !name.contains(0)
+            && name.count <= 255
     }
 
     /// A relative path of safe names separated by '/'.
@@ -375,7 +404,9 @@ public func printable(_ bytes: [UInt8]) -> String {
     }
     var out = ""
     for b in bytes {
-        if b >= 0x20 && b < 0x7f && b != 0x5c { out.append(Character(UnicodeScalar(b))) } else { out += "\\x" + hexString([b]) }
+        if b >= 0x20 && b < 0x7f && b != 0x5c { out.append(Character(UnicodeScalar(b))) } else {
+            out += "\\x" + hexString([b])
+        }
     }
     return out
 }

@@ -12,11 +12,14 @@ public enum WireDate {
     /// The RFC 3339 text of `date`, clamped to years 0001–9999.
     public static func string(_ date: Date) -> String {
         let t = date.timeIntervalSince1970
-        let s: Int64 = t.isNaN ? 0 : t <= Double(earliest) ? earliest : t >= Double(latest) ? latest : Int64(t.rounded(.down))
+        let s: Int64 =
+            t.isNaN ? 0 : t <= Double(earliest) ? earliest : t >= Double(latest) ? latest : Int64(t.rounded(.down))
         let days = s >= 0 ? s / 86400 : (s - 86399) / 86400
         let secs = s - days * 86400
         let (y, m, d) = civil(days)
-        func pad(_ v: Int64, _ n: Int) -> String { String(repeating: "0", count: max(0, n - String(v).count)) + String(v) }
+        func pad(_ v: Int64, _ n: Int) -> String {
+            String(repeating: "0", count: max(0, n - String(v).count)) + String(v)
+        }
         return "\(pad(y, 4))-\(pad(m, 2))-\(pad(d, 2))T\(pad(secs / 3600, 2)):\(pad(secs / 60 % 60, 2)):\(pad(secs % 60, 2))Z"
     }
 
@@ -34,7 +37,8 @@ public enum WireDate {
         }
         guard b.count >= 20, let y = num(0, 4), b[4] == 0x2d, let mo = num(5, 2), b[7] == 0x2d, let d = num(8, 2),
               b[10] == 0x54 || b[10] == 0x74, let h = num(11, 2), b[13] == 0x3a, let mi = num(14, 2), b[16] == 0x3a,
-              let s = num(17, 2), (1...12).contains(mo), (1...daysIn(month: mo, year: y)).contains(d), h < 24, mi < 60, s < 61
+              let s = num(17, 2), (1...12).contains(mo), (1...daysIn(month: mo, year: y)).contains(d), h < 24, mi < 60,
+                  s < 61
         else { return nil }
         var i = 19
         var fraction = 0.0
@@ -53,7 +57,8 @@ public enum WireDate {
         guard i < b.count else { return nil }
         if b[i] == 0x5a || b[i] == 0x7a {
             i += 1
-        } else if b[i] == 0x2b || b[i] == 0x2d, let oh = num(i + 1, 2), i + 3 < b.count, b[i + 3] == 0x3a, let om = num(i + 4, 2),
+        } else if b[i] == 0x2b || b[i] == 0x2d, let oh = num(i + 1, 2), i + 3 < b.count, b[i + 3] == 0x3a,
+            let om = num(i + 4, 2),
                   oh < 24, om < 60 {
             offset = (oh * 3600 + om * 60) * (b[i] == 0x2b ? 1 : -1)
             i += 6
@@ -82,7 +87,8 @@ public enum WireDate {
             let c = try decoder.singleValueContainer()
             let text = try c.decode(String.self)
             guard let date = parse(text) else {
-                throw DecodingError.dataCorruptedError(in: c, debugDescription: "\(text.debugDescription) is not an RFC 3339 time")
+                throw DecodingError.dataCorruptedError(in: c,
+                    debugDescription: "\(text.debugDescription) is not an RFC 3339 time")
             }
             return date
         }

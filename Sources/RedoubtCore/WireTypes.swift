@@ -21,7 +21,8 @@ public enum Wire {
         /// Unix seconds after which the server refuses the token.
         public var expires: Int64
 
-        public init(url: String, ca: String, pin: String, secret: String, role: String, tenant: String?, name: String, expires: Int64) {
+        public init(url: String, ca: String, pin: String, secret: String, role: String, tenant: String?, name: String,
+            expires: Int64) {
             self.url = url
             self.ca = ca
             self.pin = pin
@@ -44,7 +45,8 @@ public enum Wire {
             let t = s.trimmingCharacters(in: .whitespacesAndNewlines)
             guard t.hasPrefix(prefix), let data = fromBase64URL(String(t.dropFirst(prefix.count))),
                   let tok = try? JSONDecoder().decode(EnrollmentToken.self, from: data) else {
-                throw CoreError(.corrupt, object: "enrollment token", "not a Redoubt enrollment token (expected rdbt1.…); copy it again from `redoubt admin host add`")
+                throw CoreError(.corrupt, object: "enrollment token",
+                    "not a Redoubt enrollment token (expected rdbt1.…); copy it again from `redoubt admin host add`")
             }
             return tok
         }
@@ -82,7 +84,8 @@ public enum Wire {
         /// WrappedReadKey JSON (restorers only).
         public var wrappedReadKey: String?
 
-        public init(principalID: String, role: String, tenant: String?, name: String, certificatePEM: String, writeMaterial: String?, wrappedReadKey: String?) {
+        public init(principalID: String, role: String, tenant: String?, name: String, certificatePEM: String,
+            writeMaterial: String?, wrappedReadKey: String?) {
             self.principalID = principalID
             self.role = role
             self.tenant = tenant
@@ -105,7 +108,8 @@ public enum Wire {
         /// `host` (the default when absent) or `tenant`: which chunks a host may reuse.
         public var dedupScope: String?
 
-        public init(name: String, readPublicKey: String, writeMaterial: String, wrappedReadKey: String, minRetentionSeconds: Double?,
+        public init(name: String, readPublicKey: String, writeMaterial: String, wrappedReadKey: String,
+            minRetentionSeconds: Double?,
                     dedupScope: String? = nil) {
             self.name = name
             self.readPublicKey = readPublicKey
@@ -123,7 +127,8 @@ public enum Wire {
         public var createdAt: Date
         /// `host` or `tenant` (absent from servers older than dedup scopes, which shared chunks tenant-wide).
         public var dedupScope: String?
-        public init(name: String, readKeyID: String, minRetentionSeconds: Double, createdAt: Date, dedupScope: String? = nil) {
+        public init(name: String, readKeyID: String, minRetentionSeconds: Double, createdAt: Date,
+            dedupScope: String? = nil) {
             self.name = name
             self.readKeyID = readKeyID
             self.minRetentionSeconds = minRetentionSeconds
@@ -151,7 +156,8 @@ public enum Wire {
         public var wrappedReadKey: String?
         public var shreddedAt: Date?
         public var retired: [RetiredKEKInfo]
-        public init(tenant: String, keyVersion: Int, wrappedReadKey: String?, shreddedAt: Date?, retired: [RetiredKEKInfo]) {
+        public init(tenant: String, keyVersion: Int, wrappedReadKey: String?, shreddedAt: Date?,
+            retired: [RetiredKEKInfo]) {
             self.tenant = tenant
             self.keyVersion = keyVersion
             self.wrappedReadKey = wrappedReadKey
@@ -284,7 +290,8 @@ public enum Wire {
         public var marginSeconds: Double
         public var acceptUnenforced: Bool?
         public var requestID: String?
-        public init(tenant: String, url: String, endpoint: String, region: String, credentialsFile: String?, virtualHosted: Bool?,
+        public init(tenant: String, url: String, endpoint: String, region: String, credentialsFile: String?,
+            virtualHosted: Bool?,
                     marginSeconds: Double, acceptUnenforced: Bool?, requestID: String?) {
             self.tenant = tenant
             self.url = url
@@ -314,8 +321,10 @@ public enum Wire {
         public var lastSyncAt: Date?
         public var lastSyncOK: Bool?
         public var lastSyncDetail: String?
-        public init(id: String, tenant: String, url: String, endpoint: String, region: String, marginSeconds: Double, acceptUnenforced: Bool,
-                    createdAt: Date, lastProofAt: Date?, lastProofOK: Bool?, lastProofDetail: String?, lastSyncAt: Date?, lastSyncOK: Bool?,
+        public init(id: String, tenant: String, url: String, endpoint: String, region: String, marginSeconds: Double,
+            acceptUnenforced: Bool,
+                    createdAt: Date, lastProofAt: Date?, lastProofOK: Bool?, lastProofDetail: String?,
+                        lastSyncAt: Date?, lastSyncOK: Bool?,
                     lastSyncDetail: String?) {
             self.id = id
             self.tenant = tenant
@@ -347,7 +356,8 @@ public enum Wire {
         public var approvers: [String]
         public var rejectedBy: String?
         public var state: String
-        public init(id: String, action: String, object: String, parameters: [String: String], requester: String, createdAt: Date,
+        public init(id: String, action: String, object: String, parameters: [String: String], requester: String,
+            createdAt: Date,
                     expiresAt: Date, needed: Int, approvers: [String], rejectedBy: String?, state: String) {
             self.id = id
             self.action = action
@@ -403,7 +413,8 @@ public enum Wire {
         /// when no policy covers it, and from servers without policies.
         public var keptBy: [PolicyKeep]?
 
-        public init(id: String, tenant: String, host: String, time: Date, committedAt: Date, retainUntil: Date, paths: [String], tags: [String],
+        public init(id: String, tenant: String, host: String, time: Date, committedAt: Date, retainUntil: Date,
+            paths: [String], tags: [String],
                     statistics: SnapshotStatistics, packCount: Int, pathCount: Int? = nil) {
             self.pathCount = pathCount
             self.id = id
@@ -462,7 +473,8 @@ public enum Wire {
         public var detail: String
         public var prevHash: String
         public var hash: String
-        public init(seq: Int64, time: Date, actor: String, role: String, credential: String, source: String, action: String, object: String,
+        public init(seq: Int64, time: Date, actor: String, role: String, credential: String, source: String,
+            action: String, object: String,
                     outcome: String, detail: String, prevHash: String, hash: String) {
             self.seq = seq
             self.time = time
@@ -525,7 +537,8 @@ public enum Wire {
 
 /// Base64url without padding (RFC 4648 §5).
 public func base64URL(_ data: Data) -> String {
-    data.base64EncodedString().replacingOccurrences(of: "+", with: "-").replacingOccurrences(of: "/", with: "_").replacingOccurrences(of: "=", with: "")
+    data.base64EncodedString().replacingOccurrences(of: "+", with: "-").replacingOccurrences(of: "/",
+        with: "_").replacingOccurrences(of: "=", with: "")
 }
 
 public func fromBase64URL(_ s: String) -> Data? {
@@ -549,7 +562,8 @@ public struct ClientCredential: Codable, Sendable {
     public var tenant: String?
     public var name: String
 
-    public init(url: String, caPEM: String, pin: String, certificatePEM: String, keyPEM: String, principalID: String, role: String, tenant: String?, name: String) {
+    public init(url: String, caPEM: String, pin: String, certificatePEM: String, keyPEM: String, principalID: String,
+        role: String, tenant: String?, name: String) {
         self.url = url
         self.caPEM = caPEM
         self.pin = pin

@@ -32,16 +32,21 @@ public struct AWSKMSKeyProvider: KeyProvider {
     public var uri: String {
         var s = "awskms://\(region)/\(keyID)"
         if let e = endpointOverride {
-            s += "?endpoint=" + (e.absoluteString.addingPercentEncoding(withAllowedCharacters: .urlQueryAllowed.subtracting(CharacterSet(charactersIn: "&=?"))) ?? e.absoluteString)
+            s += "?endpoint="
+                + (e.absoluteString.addingPercentEncoding(withAllowedCharacters: .urlQueryAllowed.subtracting(CharacterSet(charactersIn: "&=?"))) ?? e.absoluteString)
         }
         return s
     }
 
     /// A provider for `keyID` in `region`. `credentials` nil means the standard AWS chain.
-    public init(region: String, keyID: String, endpoint: URL? = nil, credentials: AWSCredentials? = nil, http: HTTPClient = AWSKMSKeyProvider.defaultHTTPClient) throws(KeyProviderError) {
+    public init(region: String, keyID: String, endpoint: URL? = nil, credentials: AWSCredentials? = nil,
+        http: HTTPClient = AWSKMSKeyProvider.defaultHTTPClient) throws(KeyProviderError) {
         // Why: the region goes into a host name and the signature scope; refuse anything odd.
         guard !region.isEmpty, region.allSatisfy({ $0.isASCII && ($0.isLowercase || $0.isNumber || $0 == "-") }) else {
-            throw .malformed("AWS KMS provider URI: region \(region.debugDescription) is not a region name like us-east-1: awskms://REGION/KEY-ID")
+            throw .malformed("""
+                AWS KMS provider URI: region \(region.debugDescription) is not a region name like us-east-1: \
+                awskms://REGION/KEY-ID
+                """)
         }
         guard !keyID.isEmpty, keyID.allSatisfy({ $0.isASCII && !$0.isWhitespace }) else {
             throw .malformed("AWS KMS provider URI needs a key ID, key ARN, alias/NAME or new: awskms://REGION/KEY-ID")
@@ -55,7 +60,10 @@ public struct AWSKMSKeyProvider: KeyProvider {
             // Why: over plain http anyone on the path sees the plaintext read-key seed in
             // Encrypt and Decrypt; only a KMS on this machine may be spoken to that way.
             guard scheme == "https" || ["127.0.0.1", "localhost", "::1", "[::1]"].contains(host) else {
-                throw .malformed("AWS KMS endpoint \(endpoint.absoluteString) uses http://, which is allowed only for 127.0.0.1 or localhost (a test KMS): use https://")
+                throw .malformed("""
+                    AWS KMS endpoint \(endpoint.absoluteString) uses http://, which is allowed only for 127.0.0.1 or \
+                    localhost (a test KMS): use https://
+                    """)
             }
         }
         self.region = region
@@ -66,16 +74,22 @@ public struct AWSKMSKeyProvider: KeyProvider {
     }
 
     /// Parses an `awskms://` URI. `credentials` nil means the standard AWS chain.
-    public init(uri: String, credentials: AWSCredentials? = nil, http: HTTPClient = AWSKMSKeyProvider.defaultHTTPClient) throws(KeyProviderError) {
+    public init(uri: String, credentials: AWSCredentials? = nil,
+        http: HTTPClient = AWSKMSKeyProvider.defaultHTTPClient) throws(KeyProviderError) {
         guard uri.hasPrefix("awskms://") else { throw .unknownProvider(uri) }
-        guard isWellFormedProviderURI(uri) else { throw .malformed("\(uri.debugDescription): not a well-formed awskms:// URI (printable ASCII, no '#')") }
+        guard isWellFormedProviderURI(uri) else {
+            throw .malformed("\(uri.debugDescription): not a well-formed awskms:// URI (printable ASCII, no '#')")
+        }
         var rest = Substring(uri.dropFirst("awskms://".count))
         var endpoint: URL? = nil
         if let q = rest.firstIndex(of: "?") {
             let query = URLComponents(string: "x:?" + rest[rest.index(after: q)...])?.queryItems ?? []
             for item in query {
                 guard item.name == "endpoint", let value = item.value, let url = URL(string: value) else {
-                    throw .malformed("AWS KMS provider URI: unknown or empty parameter \(item.name.debugDescription); only ?endpoint=URL is known")
+                    throw .malformed("""
+                        AWS KMS provider URI: unknown or empty parameter \(item.name.debugDescription); only \
+                        ?endpoint=URL is known
+                        """)
                 }
                 endpoint = url
             }
@@ -97,7 +111,10 @@ public struct AWSKMSKeyProvider: KeyProvider {
 
     public func wrap(_ key: ReadPrivateKey, context: KeyContext) async throws -> WrappedReadKey {
         guard keyID != "new" else {
-            throw KeyProviderError.malformed("AWS KMS provider \(uri) names no key yet: create the tenant with it (…/new creates the key) or name a key ID")
+            throw KeyProviderError.malformed("""
+                AWS KMS provider \(uri) names no key yet: create the tenant with it (…/new creates the key) or name a \
+                key ID
+                """)
         }
         var seed = key.exportSeed().withUnsafeBytes { Array($0) }
         defer { zero(&seed) }
@@ -109,7 +126,9 @@ public struct AWSKMSKeyProvider: KeyProvider {
         ], key: keyID)
         guard let blob = answer["CiphertextBlob"] as? String, let sealed = Data(base64Encoded: blob), !sealed.isEmpty,
             let kek = answer["KeyId"] as? String, !kek.isEmpty
-        else { throw KeyProviderError.kmsProtocol(provider: uri, detail: "Encrypt answer lacks CiphertextBlob or KeyId") }
+        else {
+            throw KeyProviderError.kmsProtocol(provider: uri, detail: "Encrypt answer lacks CiphertextBlob or KeyId")
+        }
         return WrappedReadKey(
             provider: uri, context: context, publicKey: key.publicKey,
             parameters: ["awskms-key-id": kek, "awskms-region": region, "algorithm": "SYMMETRIC_DEFAULT"],
@@ -148,7 +167,8 @@ public struct AWSKMSKeyProvider: KeyProvider {
         guard let meta = answer["KeyMetadata"] as? [String: Any], let id = meta["KeyId"] as? String, !id.isEmpty else {
             throw KeyProviderError.kmsProtocol(provider: uri, detail: "CreateKey answer lacks KeyMetadata.KeyId")
         }
-        return try AWSKMSKeyProvider(region: region, keyID: id, endpoint: endpointOverride, credentials: credentials, http: http)
+        return try AWSKMSKeyProvider(region: region, keyID: id, endpoint: endpointOverride, credentials: credentials,
+            http: http)
     }
 
     /// Crypto-shreds the KEK that wrapped `wrapped`: ScheduleKeyDeletion with AWS's
@@ -169,7 +189,9 @@ public struct AWSKMSKeyProvider: KeyProvider {
         let kek = wrapped.parameters["awskms-key-id"] ?? keyID
         let kms = try self.inRegion(wrapped.parameters["awskms-region"] ?? region)
         let described = try await kms.call("DescribeKey", ["KeyId": kek], key: kek)
-        if let meta = described["KeyMetadata"] as? [String: Any], meta["KeyState"] as? String == "PendingDeletion" { return }
+        if let meta = described["KeyMetadata"] as? [String: Any], meta["KeyState"] as? String == "PendingDeletion" {
+            return
+        }
         let answer = try await kms.call("ListResourceTags", ["KeyId": kek, "Limit": 50], key: kek)
         let tags = (answer["Tags"] as? [[String: Any]] ?? []).compactMap { t -> (String, String)? in
             guard let k = t["TagKey"] as? String, let v = t["TagValue"] as? String else { return nil }
@@ -177,7 +199,8 @@ public struct AWSKMSKeyProvider: KeyProvider {
         }
         let owners = tags.filter { $0.0 == "redoubt-tenant" }.map(\.1)
         guard owners == [tenant] else {
-            throw KeyProviderError.foreignKEK(provider: kms.uri, detail: "key \(kek) is tagged \(owners.isEmpty ? "with no redoubt-tenant tag" : "redoubt-tenant=\(owners.joined(separator: ","))"), not redoubt-tenant=\(tenant) as the KEKs Redoubt creates for tenant \(tenant) are. Nothing was destroyed. If it really is this tenant's (a key adopted at tenant creation), tag it (aws kms tag-resource --key-id \(kek) --tags TagKey=redoubt-tenant,TagValue=\(tenant)) and repeat")
+            throw KeyProviderError.foreignKEK(provider: kms.uri,
+                detail: "key \(kek) is tagged \(owners.isEmpty ? "with no redoubt-tenant tag" : "redoubt-tenant=\(owners.joined(separator: ","))"), not redoubt-tenant=\(tenant) as the KEKs Redoubt creates for tenant \(tenant) are. Nothing was destroyed. If it really is this tenant's (a key adopted at tenant creation), tag it (aws kms tag-resource --key-id \(kek) --tags TagKey=redoubt-tenant,TagValue=\(tenant)) and repeat")
         }
     }
 
@@ -198,7 +221,8 @@ public struct AWSKMSKeyProvider: KeyProvider {
     }()
 
     func inRegion(_ other: String) throws(KeyProviderError) -> AWSKMSKeyProvider {
-        other == region ? self : try AWSKMSKeyProvider(region: other, keyID: keyID, endpoint: endpointOverride, credentials: credentials, http: http)
+        other == region ? self : try AWSKMSKeyProvider(region: other, keyID: keyID, endpoint: endpointOverride,
+            credentials: credentials, http: http)
     }
 
     var endpoint: URL {
@@ -246,10 +270,16 @@ public struct AWSKMSKeyProvider: KeyProvider {
                 status = Int(response.status.code)
                 answer = Array(try await response.body.collect(upTo: 1 << 20).readableBytesView)
             } catch {
-                let timedOut = (error as? HTTPClientError).map { $0 == .deadlineExceeded || $0 == .readTimeout } ?? false
+                let timedOut = (error as? HTTPClientError).map {
+                    $0 == .deadlineExceeded || $0 == .readTimeout
+                } ?? false
                 // Why: no answer means the KMS may be down or firewalled; backups go on
                 // without it, and only restores and key changes wait for it.
-                lastFailure = .unreachable(provider: uri, detail: "cannot reach \(url.absoluteString) (\(Self.describe(error))): check the region, the endpoint and this host's network; backups continue meanwhile")
+                lastFailure = .unreachable(provider: uri,
+                    detail: """
+                        cannot reach \(url.absoluteString) (\(Self.describe(error))): check the region, the endpoint \
+                        and this host's network; backups continue meanwhile
+                        """)
                 // A request that timed out may still be at work in the KMS: do not pile on.
                 if timedOut { throw lastFailure }
                 continue
@@ -257,12 +287,17 @@ public struct AWSKMSKeyProvider: KeyProvider {
             defer { zero(&answer) }
             let decoded = (try? JSONSerialization.jsonObject(with: Data(answer))) as? [String: Any]
             if (200..<300).contains(status) {
-                guard let decoded else { throw .kmsProtocol(provider: uri, detail: "\(operation) answer (HTTP \(status)) is not a JSON object") }
+                guard let decoded else {
+                    throw .kmsProtocol(provider: uri,
+                        detail: "\(operation) answer (HTTP \(status)) is not a JSON object")
+                }
                 return decoded
             }
             if pendingDeletionIsDone && Self.isPendingDeletion(decoded) { return [:] }
-            let error = Self.classify(status: status, body: decoded, operation: operation, key: key, provider: uri, endpoint: url)
-            if status >= 500 || status == 429 || (decoded?["__type"] as? String)?.hasSuffix("ThrottlingException") == true {
+            let error = Self.classify(status: status, body: decoded, operation: operation, key: key, provider: uri,
+                endpoint: url)
+            if status >= 500 || status == 429
+                || (decoded?["__type"] as? String)?.hasSuffix("ThrottlingException") == true {
                 lastFailure = error
                 continue
             }
@@ -273,16 +308,20 @@ public struct AWSKMSKeyProvider: KeyProvider {
 
     /// The URL and headers (with `host`, which the HTTP client sets itself) of one
     /// `TrentService.<operation>` POST carrying `payload`, signed with SigV4 for `kms`.
-    func signedRequest(_ operation: String, payload: [UInt8], credentials: AWSCredentials, at date: Date) -> (url: String, headers: [(name: String, value: String)]) {
+    func signedRequest(_ operation: String, payload: [UInt8], credentials: AWSCredentials,
+        at date: Date) -> (url: String, headers: [(name: String, value: String)]) {
         let url = endpoint
         let host = SigV4Signer.hostHeader(for: url)
         let path = url.path.isEmpty ? "/" : url.path
         let headers: [(name: String, value: String)] = [
-            ("host", host), ("content-type", "application/x-amz-json-1.1"), ("x-amz-target", "TrentService.\(operation)"),
+            ("host", host), ("content-type", "application/x-amz-json-1.1"), ("x-amz-target",
+                "TrentService.\(operation)"),
         ]
-        let request = SigV4Request(method: "POST", encodedPath: path, headers: headers, payloadHash: SigV4Signer.hexSHA256(payload))
+        let request = SigV4Request(method: "POST", encodedPath: path, headers: headers,
+            payloadHash: SigV4Signer.hexSHA256(payload))
         let signer = SigV4Signer(credentials: credentials, region: region, service: "kms")
-        return ("\(url.scheme ?? "https")://\(host)\(path)", headers + signer.sign(request, at: date, includeContentHash: false))
+        return ("\(url.scheme ?? "https")://\(host)\(path)", headers + signer.sign(request, at: date,
+            includeContentHash: false))
     }
 
     /// Whether a KMS error answer says the key is pending deletion.
@@ -299,7 +338,8 @@ public struct AWSKMSKeyProvider: KeyProvider {
     }
 
     /// Maps a KMS error answer to a ``KeyProviderError``.
-    static func classify(status: Int, body: [String: Any]?, operation: String, key: String?, provider: String, endpoint: URL) -> KeyProviderError {
+    static func classify(status: Int, body: [String: Any]?, operation: String, key: String?, provider: String,
+        endpoint: URL) -> KeyProviderError {
         // AWS sends `__type` as `NotFoundException` or `com.amazonaws.kms#NotFoundException`.
         let rawType = body?["__type"] as? String ?? ""
         let type = rawType.split(separator: "#").last.map(String.init) ?? rawType
@@ -308,23 +348,41 @@ public struct AWSKMSKeyProvider: KeyProvider {
         let said = message.isEmpty ? type : "\(type): \(message)"
         switch type {
         case "DisabledException":
-            return .keyDisabled(provider: provider, detail: "\(what) is disabled (\(said)); enable it (aws kms enable-key) to restore. Backups continue meanwhile")
+            return .keyDisabled(provider: provider,
+                detail: """
+                    \(what) is disabled (\(said)); enable it (aws kms enable-key) to restore. Backups continue \
+                    meanwhile
+                    """)
         case "KMSInvalidStateException":
             if Self.saysPendingDeletion(message) {
-                return .keyDestroyed(provider: provider, detail: "\(what) is pending deletion (\(said)); cancel the deletion (aws kms cancel-key-deletion) within its waiting period, or the wrapped copies under it are lost")
+                return .keyDestroyed(provider: provider,
+                    detail: """
+                        \(what) is pending deletion (\(said)); cancel the deletion (aws kms cancel-key-deletion) \
+                        within its waiting period, or the wrapped copies under it are lost
+                        """)
             }
             return .keyDisabled(provider: provider, detail: "\(what) is not usable in its present state (\(said))")
         case "NotFoundException":
-            return .keyDestroyed(provider: provider, detail: "\(what) does not exist in this account and region (\(said)); check the region and credentials, or the key was deleted")
+            return .keyDestroyed(provider: provider,
+                detail: """
+                    \(what) does not exist in this account and region (\(said)); check the region and credentials, or \
+                    the key was deleted
+                    """)
         case "AccessDeniedException", "UnrecognizedClientException", "InvalidSignatureException", "IncompleteSignature",
-            "IncompleteSignatureException", "ExpiredTokenException", "InvalidClientTokenId", "MissingAuthenticationToken", "SignatureDoesNotMatch":
-            return .credentialRejected(provider: provider, detail: "\(operation) on \(what) refused (\(said)); check AWS_ACCESS_KEY_ID / the credentials file, the system clock, and that the key policy allows kms:\(operation)")
+            "IncompleteSignatureException", "ExpiredTokenException", "InvalidClientTokenId",
+                "MissingAuthenticationToken", "SignatureDoesNotMatch":
+            return .credentialRejected(provider: provider,
+                detail: """
+                    \(operation) on \(what) refused (\(said)); check AWS_ACCESS_KEY_ID / the credentials file, the \
+                    system clock, and that the key policy allows kms:\(operation)
+                    """)
         case "InvalidCiphertextException", "IncorrectKeyException":
             // Why: the KMS authenticates the ciphertext and the context; refusing it means
             // the stored bytes, the context or the named key were changed.
             return .wrongSecret(provider: provider)
         case "":
-            return .kmsProtocol(provider: provider, detail: "\(operation) got HTTP \(status) from \(endpoint.absoluteString) without a KMS error type")
+            return .kmsProtocol(provider: provider,
+                detail: "\(operation) got HTTP \(status) from \(endpoint.absoluteString) without a KMS error type")
         default:
             return .kmsProtocol(provider: provider, detail: "\(operation) on \(what) failed: HTTP \(status) \(said)")
         }

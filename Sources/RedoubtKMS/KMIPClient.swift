@@ -40,7 +40,9 @@ public struct KMIPClient: Sendable {
     public var timeout: TimeAmount = Self.defaultTimeout
 
     public static var defaultTimeout: TimeAmount {
-        if let s = ProcessInfo.processInfo.environment["REDOUBT_KMIP_TIMEOUT"], let n = Int64(s), n > 0, n <= 3600 { return .seconds(n) }
+        if let s = ProcessInfo.processInfo.environment["REDOUBT_KMIP_TIMEOUT"], let n = Int64(s), n > 0, n <= 3600 {
+            return .seconds(n)
+        }
         return .seconds(30)
     }
 
@@ -50,7 +52,8 @@ public struct KMIPClient: Sendable {
         static let attribute = TTLV.Tag(rawValue: 0x420008), attributeName = TTLV.Tag(rawValue: 0x42000A)
         static let attributeValue = TTLV.Tag(rawValue: 0x42000B), batchCount = TTLV.Tag(rawValue: 0x42000D)
         static let batchItem = TTLV.Tag(rawValue: 0x42000F), blockCipherMode = TTLV.Tag(rawValue: 0x420011)
-        static let cryptographicAlgorithm = TTLV.Tag(rawValue: 0x420028), cryptographicParameters = TTLV.Tag(rawValue: 0x42002B)
+        static let cryptographicAlgorithm = TTLV.Tag(rawValue: 0x420028),
+            cryptographicParameters = TTLV.Tag(rawValue: 0x42002B)
         static let ivCounterNonce = TTLV.Tag(rawValue: 0x42003D), name = TTLV.Tag(rawValue: 0x420053)
         static let nameType = TTLV.Tag(rawValue: 0x420054), nameValue = TTLV.Tag(rawValue: 0x420055)
         static let objectType = TTLV.Tag(rawValue: 0x420057), operation = TTLV.Tag(rawValue: 0x42005C)
@@ -66,11 +69,13 @@ public struct KMIPClient: Sendable {
     }
 
     enum Operation: UInt32 {
-        case create = 0x01, getAttributes = 0x0B, activate = 0x12, revoke = 0x13, destroy = 0x14, encrypt = 0x1F, decrypt = 0x20
+        case create = 0x01, getAttributes = 0x0B, activate = 0x12, revoke = 0x13, destroy = 0x14, encrypt = 0x1F,
+            decrypt = 0x20
     }
 
     enum ResultReason: UInt32 {
-        case itemNotFound = 0x01, authenticationNotSuccessful = 0x03, cryptographicFailure = 0x0A, illegalOperation = 0x0B
+        case itemNotFound = 0x01, authenticationNotSuccessful = 0x03, cryptographicFailure = 0x0A,
+            illegalOperation = 0x0B
         case permissionDenied = 0x0C
     }
 
@@ -80,7 +85,8 @@ public struct KMIPClient: Sendable {
     /// Returns its unique identifier.
     public func createActiveAESKey(name: String) async throws(KeyProviderError) -> String {
         func attribute(_ name: String, _ value: TTLV.Value) -> TTLV {
-            TTLV(Tag.attribute, .structure([TTLV(Tag.attributeName, .textString(name)), TTLV(Tag.attributeValue, value)]))
+            TTLV(Tag.attribute, .structure([TTLV(Tag.attributeName, .textString(name)), TTLV(Tag.attributeValue,
+                value)]))
         }
         let payload = try await call(.create, keyID: nil, [
             TTLV(Tag.objectType, .enumeration(0x02)),  // Symmetric Key
@@ -88,7 +94,8 @@ public struct KMIPClient: Sendable {
                 attribute("Cryptographic Algorithm", .enumeration(0x03)),  // AES
                 attribute("Cryptographic Length", .integer(256)),
                 attribute("Cryptographic Usage Mask", .integer(0x04 | 0x08)),  // Encrypt | Decrypt
-                attribute("Name", .structure([TTLV(Tag.nameValue, .textString(name)), TTLV(Tag.nameType, .enumeration(0x01))])),
+                attribute("Name", .structure([TTLV(Tag.nameValue, .textString(name)), TTLV(Tag.nameType,
+                    .enumeration(0x01))])),
             ])),
         ])
         guard case .textString(let id)? = payload[Tag.uniqueIdentifier]?.value else {
@@ -100,7 +107,8 @@ public struct KMIPClient: Sendable {
 
     /// AES-256-GCM under the KMS key `keyID` with a caller-chosen 12-byte nonce; returns
     /// ciphertext ‖ 16-byte tag, the same bytes software AES-GCM would produce.
-    public func encrypt(keyID: String, plaintext: [UInt8], nonce: [UInt8], associatedData: [UInt8]) async throws(KeyProviderError) -> [UInt8] {
+    public func encrypt(keyID: String, plaintext: [UInt8], nonce: [UInt8],
+        associatedData: [UInt8]) async throws(KeyProviderError) -> [UInt8] {
         let payload = try await call(.encrypt, keyID: keyID, [
             TTLV(Tag.uniqueIdentifier, .textString(keyID)), Self.gcmParameters,
             TTLV(Tag.data, .byteString(plaintext)), TTLV(Tag.ivCounterNonce, .byteString(nonce)),
@@ -113,7 +121,8 @@ public struct KMIPClient: Sendable {
     }
 
     /// Opens what ``encrypt(keyID:plaintext:nonce:associatedData:)`` sealed.
-    public func decrypt(keyID: String, sealed: [UInt8], nonce: [UInt8], associatedData: [UInt8]) async throws(KeyProviderError) -> [UInt8] {
+    public func decrypt(keyID: String, sealed: [UInt8], nonce: [UInt8],
+        associatedData: [UInt8]) async throws(KeyProviderError) -> [UInt8] {
         guard sealed.count >= 16 else { throw .malformed("KMIP-wrapped key is shorter than a GCM tag") }
         let payload = try await call(.decrypt, keyID: keyID, [
             TTLV(Tag.uniqueIdentifier, .textString(keyID)), Self.gcmParameters,
@@ -131,7 +140,8 @@ public struct KMIPClient: Sendable {
     /// object's attributes), from one KMIP GetAttributes.
     public func namesAndState(keyID: String) async throws(KeyProviderError) -> (names: [String], destroyed: Bool) {
         let payload = try await call(.getAttributes, keyID: keyID, [
-            TTLV(Tag.uniqueIdentifier, .textString(keyID)), TTLV(Tag.attributeName, .textString("Name")), TTLV(Tag.attributeName, .textString("State")),
+            TTLV(Tag.uniqueIdentifier, .textString(keyID)), TTLV(Tag.attributeName, .textString("Name")),
+                TTLV(Tag.attributeName, .textString("State")),
         ])
         var names: [String] = [], destroyed = false
         for attribute in payload.all(Tag.attribute) {
@@ -211,14 +221,23 @@ public struct KMIPClient: Sendable {
         switch ResultReason(rawValue: reason) {
         case .itemNotFound:
             // A destroyed KEK is gone from the KMS: this is what crypto-shredding looks like.
-            return .keyDestroyed(provider: provider, detail: "\(key) does not exist at the KMS\(said): it was destroyed, so data wrapped under it cannot be recovered except from an escrowed copy")
+            return .keyDestroyed(provider: provider,
+                detail: """
+                    \(key) does not exist at the KMS\(said): it was destroyed, so data wrapped under it cannot be \
+                    recovered except from an escrowed copy
+                    """)
         case .illegalOperation where operation == .revoke,
             .permissionDenied where message.localizedCaseInsensitiveContains("state"):
-            return .keyDisabled(provider: provider, detail: "\(key) is not active (revoked or deactivated)\(said): reactivate it in the KMS, or restore with an escrowed copy")
+            return .keyDisabled(provider: provider,
+                detail: "\(key) is not active (revoked or deactivated)\(said): reactivate it in the KMS, or restore with an escrowed copy")
         case .permissionDenied, .authenticationNotSuccessful:
             // PyKMIP feigns ignorance of keys another identity owns; either way this
             // certificate may not use the key.
-            return .credentialRejected(provider: provider, detail: "the KMS refused this client certificate for \(key)\(said): use the certificate of the identity that owns the key")
+            return .credentialRejected(provider: provider,
+                detail: """
+                    the KMS refused this client certificate for \(key)\(said): use the certificate of the identity \
+                    that owns the key
+                    """)
         case .cryptographicFailure:
             return .wrongSecret(provider: provider)
         case .illegalOperation, nil:
@@ -237,7 +256,11 @@ public struct KMIPClient: Sendable {
             tls.privateKey = .privateKey(try NIOSSLPrivateKey(file: endpoint.privateKeyFile, format: .pem))
             context = try NIOSSLContext(configuration: tls)
         } catch {
-            throw .credentialRejected(provider: provider, detail: "cannot load the KMIP client certificate, key or CA (\(endpoint.certificateFile), \(endpoint.caFile)): \(error)")
+            throw .credentialRejected(provider: provider,
+                detail: """
+                    cannot load the KMIP client certificate, key or CA (\(endpoint.certificateFile), \
+                    \(endpoint.caFile)): \(error)
+                    """)
         }
         // An IP address is checked against the certificate's IP SANs, not sent as SNI.
         let isAddress = (try? SocketAddress(ipAddress: endpoint.host, port: 0)) != nil
@@ -251,8 +274,10 @@ public struct KMIPClient: Sendable {
                         .connectTimeout(.seconds(5))
                         .connect(host: endpoint.host, port: endpoint.port) { channel in
                             channel.eventLoop.makeCompletedFuture {
-                                try channel.pipeline.syncOperations.addHandler(NIOSSLClientHandler(context: context, serverHostname: hostname))
-                                return try NIOAsyncChannel<ByteBuffer, ByteBuffer>(wrappingChannelSynchronously: channel)
+                                try channel.pipeline.syncOperations.addHandler(NIOSSLClientHandler(context: context,
+                                    serverHostname: hostname))
+                                return try NIOAsyncChannel<ByteBuffer,
+                                    ByteBuffer>(wrappingChannelSynchronously: channel)
                             }
                         }
                     var received: [UInt8] = []
@@ -269,26 +294,41 @@ public struct KMIPClient: Sendable {
                         // Some servers (PyKMIP) close without close_notify after answering.
                     }
                     guard let total = TTLV.messageLength(header: received), received.count >= total else {
-                        throw KeyProviderError.kmsProtocol(provider: provider, detail: "the KMS closed the connection after \(received.count) bytes, before a whole response")
+                        throw KeyProviderError.kmsProtocol(provider: provider,
+                            detail: """
+                                the KMS closed the connection after \(received.count) bytes, before a whole response
+                                """)
                     }
                     return Array(received.prefix(total))
                 }
                 group.addTask {
                     try await Task.sleep(for: .nanoseconds(timeout.nanoseconds))
-                    throw KeyProviderError.unreachable(provider: provider, detail: "no answer within \(timeout.nanoseconds / 1_000_000_000) s")
+                    throw KeyProviderError.unreachable(provider: provider,
+                        detail: "no answer within \(timeout.nanoseconds / 1_000_000_000) s")
                 }
                 defer { group.cancelAll() }
-                guard let first = try await group.next() else { throw KeyProviderError.unreachable(provider: provider, detail: "no answer") }
+                guard let first = try await group.next() else {
+                    throw KeyProviderError.unreachable(provider: provider, detail: "no answer")
+                }
                 return first
             }
         } catch let error as KeyProviderError {
             throw error
         } catch let error as NIOSSLError {
-            throw .credentialRejected(provider: provider, detail: "TLS with the KMS failed (\(error)): check that --key-provider's ca= issued the KMS's certificate and that the KMS trusts cert=")
+            throw .credentialRejected(provider: provider,
+                detail: """
+                    TLS with the KMS failed (\(error)): check that --key-provider's ca= issued the KMS's certificate \
+                    and that the KMS trusts cert=
+                    """)
         } catch let error as BoringSSLError {
-            throw .credentialRejected(provider: provider, detail: "TLS with the KMS failed (\(error)): check the CA, client certificate and key files")
+            throw .credentialRejected(provider: provider,
+                detail: "TLS with the KMS failed (\(error)): check the CA, client certificate and key files")
         } catch {
-            throw .unreachable(provider: provider, detail: "cannot reach the KMS at \(endpoint.host):\(endpoint.port) (\(error)): check that it runs and that this host may connect; backups continue meanwhile")
+            throw .unreachable(provider: provider,
+                detail: """
+                    cannot reach the KMS at \(endpoint.host):\(endpoint.port) (\(error)): check that it runs and that \
+                    this host may connect; backups continue meanwhile
+                    """)
         }
     }
 }

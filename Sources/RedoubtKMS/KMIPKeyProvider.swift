@@ -27,28 +27,38 @@ public struct KMIPKeyProvider: KeyProvider {
 
     /// Parses a `kmip://` URI.
     public init(uri: String) throws(KeyProviderError) {
-        guard isWellFormedProviderURI(uri) else { throw .malformed("\(uri.debugDescription): not a well-formed kmip:// URI (printable ASCII, no '#')") }
-        guard let parts = URLComponents(string: uri), parts.scheme == "kmip", let host = parts.host, !host.isEmpty else {
+        guard isWellFormedProviderURI(uri) else {
+            throw .malformed("\(uri.debugDescription): not a well-formed kmip:// URI (printable ASCII, no '#')")
+        }
+        guard let parts = URLComponents(string: uri), parts.scheme == "kmip", let host = parts.host,
+            !host.isEmpty else {
             throw .unknownProvider(uri)
         }
         let keyID = String(parts.path.drop { $0 == "/" })
         let query = Dictionary((parts.queryItems ?? []).map { ($0.name, $0.value ?? "") }, uniquingKeysWith: { $1 })
         guard let ca = query["ca"], let cert = query["cert"], let key = query["key"], !keyID.isEmpty else {
-            throw .malformed("KMIP provider URI needs a key ID and ca=, cert= and key= files: kmip://HOST:PORT/KEY-ID?ca=FILE&cert=FILE&key=FILE")
+            throw .malformed("""
+                KMIP provider URI needs a key ID and ca=, cert= and key= files: \
+                kmip://HOST:PORT/KEY-ID?ca=FILE&cert=FILE&key=FILE
+                """)
         }
-        self.init(client: KMIPClient(endpoint: KMIPEndpoint(host: host, port: parts.port ?? 5696, caFile: ca, certificateFile: cert, privateKeyFile: key)), keyID: keyID)
+        self.init(client: KMIPClient(endpoint: KMIPEndpoint(host: host, port: parts.port ?? 5696, caFile: ca,
+            certificateFile: cert, privateKeyFile: key)), keyID: keyID)
     }
 
     /// Creates and activates a fresh AES-256 KEK for a tenant at the KMS and returns a
     /// provider for it. The KEK is owned by the client certificate's identity.
-    public static func createKEK(endpoint: KMIPEndpoint, tenant: String) async throws(KeyProviderError) -> KMIPKeyProvider {
+    public static func createKEK(endpoint: KMIPEndpoint,
+        tenant: String) async throws(KeyProviderError) -> KMIPKeyProvider {
         let client = KMIPClient(endpoint: endpoint)
         let id = try await client.createActiveAESKey(name: kekName(tenant: tenant, unique: UUID()))
         return KMIPKeyProvider(client: client, keyID: id)
     }
 
     /// The Name a KEK made for `tenant` carries: `redoubt-kek-TENANT-UUID`.
-    static func kekName(tenant: String, unique: UUID) -> String { "redoubt-kek-\(tenant)-\(unique.uuidString.lowercased())" }
+    static func kekName(tenant: String, unique: UUID) -> String {
+        "redoubt-kek-\(tenant)-\(unique.uuidString.lowercased())"
+    }
 
     /// Whether `name` is one ``kekName(tenant:unique:)`` made for exactly `tenant`: tenant
     /// `a` must not match `redoubt-kek-a-b-…`, which is tenant `a-b`'s.
@@ -63,7 +73,8 @@ public struct KMIPKeyProvider: KeyProvider {
         let nonce = Array(AES.GCM.Nonce())
         var seed = key.exportSeed().withUnsafeBytes { Array($0) }
         defer { for i in seed.indices { seed[i] = 0 } }
-        let sealed = try await client.encrypt(keyID: keyID, plaintext: seed, nonce: nonce, associatedData: context.associatedData)
+        let sealed = try await client.encrypt(keyID: keyID, plaintext: seed, nonce: nonce,
+            associatedData: context.associatedData)
         return WrappedReadKey(
             provider: uri, context: context, publicKey: key.publicKey,
             parameters: ["kmip-key-id": keyID, "algorithm": "AES-256-GCM", "nonce": Data(nonce).base64EncodedString()],
@@ -72,12 +83,14 @@ public struct KMIPKeyProvider: KeyProvider {
 
     public func unwrap(_ wrapped: WrappedReadKey, context: KeyContext) async throws -> ReadPrivateKey {
         try checkContext(wrapped, context)
-        guard let nonceText = wrapped.parameters["nonce"], let nonce = Data(base64Encoded: nonceText), nonce.count == 12 else {
+        guard let nonceText = wrapped.parameters["nonce"], let nonce = Data(base64Encoded: nonceText),
+            nonce.count == 12 else {
             throw KeyProviderError.malformed("KMIP-wrapped key has no 12-byte nonce")
         }
         // The wrapped key names the KEK that sealed it; rotation may have moved on since.
         let kek = wrapped.parameters["kmip-key-id"] ?? keyID
-        var seed = try await client.decrypt(keyID: kek, sealed: try wrapped.wrappedBytes(), nonce: Array(nonce), associatedData: context.associatedData)
+        var seed = try await client.decrypt(keyID: kek, sealed: try wrapped.wrappedBytes(), nonce: Array(nonce),
+            associatedData: context.associatedData)
         defer { for i in seed.indices { seed[i] = 0 } }
         let key = try ReadPrivateKey(seed: SecretBytes(copying: seed))
         return try checkUnwrapped(key, wrapped)
@@ -107,7 +120,8 @@ public struct KMIPKeyProvider: KeyProvider {
             throw error
         }
         guard names.contains(where: { Self.isKEKName($0, of: tenant) }) else {
-            throw KeyProviderError.foreignKEK(provider: client.provider, detail: "key \(kek) is named \(names.isEmpty ? "nothing" : names.map(\.debugDescription).joined(separator: ", ")), not redoubt-kek-\(tenant)-UUID as the KEKs Redoubt creates for tenant \(tenant) are. Nothing was destroyed. If it really is this tenant's (a key adopted at tenant creation), destroy it at the KMS yourself and repeat")
+            throw KeyProviderError.foreignKEK(provider: client.provider,
+                detail: "key \(kek) is named \(names.isEmpty ? "nothing" : names.map(\.debugDescription).joined(separator: ", ")), not redoubt-kek-\(tenant)-UUID as the KEKs Redoubt creates for tenant \(tenant) are. Nothing was destroyed. If it really is this tenant's (a key adopted at tenant creation), destroy it at the KMS yourself and repeat")
         }
     }
 

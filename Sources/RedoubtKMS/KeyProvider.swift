@@ -42,7 +42,8 @@ public struct WrappedReadKey: Sendable, Codable, Equatable {
     /// The wrapped 32-byte seed (base64), in the provider's own format.
     public var wrapped: String
 
-    public init(provider: String, context: KeyContext, publicKey: ReadPublicKey, parameters: [String: String], wrapped: [UInt8]) {
+    public init(provider: String, context: KeyContext, publicKey: ReadPublicKey, parameters: [String: String],
+        wrapped: [UInt8]) {
         format = Self.currentFormat
         self.provider = provider
         self.context = context
@@ -54,14 +55,20 @@ public struct WrappedReadKey: Sendable, Codable, Equatable {
 
     /// The read public key this wrapped key claims to hold.
     public func readPublicKey() throws -> ReadPublicKey {
-        guard let raw = Data(base64Encoded: publicKey) else { throw KeyProviderError.malformed("public key is not base64") }
+        guard let raw = Data(base64Encoded: publicKey) else {
+            throw KeyProviderError.malformed("public key is not base64")
+        }
         let key = try ReadPublicKey(rawRepresentation: Array(raw))
-        guard key.keyID.description == readKeyID else { throw KeyProviderError.malformed("public key does not match read key ID \(readKeyID)") }
+        guard key.keyID.description == readKeyID else {
+            throw KeyProviderError.malformed("public key does not match read key ID \(readKeyID)")
+        }
         return key
     }
 
     func wrappedBytes() throws -> [UInt8] {
-        guard let raw = Data(base64Encoded: wrapped) else { throw KeyProviderError.malformed("wrapped key is not base64") }
+        guard let raw = Data(base64Encoded: wrapped) else {
+            throw KeyProviderError.malformed("wrapped key is not base64")
+        }
         return Array(raw)
     }
 
@@ -78,11 +85,17 @@ public struct WrappedReadKey: Sendable, Codable, Equatable {
             throw KeyProviderError.malformed("not a Redoubt wrapped read key: \(error)")
         }
         guard w.format == currentFormat else {
-            throw KeyProviderError.malformed("wrapped key format \(w.format); this build reads \(currentFormat): upgrade redoubt")
+            throw KeyProviderError.malformed("""
+                wrapped key format \(w.format); this build reads \(currentFormat): upgrade redoubt
+                """)
         }
-        guard w.context.keyVersion >= 1 else { throw KeyProviderError.malformed("wrapped key version \(w.context.keyVersion) is not a version") }
+        guard w.context.keyVersion >= 1 else {
+            throw KeyProviderError.malformed("wrapped key version \(w.context.keyVersion) is not a version")
+        }
         guard isWellFormedProviderURI(w.provider) else {
-            throw KeyProviderError.malformed("wrapped key names provider \(w.provider.debugDescription), which is not a well-formed key provider URI")
+            throw KeyProviderError.malformed("""
+                wrapped key names provider \(w.provider.debugDescription), which is not a well-formed key provider URI
+                """)
         }
         return w
     }
@@ -155,9 +168,19 @@ public enum KeyProviderError: Error, Sendable, Equatable, CustomStringConvertibl
     public var description: String {
         switch self {
         case .malformed(let s): "wrapped read key: \(s)"
-        case .wrongSecret(let p) where p.hasPrefix("passphrase"): "\(p): the read key does not unwrap: wrong passphrase, or the wrapped key file was modified. Check the passphrase (REDOUBT_PASSPHRASE or --passphrase-file)."
-        case .wrongSecret(let p): "\(p): the KMS refused to unwrap the read key: the wrapped key file (its bytes, context or key ID) was altered, or it was not sealed by this KMS key"
-        case .wrongContext(let p, let e, let f): "\(p): wrapped key is for tenant \(f.tenant.debugDescription) version \(f.keyVersion), expected \(e.tenant.debugDescription) version \(e.keyVersion)"
+        case .wrongSecret(let p) where p.hasPrefix("passphrase"): """
+            \(p): the read key does not unwrap: wrong passphrase, or the wrapped key file was modified. Check the \
+            passphrase (REDOUBT_PASSPHRASE or --passphrase-file).
+            """
+        case .wrongSecret(let p): """
+            \(p): the KMS refused to unwrap the read key: the wrapped key file (its bytes, context or key ID) was \
+            altered, or it was not sealed by this KMS key
+            """
+        case .wrongContext(let p, let e,
+            let f): """
+                \(p): wrapped key is for tenant \(f.tenant.debugDescription) version \(f.keyVersion), expected \
+                \(e.tenant.debugDescription) version \(e.keyVersion)
+                """
         case .keyMismatch(let p, let id): "\(p): unwrapped key is not read key \(id): the wrapped key file was altered"
         case .secretMissing(let p, let how): "\(p): no secret supplied; \(how)"
         case .unknownProvider(let u):
@@ -214,9 +237,12 @@ extension KeyProvider {
         let wrapped = try await wrap(key, context: context)
         let back: ReadPrivateKey
         do { back = try await unwrap(wrapped, context: context) } catch {
-            throw KeyProviderError.kmsProtocol(provider: uri, detail: "a new wrapping does not open again (\(error)); this provider cannot hold the read key")
+            throw KeyProviderError.kmsProtocol(provider: uri,
+                detail: "a new wrapping does not open again (\(error)); this provider cannot hold the read key")
         }
-        guard back.publicKey == key.publicKey else { throw KeyProviderError.keyMismatch(provider: uri, readKeyID: wrapped.readKeyID) }
+        guard back.publicKey == key.publicKey else {
+            throw KeyProviderError.keyMismatch(provider: uri, readKeyID: wrapped.readKeyID)
+        }
         return wrapped
     }
 }
@@ -224,12 +250,15 @@ extension KeyProvider {
 extension KeyProvider {
     /// Checks the context a wrapped key claims against the one expected.
     func checkContext(_ wrapped: WrappedReadKey, _ context: KeyContext) throws {
-        guard wrapped.context == context else { throw KeyProviderError.wrongContext(provider: uri, expected: context, found: wrapped.context) }
+        guard wrapped.context == context else {
+            throw KeyProviderError.wrongContext(provider: uri, expected: context, found: wrapped.context)
+        }
     }
 
     /// Checks an unwrapped key against the ID the wrapped key names.
     func checkUnwrapped(_ key: ReadPrivateKey, _ wrapped: WrappedReadKey) throws -> ReadPrivateKey {
-        guard key.publicKey.keyID.description == wrapped.readKeyID, (try? wrapped.readPublicKey()) == key.publicKey else {
+        guard key.publicKey.keyID.description == wrapped.readKeyID,
+            (try? wrapped.readPublicKey()) == key.publicKey else {
             throw KeyProviderError.keyMismatch(provider: uri, readKeyID: wrapped.readKeyID)
         }
         return key

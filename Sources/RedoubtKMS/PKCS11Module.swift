@@ -43,10 +43,14 @@ final class PKCS11Module: @unchecked Sendable {
 
     private static func open(_ path: String, provider: String) throws(KeyProviderError) -> PKCS11Module {
         guard path.hasPrefix("/") else {
-            throw .unsupported(provider: provider, detail: "PKCS#11 module-path \(path) is relative: give the module's absolute path")
+            throw .unsupported(provider: provider,
+                detail: "PKCS#11 module-path \(path) is relative: give the module's absolute path")
         }
         guard FileManager.default.fileExists(atPath: path) else {
-            throw .unreachable(provider: provider, detail: "PKCS#11 module \(path) does not exist: install the HSM's PKCS#11 library or correct module-path=")
+            throw .unreachable(provider: provider,
+                detail: """
+                    PKCS#11 module \(path) does not exist: install the HSM's PKCS#11 library or correct module-path=
+                    """)
         }
         // Load the resolved file that was checked, not a symlink that could be re-pointed.
         let real = try checkTrusted(path, provider: provider)
@@ -62,7 +66,8 @@ final class PKCS11Module: @unchecked Sendable {
         var list: UnsafeMutablePointer<CK_FUNCTION_LIST>?
         let rv = getFunctionList(&list)
         guard rv == CKR_OK, let list, let initialize = list.pointee.C_Initialize else {
-            throw .unreachable(provider: provider, detail: "PKCS#11 module \(path): C_GetFunctionList returned \(PKCS11Module.name(rv))")
+            throw .unreachable(provider: provider,
+                detail: "PKCS#11 module \(path): C_GetFunctionList returned \(PKCS11Module.name(rv))")
         }
         // OS locking: the module may be used from several threads (we also serialize).
         var args = CK_C_INITIALIZE_ARGS()
@@ -70,7 +75,11 @@ final class PKCS11Module: @unchecked Sendable {
         let initRV = initialize(&args)
         // Already initialized by other code in this process: that is fine, use it.
         guard initRV == CKR_OK || initRV == CKR_CRYPTOKI_ALREADY_INITIALIZED else {
-            throw .unreachable(provider: provider, detail: "PKCS#11 module \(path) failed to initialize (C_Initialize: \(PKCS11Module.name(initRV))); check its configuration (for SoftHSM2, SOFTHSM2_CONF and its tokendir)")
+            throw .unreachable(provider: provider,
+                detail: """
+                    PKCS#11 module \(path) failed to initialize (C_Initialize: \(PKCS11Module.name(initRV))); check \
+                    its configuration (for SoftHSM2, SOFTHSM2_CONF and its tokendir)
+                    """)
         }
         return PKCS11Module(path: path, functions: list)
     }
@@ -84,7 +93,8 @@ final class PKCS11Module: @unchecked Sendable {
     /// Returns the module's resolved path.
     static func checkTrusted(_ path: String, provider: String) throws(KeyProviderError) -> String {
         guard let resolved = realpath(path, nil) else {
-            throw .unreachable(provider: provider, detail: "PKCS#11 module \(path) cannot be resolved: \(String(cString: strerror(errno)))")
+            throw .unreachable(provider: provider,
+                detail: "PKCS#11 module \(path) cannot be resolved: \(String(cString: strerror(errno)))")
         }
         let real = String(cString: resolved)
         free(resolved)
@@ -94,13 +104,18 @@ final class PKCS11Module: @unchecked Sendable {
         while true {
             var st = stat()
             guard stat(current, &st) == 0 else {
-                throw .unreachable(provider: provider, detail: "cannot inspect \(current) for PKCS#11 module \(path): \(String(cString: strerror(errno)))")
+                throw .unreachable(provider: provider,
+                    detail: "cannot inspect \(current) for PKCS#11 module \(path): \(String(cString: strerror(errno)))")
             }
             if isFile, (st.st_mode & S_IFMT) != S_IFREG {
                 throw .unsupported(provider: provider, detail: "PKCS#11 module \(path) is not a regular file")
             }
             guard st.st_uid == 0 || st.st_uid == me, st.st_mode & (S_IWGRP | S_IWOTH) == 0 else {
-                throw .unsupported(provider: provider, detail: "refusing to load PKCS#11 module \(path): \(current) is owned by uid \(st.st_uid) or writable by group or others; install the module where only root can change it")
+                throw .unsupported(provider: provider,
+                    detail: """
+                        refusing to load PKCS#11 module \(path): \(current) is owned by uid \(st.st_uid) or writable \
+                        by group or others; install the module where only root can change it
+                        """)
             }
             if current == "/" { return real }
             isFile = false
@@ -131,13 +146,17 @@ final class PKCS11Module: @unchecked Sendable {
         CKR_ATTRIBUTE_VALUE_INVALID: "CKR_ATTRIBUTE_VALUE_INVALID", CKR_DATA_INVALID: "CKR_DATA_INVALID",
         CKR_DATA_LEN_RANGE: "CKR_DATA_LEN_RANGE", CKR_DEVICE_ERROR: "CKR_DEVICE_ERROR",
         CKR_DEVICE_MEMORY: "CKR_DEVICE_MEMORY", CKR_DEVICE_REMOVED: "CKR_DEVICE_REMOVED",
-        CKR_ENCRYPTED_DATA_INVALID: "CKR_ENCRYPTED_DATA_INVALID", CKR_ENCRYPTED_DATA_LEN_RANGE: "CKR_ENCRYPTED_DATA_LEN_RANGE",
+        CKR_ENCRYPTED_DATA_INVALID: "CKR_ENCRYPTED_DATA_INVALID",
+            CKR_ENCRYPTED_DATA_LEN_RANGE: "CKR_ENCRYPTED_DATA_LEN_RANGE",
         CKR_FUNCTION_NOT_SUPPORTED: "CKR_FUNCTION_NOT_SUPPORTED", CKR_KEY_HANDLE_INVALID: "CKR_KEY_HANDLE_INVALID",
         CKR_KEY_SIZE_RANGE: "CKR_KEY_SIZE_RANGE", CKR_KEY_TYPE_INCONSISTENT: "CKR_KEY_TYPE_INCONSISTENT",
-        CKR_KEY_FUNCTION_NOT_PERMITTED: "CKR_KEY_FUNCTION_NOT_PERMITTED", CKR_MECHANISM_INVALID: "CKR_MECHANISM_INVALID",
-        CKR_MECHANISM_PARAM_INVALID: "CKR_MECHANISM_PARAM_INVALID", CKR_OBJECT_HANDLE_INVALID: "CKR_OBJECT_HANDLE_INVALID",
+        CKR_KEY_FUNCTION_NOT_PERMITTED: "CKR_KEY_FUNCTION_NOT_PERMITTED",
+            CKR_MECHANISM_INVALID: "CKR_MECHANISM_INVALID",
+        CKR_MECHANISM_PARAM_INVALID: "CKR_MECHANISM_PARAM_INVALID",
+            CKR_OBJECT_HANDLE_INVALID: "CKR_OBJECT_HANDLE_INVALID",
         CKR_OPERATION_ACTIVE: "CKR_OPERATION_ACTIVE", CKR_OPERATION_NOT_INITIALIZED: "CKR_OPERATION_NOT_INITIALIZED",
-        CKR_PIN_INCORRECT: "CKR_PIN_INCORRECT", CKR_PIN_INVALID: "CKR_PIN_INVALID", CKR_PIN_LEN_RANGE: "CKR_PIN_LEN_RANGE",
+        CKR_PIN_INCORRECT: "CKR_PIN_INCORRECT", CKR_PIN_INVALID: "CKR_PIN_INVALID",
+            CKR_PIN_LEN_RANGE: "CKR_PIN_LEN_RANGE",
         CKR_PIN_EXPIRED: "CKR_PIN_EXPIRED", CKR_PIN_LOCKED: "CKR_PIN_LOCKED", CKR_SESSION_CLOSED: "CKR_SESSION_CLOSED",
         CKR_SESSION_COUNT: "CKR_SESSION_COUNT", CKR_SESSION_HANDLE_INVALID: "CKR_SESSION_HANDLE_INVALID",
         CKR_SESSION_READ_ONLY: "CKR_SESSION_READ_ONLY", CKR_TEMPLATE_INCOMPLETE: "CKR_TEMPLATE_INCOMPLETE",
@@ -194,7 +213,9 @@ final class PKCS11Template {
     func value(at index: Int) -> [UInt8]? {
         let a = attributes[index]
         // CK_UNAVAILABLE_INFORMATION (~0): sensitive, unknown or too long for the slot.
-        guard a.ulValueLen != CK_ULONG.max, let p = a.pValue, Int(a.ulValueLen) <= buffers[index].count else { return nil }
+        guard a.ulValueLen != CK_ULONG.max, let p = a.pValue, Int(a.ulValueLen) <= buffers[index].count else {
+            return nil
+        }
         return Array(UnsafeRawBufferPointer(start: p, count: Int(a.ulValueLen)))
     }
 

@@ -45,23 +45,51 @@ public struct PKCS11URI: Sendable, Equatable, CustomStringConvertible {
         let query = try Self.attributes(queryPart ?? "", separator: "&", part: "query")
 
         for name in path.keys where !["token", "object", "id", "type"].contains(name) {
-            throw .malformed("PKCS#11 URI path attribute \(name.debugDescription) is not supported; Redoubt reads token, object, id and type")
+            throw .malformed("""
+                PKCS#11 URI path attribute \(name.debugDescription) is not supported; Redoubt reads token, object, id \
+                and type
+                """)
         }
         for name in query.keys where !["module-path", "pin-source"].contains(name) {
             // Why: a PIN in the URI would be stored beside the wrapped key and shown in errors.
-            if name == "pin-value" { throw .malformed("PKCS#11 URI must not carry pin-value: put the PIN in a file and name it with pin-source=FILE, or set REDOUBT_PKCS11_PIN") }
-            if name == "module-name" { throw .malformed("PKCS#11 URI module-name is not supported; give the module's file with module-path=FILE") }
-            throw .malformed("PKCS#11 URI query attribute \(name.debugDescription) is not supported; Redoubt reads module-path and pin-source")
+            if name == "pin-value" {
+                throw .malformed("""
+                    PKCS#11 URI must not carry pin-value: put the PIN in a file and name it with pin-source=FILE, or \
+                    set REDOUBT_PKCS11_PIN
+                    """)
+            }
+            if name == "module-name" {
+                throw .malformed("""
+                    PKCS#11 URI module-name is not supported; give the module's file with module-path=FILE
+                    """)
+            }
+            throw .malformed("""
+                PKCS#11 URI query attribute \(name.debugDescription) is not supported; Redoubt reads module-path and \
+                pin-source
+                """)
         }
         if let type = path["type"], type != "secret-key" {
             throw .malformed("PKCS#11 URI type=\(type) cannot wrap keys: the KEK is an AES key, type=secret-key")
         }
-        guard let token = path["token"], !token.isEmpty else { throw .malformed("PKCS#11 URI names no token: add token=LABEL (\(Self.usage))") }
-        guard let object = path["object"], !object.isEmpty else { throw .malformed("PKCS#11 URI names no key object: add object=LABEL (\(Self.usage))") }
-        guard let module = query["module-path"], !module.isEmpty else { throw .malformed("PKCS#11 URI names no module: add ?module-path=FILE, e.g. /usr/lib/softhsm/libsofthsm2.so (\(Self.usage))") }
+        guard let token = path["token"], !token.isEmpty else {
+            throw .malformed("PKCS#11 URI names no token: add token=LABEL (\(Self.usage))")
+        }
+        guard let object = path["object"], !object.isEmpty else {
+            throw .malformed("PKCS#11 URI names no key object: add object=LABEL (\(Self.usage))")
+        }
+        guard let module = query["module-path"], !module.isEmpty else {
+            throw .malformed("""
+                PKCS#11 URI names no module: add ?module-path=FILE, e.g. /usr/lib/softhsm/libsofthsm2.so \
+                (\(Self.usage))
+                """)
+        }
         var pinSource: String?
         if let source = query["pin-source"] {
-            if source.hasPrefix("|") { throw .malformed("PKCS#11 URI pin-source runs a command (\"|…\"); Redoubt reads the PIN from a file only") }
+            if source.hasPrefix("|") {
+                throw .malformed("""
+                    PKCS#11 URI pin-source runs a command (\"|…\"); Redoubt reads the PIN from a file only
+                    """)
+            }
             let file = source.hasPrefix("file://") ? String(source.dropFirst("file://".count))
                 : source.hasPrefix("file:") ? String(source.dropFirst("file:".count)) : source
             guard !file.isEmpty else { throw .malformed("PKCS#11 URI pin-source is empty: give the PIN file's path") }
@@ -73,10 +101,15 @@ public struct PKCS11URI: Sendable, Equatable, CustomStringConvertible {
     }
 
     /// Splits `a=b<sep>c=d` and percent-decodes each value as UTF-8.
-    static func attributes(_ s: Substring, separator: Character, part: String) throws(KeyProviderError) -> [String: String] {
+    static func attributes(_ s: Substring, separator: Character,
+        part: String) throws(KeyProviderError) -> [String: String] {
         var out: [String: String] = [:]
         for item in s.split(separator: separator, omittingEmptySubsequences: true) {
-            guard let eq = item.firstIndex(of: "=") else { throw .malformed("PKCS#11 URI \(part) attribute \(String(item).debugDescription) has no '=': use name=value") }
+            guard let eq = item.firstIndex(of: "=") else {
+                throw .malformed("""
+                    PKCS#11 URI \(part) attribute \(String(item).debugDescription) has no '=': use name=value
+                    """)
+            }
             let name = String(item[..<eq])
             let raw = item[item.index(after: eq)...]
             // `id` holds arbitrary bytes; it is decoded separately by rawAttribute.
@@ -90,7 +123,9 @@ public struct PKCS11URI: Sendable, Equatable, CustomStringConvertible {
                 }
                 value = v
             }
-            guard out[name] == nil else { throw .malformed("PKCS#11 URI repeats the attribute \(name) (RFC 7512 allows each once)") }
+            guard out[name] == nil else {
+                throw .malformed("PKCS#11 URI repeats the attribute \(name) (RFC 7512 allows each once)")
+            }
             out[name] = value
         }
         return out
@@ -110,7 +145,8 @@ public struct PKCS11URI: Sendable, Equatable, CustomStringConvertible {
         var bytes = Array(s.utf8)[...]
         while let b = bytes.popFirst() {
             guard b == UInt8(ascii: "%") else { out.append(b); continue }
-            guard bytes.count >= 2, let hi = hexValue(bytes[bytes.startIndex]), let lo = hexValue(bytes[bytes.startIndex + 1]) else {
+            guard bytes.count >= 2, let hi = hexValue(bytes[bytes.startIndex]), let lo = hexValue(bytes[bytes.startIndex
+                + 1]) else {
                 throw .malformed("PKCS#11 URI attribute \(name) has a '%' not followed by two hex digits")
             }
             out.append(hi << 4 | lo)

@@ -19,7 +19,10 @@ public struct PassphraseKeyProvider: KeyProvider {
 
     /// `passphrase` must not be empty. Lower `logN` only in tests.
     public init(passphrase: SecretBytes, logN: Int = 17, blockSize: Int = 8, parallelism: Int = 1) throws {
-        guard passphrase.count > 0 else { throw KeyProviderError.secretMissing(provider: "passphrase:", how: "set REDOUBT_PASSPHRASE or pass --passphrase-file FILE") }
+        guard passphrase.count > 0 else {
+            throw KeyProviderError.secretMissing(provider: "passphrase:",
+                how: "set REDOUBT_PASSPHRASE or pass --passphrase-file FILE")
+        }
         self.passphrase = passphrase
         self.logN = logN
         self.blockSize = blockSize
@@ -32,15 +35,22 @@ public struct PassphraseKeyProvider: KeyProvider {
                       "salt": Data(salt).base64EncodedString(), "aead": "AES-256-GCM"]
         let kek = try deriveKEK(salt: salt, logN: logN, r: blockSize, p: parallelism)
         let seed = key.exportSeed()
-        let box = try seed.withUnsafeBytes { try AES.GCM.seal($0, using: kek, authenticating: Self.aad(context, params)) }
+        let box = try seed.withUnsafeBytes {
+            try AES.GCM.seal($0, using: kek, authenticating: Self.aad(context, params))
+        }
         guard let combined = box.combined else { throw KeyProviderError.malformed("AES-GCM produced no combined form") }
-        return WrappedReadKey(provider: uri, context: context, publicKey: key.publicKey, parameters: params, wrapped: Array(combined))
+        return WrappedReadKey(provider: uri, context: context, publicKey: key.publicKey, parameters: params,
+            wrapped: Array(combined))
     }
 
     /// A passphrase is not a key the provider can destroy: copies wrapped under it stay
     /// readable by whoever knows it. Crypto-shredding needs a KMS or HSM provider.
     public func destroyKEK(of wrapped: WrappedReadKey) async throws {
-        throw KeyProviderError.unsupported(provider: uri, detail: "a passphrase cannot be destroyed: every copy wrapped under it (bucket, media, escrow) stays readable to whoever knows it. Rotate to a kmip://, awskms:// or pkcs11: provider first, then shred")
+        throw KeyProviderError.unsupported(provider: uri,
+            detail: """
+                a passphrase cannot be destroyed: every copy wrapped under it (bucket, media, escrow) stays readable \
+                to whoever knows it. Rotate to a kmip://, awskms:// or pkcs11: provider first, then shred
+                """)
     }
 
     public func checkKEKOwner(of wrapped: WrappedReadKey, tenant: String) async throws {
@@ -51,7 +61,8 @@ public struct PassphraseKeyProvider: KeyProvider {
         try checkContext(wrapped, context)
         let p = wrapped.parameters
         guard p["kdf"] == "scrypt", p["aead"] == "AES-256-GCM",
-              let logN = p["logN"].flatMap(Int.init), let r = p["r"].flatMap(Int.init), let par = p["p"].flatMap(Int.init),
+              let logN = p["logN"].flatMap(Int.init), let r = p["r"].flatMap(Int.init),
+                  let par = p["p"].flatMap(Int.init),
               let salt = p["salt"].flatMap({ Data(base64Encoded: $0) }), salt.count >= 16 else {
             throw KeyProviderError.malformed("passphrase parameters are missing or invalid")
         }
@@ -74,7 +85,8 @@ public struct PassphraseKeyProvider: KeyProvider {
 
     private func deriveKEK(salt: [UInt8], logN: Int, r: Int, p: Int) throws -> SymmetricKey {
         try passphrase.withUnsafeBytes { pw in
-            try KDF.Scrypt.deriveKey(from: pw, salt: salt, outputByteCount: 32, rounds: 1 << logN, blockSize: r, parallelism: p,
+            try KDF.Scrypt.deriveKey(from: pw, salt: salt, outputByteCount: 32, rounds: 1 << logN, blockSize: r,
+                parallelism: p,
                                      maxMemory: 129 * r * (1 << logN) * p + (1 << 20))
         }
     }

@@ -115,20 +115,25 @@ public struct TTLV: Sendable, Equatable {
     }
 
     static func appendBE(_ v: UInt64, width: Int, to out: inout [UInt8]) {
-        for i in stride(from: width - 1, through: 0, by: -1) { out.append(UInt8(truncatingIfNeeded: v >> (8 * UInt64(i)))) }
+        for i in stride(from: width - 1, through: 0, by: -1) {
+            out.append(UInt8(truncatingIfNeeded: v >> (8 * UInt64(i))))
+        }
     }
 
     // MARK: Decoding
 
     /// Decodes exactly one item that fills `bytes`.
-    public static func decode(_ bytes: [UInt8], limits: Limits = Limits(), provider: String = "kmip") throws(KeyProviderError) -> TTLV {
+    public static func decode(_ bytes: [UInt8], limits: Limits = Limits(),
+        provider: String = "kmip") throws(KeyProviderError) -> TTLV {
         guard bytes.count <= limits.maxBytes else {
-            throw .kmsProtocol(provider: provider, detail: "KMIP message of \(bytes.count) bytes exceeds the \(limits.maxBytes)-byte limit")
+            throw .kmsProtocol(provider: provider,
+                detail: "KMIP message of \(bytes.count) bytes exceeds the \(limits.maxBytes)-byte limit")
         }
         var reader = Reader(bytes: bytes, provider: provider, maxDepth: limits.maxDepth)
         let item = try reader.item(end: bytes.count, depth: 0)
         guard reader.offset == bytes.count else {
-            throw .kmsProtocol(provider: provider, detail: "\(bytes.count - reader.offset) trailing bytes after the KMIP message")
+            throw .kmsProtocol(provider: provider,
+                detail: "\(bytes.count - reader.offset) trailing bytes after the KMIP message")
         }
         return item
     }
@@ -154,18 +159,24 @@ public struct TTLV: Sendable, Equatable {
         mutating func item(end: Int, depth: Int) throws(KeyProviderError) -> TTLV {
             guard depth <= maxDepth else { throw fail("structures nested deeper than \(maxDepth)") }
             guard end - offset >= 8 else { throw fail("truncated item header") }
-            let tag = Tag(rawValue: UInt32(bytes[offset]) << 16 | UInt32(bytes[offset + 1]) << 8 | UInt32(bytes[offset + 2]))
+            let tag = Tag(rawValue: UInt32(bytes[offset]) << 16 | UInt32(bytes[offset + 1]) << 8 | UInt32(bytes[offset
+                + 2]))
             guard let type = ItemType(rawValue: bytes[offset + 3]) else {
                 throw fail("unknown item type 0x\(String(bytes[offset + 3], radix: 16)) for tag \(tag)")
             }
-            let length = Int(bytes[offset + 4]) << 24 | Int(bytes[offset + 5]) << 16 | Int(bytes[offset + 6]) << 8 | Int(bytes[offset + 7])
+            let length = Int(bytes[offset + 4]) << 24 | Int(bytes[offset + 5]) << 16 | Int(bytes[offset
+                + 6]) << 8 | Int(bytes[offset + 7])
             offset += 8
             let padded = length + (8 - length % 8) % 8
-            guard padded <= end - offset else { throw fail("item \(tag) claims \(length) bytes; only \(end - offset) remain") }
+            guard padded <= end - offset else {
+                throw fail("item \(tag) claims \(length) bytes; only \(end - offset) remain")
+            }
             let valueStart = offset
             let valueEnd = offset + length
             func fixed(_ width: Int) throws(KeyProviderError) -> UInt64 {
-                guard length == width else { throw fail("item \(tag) of type \(type) has length \(length), not \(width)") }
+                guard length == width else {
+                    throw fail("item \(tag) of type \(type) has length \(length), not \(width)")
+                }
                 var v: UInt64 = 0
                 for b in bytes[valueStart..<valueEnd] { v = v << 8 | UInt64(b) }
                 return v
@@ -187,11 +198,15 @@ public struct TTLV: Sendable, Equatable {
                 guard v <= 1 else { throw fail("boolean \(tag) holds \(v), not 0 or 1") }
                 value = .boolean(v == 1)
             case .bigInteger:
-                guard length % 8 == 0, length > 0 else { throw fail("big integer \(tag) length \(length) is not a positive multiple of 8") }
+                guard length % 8 == 0, length > 0 else {
+                    throw fail("big integer \(tag) length \(length) is not a positive multiple of 8")
+                }
                 value = .bigInteger(Array(bytes[valueStart..<valueEnd]))
             case .textString:
                 let raw = bytes[valueStart..<valueEnd]
-                guard let text = String(validating: raw, as: UTF8.self) else { throw fail("text string \(tag) is not UTF-8") }
+                guard let text = String(validating: raw, as: UTF8.self) else {
+                    throw fail("text string \(tag) is not UTF-8")
+                }
                 value = .textString(text)
             case .byteString:
                 value = .byteString(Array(bytes[valueStart..<valueEnd]))

@@ -72,7 +72,8 @@ public enum MediaBlock {
     }
 
     /// As above, from a slice of a larger buffer (no copy before the block's own).
-    public static func encode(_ h: MediaBlockHeader, payload: ArraySlice<UInt8>, blockSize: Int) throws(MediaError) -> [UInt8] {
+    public static func encode(_ h: MediaBlockHeader, payload: ArraySlice<UInt8>,
+        blockSize: Int) throws(MediaError) -> [UInt8] {
         var b: [UInt8] = []
         try encode(h, payload: payload, blockSize: blockSize, into: &b)
         return b
@@ -80,7 +81,8 @@ public enum MediaBlock {
 
     /// Builds the block in `b`, reusing its storage when it already has `blockSize` bytes.
     /// The payload is `payload` followed by `more`.
-    public static func encode(_ h: MediaBlockHeader, payload: ArraySlice<UInt8>, _ more: ArraySlice<UInt8> = [], blockSize: Int,
+    public static func encode(_ h: MediaBlockHeader, payload: ArraySlice<UInt8>, _ more: ArraySlice<UInt8> = [],
+        blockSize: Int,
                               into b: inout [UInt8]) throws(MediaError) {
         let room = blockSize - MediaBlockHeader.size
         let count = payload.count + more.count
@@ -106,10 +108,14 @@ public enum MediaBlock {
             out[62] = UInt8(blockSize.trailingZeroBitCount)
             let body = UnsafeMutableRawBufferPointer(rebasing: out[MediaBlockHeader.size...])
             payload.withUnsafeBytes { src in
-                if let s = src.baseAddress, src.count > 0 { body.baseAddress?.copyMemory(from: s, byteCount: src.count) }
+                if let s = src.baseAddress, src.count > 0 {
+                    body.baseAddress?.copyMemory(from: s, byteCount: src.count)
+                }
             }
             more.withUnsafeBytes { src in
-                if let s = src.baseAddress, src.count > 0 { (body.baseAddress! + payload.count).copyMemory(from: s, byteCount: src.count) }
+                if let s = src.baseAddress, src.count > 0 {
+                    (body.baseAddress! + payload.count).copyMemory(from: s, byteCount: src.count)
+                }
             }
             // Zero padding after the payload (the buffer may hold an earlier block's bytes).
             if count < room, let base = body.baseAddress {
@@ -126,18 +132,27 @@ public enum MediaBlock {
 
     /// Parses and verifies one block read from `volume` at position `block`.
     /// Returns the header and the used payload; a bad magic or CRC is `E_MEDIA_BLOCK`.
-    public static func decode(_ b: [UInt8], volume: UInt32, block: UInt64) throws(MediaError) -> (MediaBlockHeader, [UInt8]) {
-        func bad(_ why: String) -> MediaError { MediaError(code: "E_MEDIA_BLOCK", volume: volume, block: block, detail: why) }
+    public static func decode(_ b: [UInt8], volume: UInt32, block: UInt64) throws(MediaError) -> (MediaBlockHeader,
+        [UInt8]) {
+        func bad(_ why: String) -> MediaError {
+            MediaError(code: "E_MEDIA_BLOCK", volume: volume, block: block, detail: why)
+        }
         guard b.count > MediaBlockHeader.size else { throw bad("short block of \(b.count) bytes (truncated volume?)") }
-        guard Array(b[0..<8]) == MediaBlockHeader.magic else { throw bad("no block magic (unlabelled or foreign medium, or damage)") }
+        guard Array(b[0..<8]) == MediaBlockHeader.magic else {
+            throw bad("no block magic (unlabelled or foreign medium, or damage)")
+        }
         func u<T: FixedWidthInteger>(_ at: Int, _: T.Type) -> T {
             var v: T = 0
             for i in 0..<MemoryLayout<T>.size { v |= T(b[at + i]) << (8 * i) }
             return v
         }
         let crcAt = crcOffset
-        guard CRC32C.checksum(b, zeroedAt: crcAt) == u(crcAt, UInt32.self) else { throw bad("checksum mismatch (damaged block)") }
-        guard b[62] < 64, 1 << Int(b[62]) == b.count else { throw bad("block size byte \(b[62]) does not match the \(b.count)-byte block") }
+        guard CRC32C.checksum(b, zeroedAt: crcAt) == u(crcAt, UInt32.self) else {
+            throw bad("checksum mismatch (damaged block)")
+        }
+        guard b[62] < 64, 1 << Int(b[62]) == b.count else {
+            throw bad("block size byte \(b[62]) does not match the \(b.count)-byte block")
+        }
         guard let kind = MediaBlockKind(rawValue: b[36]) else { throw bad("unknown block kind \(b[36])") }
         let len = Int(u(38, UInt32.self))
         guard len <= b.count - MediaBlockHeader.size else { throw bad("payload length \(len) exceeds block") }
@@ -145,7 +160,9 @@ public enum MediaBlock {
                                  kind: kind, lastOfRecord: b[37] & 1 == 1, payloadLen: UInt32(len),
                                  recordSeq: u(42, UInt64.self), recordOff: u(50, UInt64.self))
         guard h.volumeSeq == volume else { throw bad("block belongs to volume \(h.volumeSeq) (out-of-order volume?)") }
-        guard h.blockSeq == block else { throw bad("block numbered \(h.blockSeq), expected \(block) (lost or repeated block)") }
+        guard h.blockSeq == block else {
+            throw bad("block numbered \(h.blockSeq), expected \(block) (lost or repeated block)")
+        }
         return (h, Array(b[MediaBlockHeader.size..<(MediaBlockHeader.size + len)]))
     }
 }

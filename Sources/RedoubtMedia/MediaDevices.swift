@@ -10,7 +10,8 @@ struct FD {
     let path: String
 
     static func open(_ path: String, write: Bool, volume: UInt32) throws(MediaError) -> FD {
-        let fd = write ? Glibc.open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600) : Glibc.open(path, O_RDONLY | O_CLOEXEC)
+        let fd = write ? Glibc.open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600) : Glibc.open(path,
+            O_RDONLY | O_CLOEXEC)
         guard fd >= 0 else {
             throw MediaError(code: "E_MEDIA_DEVICE", volume: volume, block: 0,
                              detail: "cannot open \(path): \(String(cString: strerror(errno)))")
@@ -91,7 +92,10 @@ public final class FileSequentialDevice: SequentialDevice, SequentialSource {
     /// The first block of a regular file (never a FIFO: reading would consume the stream).
     static func labelOfRegularFile(_ p: String) -> [UInt8]? {
         var st = stat()
-        guard stat(p, &st) == 0, (st.st_mode & S_IFMT) == S_IFREG, let f = try? FD.open(p, write: false, volume: 0) else { return nil }
+        guard stat(p, &st) == 0, (st.st_mode & S_IFMT) == S_IFREG, let f = try? FD.open(p, write: false,
+            volume: 0) else {
+            return nil
+        }
         defer { close(f.fd) }
         guard let head = try? f.read(MediaBlockHeader.size, volume: 0), let bs = MediaBlock.announcedSize(head),
               let rest = try? f.read(bs - MediaBlockHeader.size, volume: 0) else { return nil }
@@ -99,7 +103,9 @@ public final class FileSequentialDevice: SequentialDevice, SequentialSource {
     }
 
     public func write(_ block: [UInt8]) throws(MediaError) {
-        guard let c = current else { throw MediaError(code: "E_MEDIA_DEVICE", volume: volume, block: 0, detail: "no volume open") }
+        guard let c = current else {
+            throw MediaError(code: "E_MEDIA_DEVICE", volume: volume, block: 0, detail: "no volume open")
+        }
         try c.write(block, volume: volume)
     }
 
@@ -138,7 +144,8 @@ public final class DirectorySequentialDevice: SequentialDevice, SequentialSource
     let nextMedium: MediaDeviceSpec.NextMedium?
 
     /// A directory device; it is created if missing.
-    public init(path: String, capacity: UInt64? = nil, nextMedium: MediaDeviceSpec.NextMedium? = nil) throws(MediaError) {
+    public init(path: String, capacity: UInt64? = nil,
+        nextMedium: MediaDeviceSpec.NextMedium? = nil) throws(MediaError) {
         dir = path; self.capacity = capacity; self.nextMedium = nextMedium
         do {
             try FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true)
@@ -158,7 +165,8 @@ public final class DirectorySequentialDevice: SequentialDevice, SequentialSource
         try nextMedium(seq)
         var isDir: ObjCBool = false
         guard FileManager.default.fileExists(atPath: dir, isDirectory: &isDir), isDir.boolValue else {
-            throw MediaError(code: "E_MEDIA_DEVICE", volume: seq, block: 0, detail: "\(dir) is missing after loading the disk for volume \(seq): is it mounted?")
+            throw MediaError(code: "E_MEDIA_DEVICE", volume: seq, block: 0,
+                detail: "\(dir) is missing after loading the disk for volume \(seq): is it mounted?")
         }
     }
 
@@ -173,7 +181,8 @@ public final class DirectorySequentialDevice: SequentialDevice, SequentialSource
         let p = "\(dir)/\(Self.name(seq))"
         if FileManager.default.fileExists(atPath: p) {
             // Why: a closed volume is 0444; refusing here keeps a finished set from being overwritten.
-            throw MediaError(code: "E_MEDIA_EXISTS", volume: seq, block: 0, detail: "\(p) already exists; use an empty directory")
+            throw MediaError(code: "E_MEDIA_EXISTS", volume: seq, block: 0,
+                detail: "\(p) already exists; use an empty directory")
         }
         file.current = try FD.open(p, write: true, volume: seq)
     }
@@ -200,7 +209,8 @@ public final class DirectorySequentialDevice: SequentialDevice, SequentialSource
         try change(to: seq)
         let p = "\(dir)/\(Self.name(seq))"
         guard FileManager.default.fileExists(atPath: p) else {
-            throw MediaError(code: "E_MEDIA_MISSING", volume: seq, block: 0, detail: "\(p) not found: the disk for volume \(seq) is not the one mounted at \(dir)")
+            throw MediaError(code: "E_MEDIA_MISSING", volume: seq, block: 0,
+                detail: "\(p) not found: the disk for volume \(seq) is not the one mounted at \(dir)")
         }
         if let c = file.current { close(c.fd) }
         file.current = try FD.open(p, write: false, volume: seq)
@@ -224,9 +234,13 @@ public enum MediaDeviceSpec {
     public static func writer(_ spec: String, capacity: UInt64?, blockSize: Int = 1 << 20,
                               nextMedium: NextMedium? = nil) throws(MediaError) -> SequentialDevice {
         if spec.hasPrefix("file:") { return FileSequentialDevice(path: String(spec.dropFirst(5)), capacity: capacity) }
-        if spec.hasPrefix("dir:") { return try DirectorySequentialDevice(path: String(spec.dropFirst(4)), capacity: capacity, nextMedium: nextMedium) }
+        if spec.hasPrefix("dir:") {
+            return try DirectorySequentialDevice(path: String(spec.dropFirst(4)), capacity: capacity,
+                nextMedium: nextMedium)
+        }
         if let (path, fixed) = try tape(spec) {
-            return TapeDevice(drive: STTapeDrive(path: path), blockSize: blockSize, fixedBlocks: fixed, capacity: capacity, nextMedium: orNoChanger(nextMedium))
+            return TapeDevice(drive: STTapeDrive(path: path), blockSize: blockSize, fixedBlocks: fixed,
+                capacity: capacity, nextMedium: orNoChanger(nextMedium))
         }
         throw MediaError(code: "E_MEDIA_DEVICE", volume: 0, block: 0, detail: "unknown device \(spec); \(usage)")
     }
@@ -235,7 +249,9 @@ public enum MediaDeviceSpec {
     /// PATH.2, … while they exist), several `file:` volumes in order (e.g. FIFOs), one
     /// `dir:PATH`, or one `tape:PATH` (later cartridges through `nextMedium`).
     public static func source(_ specs: [String], nextMedium: NextMedium? = nil) throws(MediaError) -> SequentialSource {
-        if specs.count == 1, specs[0].hasPrefix("dir:") { return try DirectorySequentialDevice(path: String(specs[0].dropFirst(4)), nextMedium: nextMedium) }
+        if specs.count == 1, specs[0].hasPrefix("dir:") {
+            return try DirectorySequentialDevice(path: String(specs[0].dropFirst(4)), nextMedium: nextMedium)
+        }
         if specs.count == 1, let (path, fixed) = try tape(specs[0]) {
             return TapeDevice(drive: STTapeDrive(path: path), fixedBlocks: fixed, nextMedium: orNoChanger(nextMedium))
         }
@@ -257,7 +273,8 @@ public enum MediaDeviceSpec {
             fixed = true
         }
         guard path.hasPrefix("/"), !path.contains("?") else {
-            throw MediaError(code: "E_MEDIA_DEVICE", volume: 0, block: 0, detail: "\(spec): expected tape:/dev/nstN or tape:/dev/nstN?fixed")
+            throw MediaError(code: "E_MEDIA_DEVICE", volume: 0, block: 0,
+                detail: "\(spec): expected tape:/dev/nstN or tape:/dev/nstN?fixed")
         }
         return (path, fixed)
     }
@@ -272,6 +289,9 @@ public enum MediaDeviceSpec {
     /// Without a changer: any volume after the first cannot be loaded.
     public static func noChanger(_ n: UInt32) throws(MediaError) {
         throw MediaError(code: "E_MEDIA_DEVICE", volume: n, block: 0,
-                         detail: "volume \(n) is needed on another medium: give --changer CMD, or --changer ask on a terminal")
+                         detail: """
+                             volume \(n) is needed on another medium: give --changer CMD, or --changer ask on a \
+                             terminal
+                             """)
     }
 }

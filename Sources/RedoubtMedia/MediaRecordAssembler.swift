@@ -61,7 +61,8 @@ struct MediaRecordAssembler {
             case .end:
                 return flushDamage(nextSeq: nil) + [.volumeEnded]
             case .label:
-                throw MediaError(code: "E_MEDIA_BLOCK", volume: volume, block: block, detail: "label block inside a volume")
+                throw MediaError(code: "E_MEDIA_BLOCK", volume: volume, block: block,
+                    detail: "label block inside a volume")
             }
         }
     }
@@ -100,7 +101,8 @@ struct MediaRecordAssembler {
             // Continuation of a record whose start we lost.
             if !h.lastOfRecord { skipUntilSeqEnds = h.recordSeq }
             lastSeq = h.recordSeq
-            return [.damage(MediaDamage(volume: volume, block: block, detail: "record continues from bytes that were not read",
+            return [.damage(MediaDamage(volume: volume, block: block,
+                detail: "record continues from bytes that were not read",
                                         recordSeqs: [h.recordSeq], records: []))]
         }
         guard h.lastOfRecord, let pp = partial else { return [] }

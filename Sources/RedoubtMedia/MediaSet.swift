@@ -72,7 +72,9 @@ public struct MediaRecord: Sendable, Equatable {
         let idBytes = Array(b[43..<(43 + idLen)]), body = Array(b[(43 + idLen)...])
         var h = SHA256()
         h.update(data: idBytes); h.update(data: body)
-        guard Array(h.finalize()) == Array(b[11..<43]), let id = String(validating: idBytes, as: UTF8.self) else { return nil }
+        guard Array(h.finalize()) == Array(b[11..<43]), let id = String(validating: idBytes, as: UTF8.self) else {
+            return nil
+        }
         return MediaRecord(type: type, id: id, body: body)
     }
 }
@@ -248,7 +250,8 @@ public final class MediaWriter {
     /// faults) than the checksum.
     var blockBuffer: [UInt8] = []
 
-    func emit(_ kind: MediaBlockKind, _ payload: ArraySlice<UInt8>, _ more: ArraySlice<UInt8> = [], last: Bool, seq: UInt64, off: UInt64) throws(MediaError) {
+    func emit(_ kind: MediaBlockKind, _ payload: ArraySlice<UInt8>, _ more: ArraySlice<UInt8> = [], last: Bool,
+        seq: UInt64, off: UInt64) throws(MediaError) {
         let h = MediaBlockHeader(setID: setID, volumeSeq: volume, blockSeq: block, kind: kind, lastOfRecord: last,
                                  payloadLen: UInt32(payload.count + more.count), recordSeq: seq, recordOff: off)
         try MediaBlock.encode(h, payload: payload, more, blockSize: blockSize, into: &blockBuffer)
@@ -261,8 +264,10 @@ public final class MediaWriter {
         // Why: a labelled volume still under retention holds another set someone relies on;
         // refuse before the device truncates it (§13.4).
         if let old = device.existingLabelBlock(volume), let bs = MediaBlock.announcedSize(old), old.count >= bs,
-           let (h, p) = try? MediaBlock.decode(Array(old[0..<bs]), volume: MediaBlockHeader.volumeOf(old), block: 0), h.kind == .label,
-           let l = try? JSONDecoder().decode(MediaLabel.self, from: Data(p)), let until = l.retainUntil, until > labelBase.created {
+           let (h, p) = try? MediaBlock.decode(Array(old[0..<bs]), volume: MediaBlockHeader.volumeOf(old), block: 0),
+               h.kind == .label,
+           let l = try? JSONDecoder().decode(MediaLabel.self, from: Data(p)), let until = l.retainUntil,
+               until > labelBase.created {
             throw MediaError(code: "E_MEDIA_RETAINED", volume: volume, block: 0,
                              detail: "medium holds volume \(l.volumeSeq) of set \(l.setID) (pool \(l.pool)), retained until \(until); use another medium")
         }
@@ -272,7 +277,9 @@ public final class MediaWriter {
         try emit(.label, jsonBytes(label)[...], last: true, seq: 0, off: 0)
         if let cap = capacityBlocks, cap < 1 + 1 + reserve(extraEntries: 1) {
             throw MediaError(code: "E_MEDIA_LIMIT", volume: volume, block: 0,
-                             detail: "capacity of \(cap) blocks cannot hold a data block and the catalogs; raise --capacity")
+                             detail: """
+                                 capacity of \(cap) blocks cannot hold a data block and the catalogs; raise --capacity
+                                 """)
         }
     }
 
@@ -288,9 +295,11 @@ public final class MediaWriter {
 
     func closeVolume(last: Bool) throws(MediaError) {
         let sid = hexString(setID)
-        try emitCatalog(.volumeCatalog, MediaCatalog(format: 1, setID: sid, volumeSeq: volume, volumeCount: nil, records: volumeEntries))
+        try emitCatalog(.volumeCatalog, MediaCatalog(format: 1, setID: sid, volumeSeq: volume, volumeCount: nil,
+            records: volumeEntries))
         if last {
-            try emitCatalog(.setCatalog, MediaCatalog(format: 1, setID: sid, volumeSeq: volume, volumeCount: volume, records: allEntries))
+            try emitCatalog(.setCatalog, MediaCatalog(format: 1, setID: sid, volumeSeq: volume, volumeCount: volume,
+                records: allEntries))
         }
         try emit(.end, [], last: true, seq: 0, off: 0)
         try device.endVolume()
@@ -320,7 +329,8 @@ public final class MediaWriter {
             }
             if off == 0 || volumeEntries.last?.recordSeq != recordSeq || volumeEntries.last?.volume != volume {
                 let e = MediaCatalogEntry(type: r.type.name, id: r.id, recordSeq: recordSeq, volume: volume,
-                                          firstBlock: block, lastBlock: block, startsBefore: startsBefore, endsAfter: false)
+                                          firstBlock: block, lastBlock: block, startsBefore: startsBefore,
+                                              endsAfter: false)
                 volumeEntries.append(e); allEntries.append(e)
             }
             let n = min(room, size - off)
@@ -395,21 +405,29 @@ public final class MediaReader {
             let (lh, label, blockSize) = try readLabel(volume: vol)
             if let s = setID, s != lh.setID {
                 throw MediaError(code: "E_MEDIA_FOREIGN", volume: vol, block: 0,
-                                 detail: "volume belongs to set \(hexString(lh.setID)), not \(hexString(s)) (foreign set)")
+                                 detail: """
+                                     volume belongs to set \(hexString(lh.setID)), not \(hexString(s)) (foreign set)
+                                     """)
             }
             setID = lh.setID
             report.labels.append(label)
             assembler.startVolume(vol)
-            try readBlocks(volume: vol, setID: lh.setID, blockSize: blockSize, assembler: &assembler, report: &report, onRecord)
+            try readBlocks(volume: vol, setID: lh.setID, blockSize: blockSize, assembler: &assembler, report: &report,
+                onRecord)
             expectVolume += 1
         }
         guard let set = report.setCatalog else {
             throw MediaError(code: "E_MEDIA_MISSING", volume: expectVolume, block: 0,
                              detail: report.labels.isEmpty ? "no volume was supplied"
-                                 : "the set continues on volume \(expectVolume); supply it (set \(hexString(setID ?? [])))")
+                                 : """
+                                     the set continues on volume \(expectVolume); supply it (set \
+                                     \(hexString(setID ?? [])))
+                                     """)
         }
         // Name damaged records from the catalog.
-        let byName = Dictionary(set.records.map { ($0.recordSeq, "\($0.type) \($0.id)") }, uniquingKeysWith: { a, _ in a })
+        let byName = Dictionary(set.records.map { ($0.recordSeq, "\($0.type) \($0.id)") }, uniquingKeysWith: {
+            a, _ in a
+        })
         for i in report.damage.indices {
             report.damage[i].records = report.damage[i].recordSeqs.compactMap { byName[$0] }
         }
@@ -437,7 +455,8 @@ public final class MediaReader {
             }
             throw MediaError(code: "E_MEDIA_LABEL", volume: vol, block: 0, detail: "bad label block: \(error.detail)")
         }
-        guard lh.kind == .label, let label = try? JSONDecoder().decode(MediaLabel.self, from: Data(lp)), label.format == 1 else {
+        guard lh.kind == .label, let label = try? JSONDecoder().decode(MediaLabel.self, from: Data(lp)),
+            label.format == 1 else {
             throw MediaError(code: "E_MEDIA_LABEL", volume: vol, block: 0, detail: "block 0 is not a v1 media label")
         }
         return (lh, label, bs)
@@ -445,7 +464,8 @@ public final class MediaReader {
 
     /// Reads volume `vol`'s blocks after its label up to its end block, feeding each to
     /// `assembler` and carrying out what it answers.
-    private func readBlocks(volume vol: UInt32, setID: [UInt8], blockSize bs: Int, assembler: inout MediaRecordAssembler,
+    private func readBlocks(volume vol: UInt32, setID: [UInt8], blockSize bs: Int,
+        assembler: inout MediaRecordAssembler,
                             report: inout MediaReadReport,
                             _ onRecord: (MediaRecord) throws(MediaError) -> Void) throws(MediaError) {
         var blockNo: UInt64 = 1
@@ -478,7 +498,10 @@ public final class MediaReader {
                 case .catalog(let cat, let isSet):
                     if isSet { report.setCatalog = cat } else { report.volumeCatalogs.append(cat) }
                 case .damage(let d):
-                    if !skipDamaged { throw MediaError(code: "E_MEDIA_DAMAGED", volume: d.volume, block: d.block, detail: d.description) }
+                    if !skipDamaged {
+                        throw MediaError(code: "E_MEDIA_DAMAGED", volume: d.volume, block: d.block,
+                            detail: d.description)
+                    }
                     report.damage.append(d)
                 case .volumeEnded:
                     return
@@ -506,29 +529,40 @@ extension MediaReader {
     /// Reads the first supplied volume alone, whatever its place in the set: its label,
     /// every block's checksum, and its catalogs. Needs no other volume.
     public func listVolume() throws(MediaError) -> MediaVolumeListing {
-        guard try source.nextVolume() else { throw MediaError(code: "E_MEDIA_MISSING", volume: 0, block: 0, detail: "no volume was supplied") }
+        guard try source.nextVolume() else {
+            throw MediaError(code: "E_MEDIA_MISSING", volume: 0, block: 0, detail: "no volume was supplied")
+        }
         let head = try source.read(MediaBlockHeader.size)
         guard let bs = MediaBlock.announcedSize(head) else {
-            throw MediaError(code: "E_MEDIA_LABEL", volume: 0, block: 0, detail: head.isEmpty ? "volume is empty" : "no media label (unlabelled or foreign medium)")
+            throw MediaError(code: "E_MEDIA_LABEL", volume: 0, block: 0,
+                detail: head.isEmpty ? "volume is empty" : "no media label (unlabelled or foreign medium)")
         }
         let labelBlock = head + (try source.read(bs - MediaBlockHeader.size))
         let vol = MediaBlockHeader.volumeOf(labelBlock)
         let (lh, lp) = try MediaBlock.decode(labelBlock, volume: vol, block: 0)
-        guard lh.kind == .label, let label = try? JSONDecoder().decode(MediaLabel.self, from: Data(lp)), label.format == 1 else {
+        guard lh.kind == .label, let label = try? JSONDecoder().decode(MediaLabel.self, from: Data(lp)),
+            label.format == 1 else {
             throw MediaError(code: "E_MEDIA_LABEL", volume: vol, block: 0, detail: "block 0 is not a v1 media label")
         }
-        var listing = MediaVolumeListing(label: label, volumeCatalog: nil, setCatalog: nil, damage: [], needsVolumes: [])
+        var listing = MediaVolumeListing(label: label, volumeCatalog: nil, setCatalog: nil, damage: [],
+            needsVolumes: [])
         var blockNo: UInt64 = 1
         var catalogBytes: [UInt8] = []
         while true {
             let b = try source.read(bs)
-            if b.isEmpty { throw MediaError(code: "E_MEDIA_TRUNCATED", volume: vol, block: blockNo, detail: "volume ends before its end block (truncated volume)") }
+            if b.isEmpty {
+                throw MediaError(code: "E_MEDIA_TRUNCATED", volume: vol, block: blockNo,
+                    detail: "volume ends before its end block (truncated volume)")
+            }
             let h: MediaBlockHeader, p: [UInt8]
             do throws(MediaError) {
                 (h, p) = try MediaBlock.decode(b, volume: vol, block: blockNo)
             } catch {
-                if !skipDamaged { throw MediaError(code: "E_MEDIA_DAMAGED", volume: vol, block: blockNo, detail: error.detail) }
-                listing.damage.append(MediaDamage(volume: vol, block: blockNo, detail: error.detail, recordSeqs: [], records: []))
+                if !skipDamaged {
+                    throw MediaError(code: "E_MEDIA_DAMAGED", volume: vol, block: blockNo, detail: error.detail)
+                }
+                listing.damage.append(MediaDamage(volume: vol, block: blockNo, detail: error.detail, recordSeqs: [],
+                    records: []))
                 blockNo += 1
                 continue
             }
@@ -537,7 +571,8 @@ extension MediaReader {
             guard h.kind == .volumeCatalog || h.kind == .setCatalog else { continue }
             if h.recordOff == 0 { catalogBytes = [] }
             catalogBytes += p
-            if h.lastOfRecord, let r = MediaRecord.decode(catalogBytes), let cat = try? JSONDecoder().decode(MediaCatalog.self, from: Data(r.body)) {
+            if h.lastOfRecord, let r = MediaRecord.decode(catalogBytes),
+                let cat = try? JSONDecoder().decode(MediaCatalog.self, from: Data(r.body)) {
                 if h.kind == .setCatalog { listing.setCatalog = cat } else { listing.volumeCatalog = cat }
             }
         }
@@ -551,7 +586,10 @@ extension MediaReader {
         // Name damaged records from this volume's catalog where the block falls in one.
         for i in listing.damage.indices {
             let blk = listing.damage[i].block
-            listing.damage[i].records = (listing.volumeCatalog?.records ?? []).filter { $0.firstBlock <= blk && blk <= $0.lastBlock }.map { "\($0.type) \($0.id)" }
+            listing.damage[i].records = (listing.volumeCatalog?.records ?? []).filter { $0.firstBlock <= blk
+                && blk <= $0.lastBlock }.map {
+                "\($0.type) \($0.id)"
+            }
         }
         return listing
     }

@@ -89,8 +89,12 @@ public final class STTapeDrive: TapeDrive {
     }
 
     public func rewind() throws(MediaError) { try op(REDOUBT_MT_REWIND, 1, "rewind (MTREW) failed") }
-    public func setBlockSize(_ size: Int) throws(MediaError) { try op(REDOUBT_MT_SET_BLOCK, Int32(size), "setting the block size to \(size) (MTSETBLK) failed") }
-    public func writeFilemark() throws(MediaError) { try op(REDOUBT_MT_WRITE_EOF, 1, "writing the filemark (MTWEOF) failed") }
+    public func setBlockSize(_ size: Int) throws(MediaError) {
+        try op(REDOUBT_MT_SET_BLOCK, Int32(size), "setting the block size to \(size) (MTSETBLK) failed")
+    }
+    public func writeFilemark() throws(MediaError) {
+        try op(REDOUBT_MT_WRITE_EOF, 1, "writing the filemark (MTWEOF) failed")
+    }
     public func unload() throws(MediaError) { try op(REDOUBT_MT_UNLOAD, 1, "unloading (MTOFFL) failed") }
 
     public func writeRecord(_ bytes: UnsafeRawBufferPointer) throws(MediaError) -> TapeWrite {
@@ -168,9 +172,13 @@ public final class TapeDevice: SequentialDevice, SequentialSource {
         do throws(MediaError) {
             try drive.open(forWriting: forWriting)
             let s = try drive.status()
-            guard s.online else { throw mediaError("E_MEDIA_DEVICE", seq, "no cartridge in the drive (or the drive is not ready) for volume \(seq)") }
+            guard s.online else {
+                throw mediaError("E_MEDIA_DEVICE", seq,
+                    "no cartridge in the drive (or the drive is not ready) for volume \(seq)")
+            }
             if forWriting && s.writeProtected {
-                throw mediaError("E_MEDIA_DEVICE", seq, "the cartridge for volume \(seq) is write-protected; use a writable one")
+                throw mediaError("E_MEDIA_DEVICE", seq,
+                    "the cartridge for volume \(seq) is write-protected; use a writable one")
             }
             try drive.rewind()
         } catch {
@@ -212,7 +220,11 @@ public final class TapeDevice: SequentialDevice, SequentialSource {
             // A blank cartridge reads as the end of data; anything else could be a label
             // we failed to read, and writing over it could destroy a retained set.
             guard (try? drive.status())?.atEndOfData == true else {
-                throw mediaError("E_MEDIA_DEVICE", seq, "cannot read the cartridge's first record to check its retention: \(error.detail); use a blank cartridge or one whose set has expired")
+                throw mediaError("E_MEDIA_DEVICE", seq,
+                    """
+                        cannot read the cartridge's first record to check its retention: \(error.detail); use a blank \
+                        cartridge or one whose set has expired
+                        """)
             }
             n = 0
         }
@@ -244,7 +256,11 @@ public final class TapeDevice: SequentialDevice, SequentialSource {
         pastEarlyWarning = true
         let again = try writeRecord(block)
         guard again == .written else {
-            throw mediaError("E_MEDIA_FULL", volume, "physical end of the cartridge for volume \(volume): a block could not be written even past the early warning; write the set again with a smaller --capacity")
+            throw mediaError("E_MEDIA_FULL", volume,
+                """
+                    physical end of the cartridge for volume \(volume): a block could not be written even past the \
+                    early warning; write the set again with a smaller --capacity
+                    """)
         }
     }
 

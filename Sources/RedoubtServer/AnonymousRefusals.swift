@@ -21,7 +21,9 @@ final class AnonymousRefusals: Sendable {
 
     /// The address without its port: a new connection does not start a new window.
     static func address(_ source: String) -> String {
-        if source.hasPrefix("["), let end = source.firstIndex(of: "]") { return String(source[source.index(after: source.startIndex)..<end]) }
+        if source.hasPrefix("["), let end = source.firstIndex(of: "]") {
+            return String(source[source.index(after: source.startIndex)..<end])
+        }
         guard let colon = source.lastIndex(of: ":"), source.firstIndex(of: ":") == colon else { return source }
         return String(source[..<colon])
     }
@@ -56,7 +58,10 @@ final class AnonymousRefusals: Sendable {
 
     /// Appended to the first record of a window.
     static func note(_ limits: ServerLimits) -> String {
-        " (more refusals from this source or certificate within \(Int(limits.anonymousAuditWindowSeconds)) s are counted in one record)"
+        """
+             (more refusals from this source or certificate within \(Int(limits.anonymousAuditWindowSeconds)) s are \
+            counted in one record)
+            """
     }
 }
 
@@ -69,8 +74,12 @@ extension RepositoryService {
         for e in anonymousRefusals.ended(now: now) {
             let seconds = Int(now.timeIntervalSince(e.start).rounded())
             let who = e.certificate.map { "certificate \($0.prefix(16))" } ?? "source \(e.source)"
-            audit(CallContext(principal: nil, source: e.source, certificate: e.certificate), .refusedAnonymous, object: who, outcome: "denied",
-                  detail: "\(e.count) more requests without a valid credential refused from \(who) in the \(seconds) s after "
+            audit(CallContext(principal: nil, source: e.source, certificate: e.certificate), .refusedAnonymous,
+                object: who, outcome: "denied",
+                  detail: """
+                      \(e.count) more requests without a valid credential refused from \(who) in the \(seconds) s \
+                      after 
+                      """
                   + "\(ISO8601DateFormatter().string(from: e.start))")
         }
     }

@@ -55,46 +55,66 @@ extension RepositoryService {
     /// request is filed and `E_APPROVAL_REQUIRED` names it.
     func authorize(_ action: Action, object: String, parameters: [String: String], requestID: String?, consume: Bool,
                    ctx: CallContext) throws {
-        guard let p = ctx.principal, p.role == .admin else { throw ServerError.forbidden("only an admin may \(action)") }
+        guard let p = ctx.principal, p.role == .admin else {
+            throw ServerError.forbidden("only an admin may \(action)")
+        }
         try Self.checkRequestID(requestID)
         let now = try now()
         let quorum = try catalog.effectiveQuorum()
         if let requestID {
             guard let req = try catalog.request(requestID, now: now) else {
-                throw refuse(ctx, action, object: object, .notFound("request \(requestID) does not exist: `redoubt admin request list`"))
+                throw refuse(ctx, action, object: object,
+                    .notFound("request \(requestID) does not exist: `redoubt admin request list`"))
             }
             // Why: otherwise any admin could carry out another's approved change first,
             // e.g. take the one-time enrollment token of an approved add-admin and so
             // become a second admin who can approve their own requests.
             guard req.requesterID == p.id else {
-                throw refuse(ctx, action, object: object, .forbidden("request \(requestID) was made by \(req.requester); only they may carry it out"))
+                throw refuse(ctx, action, object: object,
+                    .forbidden("request \(requestID) was made by \(req.requester); only they may carry it out"))
             }
             guard req.state == .approved else {
                 throw refuse(ctx, action, object: object, ServerError(409, "E_APPROVAL_PENDING",
                     "request \(requestID) is \(req.state.rawValue) (\(req.approvers.count) of \(req.needed) approvals)"
-                    + (req.state == .pending ? ": other admins run `redoubt admin request approve \(requestID)`" : ": file a new request")))
+                    + (req.state == .pending ? """
+                        : other admins run `redoubt admin request approve \(requestID)`
+                        """ : ": file a new request")))
             }
             // After the state: a used request no longer matches a state that moved on (e.g.
             // a rotation's key version), and "already used" is the answer that helps.
             guard req.action == action.rawValue, req.object == object, req.parameters == parameters else {
-                throw refuse(ctx, action, object: object, .forbidden("request \(requestID) approved \(req.action) of \(req.object) \(req.parameters), not this change; file a new request"))
+                throw refuse(ctx, action, object: object,
+                    .forbidden("""
+                        request \(requestID) approved \(req.action) of \(req.object) \(req.parameters), not this \
+                        change; file a new request
+                        """))
             }
             if consume {
                 guard try catalog.consumeRequest(requestID, now: now) else {
-                    throw refuse(ctx, action, object: object, ServerError(409, "E_APPROVAL_PENDING", "request \(requestID) was already used"))
+                    throw refuse(ctx, action, object: object, ServerError(409, "E_APPROVAL_PENDING",
+                        "request \(requestID) was already used"))
                 }
-                audit(ctx, .executeRequest, object: object, outcome: "ok", detail: "request=\(requestID) action=\(action)")
+                audit(ctx, .executeRequest, object: object, outcome: "ok",
+                    detail: "request=\(requestID) action=\(action)")
             }
             return
         }
         guard quorum > 1 else { return }
         let id = hexString((0..<8).map { _ in UInt8.random(in: 0...255) })
-        try catalog.insertRequest(id: id, action: action.rawValue, object: object, parameters: parameters, requester: p, now: now,
+        try catalog.insertRequest(id: id, action: action.rawValue, object: object, parameters: parameters, requester: p,
+            now: now,
                                   expiresAt: now.addingTimeInterval(Self.requestLifetime), needed: quorum - 1)
-        audit(ctx, .fileRequest, object: object, outcome: "pending", detail: "request=\(id) action=\(action) needs=\(quorum - 1) \(parameters.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: " "))")
+        audit(ctx, .fileRequest, object: object, outcome: "pending",
+            detail: """
+                request=\(id) action=\(action) needs=\(quorum - 1) \
+                \(parameters.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: " "))
+                """)
         var filed = ServerError(403, "E_APPROVAL_REQUIRED",
                                 "\(action) of \(object) weakens protection and needs \(quorum - 1) approval(s) from other admins: filed as request \(id), open for 72 h. "
-                                + "They run `redoubt admin request approve \(id)`; then repeat this command with --request \(id)")
+                                + """
+                                    They run `redoubt admin request approve \(id)`; then repeat this command with \
+                                    --request \(id)
+                                    """)
         filed.audited = true
         throw filed
     }
@@ -102,14 +122,19 @@ extension RepositoryService {
     public func listRequests() throws -> [ApprovalRequest] { try catalog.requests(now: try now()) }
 
     public func decideRequest(_ id: String, approve: Bool, ctx: CallContext) throws -> ApprovalRequest {
-        guard let p = ctx.principal, p.role == .admin else { throw ServerError.forbidden("only an admin may decide a request") }
+        guard let p = ctx.principal, p.role == .admin else {
+            throw ServerError.forbidden("only an admin may decide a request")
+        }
         try Self.checkRequestID(id, field: "request ID")
         let r: ApprovalRequest
         do { r = try catalog.decide(id, by: p, approve: approve, now: try now()) } catch let e as CatalogError {
             throw refuse(ctx, approve ? .approveRequest : .rejectRequest, object: "request \(id)", ServerError(e))
         }
         audit(ctx, approve ? .approveRequest : .rejectRequest, object: "request \(id)", outcome: "ok",
-              detail: "action=\(r.action) object=\(r.object) approvals=\(r.approvers.count)/\(r.needed) state=\(r.state.rawValue)")
+              detail: """
+                  action=\(r.action) object=\(r.object) approvals=\(r.approvers.count)/\(r.needed) \
+                  state=\(r.state.rawValue)
+                  """)
         return r
     }
 }
@@ -118,22 +143,30 @@ extension RepositoryService {
 
 extension RepositoryService {
     /// Raising a tenant's minimum retention takes effect at once; lowering it is a request.
-    public func setMinRetention(tenant: String, _ req: Wire.SetRetentionRequest, ctx: CallContext) async throws -> Wire.TenantInfo {
+    public func setMinRetention(tenant: String, _ req: Wire.SetRetentionRequest,
+        ctx: CallContext) async throws -> Wire.TenantInfo {
         let object = "tenant \(tenant)"
-        guard let rec = try catalog.tenant(tenant) else { throw ServerError.notFound("tenant \(tenant) does not exist") }
+        guard let rec = try catalog.tenant(tenant) else {
+            throw ServerError.notFound("tenant \(tenant) does not exist")
+        }
         try Self.checkRetention(req.minRetentionSeconds)
         // Why, and before any approval is used up: the descriptor is replaced under its own
         // key (delete, then put); without the material here its sealed copy would be the only
         // one, and a crash between the two would lose it.
-        if rec.writeMaterial.isEmpty && rec.shreddedAt == nil { throw refuse(ctx, .setRetention, object: object, .noWriteMaterial(tenant)) }
+        if rec.writeMaterial.isEmpty && rec.shreddedAt == nil {
+            throw refuse(ctx, .setRetention, object: object, .noWriteMaterial(tenant))
+        }
         if req.minRetentionSeconds < rec.minRetention {
             // "from" too: an approval to lower 90 days to 7 must not undo a raise made since.
             try authorize(.lowerRetention, object: object,
-                          parameters: ["from": String(Int(rec.minRetention)), "minRetentionSeconds": String(Int(req.minRetentionSeconds))],
+                          parameters: ["from": String(Int(rec.minRetention)),
+                              "minRetentionSeconds": String(Int(req.minRetentionSeconds))],
                           requestID: req.requestID, consume: true, ctx: ctx)
         }
-        let updated = TenantRecord(name: rec.name, readKeyID: rec.readKeyID, readPublicKey: rec.readPublicKey, writeMaterial: rec.writeMaterial,
-                                   wrappedReadKey: rec.wrappedReadKey, minRetention: req.minRetentionSeconds, createdAt: rec.createdAt,
+        let updated = TenantRecord(name: rec.name, readKeyID: rec.readKeyID, readPublicKey: rec.readPublicKey,
+            writeMaterial: rec.writeMaterial,
+                                   wrappedReadKey: rec.wrappedReadKey, minRetention: req.minRetentionSeconds,
+                                       createdAt: rec.createdAt,
                                    keyVersion: rec.keyVersion, shreddedAt: rec.shreddedAt)
         // The descriptor carries the retention for a catalog rebuild: replace it (unlocked).
         let key = Self.tenantKey(tenant, version: rec.keyVersion)
@@ -141,10 +174,16 @@ extension RepositoryService {
         if try await store.head(key) != nil { try await deleteUnlessHeld(key, now: try now()) }
         _ = try await store.put(key, try descriptor.encoded(), retainUntil: nil)
         // Compare-and-set: a change made meanwhile (another admin's raise) is not overwritten.
-        guard try catalog.setMinRetention(tenant: tenant, seconds: req.minRetentionSeconds, from: rec.minRetention) else {
-            throw refuse(ctx, .setRetention, object: object, ServerError(409, "E_CONFLICT", "tenant \(tenant)'s minimum retention changed meanwhile; look again (`redoubt admin tenant list`) and repeat"))
+        guard try catalog.setMinRetention(tenant: tenant, seconds: req.minRetentionSeconds,
+            from: rec.minRetention) else {
+            throw refuse(ctx, .setRetention, object: object, ServerError(409, "E_CONFLICT",
+                """
+                    tenant \(tenant)'s minimum retention changed meanwhile; look again (`redoubt admin tenant list`) \
+                    and repeat
+                    """))
         }
-        audit(ctx, .setRetention, object: object, outcome: "ok", detail: "min-retention \(Int(rec.minRetention))s→\(Int(req.minRetentionSeconds))s")
+        audit(ctx, .setRetention, object: object, outcome: "ok",
+            detail: "min-retention \(Int(rec.minRetention))s→\(Int(req.minRetentionSeconds))s")
         return try tenantInfo(updated)
     }
 
@@ -159,20 +198,29 @@ extension RepositoryService {
 
     /// A one-time enrollment token for another admin.
     public func addAdmin(_ req: Wire.AddAdminRequest, ctx: CallContext) throws -> Wire.CreateEnrollmentResponse {
-        guard Self.isValidPrincipalName(req.name) else { throw ServerError.badRequest("name \(req.name.debugDescription) must be 1–253 characters of A-Z, a-z, 0-9, '.', '-', '_'") }
+        guard Self.isValidPrincipalName(req.name) else {
+            throw ServerError.badRequest("""
+                name \(req.name.debugDescription) must be 1–253 characters of A-Z, a-z, 0-9, '.', '-', '_'
+                """)
+        }
         guard try !catalog.principals(tenant: nil).contains(where: { $0.role == .admin && $0.name == req.name }) else {
             throw ServerError(409, "E_CONFLICT", "an admin named \(req.name) already exists")
         }
-        try authorize(.addAdmin, object: "admin \(req.name)", parameters: [:], requestID: req.requestID, consume: true, ctx: ctx)
+        try authorize(.addAdmin, object: "admin \(req.name)", parameters: [:], requestID: req.requestID, consume: true,
+            ctx: ctx)
         let ttl = min(max(req.ttlSeconds ?? 86400, 60), 7 * 86400)
         let now = try now()
         let secret = hexString((0..<32).map { _ in UInt8.random(in: 0...255) })
         let expires = now.addingTimeInterval(ttl)
-        try catalog.insertEnrollment(tokenHash: hexString(SHA256.hash(data: Array(secret.utf8))), role: .admin, tenant: nil, name: req.name,
+        try catalog.insertEnrollment(tokenHash: hexString(SHA256.hash(data: Array(secret.utf8))), role: .admin,
+            tenant: nil, name: req.name,
                                      expiresAt: expires, createdBy: ctx.principal?.name ?? "-")
-        let token = Wire.EnrollmentToken(url: serverURL, ca: Data(try ca.certificate.serializeAsPEM().derBytes).base64EncodedString(), pin: try ca.pin,
-                                         secret: secret, role: Role.admin.rawValue, tenant: nil, name: req.name, expires: Int64(expires.timeIntervalSince1970))
-        audit(ctx, .createEnrollment, object: "admin \(req.name)", outcome: "ok", detail: "expires=\(Int(expires.timeIntervalSince1970))")
+        let token = Wire.EnrollmentToken(url: serverURL,
+            ca: Data(try ca.certificate.serializeAsPEM().derBytes).base64EncodedString(), pin: try ca.pin,
+                                         secret: secret, role: Role.admin.rawValue, tenant: nil, name: req.name,
+                                             expires: Int64(expires.timeIntervalSince1970))
+        audit(ctx, .createEnrollment, object: "admin \(req.name)", outcome: "ok",
+            detail: "expires=\(Int(expires.timeIntervalSince1970))")
         return Wire.CreateEnrollmentResponse(token: try token.encoded(), expires: expires)
     }
 
@@ -180,8 +228,11 @@ extension RepositoryService {
     public func removeAdmin(name: String, _ req: Wire.ApprovedChange, ctx: CallContext) throws -> Wire.QuorumInfo {
         let admins = try catalog.principals(tenant: nil).filter { $0.role == .admin }
         guard admins.contains(where: { $0.name == name }) else { throw ServerError.notFound("no admin named \(name)") }
-        guard admins.count > 1 else { throw ServerError(409, "E_CONFLICT", "\(name) is the last admin; enroll another first") }
-        try authorize(.removeAdmin, object: "admin \(name)", parameters: [:], requestID: req.requestID, consume: true, ctx: ctx)
+        guard admins.count > 1 else {
+            throw ServerError(409, "E_CONFLICT", "\(name) is the last admin; enroll another first")
+        }
+        try authorize(.removeAdmin, object: "admin \(name)", parameters: [:], requestID: req.requestID, consume: true,
+            ctx: ctx)
         _ = try catalog.revokeAdmin(name: name, now: try now())
         // The configured quorum stays: effectiveQuorum() caps it by the admins left, and
         // it applies again in full once replacements are enrolled.
@@ -190,15 +241,19 @@ extension RepositoryService {
     }
 
     public func quorum() throws -> Wire.QuorumInfo {
-        Wire.QuorumInfo(configured: try catalog.configuredQuorum(), effective: try catalog.effectiveQuorum(), admins: try catalog.adminCount())
+        Wire.QuorumInfo(configured: try catalog.configuredQuorum(), effective: try catalog.effectiveQuorum(),
+            admins: try catalog.adminCount())
     }
 
     /// Changes the quorum (either way: it is the rule every other approval rests on).
     public func setQuorum(_ req: Wire.ApprovedChange, ctx: CallContext) throws -> Wire.QuorumInfo {
         guard let q = req.quorum, q >= 1 else { throw ServerError.badRequest("quorum must be at least 1") }
         let admins = try catalog.adminCount()
-        guard q <= max(admins, 2) else { throw ServerError.badRequest("quorum \(q) exceeds the \(admins) admins there are: enroll more first") }
-        try authorize(.setQuorum, object: "quorum", parameters: ["quorum": String(q)], requestID: req.requestID, consume: true, ctx: ctx)
+        guard q <= max(admins, 2) else {
+            throw ServerError.badRequest("quorum \(q) exceeds the \(admins) admins there are: enroll more first")
+        }
+        try authorize(.setQuorum, object: "quorum", parameters: ["quorum": String(q)], requestID: req.requestID,
+            consume: true, ctx: ctx)
         try catalog.setSetting("quorum", String(q))
         audit(ctx, .setQuorum, object: "quorum", outcome: "ok", detail: "quorum=\(q)")
         return try quorum()
@@ -207,8 +262,10 @@ extension RepositoryService {
 
 extension ApprovalRequest {
     public var wire: Wire.RequestInfo {
-        Wire.RequestInfo(id: id, action: action, object: object, parameters: parameters, requester: requester, createdAt: createdAt,
-                         expiresAt: expiresAt, needed: needed, approvers: approvers, rejectedBy: rejectedBy, state: state.rawValue)
+        Wire.RequestInfo(id: id, action: action, object: object, parameters: parameters, requester: requester,
+            createdAt: createdAt,
+                         expiresAt: expiresAt, needed: needed, approvers: approvers, rejectedBy: rejectedBy,
+                             state: state.rawValue)
     }
 }
 
@@ -218,12 +275,19 @@ extension ApprovalRepository where Self: AuditRepository {
     /// change goes through only when the quorum is one admin, or with an approved, unused
     /// request for exactly this change (filed through the API, e.g. `admin copy add
     /// --accept-unenforced`), which it consumes.
-    public func authorizeLocally(_ action: Action, object: String, parameters: [String: String], requestID: String?, now: Date) throws {
+    public func authorizeLocally(_ action: Action, object: String, parameters: [String: String], requestID: String?,
+        now: Date) throws {
         guard try effectiveQuorum() > 1 else { return }
         try RepositoryService.checkRequestID(requestID)
-        guard let requestID, let req = try request(requestID, now: now), req.action == action.rawValue, req.object == object,
+        guard let requestID, let req = try request(requestID, now: now), req.action == action.rawValue,
+            req.object == object,
               req.parameters == parameters, req.state == .approved, try consumeRequest(requestID, now: now) else {
-            throw ServerError(403, "E_APPROVAL_REQUIRED", "\(action) of \(object) weakens protection and needs an approved request for exactly this change: file it through the API (e.g. `redoubt admin copy add … --accept-unenforced`), have other admins approve it, then pass --request ID")
+            throw ServerError(403, "E_APPROVAL_REQUIRED",
+                """
+                    \(action) of \(object) weakens protection and needs an approved request for exactly this change: \
+                    file it through the API (e.g. `redoubt admin copy add … --accept-unenforced`), have other admins \
+                    approve it, then pass --request ID
+                    """)
         }
         _ = try audit(time: now, actor: "local-admin", role: "admin", credential: "-", source: "local",
                       action: Action.executeRequest.rawValue,

@@ -25,19 +25,26 @@ public enum BucketCopy {
     /// Runs the proof (unless `acceptUnenforced`, which is recorded), then copies the
     /// tenant descriptor, every pack and every manifest, each locked until its local lock
     /// plus `margin`, and finally the audit chain head as `audit-head/<seq>.json`.
-    public static func sync(catalog: Catalog, store: any ObjectStore, tenant: String, target: S3Store, margin: TimeInterval,
+    public static func sync(catalog: Catalog, store: any ObjectStore, tenant: String, target: S3Store,
+        margin: TimeInterval,
                             acceptUnenforced: Bool, actor: String, now: Date,
                             progress: (String) -> Void) async throws -> BucketCopySummary {
         let proof = await S3LockProof(client: target.client).run(now: now)
         let where_ = "s3://\(target.client.location.bucket)/\(target.client.location.prefix)"
-        _ = try catalog.audit(time: now, actor: actor, role: "admin", credential: "", source: "local", action: "copy-proof",
+        _ = try catalog.audit(time: now, actor: actor, role: "admin", credential: "", source: "local",
+            action: "copy-proof",
                               object: where_, outcome: proof.passed ? "ok" : (acceptUnenforced ? "warning" : "denied"),
                               detail: proof.firstFailure ?? "all lock checks passed")
         // Why refuse: a bucket that lets locked versions be deleted is no copy at all.
         guard proof.passed || acceptUnenforced else {
-            throw ServerError.badRequest("copy target \(where_) does not enforce Object Lock COMPLIANCE (\(proof.firstFailure ?? "?")); use a bucket with Object Lock enabled, or --accept-unenforced to keep it with a warning")
+            throw ServerError.badRequest("""
+                copy target \(where_) does not enforce Object Lock COMPLIANCE (\(proof.firstFailure ?? "?")); use a \
+                bucket with Object Lock enabled, or --accept-unenforced to keep it with a warning
+                """)
         }
-        if !proof.passed { progress("WARNING: \(where_) failed the lock proof (\(proof.firstFailure ?? "?")); copying anyway as asked") }
+        if !proof.passed {
+            progress("WARNING: \(where_) failed the lock proof (\(proof.firstFailure ?? "?")); copying anyway as asked")
+        }
 
         var summary = BucketCopySummary(copied: 0, alreadyThere: 0, extended: 0, auditSeq: 0, proof: proof)
         let snapshots = try catalog.snapshots(tenant: tenant)
@@ -82,7 +89,10 @@ public enum BucketCopy {
                     outcome = try await target.put(key, bytes, retainUntil: until)
                 } catch let e as StoreError where e.code == .conflict {
                     let there = try? JSONDecoder().decode(TenantDescriptor.self, from: Data(try await target.get(key)))
-                    guard let there, let here = try? JSONDecoder().decode(TenantDescriptor.self, from: Data(bytes)), there.isSameVersion(as: here) else { throw e }
+                    guard let there, let here = try? JSONDecoder().decode(TenantDescriptor.self, from: Data(bytes)),
+                        there.isSameVersion(as: here) else {
+                        throw e
+                    }
                     try await extendIfBehind(key, try await target.head(key)?.retainUntil, until)
                     summary.alreadyThere += 1
                     progress("\(key.path) (already there, same key version)")
@@ -93,7 +103,8 @@ public enum BucketCopy {
             }
             // One HEAD serves both checks: the bytes landed, and the lock is not behind.
             guard let remote = try await target.head(key), remote.size == bytes.count else {
-                throw StoreError(.integrity, key: key.path, "the bucket does not hold the \(bytes.count) bytes just copied")
+                throw StoreError(.integrity, key: key.path,
+                    "the bucket does not hold the \(bytes.count) bytes just copied")
             }
             if outcome == .created {
                 summary.copied += 1
@@ -105,7 +116,8 @@ public enum BucketCopy {
         }
         // The current descriptor: after a rotation it carries the newly wrapped read key; the
         // older ones already in the bucket stay, locked, and name their own (retired) KEKs.
-        try await copy(RepositoryLayout.descriptorKey(tenant: tenant, version: try catalog.tenant(tenant)?.keyVersion ?? 1))
+        try await copy(RepositoryLayout.descriptorKey(tenant: tenant, version: try catalog.tenant(tenant)?.keyVersion
+            ?? 1))
         // The host key statements: a restore from the bucket alone checks who signed each
         // manifest against them. Locked as long as the newest snapshot, which they vouch for.
         let statements = try await store.list(prefix: HostKeyObjects.prefix(tenant: tenant))
@@ -117,7 +129,9 @@ public enum BucketCopy {
             for p in try catalog.snapshotPacks(id: s.id) where done.insert(p.description).inserted {
                 try await copy(RepositoryLayout.packKey(tenant: tenant, id: p), sha256: p.description)
             }
-            guard let sid = SnapshotID(hex: s.id) else { throw ServerError.badRequest("catalog holds a malformed snapshot ID \(s.id)") }
+            guard let sid = SnapshotID(hex: s.id) else {
+                throw ServerError.badRequest("catalog holds a malformed snapshot ID \(s.id)")
+            }
             try await copy(RepositoryLayout.manifestKey(tenant: tenant, id: sid), sha256: sid.description)
         }
         // Legal holds (docs/PROTOCOL.md §4.3): the original version of every newly held
@@ -147,7 +161,8 @@ public enum BucketCopy {
         if summary.copied > 0 || summary.extended > 0 {
             var export = CatalogExport(format: 1, tenant: tenant, exportedAt: now, snapshots: [])
             for s in snapshots {
-                export.snapshots.append(.init(id: s.id, host: s.host, time: s.time, committedAt: s.committedAt, retainUntil: s.retainUntil,
+                export.snapshots.append(.init(id: s.id, host: s.host, time: s.time, committedAt: s.committedAt,
+                    retainUntil: s.retainUntil,
                                               packs: try catalog.snapshotPacks(id: s.id).map(\.description)))
             }
             let e = JSONEncoder()
@@ -160,21 +175,30 @@ public enum BucketCopy {
             var bump: Int64 = 0
             while let key = RepositoryLayout.key(.catalogExport(tenant: tenant, milliseconds: ms + bump)) {
                 do {
-                    let outcome = try await target.put(key, bytes, retainUntil: max(floor, now).addingTimeInterval(margin))
-                    if outcome == .created { progress("\(key.path) (catalog export, \(export.snapshots.count) snapshots)") }
+                    let outcome = try await target.put(key, bytes, retainUntil: max(floor,
+                        now).addingTimeInterval(margin))
+                    if outcome == .created {
+                        progress("\(key.path) (catalog export, \(export.snapshots.count) snapshots)")
+                    }
                     break
                 } catch let error as StoreError where error.code == .conflict && bump < 63 {
                     bump += 1
                 }
             }
         }
-        let record = try catalog.audit(time: now, actor: actor, role: "admin", credential: "", source: "local", action: "copy-sync",
+        let record = try catalog.audit(time: now, actor: actor, role: "admin", credential: "", source: "local",
+            action: "copy-sync",
                                        object: where_, outcome: "ok",
                                        detail: "tenant \(tenant): \(summary.copied) copied, \(summary.alreadyThere) already there, \(summary.extended) extended"
-                                           + (summary.legalHolds + summary.legalHoldsLifted > 0 ? ", \(summary.legalHolds) legal hold(s), \(summary.legalHoldsLifted) lifted" : ""))
+                                           + (summary.legalHolds
+                                               + summary.legalHoldsLifted > 0 ? """
+                                                   , \(summary.legalHolds) legal hold(s), \(summary.legalHoldsLifted) \
+                                                   lifted
+                                                   """ : ""))
         summary.auditSeq = record.seq
         // The chain head, locked in the bucket: a later rewrite of the server's log is provable.
-        let head = Array(#"{"seq":\#(record.seq),"hash":"\#(record.hash)","time":"\#(ISO8601DateFormatter().string(from: now))"}"#.utf8)
+        let head =
+            Array(#"{"seq":\#(record.seq),"hash":"\#(record.hash)","time":"\#(ISO8601DateFormatter().string(from: now))"}"#.utf8)
         if let key = RepositoryLayout.key(.auditHead(seq: record.seq)) {
             _ = try await target.put(key, head, retainUntil: now.addingTimeInterval(max(margin, 86400) + 365 * 86400))
         }
@@ -213,5 +237,7 @@ public enum BucketCopy {
     }
 
     /// The key of a pack in a bucket copy (the local store's layout).
-    public static func packKey(tenant: String, id: PackID) -> ObjectKey { RepositoryLayout.packKey(tenant: tenant, id: id) }
+    public static func packKey(tenant: String, id: PackID) -> ObjectKey {
+        RepositoryLayout.packKey(tenant: tenant, id: id)
+    }
 }

@@ -92,7 +92,8 @@ public enum BucketVerify {
         var report = BucketVerifyReport(tenant: tenant)
         let prefix = RepositoryLayout.tenantPrefix(tenant)
         guard ObjectKey(prefix + "x") != nil else {
-            throw StoreError(.config, key: prefix, "tenant name \(tenant.debugDescription) is not a valid key component")
+            throw StoreError(.config, key: prefix,
+                "tenant name \(tenant.debugDescription) is not a valid key component")
         }
         let names = try await store.originalNames(prefix: prefix)
         // Names that are not valid keys cannot be Redoubt's; they are listed, not read.
@@ -113,11 +114,20 @@ public enum BucketVerify {
             // stolen credential.
             if let until = info.retainUntil {
                 if !info.enforced {
-                    report.unlocked.append(.init(key: key, detail: "lock mode is not COMPLIANCE (GOVERNANCE can be bypassed); retain-until \(S3Date.format(until))"))
+                    report.unlocked.append(.init(key: key,
+                        detail: """
+                            lock mode is not COMPLIANCE (GOVERNANCE can be bypassed); retain-until \
+                            \(S3Date.format(until))
+                            """))
                 } else if until <= now {
-                    report.unlocked.append(.init(key: key, detail: "COMPLIANCE lock expired at \(S3Date.format(until))"))
+                    report.unlocked.append(.init(key: key,
+                        detail: "COMPLIANCE lock expired at \(S3Date.format(until))"))
                 } else if until < now.addingTimeInterval(minRetain) {
-                    report.expiring.append(.init(key: key, detail: "retain-until \(S3Date.format(until)) is before the minimum asked for, \(S3Date.format(now.addingTimeInterval(minRetain)))"))
+                    report.expiring.append(.init(key: key,
+                        detail: """
+                            retain-until \(S3Date.format(until)) is before the minimum asked for, \
+                            \(S3Date.format(now.addingTimeInterval(minRetain)))
+                            """))
                 }
             } else {
                 report.unlocked.append(.init(key: key, detail: "no Object Lock on the version Redoubt reads"))
@@ -125,7 +135,8 @@ public enum BucketVerify {
             let kind = kind(key, tenant: tenant)
             switch kind {
             case .extra:
-                report.extra.append(.init(key: key, detail: "not a pack, manifest, tenant descriptor or catalog export name"))
+                report.extra.append(.init(key: key,
+                    detail: "not a pack, manifest, tenant descriptor or catalog export name"))
                 continue
             case .pack(let id):
                 // There, even if its bytes are wrong: reported once, as wrong, not also as missing.
@@ -168,7 +179,11 @@ public enum BucketVerify {
         }
         for (p, snapshots) in needed.sorted(by: { $0.key < $1.key }) where !present.contains(p) {
             report.missing.append(.init(key: RepositoryLayout.packKey(tenant: tenant, id: p).path,
-                                        detail: "pack \(p) is named by snapshot \(snapshots.map(\.description).sorted().joined(separator: ", ")) and is not in the bucket"))
+                                        detail: """
+                                            pack \(p) is named by snapshot \
+                                            \(snapshots.map(\.description).sorted().joined(separator: ", ")) and is \
+                                            not in the bucket
+                                            """))
         }
         if let trustRoot {
             try await checkAuthorship(store: store, tenant: tenant, trustRoot: trustRoot, objects: toRead,
@@ -176,7 +191,10 @@ public enum BucketVerify {
         }
         if descriptors == 0 {
             report.missing.append(.init(key: RepositoryLayout.descriptorsPrefix(tenant) + "<N>.json",
-                                        detail: "no tenant descriptor: the wrapped read key is not in the copy (restore needs --read-key FILE)"))
+                                        detail: """
+                                            no tenant descriptor: the wrapped read key is not in the copy (restore \
+                                            needs --read-key FILE)
+                                            """))
         }
         return report
     }
@@ -211,9 +229,11 @@ public enum BucketVerify {
     /// Reads one object whole and checks its bytes against its name: why it is wrong
     /// (nil if right) and, for a manifest, the packs it names. `S3Store.get` checks the
     /// bytes against the recorded `x-amz-meta-sha256` first.
-    static func check(_ store: S3Store, _ key: ObjectKey, _ kind: Kind) async throws -> (wrong: String?, needs: [PackID]) {
+    static func check(_ store: S3Store, _ key: ObjectKey, _ kind: Kind) async throws -> (wrong: String?,
+        needs: [PackID]) {
         let bytes: [UInt8]
-        do { bytes = try await store.get(key) } catch let e as StoreError where e.code == .integrity || e.code == .notFound {
+        do { bytes = try await store.get(key) } catch let e as StoreError where e.code == .integrity
+            || e.code == .notFound {
             return (e.detail, [])
         }
         switch kind {
@@ -221,7 +241,9 @@ public enum BucketVerify {
             let actual = SigV4Signer.hexSHA256(bytes)
             return (actual == id.description ? nil : "SHA-256 of the bytes is \(actual), not the pack ID", [])
         case .manifest(let id):
-            do { return (nil, try Manifest.parse(bytes, expectedID: id, object: key.path).header.packs) } catch { return ("\(error)", []) }
+            do { return (nil, try Manifest.parse(bytes, expectedID: id, object: key.path).header.packs) } catch {
+                return ("\(error)", [])
+            }
         case .descriptor:
             let ok = (try? JSONSerialization.jsonObject(with: Data(bytes))) as? [String: Any] != nil
             return (ok ? nil : "tenant descriptor is not a JSON object", [])

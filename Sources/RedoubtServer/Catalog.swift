@@ -64,7 +64,8 @@ public struct TenantRecord: Sendable, Equatable {
 
 extension TenantRecord {
     func withWriteMaterial(_ material: [UInt8]) -> TenantRecord {
-        TenantRecord(name: name, readKeyID: readKeyID, readPublicKey: readPublicKey, writeMaterial: material, wrappedReadKey: wrappedReadKey,
+        TenantRecord(name: name, readKeyID: readKeyID, readPublicKey: readPublicKey, writeMaterial: material,
+            wrappedReadKey: wrappedReadKey,
                      minRetention: minRetention, createdAt: createdAt, keyVersion: keyVersion, shreddedAt: shreddedAt)
     }
 }

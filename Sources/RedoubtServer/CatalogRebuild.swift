@@ -48,7 +48,10 @@ struct TenantDescriptor: Codable {
     /// key but other sealed material must not pass for the server's.)
     func isSameVersion(as other: TenantDescriptor) -> Bool {
         guard name == other.name, readKeyID == other.readKeyID, readPublicKey == other.readPublicKey,
-              (keyVersion ?? 1) == (other.keyVersion ?? 1), wrappedReadKey == other.wrappedReadKey, shreddedAt == other.shreddedAt else { return false }
+              (keyVersion ?? 1) == (other.keyVersion ?? 1), wrappedReadKey == other.wrappedReadKey,
+                  shreddedAt == other.shreddedAt else {
+                  return false
+              }
         if let mine = materialCheck, let theirs = other.materialCheck { return mine == theirs }
         return true
     }
@@ -65,7 +68,9 @@ struct TenantDescriptor: Codable {
     /// descriptor, which holds the write material in the clear, is sealed first; anything
     /// else goes as it is. Nil if `bytes` is not a descriptor.
     static func forExport(_ bytes: [UInt8]) -> [UInt8]? {
-        guard let d = try? JSONDecoder().decode(TenantDescriptor.self, from: Data(bytes)), let r = d.record else { return nil }
+        guard let d = try? JSONDecoder().decode(TenantDescriptor.self, from: Data(bytes)), let r = d.record else {
+            return nil
+        }
         guard d.writeMaterial != nil else { return bytes }
         guard let material = try? SharedWriteMaterial.decode(SecretBytes(copying: r.writeMaterial)),
               let sealed = try? material.sealed(tenant: r.name) else { return nil }
@@ -91,7 +96,8 @@ struct TenantDescriptor: Codable {
         case (nil, nil) where shreddedAt != nil: wm = Data()  // a shred leaves no material anywhere
         default: return nil
         }
-        return TenantRecord(name: name, readKeyID: readKeyID, readPublicKey: Array(pub), writeMaterial: Array(wm), wrappedReadKey: wrappedReadKey,
+        return TenantRecord(name: name, readKeyID: readKeyID, readPublicKey: Array(pub), writeMaterial: Array(wm),
+            wrappedReadKey: wrappedReadKey,
                             minRetention: minRetentionSeconds, createdAt: Date(timeIntervalSince1970: createdAt),
                             keyVersion: keyVersion ?? 1, shreddedAt: shreddedAt.map(Date.init(timeIntervalSince1970:)))
     }
@@ -116,7 +122,8 @@ public struct RebuildReport: Sendable, Codable {
 /// targets and approval requests are not in the store: they are carried over from the
 /// previous catalog if it can still be opened.
 public enum CatalogRebuilder {
-    public static func rebuild(home: ServerHome, clock: any ServerClock = SystemClock(), logger: Logger) async throws -> RebuildReport {
+    public static func rebuild(home: ServerHome, clock: any ServerClock = SystemClock(),
+        logger: Logger) async throws -> RebuildReport {
         var report = RebuildReport()
         let fm = FileManager.default
         let path = home.catalogPath
@@ -127,16 +134,21 @@ public enum CatalogRebuilder {
             var n = 1
             while fm.fileExists(atPath: old) { n += 1; old = "\(stamp).\(n)" }
             // Why a checkpoint first: the WAL may hold committed rows not yet in the main file.
-            if let q = try? DatabaseQueue(path: path) { try? await q.writeWithoutTransaction { try $0.execute(sql: "PRAGMA wal_checkpoint(TRUNCATE)") } }
+            if let q = try? DatabaseQueue(path: path) {
+                try? await q.writeWithoutTransaction { try $0.execute(sql: "PRAGMA wal_checkpoint(TRUNCATE)") }
+            }
             try fm.moveItem(atPath: path, toPath: old)
-            for suffix in ["-wal", "-shm"] where fm.fileExists(atPath: path + suffix) { try? fm.moveItem(atPath: path + suffix, toPath: old + suffix) }
+            for suffix in ["-wal", "-shm"] where fm.fileExists(atPath: path + suffix) {
+                try? fm.moveItem(atPath: path + suffix, toPath: old + suffix)
+            }
             report.previousCatalog = old
         }
         let catalog = try Catalog(path: path)
         // Write material by tenant, from the previous catalog: the store holds it sealed.
         var oldMaterial: [String: (readKeyID: String, material: [UInt8])] = [:]
         if let old = report.previousCatalog {
-            let (lost, material): ([String], [String: (readKeyID: String, material: [UInt8])]) = try await catalog.db.writeWithoutTransaction { db in
+            let (lost, material): ([String], [String: (readKeyID: String,
+                material: [UInt8])]) = try await catalog.db.writeWithoutTransaction { db in
                 var lost: [String] = []
                 var material: [String: (readKeyID: String, material: [UInt8])] = [:]
                 try db.execute(sql: "ATTACH DATABASE ? AS old", arguments: [old])
@@ -156,11 +168,22 @@ public enum CatalogRebuilder {
                     do {
                         // By name, the columns both have: a catalog an older build last wrote has
                         // fewer (they take their defaults), and the previous catalog is only read.
-                        let ours = try Row.fetchAll(db, sql: "SELECT name FROM pragma_table_info(?, 'main')", arguments: [table]).map { $0["name"] as String }
-                        let theirs = Set(try Row.fetchAll(db, sql: "SELECT name FROM pragma_table_info(?, 'old')", arguments: [table]).map { $0["name"] as String })
+                        let ours = try Row.fetchAll(db, sql: "SELECT name FROM pragma_table_info(?, 'main')",
+                            arguments: [table]).map {
+                            $0["name"] as String
+                        }
+                        let theirs = Set(try Row.fetchAll(db, sql: "SELECT name FROM pragma_table_info(?, 'old')",
+                            arguments: [table]).map {
+                            $0["name"] as String
+                        })
                         let columns = ours.filter(theirs.contains).map { "\"\($0)\"" }.joined(separator: ", ")
-                        guard !columns.isEmpty else { throw CatalogError(.inconsistent, object: "table \(table)", "no such table in the previous catalog") }
-                        try db.execute(sql: "INSERT OR IGNORE INTO main.\(table) (\(columns)) SELECT \(columns) FROM old.\(table)")
+                        guard !columns.isEmpty else {
+                            throw CatalogError(.inconsistent, object: "table \(table)",
+                                "no such table in the previous catalog")
+                        }
+                        try db.execute(sql: """
+                            INSERT OR IGNORE INTO main.\(table) (\(columns)) SELECT \(columns) FROM old.\(table)
+                            """)
                     } catch {
                         lost.append("\(table) of the previous catalog not carried over: \(error)")
                     }
@@ -191,13 +214,17 @@ public enum CatalogRebuilder {
             }
         }
         for var r in tenants.values.sorted(by: { $0.name < $1.name }) {
-            if r.writeMaterial.isEmpty, r.shreddedAt == nil, let old = oldMaterial[r.name], old.readKeyID == r.readKeyID,
+            if r.writeMaterial.isEmpty, r.shreddedAt == nil, let old = oldMaterial[r.name],
+                old.readKeyID == r.readKeyID,
                let material = try? SharedWriteMaterial.decode(SecretBytes(copying: old.material)),
                checks[r.name].map({ $0 == material.check }) ?? true {
                 r = r.withWriteMaterial(old.material)
             }
             if r.writeMaterial.isEmpty && r.shreddedAt == nil {
-                report.toDo.append("tenant \(r.name): its write material is sealed to the read key in the store; hosts cannot enroll until an admin gives it back (`redoubt admin tenant restore-material \(r.name)`)")
+                report.toDo.append("""
+                    tenant \(r.name): its write material is sealed to the read key in the store; hosts cannot enroll \
+                    until an admin gives it back (`redoubt admin tenant restore-material \(r.name)`)
+                    """)
             }
             try catalog.insertTenant(r)
             report.tenants += 1
@@ -208,8 +235,11 @@ public enum CatalogRebuilder {
             if parts[2] == "packs", let id = PackID(hex: parts[parts.count - 1]) {
                 do {
                     let summary = try PackReader.inspect(try await store.get(o.key), expectedID: id)
-                    guard summary.keyID.description == tenant.readKeyID else { throw CoreError(.wrongTenant, object: "pack \(id)", "sealed to another tenant's key") }
-                    try catalog.insertPack(tenant: tenant.name, id: id.description, key: o.key.path, size: o.size, retainUntil: o.retainUntil ?? now, chunkIDs: summary.chunkIDs, now: now,
+                    guard summary.keyID.description == tenant.readKeyID else {
+                        throw CoreError(.wrongTenant, object: "pack \(id)", "sealed to another tenant's key")
+                    }
+                    try catalog.insertPack(tenant: tenant.name, id: id.description, key: o.key.path, size: o.size,
+                        retainUntil: o.retainUntil ?? now, chunkIDs: summary.chunkIDs, now: now,
                                            verified: summary.chunksVerified)
                     report.packs += 1
                     report.chunks += summary.chunkIDs.count
@@ -218,7 +248,10 @@ public enum CatalogRebuilder {
         }
         for o in objects {
             let parts = o.key.path.split(separator: "/").map(String.init)
-            guard parts.count == 4, parts[2] == "snapshots", let tenant = tenants[parts[1]], let id = SnapshotID(hex: parts[3]) else { continue }
+            guard parts.count == 4, parts[2] == "snapshots", let tenant = tenants[parts[1]],
+                let id = SnapshotID(hex: parts[3]) else {
+                continue
+            }
             do {
                 let bytes = try await store.get(o.key)
                 let m = try Manifest.parse(bytes, expectedID: id)
@@ -229,20 +262,31 @@ public enum CatalogRebuilder {
                 // from the store alone does not have. (Restores check a manifest's ID, not
                 // its signature either; the server checked it at commit.)
                 let missing = try catalog.missingPacks(tenant: tenant.name, packs: m.header.packs)
-                if !missing.isEmpty { report.rejected.append("snapshot \(id): \(missing.count) pack(s) missing, e.g. \(missing[0]) (kept; restore will fail on them)") }
+                if !missing.isEmpty {
+                    report.rejected.append("""
+                        snapshot \(id): \(missing.count) pack(s) missing, e.g. \(missing[0]) (kept; restore will fail \
+                        on them)
+                        """)
+                }
                 let h = m.header
                 let retain = o.retainUntil ?? now
                 let rec = SnapshotRecord(id: id.description, tenant: tenant.name, host: h.host,
                                          time: h.time.date,
-                                         committedAt: retain.addingTimeInterval(-tenant.minRetention), retainUntil: retain, paths: h.paths.map(printable),
-                                         tags: h.tags, statistics: h.statistics, packCount: h.packs.count, manifestSize: bytes.count)
+                                         committedAt: retain.addingTimeInterval(-tenant.minRetention),
+                                             retainUntil: retain, paths: h.paths.map(printable),
+                                         tags: h.tags, statistics: h.statistics, packCount: h.packs.count,
+                                             manifestSize: bytes.count)
                 try catalog.insertSnapshot(rec, packs: h.packs)
                 report.snapshots += 1
             } catch { report.rejected.append("\(o.key): \(error)") }
         }
-        try catalog.audit(time: now, actor: "local", role: "-", credential: "-", source: "local", action: "rebuild-catalog", object: "catalog",
+        try catalog.audit(time: now, actor: "local", role: "-", credential: "-", source: "local",
+            action: "rebuild-catalog", object: "catalog",
                           outcome: report.rejected.isEmpty ? "ok" : "warning",
-                          detail: "tenants=\(report.tenants) packs=\(report.packs) snapshots=\(report.snapshots) rejected=\(report.rejected.count)")
+                          detail: """
+                              tenants=\(report.tenants) packs=\(report.packs) snapshots=\(report.snapshots) \
+                              rejected=\(report.rejected.count)
+                              """)
         return report
     }
 }

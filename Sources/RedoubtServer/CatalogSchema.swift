@@ -31,9 +31,11 @@ extension Catalog {
                     PRIMARY KEY (tenant, chunk_id)) WITHOUT ROWID;
                 CREATE TABLE snapshots (
                     id TEXT PRIMARY KEY, tenant TEXT NOT NULL, host TEXT NOT NULL, time REAL NOT NULL,
-                    committed_at REAL NOT NULL, retain_until REAL NOT NULL, meta TEXT NOT NULL, manifest_size INTEGER NOT NULL);
+                    committed_at REAL NOT NULL, retain_until REAL NOT NULL, meta TEXT NOT NULL, manifest_size INTEGER \
+                NOT NULL);
                 CREATE INDEX snapshots_tenant_host ON snapshots(tenant, host, time);
-                CREATE TABLE snapshot_packs (snapshot TEXT NOT NULL, pack TEXT NOT NULL, PRIMARY KEY (snapshot, pack)) WITHOUT ROWID;
+                CREATE TABLE snapshot_packs (snapshot TEXT NOT NULL, pack TEXT NOT NULL, PRIMARY KEY (snapshot, pack)) \
+                WITHOUT ROWID;
                 CREATE TABLE audit (
                     seq INTEGER PRIMARY KEY, time REAL NOT NULL, actor TEXT NOT NULL, role TEXT NOT NULL,
                     credential TEXT NOT NULL, source TEXT NOT NULL, action TEXT NOT NULL, object TEXT NOT NULL,
@@ -57,7 +59,8 @@ extension Catalog {
             try db.execute(sql: """
                 CREATE TABLE requests (
                     id TEXT PRIMARY KEY, action TEXT NOT NULL, object TEXT NOT NULL, parameters TEXT NOT NULL,
-                    requester_id TEXT NOT NULL, requester TEXT NOT NULL, created_at REAL NOT NULL, expires_at REAL NOT NULL,
+                    requester_id TEXT NOT NULL, requester TEXT NOT NULL, created_at REAL NOT NULL, expires_at REAL NOT \
+                NULL,
                     needed INTEGER NOT NULL, rejected_by TEXT, executed_at REAL);
                 CREATE TABLE approvals (
                     request_id TEXT NOT NULL, approver_id TEXT NOT NULL, approver TEXT NOT NULL, time REAL NOT NULL,
@@ -68,8 +71,10 @@ extension Catalog {
         m.registerMigration("v4-copy-targets") { db in
             try db.execute(sql: """
                 CREATE TABLE copy_targets (
-                    id TEXT PRIMARY KEY, tenant TEXT NOT NULL, url TEXT NOT NULL, endpoint TEXT NOT NULL, region TEXT NOT NULL,
-                    credentials_file TEXT, virtual_hosted INTEGER NOT NULL, margin REAL NOT NULL, accept_unenforced INTEGER NOT NULL,
+                    id TEXT PRIMARY KEY, tenant TEXT NOT NULL, url TEXT NOT NULL, endpoint TEXT NOT NULL, region TEXT \
+                NOT NULL,
+                    credentials_file TEXT, virtual_hosted INTEGER NOT NULL, margin REAL NOT NULL, accept_unenforced \
+                INTEGER NOT NULL,
                     created_at REAL NOT NULL, last_proof_at REAL, last_proof_ok INTEGER, last_proof_detail TEXT,
                     last_sync_at REAL, last_sync_ok INTEGER, last_sync_detail TEXT, removed_at REAL);
                 """)
@@ -78,10 +83,12 @@ extension Catalog {
         m.registerMigration("v5-legal-holds") { db in
             try db.execute(sql: """
                 CREATE TABLE holds (
-                    id TEXT PRIMARY KEY, kind TEXT NOT NULL, target TEXT NOT NULL, tenant TEXT NOT NULL, reason TEXT NOT NULL,
+                    id TEXT PRIMARY KEY, kind TEXT NOT NULL, target TEXT NOT NULL, tenant TEXT NOT NULL, reason TEXT \
+                NOT NULL,
                     created_by TEXT NOT NULL, created_at REAL NOT NULL, released_at REAL, release_request TEXT);
                 CREATE INDEX holds_tenant ON holds(tenant) WHERE released_at IS NULL;
-                CREATE TABLE copy_legal_holds (place TEXT NOT NULL, key TEXT NOT NULL, PRIMARY KEY (place, key)) WITHOUT ROWID;
+                CREATE TABLE copy_legal_holds (place TEXT NOT NULL, key TEXT NOT NULL, PRIMARY KEY (place, key)) \
+                WITHOUT ROWID;
                 """)
         }
         // Revoking principals and cancelling enrollment tokens (Principals.swift).
@@ -94,7 +101,8 @@ extension Catalog {
         // The store keys garbage collection has queued for deletion (GarbageCollection.swift).
         m.registerMigration("v7-gc") { db in
             try db.execute(sql: """
-                CREATE TABLE gc_pending (key TEXT PRIMARY KEY, tenant TEXT NOT NULL, queued_at REAL NOT NULL, claimed_at REAL) WITHOUT ROWID;
+                CREATE TABLE gc_pending (key TEXT PRIMARY KEY, tenant TEXT NOT NULL, queued_at REAL NOT NULL, \
+                claimed_at REAL) WITHOUT ROWID;
                 CREATE INDEX snapshot_packs_pack ON snapshot_packs(pack);
                 """)
         }
@@ -118,7 +126,8 @@ extension Catalog {
                 CREATE TABLE chunks_scoped (
                     tenant TEXT NOT NULL, chunk_id BLOB NOT NULL, scope TEXT NOT NULL, pack_id TEXT NOT NULL,
                     PRIMARY KEY (tenant, chunk_id, scope)) WITHOUT ROWID;
-                INSERT INTO chunks_scoped(tenant, chunk_id, scope, pack_id) SELECT tenant, chunk_id, '', pack_id FROM chunks;
+                INSERT INTO chunks_scoped(tenant, chunk_id, scope, pack_id) SELECT tenant, chunk_id, '', pack_id FROM \
+                chunks;
                 DROP TABLE chunks;
                 ALTER TABLE chunks_scoped RENAME TO chunks;
                 """)
@@ -127,7 +136,8 @@ extension Catalog {
         m.registerMigration("v10-damaged-packs") { db in
             try db.execute(sql: """
                 CREATE TABLE damaged_packs (
-                    tenant TEXT NOT NULL, pack TEXT NOT NULL, uploader TEXT, reported_at REAL NOT NULL, reporter TEXT NOT NULL,
+                    tenant TEXT NOT NULL, pack TEXT NOT NULL, uploader TEXT, reported_at REAL NOT NULL, reporter TEXT \
+                NOT NULL,
                     problem TEXT NOT NULL, PRIMARY KEY (tenant, pack)) WITHOUT ROWID;
                 """)
         }

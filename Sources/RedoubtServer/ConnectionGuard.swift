@@ -144,7 +144,8 @@ final class HandshakeGuardHandler: ChannelInboundHandler {
             handshakeDone = true
             timer?.cancel()
             timer = nil
-            if let cert = try? context.pipeline.syncOperations.nioSSL_peerCertificate(), let der = try? cert.toDERBytes() {
+            if let cert = try? context.pipeline.syncOperations.nioSSL_peerCertificate(),
+                let der = try? cert.toDERBytes() {
                 let fingerprint = certificateFingerprint(der: der)
                 if counter.open(credential: fingerprint) {
                     credential = fingerprint
@@ -164,10 +165,16 @@ final class HandshakeGuardHandler: ChannelInboundHandler {
         let max = counter.limits.maxConnectionsPerCredential
         let body = #"{"code":"E_TOO_MANY_CONNECTIONS","message":"this credential already has \#(max) connections open "#
             + #"(limit connections-per-credential): close some, or ask the server's operator to raise it"}"#
-        let head = "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nx-redoubt-error: E_TOO_MANY_CONNECTIONS\r\n"
+        let head =
+            """
+                HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nx-redoubt-error: \
+                E_TOO_MANY_CONNECTIONS\r\n
+                """
             + "connection: close\r\ncontent-length: \(body.utf8.count)\r\n\r\n"
         let bytes = context.channel.allocator.buffer(string: head + body)
-        context.writeAndFlush(NIOAny(bytes)).assumeIsolated().whenComplete { [context] _ in context.close(promise: nil) }
+        context.writeAndFlush(NIOAny(bytes)).assumeIsolated().whenComplete {
+            [context] _ in context.close(promise: nil)
+        }
     }
 
     func channelInactive(context: ChannelHandlerContext) {
@@ -208,7 +215,8 @@ struct GuardedTLSChannel: ServerChildChannel {
     }
 
     /// The Hummingbird server builder for this channel.
-    static func builder(tls: TLSConfiguration, limits: ServerLimits, counter: ConnectionCounter) throws -> HTTPServerBuilder {
+    static func builder(tls: TLSConfiguration, limits: ServerLimits,
+        counter: ConnectionCounter) throws -> HTTPServerBuilder {
         let context = try NIOSSLContext(configuration: tls)
         let decoder = HTTP1Channel.Configuration.DecoderConfiguration(maxHeaderFieldSize: limits.maxHeaderBytes,
                                                                       maxHeaderListSize: limits.maxHeaderBytes,
@@ -216,7 +224,8 @@ struct GuardedTLSChannel: ServerChildChannel {
         let config = HTTP1Channel.Configuration(idleTimeout: .milliseconds(Int64(limits.idleTimeoutSeconds * 1000)),
                                                 httpDecoderConfiguration: decoder)
         return HTTPServerBuilder { responder in
-            GuardedTLSChannel(http: HTTP1Channel(responder: responder, configuration: config), sslContext: context, counter: counter)
+            GuardedTLSChannel(http: HTTP1Channel(responder: responder, configuration: config), sslContext: context,
+                counter: counter)
         }
     }
 }

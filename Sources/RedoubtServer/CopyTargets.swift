@@ -92,7 +92,9 @@ public actor CopyJobs {
 
     /// Keeps held objects locked ahead of the clock (legal holds ride on this ticker).
     func holdTick() async {
-        do { try await service?.enforceHolds() } catch { service?.logger.error("legal hold check failed", metadata: ["error": "\(error)"]) }
+        do { try await service?.enforceHolds() } catch {
+            service?.logger.error("legal hold check failed", metadata: ["error": "\(error)"])
+        }
     }
 
     public func stop() {
@@ -102,8 +104,11 @@ public actor CopyJobs {
 
     /// Queues every tenant with a target whose proof is older than a day or whose last sync failed.
     func tick() {
-        guard let service, let targets = try? service.catalog.copyTargets(), let now = try? service.now() else { return }
-        for t in targets where (t.lastProofAt ?? .distantPast) < now.addingTimeInterval(-Self.reproofInterval) || t.lastSyncOK == false {
+        guard let service, let targets = try? service.catalog.copyTargets(), let now = try? service.now() else {
+            return
+        }
+        for t in targets where (t.lastProofAt ?? .distantPast) < now.addingTimeInterval(-Self.reproofInterval)
+            || t.lastSyncOK == false {
             kick(t.tenant)
         }
     }
@@ -132,24 +137,31 @@ extension RepositoryService {
     /// Adds a copy target after proving it enforces Object Lock COMPLIANCE. A target that
     /// fails the proof is refused, unless `acceptUnenforced` — which needs approval.
     public func addCopyTarget(_ req: Wire.AddCopyTargetRequest, ctx: CallContext) async throws -> Wire.CopyTargetInfo {
-        guard let rec = try catalog.tenant(req.tenant) else { throw ServerError.notFound("tenant \(req.tenant) does not exist") }
+        guard let rec = try catalog.tenant(req.tenant) else {
+            throw ServerError.notFound("tenant \(req.tenant) does not exist")
+        }
         guard rec.shreddedAt == nil else { throw ServerError.shredded(req.tenant) }
-        guard req.marginSeconds.isFinite, req.marginSeconds >= 0, req.marginSeconds <= CopyApproval.maxMarginSeconds else {
+        guard req.marginSeconds.isFinite, req.marginSeconds >= 0,
+            req.marginSeconds <= CopyApproval.maxMarginSeconds else {
             throw ServerError.badRequest("the retention margin must be between 0 and 10 years")
         }
         let now = try now()
         var target = CopyTarget(
-            info: Wire.CopyTargetInfo(id: hexString((0..<6).map { _ in UInt8.random(in: 0...255) }), tenant: req.tenant, url: req.url,
+            info: Wire.CopyTargetInfo(id: hexString((0..<6).map { _ in UInt8.random(in: 0...255) }), tenant: req.tenant,
+                url: req.url,
                                       endpoint: req.endpoint, region: req.region, marginSeconds: req.marginSeconds,
-                                      acceptUnenforced: req.acceptUnenforced ?? false, createdAt: now, lastProofAt: nil, lastProofOK: nil,
+                                      acceptUnenforced: req.acceptUnenforced ?? false, createdAt: now, lastProofAt: nil,
+                                          lastProofOK: nil,
                                       lastProofDetail: nil, lastSyncAt: nil, lastSyncOK: nil, lastSyncDetail: nil),
             credentialsFile: req.credentialsFile, virtualHosted: req.virtualHosted ?? false)
         // Checked before an approval is used up or the endpoint is contacted at all.
         _ = try target.target()
         if target.acceptUnenforced {
             try authorize(.acceptUnenforced, object: "copy target \(req.url)",
-                          parameters: CopyApproval.parameters(tenant: req.tenant, endpoint: req.endpoint, region: req.region,
-                                                              credentialsFile: req.credentialsFile, virtualHosted: req.virtualHosted ?? false,
+                          parameters: CopyApproval.parameters(tenant: req.tenant, endpoint: req.endpoint,
+                              region: req.region,
+                                                              credentialsFile: req.credentialsFile,
+                                                                  virtualHosted: req.virtualHosted ?? false,
                                                               marginSeconds: req.marginSeconds),
                           requestID: req.requestID, consume: true, ctx: ctx)
         }
@@ -158,16 +170,21 @@ extension RepositoryService {
         target.lastProofAt = now
         target.lastProofOK = proof.passed
         target.lastProofDetail = proof.firstFailure ?? "all lock checks passed"
-        audit(ctx, .copyProof, object: req.url, outcome: proof.passed ? "ok" : (target.acceptUnenforced ? "warning" : "denied"),
+        audit(ctx, .copyProof, object: req.url,
+            outcome: proof.passed ? "ok" : (target.acceptUnenforced ? "warning" : "denied"),
               detail: target.lastProofDetail ?? "")
         guard proof.passed || target.acceptUnenforced else {
-            var refused = ServerError.badRequest("copy target \(req.url) does not enforce Object Lock COMPLIANCE (\(proof.firstFailure ?? "?")): use a bucket with Object Lock and versioning enabled; only with approval can --accept-unenforced keep it")
+            var refused =
+                ServerError.badRequest("copy target \(req.url) does not enforce Object Lock COMPLIANCE (\(proof.firstFailure ?? "?")): use a bucket with Object Lock and versioning enabled; only with approval can --accept-unenforced keep it")
             refused.audited = true  // as copy-proof, just above
             throw refused
         }
         try catalog.insertCopyTarget(target)
         audit(ctx, .addCopyTarget, object: req.url, outcome: "ok",
-              detail: "id=\(target.id) tenant=\(req.tenant) margin=\(Int(req.marginSeconds))s\(target.acceptUnenforced ? " UNENFORCED" : "")")
+              detail: """
+                  id=\(target.id) tenant=\(req.tenant) \
+                  margin=\(Int(req.marginSeconds))s\(target.acceptUnenforced ? " UNENFORCED" : "")
+                  """)
         await copyJobs.kick(req.tenant, service: self)
         return target.info
     }
@@ -175,9 +192,13 @@ extension RepositoryService {
     public func listCopyTargets() throws -> [Wire.CopyTargetInfo] { try catalog.copyTargets().map(\.info) }
 
     /// Removes a target (the bucket and its locked objects stay as they are): needs approval.
-    public func removeCopyTarget(id: String, _ req: Wire.ApprovedChange, ctx: CallContext) throws -> [Wire.CopyTargetInfo] {
-        guard let t = try catalog.copyTargets().first(where: { $0.id == id }) else { throw ServerError.notFound("no copy target \(id): `redoubt admin copy status`") }
-        try authorize(.removeCopyTarget, object: "copy target \(t.url)", parameters: ["id": id], requestID: req.requestID, consume: true, ctx: ctx)
+    public func removeCopyTarget(id: String, _ req: Wire.ApprovedChange,
+        ctx: CallContext) throws -> [Wire.CopyTargetInfo] {
+        guard let t = try catalog.copyTargets().first(where: { $0.id == id }) else {
+            throw ServerError.notFound("no copy target \(id): `redoubt admin copy status`")
+        }
+        try authorize(.removeCopyTarget, object: "copy target \(t.url)", parameters: ["id": id],
+            requestID: req.requestID, consume: true, ctx: ctx)
         _ = try catalog.removeCopyTarget(id, at: try now())
         audit(ctx, .removeCopyTarget, object: t.url, outcome: "ok", detail: "id=\(id) tenant=\(t.tenant)")
         return try listCopyTargets()
@@ -185,7 +206,9 @@ extension RepositoryService {
 
     /// Queues a sync of the target's tenant now.
     public func syncCopyTarget(id: String, wait: Bool) async throws -> Wire.CopyTargetInfo {
-        guard let t = try catalog.copyTargets().first(where: { $0.id == id }) else { throw ServerError.notFound("no copy target \(id): `redoubt admin copy status`") }
+        guard let t = try catalog.copyTargets().first(where: { $0.id == id }) else {
+            throw ServerError.notFound("no copy target \(id): `redoubt admin copy status`")
+        }
         await copyJobs.kick(t.tenant, service: self)
         if wait { await copyJobs.idle() }
         return try catalog.copyTargets().first { $0.id == id }?.info ?? t.info
@@ -207,16 +230,25 @@ extension RepositoryService {
             let now = (try? now()) ?? Date()
             do {
                 try await recordHostKeys(tenant: tenant)
-                let s = try await BucketCopy.sync(catalog: catalog, store: store, tenant: tenant, target: try t.store(), margin: t.marginSeconds,
-                                                  acceptUnenforced: t.acceptUnenforced, actor: "copy-job", now: now) { _ in }
-                try catalog.recordCopyProof(t.id, at: now, ok: s.proof?.passed ?? false, detail: s.proof?.firstFailure ?? "all lock checks passed")
-                try catalog.recordCopySync(t.id, at: now, ok: true, detail: "\(s.copied) copied, \(s.alreadyThere) already there, \(s.extended) extended"
-                                            + (s.legalHolds + s.legalHoldsLifted > 0 ? ", \(s.legalHolds) legal hold(s), \(s.legalHoldsLifted) lifted" : ""))
+                let s = try await BucketCopy.sync(catalog: catalog, store: store, tenant: tenant, target: try t.store(),
+                    margin: t.marginSeconds,
+                                                  acceptUnenforced: t.acceptUnenforced, actor: "copy-job", now: now) {
+                                                      _ in
+                                                  }
+                try catalog.recordCopyProof(t.id, at: now, ok: s.proof?.passed ?? false, detail: s.proof?.firstFailure
+                    ?? "all lock checks passed")
+                try catalog.recordCopySync(t.id, at: now, ok: true,
+                    detail: "\(s.copied) copied, \(s.alreadyThere) already there, \(s.extended) extended"
+                                            + (s.legalHolds
+                                                + s.legalHoldsLifted > 0 ? """
+                                                    , \(s.legalHolds) legal hold(s), \(s.legalHoldsLifted) lifted
+                                                    """ : ""))
             } catch {
                 allOK = false
                 logger.warning("copy to \(t.url) failed", metadata: ["tenant": "\(tenant)", "error": "\(error)"])
                 try? catalog.recordCopySync(t.id, at: now, ok: false, detail: "\(error)")
-                try? catalog.audit(time: now, actor: "copy-job", role: "-", credential: "-", source: "local", action: "copy-sync",
+                try? catalog.audit(time: now, actor: "copy-job", role: "-", credential: "-", source: "local",
+                    action: "copy-sync",
                                    object: t.url, outcome: "error", detail: "tenant \(tenant): \(error)")
             }
         }
@@ -229,7 +261,8 @@ extension RepositoryService {
 public enum CopyApproval {
     public static let maxMarginSeconds: Double = 10 * 365 * 86400
 
-    public static func parameters(tenant: String, endpoint: String, region: String, credentialsFile: String?, virtualHosted: Bool,
+    public static func parameters(tenant: String, endpoint: String, region: String, credentialsFile: String?,
+        virtualHosted: Bool,
                                   marginSeconds: Double) -> [String: String] {
         ["tenant": tenant, "endpoint": endpoint, "region": region, "credentials": credentialsFile ?? "",
          "virtualHosted": String(virtualHosted), "marginSeconds": String(Int(marginSeconds.rounded()))]

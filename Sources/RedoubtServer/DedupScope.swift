@@ -28,9 +28,12 @@ extension RepositoryService {
     /// Narrowing to host scope takes effect at once; widening to tenant scope lets every
     /// host of the tenant confirm guesses about the others' files and reuse their chunks,
     /// so it is a weakening change that needs the admins' quorum.
-    public func setDedupScope(tenant: String, _ req: Wire.SetDedupScopeRequest, ctx: CallContext) throws -> Wire.TenantInfo {
+    public func setDedupScope(tenant: String, _ req: Wire.SetDedupScopeRequest,
+        ctx: CallContext) throws -> Wire.TenantInfo {
         let object = "tenant \(tenant)"
-        guard let rec = try catalog.tenant(tenant) else { throw ServerError.notFound("tenant \(tenant) does not exist") }
+        guard let rec = try catalog.tenant(tenant) else {
+            throw ServerError.notFound("tenant \(tenant) does not exist")
+        }
         guard let scope = DedupScope(rawValue: req.dedupScope) else {
             throw ServerError.badRequest("dedupScope must be \"host\" or \"tenant\"")
         }
@@ -42,15 +45,20 @@ extension RepositoryService {
         }
         guard try catalog.setDedupScope(tenant: tenant, scope, from: current) else {
             throw refuse(ctx, .setDedupScope, object: object, ServerError(409, "E_CONFLICT",
-                "tenant \(tenant)'s dedup scope changed meanwhile; look again (`redoubt admin tenant list`) and repeat"))
+                """
+                    tenant \(tenant)'s dedup scope changed meanwhile; look again (`redoubt admin tenant list`) and \
+                    repeat
+                    """))
         }
-        audit(ctx, .setDedupScope, object: object, outcome: "ok", detail: "dedup-scope \(current.rawValue)→\(scope.rawValue)")
+        audit(ctx, .setDedupScope, object: object, outcome: "ok",
+            detail: "dedup-scope \(current.rawValue)→\(scope.rawValue)")
         return try tenantInfo(rec)
     }
 
     /// What tenant listings show of a tenant (`scope` when the caller has read it already).
     func tenantInfo(_ rec: TenantRecord, scope: DedupScope? = nil) throws -> Wire.TenantInfo {
-        Wire.TenantInfo(name: rec.name, readKeyID: rec.readKeyID, minRetentionSeconds: rec.minRetention, createdAt: rec.createdAt,
+        Wire.TenantInfo(name: rec.name, readKeyID: rec.readKeyID, minRetentionSeconds: rec.minRetention,
+            createdAt: rec.createdAt,
                         dedupScope: try (scope ?? catalog.dedupScope(tenant: rec.name)).rawValue)
     }
 }

@@ -57,7 +57,8 @@ extension Catalog {
                 while sum < budget, due.count < Wire.DeepVerifyState.maxDue, let r = try rows.next() {
                     let size: Int64 = r["size"]
                     let at = (r["verified_at"] as Double?).map(Date.init(timeIntervalSince1970:))
-                    due.append(Wire.DeepVerifyPack(id: r["id"], size: size, lastVerifiedAt: at, lastOutcome: r["outcome"]))
+                    due.append(Wire.DeepVerifyPack(id: r["id"], size: size, lastVerifiedAt: at,
+                        lastOutcome: r["outcome"]))
                     sum += size
                 }
             }

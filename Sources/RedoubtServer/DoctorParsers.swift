@@ -42,13 +42,19 @@ public enum MountInfo {
     /// Why `fsType` is not a local filesystem, or nil if it is one.
     public static func remoteKind(_ fsType: String) -> String? {
         let t = fsType.lowercased()
-        if t == "fuse" || t == "fuseblk" || t.hasPrefix("fuse.") { return t == "fuse.sshfs" ? "an SSHFS (FUSE) mount" : "a FUSE mount" }
+        if t == "fuse" || t == "fuseblk" || t.hasPrefix("fuse.") {
+            return t == "fuse.sshfs" ? "an SSHFS (FUSE) mount" : "a FUSE mount"
+        }
         let network: [String: String] = [
-            "nfs": "an NFS mount", "nfs4": "an NFS mount", "cifs": "a CIFS/SMB mount", "smb3": "a CIFS/SMB mount", "smbfs": "a CIFS/SMB mount",
-            "9p": "a 9P (network) mount", "afs": "an AFS mount", "ceph": "a CephFS mount", "glusterfs": "a GlusterFS mount",
+            "nfs": "an NFS mount", "nfs4": "an NFS mount", "cifs": "a CIFS/SMB mount", "smb3": "a CIFS/SMB mount",
+                "smbfs": "a CIFS/SMB mount",
+            "9p": "a 9P (network) mount", "afs": "an AFS mount", "ceph": "a CephFS mount",
+                "glusterfs": "a GlusterFS mount",
             "lustre": "a Lustre mount", "ncpfs": "a NetWare mount", "ncp": "a NetWare mount", "davfs": "a WebDAV mount",
-            "ocfs2": "a cluster (OCFS2) mount", "gfs2": "a cluster (GFS2) mount", "beegfs": "a BeeGFS mount", "gpfs": "a GPFS mount",
-            "virtiofs": "a virtiofs (host-shared) mount", "vboxsf": "a VirtualBox shared folder", "vmhgfs": "a VMware shared folder",
+            "ocfs2": "a cluster (OCFS2) mount", "gfs2": "a cluster (GFS2) mount", "beegfs": "a BeeGFS mount",
+                "gpfs": "a GPFS mount",
+            "virtiofs": "a virtiofs (host-shared) mount", "vboxsf": "a VirtualBox shared folder",
+                "vmhgfs": "a VMware shared folder",
         ]
         return network[t]
     }
@@ -125,7 +131,8 @@ public struct INIConfig: Sendable, Equatable {
         public let name: String
         public var entries: [(key: String, value: String)]
         public static func == (a: Section, b: Section) -> Bool {
-            a.name == b.name && a.entries.map(\.key) == b.entries.map(\.key) && a.entries.map(\.value) == b.entries.map(\.value)
+            a.name == b.name && a.entries.map(\.key) == b.entries.map(\.key)
+                && a.entries.map(\.value) == b.entries.map(\.value)
         }
 
         /// The first value of `key` (already normalised: lower case, no spaces).
@@ -144,7 +151,8 @@ public struct INIConfig: Sendable, Equatable {
             let line = raw.trimmingCharacters(in: .whitespaces)
             guard !line.isEmpty, !line.hasPrefix("#"), !line.hasPrefix(";") else { continue }
             if line.hasPrefix("["), let close = line.firstIndex(of: "]") {
-                sections.append(Section(name: String(line[line.index(after: line.startIndex)..<close]).trimmingCharacters(in: .whitespaces), entries: []))
+                sections.append(Section(name: String(line[line.index(after: line.startIndex)..<close])
+                    .trimmingCharacters(in: .whitespaces), entries: []))
                 continue
             }
             guard let eq = line.firstIndex(of: "=") else { continue }
@@ -215,11 +223,17 @@ public struct SSHDConfig: Sendable, Equatable {
                 var rest = line[keyEnd...].drop { $0 == " " || $0 == "\t" }
                 if rest.first == "=" { rest = rest.dropFirst().drop { $0 == " " || $0 == "\t" } }
                 var value = String(rest)
-                if let hash = value.firstIndex(of: "#"), value.first != "\"" { value = String(value[..<hash]).trimmingCharacters(in: .whitespaces) }
-                if value.hasPrefix("\""), value.hasSuffix("\""), value.count >= 2 { value = String(value.dropFirst().dropLast()) }
+                if let hash = value.firstIndex(of: "#"), value.first != "\"" {
+                    value = String(value[..<hash]).trimmingCharacters(in: .whitespaces)
+                }
+                if value.hasPrefix("\""), value.hasSuffix("\""), value.count >= 2 {
+                    value = String(value.dropFirst().dropLast())
+                }
                 if key == "match" { match = line; continue }
                 if key == "include" {
-                    for pattern in value.split(separator: " ") { for f in expand(String(pattern), list: list) { load(f, inMatch: match) } }
+                    for pattern in value.split(separator: " ") {
+                        for f in expand(String(pattern), list: list) { load(f, inMatch: match) }
+                    }
                     continue
                 }
                 // ChallengeResponseAuthentication is the deprecated alias of KbdInteractiveAuthentication.
@@ -252,10 +266,14 @@ public struct CapabilitySet: Sendable, Equatable {
     public static let linuxImmutable = 9
     public static let netBindService = 10
     public static let names = [
-        "chown", "dac_override", "dac_read_search", "fowner", "fsetid", "kill", "setgid", "setuid", "setpcap", "linux_immutable",
-        "net_bind_service", "net_broadcast", "net_admin", "net_raw", "ipc_lock", "ipc_owner", "sys_module", "sys_rawio", "sys_chroot",
-        "sys_ptrace", "sys_pacct", "sys_admin", "sys_boot", "sys_nice", "sys_resource", "sys_time", "sys_tty_config", "mknod", "lease",
-        "audit_write", "audit_control", "setfcap", "mac_override", "mac_admin", "syslog", "wake_alarm", "block_suspend", "audit_read",
+        "chown", "dac_override", "dac_read_search", "fowner", "fsetid", "kill", "setgid", "setuid", "setpcap",
+            "linux_immutable",
+        "net_bind_service", "net_broadcast", "net_admin", "net_raw", "ipc_lock", "ipc_owner", "sys_module", "sys_rawio",
+            "sys_chroot",
+        "sys_ptrace", "sys_pacct", "sys_admin", "sys_boot", "sys_nice", "sys_resource", "sys_time", "sys_tty_config",
+            "mknod", "lease",
+        "audit_write", "audit_control", "setfcap", "mac_override", "mac_admin", "syslog", "wake_alarm", "block_suspend",
+            "audit_read",
         "perfmon", "bpf", "checkpoint_restore",
     ]
 
@@ -287,7 +305,9 @@ public enum OSRelease {
             let line = raw.trimmingCharacters(in: .whitespaces)
             guard !line.hasPrefix("#"), let eq = line.firstIndex(of: "=") else { continue }
             var v = String(line[line.index(after: eq)...])
-            if v.count >= 2, let f = v.first, f == "\"" || f == "'", v.last == f { v = String(v.dropFirst().dropLast()) }
+            if v.count >= 2, let f = v.first, f == "\"" || f == "'", v.last == f {
+                v = String(v.dropFirst().dropLast())
+            }
             out[String(line[..<eq])] = v
         }
         return out

@@ -24,24 +24,33 @@ extension RepositoryService {
 
     /// `POST /v1/tenants/{tenant}/gc` (admin): see the comment at the top of this file.
     public func collectGarbage(tenant: String, _ req: Wire.GCRequest, ctx: CallContext) async throws -> Wire.GCReport {
-        guard let p = ctx.principal, p.role == .admin else { throw ServerError.forbidden("only an admin may collect garbage") }
-        guard try catalog.tenant(tenant) != nil else { throw ServerError.notFound("tenant \(tenant) does not exist: `redoubt admin tenant list`") }
+        guard let p = ctx.principal, p.role == .admin else {
+            throw ServerError.forbidden("only an admin may collect garbage")
+        }
+        guard try catalog.tenant(tenant) != nil else {
+            throw ServerError.notFound("tenant \(tenant) does not exist: `redoubt admin tenant list`")
+        }
         // One run per tenant at a time (a retried request must not race the first).
         guard gcRunning.withLock({ $0.insert(tenant).inserted }) else {
-            throw ServerError(409, "E_CONFLICT", "garbage collection of tenant \(tenant) is already running; wait for it to finish")
+            throw ServerError(409, "E_CONFLICT",
+                "garbage collection of tenant \(tenant) is already running; wait for it to finish")
         }
         defer { _ = gcRunning.withLock { $0.remove(tenant) } }
         let now = try now()
         let plan = try catalog.collect(tenant: tenant, now: now, grace: Self.gcGrace, dryRun: req.dryRun)
         let bytes = plan.packs.reduce(Int64(0)) { $0 + $1.size }
         func report(pending: Int) -> Wire.GCReport {
-            Wire.GCReport(tenant: tenant, dryRun: req.dryRun, snapshotsRemoved: plan.snapshots, keptNewest: plan.keptNewest, keptHeld: plan.keptHeld,
+            Wire.GCReport(tenant: tenant, dryRun: req.dryRun, snapshotsRemoved: plan.snapshots,
+                keptNewest: plan.keptNewest, keptHeld: plan.keptHeld,
                           packsRemoved: plan.packs.count, bytesRemoved: bytes, pendingDeletes: pending)
         }
         guard !req.dryRun else { return report(pending: 0) }
         // Audited as soon as the catalog side is done, whatever happens to the store side.
         audit(ctx, .collectGarbage, object: "tenant \(tenant)", outcome: "ok",
-              detail: "snapshots=\(plan.snapshots.count) packs=\(plan.packs.count) bytes=\(bytes) kept-newest=\(plan.keptNewest) kept-held=\(plan.keptHeld) "
+              detail: """
+                  snapshots=\(plan.snapshots.count) packs=\(plan.packs.count) bytes=\(bytes) \
+                  kept-newest=\(plan.keptNewest) kept-held=\(plan.keptHeld) 
+                  """
                 + "removed=\(plan.snapshots.joined(separator: ","))")
         if try catalog.isTenantHeld(tenant) {
             // A tenant hold keeps even what an earlier run queued (and frees its claims, so
@@ -64,11 +73,13 @@ extension RepositoryService {
             } catch {
                 try catalog.finishPendingDelete(k, done: false)
                 pending += 1
-                logger.warning("gc: could not delete a store object; the next run retries", metadata: ["key": "\(k)", "error": "\(error)"])
+                logger.warning("gc: could not delete a store object; the next run retries", metadata: ["key": "\(k)",
+                    "error": "\(error)"])
                 audit(ctx, .gcDelete, object: k, outcome: "error", detail: "\(error)")
             }
         }
-        audit(ctx, .gcStore, object: "tenant \(tenant)", outcome: pending == 0 ? "ok" : "partial", detail: "pending=\(pending)")
+        audit(ctx, .gcStore, object: "tenant \(tenant)", outcome: pending == 0 ? "ok" : "partial",
+            detail: "pending=\(pending)")
         return report(pending: pending)
     }
 }

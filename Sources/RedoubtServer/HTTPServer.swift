@@ -31,14 +31,16 @@ struct AuthMiddleware: RouterMiddleware {
     typealias Context = RedoubtRequestContext
     let service: RepositoryService
 
-    func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
+    func handle(_ request: Request, context: Context, next: (Request,
+        Context) async throws -> Response) async throws -> Response {
         var ctx = context
         ctx.call = try await caller(context)
         let what = "\(request.method) \(request.uri.path)"
         // Why: the route is the one the router chose (its `endpointPath`), so the policy
         // can never judge another route than the handler that runs.
         let chosen = context.endpointPath.flatMap { RedoubtHTTP.routesByEndpoint["\(request.method) \($0)"] }
-        switch Self.admission(route: chosen, role: ctx.call.principal?.role, certificate: ctx.call.certificate, what: what) {
+        switch Self.admission(route: chosen, role: ctx.call.principal?.role, certificate: ctx.call.certificate,
+            what: what) {
         case .refuse(let action, let error):
             return withoutMarks(errorResponse(service.refuse(ctx.call, action, object: what, error)))
         case .admit(let action):
@@ -74,13 +76,15 @@ struct AuthMiddleware: RouterMiddleware {
     static func admission(route: Route?, role: Role?, certificate presented: String?, what: String) -> Admission {
         guard let route else {
             if role == nil { return .refuse(.unknownRoute, .unauthorized("no valid client certificate")) }
-            return .refuse(.unknownRoute, .forbidden("\(what) is not part of the API; nothing deletes or overwrites backups"))
+            return .refuse(.unknownRoute,
+                .forbidden("\(what) is not part of the API; nothing deletes or overwrites backups"))
         }
         let action = route.action
         if route.access != .anyone && role == nil {
             // A certificate this CA issued but the catalog does not know was revoked (or
             // enrolled into a catalog since lost): say so, not "enroll first".
-            let why = presented.map { "this credential (certificate \($0.prefix(16))) was revoked or is not enrolled here: "
+            let why =
+                presented.map { "this credential (certificate \($0.prefix(16))) was revoked or is not enrolled here: "
                 + "ask an admin for a new enrollment token and enroll again (`redoubt enroll TOKEN`)" }
                 ?? "a client certificate from this server's CA is required: enroll first (`redoubt enroll TOKEN`)"
             return .refuse(action, .unauthorized(why))
@@ -93,8 +97,12 @@ struct AuthMiddleware: RouterMiddleware {
 
     /// Why: the audit log must show attempts to change things that failed, not only
     /// refusals by role (a probing credential, a bad quorum, a missing name).
-    private func auditFailure(_ response: Response, method: HTTPRequest.Method, call: CallContext, action: Action, what: String) {
-        guard response.status.code >= 400, method != .get, method != .head, response.headers[auditedHeader] == nil else { return }
+    private func auditFailure(_ response: Response, method: HTTPRequest.Method, call: CallContext, action: Action,
+        what: String) {
+        guard response.status.code >= 400, method != .get, method != .head,
+            response.headers[auditedHeader] == nil else {
+            return
+        }
         service.audit(call, action, object: what, outcome: "error",
                       detail: "\(response.status.code) \(response.headers[errorCodeHeader] ?? "")")
     }
@@ -115,11 +123,13 @@ func jsonResponse<T: Encodable>(_ value: T, status: HTTPResponse.Status = .ok) -
     let e = WireDate.encoder()
     e.outputFormatting = [.sortedKeys]
     let data = (try? e.encode(value)) ?? Data("{}".utf8)
-    return Response(status: status, headers: [.contentType: "application/json"], body: .init(byteBuffer: ByteBuffer(bytes: data)))
+    return Response(status: status, headers: [.contentType: "application/json"],
+        body: .init(byteBuffer: ByteBuffer(bytes: data)))
 }
 
 func bytesResponse(_ bytes: [UInt8]) -> Response {
-    Response(status: .ok, headers: [.contentType: "application/octet-stream"], body: .init(byteBuffer: ByteBuffer(bytes: bytes)))
+    Response(status: .ok, headers: [.contentType: "application/octet-stream"],
+        body: .init(byteBuffer: ByteBuffer(bytes: bytes)))
 }
 
 func errorResponse(_ e: ServerError) -> Response {
@@ -146,7 +156,8 @@ func handle(_ logger: Logger, _ body: () async throws -> Response) async -> Resp
     } catch let e as CoreError {
         return errorResponse(ServerError(422, e.code.rawValue, e.description))
     } catch is NIOTooManyBytesError {
-        return errorResponse(ServerError(413, "E_TOO_LARGE", "request body exceeds the limit for this endpoint (see docs/PROTOCOL.md §3)"))
+        return errorResponse(ServerError(413, "E_TOO_LARGE",
+            "request body exceeds the limit for this endpoint (see docs/PROTOCOL.md §3)"))
     } catch let e as HTTPError {
         return errorResponse(ServerError(Int(e.status.code), "E_HTTP", e.body ?? "\(e.status)"))
     } catch {
@@ -175,17 +186,23 @@ public enum RedoubtHTTP {
             jsonResponse(["status": "ok", "version": RedoubtVersion.string])
         },
         Route(.post, "/v1/enroll", .enroll, .anyone) { service, logger, req, ctx in
-            await handle(logger) { jsonResponse(try service.enroll(try await req.json(Wire.EnrollRequest.self), ctx: ctx.call)) }
+            await handle(logger) {
+                jsonResponse(try service.enroll(try await req.json(Wire.EnrollRequest.self), ctx: ctx.call))
+            }
         },
         Route(.post, "/v1/chunks/query", .queryChunks, .roles([.writer, .restorer])) { service, logger, req, ctx in
-            await handle(logger) { bytesResponse(try service.queryChunks(try await req.bytes(limit: 100_000 * 32), ctx: ctx.call)) }
+            await handle(logger) {
+                bytesResponse(try service.queryChunks(try await req.bytes(limit: 100_000 * 32), ctx: ctx.call))
+            }
         },
         Route(.put, "/v1/packs/{id}", .uploadPack, .writer) { service, logger, req, ctx in
             await handle(logger) {
                 let id = ctx.parameters.get("id") ?? ""
                 let limit = service.limits.maxPackBytes
                 let r = if let spool = service.uploads {
-                    try await spool.receive(req, limit: limit) { try await service.uploadPack(idHex: id, file: $0, size: $1, ctx: ctx.call) }
+                    try await spool.receive(req, limit: limit) {
+                        try await service.uploadPack(idHex: id, file: $0, size: $1, ctx: ctx.call)
+                    }
                 } else {
                     try await service.uploadPack(idHex: id, bytes: try await req.bytes(limit: limit), ctx: ctx.call)
                 }
@@ -193,20 +210,26 @@ public enum RedoubtHTTP {
             }
         },
         Route(.post, "/v1/packs/chunk-lists", .packChunkLists, .restorer) { service, logger, req, ctx in
-            await handle(logger) { bytesResponse(try await service.packChunkLists(try await req.bytes(limit: 100_000 * 32), ctx: ctx.call)) }
+            await handle(logger) {
+                bytesResponse(try await service.packChunkLists(try await req.bytes(limit: 100_000 * 32), ctx: ctx.call))
+            }
         },
         Route(.get, "/v1/packs/{id}", .getPack, .restorer) { service, logger, _, ctx in
-            await handle(logger) { bytesResponse(try await service.pack(ctx.parameters.get("id") ?? "", ctx: ctx.call)) }
+            await handle(logger) {
+                bytesResponse(try await service.pack(ctx.parameters.get("id") ?? "", ctx: ctx.call))
+            }
         },
         Route(.post, "/v1/packs/{id}/damaged", .reportDamagedPack, .restorer) { service, logger, req, ctx in
             await handle(logger) {
                 jsonResponse(try service.reportDamagedPack(idHex: ctx.parameters.get("id") ?? "",
-                                                           try await req.json(Wire.DamagedPackReport.self), ctx: ctx.call))
+                                                           try await req.json(Wire.DamagedPackReport.self),
+                                                               ctx: ctx.call))
             }
         },
         Route(.post, "/v1/packs/verified", .reportVerifiedPacks, .restorer) { service, logger, req, ctx in
             await handle(logger) {
-                jsonResponse(try service.reportVerifiedPacks(try await req.json(Wire.PacksVerifiedReport.self), ctx: ctx.call))
+                jsonResponse(try service.reportVerifiedPacks(try await req.json(Wire.PacksVerifiedReport.self),
+                    ctx: ctx.call))
             }
         },
         Route(.get, "/v1/deep-verify", .deepVerifyState, .restorer) { service, logger, req, ctx in
@@ -216,7 +239,10 @@ public enum RedoubtHTTP {
         },
         Route(.post, "/v1/snapshots", .commitSnapshot, .writer) { service, logger, req, ctx in
             let os = req.headers.first { $0.name.canonicalName == Wire.hostOSHeader.lowercased() }?.value
-            return await handle(logger) { jsonResponse(try await service.commit(try await req.bytes(limit: min(service.limits.maxManifestBytes, Manifest.maxSize)), os: os, ctx: ctx.call), status: .created) }
+            return await handle(logger) {
+                jsonResponse(try await service.commit(try await req.bytes(limit: min(service.limits.maxManifestBytes,
+                    Manifest.maxSize)), os: os, ctx: ctx.call), status: .created)
+            }
         },
         Route(.get, "/v1/snapshots", .listSnapshots, .anyRole) { service, logger, req, ctx in
             await handle(logger) {
@@ -227,39 +253,59 @@ public enum RedoubtHTTP {
             }
         },
         Route(.get, "/v1/snapshots/{id}", .showSnapshot, .anyRole) { service, logger, _, ctx in
-            await handle(logger) { jsonResponse(try service.showSnapshot(ctx.parameters.get("id") ?? "", ctx: ctx.call)) }
+            await handle(logger) {
+                jsonResponse(try service.showSnapshot(ctx.parameters.get("id") ?? "", ctx: ctx.call))
+            }
         },
         Route(.get, "/v1/snapshots/{id}/manifest", .getManifest, .restorer) { service, logger, _, ctx in
-            await handle(logger) { bytesResponse(try await service.manifest(ctx.parameters.get("id") ?? "", ctx: ctx.call)) }
+            await handle(logger) {
+                bytesResponse(try await service.manifest(ctx.parameters.get("id") ?? "", ctx: ctx.call))
+            }
         },
-        Route(.post, "/v1/snapshots/{id}/verify", .verifySnapshot, .roles([.restorer, .admin, .auditor])) { service, logger, _, ctx in
-            await handle(logger) { jsonResponse(try await service.verify(ctx.parameters.get("id") ?? "", ctx: ctx.call)) }
+        Route(.post, "/v1/snapshots/{id}/verify", .verifySnapshot, .roles([.restorer, .admin, .auditor])) { service,
+            logger, _, ctx in
+            await handle(logger) {
+                jsonResponse(try await service.verify(ctx.parameters.get("id") ?? "", ctx: ctx.call))
+            }
         },
         Route(.post, "/v1/tenants", .createTenant, .admin) { service, logger, req, ctx in
-            await handle(logger) { jsonResponse(try await service.createTenant(try await req.json(Wire.CreateTenantRequest.self), ctx: ctx.call), status: .created) }
+            await handle(logger) {
+                jsonResponse(try await service.createTenant(try await req.json(Wire.CreateTenantRequest.self),
+                    ctx: ctx.call), status: .created)
+            }
         },
-        Route(.get, "/v1/tenants", .listTenants, .admin) { service, logger, _, _ in await handle(logger) { jsonResponse(try service.listTenants()) } },
+        Route(.get, "/v1/tenants", .listTenants, .admin) { service, logger, _,
+            _ in await handle(logger) { jsonResponse(try service.listTenants()) } },
         Route(.post, "/v1/tenants/{tenant}/enrollments", .createEnrollment, .admin) { service, logger, req, ctx in
             await handle(logger) {
-                jsonResponse(try service.createEnrollment(tenant: ctx.parameters.get("tenant") ?? "", try await req.json(Wire.CreateEnrollmentRequest.self),
+                jsonResponse(try service.createEnrollment(tenant: ctx.parameters.get("tenant") ?? "",
+                    try await req.json(Wire.CreateEnrollmentRequest.self),
                                                           ctx: ctx.call), status: .created)
             }
         },
-        Route(.get, "/v1/tenants/{tenant}/read-key", .getReadKey, .roles([.admin, .restorer])) { service, logger, _, ctx in
-            await handle(logger) { jsonResponse(try service.readKey(tenant: ctx.parameters.get("tenant") ?? "", ctx: ctx.call)) }
+        Route(.get, "/v1/tenants/{tenant}/read-key", .getReadKey, .roles([.admin, .restorer])) { service, logger, _,
+            ctx in
+            await handle(logger) {
+                jsonResponse(try service.readKey(tenant: ctx.parameters.get("tenant") ?? "", ctx: ctx.call))
+            }
         },
         Route(.put, "/v1/tenants/{tenant}/read-key", .rotateReadKey, .admin) { service, logger, req, ctx in
             await handle(logger) {
-                jsonResponse(try await service.rotateReadKey(tenant: ctx.parameters.get("tenant") ?? "", try await req.json(Wire.RotateReadKeyRequest.self), ctx: ctx.call))
+                jsonResponse(try await service.rotateReadKey(tenant: ctx.parameters.get("tenant") ?? "",
+                    try await req.json(Wire.RotateReadKeyRequest.self), ctx: ctx.call))
             }
         },
-        Route(.post, "/v1/tenants/{tenant}/read-key/destroyed", .markKEKsDestroyed, .admin) { service, logger, req, ctx in
+        Route(.post, "/v1/tenants/{tenant}/read-key/destroyed", .markKEKsDestroyed, .admin) { service, logger, req,
+            ctx in
             await handle(logger) {
-                jsonResponse(try service.markKEKsDestroyed(tenant: ctx.parameters.get("tenant") ?? "", try await req.json(Wire.DestroyedKEKsRequest.self), ctx: ctx.call))
+                jsonResponse(try service.markKEKsDestroyed(tenant: ctx.parameters.get("tenant") ?? "",
+                    try await req.json(Wire.DestroyedKEKsRequest.self), ctx: ctx.call))
             }
         },
         Route(.get, "/v1/tenants/{tenant}/write-material", .getWriteMaterial, .admin) { service, logger, _, ctx in
-            await handle(logger) { jsonResponse(try await service.writeMaterial(tenant: ctx.parameters.get("tenant") ?? "", ctx: ctx.call)) }
+            await handle(logger) {
+                jsonResponse(try await service.writeMaterial(tenant: ctx.parameters.get("tenant") ?? "", ctx: ctx.call))
+            }
         },
         Route(.put, "/v1/tenants/{tenant}/write-material", .restoreWriteMaterial, .admin) { service, logger, req, ctx in
             await handle(logger) {
@@ -269,67 +315,105 @@ public enum RedoubtHTTP {
         },
         Route(.post, "/v1/tenants/{tenant}/shred", .shredTenant, .admin) { service, logger, req, ctx in
             await handle(logger) {
-                jsonResponse(try await service.shredTenant(tenant: ctx.parameters.get("tenant") ?? "", try await req.json(Wire.ShredRequest.self), ctx: ctx.call))
+                jsonResponse(try await service.shredTenant(tenant: ctx.parameters.get("tenant") ?? "",
+                    try await req.json(Wire.ShredRequest.self), ctx: ctx.call))
             }
         },
         Route(.put, "/v1/tenants/{tenant}/retention", .setRetention, .admin) { service, logger, req, ctx in
             await handle(logger) {
-                jsonResponse(try await service.setMinRetention(tenant: ctx.parameters.get("tenant") ?? "", try await req.json(Wire.SetRetentionRequest.self), ctx: ctx.call))
+                jsonResponse(try await service.setMinRetention(tenant: ctx.parameters.get("tenant") ?? "",
+                    try await req.json(Wire.SetRetentionRequest.self), ctx: ctx.call))
             }
         },
         Route(.put, "/v1/tenants/{tenant}/dedup-scope", .setDedupScope, .admin) { service, logger, req, ctx in
             await handle(logger) {
                 jsonResponse(try service.setDedupScope(tenant: ctx.parameters.get("tenant") ?? "",
-                                                       try await req.json(Wire.SetDedupScopeRequest.self), ctx: ctx.call))
+                                                       try await req.json(Wire.SetDedupScopeRequest.self),
+                                                           ctx: ctx.call))
             }
         },
         Route(.post, "/v1/admins", .addAdmin, .admin) { service, logger, req, ctx in
-            await handle(logger) { jsonResponse(try service.addAdmin(try await req.json(Wire.AddAdminRequest.self), ctx: ctx.call), status: .created) }
+            await handle(logger) {
+                jsonResponse(try service.addAdmin(try await req.json(Wire.AddAdminRequest.self), ctx: ctx.call),
+                    status: .created)
+            }
         },
         Route(.post, "/v1/admins/{name}/remove", .removeAdmin, .admin) { service, logger, req, ctx in
-            await handle(logger) { jsonResponse(try service.removeAdmin(name: ctx.parameters.get("name") ?? "", try await req.json(Wire.ApprovedChange.self), ctx: ctx.call)) }
+            await handle(logger) {
+                jsonResponse(try service.removeAdmin(name: ctx.parameters.get("name") ?? "",
+                    try await req.json(Wire.ApprovedChange.self), ctx: ctx.call))
+            }
         },
-        Route(.get, "/v1/quorum", .getQuorum, .admin) { service, logger, _, _ in await handle(logger) { jsonResponse(try service.quorum()) } },
+        Route(.get, "/v1/quorum", .getQuorum, .admin) { service, logger, _,
+            _ in await handle(logger) { jsonResponse(try service.quorum()) } },
         Route(.put, "/v1/quorum", .setQuorum, .admin) { service, logger, req, ctx in
-            await handle(logger) { jsonResponse(try service.setQuorum(try await req.json(Wire.ApprovedChange.self), ctx: ctx.call)) }
+            await handle(logger) {
+                jsonResponse(try service.setQuorum(try await req.json(Wire.ApprovedChange.self), ctx: ctx.call))
+            }
         },
-        Route(.get, "/v1/requests", .listRequests, .admin) { service, logger, _, _ in await handle(logger) { jsonResponse(try service.listRequests().map(\.wire)) } },
+        Route(.get, "/v1/requests", .listRequests, .admin) { service, logger, _,
+            _ in await handle(logger) { jsonResponse(try service.listRequests().map(\.wire)) } },
         Route(.post, "/v1/requests/{id}/approve", .approveRequest, .admin) { service, logger, _, ctx in
-            await handle(logger) { jsonResponse(try service.decideRequest(ctx.parameters.get("id") ?? "", approve: true, ctx: ctx.call).wire) }
+            await handle(logger) {
+                jsonResponse(try service.decideRequest(ctx.parameters.get("id") ?? "", approve: true,
+                    ctx: ctx.call).wire)
+            }
         },
         Route(.post, "/v1/requests/{id}/reject", .rejectRequest, .admin) { service, logger, _, ctx in
-            await handle(logger) { jsonResponse(try service.decideRequest(ctx.parameters.get("id") ?? "", approve: false, ctx: ctx.call).wire) }
+            await handle(logger) {
+                jsonResponse(try service.decideRequest(ctx.parameters.get("id") ?? "", approve: false,
+                    ctx: ctx.call).wire)
+            }
         },
         Route(.post, "/v1/copy-targets", .addCopyTarget, .admin) { service, logger, req, ctx in
-            await handle(logger) { jsonResponse(try await service.addCopyTarget(try await req.json(Wire.AddCopyTargetRequest.self), ctx: ctx.call), status: .created) }
+            await handle(logger) {
+                jsonResponse(try await service.addCopyTarget(try await req.json(Wire.AddCopyTargetRequest.self),
+                    ctx: ctx.call), status: .created)
+            }
         },
-        Route(.get, "/v1/copy-targets", .listCopyTargets, .admin) { service, logger, _, _ in await handle(logger) { jsonResponse(try service.listCopyTargets()) } },
+        Route(.get, "/v1/copy-targets", .listCopyTargets, .admin) { service, logger, _,
+            _ in await handle(logger) { jsonResponse(try service.listCopyTargets()) } },
         Route(.post, "/v1/copy-targets/{id}/remove", .removeCopyTarget, .admin) { service, logger, req, ctx in
-            await handle(logger) { jsonResponse(try service.removeCopyTarget(id: ctx.parameters.get("id") ?? "", try await req.json(Wire.ApprovedChange.self), ctx: ctx.call)) }
+            await handle(logger) {
+                jsonResponse(try service.removeCopyTarget(id: ctx.parameters.get("id") ?? "",
+                    try await req.json(Wire.ApprovedChange.self), ctx: ctx.call))
+            }
         },
         Route(.post, "/v1/copy-targets/{id}/sync", .syncCopyTarget, .admin) { service, logger, req, ctx in
             await handle(logger) {
-                jsonResponse(try await service.syncCopyTarget(id: ctx.parameters.get("id") ?? "", wait: req.uri.queryParameters.get("wait") == "1"))
+                jsonResponse(try await service.syncCopyTarget(id: ctx.parameters.get("id") ?? "",
+                    wait: req.uri.queryParameters.get("wait") == "1"))
             }
         },
         Route(.post, "/v1/holds", .placeHold, .admin) { service, logger, req, ctx in
-            await handle(logger) { jsonResponse(try await service.placeHold(try await req.json(Wire.PlaceHoldRequest.self), ctx: ctx.call), status: .created) }
+            await handle(logger) {
+                jsonResponse(try await service.placeHold(try await req.json(Wire.PlaceHoldRequest.self), ctx: ctx.call),
+                    status: .created)
+            }
         },
-        Route(.get, "/v1/holds", .listHolds, .admin) { service, logger, _, _ in await handle(logger) { jsonResponse(try service.listHolds()) } },
+        Route(.get, "/v1/holds", .listHolds, .admin) { service, logger, _,
+            _ in await handle(logger) { jsonResponse(try service.listHolds()) } },
         Route(.post, "/v1/holds/{id}/release", .releaseHold, .admin) { service, logger, req, ctx in
-            await handle(logger) { jsonResponse(try await service.releaseHold(id: ctx.parameters.get("id") ?? "", try await req.json(Wire.ApprovedChange.self), ctx: ctx.call)) }
+            await handle(logger) {
+                jsonResponse(try await service.releaseHold(id: ctx.parameters.get("id") ?? "",
+                    try await req.json(Wire.ApprovedChange.self), ctx: ctx.call))
+            }
         },
         Route(.get, "/v1/principals", .listPrincipals, .admin) { service, logger, req, _ in
-            await handle(logger) { jsonResponse(try service.listPrincipals(includeRevoked: req.uri.queryParameters.get("all") == "1")) }
+            await handle(logger) {
+                jsonResponse(try service.listPrincipals(includeRevoked: req.uri.queryParameters.get("all") == "1"))
+            }
         },
         Route(.post, "/v1/tenants/{tenant}/gc", .collectGarbage, .admin) { service, logger, req, ctx in
             await handle(logger) {
-                jsonResponse(try await service.collectGarbage(tenant: ctx.parameters.get("tenant") ?? "", try await req.json(Wire.GCRequest.self), ctx: ctx.call))
+                jsonResponse(try await service.collectGarbage(tenant: ctx.parameters.get("tenant") ?? "",
+                    try await req.json(Wire.GCRequest.self), ctx: ctx.call))
             }
         },
         Route(.put, "/v1/tenants/{tenant}/quota", .setQuota, .admin) { service, logger, req, ctx in
             await handle(logger) {
-                jsonResponse(try service.setQuota(tenant: ctx.parameters.get("tenant") ?? "", try await req.json(Wire.SetQuotaRequest.self),
+                jsonResponse(try service.setQuota(tenant: ctx.parameters.get("tenant") ?? "",
+                    try await req.json(Wire.SetQuotaRequest.self),
                                                   ctx: ctx.call))
             }
         },
@@ -340,17 +424,26 @@ public enum RedoubtHTTP {
             }
         },
         Route(.get, "/v1/policies", .listPolicies, .admin) { service, logger, req, _ in
-            await handle(logger) { jsonResponse(try service.listPolicies(tenant: req.uri.queryParameters.get("tenant"))) }
+            await handle(logger) {
+                jsonResponse(try service.listPolicies(tenant: req.uri.queryParameters.get("tenant")))
+            }
         },
         Route(.get, "/v1/tenants/{tenant}/policy/simulate", .simulatePolicy, .admin) { service, logger, _, ctx in
-            await handle(logger) { jsonResponse(try service.simulatePolicies(tenant: ctx.parameters.get("tenant") ?? "")) }
+            await handle(logger) {
+                jsonResponse(try service.simulatePolicies(tenant: ctx.parameters.get("tenant") ?? ""))
+            }
         },
         Route(.post, "/v1/tenants/{tenant}/policy/apply", .applyPolicy, .admin) { service, logger, _, ctx in
-            await handle(logger) { jsonResponse(try await service.applyPolicies(tenant: ctx.parameters.get("tenant") ?? "", host: nil)) }
+            await handle(logger) {
+                jsonResponse(try await service.applyPolicies(tenant: ctx.parameters.get("tenant") ?? "", host: nil))
+            }
         },
-        Route(.get, "/v1/enrollments", .listEnrollments, .admin) { service, logger, _, _ in await handle(logger) { jsonResponse(try service.listEnrollments()) } },
+        Route(.get, "/v1/enrollments", .listEnrollments, .admin) { service, logger, _,
+            _ in await handle(logger) { jsonResponse(try service.listEnrollments()) } },
         Route(.post, "/v1/enrollments/{id}/cancel", .cancelEnrollment, .admin) { service, logger, _, ctx in
-            await handle(logger) { jsonResponse(try service.cancelEnrollment(id: ctx.parameters.get("id") ?? "", ctx: ctx.call)) }
+            await handle(logger) {
+                jsonResponse(try service.cancelEnrollment(id: ctx.parameters.get("id") ?? "", ctx: ctx.call))
+            }
         },
         Route(.post, "/v1/principals/{id}/revoke", .revokePrincipal, .admin) { service, logger, req, ctx in
             await handle(logger) {
@@ -401,7 +494,8 @@ public enum RedoubtHTTP {
     public static func tlsConfiguration(home: ServerHome) throws -> TLSConfiguration {
         let files = try home.tlsMaterial()
         var tls = TLSConfiguration.makeServerConfiguration(
-            certificateChain: [.certificate(try NIOSSLCertificate(bytes: Array(files.serverCertPEM.utf8), format: .pem))],
+            certificateChain: [.certificate(try NIOSSLCertificate(bytes: Array(files.serverCertPEM.utf8),
+                format: .pem))],
             privateKey: .privateKey(try NIOSSLPrivateKey(bytes: Array(files.serverKeyPEM.utf8), format: .pem)))
         tls.minimumTLSVersion = .tlsv13
         tls.trustRoots = .certificates([try NIOSSLCertificate(bytes: Array(files.caCertPEM.utf8), format: .pem)])
@@ -411,8 +505,10 @@ public enum RedoubtHTTP {
 
     /// An application serving `service` over TLS on `host:port` (port 0 picks one;
     /// `onRunning` receives the bound port).
-    public static func application(service: RepositoryService, home: ServerHome, host: String, port: Int, logger: Logger,
-                                   onRunning: @escaping @Sendable (Int) async -> Void = { _ in }) throws -> some ApplicationProtocol {
+    public static func application(service: RepositoryService, home: ServerHome, host: String, port: Int,
+        logger: Logger,
+                                   onRunning: @escaping @Sendable (Int) async -> Void =
+                                       { _ in }) throws -> some ApplicationProtocol {
         Application(router: router(service: service, logger: logger),
                     server: try GuardedTLSChannel.builder(tls: tlsConfiguration(home: home), limits: service.limits,
                                                           counter: service.connections),

@@ -29,7 +29,8 @@ public struct LegalHold: Sendable, Equatable {
     public let releaseRequest: String?
 
     public var wire: Wire.HoldInfo {
-        Wire.HoldInfo(id: id, kind: kind.rawValue, target: target, tenant: tenant, reason: reason, createdBy: createdBy, createdAt: createdAt,
+        Wire.HoldInfo(id: id, kind: kind.rawValue, target: target, tenant: tenant, reason: reason, createdBy: createdBy,
+            createdAt: createdAt,
                       releasedAt: releasedAt, releaseRequest: releaseRequest)
     }
 }
@@ -40,7 +41,9 @@ extension RepositoryService {
 
     /// Places a hold at once (it only strengthens protection), then locks its objects.
     public func placeHold(_ req: Wire.PlaceHoldRequest, ctx: CallContext) async throws -> Wire.HoldInfo {
-        guard let p = ctx.principal, p.role == .admin else { throw ServerError.forbidden("only an admin may place a legal hold") }
+        guard let p = ctx.principal, p.role == .admin else {
+            throw ServerError.forbidden("only an admin may place a legal hold")
+        }
         let reason = req.reason ?? ""
         // The free-text rule (docs/PROTOCOL.md §3.2): the reason is listed and audited.
         guard reason.isEmpty || SafeText.isValidFreeText(reason, maxBytes: 1024) else {
@@ -53,18 +56,25 @@ extension RepositoryService {
         switch (req.snapshot, req.tenant) {
         case (let s?, nil):
             let id = try resolveSnapshotID(s, ctx: ctx)
-            guard let rec = try catalog.snapshot(id: id) else { throw ServerError.notFound("snapshot \(s) not found: `redoubt admin tenant list`, `redoubt snapshots`") }
+            guard let rec = try catalog.snapshot(id: id) else {
+                throw ServerError.notFound("snapshot \(s) not found: `redoubt admin tenant list`, `redoubt snapshots`")
+            }
             (kind, target, tenant) = (.snapshot, id, rec.tenant)
         case (nil, let t?):
-            guard try catalog.tenant(t) != nil else { throw ServerError.notFound("tenant \(t) does not exist: `redoubt admin tenant list`") }
+            guard try catalog.tenant(t) != nil else {
+                throw ServerError.notFound("tenant \(t) does not exist: `redoubt admin tenant list`")
+            }
             (kind, target, tenant) = (.tenant, t, t)
         default:
             throw ServerError.badRequest("a hold names exactly one snapshot or one tenant")
         }
-        let hold = LegalHold(id: hexString((0..<6).map { _ in UInt8.random(in: 0...255) }), kind: kind, target: target, tenant: tenant,
-                             reason: reason, createdBy: p.name, createdAt: try now(), releasedAt: nil, releaseRequest: nil)
+        let hold = LegalHold(id: hexString((0..<6).map { _ in UInt8.random(in: 0...255) }), kind: kind, target: target,
+            tenant: tenant,
+                             reason: reason, createdBy: p.name, createdAt: try now(), releasedAt: nil,
+                                 releaseRequest: nil)
         try catalog.insertHold(hold)
-        audit(ctx, .placeHold, object: "hold \(hold.id)", outcome: "ok", detail: "\(kind.rawValue)=\(target) tenant=\(tenant) reason=\(reason)")
+        audit(ctx, .placeHold, object: "hold \(hold.id)", outcome: "ok",
+            detail: "\(kind.rawValue)=\(target) tenant=\(tenant) reason=\(reason)")
         try await enforceHolds(tenant: tenant)
         if try !catalog.copyTargets(tenant: tenant).isEmpty { await copyJobs.kick(tenant, service: self) }
         return hold.wire
@@ -76,13 +86,17 @@ extension RepositoryService {
     /// local locks already extended stay until their date (a lock is never shortened);
     /// the S3 legal holds are lifted by the next sync of the tenant's copy targets.
     public func releaseHold(id: String, _ req: Wire.ApprovedChange, ctx: CallContext) async throws -> Wire.HoldInfo {
-        guard let h = try catalog.holds().first(where: { $0.id == id }) else { throw ServerError.notFound("no legal hold \(id): `redoubt admin hold list`") }
+        guard let h = try catalog.holds().first(where: { $0.id == id }) else {
+            throw ServerError.notFound("no legal hold \(id): `redoubt admin hold list`")
+        }
         guard h.releasedAt == nil else { throw ServerError(409, "E_CONFLICT", "legal hold \(id) was already released") }
-        try authorize(.releaseHold, object: "hold \(id)", parameters: [:], requestID: req.requestID, consume: true, ctx: ctx)
+        try authorize(.releaseHold, object: "hold \(id)", parameters: [:], requestID: req.requestID, consume: true,
+            ctx: ctx)
         guard try catalog.releaseHold(id, at: try now(), request: req.requestID) else {
             throw ServerError(409, "E_CONFLICT", "legal hold \(id) was already released")
         }
-        audit(ctx, .releaseHold, object: "hold \(id)", outcome: "ok", detail: "\(h.kind.rawValue)=\(h.target) tenant=\(h.tenant) request=\(req.requestID ?? "-")")
+        audit(ctx, .releaseHold, object: "hold \(id)", outcome: "ok",
+            detail: "\(h.kind.rawValue)=\(h.target) tenant=\(h.tenant) request=\(req.requestID ?? "-")")
         if try !catalog.copyTargets(tenant: h.tenant).isEmpty { await copyJobs.kick(h.tenant, service: self) }
         return try catalog.holds().first { $0.id == id }?.wire ?? h.wire
     }
@@ -99,18 +113,23 @@ extension RepositoryService {
         for t in tenants.sorted() {
             let keys = try catalog.heldKeys(tenant: t)
             // The catalog's pack locks follow the store's, so a rebuild and the copies agree.
-            let packs = keys.compactMap { k in k.contains("/packs/") ? k.split(separator: "/").last.flatMap { PackID(hex: String($0)) } : nil }
+            let packs = keys.compactMap {
+                k in k.contains("/packs/") ? k.split(separator: "/").last.flatMap { PackID(hex: String($0)) } : nil
+            }
             _ = try catalog.extendPackLocks(tenant: t, packs: packs, until: until)
             let queued = Set(try catalog.pendingDeletes(tenant: t))
             for k in keys.sorted() {
                 guard let key = ObjectKey(k) else { continue }
-                do { try await store.extendRetention(key, until: until) } catch let e as StoreError where e.code == .notFound && queued.contains(k) {
+                do { try await store.extendRetention(key,
+                    until: until) } catch let e as StoreError where e.code == .notFound && queued.contains(k) {
                     // Queued by garbage collection and already deleted: nothing to hold.
                     continue
                 } catch {
                     firstError = firstError ?? error
-                    logger.error("legal hold: could not extend the lock", metadata: ["key": "\(k)", "error": "\(error)"])
-                    try? catalog.audit(time: now, actor: "hold-job", role: "-", credential: "-", source: "local", action: "hold-extend",
+                    logger.error("legal hold: could not extend the lock", metadata: ["key": "\(k)",
+                        "error": "\(error)"])
+                    try? catalog.audit(time: now, actor: "hold-job", role: "-", credential: "-", source: "local",
+                        action: "hold-extend",
                                        object: k, outcome: "error", detail: "\(error)")
                 }
             }
@@ -123,7 +142,8 @@ extension RepositoryService {
     func deleteUnlessHeld(_ key: ObjectKey, now: Date) async throws {
         // Why: a hold must win over any deletion, even one the store's lock would allow.
         guard try !catalog.isHeld(key: key) else {
-            throw ServerError(409, "E_HELD", "\(key.path) is under a legal hold: release the hold (`redoubt admin hold list`) first")
+            throw ServerError(409, "E_HELD",
+                "\(key.path) is under a legal hold: release the hold (`redoubt admin hold list`) first")
         }
         try await store.delete(key, now: now)
     }

@@ -26,7 +26,8 @@ extension ServerHome {
         var result = try catalog.verifyAudit()
         if let anchor { result = try catalog.verifyAudit(anchor: anchor) }
         let head = try catalog.auditChainHead()
-        return AuditVerification(ok: result.firstBad == nil, records: result.count, firstBad: result.firstBad, head: head)
+        return AuditVerification(ok: result.firstBad == nil, records: result.count, firstBad: result.firstBad,
+            head: head)
     }
 
     /// Where an off-site copy goes and how it was named on the command line, for the
@@ -55,10 +56,12 @@ extension ServerHome {
         let catalog = try Catalog(path: catalogPath)
         let store = try openStore()
         if acceptUnenforced {
-            let parameters = CopyApproval.parameters(tenant: tenant, endpoint: destination.endpoint, region: destination.region,
+            let parameters = CopyApproval.parameters(tenant: tenant, endpoint: destination.endpoint,
+                region: destination.region,
                                                      credentialsFile: destination.credentialsFile,
                                                      virtualHosted: destination.virtualHosted, marginSeconds: margin)
-            try catalog.authorizeLocally(.acceptUnenforced, object: "copy target \(destination.url)", parameters: parameters,
+            try catalog.authorizeLocally(.acceptUnenforced, object: "copy target \(destination.url)",
+                parameters: parameters,
                                          requestID: requestID, now: now)
         }
         // The host key statements first: the copy must carry who may sign its snapshots.

@@ -26,7 +26,8 @@ public enum MediaExport {
     /// Streams the tenant descriptor, each selected snapshot's packs then manifest, and an
     /// audit anchor (the audit record of this export: `{"seq":N,"hash":"…"}`) into `writer`,
     /// then finishes the set. `progress` gets one line per object.
-    public static func run(catalog: Catalog, store: any ObjectStore, tenant: String, selection: Selection, writer: MediaWriter,
+    public static func run(catalog: Catalog, store: any ObjectStore, tenant: String, selection: Selection,
+        writer: MediaWriter,
                            actor: String, now: Date, progress: (String) -> Void) async throws -> MediaExportSummary {
         // Commit order: "latest" is what the server committed last, whatever a host's clock said.
         let all = try catalog.snapshots(tenant: tenant)
@@ -37,7 +38,9 @@ public enum MediaExport {
         case .ids(let ids):
             chosen = try ids.map { id in
                 guard let s = all.first(where: { $0.id == id }) else {
-                    throw ServerError.badRequest("snapshot \(id) is not a snapshot of tenant \(tenant); see `redoubt snapshots`")
+                    throw ServerError.badRequest("""
+                        snapshot \(id) is not a snapshot of tenant \(tenant); see `redoubt snapshots`
+                        """)
                 }
                 return s
             }
@@ -47,7 +50,8 @@ public enum MediaExport {
         // so a restore from media needs only the volumes and the unwrap secret), then each
         // snapshot's packs not yet written and its manifest.
         let version = try catalog.tenant(tenant)?.keyVersion ?? 1
-        var items: [Item] = [Item(type: .object, id: RepositoryLayout.descriptorName(version: version), key: RepositoryLayout.descriptorKey(tenant: tenant, version: version), hash: nil, note: nil)]
+        var items: [Item] = [Item(type: .object, id: RepositoryLayout.descriptorName(version: version),
+            key: RepositoryLayout.descriptorKey(tenant: tenant, version: version), hash: nil, note: nil)]
         // The host key statements (registrations, revocations), so a restore from the set
         // alone can tell a snapshot an enrolled host wrote from one planted on the volumes.
         let statements = HostKeyObjects.prefix(tenant: tenant)
@@ -59,10 +63,14 @@ public enum MediaExport {
         var written = Set<String>()
         for s in chosen {
             for p in try catalog.snapshotPacks(id: s.id) where written.insert(p.description).inserted {
-                items.append(Item(type: .pack, id: p.description, key: RepositoryLayout.packKey(tenant: tenant, id: p), hash: p.bytes, note: "pack \(p.description)"))
+                items.append(Item(type: .pack, id: p.description, key: RepositoryLayout.packKey(tenant: tenant, id: p),
+                    hash: p.bytes, note: "pack \(p.description)"))
             }
-            guard let sid = SnapshotID(hex: s.id) else { throw ServerError.badRequest("catalog holds a malformed snapshot ID \(s.id)") }
-            items.append(Item(type: .manifest, id: s.id, key: RepositoryLayout.manifestKey(tenant: tenant, id: sid), hash: sid.bytes, note: "snapshot \(s.id)"))
+            guard let sid = SnapshotID(hex: s.id) else {
+                throw ServerError.badRequest("catalog holds a malformed snapshot ID \(s.id)")
+            }
+            items.append(Item(type: .manifest, id: s.id, key: RepositoryLayout.manifestKey(tenant: tenant, id: sid),
+                hash: sid.bytes, note: "snapshot \(s.id)"))
         }
         // Why a pipeline: the next two records are read, checked and hashed on other
         // threads while this one is checksummed and written. Loading (two SHA-256 over
@@ -84,12 +92,16 @@ public enum MediaExport {
             let current = try await loading.removeFirst().value
             startLoads()
             try writer.append(current)
-            if let note = items[idx].note { progress(items[idx].type == .pack ? "\(note) (\(current.size) bytes)" : note) }
+            if let note = items[idx].note {
+                progress(items[idx].type == .pack ? "\(note) (\(current.size) bytes)" : note)
+            }
         }
-        let rec = try catalog.audit(time: now, actor: actor, role: "admin", credential: "", source: "local", action: "media-write",
+        let rec = try catalog.audit(time: now, actor: actor, role: "admin", credential: "", source: "local",
+            action: "media-write",
                                     object: "tenant/\(tenant)", outcome: "ok",
                                     detail: "\(chosen.count) snapshots, \(written.count) packs")
-        try writer.append(MediaRecord(type: .auditAnchor, id: "", body: Array(#"{"seq":\#(rec.seq),"hash":"\#(rec.hash)"}"#.utf8)))
+        try writer.append(MediaRecord(type: .auditAnchor, id: "",
+            body: Array(#"{"seq":\#(rec.seq),"hash":"\#(rec.hash)"}"#.utf8)))
         let media = try writer.finish()
         return MediaExportSummary(snapshots: chosen.map(\.id), packs: written.count, auditSeq: rec.seq, media: media)
     }
@@ -118,7 +130,11 @@ public enum MediaExport {
         let record = MediaRecord(type: i.type, id: i.id, body: body)
         guard let h = i.hash else { return record.framed() }
         guard let framed = record.framed(ifBodyHashes: h) else {
-            throw StoreError(.integrity, key: i.key.path, "\(i.type == .pack ? "pack" : "manifest") \(i.id) in the store does not hash to its ID: damaged; run `redoubt verify` and restore it from a copy before writing media")
+            throw StoreError(.integrity, key: i.key.path,
+                """
+                    \(i.type == .pack ? "pack" : "manifest") \(i.id) in the store does not hash to its ID: damaged; \
+                    run `redoubt verify` and restore it from a copy before writing media
+                    """)
         }
         return framed
     }
@@ -170,10 +186,14 @@ public enum MediaImport {
             let name: String
             switch r.type {
             case .pack:
-                guard let id = PackID(hex: r.id) else { failure = "a pack record with a malformed ID \(r.id.debugDescription)"; return }
+                guard let id = PackID(hex: r.id) else {
+                    failure = "a pack record with a malformed ID \(r.id.debugDescription)"; return
+                }
                 name = "pack-\(id)"
             case .manifest:
-                guard let id = SnapshotID(hex: r.id) else { failure = "a manifest record with a malformed ID \(r.id.debugDescription)"; return }
+                guard let id = SnapshotID(hex: r.id) else {
+                    failure = "a manifest record with a malformed ID \(r.id.debugDescription)"; return
+                }
                 name = "manifest-\(id)"
             case .object:
                 // Why the strict pattern: the name becomes a store key.
@@ -201,24 +221,33 @@ public enum MediaImport {
         var minRetention: TimeInterval = 30 * 86400
         var newest = 0
         for s in spooled where RepositoryLayout.descriptorVersion(name: s.key.dropFirst("object-".count)) != nil {
-            if let d = fm.contents(atPath: s.file), let t = try? JSONDecoder().decode(TenantDescriptor.self, from: d), t.name == tenant,
+            if let d = fm.contents(atPath: s.file), let t = try? JSONDecoder().decode(TenantDescriptor.self, from: d),
+                t.name == tenant,
                (t.keyVersion ?? 1) >= newest {
                 newest = t.keyVersion ?? 1
                 minRetention = t.minRetentionSeconds
             }
         }
-        guard newest > 0 else { throw ServerError.badRequest("the media set holds no descriptor of tenant \(tenant); it cannot be imported") }
+        guard newest > 0 else {
+            throw ServerError.badRequest("the media set holds no descriptor of tenant \(tenant); it cannot be imported")
+        }
         let setRetention = report.labels.first?.retainUntil.flatMap { ISO8601DateFormatter().date(from: $0) }
         let until = max(now.addingTimeInterval(minRetention), setRetention ?? now)
         // An existing tenant of the same name must be the same tenant (same read key).
         if let existing = try Catalog(path: home.catalogPath).tenant(tenant) {
-            let d = fm.contents(atPath: spooled.first { $0.key == "object-" + RepositoryLayout.descriptorName(version: newest) }?.file ?? "")
+            let d = fm.contents(atPath: spooled.first { $0.key == "object-"
+                + RepositoryLayout.descriptorName(version: newest) }?.file ?? "")
             let incoming = d.flatMap { try? JSONDecoder().decode(TenantDescriptor.self, from: $0) }
             guard incoming?.readKeyID == existing.readKeyID else {
-                throw ServerError(409, "E_CONFLICT", "this server already has a tenant \(tenant) with another read key; import into a fresh data directory")
+                throw ServerError(409, "E_CONFLICT",
+                    """
+                        this server already has a tenant \(tenant) with another read key; import into a fresh data \
+                        directory
+                        """)
             }
         }
-        var summary = MediaImportSummary(tenant: tenant, damage: report.damage.map(\.description), rebuild: RebuildReport())
+        var summary = MediaImportSummary(tenant: tenant, damage: report.damage.map(\.description),
+            rebuild: RebuildReport())
         // Why before anything is put: the new server has a new CA and cannot tell a planted
         // manifest from a genuine one later; only the old CA's statements on the set can.
         if case .trustRoot(let root) = trust {
@@ -256,13 +285,16 @@ public enum MediaImport {
             case "manifest": key = SnapshotID(hex: id).map { RepositoryLayout.manifestKey(tenant: tenant, id: $0) }
             case "hostkey": key = ObjectKey(HostKeyObjects.prefix(tenant: tenant) + id)
             default:
-                key = RepositoryLayout.descriptorVersion(name: id).map { RepositoryLayout.descriptorKey(tenant: tenant, version: $0) }
+                key = RepositoryLayout.descriptorVersion(name: id).map {
+                    RepositoryLayout.descriptorKey(tenant: tenant, version: $0)
+                }
                 retain = nil  // descriptors are replaced on rotation, as on the server
             }
             guard let key, let bytes = fm.contents(atPath: s.file) else { continue }
             if kind == "object", let local = try? await store.get(key),
                let here = try? JSONDecoder().decode(TenantDescriptor.self, from: Data(local)),
-               let there = try? JSONDecoder().decode(TenantDescriptor.self, from: bytes), here.isSameVersion(as: there) {
+               let there = try? JSONDecoder().decode(TenantDescriptor.self, from: bytes),
+                   here.isSameVersion(as: there) {
                 // The server's own descriptor of this key version (its seal differs): kept.
                 summary.alreadyThere += 1
                 continue

@@ -55,7 +55,9 @@ public struct CertificateAuthority: Sendable {
     public func issueServer(publicKey: P256.Signing.PublicKey, hosts: [String], now: Date) throws -> Certificate {
         var names: [GeneralName] = []
         for h in hosts {
-            if let ip = ipBytes(h) { names.append(.ipAddress(ASN1OctetString(contentBytes: ip[...]))) } else { names.append(.dnsName(h)) }
+            if let ip = ipBytes(h) { names.append(.ipAddress(ASN1OctetString(contentBytes: ip[...]))) } else {
+                names.append(.dnsName(h))
+            }
         }
         return try Certificate(
             version: .v3, serialNumber: Certificate.SerialNumber(), publicKey: .init(publicKey),
@@ -72,10 +74,12 @@ public struct CertificateAuthority: Sendable {
     }
 
     /// A client certificate for a principal whose private key stays on its host.
-    public func issueClient(publicKey: Certificate.PublicKey, principalID: String, now: Date, validDays: Int = 3650) throws -> Certificate {
+    public func issueClient(publicKey: Certificate.PublicKey, principalID: String, now: Date,
+        validDays: Int = 3650) throws -> Certificate {
         try Certificate(
             version: .v3, serialNumber: Certificate.SerialNumber(), publicKey: publicKey,
-            notValidBefore: now.addingTimeInterval(-300), notValidAfter: now.addingTimeInterval(Double(validDays) * 86400),
+            notValidBefore: now.addingTimeInterval(-300),
+                notValidAfter: now.addingTimeInterval(Double(validDays) * 86400),
             issuer: certificate.subject, subject: try DistinguishedName { CommonName(principalID) },
             signatureAlgorithm: .ecdsaWithSHA256,
             extensions: try Certificate.Extensions {

@@ -22,9 +22,11 @@ extension RepositoryService {
             throw ServerError.badRequest("a token ID is 12 to 64 hex digits, as `redoubt admin token list` shows it")
         }
         guard let e = try catalog.cancelEnrollment(id: id, now: try now()) else {
-            throw refuse(ctx, .cancelEnrollment, object: "token \(id)", .notFound("no pending token \(id) (or several match): `redoubt admin token list`"))
+            throw refuse(ctx, .cancelEnrollment, object: "token \(id)",
+                .notFound("no pending token \(id) (or several match): `redoubt admin token list`"))
         }
-        audit(ctx, .cancelEnrollment, object: "token \(e.id)", outcome: "ok", detail: "\(e.role) \(e.tenant ?? "-")/\(e.name)")
+        audit(ctx, .cancelEnrollment, object: "token \(e.id)", outcome: "ok",
+            detail: "\(e.role) \(e.tenant ?? "-")/\(e.name)")
         return e
     }
 
@@ -45,20 +47,28 @@ extension RepositoryService {
         }
         let object = "\(p.role) \(p.tenant.map { $0 + "/" } ?? "")\(p.name)"
         guard p.role != Role.admin.rawValue else {
-            throw refuse(ctx, .revokePrincipal, object: object, .badRequest("\(p.name) is an admin: remove admins with `redoubt admin admins remove \(p.name)` (it needs approval)"))
+            throw refuse(ctx, .revokePrincipal, object: object,
+                .badRequest("""
+                    \(p.name) is an admin: remove admins with `redoubt admin admins remove \(p.name)` (it needs \
+                    approval)
+                    """))
         }
         if let at = p.revokedAt {
-            throw refuse(ctx, .revokePrincipal, object: object, ServerError(409, "E_CONFLICT", "\(object) was already revoked at \(at)"))
+            throw refuse(ctx, .revokePrincipal, object: object, ServerError(409, "E_CONFLICT",
+                "\(object) was already revoked at \(at)"))
         }
         if p.role == Role.writer.rawValue {
             // The principal ID, not the name: approving the revocation of web1 must not
             // revoke a web1 enrolled anew after the request was filed.
-            try authorize(.revokeWriter, object: object, parameters: ["principal": id], requestID: req.requestID, consume: true, ctx: ctx)
+            try authorize(.revokeWriter, object: object, parameters: ["principal": id], requestID: req.requestID,
+                consume: true, ctx: ctx)
         }
         guard let cancelled = try catalog.revokePrincipal(id: id, now: try now()) else {
-            throw refuse(ctx, .revokePrincipal, object: object, ServerError(409, "E_CONFLICT", "\(object) was revoked meanwhile"))
+            throw refuse(ctx, .revokePrincipal, object: object, ServerError(409, "E_CONFLICT",
+                "\(object) was revoked meanwhile"))
         }
-        audit(ctx, .revokePrincipal, object: object, outcome: "ok", detail: "principal=\(id) fingerprint=\(p.fingerprint.prefix(16)) tokens-cancelled=\(cancelled)")
+        audit(ctx, .revokePrincipal, object: object, outcome: "ok",
+            detail: "principal=\(id) fingerprint=\(p.fingerprint.prefix(16)) tokens-cancelled=\(cancelled)")
         return try catalog.principalInfo(id: id) ?? p
     }
 }

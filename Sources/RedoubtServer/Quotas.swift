@@ -15,7 +15,8 @@ extension RepositoryService {
     /// when the upload leaves either at 90 % of its quota or more.
     func checkQuota(tenant: String, host: String, adding size: Int, ctx: CallContext, pack: PackID) throws -> String? {
         var warnings: [String] = []
-        for (h, name, fix) in [(host, "host \(tenant)/\(host)", "redoubt admin host set \(tenant) \(host) --quota SIZE"),
+        for (h, name, fix) in [(host, "host \(tenant)/\(host)",
+            "redoubt admin host set \(tenant) \(host) --quota SIZE"),
                                ("", "tenant \(tenant)", "redoubt admin tenant set \(tenant) --quota SIZE")] {
             guard let quota = try catalog.quota(tenant: tenant, host: h) else { continue }
             let u = try catalog.usage(tenant: tenant, host: h.isEmpty ? nil : h)
@@ -24,7 +25,10 @@ extension RepositoryService {
                 throw refuse(ctx, .uploadPack, object: "pack \(pack)", ServerError(507, "E_QUOTA",
                     "\(name) is at its storage quota of \(quota) bytes: it holds \(u.committed) bytes committed and "
                     + "\(u.uncommitted) not yet committed, and this pack adds \(size); an admin raises the quota "
-                    + "(`\(fix)`), or garbage collection frees what no lock protects any more (`redoubt admin gc \(tenant)`)"))
+                    + """
+                        (`\(fix)`), or garbage collection frees what no lock protects any more (`redoubt admin gc \
+                        \(tenant)`)
+                        """))
             }
             if (used + Int64(size)) * 10 >= quota * 9 {
                 warnings.append("\(name) holds \(used + Int64(size)) of its \(quota)-byte quota")
@@ -35,11 +39,18 @@ extension RepositoryService {
 
     /// `PUT /v1/tenants/{tenant}/quota` (admin).
     public func setQuota(tenant: String, _ req: Wire.SetQuotaRequest, ctx: CallContext) throws -> Wire.QuotaInfo {
-        guard try catalog.tenant(tenant) != nil else { throw ServerError.notFound("tenant \(tenant) does not exist: `redoubt admin tenant list`") }
-        if let b = req.bytes, b <= 0 { throw ServerError.badRequest("a quota must be above zero bytes; to remove one, send none") }
+        guard try catalog.tenant(tenant) != nil else {
+            throw ServerError.notFound("tenant \(tenant) does not exist: `redoubt admin tenant list`")
+        }
+        if let b = req.bytes, b <= 0 {
+            throw ServerError.badRequest("a quota must be above zero bytes; to remove one, send none")
+        }
         let host = req.host ?? ""
-        if !host.isEmpty, !(try catalog.principalListing(includeRevoked: true).contains { $0.role == "writer" && $0.tenant == tenant && $0.name == host }) {
-            throw ServerError.notFound("tenant \(tenant) has no host \(host): `redoubt admin host list \(tenant) --all`")
+        if !host.isEmpty, !(try catalog.principalListing(includeRevoked: true).contains { $0.role == "writer"
+            && $0.tenant == tenant && $0.name == host }) {
+            throw ServerError.notFound("""
+                tenant \(tenant) has no host \(host): `redoubt admin host list \(tenant) --all`
+                """)
         }
         try catalog.setQuota(tenant: tenant, host: host, bytes: req.bytes)
         audit(ctx, .setQuota, object: host.isEmpty ? "tenant \(tenant)" : "host \(tenant)/\(host)", outcome: "ok",
@@ -49,7 +60,8 @@ extension RepositoryService {
 
     func quotaInfo(tenant: String, host: String?) throws -> Wire.QuotaInfo {
         let u = try catalog.usage(tenant: tenant, host: host)
-        return Wire.QuotaInfo(tenant: tenant, host: host, quotaBytes: try catalog.quota(tenant: tenant, host: host ?? ""),
+        return Wire.QuotaInfo(tenant: tenant, host: host, quotaBytes: try catalog.quota(tenant: tenant, host: host
+            ?? ""),
                               committedBytes: u.committed, uncommittedBytes: u.uncommitted)
     }
 }

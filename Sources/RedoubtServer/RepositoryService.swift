@@ -28,13 +28,16 @@ public struct ServerError: Error, Sendable, CustomStringConvertible {
     public static func badRequest(_ m: String) -> ServerError { ServerError(400, "E_BAD_REQUEST", m) }
     /// Garbage collection is deleting `object` from the store right now (§4.5).
     static func beingCollected(_ object: String) -> ServerError {
-        ServerError(409, "E_RETRY", "\(object) is being removed by garbage collection right now; send it again in a minute")
+        ServerError(409, "E_RETRY",
+            "\(object) is being removed by garbage collection right now; send it again in a minute")
     }
     /// The tenant was crypto-shredded: nothing can be added to it or unwrapped for it.
     public static func shredded(_ tenant: String) -> ServerError { ServerError(CatalogError.shredded(tenant)) }
     /// The catalog was rebuilt from the store alone, where the write material is sealed to
     /// the read key: hosts cannot enroll until an admin gives it back.
-    public static func noWriteMaterial(_ tenant: String) -> ServerError { ServerError(CatalogError.noWriteMaterial(tenant)) }
+    public static func noWriteMaterial(_ tenant: String) -> ServerError {
+        ServerError(CatalogError.noWriteMaterial(tenant))
+    }
     public static func integrity(_ m: String) -> ServerError { ServerError(422, "E_INTEGRITY", m) }
     public var description: String { "\(message) [\(code)]" }
 }
@@ -90,8 +93,10 @@ public final class RepositoryService: Sendable {
     /// Where pack bodies are spooled to files; nil holds them in memory.
     let uploads: UploadSpool?
 
-    public init(catalog: Catalog, store: any ObjectStore, clock: any ServerClock, ca: CertificateAuthority, serverURL: String,
-                defaultMinRetention: TimeInterval, logger: Logger, timeBounds: SnapshotTimeBounds = SnapshotTimeBounds(),
+    public init(catalog: Catalog, store: any ObjectStore, clock: any ServerClock, ca: CertificateAuthority,
+        serverURL: String,
+                defaultMinRetention: TimeInterval, logger: Logger,
+                    timeBounds: SnapshotTimeBounds = SnapshotTimeBounds(),
                 limits: ServerLimits = ServerLimits(), uploadDirectory: URL? = nil) {
         self.uploads = uploadDirectory.map { UploadSpool(directory: $0) }
         self.timeBounds = timeBounds
@@ -145,9 +150,13 @@ public final class RepositoryService: Sendable {
     // Object keys: RepositoryLayout spells them all.
     static func packKey(tenant: String, id: PackID) -> ObjectKey { RepositoryLayout.packKey(tenant: tenant, id: id) }
 
-    static func manifestKey(tenant: String, id: SnapshotID) -> ObjectKey { RepositoryLayout.manifestKey(tenant: tenant, id: id) }
+    static func manifestKey(tenant: String, id: SnapshotID) -> ObjectKey {
+        RepositoryLayout.manifestKey(tenant: tenant, id: id)
+    }
 
-    static func tenantKey(_ tenant: String, version: Int) -> ObjectKey { RepositoryLayout.descriptorKey(tenant: tenant, version: version) }
+    static func tenantKey(_ tenant: String, version: Int) -> ObjectKey {
+        RepositoryLayout.descriptorKey(tenant: tenant, version: version)
+    }
 
     /// Pack locks are kept in whole UTC days, so a commit moves a pack's lock on disk at
     /// most once a day instead of on every snapshot.
@@ -160,9 +169,13 @@ public final class RepositoryService: Sendable {
     func audit(_ ctx: CallContext, _ action: Action, object: String, outcome: String, detail: String = "") {
         let object = limits.boundedAuditField(object), detail = limits.boundedAuditField(detail)
         do {
-            try catalog.audit(time: (try? now()) ?? clock.now(), actor: ctx.principal.map { "\($0.role.rawValue):\($0.tenant.map { $0 + "/" } ?? "")\($0.name)" } ?? "anonymous",
-                              role: ctx.principal?.role.rawValue ?? "-", credential: ctx.certificate?.prefix(16).description ?? "-",
-                              source: ctx.source, action: action.rawValue, object: object, outcome: outcome, detail: detail)
+            try catalog.audit(time: (try? now()) ?? clock.now(),
+                actor: ctx.principal.map { "\($0.role.rawValue):\($0.tenant.map { $0 + "/" } ?? "")\($0.name)" }
+                ?? "anonymous",
+                              role: ctx.principal?.role.rawValue ?? "-",
+                                  credential: ctx.certificate?.prefix(16).description ?? "-",
+                              source: ctx.source, action: action.rawValue, object: object, outcome: outcome,
+                                  detail: detail)
         } catch {
             logger.error("audit write failed", metadata: ["action": "\(action)", "error": "\(error)"])
         }
@@ -175,7 +188,8 @@ public final class RepositoryService: Sendable {
         if ctx.principal == nil {
             recordAnonymousRefusals()
             if anonymousRefusals.first(ctx, now: clock.now()) {
-                audit(ctx, action, object: object, outcome: "denied", detail: error.message + AnonymousRefusals.note(limits))
+                audit(ctx, action, object: object, outcome: "denied", detail: error.message
+                    + AnonymousRefusals.note(limits))
             }
         } else {
             audit(ctx, action, object: object, outcome: "denied", detail: error.message)
@@ -196,7 +210,8 @@ public final class RepositoryService: Sendable {
 
     /// Records at start-up that sealed packs cannot be made immutable here.
     public func recordImmutabilityWarning(_ warning: String) {
-        audit(CallContext(principal: nil, source: "local"), .start, object: "store", outcome: "warning", detail: warning)
+        audit(CallContext(principal: nil, source: "local"), .start, object: "store", outcome: "warning",
+            detail: warning)
     }
 
     // MARK: enrollment
@@ -214,7 +229,8 @@ public final class RepositoryService: Sendable {
         let tokenHash = hexString(SHA256.hash(data: Array(req.secret.utf8)))
         let now = try now()
         let publicKey: Certificate.PublicKey
-        do { publicKey = try Certificate.PublicKey(P256.Signing.PublicKey(pemRepresentation: req.publicKeyPEM)) } catch {
+        do { publicKey =
+            try Certificate.PublicKey(P256.Signing.PublicKey(pemRepresentation: req.publicKeyPEM)) } catch {
             throw ServerError.badRequest("publicKeyPEM is not a P-256 public key")
         }
         let hostKey = req.hostKey.flatMap { Data(base64Encoded: $0) }.map(Array.init)
@@ -231,7 +247,9 @@ public final class RepositoryService: Sendable {
         let p: Principal
         do {
             p = try catalog.redeemEnrollment(tokenHash: tokenHash, now: now, os: os) { e in
-                guard e.role != .writer || hostKey != nil else { throw ServerError.badRequest("a writer must send its Ed25519 host key (hostKey, base64)") }
+                guard e.role != .writer || hostKey != nil else {
+                    throw ServerError.badRequest("a writer must send its Ed25519 host key (hostKey, base64)")
+                }
                 let cert = try ca.issueClient(publicKey: publicKey, principalID: principalID, now: now)
                 issued = cert
                 return Principal(id: principalID, role: e.role, tenant: e.tenant, name: e.name,
@@ -244,7 +262,9 @@ public final class RepositoryService: Sendable {
         } catch let e as CatalogError where e.code == .conflict {
             throw refuse(ctx, .enroll, object: e.object, ServerError(e))
         }
-        guard let cert = issued else { throw ServerError(500, "E_INTERNAL", "enrollment recorded no certificate for \(p.name)") }
+        guard let cert = issued else {
+            throw ServerError(500, "E_INTERNAL", "enrollment recorded no certificate for \(p.name)")
+        }
         audit(CallContext(principal: p, source: ctx.source), .enroll,
               object: "\(p.role.rawValue) \(p.tenant ?? "-")/\(p.name)", outcome: "ok", detail: "os=\(os ?? "?")")
         var material: String? = nil, wrapped: String? = nil
@@ -253,7 +273,8 @@ public final class RepositoryService: Sendable {
             if p.role == .restorer { wrapped = rec.wrappedReadKey }
         }
         return Wire.EnrollResponse(principalID: principalID, role: p.role.rawValue, tenant: p.tenant, name: p.name,
-                                   certificatePEM: try cert.serializeAsPEM().pemString, writeMaterial: material, wrappedReadKey: wrapped)
+                                   certificatePEM: try cert.serializeAsPEM().pemString, writeMaterial: material,
+                                       wrappedReadKey: wrapped)
     }
 
     // MARK: writer operations
@@ -266,7 +287,8 @@ public final class RepositoryService: Sendable {
             throw ServerError.badRequest("chunk query must be a multiple of 32 bytes, at most 100000 IDs")
         }
         let scope = try chunkScope(p, tenant: tenant.name)
-        let found = try catalog.chunkLocations(tenant: tenant.name, ids: ids, scope: scope.principal, orVerified: scope.orVerified)
+        let found = try catalog.chunkLocations(tenant: tenant.name, ids: ids, scope: scope.principal,
+            orVerified: scope.orVerified)
         return Wire.encodeChunkLocations(found)
     }
 
@@ -286,11 +308,14 @@ public final class RepositoryService: Sendable {
         }, put: { key, until in try await self.store.put(key, contentsOf: file, retainUntil: until) }, reader: reader)
     }
 
-    private func uploadPack(idHex: String, size: Int, ctx: CallContext, inspect: (PackID) throws(CoreError) -> PackSummary,
+    private func uploadPack(idHex: String, size: Int, ctx: CallContext,
+        inspect: (PackID) throws(CoreError) -> PackSummary,
                             put: (ObjectKey, Date) async throws -> PutResult,
                             reader: SpooledPackReader? = nil) async throws -> Wire.UploadResponse {
         let (p, tenant) = try requireTenant(ctx)
-        guard let id = PackID(hex: idHex) else { throw ServerError.badRequest("pack ID must be 64 lowercase hex digits") }
+        guard let id = PackID(hex: idHex) else {
+            throw ServerError.badRequest("pack ID must be 64 lowercase hex digits")
+        }
         if let existing = try catalog.pack(tenant: tenant.name, id: id.description) {
             // Why: a re-upload is a no-op, never an overwrite, whatever the body says.
             return Wire.UploadResponse(id: id.description, created: false, retainUntil: existing.retainUntil)
@@ -305,11 +330,17 @@ public final class RepositoryService: Sendable {
         // one pack may make the server index.
         guard summary.chunkIDs.count <= limits.maxChunksPerPack else {
             throw refuse(ctx, .uploadPack, object: "pack \(id)", ServerError(413, "E_TOO_LARGE",
-                "pack \(id) declares \(summary.chunkIDs.count) chunks, over the server's limit of \(limits.maxChunksPerPack) "
+                """
+                    pack \(id) declares \(summary.chunkIDs.count) chunks, over the server's limit of \
+                    \(limits.maxChunksPerPack) 
+                    """
                 + "(limit chunks-per-pack; docs/PROTOCOL.md §3.2): write smaller packs"))
         }
         guard summary.keyID.description == tenant.readKeyID else {
-            throw refuse(ctx, .uploadPack, object: "pack \(id)", .integrity("pack \(id) is sealed to read key \(summary.keyID), not tenant \(tenant.name)'s \(tenant.readKeyID)"))
+            throw refuse(ctx, .uploadPack, object: "pack \(id)",
+                .integrity("""
+                    pack \(id) is sealed to read key \(summary.keyID), not tenant \(tenant.name)'s \(tenant.readKeyID)
+                    """))
         }
         let quotaWarning = try checkQuota(tenant: tenant.name, host: p.name, adding: size, ctx: ctx, pack: id)
         let now = try now()
@@ -325,14 +356,16 @@ public final class RepositoryService: Sendable {
         // pack out of the catalog; recorded again, they must be locked again too.
         if result != .created { try await store.extendRetention(key, until: until) }
         do {
-            try catalog.insertPack(tenant: tenant.name, id: id.description, key: key.path, size: size, retainUntil: until, chunkIDs: summary.chunkIDs, now: now,
+            try catalog.insertPack(tenant: tenant.name, id: id.description, key: key.path, size: size,
+                retainUntil: until, chunkIDs: summary.chunkIDs, now: now,
                                    uploader: p.id, batch: limits.chunkInsertBatch,
                                    verified: summary.chunksVerified)
         } catch let e as CatalogError where e.code == .beingCollected {
             throw ServerError.beingCollected("pack \(id)")
         }
         try catalog.recordUpload(tenant: tenant.name, pack: id.description, host: p.name)
-        return Wire.UploadResponse(id: id.description, created: result == .created, retainUntil: until, quotaWarning: quotaWarning)
+        return Wire.UploadResponse(id: id.description, created: result == .created, retainUntil: until,
+            quotaWarning: quotaWarning)
     }
 
     /// Commits a snapshot: checks the host's signature, the tenant, and that every pack is
@@ -343,9 +376,14 @@ public final class RepositoryService: Sendable {
         let manifest: Manifest
         do {
             manifest = try Manifest.parse(bytes, bounds: limits.manifestBounds)
-            guard let hk = p.hostKey else { throw CoreError(.badKey, object: "host \(p.name)", "no registered host key") }
-            guard let readKeyID = ReadKeyID(bytes: bytesFromHex(tenant.readKeyID) ?? []) else { throw CoreError(.badKey, object: "tenant", "bad read key ID") }
-            try manifest.verify(tenant: tenant.name, host: p.name, hostKey: try HostPublicKey(rawRepresentation: hk), readKeyID: readKeyID)
+            guard let hk = p.hostKey else {
+                throw CoreError(.badKey, object: "host \(p.name)", "no registered host key")
+            }
+            guard let readKeyID = ReadKeyID(bytes: bytesFromHex(tenant.readKeyID) ?? []) else {
+                throw CoreError(.badKey, object: "tenant", "bad read key ID")
+            }
+            try manifest.verify(tenant: tenant.name, host: p.name, hostKey: try HostPublicKey(rawRepresentation: hk),
+                readKeyID: readKeyID)
         } catch let e as CoreError where e.code == .limitExceeded {
             throw refuse(ctx, .commitSnapshot, object: "snapshot", limits.manifestTooLarge(e))
         } catch let e as CoreError {
@@ -356,7 +394,11 @@ public final class RepositoryService: Sendable {
         let missing = try catalog.missingPacks(tenant: tenant.name, packs: manifest.header.packs)
         guard missing.isEmpty else {
             throw refuse(ctx, .commitSnapshot, object: "snapshot \(manifest.id)",
-                         ServerError(409, "E_PACKS_MISSING", "snapshot \(manifest.id) names \(missing.count) pack(s) the repository does not hold, e.g. \(missing[0]): upload them first"))
+                         ServerError(409, "E_PACKS_MISSING",
+                             """
+                                 snapshot \(manifest.id) names \(missing.count) pack(s) the repository does not hold, \
+                                 e.g. \(missing[0]): upload them first
+                                 """))
         }
         let now = try now()
         let retainUntil = now.addingTimeInterval(tenant.minRetention)
@@ -365,9 +407,14 @@ public final class RepositoryService: Sendable {
         // before the manifest is stored.
         let packLock = Self.ceilDay(retainUntil)
         let moved: [(PackID, Date)]
-        do { moved = try catalog.extendPackLocks(tenant: tenant.name, packs: manifest.header.packs, until: packLock, requireAll: true) } catch let e as CatalogError where e.code == .packsMissing {
+        do { moved = try catalog.extendPackLocks(tenant: tenant.name, packs: manifest.header.packs, until: packLock,
+            requireAll: true) } catch let e as CatalogError where e.code == .packsMissing {
             throw refuse(ctx, .commitSnapshot, object: "snapshot \(manifest.id)",
-                         ServerError(409, "E_PACKS_MISSING", "snapshot \(manifest.id) names \(e.packs.count) pack(s) that garbage collection removed meanwhile, e.g. \(e.packs[0]): run the backup again"))
+                         ServerError(409, "E_PACKS_MISSING",
+                             """
+                                 snapshot \(manifest.id) names \(e.packs.count) pack(s) that garbage collection \
+                                 removed meanwhile, e.g. \(e.packs[0]): run the backup again
+                                 """))
         }
         for (pack, until) in moved {
             try await store.extendRetention(Self.packKey(tenant: tenant.name, id: pack), until: until)
@@ -384,19 +431,28 @@ public final class RepositoryService: Sendable {
         let h = manifest.header
         let rec = SnapshotRecord(id: manifest.id.description, tenant: tenant.name, host: p.name,
                                  time: h.time.date,
-                                 committedAt: now, retainUntil: retainUntil, paths: h.paths.map(printable), tags: h.tags,
+                                 committedAt: now, retainUntil: retainUntil, paths: h.paths.map(printable),
+                                     tags: h.tags,
                                  statistics: h.statistics, packCount: h.packs.count, manifestSize: bytes.count)
-        do { try catalog.insertSnapshot(rec, packs: h.packs, requirePacks: true, manifestKey: manifestKey.path) } catch let e as CatalogError where e.code == .packsMissing {
+        do { try catalog.insertSnapshot(rec, packs: h.packs, requirePacks: true,
+            manifestKey: manifestKey.path) } catch let e as CatalogError where e.code == .packsMissing {
             throw refuse(ctx, .commitSnapshot, object: "snapshot \(manifest.id)",
-                         ServerError(409, "E_PACKS_MISSING", "snapshot \(manifest.id) names \(e.packs.count) pack(s) that garbage collection removed meanwhile, e.g. \(e.packs[0]): run the backup again"))
+                         ServerError(409, "E_PACKS_MISSING",
+                             """
+                                 snapshot \(manifest.id) names \(e.packs.count) pack(s) that garbage collection \
+                                 removed meanwhile, e.g. \(e.packs[0]): run the backup again
+                                 """))
         } catch let e as CatalogError where e.code == .beingCollected {
             throw ServerError.beingCollected("snapshot \(manifest.id)")
         }
-        audit(ctx, .commitSnapshot, object: "snapshot \(manifest.id)", outcome: "ok", detail: "packs=\(h.packs.count) retain-until=\(Int(retainUntil.timeIntervalSince1970))")
+        audit(ctx, .commitSnapshot, object: "snapshot \(manifest.id)", outcome: "ok",
+            detail: "packs=\(h.packs.count) retain-until=\(Int(retainUntil.timeIntervalSince1970))")
         // The off-site copies follow each commit, in the background.
         // The tenant's retention policies move the locks of what they keep (RetentionPolicies.swift).
         await applyPoliciesAfterCommit(tenant: tenant.name, host: p.name)
-        if try !catalog.copyTargets(tenant: tenant.name).isEmpty { Task { await copyJobs.kick(tenant.name, service: self) } }
+        if try !catalog.copyTargets(tenant: tenant.name).isEmpty {
+            Task { await copyJobs.kick(tenant.name, service: self) }
+        }
         recordHostOS(p, os, ctx: ctx)
         return Self.info(rec)
     }
@@ -409,7 +465,8 @@ public final class RepositoryService: Sendable {
               SafeText.isValidFreeText(os, maxBytes: Self.maxOSBytes) else { return }
         do {
             if let previous = try catalog.updatePrincipalOS(id: p.id, os: os) {
-                audit(ctx, .hostOS, object: "host \(p.tenant ?? "-")/\(p.name)", outcome: "ok", detail: "was \(previous ?? "unknown"), now \(os)")
+                audit(ctx, .hostOS, object: "host \(p.tenant ?? "-")/\(p.name)", outcome: "ok",
+                    detail: "was \(previous ?? "unknown"), now \(os)")
             }
         } catch {
             logger.warning("could not record the host's OS", metadata: ["host": "\(p.name)", "error": "\(error)"])
@@ -417,7 +474,8 @@ public final class RepositoryService: Sendable {
     }
 
     static func info(_ r: SnapshotRecord) -> Wire.SnapshotInfo {
-        Wire.SnapshotInfo(id: r.id, tenant: r.tenant, host: r.host, time: r.time, committedAt: r.committedAt, retainUntil: r.retainUntil,
+        Wire.SnapshotInfo(id: r.id, tenant: r.tenant, host: r.host, time: r.time, committedAt: r.committedAt,
+            retainUntil: r.retainUntil,
                           paths: r.paths, tags: r.tags, statistics: r.statistics, packCount: r.packCount)
     }
 
@@ -448,9 +506,14 @@ public final class RepositoryService: Sendable {
         }
         switch p.role {
         case .writer:
-            // Why: a host lists only its own snapshots' public metadata: a taken host must not learn what its neighbours back up.
-            if let host, host != p.name { throw refuse(ctx, .listSnapshots, object: "host \(host)", .forbidden("a host may list only its own snapshots")) }
-            return try withPolicyKeeps(try catalog.snapshotPage(tenant: p.tenant ?? "", host: p.name, after: page?.after,
+            // Why: a host lists only its own snapshots' public metadata: a taken host must not learn what its
+            // neighbours back up.
+            if let host, host != p.name {
+                throw refuse(ctx, .listSnapshots, object: "host \(host)",
+                    .forbidden("a host may list only its own snapshots"))
+            }
+            return try withPolicyKeeps(try catalog.snapshotPage(tenant: p.tenant ?? "", host: p.name,
+                after: page?.after,
                                             limit: page?.limit).map(listed))
         case .restorer:
             return try withPolicyKeeps(try catalog.snapshotPage(tenant: p.tenant ?? "", host: host, after: page?.after,
@@ -464,14 +527,18 @@ public final class RepositoryService: Sendable {
     private func visibleSnapshot(_ idHex: String, ctx: CallContext, action: Action) throws -> SnapshotRecord {
         guard let p = ctx.principal else { throw ServerError.unauthorized("no client certificate") }
         let id = try resolveSnapshotID(idHex, ctx: ctx)
-        guard let rec = try catalog.snapshot(id: id) else { throw ServerError.notFound("snapshot \(idHex) not found: `redoubt snapshots` lists them") }
+        guard let rec = try catalog.snapshot(id: id) else {
+            throw ServerError.notFound("snapshot \(idHex) not found: `redoubt snapshots` lists them")
+        }
         let allowed: Bool
         switch p.role {
         case .writer: allowed = rec.tenant == p.tenant && rec.host == p.name
         case .restorer: allowed = rec.tenant == p.tenant
         case .admin, .auditor: allowed = true
         }
-        guard allowed else { throw refuse(ctx, action, object: "snapshot \(idHex)", .notFound("snapshot \(idHex) not found")) }
+        guard allowed else {
+            throw refuse(ctx, action, object: "snapshot \(idHex)", .notFound("snapshot \(idHex) not found"))
+        }
         return rec
     }
 
@@ -484,7 +551,9 @@ public final class RepositoryService: Sendable {
         }
         let matches = try listSnapshots(host: nil, tenant: nil, ctx: ctx).filter { $0.id.hasPrefix(s) }
         guard matches.count == 1 else {
-            throw matches.isEmpty ? ServerError.notFound("no snapshot starts with \(s)") : ServerError.badRequest("\(s) matches \(matches.count) snapshots: give more digits")
+            throw matches.isEmpty ? ServerError.notFound("no snapshot starts with \(s)") : ServerError.badRequest("""
+                \(s) matches \(matches.count) snapshots: give more digits
+                """)
         }
         return matches[0].id
     }
@@ -523,19 +592,25 @@ public final class RepositoryService: Sendable {
     public func packChunkLists(_ body: [UInt8], ctx: CallContext,
                                answerLimit: Int = chunkListAnswerLimit) async throws -> [UInt8] {
         let (_, tenant) = try requireTenant(ctx)
-        guard body.count % 32 == 0, body.count / 32 <= 100_000 else { throw ServerError.badRequest("body must be at most 100000 pack IDs of 32 bytes") }
+        guard body.count % 32 == 0, body.count / 32 <= 100_000 else {
+            throw ServerError.badRequest("body must be at most 100000 pack IDs of 32 bytes")
+        }
         var seen = Set<PackID>()
         var ids: [PackID] = []
         for o in stride(from: 0, to: body.count, by: 32) {
             // Why: a repeated ID would be answered (and held in memory) once per repetition.
             guard let id = PackID(bytes: Array(body[o..<(o + 32)])), seen.insert(id).inserted else { continue }
-            guard try catalog.pack(tenant: tenant.name, id: id.description) != nil else { throw ServerError.notFound("pack \(id) not found in tenant \(tenant.name)") }
+            guard try catalog.pack(tenant: tenant.name, id: id.description) != nil else {
+                throw ServerError.notFound("pack \(id) not found in tenant \(tenant.name)")
+            }
             ids.append(id)
         }
         var out: [UInt8] = []
         for id in ids {
             let key = Self.packKey(tenant: tenant.name, id: id)
-            guard let info = try await store.head(key), info.size >= PackFormat.footerSize else { throw ServerError.notFound("pack \(id) missing from the store") }
+            guard let info = try await store.head(key), info.size >= PackFormat.footerSize else {
+                throw ServerError.notFound("pack \(id) missing from the store")
+            }
             let tail = try await store.get(key, range: (info.size - PackFormat.footerSize)..<info.size)
             let footer = try PackFooter.parse(tail, packSize: info.size, headerLength: 0, object: "pack \(id)")
             let listStart = Int(footer.indexOffset) + Int(footer.indexLength)
@@ -578,8 +653,10 @@ public final class RepositoryService: Sendable {
             bytes += data.count
             do { _ = try PackReader.inspect(data, expectedID: p) } catch { damaged.append("pack \(p): \(error)") }
         }
-        let report = Wire.VerifyReport(snapshot: rec.id, packsChecked: packs.count, bytesChecked: bytes, damaged: damaged, missing: missing)
-        audit(ctx, .verifySnapshot, object: "snapshot \(rec.id)", outcome: report.ok ? "ok" : "damaged", detail: "damaged=\(damaged.count) missing=\(missing.count)")
+        let report = Wire.VerifyReport(snapshot: rec.id, packsChecked: packs.count, bytesChecked: bytes,
+            damaged: damaged, missing: missing)
+        audit(ctx, .verifySnapshot, object: "snapshot \(rec.id)", outcome: report.ok ? "ok" : "damaged",
+            detail: "damaged=\(damaged.count) missing=\(missing.count)")
         return report
     }
 
@@ -587,12 +664,19 @@ public final class RepositoryService: Sendable {
 
     public func createTenant(_ req: Wire.CreateTenantRequest, ctx: CallContext) async throws -> Wire.TenantInfo {
         guard Self.isValidTenantName(req.name) else {
-            throw ServerError.badRequest("tenant name \(req.name.debugDescription) must be 1–63 characters of a-z, 0-9, '.', '-', '_', starting with a letter or digit")
+            throw ServerError.badRequest("""
+                tenant name \(req.name.debugDescription) must be 1–63 characters of a-z, 0-9, '.', '-', '_', starting \
+                with a letter or digit
+                """)
         }
-        guard try catalog.tenant(req.name) == nil else { throw ServerError(409, "E_CONFLICT", "tenant \(req.name) already exists") }
-        guard let pub = Data(base64Encoded: req.readPublicKey), let key = try? ReadPublicKey(rawRepresentation: Array(pub)),
+        guard try catalog.tenant(req.name) == nil else {
+            throw ServerError(409, "E_CONFLICT", "tenant \(req.name) already exists")
+        }
+        guard let pub = Data(base64Encoded: req.readPublicKey),
+            let key = try? ReadPublicKey(rawRepresentation: Array(pub)),
               let wm = Data(base64Encoded: req.writeMaterial),
-              let material = try? SharedWriteMaterial.decode(SecretBytes(copying: wm)), material.readPublicKey == key else {
+              let material = try? SharedWriteMaterial.decode(SecretBytes(copying: wm)),
+                  material.readPublicKey == key else {
             throw ServerError.badRequest("read public key or write material is malformed or they do not match")
         }
         let minRetention = req.minRetentionSeconds ?? defaultMinRetention
@@ -602,13 +686,16 @@ public final class RepositoryService: Sendable {
         }
         let now = try now()
         _ = try WrappedKeyHeader.check(req.wrappedReadKey, tenant: TenantRecord(
-            name: req.name, readKeyID: key.keyID.description, readPublicKey: Array(pub), writeMaterial: [], wrappedReadKey: "",
+            name: req.name, readKeyID: key.keyID.description, readPublicKey: Array(pub), writeMaterial: [],
+                wrappedReadKey: "",
             minRetention: minRetention, createdAt: now), version: 1)
-        let record = TenantRecord(name: req.name, readKeyID: key.keyID.description, readPublicKey: Array(pub), writeMaterial: Array(wm),
+        let record = TenantRecord(name: req.name, readKeyID: key.keyID.description, readPublicKey: Array(pub),
+            writeMaterial: Array(wm),
                                   wrappedReadKey: req.wrappedReadKey, minRetention: minRetention, createdAt: now)
         // The tenant's descriptor goes into the store first, so the catalog can be rebuilt
         // from the store alone (`redoubt server rebuild-catalog`).
-        _ = try await store.put(Self.tenantKey(req.name, version: 1), try await descriptor(record).encoded(), retainUntil: nil)
+        _ = try await store.put(Self.tenantKey(req.name, version: 1), try await descriptor(record).encoded(),
+            retainUntil: nil)
         try catalog.insertTenant(record)
         // A new tenant has no hosts yet: choosing the wider scope now weakens nothing that exists.
         if scope != .host { _ = try catalog.setDedupScope(tenant: req.name, scope, from: .host) }
@@ -623,10 +710,15 @@ public final class RepositoryService: Sendable {
     /// no retired KEKs; an admin sees any tenant's with its retired KEKs.
     public func readKey(tenant: String, ctx: CallContext) throws -> Wire.ReadKeyInfo {
         guard let p = ctx.principal, p.role == .admin || (p.role == .restorer && p.tenant == tenant) else {
-            throw refuse(ctx, .getReadKey, object: "tenant \(tenant)", .forbidden("only an admin or this tenant's restorer may fetch its wrapped read key"))
+            throw refuse(ctx, .getReadKey, object: "tenant \(tenant)",
+                .forbidden("only an admin or this tenant's restorer may fetch its wrapped read key"))
         }
-        guard let rec = try catalog.tenant(tenant) else { throw ServerError.notFound("tenant \(tenant) does not exist") }
-        if rec.shreddedAt != nil && p.role == .restorer { throw refuse(ctx, .getReadKey, object: "tenant \(tenant)", .shredded(tenant)) }
+        guard let rec = try catalog.tenant(tenant) else {
+            throw ServerError.notFound("tenant \(tenant) does not exist")
+        }
+        if rec.shreddedAt != nil && p.role == .restorer {
+            throw refuse(ctx, .getReadKey, object: "tenant \(tenant)", .shredded(tenant))
+        }
         audit(ctx, .getReadKey, object: "tenant \(tenant)", outcome: "ok", detail: "version=\(rec.keyVersion)")
         return try readKeyInfo(tenant, withRetired: p.role == .admin)
     }
@@ -634,11 +726,15 @@ public final class RepositoryService: Sendable {
     /// What the read-key endpoints answer, read from the catalog without an audit record
     /// (the admin calls that change the key record their own).
     private func readKeyInfo(_ tenant: String, withRetired: Bool) throws -> Wire.ReadKeyInfo {
-        guard let rec = try catalog.tenant(tenant) else { throw ServerError.notFound("tenant \(tenant) does not exist") }
+        guard let rec = try catalog.tenant(tenant) else {
+            throw ServerError.notFound("tenant \(tenant) does not exist")
+        }
         let retired = withRetired ? try catalog.retiredKEKs(tenant: tenant).map {
-            Wire.RetiredKEKInfo(version: $0.version, stub: $0.stub, retiredAt: $0.retiredAt, destroyedAt: $0.destroyedAt)
+            Wire.RetiredKEKInfo(version: $0.version, stub: $0.stub, retiredAt: $0.retiredAt,
+                destroyedAt: $0.destroyedAt)
         } : []
-        return Wire.ReadKeyInfo(tenant: tenant, keyVersion: rec.keyVersion, wrappedReadKey: rec.shreddedAt == nil ? rec.wrappedReadKey : nil,
+        return Wire.ReadKeyInfo(tenant: tenant, keyVersion: rec.keyVersion,
+            wrappedReadKey: rec.shreddedAt == nil ? rec.wrappedReadKey : nil,
                                 shreddedAt: rec.shreddedAt, retired: retired)
     }
 
@@ -646,9 +742,12 @@ public final class RepositoryService: Sendable {
     /// another provider), as the next key version. No pack is rewritten: packs are sealed
     /// to the read *public* key, which does not change. The previous KEK is recorded as
     /// retired so that a later shred can destroy it too.
-    public func rotateReadKey(tenant: String, _ req: Wire.RotateReadKeyRequest, ctx: CallContext) async throws -> Wire.ReadKeyInfo {
+    public func rotateReadKey(tenant: String, _ req: Wire.RotateReadKeyRequest,
+        ctx: CallContext) async throws -> Wire.ReadKeyInfo {
         let object = "tenant \(tenant)"
-        guard let rec = try catalog.tenant(tenant) else { throw ServerError.notFound("tenant \(tenant) does not exist") }
+        guard let rec = try catalog.tenant(tenant) else {
+            throw ServerError.notFound("tenant \(tenant) does not exist")
+        }
         guard rec.shreddedAt == nil else { throw refuse(ctx, .rotateReadKey, object: object, .shredded(tenant)) }
         let next = rec.keyVersion + 1
         // Why a gated change: the server can check only the wrapping's header, and the old
@@ -660,14 +759,17 @@ public final class RepositoryService: Sendable {
         if let id = req.requestID {
             guard let r = try catalog.request(id, now: try now()), r.action == "rotate-read-key", r.object == object,
                   let held = r.parameters["wrappedReadKey"] else {
-                throw refuse(ctx, .rotateReadKey, object: object, .forbidden("request \(id) is not a rotation of \(object)'s read key"))
+                throw refuse(ctx, .rotateReadKey, object: object,
+                    .forbidden("request \(id) is not a rotation of \(object)'s read key"))
             }
             // Before the header check below, which a used request fails for its stale version.
             guard r.state != .executed else {
-                throw refuse(ctx, .rotateReadKey, object: object, ServerError(409, "E_APPROVAL_PENDING", "request \(id) was already used"))
+                throw refuse(ctx, .rotateReadKey, object: object, ServerError(409, "E_APPROVAL_PENDING",
+                    "request \(id) was already used"))
             }
             guard wrappedJSON.isEmpty || wrappedJSON == held else {
-                throw refuse(ctx, .rotateReadKey, object: object, .forbidden("request \(id) approved another wrapping; send none to apply the approved one"))
+                throw refuse(ctx, .rotateReadKey, object: object,
+                    .forbidden("request \(id) approved another wrapping; send none to apply the approved one"))
             }
             wrappedJSON = held
         }
@@ -679,18 +781,23 @@ public final class RepositoryService: Sendable {
                       parameters: ["version": String(next), "provider": header.provider, "wrappedReadKey": wrappedJSON],
                       requestID: req.requestID, consume: true, ctx: ctx)
         let stub = try WrappedKeyHeader.stub(rec.wrappedReadKey)
-        let updated = TenantRecord(name: rec.name, readKeyID: rec.readKeyID, readPublicKey: rec.readPublicKey, writeMaterial: rec.writeMaterial,
-                               wrappedReadKey: wrappedJSON, minRetention: rec.minRetention, createdAt: rec.createdAt, keyVersion: next)
+        let updated = TenantRecord(name: rec.name, readKeyID: rec.readKeyID, readPublicKey: rec.readPublicKey,
+            writeMaterial: rec.writeMaterial,
+                               wrappedReadKey: wrappedJSON, minRetention: rec.minRetention, createdAt: rec.createdAt,
+                                   keyVersion: next)
         try await replaceDescriptor(updated, retiredStub: stub, shredded: false, now: try now())
-        audit(ctx, .rotateReadKey, object: object, outcome: "ok", detail: "version \(rec.keyVersion)→\(next) provider=\(header.providerName)")
+        audit(ctx, .rotateReadKey, object: object, outcome: "ok",
+            detail: "version \(rec.keyVersion)→\(next) provider=\(header.providerName)")
         return try readKeyInfo(tenant, withRetired: true)
     }
 
     /// Records that the KEKs of retired key versions were destroyed at their KMS or HSM.
-    public func markKEKsDestroyed(tenant: String, _ req: Wire.DestroyedKEKsRequest, ctx: CallContext) throws -> Wire.ReadKeyInfo {
+    public func markKEKsDestroyed(tenant: String, _ req: Wire.DestroyedKEKsRequest,
+        ctx: CallContext) throws -> Wire.ReadKeyInfo {
         guard try catalog.tenant(tenant) != nil else { throw ServerError.notFound("tenant \(tenant) does not exist") }
         try catalog.markKEKsDestroyed(tenant: tenant, versions: req.versions, now: try now())
-        audit(ctx, .markKEKsDestroyed, object: "tenant \(tenant)", outcome: "ok", detail: "versions=\(req.versions.map(String.init).joined(separator: ","))")
+        audit(ctx, .markKEKsDestroyed, object: "tenant \(tenant)", outcome: "ok",
+            detail: "versions=\(req.versions.map(String.init).joined(separator: ","))")
         return try readKeyInfo(tenant, withRetired: true)
     }
 
@@ -698,25 +805,35 @@ public final class RepositoryService: Sendable {
     /// the KMS, removes every wrapped copy of the read key the server holds (catalog and
     /// store descriptors) and refuses further backups. Packs, manifests and their locks
     /// stay exactly as they were: they are ciphertext that nothing can open any more.
-    public func shredTenant(tenant: String, _ req: Wire.ShredRequest, ctx: CallContext) async throws -> Wire.ReadKeyInfo {
+    public func shredTenant(tenant: String, _ req: Wire.ShredRequest,
+        ctx: CallContext) async throws -> Wire.ReadKeyInfo {
         let object = "tenant \(tenant)"
-        guard let rec = try catalog.tenant(tenant) else { throw ServerError.notFound("tenant \(tenant) does not exist") }
+        guard let rec = try catalog.tenant(tenant) else {
+            throw ServerError.notFound("tenant \(tenant) does not exist")
+        }
         guard req.confirm == tenant else {
-            throw refuse(ctx, .shredTenant, object: object, .badRequest("confirm must repeat the tenant's name (\(tenant)) to shred it"))
+            throw refuse(ctx, .shredTenant, object: object,
+                .badRequest("confirm must repeat the tenant's name (\(tenant)) to shred it"))
         }
         guard rec.shreddedAt == nil else { throw refuse(ctx, .shredTenant, object: object, .shredded(tenant)) }
         // Why: a shred makes every snapshot unreadable, which would defeat a legal hold.
         if let h = try catalog.holds(active: true).first(where: { $0.tenant == tenant }) {
-            throw refuse(ctx, .shredTenant, object: object, ServerError(409, "E_HELD", "tenant \(tenant) is under legal hold \(h.id) (\(h.kind.rawValue) \(h.target)): release it first (`redoubt admin hold release \(h.id)`)"))
+            throw refuse(ctx, .shredTenant, object: object, ServerError(409, "E_HELD",
+                """
+                    tenant \(tenant) is under legal hold \(h.id) (\(h.kind.rawValue) \(h.target)): release it first \
+                    (`redoubt admin hold release \(h.id)`)
+                    """))
         }
         // Why a check call first: the admin destroys the KEKs at the KMS before this call
         // removes the server's copies, and must not do so for a shred that is not approved.
         let checkOnly = req.check ?? false
-        try authorize(.shredTenant, object: object, parameters: [:], requestID: req.requestID, consume: !checkOnly, ctx: ctx)
+        try authorize(.shredTenant, object: object, parameters: [:], requestID: req.requestID, consume: !checkOnly,
+            ctx: ctx)
         if checkOnly { return try readKeyInfo(tenant, withRetired: true) }
         let stub = try WrappedKeyHeader.stub(rec.wrappedReadKey)
         let now = try now()
-        let shredded = TenantRecord(name: rec.name, readKeyID: rec.readKeyID, readPublicKey: rec.readPublicKey, writeMaterial: rec.writeMaterial,
+        let shredded = TenantRecord(name: rec.name, readKeyID: rec.readKeyID, readPublicKey: rec.readPublicKey,
+            writeMaterial: rec.writeMaterial,
                                     wrappedReadKey: "", minRetention: rec.minRetention, createdAt: rec.createdAt,
                                     keyVersion: rec.keyVersion + 1, shreddedAt: now)
         try await replaceDescriptor(shredded, retiredStub: stub, shredded: true, now: now)
@@ -731,8 +848,10 @@ public final class RepositoryService: Sendable {
     /// Writes the tenant's new descriptor to the store, switches the catalog to it, then
     /// deletes the older descriptors from the store (they carry older wrapped copies).
     private func replaceDescriptor(_ rec: TenantRecord, retiredStub: String, shredded: Bool, now: Date) async throws {
-        _ = try await store.put(Self.tenantKey(rec.name, version: rec.keyVersion), try await descriptor(rec).encoded(), retainUntil: nil)
-        try catalog.replaceReadKey(tenant: rec.name, newVersion: rec.keyVersion, wrapped: rec.wrappedReadKey, retiredStub: retiredStub,
+        _ = try await store.put(Self.tenantKey(rec.name, version: rec.keyVersion), try await descriptor(rec).encoded(),
+            retainUntil: nil)
+        try catalog.replaceReadKey(tenant: rec.name, newVersion: rec.keyVersion, wrapped: rec.wrappedReadKey,
+            retiredStub: retiredStub,
                                    now: now, shredded: shredded)
         for v in 1..<rec.keyVersion {
             let key = Self.tenantKey(rec.name, version: v)
@@ -759,7 +878,8 @@ public final class RepositoryService: Sendable {
             BucketVerify.descriptorVersion(o.key.path, tenant: rec.name).map { ($0, o.key) }
         }
         for (_, key) in found.sorted(by: { $0.0 > $1.0 }) {
-            if let d = try? JSONDecoder().decode(TenantDescriptor.self, from: Data(try await store.get(key))), d.name == rec.name, let sealed = d.sealed {
+            if let d = try? JSONDecoder().decode(TenantDescriptor.self, from: Data(try await store.get(key))),
+                d.name == rec.name, let sealed = d.sealed {
                 return (sealed, d.writeMaterialCheck)
             }
         }
@@ -774,7 +894,8 @@ public final class RepositoryService: Sendable {
         var failures: [String] = []
         do {
             if try catalog.clearShreddedWriteMaterial() > 0 {
-                audit(CallContext(principal: nil, source: "local"), .clearWriteMaterial, object: "catalog", outcome: "ok", detail: "shredded tenants")
+                audit(CallContext(principal: nil, source: "local"), .clearWriteMaterial, object: "catalog",
+                    outcome: "ok", detail: "shredded tenants")
             }
         } catch { failures.append("catalog: shredded tenants' write material not cleared: \(error)") }
         for rec in (try? catalog.tenants()) ?? [] where !rec.writeMaterial.isEmpty && rec.shreddedAt == nil {
@@ -790,7 +911,8 @@ public final class RepositoryService: Sendable {
                 } else {
                     _ = try await store.put(key, try await descriptor(rec).encoded(), retainUntil: nil)
                 }
-                audit(CallContext(principal: nil, source: "local"), .sealDescriptor, object: key.path, outcome: "ok", detail: "write material sealed to read key \(rec.readKeyID)")
+                audit(CallContext(principal: nil, source: "local"), .sealDescriptor, object: key.path, outcome: "ok",
+                    detail: "write material sealed to read key \(rec.readKeyID)")
             } catch {
                 failures.append("\(key.path): \(error)")
             }
@@ -801,38 +923,60 @@ public final class RepositoryService: Sendable {
     /// What an admin needs to give the write material back after a rebuild from the store
     /// alone: whether the server has it, and the sealed copy to open with the read key.
     public func writeMaterial(tenant: String, ctx: CallContext) async throws -> Wire.WriteMaterialInfo {
-        guard let rec = try catalog.tenant(tenant) else { throw ServerError.notFound("tenant \(tenant) does not exist") }
+        guard let rec = try catalog.tenant(tenant) else {
+            throw ServerError.notFound("tenant \(tenant) does not exist")
+        }
         let (sealed, _) = try await sealedWriteMaterial(rec)
-        return Wire.WriteMaterialInfo(tenant: tenant, present: !rec.writeMaterial.isEmpty, sealedWriteMaterial: Data(sealed).base64EncodedString())
+        return Wire.WriteMaterialInfo(tenant: tenant, present: !rec.writeMaterial.isEmpty,
+            sealedWriteMaterial: Data(sealed).base64EncodedString())
     }
 
     /// Takes a tenant's write material back (opened by an admin with the read key, or
     /// copied from an enrolled host): only the one that names the tenant's read key, and
     /// never in place of one the server has.
-    public func restoreWriteMaterial(tenant: String, _ req: Wire.RestoreWriteMaterialRequest, ctx: CallContext) async throws -> Wire.WriteMaterialInfo {
+    public func restoreWriteMaterial(tenant: String, _ req: Wire.RestoreWriteMaterialRequest,
+        ctx: CallContext) async throws -> Wire.WriteMaterialInfo {
         let object = "tenant \(tenant)"
-        guard let rec = try catalog.tenant(tenant) else { throw ServerError.notFound("tenant \(tenant) does not exist") }
+        guard let rec = try catalog.tenant(tenant) else {
+            throw ServerError.notFound("tenant \(tenant) does not exist")
+        }
         guard rec.shreddedAt == nil else { throw refuse(ctx, .restoreWriteMaterial, object: object, .shredded(tenant)) }
-        guard let bytes = Data(base64Encoded: req.writeMaterial), let material = try? SharedWriteMaterial.decode(SecretBytes(copying: Array(bytes))) else {
-            throw refuse(ctx, .restoreWriteMaterial, object: object, .badRequest("writeMaterial is not a Redoubt write key set (base64)"))
+        guard let bytes = Data(base64Encoded: req.writeMaterial),
+            let material = try? SharedWriteMaterial.decode(SecretBytes(copying: Array(bytes))) else {
+            throw refuse(ctx, .restoreWriteMaterial, object: object,
+                .badRequest("writeMaterial is not a Redoubt write key set (base64)"))
         }
         guard Array(material.readPublicKey.rawRepresentation) == rec.readPublicKey else {
-            throw refuse(ctx, .restoreWriteMaterial, object: object, .badRequest("this write material belongs to read key \(material.readPublicKey.keyID), not tenant \(tenant)'s \(rec.readKeyID)"))
+            throw refuse(ctx, .restoreWriteMaterial, object: object,
+                .badRequest("""
+                    this write material belongs to read key \(material.readPublicKey.keyID), not tenant \(tenant)'s \
+                    \(rec.readKeyID)
+                    """))
         }
         // Why: material from a host's file may come from a compromised host; the descriptor's
         // public check tells the tenant's real chunk-ID key and seed from others.
         if rec.writeMaterial.isEmpty {
             guard let check = try await sealedWriteMaterial(rec).check else {
-                throw refuse(ctx, .restoreWriteMaterial, object: object, ServerError(409, "E_CONFLICT", "tenant \(tenant)'s descriptor carries no check of its write material, so none given here can be verified; nothing was changed"))
+                throw refuse(ctx, .restoreWriteMaterial, object: object, ServerError(409, "E_CONFLICT",
+                    """
+                        tenant \(tenant)'s descriptor carries no check of its write material, so none given here can \
+                        be verified; nothing was changed
+                        """))
             }
             guard check == material.check else {
-                throw refuse(ctx, .restoreWriteMaterial, object: object, .badRequest("this write material names tenant \(tenant)'s read key but is not the material its descriptor was sealed with (another chunk-ID key or seed): take it from the sealed copy (`redoubt admin tenant restore-material \(tenant)` without --from)"))
+                throw refuse(ctx, .restoreWriteMaterial, object: object,
+                    .badRequest("""
+                        this write material names tenant \(tenant)'s read key but is not the material its descriptor \
+                        was sealed with (another chunk-ID key or seed): take it from the sealed copy (`redoubt admin \
+                        tenant restore-material \(tenant)` without --from)
+                        """))
             }
         }
         if rec.writeMaterial.isEmpty, try catalog.setWriteMaterial(tenant: tenant, material: Array(bytes)) {
             audit(ctx, .restoreWriteMaterial, object: object, outcome: "ok", detail: "read-key=\(rec.readKeyID)")
         } else if try catalog.tenant(tenant)?.writeMaterial != Array(bytes) {
-            throw refuse(ctx, .restoreWriteMaterial, object: object, ServerError(409, "E_CONFLICT", "the server already has tenant \(tenant)'s write material, and it differs: nothing was changed"))
+            throw refuse(ctx, .restoreWriteMaterial, object: object, ServerError(409, "E_CONFLICT",
+                "the server already has tenant \(tenant)'s write material, and it differs: nothing was changed"))
         }
         return try await writeMaterial(tenant: tenant, ctx: ctx)
     }
@@ -843,21 +987,34 @@ public final class RepositoryService: Sendable {
     }
 
     /// Creates a one-time enrollment token for a writer, restorer or auditor.
-    public func createEnrollment(tenant: String, _ req: Wire.CreateEnrollmentRequest, ctx: CallContext) throws -> Wire.CreateEnrollmentResponse {
-        guard let role = Role(rawValue: req.role), role != .admin else { throw ServerError.badRequest("role must be writer, restorer or auditor") }
-        guard Self.isValidPrincipalName(req.name) else { throw ServerError.badRequest("name \(req.name.debugDescription) must be 1–253 characters of A-Z, a-z, 0-9, '.', '-', '_'") }
-        guard let rec = try catalog.tenant(tenant) else { throw ServerError.notFound("tenant \(tenant) does not exist: `redoubt admin tenant create \(tenant)`") }
+    public func createEnrollment(tenant: String, _ req: Wire.CreateEnrollmentRequest,
+        ctx: CallContext) throws -> Wire.CreateEnrollmentResponse {
+        guard let role = Role(rawValue: req.role), role != .admin else {
+            throw ServerError.badRequest("role must be writer, restorer or auditor")
+        }
+        guard Self.isValidPrincipalName(req.name) else {
+            throw ServerError.badRequest("""
+                name \(req.name.debugDescription) must be 1–253 characters of A-Z, a-z, 0-9, '.', '-', '_'
+                """)
+        }
+        guard let rec = try catalog.tenant(tenant) else {
+            throw ServerError.notFound("tenant \(tenant) does not exist: `redoubt admin tenant create \(tenant)`")
+        }
         guard rec.shreddedAt == nil else { throw ServerError.shredded(tenant) }
         if role == .writer || role == .restorer, rec.writeMaterial.isEmpty { throw ServerError.noWriteMaterial(tenant) }
         let ttl = min(max(req.ttlSeconds ?? 86400, 60), 7 * 86400)
         let now = try now()
         let secret = hexString((0..<32).map { _ in UInt8.random(in: 0...255) })
         let expires = now.addingTimeInterval(ttl)
-        try catalog.insertEnrollment(tokenHash: hexString(SHA256.hash(data: Array(secret.utf8))), role: role, tenant: tenant, name: req.name,
+        try catalog.insertEnrollment(tokenHash: hexString(SHA256.hash(data: Array(secret.utf8))), role: role,
+            tenant: tenant, name: req.name,
                                      expiresAt: expires, createdBy: ctx.principal?.name ?? "-")
-        let token = Wire.EnrollmentToken(url: serverURL, ca: Data(try ca.certificate.serializeAsPEM().derBytes).base64EncodedString(), pin: try ca.pin,
-                                         secret: secret, role: role.rawValue, tenant: tenant, name: req.name, expires: Int64(expires.timeIntervalSince1970))
-        audit(ctx, .createEnrollment, object: "\(role.rawValue) \(tenant)/\(req.name)", outcome: "ok", detail: "expires=\(Int(expires.timeIntervalSince1970))")
+        let token = Wire.EnrollmentToken(url: serverURL,
+            ca: Data(try ca.certificate.serializeAsPEM().derBytes).base64EncodedString(), pin: try ca.pin,
+                                         secret: secret, role: role.rawValue, tenant: tenant, name: req.name,
+                                             expires: Int64(expires.timeIntervalSince1970))
+        audit(ctx, .createEnrollment, object: "\(role.rawValue) \(tenant)/\(req.name)", outcome: "ok",
+            detail: "expires=\(Int(expires.timeIntervalSince1970))")
         return Wire.CreateEnrollmentResponse(token: try token.encoded(), expires: expires)
     }
 
@@ -866,7 +1023,8 @@ public final class RepositoryService: Sendable {
         let now = try now()
         let id = hexString((0..<16).map { _ in UInt8.random(in: 0...255) })
         let cert = try ca.issueClient(publicKey: .init(publicKey), principalID: id, now: now)
-        let p = Principal(id: id, role: .admin, tenant: nil, name: name, fingerprint: certificateFingerprint(der: try cert.serializeAsPEM().derBytes), hostKey: nil)
+        let p = Principal(id: id, role: .admin, tenant: nil, name: name,
+            fingerprint: certificateFingerprint(der: try cert.serializeAsPEM().derBytes), hostKey: nil)
         try catalog.insertPrincipal(p, os: nil, now: now)
         audit(CallContext(principal: p, source: "local"), .createAdmin, object: "admin \(name)", outcome: "ok")
         return (p, try cert.serializeAsPEM().pemString)
@@ -930,13 +1088,22 @@ struct WrappedKeyHeader: Decodable {
             throw ServerError.badRequest("wrappedReadKey refused: \(error.detail)")
         }
         guard let h = try? JSONDecoder().decode(WrappedKeyHeader.self, from: Data(json.utf8)), h.format == 1 else {
-            throw ServerError.badRequest("wrappedReadKey is not a Redoubt wrapped read key (format 1; docs/FORMAT.md §7)")
+            throw ServerError.badRequest("""
+                wrappedReadKey is not a Redoubt wrapped read key (format 1; docs/FORMAT.md §7)
+                """)
         }
         guard h.context.tenant == tenant.name, h.context.keyVersion == version else {
-            throw ServerError.badRequest("wrapped read key is bound to tenant \(h.context.tenant.debugDescription) version \(h.context.keyVersion), expected \(tenant.name.debugDescription) version \(version)")
+            throw ServerError.badRequest("""
+                wrapped read key is bound to tenant \(h.context.tenant.debugDescription) version \
+                \(h.context.keyVersion), expected \(tenant.name.debugDescription) version \(version)
+                """)
         }
-        guard h.readKeyID == tenant.readKeyID, Data(base64Encoded: h.publicKey).map(Array.init) == tenant.readPublicKey else {
-            throw ServerError.badRequest("wrapped read key is for read key \(h.readKeyID), not tenant \(tenant.name)'s \(tenant.readKeyID): rotation re-wraps the same key")
+        guard h.readKeyID == tenant.readKeyID,
+            Data(base64Encoded: h.publicKey).map(Array.init) == tenant.readPublicKey else {
+            throw ServerError.badRequest("""
+                wrapped read key is for read key \(h.readKeyID), not tenant \(tenant.name)'s \(tenant.readKeyID): \
+                rotation re-wraps the same key
+                """)
         }
         guard !h.wrapped.isEmpty else { throw ServerError.badRequest("wrapped read key holds no wrapped bytes") }
         return h

@@ -8,22 +8,28 @@ struct RequestLimitsMiddleware: RouterMiddleware {
     typealias Context = RedoubtRequestContext
     let limits: ServerLimits
 
-    func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
+    func handle(_ request: Request, context: Context, next: (Request,
+        Context) async throws -> Response) async throws -> Response {
         let uri = request.uri.description.utf8.count
         if uri > limits.maxURIBytes {
-            return closing(ServerError(414, "E_TOO_LARGE", "request path of \(uri) bytes exceeds the limit of \(limits.maxURIBytes) "
+            return closing(ServerError(414, "E_TOO_LARGE",
+                "request path of \(uri) bytes exceeds the limit of \(limits.maxURIBytes) "
                                        + "(limit uri-size)"), context)
         }
         let limit = limits.bodyLimit(method: request.method.rawValue, path: request.uri.path)
         if let declared = request.headers[.contentLength] {
             guard let n = Int(declared), n >= 0 else {
-                return closing(.badRequest("Content-Length \(declared.prefix(32).debugDescription) is not a byte count"), context)
+                return closing(.badRequest("""
+                    Content-Length \(declared.prefix(32).debugDescription) is not a byte count
+                    """), context)
             }
             // Why before reading: a body declared too large is refused on its header alone,
             // so a client cannot make the server wait for (or buffer) bytes it will refuse.
             if n > limit {
-                return closing(.tooLarge(what: "\(request.method) \(request.uri.path.prefix(64)) body", size: n, limit: limit,
-                                         setting: limits.bodySetting(method: request.method.rawValue, path: request.uri.path)), context)
+                return closing(.tooLarge(what: "\(request.method) \(request.uri.path.prefix(64)) body", size: n,
+                    limit: limit,
+                                         setting: limits.bodySetting(method: request.method.rawValue,
+                                             path: request.uri.path)), context)
             }
         }
         // The body reader (`Request.bytes(limit:)`) enforces the rate floor for this request.

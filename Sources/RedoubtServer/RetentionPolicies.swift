@@ -18,7 +18,8 @@ extension RepositoryService {
     /// Sets or removes one policy. Raising (no rule fewer or shorter, same time zone) or a
     /// new policy takes effect at once; lowering or removing is a weakening change that needs
     /// the admins' quorum, as lowering the minimum retention does.
-    public func setPolicy(tenant: String, _ req: Wire.SetPolicyRequest, ctx: CallContext) async throws -> [Wire.PolicyInfo] {
+    public func setPolicy(tenant: String, _ req: Wire.SetPolicyRequest,
+        ctx: CallContext) async throws -> [Wire.PolicyInfo] {
         guard try catalog.tenant(tenant) != nil else { throw ServerError.notFound("tenant \(tenant) does not exist") }
         guard !req.hostGlob.isEmpty, req.hostGlob.utf8.count <= 253,
               req.hostGlob.allSatisfy({ $0.isASCII && ($0.isLetter || $0.isNumber || "._-*?[]!".contains($0)) }) else {
@@ -30,13 +31,19 @@ extension RepositoryService {
         }
         let object = Self.policyObject(tenant, req.hostGlob, req.tag)
         let current = try catalog.policies(tenant: tenant).first { $0.hostGlob == req.hostGlob && $0.tag == req.tag }
-        let rulesJSON = { (r: RetentionRules) in String(decoding: (try? JSONEncoder.sorted.encode(r)) ?? Data(), as: UTF8.self) }
+        let rulesJSON = {
+            (r: RetentionRules) in String(decoding: (try? JSONEncoder.sorted.encode(r)) ?? Data(), as: UTF8.self)
+        }
         if req.remove == true {
-            guard let current else { throw ServerError.notFound("\(object) does not exist: `redoubt admin policy list`") }
+            guard let current else {
+                throw ServerError.notFound("\(object) does not exist: `redoubt admin policy list`")
+            }
             try authorize(.lowerPolicy, object: object, parameters: ["from": rulesJSON(current.rules), "to": "removed"],
                           requestID: req.requestID, consume: true, ctx: ctx)
-            guard try catalog.removePolicy(tenant: tenant, hostGlob: req.hostGlob, tag: req.tag, from: current.rules) else {
-                throw ServerError(409, "E_CONFLICT", "\(object) changed meanwhile; look again (`redoubt admin policy show`)")
+            guard try catalog.removePolicy(tenant: tenant, hostGlob: req.hostGlob, tag: req.tag,
+                from: current.rules) else {
+                throw ServerError(409, "E_CONFLICT",
+                    "\(object) changed meanwhile; look again (`redoubt admin policy show`)")
             }
             audit(ctx, .setPolicy, object: object, outcome: "ok", detail: "removed (was \(current.rules.summary))")
             return try catalog.policies(tenant: tenant)
@@ -45,12 +52,15 @@ extension RepositoryService {
         if let problem = rules.problem() { throw ServerError.badRequest("\(object): \(problem)") }
         if let current, current.rules.isWeakened(by: rules) {
             // "from" too: an approval to lower one policy must not undo a raise made since.
-            try authorize(.lowerPolicy, object: object, parameters: ["from": rulesJSON(current.rules), "to": rulesJSON(rules)],
+            try authorize(.lowerPolicy, object: object, parameters: ["from": rulesJSON(current.rules),
+                "to": rulesJSON(rules)],
                           requestID: req.requestID, consume: true, ctx: ctx)
         }
-        let info = Wire.PolicyInfo(tenant: tenant, hostGlob: req.hostGlob, tag: req.tag, rules: rules, updatedAt: try now())
+        let info = Wire.PolicyInfo(tenant: tenant, hostGlob: req.hostGlob, tag: req.tag, rules: rules,
+            updatedAt: try now())
         guard try catalog.setPolicy(info, from: current?.rules) else {
-            throw ServerError(409, "E_CONFLICT", "\(object) changed meanwhile; look again (`redoubt admin policy show`)")
+            throw ServerError(409, "E_CONFLICT",
+                "\(object) changed meanwhile; look again (`redoubt admin policy show`)")
         }
         audit(ctx, .setPolicy, object: object, outcome: "ok",
               detail: "\(current.map { $0.rules.summary } ?? "none") → \(rules.summary)")
@@ -59,24 +69,32 @@ extension RepositoryService {
     }
 
     public func listPolicies(tenant: String?) throws -> [Wire.PolicyInfo] {
-        if let tenant, try catalog.tenant(tenant) == nil { throw ServerError.notFound("tenant \(tenant) does not exist") }
+        if let tenant, try catalog.tenant(tenant) == nil {
+            throw ServerError.notFound("tenant \(tenant) does not exist")
+        }
         return try catalog.policies(tenant: tenant)
     }
 
     /// What every policy of the tenant decides for each of its snapshots (optionally one
     /// host's), on the server's commit times and clock. Several policies matching one
     /// snapshot all keep it: the latest lock wins (locks only move later).
-    func policyDecisions(tenant: String, host: String?, now: Date) throws -> [(SnapshotRecord, [Wire.PolicyKeep], Date?)] {
+    func policyDecisions(tenant: String, host: String?, now: Date) throws -> [(SnapshotRecord, [Wire.PolicyKeep],
+        Date?)] {
         guard let t = try catalog.tenant(tenant) else { throw ServerError.notFound("tenant \(tenant) does not exist") }
         let snaps = try catalog.snapshots(tenant: tenant, host: host)
         var keeps: [String: [Wire.PolicyKeep]] = [:]
         var locks: [String: Date] = [:]
         for p in try catalog.policies(tenant: tenant) {
             guard let schedule = RetentionSchedule(rules: p.rules, minimumRetention: t.minRetention) else { continue }
-            let matching = snaps.filter { Self.hostMatches(p.hostGlob, $0.host) && (p.tag.isEmpty || $0.tags.contains(p.tag)) }
-            for d in schedule.decide(matching.map { RetentionCandidate(id: $0.id, host: $0.host, committedAt: $0.committedAt) },
+            let matching = snaps.filter {
+                Self.hostMatches(p.hostGlob, $0.host) && (p.tag.isEmpty || $0.tags.contains(p.tag))
+            }
+            for d in schedule.decide(matching.map { RetentionCandidate(id: $0.id, host: $0.host,
+                committedAt: $0.committedAt) },
                                      now: now) {
-                keeps[d.id, default: []] += d.keeps.map { Wire.PolicyKeep(rule: $0.rule.rawValue, until: $0.until, final: $0.final) }
+                keeps[d.id, default: []] += d.keeps.map {
+                    Wire.PolicyKeep(rule: $0.rule.rawValue, until: $0.until, final: $0.final)
+                }
                 if let l = d.lockUntil { locks[d.id] = max(locks[d.id] ?? l, l) }
             }
         }
@@ -111,7 +129,8 @@ extension RepositoryService {
             Wire.PolicyDecisionInfo(id: s.id, host: s.host, committedAt: s.committedAt, retainUntil: s.retainUntil,
                                     keeps: keeps, lockUntil: lock)
         }
-        return Wire.PolicySimulation(tenant: tenant, now: now, snapshots: rows, kept: rows.filter { !$0.keeps.isEmpty }.count,
+        return Wire.PolicySimulation(tenant: tenant, now: now, snapshots: rows,
+            kept: rows.filter { !$0.keeps.isEmpty }.count,
                                      extended: 0)
     }
 
@@ -144,7 +163,8 @@ extension RepositoryService {
                                detail: "extended=\(extended)" + (host.map { " host=\($0)" } ?? ""))
             if try !catalog.copyTargets(tenant: tenant).isEmpty { await copyJobs.kick(tenant, service: self) }
         }
-        return Wire.PolicySimulation(tenant: tenant, now: now, snapshots: rows, kept: rows.filter { !$0.keeps.isEmpty }.count,
+        return Wire.PolicySimulation(tenant: tenant, now: now, snapshots: rows,
+            kept: rows.filter { !$0.keeps.isEmpty }.count,
                                      extended: extended)
     }
 

@@ -124,7 +124,8 @@ public struct RetentionSchedule: Sendable {
             let newest = group.sorted { ($0.committedAt, $0.id) > ($1.committedAt, $1.id) }
             if rules.last > 0 {
                 for s in newest.prefix(rules.last) {
-                    keeps[s.id, default: []].append(RetentionKeep(rule: .last, until: now.addingTimeInterval(minimumRetention),
+                    keeps[s.id, default: []].append(RetentionKeep(rule: .last,
+                        until: now.addingTimeInterval(minimumRetention),
                                                                   final: true))
                 }
             }

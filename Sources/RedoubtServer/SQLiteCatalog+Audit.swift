@@ -23,8 +23,10 @@ extension Catalog {
         public let hash: String
 
         /// The hash of this record: SHA-256 over the previous hash and every field.
-        static func computeHash(seq: Int64, time: Double, actor: String, role: String, credential: String, source: String,
-                                action: String, object: String, outcome: String, detail: String, prevHash: String) -> String {
+        static func computeHash(seq: Int64, time: Double, actor: String, role: String, credential: String,
+            source: String,
+                                action: String, object: String, outcome: String, detail: String,
+                                    prevHash: String) -> String {
             var w = ByteWriter()
             w.raw(Array("redoubt/v1/audit".utf8))
             w.string(prevHash)
@@ -53,22 +55,29 @@ extension Catalog {
             let seq: Int64 = (last?["seq"] as Int64? ?? 0) + 1
             let prev: String = last?["hash"] ?? Self.auditGenesis
             let t = time.timeIntervalSince1970
-            let h = AuditRecord.computeHash(seq: seq, time: t, actor: actor, role: role, credential: credential, source: source,
-                                            action: action, object: object, outcome: outcome, detail: detail, prevHash: prev)
+            let h = AuditRecord.computeHash(seq: seq, time: t, actor: actor, role: role, credential: credential,
+                source: source,
+                                            action: action, object: object, outcome: outcome, detail: detail,
+                                                prevHash: prev)
             try db.execute(sql: """
-                INSERT INTO audit(seq, time, actor, role, credential, source, action, object, outcome, detail, prev_hash, hash)
+                INSERT INTO audit(seq, time, actor, role, credential, source, action, object, outcome, detail, \
+                prev_hash, hash)
                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
                 """, arguments: [seq, t, actor, role, credential, source, action, object, outcome, detail, prev, h])
-            return AuditRecord(seq: seq, time: time, actor: actor, role: role, credential: credential, source: source, action: action,
+            return AuditRecord(seq: seq, time: time, actor: actor, role: role, credential: credential, source: source,
+                action: action,
                                object: object, outcome: outcome, detail: detail, prevHash: prev, hash: h)
         }
     }
 
     public func auditRecords(after seq: Int64 = 0, limit: Int = 10_000) throws -> [AuditRecord] {
         try db.read { db in
-            try Row.fetchAll(db, sql: "SELECT * FROM audit WHERE seq > ? ORDER BY seq LIMIT ?", arguments: [seq, limit]).map { r in
-                AuditRecord(seq: r["seq"], time: Date(timeIntervalSince1970: r["time"]), actor: r["actor"], role: r["role"], credential: r["credential"],
-                            source: r["source"], action: r["action"], object: r["object"], outcome: r["outcome"], detail: r["detail"],
+            try Row.fetchAll(db, sql: "SELECT * FROM audit WHERE seq > ? ORDER BY seq LIMIT ?", arguments: [seq,
+                limit]).map { r in
+                AuditRecord(seq: r["seq"], time: Date(timeIntervalSince1970: r["time"]), actor: r["actor"],
+                    role: r["role"], credential: r["credential"],
+                            source: r["source"], action: r["action"], object: r["object"], outcome: r["outcome"],
+                                detail: r["detail"],
                             prevHash: r["prev_hash"], hash: r["hash"])
             }
         }
@@ -99,9 +108,13 @@ extension Catalog {
     /// Audit records of copy proofs, bucket copies and media exports, oldest first.
     public func copyEvents() throws -> [AuditRecord] {
         try db.read { db in
-            try Row.fetchAll(db, sql: "SELECT * FROM audit WHERE action IN ('copy-proof', 'copy-sync', 'media-write') ORDER BY seq").map { r in
-                AuditRecord(seq: r["seq"], time: Date(timeIntervalSince1970: r["time"]), actor: r["actor"], role: r["role"], credential: r["credential"],
-                            source: r["source"], action: r["action"], object: r["object"], outcome: r["outcome"], detail: r["detail"],
+            try Row.fetchAll(db,
+                sql: "SELECT * FROM audit WHERE action IN ('copy-proof', 'copy-sync', 'media-write') ORDER BY seq")
+                .map { r in
+                AuditRecord(seq: r["seq"], time: Date(timeIntervalSince1970: r["time"]), actor: r["actor"],
+                    role: r["role"], credential: r["credential"],
+                            source: r["source"], action: r["action"], object: r["object"], outcome: r["outcome"],
+                                detail: r["detail"],
                             prevHash: r["prev_hash"], hash: r["hash"])
             }
         }
@@ -133,8 +146,10 @@ extension AuditRepository {
             let batch = try auditRecords(after: after, limit: 5000)
             if batch.isEmpty { break }
             for r in batch {
-                let h = Catalog.AuditRecord.computeHash(seq: r.seq, time: r.time.timeIntervalSince1970, actor: r.actor, role: r.role, credential: r.credential,
-                                                source: r.source, action: r.action, object: r.object, outcome: r.outcome, detail: r.detail, prevHash: prev)
+                let h = Catalog.AuditRecord.computeHash(seq: r.seq, time: r.time.timeIntervalSince1970, actor: r.actor,
+                    role: r.role, credential: r.credential,
+                                                source: r.source, action: r.action, object: r.object,
+                                                    outcome: r.outcome, detail: r.detail, prevHash: prev)
                 if r.seq != expectedSeq || r.prevHash != prev || r.hash != h { return (r.seq, count) }
                 prev = r.hash
                 expectedSeq += 1

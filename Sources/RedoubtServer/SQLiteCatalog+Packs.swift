@@ -8,7 +8,8 @@ import RedoubtCore
 extension Catalog {
     public func pack(tenant: String, id: String) throws -> (size: Int, retainUntil: Date)? {
         try db.read { db in
-            try Row.fetchOne(db, sql: "SELECT size, retain_until FROM packs WHERE tenant = ? AND id = ?", arguments: [tenant, id]).map {
+            try Row.fetchOne(db, sql: "SELECT size, retain_until FROM packs WHERE tenant = ? AND id = ?",
+                arguments: [tenant, id]).map {
                 (size: $0["size"], retainUntil: Date(timeIntervalSince1970: $0["retain_until"]))
             }
         }
@@ -27,7 +28,8 @@ extension Catalog {
     /// the chunks not indexed are only not deduplicated against, and nothing is lost.
     /// `verified`: the server checked every chunk's bytes against its ID (format-2 packs;
     /// docs/PROTOCOL.md §4.6), so other hosts may reuse them under tenant scope.
-    public func insertPack(tenant: String, id: String, key: String, size: Int, retainUntil: Date, chunkIDs: [ChunkID], now: Date,
+    public func insertPack(tenant: String, id: String, key: String, size: Int, retainUntil: Date, chunkIDs: [ChunkID],
+        now: Date,
                            uploader: String? = nil, batch: Int = 4096, verified: Bool = false) throws {
         let step = max(1, batch)
         func insert(_ db: Database, _ ids: ArraySlice<ChunkID>) throws {
@@ -37,8 +39,12 @@ extension Catalog {
         }
         try db.write { db in
             try Self.reclaim(db, key: key)
-            try db.execute(sql: "INSERT OR IGNORE INTO packs(tenant, id, size, retain_until, created_at, uploader) VALUES (?, ?, ?, ?, ?, ?)",
-                           arguments: [tenant, id, size, retainUntil.timeIntervalSince1970, now.timeIntervalSince1970, uploader])
+            try db.execute(sql: """
+                INSERT OR IGNORE INTO packs(tenant, id, size, retain_until, created_at, uploader) VALUES (?, ?, ?, ?, \
+                ?, ?)
+                """,
+                           arguments: [tenant, id, size, retainUntil.timeIntervalSince1970, now.timeIntervalSince1970,
+                               uploader])
             try insert(db, chunkIDs.prefix(step))
         }
         var i = step
@@ -70,7 +76,9 @@ extension Catalog {
                 }
                 let rows = try Row.fetchAll(db, sql: sql, arguments: StatementArguments(args))
                 for r in rows {
-                    if let c = ChunkID(bytes: Array(r["chunk_id"] as Data)), let p = PackID(hex: r["pack_id"]) { out[c] = p }
+                    if let c = ChunkID(bytes: Array(r["chunk_id"] as Data)), let p = PackID(hex: r["pack_id"]) {
+                        out[c] = p
+                    }
                 }
             }
             return out
@@ -81,7 +89,8 @@ extension Catalog {
     public func missingPacks(tenant: String, packs: [PackID]) throws -> [PackID] {
         try db.read { db in
             try packs.filter { p in
-                try Int.fetchOne(db, sql: "SELECT 1 FROM packs WHERE tenant = ? AND id = ?", arguments: [tenant, p.description]) == nil
+                try Int.fetchOne(db, sql: "SELECT 1 FROM packs WHERE tenant = ? AND id = ?", arguments: [tenant,
+                    p.description]) == nil
             }
         }
     }
@@ -90,12 +99,15 @@ extension Catalog {
     /// their new retain-until, so the store's locks can follow. With `requireAll` (a
     /// commit) a pack the catalog does not hold (collected meanwhile) is ``CatalogError/Code/packsMissing``
     /// and nothing moves; once this has run, garbage collection cannot take these packs.
-    public func extendPackLocks(tenant: String, packs: [PackID], until: Date, requireAll: Bool = false) throws -> [(PackID, Date)] {
+    public func extendPackLocks(tenant: String, packs: [PackID], until: Date,
+        requireAll: Bool = false) throws -> [(PackID, Date)] {
         try db.write { db in
             var moved: [(PackID, Date)] = []
             var missing: [PackID] = []
             for p in packs {
-                guard let cur = try Double.fetchOne(db, sql: "SELECT retain_until FROM packs WHERE tenant = ? AND id = ?", arguments: [tenant, p.description]) else {
+                guard let cur = try Double.fetchOne(db,
+                    sql: "SELECT retain_until FROM packs WHERE tenant = ? AND id = ?", arguments: [tenant,
+                    p.description]) else {
                     missing.append(p)
                     continue
                 }
@@ -112,7 +124,8 @@ extension Catalog {
 
     public func packs(tenant: String) throws -> [(id: String, size: Int, retainUntil: Date)] {
         try db.read { db in
-            try Row.fetchAll(db, sql: "SELECT id, size, retain_until FROM packs WHERE tenant = ? ORDER BY id", arguments: [tenant]).map {
+            try Row.fetchAll(db, sql: "SELECT id, size, retain_until FROM packs WHERE tenant = ? ORDER BY id",
+                arguments: [tenant]).map {
                 (id: $0["id"], size: $0["size"], retainUntil: Date(timeIntervalSince1970: $0["retain_until"]))
             }
         }
@@ -122,14 +135,17 @@ extension Catalog {
 extension Catalog {
     /// Records a restorer's report that a pack does not open; returns the uploader's
     /// principal ID (nil if unknown). A pack reported twice keeps its first report.
-    public func recordDamagedPack(tenant: String, pack: String, reporter: String, problem: String, now: Date) throws -> String?? {
+    public func recordDamagedPack(tenant: String, pack: String, reporter: String, problem: String,
+        now: Date) throws -> String?? {
         try db.write { db in
-            guard let row = try Row.fetchOne(db, sql: "SELECT uploader FROM packs WHERE tenant = ? AND id = ?", arguments: [tenant, pack]) else {
+            guard let row = try Row.fetchOne(db, sql: "SELECT uploader FROM packs WHERE tenant = ? AND id = ?",
+                arguments: [tenant, pack]) else {
                 return nil
             }
             let uploader: String? = row["uploader"]
             try db.execute(sql: """
-                INSERT OR IGNORE INTO damaged_packs(tenant, pack, uploader, reported_at, reporter, problem) VALUES (?, ?, ?, ?, ?, ?)
+                INSERT OR IGNORE INTO damaged_packs(tenant, pack, uploader, reported_at, reporter, problem) VALUES (?, \
+                ?, ?, ?, ?, ?)
                 """, arguments: [tenant, pack, uploader, now.timeIntervalSince1970, reporter, problem])
             return .some(uploader)
         }
@@ -139,7 +155,8 @@ extension Catalog {
     public func damagedPackCounts() throws -> [String: Int] {
         try db.read { db in
             var out: [String: Int] = [:]
-            for r in try Row.fetchAll(db, sql: "SELECT uploader, COUNT(*) AS n FROM damaged_packs WHERE uploader IS NOT NULL GROUP BY uploader") {
+            for r in try Row.fetchAll(db,
+                sql: "SELECT uploader, COUNT(*) AS n FROM damaged_packs WHERE uploader IS NOT NULL GROUP BY uploader") {
                 out[r["uploader"]] = r["n"]
             }
             return out

@@ -13,7 +13,8 @@ extension Catalog {
 
     static func insertPrincipal(_ db: Database, _ p: Principal, os: String?, now: Date) throws {
         try db.execute(sql: """
-            INSERT INTO principals(id, role, tenant, name, fingerprint, host_key, os, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+            INSERT INTO principals(id, role, tenant, name, fingerprint, host_key, os, created_at) VALUES (?, ?, ?, ?, \
+            ?, ?, ?, ?)
             """, arguments: [p.id, p.role.rawValue, p.tenant, p.name, p.fingerprint, p.hostKey.map { Data($0) }, os, now.timeIntervalSince1970])
     }
 
@@ -21,7 +22,9 @@ extension Catalog {
     /// changed, nil when it was already `os`.
     public func updatePrincipalOS(id: String, os: String) throws -> String?? {
         try db.write { db in
-            guard let row = try Row.fetchOne(db, sql: "SELECT os FROM principals WHERE id = ?", arguments: [id]) else { return nil }
+            guard let row = try Row.fetchOne(db, sql: "SELECT os FROM principals WHERE id = ?", arguments: [id]) else {
+                return nil
+            }
             let previous: String? = row["os"]
             guard previous != os else { return nil }
             try db.execute(sql: "UPDATE principals SET os = ? WHERE id = ?", arguments: [os, id])
@@ -32,28 +35,35 @@ extension Catalog {
     /// The active principal whose client certificate has this fingerprint.
     public func principal(fingerprint: String) throws -> Principal? {
         try db.read { db in
-            try Row.fetchOne(db, sql: "SELECT * FROM principals WHERE fingerprint = ? AND revoked = 0", arguments: [fingerprint]).map(Self.principal)
+            try Row.fetchOne(db, sql: "SELECT * FROM principals WHERE fingerprint = ? AND revoked = 0",
+                arguments: [fingerprint]).map(Self.principal)
         }
     }
 
     public func principals(tenant: String?) throws -> [Principal] {
         try db.read { db in
             if let tenant {
-                return try Row.fetchAll(db, sql: "SELECT * FROM principals WHERE tenant = ? AND revoked = 0 ORDER BY role, name", arguments: [tenant]).map(Self.principal)
+                return try Row.fetchAll(db,
+                    sql: "SELECT * FROM principals WHERE tenant = ? AND revoked = 0 ORDER BY role, name",
+                    arguments: [tenant]).map(Self.principal)
             }
-            return try Row.fetchAll(db, sql: "SELECT * FROM principals WHERE revoked = 0 ORDER BY role, name").map(Self.principal)
+            return try Row.fetchAll(db,
+                sql: "SELECT * FROM principals WHERE revoked = 0 ORDER BY role, name").map(Self.principal)
         }
     }
 
     static func principal(_ r: Row) -> Principal {
-        Principal(id: r["id"], role: Role(rawValue: r["role"]) ?? .writer, tenant: r["tenant"], name: r["name"], fingerprint: r["fingerprint"],
+        Principal(id: r["id"], role: Role(rawValue: r["role"]) ?? .writer, tenant: r["tenant"], name: r["name"],
+            fingerprint: r["fingerprint"],
                   hostKey: (r["host_key"] as Data?).map { Array($0) })
     }
 
-    public func insertEnrollment(tokenHash: String, role: Role, tenant: String?, name: String, expiresAt: Date, createdBy: String) throws {
+    public func insertEnrollment(tokenHash: String, role: Role, tenant: String?, name: String, expiresAt: Date,
+        createdBy: String) throws {
         try db.write { db in
             try db.execute(sql: "INSERT INTO enrollments(token_hash, role, tenant, name, expires_at, created_by) VALUES (?, ?, ?, ?, ?, ?)",
-                           arguments: [tokenHash, role.rawValue, tenant, name, expiresAt.timeIntervalSince1970, createdBy])
+                           arguments: [tokenHash, role.rawValue, tenant, name, expiresAt.timeIntervalSince1970,
+                               createdBy])
         }
     }
 
@@ -68,31 +78,42 @@ extension Catalog {
     /// `make` throws pass through (and leave the token unused). An unknown, used, cancelled
     /// or expired token is ``CatalogError/Code/notFound``; an active principal that already
     /// has the token's tenant, role and name is ``CatalogError/Code/conflict``.
-    public func redeemEnrollment(tokenHash: String, now: Date, os: String?, _ make: (Enrollment) throws -> Principal) throws -> Principal {
+    public func redeemEnrollment(tokenHash: String, now: Date, os: String?,
+        _ make: (Enrollment) throws -> Principal) throws -> Principal {
         try db.write { db in
             guard let r = try Row.fetchOne(db, sql: """
-                    SELECT * FROM enrollments WHERE token_hash = ? AND used_at IS NULL AND cancelled_at IS NULL AND expires_at > ?
+                    SELECT * FROM enrollments WHERE token_hash = ? AND used_at IS NULL AND cancelled_at IS NULL AND \
+                    expires_at > ?
                     """, arguments: [tokenHash, now.timeIntervalSince1970]),
                   let role = Role(rawValue: r["role"]) else {
                 throw CatalogError(.notFound, object: "enrollment token",
-                                   "enrollment token unknown, already used, cancelled or expired: ask an admin for a new one (`redoubt admin host add`)")
+                                   """
+                                       enrollment token unknown, already used, cancelled or expired: ask an admin for \
+                                       a new one (`redoubt admin host add`)
+                                       """)
             }
             let e = Enrollment(role: role, tenant: r["tenant"], name: r["name"])
             // A writer or restorer gets the tenant's write material: without it (a catalog
             // rebuilt from the store) the token is refused but not used up.
             if let tenant = e.tenant, role == .writer || role == .restorer,
-               let material = try Data.fetchOne(db, sql: "SELECT write_material FROM tenants WHERE name = ?", arguments: [tenant]), material.isEmpty {
+               let material = try Data.fetchOne(db, sql: "SELECT write_material FROM tenants WHERE name = ?",
+                   arguments: [tenant]), material.isEmpty {
                 throw CatalogError.noWriteMaterial(tenant)
             }
             let p = try make(e)
-            let taken = try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM principals WHERE tenant IS ? AND role = ? AND name = ? AND revoked = 0",
+            let taken = try Int.fetchOne(db,
+                sql: "SELECT COUNT(*) FROM principals WHERE tenant IS ? AND role = ? AND name = ? AND revoked = 0",
                                          arguments: [e.tenant, role.rawValue, e.name]) ?? 0
             guard taken == 0 else {
                 throw CatalogError(.conflict, object: "\(role.rawValue) \(e.name)",
-                    "a \(role.rawValue) named \(e.name) is already enrolled in this tenant: revoke it first (`redoubt admin \(role == .writer ? "host" : role.rawValue) revoke`); the token is not used up")
+                    """
+                        a \(role.rawValue) named \(e.name) is already enrolled in this tenant: revoke it first \
+                        (`redoubt admin \(role == .writer ? "host" : role.rawValue) revoke`); the token is not used up
+                        """)
             }
             try Self.insertPrincipal(db, p, os: os, now: now)
-            try db.execute(sql: "UPDATE enrollments SET used_at = ? WHERE token_hash = ?", arguments: [now.timeIntervalSince1970, tokenHash])
+            try db.execute(sql: "UPDATE enrollments SET used_at = ? WHERE token_hash = ?",
+                arguments: [now.timeIntervalSince1970, tokenHash])
             return p
         }
     }
@@ -107,7 +128,8 @@ extension Catalog {
         return try db.read { db in
             try Row.fetchAll(db, sql: """
                 SELECT p.*, CASE WHEN p.role = 'writer' THEN
-                    (SELECT MAX(s.committed_at) FROM snapshots s WHERE s.tenant = p.tenant AND s.host = p.name) END AS last_snapshot
+                    (SELECT MAX(s.committed_at) FROM snapshots s WHERE s.tenant = p.tenant AND s.host = p.name) END AS \
+                last_snapshot
                 FROM principals p \(includeRevoked ? "" : "WHERE p.revoked = 0")
                 ORDER BY p.tenant, p.role, p.name, p.created_at
                 """).map(Self.principalInfo)
@@ -124,17 +146,22 @@ extension Catalog {
 
     static func principalInfo(_ r: Row) -> Wire.PrincipalInfo {
         let revoked: Bool = r["revoked"]
-        return Wire.PrincipalInfo(id: r["id"], role: r["role"], tenant: r["tenant"], name: r["name"], fingerprint: r["fingerprint"],
+        return Wire.PrincipalInfo(id: r["id"], role: r["role"], tenant: r["tenant"], name: r["name"],
+            fingerprint: r["fingerprint"],
                                   createdAt: Date(timeIntervalSince1970: r["created_at"]), os: r["os"],
                                   // A credential revoked before revoked_at existed shows the epoch.
-                                  revokedAt: revoked ? Date(timeIntervalSince1970: (r["revoked_at"] as Double?) ?? 0) : nil,
-                                  lastSnapshotAt: (r["last_snapshot"] as Double?).map { Date(timeIntervalSince1970: $0) })
+                                  revokedAt: revoked ? Date(timeIntervalSince1970: (r["revoked_at"] as Double?)
+                                      ?? 0) : nil,
+                                  lastSnapshotAt: (r["last_snapshot"] as Double?).map {
+                                      Date(timeIntervalSince1970: $0)
+                                  })
     }
 
     /// The principal with this ID, revoked or not.
     public func principalInfo(id: String) throws -> Wire.PrincipalInfo? {
         try db.read { db in
-            try Row.fetchOne(db, sql: "SELECT p.*, NULL AS last_snapshot FROM principals p WHERE p.id = ?", arguments: [id]).map(Self.principalInfo)
+            try Row.fetchOne(db, sql: "SELECT p.*, NULL AS last_snapshot FROM principals p WHERE p.id = ?",
+                arguments: [id]).map(Self.principalInfo)
         }
     }
 
@@ -144,10 +171,12 @@ extension Catalog {
     /// cancelled.
     public func revokePrincipal(id: String, now: Date) throws -> Int? {
         try db.write { db in
-            guard let r = try Row.fetchOne(db, sql: "SELECT role, tenant, name FROM principals WHERE id = ? AND revoked = 0 AND role != 'admin'",
+            guard let r = try Row.fetchOne(db,
+                sql: "SELECT role, tenant, name FROM principals WHERE id = ? AND revoked = 0 AND role != 'admin'",
                                            arguments: [id]),
                   let role = Role(rawValue: r["role"]) else { return nil }
-            try db.execute(sql: "UPDATE principals SET revoked = 1, revoked_at = ? WHERE id = ?", arguments: [now.timeIntervalSince1970, id])
+            try db.execute(sql: "UPDATE principals SET revoked = 1, revoked_at = ? WHERE id = ?",
+                arguments: [now.timeIntervalSince1970, id])
             return try Self.cancelEnrollments(db, role: role, tenant: r["tenant"], name: r["name"], now: now)
         }
     }
@@ -156,7 +185,8 @@ extension Catalog {
     /// many. Redemption refuses a cancelled token whatever its expiry.
     static func cancelEnrollments(_ db: Database, role: Role, tenant: String?, name: String, now: Date) throws -> Int {
         try db.execute(sql: """
-            UPDATE enrollments SET cancelled_at = ? WHERE role = ? AND tenant IS ? AND name = ? AND used_at IS NULL AND cancelled_at IS NULL
+            UPDATE enrollments SET cancelled_at = ? WHERE role = ? AND tenant IS ? AND name = ? AND used_at IS NULL \
+            AND cancelled_at IS NULL
             """, arguments: [now.timeIntervalSince1970, role.rawValue, tenant, name])
         return db.changesCount
     }
@@ -167,13 +197,15 @@ extension Catalog {
     public func pendingEnrollments(now: Date) throws -> [Wire.EnrollmentInfo] {
         try db.read { db in
             try Row.fetchAll(db, sql: """
-                SELECT * FROM enrollments WHERE used_at IS NULL AND cancelled_at IS NULL AND expires_at > ? ORDER BY expires_at
+                SELECT * FROM enrollments WHERE used_at IS NULL AND cancelled_at IS NULL AND expires_at > ? ORDER BY \
+                expires_at
                 """, arguments: [now.timeIntervalSince1970]).map(Self.enrollmentInfo)
         }
     }
 
     static func enrollmentInfo(_ r: Row) -> Wire.EnrollmentInfo {
-        Wire.EnrollmentInfo(id: String((r["token_hash"] as String).prefix(16)), role: r["role"], tenant: r["tenant"], name: r["name"],
+        Wire.EnrollmentInfo(id: String((r["token_hash"] as String).prefix(16)), role: r["role"], tenant: r["tenant"],
+            name: r["name"],
                             createdBy: r["created_by"], expiresAt: Date(timeIntervalSince1970: r["expires_at"]))
     }
 
@@ -182,10 +214,12 @@ extension Catalog {
     public func cancelEnrollment(id: String, now: Date) throws -> Wire.EnrollmentInfo? {
         try db.write { db in
             let rows = try Row.fetchAll(db, sql: """
-                SELECT * FROM enrollments WHERE substr(token_hash, 1, ?) = ? AND used_at IS NULL AND cancelled_at IS NULL AND expires_at > ? LIMIT 2
+                SELECT * FROM enrollments WHERE substr(token_hash, 1, ?) = ? AND used_at IS NULL AND cancelled_at IS \
+                NULL AND expires_at > ? LIMIT 2
                 """, arguments: [id.count, id, now.timeIntervalSince1970])
             guard rows.count == 1, let r = rows.first else { return nil }
-            try db.execute(sql: "UPDATE enrollments SET cancelled_at = ? WHERE token_hash = ?", arguments: [now.timeIntervalSince1970, r["token_hash"] as String])
+            try db.execute(sql: "UPDATE enrollments SET cancelled_at = ? WHERE token_hash = ?",
+                arguments: [now.timeIntervalSince1970, r["token_hash"] as String])
             return Self.enrollmentInfo(r)
         }
     }
@@ -208,7 +242,8 @@ extension Catalog {
     /// Active (not revoked) writers with the `os` each reported at enrollment.
     public func enrolledHostSystems() throws -> [HostOS] {
         try db.read { db in
-            try Row.fetchAll(db, sql: "SELECT tenant, name, os FROM principals WHERE role = 'writer' AND revoked = 0 ORDER BY tenant, name").map {
+            try Row.fetchAll(db,
+                sql: "SELECT tenant, name, os FROM principals WHERE role = 'writer' AND revoked = 0 ORDER BY tenant, name").map {
                 HostOS(tenant: $0["tenant"], name: $0["name"], os: $0["os"])
             }
         }

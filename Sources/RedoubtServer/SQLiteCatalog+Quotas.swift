@@ -9,7 +9,8 @@ extension Catalog {
     public func setQuota(tenant: String, host: String, bytes: Int64?) throws {
         try db.write { db in
             if let bytes {
-                try db.execute(sql: "INSERT OR REPLACE INTO quotas(tenant, host, bytes) VALUES (?, ?, ?)", arguments: [tenant, host, bytes])
+                try db.execute(sql: "INSERT OR REPLACE INTO quotas(tenant, host, bytes) VALUES (?, ?, ?)",
+                    arguments: [tenant, host, bytes])
             } else {
                 try db.execute(sql: "DELETE FROM quotas WHERE tenant = ? AND host = ?", arguments: [tenant, host])
             }
@@ -17,13 +18,17 @@ extension Catalog {
     }
 
     public func quota(tenant: String, host: String) throws -> Int64? {
-        try db.read { try Int64.fetchOne($0, sql: "SELECT bytes FROM quotas WHERE tenant = ? AND host = ?", arguments: [tenant, host]) }
+        try db.read {
+            try Int64.fetchOne($0, sql: "SELECT bytes FROM quotas WHERE tenant = ? AND host = ?", arguments: [tenant,
+                host])
+        }
     }
 
     /// Records the host that uploaded a pack (the first one, if several sent it).
     public func recordUpload(tenant: String, pack: String, host: String) throws {
         try db.write { db in
-            try db.execute(sql: "INSERT OR IGNORE INTO pack_uploads(tenant, pack_id, host) VALUES (?, ?, ?)", arguments: [tenant, pack, host])
+            try db.execute(sql: "INSERT OR IGNORE INTO pack_uploads(tenant, pack_id, host) VALUES (?, ?, ?)",
+                arguments: [tenant, pack, host])
         }
     }
 
@@ -31,9 +36,16 @@ extension Catalog {
     /// those a committed snapshot of the tenant names and the rest.
     public func usage(tenant: String, host: String?) throws -> (committed: Int64, uncommitted: Int64) {
         try db.read { db in
-            let named = "EXISTS (SELECT 1 FROM snapshot_packs sp JOIN snapshots s ON s.id = sp.snapshot WHERE sp.pack = p.id AND s.tenant = p.tenant)"
+            let named =
+                """
+                    EXISTS (SELECT 1 FROM snapshot_packs sp JOIN snapshots s ON s.id = sp.snapshot WHERE sp.pack = \
+                    p.id AND s.tenant = p.tenant)
+                    """
             let from = host == nil ? "packs p WHERE p.tenant = ?"
-                : "packs p JOIN pack_uploads u ON u.tenant = p.tenant AND u.pack_id = p.id WHERE p.tenant = ? AND u.host = ?"
+                : """
+                    packs p JOIN pack_uploads u ON u.tenant = p.tenant AND u.pack_id = p.id WHERE p.tenant = ? AND \
+                    u.host = ?
+                    """
             let row = try Row.fetchOne(db, sql: """
                 SELECT COALESCE(SUM(CASE WHEN \(named) THEN p.size ELSE 0 END), 0) AS c,
                        COALESCE(SUM(CASE WHEN \(named) THEN 0 ELSE p.size END), 0) AS u FROM \(from)

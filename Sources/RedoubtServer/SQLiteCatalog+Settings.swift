@@ -15,7 +15,9 @@ extension Catalog {
     }
 
     public func setSetting(_ key: String, _ value: String) throws {
-        try db.write { try $0.execute(sql: "INSERT OR REPLACE INTO settings(key, value) VALUES (?, ?)", arguments: [key, value]) }
+        try db.write {
+            try $0.execute(sql: "INSERT OR REPLACE INTO settings(key, value) VALUES (?, ?)", arguments: [key, value])
+        }
     }
 
     /// The latest time the server has seen; never decreases (DESIGN.md: retention by time).

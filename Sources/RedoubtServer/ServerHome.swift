@@ -45,9 +45,12 @@ public struct ServerHome: Sendable {
                            limits: ServerLimits? = nil) async throws -> (settings: Settings, adminCredential: String) {
         let fm = FileManager.default
         if fm.fileExists(atPath: settingsURL.path) {
-            throw ServerError(409, "E_EXISTS", "\(root.path) already holds a Redoubt server; use `redoubt server run --data \(root.path)`")
+            throw ServerError(409, "E_EXISTS",
+                "\(root.path) already holds a Redoubt server; use `redoubt server run --data \(root.path)`")
         }
-        guard let (host, port) = Self.splitHostPort(listen) else { throw ServerError.badRequest("--listen must be HOST:PORT, got \(listen)") }
+        guard let (host, port) = Self.splitHostPort(listen) else {
+            throw ServerError.badRequest("--listen must be HOST:PORT, got \(listen)")
+        }
         try fm.createDirectory(at: root, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
         try fm.setAttributes([.posixPermissions: 0o700], ofItemAtPath: root.path)
         try fm.createDirectory(at: tlsDir, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
@@ -61,25 +64,30 @@ public struct ServerHome: Sendable {
         try writePrivate(tlsDir.appendingPathComponent("server.key"), serverKey.pemRepresentation)
         try writePrivate(tlsDir.appendingPathComponent("server.pem"), try serverCert.serializeAsPEM().pemString)
         let urlHost = host.contains(":") ? "[\(host)]" : (host == "0.0.0.0" ? "127.0.0.1" : host)
-        let settings = Settings(listen: listen, url: "https://\(urlHost):\(port)", minRetentionSeconds: minRetention, limits: limits)
+        let settings = Settings(listen: listen, url: "https://\(urlHost):\(port)", minRetentionSeconds: minRetention,
+            limits: limits)
         let enc = JSONEncoder()
         enc.outputFormatting = [.prettyPrinted, .sortedKeys]
         try writePrivate(settingsURL, String(decoding: try enc.encode(settings), as: UTF8.self))
         let catalog = try Catalog(path: catalogPath)
         let store = try openStore()
-        let service = RepositoryService(catalog: catalog, store: store, clock: SystemClock(), ca: ca, serverURL: settings.url,
+        let service = RepositoryService(catalog: catalog, store: store, clock: SystemClock(), ca: ca,
+            serverURL: settings.url,
                                         defaultMinRetention: minRetention, logger: Logger(label: "redoubt.init"))
         let adminKey = P256.Signing.PrivateKey()
         let (principal, certPEM) = try service.issueAdmin(name: "admin", publicKey: adminKey.publicKey)
-        let cred = ClientCredential(url: settings.url, caPEM: try ca.certificatePEM, pin: try ca.pin, certificatePEM: certPEM, keyPEM: adminKey.pemRepresentation,
+        let cred = ClientCredential(url: settings.url, caPEM: try ca.certificatePEM, pin: try ca.pin,
+            certificatePEM: certPEM, keyPEM: adminKey.pemRepresentation,
                                     principalID: principal.id, role: Role.admin.rawValue, tenant: nil, name: "admin")
-        try writePrivate(URL(fileURLWithPath: adminCredentialPath), String(decoding: try enc.encode(cred), as: UTF8.self))
+        try writePrivate(URL(fileURLWithPath: adminCredentialPath), String(decoding: try enc.encode(cred),
+            as: UTF8.self))
         return (settings, adminCredentialPath)
     }
 
     public func settings() throws -> Settings {
         guard let data = FileManager.default.contents(atPath: settingsURL.path) else {
-            throw ServerError(404, "E_NO_SERVER", "\(root.path) holds no Redoubt server: run `redoubt server init --data \(root.path)` first")
+            throw ServerError(404, "E_NO_SERVER",
+                "\(root.path) holds no Redoubt server: run `redoubt server init --data \(root.path)` first")
         }
         return try JSONDecoder().decode(Settings.self, from: data)
     }
@@ -87,11 +95,13 @@ public struct ServerHome: Sendable {
     public func tlsMaterial() throws -> TLSMaterial {
         func read(_ n: String) throws -> String {
             guard let d = FileManager.default.contents(atPath: tlsDir.appendingPathComponent(n).path) else {
-                throw ServerError(404, "E_NO_TLS", "missing \(tlsDir.appendingPathComponent(n).path): the data directory is incomplete")
+                throw ServerError(404, "E_NO_TLS",
+                    "missing \(tlsDir.appendingPathComponent(n).path): the data directory is incomplete")
             }
             return String(decoding: d, as: UTF8.self)
         }
-        return TLSMaterial(caCertPEM: try read("ca.pem"), caKeyPEM: try read("ca.key"), serverCertPEM: try read("server.pem"), serverKeyPEM: try read("server.key"))
+        return TLSMaterial(caCertPEM: try read("ca.pem"), caKeyPEM: try read("ca.key"),
+            serverCertPEM: try read("server.pem"), serverKeyPEM: try read("server.key"))
     }
 
     /// The server's CA (it signs host key statements as well as certificates).
@@ -111,8 +121,10 @@ public struct ServerHome: Sendable {
         let ca = try CertificateAuthority(certificatePEM: tls.caCertPEM, keyPEM: tls.caKeyPEM)
         // Cleared here, at start: a crash mid-upload leaves at most its spool files.
         let uploads = try UploadSpool.open(root.appendingPathComponent("uploads"))
-        return RepositoryService(catalog: try Catalog(path: catalogPath), store: try store ?? openStore(), clock: clock, ca: ca,
-                                 serverURL: s.url, defaultMinRetention: s.minRetentionSeconds, logger: logger, timeBounds: timeBounds,
+        return RepositoryService(catalog: try Catalog(path: catalogPath), store: try store ?? openStore(), clock: clock,
+            ca: ca,
+                                 serverURL: s.url, defaultMinRetention: s.minRetentionSeconds, logger: logger,
+                                     timeBounds: timeBounds,
                                  limits: limits ?? s.limits ?? ServerLimits(), uploadDirectory: uploads.directory)
     }
 
@@ -125,9 +137,14 @@ public struct ServerHome: Sendable {
         addr.sin_family = sa_family_t(AF_INET)
         addr.sin_addr.s_addr = inet_addr("127.0.0.1")
         var len = socklen_t(MemoryLayout<sockaddr_in>.size)
-        let ok = withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, len) } } == 0
-            && withUnsafeMutablePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &len) } } == 0
-        guard ok else { throw ServerError(500, "E_NO_PORT", "cannot find a free port on 127.0.0.1: \(String(cString: strerror(errno)))") }
+        let ok = withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0,
+            len) } } == 0
+            && withUnsafeMutablePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self,
+                capacity: 1) { getsockname(fd, $0, &len) } } == 0
+        guard ok else {
+            throw ServerError(500, "E_NO_PORT",
+                "cannot find a free port on 127.0.0.1: \(String(cString: strerror(errno)))")
+        }
         return Int(UInt16(bigEndian: addr.sin_port))
     }
 
@@ -148,13 +165,17 @@ public struct ServerHome: Sendable {
 
     func writePrivate(_ url: URL, _ s: String) throws {
         let fd = open(url.path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
-        guard fd >= 0 else { throw ServerError(500, "E_IO", "cannot write \(url.path): \(String(cString: strerror(errno)))") }
+        guard fd >= 0 else {
+            throw ServerError(500, "E_IO", "cannot write \(url.path): \(String(cString: strerror(errno)))")
+        }
         defer { close(fd) }
         let bytes = Array(s.utf8)
         var off = 0
         while off < bytes.count {
             let n = bytes[off...].withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
-            guard n > 0 else { throw ServerError(500, "E_IO", "cannot write \(url.path): \(String(cString: strerror(errno)))") }
+            guard n > 0 else {
+                throw ServerError(500, "E_IO", "cannot write \(url.path): \(String(cString: strerror(errno)))")
+            }
             off += n
         }
         fchmod(fd, 0o600)

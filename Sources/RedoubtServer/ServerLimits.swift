@@ -58,7 +58,8 @@ public struct ServerLimits: Codable, Sendable, Equatable {
     public init() {}
 
     /// The names `--limit NAME=VALUE` accepts, with how to read each (docs/PROTOCOL.md §3.2).
-    static var settable: [(name: String, path: WritableKeyPath<ServerLimits, Int>?, seconds: WritableKeyPath<ServerLimits, Double>?,
+    static var settable: [(name: String, path: WritableKeyPath<ServerLimits, Int>?,
+        seconds: WritableKeyPath<ServerLimits, Double>?,
                            size: Bool)] { [
         ("idle-timeout", nil, \.idleTimeoutSeconds, false),
         ("handshake-timeout", nil, \.handshakeTimeoutSeconds, false),
@@ -96,19 +97,25 @@ public struct ServerLimits: Codable, Sendable, Equatable {
             }
             if let kp = entry.seconds {
                 guard let v = Self.parseSeconds(parts[1]), v > 0 else {
-                    throw ServerError.badRequest("--limit \(entry.name)=\(parts[1]): expected a time above zero such as 30s, 5m or 1h")
+                    throw ServerError.badRequest("""
+                        --limit \(entry.name)=\(parts[1]): expected a time above zero such as 30s, 5m or 1h
+                        """)
                 }
                 out[keyPath: kp] = v
             } else if let kp = entry.path {
                 guard let v = entry.size ? Self.parseSize(parts[1]) : Int(parts[1]), v > 0 else {
                     throw ServerError.badRequest("--limit \(entry.name)=\(parts[1]): expected "
-                                                 + (entry.size ? "a size above zero such as 512K, 64M or 1G" : "a whole number above zero"))
+                                                 + (entry.size ? """
+                                                     a size above zero such as 512K, 64M or 1G
+                                                     """ : "a whole number above zero"))
                 }
                 out[keyPath: kp] = v
             }
         }
         guard out.maxChunksPerPack <= 1 << 20 else {
-            throw ServerError.badRequest("--limit chunks-per-pack=\(out.maxChunksPerPack): the pack format allows at most 1048576")
+            throw ServerError.badRequest("""
+                --limit chunks-per-pack=\(out.maxChunksPerPack): the pack format allows at most 1048576
+                """)
         }
         return out
     }
@@ -152,21 +159,31 @@ public struct ServerLimits: Codable, Sendable, Equatable {
 
     /// The manifest bounds the server parses commits with.
     var manifestBounds: ManifestBounds {
-        ManifestBounds(maxPaths: maxManifestPaths, maxPathBytes: maxManifestPathBytes, maxTags: maxManifestTags, maxTagBytes: maxTagBytes)
+        ManifestBounds(maxPaths: maxManifestPaths, maxPathBytes: maxManifestPathBytes, maxTags: maxManifestTags,
+            maxTagBytes: maxTagBytes)
     }
 
     /// A commit refused for a manifest over one of these bounds.
     func manifestTooLarge(_ e: CoreError) -> ServerError {
-        ServerError(413, "E_TOO_LARGE", "commit refused: \(e.description) (server limits manifest-paths=\(maxManifestPaths), "
-                    + "manifest-path-bytes=\(maxManifestPathBytes), manifest-tags=\(maxManifestTags), tag-size=\(maxTagBytes); "
-                    + "back up fewer top-level paths per snapshot, or ask the operator to raise the limit; docs/PROTOCOL.md §3.2)")
+        ServerError(413, "E_TOO_LARGE",
+            "commit refused: \(e.description) (server limits manifest-paths=\(maxManifestPaths), "
+                    + """
+                        manifest-path-bytes=\(maxManifestPathBytes), manifest-tags=\(maxManifestTags), \
+                        tag-size=\(maxTagBytes); 
+                        """
+                    + """
+                        back up fewer top-level paths per snapshot, or ask the operator to raise the limit; \
+                        docs/PROTOCOL.md §3.2)
+                        """)
     }
 
     // Settings files written before limits existed, or naming only some: every limit not
     // named keeps its default.
     public init(from decoder: any Decoder) throws {
         let c = try decoder.container(keyedBy: CodingKeys.self)
-        func d<T: Decodable>(_ k: CodingKeys, _ v: inout T) throws { if let x = try c.decodeIfPresent(T.self, forKey: k) { v = x } }
+        func d<T: Decodable>(_ k: CodingKeys, _ v: inout T) throws {
+            if let x = try c.decodeIfPresent(T.self, forKey: k) { v = x }
+        }
         try d(.idleTimeoutSeconds, &idleTimeoutSeconds)
         try d(.handshakeTimeoutSeconds, &handshakeTimeoutSeconds)
         try d(.maxConnectionsPerSource, &maxConnectionsPerSource)

@@ -12,7 +12,9 @@ public struct SnapshotPage: Sendable {
 
     public init(after: String?, limit: String?) throws {
         if let after, SnapshotID(hex: after) == nil {
-            throw ServerError.badRequest("after must be a snapshot ID (64 lowercase hex digits), the last of the previous page")
+            throw ServerError.badRequest("""
+                after must be a snapshot ID (64 lowercase hex digits), the last of the previous page
+                """)
         }
         let n = try limit.map { text -> Int in
             guard let n = Int(text), (1...Self.maxLimit).contains(n) else {

@@ -21,13 +21,20 @@ public struct SnapshotTimeBounds: Sendable, Equatable {
     public func problem(time: Date, now: Date, lastClaimed: Date?, enrolled: Date?) -> String? {
         let latest = now.addingTimeInterval(maxAhead)
         if !(time <= latest) {
-            return "its time \(WireDate.string(time)) is more than \(Int(maxAhead))s ahead of the server's clock \(WireDate.string(now))"
+            return """
+                its time \(WireDate.string(time)) is more than \(Int(maxAhead))s ahead of the server's clock \
+                \(WireDate.string(now))
+                """
         }
         // A backup cannot have begun before its host was enrolled, nor before the host's
         // previous backup; the margin absorbs a clock set back by a little.
-        let floors = [lastClaimed.map { ("the host's newest snapshot", $0) }, enrolled.map { ("the host's enrollment", $0) }]
+        let floors = [lastClaimed.map { ("the host's newest snapshot", $0) }, enrolled.map {
+            ("the host's enrollment", $0)
+        }]
         for case let (what, t)? in floors where !(time >= t.addingTimeInterval(-margin)) {
-            return "its time \(WireDate.string(time)) is more than \(Int(margin))s before \(what) (\(WireDate.string(t)))"
+            return """
+                its time \(WireDate.string(time)) is more than \(Int(margin))s before \(what) (\(WireDate.string(t)))
+                """
         }
         return nil
     }
@@ -35,11 +42,16 @@ public struct SnapshotTimeBounds: Sendable, Equatable {
 
 extension RepositoryService {
     /// Refuses a manifest whose claimed time is outside ``SnapshotTimeBounds``.
-    func checkSnapshotTime(_ header: ManifestHeader, host: Principal, tenant: String, now: Date, ctx: CallContext) throws {
+    func checkSnapshotTime(_ header: ManifestHeader, host: Principal, tenant: String, now: Date,
+        ctx: CallContext) throws {
         let time = header.time.date
         let floor = try catalog.hostTimeFloor(tenant: tenant, host: host.name, principalID: host.id)
-        guard let why = timeBounds.problem(time: time, now: now, lastClaimed: floor.lastClaimed, enrolled: floor.enrolled) else { return }
-        throw refuse(ctx, .commitSnapshot, object: "snapshot of host \(tenant)/\(host.name)", ServerError(422, "E_CLOCK",
+        guard let why = timeBounds.problem(time: time, now: now, lastClaimed: floor.lastClaimed,
+            enrolled: floor.enrolled) else {
+            return
+        }
+        throw refuse(ctx, .commitSnapshot, object: "snapshot of host \(tenant)/\(host.name)", ServerError(422,
+            "E_CLOCK",
             "commit refused: \(why). Set the host's clock (NTP, `timedatectl`) and back up again; the server orders and keeps "
             + "snapshots by its own commit time"))
     }

@@ -27,7 +27,8 @@ struct UploadSpool: Sendable {
         let url = directory.appendingPathComponent("upload-\(UUID().uuidString.lowercased())")
         let fd = Glibc.open(url.path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0o600)
         guard fd >= 0 else {
-            throw ServerError(500, "E_IO", "cannot create upload file \(url.path): \(String(cString: strerror(errno))); "
+            throw ServerError(500, "E_IO",
+                "cannot create upload file \(url.path): \(String(cString: strerror(errno))); "
                               + "check that the server's data directory is writable and not full")
         }
         defer { unlink(url.path) }
@@ -47,7 +48,8 @@ struct UploadSpool: Sendable {
                     let n = write(fd, raw.baseAddress! + done, raw.count - done)
                     if n < 0 {
                         if errno == EINTR { continue }
-                        throw ServerError(500, "E_IO", "cannot write upload file \(url.path): \(String(cString: strerror(errno))); "
+                        throw ServerError(500, "E_IO",
+                            "cannot write upload file \(url.path): \(String(cString: strerror(errno))); "
                                           + "check free space in the server's data directory")
                     }
                     done += n
@@ -85,7 +87,9 @@ final class SpooledPackReader {
         var out = [UInt8](repeating: 0, count: range.count)
         var done = 0
         while done < range.count {
-            let n = out.withUnsafeMutableBytes { pread(fd, $0.baseAddress! + done, range.count - done, off_t(range.lowerBound + done)) }
+            let n = out.withUnsafeMutableBytes {
+                pread(fd, $0.baseAddress! + done, range.count - done, off_t(range.lowerBound + done))
+            }
             if n < 0 && errno == EINTR { continue }
             guard n > 0 else {
                 let why = n < 0 ? String(cString: strerror(errno)) : "file shorter than expected"

@@ -98,10 +98,14 @@ public final class LocalStore: ObjectStore {
     public func put(_ key: ObjectKey, contentsOf file: URL, retainUntil: Date?) async throws -> PutResult {
         try await offload {
             let source = open(file.path, O_RDONLY | O_CLOEXEC)
-            guard source >= 0 else { let e = errno; throw self.ioError(key, "open source file \(file.path) for", self.path(of: key), e) }
+            guard source >= 0 else {
+                let e = errno; throw self.ioError(key, "open source file \(file.path) for", self.path(of: key), e)
+            }
             defer { close(source) }
             var st = stat()
-            guard fstat(source, &st) == 0 else { let e = errno; throw self.ioError(key, "stat source file \(file.path) for", self.path(of: key), e) }
+            guard fstat(source, &st) == 0 else {
+                let e = errno; throw self.ioError(key, "stat source file \(file.path) for", self.path(of: key), e)
+            }
             return try self.putSync(key, .file(source, Int(st.st_size)), retainUntil)
         }
     }
@@ -164,7 +168,8 @@ public final class LocalStore: ObjectStore {
     private func putSync(_ key: ObjectKey, _ data: PutSource, _ retainUntil: Date?) throws -> PutResult {
         let (dirs, name) = Self.split(key)
         guard let dirfd = try openDirectory(dirs, creating: true, key: key) else {
-            throw StoreError(.io, key: key.path, "the directory for \(path(of: key)) vanished while it was being created; retry the put")
+            throw StoreError(.io, key: key.path,
+                "the directory for \(path(of: key)) vanished while it was being created; retry the put")
         }
         defer { close(dirfd) }
 
@@ -176,7 +181,9 @@ public final class LocalStore: ObjectStore {
 
         let tmp = Self.tempName()
         let fd = openat(dirfd, tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0o600)
-        guard fd >= 0 else { let e = errno; throw ioError(key, "create temp file \(tmp) in", Self.dirPath(rootPath, dirs), e) }
+        guard fd >= 0 else {
+            let e = errno; throw ioError(key, "create temp file \(tmp) in", Self.dirPath(rootPath, dirs), e)
+        }
         defer { close(fd) }
         var tempExists = true
         defer { if tempExists { unlinkat(dirfd, tmp, 0) } }
@@ -190,10 +197,13 @@ public final class LocalStore: ObjectStore {
             while offset < size {
                 let want = min(buffer.count, size - offset)
                 guard try preadFully(source, &buffer, count: want, at: offset, key: key) == want else {
-                    throw StoreError(.io, key: key.path, "the source file became shorter than \(size) bytes while it was "
+                    throw StoreError(.io, key: key.path,
+                        "the source file became shorter than \(size) bytes while it was "
                                      + "copied into the store; retry the put")
                 }
-                try Self.writeAll(fd, Array(buffer[0..<want]), onError: { ioError(key, "write", self.path(of: key), $0) })
+                try Self.writeAll(fd, Array(buffer[0..<want]), onError: {
+                    ioError(key, "write", self.path(of: key), $0)
+                })
                 offset += want
             }
         }
@@ -211,14 +221,24 @@ public final class LocalStore: ObjectStore {
             guard let existing = try openObject(dirfd, name, key: key) else {
                 var st = stat()
                 if fstatat(dirfd, name, &st, AT_SYMLINK_NOFOLLOW) == 0, st.st_mode & S_IFMT == S_IFDIR {
-                    throw StoreError(.io, key: key.path, "\(path(of: key)) is a directory holding other keys, so this key cannot be stored; this local store cannot hold both `a` and `a/b`")
+                    throw StoreError(.io, key: key.path,
+                        """
+                            \(path(of: key)) is a directory holding other keys, so this key cannot be stored; this \
+                            local store cannot hold both `a` and `a/b`
+                            """)
                 }
-                throw StoreError(.io, key: key.path, "\(path(of: key)) existed during put and vanished before it could be compared (a concurrent delete); retry the put")
+                throw StoreError(.io, key: key.path,
+                    """
+                        \(path(of: key)) existed during put and vanished before it could be compared (a concurrent \
+                        delete); retry the put
+                        """)
             }
             defer { close(existing) }
             return try compareExisting(existing, data, key: key)
         }
-        guard fsync(dirfd) == 0 else { let e = errno; throw ioError(key, "fsync directory", Self.dirPath(rootPath, dirs), e) }
+        guard fsync(dirfd) == 0 else {
+            let e = errno; throw ioError(key, "fsync directory", Self.dirPath(rootPath, dirs), e)
+        }
 
         if immutableFlagSupported {
             // The open descriptor still names the published inode.
@@ -254,7 +274,10 @@ public final class LocalStore: ObjectStore {
         if e == EEXIST { return .exists }
         throw ioError(key, "link temp file to", path(of: key), e,
                       fix: e == EPERM || e == ENOTSUP
-                          ? "this filesystem supports neither renameat2(RENAME_NOREPLACE) nor hard links; put the store on ext4, xfs or btrfs" : nil)
+                          ? """
+                              this filesystem supports neither renameat2(RENAME_NOREPLACE) nor hard links; put the \
+                              store on ext4, xfs or btrfs
+                              """ : nil)
     }
 
     /// Same bytes → `.alreadyPresent`; other bytes → `.conflict`. Compares size first.
@@ -262,7 +285,11 @@ public final class LocalStore: ObjectStore {
         let size = try fileSize(fd, key: key)
         guard size == data.count else {
             throw StoreError(.conflict, key: key.path,
-                             "an object of \(size) bytes is already stored under this key; this put has \(data.count) bytes. Objects are never overwritten: store the new bytes under a new key")
+                             """
+                                 an object of \(size) bytes is already stored under this key; this put has \
+                                 \(data.count) bytes. Objects are never overwritten: store the new bytes under a new \
+                                 key
+                                 """)
         }
         let chunk = 1 << 20
         var offset = 0
@@ -273,7 +300,8 @@ public final class LocalStore: ObjectStore {
             let want = min(chunk, size - offset)
             let got = try preadFully(fd, &buffer, count: want, at: offset, key: key)
             guard got == want else {
-                throw StoreError(.integrity, key: key.path, "the stored object is shorter than its size (\(size) bytes) while comparing; check the disk and the filesystem")
+                throw StoreError(.integrity, key: key.path,
+                    "the stored object is shorter than its size (\(size) bytes) while comparing; check the disk and the filesystem")
             }
             let same: Bool
             switch data {
@@ -283,10 +311,13 @@ public final class LocalStore: ObjectStore {
                 }
             case .file(let source, _):
                 guard try preadFully(source, &theirs, count: want, at: offset, key: key) == want else {
-                    throw StoreError(.io, key: key.path, "the source file became shorter than \(data.count) bytes while it "
+                    throw StoreError(.io, key: key.path,
+                        "the source file became shorter than \(data.count) bytes while it "
                                      + "was compared with the stored object; retry the put")
                 }
-                same = buffer.withUnsafeBytes { a in theirs.withUnsafeBytes { b in memcmp(a.baseAddress!, b.baseAddress!, want) == 0 } }
+                same = buffer.withUnsafeBytes {
+                    a in theirs.withUnsafeBytes { b in memcmp(a.baseAddress!, b.baseAddress!, want) == 0 }
+                }
             }
             guard same else {
                 throw StoreError(.conflict, key: key.path,
@@ -308,12 +339,14 @@ public final class LocalStore: ObjectStore {
         let size = try fileSize(fd, key: key)
         let wanted = range ?? 0..<size
         guard wanted.lowerBound >= 0, wanted.upperBound <= size else {
-            throw StoreError(.badRange, key: key.path, "range \(wanted.lowerBound)..<\(wanted.upperBound) lies outside the object's \(size) bytes")
+            throw StoreError(.badRange, key: key.path,
+                "range \(wanted.lowerBound)..<\(wanted.upperBound) lies outside the object's \(size) bytes")
         }
         var out = [UInt8](repeating: 0, count: wanted.count)
         let got = try preadFully(fd, &out, count: wanted.count, at: wanted.lowerBound, key: key)
         guard got == wanted.count else {
-            throw StoreError(.integrity, key: key.path, "short read: \(got) of \(wanted.count) bytes at offset \(wanted.lowerBound) though the file reports \(size) bytes; check the disk and the filesystem")
+            throw StoreError(.integrity, key: key.path,
+                "short read: \(got) of \(wanted.count) bytes at offset \(wanted.lowerBound) though the file reports \(size) bytes; check the disk and the filesystem")
         }
         return out
     }
@@ -385,21 +418,29 @@ public final class LocalStore: ObjectStore {
             if let until = try readRetain(fd, key: key), now < until {
                 // The lock is the whole point of the store: refuse, whatever the caller wants.
                 throw StoreError(.locked, key: key.path,
-                                 "locked until \(until.formatted(.iso8601)); it cannot be deleted before then (asked at \(now.formatted(.iso8601)))")
+                                 """
+                                     locked until \(until.formatted(.iso8601)); it cannot be deleted before then \
+                                     (asked at \(now.formatted(.iso8601)))
+                                     """)
             }
             let flags = Self.flags(fd)
             let wasImmutable = flags.map { $0 & Sys.immutable != 0 } ?? false
             if let flags, wasImmutable, redoubt_fs_set_flags(fd, flags & ~Sys.immutable) != 0 {
                 let e = errno
                 throw ioError(key, "clear the immutable flag on", path(of: key), e,
-                              fix: e == EPERM ? "the process needs CAP_LINUX_IMMUTABLE to delete sealed objects; run the server as root or grant the capability" : nil)
+                              fix: e == EPERM ? """
+                                  the process needs CAP_LINUX_IMMUTABLE to delete sealed objects; run the server as \
+                                  root or grant the capability
+                                  """ : nil)
             }
             guard unlinkat(dirfd, name, 0) == 0 else {
                 let e = errno
                 if let flags, wasImmutable { _ = redoubt_fs_set_flags(fd, flags) }  // keep it sealed
                 throw ioError(key, "unlink", path(of: key), e)
             }
-            guard fsync(dirfd) == 0 else { let e = errno; throw ioError(key, "fsync directory", Self.dirPath(rootPath, dirs), e) }
+            guard fsync(dirfd) == 0 else {
+                let e = errno; throw ioError(key, "fsync directory", Self.dirPath(rootPath, dirs), e)
+            }
         }
     }
 
@@ -425,7 +466,9 @@ public final class LocalStore: ObjectStore {
             var failure: Error?
             do {
                 try setRetain(fd, wanted, key: key)
-                if fsync(fd) != 0 { let e = errno; throw ioError(key, "fsync after extending retention of", path(of: key), e) }
+                if fsync(fd) != 0 {
+                    let e = errno; throw ioError(key, "fsync after extending retention of", path(of: key), e)
+                }
             } catch {
                 failure = error
             }
@@ -436,7 +479,8 @@ public final class LocalStore: ObjectStore {
                     try seal(fd, key: key)
                 } catch let sealError as StoreError {
                     let before = failure.map { " after the retention write failed (\($0))" } ?? ""
-                    throw StoreError(.io, key: key.path, "the object is left WITHOUT its immutable flag\(before): \(sealError.detail)")
+                    throw StoreError(.io, key: key.path,
+                        "the object is left WITHOUT its immutable flag\(before): \(sealError.detail)")
                 }
             }
             if let failure { throw failure }
@@ -498,7 +542,8 @@ public final class LocalStore: ObjectStore {
             guard next >= 0 else {
                 if !creating && (e == ENOENT || e == ENOTDIR) { return nil }
                 if e == ENOTDIR || e == ELOOP {
-                    throw StoreError(.io, key: key.path, "\(walked) is a file, not a directory, so \(key.path) cannot be stored under it; this local store cannot hold both `a` and `a/b`")
+                    throw StoreError(.io, key: key.path,
+                        "\(walked) is a file, not a directory, so \(key.path) cannot be stored under it; this local store cannot hold both `a` and `a/b`")
                 }
                 throw ioError(key, "open directory", walked, e)
             }
@@ -523,7 +568,11 @@ public final class LocalStore: ObjectStore {
             let e = errno
             if e == ENOENT || e == ENOTDIR { return nil }
             if e == ELOOP {
-                throw StoreError(.io, key: key.path, "\(path(of: key)) is a symbolic link; a store holds only regular files. Remove it after checking who created it")
+                throw StoreError(.io, key: key.path,
+                    """
+                        \(path(of: key)) is a symbolic link; a store holds only regular files. Remove it after \
+                        checking who created it
+                        """)
             }
             throw ioError(key, "open", path(of: key), e)
         }
@@ -552,7 +601,8 @@ public final class LocalStore: ObjectStore {
     }
 
     /// Reads up to `count` bytes at `offset` into `buffer`; fewer only at end of file.
-    private func preadFully(_ fd: Int32, _ buffer: inout [UInt8], count: Int, at offset: Int, key: ObjectKey) throws -> Int {
+    private func preadFully(_ fd: Int32, _ buffer: inout [UInt8], count: Int, at offset: Int,
+        key: ObjectKey) throws -> Int {
         var done = 0
         while done < count {
             let n = buffer.withUnsafeMutableBytes { raw in
@@ -598,7 +648,10 @@ public final class LocalStore: ObjectStore {
         guard rc == 0 else {
             let e = errno
             throw ioError(key, "set \(Self.retainAttribute) on", path(of: key), e,
-                          fix: e == ENOTSUP ? "the filesystem does not support user extended attributes; use ext4, xfs or btrfs (or mount with user_xattr)" : nil)
+                          fix: e == ENOTSUP ? """
+                              the filesystem does not support user extended attributes; use ext4, xfs or btrfs (or \
+                              mount with user_xattr)
+                              """ : nil)
         }
     }
 
@@ -610,13 +663,21 @@ public final class LocalStore: ObjectStore {
             let e = errno
             if e == ENODATA { return nil }
             if e == ERANGE {
-                throw StoreError(.integrity, key: key.path, "\(Self.retainAttribute) on \(path(of: key)) is longer than any value Redoubt writes; inspect it with `getfattr -d \(path(of: key))`")
+                throw StoreError(.integrity, key: key.path,
+                    """
+                        \(Self.retainAttribute) on \(path(of: key)) is longer than any value Redoubt writes; inspect \
+                        it with `getfattr -d \(path(of: key))`
+                        """)
             }
             throw ioError(key, "read \(Self.retainAttribute) of", path(of: key), e)
         }
         let text = String(decoding: buffer[0..<n], as: UTF8.self)
         guard !text.isEmpty, text.utf8.allSatisfy({ $0 >= 0x30 && $0 <= 0x39 }), let seconds = Int64(text) else {
-            throw StoreError(.integrity, key: key.path, "\(Self.retainAttribute) on \(path(of: key)) is `\(text)`, not decimal Unix seconds; Redoubt did not write it. Inspect with `getfattr -d \(path(of: key))`")
+            throw StoreError(.integrity, key: key.path,
+                """
+                    \(Self.retainAttribute) on \(path(of: key)) is `\(text)`, not decimal Unix seconds; Redoubt did \
+                    not write it. Inspect with `getfattr -d \(path(of: key))`
+                    """)
         }
         return Date(timeIntervalSince1970: TimeInterval(seconds))
     }
@@ -660,9 +721,11 @@ public final class LocalStore: ObjectStore {
         Self.ioError(key, op, path, e, root: rootPath, fix: fix)
     }
 
-    static func ioError(_ key: String, _ op: String, _ path: String, _ e: Int32, root: String, fix: String? = nil) -> StoreError {
+    static func ioError(_ key: String, _ op: String, _ path: String, _ e: Int32, root: String,
+        fix: String? = nil) -> StoreError {
         let remedy = fix ?? defaultFix(e, root: root)
-        return StoreError(.io, key: key, "could not \(op) \(path): \(errnoText(e))" + (remedy.map { ". Fix: \($0)" } ?? ""))
+        return StoreError(.io, key: key, "could not \(op) \(path): \(errnoText(e))" + (remedy.map { ". Fix: \($0)" }
+            ?? ""))
     }
 
     private static func defaultFix(_ e: Int32, root: String) -> String? {
@@ -707,16 +770,25 @@ public final class LocalStore: ObjectStore {
         var st = stat()
         guard stat(root, &st) == 0 else { let e = errno; throw ioError(root, "stat store root", root, e, root: root) }
         guard st.st_mode & S_IFMT == S_IFDIR else {
-            throw StoreError(.io, key: root, "store root \(root) is not a directory. Fix: point the store at a directory")
+            throw StoreError(.io, key: root,
+                "store root \(root) is not a directory. Fix: point the store at a directory")
         }
         let mode = st.st_mode & 0o7777
         // Others could read objects' names and sizes, or plant files; refuse rather than chmod
         // silently, because a shared root means the setup is not what the admin thinks.
         guard mode & 0o077 == 0 else {
-            throw StoreError(.io, key: root, "store root \(root) is accessible by group or others (mode \(String(mode, radix: 8))). Fix: chmod 700 \(root)")
+            throw StoreError(.io, key: root,
+                """
+                    store root \(root) is accessible by group or others (mode \(String(mode, radix: 8))). Fix: chmod \
+                    700 \(root)
+                    """)
         }
         guard st.st_uid == geteuid() else {
-            throw StoreError(.io, key: root, "store root \(root) is owned by uid \(st.st_uid), not by this process (uid \(geteuid())). Fix: chown the directory to the user running Redoubt")
+            throw StoreError(.io, key: root,
+                """
+                    store root \(root) is owned by uid \(st.st_uid), not by this process (uid \(geteuid())). Fix: \
+                    chown the directory to the user running Redoubt
+                    """)
         }
     }
 
@@ -745,7 +817,9 @@ public final class LocalStore: ObjectStore {
                                 close(fd)
                                 continue
                             }
-                            if let f = flags(fd), f & Sys.immutable != 0 { _ = redoubt_fs_set_flags(fd, f & ~Sys.immutable) }
+                            if let f = flags(fd), f & Sys.immutable != 0 {
+                                _ = redoubt_fs_set_flags(fd, f & ~Sys.immutable)
+                            }
                             close(fd)
                         }
                         guard unlinkat(dirfd, entry.name, 0) == 0 else {
@@ -788,7 +862,10 @@ public final class LocalStore: ObjectStore {
         guard xattr == 0 else {
             let e = errno
             throw ioError(root, "set a user extended attribute on", probePath, e, root: root,
-                          fix: "the store records each object's retain-until in the attribute \(retainAttribute); put the store on ext4, xfs or btrfs (or mount with user_xattr)")
+                          fix: """
+                              the store records each object's retain-until in the attribute \(retainAttribute); put \
+                              the store on ext4, xfs or btrfs (or mount with user_xattr)
+                              """)
         }
 
         let fsName = filesystemName(root)
@@ -801,19 +878,32 @@ public final class LocalStore: ObjectStore {
             let e = errno
             if e == EPERM {
                 let cause = holdsLinuxImmutableCapability()
-                    ? "the kernel refused although the process holds CAP_LINUX_IMMUTABLE (a container whose user namespace does not own the filesystem?)"
+                    ? """
+                        the kernel refused although the process holds CAP_LINUX_IMMUTABLE (a container whose user \
+                        namespace does not own the filesystem?)
+                        """
                     : "this process lacks CAP_LINUX_IMMUTABLE"
-                return "Immutable flag unavailable in \(root): \(cause) (FS_IOC_SETFLAGS: \(errnoText(e))). Objects are stored and their retention recorded, but NOT protected against deletion or change by anyone with access to this host. Fix: run the server as root, or grant the capability (systemd: AmbientCapabilities=CAP_LINUX_IMMUTABLE; or setcap cap_linux_immutable+ep on the binary)."
+                return """
+                    Immutable flag unavailable in \(root): \(cause) (FS_IOC_SETFLAGS: \(errnoText(e))). Objects are \
+                    stored and their retention recorded, but NOT protected against deletion or change by anyone with \
+                    access to this host. Fix: run the server as root, or grant the capability (systemd: \
+                    AmbientCapabilities=CAP_LINUX_IMMUTABLE; or setcap cap_linux_immutable+ep on the binary).
+                    """
             }
             return "Immutable flag unavailable in \(root): the \(fsName) filesystem does not support FS_IMMUTABLE_FL (FS_IOC_SETFLAGS: \(errnoText(e))). Objects are stored and their retention recorded, but NOT protected against deletion or change by anyone with access to this host. Fix: put the store on ext4, xfs or btrfs."
         }
         var readBack: Int32 = 0
         guard redoubt_fs_get_flags(fd, &readBack) == 0, readBack & Sys.immutable != 0 else {
-            return "Immutable flag unavailable in \(root): the \(fsName) filesystem accepted FS_IMMUTABLE_FL but did not keep it. Objects are stored and their retention recorded, but NOT protected. Fix: put the store on ext4, xfs or btrfs."
+            return """
+                Immutable flag unavailable in \(root): the \(fsName) filesystem accepted FS_IMMUTABLE_FL but did not \
+                keep it. Objects are stored and their retention recorded, but NOT protected. Fix: put the store on \
+                ext4, xfs or btrfs.
+                """
         }
         guard redoubt_fs_set_flags(fd, readBack & ~Sys.immutable) == 0 else {
             let e = errno
-            throw StoreError(.io, key: root, "the immutable flag could be set on the probe file \(probePath) but not cleared (\(errnoText(e))); deletion of expired objects would fail. Fix: check the filesystem, then `chattr -i \(probePath) && rm \(probePath)`")
+            throw StoreError(.io, key: root,
+                "the immutable flag could be set on the probe file \(probePath) but not cleared (\(errnoText(e))); deletion of expired objects would fail. Fix: check the filesystem, then `chattr -i \(probePath) && rm \(probePath)`")
         }
         return nil
     }
@@ -834,7 +924,9 @@ public final class LocalStore: ObjectStore {
         guard let resolved = realpath(path, nil) else { return "underlying" }
         let real = String(cString: resolved)
         free(resolved)
-        guard let mounts = try? String(contentsOfFile: "/proc/self/mounts", encoding: .utf8) else { return "underlying" }
+        guard let mounts = try? String(contentsOfFile: "/proc/self/mounts", encoding: .utf8) else {
+            return "underlying"
+        }
         var best: (point: String, type: String)?
         for line in mounts.split(separator: "\n") {
             let fields = line.split(separator: " ")

@@ -76,7 +76,8 @@ public actor MemoryStore: ObjectStore, LegalHoldStore, ImmutabilityReporting {
         try check(.put, key.path)
         if let o = objects[key.path] {
             guard o.bytes == data else {
-                throw StoreError(.conflict, key: key.path, "an object with other bytes exists under this key; objects are never overwritten")
+                throw StoreError(.conflict, key: key.path,
+                    "an object with other bytes exists under this key; objects are never overwritten")
             }
             return .alreadyPresent
         }

@@ -90,7 +90,9 @@ public enum RepositoryLayout {
     /// `t/<tenant>/packs/<first 2 hex>/<pack ID>`.
     public static func packKey(tenant: String, id: PackID) -> ObjectKey { key(.pack(tenant: tenant, id: id))! }
     /// `t/<tenant>/snapshots/<snapshot ID>`.
-    public static func manifestKey(tenant: String, id: SnapshotID) -> ObjectKey { key(.manifest(tenant: tenant, id: id))! }
+    public static func manifestKey(tenant: String, id: SnapshotID) -> ObjectKey {
+        key(.manifest(tenant: tenant, id: id))!
+    }
     /// `t/<tenant>/tenant-v<version>.json`.
     public static func descriptorKey(tenant: String, version: Int) -> ObjectKey {
         key(.descriptor(tenant: tenant, version: version))!

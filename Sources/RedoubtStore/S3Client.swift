@@ -80,7 +80,8 @@ public final class AHCTransport: S3Transport {
         var roots = NIOSSLTrustRoots.default
         if let caPEM {
             do { roots = .certificates(try NIOSSLCertificate.fromPEMBytes(Array(caPEM.utf8))) } catch {
-                throw StoreError(.config, key: "ca", "cannot read the S3 endpoint's CA certificate (\(error)): give a PEM file")
+                throw StoreError(.config, key: "ca",
+                    "cannot read the S3 endpoint's CA certificate (\(error)): give a PEM file")
             }
         }
         self.init(trustRoots: roots, bodyLimit: bodyLimit)
@@ -107,7 +108,8 @@ public final class AHCTransport: S3Transport {
         }
         let response = try await http.execute(req, timeout: .seconds(300))
         let bytes = try await response.body.collect(upTo: bodyLimit)
-        return S3Response(status: Int(response.status.code), headers: response.headers, body: Array(bytes.readableBytesView))
+        return S3Response(status: Int(response.status.code), headers: response.headers,
+            body: Array(bytes.readableBytesView))
     }
 
     private static let cache = Mutex<[String: AHCTransport]>([:])
@@ -186,7 +188,9 @@ public struct S3Client: Sendable {
     ) async throws -> S3Response {
         var host = SigV4Signer.hostHeader(for: location.endpoint)
         var path = ""
-        if location.pathStyle { path = "/" + SigV4Signer.encode(location.bucket, keepSlash: false) } else { host = location.bucket + "." + host }
+        if location.pathStyle { path = "/" + SigV4Signer.encode(location.bucket, keepSlash: false) } else {
+            host = location.bucket + "." + host
+        }
         path += "/" + (key.map { SigV4Signer.encodePath($0) } ?? "")
         if key == nil && location.pathStyle { path = String(path.dropLast()) }
         let scheme = location.endpoint.scheme ?? "https"
@@ -203,9 +207,11 @@ public struct S3Client: Sendable {
             for (n, v) in extra + signed { headers.add(name: n, value: v) }
             let url = "\(scheme)://\(host)\(request.encodedPath)" + (query.isEmpty ? "" : "?" + query)
             do {
-                let r = try await transport.execute(S3HTTPRequest(method: method, url: url, headers: headers, body: body))
+                let r = try await transport.execute(S3HTTPRequest(method: method, url: url, headers: headers,
+                    body: body))
                 if Self.isTransient(r) {
-                    lastError = S3Error(status: r.status, code: r.errorCode ?? "HTTP\(r.status)", message: r.errorMessage ?? "", key: key ?? location.bucket)
+                    lastError = S3Error(status: r.status, code: r.errorCode ?? "HTTP\(r.status)",
+                        message: r.errorMessage ?? "", key: key ?? location.bucket)
                     continue
                 }
                 return r
@@ -215,7 +221,8 @@ public struct S3Client: Sendable {
                 lastError = error
             }
         }
-        throw lastError ?? S3Error(status: 0, code: "Unreachable", message: "no attempt made", key: key ?? location.bucket)
+        throw lastError ?? S3Error(status: 0, code: "Unreachable", message: "no attempt made", key: key
+            ?? location.bucket)
     }
 
     /// 5xx that may pass (not 501 NotImplemented, which never will), 429, and the

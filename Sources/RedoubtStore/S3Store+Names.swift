@@ -7,6 +7,8 @@ extension S3Store {
     public func originalNames(prefix: String) async throws -> [String] {
         let base = client.location.prefix.isEmpty ? "" : client.location.prefix + "/"
         let versions = try await client.listVersions(prefix: base + prefix, pageSize: listPageSize)
-        return Self.originals(versions).filter { $0.key.hasPrefix(base + prefix) }.map { String($0.key.dropFirst(base.count)) }
+        return Self.originals(versions).filter { $0.key.hasPrefix(base + prefix) }.map {
+            String($0.key.dropFirst(base.count))
+        }
     }
 }

@@ -55,13 +55,15 @@ public struct S3Store: ObjectStore {
 
     func send(_ key: ObjectKey, _ method: HTTPMethod, query: [(name: String, value: String)] = [],
               headers: [(name: String, value: String)] = [], body: [UInt8] = []) async throws -> S3Response {
-        do { return try await client.send(method, key: client.objectName(key.path), query: query, headers: headers, body: body) } catch {
+        do { return try await client.send(method, key: client.objectName(key.path), query: query, headers: headers,
+            body: body) } catch {
             throw io(key, error)
         }
     }
 
     func conflict(_ key: ObjectKey) -> StoreError {
-        StoreError(.conflict, key: key.path, "an object with other bytes exists under this key in \(place); it is never overwritten")
+        StoreError(.conflict, key: key.path,
+            "an object with other bytes exists under this key in \(place); it is never overwritten")
     }
 
     // MARK: The original version
@@ -70,7 +72,9 @@ public struct S3Store: ObjectStore {
     /// delete marker; nil if there is none.
     func original(_ key: ObjectKey) async throws -> S3XML.ListedVersion? {
         let name = client.objectName(key.path)
-        return try await Self.originals(client.listVersions(prefix: name, key: key, pageSize: listPageSize)).first { $0.key == name }
+        return try await Self.originals(client.listVersions(prefix: name, key: key, pageSize: listPageSize)).first {
+            $0.key == name
+        }
     }
 
     /// The original version of each key in `versions`, in key order: the oldest version
@@ -102,25 +106,33 @@ public struct S3Store: ObjectStore {
 
     public func put(_ key: ObjectKey, _ data: [UInt8], retainUntil: Date?) async throws -> PutResult {
         let digest = SigV4Signer.hexSHA256(data)
-        if let existing = try await original(key) { return try await settle(key, data, digest: digest, existing: existing) }
-        if data.count > multipartThreshold { return try await putMultipart(key, data, digest: digest, retainUntil: retainUntil) }
+        if let existing = try await original(key) {
+            return try await settle(key, data, digest: digest, existing: existing)
+        }
+        if data.count > multipartThreshold {
+            return try await putMultipart(key, data, digest: digest, retainUntil: retainUntil)
+        }
         // If-None-Match: * makes the create conditional where the server supports it, so
         // two racing writers cannot both create: the loser sees 412 and compares bytes.
         var headers: [(name: String, value: String)] = [
-            ("content-md5", contentMD5(data)), ("x-amz-meta-sha256", digest), ("content-type", "application/octet-stream"),
+            ("content-md5", contentMD5(data)), ("x-amz-meta-sha256", digest), ("content-type",
+                "application/octet-stream"),
             ("if-none-match", "*"),
         ]
         if let retainUntil { headers += lockHeaders(retainUntil) }
         let r = try await send(key, .PUT, headers: headers, body: data)
         if r.status == 412 || r.status == 409 {
-            guard let existing = try await original(key) else { throw fail(.remote, key, r, "PUT refused, yet no version is there") }
+            guard let existing = try await original(key) else {
+                throw fail(.remote, key, r, "PUT refused, yet no version is there")
+            }
             return try await settle(key, data, digest: digest, existing: existing)
         }
         guard r.status == 200 else { throw fail(.remote, key, r, "PUT refused") }
         // Why: a checksum mismatch is never accepted as written. S3 checked Content-MD5;
         // the ETag of a single-part upload without SSE-KMS is that MD5, so a server that
         // stored other bytes (or ignored the header) shows here.
-        if Self.etagIsMD5(r), let etag = r.header("etag")?.trimmingCharacters(in: CharacterSet(charactersIn: "\"")), etag.count == 32,
+        if Self.etagIsMD5(r), let etag = r.header("etag")?.trimmingCharacters(in: CharacterSet(charactersIn: "\"")),
+            etag.count == 32,
             etag.lowercased() != hexMD5(data)
         {
             throw StoreError(.integrity, key: key.path, "S3 stored bytes whose MD5 (\(etag)) is not the one sent")
@@ -131,7 +143,8 @@ public struct S3Store: ObjectStore {
     /// The key has an original: the same bytes is `.alreadyPresent`, other bytes `.conflict`.
     /// The SHA-256 recorded with the original decides without a read (a whole read checks
     /// the bytes against it later).
-    func settle(_ key: ObjectKey, _ data: [UInt8], digest: String, existing: S3XML.ListedVersion) async throws -> PutResult {
+    func settle(_ key: ObjectKey, _ data: [UInt8], digest: String,
+        existing: S3XML.ListedVersion) async throws -> PutResult {
         guard existing.size == data.count else { throw conflict(key) }
         let h = try await send(key, .HEAD, query: Self.pin(existing))
         guard h.status == 200 else { throw fail(.remote, key, h, "HEAD of the original version failed") }
@@ -152,13 +165,15 @@ public struct S3Store: ObjectStore {
     }
 
     func lockHeaders(_ until: Date) -> [(name: String, value: String)] {
-        [("x-amz-object-lock-mode", "COMPLIANCE"), ("x-amz-object-lock-retain-until-date", S3Date.format(until.rounded()))]
+        [("x-amz-object-lock-mode", "COMPLIANCE"), ("x-amz-object-lock-retain-until-date",
+            S3Date.format(until.rounded()))]
     }
 
     func putMultipart(_ key: ObjectKey, _ data: [UInt8], digest: String, retainUntil: Date?) async throws -> PutResult {
         // The lock and the hash go on CreateMultipartUpload: S3 applies them to the
         // assembled object (parts carry no lock headers).
-        var h: [(name: String, value: String)] = [("content-type", "application/octet-stream"), ("x-amz-meta-sha256", digest)]
+        var h: [(name: String, value: String)] = [("content-type", "application/octet-stream"), ("x-amz-meta-sha256",
+            digest)]
         if let retainUntil { h += lockHeaders(retainUntil) }
         let created = try await send(key, .POST, query: [("uploads", "")], headers: h)
         guard created.status == 200 else { throw fail(.remote, key, created, "CreateMultipartUpload refused") }
@@ -177,10 +192,14 @@ public struct S3Store: ObjectStore {
                 let md5 = Insecure.MD5.hash(data: part)
                 let r = try await send(key, .PUT, query: [("partNumber", "\(number)"), ("uploadId", uploadID)],
                                        headers: [("content-md5", Data(md5).base64EncodedString())], body: part)
-                guard r.status == 200, let etag = r.header("etag") else { throw fail(.remote, key, r, "UploadPart \(number) refused") }
+                guard r.status == 200, let etag = r.header("etag") else {
+                    throw fail(.remote, key, r, "UploadPart \(number) refused")
+                }
                 // Why: each part's ETag is its MD5; another value means other bytes were stored.
-                if Self.etagIsMD5(r), etag.trimmingCharacters(in: CharacterSet(charactersIn: "\"")).lowercased() != hex(md5) {
-                    throw StoreError(.integrity, key: key.path, "S3 stored part \(number) with ETag \(etag), not the MD5 of the part sent")
+                if Self.etagIsMD5(r),
+                    etag.trimmingCharacters(in: CharacterSet(charactersIn: "\"")).lowercased() != hex(md5) {
+                    throw StoreError(.integrity, key: key.path,
+                        "S3 stored part \(number) with ETag \(etag), not the MD5 of the part sent")
                 }
                 parts.append((number, etag))
                 md5s += Array(md5)
@@ -192,25 +211,32 @@ public struct S3Store: ObjectStore {
             // 412/409: someone created the key first. NoSuchUpload: a retry after an
             // answer was lost, and the first Complete went through. Either way the
             // original now decides, by its recorded hash.
-            if r.status == 412 || r.status == 409 || r.errorCode == "NoSuchUpload", let existing = try await original(key) {
+            if r.status == 412 || r.status == 409 || r.errorCode == "NoSuchUpload",
+                let existing = try await original(key) {
                 await abort()
                 return try await settle(key, data, digest: digest, existing: existing)
             }
-            guard r.status == 200, let done = S3XML.completeMultipart(r.body) else { throw fail(.remote, key, r, "CompleteMultipartUpload refused") }
+            guard r.status == 200, let done = S3XML.completeMultipart(r.body) else {
+                throw fail(.remote, key, r, "CompleteMultipartUpload refused")
+            }
             // S3 may answer 200 and put the error in the body.
             if let e = done.error {
-                var err = StoreError(.remote, key: key.path, "CompleteMultipartUpload: S3 answered \(e.code): \(e.message)")
+                var err = StoreError(.remote, key: key.path,
+                    "CompleteMultipartUpload: S3 answered \(e.code): \(e.message)")
                 err.remoteCode = e.code
                 throw err
             }
             let expected = hexMD5(md5s) + "-\(parts.count)"
-            if Self.etagIsMD5(r), let etag = done.etag?.trimmingCharacters(in: CharacterSet(charactersIn: "\"")), etag.contains("-"),
+            if Self.etagIsMD5(r), let etag = done.etag?.trimmingCharacters(in: CharacterSet(charactersIn: "\"")),
+                etag.contains("-"),
                 etag.lowercased() != expected
             {
-                throw StoreError(.integrity, key: key.path, "S3 assembled an object with ETag \(etag), expected \(expected)")
+                throw StoreError(.integrity, key: key.path,
+                    "S3 assembled an object with ETag \(etag), expected \(expected)")
             }
             guard let v = try await original(key), v.size == data.count else {
-                throw StoreError(.integrity, key: key.path, "after a multipart upload \(place) does not hold \(data.count) bytes under this key")
+                throw StoreError(.integrity, key: key.path,
+                    "after a multipart upload \(place) does not hold \(data.count) bytes under this key")
             }
             return .created
         } catch {
@@ -220,7 +246,9 @@ public struct S3Store: ObjectStore {
     }
 
     public func get(_ key: ObjectKey, range: Range<Int>?) async throws -> [UInt8] {
-        guard let v = try await original(key) else { throw StoreError(.notFound, key: key.path, "no such object in \(place)") }
+        guard let v = try await original(key) else {
+            throw StoreError(.notFound, key: key.path, "no such object in \(place)")
+        }
         return try await read(key, v, range: range)
     }
 
@@ -239,7 +267,9 @@ public struct S3Store: ObjectStore {
         }
         let r = try await send(key, .GET, query: Self.pin(v), headers: headers)
         if r.status == 404 { throw StoreError(.notFound, key: key.path, "no such object in \(place)") }
-        if r.status == 416 { throw StoreError(.badRange, key: key.path, "range \(range.map { "\($0)" } ?? "") refused by S3") }
+        if r.status == 416 {
+            throw StoreError(.badRange, key: key.path, "range \(range.map { "\($0)" } ?? "") refused by S3")
+        }
         guard r.status == 200 || r.status == 206 else { throw fail(.remote, key, r, "GET failed") }
         guard r.body.count == want else {
             throw StoreError(.integrity, key: key.path, "asked for \(want) bytes, S3 returned \(r.body.count)")
@@ -249,10 +279,12 @@ public struct S3Store: ObjectStore {
         // A version without one was not written by Redoubt (every put records it).
         if range == nil {
             guard let recorded = r.header("x-amz-meta-sha256") else {
-                throw StoreError(.integrity, key: key.path, "the version in \(place) carries no x-amz-meta-sha256: Redoubt did not write it")
+                throw StoreError(.integrity, key: key.path,
+                    "the version in \(place) carries no x-amz-meta-sha256: Redoubt did not write it")
             }
             guard recorded == SigV4Signer.hexSHA256(r.body) else {
-                throw StoreError(.integrity, key: key.path, "the bytes S3 returned do not match the SHA-256 recorded when they were written")
+                throw StoreError(.integrity, key: key.path,
+                    "the bytes S3 returned do not match the SHA-256 recorded when they were written")
             }
         }
         return r.body
@@ -301,7 +333,9 @@ public struct S3Store: ObjectStore {
         var found: [(ObjectKey, S3XML.ListedVersion)] = []
         for v in Self.originals(versions) where v.key.hasPrefix(base) {
             // Names that are not valid keys (written by something else) are skipped.
-            if let key = ObjectKey(String(v.key.dropFirst(base.count))), key.path.hasPrefix(prefix) { found.append((key, v)) }
+            if let key = ObjectKey(String(v.key.dropFirst(base.count))), key.path.hasPrefix(prefix) {
+                found.append((key, v))
+            }
         }
         // The listing has no lock dates: one HEAD per object, eight at a time.
         var out: [ObjectInfo?] = Array(repeating: nil, count: found.count)
@@ -316,7 +350,9 @@ public struct S3Store: ObjectStore {
     }
 
     public func delete(_ key: ObjectKey, now: Date) async throws {
-        guard let info = try await head(key) else { throw StoreError(.notFound, key: key.path, "no such object in \(place)") }
+        guard let info = try await head(key) else {
+            throw StoreError(.notFound, key: key.path, "no such object in \(place)")
+        }
         // Why refuse before asking: the bucket refuses too (COMPLIANCE), and both must agree.
         if let until = info.retainUntil, now < until {
             throw StoreError(.locked, key: key.path, "locked until \(S3Date.format(until))")
@@ -324,21 +360,27 @@ public struct S3Store: ObjectStore {
         // Every version and delete marker, so that the key is free again (a plain DELETE
         // on a versioned bucket only adds a marker, and the original would still be read).
         let name = client.objectName(key.path)
-        let versions = try await client.listVersions(prefix: name, key: key, pageSize: listPageSize).filter { $0.key == name }
+        let versions = try await client.listVersions(prefix: name, key: key, pageSize: listPageSize).filter {
+            $0.key == name
+        }
         for v in versions.isEmpty ? [nil] : versions.map(Optional.some) {
             let r = try await send(key, .DELETE, query: v.map(Self.pin) ?? [])
             if r.status == 204 || r.status == 200 || r.status == 404 { continue }
-            throw fail(r.status == 403 || r.status == 400 ? .locked : .remote, key, r, "DELETE of version \(v?.versionID ?? "-") refused")
+            throw fail(r.status == 403 || r.status == 400 ? .locked : .remote, key, r,
+                "DELETE of version \(v?.versionID ?? "-") refused")
         }
     }
 
     public func extendRetention(_ key: ObjectKey, until: Date) async throws {
-        guard let v = try await original(key) else { throw StoreError(.notFound, key: key.path, "no such object in \(place)") }
+        guard let v = try await original(key) else {
+            throw StoreError(.notFound, key: key.path, "no such object in \(place)")
+        }
         let info = try await info(key, v)
         // Only ever later: an earlier date is a no-op, never a shortening.
         if let current = info.retainUntil, current >= until { return }
         let body = S3XML.retentionBody(mode: "COMPLIANCE", until: until)
-        let r = try await send(key, .PUT, query: [("retention", "")] + Self.pin(v), headers: [("content-md5", contentMD5(body))], body: body)
+        let r = try await send(key, .PUT, query: [("retention", "")] + Self.pin(v), headers: [("content-md5",
+            contentMD5(body))], body: body)
         guard r.status == 200 else { throw fail(.remote, key, r, "PutObjectRetention refused") }
     }
 }
@@ -346,7 +388,8 @@ public struct S3Store: ObjectStore {
 extension S3Client {
     /// Every version and delete marker under `prefix` (a full object name, bucket-relative),
     /// across pages. `key` names the object in errors.
-    func listVersions(prefix: String, key: ObjectKey? = nil, pageSize: Int? = nil) async throws -> [S3XML.ListedVersion] {
+    func listVersions(prefix: String, key: ObjectKey? = nil,
+        pageSize: Int? = nil) async throws -> [S3XML.ListedVersion] {
         let what = key?.path ?? prefix
         var out: [S3XML.ListedVersion] = []
         var marker: (key: String, version: String?)? = nil
@@ -363,7 +406,8 @@ extension S3Client {
                 throw StoreError(.io, key: what, "S3 ListObjectVersions failed after retries: \(error)")
             }
             guard r.status == 200 else {
-                var e = StoreError(.remote, key: what, "S3 ListObjectVersions refused: \(r.status) \(r.errorCode ?? "") \(r.errorMessage ?? "")")
+                var e = StoreError(.remote, key: what,
+                    "S3 ListObjectVersions refused: \(r.status) \(r.errorCode ?? "") \(r.errorMessage ?? "")")
                 e.remoteCode = r.errorCode
                 throw e
             }

@@ -61,7 +61,9 @@ public enum S3XML {
     }
 
     public static func error(_ bytes: [UInt8]) -> ErrorBody? {
-        guard let root = S3XMLElement.parse(bytes), root.name == "Error", let code = root.value("Code") else { return nil }
+        guard let root = S3XMLElement.parse(bytes), root.name == "Error", let code = root.value("Code") else {
+            return nil
+        }
         return ErrorBody(code: code, message: root.value("Message") ?? "", requestID: root.value("RequestId"))
     }
 
@@ -93,7 +95,8 @@ public enum S3XML {
                                      isDeleteMarker: c.name == "DeleteMarker", size: size, etag: c.value("ETag")))
         }
         return VersionPage(versions: out, isTruncated: root.value("IsTruncated") == "true",
-                           nextKeyMarker: root.value("NextKeyMarker"), nextVersionIDMarker: root.value("NextVersionIdMarker"))
+                           nextKeyMarker: root.value("NextKeyMarker"),
+                               nextVersionIDMarker: root.value("NextVersionIdMarker"))
     }
 
     /// A bucket's `ObjectLockConfiguration`: enabled, and any default retention (which
@@ -108,8 +111,12 @@ public enum S3XML {
     public static func lockConfiguration(_ bytes: [UInt8]) -> LockConfiguration? {
         guard let root = S3XMLElement.parse(bytes), root.name == "ObjectLockConfiguration" else { return nil }
         let rule = root.child("Rule")?.child("DefaultRetention")
-        return LockConfiguration(enabled: root.value("ObjectLockEnabled") == "Enabled", defaultMode: rule?.value("Mode"),
-                                 defaultDays: rule?.value("Days").flatMap { Int($0) }, defaultYears: rule?.value("Years").flatMap { Int($0) })
+        return LockConfiguration(enabled: root.value("ObjectLockEnabled") == "Enabled",
+            defaultMode: rule?.value("Mode"),
+                                 defaultDays: rule?.value("Days").flatMap { Int($0) },
+                                     defaultYears: rule?.value("Years").flatMap {
+                                     Int($0)
+                                 })
     }
 
     /// An object version's `Retention`: mode and retain-until.

@@ -104,7 +104,8 @@ enum Corpus {
             while out.count < count { out.append(contentsOf: base.prefix(count - out.count)) }
         }
         if out.count > count { out.removeLast(out.count - count) }
-        return Text(bytes: out, files: files, distinctBytes: Swift.min(distinct, count), repeated: repeated, sources: used)
+        return Text(bytes: out, files: files, distinctBytes: Swift.min(distinct, count), repeated: repeated,
+            sources: used)
     }
 }
 

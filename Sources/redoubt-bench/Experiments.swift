@@ -13,7 +13,8 @@ extension Stages {
         let compressor = try ChunkCompressor(level: level)
         let key = material.chunkIDKey
         let target = 32 << 20
-        return try measure("hand-wired pipeline, level \(level) (experiment)", corpus: name, bytes: data.count, runs: runs) {
+        return try measure("hand-wired pipeline, level \(level) (experiment)", corpus: name, bytes: data.count,
+            runs: runs) {
             var w: PackWriter? = nil
             var off = 0, chunks = 0, packs = 0, out = 0
             while off < data.count {

@@ -25,7 +25,9 @@ struct StageResult: Encodable {
     var reused: Int?
     var mbPerSecond: Double { Double(bytes) / seconds / 1e6 }
 
-    enum CodingKeys: String, CodingKey { case stage, corpus, bytes, seconds, cpuSeconds, runs, compressionRatio, chunks, packs, reused, mbPerSecond }
+    enum CodingKeys: String, CodingKey {
+        case stage, corpus, bytes, seconds, cpuSeconds, runs, compressionRatio, chunks, packs, reused, mbPerSecond
+    }
     func encode(to encoder: Encoder) throws {
         var c = encoder.container(keyedBy: CodingKeys.self)
         try c.encode(stage, forKey: .stage)
@@ -56,7 +58,8 @@ struct RunInfo {
 nonisolated(unsafe) var benchSink: UInt64 = 0
 
 /// Runs `body` `runs` times and keeps the fastest (ContinuousClock, wall time).
-func measure(_ stage: String, corpus: String, bytes: Int, runs: Int, _ body: () throws -> RunInfo) rethrows -> StageResult {
+func measure(_ stage: String, corpus: String, bytes: Int, runs: Int,
+    _ body: () throws -> RunInfo) rethrows -> StageResult {
     let clock = ContinuousClock()
     var best = Duration.seconds(1_000_000)
     var bestCPU = 0.0
@@ -129,7 +132,9 @@ struct Stages {
         let key = material.chunkIDKey
         return measure("chunk ID (HMAC-SHA256)", corpus: name, bytes: data.count, runs: runs) {
             var s: UInt64 = 0
-            for (o, l) in spans { s &+= UInt64(key.chunkID(for: UnsafeRawBufferPointer(rebasing: data[o..<(o + l)])).bytes[0]) }
+            for (o, l) in spans {
+                s &+= UInt64(key.chunkID(for: UnsafeRawBufferPointer(rebasing: data[o..<(o + l)])).bytes[0])
+            }
             return RunInfo(chunks: spans.count, sink: s)
         }
     }
@@ -165,11 +170,14 @@ struct Stages {
     }
 
     /// RedoubtCore's compress-or-skip (level-1 probe, then the level) on the CDC chunks.
-    func compressOrSkip(_ name: String, _ data: UnsafeRawBufferPointer, _ spans: [(Int, Int)], level: Int32) throws -> StageResult {
+    func compressOrSkip(_ name: String, _ data: UnsafeRawBufferPointer, _ spans: [(Int, Int)],
+        level: Int32) throws -> StageResult {
         let c = try ChunkCompressor(level: level)
         return measure("compress-or-skip, level \(level)", corpus: name, bytes: data.count, runs: runs) {
             var total = 0
-            for (o, l) in spans { total += c.compress(UnsafeRawBufferPointer(rebasing: data[o..<(o + l)])) { _, p in p.count } }
+            for (o, l) in spans {
+                total += c.compress(UnsafeRawBufferPointer(rebasing: data[o..<(o + l)])) { _, p in p.count }
+            }
             return RunInfo(outputBytes: total, chunks: spans.count, sink: UInt64(total))
         }
     }
@@ -197,7 +205,9 @@ struct Stages {
     /// PackWriter alone on pre-chunked, uncompressed data: seal, copy into the pack and
     /// the pack's SHA-256, packs finished at 32 MiB.
     func packWriter(_ name: String, _ data: UnsafeRawBufferPointer, _ spans: [(Int, Int)]) throws -> StageResult {
-        let ids = spans.map { (o, l) in material.chunkIDKey.chunkID(for: UnsafeRawBufferPointer(rebasing: data[o..<(o + l)])) }
+        let ids = spans.map {
+            (o, l) in material.chunkIDKey.chunkID(for: UnsafeRawBufferPointer(rebasing: data[o..<(o + l)]))
+        }
         return try measure("PackWriter.append (seal+copy+pack SHA)", corpus: name, bytes: data.count, runs: runs) {
             var packs = 0, out = 0
             var w: PackWriter? = nil
@@ -205,7 +215,8 @@ struct Stages {
                 if w == nil {
                     w = try PackWriter(recipient: material.readPublicKey, capacity: (32 << 20) + (9 << 20), version: 1)
                 }
-                try w!.append(id: ids[i], kind: .none, rawLength: l, payload: UnsafeRawBufferPointer(rebasing: data[o..<(o + l)]))
+                try w!.append(id: ids[i], kind: .none, rawLength: l,
+                    payload: UnsafeRawBufferPointer(rebasing: data[o..<(o + l)]))
                 if w!.size >= 32 << 20 {
                     let p = try w.take()!.finish()
                     packs += 1
@@ -237,7 +248,8 @@ struct Stages {
                 }
             }
             for f in try p.flush() { packs += 1; out += f.bytes.count }
-            return RunInfo(outputBytes: out, chunks: chunks, packs: packs, reused: Int(p.chunksReused), sink: UInt64(out))
+            return RunInfo(outputBytes: out, chunks: chunks, packs: packs, reused: Int(p.chunksReused),
+                sink: UInt64(out))
         }
     }
 }

@@ -80,7 +80,9 @@ func parseOptions(_ args: [String]) -> Options {
         case "--reference":
             let v = value("--reference")
             let kv = v.split(separator: "=", maxSplits: 1).map(String.init)
-            guard kv.count == 2, let mb = Double(kv[1]), mb > 0 else { fail("--reference: expected KEY=MBPS, got \(v)") }
+            guard kv.count == 2, let mb = Double(kv[1]), mb > 0 else {
+                fail("--reference: expected KEY=MBPS, got \(v)")
+            }
             o.references.append((kv[0], mb))
         case "--only": o.only = value("--only").split(separator: ",").map(String.init)
         case "--corpus":
@@ -116,9 +118,12 @@ var text: Corpus.Text
 if !options.corpora.contains("text") {
     text = Corpus.Text(bytes: [], files: 0, distinctBytes: 0, repeated: false, sources: [])
 } else if let path = options.textFile {
-    guard let d = FileManager.default.contents(atPath: path), !d.isEmpty else { fail("cannot read text corpus \(path)") }
+    guard let d = FileManager.default.contents(atPath: path), !d.isEmpty else {
+        fail("cannot read text corpus \(path)")
+    }
     // A corpus saved by --save-text carries its description in PATH.meta.
-    if let m = FileManager.default.contents(atPath: path + ".meta"), var saved = try? JSONDecoder().decode(Corpus.Text.self, from: m) {
+    if let m = FileManager.default.contents(atPath: path + ".meta"),
+        var saved = try? JSONDecoder().decode(Corpus.Text.self, from: m) {
         saved.bytes = [UInt8](d)
         text = saved
     } else {
@@ -127,11 +132,15 @@ if !options.corpora.contains("text") {
 } else {
     progress("gathering up to \(textBytes >> 20) MiB of source text from \(options.textRoots.joined(separator: ", "))")
     text = Corpus.text(count: textBytes, roots: options.textRoots)
-    guard !text.bytes.isEmpty else { fail("no source text found under \(options.textRoots.joined(separator: ":")); pass --text-file") }
+    guard !text.bytes.isEmpty else {
+        fail("no source text found under \(options.textRoots.joined(separator: ":")); pass --text-file")
+    }
 }
 if let out = options.saveText {
     guard FileManager.default.createFile(atPath: out, contents: Data(text.bytes)),
-          FileManager.default.createFile(atPath: out + ".meta", contents: try? JSONEncoder().encode(text)) else { fail("cannot write \(out)") }
+          FileManager.default.createFile(atPath: out + ".meta", contents: try? JSONEncoder().encode(text)) else {
+              fail("cannot write \(out)")
+          }
 }
 
 let stages: Stages
@@ -189,19 +198,23 @@ struct Target: Encodable {
 var targets: [Target] = []
 do {
     let chunkerMin = ["incompressible", "text"].compactMap { find("chunker (FastCDC)", $0)?.mbPerSecond }.min() ?? 0
-    targets.append(Target(name: "chunker", required: ">= 2000 MB/s", measured: String(format: "%.0f MB/s (slower corpus)", chunkerMin), value: chunkerMin, met: chunkerMin >= 2000))
+    targets.append(Target(name: "chunker", required: ">= 2000 MB/s",
+        measured: String(format: "%.0f MB/s (slower corpus)", chunkerMin), value: chunkerMin, met: chunkerMin >= 2000))
     for c in ["incompressible", "text"] {
         if let id = find("chunk ID", c), let sha = find("SHA-256", c) {
             let r = id.mbPerSecond / sha.mbPerSecond
-            targets.append(Target(name: "chunk ID vs SHA-256 (\(c))", required: ">= 0.90", measured: String(format: "%.3f", r), value: r, met: r >= 0.9))
+            targets.append(Target(name: "chunk ID vs SHA-256 (\(c))", required: ">= 0.90",
+                measured: String(format: "%.3f", r), value: r, met: r >= 0.9))
         }
     }
     if let p = find("whole pipeline, zstd level 3", "incompressible") {
-        targets.append(Target(name: "pipeline, incompressible", required: ">= 500 MB/s", measured: String(format: "%.0f MB/s", p.mbPerSecond), value: p.mbPerSecond, met: p.mbPerSecond >= 500))
+        targets.append(Target(name: "pipeline, incompressible", required: ">= 500 MB/s",
+            measured: String(format: "%.0f MB/s", p.mbPerSecond), value: p.mbPerSecond, met: p.mbPerSecond >= 500))
     }
     if let p = find("whole pipeline, zstd level 3", "text"), let z = find("zstd -3", "text") {
         let r = p.mbPerSecond / z.mbPerSecond
-        targets.append(Target(name: "pipeline / zstd -3 alone (text)", required: ">= 0.75", measured: String(format: "%.3f", r), value: r, met: r >= 0.75))
+        targets.append(Target(name: "pipeline / zstd -3 alone (text)", required: ">= 0.75",
+            measured: String(format: "%.3f", r), value: r, met: r >= 0.75))
     }
 }
 
@@ -226,13 +239,16 @@ let referenceStages: [String: [(stage: String, corpus: String)]] = [
 var comparisons: [Comparison] = []
 for ref in options.references {
     guard let pairs = referenceStages[ref.key] else {
-        comparisons.append(Comparison(reference: ref.key, referenceMBps: ref.mbPerSecond, stage: "", corpus: "", redoubtMBps: 0, ratio: 0))
+        comparisons.append(Comparison(reference: ref.key, referenceMBps: ref.mbPerSecond, stage: "", corpus: "",
+            redoubtMBps: 0, ratio: 0))
         continue
     }
     for (stage, corpus) in pairs {
         guard let m = find(stage, corpus) else { continue }
-        comparisons.append(Comparison(reference: ref.key, referenceMBps: ref.mbPerSecond, stage: m.stage, corpus: corpus,
-                                      redoubtMBps: (m.mbPerSecond * 10).rounded() / 10, ratio: m.mbPerSecond / ref.mbPerSecond))
+        comparisons.append(Comparison(reference: ref.key, referenceMBps: ref.mbPerSecond, stage: m.stage,
+            corpus: corpus,
+                                      redoubtMBps: (m.mbPerSecond * 10).rounded() / 10,
+                                          ratio: m.mbPerSecond / ref.mbPerSecond))
     }
 }
 
@@ -263,8 +279,13 @@ if options.json {
     print("Redoubt core, one core, MB/s (10^6 B/s of input), best of \(options.runs)")
     if !incompressible.isEmpty { print("incompressible: \(incompressible.count >> 20) MiB xoshiro256** bytes") }
     if !text.bytes.isEmpty {
-        print("text: \(text.bytes.count >> 20) MiB from \(text.files) distinct files (\(text.sources.joined(separator: ", ")))"
-              + (text.repeated ? "; REPEATED: only \(text.distinctBytes >> 20) MiB distinct, compression figures are optimistic" : ""))
+        print("""
+            text: \(text.bytes.count >> 20) MiB from \(text.files) distinct files \
+            (\(text.sources.joined(separator: ", ")))
+            """
+              + (text.repeated ? """
+                  ; REPEATED: only \(text.distinctBytes >> 20) MiB distinct, compression figures are optimistic
+                  """ : ""))
     }
     print("")
     print(pad("stage", 50) + lpad("incompressible", 15) + lpad("text", 10) + lpad("text ratio", 12))
@@ -286,7 +307,8 @@ if options.json {
         print("pipeline on text: \(p.packs ?? 0) packs, \(p.reused ?? 0) chunks deduplicated"
               + String(format: ", pack bytes ratio %.2fx", p.compressionRatio ?? 0))
         if let z = find("zstd -3", "text") {
-            print(String(format: "pipeline / zstd -3 alone on text: %.2f (%.0f / %.0f MB/s); zstd -3 alone ratio %.2fx", p.mbPerSecond / z.mbPerSecond,
+            print(String(format: "pipeline / zstd -3 alone on text: %.2f (%.0f / %.0f MB/s); zstd -3 alone ratio %.2fx",
+                p.mbPerSecond / z.mbPerSecond,
                          p.mbPerSecond, z.mbPerSecond, z.compressionRatio ?? 0))
         }
     }
@@ -298,7 +320,8 @@ if options.json {
                 print("  " + pad(c.reference, 22) + String(format: "%7.0f MB/s", c.referenceMBps))
             } else {
                 print("  " + pad(c.reference, 22) + String(format: "%7.0f MB/s", c.referenceMBps) + "   Redoubt "
-                      + pad(c.stage + " (" + c.corpus + ")", 40) + String(format: "%7.0f MB/s  = %.2fx", c.redoubtMBps, c.ratio))
+                      + pad(c.stage + " (" + c.corpus + ")", 40) + String(format: "%7.0f MB/s  = %.2fx", c.redoubtMBps,
+                          c.ratio))
             }
         }
     }
@@ -313,7 +336,8 @@ if options.json {
         print("WARNING: the machine was busy: \(busy.count) of \(results.count) figures got under 90% of a core")
         print("(thread CPU time / wall time); wall-clock MB/s above are pessimistic. By CPU time:")
         for r in busy {
-            print("  " + pad(r.stage + " / " + r.corpus, 56) + String(format: "%6.0f MB/s (%.0f%% of a core)", Double(r.bytes) / r.cpuSeconds / 1e6, 100 * r.cpuSeconds / r.seconds))
+            print("  " + pad(r.stage + " / " + r.corpus, 56) + String(format: "%6.0f MB/s (%.0f%% of a core)",
+                Double(r.bytes) / r.cpuSeconds / 1e6, 100 * r.cpuSeconds / r.seconds))
         }
     }
     if options.verbose { print("(check \(benchSink))") }

@@ -9,8 +9,10 @@ import RedoubtCore
 // approve, the same command with `--request ID` makes it.
 
 struct RequestCommand: AsyncParsableCommand {
-    static let configuration = CommandConfiguration(commandName: "request", abstract: "List, approve and reject requests for changes that weaken protection.",
-                                                    subcommands: [RequestList.self, RequestApprove.self, RequestReject.self])
+    static let configuration = CommandConfiguration(commandName: "request",
+        abstract: "List, approve and reject requests for changes that weaken protection.",
+                                                    subcommands: [RequestList.self, RequestApprove.self,
+                                                        RequestReject.self])
 }
 
 struct RequestList: AsyncParsableCommand {
@@ -26,7 +28,8 @@ struct RequestList: AsyncParsableCommand {
             if json { try printJSON(list) } else {
                 if list.isEmpty { print("no requests") }
                 for r in list {
-                    let params = r.parameters.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: " ")
+                    let params =
+                        r.parameters.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: " ")
                     print(shown("\(r.id)  \(r.state)  \(r.action) \(r.object)\(params.isEmpty ? "" : " (\(params))")  "
                         + "by \(r.requester)  "
                         + "approvals \(r.approvers.count)/\(r.needed)\(r.approvers.isEmpty ? "" : " [\(r.approvers.joined(separator: ", "))]")"
@@ -47,7 +50,9 @@ protocol DecisionCommand: AsyncParsableCommand {
 extension DecisionCommand {
     func run() async throws {
         try await RedoubtCLI.run {
-            let r = try await RedoubtCLI.with(try admin.client()) { try await $0.decide(request: id, approve: Self.approve) }
+            let r = try await RedoubtCLI.with(try admin.client()) {
+                try await $0.decide(request: id, approve: Self.approve)
+            }
             print("request \(r.id) (\(r.action) \(r.object)): \(r.state), \(r.approvers.count) of \(r.needed) approvals"
                 + (r.state == "approved" ? "; the requester can now repeat the command with --request \(r.id)" : ""))
             return .ok
@@ -56,26 +61,30 @@ extension DecisionCommand {
 }
 
 struct RequestApprove: DecisionCommand {
-    static let configuration = CommandConfiguration(commandName: "approve", abstract: "Approve another admin's request (your own does not count).")
+    static let configuration = CommandConfiguration(commandName: "approve",
+        abstract: "Approve another admin's request (your own does not count).")
     static let approve = true
     @OptionGroup var admin: AdminOptions
     @Argument(help: "The request ID.") var id: String
 }
 
 struct RequestReject: DecisionCommand {
-    static let configuration = CommandConfiguration(commandName: "reject", abstract: "Reject a request: it can no longer be approved.")
+    static let configuration = CommandConfiguration(commandName: "reject",
+        abstract: "Reject a request: it can no longer be approved.")
     static let approve = false
     @OptionGroup var admin: AdminOptions
     @Argument(help: "The request ID.") var id: String
 }
 
 struct AdminsCommand: AsyncParsableCommand {
-    static let configuration = CommandConfiguration(commandName: "admins", abstract: "Add, list and remove admins (adding and removing need approval).",
+    static let configuration = CommandConfiguration(commandName: "admins",
+        abstract: "Add, list and remove admins (adding and removing need approval).",
                                                     subcommands: [AdminsAdd.self, AdminsList.self, AdminsRemove.self])
 }
 
 struct AdminsAdd: AsyncParsableCommand {
-    static let configuration = CommandConfiguration(commandName: "add", abstract: "Print a one-time enrollment token for a new admin.")
+    static let configuration = CommandConfiguration(commandName: "add",
+        abstract: "Print a one-time enrollment token for a new admin.")
     @OptionGroup var admin: AdminOptions
     @Argument(help: "The new admin's name.") var name: String
     @Option(name: .long, help: "How long the token stays valid.") var ttl = "24h"
@@ -84,7 +93,9 @@ struct AdminsAdd: AsyncParsableCommand {
     func run() async throws {
         try await RedoubtCLI.run {
             let ttlSeconds = try parseDuration(ttl)
-            let r = try await RedoubtCLI.with(try admin.client()) { try await $0.addAdmin(name: name, ttlSeconds: ttlSeconds, requestID: request) }
+            let r = try await RedoubtCLI.with(try admin.client()) {
+                try await $0.addAdmin(name: name, ttlSeconds: ttlSeconds, requestID: request)
+            }
             FileHandle.standardError.write(Data("One-time admin token for \(name), valid until \(r.expires). On the new admin's machine run:\n  redoubt enroll TOKEN --config DIR\nthen use --credential DIR/credential.json\n".utf8))
             print(r.token)
             return .ok
@@ -118,14 +129,17 @@ struct AdminsList: AsyncParsableCommand {
 }
 
 struct AdminsRemove: AsyncParsableCommand {
-    static let configuration = CommandConfiguration(commandName: "remove", abstract: "Revoke an admin's credential (needs approval).")
+    static let configuration = CommandConfiguration(commandName: "remove",
+        abstract: "Revoke an admin's credential (needs approval).")
     @OptionGroup var admin: AdminOptions
     @Argument(help: "The admin's name.") var name: String
     @Option(name: .long, help: "An approved request for this change.") var request: String?
 
     func run() async throws {
         try await RedoubtCLI.run {
-            let q = try await RedoubtCLI.with(try admin.client()) { try await $0.removeAdmin(name: name, requestID: request) }
+            let q = try await RedoubtCLI.with(try admin.client()) {
+                try await $0.removeAdmin(name: name, requestID: request)
+            }
             print("admin \(name) removed; quorum now \(q.effective) of \(q.admins) admins")
             return .ok
         }
@@ -133,8 +147,10 @@ struct AdminsRemove: AsyncParsableCommand {
 }
 
 struct QuorumCommand: AsyncParsableCommand {
-    static let configuration = CommandConfiguration(commandName: "quorum", abstract: "Show or change how many admins a weakening change needs.",
-                                                    subcommands: [QuorumShow.self, QuorumSet.self], defaultSubcommand: QuorumShow.self)
+    static let configuration = CommandConfiguration(commandName: "quorum",
+        abstract: "Show or change how many admins a weakening change needs.",
+                                                    subcommands: [QuorumShow.self, QuorumSet.self],
+                                                        defaultSubcommand: QuorumShow.self)
 }
 
 struct QuorumShow: AsyncParsableCommand {
@@ -145,7 +161,9 @@ struct QuorumShow: AsyncParsableCommand {
     func run() async throws {
         try await RedoubtCLI.run {
             let q = try await RedoubtCLI.with(try admin.client()) { try await $0.quorum() }
-            if json { try printJSON(q) } else { print("quorum: \(q.effective) of \(q.admins) admins (configured \(q.configured))") }
+            if json { try printJSON(q) } else {
+                print("quorum: \(q.effective) of \(q.admins) admins (configured \(q.configured))")
+            }
             return .ok
         }
     }
@@ -167,7 +185,8 @@ struct QuorumSet: AsyncParsableCommand {
 }
 
 struct TenantSetRetention: AsyncParsableCommand {
-    static let configuration = CommandConfiguration(commandName: "set-retention", abstract: "Change a tenant's minimum retention (lowering it needs approval).")
+    static let configuration = CommandConfiguration(commandName: "set-retention",
+        abstract: "Change a tenant's minimum retention (lowering it needs approval).")
     @OptionGroup var admin: AdminOptions
     @Argument(help: "The tenant.") var tenant: String
     @Argument(help: "The new minimum retention (e.g. 90d).") var minRetention: String
@@ -176,8 +195,13 @@ struct TenantSetRetention: AsyncParsableCommand {
     func run() async throws {
         try await RedoubtCLI.run {
             let seconds = try parseDuration(minRetention)
-            let t = try await RedoubtCLI.with(try admin.client()) { try await $0.setMinRetention(tenant: tenant, seconds: seconds, requestID: request) }
-            print("tenant \(t.name): minimum retention \(Int(t.minRetentionSeconds / 86400)) days (new snapshots; existing locks are never shortened)")
+            let t = try await RedoubtCLI.with(try admin.client()) {
+                try await $0.setMinRetention(tenant: tenant, seconds: seconds, requestID: request)
+            }
+            print("""
+                tenant \(t.name): minimum retention \(Int(t.minRetentionSeconds / 86400)) days (new snapshots; \
+                existing locks are never shortened)
+                """)
             return .ok
         }
     }

@@ -9,12 +9,15 @@ import RedoubtStore
 /// `--from s3://BUCKET/PREFIX` for `restore`, `snapshots` and `verify`: read a bucket copy
 /// instead of asking the server. Absent, those commands talk to the server as before.
 struct FromBucketOptions: ParsableArguments {
-    @Option(name: .long, help: "Read a bucket copy instead of the server: s3://BUCKET/PREFIX (with --endpoint).") var from: String?
+    @Option(name: .long,
+        help: "Read a bucket copy instead of the server: s3://BUCKET/PREFIX (with --endpoint).") var from: String?
     @Option(name: .long, help: "With --from: the S3 endpoint URL.") var endpoint: String?
     @Option(name: .long, help: "With --from: region for signing.") var region = "us-east-1"
-    @Option(name: .long, help: "With --from: AWS shared-credentials file; else the AWS environment.") var credentials: String?
+    @Option(name: .long,
+        help: "With --from: AWS shared-credentials file; else the AWS environment.") var credentials: String?
     @Flag(name: .long, help: "With --from: virtual-hosted addressing instead of path-style.") var virtualHosted = false
-    @Option(name: .long, help: "With --from: PEM file of the private CA that signed the endpoint's certificate.") var ca: String?
+    @Option(name: .long,
+        help: "With --from: PEM file of the private CA that signed the endpoint's certificate.") var ca: String?
     @Option(name: .long, help: "With --from: the tenant (default: the bucket's only tenant).") var tenant: String?
 
     /// The bucket copy, or nil when `--from` is absent (then the other options must be too).
@@ -25,8 +28,11 @@ struct FromBucketOptions: ParsableArguments {
             }
             return nil
         }
-        guard let endpoint else { throw ValidationError("--from needs --endpoint URL (e.g. https://s3.eu-west-1.amazonaws.com)") }
-        return try BucketOptions.store(path: from, flag: "--from", endpoint: endpoint, region: region, credentials: credentials,
+        guard let endpoint else {
+            throw ValidationError("--from needs --endpoint URL (e.g. https://s3.eu-west-1.amazonaws.com)")
+        }
+        return try BucketOptions.store(path: from, flag: "--from", endpoint: endpoint, region: region,
+            credentials: credentials,
                                        virtualHosted: virtualHosted, ca: ca)
     }
 
@@ -35,7 +41,9 @@ struct FromBucketOptions: ParsableArguments {
         if let tenant { return tenant }
         let all = try await BucketVerify.tenants(in: store)
         guard all.count == 1, let only = all.first else {
-            throw ValidationError(all.isEmpty ? "\(from ?? "the bucket") holds no tenant (nothing under t/): check --from and its prefix"
+            throw ValidationError(all.isEmpty ? """
+                \(from ?? "the bucket") holds no tenant (nothing under t/): check --from and its prefix
+                """
                 : "\(from ?? "the bucket") holds \(all.count) tenants (\(all.joined(separator: ", "))): pick one with --tenant")
         }
         return only
@@ -88,12 +96,16 @@ enum BucketCommands {
     }
 
     /// Restores one snapshot from the copy with the restorer's read key.
-    static func restore(store: S3Store, place: String, tenant: String, snapshot: String, target: String, config cfg: ClientConfig,
+    static func restore(store: S3Store, place: String, tenant: String, snapshot: String, target: String,
+        config cfg: ClientConfig,
                         key: ReadKeyOptions, subpath: String? = nil, skipDamaged: Bool = false,
                         lister: String = "redoubt copy snapshots", json: Bool = false) async throws -> Exit {
-        let (manifest, readKey) = try await open(store: store, place: place, tenant: tenant, snapshot: snapshot, config: cfg, key: key, lister: lister)
-        let result = try await RestoreSupport.restore(manifest: manifest, readKey: readKey, chunkIDKey: try cfg.sharedMaterial().chunkIDKey,
-                                                      source: BucketPackSource(store: store, tenant: tenant), target: target,
+        let (manifest, readKey) = try await open(store: store, place: place, tenant: tenant, snapshot: snapshot,
+            config: cfg, key: key, lister: lister)
+        let result = try await RestoreSupport.restore(manifest: manifest, readKey: readKey,
+            chunkIDKey: try cfg.sharedMaterial().chunkIDKey,
+                                                      source: BucketPackSource(store: store, tenant: tenant),
+                                                          target: target,
                                                       subpath: subpath.map { Array($0.utf8) }, skipDamaged: skipDamaged)
         if json {
             try printJSON(RestoreJSON(result, seconds: nil))
@@ -108,7 +120,8 @@ enum BucketCommands {
 
     /// The snapshot's manifest from the bucket copy and the read key, unwrapped in memory
     /// (from the copy's own descriptors unless `--read-key` names an escrow copy).
-    static func open(store: S3Store, place: String, tenant: String, snapshot: String, config cfg: ClientConfig, key: ReadKeyOptions,
+    static func open(store: S3Store, place: String, tenant: String, snapshot: String, config cfg: ClientConfig,
+        key: ReadKeyOptions,
                      lister: String) async throws -> (Manifest, ReadPrivateKey) {
         let copies = key.readKey == nil ? try await wrappedReadKeys(store: store, tenant: tenant, config: cfg) : []
         let readKey = try await key.unwrap(config: cfg, copies: copies)
@@ -152,7 +165,8 @@ enum BucketCommands {
     /// whose key service is not the enrolled one, are skipped with a note
     /// (`ReadKeyResolver.copy` says why); `ReadKeyResolver.unwrap` checks each key's ID
     /// against the enrollment's.
-    static func wrappedReadKeys(store: S3Store, tenant: String, config: ClientConfig) async throws -> [(name: String, key: WrappedReadKey)] {
+    static func wrappedReadKeys(store: S3Store, tenant: String, config: ClientConfig) async throws -> [(name: String,
+        key: WrappedReadKey)] {
         let names = try await store.originalNames(prefix: RepositoryLayout.tenantPrefix(tenant))
             .compactMap { n in BucketVerify.descriptorVersion(n, tenant: tenant).map { (n, $0) } }
             .sorted { $0.1 > $1.1 }
@@ -162,7 +176,9 @@ enum BucketCommands {
             do {
                 // A descriptor is a few KiB; a huge object under that name is not one.
                 if let info = try await store.head(key), info.size > 1 << 20 {
-                    FileHandle.standardError.write(Data("note: skipping \(name): \(info.size) bytes is not a tenant descriptor\n".utf8))
+                    FileHandle.standardError.write(Data("""
+                        note: skipping \(name): \(info.size) bytes is not a tenant descriptor\n
+                        """.utf8))
                     continue
                 }
                 let resolver = RestoreSupport.resolver(config: config, passphraseFile: nil)
@@ -170,7 +186,9 @@ enum BucketCommands {
                     out.append((name, w))
                 }
             } catch {
-                FileHandle.standardError.write(Data("note: skipping \(name): not a readable tenant descriptor (\(error))\n".utf8))
+                FileHandle.standardError.write(Data("""
+                    note: skipping \(name): not a readable tenant descriptor (\(error))\n
+                    """.utf8))
             }
         }
         return out
@@ -196,13 +214,18 @@ enum BucketCommands {
         if json {
             try printJSON(report)
         } else {
-            print("tenant \(tenant) in \(place): \(report.objects) objects (\(formatBytes(UInt64(report.bytes)))) checked; "
+            print("""
+                tenant \(tenant) in \(place): \(report.objects) objects (\(formatBytes(UInt64(report.bytes)))) \
+                checked; 
+                """
                 + "\(report.manifests) snapshots, \(report.packs) packs")
             for (label, list) in [("MISSING", report.missing), ("WRONG", report.wrong), ("UNLOCKED", report.unlocked),
                                   ("EXPIRING", report.expiring), ("EXTRA", report.extra)] {
                 for f in list { print("  \(label): \(f.key): \(f.detail)") }
             }
-            print(report.clean ? "OK" : report.intact ? "intact, with warnings" : "NOT INTACT: do not count on this copy until fixed")
+            print(report.clean ? "OK" : report.intact ? "intact, with warnings" : """
+                NOT INTACT: do not count on this copy until fixed
+                """)
         }
         return report.intact ? (report.clean ? .ok : .partial) : .integrity
     }
@@ -211,11 +234,16 @@ enum BucketCommands {
 struct CopyVerify: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "verify",
-        abstract: "Check a tenant's bucket copy alone (no server, catalog or key): every object's hash and COMPLIANCE lock, and no pack missing.")
+        abstract: """
+            Check a tenant's bucket copy alone (no server, catalog or key): every object's hash and COMPLIANCE lock, \
+            and no pack missing.
+            """)
     @Argument(help: "The tenant.") var tenant: String
     @OptionGroup var bucket: BucketOptions
-    @Option(name: .long, help: "Also report objects whose lock ends sooner than this from now (e.g. 30d).") var minRetain: String?
-    @Flag(name: .long, help: "Print JSON: {objects, bytes, missing, wrong, unlocked, expiring, extra}.") var json = false
+    @Option(name: .long,
+        help: "Also report objects whose lock ends sooner than this from now (e.g. 30d).") var minRetain: String?
+    @Flag(name: .long,
+        help: "Print JSON: {objects, bytes, missing, wrong, unlocked, expiring, extra}.") var json = false
     @Option(name: .long,
             help: "An enrolled client's configuration directory: its pinned server CA checks who wrote each snapshot.")
     var config: String?

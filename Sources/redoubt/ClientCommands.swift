@@ -5,12 +5,14 @@ import RedoubtCore
 import RedoubtKMS
 
 struct ConfigOption: ParsableArguments {
-    @Option(name: .long, help: "Client configuration directory (default ~/.config/redoubt or REDOUBT_CONFIG).") var config: String?
+    @Option(name: .long,
+        help: "Client configuration directory (default ~/.config/redoubt or REDOUBT_CONFIG).") var config: String?
     var resolved: ClientConfig { ClientConfig(path: config) }
 }
 
 struct EnrollCommand: AsyncParsableCommand {
-    static let configuration = CommandConfiguration(commandName: "enroll", abstract: "Enroll this host with a one-time token; its keys are made here.")
+    static let configuration = CommandConfiguration(commandName: "enroll",
+        abstract: "Enroll this host with a one-time token; its keys are made here.")
     @Argument(help: "The token printed by `redoubt admin host add` (or restorer/auditor add).") var token: String
     @OptionGroup var config: ConfigOption
 
@@ -24,7 +26,8 @@ struct EnrollCommand: AsyncParsableCommand {
 }
 
 struct SnapshotsCommand: AsyncParsableCommand {
-    static let configuration = CommandConfiguration(commandName: "snapshots", abstract: "List snapshots (a host sees only its own).")
+    static let configuration = CommandConfiguration(commandName: "snapshots",
+        abstract: "List snapshots (a host sees only its own).")
     @OptionGroup var config: ConfigOption
     @Option(name: .long, help: "Only this host's snapshots.") var host: String?
     @Flag(name: .long, help: "Print JSON.") var json = false
@@ -37,7 +40,9 @@ struct SnapshotsCommand: AsyncParsableCommand {
                 return try await BucketCommands.snapshots(store: store, tenant: tenant, host: host, json: json,
                                                           cfg: config.resolved)
             }
-            let list = try await RedoubtCLI.with(try APIClient(credential: config.resolved.credential())) { try await $0.snapshots(host: host) }
+            let list = try await RedoubtCLI.with(try APIClient(credential: config.resolved.credential())) {
+                try await $0.snapshots(host: host)
+            }
             if json {
                 try printJSON(list)
             } else {
@@ -70,10 +75,20 @@ struct SnapshotsCommand: AsyncParsableCommand {
 struct VerifyCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "verify",
-        abstract: "Check a snapshot: the server re-hashes every pack (no key); --deep decrypts and checks every chunk (restorer).")
-    @Argument(help: "Snapshot ID or a unique prefix (8+ hex digits); omitted with --from, which checks the whole copy.") var snapshot: String?
+        abstract: """
+            Check a snapshot: the server re-hashes every pack (no key); --deep decrypts and checks every chunk \
+            (restorer).
+            """)
+    @Argument(help: """
+        Snapshot ID or a unique prefix (8+ hex digits); omitted with --from, which checks the whole copy.
+        """) var snapshot: String?
     @Flag(name: .long, help: "Decrypt every chunk and check it (needs the read key).") var deep = false
-    @Flag(name: .long, help: "With --deep and no SNAPSHOT: every snapshot of the tenant (or of --host); names each snapshot that references a chunk that does not open, and reports each damaged pack to the server, which names the host that uploaded it.")
+    @Flag(name: .long,
+        help: """
+            With --deep and no SNAPSHOT: every snapshot of the tenant (or of --host); names each snapshot that \
+            references a chunk that does not open, and reports each damaged pack to the server, which names the host \
+            that uploaded it.
+            """)
     var all = false
     @Option(name: .long, help: "With --deep --all: only this host's snapshots.") var host: String?
     @Flag(name: .long, help: """
@@ -92,14 +107,20 @@ struct VerifyCommand: AsyncParsableCommand {
     @OptionGroup(title: "The read key") var key: ReadKeyOptions
     @Flag(name: .long, help: "Print JSON.") var json = false
     @OptionGroup(title: "A bucket copy instead of the server") var bucket: FromBucketOptions
-    @Option(name: .long, help: "With --from: also report objects whose lock ends sooner than this from now (e.g. 30d).") var minRetain: String?
+    @Option(name: .long,
+        help: """
+            With --from: also report objects whose lock ends sooner than this from now (e.g. 30d).
+            """) var minRetain: String?
 
     func run() async throws {
         try await RedoubtCLI.run {
             if let store = try bucket.store() {
                 // The bucket alone: every object of the tenant, no key (so no --deep).
-                guard snapshot == nil, !deep else { throw ValidationError("verify --from checks the whole copy without a key: drop SNAPSHOT and --deep") }
-                return try await BucketCommands.verify(store: store, place: bucket.from ?? "", tenant: try await bucket.tenant(in: store),
+                guard snapshot == nil, !deep else {
+                    throw ValidationError("verify --from checks the whole copy without a key: drop SNAPSHOT and --deep")
+                }
+                return try await BucketCommands.verify(store: store, place: bucket.from ?? "",
+                    tenant: try await bucket.tenant(in: store),
                                                        minRetain: minRetain, json: json, config: config.resolved)
             }
             if rolling || status {
@@ -112,10 +133,14 @@ struct VerifyCommand: AsyncParsableCommand {
             }
             if budget != nil || days != nil { throw ValidationError("--budget and --days go with --deep --rolling") }
             if all {
-                guard deep, snapshot == nil else { throw ValidationError("--all goes with --deep and without SNAPSHOT") }
+                guard deep, snapshot == nil else {
+                    throw ValidationError("--all goes with --deep and without SNAPSHOT")
+                }
                 return try await verifyAll()
             }
-            guard let snapshot else { throw ValidationError("name the snapshot to verify (or --from s3://BUCKET/PREFIX for a bucket copy)") }
+            guard let snapshot else {
+                throw ValidationError("name the snapshot to verify (or --from s3://BUCKET/PREFIX for a bucket copy)")
+            }
             if minRetain != nil { throw ValidationError("--min-retain goes with --from s3://BUCKET/PREFIX") }
             let cfg = config.resolved
             return try await RedoubtCLI.with(try APIClient(credential: cfg.credential())) { client in
@@ -145,9 +170,13 @@ struct VerifyCommand: AsyncParsableCommand {
                 }
                 if json {
                     try printJSON(VerifyJSON(snapshot: report.snapshot, packsChecked: Int(report.packsChecked),
-                                             bytesChecked: Int64(report.bytesChecked), chunksDecrypted: Int(chunks), problems: damaged))
+                                             bytesChecked: Int64(report.bytesChecked), chunksDecrypted: Int(chunks),
+                                                 problems: damaged))
                 } else {
-                    print("snapshot \(report.snapshot): \(report.packsChecked) packs, \(formatBytes(UInt64(report.bytesChecked))) re-hashed on the server"
+                    print("""
+                        snapshot \(report.snapshot): \(report.packsChecked) packs, \
+                        \(formatBytes(UInt64(report.bytesChecked))) re-hashed on the server
+                        """
                         + (deep ? ", \(chunks) chunks decrypted and checked" : ""))
                     for d in damaged { print("  DAMAGED: \(d)") }
                     print(damaged.isEmpty ? "OK" : "\(damaged.count) problem(s) found")
@@ -166,9 +195,11 @@ struct VerifyCommand: AsyncParsableCommand {
             let material = try cfg.sharedMaterial()
             var manifests: [Manifest] = []
             for s in try await client.snapshots(host: host) {
-                manifests.append(try Manifest.parse(try await client.manifestBytes(s.id), expectedID: SnapshotID(hex: s.id)))
+                manifests.append(try Manifest.parse(try await client.manifestBytes(s.id),
+                    expectedID: SnapshotID(hex: s.id)))
             }
-            let report = try await DeepVerifier().verify(manifests, readKey: readKey, chunkIDKey: material.chunkIDKey, source: client) { line in
+            let report = try await DeepVerifier().verify(manifests, readKey: readKey, chunkIDKey: material.chunkIDKey,
+                source: client) { line in
                 if !json { FileHandle.standardError.write(Data("\r\u{1B}[K\(line)".utf8)) }
             }
             if !json { FileHandle.standardError.write(Data("\r\u{1B}[K".utf8)) }
@@ -181,7 +212,10 @@ struct VerifyCommand: AsyncParsableCommand {
                 struct Out: Encodable { let report: DeepVerifyReport; let uploaders: [String: String] }
                 try printJSON(Out(report: report, uploaders: uploaders))
             } else {
-                print("\(report.snapshots) snapshots, \(report.packsChecked) packs, \(report.chunksChecked) chunks decrypted and checked")
+                print("""
+                    \(report.snapshots) snapshots, \(report.packsChecked) packs, \(report.chunksChecked) chunks \
+                    decrypted and checked
+                    """)
                 for d in report.damagedPacks {
                     print("  DAMAGED PACK \(d.pack) (uploaded by host \(uploaders[d.pack] ?? "unknown")): "
                         + (d.badChunks > 0 ? "\(d.badChunks) chunk(s) do not open: " : "") + d.problem)
@@ -189,7 +223,10 @@ struct VerifyCommand: AsyncParsableCommand {
                 for a in report.affectedSnapshots {
                     print("  SNAPSHOT \(a.snapshot) of host \(a.host) cannot be restored whole: \(a.problem)")
                 }
-                print(report.isClean ? "OK" : "\(report.damagedPacks.count) damaged pack(s), \(report.affectedSnapshots.count) snapshot(s) affected")
+                print(report.isClean ? "OK" : """
+                    \(report.damagedPacks.count) damaged pack(s), \(report.affectedSnapshots.count) snapshot(s) \
+                    affected
+                    """)
             }
             return report.isClean ? .ok : .integrity
         }
@@ -200,11 +237,19 @@ struct VerifyCommand: AsyncParsableCommand {
 /// provider a rotation moved the key to. Shared by restore, ls, verify --deep, copy restore and media restore.
 struct ReadKeyOptions: ParsableArguments {
     @Option(name: .long, help: "Passphrase file for a passphrase-wrapped read key.") var passphraseFile: String?
-    @Option(name: .long, help: "Wrapped read key file to use instead of the server's (an escrow copy from `redoubt admin tenant escrow`).") var readKey: String?
-    @Option(name: .long, help: "Trust this key provider (KMS, HSM) that a rotation moved the read key to (its URI; the key ID does not matter).") var trustKeyProvider: String?
+    @Option(name: .long,
+        help: """
+            Wrapped read key file to use instead of the server's (an escrow copy from `redoubt admin tenant escrow`).
+            """) var readKey: String?
+    @Option(name: .long,
+        help: """
+            Trust this key provider (KMS, HSM) that a rotation moved the read key to (its URI; the key ID does not \
+            matter).
+            """) var trustKeyProvider: String?
 
     /// The read key, unwrapped in memory (`copies`: a bucket's or media set's wrappings, newest first).
-    func unwrap(config: ClientConfig, copies: [(name: String, key: WrappedReadKey)] = []) async throws -> ReadPrivateKey {
+    func unwrap(config: ClientConfig, copies: [(name: String,
+        key: WrappedReadKey)] = []) async throws -> ReadPrivateKey {
         var escrow: WrappedReadKey?
         if let readKey {
             guard let d = FileManager.default.contents(atPath: readKey) else {
@@ -232,23 +277,30 @@ enum RestoreSupport {
     /// The one manifest in `manifests` (keyed by snapshot ID) whose ID starts with
     /// `prefix`, parsed and checked against its ID. `place` and `lister` name where the
     /// manifests came from and the command that lists them, for the error.
-    static func manifest(matching prefix: String, in manifests: [String: [UInt8]], place: String, lister: String) throws -> Manifest {
+    static func manifest(matching prefix: String, in manifests: [String: [UInt8]], place: String,
+        lister: String) throws -> Manifest {
         let matches = manifests.keys.filter { $0.hasPrefix(prefix.lowercased()) }
         guard prefix.count >= 8, matches.count == 1, let id = matches.first, let bytes = manifests[id] else {
-            throw ValidationError("snapshot \(prefix) is \(matches.isEmpty ? "not \(place)" : "ambiguous"); `\(lister)` lists them")
+            throw ValidationError("""
+                snapshot \(prefix) is \(matches.isEmpty ? "not \(place)" : "ambiguous"); `\(lister)` lists them
+                """)
         }
         // Why required: without an ID, parse would check nothing against the name.
         guard let expected = SnapshotID(hex: id) else {
-            throw ValidationError("\(id.debugDescription) \(place) is not named by a snapshot ID: not a manifest Redoubt wrote")
+            throw ValidationError("""
+                \(id.debugDescription) \(place) is not named by a snapshot ID: not a manifest Redoubt wrote
+                """)
         }
         return try Manifest.parse(bytes, expectedID: expected)
     }
 
     /// Restores `manifest` from `source` into `target` with a progress line on stderr.
-    static func restore(manifest: Manifest, readKey: ReadPrivateKey, chunkIDKey: ChunkIDKey, source: any PackSource, target: String,
+    static func restore(manifest: Manifest, readKey: ReadPrivateKey, chunkIDKey: ChunkIDKey, source: any PackSource,
+        target: String,
                         subpath: [UInt8]? = nil, skipDamaged: Bool) async throws -> RestoreResult {
         let progress = ProgressLine()
-        let result = try await Restorer().restore(manifest: manifest, readKey: readKey, chunkIDKey: chunkIDKey, source: source, target: target,
+        let result = try await Restorer().restore(manifest: manifest, readKey: readKey, chunkIDKey: chunkIDKey,
+            source: source, target: target,
                                                   subpath: subpath, skipDamaged: skipDamaged) { p in
             progress.update(files: p.filesDone, bytes: p.bytesDone, totalBytes: p.bytesTotal, current: p.currentPath)
         }
@@ -257,7 +309,8 @@ enum RestoreSupport {
     }
 
     /// The read-key resolver for `config`, its notes on stderr, passphrases read as the CLI reads them.
-    static func resolver(config: ClientConfig, passphraseFile: String?, trustProvider: String? = nil) -> ReadKeyResolver {
+    static func resolver(config: ClientConfig, passphraseFile: String?,
+        trustProvider: String? = nil) -> ReadKeyResolver {
         ReadKeyResolver(config: config, trustedProvider: trustProvider,
                         makeProvider: { try RedoubtCLI.keyProvider(uri: $0, passphraseFile: passphraseFile) },
                         note: { FileHandle.standardError.write(Data("\($0)\n".utf8)) })

@@ -5,12 +5,16 @@ import RedoubtServer
 /// `redoubt doctor`: the repository host's hardening checklist (README "Doctor").
 struct DoctorCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
-        commandName: "doctor", abstract: "Check that this repository host is hardened: pass, warn or fail, with the fix for each.",
+        commandName: "doctor",
+            abstract: "Check that this repository host is hardened: pass, warn or fail, with the fix for each.",
         discussion: "Exit status: 0 all checks pass, 8 warnings only, 1 any check failed. Run it as the service runs (same user and capabilities).")
 
     @Option(name: .long, help: "The server data directory.") var data = "/var/lib/redoubt"
     @Flag(name: .long, help: "Print JSON: an array of {id, status, summary, fix}.") var json = false
-    @Option(name: .long, help: "How old a tenant's newest snapshot may get without a copy off this host (e.g. 1d).") var maxCopyAge = "1d"
+    @Option(name: .long,
+        help: """
+            How old a tenant's newest snapshot may get without a copy off this host (e.g. 1d).
+            """) var maxCopyAge = "1d"
     @Option(name: .long, help: .hidden) var root = "/"
 
     func run() async throws {
@@ -36,7 +40,8 @@ struct DoctorCommand: AsyncParsableCommand {
 
     /// `timedatectl show`, or nil where it is not installed or cannot reach systemd.
     static func timedatectlShow() -> String? {
-        guard let bin = ["/usr/bin/timedatectl", "/bin/timedatectl"].first(where: { FileManager.default.isExecutableFile(atPath: $0) }),
+        guard let bin = ["/usr/bin/timedatectl",
+            "/bin/timedatectl"].first(where: { FileManager.default.isExecutableFile(atPath: $0) }),
               let f = popen("\(bin) show 2>/dev/null", "r") else { return nil }
         var out = [UInt8]()
         var buf = [UInt8](repeating: 0, count: 4096)

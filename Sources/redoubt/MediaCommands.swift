@@ -10,8 +10,10 @@ import RedoubtServer
 import RedoubtStore
 
 struct MediaCommand: AsyncParsableCommand {
-    static let configuration = CommandConfiguration(commandName: "media", abstract: "Write and list offline media sets (tapes, files, directories).",
-                                                    subcommands: [MediaWrite.self, MediaList.self, MediaRestore.self, MediaImportCommand.self])
+    static let configuration = CommandConfiguration(commandName: "media",
+        abstract: "Write and list offline media sets (tapes, files, directories).",
+                                                    subcommands: [MediaWrite.self, MediaList.self, MediaRestore.self,
+                                                        MediaImportCommand.self])
 }
 
 /// Parses `123`, `64K`, `100M`, `2G`, `1T` (powers of 1024).
@@ -21,28 +23,41 @@ func parseMediaSize(_ s: String) throws -> UInt64 {
     if t.hasSuffix("B") { t.removeLast() }
     var mult: UInt64 = 1
     if let u = t.last, let m = units[u] { mult = m; t.removeLast() }
-    guard let n = UInt64(t), n > 0 else { throw ValidationError("size \(s) is not a number with an optional K/M/G/T suffix, e.g. 400G") }
+    guard let n = UInt64(t), n > 0 else {
+        throw ValidationError("size \(s) is not a number with an optional K/M/G/T suffix, e.g. 400G")
+    }
     return n * mult
 }
 
 struct MediaWrite: AsyncParsableCommand {
     static let configuration = CommandConfiguration(commandName: "write",
-                                                    abstract: "Write a tenant's snapshots (ciphertext as stored) to a media set; run on the server host.")
+                                                    abstract: """
+                                                        Write a tenant's snapshots (ciphertext as stored) to a media \
+                                                        set; run on the server host.
+                                                        """)
     @Argument(help: "The tenant.") var tenant: String
     @Option(name: .long, help: "The server data directory.") var data: String
-    @Option(name: .long, help: "Device: file:PATH (volumes PATH, PATH.2, …; a FIFO works), dir:PATH, or tape:/dev/nstN[?fixed].") var device: String
+    @Option(name: .long,
+        help: """
+            Device: file:PATH (volumes PATH, PATH.2, …; a FIFO works), dir:PATH, or tape:/dev/nstN[?fixed].
+            """) var device: String
     @Option(name: .long, help: changerHelp) var changer: String?
     @Option(name: .long, help: "Pool name written in each volume label.") var pool = "default"
-    @Option(name: .long, parsing: .upToNextOption, help: "latest, all, or snapshot IDs.") var snapshots: [String] = ["latest"]
+    @Option(name: .long, parsing: .upToNextOption,
+        help: "latest, all, or snapshot IDs.") var snapshots: [String] = ["latest"]
     @Option(name: .long, help: "Bytes per volume (e.g. 400G); without it the set is one volume.") var capacity: String?
     @Option(name: .long, help: "Block size (power of two, 256 to 4M).") var blockSize = "1M"
-    @Option(name: .long, help: "Keep the volumes from being overwritten by a later media write for this long (e.g. 90d).") var retain: String?
+    @Option(name: .long,
+        help: """
+            Keep the volumes from being overwritten by a later media write for this long (e.g. 90d).
+            """) var retain: String?
 
     func run() async throws {
         try await RedoubtCLI.run {
             let cap = try capacity.map(parseMediaSize)
             let blocks = Int(try parseMediaSize(blockSize))
-            let dev = try MediaDeviceSpec.writer(device, capacity: cap, blockSize: blocks, nextMedium: mediaNextMedium(changer, device: device))
+            let dev = try MediaDeviceSpec.writer(device, capacity: cap, blockSize: blocks,
+                nextMedium: mediaNextMedium(changer, device: device))
             var rng = SystemRandomNumberGenerator()
             let setID = (0..<16).map { _ in UInt8.random(in: 0...255, using: &rng) }
             let f = ISO8601DateFormatter()
@@ -50,11 +65,16 @@ struct MediaWrite: AsyncParsableCommand {
             let until = try retain.map { f.string(from: now.addingTimeInterval(try parseDuration($0))) }
             let w = try MediaWriter(device: dev, setID: setID, pool: pool, tenant: tenant, blockSize: blocks,
                                     created: f.string(from: now), retainUntil: until, writer: "redoubt")
-            let sel: MediaExport.Selection = snapshots == ["latest"] ? .latest : snapshots == ["all"] ? .all : .ids(snapshots)
-            let s = try await ServerHome(path: data).exportMedia(tenant: tenant, selection: sel, writer: w, now: Date()) { line in
+            let sel: MediaExport.Selection =
+                snapshots == ["latest"] ? .latest : snapshots == ["all"] ? .all : .ids(snapshots)
+            let s = try await ServerHome(path: data).exportMedia(tenant: tenant, selection: sel, writer: w,
+                now: Date()) { line in
                 FileHandle.standardError.write(Data("  \(line)\n".utf8))
             }
-            print("wrote media set \(hexString(setID)): \(s.snapshots.count) snapshots, \(s.packs) packs, \(s.media.volumes) volumes, "
+            print("""
+                wrote media set \(hexString(setID)): \(s.snapshots.count) snapshots, \(s.packs) packs, \
+                \(s.media.volumes) volumes, 
+                """
                   + "\(formatBytes(s.media.bytes)); audit record \(s.auditSeq)")
             return .ok
         }
@@ -64,8 +84,13 @@ struct MediaWrite: AsyncParsableCommand {
 struct MediaList: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "list", abstract: "List a media set's volumes, records and damage; or what one volume holds.",
-        discussion: "Given the whole set (file:PATH finds PATH, PATH.2, …), every record is read and checked. Given one volume "
-            + "(any of them, or with --volume-only), its label and catalog say what it holds and which other volumes a restore needs.")
+        discussion: """
+            Given the whole set (file:PATH finds PATH, PATH.2, …), every record is read and checked. Given one volume 
+            """
+            + """
+                (any of them, or with --volume-only), its label and catalog say what it holds and which other volumes \
+                a restore needs.
+                """)
     @Option(name: .long, help: "Device: file:PATH, dir:PATH or tape:/dev/nstN.") var device: String
     @Option(name: .long, help: changerHelp) var changer: String?
     @Flag(name: .long, help: "Read only the first volume the device supplies.") var volumeOnly = false
@@ -110,7 +135,9 @@ struct MediaList: AsyncParsableCommand {
             } catch let e as MediaError
                 where (e.code == "E_MEDIA_ORDER" || e.code == "E_MEDIA_MISSING") && !isFIFO {
                 // Not the whole set: say what this volume holds instead.
-                FileHandle.standardError.write(Data("note: not a whole set (\(e.detail)); listing the volume alone\n".utf8))
+                FileHandle.standardError.write(Data("""
+                    note: not a whole set (\(e.detail)); listing the volume alone\n
+                    """.utf8))
                 return try listOne()
             }
             // Whoever can write media can add snapshots: mark each with who wrote it.
@@ -129,7 +156,12 @@ struct MediaList: AsyncParsableCommand {
                 if root == nil {
                     print("note: no CA pinned in the configuration: authorship is not checked (give --config)")
                 }
-                for v in rep.labels { print("volume \(v.volumeSeq) of set \(v.setID): pool \(v.pool), tenant \(v.tenant), written \(v.created)") }
+                for v in rep.labels {
+                    print("""
+                        volume \(v.volumeSeq) of set \(v.setID): pool \(v.pool), tenant \(v.tenant), written \
+                        \(v.created)
+                        """)
+                }
                 for r in l.records {
                     let mark = marks[r.id].map { $0 == "verified" ? "" : "  NOT VERIFIED: \($0)" } ?? ""
                     print("  \(r.type) \(r.id)  volume \(r.volume) blocks \(r.firstBlock)-\(r.lastBlock)" + mark)
@@ -148,7 +180,8 @@ struct MediaList: AsyncParsableCommand {
 
     private func listOne() throws -> Exit {
         let v = try MediaReader(source: try open(), skipDamaged: skipDamaged).listVolume()
-        let out = VolumeListing(label: v.label, records: v.volumeCatalog?.records ?? [], setRecords: v.setCatalog?.records,
+        let out = VolumeListing(label: v.label, records: v.volumeCatalog?.records ?? [],
+            setRecords: v.setCatalog?.records,
                                 needsVolumes: v.needsVolumes, damage: v.damage.map(\.description))
         if json { try printJSON(out) } else {
             let l = v.label
@@ -156,7 +189,8 @@ struct MediaList: AsyncParsableCommand {
                   + (l.retainUntil.map { ", retained until \($0)" } ?? ""))
             for r in out.records {
                 print("  \(r.type) \(r.id)  blocks \(r.firstBlock)-\(r.lastBlock)"
-                      + (r.startsBefore ? "  (begins on volume \(l.volumeSeq - 1))" : "") + (r.endsAfter ? "  (continues on volume \(l.volumeSeq + 1))" : ""))
+                      + (r.startsBefore ? "  (begins on volume \(l.volumeSeq - 1))" : "")
+                          + (r.endsAfter ? "  (continues on volume \(l.volumeSeq + 1))" : ""))
             }
             if let set = v.setCatalog {
                 print("last volume of the set: \(set.volumeCount ?? l.volumeSeq) volumes, \(set.records.count) records in all")
@@ -164,7 +198,10 @@ struct MediaList: AsyncParsableCommand {
                 print("not the last volume: the set's full catalog is on the last one")
             }
             print(v.needsVolumes.isEmpty ? "a restore of what this volume holds needs no other volume"
-                  : "a restore of what this volume holds also needs volume(s) \(v.needsVolumes.map(String.init).joined(separator: ", "))")
+                  : """
+                      a restore of what this volume holds also needs volume(s) \
+                      \(v.needsVolumes.map(String.init).joined(separator: ", "))
+                      """)
             for d in out.damage { print("DAMAGED: \(d)") }
         }
         return v.damage.isEmpty ? .ok : .partial
@@ -197,7 +234,8 @@ func mediaChanger(_ command: String?, device: String) -> MediaDeviceSpec.NextMed
             env["REDOUBT_DEVICE"] = String(device.drop { $0 != ":" }.dropFirst())
             p.environment = env
             do { try p.run() } catch {
-                throw MediaError(code: "E_MEDIA_DEVICE", volume: n, block: 0, detail: "cannot run the changer command: \(error)")
+                throw MediaError(code: "E_MEDIA_DEVICE", volume: n, block: 0,
+                    detail: "cannot run the changer command: \(error)")
             }
             p.waitUntilExit()
             guard p.terminationStatus == 0 else {
@@ -207,9 +245,12 @@ func mediaChanger(_ command: String?, device: String) -> MediaDeviceSpec.NextMed
             return
         }
         guard isatty(0) != 0 else { return try MediaDeviceSpec.noChanger(n) }
-        FileHandle.standardError.write(Data("load the medium for volume \(n) at \(device) and press Enter (Ctrl-C stops) ".utf8))
+        FileHandle.standardError.write(Data("""
+            load the medium for volume \(n) at \(device) and press Enter (Ctrl-C stops) 
+            """.utf8))
         guard readLine() != nil else {
-            throw MediaError(code: "E_MEDIA_DEVICE", volume: n, block: 0, detail: "no medium for volume \(n): input closed")
+            throw MediaError(code: "E_MEDIA_DEVICE", volume: n, block: 0,
+                detail: "no medium for volume \(n): input closed")
         }
     }
 }
@@ -225,7 +266,10 @@ struct SpoolPackSource: PackSource {
     func pack(_ id: PackID) async throws -> [UInt8] {
         guard let d = FileManager.default.contents(atPath: "\(dir)/\(id.description)") else {
             throw MediaError(code: "E_MEDIA_MISSING", volume: 0, block: 0,
-                             detail: "pack \(id.description) was not on the volumes read (damaged or on a volume not supplied)")
+                             detail: """
+                                 pack \(id.description) was not on the volumes read (damaged or on a volume not \
+                                 supplied)
+                                 """)
         }
         return Array(d)
     }
@@ -233,34 +277,43 @@ struct SpoolPackSource: PackSource {
 
 struct MediaRestore: AsyncParsableCommand {
     static let configuration = CommandConfiguration(commandName: "restore",
-                                                    abstract: "Restore a snapshot from media alone (no server): restorer config for the read key.")
+                                                    abstract: """
+                                                        Restore a snapshot from media alone (no server): restorer \
+                                                        config for the read key.
+                                                        """)
     @Argument(help: "Snapshot ID or a unique prefix (8+ hex digits).") var snapshot: String
-    @Option(name: .long, help: "file:PATH (repeat for each volume, in order), dir:PATH or tape:/dev/nstN.") var device: [String]
+    @Option(name: .long,
+        help: "file:PATH (repeat for each volume, in order), dir:PATH or tape:/dev/nstN.") var device: [String]
     @Option(name: .long, help: changerHelp) var changer: String?
     @Option(name: .long, help: "Directory to restore into (created if missing).") var target: String
     @Option(name: .long, help: "Restore only this path inside the snapshot (e.g. data/etc).") var path: String?
     @OptionGroup var config: ConfigOption
     @OptionGroup(title: "The read key") var key: ReadKeyOptions
-    @Flag(name: .long, help: "Read on past damaged blocks and restore everything that verified.") var skipDamaged = false
+    @Flag(name: .long,
+        help: "Read on past damaged blocks and restore everything that verified.") var skipDamaged = false
 
     func run() async throws {
         try await RedoubtCLI.run {
             let cfg = config.resolved
             let material = try cfg.sharedMaterial()
             let spool = NSTemporaryDirectory() + "redoubt-media-spool-\(UUID().uuidString)"
-            try FileManager.default.createDirectory(atPath: spool, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
+            try FileManager.default.createDirectory(atPath: spool, withIntermediateDirectories: true,
+                attributes: [.posixPermissions: 0o700])
             defer { try? FileManager.default.removeItem(atPath: spool) }
             var manifests: [String: [UInt8]] = [:]
             var descriptor: (version: Int, name: String, body: [UInt8])?
             var spoolError: String?
             var statements: [(name: String, bytes: [UInt8])] = []
             FileHandle.standardError.write(Data("reading volumes…\n".utf8))
-            let rep = try MediaReader(source: try mediaSource(device, changer: changer), skipDamaged: skipDamaged).read { r throws(MediaError) in
+            let rep = try MediaReader(source: try mediaSource(device, changer: changer),
+                skipDamaged: skipDamaged).read { r throws(MediaError) in
                 switch r.type {
                 case .pack:
                     // Why: the ID names a file in the spool; only a 64-hex ID may become a path.
                     guard PackID(hex: r.id) != nil else { spoolError = "record with malformed pack ID"; return }
-                    if !FileManager.default.createFile(atPath: "\(spool)/\(r.id)", contents: Data(r.body)) { spoolError = "cannot write to \(spool)" }
+                    if !FileManager.default.createFile(atPath: "\(spool)/\(r.id)", contents: Data(r.body)) {
+                        spoolError = "cannot write to \(spool)"
+                    }
                 case .manifest: manifests[r.id] = r.body
                 case .object:
                     if HostKeyObjects.isStatementName(r.id) { statements.append(("\(r.id) on the media", r.body)) }
@@ -277,13 +330,16 @@ struct MediaRestore: AsyncParsableCommand {
             // way: the server's current wrapping, or the enrollment copy.
             let readKey = try await mediaReadKey(descriptor, config: cfg)
             for d in rep.damage { FileHandle.standardError.write(Data("DAMAGED: \(d)\n".utf8)) }
-            let manifest = try RestoreSupport.manifest(matching: snapshot, in: manifests, place: "on these volumes", lister: "redoubt media list")
+            let manifest = try RestoreSupport.manifest(matching: snapshot, in: manifests, place: "on these volumes",
+                lister: "redoubt media list")
             // Why: whoever wrote the volumes could have added the manifest; only the pinned
             // CA's registrations on the set say which host keys may sign this tenant's snapshots.
             try cfg.checkAuthorship(manifest, tenant: try cfg.credential().tenant ?? "", statements: statements)
-            let result = try await RestoreSupport.restore(manifest: manifest, readKey: readKey, chunkIDKey: material.chunkIDKey,
+            let result = try await RestoreSupport.restore(manifest: manifest, readKey: readKey,
+                chunkIDKey: material.chunkIDKey,
                                                           source: SpoolPackSource(dir: spool), target: target,
-                                                          subpath: path.map { Array($0.utf8) }, skipDamaged: skipDamaged)
+                                                          subpath: path.map { Array($0.utf8) },
+                                                              skipDamaged: skipDamaged)
             print("restored \(result.files) files, \(result.directories) directories, \(formatBytes(result.bytesWritten)) from media into \(target)")
             for d in result.damaged { print("  DAMAGED: \(d)") }
             if !result.damaged.isEmpty { return .integrity }
@@ -295,15 +351,20 @@ struct MediaRestore: AsyncParsableCommand {
 extension MediaRestore {
     /// The read key from the set's newest tenant descriptor when it opens; otherwise the
     /// usual way (--read-key, the server's current wrapping, or the enrollment copy).
-    func mediaReadKey(_ descriptor: (version: Int, name: String, body: [UInt8])?, config cfg: ClientConfig) async throws -> ReadPrivateKey {
+    func mediaReadKey(_ descriptor: (version: Int, name: String, body: [UInt8])?,
+        config cfg: ClientConfig) async throws -> ReadPrivateKey {
         let tenant = try cfg.credential().tenant ?? ""
         var copies: [(name: String, key: WrappedReadKey)] = []
         if key.readKey == nil, let d = descriptor {
             let name = "\(d.name) on the media"
             do {
-                if let w = try key.resolver(config: cfg).copy(descriptor: d.body, name: name, tenant: tenant) { copies.append((name, w)) }
+                if let w = try key.resolver(config: cfg).copy(descriptor: d.body, name: name, tenant: tenant) {
+                    copies.append((name, w))
+                }
             } catch {
-                FileHandle.standardError.write(Data("note: skipping \(name): not a readable tenant descriptor (\(error))\n".utf8))
+                FileHandle.standardError.write(Data("""
+                    note: skipping \(name): not a readable tenant descriptor (\(error))\n
+                    """.utf8))
             }
         }
         return try await key.unwrap(config: cfg, copies: copies)
@@ -313,14 +374,18 @@ extension MediaRestore {
 struct MediaImportCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "import",
-        abstract: "Rebuild a server's store and catalog from a media set (disaster recovery onto a fresh repository host).",
+        abstract: """
+            Rebuild a server's store and catalog from a media set (disaster recovery onto a fresh repository host).
+            """,
         discussion: """
-            Run on the new repository host with its server stopped, after `redoubt server init --data DIR`. Every pack and \
+            Run on the new repository host with its server stopped, after `redoubt server init --data DIR`. Every pack \
+            and \
             manifest is verified (block checksums, record hashes, then pack hashes and manifest IDs in the catalog \
             rebuild) and locked again for at least the tenant's minimum retention. Hosts and restorers enroll anew \
             (the new server has its own CA); the read key's wrapping comes from the media's tenant descriptor.
             """)
-    @Option(name: .long, help: "file:PATH (repeat for each volume, in order), dir:PATH or tape:/dev/nstN.") var device: [String]
+    @Option(name: .long,
+        help: "file:PATH (repeat for each volume, in order), dir:PATH or tape:/dev/nstN.") var device: [String]
     @Option(name: .long, help: changerHelp) var changer: String?
     @Option(name: .long, help: "The server data directory (made by `redoubt server init`).") var data: String
     @Flag(name: .long, help: "Read on past damaged blocks and import everything that verified.") var skipDamaged = false
@@ -351,14 +416,19 @@ struct MediaImportCommand: AsyncParsableCommand {
     func run() async throws {
         try await RedoubtCLI.run {
             let home = ServerHome(path: data)
-            guard (try? home.settings()) != nil else { throw ValidationError("\(data) is not a Redoubt server data directory: run `redoubt server init --data \(data)` first") }
+            guard (try? home.settings()) != nil else {
+                throw ValidationError("""
+                    \(data) is not a Redoubt server data directory: run `redoubt server init --data \(data)` first
+                    """)
+            }
             let trust: MediaImport.Trust
             switch (trustedConfig, trustUnverifiedSnapshots) {
             case (let dir?, false): trust = .trustRoot(try ClientConfig(path: dir).trustRoot())
             case (nil, true):
                 trust = .unchecked
                 FileHandle.standardError.write(Data(("WARNING: --trust-unverified-snapshots: snapshots are imported "
-                    + "without checking who wrote them; anyone who could write this set could have planted some\n").utf8))
+                    + "without checking who wrote them; anyone who could write this set could have planted some\n")
+                        .utf8))
             case (_?, true): throw ValidationError("give --trusted-config or --trust-unverified-snapshots, not both")
             case (nil, false):
                 throw ValidationError("media import checks each snapshot against the old server's CA: give "
@@ -371,16 +441,21 @@ struct MediaImportCommand: AsyncParsableCommand {
             let progress = ProgressLine()
             var n: UInt64 = 0
             let s = try await MediaImport.run(home: home, source: try mediaSource(device, changer: changer),
-                                              skipDamaged: skipDamaged, trust: trust, now: Date(), logger: logger) { line in
+                                              skipDamaged: skipDamaged, trust: trust, now: Date(),
+                                                  logger: logger) { line in
                 n += 1
                 progress.update(files: n, bytes: 0, totalBytes: nil, current: line)
             }
             progress.finish()
             let out = Summary(tenant: s.tenant, unverified: s.unverified,
                               objects: s.objects, alreadyThere: s.alreadyThere, bytes: s.bytes, packs: s.rebuild.packs,
-                              snapshots: s.rebuild.snapshots, rejected: s.rebuild.rejected, damage: s.damage, toDo: s.rebuild.toDo)
+                              snapshots: s.rebuild.snapshots, rejected: s.rebuild.rejected, damage: s.damage,
+                                  toDo: s.rebuild.toDo)
             if json { try printJSON(out) } else {
-                print("imported tenant \(s.tenant): \(s.objects) objects (\(s.alreadyThere) already there), \(formatBytes(s.bytes)); "
+                print("""
+                    imported tenant \(s.tenant): \(s.objects) objects (\(s.alreadyThere) already there), \
+                    \(formatBytes(s.bytes)); 
+                    """
                       + "catalog rebuilt: \(s.rebuild.packs) packs, \(s.rebuild.snapshots) snapshots")
                 for u in s.unverified { print("  NOT IMPORTED (unverified author): \(u)") }
                 for r in s.rebuild.rejected { print("  REJECTED: \(r)") }

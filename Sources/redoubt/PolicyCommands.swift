@@ -9,7 +9,8 @@ import RedoubtCore
 
 struct AdminPolicyCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
-        commandName: "policy", abstract: "Retention policies: keep hourly, daily, weekly, monthly, yearly restore points.",
+        commandName: "policy",
+            abstract: "Retention policies: keep hourly, daily, weekly, monthly, yearly restore points.",
         subcommands: [AdminPolicySet.self, AdminPolicyShow.self, AdminPolicyList.self, AdminPolicySimulate.self,
                       AdminPolicyApply.self])
 }
@@ -17,8 +18,13 @@ struct AdminPolicyCommand: AsyncParsableCommand {
 struct AdminPolicySet: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "set", abstract: "Set (or with --remove remove) a tenant's policy for a host glob and tag.",
-        discussion: "Periods are on the server's commit time in --time-zone (default UTC). Fewer or shorter on any rule, "
-            + "another zone, or --remove needs other admins' approval: file it, have them approve, repeat with --request ID.")
+        discussion: """
+            Periods are on the server's commit time in --time-zone (default UTC). Fewer or shorter on any rule, 
+            """
+            + """
+                another zone, or --remove needs other admins' approval: file it, have them approve, repeat with \
+                --request ID.
+                """)
     @OptionGroup var admin: AdminOptions
     @Argument(help: "The tenant.") var tenant: String
     @Option(name: .long, help: "Hosts this policy covers (shell glob).") var host = "*"
@@ -47,7 +53,8 @@ struct AdminPolicySet: AsyncParsableCommand {
                                    yearly: yearly, withinSeconds: seconds, timeZone: timeZone)
         try await RedoubtCLI.run {
             let list = try await RedoubtCLI.with(try admin.client()) {
-                try await $0.setPolicy(tenant: tenant, Wire.SetPolicyRequest(hostGlob: host, tag: tag, rules: remove ? nil : rules,
+                try await $0.setPolicy(tenant: tenant, Wire.SetPolicyRequest(hostGlob: host, tag: tag,
+                    rules: remove ? nil : rules,
                                                                              remove: remove, requestID: request))
             }
             if json { try printJSON(list) } else { printPolicies(list) }
@@ -100,12 +107,15 @@ func printDecisions(_ s: Wire.PolicySimulation) {
                 .joined(separator: ", ")
         print(shown("\(d.id.prefix(12))  \(d.host)  committed \(f.string(from: d.committedAt))  \(why)"))
     }
-    print("\(s.kept) of \(s.snapshots.count) snapshot(s) kept by a rule" + (s.extended > 0 ? "; \(s.extended) lock(s) extended" : ""))
+    print("\(s.kept) of \(s.snapshots.count) snapshot(s) kept by a rule"
+        + (s.extended > 0 ? "; \(s.extended) lock(s) extended" : ""))
 }
 
 struct AdminPolicySimulate: AsyncParsableCommand {
     static let configuration = CommandConfiguration(commandName: "simulate",
-                                                    abstract: "What the policies keep, until when and why; changes nothing.")
+                                                    abstract: """
+                                                        What the policies keep, until when and why; changes nothing.
+                                                        """)
     @OptionGroup var admin: AdminOptions
     @Argument(help: "The tenant.") var tenant: String
     @Flag(name: .long, help: "Print JSON.") var json = false
@@ -121,7 +131,9 @@ struct AdminPolicySimulate: AsyncParsableCommand {
 
 struct AdminPolicyApply: AsyncParsableCommand {
     static let configuration = CommandConfiguration(commandName: "apply",
-                                                    abstract: "Extend the locks of what the policies keep (every host).")
+                                                    abstract: """
+                                                        Extend the locks of what the policies keep (every host).
+                                                        """)
     @OptionGroup var admin: AdminOptions
     @Argument(help: "The tenant.") var tenant: String
     @Flag(name: .long, help: "Print JSON.") var json = false

@@ -19,7 +19,11 @@ protocol PrincipalListCommand: AsyncParsableCommand, PrincipalRoleCommand {
 struct PrincipalListArguments: ParsableArguments {
     @Argument(help: "Only this tenant's.") var tenant: String?
     @Flag(name: .long, help: "Include revoked credentials.") var all = false
-    @Option(name: .long, help: "Hosts only: list just those whose newest snapshot is older than this (e.g. 26h), or that never committed one, and exit 8 if there are any (for monitoring).")
+    @Option(name: .long,
+        help: """
+            Hosts only: list just those whose newest snapshot is older than this (e.g. 26h), or that never committed \
+            one, and exit 8 if there are any (for monitoring).
+            """)
     var staleAfter: String?
     @Flag(name: .long, help: "Print JSON.") var json = false
 }
@@ -36,23 +40,34 @@ extension PrincipalListCommand {
         try await RedoubtCLI.run {
             var staleBefore: Date? = nil
             if let s = listing.staleAfter {
-                guard Self.role == "writer" else { throw ValidationError("--stale-after applies to hosts (`redoubt admin host list`)") }
+                guard Self.role == "writer" else {
+                    throw ValidationError("--stale-after applies to hosts (`redoubt admin host list`)")
+                }
                 staleBefore = Date().addingTimeInterval(-(try parseDuration(s)))
             }
-            var list = try await RedoubtCLI.with(try admin.client()) { try await $0.principals(includeRevoked: listing.all) }
+            var list = try await RedoubtCLI.with(try admin.client()) {
+                try await $0.principals(includeRevoked: listing.all)
+            }
                 .filter { $0.role == Self.role && (listing.tenant == nil || $0.tenant == listing.tenant) }
             if let staleBefore { list = list.filter { ($0.lastSnapshotAt ?? .distantPast) < staleBefore } }
             // Why 8: monitoring runs this and alerts on a host that stopped backing up.
             let exit: Exit = staleBefore != nil && !list.isEmpty ? .partial : .ok
             if listing.json { try printJSON(list); return exit }
             guard !list.isEmpty else {
-                let what = staleBefore.map { "hosts without a snapshot since \(ISO8601DateFormatter().string(from: $0))" } ?? "\(Self.role) credentials"
-                FileHandle.standardError.write(Data("no \(what)\(listing.tenant.map { " for tenant \($0)" } ?? "")\n".utf8))
+                let what =
+                    staleBefore.map { "hosts without a snapshot since \(ISO8601DateFormatter().string(from: $0))" }
+                    ?? "\(Self.role) credentials"
+                FileHandle.standardError.write(Data("""
+                    no \(what)\(listing.tenant.map { " for tenant \($0)" } ?? "")\n
+                    """.utf8))
                 return .ok
             }
             let f = ISO8601DateFormatter()
             let writers = Self.role == "writer"
-            print("NAME                          ENROLLED              \(writers ? "LAST SNAPSHOT         STORED / QUOTA        " : "")"
+            print("""
+                NAME                          ENROLLED              \
+                \(writers ? "LAST SNAPSHOT         STORED / QUOTA        " : "")
+                """
                   + (writers ? "DEEP VERIFIED         " : "")
                   + "STATE                 OS")
             for p in list {
@@ -61,7 +76,8 @@ extension PrincipalListCommand {
                 // A host whose uploads a restorer's deep verify found not opening may have been taken.
                 let state = p.revokedAt.map { "revoked \(f.string(from: $0).prefix(10))" }
                     ?? p.damagedPacks.map { "DAMAGED PACKS: \($0)" } ?? "active"
-                print(name.padding(toLength: 28, withPad: " ", startingAt: 0) + "  " + f.string(from: p.createdAt) + "  "
+                print(name.padding(toLength: 28, withPad: " ", startingAt: 0) + "  " + f.string(from: p.createdAt)
+                    + "  "
                       + (writers ? last.padding(toLength: 20, withPad: " ", startingAt: 0) + "  "
                          + Self.storage(p.quota).padding(toLength: 20, withPad: " ", startingAt: 0) + "  "
                          + Self.deepVerified(p).padding(toLength: 20, withPad: " ", startingAt: 0) + "  " : "")
@@ -90,20 +106,31 @@ protocol PrincipalRevokeCommand: AsyncParsableCommand, PrincipalRoleCommand {
 struct PrincipalRevokeArguments: ParsableArguments {
     @Argument(help: "The tenant.") var tenant: String
     @Argument(help: "The host's or person's name.") var name: String
-    @Option(name: .long, help: "An approved request for this change (revoking a host needs one while the quorum is above one).") var request: String?
+    @Option(name: .long,
+        help: """
+            An approved request for this change (revoking a host needs one while the quorum is above one).
+            """) var request: String?
 }
 
 extension PrincipalRevokeCommand {
     func run() async throws {
         try await RedoubtCLI.run {
             let p = try await RedoubtCLI.with(try admin.client()) { c in
-                let active = try await c.principals().filter { $0.role == Self.role && $0.tenant == target.tenant && $0.name == target.name }
+                let active = try await c.principals().filter {
+                    $0.role == Self.role && $0.tenant == target.tenant && $0.name == target.name
+                }
                 guard let p = active.first else {
-                    throw ServerError.notFound("no active \(Self.role) \(target.tenant)/\(target.name): `redoubt admin \(Self.command) list \(target.tenant) --all`")
+                    throw ServerError.notFound("""
+                        no active \(Self.role) \(target.tenant)/\(target.name): `redoubt admin \(Self.command) list \
+                        \(target.tenant) --all`
+                        """)
                 }
                 return try await c.revokePrincipal(id: p.id, requestID: target.request)
             }
-            print("\(Self.role) \(target.tenant)/\(target.name) revoked (credential \(p.fingerprint.prefix(16))…): it is refused from its next request on; what it committed stays")
+            print("""
+                \(Self.role) \(target.tenant)/\(target.name) revoked (credential \(p.fingerprint.prefix(16))…): it is \
+                refused from its next request on; what it committed stays
+                """)
             return .ok
         }
     }
@@ -115,14 +142,16 @@ extension PrincipalRoleCommand {
 }
 
 struct HostList: PrincipalListCommand {
-    static let configuration = CommandConfiguration(commandName: "list", abstract: "List enrolled hosts and when each last committed a snapshot.")
+    static let configuration = CommandConfiguration(commandName: "list",
+        abstract: "List enrolled hosts and when each last committed a snapshot.")
     static let role = "writer"
     @OptionGroup var admin: AdminOptions
     @OptionGroup var listing: PrincipalListArguments
 }
 
 struct HostRevoke: PrincipalRevokeCommand {
-    static let configuration = CommandConfiguration(commandName: "revoke", abstract: "Revoke a host's credential: its backups stop (needs approval while the quorum is above one).")
+    static let configuration = CommandConfiguration(commandName: "revoke",
+        abstract: "Revoke a host's credential: its backups stop (needs approval while the quorum is above one).")
     static let role = "writer"
     @OptionGroup var admin: AdminOptions
     @OptionGroup var target: PrincipalRevokeArguments
@@ -136,7 +165,8 @@ struct RestorerList: PrincipalListCommand {
 }
 
 struct RestorerRevoke: PrincipalRevokeCommand {
-    static let configuration = CommandConfiguration(commandName: "revoke", abstract: "Revoke a restorer's credential (at once).")
+    static let configuration = CommandConfiguration(commandName: "revoke",
+        abstract: "Revoke a restorer's credential (at once).")
     static let role = "restorer"
     @OptionGroup var admin: AdminOptions
     @OptionGroup var target: PrincipalRevokeArguments
@@ -150,19 +180,22 @@ struct AuditorList: PrincipalListCommand {
 }
 
 struct AuditorRevoke: PrincipalRevokeCommand {
-    static let configuration = CommandConfiguration(commandName: "revoke", abstract: "Revoke an auditor's credential (at once).")
+    static let configuration = CommandConfiguration(commandName: "revoke",
+        abstract: "Revoke an auditor's credential (at once).")
     static let role = "auditor"
     @OptionGroup var admin: AdminOptions
     @OptionGroup var target: PrincipalRevokeArguments
 }
 
 struct TokenCommand: AsyncParsableCommand {
-    static let configuration = CommandConfiguration(commandName: "token", abstract: "List and cancel enrollment tokens not yet used.",
+    static let configuration = CommandConfiguration(commandName: "token",
+        abstract: "List and cancel enrollment tokens not yet used.",
                                                     subcommands: [TokenList.self, TokenCancel.self])
 }
 
 struct TokenList: AsyncParsableCommand {
-    static let configuration = CommandConfiguration(commandName: "list", abstract: "List the enrollment tokens that could still enroll someone.")
+    static let configuration = CommandConfiguration(commandName: "list",
+        abstract: "List the enrollment tokens that could still enroll someone.")
     @OptionGroup var admin: AdminOptions
     @Flag(name: .long, help: "Print JSON.") var json = false
 
@@ -170,7 +203,9 @@ struct TokenList: AsyncParsableCommand {
         try await RedoubtCLI.run {
             let list = try await RedoubtCLI.with(try admin.client()) { try await $0.enrollments() }
             if json { try printJSON(list); return .ok }
-            guard !list.isEmpty else { FileHandle.standardError.write(Data("no pending enrollment tokens\n".utf8)); return .ok }
+            guard !list.isEmpty else {
+                FileHandle.standardError.write(Data("no pending enrollment tokens\n".utf8)); return .ok
+            }
             let f = ISO8601DateFormatter()
             print("ID                ROLE      NAME                          EXPIRES               BY")
             for e in list {
@@ -184,7 +219,8 @@ struct TokenList: AsyncParsableCommand {
 }
 
 struct TokenCancel: AsyncParsableCommand {
-    static let configuration = CommandConfiguration(commandName: "cancel", abstract: "Cancel an enrollment token (sent to the wrong place, no longer needed): it enrolls no one.")
+    static let configuration = CommandConfiguration(commandName: "cancel",
+        abstract: "Cancel an enrollment token (sent to the wrong place, no longer needed): it enrolls no one.")
     @OptionGroup var admin: AdminOptions
     @Argument(help: "The token's ID from `redoubt admin token list` (12+ hex digits).") var id: String
 

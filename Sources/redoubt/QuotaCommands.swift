@@ -11,7 +11,9 @@ import RedoubtServer
 func parseQuota(_ s: String) throws -> Int64? {
     if s == "none" { return nil }
     guard let n = ServerLimits.parseSize(s), n > 0 else {
-        throw ValidationError("--quota \(s): expected a size above zero such as 500G or 2T, or `none` to remove the quota")
+        throw ValidationError("""
+            --quota \(s): expected a size above zero such as 500G or 2T, or `none` to remove the quota
+            """)
     }
     return Int64(n)
 }
@@ -26,7 +28,10 @@ func printQuota(_ q: Wire.QuotaInfo) {
 struct TenantSet: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "set",
-        abstract: "Change a tenant's storage quota (all its hosts' packs, committed or not) or dedup scope (widening needs approval).")
+        abstract: """
+            Change a tenant's storage quota (all its hosts' packs, committed or not) or dedup scope (widening needs \
+            approval).
+            """)
     @OptionGroup var admin: AdminOptions
     @Argument(help: "The tenant.") var tenant: String
     @Option(name: .long, help: "Bytes of packs the tenant may hold, e.g. 2T, or `none`.") var quota: String?
@@ -35,11 +40,17 @@ struct TenantSet: AsyncParsableCommand {
 
     func run() async throws {
         try await RedoubtCLI.run {
-            guard quota != nil || dedupScope != nil else { throw ValidationError("name a setting to change: --quota SIZE or --dedup-scope host|tenant") }
-            if let dedupScope, !["host", "tenant"].contains(dedupScope) { throw ValidationError("--dedup-scope is host or tenant") }
+            guard quota != nil || dedupScope != nil else {
+                throw ValidationError("name a setting to change: --quota SIZE or --dedup-scope host|tenant")
+            }
+            if let dedupScope, !["host", "tenant"].contains(dedupScope) {
+                throw ValidationError("--dedup-scope is host or tenant")
+            }
             let bytes = try quota.map(parseQuota)
             try await RedoubtCLI.with(try admin.client()) { client in
-                if quota != nil { printQuota(try await client.setQuota(tenant: tenant, host: nil, bytes: bytes ?? nil)) }
+                if quota != nil {
+                    printQuota(try await client.setQuota(tenant: tenant, host: nil, bytes: bytes ?? nil))
+                }
                 if let dedupScope {
                     let t = try await client.setDedupScope(tenant: tenant, scope: dedupScope, requestID: request)
                     print("tenant \(t.name): dedup scope \(t.dedupScope ?? dedupScope)")
@@ -51,7 +62,8 @@ struct TenantSet: AsyncParsableCommand {
 }
 
 struct HostSet: AsyncParsableCommand {
-    static let configuration = CommandConfiguration(commandName: "set", abstract: "Set a host's storage quota (the packs it uploaded, committed or not).")
+    static let configuration = CommandConfiguration(commandName: "set",
+        abstract: "Set a host's storage quota (the packs it uploaded, committed or not).")
     @OptionGroup var admin: AdminOptions
     @Argument(help: "The tenant.") var tenant: String
     @Argument(help: "The host.") var host: String
@@ -60,7 +72,9 @@ struct HostSet: AsyncParsableCommand {
     func run() async throws {
         try await RedoubtCLI.run {
             let bytes = try parseQuota(quota)
-            printQuota(try await RedoubtCLI.with(try admin.client()) { try await $0.setQuota(tenant: tenant, host: host, bytes: bytes) })
+            printQuota(try await RedoubtCLI.with(try admin.client()) {
+                try await $0.setQuota(tenant: tenant, host: host, bytes: bytes)
+            })
             return .ok
         }
     }

@@ -11,8 +11,10 @@ struct Redoubt: AsyncParsableCommand {
         abstract: "Backups that a compromised host can neither read, change nor delete.",
         discussion: ExitCategory.helpText,
         version: "redoubt \(RedoubtVersion.string)",
-        subcommands: [QuickstartCommand.self, ServerCommand.self, CopyCommand.self, AdminCommand.self, EnrollCommand.self, BackupCommand.self, SnapshotsCommand.self,
-                      RestoreCommand.self, LsCommand.self, VerifyCommand.self, AuditCommand.self, MediaCommand.self, DoctorCommand.self])
+        subcommands: [QuickstartCommand.self, ServerCommand.self, CopyCommand.self, AdminCommand.self,
+            EnrollCommand.self, BackupCommand.self, SnapshotsCommand.self,
+                      RestoreCommand.self, LsCommand.self, VerifyCommand.self, AuditCommand.self, MediaCommand.self,
+                          DoctorCommand.self])
 }
 
 @main
@@ -37,7 +39,10 @@ enum Main {
                 if skipValue { skipValue = false; continue }
                 if a == "--credential" { skipValue = true; continue }
                 if a.hasPrefix("-") { continue }
-                guard let sub = type.configuration.subcommands.first(where: { $0.configuration.commandName == a }) else { break }
+                guard let sub =
+                    type.configuration.subcommands.first(where: { $0.configuration.commandName == a }) else {
+                    break
+                }
                 type = sub
             }
             print(Redoubt.helpMessage(for: type))

@@ -8,18 +8,28 @@ import RedoubtServer
 import RedoubtStore
 
 struct ServerCommand: AsyncParsableCommand {
-    static let configuration = CommandConfiguration(commandName: "server", abstract: "Create and run a repository server.",
-                                                    subcommands: [ServerInit.self, ServerRun.self, ServerRebuildCatalog.self])
+    static let configuration = CommandConfiguration(commandName: "server",
+        abstract: "Create and run a repository server.",
+                                                    subcommands: [ServerInit.self, ServerRun.self,
+                                                        ServerRebuildCatalog.self])
 }
 
 struct ServerInit: AsyncParsableCommand {
-    static let configuration = CommandConfiguration(commandName: "init", abstract: "Create a server's data directory, CA, catalog, store and admin credential.")
+    static let configuration = CommandConfiguration(commandName: "init",
+        abstract: "Create a server's data directory, CA, catalog, store and admin credential.")
 
     @Option(name: .long, help: "The data directory (created 0700).") var data: String
     @Option(name: .long, help: "Address to listen on.") var listen = "127.0.0.1:8443"
     @Option(name: .long, help: "Default minimum retention of new tenants (e.g. 30d).") var minRetention = "30d"
-    @Option(name: .long, help: "Admins (requester included) that a change weakening protection needs, once there are that many.") var quorum = 2
-    @Option(name: .long, help: "A server limit, NAME=VALUE (repeatable; names, defaults and units in docs/PROTOCOL.md §3.2), kept in server.json.")
+    @Option(name: .long,
+        help: """
+            Admins (requester included) that a change weakening protection needs, once there are that many.
+            """) var quorum = 2
+    @Option(name: .long,
+        help: """
+            A server limit, NAME=VALUE (repeatable; names, defaults and units in docs/PROTOCOL.md §3.2), kept in \
+            server.json.
+            """)
     var limit: [String] = []
 
     func run() async throws {
@@ -27,7 +37,8 @@ struct ServerInit: AsyncParsableCommand {
             let r = try parseDuration(minRetention)
             guard quorum >= 1 else { throw ValidationError("--quorum must be at least 1") }
             let limits = try applyLimits(ServerLimits(), limit)
-            let (settings, cred) = try await ServerHome(path: data).initialize(listen: listen, minRetention: r, now: Date(), limits: limits)
+            let (settings, cred) = try await ServerHome(path: data).initialize(listen: listen, minRetention: r,
+                now: Date(), limits: limits)
             try ServerHome(path: data).setQuorum(quorum)
             print("Initialised a Redoubt server in \(ServerHome(path: data).root.path)")
             print("  URL:              \(settings.url)")
@@ -39,14 +50,17 @@ struct ServerInit: AsyncParsableCommand {
 }
 
 struct ServerRun: AsyncParsableCommand {
-    static let configuration = CommandConfiguration(commandName: "run", abstract: "Serve the API over TLS until SIGTERM or SIGINT.")
+    static let configuration = CommandConfiguration(commandName: "run",
+        abstract: "Serve the API over TLS until SIGTERM or SIGINT.")
 
     @Option(name: .long, help: "The data directory.") var data: String
     @Option(name: .long, help: "Refuse snapshots whose time is further ahead of this server's clock (default 1d).")
     var snapshotTimeAhead = "1d"
-    @Option(name: .long, help: "Refuse snapshots whose time is further before the host's newest snapshot or enrollment (default 1d).")
+    @Option(name: .long,
+        help: "Refuse snapshots whose time is further before the host's newest snapshot or enrollment (default 1d).")
     var snapshotTimeMargin = "1d"
-    @Option(name: .long, help: "A server limit for this run, NAME=VALUE (repeatable; over server.json; docs/PROTOCOL.md §3.2).")
+    @Option(name: .long,
+        help: "A server limit for this run, NAME=VALUE (repeatable; over server.json; docs/PROTOCOL.md §3.2).")
     var limit: [String] = []
 
     func run() async throws {
@@ -54,7 +68,8 @@ struct ServerRun: AsyncParsableCommand {
             let logger = Logger(label: "redoubt.server")
             let home = ServerHome(path: data)
             let settings = try home.settings()
-            let bounds = SnapshotTimeBounds(maxAhead: try parseDuration(snapshotTimeAhead), margin: try parseDuration(snapshotTimeMargin))
+            let bounds = SnapshotTimeBounds(maxAhead: try parseDuration(snapshotTimeAhead),
+                margin: try parseDuration(snapshotTimeMargin))
             let limits = try applyLimits(settings.limits ?? ServerLimits(), limit)
             let service = try home.openService(logger: logger, limits: limits, timeBounds: bounds)
             if let store = service.store as? any ImmutabilityReporting, let warning = store.immutabilityWarning {
@@ -65,15 +80,20 @@ struct ServerRun: AsyncParsableCommand {
             // Descriptors written before format 2 held the write material in the clear; later
             // copies must not carry it.
             for failure in await service.sealDescriptors() {
-                FileHandle.standardError.write(Data("WARNING: tenant descriptor still holds the write material in the clear: \(failure)\n".utf8))
+                FileHandle.standardError.write(Data("""
+                    WARNING: tenant descriptor still holds the write material in the clear: \(failure)\n
+                    """.utf8))
             }
             // Hosts enrolled before host key statements existed get theirs now, so copies
             // made from here on prove who wrote every snapshot.
             do { try await service.recordHostKeys() } catch {
                 FileHandle.standardError.write(Data("WARNING: host key registrations not written: \(error)\n".utf8))
             }
-            guard let (host, port) = ServerHome.splitHostPort(settings.listen) else { throw ValidationError("bad listen address \(settings.listen)") }
-            let app = try RedoubtHTTP.application(service: service, home: home, host: host, port: port, logger: logger) { bound in
+            guard let (host, port) = ServerHome.splitHostPort(settings.listen) else {
+                throw ValidationError("bad listen address \(settings.listen)")
+            }
+            let app = try RedoubtHTTP.application(service: service, home: home, host: host, port: port,
+                logger: logger) { bound in
                 print("redoubt server listening on \(host):\(bound) (\(settings.url))")
                 // Why flush: under systemd or a pipe, stdout is block-buffered and the
                 // readiness line would never show.
@@ -89,15 +109,22 @@ struct ServerRun: AsyncParsableCommand {
 
 struct ServerRebuildCatalog: AsyncParsableCommand {
     static let configuration = CommandConfiguration(commandName: "rebuild-catalog",
-                                                    abstract: "Rebuild the catalog from the store alone (run with the server stopped).")
+                                                    abstract: """
+                                                        Rebuild the catalog from the store alone (run with the server \
+                                                        stopped).
+                                                        """)
     @Option(name: .long, help: "The data directory.") var data: String
     @Flag(name: .long, help: "Print JSON.") var json = false
 
     func run() async throws {
         try await RedoubtCLI.run {
-            let r = try await CatalogRebuilder.rebuild(home: ServerHome(path: data), logger: Logger(label: "redoubt.rebuild"))
+            let r = try await CatalogRebuilder.rebuild(home: ServerHome(path: data),
+                logger: Logger(label: "redoubt.rebuild"))
             if json { try printJSON(r) } else {
-                print("rebuilt the catalog: \(r.tenants) tenants, \(r.packs) packs (\(r.chunks) chunks), \(r.snapshots) snapshots")
+                print("""
+                    rebuilt the catalog: \(r.tenants) tenants, \(r.packs) packs (\(r.chunks) chunks), \(r.snapshots) \
+                    snapshots
+                    """)
                 if let old = r.previousCatalog { print("  previous catalog kept as \(old)") }
                 for x in r.rejected { print("  left out: \(x)") }
                 for t in r.toDo { print("  TO DO: \(t)") }
@@ -108,9 +135,14 @@ struct ServerRebuildCatalog: AsyncParsableCommand {
 }
 
 struct AdminCommand: AsyncParsableCommand {
-    static let configuration = CommandConfiguration(commandName: "admin", abstract: "Manage tenants and enrollments (admin credential).",
-                                                    subcommands: [TenantCommand.self, HostCommand.self, RestorerCommand.self, AuditorCommand.self, TokenCommand.self, GCCommand.self,
-                                                                  RequestCommand.self, AdminsCommand.self, QuorumCommand.self, AdminCopyCommand.self, AdminHoldCommand.self,
+    static let configuration = CommandConfiguration(commandName: "admin",
+        abstract: "Manage tenants and enrollments (admin credential).",
+                                                    subcommands: [TenantCommand.self, HostCommand.self,
+                                                        RestorerCommand.self, AuditorCommand.self, TokenCommand.self,
+                                                        GCCommand.self,
+                                                                  RequestCommand.self, AdminsCommand.self,
+                                                                      QuorumCommand.self, AdminCopyCommand.self,
+                                                                      AdminHoldCommand.self,
                                                                   AdminPolicyCommand.self])
     // Declared here too so `redoubt admin --credential FILE tenant …` parses; the
     // subcommands read the same value.
@@ -124,34 +156,54 @@ struct AdminOptions: ParsableArguments {
 }
 
 struct TenantCommand: AsyncParsableCommand {
-    static let configuration = CommandConfiguration(commandName: "tenant", abstract: "Create and list tenants; rotate, escrow or shred their read keys.",
-                                                    subcommands: [TenantCreate.self, TenantList.self, TenantSet.self, TenantSetRetention.self, TenantRotateKey.self, TenantEscrow.self, TenantShred.self, TenantRestoreMaterial.self])
+    static let configuration = CommandConfiguration(commandName: "tenant",
+        abstract: "Create and list tenants; rotate, escrow or shred their read keys.",
+                                                    subcommands: [TenantCreate.self, TenantList.self, TenantSet.self,
+                                                        TenantSetRetention.self, TenantRotateKey.self,
+                                                        TenantEscrow.self, TenantShred.self,
+                                                        TenantRestoreMaterial.self])
 }
 
 struct TenantCreate: AsyncParsableCommand {
-    static let configuration = CommandConfiguration(commandName: "create", abstract: "Create a tenant: its keys are made here and the read key leaves only wrapped.")
+    static let configuration = CommandConfiguration(commandName: "create",
+        abstract: "Create a tenant: its keys are made here and the read key leaves only wrapped.")
     @OptionGroup var admin: AdminOptions
     @Argument(help: "Tenant name (a-z, 0-9, '.', '-', '_').") var name: String
-    @Option(name: .long, help: "Key provider URI that wraps the read key: passphrase: (default), kmip://HOST:PORT/new?ca=FILE&cert=FILE&key=FILE, awskms://REGION/new[?endpoint=URL] (…/new creates the KEK) or pkcs11:token=LABEL;object=LABEL?module-path=FILE&pin-source=FILE (creates the KEK on the token if the label is new).") var keyProvider = "passphrase:"
+    @Option(name: .long,
+        help: """
+            Key provider URI that wraps the read key: passphrase: (default), \
+            kmip://HOST:PORT/new?ca=FILE&cert=FILE&key=FILE, awskms://REGION/new[?endpoint=URL] (…/new creates the \
+            KEK) or pkcs11:token=LABEL;object=LABEL?module-path=FILE&pin-source=FILE (creates the KEK on the token if \
+            the label is new).
+            """) var keyProvider = "passphrase:"
     @Option(name: .long, help: "Minimum retention of this tenant's snapshots (e.g. 30d).") var minRetention: String?
-    @Option(name: .long, help: "File holding the passphrase (else REDOUBT_PASSPHRASE or a prompt).") var passphraseFile: String?
+    @Option(name: .long,
+        help: "File holding the passphrase (else REDOUBT_PASSPHRASE or a prompt).") var passphraseFile: String?
     @Option(name: .long, help: ArgumentHelp(DedupScopeHelp.text, valueName: "host|tenant")) var dedupScope = "host"
 
     func run() async throws {
         try await RedoubtCLI.run {
-            guard ["host", "tenant"].contains(dedupScope) else { throw ValidationError("--dedup-scope is host or tenant") }
+            guard ["host", "tenant"].contains(dedupScope) else {
+                throw ValidationError("--dedup-scope is host or tenant")
+            }
             // A `…/new` URI: the tenant's KEK is created (and activated) in the KMS or HSM now.
-            let provider = try await RedoubtCLI.keyProvider(uri: keyProvider, passphraseFile: passphraseFile).preparingKEK(tenant: name)
+            let provider = try await RedoubtCLI.keyProvider(uri: keyProvider,
+                passphraseFile: passphraseFile).preparingKEK(tenant: name)
             let keys = try TenantKeys.generate()
             let wrapped = try await provider.wrapChecked(keys.readKey, context: KeyContext(tenant: name, keyVersion: 1))
             let material = keys.sharedWriteMaterial.encode().withUnsafeBytes { Data($0).base64EncodedString() }
             let request = Wire.CreateTenantRequest(
-                name: name, readPublicKey: Data(keys.readKey.publicKey.rawRepresentation).base64EncodedString(), writeMaterial: material,
-                wrappedReadKey: String(decoding: try wrapped.encoded(), as: UTF8.self), minRetentionSeconds: try minRetention.map(parseDuration),
+                name: name, readPublicKey: Data(keys.readKey.publicKey.rawRepresentation).base64EncodedString(),
+                    writeMaterial: material,
+                wrappedReadKey: String(decoding: try wrapped.encoded(), as: UTF8.self),
+                    minRetentionSeconds: try minRetention.map(parseDuration),
                 dedupScope: dedupScope)
             let info = try await RedoubtCLI.with(try admin.client()) { try await $0.createTenant(request) }
             print("Created tenant \(info.name): read key \(info.readKeyID), wrapped by \(wrapped.provider), "
-                + "minimum retention \(Int(info.minRetentionSeconds / 86400)) days, dedup scope \(info.dedupScope ?? dedupScope)")
+                + """
+                    minimum retention \(Int(info.minRetentionSeconds / 86400)) days, dedup scope \
+                    \(info.dedupScope ?? dedupScope)
+                    """)
             return .ok
         }
     }
@@ -206,7 +258,10 @@ extension EnrollmentCommand {
             let r = try await RedoubtCLI.with(try admin.client()) {
                 try await $0.createEnrollment(tenant: tenant, role: Self.role, name: name, ttlSeconds: ttlSeconds)
             }
-            FileHandle.standardError.write(Data("One-time \(Self.role) token for \(tenant)/\(name), valid until \(r.expires). On that host run:\n  redoubt enroll TOKEN\n".utf8))
+            FileHandle.standardError.write(Data("""
+                One-time \(Self.role) token for \(tenant)/\(name), valid until \(r.expires). On that host run:\n  \
+                redoubt enroll TOKEN\n
+                """.utf8))
             print(r.token)
             return .ok
         }
@@ -214,40 +269,50 @@ extension EnrollmentCommand {
 }
 
 struct HostCommand: AsyncParsableCommand {
-    static let configuration = CommandConfiguration(commandName: "host", abstract: "Enroll, list and revoke protected hosts (writers).", subcommands: [HostAdd.self, HostList.self, HostSet.self, HostRevoke.self])
+    static let configuration = CommandConfiguration(commandName: "host",
+        abstract: "Enroll, list and revoke protected hosts (writers).", subcommands: [HostAdd.self, HostList.self,
+        HostSet.self, HostRevoke.self])
 }
 
 struct HostAdd: EnrollmentCommand {
-    static let configuration = CommandConfiguration(commandName: "add", abstract: "Print a one-time token that enrolls a host as a writer.")
+    static let configuration = CommandConfiguration(commandName: "add",
+        abstract: "Print a one-time token that enrolls a host as a writer.")
     static let role = "writer"
     @OptionGroup var admin: AdminOptions
     @OptionGroup var enrollment: EnrollmentArguments
 }
 
 struct RestorerCommand: AsyncParsableCommand {
-    static let configuration = CommandConfiguration(commandName: "restorer", abstract: "Enroll, list and revoke restore hosts.", subcommands: [RestorerAdd.self, RestorerList.self, RestorerRevoke.self])
+    static let configuration = CommandConfiguration(commandName: "restorer",
+        abstract: "Enroll, list and revoke restore hosts.", subcommands: [RestorerAdd.self, RestorerList.self,
+        RestorerRevoke.self])
 }
 
 struct RestorerAdd: EnrollmentCommand {
-    static let configuration = CommandConfiguration(commandName: "add", abstract: "Print a one-time token that enrolls a restorer.")
+    static let configuration = CommandConfiguration(commandName: "add",
+        abstract: "Print a one-time token that enrolls a restorer.")
     static let role = "restorer"
     @OptionGroup var admin: AdminOptions
     @OptionGroup var enrollment: EnrollmentArguments
 }
 
 struct AuditorCommand: AsyncParsableCommand {
-    static let configuration = CommandConfiguration(commandName: "auditor", abstract: "Enroll, list and revoke auditors.", subcommands: [AuditorAdd.self, AuditorList.self, AuditorRevoke.self])
+    static let configuration = CommandConfiguration(commandName: "auditor",
+        abstract: "Enroll, list and revoke auditors.", subcommands: [AuditorAdd.self, AuditorList.self,
+        AuditorRevoke.self])
 }
 
 struct AuditorAdd: EnrollmentCommand {
-    static let configuration = CommandConfiguration(commandName: "add", abstract: "Print a one-time token that enrolls an auditor.")
+    static let configuration = CommandConfiguration(commandName: "add",
+        abstract: "Print a one-time token that enrolls an auditor.")
     static let role = "auditor"
     @OptionGroup var admin: AdminOptions
     @OptionGroup var enrollment: EnrollmentArguments
 }
 
 struct AuditCommand: AsyncParsableCommand {
-    static let configuration = CommandConfiguration(commandName: "audit", abstract: "Read and check the tamper-evident audit log.", subcommands: [AuditList.self, AuditVerify.self])
+    static let configuration = CommandConfiguration(commandName: "audit",
+        abstract: "Read and check the tamper-evident audit log.", subcommands: [AuditList.self, AuditVerify.self])
 }
 
 struct AuditList: AsyncParsableCommand {
@@ -348,9 +413,15 @@ struct AuditOutput {
 /// an anchored chain head (from an S3 copy or a media set), also proves the log was not cut back.
 struct AuditVerify: AsyncParsableCommand {
     static let configuration = CommandConfiguration(commandName: "verify",
-                                                    abstract: "Check the audit hash chain; name the first edited, removed, reordered or truncated record.")
+                                                    abstract: """
+                                                        Check the audit hash chain; name the first edited, removed, \
+                                                        reordered or truncated record.
+                                                        """)
     @Option(name: .long, help: "The server's data directory.") var data: String
-    @Option(name: .long, help: "An anchored chain head SEQ:HASH (as printed by this command) the log must still contain.") var anchor: String?
+    @Option(name: .long,
+        help: """
+            An anchored chain head SEQ:HASH (as printed by this command) the log must still contain.
+            """) var anchor: String?
     @Flag(name: .long, help: "Print JSON.") var json = false
 
     func run() async throws {
@@ -359,7 +430,9 @@ struct AuditVerify: AsyncParsableCommand {
             if let anchor {
                 let parts = anchor.split(separator: ":", maxSplits: 1).map(String.init)
                 guard parts.count == 2, let seq = Int64(parts[0]), seq >= 0, parts[1].count == 64 else {
-                    throw ValidationError("--anchor must be SEQ:HASH (64 hex digits), as printed by `redoubt audit verify`")
+                    throw ValidationError("""
+                        --anchor must be SEQ:HASH (64 hex digits), as printed by `redoubt audit verify`
+                        """)
                 }
                 head = Catalog.AuditChainHead(seq: seq, hash: parts[1].lowercased())
             }
@@ -391,12 +464,22 @@ struct GCCommand: AsyncParsableCommand {
 
     func run() async throws {
         try await RedoubtCLI.run {
-            let r = try await RedoubtCLI.with(try admin.client()) { try await $0.collectGarbage(tenant: tenant, dryRun: dryRun) }
+            let r = try await RedoubtCLI.with(try admin.client()) {
+                try await $0.collectGarbage(tenant: tenant, dryRun: dryRun)
+            }
             if json { try printJSON(r) } else {
-                print("\(dryRun ? "would remove" : "removed") \(r.snapshotsRemoved.count) expired snapshots and \(r.packsRemoved) packs "
-                      + "(\(formatBytes(UInt64(max(0, r.bytesRemoved))))) of tenant \(tenant); kept \(r.keptNewest) expired as their host's newest, \(r.keptHeld) under a legal hold")
+                print("""
+                    \(dryRun ? "would remove" : "removed") \(r.snapshotsRemoved.count) expired snapshots and \
+                    \(r.packsRemoved) packs 
+                    """
+                      + """
+                          (\(formatBytes(UInt64(max(0, r.bytesRemoved))))) of tenant \(tenant); kept \(r.keptNewest) \
+                          expired as their host's newest, \(r.keptHeld) under a legal hold
+                          """)
                 for s in r.snapshotsRemoved { print("  \(s.prefix(8))") }
-                if r.pendingDeletes > 0 { print("  \(r.pendingDeletes) store objects could not be deleted yet (see the server log); the next gc retries them") }
+                if r.pendingDeletes > 0 {
+                    print("  \(r.pendingDeletes) store objects could not be deleted yet (see the server log); the next gc retries them")
+                }
             }
             return r.pendingDeletes > 0 ? .partial : .ok
         }

@@ -64,7 +64,9 @@ enum RedoubtCLI {
 func parseDuration(_ s: String) throws -> TimeInterval {
     let units: [Character: Double] = ["s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400, "y": 365 * 86400]
     guard let u = s.last, let mult = units[u], let n = Double(s.dropLast()), n > 0 else {
-        throw ValidationError("duration \(s.debugDescription) must be a number and a unit: s, m, h, d, w or y (e.g. 30d)")
+        throw ValidationError("""
+            duration \(s.debugDescription) must be a number and a unit: s, m, h, d, w or y (e.g. 30d)
+            """)
     }
     return n * mult
 }
@@ -73,18 +75,24 @@ func parseDuration(_ s: String) throws -> TimeInterval {
 /// unless told), else a prompt on a terminal. Never from argv.
 func readPassphrase(file: String?, env envName: String = "REDOUBT_PASSPHRASE", prompt: String) throws -> SecretBytes {
     if let file {
-        guard var d = FileManager.default.contents(atPath: file) else { throw ValidationError("cannot read passphrase file \(file)") }
+        guard var d = FileManager.default.contents(atPath: file) else {
+            throw ValidationError("cannot read passphrase file \(file)")
+        }
         defer { d.resetBytes(in: 0..<d.count) }
         while d.last == 0x0a || d.last == 0x0d { d.removeLast() }
         return SecretBytes(copying: d)
     }
-    if let env = ProcessInfo.processInfo.environment[envName], !env.isEmpty { return SecretBytes(copying: Array(env.utf8)) }
+    if let env = ProcessInfo.processInfo.environment[envName], !env.isEmpty {
+        return SecretBytes(copying: Array(env.utf8))
+    }
     if isatty(0) != 0, let p = getpass(prompt) {
-        let s = SecretBytes(copying: UnsafeBufferPointer(start: UnsafeRawPointer(p).assumingMemoryBound(to: UInt8.self), count: strlen(p)))
+        let s = SecretBytes(copying: UnsafeBufferPointer(start: UnsafeRawPointer(p).assumingMemoryBound(to: UInt8.self),
+            count: strlen(p)))
         memset(p, 0, strlen(p))
         return s
     }
-    throw KeyProviderError.secretMissing(provider: "passphrase:", how: "set \(envName), pass the passphrase file option, or run on a terminal")
+    throw KeyProviderError.secretMissing(provider: "passphrase:",
+        how: "set \(envName), pass the passphrase file option, or run on a terminal")
 }
 
 /// The key provider a URI names: `passphrase:`, `kmip://HOST:PORT/KEY-ID?ca=&cert=&key=`,
@@ -98,8 +106,12 @@ func makeKeyProvider(uri: String, passphraseFile: String?, passphraseEnv: String
 }
 
 func loadCredential(_ path: String) throws -> ClientCredential {
-    guard let d = FileManager.default.contents(atPath: path) else { throw ValidationError("cannot read credential file \(path)") }
-    do { return try JSONDecoder().decode(ClientCredential.self, from: d) } catch { throw ValidationError("\(path) is not a Redoubt credential: \(error)") }
+    guard let d = FileManager.default.contents(atPath: path) else {
+        throw ValidationError("cannot read credential file \(path)")
+    }
+    do { return try JSONDecoder().decode(ClientCredential.self, from: d) } catch {
+        throw ValidationError("\(path) is not a Redoubt credential: \(error)")
+    }
 }
 
 /// A value from the server, a catalog or a store as a terminal shows it: control, bidi and

@@ -8,9 +8,11 @@ import Testing
 @Suite struct BackupRestoreTests {
     let now = Timestamp(seconds: 1_800_000_000, nanoseconds: 42)
 
-    func restore(_ m: Manifest, _ keys: TestKeys, from source: any PackSource, to target: String, subpath: String? = nil,
+    func restore(_ m: Manifest, _ keys: TestKeys, from source: any PackSource, to target: String,
+        subpath: String? = nil,
                  skipDamaged: Bool = false) async throws -> RestoreResult {
-        try await Restorer().restore(manifest: m, readKey: keys.tenant.readKey, chunkIDKey: keys.tenant.chunkIDKey, source: source,
+        try await Restorer().restore(manifest: m, readKey: keys.tenant.readKey, chunkIDKey: keys.tenant.chunkIDKey,
+            source: source,
                                      target: target, subpath: subpath.map { Array($0.utf8) }, skipDamaged: skipDamaged)
     }
 
@@ -24,7 +26,8 @@ import Testing
         for n in notes.skipped { print("fixture: \(n)") }
         let repo = MemoryRepository(keys: keys.write)
         let reports = Mutex<[BackupProgress]>([])
-        let result = try await Archiver().run(options: BackupOptions(paths: [src], packSize: 8 << 20), keys: keys.write, target: repo, now: now) { p in
+        let result = try await Archiver().run(options: BackupOptions(paths: [src], packSize: 8 << 20), keys: keys.write,
+            target: repo, now: now) { p in
             reports.withLock { $0.append(p) }
         }
         #expect(result.warnings.isEmpty, "\(result.warnings)")
@@ -49,12 +52,18 @@ import Testing
         #expect(r.damaged.isEmpty)
         #expect(await repo.fetches.values.allSatisfy { $0 == 1 })
         // Holes stay holes.
-        guard case .success(let sparse) = ArchiveSys.lstat(Array((dst + "/src/sparse.img").utf8)) else { throw Fixture.Failure("lstat") }
+        guard case .success(let sparse) = ArchiveSys.lstat(Array((dst + "/src/sparse.img").utf8)) else {
+            throw Fixture.Failure("lstat")
+        }
         #expect(sparse.size == 64 << 20 && sparse.blocks * 512 < 1 << 20)
         let content = try Fixture.read(Array((dst + "/src/sparse.img").utf8))
-        for region in notes.sparseRegions { #expect(Array(content[region.offset..<(region.offset + region.data.count)]) == region.data) }
+        for region in notes.sparseRegions {
+            #expect(Array(content[region.offset..<(region.offset + region.data.count)]) == region.data)
+        }
         // Setuid survives the chown; non-UTF-8 name restored byte for byte.
-        guard case .success(let su) = ArchiveSys.lstat(Array((dst + "/src/setuid").utf8)) else { throw Fixture.Failure("lstat") }
+        guard case .success(let su) = ArchiveSys.lstat(Array((dst + "/src/setuid").utf8)) else {
+            throw Fixture.Failure("lstat")
+        }
         #expect(su.permissions == 0o4755)
         #expect(try Fixture.read(Array((dst + "/src/").utf8) + Fixture.nonUTF8Name) == Array("bytes".utf8))
 
@@ -67,7 +76,8 @@ import Testing
 
         // Core's SnapshotReader reads the same snapshot.
         let packs = await repo.packs
-        let reader = try SnapshotReader(manifest: result.manifest, readKey: keys.tenant.readKey, chunkIDKey: keys.tenant.chunkIDKey) { id in
+        let reader = try SnapshotReader(manifest: result.manifest, readKey: keys.tenant.readKey,
+            chunkIDKey: keys.tenant.chunkIDKey) { id in
             guard let b = packs[id] else { throw Fixture.Failure("no pack") }
             return b
         }
@@ -82,7 +92,8 @@ import Testing
         #expect(hard2.type == .hardlink && hard2.linkTarget == Array("src/hard1".utf8))
         let acl = try #require(srcTree[Array("acl.txt".utf8)])
         #expect(acl.xattrs.map(\.name) == [Array("system.posix_acl_access".utf8)])
-        #expect(try #require(srcTree[Array("regular.txt".utf8)]).mtime == Timestamp(seconds: 1_700_000_000, nanoseconds: 123_456_789))
+        #expect(try #require(srcTree[Array("regular.txt".utf8)]).mtime == Timestamp(seconds: 1_700_000_000,
+            nanoseconds: 123_456_789))
     }
 
     @Test func rootTreeNamesEachPathAndDisambiguatesDuplicates() async throws {
@@ -95,7 +106,8 @@ import Testing
         try Fixture.write(work + "/single.txt", Fixture.text(30))
         let repo = MemoryRepository(keys: keys.write)
         let paths = [work + "/x/data/", work + "/y/./data", work + "/single.txt"]
-        let result = try await Archiver().run(options: BackupOptions(paths: paths), keys: keys.write, target: repo, now: now)
+        let result = try await Archiver().run(options: BackupOptions(paths: paths), keys: keys.write, target: repo,
+            now: now)
         #expect(result.manifest.header.paths == paths.map { Array($0.utf8) })
         let dst = work + "/dst"
         _ = try await restore(result.manifest, keys, from: repo, to: dst)
@@ -123,7 +135,8 @@ import Testing
         let second = try await Archiver().run(options: options, keys: keys.write, target: repo, now: now)
         #expect(second.bytesRead == 0)
         #expect(second.filesUnchanged == 11 && second.filesNew == 0 && second.filesChanged == 0)
-        #expect(second.packsUploaded == 0 && second.statistics.chunksNew == 0, "nothing changed: not even a tree is new")
+        #expect(second.packsUploaded == 0 && second.statistics.chunksNew == 0,
+            "nothing changed: not even a tree is new")
         #expect(second.warnings.isEmpty, "\(second.warnings)")
 
         try Fixture.write(src + "/a/b/c/deep.txt", Fixture.text(7000, seed: "changed\n"))
@@ -145,8 +158,10 @@ import Testing
         try Fixture.check(mkdir(src, 0o755), "mkdir")
         _ = try Fixture.everyKind(at: src, bigFile: 3 << 20)
         let repo = MemoryRepository(keys: keys.write)
-        let first = try await Archiver().run(options: BackupOptions(paths: [src]), keys: keys.write, target: repo, now: now)
-        let second = try await Archiver().run(options: BackupOptions(paths: [src]), keys: keys.write, target: repo, now: now)
+        let first = try await Archiver().run(options: BackupOptions(paths: [src]), keys: keys.write, target: repo,
+            now: now)
+        let second = try await Archiver().run(options: BackupOptions(paths: [src]), keys: keys.write, target: repo,
+            now: now)
         #expect(second.bytesRead == first.bytesRead && second.bytesRead > 3 << 20)
         #expect(second.packsUploaded == 0 && second.statistics.chunksNew == 0)
         #expect(second.statistics.chunksReused == first.statistics.chunksNew + first.statistics.chunksReused)
@@ -163,7 +178,8 @@ import Testing
         try Fixture.write(src + "/g", try Fixture.random(1 << 20))
         let cache = work + "/cache"
         let options = BackupOptions(paths: [src], cachePath: cache)
-        _ = try await Archiver().run(options: options, keys: keys.write, target: MemoryRepository(keys: keys.write), now: now)
+        _ = try await Archiver().run(options: options, keys: keys.write, target: MemoryRepository(keys: keys.write),
+            now: now)
         // Another (empty) repository: the cached chunk IDs are unknown there.
         let fresh = MemoryRepository(keys: keys.write)
         let r = try await Archiver().run(options: options, keys: keys.write, target: fresh, now: now)
@@ -196,10 +212,13 @@ import Testing
         #expect(again.bytesRead == 0 && again.warnings.isEmpty)
         // Garbage and a cache for other keys are ignored too.
         try Fixture.write(cache, Array("not a cache at all".utf8))
-        #expect(try await Archiver().run(options: options, keys: keys.write, target: repo, now: now).warnings.contains { $0.kind == .cache })
+        #expect(try await Archiver().run(options: options, keys: keys.write, target: repo, now: now).warnings.contains {
+            $0.kind == .cache
+        })
         let other = try TestKeys()
         _ = try await Archiver().run(options: options, keys: keys.write, target: repo, now: now)
-        let foreign = try await Archiver().run(options: options, keys: other.write, target: MemoryRepository(keys: other.write), now: now)
+        let foreign = try await Archiver().run(options: options, keys: other.write,
+            target: MemoryRepository(keys: other.write), now: now)
         #expect(foreign.warnings.contains { $0.kind == .cache && $0.message.contains("another tenant") })
         #expect(foreign.bytesRead == 10_000)
     }
@@ -212,7 +231,8 @@ import Testing
         try Fixture.check(mkdir(src, 0o755), "mkdir")
         _ = try Fixture.everyKind(at: src, bigFile: 1 << 20)
         let repo = MemoryRepository(keys: keys.write)
-        let result = try await Archiver().run(options: BackupOptions(paths: [src]), keys: keys.write, target: repo, now: now)
+        let result = try await Archiver().run(options: BackupOptions(paths: [src]), keys: keys.write, target: repo,
+            now: now)
         let dst = work + "/dst"
         let r = try await restore(result.manifest, keys, from: repo, to: dst, subpath: "src/a/b")
         #expect(try Fixture.compare(src + "/a/b", dst + "/b") == [])
@@ -225,7 +245,9 @@ import Testing
         let dst3 = work + "/dst3"
         _ = try await restore(result.manifest, keys, from: repo, to: dst3, subpath: "src/regular.txt")
         #expect(try Fixture.compare(src + "/regular.txt", dst3 + "/regular.txt") == [])
-        await #expect(throws: ArchiveError.self) { _ = try await restore(result.manifest, keys, from: repo, to: work + "/dst4", subpath: "src/nope") }
+        await #expect(throws: ArchiveError.self) {
+            _ = try await restore(result.manifest, keys, from: repo, to: work + "/dst4", subpath: "src/nope")
+        }
     }
 
     @Test func excludedEntriesAreLeftOut() async throws {
@@ -238,7 +260,8 @@ import Testing
         try Fixture.write(src + "/keep/a.tmp", Fixture.text(10))
         try Fixture.write(src + "/keep/b.txt", Fixture.text(10))
         let repo = MemoryRepository(keys: keys.write)
-        let r = try await Archiver().run(options: BackupOptions(paths: [src], excludes: ["*.tmp", src + "/cache"]), keys: keys.write, target: repo, now: now)
+        let r = try await Archiver().run(options: BackupOptions(paths: [src], excludes: ["*.tmp", src + "/cache"]),
+            keys: keys.write, target: repo, now: now)
         #expect(r.statistics.files == 1 && r.statistics.directories == 2)
         let dst = work + "/dst"
         _ = try await restore(r.manifest, keys, from: repo, to: dst)
@@ -261,7 +284,8 @@ import Testing
         })
         let repo = MemoryRepository(keys: keys.write)
         let cache = work + "/cache"
-        let once = try await Archiver(hooks: appendOnce).run(options: BackupOptions(paths: [src], cachePath: cache), keys: keys.write, target: repo, now: now)
+        let once = try await Archiver(hooks: appendOnce).run(options: BackupOptions(paths: [src], cachePath: cache),
+            keys: keys.write, target: repo, now: now)
         #expect(once.warnings.isEmpty, "one change: read again, consistent, no warning")
         #expect(once.bytesRead == 5000 + 6000 + 4000)
         let dst = work + "/dst"
@@ -275,12 +299,14 @@ import Testing
             try? Fixture.write(p, Fixture.text(6000 + n, seed: "again\n"))
         })
         let cache2 = work + "/cache2"
-        let twice = try await Archiver(hooks: always).run(options: BackupOptions(paths: [src], cachePath: cache2), keys: keys.write, target: repo, now: now)
+        let twice = try await Archiver(hooks: always).run(options: BackupOptions(paths: [src], cachePath: cache2),
+            keys: keys.write, target: repo, now: now)
         let w = twice.warnings.filter { $0.kind == .changedWhileReading }
         #expect(w.count == 1 && w.first?.path == path)
         #expect(w.first?.description.contains("log") == true)
         // A file that kept changing is not trusted from the cache next time.
-        let next = try await Archiver().run(options: BackupOptions(paths: [src], cachePath: cache2), keys: keys.write, target: repo, now: now)
+        let next = try await Archiver().run(options: BackupOptions(paths: [src], cachePath: cache2), keys: keys.write,
+            target: repo, now: now)
         #expect(next.filesChanged + next.filesNew == 1 && next.filesUnchanged == 1)
     }
 
@@ -293,7 +319,8 @@ import Testing
         try Fixture.write(src + "/f", Fixture.text(70_000))
         let repo = MemoryRepository(keys: keys.write)
         _ = try await Archiver().run(options: BackupOptions(paths: [src]), keys: keys.write, target: repo, now: now)
-        let r = try await Archiver().run(options: BackupOptions(paths: [src]), keys: keys.write, target: PlainTarget(repository: repo), now: now)
+        let r = try await Archiver().run(options: BackupOptions(paths: [src]), keys: keys.write,
+            target: PlainTarget(repository: repo), now: now)
         #expect(r.warnings.contains { $0.message.contains("cannot say which packs") })
         let dst = work + "/dst"
         _ = try await restore(r.manifest, keys, from: PlainSource(repository: repo), to: dst)
@@ -310,9 +337,13 @@ import Testing
         try Fixture.write(src + "/small", Fixture.text(1000))
         let repo = MemoryRepository(keys: keys.write)
         // Small packs: the big file's data lands in packs of its own.
-        let result = try await Archiver().run(options: BackupOptions(paths: [src], workers: 1, packSize: 256 << 10), keys: keys.write, target: repo, now: now)
+        let result = try await Archiver().run(options: BackupOptions(paths: [src], workers: 1, packSize: 256 << 10),
+            keys: keys.write, target: repo, now: now)
         let packs = await repo.packs
-        let reader = try SnapshotReader(manifest: result.manifest, readKey: keys.tenant.readKey, chunkIDKey: keys.tenant.chunkIDKey) { packs[$0]! }
+        let reader = try SnapshotReader(manifest: result.manifest, readKey: keys.tenant.readKey,
+            chunkIDKey: keys.tenant.chunkIDKey) {
+            packs[$0]!
+        }
         let top = try reader.tree(of: try reader.rootTree().nodes[0])
         let big = try #require(top[Array("big".utf8)])
         let victim = try #require(await repo.chunkIndex[big.content[0]])
@@ -341,7 +372,8 @@ import Testing
         let work = try Fixture.tempDirectory(name)
         let src = work + "/src"
         try Fixture.check(mkdir(src, 0o755), "mkdir")
-        return (try TestKeys(), work, src, ArchiverTestHooks(chunkerParameters: try Chunker.Parameters(min: 4 << 10, avg: 16 << 10, max: 64 << 10)))
+        return (try TestKeys(), work, src, ArchiverTestHooks(chunkerParameters: try Chunker.Parameters(min: 4 << 10,
+            avg: 16 << 10, max: 64 << 10)))
     }
 
     final class Counter: Sendable {
@@ -390,10 +422,14 @@ import Testing
         try Fixture.write(src + "/0-sandwich", zeros + middle + zeros + tail)
         let r = try await Archiver(hooks: small).run(options: options, keys: keys.write, target: repo, now: now)
         let packs = await repo.packs
-        let reader = try SnapshotReader(manifest: r.manifest, readKey: keys.tenant.readKey, chunkIDKey: keys.tenant.chunkIDKey) { packs[$0]! }
+        let reader = try SnapshotReader(manifest: r.manifest, readKey: keys.tenant.readKey,
+            chunkIDKey: keys.tenant.chunkIDKey) {
+            packs[$0]!
+        }
         let top = try reader.tree(of: try reader.rootTree().nodes[0])
         let sandwich = try #require(top[Array("0-sandwich".utf8)])
-        #expect(sandwich.content.count > 20 && Set(sandwich.content).count < sandwich.content.count, "the zero chunk recurs")
+        #expect(sandwich.content.count > 20 && Set(sandwich.content).count < sandwich.content.count,
+            "the zero chunk recurs")
         let dst = work + "/dst"
         let restored = try await restore(r.manifest, keys, from: repo, to: dst)
         #expect(try Fixture.compare(src, dst + "/src") == [])
@@ -420,8 +456,10 @@ import Testing
         for source in [repo as any PackSource, PlainSource(repository: repo)] {
             await repo.resetCounters()
             let dst = work + "/dst-\(source is PlainSource ? "plain" : "catalog")"
-            let restored = try await Restorer(batchPlaintextBudget: 1).restore(manifest: r.manifest, readKey: keys.tenant.readKey,
-                                                                             chunkIDKey: keys.tenant.chunkIDKey, source: source, target: dst)
+            let restored = try await Restorer(batchPlaintextBudget: 1).restore(manifest: r.manifest,
+                readKey: keys.tenant.readKey,
+                                                                             chunkIDKey: keys.tenant.chunkIDKey,
+                                                                                 source: source, target: dst)
             #expect(try Fixture.compare(src, dst + "/src") == [])
             #expect(restored.damaged.isEmpty && restored.warnings.isEmpty, "\(restored.damaged) \(restored.warnings)")
             #expect(await repo.fetches.values.allSatisfy { $0 == 1 }, "a pack split into batches is fetched once")
@@ -440,7 +478,8 @@ import Testing
         try Fixture.setTimes(Array((work + "/a").utf8), atime: now, mtime: now)
         try Fixture.setTimes(Array((work + "/b").utf8), atime: now, mtime: now)
         try Fixture.setTimes(Array((work + "/a/f").utf8), atime: now, mtime: now)
-        try Fixture.setTimes(Array((work + "/b/f").utf8), atime: now, mtime: Timestamp(seconds: now.seconds, nanoseconds: 43))
+        try Fixture.setTimes(Array((work + "/b/f").utf8), atime: now, mtime: Timestamp(seconds: now.seconds,
+            nanoseconds: 43))
         try Fixture.check(chmod(work + "/b/g", 0o600), "chmod")
         try Fixture.setXattr(work + "/b/g", "user.x", [1])
         try Fixture.write(work + "/b/g", Fixture.text(100, seed: "other"), mode: 0o600)

@@ -40,7 +40,9 @@ enum Fixture {
         if e != 0 { throw Failure("write \(printable(path)): errno \(e)") }
     }
 
-    static func write(_ path: String, _ data: [UInt8], mode: mode_t = 0o644) throws { try write(bytes(path), data, mode: mode) }
+    static func write(_ path: String, _ data: [UInt8], mode: mode_t = 0o644) throws {
+        try write(bytes(path), data, mode: mode)
+    }
 
     static func read(_ path: [UInt8]) throws -> [UInt8] {
         let fd = ArchiveSys.withCString(path) { open($0, O_RDONLY | O_CLOEXEC | O_NOFOLLOW) }
@@ -48,7 +50,9 @@ enum Fixture {
         defer { close(fd) }
         guard case .success(let st) = ArchiveSys.fstat(fd) else { throw Failure("fstat") }
         var out = [UInt8](repeating: 0, count: Int(st.size))
-        let r = out.withUnsafeMutableBytes { b in b.isEmpty ? .success(0) : ArchiveSys.preadFull(fd, into: b.baseAddress!, count: b.count, at: 0) }
+        let r = out.withUnsafeMutableBytes {
+            b in b.isEmpty ? .success(0) : ArchiveSys.preadFull(fd, into: b.baseAddress!, count: b.count, at: 0)
+        }
         guard case .success(let n) = r, n == out.count else { throw Failure("short read of \(printable(path))") }
         return out
     }
@@ -70,7 +74,8 @@ enum Fixture {
     /// Sets atime and mtime with nanoseconds, not following a symlink.
     static func setTimes(_ path: [UInt8], atime: Timestamp, mtime: Timestamp) throws {
         var t = [ArchiveSys.timespec(atime), ArchiveSys.timespec(mtime)]
-        try check(ArchiveSys.withCString(path) { utimensat(ArchiveSys.atFDCWD, $0, &t, ArchiveSys.atSymlinkNoFollow) }, "utimensat \(printable(path))")
+        try check(ArchiveSys.withCString(path) { utimensat(ArchiveSys.atFDCWD, $0, &t, ArchiveSys.atSymlinkNoFollow) },
+            "utimensat \(printable(path))")
     }
 
     static func setXattr(_ path: String, _ name: String, _ value: [UInt8]) throws {
@@ -106,7 +111,9 @@ enum Fixture {
             for (i, b) in p.enumerated() { raw[i] = b }
         }
         let r = withUnsafePointer(to: &addr) { ptr in
-            ptr.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+            ptr.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                bind(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size))
+            }
         }
         try check(r, "bind \(path)")
     }
@@ -167,7 +174,8 @@ enum Fixture {
         // Odd times with nanoseconds; atime after mtime so reading does not move it (relatime).
         let later = Timestamp(seconds: 1_800_000_000, nanoseconds: 5)
         try setTimes(bytes("\(root)/regular.txt"), atime: later, mtime: t0)
-        try setTimes(bytes("\(root)/link-relative"), atime: later, mtime: Timestamp(seconds: 1_600_000_000, nanoseconds: 999_999_999))
+        try setTimes(bytes("\(root)/link-relative"), atime: later, mtime: Timestamp(seconds: 1_600_000_000,
+            nanoseconds: 999_999_999))
         try setTimes(bytes("\(root)/a/b"), atime: later, mtime: Timestamp(seconds: 1_500_000_000, nanoseconds: 1))
         try warmAtimes(root)
         return notes
@@ -188,10 +196,12 @@ enum Fixture {
 
     /// Differences between two trees: type, mode, owner, size, mtime (ns), rdev, symlink
     /// target, xattrs, contents, hard-link structure and (for sparse files) allocation.
-    static func compare(_ a: String, _ b: String, skipSockets: Bool = true, compareDirectoryTimes: Bool = true) throws -> [String] {
+    static func compare(_ a: String, _ b: String, skipSockets: Bool = true,
+        compareDirectoryTimes: Bool = true) throws -> [String] {
         var diffs: [String] = []
         var inodes: [UInt64: UInt64] = [:]
-        try compareEntry(bytes(a), bytes(b), rel: ".", skipSockets: skipSockets, dirTimes: compareDirectoryTimes, inodes: &inodes, diffs: &diffs)
+        try compareEntry(bytes(a), bytes(b), rel: ".", skipSockets: skipSockets, dirTimes: compareDirectoryTimes,
+            inodes: &inodes, diffs: &diffs)
         return diffs
     }
 
@@ -199,7 +209,9 @@ enum Fixture {
         let fd = ArchiveSys.withCString(path) { open($0, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | ArchiveSys.oNoAtime) }
         guard fd >= 0 else { throw Failure("open dir \(printable(path))") }
         defer { close(fd) }
-        guard case .success(let names) = ArchiveSys.listDirectory(fd: fd) else { throw Failure("list \(printable(path))") }
+        guard case .success(let names) = ArchiveSys.listDirectory(fd: fd) else {
+            throw Failure("list \(printable(path))")
+        }
         return names
     }
 
@@ -211,17 +223,28 @@ enum Fixture {
             return
         }
         func diff(_ what: String, _ x: Any, _ y: Any) { diffs.append("\(rel): \(what) \(x) != \(y)") }
-        guard sa.fileType == sb.fileType else { return diff("type", String(sa.fileType, radix: 8), String(sb.fileType, radix: 8)) }
-        if sa.fileType != ArchiveSys.typeSymlink && sa.permissions != sb.permissions { diff("mode", String(sa.permissions, radix: 8), String(sb.permissions, radix: 8)) }
+        guard sa.fileType == sb.fileType else {
+            return diff("type", String(sa.fileType, radix: 8), String(sb.fileType, radix: 8))
+        }
+        if sa.fileType != ArchiveSys.typeSymlink && sa.permissions != sb.permissions {
+            diff("mode", String(sa.permissions, radix: 8), String(sb.permissions, radix: 8))
+        }
         if sa.uid != sb.uid || sa.gid != sb.gid { diff("owner", "\(sa.uid):\(sa.gid)", "\(sb.uid):\(sb.gid)") }
         if (!sa.isDirectory || dirTimes) && sa.mtime != sb.mtime { diff("mtime", sa.mtime, sb.mtime) }
-        if sa.fileType == ArchiveSys.typeChar || sa.fileType == ArchiveSys.typeBlock, sa.rdev != sb.rdev { diff("rdev", sa.rdev, sb.rdev) }
+        if sa.fileType == ArchiveSys.typeChar || sa.fileType == ArchiveSys.typeBlock, sa.rdev != sb.rdev {
+            diff("rdev", sa.rdev, sb.rdev)
+        }
         let xa = ArchiveSys.listXattrs(a), xb = ArchiveSys.listXattrs(b)
-        if case .success(let x) = xa, case .success(let y) = xb, x != y { diff("xattrs", x.map { printable($0.name) }, y.map { printable($0.name) }) }
+        if case .success(let x) = xa, case .success(let y) = xb, x != y {
+            diff("xattrs", x.map { printable($0.name) }, y.map { printable($0.name) })
+        }
         switch sa.fileType {
         case ArchiveSys.typeSymlink:
-            let ta = ArchiveSys.readlinkat(ArchiveSys.atFDCWD, a, sizeHint: 256), tb = ArchiveSys.readlinkat(ArchiveSys.atFDCWD, b, sizeHint: 256)
-            if case .success(let x) = ta, case .success(let y) = tb, x != y { diff("symlink target", printable(x), printable(y)) }
+            let ta = ArchiveSys.readlinkat(ArchiveSys.atFDCWD, a, sizeHint: 256),
+                tb = ArchiveSys.readlinkat(ArchiveSys.atFDCWD, b, sizeHint: 256)
+            if case .success(let x) = ta, case .success(let y) = tb, x != y {
+                diff("symlink target", printable(x), printable(y))
+            }
         case ArchiveSys.typeRegular:
             if sa.size != sb.size { diff("size", sa.size, sb.size) }
             if sa.links > 1 {
@@ -232,14 +255,19 @@ enum Fixture {
                 }
                 if sa.links != sb.links { diff("link count", sa.links, sb.links) }
             }
-            if sa.blocks * 512 < sa.size && sb.blocks > sa.blocks + 64 { diff("allocated blocks (holes lost)", sa.blocks, sb.blocks) }
+            if sa.blocks * 512 < sa.size && sb.blocks > sa.blocks + 64 {
+                diff("allocated blocks (holes lost)", sa.blocks, sb.blocks)
+            }
             if try read(a) != read(b) { diffs.append("\(rel): contents differ") }
         case ArchiveSys.typeDirectory:
             let na = try list(a), nb = try list(b)
             for name in na {
                 let child = a + [0x2f] + name
-                if skipSockets, case .success(let s) = ArchiveSys.lstat(child), s.fileType == ArchiveSys.typeSocket { continue }
-                try compareEntry(child, b + [0x2f] + name, rel: rel + "/" + printable(name), skipSockets: skipSockets, dirTimes: dirTimes, inodes: &inodes, diffs: &diffs)
+                if skipSockets, case .success(let s) = ArchiveSys.lstat(child), s.fileType == ArchiveSys.typeSocket {
+                    continue
+                }
+                try compareEntry(child, b + [0x2f] + name, rel: rel + "/" + printable(name), skipSockets: skipSockets,
+                    dirTimes: dirTimes, inodes: &inodes, diffs: &diffs)
             }
             for name in nb where !na.contains(name) { diffs.append("\(rel)/\(printable(name)): only in restore") }
         default: break

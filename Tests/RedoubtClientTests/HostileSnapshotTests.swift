@@ -7,27 +7,34 @@ import Testing
 /// make a restore write or link outside its target.
 @Suite struct HostileSnapshotTests {
     /// Builds, uploads and signs a snapshot whose root tree is `root(pipeline)`.
-    func snapshot(_ keys: TestKeys, _ repo: MemoryRepository, _ root: (PackPipeline) throws -> [Node]) async throws -> Manifest {
+    func snapshot(_ keys: TestKeys, _ repo: MemoryRepository,
+        _ root: (PackPipeline) throws -> [Node]) async throws -> Manifest {
         let pipeline = try PackPipeline(material: keys.tenant.sharedWriteMaterial)
         let rootIDs = try pipeline.add(tree: Tree(nodes: try root(pipeline)))
         let packs = try pipeline.flush()
         for p in packs { try await repo.store(p) }
         var rng = SystemRandomNumberGenerator()
-        let header = ManifestHeader(tenant: keys.write.tenant, readKeyID: keys.write.shared.readPublicKey.keyID, host: keys.write.host,
-                                    hostKey: keys.write.signingKey.publicKey, time: Timestamp(seconds: 1), nonce: (0..<16).map { _ in UInt8.random(in: 0...255, using: &rng) },
-                                    paths: [], tags: [], statistics: SnapshotStatistics(), packs: packs.map(\.id), clientVersion: "hostile")
+        let header = ManifestHeader(tenant: keys.write.tenant, readKeyID: keys.write.shared.readPublicKey.keyID,
+            host: keys.write.host,
+                                    hostKey: keys.write.signingKey.publicKey, time: Timestamp(seconds: 1),
+                                        nonce: (0..<16).map { _ in UInt8.random(in: 0...255, using: &rng) },
+                                    paths: [], tags: [], statistics: SnapshotStatistics(), packs: packs.map(\.id),
+                                        clientVersion: "hostile")
         let m = try Manifest.create(header: header, root: rootIDs, rootSeals: pipeline.seals(for: rootIDs),
                                     readPublicKey: keys.write.shared.readPublicKey, signingKey: keys.write.signingKey)
         try await repo.commit(manifest: m)
         return m
     }
 
-    func restore(_ m: Manifest, _ keys: TestKeys, _ repo: MemoryRepository, to target: String) async throws -> RestoreResult {
-        try await Restorer().restore(manifest: m, readKey: keys.tenant.readKey, chunkIDKey: keys.tenant.chunkIDKey, source: repo, target: target)
+    func restore(_ m: Manifest, _ keys: TestKeys, _ repo: MemoryRepository,
+        to target: String) async throws -> RestoreResult {
+        try await Restorer().restore(manifest: m, readKey: keys.tenant.readKey, chunkIDKey: keys.tenant.chunkIDKey,
+            source: repo, target: target)
     }
 
     static func file(_ p: PackPipeline, _ name: String, _ data: String) throws -> Node {
-        Node(name: Array(name.utf8), type: .file, mode: 0o644, size: UInt64(data.utf8.count), content: try p.add(blob: Array(data.utf8)))
+        Node(name: Array(name.utf8), type: .file, mode: 0o644, size: UInt64(data.utf8.count),
+            content: try p.add(blob: Array(data.utf8)))
     }
 
     static func symlink(_ name: String, to target: String) -> Node {
@@ -88,11 +95,15 @@ import Testing
         #expect(access(target + "/h", F_OK) != 0)
         #expect(access(target + "/h2", F_OK) != 0)
         #expect(r.warnings.filter { $0.message.contains("hard link") }.count == 2)
-        guard case .success(let v) = ArchiveSys.lstat(Array((outside + "/victim").utf8)) else { throw Fixture.Failure("lstat") }
+        guard case .success(let v) = ArchiveSys.lstat(Array((outside + "/victim").utf8)) else {
+            throw Fixture.Failure("lstat")
+        }
         #expect(v.links == 1)
         // A proper hard link is made.
         guard case .success(let h3) = ArchiveSys.lstat(Array((target + "/h3").utf8)),
-              case .success(let inside) = ArchiveSys.lstat(Array((target + "/d/inside").utf8)) else { throw Fixture.Failure("lstat") }
+              case .success(let inside) = ArchiveSys.lstat(Array((target + "/d/inside").utf8)) else {
+                  throw Fixture.Failure("lstat")
+              }
         #expect(h3.inode == inside.inode)
     }
 
@@ -102,8 +113,10 @@ import Testing
         defer { Fixture.remove(work) }
         let repo = MemoryRepository(keys: keys.write)
         let m = try await snapshot(keys, repo) { p in
-            [Node(name: Array("short".utf8), type: .file, mode: 0o644, size: 3, content: try p.add(blob: Array("too long".utf8))),
-             Node(name: Array("long".utf8), type: .file, mode: 0o644, size: 100, content: try p.add(blob: Array("short".utf8)))]
+            [Node(name: Array("short".utf8), type: .file, mode: 0o644, size: 3,
+                content: try p.add(blob: Array("too long".utf8))),
+             Node(name: Array("long".utf8), type: .file, mode: 0o644, size: 100,
+                 content: try p.add(blob: Array("short".utf8)))]
         }
         do {
             _ = try await restore(m, keys, repo, to: work + "/t")
@@ -111,7 +124,8 @@ import Testing
         } catch let e as CoreError {
             #expect(e.code == .corrupt && e.object.contains("file"))
         }
-        let r = try await Restorer().restore(manifest: m, readKey: keys.tenant.readKey, chunkIDKey: keys.tenant.chunkIDKey, source: repo,
+        let r = try await Restorer().restore(manifest: m, readKey: keys.tenant.readKey,
+            chunkIDKey: keys.tenant.chunkIDKey, source: repo,
                                              target: work + "/t2", skipDamaged: true)
         #expect(Set(r.damaged.map(\.path)) == [Array("short".utf8), Array("long".utf8)])
     }
@@ -126,9 +140,11 @@ extension SysResult {
 
     func sample() -> MetadataCache {
         var c = MetadataCache()
-        c[Array("/a/b".utf8)] = .init(size: 10, mtime: Timestamp(seconds: 1, nanoseconds: 2), ctime: Timestamp(seconds: -3, nanoseconds: 4),
+        c[Array("/a/b".utf8)] = .init(size: 10, mtime: Timestamp(seconds: 1, nanoseconds: 2),
+            ctime: Timestamp(seconds: -3, nanoseconds: 4),
                                       inode: 5, device: 6, content: [key.chunkID(for: [1, 2, 3])], dataRegions: nil)
-        c[[0x2f, 0xff]] = .init(size: 1 << 30, mtime: Timestamp(seconds: 7), ctime: Timestamp(seconds: 8), inode: 9, device: 10,
+        c[[0x2f, 0xff]] = .init(size: 1 << 30, mtime: Timestamp(seconds: 7), ctime: Timestamp(seconds: 8), inode: 9,
+            device: 10,
                                 content: [], dataRegions: [Extent(offset: 4096, length: 8192)])
         return c
     }
@@ -148,9 +164,13 @@ extension SysResult {
             #expect(throws: MetadataCache.Unusable.self) { try MetadataCache.decode(b, chunkIDKey: key) }
         }
         for n in [0, 10, bytes.count - 1] {
-            #expect(throws: MetadataCache.Unusable.self) { try MetadataCache.decode(Array(bytes.prefix(n)), chunkIDKey: key) }
+            #expect(throws: MetadataCache.Unusable.self) {
+                try MetadataCache.decode(Array(bytes.prefix(n)), chunkIDKey: key)
+            }
         }
-        #expect(throws: MetadataCache.Unusable.self) { try MetadataCache.decode(bytes, chunkIDKey: ChunkIDKey.generate()) }
+        #expect(throws: MetadataCache.Unusable.self) {
+            try MetadataCache.decode(bytes, chunkIDKey: ChunkIDKey.generate())
+        }
     }
 
     @Test func writesAtomicallyAndLoads() throws {

@@ -18,7 +18,8 @@ import Testing
                                          now: Timestamp(seconds: 1_800_000_000)).manifest
         func list(_ path: String?, recursive: Bool = false) async throws -> [ListedEntry] {
             var out: [ListedEntry] = []
-            try await Restorer().list(manifest: m, readKey: keys.tenant.readKey, chunkIDKey: keys.tenant.chunkIDKey, source: repo,
+            try await Restorer().list(manifest: m, readKey: keys.tenant.readKey, chunkIDKey: keys.tenant.chunkIDKey,
+                source: repo,
                                       subpath: path.map { Array($0.utf8) }, recursive: recursive) { out.append($0) }
             return out
         }
@@ -39,11 +40,13 @@ import Testing
         #expect(Set(entries.map(\.pathHex)) == Set(names.map { hexString(Array("src/".utf8) + $0) }))
         for e in entries where e.type != "hardlink" {
             var st = stat()
-            var cpath = (Array("\(work)/".utf8) + (try #require(fromHex(e.pathHex)))).map { CChar(bitPattern: $0) } + [0]
+            var cpath = (Array("\(work)/".utf8) + (try #require(fromHex(e.pathHex)))).map { CChar(bitPattern: $0) }
+                + [0]
             try Fixture.check(lstat(&cpath, &st), "lstat \(e.path)")
             #expect(e.mode == UInt32(st.st_mode) & 0o7777, "\(e.path)")
             #expect(e.uid == st.st_uid && e.gid == st.st_gid, "\(e.path)")
-            #expect(e.mtime == Int64(st.st_mtim.tv_sec) && e.mtimeNanoseconds == UInt32(st.st_mtim.tv_nsec), "\(e.path)")
+            #expect(e.mtime == Int64(st.st_mtim.tv_sec) && e.mtimeNanoseconds == UInt32(st.st_mtim.tv_nsec),
+                "\(e.path)")
             if e.type == "file" { #expect(e.size == UInt64(st.st_size), "\(e.path)") }
         }
         #expect(entries.first { $0.path == "src/link-relative" }?.linkTarget == "regular.txt")
@@ -53,7 +56,8 @@ import Testing
         // One file by its path; a directory's subtree, depth first in tree order.
         let deep = try await list("src/a/b/c/deep.txt")
         #expect(deep.count == 1 && deep[0].type == "file" && deep[0].size == 5000)
-        #expect(try await list("src/a", recursive: true).map(\.path) == ["src/a/b", "src/a/b/c", "src/a/b/c/deep.txt", "src/a/hard2"])
+        #expect(try await list("src/a", recursive: true).map(\.path) == ["src/a/b", "src/a/b/c", "src/a/b/c/deep.txt",
+            "src/a/hard2"])
         #expect(try await list("src/a").map(\.path) == ["src/a/b", "src/a/hard2"])
         #expect(try await list("src/emptydir", recursive: true).isEmpty)
         // Recursively: every path under src, as a directory walk finds them.
@@ -66,7 +70,8 @@ import Testing
         #expect(all.count == walked.count + (walked.contains { $0.unicodeScalars.contains("\u{FFFD}") } ? 0 : 1))
         // A hard link names the file it links to; a device its numbers (when the fixture could make one).
         let hard = try #require(all.first { $0.path == "src/a/hard2" })
-        #expect(hard.kind == .hardlink && hard.linkTarget == "src/hard1" && hard.linkTargetHex == hexString(Array("src/hard1".utf8)))
+        #expect(hard.kind == .hardlink && hard.linkTarget == "src/hard1"
+            && hard.linkTargetHex == hexString(Array("src/hard1".utf8)))
         if let dev = all.first(where: { $0.path == "src/chardev" }) {
             #expect(dev.kind == .charDevice && dev.deviceMajor == 1 && dev.deviceMinor == 3)
         }

@@ -38,7 +38,9 @@ actor MemoryRepository: PackLocatingBackupTarget, ChunkLocatingPackSource {
 
     func upload(pack: FinishedPack) async throws {
         let summary = try PackReader.inspect(pack.bytes, expectedID: pack.id)
-        guard summary.keyID == readKeyID else { throw Failure(description: "pack \(pack.id) sealed to another read key") }
+        guard summary.keyID == readKeyID else {
+            throw Failure(description: "pack \(pack.id) sealed to another read key")
+        }
         uploads += 1
         guard packs[pack.id] == nil else { return }
         packs[pack.id] = pack.bytes
@@ -47,7 +49,9 @@ actor MemoryRepository: PackLocatingBackupTarget, ChunkLocatingPackSource {
 
     func commit(manifest: Manifest) async throws {
         try manifest.verify(tenant: tenant, host: host, hostKey: hostKey, readKeyID: readKeyID)
-        for p in manifest.header.packs where packs[p] == nil { throw Failure(description: "manifest names missing pack \(p)") }
+        for p in manifest.header.packs where packs[p] == nil {
+            throw Failure(description: "manifest names missing pack \(p)")
+        }
         manifests.append(manifest)
     }
 

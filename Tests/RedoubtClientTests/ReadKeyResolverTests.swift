@@ -25,7 +25,8 @@ import Testing
             try JSONEncoder().encode(cred).write(to: URL(fileURLWithPath: dir + "/credential.json"))
             try keys.sharedWriteMaterial.encode().withUnsafeBytes { Data($0) }
                 .write(to: URL(fileURLWithPath: dir + "/write-material.bin"))
-            enrolled = try await Self.provider(passphrase).wrap(keys.readKey, context: KeyContext(tenant: "acme", keyVersion: 1))
+            enrolled = try await Self.provider(passphrase).wrap(keys.readKey, context: KeyContext(tenant: "acme",
+                keyVersion: 1))
             try enrolled.encoded().write(to: URL(fileURLWithPath: dir + "/read-key.json"))
             config = ClientConfig(path: dir)
         }
@@ -38,7 +39,9 @@ import Testing
         func resolver(trusting: String? = nil) -> ReadKeyResolver {
             let notes = self.notes
             return ReadKeyResolver(config: config, trustedProvider: trusting, makeProvider: { uri in
-                guard uri.hasPrefix("passphrase") else { throw KeyProviderError.unreachable(provider: uri, detail: "not in tests") }
+                guard uri.hasPrefix("passphrase") else {
+                    throw KeyProviderError.unreachable(provider: uri, detail: "not in tests")
+                }
                 return try Self.provider("right")
             }, note: { notes.append($0) })
         }
@@ -59,13 +62,16 @@ import Testing
     @Test func opensTheEnrolledKeyFromAnEscrowFileACopyOrTheServer() async throws {
         let r = try await Restorer()
         defer { r.remove() }
-        let escrow = try await Restorer.provider("right").wrap(r.keys.readKey, context: KeyContext(tenant: "acme", keyVersion: 1))
+        let escrow = try await Restorer.provider("right").wrap(r.keys.readKey, context: KeyContext(tenant: "acme",
+            keyVersion: 1))
         #expect(try await r.resolver().resolve(escrow: escrow, server: nil).publicKey == r.keys.readKey.publicKey)
         #expect(try await r.resolver().resolve(copies: [("t/acme/tenant-v1.json", escrow)], server: nil).publicKey
             == r.keys.readKey.publicKey)
         // A rotation on the server (version 2, same key service): used, and saved over the stale enrollment copy.
-        let v2 = try await Restorer.provider("right").wrap(r.keys.readKey, context: KeyContext(tenant: "acme", keyVersion: 2))
-        let info = Wire.ReadKeyInfo(tenant: "acme", keyVersion: 2, wrappedReadKey: try json(v2), shreddedAt: nil, retired: [])
+        let v2 = try await Restorer.provider("right").wrap(r.keys.readKey, context: KeyContext(tenant: "acme",
+            keyVersion: 2))
+        let info = Wire.ReadKeyInfo(tenant: "acme", keyVersion: 2, wrappedReadKey: try json(v2), shreddedAt: nil,
+            retired: [])
         #expect(try await r.resolver().resolve(server: { info }).publicKey == r.keys.readKey.publicKey)
         #expect(try r.config.wrappedReadKey() == v2)
     }
@@ -75,14 +81,18 @@ import Testing
         defer { r.remove() }
         // Whoever writes the escrow file or a copy wraps their own read key with the right passphrase.
         let other = try TenantKeys.generate()
-        let swapped = try await Restorer.provider("right").wrap(other.readKey, context: KeyContext(tenant: "acme", keyVersion: 1))
-        let e = await #expect(throws: KeyProviderError.self) { try await r.resolver().resolve(escrow: swapped, server: nil) }
+        let swapped = try await Restorer.provider("right").wrap(other.readKey, context: KeyContext(tenant: "acme",
+            keyVersion: 1))
+        let e = await #expect(throws: KeyProviderError.self) {
+            try await r.resolver().resolve(escrow: swapped, server: nil)
+        }
         #expect(e?.code == "E_KEY_MISMATCH")
         #expect(e.map { "\($0)" }?.contains(swapped.readKeyID) == true)
         #expect(e.map { "\($0)" }?.contains(r.keys.readKey.publicKey.keyID.description) == true)
 
         // The same from the server: refused, and the enrollment copy is not replaced by it.
-        let info = Wire.ReadKeyInfo(tenant: "acme", keyVersion: 2, wrappedReadKey: try json(swapped), shreddedAt: nil, retired: [])
+        let info = Wire.ReadKeyInfo(tenant: "acme", keyVersion: 2, wrappedReadKey: try json(swapped), shreddedAt: nil,
+            retired: [])
         let s = await #expect(throws: KeyProviderError.self) { try await r.resolver().resolve(server: { info }) }
         #expect(s?.code == "E_KEY_MISMATCH")
     }
@@ -95,21 +105,27 @@ import Testing
         var bytes = try #require(Data(base64Encoded: flipped.wrapped))
         bytes[bytes.count - 1] ^= 1
         flipped.wrapped = bytes.base64EncodedString()
-        let e = await #expect(throws: KeyProviderError.self) { try await r.resolver().resolve(escrow: flipped, server: nil) }
+        let e = await #expect(throws: KeyProviderError.self) {
+            try await r.resolver().resolve(escrow: flipped, server: nil)
+        }
         #expect(e?.code == "E_KEY_WRONG_SECRET")
         #expect(e.map { "\($0)" }?.contains("passphrase:") == true)
 
         // The claimed key ID edited to the enrolled one over another key's wrapping: the
         // unwrapped key is checked too, and the message names the claimed key.
         let other = try TenantKeys.generate()
-        var relabelled = try await Restorer.provider("right").wrap(other.readKey, context: KeyContext(tenant: "acme", keyVersion: 1))
+        var relabelled = try await Restorer.provider("right").wrap(other.readKey, context: KeyContext(tenant: "acme",
+            keyVersion: 1))
         relabelled.readKeyID = r.enrolled.readKeyID
-        let m = await #expect(throws: KeyProviderError.self) { try await r.resolver().resolve(escrow: relabelled, server: nil) }
+        let m = await #expect(throws: KeyProviderError.self) {
+            try await r.resolver().resolve(escrow: relabelled, server: nil)
+        }
         #expect(m?.code == "E_KEY_MISMATCH")
         #expect(m.map { "\($0)" }?.contains(r.enrolled.readKeyID) == true)
 
         // Another tenant's context: the restorer binds its own tenant, so it does not open.
-        let beta = try await Restorer.provider("right").wrap(r.keys.readKey, context: KeyContext(tenant: "beta", keyVersion: 1))
+        let beta = try await Restorer.provider("right").wrap(r.keys.readKey, context: KeyContext(tenant: "beta",
+            keyVersion: 1))
         await #expect(throws: KeyProviderError.self) { try await r.resolver().resolve(escrow: beta, server: nil) }
     }
 
@@ -121,8 +137,10 @@ import Testing
         retired.wrapped = ""
         retired.context = KeyContext(tenant: "acme", keyVersion: 2)
         // A copy asking for far more scrypt work than the enrollment's.
-        let costly = try await Restorer.provider("right", logN: 12).wrap(r.keys.readKey, context: KeyContext(tenant: "acme", keyVersion: 3))
-        let key = try await r.resolver().resolve(copies: [("tenant-v3", costly), ("tenant-v2", retired), ("tenant-v1", r.enrolled)],
+        let costly = try await Restorer.provider("right", logN: 12).wrap(r.keys.readKey,
+            context: KeyContext(tenant: "acme", keyVersion: 3))
+        let key = try await r.resolver().resolve(copies: [("tenant-v3", costly), ("tenant-v2", retired), ("tenant-v1",
+            r.enrolled)],
                                                  server: nil)
         #expect(key.publicKey == r.keys.readKey.publicKey)
         let notes = r.notes.all
@@ -154,7 +172,8 @@ import Testing
         defer { r.remove() }
         var moved = r.enrolled
         moved.provider = "kmip://evil.example:5696/k2"
-        let info = Wire.ReadKeyInfo(tenant: "acme", keyVersion: 2, wrappedReadKey: try json(moved), shreddedAt: nil, retired: [])
+        let info = Wire.ReadKeyInfo(tenant: "acme", keyVersion: 2, wrappedReadKey: try json(moved), shreddedAt: nil,
+            retired: [])
         let e = await #expect(throws: KeyProviderError.self) { try await r.resolver().resolve(server: { info }) }
         #expect(e?.code == "E_KEY_UNTRUSTED_PROVIDER")
         #expect(e.map { "\($0)" }?.contains("kmip://evil.example:5696") == true)
@@ -163,7 +182,9 @@ import Testing
         let gone = Wire.ReadKeyInfo(tenant: "acme", keyVersion: 3, wrappedReadKey: nil, shreddedAt: Date(), retired: [])
         let d = await #expect(throws: KeyProviderError.self) { try await r.resolver().resolve(server: { gone }) }
         #expect(d?.code == "E_KEY_DESTROYED")
-        let down: ReadKeyResolver.FetchCurrent = { throw APIError(status: 0, code: "E_CONNECT", message: "connection refused") }
+        let down: ReadKeyResolver.FetchCurrent = {
+            throw APIError(status: 0, code: "E_CONNECT", message: "connection refused")
+        }
         #expect(try await r.resolver().resolve(server: down).publicKey == r.keys.readKey.publicKey)
         #expect(r.notes.all.last?.contains("saved at enrollment") == true)
 

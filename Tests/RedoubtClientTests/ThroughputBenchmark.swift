@@ -64,7 +64,8 @@ final class PhaseLog: Sendable {
             let s = Double(d.components.seconds) + Double(d.components.attoseconds) / 1e18
             let cpu = Self.cpuSeconds()
             defer { lastCPU = cpu }
-            return String(format: "%.2f s wall, %.0f MB/s; %.2f s CPU (%.0f MB per CPU-second)", s, Double(bytes) / 1e6 / s, cpu - lastCPU,
+            return String(format: "%.2f s wall, %.0f MB/s; %.2f s CPU (%.0f MB per CPU-second)", s,
+                Double(bytes) / 1e6 / s, cpu - lastCPU,
                           Double(bytes) / 1e6 / (cpu - lastCPU))
         }
         let clock = ContinuousClock()
@@ -73,24 +74,37 @@ final class PhaseLog: Sendable {
         let start = clock.now
         let phases = PhaseLog(start: start)
         let first = try await clock.measure {
-            result = try await Archiver().run(options: BackupOptions(paths: paths, cachePath: cache, workers: workers), keys: keys.write, target: repo,
+            result = try await Archiver().run(options: BackupOptions(paths: paths, cachePath: cache, workers: workers),
+                keys: keys.write, target: repo,
                                               now: Timestamp(seconds: 1)) { p in phases.note(p.phase.rawValue) }
         }
         print("BENCH phases: \(phases.text())")
         let r1 = try #require(result)
-        print("BENCH backup 1 (empty repository): \(r1.statistics.files) files, \(r1.statistics.bytesTotal) bytes, uploaded \(r1.bytesUploaded): \(mbps(r1.statistics.bytesTotal, first)); warnings \(r1.warnings.count)")
+        print("""
+            BENCH backup 1 (empty repository): \(r1.statistics.files) files, \(r1.statistics.bytesTotal) bytes, \
+            uploaded \(r1.bytesUploaded): \(mbps(r1.statistics.bytesTotal, first)); warnings \(r1.warnings.count)
+            """)
         let second = try await clock.measure {
-            result = try await Archiver().run(options: BackupOptions(paths: paths, cachePath: cache), keys: keys.write, target: repo, now: Timestamp(seconds: 2))
+            result = try await Archiver().run(options: BackupOptions(paths: paths, cachePath: cache), keys: keys.write,
+                target: repo, now: Timestamp(seconds: 2))
         }
-        print("BENCH backup 2 (metadata cache): read \(result!.bytesRead), unchanged \(result!.filesUnchanged): \(mbps(r1.statistics.bytesTotal, second))")
+        print("""
+            BENCH backup 2 (metadata cache): read \(result!.bytesRead), unchanged \(result!.filesUnchanged): \
+            \(mbps(r1.statistics.bytesTotal, second))
+            """)
         let third = try await clock.measure {
-            result = try await Archiver().run(options: BackupOptions(paths: paths), keys: keys.write, target: repo, now: Timestamp(seconds: 3))
+            result = try await Archiver().run(options: BackupOptions(paths: paths), keys: keys.write, target: repo,
+                now: Timestamp(seconds: 3))
         }
-        print("BENCH backup 3 (no cache, all deduplicated): read \(result!.bytesRead), new chunks \(result!.statistics.chunksNew): \(mbps(result!.bytesRead, third))")
+        print("""
+            BENCH backup 3 (no cache, all deduplicated): read \(result!.bytesRead), new chunks \
+            \(result!.statistics.chunksNew): \(mbps(result!.bytesRead, third))
+            """)
         guard let target = ProcessInfo.processInfo.environment["REDOUBT_BENCH_RESTORE"] else { return }
         var restored: RestoreResult? = nil
         let restore = try await clock.measure {
-            restored = try await Restorer().restore(manifest: r1.manifest, readKey: keys.tenant.readKey, chunkIDKey: keys.tenant.chunkIDKey,
+            restored = try await Restorer().restore(manifest: r1.manifest, readKey: keys.tenant.readKey,
+                chunkIDKey: keys.tenant.chunkIDKey,
                                                     source: repo, target: target)
         }
         print("BENCH restore: \(restored!.files) files, \(restored!.bytesWritten) bytes, \(restored!.packsFetched) packs, warnings \(restored!.warnings.count): \(mbps(restored!.bytesWritten, restore))")

@@ -65,13 +65,15 @@ private func splitGrowingBuffer(_ data: [UInt8], _ c: Chunker, rng: inout SplitM
 }
 
 /// Checks what every split must satisfy: chunks cover the input, and all but the last are within min...max.
-private func expectWellFormed(_ lengths: [Int], total: Int, _ p: Chunker.Parameters, sourceLocation: SourceLocation = #_sourceLocation) {
+private func expectWellFormed(_ lengths: [Int], total: Int, _ p: Chunker.Parameters,
+    sourceLocation: SourceLocation = #_sourceLocation) {
     #expect(lengths.reduce(0, +) == total, sourceLocation: sourceLocation)
     for (i, n) in lengths.enumerated() {
         if i == lengths.count - 1 {
             #expect((1...p.max).contains(n), "last chunk \(n)", sourceLocation: sourceLocation)
         } else {
-            #expect((p.min...p.max).contains(n), "chunk \(i) of \(lengths.count) has \(n) bytes", sourceLocation: sourceLocation)
+            #expect((p.min...p.max).contains(n), "chunk \(i) of \(lengths.count) has \(n) bytes",
+                sourceLocation: sourceLocation)
         }
     }
 }
@@ -100,7 +102,8 @@ private func expectWellFormed(_ lengths: [Int], total: Int, _ p: Chunker.Paramet
     @Test func smallParametersCutAtTheCommittedPoints() throws {
         var rng = SplitMix64(seed: 0x5a11)
         let lengths = Chunker(seed: try seedA(), parameters: small).split(rng.bytes(1 << 20))
-        #expect(Array(lengths.prefix(12)) == [10942, 8474, 13916, 10309, 6998, 9380, 10556, 9458, 10239, 8830, 11416, 9101])
+        #expect(Array(lengths.prefix(12)) == [10942, 8474, 13916, 10309, 6998, 9380, 10556, 9458, 10239, 8830, 11416,
+            9101])
         #expect(lengths.count == 112)
     }
 
@@ -183,7 +186,9 @@ private func expectWellFormed(_ lengths: [Int], total: Int, _ p: Chunker.Paramet
         let after = ids(edited)
         #expect(before.count > 20)
         // After at most two changed chunks on each side, the rest are the same chunks.
-        let resynced = (1...2).contains { i in (1...2).contains { j in after.dropFirst(i).elementsEqual(before.dropFirst(j)) } }
+        let resynced = (1...2).contains {
+            i in (1...2).contains { j in after.dropFirst(i).elementsEqual(before.dropFirst(j)) }
+        }
         #expect(resynced)
         #expect(Set(after).intersection(before).count >= before.count - 2)
         #expect(after.first != before.first)
@@ -195,7 +200,8 @@ private func expectWellFormed(_ lengths: [Int], total: Int, _ p: Chunker.Paramet
         let c = Chunker(seed: try seedA(), parameters: small)
         let before = c.split(original)
         let after = c.split(original + rng.bytes(100))
-        #expect(Array(after.dropLast()) == Array(before.dropLast()) || Array(after.dropLast(2)) == Array(before.dropLast()))
+        #expect(Array(after.dropLast()) == Array(before.dropLast())
+            || Array(after.dropLast(2)) == Array(before.dropLast()))
     }
 
     // MARK: Streaming

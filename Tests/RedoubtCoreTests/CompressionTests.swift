@@ -23,7 +23,9 @@ private func compress(_ input: [UInt8], with c: ChunkCompressor) -> (Compression
 
 private func decompress(_ payload: [UInt8], rawLength: Int) throws(CoreError) -> [UInt8] {
     let d = try ChunkDecompressor()
-    return try narrow { try payload.withUnsafeBytes { try d.decompress($0, rawLength: rawLength, object: "test chunk") } }
+    return try narrow {
+        try payload.withUnsafeBytes { try d.decompress($0, rawLength: rawLength, object: "test chunk") }
+    }
 }
 
 @Suite struct CompressionTests {

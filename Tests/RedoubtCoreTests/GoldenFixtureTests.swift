@@ -36,12 +36,15 @@ enum GoldenModel {
         let t = time
         func file(_ path: String, _ data: [UInt8], mode: UInt32 = 0o644, xattrs: [ExtendedAttribute] = []) -> Entry {
             let name = Array(path.split(separator: "/").last!.utf8)
-            return Entry(path: Array(path.utf8), node: Node(name: name, type: .file, mode: mode, uid: 1000, gid: 1000, user: Array("alice".utf8),
-                                                            group: Array("staff".utf8), mtime: t, ctime: t, atime: t, size: UInt64(data.count), xattrs: xattrs), data: data)
+            return Entry(path: Array(path.utf8), node: Node(name: name, type: .file, mode: mode, uid: 1000, gid: 1000,
+                user: Array("alice".utf8),
+                                                            group: Array("staff".utf8), mtime: t, ctime: t, atime: t,
+                                                                size: UInt64(data.count), xattrs: xattrs), data: data)
         }
         func other(_ path: [UInt8], _ type: NodeType, mode: UInt32, link: String = "", rdev: UInt64 = 0) -> Entry {
             let name = Array(path.split(separator: 0x2f).last!)
-            return Entry(path: path, node: Node(name: name, type: type, mode: mode, mtime: t, ctime: t, atime: t, linkTarget: Array(link.utf8), rdev: rdev))
+            return Entry(path: path, node: Node(name: name, type: type, mode: mode, mtime: t, ctime: t, atime: t,
+                linkTarget: Array(link.utf8), rdev: rdev))
         }
         var sparse = [UInt8](repeating: 0, count: 3 << 20)
         let a = random(4096, seed: 11), b = random(4096, seed: 12)
@@ -50,14 +53,18 @@ enum GoldenModel {
         var sparseEntry = file("sparse.img", sparse)
         sparseEntry.node.dataRegions = [Extent(offset: 0, length: 4096), Extent(offset: 2 << 20, length: 4096)]
         return [
-            file("hello.txt", text(48_000), xattrs: [ExtendedAttribute(name: Array("user.comment".utf8), value: Array("golden".utf8)),
+            file("hello.txt", text(48_000), xattrs: [ExtendedAttribute(name: Array("user.comment".utf8),
+                value: Array("golden".utf8)),
                                                      ExtendedAttribute(name: Array("system.posix_acl_access".utf8),
-                                                                       value: [2, 0, 0, 0, 1, 0, 6, 0, 255, 255, 255, 255, 4, 0, 4, 0, 255, 255, 255, 255, 32, 0, 4, 0, 255, 255, 255, 255])]),
+                                                                       value: [2, 0, 0, 0, 1, 0, 6, 0, 255, 255, 255,
+                                                                           255, 4, 0, 4, 0, 255, 255, 255, 255, 32, 0,
+                                                                           4, 0, 255, 255, 255, 255])]),
             file("random.bin", random(1_300_000, seed: 10), mode: 0o600),
             file("empty", []),
             file("sub/nested.txt", text(100)),
             Entry(path: Array("sub/".utf8) + [0x6e, 0xff, 0xfe, 0x2e, 0x62, 0x69, 0x6e],
-                  node: Node(name: [0x6e, 0xff, 0xfe, 0x2e, 0x62, 0x69, 0x6e], type: .file, mode: 0o640, mtime: t, ctime: t, atime: t, size: 5), data: Array("bytes".utf8)),
+                  node: Node(name: [0x6e, 0xff, 0xfe, 0x2e, 0x62, 0x69, 0x6e], type: .file, mode: 0o640, mtime: t,
+                      ctime: t, atime: t, size: 5), data: Array("bytes".utf8)),
             other(Array("emptydir".utf8), .directory, mode: 0o700),
             other(Array("sub".utf8), .directory, mode: 0o755),
             other(Array("link".utf8), .symlink, mode: 0o777, link: "hello.txt"),
@@ -77,7 +84,10 @@ enum GoldenModel {
         entries.map { e in
             let n = e.node
             let digest = n.type == .file ? hexString(SHA256.hash(data: e.data)) : "-"
-            return "\(hexString(e.path)) \(n.type) \(String(n.mode, radix: 8)) \(n.uid):\(n.gid) \(n.size) \(digest) \(hexString(n.linkTarget)) \(n.rdev) xattrs=\(n.xattrs.count) sparse=\(n.dataRegions?.count ?? -1)"
+            return """
+                \(hexString(e.path)) \(n.type) \(String(n.mode, radix: 8)) \(n.uid):\(n.gid) \(n.size) \(digest) \
+                \(hexString(n.linkTarget)) \(n.rdev) xattrs=\(n.xattrs.count) sparse=\(n.dataRegions?.count ?? -1)
+                """
         }.sorted()
     }
 }
@@ -100,7 +110,8 @@ enum GoldenModel {
         try #require(!FileManager.default.fileExists(atPath: dir.path),
                      "Fixtures/v\(version) exists; fixtures are never rewritten")
         for sub in ["packs", "snapshots", "keys"] {
-            try FileManager.default.createDirectory(at: dir.appendingPathComponent(sub), withIntermediateDirectories: true)
+            try FileManager.default.createDirectory(at: dir.appendingPathComponent(sub),
+                withIntermediateDirectories: true)
         }
         let keys = GoldenModel.keys()
         let pipeline = try PackPipeline(material: keys.sharedWriteMaterial, targetPackSize: 256 << 10,
@@ -111,7 +122,9 @@ enum GoldenModel {
             var n = e.node
             guard n.type == .file else { return n }
             var data = e.data
-            if let regions = n.dataRegions { data = regions.flatMap { Array(e.data[Int($0.offset)..<Int($0.offset + $0.length)]) } }
+            if let regions = n.dataRegions {
+                data = regions.flatMap { Array(e.data[Int($0.offset)..<Int($0.offset + $0.length)]) }
+            }
             n.content = data.isEmpty ? [] : try pipeline.add(blob: data)
             return n
         }
@@ -120,7 +133,8 @@ enum GoldenModel {
         sub.subtree = try pipeline.add(tree: Tree(nodes: inSub))
         var emptydir = entries.first { $0.path == Array("emptydir".utf8) }!.node
         emptydir.subtree = try pipeline.add(tree: Tree(nodes: []))
-        var rootNodes = try entries.filter { !$0.path.contains(0x2f) && $0.node.type != .directory }.map(nodeWithContent)
+        var rootNodes = try entries.filter { !$0.path.contains(0x2f)
+            && $0.node.type != .directory }.map(nodeWithContent)
         rootNodes += [sub, emptydir]
         let root = try pipeline.add(tree: Tree(nodes: rootNodes))
         let packs = try pipeline.flush()
@@ -131,20 +145,30 @@ enum GoldenModel {
         stats.chunksNew = pipeline.chunksNew
         stats.chunksReused = pipeline.chunksReused
         stats.bytesUploaded = pipeline.bytesPacked
-        let header = ManifestHeader(tenant: GoldenModel.tenant, readKeyID: keys.readKey.publicKey.keyID, host: GoldenModel.host,
-                                    hostKey: GoldenModel.hostKey().publicKey, time: GoldenModel.time, nonce: [UInt8](repeating: 0x5a, count: 16),
-                                    paths: [Array("/srv/golden".utf8)], tags: ["golden"], statistics: stats, packs: packs.map(\.id),
+        let header = ManifestHeader(tenant: GoldenModel.tenant, readKeyID: keys.readKey.publicKey.keyID,
+            host: GoldenModel.host,
+                                    hostKey: GoldenModel.hostKey().publicKey, time: GoldenModel.time,
+                                        nonce: [UInt8](repeating: 0x5a, count: 16),
+                                    paths: [Array("/srv/golden".utf8)], tags: ["golden"], statistics: stats,
+                                        packs: packs.map(\.id),
                                     clientVersion: "redoubt fixture v\(version)")
         let rootSeals = version == 2 ? pipeline.seals(for: root) : nil
-        let m = try Manifest.create(header: header, root: root, rootSeals: rootSeals, readPublicKey: keys.readKey.publicKey,
+        let m = try Manifest.create(header: header, root: root, rootSeals: rootSeals,
+            readPublicKey: keys.readKey.publicKey,
                                     signingKey: GoldenModel.hostKey())
         try Data(m.bytes).write(to: dir.appendingPathComponent("snapshots/\(m.id)"))
-        let provider = try PassphraseKeyProvider(passphrase: SecretBytes(copying: Array(GoldenModel.passphrase.utf8)), logN: 10)
-        let wrapped = try await provider.wrap(keys.readKey, context: KeyContext(tenant: GoldenModel.tenant, keyVersion: 1))
+        let provider = try PassphraseKeyProvider(passphrase: SecretBytes(copying: Array(GoldenModel.passphrase.utf8)),
+            logN: 10)
+        let wrapped = try await provider.wrap(keys.readKey, context: KeyContext(tenant: GoldenModel.tenant,
+            keyVersion: 1))
         try wrapped.encoded().write(to: dir.appendingPathComponent("keys/read-key.json"))
-        try keys.sharedWriteMaterial.encode().withUnsafeBytes { try Data($0).write(to: dir.appendingPathComponent("keys/write-material.bin")) }
-        try Data(GoldenModel.hostKey().publicKey.rawRepresentation).write(to: dir.appendingPathComponent("keys/host-\(GoldenModel.host).pub"))
-        try (GoldenModel.expectedLines(entries).joined(separator: "\n") + "\n").write(to: dir.appendingPathComponent("expected.txt"), atomically: true, encoding: .utf8)
+        try keys.sharedWriteMaterial.encode().withUnsafeBytes {
+            try Data($0).write(to: dir.appendingPathComponent("keys/write-material.bin"))
+        }
+        try Data(GoldenModel.hostKey().publicKey.rawRepresentation)
+            .write(to: dir.appendingPathComponent("keys/host-\(GoldenModel.host).pub"))
+        try (GoldenModel.expectedLines(entries).joined(separator: "\n")
+            + "\n").write(to: dir.appendingPathComponent("expected.txt"), atomically: true, encoding: .utf8)
     }
 
     /// Reads the committed v1 repository with only its own files and the passphrase.
@@ -158,15 +182,20 @@ enum GoldenModel {
         let wrapped = try WrappedReadKey.decode(try Data(contentsOf: dir.appendingPathComponent("keys/read-key.json")))
         let provider = try PassphraseKeyProvider(passphrase: SecretBytes(copying: Array(GoldenModel.passphrase.utf8)))
         let readKey = try await provider.unwrap(wrapped, context: KeyContext(tenant: GoldenModel.tenant, keyVersion: 1))
-        let material = try SharedWriteMaterial.decode(SecretBytes(copying: try Data(contentsOf: dir.appendingPathComponent("keys/write-material.bin"))))
+        let material =
+            try SharedWriteMaterial.decode(SecretBytes(copying: try Data(contentsOf: dir.appendingPathComponent("keys/write-material.bin"))))
         #expect(material.readPublicKey == readKey.publicKey)
-        let hostKey = try HostPublicKey(rawRepresentation: Array(try Data(contentsOf: dir.appendingPathComponent("keys/host-\(GoldenModel.host).pub"))))
+        let hostKey =
+            try HostPublicKey(rawRepresentation: Array(try Data(contentsOf: dir.appendingPathComponent("keys/host-\(GoldenModel.host).pub"))))
 
-        let snapshots = try FileManager.default.contentsOfDirectory(atPath: dir.appendingPathComponent("snapshots").path)
+        let snapshots =
+            try FileManager.default.contentsOfDirectory(atPath: dir.appendingPathComponent("snapshots").path)
         #expect(snapshots.count == 1)
         let id = try #require(SnapshotID(hex: snapshots[0]))
-        let manifest = try Manifest.parse(Array(try Data(contentsOf: dir.appendingPathComponent("snapshots/\(id)"))), expectedID: id)
-        try manifest.verify(tenant: GoldenModel.tenant, host: GoldenModel.host, hostKey: hostKey, readKeyID: readKey.publicKey.keyID)
+        let manifest = try Manifest.parse(Array(try Data(contentsOf: dir.appendingPathComponent("snapshots/\(id)"))),
+            expectedID: id)
+        try manifest.verify(tenant: GoldenModel.tenant, host: GoldenModel.host, hostKey: hostKey,
+            readKeyID: readKey.publicKey.keyID)
         #expect(manifest.header.time == GoldenModel.time)
         #expect(manifest.header.tags == ["golden"])
         #expect(manifest.version == UInt16(version))
@@ -175,7 +204,8 @@ enum GoldenModel {
         let packFiles = try FileManager.default.contentsOfDirectory(atPath: packDir.path).sorted()
         #expect(packFiles == manifest.header.packs.map(\.description))
         for name in packFiles {
-            let summary = try PackReader.inspect(Array(try Data(contentsOf: packDir.appendingPathComponent(name))), expectedID: PackID(hex: name)!)
+            let summary = try PackReader.inspect(Array(try Data(contentsOf: packDir.appendingPathComponent(name))),
+                expectedID: PackID(hex: name)!)
             #expect(summary.keyID == readKey.publicKey.keyID)
             #expect(summary.version == UInt16(version))
         }
@@ -188,12 +218,16 @@ enum GoldenModel {
             for n in tree.nodes {
                 let path = prefix.isEmpty ? n.name : prefix + [0x2f] + n.name
                 let digest = n.type == .file ? hexString(SHA256.hash(data: try reader.contents(of: n))) : "-"
-                lines.append("\(hexString(path)) \(n.type) \(String(n.mode, radix: 8)) \(n.uid):\(n.gid) \(n.size) \(digest) \(hexString(n.linkTarget)) \(n.rdev) xattrs=\(n.xattrs.count) sparse=\(n.dataRegions?.count ?? -1)")
+                lines.append("""
+                    \(hexString(path)) \(n.type) \(String(n.mode, radix: 8)) \(n.uid):\(n.gid) \(n.size) \(digest) \
+                    \(hexString(n.linkTarget)) \(n.rdev) xattrs=\(n.xattrs.count) sparse=\(n.dataRegions?.count ?? -1)
+                    """)
                 if n.type == .directory { try walk(try reader.tree(of: n), prefix: path) }
             }
         }
         try walk(try reader.rootTree(), prefix: [])
-        let expected = try String(contentsOf: dir.appendingPathComponent("expected.txt"), encoding: .utf8).split(separator: "\n").map(String.init)
+        let expected = try String(contentsOf: dir.appendingPathComponent("expected.txt"),
+            encoding: .utf8).split(separator: "\n").map(String.init)
         #expect(lines.sorted() == expected)
         // The fixture model in this file must also still describe what was committed.
         #expect(expected == GoldenModel.expectedLines(GoldenModel.entries()))

@@ -9,7 +9,8 @@ private func bytes(of s: SecretBytes) -> [UInt8] { s.withUnsafeBytes { Array($0)
 
 private func fixedSharedMaterial() throws -> SharedWriteMaterial {
     SharedWriteMaterial(readPublicKey: try ReadPrivateKey(seed: fixedSecret(1)).publicKey,
-                        chunkIDKey: try ChunkIDKey(secret: fixedSecret(2)), chunkerSeed: try ChunkerSeed(secret: fixedSecret(3)))
+                        chunkIDKey: try ChunkIDKey(secret: fixedSecret(2)),
+                            chunkerSeed: try ChunkerSeed(secret: fixedSecret(3)))
 }
 
 /// Every way a value is turned into text: interpolation, `String(describing:)`,
@@ -46,7 +47,8 @@ private func leaks(of secret: [UInt8], in value: Any) -> [String] {
             let piece = Array(secret[start..<(start + window)])
             if lower.contains(hexString(piece)) { found.append("\(how): bytes \(start)..<\(start + window) in hex") }
             let decimal = piece.map(Int.init)
-            if numbers.count >= window, (0...(numbers.count - window)).contains(where: { numbers[$0..<($0 + window)].elementsEqual(decimal) }) {
+            if numbers.count >= window, (0...(numbers.count - window)).contains(where: { numbers[$0..<($0
+                + window)].elementsEqual(decimal) }) {
                 found.append("\(how): bytes \(start)..<\(start + window) in decimal")
             }
         }
@@ -54,7 +56,8 @@ private func leaks(of secret: [UInt8], in value: Any) -> [String] {
     return found
 }
 
-private func expectRedacted(_ value: Any, hiding secret: [UInt8], _ name: String, sourceLocation: SourceLocation = #_sourceLocation) {
+private func expectRedacted(_ value: Any, hiding secret: [UInt8], _ name: String,
+    sourceLocation: SourceLocation = #_sourceLocation) {
     let found = leaks(of: secret, in: value)
     #expect(found.isEmpty, "\(name) shows its secret: \(found.prefix(4))", sourceLocation: sourceLocation)
 }
@@ -101,14 +104,16 @@ private func expectRedacted(_ value: Any, hiding secret: [UInt8], _ name: String
 
     @Test func writeKeySetAndTenantKeysNeverPrintTheirSecrets() throws {
         let shared = try fixedSharedMaterial()
-        let set = WriteKeySet(tenant: "acme", host: "db-1", shared: shared, signingKey: try HostSigningKey(secret: fixedSecret(4)))
+        let set = WriteKeySet(tenant: "acme", host: "db-1", shared: shared,
+            signingKey: try HostSigningKey(secret: fixedSecret(4)))
         for purpose: UInt8 in [2, 3, 4] {
             expectRedacted(set, hiding: bytes(of: fixedSecret(purpose)), "WriteKeySet (secret \(purpose))")
             expectRedacted(shared, hiding: bytes(of: fixedSecret(purpose)), "SharedWriteMaterial (secret \(purpose))")
         }
         #expect("\(set)".contains("acme") && "\(set)".contains("db-1"))
 
-        let tenant = TenantKeys(readKey: try ReadPrivateKey(seed: fixedSecret(1)), chunkIDKey: try ChunkIDKey(secret: fixedSecret(2)),
+        let tenant = TenantKeys(readKey: try ReadPrivateKey(seed: fixedSecret(1)),
+            chunkIDKey: try ChunkIDKey(secret: fixedSecret(2)),
                                 chunkerSeed: try ChunkerSeed(secret: fixedSecret(3)))
         for purpose: UInt8 in [1, 2, 3] {
             expectRedacted(tenant, hiding: bytes(of: fixedSecret(purpose)), "TenantKeys (secret \(purpose))")
@@ -155,7 +160,8 @@ private func expectRedacted(_ value: Any, hiding secret: [UInt8], _ name: String
     }
 
     @Test func malformedPublicKeysAreBadKeys() {
-        for raw in [[], [UInt8](repeating: 1, count: 32), [UInt8](repeating: 0, count: 1215), [UInt8](repeating: 0, count: 1217)] {
+        for raw in [[], [UInt8](repeating: 1, count: 32), [UInt8](repeating: 0, count: 1215), [UInt8](repeating: 0,
+            count: 1217)] {
             let e = #expect(throws: CoreError.self) { try ReadPublicKey(rawRepresentation: raw) }
             #expect(e?.code == .badKey)
         }
@@ -203,11 +209,15 @@ private func expectRedacted(_ value: Any, hiding secret: [UInt8], _ name: String
     @Test func truncatedOrExtendedSharedWriteMaterialIsCorrupt() throws {
         let encoded = bytes(of: try fixedSharedMaterial().encode())
         for n in 0..<encoded.count {
-            let e = #expect(throws: CoreError.self) { try SharedWriteMaterial.decode(SecretBytes(copying: encoded.prefix(n))) }
+            let e = #expect(throws: CoreError.self) {
+                try SharedWriteMaterial.decode(SecretBytes(copying: encoded.prefix(n)))
+            }
             #expect(e?.code == .corrupt, "truncated to \(n) bytes")
         }
         for extra: [UInt8] in [[0], [1, 2, 3], encoded] {
-            let e = #expect(throws: CoreError.self) { try SharedWriteMaterial.decode(SecretBytes(copying: encoded + extra)) }
+            let e = #expect(throws: CoreError.self) {
+                try SharedWriteMaterial.decode(SecretBytes(copying: encoded + extra))
+            }
             #expect(e?.code == .corrupt)
         }
     }
@@ -222,27 +232,42 @@ private func expectRedacted(_ value: Any, hiding secret: [UInt8], _ name: String
         #expect(sealed.starts(with: Array("RDBTSWM1".utf8)))
         let secret = bytes(of: m.chunkIDKey.export())
         #expect(!sealed.indices.contains { i in sealed[i...].starts(with: secret) })
-        #expect(try SharedWriteMaterial.open(sealed: sealed, tenant: "acme", readKey: keys.readKey).encode().equals(m.encode()))
+        #expect(try SharedWriteMaterial.open(sealed: sealed, tenant: "acme",
+            readKey: keys.readKey).encode().equals(m.encode()))
         #expect(try m.sealed(tenant: "acme") != sealed)  // a fresh encapsulation each time
 
         let other = try TenantKeys.generate()
-        #expect(throws: CoreError.self) { try SharedWriteMaterial.open(sealed: sealed, tenant: "acme", readKey: other.readKey) }
-        let wrongTenant = #expect(throws: CoreError.self) { try SharedWriteMaterial.open(sealed: sealed, tenant: "acme-b", readKey: keys.readKey) }
+        #expect(throws: CoreError.self) {
+            try SharedWriteMaterial.open(sealed: sealed, tenant: "acme", readKey: other.readKey)
+        }
+        let wrongTenant = #expect(throws: CoreError.self) {
+            try SharedWriteMaterial.open(sealed: sealed, tenant: "acme-b", readKey: keys.readKey)
+        }
         #expect(wrongTenant?.code == .authenticationFailed)
         // Another tenant's material sealed to this read key (possible for anyone: it is public).
-        let planted = try SharedWriteMaterial(readPublicKey: other.readKey.publicKey, chunkIDKey: other.sharedWriteMaterial.chunkIDKey,
+        let planted = try SharedWriteMaterial(readPublicKey: other.readKey.publicKey,
+            chunkIDKey: other.sharedWriteMaterial.chunkIDKey,
                                               chunkerSeed: other.sharedWriteMaterial.chunkerSeed).sealed(tenant: "acme")
-        #expect(try SharedWriteMaterial.open(sealed: planted, tenant: "acme", readKey: other.readKey).readPublicKey == other.readKey.publicKey)
-        #expect(throws: CoreError.self) { try SharedWriteMaterial.open(sealed: planted, tenant: "acme", readKey: keys.readKey) }
+        #expect(try SharedWriteMaterial.open(sealed: planted, tenant: "acme",
+            readKey: other.readKey).readPublicKey == other.readKey.publicKey)
+        #expect(throws: CoreError.self) {
+            try SharedWriteMaterial.open(sealed: planted, tenant: "acme", readKey: keys.readKey)
+        }
 
         var rng = SplitMix64(seed: 0x5ea1)
         for n in stride(from: 0, to: sealed.count, by: 37) {
-            #expect(throws: CoreError.self) { try SharedWriteMaterial.open(sealed: Array(sealed.prefix(n)), tenant: "acme", readKey: keys.readKey) }
+            #expect(throws: CoreError.self) {
+                try SharedWriteMaterial.open(sealed: Array(sealed.prefix(n)), tenant: "acme", readKey: keys.readKey)
+            }
             var b = sealed
             b[n] ^= UInt8(1 + rng.int(255))
-            #expect(throws: CoreError.self) { try SharedWriteMaterial.open(sealed: b, tenant: "acme", readKey: keys.readKey) }
+            #expect(throws: CoreError.self) {
+                try SharedWriteMaterial.open(sealed: b, tenant: "acme", readKey: keys.readKey)
+            }
         }
-        #expect(throws: CoreError.self) { try SharedWriteMaterial.open(sealed: sealed + [0], tenant: "acme", readKey: keys.readKey) }
+        #expect(throws: CoreError.self) {
+            try SharedWriteMaterial.open(sealed: sealed + [0], tenant: "acme", readKey: keys.readKey)
+        }
     }
 
     /// A changed byte is either refused, or (inside key material, which has no checksum)

@@ -132,7 +132,8 @@ private let tinyChunks: [[UInt8]] = [Array("alpha".utf8), Array("bravo!".utf8), 
         let keys = try tenantKeys(1)
         var writer = try PackWriter(recipient: keys.readKey.publicKey, capacity: 1024, version: 1)
         let e = #expect(throws: CoreError.self) {
-            try writer.append(id: keys.chunkIDKey.chunkID(for: [1]), kind: .none, rawLength: PackFormat.maxRawChunk + 1, payload: [1])
+            try writer.append(id: keys.chunkIDKey.chunkID(for: [1]), kind: .none, rawLength: PackFormat.maxRawChunk + 1,
+                payload: [1])
         }
         #expect(e?.code == .limitExceeded)
         #expect(writer.chunkCount == 0)
@@ -150,7 +151,8 @@ private let tinyChunks: [[UInt8]] = [Array("alpha".utf8), Array("bravo!".utf8), 
         // other byte (the key material, index and chunk list), where each try costs an
         // X-Wing decapsulation.
         func bits(_ i: Int) -> [Int] {
-            i < 30 || (layout.headerLength..<layout.indexOffset).contains(i) || i >= layout.footerStart ? Array(0..<8) : [i % 8]
+            i < 30 || (layout.headerLength..<layout.indexOffset).contains(i)
+                || i >= layout.footerStart ? Array(0..<8) : [i % 8]
         }
         for i in 0..<pack.bytes.count {
             for bit in bits(i) {
@@ -171,12 +173,18 @@ private let tinyChunks: [[UInt8]] = [Array("alpha".utf8), Array("bravo!".utf8), 
                     if expected != nil { problems.append("\(at): opened after renaming") }
                     do {
                         let read = try opened.allChunks(chunkIDKey: keys.chunkIDKey, decompressor: decompressor)
-                        problems.append("\(at): read back \(read.map(\.1) == tinyChunks ? "the same" : "other") plaintext")
+                        problems.append("""
+                            \(at): read back \(read.map(\.1) == tinyChunks ? "the same" : "other") plaintext
+                            """)
                     } catch {
-                        if error.code != .authenticationFailed { problems.append("\(at), reading chunks: \(error.code)") }
+                        if error.code != .authenticationFailed {
+                            problems.append("\(at), reading chunks: \(error.code)")
+                        }
                     }
                 } catch {
-                    if expected?.contains(error.code) != true { problems.append("\(at), renamed: \(error.code) (\(error.detail))") }
+                    if expected?.contains(error.code) != true {
+                        problems.append("\(at), renamed: \(error.code) (\(error.detail))")
+                    }
                 }
             }
         }
@@ -199,7 +207,9 @@ private let tinyChunks: [[UInt8]] = [Array("alpha".utf8), Array("bravo!".utf8), 
                     _ = try PackReader.open(b, expectedID: packID(of: b), readKey: keys.readKey)
                     problems.append("\(n) bytes opened after renaming")
                 } catch {
-                    if error.code != .corrupt { problems.append("\(n) bytes, renamed: \(error.code) (\(error.detail))") }
+                    if error.code != .corrupt {
+                        problems.append("\(n) bytes, renamed: \(error.code) (\(error.detail))")
+                    }
                 }
             }
         }
@@ -210,11 +220,16 @@ private let tinyChunks: [[UInt8]] = [Array("alpha".utf8), Array("bravo!".utf8), 
         let keys = try tenantKeys(1)
         let pack = try makePack(tinyChunks, keys)
         var rng = SplitMix64(seed: 0xadd)
-        for extra in [[0], [UInt8](repeating: 0, count: 24), Array(pack.bytes.suffix(PackFormat.footerSize)), rng.bytes(1000), pack.bytes] {
+        for extra in [[0], [UInt8](repeating: 0, count: 24), Array(pack.bytes.suffix(PackFormat.footerSize)),
+            rng.bytes(1000), pack.bytes] {
             let b = pack.bytes + extra
-            let e1 = #expect(throws: CoreError.self) { try PackReader.open(b, expectedID: pack.id, readKey: keys.readKey) }
+            let e1 = #expect(throws: CoreError.self) {
+                try PackReader.open(b, expectedID: pack.id, readKey: keys.readKey)
+            }
             #expect(e1?.code == .authenticationFailed)
-            let e2 = #expect(throws: CoreError.self) { try PackReader.open(b, expectedID: packID(of: b), readKey: keys.readKey) }
+            let e2 = #expect(throws: CoreError.self) {
+                try PackReader.open(b, expectedID: packID(of: b), readKey: keys.readKey)
+            }
             #expect(e2?.code == .corrupt)
             let e3 = #expect(throws: CoreError.self) { try PackReader.inspect(b, expectedID: packID(of: b)) }
             #expect(e3?.code == .corrupt)
@@ -238,7 +253,9 @@ private let tinyChunks: [[UInt8]] = [Array("alpha".utf8), Array("bravo!".utf8), 
         let opened = try PackReader.open(b, expectedID: packID(of: b), readKey: keys.readKey)
         let d = try ChunkDecompressor()
         for entry in opened.entries.prefix(2) {
-            let e = #expect(throws: CoreError.self) { try opened.chunk(entry, chunkIDKey: keys.chunkIDKey, decompressor: d) }
+            let e = #expect(throws: CoreError.self) {
+                try opened.chunk(entry, chunkIDKey: keys.chunkIDKey, decompressor: d)
+            }
             #expect(e?.code == .authenticationFailed)
         }
         #expect(try opened.chunk(opened.entries[2], chunkIDKey: keys.chunkIDKey, decompressor: d) == chunks[2])
@@ -256,7 +273,9 @@ private let tinyChunks: [[UInt8]] = [Array("alpha".utf8), Array("bravo!".utf8), 
 
         let opened = try PackReader.open(forged, expectedID: packID(of: forged), readKey: keys.readKey)
         let d = try ChunkDecompressor()
-        let e = #expect(throws: CoreError.self) { try opened.chunk(entry, chunkIDKey: keys.chunkIDKey, decompressor: d) }
+        let e = #expect(throws: CoreError.self) {
+            try opened.chunk(entry, chunkIDKey: keys.chunkIDKey, decompressor: d)
+        }
         #expect(e?.code == .authenticationFailed)
         #expect(try opened.chunk(opened.entries[0], chunkIDKey: keys.chunkIDKey, decompressor: d) == tinyChunks[0])
     }
@@ -268,7 +287,9 @@ private let tinyChunks: [[UInt8]] = [Array("alpha".utf8), Array("bravo!".utf8), 
         var forged = a.bytes
         let range = layout.indexOffset..<layout.listStart
         forged.replaceSubrange(range, with: b.bytes[range])
-        let e = #expect(throws: CoreError.self) { try PackReader.open(forged, expectedID: packID(of: forged), readKey: keys.readKey) }
+        let e = #expect(throws: CoreError.self) {
+            try PackReader.open(forged, expectedID: packID(of: forged), readKey: keys.readKey)
+        }
         #expect(e?.code == .authenticationFailed)
     }
 
@@ -279,14 +300,18 @@ private let tinyChunks: [[UInt8]] = [Array("alpha".utf8), Array("bravo!".utf8), 
         var forged = a.bytes
         forged.replaceSubrange(0..<layout.headerLength, with: b.bytes[0..<layout.headerLength])
         // b's data key opens nothing of a's.
-        let e = #expect(throws: CoreError.self) { try PackReader.open(forged, expectedID: packID(of: forged), readKey: keys.readKey) }
+        let e = #expect(throws: CoreError.self) {
+            try PackReader.open(forged, expectedID: packID(of: forged), readKey: keys.readKey)
+        }
         #expect(e?.code == .authenticationFailed)
     }
 
     @Test func packOfAnotherTenantIsWrongTenant() throws {
         let mine = try tenantKeys(1), theirs = try tenantKeys(2)
         let pack = try makePack(tinyChunks, theirs)
-        let e = #expect(throws: CoreError.self) { try PackReader.open(pack.bytes, expectedID: pack.id, readKey: mine.readKey) }
+        let e = #expect(throws: CoreError.self) {
+            try PackReader.open(pack.bytes, expectedID: pack.id, readKey: mine.readKey)
+        }
         #expect(e?.code == .wrongTenant)
         #expect(e?.isIntegrityFailure == true)
         #expect(try PackReader.inspect(pack.bytes, expectedID: pack.id).keyID == theirs.readKey.publicKey.keyID)
@@ -298,7 +323,9 @@ private let tinyChunks: [[UInt8]] = [Array("alpha".utf8), Array("bravo!".utf8), 
         let pack = try makePack(tinyChunks, theirs)
         var forged = pack.bytes
         forged.replaceSubrange(12..<28, with: mine.readKey.publicKey.keyID.bytes)
-        let e = #expect(throws: CoreError.self) { try PackReader.open(forged, expectedID: packID(of: forged), readKey: mine.readKey) }
+        let e = #expect(throws: CoreError.self) {
+            try PackReader.open(forged, expectedID: packID(of: forged), readKey: mine.readKey)
+        }
         #expect(e?.code == .authenticationFailed)
     }
 
@@ -307,7 +334,9 @@ private let tinyChunks: [[UInt8]] = [Array("alpha".utf8), Array("bravo!".utf8), 
         let pack = try makePack(tinyChunks, keys)
         let opened = try PackReader.open(pack.bytes, expectedID: pack.id, readKey: keys.readKey)
         let other = try tenantKeys(2).chunkIDKey
-        let e = #expect(throws: CoreError.self) { try opened.allChunks(chunkIDKey: other, decompressor: try ChunkDecompressor()) }
+        let e = #expect(throws: CoreError.self) {
+            try opened.allChunks(chunkIDKey: other, decompressor: try ChunkDecompressor())
+        }
         #expect(e?.code == .authenticationFailed)
     }
 
@@ -333,7 +362,9 @@ private let tinyChunks: [[UInt8]] = [Array("alpha".utf8), Array("bravo!".utf8), 
         #expect(Int(b[28]) | Int(b[29]) << 8 == 1120)
         b[28] = UInt8(length & 0xff)
         b[29] = UInt8(length >> 8)
-        let e = #expect(throws: CoreError.self) { try PackReader.open(b, expectedID: packID(of: b), readKey: keys.readKey) }
+        let e = #expect(throws: CoreError.self) {
+            try PackReader.open(b, expectedID: packID(of: b), readKey: keys.readKey)
+        }
         #expect(e.map { [.corrupt, .authenticationFailed].contains($0.code) } == true, "\(String(describing: e))")
     }
 
@@ -391,14 +422,18 @@ private let tinyChunks: [[UInt8]] = [Array("alpha".utf8), Array("bravo!".utf8), 
                 #expect(h.length <= b.count)
             }
             if b.count != PackFormat.footerSize {
-                let e = #expect(throws: CoreError.self) { try PackFooter.parse(b, packSize: b.count, headerLength: 0, object: "fuzz") }
+                let e = #expect(throws: CoreError.self) {
+                    try PackFooter.parse(b, packSize: b.count, headerLength: 0, object: "fuzz")
+                }
                 #expect(e?.code == .corrupt)
             }
             if b.count >= PackFormat.footerSize {
                 let headerLength = rng.int(b.count + 1)
-                if let f = try? PackFooter.parse(Array(b.suffix(PackFormat.footerSize)), packSize: b.count, headerLength: headerLength, object: "fuzz") {
+                if let f = try? PackFooter.parse(Array(b.suffix(PackFormat.footerSize)), packSize: b.count,
+                    headerLength: headerLength, object: "fuzz") {
                     #expect(Int(f.indexOffset) >= headerLength)
-                    #expect(Int(f.indexOffset) + Int(f.indexLength) + 32 * Int(f.chunkCount) + PackFormat.footerSize == b.count)
+                    #expect(Int(f.indexOffset) + Int(f.indexLength) + 32 * Int(f.chunkCount)
+                        + PackFormat.footerSize == b.count)
                 }
             }
             if round % 3 == 0 {
@@ -441,7 +476,8 @@ private let tinyChunks: [[UInt8]] = [Array("alpha".utf8), Array("bravo!".utf8), 
             }
             _ = try? PackHeader.parse(Array(b.prefix(PackHeader.maxLength)), object: "fuzz")
             if b.count >= PackFormat.footerSize {
-                _ = try? PackFooter.parse(Array(b.suffix(PackFormat.footerSize)), packSize: b.count, headerLength: 1198, object: "fuzz")
+                _ = try? PackFooter.parse(Array(b.suffix(PackFormat.footerSize)), packSize: b.count, headerLength: 1198,
+                    object: "fuzz")
             }
             do {
                 let opened = try PackReader.open(b, expectedID: packID(of: b), readKey: keys.readKey)

@@ -40,7 +40,8 @@ import Testing
         #expect(hex(ours([Array("abc".utf8)])) == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad")
         #expect(hex(ours([Array("abcdbcdecdefdefgefghfghighijhijkijkljklmklmnlmnomnopnopq".utf8)]))
                 == "248d6a61d20638b8e5c026930c3e6039a33ce45964ff2167f6ecedd419db06c1")
-        #expect(hex(ours([[UInt8](repeating: 0x61, count: 1_000_000)])) == "cdc76e5c9914fb9281a1c7e284d73e67f1809a48a497200e046d39ccc7112cd0")
+        #expect(hex(ours([[UInt8](repeating: 0x61,
+            count: 1_000_000)])) == "cdc76e5c9914fb9281a1c7e284d73e67f1809a48a497200e046d39ccc7112cd0")
     }
 
     @Test(arguments: [false, true]) func everyLengthAndSplitMatchesSwiftCrypto(portable: Bool) {
@@ -68,7 +69,9 @@ import Testing
             preA.withUnsafeBytes { redoubt_sha256_update(&ca, $0.baseAddress, $0.count) }
             preB.withUnsafeBytes { redoubt_sha256_update(&cb, $0.baseAddress, $0.count) }
             a.withUnsafeBytes { ra in
-                b.withUnsafeBytes { rb in redoubt_sha256_update2(&ca, ra.baseAddress, ra.count, &cb, rb.baseAddress, rb.count) }
+                b.withUnsafeBytes {
+                    rb in redoubt_sha256_update2(&ca, ra.baseAddress, ra.count, &cb, rb.baseAddress, rb.count)
+                }
             }
             var da = [UInt8](repeating: 0, count: 32), db = da
             redoubt_sha256_final(&ca, &da)
@@ -94,12 +97,16 @@ import Testing
         for n in [0, 1, 55, 56, 63, 64, 65, 1000, 1 << 16, (1 << 20) + 7] {
             let key = ChunkIDKey.generate()
             let a = rng.bytes(n), b = rng.bytes(Int(rng.next() % 70_000))
-            let mac = { (m: [UInt8]) in ChunkID(bytes: Array(HMAC<SHA256>.authenticationCode(for: m, using: key.key)))! }
+            let mac = {
+                (m: [UInt8]) in ChunkID(bytes: Array(HMAC<SHA256>.authenticationCode(for: m, using: key.key)))!
+            }
             #expect(key.chunkID(for: a) == mac(a), "length \(n)")
             let pair = a.withUnsafeBytes { ra in b.withUnsafeBytes { rb in key.chunkIDs(for: ra, rb) } }
             #expect(pair.0 == mac(a) && pair.1 == mac(b), "pair \(n), \(b.count)")
             var other = SHA256Stream()
-            let alongside = a.withUnsafeBytes { ra in b.withUnsafeBytes { rb in key.chunkID(for: ra, alongside: &other, rb) } }
+            let alongside = a.withUnsafeBytes {
+                ra in b.withUnsafeBytes { rb in key.chunkID(for: ra, alongside: &other, rb) }
+            }
             #expect(alongside == mac(a))
             #expect(other.finalize() == swiftCrypto(b))
         }
@@ -144,7 +151,8 @@ import Testing
         let second = try nextPack()
         #expect(second.bytes.withUnsafeBufferPointer { UInt(bitPattern: $0.baseAddress) } == address)
         let opened = try PackReader.open(second.bytes, expectedID: second.id, readKey: keys.readKey)
-        let all = try opened.allChunks(chunkIDKey: keys.chunkIDKey, decompressor: try ChunkDecompressor(), readKey: keys.readKey)
+        let all = try opened.allChunks(chunkIDKey: keys.chunkIDKey, decompressor: try ChunkDecompressor(),
+            readKey: keys.readKey)
         #expect(all.count == second.entries.count)
     }
 
@@ -165,7 +173,8 @@ import Testing
         #expect(held.count >= 3)
         for p in held {
             let opened = try PackReader.open(p.bytes, expectedID: p.id, readKey: keys.readKey)
-            let all = try opened.allChunks(chunkIDKey: keys.chunkIDKey, decompressor: try ChunkDecompressor(), readKey: keys.readKey)
+            let all = try opened.allChunks(chunkIDKey: keys.chunkIDKey, decompressor: try ChunkDecompressor(),
+                readKey: keys.readKey)
             #expect(all.count == p.entries.count)
         }
     }

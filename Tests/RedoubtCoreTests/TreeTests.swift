@@ -35,7 +35,8 @@ func everyKindTree() -> Tree {
 
 private func everyKindNodes(_ t: Timestamp) -> [Node] {
     [
-        Node(name: Array("file.txt".utf8), type: .file, mode: 0o644, uid: 1000, gid: 1000, user: Array("alice".utf8), group: Array("staff".utf8),
+        Node(name: Array("file.txt".utf8), type: .file, mode: 0o644, uid: 1000, gid: 1000, user: Array("alice".utf8),
+            group: Array("staff".utf8),
              mtime: t, ctime: t, atime: t, size: 11, xattrs: [ExtendedAttribute(name: Array("user.b".utf8), value: [1]),
                                                             ExtendedAttribute(name: Array("system.posix_acl_access".utf8), value: [2, 0, 0, 0])],
              content: [fakeChunkID(1)]),
@@ -49,7 +50,8 @@ private func everyKindNodes(_ t: Timestamp) -> [Node] {
         Node(name: Array("sock".utf8), type: .socket, mode: 0o755),
         Node(name: Array("sparse".utf8), type: .file, mode: 0o644, size: 1 << 30, content: [fakeChunkID(4)],
              dataRegions: [Extent(offset: 0, length: 4096), Extent(offset: 1 << 20, length: 8192)]),
-        Node(name: Array("setuid".utf8), type: .file, mode: 0o4755, mtime: Timestamp(seconds: -5, nanoseconds: 999_999_999)),
+        Node(name: Array("setuid".utf8), type: .file, mode: 0o4755, mtime: Timestamp(seconds: -5,
+            nanoseconds: 999_999_999)),
     ]
 }
 
@@ -75,7 +77,8 @@ private func everyKindNodes(_ t: Timestamp) -> [Node] {
         }
     }
 
-    @Test(arguments: [[UInt8](), [0x2e], [0x2e, 0x2e], Array("a/b".utf8), [0x61, 0x00], [UInt8](repeating: 0x61, count: 256)])
+    @Test(arguments: [[UInt8](), [0x2e], [0x2e, 0x2e], Array("a/b".utf8), [0x61, 0x00], [UInt8](repeating: 0x61,
+        count: 256)])
     func refusesUnsafeNames(_ name: [UInt8]) throws {
         let bad = Tree(nodes: [Node(name: name, type: .fifo)])
         #expect(throws: CoreError.self) { try TreeCodec.encode(bad) }
@@ -95,7 +98,8 @@ private func everyKindNodes(_ t: Timestamp) -> [Node] {
             Node(name: Array("f".utf8), type: .file, subtree: [fakeChunkID(1)]),
             Node(name: Array("f".utf8), type: .file, rdev: 5),
             Node(name: Array("f".utf8), type: .file, size: 10, dataRegions: [Extent(offset: 8, length: 4)]),
-            Node(name: Array("f".utf8), type: .file, size: 10, dataRegions: [Extent(offset: 4, length: 2), Extent(offset: 5, length: 1)]),
+            Node(name: Array("f".utf8), type: .file, size: 10, dataRegions: [Extent(offset: 4, length: 2),
+                Extent(offset: 5, length: 1)]),
         ]
         for n in cases {
             #expect(throws: CoreError.self) { try TreeCodec.encode(Tree(nodes: [n])) }

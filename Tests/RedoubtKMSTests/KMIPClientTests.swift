@@ -40,10 +40,14 @@ func peer(_ name: String) -> String? {
         #expect(try await a.decrypt(keyID: keyID, sealed: sealed, nonce: nonce, associatedData: aad) == seed)
         // Another tenant's context, or a flipped bit, does not open.
         let otherAAD = KeyContext(tenant: "other", keyVersion: 1).associatedData
-        await #expect(throws: KeyProviderError.self) { try await a.decrypt(keyID: keyID, sealed: sealed, nonce: nonce, associatedData: otherAAD) }
+        await #expect(throws: KeyProviderError.self) {
+            try await a.decrypt(keyID: keyID, sealed: sealed, nonce: nonce, associatedData: otherAAD)
+        }
         var flipped = sealed
         flipped[3] ^= 1
-        await #expect(throws: KeyProviderError.self) { try await a.decrypt(keyID: keyID, sealed: flipped, nonce: nonce, associatedData: aad) }
+        await #expect(throws: KeyProviderError.self) {
+            try await a.decrypt(keyID: keyID, sealed: flipped, nonce: nonce, associatedData: aad)
+        }
     }
 
     @Test func anotherTenantsCertificateCannotUseTheKey() async throws {
@@ -70,10 +74,14 @@ func peer(_ name: String) -> String? {
         let nonce = [UInt8](repeating: 2, count: 12)
         let sealed = try await a.encrypt(keyID: keyID, plaintext: [4, 5, 6], nonce: nonce, associatedData: [])
         try await a.revoke(keyID: keyID)
-        let disabled = await #expect(throws: KeyProviderError.self) { try await a.decrypt(keyID: keyID, sealed: sealed, nonce: nonce, associatedData: []) }
+        let disabled = await #expect(throws: KeyProviderError.self) {
+            try await a.decrypt(keyID: keyID, sealed: sealed, nonce: nonce, associatedData: [])
+        }
         #expect(disabled?.code == "E_KEY_DISABLED")
         try await a.revokeAndDestroy(keyID: keyID)
-        let destroyed = await #expect(throws: KeyProviderError.self) { try await a.decrypt(keyID: keyID, sealed: sealed, nonce: nonce, associatedData: []) }
+        let destroyed = await #expect(throws: KeyProviderError.self) {
+            try await a.decrypt(keyID: keyID, sealed: sealed, nonce: nonce, associatedData: [])
+        }
         #expect(destroyed?.code == "E_KEY_DESTROYED")
     }
 
@@ -106,7 +114,9 @@ func peer(_ name: String) -> String? {
         #expect(wrapped.provider.hasPrefix("kmip://"))
         let back = try await reparsed.unwrap(wrapped, context: v1)
         #expect(back.publicKey == readKey.publicKey)
-        await #expect(throws: KeyProviderError.self) { try await provider.unwrap(wrapped, context: KeyContext(tenant: "other", keyVersion: 1)) }
+        await #expect(throws: KeyProviderError.self) {
+            try await provider.unwrap(wrapped, context: KeyContext(tenant: "other", keyVersion: 1))
+        }
 
         // Rotation: re-wrap under a second KEK, destroy the first; the key still unwraps.
         let next = try await KMIPKeyProvider.createKEK(endpoint: e, tenant: "acme")
@@ -134,19 +144,25 @@ func peer(_ name: String) -> String? {
         let wrapped = try await acme.wrap(readKey, context: KeyContext(tenant: "acme", keyVersion: 1))
         try await acme.checkKEKOwner(of: wrapped, tenant: "acme")
         for tenant in ["acme-b", "acm", "other"] {
-            let e = await #expect(throws: KeyProviderError.self) { try await acme.checkKEKOwner(of: wrapped, tenant: tenant) }
+            let e = await #expect(throws: KeyProviderError.self) {
+                try await acme.checkKEKOwner(of: wrapped, tenant: tenant)
+            }
             #expect(e?.code == "E_KEY_FOREIGN_KEK", "\(tenant)")
         }
         // Tenant acme-b's KEK is named redoubt-kek-acme-b-…, which starts like acme's.
         var pointed = wrapped
         pointed.parameters["kmip-key-id"] = acmeB.keyID
-        let foreign = await #expect(throws: KeyProviderError.self) { try await acme.checkKEKOwner(of: pointed, tenant: "acme") }
+        let foreign = await #expect(throws: KeyProviderError.self) {
+            try await acme.checkKEKOwner(of: pointed, tenant: "acme")
+        }
         #expect(foreign?.code == "E_KEY_FOREIGN_KEK")
         #expect(foreign.map { "\($0)" }?.contains("redoubt-kek-acme-b-") == true)
         // A key Redoubt did not create (adopted by ID) shows no tenant.
         let adopted = try await acme.client.createActiveAESKey(name: "ops-kek-\(UUID().uuidString)")
         pointed.parameters["kmip-key-id"] = adopted
-        let unnamed = await #expect(throws: KeyProviderError.self) { try await acme.checkKEKOwner(of: pointed, tenant: "acme") }
+        let unnamed = await #expect(throws: KeyProviderError.self) {
+            try await acme.checkKEKOwner(of: pointed, tenant: "acme")
+        }
         #expect(unnamed?.code == "E_KEY_FOREIGN_KEK")
         // Destroyed: nothing left to check or destroy.
         try await acme.destroyKEK()
@@ -161,7 +177,8 @@ func peer(_ name: String) -> String? {
         #expect(!KMIPKeyProvider.isKEKName(name, of: "a-"))
         #expect(!KMIPKeyProvider.isKEKName(KMIPKeyProvider.kekName(tenant: "a-b", unique: UUID()), of: "a"))
         #expect(!KMIPKeyProvider.isKEKName("redoubt-kek-a-", of: "a"))
-        #expect(!KMIPKeyProvider.isKEKName("redoubt-kek-a-\(UUID().uuidString)", of: "a"))  // upper case: not one Redoubt made
+        // upper case: not one Redoubt made
+        #expect(!KMIPKeyProvider.isKEKName("redoubt-kek-a-\(UUID().uuidString)", of: "a"))
         #expect(!KMIPKeyProvider.isKEKName(name + "x", of: "a"))
     }
 

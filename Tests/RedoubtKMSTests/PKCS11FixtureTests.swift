@@ -17,8 +17,10 @@ import Testing
     }
 
     func fixture() throws -> Fixture {
-        let wrapped = try WrappedReadKey.decode(try Data(contentsOf: Self.directory.appendingPathComponent("wrapped-read-key.json")))
-        let hex = try String(contentsOf: Self.directory.appendingPathComponent("kek.hex"), encoding: .utf8).trimmingCharacters(in: .whitespacesAndNewlines)
+        let wrapped =
+            try WrappedReadKey.decode(try Data(contentsOf: Self.directory.appendingPathComponent("wrapped-read-key.json")))
+        let hex = try String(contentsOf: Self.directory.appendingPathComponent("kek.hex"),
+            encoding: .utf8).trimmingCharacters(in: .whitespacesAndNewlines)
         let kek = try #require(PKCS11KeyProvider.bytes(hex: hex))
         #expect(kek.count == 32)
         return Fixture(wrapped: wrapped, kek: SymmetricKey(data: kek))
@@ -62,7 +64,9 @@ import Testing
 
         // Redoubt wraps nothing new under an imported key: its value is known outside the
         // token (here, in the fixture), so destroying it would shred nothing.
-        let refused = await #expect(throws: KeyProviderError.self) { try await provider.wrap(readKey, context: KeyContext(tenant: "fixture", keyVersion: 2)) }
+        let refused = await #expect(throws: KeyProviderError.self) {
+            try await provider.wrap(readKey, context: KeyContext(tenant: "fixture", keyVersion: 2))
+        }
         #expect(refused?.code == "E_KEY_UNSUPPORTED")
         #expect(refused.map { "\($0)" }?.contains("CKA_NEVER_EXTRACTABLE") == true)
 
@@ -70,8 +74,13 @@ import Testing
         let context = KeyContext(tenant: "fixture", keyVersion: 2)
         let nonce = Array(AES.GCM.Nonce())
         let sealed = try provider.withSession { s throws(KeyProviderError) in
-            guard let handle = try s.findKey(label: label, id: id, required: true) else { throw s.destroyed(label: label, id: id) }
-            return try s.gcm(encrypt: true, key: handle, nonce: nonce, aad: context.associatedData, input: readKey.exportSeed()).withUnsafeBytes { Array($0) }
+            guard let handle = try s.findKey(label: label, id: id, required: true) else {
+                throw s.destroyed(label: label, id: id)
+            }
+            return try s.gcm(encrypt: true, key: handle, nonce: nonce, aad: context.associatedData,
+                input: readKey.exportSeed()).withUnsafeBytes {
+                Array($0)
+            }
         }
         var fresh = f.wrapped
         fresh.context = context
@@ -80,7 +89,9 @@ import Testing
         let seed = try softwareUnwrap(fresh, kek: f.kek)
         #expect(seed == readKey.exportSeed().withUnsafeBytes { Array($0) })
         try await provider.destroyKEK(of: fresh)
-        let gone = await #expect(throws: KeyProviderError.self) { try await provider.unwrap(f.wrapped, context: f.wrapped.context) }
+        let gone = await #expect(throws: KeyProviderError.self) {
+            try await provider.unwrap(f.wrapped, context: f.wrapped.context)
+        }
         #expect(gone?.code == "E_KEY_DESTROYED")
     }
 
@@ -90,14 +101,17 @@ import Testing
         let context = KeyContext(tenant: "fixture", keyVersion: 1)
         let nonce = (0xa0..<0xac).map { UInt8($0) }
         let seed = key.exportSeed().withUnsafeBytes { Array($0) }
-        let box = try AES.GCM.seal(seed, using: kek, nonce: try AES.GCM.Nonce(data: nonce), authenticating: context.associatedData)
+        let box = try AES.GCM.seal(seed, using: kek, nonce: try AES.GCM.Nonce(data: nonce),
+            authenticating: context.associatedData)
         let target = PKCS11URI(token: "redoubt-test", object: "redoubt-fixture-kek", id: [0x52, 0x44, 0x42, 0x54],
-                               modulePath: "/usr/lib/softhsm/libsofthsm2.so", pinSource: "/var/tmp/redoubt-peers/run/softhsm/pin")
+                               modulePath: "/usr/lib/softhsm/libsofthsm2.so",
+                                   pinSource: "/var/tmp/redoubt-peers/run/softhsm/pin")
         let w = WrappedReadKey(provider: target.description, context: context, publicKey: key.publicKey, parameters: [
             "pkcs11-token": "redoubt-test", "pkcs11-object": "redoubt-fixture-kek", "pkcs11-id": "52444254",
             "algorithm": "AES-256-GCM", "nonce": Data(nonce).base64EncodedString(),
         ], wrapped: Array(box.ciphertext) + Array(box.tag))
         try w.encoded().write(to: URL(fileURLWithPath: "/tmp/wrapped-read-key.json"))
-        try Data((kek.withUnsafeBytes { Array($0) }.map { String(format: "%02x", $0) }.joined() + "\n").utf8).write(to: URL(fileURLWithPath: "/tmp/kek.hex"))
+        try Data((kek.withUnsafeBytes { Array($0) }.map { String(format: "%02x", $0) }.joined()
+            + "\n").utf8).write(to: URL(fileURLWithPath: "/tmp/kek.hex"))
     }
 }

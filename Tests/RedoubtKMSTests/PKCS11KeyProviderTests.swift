@@ -36,12 +36,16 @@ enum SoftHSM {
     static func peer() -> Peer? {
         _ = RedoubtKMSTests.peer("REDOUBT_TEST_SOFTHSM_CONF")
         if configured == nil, ProcessInfo.processInfo.environment["REDOUBT_TEST_SOFTHSM_CONF"] != nil {
-            Issue.record("REDOUBT_TEST_SOFTHSM_MODULE, _TOKEN or _PIN_FILE is missing, or SOFTHSM2_CONF is already set to another file than REDOUBT_TEST_SOFTHSM_CONF")
+            Issue.record("""
+                REDOUBT_TEST_SOFTHSM_MODULE, _TOKEN or _PIN_FILE is missing, or SOFTHSM2_CONF is already set to \
+                another file than REDOUBT_TEST_SOFTHSM_CONF
+                """)
         }
         return configured
     }
 
-    static func uri(_ p: Peer, token: String? = nil, object: String, pinFile: String? = nil, module: String? = nil) -> String {
+    static func uri(_ p: Peer, token: String? = nil, object: String, pinFile: String? = nil,
+        module: String? = nil) -> String {
         "pkcs11:token=\(PKCS11URI.encode(Array((token ?? p.token).utf8)));object=\(PKCS11URI.encode(Array(object.utf8)))"
             + "?module-path=\(module ?? p.module)&pin-source=\(pinFile ?? p.pinFile)"
     }
@@ -72,7 +76,9 @@ enum SoftHSM {
 
         // The key is on the token, AES-256, sensitive, and the token will not hand it out.
         let facts = try provider.withSession { s throws(KeyProviderError) in
-            guard let key = try s.findKey(label: label, id: id, required: true) else { throw s.destroyed(label: label, id: id) }
+            guard let key = try s.findKey(label: label, id: id, required: true) else {
+                throw s.destroyed(label: label, id: id)
+            }
             return try s.facts(key)
         }
         #expect(facts.extractable == false)
@@ -110,27 +116,37 @@ enum SoftHSM {
         let provider = try await prepared(p, label: SoftHSM.label())
         let wrapped = try await provider.wrap(try ReadPrivateKey.generate(), context: v1)
         try await provider.checkKEKOwner(of: wrapped, tenant: "acme")
-        let wrongTenant = await #expect(throws: KeyProviderError.self) { try await provider.checkKEKOwner(of: wrapped, tenant: "acme-b") }
+        let wrongTenant = await #expect(throws: KeyProviderError.self) {
+            try await provider.checkKEKOwner(of: wrapped, tenant: "acme-b")
+        }
         #expect(wrongTenant?.code == "E_KEY_FOREIGN_KEK")
 
         // Another tenant's KEK on the same token, named in this tenant's stub.
         let otherLabel = SoftHSM.label()
-        let other = try #require(try await PKCS11KeyProvider(uri: SoftHSM.uri(p, object: otherLabel)).preparingKEK(tenant: "acme-b") as? PKCS11KeyProvider)
+        let other = try #require(try await PKCS11KeyProvider(uri: SoftHSM.uri(p,
+            object: otherLabel)).preparingKEK(tenant: "acme-b") as? PKCS11KeyProvider)
         var pointed = wrapped
         pointed.parameters["pkcs11-object"] = otherLabel
         pointed.parameters["pkcs11-id"] = other.target.id.map { $0.map { String(format: "%02x", $0) }.joined() }
-        let foreign = await #expect(throws: KeyProviderError.self) { try await provider.checkKEKOwner(of: pointed, tenant: "acme") }
+        let foreign = await #expect(throws: KeyProviderError.self) {
+            try await provider.checkKEKOwner(of: pointed, tenant: "acme")
+        }
         #expect(foreign?.code == "E_KEY_FOREIGN_KEK")
         try await other.checkKEKOwner(of: pointed, tenant: "acme-b")
 
         // An operator-provisioned key adopted by label: its ID is the operator's.
         let adoptedLabel = SoftHSM.label()
         let adoptedID: [UInt8] = [1, 2, 3, 4]
-        _ = try provider.withSession { s throws(KeyProviderError) in try s.generateAES256(label: adoptedLabel, id: adoptedID, extractable: false) }
-        let adopted = try #require(try await PKCS11KeyProvider(uri: SoftHSM.uri(p, object: adoptedLabel)).preparingKEK(tenant: "acme") as? PKCS11KeyProvider)
+        _ = try provider.withSession {
+            s throws(KeyProviderError) in try s.generateAES256(label: adoptedLabel, id: adoptedID, extractable: false)
+        }
+        let adopted = try #require(try await PKCS11KeyProvider(uri: SoftHSM.uri(p,
+            object: adoptedLabel)).preparingKEK(tenant: "acme") as? PKCS11KeyProvider)
         #expect(adopted.target.id == adoptedID)
         let adoptedWrap = try await adopted.wrap(try ReadPrivateKey.generate(), context: v1)
-        let unmarked = await #expect(throws: KeyProviderError.self) { try await adopted.checkKEKOwner(of: adoptedWrap, tenant: "acme") }
+        let unmarked = await #expect(throws: KeyProviderError.self) {
+            try await adopted.checkKEKOwner(of: adoptedWrap, tenant: "acme")
+        }
         #expect(unmarked?.code == "E_KEY_FOREIGN_KEK")
         #expect(unmarked.map { "\($0)" }?.contains("pkcs11-tool --delete-object") == true)
 
@@ -147,13 +163,17 @@ enum SoftHSM {
         let wrapped = try await provider.wrap(try ReadPrivateKey.generate(), context: v1)
 
         let other = KeyContext(tenant: "other", keyVersion: 1)
-        let refused = await #expect(throws: KeyProviderError.self) { try await provider.unwrap(wrapped, context: other) }
+        let refused = await #expect(throws: KeyProviderError.self) {
+            try await provider.unwrap(wrapped, context: other)
+        }
         #expect(refused?.code == "E_KEY_WRONG_CONTEXT")
 
         // An attacker relabels the file for their tenant: the AAD no longer matches.
         var relabelled = wrapped
         relabelled.context = other
-        let forged = await #expect(throws: KeyProviderError.self) { try await provider.unwrap(relabelled, context: other) }
+        let forged = await #expect(throws: KeyProviderError.self) {
+            try await provider.unwrap(relabelled, context: other)
+        }
         #expect(forged?.code == "E_KEY_WRONG_SECRET")
         #expect(forged.map { "\($0)" }?.contains("altered") == true)
 
@@ -196,7 +216,8 @@ enum SoftHSM {
         defer { try? FileManager.default.removeItem(at: dir) }
         let wrongPIN = "not-the-pin-4711"
         let file = dir.appendingPathComponent("pin").path
-        _ = FileManager.default.createFile(atPath: file, contents: Data((wrongPIN + "\n").utf8), attributes: [.posixPermissions: 0o600])
+        _ = FileManager.default.createFile(atPath: file, contents: Data((wrongPIN + "\n").utf8),
+            attributes: [.posixPermissions: 0o600])
         let provider = try PKCS11KeyProvider(uri: SoftHSM.uri(p, object: SoftHSM.label(), pinFile: file))
         let e = await #expect(throws: KeyProviderError.self) { try await provider.preparingKEK(tenant: "acme") }
         #expect(e?.code == "E_KEY_CREDENTIAL_REJECTED")
@@ -205,7 +226,8 @@ enum SoftHSM {
         #expect(text.contains("CKR_PIN_INCORRECT"))
         #expect(!text.contains(wrongPIN))
 
-        let missing = try PKCS11KeyProvider(uri: SoftHSM.uri(p, object: "x", pinFile: dir.appendingPathComponent("absent").path))
+        let missing = try PKCS11KeyProvider(uri: SoftHSM.uri(p, object: "x",
+            pinFile: dir.appendingPathComponent("absent").path))
         let m = await #expect(throws: KeyProviderError.self) { try await missing.preparingKEK(tenant: "acme") }
         #expect(m?.code == "E_KEY_SECRET_MISSING")
     }
@@ -233,11 +255,14 @@ enum SoftHSM {
         guard let p = SoftHSM.peer() else { return }
         // The real module, copied where any user could swap it: what a hostile URI (the
         // restorer gets it from the server) would point at.
-        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("redoubt-pkcs11-module-\(UUID().uuidString)")
-        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o777])
+        let dir =
+            FileManager.default.temporaryDirectory.appendingPathComponent("redoubt-pkcs11-module-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true,
+            attributes: [.posixPermissions: 0o777])
         defer { try? FileManager.default.removeItem(at: dir) }
         let copy = dir.appendingPathComponent("libsofthsm2.so").path
-        try FileManager.default.copyItem(atPath: URL(fileURLWithPath: p.module).resolvingSymlinksInPath().path, toPath: copy)
+        try FileManager.default.copyItem(atPath: URL(fileURLWithPath: p.module).resolvingSymlinksInPath().path,
+            toPath: copy)
         let hostile = try PKCS11KeyProvider(uri: SoftHSM.uri(p, object: "x", module: copy))
         let e = await #expect(throws: KeyProviderError.self) { try await hostile.preparingKEK(tenant: "acme") }
         #expect(e?.code == "E_KEY_UNSUPPORTED")
@@ -315,7 +340,9 @@ enum SoftHSM {
         #expect(e.map { "\($0)" }?.contains("CKA_EXTRACTABLE=false") == true)
         var pinned = provider.target
         pinned.id = id
-        let w = await #expect(throws: KeyProviderError.self) { try await PKCS11KeyProvider(target: pinned).wrap(try ReadPrivateKey.generate(), context: v1) }
+        let w = await #expect(throws: KeyProviderError.self) {
+            try await PKCS11KeyProvider(target: pinned).wrap(try ReadPrivateKey.generate(), context: v1)
+        }
         #expect(w?.code == "E_KEY_UNSUPPORTED")
         try provider.withSession { s throws(KeyProviderError) in
             if let key = try s.findKey(label: label, id: id, required: false) { try s.destroy(key) }
@@ -326,19 +353,22 @@ enum SoftHSM {
 /// RFC 7512 parsing: no token needed.
 @Suite struct PKCS11URITests {
     @Test func parsesPercentEncodingFileURIsAndIDs() throws {
-        let u = try PKCS11URI(parsing: "pkcs11:token=Backup%20HSM;object=kek%2Facme;id=%01%FF;type=secret-key?module-path=/usr/lib/x.so&pin-source=file:/etc/redoubt/pin")
+        let u =
+            try PKCS11URI(parsing: "pkcs11:token=Backup%20HSM;object=kek%2Facme;id=%01%FF;type=secret-key?module-path=/usr/lib/x.so&pin-source=file:/etc/redoubt/pin")
         #expect(u.token == "Backup HSM")
         #expect(u.object == "kek/acme")
         #expect(u.id == [0x01, 0xff])
         #expect(u.modulePath == "/usr/lib/x.so")
         #expect(u.pinSource == "/etc/redoubt/pin")
         #expect(try PKCS11URI(parsing: u.description) == u)
-        #expect(try PKCS11URI(parsing: "pkcs11:token=t;object=o?module-path=/m.so&pin-source=file:///p").pinSource == "/p")
+        #expect(try PKCS11URI(parsing: "pkcs11:token=t;object=o?module-path=/m.so&pin-source=file:///p")
+            .pinSource == "/p")
         let plain = try PKCS11URI(parsing: "pkcs11:object=o;token=t?pin-source=/p&module-path=/m.so")
         #expect(plain.pinSource == "/p" && plain.token == "t" && plain.id == nil)
         #expect(try PKCS11URI(parsing: "pkcs11:token=t;object=o?module-path=/m.so").pinSource == nil)
         // Labels with any bytes survive the round trip.
-        let odd = PKCS11URI(token: "a;b?c&d=e", object: "ü %", id: [0, 0x25], modulePath: "/a b/m.so", pinSource: "/p?q")
+        let odd = PKCS11URI(token: "a;b?c&d=e", object: "ü %", id: [0, 0x25], modulePath: "/a b/m.so",
+            pinSource: "/p?q")
         #expect(try PKCS11URI(parsing: odd.description) == odd)
     }
 
@@ -349,7 +379,8 @@ enum SoftHSM {
         #expect(error("pkcs11:object=o?module-path=/m.so").map { "\($0)" }?.contains("token=") == true)
         #expect(error("pkcs11:token=t?module-path=/m.so").map { "\($0)" }?.contains("object=") == true)
         #expect(error("pkcs11:token=t;object=o").map { "\($0)" }?.contains("module-path") == true)
-        #expect(error("pkcs11:token=t;object=o?module-path=/m.so&pin-value=1234").map { "\($0)" }?.contains("1234") == false)
+        #expect(error("pkcs11:token=t;object=o?module-path=/m.so&pin-value=1234")
+            .map { "\($0)" }?.contains("1234") == false)
         #expect(error("pkcs11:token=t;object=o?module-path=/m.so&pin-value=1234")?.code == "E_KEY_MALFORMED")
         #expect(error("pkcs11:token=t;object=o;serial=9?module-path=/m.so") != nil)
         #expect(error("pkcs11:token=t;token=u;object=o?module-path=/m.so").map { "\($0)" }?.contains("repeats") == true)

@@ -21,7 +21,8 @@ import RedoubtCore
 
     @Test func theWrappedFormNeverHoldsTheSeedOrPassphrase() async throws {
         let key = try ReadPrivateKey.generate()
-        let json = String(decoding: try await provider("hunter2-is-my-passphrase").wrap(key, context: context).encoded(), as: UTF8.self)
+        let json = String(decoding: try await provider("hunter2-is-my-passphrase").wrap(key,
+            context: context).encoded(), as: UTF8.self)
         let seedHex = key.exportSeed().withUnsafeBytes { hexString($0) }
         let seedB64 = key.exportSeed().withUnsafeBytes { Data($0).base64EncodedString() }
         #expect(!json.contains(seedHex))
@@ -42,7 +43,9 @@ import RedoubtCore
         await #expect(throws: KeyProviderError.self) { try await provider().unwrap(wrapped, context: other) }
         // Relabelling the context inside the file breaks the AEAD binding.
         wrapped.context = other
-        await #expect(throws: KeyProviderError.wrongSecret(provider: "passphrase:")) { try await provider().unwrap(wrapped, context: other) }
+        await #expect(throws: KeyProviderError.wrongSecret(provider: "passphrase:")) {
+            try await provider().unwrap(wrapped, context: other)
+        }
     }
 
     @Test func tamperedParametersOrCiphertextAreRefused() async throws {
@@ -54,10 +57,14 @@ import RedoubtCore
         var raw = Array(Data(base64Encoded: b.wrapped)!)
         raw[raw.count - 20] ^= 1
         b.wrapped = Data(raw).base64EncodedString()
-        await #expect(throws: KeyProviderError.wrongSecret(provider: "passphrase:")) { try await provider().unwrap(b, context: context) }
+        await #expect(throws: KeyProviderError.wrongSecret(provider: "passphrase:")) {
+            try await provider().unwrap(b, context: context)
+        }
         var c = wrapped
         c.parameters["salt"] = Data(repeating: 1, count: 32).base64EncodedString()
-        await #expect(throws: KeyProviderError.wrongSecret(provider: "passphrase:")) { try await provider().unwrap(c, context: context) }
+        await #expect(throws: KeyProviderError.wrongSecret(provider: "passphrase:")) {
+            try await provider().unwrap(c, context: context)
+        }
     }
 
     @Test func aSwappedPublicKeyIsDetected() async throws {
@@ -92,7 +99,9 @@ import RedoubtCore
         let fault: Fault
         let other: ReadPrivateKey
         var uri: String { inner.uri }
-        func wrap(_ key: ReadPrivateKey, context: KeyContext) async throws -> WrappedReadKey { try await inner.wrap(key, context: context) }
+        func wrap(_ key: ReadPrivateKey, context: KeyContext) async throws -> WrappedReadKey {
+            try await inner.wrap(key, context: context)
+        }
         func unwrap(_ wrapped: WrappedReadKey, context: KeyContext) async throws -> ReadPrivateKey {
             switch fault {
             case .unopenable: throw KeyProviderError.wrongSecret(provider: uri)
@@ -109,8 +118,12 @@ import RedoubtCore
         let context = KeyContext(tenant: "acme", keyVersion: 1)
         let good = try await inner.wrapChecked(key, context: context)
         #expect(good.readKeyID == key.publicKey.keyID.description)
-        await #expect(throws: KeyProviderError.self) { _ = try await Breaking(inner: inner, fault: .unopenable, other: other).wrapChecked(key, context: context) }
-        let e = await #expect(throws: KeyProviderError.self) { _ = try await Breaking(inner: inner, fault: .otherKey, other: other).wrapChecked(key, context: context) }
+        await #expect(throws: KeyProviderError.self) {
+            _ = try await Breaking(inner: inner, fault: .unopenable, other: other).wrapChecked(key, context: context)
+        }
+        let e = await #expect(throws: KeyProviderError.self) {
+            _ = try await Breaking(inner: inner, fault: .otherKey, other: other).wrapChecked(key, context: context)
+        }
         #expect(e?.code == KeyProviderError.keyMismatch(provider: "", readKeyID: "").code)
     }
 }

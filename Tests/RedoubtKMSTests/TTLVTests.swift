@@ -20,12 +20,14 @@ import Testing
 
     @Test(arguments: [
         ("integer 8", TTLV.Value.integer(8), "42 00 20 | 02 | 00 00 00 04 | 00 00 00 08 00 00 00 00"),
-        ("long integer", .longInteger(123_456_789_000_000_000), "42 00 20 | 03 | 00 00 00 08 | 01 B6 9B 4B A5 74 92 00"),
+        ("long integer", .longInteger(123_456_789_000_000_000),
+            "42 00 20 | 03 | 00 00 00 08 | 01 B6 9B 4B A5 74 92 00"),
         ("big integer", .bigInteger([0x03, 0xFD, 0x35, 0xEB, 0x6B, 0xC2, 0xDF, 0x46, 0x18, 0x08, 0x00, 0x00]),
          "42 00 20 | 04 | 00 00 00 10 | 00 00 00 00 03 FD 35 EB 6B C2 DF 46 18 08 00 00"),
         ("enumeration 255", .enumeration(255), "42 00 20 | 05 | 00 00 00 04 | 00 00 00 FF 00 00 00 00"),
         ("boolean true", .boolean(true), "42 00 20 | 06 | 00 00 00 08 | 00 00 00 00 00 00 00 01"),
-        ("text string", .textString("Hello World"), "42 00 20 | 07 | 00 00 00 0B | 48 65 6C 6C 6F 20 57 6F 72 6C 64 00 00 00 00 00"),
+        ("text string", .textString("Hello World"),
+            "42 00 20 | 07 | 00 00 00 0B | 48 65 6C 6C 6F 20 57 6F 72 6C 64 00 00 00 00 00"),
         ("byte string", .byteString([1, 2, 3]), "42 00 20 | 08 | 00 00 00 03 | 01 02 03 00 00 00 00 00"),
         ("date-time", .dateTime(1_205_495_800), "42 00 20 | 09 | 00 00 00 08 | 00 00 00 00 47 DA 67 F8"),
         ("interval 10 days", .interval(864_000), "42 00 20 | 0A | 00 00 00 04 | 00 0D 2F 00 00 00 00 00"),
@@ -47,7 +49,11 @@ import Testing
             TTLV(TTLV.Tag(rawValue: 0x420004), .enumeration(254)),
             TTLV(TTLV.Tag(rawValue: 0x420005), .integer(255)),
         ]))
-        let expected = hex("42 00 20 | 01 | 00 00 00 20 | 42 00 04 | 05 | 00 00 00 04 | 00 00 00 FE 00 00 00 00 | 42 00 05 | 02 | 00 00 00 04 | 00 00 00 FF 00 00 00 00")
+        let expected =
+            hex("""
+                42 00 20 | 01 | 00 00 00 20 | 42 00 04 | 05 | 00 00 00 04 | 00 00 00 FE 00 00 00 00 | 42 00 05 | 02 | \
+                00 00 00 04 | 00 00 00 FF 00 00 00 00
+                """)
         #expect(item.encoded() == expected)
         let decoded = try TTLV.decode(expected)
         #expect(decoded == item)
@@ -64,10 +70,16 @@ import Testing
         var padded = hex("42 00 20 | 07 | 00 00 00 0B | 48 65 6C 6C 6F 20 57 6F 72 6C 64 00 00 00 00 00")
         padded[padded.count - 1] = 1
         #expect(throws: KeyProviderError.self) { try TTLV.decode(padded) }
-        #expect(throws: KeyProviderError.self) { try TTLV.decode(hex("42 00 20 | 02 | 00 00 00 08 | 00 00 00 00 00 00 00 08")) }
-        #expect(throws: KeyProviderError.self) { try TTLV.decode(hex("42 00 20 | 06 | 00 00 00 08 | 00 00 00 00 00 00 00 02")) }
+        #expect(throws: KeyProviderError.self) {
+            try TTLV.decode(hex("42 00 20 | 02 | 00 00 00 08 | 00 00 00 00 00 00 00 08"))
+        }
+        #expect(throws: KeyProviderError.self) {
+            try TTLV.decode(hex("42 00 20 | 06 | 00 00 00 08 | 00 00 00 00 00 00 00 02"))
+        }
         #expect(throws: KeyProviderError.self) { try TTLV.decode(hex("42 00 20 | 0B | 00 00 00 00")) }
-        #expect(throws: KeyProviderError.self) { try TTLV.decode(hex("42 00 20 | 07 | 00 00 00 02 | FF FE 00 00 00 00 00 00")) }
+        #expect(throws: KeyProviderError.self) {
+            try TTLV.decode(hex("42 00 20 | 07 | 00 00 00 02 | FF FE 00 00 00 00 00 00"))
+        }
     }
 
     @Test func refusesOversizedAndDeeplyNestedMessages() {
@@ -79,7 +91,9 @@ import Testing
         let big = TTLV(t20, .byteString([UInt8](repeating: 7, count: 2 << 20))).encoded()
         #expect(throws: KeyProviderError.self) { try TTLV.decode(big) }
         // A header that claims 4 GiB on a short buffer.
-        #expect(throws: KeyProviderError.self) { try TTLV.decode(hex("42 00 20 | 08 | FF FF FF F8 | 00 00 00 00 00 00 00 00")) }
+        #expect(throws: KeyProviderError.self) {
+            try TTLV.decode(hex("42 00 20 | 08 | FF FF FF F8 | 00 00 00 00 00 00 00 00"))
+        }
     }
 
     func randomItem(_ rng: inout some RandomNumberGenerator, depth: Int) -> TTLV {
@@ -90,11 +104,17 @@ import Testing
         case 2: return TTLV(tag, .bigInteger((0..<8).map { _ in UInt8.random(in: 0...255, using: &rng) }))
         case 3: return TTLV(tag, .enumeration(UInt32.random(in: 0...UInt32.max, using: &rng)))
         case 4: return TTLV(tag, .boolean(Bool.random(using: &rng)))
-        case 5: return TTLV(tag, .textString(String((0..<Int.random(in: 0...20, using: &rng)).map { _ in "aé€Z".randomElement(using: &rng) ?? "a" })))
-        case 6: return TTLV(tag, .byteString((0..<Int.random(in: 0...40, using: &rng)).map { _ in UInt8.random(in: 0...255, using: &rng) }))
+        case 5: return TTLV(tag, .textString(String((0..<Int.random(in: 0...20, using: &rng)).map {
+            _ in "aé€Z".randomElement(using: &rng) ?? "a"
+        })))
+        case 6: return TTLV(tag, .byteString((0..<Int.random(in: 0...40, using: &rng)).map {
+            _ in UInt8.random(in: 0...255, using: &rng)
+        }))
         case 7: return TTLV(tag, .dateTime(Int64.random(in: 0...4_000_000_000, using: &rng)))
         case 8, 9: return TTLV(tag, .interval(UInt32.random(in: 0...UInt32.max, using: &rng)))
-        default: return TTLV(tag, .structure((0..<Int.random(in: 0...5, using: &rng)).map { _ in randomItem(&rng, depth: depth + 1) }))
+        default: return TTLV(tag, .structure((0..<Int.random(in: 0...5, using: &rng)).map {
+            _ in randomItem(&rng, depth: depth + 1)
+        }))
         }
     }
 

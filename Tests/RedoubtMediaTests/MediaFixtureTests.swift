@@ -12,13 +12,15 @@ enum MediaFixture {
             MediaRecord(type: .pack, id: String(repeating: "b2", count: 32), body: (0..<900).map { UInt8($0 % 251) }),
             MediaRecord(type: .manifest, id: String(repeating: "c3", count: 32), body: Array("golden manifest".utf8)),
             MediaRecord(type: .object, id: "tenant-v1.json", body: Array(#"{"tenant":"acme"}"#.utf8)),
-            MediaRecord(type: .auditAnchor, id: "", body: Array(#"{"seq":3,"hash":"\#(String(repeating: "0", count: 64))"}"#.utf8)),
+            MediaRecord(type: .auditAnchor, id: "",
+                body: Array(#"{"seq":3,"hash":"\#(String(repeating: "0", count: 64))"}"#.utf8)),
         ]
     }
 
     /// Writes the fixture to `path` (volumes path, path.2, …).
     static func write(_ path: String) throws -> MediaWriteSummary {
-        let w = try MediaWriter(device: FileSequentialDevice(path: path, capacity: capacity), setID: setID, pool: "golden",
+        let w = try MediaWriter(device: FileSequentialDevice(path: path, capacity: capacity), setID: setID,
+            pool: "golden",
                                 tenant: "acme", blockSize: 512, created: "2026-11-26T00:00:00Z",
                                 retainUntil: "2027-11-26T00:00:00Z", writer: "redoubt-fixture")
         for r in records { try w.append(r) }

@@ -8,12 +8,14 @@ import Testing
     static let setID = [UInt8](repeating: 7, count: 16)
 
     static func header(_ kind: MediaBlockKind, seq: UInt64, off: UInt64, last: Bool, count: Int) -> MediaBlockHeader {
-        MediaBlockHeader(setID: setID, volumeSeq: 1, blockSeq: 0, kind: kind, lastOfRecord: last, payloadLen: UInt32(count),
+        MediaBlockHeader(setID: setID, volumeSeq: 1, blockSeq: 0, kind: kind, lastOfRecord: last,
+            payloadLen: UInt32(count),
                          recordSeq: seq, recordOff: off)
     }
 
     /// The data-block events of `record` as record `seq`, cut into `parts` payloads.
-    static func blocks(_ record: MediaRecord, seq: UInt64, parts: Int, firstBlock: UInt64) -> [MediaRecordAssembler.Event] {
+    static func blocks(_ record: MediaRecord, seq: UInt64, parts: Int,
+        firstBlock: UInt64) -> [MediaRecordAssembler.Event] {
         let bytes = record.encoded()
         let size = (bytes.count + parts - 1) / parts
         return stride(from: 0, to: bytes.count, by: size).enumerated().map { i, off in
@@ -28,7 +30,8 @@ import Testing
     }
 
     /// Feeds `events` and returns every action, in order.
-    static func run(_ m: inout MediaRecordAssembler, _ events: [MediaRecordAssembler.Event]) throws -> [MediaRecordAssembler.Action] {
+    static func run(_ m: inout MediaRecordAssembler,
+        _ events: [MediaRecordAssembler.Event]) throws -> [MediaRecordAssembler.Action] {
         var out: [MediaRecordAssembler.Action] = []
         for e in events { out += try m.feed(e) }
         return out
@@ -50,7 +53,8 @@ import Testing
         #expect(Self.records(actions) == [Self.record(1)])
         // Record 2 starts on volume 1 and ends on volume 2.
         let b = Self.blocks(Self.record(2), seq: 2, parts: 2, firstBlock: 4)
-        actions = try Self.run(&m, [b[0], .block(Self.header(.end, seq: 0, off: 0, last: true, count: 0), payload: [], block: 5)])
+        actions = try Self.run(&m, [b[0], .block(Self.header(.end, seq: 0, off: 0, last: true, count: 0), payload: [],
+            block: 5)])
         #expect(Self.records(actions).isEmpty)
         guard case .volumeEnded = try #require(actions.last) else { Issue.record("no volume end: \(actions)"); return }
         m.startVolume(2)
@@ -83,7 +87,8 @@ import Testing
         m.startVolume(1)
         var bytes = Self.record(1).encoded()
         bytes[bytes.count - 1] ^= 1
-        var actions = try m.feed(.block(Self.header(.data, seq: 1, off: 0, last: true, count: bytes.count), payload: bytes, block: 1))
+        var actions = try m.feed(.block(Self.header(.data, seq: 1, off: 0, last: true, count: bytes.count),
+            payload: bytes, block: 1))
         #expect(Self.damage(actions).first?.detail == "record hash or framing does not check")
         #expect(Self.records(actions).isEmpty)
         // A block continuing record 2 at an offset no block started: its start was never read.

@@ -22,9 +22,11 @@ func sampleRecords() -> [MediaRecord] {
 }
 
 /// Writes `records` to `file:path` with 512-byte blocks and the given capacity.
-func writeSet(_ path: String, _ records: [MediaRecord], capacity: UInt64?, setID: [UInt8] = Array(0..<16)) throws -> MediaWriteSummary {
+func writeSet(_ path: String, _ records: [MediaRecord], capacity: UInt64?,
+    setID: [UInt8] = Array(0..<16)) throws -> MediaWriteSummary {
     let w = try MediaWriter(device: FileSequentialDevice(path: path, capacity: capacity), setID: setID, pool: "offsite",
-                            tenant: "acme", blockSize: 512, created: "2026-11-26T00:00:00Z", retainUntil: nil, writer: "test")
+                            tenant: "acme", blockSize: 512, created: "2026-11-26T00:00:00Z", retainUntil: nil,
+                                writer: "test")
     for r in records { try w.append(r) }
     return try w.finish()
 }
@@ -55,7 +57,8 @@ func flip(_ path: String, at: Int) throws {
             #expect(l.label.volumeSeq == v && l.damage.isEmpty)
             // The volume's catalog lists exactly the records the set catalog places on it.
             let listed = try #require(l.volumeCatalog).records
-            #expect(Set(listed.map(\.recordSeq)).isSuperset(of: Set(all.filter { $0.volume == v }.map(\.recordSeq))), "volume \(v): \(listed)")
+            #expect(Set(listed.map(\.recordSeq)).isSuperset(of: Set(all.filter { $0.volume == v }.map(\.recordSeq))),
+                "volume \(v): \(listed)")
             // Spanning records name their neighbours; the last volume knows the whole set.
             if listed.contains(where: \.endsAfter) { #expect(l.needsVolumes.contains(v + 1)) }
             if listed.contains(where: \.startsBefore) { #expect(l.needsVolumes.contains(v - 1)) }
@@ -68,8 +71,11 @@ func flip(_ path: String, at: Int) throws {
         // A flipped bit in volume 2 is named with its record, alone or skipped past.
         let size = try #require(try FileManager.default.attributesOfItem(atPath: "\(dir)/set.2")[.size] as? Int)
         try flip("\(dir)/set.2", at: 512 * 2 + 100)
-        #expect(throws: MediaError.self) { try MediaReader(source: FileSequentialDevice(paths: ["\(dir)/set.2"]), skipDamaged: false).listVolume() }
-        let damaged = try MediaReader(source: FileSequentialDevice(paths: ["\(dir)/set.2"]), skipDamaged: true).listVolume()
+        #expect(throws: MediaError.self) {
+            try MediaReader(source: FileSequentialDevice(paths: ["\(dir)/set.2"]), skipDamaged: false).listVolume()
+        }
+        let damaged = try MediaReader(source: FileSequentialDevice(paths: ["\(dir)/set.2"]),
+            skipDamaged: true).listVolume()
         #expect(damaged.damage.map(\.block) == [2] && size > 512 * 3)
         #expect(damaged.damage.first?.records.isEmpty == false)
     }
@@ -110,7 +116,8 @@ func flip(_ path: String, at: Int) throws {
         let (got, _) = try readAll(try DirectorySequentialDevice(path: "\(dir)/d"))
         #expect(got == sampleRecords())
         // A second set into the same directory is refused rather than overwriting.
-        let w2 = try MediaWriter(device: try DirectorySequentialDevice(path: "\(dir)/d"), setID: Array(0..<16), pool: "p",
+        let w2 = try MediaWriter(device: try DirectorySequentialDevice(path: "\(dir)/d"), setID: Array(0..<16),
+            pool: "p",
                                  tenant: "t", blockSize: 512, created: "x", retainUntil: nil, writer: "test")
         let e = #expect(throws: MediaError.self) { try w2.append(sampleRecords()[0]) }
         #expect(e?.code == "E_MEDIA_EXISTS")
@@ -164,15 +171,21 @@ func flip(_ path: String, at: Int) throws {
         let s = try writeSet("\(dir)/set", sampleRecords(), capacity: 16 * 512)
         #expect(s.volumes >= 3)
         // Missing last volume.
-        let e1 = #expect(throws: MediaError.self) { try readAll(FileSequentialDevice(paths: ["\(dir)/set", "\(dir)/set.2"])) }
+        let e1 = #expect(throws: MediaError.self) {
+            try readAll(FileSequentialDevice(paths: ["\(dir)/set", "\(dir)/set.2"]))
+        }
         #expect(e1?.code == "E_MEDIA_MISSING" && e1?.volume == 3)
         // Missing middle volume / out of order.
-        let e2 = #expect(throws: MediaError.self) { try readAll(FileSequentialDevice(paths: ["\(dir)/set", "\(dir)/set.3"])) }
+        let e2 = #expect(throws: MediaError.self) {
+            try readAll(FileSequentialDevice(paths: ["\(dir)/set", "\(dir)/set.3"]))
+        }
         #expect(e2?.code == "E_MEDIA_ORDER" && e2?.volume == 2 && e2?.block == 0)
         #expect(e2?.detail.contains("volume 3") == true)
         // Foreign set.
         _ = try writeSet("\(dir)/other", sampleRecords(), capacity: 16 * 512, setID: Array(repeating: 9, count: 16))
-        let e3 = #expect(throws: MediaError.self) { try readAll(FileSequentialDevice(paths: ["\(dir)/set", "\(dir)/other.2"])) }
+        let e3 = #expect(throws: MediaError.self) {
+            try readAll(FileSequentialDevice(paths: ["\(dir)/set", "\(dir)/other.2"]))
+        }
         #expect(e3?.code == "E_MEDIA_FOREIGN" && e3?.volume == 2)
         // Unlabelled medium.
         try Data(repeating: 0x41, count: 4096).write(to: URL(fileURLWithPath: "\(dir)/blank"))
@@ -187,8 +200,10 @@ func flip(_ path: String, at: Int) throws {
 
     @Test func retainedVolumeIsNotOverwritten() throws {
         let dir = mediaTempDir(); defer { try? FileManager.default.removeItem(atPath: dir) }
-        let w = try MediaWriter(device: FileSequentialDevice(path: "\(dir)/set"), setID: Array(0..<16), pool: "vault", tenant: "t",
-                                blockSize: 512, created: "2026-11-26T00:00:00Z", retainUntil: "2027-01-01T00:00:00Z", writer: "test")
+        let w = try MediaWriter(device: FileSequentialDevice(path: "\(dir)/set"), setID: Array(0..<16), pool: "vault",
+            tenant: "t",
+                                blockSize: 512, created: "2026-11-26T00:00:00Z", retainUntil: "2027-01-01T00:00:00Z",
+                                    writer: "test")
         try w.append(sampleRecords()[0]); _ = try w.finish()
         let before = try Data(contentsOf: URL(fileURLWithPath: "\(dir)/set"))
         // Before the retention date: refused, naming pool, set and date; the volume is untouched.
@@ -197,8 +212,10 @@ func flip(_ path: String, at: Int) throws {
         #expect(e?.detail.contains("vault") == true && e?.detail.contains("2027-01-01") == true)
         #expect(try Data(contentsOf: URL(fileURLWithPath: "\(dir)/set")) == before)
         // After it: the medium may be reused.
-        let w2 = try MediaWriter(device: FileSequentialDevice(path: "\(dir)/set"), setID: Array(repeating: 1, count: 16), pool: "vault",
-                                 tenant: "t", blockSize: 512, created: "2027-02-01T00:00:00Z", retainUntil: nil, writer: "test")
+        let w2 = try MediaWriter(device: FileSequentialDevice(path: "\(dir)/set"), setID: Array(repeating: 1,
+            count: 16), pool: "vault",
+                                 tenant: "t", blockSize: 512, created: "2027-02-01T00:00:00Z", retainUntil: nil,
+                                     writer: "test")
         try w2.append(sampleRecords()[1]); _ = try w2.finish()
         let (got, _) = try readAll(FileSequentialDevice(path: "\(dir)/set"))
         #expect(got == [sampleRecords()[1]])

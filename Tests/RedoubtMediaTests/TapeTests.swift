@@ -46,7 +46,9 @@ final class SimulatedTapeLibrary: TapeDrive {
         refuseNext = false
     }
 
-    private func fail(_ detail: String) -> MediaError { MediaError(code: "E_MEDIA_DEVICE", volume: 0, block: 0, detail: detail) }
+    private func fail(_ detail: String) -> MediaError {
+        MediaError(code: "E_MEDIA_DEVICE", volume: 0, block: 0, detail: detail)
+    }
 
     func open(forWriting: Bool) throws(MediaError) { isOpen = true }
     func close() { isOpen = false }
@@ -72,7 +74,9 @@ final class SimulatedTapeLibrary: TapeDrive {
     func writeRecord(_ bytes: UnsafeRawBufferPointer) throws(MediaError) -> TapeWrite {
         guard isOpen, let i = loaded else { throw fail("write: no tape") }
         guard !cartridges[i].writeProtected else { throw fail("write: write-protected (EROFS)") }
-        if blockSize != 0 && bytes.count % blockSize != 0 { throw fail("write: \(bytes.count) bytes is not a multiple of the block size (EINVAL)") }
+        if blockSize != 0 && bytes.count % blockSize != 0 {
+            throw fail("write: \(bytes.count) bytes is not a multiple of the block size (EINVAL)")
+        }
         if position >= cartridges[i].physicalEnd { return .noSpace }
         if refuseNext {
             refuseNext = false
@@ -88,7 +92,9 @@ final class SimulatedTapeLibrary: TapeDrive {
     func readRecord(into buffer: UnsafeMutableRawBufferPointer) throws(MediaError) -> Int {
         guard isOpen, let i = loaded else { throw fail("read: no tape") }
         if cartridges[i].unreadable { throw fail("read failed: Input/output error") }
-        guard position < cartridges[i].entries.count else { throw fail("read failed: Input/output error (end of data)") }
+        guard position < cartridges[i].entries.count else {
+            throw fail("read failed: Input/output error (end of data)")
+        }
         let e = cartridges[i].entries[position]
         position += 1
         guard case .record(let r) = e else { return 0 }
@@ -128,7 +134,8 @@ private func blank(_ n: Int, earlyWarningAt: Int = 40, physicalEnd: Int = 70) ->
 
 /// Writes `records` to the library's cartridges, loading cartridge n-1 for volume n.
 @discardableResult
-private func writeTapes(_ lib: SimulatedTapeLibrary, _ records: [MediaRecord], fixed: Bool = false, retainUntil: String? = nil,
+private func writeTapes(_ lib: SimulatedTapeLibrary, _ records: [MediaRecord], fixed: Bool = false,
+    retainUntil: String? = nil,
                         created: String = "2026-11-26T00:00:00Z", setID: [UInt8] = Array(0..<16),
                         asked: inout [UInt32]) throws -> MediaWriteSummary {
     var calls: [UInt32] = []
@@ -158,7 +165,8 @@ private func readTapes(_ lib: SimulatedTapeLibrary, asked: inout [UInt32]) throw
 }
 
 @Suite struct TapeTests {
-    @Test(arguments: [false, true]) func setSpansCartridgesAtTheEarlyWarningAndReadsBackFromThemAlone(fixed: Bool) throws {
+    @Test(arguments: [false,
+        true]) func setSpansCartridgesAtTheEarlyWarningAndReadsBackFromThemAlone(fixed: Bool) throws {
         let lib = SimulatedTapeLibrary(blank(6))
         var asked: [UInt32] = []
         let records = tapeRecords()
@@ -174,7 +182,9 @@ private func readTapes(_ lib: SimulatedTapeLibrary, asked: inout [UInt32]) throw
             #expect(c.entries.dropLast().allSatisfy { if case .record(let r) = $0 { r.count == 512 } else { false } })
             #expect(c.entries.count <= c.physicalEnd)
         }
-        #expect(lib.cartridges.dropLast(lib.cartridges.count - Int(summary.volumes) + 1).allSatisfy { $0.entries.count >= $0.earlyWarningAt })
+        #expect(lib.cartridges.dropLast(lib.cartridges.count - Int(summary.volumes) + 1).allSatisfy {
+            $0.entries.count >= $0.earlyWarningAt
+        })
         #expect(lib.cartridges[Int(summary.volumes)...].allSatisfy { $0.entries.isEmpty })
 
         var readAsked: [UInt32] = []
@@ -206,9 +216,11 @@ private func readTapes(_ lib: SimulatedTapeLibrary, asked: inout [UInt32]) throw
         let before = lib.cartridges
         lib.load(0)
         let e = #expect(throws: MediaError.self) {
-            try writeTapes(lib, tapeRecords(), created: "2026-12-01T00:00:00Z", setID: Array(repeating: 9, count: 16), asked: &asked)
+            try writeTapes(lib, tapeRecords(), created: "2026-12-01T00:00:00Z", setID: Array(repeating: 9, count: 16),
+                asked: &asked)
         }
-        #expect(e?.code == "E_MEDIA_RETAINED" && e?.detail.contains("vault") == true && e?.detail.contains("2027-01-01") == true)
+        #expect(e?.code == "E_MEDIA_RETAINED" && e?.detail.contains("vault") == true
+            && e?.detail.contains("2027-01-01") == true)
         #expect(lib.cartridges[0].entries == before[0].entries)
     }
 
@@ -267,7 +279,9 @@ private func readTapes(_ lib: SimulatedTapeLibrary, asked: inout [UInt32]) throw
         let fm = FileManager.default
         let mnt = "\(base)/mnt", disk = { (n: Int) in "\(base)/disk-\(n)" }
         try fm.moveItem(atPath: mnt, toPath: disk(from))
-        if fm.fileExists(atPath: disk(to)) { try fm.moveItem(atPath: disk(to), toPath: mnt) } else { try fm.createDirectory(atPath: mnt, withIntermediateDirectories: false) }
+        if fm.fileExists(atPath: disk(to)) { try fm.moveItem(atPath: disk(to), toPath: mnt) } else {
+            try fm.createDirectory(atPath: mnt, withIntermediateDirectories: false)
+        }
     }
 
     @Test func eachVolumeGoesOnTheNextDiskAndReadsBackDiskByDisk() throws {
@@ -307,7 +321,9 @@ private func readTapes(_ lib: SimulatedTapeLibrary, asked: inout [UInt32]) throw
         try swapDisks(base, unmount: mounted, mount: 1)
         mounted = 1
         let wrong = { (n: UInt32) throws(MediaError) in asked.append(n) }  // the operator does not swap
-        let e = #expect(throws: MediaError.self) { _ = try readAll(try DirectorySequentialDevice(path: "\(base)/mnt", nextMedium: wrong)) }
+        let e = #expect(throws: MediaError.self) {
+            _ = try readAll(try DirectorySequentialDevice(path: "\(base)/mnt", nextMedium: wrong))
+        }
         #expect(e?.code == "E_MEDIA_MISSING" && e?.volume == 2)
     }
 }

@@ -12,7 +12,8 @@ import Testing
     @Test func quickstartWithAnAWSKMSWrappedKeyRestoresAndTheKEKsStateDecidesLaterRestores() async throws {
         guard let env = peerEnvironment("REDOUBT_TEST_LOCALSTACK"),
               let endpoint = env["REDOUBT_TEST_LOCALSTACK"] else { return }
-        try #require(FileManager.default.isExecutableFile(atPath: CrashTests.binary.path), "build the redoubt executable first")
+        try #require(FileManager.default.isExecutableFile(atPath: CrashTests.binary.path),
+            "build the redoubt executable first")
         let dir = FileManager.default.temporaryDirectory.appendingPathComponent("redoubt-awskms-\(UUID().uuidString)")
         try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
         defer {
@@ -23,7 +24,11 @@ import Testing
         // Credentials go to each command's environment only (never setenv: suites run in
         // parallel), and never into argv.
         let withCredentials = "AWS_ACCESS_KEY_ID=AKIAREDOUBTE2E AWS_SECRET_ACCESS_KEY='\(secret)'"
-        let withoutCredentials = "env -u AWS_ACCESS_KEY_ID -u AWS_SECRET_ACCESS_KEY -u AWS_SESSION_TOKEN -u AWS_PROFILE AWS_SHARED_CREDENTIALS_FILE='\(dir.path)/none'"
+        let withoutCredentials =
+            """
+                env -u AWS_ACCESS_KEY_ID -u AWS_SECRET_ACCESS_KEY -u AWS_SESSION_TOKEN -u AWS_PROFILE \
+                AWS_SHARED_CREDENTIALS_FILE='\(dir.path)/none'
+                """
         let out = dir.appendingPathComponent("out.txt").path
         func run(_ prefix: String, _ args: String) -> (code: Int32, output: String) {
             let status = system("\(prefix) '\(CrashTests.binary.path)' \(args) > '\(out)' 2>&1")
@@ -46,7 +51,8 @@ import Testing
         // No file quickstart wrote holds the secret access key.
         #expect(system("grep -rqF '\(secret)' '\(dir.path)/qs'") != 0)
 
-        let provider = try AWSKMSKeyProvider(uri: wrapped.provider, credentials: AWSCredentials(accessKeyID: "AKIAREDOUBTE2E", secretAccessKey: secret))
+        let provider = try AWSKMSKeyProvider(uri: wrapped.provider,
+            credentials: AWSCredentials(accessKeyID: "AKIAREDOUBTE2E", secretAccessKey: secret))
         let restore = "restore 0000000000000000 --target '\(dir.path)/restored' --config '\(restorerPath)'"
 
         // Without credentials: a clear error naming where they come from.

@@ -28,12 +28,16 @@ import Testing
 
         // KEK 1 → KEK 2, KEK 1 scheduled for deletion: the snapshot restores under KEK 2,
         // while the version-1 copy is dead.
-        let (r2, r2Out) = sh("\(bin) admin \(admin) tenant rotate-key quickstart --key-provider '\(kms)' --destroy-old --json", out)
+        let (r2,
+            r2Out) = sh("""
+                \(bin) admin \(admin) tenant rotate-key quickstart --key-provider '\(kms)' --destroy-old --json
+                """, out)
         #expect(r2 == 0 && r2Out.contains("\"previousKEKDestroyed\" : \"true\""), "rotate with --destroy-old: \(r2Out)")
         let (b, bOut) = restore()
         #expect(b == 0, "restore after the rotation: \(bOut)")
         let (c, cOut) = restore("--read-key '\(keyV1)'")
-        #expect(c == 11 && cOut.contains("E_KEY_DESTROYED") && cOut.contains("pending deletion"), "restore with the copy wrapped under KEK 1: \(cOut)")
+        #expect(c == 11 && cOut.contains("E_KEY_DESTROYED") && cOut.contains("pending deletion"),
+            "restore with the copy wrapped under KEK 1: \(cOut)")
         let v2 = try WrappedReadKey.decode(try Data(contentsOf: URL(fileURLWithPath: "\(base)/restorer/read-key.json")))
         #expect(v2.context.keyVersion == 2 && v2.parameters["awskms-key-id"] != v1.parameters["awskms-key-id"])
 
@@ -42,7 +46,9 @@ import Testing
         // the key's tag: the shred destroys nothing (this tenant's KEK 2 included) and
         // changes nothing on the server.
         let (vc, vcOut) = sh("\(bin) admin \(admin) tenant create victim --key-provider '\(kms)'", out)
-        let victimKEK = try #require(vcOut.components(separatedBy: "awskms://us-east-1/").dropFirst().first?.split(separator: "?").first.map(String.init),
+        let victimKEK =
+            try #require(vcOut.components(separatedBy: "awskms://us-east-1/").dropFirst().first?.split(separator: "?")
+            .first.map(String.init),
                                      "tenant create: \(vc) \(vcOut)")
         var forged = v2
         forged.parameters["awskms-key-id"] = victimKEK
@@ -50,15 +56,19 @@ import Testing
         forged.wrapped = ""
         let sql = "\(dir)/forge.sql"
         let stub = String(decoding: try forged.encoded(), as: UTF8.self).replacingOccurrences(of: "'", with: "''")
-        try "INSERT INTO retired_keks(tenant, version, stub, retired_at) VALUES ('quickstart', 3, '\(stub)', 0);".write(toFile: sql, atomically: true, encoding: .utf8)
+        try """
+            INSERT INTO retired_keks(tenant, version, stub, retired_at) VALUES ('quickstart', 3, '\(stub)', 0);
+            """.write(toFile: sql, atomically: true, encoding: .utf8)
         #expect(system("sqlite3 '\(base)/server/catalog.sqlite' < '\(sql)'") == 0)
         let (lied, liedOut) = sh("\(bin) admin \(admin) tenant shred quickstart --confirm quickstart", out)
-        #expect(lied == 6 && liedOut.contains("E_KEY_FOREIGN_KEK") && liedOut.contains("redoubt-tenant=victim") && liedOut.contains("Nothing was destroyed"),
+        #expect(lied == 6 && liedOut.contains("E_KEY_FOREIGN_KEK") && liedOut.contains("redoubt-tenant=victim")
+            && liedOut.contains("Nothing was destroyed"),
                 "shred with a forged KEK: \(liedOut)")
         let credentials = AWSCredentials(accessKeyID: "AKIAREDOUBTCUSTODY", secretAccessKey: secret)
         let kmsAPI = try AWSKMSKeyProvider(uri: v2.provider, credentials: credentials)
         for kek in [victimKEK, try #require(v2.parameters["awskms-key-id"])] {
-            let state = (try await kmsAPI.call("DescribeKey", ["KeyId": kek], key: kek)["KeyMetadata"] as? [String: Any])?["KeyState"] as? String
+            let state = (try await kmsAPI.call("DescribeKey", ["KeyId": kek],
+                key: kek)["KeyMetadata"] as? [String: Any])?["KeyState"] as? String
             #expect(state == "Enabled", "\(kek) after the refused shred")
         }
         let (stillThere, stillOut) = restore()

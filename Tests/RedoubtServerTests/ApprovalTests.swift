@@ -38,9 +38,12 @@ import RedoubtKMS
             #expect(req.state == "pending" && req.needed == 1 && req.requester == "admin")
             // Her own approval does not count; a host cannot approve; nor can the request be used yet.
             await refused("E_FORBIDDEN", "self-approval") { _ = try await alice.decide(request: req.id, approve: true) }
-            await refused("E_FORBIDDEN", "a writer approving") { _ = try await writer.decide(request: req.id, approve: true) }
+            await refused("E_FORBIDDEN", "a writer approving") {
+                _ = try await writer.decide(request: req.id, approve: true)
+            }
             await refused("E_APPROVAL_PENDING", "using a pending request") {
-                _ = try await alice.shredTenant(tenant: "acme", confirm: "acme", destroyedVersions: [], requestID: req.id)
+                _ = try await alice.shredTenant(tenant: "acme", confirm: "acme", destroyedVersions: [],
+                    requestID: req.id)
             }
             #expect(try server.service.catalog.tenant("acme")?.shreddedAt == nil)
 
@@ -57,47 +60,69 @@ import RedoubtKMS
                 _ = try await alice.setMinRetention(tenant: "acme", seconds: 86400, requestID: req.id)
             }
             // The check does not use it up; the shred does, once.
-            _ = try await alice.shredTenant(tenant: "acme", confirm: "acme", destroyedVersions: [], requestID: req.id, check: true)
-            let done = try await alice.shredTenant(tenant: "acme", confirm: "acme", destroyedVersions: [], requestID: req.id)
+            _ = try await alice.shredTenant(tenant: "acme", confirm: "acme", destroyedVersions: [], requestID: req.id,
+                check: true)
+            let done = try await alice.shredTenant(tenant: "acme", confirm: "acme", destroyedVersions: [],
+                requestID: req.id)
             #expect(done.shreddedAt != nil)
             #expect(try await alice.requests().first { $0.id == req.id }?.state == "executed")
 
             // Lowering a retention: raising is immediate, lowering is a request; a rejection ends it.
             try await server.createTenant("beta", keys: try TenantKeys.generate())
-            #expect(try await alice.setMinRetention(tenant: "beta", seconds: 90 * 86400, requestID: nil).minRetentionSeconds == 90 * 86400)
-            await refused("E_APPROVAL_REQUIRED", "lowering alone") { _ = try await alice.setMinRetention(tenant: "beta", seconds: 7 * 86400, requestID: nil) }
+            #expect(try await alice.setMinRetention(tenant: "beta", seconds: 90 * 86400,
+                requestID: nil).minRetentionSeconds == 90 * 86400)
+            await refused("E_APPROVAL_REQUIRED", "lowering alone") {
+                _ = try await alice.setMinRetention(tenant: "beta", seconds: 7 * 86400, requestID: nil)
+            }
             let lower = try #require(try await alice.requests().first { $0.action == "lower-retention" })
             #expect(lower.parameters == ["from": "7776000", "minRetentionSeconds": "604800"])
             let rejected = try await bob.decide(request: lower.id, approve: false)
             #expect(rejected.state == "rejected" && rejected.rejectedBy == "bob")
-            await refused("E_CONFLICT", "approving a rejected request") { _ = try await bob.decide(request: lower.id, approve: true) }
+            await refused("E_CONFLICT", "approving a rejected request") {
+                _ = try await bob.decide(request: lower.id, approve: true)
+            }
             await refused("E_APPROVAL_PENDING", "using a rejected request") {
                 _ = try await alice.setMinRetention(tenant: "beta", seconds: 7 * 86400, requestID: lower.id)
             }
             #expect(try server.service.catalog.tenant("beta")?.minRetention == 90 * 86400)
             // A request approves exactly its parameters: 7 days approved is not 1 day.
-            await refused("E_APPROVAL_REQUIRED", "lowering again") { _ = try await alice.setMinRetention(tenant: "beta", seconds: 7 * 86400, requestID: nil) }
-            let again = try #require(try await alice.requests().last { $0.action == "lower-retention" && $0.state == "pending" })
+            await refused("E_APPROVAL_REQUIRED", "lowering again") {
+                _ = try await alice.setMinRetention(tenant: "beta", seconds: 7 * 86400, requestID: nil)
+            }
+            let again = try #require(try await alice.requests().last {
+                $0.action == "lower-retention" && $0.state == "pending"
+            })
             _ = try await bob.decide(request: again.id, approve: true)
             await refused("E_FORBIDDEN", "an approval for 7 days used for 1 day") {
                 _ = try await alice.setMinRetention(tenant: "beta", seconds: 86400, requestID: again.id)
             }
-            #expect(try await alice.setMinRetention(tenant: "beta", seconds: 7 * 86400, requestID: again.id).minRetentionSeconds == 7 * 86400)
+            #expect(try await alice.setMinRetention(tenant: "beta", seconds: 7 * 86400,
+                requestID: again.id).minRetentionSeconds == 7 * 86400)
 
             // Requests expire after 72 hours.
-            await refused("E_APPROVAL_REQUIRED", "quorum change alone") { _ = try await alice.setQuorum(1, requestID: nil) }
+            await refused("E_APPROVAL_REQUIRED", "quorum change alone") {
+                _ = try await alice.setQuorum(1, requestID: nil)
+            }
             let q = try #require(try await alice.requests().first { $0.action == "set-quorum" })
             server.clock.set(Date().addingTimeInterval(73 * 3600))
-            await refused("E_CONFLICT", "approving an expired request") { _ = try await bob.decide(request: q.id, approve: true) }
+            await refused("E_CONFLICT", "approving an expired request") {
+                _ = try await bob.decide(request: q.id, approve: true)
+            }
             #expect(try await alice.quorum().effective == 2)
 
             // Removing an admin is a request too; the last admin can never be removed.
-            await refused("E_APPROVAL_REQUIRED", "removing bob alone") { _ = try await alice.removeAdmin(name: "bob", requestID: nil) }
+            await refused("E_APPROVAL_REQUIRED", "removing bob alone") {
+                _ = try await alice.removeAdmin(name: "bob", requestID: nil)
+            }
             let rm = try #require(try await alice.requests().first { $0.action == "remove-admin" })
             _ = try await bob.decide(request: rm.id, approve: true)
             // Bob also approves another change before he goes.
-            await refused("E_APPROVAL_REQUIRED", "lowering beta alone") { _ = try await alice.setMinRetention(tenant: "beta", seconds: 86400, requestID: nil) }
-            let pendingLower = try #require(try await alice.requests().last { $0.action == "lower-retention" && $0.state == "pending" })
+            await refused("E_APPROVAL_REQUIRED", "lowering beta alone") {
+                _ = try await alice.setMinRetention(tenant: "beta", seconds: 86400, requestID: nil)
+            }
+            let pendingLower = try #require(try await alice.requests().last {
+                $0.action == "lower-retention" && $0.state == "pending"
+            })
             #expect(try await bob.decide(request: pendingLower.id, approve: true).state == "approved")
             let afterRemoval = try await alice.removeAdmin(name: "bob", requestID: rm.id)
             // The configured quorum stays; only the effective one follows the admins left.
@@ -106,18 +131,22 @@ import RedoubtKMS
             let lowerNow = try #require(try await alice.requests().first { $0.id == pendingLower.id })
             #expect(lowerNow.state == "pending" && lowerNow.approvers.isEmpty)
             await refused("E_UNAUTHENTICATED", "the removed admin") { _ = try await bob.quorum() }
-            await refused("E_CONFLICT", "removing the last admin") { _ = try await alice.removeAdmin(name: "admin", requestID: nil) }
+            await refused("E_CONFLICT", "removing the last admin") {
+                _ = try await alice.removeAdmin(name: "admin", requestID: nil)
+            }
 
             // Failed attempts to change things are audited too, with their error code; a
             // filed approval request is recorded once, as the request.
             let log = try await alice.audit(limit: 10_000)
-            #expect(log.contains { $0.action == "remove-admin" && $0.outcome == "error" && $0.detail.contains("E_CONFLICT") && $0.role == "admin" },
+            #expect(log.contains { $0.action == "remove-admin" && $0.outcome == "error"
+                && $0.detail.contains("E_CONFLICT") && $0.role == "admin" },
                     "\(log.suffix(5).map { "\($0.action) \($0.outcome) \($0.detail)" })")
             #expect(!log.contains { $0.outcome == "error" && $0.detail.contains("E_APPROVAL_REQUIRED") })
 
             // Every step is in the audit chain.
             let actions = Set(log.map(\.action))
-            #expect(actions.isSuperset(of: ["request", "approve", "reject", "execute-request", "shred-tenant", "set-retention", "remove-admin"]))
+            #expect(actions.isSuperset(of: ["request", "approve", "reject", "execute-request", "shred-tenant",
+                "set-retention", "remove-admin"]))
             #expect(try server.service.catalog.verifyAudit().firstBad == nil)
         } catch { Issue.record("\(error)") }
         await finish(server, [bob, writer])
@@ -134,19 +163,30 @@ import RedoubtKMS
         let alice = server.admin
         do {
             let provider = try PassphraseKeyProvider(passphrase: SecretBytes(copying: Array("new-pw".utf8)), logN: 10)
-            let approved = String(decoding: try await provider.wrap(keys.readKey, context: KeyContext(tenant: "acme", keyVersion: 2)).encoded(), as: UTF8.self)
-            await refused("E_APPROVAL_REQUIRED", "a lone rotation") { _ = try await alice.rotateReadKey(tenant: "acme", wrappedReadKey: approved) }
+            let approved = String(decoding: try await provider.wrap(keys.readKey, context: KeyContext(tenant: "acme",
+                keyVersion: 2)).encoded(), as: UTF8.self)
+            await refused("E_APPROVAL_REQUIRED", "a lone rotation") {
+                _ = try await alice.rotateReadKey(tenant: "acme", wrappedReadKey: approved)
+            }
             #expect(try server.service.catalog.tenant("acme")?.keyVersion == 1)
             let req = try #require(try await alice.requests().first { $0.action == "rotate-read-key" })
-            #expect(req.parameters["version"] == "2" && req.parameters["wrappedReadKey"] == approved && req.parameters["provider"] == "passphrase:")
+            #expect(req.parameters["version"] == "2" && req.parameters["wrappedReadKey"] == approved
+                && req.parameters["provider"] == "passphrase:")
             _ = try await bob.decide(request: req.id, approve: true)
             // Bob may not carry it out; nor may Alice swap in another wrapping under it.
-            await refused("E_FORBIDDEN", "bob carrying out alice's rotation") { _ = try await bob.rotateReadKey(tenant: "acme", wrappedReadKey: "", requestID: req.id) }
-            let other = String(decoding: try await provider.wrap(keys.readKey, context: KeyContext(tenant: "acme", keyVersion: 2)).encoded(), as: UTF8.self)
-            await refused("E_FORBIDDEN", "another wrapping under the approval") { _ = try await alice.rotateReadKey(tenant: "acme", wrappedReadKey: other, requestID: req.id) }
+            await refused("E_FORBIDDEN", "bob carrying out alice's rotation") {
+                _ = try await bob.rotateReadKey(tenant: "acme", wrappedReadKey: "", requestID: req.id)
+            }
+            let other = String(decoding: try await provider.wrap(keys.readKey, context: KeyContext(tenant: "acme",
+                keyVersion: 2)).encoded(), as: UTF8.self)
+            await refused("E_FORBIDDEN", "another wrapping under the approval") {
+                _ = try await alice.rotateReadKey(tenant: "acme", wrappedReadKey: other, requestID: req.id)
+            }
             let after = try await alice.rotateReadKey(tenant: "acme", wrappedReadKey: "", requestID: req.id)
             #expect(after.keyVersion == 2 && after.wrappedReadKey == approved)
-            await refused("E_APPROVAL_PENDING", "the same request twice") { _ = try await alice.rotateReadKey(tenant: "acme", wrappedReadKey: "", requestID: req.id) }
+            await refused("E_APPROVAL_PENDING", "the same request twice") {
+                _ = try await alice.rotateReadKey(tenant: "acme", wrappedReadKey: "", requestID: req.id)
+            }
         } catch { Issue.record("\(error)") }
         await finish(server, [bob])
     }

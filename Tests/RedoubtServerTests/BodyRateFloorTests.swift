@@ -46,7 +46,8 @@ import Testing
             }
             let cutAfter = Date().timeIntervalSince(started)
             let answer = await slow.response(within: 15)
-            #expect(answer?.status == 408 && answer?.body.contains("E_TOO_SLOW") == true, "\(String(describing: answer))")
+            #expect(answer?.status == 408 && answer?.body.contains("E_TOO_SLOW") == true,
+                "\(String(describing: answer))")
             #expect(await slow.waitClosed(within: 15), "the trickling connection stayed open")
             #expect(cutAfter < 14, "cut only after \(cutAfter) s")
             #expect(try await w.server.service.catalog.pack(tenant: "acme", id: id) == nil)

@@ -44,11 +44,16 @@ import Testing
         var admin: S3Client { S3Client(location: S3Location(endpoint: endpoint, region: "us-east-1", bucket: bucket),
                                        credentials: AWSCredentials(accessKeyID: "test", secretAccessKey: "test")) }
         func store(_ prefix: String) -> S3Store {
-            S3Store(client: S3Client(location: S3Location(endpoint: endpoint, region: "us-east-1", bucket: bucket, prefix: prefix),
+            S3Store(client: S3Client(location: S3Location(endpoint: endpoint, region: "us-east-1", bucket: bucket,
+                prefix: prefix),
                                      credentials: AWSCredentials(accessKeyID: "test", secretAccessKey: "test")))
         }
-        func target(_ prefix: String) -> String { "--to s3://\(bucket)/\(prefix) --endpoint \(endpoint.absoluteString) --credentials '\(creds)'" }
-        func from(_ prefix: String) -> String { "--from s3://\(bucket)/\(prefix) --endpoint \(endpoint.absoluteString) --credentials '\(creds)'" }
+        func target(_ prefix: String) -> String {
+            "--to s3://\(bucket)/\(prefix) --endpoint \(endpoint.absoluteString) --credentials '\(creds)'"
+        }
+        func from(_ prefix: String) -> String {
+            "--from s3://\(bucket)/\(prefix) --endpoint \(endpoint.absoluteString) --credentials '\(creds)'"
+        }
     }
 
     func setup() async throws -> Setup? {
@@ -56,10 +61,12 @@ import Testing
               let ls = env["REDOUBT_TEST_LOCALSTACK"].flatMap(URL.init(string:)) else { return nil }
         let binary = CrashTests.binary.path
         try #require(FileManager.default.isExecutableFile(atPath: binary), "build the redoubt executable first")
-        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("redoubt-bverify-\(UUID().uuidString)").path
+        let dir =
+            FileManager.default.temporaryDirectory.appendingPathComponent("redoubt-bverify-\(UUID().uuidString)").path
         try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
         let creds = "\(dir)/s3-credentials"
-        try "[default]\naws_access_key_id = test\naws_secret_access_key = test\n".write(toFile: creds, atomically: true, encoding: .utf8)
+        try "[default]\naws_access_key_id = test\naws_secret_access_key = test\n".write(toFile: creds, atomically: true,
+            encoding: .utf8)
         // Per command, not setenv: suites run in parallel in one process.
         let bin = "REDOUBT_PASSPHRASE=bucket-verify-test '\(binary)'"
         let qs = sh("\(bin) quickstart --dir '\(dir)/qs'", dir)
@@ -67,7 +74,8 @@ import Testing
         let run = try #require(try FileManager.default.contentsOfDirectory(atPath: "\(dir)/qs").first)
         let name = "redoubt-verify-\(UInt32.random(in: 0 ... .max))"
         let s = Setup(dir: dir, base: "\(dir)/qs/\(run)", bucket: name, endpoint: ls, creds: creds, bin: bin)
-        #expect(try await s.admin.send(.PUT, key: nil, headers: [("x-amz-bucket-object-lock-enabled", "true")]).status == 200)
+        #expect(try await s.admin.send(.PUT, key: nil, headers: [("x-amz-bucket-object-lock-enabled",
+            "true")]).status == 200)
         let sync = sh("\(bin) copy sync quickstart --data '\(s.base)/server' \(s.target("redoubt"))", dir)
         try #require(sync.code == 0, "copy sync: \(sync.out)\(sync.err)")
         return s
@@ -81,9 +89,11 @@ import Testing
     /// PUTs `body` under `key` (relative to `prefix`) as the bucket admin, with the given
     /// recorded hash and lock mode (nil: no lock).
     func put(_ s: Setup, prefix: String, key: String, body: [UInt8], sha256: String, lock: String?) async throws {
-        var headers: [(name: String, value: String)] = [("content-md5", contentMD5(body)), ("x-amz-meta-sha256", sha256)]
+        var headers: [(name: String, value: String)] = [("content-md5", contentMD5(body)), ("x-amz-meta-sha256",
+            sha256)]
         if let lock {
-            headers += [("x-amz-object-lock-mode", lock), ("x-amz-object-lock-retain-until-date", S3Date.format(Date().addingTimeInterval(40 * 86400)))]
+            headers += [("x-amz-object-lock-mode", lock), ("x-amz-object-lock-retain-until-date",
+                S3Date.format(Date().addingTimeInterval(40 * 86400)))]
         }
         let r = try await s.admin.send(.PUT, key: "\(prefix)/\(key)", headers: headers, body: body)
         #expect(r.status == 200, "PUT \(prefix)/\(key): \(r.status) \(r.errorMessage ?? "")")
@@ -95,7 +105,8 @@ import Testing
         let source = s.store("redoubt")
         let dest = s.store(prefix)
         for info in objects where !skip.contains(info.key.path) {
-            _ = try await dest.put(info.key, try await source.get(info.key), retainUntil: Date().addingTimeInterval(40 * 86400))
+            _ = try await dest.put(info.key, try await source.get(info.key),
+                retainUntil: Date().addingTimeInterval(40 * 86400))
         }
     }
 
@@ -110,7 +121,8 @@ import Testing
         let listed = try await s.store("redoubt").list(prefix: "t/quickstart/")
         #expect(r.objects == listed.count && r.objects >= 3)
         #expect(r.bytes == listed.map(\.size).reduce(0, +))
-        #expect(r.missing.isEmpty && r.wrong.isEmpty && r.unlocked.isEmpty && r.expiring.isEmpty && r.extra.isEmpty, "\(clean.out)")
+        #expect(r.missing.isEmpty && r.wrong.isEmpty && r.unlocked.isEmpty && r.expiring.isEmpty && r.extra.isEmpty,
+            "\(clean.out)")
         #expect(clean.err.contains("verify:"), "progress on stderr: \(clean.err)")
         // The `verify --from` spelling, without --tenant (the bucket holds one), says the same.
         let alias = sh("\(s.bin) verify \(s.from("redoubt"))", s.dir)
@@ -125,24 +137,32 @@ import Testing
         let junk = Array("not a pack".utf8)
         let unlockedPack = SigV4Signer.hexSHA256(Array("unlocked".utf8))
         let governancePack = SigV4Signer.hexSHA256(Array("governance".utf8))
-        try await put(s, prefix: "redoubt", key: "t/quickstart/packs/\(unlockedPack.prefix(2))/\(unlockedPack)", body: Array("unlocked".utf8),
+        try await put(s, prefix: "redoubt", key: "t/quickstart/packs/\(unlockedPack.prefix(2))/\(unlockedPack)",
+            body: Array("unlocked".utf8),
                       sha256: unlockedPack, lock: nil)
-        try await put(s, prefix: "redoubt", key: "t/quickstart/packs/\(governancePack.prefix(2))/\(governancePack)", body: Array("governance".utf8),
+        try await put(s, prefix: "redoubt", key: "t/quickstart/packs/\(governancePack.prefix(2))/\(governancePack)",
+            body: Array("governance".utf8),
                       sha256: governancePack, lock: "GOVERNANCE")
-        try await put(s, prefix: "redoubt", key: "t/quickstart/packs/notes.txt", body: junk, sha256: SigV4Signer.hexSHA256(junk), lock: nil)
+        try await put(s, prefix: "redoubt", key: "t/quickstart/packs/notes.txt", body: junk,
+            sha256: SigV4Signer.hexSHA256(junk), lock: nil)
         // A name no Redoubt key can have (upper case) is listed too, though never read.
-        try await put(s, prefix: "redoubt", key: "t/quickstart/README.TXT", body: junk, sha256: SigV4Signer.hexSHA256(junk), lock: nil)
+        try await put(s, prefix: "redoubt", key: "t/quickstart/README.TXT", body: junk,
+            sha256: SigV4Signer.hexSHA256(junk), lock: nil)
         let tampered = sh("\(s.bin) copy verify quickstart \(s.target("redoubt")) --json", s.dir)
         #expect(tampered.code == 5, "after unlocked objects: \(tampered.out)\(tampered.err)")
         let t = try report(tampered.out)
         #expect(t.objects == r.objects + 3)
-        #expect(t.unlocked.contains { $0.key.hasSuffix(unlockedPack) && $0.detail.contains("no Object Lock") }, "\(tampered.out)")
-        #expect(t.unlocked.contains { $0.key.hasSuffix(governancePack) && $0.detail.contains("GOVERNANCE") }, "\(tampered.out)")
+        #expect(t.unlocked.contains { $0.key.hasSuffix(unlockedPack) && $0.detail.contains("no Object Lock") },
+            "\(tampered.out)")
+        #expect(t.unlocked.contains { $0.key.hasSuffix(governancePack) && $0.detail.contains("GOVERNANCE") },
+            "\(tampered.out)")
         #expect(t.unlocked.contains { $0.key == "t/quickstart/packs/notes.txt" })
-        #expect(t.extra.map(\.key).sorted() == ["t/quickstart/README.TXT", "t/quickstart/packs/notes.txt"], "\(tampered.out)")
+        #expect(t.extra.map(\.key).sorted() == ["t/quickstart/README.TXT", "t/quickstart/packs/notes.txt"],
+            "\(tampered.out)")
         #expect(t.missing.isEmpty && t.wrong.isEmpty)
         let text = sh("\(s.bin) copy verify quickstart \(s.target("redoubt"))", s.dir)
-        #expect(text.code == 5 && text.out.contains("UNLOCKED: t/quickstart/packs/\(unlockedPack.prefix(2))/\(unlockedPack)")
+        #expect(text.code == 5
+            && text.out.contains("UNLOCKED: t/quickstart/packs/\(unlockedPack.prefix(2))/\(unlockedPack)")
             && text.out.contains("NOT INTACT"), "\(text.out)")
 
         // A partial copy: one pack a manifest needs is absent.
@@ -164,9 +184,11 @@ import Testing
         let manifest = try #require(manifests.first)
         try await copyPrefix(s, listed, to: "forged", skip: [gone.key.path, manifest.key.path])
         let forgedPack = Array("ransom note in place of a pack".utf8)
-        try await put(s, prefix: "forged", key: gone.key.path, body: forgedPack, sha256: SigV4Signer.hexSHA256(forgedPack), lock: "COMPLIANCE")
+        try await put(s, prefix: "forged", key: gone.key.path, body: forgedPack,
+            sha256: SigV4Signer.hexSHA256(forgedPack), lock: "COMPLIANCE")
         let manifestID = String(manifest.key.path.split(separator: "/").last ?? "")
-        try await put(s, prefix: "forged", key: manifest.key.path, body: Array("not a manifest".utf8), sha256: manifestID, lock: "COMPLIANCE")
+        try await put(s, prefix: "forged", key: manifest.key.path, body: Array("not a manifest".utf8),
+            sha256: manifestID, lock: "COMPLIANCE")
         let forged = sh("\(s.bin) copy verify quickstart \(s.target("forged")) --json", s.dir)
         #expect(forged.code == 5, "forged objects: \(forged.out)\(forged.err)")
         let f = try report(forged.out)
@@ -195,11 +217,20 @@ import Testing
         let otherRows = try JSONDecoder().decode([Row].self, from: Data(other.out.utf8))
         #expect(other.code == 0 && otherRows.isEmpty, "\(other.out)")
 
-        let restore = sh("\(s.bin) restore \(row.id.prefix(12)) \(s.from("redoubt")) --tenant quickstart --target '\(s.dir)/restored' --config '\(s.base)/restorer'", s.dir)
+        let restore =
+            sh("""
+                \(s.bin) restore \(row.id.prefix(12)) \(s.from("redoubt")) --tenant quickstart --target \
+                '\(s.dir)/restored' --config '\(s.base)/restorer'
+                """, s.dir)
         #expect(restore.code == 0, "restore --from: \(restore.out)\(restore.err)")
         // The wrapped read key came from the copy's tenant descriptor, not the (gone) server.
-        #expect(restore.err.contains("wrapped read key in t/quickstart/tenant-v1.json") && !restore.err.contains("saved at enrollment"), "\(restore.err)")
-        let diff = sh("diff -r '\(s.base)/sample' '\(s.dir)/restored\(s.base)/sample' || diff -r '\(s.base)/sample' '\(s.dir)/restored/sample'", s.dir)
+        #expect(restore.err.contains("wrapped read key in t/quickstart/tenant-v1.json")
+            && !restore.err.contains("saved at enrollment"), "\(restore.err)")
+        let diff =
+            sh("""
+                diff -r '\(s.base)/sample' '\(s.dir)/restored\(s.base)/sample' || diff -r '\(s.base)/sample' \
+                '\(s.dir)/restored/sample'
+                """, s.dir)
         #expect(diff.code == 0, "restored tree differs: \(diff.out)")
 
         // Someone with the writer credential adds a newer descriptor whose wrapped key names
@@ -209,23 +240,32 @@ import Testing
         let wrappedJSON = try #require(descriptor["wrappedReadKey"] as? String)
         var wrapped = try #require(try JSONSerialization.jsonObject(with: Data(wrappedJSON.utf8)) as? [String: Any])
         wrapped["provider"] = "kmip://203.0.113.7:5696/attacker-key"
-        descriptor["wrappedReadKey"] = String(decoding: try JSONSerialization.data(withJSONObject: wrapped), as: UTF8.self)
+        descriptor["wrappedReadKey"] = String(decoding: try JSONSerialization.data(withJSONObject: wrapped),
+            as: UTF8.self)
         descriptor["keyVersion"] = 2
         let forged = Array(try JSONSerialization.data(withJSONObject: descriptor))
-        try await put(s, prefix: "redoubt", key: "t/quickstart/tenant-v2.json", body: forged, sha256: SigV4Signer.hexSHA256(forged), lock: "COMPLIANCE")
-        let again = sh("\(s.bin) restore \(row.id.prefix(12)) \(s.from("redoubt")) --target '\(s.dir)/restored2' --config '\(s.base)/restorer' --json", s.dir)
+        try await put(s, prefix: "redoubt", key: "t/quickstart/tenant-v2.json", body: forged,
+            sha256: SigV4Signer.hexSHA256(forged), lock: "COMPLIANCE")
+        let again =
+            sh("""
+                \(s.bin) restore \(row.id.prefix(12)) \(s.from("redoubt")) --target '\(s.dir)/restored2' --config \
+                '\(s.base)/restorer' --json
+                """, s.dir)
         #expect(again.code == 0, "restore --from after a forged descriptor: \(again.out)\(again.err)")
-        let summary = try #require(try JSONSerialization.jsonObject(with: Data(again.out.utf8)) as? [String: Any], "\(again.out)")
+        let summary = try #require(try JSONSerialization.jsonObject(with: Data(again.out.utf8)) as? [String: Any],
+            "\(again.out)")
         #expect((summary["files"] as? Int ?? 0) > 0 && summary["damaged"] as? [String] == [], "\(again.out)")
         #expect(again.err.contains("not using the wrapped read key in t/quickstart/tenant-v2.json"), "\(again.err)")
 
         // With a second tenant in the bucket, --tenant is needed, and the error lists both.
         let body = Array("{}".utf8)
         let r = try await s.admin.send(.PUT, key: "redoubt/t/other/tenant-v1.json",
-                                       headers: [("content-md5", contentMD5(body)), ("x-amz-meta-sha256", SigV4Signer.hexSHA256(body))], body: body)
+                                       headers: [("content-md5", contentMD5(body)), ("x-amz-meta-sha256",
+                                           SigV4Signer.hexSHA256(body))], body: body)
         #expect(r.status == 200)
         let two = sh("\(s.bin) snapshots \(s.from("redoubt"))", s.dir)
-        #expect(two.code != 0 && two.err.contains("other, quickstart") && two.err.contains("--tenant"), "\(two.out)\(two.err)")
+        #expect(two.code != 0 && two.err.contains("other, quickstart") && two.err.contains("--tenant"),
+            "\(two.out)\(two.err)")
         // --from options without --from are refused rather than silently going to the server.
         let stray = sh("\(s.bin) snapshots --tenant quickstart --config '\(s.base)/restorer'", s.dir)
         #expect(stray.code != 0 && stray.err.contains("--from"), "\(stray.out)\(stray.err)")

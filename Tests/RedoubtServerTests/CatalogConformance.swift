@@ -98,7 +98,8 @@ struct CatalogConformance: Sendable {
             let chunks = (0..<7).map(Self.chunk)
             try c.insertPack(
                 tenant: "acme", id: Self.pack(1).description, key: Self.packKey("acme", Self.pack(1)), size: 700,
-                retainUntil: t0.addingTimeInterval(day), chunkIDs: chunks, now: t0, uploader: "w1", batch: 3, verified: false)
+                retainUntil: t0.addingTimeInterval(day), chunkIDs: chunks, now: t0, uploader: "w1", batch: 3,
+                    verified: false)
             #expect(try c.pack(tenant: "acme", id: Self.pack(1).description)?.size == 700)
             #expect(
                 try c.chunkLocations(tenant: "acme", ids: chunks, scope: nil, orVerified: false)
@@ -114,7 +115,8 @@ struct CatalogConformance: Sendable {
                 try c.insertPack(
                     tenant: "acme", id: Self.pack(2).description, key: claimed, size: 1,
                     retainUntil: t0.addingTimeInterval(60 * day),
-                    chunkIDs: [Self.chunk(50)], now: t0.addingTimeInterval(30 * day), uploader: "w1", batch: 10, verified: false)
+                    chunkIDs: [Self.chunk(50)], now: t0.addingTimeInterval(30 * day), uploader: "w1", batch: 10,
+                        verified: false)
             }
             #expect(try c.pack(tenant: "acme", id: Self.pack(2).description) == nil)
             #expect(try c.chunkLocations(tenant: "acme", ids: [Self.chunk(50)], scope: nil, orVerified: false).isEmpty)
@@ -157,7 +159,8 @@ struct CatalogConformance: Sendable {
             #expect(try c.chunkLocations(tenant: "other", ids: ids, scope: nil, orVerified: false).isEmpty)
             // More IDs than one query may bind.
             let many = (0..<1200).map { Self.chunk(10_000 + $0) }
-            #expect(try c.chunkLocations(tenant: "acme", ids: many + [own1], scope: nil, orVerified: false) == [own1: Self.pack(1)])
+            #expect(try c.chunkLocations(tenant: "acme", ids: many + [own1], scope: nil,
+                orVerified: false) == [own1: Self.pack(1)])
 
         case .aCommitNeedsEveryPackStillHeld:
             try c.insertPack(
@@ -251,7 +254,8 @@ struct CatalogConformance: Sendable {
             #expect(try c.pendingDeletes(tenant: "acme") == [key])
             try c.insertPack(
                 tenant: "acme", id: p.description, key: Self.packKey("acme", Self.pack(9)), size: 10,
-                retainUntil: now.addingTimeInterval(99 * day), chunkIDs: [], now: now, uploader: "w1", batch: 10, verified: false)
+                retainUntil: now.addingTimeInterval(99 * day), chunkIDs: [], now: now, uploader: "w1", batch: 10,
+                    verified: false)
             #expect(try !c.claimPendingDelete(key, tenant: "acme", now: now.addingTimeInterval(30 * day)))
             #expect(try c.pendingDeletes(tenant: "acme").isEmpty)
             // Done: off the queue for good.
@@ -264,7 +268,8 @@ struct CatalogConformance: Sendable {
             for n in 1...3 {
                 try c.insertPack(
                     tenant: "acme", id: Self.pack(n).description, key: Self.packKey("acme", Self.pack(n)), size: n,
-                    retainUntil: t0.addingTimeInterval(day), chunkIDs: [], now: t0, uploader: nil, batch: 10, verified: false)
+                    retainUntil: t0.addingTimeInterval(day), chunkIDs: [], now: t0, uploader: nil, batch: 10,
+                        verified: false)
             }
             // s1 expired and superseded (goes), s2 expired but held, s3 expired but its host's newest.
             try c.insertSnapshot(
@@ -556,17 +561,21 @@ struct CatalogConformance: Sendable {
             #expect(try !c.setPolicy(p(weekly, "*", "acme"), from: nil), "a second create over an existing policy")
             #expect(try c.setPolicy(p(weekly, "*", "acme"), from: daily))
             #expect(try !c.setPolicy(p(daily, "*", "acme"), from: daily), "a change from stale rules")
-            #expect(try c.setPolicy(p(daily, "web*", "acme"), from: nil) && c.setPolicy(p(daily, "*", "beta"), from: nil))
+            #expect(try c.setPolicy(p(daily, "web*", "acme"), from: nil) && c.setPolicy(p(daily, "*", "beta"),
+                from: nil))
             #expect(try c.policies(tenant: "acme").count == 2 && c.policies(tenant: nil).count == 3)
             #expect(try c.policies(tenant: "acme").first { $0.hostGlob == "*" }?.rules == weekly)
-            #expect(try !c.removePolicy(tenant: "acme", hostGlob: "*", tag: "", from: daily), "a removal from stale rules")
+            #expect(try !c.removePolicy(tenant: "acme", hostGlob: "*", tag: "", from: daily),
+                "a removal from stale rules")
             #expect(try c.removePolicy(tenant: "acme", hostGlob: "*", tag: "", from: weekly))
             #expect(try c.policies(tenant: "acme").map(\.hostGlob) == ["web*"])
             // A snapshot's lock moves only later.
-            try c.insertSnapshot(Self.snapshot(1, committed: t0, retainUntil: t0.addingTimeInterval(day), packs: 0), packs: [],
+            try c.insertSnapshot(Self.snapshot(1, committed: t0, retainUntil: t0.addingTimeInterval(day), packs: 0),
+                packs: [],
                                  requirePacks: false, manifestKey: nil)
             #expect(try c.extendSnapshotLock(id: Self.snapshotID(1), until: t0) == nil)
-            #expect(try c.extendSnapshotLock(id: Self.snapshotID(1), until: t0.addingTimeInterval(30 * day))?.retainUntil
+            #expect(try c.extendSnapshotLock(id: Self.snapshotID(1),
+                until: t0.addingTimeInterval(30 * day))?.retainUntil
                     == t0.addingTimeInterval(30 * day))
             #expect(try c.extendSnapshotLock(id: Self.snapshotID(1), until: t0.addingTimeInterval(2 * day)) == nil)
             #expect(try c.snapshot(id: Self.snapshotID(1))?.retainUntil == t0.addingTimeInterval(30 * day))

@@ -23,18 +23,24 @@ import RedoubtStore
 
     @Test func aCommitIsCopiedToTheTargetInTheBackgroundUnderCompliance() async throws {
         guard let env = peerEnvironment("REDOUBT_TEST_LOCALSTACK", "REDOUBT_TEST_MOTO"),
-              let ls = env["REDOUBT_TEST_LOCALSTACK"].flatMap(URL.init(string:)), let moto = env["REDOUBT_TEST_MOTO"].flatMap(URL.init(string:)) else { return }
+              let ls = env["REDOUBT_TEST_LOCALSTACK"].flatMap(URL.init(string:)),
+                  let moto = env["REDOUBT_TEST_MOTO"].flatMap(URL.init(string:)) else {
+                  return
+              }
         let server = try await TestServer.start()
         let keys = try TenantKeys.generate()
         try await server.createTenant("acme", keys: keys)
         let (wc, writer) = try await server.enroll(tenant: "acme", role: "writer", name: "web1")
         let creds = server.dir.appendingPathComponent("s3-credentials").path
-        try "[default]\naws_access_key_id = test\naws_secret_access_key = test\n".write(toFile: creds, atomically: true, encoding: .utf8)
+        try "[default]\naws_access_key_id = test\naws_secret_access_key = test\n".write(toFile: creds, atomically: true,
+            encoding: .utf8)
         do {
             let name = try await bucket(ls)
             func req(_ url: String, _ endpoint: URL, accept: Bool = false) -> Wire.AddCopyTargetRequest {
-                Wire.AddCopyTargetRequest(tenant: "acme", url: url, endpoint: endpoint.absoluteString, region: "us-east-1", credentialsFile: creds,
-                                          virtualHosted: false, marginSeconds: 7 * 86400, acceptUnenforced: accept, requestID: nil)
+                Wire.AddCopyTargetRequest(tenant: "acme", url: url, endpoint: endpoint.absoluteString,
+                    region: "us-east-1", credentialsFile: creds,
+                                          virtualHosted: false, marginSeconds: 7 * 86400, acceptUnenforced: accept,
+                                              requestID: nil)
             }
             // A host cannot add (or learn of) copy targets.
             await #expect(throws: APIError.self) { try await writer.addCopyTarget(req("s3://\(name)/x", ls)) }
@@ -44,7 +50,9 @@ import RedoubtStore
             #expect(t.lastProofOK == true)
 
             // A commit: the server copies it without being asked.
-            let (packs, manifest) = try makeSnapshot(keys: try wc.writeKeySet(), files: [("a", (0..<200_000).map { UInt8(truncatingIfNeeded: $0) })])
+            let (packs, manifest) = try makeSnapshot(keys: try wc.writeKeySet(), files: [("a", (0..<200_000).map {
+                UInt8(truncatingIfNeeded: $0)
+            })])
             for p in packs { _ = try await writer.uploadPack(id: p.id, bytes: p.bytes) }
             let info = try await writer.commit(manifestBytes: manifest.bytes)
             var synced: Wire.CopyTargetInfo?
@@ -55,18 +63,22 @@ import RedoubtStore
             }
             let s = try #require(synced)
             #expect(s.lastSyncOK == true, "\(s.lastSyncDetail ?? "")")
-            let store = S3Store(client: S3Client(location: S3Location(endpoint: ls, region: "us-east-1", bucket: name, prefix: "redoubt"),
-                                                 credentials: AWSCredentials(accessKeyID: "test", secretAccessKey: "test")))
+            let store = S3Store(client: S3Client(location: S3Location(endpoint: ls, region: "us-east-1", bucket: name,
+                prefix: "redoubt"),
+                                                 credentials: AWSCredentials(accessKeyID: "test",
+                                                     secretAccessKey: "test")))
             let objects = try await store.list(prefix: "t/acme/")
             for p in packs {
                 let o = try #require(objects.first { $0.key.path.hasSuffix(p.id.description) })
-                #expect(o.enforced && (o.retainUntil ?? .distantPast) >= info.retainUntil.addingTimeInterval(7 * 86400 - 86400))
+                #expect(o.enforced && (o.retainUntil
+                    ?? .distantPast) >= info.retainUntil.addingTimeInterval(7 * 86400 - 86400))
             }
             #expect(objects.contains { $0.key.path.hasSuffix(manifest.id.description) })
 
             // A second commit copied in the same millisecond (this server's clock stands
             // still): its catalog export takes the next free name instead of failing the sync.
-            let (packs2, manifest2) = try makeSnapshot(keys: try wc.writeKeySet(), files: [("b", (0..<150_000).map { UInt8(truncatingIfNeeded: $0 &* 7) })],
+            let (packs2, manifest2) = try makeSnapshot(keys: try wc.writeKeySet(), files: [("b",
+                (0..<150_000).map { UInt8(truncatingIfNeeded: $0 &* 7) })],
                                                        time: testNow + 100)
             for p in packs2 { _ = try await writer.uploadPack(id: p.id, bytes: p.bytes) }
             _ = try await writer.commit(manifestBytes: manifest2.bytes)

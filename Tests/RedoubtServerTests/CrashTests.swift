@@ -10,7 +10,10 @@ import RedoubtCore
 @Suite(.serialized) struct CrashTests {
     static let binary: URL = {
         var dir = URL(fileURLWithPath: #filePath)
-        while dir.path != "/" && !FileManager.default.fileExists(atPath: dir.appendingPathComponent("Package.swift").path) { dir.deleteLastPathComponent() }
+        while dir.path != "/"
+            && !FileManager.default.fileExists(atPath: dir.appendingPathComponent("Package.swift").path) {
+            dir.deleteLastPathComponent()
+        }
         for config in ["debug", "release"] {
             let b = dir.appendingPathComponent(".build/\(config)/redoubt")
             if FileManager.default.isExecutableFile(atPath: b.path) { return b }
@@ -40,17 +43,23 @@ import RedoubtCore
             let cmd = ([CrashTests.binary.path] + args).map(q).joined(separator: " ") + " > \(q(out)) 2> \(q(err))"
             let raw = system(cmd)
             let status = (raw >> 8) & 0xff
-            let r = (Int32(status), (try? String(contentsOfFile: out, encoding: .utf8)) ?? "", (try? String(contentsOfFile: err, encoding: .utf8)) ?? "")
-            if check && r.0 != 0 { throw APIError(status: 0, code: "E_TEST", message: "redoubt \(args.joined(separator: " ")) exited \(r.0): \(r.2)") }
+            let r = (Int32(status), (try? String(contentsOfFile: out, encoding: .utf8)) ?? "",
+                (try? String(contentsOfFile: err, encoding: .utf8)) ?? "")
+            if check && r.0 != 0 {
+                throw APIError(status: 0, code: "E_TEST",
+                    message: "redoubt \(args.joined(separator: " ")) exited \(r.0): \(r.2)")
+            }
             return r
         }
 
         /// Starts a command in the background and returns its PID.
         func background(_ args: [String]) -> pid_t {
             let pidFile = dir.appendingPathComponent("pid.txt").path
-            let cmd = ([CrashTests.binary.path] + args).map(q).joined(separator: " ") + " > /dev/null 2>&1 & echo $! > \(q(pidFile))"
+            let cmd = ([CrashTests.binary.path] + args).map(q).joined(separator: " ")
+                + " > /dev/null 2>&1 & echo $! > \(q(pidFile))"
             _ = system(cmd)
-            return pid_t((try? String(contentsOfFile: pidFile, encoding: .utf8))?.trimmingCharacters(in: .whitespacesAndNewlines) ?? "") ?? 0
+            return pid_t((try? String(contentsOfFile: pidFile,
+                encoding: .utf8))?.trimmingCharacters(in: .whitespacesAndNewlines) ?? "") ?? 0
         }
 
         func startServer() throws {
@@ -63,7 +72,8 @@ import RedoubtCore
                 addr.sin_family = sa_family_t(AF_INET)
                 addr.sin_port = in_port_t(UInt16(port).bigEndian)
                 addr.sin_addr.s_addr = inet_addr("127.0.0.1")
-                let ok = withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } } == 0
+                let ok = withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self,
+                    capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } } == 0
                 close(fd)
                 if ok { return }
                 usleep(100_000)
@@ -90,7 +100,9 @@ import RedoubtCore
         /// Packs in the server's store now.
         func storedPacks() -> Int {
             let packs = dir.appendingPathComponent("server/store/t/crash/packs").path
-            return (FileManager.default.enumerator(atPath: packs)?.allObjects as? [String])?.filter { $0.split(separator: "/").last?.count == 64 }.count ?? 0
+            return (FileManager.default.enumerator(atPath: packs)?.allObjects as? [String])?.filter {
+                $0.split(separator: "/").last?.count == 64
+            }.count ?? 0
         }
 
         /// Kills a backup as soon as it has stored a pack (at most 60 s): however slow the
@@ -111,7 +123,8 @@ import RedoubtCore
     }
 
     @Test func killingClientOrServerMidBackupLosesNothingCommitted() async throws {
-        try #require(FileManager.default.isExecutableFile(atPath: Self.binary.path), "build the redoubt executable first (swift build)")
+        try #require(FileManager.default.isExecutableFile(atPath: Self.binary.path),
+            "build the redoubt executable first (swift build)")
         let e = try Env()
         defer { e.cleanup() }
         let data = e.dir.appendingPathComponent("server").path
@@ -119,9 +132,11 @@ import RedoubtCore
         try e.startServer()
         let admin = e.dir.appendingPathComponent("server/admin.credential").path
         try e.run(["admin", "--credential", admin, "tenant", "create", "crash"])
-        let hostToken = try e.run(["admin", "--credential", admin, "host", "add", "crash", "h1"]).out.trimmingCharacters(in: .whitespacesAndNewlines)
+        let hostToken = try e.run(["admin", "--credential", admin, "host", "add", "crash",
+            "h1"]).out.trimmingCharacters(in: .whitespacesAndNewlines)
         try e.run(["enroll", hostToken, "--config", e.dir.appendingPathComponent("host").path])
-        let restorerToken = try e.run(["admin", "--credential", admin, "restorer", "add", "crash", "r1"]).out.trimmingCharacters(in: .whitespacesAndNewlines)
+        let restorerToken = try e.run(["admin", "--credential", admin, "restorer", "add", "crash",
+            "r1"]).out.trimmingCharacters(in: .whitespacesAndNewlines)
         try e.run(["enroll", restorerToken, "--config", e.dir.appendingPathComponent("restorer").path])
 
         // A corpus of several random files, so a backup spans many packs and seconds.
@@ -145,25 +160,30 @@ import RedoubtCore
         try e.startServer()
 
         // The next backup succeeds and reuses what the killed ones uploaded.
-        let summary = try e.run(["backup", corpus.path, "--json", "--config", e.dir.appendingPathComponent("host").path]).out
+        let summary = try e.run(["backup", corpus.path, "--json", "--config",
+            e.dir.appendingPathComponent("host").path]).out
         let s = try JSONDecoder().decode([String: AnyCodable].self, from: Data(summary.utf8))
         let uploaded = s["bytesUploaded"]?.int ?? -1
-        #expect(uploaded >= 0 && uploaded < 72 << 20, "uploaded \(uploaded) bytes: nothing of the killed runs was reused")
+        #expect(uploaded >= 0 && uploaded < 72 << 20,
+            "uploaded \(uploaded) bytes: nothing of the killed runs was reused")
 
         // Every snapshot verifies and the first one is still there.
         let list = try e.run(["snapshots", "--json", "--config", e.dir.appendingPathComponent("restorer").path]).out
         let snaps = try JSONDecoder().decode([Wire.SnapshotInfo].self, from: Data(list.utf8), dates: true)
         #expect(snaps.count >= 2)
         for snap in snaps {
-            let v = try e.run(["verify", snap.id, "--config", e.dir.appendingPathComponent("restorer").path], check: false)
+            let v = try e.run(["verify", snap.id, "--config", e.dir.appendingPathComponent("restorer").path],
+                check: false)
             #expect(v.status == 0, "verify \(snap.id): \(v.out) \(v.err)")
         }
         // And the newest restores bit for bit.
         let target = e.dir.appendingPathComponent("restored")
-        try e.run(["restore", snaps.last!.id, "--target", target.path, "--config", e.dir.appendingPathComponent("restorer").path])
+        try e.run(["restore", snaps.last!.id, "--target", target.path, "--config",
+            e.dir.appendingPathComponent("restorer").path])
         for name in try FileManager.default.contentsOfDirectory(atPath: corpus.path) {
             #expect(FileManager.default.contents(atPath: corpus.appendingPathComponent(name).path)
-                    == FileManager.default.contents(atPath: target.appendingPathComponent("corpus/\(name)").path), "\(name) differs")
+                    == FileManager.default.contents(atPath: target.appendingPathComponent("corpus/\(name)").path),
+                        "\(name) differs")
         }
     }
 }

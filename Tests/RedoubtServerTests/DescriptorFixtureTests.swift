@@ -14,8 +14,11 @@ import RedoubtStore
 
     /// The fixtures' tenant keys: fixed bytes, so the material can be compared.
     static func keys() throws -> TenantKeys {
-        let b = { (o: UInt8) in SecretBytes(copying: (0..<32).map { UInt8(truncatingIfNeeded: Int($0) + Int(o) + 21) }) }
-        return TenantKeys(readKey: try ReadPrivateKey(seed: b(0)), chunkIDKey: try ChunkIDKey(secret: b(32)), chunkerSeed: try ChunkerSeed(secret: b(64)))
+        let b = {
+            (o: UInt8) in SecretBytes(copying: (0..<32).map { UInt8(truncatingIfNeeded: Int($0) + Int(o) + 21) })
+        }
+        return TenantKeys(readKey: try ReadPrivateKey(seed: b(0)), chunkIDKey: try ChunkIDKey(secret: b(32)),
+            chunkerSeed: try ChunkerSeed(secret: b(64)))
     }
 
     func descriptor(_ format: Int) throws -> (bytes: Data, descriptor: TenantDescriptor) {
@@ -38,7 +41,8 @@ import RedoubtStore
         #expect(d.format == 2 && d.writeMaterial == nil)
         let r = try #require(d.record)
         #expect(r.writeMaterial.isEmpty)
-        let opened = try SharedWriteMaterial.open(sealed: try #require(d.sealed), tenant: "fixture", readKey: keys.readKey)
+        let opened = try SharedWriteMaterial.open(sealed: try #require(d.sealed), tenant: "fixture",
+            readKey: keys.readKey)
         #expect(opened.encode().equals(keys.sharedWriteMaterial.encode()))
         #expect(d.writeMaterialCheck == keys.sharedWriteMaterial.check)
         let secret = keys.sharedWriteMaterial.chunkIDKey.export().withUnsafeBytes { Data($0) }
@@ -54,7 +58,8 @@ import RedoubtStore
         let e = try JSONDecoder().decode(TenantDescriptor.self, from: Data(exported))
         #expect(e.format == 2 && e.writeMaterial == nil && e.writeMaterialCheck == keys.sharedWriteMaterial.check)
         #expect(e.isSameVersion(as: one) && Data(exported).range(of: Data("writeMaterial\"".utf8)) == nil)
-        #expect(try SharedWriteMaterial.open(sealed: try #require(e.sealed), tenant: "fixture", readKey: keys.readKey).encode().equals(keys.sharedWriteMaterial.encode()))
+        #expect(try SharedWriteMaterial.open(sealed: try #require(e.sealed), tenant: "fixture",
+            readKey: keys.readKey).encode().equals(keys.sharedWriteMaterial.encode()))
         let (twoBytes, two) = try descriptor(2)
         #expect(TenantDescriptor.forExport(Array(twoBytes)) == Array(twoBytes))
         var later = two
@@ -69,7 +74,8 @@ import RedoubtStore
         planted = two
         planted.writeMaterialCheck = String(repeating: "0", count: 64)
         #expect(!planted.isSameVersion(as: two) && !planted.isSameVersion(as: one))
-        #expect(two.isSameVersion(as: one) == (two.wrappedReadKey == one.wrappedReadKey))  // the check of format 1 is computed
+        // the check of format 1 is computed
+        #expect(two.isSameVersion(as: one) == (two.wrappedReadKey == one.wrappedReadKey))
         #expect(TenantDescriptor.forExport(Array("{}".utf8)) == nil)
     }
 
@@ -92,9 +98,11 @@ import RedoubtStore
             // At the next start the server rewrites the descriptor with the material sealed.
             #expect(await server.service.sealDescriptors().isEmpty)
             let store = try LocalStore(root: URL(fileURLWithPath: server.home.storePath))
-            let now = try JSONDecoder().decode(TenantDescriptor.self, from: Data(try await store.get(ObjectKey("t/fixture/tenant-v1.json")!)))
+            let now = try JSONDecoder().decode(TenantDescriptor.self,
+                from: Data(try await store.get(ObjectKey("t/fixture/tenant-v1.json")!)))
             #expect(now.format == 2 && now.writeMaterial == nil)
-            let opened = try SharedWriteMaterial.open(sealed: try #require(now.sealed), tenant: "fixture", readKey: try Self.keys().readKey)
+            let opened = try SharedWriteMaterial.open(sealed: try #require(now.sealed), tenant: "fixture",
+                readKey: try Self.keys().readKey)
             #expect(opened.encode().equals(try Self.keys().sharedWriteMaterial.encode()))
             #expect(await server.service.sealDescriptors().isEmpty)  // nothing left to do
         } else {
@@ -106,17 +114,26 @@ import RedoubtStore
             // Material that names the tenant's read key but holds another chunk-ID key and
             // seed (a compromised host's file) fails the descriptor's check; the real one passes.
             let keys = try Self.keys()
-            let forged = SharedWriteMaterial(readPublicKey: keys.readKey.publicKey, chunkIDKey: try ChunkIDKey(secret: SecretBytes(copying: [UInt8](repeating: 1, count: 32))),
+            let forged = SharedWriteMaterial(readPublicKey: keys.readKey.publicKey,
+                chunkIDKey: try ChunkIDKey(secret: SecretBytes(copying: [UInt8](repeating: 1, count: 32))),
                                              chunkerSeed: keys.sharedWriteMaterial.chunkerSeed)
             let refused = await #expect(throws: APIError.self) {
-                _ = try await server.admin.restoreWriteMaterial(tenant: "fixture", material: forged.encode().withUnsafeBytes { Data($0).base64EncodedString() })
+                _ = try await server.admin.restoreWriteMaterial(tenant: "fixture",
+                    material: forged.encode().withUnsafeBytes {
+                    Data($0).base64EncodedString()
+                })
             }
-            #expect(refused?.code == "E_BAD_REQUEST" && refused?.message.contains("not the material its descriptor was sealed with") == true)
+            #expect(refused?.code == "E_BAD_REQUEST"
+                && refused?.message.contains("not the material its descriptor was sealed with") == true)
             let real = keys.sharedWriteMaterial.encode().withUnsafeBytes { Data($0).base64EncodedString() }
             #expect(try await server.admin.restoreWriteMaterial(tenant: "fixture", material: real).present)
-            #expect(try await server.admin.restoreWriteMaterial(tenant: "fixture", material: real).present)  // again: no change
+            // again: no change
+            #expect(try await server.admin.restoreWriteMaterial(tenant: "fixture", material: real).present)
             let late = await #expect(throws: APIError.self) {
-                _ = try await server.admin.restoreWriteMaterial(tenant: "fixture", material: forged.encode().withUnsafeBytes { Data($0).base64EncodedString() })
+                _ = try await server.admin.restoreWriteMaterial(tenant: "fixture",
+                    material: forged.encode().withUnsafeBytes {
+                    Data($0).base64EncodedString()
+                })
             }
             #expect(late?.code == "E_CONFLICT")
         }
@@ -129,11 +146,16 @@ import RedoubtStore
         defer { Task { await server.stop() } }
         let keys = try TenantKeys.generate()
         try await server.createTenant("acme", keys: keys)
-        let token = try await server.admin.createEnrollment(tenant: "acme", role: "restorer", name: "vault", ttlSeconds: 3600).token
+        let token = try await server.admin.createEnrollment(tenant: "acme", role: "restorer", name: "vault",
+            ttlSeconds: 3600).token
         // As a rebuild from the store alone leaves it.
-        try await server.service.catalog.db.write { try $0.execute(sql: "UPDATE tenants SET write_material = ? WHERE name = 'acme'", arguments: [Data()]) }
+        try await server.service.catalog.db.write {
+            try $0.execute(sql: "UPDATE tenants SET write_material = ? WHERE name = 'acme'", arguments: [Data()])
+        }
         let cfg = ClientConfig(path: server.dir.appendingPathComponent("cfg-vault").path)
-        let refused = await #expect(throws: APIError.self) { _ = try await ClientConfig.enroll(token: token, into: cfg, os: "Test OS 1") }
+        let refused = await #expect(throws: APIError.self) {
+            _ = try await ClientConfig.enroll(token: token, into: cfg, os: "Test OS 1")
+        }
         #expect(refused?.code == "E_NO_WRITE_MATERIAL")
         let material = keys.sharedWriteMaterial.encode().withUnsafeBytes { Data($0).base64EncodedString() }
         #expect(try await server.admin.restoreWriteMaterial(tenant: "acme", material: material).present)
@@ -148,9 +170,11 @@ import RedoubtStore
         let material = keys.sharedWriteMaterial.encode().withUnsafeBytes { Array($0) }
         let record = TenantRecord(name: "fixture", readKeyID: keys.readKey.publicKey.keyID.description,
                                   readPublicKey: keys.readKey.publicKey.rawRepresentation, writeMaterial: material,
-                                  wrappedReadKey: String(decoding: try wrapped.encoded(), as: UTF8.self), minRetention: 30 * 86400,
+                                  wrappedReadKey: String(decoding: try wrapped.encoded(), as: UTF8.self),
+                                      minRetention: 30 * 86400,
                                   createdAt: Date(timeIntervalSince1970: 1_800_000_000))
-        var two = TenantDescriptor(record, sealedWriteMaterial: try keys.sharedWriteMaterial.sealed(tenant: "fixture"), check: keys.sharedWriteMaterial.check)
+        var two = TenantDescriptor(record, sealedWriteMaterial: try keys.sharedWriteMaterial.sealed(tenant: "fixture"),
+            check: keys.sharedWriteMaterial.check)
         two.keyVersion = 1
         var one = two
         one.format = 1

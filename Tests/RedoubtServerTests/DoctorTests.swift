@@ -26,7 +26,8 @@ final class DoctorFixture {
         chown(data + "/store", owner, owner)
         // A healthy baseline: local ext4, only CAP_LINUX_IMMUTABLE.
         try write("/proc/self/mountinfo", Self.mountinfo(fsType: "ext4", source: "/dev/sda1", at: "/"))
-        try write("/proc/self/status", "Name:\tredoubt\nCapInh:\t0000000000000000\nCapPrm:\t0000000000000200\nCapEff:\t0000000000000200\n")
+        try write("/proc/self/status",
+            "Name:\tredoubt\nCapInh:\t0000000000000000\nCapPrm:\t0000000000000200\nCapEff:\t0000000000000200\n")
     }
 
     deinit {
@@ -44,7 +45,8 @@ final class DoctorFixture {
 
     func write(_ path: String, _ text: String) throws {
         let full = root + path
-        try FileManager.default.createDirectory(atPath: (full as NSString).deletingLastPathComponent, withIntermediateDirectories: true)
+        try FileManager.default.createDirectory(atPath: (full as NSString).deletingLastPathComponent,
+            withIntermediateDirectories: true)
         try text.write(toFile: full, atomically: false, encoding: .utf8)
     }
 
@@ -101,12 +103,20 @@ final class DoctorFixture {
 
     @Test func sshdFirstValueWinsAcrossIncludesAndMatchIsConditional() {
         let files = [
-            "/etc/ssh/sshd_config": "Include /etc/ssh/sshd_config.d/*.conf\nPasswordAuthentication no\nPermitRootLogin=no\nMatch User backup\n  PasswordAuthentication yes\n",
+            "/etc/ssh/sshd_config": """
+                Include /etc/ssh/sshd_config.d/*.conf\nPasswordAuthentication no\nPermitRootLogin=no\nMatch User \
+                backup\n  PasswordAuthentication yes\n
+                """,
             "/etc/ssh/sshd_config.d/10-cloud.conf": "passwordauthentication YES # cloud-init\n",
             "/etc/ssh/sshd_config.d/notes.txt": "PermitRootLogin yes\n",
         ]
         let c = SSHDConfig.parse(path: "/etc/ssh/sshd_config", read: { files[$0] },
-                                 list: { dir in files.keys.filter { ($0 as NSString).deletingLastPathComponent == dir }.map { ($0 as NSString).lastPathComponent } })
+                                 list: {
+                                     dir in files.keys.filter { ($0 as NSString).deletingLastPathComponent == dir }
+                                         .map {
+                                         ($0 as NSString).lastPathComponent
+                                     }
+                                 })
         #expect(c.value("passwordauthentication").value == "yes")
         #expect(c.value("permitrootlogin").value == "no")
         #expect(c.value("kbdinteractiveauthentication") == ("yes", true))
@@ -119,16 +129,25 @@ final class DoctorFixture {
     /// keyword first: it is recorded, and the ssh checks then warn instead of passing.
     @Test func unreadableSSHDIncludeIsRecorded() {
         let files = [
-            "/etc/ssh/sshd_config": "Include /etc/ssh/sshd_config.d/*.conf\nPasswordAuthentication no\nPermitRootLogin no\n",
+            "/etc/ssh/sshd_config": """
+                Include /etc/ssh/sshd_config.d/*.conf\nPasswordAuthentication no\nPermitRootLogin no\n
+                """,
             "/etc/ssh/sshd_config.d/50-cloud-init.conf": "PasswordAuthentication yes\n",
         ]
         // As root every file reads, so the test makes this one unreadable in the reader.
-        let c = SSHDConfig.parse(path: "/etc/ssh/sshd_config", read: { $0.hasSuffix("50-cloud-init.conf") ? nil : files[$0] },
-                                 list: { dir in files.keys.filter { ($0 as NSString).deletingLastPathComponent == dir }.map { ($0 as NSString).lastPathComponent } })
+        let c = SSHDConfig.parse(path: "/etc/ssh/sshd_config",
+            read: { $0.hasSuffix("50-cloud-init.conf") ? nil : files[$0] },
+                                 list: {
+                                     dir in files.keys.filter { ($0 as NSString).deletingLastPathComponent == dir }
+                                         .map {
+                                         ($0 as NSString).lastPathComponent
+                                     }
+                                 })
         #expect(c.value("passwordauthentication").value == "no")
         #expect(c.unreadable == ["/etc/ssh/sshd_config.d/50-cloud-init.conf"])
         #expect(Doctor.unreadIncludes(c)?.contains("50-cloud-init.conf") == true)
-        #expect(Doctor.unreadIncludes(SSHDConfig.parse(path: "/etc/ssh/sshd_config", read: { files[$0] }, list: { _ in [] })) == nil)
+        #expect(Doctor.unreadIncludes(SSHDConfig.parse(path: "/etc/ssh/sshd_config", read: { files[$0] },
+            list: { _ in [] })) == nil)
     }
 
     @Test func capabilitiesReadCapEff() throws {
@@ -182,10 +201,12 @@ final class DoctorFixture {
         #expect(missing.checkPrivate().status == .fail)
     }
 
-    @Test(arguments: [("nfs4", "filer:/vol"), ("fuse.sshfs", "me@box:/backups"), ("cifs", "//nas/share"), ("ext4", "/dev/sdb1")])
+    @Test(arguments: [("nfs4", "filer:/vol"), ("fuse.sshfs", "me@box:/backups"), ("cifs", "//nas/share"), ("ext4",
+        "/dev/sdb1")])
     func localFilesystemFailsOnNetworkAndFuse(fsType: String, source: String) throws {
         let f = try DoctorFixture()
-        try f.write("/proc/self/mountinfo", DoctorFixture.mountinfo(fsType: fsType, source: source, at: f.base + "/srv"))
+        try f.write("/proc/self/mountinfo", DoctorFixture.mountinfo(fsType: fsType, source: source, at: f.base
+            + "/srv"))
         let c = f.doctor().checkLocalFilesystem()
         #expect(c.status == (fsType == "ext4" ? .pass : .fail))
         #expect(c.summary.contains(fsType))
@@ -209,7 +230,8 @@ final class DoctorFixture {
         let f = try DoctorFixture()
         try f.write("/etc/samba/smb.conf", "[global]\n  workgroup = WG\n[public]\n  path = /srv/public\n")
         #expect(f.doctor().checkSambaShare().status == .pass)
-        try f.write("/etc/samba/smb.conf", "[global]\n  workgroup = WG\n[everything]\n  Path = \(f.base)\n  read only = no\n")
+        try f.write("/etc/samba/smb.conf",
+            "[global]\n  workgroup = WG\n[everything]\n  Path = \(f.base)\n  read only = no\n")
         let c = f.doctor().checkSambaShare()
         #expect(c.status == .fail)
         #expect(c.summary.contains("[everything]"))
@@ -220,7 +242,8 @@ final class DoctorFixture {
         try g.write("/etc/samba/shares.conf", "[data]\n  path = \(g.data)/store\n")
         #expect(g.doctor().checkSambaShare().status == .fail)
         let h = try DoctorFixture()
-        try h.write("/var/lib/samba/usershares/backup", "#VERSION 2\npath=\(h.base)/srv\ncomment=\nusershare_acl=S-1-1-0:F\nguest_ok=n\n")
+        try h.write("/var/lib/samba/usershares/backup",
+            "#VERSION 2\npath=\(h.base)/srv\ncomment=\nusershare_acl=S-1-1-0:F\nguest_ok=n\n")
         #expect(h.doctor().checkSambaShare().status == .fail)
         // Samba's synonym `directory`, a second `path`, and a symlink to the data directory.
         let i = try DoctorFixture()
@@ -251,7 +274,10 @@ final class DoctorFixture {
         #expect(f.doctor().checkImmutableCapability().status == .pass)
         #expect(f.doctor().checkExcessCapabilities().status == .pass)
         // Run by another user than the data directory's owner, the checks say whose capabilities they saw.
-        #expect(f.doctor().checkImmutableCapability().summary.contains("doctor runs as uid \(geteuid()) but the data directory belongs to uid 65534") == (geteuid() != 65534))
+        #expect(f.doctor().checkImmutableCapability()
+            .summary.contains("""
+                doctor runs as uid \(geteuid()) but the data directory belongs to uid 65534
+                """) == (geteuid() != 65534))
         try f.write("/proc/self/status", "CapEff:\t0000000000000000\n")
         #expect(f.doctor().checkImmutableCapability().status == .fail)
         try f.write("/proc/self/status", "CapEff:\t0000000000200200\n")
@@ -259,7 +285,8 @@ final class DoctorFixture {
         #expect(admin.status == .warn)
         #expect(admin.summary.contains("cap_sys_admin"))
         try f.write("/proc/self/status", "CapEff:\t000001ffffffffff\n")
-        #expect(f.doctor().checkExcessCapabilities().summary.contains("41 capabilities (nearly the full root set, including cap_sys_admin)"))
+        #expect(f.doctor().checkExcessCapabilities()
+            .summary.contains("41 capabilities (nearly the full root set, including cap_sys_admin)"))
     }
 
     @Test func domainMembershipFails() throws {
@@ -267,11 +294,14 @@ final class DoctorFixture {
         try f.write("/etc/sssd/sssd.conf", "[sssd]\nservices = nss\n")
         try f.write("/etc/samba/smb.conf", "[global]\nsecurity = user\n")
         #expect(f.doctor().checkDomainJoin().status == .pass)
-        try f.write("/etc/sssd/sssd.conf", "[sssd]\ndomains = corp.example.com\n[domain/corp.example.com]\nid_provider = ad\n")
+        try f.write("/etc/sssd/sssd.conf",
+            "[sssd]\ndomains = corp.example.com\n[domain/corp.example.com]\nid_provider = ad\n")
         #expect(f.doctor().checkDomainJoin().status == .fail)
         for (path, text) in [("/etc/samba/smb.conf", "[global]\n  security = ADS\n  realm = CORP.EXAMPLE.COM\n"),
-                             ("/etc/krb5.keytab", "binary"), ("/etc/realmd.conf", "[corp.example.com]\nfully-qualified-names = no\n"),
-                             ("/etc/nsswitch.conf", "passwd:         files systemd sss[NOTFOUND=return]\ngroup: files\n"),
+                             ("/etc/krb5.keytab", "binary"), ("/etc/realmd.conf",
+                                 "[corp.example.com]\nfully-qualified-names = no\n"),
+                             ("/etc/nsswitch.conf",
+                                 "passwd:         files systemd sss[NOTFOUND=return]\ngroup: files\n"),
                              ("/etc/nsswitch.conf", "passwd: files\ngroup:\tfiles [NOTFOUND=return] winbind\n"),
                              ("/etc/nsswitch.conf", "shadow: files ldap # nslcd\n")] {
             let g = try DoctorFixture()
@@ -286,7 +316,11 @@ final class DoctorFixture {
     @Test func localOnlyNsswitchPasses() throws {
         let f = try DoctorFixture()
         // Debian 12's default, plus mentions that are not account sources.
-        try f.write("/etc/nsswitch.conf", "# passwd: files sss\npasswd: files systemd\ngroup: files systemd\nhosts: files mdns4_minimal [NOTFOUND=return] dns ldap\nnetgroup: nis\n")
+        try f.write("/etc/nsswitch.conf",
+            """
+                # passwd: files sss\npasswd: files systemd\ngroup: files systemd\nhosts: files mdns4_minimal \
+                [NOTFOUND=return] dns ldap\nnetgroup: nis\n
+                """)
         #expect(f.doctor().checkDomainJoin().status == .pass)
         // RHEL's default authselect profile names sss on hosts never joined: no domain cache, no failure.
         try f.write("/etc/nsswitch.conf", "passwd: sss files systemd\ngroup: sss files systemd\n")
@@ -300,7 +334,11 @@ final class DoctorFixture {
         let unset = f.doctor().checkSSHPassword()
         #expect(unset.status == .fail)
         #expect(unset.summary.contains("OpenSSH default assumed"))
-        try f.write("/etc/ssh/sshd_config", "Include /etc/ssh/sshd_config.d/*.conf\nPasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM yes\n")
+        try f.write("/etc/ssh/sshd_config",
+            """
+                Include /etc/ssh/sshd_config.d/*.conf\nPasswordAuthentication no\nKbdInteractiveAuthentication \
+                no\nUsePAM yes\n
+                """)
         #expect(f.doctor().checkSSHPassword().status == .pass)
         // A drop-in read first wins, as in sshd: the main file's "no" comes too late.
         try f.write("/etc/ssh/sshd_config.d/50-cloud-init.conf", "PasswordAuthentication yes\n")
@@ -337,19 +375,23 @@ final class DoctorFixture {
         #expect(f.doctor().checkTimeSync().status == .warn)
         // Masked: enabled links do not count.
         try f.write("/etc/chrony/chrony.conf", "pool 2.debian.pool.ntp.org iburst\n")
-        try FileManager.default.createSymbolicLink(atPath: f.root + "/etc/systemd/system/chrony.service", withDestinationPath: "/dev/null")
+        try FileManager.default.createSymbolicLink(atPath: f.root + "/etc/systemd/system/chrony.service",
+            withDestinationPath: "/dev/null")
         #expect(f.doctor().checkTimeSync().status == .fail)
     }
 
     // MARK: catalog-backed rules
 
     static func tenant(_ name: String) -> TenantRecord {
-        TenantRecord(name: name, readKeyID: "k", readPublicKey: [1], writeMaterial: [2], wrappedReadKey: "{}", minRetention: 86400, createdAt: Date())
+        TenantRecord(name: name, readKeyID: "k", readPublicKey: [1], writeMaterial: [2], wrappedReadKey: "{}",
+            minRetention: 86400, createdAt: Date())
     }
 
     static func snapshot(_ tenant: String, committed: Date) -> SnapshotRecord {
-        SnapshotRecord(id: String(repeating: "a", count: 63) + String(Int.random(in: 0..<10)), tenant: tenant, host: "web1", time: committed, committedAt: committed,
-                       retainUntil: committed.addingTimeInterval(86400 * 30), paths: ["/"], tags: [], statistics: SnapshotStatistics(), packCount: 0, manifestSize: 1)
+        SnapshotRecord(id: String(repeating: "a", count: 63) + String(Int.random(in: 0..<10)), tenant: tenant,
+            host: "web1", time: committed, committedAt: committed,
+                       retainUntil: committed.addingTimeInterval(86400 * 30), paths: ["/"], tags: [],
+                           statistics: SnapshotStatistics(), packCount: 0, manifestSize: 1)
     }
 
     @Test func hostOSSameAsRepositoryWarnsAndNamesStandIns() throws {
@@ -357,10 +399,13 @@ final class DoctorFixture {
         try f.write("/etc/os-release", "NAME=\"Debian GNU/Linux\"\nPRETTY_NAME=\"Debian GNU/Linux 12 (bookworm)\"\n")
         let catalog = try Catalog(path: f.data + "/catalog.sqlite")
         let t = Date()
-        try catalog.insertPrincipal(Principal(id: "p1", role: .writer, tenant: "acme", name: "web1", fingerprint: "f1", hostKey: nil), os: "Ubuntu 24.04.1 LTS", now: t)
-        try catalog.insertPrincipal(Principal(id: "p2", role: .restorer, tenant: "acme", name: "r", fingerprint: "f2", hostKey: nil), os: "Debian GNU/Linux 12 (bookworm)", now: t)
+        try catalog.insertPrincipal(Principal(id: "p1", role: .writer, tenant: "acme", name: "web1", fingerprint: "f1",
+            hostKey: nil), os: "Ubuntu 24.04.1 LTS", now: t)
+        try catalog.insertPrincipal(Principal(id: "p2", role: .restorer, tenant: "acme", name: "r", fingerprint: "f2",
+            hostKey: nil), os: "Debian GNU/Linux 12 (bookworm)", now: t)
         #expect(f.doctor().run().first { $0.id == "hosts.os" }?.status == .pass)
-        try catalog.insertPrincipal(Principal(id: "p3", role: .writer, tenant: "acme", name: "db1", fingerprint: "f3", hostKey: nil), os: "Debian GNU/Linux 11 (bullseye)", now: t)
+        try catalog.insertPrincipal(Principal(id: "p3", role: .writer, tenant: "acme", name: "db1", fingerprint: "f3",
+            hostKey: nil), os: "Debian GNU/Linux 11 (bullseye)", now: t)
         let c = try #require(f.doctor().run().first { $0.id == "hosts.os" })
         #expect(c.status == .warn)
         #expect(c.summary.contains("acme/db1"))
@@ -378,18 +423,23 @@ final class DoctorFixture {
         #expect(try check("copy.proof").status == .warn)
         #expect(try check("copy.fresh").summary.contains("no copy target configured"))
         // A proof that failed and a copy older than the newest snapshot.
-        try catalog.audit(time: now.addingTimeInterval(-4 * 86400), actor: "a", role: "admin", credential: "", source: "local", action: "copy-proof",
+        try catalog.audit(time: now.addingTimeInterval(-4 * 86400), actor: "a", role: "admin", credential: "",
+            source: "local", action: "copy-proof",
                           object: "s3://b/p", outcome: "warning", detail: "a locked version was deleted")
-        try catalog.audit(time: now.addingTimeInterval(-4 * 86400), actor: "a", role: "admin", credential: "", source: "local", action: "copy-sync",
-                          object: "s3://b/p", outcome: "ok", detail: "tenant acme: 3 copied, 0 already there, 0 extended")
+        try catalog.audit(time: now.addingTimeInterval(-4 * 86400), actor: "a", role: "admin", credential: "",
+            source: "local", action: "copy-sync",
+                          object: "s3://b/p", outcome: "ok",
+                              detail: "tenant acme: 3 copied, 0 already there, 0 extended")
         #expect(try check("copy.proof").status == .fail)
         let stale = try check("copy.fresh")
         #expect(stale.status == .fail)
         #expect(stale.summary.contains("acme"))
         // Then a passing proof and a copy after the snapshot; media counts as well.
-        try catalog.audit(time: now.addingTimeInterval(-3600), actor: "a", role: "admin", credential: "", source: "local", action: "copy-proof",
+        try catalog.audit(time: now.addingTimeInterval(-3600), actor: "a", role: "admin", credential: "",
+            source: "local", action: "copy-proof",
                           object: "s3://b/p", outcome: "ok", detail: "all lock checks passed")
-        try catalog.audit(time: now.addingTimeInterval(-3600), actor: "a", role: "admin", credential: "", source: "local", action: "media-write",
+        try catalog.audit(time: now.addingTimeInterval(-3600), actor: "a", role: "admin", credential: "",
+            source: "local", action: "media-write",
                           object: "tenant/acme", outcome: "ok", detail: "1 snapshots, 3 packs")
         #expect(try check("copy.proof").status == .pass)
         let fresh = try check("copy.fresh")
@@ -402,7 +452,8 @@ final class DoctorFixture {
 @Suite(.serialized) struct DoctorCommandTests {
     func run(_ args: [String], in f: DoctorFixture, prefix: String = "") throws -> (status: Int32, out: String) {
         let bin = CrashTests.binary.path
-        try #require(FileManager.default.isExecutableFile(atPath: bin), "build the redoubt executable first (swift build)")
+        try #require(FileManager.default.isExecutableFile(atPath: bin),
+            "build the redoubt executable first (swift build)")
         func q(_ s: String) -> String { "'" + s.replacingOccurrences(of: "'", with: "'\\''") + "'" }
         let out = f.base + "/out.json"
         let raw = system(prefix + ([bin] + args).map(q).joined(separator: " ") + " > \(q(out)) 2>/dev/null")
@@ -411,7 +462,8 @@ final class DoctorFixture {
 
     func healthy() throws -> DoctorFixture {
         let f = try DoctorFixture()
-        try f.write("/etc/ssh/sshd_config", "PasswordAuthentication no\nKbdInteractiveAuthentication no\nPermitRootLogin no\n")
+        try f.write("/etc/ssh/sshd_config",
+            "PasswordAuthentication no\nKbdInteractiveAuthentication no\nPermitRootLogin no\n")
         try f.write("/etc/chrony/chrony.conf", "pool 2.debian.pool.ntp.org iburst\n")
         try f.write("/etc/systemd/system/multi-user.target.wants/chrony.service", "")
         return f
@@ -429,7 +481,8 @@ final class DoctorFixture {
 
     @Test func aFailExitsOne() throws {
         let f = try healthy()
-        try f.write("/etc/ssh/sshd_config", "PermitRootLogin yes\nPasswordAuthentication no\nKbdInteractiveAuthentication no\n")
+        try f.write("/etc/ssh/sshd_config",
+            "PermitRootLogin yes\nPasswordAuthentication no\nKbdInteractiveAuthentication no\n")
         let r = try run(["doctor", "--data", f.data, "--root", f.root, "--json"], in: f)
         let checks = try JSONDecoder().decode([DoctorCheck].self, from: Data(r.out.utf8))
         #expect(checks.first { $0.id == "ssh.root" }?.status == .fail)
@@ -446,7 +499,8 @@ final class DoctorFixture {
         let f = try healthy()
         try FileManager.default.createDirectory(atPath: f.root + "/proc/self", withIntermediateDirectories: true)
         try? FileManager.default.removeItem(atPath: f.root + "/proc/self/status")
-        try FileManager.default.createSymbolicLink(atPath: f.root + "/proc/self/status", withDestinationPath: "/proc/self/status")
+        try FileManager.default.createSymbolicLink(atPath: f.root + "/proc/self/status",
+            withDestinationPath: "/proc/self/status")
         let r = try run(["doctor", "--data", f.data, "--root", f.root, "--json"], in: f,
                         prefix: "/usr/bin/setpriv --bounding-set -linux_immutable --inh-caps -linux_immutable ")
         let checks = try JSONDecoder().decode([DoctorCheck].self, from: Data(r.out.utf8))
@@ -467,7 +521,8 @@ final class DoctorFixture {
         let r = try run(["doctor", "--data", data, "--root", f.root, "--json"], in: f)
         let checks = try JSONDecoder().decode([DoctorCheck].self, from: Data(r.out.utf8))
         // A fresh server's data directory, handed to its user, is private through and through.
-        #expect(checks.first { $0.id == "data.private" }?.status == .pass, "\(checks.first { $0.id == "data.private" }?.summary ?? "")")
+        #expect(checks.first { $0.id == "data.private" }?.status == .pass,
+            "\(checks.first { $0.id == "data.private" }?.summary ?? "")")
         #expect(r.status == 8)
         var seen = 0
         for s in ["", "-wal", "-shm"] {
@@ -509,7 +564,8 @@ final class DoctorFixture {
         // characters before they are sent) is dropped, not stored.
         let (p2, m2) = try makeSnapshot(keys: try cfg.writeKeySet(), files: [("b", [4, 5, 6])], time: testNow + 100)
         for p in p2 { _ = try await writer.uploadPack(id: p.id, bytes: p.bytes) }
-        _ = try await writer.send(.POST, "/v1/snapshots", body: m2.bytes, headers: [(Wire.hostOSHeader, String(repeating: "A", count: 300))])
+        _ = try await writer.send(.POST, "/v1/snapshots", body: m2.bytes, headers: [(Wire.hostOSHeader,
+            String(repeating: "A", count: 300))])
         #expect(try server.service.catalog.enrolledHostSystems().map(\.os) == [reported])
     }
 }

@@ -14,7 +14,8 @@ import RedoubtServer
 @Suite struct ErrorShapeTests {
     static let packageRoot: URL = {
         var dir = URL(fileURLWithPath: #filePath)
-        while dir.path != "/" && !FileManager.default.fileExists(atPath: dir.appendingPathComponent("Package.swift").path) {
+        while dir.path != "/"
+            && !FileManager.default.fileExists(atPath: dir.appendingPathComponent("Package.swift").path) {
             dir.deleteLastPathComponent()
         }
         return dir
@@ -68,7 +69,8 @@ import RedoubtServer
     /// A set written with 512-byte blocks; returns its path.
     func writeMediaSet(_ dir: String) throws -> String {
         let path = "\(dir)/set"
-        let w = try MediaWriter(device: FileSequentialDevice(path: path), setID: Array(0..<16), pool: "offsite", tenant: "acme",
+        let w = try MediaWriter(device: FileSequentialDevice(path: path), setID: Array(0..<16), pool: "offsite",
+            tenant: "acme",
                                 blockSize: 512, created: "2026-11-26T00:00:00Z", retainUntil: nil, writer: "test")
         for i in 0..<4 {
             try w.append(MediaRecord(type: .pack, id: String(repeating: String(i), count: 64),
@@ -106,7 +108,8 @@ import RedoubtServer
         #expect(truncated?.code == "E_MEDIA_TRUNCATED")
         #expect(truncated.map { ExitCategory.of($0) } == .integrity)
         // A wrong medium or a refused write is a plain failure naming the fix.
-        for code in ["E_MEDIA_LABEL", "E_MEDIA_FOREIGN", "E_MEDIA_ORDER", "E_MEDIA_DEVICE", "E_MEDIA_EXISTS", "E_MEDIA_FULL",
+        for code in ["E_MEDIA_LABEL", "E_MEDIA_FOREIGN", "E_MEDIA_ORDER", "E_MEDIA_DEVICE", "E_MEDIA_EXISTS",
+            "E_MEDIA_FULL",
                      "E_MEDIA_LIMIT", "E_MEDIA_RETAINED"] {
             #expect(ExitCategory.of(MediaError(code: code, volume: 1, block: 0, detail: "x")) == .failure, "\(code)")
         }
@@ -179,7 +182,8 @@ import RedoubtServer
         // RedoubtServer and, over the API, RedoubtClient: the same status and code exit alike.
         let http: [(Int, String, Int32)] = [
             (404, "E_NOT_FOUND", 3), (403, "E_FORBIDDEN", 4), (401, "E_UNAUTHENTICATED", 4), (422, "E_INTEGRITY", 5),
-            (403, "E_APPROVAL_REQUIRED", 13), (409, "E_APPROVAL_PENDING", 13), (400, "E_BAD_REQUEST", 1), (409, "E_RETRY", 1),
+            (403, "E_APPROVAL_REQUIRED", 13), (409, "E_APPROVAL_PENDING", 13), (400, "E_BAD_REQUEST", 1), (409,
+                "E_RETRY", 1),
         ]
         for (status, code, exit) in http {
             #expect(of(ServerError(status, code, "x")) == exit, "server \(status) \(code)")

@@ -20,7 +20,8 @@ import RedoubtStore
 
     func commit(_ cfg: ClientConfig, _ client: APIClient, alsoNaming: [PackID] = []) async throws -> Committed {
         let data = randomBytes(100 << 10)
-        let (packs, manifest) = try makeSnapshot(keys: try cfg.writeKeySet(), files: [("f.bin", data)], alsoNaming: alsoNaming)
+        let (packs, manifest) = try makeSnapshot(keys: try cfg.writeKeySet(), files: [("f.bin", data)],
+            alsoNaming: alsoNaming)
         for p in packs { _ = try await client.uploadPack(id: p.id, bytes: p.bytes) }
         _ = try await client.commit(manifestBytes: manifest.bytes)
         return Committed(manifest: manifest, packs: packs, data: data)
@@ -48,29 +49,38 @@ import RedoubtStore
             let s3 = try await commit(c2, web2)
             server.clock.set(t0.addingTimeInterval(7200))
             let s4 = try await commit(c1, web1)
-            let (orphanPacks, _) = try makeSnapshot(keys: try c1.writeKeySet(), files: [("never-committed", randomBytes(50 << 10))])
+            let (orphanPacks, _) = try makeSnapshot(keys: try c1.writeKeySet(), files: [("never-committed",
+                randomBytes(50 << 10))])
             for p in orphanPacks { _ = try await web1.uploadPack(id: p.id, bytes: p.bytes) }
-            _ = try await admin.placeHold(Wire.PlaceHoldRequest(snapshot: s2.manifest.id.description, tenant: nil, reason: "case 7"))
+            _ = try await admin.placeHold(Wire.PlaceHoldRequest(snapshot: s2.manifest.id.description, tenant: nil,
+                reason: "case 7"))
 
             // A host's or a restorer's credential cannot collect.
-            await refused("E_FORBIDDEN", "a host running gc") { _ = try await web1.collectGarbage(tenant: "acme", dryRun: false) }
-            await refused("E_FORBIDDEN", "a restorer running gc") { _ = try await restorer.collectGarbage(tenant: "acme", dryRun: true) }
+            await refused("E_FORBIDDEN", "a host running gc") {
+                _ = try await web1.collectGarbage(tenant: "acme", dryRun: false)
+            }
+            await refused("E_FORBIDDEN", "a restorer running gc") {
+                _ = try await restorer.collectGarbage(tenant: "acme", dryRun: true)
+            }
 
             // While the locks hold, nothing goes.
             let early = try await admin.collectGarbage(tenant: "acme", dryRun: false)
             #expect(early.snapshotsRemoved.isEmpty && early.packsRemoved == 0, "\(early)")
             #expect(try await admin.snapshots().count == 5)
 
-            // Nine days on: every snapshot and pack lock has expired, and the grace for packs no snapshot names has passed.
+            // Nine days on: every snapshot and pack lock has expired, and the grace for packs no snapshot names has
+            // passed.
             server.clock.set(t0.addingTimeInterval(9 * 86400))
             let dry = try await admin.collectGarbage(tenant: "acme", dryRun: true)
             let gone = Set([s1.manifest.id.description, s5.manifest.id.description])
             #expect(Set(dry.snapshotsRemoved) == gone, "\(dry)")
-            #expect(dry.keptNewest == 2 && dry.keptHeld == 1 && dry.packsRemoved == s5.packs.count + orphanPacks.count, "\(dry)")
+            #expect(dry.keptNewest == 2 && dry.keptHeld == 1 && dry.packsRemoved == s5.packs.count + orphanPacks.count,
+                "\(dry)")
             #expect(try await admin.snapshots().count == 5, "a dry run changes nothing")
 
             let run = try await admin.collectGarbage(tenant: "acme", dryRun: false)
-            #expect(Set(run.snapshotsRemoved) == gone && run.packsRemoved == dry.packsRemoved && run.pendingDeletes == 0, "\(run)")
+            #expect(Set(run.snapshotsRemoved) == gone && run.packsRemoved == dry.packsRemoved
+                && run.pendingDeletes == 0, "\(run)")
             #expect(run.bytesRemoved == Int64((s5.packs + orphanPacks).reduce(0) { $0 + $1.bytes.count }))
             let left = Set(try await admin.snapshots().map(\.id))
             #expect(left == Set([s2, s3, s4].map { $0.manifest.id.description }))
@@ -78,11 +88,13 @@ import RedoubtStore
             // The store: what went is gone, what stays is there.
             let store = try LocalStore(root: URL(fileURLWithPath: server.home.storePath))
             for p in s5.packs + orphanPacks {
-                #expect(try await store.head(RepositoryService.packKey(tenant: "acme", id: p.id)) == nil, "pack \(p.id) still stored")
+                #expect(try await store.head(RepositoryService.packKey(tenant: "acme", id: p.id)) == nil,
+                    "pack \(p.id) still stored")
             }
             #expect(try await store.head(RepositoryService.manifestKey(tenant: "acme", id: s1.manifest.id)) == nil)
             for p in s1.packs + s2.packs + s3.packs + s4.packs {
-                #expect(try await store.head(RepositoryService.packKey(tenant: "acme", id: p.id)) != nil, "pack \(p.id) was removed")
+                #expect(try await store.head(RepositoryService.packKey(tenant: "acme", id: p.id)) != nil,
+                    "pack \(p.id) was removed")
             }
             // The chunk index forgets removed packs: a backup of that data uploads it again.
             let removedChunks = try PackReader.inspect(s5.packs[0].bytes, expectedID: s5.packs[0].id).chunkIDs
@@ -93,8 +105,10 @@ import RedoubtStore
             await refused("E_PACKS_MISSING", "a commit naming a collected pack") {
                 _ = try await commit(c2, web2, alsoNaming: s5.packs.map(\.id))
             }
-            let late = SnapshotRecord(id: String(repeating: "ab", count: 32), tenant: "acme", host: "web2", time: t0, committedAt: server.clock.now(),
-                                      retainUntil: server.clock.now().addingTimeInterval(86400), paths: [], tags: [], statistics: SnapshotStatistics(),
+            let late = SnapshotRecord(id: String(repeating: "ab", count: 32), tenant: "acme", host: "web2", time: t0,
+                committedAt: server.clock.now(),
+                                      retainUntil: server.clock.now().addingTimeInterval(86400), paths: [], tags: [],
+                                          statistics: SnapshotStatistics(),
                                       packCount: 1, manifestSize: 0)
             #expect {
                 try server.service.catalog.insertSnapshot(late, packs: s5.packs.map(\.id), requirePacks: true)
@@ -103,10 +117,13 @@ import RedoubtStore
 
             // What stays restores bit for bit: s2 (held; it reads s1's pack too) and s4.
             for c in [s2, s4] {
-                let m = try Manifest.parse(try await restorer.manifestBytes(c.manifest.id.description), expectedID: c.manifest.id)
+                let m = try Manifest.parse(try await restorer.manifestBytes(c.manifest.id.description),
+                    expectedID: c.manifest.id)
                 var packs: [PackID: [UInt8]] = [:]
                 for p in m.header.packs { packs[p] = try await restorer.packBytes(p) }
-                let reader = try SnapshotReader(manifest: m, readKey: keys.readKey, chunkIDKey: keys.chunkIDKey) { packs[$0]! }
+                let reader = try SnapshotReader(manifest: m, readKey: keys.readKey, chunkIDKey: keys.chunkIDKey) {
+                    packs[$0]!
+                }
                 #expect(try reader.contents(of: try reader.rootTree()[Array("f.bin".utf8)]!) == c.data)
             }
             let report = try await restorer.verify(s2.manifest.id.description)
@@ -114,10 +131,12 @@ import RedoubtStore
 
             // A pack whose lock has expired but that is younger than the grace period stays;
             // past it, with nothing naming it, it goes.
-            let (slow, _) = try makeSnapshot(keys: try c1.writeKeySet(), files: [("slow-backup", randomBytes(20 << 10))])
+            let (slow, _) = try makeSnapshot(keys: try c1.writeKeySet(), files: [("slow-backup",
+                randomBytes(20 << 10))])
             for p in slow { _ = try await web1.uploadPack(id: p.id, bytes: p.bytes) }
             server.clock.set(t0.addingTimeInterval(12 * 86400))
-            #expect(try await admin.collectGarbage(tenant: "acme", dryRun: false).packsRemoved == 0, "a 3-day-old pack went")
+            #expect(try await admin.collectGarbage(tenant: "acme", dryRun: false).packsRemoved == 0,
+                "a 3-day-old pack went")
             server.clock.set(t0.addingTimeInterval(17 * 86400))
             // (with the packs of the refused commit above, also named by nothing)
             #expect(try await admin.collectGarbage(tenant: "acme", dryRun: false).packsRemoved >= slow.count)
@@ -127,12 +146,16 @@ import RedoubtStore
             let before = try server.service.catalog.pack(tenant: "acme", id: s4.packs[0].id.description)
             #expect {
                 _ = try server.service.catalog.extendPackLocks(tenant: "acme", packs: [s4.packs[0].id, s5.packs[0].id],
-                                                               until: t0.addingTimeInterval(100 * 86400), requireAll: true)
+                                                               until: t0.addingTimeInterval(100 * 86400),
+                                                                   requireAll: true)
             } throws: { ($0 as? CatalogError)?.code == .packsMissing }
-            #expect(try server.service.catalog.pack(tenant: "acme", id: s4.packs[0].id.description)?.retainUntil == before?.retainUntil)
+            #expect(try server.service.catalog.pack(tenant: "acme",
+                id: s4.packs[0].id.description)?.retainUntil == before?.retainUntil)
 
             let audit = try await admin.audit(limit: 10_000)
-            #expect(audit.contains { $0.action == "gc" && $0.object == "tenant acme" && $0.detail.contains("snapshots=2") })
+            #expect(audit.contains {
+                $0.action == "gc" && $0.object == "tenant acme" && $0.detail.contains("snapshots=2")
+            })
             #expect(audit.contains { $0.action == "gc" && $0.outcome == "denied" && $0.actor.contains("web1") })
         } catch { Issue.record("\(error)") }
         for c in clients { await c.shutdown() }
@@ -159,7 +182,8 @@ import RedoubtStore
             _ = try await commit(c1, web1)
             server.clock.set(t0.addingTimeInterval(3600))
             _ = try await commit(c1, web1)
-            _ = try await server.admin.placeHold(Wire.PlaceHoldRequest(snapshot: nil, tenant: "acme", reason: "litigation"))
+            _ = try await server.admin.placeHold(Wire.PlaceHoldRequest(snapshot: nil, tenant: "acme",
+                reason: "litigation"))
             server.clock.set(t0.addingTimeInterval(9 * 86400))
             let r = try await server.admin.collectGarbage(tenant: "acme", dryRun: false)
             #expect(r.snapshotsRemoved.isEmpty && r.packsRemoved == 0, "\(r)")
@@ -184,7 +208,10 @@ import RedoubtStore
             let pack1 = RepositoryService.packKey(tenant: "acme", id: old1.packs[0].id)
             let manifest1 = RepositoryService.manifestKey(tenant: "acme", id: old1.manifest.id)
             let manifest2 = RepositoryService.manifestKey(tenant: "acme", id: old2.manifest.id)
-            for p in old1.packs { try await store.extendRetention(RepositoryService.packKey(tenant: "acme", id: p.id), until: t0.addingTimeInterval(9.5 * day)) }
+            for p in old1.packs {
+                try await store.extendRetention(RepositoryService.packKey(tenant: "acme", id: p.id),
+                    until: t0.addingTimeInterval(9.5 * day))
+            }
             try await store.extendRetention(manifest1, until: t0.addingTimeInterval(9.5 * day))
             try await store.extendRetention(manifest2, until: t0.addingTimeInterval(11 * day))
 
@@ -193,7 +220,8 @@ import RedoubtStore
             for p in young { _ = try await web1.uploadPack(id: p.id, bytes: p.bytes) }
             let first = try await admin.collectGarbage(tenant: "acme", dryRun: false)
             #expect(Set(first.snapshotsRemoved) == Set([old1, old2].map { $0.manifest.id.description }), "\(first)")
-            #expect(first.pendingDeletes == 2 + old1.packs.count, "the store refused what its locks still held: \(first)")
+            #expect(first.pendingDeletes == 2 + old1.packs.count,
+                "the store refused what its locks still held: \(first)")
             let stillPack = try await store.head(pack1), stillManifest = try await store.head(manifest1)
             #expect(stillPack != nil && stillManifest != nil)
             // A pack a backup uploaded within the grace period is not collected.
@@ -223,10 +251,13 @@ import RedoubtStore
             // A queued object whose deletion is under way cannot be recorded again meanwhile.
             let claimed = "t/acme/packs/00/" + String(repeating: "0", count: 64)
             try await server.service.catalog.db.write { db in
-                try db.execute(sql: "INSERT INTO gc_pending(key, tenant, queued_at, claimed_at) VALUES (?, 'acme', 0, 0)", arguments: [claimed])
+                try db.execute(sql: """
+                    INSERT INTO gc_pending(key, tenant, queued_at, claimed_at) VALUES (?, 'acme', 0, 0)
+                    """, arguments: [claimed])
             }
             #expect {
-                try server.service.catalog.insertPack(tenant: "acme", id: String(repeating: "0", count: 64), key: claimed, size: 1,
+                try server.service.catalog.insertPack(tenant: "acme", id: String(repeating: "0", count: 64),
+                    key: claimed, size: 1,
                                                       retainUntil: Date(), chunkIDs: [], now: Date())
             } throws: { ($0 as? CatalogError)?.code == .beingCollected }
         }

@@ -15,9 +15,11 @@ import RedoubtCore
         var admin: String { e.dir.appendingPathComponent("server/admin.credential").path }
 
         init() throws {
-            try #require(FileManager.default.isExecutableFile(atPath: CrashTests.binary.path), "build the redoubt executable first")
+            try #require(FileManager.default.isExecutableFile(atPath: CrashTests.binary.path),
+                "build the redoubt executable first")
             e = try CrashTests.Env()
-            try e.run(["server", "init", "--data", e.dir.appendingPathComponent("server").path, "--listen", "127.0.0.1:\(e.port)"])
+            try e.run(["server", "init", "--data", e.dir.appendingPathComponent("server").path, "--listen",
+                "127.0.0.1:\(e.port)"])
             try e.startServer()
             try e.run(["admin", "--credential", admin, "tenant", "create", "crash"])
             let hostToken = try e.run(["admin", "--credential", admin, "host", "add", "crash", "h1"]).out
@@ -37,7 +39,8 @@ import RedoubtCore
         func tree(_ root: String, _ files: [String: String]) throws {
             for (rel, content) in files {
                 let url = URL(fileURLWithPath: root).appendingPathComponent(rel)
-                try FileManager.default.createDirectory(at: url.deletingLastPathComponent(), withIntermediateDirectories: true)
+                try FileManager.default.createDirectory(at: url.deletingLastPathComponent(),
+                    withIntermediateDirectories: true)
                 try Data(content.utf8).write(to: url)
             }
         }
@@ -48,7 +51,9 @@ import RedoubtCore
             var out: [String] = []
             while let p = en?.nextObject() as? String {
                 var isDir: ObjCBool = false
-                if FileManager.default.fileExists(atPath: root + "/" + p, isDirectory: &isDir), !isDir.boolValue { out.append(p) }
+                if FileManager.default.fileExists(atPath: root + "/" + p, isDirectory: &isDir), !isDir.boolValue {
+                    out.append(p)
+                }
             }
             return out.sorted()
         }
@@ -105,7 +110,8 @@ import RedoubtCore
 
     /// Usage errors exit 2 as README's table says (ArgumentParser's own default is 64).
     @Test func usageErrorsExitTwo() throws {
-        try #require(FileManager.default.isExecutableFile(atPath: CrashTests.binary.path), "build the redoubt executable first")
+        try #require(FileManager.default.isExecutableFile(atPath: CrashTests.binary.path),
+            "build the redoubt executable first")
         let e = try CrashTests.Env()
         defer { e.cleanup() }
         for args in [["backup"], ["restore", "3fa1c2d4"], ["snapshots", "--no-such-option"], ["no-such-command"],
@@ -119,7 +125,8 @@ import RedoubtCore
     /// A garbled token or credential file exits 2 naming it, never 5 (which says stored
     /// bytes are damaged).
     @Test func garbledTokenOrCredentialExitsTwo() throws {
-        try #require(FileManager.default.isExecutableFile(atPath: CrashTests.binary.path), "build the redoubt executable first")
+        try #require(FileManager.default.isExecutableFile(atPath: CrashTests.binary.path),
+            "build the redoubt executable first")
         let e = try CrashTests.Env()
         defer { e.cleanup() }
         let config = e.dir.appendingPathComponent("host").path
@@ -163,20 +170,23 @@ import RedoubtCore
         #expect(r.status == 2 && r.err.contains(material.path), "\(r.status) \(r.err)")
         try good.write(to: material)
         try s.e.run(["backup", corpus, "--config", s.host])
-        #expect(FileManager.default.fileExists(atPath: s.host + "/key-check.json"), "a good backup records the key files' hashes")
+        #expect(FileManager.default.fileExists(atPath: s.host + "/key-check.json"),
+            "a good backup records the key files' hashes")
         #expect(try s.snapshots().count == 1)
     }
 
     /// `redoubt admin X … --help` prints X's own help for every admin subcommand, found by
     /// walking the SUBCOMMANDS sections of the help itself.
     @Test func everyAdminSubcommandHelpIsItsOwn() throws {
-        try #require(FileManager.default.isExecutableFile(atPath: CrashTests.binary.path), "build the redoubt executable first")
+        try #require(FileManager.default.isExecutableFile(atPath: CrashTests.binary.path),
+            "build the redoubt executable first")
         let e = try CrashTests.Env()
         defer { e.cleanup() }
         func flat(_ s: String) -> String { s.split(whereSeparator: { $0 == " " || $0 == "\n" }).joined(separator: " ") }
         func subcommands(_ help: String) -> [String] {
             guard let r = help.range(of: "SUBCOMMANDS:\n") else { return [] }
-            return help[r.upperBound...].split(separator: "\n").prefix { !$0.isEmpty && $0.hasPrefix(" ") }.compactMap { line in
+            return help[r.upperBound...].split(separator: "\n").prefix { !$0.isEmpty
+                && $0.hasPrefix(" ") }.compactMap { line in
                 // Entries start at a 2-space indent; wrapped abstracts are indented further.
                 guard line.hasPrefix("  "), !line.hasPrefix("   ") else { return nil }
                 return line.split(separator: " ").first.map(String.init)
@@ -188,7 +198,8 @@ import RedoubtCore
             let r = try e.run(path + ["--help"], check: false)
             #expect(r.status == 0, "\(path): \(r.status) \(r.err)")
             let usage = "USAGE: redoubt " + path.joined(separator: " ")
-            #expect(flat(r.out).contains(usage), "redoubt \(path.joined(separator: " ")) --help printed another command's help: \(r.out)")
+            #expect(flat(r.out).contains(usage),
+                "redoubt \(path.joined(separator: " ")) --help printed another command's help: \(r.out)")
             for sub in subcommands(r.out) { queue.append(path + [sub.replacingOccurrences(of: "(default)", with: "")]) }
             seen += 1
         }
@@ -211,6 +222,7 @@ import RedoubtCore
         let v = try s.e.run(["verify", id, "--deep", "--json", "--config", s.restorer]).out
         let verify = try #require(try JSONSerialization.jsonObject(with: Data(v.utf8)) as? [String: Any], "\(v)")
         #expect(verify["snapshot"] as? String == id && verify["problems"] as? [String] == [], "\(v)")
-        #expect((verify["packsChecked"] as? Int ?? 0) > 0 && verify["bytesChecked"] is Int && (verify["chunksDecrypted"] as? Int ?? 0) > 0, "\(v)")
+        #expect((verify["packsChecked"] as? Int ?? 0) > 0 && verify["bytesChecked"] is Int
+            && (verify["chunksDecrypted"] as? Int ?? 0) > 0, "\(v)")
     }
 }

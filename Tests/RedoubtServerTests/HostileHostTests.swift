@@ -34,7 +34,8 @@ import RedoubtStore
         let n: Neighbours
         do {
             try await server.createTenant("acme", keys: try TenantKeys.generate())
-            n = Neighbours(server: server, victim: try await server.enroll(tenant: "acme", role: "writer", name: "web1"),
+            n = Neighbours(server: server, victim: try await server.enroll(tenant: "acme", role: "writer",
+                name: "web1"),
                            attacker: try await server.enroll(tenant: "acme", role: "writer", name: "web2"),
                            restorer: try await server.enroll(tenant: "acme", role: "restorer", name: "vault"))
         } catch {
@@ -50,7 +51,8 @@ import RedoubtStore
 
     /// Backs up `dir` as the victim would, through the real archiver and the API.
     func backUp(_ dir: URL, as host: (ClientConfig, APIClient), at seconds: Int64) async throws -> BackupResult {
-        try await Archiver().run(options: BackupOptions(paths: [dir.path], cachePath: host.0.cachePath), keys: try host.0.writeKeySet(),
+        try await Archiver().run(options: BackupOptions(paths: [dir.path], cachePath: host.0.cachePath),
+            keys: try host.0.writeKeySet(),
                                  target: host.1, now: Timestamp(seconds: seconds))
     }
 
@@ -61,7 +63,8 @@ import RedoubtStore
             .unwrap(try rc.wrappedReadKey(), context: KeyContext(tenant: "acme", keyVersion: 1))
         let manifest = try Manifest.parse(try await restorer.manifestBytes(snapshot.description), expectedID: snapshot)
         let target = n.server.dir.appendingPathComponent("restore-\(UUID().uuidString)")
-        let result = try await Restorer().restore(manifest: manifest, readKey: readKey, chunkIDKey: try rc.sharedMaterial().chunkIDKey,
+        let result = try await Restorer().restore(manifest: manifest, readKey: readKey,
+            chunkIDKey: try rc.sharedMaterial().chunkIDKey,
                                                   source: restorer, target: target.path)
         #expect(result.damaged.isEmpty, "restore reported damage: \(result.damaged)")
         return Array(try Data(contentsOf: target.appendingPathComponent(dir).appendingPathComponent(file)))
@@ -128,7 +131,8 @@ import RedoubtStore
             try FileManager.default.createDirectory(at: src, withIntermediateDirectories: true)
             try Data(content).write(to: src.appendingPathComponent("data.bin"))
             let result = try await backUp(src, as: n.victim, at: testNow)
-            #expect(!result.manifest.header.packs.contains(poisoned.id), "the victim's snapshot names the attacker's pack")
+            #expect(!result.manifest.header.packs.contains(poisoned.id),
+                "the victim's snapshot names the attacker's pack")
             #expect(try await restoredFile(n, result.manifest.id, dir: "srv", file: "data.bin") == content)
         }
     }
@@ -142,7 +146,8 @@ import RedoubtStore
             let keys = try n.attacker.0.writeKeySet()
             let target = content.withUnsafeBytes { keys.shared.chunkIDKey.chunkID(for: $0) }
             var writer = try PackWriter(recipient: keys.shared.readPublicKey, version: 1)
-            try writer.append(id: target, kind: .none, rawLength: content.count, payload: [UInt8](repeating: 0x42, count: content.count))
+            try writer.append(id: target, kind: .none, rawLength: content.count, payload: [UInt8](repeating: 0x42,
+                count: content.count))
             let poisoned = try writer.finish()
             _ = try await n.attacker.1.uploadPack(id: poisoned.id, bytes: poisoned.bytes)
 
@@ -159,9 +164,11 @@ import RedoubtStore
                 .unwrap(try rc.wrappedReadKey(), context: KeyContext(tenant: "acme", keyVersion: 1))
             var manifests: [Manifest] = []
             for s in try await restorer.snapshots() {
-                manifests.append(try Manifest.parse(try await restorer.manifestBytes(s.id), expectedID: SnapshotID(hex: s.id)))
+                manifests.append(try Manifest.parse(try await restorer.manifestBytes(s.id),
+                    expectedID: SnapshotID(hex: s.id)))
             }
-            let report = try await DeepVerifier().verify(manifests, readKey: readKey, chunkIDKey: try rc.sharedMaterial().chunkIDKey,
+            let report = try await DeepVerifier().verify(manifests, readKey: readKey,
+                chunkIDKey: try rc.sharedMaterial().chunkIDKey,
                                                          source: restorer)
             #expect(report.damagedPacks.map(\.pack) == [poisoned.id.description])
             #expect(report.affectedSnapshots.map(\.snapshot) == [victimID])
@@ -250,14 +257,18 @@ import RedoubtStore
             let chunk = try sealedChunk(content, try n.victim.0.writeKeySet()).id
             #expect(try await n.victim.1.chunkLocations([chunk]).count == 1)
 
-            let principal = try #require(try await n.server.admin.principals().first { $0.name == "web1" && $0.role == "writer" })
+            let principal = try #require(try await n.server.admin.principals().first {
+                $0.name == "web1" && $0.role == "writer"
+            })
             _ = try await n.server.admin.revokePrincipal(id: principal.id, requestID: nil)
             // Re-imaged: a new configuration directory, a new key, a new credential.
-            let token = try await n.server.admin.createEnrollment(tenant: "acme", role: "writer", name: "web1", ttlSeconds: 3600).token
+            let token = try await n.server.admin.createEnrollment(tenant: "acme", role: "writer", name: "web1",
+                ttlSeconds: 3600).token
             let cfg = ClientConfig(path: n.server.dir.appendingPathComponent("cfg-writer-web1-reimaged").path)
             _ = try await ClientConfig.enroll(token: token, into: cfg, os: nil)
             let again = (cfg, try APIClient(credential: cfg.credential()))
-            #expect(try await again.1.chunkLocations([chunk]).isEmpty, "a new credential inherited the old one's chunks")
+            #expect(try await again.1.chunkLocations([chunk]).isEmpty,
+                "a new credential inherited the old one's chunks")
             // Its first backup uploads the file anew, and both snapshots restore.
             let second = try await backUp(src, as: again, at: testNow + 100)
             #expect(Set(second.manifest.header.packs).isDisjoint(with: first.manifest.header.packs))
@@ -305,7 +316,9 @@ import RedoubtStore
                              ("before the host's newest snapshot", testNow - 3 * 86400)] {
             let (packs, decoy) = try makeSnapshot(keys: keys, files: [("decoy", [9])], time: time)
             for p in packs { _ = try await host.uploadPack(id: p.id, bytes: p.bytes) }
-            await refused("E_CLOCK", "a snapshot dated \(what)") { _ = try await host.commit(manifestBytes: decoy.bytes) }
+            await refused("E_CLOCK", "a snapshot dated \(what)") {
+                _ = try await host.commit(manifestBytes: decoy.bytes)
+            }
         }
         // Every role still lists, and what it lists is the real snapshot only.
         let (_, restorer) = try await server.enroll(tenant: "acme", role: "restorer", name: "vault")
@@ -334,10 +347,13 @@ import RedoubtStore
         }
         #expect(try await server.admin.snapshots().map(\.id) == ids)
         let media = server.dir.appendingPathComponent("set.media")
-        let writer = try MediaWriter(device: FileSequentialDevice(path: media.path, capacity: 64 << 20), setID: Array(repeating: 7, count: 16),
-                                     pool: "offsite", tenant: "acme", blockSize: 64 << 10, created: "2026-12-05T00:00:00Z",
+        let writer = try MediaWriter(device: FileSequentialDevice(path: media.path, capacity: 64 << 20),
+            setID: Array(repeating: 7, count: 16),
+                                     pool: "offsite", tenant: "acme", blockSize: 64 << 10,
+                                         created: "2026-12-05T00:00:00Z",
                                      retainUntil: nil, writer: "test")
-        let summary = try await MediaExport.run(catalog: server.service.catalog, store: server.service.store, tenant: "acme",
+        let summary = try await MediaExport.run(catalog: server.service.catalog, store: server.service.store,
+            tenant: "acme",
                                                 selection: .latest, writer: writer, actor: "test", now: Date()) { _ in }
         #expect(summary.snapshots == [ids[2]])
         await host.shutdown()
@@ -353,7 +369,8 @@ import RedoubtStore
             #expect(WireDate.parse(WireDate.string(Date(timeIntervalSince1970: t)))?.timeIntervalSince1970 == t)
         }
         #expect(WireDate.parse("2026-12-05T04:10:00.25+01:00")?.timeIntervalSince1970 == 1_796_440_200.25)
-        for bad in ["", "2026-02-30T00:00:00Z", "2026-12-05 04:10:00Z", "2026-12-05T04:10:00", "-1199-01-01T00:00:00Z", "2026-12-05T04:10:00Zx"] {
+        for bad in ["", "2026-02-30T00:00:00Z", "2026-12-05 04:10:00Z", "2026-12-05T04:10:00", "-1199-01-01T00:00:00Z",
+            "2026-12-05T04:10:00Zx"] {
             #expect(WireDate.parse(bad) == nil, "\(bad) was accepted")
         }
     }
@@ -379,7 +396,8 @@ import RedoubtStore
         let page = try WireDate.decoder().decode([Wire.SnapshotInfo].self, from: Data(first.body))
         #expect(page.map(\.id) == Array(committed.prefix(5)))
         let rest = try await server.admin.send(.GET, "/v1/snapshots?limit=5&after=\(committed[9])")
-        #expect(try WireDate.decoder().decode([Wire.SnapshotInfo].self, from: Data(rest.body)).map(\.id) == Array(committed.suffix(2)))
+        #expect(try WireDate.decoder().decode([Wire.SnapshotInfo].self,
+            from: Data(rest.body)).map(\.id) == Array(committed.suffix(2)))
         #expect(try await server.admin.snapshots(pageSize: 5).map(\.id) == committed)
         #expect(try await host.snapshots(pageSize: 5).map(\.id) == committed)
         // Out-of-range pages and cursors are refused, never answered with everything.

@@ -10,7 +10,8 @@ import RedoubtKMS
     @Test func quickstartWithAKMIPWrappedKeyRestoresAndTheKEKsFateDecidesLaterRestores() async throws {
         guard let env = peerEnvironment("REDOUBT_TEST_KMIP", "REDOUBT_TEST_KMIP_PKI"),
               let address = env["REDOUBT_TEST_KMIP"], let pki = env["REDOUBT_TEST_KMIP_PKI"] else { return }
-        try #require(FileManager.default.isExecutableFile(atPath: CrashTests.binary.path), "build the redoubt executable first")
+        try #require(FileManager.default.isExecutableFile(atPath: CrashTests.binary.path),
+            "build the redoubt executable first")
         let dir = FileManager.default.temporaryDirectory.appendingPathComponent("redoubt-kmip-\(UUID().uuidString)")
         try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
         defer {
@@ -19,7 +20,10 @@ import RedoubtKMS
         }
         let uri = "kmip://\(address)/new?ca=\(pki)/ca.crt&cert=\(pki)/tenant-a.crt&key=\(pki)/tenant-a.key"
         let out = dir.appendingPathComponent("out.txt").path
-        let status = system("'\(CrashTests.binary.path)' quickstart --dir '\(dir.path)/qs' --key-provider '\(uri)' > '\(out)' 2>&1")
+        let status =
+            system("""
+                '\(CrashTests.binary.path)' quickstart --dir '\(dir.path)/qs' --key-provider '\(uri)' > '\(out)' 2>&1
+                """)
         let output = (try? String(contentsOfFile: out, encoding: .utf8)) ?? ""
         #expect(status == 0, "quickstart failed: \(output)")
         #expect(output.contains("identical to the source"))
@@ -36,10 +40,14 @@ import RedoubtKMS
         _ = try await provider.unwrap(wrapped, context: wrapped.context)
 
         try await provider.client.revoke(keyID: provider.keyID)
-        let disabled = await #expect(throws: KeyProviderError.self) { try await provider.unwrap(wrapped, context: wrapped.context) }
+        let disabled = await #expect(throws: KeyProviderError.self) {
+            try await provider.unwrap(wrapped, context: wrapped.context)
+        }
         #expect(disabled?.code == "E_KEY_DISABLED")
         try await provider.destroyKEK()
-        let destroyed = await #expect(throws: KeyProviderError.self) { try await provider.unwrap(wrapped, context: wrapped.context) }
+        let destroyed = await #expect(throws: KeyProviderError.self) {
+            try await provider.unwrap(wrapped, context: wrapped.context)
+        }
         #expect(destroyed?.code == "E_KEY_DESTROYED")
     }
 }

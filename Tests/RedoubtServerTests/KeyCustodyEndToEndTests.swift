@@ -14,7 +14,10 @@ import RedoubtClient
 @Suite(.serialized) struct KeyCustodyEndToEndTests {
     @Test func rotateToKMIPDestroyTheOldKEKEscrowThenShred() async throws {
         guard let env = peerEnvironment("REDOUBT_TEST_KMIP", "REDOUBT_TEST_KMIP_PKI", "REDOUBT_TEST_LOCALSTACK"),
-              let address = env["REDOUBT_TEST_KMIP"], let pki = env["REDOUBT_TEST_KMIP_PKI"], let localstack = env["REDOUBT_TEST_LOCALSTACK"] else { return }
+              let address = env["REDOUBT_TEST_KMIP"], let pki = env["REDOUBT_TEST_KMIP_PKI"],
+                  let localstack = env["REDOUBT_TEST_LOCALSTACK"] else {
+                  return
+              }
         let q = try await QuickstartServer.start("custody", quickstartEnv: "REDOUBT_PASSPHRASE=custody-pass")
         defer { q.stop() }
         let (bin, base, admin, out) = (q.bin, q.base, q.admin, "")
@@ -24,15 +27,29 @@ import RedoubtClient
         let kmip = "kmip://\(address)/new?ca=\(pki)/ca.crt&cert=\(pki)/tenant-a.crt&key=\(pki)/tenant-a.key"
 
         // Passphrase → KEK 1 in the KMS. A passphrase cannot be "destroyed": refused up front.
-        let (refusedDestroy, rdOut) = sh("REDOUBT_PASSPHRASE=custody-pass \(bin) admin \(admin) tenant rotate-key quickstart --key-provider '\(kmip)' --destroy-old", out)
-        #expect(refusedDestroy == 2 && rdOut.contains("cannot be destroyed"), "rotate --destroy-old from a passphrase: \(rdOut)")
-        let (r1, r1Out) = sh("REDOUBT_PASSPHRASE=custody-pass \(bin) admin \(admin) tenant rotate-key quickstart --key-provider '\(kmip)'", out)
+        let (refusedDestroy,
+            rdOut) = sh("""
+                REDOUBT_PASSPHRASE=custody-pass \(bin) admin \(admin) tenant rotate-key quickstart --key-provider \
+                '\(kmip)' --destroy-old
+                """, out)
+        #expect(refusedDestroy == 2 && rdOut.contains("cannot be destroyed"),
+            "rotate --destroy-old from a passphrase: \(rdOut)")
+        let (r1,
+            r1Out) = sh("""
+                REDOUBT_PASSPHRASE=custody-pass \(bin) admin \(admin) tenant rotate-key quickstart --key-provider \
+                '\(kmip)'
+                """, out)
         #expect(r1 == 0 && r1Out.contains("key version 2"), "rotate to KMIP: \(r1Out)")
         // The restorer fetches the new wrapping, but a new KMS is a new place to send its
         // credentials: it takes the restorer's own word. Then no passphrase is needed.
         let (untrusted, untrustedOut) = restore()
-        #expect(untrusted == 6 && untrustedOut.contains("E_KEY_UNTRUSTED_PROVIDER"), "restore from a provider not yet trusted: \(untrustedOut)")
-        let (a, aOut) = restore("--trust-key-provider 'kmip://\(address)?ca=\(pki)/ca.crt&cert=\(pki)/tenant-a.crt&key=\(pki)/tenant-a.key'")
+        #expect(untrusted == 6 && untrustedOut.contains("E_KEY_UNTRUSTED_PROVIDER"),
+            "restore from a provider not yet trusted: \(untrustedOut)")
+        let (a,
+            aOut) = restore("""
+                --trust-key-provider \
+                'kmip://\(address)?ca=\(pki)/ca.crt&cert=\(pki)/tenant-a.crt&key=\(pki)/tenant-a.key'
+                """)
         #expect(a == 0, "restore after the first rotation: \(aOut)")
         let keyV2 = "\(dir)/read-key-v2.json"
         try FileManager.default.copyItem(atPath: "\(base)/restorer/read-key.json", toPath: keyV2)
@@ -40,16 +57,23 @@ import RedoubtClient
 
         // KEK 1 → KEK 2 on the same KMS (trusted now), KEK 1 destroyed: the snapshot
         // restores; the version-2 copy is dead.
-        let (r2, r2Out) = sh("\(bin) admin \(admin) tenant rotate-key quickstart --key-provider '\(kmip)' --destroy-old --json", out)
+        let (r2,
+            r2Out) = sh("""
+                \(bin) admin \(admin) tenant rotate-key quickstart --key-provider '\(kmip)' --destroy-old --json
+                """, out)
         #expect(r2 == 0 && r2Out.contains("\"previousKEKDestroyed\" : \"true\""), "rotate with --destroy-old: \(r2Out)")
         let (b, bOut) = restore()
         #expect(b == 0, "restore after the second rotation: \(bOut)")
         let (c, cOut) = restore("--read-key '\(keyV2)'")
-        #expect(c == 11 && cOut.contains("E_KEY_DESTROYED"), "restore with the copy wrapped under the destroyed KEK: \(cOut)")
+        #expect(c == 11 && cOut.contains("E_KEY_DESTROYED"),
+            "restore with the copy wrapped under the destroyed KEK: \(cOut)")
 
         // An escrow copy, on purpose, under its own passphrase.
         let escrow = "\(dir)/escrow.json"
-        let (e, eOut) = sh("REDOUBT_ESCROW_PASSPHRASE=escrow-pass \(bin) admin \(admin) tenant escrow quickstart --out '\(escrow)'", out)
+        let (e,
+            eOut) = sh("""
+                REDOUBT_ESCROW_PASSPHRASE=escrow-pass \(bin) admin \(admin) tenant escrow quickstart --out '\(escrow)'
+                """, out)
         #expect(e == 0, "escrow: \(eOut)")
         #expect((try FileManager.default.attributesOfItem(atPath: escrow)[.posixPermissions] as? Int) == 0o600)
 
@@ -57,15 +81,20 @@ import RedoubtClient
         // new KMS on its own word, and needs AWS credentials (per command) from now on.
         let aws = "AWS_ACCESS_KEY_ID=test AWS_SECRET_ACCESS_KEY=test"
         let awsURI = "awskms://us-east-1/new?endpoint=\(localstack)"
-        let (r3, r3Out) = sh("\(aws) \(bin) admin \(admin) tenant rotate-key quickstart --key-provider '\(awsURI)' --destroy-old", out)
-        #expect(r3 == 0 && r3Out.contains("key version 4") && r3Out.contains("is destroyed"), "rotate to AWS KMS: \(r3Out)")
+        let (r3,
+            r3Out) = sh("""
+                \(aws) \(bin) admin \(admin) tenant rotate-key quickstart --key-provider '\(awsURI)' --destroy-old
+                """, out)
+        #expect(r3 == 0 && r3Out.contains("key version 4") && r3Out.contains("is destroyed"),
+            "rotate to AWS KMS: \(r3Out)")
         let (i, iOut) = restore("--trust-key-provider '\(awsURI)'", env: aws)
         #expect(i == 0, "restore through AWS KMS: \(iOut)")
 
         // The KEK disabled at the KMS: backups go on (hosts seal to the public key), restores
         // stop with exit code 10; enabled again, restores work.
         let current = try ClientConfig(path: "\(base)/restorer").wrappedReadKey()
-        let kek = try AWSKMSKeyProvider(uri: current.provider, credentials: AWSCredentials(accessKeyID: "test", secretAccessKey: "test"))
+        let kek = try AWSKMSKeyProvider(uri: current.provider, credentials: AWSCredentials(accessKeyID: "test",
+            secretAccessKey: "test"))
         let kekID = try #require(current.parameters["awskms-key-id"])
         _ = try await kek.call("DisableKey", ["KeyId": kekID], key: kekID)
         let (bk, bkOut) = sh("\(bin) backup '\(base)/sample' --config '\(base)/host'", out)
@@ -83,9 +112,12 @@ import RedoubtClient
         let (d, dOut) = restore(env: aws)
         #expect(d == 0, "restore after a refused shred: \(dOut)")
         let (s, sOut) = sh("\(aws) \(bin) admin \(admin) tenant shred quickstart --confirm quickstart", out)
-        #expect(s == 8 && sOut.contains("crypto-shredded") && sOut.contains("key version 1 (passphrase:)"), "shred: \(sOut)")
+        #expect(s == 8 && sOut.contains("crypto-shredded") && sOut.contains("key version 1 (passphrase:)"),
+            "shred: \(sOut)")
         // The AWS KEK is scheduled for deletion: even the copy saved at enrollment is dead.
-        let dead = await #expect(throws: KeyProviderError.self) { try await kek.unwrap(current, context: current.context) }
+        let dead = await #expect(throws: KeyProviderError.self) {
+            try await kek.unwrap(current, context: current.context)
+        }
         #expect(dead?.code == "E_KEY_DESTROYED")
         let (f, fOut) = restore(env: aws)
         #expect(f == 11 && fOut.contains("shredded"), "restore after the shred: \(fOut)")

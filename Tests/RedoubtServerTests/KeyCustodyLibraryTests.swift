@@ -12,7 +12,9 @@ import RedoubtCore
     /// Providers as the CLI makes them, with fixed secrets: the tenant's passphrase `pw`
     /// (TestServer's), the escrow passphrase `escrow`.
     static let makeProvider: KeyCustody.MakeProvider = { uri, secret in
-        try KeyProviderRegistry.make(uri: uri) { SecretBytes(copying: Array((secret == .escrow ? "escrow" : "pw").utf8)) }
+        try KeyProviderRegistry.make(uri: uri) {
+            SecretBytes(copying: Array((secret == .escrow ? "escrow" : "pw").utf8))
+        }
     }
 
     /// Whether unwrapping `wrapped` as `tenant` fails, and with which code.
@@ -40,15 +42,20 @@ import RedoubtCore
         let custody = KeyCustody(client: server.admin, tenant: "acme", makeProvider: Self.makeProvider)
 
         // Refused before anything changes: a passphrase has no KEK to destroy; no provider given.
-        let d = await #expect(throws: KeyCustodyError.self) { try await custody.rotate(to: kmip, requestID: nil, destroyOld: true) }
+        let d = await #expect(throws: KeyCustodyError.self) {
+            try await custody.rotate(to: kmip, requestID: nil, destroyOld: true)
+        }
         #expect(d?.exitCategory == .usage && d?.message.contains("nothing was changed") == true)
-        await #expect(throws: KeyCustodyError.self) { try await custody.rotate(to: nil, requestID: nil, destroyOld: false) }
+        await #expect(throws: KeyCustodyError.self) {
+            try await custody.rotate(to: nil, requestID: nil, destroyOld: false)
+        }
         #expect(try server.service.catalog.tenant("acme")?.keyVersion == 1)
 
         // Passphrase → a new KEK at the KMS: the same read key, version 2, checked to open.
         let r1 = try await custody.rotate(to: kmip, requestID: nil, destroyOld: false)
         #expect(r1.keyVersion == 2 && r1.previousKeyVersion == 1 && !r1.previousKEKDestroyed)
-        #expect(r1.wrapped.provider.hasPrefix("kmip://") && r1.wrapped.readKeyID == keys.readKey.publicKey.keyID.description)
+        #expect(r1.wrapped.provider.hasPrefix("kmip://")
+            && r1.wrapped.readKeyID == keys.readKey.publicKey.keyID.description)
         #expect(try await custody.unwrapCurrent(r1.wrapped).publicKey == keys.readKey.publicKey)
 
         // KEK → another KEK, the old one destroyed at the KMS: the old wrapping is dead.
@@ -70,7 +77,9 @@ import RedoubtCore
 
         // A shred not confirmed changes nothing, at the KMS or on the server.
         struct NotConfirmed: Error {}
-        await #expect(throws: NotConfirmed.self) { try await custody.shred(requestID: nil, confirm: { throw NotConfirmed() }) }
+        await #expect(throws: NotConfirmed.self) {
+            try await custody.shred(requestID: nil, confirm: { throw NotConfirmed() })
+        }
         #expect(try server.service.catalog.tenant("acme")?.shreddedAt == nil)
         #expect(await unwrapFailure(r2.wrapped) == nil)
 
@@ -92,7 +101,9 @@ import RedoubtCore
         // A tenant whose read key only a passphrase wraps: refused before the confirmation.
         let beta = KeyCustody(client: server.admin, tenant: "beta", makeProvider: Self.makeProvider)
         let p = await #expect(throws: KeyProviderError.self) {
-            try await beta.shred(requestID: nil, confirm: { Issue.record("asked to confirm a shred that cannot be done") })
+            try await beta.shred(requestID: nil, confirm: {
+                Issue.record("asked to confirm a shred that cannot be done")
+            })
         }
         #expect(p?.code == "E_KEY_UNSUPPORTED")
         #expect(try server.service.catalog.tenant("beta")?.shreddedAt == nil)

@@ -39,12 +39,17 @@ import RedoubtStore
 
         // A host's own credential may neither fetch nor replace the wrapped key, nor shred;
         // another tenant's restorer may not fetch it.
-        let good = try json(try await provider("new").wrap(keys.readKey, context: KeyContext(tenant: "acme", keyVersion: 2)))
+        let good = try json(try await provider("new").wrap(keys.readKey, context: KeyContext(tenant: "acme",
+            keyVersion: 2)))
         let body = Array(try JSONEncoder().encode(Wire.RotateReadKeyRequest(wrappedReadKey: good)))
-        for (client, method, path, b) in [(writer, HTTPMethod.GET, "/v1/tenants/acme/read-key", nil), (writer, .PUT, "/v1/tenants/acme/read-key", body),
-                                          (writer, .POST, "/v1/tenants/acme/shred", Array(#"{"confirm":"acme","destroyedVersions":[]}"#.utf8)),
-                                          (writer, .POST, "/v1/tenants/acme/read-key/destroyed", Array(#"{"versions":[1]}"#.utf8)),
-                                          (restorer, .PUT, "/v1/tenants/acme/read-key", body), (betaRestorer, .GET, "/v1/tenants/acme/read-key", nil)] {
+        for (client, method, path, b) in [(writer, HTTPMethod.GET, "/v1/tenants/acme/read-key", nil), (writer, .PUT,
+            "/v1/tenants/acme/read-key", body),
+                                          (writer, .POST, "/v1/tenants/acme/shred",
+                                              Array(#"{"confirm":"acme","destroyedVersions":[]}"#.utf8)),
+                                          (writer, .POST, "/v1/tenants/acme/read-key/destroyed",
+                                              Array(#"{"versions":[1]}"#.utf8)),
+                                          (restorer, .PUT, "/v1/tenants/acme/read-key", body), (betaRestorer, .GET,
+                                              "/v1/tenants/acme/read-key", nil)] {
             do {
                 _ = try await client.send(method, path, body: b)
                 Issue.record("\(method) \(path) was allowed")
@@ -57,12 +62,18 @@ import RedoubtStore
             do {
                 _ = try await server.admin.rotateReadKey(tenant: "acme", wrappedReadKey: w)
                 Issue.record("accepted: \(why)")
-            } catch let e as APIError { #expect(e.status == 400, "\(why): \(e)") } catch { Issue.record("\(why): \(error)") }
+            } catch let e as APIError { #expect(e.status == 400, "\(why): \(e)") } catch {
+                Issue.record("\(why): \(error)")
+            }
         }
-        await refused(try json(try await provider("x").wrap(keys.readKey, context: KeyContext(tenant: "acme", keyVersion: 1))), "same version again")
-        await refused(try json(try await provider("x").wrap(keys.readKey, context: KeyContext(tenant: "acme", keyVersion: 3))), "a version skipped")
-        await refused(try json(try await provider("x").wrap(keys.readKey, context: KeyContext(tenant: "beta", keyVersion: 2))), "another tenant's context")
-        await refused(try json(try await provider("x").wrap(other.readKey, context: KeyContext(tenant: "acme", keyVersion: 2))), "another read key")
+        await refused(try json(try await provider("x").wrap(keys.readKey, context: KeyContext(tenant: "acme",
+            keyVersion: 1))), "same version again")
+        await refused(try json(try await provider("x").wrap(keys.readKey, context: KeyContext(tenant: "acme",
+            keyVersion: 3))), "a version skipped")
+        await refused(try json(try await provider("x").wrap(keys.readKey, context: KeyContext(tenant: "beta",
+            keyVersion: 2))), "another tenant's context")
+        await refused(try json(try await provider("x").wrap(other.readKey, context: KeyContext(tenant: "acme",
+            keyVersion: 2))), "another read key")
         await refused("{\"format\":1}", "not a wrapped key")
         #expect(try server.service.catalog.tenant("acme")?.keyVersion == 1)
 
@@ -76,14 +87,16 @@ import RedoubtStore
         #expect(stub.wrapped.isEmpty && stub.provider == "passphrase:" && stub.context.keyVersion == 1)
         let seen = try await restorer.readKey(tenant: "acme")
         #expect(seen.wrappedReadKey == good && seen.retired.isEmpty)
-        let unwrapped = try await provider("new").unwrap(try WrappedReadKey.decode(Data(good.utf8)), context: KeyContext(tenant: "acme", keyVersion: 2))
+        let unwrapped = try await provider("new").unwrap(try WrappedReadKey.decode(Data(good.utf8)),
+            context: KeyContext(tenant: "acme", keyVersion: 2))
         #expect(unwrapped.publicKey == keys.readKey.publicKey)
         let store = try LocalStore(root: URL(fileURLWithPath: server.home.storePath))
         #expect(try await store.head(RepositoryService.tenantKey("acme", version: 1)) == nil)
         #expect(try await store.head(RepositoryService.tenantKey("acme", version: 2)) != nil)
 
         // Backups go on as before: hosts seal to the public key, which did not change.
-        let (packs, manifest) = try makeSnapshot(keys: try writerCfg.writeKeySet(), files: [("a", Array("after rotation".utf8))])
+        let (packs, manifest) = try makeSnapshot(keys: try writerCfg.writeKeySet(), files: [("a",
+            Array("after rotation".utf8))])
         for p in packs { _ = try await writer.uploadPack(id: p.id, bytes: p.bytes) }
         _ = try await writer.commit(manifestBytes: manifest.bytes)
 
@@ -98,7 +111,8 @@ import RedoubtStore
         try await server.createTenant("acme", keys: keys)
         let (writerCfg, writer) = try await server.enroll(tenant: "acme", role: "writer", name: "web1")
         let (_, restorer) = try await server.enroll(tenant: "acme", role: "restorer", name: "vault")
-        let (packs, manifest) = try makeSnapshot(keys: try writerCfg.writeKeySet(), files: [("a", Array("doomed".utf8))])
+        let (packs, manifest) = try makeSnapshot(keys: try writerCfg.writeKeySet(), files: [("a",
+            Array("doomed".utf8))])
         for p in packs { _ = try await writer.uploadPack(id: p.id, bytes: p.bytes) }
         let snap = try await writer.commit(manifestBytes: manifest.bytes)
         _ = try await server.admin.rotateReadKey(tenant: "acme", wrappedReadKey: try json(
@@ -107,7 +121,9 @@ import RedoubtStore
         let before = try await store.list(prefix: "t/acme/").filter { !$0.key.path.contains("/tenant-v") }
 
         // The name must be repeated.
-        await #expect(throws: APIError.self) { try await server.admin.shredTenant(tenant: "acme", confirm: "acm", destroyedVersions: []) }
+        await #expect(throws: APIError.self) {
+            try await server.admin.shredTenant(tenant: "acme", confirm: "acm", destroyedVersions: [])
+        }
         #expect(try server.service.catalog.tenant("acme")?.shreddedAt == nil)
 
         let info = try await server.admin.shredTenant(tenant: "acme", confirm: "acme", destroyedVersions: [2])
@@ -129,16 +145,22 @@ import RedoubtStore
         #expect(try await restorer.verify(snap.id).damaged.isEmpty)
 
         // The restorer learns the key is gone; the host can add nothing more; no new enrollments.
-        do { _ = try await restorer.readKey(tenant: "acme"); Issue.record("read key served after a shred") } catch let e as APIError {
+        do { _ =
+            try await restorer.readKey(tenant: "acme"); Issue.record("read key served after a shred") } catch let e as APIError {
             #expect(e.status == 410 && e.code == "E_TENANT_SHREDDED")
         }
         let (more, more2) = try makeSnapshot(keys: try writerCfg.writeKeySet(), files: [("b", Array("more".utf8))])
-        do { _ = try await writer.uploadPack(id: more[0].id, bytes: more[0].bytes); Issue.record("upload accepted after a shred") } catch let e as APIError {
+        do { _ = try await writer.uploadPack(id: more[0].id,
+            bytes: more[0].bytes); Issue.record("upload accepted after a shred") } catch let e as APIError {
             #expect(e.code == "E_TENANT_SHREDDED")
         }
         await #expect(throws: APIError.self) { try await writer.commit(manifestBytes: more2.bytes) }
-        await #expect(throws: APIError.self) { try await server.admin.createEnrollment(tenant: "acme", role: "restorer", name: "late", ttlSeconds: nil) }
-        await #expect(throws: APIError.self) { try await server.admin.shredTenant(tenant: "acme", confirm: "acme", destroyedVersions: []) }
+        await #expect(throws: APIError.self) {
+            try await server.admin.createEnrollment(tenant: "acme", role: "restorer", name: "late", ttlSeconds: nil)
+        }
+        await #expect(throws: APIError.self) {
+            try await server.admin.shredTenant(tenant: "acme", confirm: "acme", destroyedVersions: [])
+        }
 
         // A catalog rebuilt from the store alone knows the tenant is shredded.
         await writer.shutdown()
@@ -166,16 +188,21 @@ import RedoubtStore
         let catalog = server.service.catalog
         let now = Date()
         try await catalog.db.write { db in
-            try db.execute(sql: "INSERT INTO retired_keks(tenant, version, stub, retired_at) VALUES ('acme', 1, '{\"stub\":1}', ?)",
+            try db.execute(sql: """
+                INSERT INTO retired_keks(tenant, version, stub, retired_at) VALUES ('acme', 1, '{\"stub\":1}', ?)
+                """,
                            arguments: [now.timeIntervalSince1970])
         }
         try catalog.insertCopyTarget(CopyTarget(
-            info: Wire.CopyTargetInfo(id: "t1", tenant: "acme", url: "s3://b/p", endpoint: "https://s3.example", region: "us-east-1", marginSeconds: 0,
-                                      acceptUnenforced: false, createdAt: now, lastProofAt: nil, lastProofOK: nil, lastProofDetail: nil,
+            info: Wire.CopyTargetInfo(id: "t1", tenant: "acme", url: "s3://b/p", endpoint: "https://s3.example",
+                region: "us-east-1", marginSeconds: 0,
+                                      acceptUnenforced: false, createdAt: now, lastProofAt: nil, lastProofOK: nil,
+                                          lastProofDetail: nil,
                                       lastSyncAt: nil, lastSyncOK: nil, lastSyncDetail: nil),
             credentialsFile: nil, virtualHosted: false))
         let admin = try #require(try catalog.principals(tenant: nil).first { $0.role == .admin })
-        try catalog.insertRequest(id: "r1", action: "remove-admin", object: "admin x", parameters: [:], requester: admin, now: now,
+        try catalog.insertRequest(id: "r1", action: "remove-admin", object: "admin x", parameters: [:],
+            requester: admin, now: now,
                                   expiresAt: now.addingTimeInterval(3600), needed: 1)
         await server.admin.shutdown()
         server.task.cancel()

@@ -11,7 +11,8 @@ import Testing
         let (t, top) = q.sh("ls \(q.snapshot.prefix(12)) \(q.restorer)", env: pass)
         let line = try #require(top.split(separator: "\n").first { $0.hasSuffix(" sample") }, "ls: \(top)")
         // The mode column as `ls -l` shows it, from the sample directory's own mode.
-        let mode = try #require(try FileManager.default.attributesOfItem(atPath: "\(q.base)/sample")[.posixPermissions] as? Int)
+        let mode =
+            try #require(try FileManager.default.attributesOfItem(atPath: "\(q.base)/sample")[.posixPermissions] as? Int)
         let rwx = (0..<9).map { i in mode & (0o400 >> i) != 0 ? Array("rwxrwxrwx")[i] : "-" }
         #expect(t == 0 && line.hasPrefix("d" + String(rwx)), "ls: \(line) (mode \(String(mode, radix: 8)))")
 
@@ -33,7 +34,10 @@ import Testing
         let (h, hOut) = q.sh("ls \(q.snapshot.prefix(12)) --config '\(q.base)/host'", env: pass)
         #expect(h == 4 && !hOut.contains(" sample"), "a host listing its snapshot: \(h) \(hOut)")
         // restore --path of a path the snapshot does not hold: not found, nothing written.
-        let (rp, rpOut) = q.sh("restore \(q.snapshot.prefix(12)) --target '\(q.dir)/nothing' --path sample/no-such-file \(q.restorer)", env: pass)
+        let (rp,
+            rpOut) = q.sh("""
+                restore \(q.snapshot.prefix(12)) --target '\(q.dir)/nothing' --path sample/no-such-file \(q.restorer)
+                """, env: pass)
         #expect(rp == 3 && rpOut.contains("no-such-file"), "restore --path missing: \(rp) \(rpOut)")
     }
 }

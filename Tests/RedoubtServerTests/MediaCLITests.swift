@@ -26,18 +26,27 @@ import RedoubtMedia
         #expect(l == 0 && lOut.contains(q.snapshot), "media list: \(lOut)")
 
         let target = "\(q.dir)/restored"
-        let (r, rOut) = q.sh("media restore \(q.snapshot.prefix(12)) --device 'file:\(set)' --target '\(target)' \(q.restorer)",
+        let (r,
+            rOut) = q.sh("""
+                media restore \(q.snapshot.prefix(12)) --device 'file:\(set)' --target '\(target)' \(q.restorer)
+                """,
                              env: "REDOUBT_PASSPHRASE=media-pass")
         #expect(r == 0, "media restore: \(rOut)")
         #expect(rOut.contains("using the wrapped read key in tenant-v1.json on the media"), "\(rOut)")
-        #expect(q.shell("diff -r '\(q.base)/sample' '\(target)/sample'").0 == 0, "restored tree differs from the sample")
+        #expect(q.shell("diff -r '\(q.base)/sample' '\(target)/sample'").0 == 0,
+            "restored tree differs from the sample")
         // One directory of the snapshot only.
         let part = "\(q.dir)/part"
-        let (p, pOut) = q.sh("media restore \(q.snapshot.prefix(12)) --device 'file:\(set)' --target '\(part)' --path sample/docs \(q.restorer)",
+        let (p,
+            pOut) = q.sh("""
+                media restore \(q.snapshot.prefix(12)) --device 'file:\(set)' --target '\(part)' --path sample/docs \
+                \(q.restorer)
+                """,
                              env: "REDOUBT_PASSPHRASE=media-pass")
         #expect(p == 0, "media restore --path: \(pOut)")
         #expect(q.shell("diff -r '\(q.base)/sample/docs' '\(part)/docs'").0 == 0)
-        #expect(!FileManager.default.fileExists(atPath: "\(part)/README.txt") && !FileManager.default.fileExists(atPath: "\(part)/sample"))
+        #expect(!FileManager.default.fileExists(atPath: "\(part)/README.txt")
+            && !FileManager.default.fileExists(atPath: "\(part)/sample"))
 
         // An attacker who can write media rewrites the descriptor to name their KMS.
         var records: [MediaRecord] = []
@@ -50,12 +59,17 @@ import RedoubtMedia
         desc["wrappedReadKey"] = String(decoding: try JSONSerialization.data(withJSONObject: key), as: UTF8.self)
         records[i].body = Array(try JSONSerialization.data(withJSONObject: desc))
         let forged = "\(q.dir)/forged"
-        let mw = try MediaWriter(device: FileSequentialDevice(path: forged), setID: Array(repeating: 3, count: 16), pool: "p",
-                                 tenant: "quickstart", blockSize: 16 << 10, created: "2026-11-27T00:00:00Z", retainUntil: nil, writer: "attacker")
+        let mw = try MediaWriter(device: FileSequentialDevice(path: forged), setID: Array(repeating: 3, count: 16),
+            pool: "p",
+                                 tenant: "quickstart", blockSize: 16 << 10, created: "2026-11-27T00:00:00Z",
+                                     retainUntil: nil, writer: "attacker")
         for rec in records { try mw.append(rec) }
         _ = try mw.finish()
         let target2 = "\(q.dir)/restored2"
-        let (r2, r2Out) = q.sh("media restore \(q.snapshot.prefix(12)) --device 'file:\(forged)' --target '\(target2)' \(q.restorer)",
+        let (r2,
+            r2Out) = q.sh("""
+                media restore \(q.snapshot.prefix(12)) --device 'file:\(forged)' --target '\(target2)' \(q.restorer)
+                """,
                                env: "REDOUBT_PASSPHRASE=media-pass")
         #expect(r2Out.contains("not using the wrapped read key in tenant-v1.json on the media"), "\(r2Out)")
         #expect(!r2Out.contains("evil.example"), "the restorer must not contact the forged key service: \(r2Out)")
@@ -76,7 +90,8 @@ import RedoubtMedia
         _ = try await storeDescriptorInFormat1(quickstart: q.base)
         let set = try writeSet(q)
         let written = try Data(contentsOf: URL(fileURLWithPath: set))
-        #expect(written.range(of: Data("\"writeMaterial\"".utf8)) == nil && written.range(of: Data("sealedWriteMaterial".utf8)) != nil)
+        #expect(written.range(of: Data("\"writeMaterial\"".utf8)) == nil
+            && written.range(of: Data("sealedWriteMaterial".utf8)) != nil)
 
         let fresh = "\(q.dir)/fresh"
         let port = try freeLoopbackPort()
@@ -87,10 +102,14 @@ import RedoubtMedia
         #expect(n == 2 && nOut.contains("--trusted-config"), "media import without a trust root: \(nOut)")
         let (m, mOut) = q.sh(
             "media import --device 'file:\(set)' --data '\(fresh)' --trusted-config '\(q.base)/restorer'")
-        #expect(m == 0 && mOut.contains("TO DO: tenant quickstart") && mOut.contains("restore-material"), "media import: \(mOut)")
+        #expect(m == 0 && mOut.contains("TO DO: tenant quickstart") && mOut.contains("restore-material"),
+            "media import: \(mOut)")
         // In a subshell: `shell` sends the command's output to a file, which would otherwise
         // take the pid's place.
-        _ = q.shell("(\(q.bin) server run --data '\(fresh)' > '\(q.dir)/fresh.log' 2>&1 & echo $! > '\(q.dir)/fresh.pid')")
+        _ =
+            q.shell("""
+                (\(q.bin) server run --data '\(fresh)' > '\(q.dir)/fresh.log' 2>&1 & echo $! > '\(q.dir)/fresh.pid')
+                """)
         defer { _ = q.shell("kill $(cat '\(q.dir)/fresh.pid')") }
         let admin = "--credential '\(fresh)/admin.credential'"
         var up = false
@@ -101,27 +120,34 @@ import RedoubtMedia
         try #require(up, "the fresh server did not come up")
 
         let (early, earlyOut) = q.sh("admin \(admin) restorer add quickstart dr")
-        #expect(early != 0 && earlyOut.contains("E_NO_WRITE_MATERIAL") && earlyOut.contains("restore-material"), "enrollment before: \(earlyOut)")
-        let (wrong, wrongOut) = q.sh("admin \(admin) tenant restore-material quickstart", env: "REDOUBT_PASSPHRASE=not-it")
+        #expect(early != 0 && earlyOut.contains("E_NO_WRITE_MATERIAL") && earlyOut.contains("restore-material"),
+            "enrollment before: \(earlyOut)")
+        let (wrong, wrongOut) = q.sh("admin \(admin) tenant restore-material quickstart",
+            env: "REDOUBT_PASSPHRASE=not-it")
         #expect(wrong == 6, "restore-material with a wrong passphrase: \(wrongOut)")
         let (g, gOut) = q.sh("admin \(admin) tenant restore-material quickstart", env: "REDOUBT_PASSPHRASE=dr-pass")
         #expect(g == 0 && gOut.contains("back on the server"), "restore-material: \(gOut)")
         // From a host's file: the same material is accepted again, anything else refused.
-        let (h, hOut) = q.sh("admin \(admin) tenant restore-material quickstart --from '\(q.base)/host/write-material.bin'")
+        let (h,
+            hOut) = q.sh("admin \(admin) tenant restore-material quickstart --from '\(q.base)/host/write-material.bin'")
         #expect(h == 0, "restore-material --from the host's file: \(hOut)")
-        let (x, xOut) = q.sh("admin \(admin) tenant restore-material quickstart --from '\(q.base)/host/host-signing.key'")
+        let (x,
+            xOut) = q.sh("admin \(admin) tenant restore-material quickstart --from '\(q.base)/host/host-signing.key'")
         #expect(x != 0 && xOut.contains("E_BAD_REQUEST"), "restore-material --from another file: \(xOut)")
         let (t, token) = q.shell("\(q.bin) admin \(admin) restorer add quickstart dr 2>/dev/null")
         try #require(t == 0, "restorer add: \(token)")
         let cfg = "\(q.dir)/dr-restorer"
-        let tokenLine = try #require(token.split(separator: "\n").last { $0.hasPrefix("rdbt1.") }, "restorer add printed no token: \(token)")
+        let tokenLine = try #require(token.split(separator: "\n").last { $0.hasPrefix("rdbt1.") },
+            "restorer add printed no token: \(token)")
         let (e, eOut) = q.sh("enroll '\(tokenLine)' --config '\(cfg)'")
         try #require(e == 0, "enroll: \(eOut)")
         // The material given back is the one the hosts hold.
         #expect(q.shell("cmp '\(q.base)/host/write-material.bin' '\(cfg)/write-material.bin'").0 == 0)
         let target = "\(q.dir)/dr-restored"
-        let (r, rOut) = q.sh("restore \(q.snapshot.prefix(12)) --target '\(target)' --config '\(cfg)'", env: "REDOUBT_PASSPHRASE=dr-pass")
+        let (r, rOut) = q.sh("restore \(q.snapshot.prefix(12)) --target '\(target)' --config '\(cfg)'",
+            env: "REDOUBT_PASSPHRASE=dr-pass")
         #expect(r == 0, "restore through the fresh server: \(rOut)")
-        #expect(q.shell("diff -r '\(q.base)/sample' '\(target)/sample'").0 == 0, "restored tree differs from the sample")
+        #expect(q.shell("diff -r '\(q.base)/sample' '\(target)/sample'").0 == 0,
+            "restored tree differs from the sample")
     }
 }

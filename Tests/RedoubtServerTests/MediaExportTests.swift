@@ -31,7 +31,8 @@ struct SpoolPackSource: PackSource {
             files["f\(i).bin"] = bytes
             try Data(bytes).write(to: src.appendingPathComponent("f\(i).bin"))
         }
-        let result = try await Archiver().run(options: BackupOptions(paths: [src.path], cachePath: wc.cachePath), keys: try wc.writeKeySet(),
+        let result = try await Archiver().run(options: BackupOptions(paths: [src.path], cachePath: wc.cachePath),
+            keys: try wc.writeKeySet(),
                                               target: writer, now: Timestamp(seconds: testNow))
         let chunkIDKey = try rc.sharedMaterial().chunkIDKey
         let hostKey = try wc.writeKeySet().signingKey.publicKey
@@ -44,11 +45,13 @@ struct SpoolPackSource: PackSource {
         try FileManager.default.createDirectory(atPath: media, withIntermediateDirectories: true)
         let catalog = try Catalog(path: server.home.catalogPath)
         let store = try LocalStore(root: URL(fileURLWithPath: server.home.storePath))
-        let mw = try MediaWriter(device: FileSequentialDevice(path: "\(media)/set", capacity: 1 << 20), setID: Array(repeating: 7, count: 16),
+        let mw = try MediaWriter(device: FileSequentialDevice(path: "\(media)/set", capacity: 1 << 20),
+            setID: Array(repeating: 7, count: 16),
                                  pool: "offsite", tenant: "acme", blockSize: 64 << 10, created: "2026-11-26T00:00:00Z",
                                  retainUntil: nil, writer: "test")
         var lines = 0
-        let summary = try await MediaExport.run(catalog: catalog, store: store, tenant: "acme", selection: .latest, writer: mw,
+        let summary = try await MediaExport.run(catalog: catalog, store: store, tenant: "acme", selection: .latest,
+            writer: mw,
                                                 actor: "test", now: Date(), progress: { _ in lines += 1 })
         #expect(summary.snapshots == [result.manifest.id.description])
         #expect(summary.media.volumes >= 3, "wanted a multi-volume set, got \(summary.media.volumes)")
@@ -67,7 +70,8 @@ struct SpoolPackSource: PackSource {
         var manifests: [String: [UInt8]] = [:]
         var descriptor: [UInt8]?
         var anchor: String?
-        let rep = try MediaReader(source: FileSequentialDevice(path: "\(media)/set"), skipDamaged: false).read { r throws(MediaError) in
+        let rep = try MediaReader(source: FileSequentialDevice(path: "\(media)/set"),
+            skipDamaged: false).read { r throws(MediaError) in
             switch r.type {
             case .pack: try? Data(r.body).write(to: URL(fileURLWithPath: "\(spool)/\(r.id)"))
             case .manifest: manifests[r.id] = r.body
@@ -84,7 +88,8 @@ struct SpoolPackSource: PackSource {
         // The read key comes from the wrapped key in the tenant descriptor on the media.
         let desc = try JSONDecoder().decode(TenantDescriptor.self, from: Data(try #require(descriptor)))
         let readKey = try await PassphraseKeyProvider(passphrase: SecretBytes(copying: Array("pw".utf8)), logN: 10)
-            .unwrap(try WrappedReadKey.decode(Data(desc.wrappedReadKey.utf8)), context: KeyContext(tenant: "acme", keyVersion: 1))
+            .unwrap(try WrappedReadKey.decode(Data(desc.wrappedReadKey.utf8)), context: KeyContext(tenant: "acme",
+                keyVersion: 1))
         try manifest.verify(tenant: "acme", host: "web1", hostKey: hostKey, readKeyID: readKey.publicKey.keyID)
         let target = work.appendingPathComponent("restored")
         let restored = try await Restorer().restore(manifest: manifest, readKey: readKey, chunkIDKey: chunkIDKey,

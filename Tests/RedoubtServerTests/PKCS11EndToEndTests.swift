@@ -10,11 +10,13 @@ import RedoubtKMS
 /// `SOFTHSM2_CONF` goes to each command only (SoftHSM reads it in C_Initialize).
 @Suite(.serialized) struct PKCS11EndToEndTests {
     @Test func quickstartWithAKEKOnTheTokenRestoresAndPINAndTokenFailuresHaveTheirExitCodes() async throws {
-        guard let env = peerEnvironment("REDOUBT_TEST_SOFTHSM_CONF", "REDOUBT_TEST_SOFTHSM_MODULE", "REDOUBT_TEST_SOFTHSM_TOKEN", "REDOUBT_TEST_SOFTHSM_PIN_FILE"),
+        guard let env = peerEnvironment("REDOUBT_TEST_SOFTHSM_CONF", "REDOUBT_TEST_SOFTHSM_MODULE",
+            "REDOUBT_TEST_SOFTHSM_TOKEN", "REDOUBT_TEST_SOFTHSM_PIN_FILE"),
               let conf = env["REDOUBT_TEST_SOFTHSM_CONF"], let module = env["REDOUBT_TEST_SOFTHSM_MODULE"],
               let token = env["REDOUBT_TEST_SOFTHSM_TOKEN"], let pinFile = env["REDOUBT_TEST_SOFTHSM_PIN_FILE"]
         else { return }
-        try #require(FileManager.default.isExecutableFile(atPath: CrashTests.binary.path), "build the redoubt executable first")
+        try #require(FileManager.default.isExecutableFile(atPath: CrashTests.binary.path),
+            "build the redoubt executable first")
         let dir = FileManager.default.temporaryDirectory.appendingPathComponent("redoubt-pkcs11-\(UUID().uuidString)")
         try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
         defer {
@@ -29,7 +31,11 @@ import RedoubtKMS
         /// Runs quickstart with SOFTHSM2_CONF (and `env`) for that command only; returns (exit code, output).
         func quickstart(_ name: String, _ uri: String, env: String = "") -> (Int32, String) {
             let out = dir.appendingPathComponent("\(name).txt").path
-            let status = system("\(env) SOFTHSM2_CONF='\(conf)' '\(CrashTests.binary.path)' quickstart --dir '\(dir.path)/\(name)' --key-provider '\(uri)' > '\(out)' 2>&1")
+            let status =
+                system("""
+                    \(env) SOFTHSM2_CONF='\(conf)' '\(CrashTests.binary.path)' quickstart --dir '\(dir.path)/\(name)' \
+                    --key-provider '\(uri)' > '\(out)' 2>&1
+                    """)
             let output = (try? String(contentsOfFile: out, encoding: .utf8)) ?? ""
             return ((status >> 8) & 0xff, output)
         }
@@ -45,21 +51,28 @@ import RedoubtKMS
         let runs = try FileManager.default.contentsOfDirectory(atPath: "\(dir.path)/qs")
         let run = try #require(runs.first)
         // Nowhere in the server's data or the clients' configuration is the PIN.
-        #expect(system("grep -rqaF -- \"$(cat '\(pinFile)')\" '\(dir.path)/qs'") != 0, "the PIN appears in the quickstart directory")
+        #expect(system("grep -rqaF -- \"$(cat '\(pinFile)')\" '\(dir.path)/qs'") != 0,
+            "the PIN appears in the quickstart directory")
         let wrapped = try ClientConfig(path: "\(dir.path)/qs/\(run)/restorer").wrappedReadKey()
         #expect(wrapped.provider.hasPrefix("pkcs11:token=\(token);object=\(label);id=%"))
         #expect(wrapped.parameters["pkcs11-object"] == label)
         #expect(wrapped.parameters["pkcs11-id"]?.count == 32)
 
         // Offline restore from a media set: the restorer's wrapped key goes to the token.
-        let snapshot = try #require(output.split(separator: "\n").drop { !$0.contains("snapshots (as the host)") }.dropFirst().first?
+        let snapshot =
+            try #require(output.split(separator: "\n").drop { !$0.contains("snapshots (as the host)") }.dropFirst()
+            .first?
             .split(separator: " ").first.map(String.init))
         let bin = "'\(CrashTests.binary.path)'"
         let log = dir.appendingPathComponent("media.txt").path
-        #expect(system("\(bin) media write quickstart --data '\(dir.path)/qs/\(run)/server' --device 'dir:\(dir.path)/media' > '\(log)' 2>&1") == 0)
+        #expect(system("""
+            \(bin) media write quickstart --data '\(dir.path)/qs/\(run)/server' --device 'dir:\(dir.path)/media' > \
+            '\(log)' 2>&1
+            """) == 0)
         func mediaRestore(_ name: String, conf: String) -> (Int32, String) {
             let out = dir.appendingPathComponent("\(name).txt").path
-            let status = system("SOFTHSM2_CONF='\(conf)' \(bin) media restore \(snapshot) --device 'dir:\(dir.path)/media' --target '\(dir.path)/\(name)' --config '\(dir.path)/qs/\(run)/restorer' > '\(out)' 2>&1")
+            let status =
+                system("SOFTHSM2_CONF='\(conf)' \(bin) media restore \(snapshot) --device 'dir:\(dir.path)/media' --target '\(dir.path)/\(name)' --config '\(dir.path)/qs/\(run)/restorer' > '\(out)' 2>&1")
             return ((status >> 8) & 0xff, (try? String(contentsOfFile: out, encoding: .utf8)) ?? "")
         }
         let (restored, restoredOutput) = mediaRestore("restored", conf: conf)
@@ -69,14 +82,16 @@ import RedoubtKMS
         // The HSM is not there (a SoftHSM configuration with no tokens): exit 9, naming the token.
         try FileManager.default.createDirectory(atPath: "\(dir.path)/empty-tokens", withIntermediateDirectories: true)
         let emptyConf = dir.appendingPathComponent("empty.conf").path
-        try "directories.tokendir = \(dir.path)/empty-tokens\nobjectstore.backend = file\n".write(toFile: emptyConf, atomically: true, encoding: .utf8)
+        try "directories.tokendir = \(dir.path)/empty-tokens\nobjectstore.backend = file\n".write(toFile: emptyConf,
+            atomically: true, encoding: .utf8)
         let (unplugged, unpluggedOutput) = mediaRestore("restored-unplugged", conf: emptyConf)
         #expect(unplugged == 9, "\(unpluggedOutput)")
         #expect(unpluggedOutput.contains("no token labelled \"\(token)\""))
 
         // Wrong PIN: exit 12, naming the PIN file, never the PIN.
         let wrongPIN = dir.appendingPathComponent("wrong-pin").path
-        _ = FileManager.default.createFile(atPath: wrongPIN, contents: Data("wrong-pin-0815".utf8), attributes: [.posixPermissions: 0o600])
+        _ = FileManager.default.createFile(atPath: wrongPIN, contents: Data("wrong-pin-0815".utf8),
+            attributes: [.posixPermissions: 0o600])
         let (rejected, rejectedOutput) = quickstart("qs-wrong-pin", uri(pinSource: wrongPIN))
         #expect(rejected == 12, "\(rejectedOutput)")
         #expect(rejectedOutput.contains("E_KEY_CREDENTIAL_REJECTED") && rejectedOutput.contains(wrongPIN))
@@ -89,14 +104,19 @@ import RedoubtKMS
 
         // The PIN from REDOUBT_PKCS11_PIN when the URI names no pin-source.
         let envLabel = "redoubt-kek-e2e-env-\(UUID().uuidString.lowercased())"
-        let (fromEnv, envOutput) = quickstart("qs-env-pin", "pkcs11:token=\(token);object=\(envLabel)?module-path=\(module)",
+        let (fromEnv, envOutput) = quickstart("qs-env-pin",
+            "pkcs11:token=\(token);object=\(envLabel)?module-path=\(module)",
                                               env: "REDOUBT_PKCS11_PIN=\"$(cat '\(pinFile)')\"")
         #expect(fromEnv == 0, "\(envOutput)")
         #expect(envOutput.contains("identical to the source"))
 
         // An independent tool sees the KEK on the token as sensitive and never extractable;
         // then it removes it. (pkcs11-tool takes the PIN only in argv: the test token's PIN.)
-        let tool = "SOFTHSM2_CONF='\(conf)' pkcs11-tool --module '\(module)' --token-label '\(token)' --login --pin \"$(cat '\(pinFile)')\""
+        let tool =
+            """
+                SOFTHSM2_CONF='\(conf)' pkcs11-tool --module '\(module)' --token-label '\(token)' --login --pin \
+                \"$(cat '\(pinFile)')\"
+                """
         let listing = dir.appendingPathComponent("objects.txt").path
         _ = system("\(tool) --list-objects --type secrkey --label '\(label)' > '\(listing)' 2>&1")
         let objects = (try? String(contentsOfFile: listing, encoding: .utf8)) ?? ""
@@ -115,14 +135,19 @@ import RedoubtKMS
     /// destroyed (its copy then exits 11), every snapshot still restores, and a shred
     /// destroys KEK 2 on the token: restores are refused, and neither key is left.
     @Test func rotateBetweenTokenKEKsDestroyTheOldOneThenShred() async throws {
-        guard let env = peerEnvironment("REDOUBT_TEST_SOFTHSM_CONF", "REDOUBT_TEST_SOFTHSM_MODULE", "REDOUBT_TEST_SOFTHSM_TOKEN", "REDOUBT_TEST_SOFTHSM_PIN_FILE"),
+        guard let env = peerEnvironment("REDOUBT_TEST_SOFTHSM_CONF", "REDOUBT_TEST_SOFTHSM_MODULE",
+            "REDOUBT_TEST_SOFTHSM_TOKEN", "REDOUBT_TEST_SOFTHSM_PIN_FILE"),
               let conf = env["REDOUBT_TEST_SOFTHSM_CONF"], let module = env["REDOUBT_TEST_SOFTHSM_MODULE"],
               let token = env["REDOUBT_TEST_SOFTHSM_TOKEN"], let pinFile = env["REDOUBT_TEST_SOFTHSM_PIN_FILE"]
         else { return }
-        let kek1 = "redoubt-kek-custody1-\(UUID().uuidString.lowercased())", kek2 = "redoubt-kek-custody2-\(UUID().uuidString.lowercased())"
-        func uri(_ label: String) -> String { "pkcs11:token=\(token);object=\(label)?module-path=\(module)&pin-source=\(pinFile)" }
+        let kek1 = "redoubt-kek-custody1-\(UUID().uuidString.lowercased())",
+            kek2 = "redoubt-kek-custody2-\(UUID().uuidString.lowercased())"
+        func uri(_ label: String) -> String {
+            "pkcs11:token=\(token);object=\(label)?module-path=\(module)&pin-source=\(pinFile)"
+        }
         // SOFTHSM2_CONF goes to each command that touches the token, never to this process.
-        let q = try await QuickstartServer.start("pkcs11-custody", env: "SOFTHSM2_CONF='\(conf)'", quickstartArgs: "--key-provider '\(uri(kek1))'")
+        let q = try await QuickstartServer.start("pkcs11-custody", env: "SOFTHSM2_CONF='\(conf)'",
+            quickstartArgs: "--key-provider '\(uri(kek1))'")
         defer { q.stop() }
         let (bin, base, admin, dir) = (q.bin, q.base, q.admin, q.dir)
         func sh(_ cmd: String) -> (Int32, String) { q.shell(cmd) }
@@ -132,12 +157,16 @@ import RedoubtKMS
         let keyV1 = "\(dir)/read-key-v1.json"
         try FileManager.default.copyItem(atPath: "\(base)/restorer/read-key.json", toPath: keyV1)
 
-        let (r2, r2Out) = sh("\(bin) admin \(admin) tenant rotate-key quickstart --key-provider '\(uri(kek2))' --destroy-old --json")
+        let (r2,
+            r2Out) = sh("""
+                \(bin) admin \(admin) tenant rotate-key quickstart --key-provider '\(uri(kek2))' --destroy-old --json
+                """)
         #expect(r2 == 0 && r2Out.contains("\"previousKEKDestroyed\" : \"true\""), "rotate with --destroy-old: \(r2Out)")
         let (b, bOut) = restore()
         #expect(b == 0, "restore under KEK 2: \(bOut)")
         let (c, cOut) = restore("--read-key '\(keyV1)'")
-        #expect(c == 11 && cOut.contains("E_KEY_DESTROYED") && cOut.contains(kek1), "restore with the copy under the destroyed KEK 1: \(cOut)")
+        #expect(c == 11 && cOut.contains("E_KEY_DESTROYED") && cOut.contains(kek1),
+            "restore with the copy under the destroyed KEK 1: \(cOut)")
 
         let (s, sOut) = sh("\(bin) admin \(admin) tenant shred quickstart --confirm quickstart")
         #expect(s == 0 && sOut.contains("crypto-shredded"), "shred: \(sOut)")
@@ -145,7 +174,11 @@ import RedoubtKMS
         #expect(f == 11, "restore after the shred: \(fOut)")
 
         // Neither KEK is left on the token (an independent tool looks; test token's PIN).
-        let (listed, listing) = sh("SOFTHSM2_CONF='\(conf)' pkcs11-tool --module '\(module)' --token-label '\(token)' --login --pin \"$(cat '\(pinFile)')\" --list-objects --type secrkey")
+        let (listed,
+            listing) = sh("""
+                SOFTHSM2_CONF='\(conf)' pkcs11-tool --module '\(module)' --token-label '\(token)' --login --pin \
+                \"$(cat '\(pinFile)')\" --list-objects --type secrkey
+                """)
         #expect(listed == 0, "\(listing)")
         #expect(!listing.contains(kek1) && !listing.contains(kek2), "\(listing)")
     }

@@ -45,10 +45,13 @@ extension RequestLimitsTests {
         }
         #expect(try spoolFiles(w) == [])
         // A good pack goes through the spool into the store, and its file is gone too.
-        let (packs, _) = try makeSnapshot(keys: keys, files: [("good.bin", (0..<(3 << 20)).map { _ in UInt8.random(in: 0...255) })])
+        let (packs, _) = try makeSnapshot(keys: keys, files: [("good.bin", (0..<(3 << 20)).map {
+            _ in UInt8.random(in: 0...255)
+        })])
         for p in packs {
             #expect(try await w.writer.uploadPack(id: p.id, bytes: p.bytes).created)
-            #expect(try await w.server.service.store.get(RepositoryService.packKey(tenant: "acme", id: p.id)) == p.bytes)
+            #expect(try await w.server.service.store.get(RepositoryService.packKey(tenant: "acme",
+                id: p.id)) == p.bytes)
         }
         #expect(try spoolFiles(w) == [])
         try await w.victimRestores()
@@ -59,7 +62,9 @@ extension RequestLimitsTests {
         let w = try await world()
         let c = try await RawConnection.open(port: w.port, tls: try tls(w, asWriter: true))
         let id = String(repeating: "ab", count: 32)
-        try await c.send(Array("PUT /v1/packs/\(id) HTTP/1.1\r\nhost: localhost\r\ncontent-length: \(8 << 20)\r\n\r\n".utf8))
+        try await c.send(Array("""
+            PUT /v1/packs/\(id) HTTP/1.1\r\nhost: localhost\r\ncontent-length: \(8 << 20)\r\n\r\n
+            """.utf8))
         try await c.send([UInt8](repeating: 7, count: 512 << 10))
         // The body is being spooled: its file exists while the upload is open.
         var spooling = false

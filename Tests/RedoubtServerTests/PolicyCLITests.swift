@@ -22,7 +22,10 @@ import Testing
                             + "--keep-yearly 7 --keep-within 2d \(q.admin)")
         #expect(s == 0 && set.contains("daily 14, weekly 8, monthly 24, yearly 7, within 2d (UTC)"), "set: \(s) \(set)")
         // --host and --tag: a second policy, for hosts matching a glob and a tag only.
-        let (h, hOut) = q.sh("admin policy set quickstart --host '\(host.prefix(1))*' --tag db --keep-last 3 --json \(q.admin)")
+        let (h,
+            hOut) = q.sh("""
+                admin policy set quickstart --host '\(host.prefix(1))*' --tag db --keep-last 3 --json \(q.admin)
+                """)
         let afterSet = try #require(try json(hOut) as? [[String: Any]], "set --host --tag: \(h) \(hOut)")
         #expect(h == 0 && afterSet.count == 2, "\(afterSet)")
 
@@ -34,7 +37,8 @@ import Testing
                 && rules["yearly"] as? Int == 7 && rules["withinSeconds"] as? Int == 2 * 86400
                 && rules["timeZone"] as? String == "UTC", "\(rules)")
         let scoped = try #require(policies.first { $0["hostGlob"] as? String == "\(host.prefix(1))*" }, "\(policies)")
-        #expect(scoped["tag"] as? String == "db" && (scoped["rules"] as? [String: Any])?["last"] as? Int == 3, "\(scoped)")
+        #expect(scoped["tag"] as? String == "db" && (scoped["rules"] as? [String: Any])?["last"] as? Int == 3,
+            "\(scoped)")
         let (li, listOut) = q.sh("admin policy list --json \(q.admin)")
         let listCount = (try json(listOut) as? [[String: Any]])?.count
         #expect(li == 0 && listCount == 2, "list: \(listOut)")
@@ -78,7 +82,8 @@ import Testing
         let bob = "--credential '\(q.dir)/bob/credential.json'"
         let (low, lowOut) = q.sh("admin policy set quickstart --keep-daily 7 --keep-weekly 8 --keep-monthly 24 "
                                  + "--keep-yearly 7 --keep-within 2d \(q.admin)")
-        #expect(low == 13 && lowOut.contains("lower-policy") && lowOut.contains("--request"), "lowering: \(low) \(lowOut)")
+        #expect(low == 13 && lowOut.contains("lower-policy") && lowOut.contains("--request"),
+            "lowering: \(low) \(lowOut)")
         let (_, reqs) = q.sh("admin request list --json \(q.admin)")
         let reqList = try #require(try json(reqs) as? [[String: Any]], "request list: \(reqs)")
         let req = try #require(reqList.first { $0["action"] as? String == "lower-policy" }, "\(reqList)")
@@ -89,7 +94,11 @@ import Testing
                           as? [String: Any])?["daily"] as? Int
         #expect(stillDaily == 14, "unchanged before approval: \(still)")
         // The other admin approves; the same command with --request makes the change.
-        let lower = "admin policy set quickstart --keep-daily 7 --keep-weekly 8 --keep-monthly 24 --keep-yearly 7 --keep-within 2d"
+        let lower =
+            """
+                admin policy set quickstart --keep-daily 7 --keep-weekly 8 --keep-monthly 24 --keep-yearly 7 \
+                --keep-within 2d
+                """
         let (own, ownOut) = q.sh("admin request approve \(id) \(q.admin)")
         #expect(own != 0, "approving one's own request: \(ownOut)")
         let (ap, apOut) = q.sh("admin request approve \(id) \(bob)")

@@ -38,40 +38,57 @@ import RedoubtCore
             #expect(listed.first { $0.name == "web2" }?.lastSnapshotAt == nil, "a host that never committed shows none")
 
             // Nobody but an admin revokes: not the host itself, another host, a restorer or an auditor.
-            for (c, who) in [(writer, "the host itself"), (other, "another host"), (restorer, "a restorer"), (auditor, "an auditor")] {
-                await refused("E_FORBIDDEN", "\(who) revoking web1") { _ = try await c.revokePrincipal(id: web1.id, requestID: nil) }
+            for (c, who) in [(writer, "the host itself"), (other, "another host"), (restorer, "a restorer"), (auditor,
+                "an auditor")] {
+                await refused("E_FORBIDDEN", "\(who) revoking web1") {
+                    _ = try await c.revokePrincipal(id: web1.id, requestID: nil)
+                }
                 await refused("E_FORBIDDEN", "\(who) listing principals") { _ = try await c.principals() }
             }
             // Admins are removed through `admins remove` (with its approval), never here.
             let adminID = try #require(listed.first { $0.role == "admin" }?.id)
-            await refused("E_BAD_REQUEST", "revoking an admin as a principal") { _ = try await admin.revokePrincipal(id: adminID, requestID: nil) }
-            await refused("E_NOT_FOUND", "revoking an unknown ID") { _ = try await admin.revokePrincipal(id: "00112233", requestID: nil) }
+            await refused("E_BAD_REQUEST", "revoking an admin as a principal") {
+                _ = try await admin.revokePrincipal(id: adminID, requestID: nil)
+            }
+            await refused("E_NOT_FOUND", "revoking an unknown ID") {
+                _ = try await admin.revokePrincipal(id: "00112233", requestID: nil)
+            }
 
             // A token for web1 issued before the revocation (say, on the compromised host's disk),
             // and one for another host, which the revocation must leave alone.
-            let spare = try await admin.createEnrollment(tenant: "acme", role: "writer", name: "web1", ttlSeconds: 3600).token
-            let web3Token = try await admin.createEnrollment(tenant: "acme", role: "writer", name: "web3", ttlSeconds: 3600).token
+            let spare = try await admin.createEnrollment(tenant: "acme", role: "writer", name: "web1",
+                ttlSeconds: 3600).token
+            let web3Token = try await admin.createEnrollment(tenant: "acme", role: "writer", name: "web3",
+                ttlSeconds: 3600).token
             // While web1 is active its token does not enroll a second web1, and is not used up by trying.
             await refused("E_CONFLICT", "a second web1 while the first is active") {
-                _ = try await ClientConfig.enroll(token: spare, into: ClientConfig(path: server.dir.appendingPathComponent("cfg-spare0").path), os: nil)
+                _ = try await ClientConfig.enroll(token: spare,
+                    into: ClientConfig(path: server.dir.appendingPathComponent("cfg-spare0").path), os: nil)
             }
 
             // One admin: immediate.
             let revoked = try await admin.revokePrincipal(id: web1.id, requestID: nil)
             #expect(revoked.revokedAt != nil && revoked.id == web1.id)
-            await refused("E_CONFLICT", "revoking twice") { _ = try await admin.revokePrincipal(id: web1.id, requestID: nil) }
+            await refused("E_CONFLICT", "revoking twice") {
+                _ = try await admin.revokePrincipal(id: web1.id, requestID: nil)
+            }
 
             // Its credential is refused from the next request on, and told why.
             let e = await refused("E_UNAUTHENTICATED", "a revoked host listing") { _ = try await writer.snapshots() }
             #expect(e?.message.contains("revoked") == true, "\(String(describing: e))")
-            await refused("E_UNAUTHENTICATED", "a revoked host committing") { _ = try await commitOne(wc, writer, name: "after.bin") }
-            await refused("E_UNAUTHENTICATED", "a revoked host asking for chunks") { _ = try await writer.send(.POST, "/v1/chunks/query", body: randomBytes(32)) }
+            await refused("E_UNAUTHENTICATED", "a revoked host committing") {
+                _ = try await commitOne(wc, writer, name: "after.bin")
+            }
+            await refused("E_UNAUTHENTICATED", "a revoked host asking for chunks") {
+                _ = try await writer.send(.POST, "/v1/chunks/query", body: randomBytes(32))
+            }
             // The other host goes on.
             _ = try await commitOne(oc, other, name: "web2.bin")
 
             // The token taken before the revocation enrolls nothing.
             await refused("E_FORBIDDEN", "the token issued before the revocation") {
-                _ = try await ClientConfig.enroll(token: spare, into: ClientConfig(path: server.dir.appendingPathComponent("cfg-spare").path), os: nil)
+                _ = try await ClientConfig.enroll(token: spare,
+                    into: ClientConfig(path: server.dir.appendingPathComponent("cfg-spare").path), os: nil)
             }
             let web3Cfg = ClientConfig(path: server.dir.appendingPathComponent("cfg-web3").path)
             _ = try await ClientConfig.enroll(token: web3Token, into: web3Cfg, os: nil)
@@ -85,7 +102,8 @@ import RedoubtCore
             let hostKey = try #require(try await server.service.catalog.db.read { db in
                 try Data.fetchOne(db, sql: "SELECT host_key FROM principals WHERE id = ?", arguments: [web1.id])
             })
-            let manifest = try Manifest.parse(try await restorer.manifestBytes(snap.id), expectedID: SnapshotID(hex: snap.id))
+            let manifest = try Manifest.parse(try await restorer.manifestBytes(snap.id),
+                expectedID: SnapshotID(hex: snap.id))
             let kept = try HostPublicKey(rawRepresentation: Array(hostKey))
             #expect(kept == manifest.header.hostKey)
             try manifest.verify(tenant: "acme", host: "web1", hostKey: kept, readKeyID: manifest.header.readKeyID)
@@ -94,21 +112,30 @@ import RedoubtCore
             #expect(try await admin.principals().contains { $0.id == web1.id } == false)
             #expect(try await admin.principals(includeRevoked: true).first { $0.id == web1.id }?.revokedAt != nil)
             let audit = try await admin.audit()
-            #expect(audit.contains { $0.action == "revoke" && $0.object == "writer acme/web1" && $0.outcome == "ok" && $0.actor.hasPrefix("admin") })
+            #expect(audit.contains {
+                $0.action == "revoke" && $0.object == "writer acme/web1" && $0.outcome == "ok"
+                    && $0.actor.hasPrefix("admin")
+            })
             #expect(audit.contains { $0.action == "revoke" && $0.outcome == "denied" && $0.actor.contains("web1") })
-            #expect(audit.contains { $0.action == "list-snapshots" && $0.outcome == "denied" && $0.credential == web1.fingerprint.prefix(16) },
+            #expect(audit.contains { $0.action == "list-snapshots" && $0.outcome == "denied"
+                && $0.credential == web1.fingerprint.prefix(16) },
                     "a revoked credential's attempts are audited with its certificate")
-            #expect(audit.contains { $0.action == "revoke" && $0.detail.contains("tokens-cancelled=1") }, "only web1's token was cancelled")
+            #expect(audit.contains { $0.action == "revoke" && $0.detail.contains("tokens-cancelled=1") },
+                "only web1's token was cancelled")
 
             // The name can enroll anew with a fresh token; the old credential stays refused.
-            let fresh = try await admin.createEnrollment(tenant: "acme", role: "writer", name: "web1", ttlSeconds: 3600).token
+            let fresh = try await admin.createEnrollment(tenant: "acme", role: "writer", name: "web1",
+                ttlSeconds: 3600).token
             let newCfg = ClientConfig(path: server.dir.appendingPathComponent("cfg-web1-again").path)
             _ = try await ClientConfig.enroll(token: fresh, into: newCfg, os: nil)
             let again = try APIClient(credential: newCfg.credential())
             clients.append(again)
             _ = try await commitOne(newCfg, again, name: "again.bin")
-            #expect(try await again.snapshots().count == 2, "the host sees its snapshots from before the revocation too")
-            await refused("E_UNAUTHENTICATED", "the old credential after re-enrollment") { _ = try await writer.snapshots() }
+            #expect(try await again.snapshots().count == 2,
+                "the host sees its snapshots from before the revocation too")
+            await refused("E_UNAUTHENTICATED", "the old credential after re-enrollment") {
+                _ = try await writer.snapshots()
+            }
         } catch { Issue.record("\(error)") }
         for c in clients { await c.shutdown() }
         await server.stop()
@@ -129,8 +156,12 @@ import RedoubtCore
             _ = try await restorer.manifestBytes(snap.id)
             let vault = try #require(try await bob.principals().first { $0.role == "restorer" && $0.name == "vault" })
             _ = try await bob.revokePrincipal(id: vault.id, requestID: nil)
-            await refused("E_UNAUTHENTICATED", "a revoked restorer reading a manifest") { _ = try await restorer.manifestBytes(snap.id) }
-            await refused("E_UNAUTHENTICATED", "a revoked restorer fetching the wrapped read key") { _ = try await restorer.send(.GET, "/v1/tenants/acme/read-key") }
+            await refused("E_UNAUTHENTICATED", "a revoked restorer reading a manifest") {
+                _ = try await restorer.manifestBytes(snap.id)
+            }
+            await refused("E_UNAUTHENTICATED", "a revoked restorer fetching the wrapped read key") {
+                _ = try await restorer.send(.GET, "/v1/tenants/acme/read-key")
+            }
             // An auditor likewise.
             let (_, auditor) = try await server.enroll(tenant: "acme", role: "auditor", name: "soc")
             clients.append(auditor)
@@ -155,26 +186,39 @@ import RedoubtCore
 
             let web1 = try #require(try await alice.principals().first { $0.role == "writer" && $0.name == "web1" })
             // An admin alone (say, with a stolen admin credential) cannot stop a host's backups.
-            await refused("E_APPROVAL_REQUIRED", "a lone revocation of a host") { _ = try await alice.revokePrincipal(id: web1.id, requestID: nil) }
+            await refused("E_APPROVAL_REQUIRED", "a lone revocation of a host") {
+                _ = try await alice.revokePrincipal(id: web1.id, requestID: nil)
+            }
             _ = try await commitOne(wc, writer, name: "still.bin")
             let req = try #require(try await alice.requests().first { $0.action == "revoke-writer" })
             #expect(req.object == "writer acme/web1" && req.parameters == ["principal": web1.id])
-            await refused("E_APPROVAL_PENDING", "using the pending request") { _ = try await alice.revokePrincipal(id: web1.id, requestID: req.id) }
+            await refused("E_APPROVAL_PENDING", "using the pending request") {
+                _ = try await alice.revokePrincipal(id: web1.id, requestID: req.id)
+            }
             _ = try await bob.decide(request: req.id, approve: true)
             // A second request for the same change, approved too but kept back.
-            await refused("E_APPROVAL_REQUIRED", "a second lone revocation") { _ = try await alice.revokePrincipal(id: web1.id, requestID: nil) }
-            let spare = try #require(try await alice.requests().first { $0.action == "revoke-writer" && $0.state == "pending" })
+            await refused("E_APPROVAL_REQUIRED", "a second lone revocation") {
+                _ = try await alice.revokePrincipal(id: web1.id, requestID: nil)
+            }
+            let spare = try #require(try await alice.requests().first {
+                $0.action == "revoke-writer" && $0.state == "pending"
+            })
             _ = try await bob.decide(request: spare.id, approve: true)
 
-            await refused("E_FORBIDDEN", "bob carrying out alice's request") { _ = try await bob.revokePrincipal(id: web1.id, requestID: req.id) }
+            await refused("E_FORBIDDEN", "bob carrying out alice's request") {
+                _ = try await bob.revokePrincipal(id: web1.id, requestID: req.id)
+            }
             #expect(try await alice.revokePrincipal(id: web1.id, requestID: req.id).revokedAt != nil)
             await refused("E_UNAUTHENTICATED", "the revoked host") { _ = try await writer.snapshots() }
 
             // The approvals name that credential: a web1 enrolled anew is not covered by the one left.
-            let fresh = try await alice.createEnrollment(tenant: "acme", role: "writer", name: "web1", ttlSeconds: 3600).token
+            let fresh = try await alice.createEnrollment(tenant: "acme", role: "writer", name: "web1",
+                ttlSeconds: 3600).token
             let cfg = ClientConfig(path: server.dir.appendingPathComponent("cfg-web1-again").path)
             _ = try await ClientConfig.enroll(token: fresh, into: cfg, os: nil)
-            let newID = try #require(try await alice.principals().first { $0.role == "writer" && $0.name == "web1" }?.id)
+            let newID = try #require(try await alice.principals().first {
+                $0.role == "writer" && $0.name == "web1"
+            }?.id)
             #expect(newID != web1.id)
             await refused("E_FORBIDDEN", "an approval for the old credential used on the new one") {
                 _ = try await alice.revokePrincipal(id: newID, requestID: spare.id)
@@ -249,13 +293,16 @@ import RedoubtCore
             #expect(report.rejected.isEmpty, "\(report.rejected)")
             // The previous catalog is only read: not migrated, not changed.
             let previous = try #require(report.previousCatalog)
-            let oldColumns = try await DatabaseQueue(path: previous).read { db in try String.fetchAll(db, sql: "SELECT name FROM pragma_table_info('principals')") }
+            let oldColumns = try await DatabaseQueue(path: previous).read {
+                db in try String.fetchAll(db, sql: "SELECT name FROM pragma_table_info('principals')")
+            }
             #expect(!oldColumns.isEmpty && !oldColumns.contains("revoked_at"))
             let rebuilt = try Catalog(path: path)
             let all = try rebuilt.principalListing(includeRevoked: true)
             #expect(all.contains { $0.name == "web1" && $0.revokedAt == nil })
             #expect(all.contains { $0.name == "vault" && $0.revokedAt != nil }, "the revocation survived the rebuild")
-            #expect(try rebuilt.principal(fingerprint: vault.fingerprint) == nil, "the revoked credential still authenticates nothing")
+            #expect(try rebuilt.principal(fingerprint: vault.fingerprint) == nil,
+                "the revoked credential still authenticates nothing")
         } catch { Issue.record("\(error)") }
         for c in clients { await c.shutdown() }
         _ = system("chattr -R -i '\(server.dir.path)' 2>/dev/null")
@@ -272,8 +319,10 @@ import RedoubtCore
             let (_, writer) = try await server.enroll(tenant: "acme", role: "writer", name: "web1")
             clients.append(writer)
             let admin = server.admin
-            let token = try await admin.createEnrollment(tenant: "acme", role: "writer", name: "web2", ttlSeconds: 3600).token
-            let other = try await admin.createEnrollment(tenant: "acme", role: "restorer", name: "vault", ttlSeconds: 3600).token
+            let token = try await admin.createEnrollment(tenant: "acme", role: "writer", name: "web2",
+                ttlSeconds: 3600).token
+            let other = try await admin.createEnrollment(tenant: "acme", role: "restorer", name: "vault",
+                ttlSeconds: 3600).token
             let pending = try await admin.enrollments()
             #expect(Set(pending.map(\.name)) == ["web2", "vault"], "the token web1 used is not pending")
             let web2 = try #require(pending.first { $0.name == "web2" })
@@ -281,20 +330,28 @@ import RedoubtCore
             #expect(!token.contains(web2.id), "the listing does not give the token away")
 
             await refused("E_FORBIDDEN", "a host listing tokens") { _ = try await writer.enrollments() }
-            await refused("E_FORBIDDEN", "a host cancelling a token") { _ = try await writer.cancelEnrollment(id: web2.id) }
-            await refused("E_BAD_REQUEST", "a short ID") { _ = try await admin.cancelEnrollment(id: String(web2.id.prefix(6))) }
+            await refused("E_FORBIDDEN", "a host cancelling a token") {
+                _ = try await writer.cancelEnrollment(id: web2.id)
+            }
+            await refused("E_BAD_REQUEST", "a short ID") {
+                _ = try await admin.cancelEnrollment(id: String(web2.id.prefix(6)))
+            }
             await refused("E_NOT_FOUND", "an unknown ID") { _ = try await admin.cancelEnrollment(id: "000000000000") }
 
             #expect(try await admin.cancelEnrollment(id: String(web2.id.prefix(12))).name == "web2")
             await refused("E_NOT_FOUND", "cancelling twice") { _ = try await admin.cancelEnrollment(id: web2.id) }
             #expect(try await admin.enrollments().map(\.name) == ["vault"])
             await refused("E_FORBIDDEN", "enrolling with the cancelled token") {
-                _ = try await ClientConfig.enroll(token: token, into: ClientConfig(path: server.dir.appendingPathComponent("cfg-web2").path), os: nil)
+                _ = try await ClientConfig.enroll(token: token,
+                    into: ClientConfig(path: server.dir.appendingPathComponent("cfg-web2").path), os: nil)
             }
             // The other token still works.
-            _ = try await ClientConfig.enroll(token: other, into: ClientConfig(path: server.dir.appendingPathComponent("cfg-vault").path), os: nil)
+            _ = try await ClientConfig.enroll(token: other,
+                into: ClientConfig(path: server.dir.appendingPathComponent("cfg-vault").path), os: nil)
             let audit = try await admin.audit()
-            #expect(audit.contains { $0.action == "cancel-enrollment" && $0.object == "token \(web2.id)" && $0.outcome == "ok" })
+            #expect(audit.contains {
+                $0.action == "cancel-enrollment" && $0.object == "token \(web2.id)" && $0.outcome == "ok"
+            })
         } catch { Issue.record("\(error)") }
         for c in clients { await c.shutdown() }
         await server.stop()

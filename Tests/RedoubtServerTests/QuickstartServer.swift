@@ -24,20 +24,27 @@ final class QuickstartServer {
     /// Runs the quickstart (`quickstartArgs`, e.g. `--key-provider URI`), starts its server
     /// and waits until it answers.
     /// `quickstartEnv` goes to the quickstart only (e.g. its passphrase).
-    static func start(_ name: String, env: String = "", quickstartEnv: String = "", quickstartArgs: String = "") async throws -> QuickstartServer {
+    static func start(_ name: String, env: String = "", quickstartEnv: String = "",
+        quickstartArgs: String = "") async throws -> QuickstartServer {
         let binary = CrashTests.binary.path
         try #require(FileManager.default.isExecutableFile(atPath: binary), "build the redoubt executable first")
-        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("redoubt-\(name)-\(UUID().uuidString)").path
+        let dir =
+            FileManager.default.temporaryDirectory.appendingPathComponent("redoubt-\(name)-\(UUID().uuidString)").path
         try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
         let bin = "\(env) '\(binary)'"
-        let (qs, qsOut) = Self.sh("\(quickstartEnv) \(bin) quickstart --dir '\(dir)/qs' \(quickstartArgs)", out: "\(dir)/out.txt")
+        let (qs, qsOut) = Self.sh("\(quickstartEnv) \(bin) quickstart --dir '\(dir)/qs' \(quickstartArgs)",
+            out: "\(dir)/out.txt")
         guard qs == 0, let run = try? FileManager.default.contentsOfDirectory(atPath: "\(dir)/qs").first else {
             Self.remove(dir)
             throw QuickstartError("quickstart failed (\(qs)): \(qsOut)")
         }
         let base = "\(dir)/qs/\(run)"
         // The quickstart's own server stopped with it: run it again, in the background.
-        _ = system("'\(binary)' server run --data '\(base)/server' > '\(dir)/server.log' 2>&1 & echo $! > '\(dir)/server.pid'")
+        _ =
+            system("""
+                '\(binary)' server run --data '\(base)/server' > '\(dir)/server.log' 2>&1 & echo $! > \
+                '\(dir)/server.pid'
+                """)
         let q = QuickstartServer(dir: dir, base: base, bin: bin, snapshot: "")
         var up = false
         for _ in 0..<150 where !up {
@@ -45,9 +52,13 @@ final class QuickstartServer {
             if !up { try await Task.sleep(nanoseconds: 200_000_000) }
         }
         let (ls, lsOut) = q.sh("snapshots \(q.restorer) --json")
-        guard up, ls == 0, let snapshot = lsOut.split(separator: "\"").first(where: { $0.count == 64 }).map(String.init) else {
+        guard up, ls == 0,
+            let snapshot = lsOut.split(separator: "\"").first(where: { $0.count == 64 }).map(String.init) else {
             q.stop()
-            throw QuickstartError("server did not come up or list its snapshot: \(lsOut) \((try? String(contentsOfFile: "\(dir)/server.log", encoding: .utf8)) ?? "")")
+            throw QuickstartError("""
+                server did not come up or list its snapshot: \(lsOut) \
+                \((try? String(contentsOfFile: "\(dir)/server.log", encoding: .utf8)) ?? "")
+                """)
         }
         return QuickstartServer(dir: dir, base: base, bin: bin, snapshot: snapshot)
     }
@@ -81,7 +92,8 @@ final class QuickstartServer {
 
     /// Stops the server and removes everything (clearing immutable flags first).
     func stop() {
-        if let pid = (try? String(contentsOfFile: "\(dir)/server.pid", encoding: .utf8)).flatMap({ Int32($0.trimmingCharacters(in: .whitespacesAndNewlines)) }) {
+        if let pid = (try? String(contentsOfFile: "\(dir)/server.pid",
+            encoding: .utf8)).flatMap({ Int32($0.trimmingCharacters(in: .whitespacesAndNewlines)) }) {
             kill(pid, SIGTERM)
         }
         Self.remove(dir)
@@ -106,12 +118,14 @@ struct QuickstartError: Error, CustomStringConvertible {
 /// Rewrites a quickstart run's tenant descriptor as servers before descriptor format 2 wrote
 /// it, with the write material in the clear (taken from the host's `write-material.bin`);
 /// returns the store and the descriptor's key.
-func storeDescriptorInFormat1(quickstart base: String, tenant: String = "quickstart") async throws -> (LocalStore, ObjectKey) {
+func storeDescriptorInFormat1(quickstart base: String, tenant: String = "quickstart") async throws -> (LocalStore,
+    ObjectKey) {
     let store = try LocalStore(root: URL(fileURLWithPath: "\(base)/server/store"))
     let key = try #require(ObjectKey("t/\(tenant)/tenant-v1.json"))
     var d = try #require(try JSONSerialization.jsonObject(with: Data(try await store.get(key))) as? [String: Any])
     d["format"] = 1
-    d["writeMaterial"] = try Data(contentsOf: URL(fileURLWithPath: "\(base)/host/write-material.bin")).base64EncodedString()
+    d["writeMaterial"] =
+        try Data(contentsOf: URL(fileURLWithPath: "\(base)/host/write-material.bin")).base64EncodedString()
     d["sealedWriteMaterial"] = nil
     d["writeMaterialCheck"] = nil
     try await store.delete(key, now: Date())

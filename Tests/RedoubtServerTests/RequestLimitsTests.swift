@@ -35,13 +35,19 @@ import Testing
 
         /// The victim's snapshot, read back through the restorer and decrypted.
         func victimRestores() async throws {
-            let m = try Manifest.parse(try await restorer.manifestBytes(victim.manifest.id.description), expectedID: victim.manifest.id)
+            let m = try Manifest.parse(try await restorer.manifestBytes(victim.manifest.id.description),
+                expectedID: victim.manifest.id)
             var packs: [PackID: [UInt8]] = [:]
             for p in m.header.packs { packs[p] = try await restorer.packBytes(p) }
-            let reader = try SnapshotReader(manifest: m, readKey: keys.readKey, chunkIDKey: keys.chunkIDKey) { packs[$0]! }
+            let reader = try SnapshotReader(manifest: m, readKey: keys.readKey, chunkIDKey: keys.chunkIDKey) {
+                packs[$0]!
+            }
             let node = try reader.rootTree()[Array("victim.bin".utf8)]
             #expect(node != nil)
-            if let node { #expect(try reader.contents(of: node) == victim.data, "the victim's snapshot no longer restores bit for bit") }
+            if let node {
+                #expect(try reader.contents(of: node) == victim.data,
+                    "the victim's snapshot no longer restores bit for bit")
+            }
         }
 
         func stop() async {
@@ -63,8 +69,11 @@ import Testing
         await victim.shutdown()
         let (wc, w) = try await server.enroll(tenant: "acme", role: "writer", name: "web1")
         let (_, r) = try await server.enroll(tenant: "acme", role: "restorer", name: "vault")
-        guard let port = URLComponents(string: server.url)?.port else { throw ServerError.badRequest("no port in \(server.url)") }
-        return World(server: server, keys: keys, writerConfig: wc, writer: w, restorer: r, port: port, victim: (manifest, data))
+        guard let port = URLComponents(string: server.url)?.port else {
+            throw ServerError.badRequest("no port in \(server.url)")
+        }
+        return World(server: server, keys: keys, writerConfig: wc, writer: w, restorer: r, port: port,
+            victim: (manifest, data))
     }
 
     /// TLS to the test server, as the writer (its own credential) or with no certificate.
@@ -74,15 +83,18 @@ import Testing
         c.trustRoots = .certificates([try NIOSSLCertificate(bytes: Array(cred.caPEM.utf8), format: .pem)])
         c.certificateVerification = .noHostnameVerification
         if asWriter {
-            c.certificateChain = [.certificate(try NIOSSLCertificate(bytes: Array(cred.certificatePEM.utf8), format: .pem))]
+            c.certificateChain = [.certificate(try NIOSSLCertificate(bytes: Array(cred.certificatePEM.utf8),
+                format: .pem))]
             c.privateKey = .privateKey(try NIOSSLPrivateKey(bytes: Array(cred.keyPEM.utf8), format: .pem))
         }
         return c
     }
 
     @Test func limitsAreSetByNameWithUnitsAndUnknownOnesAreRefused() throws {
-        let l = try ServerLimits().applying(["pack-size=64M", "idle-timeout=2m", "connections-per-source=10", "tag-size=1K"])
-        #expect(l.maxPackBytes == 64 << 20 && l.idleTimeoutSeconds == 120 && l.maxConnectionsPerSource == 10 && l.maxTagBytes == 1024)
+        let l = try ServerLimits().applying(["pack-size=64M", "idle-timeout=2m", "connections-per-source=10",
+            "tag-size=1K"])
+        #expect(l.maxPackBytes == 64 << 20 && l.idleTimeoutSeconds == 120 && l.maxConnectionsPerSource == 10
+            && l.maxTagBytes == 1024)
         #expect(l.maxManifestPaths == ServerLimits().maxManifestPaths, "a limit not named keeps its default")
         for bad in ["pack-size=0", "pack-size=lots", "nonsense=1", "idle-timeout", "chunks-per-pack=2000000"] {
             #expect(throws: ServerError.self, "--limit \(bad) was taken") { _ = try ServerLimits().applying([bad]) }
@@ -106,14 +118,16 @@ import Testing
         // A ClientHello sent a byte at a time never finishes the handshake either.
         let trickle = try await RawConnection.open(port: w.port, tls: nil)
         var trickled = 0
-        for b in [UInt8]([0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xfc, 0x03, 0x03]) + [UInt8](repeating: 0, count: 100) {
+        for b in [UInt8]([0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xfc, 0x03, 0x03]) + [UInt8](repeating: 0,
+            count: 100) {
             guard trickle.isOpen else { break }
             try? await trickle.send([b])
             trickled += 1
             try await Task.sleep(nanoseconds: 300_000_000)
         }
         #expect(await trickle.waitClosed(within: 30), "a ClientHello trickled a byte at a time kept its connection")
-        #expect(trickled < 111, "the server read the whole trickled ClientHello (\(trickled) bytes, one each 0.3 s) without closing")
+        #expect(trickled < 111,
+            "the server read the whole trickled ClientHello (\(trickled) bytes, one each 0.3 s) without closing")
         #expect(await bare.waitClosed(within: 30), "a bare TCP connection with no ClientHello was never closed")
         #expect(await anonymous.waitClosed(within: 30), "an idle TLS connection without a certificate was never closed")
         #expect(await host.waitClosed(within: 30), "an idle TLS connection with a host's certificate was never closed")
@@ -125,7 +139,10 @@ import Testing
     @Test func aSlowLorisRequestHeadIsClosed() async throws {
         let w = try await world()
         let c = try await RawConnection.open(port: w.port, tls: try tls(w, asWriter: true))
-        let head = Array("GET /v1/snapshots HTTP/1.1\r\nhost: localhost\r\nx-slow: \(String(repeating: "a", count: 200))\r\n\r\n".utf8)
+        let head =
+            Array("""
+                GET /v1/snapshots HTTP/1.1\r\nhost: localhost\r\nx-slow: \(String(repeating: "a", count: 200))\r\n\r\n
+                """.utf8)
         var sent = 0
         for b in head {
             guard c.isOpen else { break }
@@ -142,15 +159,20 @@ import Testing
     @Test func oversizedHeadersAreRefused() async throws {
         let w = try await world()
         let c = try await RawConnection.open(port: w.port, tls: try tls(w, asWriter: true))
-        try await c.send(Array("GET /v1/snapshots HTTP/1.1\r\nhost: localhost\r\nx-big: \(String(repeating: "a", count: 40 << 10))\r\n\r\n".utf8))
+        try await c.send(Array("""
+            GET /v1/snapshots HTTP/1.1\r\nhost: localhost\r\nx-big: \(String(repeating: "a", count: 40 << 10))\r\n\r\n
+            """.utf8))
         let r = await c.response(within: 30)
         #expect(r?.status == 400 || (r == nil && !c.isOpen), "a 40 KiB header field: \(String(describing: r))")
         #expect(await c.waitClosed(within: 30))
         // A 60 kB path, the audit log's old filler, is refused on its length.
         let p = try await RawConnection.open(port: w.port, tls: try tls(w, asWriter: false))
-        try await p.send(Array("GET /v1/\(String(repeating: "x", count: 60_000)) HTTP/1.1\r\nhost: localhost\r\n\r\n".utf8))
+        try await p.send(Array("""
+            GET /v1/\(String(repeating: "x", count: 60_000)) HTTP/1.1\r\nhost: localhost\r\n\r\n
+            """.utf8))
         let pr = await p.response(within: 30)
-        #expect(pr?.status == 414 || pr?.status == 400 || (pr == nil && !p.isOpen), "a 60 kB path: \(String(describing: pr))")
+        #expect(pr?.status == 414 || pr?.status == 400 || (pr == nil && !p.isOpen),
+            "a 60 kB path: \(String(describing: pr))")
         try await w.victimRestores()
         await w.stop()
     }
@@ -169,15 +191,20 @@ import Testing
         let early = Date().addingTimeInterval(5)
         for c in open where await c.waitClosed(within: max(0, early.timeIntervalSinceNow)) { closedEarly += 1 }
         let peak = vmRSS()
-        #expect(closedEarly >= 1000 - 16, "only \(closedEarly) of 1000 idle connections from one source were closed early")
+        #expect(closedEarly >= 1000 - 16,
+            "only \(closedEarly) of 1000 idle connections from one source were closed early")
         var stillOpen = 0
         let late = Date().addingTimeInterval(30)
         for c in open where !(await c.waitClosed(within: max(0, late.timeIntervalSinceNow))) { stillOpen += 1 }
         #expect(stillOpen == 0, "\(stillOpen) idle connections were never closed")
         for c in open { await c.close() }
-        print("server RSS with 1000 idle connections: before \(rss >> 10) KiB, with them \(peak >> 10) KiB, after \(vmRSS() >> 10) KiB")
+        print("""
+            server RSS with 1000 idle connections: before \(rss >> 10) KiB, with them \(peak >> 10) KiB, after \
+            \(vmRSS() >> 10) KiB
+            """)
         // The server still serves: a new backup commits and the victim restores.
-        let (packs, manifest) = try makeSnapshot(keys: try w.writerConfig.writeKeySet(), files: [("after.bin", [1, 2, 3])])
+        let (packs, manifest) = try makeSnapshot(keys: try w.writerConfig.writeKeySet(), files: [("after.bin", [1, 2,
+            3])])
         for p in packs { _ = try await w.writer.uploadPack(id: p.id, bytes: p.bytes) }
         _ = try await w.writer.commit(manifestBytes: manifest.bytes)
         try await w.victimRestores()
@@ -199,7 +226,8 @@ import Testing
         let fifth = try await RawConnection.open(port: w.port, tls: try tls(w, asWriter: true))
         try? await fifth.send(Array("GET /v1/snapshots HTTP/1.1\r\nhost: localhost\r\n\r\n".utf8))
         let r = await fifth.response(within: 30)
-        #expect(r?.status == 503 && r?.body.contains("E_TOO_MANY_CONNECTIONS") == true, "a fifth connection: \(String(describing: r))")
+        #expect(r?.status == 503 && r?.body.contains("E_TOO_MANY_CONNECTIONS") == true,
+            "a fifth connection: \(String(describing: r))")
         #expect(await fifth.waitClosed(within: 30))
         // Other credentials are not held back by this one's connections.
         #expect(try await w.restorer.snapshots().count == 1)
@@ -215,14 +243,18 @@ import Testing
         let id = String(repeating: "ab", count: 32)
         // 1 TiB declared, nothing sent: answered at once from the header, then closed.
         let c = try await RawConnection.open(port: w.port, tls: try tls(w, asWriter: true))
-        try await c.send(Array("PUT /v1/packs/\(id) HTTP/1.1\r\nhost: localhost\r\ncontent-length: \(1 << 40)\r\n\r\n".utf8))
+        try await c.send(Array("""
+            PUT /v1/packs/\(id) HTTP/1.1\r\nhost: localhost\r\ncontent-length: \(1 << 40)\r\n\r\n
+            """.utf8))
         let r = await c.response(within: 30)
         #expect(r?.status == 413 && r?.body.contains("E_TOO_LARGE") == true && r?.body.contains("pack-size") == true,
                 "a 1 TiB pack: \(String(describing: r))")
         #expect(await c.waitClosed(within: 30))
         // Unauthenticated, a JSON body over its limit is refused the same way.
         let e = try await RawConnection.open(port: w.port, tls: try tls(w, asWriter: false))
-        try await e.send(Array("POST /v1/enroll HTTP/1.1\r\nhost: localhost\r\ncontent-length: \(64 << 20)\r\n\r\n".utf8))
+        try await e.send(Array("""
+            POST /v1/enroll HTTP/1.1\r\nhost: localhost\r\ncontent-length: \(64 << 20)\r\n\r\n
+            """.utf8))
         #expect(await e.response(within: 30)?.status == 413)
         try await w.victimRestores()
         await w.stop()
@@ -232,7 +264,9 @@ import Testing
         let w = try await world()
         let c = try await RawConnection.open(port: w.port, tls: try tls(w, asWriter: true))
         let id = String(repeating: "cd", count: 32)
-        try await c.send(Array("PUT /v1/packs/\(id) HTTP/1.1\r\nhost: localhost\r\ncontent-length: 100000\r\n\r\n0123456789".utf8))
+        try await c.send(Array("""
+            PUT /v1/packs/\(id) HTTP/1.1\r\nhost: localhost\r\ncontent-length: 100000\r\n\r\n0123456789
+            """.utf8))
         #expect(await c.waitClosed(within: 30), "a body that stopped after 10 of 100000 bytes held its connection")
         #expect(try await w.server.service.catalog.pack(tenant: "acme", id: id) == nil)
         try await w.victimRestores()
@@ -245,14 +279,18 @@ import Testing
         var bytes = [UInt8](repeating: 0, count: size)
         bytes.withUnsafeMutableBytes { b in
             var g = SystemRandomNumberGenerator()
-            for i in stride(from: 0, to: size, by: 8) { b.storeBytes(of: g.next() as UInt64, toByteOffset: i, as: UInt64.self) }
+            for i in stride(from: 0, to: size, by: 8) {
+                b.storeBytes(of: g.next() as UInt64, toByteOffset: i, as: UInt64.self)
+            }
         }
         let id = PackID(bytes: Array(SHA256.hash(data: bytes)))!
         // Sent in 1 MiB slices on a raw connection, so the client holds no copy of its own.
         let c = try await RawConnection.open(port: w.port, tls: try tls(w, asWriter: true))
         resetPeakRSS()
         let before = vmRSS()
-        try await c.send(Array("PUT /v1/packs/\(id) HTTP/1.1\r\nhost: localhost\r\ncontent-length: \(size)\r\n\r\n".utf8))
+        try await c.send(Array("""
+            PUT /v1/packs/\(id) HTTP/1.1\r\nhost: localhost\r\ncontent-length: \(size)\r\n\r\n
+            """.utf8))
         var off = 0
         while off < size {
             try await c.send(Array(bytes[off..<min(off + (1 << 20), size)]))
@@ -260,7 +298,10 @@ import Testing
         }
         let r = await c.response(within: 120)
         let peak = peakRSS()
-        print("server RSS for a 256 MiB pack body: before \(before >> 20) MiB, peak \(peak >> 20) MiB (+\((peak - before) >> 20) MiB), "
+        print("""
+            server RSS for a 256 MiB pack body: before \(before >> 20) MiB, peak \(peak >> 20) MiB \
+            (+\((peak - before) >> 20) MiB), 
+            """
               + "after \(vmRSS() >> 20) MiB; answer \(r?.status ?? 0)")
         // Random bytes are not a pack: refused after the body is read and checked.
         #expect(r?.status == 422, "\(String(describing: r))")
@@ -281,7 +322,8 @@ extension RequestLimitsTests {
         let keys = try w.writerConfig.writeKeySet()
         let pipeline = try PackPipeline(material: keys.shared)
         let data: [UInt8] = [7, 7, 7]
-        let root = try pipeline.add(tree: Tree(nodes: [Node(name: Array("f".utf8), type: .file, size: 3, content: try pipeline.add(blob: data))]))
+        let root = try pipeline.add(tree: Tree(nodes: [Node(name: Array("f".utf8), type: .file, size: 3,
+            content: try pipeline.add(blob: data))]))
         let packs = try pipeline.flush()
         let header = ManifestHeader(tenant: keys.tenant, readKeyID: keys.shared.readPublicKey.keyID, host: keys.host,
                                     hostKey: keys.signingKey.publicKey, time: Timestamp(seconds: testNow),
@@ -297,12 +339,19 @@ extension RequestLimitsTests {
         let (packs, huge) = try snapshot(w, paths: Array(repeating: [], count: 4_000_000), tags: [])
         for p in packs { _ = try await w.writer.uploadPack(id: p.id, bytes: p.bytes) }
         let before = vmRSS()
-        await refused("E_TOO_LARGE", "a manifest of 4 million empty paths") { _ = try await w.writer.commit(manifestBytes: huge.bytes) }
-        print("server RSS for a \(huge.bytes.count >> 10) KiB manifest of 4 million paths: before \(before >> 20) MiB, after \(vmRSS() >> 20) MiB")
+        await refused("E_TOO_LARGE", "a manifest of 4 million empty paths") {
+            _ = try await w.writer.commit(manifestBytes: huge.bytes)
+        }
+        print("""
+            server RSS for a \(huge.bytes.count >> 10) KiB manifest of 4 million paths: before \(before >> 20) MiB, \
+            after \(vmRSS() >> 20) MiB
+            """)
         #expect(try w.server.service.catalog.snapshot(id: huge.id.description) == nil)
         // Too many tags, and one tag too long.
         let (_, tagged) = try snapshot(w, paths: [Array("/srv".utf8)], tags: (0..<65).map { "t\($0)" })
-        await refused("E_TOO_LARGE", "a manifest of 65 tags") { _ = try await w.writer.commit(manifestBytes: tagged.bytes) }
+        await refused("E_TOO_LARGE", "a manifest of 65 tags") {
+            _ = try await w.writer.commit(manifestBytes: tagged.bytes)
+        }
         let (_, longTag) = try snapshot(w, paths: [Array("/srv".utf8)], tags: [String(repeating: "x", count: 257)])
         await refused("E_TOO_LARGE", "a 257-byte tag") { _ = try await w.writer.commit(manifestBytes: longTag.bytes) }
         // A snapshot of 1000 paths (within the limit) is listed with its first 16 and the count.
@@ -311,7 +360,8 @@ extension RequestLimitsTests {
         for p in widePacks { _ = try await w.writer.uploadPack(id: p.id, bytes: p.bytes) }
         _ = try await w.writer.commit(manifestBytes: wide.bytes)
         let listed = try await w.writer.snapshots().first { $0.id == wide.id.description }
-        #expect(listed?.paths.count == 16 && listed?.pathCount == 1000, "listed: \(listed?.paths.count ?? -1) paths, count \(String(describing: listed?.pathCount))")
+        #expect(listed?.paths.count == 16 && listed?.pathCount == 1000,
+            "listed: \(listed?.paths.count ?? -1) paths, count \(String(describing: listed?.pathCount))")
         #expect(listed?.tags == ["daily"])
         try await w.victimRestores()
         await w.stop()
@@ -328,7 +378,9 @@ extension RequestLimitsTests {
         var g = SystemRandomNumberGenerator()
         for _ in 0..<count {
             var id = [UInt8](repeating: 0, count: 32)
-            id.withUnsafeMutableBytes { b in for i in 0..<4 { b.storeBytes(of: g.next() as UInt64, toByteOffset: 8 * i, as: UInt64.self) } }
+            id.withUnsafeMutableBytes {
+                b in for i in 0..<4 { b.storeBytes(of: g.next() as UInt64, toByteOffset: 8 * i, as: UInt64.self) }
+            }
             try writer.append(id: ChunkID(bytes: id)!, kind: .none, rawLength: 0, payload: [UInt8]())
         }
         return try writer.finish()
@@ -336,7 +388,8 @@ extension RequestLimitsTests {
 
     func indexedChunks(_ w: World, pack: PackID) throws -> Int {
         try w.server.service.catalog.db.read { db in
-            try Int.fetchOne(db, sql: "SELECT count(*) FROM chunks WHERE tenant = 'acme' AND pack_id = ?", arguments: [pack.description]) ?? 0
+            try Int.fetchOne(db, sql: "SELECT count(*) FROM chunks WHERE tenant = 'acme' AND pack_id = ?",
+                arguments: [pack.description]) ?? 0
         }
     }
 
@@ -357,7 +410,9 @@ extension RequestLimitsTests {
         // Once the pack is recorded its index is being written: the other tenant backs up now.
         var recorded = false
         for _ in 0..<3000 {
-            if try w.server.service.catalog.pack(tenant: "acme", id: big.id.description) != nil { recorded = true; break }
+            if try w.server.service.catalog.pack(tenant: "acme", id: big.id.description) != nil {
+                recorded = true; break
+            }
             try await Task.sleep(nanoseconds: 100_000_000)
         }
         #expect(recorded, "the million-chunk pack was never recorded")
@@ -379,7 +434,9 @@ extension RequestLimitsTests {
         limits.maxChunksPerPack = 100
         let w = try await world(limits)
         let big = try claimingPack(w, count: 101)
-        await refused("E_TOO_LARGE", "a pack of 101 chunk IDs") { _ = try await w.writer.uploadPack(id: big.id, bytes: big.bytes) }
+        await refused("E_TOO_LARGE", "a pack of 101 chunk IDs") {
+            _ = try await w.writer.uploadPack(id: big.id, bytes: big.bytes)
+        }
         #expect(try w.server.service.catalog.pack(tenant: "acme", id: big.id.description) == nil)
         try await w.victimRestores()
         await w.stop()
@@ -397,15 +454,21 @@ extension RequestLimitsTests {
         let c = try await RawConnection.open(port: w.port, tls: try tls(w, asWriter: false))
         var statuses: [Int: Int] = [:]
         for i in 0..<300 {
-            try await c.send(Array("GET /v1/snapshots/\(i)-\(String(repeating: "z", count: 3000)) HTTP/1.1\r\nhost: localhost\r\n\r\n".utf8))
+            try await c.send(Array("""
+                GET /v1/snapshots/\(i)-\(String(repeating: "z", count: 3000)) HTTP/1.1\r\nhost: localhost\r\n\r\n
+                """.utf8))
             guard let r = await c.nextResponse(within: 30) else { Issue.record("no answer to request \(i)"); break }
             statuses[r.status, default: 0] += 1
         }
         // 20 guessed enrollment tokens from the same source.
         let key = P256.Signing.PrivateKey().publicKey.pemRepresentation
         for _ in 0..<20 {
-            let body = try JSONEncoder().encode(Wire.EnrollRequest(secret: String(repeating: "0", count: 64), publicKeyPEM: key, hostKey: nil, os: nil))
-            try await c.send(Array("POST /v1/enroll HTTP/1.1\r\nhost: localhost\r\ncontent-type: application/json\r\ncontent-length: \(body.count)\r\n\r\n".utf8)
+            let body = try JSONEncoder().encode(Wire.EnrollRequest(secret: String(repeating: "0", count: 64),
+                publicKeyPEM: key, hostKey: nil, os: nil))
+            try await c.send(Array("""
+                POST /v1/enroll HTTP/1.1\r\nhost: localhost\r\ncontent-type: application/json\r\ncontent-length: \
+                \(body.count)\r\n\r\n
+                """.utf8)
                              + Array(body))
             guard let r = await c.nextResponse(within: 30) else { Issue.record("no answer to an enrollment"); break }
             statuses[r.status, default: 0] += 1
@@ -413,17 +476,22 @@ extension RequestLimitsTests {
         #expect(statuses == [401: 300, 403: 20], "\(statuses)")
         let during = try await w.server.admin.audit(after: last, limit: 10_000).filter { $0.actor == "anonymous" }
         #expect(during.count == 1, "\(during.count) audit records for 320 anonymous refusals from one source")
-        #expect(during.allSatisfy { $0.object.utf8.count <= 600 }, "an audit object of \(during.map(\.object.utf8.count).max() ?? 0) bytes")
+        #expect(during.allSatisfy { $0.object.utf8.count <= 600 },
+            "an audit object of \(during.map(\.object.utf8.count).max() ?? 0) bytes")
         // When the window has passed, one record carries the count.
         w.server.clock.set(w.server.clock.now().addingTimeInterval(61))
         let after = try await w.server.admin.audit(after: last, limit: 10_000).filter { $0.actor == "anonymous" }
         #expect(after.count == 2)
         #expect(after.last?.action == "refused-anonymous" && after.last?.detail.hasPrefix("319 more requests") == true,
                 "\(String(describing: after.last))")
-        print("catalog: \(catalogBefore >> 10) KiB before 320 anonymous refusals, \(fileSize(w.server.home.catalogPath) >> 10) KiB after; "
+        print("""
+            catalog: \(catalogBefore >> 10) KiB before 320 anonymous refusals, \
+            \(fileSize(w.server.home.catalogPath) >> 10) KiB after; 
+            """
               + "\(after.count) audit records")
         let verified = try await w.server.admin.send(.GET, "/v1/audit/verify")
-        #expect(String(decoding: verified.body, as: UTF8.self).contains(#""ok":true"#), "the audit chain does not verify")
+        #expect(String(decoding: verified.body, as: UTF8.self).contains(#""ok":true"#),
+            "the audit chain does not verify")
         await c.close()
         try await w.victimRestores()
         await w.stop()
@@ -434,10 +502,12 @@ extension RequestLimitsTests {
         let last = try await w.server.admin.audit(limit: 10_000).last?.seq ?? 0
         // A path under the URI limit but far over the audit field's: refused (not in the
         // API), audited with the object cut.
-        do { _ = try await w.writer.send(.POST, "/v1/" + String(repeating: "y", count: 3500)); Issue.record("allowed") } catch {}
+        do { _ = try await w.writer.send(.POST, "/v1/" + String(repeating: "y",
+            count: 3500)); Issue.record("allowed") } catch {}
         let records = try await w.server.admin.audit(after: last, limit: 10_000).filter { $0.actor.contains("web1") }
         #expect(records.count == 1)
-        #expect(records.allSatisfy { $0.object.utf8.count <= 600 && $0.object.contains("cut") }, "\(records.map(\.object.utf8.count))")
+        #expect(records.allSatisfy { $0.object.utf8.count <= 600 && $0.object.contains("cut") },
+            "\(records.map(\.object.utf8.count))")
         try await w.victimRestores()
         await w.stop()
     }
@@ -449,7 +519,9 @@ extension RequestLimitsTests {
     @Test func quotasBoundEachHostAndTheTenantCommittedOrNot() async throws {
         let w = try await world()
         func random(_ n: Int) -> [UInt8] { (0..<n).map { _ in UInt8.random(in: 0...255) } }
-        await refused("E_FORBIDDEN", "a host setting its own quota") { _ = try await w.writer.setQuota(tenant: "acme", host: "web1", bytes: 1 << 40) }
+        await refused("E_FORBIDDEN", "a host setting its own quota") {
+            _ = try await w.writer.setQuota(tenant: "acme", host: "web1", bytes: 1 << 40)
+        }
         let set = try await w.server.admin.setQuota(tenant: "acme", host: "web1", bytes: 1 << 20)
         #expect(set.quotaBytes == 1 << 20 && set.committedBytes == 0 && set.uncommittedBytes == 0)
 
@@ -462,11 +534,13 @@ extension RequestLimitsTests {
         let e = await refused("E_QUOTA", "a pack past the host's quota") {
             for p in junk { _ = try await w.writer.uploadPack(id: p.id, bytes: p.bytes) }
         }
-        #expect(e?.status == 507 && e?.message.contains("redoubt admin host set acme web1 --quota") == true, "\(String(describing: e))")
+        #expect(e?.status == 507 && e?.message.contains("redoubt admin host set acme web1 --quota") == true,
+            "\(String(describing: e))")
         for p in junk { #expect(try w.server.service.catalog.pack(tenant: "acme", id: p.id.description) == nil) }
         // `host list` reports it.
         let listed = try await w.server.admin.principals().first { $0.name == "web1" }?.quota
-        #expect(listed?.quotaBytes == 1 << 20 && (listed?.committedBytes ?? 0) >= 600 << 10 && listed?.uncommittedBytes == 0,
+        #expect(listed?.quotaBytes == 1 << 20 && (listed?.committedBytes ?? 0) >= 600 << 10
+            && listed?.uncommittedBytes == 0,
                 "\(String(describing: listed))")
 
         // The tenant's quota binds its other hosts too.
@@ -543,7 +617,10 @@ final class RawConnection: Sendable {
         let channel = try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
             .channelInitializer { ch in
                 ch.eventLoop.makeCompletedFuture {
-                    if let context { try ch.pipeline.syncOperations.addHandler(try NIOSSLClientHandler(context: context, serverHostname: nil)) }
+                    if let context {
+                        try ch.pipeline.syncOperations.addHandler(try NIOSSLClientHandler(context: context,
+                            serverHostname: nil))
+                    }
                     try ch.pipeline.syncOperations.addHandler(Collector(inbox))
                 }
             }
@@ -601,13 +678,19 @@ final class RawConnection: Sendable {
 
     static func parseCounting(_ bytes: [UInt8]) -> ((status: Int, body: String), Int)? {
         let sep: [UInt8] = [13, 10, 13, 10]
-        guard bytes.count >= 12, let end = (0...(bytes.count - 4)).first(where: { Array(bytes[$0..<($0 + 4)]) == sep }) else { return nil }
+        guard bytes.count >= 12, let end = (0...(bytes.count - 4)).first(where: { Array(bytes[$0..<($0
+            + 4)]) == sep }) else {
+            return nil
+        }
         let head = String(decoding: bytes[..<end], as: UTF8.self)
         let lines = head.split(separator: "\r\n")
-        guard let first = lines.first, let status = Int(first.split(separator: " ").dropFirst().first ?? "") else { return nil }
+        guard let first = lines.first, let status = Int(first.split(separator: " ").dropFirst().first ?? "") else {
+            return nil
+        }
         let length = lines.dropFirst().compactMap { l -> Int? in
             let kv = l.split(separator: ":", maxSplits: 1)
-            return kv.count == 2 && kv[0].lowercased() == "content-length" ? Int(kv[1].trimmingCharacters(in: .whitespaces)) : nil
+            return kv.count == 2
+                && kv[0].lowercased() == "content-length" ? Int(kv[1].trimmingCharacters(in: .whitespaces)) : nil
         }.first ?? 0
         guard bytes.count >= end + 4 + length else { return nil }
         return ((status, String(decoding: bytes[(end + 4)..<(end + 4 + length)], as: UTF8.self)), end + 4 + length)

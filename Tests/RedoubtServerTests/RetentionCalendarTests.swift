@@ -39,8 +39,11 @@ import RedoubtCore
     func commit(_ w: World, host: Int, time: Date? = nil) async throws -> (id: String, data: [UInt8]) {
         let data = (0..<64).map { _ in UInt8.random(in: 0...255) }
         let claimed = Int64((time ?? w.server.clock.now()).timeIntervalSince1970)
-        let (packs, manifest) = try makeSnapshot(keys: try w.hosts[host].cfg.writeKeySet(), files: [("f.bin", data)], time: claimed)
-        for p in packs { _ = try await w.server.service.uploadPack(idHex: p.id.description, bytes: p.bytes, ctx: w.hosts[host].ctx) }
+        let (packs, manifest) = try makeSnapshot(keys: try w.hosts[host].cfg.writeKeySet(), files: [("f.bin", data)],
+            time: claimed)
+        for p in packs {
+            _ = try await w.server.service.uploadPack(idHex: p.id.description, bytes: p.bytes, ctx: w.hosts[host].ctx)
+        }
         return (try await w.server.service.commit(manifest.bytes, ctx: w.hosts[host].ctx).id, data)
     }
 
@@ -48,10 +51,13 @@ import RedoubtCore
     func restore(_ w: World, _ id: String) async throws -> [UInt8] {
         let sid = try #require(SnapshotID(hex: id))
         let store = w.server.service.store
-        let m = try Manifest.parse(try await store.get(RepositoryService.manifestKey(tenant: "acme", id: sid)), expectedID: sid)
+        let m = try Manifest.parse(try await store.get(RepositoryService.manifestKey(tenant: "acme", id: sid)),
+            expectedID: sid)
         var packs: [PackID: [UInt8]] = [:]
         for p in m.header.packs { packs[p] = try await store.get(RepositoryService.packKey(tenant: "acme", id: p)) }
-        let reader = try SnapshotReader(manifest: m, readKey: w.keys.readKey, chunkIDKey: w.keys.chunkIDKey) { packs[$0]! }
+        let reader = try SnapshotReader(manifest: m, readKey: w.keys.readKey, chunkIDKey: w.keys.chunkIDKey) {
+            packs[$0]!
+        }
         return try reader.contents(of: try #require(try reader.rootTree()[Array("f.bin".utf8)]))
     }
 
@@ -66,7 +72,8 @@ import RedoubtCore
         do {
             let now0 = w.server.clock.now().timeIntervalSince1970
             let t0 = Date(timeIntervalSince1970: (now0 / Self.day).rounded(.up) * Self.day)
-            _ = try await w.server.service.setPolicy(tenant: "acme", Wire.SetPolicyRequest(rules: RetentionRules(daily: 7, weekly: 4)),
+            _ = try await w.server.service.setPolicy(tenant: "acme",
+                Wire.SetPolicyRequest(rules: RetentionRules(daily: 7, weekly: 4)),
                                                      ctx: w.admin)
             var earlier: [(id: String, data: [UInt8])] = []
             for i in 0..<10 {
@@ -77,8 +84,11 @@ import RedoubtCore
             w.server.clock.set(t0.addingTimeInterval(10 * Self.day + 3600))
             _ = try await w.server.service.applyPolicies(tenant: "acme", host: nil)
             var before: [String: Date] = [:]
-            for s in earlier { before[s.id] = try #require(try w.server.service.catalog.snapshot(id: s.id)).retainUntil }
-            let keptBefore = try w.server.service.simulatePolicies(tenant: "acme").snapshots.filter { !$0.keeps.isEmpty }.map(\.id)
+            for s in earlier {
+                before[s.id] = try #require(try w.server.service.catalog.snapshot(id: s.id)).retainUntil
+            }
+            let keptBefore =
+                try w.server.service.simulatePolicies(tenant: "acme").snapshots.filter { !$0.keeps.isEmpty }.map(\.id)
             #expect(keptBefore.count >= 7, "\(keptBefore)")
 
             // A taken host: a flood of decoys today, some claiming the past as far as the server lets it.
@@ -98,13 +108,17 @@ import RedoubtCore
             let sim = try w.server.service.simulatePolicies(tenant: "acme")
             let decided = Dictionary(uniqueKeysWithValues: sim.snapshots.map { ($0.id, $0) })
             // Every earlier kept snapshot is still kept, and no lock moved earlier.
-            for id in keptBefore { #expect(decided[id]?.keeps.isEmpty == false, "\(id) no longer kept after the flood") }
+            for id in keptBefore {
+                #expect(decided[id]?.keeps.isEmpty == false, "\(id) no longer kept after the flood")
+            }
             for s in earlier {
                 let now = try #require(try w.server.service.catalog.snapshot(id: s.id)).retainUntil
                 #expect(now >= before[s.id]!, "\(s.id): lock \(before[s.id]!) moved to \(now)")
                 for p in try w.server.service.catalog.snapshotPacks(id: s.id) {
-                    #expect(try #require(try w.server.service.catalog.pack(tenant: "acme", id: p.description)).retainUntil
-                            >= Date(timeIntervalSince1970: (before[s.id]!.timeIntervalSince1970 / Self.day).rounded(.down) * Self.day))
+                    #expect(try #require(try w.server.service.catalog.pack(tenant: "acme",
+                        id: p.description)).retainUntil
+                            >= Date(timeIntervalSince1970: (before[s.id]!.timeIntervalSince1970 / Self.day)
+                                .rounded(.down) * Self.day))
                 }
             }
             // The decoys share today's one slot, whose period is still running: none is locked
@@ -113,10 +127,13 @@ import RedoubtCore
             #expect(keptDecoys == [decoys.last!], "\(keptDecoys.count) decoys kept")
             for id in decoys {
                 let s = try #require(try w.server.service.catalog.snapshot(id: id))
-                #expect(s.retainUntil == s.committedAt.addingTimeInterval(Self.day), "decoy \(id) locked until \(s.retainUntil)")
+                #expect(s.retainUntil == s.committedAt.addingTimeInterval(Self.day),
+                    "decoy \(id) locked until \(s.retainUntil)")
             }
             // And the earlier ones restore bit for bit.
-            for s in earlier where keptBefore.contains(s.id) { #expect(try await restore(w, s.id) == s.data, "\(s.id)") }
+            for s in earlier where keptBefore.contains(s.id) {
+                #expect(try await restore(w, s.id) == s.data, "\(s.id)")
+            }
         } catch {
             Issue.record(error)
         }
@@ -131,7 +148,8 @@ import RedoubtCore
         let w = try await world(hosts: ["web1"])
         do {
             let start = w.server.clock.now()
-            let thisYear = Calendar(identifier: .gregorian).dateComponents(in: try #require(TimeZone(identifier: "UTC")),
+            let thisYear =
+                Calendar(identifier: .gregorian).dateComponents(in: try #require(TimeZone(identifier: "UTC")),
                                                                           from: start).year ?? 2026
             let t0 = try utc(thisYear + 1, 1, 1)
             let end = try utc(thisYear + 9, 12, 5, 18)
@@ -144,7 +162,8 @@ import RedoubtCore
             while t < end {
                 let id = (0..<32).map { _ in String(format: "%02x", UInt8.random(in: 0...255)) }.joined()
                 try w.server.service.catalog.insertSnapshot(SnapshotRecord(
-                    id: id, tenant: "acme", host: "web1", time: t, committedAt: t, retainUntil: t.addingTimeInterval(Self.day),
+                    id: id, tenant: "acme", host: "web1", time: t, committedAt: t,
+                        retainUntil: t.addingTimeInterval(Self.day),
                     paths: [], tags: [], statistics: SnapshotStatistics(), packCount: 0, manifestSize: 0), packs: [])
                 t = t.addingTimeInterval(Self.day)
                 n += 1
@@ -153,12 +172,15 @@ import RedoubtCore
             // Into the catalog directly: setting it through the service would apply it, and these
             // records have no manifests in the store to lock.
             #expect(try w.server.service.catalog.setPolicy(Wire.PolicyInfo(
-                tenant: "acme", hostGlob: "*", tag: "", rules: RetentionRules(daily: 14, weekly: 8, monthly: 24, yearly: 7),
+                tenant: "acme", hostGlob: "*", tag: "", rules: RetentionRules(daily: 14, weekly: 8, monthly: 24,
+                    yearly: 7),
                 updatedAt: end), from: nil))
             let sim = try w.server.service.simulatePolicies(tenant: "acme")
             var byRule: [String: Int] = [:]
             for s in sim.snapshots { for k in s.keeps { byRule[k.rule, default: 0] += 1 } }
-            print("README figure: \(n) daily snapshots, \(sim.kept) kept on \(end): \(byRule.sorted { $0.key < $1.key })")
+            print("""
+                README figure: \(n) daily snapshots, \(sim.kept) kept on \(end): \(byRule.sorted { $0.key < $1.key })
+                """)
             // The same rules counted by hand on the calendar (a backup every day at noon): how
             // many overlap depends on the weekdays month ends fall on, so the year matters.
             var cal = Calendar(identifier: .iso8601)
@@ -190,7 +212,8 @@ import RedoubtCore
             // From the next 1 December (UTC) after enrollment, whatever day the test runs: across
             // a month end and the new year.
             let start = w.server.clock.now()
-            let thisYear = Calendar(identifier: .gregorian).dateComponents(in: try #require(TimeZone(identifier: "UTC")),
+            let thisYear =
+                Calendar(identifier: .gregorian).dateComponents(in: try #require(TimeZone(identifier: "UTC")),
                                                                           from: start).year ?? 2026
             let t0 = try utc(thisYear, 12, 1) > start ? try utc(thisYear, 12, 1) : try utc(thisYear + 1, 12, 1)
             let days = 75
@@ -214,7 +237,8 @@ import RedoubtCore
             let snaps = try w.server.service.catalog.snapshots(tenant: "acme", host: nil)
             #expect(snaps.count == 3 * days)
             let schedule = try #require(RetentionSchedule(rules: rules, minimumRetention: Self.day))
-            let decisions = schedule.decide(snaps.map { RetentionCandidate(id: $0.id, host: $0.host, committedAt: $0.committedAt) },
+            let decisions = schedule.decide(snaps.map { RetentionCandidate(id: $0.id, host: $0.host,
+                committedAt: $0.committedAt) },
                                             now: now)
             let expectedKept = Set(decisions.filter { !$0.keeps.isEmpty }.map(\.id))
             let sim = try w.server.service.simulatePolicies(tenant: "acme")
@@ -224,7 +248,8 @@ import RedoubtCore
             let listed = try w.server.service.listSnapshots(host: nil, tenant: "acme", ctx: w.admin)
             let keptBy = Dictionary(uniqueKeysWithValues: listed.map { ($0.id, $0.keptBy) })
             for d in sim.snapshots {
-                #expect(keptBy[d.id] == .some(d.keeps), "\(d.id): listed \(String(describing: keptBy[d.id])) vs \(d.keeps)")
+                #expect(keptBy[d.id] == .some(d.keeps),
+                    "\(d.id): listed \(String(describing: keptBy[d.id])) vs \(d.keeps)")
             }
             #expect(expectedKept.count < 3 * days / 2, "\(expectedKept.count) of \(3 * days) kept")
 
@@ -239,7 +264,8 @@ import RedoubtCore
             var hand = Set<String>()
             for d in 0..<days {
                 let t = dayOf(d)
-                let lastOfMonth = cal.component(.month, from: t) != cal.component(.month, from: dayOf(d + 1)) || d == days - 1
+                let lastOfMonth = cal.component(.month, from: t) != cal.component(.month, from: dayOf(d + 1))
+                    || d == days - 1
                 let lastOfWeek = cal.component(.weekday, from: t) == 1 || d == days - 1
                 let weekStart = try #require(cal.dateInterval(of: .weekOfYear, for: t)).start
                 let inLast8Weeks = weekStart > nowWeek.addingTimeInterval(-8 * 7 * Self.day)
@@ -253,7 +279,8 @@ import RedoubtCore
             for r in try w.server.service.catalog.snapshots(tenant: "acme", host: nil) { locks[r.id] = r.retainUntil }
             for d in decisions where d.lockUntil != nil {
                 let expected = max(d.lockUntil!, d.committedAt.addingTimeInterval(Self.day))
-                #expect(locks[d.id] == expected, "\(d.id): locked \(String(describing: locks[d.id])), expected \(expected)")
+                #expect(locks[d.id] == expected,
+                    "\(d.id): locked \(String(describing: locks[d.id])), expected \(expected)")
             }
             let year = cal.component(.year, from: t0)
             let yearEnd = (0..<days).last { cal.component(.year, from: dayOf($0)) == year }
@@ -262,7 +289,9 @@ import RedoubtCore
             let newYear7 = try utc(year + 7, 1, 1)
             for id in byDay[yearEnd!] { #expect(locks[id] == newYear7, "\(id) \(String(describing: locks[id]))") }
             // The next month's last (January): monthly, 24 months from its start.
-            let janEnd = (0..<days).last { cal.component(.year, from: dayOf($0)) == year + 1 && cal.component(.month, from: dayOf($0)) == 1 }
+            let janEnd = (0..<days).last {
+                cal.component(.year, from: dayOf($0)) == year + 1 && cal.component(.month, from: dayOf($0)) == 1
+            }
             try #require(janEnd != nil && janEnd! < days - 1, "the backups cover January")
             let jan24 = try utc(year + 3, 1, 1)
             for id in byDay[janEnd!] { #expect(locks[id] == jan24, "\(id) \(String(describing: locks[id]))") }
@@ -270,15 +299,18 @@ import RedoubtCore
             for id in expectedKept {
                 let l = try #require(locks[id])
                 for p in try w.server.service.catalog.snapshotPacks(id: id) {
-                    let pl = try #require(try w.server.service.catalog.pack(tenant: "acme", id: p.description)).retainUntil
+                    let pl = try #require(try w.server.service.catalog.pack(tenant: "acme",
+                        id: p.description)).retainUntil
                     #expect(pl >= l.addingTimeInterval(-Self.day), "pack \(p) of \(id) locked \(pl) < \(l)")
                 }
             }
 
             // GC removes everything else and keeps these; kept ones restore bit for bit.
-            let report = try await w.server.service.collectGarbage(tenant: "acme", Wire.GCRequest(dryRun: false), ctx: w.admin)
+            let report = try await w.server.service.collectGarbage(tenant: "acme", Wire.GCRequest(dryRun: false),
+                ctx: w.admin)
             let left = Set(try w.server.service.catalog.snapshots(tenant: "acme", host: nil).map(\.id))
-            #expect(left == expectedKept, "left \(left.count), kept \(expectedKept.count), removed \(report.snapshotsRemoved.count)")
+            #expect(left == expectedKept,
+                "left \(left.count), kept \(expectedKept.count), removed \(report.snapshotsRemoved.count)")
             #expect(report.snapshotsRemoved.count == 3 * days - expectedKept.count)
             for id in expectedKept.sorted().prefix(12) { #expect(try await restore(w, id) == data[id], "\(id)") }
         } catch {

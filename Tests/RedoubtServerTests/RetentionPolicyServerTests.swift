@@ -68,12 +68,14 @@ import RedoubtCore
                 _ = try await alice.setPolicy(tenant: "acme", Wire.SetPolicyRequest(rules: RetentionRules(daily: 1),
                                                                                    requestID: req.id))
             }
-            let lowered = try await alice.setPolicy(tenant: "acme", Wire.SetPolicyRequest(rules: RetentionRules(daily: 2),
+            let lowered = try await alice.setPolicy(tenant: "acme",
+                Wire.SetPolicyRequest(rules: RetentionRules(daily: 2),
                                                                                           requestID: req.id))
             #expect(lowered.first?.rules.daily == 2)
             // A lock once set stays.
             #expect(try server.service.catalog.snapshot(id: ids[3])?.retainUntil == t0.addingTimeInterval(6 * day))
-            let raised = try await alice.setPolicy(tenant: "acme", Wire.SetPolicyRequest(rules: RetentionRules(daily: 2, monthly: 12)))
+            let raised = try await alice.setPolicy(tenant: "acme", Wire.SetPolicyRequest(rules: RetentionRules(daily: 2,
+                monthly: 12)))
             #expect(raised.first?.rules.monthly == 12)
             await refused("E_APPROVAL_REQUIRED", "removing a policy alone") {
                 _ = try await alice.setPolicy(tenant: "acme", Wire.SetPolicyRequest(rules: nil, remove: true))
@@ -87,7 +89,9 @@ import RedoubtCore
             // A month later (the service directly: the test credentials' certificates are short-lived).
             server.clock.set(t0.addingTimeInterval(40 * day))
             let applied = try await server.service.applyPolicies(tenant: "acme", host: nil)
-            let monthly = applied.snapshots.flatMap { s in s.keeps.filter { $0.rule == "monthly" && $0.final }.map { (s.id, $0.until) } }
+            let monthly = applied.snapshots.flatMap {
+                s in s.keeps.filter { $0.rule == "monthly" && $0.final }.map { (s.id, $0.until) }
+            }
             #expect(!monthly.isEmpty, "the month of the backups is over")
             for (id, until) in monthly {
                 #expect(try #require(try server.service.catalog.snapshot(id: id)).retainUntil >= until)

@@ -18,7 +18,9 @@ import RedoubtCore
     }
 
     static func snaps(_ times: [String], host: String = "h1") -> [RetentionCandidate] {
-        times.enumerated().map { RetentionCandidate(id: "\(host)-\($0.offset)", host: host, committedAt: at($0.element)) }
+        times.enumerated().map {
+            RetentionCandidate(id: "\(host)-\($0.offset)", host: host, committedAt: at($0.element))
+        }
     }
 
     /// id → [rule: (until, final)]
@@ -42,7 +44,9 @@ import RedoubtCore
         #expect(d["h1-19"]?[.daily]?.0 == Self.at("2026-05-22T00:00:00Z"))
         #expect(d["h1-19"]?[.daily]?.1 == true)
         #expect(d["h1-17"]?[.daily]?.0 == Self.at("2026-05-21T00:00:00Z"))
-        let lock = s.decide(Self.snaps(times), now: Self.at("2026-05-20T12:00:00Z")).first { $0.id == "h1-20" }?.lockUntil
+        let lock = s.decide(Self.snaps(times), now: Self.at("2026-05-20T12:00:00Z")).first {
+            $0.id == "h1-20"
+        }?.lockUntil
         #expect(lock == nil, "an open period's newest snapshot gets no lock yet")
     }
 
@@ -63,7 +67,8 @@ import RedoubtCore
         let d = Self.table(berlin.decide(Self.snaps(times), now: now))
         #expect(d["h1-0"]?[.daily]?.1 == true)
         #expect(d["h1-1"]?[.daily]?.1 == false, "the 30th is still running")
-        #expect(d["h1-0"]?[.daily]?.0 == Self.at("2026-03-30T22:00:00Z"), "the 29th plus two local days: 31 March 00:00 CEST")
+        #expect(d["h1-0"]?[.daily]?.0 == Self.at("2026-03-30T22:00:00Z"),
+            "the 29th plus two local days: 31 March 00:00 CEST")
         #expect(d["h1-1"]?[.daily]?.0 == Self.at("2026-03-31T22:00:00Z"))
         #expect(berlin.period(.daily, of: Self.at(times[0]))?.end == Self.at("2026-03-29T22:00:00Z"))
         #expect(berlin.period(.daily, of: Self.at(times[0]))?.start == Self.at("2026-03-28T23:00:00Z"))
@@ -145,16 +150,23 @@ import RedoubtCore
         let before = s.decide(history, now: now)
         // 10 000 decoys committed this morning (the server's time; whatever they claim).
         let decoys = (0..<10_000).map { RetentionCandidate(id: "decoy-\($0)", host: "h",
-                                                           committedAt: now.addingTimeInterval(-3600 + Double($0) * 0.3)) }
+                                                           committedAt: now.addingTimeInterval(-3600
+                                                               + Double($0) * 0.3)) }
         let after = s.decide(history + decoys, now: now)
         // Every lock set before (final calendar keeps) is set alike after; only this week's open slot moves to a decoy.
-        let keptBefore = Dictionary(uniqueKeysWithValues: before.map { ($0.id, $0.keeps.filter { $0.rule != .last && $0.final }) })
+        let keptBefore = Dictionary(uniqueKeysWithValues: before.map {
+            ($0.id, $0.keeps.filter { $0.rule != .last && $0.final })
+        })
         for x in after where x.id.hasPrefix("real-") {
             #expect(x.keeps.filter { $0.rule != .last && $0.final } == keptBefore[x.id], "\(x.id) kept as before")
-            #expect((x.lockUntil ?? .distantPast) >= (before.first { $0.id == x.id }?.keeps.filter { $0.rule != .last && $0.final }
+            #expect((x.lockUntil ?? .distantPast) >= (before.first { $0.id == x.id }?.keeps.filter {
+                $0.rule != .last && $0.final
+            }
                 .map(\.until).max() ?? .distantPast))
         }
-        let lockedDecoys = after.filter { $0.id.hasPrefix("decoy-") && $0.keeps.contains { $0.rule != .last && $0.final } }
+        let lockedDecoys = after.filter {
+            $0.id.hasPrefix("decoy-") && $0.keeps.contains { $0.rule != .last && $0.final }
+        }
         #expect(lockedDecoys.isEmpty, "no decoy gets a calendar lock while its day is open")
         #expect(after.filter { $0.id.hasPrefix("decoy-") && !$0.keeps.isEmpty }.count == 3, "keep-last 3 only")
         #expect(Set(Self.table(before).keys).subtracting(["real-28"]).isSubset(of: Set(Self.table(after).keys)))
@@ -166,7 +178,8 @@ import RedoubtCore
         #expect(!base.isWeakened(by: RetentionRules(daily: 30, weekly: 8, monthly: 24, yearly: 7)))
         #expect(!base.isWeakened(by: RetentionRules(last: 5, daily: 14, weekly: 8, monthly: 24, yearly: 7)))
         #expect(base.isWeakened(by: RetentionRules(daily: 14, weekly: 8, monthly: 24, yearly: 6)))
-        #expect(base.isWeakened(by: RetentionRules(daily: 14, weekly: 8, monthly: 24, yearly: 7, timeZone: "Europe/Berlin")))
+        #expect(base.isWeakened(by: RetentionRules(daily: 14, weekly: 8, monthly: 24, yearly: 7,
+            timeZone: "Europe/Berlin")))
         #expect(RetentionRules(withinSeconds: 86400).isWeakened(by: RetentionRules(daily: 100)))
     }
 

@@ -84,7 +84,8 @@ import RedoubtKMS
     @Test func theDefaultBudgetOpensEveryPackWithinThirtyDailyRuns() async throws {
         // The arithmetic: never-verified bytes, plus 1/(D−1) of the verified bytes, rounded up.
         let s = Wire.DeepVerifyState(tenant: "t", packs: 100, bytes: 2_900 + 50, neverVerifiedPacks: 1,
-                                     neverVerifiedBytes: 50, oldestVerifiedAt: nil, newestVerifiedAt: nil, damagedPacks: 0, due: [])
+                                     neverVerifiedBytes: 50, oldestVerifiedAt: nil, newestVerifiedAt: nil,
+                                         damagedPacks: 0, due: [])
         #expect(RollingBudget.default == .days(30))
         #expect(RollingBudget.days(30).bytes(for: s) == 50 + 100)
         #expect(RollingBudget.days(1).bytes(for: s) == 2_950)
@@ -129,7 +130,8 @@ import RedoubtKMS
             // Format-1 chunks cannot be checked without keys: the victim's format-1 backup (as a
             // format-1 client made it under tenant-wide dedup) reused the poisoned chunk.
             let victimID = try await commitFormatOneSnapshot([("data.bin", content)], as: t.host,
-                                                             isHeld: { $0 == target }, otherPacks: [poisoned.id], nonce: 5)
+                                                             isHeld: { $0 == target }, otherPacks: [poisoned.id],
+                                                                 nonce: 5)
             let clean = try await commit(2, as: t.host, tag: "clean")
 
             let r = try await RollingDeepVerifier().run(client: t.restorer.1, readKey: t.readKey,
@@ -177,7 +179,8 @@ import RedoubtKMS
             // A report is bounded, and names only pack IDs.
             await refused("E_BAD_REQUEST", "a report of 1001 packs") {
                 _ = try await t.restorer.1.json(Wire.PacksVerifiedInfo.self, .POST, "/v1/packs/verified",
-                                                body: Wire.PacksVerifiedReport(packs: Array(repeating: own[0].description,
+                                                body: Wire.PacksVerifiedReport(packs: Array(repeating: own[0]
+                                                    .description,
                                                                                             count: 1001)))
             }
             await refused("E_BAD_REQUEST", "a report naming no pack ID") {

@@ -54,12 +54,16 @@ import RedoubtKMS
 
         // The restorer unwraps the read key (in memory) and reads the snapshot back.
         let wrapped = try w.restorerConfig.wrappedReadKey()
-        let readKey = try await PassphraseKeyProvider(passphrase: SecretBytes(copying: Array("pw".utf8)), logN: 10).unwrap(wrapped, context: KeyContext(tenant: "acme", keyVersion: 1))
+        let readKey = try await PassphraseKeyProvider(passphrase: SecretBytes(copying: Array("pw".utf8)),
+            logN: 10).unwrap(wrapped, context: KeyContext(tenant: "acme", keyVersion: 1))
         let mbytes = try await w.restorer.manifestBytes(String(info.id.prefix(12)))
         let m = try Manifest.parse(mbytes, expectedID: manifest.id)
         var packs: [PackID: [UInt8]] = [:]
         for p in m.header.packs { packs[p] = try await w.restorer.packBytes(p) }
-        let reader = try SnapshotReader(manifest: m, readKey: readKey, chunkIDKey: try w.restorerConfig.sharedMaterial().chunkIDKey) { packs[$0]! }
+        let reader = try SnapshotReader(manifest: m, readKey: readKey,
+            chunkIDKey: try w.restorerConfig.sharedMaterial().chunkIDKey) {
+            packs[$0]!
+        }
         let root = try reader.rootTree()
         #expect(try reader.contents(of: root[Array("a.bin".utf8)]!) == data)
         #expect(try reader.contents(of: root[Array("empty".utf8)]!) == [])
@@ -88,18 +92,21 @@ import RedoubtKMS
         await expectRefused(.DELETE, "/v1/snapshots/\(manifest.id)")
         await expectRefused(.DELETE, "/v1/tenants/acme")
         await expectRefused(.POST, "/v1/snapshots/\(manifest.id)/delete")
-        await expectRefused(.PATCH, "/v1/snapshots/\(manifest.id)", body: Array(#"{"retainUntil":"2000-01-01T00:00:00Z"}"#.utf8))
+        await expectRefused(.PATCH, "/v1/snapshots/\(manifest.id)",
+            body: Array(#"{"retainUntil":"2000-01-01T00:00:00Z"}"#.utf8))
         await expectRefused(.PUT, "/v1/snapshots/\(manifest.id)", body: Array(manifest.bytes.reversed()))
         // Read back its own data.
         await expectRefused(.GET, "/v1/packs/\(pack.id)")
         await expectRefused(.GET, "/v1/snapshots/\(manifest.id)/manifest")
         // Admin actions.
         await expectRefused(.POST, "/v1/tenants", body: Array("{}".utf8))
-        await expectRefused(.POST, "/v1/tenants/acme/enrollments", body: Array(#"{"role":"writer","name":"evil"}"#.utf8))
+        await expectRefused(.POST, "/v1/tenants/acme/enrollments",
+            body: Array(#"{"role":"writer","name":"evil"}"#.utf8))
         await expectRefused(.GET, "/v1/audit")
         // The tenant's write material: neither read (sealed or not) nor replaced by a host.
         await expectRefused(.GET, "/v1/tenants/acme/write-material")
-        await expectRefused(.PUT, "/v1/tenants/acme/write-material", body: Array(#"{"writeMaterial":"UkRCVFdLUzE="}"#.utf8))
+        await expectRefused(.PUT, "/v1/tenants/acme/write-material",
+            body: Array(#"{"writeMaterial":"UkRCVFdLUzE="}"#.utf8))
 
         // Overwrite: a re-upload under the same ID with other bytes changes nothing.
         var tampered = pack.bytes
@@ -109,7 +116,9 @@ import RedoubtKMS
         let truncated = try await w.writer.uploadPack(id: pack.id, bytes: [])
         #expect(truncated.created == false)
         // And a pack whose bytes do not hash to its name is refused.
-        await #expect(throws: APIError.self) { try await w.writer.uploadPack(id: PackID(bytes: [UInt8](repeating: 7, count: 32))!, bytes: tampered) }
+        await #expect(throws: APIError.self) {
+            try await w.writer.uploadPack(id: PackID(bytes: [UInt8](repeating: 7, count: 32))!, bytes: tampered)
+        }
 
         // Everything is intact: the restorer gets the original bytes, verify passes.
         #expect(try await w.restorer.packBytes(pack.id) == pack.bytes)
@@ -157,7 +166,8 @@ import RedoubtKMS
         } catch let e as APIError { #expect(e.code == "E_PACKS_MISSING") }
         // Sealed to another tenant's read key.
         let foreign = try TenantKeys.generate()
-        let foreignKeys = WriteKeySet(tenant: "acme", host: "web1", shared: foreign.sharedWriteMaterial, signingKey: keys.signingKey)
+        let foreignKeys = WriteKeySet(tenant: "acme", host: "web1", shared: foreign.sharedWriteMaterial,
+            signingKey: keys.signingKey)
         let (p4, _) = try makeSnapshot(keys: foreignKeys, files: [("d", [4])])
         await #expect(throws: APIError.self) { try await w.writer.uploadPack(id: p4[0].id, bytes: p4[0].bytes) }
         #expect(try await w.writer.snapshots().isEmpty)
@@ -179,9 +189,14 @@ import RedoubtKMS
         // A used token cannot be used twice.
         let keys = try TenantKeys.generate()
         try await server.createTenant("t1", keys: keys)
-        let token = try await server.admin.createEnrollment(tenant: "t1", role: "writer", name: "h", ttlSeconds: 3600).token
-        _ = try await ClientConfig.enroll(token: token, into: ClientConfig(path: server.dir.appendingPathComponent("c1").path), os: nil)
-        await #expect(throws: APIError.self) { try await ClientConfig.enroll(token: token, into: ClientConfig(path: server.dir.appendingPathComponent("c2").path), os: nil) }
+        let token = try await server.admin.createEnrollment(tenant: "t1", role: "writer", name: "h",
+            ttlSeconds: 3600).token
+        _ = try await ClientConfig.enroll(token: token,
+            into: ClientConfig(path: server.dir.appendingPathComponent("c1").path), os: nil)
+        await #expect(throws: APIError.self) {
+            try await ClientConfig.enroll(token: token,
+                into: ClientConfig(path: server.dir.appendingPathComponent("c2").path), os: nil)
+        }
         await anon.shutdown()
         await server.stop()
     }
@@ -201,7 +216,8 @@ import RedoubtKMS
         #expect(info?.retainUntil.map { $0 >= first.retainUntil } == true)
         // And the store refuses to delete a locked pack, whatever the caller.
         await #expect(throws: (any Error).self) {
-            try await w.server.service.store.delete(RepositoryService.packKey(tenant: "acme", id: packs[0].id), now: Date())
+            try await w.server.service.store.delete(RepositoryService.packKey(tenant: "acme", id: packs[0].id),
+                now: Date())
         }
         await w.stop()
     }
@@ -210,8 +226,10 @@ import RedoubtKMS
         let w = try await world()
         let (packs, manifest, _) = try await backup(w, files: [("a", randomBytes(5000))])
         let store = URL(fileURLWithPath: w.server.home.storePath)
-        let packPath = store.appendingPathComponent(RepositoryService.packKey(tenant: "acme", id: packs[0].id).path).path
-        let manifestPath = store.appendingPathComponent(RepositoryService.manifestKey(tenant: "acme", id: manifest.id).path).path
+        let packPath = store.appendingPathComponent(RepositoryService.packKey(tenant: "acme",
+            id: packs[0].id).path).path
+        let manifestPath = store.appendingPathComponent(RepositoryService.manifestKey(tenant: "acme",
+            id: manifest.id).path).path
         let attrs = try FileManager.default.attributesOfItem(atPath: store.path)
         #expect((attrs[.posixPermissions] as? Int) == 0o700)
         guard getuid() == 0 else { return }
@@ -224,7 +242,8 @@ import RedoubtKMS
             p.standardError = Pipe()
             try p.run()
             p.waitUntilExit()
-            let flags = String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self).split(separator: " ").first ?? ""
+            let flags = String(decoding: out.fileHandleForReading.readDataToEndOfFile(),
+                as: UTF8.self).split(separator: " ").first ?? ""
             if p.terminationStatus == 0 {
                 #expect(flags.contains("i"), "lsattr \(path): \(flags)")
                 // Root on the repository host, without clearing the flag, cannot change it either.
@@ -276,7 +295,9 @@ import RedoubtKMS
         let head = try w.server.service.catalog.auditChainHead()
         #expect(head.seq >= 4)
         #expect(try w.server.service.catalog.verifyAudit(anchor: head).firstBad == nil)
-        try await w.server.service.catalog.db.write { db in try db.execute(sql: "DELETE FROM audit WHERE seq = ?", arguments: [head.seq]) }
+        try await w.server.service.catalog.db.write {
+            db in try db.execute(sql: "DELETE FROM audit WHERE seq = ?", arguments: [head.seq])
+        }
         // The shortened chain is self-consistent; only the anchor exposes it.
         #expect(try w.server.service.catalog.verifyAudit().firstBad == nil)
         #expect(try w.server.service.catalog.verifyAudit(anchor: head).firstBad == head.seq)

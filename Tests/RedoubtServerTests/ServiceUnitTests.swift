@@ -6,15 +6,20 @@ import Testing
 @Suite struct ServiceUnitTests {
     static let unit: URL = {
         var dir = URL(fileURLWithPath: #filePath)
-        while dir.path != "/" && !FileManager.default.fileExists(atPath: dir.appendingPathComponent("Package.swift").path) { dir.deleteLastPathComponent() }
+        while dir.path != "/"
+            && !FileManager.default.fileExists(atPath: dir.appendingPathComponent("Package.swift").path) {
+            dir.deleteLastPathComponent()
+        }
         return dir.appendingPathComponent("contrib/redoubt-server.service")
     }()
 
     @Test func theUnitKeepsOnlyTheImmutableCapabilityAndTheSandbox() throws {
         let text = try String(contentsOf: Self.unit, encoding: .utf8)
         let lines = Set(text.split(separator: "\n").map(String.init))
-        for required in ["CapabilityBoundingSet=CAP_LINUX_IMMUTABLE", "AmbientCapabilities=CAP_LINUX_IMMUTABLE", "NoNewPrivileges=yes",
-                         "ProtectSystem=strict", "ProtectHome=yes", "PrivateTmp=yes", "ReadWritePaths=/var/lib/redoubt", "User=redoubt"] {
+        for required in ["CapabilityBoundingSet=CAP_LINUX_IMMUTABLE", "AmbientCapabilities=CAP_LINUX_IMMUTABLE",
+            "NoNewPrivileges=yes",
+                         "ProtectSystem=strict", "ProtectHome=yes", "PrivateTmp=yes", "ReadWritePaths=/var/lib/redoubt",
+                             "User=redoubt"] {
             #expect(lines.contains(required), "missing \(required)")
         }
         #expect(!text.contains("User=root"))
@@ -22,7 +27,9 @@ import Testing
     }
 
     @Test func systemdAnalyzeVerifyAcceptsTheUnit() throws {
-        let tool = ["/usr/bin/systemd-analyze", "/bin/systemd-analyze"].first { FileManager.default.isExecutableFile(atPath: $0) }
+        let tool = ["/usr/bin/systemd-analyze", "/bin/systemd-analyze"].first {
+            FileManager.default.isExecutableFile(atPath: $0)
+        }
         guard let tool else { print("skipping: systemd-analyze is not installed"); return }
         // The binary is not installed here, so point ExecStart at an executable that exists.
         let dir = FileManager.default.temporaryDirectory.appendingPathComponent("redoubt-unit-\(UUID().uuidString)")
@@ -63,7 +70,9 @@ import Testing
     }
 
     @Test func systemdAnalyzeVerifyAcceptsTheVerifyUnits() throws {
-        let tool = ["/usr/bin/systemd-analyze", "/bin/systemd-analyze"].first { FileManager.default.isExecutableFile(atPath: $0) }
+        let tool = ["/usr/bin/systemd-analyze", "/bin/systemd-analyze"].first {
+            FileManager.default.isExecutableFile(atPath: $0)
+        }
         guard let tool else { print("skipping: systemd-analyze is not installed"); return }
         let dir = FileManager.default.temporaryDirectory.appendingPathComponent("redoubt-units-\(UUID().uuidString)")
         try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)

@@ -97,7 +97,8 @@ import RedoubtCore
             // starts at the cursor.
             #expect(!plan.contains { $0.contains("TEMP B-TREE") }, "\(tenant ?? "*")/\(host ?? "*"): \(plan)")
             #expect(plan.contains {
-                        ($0.contains("snapshots_listing") || $0.contains("snapshots_host_listing")) && $0.contains(")>(?,?")
+                        ($0.contains("snapshots_listing") || $0.contains("snapshots_host_listing"))
+                            && $0.contains(")>(?,?")
                     },
                     "\(tenant ?? "*")/\(host ?? "*"): the scan does not start at the cursor: \(plan)")
         }

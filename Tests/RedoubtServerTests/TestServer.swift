@@ -29,8 +29,12 @@ func peerEnvironment(_ names: String..., sourceLocation: SourceLocation = #_sour
     let env = ProcessInfo.processInfo.environment
     let missing = names.filter { env[$0]?.isEmpty ?? true }
     if missing.isEmpty { return env }
-    let message = "\(missing.joined(separator: ", ")) not set: ./scripts/peers start, then source \"$(./scripts/peers env)\""
-    if env["REDOUBT_PEERS_REQUIRED"] == "1" { Issue.record(Comment(rawValue: message), sourceLocation: sourceLocation) } else { print("skipping: " + message) }
+    let message =
+        "\(missing.joined(separator: ", ")) not set: ./scripts/peers start, then source \"$(./scripts/peers env)\""
+    if env["REDOUBT_PEERS_REQUIRED"] == "1" { Issue.record(Comment(rawValue: message),
+        sourceLocation: sourceLocation) } else {
+        print("skipping: " + message)
+    }
     return nil
 }
 
@@ -48,7 +52,8 @@ final class TestServer: @unchecked Sendable {
     /// `prepare` runs on the initialised data directory before the server opens it. With
     /// `inMemory`, objects go to a `MemoryStore` on the server's clock instead of the data
     /// directory's store: for suites that need no real immutable flags.
-    static func start(minRetention: TimeInterval = 30 * 86400, limits: ServerLimits = ServerLimits(), inMemory: Bool = false,
+    static func start(minRetention: TimeInterval = 30 * 86400, limits: ServerLimits = ServerLimits(),
+        inMemory: Bool = false,
                       prepare: ((ServerHome) async throws -> Void)? = nil) async throws -> TestServer {
         let dir = FileManager.default.temporaryDirectory.appendingPathComponent("redoubt-srv-\(UUID().uuidString)")
         let port = try freeLoopbackPort()
@@ -61,14 +66,20 @@ final class TestServer: @unchecked Sendable {
         let store: (any ObjectStore)? = inMemory ? MemoryStore(clock: { clock.now() }) : nil
         let service = try home.openService(clock: clock, logger: logger, limits: limits, store: store)
         let (stream, cont) = AsyncStream<Int>.makeStream()
-        let app = try RedoubtHTTP.application(service: service, home: home, host: "127.0.0.1", port: port, logger: logger) { p in cont.yield(p) }
+        let app = try RedoubtHTTP.application(service: service, home: home, host: "127.0.0.1", port: port,
+            logger: logger) {
+            p in cont.yield(p)
+        }
         let task = Task { try await app.runService(gracefulShutdownSignals: []) }
         for await _ in stream { break }
-        let cred = try JSONDecoder().decode(ClientCredential.self, from: Data(contentsOf: URL(fileURLWithPath: home.adminCredentialPath)))
-        return TestServer(dir: dir, home: home, service: service, clock: clock, task: task, admin: try APIClient(credential: cred), url: cred.url)
+        let cred = try JSONDecoder().decode(ClientCredential.self,
+            from: Data(contentsOf: URL(fileURLWithPath: home.adminCredentialPath)))
+        return TestServer(dir: dir, home: home, service: service, clock: clock, task: task,
+            admin: try APIClient(credential: cred), url: cred.url)
     }
 
-    private init(dir: URL, home: ServerHome, service: RepositoryService, clock: ManualClock, task: Task<Void, Error>, admin: APIClient, url: String) {
+    private init(dir: URL, home: ServerHome, service: RepositoryService, clock: ManualClock, task: Task<Void, Error>,
+        admin: APIClient, url: String) {
         self.dir = dir
         self.home = home
         self.service = service
@@ -86,7 +97,9 @@ final class TestServer: @unchecked Sendable {
         // server's port and directory are the test's own, so one left running harms nothing.
         let t = task
         if !(await finishes(within: 30) { _ = try? await t.value }) {
-            FileHandle.standardError.write(Data("warning: the test server at \(url) did not shut down within 30 s; left running\n".utf8))
+            FileHandle.standardError.write(Data("""
+                warning: the test server at \(url) did not shut down within 30 s; left running\n
+                """.utf8))
         }
         // Objects are immutable: clear the flag before removing the temp tree.
         _ = system("chattr -R -i '\(dir.path)' 2>/dev/null")
@@ -130,20 +143,25 @@ func makeSnapshot(keys: WriteKeySet, files: [(String, [UInt8])], time: Int64 = t
     let pipeline = try PackPipeline(material: keys.shared)
     var nodes: [Node] = []
     for (name, data) in files {
-        nodes.append(Node(name: Array(name.utf8), type: .file, size: UInt64(data.count), content: data.isEmpty ? [] : try pipeline.add(blob: data)))
+        nodes.append(Node(name: Array(name.utf8), type: .file, size: UInt64(data.count),
+            content: data.isEmpty ? [] : try pipeline.add(blob: data)))
     }
     let root = try pipeline.add(tree: Tree(nodes: nodes))
     let packs = try pipeline.flush()
-    let header = ManifestHeader(tenant: keys.tenant, readKeyID: keys.shared.readPublicKey.keyID, host: keys.host, hostKey: keys.signingKey.publicKey,
-                                time: Timestamp(seconds: time), nonce: (0..<16).map { _ in UInt8.random(in: 0...255) }, paths: [Array("/data".utf8)],
-                                tags: [], statistics: SnapshotStatistics(), packs: packs.map(\.id) + alsoNaming, clientVersion: "test")
+    let header = ManifestHeader(tenant: keys.tenant, readKeyID: keys.shared.readPublicKey.keyID, host: keys.host,
+        hostKey: keys.signingKey.publicKey,
+                                time: Timestamp(seconds: time), nonce: (0..<16).map { _ in UInt8.random(in: 0...255) },
+                                    paths: [Array("/data".utf8)],
+                                tags: [], statistics: SnapshotStatistics(), packs: packs.map(\.id) + alsoNaming,
+                                    clientVersion: "test")
     return (packs, try Manifest.create(header: header, root: root, rootSeals: pipeline.seals(for: root),
                                        readPublicKey: keys.shared.readPublicKey, signingKey: keys.signingKey))
 }
 
 /// Runs `body` expecting the server to refuse it with `code`; returns the error.
 @discardableResult
-func refused(_ code: String, _ what: String, sourceLocation: SourceLocation = #_sourceLocation, _ body: () async throws -> Void) async -> APIError? {
+func refused(_ code: String, _ what: String, sourceLocation: SourceLocation = #_sourceLocation,
+    _ body: () async throws -> Void) async -> APIError? {
     do {
         try await body()
         Issue.record("\(what) was allowed", sourceLocation: sourceLocation)

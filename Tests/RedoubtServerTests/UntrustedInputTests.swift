@@ -195,7 +195,8 @@ import RedoubtCore
         // The wrapped read key is JSON inside the JSON body: checked as strictly.
         let nested = #"{"wrappedReadKey":"{\"format\":1,\"context\":{\"tenant\":\"acme\",\"tenant\":\"x\"}}"}"#
         let (n, nErr, nMsg) = await status(admin, .PUT, "/v1/tenants/acme/read-key", json: nested)
-        #expect(n == 400 && nErr == "E_BAD_REQUEST" && nMsg.contains("duplicate key \"tenant\""), "\(n) \(nErr) \(nMsg)")
+        #expect(n == 400 && nErr == "E_BAD_REQUEST" && nMsg.contains("duplicate key \"tenant\""),
+            "\(n) \(nErr) \(nMsg)")
         let (q, qErr, qMsg) = await status(admin, .PUT, "/v1/quorum", json: #"{"quorum":99999999999999999999999}"#)
         #expect(q == 400 && qErr == "E_BAD_REQUEST" && qMsg.contains("quorum"), "huge quorum: \(q) \(qErr) \(qMsg)")
         // Nothing ran and nothing was issued.
@@ -384,7 +385,8 @@ import RedoubtCore
                                "--json: \(jErr)")
         #expect(j == 0 && all.count == total && (all.last?["seq"] as? Int) == total)
 
-        let (p, pOut, pErr) = try await Self.run(["audit", "list", "--credential", cred, "--after", "2000", "--limit", "10",
+        let (p, pOut, pErr) = try await Self.run(["audit", "list", "--credential", cred, "--after", "2000", "--limit",
+            "10",
                                             "--json"])
         let page = try #require(try JSONSerialization.jsonObject(with: Data(pOut.utf8)) as? [[String: Any]],
                                 "page: \(pErr)")

@@ -68,7 +68,8 @@ import Glibc
             #expect(try lsattrFlags(path).contains("i"))
             try await store.extendRetention(key, until: first.addingTimeInterval(86400))
             #expect(try lsattrFlags(path).contains("i"))
-            #expect(try await store.head(key) == ObjectInfo(key: key, size: 1, retainUntil: first.addingTimeInterval(86400), enforced: true))
+            #expect(try await store.head(key) == ObjectInfo(key: key, size: 1,
+                retainUntil: first.addingTimeInterval(86400), enforced: true))
             // And a no-op extension leaves it sealed too.
             try await store.extendRetention(key, until: first)
             #expect(try lsattrFlags(path).contains("i"))
@@ -103,7 +104,8 @@ import Glibc
             #expect(try await store.put(key, contentsOf: file, retainUntil: until) == .created)
             let path = store.rootPath + "/packs/fe/fe01"
             #expect(try lsattrFlags(path).contains("i"))
-            #expect(try await store.head(key) == ObjectInfo(key: key, size: data.count, retainUntil: until, enforced: true))
+            #expect(try await store.head(key) == ObjectInfo(key: key, size: data.count, retainUntil: until,
+                enforced: true))
             #expect(unlink(path) == -1 && errno == EPERM, "unlink of an object put from a file must fail with EPERM")
             try run("/usr/bin/chattr", "-i", path)
             #expect(try await store.put(key, contentsOf: file, retainUntil: until) == .alreadyPresent)
@@ -220,7 +222,9 @@ import Glibc
             let store = try LocalStore(root: base.appending(path: "store"))
             _ = try await store.put(try #require(ObjectKey("a")), [1], retainUntil: nil)
             let nested = try #require(ObjectKey("a/b"))
-            let error = await #expect(throws: StoreError.self) { _ = try await store.put(nested, [2], retainUntil: nil) }
+            let error = await #expect(throws: StoreError.self) {
+                _ = try await store.put(nested, [2], retainUntil: nil)
+            }
             #expect(error?.code == .io)
             #expect(error?.key == "a/b")
         }
@@ -245,7 +249,9 @@ import Glibc
     /// Cancels (skips, with the store's own reason) a test that needs the flag.
     private func requireFlagSupport(_ store: LocalStore) throws {
         if !store.immutableFlagSupported {
-            try Test.cancel("immutable flag unsupported where the tests run: \(store.immutabilityWarning ?? "no reason given")")
+            try Test.cancel("""
+                immutable flag unsupported where the tests run: \(store.immutabilityWarning ?? "no reason given")
+                """)
         }
     }
 

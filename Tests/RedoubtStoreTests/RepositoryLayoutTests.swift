@@ -12,8 +12,10 @@ import Testing
         let pack = try #require(PackID(bytes: Self.randomBytes()))
         let snap = try #require(SnapshotID(bytes: Self.randomBytes()))
         let objects: [RepositoryLayout.Object] = [
-            .pack(tenant: "acme", id: pack), .manifest(tenant: "acme", id: snap), .descriptor(tenant: "acme", version: 1),
-            .descriptor(tenant: "a.b-c_d", version: 12), .catalogExport(tenant: "acme", milliseconds: 1_800_000_000_123),
+            .pack(tenant: "acme", id: pack), .manifest(tenant: "acme", id: snap), .descriptor(tenant: "acme",
+                version: 1),
+            .descriptor(tenant: "a.b-c_d", version: 12), .catalogExport(tenant: "acme",
+                milliseconds: 1_800_000_000_123),
             .hostKeyStatement(tenant: "acme", principal: "00ff", revocation: false),
             .hostKeyStatement(tenant: "acme", principal: "00ff", revocation: true), .auditHead(seq: 42),
         ]
@@ -31,7 +33,8 @@ import Testing
         #expect(RepositoryLayout.packKey(tenant: "acme", id: pack).path == "t/acme/packs/\(h.prefix(2))/\(h)")
         #expect(RepositoryLayout.manifestKey(tenant: "acme", id: snap).path == "t/acme/snapshots/\(snap)")
         #expect(RepositoryLayout.descriptorKey(tenant: "acme", version: 3).path == "t/acme/tenant-v3.json")
-        #expect(RepositoryLayout.key(.catalogExport(tenant: "acme", milliseconds: 5))?.path == "t/acme/catalog/0000000000005.json")
+        #expect(RepositoryLayout.key(.catalogExport(tenant: "acme",
+            milliseconds: 5))?.path == "t/acme/catalog/0000000000005.json")
         #expect(RepositoryLayout.key(.auditHead(seq: 7))?.path == "audit-head/000000000007.json")
         #expect(RepositoryLayout.descriptorName(version: 9) == "tenant-v9.json")
         #expect(RepositoryLayout.key(.hostKeyStatement(tenant: "acme", principal: "ab", revocation: true))?.path
@@ -45,7 +48,8 @@ import Testing
         let h = pack.description
         let beta = RepositoryLayout.packKey(tenant: "beta", id: pack).path
         #expect(RepositoryLayout.parse(beta, tenant: "acme") == nil)
-        #expect(RepositoryLayout.parse(RepositoryLayout.descriptorKey(tenant: "beta", version: 1).path, tenant: "acme") == nil)
+        #expect(RepositoryLayout.parse(RepositoryLayout.descriptorKey(tenant: "beta", version: 1).path,
+            tenant: "acme") == nil)
         // A tenant whose name starts like another's is another tenant.
         #expect(RepositoryLayout.parse("t/acme2/tenant-v1.json", tenant: "acme") == nil)
         #expect(RepositoryLayout.parse(RepositoryLayout.key(.auditHead(seq: 1))!.path, tenant: "acme") == nil)

@@ -31,9 +31,11 @@ final class FaultyTransport: S3Transport {
         switch fault {
         case .cut: throw Cut()
         case .status500:
-            return S3Response(status: 500, headers: [:], body: Array("<Error><Code>InternalError</Code><Message>injected</Message></Error>".utf8))
+            return S3Response(status: 500, headers: [:],
+                body: Array("<Error><Code>InternalError</Code><Message>injected</Message></Error>".utf8))
         case .slowDown:
-            return S3Response(status: 503, headers: [:], body: Array("<Error><Code>SlowDown</Code><Message>injected</Message></Error>".utf8))
+            return S3Response(status: 503, headers: [:],
+                body: Array("<Error><Code>SlowDown</Code><Message>injected</Message></Error>".utf8))
         case .loseAnswer:
             _ = try await inner.execute(request)
             throw Cut()
@@ -48,7 +50,8 @@ final class FaultyTransport: S3Transport {
 
     func store(_ peer: S3Peer, _ faulty: FaultyTransport, threshold: Int = 64 << 20) async throws -> S3Store {
         let bucket = try await peer.sharedBucket()
-        return S3Store(client: peer.client(bucket, prefix: S3Peer.unique("faults"), transport: faulty, retry: Self.fast),
+        return S3Store(client: peer.client(bucket, prefix: S3Peer.unique("faults"), transport: faulty,
+            retry: Self.fast),
                        multipartThreshold: threshold, partSize: 5 << 20)
     }
 
@@ -76,7 +79,8 @@ final class FaultyTransport: S3Transport {
         guard let peer = S3Peer.named(name) else { return }
         // List, create, part 1; part 2 cut twice then a 500; part 3; Complete lands but
         // its answer is lost, so the retry finds the upload gone or the key taken.
-        let faulty = FaultyTransport(try AHCTransport.shared(), plan: [nil, nil, nil, .cut, .cut, .status500, nil, nil, .loseAnswer])
+        let faulty = FaultyTransport(try AHCTransport.shared(), plan: [nil, nil, nil, .cut, .cut, .status500, nil, nil,
+            .loseAnswer])
         let store = try await store(peer, faulty, threshold: 6 << 20)
         let key = try #require(ObjectKey("packs/f2/big"))
         let data = (0..<(12 << 20)).map { UInt8(truncatingIfNeeded: $0 &* 13 >> 3) }
@@ -84,7 +88,8 @@ final class FaultyTransport: S3Transport {
         let result = try await store.put(key, data, retainUntil: until)
         let seen = faulty.seen.withLock { $0 }
         #expect(result == .created || result == .alreadyPresent, "\(seen)")
-        #expect(seen.prefix(9) == ["GET", "POST", "PUT", "PUT cut", "PUT cut", "PUT status500", "PUT", "PUT", "POST loseAnswer"], "\(seen)")
+        #expect(seen.prefix(9) == ["GET", "POST", "PUT", "PUT cut", "PUT cut", "PUT status500", "PUT", "PUT",
+            "POST loseAnswer"], "\(seen)")
         #expect(try await store.get(key) == data)
         #expect(try await store.head(key)?.retainUntil == until)
     }
@@ -93,13 +98,16 @@ final class FaultyTransport: S3Transport {
         guard let peer = S3Peer.named("seaweed") else { return }
         let faulty = FaultyTransport(try AHCTransport.shared(), plan: Array(repeating: .cut, count: 100))
         let store = S3Store(client: peer.client("redoubt-unused", prefix: "x", transport: faulty,
-                                                retry: S3RetryPolicy(attempts: 3, baseDelay: .milliseconds(1), maxDelay: .milliseconds(2))))
+                                                retry: S3RetryPolicy(attempts: 3, baseDelay: .milliseconds(1),
+                                                    maxDelay: .milliseconds(2))))
         let key = try #require(ObjectKey("packs/never"))
         let e = await #expect(throws: StoreError.self) { _ = try await store.get(key) }
         #expect(e?.code == .io)
         #expect(e?.key == "packs/never")
         #expect(faulty.seen.withLock { $0.count } == 3)
-        let secret = try #require(ProcessInfo.processInfo.environment["REDOUBT_TEST_SEAWEED_WRITER"]?.split(separator: ":").last.map(String.init))
+        let secret =
+            try #require(ProcessInfo.processInfo.environment["REDOUBT_TEST_SEAWEED_WRITER"]?.split(separator: ":")
+            .last.map(String.init))
         #expect(!(e?.description.contains(secret) ?? true), "the secret must not appear in errors")
     }
 
@@ -113,7 +121,10 @@ final class FaultyTransport: S3Transport {
             func execute(_ r: S3HTTPRequest) async throws -> S3Response {
                 let resp = try await inner.execute(r)
                 // Only object reads (a version listing has no versionId in its query).
-                guard r.method == .GET, r.url.contains("versionId="), resp.status == 200 || resp.status == 206, !resp.body.isEmpty else { return resp }
+                guard r.method == .GET, r.url.contains("versionId="), resp.status == 200 || resp.status == 206,
+                    !resp.body.isEmpty else {
+                    return resp
+                }
                 return S3Response(status: resp.status, headers: resp.headers, body: Array(resp.body.dropLast()))
             }
         }
@@ -137,7 +148,9 @@ final class FaultyTransport: S3Transport {
             init(_ i: any S3Transport) { inner = i }
             func execute(_ r: S3HTTPRequest) async throws -> S3Response {
                 let resp = try await inner.execute(r)
-                guard r.method == .GET, r.url.contains("versionId="), resp.status == 200, !resp.body.isEmpty else { return resp }
+                guard r.method == .GET, r.url.contains("versionId="), resp.status == 200, !resp.body.isEmpty else {
+                    return resp
+                }
                 var body = resp.body
                 body[0] ^= 0xff
                 return S3Response(status: resp.status, headers: resp.headers, body: body)
@@ -146,7 +159,8 @@ final class FaultyTransport: S3Transport {
         let bucket = try await peer.sharedBucket()
         let prefix = S3Peer.unique("flip")
         let key = try #require(ObjectKey("packs/h/h"))
-        _ = try await S3Store(client: peer.client(bucket, prefix: prefix)).put(key, Array("pack bytes".utf8), retainUntil: nil)
+        _ = try await S3Store(client: peer.client(bucket, prefix: prefix)).put(key, Array("pack bytes".utf8),
+            retainUntil: nil)
         let bad = S3Store(client: peer.client(bucket, prefix: prefix, transport: Flipping(try AHCTransport.shared())))
         let e = await #expect(throws: StoreError.self) { _ = try await bad.get(key) }
         #expect(e?.code == .integrity)
@@ -167,7 +181,8 @@ final class CyclingListing: S3Transport {
             return c
         }
         let next = markers[(n - 1) % markers.count]
-        let xml = "<ListVersionsResult><IsTruncated>true</IsTruncated><NextKeyMarker>\(next)</NextKeyMarker><NextVersionIdMarker>v</NextVersionIdMarker></ListVersionsResult>"
+        let xml =
+            "<ListVersionsResult><IsTruncated>true</IsTruncated><NextKeyMarker>\(next)</NextKeyMarker><NextVersionIdMarker>v</NextVersionIdMarker></ListVersionsResult>"
         return S3Response(status: 200, headers: [:], body: Array(xml.utf8))
     }
 }

@@ -24,16 +24,25 @@ struct S3Peer: Sendable {
         var peer: S3Peer?
         switch name {
         case "seaweed":
-            if let e = env["REDOUBT_TEST_SEAWEED"], let url = URL(string: e), let w = creds(env["REDOUBT_TEST_SEAWEED_WRITER"]),
-                let a = creds(env["REDOUBT_TEST_SEAWEED_ADMIN"]) { peer = S3Peer(name: name, endpoint: url, writer: w, admin: a) }
+            if let e = env["REDOUBT_TEST_SEAWEED"], let url = URL(string: e),
+                let w = creds(env["REDOUBT_TEST_SEAWEED_WRITER"]),
+                let a = creds(env["REDOUBT_TEST_SEAWEED_ADMIN"]) {
+                    peer = S3Peer(name: name, endpoint: url, writer: w, admin: a)
+                }
         case "localstack":
-            if let e = env["REDOUBT_TEST_LOCALSTACK"], let url = URL(string: e) { peer = S3Peer(name: name, endpoint: url, writer: any, admin: any) }
+            if let e = env["REDOUBT_TEST_LOCALSTACK"], let url = URL(string: e) {
+                peer = S3Peer(name: name, endpoint: url, writer: any, admin: any)
+            }
         case "moto":
-            if let e = env["REDOUBT_TEST_MOTO"], let url = URL(string: e) { peer = S3Peer(name: name, endpoint: url, writer: any, admin: any) }
+            if let e = env["REDOUBT_TEST_MOTO"], let url = URL(string: e) {
+                peer = S3Peer(name: name, endpoint: url, writer: any, admin: any)
+            }
         default: break
         }
         if peer == nil {
-            if env["REDOUBT_PEERS_REQUIRED"] == "1" { Issue.record("S3 peer \(name) is not configured: ./scripts/peers start") }
+            if env["REDOUBT_PEERS_REQUIRED"] == "1" {
+                Issue.record("S3 peer \(name) is not configured: ./scripts/peers start")
+            }
             else { print("skipping: S3 peer \(name) not configured (./scripts/peers start; source its env)") }
         }
         return peer
@@ -42,9 +51,13 @@ struct S3Peer: Sendable {
     /// A fresh bucket made by the admin identity, with Object Lock on (or off).
     func makeBucket(objectLock: Bool = true) async throws -> String {
         let bucket = "redoubt-test-\(UInt32.random(in: 0 ... .max))"
-        let admin = S3Client(location: S3Location(endpoint: endpoint, region: "us-east-1", bucket: bucket), credentials: admin)
-        let r = try await admin.send(.PUT, key: nil, headers: objectLock ? [("x-amz-bucket-object-lock-enabled", "true")] : [])
-        guard r.status == 200 else { throw S3Error(status: r.status, code: r.errorCode ?? "", message: r.errorMessage ?? "", key: bucket) }
+        let admin = S3Client(location: S3Location(endpoint: endpoint, region: "us-east-1", bucket: bucket),
+            credentials: admin)
+        let r = try await admin.send(.PUT, key: nil, headers: objectLock ? [("x-amz-bucket-object-lock-enabled",
+            "true")] : [])
+        guard r.status == 200 else {
+            throw S3Error(status: r.status, code: r.errorCode ?? "", message: r.errorMessage ?? "", key: bucket)
+        }
         return bucket
     }
 
@@ -66,9 +79,11 @@ struct S3Peer: Sendable {
     /// A prefix no other test uses.
     static func unique(_ base: String) -> String { "\(base)-\(String(UInt32.random(in: 0 ... .max), radix: 16))" }
 
-    func client(_ bucket: String, prefix: String = "", as identity: AWSCredentials? = nil, transport: (any S3Transport)? = nil,
+    func client(_ bucket: String, prefix: String = "", as identity: AWSCredentials? = nil,
+        transport: (any S3Transport)? = nil,
                 retry: S3RetryPolicy = S3RetryPolicy()) -> S3Client {
-        S3Client(location: S3Location(endpoint: endpoint, region: "us-east-1", bucket: bucket, prefix: prefix), credentials: identity ?? writer,
+        S3Client(location: S3Location(endpoint: endpoint, region: "us-east-1", bucket: bucket, prefix: prefix),
+            credentials: identity ?? writer,
                  transport: transport, retry: retry)
     }
 }
@@ -79,14 +94,16 @@ struct S3Peer: Sendable {
     func seaweedFS(_ check: StoreConformance.Check) async throws {
         guard let peer = S3Peer.named("seaweed") else { return }
         let bucket = try await peer.sharedBucket()
-        try await StoreConformance(makeStore: { S3Store(client: peer.client(bucket, prefix: "conformance")) }).run(check)
+        try await StoreConformance(makeStore: { S3Store(client: peer.client(bucket,
+            prefix: "conformance")) }).run(check)
     }
 
     @Test(arguments: StoreConformance.Check.allCases)
     func localStack(_ check: StoreConformance.Check) async throws {
         guard let peer = S3Peer.named("localstack") else { return }
         let bucket = try await peer.sharedBucket()
-        try await StoreConformance(makeStore: { S3Store(client: peer.client(bucket, prefix: "conformance")) }).run(check)
+        try await StoreConformance(makeStore: { S3Store(client: peer.client(bucket,
+            prefix: "conformance")) }).run(check)
     }
 }
 
@@ -116,7 +133,10 @@ struct S3Peer: Sendable {
         guard let peer = S3Peer.named("moto") else { return }
         let result = await S3LockProof(client: peer.client(try await peer.makeBucket())).run()
         #expect(!result.passed, "moto must fail the proof: \(result.checks)")
-        #expect(result.checks.contains { !$0.passed && ($0.name == "retention-not-shortenable" || $0.name == "locked-version-not-deletable" || $0.name == "mode-not-downgradable") })
+        #expect(result.checks.contains {
+            !$0.passed && ($0.name == "retention-not-shortenable" || $0.name == "locked-version-not-deletable"
+                || $0.name == "mode-not-downgradable")
+        })
     }
 }
 
@@ -138,13 +158,20 @@ struct S3Peer: Sendable {
         #expect(!(200..<300).contains(delete.status), "\(peer.name): deleting a locked version must be refused")
         // Shorten, then downgrade, its retention.
         for (mode, date) in [("COMPLIANCE", Date().addingTimeInterval(60)), ("GOVERNANCE", until)] {
-            let xml = Array("<Retention xmlns=\"http://s3.amazonaws.com/doc/2006-03-01/\"><Mode>\(mode)</Mode><RetainUntilDate>\(S3Date.format(date.rounded()))</RetainUntilDate></Retention>".utf8)
-            let r = try await client.send(.PUT, key: key.path, query: [("retention", ""), ("versionId", version)], headers: [("content-md5", contentMD5(xml))], body: xml)
+            let xml =
+                Array("<Retention xmlns=\"http://s3.amazonaws.com/doc/2006-03-01/\"><Mode>\(mode)</Mode><RetainUntilDate>\(S3Date.format(date.rounded()))</RetainUntilDate></Retention>".utf8)
+            let r = try await client.send(.PUT, key: key.path, query: [("retention", ""), ("versionId", version)],
+                headers: [("content-md5", contentMD5(xml))], body: xml)
             #expect(r.status != 200, "\(peer.name): \(mode) until \(date) must be refused")
         }
         // Suspend versioning on a locked bucket.
-        let xml = Array("<VersioningConfiguration xmlns=\"http://s3.amazonaws.com/doc/2006-03-01/\"><Status>Suspended</Status></VersioningConfiguration>".utf8)
-        let suspend = try await client.send(.PUT, key: nil, query: [("versioning", "")], headers: [("content-md5", contentMD5(xml))], body: xml)
+        let xml =
+            Array("""
+                <VersioningConfiguration \
+                xmlns=\"http://s3.amazonaws.com/doc/2006-03-01/\"><Status>Suspended</Status></VersioningConfiguration>
+                """.utf8)
+        let suspend = try await client.send(.PUT, key: nil, query: [("versioning", "")], headers: [("content-md5",
+            contentMD5(xml))], body: xml)
         #expect(suspend.status != 200, "\(peer.name): suspending versioning must be refused")
         // Overwrite through the store: refused; the original bytes stay.
         await #expect(throws: StoreError.self) { try await store.put(key, Array("ransom".utf8), retainUntil: until) }
@@ -169,7 +196,8 @@ struct S3Peer: Sendable {
     @Test(arguments: ["seaweed", "localstack"])
     func multipartUploadKeepsTheLockAndTheBytes(_ name: String) async throws {
         guard let peer = S3Peer.named(name) else { return }
-        let store = S3Store(client: peer.client(try await peer.sharedBucket(), prefix: S3Peer.unique("multipart")), multipartThreshold: 6 << 20, partSize: 5 << 20)
+        let store = S3Store(client: peer.client(try await peer.sharedBucket(), prefix: S3Peer.unique("multipart")),
+            multipartThreshold: 6 << 20, partSize: 5 << 20)
         let key = try #require(ObjectKey("packs/mp/big"))
         let data = (0..<(11 << 20)).map { UInt8(truncatingIfNeeded: $0 &* 2_654_435_761 >> 13) }
         let until = Date().addingTimeInterval(3600).rounded()
@@ -183,7 +211,8 @@ struct S3Peer: Sendable {
         #expect(info.retainUntil == until)
         #expect(info.enforced)
         #expect(try await store.get(key) == data)
-        #expect(try await store.get(key, range: (6 << 20)..<((6 << 20) + 10)) == Array(data[(6 << 20)..<((6 << 20) + 10)]))
+        #expect(try await store.get(key, range: (6 << 20)..<((6 << 20) + 10)) == Array(data[(6 << 20)..<((6 << 20)
+            + 10)]))
         let e = await #expect(throws: StoreError.self) { try await store.delete(key, now: Date()) }
         #expect(e?.code == .locked)
     }
@@ -234,12 +263,15 @@ struct S3Peer: Sendable {
         // DELETEs without a version ID, which S3 allows on a locked, versioned bucket.
         let ransom = Array("ransom: pay to get your pack back".utf8)
         for key in [keys[0], keys[2]] {
-            let r = try await client.send(.PUT, key: client.objectName(key.path), headers: [("content-md5", contentMD5(ransom))], body: ransom)
-            #expect(r.status == 200, "\(peer.name): the attacker's overwrite should be accepted as a new version (\(r.status))")
+            let r = try await client.send(.PUT, key: client.objectName(key.path), headers: [("content-md5",
+                contentMD5(ransom))], body: ransom)
+            #expect(r.status == 200,
+                "\(peer.name): the attacker's overwrite should be accepted as a new version (\(r.status))")
         }
         for key in [keys[1], keys[2]] {
             let r = try await client.send(.DELETE, key: client.objectName(key.path))
-            #expect((200..<300).contains(r.status), "\(peer.name): the attacker's delete marker should be accepted (\(r.status))")
+            #expect((200..<300).contains(r.status),
+                "\(peer.name): the attacker's delete marker should be accepted (\(r.status))")
         }
         // The attack took: the current versions are the attacker's.
         let current0 = try await client.send(.GET, key: client.objectName(keys[0].path))
@@ -266,16 +298,24 @@ struct S3Peer: Sendable {
         try await Task.sleep(for: .milliseconds(1100))
         let later = until.addingTimeInterval(600)
         try await store.extendRetention(keys[0], until: later)
-        let versions = try await client.send(.GET, key: nil, query: [("versions", ""), ("prefix", client.objectName(keys[0].path))])
+        let versions = try await client.send(.GET, key: nil, query: [("versions", ""), ("prefix",
+            client.objectName(keys[0].path))])
         let extended = try await store.head(keys[0])?.retainUntil
-        #expect(extended == later, "\(peer.name): \(String(describing: extended)) vs \(later); \(String(decoding: versions.body, as: UTF8.self))")
+        #expect(extended == later,
+            """
+                \(peer.name): \(String(describing: extended)) vs \(later); \
+                \(String(decoding: versions.body, as: UTF8.self))
+                """)
         let page = try #require(S3XML.listObjectVersions(versions.body))
-        #expect(page.versions.filter { !$0.isDeleteMarker }.count == 2, "one original, one attacker version; resync added none")
-        #expect(try await store.get(keys[0]) == originals[keys[0]], "\(peer.name): after a lock extension the original is still the one read")
+        #expect(page.versions.filter { !$0.isDeleteMarker }.count == 2,
+            "one original, one attacker version; resync added none")
+        #expect(try await store.get(keys[0]) == originals[keys[0]],
+            "\(peer.name): after a lock extension the original is still the one read")
 
         // A key the attacker took first (no recorded hash): never settled as ours, never read as ours.
         let planted = try #require(ObjectKey("packs/aa/planted"))
-        let p = try await client.send(.PUT, key: client.objectName(planted.path), headers: [("content-md5", contentMD5(ransom))], body: ransom)
+        let p = try await client.send(.PUT, key: client.objectName(planted.path), headers: [("content-md5",
+            contentMD5(ransom))], body: ransom)
         #expect(p.status == 200)
         let c = await #expect(throws: StoreError.self) { try await store.put(planted, ransom, retainUntil: until) }
         #expect(c?.code == .conflict)
@@ -300,7 +340,8 @@ struct S3Peer: Sendable {
         let ransom = Array("ransom".utf8)
         for i in [1, 3] {
             for _ in 0..<2 {
-                _ = try await client.send(.PUT, key: client.objectName("snapshots/s\(i)"), headers: [("content-md5", contentMD5(ransom))], body: ransom)
+                _ = try await client.send(.PUT, key: client.objectName("snapshots/s\(i)"), headers: [("content-md5",
+                    contentMD5(ransom))], body: ransom)
             }
         }
         for i in [3, 4] { _ = try await client.send(.DELETE, key: client.objectName("snapshots/s\(i)")) }
@@ -318,7 +359,8 @@ struct S3Peer: Sendable {
             S3XML.ListedVersion(key: key, versionID: id, isLatest: latest, isDeleteMarker: marker, size: 1, etag: nil)
         }
         // Newest first, as S3 lists: delete marker, attacker's version, the original.
-        let newestFirst = [v("a", "dm", latest: true, marker: true), v("a", "ransom"), v("a", "orig"), v("b", "only", latest: true)]
+        let newestFirst = [v("a", "dm", latest: true, marker: true), v("a", "ransom"), v("a", "orig"), v("b", "only",
+            latest: true)]
         #expect(S3Store.originals(newestFirst).map(\.versionID) == ["orig", "only"])
         // A server listing oldest first marks its last entry latest: read the other way.
         let oldestFirst = [v("a", "orig"), v("a", "ransom"), v("a", "dm", latest: true, marker: true)]

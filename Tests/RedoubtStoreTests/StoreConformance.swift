@@ -159,14 +159,20 @@ struct StoreConformance: Sendable {
         #expect(try await store.put(key, data, retainUntil: until) == .alreadyPresent)
         var other = data
         other[(2 << 20) + 5] ^= 1
-        await #expect(throws: StoreError.self) { try await store.put(key, contentsOf: try file("c", other), retainUntil: nil) }
-        await #expect(throws: StoreError.self) { try await store.put(key, contentsOf: try file("d", [1, 2]), retainUntil: nil) }
+        await #expect(throws: StoreError.self) {
+            try await store.put(key, contentsOf: try file("c", other), retainUntil: nil)
+        }
+        await #expect(throws: StoreError.self) {
+            try await store.put(key, contentsOf: try file("d", [1, 2]), retainUntil: nil)
+        }
         #expect(try await store.get(key) == data)
         let empty = try Self.key(ns, "from-empty-file")
         #expect(try await store.put(empty, contentsOf: try file("e", []), retainUntil: nil) == .created)
         #expect(try await store.get(empty) == [])
         let missing = dir.appendingPathComponent("missing")
-        await #expect(throws: StoreError.self) { try await store.put(try Self.key(ns, "none"), contentsOf: missing, retainUntil: nil) }
+        await #expect(throws: StoreError.self) {
+            try await store.put(try Self.key(ns, "none"), contentsOf: missing, retainUntil: nil)
+        }
         #expect(try await store.head(try Self.key(ns, "none")) == nil)
     }
 
@@ -189,7 +195,9 @@ struct StoreConformance: Sendable {
         var sameSize = original
         sameSize[2999] ^= 0xff
         try await Self.expectError(.conflict, key) { _ = try await store.put(key, sameSize, retainUntil: nil) }
-        try await Self.expectError(.conflict, key) { _ = try await store.put(key, Array(original.dropLast()), retainUntil: nil) }
+        try await Self.expectError(.conflict, key) {
+            _ = try await store.put(key, Array(original.dropLast()), retainUntil: nil)
+        }
         try await Self.expectError(.conflict, key) { _ = try await store.put(key, original + [0], retainUntil: nil) }
         try await Self.expectError(.conflict, key) { _ = try await store.put(key, [], retainUntil: nil) }
         #expect(try await store.get(key) == original)
@@ -322,7 +330,8 @@ struct StoreConformance: Sendable {
         for path in bad {
             #expect(ObjectKey(path) == nil, "\(path.debugDescription) must be rejected")
         }
-        for path in ["a", "packs/3f/3fa1", "snapshots/acme/9c2e", "a.b-c_d", ".hidden", "..x", String(repeating: "a", count: 512)] {
+        for path in ["a", "packs/3f/3fa1", "snapshots/acme/9c2e", "a.b-c_d", ".hidden", "..x", String(repeating: "a",
+            count: 512)] {
             #expect(ObjectKey(path) != nil, "\(path.debugDescription) must be accepted")
         }
     }
