@@ -25,7 +25,7 @@ public enum BucketCopy {
     /// Runs the proof (unless `acceptUnenforced`, which is recorded), then copies the
     /// tenant descriptor, every pack and every manifest, each locked until its local lock
     /// plus `margin`, and finally the audit chain head as `audit-head/<seq>.json`.
-    public static func sync(catalog: Catalog, store: any ObjectStore, tenant: String, target: S3Store,
+    public static func sync(catalog: any CatalogRepositories, store: any ObjectStore, tenant: String, target: S3Store,
         margin: TimeInterval,
                             acceptUnenforced: Bool, actor: String, now: Date,
                             progress: (String) -> Void) async throws -> BucketCopySummary {
