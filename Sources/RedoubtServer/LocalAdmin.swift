@@ -50,7 +50,8 @@ extension ServerHome {
     /// Copies `tenant` from this server's store to `target` (`copy sync` on the server's host).
     /// `acceptUnenforced` keeps a target whose lock proof fails, which weakens protection and so
     /// needs the approved `requestID` once there are enough admins (M-of-N).
-    public func syncCopy(tenant: String, to target: S3Store, destination: CopyDestination, margin: TimeInterval,
+    public func syncCopy(tenant: String, to target: any CopyTargetStore, destination: CopyDestination,
+                         margin: TimeInterval,
                          acceptUnenforced: Bool, requestID: String?, now: Date,
                          progress: (String) -> Void) async throws -> BucketCopySummary {
         let catalog = try openCatalog()
