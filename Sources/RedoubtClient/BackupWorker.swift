@@ -124,8 +124,8 @@ final class BackupWorker {
     private var inFlight = 0
     private let maxInFlight = 1
 
-    /// Sized by measurement: larger reads and batches bought no speed on this machine's
-    /// corpus, and every worker holds one of each.
+    /// Every worker holds one read buffer and one batch, so both are kept small (the read
+    /// window is raised to the chunker's maximum chunk regardless).
     static let windowSize = 4 << 20
     static let batchBytes = 8 << 20
 
