@@ -6,8 +6,8 @@ import RedoubtCore
 // JobScheduler about once a minute; each tick runs, per tenant, every job that is due.
 // A run first takes the job's lease in the catalog (holder, expiry) in the same
 // transaction that checks the job is still due, so servers sharing a catalog never run
-// the same job of the same tenant at once, nor twice for one due time. A run records its
-// start, end, outcome and error; a failed run is retried after a backoff that doubles
+// the same job of the same tenant at once, nor twice for one due time; the run renews the
+// lease while it lasts. A run records its start, end, outcome and error; a failed run is retried after a backoff that doubles
 // (1, 2, 4 … minutes, at most the job's interval). Jobs run off the request path: a
 // commit never waits for one, and a failing job never fails a commit.
 
@@ -218,7 +218,7 @@ public final class JobScheduler: Sendable {
         var report = JobRunReport(job: job.name, tenant: tenant, outcome: "ok", detail: "")
         var failures = 0
         do {
-            let outcome = try await job.run(ctx)
+            let outcome = try await Self.holdingLease(ctx) { try await job.run(ctx) }
             switch outcome {
             case .ok(let d), .findings(let d): report.detail = d
             }
@@ -247,6 +247,31 @@ public final class JobScheduler: Sendable {
                                  metadata: ["job": "\(job.name)", "tenant": "\(tenant)", "error": "\(error)"])
         }
         return report
+    }
+
+    /// How often a running job's lease is renewed in the background: well inside ``leaseTTL``.
+    static let leaseRenewal: TimeInterval = leaseTTL / 4
+
+    /// Runs `body` while a child task renews the run's lease every ``leaseRenewal``, so a
+    /// run longer than the lease (a large gc) is not taken up by another server meanwhile.
+    /// The renewal ends with `body`; a run shorter than ``leaseRenewal`` never renews.
+    static func holdingLease(_ ctx: JobContext,
+                             _ body: @escaping @Sendable () async throws -> JobOutcome) async throws -> JobOutcome {
+        try await withThrowingTaskGroup(of: JobOutcome?.self) { group in
+            group.addTask { try await body() }
+            group.addTask {
+                while !Task.isCancelled {
+                    try? await Task.sleep(nanoseconds: UInt64(leaseRenewal * 1e9))
+                    if Task.isCancelled || !ctx.stillHoldsLease() { break }
+                }
+                return nil
+            }
+            defer { group.cancelAll() }
+            while let r = try await group.next() {
+                if let outcome = r { return outcome }
+            }
+            throw CancellationError()
+        }
     }
 
     /// Ticks every `interval` seconds until the task is cancelled (`server run`).
