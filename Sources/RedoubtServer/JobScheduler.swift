@@ -7,9 +7,10 @@ import RedoubtCore
 // A run first takes the job's lease in the catalog (holder, expiry) in the same
 // transaction that checks the job is still due, so servers sharing a catalog never run
 // the same job of the same tenant at once, nor twice for one due time; the run renews the
-// lease while it lasts. A run records its start, end, outcome and error; a failed run is retried after a backoff that doubles
-// (1, 2, 4 … minutes, at most the job's interval). Jobs run off the request path: a
-// commit never waits for one, and a failing job never fails a commit.
+// lease while it lasts. A run records its start, end, outcome and error; a failed run is
+// retried after a backoff that doubles (1, 2, 4 … minutes, at most the job's interval).
+// Jobs run off the request path: a commit never waits for one, and a failing job never
+// fails a commit.
 
 /// One job of one tenant as the catalog keeps it.
 public struct JobState: Sendable, Equatable {
