@@ -189,6 +189,29 @@ final class JobProbe: @unchecked Sendable {
         await server.stop()
     }
 
+    @Test func aRequestedRunIsDueAtOnceEvenOutsideTheWindow() async throws {
+        let server = try await server()
+        _ = try await server.admin.setPolicy(tenant: "acme", Wire.SetPolicyRequest(rules: RetentionRules(daily: 3)))
+        var c = Calendar(identifier: .gregorian)
+        c.timeZone = TimeZone(identifier: "UTC")!
+        let noon = c.startOfDay(for: server.clock.now()).addingTimeInterval(86400 + 12 * 3600)
+        server.clock.set(noon)
+        _ = try await server.admin.setSchedule(Wire.SetScheduleRequest(window: "01:00-05:00"))
+        let s = JobScheduler(service: server.service, holder: "a", jobs: [ServerJobs.policyApply])
+        #expect(await s.tick(now: noon).isEmpty)
+        // What a failed application after a commit asks for: run now, window or not.
+        server.service.requestJob("policy-apply", tenant: "acme")
+        #expect(try await server.admin.jobs().first { $0.job == "policy-apply" }?.nextRunAt == noon)
+        #expect(await s.tick(now: noon).map(\.outcome) == ["ok"])
+        let state = try #require(try server.service.catalog.jobState(job: "policy-apply", tenant: "acme"))
+        #expect(state.requestedAt == nil && state.nextDue == noon.addingTimeInterval(86400))
+        // Done: the next periodic run waits for the window again.
+        #expect(await s.tick(now: noon.addingTimeInterval(86400)).isEmpty)
+        #expect(try await server.admin.jobs().first { $0.job == "policy-apply" }?.nextRunAt
+                == noon.addingTimeInterval(86400 + 13 * 3600))
+        await server.stop()
+    }
+
     @Test func aHostOrRestorerCredentialCannotReadOrChangeTheSchedule() async throws {
         let server = try await server()
         let (_, writer) = try await server.enroll(tenant: "acme", role: "writer", name: "web1")
