@@ -10,6 +10,8 @@ public struct MaintenanceWindow: Codable, Sendable, Equatable {
     public var startMinute: Int
     public var endMinute: Int
     public var zone: String
+    /// The shortest window accepted.
+    public static let minimumMinutes = 60
 
     /// Parses `HH:MM-HH:MM` in the IANA zone `zone`; nil with a reason when malformed.
     public static func parse(_ text: String, zone: String) -> Result<MaintenanceWindow, ServerError> {
@@ -21,6 +23,12 @@ public struct MaintenanceWindow: Codable, Sendable, Equatable {
         guard parts.count == 2, let a = minute(parts[0]), let b = minute(parts[1]), a != b else {
             return .failure(.badRequest("window \(SafeText.echo(text)) must be HH:MM-HH:MM with two different "
                                         + "times (e.g. 01:00-05:00), or off"))
+        }
+        // Why a floor: a window of a minute or two would let one admin all but stop the
+        // windowed jobs (the scrub among them) without the quorum that turning them off needs.
+        guard (b - a + 1440) % 1440 >= minimumMinutes else {
+            return .failure(.badRequest("window \(SafeText.echo(text)) is shorter than \(minimumMinutes / 60) hour: "
+                                        + "give at least an hour (e.g. 01:00-05:00)"))
         }
         return .success(MaintenanceWindow(startMinute: a, endMinute: b, zone: zone))
     }

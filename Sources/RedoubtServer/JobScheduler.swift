@@ -46,8 +46,8 @@ public struct JobRun: Sendable, Equatable {
 public protocol JobRepository: Sendable {
     func jobState(job: String, tenant: String) throws -> JobState?
     func jobStates() throws -> [JobState]
-    /// In one transaction: takes the lease for `holder` until `now + ttl` if no other holder's
-    /// lease is unexpired AND the job is due at `now` (no `nextDue` after `now`, or a request
+    /// In one transaction: takes the lease for `holder` until `now + ttl` if no lease (of any
+    /// holder) is unexpired AND the job is due at `now` (no `nextDue` after `now`, or a request
     /// at or before `now`); records the run's start. Returns the run's number, nil if not taken.
     func acquireJobLease(job: String, tenant: String, holder: String, now: Date, ttl: TimeInterval) throws -> Int64?
     /// Moves the lease's expiry to `now + ttl` if `holder` still holds it; false if it does not.

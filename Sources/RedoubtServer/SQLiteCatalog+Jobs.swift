@@ -59,7 +59,8 @@ extension Catalog {
             if let r = try Row.fetchOne(db, sql: "SELECT * FROM job_state WHERE job = ? AND tenant = ?",
                                         arguments: [job, tenant]) {
                 let s = Self.jobState(r)
-                if let h = s.leaseHolder, h != holder, let e = s.leaseExpires, e > now { return nil }
+                // Any unexpired lease, this holder's too: one process never runs a job twice at once either.
+                if s.leaseHolder != nil, let e = s.leaseExpires, e > now { return nil }
                 let requested = s.requestedAt.map { $0 <= now } ?? false
                 if let due = s.nextDue, due > now, !requested { return nil }
                 try db.execute(sql: """

@@ -85,6 +85,8 @@ final class JobProbe: @unchecked Sendable {
         for await _ in probe.started { break }
         // A is inside its run and holds the lease: B, due or not, leaves it alone.
         #expect(await b.tick(now: t0).isEmpty)
+        // Nor does a second pass of A itself while its first still runs.
+        #expect(await a.tick(now: t0).isEmpty)
         #expect(try server.service.catalog.jobState(job: "test-job", tenant: "acme")?.leaseHolder == "server-a")
         probe.open()
         #expect(await running.value.map(\.outcome) == ["ok"])
@@ -112,7 +114,8 @@ final class JobProbe: @unchecked Sendable {
         let server = try await server()
         let probe = JobProbe(failFirst: 2)
         let s = JobScheduler(service: server.service, holder: "server-a", jobs: [probe.job(interval: 86400)])
-        let t0 = server.clock.now()
+        // Whole seconds: times pass through the catalog as seconds since 1970, exact for whole ones.
+        let t0 = Date(timeIntervalSince1970: server.clock.now().timeIntervalSince1970.rounded(.up) + 1)
         func tick(at offset: TimeInterval) async -> [String] {
             server.clock.set(t0.addingTimeInterval(offset))
             return await s.tick(now: server.clock.now()).map(\.outcome)
@@ -263,6 +266,10 @@ final class JobProbe: @unchecked Sendable {
         await refused("E_BAD_REQUEST", "an interval under five minutes") {
             _ = try await server.admin.setSchedule(Wire.SetScheduleRequest(job: "gc", intervalSeconds: 10))
         }
+        await refused("E_BAD_REQUEST", "a window of one minute, which would all but stop the scrub") {
+            _ = try await server.admin.setSchedule(Wire.SetScheduleRequest(window: "03:00-03:01"))
+        }
+        #expect(try await server.admin.schedule().window == nil)
         await refused("E_BAD_REQUEST", "an unknown zone") {
             _ = try await server.admin.setSchedule(Wire.SetScheduleRequest(window: "01:00-05:00", windowZone: "Mars/X"))
         }
