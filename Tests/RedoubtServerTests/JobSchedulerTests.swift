@@ -47,9 +47,12 @@ final class JobProbe: @unchecked Sendable {
 }
 
 @Suite(.serialized) struct JobSchedulerTests {
+    /// A server with tenant acme whose clock stands on a whole second: times pass through the
+    /// catalog as seconds since 1970, exact for whole ones, so due times compare exactly.
     func server() async throws -> TestServer {
         let server = try await TestServer.start()
         try await server.createTenant("acme", keys: try TenantKeys.generate())
+        server.clock.set(Date(timeIntervalSince1970: server.clock.now().timeIntervalSince1970.rounded(.up) + 1))
         return server
     }
 
@@ -114,8 +117,7 @@ final class JobProbe: @unchecked Sendable {
         let server = try await server()
         let probe = JobProbe(failFirst: 2)
         let s = JobScheduler(service: server.service, holder: "server-a", jobs: [probe.job(interval: 86400)])
-        // Whole seconds: times pass through the catalog as seconds since 1970, exact for whole ones.
-        let t0 = Date(timeIntervalSince1970: server.clock.now().timeIntervalSince1970.rounded(.up) + 1)
+        let t0 = server.clock.now()
         func tick(at offset: TimeInterval) async -> [String] {
             server.clock.set(t0.addingTimeInterval(offset))
             return await s.tick(now: server.clock.now()).map(\.outcome)
