@@ -91,6 +91,8 @@ import RedoubtCore
         for (_, t) in lastCheck { worst = max(worst, end.timeIntervalSince(t)) }
         #expect(lastCheck.count == 420)
         #expect(worst <= ServerJobs.scrubPeriod, "a pack waited \(worst / day) days")
+        print("scrub slice: \(lastCheck.count) packs over 120 days, longest wait \(worst / day) days, "
+              + "most packs in one day \(perDay.max() ?? 0), after day 60 at most \(perDay[60...].max() ?? 0)")
         // The work is spread: about a thirtieth of 420 packs a day once all exist, not all at once.
         #expect(perDay[60...].allSatisfy { $0 <= 30 }, "\(perDay)")
     }
