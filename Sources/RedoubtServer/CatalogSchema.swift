@@ -164,6 +164,9 @@ extension Catalog {
         }
         // Retention policies per tenant, host glob and tag (RetentionPolicies.swift).
         m.registerMigration("v14-retention-policies") { db in try db.execute(sql: Catalog.policySchema) }
+        // The server's own jobs, their leases and runs, the scrub's ledger, integrity findings and
+        // hosts' expected backup intervals (JobScheduler.swift, SQLiteCatalog+Jobs.swift).
+        m.registerMigration("v15-server-jobs") { db in try db.execute(sql: Catalog.jobSchema) }
         // New migrations go here, after every released one.
         return m
     }

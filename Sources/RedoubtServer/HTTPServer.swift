@@ -239,9 +239,12 @@ public enum RedoubtHTTP {
         },
         Route(.post, "/v1/snapshots", .commitSnapshot, .writer) { service, logger, req, ctx in
             let os = req.headers.first { $0.name.canonicalName == Wire.hostOSHeader.lowercased() }?.value
+            let interval = req.headers.first {
+                $0.name.canonicalName == Wire.expectedIntervalHeader.lowercased()
+            }?.value
             return await handle(logger) {
                 jsonResponse(try await service.commit(try await req.bytes(limit: min(service.limits.maxManifestBytes,
-                    Manifest.maxSize)), os: os, ctx: ctx.call), status: .created)
+                    Manifest.maxSize)), os: os, expectedInterval: interval, ctx: ctx.call), status: .created)
             }
         },
         Route(.get, "/v1/snapshots", .listSnapshots, .anyRole) { service, logger, req, ctx in
@@ -439,6 +442,15 @@ public enum RedoubtHTTP {
                 jsonResponse(try await service.applyPolicies(tenant: ctx.parameters.get("tenant") ?? "", host: nil))
             }
         },
+        Route(.get, "/v1/schedule", .getSchedule, .admin) { service, logger, _,
+            _ in await handle(logger) { jsonResponse(try service.scheduleInfo()) } },
+        Route(.put, "/v1/schedule", .setSchedule, .admin) { service, logger, req, ctx in
+            await handle(logger) {
+                jsonResponse(try service.setSchedule(try await req.json(Wire.SetScheduleRequest.self), ctx: ctx.call))
+            }
+        },
+        Route(.get, "/v1/jobs", .listJobs, .admin) { service, logger, _,
+            _ in await handle(logger) { jsonResponse(try service.listJobs()) } },
         Route(.get, "/v1/enrollments", .listEnrollments, .admin) { service, logger, _,
             _ in await handle(logger) { jsonResponse(try service.listEnrollments()) } },
         Route(.post, "/v1/enrollments/{id}/cancel", .cancelEnrollment, .admin) { service, logger, _, ctx in

@@ -59,6 +59,8 @@ public struct CallContext: Sendable {
     /// The fingerprint of the client certificate presented, known to the catalog or not
     /// (a revoked one): the audit log's `credential` for anonymous callers too.
     public let certificate: String?
+    /// The server job acting (`scheduler:gc`, …) when no principal calls: what the audit log names.
+    public var job: String? = nil
     public init(principal: Principal?, source: String, certificate: String? = nil) {
         self.principal = principal
         self.source = source
@@ -172,7 +174,7 @@ public final class RepositoryService: Sendable {
         do {
             try catalog.audit(time: (try? now()) ?? clock.now(),
                 actor: ctx.principal.map { "\($0.role.rawValue):\($0.tenant.map { $0 + "/" } ?? "")\($0.name)" }
-                ?? "anonymous",
+                ?? ctx.job ?? "anonymous",
                               role: ctx.principal?.role.rawValue ?? "-",
                                   credential: ctx.certificate?.prefix(16).description ?? "-",
                               source: ctx.source, action: action.rawValue, object: object, outcome: outcome,
@@ -372,7 +374,8 @@ public final class RepositoryService: Sendable {
     /// Commits a snapshot: checks the host's signature, the tenant, and that every pack is
     /// present; extends the packs' locks; stores the manifest under lock. `os` is the OS
     /// the host reports with it (kept for `doctor`).
-    public func commit(_ bytes: [UInt8], os: String? = nil, ctx: CallContext) async throws -> Wire.SnapshotInfo {
+    public func commit(_ bytes: [UInt8], os: String? = nil, expectedInterval: String? = nil,
+                       ctx: CallContext) async throws -> Wire.SnapshotInfo {
         let (p, tenant) = try requireTenant(ctx)
         let manifest: Manifest
         do {
@@ -455,6 +458,7 @@ public final class RepositoryService: Sendable {
             Task { await copyJobs.kick(tenant.name, service: self) }
         }
         recordHostOS(p, os, ctx: ctx)
+        recordExpectedInterval(p, expectedInterval)
         return Self.info(rec)
     }
 

@@ -170,14 +170,15 @@ extension RepositoryService {
 
     /// After a commit: the committing host's snapshots only. A failure is logged, never the
     /// commit's: the snapshot is committed and locked for the minimum retention already, and
-    /// the next application (`policy apply`) sets what this one could not.
+    /// the next application (the scheduler's `policy-apply`, asked for here) sets what this one could not.
     func applyPoliciesAfterCommit(tenant: String, host: String) async {
         do {
             guard try !catalog.policies(tenant: tenant).isEmpty else { return }
             _ = try await applyPolicies(tenant: tenant, host: host)
         } catch {
-            logger.error("retention policy: could not apply after a commit",
+            logger.error("retention policy: could not apply after a commit; the scheduler retries",
                          metadata: ["tenant": "\(tenant)", "host": "\(host)", "error": "\(error)"])
+            requestJob(ServerJobs.policyApply.name, tenant: tenant)
         }
     }
 }

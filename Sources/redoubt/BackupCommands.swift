@@ -24,12 +24,23 @@ struct BackupCommand: AsyncParsableCommand {
     @OptionGroup var config: ConfigOption
     @Option(name: .long, help: "A tag for the snapshot (repeatable).") var tag: [String] = []
     @Option(name: .long, help: "Skip paths matching this glob (repeatable).") var exclude: [String] = []
+    @Option(name: .long,
+            help: """
+                How often this host backs up (e.g. 1d, 6h; 1m to 366d), sent with the commit: \
+                `redoubt admin host list` shows the host late once its newest snapshot is older.
+                """)
+    var expectedInterval: String?
     @Flag(name: .long, help: "Print the summary as JSON.") var json = false
 
     func run() async throws {
+        let interval = try expectedInterval.map(parseDuration)
+        if let interval, !Wire.expectedIntervalRange.contains(interval.rounded()) {
+            throw ValidationError("--expected-interval must be between 1m and 366d")
+        }
         try await RedoubtCLI.run {
             let cfg = config.resolved
-            let summary = try await runBackup(config: cfg, paths: paths, tags: tag, excludes: exclude, quiet: json)
+            let summary = try await runBackup(config: cfg, paths: paths, tags: tag, excludes: exclude, quiet: json,
+                                              expectedInterval: interval)
             if json { try printJSON(summary) }
             return summary.warnings.isEmpty ? .ok : .partial
         }
@@ -38,7 +49,7 @@ struct BackupCommand: AsyncParsableCommand {
 
 /// Runs one backup with progress, prints the human summary unless `quiet`.
 func runBackup(config cfg: ClientConfig, paths: [String], tags: [String], excludes: [String],
-    quiet: Bool) async throws -> BackupSummary {
+    quiet: Bool, expectedInterval: TimeInterval? = nil) async throws -> BackupSummary {
     let keys = try cfg.writeKeySet()
     let absolute = paths.map { URL(fileURLWithPath: $0).standardizedFileURL.path }
     let progress = ProgressLine()
@@ -46,7 +57,8 @@ func runBackup(config cfg: ClientConfig, paths: [String], tags: [String], exclud
     let now = Date().timeIntervalSince1970
     let result = try await RedoubtCLI.with(try APIClient(credential: cfg.credential())) { client in
         try await Archiver().run(options: BackupOptions(paths: absolute, excludes: excludes, tags: tags,
-            cachePath: cfg.cachePath), keys: keys, target: client,
+            cachePath: cfg.cachePath), keys: keys,
+                                 target: ServerBackupTarget(client: client, expectedInterval: expectedInterval),
                                  now: Timestamp(seconds: Int64(now),
                                      nanoseconds: UInt32((now - now.rounded(.down)) * 1e9))) { p in
             progress.update(files: p.filesDone, bytes: p.bytesDone, totalBytes: p.bytesTotal, current: p.currentPath)

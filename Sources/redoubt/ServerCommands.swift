@@ -101,6 +101,9 @@ struct ServerRun: AsyncParsableCommand {
             }
             // Copy targets: proved again daily, synced after each commit and on failure, hourly.
             await service.startCopyJobs()
+            // The server's own jobs (policies, gc, copies, lock probes, scrub), under leases.
+            let jobs = Task { await JobScheduler(service: service).run(every: 60) }
+            defer { jobs.cancel() }
             try await app.runService()
             return .ok
         }
@@ -143,7 +146,8 @@ struct AdminCommand: AsyncParsableCommand {
                                                                   RequestCommand.self, AdminsCommand.self,
                                                                       QuorumCommand.self, AdminCopyCommand.self,
                                                                       AdminHoldCommand.self,
-                                                                  AdminPolicyCommand.self])
+                                                                  AdminPolicyCommand.self,
+                                                                  AdminScheduleCommand.self, AdminJobsCommand.self])
     // Declared here too so `redoubt admin --credential FILE tenant …` parses; the
     // subcommands read the same value.
     @OptionGroup var admin: AdminOptions

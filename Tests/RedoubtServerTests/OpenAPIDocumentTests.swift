@@ -100,7 +100,8 @@ import RedoubtCore
         #expect(auditOutcomes().subtracting(outcomes).sorted() == [], "documented: \(outcomes.sorted())")
         // Every action a request for approval can name.
         let gated: [Action] = [.addAdmin, .removeAdmin, .setQuorum, .lowerRetention, .rotateReadKey, .shredTenant,
-                               .releaseHold, .revokeWriter, .removeCopyTarget, .acceptUnenforced, .lowerPolicy]
+                               .releaseHold, .revokeWriter, .removeCopyTarget, .acceptUnenforced, .lowerPolicy,
+                               .weakenSchedule]
         #expect(Set(gated.map(\.rawValue)).subtracting(try enumValues(doc, "RequestInfo", "action")).sorted() == [])
         let states = Set(ApprovalRequest.State.allCases.map(\.rawValue))
         #expect(states.subtracting(try enumValues(doc, "RequestInfo", "state")).sorted() == [])

@@ -61,6 +61,10 @@ private let expectedAccess: [String: Set<String>] = {
         "GET /v1/policies": admin,
         "GET /v1/tenants/{tenant}/policy/simulate": admin,
         "POST /v1/tenants/{tenant}/policy/apply": admin,
+        // The server's own jobs: a host must not turn off the scrub that would find its tampering.
+        "GET /v1/schedule": admin,
+        "PUT /v1/schedule": admin,
+        "GET /v1/jobs": admin,
         "POST /v1/holds/{id}/release": admin,
         "GET /v1/enrollments": admin,
         "POST /v1/enrollments/{id}/cancel": admin,

@@ -1,0 +1,66 @@
+import Foundation
+import Testing
+import RedoubtAWS
+import RedoubtClient
+import RedoubtCore
+import RedoubtStore
+@testable import RedoubtServer
+
+/// The scheduler's copy jobs against real S3 servers: LocalStack enforces Object Lock,
+/// moto accepts the settings and deletes anyway.
+@Suite(.serialized) struct CopyJobSchedulerTests {
+    func bucket(_ endpoint: URL) async throws -> String {
+        let name = "redoubt-jobs-\(UInt32.random(in: 0 ... .max))"
+        let admin = S3Client(location: S3Location(endpoint: endpoint, region: "us-east-1", bucket: name),
+                             credentials: AWSCredentials(accessKeyID: "test", secretAccessKey: "test"))
+        let r = try await admin.send(.PUT, key: nil, headers: [("x-amz-bucket-object-lock-enabled", "true")])
+        #expect(r.status == 200)
+        return name
+    }
+
+    @Test func theLockProbeFindsABucketThatDoesNotEnforceAndCopySyncCatchesUp() async throws {
+        guard let env = peerEnvironment("REDOUBT_TEST_LOCALSTACK", "REDOUBT_TEST_MOTO"),
+              let ls = env["REDOUBT_TEST_LOCALSTACK"].flatMap(URL.init(string:)),
+              let moto = env["REDOUBT_TEST_MOTO"].flatMap(URL.init(string:)) else { return }
+        let server = try await TestServer.start()
+        try await server.createTenant("acme", keys: try TenantKeys.generate())
+        let (wc, writer) = try await server.enroll(tenant: "acme", role: "writer", name: "web1")
+        let creds = server.dir.appendingPathComponent("s3-credentials").path
+        try "[default]\naws_access_key_id = test\naws_secret_access_key = test\n".write(toFile: creds,
+                                                                                        atomically: true,
+                                                                                        encoding: .utf8)
+        do {
+            func req(_ url: String, _ endpoint: URL, accept: Bool) -> Wire.AddCopyTargetRequest {
+                Wire.AddCopyTargetRequest(tenant: "acme", url: url, endpoint: endpoint.absoluteString,
+                                          region: "us-east-1", credentialsFile: creds, virtualHosted: false,
+                                          marginSeconds: 86400, acceptUnenforced: accept, requestID: nil)
+            }
+            let good = try await server.admin.addCopyTarget(req("s3://\(try await bucket(ls))/r", ls, accept: false))
+            let bad = try await server.admin.addCopyTarget(req("s3://\(try await bucket(moto))/r", moto,
+                                                               accept: true))
+            let (packs, manifest) = try makeSnapshot(keys: try wc.writeKeySet(), files: [("a", Array(repeating: 3,
+                                                                                                     count: 5000))])
+            for p in packs { _ = try await writer.uploadPack(id: p.id, bytes: p.bytes) }
+            _ = try await writer.commit(manifestBytes: manifest.bytes)
+            await server.service.copyJobs.idle()
+
+            let s = JobScheduler(service: server.service, holder: "a",
+                                 jobs: [ServerJobs.copySync, ServerJobs.lockProbe])
+            let reports = await s.tick(now: server.clock.now())
+            #expect(reports.first { $0.job == "copy-sync" }?.outcome == "ok", "\(reports)")
+            #expect(reports.first { $0.job == "lock-probe" }?.outcome == "findings", "\(reports)")
+            let findings = try server.service.catalog.findings(tenant: "acme", since: nil)
+            #expect(findings.map(\.code) == ["E_LOCK_UNENFORCED"] && findings.first?.object == bad.url,
+                    "\(findings)")
+            let targets = try await server.admin.copyTargets()
+            #expect(targets.first { $0.id == good.id }?.lastProofOK == true)
+            #expect(targets.first { $0.id == bad.id }?.lastProofOK == false)
+            let listed = try await server.admin.jobs().filter { $0.tenant == "acme" }
+            #expect(Set(listed.map(\.job)) == ["gc", "scrub", "copy-sync", "lock-probe"])
+            #expect(listed.first { $0.job == "lock-probe" }?.outcome == "findings")
+        } catch { Issue.record("\(error)") }
+        await server.service.copyJobs.idle()
+        await writer.shutdown()
+        await server.stop()
+    }
+}
