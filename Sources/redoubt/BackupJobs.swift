@@ -115,23 +115,25 @@ struct BackupPreviewJSON: Codable {
 }
 
 enum BackupJobRunner {
-    /// Runs a backup with its hooks and returns the exit code; a job run ends with one
-    /// summary line (what the journal shows for a timer's run).
+    /// Runs a backup with its hooks and returns the exit code. A job run, and any run whose
+    /// stdout is not a terminal (a timer's, into the journal), ends with one summary line.
     static func run(config cfg: ClientConfig, spec: BackupSpec, json: Bool) async -> Exit {
+        let oneLine = spec.job != nil || isatty(1) == 0
         var env = ["REDOUBT_JOB": spec.job ?? ""]
         var code: Exit = .ok
         var summary: BackupSummary? = nil
         var failure: String? = nil
         var preRan = false
         do {
-            if let pre = spec.pre {
+            // Why not on a dry run: hooks act (stop services, dump databases); a dry run acts on nothing.
+            if let pre = spec.pre, !spec.dryRun {
                 preRan = true
                 try await runHook(pre, kind: "pre", environment: env)
             }
             if spec.dryRun {
                 code = try preview(config: cfg, spec: spec, json: json)
             } else {
-                let s = try await performBackup(config: cfg, spec: spec, quiet: json || spec.job != nil)
+                let s = try await performBackup(config: cfg, spec: spec, quiet: json || oneLine)
                 summary = s
                 code = s.warnings.isEmpty ? .ok : .partial
                 if json { try printJSON(s) }
@@ -140,7 +142,7 @@ enum BackupJobRunner {
             code = report(error)
             failure = reportText(error)
         }
-        if let post = spec.post, spec.pre == nil || preRan {
+        if let post = spec.post, spec.pre == nil || preRan, !spec.dryRun {
             env["REDOUBT_EXIT_CODE"] = String(code.rawValue)
             env["REDOUBT_SNAPSHOT"] = summary?.snapshot ?? ""
             do { try await runHook(post, kind: "post", environment: env) } catch {
@@ -150,18 +152,19 @@ enum BackupJobRunner {
                 failure = failure ?? reportText(error)
             }
         }
-        if let job = spec.job, !json, !spec.dryRun {
-            print(summaryLine(job: job, summary: summary, failure: failure, code: code))
+        if oneLine, !json, !spec.dryRun {
+            print(summaryLine(job: spec.job, summary: summary, failure: failure, code: code))
             if let s = summary { for w in s.warnings { print("  warning: \(w)") } }
         }
         return code
     }
 
     /// One line per run: what a sysadmin greps in the journal.
-    static func summaryLine(job: String, summary s: BackupSummary?, failure: String?, code: Exit) -> String {
-        guard let s else { return "job \(job): failed, exit \(code.rawValue): \(failure ?? "see above")" }
+    static func summaryLine(job: String?, summary s: BackupSummary?, failure: String?, code: Exit) -> String {
+        let what = job.map { "job " + $0 } ?? "backup"
+        guard let s else { return "\(what): failed, exit \(code.rawValue): \(failure ?? "see above")" }
         return """
-            job \(job): snapshot \(s.snapshot.prefix(8)) saved, \(s.filesNew) new, \(s.filesChanged) changed, \
+            \(what): snapshot \(s.snapshot.prefix(8)) saved, \(s.filesNew) new, \(s.filesChanged) changed, \
             \(s.filesUnchanged) unchanged files, read \(formatBytes(s.bytesRead)) of \(formatBytes(s.bytesTotal)), \
             uploaded \(formatBytes(s.bytesUploaded)), \(String(format: "%.1f", s.seconds)) s, \
             \(s.warnings.count) warnings, exit \(code.rawValue)
