@@ -52,6 +52,11 @@ struct ScheduleCommand: AsyncParsableCommand {
                 } else if paths.isEmpty {
                     throw ValidationError("give --job NAME or the paths to back up")
                 }
+                // Why here: a unit naming a user that does not exist fails only at its first run.
+                guard getpwnam(user) != nil else {
+                    throw ValidationError("there is no user \(user) here: create it (useradd --system \(user)) "
+                        + "or leave out --user")
+                }
                 let plan = try SchedulePlan(every: every)
                 let interval = try expectedInterval.map(parseDuration) ?? plan.interval
                 let unitPaths = BackupJobRunner.absolute(paths)

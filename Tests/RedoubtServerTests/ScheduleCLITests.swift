@@ -86,6 +86,9 @@ import RedoubtCore
         #expect(junk.status == 2 && junk.err.contains("calendar"), "\(junk.status) \(junk.err)")
         let unknown = try h.run(["install", "--job", "www", "--every", "1h", "--config", h.config], check: false)
         #expect(unknown.status == 3 && unknown.err.contains("etc, srv"), "\(unknown.status) \(unknown.err)")
+        let ghost = try h.run(["install", "--job", "etc", "--every", "1h", "--user", "redoubt-no-such-user",
+                               "--config", h.config], check: false)
+        #expect(ghost.status == 2 && ghost.err.contains("useradd"), "\(ghost.status) \(ghost.err)")
         let nothing = try h.run(["install", "--every", "1h", "--config", h.config], check: false)
         #expect(nothing.status == 2, "\(nothing.status) \(nothing.err)")
         #expect(!FileManager.default.fileExists(atPath: h.units + "/redoubt-backup-www.timer"))
