@@ -44,11 +44,17 @@ final class ChildProcess: Sendable {
         posix_spawnattr_init(&attr)
         defer { posix_spawnattr_destroy(&attr) }
         // Its own process group (pgid = its pid), so kill(-pid) reaches its children too.
-        posix_spawnattr_setflags(&attr, Int16(POSIX_SPAWN_SETPGROUP | POSIX_SPAWN_SETSIGMASK))
+        posix_spawnattr_setflags(&attr, Int16(POSIX_SPAWN_SETPGROUP | POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF))
         posix_spawnattr_setpgroup(&attr, 0)
         var none = sigset_t()
         sigemptyset(&none)
         posix_spawnattr_setsigmask(&attr, &none)
+        // Why: this process ignores SIGPIPE (its sockets), and an ignored signal stays ignored
+        // across exec; a hook's `cmd | head` must end as in a shell.
+        var defaults = sigset_t()
+        sigemptyset(&defaults)
+        sigaddset(&defaults, SIGPIPE)
+        posix_spawnattr_setsigdefault(&attr, &defaults)
         var env = ProcessInfo.processInfo.environment
         for (k, v) in environment { env[k] = v }
         let cArgs = argv.map { strdup($0) } + [nil]
