@@ -145,7 +145,8 @@ import RedoubtCore
         #expect(done.bytesRead == payload.utf8.count, "\(done)")
         let target = s.e.dir.appendingPathComponent("restored").path
         try s.e.run(["restore", done.snapshot, "--target", target, "--config", s.restorer])
-        #expect(try String(contentsOfFile: target + "/app.dump", encoding: .utf8) == payload)
+        let dump = try #require(s.files(target).first { $0.hasSuffix("app.dump") }, "\(s.files(target))")
+        #expect(try String(contentsOfFile: target + "/" + dump, encoding: .utf8) == payload)
 
         let failing = try s.e.run(["backup", "--stdin-from-command", "--config", s.host, "--", "/bin/sh", "-c",
                                    "echo partial; exit 3"], check: false)
