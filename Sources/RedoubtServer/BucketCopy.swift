@@ -25,12 +25,12 @@ public enum BucketCopy {
     /// Runs the proof (unless `acceptUnenforced`, which is recorded), then copies the
     /// tenant descriptor, every pack and every manifest, each locked until its local lock
     /// plus `margin`, and finally the audit chain head as `audit-head/<seq>.json`.
-    public static func sync(catalog: Catalog, store: any ObjectStore, tenant: String, target: S3Store,
-        margin: TimeInterval,
+    public static func sync(catalog: any CatalogRepositories, store: any ObjectStore, tenant: String,
+                            target: any CopyTargetStore, margin: TimeInterval,
                             acceptUnenforced: Bool, actor: String, now: Date,
                             progress: (String) -> Void) async throws -> BucketCopySummary {
-        let proof = await S3LockProof(client: target.client).run(now: now)
-        let where_ = "s3://\(target.client.location.bucket)/\(target.client.location.prefix)"
+        let proof = await target.proveLocks(now: now)
+        let where_ = target.place
         _ = try catalog.audit(time: now, actor: actor, role: "admin", credential: "", source: "local",
             action: "copy-proof",
                               object: where_, outcome: proof.passed ? "ok" : (acceptUnenforced ? "warning" : "denied"),
@@ -223,7 +223,8 @@ public enum BucketCopy {
     }
 
     /// Snapshot manifests of `tenant` in a bucket copy, by snapshot ID.
-    public static func manifests(in target: S3Store, tenant: String) async throws -> [String: [UInt8]] {
+    public static func manifests(in target: any OriginalVersionStore,
+                                 tenant: String) async throws -> [String: [UInt8]] {
         var out: [String: [UInt8]] = [:]
         let prefix = RepositoryLayout.snapshotsPrefix(tenant)
         for info in try await target.list(prefix: prefix) where info.key.path.hasPrefix(prefix) {

@@ -36,7 +36,7 @@ public struct CopyTarget: Sendable {
     }
 
     /// The S3 store this target names. Credentials are read now, never stored in the catalog.
-    public func store() throws -> S3Store {
+    public func store() throws -> any CopyTargetStore {
         let target = try target()
         let creds: AWSCredentials
         do { creds = try target.awsCredentials() } catch {
@@ -166,7 +166,7 @@ extension RepositoryService {
                           requestID: req.requestID, consume: true, ctx: ctx)
         }
         let s3 = try target.store()
-        let proof = await S3LockProof(client: s3.client).run(now: now)
+        let proof = await s3.proveLocks(now: now)
         target.lastProofAt = now
         target.lastProofOK = proof.passed
         target.lastProofDetail = proof.firstFailure ?? "all lock checks passed"

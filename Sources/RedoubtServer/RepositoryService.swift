@@ -70,7 +70,7 @@ public struct CallContext: Sendable {
 /// listings, verification and admin actions, each authorised and audited. Holds no key
 /// that decrypts: it checks pack hashes and manifest signatures only.
 public final class RepositoryService: Sendable {
-    public let catalog: Catalog
+    public let catalog: any CatalogRepositories
     public let store: any ObjectStore
     let clock: any ServerClock
     let ca: CertificateAuthority
@@ -93,7 +93,8 @@ public final class RepositoryService: Sendable {
     /// Where pack bodies are spooled to files; nil holds them in memory.
     let uploads: UploadSpool?
 
-    public init(catalog: Catalog, store: any ObjectStore, clock: any ServerClock, ca: CertificateAuthority,
+    public init(catalog: any CatalogRepositories, store: any ObjectStore, clock: any ServerClock,
+                ca: CertificateAuthority,
         serverURL: String,
                 defaultMinRetention: TimeInterval, logger: Logger,
                     timeBounds: SnapshotTimeBounds = SnapshotTimeBounds(),

@@ -252,3 +252,25 @@ extension Catalog {
         }
     }
 }
+
+extension Catalog {
+    public func hostKeyWriters(tenant: String?) throws -> [HostKeyObjects.Writer] {
+        try db.read { db in
+            try Row.fetchAll(db, sql: """
+                SELECT id, tenant, name, host_key, created_at, revoked, revoked_at FROM principals
+                WHERE role = 'writer' AND host_key IS NOT NULL AND tenant IS NOT NULL AND (? IS NULL OR tenant = ?)
+                ORDER BY created_at
+                """, arguments: [tenant, tenant])
+        }.compactMap { r in
+            guard let raw = r["host_key"] as Data?, let key = try? HostPublicKey(rawRepresentation: Array(raw)) else {
+                return nil
+            }
+            let revoked: Bool = r["revoked"]
+            return HostKeyObjects.Writer(id: r["id"], tenant: r["tenant"], name: r["name"], hostKey: key,
+                                         createdAt: Date(timeIntervalSince1970: r["created_at"]),
+                                         // A credential revoked before revoked_at existed shows the epoch.
+                                         revokedAt: revoked
+                                             ? Date(timeIntervalSince1970: (r["revoked_at"] as Double?) ?? 0) : nil)
+        }
+    }
+}

@@ -187,7 +187,7 @@ import RedoubtStore
     @Test func aRebuildKeepsRetiredKEKsCopyTargetsAndRequests() async throws {
         let server = try await TestServer.start()
         try await server.createTenant("acme", keys: try TenantKeys.generate())
-        let catalog = server.service.catalog
+        let catalog = try server.service.sqlite
         let now = Date()
         try await catalog.db.write { db in
             try db.execute(sql: """
