@@ -31,6 +31,8 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-nio.git", from: "2.101.0"),
         .package(url: "https://github.com/apple/swift-asn1.git", exact: "1.7.4"),
         .package(url: "https://github.com/apple/swift-http-types.git", exact: "1.8.0"),
+        // The host's jobs file (README "Jobs").
+        .package(url: "https://github.com/LebJe/TOMLKit.git", exact: "0.6.0"),
     ],
     targets: [
         .systemLibrary(
@@ -91,6 +93,7 @@ let package = Package(
             dependencies: [
                 "RedoubtCore", "RedoubtKMS", "RedoubtStore", "RedoubtServer", "RedoubtClient", "RedoubtMedia", "RedoubtAWS", "CMallocTune", logging, crypto, nioHTTP1,
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "TOMLKit", package: "TOMLKit"),
             ]
         ),
         // Prints MB/s figures for the core pipeline; see scripts/bench-core.

@@ -55,7 +55,10 @@ public final class Archiver: Sendable {
     /// problems with single entries become ``BackupResult/warnings``.
     public func run(options: BackupOptions, keys: WriteKeySet, target: any BackupTarget, now: Timestamp,
                     progress: @escaping @Sendable (BackupProgress) -> Void = { _ in }) async throws -> BackupResult {
-        guard !options.paths.isEmpty else { throw ArchiveError(.invalidArgument, object: "backup", "no paths given") }
+        guard options.paths.isEmpty == (options.stream != nil) else {
+            throw ArchiveError(.invalidArgument, object: "backup",
+                options.stream == nil ? "no paths given" : "a stream is backed up alone, without paths")
+        }
         var warnings: [BackupWarning] = []
         let locating: any PackLocatingBackupTarget
         if let t = target as? any PackLocatingBackupTarget {
@@ -86,7 +89,10 @@ public final class Archiver: Sendable {
         var walker = Walker(excludes: options.excludes) { count, path in
             run.progress { $0.filesDone = UInt64(count); $0.currentPath = printable(path) }
         }
-        var walk = try walker.walk(paths: absolute, names: SnapshotLayout.topLevelNames(absolute))
+        walker.excludeCaches = options.excludeCaches
+        walker.oneFileSystem = options.oneFileSystem
+        var walk = try options.stream.map { s throws(ArchiveError) in try WalkResult.stream(name: s.name, now: now) }
+            ?? walker.walk(paths: absolute, names: SnapshotLayout.topLevelNames(absolute))
         warnings += walk.warnings
         let filesTotal = UInt64(walk.files.count)
         run.progress(force: true) {
@@ -157,6 +163,7 @@ public final class Archiver: Sendable {
             run.registry.withLock { $0.reusable = usable }
         }
         jobs.sort { $0.entry < $1.entry }
+        if let s = options.stream { for i in jobs.indices { jobs[i].streamFD = s.fd } }
 
         // 4. Read the rest in parallel.
         run.progress(force: true) { $0.phase = .reading }
@@ -191,6 +198,14 @@ public final class Archiver: Sendable {
             walk.entries[o.entry].node = node
             walk.entries[o.entry].stat = st
             if o.stable { stable.insert(o.entry) }
+        }
+        // Why here: a command that failed may have written a truncated dump; nothing is committed.
+        if let s = options.stream {
+            guard outcomes.allSatisfy({ $0.content != nil }) else {
+                let why = outcomes.compactMap(\.warning).map(\.message).joined(separator: "; ")
+                throw ArchiveError(.io, object: s.name, why)
+            }
+            try await s.finished()
         }
         // A hard link whose first name could not be stored has nothing to link to.
         var omittedFiles = Set<[UInt8]>()
@@ -256,9 +271,10 @@ public final class Archiver: Sendable {
         run.progress(force: true) { $0.phase = .committing }
         var rng = SystemRandomNumberGenerator()
         let nonce = (0..<16).map { _ in UInt8.random(in: 0...255, using: &rng) }
+        let paths = options.stream.map { [Array($0.name.utf8)] } ?? options.paths.map { Array($0.utf8) }
         let header = ManifestHeader(tenant: keys.tenant, readKeyID: keys.shared.readPublicKey.keyID, host: keys.host,
                                     hostKey: keys.signingKey.publicKey, time: now, nonce: nonce,
-                                    paths: options.paths.map { Array($0.utf8) }, tags: options.tags, statistics: stats,
+                                    paths: paths, tags: options.tags, statistics: stats,
                                     packs: packs.sorted(), clientVersion: RedoubtVersion.string)
         let manifest = try Manifest.create(header: header, root: root, rootSeals: rootSeals,
                                            readPublicKey: keys.shared.readPublicKey, signingKey: keys.signingKey)

@@ -98,6 +98,8 @@ struct FileJob: Sendable {
     var entry: Int
     var path: [UInt8]
     var stat: ArchiveSys.FileStat
+    /// A stream to read to its end instead of opening `path` (``BackupStream``).
+    var streamFD: Int32? = nil
 }
 
 typealias UploadGroup = ThrowingTaskGroup<FinishedPack, any Error>
@@ -258,6 +260,7 @@ final class BackupWorker {
         try Task.checkCancellation()
         var outcome = FileOutcome(entry: job.entry, content: nil, dataRegions: nil, size: 0, stat: nil, stable: false,
             warning: nil)
+        if let fd = job.streamFD { return try await processStream(job, fd: fd, outcome, &uploads) }
         var fd = ArchiveSys.withCString(job.path) { open($0, O_RDONLY | O_NOFOLLOW | O_CLOEXEC | ArchiveSys.oNoAtime) }
         if fd < 0 && Glibc.errno == EPERM {
             // O_NOATIME needs ownership or CAP_FOWNER.
@@ -320,17 +323,55 @@ final class BackupWorker {
         return outcome
     }
 
+    /// Reads a stream to its end; its content is whatever came before end of file, never cached.
+    private func processStream(_ job: FileJob, fd: Int32, _ start: FileOutcome, _ uploads: inout UploadGroup)
+        async throws -> FileOutcome {
+        var outcome = start
+        run.progress { $0.currentPath = printable(job.path) }
+        do {
+            let read = try await readContent(fd: fd, stat: job.stat, stream: true, &uploads)
+            (outcome.content, outcome.contentSeals, outcome.contentMACs) = (read.0, read.1, read.2)
+            outcome.size = read.4
+            var st = job.stat
+            st.size = read.4
+            outcome.stat = st
+        } catch let f as ReadFailure {
+            outcome.warning = BackupWarning(.unreadable, path: job.path,
+                "reading the command's output failed: \(ArchiveSys.describe(errno: f.errno))")
+        }
+        run.progress { $0.filesDone += 1 }
+        return outcome
+    }
+
+    /// `read(2)` until `count` bytes or end of file (for a pipe, which cannot be pread).
+    private static func readFull(_ fd: Int32, into buffer: UnsafeMutableRawPointer, count: Int) -> SysResult<Int> {
+        var done = 0
+        while done < count {
+            let n = Glibc.read(fd, buffer + done, count - done)
+            if n < 0 {
+                if Glibc.errno == EINTR { continue }
+                return .failure(Glibc.errno)
+            }
+            if n == 0 { break }
+            done += n
+        }
+        return .success(done)
+    }
+
     /// Reads the file's data (its data regions if sparse) in windows, chunking across
     /// window and region boundaries. Returns the chunk list, the regions (nil if dense)
-    /// and the logical size.
-    private func readContent(fd: Int32, stat st: ArchiveSys.FileStat, _ uploads: inout UploadGroup) async throws
+    /// and the logical size. A `stream` is read with read(2) to its end, whatever `st` says.
+    private func readContent(fd: Int32, stat st: ArchiveSys.FileStat, stream: Bool = false,
+                             _ uploads: inout UploadGroup) async throws
         -> ([ChunkID], [ChunkSeal], [ChunkID], [Extent]?, UInt64) {
         var sparse: [Extent]? = nil
-        if st.size > 0 && st.blocks * 512 < st.size, let regions = ArchiveSys.dataRegions(fd: fd, size: st.size),
+        if !stream && st.size > 0 && st.blocks * 512 < st.size,
+           let regions = ArchiveSys.dataRegions(fd: fd, size: st.size),
            regions != [Extent(offset: 0, length: st.size)] {
             sparse = regions
         }
-        let plan = sparse ?? (st.size > 0 ? [Extent(offset: 0, length: st.size)] : [])
+        let plan = stream ? [Extent(offset: 0, length: UInt64.max)]
+            : sparse ?? (st.size > 0 ? [Extent(offset: 0, length: st.size)] : [])
         var chunks: [ChunkID] = []
         var seals: [ChunkSeal] = []
         var macs: [ChunkID] = []
@@ -351,7 +392,9 @@ final class BackupWorker {
                 }
                 let want = Int(min(UInt64(buffer.count - filled), remaining))
                 let n: Int
-                switch ArchiveSys.preadFull(fd, into: base + filled, count: want, at: offset) {
+                let answer = stream ? Self.readFull(fd, into: base + filled, count: want)
+                    : ArchiveSys.preadFull(fd, into: base + filled, count: want, at: offset)
+                switch answer {
                 case .success(let k): n = k
                 case .failure(let e): throw ReadFailure(errno: e)
                 }

@@ -40,6 +40,10 @@ struct Walker {
     private var firstNames: [DevIno: [UInt8]] = [:]
     private var result = WalkResult()
     private let report: (Int, [UInt8]) -> Void
+    /// Directories tagged as caches (`CACHEDIR.TAG`) keep only their tag file.
+    var excludeCaches = false
+    /// Directories on another filesystem than their top-level path are kept empty.
+    var oneFileSystem = false
 
     struct DevIno: Hashable {
         let device: UInt64
@@ -105,6 +109,7 @@ struct Walker {
             var next = 0
         }
         var stack = [Frame(fd: rootFD, subdirectories: list(directory: rootIndex, fd: rootFD))]
+        let rootDevice = result.entries[rootIndex].stat.device
         while !stack.isEmpty {
             let top = stack.count - 1
             guard stack[top].next < stack[top].subdirectories.count else {
@@ -114,6 +119,9 @@ struct Walker {
             }
             let child = stack[top].subdirectories[stack[top].next]
             stack[top].next += 1
+            // Why kept empty and not left out: a restore then shows where the mount point was,
+            // as restic's --one-file-system does.
+            if oneFileSystem && result.entries[child].stat.device != rootDevice { continue }
             let fd = Self.openDirectory(stack[top].fd, result.entries[child].node.name)
             guard fd >= 0 else {
                 warnUnreadableDirectory(child, errno: Glibc.errno)
@@ -143,13 +151,14 @@ struct Walker {
     /// Lists one directory, adds its children as entries and returns the indices of the
     /// subdirectories among them.
     private mutating func list(directory index: Int, fd: Int32) -> [Int] {
-        let names: [[UInt8]]
+        var names: [[UInt8]]
         switch ArchiveSys.listDirectory(fd: fd) {
         case .success(let n): names = n
         case .failure(let e):
             warnUnreadableDirectory(index, errno: e)
             return []
         }
+        if excludeCaches, names.contains(Self.cacheTagName), Self.isTaggedCache(fd) { names = [Self.cacheTagName] }
         let parentFull = result.entries[index].fullPath
         let parentSnapshot = result.entries[index].snapshotPath
         let start = result.entries.count
@@ -176,6 +185,21 @@ struct Walker {
         result.entries[index].children = start..<result.entries.count
         report(result.entries.count, parentFull)
         return subdirectories
+    }
+
+    static let cacheTagName = Array("CACHEDIR.TAG".utf8)
+    static let cacheTagSignature = Array("Signature: 8a477f597d28d172789f06886806bc55".utf8)
+
+    /// Whether the directory open at `fd` holds a CACHEDIR.TAG that starts with the
+    /// signature of the Cache Directory Tagging Specification (a regular file, not followed).
+    private static func isTaggedCache(_ fd: Int32) -> Bool {
+        let tag = ArchiveSys.withCString(cacheTagName) { openat(fd, $0, O_RDONLY | O_NOFOLLOW | O_CLOEXEC) }
+        guard tag >= 0 else { return false }
+        defer { close(tag) }
+        var head = [UInt8](repeating: 0, count: cacheTagSignature.count)
+        let n = head.withUnsafeMutableBytes { ArchiveSys.preadFull(tag, into: $0.baseAddress!, count: $0.count, at: 0) }
+        guard case .success(let got) = n, got == head.count else { return false }
+        return head == cacheTagSignature
     }
 
     /// A pattern matches the entry's full path or its name; `*`, `?` and `[...]` never match

@@ -19,72 +19,30 @@ struct BackupSummary: Codable {
 
 struct BackupCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(commandName: "backup",
-        abstract: "Back up paths to the server (write-only: this host cannot read them back).")
-    @Argument(help: "Paths to back up.") var paths: [String]
+        abstract: "Back up paths to the server (write-only: this host cannot read them back).",
+        discussion: "Jobs (--job) are defined in a TOML file; README \"Jobs\" gives its keys.")
+    @Argument(help: "Paths to back up (with --stdin-from-command: the command and its arguments, after --).")
+    var paths: [String] = []
     @OptionGroup var config: ConfigOption
     @Option(name: .long, help: "A tag for the snapshot (repeatable).") var tag: [String] = []
     @Option(name: .long, help: "Skip paths matching this glob (repeatable).") var exclude: [String] = []
-    @Option(name: .long,
-            help: """
-                How often this host backs up (e.g. 1d, 6h; 1m to 366d), sent with the commit: \
-                `redoubt admin host list` shows the host late once its newest snapshot is older.
-                """)
-    var expectedInterval: String?
+    @OptionGroup var options: BackupCLIOptions
     @Flag(name: .long, help: "Print the summary as JSON.") var json = false
 
     func run() async throws {
-        let interval = try expectedInterval.map(parseDuration)
-        if let interval, !Wire.expectedIntervalRange.contains(interval.rounded()) {
-            throw ValidationError("--expected-interval must be between 1m and 366d")
-        }
         try await RedoubtCLI.run {
             let cfg = config.resolved
-            let summary = try await runBackup(config: cfg, paths: paths, tags: tag, excludes: exclude, quiet: json,
-                                              expectedInterval: interval)
-            if json { try printJSON(summary) }
-            return summary.warnings.isEmpty ? .ok : .partial
+            let spec = try BackupSpec.resolve(config: cfg, paths: paths, tags: tag, excludes: exclude,
+                options: options)
+            return await BackupJobRunner.run(config: cfg, spec: spec, json: json)
         }
     }
 }
 
-/// Runs one backup with progress, prints the human summary unless `quiet`.
+/// Runs one backup of `paths` with progress, prints the human summary unless `quiet`.
 func runBackup(config cfg: ClientConfig, paths: [String], tags: [String], excludes: [String],
-    quiet: Bool, expectedInterval: TimeInterval? = nil) async throws -> BackupSummary {
-    let keys = try cfg.writeKeySet()
-    let absolute = paths.map { URL(fileURLWithPath: $0).standardizedFileURL.path }
-    let progress = ProgressLine()
-    let start = Date()
-    let now = Date().timeIntervalSince1970
-    let result = try await RedoubtCLI.with(try APIClient(credential: cfg.credential())) { client in
-        try await Archiver().run(options: BackupOptions(paths: absolute, excludes: excludes, tags: tags,
-            cachePath: cfg.cachePath), keys: keys,
-                                 target: ServerBackupTarget(client: client, expectedInterval: expectedInterval),
-                                 now: Timestamp(seconds: Int64(now),
-                                     nanoseconds: UInt32((now - now.rounded(.down)) * 1e9))) { p in
-            progress.update(files: p.filesDone, bytes: p.bytesDone, totalBytes: p.bytesTotal, current: p.currentPath)
-        }
-    }
-    progress.finish()
-    // The server accepted what these keys made: record them, so later damage is found first.
-    if !cfg.hasKeyCheck { try? cfg.recordKeyCheck() }
-    let s = BackupSummary(snapshot: result.manifest.id.description, filesNew: result.filesNew,
-        filesChanged: result.filesChanged,
-                          filesUnchanged: result.filesUnchanged, bytesTotal: result.statistics.bytesTotal,
-                              bytesRead: result.bytesRead,
-                          bytesUploaded: result.bytesUploaded, packsUploaded: result.packsUploaded,
-                              seconds: Date().timeIntervalSince(start),
-                          warnings: result.warnings.map(\.description))
-    if !quiet {
-        print("snapshot \(s.snapshot.prefix(8)) saved (\(s.snapshot))")
-        print("  files: \(s.filesNew) new, \(s.filesChanged) changed, \(s.filesUnchanged) unchanged")
-        print("""
-              read \(formatBytes(s.bytesRead)) of \(formatBytes(s.bytesTotal)), uploaded \
-            \(formatBytes(s.bytesUploaded)) in \(s.packsUploaded) packs after dedup and compression, \
-            \(String(format: "%.1f", s.seconds)) s
-            """)
-        for w in s.warnings { print("  warning: \(w)") }
-    }
-    return s
+    quiet: Bool) async throws -> BackupSummary {
+    try await performBackup(config: cfg, spec: BackupSpec(paths: paths, excludes: excludes, tags: tags), quiet: quiet)
 }
 
 struct RestoreCommand: AsyncParsableCommand {

@@ -12,7 +12,7 @@ struct Redoubt: AsyncParsableCommand {
         discussion: ExitCategory.helpText,
         version: "redoubt \(RedoubtVersion.string)",
         subcommands: [QuickstartCommand.self, ServerCommand.self, CopyCommand.self, AdminCommand.self,
-            EnrollCommand.self, BackupCommand.self, SnapshotsCommand.self,
+            EnrollCommand.self, BackupCommand.self, ScheduleCommand.self, SnapshotsCommand.self,
                       RestoreCommand.self, LsCommand.self, VerifyCommand.self, AuditCommand.self, MediaCommand.self,
                           DoctorCommand.self])
 }
