@@ -164,6 +164,8 @@ extension Catalog {
         }
         // Retention policies per tenant, host glob and tag (RetentionPolicies.swift).
         m.registerMigration("v14-retention-policies") { db in try db.execute(sql: Catalog.policySchema) }
+        // Host commit expectations, notification channels and open alerts (SQLiteCatalog+Monitoring.swift).
+        m.registerMigration("v16-notifications") { db in try db.execute(sql: Catalog.monitoringSchema) }
         // New migrations go here, after every released one.
         return m
     }

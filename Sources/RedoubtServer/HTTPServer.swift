@@ -465,6 +465,12 @@ public enum RedoubtHTTP {
                 return jsonResponse(AuditVerifyResult(ok: bad == nil, records: count, firstBad: bad))
             }
         },
+        Route(.get, "/v1/metrics", .getMetrics, .roles([.admin, .auditor])) { service, logger, _, _ in
+            await handle(logger) {
+                Response(status: .ok, headers: [.contentType: MetricsListener.contentType],
+                         body: .init(byteBuffer: ByteBuffer(string: try service.metricsExposition())))
+            }
+        },
     ]
 
     /// The routes by action: each action is served by at most one route.
@@ -478,6 +484,7 @@ public enum RedoubtHTTP {
 
     public static func router(service: RepositoryService, logger: Logger) -> Router<RedoubtRequestContext> {
         let router = Router(context: RedoubtRequestContext.self)
+        router.add(middleware: RequestMetricsMiddleware(metrics: service.metrics))
         router.add(middleware: RequestLimitsMiddleware(limits: service.limits))
         router.add(middleware: AuthMiddleware(service: service))
         for route in routes {

@@ -92,6 +92,8 @@ public final class RepositoryService: Sendable {
     let anonymousRefusals: AnonymousRefusals
     /// Where pack bodies are spooled to files; nil holds them in memory.
     let uploads: UploadSpool?
+    /// Request and refusal counters for the metrics exposition (ServerMetrics.swift).
+    public let metrics = ServerMetrics()
 
     public init(catalog: Catalog, store: any ObjectStore, clock: any ServerClock, ca: CertificateAuthority,
         serverURL: String,
@@ -185,6 +187,7 @@ public final class RepositoryService: Sendable {
     /// A caller without a credential is recorded once per source per window; the refusals
     /// after it are counted into one record when the window ends (``AnonymousRefusals``).
     public func refuse(_ ctx: CallContext, _ action: Action, object: String, _ error: ServerError) -> ServerError {
+        refused(ctx, action)
         if ctx.principal == nil {
             recordAnonymousRefusals()
             if anonymousRefusals.first(ctx, now: clock.now()) {

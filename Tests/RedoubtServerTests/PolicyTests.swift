@@ -68,6 +68,7 @@ private let expectedAccess: [String: Set<String>] = {
         "POST /v1/principals/{id}/revoke": admin,
         "GET /v1/audit": ["admin", "auditor"],
         "GET /v1/audit/verify": ["admin", "auditor"],
+        "GET /v1/metrics": ["admin", "auditor"],
     ]
 }()
 
