@@ -21,6 +21,10 @@ extension RepositoryService {
     func refused(_ ctx: CallContext, _ action: Action) {
         let p = ctx.principal
         metrics.refused(tenant: p?.tenant, role: p?.role.rawValue, principal: p?.name, action: action.rawValue)
+        // A credential asking for what its role may not do, again and again, may be stolen.
+        if let p {
+            notifier.refused(tenant: p.tenant, role: p.role.rawValue, principal: p.name, action: action.rawValue)
+        }
     }
 }
 

@@ -94,6 +94,8 @@ public final class RepositoryService: Sendable {
     let uploads: UploadSpool?
     /// Request and refusal counters for the metrics exposition (ServerMetrics.swift).
     public let metrics = ServerMetrics()
+    /// Where components post events that notification channels receive (Notifier.swift).
+    public let notifier: Notifier
 
     public init(catalog: Catalog, store: any ObjectStore, clock: any ServerClock, ca: CertificateAuthority,
         serverURL: String,
@@ -112,6 +114,7 @@ public final class RepositoryService: Sendable {
         self.serverURL = serverURL
         self.defaultMinRetention = defaultMinRetention
         self.logger = logger
+        self.notifier = Notifier(catalog: catalog, clock: { [clock] in clock.now() }, logger: logger)
     }
 
     /// The current time, never earlier than any time the server has used before: if the

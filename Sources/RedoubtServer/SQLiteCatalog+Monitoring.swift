@@ -1,5 +1,6 @@
 import Foundation
 import GRDB
+import RedoubtCore
 
 /// What monitoring reads from the catalog: facts about hosts, tenants, copies and
 /// integrity, none of which needs a key (docs/PROTOCOL.md §8). Metrics, notifications and
@@ -210,4 +211,113 @@ extension Catalog {
             summary TEXT NOT NULL, command TEXT NOT NULL, opened_at REAL NOT NULL, resolved_at REAL);
         CREATE INDEX notify_alerts_open ON notify_alerts(opened_at) WHERE resolved_at IS NULL;
         """
+}
+
+// Notification channels and alerts (Notifier.swift).
+extension Catalog {
+    /// A stored channel: its listing, and the settings delivery needs (paths, never secrets).
+    public struct NotifyChannel: Sendable {
+        public var info: Wire.NotifyChannelInfo
+        public var config: Wire.AddNotifyChannelRequest
+    }
+
+    public func insertNotifyChannel(id: String, _ req: Wire.AddNotifyChannelRequest, target: String,
+                                    now: Date) throws {
+        let config = String(decoding: try JSONEncoder().encode(req), as: UTF8.self)
+        try db.write { db in
+            try db.execute(sql: """
+                INSERT INTO notify_channels(id, kind, target, config, events, tenant, created_at) \
+                VALUES (?, ?, ?, ?, ?, ?, ?)
+                """, arguments: [id, req.kind, target, config, (req.events ?? []).joined(separator: ","),
+                                 req.tenant, now.timeIntervalSince1970])
+        }
+    }
+
+    public func notifyChannels() throws -> [NotifyChannel] {
+        try db.read { db in
+            try Row.fetchAll(db, sql: "SELECT * FROM notify_channels ORDER BY created_at, id").compactMap { r in
+                let configText: String = r["config"]
+                guard let config = try? JSONDecoder().decode(Wire.AddNotifyChannelRequest.self,
+                                                             from: Data(configText.utf8)) else { return nil }
+                let events: String = r["events"]
+                return NotifyChannel(info: Wire.NotifyChannelInfo(
+                    id: r["id"], kind: r["kind"], target: r["target"],
+                    events: events.split(separator: ",").map(String.init), tenant: r["tenant"],
+                    createdAt: Date(timeIntervalSince1970: r["created_at"])), config: config)
+            }
+        }
+    }
+
+    /// Removes a channel: false if there was none.
+    public func removeNotifyChannel(_ id: String) throws -> Bool {
+        try db.write { db in
+            try db.execute(sql: "DELETE FROM notify_channels WHERE id = ?", arguments: [id])
+            return db.changesCount > 0
+        }
+    }
+
+    /// Records that the condition `key` started, unless it is open already (or, for an event
+    /// with no duration, was ever recorded): the event to send, or nil to send nothing.
+    func openAlert(key: String, kind: String, tenant: String, host: String, summary: String, command: String,
+                   lasting: Bool, now: Date) throws -> Wire.NotifyEvent? {
+        try db.write { db in
+            let existing = try Row.fetchOne(db, sql: "SELECT resolved_at FROM notify_alerts WHERE key = ?",
+                                            arguments: [key])
+            if let existing {
+                let resolved: Double? = existing["resolved_at"]
+                // Open already (one message while it lasts), or a one-off already sent.
+                if resolved == nil || !lasting { return nil }
+            }
+            try db.execute(sql: """
+                INSERT OR REPLACE INTO notify_alerts(key, kind, tenant, host, summary, command, opened_at, \
+                resolved_at) \
+                VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+                """, arguments: [key, kind, tenant, host, summary, command, now.timeIntervalSince1970,
+                                 lasting ? nil : now.timeIntervalSince1970])
+            return Wire.NotifyEvent(id: UUID().uuidString.lowercased(), kind: kind, state: lasting ? "open" : "once",
+                                    tenant: tenant, host: host, summary: summary, command: command, openedAt: now,
+                                    resolvedAt: nil)
+        }
+    }
+
+    /// Records that the open condition `key` ended: the "resolved" event to send, or nil.
+    func resolveAlert(key: String, now: Date) throws -> Wire.NotifyEvent? {
+        try db.write { db in
+            guard let r = try Row.fetchOne(db, sql: "SELECT * FROM notify_alerts WHERE key = ? AND resolved_at IS NULL",
+                                           arguments: [key]) else { return nil }
+            try db.execute(sql: "UPDATE notify_alerts SET resolved_at = ? WHERE key = ?",
+                           arguments: [now.timeIntervalSince1970, key])
+            return Wire.NotifyEvent(id: UUID().uuidString.lowercased(), kind: r["kind"], state: "resolved",
+                                    tenant: r["tenant"], host: r["host"], summary: r["summary"],
+                                    command: r["command"], openedAt: Date(timeIntervalSince1970: r["opened_at"]),
+                                    resolvedAt: now)
+        }
+    }
+
+    /// Conditions that started and have not ended, oldest first, with their keys.
+    public func openAlerts() throws -> [(key: String, event: Wire.NotifyEvent)] {
+        try db.read { db in
+            try Row.fetchAll(db, sql: "SELECT * FROM notify_alerts WHERE resolved_at IS NULL ORDER BY opened_at, key")
+                .map { r in
+                    (r["key"], Wire.NotifyEvent(id: r["key"], kind: r["kind"], state: "open", tenant: r["tenant"],
+                                                host: r["host"], summary: r["summary"], command: r["command"],
+                                                openedAt: Date(timeIntervalSince1970: r["opened_at"]),
+                                                resolvedAt: nil))
+                }
+        }
+    }
+
+    /// Audit records of failed checks and jobs after `seq`: (seq, action, object, outcome).
+    func failedJobRecords(after seq: Int64) throws -> [(seq: Int64, action: String, object: String, outcome: String)] {
+        let marks = Self.monitoredActions.map { _ in "?" }.joined(separator: ",")
+        return try db.read { db in
+            try Row.fetchAll(db, sql: """
+                SELECT seq, action, object, outcome FROM audit WHERE seq > ? AND action IN (\(marks)) \
+                AND outcome IN ('error', 'partial', 'damaged') ORDER BY seq LIMIT 100
+                """, arguments: StatementArguments([seq] as [any DatabaseValueConvertible])
+                    + StatementArguments(Self.monitoredActions)).map { r in
+                (r["seq"], r["action"], r["object"], r["outcome"])
+            }
+        }
+    }
 }

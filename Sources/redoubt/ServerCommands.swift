@@ -122,6 +122,9 @@ struct ServerRun: AsyncParsableCommand {
                 return Task { try await metricsApp.runService(gracefulShutdownSignals: []) }
             }
             defer { metricsTask?.cancel() }
+            // Notifications: delivery, and an evaluation of the catalog every minute.
+            let notifications = Task { await service.runNotifications() }
+            defer { notifications.cancel() }
             try await app.runService()
             return .ok
         }
@@ -164,7 +167,8 @@ struct AdminCommand: AsyncParsableCommand {
                                                                   RequestCommand.self, AdminsCommand.self,
                                                                       QuorumCommand.self, AdminCopyCommand.self,
                                                                       AdminHoldCommand.self,
-                                                                  AdminPolicyCommand.self])
+                                                                  AdminPolicyCommand.self, AdminNotifyCommand.self,
+                                                                  AdminStatus.self])
     // Declared here too so `redoubt admin --credential FILE tenant …` parses; the
     // subcommands read the same value.
     @OptionGroup var admin: AdminOptions

@@ -42,6 +42,7 @@ func httpGet(_ url: String) async throws -> (Int, String) {
 /// on a loopback port of its own.
 struct MetricsWorld {
     let server: TestServer
+    let writerConfig: ClientConfig
     let writer: APIClient
     let metricsURL: String
     let metricsTask: Task<Void, Error>
@@ -66,7 +67,8 @@ struct MetricsWorld {
         let task = Task { try await app.runService(gracefulShutdownSignals: []) }
         var port = 0
         for await p in stream { port = p; break }
-        return MetricsWorld(server: server, writer: writer, metricsURL: "http://127.0.0.1:\(port)/metrics",
+        return MetricsWorld(server: server, writerConfig: cfg, writer: writer,
+                            metricsURL: "http://127.0.0.1:\(port)/metrics",
                             metricsTask: task, snapshot: info)
     }
 

@@ -51,6 +51,7 @@ import RedoubtCore
     /// Routes that never read their body: no request body, no 413.
     static let bodiless: Set<Action> = [
         .approveRequest, .rejectRequest, .syncCopyTarget, .verifySnapshot, .cancelEnrollment, .applyPolicy,
+        .removeNotifyChannel, .testNotifyChannel,
     ]
 
     @Test func theDocumentDescribesEveryServedRouteAndNoOther() throws {
