@@ -167,6 +167,8 @@ extension Catalog {
         // The server's own jobs, their leases and runs, the scrub's ledger, integrity findings and
         // hosts' expected backup intervals (JobScheduler.swift, SQLiteCatalog+Jobs.swift).
         m.registerMigration("v15-server-jobs") { db in try db.execute(sql: Catalog.jobSchema) }
+        // Host commit expectations, notification channels and open alerts (SQLiteCatalog+Monitoring.swift).
+        m.registerMigration("v16-notifications") { db in try db.execute(sql: Catalog.monitoringSchema) }
         // New migrations go here, after every released one.
         return m
     }

@@ -478,6 +478,40 @@ public enum RedoubtHTTP {
                 return jsonResponse(AuditVerifyResult(ok: bad == nil, records: count, firstBad: bad))
             }
         },
+        Route(.get, "/v1/status", .getStatus, .roles([.admin, .auditor])) { service, logger, _, _ in
+            await handle(logger) { jsonResponse(try service.status()) }
+        },
+        Route(.put, "/v1/notify/expectations", .setHostExpectation, .admin) { service, logger, req, ctx in
+            await handle(logger) {
+                jsonResponse(try service.setHostExpectation(try await req.json(Wire.HostExpectationRequest.self),
+                                                            ctx: ctx.call))
+            }
+        },
+        Route(.post, "/v1/notify/channels", .addNotifyChannel, .admin) { service, logger, req, ctx in
+            await handle(logger) {
+                jsonResponse(try service.addNotifyChannel(try await req.json(Wire.AddNotifyChannelRequest.self),
+                                                          ctx: ctx.call), status: .created)
+            }
+        },
+        Route(.get, "/v1/notify/channels", .listNotifyChannels, .admin) { service, logger, _, _ in
+            await handle(logger) { jsonResponse(try service.listNotifyChannels()) }
+        },
+        Route(.post, "/v1/notify/channels/{id}/remove", .removeNotifyChannel, .admin) { service, logger, _, ctx in
+            await handle(logger) {
+                jsonResponse(try service.removeNotifyChannel(id: ctx.parameters.get("id") ?? "", ctx: ctx.call))
+            }
+        },
+        Route(.post, "/v1/notify/channels/{id}/test", .testNotifyChannel, .admin) { service, logger, _, ctx in
+            await handle(logger) {
+                jsonResponse(try await service.testNotifyChannel(id: ctx.parameters.get("id") ?? "", ctx: ctx.call))
+            }
+        },
+        Route(.get, "/v1/metrics", .getMetrics, .roles([.admin, .auditor])) { service, logger, _, _ in
+            await handle(logger) {
+                Response(status: .ok, headers: [.contentType: MetricsListener.contentType],
+                         body: .init(byteBuffer: ByteBuffer(string: try service.metricsExposition())))
+            }
+        },
     ]
 
     /// The routes by action: each action is served by at most one route.
@@ -491,6 +525,7 @@ public enum RedoubtHTTP {
 
     public static func router(service: RepositoryService, logger: Logger) -> Router<RedoubtRequestContext> {
         let router = Router(context: RedoubtRequestContext.self)
+        router.add(middleware: RequestMetricsMiddleware(metrics: service.metrics))
         router.add(middleware: RequestLimitsMiddleware(limits: service.limits))
         router.add(middleware: AuthMiddleware(service: service))
         for route in routes {

@@ -36,6 +36,9 @@ public enum Action: String, Sendable, CaseIterable {
     case applyPolicy = "apply-policy"
     case getSchedule = "get-schedule", setSchedule = "set-schedule", listJobs = "list-jobs"
     case listAudit = "list-audit", verifyAudit = "verify-audit"
+    case getMetrics = "get-metrics", getStatus = "get-status", setHostExpectation = "set-host-expectation"
+    case addNotifyChannel = "add-notify-channel", listNotifyChannels = "list-notify-channels"
+    case removeNotifyChannel = "remove-notify-channel", testNotifyChannel = "test-notify-channel"
     // Changes that need approval under another name than their route's (§4.2).
     case lowerRetention = "lower-retention", revokeWriter = "revoke-writer", acceptUnenforced = "accept-unenforced"
     case widenDedupScope = "widen-dedup-scope", lowerPolicy = "lower-policy"

@@ -94,6 +94,10 @@ public final class RepositoryService: Sendable {
     let anonymousRefusals: AnonymousRefusals
     /// Where pack bodies are spooled to files; nil holds them in memory.
     let uploads: UploadSpool?
+    /// Request and refusal counters for the metrics exposition (ServerMetrics.swift).
+    public let metrics = ServerMetrics()
+    /// Where components post events that notification channels receive (Notifier.swift).
+    public let notifier: Notifier
 
     public init(catalog: any CatalogRepositories, store: any ObjectStore, clock: any ServerClock,
                 ca: CertificateAuthority,
@@ -113,6 +117,7 @@ public final class RepositoryService: Sendable {
         self.serverURL = serverURL
         self.defaultMinRetention = defaultMinRetention
         self.logger = logger
+        self.notifier = Notifier(catalog: catalog, clock: { [clock] in clock.now() }, logger: logger)
     }
 
     /// The current time, never earlier than any time the server has used before: if the
@@ -188,6 +193,7 @@ public final class RepositoryService: Sendable {
     /// A caller without a credential is recorded once per source per window; the refusals
     /// after it are counted into one record when the window ends (``AnonymousRefusals``).
     public func refuse(_ ctx: CallContext, _ action: Action, object: String, _ error: ServerError) -> ServerError {
+        refused(ctx, action)
         if ctx.principal == nil {
             recordAnonymousRefusals()
             if anonymousRefusals.first(ctx, now: clock.now()) {

@@ -62,10 +62,21 @@ struct ServerRun: AsyncParsableCommand {
     @Option(name: .long,
         help: "A server limit for this run, NAME=VALUE (repeatable; over server.json; docs/PROTOCOL.md §3.2).")
     var limit: [String] = []
+    @Option(name: .long,
+        help: """
+            Serve Prometheus metrics over plain HTTP at HOST:PORT/metrics, loopback only (e.g. 127.0.0.1:9464; \
+            default: off). Elsewhere, scrape GET /v1/metrics over TLS with an auditor credential.
+            """)
+    var metricsListen: String?
 
     func run() async throws {
         try await RedoubtCLI.run {
             let logger = Logger(label: "redoubt.server")
+            let metricsAddress = try metricsListen.map { listen in
+                do { return try MetricsListener.parse(listen) } catch let e as ServerError {
+                    throw ValidationError(e.message)
+                }
+            }
             let home = ServerHome(path: data)
             let settings = try home.settings()
             let bounds = SnapshotTimeBounds(maxAhead: try parseDuration(snapshotTimeAhead),
@@ -104,6 +115,19 @@ struct ServerRun: AsyncParsableCommand {
             // The server's own jobs (policies, gc, copies, lock probes, scrub), under leases.
             let jobs = Task { await JobScheduler(service: service).run(every: 60) }
             defer { jobs.cancel() }
+            // The metrics listener lives as long as the API: it stops when the API stops.
+            let metricsTask = metricsAddress.map { address in
+                let metricsApp = MetricsListener.application(service: service, host: address.host, port: address.port,
+                                                             logger: logger) { bound in
+                    print("redoubt metrics on http://\(address.host):\(bound)/metrics")
+                    fflush(nil)
+                }
+                return Task { try await metricsApp.runService(gracefulShutdownSignals: []) }
+            }
+            defer { metricsTask?.cancel() }
+            // Notifications: delivery, and an evaluation of the catalog every minute.
+            let notifications = Task { await service.runNotifications() }
+            defer { notifications.cancel() }
             try await app.runService()
             return .ok
         }
@@ -147,7 +171,8 @@ struct AdminCommand: AsyncParsableCommand {
                                                                       QuorumCommand.self, AdminCopyCommand.self,
                                                                       AdminHoldCommand.self,
                                                                   AdminPolicyCommand.self,
-                                                                  AdminScheduleCommand.self, AdminJobsCommand.self])
+                                                                  AdminScheduleCommand.self, AdminJobsCommand.self,
+                                                                  AdminNotifyCommand.self, AdminStatus.self])
     // Declared here too so `redoubt admin --credential FILE tenant …` parses; the
     // subcommands read the same value.
     @OptionGroup var admin: AdminOptions

@@ -72,6 +72,13 @@ private let expectedAccess: [String: Set<String>] = {
         "POST /v1/principals/{id}/revoke": admin,
         "GET /v1/audit": ["admin", "auditor"],
         "GET /v1/audit/verify": ["admin", "auditor"],
+        "GET /v1/metrics": ["admin", "auditor"],
+        "GET /v1/status": ["admin", "auditor"],
+        "PUT /v1/notify/expectations": admin,
+        "POST /v1/notify/channels": admin,
+        "GET /v1/notify/channels": admin,
+        "POST /v1/notify/channels/{id}/remove": admin,
+        "POST /v1/notify/channels/{id}/test": admin,
     ]
 }()
 

@@ -139,7 +139,9 @@ let testNow = Int64(Date().timeIntervalSince1970)
 /// Builds a small snapshot with Core alone: one file of `data`, under `name`.
 /// `alsoNaming`: packs of earlier snapshots the manifest names too (as a backup that reuses them would).
 func makeSnapshot(keys: WriteKeySet, files: [(String, [UInt8])], time: Int64 = testNow,
-                  alsoNaming: [PackID] = []) throws -> (packs: [FinishedPack], manifest: Manifest) {
+                  alsoNaming: [PackID] = [],
+                  statistics: SnapshotStatistics = SnapshotStatistics()) throws -> (packs: [FinishedPack],
+                                                                                    manifest: Manifest) {
     let pipeline = try PackPipeline(material: keys.shared)
     var nodes: [Node] = []
     for (name, data) in files {
@@ -152,7 +154,7 @@ func makeSnapshot(keys: WriteKeySet, files: [(String, [UInt8])], time: Int64 = t
         hostKey: keys.signingKey.publicKey,
                                 time: Timestamp(seconds: time), nonce: (0..<16).map { _ in UInt8.random(in: 0...255) },
                                     paths: [Array("/data".utf8)],
-                                tags: [], statistics: SnapshotStatistics(), packs: packs.map(\.id) + alsoNaming,
+                                tags: [], statistics: statistics, packs: packs.map(\.id) + alsoNaming,
                                     clientVersion: "test")
     return (packs, try Manifest.create(header: header, root: root, rootSeals: pipeline.seals(for: root),
                                        readPublicKey: keys.shared.readPublicKey, signingKey: keys.signingKey))
