@@ -41,7 +41,8 @@ public struct BackupOptions: Sendable {
     public var stream: BackupStream? = nil
 
     public init(paths: [String], excludes: [String] = [], tags: [String] = [], cachePath: String? = nil,
-                workers: Int = 2, packSize: Int = PackPipeline.defaultTargetPackSize, compressionLevel: Int32 = ChunkCompressor.defaultLevel) {
+                workers: Int = 2, packSize: Int = PackPipeline.defaultTargetPackSize,
+                compressionLevel: Int32 = ChunkCompressor.defaultLevel) {
         self.paths = paths
         self.excludes = excludes
         self.tags = tags

@@ -53,7 +53,7 @@ public protocol EventSink: Sendable {
 /// nor forgets an open condition) and delivers them to the channels whose rules take them:
 /// webhooks (JSON, HMAC-SHA256 signed, retried with backoff). Delivery runs in ``run()``.
 public final class Notifier: EventSink, Sendable {
-    let catalog: Catalog
+    let catalog: any CatalogRepositories
     let clock: @Sendable () -> Date
     let logger: Logger
     private let queue: AsyncStream<Wire.NotifyEvent>.Continuation
@@ -68,7 +68,7 @@ public final class Notifier: EventSink, Sendable {
     /// Delays before each retry of a failed delivery.
     let retryDelays: [Double]
 
-    public init(catalog: Catalog, clock: @escaping @Sendable () -> Date, logger: Logger, burstCount: Int = 5,
+    public init(catalog: any CatalogRepositories, clock: @escaping @Sendable () -> Date, logger: Logger, burstCount: Int = 5,
                 burstWindow: TimeInterval = 300, retryDelays: [Double] = [1, 4, 16]) {
         self.catalog = catalog
         self.clock = clock

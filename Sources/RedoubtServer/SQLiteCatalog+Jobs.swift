@@ -137,7 +137,7 @@ extension Catalog {
     /// period)` of them, and every one whose last check is so old that waiting one more
     /// interval would pass `period`. Run every `interval`, this re-reads each pack at least
     /// once per `period`.
-    func scrubSlice(tenant: String, now: Date, period: TimeInterval,
+    public func scrubSlice(tenant: String, now: Date, period: TimeInterval,
                     interval: TimeInterval) throws -> [(id: String, size: Int64)] {
         try db.read { db in
             let total = try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM packs WHERE tenant = ?",
@@ -158,7 +158,7 @@ extension Catalog {
         }
     }
 
-    func recordScrub(tenant: String, pack: String, result: String, at: Date) throws {
+    public func recordScrub(tenant: String, pack: String, result: String, at: Date) throws {
         try db.write { db in
             try db.execute(sql: """
                 INSERT INTO pack_scrubs(tenant, pack, scrubbed_at, outcome) VALUES (?, ?, ?, ?)
@@ -207,7 +207,7 @@ extension Catalog: FindingRepository {
 
 extension Catalog {
     /// Records how often the writer `principalID` says it commits (nil clears it).
-    func setExpectedInterval(principalID: String, seconds: TimeInterval?) throws {
+    public func setExpectedInterval(principalID: String, seconds: TimeInterval?) throws {
         try db.write { db in
             try db.execute(sql: "UPDATE principals SET expected_interval = ? WHERE id = ?",
                            arguments: [seconds, principalID])
@@ -215,7 +215,7 @@ extension Catalog {
     }
 
     /// Expected intervals by principal ID (writers that sent one).
-    func expectedIntervals() throws -> [String: TimeInterval] {
+    public func expectedIntervals() throws -> [String: TimeInterval] {
         try db.read { db in
             var out: [String: TimeInterval] = [:]
             for r in try Row.fetchAll(db, sql: """

@@ -260,7 +260,7 @@ extension Catalog {
 
     /// Records that the condition `key` started, unless it is open already (or, for an event
     /// with no duration, was ever recorded): the event to send, or nil to send nothing.
-    func openAlert(key: String, kind: String, tenant: String, host: String, summary: String, command: String,
+    public func openAlert(key: String, kind: String, tenant: String, host: String, summary: String, command: String,
                    lasting: Bool, now: Date) throws -> Wire.NotifyEvent? {
         try db.write { db in
             let existing = try Row.fetchOne(db, sql: "SELECT resolved_at FROM notify_alerts WHERE key = ?",
@@ -283,7 +283,7 @@ extension Catalog {
     }
 
     /// Records that the open condition `key` ended: the "resolved" event to send, or nil.
-    func resolveAlert(key: String, now: Date) throws -> Wire.NotifyEvent? {
+    public func resolveAlert(key: String, now: Date) throws -> Wire.NotifyEvent? {
         try db.write { db in
             guard let r = try Row.fetchOne(db, sql: "SELECT * FROM notify_alerts WHERE key = ? AND resolved_at IS NULL",
                                            arguments: [key]) else { return nil }
@@ -310,7 +310,8 @@ extension Catalog {
     }
 
     /// Audit records of failed checks and jobs after `seq`: (seq, action, object, outcome).
-    func failedJobRecords(after seq: Int64) throws -> [(seq: Int64, action: String, object: String, outcome: String)] {
+    public func failedJobRecords(after seq: Int64) throws
+        -> [(seq: Int64, action: String, object: String, outcome: String)] {
         let marks = Self.monitoredActions.map { _ in "?" }.joined(separator: ",")
         return try db.read { db in
             try Row.fetchAll(db, sql: """

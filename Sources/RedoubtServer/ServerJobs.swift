@@ -110,7 +110,7 @@ extension RepositoryService {
     func probeCopyLocks(_ ctx: JobContext) async throws -> JobOutcome {
         var failed: [String] = []
         for t in try catalog.copyTargets(tenant: ctx.tenant) {
-            let proof = await S3LockProof(client: try t.store().client).run(now: ctx.now)
+            let proof = await try t.store().proveLocks(now: ctx.now)
             let detail = proof.firstFailure ?? "all lock checks passed"
             try catalog.recordCopyProof(t.id, at: ctx.now, ok: proof.passed, detail: detail)
             audit(ctx.call, .copyProof, object: t.url, outcome: proof.passed ? "ok" : "denied", detail: detail)
