@@ -29,7 +29,8 @@ public enum ServerJobs {
                    + "pending=\(r.pendingDeletes)")
     }
 
-    /// The hourly catch-up; each commit also queues a sync at once (CopyJobs).
+    /// The hourly catch-up, which proves each target again too; each commit (and a new target,
+    /// a hold placed or released, a policy that moved locks) asks for a run at once.
     public static let copySync = ScheduledJob(name: "copy-sync", defaultInterval: 3600, windowed: false,
                                               protective: true, tenants: tenantsWithCopyTargets) { ctx in
         guard await ctx.service.syncCopies(tenant: ctx.tenant) else {
@@ -48,7 +49,16 @@ public enum ServerJobs {
         try await ctx.service.scrub(ctx)
     }
 
-    public static let all = [policyApply, gc, copySync, lockProbe, scrub]
+    /// Keeps every held object's local lock a day ahead of the clock (`enforceHolds`).
+    public static let legalHolds = ScheduledJob(name: "legal-holds", defaultInterval: 3600, windowed: false,
+                                                protective: true, tenants: { s in
+        Array(Set(try s.catalog.holds(active: true).map(\.tenant))).sorted()
+    }) { ctx in
+        try await ctx.service.enforceHolds(tenant: ctx.tenant)
+        return .ok("held")
+    }
+
+    public static let all = [policyApply, gc, copySync, lockProbe, legalHolds, scrub]
 
     @Sendable static func tenantsWithCopyTargets(_ s: RepositoryService) throws -> [String] {
         Array(Set(try s.catalog.copyTargets(tenant: nil).map(\.tenant))).sorted()

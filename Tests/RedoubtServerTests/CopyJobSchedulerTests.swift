@@ -42,7 +42,6 @@ import RedoubtStore
                                                                                                      count: 5000))])
             for p in packs { _ = try await writer.uploadPack(id: p.id, bytes: p.bytes) }
             _ = try await writer.commit(manifestBytes: manifest.bytes)
-            await server.service.copyJobs.idle()
 
             let s = JobScheduler(service: server.service, holder: "a",
                                  jobs: [ServerJobs.copySync, ServerJobs.lockProbe])
@@ -59,7 +58,6 @@ import RedoubtStore
             #expect(Set(listed.map(\.job)) == ["gc", "scrub", "copy-sync", "lock-probe"])
             #expect(listed.first { $0.job == "lock-probe" }?.outcome == "findings")
         } catch { Issue.record("\(error)") }
-        await server.service.copyJobs.idle()
         await writer.shutdown()
         await server.stop()
     }
