@@ -309,8 +309,10 @@ public final class JobScheduler: Sendable {
     /// Runs the requested run of `job` for `tenant` now, in the caller's task and under the
     /// lease (`copy sync --wait`). If another run holds the lease, waits (polling, up to
     /// `limit`) for it to end and for the request to be taken up. True once no request is
-    /// pending and no run holds the lease; false at the limit.
+    /// pending and no run holds the lease; false at the limit, or at once if the job is off.
     public func runRequested(_ job: ScheduledJob, tenant: String, limit: Duration = .seconds(600)) async -> Bool {
+        // A job turned off (with the quorum) is not run by hand either; nor waited for.
+        guard let schedule = try? service.jobSchedule(), !schedule.isOff(job.name) else { return false }
         let clock = ContinuousClock()
         let end = clock.now.advanced(by: limit)
         let probe = JobScheduler(service: service, holder: holder, jobs: [job])
