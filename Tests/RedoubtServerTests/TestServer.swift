@@ -55,10 +55,12 @@ final class TestServer: @unchecked Sendable {
     /// `inMemory`, objects go to a `MemoryStore` on the server's clock instead of the data
     /// directory's store: for suites that need no real immutable flags. With `jobs`, the
     /// scheduler's loop runs as under `server run`, but its periodic pass only every hour of
-    /// real time: within a test, a job runs only when a request wakes the loop.
+    /// real time: within a test, a job runs only when a request wakes the loop. `wrapStore`
+    /// decorates the in-memory store (a recorder of reads).
     static func start(minRetention: TimeInterval = 30 * 86400, limits: ServerLimits = ServerLimits(),
         inMemory: Bool = false, jobs: Bool = false,
-                      prepare: ((ServerHome) async throws -> Void)? = nil) async throws -> TestServer {
+                      prepare: ((ServerHome) async throws -> Void)? = nil,
+                      wrapStore: ((any ObjectStore) -> any ObjectStore)? = nil) async throws -> TestServer {
         let dir = FileManager.default.temporaryDirectory.appendingPathComponent("redoubt-srv-\(UUID().uuidString)")
         let port = try freeLoopbackPort()
         let home = ServerHome(path: dir.appendingPathComponent("data").path)
@@ -67,7 +69,7 @@ final class TestServer: @unchecked Sendable {
         var logger = Logger(label: "test.server")
         logger.logLevel = .warning
         let clock = ManualClock(Date())
-        let store: (any ObjectStore)? = inMemory ? MemoryStore(clock: { clock.now() }) : nil
+        let store: (any ObjectStore)? = inMemory ? (wrapStore ?? { $0 })(MemoryStore(clock: { clock.now() })) : nil
         let service = try home.openService(clock: clock, logger: logger, limits: limits, store: store)
         let (stream, cont) = AsyncStream<Int>.makeStream()
         let app = try RedoubtHTTP.application(service: service, home: home, host: "127.0.0.1", port: port,
