@@ -1,5 +1,6 @@
 import Foundation
 import Logging
+import Synchronization
 import RedoubtCore
 
 // The server's own schedule (docs/PROTOCOL.md §4.8). `redoubt server run` ticks a
@@ -48,13 +49,14 @@ public protocol JobRepository: Sendable {
     func jobStates() throws -> [JobState]
     /// In one transaction: takes the lease for `holder` until `now + ttl` if no lease (of any
     /// holder) is unexpired AND the job is due at `now` (no `nextDue` after `now`, or a request
-    /// at or before `now`); records the run's start. Returns the run's number, nil if not taken.
+    /// at or before `now`); takes up the pending request, and records the run's start. Returns
+    /// the run's number, nil if not taken.
     func acquireJobLease(job: String, tenant: String, holder: String, now: Date, ttl: TimeInterval) throws -> Int64?
     /// Moves the lease's expiry to `now + ttl` if `holder` still holds it; false if it does not.
     func renewJobLease(job: String, tenant: String, holder: String, now: Date, ttl: TimeInterval) throws -> Bool
     /// Records the run's end and the job's next due time, and releases `holder`'s lease (a
     /// lease another server took after it expired stays that server's). A request made
-    /// after `started` survives for the next run.
+    /// after the lease was taken survives for the next run.
     func finishJob(run: Int64, job: String, tenant: String, holder: String, started: Date, ended: Date,
                    outcome: String, error: String?, failures: Int, nextDue: Date) throws
     /// Makes the job due at once (kept if a request is already pending).
@@ -165,8 +167,10 @@ public final class JobScheduler: Sendable {
     /// One pass: runs, one after another, every job of every tenant that is due at `now`,
     /// is not off, and (periodic runs of windowed jobs) falls in the maintenance window.
     /// Returns what ran; a job another server holds or just ran is skipped.
+    /// `requestedOnly`: only runs asked for (a wake-up after a commit), so a commit's copy
+    /// does not wait behind periodic work; `tenant` limits the pass to one tenant.
     @discardableResult
-    public func tick(now: Date) async -> [JobRunReport] {
+    public func tick(now: Date, requestedOnly: Bool = false, tenant only: String? = nil) async -> [JobRunReport] {
         let schedule: JobSchedule
         do { schedule = try service.jobSchedule() } catch {
             service.logger.error("jobs: the schedule cannot be read", metadata: ["error": "\(error)"])
@@ -180,20 +184,22 @@ public final class JobScheduler: Sendable {
                                      metadata: ["job": "\(job.name)", "error": "\(error)"])
                 continue
             }
-            for tenant in tenants {
+            for tenant in tenants where only == nil || only == tenant {
                 if Task.isCancelled { return reports }
-                if let r = await runIfDue(job, tenant: tenant, schedule: schedule, now: now) { reports.append(r) }
+                if let r = await runIfDue(job, tenant: tenant, schedule: schedule, now: now,
+                                          requestedOnly: requestedOnly) { reports.append(r) }
             }
         }
         return reports
     }
 
     private func runIfDue(_ job: ScheduledJob, tenant: String, schedule: JobSchedule,
-                          now: Date) async -> JobRunReport? {
+                          now: Date, requestedOnly: Bool) async -> JobRunReport? {
         let catalog = service.catalog
         do {
             let state = try catalog.jobState(job: job.name, tenant: tenant)
             let requested = state?.requestedAt.map { $0 <= now } ?? false
+            if requestedOnly, !requested { return nil }
             guard requested || (state?.nextDue ?? .distantPast) <= now else { return nil }
             if job.windowed, !requested, let window = schedule.window, !window.contains(now) { return nil }
             guard let run = try catalog.acquireJobLease(job: job.name, tenant: tenant, holder: holder, now: now,
@@ -247,6 +253,9 @@ public final class JobScheduler: Sendable {
             service.logger.error("jobs: the run's end was not recorded (its lease expires by itself)",
                                  metadata: ["job": "\(job.name)", "tenant": "\(tenant)", "error": "\(error)"])
         }
+        // The run took up the requests made before it started; one made while it ran (a
+        // second commit) may have found the lease taken, so the loop is woken for it.
+        if (try? catalog.jobState(job: job.name, tenant: tenant))?.requestedAt != nil { service.jobWake.wake() }
         return report
     }
 
@@ -275,12 +284,67 @@ public final class JobScheduler: Sendable {
         }
     }
 
-    /// Ticks every `interval` seconds until the task is cancelled (`server run`).
+    /// Until the task is cancelled (`server run`): a full pass every `interval` seconds and,
+    /// beside it, a pass of the runs asked for each time one is asked for (``JobWake``), so a
+    /// commit's copy starts at once rather than at the next pass, and not behind a long scrub.
+    /// Both take the same leases, so the two never run one job of one tenant at once.
     public func run(every interval: TimeInterval = 60) async {
-        while !Task.isCancelled {
-            await tick(now: service.clockNow())
-            try? await Task.sleep(nanoseconds: UInt64(interval * 1e9))
+        // Subscribed before the first pass, so a request made meanwhile is not missed.
+        let wakes = service.jobWake.subscribe()
+        await withTaskGroup(of: Void.self) { group in
+            group.addTask {
+                while !Task.isCancelled {
+                    await self.tick(now: self.service.clockNow())
+                    try? await Task.sleep(nanoseconds: UInt64(interval * 1e9))
+                }
+            }
+            group.addTask {
+                for await _ in wakes {
+                    await self.tick(now: self.service.clockNow(), requestedOnly: true)
+                }
+            }
         }
+    }
+
+    /// Runs the requested run of `job` for `tenant` now, in the caller's task and under the
+    /// lease (`copy sync --wait`). If another run holds the lease, waits (polling, up to
+    /// `limit`) for it to end and for the request to be taken up. True once no request is
+    /// pending and no run holds the lease; false at the limit, or at once if the job is off.
+    public func runRequested(_ job: ScheduledJob, tenant: String, limit: Duration = .seconds(600)) async -> Bool {
+        // A job turned off (with the quorum) is not run by hand either; nor waited for.
+        guard let schedule = try? service.jobSchedule(), !schedule.isOff(job.name) else { return false }
+        let clock = ContinuousClock()
+        let end = clock.now.advanced(by: limit)
+        let probe = JobScheduler(service: service, holder: holder, jobs: [job])
+        while clock.now < end, !Task.isCancelled {
+            let now = service.clockNow()
+            await probe.tick(now: now, requestedOnly: true, tenant: tenant)
+            guard let s = try? service.catalog.jobState(job: job.name, tenant: tenant) else { return false }
+            let leased = s.leaseHolder != nil && (s.leaseExpires ?? .distantPast) > now
+            if s.requestedAt == nil, !leased { return true }
+            try? await Task.sleep(nanoseconds: 200_000_000)
+        }
+        return false
+    }
+}
+
+/// Wakes the scheduler's loop when a run is asked for. Each loop subscribes; a wake-up that
+/// comes while a loop is busy is kept (one, however many came), so none is lost.
+public final class JobWake: Sendable {
+    private let subscribers = Mutex<[UUID: AsyncStream<Void>.Continuation]>([:])
+
+    public init() {}
+
+    public func subscribe() -> AsyncStream<Void> {
+        let (stream, cont) = AsyncStream<Void>.makeStream(bufferingPolicy: .bufferingNewest(1))
+        let id = UUID()
+        subscribers.withLock { $0[id] = cont }
+        cont.onTermination = { [weak self] _ in _ = self?.subscribers.withLock { $0.removeValue(forKey: id) } }
+        return stream
+    }
+
+    public func wake() {
+        for c in subscribers.withLock({ Array($0.values) }) { c.yield(()) }
     }
 }
 
@@ -291,7 +355,10 @@ extension RepositoryService {
     /// Makes `job` of `tenant` due at once (after a commit): a failure is logged, never the
     /// caller's, since the periodic run comes anyway.
     func requestJob(_ job: String, tenant: String) {
-        do { try catalog.requestJobRun(job: job, tenant: tenant, at: clockNow()) } catch {
+        do {
+            try catalog.requestJobRun(job: job, tenant: tenant, at: clockNow())
+            jobWake.wake()
+        } catch {
             logger.warning("jobs: a run could not be requested", metadata: ["job": "\(job)", "tenant": "\(tenant)",
                                                                            "error": "\(error)"])
         }

@@ -81,7 +81,8 @@ public final class RepositoryService: Sendable {
     /// Default minimum retention for new tenants.
     public let defaultMinRetention: TimeInterval
     /// Syncs copy targets after commits and proves them daily.
-    public let copyJobs = CopyJobs()
+    /// Wakes the scheduler when a run is asked for (JobScheduler.swift).
+    let jobWake = JobWake()
     /// Tenants whose garbage collection is running (one run per tenant at a time).
     let gcRunning = Mutex<Set<String>>([])
     /// How far a manifest's claimed time may stray from the server's clock.
@@ -461,7 +462,7 @@ public final class RepositoryService: Sendable {
         // The tenant's retention policies move the locks of what they keep (RetentionPolicies.swift).
         await applyPoliciesAfterCommit(tenant: tenant.name, host: p.name)
         if try !catalog.copyTargets(tenant: tenant.name).isEmpty {
-            Task { await copyJobs.kick(tenant.name, service: self) }
+            requestJob(ServerJobs.copySync.name, tenant: tenant.name)
         }
         recordHostOS(p, os, ctx: ctx)
         recordExpectedInterval(p, expectedInterval)

@@ -161,7 +161,7 @@ extension RepositoryService {
             try? catalog.audit(time: now, actor: "policy", role: "-", credential: "-", source: "local",
                                action: Action.applyPolicy.rawValue, object: "tenant \(tenant)", outcome: "ok",
                                detail: "extended=\(extended)" + (host.map { " host=\($0)" } ?? ""))
-            if try !catalog.copyTargets(tenant: tenant).isEmpty { await copyJobs.kick(tenant, service: self) }
+            if try !catalog.copyTargets(tenant: tenant).isEmpty { requestJob(ServerJobs.copySync.name, tenant: tenant) }
         }
         return Wire.PolicySimulation(tenant: tenant, now: now, snapshots: rows,
             kept: rows.filter { !$0.keeps.isEmpty }.count,

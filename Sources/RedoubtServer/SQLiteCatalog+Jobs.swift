@@ -63,8 +63,11 @@ extension Catalog {
                 if s.leaseHolder != nil, let e = s.leaseExpires, e > now { return nil }
                 let requested = s.requestedAt.map { $0 <= now } ?? false
                 if let due = s.nextDue, due > now, !requested { return nil }
+                // The run takes up the request here, not at its end: which requests it covers is
+                // decided by transaction order, never by comparing clock readings (a request in
+                // the same second as the start, or on a clock that stands still, is not lost).
                 try db.execute(sql: """
-                    UPDATE job_state SET lease_holder = ?, lease_expires = ?, last_start = ?
+                    UPDATE job_state SET lease_holder = ?, lease_expires = ?, last_start = ?, requested_at = NULL
                     WHERE job = ? AND tenant = ?
                     """, arguments: [holder, t + ttl, t, job, tenant])
             } else {
@@ -93,14 +96,14 @@ extension Catalog {
         try db.write { db in
             try db.execute(sql: "UPDATE job_runs SET ended_at = ?, outcome = ?, error = ? WHERE seq = ?",
                            arguments: [ended.timeIntervalSince1970, outcome, error, run])
-            // A request made while the run ran (a commit meanwhile) stays for the next run.
+            // A request made while the run ran (a commit meanwhile) stays for the next run: the
+            // lease took up only the ones before it.
             try db.execute(sql: """
                 UPDATE job_state SET last_end = ?, last_outcome = ?, last_error = ?, failures = ?, next_due = ?,
-                    requested_at = CASE WHEN requested_at <= ? THEN NULL ELSE requested_at END,
                     lease_holder = NULL, lease_expires = NULL
                 WHERE job = ? AND tenant = ? AND lease_holder = ?
                 """, arguments: [ended.timeIntervalSince1970, outcome, error, failures, nextDue.timeIntervalSince1970,
-                                 started.timeIntervalSince1970, job, tenant, holder])
+                                 job, tenant, holder])
             try db.execute(sql: "DELETE FROM job_runs WHERE started_at < ?",
                            arguments: [ended.timeIntervalSince1970 - Self.jobRunHistory])
         }

@@ -29,7 +29,8 @@ public enum ServerJobs {
                    + "pending=\(r.pendingDeletes)")
     }
 
-    /// The hourly catch-up; each commit also queues a sync at once (CopyJobs).
+    /// The hourly catch-up, which proves each target again too; each commit (and a new target,
+    /// a hold placed or released, a policy that moved locks) asks for a run at once.
     public static let copySync = ScheduledJob(name: "copy-sync", defaultInterval: 3600, windowed: false,
                                               protective: true, tenants: tenantsWithCopyTargets) { ctx in
         guard await ctx.service.syncCopies(tenant: ctx.tenant) else {
@@ -48,7 +49,16 @@ public enum ServerJobs {
         try await ctx.service.scrub(ctx)
     }
 
-    public static let all = [policyApply, gc, copySync, lockProbe, scrub]
+    /// Keeps every held object's local lock a day ahead of the clock (`enforceHolds`).
+    public static let legalHolds = ScheduledJob(name: "legal-holds", defaultInterval: 3600, windowed: false,
+                                                protective: true, tenants: { s in
+        Array(Set(try s.catalog.holds(active: true).map(\.tenant))).sorted()
+    }) { ctx in
+        try await ctx.service.enforceHolds(tenant: ctx.tenant)
+        return .ok("held")
+    }
+
+    public static let all = [policyApply, gc, copySync, lockProbe, legalHolds, scrub]
 
     @Sendable static func tenantsWithCopyTargets(_ s: RepositoryService) throws -> [String] {
         Array(Set(try s.catalog.copyTargets(tenant: nil).map(\.tenant))).sorted()
@@ -56,7 +66,7 @@ public enum ServerJobs {
 }
 
 extension RepositoryService {
-    /// Re-reads today's slice of the tenant's packs from the store and checks each hashes to
+    /// Re-reads today's slice of the tenant's packs from the store, by range, and checks each hashes to
     /// its ID and parses (format 2: each chunk's sealed bytes hash to its chunk ID), without
     /// a key. A pack that fails is an `E_INTEGRITY` finding, one the store lacks `E_NOT_FOUND`.
     func scrub(_ ctx: JobContext) async throws -> JobOutcome {
@@ -71,33 +81,24 @@ extension RepositoryService {
             }
             guard let id = PackID(hex: hex) else { continue }
             let object = "pack \(hex)"
-            let data: [UInt8]
-            do { data = try await store.get(Self.packKey(tenant: ctx.tenant, id: id)) } catch let e as StoreError
-                where e.code == .notFound {
+            // By range, as an upload is checked: memory stays one piece whatever the pack's size.
+            switch try await checkStoredPack(tenant: ctx.tenant, id: id) {
+            case .missing:
                 found += 1
                 try finding(ctx, "scrub", object: object, code: "E_NOT_FOUND", detail: """
                     \(object) of tenant \(ctx.tenant) is in the catalog but not in the store: restore it from a copy \
                     (`redoubt admin copy`)
                     """)
                 try catalog.recordScrub(tenant: ctx.tenant, pack: hex, result: "missing", at: ctx.now)
-                continue
-            } catch let e as StoreError where e.code == .integrity {
-                found += 1
-                try finding(ctx, "scrub", object: object, code: "E_INTEGRITY", detail: "\(object): \(e.detail)")
-                try catalog.recordScrub(tenant: ctx.tenant, pack: hex, result: "damaged", at: ctx.now)
-                continue
-            }
-            bytes += Int64(data.count)
-            let problem: CoreError?
-            do { _ = try PackReader.inspect(data, expectedID: id); problem = nil } catch { problem = error }
-            if let error = problem {
+            case .damaged(let why):
                 found += 1
                 try finding(ctx, "scrub", object: object, code: "E_INTEGRITY", detail: """
-                    \(object) of tenant \(ctx.tenant) is damaged in the store (\(error.detail)): restore it from a \
+                    \(object) of tenant \(ctx.tenant) is damaged in the store (\(why)): restore it from a \
                     copy, and check the disk
                     """)
                 try catalog.recordScrub(tenant: ctx.tenant, pack: hex, result: "damaged", at: ctx.now)
-            } else {
+            case .ok(let size):
+                bytes += Int64(size)
                 try catalog.recordScrub(tenant: ctx.tenant, pack: hex, result: "ok", at: ctx.now)
             }
         }

@@ -48,8 +48,9 @@ struct AdminScheduleSet: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "set", abstract: "Change a job's interval, turn it off or on, or set the maintenance window.",
         discussion: """
-            Jobs: policy-apply, gc, copy-sync, lock-probe, scrub. Turning off, or running less often, any job but gc \
-            weakens protection and needs other admins' approval: file it, have them approve, repeat with --request ID.
+            Jobs: policy-apply, gc, copy-sync, lock-probe, legal-holds, scrub. Turning off, or running less often, \
+            any job but gc weakens protection and needs other admins' approval: file it, have them approve, repeat \
+            with --request ID.
             """)
     @OptionGroup var admin: AdminOptions
     @Argument(help: "The job (omit to change only the window).") var job: String?

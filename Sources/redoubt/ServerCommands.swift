@@ -110,9 +110,8 @@ struct ServerRun: AsyncParsableCommand {
                 // readiness line would never show.
                 fflush(nil)
             }
-            // Copy targets: proved again daily, synced after each commit and on failure, hourly.
-            await service.startCopyJobs()
-            // The server's own jobs (policies, gc, copies, lock probes, scrub), under leases.
+            // The server's own jobs (policies, gc, copies, lock probes, legal holds, scrub), under
+            // leases; a commit wakes the loop for its copies.
             let jobs = Task { await JobScheduler(service: service).run(every: 60) }
             defer { jobs.cancel() }
             // The metrics listener lives as long as the API: it stops when the API stops.

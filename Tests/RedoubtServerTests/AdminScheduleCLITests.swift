@@ -31,7 +31,7 @@ import RedoubtCore
         let shown = try s.e.run(["admin", "--credential", s.admin, "schedule", "show", "--json"]).out
         let info = try JSONDecoder().decode(Wire.ScheduleInfo.self, from: Data(shown.utf8))
         #expect(info.window == "01:00-05:00" && info.windowZone == "Europe/Berlin")
-        #expect(info.jobs.map(\.job) == ["policy-apply", "gc", "copy-sync", "lock-probe", "scrub"])
+        #expect(info.jobs.map(\.job) == ["policy-apply", "gc", "copy-sync", "lock-probe", "legal-holds", "scrub"])
         let jobs = try s.e.run(["admin", "--credential", s.admin, "jobs", "list", "--json"]).out
         let rows = try JSONDecoder().decode([Wire.JobInfo].self, from: Data(jobs.utf8), dates: true)
         #expect(Set(rows.map(\.job)).isSuperset(of: ["gc", "scrub"]) && rows.allSatisfy { $0.tenant == "crash" })

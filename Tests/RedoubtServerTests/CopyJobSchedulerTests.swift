@@ -42,7 +42,6 @@ import RedoubtStore
                                                                                                      count: 5000))])
             for p in packs { _ = try await writer.uploadPack(id: p.id, bytes: p.bytes) }
             _ = try await writer.commit(manifestBytes: manifest.bytes)
-            await server.service.copyJobs.idle()
 
             let s = JobScheduler(service: server.service, holder: "a",
                                  jobs: [ServerJobs.copySync, ServerJobs.lockProbe])
@@ -59,7 +58,71 @@ import RedoubtStore
             #expect(Set(listed.map(\.job)) == ["gc", "scrub", "copy-sync", "lock-probe"])
             #expect(listed.first { $0.job == "lock-probe" }?.outcome == "findings")
         } catch { Issue.record("\(error)") }
-        await server.service.copyJobs.idle()
+        await writer.shutdown()
+        await server.stop()
+    }
+
+    /// Polls `condition` every 100 ms, at most 300 times (30 s, far inside the test loop's hour):
+    /// true as soon as it holds. A bound on waiting, not a claim about how long anything takes.
+    func eventually(_ condition: () async throws -> Bool) async throws -> Bool {
+        for _ in 0..<300 {
+            if try await condition() { return true }
+            try await Task.sleep(nanoseconds: 100_000_000)
+        }
+        return try await condition()
+    }
+
+    /// The real server with its scheduler loop running as under `server run`, its periodic pass
+    /// an hour away: a commit asks for a copy-sync run and wakes the loop, and the run is in
+    /// `GET /v1/jobs` and the commit in the bucket, without a tick by hand or a clock moved.
+    @Test func aCommitWakesTheSchedulerAndItsCopySyncRunShowsInTheJobList() async throws {
+        guard let env = peerEnvironment("REDOUBT_TEST_LOCALSTACK"),
+              let ls = env["REDOUBT_TEST_LOCALSTACK"].flatMap(URL.init(string:)) else { return }
+        let server = try await TestServer.start(jobs: true)
+        try await server.createTenant("acme", keys: try TenantKeys.generate())
+        let (wc, writer) = try await server.enroll(tenant: "acme", role: "writer", name: "web1")
+        let creds = server.dir.appendingPathComponent("s3-credentials").path
+        try "[default]\naws_access_key_id = test\naws_secret_access_key = test\n".write(toFile: creds,
+                                                                                        atomically: true,
+                                                                                        encoding: .utf8)
+        do {
+            let name = try await bucket(ls)
+            _ = try await server.admin.addCopyTarget(Wire.AddCopyTargetRequest(
+                tenant: "acme", url: "s3://\(name)/r", endpoint: ls.absoluteString, region: "us-east-1",
+                credentialsFile: creds, virtualHosted: false, marginSeconds: 86400, acceptUnenforced: false,
+                requestID: nil))
+            func copySync() async throws -> Wire.JobInfo? {
+                try await server.admin.jobs().first { $0.job == "copy-sync" && $0.tenant == "acme" }
+            }
+            func finishedRuns() throws -> Int {
+                try server.service.catalog.jobRuns(job: "copy-sync", tenant: "acme").filter { $0.endedAt != nil }.count
+            }
+            // Adding the target asked for a sync of its own: that one first, so the next is the commit's.
+            #expect(try await eventually { try finishedRuns() == 1 })
+            let before = try #require(try await copySync())
+            #expect(before.outcome == "ok" && before.runningOn == nil)
+            // Nothing is asked for now: the next run is the periodic one, an interval away.
+            #expect(before.nextRunAt == before.lastStartedAt?.addingTimeInterval(3600))
+
+            let (packs, manifest) = try makeSnapshot(keys: try wc.writeKeySet(), files: [("a", Array(repeating: 5,
+                                                                                                     count: 4000))])
+            for p in packs { _ = try await writer.uploadPack(id: p.id, bytes: p.bytes) }
+            _ = try await writer.commit(manifestBytes: manifest.bytes)
+            #expect(try await eventually {
+                let j = try await copySync()
+                return try finishedRuns() == 2 && j?.runningOn == nil
+            })
+            let after = try #require(try await copySync())
+            #expect(after.outcome == "ok" && after.failures == 0, "\(after)")
+            let copy = S3Store(client: S3Client(location: S3Location(endpoint: ls, region: "us-east-1", bucket: name,
+                                                                     prefix: "r"),
+                                                credentials: AWSCredentials(accessKeyID: "test",
+                                                                            secretAccessKey: "test")))
+            #expect(try await copy.list(prefix: "t/acme/").contains { $0.key.path.hasSuffix(manifest.id.description) })
+            // Only the runs asked for ran: the periodic pass at start found no tenant yet.
+            let ran = Set(try server.service.catalog.jobRuns(job: nil, tenant: "acme").map(\.job))
+            #expect(ran == ["copy-sync"], "\(ran)")
+        } catch { Issue.record("\(error)") }
         await writer.shutdown()
         await server.stop()
     }

@@ -2,6 +2,7 @@ import Foundation
 import Testing
 import RedoubtClient
 import RedoubtCore
+import RedoubtStore
 @testable import RedoubtServer
 
 @Suite(.serialized) struct ScrubTests {
@@ -55,6 +56,38 @@ import RedoubtCore
         await server.stop()
     }
 
+    /// The scrub checks a pack larger than one read piece by range alone: no read of the whole
+    /// object, none larger than the piece, so its memory does not grow with the pack.
+    @Test func theScrubReadsAPackLargerThanOnePieceByRangeOnly() async throws {
+        let server = try await TestServer.start(inMemory: true, wrapStore: { ReadRecordingStore(inner: $0) })
+        let recorder = try #require(server.service.store as? ReadRecordingStore)
+        let keys = try TenantKeys.generate()
+        try await server.createTenant("acme", keys: keys)
+        let (cfg, writer) = try await server.enroll(tenant: "acme", role: "writer", name: "web1")
+        let (packs, manifest) = try makeSnapshot(keys: try cfg.writeKeySet(), files: [
+            ("big", (0..<(6 << 20)).map { _ in UInt8.random(in: 0...255) }),
+        ])
+        let big = try #require(packs.max { $0.bytes.count < $1.bytes.count })
+        try #require(big.bytes.count > 2 * PackReader.inspectPieceSize, "pack of \(big.bytes.count) bytes")
+        for p in packs { _ = try await writer.uploadPack(id: p.id, bytes: p.bytes) }
+        _ = try await writer.commit(manifestBytes: manifest.bytes)
+
+        recorder.reset()
+        let s = JobScheduler(service: server.service, holder: "a", jobs: [ServerJobs.scrub])
+        server.clock.set(server.clock.now().addingTimeInterval(31 * 86400))
+        let reports = await s.tick(now: server.clock.now())
+        #expect(reports.map(\.outcome) == ["ok"], "\(reports)")
+        let total = packs.reduce(0) { $0 + $1.bytes.count }
+        #expect(reports.first?.detail.contains("bytes=\(total) ") == true, "\(reports)")
+        let reads = recorder.reads
+        #expect(reads.allSatisfy { $0.range != nil }, "whole reads: \(reads.filter { $0.range == nil })")
+        #expect(reads.allSatisfy { ($0.range?.count ?? .max) <= PackReader.inspectPieceSize })
+        let bigKey = RepositoryService.packKey(tenant: "acme", id: big.id).path
+        #expect(reads.filter { $0.key == bigKey }.reduce(0) { $0 + ($1.range?.count ?? 0) } >= big.bytes.count)
+        await writer.shutdown()
+        await server.stop()
+    }
+
     /// A day-by-day run of the slice rule on a real catalog: packs uploaded over time, one
     /// scrub a day; no pack goes longer than the period without a check.
     @Test func aDailyScrubRereadsEveryPackWithinThirtyDays() throws {
@@ -95,5 +128,35 @@ import RedoubtCore
               + "most packs in one day \(perDay.max() ?? 0), after day 60 at most \(perDay[60...].max() ?? 0)")
         // The work is spread: about a thirtieth of 420 packs a day once all exist, not all at once.
         #expect(perDay[60...].allSatisfy { $0 <= 30 }, "\(perDay)")
+    }
+}
+
+/// A decorator over a real store that records every read (key and range): what the scrub
+/// asks of the store, not a stand-in for it.
+final class ReadRecordingStore: ObjectStore, @unchecked Sendable {
+    let inner: any ObjectStore
+    private let lock = NSLock()
+    private var log: [(key: String, range: Range<Int>?)] = []
+
+    init(inner: any ObjectStore) { self.inner = inner }
+
+    var reads: [(key: String, range: Range<Int>?)] { lock.withLock { log } }
+    func reset() { lock.withLock { log.removeAll() } }
+
+    func get(_ key: ObjectKey, range: Range<Int>?) async throws -> [UInt8] {
+        lock.withLock { log.append((key.path, range)) }
+        return try await inner.get(key, range: range)
+    }
+    func put(_ key: ObjectKey, _ data: [UInt8], retainUntil: Date?) async throws -> PutResult {
+        try await inner.put(key, data, retainUntil: retainUntil)
+    }
+    func put(_ key: ObjectKey, contentsOf file: URL, retainUntil: Date?) async throws -> PutResult {
+        try await inner.put(key, contentsOf: file, retainUntil: retainUntil)
+    }
+    func head(_ key: ObjectKey) async throws -> ObjectInfo? { try await inner.head(key) }
+    func list(prefix: String) async throws -> [ObjectInfo] { try await inner.list(prefix: prefix) }
+    func delete(_ key: ObjectKey, now: Date) async throws { try await inner.delete(key, now: now) }
+    func extendRetention(_ key: ObjectKey, until: Date) async throws {
+        try await inner.extendRetention(key, until: until)
     }
 }
