@@ -63,7 +63,8 @@ public final class Archiver: Sendable {
         } else {
             locating = UnlocatedTarget(base: target)
             warnings.append(BackupWarning(.other, path: [],
-                "the repository cannot say which packs hold existing chunks; every chunk of this backup is uploaded again"))
+                "the repository cannot say which packs hold existing chunks; every chunk of this backup is uploaded "
+                    + "again"))
         }
         let run = BackupRun(target: locating, material: keys.shared, options: options, hooks: hooks,
             onProgress: progress)

@@ -35,7 +35,7 @@ public struct BackupOptions: Sendable {
     public var compressionLevel: Int32
 
     public init(paths: [String], excludes: [String] = [], tags: [String] = [], cachePath: String? = nil,
-                workers: Int = 2, packSize: Int = 32 << 20, compressionLevel: Int32 = ChunkCompressor.defaultLevel) {
+                workers: Int = 2, packSize: Int = PackPipeline.defaultTargetPackSize, compressionLevel: Int32 = ChunkCompressor.defaultLevel) {
         self.paths = paths
         self.excludes = excludes
         self.tags = tags

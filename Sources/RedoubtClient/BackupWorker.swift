@@ -124,8 +124,10 @@ final class BackupWorker {
     private var inFlight = 0
     private let maxInFlight = 1
 
-    static let windowSize = 16 << 20
-    static let batchBytes = 32 << 20
+    /// Every worker holds one read buffer and one batch, so both are kept small (the read
+    /// window is raised to the chunker's maximum chunk regardless).
+    static let windowSize = 4 << 20
+    static let batchBytes = 8 << 20
 
     init(run: BackupRun) throws(CoreError) {
         self.run = run
@@ -176,10 +178,14 @@ final class BackupWorker {
             r.chunksReused += UInt64(items.count - seal.count)
             return seal
         }
-        for n in toSeal { try pipeline.add(sealed: items[n]) }
         batchItems.removeAll(keepingCapacity: true)
         batchUsed = 0
-        try await submit(pipeline.takeFinishedPacks(), &uploads)
+        for n in toSeal {
+            try pipeline.add(sealed: items[n])
+            // Each pack goes to the upload slot as soon as it is full, before the next one
+            // fills: else a batch could finish a pack while one uploads and fill a third.
+            if pipeline.hasFinishedPacks { try await submit(pipeline.takeFinishedPacks(), &uploads) }
+        }
     }
 
     /// Records finished packs and starts their uploads, waiting for an earlier one

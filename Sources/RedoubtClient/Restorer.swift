@@ -106,7 +106,7 @@ final class RestoreSession {
     /// Opened packs kept for reuse (trees, and packs read to locate chunks).
     private var cache: [PackID: (pack: OpenedPack, index: [ChunkID: Int], size: Int, tick: Int)] = [:]
     private var cacheBytes = 0
-    private let cacheBudget = 256 << 20
+    private let cacheBudget = 64 << 20
     private var tick = 0
     private var damagedPacks: [PackID: CoreError] = [:]
     private var packsFetched = 0
@@ -263,7 +263,7 @@ final class RestoreSession {
     /// Plaintext bytes one batch prepares before it stops (the last chunk may pass it by
     /// up to a chunk's size). Why: text expands ~6x from its sealed size, so a whole
     /// 32 MiB pack prepared at once, with two more loading ahead, held over 600 MiB.
-    static let defaultBatchBudget = 32 << 20
+    static let defaultBatchBudget = 16 << 20
     let batchPlaintextBudget: Int
 
     /// Fetches (unless given the opened pack) and opens one pack, then runs `prepare`.

@@ -91,7 +91,8 @@ struct Walker {
             let why =
                 patterns.isEmpty ? "they are empty" : "they are empty or every entry in them matched an exclude pattern"
             throw ArchiveError(.invalidArgument, object: given,
-                               "nothing to back up: \(why), so no snapshot was made (check --exclude: * and ? never match /)")
+                               "nothing to back up: \(why), so no snapshot was made (check --exclude: * and ? never "
+                                   + "match /)")
         }
         return result
     }

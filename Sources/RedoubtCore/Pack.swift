@@ -594,9 +594,10 @@ enum ChunkOpener {
         }
         let payload: Data
         do {
-            let box = try AES.GCM.SealedBox(nonce: try PackFormat.nonce(domain: 0, counter: UInt64(entry.sequence)),
-                                            ciphertext: UnsafeRawBufferPointer(rebasing: sealed.dropLast(PackFormat.tagSize)),
-                                            tag: UnsafeRawBufferPointer(rebasing: sealed.suffix(PackFormat.tagSize)))
+            let box = try AES.GCM.SealedBox(
+                nonce: try PackFormat.nonce(domain: 0, counter: UInt64(entry.sequence)),
+                ciphertext: UnsafeRawBufferPointer(rebasing: sealed.dropLast(PackFormat.tagSize)),
+                tag: UnsafeRawBufferPointer(rebasing: sealed.suffix(PackFormat.tagSize)))
             payload = try AES.GCM.open(box, using: dataKey, authenticating: PackFormat.chunkAAD(entry.chunkID,
                 kind: entry.kind, rawLength: Int(entry.rawLength)))
         } catch {

@@ -189,7 +189,8 @@ public enum BucketCopy {
         let record = try catalog.audit(time: now, actor: actor, role: "admin", credential: "", source: "local",
             action: "copy-sync",
                                        object: where_, outcome: "ok",
-                                       detail: "tenant \(tenant): \(summary.copied) copied, \(summary.alreadyThere) already there, \(summary.extended) extended"
+                                       detail: "tenant \(tenant): \(summary.copied) copied, \(summary.alreadyThere) "
+                                           + "already there, \(summary.extended) extended"
                                            + (summary.legalHolds
                                                + summary.legalHoldsLifted > 0 ? """
                                                    , \(summary.legalHolds) legal hold(s), \(summary.legalHoldsLifted) \
@@ -197,8 +198,8 @@ public enum BucketCopy {
                                                    """ : ""))
         summary.auditSeq = record.seq
         // The chain head, locked in the bucket: a later rewrite of the server's log is provable.
-        let head =
-            Array(#"{"seq":\#(record.seq),"hash":"\#(record.hash)","time":"\#(ISO8601DateFormatter().string(from: now))"}"#.utf8)
+        let time = ISO8601DateFormatter().string(from: now)
+        let head = Array(#"{"seq":\#(record.seq),"hash":"\#(record.hash)","time":"\#(time)"}"#.utf8)
         if let key = RepositoryLayout.key(.auditHead(seq: record.seq)) {
             _ = try await target.put(key, head, retainUntil: now.addingTimeInterval(max(margin, 86400) + 365 * 86400))
         }

@@ -160,7 +160,8 @@ public enum BucketVerify {
                 done += 1
                 doneBytes += toRead[r.0].info.size
                 if done % 50 == 0 || done == toRead.count {
-                    progress("\(done)/\(toRead.count) objects read, \(doneBytes)/\(total) bytes: \(toRead[r.0].info.key.path)")
+                    progress("\(done)/\(toRead.count) objects read, \(doneBytes)/\(total) bytes: "
+                        + "\(toRead[r.0].info.key.path)")
                 }
             }
             for (i, item) in toRead.enumerated() {

@@ -175,7 +175,9 @@ extension RepositoryService {
               detail: target.lastProofDetail ?? "")
         guard proof.passed || target.acceptUnenforced else {
             var refused =
-                ServerError.badRequest("copy target \(req.url) does not enforce Object Lock COMPLIANCE (\(proof.firstFailure ?? "?")): use a bucket with Object Lock and versioning enabled; only with approval can --accept-unenforced keep it")
+                ServerError.badRequest("copy target \(req.url) does not enforce Object Lock COMPLIANCE "
+                    + "(\(proof.firstFailure ?? "?")): use a bucket with Object Lock and versioning enabled; only "
+                    + "with approval can --accept-unenforced keep it")
             refused.audited = true  // as copy-proof, just above
             throw refused
         }

@@ -309,8 +309,9 @@ public enum RedoubtHTTP {
         },
         Route(.put, "/v1/tenants/{tenant}/write-material", .restoreWriteMaterial, .admin) { service, logger, req, ctx in
             await handle(logger) {
-                jsonResponse(try await service.restoreWriteMaterial(tenant: ctx.parameters.get("tenant") ?? "",
-                                                                    try await req.json(Wire.RestoreWriteMaterialRequest.self), ctx: ctx.call))
+                let body = try await req.json(Wire.RestoreWriteMaterialRequest.self)
+                return jsonResponse(try await service.restoreWriteMaterial(tenant: ctx.parameters.get("tenant") ?? "",
+                                                                           body, ctx: ctx.call))
             }
         },
         Route(.post, "/v1/tenants/{tenant}/shred", .shredTenant, .admin) { service, logger, req, ctx in

@@ -15,7 +15,8 @@ extension Catalog {
         try db.execute(sql: """
             INSERT INTO principals(id, role, tenant, name, fingerprint, host_key, os, created_at) VALUES (?, ?, ?, ?, \
             ?, ?, ?, ?)
-            """, arguments: [p.id, p.role.rawValue, p.tenant, p.name, p.fingerprint, p.hostKey.map { Data($0) }, os, now.timeIntervalSince1970])
+            """, arguments: [p.id, p.role.rawValue, p.tenant, p.name, p.fingerprint, p.hostKey.map { Data($0) }, os,
+                             now.timeIntervalSince1970])
     }
 
     /// Sets a principal's reported OS; returns the previous value (itself optional) when it
@@ -61,7 +62,8 @@ extension Catalog {
     public func insertEnrollment(tokenHash: String, role: Role, tenant: String?, name: String, expiresAt: Date,
         createdBy: String) throws {
         try db.write { db in
-            try db.execute(sql: "INSERT INTO enrollments(token_hash, role, tenant, name, expires_at, created_by) VALUES (?, ?, ?, ?, ?, ?)",
+            try db.execute(sql: "INSERT INTO enrollments(token_hash, role, tenant, name, expires_at, created_by) "
+                + "VALUES (?, ?, ?, ?, ?, ?)",
                            arguments: [tokenHash, role.rawValue, tenant, name, expiresAt.timeIntervalSince1970,
                                createdBy])
         }
@@ -243,7 +245,8 @@ extension Catalog {
     public func enrolledHostSystems() throws -> [HostOS] {
         try db.read { db in
             try Row.fetchAll(db,
-                sql: "SELECT tenant, name, os FROM principals WHERE role = 'writer' AND revoked = 0 ORDER BY tenant, name").map {
+                sql: "SELECT tenant, name, os FROM principals WHERE role = 'writer' AND revoked = 0 ORDER BY tenant, "
+                    + "name").map {
                 HostOS(tenant: $0["tenant"], name: $0["name"], os: $0["os"])
             }
         }

@@ -44,7 +44,8 @@ struct FromBucketOptions: ParsableArguments {
             throw ValidationError(all.isEmpty ? """
                 \(from ?? "the bucket") holds no tenant (nothing under t/): check --from and its prefix
                 """
-                : "\(from ?? "the bucket") holds \(all.count) tenants (\(all.joined(separator: ", "))): pick one with --tenant")
+                : "\(from ?? "the bucket") holds \(all.count) tenants (\(all.joined(separator: ", "))): pick one with "
+                    + "--tenant")
         }
         return only
     }

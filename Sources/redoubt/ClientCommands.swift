@@ -19,7 +19,8 @@ struct EnrollCommand: AsyncParsableCommand {
     func run() async throws {
         try await RedoubtCLI.run {
             let cred = try await ClientConfig.enroll(token: token, into: config.resolved, os: osPrettyName())
-            print("Enrolled \(cred.name) as \(cred.role) of tenant \(cred.tenant ?? "-") at \(cred.url); configuration in \(config.resolved.directory.path)")
+            print("Enrolled \(cred.name) as \(cred.role) of tenant \(cred.tenant ?? "-") at \(cred.url); "
+                + "configuration in \(config.resolved.directory.path)")
             return .ok
         }
     }
@@ -53,7 +54,8 @@ struct SnapshotsCommand: AsyncParsableCommand {
                 // retention; the host's own clock is in --json (`time`).
                 // KEPT BY: the retention rules keeping each snapshot (only when a policy covers some).
                 let policies = list.contains { $0.keptBy != nil }
-                print("ID        COMMITTED             HOST            FILES     SIZE        NEW         RETAIN UNTIL          "
+                print("ID        COMMITTED             HOST            FILES     SIZE        NEW         RETAIN UNTIL "
+                    + "         "
                       + (policies ? "KEPT BY                     " : "") + "PATHS")
                 for s in list {
                     let more = (s.pathCount ?? 0) - s.paths.count

@@ -82,7 +82,9 @@ struct Quickstart {
         let passArg: String? = FileManager.default.fileExists(atPath: passFile.path) ? passFile.path : nil
         let provider = try await makeKeyProvider(uri: keyProvider,
             passphraseFile: passArg).preparingKEK(tenant: "quickstart")
-        step("tenant create quickstart (read key X-Wing, wrapped by \(provider is PassphraseKeyProvider ? "passphrase: scrypt" : "a KEK held by \(provider.uri.prefix { $0 != ":" })"))")
+        let wrapper = provider is PassphraseKeyProvider
+            ? "passphrase: scrypt" : "a KEK held by \(provider.uri.prefix { $0 != ":" })"
+        step("tenant create quickstart (read key X-Wing, wrapped by \(wrapper))")
         let keys = try TenantKeys.generate()
         let wrapped = try await provider.wrapChecked(keys.readKey, context: KeyContext(tenant: "quickstart",
             keyVersion: 1))

@@ -478,7 +478,8 @@ struct GCCommand: AsyncParsableCommand {
                           """)
                 for s in r.snapshotsRemoved { print("  \(s.prefix(8))") }
                 if r.pendingDeletes > 0 {
-                    print("  \(r.pendingDeletes) store objects could not be deleted yet (see the server log); the next gc retries them")
+                    print("  \(r.pendingDeletes) store objects could not be deleted yet (see the server log); the "
+                        + "next gc retries them")
                 }
             }
             return r.pendingDeletes > 0 ? .partial : .ok

@@ -182,11 +182,11 @@ enum GoldenModel {
         let wrapped = try WrappedReadKey.decode(try Data(contentsOf: dir.appendingPathComponent("keys/read-key.json")))
         let provider = try PassphraseKeyProvider(passphrase: SecretBytes(copying: Array(GoldenModel.passphrase.utf8)))
         let readKey = try await provider.unwrap(wrapped, context: KeyContext(tenant: GoldenModel.tenant, keyVersion: 1))
-        let material =
-            try SharedWriteMaterial.decode(SecretBytes(copying: try Data(contentsOf: dir.appendingPathComponent("keys/write-material.bin"))))
+        let materialFile = dir.appendingPathComponent("keys/write-material.bin")
+        let material = try SharedWriteMaterial.decode(SecretBytes(copying: try Data(contentsOf: materialFile)))
         #expect(material.readPublicKey == readKey.publicKey)
-        let hostKey =
-            try HostPublicKey(rawRepresentation: Array(try Data(contentsOf: dir.appendingPathComponent("keys/host-\(GoldenModel.host).pub"))))
+        let hostKeyFile = dir.appendingPathComponent("keys/host-\(GoldenModel.host).pub")
+        let hostKey = try HostPublicKey(rawRepresentation: Array(try Data(contentsOf: hostKeyFile)))
 
         let snapshots =
             try FileManager.default.contentsOfDirectory(atPath: dir.appendingPathComponent("snapshots").path)

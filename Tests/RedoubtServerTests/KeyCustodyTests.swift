@@ -145,8 +145,10 @@ import RedoubtStore
         #expect(try await restorer.verify(snap.id).damaged.isEmpty)
 
         // The restorer learns the key is gone; the host can add nothing more; no new enrollments.
-        do { _ =
-            try await restorer.readKey(tenant: "acme"); Issue.record("read key served after a shred") } catch let e as APIError {
+        do {
+            _ = try await restorer.readKey(tenant: "acme")
+            Issue.record("read key served after a shred")
+        } catch let e as APIError {
             #expect(e.status == 410 && e.code == "E_TENANT_SHREDDED")
         }
         let (more, more2) = try makeSnapshot(keys: try writerCfg.writeKeySet(), files: [("b", Array("more".utf8))])

@@ -11,8 +11,8 @@ import Testing
         let (t, top) = q.sh("ls \(q.snapshot.prefix(12)) \(q.restorer)", env: pass)
         let line = try #require(top.split(separator: "\n").first { $0.hasSuffix(" sample") }, "ls: \(top)")
         // The mode column as `ls -l` shows it, from the sample directory's own mode.
-        let mode =
-            try #require(try FileManager.default.attributesOfItem(atPath: "\(q.base)/sample")[.posixPermissions] as? Int)
+        let attributes = try FileManager.default.attributesOfItem(atPath: "\(q.base)/sample")
+        let mode = try #require(attributes[.posixPermissions] as? Int)
         let rwx = (0..<9).map { i in mode & (0o400 >> i) != 0 ? Array("rwxrwxrwx")[i] : "-" }
         #expect(t == 0 && line.hasPrefix("d" + String(rwx)), "ls: \(line) (mode \(String(mode, radix: 8)))")
 

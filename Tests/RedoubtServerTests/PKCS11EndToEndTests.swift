@@ -72,7 +72,8 @@ import RedoubtKMS
         func mediaRestore(_ name: String, conf: String) -> (Int32, String) {
             let out = dir.appendingPathComponent("\(name).txt").path
             let status =
-                system("SOFTHSM2_CONF='\(conf)' \(bin) media restore \(snapshot) --device 'dir:\(dir.path)/media' --target '\(dir.path)/\(name)' --config '\(dir.path)/qs/\(run)/restorer' > '\(out)' 2>&1")
+                system("SOFTHSM2_CONF='\(conf)' \(bin) media restore \(snapshot) --device 'dir:\(dir.path)/media' "
+                    + "--target '\(dir.path)/\(name)' --config '\(dir.path)/qs/\(run)/restorer' > '\(out)' 2>&1")
             return ((status >> 8) & 0xff, (try? String(contentsOfFile: out, encoding: .utf8)) ?? "")
         }
         let (restored, restoredOutput) = mediaRestore("restored", conf: conf)
