@@ -588,11 +588,35 @@ final class RestoreSession {
 
     // MARK: - contents
 
-    private func writeContents() async throws {
+    /// Where each file's chunks go, and which packs to read in what order.
+    private struct ContentPlan {
+        /// Chunk → every (file, chunk index) it fills; removed once written or failed.
         var destinations: [ChunkID: [(file: Int, chunk: Int)]] = [:]
+        /// Pack → the chunks wanted from it, in the order they were first needed.
         var expected: [PackID: [ChunkID]] = [:]
+        /// Chunk → the files whose next offsets wait for its length.
         var waiting: [ChunkID: [Int]] = [:]
+        /// The packs, in the order their first chunk is needed.
         var order: [PackID] = []
+    }
+
+    /// Writes every file's contents: plan where chunks go, then read each pack once (its
+    /// chunks decrypted, decompressed and verified in the fetching task) and write here.
+    private func writeContents() async throws {
+        var plan = try planContents()
+        status.packsTotal = plan.order.count
+        status.packsDone = 0
+        report(force: true)
+        let prepare = Self.prepareChunks(wanted: plan.expected, chunkIDKey: chunkIDKey, seals: seals,
+                                         budget: batchPlaintextBudget)
+        try await forEachPack(plan.order, prepare: prepare) { id, result in try take(id, result, &plan) }
+        try finishContents()
+    }
+
+    /// The first step: each chunk's destinations and pack. Files without content are
+    /// finished here; a chunk in no pack, or in a pack known damaged, damages its file.
+    private func planContents() throws -> ContentPlan {
+        var plan = ContentPlan()
         for f in placements.indices {
             let item = tree.items[placements[f].item]
             if placements[f].chunks.isEmpty {
@@ -616,24 +640,23 @@ final class RestoreSession {
                     try damage(item.path, e)
                     break
                 }
-                if destinations[c] == nil {
-                    expected[p, default: []].append(c)
-                    if expected[p]!.count == 1 { order.append(p) }
+                if plan.destinations[c] == nil {
+                    plan.expected[p, default: []].append(c)
+                    if plan.expected[p]!.count == 1 { plan.order.append(p) }
                 }
-                destinations[c, default: []].append((f, k))
+                plan.destinations[c, default: []].append((f, k))
             }
-            if let w = placements[f].advance(lengths) { waiting[w, default: []].append(f) }
+            if let w = placements[f].advance(lengths) { plan.waiting[w, default: []].append(f) }
         }
-        status.packsTotal = order.count
-        status.packsDone = 0
-        report(force: true)
+        return plan
+    }
 
-        // Decrypt, decompress and verify in the fetching task; write here.
-        let wanted = expected
-        let key = chunkIDKey
-        let known = seals
-        let budget = batchPlaintextBudget
-        let prepare: Prepare = { p, from in
+    /// What the fetching task runs on an opened pack: decrypts, decompresses and verifies
+    /// its wanted chunks from `from` on, until `budget` plaintext bytes. It captures values
+    /// only, never the session.
+    private static func prepareChunks(wanted: [PackID: [ChunkID]], chunkIDKey key: ChunkIDKey,
+                                      seals known: [ChunkID: ChunkSeal], budget: Int) -> Prepare {
+        { p, from in
             guard let want = wanted[p.id], from < want.count else { return ([:], from..<from, false) }
             var index: [ChunkID: PackIndexEntry] = [:]
             for e in p.entries where index[e.chunkID] == nil { index[e.chunkID] = e }
@@ -656,91 +679,112 @@ final class RestoreSession {
             }
             return (out, from..<i, i < want.count)
         }
-        try await forEachPack(order, prepare: prepare) { id, result in
-            let batch: PackBatch
-            switch result {
-            case .success(let b): batch = b
-            case .failure(let e as CoreError):
-                // Every file with a chunk in this pack is damaged.
-                guard skipDamaged else { throw e }
-                for c in expected[id] ?? [] {
-                    for d in destinations.removeValue(forKey: c) ?? [] where !placements[d.file].damaged {
-                        placements[d.file].damaged = true
-                        try damage(tree.items[placements[d.file].item].path, e)
-                    }
-                }
-                report { $0.packsDone += 1 }
-                return
-            case .failure(let e): throw e
+    }
+
+    /// One batch of one pack, in pack order: learn lengths, write its chunks, then what
+    /// waited for those lengths. A pack that failed damages every file it feeds (or ends
+    /// the restore without `skipDamaged`).
+    private func take(_ id: PackID, _ result: PackResult, _ plan: inout ContentPlan) throws {
+        let batch: PackBatch
+        switch result {
+        case .success(let b): batch = b
+        case .failure(let e as CoreError):
+            guard skipDamaged else { throw e }
+            for c in plan.expected[id] ?? [] {
+                try damageFiles(plan.destinations.removeValue(forKey: c) ?? []) { _ in e }
             }
-            let plain = batch.plain
-            var touched: [Int] = []
-            if batch.isFirst {
-                // The pack's index gives every chunk's length: offsets further into files are known.
-                for e in batch.pack.entries where batch.pack.version == 1 && lengths[e.chunkID] == nil {
-                    lengths[e.chunkID] = Int(e.rawLength)
-                }
-                for e in batch.pack.entries {
-                    guard let ws = waiting.removeValue(forKey: e.chunkID) else { continue }
-                    for f in ws {
-                        if let w = placements[f].advance(lengths) { waiting[w, default: []].append(f) }
-                        touched.append(f)
-                    }
-                }
-            }
-            for c in (expected[id] ?? [])[batch.range] {
-                guard let ds = destinations.removeValue(forKey: c) else { continue }
-                let live = ds.filter { !placements[$0.file].damaged }
-                if live.isEmpty { continue }
-                switch plain[c] {
-                case .success(let data):
-                    for d in live {
-                        if d.chunk < placements[d.file].known {
-                            try data.withUnsafeBytes { try write(d.file, d.chunk, $0) }
-                        } else {
-                            try data.withUnsafeBytes { try spill.put(c, $0) }
-                            deferred[d.file, default: []].append(d.chunk)
-                        }
-                    }
-                case .failure(let error):
-                    for d in live where !placements[d.file].damaged {
-                        placements[d.file].damaged = true
-                        try damage(tree.items[placements[d.file].item].path, error)
-                    }
-                case nil:
-                    // The catalog placed the chunk here, but the pack does not hold it.
-                    for d in live where !placements[d.file].damaged {
-                        placements[d.file].damaged = true
-                        try damage(tree.items[placements[d.file].item].path,
-                                   CoreError(.missing, object: "chunk \(c)",
-                                       """
-                                           not in pack \(id), where the repository said it is; needed by \
-                                           \(printable(tree.items[placements[d.file].item].snapshotPath))
-                                           """))
-                    }
-                }
-            }
-            for f in touched {
-                guard let ks = deferred[f], !placements[f].damaged else { continue }
-                var still: [Int] = []
-                for k in ks {
-                    if k < placements[f].known {
-                        let data = try spill.read(placements[f].chunks[k])
-                        try data.withUnsafeBytes { try write(f, k, $0) }
-                    } else {
-                        still.append(k)
-                    }
-                }
-                deferred[f] = still.isEmpty ? nil : still
-            }
-            if !batch.more { report { $0.packsDone += 1 } }
+            report { $0.packsDone += 1 }
+            return
+        case .failure(let e): throw e
         }
+        let touched = batch.isFirst ? learnLengths(batch.pack, &plan) : []
+        try writeChunks(batch, of: id, &plan)
+        try writeDeferred(touched)
+        if !batch.more { report { $0.packsDone += 1 } }
+    }
+
+    /// The pack's index gives every chunk's length: offsets further into files are known.
+    /// Returns the files that learned one.
+    private func learnLengths(_ pack: OpenedPack, _ plan: inout ContentPlan) -> [Int] {
+        var touched: [Int] = []
+        for e in pack.entries where pack.version == 1 && lengths[e.chunkID] == nil {
+            lengths[e.chunkID] = Int(e.rawLength)
+        }
+        for e in pack.entries {
+            guard let ws = plan.waiting.removeValue(forKey: e.chunkID) else { continue }
+            for f in ws {
+                if let w = placements[f].advance(lengths) { plan.waiting[w, default: []].append(f) }
+                touched.append(f)
+            }
+        }
+        return touched
+    }
+
+    /// Writes each chunk of the batch where its offset is known, and spills it for the
+    /// places whose offset is not known yet; a chunk that failed or is missing damages its files.
+    private func writeChunks(_ batch: PackBatch, of id: PackID, _ plan: inout ContentPlan) throws {
+        for c in (plan.expected[id] ?? [])[batch.range] {
+            guard let ds = plan.destinations.removeValue(forKey: c) else { continue }
+            let live = ds.filter { !placements[$0.file].damaged }
+            if live.isEmpty { continue }
+            switch batch.plain[c] {
+            case .success(let data):
+                for d in live {
+                    if d.chunk < placements[d.file].known {
+                        try data.withUnsafeBytes { try write(d.file, d.chunk, $0) }
+                    } else {
+                        try data.withUnsafeBytes { try spill.put(c, $0) }
+                        deferred[d.file, default: []].append(d.chunk)
+                    }
+                }
+            case .failure(let error):
+                try damageFiles(live) { _ in error }
+            case nil:
+                // The catalog placed the chunk here, but the pack does not hold it.
+                try damageFiles(live) { f in
+                    CoreError(.missing, object: "chunk \(c)",
+                        """
+                            not in pack \(id), where the repository said it is; needed by \
+                            \(printable(tree.items[placements[f].item].snapshotPath))
+                            """)
+                }
+            }
+        }
+    }
+
+    /// Marks the file of each destination damaged, once per file, by `error(file)`.
+    private func damageFiles(_ ds: [(file: Int, chunk: Int)], _ error: (Int) -> CoreError) throws {
+        for d in ds where !placements[d.file].damaged {
+            placements[d.file].damaged = true
+            try damage(tree.items[placements[d.file].item].path, error(d.file))
+        }
+    }
+
+    /// Writes the spilled chunks of `files` whose offsets are now known.
+    private func writeDeferred(_ files: [Int]) throws {
+        for f in files {
+            guard let ks = deferred[f], !placements[f].damaged else { continue }
+            var still: [Int] = []
+            for k in ks {
+                if k < placements[f].known {
+                    let data = try spill.read(placements[f].chunks[k])
+                    try data.withUnsafeBytes { try write(f, k, $0) }
+                } else {
+                    still.append(k)
+                }
+            }
+            deferred[f] = still.isEmpty ? nil : still
+        }
+    }
+
+    /// The last step: a file still missing chunks is damaged; every file, damaged ones too
+    /// (they stay, incomplete, and are listed), gets its metadata.
+    private func finishContents() throws {
         for f in placements.indices where !placements[f].damaged && placements[f].chunksLeft > 0 {
             let item = tree.items[placements[f].item]
             try damage(item.path, CoreError(.missing, object: "file \(printable(item.snapshotPath)) in \(snapshot)",
                                             "\(placements[f].chunksLeft) of its chunks were not found in the packs"))
         }
-        // Damaged files stay, incomplete, with their metadata: they are listed.
         for f in placements.indices where !tree.items[placements[f].item].metadataDone {
             try finishedFile(f)
         }
