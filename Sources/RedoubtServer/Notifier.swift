@@ -160,6 +160,7 @@ public final class Notifier: EventSink, Sendable {
     private func deliver(_ event: Wire.NotifyEvent, to c: Catalog.NotifyChannel, attempts: Int) async throws {
         switch c.info.kind {
         case "webhook": try await postWebhook(event, c.config, attempts: attempts)
+        case "email": try await mail(event, c.config, attempts: attempts)
         default: throw ServerError.badRequest("notification channel \(c.info.id): unknown kind \(c.info.kind)")
         }
     }
@@ -217,6 +218,53 @@ public final class Notifier: EventSink, Sendable {
                 // A refusal other than throttling will not change on retry.
                 if (400..<500).contains(r.status.code) && ![408, 429].contains(r.status.code) { break }
             } catch { lastError = ServerError(502, "E_NOTIFY", "webhook \(url): \(error)") }
+        }
+        throw lastError
+    }
+}
+
+extension Notifier {
+    /// The mail for an event: the subject names kind, state, tenant and host; the body the
+    /// summary and the command that shows more.
+    static func mailMessage(_ e: Wire.NotifyEvent, from: String, to: [String]) -> SMTPClient.Message {
+        let state = e.state == "resolved" ? "RESOLVED" : e.state == "open" ? "OPEN" : "EVENT"
+        let body = """
+            \(e.summary)
+
+            Event:    \(e.kind) (\(e.state))
+            Tenant:   \(e.tenant)
+            Host:     \(e.host)
+            Since:    \(WireDate.string(e.openedAt))
+            \(e.resolvedAt.map { "Resolved: \(WireDate.string($0))\n" } ?? "")Show more: \(e.command)
+            """
+        return SMTPClient.Message(from: from, to: to, subject: "[Redoubt] \(state) \(e.kind) \(e.tenant)/\(e.host)",
+                                  body: body)
+    }
+
+    /// User and password from a credentials file: the first line is the user, the second the password.
+    static func smtpCredentials(_ path: String) throws -> (user: String, password: String) {
+        guard let text = FileManager.default.contents(atPath: path).map({ String(decoding: $0, as: UTF8.self) }) else {
+            throw ServerError.badRequest("SMTP credentials file \(path) cannot be read by the server's user")
+        }
+        let lines = text.split(whereSeparator: \.isNewline).map(String.init)
+        guard lines.count >= 2 else {
+            throw ServerError.badRequest("SMTP credentials file \(path): the user on line 1, the password on line 2")
+        }
+        return (lines[0], lines[1])
+    }
+
+    func mail(_ e: Wire.NotifyEvent, _ c: Wire.AddNotifyChannelRequest, attempts: Int) async throws {
+        let (host, port) = try SMTPClient.address(c.smtp ?? "")
+        let settings = SMTPClient.Settings(host: host, port: port, starttls: c.starttls == true,
+                                           credentials: try c.credentialsFile.map(Self.smtpCredentials),
+                                           caFile: c.caFile)
+        let message = Self.mailMessage(e, from: c.from ?? "", to: c.to ?? [])
+        var lastError: any Error = ServerError(502, "E_NOTIFY", "SMTP \(host):\(port): no attempt made")
+        for attempt in 0..<max(1, attempts) {
+            if attempt > 0 {
+                try await Task.sleep(nanoseconds: UInt64(retryDelays[min(attempt - 1, retryDelays.count - 1)] * 1e9))
+            }
+            do { return try await SMTPClient.send(message, settings) } catch { lastError = error }
         }
         throw lastError
     }
