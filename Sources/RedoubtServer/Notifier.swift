@@ -60,9 +60,11 @@ public final class Notifier: EventSink, Sendable {
     private let stream: AsyncStream<Wire.NotifyEvent>
     /// Refusals per credential inside the burst window.
     private let refusals = Mutex<[String: [Date]]>([:])
-    /// A burst: this many refusals of one credential within `burstWindow` seconds.
-    public let burstCount: Int
-    public let burstWindow: TimeInterval
+    /// A burst: `count` refusals of one credential within `window` seconds (default 5 in 300;
+    /// `server run --refusal-burst N/DURATION`).
+    private let burst: Mutex<(count: Int, window: TimeInterval)>
+    public var burstCount: Int { burst.withLock { $0.count } }
+    public var burstWindow: TimeInterval { burst.withLock { $0.window } }
     /// A host with no expected interval is stale after this long without a commit.
     public static let defaultStaleAfter: TimeInterval = 26 * 3600
     /// Delays before each retry of a failed delivery.
@@ -73,8 +75,7 @@ public final class Notifier: EventSink, Sendable {
         self.catalog = catalog
         self.clock = clock
         self.logger = logger
-        self.burstCount = burstCount
-        self.burstWindow = burstWindow
+        self.burst = Mutex((burstCount, burstWindow))
         self.retryDelays = retryDelays
         (stream, queue) = AsyncStream<Wire.NotifyEvent>.makeStream()
     }
@@ -126,9 +127,21 @@ public final class Notifier: EventSink, Sendable {
 
     // MARK: refusal bursts
 
+    /// Sets the burst threshold: `count` (2…10 000) refusals within `window` (10 s … 1 day).
+    public func setRefusalBurst(count: Int, window: TimeInterval) throws {
+        guard (2...10_000).contains(count), (10...86400).contains(window) else {
+            throw ServerError.badRequest("""
+                --refusal-burst \(count)/\(Int(window))s is out of range: 2 to 10000 refusals within 10 s to 1 day \
+                (default 5/5m)
+                """)
+        }
+        burst.withLock { $0 = (count, window) }
+    }
+
     /// Counts a refusal of a credential; a burst opens a `refusal-burst` event naming it.
     func refused(tenant: String?, role: String, principal: String, action: String) {
         let now = clock()
+        let (burstCount, burstWindow) = burst.withLock { $0 }
         let who = "\(role) \(tenant ?? "-")/\(principal)"
         let n = refusals.withLock { r -> Int in
             var times = (r[who] ?? []).filter { now.timeIntervalSince($0) < burstWindow }
@@ -147,6 +160,7 @@ public final class Notifier: EventSink, Sendable {
 
     /// Bursts whose window has passed without another refusal end.
     func resolveQuietBursts(now: Date) {
+        let burstWindow = self.burstWindow
         let quiet = refusals.withLock { r -> [String] in
             let q = r.filter { $0.value.allSatisfy { now.timeIntervalSince($0) >= burstWindow } }.map(\.key)
             for k in q { r[k] = nil }
