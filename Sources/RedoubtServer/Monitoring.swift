@@ -77,6 +77,13 @@ public enum MetricsListener {
         return (host, port)
     }
 
+    /// Whether `host` is a literal IPv4 or IPv6 address (no TLS server name is sent for one).
+    static func isIPAddress(_ host: String) -> Bool {
+        host.contains(":") || (host.split(separator: ".").count == 4 && host.split(separator: ".").allSatisfy {
+            UInt8($0) != nil
+        })
+    }
+
     static func isLoopback(_ host: String) -> Bool {
         let h = host.hasPrefix("[") && host.hasSuffix("]") ? String(host.dropFirst().dropLast()) : host
         if h == "localhost" || h == "::1" { return true }

@@ -60,9 +60,11 @@ public final class Notifier: EventSink, Sendable {
     private let stream: AsyncStream<Wire.NotifyEvent>
     /// Refusals per credential inside the burst window.
     private let refusals = Mutex<[String: [Date]]>([:])
-    /// A burst: this many refusals of one credential within `burstWindow` seconds.
-    public let burstCount: Int
-    public let burstWindow: TimeInterval
+    /// A burst: `count` refusals of one credential within `window` seconds (default 5 in 300;
+    /// `server run --refusal-burst N/DURATION`).
+    private let burst: Mutex<(count: Int, window: TimeInterval)>
+    public var burstCount: Int { burst.withLock { $0.count } }
+    public var burstWindow: TimeInterval { burst.withLock { $0.window } }
     /// A host with no expected interval is stale after this long without a commit.
     public static let defaultStaleAfter: TimeInterval = 26 * 3600
     /// Delays before each retry of a failed delivery.
@@ -73,8 +75,7 @@ public final class Notifier: EventSink, Sendable {
         self.catalog = catalog
         self.clock = clock
         self.logger = logger
-        self.burstCount = burstCount
-        self.burstWindow = burstWindow
+        self.burst = Mutex((burstCount, burstWindow))
         self.retryDelays = retryDelays
         (stream, queue) = AsyncStream<Wire.NotifyEvent>.makeStream()
     }
@@ -126,9 +127,21 @@ public final class Notifier: EventSink, Sendable {
 
     // MARK: refusal bursts
 
+    /// Sets the burst threshold: `count` (2…10 000) refusals within `window` (10 s … 1 day).
+    public func setRefusalBurst(count: Int, window: TimeInterval) throws {
+        guard (2...10_000).contains(count), (10...86400).contains(window) else {
+            throw ServerError.badRequest("""
+                --refusal-burst \(count)/\(Int(window))s is out of range: 2 to 10000 refusals within 10 s to 1 day \
+                (default 5/5m)
+                """)
+        }
+        burst.withLock { $0 = (count, window) }
+    }
+
     /// Counts a refusal of a credential; a burst opens a `refusal-burst` event naming it.
     func refused(tenant: String?, role: String, principal: String, action: String) {
         let now = clock()
+        let (burstCount, burstWindow) = burst.withLock { $0 }
         let who = "\(role) \(tenant ?? "-")/\(principal)"
         let n = refusals.withLock { r -> Int in
             var times = (r[who] ?? []).filter { now.timeIntervalSince($0) < burstWindow }
@@ -147,6 +160,7 @@ public final class Notifier: EventSink, Sendable {
 
     /// Bursts whose window has passed without another refusal end.
     func resolveQuietBursts(now: Date) {
+        let burstWindow = self.burstWindow
         let quiet = refusals.withLock { r -> [String] in
             let q = r.filter { $0.value.allSatisfy { now.timeIntervalSince($0) >= burstWindow } }.map(\.key)
             for k in q { r[k] = nil }
@@ -160,6 +174,7 @@ public final class Notifier: EventSink, Sendable {
     private func deliver(_ event: Wire.NotifyEvent, to c: Catalog.NotifyChannel, attempts: Int) async throws {
         switch c.info.kind {
         case "webhook": try await postWebhook(event, c.config, attempts: attempts)
+        case "email": try await mail(event, c.config, attempts: attempts)
         default: throw ServerError.badRequest("notification channel \(c.info.id): unknown kind \(c.info.kind)")
         }
     }
@@ -217,6 +232,53 @@ public final class Notifier: EventSink, Sendable {
                 // A refusal other than throttling will not change on retry.
                 if (400..<500).contains(r.status.code) && ![408, 429].contains(r.status.code) { break }
             } catch { lastError = ServerError(502, "E_NOTIFY", "webhook \(url): \(error)") }
+        }
+        throw lastError
+    }
+}
+
+extension Notifier {
+    /// The mail for an event: the subject names kind, state, tenant and host; the body the
+    /// summary and the command that shows more.
+    static func mailMessage(_ e: Wire.NotifyEvent, from: String, to: [String]) -> SMTPClient.Message {
+        let state = e.state == "resolved" ? "RESOLVED" : e.state == "open" ? "OPEN" : "EVENT"
+        let body = """
+            \(e.summary)
+
+            Event:    \(e.kind) (\(e.state))
+            Tenant:   \(e.tenant)
+            Host:     \(e.host)
+            Since:    \(WireDate.string(e.openedAt))
+            \(e.resolvedAt.map { "Resolved: \(WireDate.string($0))\n" } ?? "")Show more: \(e.command)
+            """
+        return SMTPClient.Message(from: from, to: to, subject: "[Redoubt] \(state) \(e.kind) \(e.tenant)/\(e.host)",
+                                  body: body)
+    }
+
+    /// User and password from a credentials file: the first line is the user, the second the password.
+    static func smtpCredentials(_ path: String) throws -> (user: String, password: String) {
+        guard let text = FileManager.default.contents(atPath: path).map({ String(decoding: $0, as: UTF8.self) }) else {
+            throw ServerError.badRequest("SMTP credentials file \(path) cannot be read by the server's user")
+        }
+        let lines = text.split(whereSeparator: \.isNewline).map(String.init)
+        guard lines.count >= 2 else {
+            throw ServerError.badRequest("SMTP credentials file \(path): the user on line 1, the password on line 2")
+        }
+        return (lines[0], lines[1])
+    }
+
+    func mail(_ e: Wire.NotifyEvent, _ c: Wire.AddNotifyChannelRequest, attempts: Int) async throws {
+        let (host, port) = try SMTPClient.address(c.smtp ?? "")
+        let settings = SMTPClient.Settings(host: host, port: port, starttls: c.starttls == true,
+                                           credentials: try c.credentialsFile.map(Self.smtpCredentials),
+                                           caFile: c.caFile)
+        let message = Self.mailMessage(e, from: c.from ?? "", to: c.to ?? [])
+        var lastError: any Error = ServerError(502, "E_NOTIFY", "SMTP \(host):\(port): no attempt made")
+        for attempt in 0..<max(1, attempts) {
+            if attempt > 0 {
+                try await Task.sleep(nanoseconds: UInt64(retryDelays[min(attempt - 1, retryDelays.count - 1)] * 1e9))
+            }
+            do { return try await SMTPClient.send(message, settings) } catch { lastError = error }
         }
         throw lastError
     }

@@ -25,10 +25,25 @@ extension RepositoryService {
                 throw ServerError.badRequest("\(SafeText.echo(f)) must be an absolute path on the server host")
             }
         case "email":
-            throw ServerError(501, "E_NOT_IMPLEMENTED", """
-                email notifications are not available in this version: use a webhook (`redoubt admin notify add \
-                webhook URL`) and relay it to mail
-                """)
+            let (host, port) = try SMTPClient.address(req.smtp ?? "")
+            guard let from = req.from, let to = req.to, !to.isEmpty else {
+                throw ServerError.badRequest("an email channel needs --from and at least one --to")
+            }
+            for a in [from] + to { try SMTPClient.checkMailbox(a) }
+            // Why: messages name tenants and hosts; in the clear only to this machine.
+            guard req.starttls == true || MetricsListener.isLoopback(host) else {
+                throw ServerError.badRequest("""
+                    SMTP to \(SafeText.echo(host)) needs --starttls: notifications name tenants and hosts, and go \
+                    in the clear only to a loopback address
+                    """)
+            }
+            if req.credentialsFile != nil && req.starttls != true {
+                throw ServerError.badRequest("SMTP credentials need --starttls: a password is never sent in the clear")
+            }
+            for f in [req.credentialsFile, req.caFile].compactMap({ $0 }) where !f.hasPrefix("/") {
+                throw ServerError.badRequest("\(SafeText.echo(f)) must be an absolute path on the server host")
+            }
+            target = "smtp://\(host):\(port) to " + to.joined(separator: ",")
         default:
             throw ServerError.badRequest("notification channel kind \(SafeText.echo(req.kind)) is not webhook or email")
         }

@@ -6,25 +6,34 @@ import RedoubtCore
 // `redoubt admin notify …` and `redoubt admin status` (docs/PROTOCOL.md §5.3).
 struct AdminNotifyCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(commandName: "notify",
-        abstract: "Send notifications to webhooks when something needs a person.",
+        abstract: "Send notifications to webhooks and mail when something needs a person.",
         subcommands: [NotifyAdd.self, NotifyList.self, NotifyRemove.self, NotifyTest.self, NotifyExpect.self])
 }
 
 struct NotifyAdd: AsyncParsableCommand {
     static let configuration = CommandConfiguration(commandName: "add",
-        abstract: "Add a notification channel: webhook URL.",
+        abstract: "Add a notification channel: webhook URL, or email --smtp HOST:PORT --from A --to B.",
         discussion: """
             A webhook receives each event as a JSON POST, signed when --secret-file is given: header \
             x-redoubt-signature is sha256= and the hex HMAC-SHA256 of the body under the file's bytes. \
             Failed deliveries are retried with backoff. Files are paths on the server host, read when \
-            a message is sent. Event kinds: host-stale, integrity-failure, copy-lagging, lock-proof-failed, \
+            a message is sent. Email goes over SMTP with STARTTLS (required except to a loopback \
+            relay); --credentials names a file of user (line 1) and password (line 2). \
+            Event kinds: host-stale, integrity-failure, copy-lagging, lock-proof-failed, \
             refusal-burst, approval-requested, hold-placed, hold-lifted, job-failed.
             """)
     @OptionGroup var admin: AdminOptions
-    @Argument(help: "webhook") var kind: String
-    @Argument(help: "The webhook URL (https; http only to loopback).") var url: String
+    @Argument(help: "webhook or email") var kind: String
+    @Argument(help: "The webhook URL (https; http only to loopback).") var url: String?
+    @Option(name: .long, help: "email: the SMTP server, HOST:PORT.") var smtp: String?
+    @Option(name: .long, help: "email: the sender address.") var from: String?
+    @Option(name: .long, help: "email: a recipient (repeatable).") var to: [String] = []
+    @Flag(name: .long, help: "email: upgrade the connection with STARTTLS (required unless --smtp is loopback).")
+    var starttls = false
+    @Option(name: .long, help: "email: a file on the server host, the SMTP user on line 1 and password on line 2.")
+    var credentials: String?
     @Option(name: .long, help: "A file on the server host holding the HMAC secret.") var secretFile: String?
-    @Option(name: .long, help: "A PEM file on the server host of CAs to trust for the webhook's TLS.")
+    @Option(name: .long, help: "A PEM file on the server host of CAs to trust for the webhook's or SMTP's TLS.")
     var caFile: String?
     @Option(name: .long, help: "Only these event kinds (comma-separated; default: all).") var events: String?
     @Option(name: .long, help: "Only this tenant's events (default: every tenant's and the server's).")
@@ -33,12 +42,20 @@ struct NotifyAdd: AsyncParsableCommand {
 
     func run() async throws {
         try await RedoubtCLI.run {
-            guard kind == "webhook" else {
-                throw ValidationError("only `notify add webhook URL` is available in this version")
+            let kinds = events.map { $0.split(separator: ",").map(String.init) }
+            let req: Wire.AddNotifyChannelRequest
+            switch kind {
+            case "webhook":
+                guard let url else { throw ValidationError("notify add webhook needs the URL") }
+                req = .init(kind: kind, url: url, secretFile: secretFile, caFile: caFile, events: kinds, tenant: tenant)
+            case "email":
+                guard smtp != nil, from != nil, !to.isEmpty else {
+                    throw ValidationError("notify add email needs --smtp HOST:PORT, --from and at least one --to")
+                }
+                req = .init(kind: kind, caFile: caFile, smtp: smtp, from: from, to: to, starttls: starttls,
+                            credentialsFile: credentials, events: kinds, tenant: tenant)
+            default: throw ValidationError("notify add takes webhook URL or email --smtp … (not \(kind))")
             }
-            let req = Wire.AddNotifyChannelRequest(
-                kind: kind, url: url, secretFile: secretFile, caFile: caFile,
-                events: events.map { $0.split(separator: ",").map(String.init) }, tenant: tenant)
             let c = try await RedoubtCLI.with(try admin.client()) { try await $0.addNotifyChannel(req) }
             if json { try printJSON(c) } else { print(NotifyList.line(c)) }
             return .ok

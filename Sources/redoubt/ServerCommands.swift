@@ -68,6 +68,9 @@ struct ServerRun: AsyncParsableCommand {
             default: off). Elsewhere, scrape GET /v1/metrics over TLS with an auditor credential.
             """)
     var metricsListen: String?
+    @Option(name: .long,
+        help: "Notify a refusal burst at N refusals of one credential within DURATION (default 5/5m).")
+    var refusalBurst = "5/5m"
 
     func run() async throws {
         try await RedoubtCLI.run {
@@ -83,6 +86,12 @@ struct ServerRun: AsyncParsableCommand {
                 margin: try parseDuration(snapshotTimeMargin))
             let limits = try applyLimits(settings.limits ?? ServerLimits(), limit)
             let service = try home.openService(logger: logger, limits: limits, timeBounds: bounds)
+            let burst = refusalBurst.split(separator: "/", maxSplits: 1).map(String.init)
+            guard burst.count == 2, let burstCount = Int(burst[0]) else {
+                throw ValidationError("--refusal-burst takes N/DURATION, e.g. 5/5m")
+            }
+            do { try service.notifier.setRefusalBurst(count: burstCount, window: try parseDuration(burst[1])) }
+            catch let e as ServerError { throw ValidationError(e.message) }
             if let store = service.store as? any ImmutabilityReporting, let warning = store.immutabilityWarning {
                 // Why loud: without the flag, root on this host can alter packs unnoticed until verify.
                 FileHandle.standardError.write(Data("WARNING: \(warning)\n".utf8))

@@ -217,4 +217,23 @@ final class WebhookReceiver: @unchecked Sendable {
         #expect(try await server.admin.notifyChannels().isEmpty)
         await server.stop()
     }
+
+    @Test func theRefusalBurstThresholdIsABoundedSetting() async throws {
+        let w = try await MetricsWorld.start()
+        let n = w.server.service.notifier
+        #expect(n.burstCount == 5 && n.burstWindow == 300)
+        for (count, window) in [(1, 60.0), (20_000, 60), (5, 5), (5, 90_000)] {
+            #expect(throws: ServerError.self) { try n.setRefusalBurst(count: count, window: window) }
+        }
+        try n.setRefusalBurst(count: 2, window: 60)
+        _ = try? await w.writer.send(.DELETE, "/v1/packs/00")
+        #expect(try w.server.service.catalog.openAlerts().isEmpty)
+        _ = try? await w.writer.send(.DELETE, "/v1/packs/00")
+        #expect(try w.server.service.catalog.openAlerts().map(\.event.kind) == ["refusal-burst"])
+        // A window later without another refusal, the burst is over.
+        w.server.clock.set(w.server.clock.now().addingTimeInterval(61))
+        try w.server.service.evaluateNotifications()
+        #expect(try w.server.service.catalog.openAlerts().isEmpty)
+        await w.stop()
+    }
 }
