@@ -13,7 +13,8 @@ struct Redoubt: AsyncParsableCommand {
         version: "redoubt \(RedoubtVersion.string)",
         subcommands: [QuickstartCommand.self, ServerCommand.self, CopyCommand.self, AdminCommand.self,
             EnrollCommand.self, BackupCommand.self, SnapshotsCommand.self,
-                      RestoreCommand.self, LsCommand.self, VerifyCommand.self, AuditCommand.self, MediaCommand.self,
+                      RestoreCommand.self, LsCommand.self, DumpCommand.self, DiffCommand.self, FindCommand.self,
+                      VerifyCommand.self, AuditCommand.self, MediaCommand.self,
                           DoctorCommand.self])
 }
 
