@@ -25,8 +25,10 @@ struct BackupCommand: AsyncParsableCommand {
     @Option(name: .long, help: "A tag for the snapshot (repeatable).") var tag: [String] = []
     @Option(name: .long, help: "Skip paths matching this glob (repeatable).") var exclude: [String] = []
     @Flag(name: .long, help: "Print the summary as JSON.") var json = false
+    @OptionGroup(title: "Progress") var progress: ProgressOptions
 
     func run() async throws {
+        progress.apply()
         try await RedoubtCLI.run {
             let cfg = config.resolved
             let summary = try await runBackup(config: cfg, paths: paths, tags: tag, excludes: exclude, quiet: json)

@@ -42,6 +42,7 @@ struct RestoreCommand: AsyncParsableCommand {
             """) var skipDamaged = false
     @Flag(name: .long, help: "Print the summary as JSON.") var json = false
     @OptionGroup(title: "A bucket copy instead of the server") var bucket: FromBucketOptions
+    @OptionGroup(title: "Progress") var progress: ProgressOptions
 
     var options: RestoreOptions {
         RestoreOptions(paths: path.map { Array($0.utf8) }, includes: include, excludes: exclude,
@@ -49,6 +50,7 @@ struct RestoreCommand: AsyncParsableCommand {
     }
 
     func run() async throws {
+        progress.apply()
         try await RedoubtCLI.run {
             if overwrite == nil { try RestoreSupport.requireEmptyTarget(target) }
             if let store = try bucket.store() {

@@ -62,9 +62,20 @@ struct ServerRun: AsyncParsableCommand {
     @Option(name: .long,
         help: "A server limit for this run, NAME=VALUE (repeatable; over server.json; docs/PROTOCOL.md §3.2).")
     var limit: [String] = []
+    @Option(name: .long, help: """
+        Write the operational log (start, stop, failed requests with their request ID, low disk space) to stderr \
+        as logfmt or json lines, at level info or REDOUBT_LOG.
+        """)
+    var logFormat: OperationalLog.Format?
+    @Option(name: .long, help: "Log a warning while less than this is free under --data (default 2G).")
+    var diskWarningFree = "2G"
 
     func run() async throws {
+        OperationalLog.format = logFormat
         try await RedoubtCLI.run {
+            guard let threshold = ServerLimits.parseSize(diskWarningFree) else {
+                throw ValidationError("--disk-warning-free \(diskWarningFree): give a size such as 2G")
+            }
             let logger = Logger(label: "redoubt.server")
             let home = ServerHome(path: data)
             let settings = try home.settings()
@@ -95,13 +106,28 @@ struct ServerRun: AsyncParsableCommand {
             let app = try RedoubtHTTP.application(service: service, home: home, host: host, port: port,
                 logger: logger) { bound in
                 print("redoubt server listening on \(host):\(bound) (\(settings.url))")
+                logger.info("server started", metadata: ["listen": "\(host):\(bound)", "url": "\(settings.url)",
+                                                         "data": "\(data)", "version": "\(RedoubtVersion.string)"])
+                DiskSpace.check(data, threshold: UInt64(threshold), logger: logger)
                 // Why flush: under systemd or a pipe, stdout is block-buffered and the
                 // readiness line would never show.
                 fflush(nil)
             }
             // Copy targets: proved again daily, synced after each commit and on failure, hourly.
             await service.startCopyJobs()
-            try await app.runService()
+            // Low disk space is logged again every five minutes while it lasts.
+            let watch = Task {
+                while (try? await Task.sleep(for: .seconds(300))) != nil {
+                    DiskSpace.check(data, threshold: UInt64(threshold), logger: logger)
+                }
+            }
+            do { try await app.runService() } catch {
+                watch.cancel()
+                logger.error("server stopped", metadata: ["error": "\(error)"])
+                throw error
+            }
+            watch.cancel()
+            logger.info("server stopped")
             return .ok
         }
     }

@@ -214,6 +214,32 @@ import RedoubtCore
         return Int32((status >> 8) & 0xff)
     }
 
+    /// Without a terminal (cron, systemd) progress is whole lines, one per interval, on
+    /// stderr or on --progress-fd; never the terminal's carriage returns. The interval is
+    /// a microsecond here so that every report prints: nothing waits on a clock.
+    @Test func progressLinesWithoutATerminal() throws {
+        let s = try Setup()
+        let corpus = s.e.dir.appendingPathComponent("corpus").path
+        try s.tree(corpus, ["a.txt": "a", "b/c.txt": "c"])
+        let fd3 = s.e.dir.appendingPathComponent("progress.txt").path
+        let out = s.e.dir.appendingPathComponent("out.bin").path
+        #expect(Self.raw(s, ["backup", corpus, "--progress-interval", "0.000001", "--progress-fd", "3",
+                             "--config", s.host], to: out, shell: "3> '\(fd3)'") == 0)
+        let lines = try String(contentsOfFile: fd3, encoding: .utf8)
+        #expect(lines.hasPrefix("progress: ") && lines.hasSuffix("\n") && !lines.contains("\r"), "\(lines)")
+        #expect(lines.split(separator: "\n").allSatisfy { $0.hasPrefix("progress: ") && $0.contains(" files ") })
+
+        let restored = try s.e.run(["restore", "latest", "--target", s.e.dir.appendingPathComponent("r").path,
+                                    "--progress-interval", "0.000001", "--config", s.restorer])
+        #expect(restored.err.contains("progress: ") && !restored.err.contains("\r"), "\(restored.err)")
+        let quiet = try s.e.run(["restore", "latest", "--target", s.e.dir.appendingPathComponent("q").path,
+                                 "--progress-interval", "0", "--config", s.restorer])
+        #expect(!quiet.err.contains("progress"), "\(quiet.err)")
+        let closed = try s.e.run(["restore", "latest", "--target", s.e.dir.appendingPathComponent("c").path,
+                                  "--progress-fd", "987", "--config", s.restorer], check: false)
+        #expect(closed.status == 2 && closed.err.contains("--progress-fd 987"), "\(closed.status) \(closed.err)")
+    }
+
     /// `dump` gives a file byte for byte (a sparse one with its holes as zeros) and a
     /// directory as a tar stream that `tar -x` turns into the same tree; `diff` names what
     /// was added, removed and changed; `find` finds names across snapshots and hosts.
