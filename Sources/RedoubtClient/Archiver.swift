@@ -4,13 +4,13 @@ import RedoubtCore
 
 /// Backs up local paths into a repository as one snapshot.
 ///
-/// **Snapshot root layout.** Each path in ``BackupOptions/paths`` becomes one top-level
-/// entry of the root tree, named by the last component of the path made absolute and
-/// normalised lexically (`/srv/www/` → `www`; `/` → `root`). If two paths end in the
-/// same name, the later ones get `~2`, `~3`, … appended (`/a/data`, `/b/data` → `data`,
-/// `data~2`). The manifest's public header keeps the paths exactly as given, in order,
-/// so the mapping can be recomputed. Hard links name their first file by its path in
-/// this layout (`data~2/sub/file`).
+/// **Snapshot root layout.** Each path in ``BackupOptions/paths``, made absolute and
+/// normalised lexically, is kept whole below the root tree (manifest version 3): `/a/x`
+/// and `/b/x` are `a/x` and `b/x`, the directories on the way (`a`, `b`) are stored with
+/// their own metadata, and `/` puts its entries at the root. A path given twice, or inside
+/// another path given, is walked once. The manifest's public header keeps the paths as
+/// given, in order. Hard links name their first file by its path below the root
+/// (`b/x/sub/file`). See ``SnapshotLayout``.
 ///
 /// **What is stored.** Every entry below the paths (minus exclusions), never following a
 /// symlink: names as raw bytes, all eight node types, `mode & 07777`, owner and group
@@ -91,9 +91,26 @@ public final class Archiver: Sendable {
         }
         walker.excludeCaches = options.excludeCaches
         walker.oneFileSystem = options.oneFileSystem
+        let legacy = hooks.legacyLayout
+        let walked = legacy ? absolute : SnapshotLayout.wholePaths(absolute)
+        let names = legacy ? SnapshotLayout.topLevelNames(walked)
+            : walked.map { $0.split(separator: 0x2f).last.map(Array.init) ?? Array("root".utf8) }
+        // A command's output is one file at the top level, named as the job says.
         var walk = try options.stream.map { s throws(ArchiveError) in try WalkResult.stream(name: s.name, now: now) }
-            ?? walker.walk(paths: absolute, names: SnapshotLayout.topLevelNames(absolute))
+            ?? walker.walk(paths: walked, names: names,
+                           snapshotPaths: legacy ? names : walked.map(SnapshotLayout.relative))
         warnings += walk.warnings
+        // The directories on the way to each path, by their path below the root.
+        var ancestors: [[UInt8]: Node] = [:]
+        if !legacy {
+            for i in walk.topLevel {
+                let parts = walk.entries[i].fullPath.split(separator: 0x2f).map(Array.init)
+                for k in parts.indices.dropLast() where ancestors[Array(parts[...k].joined(separator: [0x2f]))] == nil {
+                    let rel = Array(parts[...k].joined(separator: [0x2f]))
+                    ancestors[rel] = try walker.ancestorNode([0x2f] + rel)
+                }
+            }
+        }
         let filesTotal = UInt64(walk.files.count)
         run.progress(force: true) {
             $0 = BackupProgress(phase: .checkingCache, filesTotal: filesTotal, bytesTotal: walk.bytesTotal)
@@ -221,19 +238,43 @@ public final class Archiver: Sendable {
 
         // 5. Trees, bottom-up: children always follow their directory in walk order.
         run.progress(force: true) { $0.phase = .trees }
+        var storedAncestors: [Node] = []
         let (root, rootSeals): ([ChunkID], [ChunkSeal]) = try await withThrowingTaskGroup(of: FinishedPack.self) {
             uploads in
             let worker = try BackupWorker(run: run)
             for i in walk.entries.indices.reversed() where walk.entries[i].node.type == .directory
-                && !walk.entries[i].omitted {
+                && !walk.entries[i].omitted && !(walk.entries[i].parent < 0 && walk.entries[i].snapshotPath.isEmpty) {
                 let children = walk.entries[i].children.filter { !walk.entries[$0].omitted }.map {
                     walk.entries[$0].node
                 }
                 (walk.entries[i].node.subtree, walk.entries[i].node.subtreeSeals) =
                     try await worker.addBlob(try TreeCodec.encode(Tree(nodes: children)), &uploads)
             }
-            let top = walk.topLevel.filter { !walk.entries[$0].omitted }.map { walk.entries[$0].node }
-            let refs = try await worker.addBlob(try TreeCodec.encode(Tree(nodes: top)), &uploads)
+            // Each directory's entries by its path below the root ([]: the root itself).
+            var members: [[UInt8]: [Node]] = [:]
+            for t in walk.topLevel where !walk.entries[t].omitted {
+                let e = walk.entries[t]
+                if e.snapshotPath.isEmpty {
+                    // `/` itself: its entries are the root's.
+                    members[[], default: []] += e.children.filter { !walk.entries[$0].omitted }.map {
+                        walk.entries[$0].node
+                    }
+                } else {
+                    let parent = Array(e.snapshotPath.split(separator: 0x2f).dropLast().joined(separator: [0x2f]))
+                    members[parent, default: []].append(e.node)
+                }
+            }
+            // Deepest first, so a directory's subtree is stored before the node that names it.
+            func depth(_ p: [UInt8]) -> Int { p.reduce(0) { $0 + ($1 == 0x2f ? 1 : 0) } }
+            for path in ancestors.keys.sorted(by: { depth($0) > depth($1) }) where members[path] != nil {
+                var node = ancestors[path]!
+                (node.subtree, node.subtreeSeals) =
+                    try await worker.addBlob(try TreeCodec.encode(Tree(nodes: members[path] ?? [])), &uploads)
+                storedAncestors.append(node)
+                let parent = Array(path.split(separator: 0x2f).dropLast().joined(separator: [0x2f]))
+                members[parent, default: []].append(node)
+            }
+            let refs = try await worker.addBlob(try TreeCodec.encode(Tree(nodes: members[[]] ?? [])), &uploads)
             try await worker.finish(&uploads)
             return refs
         }
@@ -243,7 +284,11 @@ public final class Archiver: Sendable {
         var packs = Set(registry.uploaded)
         var referenced = root
         var stats = SnapshotStatistics()
-        for e in walk.entries where !e.omitted {
+        for a in storedAncestors {
+            referenced += a.subtree
+            stats.directories += 1
+        }
+        for e in walk.entries where !e.omitted && !(e.parent < 0 && e.snapshotPath.isEmpty) {
             referenced += e.node.content
             referenced += e.node.subtree
             switch e.node.type {
@@ -277,6 +322,7 @@ public final class Archiver: Sendable {
                                     paths: paths, tags: options.tags, statistics: stats,
                                     packs: packs.sorted(), clientVersion: RedoubtVersion.string)
         let manifest = try Manifest.create(header: header, root: root, rootSeals: rootSeals,
+                                           version: legacy ? 2 : Manifest.version,
                                            readPublicKey: keys.shared.readPublicKey, signingKey: keys.signingKey)
         try await locating.commit(manifest: manifest)
         logger.info("snapshot committed", metadata: ["snapshot": "\(manifest.id)", "packs": "\(packs.count)",

@@ -11,6 +11,10 @@ struct ArchiverTestHooks: Sendable {
     var chunkerParameters: Chunker.Parameters? = nil
     /// Called for each chunk of a changed file named from the metadata cache instead of sealed.
     var sealSkipped: (@Sendable () -> Void)? = nil
+    /// Lay the root out as snapshots before manifest version 3 did (one entry per path,
+    /// named by its last component) and write version 2: how tests make the old snapshots
+    /// that must still restore.
+    var legacyLayout = false
 }
 
 /// A chunk of the last snapshot a changed file may still contain: its ID and seal.

@@ -48,28 +48,47 @@ public final class Restorer: Sendable {
         self.batchPlaintextBudget = batchPlaintextBudget
     }
 
-    /// Restores `subpath` of the snapshot (a path relative to its root, e.g. `data/etc`;
-    /// nil or empty for the whole snapshot) into the directory `target`, created if
-    /// missing. The selected entry keeps its name: restoring `data/etc` creates
-    /// `target/etc`; restoring everything creates one entry per backed-up path.
-    /// Existing non-directory entries in the way are replaced; existing directories are
-    /// merged into.
+    /// Restores `subpath` of the snapshot (a path as the user knows it, `/srv/www`, or
+    /// below the snapshot root, `srv/www`; nil or empty for the whole snapshot) into the
+    /// directory `target`, created if missing. Existing entries are replaced; see
+    /// ``restore(manifest:readKey:chunkIDKey:source:target:options:isRoot:progress:)``.
     public func restore(manifest: Manifest, readKey: ReadPrivateKey, chunkIDKey: ChunkIDKey, source: any PackSource,
         target: String,
                         subpath: [UInt8]? = nil, isRoot: Bool = geteuid() == 0, skipDamaged: Bool = false,
                         progress: @escaping @Sendable (RestoreProgress) -> Void =
                             { _ in }) async throws -> RestoreResult {
+        let paths = subpath.map { $0.isEmpty ? [] : [$0] } ?? []
+        return try await restore(manifest: manifest, readKey: readKey, chunkIDKey: chunkIDKey, source: source,
+                                 target: target, options: RestoreOptions(paths: paths, skipDamaged: skipDamaged),
+                                 isRoot: isRoot, progress: progress)
+    }
+
+    /// Restores the entries `options` selects into the directory `target`, created if
+    /// missing. Every entry keeps its path below the snapshot root, so restoring `/srv/www`
+    /// of a snapshot of `/srv/www` creates `target/srv/www`, with `srv` as the snapshot
+    /// recorded it (snapshots before manifest version 3: `target/www`). Existing
+    /// directories are merged into; other existing entries are handled by
+    /// ``RestoreOptions/overwrite``. Each file is written under a temporary name in its
+    /// directory and renamed to its own when whole (contents, owner, mode and times set),
+    /// so a failure (a full disk) never leaves a truncated file under a real name; the
+    /// temporary files of a failed restore are removed. Throws ``ArchiveError`` `.notFound`
+    /// naming a selected path the snapshot does not hold, before anything is written.
+    public func restore(manifest: Manifest, readKey: ReadPrivateKey, chunkIDKey: ChunkIDKey, source: any PackSource,
+                        target: String, options: RestoreOptions, isRoot: Bool = geteuid() == 0,
+                        progress: @escaping @Sendable (RestoreProgress) -> Void =
+                            { _ in }) async throws -> RestoreResult {
         let r = try RestoreSession(manifest: manifest, readKey: readKey, chunkIDKey: chunkIDKey, source: source,
             isRoot: isRoot,
-                                   skipDamaged: skipDamaged, batchPlaintextBudget: batchPlaintextBudget,
+                                   skipDamaged: options.skipDamaged, batchPlaintextBudget: batchPlaintextBudget,
                                        onProgress: progress)
-        let result = try await r.run(target: target, subpath: subpath)
+        let result = try await r.run(target: target, options: options)
         logger.info("restore finished", metadata: ["snapshot": "\(manifest.id)", "files": "\(result.files)",
             "packs": "\(result.packsFetched)"])
         return result
     }
 
-    /// Calls `body` with each entry of the snapshot at `subpath` (nil or empty: its top
+    /// Calls `body` with each entry of the snapshot at `subpath` (as the user knows it or
+    /// below the root, ``SnapshotLayout/snapshotPath(of:in:)``; nil or empty: its top
     /// level), as it is read: a directory's children, or the one entry a path names;
     /// `recursive` walks the directories below too, depth first, each directory's entries
     /// in tree (name) order. Reads trees only, so it needs only the packs that hold them
@@ -146,7 +165,13 @@ final class RestoreSession {
         onProgress(status)
     }
 
-    func run(target: String, subpath: [UInt8]?) async throws -> RestoreResult {
+    private var filter = RestoreFilter(RestoreOptions(), manifest: nil)
+    private var overwrite = OverwritePolicy.always
+    private var skippedExisting: UInt64 = 0
+
+    func run(target: String, options: RestoreOptions) async throws -> RestoreResult {
+        filter = RestoreFilter(options, manifest: manifest)
+        overwrite = options.overwrite
         let targetBytes = Array(target.utf8)
         if mkdir(target, 0o700) != 0 && Glibc.errno != EEXIST {
             throw ArchiveError.system("creating the restore target", object: target, errno: Glibc.errno)
@@ -162,17 +187,26 @@ final class RestoreSession {
 
         report(force: true)
         try await locateChunks()
-        try await plan(subpath: subpath)
+        try await plan(given: options.paths)
         try await resolveHardLinks()
-        try createEntries()
-        try await writeContents()
+        do {
+            try createEntries()
+            try await writeContents()
+        } catch {
+            // Why: a file not renamed yet is incomplete; none may stay behind (and none
+            // was ever under its real name).
+            tree.removeTemporaries()
+            throw error
+        }
         try makeOtherEntries()
         report(force: true) { $0.phase = .finishing }
         try applyMetadata()
         report(force: true) { $0.phase = .done; $0.currentPath = "" }
-        return RestoreResult(files: counts.files, directories: counts.directories, otherEntries: counts.other,
+        var result = RestoreResult(files: counts.files, directories: counts.directories, otherEntries: counts.other,
             bytesWritten: status.bytesDone,
                              packsFetched: packsFetched, warnings: warnings, damaged: damaged)
+        result.skippedExisting = skippedExisting
+        return result
     }
 
     // MARK: - packs
@@ -226,7 +260,7 @@ final class RestoreSession {
     }
 
     /// An opened pack, from the cache or fetched (and then cached).
-    private func openedPack(_ id: PackID) async throws -> (pack: OpenedPack, index: [ChunkID: Int]) {
+    func openedPack(_ id: PackID) async throws -> (pack: OpenedPack, index: [ChunkID: Int]) {
         if let e = damagedPacks[id] { throw e }
         tick += 1
         if let c = cache[id] {
@@ -343,7 +377,7 @@ final class RestoreSession {
 
     /// Builds the chunk → pack map: from the source's catalog if it has one, else by
     /// opening every pack the manifest names (each kept while the budget allows).
-    private func locateChunks() async throws {
+    func locateChunks() async throws {
         let packs = manifest.header.packs
         if let s = source as? any ChunkLocatingPackSource {
             location = try await s.chunkLocations(inPacks: packs)
@@ -397,12 +431,12 @@ final class RestoreSession {
         return out
     }
 
-    private func loadTree(_ ids: [ChunkID], path: [UInt8]) async throws -> Tree {
+    func loadTree(_ ids: [ChunkID], path: [UInt8]) async throws -> Tree {
         let object = path.isEmpty ? "root tree of \(snapshot)" : "tree of \(printable(path)) in \(snapshot)"
         return learnSeals(try TreeCodec.decode(try await blob(ids, object: object), object: object))
     }
 
-    private func root() async throws -> Tree {
+    func root() async throws -> Tree {
         if let rootTree { return rootTree }
         let root = try manifest.openRootRefs(readKey: readKey)
         learnSeals(root.ids, root.seals)
@@ -412,7 +446,7 @@ final class RestoreSession {
     }
 
     /// The node at `path` (relative to the snapshot root), through directories only.
-    private func findNode(_ path: [UInt8]) async throws -> Node? {
+    func findNode(_ path: [UInt8]) async throws -> Node? {
         let parts = path.split(separator: 0x2f, omittingEmptySubsequences: false).map(Array.init)
         guard !parts.isEmpty, parts.allSatisfy(TreeCodec.isSafeName) else { return nil }
         var t = try await root()
@@ -427,13 +461,26 @@ final class RestoreSession {
         return nil
     }
 
+    /// The plaintext of one content chunk of `node` (at `path`), checked against its ID
+    /// and seal: what `dump` streams.
+    func contentChunk(_ id: ChunkID, path: [UInt8]) async throws -> [UInt8] {
+        guard let p = location[id] else {
+            throw CoreError(.missing, object: "chunk \(id)",
+                "needed by file \(printable(path)) but in none of the packs \(snapshot) lists")
+        }
+        let opened = try await openedPack(p)
+        guard let n = opened.index[id] else {
+            throw CoreError(.missing, object: "chunk \(id)", "pack \(p) does not hold it (\(printable(path)))")
+        }
+        return try opened.pack.chunk(opened.pack.entries[n], seal: seals[id], chunkIDKey: chunkIDKey,
+                                     decompressor: decompressor)
+    }
+
     // MARK: - list
 
     func list(subpath: [UInt8]?, recursive: Bool, _ body: (ListedEntry) throws -> Void) async throws {
         try await locateChunks()
-        var path = subpath ?? []
-        while path.last == 0x2f { path.removeLast() }
-        while path.first == 0x2f { path.removeFirst() }
+        var path = SnapshotLayout.snapshotPath(of: subpath ?? [], in: manifest)
         let top: Tree
         if path.isEmpty {
             top = try await root()
@@ -464,42 +511,57 @@ final class RestoreSession {
 
     // MARK: - plan
 
-    private func plan(subpath: [UInt8]?) async throws {
-        var start: [(node: Node, snapshotPath: [UInt8])] = []
-        if let subpath, !subpath.isEmpty {
-            var trimmed = subpath
-            while trimmed.last == 0x2f { trimmed.removeLast() }
-            while trimmed.first == 0x2f { trimmed.removeFirst() }
-            guard let node = try await findNode(trimmed) else {
-                throw ArchiveError(.notFound, object: printable(subpath), "no such entry in \(snapshot)")
+    /// Reads the trees of what `filter` selects into `tree.items`, parents before their
+    /// entries. `given` are the paths as the user gave them, for errors.
+    private func plan(given: [[UInt8]]) async throws {
+        for (p, user) in zip(filter.paths, given) where !p.isEmpty {
+            guard try await findNode(p) != nil else {
+                throw ArchiveError(.notFound, object: printable(user), """
+                    no such entry in \(snapshot)\(p == user ? "" : " (looked for \(printable(p)) below its root)"); \
+                    `redoubt ls` lists what it holds
+                    """)
             }
-            start = [(node, trimmed)]
-        } else {
-            start = try await root().nodes.map { ($0, $0.name) }
         }
-        var stack: [(parent: Int, node: Node, snapshotPath: [UInt8], path: [UInt8])] = start.reversed().map {
-            (-1, $0.node, $0.snapshotPath, $0.node.name)
+        var stack: [(parent: Int, node: Node, path: [UInt8], onTheWay: Bool)] = try await root().nodes.reversed().map {
+            (-1, $0, $0.name, false)
         }
-        var files: UInt64 = 0, bytes: UInt64 = 0
         while let e = stack.popLast() {
+            let place = filter.place(e.path)
+            if place == .outside || (place == .inside && filter.excluded(e.path, name: e.node.name)) { continue }
             let i = tree.items.count
-            tree.items.append(RestoreItem(parent: e.parent, name: e.node.name, node: e.node, path: e.path,
-                snapshotPath: e.snapshotPath))
-            if e.node.type == .file {
-                files += 1
-                bytes += e.node.size
-            }
+            var item = RestoreItem(parent: e.parent, name: e.node.name, node: e.node, path: e.path,
+                                   snapshotPath: e.path)
+            item.onTheWay = place == .onTheWay
+            tree.items.append(item)
             guard e.node.type == .directory else { continue }
             report { $0.currentPath = printable(e.path) }
             let t: Tree
-            do { t = try await loadTree(e.node.subtree,
-                path: e.snapshotPath) } catch let error as CoreError where skipDamaged {
+            do { t = try await loadTree(e.node.subtree, path: e.path) } catch let error as CoreError where skipDamaged {
                 damaged.append(DamagedEntry(path: e.path, error: error))
                 continue
             }
             for child in t.nodes.reversed() {
-                stack.append((i, child, e.snapshotPath + [0x2f] + child.name, e.path + [0x2f] + child.name))
+                stack.append((i, child, e.path + [0x2f] + child.name, false))
             }
+        }
+        if filter.hasIncludes {
+            // An entry is kept if it or a directory above it matches, and so is every
+            // directory on the way to a kept entry.
+            var keep = [Bool](repeating: false, count: tree.items.count)
+            for i in tree.items.indices {
+                let it = tree.items[i]
+                keep[i] = (!it.onTheWay && filter.included(it.path, name: it.name))
+                    || (it.parent >= 0 && keep[it.parent] && !tree.items[it.parent].onTheWay)
+            }
+            for i in tree.items.indices.reversed() where keep[i] && tree.items[i].parent >= 0 {
+                keep[tree.items[i].parent] = true
+            }
+            for i in tree.items.indices where !keep[i] { tree.items[i].skipped = true }
+        }
+        var files: UInt64 = 0, bytes: UInt64 = 0
+        for it in tree.items where !it.skipped && it.node.type == .file {
+            files += 1
+            bytes += it.node.size
         }
         report(force: true) { $0.filesTotal = files; $0.bytesTotal = bytes }
     }
@@ -510,8 +572,10 @@ final class RestoreSession {
 
     private func resolveHardLinks() async throws {
         var files: [[UInt8]: Int] = [:]
-        for (i, it) in tree.items.enumerated() where it.node.type == .file { files[it.snapshotPath] = i }
-        for i in tree.items.indices where tree.items[i].node.type == .hardlink {
+        for (i, it) in tree.items.enumerated() where it.node.type == .file && !it.skipped {
+            files[it.snapshotPath] = i
+        }
+        for i in tree.items.indices where tree.items[i].node.type == .hardlink && !tree.items[i].skipped {
             let target = tree.items[i].node.linkTarget
             if let f = files[target] {
                 hardLinkTargets[i] = f
@@ -538,7 +602,15 @@ final class RestoreSession {
 
     private func createEntries() throws {
         report(force: true) { $0.phase = .writing }
-        for i in tree.items.indices where !tree.items[i].skipped {
+        for i in tree.items.indices {
+            let parent = tree.items[i].parent
+            if parent >= 0 && tree.items[parent].skipped { tree.items[i].skipped = true }
+            if tree.items[i].skipped { continue }
+            if overwrite != .always, try keepsExisting(i) {
+                tree.items[i].skipped = true
+                skippedExisting += 1
+                continue
+            }
             switch tree.items[i].node.type {
             case .directory:
                 try tree.makeDirectory(i)
@@ -550,6 +622,25 @@ final class RestoreSession {
                 counts.files += 1
             default: break
             }
+        }
+    }
+
+    /// Whether the overwrite policy leaves what already is at item `i`'s place. A
+    /// directory is always merged into; one in the way of something else is left only by
+    /// `never`.
+    private func keepsExisting(_ i: Int) throws -> Bool {
+        guard let st = try tree.existing(i) else { return false }
+        let node = tree.items[i].node
+        if node.type == .directory && st.isDirectory { return false }
+        if overwrite == .never { return true }
+        switch node.type {
+        case .file:
+            return st.fileType == ArchiveSys.typeRegular && st.size == node.size && st.mtime == node.mtime
+        case .symlink:
+            guard st.fileType == ArchiveSys.typeSymlink else { return false }
+            return try tree.existingLinkTarget(i, sizeHint: Int(st.size)) == node.linkTarget
+        default:
+            return false
         }
     }
 
@@ -580,6 +671,12 @@ final class RestoreSession {
                 continue
             case .hardlink:
                 guard let target = hardLinkTargets[i] else { continue }
+                if tree.items[target].skipped {
+                    tree.items[i].skipped = true
+                    warnings.append(RestoreWarning(path: tree.items[i].path,
+                        "hard link not made: its first name \(tree.object(target)) was left as it was"))
+                    continue
+                }
                 try tree.makeHardLink(i, to: target)
             }
             counts.other += 1
@@ -835,6 +932,7 @@ final class RestoreSession {
         let i = placements[f].item
         try setMetadata(fd: try tree.file(i), item: i)
         tree.closeFile(i)
+        try tree.commitFile(i)
         report { $0.filesDone += 1; $0.currentPath = printable(tree.items[i].path) }
     }
 
@@ -851,7 +949,9 @@ final class RestoreSession {
             // No fsetxattr is importable here; the name in the open parent is the file
             // this fd has open (checked by inode when it was opened).
             let parent = try tree.directory(item.parent)
-            let path = ArchiveSys.procPath(dirfd: parent, name: item.name) ?? (tree.targetPath + [0x2f] + item.path)
+            let name = tree.currentName(i)
+            let path = ArchiveSys.procPath(dirfd: parent, name: name)
+                ?? (tree.targetPath + [0x2f] + item.path.dropLast(item.name.count) + name)
             for x in node.xattrs {
                 let e = ArchiveSys.setXattr(path, x)
                 if e != 0 { xattrWarning(item, x, errno: e) }
@@ -887,7 +987,7 @@ final class RestoreSession {
             && tree.items[i].node.type != .directory && tree.items[i].node.type != .hardlink {
             try setMetadata(i)
         }
-        for i in tree.items.indices.reversed() where tree.items[i].node.type == .directory {
+        for i in tree.items.indices.reversed() where tree.items[i].node.type == .directory && !tree.items[i].skipped {
             try setMetadata(i)
         }
     }

@@ -75,14 +75,15 @@ public struct ManifestBounds: Sendable, Equatable {
     }
 }
 
-/// A snapshot manifest (format v1, docs/FORMAT.md §6): a public header, a part sealed to
-/// the tenant's read key (the root tree), and the host's signature over both.
+/// A snapshot manifest (docs/FORMAT.md §6): a public header, a part sealed to the tenant's
+/// read key (the root tree), and the host's signature over both.
 ///
 /// The snapshot ID is the SHA-256 of the manifest's bytes.
 public struct Manifest: Sendable {
     public static let magic = Array("RDBTSNAP".utf8)
-    /// The version writers write when they give root seals (format 2, docs/FORMAT.md §6.2).
-    public static let version: UInt16 = 2
+    /// The version `redoubt backup` writes: 3, root seals (format 2) and a root tree that
+    /// keeps each backed-up path whole (docs/FORMAT.md §5.3).
+    public static let version: UInt16 = 3
     static let sealedAADLabel = Array("redoubt/v1/manifest-sealed-aad".utf8)
     public static let maxSize = 64 << 20
     static let signatureSize = 64
@@ -96,16 +97,28 @@ public struct Manifest: Sendable {
     let sealedBody: [UInt8]
     let signature: [UInt8]
     let signedLength: Int
-    /// 1 or 2: in format 2 the sealed root gives each root chunk's seal.
+    /// 1, 2 or 3: from 2 the sealed root gives each root chunk's seal; from 3 the root
+    /// tree names each backed-up path by all its components (``keepsPathsWhole``).
     public var version: UInt16 = 1
 
+    /// The root tree holds each backed-up path at its whole path (`/b/x` is `b` → `x`);
+    /// before version 3 it held one entry per path named by its last component
+    /// (docs/FORMAT.md §5.3).
+    public var keepsPathsWhole: Bool { version >= 3 }
+
     /// Builds and signs a manifest. `root` is the chunk list of the root tree's encoding;
-    /// with `rootSeals` (one per root chunk) it is format 2, without them format 1.
+    /// with `rootSeals` (one per root chunk) it is format 2 (or `version`, 2 or 3), without
+    /// them format 1. Version 3 says the root tree keeps paths whole: only a writer that
+    /// lays the root out so passes it.
     public static func create(header: ManifestHeader, root: [ChunkID], rootSeals: [ChunkSeal]? = nil,
-                              readPublicKey: ReadPublicKey, signingKey: HostSigningKey) throws(CoreError) -> Manifest {
+                              version: UInt16 = 2, readPublicKey: ReadPublicKey,
+                              signingKey: HostSigningKey) throws(CoreError) -> Manifest {
         if let rootSeals, rootSeals.count != root.count {
             throw CoreError(.corrupt, object: "new snapshot",
                             "\(rootSeals.count) root seals for \(root.count) root chunks")
+        }
+        guard version == 2 || version == 3 else {
+            throw CoreError(.unsupportedVersion, object: "new snapshot", "manifest version \(version) is not written")
         }
         guard header.readKeyID == readPublicKey.keyID, header.hostKey == signingKey.publicKey else {
             throw CoreError(.badKey, object: "new snapshot",
@@ -166,9 +179,9 @@ public struct Manifest: Sendable {
                 throw CoreError(.corrupt, object: object, "bad magic: not a Redoubt snapshot manifest")
             }
             let v = try r.u16()
-            guard v == 1 || v == 2 else {
+            guard (1...3).contains(v) else {
                 throw CoreError(.unsupportedVersion, object: object,
-                                "manifest format version \(v); this build reads 1 and 2: upgrade redoubt")
+                                "manifest format version \(v); this build reads 1 to 3: upgrade redoubt")
             }
             let headerBytes = try r.lengthPrefixed()
             let enc = try r.lengthPrefixed(limit: 2048)
@@ -244,7 +257,7 @@ public struct Manifest: Sendable {
             var out: [ChunkID] = [], seals: [ChunkSeal] = []
             for _ in 0..<n {
                 out.append(ChunkID(bytes: try r.raw(32))!)
-                if version == 2 {
+                if version >= 2 {
                     let key = try r.raw(32), raw = try r.u32()
                     guard let s = ChunkSeal(key: key, rawLength: raw) else {
                         throw CoreError(.corrupt, object: object, "sealed root has a bad seal")

@@ -141,10 +141,19 @@ func errorResponse(_ e: ServerError) -> Response {
 
 /// Runs a handler and turns every error into a JSON error body with the right status.
 func handle(_ logger: Logger, _ body: () async throws -> Response) async -> Response {
-    do { return try await body() } catch let e as ServerError {
+    // Why: a server-side failure (a full disk, a broken store) must reach the operator's
+    // log with its request ID, not only the audit log and the client.
+    func failed(_ e: ServerError) -> Response {
+        if e.status >= 500 {
+            logger.error("request failed", metadata: ["status": "\(e.status)", "code": "\(e.code)",
+                                                      "error": "\(e.message)"])
+        }
         return errorResponse(e)
+    }
+    do { return try await body() } catch let e as ServerError {
+        return failed(e)
     } catch let e as CatalogError {
-        return errorResponse(ServerError(e))
+        return failed(ServerError(e))
     } catch let e as StoreError {
         let status = switch e.code {
         case .notFound: 404
@@ -152,7 +161,7 @@ func handle(_ logger: Logger, _ body: () async throws -> Response) async -> Resp
         case .integrity: 422
         default: 500
         }
-        return errorResponse(ServerError(status, e.code.rawValue, e.description))
+        return failed(ServerError(status, e.code.rawValue, e.description))
     } catch let e as CoreError {
         return errorResponse(ServerError(422, e.code.rawValue, e.description))
     } catch is NIOTooManyBytesError {
@@ -161,8 +170,7 @@ func handle(_ logger: Logger, _ body: () async throws -> Response) async -> Resp
     } catch let e as HTTPError {
         return errorResponse(ServerError(Int(e.status.code), "E_HTTP", e.body ?? "\(e.status)"))
     } catch {
-        logger.error("request failed", metadata: ["error": "\(error)"])
-        return errorResponse(ServerError(500, "E_INTERNAL", "internal error: \(error)"))
+        return failed(ServerError(500, "E_INTERNAL", "internal error: \(error)"))
     }
 }
 
@@ -531,7 +539,8 @@ public enum RedoubtHTTP {
         for route in routes {
             let handler = route.handler
             router.on(RouterPath(route.path), method: route.method) { req, ctx in
-                await handler(service, logger, req, ctx)
+                // The request's own logger: its lines carry the request ID (hb.request.id).
+                await handler(service, ctx.logger, req, ctx)
             }
         }
         return router

@@ -28,8 +28,10 @@ struct BackupCommand: AsyncParsableCommand {
     @Option(name: .long, help: "Skip paths matching this glob (repeatable).") var exclude: [String] = []
     @OptionGroup var options: BackupCLIOptions
     @Flag(name: .long, help: "Print the summary as JSON.") var json = false
+    @OptionGroup(title: "Progress") var progress: ProgressOptions
 
     func run() async throws {
+        progress.apply()
         try await RedoubtCLI.run {
             let cfg = config.resolved
             let spec = try BackupSpec.resolve(config: cfg, paths: paths, tags: tag, excludes: exclude,
@@ -45,64 +47,6 @@ func runBackup(config cfg: ClientConfig, paths: [String], tags: [String], exclud
     try await performBackup(config: cfg, spec: BackupSpec(paths: paths, excludes: excludes, tags: tags), quiet: quiet)
 }
 
-struct RestoreCommand: AsyncParsableCommand {
-    static let configuration = CommandConfiguration(commandName: "restore",
-        abstract: "Restore a snapshot (restorer credential and the read key's provider).")
-    @Argument(help: "Snapshot ID or a unique prefix (8+ hex digits).") var snapshot: String
-    @Option(name: .long, help: "Directory to restore into (created if missing).") var target: String
-    @Option(name: .long, help: "Restore only this path inside the snapshot (e.g. data/etc).") var path: String?
-    @OptionGroup var config: ConfigOption
-    @OptionGroup(title: "The read key") var key: ReadKeyOptions
-    @Flag(name: .long,
-        help: """
-            Restore everything undamaged and list what is damaged, instead of stopping at the first damage.
-            """) var skipDamaged = false
-    @Flag(name: .long, help: "Print the summary as JSON.") var json = false
-    @OptionGroup(title: "A bucket copy instead of the server") var bucket: FromBucketOptions
-
-    func run() async throws {
-        try await RedoubtCLI.run {
-            if let store = try bucket.store() {
-                return try await BucketCommands.restore(store: store, place: bucket.from ?? "",
-                    tenant: try await bucket.tenant(in: store), snapshot: snapshot,
-                                                        target: target, config: config.resolved, key: key,
-                                                        subpath: path, skipDamaged: skipDamaged,
-                                                            lister: "redoubt snapshots --from", json: json)
-            }
-            let cfg = config.resolved
-            let readKey = try await key.unwrap(config: cfg)
-            let material = try cfg.sharedMaterial()
-            let progress = ProgressLine()
-            let start = Date()
-            let result = try await RedoubtCLI.with(try APIClient(credential: cfg.credential())) { client in
-                let manifest = try await RestoreSupport.manifest(snapshot, from: client)
-                return try await Restorer().restore(manifest: manifest, readKey: readKey,
-                    chunkIDKey: material.chunkIDKey, source: client, target: target,
-                                                    subpath: path.map { Array($0.utf8) },
-                                                        skipDamaged: skipDamaged) { p in
-                    progress.update(files: p.filesDone, bytes: p.bytesDone, totalBytes: p.bytesTotal,
-                        current: p.currentPath)
-                }
-            }
-            progress.finish()
-            let seconds = Date().timeIntervalSince(start)
-            if json {
-                try printJSON(RestoreJSON(result, seconds: seconds))
-            } else {
-                print("""
-                    restored \(result.files) files, \(result.directories) directories, \(result.otherEntries) other \
-                    entries, \(formatBytes(result.bytesWritten)) from \(result.packsFetched) packs into \(target) in \
-                    \(String(format: "%.1f", seconds)) s
-                    """)
-                for w in result.warnings { print("  warning: \(w)") }
-                for d in result.damaged { print("  DAMAGED: \(d)") }
-            }
-            if !result.damaged.isEmpty { return .integrity }
-            return result.warnings.isEmpty ? .ok : .partial
-        }
-    }
-}
-
 struct LsCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "ls",
@@ -115,8 +59,10 @@ struct LsCommand: AsyncParsableCommand {
             to find them. Names that are not printable UTF-8 are escaped (\\xNN); --json \
             gives the exact bytes in pathHex and linkTargetHex.
             """)
-    @Argument(help: "Snapshot ID or a unique prefix (8+ hex digits).") var snapshot: String
-    @Argument(help: "A path inside the snapshot (default: its top level).") var path: String?
+    @Argument(help: ArgumentHelp(stringLiteral: SnapshotRef.help)) var snapshot: String
+    @Argument(help: "A path in the snapshot, as backed up (/srv/www) or below its root (default: its top level).")
+    var path: String?
+    @Option(name: .long, help: "With latest: that host's newest snapshot.") var host: String?
     @Flag(name: [.short, .long], help: "List the directories below too.") var recursive = false
     @OptionGroup var config: ConfigOption
     @OptionGroup(title: "The read key") var key: ReadKeyOptions
@@ -131,6 +77,11 @@ struct LsCommand: AsyncParsableCommand {
             let out = Listing(json: json)
             if let store = try bucket.store() {
                 let tenant = try await bucket.tenant(in: store)
+                guard snapshot != SnapshotRef.latest, host == nil else {
+                    throw ValidationError("""
+                        latest is decided by the server's commit times: with --from name the snapshot
+                        """)
+                }
                 let (manifest, readKey) = try await BucketCommands.open(store: store, place: bucket.from ?? "",
                     tenant: tenant, snapshot: snapshot, config: cfg,
                                                                         key: key, lister: "redoubt snapshots --from")
@@ -140,7 +91,8 @@ struct LsCommand: AsyncParsableCommand {
             } else {
                 let readKey = try await key.unwrap(config: cfg)
                 try await RedoubtCLI.with(try APIClient(credential: cfg.credential())) { client in
-                    try await Restorer().list(manifest: try await RestoreSupport.manifest(snapshot, from: client),
+                    let id = try await SnapshotRef.resolve(snapshot, host: host, client: client)
+                    try await Restorer().list(manifest: try await RestoreSupport.manifest(id, from: client),
                         readKey: readKey, chunkIDKey: chunkIDKey,
                                               source: client, subpath: subpath, recursive: recursive, out.print)
                 }

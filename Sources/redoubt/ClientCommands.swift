@@ -82,7 +82,8 @@ struct VerifyCommand: AsyncParsableCommand {
             (restorer).
             """)
     @Argument(help: """
-        Snapshot ID or a unique prefix (8+ hex digits); omitted with --from, which checks the whole copy.
+        Snapshot ID, a unique prefix (8+ hex digits) or latest (with --host H: that host's newest); omitted with \
+        --from, which checks the whole copy.
         """) var snapshot: String?
     @Flag(name: .long, help: "Decrypt every chunk and check it (needs the read key).") var deep = false
     @Flag(name: .long,
@@ -92,7 +93,8 @@ struct VerifyCommand: AsyncParsableCommand {
             that uploaded it.
             """)
     var all = false
-    @Option(name: .long, help: "With --deep --all: only this host's snapshots.") var host: String?
+    @Option(name: .long, help: "With --deep --all: only this host's snapshots; with latest: that host's newest.")
+    var host: String?
     @Flag(name: .long, help: """
         With --deep and no SNAPSHOT: open the packs never deep-verified first, then those verified longest ago, \
         within a byte budget (run daily, e.g. by contrib/redoubt-verify.timer).
@@ -146,7 +148,8 @@ struct VerifyCommand: AsyncParsableCommand {
             if minRetain != nil { throw ValidationError("--min-retain goes with --from s3://BUCKET/PREFIX") }
             let cfg = config.resolved
             return try await RedoubtCLI.with(try APIClient(credential: cfg.credential())) { client in
-                let report = try await client.verify(snapshot)
+                let report = try await client.verify(try await SnapshotRef.resolve(snapshot, host: host,
+                                                                                   client: client))
                 var damaged = report.damaged + report.missing
                 var chunks = 0
                 if deep {
@@ -300,10 +303,17 @@ enum RestoreSupport {
     static func restore(manifest: Manifest, readKey: ReadPrivateKey, chunkIDKey: ChunkIDKey, source: any PackSource,
         target: String,
                         subpath: [UInt8]? = nil, skipDamaged: Bool) async throws -> RestoreResult {
+        try await restore(manifest: manifest, readKey: readKey, chunkIDKey: chunkIDKey, source: source,
+                          target: target, options: RestoreOptions(paths: subpath.map { [$0] } ?? [],
+                                                                  skipDamaged: skipDamaged))
+    }
+
+    /// Restores what `options` selects of `manifest` into `target` with a progress line on stderr.
+    static func restore(manifest: Manifest, readKey: ReadPrivateKey, chunkIDKey: ChunkIDKey, source: any PackSource,
+                        target: String, options: RestoreOptions) async throws -> RestoreResult {
         let progress = ProgressLine()
         let result = try await Restorer().restore(manifest: manifest, readKey: readKey, chunkIDKey: chunkIDKey,
-            source: source, target: target,
-                                                  subpath: subpath, skipDamaged: skipDamaged) { p in
+            source: source, target: target, options: options) { p in
             progress.update(files: p.filesDone, bytes: p.bytesDone, totalBytes: p.bytesTotal, current: p.currentPath)
         }
         progress.finish()

@@ -130,7 +130,8 @@ struct Quickstart {
         let result = try await Restorer().restore(manifest: manifest, readKey: readKey,
             chunkIDKey: try restorerCfg.sharedMaterial().chunkIDKey,
                                                   source: restorer, target: target.path)
-        let restoredRoot = target.appendingPathComponent(source.lastPathComponent)
+        // The snapshot keeps the path whole: it is restored at the same path below the target.
+        let restoredRoot = URL(fileURLWithPath: target.path + source.path)
         let differences = try compareTrees(source, restoredRoot)
         print("  restored \(result.files) files into \(restoredRoot.path): "
             + (differences.isEmpty ? "identical to the source" : "\(differences.count) difference(s)"))

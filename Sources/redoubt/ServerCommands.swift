@@ -71,9 +71,20 @@ struct ServerRun: AsyncParsableCommand {
     @Option(name: .long,
         help: "Notify a refusal burst at N refusals of one credential within DURATION (default 5/5m).")
     var refusalBurst = "5/5m"
+    @Option(name: .long, help: """
+        Write the operational log (start, stop, failed requests with their request ID, low disk space) to stderr \
+        as logfmt or json lines, at level info or REDOUBT_LOG.
+        """)
+    var logFormat: OperationalLog.Format?
+    @Option(name: .long, help: "Log a warning while less than this is free under --data (default 2G).")
+    var diskWarningFree = "2G"
 
     func run() async throws {
+        OperationalLog.format = logFormat
         try await RedoubtCLI.run {
+            guard let threshold = ServerLimits.parseSize(diskWarningFree) else {
+                throw ValidationError("--disk-warning-free \(diskWarningFree): give a size such as 2G")
+            }
             let logger = Logger(label: "redoubt.server")
             let metricsAddress = try metricsListen.map { listen in
                 do { return try MetricsListener.parse(listen) } catch let e as ServerError {
@@ -115,6 +126,9 @@ struct ServerRun: AsyncParsableCommand {
             let app = try RedoubtHTTP.application(service: service, home: home, host: host, port: port,
                 logger: logger) { bound in
                 print("redoubt server listening on \(host):\(bound) (\(settings.url))")
+                logger.info("server started", metadata: ["listen": "\(host):\(bound)", "url": "\(settings.url)",
+                                                         "data": "\(data)", "version": "\(RedoubtVersion.string)"])
+                DiskSpace.check(data, threshold: UInt64(threshold), logger: logger)
                 // Why flush: under systemd or a pipe, stdout is block-buffered and the
                 // readiness line would never show.
                 fflush(nil)
@@ -136,7 +150,19 @@ struct ServerRun: AsyncParsableCommand {
             // Notifications: delivery, and an evaluation of the catalog every minute.
             let notifications = Task { await service.runNotifications() }
             defer { notifications.cancel() }
-            try await app.runService()
+            // Low disk space is logged again every five minutes while it lasts.
+            let watch = Task {
+                while (try? await Task.sleep(for: .seconds(300))) != nil {
+                    DiskSpace.check(data, threshold: UInt64(threshold), logger: logger)
+                }
+            }
+            do { try await app.runService() } catch {
+                watch.cancel()
+                logger.error("server stopped", metadata: ["error": "\(error)"])
+                throw error
+            }
+            watch.cancel()
+            logger.info("server stopped")
             return .ok
         }
     }

@@ -77,6 +77,15 @@ enum GoldenModel {
     }
 
     static func keys() -> TenantKeys { TenantKeys.fixedForTests(seed: 1) }
+
+    /// A directory above the backed-up path in format 3 (`srv`, `golden`).
+    static func ancestor(_ name: String, subtree: [ChunkID] = [], seals: [ChunkSeal] = []) -> Node {
+        var n = Node(name: Array(name.utf8), type: .directory, mode: 0o750, uid: 0, gid: 4, user: Array("root".utf8),
+                     group: Array("adm".utf8), mtime: Timestamp(seconds: 1_794_000_000, nanoseconds: 7),
+                     ctime: time, atime: time, subtree: subtree)
+        n.subtreeSeals = seals
+        return n
+    }
     static func hostKey() -> HostSigningKey { HostSigningKey.fixedForTests(seed: 2) }
 
     /// What a reader must find: one line per entry, sorted by path.
@@ -99,12 +108,14 @@ enum GoldenModel {
         Bundle.module.url(forResource: "Fixtures", withExtension: nil)!.appendingPathComponent("v\(version)")
     }
 
-    /// `REDOUBT_WRITE_FIXTURES=N` writes `Fixtures/vN` with format N (1 or 2): only to add
-    /// a new format's fixture; committed fixtures are never rewritten.
+    /// `REDOUBT_WRITE_FIXTURES=N` writes `Fixtures/vN` with format N (1, 2 or 3): only to add
+    /// a new format's fixture; committed fixtures are never rewritten. Format 3 is format 2
+    /// with the root kept whole: the model lies at `srv/golden` below the root, `srv` and
+    /// `golden` being directories of their own.
     @Test(.enabled(if: ProcessInfo.processInfo.environment["REDOUBT_WRITE_FIXTURES"] != nil))
     func writeGoldenFixture() async throws {
         let version = Int(ProcessInfo.processInfo.environment["REDOUBT_WRITE_FIXTURES"] ?? "") ?? 0
-        try #require(version == 1 || version == 2)
+        try #require((1...3).contains(version))
         let dir = URL(fileURLWithPath: #filePath).deletingLastPathComponent()
             .appendingPathComponent("Fixtures/v\(version)")
         try #require(!FileManager.default.fileExists(atPath: dir.path),
@@ -115,7 +126,7 @@ enum GoldenModel {
         }
         let keys = GoldenModel.keys()
         let pipeline = try PackPipeline(material: keys.sharedWriteMaterial, targetPackSize: 256 << 10,
-                                        packVersion: UInt16(version))
+                                        packVersion: UInt16(min(version, 2)))
         let entries = GoldenModel.entries()
         // Build trees bottom-up: "sub" first, then the root.
         func nodeWithContent(_ e: GoldenModel.Entry) throws -> Node {
@@ -136,12 +147,20 @@ enum GoldenModel {
         var rootNodes = try entries.filter { !$0.path.contains(0x2f)
             && $0.node.type != .directory }.map(nodeWithContent)
         rootNodes += [sub, emptydir]
+        if version >= 3 {
+            // The backed-up path /srv/golden, kept whole.
+            var golden = GoldenModel.ancestor("golden")
+            golden.subtree = try pipeline.add(tree: Tree(nodes: rootNodes))
+            var srv = GoldenModel.ancestor("srv")
+            srv.subtree = try pipeline.add(tree: Tree(nodes: [golden]))
+            rootNodes = [srv]
+        }
         let root = try pipeline.add(tree: Tree(nodes: rootNodes))
         let packs = try pipeline.flush()
         for p in packs { try Data(p.bytes).write(to: dir.appendingPathComponent("packs/\(p.id)")) }
         var stats = SnapshotStatistics()
         stats.files = UInt64(entries.filter { $0.node.type == .file }.count)
-        stats.directories = 3
+        stats.directories = version >= 3 ? 5 : 3
         stats.chunksNew = pipeline.chunksNew
         stats.chunksReused = pipeline.chunksReused
         stats.bytesUploaded = pipeline.bytesPacked
@@ -152,8 +171,8 @@ enum GoldenModel {
                                     paths: [Array("/srv/golden".utf8)], tags: ["golden"], statistics: stats,
                                         packs: packs.map(\.id),
                                     clientVersion: "redoubt fixture v\(version)")
-        let rootSeals = version == 2 ? pipeline.seals(for: root) : nil
-        let m = try Manifest.create(header: header, root: root, rootSeals: rootSeals,
+        let rootSeals = version >= 2 ? pipeline.seals(for: root) : nil
+        let m = try Manifest.create(header: header, root: root, rootSeals: rootSeals, version: UInt16(max(version, 2)),
             readPublicKey: keys.readKey.publicKey,
                                     signingKey: GoldenModel.hostKey())
         try Data(m.bytes).write(to: dir.appendingPathComponent("snapshots/\(m.id)"))
@@ -176,6 +195,9 @@ enum GoldenModel {
 
     /// Reads the committed v2 repository (convergent sealing: trees and root carry seals).
     @Test func readsTheV2GoldenRepositoryBitForBit() async throws { try await readsGoldenRepository(2) }
+
+    /// Reads the committed v3 repository (format 2 with the backed-up path kept whole).
+    @Test func readsTheV3GoldenRepositoryBitForBit() async throws { try await readsGoldenRepository(3) }
 
     func readsGoldenRepository(_ version: Int) async throws {
         let dir = Self.fixtureDir(version)
@@ -207,7 +229,7 @@ enum GoldenModel {
             let summary = try PackReader.inspect(Array(try Data(contentsOf: packDir.appendingPathComponent(name))),
                 expectedID: PackID(hex: name)!)
             #expect(summary.keyID == readKey.publicKey.keyID)
-            #expect(summary.version == UInt16(version))
+            #expect(summary.version == UInt16(min(version, 2)))
         }
 
         let reader = try SnapshotReader(manifest: manifest, readKey: readKey, chunkIDKey: material.chunkIDKey) { id in
@@ -225,7 +247,19 @@ enum GoldenModel {
                 if n.type == .directory { try walk(try reader.tree(of: n), prefix: path) }
             }
         }
-        try walk(try reader.rootTree(), prefix: [])
+        var top = try reader.rootTree()
+        #expect(manifest.keepsPathsWhole == (version >= 3))
+        if version >= 3 {
+            // The root holds srv, srv holds golden, with their own metadata; the model is below.
+            for name in ["srv", "golden"] {
+                try #require(top.nodes.count == 1)
+                let n = top.nodes[0]
+                #expect(n.name == Array(name.utf8) && n == GoldenModel.ancestor(name, subtree: n.subtree,
+                    seals: n.subtreeSeals))
+                top = try reader.tree(of: n)
+            }
+        }
+        try walk(top, prefix: [])
         let expected = try String(contentsOf: dir.appendingPathComponent("expected.txt"),
             encoding: .utf8).split(separator: "\n").map(String.init)
         #expect(lines.sorted() == expected)
@@ -233,7 +267,7 @@ enum GoldenModel {
         #expect(expected == GoldenModel.expectedLines(GoldenModel.entries()))
     }
 
-    @Test(arguments: [1, 2]) func aFlippedBitInAnyGoldenPackIsReportedWithThePack(version: Int) throws {
+    @Test(arguments: [1, 2, 3]) func aFlippedBitInAnyGoldenPackIsReportedWithThePack(version: Int) throws {
         let packDir = Self.fixtureDir(version).appendingPathComponent("packs")
         for name in try FileManager.default.contentsOfDirectory(atPath: packDir.path) {
             var bytes = Array(try Data(contentsOf: packDir.appendingPathComponent(name)))
