@@ -92,13 +92,10 @@ public final class Archiver: Sendable {
         walker.excludeCaches = options.excludeCaches
         walker.oneFileSystem = options.oneFileSystem
         let legacy = hooks.legacyLayout
-        let walked = legacy ? absolute : SnapshotLayout.wholePaths(absolute)
-        let names = legacy ? SnapshotLayout.topLevelNames(walked)
-            : walked.map { $0.split(separator: 0x2f).last.map(Array.init) ?? Array("root".utf8) }
+        let plan = SnapshotLayout.walkPlan(absolute, legacy: legacy)
         // A command's output is one file at the top level, named as the job says.
         var walk = try options.stream.map { s throws(ArchiveError) in try WalkResult.stream(name: s.name, now: now) }
-            ?? walker.walk(paths: walked, names: names,
-                           snapshotPaths: legacy ? names : walked.map(SnapshotLayout.relative))
+            ?? walker.walk(paths: plan.paths, names: plan.names, snapshotPaths: plan.snapshotPaths)
         warnings += walk.warnings
         // The directories on the way to each path, by their path below the root.
         var ancestors: [[UInt8]: Node] = [:]

@@ -37,7 +37,8 @@ extension Archiver {
         var walker = Walker(excludes: options.excludes) { _, _ in }
         walker.excludeCaches = options.excludeCaches
         walker.oneFileSystem = options.oneFileSystem
-        let walk = try walker.walk(paths: absolute, names: SnapshotLayout.topLevelNames(absolute))
+        let plan = SnapshotLayout.walkPlan(absolute, legacy: false)
+        let walk = try walker.walk(paths: plan.paths, names: plan.names, snapshotPaths: plan.snapshotPaths)
         out.warnings += walk.warnings
         out.bytesTotal = walk.bytesTotal
         for f in walk.files {

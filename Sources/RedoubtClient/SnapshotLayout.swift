@@ -61,6 +61,19 @@ public enum SnapshotLayout {
     /// (empty for `/` itself, whose entries are the root's).
     static func relative(_ absolute: [UInt8]) -> [UInt8] { Array(absolute.drop { $0 == 0x2f }) }
 
+    /// What a walk of the backed-up `absolute` paths takes: the paths to walk, each one's
+    /// name, and its path in the snapshot (whole, or the last component before format 3).
+    static func walkPlan(_ absolute: [[UInt8]], legacy: Bool)
+        -> (paths: [[UInt8]], names: [[UInt8]], snapshotPaths: [[UInt8]]) {
+        if legacy {
+            let names = topLevelNames(absolute)
+            return (absolute, names, names)
+        }
+        let walked = wholePaths(absolute)
+        let names = walked.map { $0.split(separator: 0x2f).last.map(Array.init) ?? Array("root".utf8) }
+        return (walked, names, walked.map(relative))
+    }
+
     /// The root entry names of a snapshot before version 3, for normalised absolute paths:
     /// each path's last component ("root" for `/`); a name already taken gets "~2", "~3", …
     static func topLevelNames(_ paths: [[UInt8]]) -> [[UInt8]] {

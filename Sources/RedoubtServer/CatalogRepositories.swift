@@ -307,8 +307,8 @@ public protocol DeepVerifyLedgerRepository: Sendable {
 /// Everything the server needs of a catalog: what a new backend implements.
 public typealias CatalogRepositories = SettingsRepository & TenantRepository & PrincipalRepository & PackRepository
     & SnapshotRepository & AuditRepository & ApprovalRepository & LegalHoldRepository & GCQueueRepository
-    & CopyTargetRepository & QuotaRepository & PolicyRepository & DeepVerifyLedgerRepository & JobRepository & ScrubRepository
-    & FindingRepository & MonitoringRepository
+    & CopyTargetRepository & QuotaRepository & PolicyRepository & DeepVerifyLedgerRepository & JobRepository
+    & ScrubRepository & FindingRepository & MonitoringRepository
 
 extension Catalog: SettingsRepository, TenantRepository, PrincipalRepository, PackRepository, SnapshotRepository,
     AuditRepository, ApprovalRepository, LegalHoldRepository, GCQueueRepository, CopyTargetRepository,

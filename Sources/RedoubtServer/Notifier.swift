@@ -70,7 +70,8 @@ public final class Notifier: EventSink, Sendable {
     /// Delays before each retry of a failed delivery.
     let retryDelays: [Double]
 
-    public init(catalog: any CatalogRepositories, clock: @escaping @Sendable () -> Date, logger: Logger, burstCount: Int = 5,
+    public init(catalog: any CatalogRepositories, clock: @escaping @Sendable () -> Date, logger: Logger,
+                burstCount: Int = 5,
                 burstWindow: TimeInterval = 300, retryDelays: [Double] = [1, 4, 16]) {
         self.catalog = catalog
         self.clock = clock
