@@ -81,7 +81,7 @@ import RedoubtCore
             }
             timings.append(Date().timeIntervalSince(t0) / 20 * 1000)
         }
-        print("snapshot page of 100 out of 1500: first \(String(format: "%.2f", timings[0])) ms, "
+        print("snapshot page of 100 out of \(records.count): first \(String(format: "%.2f", timings[0])) ms, "
               + "last \(String(format: "%.2f", timings[1])) ms (mean of 20, over TLS)")
         await writer.shutdown()
         await restorer.shutdown()
