@@ -36,11 +36,22 @@ public struct ManifestHeader: Sendable, Hashable {
     /// Every pack that holds a chunk this snapshot needs, ascending, unique.
     public var packs: [PackID]
     public var clientVersion: String
+    /// What changed on the host since its previous snapshot, by its own account (format 3,
+    /// docs/FORMAT.md §6.5). Nil in manifests of formats 1 and 2, and when the section is of
+    /// a later version than this build reads.
+    public var activity: SnapshotActivity?
+    /// The section's bytes as stored (format 3), also when this build cannot read its version.
+    public var activityBytes: [UInt8]?
+
+    /// The section as a writer encodes it: the stored bytes if any, else ``activity``'s encoding.
+    var encodedActivity: [UInt8]? { activityBytes ?? activity?.encode() }
 
     public init(tenant: String, readKeyID: ReadKeyID, host: String, hostKey: HostPublicKey, time: Timestamp,
         nonce: [UInt8],
                 paths: [[UInt8]], tags: [String], statistics: SnapshotStatistics, packs: [PackID],
-                    clientVersion: String) {
+                    clientVersion: String, activity: SnapshotActivity? = nil) {
+        self.activity = activity
+        self.activityBytes = activity?.encode()
         self.tenant = tenant
         self.readKeyID = readKeyID
         self.host = host
@@ -81,8 +92,9 @@ public struct ManifestBounds: Sendable, Equatable {
 /// The snapshot ID is the SHA-256 of the manifest's bytes.
 public struct Manifest: Sendable {
     public static let magic = Array("RDBTSNAP".utf8)
-    /// The version writers write when they give root seals (format 2, docs/FORMAT.md §6.2).
-    public static let version: UInt16 = 2
+    /// The version writers write when they give root seals (format 2, docs/FORMAT.md §6.2)
+    /// and an activity section (format 3, §6.5).
+    public static let version: UInt16 = 3
     static let sealedAADLabel = Array("redoubt/v1/manifest-sealed-aad".utf8)
     public static let maxSize = 64 << 20
     static let signatureSize = 64
@@ -96,7 +108,8 @@ public struct Manifest: Sendable {
     let sealedBody: [UInt8]
     let signature: [UInt8]
     let signedLength: Int
-    /// 1 or 2: in format 2 the sealed root gives each root chunk's seal.
+    /// 1, 2 or 3: from format 2 the sealed root gives each root chunk's seal; format 3 adds
+    /// the header's activity section.
     public var version: UInt16 = 1
 
     /// Builds and signs a manifest. `root` is the chunk list of the root tree's encoding;
@@ -114,6 +127,10 @@ public struct Manifest: Sendable {
         guard header.nonce.count == 16 else {
             throw CoreError(.corrupt, object: "new snapshot", "nonce must be 16 bytes")
         }
+        if header.encodedActivity != nil && rootSeals == nil {
+            throw CoreError(.corrupt, object: "new snapshot", "an activity section needs root seals (format 3)")
+        }
+        let version: UInt16 = rootSeals == nil ? 1 : (header.encodedActivity == nil ? 2 : 3)
         let headerBytes = encodeHeader(header)
         var body = ByteWriter(capacity: 8 + root.count * 32)
         body.uvarint(UInt64(root.count))
@@ -126,7 +143,7 @@ public struct Manifest: Sendable {
         }
         var w = ByteWriter(capacity: headerBytes.count + 2048)
         w.raw(magic)
-        w.u16(rootSeals == nil ? 1 : version)
+        w.u16(version)
         w.lengthPrefixed(headerBytes)
         do {
             var sender = try HPKE.Sender(recipientKey: readPublicKey.key, ciphersuite: readKeyCiphersuite,
@@ -166,9 +183,9 @@ public struct Manifest: Sendable {
                 throw CoreError(.corrupt, object: object, "bad magic: not a Redoubt snapshot manifest")
             }
             let v = try r.u16()
-            guard v == 1 || v == 2 else {
+            guard v >= 1 && v <= 3 else {
                 throw CoreError(.unsupportedVersion, object: object,
-                                "manifest format version \(v); this build reads 1 and 2: upgrade redoubt")
+                                "manifest format version \(v); this build reads 1 to 3: upgrade redoubt")
             }
             let headerBytes = try r.lengthPrefixed()
             let enc = try r.lengthPrefixed(limit: 2048)
@@ -176,7 +193,7 @@ public struct Manifest: Sendable {
             let signedLength = r.offset
             let sig = try r.raw(signatureSize)
             guard r.isAtEnd else { throw CoreError(.corrupt, object: object, "trailing bytes after the signature") }
-            let header = try decodeHeader(headerBytes, object: object, bounds: bounds)
+            let header = try decodeHeader(headerBytes, object: object, bounds: bounds, activity: v >= 3)
             return Manifest(id: id, header: header, bytes: bytes, headerBytes: headerBytes, encapsulatedKey: enc,
                             sealedBody: sealed, signature: sig, signedLength: signedLength, version: v)
         } catch let e as CoreError { throw e } catch let e as ByteReader.Failure { throw e.corrupt(object,
@@ -244,7 +261,7 @@ public struct Manifest: Sendable {
             var out: [ChunkID] = [], seals: [ChunkSeal] = []
             for _ in 0..<n {
                 out.append(ChunkID(bytes: try r.raw(32))!)
-                if version == 2 {
+                if version >= 2 {
                     let key = try r.raw(32), raw = try r.u32()
                     guard let s = ChunkSeal(key: key, rawLength: raw) else {
                         throw CoreError(.corrupt, object: object, "sealed root has a bad seal")
@@ -282,11 +299,15 @@ public struct Manifest: Sendable {
         w.uvarint(UInt64(packs.count))
         for p in packs { w.raw(p.bytes) }
         w.string(h.clientVersion)
+        if let activity = h.encodedActivity { w.lengthPrefixed(activity) }
         return w.bytes
     }
 
+    /// The most bytes an activity section may take (format 3).
+    static let maxActivityBytes = 4096
+
     static func decodeHeader(_ bytes: [UInt8], object: String,
-        bounds: ManifestBounds? = nil) throws(CoreError) -> ManifestHeader {
+        bounds: ManifestBounds? = nil, activity hasActivity: Bool = false) throws(CoreError) -> ManifestHeader {
         var r = ByteReader(bytes)
         do {
             let tenant = try r.string(limit: 256)
@@ -343,10 +364,16 @@ public struct Manifest: Sendable {
                 packs.append(p)
             }
             let clientVersion = try r.string(limit: 256)
+            let activityBytes = hasActivity ? try r.lengthPrefixed(limit: maxActivityBytes) : nil
             guard r.isAtEnd else { throw CoreError(.corrupt, object: object, "trailing bytes in header") }
-            return ManifestHeader(tenant: tenant, readKeyID: keyID, host: host, hostKey: hostKey, time: time,
+            var h = ManifestHeader(tenant: tenant, readKeyID: keyID, host: host, hostKey: hostKey, time: time,
                 nonce: nonce,
                                   paths: paths, tags: tags, statistics: s, packs: packs, clientVersion: clientVersion)
+            if let activityBytes {
+                h.activityBytes = activityBytes
+                h.activity = try SnapshotActivity.decode(activityBytes, object: object)
+            }
+            return h
         } catch let e as CoreError { throw e } catch let e as ByteReader.Failure { throw e.corrupt(object,
             "malformed header") } catch {
             throw CoreError(.corrupt, object: object, "\(error)")

@@ -77,6 +77,17 @@ enum GoldenModel {
     }
 
     static func keys() -> TenantKeys { TenantKeys.fixedForTests(seed: 1) }
+
+    /// The activity section of the format-3 manifest: every field non-zero.
+    static var activity: SnapshotActivity {
+        var a = SnapshotActivity()
+        a.hasBaseline = true
+        a.filesAdded = 1; a.filesChanged = 2; a.filesDeleted = 3; a.filesRenamed = 4; a.extensionChanged = 5
+        a.knownRansomExtension = 6; a.topNewExtension = "locked"; a.topNewExtensionFiles = 7
+        a.ransomNoteDirectories = 8; a.sampledFiles = 9; a.highEntropyFiles = 10; a.typeMismatchFiles = 11
+        a.suspiciousContentFiles = 12; a.sealedBytesRaw = 1_300_000; a.sealedBytesStored = 1_300_400
+        return a
+    }
     static func hostKey() -> HostSigningKey { HostSigningKey.fixedForTests(seed: 2) }
 
     /// What a reader must find: one line per entry, sorted by path.
@@ -99,12 +110,12 @@ enum GoldenModel {
         Bundle.module.url(forResource: "Fixtures", withExtension: nil)!.appendingPathComponent("v\(version)")
     }
 
-    /// `REDOUBT_WRITE_FIXTURES=N` writes `Fixtures/vN` with format N (1 or 2): only to add
-    /// a new format's fixture; committed fixtures are never rewritten.
+    /// `REDOUBT_WRITE_FIXTURES=N` writes `Fixtures/vN` with format N (1, 2 or 3; 3 is a
+    /// format-3 manifest over format-2 packs and trees): only to add a new format's fixture; committed fixtures are never rewritten.
     @Test(.enabled(if: ProcessInfo.processInfo.environment["REDOUBT_WRITE_FIXTURES"] != nil))
     func writeGoldenFixture() async throws {
         let version = Int(ProcessInfo.processInfo.environment["REDOUBT_WRITE_FIXTURES"] ?? "") ?? 0
-        try #require(version == 1 || version == 2)
+        try #require((1...3).contains(version))
         let dir = URL(fileURLWithPath: #filePath).deletingLastPathComponent()
             .appendingPathComponent("Fixtures/v\(version)")
         try #require(!FileManager.default.fileExists(atPath: dir.path),
@@ -115,7 +126,7 @@ enum GoldenModel {
         }
         let keys = GoldenModel.keys()
         let pipeline = try PackPipeline(material: keys.sharedWriteMaterial, targetPackSize: 256 << 10,
-                                        packVersion: UInt16(version))
+                                        packVersion: UInt16(min(version, 2)))
         let entries = GoldenModel.entries()
         // Build trees bottom-up: "sub" first, then the root.
         func nodeWithContent(_ e: GoldenModel.Entry) throws -> Node {
@@ -151,8 +162,9 @@ enum GoldenModel {
                                         nonce: [UInt8](repeating: 0x5a, count: 16),
                                     paths: [Array("/srv/golden".utf8)], tags: ["golden"], statistics: stats,
                                         packs: packs.map(\.id),
-                                    clientVersion: "redoubt fixture v\(version)")
-        let rootSeals = version == 2 ? pipeline.seals(for: root) : nil
+                                    clientVersion: "redoubt fixture v\(version)",
+                                    activity: version >= 3 ? GoldenModel.activity : nil)
+        let rootSeals = version >= 2 ? pipeline.seals(for: root) : nil
         let m = try Manifest.create(header: header, root: root, rootSeals: rootSeals,
             readPublicKey: keys.readKey.publicKey,
                                     signingKey: GoldenModel.hostKey())
@@ -177,6 +189,10 @@ enum GoldenModel {
     /// Reads the committed v2 repository (convergent sealing: trees and root carry seals).
     @Test func readsTheV2GoldenRepositoryBitForBit() async throws { try await readsGoldenRepository(2) }
 
+    /// Reads the committed v3 repository (a format-3 manifest with an activity section over
+    /// format-2 packs and trees).
+    @Test func readsTheV3GoldenRepositoryBitForBit() async throws { try await readsGoldenRepository(3) }
+
     func readsGoldenRepository(_ version: Int) async throws {
         let dir = Self.fixtureDir(version)
         let wrapped = try WrappedReadKey.decode(try Data(contentsOf: dir.appendingPathComponent("keys/read-key.json")))
@@ -199,6 +215,7 @@ enum GoldenModel {
         #expect(manifest.header.time == GoldenModel.time)
         #expect(manifest.header.tags == ["golden"])
         #expect(manifest.version == UInt16(version))
+        #expect(manifest.header.activity == (version >= 3 ? GoldenModel.activity : nil))
 
         let packDir = dir.appendingPathComponent("packs")
         let packFiles = try FileManager.default.contentsOfDirectory(atPath: packDir.path).sorted()
@@ -207,7 +224,7 @@ enum GoldenModel {
             let summary = try PackReader.inspect(Array(try Data(contentsOf: packDir.appendingPathComponent(name))),
                 expectedID: PackID(hex: name)!)
             #expect(summary.keyID == readKey.publicKey.keyID)
-            #expect(summary.version == UInt16(version))
+            #expect(summary.version == UInt16(min(version, 2)))
         }
 
         let reader = try SnapshotReader(manifest: manifest, readKey: readKey, chunkIDKey: material.chunkIDKey) { id in
@@ -233,7 +250,7 @@ enum GoldenModel {
         #expect(expected == GoldenModel.expectedLines(GoldenModel.entries()))
     }
 
-    @Test(arguments: [1, 2]) func aFlippedBitInAnyGoldenPackIsReportedWithThePack(version: Int) throws {
+    @Test(arguments: [1, 2, 3]) func aFlippedBitInAnyGoldenPackIsReportedWithThePack(version: Int) throws {
         let packDir = Self.fixtureDir(version).appendingPathComponent("packs")
         for name in try FileManager.default.contentsOfDirectory(atPath: packDir.path) {
             var bytes = Array(try Data(contentsOf: packDir.appendingPathComponent(name)))
