@@ -164,6 +164,8 @@ extension Catalog {
         }
         // Retention policies per tenant, host glob and tag (RetentionPolicies.swift).
         m.registerMigration("v14-retention-policies") { db in try db.execute(sql: Catalog.policySchema) }
+        // Ransomware verdicts per snapshot, detection settings per tenant, chunks per pack (SnapshotVerdicts.swift).
+        m.registerMigration("v17-snapshot-verdicts") { db in try db.execute(sql: Catalog.verdictSchema) }
         // New migrations go here, after every released one.
         return m
     }

@@ -417,6 +417,12 @@ public enum RedoubtHTTP {
                                                   ctx: ctx.call))
             }
         },
+        Route(.put, "/v1/tenants/{tenant}/detection", .setDetection, .admin) { service, logger, req, ctx in
+            await handle(logger) {
+                jsonResponse(try service.setDetection(tenant: ctx.parameters.get("tenant") ?? "",
+                    try await req.json(Wire.DetectionSettings.self), ctx: ctx.call))
+            }
+        },
         Route(.put, "/v1/tenants/{tenant}/policy", .setPolicy, .admin) { service, logger, req, ctx in
             await handle(logger) {
                 jsonResponse(try await service.setPolicy(tenant: ctx.parameters.get("tenant") ?? "",

@@ -364,6 +364,7 @@ public final class RepositoryService: Sendable {
             throw ServerError.beingCollected("pack \(id)")
         }
         try catalog.recordUpload(tenant: tenant.name, pack: id.description, host: p.name)
+        try catalog.recordPackChunkCount(tenant: tenant.name, pack: id.description, chunks: summary.chunkIDs.count)
         return Wire.UploadResponse(id: id.description, created: result == .created, retainUntil: until,
             quotaWarning: quotaWarning)
     }
@@ -450,6 +451,8 @@ public final class RepositoryService: Sendable {
         // The off-site copies follow each commit, in the background.
         // The tenant's retention policies move the locks of what they keep (RetentionPolicies.swift).
         await applyPoliciesAfterCommit(tenant: tenant.name, host: p.name)
+        // The ransomware verdict, against the host's own baseline (SuspectSnapshots.swift).
+        await judgeCommit(rec, manifest: manifest, principal: p)
         if try !catalog.copyTargets(tenant: tenant.name).isEmpty {
             Task { await copyJobs.kick(tenant.name, service: self) }
         }
@@ -516,11 +519,11 @@ public final class RepositoryService: Sendable {
                 after: page?.after,
                                             limit: page?.limit).map(listed))
         case .restorer:
-            return try withPolicyKeeps(try catalog.snapshotPage(tenant: p.tenant ?? "", host: host, after: page?.after,
-                                            limit: page?.limit).map(listed))
+            return try withVerdicts(withPolicyKeeps(try catalog.snapshotPage(tenant: p.tenant ?? "", host: host,
+                after: page?.after, limit: page?.limit).map(listed)))
         case .admin, .auditor:
-            return try withPolicyKeeps(try catalog.snapshotPage(tenant: tenant, host: host, after: page?.after,
-                                            limit: page?.limit).map(listed))
+            return try withVerdicts(withPolicyKeeps(try catalog.snapshotPage(tenant: tenant, host: host,
+                after: page?.after, limit: page?.limit).map(listed)))
         }
     }
 

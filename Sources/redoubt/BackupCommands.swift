@@ -78,7 +78,11 @@ func runBackup(config cfg: ClientConfig, paths: [String], tags: [String], exclud
 struct RestoreCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(commandName: "restore",
         abstract: "Restore a snapshot (restorer credential and the read key's provider).")
-    @Argument(help: "Snapshot ID or a unique prefix (8+ hex digits).") var snapshot: String
+    @Argument(help: """
+        Snapshot ID or a unique prefix (8+ hex digits), or `latest-clean`: the newest snapshot the server did not \
+        judge suspect (of --host).
+        """) var snapshot: String
+    @Option(name: .long, help: "With latest-clean: only this host's snapshots.") var host: String?
     @Option(name: .long, help: "Directory to restore into (created if missing).") var target: String
     @Option(name: .long, help: "Restore only this path inside the snapshot (e.g. data/etc).") var path: String?
     @OptionGroup var config: ConfigOption
@@ -105,7 +109,7 @@ struct RestoreCommand: AsyncParsableCommand {
             let progress = ProgressLine()
             let start = Date()
             let result = try await RedoubtCLI.with(try APIClient(credential: cfg.credential())) { client in
-                let manifest = try await RestoreSupport.manifest(snapshot, from: client)
+                let manifest = try await RestoreSupport.manifest(snapshot, host: host, from: client)
                 return try await Restorer().restore(manifest: manifest, readKey: readKey,
                     chunkIDKey: material.chunkIDKey, source: client, target: target,
                                                     subpath: path.map { Array($0.utf8) },
