@@ -31,6 +31,12 @@ public enum LatestClean {
 
 // Ransomware-detection settings (admin).
 extension APIClient {
+    /// Marks a suspect snapshot clean (needs the admins' quorum: `E_APPROVAL_REQUIRED` files the request).
+    public func clearVerdict(snapshot: String, reason: String, requestID: String?) async throws -> Wire.VerdictInfo {
+        try await json(Wire.VerdictInfo.self, .POST, "/v1/snapshots/\(snapshot)/verdict",
+                       body: Wire.ClearVerdictRequest(reason: reason, requestID: requestID))
+    }
+
     public func setDetection(tenant: String, _ req: Wire.DetectionSettings) async throws -> Wire.DetectionSettings {
         try await json(Wire.DetectionSettings.self, .PUT, "/v1/tenants/\(tenant)/detection", body: req)
     }

@@ -97,3 +97,29 @@ extension Wire {
         }
     }
 }
+
+extension Wire {
+    /// `POST /v1/snapshots/{id}/verdict` (admin, approved by the quorum): an admin's
+    /// judgement that a suspect snapshot is clean (a false positive, or the host was
+    /// rebuilt), with the reason. Later snapshots of the host no longer follow it as suspect.
+    public struct ClearVerdictRequest: Codable, Sendable {
+        public var reason: String
+        public var requestID: String?
+        public init(reason: String, requestID: String?) {
+            self.reason = reason
+            self.requestID = requestID
+        }
+    }
+
+    /// A snapshot's verdict after an admin cleared it.
+    public struct VerdictInfo: Codable, Sendable, Equatable {
+        public var snapshot: String
+        public var verdict: String
+        public var reasons: [String]
+        public init(snapshot: String, verdict: String, reasons: [String]) {
+            self.snapshot = snapshot
+            self.verdict = verdict
+            self.reasons = reasons
+        }
+    }
+}

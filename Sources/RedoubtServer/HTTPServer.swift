@@ -268,6 +268,12 @@ public enum RedoubtHTTP {
                 jsonResponse(try await service.verify(ctx.parameters.get("id") ?? "", ctx: ctx.call))
             }
         },
+        Route(.post, "/v1/snapshots/{id}/verdict", .clearVerdict, .admin) { service, logger, req, ctx in
+            await handle(logger) {
+                jsonResponse(try service.clearVerdict(ctx.parameters.get("id") ?? "",
+                    try await req.json(Wire.ClearVerdictRequest.self), ctx: ctx.call))
+            }
+        },
         Route(.post, "/v1/tenants", .createTenant, .admin) { service, logger, req, ctx in
             await handle(logger) {
                 jsonResponse(try await service.createTenant(try await req.json(Wire.CreateTenantRequest.self),

@@ -32,6 +32,7 @@ public enum Action: String, Sendable, CaseIterable {
     case removeCopyTarget = "remove-copy-target", syncCopyTarget = "sync-copy-target"
     case placeHold = "place-hold", listHolds = "list-holds", releaseHold = "release-hold"
     case collectGarbage = "gc", setQuota = "set-quota", setDetection = "set-detection"
+    case clearVerdict = "clear-verdict"
     case setPolicy = "set-policy", listPolicies = "list-policies", simulatePolicy = "simulate-policy"
     case applyPolicy = "apply-policy"
     case listAudit = "list-audit", verifyAudit = "verify-audit"

@@ -19,6 +19,22 @@ public struct VerdictRecord: Sendable, Equatable {
     public let auditSeq: Int64
 }
 
+/// Verdicts, detection settings and pack chunk counts: what another catalog backend implements.
+public protocol VerdictRepository {
+    func recordPackChunkCount(tenant: String, pack: String, chunks: Int) throws
+    func snapshotPackVolumes(tenant: String, snapshot: String) throws
+        -> (newBytes: Int64, newChunks: Int64, referencedBytes: Int64)
+    func refusals(actor: String, afterSeq: Int64) throws -> (count: Int64, lastSeq: Int64)
+    func insertVerdict(_ v: VerdictRecord) throws
+    func clearVerdict(snapshot: String, reasons: [String]) throws
+    func verdicts(tenant: String, host: String, limit: Int) throws -> [VerdictRecord]
+    func verdicts(snapshots ids: [String]) throws -> [String: VerdictRecord]
+    func detectionSettings(tenant: String) throws -> Wire.DetectionSettings
+    func setDetectionSettings(tenant: String, _ s: Wire.DetectionSettings) throws
+}
+
+extension Catalog: VerdictRepository {}
+
 extension Catalog {
     /// The tables of the `v17-snapshot-verdicts` migration.
     static let verdictSchema = """
@@ -79,6 +95,15 @@ extension Catalog {
                     signals, audit_seq) VALUES (?, ?, ?, ?, ?, ?, ?, ?)
                 """, arguments: [v.snapshot, v.tenant, v.host, v.committedAt.timeIntervalSince1970,
                                  v.verdict.kind.rawValue, reasons, signals, v.auditSeq])
+        }
+    }
+
+    /// Marks a snapshot's verdict clean with the given reasons (an admin's approved judgement).
+    public func clearVerdict(snapshot: String, reasons: [String]) throws {
+        let text = String(decoding: try JSONEncoder().encode(reasons), as: UTF8.self)
+        try db.write { db in
+            try db.execute(sql: "UPDATE snapshot_verdicts SET verdict = 'clean', reasons = ? WHERE snapshot = ?",
+                           arguments: [text, snapshot])
         }
     }
 

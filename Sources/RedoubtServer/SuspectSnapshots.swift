@@ -120,6 +120,35 @@ extension RepositoryService {
         }
     }
 
+    /// `POST /v1/snapshots/{id}/verdict` (admin): marks a suspect snapshot clean with the
+    /// admin's reason. It weakens protection (`latest-clean` may then restore it, and the
+    /// host's next snapshots no longer follow it as suspect), so it is the gated change
+    /// `clear-verdict` (§4.2). Holds already placed stay until released as any hold.
+    public func clearVerdict(_ idHex: String, _ req: Wire.ClearVerdictRequest,
+                             ctx: CallContext) throws -> Wire.VerdictInfo {
+        guard let p = ctx.principal, p.role == .admin else {
+            throw ServerError.forbidden("only an admin may clear a verdict")
+        }
+        guard SafeText.isValidFreeText(req.reason, maxBytes: 1024) else {
+            throw ServerError.badRequest("the reason must be 1 to 1024 bytes of printable text (no control, format "
+                                         + "or line-separator characters, no leading or trailing space)")
+        }
+        let id = try resolveSnapshotID(idHex, ctx: ctx)
+        guard let v = try catalog.verdicts(snapshots: [id])[id] else {
+            throw ServerError.notFound("snapshot \(id) has no verdict: `redoubt snapshots` shows verdicts")
+        }
+        guard v.verdict.kind == .suspect else {
+            throw ServerError(409, "E_CONFLICT", "snapshot \(id) is \(v.verdict.kind.rawValue), not suspect")
+        }
+        try authorize(.clearVerdict, object: "snapshot \(id)", parameters: ["reason": req.reason],
+                      requestID: req.requestID, consume: true, ctx: ctx)
+        let reasons = ["cleared by admin \(p.name): \(req.reason)"] + v.verdict.reasons.map { "was: " + $0 }
+        try catalog.clearVerdict(snapshot: id, reasons: reasons)
+        audit(ctx, .clearVerdict, object: "snapshot \(id)", outcome: "ok",
+              detail: "host=\(v.tenant)/\(v.host) request=\(req.requestID ?? "-") reason=\(req.reason)")
+        return Wire.VerdictInfo(snapshot: id, verdict: SnapshotVerdict.Kind.clean.rawValue, reasons: reasons)
+    }
+
     /// `PUT /v1/tenants/{tenant}/detection` (admin): sets the fields the request sends, keeps
     /// the rest, and returns the settings in force (defaults filled in).
     public func setDetection(tenant: String, _ req: Wire.DetectionSettings,

@@ -59,3 +59,28 @@ struct AdminDetectionCommand: AsyncParsableCommand {
         }
     }
 }
+
+// `admin verdict-clear SNAPSHOT --reason TEXT [--request ID]`: an admin's judgement that a
+// suspect snapshot is clean, approved by the quorum (docs/PROTOCOL.md §4.8).
+struct AdminVerdictClearCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "verdict-clear", abstract: "Mark a suspect snapshot clean (needs approval from other admins).",
+        discussion: """
+            Without --request this files a request; once other admins approve it, repeat with --request ID. The \
+            host's next snapshots no longer follow it as suspect; legal holds it caused stay until released.
+            """)
+    @OptionGroup var admin: AdminOptions
+    @Argument(help: "Snapshot ID or a unique prefix (8+ hex digits).") var snapshot: String
+    @Option(name: .long, help: "Why it is clean (kept in the verdict's reasons and the audit log).") var reason: String
+    @Option(name: .long, help: "An approved request for this change.") var request: String?
+
+    func run() async throws {
+        try await RedoubtCLI.run {
+            let v = try await RedoubtCLI.with(try admin.client()) {
+                try await $0.clearVerdict(snapshot: snapshot, reason: reason, requestID: request)
+            }
+            print("snapshot \(v.snapshot) is now \(v.verdict): \(v.reasons.first ?? "")")
+            return .ok
+        }
+    }
+}

@@ -143,7 +143,8 @@ struct AdminCommand: AsyncParsableCommand {
                                                                   RequestCommand.self, AdminsCommand.self,
                                                                       QuorumCommand.self, AdminCopyCommand.self,
                                                                       AdminHoldCommand.self,
-                                                                  AdminPolicyCommand.self, AdminDetectionCommand.self])
+                                                                  AdminPolicyCommand.self, AdminDetectionCommand.self,
+                                                                  AdminVerdictClearCommand.self])
     // Declared here too so `redoubt admin --credential FILE tenant …` parses; the
     // subcommands read the same value.
     @OptionGroup var admin: AdminOptions

@@ -139,6 +139,7 @@ struct VerdictScorerTests {
         let writer: APIClient
         let keys: WriteKeySet
         let restorer: APIClient
+        let bob: APIClient
     }
 
     /// Tenant "acme" with host "web1", a restorer, and a second admin (a hold's release needs approval).
@@ -148,9 +149,10 @@ struct VerdictScorerTests {
         let token = try await server.admin.addAdmin(name: "bob", ttlSeconds: nil, requestID: nil).token
         let cfg = ClientConfig(path: server.dir.appendingPathComponent("cfg-admin-bob").path)
         _ = try await ClientConfig.enroll(token: token, into: cfg, os: nil)
+        let bob = try APIClient(credential: cfg.credential())
         let (wc, writer) = try await server.enroll(tenant: "acme", role: "writer", name: "web1")
         let (_, restorer) = try await server.enroll(tenant: "acme", role: "restorer", name: "r1")
-        return World(server: server, writer: writer, keys: try wc.writeKeySet(), restorer: restorer)
+        return World(server: server, writer: writer, keys: try wc.writeKeySet(), restorer: restorer, bob: bob)
     }
 
     static func activity(baseline: Bool = true, changed: UInt64 = 10, suspicious: UInt64 = 0) -> SnapshotActivity {
@@ -229,6 +231,27 @@ struct VerdictScorerTests {
             _ = try await w.server.admin.releaseHold(id: holds[0].id, requestID: nil)
         }
         #expect(try w.server.service.catalog.isHeld(snapshot: holds[0].target))
+
+        // A false positive, or a rebuilt host: the admins' quorum clears the newest suspect
+        // verdict; the host's next snapshot is judged on its own again. The host cannot.
+        await refused("E_FORBIDDEN", "a host clearing its own verdict") {
+            _ = try await w.writer.clearVerdict(snapshot: after.id, reason: "all fine", requestID: nil)
+        }
+        await refused("E_APPROVAL_REQUIRED", "one admin clearing a verdict") {
+            _ = try await w.server.admin.clearVerdict(snapshot: after.id, reason: "host rebuilt", requestID: nil)
+        }
+        let req = try #require(try await w.server.admin.requests().first { $0.action == "clear-verdict" })
+        _ = try await w.bob.decide(request: req.id, approve: true)
+        let cleared = try await w.server.admin.clearVerdict(snapshot: after.id, reason: "host rebuilt",
+                                                            requestID: req.id)
+        #expect(cleared.verdict == "clean" && cleared.reasons.first?.hasPrefix("cleared by admin ") == true
+            && cleared.reasons.first?.hasSuffix(": host rebuilt") == true)
+        let next = try await commit(w, Self.activity())
+        seen = try await verdicts(w)
+        #expect(seen[attack.id]?.verdict == "suspect", "the attack itself stays suspect")
+        #expect(seen[after.id]?.verdict == "clean")
+        #expect(seen[next.id]?.verdict == "clean", "\(seen[next.id]?.verdictReasons ?? [])")
+        #expect(try w.server.service.catalog.holds(active: true).count == 3, "holds stay until released")
         await w.server.stop()
     }
 
