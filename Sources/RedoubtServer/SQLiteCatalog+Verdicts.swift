@@ -43,6 +43,7 @@ extension Catalog {
             verdict TEXT NOT NULL, reasons TEXT NOT NULL, signals TEXT NOT NULL, audit_seq INTEGER NOT NULL
         ) WITHOUT ROWID;
         CREATE INDEX snapshot_verdicts_host ON snapshot_verdicts(tenant, host, committed_at);
+        CREATE INDEX audit_actor_seq ON audit(actor, seq);
         CREATE TABLE detection_settings (tenant TEXT PRIMARY KEY, settings TEXT NOT NULL) WITHOUT ROWID;
         CREATE TABLE pack_chunk_counts (
             tenant TEXT NOT NULL, pack TEXT NOT NULL, chunks INTEGER NOT NULL, PRIMARY KEY (tenant, pack)
@@ -76,6 +77,7 @@ extension Catalog {
     }
 
     /// Refused (`denied`) requests audited for `actor` after record `afterSeq`, and the log's last record.
+    /// (`audit_actor_seq` keeps this to the actor's own records, however busy the log.)
     public func refusals(actor: String, afterSeq: Int64) throws -> (count: Int64, lastSeq: Int64) {
         try db.read { db in
             let n = try Int64.fetchOne(db, sql: """
