@@ -31,6 +31,11 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-nio.git", from: "2.101.0"),
         .package(url: "https://github.com/apple/swift-asn1.git", exact: "1.7.4"),
         .package(url: "https://github.com/apple/swift-http-types.git", exact: "1.8.0"),
+        // The host's jobs file (README "Jobs").
+        .package(url: "https://github.com/LebJe/TOMLKit.git", exact: "0.6.0"),
+        // Metrics exposition for `server run --metrics-listen` (Sources/RedoubtServer/Metrics*.swift).
+        .package(url: "https://github.com/swift-server/swift-prometheus.git", exact: "2.4.1"),
+        .package(url: "https://github.com/apple/swift-metrics.git", exact: "2.13.0"),
     ],
     targets: [
         .systemLibrary(
@@ -74,6 +79,8 @@ let package = Package(
                 .product(name: "HummingbirdTLS", package: "hummingbird"),
                 .product(name: "HTTPTypes", package: "swift-http-types"),
                 .product(name: "GRDB", package: "GRDB.swift"),
+                .product(name: "Prometheus", package: "swift-prometheus"),
+                .product(name: "AsyncHTTPClient", package: "async-http-client"),
             ]
         ),
         // Offline media format (docs/FORMAT.md §13). May import RedoubtCore only.
@@ -91,6 +98,7 @@ let package = Package(
             dependencies: [
                 "RedoubtCore", "RedoubtKMS", "RedoubtStore", "RedoubtServer", "RedoubtClient", "RedoubtMedia", "RedoubtAWS", "CMallocTune", logging, crypto, nioHTTP1,
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "TOMLKit", package: "TOMLKit"),
             ]
         ),
         // Prints MB/s figures for the core pipeline; see scripts/bench-core.

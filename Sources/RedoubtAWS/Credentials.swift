@@ -24,7 +24,8 @@ extension AWSCredentials {
         let profile = environment["AWS_PROFILE"] ?? "default"
         guard FileManager.default.fileExists(atPath: path) else {
             throw AWSCredentialsError(message:
-                "no AWS credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or write profile [\(profile)] to \(path)")
+                "no AWS credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or write profile [\(profile)] "
+                    + "to \(path)")
         }
         return try file(path, profile: profile)
     }

@@ -96,7 +96,9 @@ public final class APIClient: Sendable {
         for (name, value) in headers { req.headers.add(name: name, value: value) }
         if let body {
             req.headers.add(name: "Content-Type", value: contentType)
-            req.body = .bytes(ByteBuffer(bytes: body))
+            // Sent from the array in small slices: a whole-pack ByteBuffer copy would double
+            // the memory of every upload in flight (see BodySlices for the TLS side).
+            req.body = .stream(BodySlices(bytes: body), length: .known(Int64(body.count)))
         }
         let resp: HTTPClientResponse
         do { resp = try await execute(req) } catch {
@@ -106,7 +108,7 @@ public final class APIClient: Sendable {
                                and is this credential from that server?
                                """)
         }
-        let data = Array((try await resp.body.collect(upTo: limit)).readableBytesView)
+        let data = try await Self.collect(resp, upTo: limit)
         let status = Int(resp.status.code)
         guard (200..<300).contains(status) else {
             if let e = try? JSONDecoder().decode(Wire.ErrorBody.self, from: Data(data)) {
@@ -115,6 +117,21 @@ public final class APIClient: Sendable {
             throw APIError(status: status, code: "E_HTTP", message: String(decoding: data.prefix(500), as: UTF8.self))
         }
         return (status, data)
+    }
+
+    /// The body of `resp` in one array, filled as it arrives: collecting into a ByteBuffer
+    /// first and copying it out would hold every downloaded pack twice.
+    static func collect(_ resp: HTTPClientResponse, upTo limit: Int) async throws -> [UInt8] {
+        var out: [UInt8] = []
+        if let declared = resp.headers.first(name: "content-length").flatMap(Int.init), declared >= 0 {
+            guard declared <= limit else { throw NIOTooManyBytesError(maxBytes: limit) }
+            out.reserveCapacity(declared)
+        }
+        for try await part in resp.body {
+            guard out.count + part.readableBytes <= limit else { throw NIOTooManyBytesError(maxBytes: limit) }
+            out.append(contentsOf: part.readableBytesView)
+        }
+        return out
     }
 
     /// Sends once more a request that cannot have changed anything twice (GET, HEAD, and a

@@ -4,13 +4,13 @@ import RedoubtCore
 
 /// Backs up local paths into a repository as one snapshot.
 ///
-/// **Snapshot root layout.** Each path in ``BackupOptions/paths`` becomes one top-level
-/// entry of the root tree, named by the last component of the path made absolute and
-/// normalised lexically (`/srv/www/` → `www`; `/` → `root`). If two paths end in the
-/// same name, the later ones get `~2`, `~3`, … appended (`/a/data`, `/b/data` → `data`,
-/// `data~2`). The manifest's public header keeps the paths exactly as given, in order,
-/// so the mapping can be recomputed. Hard links name their first file by its path in
-/// this layout (`data~2/sub/file`).
+/// **Snapshot root layout.** Each path in ``BackupOptions/paths``, made absolute and
+/// normalised lexically, is kept whole below the root tree (manifest version 3): `/a/x`
+/// and `/b/x` are `a/x` and `b/x`, the directories on the way (`a`, `b`) are stored with
+/// their own metadata, and `/` puts its entries at the root. A path given twice, or inside
+/// another path given, is walked once. The manifest's public header keeps the paths as
+/// given, in order. Hard links name their first file by its path below the root
+/// (`b/x/sub/file`). See ``SnapshotLayout``.
 ///
 /// **What is stored.** Every entry below the paths (minus exclusions), never following a
 /// symlink: names as raw bytes, all eight node types, `mode & 07777`, owner and group
@@ -55,7 +55,10 @@ public final class Archiver: Sendable {
     /// problems with single entries become ``BackupResult/warnings``.
     public func run(options: BackupOptions, keys: WriteKeySet, target: any BackupTarget, now: Timestamp,
                     progress: @escaping @Sendable (BackupProgress) -> Void = { _ in }) async throws -> BackupResult {
-        guard !options.paths.isEmpty else { throw ArchiveError(.invalidArgument, object: "backup", "no paths given") }
+        guard options.paths.isEmpty == (options.stream != nil) else {
+            throw ArchiveError(.invalidArgument, object: "backup",
+                options.stream == nil ? "no paths given" : "a stream is backed up alone, without paths")
+        }
         var warnings: [BackupWarning] = []
         let locating: any PackLocatingBackupTarget
         if let t = target as? any PackLocatingBackupTarget {
@@ -63,7 +66,8 @@ public final class Archiver: Sendable {
         } else {
             locating = UnlocatedTarget(base: target)
             warnings.append(BackupWarning(.other, path: [],
-                "the repository cannot say which packs hold existing chunks; every chunk of this backup is uploaded again"))
+                "the repository cannot say which packs hold existing chunks; every chunk of this backup is uploaded "
+                    + "again"))
         }
         let run = BackupRun(target: locating, material: keys.shared, options: options, hooks: hooks,
             onProgress: progress)
@@ -85,8 +89,25 @@ public final class Archiver: Sendable {
         var walker = Walker(excludes: options.excludes) { count, path in
             run.progress { $0.filesDone = UInt64(count); $0.currentPath = printable(path) }
         }
-        var walk = try walker.walk(paths: absolute, names: SnapshotLayout.topLevelNames(absolute))
+        walker.excludeCaches = options.excludeCaches
+        walker.oneFileSystem = options.oneFileSystem
+        let legacy = hooks.legacyLayout
+        let plan = SnapshotLayout.walkPlan(absolute, legacy: legacy)
+        // A command's output is one file at the top level, named as the job says.
+        var walk = try options.stream.map { s throws(ArchiveError) in try WalkResult.stream(name: s.name, now: now) }
+            ?? walker.walk(paths: plan.paths, names: plan.names, snapshotPaths: plan.snapshotPaths)
         warnings += walk.warnings
+        // The directories on the way to each path, by their path below the root.
+        var ancestors: [[UInt8]: Node] = [:]
+        if !legacy {
+            for i in walk.topLevel {
+                let parts = walk.entries[i].fullPath.split(separator: 0x2f).map(Array.init)
+                for k in parts.indices.dropLast() where ancestors[Array(parts[...k].joined(separator: [0x2f]))] == nil {
+                    let rel = Array(parts[...k].joined(separator: [0x2f]))
+                    ancestors[rel] = try walker.ancestorNode([0x2f] + rel)
+                }
+            }
+        }
         let filesTotal = UInt64(walk.files.count)
         run.progress(force: true) {
             $0 = BackupProgress(phase: .checkingCache, filesTotal: filesTotal, bytesTotal: walk.bytesTotal)
@@ -159,6 +180,7 @@ public final class Archiver: Sendable {
             run.registry.withLock { $0.reusable = usable }
         }
         jobs.sort { $0.entry < $1.entry }
+        if let s = options.stream { for i in jobs.indices { jobs[i].streamFD = s.fd } }
 
         // 4. Read the rest in parallel.
         run.progress(force: true) { $0.phase = .reading }
@@ -199,6 +221,14 @@ public final class Archiver: Sendable {
             walk.entries[o.entry].stat = st
             if o.stable { stable.insert(o.entry) }
         }
+        // Why here: a command that failed may have written a truncated dump; nothing is committed.
+        if let s = options.stream {
+            guard outcomes.allSatisfy({ $0.content != nil }) else {
+                let why = outcomes.compactMap(\.warning).map(\.message).joined(separator: "; ")
+                throw ArchiveError(.io, object: s.name, why)
+            }
+            try await s.finished()
+        }
         // A hard link whose first name could not be stored has nothing to link to.
         var omittedFiles = Set<[UInt8]>()
         for f in walk.files where walk.entries[f].omitted { omittedFiles.insert(walk.entries[f].snapshotPath) }
@@ -213,19 +243,43 @@ public final class Archiver: Sendable {
 
         // 5. Trees, bottom-up: children always follow their directory in walk order.
         run.progress(force: true) { $0.phase = .trees }
+        var storedAncestors: [Node] = []
         let (root, rootSeals): ([ChunkID], [ChunkSeal]) = try await withThrowingTaskGroup(of: FinishedPack.self) {
             uploads in
             let worker = try BackupWorker(run: run)
             for i in walk.entries.indices.reversed() where walk.entries[i].node.type == .directory
-                && !walk.entries[i].omitted {
+                && !walk.entries[i].omitted && !(walk.entries[i].parent < 0 && walk.entries[i].snapshotPath.isEmpty) {
                 let children = walk.entries[i].children.filter { !walk.entries[$0].omitted }.map {
                     walk.entries[$0].node
                 }
                 (walk.entries[i].node.subtree, walk.entries[i].node.subtreeSeals) =
                     try await worker.addBlob(try TreeCodec.encode(Tree(nodes: children)), &uploads)
             }
-            let top = walk.topLevel.filter { !walk.entries[$0].omitted }.map { walk.entries[$0].node }
-            let refs = try await worker.addBlob(try TreeCodec.encode(Tree(nodes: top)), &uploads)
+            // Each directory's entries by its path below the root ([]: the root itself).
+            var members: [[UInt8]: [Node]] = [:]
+            for t in walk.topLevel where !walk.entries[t].omitted {
+                let e = walk.entries[t]
+                if e.snapshotPath.isEmpty {
+                    // `/` itself: its entries are the root's.
+                    members[[], default: []] += e.children.filter { !walk.entries[$0].omitted }.map {
+                        walk.entries[$0].node
+                    }
+                } else {
+                    let parent = Array(e.snapshotPath.split(separator: 0x2f).dropLast().joined(separator: [0x2f]))
+                    members[parent, default: []].append(e.node)
+                }
+            }
+            // Deepest first, so a directory's subtree is stored before the node that names it.
+            func depth(_ p: [UInt8]) -> Int { p.reduce(0) { $0 + ($1 == 0x2f ? 1 : 0) } }
+            for path in ancestors.keys.sorted(by: { depth($0) > depth($1) }) where members[path] != nil {
+                var node = ancestors[path]!
+                (node.subtree, node.subtreeSeals) =
+                    try await worker.addBlob(try TreeCodec.encode(Tree(nodes: members[path] ?? [])), &uploads)
+                storedAncestors.append(node)
+                let parent = Array(path.split(separator: 0x2f).dropLast().joined(separator: [0x2f]))
+                members[parent, default: []].append(node)
+            }
+            let refs = try await worker.addBlob(try TreeCodec.encode(Tree(nodes: members[[]] ?? [])), &uploads)
             try await worker.finish(&uploads)
             return refs
         }
@@ -235,7 +289,11 @@ public final class Archiver: Sendable {
         var packs = Set(registry.uploaded)
         var referenced = root
         var stats = SnapshotStatistics()
-        for e in walk.entries where !e.omitted {
+        for a in storedAncestors {
+            referenced += a.subtree
+            stats.directories += 1
+        }
+        for e in walk.entries where !e.omitted && !(e.parent < 0 && e.snapshotPath.isEmpty) {
             referenced += e.node.content
             referenced += e.node.subtree
             switch e.node.type {
@@ -266,11 +324,14 @@ public final class Archiver: Sendable {
         run.progress(force: true) { $0.phase = .committing }
         var rng = SystemRandomNumberGenerator()
         let nonce = (0..<16).map { _ in UInt8.random(in: 0...255, using: &rng) }
+        let paths = options.stream.map { [Array($0.name.utf8)] } ?? options.paths.map { Array($0.utf8) }
         let header = ManifestHeader(tenant: keys.tenant, readKeyID: keys.shared.readPublicKey.keyID, host: keys.host,
                                     hostKey: keys.signingKey.publicKey, time: now, nonce: nonce,
-                                    paths: options.paths.map { Array($0.utf8) }, tags: options.tags, statistics: stats,
-                                    packs: packs.sorted(), clientVersion: RedoubtVersion.string, activity: activity)
+                                    paths: paths, tags: options.tags, statistics: stats,
+                                    packs: packs.sorted(), clientVersion: RedoubtVersion.string,
+                                    activity: legacy ? nil : activity)
         let manifest = try Manifest.create(header: header, root: root, rootSeals: rootSeals,
+                                           version: legacy ? 2 : Manifest.version,
                                            readPublicKey: keys.shared.readPublicKey, signingKey: keys.signingKey)
         try await locating.commit(manifest: manifest)
         logger.info("snapshot committed", metadata: ["snapshot": "\(manifest.id)", "packs": "\(packs.count)",

@@ -33,9 +33,16 @@ public struct BackupOptions: Sendable {
     public var packSize: Int
     /// The zstd level for chunks (docs/FORMAT.md §3.3).
     public var compressionLevel: Int32
+    /// Keep only the `CACHEDIR.TAG` file of a directory tagged as a cache (bford.info/cachedir).
+    public var excludeCaches = false
+    /// Do not descend into a directory on another filesystem than its top-level path.
+    public var oneFileSystem = false
+    /// Back up this stream as one file instead of `paths` (which must then be empty).
+    public var stream: BackupStream? = nil
 
     public init(paths: [String], excludes: [String] = [], tags: [String] = [], cachePath: String? = nil,
-                workers: Int = 2, packSize: Int = 32 << 20, compressionLevel: Int32 = ChunkCompressor.defaultLevel) {
+                workers: Int = 2, packSize: Int = PackPipeline.defaultTargetPackSize,
+                compressionLevel: Int32 = ChunkCompressor.defaultLevel) {
         self.paths = paths
         self.excludes = excludes
         self.tags = tags
@@ -43,6 +50,24 @@ public struct BackupOptions: Sendable {
         self.workers = workers
         self.packSize = packSize
         self.compressionLevel = compressionLevel
+    }
+}
+
+/// A stream backed up as one regular file at the snapshot's top level: a command's output
+/// (a database dump). It is read to its end with read(2), never seeked, and never cached.
+public struct BackupStream: Sendable {
+    /// The file's name in the snapshot (one component).
+    public var name: String
+    /// The read end (a pipe); the caller closes it after the backup.
+    public var fd: Int32
+    /// Called once the stream has ended and before anything is committed; throwing (the
+    /// command failed) aborts the backup, so a truncated dump never becomes a snapshot.
+    public var finished: @Sendable () async throws -> Void
+
+    public init(name: String, fd: Int32, finished: @escaping @Sendable () async throws -> Void) {
+        self.name = name
+        self.fd = fd
+        self.finished = finished
     }
 }
 

@@ -11,6 +11,10 @@ struct ArchiverTestHooks: Sendable {
     var chunkerParameters: Chunker.Parameters? = nil
     /// Called for each chunk of a changed file named from the metadata cache instead of sealed.
     var sealSkipped: (@Sendable () -> Void)? = nil
+    /// Lay the root out as snapshots before manifest version 3 did (one entry per path,
+    /// named by its last component) and write version 2: how tests make the old snapshots
+    /// that must still restore.
+    var legacyLayout = false
 }
 
 /// A chunk of the last snapshot a changed file may still contain: its ID and seal.
@@ -103,6 +107,8 @@ struct FileJob: Sendable {
     var entry: Int
     var path: [UInt8]
     var stat: ArchiveSys.FileStat
+    /// A stream to read to its end instead of opening `path` (``BackupStream``).
+    var streamFD: Int32? = nil
 }
 
 typealias UploadGroup = ThrowingTaskGroup<FinishedPack, any Error>
@@ -134,8 +140,10 @@ final class BackupWorker {
     private var fileSealedRaw: UInt64 = 0
     private var fileSealedStored: UInt64 = 0
 
-    static let windowSize = 16 << 20
-    static let batchBytes = 32 << 20
+    /// Every worker holds one read buffer and one batch, so both are kept small (the read
+    /// window is raised to the chunker's maximum chunk regardless).
+    static let windowSize = 4 << 20
+    static let batchBytes = 8 << 20
 
     init(run: BackupRun) throws(CoreError) {
         self.run = run
@@ -186,10 +194,14 @@ final class BackupWorker {
             r.chunksReused += UInt64(items.count - seal.count)
             return seal
         }
-        for n in toSeal { try pipeline.add(sealed: items[n]) }
         batchItems.removeAll(keepingCapacity: true)
         batchUsed = 0
-        try await submit(pipeline.takeFinishedPacks(), &uploads)
+        for n in toSeal {
+            try pipeline.add(sealed: items[n])
+            // Each pack goes to the upload slot as soon as it is full, before the next one
+            // fills: else a batch could finish a pack while one uploads and fill a third.
+            if pipeline.hasFinishedPacks { try await submit(pipeline.takeFinishedPacks(), &uploads) }
+        }
     }
 
     /// Records finished packs and starts their uploads, waiting for an earlier one
@@ -273,6 +285,7 @@ final class BackupWorker {
         try Task.checkCancellation()
         var outcome = FileOutcome(entry: job.entry, content: nil, dataRegions: nil, size: 0, stat: nil, stable: false,
             warning: nil)
+        if let fd = job.streamFD { return try await processStream(job, fd: fd, outcome, &uploads) }
         var fd = ArchiveSys.withCString(job.path) { open($0, O_RDONLY | O_NOFOLLOW | O_CLOEXEC | ArchiveSys.oNoAtime) }
         if fd < 0 && Glibc.errno == EPERM {
             // O_NOATIME needs ownership or CAP_FOWNER.
@@ -335,17 +348,55 @@ final class BackupWorker {
         return outcome
     }
 
+    /// Reads a stream to its end; its content is whatever came before end of file, never cached.
+    private func processStream(_ job: FileJob, fd: Int32, _ start: FileOutcome, _ uploads: inout UploadGroup)
+        async throws -> FileOutcome {
+        var outcome = start
+        run.progress { $0.currentPath = printable(job.path) }
+        do {
+            let read = try await readContent(fd: fd, stat: job.stat, stream: true, &uploads)
+            (outcome.content, outcome.contentSeals, outcome.contentMACs) = (read.0, read.1, read.2)
+            outcome.size = read.4
+            var st = job.stat
+            st.size = read.4
+            outcome.stat = st
+        } catch let f as ReadFailure {
+            outcome.warning = BackupWarning(.unreadable, path: job.path,
+                "reading the command's output failed: \(ArchiveSys.describe(errno: f.errno))")
+        }
+        run.progress { $0.filesDone += 1 }
+        return outcome
+    }
+
+    /// `read(2)` until `count` bytes or end of file (for a pipe, which cannot be pread).
+    private static func readFull(_ fd: Int32, into buffer: UnsafeMutableRawPointer, count: Int) -> SysResult<Int> {
+        var done = 0
+        while done < count {
+            let n = Glibc.read(fd, buffer + done, count - done)
+            if n < 0 {
+                if Glibc.errno == EINTR { continue }
+                return .failure(Glibc.errno)
+            }
+            if n == 0 { break }
+            done += n
+        }
+        return .success(done)
+    }
+
     /// Reads the file's data (its data regions if sparse) in windows, chunking across
     /// window and region boundaries. Returns the chunk list, the regions (nil if dense)
-    /// and the logical size.
-    private func readContent(fd: Int32, stat st: ArchiveSys.FileStat, _ uploads: inout UploadGroup) async throws
+    /// and the logical size. A `stream` is read with read(2) to its end, whatever `st` says.
+    private func readContent(fd: Int32, stat st: ArchiveSys.FileStat, stream: Bool = false,
+                             _ uploads: inout UploadGroup) async throws
         -> ([ChunkID], [ChunkSeal], [ChunkID], [Extent]?, UInt64) {
         var sparse: [Extent]? = nil
-        if st.size > 0 && st.blocks * 512 < st.size, let regions = ArchiveSys.dataRegions(fd: fd, size: st.size),
+        if !stream && st.size > 0 && st.blocks * 512 < st.size,
+           let regions = ArchiveSys.dataRegions(fd: fd, size: st.size),
            regions != [Extent(offset: 0, length: st.size)] {
             sparse = regions
         }
-        let plan = sparse ?? (st.size > 0 ? [Extent(offset: 0, length: st.size)] : [])
+        let plan = stream ? [Extent(offset: 0, length: UInt64.max)]
+            : sparse ?? (st.size > 0 ? [Extent(offset: 0, length: st.size)] : [])
         var chunks: [ChunkID] = []
         var seals: [ChunkSeal] = []
         var macs: [ChunkID] = []
@@ -366,7 +417,9 @@ final class BackupWorker {
                 }
                 let want = Int(min(UInt64(buffer.count - filled), remaining))
                 let n: Int
-                switch ArchiveSys.preadFull(fd, into: base + filled, count: want, at: offset) {
+                let answer = stream ? Self.readFull(fd, into: base + filled, count: want)
+                    : ArchiveSys.preadFull(fd, into: base + filled, count: want, at: offset)
+                switch answer {
                 case .success(let k): n = k
                 case .failure(let e): throw ReadFailure(errno: e)
                 }

@@ -13,7 +13,7 @@ import RedoubtKMS
 ///   read-key.json          a restorer's *wrapped* read key (0600); unwrapped only in memory
 ///   key-check.json         SHA-256 of write-material.bin and host-signing.key, to find a damaged
 ///                          copy before a backup uploads anything (hashes of random keys reveal nothing)
-///   cache/                 the metadata cache of the last backup
+///   caches/                one metadata cache per job or set of paths (ClientConfig+Caches.swift)
 /// ```
 /// Nothing in it decrypts a backup: a writer's directory has no read key at all, and a
 /// restorer's has it only wrapped by its key provider.

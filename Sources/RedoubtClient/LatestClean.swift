@@ -1,7 +1,7 @@
 import Foundation
 import RedoubtCore
 
-/// The `latest-clean` snapshot name (docs/PROTOCOL.md §4.8): resolved by the client from a
+/// The `latest-clean` snapshot name (docs/PROTOCOL.md §4.9): resolved by the client from a
 /// listing, so it means the same on every server that returns verdicts.
 public enum LatestClean {
     /// The name a restore accepts in place of a snapshot ID.

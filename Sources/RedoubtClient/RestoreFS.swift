@@ -16,6 +16,10 @@ struct RestoreItem {
     var skipped = false
     /// Owner, attributes, mode and times are set (files: through their fd when complete).
     var metadataDone = false
+    /// A directory restored only because a selected path lies below it.
+    var onTheWay = false
+    /// The name a file is written under until it is whole (then renamed to `name`).
+    var temporary: [UInt8]? = nil
 }
 
 /// Everything the restore creates is created and reopened relative to directory file
@@ -46,6 +50,60 @@ final class RestoreTree {
     }
 
     func object(_ i: Int) -> String { printable(items[i].path) }
+
+    /// The name item `i` has in its directory now: its temporary one while it is written.
+    func currentName(_ i: Int) -> [UInt8] { items[i].temporary ?? items[i].name }
+
+    /// A name for a file being written, unlikely to be taken and never a snapshot's own
+    /// (it is checked with O_EXCL anyway): `.redoubt-` and 16 random hex digits.
+    private static func temporaryName() -> [UInt8] {
+        Array(".redoubt-\(String(UInt64.random(in: 1...UInt64.max), radix: 16)).part".utf8)
+    }
+
+    /// Renames the whole file `i` from its temporary name to its own, replacing what is
+    /// there (never following it: rename replaces a symlink itself).
+    func commitFile(_ i: Int) throws(ArchiveError) {
+        guard let tmp = items[i].temporary else { return }
+        let parent = try directory(items[i].parent)
+        if ArchiveSys.withCString(tmp, items[i].name, { renameat(parent, $0, parent, $1) }) != 0 {
+            let e = Glibc.errno
+            if e == EISDIR || e == ENOTEMPTY || e == EEXIST {
+                throw ArchiveError(.unsafePath, object: object(i),
+                    "a directory is in the way; remove it or restore elsewhere", errno: e)
+            }
+            throw ArchiveError.system("renaming the restored file into place", object: object(i), errno: e)
+        }
+        items[i].temporary = nil
+    }
+
+    /// Removes every file still under its temporary name (a restore that failed).
+    func removeTemporaries() {
+        for i in items.indices {
+            guard let tmp = items[i].temporary else { continue }
+            closeFile(i)
+            if let parent = try? directory(items[i].parent) {
+                _ = ArchiveSys.withCString(tmp) { unlinkat(parent, $0, 0) }
+            }
+            items[i].temporary = nil
+        }
+    }
+
+    /// What is at item `i`'s name in its directory now, if anything (never followed).
+    func existing(_ i: Int) throws(ArchiveError) -> ArchiveSys.FileStat? {
+        let parent = try directory(items[i].parent)
+        switch ArchiveSys.fstatat(parent, items[i].name) {
+        case .success(let st): return st
+        case .failure(let e) where e == ENOENT: return nil
+        case .failure(let e): throw ArchiveError.system("checking what exists", object: object(i), errno: e)
+        }
+    }
+
+    /// A symlink's target at item `i`'s name.
+    func existingLinkTarget(_ i: Int, sizeHint: Int) throws(ArchiveError) -> [UInt8]? {
+        let parent = try directory(items[i].parent)
+        if case .success(let t) = ArchiveSys.readlinkat(parent, items[i].name, sizeHint: sizeHint) { return t }
+        return nil
+    }
 
     /// The open directory `i` (-1: the target). The fd stays owned by the cache: use it
     /// before the next call that may open something.
@@ -79,7 +137,7 @@ final class RestoreTree {
             return files[i]!.fd
         }
         let parent = try directory(items[i].parent)
-        let fd = ArchiveSys.withCString(items[i].name) { openat(parent, $0, O_WRONLY | O_NOFOLLOW | O_CLOEXEC) }
+        let fd = ArchiveSys.withCString(currentName(i)) { openat(parent, $0, O_WRONLY | O_NOFOLLOW | O_CLOEXEC) }
         guard fd >= 0 else { throw ArchiveError.system("opening the file", object: object(i), errno: Glibc.errno) }
         try checkCreated(i, fd: fd)
         evict(&files)
@@ -158,24 +216,28 @@ final class RestoreTree {
         }
     }
 
-    /// Creates file `i` empty, a sparse one with its final size (all hole until its data
+    /// Creates file `i` empty under a temporary name in its directory (``commitFile(_:)``
+    /// gives it its own), a sparse one with its final size (all hole until its data
     /// regions are written), and keeps it open for writing.
     func createFile(_ i: Int) throws(ArchiveError) {
         let parent = try directory(items[i].parent)
-        var fd = ArchiveSys.withCString(items[i].name) {
-            openat(parent, $0, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0o600)
-        }
-        if fd < 0 && Glibc.errno == EEXIST {
-            try clear(i, parent: parent)
-            fd = ArchiveSys.withCString(items[i].name) {
+        var fd: Int32 = -1
+        var tmp: [UInt8] = []
+        for _ in 0..<8 {
+            tmp = Self.temporaryName()
+            fd = ArchiveSys.withCString(tmp) {
                 openat(parent, $0, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0o600)
             }
+            if fd >= 0 || Glibc.errno != EEXIST { break }
         }
         guard fd >= 0 else { throw ArchiveError.system("creating the file", object: object(i), errno: Glibc.errno) }
+        items[i].temporary = tmp
         let size = items[i].node.size
         if items[i].node.dataRegions != nil && size > 0 && ftruncate(fd, off_t(clamping: size)) != 0 {
             let e = Glibc.errno
             close(fd)
+            _ = ArchiveSys.withCString(tmp) { unlinkat(parent, $0, 0) }
+            items[i].temporary = nil
             throw ArchiveError.system("setting the size (\(size) bytes)", object: object(i), errno: e)
         }
         guard case .success(let st) = ArchiveSys.fstat(fd) else {

@@ -91,6 +91,8 @@ public struct RestoreResult: Sendable {
     /// Entries left incomplete because their data is damaged (empty unless `skipDamaged`).
     /// Damaged files stay in place, with holes where data is missing.
     public let damaged: [DamagedEntry]
+    /// Existing entries left as they were (``OverwritePolicy/never``, ``OverwritePolicy/ifChanged``).
+    public internal(set) var skippedExisting: UInt64 = 0
 }
 
 /// One entry of a snapshot as `redoubt ls` shows it: what the tree records, without the

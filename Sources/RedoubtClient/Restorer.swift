@@ -48,28 +48,47 @@ public final class Restorer: Sendable {
         self.batchPlaintextBudget = batchPlaintextBudget
     }
 
-    /// Restores `subpath` of the snapshot (a path relative to its root, e.g. `data/etc`;
-    /// nil or empty for the whole snapshot) into the directory `target`, created if
-    /// missing. The selected entry keeps its name: restoring `data/etc` creates
-    /// `target/etc`; restoring everything creates one entry per backed-up path.
-    /// Existing non-directory entries in the way are replaced; existing directories are
-    /// merged into.
+    /// Restores `subpath` of the snapshot (a path as the user knows it, `/srv/www`, or
+    /// below the snapshot root, `srv/www`; nil or empty for the whole snapshot) into the
+    /// directory `target`, created if missing. Existing entries are replaced; see
+    /// ``restore(manifest:readKey:chunkIDKey:source:target:options:isRoot:progress:)``.
     public func restore(manifest: Manifest, readKey: ReadPrivateKey, chunkIDKey: ChunkIDKey, source: any PackSource,
         target: String,
                         subpath: [UInt8]? = nil, isRoot: Bool = geteuid() == 0, skipDamaged: Bool = false,
                         progress: @escaping @Sendable (RestoreProgress) -> Void =
                             { _ in }) async throws -> RestoreResult {
+        let paths = subpath.map { $0.isEmpty ? [] : [$0] } ?? []
+        return try await restore(manifest: manifest, readKey: readKey, chunkIDKey: chunkIDKey, source: source,
+                                 target: target, options: RestoreOptions(paths: paths, skipDamaged: skipDamaged),
+                                 isRoot: isRoot, progress: progress)
+    }
+
+    /// Restores the entries `options` selects into the directory `target`, created if
+    /// missing. Every entry keeps its path below the snapshot root, so restoring `/srv/www`
+    /// of a snapshot of `/srv/www` creates `target/srv/www`, with `srv` as the snapshot
+    /// recorded it (snapshots before manifest version 3: `target/www`). Existing
+    /// directories are merged into; other existing entries are handled by
+    /// ``RestoreOptions/overwrite``. Each file is written under a temporary name in its
+    /// directory and renamed to its own when whole (contents, owner, mode and times set),
+    /// so a failure (a full disk) never leaves a truncated file under a real name; the
+    /// temporary files of a failed restore are removed. Throws ``ArchiveError`` `.notFound`
+    /// naming a selected path the snapshot does not hold, before anything is written.
+    public func restore(manifest: Manifest, readKey: ReadPrivateKey, chunkIDKey: ChunkIDKey, source: any PackSource,
+                        target: String, options: RestoreOptions, isRoot: Bool = geteuid() == 0,
+                        progress: @escaping @Sendable (RestoreProgress) -> Void =
+                            { _ in }) async throws -> RestoreResult {
         let r = try RestoreSession(manifest: manifest, readKey: readKey, chunkIDKey: chunkIDKey, source: source,
             isRoot: isRoot,
-                                   skipDamaged: skipDamaged, batchPlaintextBudget: batchPlaintextBudget,
+                                   skipDamaged: options.skipDamaged, batchPlaintextBudget: batchPlaintextBudget,
                                        onProgress: progress)
-        let result = try await r.run(target: target, subpath: subpath)
+        let result = try await r.run(target: target, options: options)
         logger.info("restore finished", metadata: ["snapshot": "\(manifest.id)", "files": "\(result.files)",
             "packs": "\(result.packsFetched)"])
         return result
     }
 
-    /// Calls `body` with each entry of the snapshot at `subpath` (nil or empty: its top
+    /// Calls `body` with each entry of the snapshot at `subpath` (as the user knows it or
+    /// below the root, ``SnapshotLayout/snapshotPath(of:in:)``; nil or empty: its top
     /// level), as it is read: a directory's children, or the one entry a path names;
     /// `recursive` walks the directories below too, depth first, each directory's entries
     /// in tree (name) order. Reads trees only, so it needs only the packs that hold them
@@ -106,7 +125,7 @@ final class RestoreSession {
     /// Opened packs kept for reuse (trees, and packs read to locate chunks).
     private var cache: [PackID: (pack: OpenedPack, index: [ChunkID: Int], size: Int, tick: Int)] = [:]
     private var cacheBytes = 0
-    private let cacheBudget = 256 << 20
+    private let cacheBudget = 64 << 20
     private var tick = 0
     private var damagedPacks: [PackID: CoreError] = [:]
     private var packsFetched = 0
@@ -146,7 +165,13 @@ final class RestoreSession {
         onProgress(status)
     }
 
-    func run(target: String, subpath: [UInt8]?) async throws -> RestoreResult {
+    private var filter = RestoreFilter(RestoreOptions(), manifest: nil)
+    private var overwrite = OverwritePolicy.always
+    private var skippedExisting: UInt64 = 0
+
+    func run(target: String, options: RestoreOptions) async throws -> RestoreResult {
+        filter = RestoreFilter(options, manifest: manifest)
+        overwrite = options.overwrite
         let targetBytes = Array(target.utf8)
         if mkdir(target, 0o700) != 0 && Glibc.errno != EEXIST {
             throw ArchiveError.system("creating the restore target", object: target, errno: Glibc.errno)
@@ -162,17 +187,26 @@ final class RestoreSession {
 
         report(force: true)
         try await locateChunks()
-        try await plan(subpath: subpath)
+        try await plan(given: options.paths)
         try await resolveHardLinks()
-        try createEntries()
-        try await writeContents()
+        do {
+            try createEntries()
+            try await writeContents()
+        } catch {
+            // Why: a file not renamed yet is incomplete; none may stay behind (and none
+            // was ever under its real name).
+            tree.removeTemporaries()
+            throw error
+        }
         try makeOtherEntries()
         report(force: true) { $0.phase = .finishing }
         try applyMetadata()
         report(force: true) { $0.phase = .done; $0.currentPath = "" }
-        return RestoreResult(files: counts.files, directories: counts.directories, otherEntries: counts.other,
+        var result = RestoreResult(files: counts.files, directories: counts.directories, otherEntries: counts.other,
             bytesWritten: status.bytesDone,
                              packsFetched: packsFetched, warnings: warnings, damaged: damaged)
+        result.skippedExisting = skippedExisting
+        return result
     }
 
     // MARK: - packs
@@ -226,7 +260,7 @@ final class RestoreSession {
     }
 
     /// An opened pack, from the cache or fetched (and then cached).
-    private func openedPack(_ id: PackID) async throws -> (pack: OpenedPack, index: [ChunkID: Int]) {
+    func openedPack(_ id: PackID) async throws -> (pack: OpenedPack, index: [ChunkID: Int]) {
         if let e = damagedPacks[id] { throw e }
         tick += 1
         if let c = cache[id] {
@@ -263,7 +297,7 @@ final class RestoreSession {
     /// Plaintext bytes one batch prepares before it stops (the last chunk may pass it by
     /// up to a chunk's size). Why: text expands ~6x from its sealed size, so a whole
     /// 32 MiB pack prepared at once, with two more loading ahead, held over 600 MiB.
-    static let defaultBatchBudget = 32 << 20
+    static let defaultBatchBudget = 16 << 20
     let batchPlaintextBudget: Int
 
     /// Fetches (unless given the opened pack) and opens one pack, then runs `prepare`.
@@ -343,7 +377,7 @@ final class RestoreSession {
 
     /// Builds the chunk → pack map: from the source's catalog if it has one, else by
     /// opening every pack the manifest names (each kept while the budget allows).
-    private func locateChunks() async throws {
+    func locateChunks() async throws {
         let packs = manifest.header.packs
         if let s = source as? any ChunkLocatingPackSource {
             location = try await s.chunkLocations(inPacks: packs)
@@ -397,12 +431,12 @@ final class RestoreSession {
         return out
     }
 
-    private func loadTree(_ ids: [ChunkID], path: [UInt8]) async throws -> Tree {
+    func loadTree(_ ids: [ChunkID], path: [UInt8]) async throws -> Tree {
         let object = path.isEmpty ? "root tree of \(snapshot)" : "tree of \(printable(path)) in \(snapshot)"
         return learnSeals(try TreeCodec.decode(try await blob(ids, object: object), object: object))
     }
 
-    private func root() async throws -> Tree {
+    func root() async throws -> Tree {
         if let rootTree { return rootTree }
         let root = try manifest.openRootRefs(readKey: readKey)
         learnSeals(root.ids, root.seals)
@@ -412,7 +446,7 @@ final class RestoreSession {
     }
 
     /// The node at `path` (relative to the snapshot root), through directories only.
-    private func findNode(_ path: [UInt8]) async throws -> Node? {
+    func findNode(_ path: [UInt8]) async throws -> Node? {
         let parts = path.split(separator: 0x2f, omittingEmptySubsequences: false).map(Array.init)
         guard !parts.isEmpty, parts.allSatisfy(TreeCodec.isSafeName) else { return nil }
         var t = try await root()
@@ -427,13 +461,26 @@ final class RestoreSession {
         return nil
     }
 
+    /// The plaintext of one content chunk of `node` (at `path`), checked against its ID
+    /// and seal: what `dump` streams.
+    func contentChunk(_ id: ChunkID, path: [UInt8]) async throws -> [UInt8] {
+        guard let p = location[id] else {
+            throw CoreError(.missing, object: "chunk \(id)",
+                "needed by file \(printable(path)) but in none of the packs \(snapshot) lists")
+        }
+        let opened = try await openedPack(p)
+        guard let n = opened.index[id] else {
+            throw CoreError(.missing, object: "chunk \(id)", "pack \(p) does not hold it (\(printable(path)))")
+        }
+        return try opened.pack.chunk(opened.pack.entries[n], seal: seals[id], chunkIDKey: chunkIDKey,
+                                     decompressor: decompressor)
+    }
+
     // MARK: - list
 
     func list(subpath: [UInt8]?, recursive: Bool, _ body: (ListedEntry) throws -> Void) async throws {
         try await locateChunks()
-        var path = subpath ?? []
-        while path.last == 0x2f { path.removeLast() }
-        while path.first == 0x2f { path.removeFirst() }
+        var path = SnapshotLayout.snapshotPath(of: subpath ?? [], in: manifest)
         let top: Tree
         if path.isEmpty {
             top = try await root()
@@ -464,42 +511,57 @@ final class RestoreSession {
 
     // MARK: - plan
 
-    private func plan(subpath: [UInt8]?) async throws {
-        var start: [(node: Node, snapshotPath: [UInt8])] = []
-        if let subpath, !subpath.isEmpty {
-            var trimmed = subpath
-            while trimmed.last == 0x2f { trimmed.removeLast() }
-            while trimmed.first == 0x2f { trimmed.removeFirst() }
-            guard let node = try await findNode(trimmed) else {
-                throw ArchiveError(.notFound, object: printable(subpath), "no such entry in \(snapshot)")
+    /// Reads the trees of what `filter` selects into `tree.items`, parents before their
+    /// entries. `given` are the paths as the user gave them, for errors.
+    private func plan(given: [[UInt8]]) async throws {
+        for (p, user) in zip(filter.paths, given) where !p.isEmpty {
+            guard try await findNode(p) != nil else {
+                throw ArchiveError(.notFound, object: printable(user), """
+                    no such entry in \(snapshot)\(p == user ? "" : " (looked for \(printable(p)) below its root)"); \
+                    `redoubt ls` lists what it holds
+                    """)
             }
-            start = [(node, trimmed)]
-        } else {
-            start = try await root().nodes.map { ($0, $0.name) }
         }
-        var stack: [(parent: Int, node: Node, snapshotPath: [UInt8], path: [UInt8])] = start.reversed().map {
-            (-1, $0.node, $0.snapshotPath, $0.node.name)
+        var stack: [(parent: Int, node: Node, path: [UInt8], onTheWay: Bool)] = try await root().nodes.reversed().map {
+            (-1, $0, $0.name, false)
         }
-        var files: UInt64 = 0, bytes: UInt64 = 0
         while let e = stack.popLast() {
+            let place = filter.place(e.path)
+            if place == .outside || (place == .inside && filter.excluded(e.path, name: e.node.name)) { continue }
             let i = tree.items.count
-            tree.items.append(RestoreItem(parent: e.parent, name: e.node.name, node: e.node, path: e.path,
-                snapshotPath: e.snapshotPath))
-            if e.node.type == .file {
-                files += 1
-                bytes += e.node.size
-            }
+            var item = RestoreItem(parent: e.parent, name: e.node.name, node: e.node, path: e.path,
+                                   snapshotPath: e.path)
+            item.onTheWay = place == .onTheWay
+            tree.items.append(item)
             guard e.node.type == .directory else { continue }
             report { $0.currentPath = printable(e.path) }
             let t: Tree
-            do { t = try await loadTree(e.node.subtree,
-                path: e.snapshotPath) } catch let error as CoreError where skipDamaged {
+            do { t = try await loadTree(e.node.subtree, path: e.path) } catch let error as CoreError where skipDamaged {
                 damaged.append(DamagedEntry(path: e.path, error: error))
                 continue
             }
             for child in t.nodes.reversed() {
-                stack.append((i, child, e.snapshotPath + [0x2f] + child.name, e.path + [0x2f] + child.name))
+                stack.append((i, child, e.path + [0x2f] + child.name, false))
             }
+        }
+        if filter.hasIncludes {
+            // An entry is kept if it or a directory above it matches, and so is every
+            // directory on the way to a kept entry.
+            var keep = [Bool](repeating: false, count: tree.items.count)
+            for i in tree.items.indices {
+                let it = tree.items[i]
+                keep[i] = (!it.onTheWay && filter.included(it.path, name: it.name))
+                    || (it.parent >= 0 && keep[it.parent] && !tree.items[it.parent].onTheWay)
+            }
+            for i in tree.items.indices.reversed() where keep[i] && tree.items[i].parent >= 0 {
+                keep[tree.items[i].parent] = true
+            }
+            for i in tree.items.indices where !keep[i] { tree.items[i].skipped = true }
+        }
+        var files: UInt64 = 0, bytes: UInt64 = 0
+        for it in tree.items where !it.skipped && it.node.type == .file {
+            files += 1
+            bytes += it.node.size
         }
         report(force: true) { $0.filesTotal = files; $0.bytesTotal = bytes }
     }
@@ -510,8 +572,10 @@ final class RestoreSession {
 
     private func resolveHardLinks() async throws {
         var files: [[UInt8]: Int] = [:]
-        for (i, it) in tree.items.enumerated() where it.node.type == .file { files[it.snapshotPath] = i }
-        for i in tree.items.indices where tree.items[i].node.type == .hardlink {
+        for (i, it) in tree.items.enumerated() where it.node.type == .file && !it.skipped {
+            files[it.snapshotPath] = i
+        }
+        for i in tree.items.indices where tree.items[i].node.type == .hardlink && !tree.items[i].skipped {
             let target = tree.items[i].node.linkTarget
             if let f = files[target] {
                 hardLinkTargets[i] = f
@@ -538,7 +602,15 @@ final class RestoreSession {
 
     private func createEntries() throws {
         report(force: true) { $0.phase = .writing }
-        for i in tree.items.indices where !tree.items[i].skipped {
+        for i in tree.items.indices {
+            let parent = tree.items[i].parent
+            if parent >= 0 && tree.items[parent].skipped { tree.items[i].skipped = true }
+            if tree.items[i].skipped { continue }
+            if overwrite != .always, try keepsExisting(i) {
+                tree.items[i].skipped = true
+                skippedExisting += 1
+                continue
+            }
             switch tree.items[i].node.type {
             case .directory:
                 try tree.makeDirectory(i)
@@ -550,6 +622,25 @@ final class RestoreSession {
                 counts.files += 1
             default: break
             }
+        }
+    }
+
+    /// Whether the overwrite policy leaves what already is at item `i`'s place. A
+    /// directory is always merged into; one in the way of something else is left only by
+    /// `never`.
+    private func keepsExisting(_ i: Int) throws -> Bool {
+        guard let st = try tree.existing(i) else { return false }
+        let node = tree.items[i].node
+        if node.type == .directory && st.isDirectory { return false }
+        if overwrite == .never { return true }
+        switch node.type {
+        case .file:
+            return st.fileType == ArchiveSys.typeRegular && st.size == node.size && st.mtime == node.mtime
+        case .symlink:
+            guard st.fileType == ArchiveSys.typeSymlink else { return false }
+            return try tree.existingLinkTarget(i, sizeHint: Int(st.size)) == node.linkTarget
+        default:
+            return false
         }
     }
 
@@ -580,6 +671,12 @@ final class RestoreSession {
                 continue
             case .hardlink:
                 guard let target = hardLinkTargets[i] else { continue }
+                if tree.items[target].skipped {
+                    tree.items[i].skipped = true
+                    warnings.append(RestoreWarning(path: tree.items[i].path,
+                        "hard link not made: its first name \(tree.object(target)) was left as it was"))
+                    continue
+                }
                 try tree.makeHardLink(i, to: target)
             }
             counts.other += 1
@@ -588,11 +685,35 @@ final class RestoreSession {
 
     // MARK: - contents
 
-    private func writeContents() async throws {
+    /// Where each file's chunks go, and which packs to read in what order.
+    private struct ContentPlan {
+        /// Chunk → every (file, chunk index) it fills; removed once written or failed.
         var destinations: [ChunkID: [(file: Int, chunk: Int)]] = [:]
+        /// Pack → the chunks wanted from it, in the order they were first needed.
         var expected: [PackID: [ChunkID]] = [:]
+        /// Chunk → the files whose next offsets wait for its length.
         var waiting: [ChunkID: [Int]] = [:]
+        /// The packs, in the order their first chunk is needed.
         var order: [PackID] = []
+    }
+
+    /// Writes every file's contents: plan where chunks go, then read each pack once (its
+    /// chunks decrypted, decompressed and verified in the fetching task) and write here.
+    private func writeContents() async throws {
+        var plan = try planContents()
+        status.packsTotal = plan.order.count
+        status.packsDone = 0
+        report(force: true)
+        let prepare = Self.prepareChunks(wanted: plan.expected, chunkIDKey: chunkIDKey, seals: seals,
+                                         budget: batchPlaintextBudget)
+        try await forEachPack(plan.order, prepare: prepare) { id, result in try take(id, result, &plan) }
+        try finishContents()
+    }
+
+    /// The first step: each chunk's destinations and pack. Files without content are
+    /// finished here; a chunk in no pack, or in a pack known damaged, damages its file.
+    private func planContents() throws -> ContentPlan {
+        var plan = ContentPlan()
         for f in placements.indices {
             let item = tree.items[placements[f].item]
             if placements[f].chunks.isEmpty {
@@ -616,24 +737,23 @@ final class RestoreSession {
                     try damage(item.path, e)
                     break
                 }
-                if destinations[c] == nil {
-                    expected[p, default: []].append(c)
-                    if expected[p]!.count == 1 { order.append(p) }
+                if plan.destinations[c] == nil {
+                    plan.expected[p, default: []].append(c)
+                    if plan.expected[p]!.count == 1 { plan.order.append(p) }
                 }
-                destinations[c, default: []].append((f, k))
+                plan.destinations[c, default: []].append((f, k))
             }
-            if let w = placements[f].advance(lengths) { waiting[w, default: []].append(f) }
+            if let w = placements[f].advance(lengths) { plan.waiting[w, default: []].append(f) }
         }
-        status.packsTotal = order.count
-        status.packsDone = 0
-        report(force: true)
+        return plan
+    }
 
-        // Decrypt, decompress and verify in the fetching task; write here.
-        let wanted = expected
-        let key = chunkIDKey
-        let known = seals
-        let budget = batchPlaintextBudget
-        let prepare: Prepare = { p, from in
+    /// What the fetching task runs on an opened pack: decrypts, decompresses and verifies
+    /// its wanted chunks from `from` on, until `budget` plaintext bytes. It captures values
+    /// only, never the session.
+    private static func prepareChunks(wanted: [PackID: [ChunkID]], chunkIDKey key: ChunkIDKey,
+                                      seals known: [ChunkID: ChunkSeal], budget: Int) -> Prepare {
+        { p, from in
             guard let want = wanted[p.id], from < want.count else { return ([:], from..<from, false) }
             var index: [ChunkID: PackIndexEntry] = [:]
             for e in p.entries where index[e.chunkID] == nil { index[e.chunkID] = e }
@@ -656,91 +776,112 @@ final class RestoreSession {
             }
             return (out, from..<i, i < want.count)
         }
-        try await forEachPack(order, prepare: prepare) { id, result in
-            let batch: PackBatch
-            switch result {
-            case .success(let b): batch = b
-            case .failure(let e as CoreError):
-                // Every file with a chunk in this pack is damaged.
-                guard skipDamaged else { throw e }
-                for c in expected[id] ?? [] {
-                    for d in destinations.removeValue(forKey: c) ?? [] where !placements[d.file].damaged {
-                        placements[d.file].damaged = true
-                        try damage(tree.items[placements[d.file].item].path, e)
-                    }
-                }
-                report { $0.packsDone += 1 }
-                return
-            case .failure(let e): throw e
+    }
+
+    /// One batch of one pack, in pack order: learn lengths, write its chunks, then what
+    /// waited for those lengths. A pack that failed damages every file it feeds (or ends
+    /// the restore without `skipDamaged`).
+    private func take(_ id: PackID, _ result: PackResult, _ plan: inout ContentPlan) throws {
+        let batch: PackBatch
+        switch result {
+        case .success(let b): batch = b
+        case .failure(let e as CoreError):
+            guard skipDamaged else { throw e }
+            for c in plan.expected[id] ?? [] {
+                try damageFiles(plan.destinations.removeValue(forKey: c) ?? []) { _ in e }
             }
-            let plain = batch.plain
-            var touched: [Int] = []
-            if batch.isFirst {
-                // The pack's index gives every chunk's length: offsets further into files are known.
-                for e in batch.pack.entries where batch.pack.version == 1 && lengths[e.chunkID] == nil {
-                    lengths[e.chunkID] = Int(e.rawLength)
-                }
-                for e in batch.pack.entries {
-                    guard let ws = waiting.removeValue(forKey: e.chunkID) else { continue }
-                    for f in ws {
-                        if let w = placements[f].advance(lengths) { waiting[w, default: []].append(f) }
-                        touched.append(f)
-                    }
-                }
-            }
-            for c in (expected[id] ?? [])[batch.range] {
-                guard let ds = destinations.removeValue(forKey: c) else { continue }
-                let live = ds.filter { !placements[$0.file].damaged }
-                if live.isEmpty { continue }
-                switch plain[c] {
-                case .success(let data):
-                    for d in live {
-                        if d.chunk < placements[d.file].known {
-                            try data.withUnsafeBytes { try write(d.file, d.chunk, $0) }
-                        } else {
-                            try data.withUnsafeBytes { try spill.put(c, $0) }
-                            deferred[d.file, default: []].append(d.chunk)
-                        }
-                    }
-                case .failure(let error):
-                    for d in live where !placements[d.file].damaged {
-                        placements[d.file].damaged = true
-                        try damage(tree.items[placements[d.file].item].path, error)
-                    }
-                case nil:
-                    // The catalog placed the chunk here, but the pack does not hold it.
-                    for d in live where !placements[d.file].damaged {
-                        placements[d.file].damaged = true
-                        try damage(tree.items[placements[d.file].item].path,
-                                   CoreError(.missing, object: "chunk \(c)",
-                                       """
-                                           not in pack \(id), where the repository said it is; needed by \
-                                           \(printable(tree.items[placements[d.file].item].snapshotPath))
-                                           """))
-                    }
-                }
-            }
-            for f in touched {
-                guard let ks = deferred[f], !placements[f].damaged else { continue }
-                var still: [Int] = []
-                for k in ks {
-                    if k < placements[f].known {
-                        let data = try spill.read(placements[f].chunks[k])
-                        try data.withUnsafeBytes { try write(f, k, $0) }
-                    } else {
-                        still.append(k)
-                    }
-                }
-                deferred[f] = still.isEmpty ? nil : still
-            }
-            if !batch.more { report { $0.packsDone += 1 } }
+            report { $0.packsDone += 1 }
+            return
+        case .failure(let e): throw e
         }
+        let touched = batch.isFirst ? learnLengths(batch.pack, &plan) : []
+        try writeChunks(batch, of: id, &plan)
+        try writeDeferred(touched)
+        if !batch.more { report { $0.packsDone += 1 } }
+    }
+
+    /// The pack's index gives every chunk's length: offsets further into files are known.
+    /// Returns the files that learned one.
+    private func learnLengths(_ pack: OpenedPack, _ plan: inout ContentPlan) -> [Int] {
+        var touched: [Int] = []
+        for e in pack.entries where pack.version == 1 && lengths[e.chunkID] == nil {
+            lengths[e.chunkID] = Int(e.rawLength)
+        }
+        for e in pack.entries {
+            guard let ws = plan.waiting.removeValue(forKey: e.chunkID) else { continue }
+            for f in ws {
+                if let w = placements[f].advance(lengths) { plan.waiting[w, default: []].append(f) }
+                touched.append(f)
+            }
+        }
+        return touched
+    }
+
+    /// Writes each chunk of the batch where its offset is known, and spills it for the
+    /// places whose offset is not known yet; a chunk that failed or is missing damages its files.
+    private func writeChunks(_ batch: PackBatch, of id: PackID, _ plan: inout ContentPlan) throws {
+        for c in (plan.expected[id] ?? [])[batch.range] {
+            guard let ds = plan.destinations.removeValue(forKey: c) else { continue }
+            let live = ds.filter { !placements[$0.file].damaged }
+            if live.isEmpty { continue }
+            switch batch.plain[c] {
+            case .success(let data):
+                for d in live {
+                    if d.chunk < placements[d.file].known {
+                        try data.withUnsafeBytes { try write(d.file, d.chunk, $0) }
+                    } else {
+                        try data.withUnsafeBytes { try spill.put(c, $0) }
+                        deferred[d.file, default: []].append(d.chunk)
+                    }
+                }
+            case .failure(let error):
+                try damageFiles(live) { _ in error }
+            case nil:
+                // The catalog placed the chunk here, but the pack does not hold it.
+                try damageFiles(live) { f in
+                    CoreError(.missing, object: "chunk \(c)",
+                        """
+                            not in pack \(id), where the repository said it is; needed by \
+                            \(printable(tree.items[placements[f].item].snapshotPath))
+                            """)
+                }
+            }
+        }
+    }
+
+    /// Marks the file of each destination damaged, once per file, by `error(file)`.
+    private func damageFiles(_ ds: [(file: Int, chunk: Int)], _ error: (Int) -> CoreError) throws {
+        for d in ds where !placements[d.file].damaged {
+            placements[d.file].damaged = true
+            try damage(tree.items[placements[d.file].item].path, error(d.file))
+        }
+    }
+
+    /// Writes the spilled chunks of `files` whose offsets are now known.
+    private func writeDeferred(_ files: [Int]) throws {
+        for f in files {
+            guard let ks = deferred[f], !placements[f].damaged else { continue }
+            var still: [Int] = []
+            for k in ks {
+                if k < placements[f].known {
+                    let data = try spill.read(placements[f].chunks[k])
+                    try data.withUnsafeBytes { try write(f, k, $0) }
+                } else {
+                    still.append(k)
+                }
+            }
+            deferred[f] = still.isEmpty ? nil : still
+        }
+    }
+
+    /// The last step: a file still missing chunks is damaged; every file, damaged ones too
+    /// (they stay, incomplete, and are listed), gets its metadata.
+    private func finishContents() throws {
         for f in placements.indices where !placements[f].damaged && placements[f].chunksLeft > 0 {
             let item = tree.items[placements[f].item]
             try damage(item.path, CoreError(.missing, object: "file \(printable(item.snapshotPath)) in \(snapshot)",
                                             "\(placements[f].chunksLeft) of its chunks were not found in the packs"))
         }
-        // Damaged files stay, incomplete, with their metadata: they are listed.
         for f in placements.indices where !tree.items[placements[f].item].metadataDone {
             try finishedFile(f)
         }
@@ -791,6 +932,7 @@ final class RestoreSession {
         let i = placements[f].item
         try setMetadata(fd: try tree.file(i), item: i)
         tree.closeFile(i)
+        try tree.commitFile(i)
         report { $0.filesDone += 1; $0.currentPath = printable(tree.items[i].path) }
     }
 
@@ -807,7 +949,9 @@ final class RestoreSession {
             // No fsetxattr is importable here; the name in the open parent is the file
             // this fd has open (checked by inode when it was opened).
             let parent = try tree.directory(item.parent)
-            let path = ArchiveSys.procPath(dirfd: parent, name: item.name) ?? (tree.targetPath + [0x2f] + item.path)
+            let name = tree.currentName(i)
+            let path = ArchiveSys.procPath(dirfd: parent, name: name)
+                ?? (tree.targetPath + [0x2f] + item.path.dropLast(item.name.count) + name)
             for x in node.xattrs {
                 let e = ArchiveSys.setXattr(path, x)
                 if e != 0 { xattrWarning(item, x, errno: e) }
@@ -843,7 +987,7 @@ final class RestoreSession {
             && tree.items[i].node.type != .directory && tree.items[i].node.type != .hardlink {
             try setMetadata(i)
         }
-        for i in tree.items.indices.reversed() where tree.items[i].node.type == .directory {
+        for i in tree.items.indices.reversed() where tree.items[i].node.type == .directory && !tree.items[i].skipped {
             try setMetadata(i)
         }
     }

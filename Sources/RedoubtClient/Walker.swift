@@ -40,6 +40,10 @@ struct Walker {
     private var firstNames: [DevIno: [UInt8]] = [:]
     private var result = WalkResult()
     private let report: (Int, [UInt8]) -> Void
+    /// Directories tagged as caches (`CACHEDIR.TAG`) keep only their tag file.
+    var excludeCaches = false
+    /// Directories on another filesystem than their top-level path are kept empty.
+    var oneFileSystem = false
 
     struct DevIno: Hashable {
         let device: UInt64
@@ -51,9 +55,11 @@ struct Walker {
         self.report = report
     }
 
-    /// Walks `paths` (absolute, normalised); `names` are their top-level entry names.
-    mutating func walk(paths: [[UInt8]], names: [[UInt8]]) throws(ArchiveError) -> WalkResult {
-        for (path, name) in zip(paths, names) {
+    /// Walks `paths` (absolute, normalised); `names` are their entries' names and
+    /// `snapshotPaths` their paths below the snapshot root (what hard links name).
+    mutating func walk(paths: [[UInt8]], names: [[UInt8]],
+                       snapshotPaths: [[UInt8]]) throws(ArchiveError) -> WalkResult {
+        for ((path, name), snapshotPath) in zip(zip(paths, names), snapshotPaths) {
             let st: ArchiveSys.FileStat
             switch ArchiveSys.lstat(path) {
             case .success(let s): st = s
@@ -67,7 +73,7 @@ struct Walker {
                 throw ArchiveError(.io, object: printable(path),
                     "cannot back up this path: \(ArchiveSys.describe(errno: e))", errno: e)
             }
-            guard let index = addEntry(name: name, fullPath: path, snapshotPath: name, parent: -1, stat: st,
+            guard let index = addEntry(name: name, fullPath: path, snapshotPath: snapshotPath, parent: -1, stat: st,
                 dirfd: nil) else {
                 throw ArchiveError(.io, object: printable(path), "cannot back up this path: it cannot be read")
             }
@@ -91,7 +97,8 @@ struct Walker {
             let why =
                 patterns.isEmpty ? "they are empty" : "they are empty or every entry in them matched an exclude pattern"
             throw ArchiveError(.invalidArgument, object: given,
-                               "nothing to back up: \(why), so no snapshot was made (check --exclude: * and ? never match /)")
+                               "nothing to back up: \(why), so no snapshot was made (check --exclude: * and ? never "
+                                   + "match /)")
         }
         return result
     }
@@ -104,6 +111,7 @@ struct Walker {
             var next = 0
         }
         var stack = [Frame(fd: rootFD, subdirectories: list(directory: rootIndex, fd: rootFD))]
+        let rootDevice = result.entries[rootIndex].stat.device
         while !stack.isEmpty {
             let top = stack.count - 1
             guard stack[top].next < stack[top].subdirectories.count else {
@@ -113,6 +121,9 @@ struct Walker {
             }
             let child = stack[top].subdirectories[stack[top].next]
             stack[top].next += 1
+            // Why kept empty and not left out: a restore then shows where the mount point was,
+            // as restic's --one-file-system does.
+            if oneFileSystem && result.entries[child].stat.device != rootDevice { continue }
             let fd = Self.openDirectory(stack[top].fd, result.entries[child].node.name)
             guard fd >= 0 else {
                 warnUnreadableDirectory(child, errno: Glibc.errno)
@@ -142,13 +153,14 @@ struct Walker {
     /// Lists one directory, adds its children as entries and returns the indices of the
     /// subdirectories among them.
     private mutating func list(directory index: Int, fd: Int32) -> [Int] {
-        let names: [[UInt8]]
+        var names: [[UInt8]]
         switch ArchiveSys.listDirectory(fd: fd) {
         case .success(let n): names = n
         case .failure(let e):
             warnUnreadableDirectory(index, errno: e)
             return []
         }
+        if excludeCaches, names.contains(Self.cacheTagName), Self.isTaggedCache(fd) { names = [Self.cacheTagName] }
         let parentFull = result.entries[index].fullPath
         let parentSnapshot = result.entries[index].snapshotPath
         let start = result.entries.count
@@ -166,7 +178,9 @@ struct Walker {
                                                          """))
                 continue
             }
-            if let child = addEntry(name: name, fullPath: full, snapshotPath: parentSnapshot + [0x2f] + name,
+            // The walk of `/` (snapshot path empty) puts its entries at the snapshot root.
+            let snapshotPath = parentSnapshot.isEmpty ? name : parentSnapshot + [0x2f] + name
+            if let child = addEntry(name: name, fullPath: full, snapshotPath: snapshotPath,
                 parent: index, stat: st, dirfd: fd),
                result.entries[child].node.type == .directory {
                 subdirectories.append(child)
@@ -175,6 +189,21 @@ struct Walker {
         result.entries[index].children = start..<result.entries.count
         report(result.entries.count, parentFull)
         return subdirectories
+    }
+
+    static let cacheTagName = Array("CACHEDIR.TAG".utf8)
+    static let cacheTagSignature = Array("Signature: 8a477f597d28d172789f06886806bc55".utf8)
+
+    /// Whether the directory open at `fd` holds a CACHEDIR.TAG that starts with the
+    /// signature of the Cache Directory Tagging Specification (a regular file, not followed).
+    private static func isTaggedCache(_ fd: Int32) -> Bool {
+        let tag = ArchiveSys.withCString(cacheTagName) { openat(fd, $0, O_RDONLY | O_NOFOLLOW | O_CLOEXEC) }
+        guard tag >= 0 else { return false }
+        defer { close(tag) }
+        var head = [UInt8](repeating: 0, count: cacheTagSignature.count)
+        let n = head.withUnsafeMutableBytes { ArchiveSys.preadFull(tag, into: $0.baseAddress!, count: $0.count, at: 0) }
+        guard case .success(let got) = n, got == head.count else { return false }
+        return head == cacheTagSignature
     }
 
     /// A pattern matches the entry's full path or its name; `*`, `?` and `[...]` never match
@@ -265,6 +294,22 @@ struct Walker {
         return index
     }
 
+    /// The directory node for `path`, an ancestor of a backed-up path: its metadata as
+    /// `stat` sees it (following a symlink, as the path to what is backed up does), no
+    /// extended attributes, no subtree yet.
+    mutating func ancestorNode(_ path: [UInt8]) throws(ArchiveError) -> Node {
+        let s: ArchiveSys.FileStat
+        switch ArchiveSys.statFollowing(path) {
+        case .success(let st): s = st
+        case .failure(let e):
+            throw ArchiveError(.io, object: printable(path),
+                "cannot read the directory that holds a backed-up path: \(ArchiveSys.describe(errno: e))", errno: e)
+        }
+        let name = path.split(separator: 0x2f).last.map(Array.init) ?? []
+        return Node(name: name, type: .directory, mode: s.permissions, uid: s.uid, gid: s.gid, user: user(s.uid),
+                    group: group(s.gid), mtime: s.mtime, ctime: s.ctime, atime: s.atime)
+    }
+
     private mutating func user(_ uid: UInt32) -> [UInt8] {
         if let n = users[uid] { return n }
         let n = ArchiveSys.userName(uid)
@@ -277,55 +322,5 @@ struct Walker {
         let n = ArchiveSys.groupName(gid)
         groups[gid] = n
         return n
-    }
-}
-
-/// How backed-up paths map to the snapshot root.
-enum SnapshotLayout {
-    /// `path` made absolute (against the working directory) and normalised lexically:
-    /// no empty, "." or ".." components, no trailing slash.
-    static func absolute(_ path: String) throws(ArchiveError) -> [UInt8] {
-        var bytes = Array(path.utf8)
-        guard !bytes.isEmpty else {
-            throw ArchiveError(.invalidArgument, object: "\"\"", "an empty path cannot be backed up")
-        }
-        if bytes.first != 0x2f {
-            var buf = [CChar](repeating: 0, count: 4096 + 1)
-            guard getcwd(&buf, buf.count) != nil else {
-                throw ArchiveError.system("getcwd", object: path, errno: Glibc.errno)
-            }
-            bytes = buf.withUnsafeBufferPointer { b in Array(UnsafeRawBufferPointer(start: b.baseAddress,
-                count: strlen(b.baseAddress!))) } + [0x2f] + bytes
-        }
-        var parts: [ArraySlice<UInt8>] = []
-        for c in bytes.split(separator: 0x2f, omittingEmptySubsequences: true) {
-            if c.elementsEqual([0x2e]) { continue }
-            if c.elementsEqual([0x2e, 0x2e]) {
-                if !parts.isEmpty { parts.removeLast() }
-                continue
-            }
-            parts.append(c)
-        }
-        return [0x2f] + Array(parts.joined(separator: [0x2f]))
-    }
-
-    /// The top-level names for normalised absolute paths: each path's last component
-    /// ("root" for `/`); a name already taken gets "~2", "~3", … appended.
-    static func topLevelNames(_ paths: [[UInt8]]) -> [[UInt8]] {
-        var used = Set<[UInt8]>()
-        var out: [[UInt8]] = []
-        for p in paths {
-            let base = p.split(separator: 0x2f).last.map(Array.init) ?? Array("root".utf8)
-            var name = base
-            var n = 2
-            while used.contains(name) {
-                let suffix = Array("~\(n)".utf8)
-                name = Array(base.prefix(255 - suffix.count)) + suffix
-                n += 1
-            }
-            used.insert(name)
-            out.append(name)
-        }
-        return out
     }
 }

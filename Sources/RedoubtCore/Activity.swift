@@ -3,7 +3,7 @@
 ///
 /// Public and signed, so the server can score a commit without a key. It is the host's own
 /// account: a host whose root is taken can write any numbers here, so the server weighs it
-/// beside what it measures itself (docs/PROTOCOL.md §4.8).
+/// beside what it measures itself (docs/PROTOCOL.md §4.9).
 public struct SnapshotActivity: Sendable, Hashable, Codable {
     /// The version of this section's encoding that this build writes.
     public static let version: UInt8 = 1

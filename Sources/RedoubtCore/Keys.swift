@@ -205,7 +205,9 @@ public struct HostSigningKey: Sendable, CustomStringConvertible {
     public static func generate() -> HostSigningKey { HostSigningKey(key: .init()) }
 
     public init(secret: SecretBytes) throws(CoreError) {
-        do { self.init(key: try secret.withUnsafeBytes { try Curve25519.Signing.PrivateKey(rawRepresentation: $0) }) } catch {
+        do {
+            self.init(key: try secret.withUnsafeBytes { try Curve25519.Signing.PrivateKey(rawRepresentation: $0) })
+        } catch {
             throw CoreError(.badKey, object: "host signing key", "not an Ed25519 private key")
         }
     }

@@ -86,15 +86,16 @@ public struct ManifestBounds: Sendable, Equatable {
     }
 }
 
-/// A snapshot manifest (format v1, docs/FORMAT.md §6): a public header, a part sealed to
-/// the tenant's read key (the root tree), and the host's signature over both.
+/// A snapshot manifest (docs/FORMAT.md §6): a public header, a part sealed to the tenant's
+/// read key (the root tree), and the host's signature over both.
 ///
 /// The snapshot ID is the SHA-256 of the manifest's bytes.
 public struct Manifest: Sendable {
     public static let magic = Array("RDBTSNAP".utf8)
-    /// The version writers write when they give root seals (format 2, docs/FORMAT.md §6.2)
-    /// and an activity section (format 3, §6.5).
-    public static let version: UInt16 = 3
+    /// The version `redoubt backup` writes: 4, with root seals (from 2), a root tree that
+    /// keeps each backed-up path whole (from 3, docs/FORMAT.md §5.3) and the header's
+    /// activity section (from 4, §6.5).
+    public static let version: UInt16 = 4
     static let sealedAADLabel = Array("redoubt/v1/manifest-sealed-aad".utf8)
     public static let maxSize = 64 << 20
     static let signatureSize = 64
@@ -108,17 +109,29 @@ public struct Manifest: Sendable {
     let sealedBody: [UInt8]
     let signature: [UInt8]
     let signedLength: Int
-    /// 1, 2 or 3: from format 2 the sealed root gives each root chunk's seal; format 3 adds
-    /// the header's activity section.
+    /// 1 to 4: from 2 the sealed root gives each root chunk's seal; from 3 the root tree
+    /// names each backed-up path by all its components (``keepsPathsWhole``); from 4 the
+    /// header carries the host's activity section.
     public var version: UInt16 = 1
 
+    /// The root tree holds each backed-up path at its whole path (`/b/x` is `b` → `x`);
+    /// before version 3 it held one entry per path named by its last component
+    /// (docs/FORMAT.md §5.3).
+    public var keepsPathsWhole: Bool { version >= 3 }
+
     /// Builds and signs a manifest. `root` is the chunk list of the root tree's encoding;
-    /// with `rootSeals` (one per root chunk) it is format 2, without them format 1.
+    /// with `rootSeals` (one per root chunk) it is format 2 (or `version`, 2 or 3), without
+    /// them format 1. Version 3 says the root tree keeps paths whole: only a writer that
+    /// lays the root out so passes it.
     public static func create(header: ManifestHeader, root: [ChunkID], rootSeals: [ChunkSeal]? = nil,
-                              readPublicKey: ReadPublicKey, signingKey: HostSigningKey) throws(CoreError) -> Manifest {
+                              version: UInt16 = 2, readPublicKey: ReadPublicKey,
+                              signingKey: HostSigningKey) throws(CoreError) -> Manifest {
         if let rootSeals, rootSeals.count != root.count {
             throw CoreError(.corrupt, object: "new snapshot",
                             "\(rootSeals.count) root seals for \(root.count) root chunks")
+        }
+        guard (2...4).contains(version) else {
+            throw CoreError(.unsupportedVersion, object: "new snapshot", "manifest version \(version) is not written")
         }
         guard header.readKeyID == readPublicKey.keyID, header.hostKey == signingKey.publicKey else {
             throw CoreError(.badKey, object: "new snapshot",
@@ -127,10 +140,12 @@ public struct Manifest: Sendable {
         guard header.nonce.count == 16 else {
             throw CoreError(.corrupt, object: "new snapshot", "nonce must be 16 bytes")
         }
-        if header.encodedActivity != nil && rootSeals == nil {
-            throw CoreError(.corrupt, object: "new snapshot", "an activity section needs root seals (format 3)")
+        // Version 4 is exactly the one whose header carries an activity section.
+        guard (header.encodedActivity != nil) == (rootSeals != nil && version == 4) else {
+            throw CoreError(.corrupt, object: "new snapshot",
+                            "an activity section goes with root seals and manifest version 4, and only with them")
         }
-        let version: UInt16 = rootSeals == nil ? 1 : (header.encodedActivity == nil ? 2 : 3)
+        let version: UInt16 = rootSeals == nil ? 1 : version
         let headerBytes = encodeHeader(header)
         var body = ByteWriter(capacity: 8 + root.count * 32)
         body.uvarint(UInt64(root.count))
@@ -183,9 +198,9 @@ public struct Manifest: Sendable {
                 throw CoreError(.corrupt, object: object, "bad magic: not a Redoubt snapshot manifest")
             }
             let v = try r.u16()
-            guard v >= 1 && v <= 3 else {
+            guard (1...4).contains(v) else {
                 throw CoreError(.unsupportedVersion, object: object,
-                                "manifest format version \(v); this build reads 1 to 3: upgrade redoubt")
+                                "manifest format version \(v); this build reads 1 to 4: upgrade redoubt")
             }
             let headerBytes = try r.lengthPrefixed()
             let enc = try r.lengthPrefixed(limit: 2048)
@@ -193,7 +208,7 @@ public struct Manifest: Sendable {
             let signedLength = r.offset
             let sig = try r.raw(signatureSize)
             guard r.isAtEnd else { throw CoreError(.corrupt, object: object, "trailing bytes after the signature") }
-            let header = try decodeHeader(headerBytes, object: object, bounds: bounds, activity: v >= 3)
+            let header = try decodeHeader(headerBytes, object: object, bounds: bounds, activity: v >= 4)
             return Manifest(id: id, header: header, bytes: bytes, headerBytes: headerBytes, encapsulatedKey: enc,
                             sealedBody: sealed, signature: sig, signedLength: signedLength, version: v)
         } catch let e as CoreError { throw e } catch let e as ByteReader.Failure { throw e.corrupt(object,

@@ -367,127 +367,9 @@ public struct PackSummary: Sendable {
     public var chunksVerified: Bool { version >= 2 }
 }
 
-/// Reads packs. The one place that turns pack bytes into authenticated values.
+/// Reads packs. The one place that turns pack bytes into authenticated values; the
+/// key-less check every reader starts with is in PackInspect.swift.
 public enum PackReader {
-    /// Verifies a pack's hash and structure without any key and returns its public chunk
-    /// list: what a server does before it accepts an upload. For a format-2 pack this also
-    /// checks that every chunk's sealed bytes hash to the ID the list gives (§4.5).
-    public static func inspect(_ bytes: [UInt8], expectedID: PackID) throws(CoreError) -> PackSummary {
-        try inspect(size: bytes.count, expectedID: expectedID) { range throws(CoreError) in Array(bytes[range]) }
-    }
-
-    /// Hash check, header, footer and public list: steps 1–2 of docs/FORMAT.md §4.5 (and
-    /// for format 2 the per-chunk hashes of step 2a).
-    typealias Parsed = (summary: PackSummary, header: PackHeader, footer: PackFooter, places: [PackIndexEntry])
-
-    static func parse(_ bytes: [UInt8], expectedID: PackID) throws(CoreError) -> Parsed {
-        let object = "pack \(expectedID)"
-        guard bytes.count <= PackFormat.maxPackSize else {
-            throw CoreError(.limitExceeded, object: object, "pack of \(bytes.count) bytes exceeds the format's limit")
-        }
-        if bytes.count >= 10, bytes[8] == 2, bytes[9] == 0 { return try parse2(bytes, expectedID: expectedID) }
-        try checkHash(bytes, expectedID)
-        let (header, footer) = try structure(bytes, object: object)
-        guard header.version == footer.version else {
-            throw CoreError(.corrupt, object: object, "header and footer disagree on the version")
-        }
-        let listStart = Int(footer.indexOffset) + Int(footer.indexLength)
-        var ids: [ChunkID] = []
-        ids.reserveCapacity(Int(footer.chunkCount))
-        for i in 0..<Int(footer.chunkCount) {
-            let s = listStart + 32 * i
-            ids.append(ChunkID(bytes: Array(bytes[s..<(s + 32)]))!)
-        }
-        return (PackSummary(id: expectedID, keyID: header.keyID, chunkIDs: ids, size: bytes.count), header, footer, [])
-    }
-
-    private static func checkHash(_ bytes: [UInt8], _ expectedID: PackID) throws(CoreError) {
-        let actual = PackID(bytes: Array(SHA256.hash(data: bytes)))!
-        guard actual == expectedID else {
-            throw CoreError(.authenticationFailed, object: "pack \(expectedID)",
-                            "bytes hash to \(actual): the pack was modified, truncated or is another pack")
-        }
-    }
-
-    private static func structure(_ bytes: [UInt8], object: String) throws(CoreError) -> (PackHeader, PackFooter) {
-        let header = try PackHeader.parse(Array(bytes.prefix(PackHeader.maxLength)), object: object)
-        guard bytes.count >= header.length + PackFormat.footerSize else {
-            throw CoreError(.corrupt, object: object, "truncated: no footer")
-        }
-        let footer = try PackFooter.parse(Array(bytes.suffix(PackFormat.footerSize)), packSize: bytes.count,
-            headerLength: header.length, object: object)
-        return (header, footer)
-    }
-
-    /// Format 2: the structure first (a pack that does not parse is still reported by its
-    /// hash if that is wrong), then one pass that hashes the pack and each chunk together.
-    private static func parse2(_ bytes: [UInt8], expectedID: PackID) throws(CoreError) -> Parsed {
-        let object = "pack \(expectedID)"
-        let header: PackHeader, footer: PackFooter
-        var places: [PackIndexEntry] = []
-        do {
-            (header, footer) = try structure(bytes, object: object)
-            guard footer.version == 2 else {
-                throw CoreError(.corrupt, object: object, "header and footer disagree on the version")
-            }
-            let listStart = Int(footer.indexOffset) + Int(footer.indexLength)
-            places.reserveCapacity(Int(footer.chunkCount))
-            var r = ByteReader(Array(bytes[listStart..<(bytes.count - PackFormat.footerSize)]))
-            var expected = UInt64(header.length)
-            for seq in 0..<Int(footer.chunkCount) {
-                let id = ChunkID(bytes: try r.raw(32))!
-                let off = try r.u64(), len = try r.u32()
-                // Why: chunks must tile the chunk area in order, so no region is hidden or shared.
-                let maxSealed = UInt32(PackFormat.maxRawChunk + 1024 + 64)
-                guard off == expected, len >= UInt32(PackFormat.tagSize), len <= maxSealed else {
-                    throw CoreError(.corrupt, object: object, "chunk \(id.short): public list entry out of place")
-                }
-                expected = off + UInt64(len)
-                places.append(PackIndexEntry(chunkID: id, offset: off, sealedLength: len, rawLength: 0, kind: .none,
-                                             sequence: UInt32(seq)))
-            }
-            guard expected == footer.indexOffset, r.isAtEnd else {
-                throw CoreError(.corrupt, object: object, "public list does not cover the chunk area exactly")
-            }
-        } catch let e as CoreError {
-            try checkHash(bytes, expectedID)
-            throw e
-        } catch let e as ByteReader.Failure {
-            try checkHash(bytes, expectedID)
-            throw e.corrupt(object, "public list")
-        } catch {
-            throw CoreError(.corrupt, object: object, "\(error)")
-        }
-        var pack = SHA256Stream()
-        var firstBad: ChunkID? = nil
-        bytes.withUnsafeBytes { all in
-            pack.update(UnsafeRawBufferPointer(rebasing: all[0..<header.length]))
-            for p in places {
-                let start = Int(p.offset)
-                let region = UnsafeRawBufferPointer(rebasing: all[start..<(start + Int(p.sealedLength))])
-                var chunk = SHA256Stream()
-                chunk.update(region, alongside: &pack, region)
-                if firstBad == nil, chunk.finalize() != p.chunkID.bytes { firstBad = p.chunkID }
-            }
-            pack.update(UnsafeRawBufferPointer(rebasing: all[Int(footer.indexOffset)...]))
-        }
-        let actual = PackID(bytes: pack.finalize())!
-        guard actual == expectedID else {
-            throw CoreError(.authenticationFailed, object: object,
-                            "bytes hash to \(actual): the pack was modified, truncated or is another pack")
-        }
-        if let firstBad {
-            // Why: a chunk whose bytes are not what its ID names would be reused by any host
-            // computing that ID, and its restore would fail: refuse the whole pack.
-            throw CoreError(.authenticationFailed, object: "chunk \(firstBad) in pack \(expectedID)",
-                            "chunk \(firstBad): its sealed bytes do not hash to the ID the pack's public list gives, "
-                            + "so the pack is refused")
-        }
-        let summary = PackSummary(id: actual, keyID: header.keyID, chunkIDs: places.map(\.chunkID), size: bytes.count,
-                                  version: 2)
-        return (summary, header, footer, places)
-    }
-
     /// Opens a whole pack with the read key: checks its hash, unseals the data key and
     /// the index, and checks the index against the public chunk list and the footer.
     ///
@@ -712,9 +594,10 @@ enum ChunkOpener {
         }
         let payload: Data
         do {
-            let box = try AES.GCM.SealedBox(nonce: try PackFormat.nonce(domain: 0, counter: UInt64(entry.sequence)),
-                                            ciphertext: UnsafeRawBufferPointer(rebasing: sealed.dropLast(PackFormat.tagSize)),
-                                            tag: UnsafeRawBufferPointer(rebasing: sealed.suffix(PackFormat.tagSize)))
+            let box = try AES.GCM.SealedBox(
+                nonce: try PackFormat.nonce(domain: 0, counter: UInt64(entry.sequence)),
+                ciphertext: UnsafeRawBufferPointer(rebasing: sealed.dropLast(PackFormat.tagSize)),
+                tag: UnsafeRawBufferPointer(rebasing: sealed.suffix(PackFormat.tagSize)))
             payload = try AES.GCM.open(box, using: dataKey, authenticating: PackFormat.chunkAAD(entry.chunkID,
                 kind: entry.kind, rawLength: Int(entry.rawLength)))
         } catch {

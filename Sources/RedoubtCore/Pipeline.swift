@@ -29,7 +29,11 @@ public final class PackPipeline {
 
     /// `isKnown` answers whether the repository already holds a chunk (the server's
     /// answer to "have?"); such chunks are not sealed again.
-    public init(material: SharedWriteMaterial, targetPackSize: Int = 32 << 20,
+    /// 16 MiB, as restic's packs: each worker holds a pack in progress and one uploading,
+    /// so the pack size sets most of a backup's memory.
+    public static let defaultTargetPackSize = 16 << 20
+
+    public init(material: SharedWriteMaterial, targetPackSize: Int = defaultTargetPackSize,
         compressionLevel: Int32 = ChunkCompressor.defaultLevel,
                 chunkerParameters: Chunker.Parameters = .default, packVersion: UInt16 = PackFormat.version,
                 isKnown: @escaping (ChunkID) -> Bool = { _ in false }) throws(CoreError) {
@@ -167,6 +171,8 @@ public final class PackPipeline {
         guard spare.capacity == 0, bytes.capacity >= targetPackSize else { return }
         spare = bytes
     }
+
+    public var hasFinishedPacks: Bool { !finished.isEmpty }
 
     /// Packs finished since the last call.
     public func takeFinishedPacks() -> [FinishedPack] {

@@ -27,6 +27,11 @@ extension Wire {
         public var oldestDeepVerifyAt: Date?
         /// A writer's storage: its quota, if any, and the bytes of packs it uploaded.
         public var quota: QuotaInfo?
+        /// How often the host said it commits (`--expected-interval`, sent with its last commit).
+        public var expectedIntervalSeconds: Double?
+        /// A writer's `ok` (newest snapshot within its expected interval on the server's
+        /// clock), `late`, or `unknown` (no expected interval, or no snapshot yet).
+        public var backupStatus: String?
         public init(id: String, role: String, tenant: String?, name: String, fingerprint: String, createdAt: Date,
             os: String?,
                     revokedAt: Date?, lastSnapshotAt: Date?, damagedPacks: Int? = nil) {

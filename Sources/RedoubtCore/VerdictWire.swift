@@ -1,7 +1,7 @@
 import Foundation
 
 extension Wire {
-    /// A tenant's ransomware-detection settings (docs/PROTOCOL.md §4.8): how many of a
+    /// A tenant's ransomware-detection settings (docs/PROTOCOL.md §4.9): how many of a
     /// host's snapshots form its baseline, and the thresholds of each rule. Every field has
     /// a default; `PUT /v1/tenants/{tenant}/detection` sets the fields it sends and keeps the rest.
     public struct DetectionSettings: Codable, Sendable, Equatable {
@@ -35,7 +35,7 @@ extension Wire {
 
         public init() {}
 
-        /// Every field set: the defaults (docs/PROTOCOL.md §4.8).
+        /// Every field set: the defaults (docs/PROTOCOL.md §4.9).
         public static let defaults: DetectionSettings = {
             var d = DetectionSettings()
             d.baselineSnapshots = 10

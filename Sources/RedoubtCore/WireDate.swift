@@ -20,7 +20,8 @@ public enum WireDate {
         func pad(_ v: Int64, _ n: Int) -> String {
             String(repeating: "0", count: max(0, n - String(v).count)) + String(v)
         }
-        return "\(pad(y, 4))-\(pad(m, 2))-\(pad(d, 2))T\(pad(secs / 3600, 2)):\(pad(secs / 60 % 60, 2)):\(pad(secs % 60, 2))Z"
+        let date = "\(pad(y, 4))-\(pad(m, 2))-\(pad(d, 2))"
+        return date + "T\(pad(secs / 3600, 2)):\(pad(secs / 60 % 60, 2)):\(pad(secs % 60, 2))Z"
     }
 
     /// The time RFC 3339 text names, or nil if it is not RFC 3339 (years 0000–9999).

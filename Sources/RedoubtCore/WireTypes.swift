@@ -413,7 +413,7 @@ public enum Wire {
         /// when no policy covers it, and from servers without policies.
         public var keptBy: [PolicyKeep]?
         /// The server's ransomware verdict on the snapshot (`clean`, `suspect`, `unknown`) and
-        /// its reasons (docs/PROTOCOL.md §4.8). Absent for a writer, and from servers without detection.
+        /// its reasons (docs/PROTOCOL.md §4.9). Absent for a writer, and from servers without detection.
         public var verdict: String?
         public var verdictReasons: [String]?
 

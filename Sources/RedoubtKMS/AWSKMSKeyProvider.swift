@@ -32,8 +32,9 @@ public struct AWSKMSKeyProvider: KeyProvider {
     public var uri: String {
         var s = "awskms://\(region)/\(keyID)"
         if let e = endpointOverride {
-            s += "?endpoint="
-                + (e.absoluteString.addingPercentEncoding(withAllowedCharacters: .urlQueryAllowed.subtracting(CharacterSet(charactersIn: "&=?"))) ?? e.absoluteString)
+            let allowed = CharacterSet.urlQueryAllowed.subtracting(CharacterSet(charactersIn: "&=?"))
+            let endpoint = e.absoluteString
+            s += "?endpoint=" + (endpoint.addingPercentEncoding(withAllowedCharacters: allowed) ?? endpoint)
         }
         return s
     }
@@ -199,8 +200,13 @@ public struct AWSKMSKeyProvider: KeyProvider {
         }
         let owners = tags.filter { $0.0 == "redoubt-tenant" }.map(\.1)
         guard owners == [tenant] else {
+            let tagged = owners.isEmpty
+                ? "with no redoubt-tenant tag" : "redoubt-tenant=\(owners.joined(separator: ","))"
             throw KeyProviderError.foreignKEK(provider: kms.uri,
-                detail: "key \(kek) is tagged \(owners.isEmpty ? "with no redoubt-tenant tag" : "redoubt-tenant=\(owners.joined(separator: ","))"), not redoubt-tenant=\(tenant) as the KEKs Redoubt creates for tenant \(tenant) are. Nothing was destroyed. If it really is this tenant's (a key adopted at tenant creation), tag it (aws kms tag-resource --key-id \(kek) --tags TagKey=redoubt-tenant,TagValue=\(tenant)) and repeat")
+                detail: "key \(kek) is tagged \(tagged), not redoubt-tenant=\(tenant) as the KEKs Redoubt creates "
+                    + "for tenant \(tenant) are. Nothing was destroyed. If it really is this tenant's (a key "
+                    + "adopted at tenant creation), tag it (aws kms tag-resource --key-id \(kek) "
+                    + "--tags TagKey=redoubt-tenant,TagValue=\(tenant)) and repeat")
         }
     }
 

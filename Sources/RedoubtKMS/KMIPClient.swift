@@ -229,7 +229,8 @@ public struct KMIPClient: Sendable {
         case .illegalOperation where operation == .revoke,
             .permissionDenied where message.localizedCaseInsensitiveContains("state"):
             return .keyDisabled(provider: provider,
-                detail: "\(key) is not active (revoked or deactivated)\(said): reactivate it in the KMS, or restore with an escrowed copy")
+                detail: "\(key) is not active (revoked or deactivated)\(said): reactivate it in the KMS, or restore "
+                    + "with an escrowed copy")
         case .permissionDenied, .authenticationNotSuccessful:
             // PyKMIP feigns ignorance of keys another identity owns; either way this
             // certificate may not use the key.

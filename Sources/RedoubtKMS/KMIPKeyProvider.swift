@@ -121,7 +121,11 @@ public struct KMIPKeyProvider: KeyProvider {
         }
         guard names.contains(where: { Self.isKEKName($0, of: tenant) }) else {
             throw KeyProviderError.foreignKEK(provider: client.provider,
-                detail: "key \(kek) is named \(names.isEmpty ? "nothing" : names.map(\.debugDescription).joined(separator: ", ")), not redoubt-kek-\(tenant)-UUID as the KEKs Redoubt creates for tenant \(tenant) are. Nothing was destroyed. If it really is this tenant's (a key adopted at tenant creation), destroy it at the KMS yourself and repeat")
+                detail: "key \(kek) is named "
+                    + "\(names.isEmpty ? "nothing" : names.map(\.debugDescription).joined(separator: ", ")), not "
+                    + "redoubt-kek-\(tenant)-UUID as the KEKs Redoubt creates for tenant \(tenant) are. Nothing was "
+                    + "destroyed. If it really is this tenant's (a key adopted at tenant creation), destroy it at the "
+                    + "KMS yourself and repeat")
         }
     }
 

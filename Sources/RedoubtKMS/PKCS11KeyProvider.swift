@@ -123,7 +123,11 @@ public struct PKCS11KeyProvider: KeyProvider {
         guard let actual else { return }
         guard actual.count == 16, Array(actual.prefix(8)) == Self.tenantTag(tenant) else {
             throw KeyProviderError.foreignKEK(provider: uri,
-                detail: "the key labelled \(label.debugDescription) (CKA_ID \(hexString(actual))) on token \(target.token.debugDescription) does not carry tenant \(tenant)'s mark in its CKA_ID, as the KEKs Redoubt generates for it do. Nothing was destroyed. If it really is this tenant's (a key adopted at tenant creation), destroy it on the token yourself (e.g. pkcs11-tool --delete-object --type secrkey --label \(label)) and repeat")
+                detail: "the key labelled \(label.debugDescription) (CKA_ID \(hexString(actual))) on token "
+                    + "\(target.token.debugDescription) does not carry tenant \(tenant)'s mark in its CKA_ID, as the "
+                    + "KEKs Redoubt generates for it do. Nothing was destroyed. If it really is this tenant's (a key "
+                    + "adopted at tenant creation), destroy it on the token yourself (e.g. pkcs11-tool "
+                    + "--delete-object --type secrkey --label \(label)) and repeat")
         }
     }
 
@@ -266,7 +270,8 @@ public struct PKCS11KeyProvider: KeyProvider {
         if let file = target.pinSource {
             guard var data = FileManager.default.contents(atPath: file) else {
                 throw .secretMissing(provider: uri,
-                    how: "cannot read the PIN file \(file) named by pin-source=: check that it exists and that this user may read it")
+                    how: "cannot read the PIN file \(file) named by pin-source=: check that it exists and that this "
+                        + "user may read it")
             }
             pin = Array(data)
             data.resetBytes(in: 0..<data.count)
@@ -323,7 +328,8 @@ struct PKCS11Session {
     func destroyed(label: String, id: [UInt8]?) -> KeyProviderError {
         let which = id.map { " with CKA_ID \($0.map { String(format: "%02x", $0) }.joined())" } ?? ""
         return .keyDestroyed(provider: provider,
-            detail: "no AES key labelled \(label.debugDescription)\(which) on token \(token.debugDescription): destroyed or never created")
+            detail: "no AES key labelled \(label.debugDescription)\(which) on token \(token.debugDescription): "
+                + "destroyed or never created")
     }
 
     /// The secret AES key labelled `label` (and with CKA_ID `id` when given). More than one
@@ -386,7 +392,8 @@ struct PKCS11Session {
         let value = PKCS11Template().slot(CKA_VALUE, capacity: 64)
         let valueRV = value.with { get(handle, key, $0, $1) }
         let length = t.value(at: 3).flatMap {
-            $0.count == MemoryLayout<CK_ULONG>.size ? $0.withUnsafeBytes { Int($0.loadUnaligned(as: CK_ULONG.self)) } : nil
+            $0.count == MemoryLayout<CK_ULONG>.size
+                ? $0.withUnsafeBytes { Int($0.loadUnaligned(as: CK_ULONG.self)) } : nil
         }
         return KeyFacts(
             id: t.value(at: 0) ?? [], extractable: t.value(at: 1).map { $0.first != 0 },

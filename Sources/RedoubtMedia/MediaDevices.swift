@@ -257,7 +257,8 @@ public enum MediaDeviceSpec {
         }
         guard !specs.isEmpty, specs.allSatisfy({ $0.hasPrefix("file:") }) else {
             throw MediaError(code: "E_MEDIA_DEVICE", volume: 0, block: 0,
-                             detail: "--device must be file:PATH (repeatable, one per volume in order), one dir:PATH or one tape:/dev/nstN")
+                             detail: "--device must be file:PATH (repeatable, one per volume in order), one dir:PATH "
+                                 + "or one tape:/dev/nstN")
         }
         let paths = specs.map { String($0.dropFirst(5)) }
         return paths.count == 1 ? FileSequentialDevice(path: paths[0]) : FileSequentialDevice(paths: paths)

@@ -269,7 +269,8 @@ public final class MediaWriter {
            let l = try? JSONDecoder().decode(MediaLabel.self, from: Data(p)), let until = l.retainUntil,
                until > labelBase.created {
             throw MediaError(code: "E_MEDIA_RETAINED", volume: volume, block: 0,
-                             detail: "medium holds volume \(l.volumeSeq) of set \(l.setID) (pool \(l.pool)), retained until \(until); use another medium")
+                             detail: "medium holds volume \(l.volumeSeq) of set \(l.setID) (pool \(l.pool)), retained "
+                                 + "until \(until); use another medium")
         }
         try device.beginVolume(volume)
         var label = labelBase

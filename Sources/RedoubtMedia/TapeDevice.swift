@@ -196,7 +196,9 @@ public final class TapeDevice: SequentialDevice, SequentialSource {
 
     private func readRecord() throws(MediaError) -> Int {
         if scratch.count < Self.maxRecord { scratch = [UInt8](repeating: 0, count: Self.maxRecord) }
-        return try scratch.withUnsafeMutableBytes { b in Result { () throws(MediaError) in try drive.readRecord(into: b) } }.get()
+        return try scratch.withUnsafeMutableBytes { b in
+            Result { () throws(MediaError) in try drive.readRecord(into: b) }
+        }.get()
     }
 
     // MARK: writing

@@ -110,7 +110,8 @@ extension RepositoryService {
                 \(parameters.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: " "))
                 """)
         var filed = ServerError(403, "E_APPROVAL_REQUIRED",
-                                "\(action) of \(object) weakens protection and needs \(quorum - 1) approval(s) from other admins: filed as request \(id), open for 72 h. "
+                                "\(action) of \(object) weakens protection and needs \(quorum - 1) approval(s) from "
+                                    + "other admins: filed as request \(id), open for 72 h. "
                                 + """
                                     They run `redoubt admin request approve \(id)`; then repeat this command with \
                                     --request \(id)

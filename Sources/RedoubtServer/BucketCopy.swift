@@ -25,12 +25,12 @@ public enum BucketCopy {
     /// Runs the proof (unless `acceptUnenforced`, which is recorded), then copies the
     /// tenant descriptor, every pack and every manifest, each locked until its local lock
     /// plus `margin`, and finally the audit chain head as `audit-head/<seq>.json`.
-    public static func sync(catalog: Catalog, store: any ObjectStore, tenant: String, target: S3Store,
-        margin: TimeInterval,
+    public static func sync(catalog: any CatalogRepositories, store: any ObjectStore, tenant: String,
+                            target: any CopyTargetStore, margin: TimeInterval,
                             acceptUnenforced: Bool, actor: String, now: Date,
                             progress: (String) -> Void) async throws -> BucketCopySummary {
-        let proof = await S3LockProof(client: target.client).run(now: now)
-        let where_ = "s3://\(target.client.location.bucket)/\(target.client.location.prefix)"
+        let proof = await target.proveLocks(now: now)
+        let where_ = target.place
         _ = try catalog.audit(time: now, actor: actor, role: "admin", credential: "", source: "local",
             action: "copy-proof",
                               object: where_, outcome: proof.passed ? "ok" : (acceptUnenforced ? "warning" : "denied"),
@@ -189,7 +189,8 @@ public enum BucketCopy {
         let record = try catalog.audit(time: now, actor: actor, role: "admin", credential: "", source: "local",
             action: "copy-sync",
                                        object: where_, outcome: "ok",
-                                       detail: "tenant \(tenant): \(summary.copied) copied, \(summary.alreadyThere) already there, \(summary.extended) extended"
+                                       detail: "tenant \(tenant): \(summary.copied) copied, \(summary.alreadyThere) "
+                                           + "already there, \(summary.extended) extended"
                                            + (summary.legalHolds
                                                + summary.legalHoldsLifted > 0 ? """
                                                    , \(summary.legalHolds) legal hold(s), \(summary.legalHoldsLifted) \
@@ -197,8 +198,8 @@ public enum BucketCopy {
                                                    """ : ""))
         summary.auditSeq = record.seq
         // The chain head, locked in the bucket: a later rewrite of the server's log is provable.
-        let head =
-            Array(#"{"seq":\#(record.seq),"hash":"\#(record.hash)","time":"\#(ISO8601DateFormatter().string(from: now))"}"#.utf8)
+        let time = ISO8601DateFormatter().string(from: now)
+        let head = Array(#"{"seq":\#(record.seq),"hash":"\#(record.hash)","time":"\#(time)"}"#.utf8)
         if let key = RepositoryLayout.key(.auditHead(seq: record.seq)) {
             _ = try await target.put(key, head, retainUntil: now.addingTimeInterval(max(margin, 86400) + 365 * 86400))
         }
@@ -222,7 +223,8 @@ public enum BucketCopy {
     }
 
     /// Snapshot manifests of `tenant` in a bucket copy, by snapshot ID.
-    public static func manifests(in target: S3Store, tenant: String) async throws -> [String: [UInt8]] {
+    public static func manifests(in target: any OriginalVersionStore,
+                                 tenant: String) async throws -> [String: [UInt8]] {
         var out: [String: [UInt8]] = [:]
         let prefix = RepositoryLayout.snapshotsPrefix(tenant)
         for info in try await target.list(prefix: prefix) where info.key.path.hasPrefix(prefix) {

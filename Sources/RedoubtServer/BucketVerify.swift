@@ -70,7 +70,7 @@ public enum BucketVerify {
     }
 
     /// The tenants a bucket copy holds (the names under `t/`), sorted.
-    public static func tenants(in store: S3Store) async throws -> [String] {
+    public static func tenants(in store: any OriginalVersionStore) async throws -> [String] {
         var out = Set<String>()
         for name in try await store.originalNames(prefix: RepositoryLayout.tenantsPrefix) {
             if let t = RepositoryLayout.tenant(of: name) { out.insert(t) }
@@ -86,7 +86,7 @@ public enum BucketVerify {
     /// With `trustRoot` (the server CA's key a restorer pins), host key statements must
     /// open under it and every manifest must be signed by a key they register and do not
     /// revoke before it (else *wrong*, `E_SIGNATURE`); without it, authorship is not checked.
-    public static func run(store: S3Store, tenant: String, now: Date, minRetain: TimeInterval,
+    public static func run(store: any OriginalVersionStore, tenant: String, now: Date, minRetain: TimeInterval,
                            trustRoot: P256.Signing.PublicKey? = nil,
                            progress: (String) -> Void) async throws -> BucketVerifyReport {
         var report = BucketVerifyReport(tenant: tenant)
@@ -160,7 +160,8 @@ public enum BucketVerify {
                 done += 1
                 doneBytes += toRead[r.0].info.size
                 if done % 50 == 0 || done == toRead.count {
-                    progress("\(done)/\(toRead.count) objects read, \(doneBytes)/\(total) bytes: \(toRead[r.0].info.key.path)")
+                    progress("\(done)/\(toRead.count) objects read, \(doneBytes)/\(total) bytes: "
+                        + "\(toRead[r.0].info.key.path)")
                 }
             }
             for (i, item) in toRead.enumerated() {
@@ -202,7 +203,7 @@ public enum BucketVerify {
     /// The authorship pass: statements that do not open under `trustRoot`, and manifests
     /// no statement vouches for, are *wrong*. Objects whose bytes were already wrong are
     /// skipped (reported once).
-    static func checkAuthorship(store: S3Store, tenant: String, trustRoot: P256.Signing.PublicKey,
+    static func checkAuthorship(store: any OriginalVersionStore, tenant: String, trustRoot: P256.Signing.PublicKey,
                                 objects: [(info: ObjectInfo, kind: Kind)],
                                 report: inout BucketVerifyReport) async throws {
         let bad = Set(report.wrong.map(\.key))
@@ -227,9 +228,11 @@ public enum BucketVerify {
     }
 
     /// Reads one object whole and checks its bytes against its name: why it is wrong
-    /// (nil if right) and, for a manifest, the packs it names. `S3Store.get` checks the
-    /// bytes against the recorded `x-amz-meta-sha256` first.
-    static func check(_ store: S3Store, _ key: ObjectKey, _ kind: Kind) async throws -> (wrong: String?,
+    /// (nil if right) and, for a manifest, the packs it names. The store's `get` checks the
+    /// bytes against the digest recorded with the original version first
+    /// (``OriginalVersionStore``).
+    static func check(_ store: any OriginalVersionStore, _ key: ObjectKey,
+                      _ kind: Kind) async throws -> (wrong: String?,
         needs: [PackID]) {
         let bytes: [UInt8]
         do { bytes = try await store.get(key) } catch let e as StoreError where e.code == .integrity

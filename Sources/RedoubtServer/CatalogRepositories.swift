@@ -99,6 +99,9 @@ public protocol PrincipalRepository: Sendable {
     func cancelEnrollment(id: String, now: Date) throws -> Wire.EnrollmentInfo?
     /// Active writers and the OS each reported.
     func enrolledHostSystems() throws -> [Catalog.HostOS]
+    /// Every writer of `tenant` (every tenant's when nil) that has a host key, revoked ones
+    /// included, oldest enrollment first: what host key statements are written from.
+    func hostKeyWriters(tenant: String?) throws -> [HostKeyObjects.Writer]
 }
 
 /// Packs, the chunk index (per dedup scope), and damaged-pack reports.
@@ -155,9 +158,15 @@ public protocol SnapshotRepository: Sendable {
                        principalID: String) throws -> (lastClaimed: Date?, enrolled: Date?)
     /// Ordered by pack ID.
     func snapshotPacks(id: String) throws -> [PackID]
+    /// One page of the listing: at most `limit` snapshots (nil: all) of `tenant` (nil: every
+    /// tenant the catalog holds, in tenant name order) and `host` (nil: every host), after
+    /// the one with ID `after`, ordered by tenant, then commit time, then ID. `.notFound`
+    /// when `after` is not listed under these filters (collected since, or never visible).
+    /// A page must cost its own rows whatever the total (an index in listing order, the
+    /// cursor as a range start), so a tenant flooded with decoys is no dearer to list.
+    func snapshotPage(tenant: String?, host: String?, after: String?, limit: Int?) throws -> [SnapshotRecord]
 }
 
-/// The hash-chained audit log (docs/PROTOCOL.md §5).
 /// Retention policies, and moving a snapshot's lock later. A backend must make `setPolicy`
 /// and `removePolicy` compare-and-set (false when the stored rules are not `from`; nil:
 /// none stored), and `extendSnapshotLock` move a lock only later (nil when it did not move).
@@ -168,6 +177,7 @@ public protocol PolicyRepository: Sendable {
     func extendSnapshotLock(id: String, until: Date) throws -> SnapshotRecord?
 }
 
+/// The hash-chained audit log (docs/PROTOCOL.md §5).
 public protocol AuditRepository: Sendable {
     /// Appends one record: reads the newest record's sequence number and hash and inserts
     /// `seq + 1` chained to it, atomically against every other append (one serialised
@@ -276,11 +286,81 @@ public protocol QuotaRepository: Sendable {
     func usage(tenant: String, host: String?) throws -> (committed: Int64, uncommitted: Int64)
 }
 
+/// When a restorer last deep-verified each pack (docs/PROTOCOL.md §4.6.1). The server cannot
+/// check a deep verify, so this ledger only orders the rolling verify; it changes nothing
+/// stored.
+public protocol DeepVerifyLedgerRepository: Sendable {
+    /// Records a deep verify of `packs` of `tenant` by `reporter` with `outcome` (`ok` or
+    /// `damaged`); a later report replaces an earlier one. Returns the IDs the tenant does
+    /// not hold (nothing is recorded for those). One transaction.
+    func recordPackVerifications(tenant: String, packs: [String], outcome: String, reporter: String,
+                                 now: Date) throws -> [String]
+    /// The tenant's deep-verify state and the packs due next until their sizes reach
+    /// `budget` bytes (never verified first, then the longest ago; ties by ID), at most
+    /// ``Wire/DeepVerifyState/maxDue``. Read from one consistent state.
+    func deepVerifyState(tenant: String, budget: Int64) throws -> Wire.DeepVerifyState
+    /// Per uploading principal ID: how many of its packs no restorer has deep-verified, and
+    /// the oldest last deep verify among the rest.
+    func deepVerifyByUploader() throws -> [String: (never: Int, oldest: Date?)]
+}
+
 /// Everything the server needs of a catalog: what a new backend implements.
 public typealias CatalogRepositories = SettingsRepository & TenantRepository & PrincipalRepository & PackRepository
     & SnapshotRepository & AuditRepository & ApprovalRepository & LegalHoldRepository & GCQueueRepository
-    & CopyTargetRepository & QuotaRepository & PolicyRepository
+    & CopyTargetRepository & QuotaRepository & PolicyRepository & DeepVerifyLedgerRepository & JobRepository
+    & ScrubRepository & FindingRepository & MonitoringRepository & VerdictRepository
 
 extension Catalog: SettingsRepository, TenantRepository, PrincipalRepository, PackRepository, SnapshotRepository,
     AuditRepository, ApprovalRepository, LegalHoldRepository, GCQueueRepository, CopyTargetRepository,
-    QuotaRepository, PolicyRepository {}
+    QuotaRepository, PolicyRepository, DeepVerifyLedgerRepository {}
+
+// The short forms the server calls, for every backend: a protocol requirement cannot carry
+// default arguments. (`Catalog` keeps its own defaults; Swift prefers the concrete method.)
+
+extension PackRepository {
+    public func insertPack(tenant: String, id: String, key: String, size: Int, retainUntil: Date,
+                           chunkIDs: [ChunkID], now: Date, uploader: String? = nil,
+                           verified: Bool = false) throws {
+        try insertPack(tenant: tenant, id: id, key: key, size: size, retainUntil: retainUntil, chunkIDs: chunkIDs,
+                       now: now, uploader: uploader, batch: 4096, verified: verified)
+    }
+
+    public func chunkLocations(tenant: String, ids: [ChunkID]) throws -> [ChunkID: PackID] {
+        try chunkLocations(tenant: tenant, ids: ids, scope: nil, orVerified: false)
+    }
+
+    public func extendPackLocks(tenant: String, packs: [PackID], until: Date) throws -> [(PackID, Date)] {
+        try extendPackLocks(tenant: tenant, packs: packs, until: until, requireAll: false)
+    }
+}
+
+extension SnapshotRepository {
+    public func insertSnapshot(_ s: SnapshotRecord, packs: [PackID], requirePacks: Bool = false) throws {
+        try insertSnapshot(s, packs: packs, requirePacks: requirePacks, manifestKey: nil)
+    }
+
+    public func snapshots(tenant: String) throws -> [SnapshotRecord] { try snapshots(tenant: tenant, host: nil) }
+}
+
+extension AuditRepository {
+    @discardableResult
+    public func audit(time: Date, actor: String, role: String, credential: String, source: String, action: String,
+                      object: String, outcome: String) throws -> Catalog.AuditRecord {
+        try audit(time: time, actor: actor, role: role, credential: credential, source: source, action: action,
+                  object: object, outcome: outcome, detail: "")
+    }
+
+    public func auditRecords(after seq: Int64) throws -> [Catalog.AuditRecord] {
+        try auditRecords(after: seq, limit: 10_000)
+    }
+
+    public func auditRecords() throws -> [Catalog.AuditRecord] { try auditRecords(after: 0, limit: 10_000) }
+}
+
+extension LegalHoldRepository {
+    public func holds() throws -> [LegalHold] { try holds(active: false) }
+}
+
+extension CopyTargetRepository {
+    public func copyTargets() throws -> [CopyTarget] { try copyTargets(tenant: nil) }
+}

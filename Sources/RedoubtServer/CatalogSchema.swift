@@ -164,6 +164,11 @@ extension Catalog {
         }
         // Retention policies per tenant, host glob and tag (RetentionPolicies.swift).
         m.registerMigration("v14-retention-policies") { db in try db.execute(sql: Catalog.policySchema) }
+        // The server's own jobs, their leases and runs, the scrub's ledger, integrity findings and
+        // hosts' expected backup intervals (JobScheduler.swift, SQLiteCatalog+Jobs.swift).
+        m.registerMigration("v15-server-jobs") { db in try db.execute(sql: Catalog.jobSchema) }
+        // Host commit expectations, notification channels and open alerts (SQLiteCatalog+Monitoring.swift).
+        m.registerMigration("v16-notifications") { db in try db.execute(sql: Catalog.monitoringSchema) }
         // Ransomware verdicts per snapshot, detection settings per tenant, chunks per pack (SnapshotVerdicts.swift).
         m.registerMigration("v17-snapshot-verdicts") { db in try db.execute(sql: Catalog.verdictSchema) }
         // New migrations go here, after every released one.

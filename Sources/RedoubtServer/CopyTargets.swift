@@ -1,6 +1,7 @@
 // Copy targets: a tenant's S3 Object Lock copies, kept in the catalog and
-// served by a job inside the server: after every commit the tenant's targets are synced
-// (resumably: what is there is skipped), and every target is proved again once a day.
+// served by the scheduler's `copy-sync` job (ServerJobs.swift): a commit asks for a sync of
+// the tenant's targets at once (resumable: what is there is skipped), and the hourly run
+// proves each target again and retries a failed sync.
 // Adding a target proves it first; accepting one that fails the proof, or removing one,
 // weakens protection and goes through approvals (docs/PROTOCOL.md §4.2).
 import Foundation
@@ -36,7 +37,7 @@ public struct CopyTarget: Sendable {
     }
 
     /// The S3 store this target names. Credentials are read now, never stored in the catalog.
-    public func store() throws -> S3Store {
+    public func store() throws -> any CopyTargetStore {
         let target = try target()
         let creds: AWSCredentials
         do { creds = try target.awsCredentials() } catch {
@@ -44,92 +45,6 @@ public struct CopyTarget: Sendable {
                                                 + "the file must be readable by the service user")
         }
         return S3Store(client: S3Client(location: target.location, credentials: creds))
-    }
-}
-
-/// The server's copy job: syncs a tenant's targets after each commit (coalescing commits
-/// that arrive while a sync runs), retries a failed sync with backoff, and proves every
-/// target again once a day. One sync at a time, in the background of the server.
-public actor CopyJobs {
-    /// Proof of enforcement is repeated this often.
-    public static let reproofInterval: TimeInterval = 86400
-    private weak var service: RepositoryService?
-    private var pending = Set<String>()
-    private var running: Task<Void, Never>?
-    private var failures: [String: Int] = [:]
-    private var ticker: Task<Void, Never>?
-
-    init() {}
-
-    /// Queues a sync of `tenant`'s targets (after a commit, or when asked).
-    func kick(_ tenant: String, service s: RepositoryService) {
-        service = s
-        kick(tenant)
-    }
-
-    private func kick(_ tenant: String) {
-        pending.insert(tenant)
-        if running == nil { running = Task { await self.drain() } }
-    }
-
-    /// Waits until nothing is queued or running (tests, `copy sync --wait`).
-    public func idle() async {
-        while let r = running { await r.value; if running == r { break } }
-    }
-
-    /// Starts the hourly check for targets due a proof or a retry (server run).
-    func startTicker(service s: RepositoryService, every interval: TimeInterval) {
-        service = s
-        guard ticker == nil else { return }
-        ticker = Task { [weak self] in
-            while !Task.isCancelled {
-                try? await Task.sleep(nanoseconds: UInt64(interval * 1e9))
-                await self?.tick()
-                await self?.holdTick()
-            }
-        }
-    }
-
-    /// Keeps held objects locked ahead of the clock (legal holds ride on this ticker).
-    func holdTick() async {
-        do { try await service?.enforceHolds() } catch {
-            service?.logger.error("legal hold check failed", metadata: ["error": "\(error)"])
-        }
-    }
-
-    public func stop() {
-        ticker?.cancel()
-        ticker = nil
-    }
-
-    /// Queues every tenant with a target whose proof is older than a day or whose last sync failed.
-    func tick() {
-        guard let service, let targets = try? service.catalog.copyTargets(), let now = try? service.now() else {
-            return
-        }
-        for t in targets where (t.lastProofAt ?? .distantPast) < now.addingTimeInterval(-Self.reproofInterval)
-            || t.lastSyncOK == false {
-            kick(t.tenant)
-        }
-    }
-
-    private func drain() async {
-        while let tenant = pending.first {
-            pending.remove(tenant)
-            guard let service else { break }
-            let ok = await service.syncCopies(tenant: tenant)
-            if ok { failures[tenant] = nil } else {
-                // Backoff before a retry: 1, 2, 4 … minutes, at most an hour; the ticker also retries.
-                let n = (failures[tenant] ?? 0) + 1
-                failures[tenant] = n
-                let delay = min(3600, 60 * pow(2, Double(n - 1)))
-                Task { [weak self] in
-                    try? await Task.sleep(nanoseconds: UInt64(delay * 1e9))
-                    await self?.kick(tenant)
-                }
-            }
-        }
-        running = nil
     }
 }
 
@@ -166,7 +81,7 @@ extension RepositoryService {
                           requestID: req.requestID, consume: true, ctx: ctx)
         }
         let s3 = try target.store()
-        let proof = await S3LockProof(client: s3.client).run(now: now)
+        let proof = await s3.proveLocks(now: now)
         target.lastProofAt = now
         target.lastProofOK = proof.passed
         target.lastProofDetail = proof.firstFailure ?? "all lock checks passed"
@@ -175,7 +90,9 @@ extension RepositoryService {
               detail: target.lastProofDetail ?? "")
         guard proof.passed || target.acceptUnenforced else {
             var refused =
-                ServerError.badRequest("copy target \(req.url) does not enforce Object Lock COMPLIANCE (\(proof.firstFailure ?? "?")): use a bucket with Object Lock and versioning enabled; only with approval can --accept-unenforced keep it")
+                ServerError.badRequest("copy target \(req.url) does not enforce Object Lock COMPLIANCE "
+                    + "(\(proof.firstFailure ?? "?")): use a bucket with Object Lock and versioning enabled; only "
+                    + "with approval can --accept-unenforced keep it")
             refused.audited = true  // as copy-proof, just above
             throw refused
         }
@@ -185,7 +102,7 @@ extension RepositoryService {
                   id=\(target.id) tenant=\(req.tenant) \
                   margin=\(Int(req.marginSeconds))s\(target.acceptUnenforced ? " UNENFORCED" : "")
                   """)
-        await copyJobs.kick(req.tenant, service: self)
+        requestJob(ServerJobs.copySync.name, tenant: req.tenant)
         return target.info
     }
 
@@ -204,21 +121,15 @@ extension RepositoryService {
         return try listCopyTargets()
     }
 
-    /// Queues a sync of the target's tenant now.
+    /// Asks for a sync of the target's tenant now (the scheduler's `copy-sync`, under its
+    /// lease); with `wait`, runs it in this request, or waits for the run that holds the lease.
     public func syncCopyTarget(id: String, wait: Bool) async throws -> Wire.CopyTargetInfo {
         guard let t = try catalog.copyTargets().first(where: { $0.id == id }) else {
             throw ServerError.notFound("no copy target \(id): `redoubt admin copy status`")
         }
-        await copyJobs.kick(t.tenant, service: self)
-        if wait { await copyJobs.idle() }
+        requestJob(ServerJobs.copySync.name, tenant: t.tenant)
+        if wait { _ = await JobScheduler(service: self).runRequested(ServerJobs.copySync, tenant: t.tenant) }
         return try catalog.copyTargets().first { $0.id == id }?.info ?? t.info
-    }
-
-    /// Starts the copy job's hourly check (daily re-proof, retries); `redoubt server run` calls it.
-    public func startCopyJobs(every interval: TimeInterval = 3600) async {
-        await copyJobs.startTicker(service: self, every: interval)
-        await copyJobs.tick()
-        await copyJobs.holdTick()
     }
 
     /// Syncs every target of `tenant` (proof included): true if all succeeded. Errors are

@@ -9,11 +9,9 @@ import RedoubtCore
 // it delays the next check of a pack, never hides a damaged-pack report already made.
 
 extension Catalog {
-    /// Records a deep verify of `packs` of `tenant` by `reporter` with `outcome` (`ok` or
-    /// `damaged`); a later report replaces an earlier one. Returns the IDs the tenant does
-    /// not hold (nothing is recorded for those).
-    func recordPackVerifications(tenant: String, packs: [String], outcome: String, reporter: String,
-                                 now: Date) throws -> [String] {
+    // The contracts are DeepVerifyLedgerRepository's (CatalogRepositories.swift).
+    public func recordPackVerifications(tenant: String, packs: [String], outcome: String, reporter: String,
+                                        now: Date) throws -> [String] {
         try db.write { db in
             var unknown: [String] = []
             for pack in packs {
@@ -32,10 +30,7 @@ extension Catalog {
         }
     }
 
-    /// The tenant's deep-verify state and the packs due next until their sizes reach
-    /// `budget` bytes (never verified first, then the longest ago; ties by ID), at most
-    /// ``Wire/DeepVerifyState/maxDue``.
-    func deepVerifyState(tenant: String, budget: Int64) throws -> Wire.DeepVerifyState {
+    public func deepVerifyState(tenant: String, budget: Int64) throws -> Wire.DeepVerifyState {
         try db.read { db in
             let join = "FROM packs p LEFT JOIN pack_verifications v ON v.tenant = p.tenant AND v.pack = p.id "
                 + "WHERE p.tenant = ?"
@@ -71,9 +66,8 @@ extension Catalog {
         }
     }
 
-    /// Per uploading principal ID: how many of its packs no restorer has deep-verified, and
-    /// the oldest last deep verify among the rest (what `host list` shows).
-    func deepVerifyByUploader() throws -> [String: (never: Int, oldest: Date?)] {
+    /// (What `host list` shows.)
+    public func deepVerifyByUploader() throws -> [String: (never: Int, oldest: Date?)] {
         try db.read { db in
             var out: [String: (never: Int, oldest: Date?)] = [:]
             for r in try Row.fetchAll(db, sql: """

@@ -265,7 +265,8 @@ public struct Doctor: Sendable {
         if !hits.isEmpty {
             return DoctorCheck(id: id, status: .fail,
                 summary: "\(dir) is exported through NFS: \(Self.unique(hits).joined(separator: ", "))",
-                               fix: "remove the export from /etc/exports or /etc/exports.d, then `exportfs -ra`; clients reach the repository only through its API")
+                               fix: "remove the export from /etc/exports or /etc/exports.d, then `exportfs -ra`; "
+                                   + "clients reach the repository only through its API")
         }
         return DoctorCheck(id: id, status: .pass,
             summary: read == 0 ? "no NFS export tables on this host" : """
@@ -762,7 +763,8 @@ public struct Doctor: Sendable {
             // Why fail even when accepted: a bucket that lets locked versions be deleted protects nothing.
             return DoctorCheck(id: id, status: .fail, summary: "last lock proof: " + (failed
                 + passed).joined(separator: "; "),
-                               fix: "use a bucket created with Object Lock enabled, on a server that enforces COMPLIANCE (`redoubt copy prove`)")
+                               fix: "use a bucket created with Object Lock enabled, on a server that enforces "
+                                   + "COMPLIANCE (`redoubt copy prove`)")
         }
         return DoctorCheck(id: id, status: .pass, summary: "last lock proof: " + passed.joined(separator: "; "))
     }

@@ -141,10 +141,19 @@ func errorResponse(_ e: ServerError) -> Response {
 
 /// Runs a handler and turns every error into a JSON error body with the right status.
 func handle(_ logger: Logger, _ body: () async throws -> Response) async -> Response {
-    do { return try await body() } catch let e as ServerError {
+    // Why: a server-side failure (a full disk, a broken store) must reach the operator's
+    // log with its request ID, not only the audit log and the client.
+    func failed(_ e: ServerError) -> Response {
+        if e.status >= 500 {
+            logger.error("request failed", metadata: ["status": "\(e.status)", "code": "\(e.code)",
+                                                      "error": "\(e.message)"])
+        }
         return errorResponse(e)
+    }
+    do { return try await body() } catch let e as ServerError {
+        return failed(e)
     } catch let e as CatalogError {
-        return errorResponse(ServerError(e))
+        return failed(ServerError(e))
     } catch let e as StoreError {
         let status = switch e.code {
         case .notFound: 404
@@ -152,7 +161,7 @@ func handle(_ logger: Logger, _ body: () async throws -> Response) async -> Resp
         case .integrity: 422
         default: 500
         }
-        return errorResponse(ServerError(status, e.code.rawValue, e.description))
+        return failed(ServerError(status, e.code.rawValue, e.description))
     } catch let e as CoreError {
         return errorResponse(ServerError(422, e.code.rawValue, e.description))
     } catch is NIOTooManyBytesError {
@@ -161,8 +170,7 @@ func handle(_ logger: Logger, _ body: () async throws -> Response) async -> Resp
     } catch let e as HTTPError {
         return errorResponse(ServerError(Int(e.status.code), "E_HTTP", e.body ?? "\(e.status)"))
     } catch {
-        logger.error("request failed", metadata: ["error": "\(error)"])
-        return errorResponse(ServerError(500, "E_INTERNAL", "internal error: \(error)"))
+        return failed(ServerError(500, "E_INTERNAL", "internal error: \(error)"))
     }
 }
 
@@ -239,9 +247,12 @@ public enum RedoubtHTTP {
         },
         Route(.post, "/v1/snapshots", .commitSnapshot, .writer) { service, logger, req, ctx in
             let os = req.headers.first { $0.name.canonicalName == Wire.hostOSHeader.lowercased() }?.value
+            let interval = req.headers.first {
+                $0.name.canonicalName == Wire.expectedIntervalHeader.lowercased()
+            }?.value
             return await handle(logger) {
                 jsonResponse(try await service.commit(try await req.bytes(limit: min(service.limits.maxManifestBytes,
-                    Manifest.maxSize)), os: os, ctx: ctx.call), status: .created)
+                    Manifest.maxSize)), os: os, expectedInterval: interval, ctx: ctx.call), status: .created)
             }
         },
         Route(.get, "/v1/snapshots", .listSnapshots, .anyRole) { service, logger, req, ctx in
@@ -315,8 +326,9 @@ public enum RedoubtHTTP {
         },
         Route(.put, "/v1/tenants/{tenant}/write-material", .restoreWriteMaterial, .admin) { service, logger, req, ctx in
             await handle(logger) {
-                jsonResponse(try await service.restoreWriteMaterial(tenant: ctx.parameters.get("tenant") ?? "",
-                                                                    try await req.json(Wire.RestoreWriteMaterialRequest.self), ctx: ctx.call))
+                let body = try await req.json(Wire.RestoreWriteMaterialRequest.self)
+                return jsonResponse(try await service.restoreWriteMaterial(tenant: ctx.parameters.get("tenant") ?? "",
+                                                                           body, ctx: ctx.call))
             }
         },
         Route(.post, "/v1/tenants/{tenant}/shred", .shredTenant, .admin) { service, logger, req, ctx in
@@ -450,6 +462,15 @@ public enum RedoubtHTTP {
                 jsonResponse(try await service.applyPolicies(tenant: ctx.parameters.get("tenant") ?? "", host: nil))
             }
         },
+        Route(.get, "/v1/schedule", .getSchedule, .admin) { service, logger, _,
+            _ in await handle(logger) { jsonResponse(try service.scheduleInfo()) } },
+        Route(.put, "/v1/schedule", .setSchedule, .admin) { service, logger, req, ctx in
+            await handle(logger) {
+                jsonResponse(try service.setSchedule(try await req.json(Wire.SetScheduleRequest.self), ctx: ctx.call))
+            }
+        },
+        Route(.get, "/v1/jobs", .listJobs, .admin) { service, logger, _,
+            _ in await handle(logger) { jsonResponse(try service.listJobs()) } },
         Route(.get, "/v1/enrollments", .listEnrollments, .admin) { service, logger, _,
             _ in await handle(logger) { jsonResponse(try service.listEnrollments()) } },
         Route(.post, "/v1/enrollments/{id}/cancel", .cancelEnrollment, .admin) { service, logger, _, ctx in
@@ -477,6 +498,40 @@ public enum RedoubtHTTP {
                 return jsonResponse(AuditVerifyResult(ok: bad == nil, records: count, firstBad: bad))
             }
         },
+        Route(.get, "/v1/status", .getStatus, .roles([.admin, .auditor])) { service, logger, _, _ in
+            await handle(logger) { jsonResponse(try service.status()) }
+        },
+        Route(.put, "/v1/notify/expectations", .setHostExpectation, .admin) { service, logger, req, ctx in
+            await handle(logger) {
+                jsonResponse(try service.setHostExpectation(try await req.json(Wire.HostExpectationRequest.self),
+                                                            ctx: ctx.call))
+            }
+        },
+        Route(.post, "/v1/notify/channels", .addNotifyChannel, .admin) { service, logger, req, ctx in
+            await handle(logger) {
+                jsonResponse(try service.addNotifyChannel(try await req.json(Wire.AddNotifyChannelRequest.self),
+                                                          ctx: ctx.call), status: .created)
+            }
+        },
+        Route(.get, "/v1/notify/channels", .listNotifyChannels, .admin) { service, logger, _, _ in
+            await handle(logger) { jsonResponse(try service.listNotifyChannels()) }
+        },
+        Route(.post, "/v1/notify/channels/{id}/remove", .removeNotifyChannel, .admin) { service, logger, _, ctx in
+            await handle(logger) {
+                jsonResponse(try service.removeNotifyChannel(id: ctx.parameters.get("id") ?? "", ctx: ctx.call))
+            }
+        },
+        Route(.post, "/v1/notify/channels/{id}/test", .testNotifyChannel, .admin) { service, logger, _, ctx in
+            await handle(logger) {
+                jsonResponse(try await service.testNotifyChannel(id: ctx.parameters.get("id") ?? "", ctx: ctx.call))
+            }
+        },
+        Route(.get, "/v1/metrics", .getMetrics, .roles([.admin, .auditor])) { service, logger, _, _ in
+            await handle(logger) {
+                Response(status: .ok, headers: [.contentType: MetricsListener.contentType],
+                         body: .init(byteBuffer: ByteBuffer(string: try service.metricsExposition())))
+            }
+        },
     ]
 
     /// The routes by action: each action is served by at most one route.
@@ -490,12 +545,14 @@ public enum RedoubtHTTP {
 
     public static func router(service: RepositoryService, logger: Logger) -> Router<RedoubtRequestContext> {
         let router = Router(context: RedoubtRequestContext.self)
+        router.add(middleware: RequestMetricsMiddleware(metrics: service.metrics))
         router.add(middleware: RequestLimitsMiddleware(limits: service.limits))
         router.add(middleware: AuthMiddleware(service: service))
         for route in routes {
             let handler = route.handler
             router.on(RouterPath(route.path), method: route.method) { req, ctx in
-                await handler(service, logger, req, ctx)
+                // The request's own logger: its lines carry the request ID (hb.request.id).
+                await handler(service, ctx.logger, req, ctx)
             }
         }
         return router

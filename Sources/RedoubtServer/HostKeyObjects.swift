@@ -3,7 +3,6 @@
 // that the store, every bucket copy and every media set prove who wrote each snapshot.
 import Crypto
 import Foundation
-import GRDB
 import RedoubtCore
 import RedoubtStore
 
@@ -28,32 +27,23 @@ public enum HostKeyObjects {
     /// what an import may turn into a store key.
     public static func isStatementName(_ name: String) -> Bool { RepositoryLayout.statement(name: name) != nil }
 
-    /// A writer principal as the catalog holds it.
-    struct Writer {
-        let id: String
-        let tenant: String
-        let name: String
-        let hostKey: HostPublicKey
-        let createdAt: Date
-        let revokedAt: Date?
-    }
+    /// A writer principal as the catalog holds it (``PrincipalRepository/hostKeyWriters(tenant:)``).
+    public struct Writer: Sendable {
+        public let id: String
+        public let tenant: String
+        public let name: String
+        public let hostKey: HostPublicKey
+        public let createdAt: Date
+        public let revokedAt: Date?
 
-    static func writers(_ catalog: Catalog, tenant: String?) throws -> [Writer] {
-        try catalog.db.read { db in
-            try Row.fetchAll(db, sql: """
-                SELECT id, tenant, name, host_key, created_at, revoked, revoked_at FROM principals
-                WHERE role = 'writer' AND host_key IS NOT NULL AND tenant IS NOT NULL AND (? IS NULL OR tenant = ?)
-                ORDER BY created_at
-                """, arguments: [tenant, tenant])
-        }.compactMap { r in
-            guard let raw = r["host_key"] as Data?, let key = try? HostPublicKey(rawRepresentation: Array(raw)) else {
-                return nil
-            }
-            let revoked: Bool = r["revoked"]
-            return Writer(id: r["id"], tenant: r["tenant"], name: r["name"], hostKey: key,
-                          createdAt: Date(timeIntervalSince1970: r["created_at"]),
-                          // A credential revoked before revoked_at existed shows the epoch.
-                          revokedAt: revoked ? Date(timeIntervalSince1970: (r["revoked_at"] as Double?) ?? 0) : nil)
+        public init(id: String, tenant: String, name: String, hostKey: HostPublicKey, createdAt: Date,
+                    revokedAt: Date?) {
+            self.id = id
+            self.tenant = tenant
+            self.name = name
+            self.hostKey = hostKey
+            self.createdAt = createdAt
+            self.revokedAt = revokedAt
         }
     }
 
@@ -64,12 +54,12 @@ public enum HostKeyObjects {
     /// each bucket sync and media write, and on a host's commit, so tenants from before
     /// statements existed are covered.
     @discardableResult
-    public static func ensure(catalog: Catalog, store: any ObjectStore, ca: CertificateAuthority, tenant: String? = nil,
-                              now: Date) async throws -> Int {
+    public static func ensure(catalog: any CatalogRepositories, store: any ObjectStore, ca: CertificateAuthority,
+                              tenant: String? = nil, now: Date) async throws -> Int {
         var written = 0
         var minRetention: [String: TimeInterval] = [:]
         for t in try catalog.tenants() where tenant == nil || t.name == tenant { minRetention[t.name] = t.minRetention }
-        for w in try writers(catalog, tenant: tenant) {
+        for w in try catalog.hostKeyWriters(tenant: tenant) {
             let until = RepositoryService.ceilDay(now.addingTimeInterval(minRetention[w.tenant] ?? 0))
             if try await ensureRegistration(w, store: store, ca: ca, until: until) { written += 1 }
             if let at = w.revokedAt, let key = revocationKey(tenant: w.tenant, principal: w.id),
@@ -99,7 +89,8 @@ public enum HostKeyObjects {
 
     /// The snapshots `w`'s key committed: those of its host whose manifest names the key.
     /// Read from the manifests themselves, since the catalog does not keep the signer.
-    static func committed(by w: Writer, catalog: Catalog, store: any ObjectStore) async throws -> [SnapshotID] {
+    static func committed(by w: Writer, catalog: any CatalogRepositories,
+                          store: any ObjectStore) async throws -> [SnapshotID] {
         var out: [SnapshotID] = []
         let since = w.createdAt.addingTimeInterval(-1)
         for s in try catalog.snapshots(tenant: w.tenant, host: w.name) where s.committedAt >= since {

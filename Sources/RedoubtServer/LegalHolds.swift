@@ -10,8 +10,8 @@ import RedoubtStore
 // it and is gated like every other weakening change (§4.2, `release-hold`).
 //
 // Locally a held object's lock (retain-until plus the immutable flag) is kept at least a
-// day ahead of the clock, by `enforceHolds` (when a hold is placed and hourly with the
-// copy job's ticker). In an S3 copy the held objects' original versions carry an S3
+// day ahead of the clock, by `enforceHolds` (when a hold is placed, and hourly by the
+// scheduler's `legal-holds` job). In an S3 copy the held objects' original versions carry an S3
 // legal hold, set by each sync and lifted by the first sync after the release.
 
 /// A legal hold as the catalog keeps it.
@@ -76,7 +76,7 @@ extension RepositoryService {
         audit(ctx, .placeHold, object: "hold \(hold.id)", outcome: "ok",
             detail: "\(kind.rawValue)=\(target) tenant=\(tenant) reason=\(reason)")
         try await enforceHolds(tenant: tenant)
-        if try !catalog.copyTargets(tenant: tenant).isEmpty { await copyJobs.kick(tenant, service: self) }
+        if try !catalog.copyTargets(tenant: tenant).isEmpty { requestJob(ServerJobs.copySync.name, tenant: tenant) }
         return hold.wire
     }
 
@@ -97,7 +97,7 @@ extension RepositoryService {
         }
         audit(ctx, .releaseHold, object: "hold \(id)", outcome: "ok",
             detail: "\(h.kind.rawValue)=\(h.target) tenant=\(h.tenant) request=\(req.requestID ?? "-")")
-        if try !catalog.copyTargets(tenant: h.tenant).isEmpty { await copyJobs.kick(h.tenant, service: self) }
+        if try !catalog.copyTargets(tenant: h.tenant).isEmpty { requestJob(ServerJobs.copySync.name, tenant: h.tenant) }
         return try catalog.holds().first { $0.id == id }?.wire ?? h.wire
     }
 

@@ -8,7 +8,7 @@ import RedoubtStore
 extension ServerHome {
     /// Sets the number of admins (requester included) a change weakening protection needs.
     public func setQuorum(_ quorum: Int) throws {
-        try Catalog(path: catalogPath).setSetting("quorum", String(quorum))
+        try openCatalog().setSetting("quorum", String(quorum))
     }
 
     /// The audit chain's state as `audit verify` reports it.
@@ -22,7 +22,7 @@ extension ServerHome {
     /// Re-walks the audit hash chain; with `anchor` (from an S3 copy or a media set) also
     /// proves the log was not cut back to before it.
     public func verifyAudit(anchor: Catalog.AuditChainHead?) throws -> AuditVerification {
-        let catalog = try Catalog(path: catalogPath)
+        let catalog = try openCatalog()
         var result = try catalog.verifyAudit()
         if let anchor { result = try catalog.verifyAudit(anchor: anchor) }
         let head = try catalog.auditChainHead()
@@ -50,10 +50,11 @@ extension ServerHome {
     /// Copies `tenant` from this server's store to `target` (`copy sync` on the server's host).
     /// `acceptUnenforced` keeps a target whose lock proof fails, which weakens protection and so
     /// needs the approved `requestID` once there are enough admins (M-of-N).
-    public func syncCopy(tenant: String, to target: S3Store, destination: CopyDestination, margin: TimeInterval,
+    public func syncCopy(tenant: String, to target: any CopyTargetStore, destination: CopyDestination,
+                         margin: TimeInterval,
                          acceptUnenforced: Bool, requestID: String?, now: Date,
                          progress: (String) -> Void) async throws -> BucketCopySummary {
-        let catalog = try Catalog(path: catalogPath)
+        let catalog = try openCatalog()
         let store = try openStore()
         if acceptUnenforced {
             let parameters = CopyApproval.parameters(tenant: tenant, endpoint: destination.endpoint,
@@ -75,7 +76,7 @@ extension ServerHome {
     /// Writes `tenant`'s selected snapshots to a media set (`media export` on the server's host).
     public func exportMedia(tenant: String, selection: MediaExport.Selection, writer: MediaWriter, now: Date,
                             progress: (String) -> Void) async throws -> MediaExportSummary {
-        let catalog = try Catalog(path: catalogPath)
+        let catalog = try openCatalog()
         let store = try openStore()
         // The host key statements first: the set must carry who may sign its snapshots.
         _ = try await HostKeyObjects.ensure(catalog: catalog, store: store, ca: try certificateAuthority(),
@@ -83,6 +84,13 @@ extension ServerHome {
         return try await MediaExport.run(catalog: catalog, store: store, tenant: tenant,
                                          selection: selection, writer: writer, actor: "local-admin", now: now,
                                          progress: progress)
+    }
+
+    /// The catalog this server keeps its index in: the one place that picks its backend
+    /// (SQLite, `catalog.sqlite`); everything that serves or administers uses the
+    /// repository protocols (CatalogRepositories.swift) only.
+    public func openCatalog() throws -> any CatalogRepositories {
+        try Catalog(path: catalogPath)
     }
 
     /// The store this server keeps its objects in.

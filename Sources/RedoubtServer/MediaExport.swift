@@ -26,7 +26,8 @@ public enum MediaExport {
     /// Streams the tenant descriptor, each selected snapshot's packs then manifest, and an
     /// audit anchor (the audit record of this export: `{"seq":N,"hash":"…"}`) into `writer`,
     /// then finishes the set. `progress` gets one line per object.
-    public static func run(catalog: Catalog, store: any ObjectStore, tenant: String, selection: Selection,
+    public static func run(catalog: any CatalogRepositories, store: any ObjectStore, tenant: String,
+                           selection: Selection,
         writer: MediaWriter,
                            actor: String, now: Date, progress: (String) -> Void) async throws -> MediaExportSummary {
         // Commit order: "latest" is what the server committed last, whatever a host's clock said.
@@ -234,7 +235,7 @@ public enum MediaImport {
         let setRetention = report.labels.first?.retainUntil.flatMap { ISO8601DateFormatter().date(from: $0) }
         let until = max(now.addingTimeInterval(minRetention), setRetention ?? now)
         // An existing tenant of the same name must be the same tenant (same read key).
-        if let existing = try Catalog(path: home.catalogPath).tenant(tenant) {
+        if let existing = try home.openCatalog().tenant(tenant) {
             let d = fm.contents(atPath: spooled.first { $0.key == "object-"
                 + RepositoryLayout.descriptorName(version: newest) }?.file ?? "")
             let incoming = d.flatMap { try? JSONDecoder().decode(TenantDescriptor.self, from: $0) }

@@ -35,16 +35,22 @@ public enum Action: String, Sendable, CaseIterable {
     case clearVerdict = "clear-verdict"
     case setPolicy = "set-policy", listPolicies = "list-policies", simulatePolicy = "simulate-policy"
     case applyPolicy = "apply-policy"
+    case getSchedule = "get-schedule", setSchedule = "set-schedule", listJobs = "list-jobs"
     case listAudit = "list-audit", verifyAudit = "verify-audit"
+    case getMetrics = "get-metrics", getStatus = "get-status", setHostExpectation = "set-host-expectation"
+    case addNotifyChannel = "add-notify-channel", listNotifyChannels = "list-notify-channels"
+    case removeNotifyChannel = "remove-notify-channel", testNotifyChannel = "test-notify-channel"
     // Changes that need approval under another name than their route's (§4.2).
     case lowerRetention = "lower-retention", revokeWriter = "revoke-writer", acceptUnenforced = "accept-unenforced"
     case widenDedupScope = "widen-dedup-scope", lowerPolicy = "lower-policy"
+    case weakenSchedule = "weaken-schedule"
     // Approval bookkeeping.
     case fileRequest = "request", executeRequest = "execute-request"
     // Events inside a request or the server, not routes of their own.
     case unknownRoute = "unknown-route", hostOS = "host-os", copyProof = "copy-proof", createAdmin = "create-admin"
     case start, clearWriteMaterial = "clear-write-material", sealDescriptor = "seal-descriptor"
     case gcDelete = "gc-delete", gcStore = "gc-store", refusedAnonymous = "refused-anonymous"
+    case jobRun = "job", integrityFinding = "integrity-finding"
     case snapshotVerdict = "snapshot-verdict"
 }
 

@@ -32,10 +32,14 @@ extension RepositoryService {
 
     /// `GET /v1/principals[?all=1]`.
     public func listPrincipals(includeRevoked: Bool) throws -> [Wire.PrincipalInfo] {
-        try catalog.principalListing(includeRevoked: includeRevoked).map { p in
+        let intervals = try catalog.expectedIntervals()
+        let now = try now()
+        return try catalog.principalListing(includeRevoked: includeRevoked).map { p in
             guard p.role == Role.writer.rawValue, let t = p.tenant else { return p }
             var p = p
             p.quota = try quotaInfo(tenant: t, host: p.name)
+            p.expectedIntervalSeconds = intervals[p.id]
+            p.backupStatus = Self.backupStatus(last: p.lastSnapshotAt, expected: intervals[p.id], now: now).rawValue
             return p
         }
     }

@@ -59,6 +59,8 @@ public struct CallContext: Sendable {
     /// The fingerprint of the client certificate presented, known to the catalog or not
     /// (a revoked one): the audit log's `credential` for anonymous callers too.
     public let certificate: String?
+    /// The server job acting (`scheduler:gc`, …) when no principal calls: what the audit log names.
+    public var job: String? = nil
     public init(principal: Principal?, source: String, certificate: String? = nil) {
         self.principal = principal
         self.source = source
@@ -70,7 +72,7 @@ public struct CallContext: Sendable {
 /// listings, verification and admin actions, each authorised and audited. Holds no key
 /// that decrypts: it checks pack hashes and manifest signatures only.
 public final class RepositoryService: Sendable {
-    public let catalog: Catalog
+    public let catalog: any CatalogRepositories
     public let store: any ObjectStore
     let clock: any ServerClock
     let ca: CertificateAuthority
@@ -79,7 +81,8 @@ public final class RepositoryService: Sendable {
     /// Default minimum retention for new tenants.
     public let defaultMinRetention: TimeInterval
     /// Syncs copy targets after commits and proves them daily.
-    public let copyJobs = CopyJobs()
+    /// Wakes the scheduler when a run is asked for (JobScheduler.swift).
+    let jobWake = JobWake()
     /// Tenants whose garbage collection is running (one run per tenant at a time).
     let gcRunning = Mutex<Set<String>>([])
     /// How far a manifest's claimed time may stray from the server's clock.
@@ -92,8 +95,13 @@ public final class RepositoryService: Sendable {
     let anonymousRefusals: AnonymousRefusals
     /// Where pack bodies are spooled to files; nil holds them in memory.
     let uploads: UploadSpool?
+    /// Request and refusal counters for the metrics exposition (ServerMetrics.swift).
+    public let metrics = ServerMetrics()
+    /// Where components post events that notification channels receive (Notifier.swift).
+    public let notifier: Notifier
 
-    public init(catalog: Catalog, store: any ObjectStore, clock: any ServerClock, ca: CertificateAuthority,
+    public init(catalog: any CatalogRepositories, store: any ObjectStore, clock: any ServerClock,
+                ca: CertificateAuthority,
         serverURL: String,
                 defaultMinRetention: TimeInterval, logger: Logger,
                     timeBounds: SnapshotTimeBounds = SnapshotTimeBounds(),
@@ -110,6 +118,7 @@ public final class RepositoryService: Sendable {
         self.serverURL = serverURL
         self.defaultMinRetention = defaultMinRetention
         self.logger = logger
+        self.notifier = Notifier(catalog: catalog, clock: { [clock] in clock.now() }, logger: logger)
     }
 
     /// The current time, never earlier than any time the server has used before: if the
@@ -171,7 +180,7 @@ public final class RepositoryService: Sendable {
         do {
             try catalog.audit(time: (try? now()) ?? clock.now(),
                 actor: ctx.principal.map { "\($0.role.rawValue):\($0.tenant.map { $0 + "/" } ?? "")\($0.name)" }
-                ?? "anonymous",
+                ?? ctx.job ?? "anonymous",
                               role: ctx.principal?.role.rawValue ?? "-",
                                   credential: ctx.certificate?.prefix(16).description ?? "-",
                               source: ctx.source, action: action.rawValue, object: object, outcome: outcome,
@@ -185,6 +194,7 @@ public final class RepositoryService: Sendable {
     /// A caller without a credential is recorded once per source per window; the refusals
     /// after it are counted into one record when the window ends (``AnonymousRefusals``).
     public func refuse(_ ctx: CallContext, _ action: Action, object: String, _ error: ServerError) -> ServerError {
+        refused(ctx, action)
         if ctx.principal == nil {
             recordAnonymousRefusals()
             if anonymousRefusals.first(ctx, now: clock.now()) {
@@ -372,7 +382,8 @@ public final class RepositoryService: Sendable {
     /// Commits a snapshot: checks the host's signature, the tenant, and that every pack is
     /// present; extends the packs' locks; stores the manifest under lock. `os` is the OS
     /// the host reports with it (kept for `doctor`).
-    public func commit(_ bytes: [UInt8], os: String? = nil, ctx: CallContext) async throws -> Wire.SnapshotInfo {
+    public func commit(_ bytes: [UInt8], os: String? = nil, expectedInterval: String? = nil,
+                       ctx: CallContext) async throws -> Wire.SnapshotInfo {
         let (p, tenant) = try requireTenant(ctx)
         let manifest: Manifest
         do {
@@ -454,9 +465,10 @@ public final class RepositoryService: Sendable {
         // The ransomware verdict, against the host's own baseline (SuspectSnapshots.swift).
         await judgeCommit(rec, manifest: manifest, principal: p)
         if try !catalog.copyTargets(tenant: tenant.name).isEmpty {
-            Task { await copyJobs.kick(tenant.name, service: self) }
+            requestJob(ServerJobs.copySync.name, tenant: tenant.name)
         }
         recordHostOS(p, os, ctx: ctx)
+        recordExpectedInterval(p, expectedInterval)
         return Self.info(rec)
     }
 

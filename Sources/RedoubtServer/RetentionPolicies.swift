@@ -161,7 +161,7 @@ extension RepositoryService {
             try? catalog.audit(time: now, actor: "policy", role: "-", credential: "-", source: "local",
                                action: Action.applyPolicy.rawValue, object: "tenant \(tenant)", outcome: "ok",
                                detail: "extended=\(extended)" + (host.map { " host=\($0)" } ?? ""))
-            if try !catalog.copyTargets(tenant: tenant).isEmpty { await copyJobs.kick(tenant, service: self) }
+            if try !catalog.copyTargets(tenant: tenant).isEmpty { requestJob(ServerJobs.copySync.name, tenant: tenant) }
         }
         return Wire.PolicySimulation(tenant: tenant, now: now, snapshots: rows,
             kept: rows.filter { !$0.keeps.isEmpty }.count,
@@ -170,14 +170,15 @@ extension RepositoryService {
 
     /// After a commit: the committing host's snapshots only. A failure is logged, never the
     /// commit's: the snapshot is committed and locked for the minimum retention already, and
-    /// the next application (`policy apply`) sets what this one could not.
+    /// the next application (the scheduler's `policy-apply`, asked for here) sets what this one could not.
     func applyPoliciesAfterCommit(tenant: String, host: String) async {
         do {
             guard try !catalog.policies(tenant: tenant).isEmpty else { return }
             _ = try await applyPolicies(tenant: tenant, host: host)
         } catch {
-            logger.error("retention policy: could not apply after a commit",
+            logger.error("retention policy: could not apply after a commit; the scheduler retries",
                          metadata: ["tenant": "\(tenant)", "host": "\(host)", "error": "\(error)"])
+            requestJob(ServerJobs.policyApply.name, tenant: tenant)
         }
     }
 }

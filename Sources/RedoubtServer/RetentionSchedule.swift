@@ -131,9 +131,8 @@ public struct RetentionSchedule: Sendable {
             }
             if rules.withinSeconds > 0 {
                 for s in newest where s.committedAt > now.addingTimeInterval(-rules.withinSeconds) {
-                    keeps[s.id, default: []].append(RetentionKeep(rule: .within,
-                                                                  until: s.committedAt.addingTimeInterval(rules.withinSeconds),
-                                                                  final: true))
+                    let until = s.committedAt.addingTimeInterval(rules.withinSeconds)
+                    keeps[s.id, default: []].append(RetentionKeep(rule: .within, until: until, final: true))
                 }
             }
             for rule in [RetentionRule.hourly, .daily, .weekly, .monthly, .yearly] {

@@ -15,7 +15,8 @@ extension Catalog {
                 INSERT INTO requests(id, action, object, parameters, requester_id, requester, created_at, expires_at, \
                 needed)
                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
-                """, arguments: [id, action, object, params, requester.id, requester.name, now.timeIntervalSince1970, expiresAt.timeIntervalSince1970, needed])
+                """, arguments: [id, action, object, params, requester.id, requester.name, now.timeIntervalSince1970,
+                                 expiresAt.timeIntervalSince1970, needed])
         }
     }
 
@@ -81,7 +82,8 @@ extension Catalog {
             }
             guard requesterID != admin.id else {
                 throw CatalogError(.forbidden, object: "request \(id)",
-                    "request \(id) was made by you: the requester's own approval does not count; another admin must decide")
+                    "request \(id) was made by you: the requester's own approval does not count; another admin must "
+                        + "decide")
             }
             if approve {
                 let done = try Int.fetchOne(db,

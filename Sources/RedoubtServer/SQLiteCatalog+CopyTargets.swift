@@ -15,7 +15,8 @@ extension Catalog {
                 accept_unenforced, created_at,
                                          last_proof_at, last_proof_ok, last_proof_detail)
                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-                """, arguments: [t.id, t.tenant, t.url, t.endpoint, t.region, t.credentialsFile, t.virtualHosted, t.marginSeconds, t.acceptUnenforced,
+                """, arguments: [t.id, t.tenant, t.url, t.endpoint, t.region, t.credentialsFile, t.virtualHosted,
+                                 t.marginSeconds, t.acceptUnenforced,
                                  t.createdAt.timeIntervalSince1970, t.lastProofAt?.timeIntervalSince1970, t.lastProofOK,
                                      t.lastProofDetail])
         }

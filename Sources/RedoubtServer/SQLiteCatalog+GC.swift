@@ -37,7 +37,11 @@ extension Catalog {
                     FROM snapshots s WHERE s.tenant = ? AND s.retain_until < ? ORDER BY s.committed_at, s.id
                     """, arguments: [tenant, t])
                 for r in rows {
-                    if r["held"] as Bool { plan.keptHeld += 1 } else if r["newest"] as Bool { plan.keptNewest += 1 } else {
+                    if r["held"] as Bool {
+                        plan.keptHeld += 1
+                    } else if r["newest"] as Bool {
+                        plan.keptNewest += 1
+                    } else {
                         plan.snapshots.append(r["id"])
                     }
                 }

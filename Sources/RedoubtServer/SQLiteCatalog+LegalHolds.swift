@@ -17,7 +17,8 @@ extension Catalog {
             }
             try $0.execute(sql: """
                 INSERT INTO holds(id, kind, target, tenant, reason, created_by, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)
-                """, arguments: [h.id, h.kind.rawValue, h.target, h.tenant, h.reason, h.createdBy, h.createdAt.timeIntervalSince1970])
+                """, arguments: [h.id, h.kind.rawValue, h.target, h.tenant, h.reason, h.createdBy,
+                                 h.createdAt.timeIntervalSince1970])
         }
     }
 

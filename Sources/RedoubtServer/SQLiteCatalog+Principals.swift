@@ -15,7 +15,8 @@ extension Catalog {
         try db.execute(sql: """
             INSERT INTO principals(id, role, tenant, name, fingerprint, host_key, os, created_at) VALUES (?, ?, ?, ?, \
             ?, ?, ?, ?)
-            """, arguments: [p.id, p.role.rawValue, p.tenant, p.name, p.fingerprint, p.hostKey.map { Data($0) }, os, now.timeIntervalSince1970])
+            """, arguments: [p.id, p.role.rawValue, p.tenant, p.name, p.fingerprint, p.hostKey.map { Data($0) }, os,
+                             now.timeIntervalSince1970])
     }
 
     /// Sets a principal's reported OS; returns the previous value (itself optional) when it
@@ -61,7 +62,8 @@ extension Catalog {
     public func insertEnrollment(tokenHash: String, role: Role, tenant: String?, name: String, expiresAt: Date,
         createdBy: String) throws {
         try db.write { db in
-            try db.execute(sql: "INSERT INTO enrollments(token_hash, role, tenant, name, expires_at, created_by) VALUES (?, ?, ?, ?, ?, ?)",
+            try db.execute(sql: "INSERT INTO enrollments(token_hash, role, tenant, name, expires_at, created_by) "
+                + "VALUES (?, ?, ?, ?, ?, ?)",
                            arguments: [tokenHash, role.rawValue, tenant, name, expiresAt.timeIntervalSince1970,
                                createdBy])
         }
@@ -243,9 +245,32 @@ extension Catalog {
     public func enrolledHostSystems() throws -> [HostOS] {
         try db.read { db in
             try Row.fetchAll(db,
-                sql: "SELECT tenant, name, os FROM principals WHERE role = 'writer' AND revoked = 0 ORDER BY tenant, name").map {
+                sql: "SELECT tenant, name, os FROM principals WHERE role = 'writer' AND revoked = 0 ORDER BY tenant, "
+                    + "name").map {
                 HostOS(tenant: $0["tenant"], name: $0["name"], os: $0["os"])
             }
+        }
+    }
+}
+
+extension Catalog {
+    public func hostKeyWriters(tenant: String?) throws -> [HostKeyObjects.Writer] {
+        try db.read { db in
+            try Row.fetchAll(db, sql: """
+                SELECT id, tenant, name, host_key, created_at, revoked, revoked_at FROM principals
+                WHERE role = 'writer' AND host_key IS NOT NULL AND tenant IS NOT NULL AND (? IS NULL OR tenant = ?)
+                ORDER BY created_at
+                """, arguments: [tenant, tenant])
+        }.compactMap { r in
+            guard let raw = r["host_key"] as Data?, let key = try? HostPublicKey(rawRepresentation: Array(raw)) else {
+                return nil
+            }
+            let revoked: Bool = r["revoked"]
+            return HostKeyObjects.Writer(id: r["id"], tenant: r["tenant"], name: r["name"], hostKey: key,
+                                         createdAt: Date(timeIntervalSince1970: r["created_at"]),
+                                         // A credential revoked before revoked_at existed shows the epoch.
+                                         revokedAt: revoked
+                                             ? Date(timeIntervalSince1970: (r["revoked_at"] as Double?) ?? 0) : nil)
         }
     }
 }

@@ -10,7 +10,8 @@ extension Catalog {
     /// after the commit first looked).
     static func packsMissing(tenant: String, _ packs: [PackID]) -> CatalogError {
         CatalogError(.packsMissing, object: "tenant \(tenant)",
-                     "tenant \(tenant) no longer holds \(packs.count) pack(s), e.g. \(packs[0]): garbage collection removed them", packs: packs)
+                     "tenant \(tenant) no longer holds \(packs.count) pack(s), e.g. \(packs[0]): garbage collection "
+                         + "removed them", packs: packs)
     }
 
     /// Records a snapshot and the packs it names. With `requirePacks` (a commit) every pack
@@ -32,7 +33,8 @@ extension Catalog {
             try db.execute(sql: """
                 INSERT INTO snapshots(id, tenant, host, time, committed_at, retain_until, meta, manifest_size) VALUES \
                 (?, ?, ?, ?, ?, ?, ?, ?)
-                """, arguments: [s.id, s.tenant, s.host, s.time.timeIntervalSince1970, s.committedAt.timeIntervalSince1970,
+                """, arguments: [s.id, s.tenant, s.host, s.time.timeIntervalSince1970,
+                                 s.committedAt.timeIntervalSince1970,
                                  s.retainUntil.timeIntervalSince1970, String(decoding: meta, as: UTF8.self),
                                      s.manifestSize])
             let stmt = try db.cachedStatement(sql: "INSERT OR IGNORE INTO snapshot_packs(snapshot, pack) VALUES (?, ?)")

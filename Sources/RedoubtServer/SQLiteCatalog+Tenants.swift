@@ -12,7 +12,8 @@ extension Catalog {
                 INSERT INTO tenants(name, read_key_id, read_public_key, write_material, wrapped_read_key, \
                 min_retention, created_at, key_version, shredded_at)
                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
-                """, arguments: [t.name, t.readKeyID, Data(t.readPublicKey), Data(t.writeMaterial), t.wrappedReadKey, t.minRetention,
+                """, arguments: [t.name, t.readKeyID, Data(t.readPublicKey), Data(t.writeMaterial), t.wrappedReadKey,
+                                 t.minRetention,
                                  t.createdAt.timeIntervalSince1970, t.keyVersion, t.shreddedAt?.timeIntervalSince1970])
         }
     }
@@ -95,7 +96,8 @@ extension Catalog {
     /// tokens for that name are cancelled.
     public func revokeAdmin(name: String, now: Date) throws -> Bool {
         try db.write { db in
-            try db.execute(sql: "UPDATE principals SET revoked = 1, revoked_at = ? WHERE role = 'admin' AND tenant IS NULL AND name = ? AND revoked = 0",
+            try db.execute(sql: "UPDATE principals SET revoked = 1, revoked_at = ? WHERE role = 'admin' AND tenant IS "
+                + "NULL AND name = ? AND revoked = 0",
                            arguments: [now.timeIntervalSince1970, name])
             guard db.changesCount > 0 else { return false }
             _ = try Self.cancelEnrollments(db, role: .admin, tenant: nil, name: name, now: now)

@@ -2,7 +2,7 @@ import Foundation
 import GRDB
 import RedoubtCore
 
-// The SQLite side of ransomware verdicts (SnapshotVerdicts.swift, docs/PROTOCOL.md §4.8):
+// The SQLite side of ransomware verdicts (SnapshotVerdicts.swift, docs/PROTOCOL.md §4.9):
 // one verdict per snapshot with the signals it was scored on, each tenant's settings, and
 // how many chunks each pack holds (counted when it is uploaded, so a verdict never scans
 // the chunk table).
@@ -20,7 +20,7 @@ public struct VerdictRecord: Sendable, Equatable {
 }
 
 /// Verdicts, detection settings and pack chunk counts: what another catalog backend implements.
-public protocol VerdictRepository {
+public protocol VerdictRepository: Sendable {
     func recordPackChunkCount(tenant: String, pack: String, chunks: Int) throws
     func snapshotPackVolumes(tenant: String, snapshot: String) throws
         -> (newBytes: Int64, newChunks: Int64, referencedBytes: Int64)

@@ -69,7 +69,7 @@ public struct ServerHome: Sendable {
         let enc = JSONEncoder()
         enc.outputFormatting = [.prettyPrinted, .sortedKeys]
         try writePrivate(settingsURL, String(decoding: try enc.encode(settings), as: UTF8.self))
-        let catalog = try Catalog(path: catalogPath)
+        let catalog = try openCatalog()
         let store = try openStore()
         let service = RepositoryService(catalog: catalog, store: store, clock: SystemClock(), ca: ca,
             serverURL: settings.url,
@@ -121,7 +121,7 @@ public struct ServerHome: Sendable {
         let ca = try CertificateAuthority(certificatePEM: tls.caCertPEM, keyPEM: tls.caKeyPEM)
         // Cleared here, at start: a crash mid-upload leaves at most its spool files.
         let uploads = try UploadSpool.open(root.appendingPathComponent("uploads"))
-        return RepositoryService(catalog: try Catalog(path: catalogPath), store: try store ?? openStore(), clock: clock,
+        return RepositoryService(catalog: try openCatalog(), store: try store ?? openStore(), clock: clock,
             ca: ca,
                                  serverURL: s.url, defaultMinRetention: s.minRetentionSeconds, logger: logger,
                                      timeBounds: timeBounds,

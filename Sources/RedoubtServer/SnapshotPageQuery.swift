@@ -48,17 +48,18 @@ extension Catalog {
     }
 
     /// At most `limit` snapshots (nil: all) of `tenant` (nil: every tenant) and `host`
-    /// (nil: every host) after the one with ID `after`, in listing order. Throws 404 when
+    /// (nil: every host) after the one with ID `after`, in listing order. `.notFound` when
     /// `after` is not listed under these filters (collected since, or never visible).
-    func snapshotPage(tenant: String?, host: String?, after: String?, limit: Int?) throws -> [SnapshotRecord] {
+    public func snapshotPage(tenant: String?, host: String?, after: String?, limit: Int?) throws -> [SnapshotRecord] {
         try db.read { db in
             var cursor: (String, Double, String)? = nil
             if let after {
                 let row = try Row.fetchOne(db, sql: "SELECT tenant, host, committed_at FROM snapshots WHERE id = ?",
                                            arguments: [after])
                 guard let row, tenant == nil || row["tenant"] == tenant, host == nil || row["host"] == host else {
-                    throw ServerError.notFound("snapshot \(after) is no longer listed (garbage collection removed it): "
-                                               + "list again from the start")
+                    throw CatalogError(.notFound, object: "snapshot \(after)",
+                                       "snapshot \(after) is no longer listed (garbage collection removed it): "
+                                       + "list again from the start")
                 }
                 cursor = (row["tenant"], row["committed_at"], after)
             }

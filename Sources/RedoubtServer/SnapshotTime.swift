@@ -52,7 +52,8 @@ extension RepositoryService {
         }
         throw refuse(ctx, .commitSnapshot, object: "snapshot of host \(tenant)/\(host.name)", ServerError(422,
             "E_CLOCK",
-            "commit refused: \(why). Set the host's clock (NTP, `timedatectl`) and back up again; the server orders and keeps "
+            "commit refused: \(why). Set the host's clock (NTP, `timedatectl`) and back up again; the server orders "
+                + "and keeps "
             + "snapshots by its own commit time"))
     }
 }

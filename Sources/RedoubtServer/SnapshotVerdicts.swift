@@ -1,7 +1,7 @@
 import Foundation
 import RedoubtCore
 
-// Ransomware verdicts (docs/PROTOCOL.md §4.8). Each commit is scored against its host's
+// Ransomware verdicts (docs/PROTOCOL.md §4.9). Each commit is scored against its host's
 // own baseline: the host's account of what changed (the manifest's activity section,
 // FORMAT.md §6.5) and what the server measured itself, which a host that lies in its
 // manifest cannot change: the new pack bytes and chunks the snapshot brought, the share of

@@ -16,7 +16,7 @@ public struct SuspectSnapshotEvent: Sendable, Equatable {
 }
 
 extension RepositoryService {
-    /// Judges a commit the catalog has just recorded (docs/PROTOCOL.md §4.8) and, when it is
+    /// Judges a commit the catalog has just recorded (docs/PROTOCOL.md §4.9) and, when it is
     /// suspect, holds the host's newest snapshots not judged suspect, audits and announces it.
     /// The commit stands whatever happens here: a failure is logged and audited, never thrown.
     @discardableResult
@@ -82,7 +82,9 @@ extension RepositoryService {
         }
         if !holds.isEmpty {
             try await enforceHolds(tenant: rec.tenant)
-            if try !catalog.copyTargets(tenant: rec.tenant).isEmpty { await copyJobs.kick(rec.tenant, service: self) }
+            if try !catalog.copyTargets(tenant: rec.tenant).isEmpty {
+                requestJob(ServerJobs.copySync.name, tenant: rec.tenant)
+            }
         }
         announceSuspect(SuspectSnapshotEvent(tenant: rec.tenant, host: rec.host, snapshot: rec.id,
                                              reasons: verdict.reasons, holds: holds, heldSnapshots: held))

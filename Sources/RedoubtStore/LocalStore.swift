@@ -301,7 +301,8 @@ public final class LocalStore: ObjectStore {
             let got = try preadFully(fd, &buffer, count: want, at: offset, key: key)
             guard got == want else {
                 throw StoreError(.integrity, key: key.path,
-                    "the stored object is shorter than its size (\(size) bytes) while comparing; check the disk and the filesystem")
+                    "the stored object is shorter than its size (\(size) bytes) while comparing; check the disk and "
+                        + "the filesystem")
             }
             let same: Bool
             switch data {
@@ -321,7 +322,9 @@ public final class LocalStore: ObjectStore {
             }
             guard same else {
                 throw StoreError(.conflict, key: key.path,
-                                 "an object with other bytes (same size, \(size) bytes, first difference within bytes \(offset)..<\(offset + want)) is already stored under this key. Objects are never overwritten: store the new bytes under a new key")
+                                 "an object with other bytes (same size, \(size) bytes, first difference within bytes "
+                                     + "\(offset)..<\(offset + want)) is already stored under this key. Objects are "
+                                     + "never overwritten: store the new bytes under a new key")
             }
             offset += want
         }
@@ -346,7 +349,8 @@ public final class LocalStore: ObjectStore {
         let got = try preadFully(fd, &out, count: wanted.count, at: wanted.lowerBound, key: key)
         guard got == wanted.count else {
             throw StoreError(.integrity, key: key.path,
-                "short read: \(got) of \(wanted.count) bytes at offset \(wanted.lowerBound) though the file reports \(size) bytes; check the disk and the filesystem")
+                "short read: \(got) of \(wanted.count) bytes at offset \(wanted.lowerBound) though the file reports "
+                    + "\(size) bytes; check the disk and the filesystem")
         }
         return out
     }
@@ -461,7 +465,8 @@ public final class LocalStore: ObjectStore {
             if let flags, wasImmutable, redoubt_fs_set_flags(fd, flags & ~Sys.immutable) != 0 {
                 let e = errno
                 throw ioError(key, "clear the immutable flag (to extend retention) on", path(of: key), e,
-                              fix: e == EPERM ? "the process needs CAP_LINUX_IMMUTABLE; run the server as root or grant the capability" : nil)
+                              fix: e == EPERM ? "the process needs CAP_LINUX_IMMUTABLE; run the server as root or "
+                                  + "grant the capability" : nil)
             }
             var failure: Error?
             do {
@@ -543,7 +548,8 @@ public final class LocalStore: ObjectStore {
                 if !creating && (e == ENOENT || e == ENOTDIR) { return nil }
                 if e == ENOTDIR || e == ELOOP {
                     throw StoreError(.io, key: key.path,
-                        "\(walked) is a file, not a directory, so \(key.path) cannot be stored under it; this local store cannot hold both `a` and `a/b`")
+                        "\(walked) is a file, not a directory, so \(key.path) cannot be stored under it; this local "
+                            + "store cannot hold both `a` and `a/b`")
                 }
                 throw ioError(key, "open directory", walked, e)
             }
@@ -872,7 +878,10 @@ public final class LocalStore: ObjectStore {
         var flags: Int32 = 0
         guard redoubt_fs_get_flags(fd, &flags) == 0 else {
             let e = errno
-            return "Immutable flag unavailable in \(root): the \(fsName) filesystem does not support inode flags (FS_IOC_GETFLAGS: \(errnoText(e))). Objects are stored and their retention recorded, but NOT protected against deletion or change by anyone with access to this host. Fix: put the store on ext4, xfs or btrfs."
+            return "Immutable flag unavailable in \(root): the \(fsName) filesystem does not support inode flags "
+                + "(FS_IOC_GETFLAGS: \(errnoText(e))). Objects are stored and their retention recorded, but NOT "
+                + "protected against deletion or change by anyone with access to this host. Fix: put the store on "
+                + "ext4, xfs or btrfs."
         }
         guard redoubt_fs_set_flags(fd, flags | Sys.immutable) == 0 else {
             let e = errno
@@ -890,7 +899,10 @@ public final class LocalStore: ObjectStore {
                     AmbientCapabilities=CAP_LINUX_IMMUTABLE; or setcap cap_linux_immutable+ep on the binary).
                     """
             }
-            return "Immutable flag unavailable in \(root): the \(fsName) filesystem does not support FS_IMMUTABLE_FL (FS_IOC_SETFLAGS: \(errnoText(e))). Objects are stored and their retention recorded, but NOT protected against deletion or change by anyone with access to this host. Fix: put the store on ext4, xfs or btrfs."
+            return "Immutable flag unavailable in \(root): the \(fsName) filesystem does not support FS_IMMUTABLE_FL "
+                + "(FS_IOC_SETFLAGS: \(errnoText(e))). Objects are stored and their retention recorded, but NOT "
+                + "protected against deletion or change by anyone with access to this host. Fix: put the store on "
+                + "ext4, xfs or btrfs."
         }
         var readBack: Int32 = 0
         guard redoubt_fs_get_flags(fd, &readBack) == 0, readBack & Sys.immutable != 0 else {
@@ -903,7 +915,9 @@ public final class LocalStore: ObjectStore {
         guard redoubt_fs_set_flags(fd, readBack & ~Sys.immutable) == 0 else {
             let e = errno
             throw StoreError(.io, key: root,
-                "the immutable flag could be set on the probe file \(probePath) but not cleared (\(errnoText(e))); deletion of expired objects would fail. Fix: check the filesystem, then `chattr -i \(probePath) && rm \(probePath)`")
+                "the immutable flag could be set on the probe file \(probePath) but not cleared (\(errnoText(e))); "
+                    + "deletion of expired objects would fail. Fix: check the filesystem, then `chattr -i "
+                    + "\(probePath) && rm \(probePath)`")
         }
         return nil
     }

@@ -73,8 +73,9 @@ public struct S3LockProof: Sendable {
                            """ : "refused (\(delete.status) \(delete.errorCode ?? ""))")
 
             func retention(_ mode: String, _ date: Date) async throws -> S3Response {
-                let xml =
-                    Array("<Retention xmlns=\"http://s3.amazonaws.com/doc/2006-03-01/\"><Mode>\(mode)</Mode><RetainUntilDate>\(S3Date.format(date))</RetainUntilDate></Retention>".utf8)
+                let body = "<Retention xmlns=\"http://s3.amazonaws.com/doc/2006-03-01/\"><Mode>\(mode)</Mode>"
+                    + "<RetainUntilDate>\(S3Date.format(date))</RetainUntilDate></Retention>"
+                let xml = Array(body.utf8)
                 return try await client.send(.PUT, key: key, query: [("retention", ""), ("versionId", version)],
                                              headers: [("content-md5", contentMD5(xml))], body: xml)
             }

@@ -40,7 +40,7 @@ public struct S3Store: ObjectStore {
         self.partSize = max(5 << 20, partSize)
     }
 
-    var place: String { "s3://\(client.location.bucket)/\(client.location.prefix)" }
+    public var place: String { "s3://\(client.location.bucket)/\(client.location.prefix)" }
 
     func fail(_ code: StoreError.Code, _ key: ObjectKey, _ r: S3Response, _ what: String) -> StoreError {
         var e = StoreError(code, key: key.path, "\(what): S3 \(r.status) \(r.errorCode ?? "") \(r.errorMessage ?? "")")

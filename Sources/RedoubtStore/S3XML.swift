@@ -136,7 +136,11 @@ public enum S3XML {
 
     /// The body of a PutObjectRetention request.
     public static func retentionBody(mode: String, until: Date) -> [UInt8] {
-        Array("<Retention xmlns=\"http://s3.amazonaws.com/doc/2006-03-01/\"><Mode>\(mode)</Mode><RetainUntilDate>\(S3Date.format(until.rounded()))</RetainUntilDate></Retention>".utf8)
+        let xmlns = "http://s3.amazonaws.com/doc/2006-03-01/"
+        let until = S3Date.format(until.rounded())
+        let body = "<Retention xmlns=\"\(xmlns)\"><Mode>\(mode)</Mode>"
+            + "<RetainUntilDate>\(until)</RetainUntilDate></Retention>"
+        return Array(body.utf8)
     }
 
     /// A bucket's versioning status: `Enabled`, `Suspended`, or nil if never set.

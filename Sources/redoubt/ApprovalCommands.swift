@@ -32,7 +32,8 @@ struct RequestList: AsyncParsableCommand {
                         r.parameters.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: " ")
                     print(shown("\(r.id)  \(r.state)  \(r.action) \(r.object)\(params.isEmpty ? "" : " (\(params))")  "
                         + "by \(r.requester)  "
-                        + "approvals \(r.approvers.count)/\(r.needed)\(r.approvers.isEmpty ? "" : " [\(r.approvers.joined(separator: ", "))]")"
+                        + "approvals \(r.approvers.count)/\(r.needed)"
+                        + (r.approvers.isEmpty ? "" : " [\(r.approvers.joined(separator: ", "))]")
                         + (r.rejectedBy.map { "  rejected by \($0)" } ?? "") + "  expires \(r.expiresAt)"))
                 }
             }
@@ -96,7 +97,9 @@ struct AdminsAdd: AsyncParsableCommand {
             let r = try await RedoubtCLI.with(try admin.client()) {
                 try await $0.addAdmin(name: name, ttlSeconds: ttlSeconds, requestID: request)
             }
-            FileHandle.standardError.write(Data("One-time admin token for \(name), valid until \(r.expires). On the new admin's machine run:\n  redoubt enroll TOKEN --config DIR\nthen use --credential DIR/credential.json\n".utf8))
+            FileHandle.standardError.write(Data(("One-time admin token for \(name), valid until \(r.expires). "
+                + "On the new admin's machine run:\n  redoubt enroll TOKEN --config DIR\n"
+                + "then use --credential DIR/credential.json\n").utf8))
             print(r.token)
             return .ok
         }

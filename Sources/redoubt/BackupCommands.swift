@@ -19,122 +19,32 @@ struct BackupSummary: Codable {
 
 struct BackupCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(commandName: "backup",
-        abstract: "Back up paths to the server (write-only: this host cannot read them back).")
-    @Argument(help: "Paths to back up.") var paths: [String]
+        abstract: "Back up paths to the server (write-only: this host cannot read them back).",
+        discussion: "Jobs (--job) are defined in a TOML file; README \"Jobs\" gives its keys.")
+    @Argument(help: "Paths to back up (with --stdin-from-command: the command and its arguments, after --).")
+    var paths: [String] = []
     @OptionGroup var config: ConfigOption
     @Option(name: .long, help: "A tag for the snapshot (repeatable).") var tag: [String] = []
     @Option(name: .long, help: "Skip paths matching this glob (repeatable).") var exclude: [String] = []
+    @OptionGroup var options: BackupCLIOptions
     @Flag(name: .long, help: "Print the summary as JSON.") var json = false
+    @OptionGroup(title: "Progress") var progress: ProgressOptions
 
     func run() async throws {
+        progress.apply()
         try await RedoubtCLI.run {
             let cfg = config.resolved
-            let summary = try await runBackup(config: cfg, paths: paths, tags: tag, excludes: exclude, quiet: json)
-            if json { try printJSON(summary) }
-            return summary.warnings.isEmpty ? .ok : .partial
+            let spec = try BackupSpec.resolve(config: cfg, paths: paths, tags: tag, excludes: exclude,
+                options: options)
+            return await BackupJobRunner.run(config: cfg, spec: spec, json: json)
         }
     }
 }
 
-/// Runs one backup with progress, prints the human summary unless `quiet`.
+/// Runs one backup of `paths` with progress, prints the human summary unless `quiet`.
 func runBackup(config cfg: ClientConfig, paths: [String], tags: [String], excludes: [String],
     quiet: Bool) async throws -> BackupSummary {
-    let keys = try cfg.writeKeySet()
-    let absolute = paths.map { URL(fileURLWithPath: $0).standardizedFileURL.path }
-    let progress = ProgressLine()
-    let start = Date()
-    let now = Date().timeIntervalSince1970
-    let result = try await RedoubtCLI.with(try APIClient(credential: cfg.credential())) { client in
-        try await Archiver().run(options: BackupOptions(paths: absolute, excludes: excludes, tags: tags,
-            cachePath: cfg.cachePath), keys: keys, target: client,
-                                 now: Timestamp(seconds: Int64(now),
-                                     nanoseconds: UInt32((now - now.rounded(.down)) * 1e9))) { p in
-            progress.update(files: p.filesDone, bytes: p.bytesDone, totalBytes: p.bytesTotal, current: p.currentPath)
-        }
-    }
-    progress.finish()
-    // The server accepted what these keys made: record them, so later damage is found first.
-    if !cfg.hasKeyCheck { try? cfg.recordKeyCheck() }
-    let s = BackupSummary(snapshot: result.manifest.id.description, filesNew: result.filesNew,
-        filesChanged: result.filesChanged,
-                          filesUnchanged: result.filesUnchanged, bytesTotal: result.statistics.bytesTotal,
-                              bytesRead: result.bytesRead,
-                          bytesUploaded: result.bytesUploaded, packsUploaded: result.packsUploaded,
-                              seconds: Date().timeIntervalSince(start),
-                          warnings: result.warnings.map(\.description))
-    if !quiet {
-        print("snapshot \(s.snapshot.prefix(8)) saved (\(s.snapshot))")
-        print("  files: \(s.filesNew) new, \(s.filesChanged) changed, \(s.filesUnchanged) unchanged")
-        print("""
-              read \(formatBytes(s.bytesRead)) of \(formatBytes(s.bytesTotal)), uploaded \
-            \(formatBytes(s.bytesUploaded)) in \(s.packsUploaded) packs after dedup and compression, \
-            \(String(format: "%.1f", s.seconds)) s
-            """)
-        for w in s.warnings { print("  warning: \(w)") }
-    }
-    return s
-}
-
-struct RestoreCommand: AsyncParsableCommand {
-    static let configuration = CommandConfiguration(commandName: "restore",
-        abstract: "Restore a snapshot (restorer credential and the read key's provider).")
-    @Argument(help: """
-        Snapshot ID or a unique prefix (8+ hex digits), or `latest-clean`: the newest snapshot the server did not \
-        judge suspect (of --host).
-        """) var snapshot: String
-    @Option(name: .long, help: "With latest-clean: only this host's snapshots.") var host: String?
-    @Option(name: .long, help: "Directory to restore into (created if missing).") var target: String
-    @Option(name: .long, help: "Restore only this path inside the snapshot (e.g. data/etc).") var path: String?
-    @OptionGroup var config: ConfigOption
-    @OptionGroup(title: "The read key") var key: ReadKeyOptions
-    @Flag(name: .long,
-        help: """
-            Restore everything undamaged and list what is damaged, instead of stopping at the first damage.
-            """) var skipDamaged = false
-    @Flag(name: .long, help: "Print the summary as JSON.") var json = false
-    @OptionGroup(title: "A bucket copy instead of the server") var bucket: FromBucketOptions
-
-    func run() async throws {
-        try await RedoubtCLI.run {
-            if let store = try bucket.store() {
-                return try await BucketCommands.restore(store: store, place: bucket.from ?? "",
-                    tenant: try await bucket.tenant(in: store), snapshot: snapshot,
-                                                        target: target, config: config.resolved, key: key,
-                                                        subpath: path, skipDamaged: skipDamaged,
-                                                            lister: "redoubt snapshots --from", json: json)
-            }
-            let cfg = config.resolved
-            let readKey = try await key.unwrap(config: cfg)
-            let material = try cfg.sharedMaterial()
-            let progress = ProgressLine()
-            let start = Date()
-            let result = try await RedoubtCLI.with(try APIClient(credential: cfg.credential())) { client in
-                let manifest = try await RestoreSupport.manifest(snapshot, host: host, from: client)
-                return try await Restorer().restore(manifest: manifest, readKey: readKey,
-                    chunkIDKey: material.chunkIDKey, source: client, target: target,
-                                                    subpath: path.map { Array($0.utf8) },
-                                                        skipDamaged: skipDamaged) { p in
-                    progress.update(files: p.filesDone, bytes: p.bytesDone, totalBytes: p.bytesTotal,
-                        current: p.currentPath)
-                }
-            }
-            progress.finish()
-            let seconds = Date().timeIntervalSince(start)
-            if json {
-                try printJSON(RestoreJSON(result, seconds: seconds))
-            } else {
-                print("""
-                    restored \(result.files) files, \(result.directories) directories, \(result.otherEntries) other \
-                    entries, \(formatBytes(result.bytesWritten)) from \(result.packsFetched) packs into \(target) in \
-                    \(String(format: "%.1f", seconds)) s
-                    """)
-                for w in result.warnings { print("  warning: \(w)") }
-                for d in result.damaged { print("  DAMAGED: \(d)") }
-            }
-            if !result.damaged.isEmpty { return .integrity }
-            return result.warnings.isEmpty ? .ok : .partial
-        }
-    }
+    try await performBackup(config: cfg, spec: BackupSpec(paths: paths, excludes: excludes, tags: tags), quiet: quiet)
 }
 
 struct LsCommand: AsyncParsableCommand {
@@ -149,8 +59,10 @@ struct LsCommand: AsyncParsableCommand {
             to find them. Names that are not printable UTF-8 are escaped (\\xNN); --json \
             gives the exact bytes in pathHex and linkTargetHex.
             """)
-    @Argument(help: "Snapshot ID or a unique prefix (8+ hex digits).") var snapshot: String
-    @Argument(help: "A path inside the snapshot (default: its top level).") var path: String?
+    @Argument(help: ArgumentHelp(stringLiteral: SnapshotRef.help)) var snapshot: String
+    @Argument(help: "A path in the snapshot, as backed up (/srv/www) or below its root (default: its top level).")
+    var path: String?
+    @Option(name: .long, help: "With latest: that host's newest snapshot.") var host: String?
     @Flag(name: [.short, .long], help: "List the directories below too.") var recursive = false
     @OptionGroup var config: ConfigOption
     @OptionGroup(title: "The read key") var key: ReadKeyOptions
@@ -165,6 +77,11 @@ struct LsCommand: AsyncParsableCommand {
             let out = Listing(json: json)
             if let store = try bucket.store() {
                 let tenant = try await bucket.tenant(in: store)
+                guard snapshot != SnapshotRef.latest, host == nil else {
+                    throw ValidationError("""
+                        latest is decided by the server's commit times: with --from name the snapshot
+                        """)
+                }
                 let (manifest, readKey) = try await BucketCommands.open(store: store, place: bucket.from ?? "",
                     tenant: tenant, snapshot: snapshot, config: cfg,
                                                                         key: key, lister: "redoubt snapshots --from")
@@ -174,7 +91,8 @@ struct LsCommand: AsyncParsableCommand {
             } else {
                 let readKey = try await key.unwrap(config: cfg)
                 try await RedoubtCLI.with(try APIClient(credential: cfg.credential())) { client in
-                    try await Restorer().list(manifest: try await RestoreSupport.manifest(snapshot, from: client),
+                    let id = try await SnapshotRef.resolve(snapshot, host: host, client: client)
+                    try await Restorer().list(manifest: try await RestoreSupport.manifest(id, from: client),
                         readKey: readKey, chunkIDKey: chunkIDKey,
                                               source: client, subpath: subpath, recursive: recursive, out.print)
                 }

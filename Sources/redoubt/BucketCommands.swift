@@ -44,7 +44,8 @@ struct FromBucketOptions: ParsableArguments {
             throw ValidationError(all.isEmpty ? """
                 \(from ?? "the bucket") holds no tenant (nothing under t/): check --from and its prefix
                 """
-                : "\(from ?? "the bucket") holds \(all.count) tenants (\(all.joined(separator: ", "))): pick one with --tenant")
+                : "\(from ?? "the bucket") holds \(all.count) tenants (\(all.joined(separator: ", "))): pick one with "
+                    + "--tenant")
         }
         return only
     }
@@ -98,15 +99,14 @@ enum BucketCommands {
     /// Restores one snapshot from the copy with the restorer's read key.
     static func restore(store: S3Store, place: String, tenant: String, snapshot: String, target: String,
         config cfg: ClientConfig,
-                        key: ReadKeyOptions, subpath: String? = nil, skipDamaged: Bool = false,
+                        key: ReadKeyOptions, options: RestoreOptions = RestoreOptions(),
                         lister: String = "redoubt copy snapshots", json: Bool = false) async throws -> Exit {
         let (manifest, readKey) = try await open(store: store, place: place, tenant: tenant, snapshot: snapshot,
             config: cfg, key: key, lister: lister)
         let result = try await RestoreSupport.restore(manifest: manifest, readKey: readKey,
             chunkIDKey: try cfg.sharedMaterial().chunkIDKey,
                                                       source: BucketPackSource(store: store, tenant: tenant),
-                                                          target: target,
-                                                      subpath: subpath.map { Array($0.utf8) }, skipDamaged: skipDamaged)
+                                                          target: target, options: options)
         if json {
             try printJSON(RestoreJSON(result, seconds: nil))
         } else {

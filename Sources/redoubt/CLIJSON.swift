@@ -11,6 +11,8 @@ struct RestoreJSON: Encodable {
     let seconds: Double?
     let warnings: [String]
     let damaged: [String]
+    /// Existing entries `--overwrite never|if-changed` left as they were.
+    let kept: UInt64
 
     init(_ r: RestoreResult, seconds: Double?) {
         files = UInt64(r.files)
@@ -21,6 +23,7 @@ struct RestoreJSON: Encodable {
         self.seconds = seconds.map { ($0 * 100).rounded() / 100 }
         warnings = r.warnings.map(\.description)
         damaged = r.damaged.map(\.description)
+        kept = r.skippedExisting
     }
 }
 

@@ -19,7 +19,8 @@ struct EnrollCommand: AsyncParsableCommand {
     func run() async throws {
         try await RedoubtCLI.run {
             let cred = try await ClientConfig.enroll(token: token, into: config.resolved, os: osPrettyName())
-            print("Enrolled \(cred.name) as \(cred.role) of tenant \(cred.tenant ?? "-") at \(cred.url); configuration in \(config.resolved.directory.path)")
+            print("Enrolled \(cred.name) as \(cred.role) of tenant \(cred.tenant ?? "-") at \(cred.url); "
+                + "configuration in \(config.resolved.directory.path)")
             return .ok
         }
     }
@@ -55,8 +56,9 @@ struct SnapshotsCommand: AsyncParsableCommand {
                 let policies = list.contains { $0.keptBy != nil }
                 // VERDICT: the server's ransomware verdict; a suspect one's reasons follow on the next lines.
                 let verdicts = list.contains { $0.verdict != nil }
-                print("ID        COMMITTED             HOST            FILES     SIZE        NEW         RETAIN UNTIL          "
-                      + (policies ? "KEPT BY                     " : "") + (verdicts ? "VERDICT  " : "") + "PATHS")
+                print("ID        COMMITTED             HOST            FILES     SIZE        NEW         RETAIN UNTIL "
+                    + "         " + (policies ? "KEPT BY                     " : "") + (verdicts ? "VERDICT  " : "")
+                    + "PATHS")
                 for s in list {
                     let more = (s.pathCount ?? 0) - s.paths.count
                     let paths: String = s.paths.map(shown).joined(separator: " ") + (more > 0 ? " (+\(more) more)" : "")
@@ -86,7 +88,8 @@ struct VerifyCommand: AsyncParsableCommand {
             (restorer).
             """)
     @Argument(help: """
-        Snapshot ID or a unique prefix (8+ hex digits); omitted with --from, which checks the whole copy.
+        Snapshot ID, a unique prefix (8+ hex digits) or latest (with --host H: that host's newest); omitted with \
+        --from, which checks the whole copy.
         """) var snapshot: String?
     @Flag(name: .long, help: "Decrypt every chunk and check it (needs the read key).") var deep = false
     @Flag(name: .long,
@@ -96,7 +99,8 @@ struct VerifyCommand: AsyncParsableCommand {
             that uploaded it.
             """)
     var all = false
-    @Option(name: .long, help: "With --deep --all: only this host's snapshots.") var host: String?
+    @Option(name: .long, help: "With --deep --all: only this host's snapshots; with latest: that host's newest.")
+    var host: String?
     @Flag(name: .long, help: """
         With --deep and no SNAPSHOT: open the packs never deep-verified first, then those verified longest ago, \
         within a byte budget (run daily, e.g. by contrib/redoubt-verify.timer).
@@ -150,7 +154,8 @@ struct VerifyCommand: AsyncParsableCommand {
             if minRetain != nil { throw ValidationError("--min-retain goes with --from s3://BUCKET/PREFIX") }
             let cfg = config.resolved
             return try await RedoubtCLI.with(try APIClient(credential: cfg.credential())) { client in
-                let report = try await client.verify(snapshot)
+                let report = try await client.verify(try await SnapshotRef.resolve(snapshot, host: host,
+                                                                                   client: client))
                 var damaged = report.damaged + report.missing
                 var chunks = 0
                 if deep {
@@ -275,16 +280,9 @@ struct ReadKeyOptions: ParsableArguments {
 
 enum RestoreSupport {
     /// The snapshot's manifest from the server (ID or unique prefix), checked against its ID.
-    /// `latest-clean` names the newest snapshot not judged suspect (of `host`), which is printed.
-    static func manifest(_ snapshot: String, host: String? = nil, from client: APIClient) async throws -> Manifest {
-        let info: Wire.SnapshotInfo
-        if snapshot == LatestClean.name {
-            info = try await LatestClean.resolve(host: host, from: client)
-            let why = info.verdict.map { " (verdict \($0))" } ?? " (no verdict)"
-            FileHandle.standardError.write(Data("latest-clean is snapshot \(info.id) of \(info.host)\(why)\n".utf8))
-        } else {
-            info = try await client.snapshot(snapshot)
-        }
+    /// Aliases (`latest`, `latest-clean`) are resolved before, by ``SnapshotRef``.
+    static func manifest(_ snapshot: String, from client: APIClient) async throws -> Manifest {
+        let info = try await client.snapshot(snapshot)
         return try Manifest.parse(try await client.manifestBytes(info.id), expectedID: SnapshotID(hex: info.id))
     }
 
@@ -312,10 +310,17 @@ enum RestoreSupport {
     static func restore(manifest: Manifest, readKey: ReadPrivateKey, chunkIDKey: ChunkIDKey, source: any PackSource,
         target: String,
                         subpath: [UInt8]? = nil, skipDamaged: Bool) async throws -> RestoreResult {
+        try await restore(manifest: manifest, readKey: readKey, chunkIDKey: chunkIDKey, source: source,
+                          target: target, options: RestoreOptions(paths: subpath.map { [$0] } ?? [],
+                                                                  skipDamaged: skipDamaged))
+    }
+
+    /// Restores what `options` selects of `manifest` into `target` with a progress line on stderr.
+    static func restore(manifest: Manifest, readKey: ReadPrivateKey, chunkIDKey: ChunkIDKey, source: any PackSource,
+                        target: String, options: RestoreOptions) async throws -> RestoreResult {
         let progress = ProgressLine()
         let result = try await Restorer().restore(manifest: manifest, readKey: readKey, chunkIDKey: chunkIDKey,
-            source: source, target: target,
-                                                  subpath: subpath, skipDamaged: skipDamaged) { p in
+            source: source, target: target, options: options) { p in
             progress.update(files: p.filesDone, bytes: p.bytesDone, totalBytes: p.bytesTotal, current: p.currentPath)
         }
         progress.finish()

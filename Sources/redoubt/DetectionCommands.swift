@@ -4,7 +4,7 @@ import RedoubtClient
 import RedoubtCore
 
 // `admin detection TENANT [--baseline N] …`: a tenant's ransomware-detection baseline and
-// thresholds (docs/PROTOCOL.md §4.8). Without options it prints the settings in force.
+// thresholds (docs/PROTOCOL.md §4.9). Without options it prints the settings in force.
 struct AdminDetectionCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(commandName: "detection",
         abstract: "Show or set a tenant's ransomware-detection baseline and thresholds.")
@@ -61,7 +61,7 @@ struct AdminDetectionCommand: AsyncParsableCommand {
 }
 
 // `admin verdict-clear SNAPSHOT --reason TEXT [--request ID]`: an admin's judgement that a
-// suspect snapshot is clean, approved by the quorum (docs/PROTOCOL.md §4.8).
+// suspect snapshot is clean, approved by the quorum (docs/PROTOCOL.md §4.9).
 struct AdminVerdictClearCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "verdict-clear", abstract: "Mark a suspect snapshot clean (needs approval from other admins).",

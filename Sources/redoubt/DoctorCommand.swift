@@ -7,7 +7,8 @@ struct DoctorCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "doctor",
             abstract: "Check that this repository host is hardened: pass, warn or fail, with the fix for each.",
-        discussion: "Exit status: 0 all checks pass, 8 warnings only, 1 any check failed. Run it as the service runs (same user and capabilities).")
+        discussion: "Exit status: 0 all checks pass, 8 warnings only, 1 any check failed. Run it as the service runs "
+            + "(same user and capabilities).")
 
     @Option(name: .long, help: "The server data directory.") var data = "/var/lib/redoubt"
     @Flag(name: .long, help: "Print JSON: an array of {id, status, summary, fix}.") var json = false

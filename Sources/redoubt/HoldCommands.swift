@@ -41,7 +41,8 @@ struct AdminHoldAdd: AsyncParsableCommand {
                 try await $0.placeHold(Wire.PlaceHoldRequest(snapshot: snapshot, tenant: tenant, reason: reason))
             }
             if json { try printJSON(h) } else {
-                print("legal hold \(h.id) on \(h.kind) \(h.target)\(h.kind == "tenant" ? "" : " (tenant \(h.tenant))") is in force")
+                print("legal hold \(h.id) on \(h.kind) "
+                    + "\(h.target)\(h.kind == "tenant" ? "" : " (tenant \(h.tenant))") is in force")
                 print("releasing it needs approval: `redoubt admin hold release \(h.id)`")
             }
             return .ok

@@ -121,7 +121,9 @@ struct TenantShred: AsyncParsableCommand {
                 if json {
                     try printJSON(r)
                 } else {
-                    print("Tenant \(tenant) is crypto-shredded: \(r.destroyedKeyVersions.count) KEK(s) destroyed, the server's wrapped copies deleted; its backups and their locks remain as ciphertext that nothing can open.")
+                    print("Tenant \(tenant) is crypto-shredded: \(r.destroyedKeyVersions.count) KEK(s) destroyed, the "
+                        + "server's wrapped copies deleted; its backups and their locks remain as ciphertext that "
+                        + "nothing can open.")
                     for u in r.notDestroyable { print("WARNING: \(u)") }
                     print("""
                         Escrow copies made with `redoubt admin tenant escrow` (the audit log's get-read-key records \

@@ -193,7 +193,8 @@ struct MediaList: AsyncParsableCommand {
                           + (r.endsAfter ? "  (continues on volume \(l.volumeSeq + 1))" : ""))
             }
             if let set = v.setCatalog {
-                print("last volume of the set: \(set.volumeCount ?? l.volumeSeq) volumes, \(set.records.count) records in all")
+                print("last volume of the set: \(set.volumeCount ?? l.volumeSeq) volumes, \(set.records.count) "
+                    + "records in all")
             } else {
                 print("not the last volume: the set's full catalog is on the last one")
             }
@@ -340,7 +341,8 @@ struct MediaRestore: AsyncParsableCommand {
                                                           source: SpoolPackSource(dir: spool), target: target,
                                                           subpath: path.map { Array($0.utf8) },
                                                               skipDamaged: skipDamaged)
-            print("restored \(result.files) files, \(result.directories) directories, \(formatBytes(result.bytesWritten)) from media into \(target)")
+            print("restored \(result.files) files, \(result.directories) directories, "
+                + "\(formatBytes(result.bytesWritten)) from media into \(target)")
             for d in result.damaged { print("  DAMAGED: \(d)") }
             if !result.damaged.isEmpty { return .integrity }
             return rep.damage.isEmpty && result.warnings.isEmpty ? .ok : .partial
@@ -461,7 +463,8 @@ struct MediaImportCommand: AsyncParsableCommand {
                 for r in s.rebuild.rejected { print("  REJECTED: \(r)") }
                 for d in s.damage { print("  DAMAGED: \(d)") }
                 for t in s.rebuild.toDo { print("  TO DO: \(t)") }
-                print("Next: redoubt server run --data \(data); then enroll hosts and restorers anew (`redoubt admin host add`, `restorer add`).")
+                print("Next: redoubt server run --data \(data); then enroll hosts and restorers anew (`redoubt admin "
+                    + "host add`, `restorer add`).")
             }
             if !s.unverified.isEmpty && !skipUnverified { return .integrity }
             return s.damage.isEmpty && s.rebuild.rejected.isEmpty ? .ok : .partial

@@ -66,7 +66,7 @@ extension PrincipalListCommand {
             let writers = Self.role == "writer"
             print("""
                 NAME                          ENROLLED              \
-                \(writers ? "LAST SNAPSHOT         STORED / QUOTA        " : "")
+                \(writers ? "LAST SNAPSHOT         BACKUP        STORED / QUOTA        " : "")
                 """
                   + (writers ? "DEEP VERIFIED         " : "")
                   + "STATE                 OS")
@@ -79,6 +79,7 @@ extension PrincipalListCommand {
                 print(name.padding(toLength: 28, withPad: " ", startingAt: 0) + "  " + f.string(from: p.createdAt)
                     + "  "
                       + (writers ? last.padding(toLength: 20, withPad: " ", startingAt: 0) + "  "
+                         + Self.backup(p).padding(toLength: 12, withPad: " ", startingAt: 0) + "  "
                          + Self.storage(p.quota).padding(toLength: 20, withPad: " ", startingAt: 0) + "  "
                          + Self.deepVerified(p).padding(toLength: 20, withPad: " ", startingAt: 0) + "  " : "")
                       + state.padding(toLength: 20, withPad: " ", startingAt: 0) + "  " + shown(p.os ?? "-"))
@@ -89,6 +90,11 @@ extension PrincipalListCommand {
 }
 
 extension PrincipalListCommand {
+    /// `BACKUP` of a host: `ok`, `late` or `unknown` against the interval it expects (`ok/1d`).
+    static func backup(_ p: Wire.PrincipalInfo) -> String {
+        (p.backupStatus ?? "unknown") + (p.expectedIntervalSeconds.map { "/" + formatInterval($0) } ?? "")
+    }
+
     /// `STORED / QUOTA` of a host, with a mark at 90 % of the quota or more.
     static func storage(_ q: Wire.QuotaInfo?) -> String {
         guard let q else { return "-" }

@@ -82,7 +82,9 @@ struct Quickstart {
         let passArg: String? = FileManager.default.fileExists(atPath: passFile.path) ? passFile.path : nil
         let provider = try await makeKeyProvider(uri: keyProvider,
             passphraseFile: passArg).preparingKEK(tenant: "quickstart")
-        step("tenant create quickstart (read key X-Wing, wrapped by \(provider is PassphraseKeyProvider ? "passphrase: scrypt" : "a KEK held by \(provider.uri.prefix { $0 != ":" })"))")
+        let wrapper = provider is PassphraseKeyProvider
+            ? "passphrase: scrypt" : "a KEK held by \(provider.uri.prefix { $0 != ":" })"
+        step("tenant create quickstart (read key X-Wing, wrapped by \(wrapper))")
         let keys = try TenantKeys.generate()
         let wrapped = try await provider.wrapChecked(keys.readKey, context: KeyContext(tenant: "quickstart",
             keyVersion: 1))
@@ -128,7 +130,8 @@ struct Quickstart {
         let result = try await Restorer().restore(manifest: manifest, readKey: readKey,
             chunkIDKey: try restorerCfg.sharedMaterial().chunkIDKey,
                                                   source: restorer, target: target.path)
-        let restoredRoot = target.appendingPathComponent(source.lastPathComponent)
+        // The snapshot keeps the path whole: it is restored at the same path below the target.
+        let restoredRoot = URL(fileURLWithPath: target.path + source.path)
         let differences = try compareTrees(source, restoredRoot)
         print("  restored \(result.files) files into \(restoredRoot.path): "
             + (differences.isEmpty ? "identical to the source" : "\(differences.count) difference(s)"))

@@ -12,8 +12,9 @@ struct Redoubt: AsyncParsableCommand {
         discussion: ExitCategory.helpText,
         version: "redoubt \(RedoubtVersion.string)",
         subcommands: [QuickstartCommand.self, ServerCommand.self, CopyCommand.self, AdminCommand.self,
-            EnrollCommand.self, BackupCommand.self, SnapshotsCommand.self,
-                      RestoreCommand.self, LsCommand.self, VerifyCommand.self, AuditCommand.self, MediaCommand.self,
+            EnrollCommand.self, BackupCommand.self, ScheduleCommand.self, SnapshotsCommand.self,
+                      RestoreCommand.self, LsCommand.self, DumpCommand.self, DiffCommand.self, FindCommand.self,
+                      VerifyCommand.self, AuditCommand.self, MediaCommand.self,
                           DoctorCommand.self])
 }
 
@@ -24,11 +25,10 @@ enum Main {
         redoubt_tune_malloc()
         // Logs go to stderr at warning and above; REDOUBT_LOG=info|debug|trace for more.
         let level = ProcessInfo.processInfo.environment["REDOUBT_LOG"].flatMap(Logger.Level.init(rawValue:)) ?? .warning
-        LoggingSystem.bootstrap { label in
-            var h = StreamLogHandler.standardError(label: label)
-            h.logLevel = level
-            return h
+        if let l = ProcessInfo.processInfo.environment["REDOUBT_LOG"].flatMap(Logger.Level.init(rawValue:)) {
+            OperationalLog.level = l
         }
+        LoggingSystem.bootstrap { label in OperationalLog.handler(label: label, plainLevel: level) }
         // Why by hand: `admin`'s required --credential fails `admin tenant create --help`
         // into the generic admin help before ArgumentParser reaches the subcommand.
         let args = Array(CommandLine.arguments.dropFirst())

@@ -62,16 +62,47 @@ struct ServerRun: AsyncParsableCommand {
     @Option(name: .long,
         help: "A server limit for this run, NAME=VALUE (repeatable; over server.json; docs/PROTOCOL.md §3.2).")
     var limit: [String] = []
+    @Option(name: .long,
+        help: """
+            Serve Prometheus metrics over plain HTTP at HOST:PORT/metrics, loopback only (e.g. 127.0.0.1:9464; \
+            default: off). Elsewhere, scrape GET /v1/metrics over TLS with an auditor credential.
+            """)
+    var metricsListen: String?
+    @Option(name: .long,
+        help: "Notify a refusal burst at N refusals of one credential within DURATION (default 5/5m).")
+    var refusalBurst = "5/5m"
+    @Option(name: .long, help: """
+        Write the operational log (start, stop, failed requests with their request ID, low disk space) to stderr \
+        as logfmt or json lines, at level info or REDOUBT_LOG.
+        """)
+    var logFormat: OperationalLog.Format?
+    @Option(name: .long, help: "Log a warning while less than this is free under --data (default 2G).")
+    var diskWarningFree = "2G"
 
     func run() async throws {
+        OperationalLog.format = logFormat
         try await RedoubtCLI.run {
+            guard let threshold = ServerLimits.parseSize(diskWarningFree) else {
+                throw ValidationError("--disk-warning-free \(diskWarningFree): give a size such as 2G")
+            }
             let logger = Logger(label: "redoubt.server")
+            let metricsAddress = try metricsListen.map { listen in
+                do { return try MetricsListener.parse(listen) } catch let e as ServerError {
+                    throw ValidationError(e.message)
+                }
+            }
             let home = ServerHome(path: data)
             let settings = try home.settings()
             let bounds = SnapshotTimeBounds(maxAhead: try parseDuration(snapshotTimeAhead),
                 margin: try parseDuration(snapshotTimeMargin))
             let limits = try applyLimits(settings.limits ?? ServerLimits(), limit)
             let service = try home.openService(logger: logger, limits: limits, timeBounds: bounds)
+            let burst = refusalBurst.split(separator: "/", maxSplits: 1).map(String.init)
+            guard burst.count == 2, let burstCount = Int(burst[0]) else {
+                throw ValidationError("--refusal-burst takes N/DURATION, e.g. 5/5m")
+            }
+            do { try service.notifier.setRefusalBurst(count: burstCount, window: try parseDuration(burst[1])) }
+            catch let e as ServerError { throw ValidationError(e.message) }
             if let store = service.store as? any ImmutabilityReporting, let warning = store.immutabilityWarning {
                 // Why loud: without the flag, root on this host can alter packs unnoticed until verify.
                 FileHandle.standardError.write(Data("WARNING: \(warning)\n".utf8))
@@ -95,13 +126,43 @@ struct ServerRun: AsyncParsableCommand {
             let app = try RedoubtHTTP.application(service: service, home: home, host: host, port: port,
                 logger: logger) { bound in
                 print("redoubt server listening on \(host):\(bound) (\(settings.url))")
+                logger.info("server started", metadata: ["listen": "\(host):\(bound)", "url": "\(settings.url)",
+                                                         "data": "\(data)", "version": "\(RedoubtVersion.string)"])
+                DiskSpace.check(data, threshold: UInt64(threshold), logger: logger)
                 // Why flush: under systemd or a pipe, stdout is block-buffered and the
                 // readiness line would never show.
                 fflush(nil)
             }
-            // Copy targets: proved again daily, synced after each commit and on failure, hourly.
-            await service.startCopyJobs()
-            try await app.runService()
+            // The server's own jobs (policies, gc, copies, lock probes, legal holds, scrub), under
+            // leases; a commit wakes the loop for its copies.
+            let jobs = Task { await JobScheduler(service: service).run(every: 60) }
+            defer { jobs.cancel() }
+            // The metrics listener lives as long as the API: it stops when the API stops.
+            let metricsTask = metricsAddress.map { address in
+                let metricsApp = MetricsListener.application(service: service, host: address.host, port: address.port,
+                                                             logger: logger) { bound in
+                    print("redoubt metrics on http://\(address.host):\(bound)/metrics")
+                    fflush(nil)
+                }
+                return Task { try await metricsApp.runService(gracefulShutdownSignals: []) }
+            }
+            defer { metricsTask?.cancel() }
+            // Notifications: delivery, and an evaluation of the catalog every minute.
+            let notifications = Task { await service.runNotifications() }
+            defer { notifications.cancel() }
+            // Low disk space is logged again every five minutes while it lasts.
+            let watch = Task {
+                while (try? await Task.sleep(for: .seconds(300))) != nil {
+                    DiskSpace.check(data, threshold: UInt64(threshold), logger: logger)
+                }
+            }
+            do { try await app.runService() } catch {
+                watch.cancel()
+                logger.error("server stopped", metadata: ["error": "\(error)"])
+                throw error
+            }
+            watch.cancel()
+            logger.info("server stopped")
             return .ok
         }
     }
@@ -143,7 +204,10 @@ struct AdminCommand: AsyncParsableCommand {
                                                                   RequestCommand.self, AdminsCommand.self,
                                                                       QuorumCommand.self, AdminCopyCommand.self,
                                                                       AdminHoldCommand.self,
-                                                                  AdminPolicyCommand.self, AdminDetectionCommand.self,
+                                                                  AdminPolicyCommand.self,
+                                                                  AdminScheduleCommand.self, AdminJobsCommand.self,
+                                                                  AdminNotifyCommand.self, AdminStatus.self,
+                                                                  AdminDetectionCommand.self,
                                                                   AdminVerdictClearCommand.self])
     // Declared here too so `redoubt admin --credential FILE tenant …` parses; the
     // subcommands read the same value.
@@ -479,7 +543,8 @@ struct GCCommand: AsyncParsableCommand {
                           """)
                 for s in r.snapshotsRemoved { print("  \(s.prefix(8))") }
                 if r.pendingDeletes > 0 {
-                    print("  \(r.pendingDeletes) store objects could not be deleted yet (see the server log); the next gc retries them")
+                    print("  \(r.pendingDeletes) store objects could not be deleted yet (see the server log); the "
+                        + "next gc retries them")
                 }
             }
             return r.pendingDeletes > 0 ? .partial : .ok

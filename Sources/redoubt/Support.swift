@@ -146,15 +146,34 @@ func formatBytes(_ n: UInt64) -> String {
     return i == 0 ? "\(n) B" : String(format: "%.1f %@", v, units[i])
 }
 
-/// A one-line progress display on a terminal (stderr); silent otherwise.
+/// Progress: a line redrawn in place on a terminal (stderr); elsewhere (cron, systemd,
+/// a pipe) or with `--progress-fd`, one plain line every ``ProgressOptions`` interval.
 final class ProgressLine: @unchecked Sendable {
     // Why @unchecked: updated from one task at a time (the job's progress callback).
-    let enabled = isatty(2) != 0
+    /// Set once by the command from its options, before any progress is made.
+    nonisolated(unsafe) static var interval: Double = 10
+    nonisolated(unsafe) static var fd: Int32? = nil
+
+    let terminal: Bool
+    let fd: Int32
+    let interval: Double
     private var last = Date.distantPast
     private let start = Date()
 
+    init() {
+        fd = Self.fd ?? 2
+        terminal = Self.fd == nil && isatty(2) != 0
+        interval = Self.interval
+        // Lines on a non-terminal start one interval in, not at once.
+        if !terminal { last = start }
+    }
+
     func update(files: UInt64, bytes: UInt64, totalBytes: UInt64?, current: String) {
-        guard enabled, Date().timeIntervalSince(last) > 0.2 else { return }
+        if terminal {
+            guard Date().timeIntervalSince(last) > 0.2 else { return }
+        } else {
+            guard interval > 0, Date().timeIntervalSince(last) >= interval else { return }
+        }
         last = Date()
         let elapsed = max(Date().timeIntervalSince(start), 0.001)
         let rate = Double(bytes) / elapsed
@@ -163,11 +182,42 @@ final class ProgressLine: @unchecked Sendable {
             let eta = Double(t > bytes ? t - bytes : 0) / rate
             line += String(format: "  %d%%  ETA %ds", Int(Double(bytes) * 100 / Double(t)), Int(eta))
         }
-        line += "  " + String(current.suffix(40))
-        FileHandle.standardError.write(Data(("\r\u{1b}[K" + line).utf8))
+        if terminal {
+            line += "  " + String(current.suffix(40))
+            FileHandle.standardError.write(Data(("\r\u{1b}[K" + line).utf8))
+        } else {
+            // One whole line each time, so a journal or log file keeps each report.
+            let text = "progress: \(Int(elapsed)) s  \(line)  \(SafeText.escaped(current))\n"
+            _ = Array(text.utf8).withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
+        }
     }
 
     func finish() {
-        if enabled { FileHandle.standardError.write(Data("\r\u{1b}[K".utf8)) }
+        if terminal { FileHandle.standardError.write(Data("\r\u{1b}[K".utf8)) }
+    }
+}
+
+/// How a long command reports progress when nobody watches a terminal.
+struct ProgressOptions: ParsableArguments {
+    @Option(name: .long, help: """
+        Seconds between progress lines when stderr is not a terminal or with --progress-fd (default 10; 0: none).
+        """)
+    var progressInterval: Double = 10
+    @Option(name: .long, help: "Write progress lines to this open file descriptor (e.g. 3) instead of stderr.")
+    var progressFd: Int32?
+
+    func validate() throws {
+        guard progressInterval >= 0, progressInterval.isFinite else {
+            throw ValidationError("--progress-interval \(progressInterval): give seconds, 0 or more")
+        }
+        if let progressFd, fcntl(progressFd, F_GETFD) < 0 {
+            throw ValidationError("--progress-fd \(progressFd) is not open: open it in the shell (3>FILE)")
+        }
+    }
+
+    /// Makes every ``ProgressLine`` of this run follow these options.
+    func apply() {
+        ProgressLine.interval = progressInterval
+        ProgressLine.fd = progressFd
     }
 }

@@ -24,12 +24,15 @@ import Testing
             return out
         }
 
-        // The top level names each backed-up path.
-        #expect(try await list(nil).map(\.path) == ["src"])
+        // The top level holds the first component of each backed-up path (kept whole).
+        let rel = String(src.dropFirst())
+        #expect(try await list(nil).map(\.path) == ["tmp"])
         #expect(try await list(nil).first?.type == "directory")
+        let bySlash = try await list(src).map(\.path), byRelative = try await list(rel).map(\.path)
+        #expect(bySlash == byRelative && bySlash.count > 5)
 
         // A directory's entries: every name the directory holds, with what lstat says.
-        let entries = try await list("src/")
+        let entries = try await list("\(rel)/")
         var names: [[UInt8]] = []
         let dir = try #require(opendir(src))
         while let d = readdir(dir) {
@@ -37,10 +40,10 @@ import Testing
             if name != [0x2e] && name != [0x2e, 0x2e] { names.append(name) }
         }
         closedir(dir)
-        #expect(Set(entries.map(\.pathHex)) == Set(names.map { hexString(Array("src/".utf8) + $0) }))
+        #expect(Set(entries.map(\.pathHex)) == Set(names.map { hexString(Array("\(rel)/".utf8) + $0) }))
         for e in entries where e.type != "hardlink" {
             var st = stat()
-            var cpath = (Array("\(work)/".utf8) + (try #require(fromHex(e.pathHex)))).map { CChar(bitPattern: $0) }
+            var cpath = (Array("/".utf8) + (try #require(fromHex(e.pathHex)))).map { CChar(bitPattern: $0) }
                 + [0]
             try Fixture.check(lstat(&cpath, &st), "lstat \(e.path)")
             #expect(e.mode == UInt32(st.st_mode) & 0o7777, "\(e.path)")
@@ -49,35 +52,38 @@ import Testing
                 "\(e.path)")
             if e.type == "file" { #expect(e.size == UInt64(st.st_size), "\(e.path)") }
         }
-        #expect(entries.first { $0.path == "src/link-relative" }?.linkTarget == "regular.txt")
-        #expect(entries.first { $0.path == "src/setuid" }?.mode == 0o4755)
-        #expect(entries.first { $0.pathHex == hexString(Array("src/".utf8) + Fixture.nonUTF8Name) }?.type == "file")
+        #expect(entries.first { $0.path == "\(rel)/link-relative" }?.linkTarget == "regular.txt")
+        #expect(entries.first { $0.path == "\(rel)/setuid" }?.mode == 0o4755)
+        #expect(entries.first { $0.pathHex == hexString(Array("\(rel)/".utf8) + Fixture.nonUTF8Name) }?.type
+            == "file")
 
         // One file by its path; a directory's subtree, depth first in tree order.
-        let deep = try await list("src/a/b/c/deep.txt")
+        let deep = try await list("\(rel)/a/b/c/deep.txt")
         #expect(deep.count == 1 && deep[0].type == "file" && deep[0].size == 5000)
-        #expect(try await list("src/a", recursive: true).map(\.path) == ["src/a/b", "src/a/b/c", "src/a/b/c/deep.txt",
-            "src/a/hard2"])
-        #expect(try await list("src/a").map(\.path) == ["src/a/b", "src/a/hard2"])
-        #expect(try await list("src/emptydir", recursive: true).isEmpty)
+        #expect(try await list("\(rel)/a", recursive: true).map(\.path)
+            == ["\(rel)/a/b", "\(rel)/a/b/c", "\(rel)/a/b/c/deep.txt", "\(rel)/a/hard2"])
+        #expect(try await list("\(rel)/a").map(\.path) == ["\(rel)/a/b", "\(rel)/a/hard2"])
+        #expect(try await list("\(rel)/emptydir", recursive: true).isEmpty)
         // Recursively: every path under src, as a directory walk finds them.
         var walked: Set<String> = []
         let walker = try #require(FileManager.default.enumerator(atPath: src))
         while let p = walker.nextObject() as? String { walked.insert(p) }
-        let all = try await list("src", recursive: true)
-        #expect(Set(all.filter { $0.pathHex == hexString(Array($0.path.utf8)) }.map { String($0.path.dropFirst(4)) })
+        let all = try await list(rel, recursive: true)
+        #expect(Set(all.filter { $0.pathHex == hexString(Array($0.path.utf8)) }.map {
+            String($0.path.dropFirst(rel.count + 1))
+        })
                 == walked.filter { !$0.unicodeScalars.contains("\u{FFFD}") })
         #expect(all.count == walked.count + (walked.contains { $0.unicodeScalars.contains("\u{FFFD}") } ? 0 : 1))
         // A hard link names the file it links to; a device its numbers (when the fixture could make one).
-        let hard = try #require(all.first { $0.path == "src/a/hard2" })
-        #expect(hard.kind == .hardlink && hard.linkTarget == "src/hard1"
-            && hard.linkTargetHex == hexString(Array("src/hard1".utf8)))
-        if let dev = all.first(where: { $0.path == "src/chardev" }) {
+        let hard = try #require(all.first { $0.path == "\(rel)/a/hard2" })
+        #expect(hard.kind == .hardlink && hard.linkTarget == "\(rel)/hard1"
+            && hard.linkTargetHex == hexString(Array("\(rel)/hard1".utf8)))
+        if let dev = all.first(where: { $0.path == "\(rel)/chardev" }) {
             #expect(dev.kind == .charDevice && dev.deviceMajor == 1 && dev.deviceMinor == 3)
         }
 
         // A path the snapshot does not hold, or that goes through a file.
-        for missing in ["src/nope", "src/regular.txt/x", "src/../etc"] {
+        for missing in ["\(rel)/nope", "\(rel)/regular.txt/x", "\(rel)/../etc"] {
             do {
                 _ = try await list(missing)
                 Issue.record("\(missing) was listed")

@@ -107,6 +107,7 @@ final class PhaseLog: Sendable {
                 chunkIDKey: keys.tenant.chunkIDKey,
                                                     source: repo, target: target)
         }
-        print("BENCH restore: \(restored!.files) files, \(restored!.bytesWritten) bytes, \(restored!.packsFetched) packs, warnings \(restored!.warnings.count): \(mbps(restored!.bytesWritten, restore))")
+        print("BENCH restore: \(restored!.files) files, \(restored!.bytesWritten) bytes, \(restored!.packsFetched) "
+            + "packs, warnings \(restored!.warnings.count): \(mbps(restored!.bytesWritten, restore))")
     }
 }

@@ -148,7 +148,7 @@ struct ActivityTests {
         #expect(throws: CoreError.self) { try SnapshotActivity.decode(Array(a.encode().dropLast()), object: "t") }
     }
 
-    @Test func aManifestWithActivityIsFormatThreeSignedAndParsed() throws {
+    @Test func aManifestWithActivityIsFormatFourSignedAndParsed() throws {
         let keys = TenantKeys.fixedForTests(seed: 1)
         let hostKey = HostSigningKey.fixedForTests(seed: 2)
         var a = SnapshotActivity()
@@ -161,9 +161,9 @@ struct ActivityTests {
                                     activity: a)
         let chunk = try #require(ChunkID(bytes: [UInt8](repeating: 7, count: 32)))
         let seal = try #require(ChunkSeal(key: [UInt8](repeating: 8, count: 32), rawLength: 10))
-        let m = try Manifest.create(header: header, root: [chunk], rootSeals: [seal],
+        let m = try Manifest.create(header: header, root: [chunk], rootSeals: [seal], version: 4,
                                     readPublicKey: keys.readKey.publicKey, signingKey: hostKey)
-        #expect(m.version == 3)
+        #expect(m.version == 4)
         let parsed = try Manifest.parse(m.bytes)
         try parsed.verify(tenant: "t", host: "h", hostKey: hostKey.publicKey, readKeyID: keys.readKey.publicKey.keyID)
         #expect(parsed.header.activity == a)

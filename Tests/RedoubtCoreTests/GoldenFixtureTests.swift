@@ -78,7 +78,7 @@ enum GoldenModel {
 
     static func keys() -> TenantKeys { TenantKeys.fixedForTests(seed: 1) }
 
-    /// The activity section of the format-3 manifest: every field non-zero.
+    /// The activity section of the format-4 manifest: every field non-zero.
     static var activity: SnapshotActivity {
         var a = SnapshotActivity()
         a.hasBaseline = true
@@ -87,6 +87,14 @@ enum GoldenModel {
         a.ransomNoteDirectories = 8; a.sampledFiles = 9; a.highEntropyFiles = 10; a.typeMismatchFiles = 11
         a.suspiciousContentFiles = 12; a.sealedBytesRaw = 1_300_000; a.sealedBytesStored = 1_300_400
         return a
+    }
+    /// A directory above the backed-up path in format 3 (`srv`, `golden`).
+    static func ancestor(_ name: String, subtree: [ChunkID] = [], seals: [ChunkSeal] = []) -> Node {
+        var n = Node(name: Array(name.utf8), type: .directory, mode: 0o750, uid: 0, gid: 4, user: Array("root".utf8),
+                     group: Array("adm".utf8), mtime: Timestamp(seconds: 1_794_000_000, nanoseconds: 7),
+                     ctime: time, atime: time, subtree: subtree)
+        n.subtreeSeals = seals
+        return n
     }
     static func hostKey() -> HostSigningKey { HostSigningKey.fixedForTests(seed: 2) }
 
@@ -110,12 +118,14 @@ enum GoldenModel {
         Bundle.module.url(forResource: "Fixtures", withExtension: nil)!.appendingPathComponent("v\(version)")
     }
 
-    /// `REDOUBT_WRITE_FIXTURES=N` writes `Fixtures/vN` with format N (1, 2 or 3; 3 is a
-    /// format-3 manifest over format-2 packs and trees): only to add a new format's fixture; committed fixtures are never rewritten.
+    /// `REDOUBT_WRITE_FIXTURES=N` writes `Fixtures/vN` with format N (1 to 4): only to add
+    /// a new format's fixture; committed fixtures are never rewritten. Format 3 is format 2
+    /// with the root kept whole: the model lies at `srv/golden` below the root, `srv` and
+    /// `golden` being directories of their own. Format 4 is format 3 with an activity section.
     @Test(.enabled(if: ProcessInfo.processInfo.environment["REDOUBT_WRITE_FIXTURES"] != nil))
     func writeGoldenFixture() async throws {
         let version = Int(ProcessInfo.processInfo.environment["REDOUBT_WRITE_FIXTURES"] ?? "") ?? 0
-        try #require((1...3).contains(version))
+        try #require((1...4).contains(version))
         let dir = URL(fileURLWithPath: #filePath).deletingLastPathComponent()
             .appendingPathComponent("Fixtures/v\(version)")
         try #require(!FileManager.default.fileExists(atPath: dir.path),
@@ -147,12 +157,20 @@ enum GoldenModel {
         var rootNodes = try entries.filter { !$0.path.contains(0x2f)
             && $0.node.type != .directory }.map(nodeWithContent)
         rootNodes += [sub, emptydir]
+        if version >= 3 {
+            // The backed-up path /srv/golden, kept whole.
+            var golden = GoldenModel.ancestor("golden")
+            golden.subtree = try pipeline.add(tree: Tree(nodes: rootNodes))
+            var srv = GoldenModel.ancestor("srv")
+            srv.subtree = try pipeline.add(tree: Tree(nodes: [golden]))
+            rootNodes = [srv]
+        }
         let root = try pipeline.add(tree: Tree(nodes: rootNodes))
         let packs = try pipeline.flush()
         for p in packs { try Data(p.bytes).write(to: dir.appendingPathComponent("packs/\(p.id)")) }
         var stats = SnapshotStatistics()
         stats.files = UInt64(entries.filter { $0.node.type == .file }.count)
-        stats.directories = 3
+        stats.directories = version >= 3 ? 5 : 3
         stats.chunksNew = pipeline.chunksNew
         stats.chunksReused = pipeline.chunksReused
         stats.bytesUploaded = pipeline.bytesPacked
@@ -163,9 +181,9 @@ enum GoldenModel {
                                     paths: [Array("/srv/golden".utf8)], tags: ["golden"], statistics: stats,
                                         packs: packs.map(\.id),
                                     clientVersion: "redoubt fixture v\(version)",
-                                    activity: version >= 3 ? GoldenModel.activity : nil)
+                                    activity: version >= 4 ? GoldenModel.activity : nil)
         let rootSeals = version >= 2 ? pipeline.seals(for: root) : nil
-        let m = try Manifest.create(header: header, root: root, rootSeals: rootSeals,
+        let m = try Manifest.create(header: header, root: root, rootSeals: rootSeals, version: UInt16(max(version, 2)),
             readPublicKey: keys.readKey.publicKey,
                                     signingKey: GoldenModel.hostKey())
         try Data(m.bytes).write(to: dir.appendingPathComponent("snapshots/\(m.id)"))
@@ -189,20 +207,22 @@ enum GoldenModel {
     /// Reads the committed v2 repository (convergent sealing: trees and root carry seals).
     @Test func readsTheV2GoldenRepositoryBitForBit() async throws { try await readsGoldenRepository(2) }
 
-    /// Reads the committed v3 repository (a format-3 manifest with an activity section over
-    /// format-2 packs and trees).
+    /// Reads the committed v3 repository (format 2 with the backed-up path kept whole).
     @Test func readsTheV3GoldenRepositoryBitForBit() async throws { try await readsGoldenRepository(3) }
+
+    /// Reads the committed v4 repository (format 3 with the host's activity section).
+    @Test func readsTheV4GoldenRepositoryBitForBit() async throws { try await readsGoldenRepository(4) }
 
     func readsGoldenRepository(_ version: Int) async throws {
         let dir = Self.fixtureDir(version)
         let wrapped = try WrappedReadKey.decode(try Data(contentsOf: dir.appendingPathComponent("keys/read-key.json")))
         let provider = try PassphraseKeyProvider(passphrase: SecretBytes(copying: Array(GoldenModel.passphrase.utf8)))
         let readKey = try await provider.unwrap(wrapped, context: KeyContext(tenant: GoldenModel.tenant, keyVersion: 1))
-        let material =
-            try SharedWriteMaterial.decode(SecretBytes(copying: try Data(contentsOf: dir.appendingPathComponent("keys/write-material.bin"))))
+        let materialFile = dir.appendingPathComponent("keys/write-material.bin")
+        let material = try SharedWriteMaterial.decode(SecretBytes(copying: try Data(contentsOf: materialFile)))
         #expect(material.readPublicKey == readKey.publicKey)
-        let hostKey =
-            try HostPublicKey(rawRepresentation: Array(try Data(contentsOf: dir.appendingPathComponent("keys/host-\(GoldenModel.host).pub"))))
+        let hostKeyFile = dir.appendingPathComponent("keys/host-\(GoldenModel.host).pub")
+        let hostKey = try HostPublicKey(rawRepresentation: Array(try Data(contentsOf: hostKeyFile)))
 
         let snapshots =
             try FileManager.default.contentsOfDirectory(atPath: dir.appendingPathComponent("snapshots").path)
@@ -215,7 +235,7 @@ enum GoldenModel {
         #expect(manifest.header.time == GoldenModel.time)
         #expect(manifest.header.tags == ["golden"])
         #expect(manifest.version == UInt16(version))
-        #expect(manifest.header.activity == (version >= 3 ? GoldenModel.activity : nil))
+        #expect(manifest.header.activity == (version >= 4 ? GoldenModel.activity : nil))
 
         let packDir = dir.appendingPathComponent("packs")
         let packFiles = try FileManager.default.contentsOfDirectory(atPath: packDir.path).sorted()
@@ -242,7 +262,19 @@ enum GoldenModel {
                 if n.type == .directory { try walk(try reader.tree(of: n), prefix: path) }
             }
         }
-        try walk(try reader.rootTree(), prefix: [])
+        var top = try reader.rootTree()
+        #expect(manifest.keepsPathsWhole == (version >= 3))
+        if version >= 3 {
+            // The root holds srv, srv holds golden, with their own metadata; the model is below.
+            for name in ["srv", "golden"] {
+                try #require(top.nodes.count == 1)
+                let n = top.nodes[0]
+                #expect(n.name == Array(name.utf8) && n == GoldenModel.ancestor(name, subtree: n.subtree,
+                    seals: n.subtreeSeals))
+                top = try reader.tree(of: n)
+            }
+        }
+        try walk(top, prefix: [])
         let expected = try String(contentsOf: dir.appendingPathComponent("expected.txt"),
             encoding: .utf8).split(separator: "\n").map(String.init)
         #expect(lines.sorted() == expected)
@@ -250,7 +282,7 @@ enum GoldenModel {
         #expect(expected == GoldenModel.expectedLines(GoldenModel.entries()))
     }
 
-    @Test(arguments: [1, 2, 3]) func aFlippedBitInAnyGoldenPackIsReportedWithThePack(version: Int) throws {
+    @Test(arguments: [1, 2, 3, 4]) func aFlippedBitInAnyGoldenPackIsReportedWithThePack(version: Int) throws {
         let packDir = Self.fixtureDir(version).appendingPathComponent("packs")
         for name in try FileManager.default.contentsOfDirectory(atPath: packDir.path) {
             var bytes = Array(try Data(contentsOf: packDir.appendingPathComponent(name)))

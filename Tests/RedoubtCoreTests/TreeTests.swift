@@ -37,8 +37,9 @@ private func everyKindNodes(_ t: Timestamp) -> [Node] {
     [
         Node(name: Array("file.txt".utf8), type: .file, mode: 0o644, uid: 1000, gid: 1000, user: Array("alice".utf8),
             group: Array("staff".utf8),
-             mtime: t, ctime: t, atime: t, size: 11, xattrs: [ExtendedAttribute(name: Array("user.b".utf8), value: [1]),
-                                                            ExtendedAttribute(name: Array("system.posix_acl_access".utf8), value: [2, 0, 0, 0])],
+             mtime: t, ctime: t, atime: t, size: 11,
+             xattrs: [ExtendedAttribute(name: Array("user.b".utf8), value: [1]),
+                      ExtendedAttribute(name: Array("system.posix_acl_access".utf8), value: [2, 0, 0, 0])],
              content: [fakeChunkID(1)]),
         Node(name: [0x66, 0xff, 0xfe], type: .file, mode: 0o600, size: 0),
         Node(name: Array("dir".utf8), type: .directory, mode: 0o755, subtree: [fakeChunkID(2), fakeChunkID(3)]),

@@ -17,8 +17,8 @@ import Testing
     }
 
     func fixture() throws -> Fixture {
-        let wrapped =
-            try WrappedReadKey.decode(try Data(contentsOf: Self.directory.appendingPathComponent("wrapped-read-key.json")))
+        let wrappedFile = Self.directory.appendingPathComponent("wrapped-read-key.json")
+        let wrapped = try WrappedReadKey.decode(try Data(contentsOf: wrappedFile))
         let hex = try String(contentsOf: Self.directory.appendingPathComponent("kek.hex"),
             encoding: .utf8).trimmingCharacters(in: .whitespacesAndNewlines)
         let kek = try #require(PKCS11KeyProvider.bytes(hex: hex))

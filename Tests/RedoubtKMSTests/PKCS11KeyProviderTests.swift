@@ -46,7 +46,8 @@ enum SoftHSM {
 
     static func uri(_ p: Peer, token: String? = nil, object: String, pinFile: String? = nil,
         module: String? = nil) -> String {
-        "pkcs11:token=\(PKCS11URI.encode(Array((token ?? p.token).utf8)));object=\(PKCS11URI.encode(Array(object.utf8)))"
+        "pkcs11:token=\(PKCS11URI.encode(Array((token ?? p.token).utf8)))"
+            + ";object=\(PKCS11URI.encode(Array(object.utf8)))"
             + "?module-path=\(module ?? p.module)&pin-source=\(pinFile ?? p.pinFile)"
     }
 
@@ -353,8 +354,8 @@ enum SoftHSM {
 /// RFC 7512 parsing: no token needed.
 @Suite struct PKCS11URITests {
     @Test func parsesPercentEncodingFileURIsAndIDs() throws {
-        let u =
-            try PKCS11URI(parsing: "pkcs11:token=Backup%20HSM;object=kek%2Facme;id=%01%FF;type=secret-key?module-path=/usr/lib/x.so&pin-source=file:/etc/redoubt/pin")
+        let u = try PKCS11URI(parsing: "pkcs11:token=Backup%20HSM;object=kek%2Facme;id=%01%FF;type=secret-key"
+            + "?module-path=/usr/lib/x.so&pin-source=file:/etc/redoubt/pin")
         #expect(u.token == "Backup HSM")
         #expect(u.object == "kek/acme")
         #expect(u.id == [0x01, 0xff])

@@ -305,9 +305,11 @@ private func readTapes(_ lib: SimulatedTapeLibrary, asked: inout [UInt32]) throw
         #expect(asked == Array(2...summary.volumes))
         // Each disk holds exactly its own volume.
         for n in 1..<Int(summary.volumes) {
-            #expect(try FileManager.default.contentsOfDirectory(atPath: "\(base)/disk-\(n)") == [DirectorySequentialDevice.name(UInt32(n))])
+            #expect(try FileManager.default.contentsOfDirectory(atPath: "\(base)/disk-\(n)")
+                == [DirectorySequentialDevice.name(UInt32(n))])
         }
-        #expect(try FileManager.default.contentsOfDirectory(atPath: "\(base)/mnt") == [DirectorySequentialDevice.name(summary.volumes)])
+        #expect(try FileManager.default.contentsOfDirectory(atPath: "\(base)/mnt")
+            == [DirectorySequentialDevice.name(summary.volumes)])
 
         // Read back: disk 1 mounted first, the others on request; nothing asked past the last.
         try swapDisks(base, unmount: mounted, mount: 1)

@@ -163,7 +163,7 @@ import Testing
             env: "REDOUBT_PASSPHRASE=auth-pass")
         #expect(g == 0, "genuine restore from the bucket: \(gOut)")
         #expect(
-            q.shell("diff -r '\(q.base)/sample' '\(q.dir)/genuine/sample'").0 == 0,
+            q.shell("diff -r '\(q.base)/sample' '\(q.dir)/genuine\(q.base)/sample'").0 == 0,
             "restored tree differs from the sample")
 
         // A keyless verify of the copy with the pinned CA names exactly the plants as wrong.
@@ -230,7 +230,7 @@ import Testing
             env: "REDOUBT_PASSPHRASE=auth-pass")
         #expect(g == 0, "genuine restore from the same set: \(gOut)")
         #expect(
-            q.shell("diff -r '\(q.base)/sample' '\(q.dir)/genuine/sample'").0 == 0,
+            q.shell("diff -r '\(q.base)/sample' '\(q.dir)/genuine\(q.base)/sample'").0 == 0,
             "restored tree differs from the sample")
     }
 

@@ -73,7 +73,8 @@ import Testing
             let honest = await ok.response(within: 20)
             #expect(honest?.status == 422, "an upload above the floor was answered \(String(describing: honest))")
             await ok.close()
-            print("server RSS: before \(rss >> 10) KiB, after \(vmRSS() >> 10) KiB (in-process server); trickle cut after "
+            print("server RSS: before \(rss >> 10) KiB, after \(vmRSS() >> 10) KiB (in-process server); trickle cut "
+                + "after "
                   + String(format: "%.2f", cutAfter) + " s")
 
             // The cut is in the audit log, under the host that trickled.

@@ -33,6 +33,9 @@ struct CatalogConformance: Sendable {
         case clockNeverGoesBack
         case quotaUsageSplitsCommittedFromUncommitted
         case policiesAreCompareAndSetAndLocksOnlyMoveLater
+        case snapshotPagesFollowListingOrderFromTheirCursor
+        case hostKeyWritersIncludeRevokedOnesOldestFirst
+        case deepVerifyLedgerPutsNeverVerifiedFirst
         var testDescription: String { rawValue }
     }
 
@@ -552,6 +555,10 @@ struct CatalogConformance: Sendable {
             try c.setQuota(tenant: "acme", host: "", bytes: nil)
             #expect(try c.quota(tenant: "acme", host: "") == nil)
 
+        case .snapshotPagesFollowListingOrderFromTheirCursor, .hostKeyWritersIncludeRevokedOnesOldestFirst,
+             .deepVerifyLedgerPutsNeverVerifiedFirst:
+            try runReads(check, c)
+
         case .policiesAreCompareAndSetAndLocksOnlyMoveLater:
             // Two admins changing one policy at once: only the one that saw the stored rules wins.
             let daily = RetentionRules(daily: 7), weekly = RetentionRules(daily: 7, weekly: 4)
@@ -580,6 +587,109 @@ struct CatalogConformance: Sendable {
             #expect(try c.extendSnapshotLock(id: Self.snapshotID(1), until: t0.addingTimeInterval(2 * day)) == nil)
             #expect(try c.snapshot(id: Self.snapshotID(1))?.retainUntil == t0.addingTimeInterval(30 * day))
             #expect(try c.extendSnapshotLock(id: Self.snapshotID(2), until: t0.addingTimeInterval(30 * day)) == nil)
+        }
+    }
+}
+
+extension CatalogConformance {
+    /// The checks of what the server reads besides the aggregates' writes: listing pages,
+    /// host key writers, the deep-verify ledger.
+    func runReads(_ check: Check, _ c: any CatalogRepositories) throws {
+        let t0 = Self.t0, day = Self.day
+        switch check {
+        case .snapshotPagesFollowListingOrderFromTheirCursor:
+            try c.insertTenant(Self.tenant("acme"))
+            try c.insertTenant(Self.tenant("beta"))
+            // Commit order differs from ID order and from insertion order.
+            let rows: [(n: Int, tenant: String, host: String, at: TimeInterval)] = [
+                (5, "acme", "web1", 30), (1, "acme", "web2", 10), (3, "acme", "web1", 20), (2, "beta", "web1", 5),
+                (4, "ghost", "web1", 1),
+            ]
+            for r in rows {
+                try c.insertSnapshot(
+                    Self.snapshot(r.n, tenant: r.tenant, host: r.host, committed: t0.addingTimeInterval(r.at),
+                                  retainUntil: t0.addingTimeInterval(day), packs: 0),
+                    packs: [], requirePacks: false, manifestKey: nil)
+            }
+            func pages(tenant: String?, host: String?, limit: Int) throws -> [String] {
+                var out: [String] = [], after: String? = nil
+                while true {
+                    let page = try c.snapshotPage(tenant: tenant, host: host, after: after, limit: limit)
+                    #expect(page.count <= limit)
+                    out += page.map(\.id)
+                    guard page.count == limit, let last = page.last else { return out }
+                    after = last.id
+                }
+            }
+            // Every tenant the catalog holds (not the unknown one), by tenant, then commit time.
+            let all = [1, 3, 5, 2].map(Self.snapshotID)
+            #expect(try c.snapshotPage(tenant: nil, host: nil, after: nil, limit: nil).map(\.id) == all)
+            #expect(try pages(tenant: nil, host: nil, limit: 1) == all)
+            #expect(try pages(tenant: "acme", host: nil, limit: 2) == [1, 3, 5].map(Self.snapshotID))
+            #expect(try pages(tenant: "acme", host: "web1", limit: 1) == [3, 5].map(Self.snapshotID))
+            // A cursor not listed under the filters is refused, never read as "from the start".
+            Self.refused(.notFound, "a cursor of another tenant") {
+                _ = try c.snapshotPage(tenant: "acme", host: nil, after: Self.snapshotID(2), limit: 10)
+            }
+            Self.refused(.notFound, "a cursor of another host") {
+                _ = try c.snapshotPage(tenant: "acme", host: "web1", after: Self.snapshotID(1), limit: 10)
+            }
+            Self.refused(.notFound, "an unknown cursor") {
+                _ = try c.snapshotPage(tenant: nil, host: nil, after: Self.snapshotID(9), limit: 10)
+            }
+
+        case .hostKeyWritersIncludeRevokedOnesOldestFirst:
+            func writer(_ id: String, _ tenant: String, _ name: String, key: [UInt8]?) -> Principal {
+                Principal(id: id, role: .writer, tenant: tenant, name: name, fingerprint: "fp-\(id)", hostKey: key)
+            }
+            let keys = (0..<3).map { _ in HostSigningKey.generate().publicKey }
+            try c.insertPrincipal(writer("w2", "acme", "web2", key: keys[1].rawRepresentation), os: nil,
+                                  now: t0.addingTimeInterval(10))
+            try c.insertPrincipal(writer("w1", "acme", "web1", key: keys[0].rawRepresentation), os: nil, now: t0)
+            try c.insertPrincipal(writer("w3", "beta", "web1", key: keys[2].rawRepresentation), os: nil,
+                                  now: t0.addingTimeInterval(5))
+            try c.insertPrincipal(writer("w4", "acme", "old", key: nil), os: nil, now: t0)
+            try c.insertPrincipal(Self.admin("alice"), os: nil, now: t0)
+            #expect(try c.revokePrincipal(id: "w2", now: t0.addingTimeInterval(20)) != nil)
+            let acme = try c.hostKeyWriters(tenant: "acme")
+            #expect(acme.map(\.id) == ["w1", "w2"])
+            #expect(acme.map(\.hostKey) == [keys[0], keys[1]])
+            #expect(acme.map(\.revokedAt) == [nil, t0.addingTimeInterval(20)])
+            #expect(acme.map(\.createdAt) == [t0, t0.addingTimeInterval(10)])
+            #expect(acme.map(\.name) == ["web1", "web2"] && acme.allSatisfy { $0.tenant == "acme" })
+            #expect(try c.hostKeyWriters(tenant: nil).map(\.id) == ["w1", "w3", "w2"])
+            #expect(try c.hostKeyWriters(tenant: "gamma").isEmpty)
+
+        case .deepVerifyLedgerPutsNeverVerifiedFirst:
+            for (n, tenant, uploader) in [(1, "acme", "w1"), (2, "acme", "w1"), (3, "acme", "w2"), (4, "beta", "w9")] {
+                try c.insertPack(
+                    tenant: tenant, id: Self.pack(n).description, key: Self.packKey(tenant, Self.pack(n)),
+                    size: 100 * n, retainUntil: t0.addingTimeInterval(day), chunkIDs: [], now: t0,
+                    uploader: uploader, batch: 10, verified: false)
+            }
+            let p = (1...4).map { Self.pack($0).description }
+            // Another tenant's pack is not recorded, and is named back.
+            #expect(try c.recordPackVerifications(tenant: "acme", packs: [p[1], p[3]], outcome: "ok", reporter: "r1",
+                                                  now: t0.addingTimeInterval(day)) == [p[3]])
+            var s = try c.deepVerifyState(tenant: "acme", budget: 1_000_000)
+            #expect(s.packs == 3 && s.bytes == 600 && s.neverVerifiedPacks == 2 && s.neverVerifiedBytes == 400)
+            #expect(s.due.map(\.id) == [p[0], p[2], p[1]])
+            #expect(s.oldestVerifiedAt == t0.addingTimeInterval(day) && s.damagedPacks == 0)
+            // A later report replaces the earlier one; the budget stops the list once reached.
+            _ = try c.recordPackVerifications(tenant: "acme", packs: [p[1]], outcome: "damaged", reporter: "r1",
+                                              now: t0.addingTimeInterval(2 * day))
+            s = try c.deepVerifyState(tenant: "acme", budget: 100)
+            #expect(s.due.map(\.id) == [p[0]] && s.damagedPacks == 1)
+            #expect(s.newestVerifiedAt == t0.addingTimeInterval(2 * day))
+            #expect(try c.deepVerifyState(tenant: "acme", budget: 0).due.isEmpty)
+            #expect(try c.deepVerifyState(tenant: "beta", budget: 1000).neverVerifiedPacks == 1)
+            let byUploader = try c.deepVerifyByUploader()
+            #expect(byUploader["w1"]?.never == 1 && byUploader["w1"]?.oldest == t0.addingTimeInterval(2 * day))
+            #expect(byUploader["w2"]?.never == 1 && byUploader["w2"]?.oldest == nil)
+            #expect(byUploader["w9"]?.never == 1)
+
+        default:
+            Issue.record("\(check) is not a read check")
         }
     }
 }

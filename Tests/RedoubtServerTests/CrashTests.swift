@@ -182,7 +182,7 @@ import RedoubtCore
             e.dir.appendingPathComponent("restorer").path])
         for name in try FileManager.default.contentsOfDirectory(atPath: corpus.path) {
             #expect(FileManager.default.contents(atPath: corpus.appendingPathComponent(name).path)
-                    == FileManager.default.contents(atPath: target.appendingPathComponent("corpus/\(name)").path),
+                    == FileManager.default.contents(atPath: target.path + corpus.path + "/" + name),
                         "\(name) differs")
         }
     }

@@ -149,7 +149,7 @@ import RedoubtStore
         let token = try await server.admin.createEnrollment(tenant: "acme", role: "restorer", name: "vault",
             ttlSeconds: 3600).token
         // As a rebuild from the store alone leaves it.
-        try await server.service.catalog.db.write {
+        try await server.service.sqlite.db.write {
             try $0.execute(sql: "UPDATE tenants SET write_material = ? WHERE name = 'acme'", arguments: [Data()])
         }
         let cfg = ClientConfig(path: server.dir.appendingPathComponent("cfg-vault").path)

@@ -57,7 +57,7 @@ import Testing
                              env: "REDOUBT_PASSPHRASE=detect-pass")
         #expect(r == 0, "\(rOut)")
         #expect(rOut.contains("latest-clean is snapshot"), "\(rOut)")
-        let (d, dOut) = q.shell("diff -r '\(q.dir)/before' '\(target)/tree'")
+        let (d, dOut) = q.shell("diff -r '\(q.dir)/before' '\(target)\(q.dir)/tree'")
         #expect(d == 0, "latest-clean did not restore the tree before the attack: \(dOut)")
 
         let (s, sOut) = q.sh("admin \(q.admin) detection quickstart --json")

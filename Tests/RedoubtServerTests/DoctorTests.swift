@@ -36,10 +36,11 @@ final class DoctorFixture {
     }
 
     static func mountinfo(fsType: String, source: String, at point: String) -> String {
-        """
+        let escaped = point.replacingOccurrences(of: " ", with: "\\040")
+        return """
         22 1 254:0 / / rw,relatime shared:1 - ext4 /dev/vda rw
         25 22 0:21 / /proc rw,nosuid shared:12 - proc proc rw
-        \(point == "/" ? "" : "40 22 0:50 / \(point.replacingOccurrences(of: " ", with: "\\040")) rw,relatime shared:30 - \(fsType) \(source) rw\n")
+        \(point == "/" ? "" : "40 22 0:50 / \(escaped) rw,relatime shared:30 - \(fsType) \(source) rw\n")
         """
     }
 

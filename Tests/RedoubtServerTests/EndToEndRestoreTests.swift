@@ -147,7 +147,7 @@ import RedoubtKMS
                                                     source: restorer, target: target.path)
         #expect(restored.damaged.isEmpty)
 
-        let a = scan(src), b = scan(target.appendingPathComponent("src"))
+        let a = scan(src), b = scan(URL(fileURLWithPath: target.path + src.path))
         #expect(Set(a.keys) == Set(b.keys), "entries differ: \(Set(a.keys).symmetricDifference(Set(b.keys)))")
         for (k, ea) in a where k != "" {
             #expect(b[k] == ea, "\(k): source \(ea), restored \(String(describing: b[k]))")

@@ -250,7 +250,7 @@ import RedoubtStore
 
             // A queued object whose deletion is under way cannot be recorded again meanwhile.
             let claimed = "t/acme/packs/00/" + String(repeating: "0", count: 64)
-            try await server.service.catalog.db.write { db in
+            try await server.service.sqlite.db.write { db in
                 try db.execute(sql: """
                     INSERT INTO gc_pending(key, tenant, queued_at, claimed_at) VALUES (?, 'acme', 0, 0)
                     """, arguments: [claimed])

@@ -211,7 +211,6 @@ import RedoubtStore
             let req = try #require(try await alice.requests().first { $0.action == "release-hold" })
             _ = try await bob.decide(request: req.id, approve: true)
             _ = try await alice.releaseHold(id: hold.id, requestID: req.id)
-            await server.service.copyJobs.idle()
             let again = try await alice.syncCopyTarget(id: t.id, wait: true)
             #expect(again.lastSyncOK == true, "\(again.lastSyncDetail ?? "")")
             #expect(try await bucket.legalHold(packKey) == false)
@@ -220,7 +219,6 @@ import RedoubtStore
                 $0.action == "copy-sync" && $0.detail.contains("lifted") && !$0.detail.contains(" 0 lifted")
             })
         } catch { Issue.record("\(error)") }
-        await server.service.copyJobs.idle()
         await writer.shutdown()
         await bob.shutdown()
         await server.stop()

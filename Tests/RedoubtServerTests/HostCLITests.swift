@@ -76,10 +76,11 @@ import RedoubtCore
         try #require(snaps.count == 1)
         let target = s.e.dir.appendingPathComponent("restored").path
         try s.e.run(["restore", snaps[0].id, "--target", target, "--config", s.restorer])
-        #expect(s.files(target + "/corpus") == ["a/b/deep.txt", "keep.txt"])
+        #expect(s.files(target + corpus) == ["a/b/deep.txt", "keep.txt"])
         var isDir: ObjCBool = false
-        #expect(FileManager.default.fileExists(atPath: target + "/corpus/sub", isDirectory: &isDir) && isDir.boolValue)
-        #expect(s.files(target + "/corpus/sub").isEmpty)
+        #expect(FileManager.default.fileExists(atPath: target + corpus + "/sub", isDirectory: &isDir)
+                && isDir.boolValue)
+        #expect(s.files(target + corpus + "/sub").isEmpty)
     }
 
     /// A backup whose every entry is excluded is refused (no snapshot becomes the host's
@@ -101,7 +102,7 @@ import RedoubtCore
         try #require(snaps.count == 1)
         let target = s.e.dir.appendingPathComponent("restored").path
         try s.e.run(["restore", snaps[0].id, "--target", target, "--config", s.restorer])
-        #expect(s.files(target + "/corpus") == ["a.txt", "d/b.txt"])
+        #expect(s.files(target + corpus) == ["a.txt", "d/b.txt"])
 
         let none = try s.e.run(["backup", missing, "--config", s.host], check: false)
         #expect(none.status == 3 && none.err.contains(missing), "\(none.status) \(none.err)")

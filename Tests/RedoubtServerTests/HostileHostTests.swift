@@ -67,7 +67,9 @@ import RedoubtStore
             chunkIDKey: try rc.sharedMaterial().chunkIDKey,
                                                   source: restorer, target: target.path)
         #expect(result.damaged.isEmpty, "restore reported damage: \(result.damaged)")
-        return Array(try Data(contentsOf: target.appendingPathComponent(dir).appendingPathComponent(file)))
+        // The snapshot keeps the backed-up path whole below the target.
+        let path = target.path + n.server.dir.appendingPathComponent(dir).path + "/" + file
+        return Array(try Data(contentsOf: URL(fileURLWithPath: path)))
     }
 
     /// The attacker's guesses at a small secret in the victim's file: one file content per

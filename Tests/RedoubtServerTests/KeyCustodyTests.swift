@@ -145,8 +145,10 @@ import RedoubtStore
         #expect(try await restorer.verify(snap.id).damaged.isEmpty)
 
         // The restorer learns the key is gone; the host can add nothing more; no new enrollments.
-        do { _ =
-            try await restorer.readKey(tenant: "acme"); Issue.record("read key served after a shred") } catch let e as APIError {
+        do {
+            _ = try await restorer.readKey(tenant: "acme")
+            Issue.record("read key served after a shred")
+        } catch let e as APIError {
             #expect(e.status == 410 && e.code == "E_TENANT_SHREDDED")
         }
         let (more, more2) = try makeSnapshot(keys: try writerCfg.writeKeySet(), files: [("b", Array("more".utf8))])
@@ -185,7 +187,7 @@ import RedoubtStore
     @Test func aRebuildKeepsRetiredKEKsCopyTargetsAndRequests() async throws {
         let server = try await TestServer.start()
         try await server.createTenant("acme", keys: try TenantKeys.generate())
-        let catalog = server.service.catalog
+        let catalog = try server.service.sqlite
         let now = Date()
         try await catalog.db.write { db in
             try db.execute(sql: """

@@ -8,22 +8,29 @@ import Testing
         let q = try await QuickstartServer.start("ls", quickstartEnv: "REDOUBT_PASSPHRASE=ls-pass")
         defer { q.stop() }
         let pass = "REDOUBT_PASSPHRASE=ls-pass"
-        let (t, top) = q.sh("ls \(q.snapshot.prefix(12)) \(q.restorer)", env: pass)
-        let line = try #require(top.split(separator: "\n").first { $0.hasSuffix(" sample") }, "ls: \(top)")
+        // The snapshot keeps the path whole: the top level is its first component, and
+        // the directory that holds the sample lists it by its whole path.
+        let (t0, top0) = q.sh("ls \(q.snapshot.prefix(12)) \(q.restorer)", env: pass)
+        let first = String(q.base.split(separator: "/")[0])
+        #expect(t0 == 0 && top0.split(separator: "\n").count == 1 && top0.hasSuffix(" \(first)\n"), "ls: \(top0)")
+        let (t, top) = q.sh("ls \(q.snapshot.prefix(12)) '\(q.base)' \(q.restorer)", env: pass)
+        let rel = String(q.base.dropFirst())
+        let line = try #require(top.split(separator: "\n").first { $0.hasSuffix(" \(rel)/sample") }, "ls: \(top)")
         // The mode column as `ls -l` shows it, from the sample directory's own mode.
-        let mode =
-            try #require(try FileManager.default.attributesOfItem(atPath: "\(q.base)/sample")[.posixPermissions] as? Int)
+        let attributes = try FileManager.default.attributesOfItem(atPath: "\(q.base)/sample")
+        let mode = try #require(attributes[.posixPermissions] as? Int)
         let rwx = (0..<9).map { i in mode & (0o400 >> i) != 0 ? Array("rwxrwxrwx")[i] : "-" }
         #expect(t == 0 && line.hasPrefix("d" + String(rwx)), "ls: \(line) (mode \(String(mode, radix: 8)))")
 
-        let (r, json) = q.sh("ls \(q.snapshot.prefix(12)) sample --recursive --json \(q.restorer)", env: pass)
+        let (r, json) = q.sh("ls \(q.snapshot.prefix(12)) '\(q.base)/sample' --recursive --json \(q.restorer)",
+                             env: pass)
         try #require(r == 0, "ls --recursive --json: \(json)")
         let entries = try #require(try JSONSerialization.jsonObject(with: Data(json.utf8)) as? [[String: Any]])
         let listed = Set(entries.compactMap { $0["path"] as? String })
         // Everything the sample holds, by the same relative paths.
         let walker = try #require(FileManager.default.enumerator(atPath: "\(q.base)/sample"))
         var onDisk: Set<String> = []
-        while let p = walker.nextObject() as? String { onDisk.insert("sample/" + p) }
+        while let p = walker.nextObject() as? String { onDisk.insert(rel + "/sample/" + p) }
         #expect(listed == onDisk, "listed \(listed.sorted()) vs on disk \(onDisk.sorted())")
 
         let (w, wOut) = q.sh("ls \(q.snapshot.prefix(12)) \(q.restorer)", env: "REDOUBT_PASSPHRASE=wrong")

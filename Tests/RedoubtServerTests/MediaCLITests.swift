@@ -33,20 +33,20 @@ import RedoubtMedia
                              env: "REDOUBT_PASSPHRASE=media-pass")
         #expect(r == 0, "media restore: \(rOut)")
         #expect(rOut.contains("using the wrapped read key in tenant-v1.json on the media"), "\(rOut)")
-        #expect(q.shell("diff -r '\(q.base)/sample' '\(target)/sample'").0 == 0,
+        #expect(q.shell("diff -r '\(q.base)/sample' '\(target)\(q.base)/sample'").0 == 0,
             "restored tree differs from the sample")
         // One directory of the snapshot only.
         let part = "\(q.dir)/part"
         let (p,
             pOut) = q.sh("""
-                media restore \(q.snapshot.prefix(12)) --device 'file:\(set)' --target '\(part)' --path sample/docs \
+                media restore \(q.snapshot.prefix(12)) --device 'file:\(set)' --target '\(part)' \
+                --path '\(q.base)/sample/docs' \
                 \(q.restorer)
                 """,
                              env: "REDOUBT_PASSPHRASE=media-pass")
         #expect(p == 0, "media restore --path: \(pOut)")
-        #expect(q.shell("diff -r '\(q.base)/sample/docs' '\(part)/docs'").0 == 0)
-        #expect(!FileManager.default.fileExists(atPath: "\(part)/README.txt")
-            && !FileManager.default.fileExists(atPath: "\(part)/sample"))
+        #expect(q.shell("diff -r '\(q.base)/sample/docs' '\(part)\(q.base)/sample/docs'").0 == 0)
+        #expect(!FileManager.default.fileExists(atPath: "\(part)\(q.base)/sample/README.txt"))
 
         // An attacker who can write media rewrites the descriptor to name their KMS.
         var records: [MediaRecord] = []
@@ -75,7 +75,7 @@ import RedoubtMedia
         #expect(!r2Out.contains("evil.example"), "the restorer must not contact the forged key service: \(r2Out)")
         // Without the server, the enrollment copy still opens the packs.
         #expect(r2 == 0, "\(r2Out)")
-        #expect(q.shell("diff -r '\(q.base)/sample' '\(target2)/sample'").0 == 0)
+        #expect(q.shell("diff -r '\(q.base)/sample' '\(target2)\(q.base)/sample'").0 == 0)
     }
 
     /// Disaster recovery through the binary: the repository host is lost; a fresh one
@@ -147,7 +147,7 @@ import RedoubtMedia
         let (r, rOut) = q.sh("restore \(q.snapshot.prefix(12)) --target '\(target)' --config '\(cfg)'",
             env: "REDOUBT_PASSPHRASE=dr-pass")
         #expect(r == 0, "restore through the fresh server: \(rOut)")
-        #expect(q.shell("diff -r '\(q.base)/sample' '\(target)/sample'").0 == 0,
+        #expect(q.shell("diff -r '\(q.base)/sample' '\(target)\(q.base)/sample'").0 == 0,
             "restored tree differs from the sample")
     }
 }

@@ -96,7 +96,7 @@ struct SpoolPackSource: PackSource {
                                                     source: SpoolPackSource(dir: spool), target: target.path)
         #expect(restored.damaged.isEmpty)
         for (name, bytes) in files {
-            let got = try Data(contentsOf: target.appendingPathComponent("src/\(name)"))
+            let got = try Data(contentsOf: URL(fileURLWithPath: target.path + src.path + "/" + name))
             #expect(Array(got) == bytes, "\(name) differs after restore from media")
         }
     }

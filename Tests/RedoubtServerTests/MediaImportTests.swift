@@ -120,7 +120,7 @@ import RedoubtStore
                                              source: restorer, target: target.path)
         #expect(r.damaged.isEmpty)
         for (name, bytes) in files {
-            #expect(Array(try Data(contentsOf: target.appendingPathComponent("src/\(name)"))) == bytes,
+            #expect(Array(try Data(contentsOf: URL(fileURLWithPath: target.path + src.path + "/" + name))) == bytes,
                 "\(name) differs")
         }
         await restorer.shutdown()

@@ -65,6 +65,10 @@ private let expectedAccess: [String: Set<String>] = {
         "GET /v1/policies": admin,
         "GET /v1/tenants/{tenant}/policy/simulate": admin,
         "POST /v1/tenants/{tenant}/policy/apply": admin,
+        // The server's own jobs: a host must not turn off the scrub that would find its tampering.
+        "GET /v1/schedule": admin,
+        "PUT /v1/schedule": admin,
+        "GET /v1/jobs": admin,
         "POST /v1/holds/{id}/release": admin,
         "GET /v1/enrollments": admin,
         "POST /v1/enrollments/{id}/cancel": admin,
@@ -72,6 +76,13 @@ private let expectedAccess: [String: Set<String>] = {
         "POST /v1/principals/{id}/revoke": admin,
         "GET /v1/audit": ["admin", "auditor"],
         "GET /v1/audit/verify": ["admin", "auditor"],
+        "GET /v1/metrics": ["admin", "auditor"],
+        "GET /v1/status": ["admin", "auditor"],
+        "PUT /v1/notify/expectations": admin,
+        "POST /v1/notify/channels": admin,
+        "GET /v1/notify/channels": admin,
+        "POST /v1/notify/channels/{id}/remove": admin,
+        "POST /v1/notify/channels/{id}/test": admin,
     ]
 }()
 

@@ -99,7 +99,7 @@ import RedoubtCore
             #expect(try await admin.snapshots().contains { $0.id == snap.id })
             let report = try await restorer.verify(snap.id)
             #expect(report.damaged.isEmpty && report.missing.isEmpty)
-            let hostKey = try #require(try await server.service.catalog.db.read { db in
+            let hostKey = try #require(try await server.service.sqlite.db.read { db in
                 try Data.fetchOne(db, sql: "SELECT host_key FROM principals WHERE id = ?", arguments: [web1.id])
             })
             let manifest = try Manifest.parse(try await restorer.manifestBytes(snap.id),

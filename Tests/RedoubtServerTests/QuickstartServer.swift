@@ -86,7 +86,7 @@ final class QuickstartServer {
         let target = "\(dir)/restored-\(restores)"
         let r = sh("restore \(snapshot) --target '\(target)' \(restorer) \(extra)", env: env)
         guard r.0 == 0 else { return r }
-        let diff = Self.sh("diff -r '\(base)/sample' '\(target)/sample'", out: "\(dir)/diff.txt")
+        let diff = Self.sh("diff -r '\(base)/sample' '\(target)\(base)/sample'", out: "\(dir)/diff.txt")
         return diff.0 == 0 ? r : (99, "restored tree differs: \(diff.1)")
     }
 

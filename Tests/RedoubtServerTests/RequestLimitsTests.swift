@@ -387,7 +387,7 @@ extension RequestLimitsTests {
     }
 
     func indexedChunks(_ w: World, pack: PackID) throws -> Int {
-        try w.server.service.catalog.db.read { db in
+        try w.server.service.sqlite.db.read { db in
             try Int.fetchOne(db, sql: "SELECT count(*) FROM chunks WHERE tenant = 'acme' AND pack_id = ?",
                 arguments: [pack.description]) ?? 0
         }

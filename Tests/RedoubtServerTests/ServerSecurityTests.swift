@@ -261,7 +261,7 @@ import RedoubtKMS
         _ = try await backup(w, files: [("a", [1])])
         let before = try w.server.service.catalog.verifyAudit()
         #expect(before.firstBad == nil && before.count >= 4)
-        try await w.server.service.catalog.db.write { db in
+        try await w.server.service.sqlite.db.write { db in
             try db.execute(sql: "UPDATE audit SET detail = 'nothing to see' WHERE seq = 3")
         }
         #expect(try w.server.service.catalog.verifyAudit().firstBad == 3)
@@ -271,7 +271,7 @@ import RedoubtKMS
     @Test func theAuditChainNamesADeletedRecord() async throws {
         let w = try await world()
         _ = try await backup(w, files: [("a", [1])])
-        try await w.server.service.catalog.db.write { db in try db.execute(sql: "DELETE FROM audit WHERE seq = 2") }
+        try await w.server.service.sqlite.db.write { db in try db.execute(sql: "DELETE FROM audit WHERE seq = 2") }
         #expect(try w.server.service.catalog.verifyAudit().firstBad == 3)
         await w.stop()
     }
@@ -280,7 +280,7 @@ import RedoubtKMS
         let w = try await world()
         _ = try await backup(w, files: [("a", [1])])
         // Swap the contents of records 2 and 3 while keeping the sequence numbers.
-        try await w.server.service.catalog.db.write { db in
+        try await w.server.service.sqlite.db.write { db in
             try db.execute(sql: "UPDATE audit SET seq = -2 WHERE seq = 2")
             try db.execute(sql: "UPDATE audit SET seq = 2 WHERE seq = 3")
             try db.execute(sql: "UPDATE audit SET seq = 3 WHERE seq = -2")
@@ -295,7 +295,7 @@ import RedoubtKMS
         let head = try w.server.service.catalog.auditChainHead()
         #expect(head.seq >= 4)
         #expect(try w.server.service.catalog.verifyAudit(anchor: head).firstBad == nil)
-        try await w.server.service.catalog.db.write {
+        try await w.server.service.sqlite.db.write {
             db in try db.execute(sql: "DELETE FROM audit WHERE seq = ?", arguments: [head.seq])
         }
         // The shortened chain is self-consistent; only the anchor exposes it.

@@ -88,7 +88,7 @@ import RedoubtCore
 
     @Test func aPageIsReadThroughTheListingIndexFromItsCursor() async throws {
         let server = try await TestServer.start()
-        let catalog = server.service.catalog
+        let catalog = try server.service.sqlite
         let cursor = ("acme", 1_800_000_000.0, String(repeating: "a", count: 64))
         for (tenant, host) in [("acme", nil), ("acme", "web1"), (nil, nil), (nil, "web1")] as [(String?, String?)] {
             let (sql, args) = Catalog.snapshotPageSQL(tenant: tenant, host: host, after: cursor, limit: 100)

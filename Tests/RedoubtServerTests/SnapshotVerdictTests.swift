@@ -21,7 +21,8 @@ func makeActivitySnapshot(keys: WriteKeySet, data: [UInt8], activity: SnapshotAc
                                 tags: [], statistics: stats, packs: packs.map(\.id) + alsoNaming,
                                 clientVersion: "test", activity: activity)
     return (packs, try Manifest.create(header: header, root: root, rootSeals: pipeline.seals(for: root),
-                                       readPublicKey: keys.shared.readPublicKey, signingKey: keys.signingKey))
+                                       version: activity == nil ? 2 : 4, readPublicKey: keys.shared.readPublicKey,
+                                       signingKey: keys.signingKey))
 }
 
 /// The verdict rules on their own (no server).

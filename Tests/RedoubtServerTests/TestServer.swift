@@ -48,13 +48,19 @@ final class TestServer: @unchecked Sendable {
     let task: Task<Void, Error>
     let admin: APIClient
     let url: String
+    /// The scheduler's loop, when started with `jobs`.
+    let jobs: Task<Void, Never>?
 
     /// `prepare` runs on the initialised data directory before the server opens it. With
     /// `inMemory`, objects go to a `MemoryStore` on the server's clock instead of the data
-    /// directory's store: for suites that need no real immutable flags.
+    /// directory's store: for suites that need no real immutable flags. With `jobs`, the
+    /// scheduler's loop runs as under `server run`, but its periodic pass only every hour of
+    /// real time: within a test, a job runs only when a request wakes the loop. `wrapStore`
+    /// decorates the in-memory store (a recorder of reads).
     static func start(minRetention: TimeInterval = 30 * 86400, limits: ServerLimits = ServerLimits(),
-        inMemory: Bool = false,
-                      prepare: ((ServerHome) async throws -> Void)? = nil) async throws -> TestServer {
+        inMemory: Bool = false, jobs: Bool = false,
+                      prepare: ((ServerHome) async throws -> Void)? = nil,
+                      wrapStore: ((any ObjectStore) -> any ObjectStore)? = nil) async throws -> TestServer {
         let dir = FileManager.default.temporaryDirectory.appendingPathComponent("redoubt-srv-\(UUID().uuidString)")
         let port = try freeLoopbackPort()
         let home = ServerHome(path: dir.appendingPathComponent("data").path)
@@ -63,7 +69,7 @@ final class TestServer: @unchecked Sendable {
         var logger = Logger(label: "test.server")
         logger.logLevel = .warning
         let clock = ManualClock(Date())
-        let store: (any ObjectStore)? = inMemory ? MemoryStore(clock: { clock.now() }) : nil
+        let store: (any ObjectStore)? = inMemory ? (wrapStore ?? { $0 })(MemoryStore(clock: { clock.now() })) : nil
         let service = try home.openService(clock: clock, logger: logger, limits: limits, store: store)
         let (stream, cont) = AsyncStream<Int>.makeStream()
         let app = try RedoubtHTTP.application(service: service, home: home, host: "127.0.0.1", port: port,
@@ -74,12 +80,14 @@ final class TestServer: @unchecked Sendable {
         for await _ in stream { break }
         let cred = try JSONDecoder().decode(ClientCredential.self,
             from: Data(contentsOf: URL(fileURLWithPath: home.adminCredentialPath)))
+        let loop = jobs ? Task { await JobScheduler(service: service).run(every: 3600) } : nil
         return TestServer(dir: dir, home: home, service: service, clock: clock, task: task,
-            admin: try APIClient(credential: cred), url: cred.url)
+            admin: try APIClient(credential: cred), url: cred.url, jobs: loop)
     }
 
     private init(dir: URL, home: ServerHome, service: RepositoryService, clock: ManualClock, task: Task<Void, Error>,
-        admin: APIClient, url: String) {
+        admin: APIClient, url: String, jobs: Task<Void, Never>?) {
+        self.jobs = jobs
         self.dir = dir
         self.home = home
         self.service = service
@@ -90,6 +98,10 @@ final class TestServer: @unchecked Sendable {
     }
 
     func stop() async {
+        if let jobs {
+            jobs.cancel()
+            await jobs.value
+        }
         await admin.shutdown()
         task.cancel()
         // Why bounded: under CI load Hummingbird's graceful shutdown has hung for good in a
@@ -139,7 +151,9 @@ let testNow = Int64(Date().timeIntervalSince1970)
 /// Builds a small snapshot with Core alone: one file of `data`, under `name`.
 /// `alsoNaming`: packs of earlier snapshots the manifest names too (as a backup that reuses them would).
 func makeSnapshot(keys: WriteKeySet, files: [(String, [UInt8])], time: Int64 = testNow,
-                  alsoNaming: [PackID] = []) throws -> (packs: [FinishedPack], manifest: Manifest) {
+                  alsoNaming: [PackID] = [],
+                  statistics: SnapshotStatistics = SnapshotStatistics()) throws -> (packs: [FinishedPack],
+                                                                                    manifest: Manifest) {
     let pipeline = try PackPipeline(material: keys.shared)
     var nodes: [Node] = []
     for (name, data) in files {
@@ -152,7 +166,7 @@ func makeSnapshot(keys: WriteKeySet, files: [(String, [UInt8])], time: Int64 = t
         hostKey: keys.signingKey.publicKey,
                                 time: Timestamp(seconds: time), nonce: (0..<16).map { _ in UInt8.random(in: 0...255) },
                                     paths: [Array("/data".utf8)],
-                                tags: [], statistics: SnapshotStatistics(), packs: packs.map(\.id) + alsoNaming,
+                                tags: [], statistics: statistics, packs: packs.map(\.id) + alsoNaming,
                                     clientVersion: "test")
     return (packs, try Manifest.create(header: header, root: root, rootSeals: pipeline.seals(for: root),
                                        readPublicKey: keys.shared.readPublicKey, signingKey: keys.signingKey))

@@ -181,8 +181,8 @@ final class CyclingListing: S3Transport {
             return c
         }
         let next = markers[(n - 1) % markers.count]
-        let xml =
-            "<ListVersionsResult><IsTruncated>true</IsTruncated><NextKeyMarker>\(next)</NextKeyMarker><NextVersionIdMarker>v</NextVersionIdMarker></ListVersionsResult>"
+        let xml = "<ListVersionsResult><IsTruncated>true</IsTruncated><NextKeyMarker>\(next)</NextKeyMarker>"
+            + "<NextVersionIdMarker>v</NextVersionIdMarker></ListVersionsResult>"
         return S3Response(status: 200, headers: [:], body: Array(xml.utf8))
     }
 }

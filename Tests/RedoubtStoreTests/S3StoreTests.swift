@@ -158,8 +158,7 @@ struct S3Peer: Sendable {
         #expect(!(200..<300).contains(delete.status), "\(peer.name): deleting a locked version must be refused")
         // Shorten, then downgrade, its retention.
         for (mode, date) in [("COMPLIANCE", Date().addingTimeInterval(60)), ("GOVERNANCE", until)] {
-            let xml =
-                Array("<Retention xmlns=\"http://s3.amazonaws.com/doc/2006-03-01/\"><Mode>\(mode)</Mode><RetainUntilDate>\(S3Date.format(date.rounded()))</RetainUntilDate></Retention>".utf8)
+            let xml = S3XML.retentionBody(mode: mode, until: date)
             let r = try await client.send(.PUT, key: key.path, query: [("retention", ""), ("versionId", version)],
                 headers: [("content-md5", contentMD5(xml))], body: xml)
             #expect(r.status != 200, "\(peer.name): \(mode) until \(date) must be refused")
