@@ -121,6 +121,8 @@ public final class Archiver: Sendable {
         var cachedChunks: [ChunkID: CachedChunk] = [:]
         /// The keyed plaintext hashes of each stored file's chunks, for the next cache.
         var macs: [Int: [ChunkID]] = [:]
+        /// Files under a path the cached snapshot did not have.
+        var added = Set<Int>()
         for f in walk.files {
             let e = walk.entries[f]
             if let cached = cache[e.fullPath] {
@@ -141,6 +143,7 @@ public final class Archiver: Sendable {
                 }
             } else {
                 filesNew += 1
+                added.insert(f)
                 jobs.append(FileJob(entry: f, path: e.fullPath, stat: e.stat))
             }
         }
@@ -191,8 +194,13 @@ public final class Archiver: Sendable {
             for try await part in group { outcomes += part }
         }
         var stable = Set<Int>(reused)
+        var heads: [Int: HeadSample] = [:]
+        var sealedRaw: UInt64 = 0, sealedStored: UInt64 = 0
         for o in outcomes {
             if let w = o.warning { warnings.append(w) }
+            heads[o.entry] = o.head
+            sealedRaw += o.sealedRaw
+            sealedStored += o.sealedStored
             guard let content = o.content, let st = o.stat else {
                 walk.entries[o.entry].omitted = true
                 continue
@@ -309,6 +317,9 @@ public final class Archiver: Sendable {
         stats.chunksNew = registry.chunksNew
         stats.chunksReused = registry.chunksReused
 
+        let activity = Self.activity(walk: walk, added: added, reused: reused, heads: heads, cache: cache,
+                                     sealed: (sealedRaw, sealedStored))
+
         // 7. Sign and commit.
         run.progress(force: true) { $0.phase = .committing }
         var rng = SystemRandomNumberGenerator()
@@ -317,7 +328,8 @@ public final class Archiver: Sendable {
         let header = ManifestHeader(tenant: keys.tenant, readKeyID: keys.shared.readPublicKey.keyID, host: keys.host,
                                     hostKey: keys.signingKey.publicKey, time: now, nonce: nonce,
                                     paths: paths, tags: options.tags, statistics: stats,
-                                    packs: packs.sorted(), clientVersion: RedoubtVersion.string)
+                                    packs: packs.sorted(), clientVersion: RedoubtVersion.string,
+                                    activity: legacy ? nil : activity)
         let manifest = try Manifest.create(header: header, root: root, rootSeals: rootSeals,
                                            version: legacy ? 2 : Manifest.version,
                                            readPublicKey: keys.shared.readPublicKey, signingKey: keys.signingKey)
@@ -347,6 +359,24 @@ public final class Archiver: Sendable {
             filesUnchanged: filesUnchanged,
                             bytesRead: stats.bytesRead, bytesUploaded: stats.bytesUploaded,
                                 packsUploaded: registry.uploaded.count, warnings: warnings)
+    }
+
+    /// The manifest's activity section: this backup's files against the cached snapshot's
+    /// (none when there is no cache: then nothing can be compared).
+    static func activity(walk: WalkResult, added: Set<Int>, reused: Set<Int>, heads: [Int: HeadSample],
+                         cache: MetadataCache, sealed: (raw: UInt64, stored: UInt64)) -> SnapshotActivity {
+        var files: [ActivityFile] = []
+        files.reserveCapacity(walk.files.count)
+        for f in walk.files where !walk.entries[f].omitted {
+            let e = walk.entries[f]
+            let change: ActivityFile.Change = added.contains(f) ? .added : (reused.contains(f) ? .unchanged : .changed)
+            files.append(ActivityFile(path: e.fullPath, device: e.stat.device, inode: e.stat.inode, change: change,
+                                      head: heads[f]))
+        }
+        let previous: [PreviousFile]? = cache.count == 0 ? nil
+            : cache.entries.map { PreviousFile(path: $0.key, device: $0.value.device, inode: $0.value.inode) }
+        return ActivityAnalysis.analyze(files: files, previous: previous, sealedBytesRaw: sealed.raw,
+                                        sealedBytesStored: sealed.stored)
     }
 
     /// One worker: takes the next file until none is left, then flushes.

@@ -95,6 +95,11 @@ struct FileOutcome: Sendable {
     /// False if the file changed while it was read (it is then not cached).
     var stable: Bool
     var warning: BackupWarning?
+    /// The first KiB of the file as read, sampled for the activity section.
+    var head: HeadSample?
+    /// Plaintext and stored bytes of the chunks of this file that were compressed and sealed.
+    var sealedRaw: UInt64 = 0
+    var sealedStored: UInt64 = 0
 }
 
 /// A file to read.
@@ -129,6 +134,11 @@ final class BackupWorker {
     private let batchMaxItems = 1000
     private var inFlight = 0
     private let maxInFlight = 1
+
+    /// The head sample and sealed byte counts of the file being read (see ``FileOutcome``).
+    private var fileHead: HeadSample?
+    private var fileSealedRaw: UInt64 = 0
+    private var fileSealedStored: UInt64 = 0
 
     /// Every worker holds one read buffer and one batch, so both are kept small (the read
     /// window is raised to the chunker's maximum chunk regardless).
@@ -261,6 +271,17 @@ final class BackupWorker {
     /// Reads one file and queues its chunks. Failures that concern only this file become
     /// a warning in the outcome; repository and sealing failures throw.
     func process(_ job: FileJob, _ uploads: inout UploadGroup) async throws -> FileOutcome {
+        fileHead = nil
+        fileSealedRaw = 0
+        fileSealedStored = 0
+        var outcome = try await read(job, &uploads)
+        outcome.head = fileHead
+        outcome.sealedRaw = fileSealedRaw
+        outcome.sealedStored = fileSealedStored
+        return outcome
+    }
+
+    private func read(_ job: FileJob, _ uploads: inout UploadGroup) async throws -> FileOutcome {
         try Task.checkCancellation()
         var outcome = FileOutcome(entry: job.entry, content: nil, dataRegions: nil, size: 0, stat: nil, stable: false,
             warning: nil)
@@ -403,6 +424,10 @@ final class BackupWorker {
                 case .failure(let e): throw ReadFailure(errno: e)
                 }
                 if n == 0 { break }
+                if offset == 0 {
+                    // The head, while it is in the buffer anyway: a histogram of 4 KiB per file.
+                    fileHead = HeadSample.measure(UnsafeRawBufferPointer(start: base + filled, count: n))
+                }
                 filled += n
                 offset += UInt64(n)
                 remaining -= UInt64(n)
@@ -448,6 +473,8 @@ final class BackupWorker {
             return
         }
         let sealed = try pipeline.seal(chunk)
+        fileSealedRaw += UInt64(chunk.count)
+        fileSealedStored += UInt64(sealed.bytes.count)
         chunks.append(sealed.id)
         seals.append(sealed.seal)
         try await enqueue(sealed, &uploads)

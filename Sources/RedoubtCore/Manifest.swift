@@ -36,11 +36,22 @@ public struct ManifestHeader: Sendable, Hashable {
     /// Every pack that holds a chunk this snapshot needs, ascending, unique.
     public var packs: [PackID]
     public var clientVersion: String
+    /// What changed on the host since its previous snapshot, by its own account (format 3,
+    /// docs/FORMAT.md §6.5). Nil in manifests of formats 1 and 2, and when the section is of
+    /// a later version than this build reads.
+    public var activity: SnapshotActivity?
+    /// The section's bytes as stored (format 3), also when this build cannot read its version.
+    public var activityBytes: [UInt8]?
+
+    /// The section as a writer encodes it: the stored bytes if any, else ``activity``'s encoding.
+    var encodedActivity: [UInt8]? { activityBytes ?? activity?.encode() }
 
     public init(tenant: String, readKeyID: ReadKeyID, host: String, hostKey: HostPublicKey, time: Timestamp,
         nonce: [UInt8],
                 paths: [[UInt8]], tags: [String], statistics: SnapshotStatistics, packs: [PackID],
-                    clientVersion: String) {
+                    clientVersion: String, activity: SnapshotActivity? = nil) {
+        self.activity = activity
+        self.activityBytes = activity?.encode()
         self.tenant = tenant
         self.readKeyID = readKeyID
         self.host = host
@@ -81,9 +92,10 @@ public struct ManifestBounds: Sendable, Equatable {
 /// The snapshot ID is the SHA-256 of the manifest's bytes.
 public struct Manifest: Sendable {
     public static let magic = Array("RDBTSNAP".utf8)
-    /// The version `redoubt backup` writes: 3, root seals (format 2) and a root tree that
-    /// keeps each backed-up path whole (docs/FORMAT.md §5.3).
-    public static let version: UInt16 = 3
+    /// The version `redoubt backup` writes: 4, with root seals (from 2), a root tree that
+    /// keeps each backed-up path whole (from 3, docs/FORMAT.md §5.3) and the header's
+    /// activity section (from 4, §6.5).
+    public static let version: UInt16 = 4
     static let sealedAADLabel = Array("redoubt/v1/manifest-sealed-aad".utf8)
     public static let maxSize = 64 << 20
     static let signatureSize = 64
@@ -97,8 +109,9 @@ public struct Manifest: Sendable {
     let sealedBody: [UInt8]
     let signature: [UInt8]
     let signedLength: Int
-    /// 1, 2 or 3: from 2 the sealed root gives each root chunk's seal; from 3 the root
-    /// tree names each backed-up path by all its components (``keepsPathsWhole``).
+    /// 1 to 4: from 2 the sealed root gives each root chunk's seal; from 3 the root tree
+    /// names each backed-up path by all its components (``keepsPathsWhole``); from 4 the
+    /// header carries the host's activity section.
     public var version: UInt16 = 1
 
     /// The root tree holds each backed-up path at its whole path (`/b/x` is `b` → `x`);
@@ -117,7 +130,7 @@ public struct Manifest: Sendable {
             throw CoreError(.corrupt, object: "new snapshot",
                             "\(rootSeals.count) root seals for \(root.count) root chunks")
         }
-        guard version == 2 || version == 3 else {
+        guard (2...4).contains(version) else {
             throw CoreError(.unsupportedVersion, object: "new snapshot", "manifest version \(version) is not written")
         }
         guard header.readKeyID == readPublicKey.keyID, header.hostKey == signingKey.publicKey else {
@@ -127,6 +140,12 @@ public struct Manifest: Sendable {
         guard header.nonce.count == 16 else {
             throw CoreError(.corrupt, object: "new snapshot", "nonce must be 16 bytes")
         }
+        // Version 4 is exactly the one whose header carries an activity section.
+        guard (header.encodedActivity != nil) == (rootSeals != nil && version == 4) else {
+            throw CoreError(.corrupt, object: "new snapshot",
+                            "an activity section goes with root seals and manifest version 4, and only with them")
+        }
+        let version: UInt16 = rootSeals == nil ? 1 : version
         let headerBytes = encodeHeader(header)
         var body = ByteWriter(capacity: 8 + root.count * 32)
         body.uvarint(UInt64(root.count))
@@ -139,7 +158,7 @@ public struct Manifest: Sendable {
         }
         var w = ByteWriter(capacity: headerBytes.count + 2048)
         w.raw(magic)
-        w.u16(rootSeals == nil ? 1 : version)
+        w.u16(version)
         w.lengthPrefixed(headerBytes)
         do {
             var sender = try HPKE.Sender(recipientKey: readPublicKey.key, ciphersuite: readKeyCiphersuite,
@@ -179,9 +198,9 @@ public struct Manifest: Sendable {
                 throw CoreError(.corrupt, object: object, "bad magic: not a Redoubt snapshot manifest")
             }
             let v = try r.u16()
-            guard (1...3).contains(v) else {
+            guard (1...4).contains(v) else {
                 throw CoreError(.unsupportedVersion, object: object,
-                                "manifest format version \(v); this build reads 1 to 3: upgrade redoubt")
+                                "manifest format version \(v); this build reads 1 to 4: upgrade redoubt")
             }
             let headerBytes = try r.lengthPrefixed()
             let enc = try r.lengthPrefixed(limit: 2048)
@@ -189,7 +208,7 @@ public struct Manifest: Sendable {
             let signedLength = r.offset
             let sig = try r.raw(signatureSize)
             guard r.isAtEnd else { throw CoreError(.corrupt, object: object, "trailing bytes after the signature") }
-            let header = try decodeHeader(headerBytes, object: object, bounds: bounds)
+            let header = try decodeHeader(headerBytes, object: object, bounds: bounds, activity: v >= 4)
             return Manifest(id: id, header: header, bytes: bytes, headerBytes: headerBytes, encapsulatedKey: enc,
                             sealedBody: sealed, signature: sig, signedLength: signedLength, version: v)
         } catch let e as CoreError { throw e } catch let e as ByteReader.Failure { throw e.corrupt(object,
@@ -295,11 +314,15 @@ public struct Manifest: Sendable {
         w.uvarint(UInt64(packs.count))
         for p in packs { w.raw(p.bytes) }
         w.string(h.clientVersion)
+        if let activity = h.encodedActivity { w.lengthPrefixed(activity) }
         return w.bytes
     }
 
+    /// The most bytes an activity section may take (format 3).
+    static let maxActivityBytes = 4096
+
     static func decodeHeader(_ bytes: [UInt8], object: String,
-        bounds: ManifestBounds? = nil) throws(CoreError) -> ManifestHeader {
+        bounds: ManifestBounds? = nil, activity hasActivity: Bool = false) throws(CoreError) -> ManifestHeader {
         var r = ByteReader(bytes)
         do {
             let tenant = try r.string(limit: 256)
@@ -356,10 +379,16 @@ public struct Manifest: Sendable {
                 packs.append(p)
             }
             let clientVersion = try r.string(limit: 256)
+            let activityBytes = hasActivity ? try r.lengthPrefixed(limit: maxActivityBytes) : nil
             guard r.isAtEnd else { throw CoreError(.corrupt, object: object, "trailing bytes in header") }
-            return ManifestHeader(tenant: tenant, readKeyID: keyID, host: host, hostKey: hostKey, time: time,
+            var h = ManifestHeader(tenant: tenant, readKeyID: keyID, host: host, hostKey: hostKey, time: time,
                 nonce: nonce,
                                   paths: paths, tags: tags, statistics: s, packs: packs, clientVersion: clientVersion)
+            if let activityBytes {
+                h.activityBytes = activityBytes
+                h.activity = try SnapshotActivity.decode(activityBytes, object: object)
+            }
+            return h
         } catch let e as CoreError { throw e } catch let e as ByteReader.Failure { throw e.corrupt(object,
             "malformed header") } catch {
             throw CoreError(.corrupt, object: object, "\(error)")

@@ -412,6 +412,10 @@ public enum Wire {
         /// each until when (empty: no rule does; the lock is the minimum retention's). Absent
         /// when no policy covers it, and from servers without policies.
         public var keptBy: [PolicyKeep]?
+        /// The server's ransomware verdict on the snapshot (`clean`, `suspect`, `unknown`) and
+        /// its reasons (docs/PROTOCOL.md §4.9). Absent for a writer, and from servers without detection.
+        public var verdict: String?
+        public var verdictReasons: [String]?
 
         public init(id: String, tenant: String, host: String, time: Date, committedAt: Date, retainUntil: Date,
             paths: [String], tags: [String],

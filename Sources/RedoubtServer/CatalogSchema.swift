@@ -169,6 +169,8 @@ extension Catalog {
         m.registerMigration("v15-server-jobs") { db in try db.execute(sql: Catalog.jobSchema) }
         // Host commit expectations, notification channels and open alerts (SQLiteCatalog+Monitoring.swift).
         m.registerMigration("v16-notifications") { db in try db.execute(sql: Catalog.monitoringSchema) }
+        // Ransomware verdicts per snapshot, detection settings per tenant, chunks per pack (SnapshotVerdicts.swift).
+        m.registerMigration("v17-snapshot-verdicts") { db in try db.execute(sql: Catalog.verdictSchema) }
         // New migrations go here, after every released one.
         return m
     }

@@ -279,6 +279,12 @@ public enum RedoubtHTTP {
                 jsonResponse(try await service.verify(ctx.parameters.get("id") ?? "", ctx: ctx.call))
             }
         },
+        Route(.post, "/v1/snapshots/{id}/verdict", .clearVerdict, .admin) { service, logger, req, ctx in
+            await handle(logger) {
+                jsonResponse(try service.clearVerdict(ctx.parameters.get("id") ?? "",
+                    try await req.json(Wire.ClearVerdictRequest.self), ctx: ctx.call))
+            }
+        },
         Route(.post, "/v1/tenants", .createTenant, .admin) { service, logger, req, ctx in
             await handle(logger) {
                 jsonResponse(try await service.createTenant(try await req.json(Wire.CreateTenantRequest.self),
@@ -427,6 +433,12 @@ public enum RedoubtHTTP {
                 jsonResponse(try service.setQuota(tenant: ctx.parameters.get("tenant") ?? "",
                     try await req.json(Wire.SetQuotaRequest.self),
                                                   ctx: ctx.call))
+            }
+        },
+        Route(.put, "/v1/tenants/{tenant}/detection", .setDetection, .admin) { service, logger, req, ctx in
+            await handle(logger) {
+                jsonResponse(try service.setDetection(tenant: ctx.parameters.get("tenant") ?? "",
+                    try await req.json(Wire.DetectionSettings.self), ctx: ctx.call))
             }
         },
         Route(.put, "/v1/tenants/{tenant}/policy", .setPolicy, .admin) { service, logger, req, ctx in

@@ -31,7 +31,8 @@ public enum Action: String, Sendable, CaseIterable {
     case addCopyTarget = "add-copy-target", listCopyTargets = "list-copy-targets"
     case removeCopyTarget = "remove-copy-target", syncCopyTarget = "sync-copy-target"
     case placeHold = "place-hold", listHolds = "list-holds", releaseHold = "release-hold"
-    case collectGarbage = "gc", setQuota = "set-quota"
+    case collectGarbage = "gc", setQuota = "set-quota", setDetection = "set-detection"
+    case clearVerdict = "clear-verdict"
     case setPolicy = "set-policy", listPolicies = "list-policies", simulatePolicy = "simulate-policy"
     case applyPolicy = "apply-policy"
     case getSchedule = "get-schedule", setSchedule = "set-schedule", listJobs = "list-jobs"
@@ -50,6 +51,7 @@ public enum Action: String, Sendable, CaseIterable {
     case start, clearWriteMaterial = "clear-write-material", sealDescriptor = "seal-descriptor"
     case gcDelete = "gc-delete", gcStore = "gc-store", refusedAnonymous = "refused-anonymous"
     case jobRun = "job", integrityFinding = "integrity-finding"
+    case snapshotVerdict = "snapshot-verdict"
 }
 
 /// Prints as its stored name, so messages and records read the same.

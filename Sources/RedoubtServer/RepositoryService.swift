@@ -374,6 +374,7 @@ public final class RepositoryService: Sendable {
             throw ServerError.beingCollected("pack \(id)")
         }
         try catalog.recordUpload(tenant: tenant.name, pack: id.description, host: p.name)
+        try catalog.recordPackChunkCount(tenant: tenant.name, pack: id.description, chunks: summary.chunkIDs.count)
         return Wire.UploadResponse(id: id.description, created: result == .created, retainUntil: until,
             quotaWarning: quotaWarning)
     }
@@ -461,6 +462,8 @@ public final class RepositoryService: Sendable {
         // The off-site copies follow each commit, in the background.
         // The tenant's retention policies move the locks of what they keep (RetentionPolicies.swift).
         await applyPoliciesAfterCommit(tenant: tenant.name, host: p.name)
+        // The ransomware verdict, against the host's own baseline (SuspectSnapshots.swift).
+        await judgeCommit(rec, manifest: manifest, principal: p)
         if try !catalog.copyTargets(tenant: tenant.name).isEmpty {
             requestJob(ServerJobs.copySync.name, tenant: tenant.name)
         }
@@ -528,11 +531,11 @@ public final class RepositoryService: Sendable {
                 after: page?.after,
                                             limit: page?.limit).map(listed))
         case .restorer:
-            return try withPolicyKeeps(try catalog.snapshotPage(tenant: p.tenant ?? "", host: host, after: page?.after,
-                                            limit: page?.limit).map(listed))
+            return try withVerdicts(withPolicyKeeps(try catalog.snapshotPage(tenant: p.tenant ?? "", host: host,
+                after: page?.after, limit: page?.limit).map(listed)))
         case .admin, .auditor:
-            return try withPolicyKeeps(try catalog.snapshotPage(tenant: tenant, host: host, after: page?.after,
-                                            limit: page?.limit).map(listed))
+            return try withVerdicts(withPolicyKeeps(try catalog.snapshotPage(tenant: tenant, host: host,
+                after: page?.after, limit: page?.limit).map(listed)))
         }
     }
 

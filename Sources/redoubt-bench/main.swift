@@ -7,6 +7,11 @@ import RedoubtCore
 
 redoubt_tune_malloc()
 
+if CommandLine.arguments.dropFirst().first == "activity" {
+    runActivityBenchmark(Array(CommandLine.arguments.dropFirst(2)))
+    exit(0)
+}
+
 if CommandLine.arguments.dropFirst().first == "inspect" {
     runInspectBenchmark(Array(CommandLine.arguments.dropFirst(2)))
     exit(0)

@@ -54,9 +54,11 @@ struct SnapshotsCommand: AsyncParsableCommand {
                 // retention; the host's own clock is in --json (`time`).
                 // KEPT BY: the retention rules keeping each snapshot (only when a policy covers some).
                 let policies = list.contains { $0.keptBy != nil }
+                // VERDICT: the server's ransomware verdict; a suspect one's reasons follow on the next lines.
+                let verdicts = list.contains { $0.verdict != nil }
                 print("ID        COMMITTED             HOST            FILES     SIZE        NEW         RETAIN UNTIL "
-                    + "         "
-                      + (policies ? "KEPT BY                     " : "") + "PATHS")
+                    + "         " + (policies ? "KEPT BY                     " : "") + (verdicts ? "VERDICT  " : "")
+                    + "PATHS")
                 for s in list {
                     let more = (s.pathCount ?? 0) - s.paths.count
                     let paths: String = s.paths.map(shown).joined(separator: " ") + (more > 0 ? " (+\(more) more)" : "")
@@ -66,7 +68,11 @@ struct SnapshotsCommand: AsyncParsableCommand {
                         + "\(shown(s.host).rightPadded(to: 14))  \(String(s.statistics.files).rightPadded(to: 8))  "
                     let kept = (s.keptBy ?? []).map { $0.rule + ($0.final ? "" : "*") }.joined(separator: ",")
                     let keptColumn = policies ? (kept.isEmpty ? "-" : kept).rightPadded(to: 26) + "  " : ""
-                    print(line + sizes + "  \(f.string(from: s.retainUntil))  " + keptColumn + paths)
+                    let verdictColumn = verdicts ? (s.verdict ?? "-").rightPadded(to: 7) + "  " : ""
+                    print(line + sizes + "  \(f.string(from: s.retainUntil))  " + keptColumn + verdictColumn + paths)
+                    if s.verdict == "suspect" || s.verdict == "unknown" {
+                        for r in s.verdictReasons ?? [] { print("          \(s.verdict ?? ""): \(shown(r))") }
+                    }
                 }
             }
             return .ok
@@ -274,6 +280,7 @@ struct ReadKeyOptions: ParsableArguments {
 
 enum RestoreSupport {
     /// The snapshot's manifest from the server (ID or unique prefix), checked against its ID.
+    /// Aliases (`latest`, `latest-clean`) are resolved before, by ``SnapshotRef``.
     static func manifest(_ snapshot: String, from client: APIClient) async throws -> Manifest {
         let info = try await client.snapshot(snapshot)
         return try Manifest.parse(try await client.manifestBytes(info.id), expectedID: SnapshotID(hex: info.id))

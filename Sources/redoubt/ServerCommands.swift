@@ -206,7 +206,9 @@ struct AdminCommand: AsyncParsableCommand {
                                                                       AdminHoldCommand.self,
                                                                   AdminPolicyCommand.self,
                                                                   AdminScheduleCommand.self, AdminJobsCommand.self,
-                                                                  AdminNotifyCommand.self, AdminStatus.self])
+                                                                  AdminNotifyCommand.self, AdminStatus.self,
+                                                                  AdminDetectionCommand.self,
+                                                                  AdminVerdictClearCommand.self])
     // Declared here too so `redoubt admin --credential FILE tenant …` parses; the
     // subcommands read the same value.
     @OptionGroup var admin: AdminOptions

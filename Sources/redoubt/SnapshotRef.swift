@@ -10,12 +10,21 @@ enum SnapshotRef {
     static let latest = "latest"
 
     /// The help text for a SNAPSHOT argument that takes aliases.
-    static let help = "Snapshot ID, a unique prefix (8+ hex digits), or latest (with --host H: that host's newest)."
+    static let help = """
+        Snapshot ID, a unique prefix (8+ hex digits), latest, or latest-clean (the newest not judged suspect); \
+        with --host H: that host's.
+        """
 
     /// The snapshot ID or prefix `name` stands for on the server. `latest` is the snapshot
     /// the server committed last (its clock decides, never a host's), among `host`'s if
     /// given; anything else is passed on as it is. `--host` goes only with an alias.
     static func resolve(_ name: String, host: String?, client: APIClient) async throws -> String {
+        if name == LatestClean.name {
+            let info = try await LatestClean.resolve(host: host, from: client)
+            let why = info.verdict.map { " (verdict \($0))" } ?? " (no verdict)"
+            FileHandle.standardError.write(Data("latest-clean is snapshot \(info.id) of \(info.host)\(why)\n".utf8))
+            return info.id
+        }
         guard name == latest else {
             if let host {
                 throw ValidationError("--host \(host) goes with `latest`; \(name) names one snapshot already")

@@ -78,6 +78,16 @@ enum GoldenModel {
 
     static func keys() -> TenantKeys { TenantKeys.fixedForTests(seed: 1) }
 
+    /// The activity section of the format-4 manifest: every field non-zero.
+    static var activity: SnapshotActivity {
+        var a = SnapshotActivity()
+        a.hasBaseline = true
+        a.filesAdded = 1; a.filesChanged = 2; a.filesDeleted = 3; a.filesRenamed = 4; a.extensionChanged = 5
+        a.knownRansomExtension = 6; a.topNewExtension = "locked"; a.topNewExtensionFiles = 7
+        a.ransomNoteDirectories = 8; a.sampledFiles = 9; a.highEntropyFiles = 10; a.typeMismatchFiles = 11
+        a.suspiciousContentFiles = 12; a.sealedBytesRaw = 1_300_000; a.sealedBytesStored = 1_300_400
+        return a
+    }
     /// A directory above the backed-up path in format 3 (`srv`, `golden`).
     static func ancestor(_ name: String, subtree: [ChunkID] = [], seals: [ChunkSeal] = []) -> Node {
         var n = Node(name: Array(name.utf8), type: .directory, mode: 0o750, uid: 0, gid: 4, user: Array("root".utf8),
@@ -108,14 +118,14 @@ enum GoldenModel {
         Bundle.module.url(forResource: "Fixtures", withExtension: nil)!.appendingPathComponent("v\(version)")
     }
 
-    /// `REDOUBT_WRITE_FIXTURES=N` writes `Fixtures/vN` with format N (1, 2 or 3): only to add
+    /// `REDOUBT_WRITE_FIXTURES=N` writes `Fixtures/vN` with format N (1 to 4): only to add
     /// a new format's fixture; committed fixtures are never rewritten. Format 3 is format 2
     /// with the root kept whole: the model lies at `srv/golden` below the root, `srv` and
-    /// `golden` being directories of their own.
+    /// `golden` being directories of their own. Format 4 is format 3 with an activity section.
     @Test(.enabled(if: ProcessInfo.processInfo.environment["REDOUBT_WRITE_FIXTURES"] != nil))
     func writeGoldenFixture() async throws {
         let version = Int(ProcessInfo.processInfo.environment["REDOUBT_WRITE_FIXTURES"] ?? "") ?? 0
-        try #require((1...3).contains(version))
+        try #require((1...4).contains(version))
         let dir = URL(fileURLWithPath: #filePath).deletingLastPathComponent()
             .appendingPathComponent("Fixtures/v\(version)")
         try #require(!FileManager.default.fileExists(atPath: dir.path),
@@ -170,7 +180,8 @@ enum GoldenModel {
                                         nonce: [UInt8](repeating: 0x5a, count: 16),
                                     paths: [Array("/srv/golden".utf8)], tags: ["golden"], statistics: stats,
                                         packs: packs.map(\.id),
-                                    clientVersion: "redoubt fixture v\(version)")
+                                    clientVersion: "redoubt fixture v\(version)",
+                                    activity: version >= 4 ? GoldenModel.activity : nil)
         let rootSeals = version >= 2 ? pipeline.seals(for: root) : nil
         let m = try Manifest.create(header: header, root: root, rootSeals: rootSeals, version: UInt16(max(version, 2)),
             readPublicKey: keys.readKey.publicKey,
@@ -199,6 +210,9 @@ enum GoldenModel {
     /// Reads the committed v3 repository (format 2 with the backed-up path kept whole).
     @Test func readsTheV3GoldenRepositoryBitForBit() async throws { try await readsGoldenRepository(3) }
 
+    /// Reads the committed v4 repository (format 3 with the host's activity section).
+    @Test func readsTheV4GoldenRepositoryBitForBit() async throws { try await readsGoldenRepository(4) }
+
     func readsGoldenRepository(_ version: Int) async throws {
         let dir = Self.fixtureDir(version)
         let wrapped = try WrappedReadKey.decode(try Data(contentsOf: dir.appendingPathComponent("keys/read-key.json")))
@@ -221,6 +235,7 @@ enum GoldenModel {
         #expect(manifest.header.time == GoldenModel.time)
         #expect(manifest.header.tags == ["golden"])
         #expect(manifest.version == UInt16(version))
+        #expect(manifest.header.activity == (version >= 4 ? GoldenModel.activity : nil))
 
         let packDir = dir.appendingPathComponent("packs")
         let packFiles = try FileManager.default.contentsOfDirectory(atPath: packDir.path).sorted()
@@ -267,7 +282,7 @@ enum GoldenModel {
         #expect(expected == GoldenModel.expectedLines(GoldenModel.entries()))
     }
 
-    @Test(arguments: [1, 2, 3]) func aFlippedBitInAnyGoldenPackIsReportedWithThePack(version: Int) throws {
+    @Test(arguments: [1, 2, 3, 4]) func aFlippedBitInAnyGoldenPackIsReportedWithThePack(version: Int) throws {
         let packDir = Self.fixtureDir(version).appendingPathComponent("packs")
         for name in try FileManager.default.contentsOfDirectory(atPath: packDir.path) {
             var bytes = Array(try Data(contentsOf: packDir.appendingPathComponent(name)))

@@ -43,6 +43,10 @@ private let expectedAccess: [String: Set<String>] = {
         "PUT /v1/tenants/{tenant}/retention": admin,
         "PUT /v1/tenants/{tenant}/dedup-scope": admin,
         "PUT /v1/tenants/{tenant}/quota": admin,
+        // Detection thresholds: an admin's; a host must not tune what judges it.
+        "PUT /v1/tenants/{tenant}/detection": admin,
+        // Clearing a suspect verdict: an admin's, approved by the quorum (it changes what latest-clean restores).
+        "POST /v1/snapshots/{id}/verdict": admin,
         "POST /v1/tenants/{tenant}/gc": admin,
         "POST /v1/admins": admin,
         "POST /v1/admins/{name}/remove": admin,
