@@ -75,7 +75,8 @@ extension Wire {
         /// Unique per message (a resolution has its own).
         public var id: String
         /// What happened: `host-stale`, `integrity-failure`, `copy-lagging`, `lock-proof-failed`,
-        /// `refusal-burst`, `approval-requested`, `hold-placed`, `hold-lifted`, `job-failed`, `test`.
+        /// `refusal-burst`, `approval-requested`, `hold-placed`, `hold-lifted`, `job-failed`,
+        /// `suspect-snapshot`, `test`.
         public var kind: String
         /// `open` (it started), `resolved` (it ended) or `once` (an event with no duration).
         public var state: String

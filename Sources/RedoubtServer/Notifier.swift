@@ -13,7 +13,7 @@ public struct MonitorEvent: Sendable, Equatable {
         case hostStale = "host-stale", integrityFailure = "integrity-failure", copyLagging = "copy-lagging"
         case lockProofFailed = "lock-proof-failed", refusalBurst = "refusal-burst"
         case approvalRequested = "approval-requested", holdPlaced = "hold-placed", holdLifted = "hold-lifted"
-        case jobFailed = "job-failed", test
+        case jobFailed = "job-failed", suspectSnapshot = "suspect-snapshot", test
     }
 
     public var kind: Kind

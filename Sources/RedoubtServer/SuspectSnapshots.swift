@@ -97,6 +97,13 @@ extension RepositoryService {
             "tenant": "\(event.tenant)", "host": "\(event.host)", "snapshot": "\(event.snapshot)",
             "reasons": "\(event.reasons.joined(separator: "; "))", "holds": "\(event.holds.joined(separator: ","))",
         ])
+        let held = event.heldSnapshots.isEmpty ? "no earlier snapshot to hold"
+            : "held: " + event.heldSnapshots.map { String($0.prefix(8)) }.joined(separator: ", ")
+        notifier.post(MonitorEvent(.suspectSnapshot, tenant: event.tenant, host: event.host,
+                                   summary: "snapshot \(event.snapshot.prefix(8)) of \(event.host) looks like "
+                                       + "ransomware (\(event.reasons.joined(separator: "; "))); \(held)",
+                                   command: "redoubt snapshots --host \(event.host)",
+                                   key: "suspect-snapshot:\(event.tenant):\(event.snapshot)", lasting: false))
     }
 
     private func detectorAudit(_ action: Action, object: String, outcome: String, detail: String) {

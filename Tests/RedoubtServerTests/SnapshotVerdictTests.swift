@@ -1,4 +1,5 @@
 import Foundation
+import GRDB
 import Testing
 import RedoubtClient
 import RedoubtCore
@@ -206,6 +207,12 @@ struct VerdictScorerTests {
         #expect(audit.contains { $0.action == "snapshot-verdict" && $0.outcome == "suspect"
             && $0.object == "snapshot \(attack.id)" })
         #expect(audit.filter { $0.action == "place-hold" && $0.actor == "detector" }.count == 3)
+        // And notified once: a one-off kept in the catalog, so a restart does not send it again.
+        let notified = try w.server.service.sqlite.db.read { db in
+            try Row.fetchAll(db, sql: "SELECT host, summary FROM notify_alerts WHERE kind = 'suspect-snapshot'")
+        }
+        #expect(notified.count == 1)
+        #expect((notified.first?["summary"] as String?)?.contains(attack.id.prefix(8)) == true, "\(notified)")
 
         // The host, as an attacker would: it sees no verdicts, cannot lift a hold, cannot tune detection.
         let own = try await w.writer.snapshots(host: nil)
