@@ -131,7 +131,7 @@ import Testing
         let result = try await Archiver().run(options: BackupOptions(paths: paths), keys: keys.write, target: repo,
             now: now)
         #expect(result.manifest.header.paths == paths.map { Array($0.utf8) })
-        #expect(result.manifest.version == 3 && result.manifest.keepsPathsWhole)
+        #expect(result.manifest.version == Manifest.version && result.manifest.keepsPathsWhole)
         let dst = work + "/dst"
         _ = try await restore(result.manifest, keys, from: repo, to: dst)
         #expect(try Fixture.read(Array((dst + work + "/x/data/one").utf8)) == Fixture.text(10))
