@@ -114,11 +114,18 @@ func contribAlertRules(scopedTo run: String) throws -> String {
         }
         #expect(snapshots?.1 == 1)
         #expect(snapshots?.0["instance"] == address)
-        let stored = try await prom.query("redoubt_tenant_stored_bytes{redoubt_test=\"\(prom.run)\"}")
-        #expect((stored.first?.1 ?? 0) > 0)
-        let commits = try await prom.query(
-            "redoubt_http_requests_total{redoubt_test=\"\(prom.run)\",route=\"/v1/snapshots\",method=\"POST\"}")
-        #expect(commits.first { $0.0["status"] == "201" }?.1 == 1, "\(commits)")
+        // Each read waits for a scrape that succeeded: on a loaded machine a scrape can pass its
+        // 1 s timeout, and Prometheus then marks the target's series stale until the next one.
+        let stored = try await prom.eventually("redoubt_tenant_stored_bytes") {
+            try await prom.query("redoubt_tenant_stored_bytes{redoubt_test=\"\(prom.run)\"}").first
+        }
+        #expect((stored?.1 ?? 0) > 0)
+        let commits = try await prom.eventually("the commit's request counter") {
+            try await prom.query(
+                "redoubt_http_requests_total{redoubt_test=\"\(prom.run)\",route=\"/v1/snapshots\",method=\"POST\"}")
+                .first { $0.0["status"] == "201" }
+        }
+        #expect(commits?.1 == 1, "\(String(describing: commits))")
 
         // The host is expected hourly; by the server's clock two hours pass without a commit.
         try w.server.service.catalog.setHostExpectation(tenant: "acme", host: "web1", interval: 3600)
