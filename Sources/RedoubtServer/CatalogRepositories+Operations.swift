@@ -1,13 +1,16 @@
 import Foundation
 import RedoubtCore
 
-/// What the scheduled jobs keep beside their runs (JobRepository): the scrub's ledger, and
-/// the intervals hosts say they back up at.
+/// The scrub's ledger, kept beside the job runs (JobRepository).
 public protocol ScrubRepository: Sendable {
     /// The packs of `tenant` to re-read now so that each is read at least once per `period`.
     func scrubSlice(tenant: String, now: Date, period: TimeInterval,
                     interval: TimeInterval) throws -> [(id: String, size: Int64)]
     func recordScrub(tenant: String, pack: String, result: String, at: Date) throws
+}
+
+/// The interval each host says it backs up at (`--expected-interval`, with its commits).
+public protocol ExpectedIntervalRepository: Sendable {
     func setExpectedInterval(principalID: String, seconds: TimeInterval?) throws
     /// Principal ID → the interval it sent with its last commit.
     func expectedIntervals() throws -> [String: TimeInterval]
@@ -31,4 +34,4 @@ public protocol MonitoringRepository: Sendable {
     func failedJobRecords(after seq: Int64) throws -> [(seq: Int64, action: String, object: String, outcome: String)]
 }
 
-extension Catalog: ScrubRepository, MonitoringRepository {}
+extension Catalog: ScrubRepository, ExpectedIntervalRepository, MonitoringRepository {}

@@ -308,7 +308,7 @@ public protocol DeepVerifyLedgerRepository: Sendable {
 public typealias CatalogRepositories = SettingsRepository & TenantRepository & PrincipalRepository & PackRepository
     & SnapshotRepository & AuditRepository & ApprovalRepository & LegalHoldRepository & GCQueueRepository
     & CopyTargetRepository & QuotaRepository & PolicyRepository & DeepVerifyLedgerRepository & JobRepository
-    & ScrubRepository & FindingRepository & MonitoringRepository & VerdictRepository
+    & ScrubRepository & ExpectedIntervalRepository & FindingRepository & MonitoringRepository & VerdictRepository
 
 extension Catalog: SettingsRepository, TenantRepository, PrincipalRepository, PackRepository, SnapshotRepository,
     AuditRepository, ApprovalRepository, LegalHoldRepository, GCQueueRepository, CopyTargetRepository,

@@ -13,6 +13,8 @@ struct AdminScheduleCommand: AsyncParsableCommand {
 }
 
 /// `1d`, `12h`, `90m`, `45s`: the largest unit that divides the interval.
+/// `30d`, `6h`, `15m` or `45s`: the largest whole unit, as `parseDuration` and
+/// `--expected-interval` read it.
 func formatInterval(_ t: TimeInterval) -> String {
     let s = Int(t.rounded())
     for (unit, n) in [("d", 86400), ("h", 3600), ("m", 60)] where s >= n && s % n == 0 { return "\(s / n)\(unit)" }

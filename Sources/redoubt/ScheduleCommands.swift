@@ -67,7 +67,7 @@ struct ScheduleCommand: AsyncParsableCommand {
                     allowed: try ScheduleUnits.allowedAddresses(credential: cfg.credential()) + allowAddress)
                 try units.write(to: self.units.unitDir)
                 print("wrote \(self.units.unitDir)/\(units.name).service and .timer: \(plan.calendar), "
-                      + "expected interval \(ScheduleUnits.duration(interval))")
+                      + "expected interval \(formatInterval(interval))")
                 if noEnable || self.units.unitDir != ScheduleCommand.systemUnitDirectory || !Systemd.isRunning {
                     print("not enabled: run `systemctl daemon-reload && systemctl enable --now \(units.name).timer`")
                     return .ok
@@ -213,13 +213,6 @@ struct ScheduleUnits {
         return "redoubt-backup-" + job
     }
 
-    /// `30d`, `6h`, `15m` or `45s`: what `--expected-interval` and parseDuration read.
-    static func duration(_ t: TimeInterval) -> String {
-        let s = Int(t.rounded())
-        for (unit, size) in [("d", 86400), ("h", 3600), ("m", 60)] where s % size == 0 { return "\(s / size)\(unit)" }
-        return "\(s)s"
-    }
-
     /// Loopback (a local DNS stub, a database dumped by a job), the server's addresses, and
     /// when the server is named rather than numbered, the resolvers of /etc/resolv.conf.
     static func allowedAddresses(credential: ClientCredential) throws -> [String] {
@@ -264,7 +257,7 @@ struct ScheduleUnits {
 
     var command: String {
         let what = job.map { ["--job", $0] } ?? (["--"] + paths)
-        let args = ["backup", "--config", configDirectory, "--expected-interval", Self.duration(expectedInterval)]
+        let args = ["backup", "--config", configDirectory, "--expected-interval", formatInterval(expectedInterval)]
             + (jobsFile.map { ["--jobs-file", $0] } ?? []) + what
         return ([binary] + args).map(Self.quoted).joined(separator: " ")
     }
@@ -332,7 +325,7 @@ struct ScheduleUnits {
 
     var timer: String {
         // Spreads hosts that share a schedule over a tenth of the period (30 min at most).
-        let spread = Self.duration(max(60, min(expectedInterval / 10, 1800)).rounded(.down))
+        let spread = formatInterval(max(60, min(expectedInterval / 10, 1800)).rounded(.down))
         return """
             \(Self.marker) (job=\(job ?? "-"); every=\(every)); `redoubt schedule remove` deletes it.
             # Persistent=true: a run missed while the machine was off runs at the next boot.
