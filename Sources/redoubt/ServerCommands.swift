@@ -138,15 +138,13 @@ struct ServerRun: AsyncParsableCommand {
             let jobs = Task { await JobScheduler(service: service).run(every: 60) }
             defer { jobs.cancel() }
             // The metrics listener lives as long as the API: it stops when the API stops.
-            let metricsTask = metricsAddress.map { address in
-                let metricsApp = MetricsListener.application(service: service, host: address.host, port: address.port,
-                                                             logger: logger) { bound in
+            let metrics = metricsAddress.map { address in
+                BackgroundListener(MetricsListener.application(service: service, host: address.host,
+                                                               port: address.port, logger: logger) { bound in
                     print("redoubt metrics on http://\(address.host):\(bound)/metrics")
                     fflush(nil)
-                }
-                return Task { try await metricsApp.runService(gracefulShutdownSignals: []) }
+                }, logger: logger)
             }
-            defer { metricsTask?.cancel() }
             // Notifications: delivery, and an evaluation of the catalog every minute.
             let notifications = Task { await service.runNotifications() }
             defer { notifications.cancel() }
@@ -158,10 +156,12 @@ struct ServerRun: AsyncParsableCommand {
             }
             do { try await app.runService() } catch {
                 watch.cancel()
+                await metrics?.stop()
                 logger.error("server stopped", metadata: ["error": "\(error)"])
                 throw error
             }
             watch.cancel()
+            await metrics?.stop()
             logger.info("server stopped")
             return .ok
         }

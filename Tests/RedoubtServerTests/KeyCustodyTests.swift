@@ -171,8 +171,7 @@ import RedoubtStore
         let shred = try #require(audit.last { $0.action == "shred-tenant" && $0.outcome == "ok" })
         #expect(shred.detail.contains("destroyed KEK versions=2") && shred.detail.contains("NOT destroyed=1"))
         await server.admin.shutdown()
-        server.task.cancel()
-        _ = try? await server.task.value
+        await server.listener.stop()
         _ = try await CatalogRebuilder.rebuild(home: server.home, logger: Logger(label: "test"))
         let rebuilt = try Catalog(path: server.home.catalogPath)
         let r = try #require(try rebuilt.tenant("acme"))
@@ -207,8 +206,7 @@ import RedoubtStore
             requester: admin, now: now,
                                   expiresAt: now.addingTimeInterval(3600), needed: 1)
         await server.admin.shutdown()
-        server.task.cancel()
-        _ = try? await server.task.value
+        await server.listener.stop()
         _ = try await CatalogRebuilder.rebuild(home: server.home, logger: Logger(label: "test"))
         let rebuilt = try Catalog(path: server.home.catalogPath)
         #expect(try rebuilt.retiredKEKs(tenant: "acme").map(\.version) == [1])

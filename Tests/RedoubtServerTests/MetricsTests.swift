@@ -45,7 +45,7 @@ struct MetricsWorld {
     let writerConfig: ClientConfig
     let writer: APIClient
     let metricsURL: String
-    let metricsTask: Task<Void, Error>
+    let metrics: BackgroundListener
     let snapshot: Wire.SnapshotInfo
 
     static func start() async throws -> MetricsWorld {
@@ -64,12 +64,12 @@ struct MetricsWorld {
         let (stream, cont) = AsyncStream<Int>.makeStream()
         let app = MetricsListener.application(service: server.service, host: "127.0.0.1", port: 0,
                                               logger: server.service.logger) { cont.yield($0) }
-        let task = Task { try await app.runService(gracefulShutdownSignals: []) }
+        let listener = BackgroundListener(app, logger: server.service.logger)
         var port = 0
         for await p in stream { port = p; break }
         return MetricsWorld(server: server, writerConfig: cfg, writer: writer,
                             metricsURL: "http://127.0.0.1:\(port)/metrics",
-                            metricsTask: task, snapshot: info)
+                            metrics: listener, snapshot: info)
     }
 
     func scrape() async throws -> Exposition {
@@ -79,8 +79,8 @@ struct MetricsWorld {
     }
 
     func stop() async {
-        metricsTask.cancel()
         await writer.shutdown()
+        await metrics.stop()
         await server.stop()
     }
 }
@@ -148,6 +148,35 @@ struct MetricsWorld {
         await refused("E_FORBIDDEN", "a writer reading metrics") { _ = try await w.writer.send(.GET, "/v1/metrics") }
         await auditor.shutdown()
         await w.stop()
+    }
+
+    /// Connections that are open but have sent nothing, and a request cut halfway, are what a
+    /// scraper leaves behind; stopping the listener under them must neither trap in NIO (which
+    /// ends the whole server process) nor wait for them.
+    @Test func theListenerStopsCleanlyUnderIdleAndHalfSentConnections() async throws {
+        let w = try await MetricsWorld.start()
+        let port = try #require(URL(string: w.metricsURL)?.port)
+        var fds: [Int32] = []
+        for i in 0..<40 {
+            let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+            var addr = sockaddr_in()
+            addr.sin_family = sa_family_t(AF_INET)
+            addr.sin_port = in_port_t(UInt16(port).bigEndian)
+            addr.sin_addr.s_addr = inet_addr("127.0.0.1")
+            let connected = withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } } == 0
+            #expect(connected)
+            if i % 2 == 0 { _ = "GET /metrics HTTP/1.1\r\nHost: x\r\n".withCString { send(fd, $0, strlen($0), 0) } }
+            fds.append(fd)
+        }
+        defer { for fd in fds { close(fd) } }
+        // A full scrape still works beside them.
+        #expect(try await w.scrape().value("redoubt_host_snapshots", ["tenant": "acme", "host": "web1"]) == 1)
+        let started = Date()
+        await w.writer.shutdown()
+        #expect(await w.metrics.stop(within: 5))
+        #expect(Date().timeIntervalSince(started) < 12)
+        await w.server.stop()
     }
 
     @Test func theMetricsListenerRefusesAnAddressBeyondLoopback() throws {

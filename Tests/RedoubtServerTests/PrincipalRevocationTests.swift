@@ -277,8 +277,7 @@ import RedoubtCore
             for c in clients { await c.shutdown() }
             clients = []
             await server.admin.shutdown()
-            server.task.cancel()
-            _ = try? await server.task.value
+            await server.listener.stop()
 
             // The catalog as the build before revocation times left it.
             let path = server.home.catalogPath

@@ -316,8 +316,7 @@ import RedoubtKMS
         await w.writer.shutdown()
         await w.restorer.shutdown()
         await w.server.admin.shutdown()
-        w.server.task.cancel()
-        _ = try? await w.server.task.value
+        await w.server.listener.stop()
 
         // Lose the catalog entirely (as after a disk failure), keep the store.
         try FileManager.default.removeItem(atPath: w.server.home.catalogPath)
