@@ -6,7 +6,8 @@ import RedoubtCore
 // server keeps the latest per host, and `host list` shows whether the host's newest
 // snapshot, by the server's commit time and clock, is within it. The value is the host's
 // claim and authorises nothing: a taken host can only make itself look late or on time,
-// and the commit times it is judged by are the server's own.
+// and the commit times it is judged by are the server's own. An admin's expectation
+// (`admin notify expect`) replaces the claim everywhere a host is judged.
 
 /// Whether a host backs up as often as it said it would.
 public enum BackupStatus: String, Sendable {

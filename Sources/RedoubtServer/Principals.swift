@@ -32,14 +32,20 @@ extension RepositoryService {
 
     /// `GET /v1/principals[?all=1]`.
     public func listPrincipals(includeRevoked: Bool) throws -> [Wire.PrincipalInfo] {
-        let intervals = try catalog.expectedIntervals()
         let now = try now()
+        // The same expectation `admin status`, metrics and notifications judge a host by: the
+        // interval it sends with its commits, replaced by an admin's `notify expect`.
+        var expected: [String: TimeInterval] = [:]
+        for h in try catalog.monitoringFacts(now: now).hosts {
+            if let e = h.expectedInterval { expected[h.tenant + "\u{0}" + h.host] = e }
+        }
         return try catalog.principalListing(includeRevoked: includeRevoked).map { p in
-            guard p.role == Role.writer.rawValue, let t = p.tenant else { return p }
+            guard p.role == Role.writer.rawValue, let t = p.tenant, p.revokedAt == nil else { return p }
             var p = p
             p.quota = try quotaInfo(tenant: t, host: p.name)
-            p.expectedIntervalSeconds = intervals[p.id]
-            p.backupStatus = Self.backupStatus(last: p.lastSnapshotAt, expected: intervals[p.id], now: now).rawValue
+            let interval = expected[t + "\u{0}" + p.name]
+            p.expectedIntervalSeconds = interval
+            p.backupStatus = Self.backupStatus(last: p.lastSnapshotAt, expected: interval, now: now).rawValue
             return p
         }
     }

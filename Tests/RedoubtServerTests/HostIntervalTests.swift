@@ -56,6 +56,18 @@ import RedoubtCore
         // A host's time claims do not matter: a host that claims a future time is judged by
         // the server's commit time.
         #expect(try await host(server, "web1").lastSnapshotAt == t0.addingTimeInterval(86401))
+        // An admin's expectation replaces the host's claim, in the listing as in `admin status`:
+        // a taken host that claims a year is still late after the admin's six hours.
+        try await commit(webCfg, web, time: testNow + 86401, expectedInterval: 366 * 86400)
+        _ = try await server.admin.setHostExpectation(.init(tenant: "acme", host: "web1", intervalSeconds: 6 * 3600))
+        server.clock.set(t0.addingTimeInterval(86401 + 6 * 3600 + 1))
+        w = try await host(server, "web1")
+        #expect(w.expectedIntervalSeconds == 6 * 3600 && w.backupStatus == "late")
+        // Stale (an alert) only past 1.5 times the interval.
+        #expect(try await !server.admin.status().staleHosts.contains { $0.host == "web1" })
+        server.clock.set(t0.addingTimeInterval(86401 + 9 * 3600 + 1))
+        #expect(try await server.admin.status().staleHosts.first { $0.host == "web1" }?.expectedIntervalSeconds
+                == 6 * 3600)
         await web.shutdown()
         await old.shutdown()
         await server.stop()
