@@ -93,8 +93,9 @@ extension ServerHome {
         try Catalog(path: catalogPath)
     }
 
-    /// The store this server keeps its objects in.
+    /// The store this server keeps its objects in: the bucket `server.json` names, else `store/`.
     public func openStore() throws -> any ObjectStore {
-        try StoreFactory.make(.directory(storePath))
+        if let s3 = try settings().store { return try s3.open() }
+        return try StoreFactory.make(.directory(storePath))
     }
 }

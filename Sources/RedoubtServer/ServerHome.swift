@@ -23,6 +23,8 @@ public struct ServerHome: Sendable {
         public var minRetentionSeconds: Double
         /// Limits set at `server init`; absent in older files (every default then holds).
         public var limits: ServerLimits?
+        /// An S3 Object Lock bucket instead of `store/`; absent: the data directory's own store.
+        public var store: PrimaryStoreSettings?
     }
 
     public struct TLSMaterial: Sendable {
@@ -41,8 +43,12 @@ public struct ServerHome: Sendable {
     public var adminCredentialPath: String { root.appendingPathComponent("admin.credential").path }
 
     /// Creates a new data directory. Refuses one that already holds a server.
+    /// With `store`, the bucket must prove Object Lock COMPLIANCE first (nothing is created
+    /// when it does not).
     public func initialize(listen: String, minRetention: TimeInterval, now: Date,
-                           limits: ServerLimits? = nil) async throws -> (settings: Settings, adminCredential: String) {
+                           limits: ServerLimits? = nil,
+                           store: PrimaryStoreSettings? = nil) async throws
+        -> (settings: Settings, adminCredential: String) {
         let fm = FileManager.default
         if fm.fileExists(atPath: settingsURL.path) {
             throw ServerError(409, "E_EXISTS",
@@ -51,6 +57,7 @@ public struct ServerHome: Sendable {
         guard let (host, port) = Self.splitHostPort(listen) else {
             throw ServerError.badRequest("--listen must be HOST:PORT, got \(listen)")
         }
+        if let store { try await store.prove(now: now) }
         try fm.createDirectory(at: root, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
         try fm.setAttributes([.posixPermissions: 0o700], ofItemAtPath: root.path)
         try fm.createDirectory(at: tlsDir, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
@@ -65,7 +72,7 @@ public struct ServerHome: Sendable {
         try writePrivate(tlsDir.appendingPathComponent("server.pem"), try serverCert.serializeAsPEM().pemString)
         let urlHost = host.contains(":") ? "[\(host)]" : (host == "0.0.0.0" ? "127.0.0.1" : host)
         let settings = Settings(listen: listen, url: "https://\(urlHost):\(port)", minRetentionSeconds: minRetention,
-            limits: limits)
+            limits: limits, store: store)
         let enc = JSONEncoder()
         enc.outputFormatting = [.prettyPrinted, .sortedKeys]
         try writePrivate(settingsURL, String(decoding: try enc.encode(settings), as: UTF8.self))

@@ -31,17 +31,47 @@ struct ServerInit: AsyncParsableCommand {
             server.json.
             """)
     var limit: [String] = []
+    @Option(name: .long, help: """
+        Keep objects in this S3 Object Lock bucket (s3://BUCKET/PREFIX) instead of DIR/store; it must prove \
+        COMPLIANCE first (docs/SCALE-OUT.md).
+        """) var store: String?
+    @Option(name: .long, help: "With --store: the S3 endpoint URL (https, or http to loopback).") var endpoint: String?
+    @Option(name: .long, help: "With --store: region for signing.") var region = "us-east-1"
+    @Option(name: .long, help: """
+        With --store: AWS shared-credentials file the server reads at each start; else the service's AWS environment.
+        """) var credentials: String?
+    @Option(name: .long, help: "With --store: PEM file of a private CA that signed the endpoint's certificate.")
+    var ca: String?
+    @Flag(name: .long, help: "With --store: virtual-hosted addressing instead of path-style.") var virtualHosted = false
+
+    func primaryStore() throws -> PrimaryStoreSettings? {
+        guard let store else {
+            guard endpoint == nil, credentials == nil, ca == nil, !virtualHosted else {
+                throw ValidationError("--endpoint, --credentials, --ca and --virtual-hosted go with --store s3://…")
+            }
+            return nil
+        }
+        guard let endpoint else { throw ValidationError("--store needs --endpoint URL (the S3 endpoint)") }
+        let absolute = { (p: String) in URL(fileURLWithPath: p).standardizedFileURL.path }
+        let settings = PrimaryStoreSettings(url: store, endpoint: endpoint, region: region,
+                                            credentialsFile: credentials.map(absolute), caFile: ca.map(absolute),
+                                            virtualHosted: virtualHosted ? true : nil)
+        do { _ = try settings.target() } catch let e as ServerError { throw ValidationError(e.message) }
+        return settings
+    }
 
     func run() async throws {
         try await RedoubtCLI.run {
             let r = try parseDuration(minRetention)
             guard quorum >= 1 else { throw ValidationError("--quorum must be at least 1") }
             let limits = try applyLimits(ServerLimits(), limit)
+            let primary = try primaryStore()
             let (settings, cred) = try await ServerHome(path: data).initialize(listen: listen, minRetention: r,
-                now: Date(), limits: limits)
+                now: Date(), limits: limits, store: primary)
             try ServerHome(path: data).setQuorum(quorum)
             print("Initialised a Redoubt server in \(ServerHome(path: data).root.path)")
             print("  URL:              \(settings.url)")
+            if let t = try primary?.target() { print("  store:            \(t.redacted), Object Lock proved") }
             print("  admin credential: \(cred)  (mode 0600; keep it off protected hosts)")
             print("Next: redoubt server run --data \(data)")
             return .ok
@@ -96,6 +126,8 @@ struct ServerRun: AsyncParsableCommand {
             let bounds = SnapshotTimeBounds(maxAhead: try parseDuration(snapshotTimeAhead),
                 margin: try parseDuration(snapshotTimeMargin))
             let limits = try applyLimits(settings.limits ?? ServerLimits(), limit)
+            // A bucket that stopped enforcing its locks must not take another backup.
+            if let s3 = settings.store { try await s3.prove() }
             let service = try home.openService(logger: logger, limits: limits, timeBounds: bounds)
             let burst = refusalBurst.split(separator: "/", maxSplits: 1).map(String.init)
             guard burst.count == 2, let burstCount = Int(burst[0]) else {
@@ -148,10 +180,19 @@ struct ServerRun: AsyncParsableCommand {
             // Notifications: delivery, and an evaluation of the catalog every minute.
             let notifications = Task { await service.runNotifications() }
             defer { notifications.cancel() }
-            // Low disk space is logged again every five minutes while it lasts.
+            // Low disk space is logged again every five minutes while it lasts; an S3 store
+            // proves its locks again every day.
             let watch = Task {
+                var lastProof = Date()
                 while (try? await Task.sleep(for: .seconds(300))) != nil {
                     DiskSpace.check(data, threshold: UInt64(threshold), logger: logger)
+                    if let s3 = settings.store, Date().timeIntervalSince(lastProof) >= 86400 {
+                        lastProof = Date()
+                        do { try await s3.prove() } catch {
+                            logger.error("the primary store no longer proves Object Lock", metadata: [
+                                "error": "\(error)"])
+                        }
+                    }
                 }
             }
             do { try await app.runService() } catch {

@@ -58,13 +58,14 @@ final class TestServer: @unchecked Sendable {
     /// real time: within a test, a job runs only when a request wakes the loop. `wrapStore`
     /// decorates the in-memory store (a recorder of reads).
     static func start(minRetention: TimeInterval = 30 * 86400, limits: ServerLimits = ServerLimits(),
-        inMemory: Bool = false, jobs: Bool = false,
+        inMemory: Bool = false, jobs: Bool = false, primaryStore: PrimaryStoreSettings? = nil,
                       prepare: ((ServerHome) async throws -> Void)? = nil,
                       wrapStore: ((any ObjectStore) -> any ObjectStore)? = nil) async throws -> TestServer {
         let dir = FileManager.default.temporaryDirectory.appendingPathComponent("redoubt-srv-\(UUID().uuidString)")
         let port = try freeLoopbackPort()
         let home = ServerHome(path: dir.appendingPathComponent("data").path)
-        _ = try await home.initialize(listen: "127.0.0.1:\(port)", minRetention: minRetention, now: Date())
+        _ = try await home.initialize(listen: "127.0.0.1:\(port)", minRetention: minRetention, now: Date(),
+                                      store: primaryStore)
         try await prepare?(home)
         var logger = Logger(label: "test.server")
         logger.logLevel = .warning
