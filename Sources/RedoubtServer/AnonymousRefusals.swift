@@ -69,12 +69,12 @@ extension RepositoryService {
     /// Writes one record for each ended window of counted anonymous refusals. Runs on every
     /// anonymous refusal and before the audit log is read, so no count is left unwritten
     /// when someone looks.
-    func recordAnonymousRefusals() {
+    func recordAnonymousRefusals() async {
         let now = clock.now()
         for e in anonymousRefusals.ended(now: now) {
             let seconds = Int(now.timeIntervalSince(e.start).rounded())
             let who = e.certificate.map { "certificate \($0.prefix(16))" } ?? "source \(e.source)"
-            audit(CallContext(principal: nil, source: e.source, certificate: e.certificate), .refusedAnonymous,
+            await audit(CallContext(principal: nil, source: e.source, certificate: e.certificate), .refusedAnonymous,
                 object: who, outcome: "denied",
                   detail: """
                       \(e.count) more requests without a valid credential refused from \(who) in the \(seconds) s \

@@ -54,27 +54,27 @@ extension RepositoryService {
     /// authorises one change. Without one, and when the quorum needs other admins, a
     /// request is filed and `E_APPROVAL_REQUIRED` names it.
     func authorize(_ action: Action, object: String, parameters: [String: String], requestID: String?, consume: Bool,
-                   ctx: CallContext) throws {
+                   ctx: CallContext) async throws {
         guard let p = ctx.principal, p.role == .admin else {
             throw ServerError.forbidden("only an admin may \(action)")
         }
         try Self.checkRequestID(requestID)
-        let now = try now()
-        let quorum = try catalog.effectiveQuorum()
+        let now = try await now()
+        let quorum = try await catalog.effectiveQuorum()
         if let requestID {
-            guard let req = try catalog.request(requestID, now: now) else {
-                throw refuse(ctx, action, object: object,
+            guard let req = try await catalog.request(requestID, now: now) else {
+                throw await refuse(ctx, action, object: object,
                     .notFound("request \(requestID) does not exist: `redoubt admin request list`"))
             }
             // Why: otherwise any admin could carry out another's approved change first,
             // e.g. take the one-time enrollment token of an approved add-admin and so
             // become a second admin who can approve their own requests.
             guard req.requesterID == p.id else {
-                throw refuse(ctx, action, object: object,
+                throw await refuse(ctx, action, object: object,
                     .forbidden("request \(requestID) was made by \(req.requester); only they may carry it out"))
             }
             guard req.state == .approved else {
-                throw refuse(ctx, action, object: object, ServerError(409, "E_APPROVAL_PENDING",
+                throw await refuse(ctx, action, object: object, ServerError(409, "E_APPROVAL_PENDING",
                     "request \(requestID) is \(req.state.rawValue) (\(req.approvers.count) of \(req.needed) approvals)"
                     + (req.state == .pending ? """
                         : other admins run `redoubt admin request approve \(requestID)`
@@ -83,28 +83,29 @@ extension RepositoryService {
             // After the state: a used request no longer matches a state that moved on (e.g.
             // a rotation's key version), and "already used" is the answer that helps.
             guard req.action == action.rawValue, req.object == object, req.parameters == parameters else {
-                throw refuse(ctx, action, object: object,
+                throw await refuse(ctx, action, object: object,
                     .forbidden("""
                         request \(requestID) approved \(req.action) of \(req.object) \(req.parameters), not this \
                         change; file a new request
                         """))
             }
             if consume {
-                guard try catalog.consumeRequest(requestID, now: now) else {
-                    throw refuse(ctx, action, object: object, ServerError(409, "E_APPROVAL_PENDING",
+                guard try await catalog.consumeRequest(requestID, now: now) else {
+                    throw await refuse(ctx, action, object: object, ServerError(409, "E_APPROVAL_PENDING",
                         "request \(requestID) was already used"))
                 }
-                audit(ctx, .executeRequest, object: object, outcome: "ok",
+                await audit(ctx, .executeRequest, object: object, outcome: "ok",
                     detail: "request=\(requestID) action=\(action)")
             }
             return
         }
         guard quorum > 1 else { return }
         let id = hexString((0..<8).map { _ in UInt8.random(in: 0...255) })
-        try catalog.insertRequest(id: id, action: action.rawValue, object: object, parameters: parameters, requester: p,
+        try await catalog.insertRequest(id: id, action: action.rawValue, object: object, parameters: parameters,
+                requester: p,
             now: now,
                                   expiresAt: now.addingTimeInterval(Self.requestLifetime), needed: quorum - 1)
-        audit(ctx, .fileRequest, object: object, outcome: "pending",
+        await audit(ctx, .fileRequest, object: object, outcome: "pending",
             detail: """
                 request=\(id) action=\(action) needs=\(quorum - 1) \
                 \(parameters.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: " "))
@@ -120,18 +121,18 @@ extension RepositoryService {
         throw filed
     }
 
-    public func listRequests() throws -> [ApprovalRequest] { try catalog.requests(now: try now()) }
+    public func listRequests() async throws -> [ApprovalRequest] { try await catalog.requests(now: try now()) }
 
-    public func decideRequest(_ id: String, approve: Bool, ctx: CallContext) throws -> ApprovalRequest {
+    public func decideRequest(_ id: String, approve: Bool, ctx: CallContext) async throws -> ApprovalRequest {
         guard let p = ctx.principal, p.role == .admin else {
             throw ServerError.forbidden("only an admin may decide a request")
         }
         try Self.checkRequestID(id, field: "request ID")
         let r: ApprovalRequest
-        do { r = try catalog.decide(id, by: p, approve: approve, now: try now()) } catch let e as CatalogError {
-            throw refuse(ctx, approve ? .approveRequest : .rejectRequest, object: "request \(id)", ServerError(e))
+        do { r = try await catalog.decide(id, by: p, approve: approve, now: try now()) } catch let e as CatalogError {
+            throw await refuse(ctx, approve ? .approveRequest : .rejectRequest, object: "request \(id)", ServerError(e))
         }
-        audit(ctx, approve ? .approveRequest : .rejectRequest, object: "request \(id)", outcome: "ok",
+        await audit(ctx, approve ? .approveRequest : .rejectRequest, object: "request \(id)", outcome: "ok",
               detail: """
                   action=\(r.action) object=\(r.object) approvals=\(r.approvers.count)/\(r.needed) \
                   state=\(r.state.rawValue)
@@ -147,7 +148,7 @@ extension RepositoryService {
     public func setMinRetention(tenant: String, _ req: Wire.SetRetentionRequest,
         ctx: CallContext) async throws -> Wire.TenantInfo {
         let object = "tenant \(tenant)"
-        guard let rec = try catalog.tenant(tenant) else {
+        guard let rec = try await catalog.tenant(tenant) else {
             throw ServerError.notFound("tenant \(tenant) does not exist")
         }
         try Self.checkRetention(req.minRetentionSeconds)
@@ -155,11 +156,11 @@ extension RepositoryService {
         // key (delete, then put); without the material here its sealed copy would be the only
         // one, and a crash between the two would lose it.
         if rec.writeMaterial.isEmpty && rec.shreddedAt == nil {
-            throw refuse(ctx, .setRetention, object: object, .noWriteMaterial(tenant))
+            throw await refuse(ctx, .setRetention, object: object, .noWriteMaterial(tenant))
         }
         if req.minRetentionSeconds < rec.minRetention {
             // "from" too: an approval to lower 90 days to 7 must not undo a raise made since.
-            try authorize(.lowerRetention, object: object,
+            try await authorize(.lowerRetention, object: object,
                           parameters: ["from": String(Int(rec.minRetention)),
                               "minRetentionSeconds": String(Int(req.minRetentionSeconds))],
                           requestID: req.requestID, consume: true, ctx: ctx)
@@ -175,17 +176,17 @@ extension RepositoryService {
         if try await store.head(key) != nil { try await deleteUnlessHeld(key, now: try now()) }
         _ = try await store.put(key, try descriptor.encoded(), retainUntil: nil)
         // Compare-and-set: a change made meanwhile (another admin's raise) is not overwritten.
-        guard try catalog.setMinRetention(tenant: tenant, seconds: req.minRetentionSeconds,
+        guard try await catalog.setMinRetention(tenant: tenant, seconds: req.minRetentionSeconds,
             from: rec.minRetention) else {
-            throw refuse(ctx, .setRetention, object: object, ServerError(409, "E_CONFLICT",
+            throw await refuse(ctx, .setRetention, object: object, ServerError(409, "E_CONFLICT",
                 """
                     tenant \(tenant)'s minimum retention changed meanwhile; look again (`redoubt admin tenant list`) \
                     and repeat
                     """))
         }
-        audit(ctx, .setRetention, object: object, outcome: "ok",
+        await audit(ctx, .setRetention, object: object, outcome: "ok",
             detail: "min-retention \(Int(rec.minRetention))s→\(Int(req.minRetentionSeconds))s")
-        return try tenantInfo(updated)
+        return try await tenantInfo(updated)
     }
 
     /// Longest minimum retention accepted (about 100 years): beyond it, dates overflow.
@@ -198,66 +199,71 @@ extension RepositoryService {
     }
 
     /// A one-time enrollment token for another admin.
-    public func addAdmin(_ req: Wire.AddAdminRequest, ctx: CallContext) throws -> Wire.CreateEnrollmentResponse {
+    public func addAdmin(_ req: Wire.AddAdminRequest, ctx: CallContext) async throws -> Wire.CreateEnrollmentResponse {
         guard Self.isValidPrincipalName(req.name) else {
             throw ServerError.badRequest("""
                 name \(req.name.debugDescription) must be 1–253 characters of A-Z, a-z, 0-9, '.', '-', '_'
                 """)
         }
-        guard try !catalog.principals(tenant: nil).contains(where: { $0.role == .admin && $0.name == req.name }) else {
+        let admins = try await catalog.principals(tenant: nil).filter { $0.role == .admin }
+        guard !admins.contains(where: { $0.name == req.name }) else {
             throw ServerError(409, "E_CONFLICT", "an admin named \(req.name) already exists")
         }
-        try authorize(.addAdmin, object: "admin \(req.name)", parameters: [:], requestID: req.requestID, consume: true,
+        try await authorize(.addAdmin, object: "admin \(req.name)", parameters: [:], requestID: req.requestID,
+                consume: true,
             ctx: ctx)
         let ttl = min(max(req.ttlSeconds ?? 86400, 60), 7 * 86400)
-        let now = try now()
+        let now = try await now()
         let secret = hexString((0..<32).map { _ in UInt8.random(in: 0...255) })
         let expires = now.addingTimeInterval(ttl)
-        try catalog.insertEnrollment(tokenHash: hexString(SHA256.hash(data: Array(secret.utf8))), role: .admin,
+        try await catalog.insertEnrollment(tokenHash: hexString(SHA256.hash(data: Array(secret.utf8))), role: .admin,
             tenant: nil, name: req.name,
                                      expiresAt: expires, createdBy: ctx.principal?.name ?? "-")
         let token = Wire.EnrollmentToken(url: serverURL,
             ca: Data(try ca.certificate.serializeAsPEM().derBytes).base64EncodedString(), pin: try ca.pin,
                                          secret: secret, role: Role.admin.rawValue, tenant: nil, name: req.name,
                                              expires: Int64(expires.timeIntervalSince1970))
-        audit(ctx, .createEnrollment, object: "admin \(req.name)", outcome: "ok",
+        await audit(ctx, .createEnrollment, object: "admin \(req.name)", outcome: "ok",
             detail: "expires=\(Int(expires.timeIntervalSince1970))")
         return Wire.CreateEnrollmentResponse(token: try token.encoded(), expires: expires)
     }
 
     /// Revokes another admin's credential. The last admin cannot be removed.
-    public func removeAdmin(name: String, _ req: Wire.ApprovedChange, ctx: CallContext) throws -> Wire.QuorumInfo {
-        let admins = try catalog.principals(tenant: nil).filter { $0.role == .admin }
+    public func removeAdmin(name: String, _ req: Wire.ApprovedChange,
+            ctx: CallContext) async throws -> Wire.QuorumInfo {
+        let admins = try await catalog.principals(tenant: nil).filter { $0.role == .admin }
         guard admins.contains(where: { $0.name == name }) else { throw ServerError.notFound("no admin named \(name)") }
         guard admins.count > 1 else {
             throw ServerError(409, "E_CONFLICT", "\(name) is the last admin; enroll another first")
         }
-        try authorize(.removeAdmin, object: "admin \(name)", parameters: [:], requestID: req.requestID, consume: true,
+        try await authorize(.removeAdmin, object: "admin \(name)", parameters: [:], requestID: req.requestID,
+                consume: true,
             ctx: ctx)
-        _ = try catalog.revokeAdmin(name: name, now: try now())
+        _ = try await catalog.revokeAdmin(name: name, now: try now())
         // The configured quorum stays: effectiveQuorum() caps it by the admins left, and
         // it applies again in full once replacements are enrolled.
-        audit(ctx, .removeAdmin, object: "admin \(name)", outcome: "ok")
-        return try quorum()
+        await audit(ctx, .removeAdmin, object: "admin \(name)", outcome: "ok")
+        return try await quorum()
     }
 
-    public func quorum() throws -> Wire.QuorumInfo {
-        Wire.QuorumInfo(configured: try catalog.configuredQuorum(), effective: try catalog.effectiveQuorum(),
-            admins: try catalog.adminCount())
+    public func quorum() async throws -> Wire.QuorumInfo {
+        Wire.QuorumInfo(configured: try await catalog.configuredQuorum(),
+                effective: try await catalog.effectiveQuorum(),
+            admins: try await catalog.adminCount())
     }
 
     /// Changes the quorum (either way: it is the rule every other approval rests on).
-    public func setQuorum(_ req: Wire.ApprovedChange, ctx: CallContext) throws -> Wire.QuorumInfo {
+    public func setQuorum(_ req: Wire.ApprovedChange, ctx: CallContext) async throws -> Wire.QuorumInfo {
         guard let q = req.quorum, q >= 1 else { throw ServerError.badRequest("quorum must be at least 1") }
-        let admins = try catalog.adminCount()
+        let admins = try await catalog.adminCount()
         guard q <= max(admins, 2) else {
             throw ServerError.badRequest("quorum \(q) exceeds the \(admins) admins there are: enroll more first")
         }
-        try authorize(.setQuorum, object: "quorum", parameters: ["quorum": String(q)], requestID: req.requestID,
+        try await authorize(.setQuorum, object: "quorum", parameters: ["quorum": String(q)], requestID: req.requestID,
             consume: true, ctx: ctx)
-        try catalog.setSetting("quorum", String(q))
-        audit(ctx, .setQuorum, object: "quorum", outcome: "ok", detail: "quorum=\(q)")
-        return try quorum()
+        try await catalog.setSetting("quorum", String(q))
+        await audit(ctx, .setQuorum, object: "quorum", outcome: "ok", detail: "quorum=\(q)")
+        return try await quorum()
     }
 }
 
@@ -277,12 +283,12 @@ extension ApprovalRepository where Self: AuditRepository {
     /// request for exactly this change (filed through the API, e.g. `admin copy add
     /// --accept-unenforced`), which it consumes.
     public func authorizeLocally(_ action: Action, object: String, parameters: [String: String], requestID: String?,
-        now: Date) throws {
-        guard try effectiveQuorum() > 1 else { return }
+        now: Date) async throws {
+        guard try await effectiveQuorum() > 1 else { return }
         try RepositoryService.checkRequestID(requestID)
-        guard let requestID, let req = try request(requestID, now: now), req.action == action.rawValue,
+        guard let requestID, let req = try await request(requestID, now: now), req.action == action.rawValue,
             req.object == object,
-              req.parameters == parameters, req.state == .approved, try consumeRequest(requestID, now: now) else {
+              req.parameters == parameters, req.state == .approved, try await consumeRequest(requestID, now: now) else {
             throw ServerError(403, "E_APPROVAL_REQUIRED",
                 """
                     \(action) of \(object) weakens protection and needs an approved request for exactly this change: \
@@ -290,7 +296,7 @@ extension ApprovalRepository where Self: AuditRepository {
                     approve it, then pass --request ID
                     """)
         }
-        _ = try audit(time: now, actor: "local-admin", role: "admin", credential: "-", source: "local",
+        _ = try await audit(time: now, actor: "local-admin", role: "admin", credential: "-", source: "local",
                       action: Action.executeRequest.rawValue,
                       object: object, outcome: "ok", detail: "request=\(requestID) action=\(action)")
     }

@@ -31,7 +31,7 @@ public enum BucketCopy {
                             progress: (String) -> Void) async throws -> BucketCopySummary {
         let proof = await target.proveLocks(now: now)
         let where_ = target.place
-        _ = try catalog.audit(time: now, actor: actor, role: "admin", credential: "", source: "local",
+        _ = try await catalog.audit(time: now, actor: actor, role: "admin", credential: "", source: "local",
             action: "copy-proof",
                               object: where_, outcome: proof.passed ? "ok" : (acceptUnenforced ? "warning" : "denied"),
                               detail: proof.firstFailure ?? "all lock checks passed")
@@ -47,7 +47,7 @@ public enum BucketCopy {
         }
 
         var summary = BucketCopySummary(copied: 0, alreadyThere: 0, extended: 0, auditSeq: 0, proof: proof)
-        let snapshots = try catalog.snapshots(tenant: tenant)
+        let snapshots = try await catalog.snapshots(tenant: tenant)
         // Objects without a local lock of their own (the tenant descriptor, which carries the
         // wrapped read key) stay locked as long as the newest snapshot that needs them.
         let floor = snapshots.map(\.retainUntil).max() ?? now
@@ -126,7 +126,7 @@ public enum BucketCopy {
         }
         var done = Set<String>()
         for s in snapshots {
-            for p in try catalog.snapshotPacks(id: s.id) where done.insert(p.description).inserted {
+            for p in try await catalog.snapshotPacks(id: s.id) where done.insert(p.description).inserted {
                 try await copy(RepositoryLayout.packKey(tenant: tenant, id: p), sha256: p.description)
             }
             guard let sid = SnapshotID(hex: s.id) else {
@@ -139,19 +139,19 @@ public enum BucketCopy {
         // many packs; the COMPLIANCE retention copied above follows the local lock, which
         // the hold keeps ahead, so it protects them as well); objects whose hold was
         // released since lose theirs.
-        let held = try catalog.heldKeys(tenant: tenant)
-        let marked = try catalog.copyLegalHolds(place: where_)
+        let held = try await catalog.heldKeys(tenant: tenant)
+        let marked = try await catalog.copyLegalHolds(place: where_)
         for k in held.subtracting(marked).sorted() {
             guard let key = ObjectKey(k) else { continue }
             try await target.setLegalHold(key, on: true)
-            try catalog.setCopyLegalHold(place: where_, key: k, on: true)
+            try await catalog.setCopyLegalHold(place: where_, key: k, on: true)
             summary.legalHolds += 1
             progress("\(k) (legal hold)")
         }
         for k in marked.subtracting(held).sorted() where k.hasPrefix(RepositoryLayout.tenantPrefix(tenant)) {
             guard let key = ObjectKey(k) else { continue }
             try await target.setLegalHold(key, on: false)
-            try catalog.setCopyLegalHold(place: where_, key: k, on: false)
+            try await catalog.setCopyLegalHold(place: where_, key: k, on: false)
             summary.legalHoldsLifted += 1
             progress("\(k) (legal hold lifted)")
         }
@@ -161,9 +161,9 @@ public enum BucketCopy {
         if summary.copied > 0 || summary.extended > 0 {
             var export = CatalogExport(format: 1, tenant: tenant, exportedAt: now, snapshots: [])
             for s in snapshots {
+                let packs = try await catalog.snapshotPacks(id: s.id).map(\.description)
                 export.snapshots.append(.init(id: s.id, host: s.host, time: s.time, committedAt: s.committedAt,
-                    retainUntil: s.retainUntil,
-                                              packs: try catalog.snapshotPacks(id: s.id).map(\.description)))
+                                              retainUntil: s.retainUntil, packs: packs))
             }
             let e = JSONEncoder()
             e.outputFormatting = [.sortedKeys]
@@ -186,7 +186,7 @@ public enum BucketCopy {
                 }
             }
         }
-        let record = try catalog.audit(time: now, actor: actor, role: "admin", credential: "", source: "local",
+        let record = try await catalog.audit(time: now, actor: actor, role: "admin", credential: "", source: "local",
             action: "copy-sync",
                                        object: where_, outcome: "ok",
                                        detail: "tenant \(tenant): \(summary.copied) copied, \(summary.alreadyThere) "

@@ -238,7 +238,7 @@ public enum CatalogRebuilder {
                     guard summary.keyID.description == tenant.readKeyID else {
                         throw CoreError(.wrongTenant, object: "pack \(id)", "sealed to another tenant's key")
                     }
-                    try catalog.insertPack(tenant: tenant.name, id: id.description, key: o.key.path, size: o.size,
+                    try await catalog.insertPack(tenant: tenant.name, id: id.description, key: o.key.path, size: o.size,
                         retainUntil: o.retainUntil ?? now, chunkIDs: summary.chunkIDs, now: now,
                                            verified: summary.chunksVerified)
                     report.packs += 1
@@ -276,7 +276,7 @@ public enum CatalogRebuilder {
                                              retainUntil: retain, paths: h.paths.map(printable),
                                          tags: h.tags, statistics: h.statistics, packCount: h.packs.count,
                                              manifestSize: bytes.count)
-                try catalog.insertSnapshot(rec, packs: h.packs)
+                try await catalog.insertSnapshot(rec, packs: h.packs)
                 report.snapshots += 1
             } catch { report.rejected.append("\(o.key): \(error)") }
         }

@@ -22,21 +22,21 @@ import RedoubtCore
 
 /// Server-wide settings and the server's monotonic clock.
 public protocol SettingsRepository: Sendable {
-    func setting(_ key: String) throws -> String?
+    func setting(_ key: String) async throws -> String?
     /// Inserts or replaces.
-    func setSetting(_ key: String, _ value: String) throws
+    func setSetting(_ key: String, _ value: String) async throws
     /// Moves the stored latest time to `max(stored, t)` and returns it, atomically against
     /// other calls: the time retention is judged by never goes back.
-    func advanceClock(to t: Date) throws -> Date
+    func advanceClock(to t: Date) async throws -> Date
 }
 
 /// Tenants, their read-key versions and retired KEKs, their dedup scope.
 public protocol TenantRepository: Sendable {
     /// Fails (backend error) when a tenant of that name exists.
-    func insertTenant(_ t: TenantRecord) throws
-    func tenant(_ name: String) throws -> TenantRecord?
+    func insertTenant(_ t: TenantRecord) async throws
+    func tenant(_ name: String) async throws -> TenantRecord?
     /// Ordered by name.
-    func tenants() throws -> [TenantRecord]
+    func tenants() async throws -> [TenantRecord]
     /// Compare-and-set of the read key, in one transaction with its checks: `newVersion`
     /// must be the current version + 1 (else `.conflict`), the tenant must exist
     /// (`.notFound`) and not be shredded (`.shredded`), and for a shred no active legal hold
@@ -44,47 +44,47 @@ public protocol TenantRepository: Sendable {
     /// caller's own check still stops it). Records the previous KEK as retired; a shred
     /// also empties the write material, in the same transaction.
     func replaceReadKey(tenant: String, newVersion: Int, wrapped: String, retiredStub: String, now: Date,
-                        shredded: Bool) throws
+                        shredded: Bool) async throws
     /// Sets the material only where the row has none; true if it did.
-    func setWriteMaterial(tenant: String, material: [UInt8]) throws -> Bool
+    func setWriteMaterial(tenant: String, material: [UInt8]) async throws -> Bool
     /// Empties the material of every shredded tenant; returns how many rows changed.
-    func clearShreddedWriteMaterial() throws -> Int
+    func clearShreddedWriteMaterial() async throws -> Int
     /// Compare-and-set: changes the retention only if it is still `from`.
-    func setMinRetention(tenant: String, seconds: TimeInterval, from: TimeInterval) throws -> Bool
+    func setMinRetention(tenant: String, seconds: TimeInterval, from: TimeInterval) async throws -> Bool
     /// Ordered by version.
-    func retiredKEKs(tenant: String) throws -> [RetiredKEK]
+    func retiredKEKs(tenant: String) async throws -> [RetiredKEK]
     /// Sets `destroyedAt` once; a version already marked keeps its first time.
-    func markKEKsDestroyed(tenant: String, versions: [Int], now: Date) throws
+    func markKEKsDestroyed(tenant: String, versions: [Int], now: Date) async throws
     /// `.host` for a tenant the catalog does not know (the narrower scope).
-    func dedupScope(tenant: String) throws -> DedupScope
-    func dedupScopes() throws -> [String: DedupScope]
+    func dedupScope(tenant: String) async throws -> DedupScope
+    func dedupScopes() async throws -> [String: DedupScope]
     /// Compare-and-set: changes the scope only if it is still `from`.
-    func setDedupScope(tenant: String, _ scope: DedupScope, from: DedupScope) throws -> Bool
+    func setDedupScope(tenant: String, _ scope: DedupScope, from: DedupScope) async throws -> Bool
 }
 
 /// Principals (credentials) and one-time enrollment tokens.
 public protocol PrincipalRepository: Sendable {
     /// Fails (backend error) on a duplicate fingerprint, or a second active principal with
     /// the same tenant, role and name.
-    func insertPrincipal(_ p: Principal, os: String?, now: Date) throws
+    func insertPrincipal(_ p: Principal, os: String?, now: Date) async throws
     /// The previous OS (itself optional) when it changed; nil when it was already `os` or
     /// the principal is unknown.
-    func updatePrincipalOS(id: String, os: String) throws -> String??
+    func updatePrincipalOS(id: String, os: String) async throws -> String??
     /// Active (not revoked) principals only: authentication rests on this.
-    func principal(fingerprint: String) throws -> Principal?
+    func principal(fingerprint: String) async throws -> Principal?
     /// Active principals of a tenant, or all when nil; ordered by role, then name.
-    func principals(tenant: String?) throws -> [Principal]
-    func principalListing(includeRevoked: Bool) throws -> [Wire.PrincipalInfo]
-    func principalInfo(id: String) throws -> Wire.PrincipalInfo?
+    func principals(tenant: String?) async throws -> [Principal]
+    func principalListing(includeRevoked: Bool) async throws -> [Wire.PrincipalInfo]
+    func principalInfo(id: String) async throws -> Wire.PrincipalInfo?
     /// Revokes an active admin by name and cancels that name's unused admin tokens, in one
     /// transaction; false if there was none.
-    func revokeAdmin(name: String, now: Date) throws -> Bool
+    func revokeAdmin(name: String, now: Date) async throws -> Bool
     /// Revokes an active non-admin principal and cancels the unused tokens that would
     /// enroll the same tenant, role and name, in one transaction: returns how many tokens,
     /// nil if there was no such principal.
-    func revokePrincipal(id: String, now: Date) throws -> Int?
+    func revokePrincipal(id: String, now: Date) async throws -> Int?
     func insertEnrollment(tokenHash: String, role: Role, tenant: String?, name: String, expiresAt: Date,
-                          createdBy: String) throws
+                          createdBy: String) async throws
     /// One transaction: finds the unused, uncancelled, unexpired token (else `.notFound`),
     /// refuses a writer or restorer of a tenant without write material
     /// (`.noWriteMaterial`), calls `make`, refuses a name an active principal of the same
@@ -94,19 +94,19 @@ public protocol PrincipalRepository: Sendable {
     func redeemEnrollment(tokenHash: String, now: Date, os: String?,
                           _ make: (Catalog.Enrollment) throws -> Principal) throws -> Principal
     /// Tokens that could still enroll someone at `now`, soonest expiry first.
-    func pendingEnrollments(now: Date) throws -> [Wire.EnrollmentInfo]
+    func pendingEnrollments(now: Date) async throws -> [Wire.EnrollmentInfo]
     /// Cancels the one pending token whose hash starts with `id`; nil when none or several.
-    func cancelEnrollment(id: String, now: Date) throws -> Wire.EnrollmentInfo?
+    func cancelEnrollment(id: String, now: Date) async throws -> Wire.EnrollmentInfo?
     /// Active writers and the OS each reported.
-    func enrolledHostSystems() throws -> [Catalog.HostOS]
+    func enrolledHostSystems() async throws -> [Catalog.HostOS]
     /// Every writer of `tenant` (every tenant's when nil) that has a host key, revoked ones
     /// included, oldest enrollment first: what host key statements are written from.
-    func hostKeyWriters(tenant: String?) throws -> [HostKeyObjects.Writer]
+    func hostKeyWriters(tenant: String?) async throws -> [HostKeyObjects.Writer]
 }
 
 /// Packs, the chunk index (per dedup scope), and damaged-pack reports.
 public protocol PackRepository: Sendable {
-    func pack(tenant: String, id: String) throws -> (size: Int, retainUntil: Date)?
+    func pack(tenant: String, id: String) async throws -> (size: Int, retainUntil: Date)?
     /// Records a pack and its chunk IDs in the dedup scope `uploader` ("" when nil).
     ///
     /// Atomically with the pack's row (one transaction): the garbage-collection queue entry
@@ -120,26 +120,28 @@ public protocol PackRepository: Sendable {
     /// (format-2 packs), which makes the rows visible to other hosts under tenant scope.
     func insertPack(tenant: String, id: String, key: String, size: Int, retainUntil: Date, chunkIDs: [ChunkID],
                     now: Date,
-                    uploader: String?, batch: Int, verified: Bool) throws
+                    uploader: String?, batch: Int, verified: Bool) async throws
     /// For each of `ids` the tenant holds, one pack holding it: only among chunks of scope
     /// `scope` when given (and, with `orVerified`, verified chunks of any scope), else among
     /// all the tenant's. Another tenant's chunks never answer.
-    func chunkLocations(tenant: String, ids: [ChunkID], scope: String?, orVerified: Bool) throws -> [ChunkID: PackID]
+    func chunkLocations(tenant: String, ids: [ChunkID], scope: String?, orVerified: Bool) async throws
+        -> [ChunkID: PackID]
     /// Which of `packs` the tenant does not hold, in the order given.
-    func missingPacks(tenant: String, packs: [PackID]) throws -> [PackID]
+    func missingPacks(tenant: String, packs: [PackID]) async throws -> [PackID]
     /// Moves the packs' retain-until to `until` where that is later (never earlier); returns
     /// the packs that moved. With `requireAll`, a pack the tenant does not hold is
     /// `.packsMissing` (naming them) and nothing moves. One transaction, atomically against
     /// garbage collection: once this returns, no run can take these packs before `until`.
-    func extendPackLocks(tenant: String, packs: [PackID], until: Date, requireAll: Bool) throws -> [(PackID, Date)]
+    func extendPackLocks(tenant: String, packs: [PackID], until: Date, requireAll: Bool) async throws
+        -> [(PackID, Date)]
     /// The tenant's packs, ordered by ID.
-    func packs(tenant: String) throws -> [(id: String, size: Int, retainUntil: Date)]
+    func packs(tenant: String) async throws -> [(id: String, size: Int, retainUntil: Date)]
     /// Records the first report of a damaged pack: returns its uploader (itself optional),
     /// nil when the tenant holds no such pack. A second report keeps the first.
     func recordDamagedPack(tenant: String, pack: String, reporter: String, problem: String,
-                           now: Date) throws -> String??
+                           now: Date) async throws -> String??
     /// Damaged packs reported, per uploading principal ID.
-    func damagedPackCounts() throws -> [String: Int]
+    func damagedPackCounts() async throws -> [String: Int]
 }
 
 /// Committed snapshots and the packs each names.
@@ -149,32 +151,32 @@ public protocol SnapshotRepository: Sendable {
     /// and, with `requirePacks`, checks every pack is still held (`.packsMissing`, nothing
     /// recorded): atomically against garbage collection, so no run removes a pack between
     /// that check and the record.
-    func insertSnapshot(_ s: SnapshotRecord, packs: [PackID], requirePacks: Bool, manifestKey: String?) throws
-    func snapshot(id: String) throws -> SnapshotRecord?
+    func insertSnapshot(_ s: SnapshotRecord, packs: [PackID], requirePacks: Bool, manifestKey: String?) async throws
+    func snapshot(id: String) async throws -> SnapshotRecord?
     /// In commit order (committedAt, then ID), never by the time a host claims.
-    func snapshots(tenant: String, host: String?) throws -> [SnapshotRecord]
+    func snapshots(tenant: String, host: String?) async throws -> [SnapshotRecord]
     /// The latest time the host's snapshots claim and when the principal was enrolled.
     func hostTimeFloor(tenant: String, host: String,
-                       principalID: String) throws -> (lastClaimed: Date?, enrolled: Date?)
+                       principalID: String) async throws -> (lastClaimed: Date?, enrolled: Date?)
     /// Ordered by pack ID.
-    func snapshotPacks(id: String) throws -> [PackID]
+    func snapshotPacks(id: String) async throws -> [PackID]
     /// One page of the listing: at most `limit` snapshots (nil: all) of `tenant` (nil: every
     /// tenant the catalog holds, in tenant name order) and `host` (nil: every host), after
     /// the one with ID `after`, ordered by tenant, then commit time, then ID. `.notFound`
     /// when `after` is not listed under these filters (collected since, or never visible).
     /// A page must cost its own rows whatever the total (an index in listing order, the
     /// cursor as a range start), so a tenant flooded with decoys is no dearer to list.
-    func snapshotPage(tenant: String?, host: String?, after: String?, limit: Int?) throws -> [SnapshotRecord]
+    func snapshotPage(tenant: String?, host: String?, after: String?, limit: Int?) async throws -> [SnapshotRecord]
 }
 
 /// Retention policies, and moving a snapshot's lock later. A backend must make `setPolicy`
 /// and `removePolicy` compare-and-set (false when the stored rules are not `from`; nil:
 /// none stored), and `extendSnapshotLock` move a lock only later (nil when it did not move).
 public protocol PolicyRepository: Sendable {
-    func policies(tenant: String?) throws -> [Wire.PolicyInfo]
-    func setPolicy(_ p: Wire.PolicyInfo, from: RetentionRules?) throws -> Bool
-    func removePolicy(tenant: String, hostGlob: String, tag: String, from: RetentionRules) throws -> Bool
-    func extendSnapshotLock(id: String, until: Date) throws -> SnapshotRecord?
+    func policies(tenant: String?) async throws -> [Wire.PolicyInfo]
+    func setPolicy(_ p: Wire.PolicyInfo, from: RetentionRules?) async throws -> Bool
+    func removePolicy(tenant: String, hostGlob: String, tag: String, from: RetentionRules) async throws -> Bool
+    func extendSnapshotLock(id: String, until: Date) async throws -> SnapshotRecord?
 }
 
 /// The hash-chained audit log (docs/PROTOCOL.md §5).
@@ -185,52 +187,52 @@ public protocol AuditRepository: Sendable {
     /// Fields are stored exactly as hashed (after `SafeText.auditField`).
     @discardableResult
     func audit(time: Date, actor: String, role: String, credential: String, source: String, action: String,
-               object: String, outcome: String, detail: String) throws -> Catalog.AuditRecord
+               object: String, outcome: String, detail: String) async throws -> Catalog.AuditRecord
     /// Records with `seq > after`, ascending, at most `limit`: the paging the API and
     /// verification use.
-    func auditRecords(after seq: Int64, limit: Int) throws -> [Catalog.AuditRecord]
+    func auditRecords(after seq: Int64, limit: Int) async throws -> [Catalog.AuditRecord]
     /// The newest record's seq and hash (0 and the genesis hash for an empty log).
-    func auditChainHead() throws -> Catalog.AuditChainHead
+    func auditChainHead() async throws -> Catalog.AuditChainHead
     /// Copy proofs, bucket copies and media exports, ascending.
-    func copyEvents() throws -> [Catalog.AuditRecord]
+    func copyEvents() async throws -> [Catalog.AuditRecord]
 }
 
 /// M-of-N approval requests (docs/PROTOCOL.md §4.2).
 public protocol ApprovalRepository: Sendable {
     func insertRequest(id: String, action: String, object: String, parameters: [String: String], requester: Principal,
-                       now: Date, expiresAt: Date, needed: Int) throws
+                       now: Date, expiresAt: Date, needed: Int) async throws
     /// The request with its state computed at `now`: only approvals by admins still active
     /// count, a revoked requester expires it, and a quorum raised since applies to it.
-    func request(_ id: String, now: Date) throws -> ApprovalRequest?
+    func request(_ id: String, now: Date) async throws -> ApprovalRequest?
     /// Oldest first.
-    func requests(now: Date) throws -> [ApprovalRequest]
+    func requests(now: Date) async throws -> [ApprovalRequest]
     /// One admin's decision, in one transaction with its checks: `.notFound`, `.conflict`
     /// (not pending, or this admin already approved), `.forbidden` (the requester itself).
-    func decide(_ id: String, by admin: Principal, approve: Bool, now: Date) throws -> ApprovalRequest
+    func decide(_ id: String, by admin: Principal, approve: Bool, now: Date) async throws -> ApprovalRequest
     /// Marks an approved request executed, exactly once: of two concurrent calls one gets
     /// true. False when it is not approved (any more).
-    func consumeRequest(_ id: String, now: Date) throws -> Bool
+    func consumeRequest(_ id: String, now: Date) async throws -> Bool
     /// The `quorum` setting, 2 when unset.
-    func configuredQuorum() throws -> Int
+    func configuredQuorum() async throws -> Int
     /// The configured quorum capped by the active admins, at least 1.
-    func effectiveQuorum() throws -> Int
-    func adminCount() throws -> Int
+    func effectiveQuorum() async throws -> Int
+    func adminCount() async throws -> Int
 }
 
 /// Legal holds, and which store keys each copy place holds.
 public protocol LegalHoldRepository: Sendable {
     /// A snapshot hold is refused with `.notFound` if the snapshot is gone, checked in the
     /// insert's transaction: atomically against garbage collection.
-    func insertHold(_ h: LegalHold) throws
+    func insertHold(_ h: LegalHold) async throws
     /// Oldest first; `active`: unreleased only.
-    func holds(active: Bool) throws -> [LegalHold]
+    func holds(active: Bool) async throws -> [LegalHold]
     /// Releases once; false if unknown or already released.
-    func releaseHold(_ id: String, at: Date, request: String?) throws -> Bool
-    func isHeld(snapshot id: String) throws -> Bool
-    func isHeld(tenant: String, pack id: String) throws -> Bool
-    func isTenantHeld(_ tenant: String) throws -> Bool
-    func copyLegalHolds(place: String) throws -> Set<String>
-    func setCopyLegalHold(place: String, key: String, on: Bool) throws
+    func releaseHold(_ id: String, at: Date, request: String?) async throws -> Bool
+    func isHeld(snapshot id: String) async throws -> Bool
+    func isHeld(tenant: String, pack id: String) async throws -> Bool
+    func isTenantHeld(_ tenant: String) async throws -> Bool
+    func copyLegalHolds(place: String) async throws -> Set<String>
+    func setCopyLegalHold(place: String, key: String, on: Bool) async throws
 }
 
 /// Garbage collection's catalog side and its queue of store keys to delete (§4.5).
@@ -249,41 +251,41 @@ public protocol GCQueueRepository: Sendable {
     /// neither held nor their host's newest, then the packs no remaining snapshot names whose
     /// lock expired and that are older than `grace`, with their chunk rows; queues their
     /// store keys. `dryRun` reports the same plan and changes nothing.
-    func collect(tenant: String, now: Date, grace: TimeInterval, dryRun: Bool) throws -> Catalog.GCPlan
+    func collect(tenant: String, now: Date, grace: TimeInterval, dryRun: Bool) async throws -> Catalog.GCPlan
     /// Before an object is stored again: takes a queued key back, refuses a claimed one
     /// (`.beingCollected`). Its own transaction.
-    func reclaim(key: String) throws
+    func reclaim(key: String) async throws
     /// Releases every claim of the tenant.
-    func unclaimPendingDeletes(tenant: String) throws
+    func unclaimPendingDeletes(tenant: String) async throws
     /// Queued keys of the tenant, ordered.
-    func pendingDeletes(tenant: String) throws -> [String]
+    func pendingDeletes(tenant: String) async throws -> [String]
     /// See the type's comment: true if this caller may now delete `key` from the store.
-    func claimPendingDelete(_ key: String, tenant: String, now: Date) throws -> Bool
+    func claimPendingDelete(_ key: String, tenant: String, now: Date) async throws -> Bool
     /// `done` drops the key from the queue; otherwise its claim is released for a later run.
-    func finishPendingDelete(_ key: String, done: Bool) throws
+    func finishPendingDelete(_ key: String, done: Bool) async throws
 }
 
 /// Off-site S3 copy targets.
 public protocol CopyTargetRepository: Sendable {
-    func insertCopyTarget(_ t: CopyTarget) throws
+    func insertCopyTarget(_ t: CopyTarget) async throws
     /// Targets not removed, of one tenant or all; oldest first.
-    func copyTargets(tenant: String?) throws -> [CopyTarget]
-    func recordCopyProof(_ id: String, at: Date, ok: Bool, detail: String) throws
-    func recordCopySync(_ id: String, at: Date, ok: Bool, detail: String) throws
+    func copyTargets(tenant: String?) async throws -> [CopyTarget]
+    func recordCopyProof(_ id: String, at: Date, ok: Bool, detail: String) async throws
+    func recordCopySync(_ id: String, at: Date, ok: Bool, detail: String) async throws
     /// Removes once; false if unknown or already removed.
-    func removeCopyTarget(_ id: String, at: Date) throws -> Bool
+    func removeCopyTarget(_ id: String, at: Date) async throws -> Bool
 }
 
 /// Per-host and per-tenant quotas, and which host uploaded each pack.
 public protocol QuotaRepository: Sendable {
     /// `host` "" is the tenant's own quota; nil bytes removes it.
-    func setQuota(tenant: String, host: String, bytes: Int64?) throws
-    func quota(tenant: String, host: String) throws -> Int64?
+    func setQuota(tenant: String, host: String, bytes: Int64?) async throws
+    func quota(tenant: String, host: String) async throws -> Int64?
     /// The first host to upload a pack keeps it.
-    func recordUpload(tenant: String, pack: String, host: String) throws
+    func recordUpload(tenant: String, pack: String, host: String) async throws
     /// Bytes of the tenant's packs (of those `host` uploaded, when given), split into those
     /// a committed snapshot names and the rest.
-    func usage(tenant: String, host: String?) throws -> (committed: Int64, uncommitted: Int64)
+    func usage(tenant: String, host: String?) async throws -> (committed: Int64, uncommitted: Int64)
 }
 
 /// When a restorer last deep-verified each pack (docs/PROTOCOL.md §4.6.1). The server cannot
@@ -294,14 +296,14 @@ public protocol DeepVerifyLedgerRepository: Sendable {
     /// `damaged`); a later report replaces an earlier one. Returns the IDs the tenant does
     /// not hold (nothing is recorded for those). One transaction.
     func recordPackVerifications(tenant: String, packs: [String], outcome: String, reporter: String,
-                                 now: Date) throws -> [String]
+                                 now: Date) async throws -> [String]
     /// The tenant's deep-verify state and the packs due next until their sizes reach
     /// `budget` bytes (never verified first, then the longest ago; ties by ID), at most
     /// ``Wire/DeepVerifyState/maxDue``. Read from one consistent state.
-    func deepVerifyState(tenant: String, budget: Int64) throws -> Wire.DeepVerifyState
+    func deepVerifyState(tenant: String, budget: Int64) async throws -> Wire.DeepVerifyState
     /// Per uploading principal ID: how many of its packs no restorer has deep-verified, and
     /// the oldest last deep verify among the rest.
-    func deepVerifyByUploader() throws -> [String: (never: Int, oldest: Date?)]
+    func deepVerifyByUploader() async throws -> [String: (never: Int, oldest: Date?)]
 }
 
 /// Everything the server needs of a catalog: what a new backend implements.
@@ -320,47 +322,49 @@ extension Catalog: SettingsRepository, TenantRepository, PrincipalRepository, Pa
 extension PackRepository {
     public func insertPack(tenant: String, id: String, key: String, size: Int, retainUntil: Date,
                            chunkIDs: [ChunkID], now: Date, uploader: String? = nil,
-                           verified: Bool = false) throws {
-        try insertPack(tenant: tenant, id: id, key: key, size: size, retainUntil: retainUntil, chunkIDs: chunkIDs,
+                           verified: Bool = false) async throws {
+        try await insertPack(tenant: tenant, id: id, key: key, size: size, retainUntil: retainUntil, chunkIDs: chunkIDs,
                        now: now, uploader: uploader, batch: 4096, verified: verified)
     }
 
-    public func chunkLocations(tenant: String, ids: [ChunkID]) throws -> [ChunkID: PackID] {
-        try chunkLocations(tenant: tenant, ids: ids, scope: nil, orVerified: false)
+    public func chunkLocations(tenant: String, ids: [ChunkID]) async throws -> [ChunkID: PackID] {
+        try await chunkLocations(tenant: tenant, ids: ids, scope: nil, orVerified: false)
     }
 
-    public func extendPackLocks(tenant: String, packs: [PackID], until: Date) throws -> [(PackID, Date)] {
-        try extendPackLocks(tenant: tenant, packs: packs, until: until, requireAll: false)
+    public func extendPackLocks(tenant: String, packs: [PackID], until: Date) async throws -> [(PackID, Date)] {
+        try await extendPackLocks(tenant: tenant, packs: packs, until: until, requireAll: false)
     }
 }
 
 extension SnapshotRepository {
-    public func insertSnapshot(_ s: SnapshotRecord, packs: [PackID], requirePacks: Bool = false) throws {
-        try insertSnapshot(s, packs: packs, requirePacks: requirePacks, manifestKey: nil)
+    public func insertSnapshot(_ s: SnapshotRecord, packs: [PackID], requirePacks: Bool = false) async throws {
+        try await insertSnapshot(s, packs: packs, requirePacks: requirePacks, manifestKey: nil)
     }
 
-    public func snapshots(tenant: String) throws -> [SnapshotRecord] { try snapshots(tenant: tenant, host: nil) }
+    public func snapshots(tenant: String) async throws -> [SnapshotRecord] {
+        try await snapshots(tenant: tenant, host: nil)
+    }
 }
 
 extension AuditRepository {
     @discardableResult
     public func audit(time: Date, actor: String, role: String, credential: String, source: String, action: String,
-                      object: String, outcome: String) throws -> Catalog.AuditRecord {
-        try audit(time: time, actor: actor, role: role, credential: credential, source: source, action: action,
+                      object: String, outcome: String) async throws -> Catalog.AuditRecord {
+        try await audit(time: time, actor: actor, role: role, credential: credential, source: source, action: action,
                   object: object, outcome: outcome, detail: "")
     }
 
-    public func auditRecords(after seq: Int64) throws -> [Catalog.AuditRecord] {
-        try auditRecords(after: seq, limit: 10_000)
+    public func auditRecords(after seq: Int64) async throws -> [Catalog.AuditRecord] {
+        try await auditRecords(after: seq, limit: 10_000)
     }
 
-    public func auditRecords() throws -> [Catalog.AuditRecord] { try auditRecords(after: 0, limit: 10_000) }
+    public func auditRecords() async throws -> [Catalog.AuditRecord] { try await auditRecords(after: 0, limit: 10_000) }
 }
 
 extension LegalHoldRepository {
-    public func holds() throws -> [LegalHold] { try holds(active: false) }
+    public func holds() async throws -> [LegalHold] { try await holds(active: false) }
 }
 
 extension CopyTargetRepository {
-    public func copyTargets() throws -> [CopyTarget] { try copyTargets(tenant: nil) }
+    public func copyTargets() async throws -> [CopyTarget] { try await copyTargets(tenant: nil) }
 }

@@ -52,7 +52,7 @@ extension RepositoryService {
     /// Adds a copy target after proving it enforces Object Lock COMPLIANCE. A target that
     /// fails the proof is refused, unless `acceptUnenforced` — which needs approval.
     public func addCopyTarget(_ req: Wire.AddCopyTargetRequest, ctx: CallContext) async throws -> Wire.CopyTargetInfo {
-        guard let rec = try catalog.tenant(req.tenant) else {
+        guard let rec = try await catalog.tenant(req.tenant) else {
             throw ServerError.notFound("tenant \(req.tenant) does not exist")
         }
         guard rec.shreddedAt == nil else { throw ServerError.shredded(req.tenant) }
@@ -60,7 +60,7 @@ extension RepositoryService {
             req.marginSeconds <= CopyApproval.maxMarginSeconds else {
             throw ServerError.badRequest("the retention margin must be between 0 and 10 years")
         }
-        let now = try now()
+        let now = try await now()
         var target = CopyTarget(
             info: Wire.CopyTargetInfo(id: hexString((0..<6).map { _ in UInt8.random(in: 0...255) }), tenant: req.tenant,
                 url: req.url,
@@ -72,7 +72,7 @@ extension RepositoryService {
         // Checked before an approval is used up or the endpoint is contacted at all.
         _ = try target.target()
         if target.acceptUnenforced {
-            try authorize(.acceptUnenforced, object: "copy target \(req.url)",
+            try await authorize(.acceptUnenforced, object: "copy target \(req.url)",
                           parameters: CopyApproval.parameters(tenant: req.tenant, endpoint: req.endpoint,
                               region: req.region,
                                                               credentialsFile: req.credentialsFile,
@@ -85,7 +85,7 @@ extension RepositoryService {
         target.lastProofAt = now
         target.lastProofOK = proof.passed
         target.lastProofDetail = proof.firstFailure ?? "all lock checks passed"
-        audit(ctx, .copyProof, object: req.url,
+        await audit(ctx, .copyProof, object: req.url,
             outcome: proof.passed ? "ok" : (target.acceptUnenforced ? "warning" : "denied"),
               detail: target.lastProofDetail ?? "")
         guard proof.passed || target.acceptUnenforced else {
@@ -96,49 +96,49 @@ extension RepositoryService {
             refused.audited = true  // as copy-proof, just above
             throw refused
         }
-        try catalog.insertCopyTarget(target)
-        audit(ctx, .addCopyTarget, object: req.url, outcome: "ok",
+        try await catalog.insertCopyTarget(target)
+        await audit(ctx, .addCopyTarget, object: req.url, outcome: "ok",
               detail: """
                   id=\(target.id) tenant=\(req.tenant) \
                   margin=\(Int(req.marginSeconds))s\(target.acceptUnenforced ? " UNENFORCED" : "")
                   """)
-        requestJob(ServerJobs.copySync.name, tenant: req.tenant)
+        await requestJob(ServerJobs.copySync.name, tenant: req.tenant)
         return target.info
     }
 
-    public func listCopyTargets() throws -> [Wire.CopyTargetInfo] { try catalog.copyTargets().map(\.info) }
+    public func listCopyTargets() async throws -> [Wire.CopyTargetInfo] { try await catalog.copyTargets().map(\.info) }
 
     /// Removes a target (the bucket and its locked objects stay as they are): needs approval.
     public func removeCopyTarget(id: String, _ req: Wire.ApprovedChange,
-        ctx: CallContext) throws -> [Wire.CopyTargetInfo] {
-        guard let t = try catalog.copyTargets().first(where: { $0.id == id }) else {
+        ctx: CallContext) async throws -> [Wire.CopyTargetInfo] {
+        guard let t = try await catalog.copyTargets().first(where: { $0.id == id }) else {
             throw ServerError.notFound("no copy target \(id): `redoubt admin copy status`")
         }
-        try authorize(.removeCopyTarget, object: "copy target \(t.url)", parameters: ["id": id],
+        try await authorize(.removeCopyTarget, object: "copy target \(t.url)", parameters: ["id": id],
             requestID: req.requestID, consume: true, ctx: ctx)
-        _ = try catalog.removeCopyTarget(id, at: try now())
-        audit(ctx, .removeCopyTarget, object: t.url, outcome: "ok", detail: "id=\(id) tenant=\(t.tenant)")
-        return try listCopyTargets()
+        _ = try await catalog.removeCopyTarget(id, at: try now())
+        await audit(ctx, .removeCopyTarget, object: t.url, outcome: "ok", detail: "id=\(id) tenant=\(t.tenant)")
+        return try await listCopyTargets()
     }
 
     /// Asks for a sync of the target's tenant now (the scheduler's `copy-sync`, under its
     /// lease); with `wait`, runs it in this request, or waits for the run that holds the lease.
     public func syncCopyTarget(id: String, wait: Bool) async throws -> Wire.CopyTargetInfo {
-        guard let t = try catalog.copyTargets().first(where: { $0.id == id }) else {
+        guard let t = try await catalog.copyTargets().first(where: { $0.id == id }) else {
             throw ServerError.notFound("no copy target \(id): `redoubt admin copy status`")
         }
-        requestJob(ServerJobs.copySync.name, tenant: t.tenant)
+        await requestJob(ServerJobs.copySync.name, tenant: t.tenant)
         if wait { _ = await JobScheduler(service: self).runRequested(ServerJobs.copySync, tenant: t.tenant) }
-        return try catalog.copyTargets().first { $0.id == id }?.info ?? t.info
+        return try await catalog.copyTargets().first { $0.id == id }?.info ?? t.info
     }
 
     /// Syncs every target of `tenant` (proof included): true if all succeeded. Errors are
     /// recorded on the target and in the audit log, never thrown: the job goes on.
     func syncCopies(tenant: String) async -> Bool {
-        guard let targets = try? catalog.copyTargets(tenant: tenant) else { return false }
+        guard let targets = try? await catalog.copyTargets(tenant: tenant) else { return false }
         var allOK = true
         for t in targets {
-            let now = (try? now()) ?? Date()
+            let now = (try? await now()) ?? Date()
             do {
                 try await recordHostKeys(tenant: tenant)
                 let s = try await BucketCopy.sync(catalog: catalog, store: store, tenant: tenant, target: try t.store(),
@@ -146,9 +146,10 @@ extension RepositoryService {
                                                   acceptUnenforced: t.acceptUnenforced, actor: "copy-job", now: now) {
                                                       _ in
                                                   }
-                try catalog.recordCopyProof(t.id, at: now, ok: s.proof?.passed ?? false, detail: s.proof?.firstFailure
+                try await catalog.recordCopyProof(t.id, at: now, ok: s.proof?.passed ?? false,
+                        detail: s.proof?.firstFailure
                     ?? "all lock checks passed")
-                try catalog.recordCopySync(t.id, at: now, ok: true,
+                try await catalog.recordCopySync(t.id, at: now, ok: true,
                     detail: "\(s.copied) copied, \(s.alreadyThere) already there, \(s.extended) extended"
                                             + (s.legalHolds
                                                 + s.legalHoldsLifted > 0 ? """
@@ -157,8 +158,8 @@ extension RepositoryService {
             } catch {
                 allOK = false
                 logger.warning("copy to \(t.url) failed", metadata: ["tenant": "\(tenant)", "error": "\(error)"])
-                try? catalog.recordCopySync(t.id, at: now, ok: false, detail: "\(error)")
-                try? catalog.audit(time: now, actor: "copy-job", role: "-", credential: "-", source: "local",
+                try? await catalog.recordCopySync(t.id, at: now, ok: false, detail: "\(error)")
+                _ = try? await catalog.audit(time: now, actor: "copy-job", role: "-", credential: "-", source: "local",
                     action: "copy-sync",
                                    object: t.url, outcome: "error", detail: "tenant \(tenant): \(error)")
             }

@@ -20,45 +20,46 @@ extension RepositoryService {
     /// without keys, so a taken host could list garbage under another host's future chunk
     /// ID; a verified (format-2) chunk's bytes are, by their hash, exactly what any host
     /// computing that ID would have stored.
-    func chunkScope(_ p: Principal, tenant: String) throws -> (principal: String?, orVerified: Bool) {
+    func chunkScope(_ p: Principal, tenant: String) async throws -> (principal: String?, orVerified: Bool) {
         guard p.role == .writer else { return (nil, false) }
-        return (p.id, try catalog.dedupScope(tenant: tenant) == .tenant)
+        return (p.id, try await catalog.dedupScope(tenant: tenant) == .tenant)
     }
 
     /// Narrowing to host scope takes effect at once; widening to tenant scope lets every
     /// host of the tenant confirm guesses about the others' files and reuse their chunks,
     /// so it is a weakening change that needs the admins' quorum.
     public func setDedupScope(tenant: String, _ req: Wire.SetDedupScopeRequest,
-        ctx: CallContext) throws -> Wire.TenantInfo {
+        ctx: CallContext) async throws -> Wire.TenantInfo {
         let object = "tenant \(tenant)"
-        guard let rec = try catalog.tenant(tenant) else {
+        guard let rec = try await catalog.tenant(tenant) else {
             throw ServerError.notFound("tenant \(tenant) does not exist")
         }
         guard let scope = DedupScope(rawValue: req.dedupScope) else {
             throw ServerError.badRequest("dedupScope must be \"host\" or \"tenant\"")
         }
-        let current = try catalog.dedupScope(tenant: tenant)
-        if scope == current { return try tenantInfo(rec) }
+        let current = try await catalog.dedupScope(tenant: tenant)
+        if scope == current { return try await tenantInfo(rec) }
         if scope == .tenant {
-            try authorize(.widenDedupScope, object: object, parameters: ["dedupScope": scope.rawValue],
+            try await authorize(.widenDedupScope, object: object, parameters: ["dedupScope": scope.rawValue],
                           requestID: req.requestID, consume: true, ctx: ctx)
         }
-        guard try catalog.setDedupScope(tenant: tenant, scope, from: current) else {
-            throw refuse(ctx, .setDedupScope, object: object, ServerError(409, "E_CONFLICT",
+        guard try await catalog.setDedupScope(tenant: tenant, scope, from: current) else {
+            throw await refuse(ctx, .setDedupScope, object: object, ServerError(409, "E_CONFLICT",
                 """
                     tenant \(tenant)'s dedup scope changed meanwhile; look again (`redoubt admin tenant list`) and \
                     repeat
                     """))
         }
-        audit(ctx, .setDedupScope, object: object, outcome: "ok",
+        await audit(ctx, .setDedupScope, object: object, outcome: "ok",
             detail: "dedup-scope \(current.rawValue)→\(scope.rawValue)")
-        return try tenantInfo(rec)
+        return try await tenantInfo(rec)
     }
 
     /// What tenant listings show of a tenant (`scope` when the caller has read it already).
-    func tenantInfo(_ rec: TenantRecord, scope: DedupScope? = nil) throws -> Wire.TenantInfo {
-        Wire.TenantInfo(name: rec.name, readKeyID: rec.readKeyID, minRetentionSeconds: rec.minRetention,
-            createdAt: rec.createdAt,
-                        dedupScope: try (scope ?? catalog.dedupScope(tenant: rec.name)).rawValue)
+    func tenantInfo(_ rec: TenantRecord, scope: DedupScope? = nil) async throws -> Wire.TenantInfo {
+        var dedup = scope
+        if dedup == nil { dedup = try await catalog.dedupScope(tenant: rec.name) }
+        return Wire.TenantInfo(name: rec.name, readKeyID: rec.readKeyID, minRetentionSeconds: rec.minRetention,
+                               createdAt: rec.createdAt, dedupScope: (dedup ?? .host).rawValue)
     }
 }

@@ -88,7 +88,7 @@ extension RepositoryService {
     /// taken) must not be able to mark its own uploads checked and push them to the back
     /// of the rolling queue.
     public func reportVerifiedPacks(_ req: Wire.PacksVerifiedReport,
-                                    ctx: CallContext) throws -> Wire.PacksVerifiedInfo {
+                                    ctx: CallContext) async throws -> Wire.PacksVerifiedInfo {
         guard let p = ctx.principal, p.role == .restorer, let tenant = p.tenant else {
             throw ServerError.forbidden("only a restorer reports deep-verified packs")
         }
@@ -105,15 +105,16 @@ extension RepositoryService {
             }
             if seen.insert(id.description).inserted { ids.append(id.description) }
         }
-        let unknown = try catalog.recordPackVerifications(tenant: tenant, packs: ids, outcome: "ok", reporter: p.id,
+        let unknown = try await catalog.recordPackVerifications(tenant: tenant, packs: ids, outcome: "ok",
+                reporter: p.id,
                                                           now: try now())
-        audit(ctx, .reportVerifiedPacks, object: "\(ids.count - unknown.count) packs", outcome: "ok",
+        await audit(ctx, .reportVerifiedPacks, object: "\(ids.count - unknown.count) packs", outcome: "ok",
               detail: unknown.isEmpty ? "" : "\(unknown.count) not held by tenant \(tenant)")
         return Wire.PacksVerifiedInfo(recorded: ids.count - unknown.count, unknown: unknown)
     }
 
     /// The caller's tenant's deep-verify state, with the packs due next up to `budget` bytes.
-    public func deepVerifyState(budget: String?, ctx: CallContext) throws -> Wire.DeepVerifyState {
+    public func deepVerifyState(budget: String?, ctx: CallContext) async throws -> Wire.DeepVerifyState {
         guard let p = ctx.principal, p.role == .restorer, let tenant = p.tenant else {
             throw ServerError.forbidden("only a restorer asks which packs a deep verify is due to open")
         }
@@ -123,6 +124,6 @@ extension RepositoryService {
             }
             return n
         } ?? 0
-        return try catalog.deepVerifyState(tenant: tenant, budget: b)
+        return try await catalog.deepVerifyState(tenant: tenant, budget: b)
     }
 }

@@ -28,7 +28,7 @@ extension RepositoryService {
         guard ctx.principal?.role == .admin || (ctx.principal == nil && ctx.job != nil) else {
             throw ServerError.forbidden("only an admin may collect garbage")
         }
-        guard try catalog.tenant(tenant) != nil else {
+        guard try await catalog.tenant(tenant) != nil else {
             throw ServerError.notFound("tenant \(tenant) does not exist: `redoubt admin tenant list`")
         }
         // One run per tenant at a time (a retried request must not race the first).
@@ -37,8 +37,8 @@ extension RepositoryService {
                 "garbage collection of tenant \(tenant) is already running; wait for it to finish")
         }
         defer { _ = gcRunning.withLock { $0.remove(tenant) } }
-        let now = try now()
-        let plan = try catalog.collect(tenant: tenant, now: now, grace: Self.gcGrace, dryRun: req.dryRun)
+        let now = try await now()
+        let plan = try await catalog.collect(tenant: tenant, now: now, grace: Self.gcGrace, dryRun: req.dryRun)
         let bytes = plan.packs.reduce(Int64(0)) { $0 + $1.size }
         func report(pending: Int) -> Wire.GCReport {
             Wire.GCReport(tenant: tenant, dryRun: req.dryRun, snapshotsRemoved: plan.snapshots,
@@ -47,39 +47,39 @@ extension RepositoryService {
         }
         guard !req.dryRun else { return report(pending: 0) }
         // Audited as soon as the catalog side is done, whatever happens to the store side.
-        audit(ctx, .collectGarbage, object: "tenant \(tenant)", outcome: "ok",
+        await audit(ctx, .collectGarbage, object: "tenant \(tenant)", outcome: "ok",
               detail: """
                   snapshots=\(plan.snapshots.count) packs=\(plan.packs.count) bytes=\(bytes) \
                   kept-newest=\(plan.keptNewest) kept-held=\(plan.keptHeld) 
                   """
                 + "removed=\(plan.snapshots.joined(separator: ","))")
-        if try catalog.isTenantHeld(tenant) {
+        if try await catalog.isTenantHeld(tenant) {
             // A tenant hold keeps even what an earlier run queued (and frees its claims, so
             // those objects can be recorded again meanwhile).
-            try catalog.unclaimPendingDeletes(tenant: tenant)
-            return report(pending: try catalog.pendingDeletes(tenant: tenant).count)
+            try await catalog.unclaimPendingDeletes(tenant: tenant)
+            return report(pending: try await catalog.pendingDeletes(tenant: tenant).count)
         }
         // This run's keys and any an earlier run left, each claimed first: a pack or
         // manifest recorded again since it was queued is not deleted, and while one is
         // being deleted it cannot be recorded again (E_RETRY).
         var pending = 0
-        for k in try catalog.pendingDeletes(tenant: tenant) {
-            guard let key = ObjectKey(k) else { try catalog.finishPendingDelete(k, done: true); continue }
-            guard try catalog.claimPendingDelete(k, tenant: tenant, now: now) else { continue }
+        for k in try await catalog.pendingDeletes(tenant: tenant) {
+            guard let key = ObjectKey(k) else { try await catalog.finishPendingDelete(k, done: true); continue }
+            guard try await catalog.claimPendingDelete(k, tenant: tenant, now: now) else { continue }
             do {
                 try await deleteUnlessHeld(key, now: now)
-                try catalog.finishPendingDelete(k, done: true)
+                try await catalog.finishPendingDelete(k, done: true)
             } catch let e as StoreError where e.code == .notFound {
-                try catalog.finishPendingDelete(k, done: true)
+                try await catalog.finishPendingDelete(k, done: true)
             } catch {
-                try catalog.finishPendingDelete(k, done: false)
+                try await catalog.finishPendingDelete(k, done: false)
                 pending += 1
                 logger.warning("gc: could not delete a store object; the next run retries", metadata: ["key": "\(k)",
                     "error": "\(error)"])
-                audit(ctx, .gcDelete, object: k, outcome: "error", detail: "\(error)")
+                await audit(ctx, .gcDelete, object: k, outcome: "error", detail: "\(error)")
             }
         }
-        audit(ctx, .gcStore, object: "tenant \(tenant)", outcome: pending == 0 ? "ok" : "partial",
+        await audit(ctx, .gcStore, object: "tenant \(tenant)", outcome: pending == 0 ? "ok" : "partial",
             detail: "pending=\(pending)")
         return report(pending: pending)
     }

@@ -42,10 +42,10 @@ struct AuthMiddleware: RouterMiddleware {
         switch Self.admission(route: chosen, role: ctx.call.principal?.role, certificate: ctx.call.certificate,
             what: what) {
         case .refuse(let action, let error):
-            return withoutMarks(errorResponse(service.refuse(ctx.call, action, object: what, error)))
+            return withoutMarks(errorResponse(await service.refuse(ctx.call, action, object: what, error)))
         case .admit(let action):
             let response = try await next(request, ctx)
-            auditFailure(response, method: request.method, call: ctx.call, action: action, what: what)
+            await auditFailure(response, method: request.method, call: ctx.call, action: action, what: what)
             return withoutMarks(response)
         }
     }
@@ -58,7 +58,7 @@ struct AuthMiddleware: RouterMiddleware {
         if let cert = try? await context.channel.nioSSL_peerCertificate().get(), let der = try? cert.toDERBytes() {
             let fingerprint = certificateFingerprint(der: der)
             presented = fingerprint
-            principal = try service.catalog.principal(fingerprint: fingerprint)
+            principal = try await service.catalog.principal(fingerprint: fingerprint)
         }
         return CallContext(principal: principal, source: source, certificate: presented)
     }
@@ -98,12 +98,12 @@ struct AuthMiddleware: RouterMiddleware {
     /// Why: the audit log must show attempts to change things that failed, not only
     /// refusals by role (a probing credential, a bad quorum, a missing name).
     private func auditFailure(_ response: Response, method: HTTPRequest.Method, call: CallContext, action: Action,
-        what: String) {
+        what: String) async {
         guard response.status.code >= 400, method != .get, method != .head,
             response.headers[auditedHeader] == nil else {
             return
         }
-        service.audit(call, action, object: what, outcome: "error",
+        await service.audit(call, action, object: what, outcome: "error",
                       detail: "\(response.status.code) \(response.headers[errorCodeHeader] ?? "")")
     }
 
@@ -195,12 +195,12 @@ public enum RedoubtHTTP {
         },
         Route(.post, "/v1/enroll", .enroll, .anyone) { service, logger, req, ctx in
             await handle(logger) {
-                jsonResponse(try service.enroll(try await req.json(Wire.EnrollRequest.self), ctx: ctx.call))
+                jsonResponse(try await service.enroll(try await req.json(Wire.EnrollRequest.self), ctx: ctx.call))
             }
         },
         Route(.post, "/v1/chunks/query", .queryChunks, .roles([.writer, .restorer])) { service, logger, req, ctx in
             await handle(logger) {
-                bytesResponse(try service.queryChunks(try await req.bytes(limit: 100_000 * 32), ctx: ctx.call))
+                bytesResponse(try await service.queryChunks(try await req.bytes(limit: 100_000 * 32), ctx: ctx.call))
             }
         },
         Route(.put, "/v1/packs/{id}", .uploadPack, .writer) { service, logger, req, ctx in
@@ -229,20 +229,21 @@ public enum RedoubtHTTP {
         },
         Route(.post, "/v1/packs/{id}/damaged", .reportDamagedPack, .restorer) { service, logger, req, ctx in
             await handle(logger) {
-                jsonResponse(try service.reportDamagedPack(idHex: ctx.parameters.get("id") ?? "",
+                jsonResponse(try await service.reportDamagedPack(idHex: ctx.parameters.get("id") ?? "",
                                                            try await req.json(Wire.DamagedPackReport.self),
                                                                ctx: ctx.call))
             }
         },
         Route(.post, "/v1/packs/verified", .reportVerifiedPacks, .restorer) { service, logger, req, ctx in
             await handle(logger) {
-                jsonResponse(try service.reportVerifiedPacks(try await req.json(Wire.PacksVerifiedReport.self),
+                jsonResponse(try await service.reportVerifiedPacks(try await req.json(Wire.PacksVerifiedReport.self),
                     ctx: ctx.call))
             }
         },
         Route(.get, "/v1/deep-verify", .deepVerifyState, .restorer) { service, logger, req, ctx in
             await handle(logger) {
-                jsonResponse(try service.deepVerifyState(budget: req.uri.queryParameters.get("budget"), ctx: ctx.call))
+                jsonResponse(try await service.deepVerifyState(budget: req.uri.queryParameters.get("budget"),
+                                                               ctx: ctx.call))
             }
         },
         Route(.post, "/v1/snapshots", .commitSnapshot, .writer) { service, logger, req, ctx in
@@ -259,13 +260,13 @@ public enum RedoubtHTTP {
             await handle(logger) {
                 let q = req.uri.queryParameters
                 let page = try SnapshotPage(after: q.get("after"), limit: q.get("limit"))
-                return jsonResponse(try service.listSnapshots(host: q.get("host"), tenant: q.get("tenant"), page: page,
-                                                              ctx: ctx.call))
+                return jsonResponse(try await service.listSnapshots(host: q.get("host"), tenant: q.get("tenant"),
+                                                                    page: page, ctx: ctx.call))
             }
         },
         Route(.get, "/v1/snapshots/{id}", .showSnapshot, .anyRole) { service, logger, _, ctx in
             await handle(logger) {
-                jsonResponse(try service.showSnapshot(ctx.parameters.get("id") ?? "", ctx: ctx.call))
+                jsonResponse(try await service.showSnapshot(ctx.parameters.get("id") ?? "", ctx: ctx.call))
             }
         },
         Route(.get, "/v1/snapshots/{id}/manifest", .getManifest, .restorer) { service, logger, _, ctx in
@@ -281,7 +282,7 @@ public enum RedoubtHTTP {
         },
         Route(.post, "/v1/snapshots/{id}/verdict", .clearVerdict, .admin) { service, logger, req, ctx in
             await handle(logger) {
-                jsonResponse(try service.clearVerdict(ctx.parameters.get("id") ?? "",
+                jsonResponse(try await service.clearVerdict(ctx.parameters.get("id") ?? "",
                     try await req.json(Wire.ClearVerdictRequest.self), ctx: ctx.call))
             }
         },
@@ -292,10 +293,10 @@ public enum RedoubtHTTP {
             }
         },
         Route(.get, "/v1/tenants", .listTenants, .admin) { service, logger, _,
-            _ in await handle(logger) { jsonResponse(try service.listTenants()) } },
+            _ in await handle(logger) { jsonResponse(try await service.listTenants()) } },
         Route(.post, "/v1/tenants/{tenant}/enrollments", .createEnrollment, .admin) { service, logger, req, ctx in
             await handle(logger) {
-                jsonResponse(try service.createEnrollment(tenant: ctx.parameters.get("tenant") ?? "",
+                jsonResponse(try await service.createEnrollment(tenant: ctx.parameters.get("tenant") ?? "",
                     try await req.json(Wire.CreateEnrollmentRequest.self),
                                                           ctx: ctx.call), status: .created)
             }
@@ -303,7 +304,7 @@ public enum RedoubtHTTP {
         Route(.get, "/v1/tenants/{tenant}/read-key", .getReadKey, .roles([.admin, .restorer])) { service, logger, _,
             ctx in
             await handle(logger) {
-                jsonResponse(try service.readKey(tenant: ctx.parameters.get("tenant") ?? "", ctx: ctx.call))
+                jsonResponse(try await service.readKey(tenant: ctx.parameters.get("tenant") ?? "", ctx: ctx.call))
             }
         },
         Route(.put, "/v1/tenants/{tenant}/read-key", .rotateReadKey, .admin) { service, logger, req, ctx in
@@ -315,7 +316,7 @@ public enum RedoubtHTTP {
         Route(.post, "/v1/tenants/{tenant}/read-key/destroyed", .markKEKsDestroyed, .admin) { service, logger, req,
             ctx in
             await handle(logger) {
-                jsonResponse(try service.markKEKsDestroyed(tenant: ctx.parameters.get("tenant") ?? "",
+                jsonResponse(try await service.markKEKsDestroyed(tenant: ctx.parameters.get("tenant") ?? "",
                     try await req.json(Wire.DestroyedKEKsRequest.self), ctx: ctx.call))
             }
         },
@@ -345,41 +346,41 @@ public enum RedoubtHTTP {
         },
         Route(.put, "/v1/tenants/{tenant}/dedup-scope", .setDedupScope, .admin) { service, logger, req, ctx in
             await handle(logger) {
-                jsonResponse(try service.setDedupScope(tenant: ctx.parameters.get("tenant") ?? "",
+                jsonResponse(try await service.setDedupScope(tenant: ctx.parameters.get("tenant") ?? "",
                                                        try await req.json(Wire.SetDedupScopeRequest.self),
                                                            ctx: ctx.call))
             }
         },
         Route(.post, "/v1/admins", .addAdmin, .admin) { service, logger, req, ctx in
             await handle(logger) {
-                jsonResponse(try service.addAdmin(try await req.json(Wire.AddAdminRequest.self), ctx: ctx.call),
+                jsonResponse(try await service.addAdmin(try await req.json(Wire.AddAdminRequest.self), ctx: ctx.call),
                     status: .created)
             }
         },
         Route(.post, "/v1/admins/{name}/remove", .removeAdmin, .admin) { service, logger, req, ctx in
             await handle(logger) {
-                jsonResponse(try service.removeAdmin(name: ctx.parameters.get("name") ?? "",
+                jsonResponse(try await service.removeAdmin(name: ctx.parameters.get("name") ?? "",
                     try await req.json(Wire.ApprovedChange.self), ctx: ctx.call))
             }
         },
         Route(.get, "/v1/quorum", .getQuorum, .admin) { service, logger, _,
-            _ in await handle(logger) { jsonResponse(try service.quorum()) } },
+            _ in await handle(logger) { jsonResponse(try await service.quorum()) } },
         Route(.put, "/v1/quorum", .setQuorum, .admin) { service, logger, req, ctx in
             await handle(logger) {
-                jsonResponse(try service.setQuorum(try await req.json(Wire.ApprovedChange.self), ctx: ctx.call))
+                jsonResponse(try await service.setQuorum(try await req.json(Wire.ApprovedChange.self), ctx: ctx.call))
             }
         },
         Route(.get, "/v1/requests", .listRequests, .admin) { service, logger, _,
-            _ in await handle(logger) { jsonResponse(try service.listRequests().map(\.wire)) } },
+            _ in await handle(logger) { jsonResponse(try await service.listRequests().map(\.wire)) } },
         Route(.post, "/v1/requests/{id}/approve", .approveRequest, .admin) { service, logger, _, ctx in
             await handle(logger) {
-                jsonResponse(try service.decideRequest(ctx.parameters.get("id") ?? "", approve: true,
+                jsonResponse(try await service.decideRequest(ctx.parameters.get("id") ?? "", approve: true,
                     ctx: ctx.call).wire)
             }
         },
         Route(.post, "/v1/requests/{id}/reject", .rejectRequest, .admin) { service, logger, _, ctx in
             await handle(logger) {
-                jsonResponse(try service.decideRequest(ctx.parameters.get("id") ?? "", approve: false,
+                jsonResponse(try await service.decideRequest(ctx.parameters.get("id") ?? "", approve: false,
                     ctx: ctx.call).wire)
             }
         },
@@ -390,10 +391,10 @@ public enum RedoubtHTTP {
             }
         },
         Route(.get, "/v1/copy-targets", .listCopyTargets, .admin) { service, logger, _,
-            _ in await handle(logger) { jsonResponse(try service.listCopyTargets()) } },
+            _ in await handle(logger) { jsonResponse(try await service.listCopyTargets()) } },
         Route(.post, "/v1/copy-targets/{id}/remove", .removeCopyTarget, .admin) { service, logger, req, ctx in
             await handle(logger) {
-                jsonResponse(try service.removeCopyTarget(id: ctx.parameters.get("id") ?? "",
+                jsonResponse(try await service.removeCopyTarget(id: ctx.parameters.get("id") ?? "",
                     try await req.json(Wire.ApprovedChange.self), ctx: ctx.call))
             }
         },
@@ -410,7 +411,7 @@ public enum RedoubtHTTP {
             }
         },
         Route(.get, "/v1/holds", .listHolds, .admin) { service, logger, _,
-            _ in await handle(logger) { jsonResponse(try service.listHolds()) } },
+            _ in await handle(logger) { jsonResponse(try await service.listHolds()) } },
         Route(.post, "/v1/holds/{id}/release", .releaseHold, .admin) { service, logger, req, ctx in
             await handle(logger) {
                 jsonResponse(try await service.releaseHold(id: ctx.parameters.get("id") ?? "",
@@ -419,7 +420,8 @@ public enum RedoubtHTTP {
         },
         Route(.get, "/v1/principals", .listPrincipals, .admin) { service, logger, req, _ in
             await handle(logger) {
-                jsonResponse(try service.listPrincipals(includeRevoked: req.uri.queryParameters.get("all") == "1"))
+                let all = req.uri.queryParameters.get("all") == "1"
+                return jsonResponse(try await service.listPrincipals(includeRevoked: all))
             }
         },
         Route(.post, "/v1/tenants/{tenant}/gc", .collectGarbage, .admin) { service, logger, req, ctx in
@@ -430,14 +432,14 @@ public enum RedoubtHTTP {
         },
         Route(.put, "/v1/tenants/{tenant}/quota", .setQuota, .admin) { service, logger, req, ctx in
             await handle(logger) {
-                jsonResponse(try service.setQuota(tenant: ctx.parameters.get("tenant") ?? "",
+                jsonResponse(try await service.setQuota(tenant: ctx.parameters.get("tenant") ?? "",
                     try await req.json(Wire.SetQuotaRequest.self),
                                                   ctx: ctx.call))
             }
         },
         Route(.put, "/v1/tenants/{tenant}/detection", .setDetection, .admin) { service, logger, req, ctx in
             await handle(logger) {
-                jsonResponse(try service.setDetection(tenant: ctx.parameters.get("tenant") ?? "",
+                jsonResponse(try await service.setDetection(tenant: ctx.parameters.get("tenant") ?? "",
                     try await req.json(Wire.DetectionSettings.self), ctx: ctx.call))
             }
         },
@@ -449,12 +451,12 @@ public enum RedoubtHTTP {
         },
         Route(.get, "/v1/policies", .listPolicies, .admin) { service, logger, req, _ in
             await handle(logger) {
-                jsonResponse(try service.listPolicies(tenant: req.uri.queryParameters.get("tenant")))
+                jsonResponse(try await service.listPolicies(tenant: req.uri.queryParameters.get("tenant")))
             }
         },
         Route(.get, "/v1/tenants/{tenant}/policy/simulate", .simulatePolicy, .admin) { service, logger, _, ctx in
             await handle(logger) {
-                jsonResponse(try service.simulatePolicies(tenant: ctx.parameters.get("tenant") ?? ""))
+                jsonResponse(try await service.simulatePolicies(tenant: ctx.parameters.get("tenant") ?? ""))
             }
         },
         Route(.post, "/v1/tenants/{tenant}/policy/apply", .applyPolicy, .admin) { service, logger, _, ctx in
@@ -463,19 +465,20 @@ public enum RedoubtHTTP {
             }
         },
         Route(.get, "/v1/schedule", .getSchedule, .admin) { service, logger, _,
-            _ in await handle(logger) { jsonResponse(try service.scheduleInfo()) } },
+            _ in await handle(logger) { jsonResponse(try await service.scheduleInfo()) } },
         Route(.put, "/v1/schedule", .setSchedule, .admin) { service, logger, req, ctx in
             await handle(logger) {
-                jsonResponse(try service.setSchedule(try await req.json(Wire.SetScheduleRequest.self), ctx: ctx.call))
+                jsonResponse(try await service.setSchedule(try await req.json(Wire.SetScheduleRequest.self),
+                                                           ctx: ctx.call))
             }
         },
         Route(.get, "/v1/jobs", .listJobs, .admin) { service, logger, _,
-            _ in await handle(logger) { jsonResponse(try service.listJobs()) } },
+            _ in await handle(logger) { jsonResponse(try await service.listJobs()) } },
         Route(.get, "/v1/enrollments", .listEnrollments, .admin) { service, logger, _,
-            _ in await handle(logger) { jsonResponse(try service.listEnrollments()) } },
+            _ in await handle(logger) { jsonResponse(try await service.listEnrollments()) } },
         Route(.post, "/v1/enrollments/{id}/cancel", .cancelEnrollment, .admin) { service, logger, _, ctx in
             await handle(logger) {
-                jsonResponse(try service.cancelEnrollment(id: ctx.parameters.get("id") ?? "", ctx: ctx.call))
+                jsonResponse(try await service.cancelEnrollment(id: ctx.parameters.get("id") ?? "", ctx: ctx.call))
             }
         },
         Route(.post, "/v1/principals/{id}/revoke", .revokePrincipal, .admin) { service, logger, req, ctx in
@@ -489,36 +492,36 @@ public enum RedoubtHTTP {
             await handle(logger) {
                 let after = req.uri.queryParameters.get("after").flatMap { Int64($0) } ?? 0
                 let limit = max(1, min(req.uri.queryParameters.get("limit").flatMap { Int($0) } ?? 1000, 10_000))
-                return jsonResponse(try service.auditEntries(after: after, limit: limit))
+                return jsonResponse(try await service.auditEntries(after: after, limit: limit))
             }
         },
         Route(.get, "/v1/audit/verify", .verifyAudit, .roles([.admin, .auditor])) { service, logger, _, _ in
             await handle(logger) {
-                let (bad, count) = try service.catalog.verifyAudit()
+                let (bad, count) = try await service.catalog.verifyAudit()
                 return jsonResponse(AuditVerifyResult(ok: bad == nil, records: count, firstBad: bad))
             }
         },
         Route(.get, "/v1/status", .getStatus, .roles([.admin, .auditor])) { service, logger, _, _ in
-            await handle(logger) { jsonResponse(try service.status()) }
+            await handle(logger) { jsonResponse(try await service.status()) }
         },
         Route(.put, "/v1/notify/expectations", .setHostExpectation, .admin) { service, logger, req, ctx in
             await handle(logger) {
-                jsonResponse(try service.setHostExpectation(try await req.json(Wire.HostExpectationRequest.self),
+                jsonResponse(try await service.setHostExpectation(try await req.json(Wire.HostExpectationRequest.self),
                                                             ctx: ctx.call))
             }
         },
         Route(.post, "/v1/notify/channels", .addNotifyChannel, .admin) { service, logger, req, ctx in
             await handle(logger) {
-                jsonResponse(try service.addNotifyChannel(try await req.json(Wire.AddNotifyChannelRequest.self),
+                jsonResponse(try await service.addNotifyChannel(try await req.json(Wire.AddNotifyChannelRequest.self),
                                                           ctx: ctx.call), status: .created)
             }
         },
         Route(.get, "/v1/notify/channels", .listNotifyChannels, .admin) { service, logger, _, _ in
-            await handle(logger) { jsonResponse(try service.listNotifyChannels()) }
+            await handle(logger) { jsonResponse(try await service.listNotifyChannels()) }
         },
         Route(.post, "/v1/notify/channels/{id}/remove", .removeNotifyChannel, .admin) { service, logger, _, ctx in
             await handle(logger) {
-                jsonResponse(try service.removeNotifyChannel(id: ctx.parameters.get("id") ?? "", ctx: ctx.call))
+                jsonResponse(try await service.removeNotifyChannel(id: ctx.parameters.get("id") ?? "", ctx: ctx.call))
             }
         },
         Route(.post, "/v1/notify/channels/{id}/test", .testNotifyChannel, .admin) { service, logger, _, ctx in
@@ -528,7 +531,7 @@ public enum RedoubtHTTP {
         },
         Route(.get, "/v1/metrics", .getMetrics, .roles([.admin, .auditor])) { service, logger, _, _ in
             await handle(logger) {
-                Response(status: .ok, headers: [.contentType: MetricsListener.contentType],
+                await Response(status: .ok, headers: [.contentType: MetricsListener.contentType],
                          body: .init(byteBuffer: ByteBuffer(string: try service.metricsExposition())))
             }
         },

@@ -30,7 +30,7 @@ extension RepositoryService {
     /// ``Wire/expectedIntervalRange`` is dropped and logged, never an error: the commit is
     /// what matters, and the value is only the host's claim. An old client sends none and
     /// the stored one stays.
-    func recordExpectedInterval(_ p: Principal, _ header: String?) {
+    func recordExpectedInterval(_ p: Principal, _ header: String?) async {
         guard let header else { return }
         guard let seconds = Int(header.trimmingCharacters(in: .whitespaces)).map(TimeInterval.init),
               Wire.expectedIntervalRange.contains(seconds) else {
@@ -38,7 +38,7 @@ extension RepositoryService {
                 "host": "\(p.tenant ?? "-")/\(p.name)", "value": "\(SafeText.echo(header, maxBytes: 40))"])
             return
         }
-        do { try catalog.setExpectedInterval(principalID: p.id, seconds: seconds) } catch {
+        do { try await catalog.setExpectedInterval(principalID: p.id, seconds: seconds) } catch {
             logger.warning("could not record the host's expected interval",
                            metadata: ["host": "\(p.name)", "error": "\(error)"])
         }

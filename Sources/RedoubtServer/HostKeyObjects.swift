@@ -58,8 +58,10 @@ public enum HostKeyObjects {
                               tenant: String? = nil, now: Date) async throws -> Int {
         var written = 0
         var minRetention: [String: TimeInterval] = [:]
-        for t in try catalog.tenants() where tenant == nil || t.name == tenant { minRetention[t.name] = t.minRetention }
-        for w in try catalog.hostKeyWriters(tenant: tenant) {
+        for t in try await catalog.tenants() where tenant == nil || t.name == tenant {
+            minRetention[t.name] = t.minRetention
+        }
+        for w in try await catalog.hostKeyWriters(tenant: tenant) {
             let until = RepositoryService.ceilDay(now.addingTimeInterval(minRetention[w.tenant] ?? 0))
             if try await ensureRegistration(w, store: store, ca: ca, until: until) { written += 1 }
             if let at = w.revokedAt, let key = revocationKey(tenant: w.tenant, principal: w.id),
@@ -93,7 +95,7 @@ public enum HostKeyObjects {
                           store: any ObjectStore) async throws -> [SnapshotID] {
         var out: [SnapshotID] = []
         let since = w.createdAt.addingTimeInterval(-1)
-        for s in try catalog.snapshots(tenant: w.tenant, host: w.name) where s.committedAt >= since {
+        for s in try await catalog.snapshots(tenant: w.tenant, host: w.name) where s.committedAt >= since {
             guard let id = SnapshotID(hex: s.id) else { continue }
             let key = RepositoryService.manifestKey(tenant: w.tenant, id: id)
             // A manifest that cannot be read here cannot be restored from a copy either
@@ -130,9 +132,15 @@ extension RepositoryService {
         guard let raw = p.hostKey, let key = HostKeyObjects.registrationKey(tenant: tenant.name, principal: p.id) else {
             return
         }
+        let createdAt: Date
+        if let enrolled = try await catalog.principalInfo(id: p.id)?.createdAt {
+            createdAt = enrolled
+        } else {
+            createdAt = try await now()
+        }
         let w = HostKeyObjects.Writer(id: p.id, tenant: tenant.name, name: p.name,
                                       hostKey: try HostPublicKey(rawRepresentation: raw),
-                                      createdAt: try catalog.principalInfo(id: p.id)?.createdAt ?? now(),
+                                      createdAt: createdAt,
                                       revokedAt: nil)
         _ = try await HostKeyObjects.ensureRegistration(w, store: store, ca: ca, until: until)
         if let info = try await store.head(key), (info.retainUntil ?? .distantPast) < until {
@@ -144,7 +152,7 @@ extension RepositoryService {
     /// once (listing what its key committed), so copies made from now on carry it.
     public func revokePrincipalRecorded(id: String, _ req: Wire.ApprovedChange,
                                         ctx: CallContext) async throws -> Wire.PrincipalInfo {
-        let info = try revokePrincipal(id: id, req, ctx: ctx)
+        let info = try await revokePrincipal(id: id, req, ctx: ctx)
         if info.role == Role.writer.rawValue, let t = info.tenant {
             do { try await recordHostKeys(tenant: t) } catch {
                 // The revocation stands in the catalog; the object follows at the next start or sync.

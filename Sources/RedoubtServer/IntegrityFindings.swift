@@ -43,7 +43,7 @@ public protocol FindingRepository: Sendable {
     /// Returns true when it was new. One transaction.
     @discardableResult
     func recordFinding(tenant: String, object: String, code: String, detail: String, source: String,
-                       at: Date) throws -> Bool
+                       at: Date) async throws -> Bool
     /// Findings of one tenant or all, seen at or after `since` (nil: all), oldest first.
-    func findings(tenant: String?, since: Date?) throws -> [IntegrityFinding]
+    func findings(tenant: String?, since: Date?) async throws -> [IntegrityFinding]
 }

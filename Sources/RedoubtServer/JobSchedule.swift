@@ -90,14 +90,14 @@ public struct JobSchedule: Codable, Sendable, Equatable {
 
 extension RepositoryService {
     /// The stored schedule, or the defaults.
-    public func jobSchedule() throws -> JobSchedule {
-        guard let json = try catalog.setting(JobSchedule.settingKey) else { return JobSchedule() }
+    public func jobSchedule() async throws -> JobSchedule {
+        guard let json = try await catalog.setting(JobSchedule.settingKey) else { return JobSchedule() }
         return try JSONDecoder().decode(JobSchedule.self, from: Data(json.utf8))
     }
 
     /// `GET /v1/schedule`.
-    public func scheduleInfo() throws -> Wire.ScheduleInfo {
-        let s = try jobSchedule()
+    public func scheduleInfo() async throws -> Wire.ScheduleInfo {
+        let s = try await jobSchedule()
         return Wire.ScheduleInfo(jobs: ServerJobs.all.map { j in
             Wire.JobScheduleInfo(job: j.name, intervalSeconds: s.interval(j.name, default: j.defaultInterval),
                                  defaultIntervalSeconds: j.defaultInterval, off: s.isOff(j.name), windowed: j.windowed)
@@ -106,8 +106,8 @@ extension RepositoryService {
 
     /// `PUT /v1/schedule`: turning a protective job off, or making it run less often, weakens
     /// protection and needs the admins' quorum (`weaken-schedule`); everything else is at once.
-    public func setSchedule(_ req: Wire.SetScheduleRequest, ctx: CallContext) throws -> Wire.ScheduleInfo {
-        var s = try jobSchedule()
+    public func setSchedule(_ req: Wire.SetScheduleRequest, ctx: CallContext) async throws -> Wire.ScheduleInfo {
+        var s = try await jobSchedule()
         let before = s
         var weakening: [String] = []
         if let name = req.job {
@@ -148,15 +148,15 @@ extension RepositoryService {
         } else if req.windowZone != nil {
             throw ServerError.badRequest("a window zone needs a window (HH:MM-HH:MM)")
         }
-        guard s != before else { return try scheduleInfo() }
+        guard s != before else { return try await scheduleInfo() }
         let json = String(decoding: try JSONEncoder.sorted.encode(s), as: UTF8.self)
         if !weakening.isEmpty {
-            try authorize(.weakenSchedule, object: "schedule", parameters: ["schedule": json],
+            try await authorize(.weakenSchedule, object: "schedule", parameters: ["schedule": json],
                           requestID: req.requestID, consume: true, ctx: ctx)
         }
-        try catalog.setSetting(JobSchedule.settingKey, json)
-        audit(ctx, .setSchedule, object: "schedule", outcome: "ok", detail: Self.scheduleSummary(s))
-        return try scheduleInfo()
+        try await catalog.setSetting(JobSchedule.settingKey, json)
+        await audit(ctx, .setSchedule, object: "schedule", outcome: "ok", detail: Self.scheduleSummary(s))
+        return try await scheduleInfo()
     }
 
     static func scheduleSummary(_ s: JobSchedule) -> String {
@@ -166,14 +166,14 @@ extension RepositoryService {
     }
 
     /// `GET /v1/jobs`: every job of every tenant it applies to, with its last run and next run.
-    public func listJobs() throws -> [Wire.JobInfo] {
-        let now = clockNow()
-        let schedule = try jobSchedule()
+    public func listJobs() async throws -> [Wire.JobInfo] {
+        let now = await clockNow()
+        let schedule = try await jobSchedule()
         var states: [String: JobState] = [:]
-        for s in try catalog.jobStates() { states["\(s.job) \(s.tenant)"] = s }
+        for s in try await catalog.jobStates() { states["\(s.job) \(s.tenant)"] = s }
         var out: [Wire.JobInfo] = []
         for job in ServerJobs.all {
-            for tenant in try job.tenants(self) {
+            for tenant in try await job.tenants(self) {
                 let s = states["\(job.name) \(tenant)"]
                 let running = s?.leaseHolder.flatMap { h in (s?.leaseExpires ?? .distantPast) > now ? h : nil }
                 var next: Date? = nil

@@ -45,24 +45,25 @@ public struct JobRun: Sendable, Equatable {
 
 /// Job state, leases and runs (SQLite: SQLiteCatalog+Jobs.swift).
 public protocol JobRepository: Sendable {
-    func jobState(job: String, tenant: String) throws -> JobState?
-    func jobStates() throws -> [JobState]
+    func jobState(job: String, tenant: String) async throws -> JobState?
+    func jobStates() async throws -> [JobState]
     /// In one transaction: takes the lease for `holder` until `now + ttl` if no lease (of any
     /// holder) is unexpired AND the job is due at `now` (no `nextDue` after `now`, or a request
     /// at or before `now`); takes up the pending request, and records the run's start. Returns
     /// the run's number, nil if not taken.
-    func acquireJobLease(job: String, tenant: String, holder: String, now: Date, ttl: TimeInterval) throws -> Int64?
+    func acquireJobLease(job: String, tenant: String, holder: String, now: Date, ttl: TimeInterval) async throws
+        -> Int64?
     /// Moves the lease's expiry to `now + ttl` if `holder` still holds it; false if it does not.
-    func renewJobLease(job: String, tenant: String, holder: String, now: Date, ttl: TimeInterval) throws -> Bool
+    func renewJobLease(job: String, tenant: String, holder: String, now: Date, ttl: TimeInterval) async throws -> Bool
     /// Records the run's end and the job's next due time, and releases `holder`'s lease (a
     /// lease another server took after it expired stays that server's). A request made
     /// after the lease was taken survives for the next run.
     func finishJob(run: Int64, job: String, tenant: String, holder: String, started: Date, ended: Date,
-                   outcome: String, error: String?, failures: Int, nextDue: Date) throws
+                   outcome: String, error: String?, failures: Int, nextDue: Date) async throws
     /// Makes the job due at once (kept if a request is already pending).
-    func requestJobRun(job: String, tenant: String, at: Date) throws
+    func requestJobRun(job: String, tenant: String, at: Date) async throws
     /// Runs in order, of one job and tenant or all.
-    func jobRuns(job: String?, tenant: String?) throws -> [JobRun]
+    func jobRuns(job: String?, tenant: String?) async throws -> [JobRun]
 }
 
 extension Catalog: JobRepository {}
@@ -87,9 +88,9 @@ public struct JobContext: Sendable {
     public let tenant: String
     public let now: Date
     public let schedule: JobSchedule
-    let renewLease: @Sendable () -> Bool
+    let renewLease: @Sendable () async -> Bool
     /// Extends the run's lease; false once another server holds it (the job should stop).
-    public func stillHoldsLease() -> Bool { renewLease() }
+    public func stillHoldsLease() async -> Bool { await renewLease() }
     /// The audit and log identity of this run.
     public var call: CallContext {
         var c = CallContext(principal: nil, source: "local")
@@ -107,11 +108,11 @@ public struct ScheduledJob: Sendable {
     /// Turning it off, or running it less often, weakens protection (needs the quorum).
     public let protective: Bool
     /// The tenants it applies to now.
-    public let tenants: @Sendable (RepositoryService) throws -> [String]
+    public let tenants: @Sendable (RepositoryService) async throws -> [String]
     public let run: @Sendable (JobContext) async throws -> JobOutcome
 
     public init(name: String, defaultInterval: TimeInterval, windowed: Bool, protective: Bool,
-                tenants: @escaping @Sendable (RepositoryService) throws -> [String],
+                tenants: @escaping @Sendable (RepositoryService) async throws -> [String],
                 run: @escaping @Sendable (JobContext) async throws -> JobOutcome) {
         self.name = name
         self.defaultInterval = defaultInterval
@@ -172,14 +173,14 @@ public final class JobScheduler: Sendable {
     @discardableResult
     public func tick(now: Date, requestedOnly: Bool = false, tenant only: String? = nil) async -> [JobRunReport] {
         let schedule: JobSchedule
-        do { schedule = try service.jobSchedule() } catch {
+        do { schedule = try await service.jobSchedule() } catch {
             service.logger.error("jobs: the schedule cannot be read", metadata: ["error": "\(error)"])
             return []
         }
         var reports: [JobRunReport] = []
         for job in jobs where !schedule.isOff(job.name) {
             let tenants: [String]
-            do { tenants = try job.tenants(service) } catch {
+            do { tenants = try await job.tenants(service) } catch {
                 service.logger.error("jobs: tenants of a job cannot be read",
                                      metadata: ["job": "\(job.name)", "error": "\(error)"])
                 continue
@@ -197,12 +198,12 @@ public final class JobScheduler: Sendable {
                           now: Date, requestedOnly: Bool) async -> JobRunReport? {
         let catalog = service.catalog
         do {
-            let state = try catalog.jobState(job: job.name, tenant: tenant)
+            let state = try await catalog.jobState(job: job.name, tenant: tenant)
             let requested = state?.requestedAt.map { $0 <= now } ?? false
             if requestedOnly, !requested { return nil }
             guard requested || (state?.nextDue ?? .distantPast) <= now else { return nil }
             if job.windowed, !requested, let window = schedule.window, !window.contains(now) { return nil }
-            guard let run = try catalog.acquireJobLease(job: job.name, tenant: tenant, holder: holder, now: now,
+            guard let run = try await catalog.acquireJobLease(job: job.name, tenant: tenant, holder: holder, now: now,
                                                         ttl: Self.leaseTTL) else { return nil }
             return await execute(job, tenant: tenant, run: run, failuresBefore: state?.failures ?? 0,
                                  schedule: schedule, now: now)
@@ -217,8 +218,8 @@ public final class JobScheduler: Sendable {
                          schedule: JobSchedule, now: Date) async -> JobRunReport {
         let (catalog, holder, service) = (service.catalog, holder, service)
         let ctx = JobContext(service: service, tenant: tenant, now: now, schedule: schedule) {
-            let t = max(now, service.clockNow())
-            return (try? catalog.renewJobLease(job: job.name, tenant: tenant, holder: holder, now: t,
+            let t = await max(now, service.clockNow())
+            return (try? await catalog.renewJobLease(job: job.name, tenant: tenant, holder: holder, now: t,
                                                ttl: Self.leaseTTL)) ?? false
         }
         let interval = schedule.interval(job.name, default: job.defaultInterval)
@@ -235,18 +236,19 @@ public final class JobScheduler: Sendable {
             report.outcome = "failed"
             report.detail = "\(error)"
         }
-        let ended = max(now, service.clockNow())
+        let ended = await max(now, service.clockNow())
         let next = failures == 0 ? now.addingTimeInterval(interval)
             : ended.addingTimeInterval(Self.backoff(failures: failures, interval: interval))
         if failures > 0 {
             service.logger.error("job failed; retried later", metadata: [
                 "job": "\(job.name)", "tenant": "\(tenant)", "failures": "\(failures)", "error": "\(report.detail)",
                 "retry-at": "\(next)"])
-            service.audit(ctx.call, .jobRun, object: "\(job.name) \(tenant)", outcome: "error",
+            await service.audit(ctx.call, .jobRun, object: "\(job.name) \(tenant)", outcome: "error",
                           detail: "failure \(failures), retry at \(Int(next.timeIntervalSince1970)): \(report.detail)")
         }
         do {
-            try catalog.finishJob(run: run, job: job.name, tenant: tenant, holder: holder, started: now, ended: ended,
+            try await catalog.finishJob(run: run, job: job.name, tenant: tenant, holder: holder, started: now,
+                    ended: ended,
                                   outcome: report.outcome, error: failures > 0 ? report.detail : nil,
                                   failures: failures, nextDue: next)
         } catch {
@@ -255,7 +257,7 @@ public final class JobScheduler: Sendable {
         }
         // The run took up the requests made before it started; one made while it ran (a
         // second commit) may have found the lease taken, so the loop is woken for it.
-        if (try? catalog.jobState(job: job.name, tenant: tenant))?.requestedAt != nil { service.jobWake.wake() }
+        if (try? await catalog.jobState(job: job.name, tenant: tenant))?.requestedAt != nil { service.jobWake.wake() }
         return report
     }
 
@@ -272,7 +274,8 @@ public final class JobScheduler: Sendable {
             group.addTask {
                 while !Task.isCancelled {
                     try? await Task.sleep(nanoseconds: UInt64(leaseRenewal * 1e9))
-                    if Task.isCancelled || !ctx.stillHoldsLease() { break }
+                    if Task.isCancelled { break }
+                    if await !ctx.stillHoldsLease() { break }
                 }
                 return nil
             }
@@ -312,14 +315,14 @@ public final class JobScheduler: Sendable {
     /// pending and no run holds the lease; false at the limit, or at once if the job is off.
     public func runRequested(_ job: ScheduledJob, tenant: String, limit: Duration = .seconds(600)) async -> Bool {
         // A job turned off (with the quorum) is not run by hand either; nor waited for.
-        guard let schedule = try? service.jobSchedule(), !schedule.isOff(job.name) else { return false }
+        guard let schedule = try? await service.jobSchedule(), !schedule.isOff(job.name) else { return false }
         let clock = ContinuousClock()
         let end = clock.now.advanced(by: limit)
         let probe = JobScheduler(service: service, holder: holder, jobs: [job])
         while clock.now < end, !Task.isCancelled {
-            let now = service.clockNow()
+            let now = await service.clockNow()
             await probe.tick(now: now, requestedOnly: true, tenant: tenant)
-            guard let s = try? service.catalog.jobState(job: job.name, tenant: tenant) else { return false }
+            guard let s = try? await service.catalog.jobState(job: job.name, tenant: tenant) else { return false }
             let leased = s.leaseHolder != nil && (s.leaseExpires ?? .distantPast) > now
             if s.requestedAt == nil, !leased { return true }
             try? await Task.sleep(nanoseconds: 200_000_000)
@@ -350,13 +353,13 @@ public final class JobWake: Sendable {
 
 extension RepositoryService {
     /// The server's time for the scheduler: never earlier than any time it used before.
-    func clockNow() -> Date { (try? now()) ?? clock.now() }
+    func clockNow() async -> Date { (try? await now()) ?? clock.now() }
 
     /// Makes `job` of `tenant` due at once (after a commit): a failure is logged, never the
     /// caller's, since the periodic run comes anyway.
-    func requestJob(_ job: String, tenant: String) {
+    func requestJob(_ job: String, tenant: String) async {
         do {
-            try catalog.requestJobRun(job: job, tenant: tenant, at: clockNow())
+            try await catalog.requestJobRun(job: job, tenant: tenant, at: clockNow())
             jobWake.wake()
         } catch {
             logger.warning("jobs: a run could not be requested", metadata: ["job": "\(job)", "tenant": "\(tenant)",

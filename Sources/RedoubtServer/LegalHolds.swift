@@ -55,13 +55,13 @@ extension RepositoryService {
         let tenant: String
         switch (req.snapshot, req.tenant) {
         case (let s?, nil):
-            let id = try resolveSnapshotID(s, ctx: ctx)
-            guard let rec = try catalog.snapshot(id: id) else {
+            let id = try await resolveSnapshotID(s, ctx: ctx)
+            guard let rec = try await catalog.snapshot(id: id) else {
                 throw ServerError.notFound("snapshot \(s) not found: `redoubt admin tenant list`, `redoubt snapshots`")
             }
             (kind, target, tenant) = (.snapshot, id, rec.tenant)
         case (nil, let t?):
-            guard try catalog.tenant(t) != nil else {
+            guard try await catalog.tenant(t) != nil else {
                 throw ServerError.notFound("tenant \(t) does not exist: `redoubt admin tenant list`")
             }
             (kind, target, tenant) = (.tenant, t, t)
@@ -70,35 +70,40 @@ extension RepositoryService {
         }
         let hold = LegalHold(id: hexString((0..<6).map { _ in UInt8.random(in: 0...255) }), kind: kind, target: target,
             tenant: tenant,
-                             reason: reason, createdBy: p.name, createdAt: try now(), releasedAt: nil,
+                             reason: reason, createdBy: p.name, createdAt: try await now(), releasedAt: nil,
                                  releaseRequest: nil)
-        try catalog.insertHold(hold)
-        audit(ctx, .placeHold, object: "hold \(hold.id)", outcome: "ok",
+        try await catalog.insertHold(hold)
+        await audit(ctx, .placeHold, object: "hold \(hold.id)", outcome: "ok",
             detail: "\(kind.rawValue)=\(target) tenant=\(tenant) reason=\(reason)")
         try await enforceHolds(tenant: tenant)
-        if try !catalog.copyTargets(tenant: tenant).isEmpty { requestJob(ServerJobs.copySync.name, tenant: tenant) }
+        if !(try await catalog.copyTargets(tenant: tenant).isEmpty) {
+            await requestJob(ServerJobs.copySync.name, tenant: tenant)
+        }
         return hold.wire
     }
 
-    public func listHolds() throws -> [Wire.HoldInfo] { try catalog.holds().map(\.wire) }
+    public func listHolds() async throws -> [Wire.HoldInfo] { try await catalog.holds().map(\.wire) }
 
     /// Releases a hold: weakens protection, so it needs approval (`release-hold`). The
     /// local locks already extended stay until their date (a lock is never shortened);
     /// the S3 legal holds are lifted by the next sync of the tenant's copy targets.
     public func releaseHold(id: String, _ req: Wire.ApprovedChange, ctx: CallContext) async throws -> Wire.HoldInfo {
-        guard let h = try catalog.holds().first(where: { $0.id == id }) else {
+        guard let h = try await catalog.holds().first(where: { $0.id == id }) else {
             throw ServerError.notFound("no legal hold \(id): `redoubt admin hold list`")
         }
         guard h.releasedAt == nil else { throw ServerError(409, "E_CONFLICT", "legal hold \(id) was already released") }
-        try authorize(.releaseHold, object: "hold \(id)", parameters: [:], requestID: req.requestID, consume: true,
+        try await authorize(.releaseHold, object: "hold \(id)", parameters: [:], requestID: req.requestID,
+                consume: true,
             ctx: ctx)
-        guard try catalog.releaseHold(id, at: try now(), request: req.requestID) else {
+        guard try await catalog.releaseHold(id, at: try now(), request: req.requestID) else {
             throw ServerError(409, "E_CONFLICT", "legal hold \(id) was already released")
         }
-        audit(ctx, .releaseHold, object: "hold \(id)", outcome: "ok",
+        await audit(ctx, .releaseHold, object: "hold \(id)", outcome: "ok",
             detail: "\(h.kind.rawValue)=\(h.target) tenant=\(h.tenant) request=\(req.requestID ?? "-")")
-        if try !catalog.copyTargets(tenant: h.tenant).isEmpty { requestJob(ServerJobs.copySync.name, tenant: h.tenant) }
-        return try catalog.holds().first { $0.id == id }?.wire ?? h.wire
+        if !(try await catalog.copyTargets(tenant: h.tenant).isEmpty) {
+            await requestJob(ServerJobs.copySync.name, tenant: h.tenant)
+        }
+        return try await catalog.holds().first { $0.id == id }?.wire ?? h.wire
     }
 
     /// Keeps every held pack's and manifest's local lock at least `holdLead` ahead of the
@@ -106,18 +111,18 @@ extension RepositoryService {
     /// is never cleared on a held object. `tenant` limits it to one tenant. Errors are
     /// logged and audited per object; the first is thrown after all were tried.
     public func enforceHolds(tenant: String? = nil) async throws {
-        let now = try now()
+        let now = try await now()
         let until = Self.ceilDay(now.addingTimeInterval(Self.holdLead))
-        let tenants = Set(try catalog.holds(active: true).map(\.tenant)).filter { tenant == nil || $0 == tenant }
+        let tenants = Set(try await catalog.holds(active: true).map(\.tenant)).filter { tenant == nil || $0 == tenant }
         var firstError: (any Error)?
         for t in tenants.sorted() {
-            let keys = try catalog.heldKeys(tenant: t)
+            let keys = try await catalog.heldKeys(tenant: t)
             // The catalog's pack locks follow the store's, so a rebuild and the copies agree.
             let packs = keys.compactMap {
                 k in k.contains("/packs/") ? k.split(separator: "/").last.flatMap { PackID(hex: String($0)) } : nil
             }
-            _ = try catalog.extendPackLocks(tenant: t, packs: packs, until: until)
-            let queued = Set(try catalog.pendingDeletes(tenant: t))
+            _ = try await catalog.extendPackLocks(tenant: t, packs: packs, until: until)
+            let queued = Set(try await catalog.pendingDeletes(tenant: t))
             for k in keys.sorted() {
                 guard let key = ObjectKey(k) else { continue }
                 do { try await store.extendRetention(key,
@@ -128,8 +133,8 @@ extension RepositoryService {
                     firstError = firstError ?? error
                     logger.error("legal hold: could not extend the lock", metadata: ["key": "\(k)",
                         "error": "\(error)"])
-                    try? catalog.audit(time: now, actor: "hold-job", role: "-", credential: "-", source: "local",
-                        action: "hold-extend",
+                    _ = try? await catalog.audit(time: now, actor: "hold-job", role: "-", credential: "-",
+                                                 source: "local", action: "hold-extend",
                                        object: k, outcome: "error", detail: "\(error)")
                 }
             }
@@ -141,7 +146,7 @@ extension RepositoryService {
     /// deletes from the store goes through here.
     func deleteUnlessHeld(_ key: ObjectKey, now: Date) async throws {
         // Why: a hold must win over any deletion, even one the store's lock would allow.
-        guard try !catalog.isHeld(key: key) else {
+        guard try await !catalog.isHeld(key: key) else {
             throw ServerError(409, "E_HELD",
                 "\(key.path) is under a legal hold: release the hold (`redoubt admin hold list`) first")
         }
@@ -153,17 +158,18 @@ extension RepositoryService {
 extension LegalHoldRepository {
     /// Whether a store object is a held pack or manifest (`t/<tenant>/packs/…`,
     /// `t/<tenant>/snapshots/<id>`); other objects are never held.
-    public func isHeld(key: ObjectKey) throws -> Bool {
+    public func isHeld(key: ObjectKey) async throws -> Bool {
         let parts = key.path.split(separator: "/", maxSplits: 2)
         guard parts.count == 3, parts[0] == "t" else { return false }
         let tenant = String(parts[1])
         switch BucketVerify.kind(key.path, tenant: tenant) {
         case .pack(let id):
-            return try isHeld(tenant: tenant, pack: id.description)
+            return try await isHeld(tenant: tenant, pack: id.description)
         case .manifest(let id):
             // The tenant from the key: a manifest garbage collection queued has no snapshot
             // row left to name its tenant, and a tenant hold must still cover it.
-            return try isTenantHeld(tenant) || isHeld(snapshot: id.description)
+            if try await isTenantHeld(tenant) { return true }
+            return try await isHeld(snapshot: id.description)
         default:
             return false
         }
@@ -172,22 +178,23 @@ extension LegalHoldRepository {
 
 extension LegalHoldRepository where Self: SnapshotRepository & PackRepository & GCQueueRepository {
     /// The store keys that holds in force cover for `tenant` (packs and manifests).
-    public func heldKeys(tenant: String) throws -> Set<String> {
+    public func heldKeys(tenant: String) async throws -> Set<String> {
         var keys = Set<String>()
-        for h in try holds(active: true) where h.tenant == tenant {
-            let snaps = h.kind == .tenant ? try snapshots(tenant: tenant, host: nil).map(\.id) : [h.target]
+        for h in try await holds(active: true) where h.tenant == tenant {
+            let snaps = h.kind == .tenant ? try await snapshots(tenant: tenant, host: nil).map(\.id) : [h.target]
             if h.kind == .tenant {
-                for p in try packs(tenant: tenant) {
+                for p in try await packs(tenant: tenant) {
                     if let id = PackID(hex: p.id) { keys.insert(RepositoryLayout.packKey(tenant: tenant, id: id).path) }
                 }
             }
             for s in snaps {
                 guard let sid = SnapshotID(hex: s) else { continue }
                 keys.insert(RepositoryLayout.manifestKey(tenant: tenant, id: sid).path)
-                for p in try snapshotPacks(id: s) { keys.insert(RepositoryLayout.packKey(tenant: tenant, id: p).path) }
+                for p in try await snapshotPacks(id: s) { keys.insert(RepositoryLayout.packKey(tenant: tenant,
+                        id: p).path) }
             }
             // Objects garbage collection queued but has not deleted: the hold keeps them locked too.
-            if h.kind == .tenant { keys.formUnion(try pendingDeletes(tenant: tenant)) }
+            if h.kind == .tenant { keys.formUnion(try await pendingDeletes(tenant: tenant)) }
         }
         return keys
     }

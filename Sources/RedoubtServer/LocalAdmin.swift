@@ -7,8 +7,8 @@ import RedoubtStore
 /// and the store here, so the CLI never writes to either itself.
 extension ServerHome {
     /// Sets the number of admins (requester included) a change weakening protection needs.
-    public func setQuorum(_ quorum: Int) throws {
-        try openCatalog().setSetting("quorum", String(quorum))
+    public func setQuorum(_ quorum: Int) async throws {
+        try await openCatalog().setSetting("quorum", String(quorum))
     }
 
     /// The audit chain's state as `audit verify` reports it.
@@ -21,11 +21,11 @@ extension ServerHome {
 
     /// Re-walks the audit hash chain; with `anchor` (from an S3 copy or a media set) also
     /// proves the log was not cut back to before it.
-    public func verifyAudit(anchor: Catalog.AuditChainHead?) throws -> AuditVerification {
+    public func verifyAudit(anchor: Catalog.AuditChainHead?) async throws -> AuditVerification {
         let catalog = try openCatalog()
-        var result = try catalog.verifyAudit()
-        if let anchor { result = try catalog.verifyAudit(anchor: anchor) }
-        let head = try catalog.auditChainHead()
+        var result = try await catalog.verifyAudit()
+        if let anchor { result = try await catalog.verifyAudit(anchor: anchor) }
+        let head = try await catalog.auditChainHead()
         return AuditVerification(ok: result.firstBad == nil, records: result.count, firstBad: result.firstBad,
             head: head)
     }
@@ -61,7 +61,7 @@ extension ServerHome {
                 region: destination.region,
                                                      credentialsFile: destination.credentialsFile,
                                                      virtualHosted: destination.virtualHosted, marginSeconds: margin)
-            try catalog.authorizeLocally(.acceptUnenforced, object: "copy target \(destination.url)",
+            try await catalog.authorizeLocally(.acceptUnenforced, object: "copy target \(destination.url)",
                 parameters: parameters,
                                          requestID: requestID, now: now)
         }

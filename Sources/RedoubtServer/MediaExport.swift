@@ -31,7 +31,7 @@ public enum MediaExport {
         writer: MediaWriter,
                            actor: String, now: Date, progress: (String) -> Void) async throws -> MediaExportSummary {
         // Commit order: "latest" is what the server committed last, whatever a host's clock said.
-        let all = try catalog.snapshots(tenant: tenant)
+        let all = try await catalog.snapshots(tenant: tenant)
         let chosen: [SnapshotRecord]
         switch selection {
         case .all: chosen = all
@@ -50,7 +50,7 @@ public enum MediaExport {
         // What goes on the media, in order: the descriptor (it carries the wrapped read key,
         // so a restore from media needs only the volumes and the unwrap secret), then each
         // snapshot's packs not yet written and its manifest.
-        let version = try catalog.tenant(tenant)?.keyVersion ?? 1
+        let version = try await catalog.tenant(tenant)?.keyVersion ?? 1
         var items: [Item] = [Item(type: .object, id: RepositoryLayout.descriptorName(version: version),
             key: RepositoryLayout.descriptorKey(tenant: tenant, version: version), hash: nil, note: nil)]
         // The host key statements (registrations, revocations), so a restore from the set
@@ -63,7 +63,7 @@ public enum MediaExport {
         }
         var written = Set<String>()
         for s in chosen {
-            for p in try catalog.snapshotPacks(id: s.id) where written.insert(p.description).inserted {
+            for p in try await catalog.snapshotPacks(id: s.id) where written.insert(p.description).inserted {
                 items.append(Item(type: .pack, id: p.description, key: RepositoryLayout.packKey(tenant: tenant, id: p),
                     hash: p.bytes, note: "pack \(p.description)"))
             }
@@ -97,7 +97,7 @@ public enum MediaExport {
                 progress(items[idx].type == .pack ? "\(note) (\(current.size) bytes)" : note)
             }
         }
-        let rec = try catalog.audit(time: now, actor: actor, role: "admin", credential: "", source: "local",
+        let rec = try await catalog.audit(time: now, actor: actor, role: "admin", credential: "", source: "local",
             action: "media-write",
                                     object: "tenant/\(tenant)", outcome: "ok",
                                     detail: "\(chosen.count) snapshots, \(written.count) packs")
@@ -235,7 +235,7 @@ public enum MediaImport {
         let setRetention = report.labels.first?.retainUntil.flatMap { ISO8601DateFormatter().date(from: $0) }
         let until = max(now.addingTimeInterval(minRetention), setRetention ?? now)
         // An existing tenant of the same name must be the same tenant (same read key).
-        if let existing = try home.openCatalog().tenant(tenant) {
+        if let existing = try await home.openCatalog().tenant(tenant) {
             let d = fm.contents(atPath: spooled.first { $0.key == "object-"
                 + RepositoryLayout.descriptorName(version: newest) }?.file ?? "")
             let incoming = d.flatMap { try? JSONDecoder().decode(TenantDescriptor.self, from: $0) }

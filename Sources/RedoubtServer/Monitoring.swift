@@ -7,23 +7,23 @@ import RedoubtCore
 
 extension RepositoryService {
     /// Everything monitoring shows, as of the server's clock now.
-    public func monitoringFacts() throws -> MonitoringFacts {
-        try catalog.monitoringFacts(now: try now())
+    public func monitoringFacts() async throws -> MonitoringFacts {
+        try await catalog.monitoringFacts(now: try now())
     }
 
     /// The Prometheus text exposition (docs/PROTOCOL.md §8).
-    public func metricsExposition() throws -> String {
-        let now = try now()
-        return metrics.exposition(facts: try catalog.monitoringFacts(now: now), now: now, store: store)
+    public func metricsExposition() async throws -> String {
+        let now = try await now()
+        return metrics.exposition(facts: try await catalog.monitoringFacts(now: now), now: now, store: store)
     }
 
     /// Counts a refusal `refuse` is recording.
-    func refused(_ ctx: CallContext, _ action: Action) {
+    func refused(_ ctx: CallContext, _ action: Action) async {
         let p = ctx.principal
         metrics.refused(tenant: p?.tenant, role: p?.role.rawValue, principal: p?.name, action: action.rawValue)
         // A credential asking for what its role may not do, again and again, may be stolen.
         if let p {
-            notifier.refused(tenant: p.tenant, role: p.role.rawValue, principal: p.name, action: action.rawValue)
+            await notifier.refused(tenant: p.tenant, role: p.role.rawValue, principal: p.name, action: action.rawValue)
         }
     }
 }
@@ -98,7 +98,7 @@ public enum MetricsListener {
         let router = Router()
         router.get("/metrics") { _, _ -> Response in
             do {
-                let text = try service.metricsExposition()
+                let text = try await service.metricsExposition()
                 return Response(status: .ok, headers: [.contentType: contentType],
                                 body: .init(byteBuffer: ByteBuffer(string: text)))
             } catch {

@@ -44,9 +44,9 @@ public struct MonitorEvent: Sendable, Equatable {
 /// future component supplies. Posting is cheap and never blocks on delivery.
 public protocol EventSink: Sendable {
     /// Records `event`; the channels whose rules take it get one message while it lasts.
-    func post(_ event: MonitorEvent)
+    func post(_ event: MonitorEvent) async
     /// Ends the condition `key` names; its channels get one "resolved" message.
-    func resolve(key: String)
+    func resolve(key: String) async
 }
 
 /// Decides which events to send (deduplicated in the catalog, so a restart neither repeats
@@ -81,9 +81,9 @@ public final class Notifier: EventSink, Sendable {
         (stream, queue) = AsyncStream<Wire.NotifyEvent>.makeStream()
     }
 
-    public func post(_ event: MonitorEvent) {
+    public func post(_ event: MonitorEvent) async {
         do {
-            if let e = try catalog.openAlert(key: event.key, kind: event.kind.rawValue, tenant: event.tenant,
+            if let e = try await catalog.openAlert(key: event.key, kind: event.kind.rawValue, tenant: event.tenant,
                                              host: event.host, summary: event.summary, command: event.command,
                                              lasting: event.lasting, now: clock()) {
                 queue.yield(e)
@@ -93,9 +93,9 @@ public final class Notifier: EventSink, Sendable {
         }
     }
 
-    public func resolve(key: String) {
+    public func resolve(key: String) async {
         do {
-            if let e = try catalog.resolveAlert(key: key, now: clock()) { queue.yield(e) }
+            if let e = try await catalog.resolveAlert(key: key, now: clock()) { queue.yield(e) }
         } catch {
             logger.error("notification not resolved", metadata: ["key": "\(key)", "error": "\(error)"])
         }
@@ -110,7 +110,7 @@ public final class Notifier: EventSink, Sendable {
     public func run() async {
         for await event in stream {
             guard !Task.isCancelled else { return }
-            let channels = (try? catalog.notifyChannels()) ?? []
+            let channels = (try? await catalog.notifyChannels()) ?? []
             for c in channels where Self.takes(c.info, event) {
                 do { try await deliver(event, to: c, attempts: 1 + retryDelays.count) } catch {
                     logger.error("notification not delivered", metadata: ["channel": "\(c.info.id)",
@@ -140,7 +140,7 @@ public final class Notifier: EventSink, Sendable {
     }
 
     /// Counts a refusal of a credential; a burst opens a `refusal-burst` event naming it.
-    func refused(tenant: String?, role: String, principal: String, action: String) {
+    func refused(tenant: String?, role: String, principal: String, action: String) async {
         let now = clock()
         let (burstCount, burstWindow) = burst.withLock { $0 }
         let who = "\(role) \(tenant ?? "-")/\(principal)"
@@ -151,7 +151,7 @@ public final class Notifier: EventSink, Sendable {
             return times.count
         }
         guard n >= burstCount else { return }
-        post(MonitorEvent(.refusalBurst, tenant: tenant ?? "-", host: principal,
+        await post(MonitorEvent(.refusalBurst, tenant: tenant ?? "-", host: principal,
                           summary: """
                               \(n) requests refused within \(Int(burstWindow)) s from \(who) (last: \(action)); \
                               a credential asking for what its role may not do may be in an intruder's hands
@@ -160,14 +160,14 @@ public final class Notifier: EventSink, Sendable {
     }
 
     /// Bursts whose window has passed without another refusal end.
-    func resolveQuietBursts(now: Date) {
+    func resolveQuietBursts(now: Date) async {
         let burstWindow = self.burstWindow
         let quiet = refusals.withLock { r -> [String] in
             let q = r.filter { $0.value.allSatisfy { now.timeIntervalSince($0) >= burstWindow } }.map(\.key)
             for k in q { r[k] = nil }
             return q
         }
-        for who in quiet { resolve(key: "refusal-burst:\(who)") }
+        for who in quiet { await resolve(key: "refusal-burst:\(who)") }
     }
 
     // MARK: delivery

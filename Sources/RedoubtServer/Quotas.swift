@@ -13,16 +13,17 @@ extension RepositoryService {
     /// Refuses a pack of `size` bytes that would take the tenant or the host past its
     /// quota (507 `E_QUOTA`, naming the quota and the fix); otherwise returns a warning
     /// when the upload leaves either at 90 % of its quota or more.
-    func checkQuota(tenant: String, host: String, adding size: Int, ctx: CallContext, pack: PackID) throws -> String? {
+    func checkQuota(tenant: String, host: String, adding size: Int, ctx: CallContext,
+            pack: PackID) async throws -> String? {
         var warnings: [String] = []
         for (h, name, fix) in [(host, "host \(tenant)/\(host)",
             "redoubt admin host set \(tenant) \(host) --quota SIZE"),
                                ("", "tenant \(tenant)", "redoubt admin tenant set \(tenant) --quota SIZE")] {
-            guard let quota = try catalog.quota(tenant: tenant, host: h) else { continue }
-            let u = try catalog.usage(tenant: tenant, host: h.isEmpty ? nil : h)
+            guard let quota = try await catalog.quota(tenant: tenant, host: h) else { continue }
+            let u = try await catalog.usage(tenant: tenant, host: h.isEmpty ? nil : h)
             let used = u.committed + u.uncommitted
             if used + Int64(size) > quota {
-                throw refuse(ctx, .uploadPack, object: "pack \(pack)", ServerError(507, "E_QUOTA",
+                throw await refuse(ctx, .uploadPack, object: "pack \(pack)", ServerError(507, "E_QUOTA",
                     "\(name) is at its storage quota of \(quota) bytes: it holds \(u.committed) bytes committed and "
                     + "\(u.uncommitted) not yet committed, and this pack adds \(size); an admin raises the quota "
                     + """
@@ -38,29 +39,29 @@ extension RepositoryService {
     }
 
     /// `PUT /v1/tenants/{tenant}/quota` (admin).
-    public func setQuota(tenant: String, _ req: Wire.SetQuotaRequest, ctx: CallContext) throws -> Wire.QuotaInfo {
-        guard try catalog.tenant(tenant) != nil else {
+    public func setQuota(tenant: String, _ req: Wire.SetQuotaRequest, ctx: CallContext) async throws -> Wire.QuotaInfo {
+        guard try await catalog.tenant(tenant) != nil else {
             throw ServerError.notFound("tenant \(tenant) does not exist: `redoubt admin tenant list`")
         }
         if let b = req.bytes, b <= 0 {
             throw ServerError.badRequest("a quota must be above zero bytes; to remove one, send none")
         }
         let host = req.host ?? ""
-        if !host.isEmpty, !(try catalog.principalListing(includeRevoked: true).contains { $0.role == "writer"
+        if !host.isEmpty, !(try await catalog.principalListing(includeRevoked: true).contains { $0.role == "writer"
             && $0.tenant == tenant && $0.name == host }) {
             throw ServerError.notFound("""
                 tenant \(tenant) has no host \(host): `redoubt admin host list \(tenant) --all`
                 """)
         }
-        try catalog.setQuota(tenant: tenant, host: host, bytes: req.bytes)
-        audit(ctx, .setQuota, object: host.isEmpty ? "tenant \(tenant)" : "host \(tenant)/\(host)", outcome: "ok",
+        try await catalog.setQuota(tenant: tenant, host: host, bytes: req.bytes)
+        await audit(ctx, .setQuota, object: host.isEmpty ? "tenant \(tenant)" : "host \(tenant)/\(host)", outcome: "ok",
               detail: req.bytes.map { "bytes=\($0)" } ?? "removed")
-        return try quotaInfo(tenant: tenant, host: req.host)
+        return try await quotaInfo(tenant: tenant, host: req.host)
     }
 
-    func quotaInfo(tenant: String, host: String?) throws -> Wire.QuotaInfo {
-        let u = try catalog.usage(tenant: tenant, host: host)
-        return Wire.QuotaInfo(tenant: tenant, host: host, quotaBytes: try catalog.quota(tenant: tenant, host: host
+    func quotaInfo(tenant: String, host: String?) async throws -> Wire.QuotaInfo {
+        let u = try await catalog.usage(tenant: tenant, host: host)
+        return Wire.QuotaInfo(tenant: tenant, host: host, quotaBytes: try await catalog.quota(tenant: tenant, host: host
             ?? ""),
                               committedBytes: u.committed, uncommittedBytes: u.uncommitted)
     }

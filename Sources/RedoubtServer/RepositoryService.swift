@@ -123,7 +123,7 @@ public final class RepositoryService: Sendable {
 
     /// The current time, never earlier than any time the server has used before: if the
     /// system clock goes backwards, retention still only moves forward.
-    public func now() throws -> Date { try catalog.advanceClock(to: clock.now()) }
+    public func now() async throws -> Date { try await catalog.advanceClock(to: clock.now()) }
 
     // MARK: naming
 
@@ -175,10 +175,10 @@ public final class RepositoryService: Sendable {
 
     // MARK: audit
 
-    func audit(_ ctx: CallContext, _ action: Action, object: String, outcome: String, detail: String = "") {
+    func audit(_ ctx: CallContext, _ action: Action, object: String, outcome: String, detail: String = "") async {
         let object = limits.boundedAuditField(object), detail = limits.boundedAuditField(detail)
         do {
-            try catalog.audit(time: (try? now()) ?? clock.now(),
+            try await catalog.audit(time: (try? now()) ?? clock.now(),
                 actor: ctx.principal.map { "\($0.role.rawValue):\($0.tenant.map { $0 + "/" } ?? "")\($0.name)" }
                 ?? ctx.job ?? "anonymous",
                               role: ctx.principal?.role.rawValue ?? "-",
@@ -193,24 +193,25 @@ public final class RepositoryService: Sendable {
     /// Records a refused request and returns the error to send.
     /// A caller without a credential is recorded once per source per window; the refusals
     /// after it are counted into one record when the window ends (``AnonymousRefusals``).
-    public func refuse(_ ctx: CallContext, _ action: Action, object: String, _ error: ServerError) -> ServerError {
-        refused(ctx, action)
+    public func refuse(_ ctx: CallContext, _ action: Action, object: String,
+            _ error: ServerError) async -> ServerError {
+        await refused(ctx, action)
         if ctx.principal == nil {
-            recordAnonymousRefusals()
+            await recordAnonymousRefusals()
             if anonymousRefusals.first(ctx, now: clock.now()) {
-                audit(ctx, action, object: object, outcome: "denied", detail: error.message
+                await audit(ctx, action, object: object, outcome: "denied", detail: error.message
                     + AnonymousRefusals.note(limits))
             }
         } else {
-            audit(ctx, action, object: object, outcome: "denied", detail: error.message)
+            await audit(ctx, action, object: object, outcome: "denied", detail: error.message)
         }
         var e = error
         e.audited = true
         return e
     }
 
-    private func requireTenant(_ ctx: CallContext) throws -> (Principal, TenantRecord) {
-        guard let p = ctx.principal, let t = p.tenant, let rec = try catalog.tenant(t) else {
+    private func requireTenant(_ ctx: CallContext) async throws -> (Principal, TenantRecord) {
+        guard let p = ctx.principal, let t = p.tenant, let rec = try await catalog.tenant(t) else {
             throw ServerError.forbidden("this credential belongs to no tenant")
         }
         // Why: after a shred nothing more may be added; what exists stays readable as ciphertext.
@@ -219,15 +220,15 @@ public final class RepositoryService: Sendable {
     }
 
     /// Records at start-up that sealed packs cannot be made immutable here.
-    public func recordImmutabilityWarning(_ warning: String) {
-        audit(CallContext(principal: nil, source: "local"), .start, object: "store", outcome: "warning",
+    public func recordImmutabilityWarning(_ warning: String) async {
+        await audit(CallContext(principal: nil, source: "local"), .start, object: "store", outcome: "warning",
             detail: warning)
     }
 
     // MARK: enrollment
 
     /// Exchanges a one-time token for a client certificate on the caller's own key.
-    public func enroll(_ req: Wire.EnrollRequest, ctx: CallContext) throws -> Wire.EnrollResponse {
+    public func enroll(_ req: Wire.EnrollRequest, ctx: CallContext) async throws -> Wire.EnrollResponse {
         // Why first: the OS is stored and audited; a malformed one must not use up the token.
         // Surrounding blanks are dropped, as for the `Redoubt-OS` header (`recordHostOS`).
         let os = req.os.map { $0.trimmingCharacters(in: .whitespaces) }.flatMap { o in o.isEmpty ? nil : o }
@@ -237,7 +238,7 @@ public final class RepositoryService: Sendable {
                                          + "the token is not used up")
         }
         let tokenHash = hexString(SHA256.hash(data: Array(req.secret.utf8)))
-        let now = try now()
+        let now = try await now()
         let publicKey: Certificate.PublicKey
         do { publicKey =
             try Certificate.PublicKey(P256.Signing.PublicKey(pemRepresentation: req.publicKeyPEM)) } catch {
@@ -268,17 +269,17 @@ public final class RepositoryService: Sendable {
             }
         } catch let e as CatalogError where e.code == .notFound {
             // Unknown, used, cancelled or expired: refused as any bad credential is.
-            throw refuse(ctx, .enroll, object: "token \(tokenHash.prefix(12))", .forbidden(e.message))
+            throw await refuse(ctx, .enroll, object: "token \(tokenHash.prefix(12))", .forbidden(e.message))
         } catch let e as CatalogError where e.code == .conflict {
-            throw refuse(ctx, .enroll, object: e.object, ServerError(e))
+            throw await refuse(ctx, .enroll, object: e.object, ServerError(e))
         }
         guard let cert = issued else {
             throw ServerError(500, "E_INTERNAL", "enrollment recorded no certificate for \(p.name)")
         }
-        audit(CallContext(principal: p, source: ctx.source), .enroll,
+        await audit(CallContext(principal: p, source: ctx.source), .enroll,
               object: "\(p.role.rawValue) \(p.tenant ?? "-")/\(p.name)", outcome: "ok", detail: "os=\(os ?? "?")")
         var material: String? = nil, wrapped: String? = nil
-        if let t = p.tenant, let rec = try catalog.tenant(t) {
+        if let t = p.tenant, let rec = try await catalog.tenant(t) {
             if p.role == .writer || p.role == .restorer { material = Data(rec.writeMaterial).base64EncodedString() }
             if p.role == .restorer { wrapped = rec.wrappedReadKey }
         }
@@ -291,13 +292,13 @@ public final class RepositoryService: Sendable {
 
     /// Which of the queried chunks the caller may reuse, and where: under host scope a
     /// writer learns only of chunks its own credential uploaded (§4.6).
-    public func queryChunks(_ body: [UInt8], ctx: CallContext) throws -> [UInt8] {
-        let (p, tenant) = try requireTenant(ctx)
+    public func queryChunks(_ body: [UInt8], ctx: CallContext) async throws -> [UInt8] {
+        let (p, tenant) = try await requireTenant(ctx)
         guard let ids = Wire.decodeChunkQuery(body), ids.count <= 100_000 else {
             throw ServerError.badRequest("chunk query must be a multiple of 32 bytes, at most 100000 IDs")
         }
-        let scope = try chunkScope(p, tenant: tenant.name)
-        let found = try catalog.chunkLocations(tenant: tenant.name, ids: ids, scope: scope.principal,
+        let scope = try await chunkScope(p, tenant: tenant.name)
+        let found = try await catalog.chunkLocations(tenant: tenant.name, ids: ids, scope: scope.principal,
             orVerified: scope.orVerified)
         return Wire.encodeChunkLocations(found)
     }
@@ -322,11 +323,11 @@ public final class RepositoryService: Sendable {
         inspect: (PackID) throws(CoreError) -> PackSummary,
                             put: (ObjectKey, Date) async throws -> PutResult,
                             reader: SpooledPackReader? = nil) async throws -> Wire.UploadResponse {
-        let (p, tenant) = try requireTenant(ctx)
+        let (p, tenant) = try await requireTenant(ctx)
         guard let id = PackID(hex: idHex) else {
             throw ServerError.badRequest("pack ID must be 64 lowercase hex digits")
         }
-        if let existing = try catalog.pack(tenant: tenant.name, id: id.description) {
+        if let existing = try await catalog.pack(tenant: tenant.name, id: id.description) {
             // Why: a re-upload is a no-op, never an overwrite, whatever the body says.
             return Wire.UploadResponse(id: id.description, created: false, retainUntil: existing.retainUntil)
         }
@@ -334,12 +335,13 @@ public final class RepositoryService: Sendable {
         do { summary = try inspect(id) } catch {
             // The server failing to read its own spool file is not the pack's fault.
             if let failure = reader?.failure { throw failure }
-            throw refuse(ctx, .uploadPack, object: "pack \(id)", .integrity("pack \(id) refused: \(error.detail)"))
+            throw await refuse(ctx, .uploadPack, object: "pack \(id)",
+                    .integrity("pack \(id) refused: \(error.detail)"))
         }
         // Why: each chunk ID is a catalog row; the format's own bound (2^20) is the most
         // one pack may make the server index.
         guard summary.chunkIDs.count <= limits.maxChunksPerPack else {
-            throw refuse(ctx, .uploadPack, object: "pack \(id)", ServerError(413, "E_TOO_LARGE",
+            throw await refuse(ctx, .uploadPack, object: "pack \(id)", ServerError(413, "E_TOO_LARGE",
                 """
                     pack \(id) declares \(summary.chunkIDs.count) chunks, over the server's limit of \
                     \(limits.maxChunksPerPack) 
@@ -347,18 +349,18 @@ public final class RepositoryService: Sendable {
                 + "(limit chunks-per-pack; docs/PROTOCOL.md §3.2): write smaller packs"))
         }
         guard summary.keyID.description == tenant.readKeyID else {
-            throw refuse(ctx, .uploadPack, object: "pack \(id)",
+            throw await refuse(ctx, .uploadPack, object: "pack \(id)",
                 .integrity("""
                     pack \(id) is sealed to read key \(summary.keyID), not tenant \(tenant.name)'s \(tenant.readKeyID)
                     """))
         }
-        let quotaWarning = try checkQuota(tenant: tenant.name, host: p.name, adding: size, ctx: ctx, pack: id)
-        let now = try now()
+        let quotaWarning = try await checkQuota(tenant: tenant.name, host: p.name, adding: size, ctx: ctx, pack: id)
+        let now = try await now()
         let until = Self.ceilDay(now.addingTimeInterval(tenant.minRetention))
         let key = Self.packKey(tenant: tenant.name, id: id)
         // Off the garbage collector's queue before the store is touched: no run can then
         // delete the object between the write below and its record.
-        do { try catalog.reclaim(key: key.path) } catch let e as CatalogError where e.code == .beingCollected {
+        do { try await catalog.reclaim(key: key.path) } catch let e as CatalogError where e.code == .beingCollected {
             throw ServerError.beingCollected("pack \(id)")
         }
         let result = try await put(key, until)
@@ -366,15 +368,16 @@ public final class RepositoryService: Sendable {
         // pack out of the catalog; recorded again, they must be locked again too.
         if result != .created { try await store.extendRetention(key, until: until) }
         do {
-            try catalog.insertPack(tenant: tenant.name, id: id.description, key: key.path, size: size,
+            try await catalog.insertPack(tenant: tenant.name, id: id.description, key: key.path, size: size,
                 retainUntil: until, chunkIDs: summary.chunkIDs, now: now,
                                    uploader: p.id, batch: limits.chunkInsertBatch,
                                    verified: summary.chunksVerified)
         } catch let e as CatalogError where e.code == .beingCollected {
             throw ServerError.beingCollected("pack \(id)")
         }
-        try catalog.recordUpload(tenant: tenant.name, pack: id.description, host: p.name)
-        try catalog.recordPackChunkCount(tenant: tenant.name, pack: id.description, chunks: summary.chunkIDs.count)
+        try await catalog.recordUpload(tenant: tenant.name, pack: id.description, host: p.name)
+        try await catalog.recordPackChunkCount(tenant: tenant.name, pack: id.description,
+                chunks: summary.chunkIDs.count)
         return Wire.UploadResponse(id: id.description, created: result == .created, retainUntil: until,
             quotaWarning: quotaWarning)
     }
@@ -384,7 +387,7 @@ public final class RepositoryService: Sendable {
     /// the host reports with it (kept for `doctor`).
     public func commit(_ bytes: [UInt8], os: String? = nil, expectedInterval: String? = nil,
                        ctx: CallContext) async throws -> Wire.SnapshotInfo {
-        let (p, tenant) = try requireTenant(ctx)
+        let (p, tenant) = try await requireTenant(ctx)
         let manifest: Manifest
         do {
             manifest = try Manifest.parse(bytes, bounds: limits.manifestBounds)
@@ -397,31 +400,32 @@ public final class RepositoryService: Sendable {
             try manifest.verify(tenant: tenant.name, host: p.name, hostKey: try HostPublicKey(rawRepresentation: hk),
                 readKeyID: readKeyID)
         } catch let e as CoreError where e.code == .limitExceeded {
-            throw refuse(ctx, .commitSnapshot, object: "snapshot", limits.manifestTooLarge(e))
+            throw await refuse(ctx, .commitSnapshot, object: "snapshot", limits.manifestTooLarge(e))
         } catch let e as CoreError {
-            throw refuse(ctx, .commitSnapshot, object: "snapshot", .integrity("commit refused: \(e)"))
+            throw await refuse(ctx, .commitSnapshot, object: "snapshot", .integrity("commit refused: \(e)"))
         }
-        if let existing = try catalog.snapshot(id: manifest.id.description) { return Self.info(existing) }
-        try checkSnapshotTime(manifest.header, host: p, tenant: tenant.name, now: try now(), ctx: ctx)
-        let missing = try catalog.missingPacks(tenant: tenant.name, packs: manifest.header.packs)
+        if let existing = try await catalog.snapshot(id: manifest.id.description) { return Self.info(existing) }
+        try await checkSnapshotTime(manifest.header, host: p, tenant: tenant.name, now: try now(), ctx: ctx)
+        let missing = try await catalog.missingPacks(tenant: tenant.name, packs: manifest.header.packs)
         guard missing.isEmpty else {
-            throw refuse(ctx, .commitSnapshot, object: "snapshot \(manifest.id)",
+            throw await refuse(ctx, .commitSnapshot, object: "snapshot \(manifest.id)",
                          ServerError(409, "E_PACKS_MISSING",
                              """
                                  snapshot \(manifest.id) names \(missing.count) pack(s) the repository does not hold, \
                                  e.g. \(missing[0]): upload them first
                                  """))
         }
-        let now = try now()
+        let now = try await now()
         let retainUntil = now.addingTimeInterval(tenant.minRetention)
         // The packs' locks first: once their catalog locks are in the future, garbage
         // collection cannot take them; a pack it took meanwhile stops the commit here,
         // before the manifest is stored.
         let packLock = Self.ceilDay(retainUntil)
         let moved: [(PackID, Date)]
-        do { moved = try catalog.extendPackLocks(tenant: tenant.name, packs: manifest.header.packs, until: packLock,
+        do { moved = try await catalog.extendPackLocks(tenant: tenant.name, packs: manifest.header.packs,
+                until: packLock,
             requireAll: true) } catch let e as CatalogError where e.code == .packsMissing {
-            throw refuse(ctx, .commitSnapshot, object: "snapshot \(manifest.id)",
+            throw await refuse(ctx, .commitSnapshot, object: "snapshot \(manifest.id)",
                          ServerError(409, "E_PACKS_MISSING",
                              """
                                  snapshot \(manifest.id) names \(e.packs.count) pack(s) that garbage collection \
@@ -432,7 +436,9 @@ public final class RepositoryService: Sendable {
             try await store.extendRetention(Self.packKey(tenant: tenant.name, id: pack), until: until)
         }
         let manifestKey = Self.manifestKey(tenant: tenant.name, id: manifest.id)
-        do { try catalog.reclaim(key: manifestKey.path) } catch let e as CatalogError where e.code == .beingCollected {
+        do {
+            try await catalog.reclaim(key: manifestKey.path)
+        } catch let e as CatalogError where e.code == .beingCollected {
             throw ServerError.beingCollected("snapshot \(manifest.id)")
         }
         // The signer's registration first: a stored manifest always has one to be checked against.
@@ -446,9 +452,9 @@ public final class RepositoryService: Sendable {
                                  committedAt: now, retainUntil: retainUntil, paths: h.paths.map(printable),
                                      tags: h.tags,
                                  statistics: h.statistics, packCount: h.packs.count, manifestSize: bytes.count)
-        do { try catalog.insertSnapshot(rec, packs: h.packs, requirePacks: true,
+        do { try await catalog.insertSnapshot(rec, packs: h.packs, requirePacks: true,
             manifestKey: manifestKey.path) } catch let e as CatalogError where e.code == .packsMissing {
-            throw refuse(ctx, .commitSnapshot, object: "snapshot \(manifest.id)",
+            throw await refuse(ctx, .commitSnapshot, object: "snapshot \(manifest.id)",
                          ServerError(409, "E_PACKS_MISSING",
                              """
                                  snapshot \(manifest.id) names \(e.packs.count) pack(s) that garbage collection \
@@ -457,30 +463,30 @@ public final class RepositoryService: Sendable {
         } catch let e as CatalogError where e.code == .beingCollected {
             throw ServerError.beingCollected("snapshot \(manifest.id)")
         }
-        audit(ctx, .commitSnapshot, object: "snapshot \(manifest.id)", outcome: "ok",
+        await audit(ctx, .commitSnapshot, object: "snapshot \(manifest.id)", outcome: "ok",
             detail: "packs=\(h.packs.count) retain-until=\(Int(retainUntil.timeIntervalSince1970))")
         // The off-site copies follow each commit, in the background.
         // The tenant's retention policies move the locks of what they keep (RetentionPolicies.swift).
         await applyPoliciesAfterCommit(tenant: tenant.name, host: p.name)
         // The ransomware verdict, against the host's own baseline (SuspectSnapshots.swift).
         await judgeCommit(rec, manifest: manifest, principal: p)
-        if try !catalog.copyTargets(tenant: tenant.name).isEmpty {
-            requestJob(ServerJobs.copySync.name, tenant: tenant.name)
+        if try await !catalog.copyTargets(tenant: tenant.name).isEmpty {
+            await requestJob(ServerJobs.copySync.name, tenant: tenant.name)
         }
-        recordHostOS(p, os, ctx: ctx)
-        recordExpectedInterval(p, expectedInterval)
+        await recordHostOS(p, os, ctx: ctx)
+        await recordExpectedInterval(p, expectedInterval)
         return Self.info(rec)
     }
 
     /// Keeps the OS a writer reports with a backup when it differs from the stored one,
     /// and audits the change. The value is the host's claim: it authorises nothing, so a
     /// malformed one (by the enrollment's rule: `SafeText.isValidFreeText`) is dropped, never an error.
-    func recordHostOS(_ p: Principal, _ os: String?, ctx: CallContext) {
+    func recordHostOS(_ p: Principal, _ os: String?, ctx: CallContext) async {
         guard let os = os?.trimmingCharacters(in: .whitespaces),
               SafeText.isValidFreeText(os, maxBytes: Self.maxOSBytes) else { return }
         do {
-            if let previous = try catalog.updatePrincipalOS(id: p.id, os: os) {
-                audit(ctx, .hostOS, object: "host \(p.tenant ?? "-")/\(p.name)", outcome: "ok",
+            if let previous = try await catalog.updatePrincipalOS(id: p.id, os: os) {
+                await audit(ctx, .hostOS, object: "host \(p.tenant ?? "-")/\(p.name)", outcome: "ok",
                     detail: "was \(previous ?? "unknown"), now \(os)")
             }
         } catch {
@@ -508,7 +514,7 @@ public final class RepositoryService: Sendable {
     /// Snapshots visible to the caller (`page`: one page of them; nil: all): a writer sees
     /// only its own host's.
     public func listSnapshots(host: String?, tenant: String?, page: SnapshotPage? = nil,
-                              ctx: CallContext) throws -> [Wire.SnapshotInfo] {
+                              ctx: CallContext) async throws -> [Wire.SnapshotInfo] {
         guard let p = ctx.principal else { throw ServerError.unauthorized("no client certificate") }
         // Why before anything: the names are echoed, audited and compared; refuse what no name can be.
         if let host, !Self.isValidPrincipalName(host) {
@@ -524,25 +530,26 @@ public final class RepositoryService: Sendable {
             // Why: a host lists only its own snapshots' public metadata: a taken host must not learn what its
             // neighbours back up.
             if let host, host != p.name {
-                throw refuse(ctx, .listSnapshots, object: "host \(host)",
+                throw await refuse(ctx, .listSnapshots, object: "host \(host)",
                     .forbidden("a host may list only its own snapshots"))
             }
-            return try withPolicyKeeps(try catalog.snapshotPage(tenant: p.tenant ?? "", host: p.name,
+            return try await withPolicyKeeps(try await catalog.snapshotPage(tenant: p.tenant ?? "", host: p.name,
                 after: page?.after,
                                             limit: page?.limit).map(listed))
         case .restorer:
-            return try withVerdicts(withPolicyKeeps(try catalog.snapshotPage(tenant: p.tenant ?? "", host: host,
+            return try await withVerdicts(withPolicyKeeps(try await catalog.snapshotPage(tenant: p.tenant ?? "",
+                    host: host,
                 after: page?.after, limit: page?.limit).map(listed)))
         case .admin, .auditor:
-            return try withVerdicts(withPolicyKeeps(try catalog.snapshotPage(tenant: tenant, host: host,
+            return try await withVerdicts(withPolicyKeeps(try await catalog.snapshotPage(tenant: tenant, host: host,
                 after: page?.after, limit: page?.limit).map(listed)))
         }
     }
 
-    private func visibleSnapshot(_ idHex: String, ctx: CallContext, action: Action) throws -> SnapshotRecord {
+    private func visibleSnapshot(_ idHex: String, ctx: CallContext, action: Action) async throws -> SnapshotRecord {
         guard let p = ctx.principal else { throw ServerError.unauthorized("no client certificate") }
-        let id = try resolveSnapshotID(idHex, ctx: ctx)
-        guard let rec = try catalog.snapshot(id: id) else {
+        let id = try await resolveSnapshotID(idHex, ctx: ctx)
+        guard let rec = try await catalog.snapshot(id: id) else {
             throw ServerError.notFound("snapshot \(idHex) not found: `redoubt snapshots` lists them")
         }
         let allowed: Bool
@@ -552,19 +559,19 @@ public final class RepositoryService: Sendable {
         case .admin, .auditor: allowed = true
         }
         guard allowed else {
-            throw refuse(ctx, action, object: "snapshot \(idHex)", .notFound("snapshot \(idHex) not found"))
+            throw await refuse(ctx, action, object: "snapshot \(idHex)", .notFound("snapshot \(idHex) not found"))
         }
         return rec
     }
 
     /// Accepts a full ID or a unique prefix of at least 8 hex digits within what the
     /// caller may see.
-    func resolveSnapshotID(_ s: String, ctx: CallContext) throws -> String {
+    func resolveSnapshotID(_ s: String, ctx: CallContext) async throws -> String {
         if s.utf8.count == 64, SnapshotID(hex: s) != nil { return s }
         guard s.utf8.count >= 8, s.utf8.allSatisfy({ ($0 >= 0x30 && $0 <= 0x39) || ($0 >= 0x61 && $0 <= 0x66) }) else {
             throw ServerError.badRequest("snapshot ID must be 8–64 lowercase hex digits")
         }
-        let matches = try listSnapshots(host: nil, tenant: nil, ctx: ctx).filter { $0.id.hasPrefix(s) }
+        let matches = try await listSnapshots(host: nil, tenant: nil, ctx: ctx).filter { $0.id.hasPrefix(s) }
         guard matches.count == 1 else {
             throw matches.isEmpty ? ServerError.notFound("no snapshot starts with \(s)") : ServerError.badRequest("""
                 \(s) matches \(matches.count) snapshots: give more digits
@@ -573,22 +580,22 @@ public final class RepositoryService: Sendable {
         return matches[0].id
     }
 
-    public func showSnapshot(_ idHex: String, ctx: CallContext) throws -> Wire.SnapshotInfo {
-        Self.info(try visibleSnapshot(idHex, ctx: ctx, action: .showSnapshot))
+    public func showSnapshot(_ idHex: String, ctx: CallContext) async throws -> Wire.SnapshotInfo {
+        Self.info(try await visibleSnapshot(idHex, ctx: ctx, action: .showSnapshot))
     }
 
     // MARK: restorer operations
 
     public func manifest(_ idHex: String, ctx: CallContext) async throws -> [UInt8] {
-        let rec = try visibleSnapshot(idHex, ctx: ctx, action: .getManifest)
+        let rec = try await visibleSnapshot(idHex, ctx: ctx, action: .getManifest)
         guard let id = SnapshotID(hex: rec.id) else { throw ServerError.badRequest("bad snapshot ID") }
-        audit(ctx, .getManifest, object: "snapshot \(rec.id)", outcome: "ok")
+        await audit(ctx, .getManifest, object: "snapshot \(rec.id)", outcome: "ok")
         return try await store.get(Self.manifestKey(tenant: rec.tenant, id: id))
     }
 
     public func pack(_ idHex: String, ctx: CallContext) async throws -> [UInt8] {
-        let (_, tenant) = try requireTenant(ctx)
-        guard let id = PackID(hex: idHex), try catalog.pack(tenant: tenant.name, id: id.description) != nil else {
+        let (_, tenant) = try await requireTenant(ctx)
+        guard let id = PackID(hex: idHex), try await catalog.pack(tenant: tenant.name, id: id.description) != nil else {
             throw ServerError.notFound("pack \(idHex) not found in tenant \(tenant.name)")
         }
         return try await store.get(Self.packKey(tenant: tenant.name, id: id))
@@ -606,7 +613,7 @@ public final class RepositoryService: Sendable {
     /// packs left out.
     public func packChunkLists(_ body: [UInt8], ctx: CallContext,
                                answerLimit: Int = chunkListAnswerLimit) async throws -> [UInt8] {
-        let (_, tenant) = try requireTenant(ctx)
+        let (_, tenant) = try await requireTenant(ctx)
         guard body.count % 32 == 0, body.count / 32 <= 100_000 else {
             throw ServerError.badRequest("body must be at most 100000 pack IDs of 32 bytes")
         }
@@ -615,7 +622,7 @@ public final class RepositoryService: Sendable {
         for o in stride(from: 0, to: body.count, by: 32) {
             // Why: a repeated ID would be answered (and held in memory) once per repetition.
             guard let id = PackID(bytes: Array(body[o..<(o + 32)])), seen.insert(id).inserted else { continue }
-            guard try catalog.pack(tenant: tenant.name, id: id.description) != nil else {
+            guard try await catalog.pack(tenant: tenant.name, id: id.description) != nil else {
                 throw ServerError.notFound("pack \(id) not found in tenant \(tenant.name)")
             }
             ids.append(id)
@@ -648,7 +655,7 @@ public final class RepositoryService: Sendable {
     /// Re-reads every pack of a snapshot from the store and checks its hash and
     /// structure. Needs no key.
     public func verify(_ idHex: String, ctx: CallContext) async throws -> Wire.VerifyReport {
-        let rec = try visibleSnapshot(idHex, ctx: ctx, action: .verifySnapshot)
+        let rec = try await visibleSnapshot(idHex, ctx: ctx, action: .verifySnapshot)
         var damaged: [String] = [], missing: [String] = []
         var bytes = 0
         if let sid = SnapshotID(hex: rec.id) {
@@ -658,7 +665,7 @@ public final class RepositoryService: Sendable {
                 if SnapshotID(bytes: Array(SHA256.hash(data: m))) != sid { damaged.append("manifest \(rec.id)") }
             } catch { missing.append("manifest \(rec.id)") }
         }
-        let packs = try catalog.snapshotPacks(id: rec.id)
+        let packs = try await catalog.snapshotPacks(id: rec.id)
         for p in packs {
             let data: [UInt8]
             do { data = try await store.get(Self.packKey(tenant: rec.tenant, id: p)) } catch {
@@ -670,7 +677,7 @@ public final class RepositoryService: Sendable {
         }
         let report = Wire.VerifyReport(snapshot: rec.id, packsChecked: packs.count, bytesChecked: bytes,
             damaged: damaged, missing: missing)
-        audit(ctx, .verifySnapshot, object: "snapshot \(rec.id)", outcome: report.ok ? "ok" : "damaged",
+        await audit(ctx, .verifySnapshot, object: "snapshot \(rec.id)", outcome: report.ok ? "ok" : "damaged",
             detail: "damaged=\(damaged.count) missing=\(missing.count)")
         return report
     }
@@ -684,7 +691,7 @@ public final class RepositoryService: Sendable {
                 with a letter or digit
                 """)
         }
-        guard try catalog.tenant(req.name) == nil else {
+        guard try await catalog.tenant(req.name) == nil else {
             throw ServerError(409, "E_CONFLICT", "tenant \(req.name) already exists")
         }
         guard let pub = Data(base64Encoded: req.readPublicKey),
@@ -699,7 +706,7 @@ public final class RepositoryService: Sendable {
         guard let scope = DedupScope(rawValue: req.dedupScope ?? DedupScope.host.rawValue) else {
             throw ServerError.badRequest("dedupScope must be \"host\" or \"tenant\"")
         }
-        let now = try now()
+        let now = try await now()
         _ = try WrappedKeyHeader.check(req.wrappedReadKey, tenant: TenantRecord(
             name: req.name, readKeyID: key.keyID.description, readPublicKey: Array(pub), writeMaterial: [],
                 wrappedReadKey: "",
@@ -711,40 +718,40 @@ public final class RepositoryService: Sendable {
         // from the store alone (`redoubt server rebuild-catalog`).
         _ = try await store.put(Self.tenantKey(req.name, version: 1), try await descriptor(record).encoded(),
             retainUntil: nil)
-        try catalog.insertTenant(record)
+        try await catalog.insertTenant(record)
         // A new tenant has no hosts yet: choosing the wider scope now weakens nothing that exists.
-        if scope != .host { _ = try catalog.setDedupScope(tenant: req.name, scope, from: .host) }
-        audit(ctx, .createTenant, object: "tenant \(req.name)", outcome: "ok",
+        if scope != .host { _ = try await catalog.setDedupScope(tenant: req.name, scope, from: .host) }
+        await audit(ctx, .createTenant, object: "tenant \(req.name)", outcome: "ok",
               detail: "read-key=\(key.keyID) min-retention=\(Int(minRetention))s dedup-scope=\(scope.rawValue)")
-        return try tenantInfo(record)
+        return try await tenantInfo(record)
     }
 
     // MARK: read-key custody (rotation, shredding)
 
     /// The tenant's current wrapped read key. A restorer sees only its own tenant's and
     /// no retired KEKs; an admin sees any tenant's with its retired KEKs.
-    public func readKey(tenant: String, ctx: CallContext) throws -> Wire.ReadKeyInfo {
+    public func readKey(tenant: String, ctx: CallContext) async throws -> Wire.ReadKeyInfo {
         guard let p = ctx.principal, p.role == .admin || (p.role == .restorer && p.tenant == tenant) else {
-            throw refuse(ctx, .getReadKey, object: "tenant \(tenant)",
+            throw await refuse(ctx, .getReadKey, object: "tenant \(tenant)",
                 .forbidden("only an admin or this tenant's restorer may fetch its wrapped read key"))
         }
-        guard let rec = try catalog.tenant(tenant) else {
+        guard let rec = try await catalog.tenant(tenant) else {
             throw ServerError.notFound("tenant \(tenant) does not exist")
         }
         if rec.shreddedAt != nil && p.role == .restorer {
-            throw refuse(ctx, .getReadKey, object: "tenant \(tenant)", .shredded(tenant))
+            throw await refuse(ctx, .getReadKey, object: "tenant \(tenant)", .shredded(tenant))
         }
-        audit(ctx, .getReadKey, object: "tenant \(tenant)", outcome: "ok", detail: "version=\(rec.keyVersion)")
-        return try readKeyInfo(tenant, withRetired: p.role == .admin)
+        await audit(ctx, .getReadKey, object: "tenant \(tenant)", outcome: "ok", detail: "version=\(rec.keyVersion)")
+        return try await readKeyInfo(tenant, withRetired: p.role == .admin)
     }
 
     /// What the read-key endpoints answer, read from the catalog without an audit record
     /// (the admin calls that change the key record their own).
-    private func readKeyInfo(_ tenant: String, withRetired: Bool) throws -> Wire.ReadKeyInfo {
-        guard let rec = try catalog.tenant(tenant) else {
+    private func readKeyInfo(_ tenant: String, withRetired: Bool) async throws -> Wire.ReadKeyInfo {
+        guard let rec = try await catalog.tenant(tenant) else {
             throw ServerError.notFound("tenant \(tenant) does not exist")
         }
-        let retired = withRetired ? try catalog.retiredKEKs(tenant: tenant).map {
+        let retired = withRetired ? try await catalog.retiredKEKs(tenant: tenant).map {
             Wire.RetiredKEKInfo(version: $0.version, stub: $0.stub, retiredAt: $0.retiredAt,
                 destroyedAt: $0.destroyedAt)
         } : []
@@ -760,10 +767,10 @@ public final class RepositoryService: Sendable {
     public func rotateReadKey(tenant: String, _ req: Wire.RotateReadKeyRequest,
         ctx: CallContext) async throws -> Wire.ReadKeyInfo {
         let object = "tenant \(tenant)"
-        guard let rec = try catalog.tenant(tenant) else {
+        guard let rec = try await catalog.tenant(tenant) else {
             throw ServerError.notFound("tenant \(tenant) does not exist")
         }
-        guard rec.shreddedAt == nil else { throw refuse(ctx, .rotateReadKey, object: object, .shredded(tenant)) }
+        guard rec.shreddedAt == nil else { throw await refuse(ctx, .rotateReadKey, object: object, .shredded(tenant)) }
         let next = rec.keyVersion + 1
         // Why a gated change: the server can check only the wrapping's header, and the old
         // descriptors are deleted; one admin could otherwise swap in a wrapping nobody can
@@ -772,27 +779,28 @@ public final class RepositoryService: Sendable {
         var wrappedJSON = req.wrappedReadKey
         try Self.checkRequestID(req.requestID)
         if let id = req.requestID {
-            guard let r = try catalog.request(id, now: try now()), r.action == "rotate-read-key", r.object == object,
+            guard let r = try await catalog.request(id,
+                    now: try now()), r.action == "rotate-read-key", r.object == object,
                   let held = r.parameters["wrappedReadKey"] else {
-                throw refuse(ctx, .rotateReadKey, object: object,
+                throw await refuse(ctx, .rotateReadKey, object: object,
                     .forbidden("request \(id) is not a rotation of \(object)'s read key"))
             }
             // Before the header check below, which a used request fails for its stale version.
             guard r.state != .executed else {
-                throw refuse(ctx, .rotateReadKey, object: object, ServerError(409, "E_APPROVAL_PENDING",
+                throw await refuse(ctx, .rotateReadKey, object: object, ServerError(409, "E_APPROVAL_PENDING",
                     "request \(id) was already used"))
             }
             guard wrappedJSON.isEmpty || wrappedJSON == held else {
-                throw refuse(ctx, .rotateReadKey, object: object,
+                throw await refuse(ctx, .rotateReadKey, object: object,
                     .forbidden("request \(id) approved another wrapping; send none to apply the approved one"))
             }
             wrappedJSON = held
         }
         let header: WrappedKeyHeader
         do { header = try WrappedKeyHeader.check(wrappedJSON, tenant: rec, version: next) } catch let e as ServerError {
-            throw refuse(ctx, .rotateReadKey, object: object, e)
+            throw await refuse(ctx, .rotateReadKey, object: object, e)
         }
-        try authorize(.rotateReadKey, object: object,
+        try await authorize(.rotateReadKey, object: object,
                       parameters: ["version": String(next), "provider": header.provider, "wrappedReadKey": wrappedJSON],
                       requestID: req.requestID, consume: true, ctx: ctx)
         let stub = try WrappedKeyHeader.stub(rec.wrappedReadKey)
@@ -801,19 +809,21 @@ public final class RepositoryService: Sendable {
                                wrappedReadKey: wrappedJSON, minRetention: rec.minRetention, createdAt: rec.createdAt,
                                    keyVersion: next)
         try await replaceDescriptor(updated, retiredStub: stub, shredded: false, now: try now())
-        audit(ctx, .rotateReadKey, object: object, outcome: "ok",
+        await audit(ctx, .rotateReadKey, object: object, outcome: "ok",
             detail: "version \(rec.keyVersion)→\(next) provider=\(header.providerName)")
-        return try readKeyInfo(tenant, withRetired: true)
+        return try await readKeyInfo(tenant, withRetired: true)
     }
 
     /// Records that the KEKs of retired key versions were destroyed at their KMS or HSM.
     public func markKEKsDestroyed(tenant: String, _ req: Wire.DestroyedKEKsRequest,
-        ctx: CallContext) throws -> Wire.ReadKeyInfo {
-        guard try catalog.tenant(tenant) != nil else { throw ServerError.notFound("tenant \(tenant) does not exist") }
-        try catalog.markKEKsDestroyed(tenant: tenant, versions: req.versions, now: try now())
-        audit(ctx, .markKEKsDestroyed, object: "tenant \(tenant)", outcome: "ok",
+        ctx: CallContext) async throws -> Wire.ReadKeyInfo {
+        guard try await catalog.tenant(tenant) != nil else {
+            throw ServerError.notFound("tenant \(tenant) does not exist")
+        }
+        try await catalog.markKEKsDestroyed(tenant: tenant, versions: req.versions, now: try now())
+        await audit(ctx, .markKEKsDestroyed, object: "tenant \(tenant)", outcome: "ok",
             detail: "versions=\(req.versions.map(String.init).joined(separator: ","))")
-        return try readKeyInfo(tenant, withRetired: true)
+        return try await readKeyInfo(tenant, withRetired: true)
     }
 
     /// Crypto-shreds a tenant on the server's side: after the admin destroyed the KEKs at
@@ -823,17 +833,17 @@ public final class RepositoryService: Sendable {
     public func shredTenant(tenant: String, _ req: Wire.ShredRequest,
         ctx: CallContext) async throws -> Wire.ReadKeyInfo {
         let object = "tenant \(tenant)"
-        guard let rec = try catalog.tenant(tenant) else {
+        guard let rec = try await catalog.tenant(tenant) else {
             throw ServerError.notFound("tenant \(tenant) does not exist")
         }
         guard req.confirm == tenant else {
-            throw refuse(ctx, .shredTenant, object: object,
+            throw await refuse(ctx, .shredTenant, object: object,
                 .badRequest("confirm must repeat the tenant's name (\(tenant)) to shred it"))
         }
-        guard rec.shreddedAt == nil else { throw refuse(ctx, .shredTenant, object: object, .shredded(tenant)) }
+        guard rec.shreddedAt == nil else { throw await refuse(ctx, .shredTenant, object: object, .shredded(tenant)) }
         // Why: a shred makes every snapshot unreadable, which would defeat a legal hold.
-        if let h = try catalog.holds(active: true).first(where: { $0.tenant == tenant }) {
-            throw refuse(ctx, .shredTenant, object: object, ServerError(409, "E_HELD",
+        if let h = try await catalog.holds(active: true).first(where: { $0.tenant == tenant }) {
+            throw await refuse(ctx, .shredTenant, object: object, ServerError(409, "E_HELD",
                 """
                     tenant \(tenant) is under legal hold \(h.id) (\(h.kind.rawValue) \(h.target)): release it first \
                     (`redoubt admin hold release \(h.id)`)
@@ -842,22 +852,23 @@ public final class RepositoryService: Sendable {
         // Why a check call first: the admin destroys the KEKs at the KMS before this call
         // removes the server's copies, and must not do so for a shred that is not approved.
         let checkOnly = req.check ?? false
-        try authorize(.shredTenant, object: object, parameters: [:], requestID: req.requestID, consume: !checkOnly,
+        try await authorize(.shredTenant, object: object, parameters: [:], requestID: req.requestID,
+                consume: !checkOnly,
             ctx: ctx)
-        if checkOnly { return try readKeyInfo(tenant, withRetired: true) }
+        if checkOnly { return try await readKeyInfo(tenant, withRetired: true) }
         let stub = try WrappedKeyHeader.stub(rec.wrappedReadKey)
-        let now = try now()
+        let now = try await now()
         let shredded = TenantRecord(name: rec.name, readKeyID: rec.readKeyID, readPublicKey: rec.readPublicKey,
             writeMaterial: rec.writeMaterial,
                                     wrappedReadKey: "", minRetention: rec.minRetention, createdAt: rec.createdAt,
                                     keyVersion: rec.keyVersion + 1, shreddedAt: now)
         try await replaceDescriptor(shredded, retiredStub: stub, shredded: true, now: now)
-        try catalog.markKEKsDestroyed(tenant: tenant, versions: req.destroyedVersions, now: now)
-        let left = try catalog.retiredKEKs(tenant: tenant).filter { $0.destroyedAt == nil }.map(\.version)
-        audit(ctx, .shredTenant, object: object, outcome: "ok",
+        try await catalog.markKEKsDestroyed(tenant: tenant, versions: req.destroyedVersions, now: now)
+        let left = try await catalog.retiredKEKs(tenant: tenant).filter { $0.destroyedAt == nil }.map(\.version)
+        await audit(ctx, .shredTenant, object: object, outcome: "ok",
               detail: "destroyed KEK versions=\(req.destroyedVersions.map(String.init).joined(separator: ","))"
                 + (left.isEmpty ? "" : " NOT destroyed=\(left.map(String.init).joined(separator: ","))"))
-        return try readKeyInfo(tenant, withRetired: true)
+        return try await readKeyInfo(tenant, withRetired: true)
     }
 
     /// Writes the tenant's new descriptor to the store, switches the catalog to it, then
@@ -865,7 +876,7 @@ public final class RepositoryService: Sendable {
     private func replaceDescriptor(_ rec: TenantRecord, retiredStub: String, shredded: Bool, now: Date) async throws {
         _ = try await store.put(Self.tenantKey(rec.name, version: rec.keyVersion), try await descriptor(rec).encoded(),
             retainUntil: nil)
-        try catalog.replaceReadKey(tenant: rec.name, newVersion: rec.keyVersion, wrapped: rec.wrappedReadKey,
+        try await catalog.replaceReadKey(tenant: rec.name, newVersion: rec.keyVersion, wrapped: rec.wrappedReadKey,
             retiredStub: retiredStub,
                                    now: now, shredded: shredded)
         for v in 1..<rec.keyVersion {
@@ -908,12 +919,12 @@ public final class RepositoryService: Sendable {
     public func sealDescriptors() async -> [String] {
         var failures: [String] = []
         do {
-            if try catalog.clearShreddedWriteMaterial() > 0 {
-                audit(CallContext(principal: nil, source: "local"), .clearWriteMaterial, object: "catalog",
+            if try await catalog.clearShreddedWriteMaterial() > 0 {
+                await audit(CallContext(principal: nil, source: "local"), .clearWriteMaterial, object: "catalog",
                     outcome: "ok", detail: "shredded tenants")
             }
         } catch { failures.append("catalog: shredded tenants' write material not cleared: \(error)") }
-        for rec in (try? catalog.tenants()) ?? [] where !rec.writeMaterial.isEmpty && rec.shreddedAt == nil {
+        for rec in (try? await catalog.tenants()) ?? [] where !rec.writeMaterial.isEmpty && rec.shreddedAt == nil {
             let key = Self.tenantKey(rec.name, version: rec.keyVersion)
             do {
                 if try await store.head(key) != nil {
@@ -926,7 +937,8 @@ public final class RepositoryService: Sendable {
                 } else {
                     _ = try await store.put(key, try await descriptor(rec).encoded(), retainUntil: nil)
                 }
-                audit(CallContext(principal: nil, source: "local"), .sealDescriptor, object: key.path, outcome: "ok",
+                await audit(CallContext(principal: nil, source: "local"), .sealDescriptor, object: key.path,
+                        outcome: "ok",
                     detail: "write material sealed to read key \(rec.readKeyID)")
             } catch {
                 failures.append("\(key.path): \(error)")
@@ -938,7 +950,7 @@ public final class RepositoryService: Sendable {
     /// What an admin needs to give the write material back after a rebuild from the store
     /// alone: whether the server has it, and the sealed copy to open with the read key.
     public func writeMaterial(tenant: String, ctx: CallContext) async throws -> Wire.WriteMaterialInfo {
-        guard let rec = try catalog.tenant(tenant) else {
+        guard let rec = try await catalog.tenant(tenant) else {
             throw ServerError.notFound("tenant \(tenant) does not exist")
         }
         let (sealed, _) = try await sealedWriteMaterial(rec)
@@ -952,17 +964,18 @@ public final class RepositoryService: Sendable {
     public func restoreWriteMaterial(tenant: String, _ req: Wire.RestoreWriteMaterialRequest,
         ctx: CallContext) async throws -> Wire.WriteMaterialInfo {
         let object = "tenant \(tenant)"
-        guard let rec = try catalog.tenant(tenant) else {
+        guard let rec = try await catalog.tenant(tenant) else {
             throw ServerError.notFound("tenant \(tenant) does not exist")
         }
-        guard rec.shreddedAt == nil else { throw refuse(ctx, .restoreWriteMaterial, object: object, .shredded(tenant)) }
+        guard rec.shreddedAt == nil else { throw await refuse(ctx, .restoreWriteMaterial, object: object,
+                .shredded(tenant)) }
         guard let bytes = Data(base64Encoded: req.writeMaterial),
             let material = try? SharedWriteMaterial.decode(SecretBytes(copying: Array(bytes))) else {
-            throw refuse(ctx, .restoreWriteMaterial, object: object,
+            throw await refuse(ctx, .restoreWriteMaterial, object: object,
                 .badRequest("writeMaterial is not a Redoubt write key set (base64)"))
         }
         guard Array(material.readPublicKey.rawRepresentation) == rec.readPublicKey else {
-            throw refuse(ctx, .restoreWriteMaterial, object: object,
+            throw await refuse(ctx, .restoreWriteMaterial, object: object,
                 .badRequest("""
                     this write material belongs to read key \(material.readPublicKey.keyID), not tenant \(tenant)'s \
                     \(rec.readKeyID)
@@ -972,14 +985,14 @@ public final class RepositoryService: Sendable {
         // public check tells the tenant's real chunk-ID key and seed from others.
         if rec.writeMaterial.isEmpty {
             guard let check = try await sealedWriteMaterial(rec).check else {
-                throw refuse(ctx, .restoreWriteMaterial, object: object, ServerError(409, "E_CONFLICT",
+                throw await refuse(ctx, .restoreWriteMaterial, object: object, ServerError(409, "E_CONFLICT",
                     """
                         tenant \(tenant)'s descriptor carries no check of its write material, so none given here can \
                         be verified; nothing was changed
                         """))
             }
             guard check == material.check else {
-                throw refuse(ctx, .restoreWriteMaterial, object: object,
+                throw await refuse(ctx, .restoreWriteMaterial, object: object,
                     .badRequest("""
                         this write material names tenant \(tenant)'s read key but is not the material its descriptor \
                         was sealed with (another chunk-ID key or seed): take it from the sealed copy (`redoubt admin \
@@ -987,23 +1000,25 @@ public final class RepositoryService: Sendable {
                         """))
             }
         }
-        if rec.writeMaterial.isEmpty, try catalog.setWriteMaterial(tenant: tenant, material: Array(bytes)) {
-            audit(ctx, .restoreWriteMaterial, object: object, outcome: "ok", detail: "read-key=\(rec.readKeyID)")
-        } else if try catalog.tenant(tenant)?.writeMaterial != Array(bytes) {
-            throw refuse(ctx, .restoreWriteMaterial, object: object, ServerError(409, "E_CONFLICT",
+        if rec.writeMaterial.isEmpty, try await catalog.setWriteMaterial(tenant: tenant, material: Array(bytes)) {
+            await audit(ctx, .restoreWriteMaterial, object: object, outcome: "ok", detail: "read-key=\(rec.readKeyID)")
+        } else if try await catalog.tenant(tenant)?.writeMaterial != Array(bytes) {
+            throw await refuse(ctx, .restoreWriteMaterial, object: object, ServerError(409, "E_CONFLICT",
                 "the server already has tenant \(tenant)'s write material, and it differs: nothing was changed"))
         }
         return try await writeMaterial(tenant: tenant, ctx: ctx)
     }
 
-    public func listTenants() throws -> [Wire.TenantInfo] {
-        let scopes = try catalog.dedupScopes()
-        return try catalog.tenants().map { try tenantInfo($0, scope: scopes[$0.name]) }
+    public func listTenants() async throws -> [Wire.TenantInfo] {
+        let scopes = try await catalog.dedupScopes()
+        var infos: [Wire.TenantInfo] = []
+        for t in try await catalog.tenants() { infos.append(try await tenantInfo(t, scope: scopes[t.name])) }
+        return infos
     }
 
     /// Creates a one-time enrollment token for a writer, restorer or auditor.
     public func createEnrollment(tenant: String, _ req: Wire.CreateEnrollmentRequest,
-        ctx: CallContext) throws -> Wire.CreateEnrollmentResponse {
+        ctx: CallContext) async throws -> Wire.CreateEnrollmentResponse {
         guard let role = Role(rawValue: req.role), role != .admin else {
             throw ServerError.badRequest("role must be writer, restorer or auditor")
         }
@@ -1012,36 +1027,36 @@ public final class RepositoryService: Sendable {
                 name \(req.name.debugDescription) must be 1–253 characters of A-Z, a-z, 0-9, '.', '-', '_'
                 """)
         }
-        guard let rec = try catalog.tenant(tenant) else {
+        guard let rec = try await catalog.tenant(tenant) else {
             throw ServerError.notFound("tenant \(tenant) does not exist: `redoubt admin tenant create \(tenant)`")
         }
         guard rec.shreddedAt == nil else { throw ServerError.shredded(tenant) }
         if role == .writer || role == .restorer, rec.writeMaterial.isEmpty { throw ServerError.noWriteMaterial(tenant) }
         let ttl = min(max(req.ttlSeconds ?? 86400, 60), 7 * 86400)
-        let now = try now()
+        let now = try await now()
         let secret = hexString((0..<32).map { _ in UInt8.random(in: 0...255) })
         let expires = now.addingTimeInterval(ttl)
-        try catalog.insertEnrollment(tokenHash: hexString(SHA256.hash(data: Array(secret.utf8))), role: role,
+        try await catalog.insertEnrollment(tokenHash: hexString(SHA256.hash(data: Array(secret.utf8))), role: role,
             tenant: tenant, name: req.name,
                                      expiresAt: expires, createdBy: ctx.principal?.name ?? "-")
         let token = Wire.EnrollmentToken(url: serverURL,
             ca: Data(try ca.certificate.serializeAsPEM().derBytes).base64EncodedString(), pin: try ca.pin,
                                          secret: secret, role: role.rawValue, tenant: tenant, name: req.name,
                                              expires: Int64(expires.timeIntervalSince1970))
-        audit(ctx, .createEnrollment, object: "\(role.rawValue) \(tenant)/\(req.name)", outcome: "ok",
+        await audit(ctx, .createEnrollment, object: "\(role.rawValue) \(tenant)/\(req.name)", outcome: "ok",
             detail: "expires=\(Int(expires.timeIntervalSince1970))")
         return Wire.CreateEnrollmentResponse(token: try token.encoded(), expires: expires)
     }
 
     /// An admin credential made directly on the server at init (no token round trip).
-    public func issueAdmin(name: String, publicKey: P256.Signing.PublicKey) throws -> (Principal, String) {
-        let now = try now()
+    public func issueAdmin(name: String, publicKey: P256.Signing.PublicKey) async throws -> (Principal, String) {
+        let now = try await now()
         let id = hexString((0..<16).map { _ in UInt8.random(in: 0...255) })
         let cert = try ca.issueClient(publicKey: .init(publicKey), principalID: id, now: now)
         let p = Principal(id: id, role: .admin, tenant: nil, name: name,
             fingerprint: certificateFingerprint(der: try cert.serializeAsPEM().derBytes), hostKey: nil)
-        try catalog.insertPrincipal(p, os: nil, now: now)
-        audit(CallContext(principal: p, source: "local"), .createAdmin, object: "admin \(name)", outcome: "ok")
+        try await catalog.insertPrincipal(p, os: nil, now: now)
+        await audit(CallContext(principal: p, source: "local"), .createAdmin, object: "admin \(name)", outcome: "ok")
         return (p, try cert.serializeAsPEM().pemString)
     }
 
@@ -1051,15 +1066,15 @@ public final class RepositoryService: Sendable {
     /// The audit records after `after`, oldest first: at most `limit`, and no more than fit in
     /// `byteLimit` (at least one). An empty answer is the end of the log; a shorter one is not.
     public func auditEntries(after: Int64, limit: Int,
-                             byteLimit: Int = auditPageByteLimit) throws -> [Wire.AuditEntry] {
-        recordAnonymousRefusals()
+                             byteLimit: Int = auditPageByteLimit) async throws -> [Wire.AuditEntry] {
+        await recordAnonymousRefusals()
         var out: [Wire.AuditEntry] = []
         var cursor = after
         var size = 0
         // Read in small batches: each field may be 4 KiB, so `limit` records at once could be large.
         while out.count < limit {
             let want = min(500, limit - out.count)
-            let batch = try catalog.auditRecords(after: cursor, limit: want)
+            let batch = try await catalog.auditRecords(after: cursor, limit: want)
             for r in batch {
                 let n = 256 + [r.actor, r.role, r.credential, r.source, r.action, r.object, r.outcome, r.detail]
                     .reduce(0) { $0 + $1.utf8.count }

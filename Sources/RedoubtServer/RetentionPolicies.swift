@@ -20,7 +20,9 @@ extension RepositoryService {
     /// the admins' quorum, as lowering the minimum retention does.
     public func setPolicy(tenant: String, _ req: Wire.SetPolicyRequest,
         ctx: CallContext) async throws -> [Wire.PolicyInfo] {
-        guard try catalog.tenant(tenant) != nil else { throw ServerError.notFound("tenant \(tenant) does not exist") }
+        guard try await catalog.tenant(tenant) != nil else {
+            throw ServerError.notFound("tenant \(tenant) does not exist")
+        }
         guard !req.hostGlob.isEmpty, req.hostGlob.utf8.count <= 253,
               req.hostGlob.allSatisfy({ $0.isASCII && ($0.isLetter || $0.isNumber || "._-*?[]!".contains($0)) }) else {
             throw ServerError.badRequest("host glob \(SafeText.echo(req.hostGlob)) must be 1–253 characters of "
@@ -30,7 +32,8 @@ extension RepositoryService {
             throw ServerError.badRequest("tag \(SafeText.echo(req.tag)) must be printable text of at most 255 bytes")
         }
         let object = Self.policyObject(tenant, req.hostGlob, req.tag)
-        let current = try catalog.policies(tenant: tenant).first { $0.hostGlob == req.hostGlob && $0.tag == req.tag }
+        let current = try await catalog.policies(tenant: tenant)
+            .first { $0.hostGlob == req.hostGlob && $0.tag == req.tag }
         let rulesJSON = {
             (r: RetentionRules) in String(decoding: (try? JSONEncoder.sorted.encode(r)) ?? Data(), as: UTF8.self)
         }
@@ -38,53 +41,57 @@ extension RepositoryService {
             guard let current else {
                 throw ServerError.notFound("\(object) does not exist: `redoubt admin policy list`")
             }
-            try authorize(.lowerPolicy, object: object, parameters: ["from": rulesJSON(current.rules), "to": "removed"],
+            try await authorize(.lowerPolicy, object: object, parameters: ["from": rulesJSON(current.rules),
+                    "to": "removed"],
                           requestID: req.requestID, consume: true, ctx: ctx)
-            guard try catalog.removePolicy(tenant: tenant, hostGlob: req.hostGlob, tag: req.tag,
+            guard try await catalog.removePolicy(tenant: tenant, hostGlob: req.hostGlob, tag: req.tag,
                 from: current.rules) else {
                 throw ServerError(409, "E_CONFLICT",
                     "\(object) changed meanwhile; look again (`redoubt admin policy show`)")
             }
-            audit(ctx, .setPolicy, object: object, outcome: "ok", detail: "removed (was \(current.rules.summary))")
-            return try catalog.policies(tenant: tenant)
+            await audit(ctx, .setPolicy, object: object, outcome: "ok",
+                    detail: "removed (was \(current.rules.summary))")
+            return try await catalog.policies(tenant: tenant)
         }
         guard let rules = req.rules else { throw ServerError.badRequest("a policy needs rules (or remove)") }
         if let problem = rules.problem() { throw ServerError.badRequest("\(object): \(problem)") }
         if let current, current.rules.isWeakened(by: rules) {
             // "from" too: an approval to lower one policy must not undo a raise made since.
-            try authorize(.lowerPolicy, object: object, parameters: ["from": rulesJSON(current.rules),
+            try await authorize(.lowerPolicy, object: object, parameters: ["from": rulesJSON(current.rules),
                 "to": rulesJSON(rules)],
                           requestID: req.requestID, consume: true, ctx: ctx)
         }
         let info = Wire.PolicyInfo(tenant: tenant, hostGlob: req.hostGlob, tag: req.tag, rules: rules,
-            updatedAt: try now())
-        guard try catalog.setPolicy(info, from: current?.rules) else {
+            updatedAt: try await now())
+        guard try await catalog.setPolicy(info, from: current?.rules) else {
             throw ServerError(409, "E_CONFLICT",
                 "\(object) changed meanwhile; look again (`redoubt admin policy show`)")
         }
-        audit(ctx, .setPolicy, object: object, outcome: "ok",
+        await audit(ctx, .setPolicy, object: object, outcome: "ok",
               detail: "\(current.map { $0.rules.summary } ?? "none") → \(rules.summary)")
         _ = try await applyPolicies(tenant: tenant, host: nil)
-        return try catalog.policies(tenant: tenant)
+        return try await catalog.policies(tenant: tenant)
     }
 
-    public func listPolicies(tenant: String?) throws -> [Wire.PolicyInfo] {
-        if let tenant, try catalog.tenant(tenant) == nil {
+    public func listPolicies(tenant: String?) async throws -> [Wire.PolicyInfo] {
+        if let tenant, try await catalog.tenant(tenant) == nil {
             throw ServerError.notFound("tenant \(tenant) does not exist")
         }
-        return try catalog.policies(tenant: tenant)
+        return try await catalog.policies(tenant: tenant)
     }
 
     /// What every policy of the tenant decides for each of its snapshots (optionally one
     /// host's), on the server's commit times and clock. Several policies matching one
     /// snapshot all keep it: the latest lock wins (locks only move later).
-    func policyDecisions(tenant: String, host: String?, now: Date) throws -> [(SnapshotRecord, [Wire.PolicyKeep],
+    func policyDecisions(tenant: String, host: String?, now: Date) async throws -> [(SnapshotRecord, [Wire.PolicyKeep],
         Date?)] {
-        guard let t = try catalog.tenant(tenant) else { throw ServerError.notFound("tenant \(tenant) does not exist") }
-        let snaps = try catalog.snapshots(tenant: tenant, host: host)
+        guard let t = try await catalog.tenant(tenant) else {
+            throw ServerError.notFound("tenant \(tenant) does not exist")
+        }
+        let snaps = try await catalog.snapshots(tenant: tenant, host: host)
         var keeps: [String: [Wire.PolicyKeep]] = [:]
         var locks: [String: Date] = [:]
-        for p in try catalog.policies(tenant: tenant) {
+        for p in try await catalog.policies(tenant: tenant) {
             guard let schedule = RetentionSchedule(rules: p.rules, minimumRetention: t.minRetention) else { continue }
             let matching = snaps.filter {
                 Self.hostMatches(p.hostGlob, $0.host) && (p.tag.isEmpty || $0.tags.contains(p.tag))
@@ -103,16 +110,16 @@ extension RepositoryService {
 
     /// A listing with, for each snapshot a policy covers, the rules keeping it (`keptBy`),
     /// decided per host on the server's clock as `policy simulate` does.
-    func withPolicyKeeps(_ list: [Wire.SnapshotInfo]) throws -> [Wire.SnapshotInfo] {
-        let now = try now()
+    func withPolicyKeeps(_ list: [Wire.SnapshotInfo]) async throws -> [Wire.SnapshotInfo] {
+        let now = try await now()
         var keeps: [String: [Wire.PolicyKeep]] = [:]
         var withPolicies: [String: Bool] = [:]
         for (tenant, hosts) in Dictionary(grouping: list, by: \.tenant).mapValues({ Set($0.map(\.host)) }) {
-            let policies = try catalog.policies(tenant: tenant)
+            let policies = try await catalog.policies(tenant: tenant)
             guard !policies.isEmpty else { continue }
             for host in hosts where policies.contains(where: { Self.hostMatches($0.hostGlob, host) }) {
                 withPolicies["\(tenant)/\(host)"] = true
-                for (s, k, _) in try policyDecisions(tenant: tenant, host: host, now: now) { keeps[s.id] = k }
+                for (s, k, _) in try await policyDecisions(tenant: tenant, host: host, now: now) { keeps[s.id] = k }
             }
         }
         return list.map { s in
@@ -123,9 +130,9 @@ extension RepositoryService {
     }
 
     /// What the policies would keep and until when; changes nothing.
-    public func simulatePolicies(tenant: String) throws -> Wire.PolicySimulation {
-        let now = try now()
-        let rows = try policyDecisions(tenant: tenant, host: nil, now: now).map { s, keeps, lock in
+    public func simulatePolicies(tenant: String) async throws -> Wire.PolicySimulation {
+        let now = try await now()
+        let rows = try await policyDecisions(tenant: tenant, host: nil, now: now).map { s, keeps, lock in
             Wire.PolicyDecisionInfo(id: s.id, host: s.host, committedAt: s.committedAt, retainUntil: s.retainUntil,
                                     keeps: keeps, lockUntil: lock)
         }
@@ -138,18 +145,18 @@ extension RepositoryService {
     /// and the catalog) to the rule's end. The store first: the catalog never claims a lock
     /// the store does not hold. Copies follow at their next sync (they lock what the catalog says).
     public func applyPolicies(tenant: String, host: String?) async throws -> Wire.PolicySimulation {
-        let now = try now()
+        let now = try await now()
         var rows: [Wire.PolicyDecisionInfo] = []
         var extended = 0
-        for (s, keeps, lock) in try policyDecisions(tenant: tenant, host: host, now: now) {
+        for (s, keeps, lock) in try await policyDecisions(tenant: tenant, host: host, now: now) {
             var retain = s.retainUntil
             if let lock, lock > s.retainUntil, let id = SnapshotID(hex: s.id) {
-                let packs = try catalog.snapshotPacks(id: s.id)
+                let packs = try await catalog.snapshotPacks(id: s.id)
                 let packLock = Self.ceilDay(lock)
                 for p in packs { try await store.extendRetention(Self.packKey(tenant: tenant, id: p), until: packLock) }
                 try await store.extendRetention(Self.manifestKey(tenant: tenant, id: id), until: lock)
-                _ = try catalog.extendPackLocks(tenant: tenant, packs: packs, until: packLock, requireAll: false)
-                if let moved = try catalog.extendSnapshotLock(id: s.id, until: lock) {
+                _ = try await catalog.extendPackLocks(tenant: tenant, packs: packs, until: packLock, requireAll: false)
+                if let moved = try await catalog.extendSnapshotLock(id: s.id, until: lock) {
                     retain = moved.retainUntil
                     extended += 1
                 }
@@ -158,10 +165,12 @@ extension RepositoryService {
                                                 keeps: keeps, lockUntil: lock))
         }
         if extended > 0 {
-            try? catalog.audit(time: now, actor: "policy", role: "-", credential: "-", source: "local",
+            _ = try? await catalog.audit(time: now, actor: "policy", role: "-", credential: "-", source: "local",
                                action: Action.applyPolicy.rawValue, object: "tenant \(tenant)", outcome: "ok",
                                detail: "extended=\(extended)" + (host.map { " host=\($0)" } ?? ""))
-            if try !catalog.copyTargets(tenant: tenant).isEmpty { requestJob(ServerJobs.copySync.name, tenant: tenant) }
+            if !(try await catalog.copyTargets(tenant: tenant).isEmpty) {
+                await requestJob(ServerJobs.copySync.name, tenant: tenant)
+            }
         }
         return Wire.PolicySimulation(tenant: tenant, now: now, snapshots: rows,
             kept: rows.filter { !$0.keeps.isEmpty }.count,
@@ -173,12 +182,12 @@ extension RepositoryService {
     /// the next application (the scheduler's `policy-apply`, asked for here) sets what this one could not.
     func applyPoliciesAfterCommit(tenant: String, host: String) async {
         do {
-            guard try !catalog.policies(tenant: tenant).isEmpty else { return }
+            guard try await !catalog.policies(tenant: tenant).isEmpty else { return }
             _ = try await applyPolicies(tenant: tenant, host: host)
         } catch {
             logger.error("retention policy: could not apply after a commit; the scheduler retries",
                          metadata: ["tenant": "\(tenant)", "host": "\(host)", "error": "\(error)"])
-            requestJob(ServerJobs.policyApply.name, tenant: tenant)
+            await requestJob(ServerJobs.policyApply.name, tenant: tenant)
         }
     }
 }

@@ -126,24 +126,24 @@ extension AuditRepository {
     /// Checks the chain against an anchored head: the chain must verify and must still contain
     /// record `anchor.seq` with exactly `anchor.hash`. A log cut back to before the anchor
     /// (truncation, which the chain alone cannot show) reports `anchor.seq` as the first bad record.
-    public func verifyAudit(anchor: Catalog.AuditChainHead) throws -> (firstBad: Int64?, count: Int) {
-        let plain = try verifyAudit()
+    public func verifyAudit(anchor: Catalog.AuditChainHead) async throws -> (firstBad: Int64?, count: Int) {
+        let plain = try await verifyAudit()
         if let bad = plain.firstBad, bad <= anchor.seq { return plain }
         if anchor.seq == 0 { return plain }
         // Why: a consistent but shorter (or re-written) chain passes the plain check; only the anchor shows it.
-        let at = try auditRecords(after: anchor.seq - 1, limit: 1).first
+        let at = try await auditRecords(after: anchor.seq - 1, limit: 1).first
         if at?.seq != anchor.seq || at?.hash != anchor.hash { return (anchor.seq, plain.count) }
         return plain
     }
 
     /// Checks the whole chain; returns the sequence number of the first bad record, or nil.
-    public func verifyAudit() throws -> (firstBad: Int64?, count: Int) {
+    public func verifyAudit() async throws -> (firstBad: Int64?, count: Int) {
         var prev = Catalog.auditGenesis
         var expectedSeq: Int64 = 1
         var count = 0
         var after: Int64 = 0
         while true {
-            let batch = try auditRecords(after: after, limit: 5000)
+            let batch = try await auditRecords(after: after, limit: 5000)
             if batch.isEmpty { break }
             for r in batch {
                 let h = Catalog.AuditRecord.computeHash(seq: r.seq, time: r.time.timeIntervalSince1970, actor: r.actor,

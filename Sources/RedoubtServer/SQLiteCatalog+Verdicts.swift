@@ -21,16 +21,16 @@ public struct VerdictRecord: Sendable, Equatable {
 
 /// Verdicts, detection settings and pack chunk counts: what another catalog backend implements.
 public protocol VerdictRepository: Sendable {
-    func recordPackChunkCount(tenant: String, pack: String, chunks: Int) throws
-    func snapshotPackVolumes(tenant: String, snapshot: String) throws
+    func recordPackChunkCount(tenant: String, pack: String, chunks: Int) async throws
+    func snapshotPackVolumes(tenant: String, snapshot: String) async throws
         -> (newBytes: Int64, newChunks: Int64, referencedBytes: Int64)
-    func refusals(actor: String, afterSeq: Int64) throws -> (count: Int64, lastSeq: Int64)
-    func insertVerdict(_ v: VerdictRecord) throws
-    func clearVerdict(snapshot: String, reasons: [String]) throws
-    func verdicts(tenant: String, host: String, limit: Int) throws -> [VerdictRecord]
-    func verdicts(snapshots ids: [String]) throws -> [String: VerdictRecord]
-    func detectionSettings(tenant: String) throws -> Wire.DetectionSettings
-    func setDetectionSettings(tenant: String, _ s: Wire.DetectionSettings) throws
+    func refusals(actor: String, afterSeq: Int64) async throws -> (count: Int64, lastSeq: Int64)
+    func insertVerdict(_ v: VerdictRecord) async throws
+    func clearVerdict(snapshot: String, reasons: [String]) async throws
+    func verdicts(tenant: String, host: String, limit: Int) async throws -> [VerdictRecord]
+    func verdicts(snapshots ids: [String]) async throws -> [String: VerdictRecord]
+    func detectionSettings(tenant: String) async throws -> Wire.DetectionSettings
+    func setDetectionSettings(tenant: String, _ s: Wire.DetectionSettings) async throws
 }
 
 extension Catalog: VerdictRepository {}

@@ -82,7 +82,7 @@ public struct ServerHome: Sendable {
             serverURL: settings.url,
                                         defaultMinRetention: minRetention, logger: Logger(label: "redoubt.init"))
         let adminKey = P256.Signing.PrivateKey()
-        let (principal, certPEM) = try service.issueAdmin(name: "admin", publicKey: adminKey.publicKey)
+        let (principal, certPEM) = try await service.issueAdmin(name: "admin", publicKey: adminKey.publicKey)
         let cred = ClientCredential(url: settings.url, caPEM: try ca.certificatePEM, pin: try ca.pin,
             certificatePEM: certPEM, keyPEM: adminKey.pemRepresentation,
                                     principalID: principal.id, role: Role.admin.rawValue, tenant: nil, name: "admin")

@@ -14,14 +14,14 @@ public enum ServerJobs {
 
     public static let policyApply = ScheduledJob(name: "policy-apply", defaultInterval: 86400, windowed: true,
                                                  protective: true, tenants: { s in
-        Array(Set(try s.catalog.policies(tenant: nil).map(\.tenant))).sorted()
+        Array(Set(try await s.catalog.policies(tenant: nil).map(\.tenant))).sorted()
     }) { ctx in
         let r = try await ctx.service.applyPolicies(tenant: ctx.tenant, host: nil)
         return .ok("kept=\(r.kept) extended=\(r.extended)")
     }
 
     public static let gc = ScheduledJob(name: "gc", defaultInterval: 86400, windowed: true, protective: false,
-                                        tenants: { s in try s.catalog.tenants().map(\.name) }) { ctx in
+                                        tenants: { s in try await s.catalog.tenants().map(\.name) }) { ctx in
         // Store deletes left pending (a legal hold, a store error, each audited by gc itself)
         // are not a failure of the run: the next run takes them up again.
         let r = try await ctx.service.collectGarbage(tenant: ctx.tenant, Wire.GCRequest(dryRun: false), ctx: ctx.call)
@@ -45,14 +45,14 @@ public enum ServerJobs {
     }
 
     public static let scrub = ScheduledJob(name: "scrub", defaultInterval: 86400, windowed: true, protective: true,
-                                           tenants: { s in try s.catalog.tenants().map(\.name) }) { ctx in
+                                           tenants: { s in try await s.catalog.tenants().map(\.name) }) { ctx in
         try await ctx.service.scrub(ctx)
     }
 
     /// Keeps every held object's local lock a day ahead of the clock (`enforceHolds`).
     public static let legalHolds = ScheduledJob(name: "legal-holds", defaultInterval: 3600, windowed: false,
                                                 protective: true, tenants: { s in
-        Array(Set(try s.catalog.holds(active: true).map(\.tenant))).sorted()
+        Array(Set(try await s.catalog.holds(active: true).map(\.tenant))).sorted()
     }) { ctx in
         try await ctx.service.enforceHolds(tenant: ctx.tenant)
         return .ok("held")
@@ -60,8 +60,8 @@ public enum ServerJobs {
 
     public static let all = [policyApply, gc, copySync, lockProbe, legalHolds, scrub]
 
-    @Sendable static func tenantsWithCopyTargets(_ s: RepositoryService) throws -> [String] {
-        Array(Set(try s.catalog.copyTargets(tenant: nil).map(\.tenant))).sorted()
+    @Sendable static func tenantsWithCopyTargets(_ s: RepositoryService) async throws -> [String] {
+        Array(Set(try await s.catalog.copyTargets(tenant: nil).map(\.tenant))).sorted()
     }
 }
 
@@ -71,12 +71,12 @@ extension RepositoryService {
     /// a key. A pack that fails is an `E_INTEGRITY` finding, one the store lacks `E_NOT_FOUND`.
     func scrub(_ ctx: JobContext) async throws -> JobOutcome {
         let interval = ctx.schedule.interval(ServerJobs.scrub.name, default: ServerJobs.scrub.defaultInterval)
-        let slice = try catalog.scrubSlice(tenant: ctx.tenant, now: ctx.now, period: ServerJobs.scrubPeriod,
+        let slice = try await catalog.scrubSlice(tenant: ctx.tenant, now: ctx.now, period: ServerJobs.scrubPeriod,
                                            interval: interval)
         var found = 0, bytes: Int64 = 0
         for (hex, _) in slice {
             try Task.checkCancellation()
-            guard ctx.stillHoldsLease() else {
+            guard await ctx.stillHoldsLease() else {
                 throw ServerError(409, "E_CONFLICT", "the scrub's lease was taken by another server; it stops here")
             }
             guard let id = PackID(hex: hex) else { continue }
@@ -85,21 +85,21 @@ extension RepositoryService {
             switch try await checkStoredPack(tenant: ctx.tenant, id: id) {
             case .missing:
                 found += 1
-                try finding(ctx, "scrub", object: object, code: "E_NOT_FOUND", detail: """
+                try await finding(ctx, "scrub", object: object, code: "E_NOT_FOUND", detail: """
                     \(object) of tenant \(ctx.tenant) is in the catalog but not in the store: restore it from a copy \
                     (`redoubt admin copy`)
                     """)
-                try catalog.recordScrub(tenant: ctx.tenant, pack: hex, result: "missing", at: ctx.now)
+                try await catalog.recordScrub(tenant: ctx.tenant, pack: hex, result: "missing", at: ctx.now)
             case .damaged(let why):
                 found += 1
-                try finding(ctx, "scrub", object: object, code: "E_INTEGRITY", detail: """
+                try await finding(ctx, "scrub", object: object, code: "E_INTEGRITY", detail: """
                     \(object) of tenant \(ctx.tenant) is damaged in the store (\(why)): restore it from a \
                     copy, and check the disk
                     """)
-                try catalog.recordScrub(tenant: ctx.tenant, pack: hex, result: "damaged", at: ctx.now)
+                try await catalog.recordScrub(tenant: ctx.tenant, pack: hex, result: "damaged", at: ctx.now)
             case .ok(let size):
                 bytes += Int64(size)
-                try catalog.recordScrub(tenant: ctx.tenant, pack: hex, result: "ok", at: ctx.now)
+                try await catalog.recordScrub(tenant: ctx.tenant, pack: hex, result: "ok", at: ctx.now)
             }
         }
         let summary = "packs=\(slice.count) bytes=\(bytes) findings=\(found)"
@@ -110,14 +110,14 @@ extension RepositoryService {
     /// must refuse deletion). A bucket that fails is an `E_LOCK_UNENFORCED` finding.
     func probeCopyLocks(_ ctx: JobContext) async throws -> JobOutcome {
         var failed: [String] = []
-        for t in try catalog.copyTargets(tenant: ctx.tenant) {
-            let proof = await try t.store().proveLocks(now: ctx.now)
+        for t in try await catalog.copyTargets(tenant: ctx.tenant) {
+            let proof = try await t.store().proveLocks(now: ctx.now)
             let detail = proof.firstFailure ?? "all lock checks passed"
-            try catalog.recordCopyProof(t.id, at: ctx.now, ok: proof.passed, detail: detail)
-            audit(ctx.call, .copyProof, object: t.url, outcome: proof.passed ? "ok" : "denied", detail: detail)
+            try await catalog.recordCopyProof(t.id, at: ctx.now, ok: proof.passed, detail: detail)
+            await audit(ctx.call, .copyProof, object: t.url, outcome: proof.passed ? "ok" : "denied", detail: detail)
             if !proof.passed {
                 failed.append(t.url)
-                try finding(ctx, "lock-probe", object: t.url, code: "E_LOCK_UNENFORCED", detail: """
+                try await finding(ctx, "lock-probe", object: t.url, code: "E_LOCK_UNENFORCED", detail: """
                     copy target \(t.url) of tenant \(ctx.tenant) no longer enforces Object Lock COMPLIANCE \
                     (\(detail)): its copies can be deleted
                     """)
@@ -127,13 +127,14 @@ extension RepositoryService {
     }
 
     /// Keeps a finding for the alerting component; a new one is logged as an error and audited.
-    private func finding(_ ctx: JobContext, _ source: String, object: String, code: String, detail: String) throws {
-        let new = try catalog.recordFinding(tenant: ctx.tenant, object: object, code: code, detail: detail,
+    private func finding(_ ctx: JobContext, _ source: String, object: String, code: String,
+            detail: String) async throws {
+        let new = try await catalog.recordFinding(tenant: ctx.tenant, object: object, code: code, detail: detail,
                                             source: source, at: ctx.now)
         logger.error("integrity finding", metadata: ["tenant": "\(ctx.tenant)", "object": "\(object)",
                                                      "code": "\(code)", "detail": "\(detail)", "new": "\(new)"])
         if new {
-            audit(ctx.call, .integrityFinding, object: object, outcome: "damaged", detail: "\(code) \(detail)")
+            await audit(ctx.call, .integrityFinding, object: object, outcome: "damaged", detail: "\(code) \(detail)")
         }
     }
 }

@@ -43,14 +43,14 @@ public struct SnapshotTimeBounds: Sendable, Equatable {
 extension RepositoryService {
     /// Refuses a manifest whose claimed time is outside ``SnapshotTimeBounds``.
     func checkSnapshotTime(_ header: ManifestHeader, host: Principal, tenant: String, now: Date,
-        ctx: CallContext) throws {
+        ctx: CallContext) async throws {
         let time = header.time.date
-        let floor = try catalog.hostTimeFloor(tenant: tenant, host: host.name, principalID: host.id)
+        let floor = try await catalog.hostTimeFloor(tenant: tenant, host: host.name, principalID: host.id)
         guard let why = timeBounds.problem(time: time, now: now, lastClaimed: floor.lastClaimed,
             enrolled: floor.enrolled) else {
             return
         }
-        throw refuse(ctx, .commitSnapshot, object: "snapshot of host \(tenant)/\(host.name)", ServerError(422,
+        throw await refuse(ctx, .commitSnapshot, object: "snapshot of host \(tenant)/\(host.name)", ServerError(422,
             "E_CLOCK",
             "commit refused: \(why). Set the host's clock (NTP, `timedatectl`) and back up again; the server orders "
                 + "and keeps "

@@ -22,18 +22,19 @@ extension RepositoryService {
     @discardableResult
     func judgeCommit(_ rec: SnapshotRecord, manifest: Manifest, principal p: Principal) async -> SnapshotVerdict? {
         do {
-            let settings = Wire.DetectionSettings.defaults.merging(try catalog.detectionSettings(tenant: rec.tenant))
+            let stored = try await catalog.detectionSettings(tenant: rec.tenant)
+            let settings = Wire.DetectionSettings.defaults.merging(stored)
             let baseline = settings.baselineSnapshots ?? 10
             // Why suspect ones are left out: a slow attack must not raise its own baseline.
-            let past = try catalog.verdicts(tenant: rec.tenant, host: rec.host, limit: baseline * 4 + 16)
+            let past = try await catalog.verdicts(tenant: rec.tenant, host: rec.host, limit: baseline * 4 + 16)
             let history = past.filter { $0.verdict.kind != .suspect && $0.snapshot != rec.id }.prefix(baseline)
             var s = VerdictSignals()
             s.activity = manifest.header.activity
             s.files = rec.statistics.files
-            (s.newBytes, s.newChunks, s.referencedBytes) = try catalog.snapshotPackVolumes(tenant: rec.tenant,
+            (s.newBytes, s.newChunks, s.referencedBytes) = try await catalog.snapshotPackVolumes(tenant: rec.tenant,
                                                                                            snapshot: rec.id)
             let actor = "\(p.role.rawValue):\(p.tenant.map { $0 + "/" } ?? "")\(p.name)"
-            let refusals = try catalog.refusals(actor: actor, afterSeq: past.first?.auditSeq ?? 0)
+            let refusals = try await catalog.refusals(actor: actor, afterSeq: past.first?.auditSeq ?? 0)
             s.refused = refusals.count
             var verdict = VerdictScorer.score(s, history: history.map(\.signals), settings: settings)
             // Why a suspect host stays suspect: after an attack the files stay encrypted and the
@@ -44,10 +45,10 @@ extension RepositoryService {
                     "follows suspect snapshot \(inherited.snapshot) of this host, which no admin has cleared",
                 ] + (verdict.kind == .suspect ? verdict.reasons : []))
             }
-            try catalog.insertVerdict(VerdictRecord(snapshot: rec.id, tenant: rec.tenant, host: rec.host,
+            try await catalog.insertVerdict(VerdictRecord(snapshot: rec.id, tenant: rec.tenant, host: rec.host,
                                                     committedAt: rec.committedAt, verdict: verdict, signals: s,
                                                     auditSeq: refusals.lastSeq))
-            detectorAudit(.snapshotVerdict, object: "snapshot \(rec.id)", outcome: verdict.kind.rawValue,
+            await detectorAudit(.snapshotVerdict, object: "snapshot \(rec.id)", outcome: verdict.kind.rawValue,
                           detail: "host=\(rec.tenant)/\(rec.host) " + verdict.reasons.joined(separator: "; "))
             if verdict.kind == .suspect && inherited == nil {
                 let candidates = past.filter { $0.verdict.kind != .suspect && $0.snapshot != rec.id }
@@ -57,7 +58,7 @@ extension RepositoryService {
             return verdict
         } catch {
             logger.error("could not judge a snapshot", metadata: ["snapshot": "\(rec.id)", "error": "\(error)"])
-            detectorAudit(.snapshotVerdict, object: "snapshot \(rec.id)", outcome: "error", detail: "\(error)")
+            await detectorAudit(.snapshotVerdict, object: "snapshot \(rec.id)", outcome: "error", detail: "\(error)")
             return nil
         }
     }
@@ -66,49 +67,50 @@ extension RepositoryService {
     /// that none holds yet. A hold only protects; lifting it is `release-hold`, approved by
     /// the admins' quorum like any other (§4.2), and no writer may ask for it.
     private func holdAfterSuspect(_ rec: SnapshotRecord, verdict: SnapshotVerdict, keep: [VerdictRecord]) async throws {
-        let now = try now()
+        let now = try await now()
         var holds: [String] = [], held: [String] = []
         let why = String("automatic: snapshot \(rec.id.prefix(16)) of host \(rec.host) is suspect: "
                          + (verdict.reasons.first ?? "")).prefix(1000)
-        for v in keep where try !catalog.isHeld(snapshot: v.snapshot) {
+        for v in keep where try await !catalog.isHeld(snapshot: v.snapshot) {
             let hold = LegalHold(id: hexString((0..<6).map { _ in UInt8.random(in: 0...255) }), kind: .snapshot,
                                  target: v.snapshot, tenant: rec.tenant, reason: String(why),
                                  createdBy: "detector", createdAt: now, releasedAt: nil, releaseRequest: nil)
-            try catalog.insertHold(hold)
-            detectorAudit(.placeHold, object: "hold \(hold.id)",
+            try await catalog.insertHold(hold)
+            await detectorAudit(.placeHold, object: "hold \(hold.id)",
                           outcome: "ok", detail: "snapshot=\(v.snapshot) tenant=\(rec.tenant) reason=\(why)")
             holds.append(hold.id)
             held.append(v.snapshot)
         }
         if !holds.isEmpty {
             try await enforceHolds(tenant: rec.tenant)
-            if try !catalog.copyTargets(tenant: rec.tenant).isEmpty {
-                requestJob(ServerJobs.copySync.name, tenant: rec.tenant)
+            if try await !catalog.copyTargets(tenant: rec.tenant).isEmpty {
+                await requestJob(ServerJobs.copySync.name, tenant: rec.tenant)
             }
         }
-        announceSuspect(SuspectSnapshotEvent(tenant: rec.tenant, host: rec.host, snapshot: rec.id,
+        await announceSuspect(SuspectSnapshotEvent(tenant: rec.tenant, host: rec.host, snapshot: rec.id,
                                              reasons: verdict.reasons, holds: holds, heldSnapshots: held))
     }
 
     /// Announces a suspect snapshot: one log line at `critical` today. Notifications hook in
     /// here (one call per suspect snapshot, after its holds are placed and audited).
-    public func announceSuspect(_ event: SuspectSnapshotEvent) {
+    public func announceSuspect(_ event: SuspectSnapshotEvent) async {
         logger.critical("suspect snapshot: possible ransomware on the host", metadata: [
             "tenant": "\(event.tenant)", "host": "\(event.host)", "snapshot": "\(event.snapshot)",
             "reasons": "\(event.reasons.joined(separator: "; "))", "holds": "\(event.holds.joined(separator: ","))",
         ])
         let held = event.heldSnapshots.isEmpty ? "no earlier snapshot to hold"
             : "held: " + event.heldSnapshots.map { String($0.prefix(8)) }.joined(separator: ", ")
-        notifier.post(MonitorEvent(.suspectSnapshot, tenant: event.tenant, host: event.host,
+        await notifier.post(MonitorEvent(.suspectSnapshot, tenant: event.tenant, host: event.host,
                                    summary: "snapshot \(event.snapshot.prefix(8)) of \(event.host) looks like "
                                        + "ransomware (\(event.reasons.joined(separator: "; "))); \(held)",
                                    command: "redoubt snapshots --host \(event.host)",
                                    key: "suspect-snapshot:\(event.tenant):\(event.snapshot)", lasting: false))
     }
 
-    private func detectorAudit(_ action: Action, object: String, outcome: String, detail: String) {
+    private func detectorAudit(_ action: Action, object: String, outcome: String, detail: String) async {
         do {
-            _ = try catalog.audit(time: (try? now()) ?? clock.now(), actor: "detector", role: "-", credential: "-",
+            _ = try await catalog.audit(time: (try? now()) ?? clock.now(), actor: "detector", role: "-",
+                    credential: "-",
                                   source: "local", action: action.rawValue, object: limits.boundedAuditField(object),
                                   outcome: outcome, detail: limits.boundedAuditField(detail))
         } catch {
@@ -117,8 +119,8 @@ extension RepositoryService {
     }
 
     /// Adds each snapshot's verdict and reasons (for the roles that may see them).
-    func withVerdicts(_ list: [Wire.SnapshotInfo]) throws -> [Wire.SnapshotInfo] {
-        let verdicts = try catalog.verdicts(snapshots: list.map(\.id))
+    func withVerdicts(_ list: [Wire.SnapshotInfo]) async throws -> [Wire.SnapshotInfo] {
+        let verdicts = try await catalog.verdicts(snapshots: list.map(\.id))
         return list.map { info in
             var i = info
             if let v = verdicts[i.id] {
@@ -134,7 +136,7 @@ extension RepositoryService {
     /// host's next snapshots no longer follow it as suspect), so it is the gated change
     /// `clear-verdict` (§4.2). Holds already placed stay until released as any hold.
     public func clearVerdict(_ idHex: String, _ req: Wire.ClearVerdictRequest,
-                             ctx: CallContext) throws -> Wire.VerdictInfo {
+                             ctx: CallContext) async throws -> Wire.VerdictInfo {
         guard let p = ctx.principal, p.role == .admin else {
             throw ServerError.forbidden("only an admin may clear a verdict")
         }
@@ -142,18 +144,18 @@ extension RepositoryService {
             throw ServerError.badRequest("the reason must be 1 to 1024 bytes of printable text (no control, format "
                                          + "or line-separator characters, no leading or trailing space)")
         }
-        let id = try resolveSnapshotID(idHex, ctx: ctx)
-        guard let v = try catalog.verdicts(snapshots: [id])[id] else {
+        let id = try await resolveSnapshotID(idHex, ctx: ctx)
+        guard let v = try await catalog.verdicts(snapshots: [id])[id] else {
             throw ServerError.notFound("snapshot \(id) has no verdict: `redoubt snapshots` shows verdicts")
         }
         guard v.verdict.kind == .suspect else {
             throw ServerError(409, "E_CONFLICT", "snapshot \(id) is \(v.verdict.kind.rawValue), not suspect")
         }
-        try authorize(.clearVerdict, object: "snapshot \(id)", parameters: ["reason": req.reason],
+        try await authorize(.clearVerdict, object: "snapshot \(id)", parameters: ["reason": req.reason],
                       requestID: req.requestID, consume: true, ctx: ctx)
         let reasons = ["cleared by admin \(p.name): \(req.reason)"] + v.verdict.reasons.map { "was: " + $0 }
-        try catalog.clearVerdict(snapshot: id, reasons: reasons)
-        audit(ctx, .clearVerdict, object: "snapshot \(id)", outcome: "ok",
+        try await catalog.clearVerdict(snapshot: id, reasons: reasons)
+        await audit(ctx, .clearVerdict, object: "snapshot \(id)", outcome: "ok",
               detail: "host=\(v.tenant)/\(v.host) request=\(req.requestID ?? "-") reason=\(req.reason)")
         return Wire.VerdictInfo(snapshot: id, verdict: SnapshotVerdict.Kind.clean.rawValue, reasons: reasons)
     }
@@ -161,16 +163,16 @@ extension RepositoryService {
     /// `PUT /v1/tenants/{tenant}/detection` (admin): sets the fields the request sends, keeps
     /// the rest, and returns the settings in force (defaults filled in).
     public func setDetection(tenant: String, _ req: Wire.DetectionSettings,
-                             ctx: CallContext) throws -> Wire.DetectionSettings {
-        guard try catalog.tenant(tenant) != nil else {
+                             ctx: CallContext) async throws -> Wire.DetectionSettings {
+        guard try await catalog.tenant(tenant) != nil else {
             throw ServerError.notFound("tenant \(tenant) does not exist: `redoubt admin tenant list`")
         }
         if let problem = req.problem { throw ServerError.badRequest("detection settings refused: \(problem)") }
-        let merged = try catalog.detectionSettings(tenant: tenant).merging(req)
+        let merged = try await catalog.detectionSettings(tenant: tenant).merging(req)
         if req != Wire.DetectionSettings() {
-            try catalog.setDetectionSettings(tenant: tenant, merged)
+            try await catalog.setDetectionSettings(tenant: tenant, merged)
             let json = (try? JSONEncoder().encode(req)).map { String(decoding: $0, as: UTF8.self) } ?? ""
-            audit(ctx, .setDetection, object: "tenant \(tenant)", outcome: "ok", detail: json)
+            await audit(ctx, .setDetection, object: "tenant \(tenant)", outcome: "ok", detail: json)
         }
         return Wire.DetectionSettings.defaults.merging(merged)
     }

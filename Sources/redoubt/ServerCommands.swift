@@ -68,7 +68,7 @@ struct ServerInit: AsyncParsableCommand {
             let primary = try primaryStore()
             let (settings, cred) = try await ServerHome(path: data).initialize(listen: listen, minRetention: r,
                 now: Date(), limits: limits, store: primary)
-            try ServerHome(path: data).setQuorum(quorum)
+            try await ServerHome(path: data).setQuorum(quorum)
             print("Initialised a Redoubt server in \(ServerHome(path: data).root.path)")
             print("  URL:              \(settings.url)")
             if let t = try primary?.target() { print("  store:            \(t.redacted), Object Lock proved") }
@@ -138,7 +138,7 @@ struct ServerRun: AsyncParsableCommand {
             if let store = service.store as? any ImmutabilityReporting, let warning = store.immutabilityWarning {
                 // Why loud: without the flag, root on this host can alter packs unnoticed until verify.
                 FileHandle.standardError.write(Data("WARNING: \(warning)\n".utf8))
-                service.recordImmutabilityWarning(warning)
+                await service.recordImmutabilityWarning(warning)
             }
             // Descriptors written before format 2 held the write material in the clear; later
             // copies must not carry it.
@@ -542,7 +542,7 @@ struct AuditVerify: AsyncParsableCommand {
                 }
                 head = Catalog.AuditChainHead(seq: seq, hash: parts[1].lowercased())
             }
-            let report = try ServerHome(path: data).verifyAudit(anchor: head)
+            let report = try await ServerHome(path: data).verifyAudit(anchor: head)
             if json { try printJSON(report) } else if let bad = report.firstBad {
                 print("audit log BROKEN at record \(bad) (\(report.records) records verified before it)")
             } else {

@@ -45,7 +45,7 @@ import RedoubtKMS
                 _ = try await alice.shredTenant(tenant: "acme", confirm: "acme", destroyedVersions: [],
                     requestID: req.id)
             }
-            #expect(try server.service.catalog.tenant("acme")?.shreddedAt == nil)
+            #expect(try await server.service.catalog.tenant("acme")?.shreddedAt == nil)
 
             // Bob approves. The approval is for this shred only: not for lowering a retention.
             let approved = try await bob.decide(request: req.id, approve: true)
@@ -55,7 +55,7 @@ import RedoubtKMS
             await refused("E_FORBIDDEN", "bob carrying out alice's approved shred") {
                 _ = try await bob.shredTenant(tenant: "acme", confirm: "acme", destroyedVersions: [], requestID: req.id)
             }
-            #expect(try server.service.catalog.tenant("acme")?.shreddedAt == nil)
+            #expect(try await server.service.catalog.tenant("acme")?.shreddedAt == nil)
             await refused("E_FORBIDDEN", "the shred approval used for a retention change") {
                 _ = try await alice.setMinRetention(tenant: "acme", seconds: 86400, requestID: req.id)
             }
@@ -84,7 +84,7 @@ import RedoubtKMS
             await refused("E_APPROVAL_PENDING", "using a rejected request") {
                 _ = try await alice.setMinRetention(tenant: "beta", seconds: 7 * 86400, requestID: lower.id)
             }
-            #expect(try server.service.catalog.tenant("beta")?.minRetention == 90 * 86400)
+            #expect(try await server.service.catalog.tenant("beta")?.minRetention == 90 * 86400)
             // A request approves exactly its parameters: 7 days approved is not 1 day.
             await refused("E_APPROVAL_REQUIRED", "lowering again") {
                 _ = try await alice.setMinRetention(tenant: "beta", seconds: 7 * 86400, requestID: nil)
@@ -147,7 +147,7 @@ import RedoubtKMS
             let actions = Set(log.map(\.action))
             #expect(actions.isSuperset(of: ["request", "approve", "reject", "execute-request", "shred-tenant",
                 "set-retention", "remove-admin"]))
-            #expect(try server.service.catalog.verifyAudit().firstBad == nil)
+            #expect(try await server.service.catalog.verifyAudit().firstBad == nil)
         } catch { Issue.record("\(error)") }
         await finish(server, [bob, writer])
     }
@@ -168,7 +168,7 @@ import RedoubtKMS
             await refused("E_APPROVAL_REQUIRED", "a lone rotation") {
                 _ = try await alice.rotateReadKey(tenant: "acme", wrappedReadKey: approved)
             }
-            #expect(try server.service.catalog.tenant("acme")?.keyVersion == 1)
+            #expect(try await server.service.catalog.tenant("acme")?.keyVersion == 1)
             let req = try #require(try await alice.requests().first { $0.action == "rotate-read-key" })
             #expect(req.parameters["version"] == "2" && req.parameters["wrappedReadKey"] == approved
                 && req.parameters["provider"] == "passphrase:")

@@ -61,7 +61,7 @@ struct CatalogConformance: Sendable {
             minRetention: day, createdAt: t0)
     }
 
-    static func admin(_ name: String) -> Principal {
+    static func admin(_ name: String) async -> Principal {
         Principal(id: "id-\(name)", role: .admin, tenant: nil, name: name, fingerprint: "fp-\(name)", hostKey: nil)
     }
 
@@ -78,10 +78,10 @@ struct CatalogConformance: Sendable {
     @discardableResult
     static func refused(
         _ code: CatalogError.Code, _ what: String, sourceLocation: SourceLocation = #_sourceLocation,
-        _ body: () throws -> Void
-    ) -> CatalogError? {
+        _ body: () async throws -> Void
+    ) async -> CatalogError? {
         do {
-            try body()
+            try await body()
             Issue.record("\(what) was not refused (expected \(code))", sourceLocation: sourceLocation)
         } catch let e as CatalogError {
             #expect(e.code == code, "\(what): \(e)", sourceLocation: sourceLocation)
@@ -99,224 +99,229 @@ struct CatalogConformance: Sendable {
         case .packAndItsChunksAreRecordedTogether:
             // Every chunk is indexed, whatever the batch size, and answers with its pack.
             let chunks = (0..<7).map(Self.chunk)
-            try c.insertPack(
+            try await c.insertPack(
                 tenant: "acme", id: Self.pack(1).description, key: Self.packKey("acme", Self.pack(1)), size: 700,
                 retainUntil: t0.addingTimeInterval(day), chunkIDs: chunks, now: t0, uploader: "w1", batch: 3,
                     verified: false)
-            #expect(try c.pack(tenant: "acme", id: Self.pack(1).description)?.size == 700)
+            #expect(try await c.pack(tenant: "acme", id: Self.pack(1).description)?.size == 700)
             #expect(
-                try c.chunkLocations(tenant: "acme", ids: chunks, scope: nil, orVerified: false)
+                try await c.chunkLocations(tenant: "acme", ids: chunks, scope: nil, orVerified: false)
                     == Dictionary(uniqueKeysWithValues: chunks.map { ($0, Self.pack(1)) }))
             // A refused record leaves neither the pack nor any of its chunks.
             let claimed = Self.packKey("acme", Self.pack(2))
-            try c.insertPack(
+            try await c.insertPack(
                 tenant: "acme", id: Self.pack(2).description, key: claimed, size: 1, retainUntil: t0, chunkIDs: [],
                 now: t0, uploader: nil, batch: 10, verified: false)
-            _ = try c.collect(tenant: "acme", now: t0.addingTimeInterval(30 * day), grace: 7 * day, dryRun: false)
-            #expect(try c.claimPendingDelete(claimed, tenant: "acme", now: t0.addingTimeInterval(30 * day)))
-            Self.refused(.beingCollected, "recording a pack whose deletion is under way") {
-                try c.insertPack(
+            _ = try await c.collect(tenant: "acme", now: t0.addingTimeInterval(30 * day), grace: 7 * day, dryRun: false)
+            #expect(try await c.claimPendingDelete(claimed, tenant: "acme", now: t0.addingTimeInterval(30 * day)))
+            await Self.refused(.beingCollected, "recording a pack whose deletion is under way") {
+                try await c.insertPack(
                     tenant: "acme", id: Self.pack(2).description, key: claimed, size: 1,
                     retainUntil: t0.addingTimeInterval(60 * day),
                     chunkIDs: [Self.chunk(50)], now: t0.addingTimeInterval(30 * day), uploader: "w1", batch: 10,
                         verified: false)
             }
-            #expect(try c.pack(tenant: "acme", id: Self.pack(2).description) == nil)
-            #expect(try c.chunkLocations(tenant: "acme", ids: [Self.chunk(50)], scope: nil, orVerified: false).isEmpty)
+            #expect(try await c.pack(tenant: "acme", id: Self.pack(2).description) == nil)
+            #expect(try await c.chunkLocations(tenant: "acme", ids: [Self.chunk(50)], scope: nil,
+                    orVerified: false).isEmpty)
 
         case .chunkQueriesStayInTheirScopeAndTenant:
             let shared = Self.chunk(1), own1 = Self.chunk(2), own2 = Self.chunk(3)
-            try c.insertPack(
+            try await c.insertPack(
                 tenant: "acme", id: Self.pack(1).description, key: Self.packKey("acme", Self.pack(1)), size: 1,
                 retainUntil: t0, chunkIDs: [shared, own1], now: t0, uploader: "w1", batch: 100, verified: false)
-            try c.insertPack(
+            try await c.insertPack(
                 tenant: "acme", id: Self.pack(2).description, key: Self.packKey("acme", Self.pack(2)), size: 1,
                 retainUntil: t0, chunkIDs: [shared, own2], now: t0, uploader: "w2", batch: 100, verified: false)
             // Within a scope, the first pack recorded for a chunk keeps it.
-            try c.insertPack(
+            try await c.insertPack(
                 tenant: "acme", id: Self.pack(3).description, key: Self.packKey("acme", Self.pack(3)), size: 1,
                 retainUntil: t0, chunkIDs: [shared], now: t0, uploader: "w1", batch: 100, verified: false)
             let ids = [shared, own1, own2]
             #expect(
-                try c.chunkLocations(tenant: "acme", ids: ids, scope: "w1", orVerified: false) == [
+                try await c.chunkLocations(tenant: "acme", ids: ids, scope: "w1", orVerified: false) == [
                     shared: Self.pack(1), own1: Self.pack(1),
                 ])
             #expect(
-                try c.chunkLocations(tenant: "acme", ids: ids, scope: "w2", orVerified: false) == [
+                try await c.chunkLocations(tenant: "acme", ids: ids, scope: "w2", orVerified: false) == [
                     shared: Self.pack(2), own2: Self.pack(2),
                 ])
-            #expect(try c.chunkLocations(tenant: "acme", ids: ids, scope: "w3", orVerified: false).isEmpty)
+            #expect(try await c.chunkLocations(tenant: "acme", ids: ids, scope: "w3", orVerified: false).isEmpty)
             // Chunks whose bytes the server checked answer every scope that asks for them
             // too; unchecked ones of other scopes never do.
             let checked = Self.chunk(4)
-            try c.insertPack(
+            try await c.insertPack(
                 tenant: "acme", id: Self.pack(4).description, key: Self.packKey("acme", Self.pack(4)), size: 1,
                 retainUntil: t0, chunkIDs: [checked], now: t0, uploader: "w4", batch: 100, verified: true)
             #expect(
-                try c.chunkLocations(tenant: "acme", ids: ids + [checked], scope: "w3", orVerified: true)
+                try await c.chunkLocations(tenant: "acme", ids: ids + [checked], scope: "w3", orVerified: true)
                     == [checked: Self.pack(4)])
-            #expect(try c.chunkLocations(tenant: "acme", ids: [checked], scope: "w3", orVerified: false).isEmpty)
-            let tenantWide = try c.chunkLocations(tenant: "acme", ids: ids, scope: nil, orVerified: false)
+            #expect(try await c.chunkLocations(tenant: "acme", ids: [checked], scope: "w3", orVerified: false).isEmpty)
+            let tenantWide = try await c.chunkLocations(tenant: "acme", ids: ids, scope: nil, orVerified: false)
             #expect(Set(tenantWide.keys) == Set(ids) && [Self.pack(1), Self.pack(2)].contains(tenantWide[shared]))
             // Another tenant holding the same chunk never answers for this one.
-            #expect(try c.chunkLocations(tenant: "other", ids: ids, scope: nil, orVerified: false).isEmpty)
+            #expect(try await c.chunkLocations(tenant: "other", ids: ids, scope: nil, orVerified: false).isEmpty)
             // More IDs than one query may bind.
             let many = (0..<1200).map { Self.chunk(10_000 + $0) }
-            #expect(try c.chunkLocations(tenant: "acme", ids: many + [own1], scope: nil,
+            #expect(try await c.chunkLocations(tenant: "acme", ids: many + [own1], scope: nil,
                 orVerified: false) == [own1: Self.pack(1)])
 
         case .aCommitNeedsEveryPackStillHeld:
-            try c.insertPack(
+            try await c.insertPack(
                 tenant: "acme", id: Self.pack(1).description, key: Self.packKey("acme", Self.pack(1)), size: 1,
                 retainUntil: t0, chunkIDs: [], now: t0, uploader: "w1", batch: 10, verified: false)
-            #expect(try c.missingPacks(tenant: "acme", packs: [Self.pack(1), Self.pack(2)]) == [Self.pack(2)])
-            #expect(try c.missingPacks(tenant: "other", packs: [Self.pack(1)]) == [Self.pack(1)])
+            #expect(try await c.missingPacks(tenant: "acme", packs: [Self.pack(1), Self.pack(2)]) == [Self.pack(2)])
+            #expect(try await c.missingPacks(tenant: "other", packs: [Self.pack(1)]) == [Self.pack(1)])
             let s = Self.snapshot(1, committed: t0, retainUntil: t0.addingTimeInterval(day), packs: 2)
-            let e = Self.refused(.packsMissing, "a commit naming a pack the tenant does not hold") {
-                try c.insertSnapshot(s, packs: [Self.pack(1), Self.pack(2)], requirePacks: true, manifestKey: nil)
+            let e = await Self.refused(.packsMissing, "a commit naming a pack the tenant does not hold") {
+                try await c.insertSnapshot(s, packs: [Self.pack(1), Self.pack(2)], requirePacks: true, manifestKey: nil)
             }
             #expect(e?.packs == [Self.pack(2)])
-            #expect(try c.snapshot(id: s.id) == nil)
-            #expect(try c.snapshotPacks(id: s.id).isEmpty)
+            #expect(try await c.snapshot(id: s.id) == nil)
+            #expect(try await c.snapshotPacks(id: s.id).isEmpty)
             // A rebuild records what the store holds, missing packs too.
-            try c.insertSnapshot(s, packs: [Self.pack(2), Self.pack(1)], requirePacks: false, manifestKey: nil)
-            #expect(try c.snapshot(id: s.id) == s)
+            try await c.insertSnapshot(s, packs: [Self.pack(2), Self.pack(1)], requirePacks: false, manifestKey: nil)
+            #expect(try await c.snapshot(id: s.id) == s)
             #expect(
-                try c.snapshotPacks(id: s.id)
+                try await c.snapshotPacks(id: s.id)
                     == [Self.pack(1), Self.pack(2)].sorted { $0.description < $1.description })
-            #expect(try c.snapshots(tenant: "acme", host: nil).map(\.id) == [s.id])
-            #expect(try c.snapshots(tenant: "acme", host: "web2").isEmpty)
+            #expect(try await c.snapshots(tenant: "acme", host: nil).map(\.id) == [s.id])
+            #expect(try await c.snapshots(tenant: "acme", host: "web2").isEmpty)
 
         case .packLocksNeverMoveEarlier:
             let later = t0.addingTimeInterval(10 * day)
-            try c.insertPack(
+            try await c.insertPack(
                 tenant: "acme", id: Self.pack(1).description, key: Self.packKey("acme", Self.pack(1)), size: 1,
                 retainUntil: later, chunkIDs: [], now: t0, uploader: nil, batch: 10, verified: false)
-            try c.insertPack(
+            try await c.insertPack(
                 tenant: "acme", id: Self.pack(2).description, key: Self.packKey("acme", Self.pack(2)), size: 1,
                 retainUntil: t0, chunkIDs: [], now: t0, uploader: nil, batch: 10, verified: false)
             let until = t0.addingTimeInterval(5 * day)
-            let moved = try c.extendPackLocks(
+            let moved = try await c.extendPackLocks(
                 tenant: "acme", packs: [Self.pack(1), Self.pack(2)], until: until, requireAll: true)
             #expect(moved.map(\.0) == [Self.pack(2)] && moved.map(\.1) == [until])
-            #expect(try c.pack(tenant: "acme", id: Self.pack(1).description)?.retainUntil == later)
+            #expect(try await c.pack(tenant: "acme", id: Self.pack(1).description)?.retainUntil == later)
             // With requireAll, one missing pack moves nothing.
-            Self.refused(.packsMissing, "extending the locks of a pack collected meanwhile") {
-                _ = try c.extendPackLocks(
+            await Self.refused(.packsMissing, "extending the locks of a pack collected meanwhile") {
+                _ = try await c.extendPackLocks(
                     tenant: "acme", packs: [Self.pack(2), Self.pack(3)], until: t0.addingTimeInterval(99 * day),
                     requireAll: true)
             }
-            #expect(try c.pack(tenant: "acme", id: Self.pack(2).description)?.retainUntil == until)
+            #expect(try await c.pack(tenant: "acme", id: Self.pack(2).description)?.retainUntil == until)
 
         case .gcQueueReclaimRace:
             let p = Self.pack(1), key = Self.packKey("acme", p)
-            try c.insertPack(
+            try await c.insertPack(
                 tenant: "acme", id: p.description, key: key, size: 10, retainUntil: t0.addingTimeInterval(day),
                 chunkIDs: [Self.chunk(1)],
                 now: t0, uploader: "w1", batch: 10, verified: false)
             let now = t0.addingTimeInterval(30 * day)
-            let dry = try c.collect(tenant: "acme", now: now, grace: 7 * day, dryRun: true)
+            let dry = try await c.collect(tenant: "acme", now: now, grace: 7 * day, dryRun: true)
             #expect(dry.packs.map(\.id) == [p.description])
-            #expect(
-                try c.pack(tenant: "acme", id: p.description) != nil && c.pendingDeletes(tenant: "acme").isEmpty,
-                "a dry run changed the catalog")
-            let plan = try c.collect(tenant: "acme", now: now, grace: 7 * day, dryRun: false)
+            #expect(try await c.pack(tenant: "acme", id: p.description) != nil, "a dry run changed the catalog")
+            #expect(try await c.pendingDeletes(tenant: "acme").isEmpty, "a dry run changed the catalog")
+            let plan = try await c.collect(tenant: "acme", now: now, grace: 7 * day, dryRun: false)
             #expect(plan.packs.map(\.id) == [p.description] && plan.packs.map(\.size) == [10])
-            #expect(try c.pack(tenant: "acme", id: p.description) == nil)
+            #expect(try await c.pack(tenant: "acme", id: p.description) == nil)
             #expect(
-                try c.chunkLocations(tenant: "acme", ids: [Self.chunk(1)], scope: nil, orVerified: false).isEmpty,
+                try await c.chunkLocations(tenant: "acme", ids: [Self.chunk(1)], scope: nil, orVerified: false).isEmpty,
                 "a collected pack's chunks still answer")
-            #expect(try c.pendingDeletes(tenant: "acme") == [key])
+            #expect(try await c.pendingDeletes(tenant: "acme") == [key])
             // Queued but not claimed: recording it again takes it off the queue.
-            try c.reclaim(key: key)
-            #expect(try c.pendingDeletes(tenant: "acme").isEmpty)
+            try await c.reclaim(key: key)
+            #expect(try await c.pendingDeletes(tenant: "acme").isEmpty)
             // Queued again, then claimed: it cannot be recorded until the claim ends.
-            try c.insertPack(
+            try await c.insertPack(
                 tenant: "acme", id: p.description, key: key, size: 10, retainUntil: t0.addingTimeInterval(day),
                 chunkIDs: [],
                 now: t0, uploader: "w1", batch: 10, verified: false)
-            _ = try c.collect(tenant: "acme", now: now, grace: 7 * day, dryRun: false)
-            #expect(try c.claimPendingDelete(key, tenant: "acme", now: now))
-            Self.refused(.beingCollected, "reclaiming a claimed key") { try c.reclaim(key: key) }
+            _ = try await c.collect(tenant: "acme", now: now, grace: 7 * day, dryRun: false)
+            #expect(try await c.claimPendingDelete(key, tenant: "acme", now: now))
+            await Self.refused(.beingCollected, "reclaiming a claimed key") { try await c.reclaim(key: key) }
             let s = Self.snapshot(1, committed: now, retainUntil: now.addingTimeInterval(day), packs: 0)
-            Self.refused(.beingCollected, "recording a snapshot under a claimed manifest key") {
-                try c.insertSnapshot(s, packs: [], requirePacks: true, manifestKey: key)
+            await Self.refused(.beingCollected, "recording a snapshot under a claimed manifest key") {
+                try await c.insertSnapshot(s, packs: [], requirePacks: true, manifestKey: key)
             }
-            #expect(try c.snapshot(id: s.id) == nil)
+            #expect(try await c.snapshot(id: s.id) == nil)
             // A failed deletion releases the claim; the key waits for the next run.
-            try c.finishPendingDelete(key, done: false)
-            #expect(try c.pendingDeletes(tenant: "acme") == [key])
+            try await c.finishPendingDelete(key, done: false)
+            #expect(try await c.pendingDeletes(tenant: "acme") == [key])
             // Recorded again meanwhile: the next claim drops the key instead of deleting.
-            try c.insertPack(
+            try await c.insertPack(
                 tenant: "acme", id: p.description, key: key, size: 10, retainUntil: now.addingTimeInterval(day),
                 chunkIDs: [],
                 now: now, uploader: "w1", batch: 10, verified: false)
-            #expect(try c.pendingDeletes(tenant: "acme").isEmpty)
+            #expect(try await c.pendingDeletes(tenant: "acme").isEmpty)
             // A key queued while its object is recorded (a crash between the two) is never claimed.
-            _ = try c.collect(tenant: "acme", now: now.addingTimeInterval(30 * day), grace: 7 * day, dryRun: false)
-            #expect(try c.pendingDeletes(tenant: "acme") == [key])
-            try c.insertPack(
+            _ = try await c.collect(tenant: "acme", now: now.addingTimeInterval(30 * day), grace: 7 * day,
+                    dryRun: false)
+            #expect(try await c.pendingDeletes(tenant: "acme") == [key])
+            try await c.insertPack(
                 tenant: "acme", id: p.description, key: Self.packKey("acme", Self.pack(9)), size: 10,
                 retainUntil: now.addingTimeInterval(99 * day), chunkIDs: [], now: now, uploader: "w1", batch: 10,
                     verified: false)
-            #expect(try !c.claimPendingDelete(key, tenant: "acme", now: now.addingTimeInterval(30 * day)))
-            #expect(try c.pendingDeletes(tenant: "acme").isEmpty)
+            #expect(try await !c.claimPendingDelete(key, tenant: "acme", now: now.addingTimeInterval(30 * day)))
+            #expect(try await c.pendingDeletes(tenant: "acme").isEmpty)
             // Done: off the queue for good.
-            _ = try c.collect(tenant: "acme", now: now.addingTimeInterval(200 * day), grace: 7 * day, dryRun: false)
-            #expect(try c.claimPendingDelete(key, tenant: "acme", now: now.addingTimeInterval(200 * day)))
-            try c.finishPendingDelete(key, done: true)
-            #expect(try c.pendingDeletes(tenant: "acme").isEmpty)
+            _ = try await c.collect(tenant: "acme", now: now.addingTimeInterval(200 * day), grace: 7 * day,
+                    dryRun: false)
+            #expect(try await c.claimPendingDelete(key, tenant: "acme", now: now.addingTimeInterval(200 * day)))
+            try await c.finishPendingDelete(key, done: true)
+            #expect(try await c.pendingDeletes(tenant: "acme").isEmpty)
 
         case .collectionSparesHeldNamedAndNewest:
             for n in 1...3 {
-                try c.insertPack(
+                try await c.insertPack(
                     tenant: "acme", id: Self.pack(n).description, key: Self.packKey("acme", Self.pack(n)), size: n,
                     retainUntil: t0.addingTimeInterval(day), chunkIDs: [], now: t0, uploader: nil, batch: 10,
                         verified: false)
             }
             // s1 expired and superseded (goes), s2 expired but held, s3 expired but its host's newest.
-            try c.insertSnapshot(
+            try await c.insertSnapshot(
                 Self.snapshot(1, committed: t0, retainUntil: t0.addingTimeInterval(day), packs: 1),
                 packs: [Self.pack(1)],
                 requirePacks: true, manifestKey: nil)
-            try c.insertSnapshot(
+            try await c.insertSnapshot(
                 Self.snapshot(
                     2, committed: t0.addingTimeInterval(1), retainUntil: t0.addingTimeInterval(day), packs: 1),
                 packs: [Self.pack(2)], requirePacks: true, manifestKey: nil)
-            try c.insertSnapshot(
+            try await c.insertSnapshot(
                 Self.snapshot(
                     3, committed: t0.addingTimeInterval(2), retainUntil: t0.addingTimeInterval(day), packs: 1),
                 packs: [Self.pack(3)], requirePacks: true, manifestKey: nil)
-            try c.insertHold(
+            try await c.insertHold(
                 LegalHold(
                     id: "h1", kind: .snapshot, target: Self.snapshotID(2), tenant: "acme", reason: "case 1",
                     createdBy: "alice",
                     createdAt: t0, releasedAt: nil, releaseRequest: nil))
-            #expect(
-                try c.isHeld(snapshot: Self.snapshotID(2)) && c.isHeld(tenant: "acme", pack: Self.pack(2).description))
-            #expect(try !c.isHeld(snapshot: Self.snapshotID(1)))
-            let plan = try c.collect(
+            #expect(try await c.isHeld(snapshot: Self.snapshotID(2)))
+            #expect(try await c.isHeld(tenant: "acme", pack: Self.pack(2).description))
+            #expect(try await !c.isHeld(snapshot: Self.snapshotID(1)))
+            let plan = try await c.collect(
                 tenant: "acme", now: t0.addingTimeInterval(30 * day), grace: 7 * day, dryRun: false)
             #expect(plan.snapshots == [Self.snapshotID(1)] && plan.keptHeld == 1 && plan.keptNewest == 1)
             #expect(plan.packs.map(\.id) == [Self.pack(1).description])
-            #expect(try c.snapshot(id: Self.snapshotID(2)) != nil && c.snapshot(id: Self.snapshotID(3)) != nil)
+            #expect(try await c.snapshot(id: Self.snapshotID(2)) != nil)
+            #expect(try await c.snapshot(id: Self.snapshotID(3)) != nil)
             // A tenant hold keeps everything.
-            try c.insertHold(
+            try await c.insertHold(
                 LegalHold(
                     id: "h2", kind: .tenant, target: "acme", tenant: "acme", reason: "case 2", createdBy: "alice",
                     createdAt: t0, releasedAt: nil, releaseRequest: nil))
-            #expect(try c.isTenantHeld("acme"))
-            #expect(try c.releaseHold("h1", at: t0, request: nil) && !c.releaseHold("h1", at: t0, request: nil))
-            let held = try c.collect(
+            #expect(try await c.isTenantHeld("acme"))
+            #expect(try await c.releaseHold("h1", at: t0, request: nil))
+            #expect(try await !c.releaseHold("h1", at: t0, request: nil))
+            let held = try await c.collect(
                 tenant: "acme", now: t0.addingTimeInterval(400 * day), grace: 7 * day, dryRun: false)
             #expect(held.snapshots.isEmpty && held.packs.isEmpty)
-            #expect(try c.holds(active: true).map(\.id) == ["h2"] && c.holds(active: false).map(\.id) == ["h1", "h2"])
+            #expect(try await c.holds(active: true).map(\.id) == ["h2"])
+            #expect(try await c.holds(active: false).map(\.id) == ["h1", "h2"])
 
         case .auditAppendsChainInOrderAndPage:
-            #expect(try c.auditChainHead() == Catalog.AuditChainHead(seq: 0, hash: Catalog.auditGenesis))
+            #expect(try await c.auditChainHead() == Catalog.AuditChainHead(seq: 0, hash: Catalog.auditGenesis))
             var last: Catalog.AuditRecord?
             for i in 1...25 {
-                last = try c.audit(
+                last = try await c.audit(
                     time: t0.addingTimeInterval(Double(i) + 0.123456), actor: "alice", role: "admin", credential: "fp",
                     source: "127.0.0.1", action: i % 5 == 0 ? "copy-sync" : "list", object: "tenant acme",
                     outcome: "ok",
@@ -329,13 +334,13 @@ struct CatalogConformance: Sendable {
             var pages: [[Int64]] = []
             var after: Int64 = 0
             while true {
-                let page = try c.auditRecords(after: after, limit: 10)
+                let page = try await c.auditRecords(after: after, limit: 10)
                 if page.isEmpty { break }
                 pages.append(page.map(\.seq))
                 after = page[page.count - 1].seq
             }
             #expect(pages == [Array(1...10), Array(11...20), Array(21...25)])
-            let all = try c.auditRecords(after: 0, limit: 100)
+            let all = try await c.auditRecords(after: 0, limit: 100)
             #expect(
                 all.last?.hash == last?.hash && all.last?.detail == last?.detail
                     && all[0].prevHash == Catalog.auditGenesis)
@@ -343,17 +348,17 @@ struct CatalogConformance: Sendable {
             #expect(
                 all[3].time.timeIntervalSince1970 == t0.addingTimeInterval(Double(4) + 0.123456).timeIntervalSince1970,
                 "a time did not read back exactly as hashed")
-            #expect(try c.auditChainHead() == Catalog.AuditChainHead(seq: 25, hash: last?.hash ?? ""))
-            #expect(try c.verifyAudit() == (nil, 25))
-            #expect(try c.verifyAudit(anchor: c.auditChainHead()) == (nil, 25))
-            #expect(try c.copyEvents().map(\.seq) == [5, 10, 15, 20, 25])
+            #expect(try await c.auditChainHead() == Catalog.AuditChainHead(seq: 25, hash: last?.hash ?? ""))
+            #expect(try await c.verifyAudit() == (nil, 25))
+            #expect(try await c.verifyAudit(anchor: c.auditChainHead()) == (nil, 25))
+            #expect(try await c.copyEvents().map(\.seq) == [5, 10, 15, 20, 25])
 
         case .concurrentAuditAppendsNeitherForkNorGap:
             try await withThrowingTaskGroup(of: Void.self) { group in
                 for task in 0..<4 {
                     group.addTask {
                         for i in 0..<15 {
-                            try c.audit(
+                            try await c.audit(
                                 time: t0, actor: "task\(task)", role: "writer", credential: "fp", source: "-",
                                 action: "upload-pack",
                                 object: "pack \(i)", outcome: "ok", detail: "")
@@ -362,61 +367,65 @@ struct CatalogConformance: Sendable {
                 }
                 try await group.waitForAll()
             }
-            let all = try c.auditRecords(after: 0, limit: 1000)
+            let all = try await c.auditRecords(after: 0, limit: 1000)
             #expect(all.map(\.seq) == Array(1...60))
-            #expect(try c.verifyAudit() == (nil, 60))
+            #expect(try await c.verifyAudit() == (nil, 60))
 
         case .approvalLifecycle:
-            for name in ["alice", "bob", "carol"] { try c.insertPrincipal(Self.admin(name), os: nil, now: t0) }
-            try c.setSetting("quorum", "2")
-            #expect(try c.configuredQuorum() == 2 && c.effectiveQuorum() == 2 && c.adminCount() == 3)
+            for name in ["alice", "bob", "carol"] { try await c.insertPrincipal(Self.admin(name), os: nil, now: t0) }
+            try await c.setSetting("quorum", "2")
+            #expect(try await c.configuredQuorum() == 2)
+            #expect(try await c.effectiveQuorum() == 2)
+            #expect(try await c.adminCount() == 3)
             let expires = t0.addingTimeInterval(72 * 3600)
-            try c.insertRequest(
+            try await c.insertRequest(
                 id: "r1", action: "shred-tenant", object: "tenant acme", parameters: ["v": "2"],
                 requester: Self.admin("alice"),
                 now: t0, expiresAt: expires, needed: 1)
-            #expect(try c.request("r1", now: t0)?.state == .pending)
-            Self.refused(.forbidden, "the requester approving their own request") {
-                _ = try c.decide("r1", by: Self.admin("alice"), approve: true, now: t0)
+            #expect(try await c.request("r1", now: t0)?.state == .pending)
+            await Self.refused(.forbidden, "the requester approving their own request") {
+                _ = try await c.decide("r1", by: Self.admin("alice"), approve: true, now: t0)
             }
-            Self.refused(.notFound, "deciding an unknown request") {
-                _ = try c.decide("nope", by: Self.admin("bob"), approve: true, now: t0)
+            await Self.refused(.notFound, "deciding an unknown request") {
+                _ = try await c.decide("nope", by: Self.admin("bob"), approve: true, now: t0)
             }
-            let approved = try c.decide("r1", by: Self.admin("bob"), approve: true, now: t0)
+            let approved = try await c.decide("r1", by: Self.admin("bob"), approve: true, now: t0)
             #expect(approved.state == .approved && approved.approvers == ["bob"] && approved.parameters == ["v": "2"])
-            Self.refused(.conflict, "deciding a request no longer pending") {
-                _ = try c.decide("r1", by: Self.admin("carol"), approve: false, now: t0)
+            await Self.refused(.conflict, "deciding a request no longer pending") {
+                _ = try await c.decide("r1", by: Self.admin("carol"), approve: false, now: t0)
             }
             // A quorum raised since applies to a request already made.
-            try c.setSetting("quorum", "3")
-            #expect(try c.request("r1", now: t0)?.state == .pending && c.request("r1", now: t0)?.needed == 2)
-            try c.setSetting("quorum", "2")
+            try await c.setSetting("quorum", "3")
+            #expect(try await c.request("r1", now: t0)?.state == .pending)
+            #expect(try await c.request("r1", now: t0)?.needed == 2)
+            try await c.setSetting("quorum", "2")
             // Executed exactly once.
-            #expect(try c.consumeRequest("r1", now: t0))
-            #expect(try !c.consumeRequest("r1", now: t0))
-            #expect(try c.request("r1", now: t0)?.state == .executed)
+            #expect(try await c.consumeRequest("r1", now: t0))
+            #expect(try await !c.consumeRequest("r1", now: t0))
+            #expect(try await c.request("r1", now: t0)?.state == .executed)
             // One rejection ends a request; an unanswered one expires.
-            try c.insertRequest(
+            try await c.insertRequest(
                 id: "r2", action: "add-admin", object: "admin dave", parameters: [:], requester: Self.admin("alice"),
                 now: t0.addingTimeInterval(1), expiresAt: expires, needed: 1)
-            #expect(try c.decide("r2", by: Self.admin("carol"), approve: false, now: t0).state == .rejected)
-            #expect(try !c.consumeRequest("r2", now: t0))
-            try c.insertRequest(
+            #expect(try await c.decide("r2", by: Self.admin("carol"), approve: false, now: t0).state == .rejected)
+            #expect(try await !c.consumeRequest("r2", now: t0))
+            try await c.insertRequest(
                 id: "r3", action: "set-quorum", object: "quorum", parameters: [:], requester: Self.admin("alice"),
                 now: t0.addingTimeInterval(2), expiresAt: expires, needed: 1)
-            #expect(try c.request("r3", now: expires.addingTimeInterval(1))?.state == .expired)
+            #expect(try await c.request("r3", now: expires.addingTimeInterval(1))?.state == .expired)
             // Only admins still active count: a revoked approver's approval no longer does.
-            _ = try c.decide("r3", by: Self.admin("bob"), approve: true, now: t0)
-            #expect(try c.revokeAdmin(name: "bob", now: t0))
-            #expect(try c.request("r3", now: t0)?.approvers == [] && c.request("r3", now: t0)?.state == .pending)
-            #expect(try c.requests(now: t0).map(\.id) == ["r1", "r2", "r3"])
+            _ = try await c.decide("r3", by: Self.admin("bob"), approve: true, now: t0)
+            #expect(try await c.revokeAdmin(name: "bob", now: t0))
+            #expect(try await c.request("r3", now: t0)?.approvers == [])
+            #expect(try await c.request("r3", now: t0)?.state == .pending)
+            #expect(try await c.requests(now: t0).map(\.id) == ["r1", "r2", "r3"])
 
         case .enrollmentTokenIsUsedOnceAndOnlyOnSuccess:
-            try c.insertTenant(Self.tenant("acme"))
+            try await c.insertTenant(Self.tenant("acme"))
             let expires = t0.addingTimeInterval(3600)
-            try c.insertEnrollment(
+            try await c.insertEnrollment(
                 tokenHash: "h1", role: .writer, tenant: "acme", name: "web1", expiresAt: expires, createdBy: "alice")
-            try c.insertEnrollment(
+            try await c.insertEnrollment(
                 tokenHash: "h2", role: .writer, tenant: "acme", name: "web1", expiresAt: expires, createdBy: "alice")
             func writer(_ id: String) -> (Catalog.Enrollment) throws -> Principal {
                 { e in
@@ -430,163 +439,169 @@ struct CatalogConformance: Sendable {
                 _ = try c.redeemEnrollment(tokenHash: "h1", now: t0, os: nil) { _ in throw Refused() }
             }
             let p = try c.redeemEnrollment(tokenHash: "h1", now: t0, os: "Linux", writer("p1"))
-            #expect(try c.principal(fingerprint: "fp-p1") == p)
-            Self.refused(.notFound, "a used token") {
+            #expect(try await c.principal(fingerprint: "fp-p1") == p)
+            await Self.refused(.notFound, "a used token") {
                 _ = try c.redeemEnrollment(tokenHash: "h1", now: t0, os: nil, writer("p9"))
             }
-            Self.refused(.notFound, "an unknown token") {
+            await Self.refused(.notFound, "an unknown token") {
                 _ = try c.redeemEnrollment(tokenHash: "zz", now: t0, os: nil, writer("p9"))
             }
             // The name is taken: refused, and the token stays usable.
-            Self.refused(.conflict, "a second active web1") {
+            await Self.refused(.conflict, "a second active web1") {
                 _ = try c.redeemEnrollment(tokenHash: "h2", now: t0, os: nil, writer("p2"))
             }
-            #expect(try c.pendingEnrollments(now: t0).count == 1)
+            #expect(try await c.pendingEnrollments(now: t0).count == 1)
             // Revoking web1 cancels the pending token for its name too.
-            #expect(try c.revokePrincipal(id: "p1", now: t0) == 1)
-            #expect(try c.principal(fingerprint: "fp-p1") == nil)
-            Self.refused(.notFound, "a token cancelled by revocation") {
+            #expect(try await c.revokePrincipal(id: "p1", now: t0) == 1)
+            #expect(try await c.principal(fingerprint: "fp-p1") == nil)
+            await Self.refused(.notFound, "a token cancelled by revocation") {
                 _ = try c.redeemEnrollment(tokenHash: "h2", now: t0, os: nil, writer("p2"))
             }
             // Expired tokens enroll no one.
-            try c.insertEnrollment(
+            try await c.insertEnrollment(
                 tokenHash: "h3", role: .writer, tenant: "acme", name: "web2", expiresAt: expires, createdBy: "alice")
-            Self.refused(.notFound, "an expired token") {
+            await Self.refused(.notFound, "an expired token") {
                 _ = try c.redeemEnrollment(tokenHash: "h3", now: expires.addingTimeInterval(1), os: nil, writer("p3"))
             }
             // Without write material a writer is refused and the token is not used up.
-            #expect(try c.clearShreddedWriteMaterial() == 0)
-            try c.insertTenant(
+            #expect(try await c.clearShreddedWriteMaterial() == 0)
+            try await c.insertTenant(
                 TenantRecord(
                     name: "bare", readKeyID: "rk", readPublicKey: [1], writeMaterial: [], wrappedReadKey: "{}",
                     minRetention: day, createdAt: t0))
-            try c.insertEnrollment(
+            try await c.insertEnrollment(
                 tokenHash: "h4", role: .writer, tenant: "bare", name: "web1", expiresAt: expires, createdBy: "alice")
-            Self.refused(.noWriteMaterial, "a writer of a tenant without write material") {
+            await Self.refused(.noWriteMaterial, "a writer of a tenant without write material") {
                 _ = try c.redeemEnrollment(tokenHash: "h4", now: t0, os: nil, writer("p4"))
             }
-            #expect(
-                try c.setWriteMaterial(tenant: "bare", material: [5])
-                    && !c.setWriteMaterial(tenant: "bare", material: [6]))
+            #expect(try await c.setWriteMaterial(tenant: "bare", material: [5]))
+            #expect(try await !c.setWriteMaterial(tenant: "bare", material: [6]))
             #expect(try c.redeemEnrollment(tokenHash: "h4", now: t0, os: nil, writer("p4")).tenant == "bare")
 
         case .readKeyChangesAreCompareAndSet:
-            try c.insertTenant(Self.tenant("acme"))
-            Self.refused(.notFound, "rotating an unknown tenant") {
-                try c.replaceReadKey(
+            try await c.insertTenant(Self.tenant("acme"))
+            await Self.refused(.notFound, "rotating an unknown tenant") {
+                try await c.replaceReadKey(
                     tenant: "nope", newVersion: 2, wrapped: "{}", retiredStub: "{}", now: t0, shredded: false)
             }
-            Self.refused(.conflict, "a rotation that skips a version") {
-                try c.replaceReadKey(
+            await Self.refused(.conflict, "a rotation that skips a version") {
+                try await c.replaceReadKey(
                     tenant: "acme", newVersion: 3, wrapped: "{}", retiredStub: "{}", now: t0, shredded: false)
             }
-            try c.replaceReadKey(
+            try await c.replaceReadKey(
                 tenant: "acme", newVersion: 2, wrapped: "{\"v\":2}", retiredStub: "{\"s\":1}", now: t0, shredded: false)
-            Self.refused(.conflict, "a second rotation to the same version") {
-                try c.replaceReadKey(
+            await Self.refused(.conflict, "a second rotation to the same version") {
+                try await c.replaceReadKey(
                     tenant: "acme", newVersion: 2, wrapped: "{}", retiredStub: "{}", now: t0, shredded: false)
             }
-            #expect(try c.tenant("acme")?.keyVersion == 2 && c.tenant("acme")?.wrappedReadKey == "{\"v\":2}")
-            #expect(try c.retiredKEKs(tenant: "acme").map(\.version) == [1])
-            try c.insertHold(
+            #expect(try await c.tenant("acme")?.keyVersion == 2)
+            #expect(try await c.tenant("acme")?.wrappedReadKey == "{\"v\":2}")
+            #expect(try await c.retiredKEKs(tenant: "acme").map(\.version) == [1])
+            try await c.insertHold(
                 LegalHold(
                     id: "h", kind: .tenant, target: "acme", tenant: "acme", reason: "r", createdBy: "a", createdAt: t0,
                     releasedAt: nil, releaseRequest: nil))
-            Self.refused(.held, "shredding a held tenant") {
-                try c.replaceReadKey(
+            await Self.refused(.held, "shredding a held tenant") {
+                try await c.replaceReadKey(
                     tenant: "acme", newVersion: 3, wrapped: "", retiredStub: "{}", now: t0, shredded: true)
             }
-            #expect(try c.releaseHold("h", at: t0, request: "r1"))
-            try c.replaceReadKey(
+            #expect(try await c.releaseHold("h", at: t0, request: "r1"))
+            try await c.replaceReadKey(
                 tenant: "acme", newVersion: 3, wrapped: "", retiredStub: "{\"s\":2}", now: t0, shredded: true)
-            let shredded = try c.tenant("acme")
+            let shredded = try await c.tenant("acme")
             #expect(shredded?.shreddedAt == t0 && shredded?.writeMaterial == [] && shredded?.wrappedReadKey == "")
-            Self.refused(.shredded, "rotating a shredded tenant") {
-                try c.replaceReadKey(
+            await Self.refused(.shredded, "rotating a shredded tenant") {
+                try await c.replaceReadKey(
                     tenant: "acme", newVersion: 4, wrapped: "{}", retiredStub: "{}", now: t0, shredded: false)
             }
-            try c.markKEKsDestroyed(tenant: "acme", versions: [1, 2], now: t0)
-            try c.markKEKsDestroyed(tenant: "acme", versions: [1], now: t0.addingTimeInterval(5))
-            #expect(try c.retiredKEKs(tenant: "acme").map(\.destroyedAt) == [t0, t0])
-            #expect(try c.setMinRetention(tenant: "acme", seconds: 7 * day, from: day))
-            #expect(try !c.setMinRetention(tenant: "acme", seconds: 9 * day, from: day))
-            #expect(try c.dedupScope(tenant: "acme") == .host && c.dedupScope(tenant: "nope") == .host)
-            #expect(
-                try c.setDedupScope(tenant: "acme", .tenant, from: .host)
-                    && !c.setDedupScope(tenant: "acme", .host, from: .host))
-            #expect(try c.dedupScopes()["acme"] == .tenant)
+            try await c.markKEKsDestroyed(tenant: "acme", versions: [1, 2], now: t0)
+            try await c.markKEKsDestroyed(tenant: "acme", versions: [1], now: t0.addingTimeInterval(5))
+            #expect(try await c.retiredKEKs(tenant: "acme").map(\.destroyedAt) == [t0, t0])
+            #expect(try await c.setMinRetention(tenant: "acme", seconds: 7 * day, from: day))
+            #expect(try await !c.setMinRetention(tenant: "acme", seconds: 9 * day, from: day))
+            #expect(try await c.dedupScope(tenant: "acme") == .host)
+            #expect(try await c.dedupScope(tenant: "nope") == .host)
+            #expect(try await c.setDedupScope(tenant: "acme", .tenant, from: .host))
+            #expect(try await !c.setDedupScope(tenant: "acme", .host, from: .host))
+            #expect(try await c.dedupScopes()["acme"] == .tenant)
 
         case .aHoldOnACollectedSnapshotIsRefused:
-            Self.refused(.notFound, "a hold on a snapshot the catalog no longer holds") {
-                try c.insertHold(
+            await Self.refused(.notFound, "a hold on a snapshot the catalog no longer holds") {
+                try await c.insertHold(
                     LegalHold(
                         id: "h", kind: .snapshot, target: Self.snapshotID(1), tenant: "acme", reason: "r",
                         createdBy: "a",
                         createdAt: t0, releasedAt: nil, releaseRequest: nil))
             }
-            #expect(try c.holds(active: false).isEmpty)
+            #expect(try await c.holds(active: false).isEmpty)
 
         case .clockNeverGoesBack:
-            #expect(try c.advanceClock(to: t0) == t0)
-            #expect(try c.advanceClock(to: t0.addingTimeInterval(-day)) == t0)
-            #expect(try c.advanceClock(to: t0.addingTimeInterval(1)) == t0.addingTimeInterval(1))
-            #expect(try c.setting("x") == nil)
-            try c.setSetting("x", "1")
-            try c.setSetting("x", "2")
-            #expect(try c.setting("x") == "2")
+            #expect(try await c.advanceClock(to: t0) == t0)
+            #expect(try await c.advanceClock(to: t0.addingTimeInterval(-day)) == t0)
+            #expect(try await c.advanceClock(to: t0.addingTimeInterval(1)) == t0.addingTimeInterval(1))
+            #expect(try await c.setting("x") == nil)
+            try await c.setSetting("x", "1")
+            try await c.setSetting("x", "2")
+            #expect(try await c.setting("x") == "2")
 
         case .quotaUsageSplitsCommittedFromUncommitted:
             for (n, host) in [(1, "web1"), (2, "web1"), (3, "web2")] {
-                try c.insertPack(
+                try await c.insertPack(
                     tenant: "acme", id: Self.pack(n).description, key: Self.packKey("acme", Self.pack(n)),
                     size: 100 * n,
                     retainUntil: t0, chunkIDs: [], now: t0, uploader: nil, batch: 10, verified: false)
-                try c.recordUpload(tenant: "acme", pack: Self.pack(n).description, host: host)
+                try await c.recordUpload(tenant: "acme", pack: Self.pack(n).description, host: host)
             }
-            try c.recordUpload(tenant: "acme", pack: Self.pack(1).description, host: "web2")
-            try c.insertSnapshot(
+            try await c.recordUpload(tenant: "acme", pack: Self.pack(1).description, host: "web2")
+            try await c.insertSnapshot(
                 Self.snapshot(1, committed: t0, retainUntil: t0, packs: 2), packs: [Self.pack(1), Self.pack(3)],
                 requirePacks: true, manifestKey: nil)
-            #expect(try c.usage(tenant: "acme", host: nil) == (committed: 400, uncommitted: 200))
-            #expect(try c.usage(tenant: "acme", host: "web1") == (committed: 100, uncommitted: 200))
-            #expect(try c.usage(tenant: "acme", host: "web2") == (committed: 300, uncommitted: 0))
-            try c.setQuota(tenant: "acme", host: "", bytes: 1000)
-            #expect(try c.quota(tenant: "acme", host: "") == 1000 && c.quota(tenant: "acme", host: "web1") == nil)
-            try c.setQuota(tenant: "acme", host: "", bytes: nil)
-            #expect(try c.quota(tenant: "acme", host: "") == nil)
+            #expect(try await c.usage(tenant: "acme", host: nil) == (committed: 400, uncommitted: 200))
+            #expect(try await c.usage(tenant: "acme", host: "web1") == (committed: 100, uncommitted: 200))
+            #expect(try await c.usage(tenant: "acme", host: "web2") == (committed: 300, uncommitted: 0))
+            try await c.setQuota(tenant: "acme", host: "", bytes: 1000)
+            #expect(try await c.quota(tenant: "acme", host: "") == 1000)
+            #expect(try await c.quota(tenant: "acme", host: "web1") == nil)
+            try await c.setQuota(tenant: "acme", host: "", bytes: nil)
+            #expect(try await c.quota(tenant: "acme", host: "") == nil)
 
         case .snapshotPagesFollowListingOrderFromTheirCursor, .hostKeyWritersIncludeRevokedOnesOldestFirst,
              .deepVerifyLedgerPutsNeverVerifiedFirst:
-            try runReads(check, c)
+            try await runReads(check, c)
 
         case .policiesAreCompareAndSetAndLocksOnlyMoveLater:
             // Two admins changing one policy at once: only the one that saw the stored rules wins.
             let daily = RetentionRules(daily: 7), weekly = RetentionRules(daily: 7, weekly: 4)
             let p = { (r: RetentionRules, glob: String, tenant: String) in
                 Wire.PolicyInfo(tenant: tenant, hostGlob: glob, tag: "", rules: r, updatedAt: t0) }
-            #expect(try c.setPolicy(p(daily, "*", "acme"), from: nil))
-            #expect(try !c.setPolicy(p(weekly, "*", "acme"), from: nil), "a second create over an existing policy")
-            #expect(try c.setPolicy(p(weekly, "*", "acme"), from: daily))
-            #expect(try !c.setPolicy(p(daily, "*", "acme"), from: daily), "a change from stale rules")
-            #expect(try c.setPolicy(p(daily, "web*", "acme"), from: nil) && c.setPolicy(p(daily, "*", "beta"),
-                from: nil))
-            #expect(try c.policies(tenant: "acme").count == 2 && c.policies(tenant: nil).count == 3)
-            #expect(try c.policies(tenant: "acme").first { $0.hostGlob == "*" }?.rules == weekly)
-            #expect(try !c.removePolicy(tenant: "acme", hostGlob: "*", tag: "", from: daily),
+            #expect(try await c.setPolicy(p(daily, "*", "acme"), from: nil))
+            #expect(try await !c.setPolicy(p(weekly, "*", "acme"), from: nil),
+                    "a second create over an existing policy")
+            #expect(try await c.setPolicy(p(weekly, "*", "acme"), from: daily))
+            #expect(try await !c.setPolicy(p(daily, "*", "acme"), from: daily), "a change from stale rules")
+            #expect(try await c.setPolicy(p(daily, "web*", "acme"), from: nil))
+            #expect(try await c.setPolicy(p(daily, "*", "beta"), from: nil))
+            #expect(try await c.policies(tenant: "acme").count == 2)
+            #expect(try await c.policies(tenant: nil).count == 3)
+            #expect(try await c.policies(tenant: "acme").first { $0.hostGlob == "*" }?.rules == weekly)
+            #expect(try await !c.removePolicy(tenant: "acme", hostGlob: "*", tag: "", from: daily),
                 "a removal from stale rules")
-            #expect(try c.removePolicy(tenant: "acme", hostGlob: "*", tag: "", from: weekly))
-            #expect(try c.policies(tenant: "acme").map(\.hostGlob) == ["web*"])
+            #expect(try await c.removePolicy(tenant: "acme", hostGlob: "*", tag: "", from: weekly))
+            #expect(try await c.policies(tenant: "acme").map(\.hostGlob) == ["web*"])
             // A snapshot's lock moves only later.
-            try c.insertSnapshot(Self.snapshot(1, committed: t0, retainUntil: t0.addingTimeInterval(day), packs: 0),
+            try await c.insertSnapshot(Self.snapshot(1, committed: t0, retainUntil: t0.addingTimeInterval(day),
+                    packs: 0),
                 packs: [],
                                  requirePacks: false, manifestKey: nil)
-            #expect(try c.extendSnapshotLock(id: Self.snapshotID(1), until: t0) == nil)
-            #expect(try c.extendSnapshotLock(id: Self.snapshotID(1),
+            #expect(try await c.extendSnapshotLock(id: Self.snapshotID(1), until: t0) == nil)
+            #expect(try await c.extendSnapshotLock(id: Self.snapshotID(1),
                 until: t0.addingTimeInterval(30 * day))?.retainUntil
                     == t0.addingTimeInterval(30 * day))
-            #expect(try c.extendSnapshotLock(id: Self.snapshotID(1), until: t0.addingTimeInterval(2 * day)) == nil)
-            #expect(try c.snapshot(id: Self.snapshotID(1))?.retainUntil == t0.addingTimeInterval(30 * day))
-            #expect(try c.extendSnapshotLock(id: Self.snapshotID(2), until: t0.addingTimeInterval(30 * day)) == nil)
+            #expect(try await c.extendSnapshotLock(id: Self.snapshotID(1),
+                    until: t0.addingTimeInterval(2 * day)) == nil)
+            #expect(try await c.snapshot(id: Self.snapshotID(1))?.retainUntil == t0.addingTimeInterval(30 * day))
+            #expect(try await c.extendSnapshotLock(id: Self.snapshotID(2),
+                    until: t0.addingTimeInterval(30 * day)) == nil)
         }
     }
 }
@@ -594,27 +609,27 @@ struct CatalogConformance: Sendable {
 extension CatalogConformance {
     /// The checks of what the server reads besides the aggregates' writes: listing pages,
     /// host key writers, the deep-verify ledger.
-    func runReads(_ check: Check, _ c: any CatalogRepositories) throws {
+    func runReads(_ check: Check, _ c: any CatalogRepositories) async throws {
         let t0 = Self.t0, day = Self.day
         switch check {
         case .snapshotPagesFollowListingOrderFromTheirCursor:
-            try c.insertTenant(Self.tenant("acme"))
-            try c.insertTenant(Self.tenant("beta"))
+            try await c.insertTenant(Self.tenant("acme"))
+            try await c.insertTenant(Self.tenant("beta"))
             // Commit order differs from ID order and from insertion order.
             let rows: [(n: Int, tenant: String, host: String, at: TimeInterval)] = [
                 (5, "acme", "web1", 30), (1, "acme", "web2", 10), (3, "acme", "web1", 20), (2, "beta", "web1", 5),
                 (4, "ghost", "web1", 1),
             ]
             for r in rows {
-                try c.insertSnapshot(
+                try await c.insertSnapshot(
                     Self.snapshot(r.n, tenant: r.tenant, host: r.host, committed: t0.addingTimeInterval(r.at),
                                   retainUntil: t0.addingTimeInterval(day), packs: 0),
                     packs: [], requirePacks: false, manifestKey: nil)
             }
-            func pages(tenant: String?, host: String?, limit: Int) throws -> [String] {
+            func pages(tenant: String?, host: String?, limit: Int) async throws -> [String] {
                 var out: [String] = [], after: String? = nil
                 while true {
-                    let page = try c.snapshotPage(tenant: tenant, host: host, after: after, limit: limit)
+                    let page = try await c.snapshotPage(tenant: tenant, host: host, after: after, limit: limit)
                     #expect(page.count <= limit)
                     out += page.map(\.id)
                     guard page.count == limit, let last = page.last else { return out }
@@ -623,19 +638,19 @@ extension CatalogConformance {
             }
             // Every tenant the catalog holds (not the unknown one), by tenant, then commit time.
             let all = [1, 3, 5, 2].map(Self.snapshotID)
-            #expect(try c.snapshotPage(tenant: nil, host: nil, after: nil, limit: nil).map(\.id) == all)
-            #expect(try pages(tenant: nil, host: nil, limit: 1) == all)
-            #expect(try pages(tenant: "acme", host: nil, limit: 2) == [1, 3, 5].map(Self.snapshotID))
-            #expect(try pages(tenant: "acme", host: "web1", limit: 1) == [3, 5].map(Self.snapshotID))
+            #expect(try await c.snapshotPage(tenant: nil, host: nil, after: nil, limit: nil).map(\.id) == all)
+            #expect(try await pages(tenant: nil, host: nil, limit: 1) == all)
+            #expect(try await pages(tenant: "acme", host: nil, limit: 2) == [1, 3, 5].map(Self.snapshotID))
+            #expect(try await pages(tenant: "acme", host: "web1", limit: 1) == [3, 5].map(Self.snapshotID))
             // A cursor not listed under the filters is refused, never read as "from the start".
-            Self.refused(.notFound, "a cursor of another tenant") {
-                _ = try c.snapshotPage(tenant: "acme", host: nil, after: Self.snapshotID(2), limit: 10)
+            await Self.refused(.notFound, "a cursor of another tenant") {
+                _ = try await c.snapshotPage(tenant: "acme", host: nil, after: Self.snapshotID(2), limit: 10)
             }
-            Self.refused(.notFound, "a cursor of another host") {
-                _ = try c.snapshotPage(tenant: "acme", host: "web1", after: Self.snapshotID(1), limit: 10)
+            await Self.refused(.notFound, "a cursor of another host") {
+                _ = try await c.snapshotPage(tenant: "acme", host: "web1", after: Self.snapshotID(1), limit: 10)
             }
-            Self.refused(.notFound, "an unknown cursor") {
-                _ = try c.snapshotPage(tenant: nil, host: nil, after: Self.snapshotID(9), limit: 10)
+            await Self.refused(.notFound, "an unknown cursor") {
+                _ = try await c.snapshotPage(tenant: nil, host: nil, after: Self.snapshotID(9), limit: 10)
             }
 
         case .hostKeyWritersIncludeRevokedOnesOldestFirst:
@@ -643,47 +658,48 @@ extension CatalogConformance {
                 Principal(id: id, role: .writer, tenant: tenant, name: name, fingerprint: "fp-\(id)", hostKey: key)
             }
             let keys = (0..<3).map { _ in HostSigningKey.generate().publicKey }
-            try c.insertPrincipal(writer("w2", "acme", "web2", key: keys[1].rawRepresentation), os: nil,
+            try await c.insertPrincipal(writer("w2", "acme", "web2", key: keys[1].rawRepresentation), os: nil,
                                   now: t0.addingTimeInterval(10))
-            try c.insertPrincipal(writer("w1", "acme", "web1", key: keys[0].rawRepresentation), os: nil, now: t0)
-            try c.insertPrincipal(writer("w3", "beta", "web1", key: keys[2].rawRepresentation), os: nil,
+            try await c.insertPrincipal(writer("w1", "acme", "web1", key: keys[0].rawRepresentation), os: nil, now: t0)
+            try await c.insertPrincipal(writer("w3", "beta", "web1", key: keys[2].rawRepresentation), os: nil,
                                   now: t0.addingTimeInterval(5))
-            try c.insertPrincipal(writer("w4", "acme", "old", key: nil), os: nil, now: t0)
-            try c.insertPrincipal(Self.admin("alice"), os: nil, now: t0)
-            #expect(try c.revokePrincipal(id: "w2", now: t0.addingTimeInterval(20)) != nil)
-            let acme = try c.hostKeyWriters(tenant: "acme")
+            try await c.insertPrincipal(writer("w4", "acme", "old", key: nil), os: nil, now: t0)
+            try await c.insertPrincipal(Self.admin("alice"), os: nil, now: t0)
+            #expect(try await c.revokePrincipal(id: "w2", now: t0.addingTimeInterval(20)) != nil)
+            let acme = try await c.hostKeyWriters(tenant: "acme")
             #expect(acme.map(\.id) == ["w1", "w2"])
             #expect(acme.map(\.hostKey) == [keys[0], keys[1]])
             #expect(acme.map(\.revokedAt) == [nil, t0.addingTimeInterval(20)])
             #expect(acme.map(\.createdAt) == [t0, t0.addingTimeInterval(10)])
             #expect(acme.map(\.name) == ["web1", "web2"] && acme.allSatisfy { $0.tenant == "acme" })
-            #expect(try c.hostKeyWriters(tenant: nil).map(\.id) == ["w1", "w3", "w2"])
-            #expect(try c.hostKeyWriters(tenant: "gamma").isEmpty)
+            #expect(try await c.hostKeyWriters(tenant: nil).map(\.id) == ["w1", "w3", "w2"])
+            #expect(try await c.hostKeyWriters(tenant: "gamma").isEmpty)
 
         case .deepVerifyLedgerPutsNeverVerifiedFirst:
             for (n, tenant, uploader) in [(1, "acme", "w1"), (2, "acme", "w1"), (3, "acme", "w2"), (4, "beta", "w9")] {
-                try c.insertPack(
+                try await c.insertPack(
                     tenant: tenant, id: Self.pack(n).description, key: Self.packKey(tenant, Self.pack(n)),
                     size: 100 * n, retainUntil: t0.addingTimeInterval(day), chunkIDs: [], now: t0,
                     uploader: uploader, batch: 10, verified: false)
             }
             let p = (1...4).map { Self.pack($0).description }
             // Another tenant's pack is not recorded, and is named back.
-            #expect(try c.recordPackVerifications(tenant: "acme", packs: [p[1], p[3]], outcome: "ok", reporter: "r1",
+            #expect(try await c.recordPackVerifications(tenant: "acme", packs: [p[1], p[3]], outcome: "ok",
+                    reporter: "r1",
                                                   now: t0.addingTimeInterval(day)) == [p[3]])
-            var s = try c.deepVerifyState(tenant: "acme", budget: 1_000_000)
+            var s = try await c.deepVerifyState(tenant: "acme", budget: 1_000_000)
             #expect(s.packs == 3 && s.bytes == 600 && s.neverVerifiedPacks == 2 && s.neverVerifiedBytes == 400)
             #expect(s.due.map(\.id) == [p[0], p[2], p[1]])
             #expect(s.oldestVerifiedAt == t0.addingTimeInterval(day) && s.damagedPacks == 0)
             // A later report replaces the earlier one; the budget stops the list once reached.
-            _ = try c.recordPackVerifications(tenant: "acme", packs: [p[1]], outcome: "damaged", reporter: "r1",
+            _ = try await c.recordPackVerifications(tenant: "acme", packs: [p[1]], outcome: "damaged", reporter: "r1",
                                               now: t0.addingTimeInterval(2 * day))
-            s = try c.deepVerifyState(tenant: "acme", budget: 100)
+            s = try await c.deepVerifyState(tenant: "acme", budget: 100)
             #expect(s.due.map(\.id) == [p[0]] && s.damagedPacks == 1)
             #expect(s.newestVerifiedAt == t0.addingTimeInterval(2 * day))
-            #expect(try c.deepVerifyState(tenant: "acme", budget: 0).due.isEmpty)
-            #expect(try c.deepVerifyState(tenant: "beta", budget: 1000).neverVerifiedPacks == 1)
-            let byUploader = try c.deepVerifyByUploader()
+            #expect(try await c.deepVerifyState(tenant: "acme", budget: 0).due.isEmpty)
+            #expect(try await c.deepVerifyState(tenant: "beta", budget: 1000).neverVerifiedPacks == 1)
+            let byUploader = try await c.deepVerifyByUploader()
             #expect(byUploader["w1"]?.never == 1 && byUploader["w1"]?.oldest == t0.addingTimeInterval(2 * day))
             #expect(byUploader["w2"]?.never == 1 && byUploader["w2"]?.oldest == nil)
             #expect(byUploader["w9"]?.never == 1)

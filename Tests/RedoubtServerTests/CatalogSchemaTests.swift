@@ -59,12 +59,12 @@ import Testing
         #expect(Set(ids).count == ids.count, "two migrations share an identifier: \(ids)")
     }
 
-    @Test func aCatalogOfAnEarlierVersionMigratesWithoutLoss() throws {
+    @Test func aCatalogOfAnEarlierVersionMigratesWithoutLoss() async throws {
         let (dir, path) = try Self.temporaryCopy()
         defer { try? FileManager.default.removeItem(at: dir) }
         let before = try DatabaseQueue(path: path)
-        let countsBefore = try before.read { try Self.rowCounts($0) }
-        let applied = try before.read {
+        let countsBefore = try await before.read { try Self.rowCounts($0) }
+        let applied = try await before.read {
             try String.fetchAll($0, sql: "SELECT identifier FROM grdb_migrations ORDER BY rowid")
         }
         try before.close()
@@ -74,12 +74,13 @@ import Testing
             "the fixture is not the one this test describes: \(countsBefore)")
 
         let catalog = try Catalog(path: path)
-        let countsAfter = try catalog.db.read { try Self.rowCounts($0) }
+        let countsAfter = try await catalog.db.read { try Self.rowCounts($0) }
         // grdb_migrations gains the rows of the migrations just run; no other table changes size.
         for (table, n) in countsBefore where table != "grdb_migrations" {
             #expect(countsAfter[table] == n, "table \(table): \(n) rows before, \(countsAfter[table] ?? -1) after")
         }
-        #expect(try catalog.db.read { try Catalog.migrator.completedMigrations($0) } == Catalog.migrator.migrations)
+        let completed = try await catalog.db.read { try Catalog.migrator.completedMigrations($0) }
+        #expect(completed == Catalog.migrator.migrations)
 
         // Every row reads back through the catalog's own API.
         let t = try #require(try catalog.tenant(Self.tenant))
@@ -88,7 +89,7 @@ import Testing
         #expect(try catalog.dedupScope(tenant: Self.tenant) == .host)
         // Chunks recorded before dedup scopes exist in the empty scope: found tenant-wide,
         // reused by no host under host scope.
-        let locations = try catalog.chunkLocations(tenant: Self.tenant, ids: Self.chunkIDs)
+        let locations = try await catalog.chunkLocations(tenant: Self.tenant, ids: Self.chunkIDs)
         #expect(
             locations == [
                 Self.chunkIDs[0]: Self.packIDs[0], Self.chunkIDs[1]: Self.packIDs[0], Self.chunkIDs[2]: Self.packIDs[1],
@@ -98,7 +99,7 @@ import Testing
         let snap = try #require(try catalog.snapshot(id: Self.snapshotID))
         #expect(snap.host == "host1" && snap.paths == ["/etc"] && snap.packCount == 2)
         #expect(try catalog.snapshotPacks(id: Self.snapshotID) == Self.packIDs)
-        #expect(try catalog.verifyAudit() == (nil, 3))
+        #expect(try await catalog.verifyAudit() == (nil, 3))
         #expect(try catalog.principal(fingerprint: "fp-writer")?.hostKey == [7, 7, 7])
         #expect(try catalog.principals(tenant: nil).map(\.name).sorted() == ["alice", "bob", "host1"])
         #expect(try catalog.request("req1", now: Date(timeIntervalSince1970: 1_800_000_100))?.approvers == ["bob"])

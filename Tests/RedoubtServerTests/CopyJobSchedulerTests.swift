@@ -48,7 +48,7 @@ import RedoubtStore
             let reports = await s.tick(now: server.clock.now())
             #expect(reports.first { $0.job == "copy-sync" }?.outcome == "ok", "\(reports)")
             #expect(reports.first { $0.job == "lock-probe" }?.outcome == "findings", "\(reports)")
-            let findings = try server.service.catalog.findings(tenant: "acme", since: nil)
+            let findings = try await server.service.catalog.findings(tenant: "acme", since: nil)
             #expect(findings.map(\.code) == ["E_LOCK_UNENFORCED"] && findings.first?.object == bad.url,
                     "\(findings)")
             let targets = try await server.admin.copyTargets()
@@ -94,11 +94,12 @@ import RedoubtStore
             func copySync() async throws -> Wire.JobInfo? {
                 try await server.admin.jobs().first { $0.job == "copy-sync" && $0.tenant == "acme" }
             }
-            func finishedRuns() throws -> Int {
-                try server.service.catalog.jobRuns(job: "copy-sync", tenant: "acme").filter { $0.endedAt != nil }.count
+            func finishedRuns() async throws -> Int {
+                try await server.service.catalog.jobRuns(job: "copy-sync", tenant: "acme")
+                    .filter { $0.endedAt != nil }.count
             }
             // Adding the target asked for a sync of its own: that one first, so the next is the commit's.
-            #expect(try await eventually { try finishedRuns() == 1 })
+            #expect(try await eventually { try await finishedRuns() == 1 })
             let before = try #require(try await copySync())
             #expect(before.outcome == "ok" && before.runningOn == nil)
             // Nothing is asked for now: the next run is the periodic one, an interval away.
@@ -110,7 +111,8 @@ import RedoubtStore
             _ = try await writer.commit(manifestBytes: manifest.bytes)
             #expect(try await eventually {
                 let j = try await copySync()
-                return try finishedRuns() == 2 && j?.runningOn == nil
+                let finished = try await finishedRuns()
+                return finished == 2 && j?.runningOn == nil
             })
             let after = try #require(try await copySync())
             #expect(after.outcome == "ok" && after.failures == 0, "\(after)")
@@ -120,7 +122,7 @@ import RedoubtStore
                                                                             secretAccessKey: "test")))
             #expect(try await copy.list(prefix: "t/acme/").contains { $0.key.path.hasSuffix(manifest.id.description) })
             // Only the runs asked for ran: the periodic pass at start found no tenant yet.
-            let ran = Set(try server.service.catalog.jobRuns(job: nil, tenant: "acme").map(\.job))
+            let ran = Set(try await server.service.catalog.jobRuns(job: nil, tenant: "acme").map(\.job))
             #expect(ran == ["copy-sync"], "\(ran)")
         } catch { Issue.record("\(error)") }
         await writer.shutdown()

@@ -67,7 +67,7 @@ import RedoubtStore
                     $0.key.path.hasSuffix(manifest.id.description)
                 }
                 synced = try await server.admin.copyTargets().first { $0.id == t.id && $0.lastSyncAt != nil }
-                let running = try server.service.catalog.jobState(job: "copy-sync", tenant: "acme")?.leaseHolder
+                let running = try await server.service.catalog.jobState(job: "copy-sync", tenant: "acme")?.leaseHolder
                 if !there || synced?.lastSyncOK != true || running != nil { synced = nil }
                 if synced == nil { try await Task.sleep(nanoseconds: 100_000_000) }
             }

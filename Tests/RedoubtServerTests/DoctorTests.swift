@@ -552,13 +552,13 @@ final class DoctorFixture {
     }
 
     func reportAndCheck(_ server: TestServer, _ cfg: ClientConfig, _ writer: APIClient) async throws {
-        #expect(try server.service.catalog.enrolledHostSystems().map(\.os) == ["Test OS 1"])
+        #expect(try await server.service.catalog.enrolledHostSystems().map(\.os) == ["Test OS 1"])
         let (packs, manifest) = try makeSnapshot(keys: try cfg.writeKeySet(), files: [("a", [1, 2, 3])])
         for p in packs { _ = try await writer.uploadPack(id: p.id, bytes: p.bytes) }
         _ = try await writer.commit(manifestBytes: manifest.bytes)
         let reported = try #require(APIClient.hostOS)
-        #expect(try server.service.catalog.enrolledHostSystems().map(\.os) == [reported])
-        let changes = try server.service.catalog.auditRecords().filter { $0.action == "host-os" }
+        #expect(try await server.service.catalog.enrolledHostSystems().map(\.os) == [reported])
+        let changes = try await server.service.catalog.auditRecords().filter { $0.action == "host-os" }
         #expect(changes.count == 1)
         #expect(changes.first?.detail == "was Test OS 1, now \(reported)")
         // A hostile value (here: over the 128-byte limit; HTTP clients refuse control
@@ -567,6 +567,6 @@ final class DoctorFixture {
         for p in p2 { _ = try await writer.uploadPack(id: p.id, bytes: p.bytes) }
         _ = try await writer.send(.POST, "/v1/snapshots", body: m2.bytes, headers: [(Wire.hostOSHeader,
             String(repeating: "A", count: 300))])
-        #expect(try server.service.catalog.enrolledHostSystems().map(\.os) == [reported])
+        #expect(try await server.service.catalog.enrolledHostSystems().map(\.os) == [reported])
     }
 }

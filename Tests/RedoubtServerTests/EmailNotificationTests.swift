@@ -97,7 +97,7 @@ final class SMTPReceiver: @unchecked Sendable {
             starttls: true, credentialsFile: creds.path, events: ["hold-placed"]))
         let delivery = Task { await w.server.service.notifier.run() }
         let hold = try await w.server.admin.placeHold(.init(snapshot: nil, tenant: "acme", reason: "case 7"))
-        for _ in 0..<3 { try w.server.service.evaluateNotifications() }
+        for _ in 0..<3 { try await w.server.service.evaluateNotifications() }
 
         let got = try await smtp.message(0)
         let mail = got?.mail ?? ""
@@ -114,7 +114,7 @@ final class SMTPReceiver: @unchecked Sendable {
         #expect(body.contains("Tenant:   acme"))
         #expect(body.contains("Show more: redoubt admin hold list"))
         // One event, one mail: evaluating again sends nothing more.
-        for _ in 0..<3 { try w.server.service.evaluateNotifications() }
+        for _ in 0..<3 { try await w.server.service.evaluateNotifications() }
         try await w.server.admin.testNotifyChannel(id: try await w.server.admin.notifyChannels()[0].id)
         let next = try await smtp.message(1)
         #expect(next?.mail.contains("Subject: [Redoubt] EVENT test -/-") == true)

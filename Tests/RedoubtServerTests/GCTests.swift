@@ -110,10 +110,10 @@ import RedoubtStore
                                       retainUntil: server.clock.now().addingTimeInterval(86400), paths: [], tags: [],
                                           statistics: SnapshotStatistics(),
                                       packCount: 1, manifestSize: 0)
-            #expect {
-                try server.service.catalog.insertSnapshot(late, packs: s5.packs.map(\.id), requirePacks: true)
+            await #expect {
+                try await server.service.catalog.insertSnapshot(late, packs: s5.packs.map(\.id), requirePacks: true)
             } throws: { ($0 as? CatalogError)?.code == .packsMissing }
-            #expect(try server.service.catalog.snapshot(id: late.id) == nil)
+            #expect(try await server.service.catalog.snapshot(id: late.id) == nil)
 
             // What stays restores bit for bit: s2 (held; it reads s1's pack too) and s4.
             for c in [s2, s4] {
@@ -143,13 +143,14 @@ import RedoubtStore
             for p in slow { #expect(try await store.head(RepositoryService.packKey(tenant: "acme", id: p.id)) == nil) }
 
             // The commit's first step refuses a pack the catalog lost, and moves no lock.
-            let before = try server.service.catalog.pack(tenant: "acme", id: s4.packs[0].id.description)
-            #expect {
-                _ = try server.service.catalog.extendPackLocks(tenant: "acme", packs: [s4.packs[0].id, s5.packs[0].id],
+            let before = try await server.service.catalog.pack(tenant: "acme", id: s4.packs[0].id.description)
+            await #expect {
+                _ = try await server.service.catalog.extendPackLocks(tenant: "acme", packs: [s4.packs[0].id,
+                        s5.packs[0].id],
                                                                until: t0.addingTimeInterval(100 * 86400),
                                                                    requireAll: true)
             } throws: { ($0 as? CatalogError)?.code == .packsMissing }
-            #expect(try server.service.catalog.pack(tenant: "acme",
+            #expect(try await server.service.catalog.pack(tenant: "acme",
                 id: s4.packs[0].id.description)?.retainUntil == before?.retainUntil)
 
             let audit = try await admin.audit(limit: 10_000)
@@ -255,8 +256,8 @@ import RedoubtStore
                     INSERT INTO gc_pending(key, tenant, queued_at, claimed_at) VALUES (?, 'acme', 0, 0)
                     """, arguments: [claimed])
             }
-            #expect {
-                try server.service.catalog.insertPack(tenant: "acme", id: String(repeating: "0", count: 64),
+            await #expect {
+                try await server.service.catalog.insertPack(tenant: "acme", id: String(repeating: "0", count: 64),
                     key: claimed, size: 1,
                                                       retainUntil: Date(), chunkIDs: [], now: Date())
             } throws: { ($0 as? CatalogError)?.code == .beingCollected }

@@ -67,10 +67,10 @@ import RedoubtStore
                 tenant: nil, reason: "case 2026-17"))
             #expect(hold.kind == "snapshot" && hold.target == held.id && hold.releasedAt == nil
                 && hold.reason == "case 2026-17")
-            #expect(try server.service.catalog.isHeld(snapshot: held.id))
-            #expect(try server.service.catalog.isHeld(tenant: "acme", pack: heldPack.description))
-            #expect(try !server.service.catalog.isHeld(snapshot: free.id))
-            #expect(try !server.service.catalog.isHeld(key: freeKey))
+            #expect(try await server.service.catalog.isHeld(snapshot: held.id))
+            #expect(try await server.service.catalog.isHeld(tenant: "acme", pack: heldPack.description))
+            #expect(try await !server.service.catalog.isHeld(snapshot: free.id))
+            #expect(try await !server.service.catalog.isHeld(key: freeKey))
 
             // The clock passes the retention of both snapshots; the hold check runs.
             let later = held.retainUntil.addingTimeInterval(3 * 86400)
@@ -85,7 +85,7 @@ import RedoubtStore
                 await #expect(throws: StoreError.self) { try await store.delete(key, now: later) }
                 #expect(try await store.head(key) != nil)
             }
-            let catalogLock = try #require(try server.service.catalog.pack(tenant: "acme",
+            let catalogLock = try #require(try await server.service.catalog.pack(tenant: "acme",
                 id: heldPack.description)).retainUntil
             #expect(catalogLock > later)
             // The unheld snapshot's retention really has passed: its pack can go.
@@ -99,12 +99,12 @@ import RedoubtStore
             #expect(req.object == "hold \(hold.id)")
             #expect(await code { _ = try await alice.releaseHold(id: hold.id,
                 requestID: req.id) } == "E_APPROVAL_PENDING")
-            #expect(try server.service.catalog.isHeld(snapshot: held.id))
+            #expect(try await server.service.catalog.isHeld(snapshot: held.id))
             _ = try await bob.decide(request: req.id, approve: true)
             let released = try await alice.releaseHold(id: hold.id, requestID: req.id)
             #expect(released.releasedAt != nil && released.releaseRequest == req.id)
             #expect(await code { _ = try await alice.releaseHold(id: hold.id, requestID: req.id) } == "E_CONFLICT")
-            #expect(try !server.service.catalog.isHeld(snapshot: held.id))
+            #expect(try await !server.service.catalog.isHeld(snapshot: held.id))
 
             // Released: the hold no longer extends, and once its last lock passes the pack can go.
             let lockAfterRelease = try #require(try await store.head(packKey)?.retainUntil)
@@ -133,9 +133,9 @@ import RedoubtStore
             #expect(hold.kind == "tenant" && hold.target == "acme")
             // A snapshot committed after the hold is covered too.
             let (snap, packs) = try await backup(writer, wc, Array(repeating: 42, count: 70_000))
-            #expect(try server.service.catalog.isHeld(snapshot: snap.id))
+            #expect(try await server.service.catalog.isHeld(snapshot: snap.id))
             let pack = try #require(packs.first)
-            #expect(try server.service.catalog.isHeld(tenant: "acme", pack: pack.description))
+            #expect(try await server.service.catalog.isHeld(tenant: "acme", pack: pack.description))
             server.clock.set(snap.retainUntil.addingTimeInterval(86400))
             try await server.service.enforceHolds()
             let info = try #require(try await server.service.store.head(RepositoryService.packKey(tenant: "acme",

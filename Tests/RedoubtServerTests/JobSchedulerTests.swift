@@ -72,7 +72,7 @@ final class JobProbe: @unchecked Sendable {
         #expect(await b.tick(now: server.clock.now()).map(\.outcome) == ["ok"])
         #expect(await a.tick(now: server.clock.now()).isEmpty)
         #expect(probe.count == 2)
-        let runs = try server.service.catalog.jobRuns(job: "test-job", tenant: "acme")
+        let runs = try await server.service.catalog.jobRuns(job: "test-job", tenant: "acme")
         #expect(runs.map(\.holder) == ["server-a", "server-b"])
         #expect(runs.allSatisfy { $0.outcome == "ok" && $0.endedAt != nil })
         await server.stop()
@@ -90,17 +90,17 @@ final class JobProbe: @unchecked Sendable {
         #expect(await b.tick(now: t0).isEmpty)
         // Nor does a second pass of A itself while its first still runs.
         #expect(await a.tick(now: t0).isEmpty)
-        #expect(try server.service.catalog.jobState(job: "test-job", tenant: "acme")?.leaseHolder == "server-a")
+        #expect(try await server.service.catalog.jobState(job: "test-job", tenant: "acme")?.leaseHolder == "server-a")
         probe.open()
         #expect(await running.value.map(\.outcome) == ["ok"])
         #expect(await b.tick(now: t0).isEmpty)
         #expect(probe.count == 1)
-        #expect(try server.service.catalog.jobState(job: "test-job", tenant: "acme")?.leaseHolder == nil)
+        #expect(try await server.service.catalog.jobState(job: "test-job", tenant: "acme")?.leaseHolder == nil)
 
         // A server that died holding a lease blocks the job only until the lease expires.
         let t1 = t0.addingTimeInterval(7200)
         server.clock.set(t1)
-        #expect(try server.service.catalog.acquireJobLease(job: "test-job", tenant: "acme", holder: "dead",
+        #expect(try await server.service.catalog.acquireJobLease(job: "test-job", tenant: "acme", holder: "dead",
                                                            now: t1, ttl: JobScheduler.leaseTTL) != nil)
         #expect(await b.tick(now: t1).isEmpty)
         let t2 = t1.addingTimeInterval(JobScheduler.leaseTTL)
@@ -123,16 +123,16 @@ final class JobProbe: @unchecked Sendable {
             return await s.tick(now: server.clock.now()).map(\.outcome)
         }
         #expect(await tick(at: 0) == ["failed"])
-        var state = try #require(try server.service.catalog.jobState(job: "test-job", tenant: "acme"))
+        var state = try #require(try await server.service.catalog.jobState(job: "test-job", tenant: "acme"))
         #expect(state.failures == 1 && state.nextDue == t0.addingTimeInterval(60))
         #expect(state.lastError?.contains("fails on purpose") == true)
         #expect(await tick(at: 59) == [])
         #expect(await tick(at: 60) == ["failed"])
-        state = try #require(try server.service.catalog.jobState(job: "test-job", tenant: "acme"))
+        state = try #require(try await server.service.catalog.jobState(job: "test-job", tenant: "acme"))
         #expect(state.failures == 2 && state.nextDue == t0.addingTimeInterval(180))
         #expect(await tick(at: 179) == [])
         #expect(await tick(at: 180) == ["ok"])
-        state = try #require(try server.service.catalog.jobState(job: "test-job", tenant: "acme"))
+        state = try #require(try await server.service.catalog.jobState(job: "test-job", tenant: "acme"))
         #expect(state.failures == 0 && state.nextDue == t0.addingTimeInterval(180 + 86400) && state.lastError == nil)
         #expect(JobScheduler.backoff(failures: 20, interval: 86400) == JobScheduler.maxBackoff)
         #expect(JobScheduler.backoff(failures: 20, interval: 3600) == 3600)
@@ -162,7 +162,7 @@ final class JobProbe: @unchecked Sendable {
         // The jobs after the failing one still ran in the same pass.
         #expect(reports.first { $0.job == "gc" }?.outcome == "ok")
         #expect(reports.first { $0.job == "scrub" }?.outcome == "ok")
-        #expect(try server.service.catalog.snapshot(id: manifest.id.description) != nil)
+        #expect(try await server.service.catalog.snapshot(id: manifest.id.description) != nil)
         await writer.shutdown()
         await server.stop()
     }
@@ -205,10 +205,10 @@ final class JobProbe: @unchecked Sendable {
         let s = JobScheduler(service: server.service, holder: "a", jobs: [ServerJobs.policyApply])
         #expect(await s.tick(now: noon).isEmpty)
         // What a failed application after a commit asks for: run now, window or not.
-        server.service.requestJob("policy-apply", tenant: "acme")
+        await server.service.requestJob("policy-apply", tenant: "acme")
         #expect(try await server.admin.jobs().first { $0.job == "policy-apply" }?.nextRunAt == noon)
         #expect(await s.tick(now: noon).map(\.outcome) == ["ok"])
-        let state = try #require(try server.service.catalog.jobState(job: "policy-apply", tenant: "acme"))
+        let state = try #require(try await server.service.catalog.jobState(job: "policy-apply", tenant: "acme"))
         #expect(state.requestedAt == nil && state.nextDue == noon.addingTimeInterval(86400))
         // Done: the next periodic run waits for the window again.
         #expect(await s.tick(now: noon.addingTimeInterval(86400)).isEmpty)

@@ -49,7 +49,7 @@ import RedoubtCore
         await #expect(throws: KeyCustodyError.self) {
             try await custody.rotate(to: nil, requestID: nil, destroyOld: false)
         }
-        #expect(try server.service.catalog.tenant("acme")?.keyVersion == 1)
+        #expect(try await server.service.catalog.tenant("acme")?.keyVersion == 1)
 
         // Passphrase → a new KEK at the KMS: the same read key, version 2, checked to open.
         let r1 = try await custody.rotate(to: kmip, requestID: nil, destroyOld: false)
@@ -80,7 +80,7 @@ import RedoubtCore
         await #expect(throws: NotConfirmed.self) {
             try await custody.shred(requestID: nil, confirm: { throw NotConfirmed() })
         }
-        #expect(try server.service.catalog.tenant("acme")?.shreddedAt == nil)
+        #expect(try await server.service.catalog.tenant("acme")?.shreddedAt == nil)
         #expect(await unwrapFailure(r2.wrapped) == nil)
 
         // The shred: every KEK not yet destroyed goes (version 3); version 1 was a
@@ -91,7 +91,7 @@ import RedoubtCore
         #expect(s.notDestroyable.count == 1 && s.notDestroyable[0].hasPrefix("key version 1 (passphrase:)"))
         #expect(progress.count == 1 && progress[0].contains("key version 3"))
         #expect(await unwrapFailure(r2.wrapped) != nil, "the shredded tenant's KEK still unwraps")
-        #expect(try server.service.catalog.tenant("acme")?.shreddedAt != nil)
+        #expect(try await server.service.catalog.tenant("acme")?.shreddedAt != nil)
         let gone = await #expect(throws: KeyProviderError.self) { try await custody.current() }
         #expect(gone?.code == "E_KEY_DESTROYED")
         // The escrow copy still opens the key: a shred cannot reach it.
@@ -106,6 +106,6 @@ import RedoubtCore
             })
         }
         #expect(p?.code == "E_KEY_UNSUPPORTED")
-        #expect(try server.service.catalog.tenant("beta")?.shreddedAt == nil)
+        #expect(try await server.service.catalog.tenant("beta")?.shreddedAt == nil)
     }
 }

@@ -55,7 +55,7 @@ import RedoubtStore
                 Issue.record("\(method) \(path) was allowed")
             } catch let e as APIError { #expect(e.status == 403, "\(method) \(path): \(e)") }
         }
-        #expect(try server.service.catalog.tenant("acme")?.keyVersion == 1)
+        #expect(try await server.service.catalog.tenant("acme")?.keyVersion == 1)
 
         // The server refuses wrappings it can tell are wrong.
         func refused(_ w: String, _ why: String) async {
@@ -75,7 +75,7 @@ import RedoubtStore
         await refused(try json(try await provider("x").wrap(other.readKey, context: KeyContext(tenant: "acme",
             keyVersion: 2))), "another read key")
         await refused("{\"format\":1}", "not a wrapped key")
-        #expect(try server.service.catalog.tenant("acme")?.keyVersion == 1)
+        #expect(try await server.service.catalog.tenant("acme")?.keyVersion == 1)
 
         // A proper rotation: version 2, the old KEK recorded by name only, the store's
         // descriptor replaced, and the restorer gets the new wrapping.
@@ -124,12 +124,12 @@ import RedoubtStore
         await #expect(throws: APIError.self) {
             try await server.admin.shredTenant(tenant: "acme", confirm: "acm", destroyedVersions: [])
         }
-        #expect(try server.service.catalog.tenant("acme")?.shreddedAt == nil)
+        #expect(try await server.service.catalog.tenant("acme")?.shreddedAt == nil)
 
         let info = try await server.admin.shredTenant(tenant: "acme", confirm: "acme", destroyedVersions: [2])
         #expect(info.wrappedReadKey == nil && info.shreddedAt != nil && info.keyVersion == 3)
         // No wrapped copy in the catalog or the store.
-        let rec = try #require(try server.service.catalog.tenant("acme"))
+        let rec = try #require(try await server.service.catalog.tenant("acme"))
         #expect(rec.wrappedReadKey.isEmpty)
         let descriptors = try await store.list(prefix: "t/acme/").filter { $0.key.path.contains("/tenant-v") }
         #expect(descriptors.map(\.key.path) == ["t/acme/tenant-v3.json"])
@@ -210,7 +210,7 @@ import RedoubtStore
         _ = try await CatalogRebuilder.rebuild(home: server.home, logger: Logger(label: "test"))
         let rebuilt = try Catalog(path: server.home.catalogPath)
         #expect(try rebuilt.retiredKEKs(tenant: "acme").map(\.version) == [1])
-        #expect(try rebuilt.copyTargets().map(\.id) == ["t1"])
+        #expect(try await rebuilt.copyTargets().map(\.id) == ["t1"])
         #expect(try rebuilt.request("r1", now: now) != nil)
         _ = system("chattr -R -i '\(server.dir.path)' 2>/dev/null")
         try? FileManager.default.removeItem(at: server.dir)

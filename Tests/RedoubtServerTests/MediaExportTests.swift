@@ -57,7 +57,7 @@ struct SpoolPackSource: PackSource {
         #expect(summary.media.volumes >= 3, "wanted a multi-volume set, got \(summary.media.volumes)")
         // One line per pack, the manifest, and the host's registration (a host key statement).
         #expect(lines == summary.packs + 2)
-        let head = try catalog.auditRecords().last
+        let head = try await catalog.auditRecords().last
         #expect(head?.action == "media-write" && head?.seq == summary.auditSeq)
 
         // No server, no catalog, no store, no client config: only the volumes (and the passphrase).

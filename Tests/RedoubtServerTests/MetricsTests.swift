@@ -108,7 +108,7 @@ struct MetricsWorld {
 
         // The age is the server's clock's: a day later by that clock, a day old.
         w.server.clock.set(w.server.clock.now().addingTimeInterval(86400))
-        try w.server.service.catalog.setHostExpectation(tenant: "acme", host: "web1", interval: 3600)
+        try await w.server.service.catalog.setHostExpectation(tenant: "acme", host: "web1", interval: 3600)
         m = try await w.scrape()
         #expect(m.value("redoubt_host_last_commit_age_seconds", host) == 86400)
         #expect(m.value("redoubt_host_expected_interval_seconds", host) == 3600)

@@ -129,7 +129,8 @@ final class WebhookReceiver: @unchecked Sendable {
         }
 
         /// Posts a one-off marker: everything queued before it has been delivered once it arrives.
-        func marker(_ n: Int) { w.server.service.notifier.post(MonitorEvent(.jobFailed, tenant: "-", host: "marker",
+        func marker(_ n: Int) async { await w.server.service.notifier.post(MonitorEvent(.jobFailed, tenant: "-",
+                host: "marker",
             summary: "marker \(n)", command: "-", key: "marker-\(n)", lasting: false)) }
 
         func stop() async {
@@ -143,14 +144,15 @@ final class WebhookReceiver: @unchecked Sendable {
         let rig = try await Rig.start(events: ["host-stale", "job-failed"])
         let s = rig.w.server
         _ = try await s.admin.setHostExpectation(.init(tenant: "acme", host: "web1", intervalSeconds: 3600))
-        try s.service.evaluateNotifications()
+        try await s.service.evaluateNotifications()
         // By the server's clock, two hours pass without a commit: stale (1.5 × 1 h).
         s.clock.set(s.clock.now().addingTimeInterval(7200))
-        for _ in 0..<3 { try s.service.evaluateNotifications() }
+        for _ in 0..<3 { try await s.service.evaluateNotifications() }
         // Not taken by this channel's rules: never delivered.
-        s.service.notifier.post(MonitorEvent(.approvalRequested, tenant: "-", host: "r", summary: "x", command: "-",
+        await s.service.notifier.post(MonitorEvent(.approvalRequested, tenant: "-", host: "r", summary: "x",
+                command: "-",
                                              key: "approval-requested:r", lasting: false))
-        rig.marker(1)
+        await rig.marker(1)
         let opened = try await rig.next()
         #expect(opened?.kind == "host-stale" && opened?.state == "open")
         #expect(opened?.tenant == "acme" && opened?.host == "web1")
@@ -166,8 +168,8 @@ final class WebhookReceiver: @unchecked Sendable {
                                                  files: [("b", [1, 2, 3])])
         for p in packs { _ = try await rig.w.writer.uploadPack(id: p.id, bytes: p.bytes) }
         _ = try await rig.w.writer.commit(manifestBytes: manifest.bytes)
-        for _ in 0..<3 { try s.service.evaluateNotifications() }
-        rig.marker(2)
+        for _ in 0..<3 { try await s.service.evaluateNotifications() }
+        await rig.marker(2)
         let resolved = try await rig.next()
         #expect(resolved?.kind == "host-stale" && resolved?.state == "resolved" && resolved?.host == "web1")
         #expect(try await rig.next()?.summary == "marker 2")
@@ -185,7 +187,7 @@ final class WebhookReceiver: @unchecked Sendable {
                 }
             }
         }
-        rig.marker(1)
+        await rig.marker(1)
         let burst = try await rig.next()
         #expect(burst?.kind == "refusal-burst" && burst?.state == "open")
         #expect(burst?.tenant == "acme" && burst?.host == "web1")
@@ -227,13 +229,13 @@ final class WebhookReceiver: @unchecked Sendable {
         }
         try n.setRefusalBurst(count: 2, window: 60)
         _ = try? await w.writer.send(.DELETE, "/v1/packs/00")
-        #expect(try w.server.service.catalog.openAlerts().isEmpty)
+        #expect(try await w.server.service.catalog.openAlerts().isEmpty)
         _ = try? await w.writer.send(.DELETE, "/v1/packs/00")
-        #expect(try w.server.service.catalog.openAlerts().map(\.event.kind) == ["refusal-burst"])
+        #expect(try await w.server.service.catalog.openAlerts().map(\.event.kind) == ["refusal-burst"])
         // A window later without another refusal, the burst is over.
         w.server.clock.set(w.server.clock.now().addingTimeInterval(61))
-        try w.server.service.evaluateNotifications()
-        #expect(try w.server.service.catalog.openAlerts().isEmpty)
+        try await w.server.service.evaluateNotifications()
+        #expect(try await w.server.service.catalog.openAlerts().isEmpty)
         await w.stop()
     }
 }

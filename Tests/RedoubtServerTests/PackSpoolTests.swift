@@ -42,7 +42,7 @@ extension RequestLimitsTests {
         }
         #expect(e?.message.contains("do not hash to the ID") == true, "\(String(describing: e))")
         for id in [wrongID, forged.id] {
-            #expect(try w.server.service.catalog.pack(tenant: "acme", id: id.description) == nil)
+            #expect(try await w.server.service.catalog.pack(tenant: "acme", id: id.description) == nil)
             #expect(try await w.server.service.store.head(RepositoryService.packKey(tenant: "acme", id: id)) == nil)
         }
         #expect(try spoolFiles(w) == [])
@@ -83,7 +83,7 @@ extension RequestLimitsTests {
             left = try spoolFiles(w)
         }
         #expect(left == [], "a body cut midway left its spool file")
-        #expect(try w.server.service.catalog.pack(tenant: "acme", id: id) == nil)
+        #expect(try await w.server.service.catalog.pack(tenant: "acme", id: id) == nil)
         try await w.victimRestores()
         await w.stop()
     }

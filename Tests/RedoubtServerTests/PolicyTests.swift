@@ -192,7 +192,7 @@ private func key(_ r: Route) -> String { "\(r.method) \(r.path)" }
             }
         }
         #expect(refusals > 100)
-        let denied = try server.service.catalog.auditRecords().filter { $0.outcome == "denied" }
+        let denied = try await server.service.catalog.auditRecords().filter { $0.outcome == "denied" }
         for route in RedoubtHTTP.routes where !(expectedAccess[key(route)]?.contains("writer") ?? false) {
             #expect(denied.contains { $0.action == route.action.rawValue && $0.actor.hasPrefix("writer:") },
                     "no denied record named \(route.action.rawValue) for the writer")
@@ -211,7 +211,7 @@ private func key(_ r: Route) -> String { "\(r.method) \(r.path)" }
         }
         let head = try? await clients["writer"]!.send(.HEAD, "/v1/audit")
         #expect(head == nil, "HEAD /v1/audit was answered")
-        #expect(try server.service.catalog.auditRecords().contains {
+        #expect(try await server.service.catalog.auditRecords().contains {
             $0.action == "unknown-route" && $0.object == "DELETE /v1/health" && $0.outcome == "denied"
         })
         for client in clients.values where client !== server.admin { await client.shutdown() }

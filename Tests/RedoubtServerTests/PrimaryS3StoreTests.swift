@@ -121,7 +121,7 @@ import RedoubtStore
         try FileManager.default.removeItem(atPath: server.home.catalogPath)
         let report = try await CatalogRebuilder.rebuild(home: server.home, logger: .init(label: "test"))
         #expect(report.rejected.isEmpty && report.tenants == 1 && report.snapshots == 1, "\(report)")
-        #expect(try Catalog(path: server.home.catalogPath).snapshots(tenant: "acme").map(\.id) == [info.id])
+        #expect(try await Catalog(path: server.home.catalogPath).snapshots(tenant: "acme").map(\.id) == [info.id])
         await server.stop()
     }
 

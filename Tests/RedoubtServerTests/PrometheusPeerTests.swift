@@ -128,7 +128,7 @@ func contribAlertRules(scopedTo run: String) throws -> String {
         #expect(commits?.1 == 1, "\(String(describing: commits))")
 
         // The host is expected hourly; by the server's clock two hours pass without a commit.
-        try w.server.service.catalog.setHostExpectation(tenant: "acme", host: "web1", interval: 3600)
+        try await w.server.service.catalog.setHostExpectation(tenant: "acme", host: "web1", interval: 3600)
         w.server.clock.set(w.server.clock.now().addingTimeInterval(7200))
         let alert = try await prom.eventually("RedoubtHostStale firing") {
             try await prom.firingAlerts().first { $0["alertname"] == "RedoubtHostStale" }

@@ -346,7 +346,7 @@ extension RequestLimitsTests {
             server RSS for a \(huge.bytes.count >> 10) KiB manifest of 4 million paths: before \(before >> 20) MiB, \
             after \(vmRSS() >> 20) MiB
             """)
-        #expect(try w.server.service.catalog.snapshot(id: huge.id.description) == nil)
+        #expect(try await w.server.service.catalog.snapshot(id: huge.id.description) == nil)
         // Too many tags, and one tag too long.
         let (_, tagged) = try snapshot(w, paths: [Array("/srv".utf8)], tags: (0..<65).map { "t\($0)" })
         await refused("E_TOO_LARGE", "a manifest of 65 tags") {
@@ -410,7 +410,7 @@ extension RequestLimitsTests {
         // Once the pack is recorded its index is being written: the other tenant backs up now.
         var recorded = false
         for _ in 0..<3000 {
-            if try w.server.service.catalog.pack(tenant: "acme", id: big.id.description) != nil {
+            if try await w.server.service.catalog.pack(tenant: "acme", id: big.id.description) != nil {
                 recorded = true; break
             }
             try await Task.sleep(nanoseconds: 100_000_000)
@@ -437,7 +437,7 @@ extension RequestLimitsTests {
         await refused("E_TOO_LARGE", "a pack of 101 chunk IDs") {
             _ = try await w.writer.uploadPack(id: big.id, bytes: big.bytes)
         }
-        #expect(try w.server.service.catalog.pack(tenant: "acme", id: big.id.description) == nil)
+        #expect(try await w.server.service.catalog.pack(tenant: "acme", id: big.id.description) == nil)
         try await w.victimRestores()
         await w.stop()
     }
@@ -536,7 +536,7 @@ extension RequestLimitsTests {
         }
         #expect(e?.status == 507 && e?.message.contains("redoubt admin host set acme web1 --quota") == true,
             "\(String(describing: e))")
-        for p in junk { #expect(try w.server.service.catalog.pack(tenant: "acme", id: p.id.description) == nil) }
+        for p in junk { #expect(try await w.server.service.catalog.pack(tenant: "acme", id: p.id.description) == nil) }
         // `host list` reports it.
         let listed = try await w.server.admin.principals().first { $0.name == "web1" }?.quota
         #expect(listed?.quotaBytes == 1 << 20 && (listed?.committedBytes ?? 0) >= 600 << 10
@@ -545,7 +545,7 @@ extension RequestLimitsTests {
 
         // The tenant's quota binds its other hosts too.
         let (c2, web2) = try await w.server.enroll(tenant: "acme", role: "writer", name: "web2")
-        let held = try w.server.service.quotaInfo(tenant: "acme", host: nil)
+        let held = try await w.server.service.quotaInfo(tenant: "acme", host: nil)
         let used = held.committedBytes + held.uncommittedBytes
         _ = try await w.server.admin.setQuota(tenant: "acme", host: nil, bytes: used + (100 << 10))
         let (p2, m2) = try makeSnapshot(keys: try c2.writeKeySet(), files: [("b.bin", random(600 << 10))])

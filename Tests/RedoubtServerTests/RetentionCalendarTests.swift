@@ -23,13 +23,13 @@ import RedoubtCore
         let server = try await TestServer.start(minRetention: minRetention, inMemory: true)
         let keys = try TenantKeys.generate()
         try await server.createTenant("acme", keys: keys)
-        let principals = { try server.service.catalog.principals(tenant: nil) }
-        let admin = try #require(try principals().first { $0.role == .admin })
+        let principals = { try await server.service.catalog.principals(tenant: nil) }
+        let admin = try #require(try await principals().first { $0.role == .admin })
         var w = World(server: server, keys: keys, admin: CallContext(principal: admin, source: "test"))
         for n in names {
             let (cfg, client) = try await server.enroll(tenant: "acme", role: "writer", name: n)
             await client.shutdown()
-            let p = try #require(try principals().first { $0.name == n && $0.role == .writer })
+            let p = try #require(try await principals().first { $0.name == n && $0.role == .writer })
             w.hosts.append((cfg, CallContext(principal: p, source: "test")))
         }
         return w
@@ -85,10 +85,11 @@ import RedoubtCore
             _ = try await w.server.service.applyPolicies(tenant: "acme", host: nil)
             var before: [String: Date] = [:]
             for s in earlier {
-                before[s.id] = try #require(try w.server.service.catalog.snapshot(id: s.id)).retainUntil
+                before[s.id] = try #require(try await w.server.service.catalog.snapshot(id: s.id)).retainUntil
             }
             let keptBefore =
-                try w.server.service.simulatePolicies(tenant: "acme").snapshots.filter { !$0.keeps.isEmpty }.map(\.id)
+                try await w.server.service.simulatePolicies(tenant: "acme").snapshots
+                    .filter { !$0.keeps.isEmpty }.map(\.id)
             #expect(keptBefore.count >= 7, "\(keptBefore)")
 
             // A taken host: a flood of decoys today, some claiming the past as far as the server lets it.
@@ -105,17 +106,17 @@ import RedoubtCore
             } catch let e as ServerError {
                 #expect(e.code == "E_CLOCK", "\(e)")
             }
-            let sim = try w.server.service.simulatePolicies(tenant: "acme")
+            let sim = try await w.server.service.simulatePolicies(tenant: "acme")
             let decided = Dictionary(uniqueKeysWithValues: sim.snapshots.map { ($0.id, $0) })
             // Every earlier kept snapshot is still kept, and no lock moved earlier.
             for id in keptBefore {
                 #expect(decided[id]?.keeps.isEmpty == false, "\(id) no longer kept after the flood")
             }
             for s in earlier {
-                let now = try #require(try w.server.service.catalog.snapshot(id: s.id)).retainUntil
+                let now = try #require(try await w.server.service.catalog.snapshot(id: s.id)).retainUntil
                 #expect(now >= before[s.id]!, "\(s.id): lock \(before[s.id]!) moved to \(now)")
-                for p in try w.server.service.catalog.snapshotPacks(id: s.id) {
-                    #expect(try #require(try w.server.service.catalog.pack(tenant: "acme",
+                for p in try await w.server.service.catalog.snapshotPacks(id: s.id) {
+                    #expect(try #require(try await w.server.service.catalog.pack(tenant: "acme",
                         id: p.description)).retainUntil
                             >= Date(timeIntervalSince1970: (before[s.id]!.timeIntervalSince1970 / Self.day)
                                 .rounded(.down) * Self.day))
@@ -126,7 +127,7 @@ import RedoubtCore
             let keptDecoys = decoys.filter { decided[$0]?.keeps.isEmpty == false }
             #expect(keptDecoys == [decoys.last!], "\(keptDecoys.count) decoys kept")
             for id in decoys {
-                let s = try #require(try w.server.service.catalog.snapshot(id: id))
+                let s = try #require(try await w.server.service.catalog.snapshot(id: id))
                 #expect(s.retainUntil == s.committedAt.addingTimeInterval(Self.day),
                     "decoy \(id) locked until \(s.retainUntil)")
             }
@@ -161,7 +162,7 @@ import RedoubtCore
             t = t.addingTimeInterval(Self.day)
             while t < end {
                 let id = (0..<32).map { _ in String(format: "%02x", UInt8.random(in: 0...255)) }.joined()
-                try w.server.service.catalog.insertSnapshot(SnapshotRecord(
+                try await w.server.service.catalog.insertSnapshot(SnapshotRecord(
                     id: id, tenant: "acme", host: "web1", time: t, committedAt: t,
                         retainUntil: t.addingTimeInterval(Self.day),
                     paths: [], tags: [], statistics: SnapshotStatistics(), packCount: 0, manifestSize: 0), packs: [])
@@ -171,11 +172,11 @@ import RedoubtCore
             w.server.clock.set(end)
             // Into the catalog directly: setting it through the service would apply it, and these
             // records have no manifests in the store to lock.
-            #expect(try w.server.service.catalog.setPolicy(Wire.PolicyInfo(
+            #expect(try await w.server.service.catalog.setPolicy(Wire.PolicyInfo(
                 tenant: "acme", hostGlob: "*", tag: "", rules: RetentionRules(daily: 14, weekly: 8, monthly: 24,
                     yearly: 7),
                 updatedAt: end), from: nil))
-            let sim = try w.server.service.simulatePolicies(tenant: "acme")
+            let sim = try await w.server.service.simulatePolicies(tenant: "acme")
             var byRule: [String: Int] = [:]
             for s in sim.snapshots { for k in s.keeps { byRule[k.rule, default: 0] += 1 } }
             print("""
@@ -234,18 +235,18 @@ import RedoubtCore
             _ = try await w.server.service.applyPolicies(tenant: "acme", host: nil)
 
             // The pure schedule's answer on the catalog's commit times.
-            let snaps = try w.server.service.catalog.snapshots(tenant: "acme", host: nil)
+            let snaps = try await w.server.service.catalog.snapshots(tenant: "acme", host: nil)
             #expect(snaps.count == 3 * days)
             let schedule = try #require(RetentionSchedule(rules: rules, minimumRetention: Self.day))
             let decisions = schedule.decide(snaps.map { RetentionCandidate(id: $0.id, host: $0.host,
                 committedAt: $0.committedAt) },
                                             now: now)
             let expectedKept = Set(decisions.filter { !$0.keeps.isEmpty }.map(\.id))
-            let sim = try w.server.service.simulatePolicies(tenant: "acme")
+            let sim = try await w.server.service.simulatePolicies(tenant: "acme")
             #expect(Set(sim.snapshots.filter { !$0.keeps.isEmpty }.map(\.id)) == expectedKept)
 
             // The listing shows the same rules for each snapshot.
-            let listed = try w.server.service.listSnapshots(host: nil, tenant: "acme", ctx: w.admin)
+            let listed = try await w.server.service.listSnapshots(host: nil, tenant: "acme", ctx: w.admin)
             let keptBy = Dictionary(uniqueKeysWithValues: listed.map { ($0.id, $0.keptBy) })
             for d in sim.snapshots {
                 #expect(keptBy[d.id] == .some(d.keeps),
@@ -276,7 +277,8 @@ import RedoubtCore
             // Locks: the catalog holds each final rule's end; hand-computed ends for the year's
             // last snapshot (yearly: 7 years from its year's start) and a month's last (24 months).
             var locks: [String: Date] = [:]
-            for r in try w.server.service.catalog.snapshots(tenant: "acme", host: nil) { locks[r.id] = r.retainUntil }
+            for r in try await w.server.service.catalog.snapshots(tenant: "acme",
+                    host: nil) { locks[r.id] = r.retainUntil }
             for d in decisions where d.lockUntil != nil {
                 let expected = max(d.lockUntil!, d.committedAt.addingTimeInterval(Self.day))
                 #expect(locks[d.id] == expected,
@@ -298,8 +300,8 @@ import RedoubtCore
             // A decoy-free check of the packs: each kept snapshot's packs are locked at least to its day.
             for id in expectedKept {
                 let l = try #require(locks[id])
-                for p in try w.server.service.catalog.snapshotPacks(id: id) {
-                    let pl = try #require(try w.server.service.catalog.pack(tenant: "acme",
+                for p in try await w.server.service.catalog.snapshotPacks(id: id) {
+                    let pl = try #require(try await w.server.service.catalog.pack(tenant: "acme",
                         id: p.description)).retainUntil
                     #expect(pl >= l.addingTimeInterval(-Self.day), "pack \(p) of \(id) locked \(pl) < \(l)")
                 }
@@ -308,7 +310,7 @@ import RedoubtCore
             // GC removes everything else and keeps these; kept ones restore bit for bit.
             let report = try await w.server.service.collectGarbage(tenant: "acme", Wire.GCRequest(dryRun: false),
                 ctx: w.admin)
-            let left = Set(try w.server.service.catalog.snapshots(tenant: "acme", host: nil).map(\.id))
+            let left = Set(try await w.server.service.catalog.snapshots(tenant: "acme", host: nil).map(\.id))
             #expect(left == expectedKept,
                 "left \(left.count), kept \(expectedKept.count), removed \(report.snapshotsRemoved.count)")
             #expect(report.snapshotsRemoved.count == 3 * days - expectedKept.count)

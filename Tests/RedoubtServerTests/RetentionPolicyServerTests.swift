@@ -46,16 +46,18 @@ import RedoubtCore
             #expect(kept[ids[3]]?.lockUntil == t0.addingTimeInterval(6 * day))
             #expect(kept[ids[2]]?.keeps.isEmpty == true)
             // Applied after each commit already: the catalog's locks and the packs' follow.
-            let s4 = try #require(try server.service.catalog.snapshot(id: ids[4]))
+            let s4 = try #require(try await server.service.catalog.snapshot(id: ids[4]))
             #expect(s4.retainUntil == t0.addingTimeInterval(7 * day))
-            for p in try server.service.catalog.snapshotPacks(id: ids[4]) {
-                #expect(try #require(try server.service.catalog.pack(tenant: "acme", id: p.description)).retainUntil
+            for p in try await server.service.catalog.snapshotPacks(id: ids[4]) {
+                #expect(try #require(try await server.service.catalog.pack(tenant: "acme",
+                        id: p.description)).retainUntil
                         >= t0.addingTimeInterval(7 * day))
             }
-            let s2 = try #require(try server.service.catalog.snapshot(id: ids[2]))
+            let s2 = try #require(try await server.service.catalog.snapshot(id: ids[2]))
             // Day 2 was kept while among the last 3 days; no rule keeps it now, its lock stays at its end.
             #expect(s2.retainUntil == t0.addingTimeInterval(5 * day))
-            #expect(try server.service.catalog.snapshot(id: ids[0])?.retainUntil == t0.addingTimeInterval(3 * day))
+            #expect(try await server.service.catalog.snapshot(id: ids[0])?.retainUntil
+                == t0.addingTimeInterval(3 * day))
 
             // With a second admin, lowering needs approval; raising does not.
             await refused("E_APPROVAL_REQUIRED", "lowering a policy alone") {
@@ -73,7 +75,8 @@ import RedoubtCore
                                                                                           requestID: req.id))
             #expect(lowered.first?.rules.daily == 2)
             // A lock once set stays.
-            #expect(try server.service.catalog.snapshot(id: ids[3])?.retainUntil == t0.addingTimeInterval(6 * day))
+            #expect(try await server.service.catalog.snapshot(id: ids[3])?.retainUntil
+                == t0.addingTimeInterval(6 * day))
             let raised = try await alice.setPolicy(tenant: "acme", Wire.SetPolicyRequest(rules: RetentionRules(daily: 2,
                 monthly: 12)))
             #expect(raised.first?.rules.monthly == 12)
@@ -94,7 +97,7 @@ import RedoubtCore
             }
             #expect(!monthly.isEmpty, "the month of the backups is over")
             for (id, until) in monthly {
-                #expect(try #require(try server.service.catalog.snapshot(id: id)).retainUntil >= until)
+                #expect(try #require(try await server.service.catalog.snapshot(id: id)).retainUntil >= until)
             }
         } catch {
             Issue.record(error)

@@ -34,7 +34,7 @@ import RedoubtStore
         server.clock.set(server.clock.now().addingTimeInterval(31 * 86400))
         let reports = await s.tick(now: server.clock.now())
         #expect(reports.map(\.outcome) == ["findings"], "\(reports)")
-        let findings = try server.service.catalog.findings(tenant: "acme", since: nil)
+        let findings = try await server.service.catalog.findings(tenant: "acme", since: nil)
         #expect(findings.count == 1, "\(findings)")
         let f = try #require(findings.first)
         #expect(f.code == "E_INTEGRITY" && f.object == "pack \(victim.id)" && f.source == "scrub")
@@ -50,7 +50,7 @@ import RedoubtStore
         // Found again later: counted, not audited again.
         server.clock.set(server.clock.now().addingTimeInterval(31 * 86400))
         #expect(await s.tick(now: server.clock.now()).map(\.outcome) == ["findings"])
-        #expect(try server.service.catalog.findings(tenant: "acme", since: nil).first?.count == 2)
+        #expect(try await server.service.catalog.findings(tenant: "acme", since: nil).first?.count == 2)
         #expect(try await server.admin.audit().filter { $0.action == "integrity-finding" }.count == 1)
         await writer.shutdown()
         await server.stop()

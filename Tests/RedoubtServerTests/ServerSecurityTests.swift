@@ -129,7 +129,7 @@ import RedoubtKMS
         let audit = try await w.server.admin.audit()
         let denied = audit.filter { $0.outcome == "denied" && $0.actor == "writer:acme/web1" }
         #expect(denied.count >= refusals.count)
-        #expect(try w.server.service.catalog.verifyAudit().firstBad == nil)
+        #expect(try await w.server.service.catalog.verifyAudit().firstBad == nil)
         await w.stop()
     }
 
@@ -259,12 +259,12 @@ import RedoubtKMS
     @Test func theAuditChainNamesTheFirstEditedRecord() async throws {
         let w = try await world()
         _ = try await backup(w, files: [("a", [1])])
-        let before = try w.server.service.catalog.verifyAudit()
+        let before = try await w.server.service.catalog.verifyAudit()
         #expect(before.firstBad == nil && before.count >= 4)
         try await w.server.service.sqlite.db.write { db in
             try db.execute(sql: "UPDATE audit SET detail = 'nothing to see' WHERE seq = 3")
         }
-        #expect(try w.server.service.catalog.verifyAudit().firstBad == 3)
+        #expect(try await w.server.service.catalog.verifyAudit().firstBad == 3)
         await w.stop()
     }
 
@@ -272,7 +272,7 @@ import RedoubtKMS
         let w = try await world()
         _ = try await backup(w, files: [("a", [1])])
         try await w.server.service.sqlite.db.write { db in try db.execute(sql: "DELETE FROM audit WHERE seq = 2") }
-        #expect(try w.server.service.catalog.verifyAudit().firstBad == 3)
+        #expect(try await w.server.service.catalog.verifyAudit().firstBad == 3)
         await w.stop()
     }
 
@@ -285,22 +285,22 @@ import RedoubtKMS
             try db.execute(sql: "UPDATE audit SET seq = 2 WHERE seq = 3")
             try db.execute(sql: "UPDATE audit SET seq = 3 WHERE seq = -2")
         }
-        #expect(try w.server.service.catalog.verifyAudit().firstBad == 2)
+        #expect(try await w.server.service.catalog.verifyAudit().firstBad == 2)
         await w.stop()
     }
 
     @Test func aTruncatedAuditLogFailsAgainstItsAnchoredHead() async throws {
         let w = try await world()
         _ = try await backup(w, files: [("a", [1])])
-        let head = try w.server.service.catalog.auditChainHead()
+        let head = try await w.server.service.catalog.auditChainHead()
         #expect(head.seq >= 4)
-        #expect(try w.server.service.catalog.verifyAudit(anchor: head).firstBad == nil)
+        #expect(try await w.server.service.catalog.verifyAudit(anchor: head).firstBad == nil)
         try await w.server.service.sqlite.db.write {
             db in try db.execute(sql: "DELETE FROM audit WHERE seq = ?", arguments: [head.seq])
         }
         // The shortened chain is self-consistent; only the anchor exposes it.
-        #expect(try w.server.service.catalog.verifyAudit().firstBad == nil)
-        #expect(try w.server.service.catalog.verifyAudit(anchor: head).firstBad == head.seq)
+        #expect(try await w.server.service.catalog.verifyAudit().firstBad == nil)
+        #expect(try await w.server.service.catalog.verifyAudit(anchor: head).firstBad == head.seq)
         await w.stop()
     }
 
@@ -309,10 +309,10 @@ import RedoubtKMS
         let (packs1, m1, _) = try await backup(w, files: [("a", randomBytes(2 << 20)), ("b", Array("hello".utf8))])
         let (_, m2, _) = try await backup(w, files: [("c", randomBytes(1000))])
         let catalog = w.server.service.catalog
-        let before = try catalog.snapshots(tenant: "acme").map(\.id).sorted()
+        let before = try await catalog.snapshots(tenant: "acme").map(\.id).sorted()
         let chunkIDs = try PackReader.inspect(packs1[0].bytes, expectedID: packs1[0].id).chunkIDs
-        let locations = try catalog.chunkLocations(tenant: "acme", ids: chunkIDs)
-        let principals = try catalog.principals(tenant: "acme").count
+        let locations = try await catalog.chunkLocations(tenant: "acme", ids: chunkIDs)
+        let principals = try await catalog.principals(tenant: "acme").count
         await w.writer.shutdown()
         await w.restorer.shutdown()
         await w.server.admin.shutdown()
@@ -324,9 +324,9 @@ import RedoubtKMS
         #expect(report.rejected.isEmpty, "\(report.rejected)")
         #expect(report.tenants == 1 && report.snapshots == 2)
         let rebuilt = try Catalog(path: w.server.home.catalogPath)
-        #expect(try rebuilt.snapshots(tenant: "acme").map(\.id).sorted() == before)
+        #expect(try await rebuilt.snapshots(tenant: "acme").map(\.id).sorted() == before)
         #expect(Set(before) == Set([m1.id.description, m2.id.description]))
-        #expect(try rebuilt.chunkLocations(tenant: "acme", ids: chunkIDs) == locations)
+        #expect(try await rebuilt.chunkLocations(tenant: "acme", ids: chunkIDs) == locations)
         #expect(try rebuilt.tenant("acme")?.readKeyID == w.keys.readKey.publicKey.keyID.description)
         // Principals are not in the store: lost with the catalog, so re-enrollment is needed.
         #expect(try rebuilt.principals(tenant: "acme").count <= principals)

@@ -41,7 +41,7 @@ import RedoubtCore
                                    time: base, committedAt: base.addingTimeInterval(Double(i / 4)),
                                    retainUntil: base.addingTimeInterval(86400), paths: ["/data"], tags: [],
                                    statistics: SnapshotStatistics(), packCount: 0, manifestSize: 1)
-            try server.service.catalog.insertSnapshot(r, packs: [])
+            try await server.service.catalog.insertSnapshot(r, packs: [])
             records.append(r)
         }
         let ordered = records.sorted { ($0.tenant, $0.committedAt, $0.id) < ($1.tenant, $1.committedAt, $1.id) }
@@ -65,7 +65,8 @@ import RedoubtCore
             #expect(got.dropLast().allSatisfy { $0.count == 97 }, "\(name): a short page before the last")
         }
         // The old whole-tenant reader and the pages agree.
-        #expect(try server.service.catalog.snapshots(tenant: "acme").map(\.id) == expected { $0.tenant == "acme" })
+        #expect(try await server.service.catalog.snapshots(tenant: "acme").map(\.id)
+            == expected { $0.tenant == "acme" })
         // A cursor the caller cannot see is refused, never answered with everything.
         let betaSnapshot = try #require(records.first { $0.tenant == "beta" }?.id)
         await refused("E_NOT_FOUND", "a restorer paging after another tenant's snapshot") {

@@ -199,11 +199,11 @@ struct VerdictScorerTests {
         #expect(LatestClean.pick(try await w.restorer.snapshots(host: "web1"), host: "web1")?.id == clean.last?.id)
 
         // The three newest clean snapshots are held by the detector, and audited.
-        let holds = try w.server.service.catalog.holds(active: true)
+        let holds = try await w.server.service.catalog.holds(active: true)
         #expect(Set(holds.map(\.target)) == Set(clean.suffix(3).map(\.id)))
         #expect(holds.allSatisfy { $0.createdBy == "detector" && $0.reason.contains("suspect") })
-        #expect(try !w.server.service.catalog.isHeld(snapshot: clean[0].id))
-        let audit = try w.server.service.catalog.auditRecords()
+        #expect(try await !w.server.service.catalog.isHeld(snapshot: clean[0].id))
+        let audit = try await w.server.service.catalog.auditRecords()
         #expect(audit.contains { $0.action == "snapshot-verdict" && $0.outcome == "suspect"
             && $0.object == "snapshot \(attack.id)" })
         #expect(audit.filter { $0.action == "place-hold" && $0.actor == "detector" }.count == 3)
@@ -232,13 +232,13 @@ struct VerdictScorerTests {
         #expect(seen[after.id]?.verdict == "suspect")
         #expect(seen[after.id]?.verdictReasons?.first?.contains("follows suspect snapshot \(attack.id)") == true)
         #expect(LatestClean.pick(try await w.restorer.snapshots(host: "web1"), host: "web1")?.id == clean.last?.id)
-        #expect(try w.server.service.catalog.holds(active: true).count == 3, "no new holds for the same attack")
+        #expect(try await w.server.service.catalog.holds(active: true).count == 3, "no new holds for the same attack")
 
         // Even one admin cannot lift the detector's hold alone: it needs the quorum.
         await refused("E_APPROVAL_REQUIRED", "one admin lifting a hold") {
             _ = try await w.server.admin.releaseHold(id: holds[0].id, requestID: nil)
         }
-        #expect(try w.server.service.catalog.isHeld(snapshot: holds[0].target))
+        #expect(try await w.server.service.catalog.isHeld(snapshot: holds[0].target))
 
         // A false positive, or a rebuilt host: the admins' quorum clears the newest suspect
         // verdict; the host's next snapshot is judged on its own again. The host cannot.
@@ -259,7 +259,7 @@ struct VerdictScorerTests {
         #expect(seen[attack.id]?.verdict == "suspect", "the attack itself stays suspect")
         #expect(seen[after.id]?.verdict == "clean")
         #expect(seen[next.id]?.verdict == "clean", "\(seen[next.id]?.verdictReasons ?? [])")
-        #expect(try w.server.service.catalog.holds(active: true).count == 3, "holds stay until released")
+        #expect(try await w.server.service.catalog.holds(active: true).count == 3, "holds stay until released")
         await w.server.stop()
     }
 
@@ -286,7 +286,7 @@ struct VerdictScorerTests {
         #expect(seen[b.id]?.verdict == "clean")
         #expect(seen[c.id]?.verdict == "suspect")
         #expect(seen[c.id]?.verdictReasons?.first?.contains("5 refused requests") == true)
-        #expect(try w.server.service.catalog.holds(active: true).map(\.target) == [b.id])
+        #expect(try await w.server.service.catalog.holds(active: true).map(\.target) == [b.id])
         await w.server.stop()
     }
 }

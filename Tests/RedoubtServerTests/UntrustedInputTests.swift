@@ -60,10 +60,10 @@ import RedoubtCore
             #expect(code == 400 || code == 403, "host=\(q): \(code) \(err)")
             if code == 400 { #expect(err == "E_BAD_REQUEST") }
         }
-        let verdict = try w.server.service.catalog.verifyAudit()
+        let verdict = try await w.server.service.catalog.verifyAudit()
         #expect(verdict.firstBad == nil, "audit chain broken at \(verdict.firstBad ?? -1)")
         // What was audited holds no control character.
-        for r in try w.server.service.catalog.auditRecords() {
+        for r in try await w.server.service.catalog.auditRecords() {
             for f in [r.actor, r.object, r.detail] {
                 let raw = f.unicodeScalars.contains { $0.value < 0x20 || (0x7f...0x9f).contains($0.value) }
                 #expect(!raw, "\(r.seq): \(f.debugDescription)")
@@ -88,9 +88,9 @@ import RedoubtCore
             for field in 0..<8 {
                 var f = Array(repeating: "x", count: 8)
                 f[field] = v
-                let rec = try catalog.audit(time: Date(), actor: f[0], role: f[1], credential: f[2], source: f[3],
+                let rec = try await catalog.audit(time: Date(), actor: f[0], role: f[1], credential: f[2], source: f[3],
                                             action: f[4], object: f[5], outcome: f[6], detail: f[7])
-                let stored = try #require(try catalog.auditRecords(after: rec.seq - 1, limit: 1).first)
+                let stored = try #require(try await catalog.auditRecords(after: rec.seq - 1, limit: 1).first)
                 let fields = { (r: Catalog.AuditRecord) in
                     [r.actor, r.role, r.credential, r.source, r.action, r.object, r.outcome, r.detail]
                 }
@@ -103,13 +103,13 @@ import RedoubtCore
         var seen: [String: Int] = [:]
         for b in 0...255 {
             let s = String(String.UnicodeScalarView([Unicode.Scalar(UInt8(b))]))
-            let rec = try catalog.audit(time: Date(), actor: "a", role: "r", credential: "c", source: "s",
+            let rec = try await catalog.audit(time: Date(), actor: "a", role: "r", credential: "c", source: "s",
                                         action: "probe", object: "o" + s + "o", outcome: "ok")
             #expect(seen[rec.object] == nil,
                     "byte \(b) and \(seen[rec.object] ?? -1) are stored alike: \(rec.object.debugDescription)")
             seen[rec.object] = b
         }
-        let verdict = try catalog.verifyAudit()
+        let verdict = try await catalog.verifyAudit()
         #expect(verdict.firstBad == nil, "audit chain broken at \(verdict.firstBad ?? -1)")
         try await Self.expectAuditVerifyPasses(w.server)
     }
@@ -141,7 +141,7 @@ import RedoubtCore
         _ = try await ClientConfig.enroll(token: token, into: cfg, os: " Debian GNU/Linux 12 (bookworm) ")
         let p = try #require(try await w.server.admin.principals().first { $0.name == "web2" })
         #expect(p.os == "Debian GNU/Linux 12 (bookworm)")
-        #expect(try w.server.service.catalog.verifyAudit().firstBad == nil)
+        #expect(try await w.server.service.catalog.verifyAudit().firstBad == nil)
         try await Self.expectAuditVerifyPasses(w.server)
     }
 
@@ -165,7 +165,7 @@ import RedoubtCore
             #expect(h == 400 && hErr == "E_BAD_REQUEST", "hold reason \(reason): \(h) \(hErr)")
         }
         #expect(try await w.server.admin.holds().isEmpty)
-        #expect(try w.server.service.catalog.verifyAudit().firstBad == nil)
+        #expect(try await w.server.service.catalog.verifyAudit().firstBad == nil)
         try await Self.expectAuditVerifyPasses(w.server)
     }
 
@@ -201,7 +201,8 @@ import RedoubtCore
         #expect(q == 400 && qErr == "E_BAD_REQUEST" && qMsg.contains("quorum"), "huge quorum: \(q) \(qErr) \(qMsg)")
         // Nothing ran and nothing was issued.
         // (Refused bodies are audited as failed `gc` requests; a collection that ran is `ok`.)
-        #expect(try w.server.service.catalog.auditRecords().filter { $0.action == "gc" && $0.outcome == "ok" }.isEmpty)
+        #expect(try await w.server.service.catalog.auditRecords()
+            .filter { $0.action == "gc" && $0.outcome == "ok" }.isEmpty)
         #expect(try await admin.enrollments().isEmpty)
         // A well-formed body with whitespace around it still works.
         let (ok, okErr, okBody) = await status(admin, .POST, "/v1/tenants/acme/gc", json: " {\"dryRun\" : true}\n")
@@ -245,15 +246,16 @@ import RedoubtCore
         let server = try await TestServer.start()
         defer { Task { await server.stop() } }
         for i in 0..<300 {
-            try server.service.catalog.audit(time: Date(), actor: "test", role: "-", credential: "-", source: "local",
+            try await server.service.catalog.audit(time: Date(), actor: "test", role: "-", credential: "-",
+                    source: "local",
                                              action: "probe", object: "record \(i)", outcome: "ok",
                                              detail: String(repeating: "d", count: 3000))
         }
-        let total = Int(try server.service.catalog.auditChainHead().seq)
+        let total = Int(try await server.service.catalog.auditChainHead().seq)
         var seqs: [Int64] = []
         var pages = 0
         while true {
-            let page = try server.service.auditEntries(after: seqs.last ?? 0, limit: 1000, byteLimit: 100_000)
+            let page = try await server.service.auditEntries(after: seqs.last ?? 0, limit: 1000, byteLimit: 100_000)
             guard !page.isEmpty else { break }
             #expect(page.count <= 100_000 / 3000 + 1, "a page of \(page.count) records")
             seqs += page.map(\.seq)
@@ -273,7 +275,7 @@ import RedoubtCore
             _ = try await w.writer.commit(manifestBytes: manifest.bytes)
             ids += packs.map(\.id)
         }
-        let restorer = try w.server.service.catalog.principals(tenant: nil).first { $0.role == .restorer }
+        let restorer = try await w.server.service.catalog.principals(tenant: nil).first { $0.role == .restorer }
         let restorerCall = CallContext(principal: restorer, source: "test")
         let body = ids.flatMap(\.bytes)
         // A limit below two lists: only the first pack is answered (always at least one).
@@ -337,8 +339,8 @@ import RedoubtCore
         // What an older server stored raw: an OS that paints the terminal and forges a line.
         let evil = "Linux\u{1b}]0;owned\u{7}\u{1b}[2J\r\nacme/db9                      "
             + "2026-01-01T00:00:00Z  active \u{9b}31m\u{202e}"
-        let id = try #require(try catalog.principals(tenant: nil).first { $0.name == "web1" }?.id)
-        _ = try catalog.updatePrincipalOS(id: id, os: evil)
+        let id = try #require(try await catalog.principals(tenant: nil).first { $0.name == "web1" }?.id)
+        _ = try await catalog.updatePrincipalOS(id: id, os: evil)
         let cred = server.home.adminCredentialPath
         let (s, out, err) = try await Self.run(["admin", "host", "list", "--credential", cred])
         #expect(s == 0, "host list: \(err)")
@@ -370,10 +372,11 @@ import RedoubtCore
         defer { Task { await server.stop() } }
         let catalog = server.service.catalog
         for i in 0..<2_300 {
-            try catalog.audit(time: Date(), actor: "test", role: "-", credential: "-", source: "local", action: "probe",
+            try await catalog.audit(time: Date(), actor: "test", role: "-", credential: "-", source: "local",
+                    action: "probe",
                               object: "record \(i)", outcome: "ok")
         }
-        let total = Int(try catalog.auditChainHead().seq)
+        let total = Int(try await catalog.auditChainHead().seq)
         let cred = server.home.adminCredentialPath
         let (s, out, err) = try await Self.run(["audit", "list", "--credential", cred])
         let lines = out.split(separator: "\n")
@@ -403,7 +406,8 @@ import RedoubtCore
         try follow.run()
         defer { if follow.isRunning { follow.terminate() } }
         for i in 0..<3 {
-            try catalog.audit(time: Date(), actor: "test", role: "-", credential: "-", source: "local", action: "probe",
+            try await catalog.audit(time: Date(), actor: "test", role: "-", credential: "-", source: "local",
+                    action: "probe",
                               object: "late \(i)", outcome: "ok")
         }
         var seqs: [Int] = []
