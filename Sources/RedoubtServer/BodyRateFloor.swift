@@ -26,11 +26,14 @@ struct BodyRateMeter: Sendable {
 
     /// Counts `n` bytes arrived at `now`; returns the rate of the window that just ended
     /// below the floor (bytes per second), else nil. A window is judged at the first
-    /// arrival once it is `window` long and the grace period is over.
-    mutating func add(_ n: Int, now: Double) -> Double? {
+    /// arrival once it is `window` long and the grace period is over, unless those bytes
+    /// `complete` the body: a complete body holds nothing open, and a body smaller than a
+    /// window's worth of the floor (a short JSON request held up by a busy client) could
+    /// otherwise never pass.
+    mutating func add(_ n: Int, now: Double, completes: Bool = false) -> Double? {
         windowBytes += n
         let elapsed = now - windowStart
-        guard now - start >= grace, elapsed >= window else { return nil }
+        guard !completes, now - start >= grace, elapsed >= window else { return nil }
         let rate = Double(windowBytes) / elapsed
         if rate < Double(floor) { return rate }
         windowStart = now

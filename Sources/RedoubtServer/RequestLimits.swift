@@ -76,7 +76,8 @@ extension Request {
     /// once, never as a buffer and a copy of it.
     func bytes(limit: Int) async throws -> [UInt8] {
         var out: [UInt8] = []
-        if let declared = headers[.contentLength].flatMap({ Int($0) }), declared >= 0 {
+        let declared = headers[.contentLength].flatMap { Int($0) }
+        if let declared, declared >= 0 {
             guard declared <= limit else { throw NIOTooManyBytesError(maxBytes: limit) }
             out.reserveCapacity(declared)
         }
@@ -85,7 +86,8 @@ extension Request {
         for try await part in body {
             guard part.readableBytes <= limit - out.count else { throw NIOTooManyBytesError(maxBytes: limit) }
             out.append(contentsOf: part.readableBytesView)
-            if let floor, let rate = meter?.add(part.readableBytes, now: BodyRateFloor.now()) {
+            if let floor, let rate = meter?.add(part.readableBytes, now: BodyRateFloor.now(),
+                                                completes: out.count == declared) {
                 throw floor.cut(rate: rate, received: out.count)
             }
         }

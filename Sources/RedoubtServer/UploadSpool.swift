@@ -34,9 +34,8 @@ struct UploadSpool: Sendable {
         defer { unlink(url.path) }
         var isOpen = true
         defer { if isOpen { close(fd) } }
-        if let declared = request.headers[.contentLength].flatMap({ Int($0) }), declared >= 0, declared > limit {
-            throw NIOTooManyBytesError(maxBytes: limit)
-        }
+        let declared = request.headers[.contentLength].flatMap { Int($0) }
+        if let declared, declared > limit { throw NIOTooManyBytesError(maxBytes: limit) }
         let floor = BodyRateFloor.current
         var meter = floor?.meter()
         var received = 0
@@ -56,7 +55,8 @@ struct UploadSpool: Sendable {
                 }
             }
             received += part.readableBytes
-            if let floor, let rate = meter?.add(part.readableBytes, now: BodyRateFloor.now()) {
+            if let floor, let rate = meter?.add(part.readableBytes, now: BodyRateFloor.now(),
+                                                completes: received == declared) {
                 throw floor.cut(rate: rate, received: received)
             }
         }

@@ -16,6 +16,11 @@ import Testing
         for t in 1...20 { #expect(honest.add(101, now: Double(t)) == nil, "second \(t)") }
         // One slow window after many fast ones is judged on its own.
         #expect(honest.add(10, now: 22.5) == 4)
+        // A short body whose client stalled is not cut by the bytes that complete it.
+        var short = BodyRateMeter(floor: 500, window: 3, grace: 1, now: 0)
+        #expect(short.add(6, now: 3.5, completes: true) == nil)
+        var unfinished = BodyRateMeter(floor: 500, window: 3, grace: 1, now: 0)
+        #expect(unfinished.add(6, now: 3.5) == 6 / 3.5)
     }
 
     @Test func aTrickleBelowTheFloorIsCutAndAnUploadAboveIsNot() async throws {
