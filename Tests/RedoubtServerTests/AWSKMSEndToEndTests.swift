@@ -30,13 +30,13 @@ import Testing
                 AWS_SHARED_CREDENTIALS_FILE='\(dir.path)/none'
                 """
         let out = dir.appendingPathComponent("out.txt").path
-        func run(_ prefix: String, _ args: String) -> (code: Int32, output: String) {
-            let status = system("\(prefix) '\(CrashTests.binary.path)' \(args) > '\(out)' 2>&1")
+        func run(_ prefix: String, _ args: String) async -> (code: Int32, output: String) {
+            let status = await runShell("\(prefix) '\(CrashTests.binary.path)' \(args) > '\(out)' 2>&1")
             return ((status >> 8) & 0xff, (try? String(contentsOfFile: out, encoding: .utf8)) ?? "")
         }
 
         let uri = "awskms://us-east-1/new?endpoint=\(endpoint)"
-        let quickstart = run(withCredentials, "quickstart --dir '\(dir.path)/qs' --key-provider '\(uri)'")
+        let quickstart = await run(withCredentials, "quickstart --dir '\(dir.path)/qs' --key-provider '\(uri)'")
         #expect(quickstart.code == 0, "quickstart failed: \(quickstart.output)")
         #expect(quickstart.output.contains("identical to the source"))
         #expect(quickstart.output.contains("a KEK held by awskms"))
@@ -56,21 +56,21 @@ import Testing
         let restore = "restore 0000000000000000 --target '\(dir.path)/restored' --config '\(restorerPath)'"
 
         // Without credentials: a clear error naming where they come from.
-        let missing = run(withoutCredentials, restore)
+        let missing = await run(withoutCredentials, restore)
         #expect(missing.code == 6, "\(missing.output)")
         #expect(missing.output.contains("E_KEY_SECRET_MISSING") && missing.output.contains("AWS_ACCESS_KEY_ID"))
         #expect(missing.output.contains("awskms://"))
 
         // Disabled KEK: exit 10.
         _ = try await provider.call("DisableKey", ["KeyId": provider.keyID], key: provider.keyID)
-        let disabled = run(withCredentials, restore)
+        let disabled = await run(withCredentials, restore)
         #expect(disabled.code == 10, "\(disabled.output)")
         #expect(disabled.output.contains("E_KEY_DISABLED"))
         #expect(!disabled.output.contains(secret))
 
         // Enabled again: the key unwraps, and the restore goes on to the (stopped) server.
         _ = try await provider.call("EnableKey", ["KeyId": provider.keyID], key: provider.keyID)
-        let enabled = run(withCredentials, restore)
+        let enabled = await run(withCredentials, restore)
         #expect(![0, 6, 9, 10, 11, 12].contains(enabled.code), "\(enabled.output)")
         #expect(!enabled.output.contains("E_KEY_"), "\(enabled.output)")
 
@@ -78,7 +78,7 @@ import Testing
         try await provider.destroyKEK(of: wrapped)
         // Shredding again finds the key pending deletion, which counts as done.
         try await provider.destroyKEK(of: wrapped)
-        let destroyed = run(withCredentials, restore)
+        let destroyed = await run(withCredentials, restore)
         #expect(destroyed.code == 11, "\(destroyed.output)")
         #expect(destroyed.output.contains("E_KEY_DESTROYED") && destroyed.output.contains("pending deletion"))
         #expect(!destroyed.output.contains(secret))

@@ -76,7 +76,7 @@ import Testing
         guard let peer = bucketTests.peer("seaweed") else { return }
         let q = try await QuickstartServer.start("authorship-bucket", quickstartEnv: "REDOUBT_PASSPHRASE=auth-pass")
         defer { q.stop() }
-        _ = q.shell("kill $(cat '\(q.dir)/server.pid'); sleep 1")
+        _ = await q.shell("kill $(cat '\(q.dir)/server.pid'); sleep 1")
         let creds = "\(q.dir)/s3-credentials"
         try "[default]\naws_access_key_id = \(peer.writer.id)\naws_secret_access_key = \(peer.writer.secret)\n"
             .write(toFile: creds, atomically: true, encoding: .utf8)
@@ -86,7 +86,7 @@ import Testing
         #expect(
             try await admin.send(.PUT, key: nil, headers: [("x-amz-bucket-object-lock-enabled", "true")]).status == 200)
         let target = "--to s3://\(name)/redoubt --endpoint \(peer.url.absoluteString) --credentials '\(creds)'"
-        let (sync, syncOut) = q.sh("copy sync quickstart --data '\(q.base)/server' \(target)")
+        let (sync, syncOut) = await q.sh("copy sync quickstart --data '\(q.base)/server' \(target)")
         try #require(sync == 0, "copy sync: \(syncOut)")
         #expect(syncOut.contains("host-keys/"), "the registration went to the bucket: \(syncOut)")
 
@@ -125,11 +125,11 @@ import Testing
                 principal: genuinePrincipal), retainUntil: lock)
 
         // The server is gone; only the bucket and the restorer's config remain.
-        _ = q.shell("chattr -R -i '\(q.base)/server' 2>/dev/null; rm -rf '\(q.base)/server'")
+        _ = await q.shell("chattr -R -i '\(q.base)/server' 2>/dev/null; rm -rf '\(q.base)/server'")
         let from = "--from s3://\(name)/redoubt --endpoint \(peer.url.absoluteString) --credentials '\(creds)'"
         // Listings of the copy mark each snapshot with who wrote it, under the pinned CA.
         let listing = "\(q.dir)/snapshots.json"
-        let (l, lErr) = q.shell("( \(q.bin) snapshots \(from) \(q.restorer) --json > '\(listing)' )")
+        let (l, lErr) = await q.shell("( \(q.bin) snapshots \(from) \(q.restorer) --json > '\(listing)' )")
         let rows = (try? JSONSerialization.jsonObject(
             with: Data(contentsOf: URL(fileURLWithPath: listing)))) as? [[String: Any]] ?? []
         let marks = Dictionary(rows.compactMap { r in (r["id"] as? String).map { ($0, r["authorship"] as? String) } },
@@ -140,14 +140,14 @@ import Testing
                 q.snapshot: "verified", selfSigned.manifest.id.description: "unregistered-key",
                 withForgery.manifest.id.description: "forged-statement",
             ], "\(rows)")
-        let (c, cOut) = q.sh("copy snapshots quickstart \(target) \(q.restorer)")
+        let (c, cOut) = await q.sh("copy snapshots quickstart \(target) \(q.restorer)")
         #expect(
             c == 0 && cOut.contains("\(selfSigned.manifest.id.description.prefix(8))")
                 && cOut.contains("NOT VERIFIED: unregistered-key") && cOut.contains("NOT VERIFIED: forged-statement")
                 && cOut.components(separatedBy: "NOT VERIFIED").count == 3, "\(cOut)")
         for p in [selfSigned, withForgery] {
             let dest = "\(q.dir)/planted-\(p.manifest.id.description.prefix(8))"
-            let (r, out) = q.sh(
+            let (r, out) = await q.sh(
                 "restore \(p.manifest.id) \(from) --target '\(dest)' \(q.restorer)", env: "REDOUBT_PASSPHRASE=auth-pass"
             )
             #expect(r == 5, "planted snapshot restored: \(out)")
@@ -158,17 +158,17 @@ import Testing
                 !FileManager.default.fileExists(atPath: "\(dest)/README.txt"),
                 "nothing of the planted snapshot is written")
         }
-        let (g, gOut) = q.sh(
+        let (g, gOut) = await q.sh(
             "copy restore quickstart \(q.snapshot) \(target) --target '\(q.dir)/genuine' \(q.restorer)",
             env: "REDOUBT_PASSPHRASE=auth-pass")
         #expect(g == 0, "genuine restore from the bucket: \(gOut)")
-        #expect(
+        await #expect(
             q.shell("diff -r '\(q.base)/sample' '\(q.dir)/genuine\(q.base)/sample'").0 == 0,
             "restored tree differs from the sample")
 
         // A keyless verify of the copy with the pinned CA names exactly the plants as wrong.
         let json = "\(q.dir)/verify.json"
-        let (v, vErr) = q.shell(
+        let (v, vErr) = await q.shell(
             "( \(q.bin) copy verify quickstart \(target) --config '\(q.base)/restorer' --json > '\(json)' )")
         let vOut = (try? String(contentsOfFile: json, encoding: .utf8)) ?? ""
         #expect(v == 5, "copy verify: \(vOut) \(vErr)")
@@ -185,10 +185,13 @@ import Testing
 
     /// Stops the quickstart server and writes its tenant to a media set at `<dir>/vol`;
     /// the set's records.
-    func writtenSet(_ q: QuickstartServer) throws -> [MediaRecord] {
-        _ = q.shell("kill $(cat '\(q.dir)/server.pid'); sleep 1")
+    func writtenSet(_ q: QuickstartServer) async throws -> [MediaRecord] {
+        _ = await q.shell("kill $(cat '\(q.dir)/server.pid'); sleep 1")
         let set = "\(q.dir)/vol"
-        let (w, wOut) = q.sh("media write quickstart --data '\(q.base)/server' --device 'file:\(set)' --block-size 16K")
+        let (w,
+            wOut) = await q.sh("""
+                media write quickstart --data '\(q.base)/server' --device 'file:\(set)' --block-size 16K
+                """)
         try #require(w == 0, "media write: \(wOut)")
         var records: [MediaRecord] = []
         _ = try MediaReader(source: FileSequentialDevice(path: set), skipDamaged: false).read { records.append($0) }
@@ -198,14 +201,14 @@ import Testing
     @Test func plantedSnapshotsOnMediaAreRefusedAndGenuineOnesRestore() async throws {
         let q = try await QuickstartServer.start("authorship-media", quickstartEnv: "REDOUBT_PASSPHRASE=auth-pass")
         defer { q.stop() }
-        let records = try writtenSet(q)
+        let records = try await writtenSet(q)
         #expect(
             records.contains { $0.type == .object && HostKeyObjects.isStatementName($0.id) },
             "the set carries the registration")
         let (planted, selfSigned, withForgery) = try plantedSet(q, records: records)
 
         let listing = "\(q.dir)/media-list.json"
-        let (l, lErr) = q.shell(
+        let (l, lErr) = await q.shell(
             "( \(q.bin) media list --device 'file:\(planted)' \(q.restorer) --json > '\(listing)' )")
         let list = (try? JSONSerialization.jsonObject(
             with: Data(contentsOf: URL(fileURLWithPath: listing)))) as? [String: Any]
@@ -215,21 +218,21 @@ import Testing
                 q.snapshot: "verified", selfSigned.manifest.id.description: "unregistered-key",
                 withForgery.manifest.id.description: "forged-statement",
             ], "\(String(describing: list))")
-        _ = q.shell("chattr -R -i '\(q.base)/server' 2>/dev/null; rm -rf '\(q.base)/server'")
+        _ = await q.shell("chattr -R -i '\(q.base)/server' 2>/dev/null; rm -rf '\(q.base)/server'")
         for p in [selfSigned, withForgery] {
             let dest = "\(q.dir)/planted-\(p.manifest.id.description.prefix(8))"
-            let (r, out) = q.sh(
+            let (r, out) = await q.sh(
                 "media restore \(p.manifest.id) --device 'file:\(planted)' --target '\(dest)' \(q.restorer)",
                 env: "REDOUBT_PASSPHRASE=auth-pass")
             #expect(r == 5, "planted snapshot restored from media: \(out)")
             #expect(out.contains("snapshot \(p.manifest.id)") && out.contains("E_SIGNATURE"), "\(out)")
             #expect(!FileManager.default.fileExists(atPath: "\(dest)/README.txt"))
         }
-        let (g, gOut) = q.sh(
+        let (g, gOut) = await q.sh(
             "media restore \(q.snapshot) --device 'file:\(planted)' --target '\(q.dir)/genuine' \(q.restorer)",
             env: "REDOUBT_PASSPHRASE=auth-pass")
         #expect(g == 0, "genuine restore from the same set: \(gOut)")
-        #expect(
+        await #expect(
             q.shell("diff -r '\(q.base)/sample' '\(q.dir)/genuine\(q.base)/sample'").0 == 0,
             "restored tree differs from the sample")
     }
@@ -241,18 +244,18 @@ import Testing
     @Test func plantedSnapshotsOnMediaAreNotImported() async throws {
         let q = try await QuickstartServer.start("authorship-import", quickstartEnv: "REDOUBT_PASSPHRASE=auth-pass")
         defer { q.stop() }
-        let records = try writtenSet(q)
+        let records = try await writtenSet(q)
         let (planted, selfSigned, withForgery) = try plantedSet(q, records: records)
 
         let fresh = "\(q.dir)/fresh"
-        let (i, iOut) = q.sh("server init --data '\(fresh)' --listen 127.0.0.1:\(try freeLoopbackPort())")
+        let (i, iOut) = await q.sh("server init --data '\(fresh)' --listen 127.0.0.1:\(try freeLoopbackPort())")
         try #require(i == 0, "server init: \(iOut)")
-        let (n, nOut) = q.sh("media import --device 'file:\(planted)' --data '\(fresh)'")
+        let (n, nOut) = await q.sh("media import --device 'file:\(planted)' --data '\(fresh)'")
         #expect(n == 2 && nOut.contains("--trusted-config"), "import without a trust root: \(nOut)")
         let store = try LocalStore(root: URL(fileURLWithPath: ServerHome(path: fresh).storePath))
         #expect(try await store.list(prefix: "t/").isEmpty, "a refused import put nothing into the store")
 
-        let (m, mOut) = q.sh(
+        let (m, mOut) = await q.sh(
             "media import --device 'file:\(planted)' --data '\(fresh)' --trusted-config '\(q.base)/restorer'")
         #expect(m == 5, "planted snapshots imported: \(mOut)")
         for p in [selfSigned, withForgery] {
@@ -274,7 +277,7 @@ import Testing
         #expect(throws: Never.self) { try registry.check(genuine, readKeyID: nil) }
 
         // Asked to skip, the operator gets exit 0 and the plants are still named.
-        let (k, kOut) = q.sh(
+        let (k, kOut) = await q.sh(
             "media import --device 'file:\(planted)' --data '\(fresh)' --trusted-config '\(q.base)/restorer' "
                 + "--skip-unverified")
         #expect(k == 0 && kOut.contains("snapshot \(selfSigned.manifest.id)"), "\(kOut)")
@@ -285,7 +288,7 @@ import Testing
     @Test func mediaWithoutRegistrationsIsRefused() async throws {
         let q = try await QuickstartServer.start("authorship-noreg", quickstartEnv: "REDOUBT_PASSPHRASE=auth-pass")
         defer { q.stop() }
-        let records = try writtenSet(q)
+        let records = try await writtenSet(q)
         let stripped = "\(q.dir)/stripped"
         let mw = try MediaWriter(
             device: FileSequentialDevice(path: stripped), setID: Array(repeating: 8, count: 16), pool: "p",
@@ -293,7 +296,7 @@ import Testing
             writer: "attacker")
         for rec in records where !(rec.type == .object && HostKeyObjects.isStatementName(rec.id)) { try mw.append(rec) }
         _ = try mw.finish()
-        let (r, out) = q.sh(
+        let (r, out) = await q.sh(
             "media restore \(q.snapshot) --device 'file:\(stripped)' --target '\(q.dir)/r' \(q.restorer)",
             env: "REDOUBT_PASSPHRASE=auth-pass")
         #expect(r == 5 && out.contains("snapshot \(q.snapshot)") && out.contains("E_SIGNATURE"), "\(out)")

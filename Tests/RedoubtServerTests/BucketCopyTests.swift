@@ -10,8 +10,8 @@ import Testing
 /// then restored from the bucket alone after the server's data is gone; a bucket that
 /// does not enforce locks (moto) is refused.
 @Suite(.serialized) struct BucketCopyTests {
-    func sh(_ cmd: String, _ out: String) -> (Int32, String) {
-        let raw = system(cmd + " > '\(out)' 2>&1")
+    func sh(_ cmd: String, _ out: String) async -> (Int32, String) {
+        let raw = await runShell(cmd + " > '\(out)' 2>&1")
         return (Int32((raw >> 8) & 0xff), (try? String(contentsOfFile: out, encoding: .utf8)) ?? "")
     }
 
@@ -45,7 +45,7 @@ import Testing
             encoding: .utf8)
         // Per command, not setenv: suites run in parallel in one process.
         let bin = "REDOUBT_PASSPHRASE=bucket-copy-test '\(binary)'"
-        let (qs, qsOut) = sh("\(bin) quickstart --dir '\(dir)/qs'", out)
+        let (qs, qsOut) = await sh("\(bin) quickstart --dir '\(dir)/qs'", out)
         try #require(qs == 0, "quickstart: \(qsOut)")
         let run = try #require(try FileManager.default.contentsOfDirectory(atPath: "\(dir)/qs").first)
         let base = "\(dir)/qs/\(run)"
@@ -56,11 +56,11 @@ import Testing
 
         let name = try await bucket(ls)
         let target = "--to s3://\(name)/redoubt --endpoint \(ls.absoluteString) --credentials '\(creds)'"
-        let (sync, syncOut) = sh("\(bin) copy sync quickstart --data '\(base)/server' \(target)", out)
+        let (sync, syncOut) = await sh("\(bin) copy sync quickstart --data '\(base)/server' \(target)", out)
         #expect(sync == 0, "copy sync: \(syncOut)")
         #expect(syncOut.contains("0 already there"))
         // Resumable and idempotent: a second run finds everything in place.
-        let (again, againOut) = sh("\(bin) copy sync quickstart --data '\(base)/server' \(target)", out)
+        let (again, againOut) = await sh("\(bin) copy sync quickstart --data '\(base)/server' \(target)", out)
         #expect(again == 0 && againOut.contains(" 0 new"), "second sync: \(againOut)")
         // The rerun reads no pack or manifest: they are recognised by their recorded hash.
         let rerunLines = againOut.split(separator: "\n")
@@ -74,7 +74,7 @@ import Testing
         rewritten["minRetentionSeconds"] = ((rewritten["minRetentionSeconds"] as? Double) ?? 0) + 86400
         try await local.delete(dkey, now: Date())
         _ = try await local.put(dkey, Array(try JSONSerialization.data(withJSONObject: rewritten)), retainUntil: nil)
-        let (third, thirdOut) = sh("\(bin) copy sync quickstart --data '\(base)/server' \(target)", out)
+        let (third, thirdOut) = await sh("\(bin) copy sync quickstart --data '\(base)/server' \(target)", out)
         #expect(third == 0 && thirdOut.contains("tenant-v1.json (already there, same key version)"),
             "sync after the descriptor was rewritten: \(thirdOut)")
 
@@ -106,7 +106,7 @@ import Testing
         // The server is gone: data directory, catalog and store.
         _ = system("chattr -R -i '\(base)/server' 2>/dev/null")
         try FileManager.default.removeItem(atPath: "\(base)/server")
-        let (list, listOut) = sh("\(bin) copy snapshots quickstart \(target) --json", out)
+        let (list, listOut) = await sh("\(bin) copy snapshots quickstart \(target) --json", out)
         #expect(list == 0, "copy snapshots: \(listOut)")
         let snapshot = try #require(listOut.split(separator: "\"").first { $0.count == 64 }.map(String.init))
         // Newer descriptors added by whoever can write the bucket: one that is not a
@@ -129,7 +129,7 @@ import Testing
         _ = try await store.put(v91, Array(try JSONSerialization.data(withJSONObject: descriptor)), retainUntil: nil)
         _ = try await store.put(v90, Array("not a descriptor".utf8), retainUntil: nil)
         let (restore,
-            restoreOut) = sh("""
+            restoreOut) = await sh("""
                 \(bin) copy restore quickstart \(snapshot) \(target) --target '\(dir)/restored' --config \
                 '\(base)/restorer'
                 """, out)
@@ -137,7 +137,7 @@ import Testing
         #expect(restoreOut.contains("tenant-v91.json did not open")
             && restoreOut.contains("skipping t/quickstart/tenant-v90.json"), "\(restoreOut)")
         let (diff,
-            diffOut) = sh("""
+            diffOut) = await sh("""
                 diff -r '\(base)/sample' '\(dir)/restored\(base)/sample' || diff -r '\(base)/sample' \
                 '\(dir)/restored/sample'
                 """, out)
@@ -146,7 +146,7 @@ import Testing
         // moto accepts COMPLIANCE but lets it be shortened: refused as a target.
         let motoBucket = try await bucket(moto)
         let bad = "--to s3://\(motoBucket)/redoubt --endpoint \(moto.absoluteString) --credentials '\(creds)'"
-        let (prove, proveOut) = sh("\(bin) copy prove \(bad)", out)
+        let (prove, proveOut) = await sh("\(bin) copy prove \(bad)", out)
         #expect(prove != 0 && proveOut.contains("does NOT enforce"), "prove on moto: \(proveOut)")
     }
 
@@ -196,7 +196,7 @@ import Testing
             [default]\naws_access_key_id = \(peer.writer.id)\naws_secret_access_key = \(peer.writer.secret)\n
             """.write(toFile: creds, atomically: true, encoding: .utf8)
         let bin = "REDOUBT_PASSPHRASE=bucket-copy-test '\(binary)'"
-        let (qs, qsOut) = sh("\(bin) quickstart --dir '\(dir)/qs'", out)
+        let (qs, qsOut) = await sh("\(bin) quickstart --dir '\(dir)/qs'", out)
         try #require(qs == 0, "quickstart: \(qsOut)")
         let run = try #require(try FileManager.default.contentsOfDirectory(atPath: "\(dir)/qs").first)
         let base = "\(dir)/qs/\(run)"
@@ -207,7 +207,7 @@ import Testing
         #expect(try await admin.send(.PUT, key: nil, headers: [("x-amz-bucket-object-lock-enabled",
             "true")]).status == 200)
         let target = "--to s3://\(name)/redoubt --endpoint \(peer.url.absoluteString) --credentials '\(creds)'"
-        let (sync, syncOut) = sh("\(bin) copy sync quickstart --data '\(base)/server' \(target)", out)
+        let (sync, syncOut) = await sh("\(bin) copy sync quickstart --data '\(base)/server' \(target)", out)
         try #require(sync == 0, "copy sync: \(syncOut)")
 
         // The attacker holds the same writer credential Redoubt uses.
@@ -233,24 +233,24 @@ import Testing
             "the attack took")
 
         // A resync finds every original in place and writes nothing new.
-        let (again, againOut) = sh("\(bin) copy sync quickstart --data '\(base)/server' \(target)", out)
+        let (again, againOut) = await sh("\(bin) copy sync quickstart --data '\(base)/server' \(target)", out)
         #expect(again == 0 && againOut.contains(" 0 new"), "resync after the attack: \(againOut)")
 
         // The server is gone; the bucket alone restores the original tree.
         _ = system("chattr -R -i '\(base)/server' 2>/dev/null")
         try FileManager.default.removeItem(atPath: "\(base)/server")
-        let (list, listOut) = sh("\(bin) copy snapshots quickstart \(target) --json", out)
+        let (list, listOut) = await sh("\(bin) copy snapshots quickstart \(target) --json", out)
         #expect(list == 0, "copy snapshots: \(listOut)")
         let snapshot = try #require(listOut.split(separator: "\"").first { $0.count == 64 }.map(String.init),
             "\(listOut)")
         let (restore,
-            restoreOut) = sh("""
+            restoreOut) = await sh("""
                 \(bin) copy restore quickstart \(snapshot) \(target) --target '\(dir)/restored' --config \
                 '\(base)/restorer'
                 """, out)
         #expect(restore == 0, "copy restore: \(restoreOut)")
         let (diff,
-            diffOut) = sh("""
+            diffOut) = await sh("""
                 diff -r '\(base)/sample' '\(dir)/restored\(base)/sample' || diff -r '\(base)/sample' \
                 '\(dir)/restored/sample'
                 """, out)

@@ -13,8 +13,8 @@ import Testing
 /// `restore --from` and `snapshots --from` work with the server gone.
 @Suite(.serialized) struct BucketVerifyTests {
     /// Runs `cmd`; stdout and stderr kept apart so `--json` output parses.
-    func sh(_ cmd: String, _ dir: String) -> (code: Int32, out: String, err: String) {
-        let raw = system(cmd + " > '\(dir)/out.txt' 2> '\(dir)/err.txt'")
+    func sh(_ cmd: String, _ dir: String) async -> (code: Int32, out: String, err: String) {
+        let raw = await runShell(cmd + " > '\(dir)/out.txt' 2> '\(dir)/err.txt'")
         let read = { (f: String) in (try? String(contentsOfFile: "\(dir)/\(f)", encoding: .utf8)) ?? "" }
         return (Int32((raw >> 8) & 0xff), read("out.txt"), read("err.txt"))
     }
@@ -69,14 +69,14 @@ import Testing
             encoding: .utf8)
         // Per command, not setenv: suites run in parallel in one process.
         let bin = "REDOUBT_PASSPHRASE=bucket-verify-test '\(binary)'"
-        let qs = sh("\(bin) quickstart --dir '\(dir)/qs'", dir)
+        let qs = await sh("\(bin) quickstart --dir '\(dir)/qs'", dir)
         try #require(qs.code == 0, "quickstart: \(qs.out)\(qs.err)")
         let run = try #require(try FileManager.default.contentsOfDirectory(atPath: "\(dir)/qs").first)
         let name = "redoubt-verify-\(UInt32.random(in: 0 ... .max))"
         let s = Setup(dir: dir, base: "\(dir)/qs/\(run)", bucket: name, endpoint: ls, creds: creds, bin: bin)
         #expect(try await s.admin.send(.PUT, key: nil, headers: [("x-amz-bucket-object-lock-enabled",
             "true")]).status == 200)
-        let sync = sh("\(bin) copy sync quickstart --data '\(s.base)/server' \(s.target("redoubt"))", dir)
+        let sync = await sh("\(bin) copy sync quickstart --data '\(s.base)/server' \(s.target("redoubt"))", dir)
         try #require(sync.code == 0, "copy sync: \(sync.out)\(sync.err)")
         return s
     }
@@ -115,7 +115,7 @@ import Testing
         defer { cleanup(s) }
 
         // A fresh copy is clean: exit 0, nothing listed, every object read.
-        let clean = sh("\(s.bin) copy verify quickstart \(s.target("redoubt")) --json", s.dir)
+        let clean = await sh("\(s.bin) copy verify quickstart \(s.target("redoubt")) --json", s.dir)
         #expect(clean.code == 0, "copy verify: \(clean.out)\(clean.err)")
         let r = try report(clean.out)
         let listed = try await s.store("redoubt").list(prefix: "t/quickstart/")
@@ -125,10 +125,10 @@ import Testing
             "\(clean.out)")
         #expect(clean.err.contains("verify:"), "progress on stderr: \(clean.err)")
         // The `verify --from` spelling, without --tenant (the bucket holds one), says the same.
-        let alias = sh("\(s.bin) verify \(s.from("redoubt"))", s.dir)
+        let alias = await sh("\(s.bin) verify \(s.from("redoubt"))", s.dir)
         #expect(alias.code == 0 && alias.out.contains("OK"), "verify --from: \(alias.out)\(alias.err)")
         // Locks shorter than asked for are reported, and only warned about (exit 8).
-        let soon = sh("\(s.bin) copy verify quickstart \(s.target("redoubt")) --min-retain 10y --json", s.dir)
+        let soon = await sh("\(s.bin) copy verify quickstart \(s.target("redoubt")) --min-retain 10y --json", s.dir)
         #expect(soon.code == 8, "--min-retain 10y: \(soon.out)\(soon.err)")
         #expect(try report(soon.out).expiring.count == r.objects)
 
@@ -148,7 +148,7 @@ import Testing
         // A name no Redoubt key can have (upper case) is listed too, though never read.
         try await put(s, prefix: "redoubt", key: "t/quickstart/README.TXT", body: junk,
             sha256: SigV4Signer.hexSHA256(junk), lock: nil)
-        let tampered = sh("\(s.bin) copy verify quickstart \(s.target("redoubt")) --json", s.dir)
+        let tampered = await sh("\(s.bin) copy verify quickstart \(s.target("redoubt")) --json", s.dir)
         #expect(tampered.code == 5, "after unlocked objects: \(tampered.out)\(tampered.err)")
         let t = try report(tampered.out)
         #expect(t.objects == r.objects + 3)
@@ -160,7 +160,7 @@ import Testing
         #expect(t.extra.map(\.key).sorted() == ["t/quickstart/README.TXT", "t/quickstart/packs/notes.txt"],
             "\(tampered.out)")
         #expect(t.missing.isEmpty && t.wrong.isEmpty)
-        let text = sh("\(s.bin) copy verify quickstart \(s.target("redoubt"))", s.dir)
+        let text = await sh("\(s.bin) copy verify quickstart \(s.target("redoubt"))", s.dir)
         #expect(text.code == 5
             && text.out.contains("UNLOCKED: t/quickstart/packs/\(unlockedPack.prefix(2))/\(unlockedPack)")
             && text.out.contains("NOT INTACT"), "\(text.out)")
@@ -170,7 +170,7 @@ import Testing
         let manifests = listed.filter { $0.key.path.contains("/snapshots/") }
         let gone = try #require(packs.first)
         try await copyPrefix(s, listed, to: "partial", skip: [gone.key.path])
-        let partial = sh("\(s.bin) copy verify quickstart \(s.target("partial")) --json", s.dir)
+        let partial = await sh("\(s.bin) copy verify quickstart \(s.target("partial")) --json", s.dir)
         #expect(partial.code == 5, "partial copy: \(partial.out)\(partial.err)")
         let p = try report(partial.out)
         let packID = String(gone.key.path.split(separator: "/").last ?? "")
@@ -189,7 +189,7 @@ import Testing
         let manifestID = String(manifest.key.path.split(separator: "/").last ?? "")
         try await put(s, prefix: "forged", key: manifest.key.path, body: Array("not a manifest".utf8),
             sha256: manifestID, lock: "COMPLIANCE")
-        let forged = sh("\(s.bin) copy verify quickstart \(s.target("forged")) --json", s.dir)
+        let forged = await sh("\(s.bin) copy verify quickstart \(s.target("forged")) --json", s.dir)
         #expect(forged.code == 5, "forged objects: \(forged.out)\(forged.err)")
         let f = try report(forged.out)
         #expect(Set(f.wrong.map(\.key)) == [gone.key.path, manifest.key.path], "\(forged.out)")
@@ -203,22 +203,23 @@ import Testing
         _ = system("chattr -R -i '\(s.base)/server' 2>/dev/null")
         try FileManager.default.removeItem(atPath: "\(s.base)/server")
 
-        let list = sh("\(s.bin) snapshots \(s.from("redoubt")) --json", s.dir)
+        let list = await sh("\(s.bin) snapshots \(s.from("redoubt")) --json", s.dir)
         #expect(list.code == 0, "snapshots --from: \(list.out)\(list.err)")
         struct Row: Decodable { let id: String; let host: String; let packs: Int }
         let rows = try JSONDecoder().decode([Row].self, from: Data(list.out.utf8))
         let row = try #require(rows.first)
         #expect(rows.count == 1 && row.id.count == 64 && row.packs > 0)
         // The same list through `copy snapshots`.
-        let same = sh("\(s.bin) copy snapshots quickstart \(s.target("redoubt")) --json", s.dir)
+        let same = await sh("\(s.bin) copy snapshots quickstart \(s.target("redoubt")) --json", s.dir)
         #expect(same.out == list.out)
         // --host filters; another host has none.
-        let other = sh("\(s.bin) snapshots \(s.from("redoubt")) --tenant quickstart --host no-such-host --json", s.dir)
+        let other = await sh("\(s.bin) snapshots \(s.from("redoubt")) --tenant quickstart --host no-such-host --json",
+            s.dir)
         let otherRows = try JSONDecoder().decode([Row].self, from: Data(other.out.utf8))
         #expect(other.code == 0 && otherRows.isEmpty, "\(other.out)")
 
         let restore =
-            sh("""
+            await sh("""
                 \(s.bin) restore \(row.id.prefix(12)) \(s.from("redoubt")) --tenant quickstart --target \
                 '\(s.dir)/restored' --config '\(s.base)/restorer'
                 """, s.dir)
@@ -227,7 +228,7 @@ import Testing
         #expect(restore.err.contains("wrapped read key in t/quickstart/tenant-v1.json")
             && !restore.err.contains("saved at enrollment"), "\(restore.err)")
         let diff =
-            sh("""
+            await sh("""
                 diff -r '\(s.base)/sample' '\(s.dir)/restored\(s.base)/sample' || diff -r '\(s.base)/sample' \
                 '\(s.dir)/restored/sample'
                 """, s.dir)
@@ -247,7 +248,7 @@ import Testing
         try await put(s, prefix: "redoubt", key: "t/quickstart/tenant-v2.json", body: forged,
             sha256: SigV4Signer.hexSHA256(forged), lock: "COMPLIANCE")
         let again =
-            sh("""
+            await sh("""
                 \(s.bin) restore \(row.id.prefix(12)) \(s.from("redoubt")) --target '\(s.dir)/restored2' --config \
                 '\(s.base)/restorer' --json
                 """, s.dir)
@@ -263,11 +264,11 @@ import Testing
                                        headers: [("content-md5", contentMD5(body)), ("x-amz-meta-sha256",
                                            SigV4Signer.hexSHA256(body))], body: body)
         #expect(r.status == 200)
-        let two = sh("\(s.bin) snapshots \(s.from("redoubt"))", s.dir)
+        let two = await sh("\(s.bin) snapshots \(s.from("redoubt"))", s.dir)
         #expect(two.code != 0 && two.err.contains("other, quickstart") && two.err.contains("--tenant"),
             "\(two.out)\(two.err)")
         // --from options without --from are refused rather than silently going to the server.
-        let stray = sh("\(s.bin) snapshots --tenant quickstart --config '\(s.base)/restorer'", s.dir)
+        let stray = await sh("\(s.bin) snapshots --tenant quickstart --config '\(s.base)/restorer'", s.dir)
         #expect(stray.code != 0 && stray.err.contains("--from"), "\(stray.out)\(stray.err)")
     }
 

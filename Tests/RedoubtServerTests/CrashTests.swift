@@ -38,10 +38,10 @@ import RedoubtCore
         func q(_ s: String) -> String { "'" + s.replacingOccurrences(of: "'", with: "'\\''") + "'" }
 
         @discardableResult
-        func run(_ args: [String], check: Bool = true) throws -> (status: Int32, out: String, err: String) {
+        func run(_ args: [String], check: Bool = true) async throws -> (status: Int32, out: String, err: String) {
             let out = dir.appendingPathComponent("out.txt").path, err = dir.appendingPathComponent("err.txt").path
             let cmd = ([CrashTests.binary.path] + args).map(q).joined(separator: " ") + " > \(q(out)) 2> \(q(err))"
-            let raw = system(cmd)
+            let raw = await runShell(cmd)
             let status = (raw >> 8) & 0xff
             let r = (Int32(status), (try? String(contentsOfFile: out, encoding: .utf8)) ?? "",
                 (try? String(contentsOfFile: err, encoding: .utf8)) ?? "")
@@ -128,16 +128,16 @@ import RedoubtCore
         let e = try Env()
         defer { e.cleanup() }
         let data = e.dir.appendingPathComponent("server").path
-        try e.run(["server", "init", "--data", data, "--listen", "127.0.0.1:\(e.port)"])
+        try await e.run(["server", "init", "--data", data, "--listen", "127.0.0.1:\(e.port)"])
         try e.startServer()
         let admin = e.dir.appendingPathComponent("server/admin.credential").path
-        try e.run(["admin", "--credential", admin, "tenant", "create", "crash"])
-        let hostToken = try e.run(["admin", "--credential", admin, "host", "add", "crash",
+        try await e.run(["admin", "--credential", admin, "tenant", "create", "crash"])
+        let hostToken = try await e.run(["admin", "--credential", admin, "host", "add", "crash",
             "h1"]).out.trimmingCharacters(in: .whitespacesAndNewlines)
-        try e.run(["enroll", hostToken, "--config", e.dir.appendingPathComponent("host").path])
-        let restorerToken = try e.run(["admin", "--credential", admin, "restorer", "add", "crash",
+        try await e.run(["enroll", hostToken, "--config", e.dir.appendingPathComponent("host").path])
+        let restorerToken = try await e.run(["admin", "--credential", admin, "restorer", "add", "crash",
             "r1"]).out.trimmingCharacters(in: .whitespacesAndNewlines)
-        try e.run(["enroll", restorerToken, "--config", e.dir.appendingPathComponent("restorer").path])
+        try await e.run(["enroll", restorerToken, "--config", e.dir.appendingPathComponent("restorer").path])
 
         // A corpus of several random files, so a backup spans many packs and seconds.
         let corpus = e.dir.appendingPathComponent("corpus")
@@ -147,8 +147,9 @@ import RedoubtCore
             try randomData(6 << 20, &rng).write(to: corpus.appendingPathComponent("f\(i).bin"))
         }
         // One committed snapshot first: it must survive everything below.
-        try e.run(["backup", corpus.path, "--config", e.dir.appendingPathComponent("host").path])
-        let committed = try e.run(["snapshots", "--json", "--config", e.dir.appendingPathComponent("host").path]).out
+        try await e.run(["backup", corpus.path, "--config", e.dir.appendingPathComponent("host").path])
+        let committed = try await e.run(["snapshots", "--json", "--config",
+            e.dir.appendingPathComponent("host").path]).out
         #expect(committed.contains("\"id\""))
         // Change the corpus so the next backups have work to do, then kill them.
         for i in 0..<12 {
@@ -160,7 +161,7 @@ import RedoubtCore
         try e.startServer()
 
         // The next backup succeeds and reuses what the killed ones uploaded.
-        let summary = try e.run(["backup", corpus.path, "--json", "--config",
+        let summary = try await e.run(["backup", corpus.path, "--json", "--config",
             e.dir.appendingPathComponent("host").path]).out
         let s = try JSONDecoder().decode([String: AnyCodable].self, from: Data(summary.utf8))
         let uploaded = s["bytesUploaded"]?.int ?? -1
@@ -168,17 +169,18 @@ import RedoubtCore
             "uploaded \(uploaded) bytes: nothing of the killed runs was reused")
 
         // Every snapshot verifies and the first one is still there.
-        let list = try e.run(["snapshots", "--json", "--config", e.dir.appendingPathComponent("restorer").path]).out
+        let list = try await e.run(["snapshots", "--json", "--config",
+            e.dir.appendingPathComponent("restorer").path]).out
         let snaps = try JSONDecoder().decode([Wire.SnapshotInfo].self, from: Data(list.utf8), dates: true)
         #expect(snaps.count >= 2)
         for snap in snaps {
-            let v = try e.run(["verify", snap.id, "--config", e.dir.appendingPathComponent("restorer").path],
+            let v = try await e.run(["verify", snap.id, "--config", e.dir.appendingPathComponent("restorer").path],
                 check: false)
             #expect(v.status == 0, "verify \(snap.id): \(v.out) \(v.err)")
         }
         // And the newest restores bit for bit.
         let target = e.dir.appendingPathComponent("restored")
-        try e.run(["restore", snaps.last!.id, "--target", target.path, "--config",
+        try await e.run(["restore", snaps.last!.id, "--target", target.path, "--config",
             e.dir.appendingPathComponent("restorer").path])
         for name in try FileManager.default.contentsOfDirectory(atPath: corpus.path) {
             #expect(FileManager.default.contents(atPath: corpus.appendingPathComponent(name).path)

@@ -451,13 +451,13 @@ final class DoctorFixture {
 
 /// The built binary, as an operator runs it.
 @Suite(.serialized) struct DoctorCommandTests {
-    func run(_ args: [String], in f: DoctorFixture, prefix: String = "") throws -> (status: Int32, out: String) {
+    func run(_ args: [String], in f: DoctorFixture, prefix: String = "") async throws -> (status: Int32, out: String) {
         let bin = CrashTests.binary.path
         try #require(FileManager.default.isExecutableFile(atPath: bin),
             "build the redoubt executable first (swift build)")
         func q(_ s: String) -> String { "'" + s.replacingOccurrences(of: "'", with: "'\\''") + "'" }
         let out = f.base + "/out.json"
-        let raw = system(prefix + ([bin] + args).map(q).joined(separator: " ") + " > \(q(out)) 2>/dev/null")
+        let raw = await runShell(prefix + ([bin] + args).map(q).joined(separator: " ") + " > \(q(out)) 2>/dev/null")
         return (Int32((raw >> 8) & 0xff), (try? String(contentsOfFile: out, encoding: .utf8)) ?? "")
     }
 
@@ -470,9 +470,9 @@ final class DoctorFixture {
         return f
     }
 
-    @Test func jsonListsEveryCheckAndWarningsExitEight() throws {
+    @Test func jsonListsEveryCheckAndWarningsExitEight() async throws {
         let f = try healthy()
-        let r = try run(["doctor", "--data", f.data, "--root", f.root, "--json"], in: f)
+        let r = try await run(["doctor", "--data", f.data, "--root", f.root, "--json"], in: f)
         let checks = try JSONDecoder().decode([DoctorCheck].self, from: Data(r.out.utf8))
         #expect(checks.map(\.id) == Doctor.checkIDs)
         // No catalog yet: hosts.os and the copy checks warn; nothing fails.
@@ -480,11 +480,11 @@ final class DoctorFixture {
         #expect(r.status == 8)
     }
 
-    @Test func aFailExitsOne() throws {
+    @Test func aFailExitsOne() async throws {
         let f = try healthy()
         try f.write("/etc/ssh/sshd_config",
             "PermitRootLogin yes\nPasswordAuthentication no\nKbdInteractiveAuthentication no\n")
-        let r = try run(["doctor", "--data", f.data, "--root", f.root, "--json"], in: f)
+        let r = try await run(["doctor", "--data", f.data, "--root", f.root, "--json"], in: f)
         let checks = try JSONDecoder().decode([DoctorCheck].self, from: Data(r.out.utf8))
         #expect(checks.first { $0.id == "ssh.root" }?.status == .fail)
         #expect(r.status == 1)
@@ -492,7 +492,7 @@ final class DoctorFixture {
 
     /// Without CAP_LINUX_IMMUTABLE in its bounding set, the real process (its own
     /// /proc/self/status) cannot seal: doctor must say so, not trust the fixture.
-    @Test func droppedCapabilityIsSeenByTheProbe() throws {
+    @Test func droppedCapabilityIsSeenByTheProbe() async throws {
         guard FileManager.default.isExecutableFile(atPath: "/usr/bin/setpriv"), getuid() == 0 else {
             print("skipping: needs root and setpriv (util-linux)")
             return
@@ -502,7 +502,7 @@ final class DoctorFixture {
         try? FileManager.default.removeItem(atPath: f.root + "/proc/self/status")
         try FileManager.default.createSymbolicLink(atPath: f.root + "/proc/self/status",
             withDestinationPath: "/proc/self/status")
-        let r = try run(["doctor", "--data", f.data, "--root", f.root, "--json"], in: f,
+        let r = try await run(["doctor", "--data", f.data, "--root", f.root, "--json"], in: f,
                         prefix: "/usr/bin/setpriv --bounding-set -linux_immutable --inh-caps -linux_immutable ")
         let checks = try JSONDecoder().decode([DoctorCheck].self, from: Data(r.out.utf8))
         #expect(checks.first { $0.id == "immutable.works" }?.status == .fail)
@@ -512,14 +512,14 @@ final class DoctorFixture {
 
     /// SQLite makes -wal and -shm files even for a read-only reader; were they root's,
     /// the service user could no longer open its own catalog.
-    @Test func readingTheCatalogAsRootLeavesItUsableByTheServiceUser() throws {
+    @Test func readingTheCatalogAsRootLeavesItUsableByTheServiceUser() async throws {
         let f = try healthy()
         let data = f.base + "/srv/fresh"
-        _ = try run(["server", "init", "--data", data, "--listen", "127.0.0.1:1"], in: f)
+        _ = try await run(["server", "init", "--data", data, "--listen", "127.0.0.1:1"], in: f)
         _ = system("chown -R \(DoctorFixture.nobody):\(DoctorFixture.nobody) '\(data)'")
         unlink(data + "/catalog.sqlite-wal")
         unlink(data + "/catalog.sqlite-shm")
-        let r = try run(["doctor", "--data", data, "--root", f.root, "--json"], in: f)
+        let r = try await run(["doctor", "--data", data, "--root", f.root, "--json"], in: f)
         let checks = try JSONDecoder().decode([DoctorCheck].self, from: Data(r.out.utf8))
         // A fresh server's data directory, handed to its user, is private through and through.
         #expect(checks.first { $0.id == "data.private" }?.status == .pass,

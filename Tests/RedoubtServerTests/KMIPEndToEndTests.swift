@@ -21,7 +21,7 @@ import RedoubtKMS
         let uri = "kmip://\(address)/new?ca=\(pki)/ca.crt&cert=\(pki)/tenant-a.crt&key=\(pki)/tenant-a.key"
         let out = dir.appendingPathComponent("out.txt").path
         let status =
-            system("""
+            await runShell("""
                 '\(CrashTests.binary.path)' quickstart --dir '\(dir.path)/qs' --key-provider '\(uri)' > '\(out)' 2>&1
                 """)
         let output = (try? String(contentsOfFile: out, encoding: .utf8)) ?? ""

@@ -9,10 +9,10 @@ import RedoubtMedia
 @Suite struct MediaCLITests {
     /// Stops the quickstart's server (it is gone for everything after) and writes its
     /// snapshot to a media set from the data directory; returns the set's path.
-    func writeSet(_ q: QuickstartServer, _ args: String = "") throws -> String {
+    func writeSet(_ q: QuickstartServer, _ args: String = "") async throws -> String {
         let set = "\(q.dir)/vol"
-        _ = q.shell("kill $(cat '\(q.dir)/server.pid'); sleep 1")
-        let (w, wOut) = q.sh("media write quickstart --data '\(q.base)/server' --device 'file:\(set)' \(args)")
+        _ = await q.shell("kill $(cat '\(q.dir)/server.pid'); sleep 1")
+        let (w, wOut) = await q.sh("media write quickstart --data '\(q.base)/server' --device 'file:\(set)' \(args)")
         try #require(w == 0, "media write: \(wOut)")
         return set
     }
@@ -20,32 +20,32 @@ import RedoubtMedia
     @Test func mediaSetRestoresWithTheServerGoneAndIgnoresAForeignKeyService() async throws {
         let q = try await QuickstartServer.start("mediacli", quickstartEnv: "REDOUBT_PASSPHRASE=media-pass")
         defer { q.stop() }
-        let set = try writeSet(q, "--capacity 256K --block-size 16K")
+        let set = try await writeSet(q, "--capacity 256K --block-size 16K")
         #expect(FileManager.default.fileExists(atPath: "\(set).2"), "wanted a multi-volume set")
-        let (l, lOut) = q.sh("media list --device 'file:\(set)' --json")
+        let (l, lOut) = await q.sh("media list --device 'file:\(set)' --json")
         #expect(l == 0 && lOut.contains(q.snapshot), "media list: \(lOut)")
 
         let target = "\(q.dir)/restored"
         let (r,
-            rOut) = q.sh("""
+            rOut) = await q.sh("""
                 media restore \(q.snapshot.prefix(12)) --device 'file:\(set)' --target '\(target)' \(q.restorer)
                 """,
                              env: "REDOUBT_PASSPHRASE=media-pass")
         #expect(r == 0, "media restore: \(rOut)")
         #expect(rOut.contains("using the wrapped read key in tenant-v1.json on the media"), "\(rOut)")
-        #expect(q.shell("diff -r '\(q.base)/sample' '\(target)\(q.base)/sample'").0 == 0,
+        await #expect(q.shell("diff -r '\(q.base)/sample' '\(target)\(q.base)/sample'").0 == 0,
             "restored tree differs from the sample")
         // One directory of the snapshot only.
         let part = "\(q.dir)/part"
         let (p,
-            pOut) = q.sh("""
+            pOut) = await q.sh("""
                 media restore \(q.snapshot.prefix(12)) --device 'file:\(set)' --target '\(part)' \
                 --path '\(q.base)/sample/docs' \
                 \(q.restorer)
                 """,
                              env: "REDOUBT_PASSPHRASE=media-pass")
         #expect(p == 0, "media restore --path: \(pOut)")
-        #expect(q.shell("diff -r '\(q.base)/sample/docs' '\(part)\(q.base)/sample/docs'").0 == 0)
+        await #expect(q.shell("diff -r '\(q.base)/sample/docs' '\(part)\(q.base)/sample/docs'").0 == 0)
         #expect(!FileManager.default.fileExists(atPath: "\(part)\(q.base)/sample/README.txt"))
 
         // An attacker who can write media rewrites the descriptor to name their KMS.
@@ -67,7 +67,7 @@ import RedoubtMedia
         _ = try mw.finish()
         let target2 = "\(q.dir)/restored2"
         let (r2,
-            r2Out) = q.sh("""
+            r2Out) = await q.sh("""
                 media restore \(q.snapshot.prefix(12)) --device 'file:\(forged)' --target '\(target2)' \(q.restorer)
                 """,
                                env: "REDOUBT_PASSPHRASE=media-pass")
@@ -75,7 +75,7 @@ import RedoubtMedia
         #expect(!r2Out.contains("evil.example"), "the restorer must not contact the forged key service: \(r2Out)")
         // Without the server, the enrollment copy still opens the packs.
         #expect(r2 == 0, "\(r2Out)")
-        #expect(q.shell("diff -r '\(q.base)/sample' '\(target2)\(q.base)/sample'").0 == 0)
+        await #expect(q.shell("diff -r '\(q.base)/sample' '\(target2)\(q.base)/sample'").0 == 0)
     }
 
     /// Disaster recovery through the binary: the repository host is lost; a fresh one
@@ -88,66 +88,72 @@ import RedoubtMedia
         // The store holds its descriptor as servers before format 2 wrote it (the material
         // in the clear): the media must carry it sealed all the same.
         _ = try await storeDescriptorInFormat1(quickstart: q.base)
-        let set = try writeSet(q)
+        let set = try await writeSet(q)
         let written = try Data(contentsOf: URL(fileURLWithPath: set))
         #expect(written.range(of: Data("\"writeMaterial\"".utf8)) == nil
             && written.range(of: Data("sealedWriteMaterial".utf8)) != nil)
 
         let fresh = "\(q.dir)/fresh"
         let port = try freeLoopbackPort()
-        let (i, iOut) = q.sh("server init --data '\(fresh)' --listen 127.0.0.1:\(port)")
+        let (i, iOut) = await q.sh("server init --data '\(fresh)' --listen 127.0.0.1:\(port)")
         try #require(i == 0, "server init: \(iOut)")
         // Without a trust root the import refuses to start: the new CA cannot check the set.
-        let (n, nOut) = q.sh("media import --device 'file:\(set)' --data '\(fresh)'")
+        let (n, nOut) = await q.sh("media import --device 'file:\(set)' --data '\(fresh)'")
         #expect(n == 2 && nOut.contains("--trusted-config"), "media import without a trust root: \(nOut)")
-        let (m, mOut) = q.sh(
+        let (m, mOut) = await q.sh(
             "media import --device 'file:\(set)' --data '\(fresh)' --trusted-config '\(q.base)/restorer'")
         #expect(m == 0 && mOut.contains("TO DO: tenant quickstart") && mOut.contains("restore-material"),
             "media import: \(mOut)")
         // In a subshell: `shell` sends the command's output to a file, which would otherwise
         // take the pid's place.
         _ =
-            q.shell("""
+            await q.shell("""
                 (\(q.bin) server run --data '\(fresh)' > '\(q.dir)/fresh.log' 2>&1 & echo $! > '\(q.dir)/fresh.pid')
                 """)
-        defer { _ = q.shell("kill $(cat '\(q.dir)/fresh.pid')") }
+        // A defer cannot await: kill is instant, blocking is harmless.
+        defer { _ = system("kill $(cat '\(q.dir)/fresh.pid')") }
         let admin = "--credential '\(fresh)/admin.credential'"
         var up = false
         for _ in 0..<150 where !up {
-            up = q.sh("admin \(admin) tenant list").0 == 0
+            up = await q.sh("admin \(admin) tenant list").0 == 0
             if !up { try await Task.sleep(nanoseconds: 200_000_000) }
         }
         try #require(up, "the fresh server did not come up")
 
-        let (early, earlyOut) = q.sh("admin \(admin) restorer add quickstart dr")
+        let (early, earlyOut) = await q.sh("admin \(admin) restorer add quickstart dr")
         #expect(early != 0 && earlyOut.contains("E_NO_WRITE_MATERIAL") && earlyOut.contains("restore-material"),
             "enrollment before: \(earlyOut)")
-        let (wrong, wrongOut) = q.sh("admin \(admin) tenant restore-material quickstart",
+        let (wrong, wrongOut) = await q.sh("admin \(admin) tenant restore-material quickstart",
             env: "REDOUBT_PASSPHRASE=not-it")
         #expect(wrong == 6, "restore-material with a wrong passphrase: \(wrongOut)")
-        let (g, gOut) = q.sh("admin \(admin) tenant restore-material quickstart", env: "REDOUBT_PASSPHRASE=dr-pass")
+        let (g, gOut) = await q.sh("admin \(admin) tenant restore-material quickstart",
+            env: "REDOUBT_PASSPHRASE=dr-pass")
         #expect(g == 0 && gOut.contains("back on the server"), "restore-material: \(gOut)")
         // From a host's file: the same material is accepted again, anything else refused.
         let (h,
-            hOut) = q.sh("admin \(admin) tenant restore-material quickstart --from '\(q.base)/host/write-material.bin'")
+            hOut) = await q.sh("""
+                admin \(admin) tenant restore-material quickstart --from '\(q.base)/host/write-material.bin'
+                """)
         #expect(h == 0, "restore-material --from the host's file: \(hOut)")
         let (x,
-            xOut) = q.sh("admin \(admin) tenant restore-material quickstart --from '\(q.base)/host/host-signing.key'")
+            xOut) = await q.sh("""
+                admin \(admin) tenant restore-material quickstart --from '\(q.base)/host/host-signing.key'
+                """)
         #expect(x != 0 && xOut.contains("E_BAD_REQUEST"), "restore-material --from another file: \(xOut)")
-        let (t, token) = q.shell("\(q.bin) admin \(admin) restorer add quickstart dr 2>/dev/null")
+        let (t, token) = await q.shell("\(q.bin) admin \(admin) restorer add quickstart dr 2>/dev/null")
         try #require(t == 0, "restorer add: \(token)")
         let cfg = "\(q.dir)/dr-restorer"
         let tokenLine = try #require(token.split(separator: "\n").last { $0.hasPrefix("rdbt1.") },
             "restorer add printed no token: \(token)")
-        let (e, eOut) = q.sh("enroll '\(tokenLine)' --config '\(cfg)'")
+        let (e, eOut) = await q.sh("enroll '\(tokenLine)' --config '\(cfg)'")
         try #require(e == 0, "enroll: \(eOut)")
         // The material given back is the one the hosts hold.
-        #expect(q.shell("cmp '\(q.base)/host/write-material.bin' '\(cfg)/write-material.bin'").0 == 0)
+        await #expect(q.shell("cmp '\(q.base)/host/write-material.bin' '\(cfg)/write-material.bin'").0 == 0)
         let target = "\(q.dir)/dr-restored"
-        let (r, rOut) = q.sh("restore \(q.snapshot.prefix(12)) --target '\(target)' --config '\(cfg)'",
+        let (r, rOut) = await q.sh("restore \(q.snapshot.prefix(12)) --target '\(target)' --config '\(cfg)'",
             env: "REDOUBT_PASSPHRASE=dr-pass")
         #expect(r == 0, "restore through the fresh server: \(rOut)")
-        #expect(q.shell("diff -r '\(q.base)/sample' '\(target)\(q.base)/sample'").0 == 0,
+        await #expect(q.shell("diff -r '\(q.base)/sample' '\(target)\(q.base)/sample'").0 == 0,
             "restored tree differs from the sample")
     }
 }

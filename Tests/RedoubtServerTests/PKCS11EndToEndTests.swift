@@ -29,10 +29,10 @@ import RedoubtKMS
             "pkcs11:token=\(token);object=\(label)?module-path=\(module)&pin-source=\(pinSource)"
         }
         /// Runs quickstart with SOFTHSM2_CONF (and `env`) for that command only; returns (exit code, output).
-        func quickstart(_ name: String, _ uri: String, env: String = "") -> (Int32, String) {
+        func quickstart(_ name: String, _ uri: String, env: String = "") async -> (Int32, String) {
             let out = dir.appendingPathComponent("\(name).txt").path
             let status =
-                system("""
+                await runShell("""
                     \(env) SOFTHSM2_CONF='\(conf)' '\(CrashTests.binary.path)' quickstart --dir '\(dir.path)/\(name)' \
                     --key-provider '\(uri)' > '\(out)' 2>&1
                     """)
@@ -40,7 +40,7 @@ import RedoubtKMS
             return ((status >> 8) & 0xff, output)
         }
 
-        let (status, output) = quickstart("qs", uri())
+        let (status, output) = await quickstart("qs", uri())
         #expect(status == 0, "quickstart failed: \(output)")
         #expect(output.contains("identical to the source"))
         #expect(output.contains("a KEK held by pkcs11"))
@@ -65,18 +65,20 @@ import RedoubtKMS
             .split(separator: " ").first.map(String.init))
         let bin = "'\(CrashTests.binary.path)'"
         let log = dir.appendingPathComponent("media.txt").path
-        #expect(system("""
+        #expect(await runShell("""
             \(bin) media write quickstart --data '\(dir.path)/qs/\(run)/server' --device 'dir:\(dir.path)/media' > \
             '\(log)' 2>&1
             """) == 0)
-        func mediaRestore(_ name: String, conf: String) -> (Int32, String) {
+        func mediaRestore(_ name: String, conf: String) async -> (Int32, String) {
             let out = dir.appendingPathComponent("\(name).txt").path
             let status =
-                system("SOFTHSM2_CONF='\(conf)' \(bin) media restore \(snapshot) --device 'dir:\(dir.path)/media' "
+                await runShell("""
+                    SOFTHSM2_CONF='\(conf)' \(bin) media restore \(snapshot) --device 'dir:\(dir.path)/media' 
+                    """
                     + "--target '\(dir.path)/\(name)' --config '\(dir.path)/qs/\(run)/restorer' > '\(out)' 2>&1")
             return ((status >> 8) & 0xff, (try? String(contentsOfFile: out, encoding: .utf8)) ?? "")
         }
-        let (restored, restoredOutput) = mediaRestore("restored", conf: conf)
+        let (restored, restoredOutput) = await mediaRestore("restored", conf: conf)
         #expect(restored == 0, "\(restoredOutput)")
         let sample = "\(dir.path)/qs/\(run)/sample"
         #expect(system("diff -r '\(sample)' '\(dir.path)/restored\(sample)' > /dev/null") == 0)
@@ -86,7 +88,7 @@ import RedoubtKMS
         let emptyConf = dir.appendingPathComponent("empty.conf").path
         try "directories.tokendir = \(dir.path)/empty-tokens\nobjectstore.backend = file\n".write(toFile: emptyConf,
             atomically: true, encoding: .utf8)
-        let (unplugged, unpluggedOutput) = mediaRestore("restored-unplugged", conf: emptyConf)
+        let (unplugged, unpluggedOutput) = await mediaRestore("restored-unplugged", conf: emptyConf)
         #expect(unplugged == 9, "\(unpluggedOutput)")
         #expect(unpluggedOutput.contains("no token labelled \"\(token)\""))
 
@@ -94,19 +96,19 @@ import RedoubtKMS
         let wrongPIN = dir.appendingPathComponent("wrong-pin").path
         _ = FileManager.default.createFile(atPath: wrongPIN, contents: Data("wrong-pin-0815".utf8),
             attributes: [.posixPermissions: 0o600])
-        let (rejected, rejectedOutput) = quickstart("qs-wrong-pin", uri(pinSource: wrongPIN))
+        let (rejected, rejectedOutput) = await quickstart("qs-wrong-pin", uri(pinSource: wrongPIN))
         #expect(rejected == 12, "\(rejectedOutput)")
         #expect(rejectedOutput.contains("E_KEY_CREDENTIAL_REJECTED") && rejectedOutput.contains(wrongPIN))
         #expect(!rejectedOutput.contains("wrong-pin-0815"))
 
         // A token that is not there: exit 9, naming the label.
-        let (missing, missingOutput) = quickstart("qs-no-token", uri(token: "absent-token"))
+        let (missing, missingOutput) = await quickstart("qs-no-token", uri(token: "absent-token"))
         #expect(missing == 9, "\(missingOutput)")
         #expect(missingOutput.contains("no token labelled \"absent-token\""))
 
         // The PIN from REDOUBT_PKCS11_PIN when the URI names no pin-source.
         let envLabel = "redoubt-kek-e2e-env-\(UUID().uuidString.lowercased())"
-        let (fromEnv, envOutput) = quickstart("qs-env-pin",
+        let (fromEnv, envOutput) = await quickstart("qs-env-pin",
             "pkcs11:token=\(token);object=\(envLabel)?module-path=\(module)",
                                               env: "REDOUBT_PKCS11_PIN=\"$(cat '\(pinFile)')\"")
         #expect(fromEnv == 0, "\(envOutput)")
@@ -126,7 +128,7 @@ import RedoubtKMS
         #expect(objects.contains("never extractable"), "\(objects)")
         #expect(system("\(tool) --delete-object --type secrkey --label '\(label)' >/dev/null 2>&1") == 0)
         // Crypto-shredded: the same restore now fails with exit 11, "key destroyed".
-        let (shredded, shreddedOutput) = mediaRestore("restored-shredded", conf: conf)
+        let (shredded, shreddedOutput) = await mediaRestore("restored-shredded", conf: conf)
         #expect(shredded == 11, "\(shreddedOutput)")
         #expect(shreddedOutput.contains("key destroyed") && shreddedOutput.contains("E_KEY_DESTROYED"))
         #expect(!FileManager.default.fileExists(atPath: "\(dir.path)/restored-shredded\(dir.path)/qs/\(run)/sample"))
@@ -152,32 +154,32 @@ import RedoubtKMS
             quickstartArgs: "--key-provider '\(uri(kek1))'")
         defer { q.stop() }
         let (bin, base, admin, dir) = (q.bin, q.base, q.admin, q.dir)
-        func sh(_ cmd: String) -> (Int32, String) { q.shell(cmd) }
-        func restore(_ extra: String = "") -> (Int32, String) { q.restore(extra) }
-        let (a, aOut) = restore()
+        func sh(_ cmd: String) async -> (Int32, String) { await q.shell(cmd) }
+        func restore(_ extra: String = "") async -> (Int32, String) { await q.restore(extra) }
+        let (a, aOut) = await restore()
         #expect(a == 0, "restore under KEK 1: \(aOut)")
         let keyV1 = "\(dir)/read-key-v1.json"
         try FileManager.default.copyItem(atPath: "\(base)/restorer/read-key.json", toPath: keyV1)
 
         let (r2,
-            r2Out) = sh("""
+            r2Out) = await sh("""
                 \(bin) admin \(admin) tenant rotate-key quickstart --key-provider '\(uri(kek2))' --destroy-old --json
                 """)
         #expect(r2 == 0 && r2Out.contains("\"previousKEKDestroyed\" : \"true\""), "rotate with --destroy-old: \(r2Out)")
-        let (b, bOut) = restore()
+        let (b, bOut) = await restore()
         #expect(b == 0, "restore under KEK 2: \(bOut)")
-        let (c, cOut) = restore("--read-key '\(keyV1)'")
+        let (c, cOut) = await restore("--read-key '\(keyV1)'")
         #expect(c == 11 && cOut.contains("E_KEY_DESTROYED") && cOut.contains(kek1),
             "restore with the copy under the destroyed KEK 1: \(cOut)")
 
-        let (s, sOut) = sh("\(bin) admin \(admin) tenant shred quickstart --confirm quickstart")
+        let (s, sOut) = await sh("\(bin) admin \(admin) tenant shred quickstart --confirm quickstart")
         #expect(s == 0 && sOut.contains("crypto-shredded"), "shred: \(sOut)")
-        let (f, fOut) = restore()
+        let (f, fOut) = await restore()
         #expect(f == 11, "restore after the shred: \(fOut)")
 
         // Neither KEK is left on the token (an independent tool looks; test token's PIN).
         let (listed,
-            listing) = sh("""
+            listing) = await sh("""
                 SOFTHSM2_CONF='\(conf)' pkcs11-tool --module '\(module)' --token-label '\(token)' --login --pin \
                 \"$(cat '\(pinFile)')\" --list-objects --type secrkey
                 """)

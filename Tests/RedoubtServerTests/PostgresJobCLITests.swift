@@ -21,31 +21,33 @@ import RedoubtCore
     }
 
     /// Runs a shell command; returns its status and what it printed (stdout and stderr).
-    static func sh(_ command: String, in dir: URL) -> (Int32, String) {
+    static func sh(_ command: String, in dir: URL) async -> (Int32, String) {
         let out = dir.appendingPathComponent("sh-\(UUID().uuidString).out").path
-        let raw = system("\(command) >'\(out)' 2>&1")
+        let raw = await runShell("\(command) >'\(out)' 2>&1")
         defer { unlink(out) }
         return (Int32((raw >> 8) & 0xff), (try? String(contentsOfFile: out, encoding: .utf8)) ?? "")
     }
 
-    @Test func aPgDumpJobRestoresIntoAFreshDatabaseIdenticalByPgDump() throws {
+    @Test func aPgDumpJobRestoresIntoAFreshDatabaseIdenticalByPgDump() async throws {
         guard let pg = try Self.peer() else { return }
-        let s = try HostCLITests.Setup()
+        let s = try await HostCLITests.Setup()
         let dir = s.e.dir
         let suffix = UUID().uuidString.prefix(8).lowercased()
         let source = "redoubt_src_\(suffix)", copy = "redoubt_copy_\(suffix)"
         let conn = "-h \(pg.host) -p \(pg.port) -U postgres"
-        func psql(_ db: String, _ sql: String) throws -> String {
+        func psql(_ db: String, _ sql: String) async throws -> String {
             let file = dir.appendingPathComponent("q-\(UUID().uuidString).sql")
             try Data(sql.utf8).write(to: file)
-            let (rc, out) = Self.sh("'\(pg.bin)/psql' \(conn) -v ON_ERROR_STOP=1 -qAt -d \(db) -f '\(file.path)'",
+            let (rc, out) = await Self.sh("'\(pg.bin)/psql' \(conn) -v ON_ERROR_STOP=1 -qAt -d \(db) -f '\(file.path)'",
                 in: dir)
             try #require(rc == 0, "psql: \(out)")
             return out
         }
-        _ = try psql("postgres", "CREATE DATABASE \(source); CREATE DATABASE \(copy);")
-        defer { _ = try? psql("postgres", "DROP DATABASE IF EXISTS \(source); DROP DATABASE IF EXISTS \(copy);") }
-        _ = try psql(source, """
+        _ = try await psql("postgres", "CREATE DATABASE \(source); CREATE DATABASE \(copy);")
+        // A defer cannot await: the drop is one short psql run, blocking.
+        defer { _ = system("'\(pg.bin)/psql' \(conn) -qAt -d postgres -c 'DROP DATABASE IF EXISTS \(source)' "
+                           + "-c 'DROP DATABASE IF EXISTS \(copy)' >/dev/null 2>&1") }
+        _ = try await psql(source, """
             CREATE TABLE accounts (id bigserial PRIMARY KEY, name text NOT NULL, balance numeric(20,4),
                 photo bytea, attrs jsonb, opened timestamptz DEFAULT '2031-02-03 04:05:06.789+00');
             CREATE INDEX accounts_name ON accounts (name);
@@ -63,25 +65,25 @@ import RedoubtCore
             stdin-filename = "\(source).dump"
             tag = ["postgres"]
             """.utf8).write(to: URL(fileURLWithPath: s.host + "/jobs.toml"))
-        let done = try JobsCLITests.backup(s, ["--job", "db"])
+        let done = try await JobsCLITests.backup(s, ["--job", "db"])
         #expect(done.bytesRead > 100_000 && done.warnings.isEmpty, "\(done)")
 
         let target = dir.appendingPathComponent("restored").path
-        try s.e.run(["restore", done.snapshot, "--target", target, "--config", s.restorer])
+        try await s.e.run(["restore", done.snapshot, "--target", target, "--config", s.restorer])
         let dump = try #require(s.files(target).first { $0.hasSuffix("\(source).dump") }, "\(s.files(target))")
-        let (rc, said) = Self.sh("'\(pg.bin)/pg_restore' \(conn) --exit-on-error -d \(copy) '\(target)/\(dump)'",
+        let (rc, said) = await Self.sh("'\(pg.bin)/pg_restore' \(conn) --exit-on-error -d \(copy) '\(target)/\(dump)'",
             in: dir)
         #expect(rc == 0, "pg_restore: \(said)")
 
         // Why drop \restrict lines: recent pg_dump guards a plain dump with a random key per run.
-        func plain(_ db: String) -> String {
-            Self.sh("'\(pg.bin)/pg_dump' \(conn) --no-owner \(db)", in: dir).1.split(separator: "\n")
+        func plain(_ db: String) async -> String {
+            await Self.sh("'\(pg.bin)/pg_dump' \(conn) --no-owner \(db)", in: dir).1.split(separator: "\n")
                 .filter { !$0.hasPrefix("\\restrict ") && !$0.hasPrefix("\\unrestrict ") }.joined(separator: "\n")
         }
-        let original = plain(source), restored = plain(copy)
+        let original = await plain(source), restored = await plain(copy)
         #expect(original.contains("account 20000 é漢字") && original.contains("backed up by a redoubt job"))
         #expect(original == restored, "the restored database differs from the original")
-        #expect(try psql(copy, "SELECT count(*), sum(balance) FROM accounts;").trimmingCharacters(in: .newlines)
+        await #expect(try psql(copy, "SELECT count(*), sum(balance) FROM accounts;").trimmingCharacters(in: .newlines)
             == "20000|246912345.0000")
 
         // pg_dump failing (no such database) commits nothing and says so.
@@ -89,9 +91,9 @@ import RedoubtCore
             [jobs.db]
             command = "'\(pg.bin)/pg_dump' -Fc \(conn) redoubt_no_such_db_\(suffix)"
             """.utf8).write(to: URL(fileURLWithPath: s.host + "/jobs.toml"))
-        let failed = try s.e.run(["backup", "--job", "db", "--config", s.host], check: false)
+        let failed = try await s.e.run(["backup", "--job", "db", "--config", s.host], check: false)
         #expect(failed.status == 1 && failed.err.contains("exited with status 1")
             && failed.out.hasPrefix("job db: failed, exit 1"), "\(failed.status) \(failed.err) \(failed.out)")
-        #expect(try s.snapshots().count == 1)
+        await #expect(try s.snapshots().count == 1)
     }
 }

@@ -234,30 +234,30 @@ import RedoubtCore
     @Test func theCLIListsAndRevokesAHostWhoseNextBackupIsRefused() async throws {
         let q = try await QuickstartServer.start("revoke", quickstartEnv: "REDOUBT_PASSPHRASE=revoke-pass")
         defer { q.stop() }
-        let (l, lOut) = q.sh("admin \(q.admin) host list quickstart --json")
+        let (l, lOut) = await q.sh("admin \(q.admin) host list quickstart --json")
         try #require(l == 0, "host list: \(lOut)")
         let hosts = try JSONDecoder().decode([Wire.PrincipalInfo].self, from: Data(lOut.utf8), dates: true)
         let host = try #require(hosts.first, "no host listed: \(lOut)")
         #expect(hosts.allSatisfy { $0.role == "writer" && $0.tenant == "quickstart" } && host.lastSnapshotAt != nil)
         // Monitoring: the host committed a moment ago, so it is stale after 1 s (once a
         // second has passed) but not after a day.
-        let (fresh, freshOut) = q.sh("admin \(q.admin) host list quickstart --stale-after 1d")
+        let (fresh, freshOut) = await q.sh("admin \(q.admin) host list quickstart --stale-after 1d")
         #expect(fresh == 0 && !freshOut.contains(host.name), "stale after a day: \(fresh) \(freshOut)")
         try await Task.sleep(nanoseconds: 1_100_000_000)
-        let (stale, staleOut) = q.sh("admin \(q.admin) host list quickstart --stale-after 1s --json")
+        let (stale, staleOut) = await q.sh("admin \(q.admin) host list quickstart --stale-after 1s --json")
         #expect(stale == 8 && staleOut.contains(host.name), "stale after a second: \(stale) \(staleOut)")
-        #expect(q.sh("admin \(q.admin) restorer list --stale-after 1d").0 == 2, "--stale-after is for hosts only")
+        await #expect(q.sh("admin \(q.admin) restorer list --stale-after 1d").0 == 2, "--stale-after is for hosts only")
 
-        let (r, rOut) = q.sh("admin \(q.admin) host revoke quickstart \(host.name)")
+        let (r, rOut) = await q.sh("admin \(q.admin) host revoke quickstart \(host.name)")
         #expect(r == 0 && rOut.contains("revoked"), "host revoke: \(rOut)")
-        let (b, bOut) = q.sh("backup '\(q.base)/sample' --config '\(q.base)/host'")
+        let (b, bOut) = await q.sh("backup '\(q.base)/sample' --config '\(q.base)/host'")
         #expect(b == 4 && bOut.contains("revoked"), "backup after revocation: \(b) \(bOut)")
-        let (again, againOut) = q.sh("admin \(q.admin) host revoke quickstart \(host.name)")
+        let (again, againOut) = await q.sh("admin \(q.admin) host revoke quickstart \(host.name)")
         #expect(again == 3 && againOut.contains("--all"), "revoking twice: \(again) \(againOut)")
-        #expect(q.sh("admin \(q.admin) host list quickstart").1.contains(host.name) == false)
-        #expect(q.sh("admin \(q.admin) host list quickstart --all").1.contains("revoked"))
+        await #expect(q.sh("admin \(q.admin) host list quickstart").1.contains(host.name) == false)
+        await #expect(q.sh("admin \(q.admin) host list quickstart --all").1.contains("revoked"))
         // What it committed still restores bit for bit.
-        let (rs, rsOut) = q.restore(env: "REDOUBT_PASSPHRASE=revoke-pass")
+        let (rs, rsOut) = await q.restore(env: "REDOUBT_PASSPHRASE=revoke-pass")
         #expect(rs == 0, "restore after revocation: \(rsOut)")
     }
 

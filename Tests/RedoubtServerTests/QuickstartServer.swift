@@ -32,7 +32,7 @@ final class QuickstartServer {
             FileManager.default.temporaryDirectory.appendingPathComponent("redoubt-\(name)-\(UUID().uuidString)").path
         try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
         let bin = "\(env) '\(binary)'"
-        let (qs, qsOut) = Self.sh("\(quickstartEnv) \(bin) quickstart --dir '\(dir)/qs' \(quickstartArgs)",
+        let (qs, qsOut) = await Self.sh("\(quickstartEnv) \(bin) quickstart --dir '\(dir)/qs' \(quickstartArgs)",
             out: "\(dir)/out.txt")
         guard qs == 0, let run = try? FileManager.default.contentsOfDirectory(atPath: "\(dir)/qs").first else {
             Self.remove(dir)
@@ -48,10 +48,10 @@ final class QuickstartServer {
         let q = QuickstartServer(dir: dir, base: base, bin: bin, snapshot: "")
         var up = false
         for _ in 0..<150 where !up {
-            up = q.sh("admin \(q.admin) tenant list").0 == 0
+            up = await q.sh("admin \(q.admin) tenant list").0 == 0
             if !up { try await Task.sleep(nanoseconds: 200_000_000) }
         }
-        let (ls, lsOut) = q.sh("snapshots \(q.restorer) --json")
+        let (ls, lsOut) = await q.sh("snapshots \(q.restorer) --json")
         guard up, ls == 0,
             let snapshot = lsOut.split(separator: "\"").first(where: { $0.count == 64 }).map(String.init) else {
             q.stop()
@@ -74,19 +74,21 @@ final class QuickstartServer {
     }
 
     /// Runs `redoubt ARGS` (with `env` before the common prefix): exit status and output.
-    func sh(_ args: String, env: String = "") -> (Int32, String) { Self.sh("\(env) \(bin) \(args)", out: out) }
+    func sh(_ args: String, env: String = "") async -> (Int32, String) {
+        await Self.sh("\(env) \(bin) \(args)", out: out)
+    }
 
     /// Runs any shell command (no binary prefix).
-    func shell(_ cmd: String) -> (Int32, String) { Self.sh(cmd, out: out) }
+    func shell(_ cmd: String) async -> (Int32, String) { await Self.sh(cmd, out: out) }
 
     /// Restores the snapshot into a fresh directory and compares it with the sample:
     /// the command's status and output, or 99 if the tree differs.
-    func restore(_ extra: String = "", env: String = "") -> (Int32, String) {
+    func restore(_ extra: String = "", env: String = "") async -> (Int32, String) {
         restores += 1
         let target = "\(dir)/restored-\(restores)"
-        let r = sh("restore \(snapshot) --target '\(target)' \(restorer) \(extra)", env: env)
+        let r = await sh("restore \(snapshot) --target '\(target)' \(restorer) \(extra)", env: env)
         guard r.0 == 0 else { return r }
-        let diff = Self.sh("diff -r '\(base)/sample' '\(target)\(base)/sample'", out: "\(dir)/diff.txt")
+        let diff = await Self.sh("diff -r '\(base)/sample' '\(target)\(base)/sample'", out: "\(dir)/diff.txt")
         return diff.0 == 0 ? r : (99, "restored tree differs: \(diff.1)")
     }
 
@@ -104,8 +106,8 @@ final class QuickstartServer {
         try? FileManager.default.removeItem(atPath: dir)
     }
 
-    private static func sh(_ cmd: String, out: String) -> (Int32, String) {
-        let raw = system(cmd + " > '\(out)' 2>&1")
+    private static func sh(_ cmd: String, out: String) async -> (Int32, String) {
+        let raw = await runShell(cmd + " > '\(out)' 2>&1")
         return (Int32((raw >> 8) & 0xff), (try? String(contentsOfFile: out, encoding: .utf8)) ?? "")
     }
 }

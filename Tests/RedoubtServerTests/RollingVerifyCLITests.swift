@@ -15,14 +15,14 @@ import Testing
         let q = try await QuickstartServer.start("rolling", quickstartEnv: "REDOUBT_PASSPHRASE=rolling-pass")
         defer { q.stop() }
         let pass = "REDOUBT_PASSPHRASE=rolling-pass"
-        let (s0, status0) = q.sh("verify --status --json \(q.restorer)")
+        let (s0, status0) = await q.sh("verify --status --json \(q.restorer)")
         try #require(s0 == 0, "verify --status: \(status0)")
         let before = try object(status0)
         let packs = try #require(before["packs"] as? Int), bytes = try #require(before["bytes"] as? Int)
         #expect(packs > 0 && bytes > 0 && before["neverVerifiedPacks"] as? Int == packs, "\(before)")
 
         // The first run opens every pack never verified (all of them), whatever --days says.
-        let (r1, out1) = q.sh("verify --deep --rolling --json \(q.restorer)", env: pass)
+        let (r1, out1) = await q.sh("verify --deep --rolling --json \(q.restorer)", env: pass)
         try #require(r1 == 0, "verify --deep --rolling: \(out1)")
         let run1 = try object(out1)
         #expect(run1["packsChecked"] as? Int == packs && run1["bytesChecked"] as? Int == bytes, "\(run1)")
@@ -30,19 +30,19 @@ import Testing
         #expect((run1["after"] as? [String: Any])?["neverVerifiedPacks"] as? Int == 0, "\(run1)")
 
         // A budget of one byte opens exactly one pack.
-        let (r2, out2) = q.sh("verify --deep --rolling --budget 1 --json \(q.restorer)", env: pass)
+        let (r2, out2) = await q.sh("verify --deep --rolling --budget 1 --json \(q.restorer)", env: pass)
         try #require(r2 == 0, "verify --deep --rolling --budget 1: \(out2)")
         #expect(try object(out2)["packsChecked"] as? Int == 1, "\(out2)")
-        let (r3, out3) = q.sh("verify --deep --rolling --budget 1 \(q.restorer)", env: pass)
+        let (r3, out3) = await q.sh("verify --deep --rolling --budget 1 \(q.restorer)", env: pass)
         #expect(r3 == 0 && out3.contains("rolling deep verify: 1 packs") && out3.contains("OK"), "\(out3)")
 
         // The admin sees, per host, the oldest deep verify of its packs.
-        let (h, hosts) = q.sh("admin host list \(q.admin)")
+        let (h, hosts) = await q.sh("admin host list \(q.admin)")
         #expect(h == 0 && hosts.contains("DEEP VERIFIED") && !hosts.contains("pack(s) never"), "\(hosts)")
         // The host's own credential can read neither the state nor mark anything (exit 4).
-        let (w, wOut) = q.sh("verify --status --config '\(q.base)/host'")
+        let (w, wOut) = await q.sh("verify --status --config '\(q.base)/host'")
         #expect(w == 4 && wOut.contains("E_FORBIDDEN"), "a host asking for the deep-verify state: \(w) \(wOut)")
-        let (u, uOut) = q.sh("verify --deep --rolling --budget 1 --days 3 \(q.restorer)", env: pass)
+        let (u, uOut) = await q.sh("verify --deep --rolling --budget 1 --days 3 \(q.restorer)", env: pass)
         #expect(u == 2, "--budget with --days: \(u) \(uOut)")
     }
 }

@@ -28,8 +28,8 @@ import RedoubtCore
                 """.utf8).write(to: URL(fileURLWithPath: config + "/jobs.toml"))
         }
 
-        func run(_ args: [String], check: Bool = true) throws -> (status: Int32, out: String, err: String) {
-            try e.run(["schedule"] + args + ["--unit-dir", units], check: check)
+        func run(_ args: [String], check: Bool = true) async throws -> (status: Int32, out: String, err: String) {
+            try await e.run(["schedule"] + args + ["--unit-dir", units], check: check)
         }
 
         func lines(_ file: String) throws -> [String] {
@@ -39,11 +39,11 @@ import RedoubtCore
         deinit { e.cleanup() }
     }
 
-    @Test func installWritesSandboxedPersistentUnitsThatListAndRemove() throws {
+    @Test func installWritesSandboxedPersistentUnitsThatListAndRemove() async throws {
         let h = try Host()
-        try h.run(["install", "--job", "etc", "--every", "1h", "--config", h.config])
-        try h.run(["install", "--job", "srv", "--every", "daily", "--config", h.config])
-        try h.run(["install", "--every", "Mon..Fri 02:30", "--config", h.config, "/var/lib/app", "/home"])
+        try await h.run(["install", "--job", "etc", "--every", "1h", "--config", h.config])
+        try await h.run(["install", "--job", "srv", "--every", "daily", "--config", h.config])
+        try await h.run(["install", "--every", "Mon..Fri 02:30", "--config", h.config, "/var/lib/app", "/home"])
 
         let service = try h.lines("redoubt-backup-etc.service")
         for required in ["Type=oneshot", "User=root", "CapabilityBoundingSet=CAP_DAC_READ_SEARCH",
@@ -65,37 +65,38 @@ import RedoubtCore
             #expect(try h.lines("redoubt-backup.timer").contains("OnCalendar=Mon..Fri 02:30"))
         }
 
-        let list = try h.e.run(["schedule", "list", "--json", "--unit-dir", h.units]).out
+        let list = try await h.e.run(["schedule", "list", "--json", "--unit-dir", h.units]).out
         let listed = try #require(try JSONSerialization.jsonObject(with: Data(list.utf8)) as? [[String: Any]])
         #expect(listed.compactMap { $0["unit"] as? String }.sorted()
             == ["redoubt-backup", "redoubt-backup-etc", "redoubt-backup-srv"], "\(list)")
         #expect(listed.first { $0["job"] as? String == "etc" }?["every"] as? String == "1h", "\(list)")
 
-        try h.e.run(["schedule", "remove", "--job", "etc", "--unit-dir", h.units])
+        try await h.e.run(["schedule", "remove", "--job", "etc", "--unit-dir", h.units])
         #expect(!FileManager.default.fileExists(atPath: h.units + "/redoubt-backup-etc.timer"))
         #expect(!FileManager.default.fileExists(atPath: h.units + "/redoubt-backup-etc.service"))
-        let again = try h.e.run(["schedule", "remove", "--job", "etc", "--unit-dir", h.units], check: false)
+        let again = try await h.e.run(["schedule", "remove", "--job", "etc", "--unit-dir", h.units], check: false)
         #expect(again.status == 3, "\(again.status) \(again.err)")
     }
 
-    @Test func badSchedulesAndUnknownJobsAreRefusedWithTheFix() throws {
+    @Test func badSchedulesAndUnknownJobsAreRefusedWithTheFix() async throws {
         let h = try Host()
-        let odd = try h.run(["install", "--job", "etc", "--every", "7h", "--config", h.config], check: false)
+        let odd = try await h.run(["install", "--job", "etc", "--every", "7h", "--config", h.config], check: false)
         #expect(odd.status == 2 && odd.err.contains("does not divide"), "\(odd.status) \(odd.err)")
-        let junk = try h.run(["install", "--job", "etc", "--every", "whenever", "--config", h.config], check: false)
+        let junk = try await h.run(["install", "--job", "etc", "--every", "whenever", "--config", h.config],
+            check: false)
         #expect(junk.status == 2 && junk.err.contains("calendar"), "\(junk.status) \(junk.err)")
-        let unknown = try h.run(["install", "--job", "www", "--every", "1h", "--config", h.config], check: false)
+        let unknown = try await h.run(["install", "--job", "www", "--every", "1h", "--config", h.config], check: false)
         #expect(unknown.status == 3 && unknown.err.contains("etc, srv"), "\(unknown.status) \(unknown.err)")
-        let ghost = try h.run(["install", "--job", "etc", "--every", "1h", "--user", "redoubt-no-such-user",
+        let ghost = try await h.run(["install", "--job", "etc", "--every", "1h", "--user", "redoubt-no-such-user",
                                "--config", h.config], check: false)
         #expect(ghost.status == 2 && ghost.err.contains("useradd"), "\(ghost.status) \(ghost.err)")
-        let nothing = try h.run(["install", "--every", "1h", "--config", h.config], check: false)
+        let nothing = try await h.run(["install", "--every", "1h", "--config", h.config], check: false)
         #expect(nothing.status == 2, "\(nothing.status) \(nothing.err)")
         #expect(!FileManager.default.fileExists(atPath: h.units + "/redoubt-backup-www.timer"))
         // A unit of the same name that redoubt did not write is not overwritten.
         try FileManager.default.createDirectory(atPath: h.units, withIntermediateDirectories: true)
         try Data("[Unit]\n".utf8).write(to: URL(fileURLWithPath: h.units + "/redoubt-backup-etc.service"))
-        let clash = try h.run(["install", "--job", "etc", "--every", "1h", "--config", h.config], check: false)
+        let clash = try await h.run(["install", "--job", "etc", "--every", "1h", "--config", h.config], check: false)
         #expect(clash.status == 2 && clash.err.contains("not written by redoubt"), "\(clash.status) \(clash.err)")
     }
 
@@ -104,7 +105,7 @@ import RedoubtCore
     }
 
     /// systemd's own checker accepts every unit `schedule install` writes, with no warning.
-    @Test func systemdAnalyzeVerifyAcceptsTheGeneratedUnits() throws {
+    @Test func systemdAnalyzeVerifyAcceptsTheGeneratedUnits() async throws {
         guard let tool = Self.analyze else {
             // scripts/test installs systemd; only a machine without it skips, and says so.
             try #require(ProcessInfo.processInfo.environment["REDOUBT_PEERS_REQUIRED"] != "1",
@@ -113,9 +114,9 @@ import RedoubtCore
             return
         }
         let h = try Host()
-        try h.run(["install", "--job", "etc", "--every", "15m", "--user", "daemon", "--config", h.config])
-        try h.run(["install", "--job", "srv", "--every", "weekly", "--config", h.config])
-        try h.run(["install", "--every", "*-*-* 02,14:00", "--config", h.config, "/path with space/100%"])
+        try await h.run(["install", "--job", "etc", "--every", "15m", "--user", "daemon", "--config", h.config])
+        try await h.run(["install", "--job", "srv", "--every", "weekly", "--config", h.config])
+        try await h.run(["install", "--every", "*-*-* 02,14:00", "--config", h.config, "/path with space/100%"])
         let units = try FileManager.default.contentsOfDirectory(atPath: h.units).sorted()
         #expect(units.count == 6, "\(units)")
         #expect(try h.lines("redoubt-backup-etc.service").contains("AmbientCapabilities=CAP_DAC_READ_SEARCH"))

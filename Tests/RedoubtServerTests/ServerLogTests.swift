@@ -36,8 +36,8 @@ import Testing
         }
     }
 
-    @Test func jsonLogNamesStartDiskSpaceFailedRequestsAndStop() throws {
-        let s = try HostCLITests.Setup()
+    @Test func jsonLogNamesStartDiskSpaceFailedRequestsAndStop() async throws {
+        let s = try await HostCLITests.Setup()
         let e = s.e
         // The Setup's own server: stopped, and started again with the log on.
         Self.stop(e.serverPID)
@@ -61,7 +61,7 @@ import Testing
             var bytes = [UInt8](repeating: 0, count: 1 << 20)
             for i in bytes.indices { bytes[i] = UInt8.random(in: 0...255) }
             try Data(bytes).write(to: corpus.appendingPathComponent("big.bin"))
-            let r = try e.run(["backup", corpus.path, "--config", s.host], check: false)
+            let r = try await e.run(["backup", corpus.path, "--config", s.host], check: false)
             #expect(r.status != 0, "a backup onto a full disk succeeded")
             entries = Self.lines(log)
             let failed = entries.first { $0["msg"] as? String == "request failed" }

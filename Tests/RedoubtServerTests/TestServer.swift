@@ -185,6 +185,16 @@ func refused(_ code: String, _ what: String, sourceLocation: SourceLocation = #_
     return nil
 }
 
+/// `system(command)` on a thread of its own, awaited. Why: the whole suite shares as many
+/// cooperative threads as the machine has cores (two here), and a test blocked on a child
+/// process holds one for as long as the child runs; two such tests at once starve every
+/// in-process server the other tests are talking to, and their requests time out.
+func runShell(_ command: String) async -> Int32 {
+    await withCheckedContinuation { (done: CheckedContinuation<Int32, Never>) in
+        Thread { done.resume(returning: system(command)) }.start()
+    }
+}
+
 /// Whether `body` finishes within `seconds`; if not, it is left running (detached).
 func finishes(within seconds: Double, _ body: @escaping @Sendable () async -> Void) async -> Bool {
     let (stream, continuation) = AsyncStream<Bool>.makeStream()
