@@ -53,6 +53,9 @@ final class BackupRun: Sendable {
     let registry = Mutex(ChunkRegistry())
     let status: Mutex<ProgressState>
     let nextJob = Atomic<Int>(0)
+    /// Where finished packs are spooled while they upload, and the target that sends them
+    /// from there; nil: packs upload from memory.
+    let spool: (target: any SpooledPackTarget, directory: String)?
     private let onProgress: @Sendable (BackupProgress) -> Void
 
     init(target: any PackLocatingBackupTarget, material: SharedWriteMaterial, options: BackupOptions,
@@ -64,6 +67,14 @@ final class BackupRun: Sendable {
         self.hooks = hooks
         self.onProgress = onProgress
         status = Mutex(ProgressState(report: BackupProgress(phase: .scanning)))
+        let directory = options.spoolDirectory ?? options.cachePath.map { path in
+            path.lastIndex(of: "/").map { String(path[..<$0].isEmpty ? "/" : path[..<$0]) } ?? "."
+        }
+        if let directory, let t = target as? any SpooledPackTarget, t.acceptsSpooledPacks {
+            spool = (t, directory)
+        } else {
+            spool = nil
+        }
     }
 
     /// Updates the counters and reports them at most every 100 ms (always if `force`).
@@ -111,7 +122,14 @@ struct FileJob: Sendable {
     var streamFD: Int32? = nil
 }
 
-typealias UploadGroup = ThrowingTaskGroup<FinishedPack, any Error>
+/// An upload that finished: its size, and the pack itself if it was sent from memory
+/// (its buffer then goes back to the pipeline).
+struct UploadedPack: Sendable {
+    var size: Int
+    var pack: FinishedPack?
+}
+
+typealias UploadGroup = ThrowingTaskGroup<UploadedPack, any Error>
 
 /// One backup worker: reads files through a reused buffer, cuts chunks, compresses and
 /// seals each once (format 2: the ID is the hash of the sealed bytes, so it is known only
@@ -205,9 +223,13 @@ final class BackupWorker {
     }
 
     /// Records finished packs and starts their uploads, waiting for an earlier one
-    /// first if this worker already has `maxInFlight` running.
-    private func submit(_ packs: [FinishedPack], _ uploads: inout UploadGroup) async throws {
-        for p in packs {
+    /// first if this worker already has `maxInFlight` running. A pack is spooled if it can
+    /// be, and its memory goes straight back to the pipeline for the next pack.
+    private func submit(_ finished: consuming [FinishedPack], _ uploads: inout UploadGroup) async throws {
+        // Popped one by one, so each pack's buffer has one owner and can be reused in place.
+        var packs = finished
+        packs.reverse()
+        while let p = packs.popLast() {
             run.registry.withLock { r in
                 for e in p.entries {
                     r.location[e.chunkID] = p.id
@@ -219,10 +241,20 @@ final class BackupWorker {
                 inFlight -= 1
                 uploaded(consume done)
             }
-            let target = run.target
-            uploads.addTask {
-                try await target.upload(pack: p)
-                return p
+            let size = p.bytes.count
+            if let spool = run.spool, let file = SpooledPack.write(id: p.id, bytes: p.bytes, in: spool.directory) {
+                pipeline.recycle(consume p)
+                let target = spool.target
+                uploads.addTask {
+                    try await target.upload(spooled: file)
+                    return UploadedPack(size: size)
+                }
+            } else {
+                let target = run.target
+                uploads.addTask {
+                    try await target.upload(pack: p)
+                    return UploadedPack(size: size, pack: p)
+                }
             }
             inFlight += 1
         }
@@ -230,9 +262,9 @@ final class BackupWorker {
 
     /// `consuming`, and callers pass `consume`: the pipeline can reuse the pack's memory
     /// only if nothing else still holds it.
-    private func uploaded(_ pack: consuming FinishedPack) {
-        run.progress { $0.bytesUploaded += UInt64(pack.bytes.count) }
-        pipeline.recycle(consume pack)
+    private func uploaded(_ done: consuming UploadedPack) {
+        run.progress { $0.bytesUploaded += UInt64(done.size) }
+        if let pack = done.pack.take() { pipeline.recycle(consume pack) }
     }
 
     /// Flushes everything this worker holds and waits for its uploads.
