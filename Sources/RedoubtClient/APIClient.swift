@@ -91,14 +91,22 @@ public final class APIClient: Sendable {
         contentType: String = "application/octet-stream",
                      headers: [(String, String)] = [], limit: Int = 1 << 30) async throws -> (status: Int,
                          body: [UInt8]) {
+        // Sent from the array in small slices: a whole-pack ByteBuffer copy would double
+        // the memory of every upload in flight (see BodySlices for the TLS side).
+        let stream = body.map { HTTPClientRequest.Body.stream(BodySlices(bytes: $0), length: .known(Int64($0.count))) }
+        return try await send(method, path, stream: stream, contentType: contentType, headers: headers, limit: limit)
+    }
+
+    /// ``send(_:_:body:contentType:headers:limit:)`` with a body the caller streams.
+    func send(_ method: HTTPMethod, _ path: String, stream body: HTTPClientRequest.Body?,
+              contentType: String = "application/octet-stream", headers: [(String, String)] = [],
+              limit: Int = 1 << 30) async throws -> (status: Int, body: [UInt8]) {
         var req = HTTPClientRequest(url: baseURL + path)
         req.method = method
         for (name, value) in headers { req.headers.add(name: name, value: value) }
         if let body {
             req.headers.add(name: "Content-Type", value: contentType)
-            // Sent from the array in small slices: a whole-pack ByteBuffer copy would double
-            // the memory of every upload in flight (see BodySlices for the TLS side).
-            req.body = .stream(BodySlices(bytes: body), length: .known(Int64(body.count)))
+            req.body = body
         }
         let resp: HTTPClientResponse
         do { resp = try await execute(req) } catch {
@@ -363,6 +371,13 @@ public final class APIClient: Sendable {
         return try d.decode(Wire.UploadResponse.self, from: Data(data))
     }
 
+    /// ``uploadPack(id:bytes:)`` from a spooled copy, read in slices as it is sent.
+    public func uploadPack(spooled pack: SpooledPack) async throws -> Wire.UploadResponse {
+        let body = HTTPClientRequest.Body.stream(pack.body, length: .known(Int64(pack.count)))
+        let (_, data) = try await send(.PUT, "/v1/packs/\(pack.id)", stream: body)
+        return try WireDate.decoder().decode(Wire.UploadResponse.self, from: Data(data))
+    }
+
     /// Tells the server a pack does not open (deep verify); the answer names its uploader.
     public func reportDamagedPack(_ id: PackID, problem: String) async throws -> Wire.DamagedPackInfo {
         try await json(Wire.DamagedPackInfo.self, .POST, "/v1/packs/\(id)/damaged",
@@ -381,7 +396,9 @@ public final class APIClient: Sendable {
     }
 }
 
-extension APIClient: PackLocatingBackupTarget, ChunkLocatingPackSource {
+extension APIClient: PackLocatingBackupTarget, SpooledPackTarget, ChunkLocatingPackSource {
+    public func upload(spooled pack: SpooledPack) async throws { _ = try await uploadPack(spooled: pack) }
+
     public func existingChunkLocations(_ ids: [ChunkID]) async throws -> [ChunkID: PackID] {
         try await chunkLocations(ids)
     }

@@ -26,7 +26,9 @@ import RedoubtCore
 /// its keyed plaintext hash, for changed files) from the cache and otherwise compresses
 /// and seals it once (format 2: the ID is the hash of the sealed bytes), asks the
 /// repository about batches of up to 1000 chunks or 32 MiB, packs the chunks nobody holds
-/// into its own pack and uploads finished packs (at most one in flight per worker).
+/// into its own pack and uploads finished packs (at most one in flight per worker, sent
+/// from an unnamed file in ``BackupOptions/spoolDirectory`` while the next pack fills the
+/// same memory: ``SpooledPack``).
 /// Directory trees are then encoded bottom-up and stored the same way (so unchanged trees
 /// deduplicate), the manifest is signed and committed, and only then is the metadata cache
 /// replaced.
@@ -244,7 +246,7 @@ public final class Archiver: Sendable {
         // 5. Trees, bottom-up: children always follow their directory in walk order.
         run.progress(force: true) { $0.phase = .trees }
         var storedAncestors: [Node] = []
-        let (root, rootSeals): ([ChunkID], [ChunkSeal]) = try await withThrowingTaskGroup(of: FinishedPack.self) {
+        let (root, rootSeals): ([ChunkID], [ChunkSeal]) = try await withThrowingTaskGroup(of: UploadedPack.self) {
             uploads in
             let worker = try BackupWorker(run: run)
             for i in walk.entries.indices.reversed() where walk.entries[i].node.type == .directory
@@ -382,7 +384,7 @@ public final class Archiver: Sendable {
     /// One worker: takes the next file until none is left, then flushes.
     private static func workerLoop(run: BackupRun, jobs: [FileJob]) async throws -> [FileOutcome] {
         let worker = try BackupWorker(run: run)
-        return try await withThrowingTaskGroup(of: FinishedPack.self) { uploads in
+        return try await withThrowingTaskGroup(of: UploadedPack.self) { uploads in
             var outcomes: [FileOutcome] = []
             while true {
                 let i = run.nextJob.wrappingAdd(1, ordering: .relaxed).oldValue

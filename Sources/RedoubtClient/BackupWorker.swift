@@ -53,6 +53,9 @@ final class BackupRun: Sendable {
     let registry = Mutex(ChunkRegistry())
     let status: Mutex<ProgressState>
     let nextJob = Atomic<Int>(0)
+    /// Where finished packs are spooled while they upload, and the target that sends them
+    /// from there; nil: packs upload from memory.
+    let spool: (target: any SpooledPackTarget, directory: String)?
     private let onProgress: @Sendable (BackupProgress) -> Void
 
     init(target: any PackLocatingBackupTarget, material: SharedWriteMaterial, options: BackupOptions,
@@ -64,6 +67,14 @@ final class BackupRun: Sendable {
         self.hooks = hooks
         self.onProgress = onProgress
         status = Mutex(ProgressState(report: BackupProgress(phase: .scanning)))
+        let directory = options.spoolDirectory ?? options.cachePath.map { path in
+            path.lastIndex(of: "/").map { String(path[..<$0].isEmpty ? "/" : path[..<$0]) } ?? "."
+        }
+        if let directory, let t = target as? any SpooledPackTarget, t.acceptsSpooledPacks {
+            spool = (t, directory)
+        } else {
+            spool = nil
+        }
     }
 
     /// Updates the counters and reports them at most every 100 ms (always if `force`).
@@ -111,7 +122,14 @@ struct FileJob: Sendable {
     var streamFD: Int32? = nil
 }
 
-typealias UploadGroup = ThrowingTaskGroup<FinishedPack, any Error>
+/// An upload that finished: its size, and the pack itself if it was sent from memory
+/// (its buffer then goes back to the pipeline).
+struct UploadedPack: Sendable {
+    var size: Int
+    var pack: FinishedPack?
+}
+
+typealias UploadGroup = ThrowingTaskGroup<UploadedPack, any Error>
 
 /// One backup worker: reads files through a reused buffer, cuts chunks, compresses and
 /// seals each once (format 2: the ID is the hash of the sealed bytes, so it is known only
@@ -140,9 +158,12 @@ final class BackupWorker {
     private var fileSealedRaw: UInt64 = 0
     private var fileSealedStored: UInt64 = 0
 
-    /// Every worker holds one read buffer and one batch, so both are kept small (the read
-    /// window is raised to the chunker's maximum chunk regardless).
-    static let windowSize = 4 << 20
+    /// Every worker holds one read buffer (`window` + the largest chunk) and one batch, so
+    /// both are kept small. Chunks are cut as soon as the chunker finds their end, so what
+    /// waits in the buffer is usually under one average chunk, and a small window costs
+    /// neither copies nor much scanning again (one 8 MiB window, as before, made a 16 MiB
+    /// buffer and moved up to 8 MiB back to its start after every window).
+    static let windowSize = 1 << 20
     static let batchBytes = 8 << 20
 
     init(run: BackupRun) throws(CoreError) {
@@ -151,7 +172,7 @@ final class BackupWorker {
             compressionLevel: run.options.compressionLevel,
                                     chunkerParameters: run.hooks.chunkerParameters ?? .default)
         maxChunk = pipeline.chunker.parameters.max
-        window = max(Self.windowSize, maxChunk)
+        window = Self.windowSize
         buffer = .allocate(byteCount: window + maxChunk, alignment: 4096)
     }
 
@@ -205,9 +226,13 @@ final class BackupWorker {
     }
 
     /// Records finished packs and starts their uploads, waiting for an earlier one
-    /// first if this worker already has `maxInFlight` running.
-    private func submit(_ packs: [FinishedPack], _ uploads: inout UploadGroup) async throws {
-        for p in packs {
+    /// first if this worker already has `maxInFlight` running. A pack is spooled if it can
+    /// be, and its memory goes straight back to the pipeline for the next pack.
+    private func submit(_ finished: consuming [FinishedPack], _ uploads: inout UploadGroup) async throws {
+        // Popped one by one, so each pack's buffer has one owner and can be reused in place.
+        var packs = finished
+        packs.reverse()
+        while let p = packs.popLast() {
             run.registry.withLock { r in
                 for e in p.entries {
                     r.location[e.chunkID] = p.id
@@ -219,10 +244,20 @@ final class BackupWorker {
                 inFlight -= 1
                 uploaded(consume done)
             }
-            let target = run.target
-            uploads.addTask {
-                try await target.upload(pack: p)
-                return p
+            let size = p.bytes.count
+            if let spool = run.spool, let file = SpooledPack.write(id: p.id, bytes: p.bytes, in: spool.directory) {
+                pipeline.recycle(consume p)
+                let target = spool.target
+                uploads.addTask {
+                    try await target.upload(spooled: file)
+                    return UploadedPack(size: size)
+                }
+            } else {
+                let target = run.target
+                uploads.addTask {
+                    try await target.upload(pack: p)
+                    return UploadedPack(size: size, pack: p)
+                }
             }
             inFlight += 1
         }
@@ -230,9 +265,9 @@ final class BackupWorker {
 
     /// `consuming`, and callers pass `consume`: the pipeline can reuse the pack's memory
     /// only if nothing else still holds it.
-    private func uploaded(_ pack: consuming FinishedPack) {
-        run.progress { $0.bytesUploaded += UInt64(pack.bytes.count) }
-        pipeline.recycle(consume pack)
+    private func uploaded(_ done: consuming UploadedPack) {
+        run.progress { $0.bytesUploaded += UInt64(done.size) }
+        if let pack = done.pack.take() { pipeline.recycle(consume pack) }
     }
 
     /// Flushes everything this worker holds and waits for its uploads.
@@ -434,11 +469,13 @@ final class BackupWorker {
                 got += UInt64(n)
                 total += UInt64(n)
                 run.progress { $0.bytesRead += UInt64(n); $0.bytesDone += UInt64(n) }
-                while filled - start >= maxChunk {
-                    let slice = UnsafeRawBufferPointer(start: base + start, count: filled - start)
-                    let len = pipeline.chunker.cut(slice, final: false) ?? maxChunk
-                    let chunk = UnsafeRawBufferPointer(start: base + start, count: len)
-                    try await emit(chunk, &chunks, &seals, &macs, &uploads)
+                // Every chunk whose end is already in the buffer: the chunker finds the same
+                // end in fewer bytes than `maxChunk` as in more (it answers nil until it does),
+                // so the cuts are those of the whole file; what is left is under `maxChunk`.
+                while filled > start, let len = pipeline.chunker.cut(
+                    UnsafeRawBufferPointer(start: base + start, count: filled - start), final: false) {
+                    try await emit(UnsafeRawBufferPointer(start: base + start, count: len), &chunks, &seals, &macs,
+                        &uploads)
                     start += len
                 }
             }

@@ -6,7 +6,11 @@ import NIOCore
 /// upload. A value type, so a request sent again starts from the first byte.
 struct BodySlices: AsyncSequence, Sendable {
     typealias Element = ByteBuffer
-    static let sliceSize = 256 << 10
+    /// Each slice becomes one flushed TLS write whose ciphertext buffer waits in the socket's
+    /// queue until loopback drains it; a first backup's peak held 38 MB of them at 256 KiB
+    /// (heaptrack). Paired first backups of a 566 MB tree: 256 KiB 274/300 MiB peak RSS,
+    /// 64 KiB 252/250/281/262, 16 KiB 265/248 with 5% more CPU.
+    static let sliceSize = 64 << 10
 
     let bytes: [UInt8]
 

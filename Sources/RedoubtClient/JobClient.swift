@@ -28,7 +28,7 @@ extension APIClient {
 }
 
 /// The server as a backup target, sending the host's expected interval with the commit.
-public struct ServerBackupTarget: PackLocatingBackupTarget {
+public struct ServerBackupTarget: PackLocatingBackupTarget, SpooledPackTarget {
     public let client: APIClient
     public let expectedInterval: TimeInterval?
 
@@ -42,6 +42,7 @@ public struct ServerBackupTarget: PackLocatingBackupTarget {
     }
     public func existingChunks(_ ids: [ChunkID]) async throws -> Set<ChunkID> { try await client.existingChunks(ids) }
     public func upload(pack: FinishedPack) async throws { try await client.upload(pack: pack) }
+    public func upload(spooled pack: SpooledPack) async throws { try await client.upload(spooled: pack) }
     public func commit(manifest: Manifest) async throws {
         _ = try await client.commit(manifestBytes: manifest.bytes, expectedInterval: expectedInterval)
     }

@@ -26,7 +26,7 @@ public struct UploadPacer: Sendable {
 
 /// A ``PackLocatingBackupTarget`` whose pack uploads are paced by an ``UploadPacer``
 /// (`--limit-upload`). Questions and the commit, which are small, are not delayed.
-public final class RateLimitedBackupTarget: PackLocatingBackupTarget, Sendable {
+public final class RateLimitedBackupTarget: PackLocatingBackupTarget, SpooledPackTarget, Sendable {
     private let base: any PackLocatingBackupTarget
     private let pacer: PacerState
     private let origin = ContinuousClock.now
@@ -52,6 +52,18 @@ public final class RateLimitedBackupTarget: PackLocatingBackupTarget, Sendable {
         let wait = await pacer.delay(bytes: pack.bytes.count, now: ContinuousClock.now - origin)
         if wait > .zero { try await Task.sleep(for: wait) }
         try await base.upload(pack: pack)
+    }
+
+    public var acceptsSpooledPacks: Bool { (base as? any SpooledPackTarget)?.acceptsSpooledPacks ?? false }
+
+    public func upload(spooled pack: SpooledPack) async throws {
+        guard let spooling = base as? any SpooledPackTarget else {
+            throw ArchiveError(.invalidArgument, object: "pack \(pack.id)",
+                "this repository takes packs from memory only (internal error: check acceptsSpooledPacks first)")
+        }
+        let wait = await pacer.delay(bytes: pack.count, now: ContinuousClock.now - origin)
+        if wait > .zero { try await Task.sleep(for: wait) }
+        try await spooling.upload(spooled: pack)
     }
 
     public func commit(manifest: Manifest) async throws { try await base.commit(manifest: manifest) }

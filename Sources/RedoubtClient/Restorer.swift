@@ -324,8 +324,10 @@ final class RestoreSession {
     /// decryption overlaps writing), up to two batches ahead of the one `body` handles. A
     /// pack whose chunks take several batches is opened once; its next batch starts as
     /// soon as the previous one reaches `body`. Cached packs are not fetched again.
-    private func forEachPack(_ ids: [PackID], prepare: @escaping Prepare, _ body: (PackID,
-        PackResult) async throws -> Void) async throws {
+    /// `leavingCache`: a cached pack leaves the cache as it starts (each is read once here),
+    /// so its memory goes with its last batch.
+    private func forEachPack(_ ids: [PackID], leavingCache: Bool = false, prepare: @escaping Prepare,
+                             _ body: (PackID, PackResult) async throws -> Void) async throws {
         let source = self.source, readKey = self.readKey
         try await withThrowingTaskGroup(of: (Int, PackResult, Bool).self) { group in
             var continuations: [(id: PackID, pack: OpenedPack, from: Int)] = []
@@ -343,6 +345,7 @@ final class RestoreSession {
                         id = ids[nextPack]
                         nextPack += 1
                         (opened, from) = (cache[id]?.pack, 0)
+                        if leavingCache, let c = cache.removeValue(forKey: id) { cacheBytes -= c.size }
                     } else {
                         break
                     }
@@ -701,12 +704,20 @@ final class RestoreSession {
     /// chunks decrypted, decompressed and verified in the fetching task) and write here.
     private func writeContents() async throws {
         var plan = try planContents()
+        // Packs opened for the trees that hold no wanted content would stay cached for the
+        // whole content phase (up to the cache budget) and are never read again.
+        for (id, c) in cache where plan.expected[id] == nil {
+            cache[id] = nil
+            cacheBytes -= c.size
+        }
         status.packsTotal = plan.order.count
         status.packsDone = 0
         report(force: true)
         let prepare = Self.prepareChunks(wanted: plan.expected, chunkIDKey: chunkIDKey, seals: seals,
                                          budget: batchPlaintextBudget)
-        try await forEachPack(plan.order, prepare: prepare) { id, result in try take(id, result, &plan) }
+        try await forEachPack(plan.order, leavingCache: true, prepare: prepare) { id, result in
+            try take(id, result, &plan)
+        }
         try finishContents()
     }
 

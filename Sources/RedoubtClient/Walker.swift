@@ -100,7 +100,11 @@ struct Walker {
                                "nothing to back up: \(why), so no snapshot was made (check --exclude: * and ? never "
                                    + "match /)")
         }
-        return result
+        // Handed over, not copied: a walker still holding the entries would make the
+        // archiver's first change to them copy the whole list (tens of MiB on large trees).
+        var out = WalkResult()
+        swap(&out, &result)
+        return out
     }
 
     /// Depth-first walk below one directory, holding one open fd per level.

@@ -238,6 +238,9 @@ func performBackup(config cfg: ClientConfig, spec: BackupSpec, quiet: Bool) asyn
         // Why smaller packs: pacing is per pack, so a pack of about 4 s at the limit keeps bursts short.
         options.packSize = Int(min(max(rate * 4, 1 << 20), UInt64(options.packSize)))
     }
+    // Finished packs wait for their upload in unnamed files there, not in memory.
+    try cfg.prepareCaches()
+    options.spoolDirectory = cfg.cachesDirectory.path
     var child: ChildProcess? = nil
     var readEnd: Int32 = -1
     defer { if readEnd >= 0 { close(readEnd) } }
@@ -265,7 +268,6 @@ func performBackup(config cfg: ClientConfig, spec: BackupSpec, quiet: Bool) asyn
             }
         }
     } else {
-        try cfg.prepareCaches()
         options.cachePath = cfg.cachePath(job: spec.job, paths: absolute)
     }
     let result: BackupResult

@@ -4,7 +4,7 @@ import RedoubtCore
 /// A repository in memory that checks what a server checks: packs against their IDs
 /// (PackReader.inspect) and read key, manifests against the host's key, and that every
 /// pack a manifest names is present. Counts uploads and fetches for the tests.
-actor MemoryRepository: PackLocatingBackupTarget, ChunkLocatingPackSource {
+actor MemoryRepository: PackLocatingBackupTarget, SpooledPackTarget, ChunkLocatingPackSource {
     struct Failure: Error, CustomStringConvertible {
         let description: String
     }
@@ -17,6 +17,8 @@ actor MemoryRepository: PackLocatingBackupTarget, ChunkLocatingPackSource {
     private(set) var chunkIndex: [ChunkID: PackID] = [:]
     private(set) var manifests: [Manifest] = []
     private(set) var uploads = 0
+    /// Uploads that came from a spooled copy (``SpooledPack``) rather than memory.
+    private(set) var spooledUploads = 0
     private(set) var fetches: [PackID: Int] = [:]
     private(set) var locationQueries = 0
 
@@ -44,6 +46,20 @@ actor MemoryRepository: PackLocatingBackupTarget, ChunkLocatingPackSource {
         uploads += 1
         guard packs[pack.id] == nil else { return }
         packs[pack.id] = pack.bytes
+        for c in summary.chunkIDs where chunkIndex[c] == nil { chunkIndex[c] = pack.id }
+    }
+
+    /// Reads the spooled copy back and checks it as a server would (against its ID).
+    func upload(spooled pack: SpooledPack) async throws {
+        let bytes = try pack.bytes()
+        let summary = try PackReader.inspect(bytes, expectedID: pack.id)
+        guard summary.keyID == readKeyID else {
+            throw Failure(description: "pack \(pack.id) sealed to another read key")
+        }
+        uploads += 1
+        spooledUploads += 1
+        guard packs[pack.id] == nil else { return }
+        packs[pack.id] = bytes
         for c in summary.chunkIDs where chunkIndex[c] == nil { chunkIndex[c] = pack.id }
     }
 
@@ -75,6 +91,7 @@ actor MemoryRepository: PackLocatingBackupTarget, ChunkLocatingPackSource {
 
     func resetCounters() {
         uploads = 0
+        spooledUploads = 0
         fetches = [:]
         locationQueries = 0
     }
