@@ -92,7 +92,7 @@ public protocol PrincipalRepository: Sendable {
     /// Any refusal, or an error `make` throws, leaves the token unused. Two concurrent
     /// redemptions of one token: exactly one succeeds.
     func redeemEnrollment(tokenHash: String, now: Date, os: String?,
-                          _ make: (Catalog.Enrollment) throws -> Principal) throws -> Principal
+                          _ make: (Catalog.Enrollment) throws -> Principal) async throws -> Principal
     /// Tokens that could still enroll someone at `now`, soonest expiry first.
     func pendingEnrollments(now: Date) async throws -> [Wire.EnrollmentInfo]
     /// Cancels the one pending token whose hash starts with `id`; nil when none or several.

@@ -435,33 +435,34 @@ struct CatalogConformance: Sendable {
             }
             // An error of the caller's leaves the token unused.
             struct Refused: Error {}
-            #expect(throws: Refused.self) {
-                _ = try c.redeemEnrollment(tokenHash: "h1", now: t0, os: nil) { _ in throw Refused() }
+            await #expect(throws: Refused.self) {
+                _ = try await c.redeemEnrollment(tokenHash: "h1", now: t0, os: nil) { _ in throw Refused() }
             }
-            let p = try c.redeemEnrollment(tokenHash: "h1", now: t0, os: "Linux", writer("p1"))
+            let p = try await c.redeemEnrollment(tokenHash: "h1", now: t0, os: "Linux", writer("p1"))
             #expect(try await c.principal(fingerprint: "fp-p1") == p)
             await Self.refused(.notFound, "a used token") {
-                _ = try c.redeemEnrollment(tokenHash: "h1", now: t0, os: nil, writer("p9"))
+                _ = try await c.redeemEnrollment(tokenHash: "h1", now: t0, os: nil, writer("p9"))
             }
             await Self.refused(.notFound, "an unknown token") {
-                _ = try c.redeemEnrollment(tokenHash: "zz", now: t0, os: nil, writer("p9"))
+                _ = try await c.redeemEnrollment(tokenHash: "zz", now: t0, os: nil, writer("p9"))
             }
             // The name is taken: refused, and the token stays usable.
             await Self.refused(.conflict, "a second active web1") {
-                _ = try c.redeemEnrollment(tokenHash: "h2", now: t0, os: nil, writer("p2"))
+                _ = try await c.redeemEnrollment(tokenHash: "h2", now: t0, os: nil, writer("p2"))
             }
             #expect(try await c.pendingEnrollments(now: t0).count == 1)
             // Revoking web1 cancels the pending token for its name too.
             #expect(try await c.revokePrincipal(id: "p1", now: t0) == 1)
             #expect(try await c.principal(fingerprint: "fp-p1") == nil)
             await Self.refused(.notFound, "a token cancelled by revocation") {
-                _ = try c.redeemEnrollment(tokenHash: "h2", now: t0, os: nil, writer("p2"))
+                _ = try await c.redeemEnrollment(tokenHash: "h2", now: t0, os: nil, writer("p2"))
             }
             // Expired tokens enroll no one.
             try await c.insertEnrollment(
                 tokenHash: "h3", role: .writer, tenant: "acme", name: "web2", expiresAt: expires, createdBy: "alice")
             await Self.refused(.notFound, "an expired token") {
-                _ = try c.redeemEnrollment(tokenHash: "h3", now: expires.addingTimeInterval(1), os: nil, writer("p3"))
+                _ = try await c.redeemEnrollment(tokenHash: "h3", now: expires.addingTimeInterval(1), os: nil,
+                                                 writer("p3"))
             }
             // Without write material a writer is refused and the token is not used up.
             #expect(try await c.clearShreddedWriteMaterial() == 0)
@@ -472,11 +473,11 @@ struct CatalogConformance: Sendable {
             try await c.insertEnrollment(
                 tokenHash: "h4", role: .writer, tenant: "bare", name: "web1", expiresAt: expires, createdBy: "alice")
             await Self.refused(.noWriteMaterial, "a writer of a tenant without write material") {
-                _ = try c.redeemEnrollment(tokenHash: "h4", now: t0, os: nil, writer("p4"))
+                _ = try await c.redeemEnrollment(tokenHash: "h4", now: t0, os: nil, writer("p4"))
             }
             #expect(try await c.setWriteMaterial(tenant: "bare", material: [5]))
             #expect(try await !c.setWriteMaterial(tenant: "bare", material: [6]))
-            #expect(try c.redeemEnrollment(tokenHash: "h4", now: t0, os: nil, writer("p4")).tenant == "bare")
+            #expect(try await c.redeemEnrollment(tokenHash: "h4", now: t0, os: nil, writer("p4")).tenant == "bare")
 
         case .readKeyChangesAreCompareAndSet:
             try await c.insertTenant(Self.tenant("acme"))
