@@ -4,17 +4,10 @@ import RedoubtCore
 import Testing
 
 /// The contract of the catalog's repository protocols (CatalogRepositories.swift), as
-/// checks every backend must pass: the SQLite catalog here, the PostgreSQL one later. It
+/// checks every backend must pass: SQLite and PostgreSQL (``CatalogConformanceTests``). It
 /// uses only the protocols, and a fresh, empty catalog per check.
-///
-/// Wire a backend in with one parameterized test:
-///
-///     @Test(arguments: CatalogConformance.Check.allCases)
-///     func conformance(_ check: CatalogConformance.Check) async throws {
-///         try await CatalogConformance(makeCatalog: { try MyCatalog(...) }).run(check)
-///     }
 struct CatalogConformance: Sendable {
-    let makeCatalog: @Sendable () throws -> any CatalogRepositories
+    let catalog: any CatalogRepositories
 
     /// One invariant each, so that a failure names it.
     enum Check: String, CaseIterable, Sendable, CustomTestStringConvertible {
@@ -93,7 +86,7 @@ struct CatalogConformance: Sendable {
     }
 
     func run(_ check: Check) async throws {
-        let c = try makeCatalog()
+        let c = catalog
         let t0 = Self.t0, day = Self.day
         switch check {
         case .packAndItsChunksAreRecordedTogether:
@@ -711,16 +704,27 @@ extension CatalogConformance {
     }
 }
 
-/// The SQLite catalog against the contract.
-@Suite struct SQLiteCatalogConformanceTests {
-    @Test(arguments: CatalogConformance.Check.allCases)
-    func sqlite(_ check: CatalogConformance.Check) async throws {
-        let dir = FileManager.default.temporaryDirectory.appendingPathComponent(
-            "redoubt-catalog-conf-\(UUID().uuidString)")
-        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
-        defer { try? FileManager.default.removeItem(at: dir) }
-        try await CatalogConformance(makeCatalog: {
-            try Catalog(path: dir.appendingPathComponent("catalog.sqlite").path)
-        }).run(check)
+/// Every backend against the contract: one test over backend × check, each check on a fresh
+/// catalog (a new SQLite file; a new schema in the PostgreSQL peer of scripts/peers).
+@Suite struct CatalogConformanceTests {
+    enum Backend: String, CaseIterable, Sendable, CustomTestStringConvertible {
+        case sqlite, postgres
+        var testDescription: String { rawValue }
+    }
+
+    @Test(arguments: Backend.allCases, CatalogConformance.Check.allCases)
+    func conformance(_ backend: Backend, _ check: CatalogConformance.Check) async throws {
+        switch backend {
+        case .sqlite:
+            let dir = FileManager.default.temporaryDirectory.appendingPathComponent(
+                "redoubt-catalog-conf-\(UUID().uuidString)")
+            try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+            defer { try? FileManager.default.removeItem(at: dir) }
+            let c = try Catalog(path: dir.appendingPathComponent("catalog.sqlite").path)
+            try await CatalogConformance(catalog: c).run(check)
+        case .postgres:
+            guard let peer = try PostgresPeer.fromEnvironment() else { return }
+            try await peer.withFreshSchema { c in try await CatalogConformance(catalog: c).run(check) }
+        }
     }
 }
