@@ -119,3 +119,29 @@ import Testing
         }
     }
 }
+
+/// What the PostgreSQL catalog does not implement yet refuses, naming the method, and never
+/// answers as if the catalog were empty.
+@Suite struct PostgresCatalogPendingTests {
+    @Test func anUnimplementedRepositoryMethodRefusesNamingItself() async throws {
+        guard let peer = try PostgresPeer.fromEnvironment() else { return }
+        try await peer.withFreshSchema { c in
+            let calls: [(String, @Sendable () async throws -> Void)] = [
+                ("CopyTargetRepository.copyTargets", { _ = try await c.copyTargets(tenant: nil) }),
+                ("JobRepository.jobStates", { _ = try await c.jobStates() }),
+                ("FindingRepository.findings", { _ = try await c.findings(tenant: nil, since: nil) }),
+                ("MonitoringRepository.openAlerts", { _ = try await c.openAlerts() }),
+                ("VerdictRepository.verdicts", { _ = try await c.verdicts(snapshots: ["x"]) }),
+                ("ExpectedIntervalRepository.expectedIntervals", { _ = try await c.expectedIntervals() }),
+            ]
+            for (name, call) in calls {
+                do {
+                    try await call()
+                    Issue.record("\(name) answered instead of refusing")
+                } catch let e as PostgresCatalogError {
+                    #expect(e.description.contains(name), "\(e)")
+                }
+            }
+        }
+    }
+}
