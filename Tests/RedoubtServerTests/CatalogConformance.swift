@@ -29,6 +29,7 @@ struct CatalogConformance: Sendable {
         case snapshotPagesFollowListingOrderFromTheirCursor
         case hostKeyWritersIncludeRevokedOnesOldestFirst
         case deepVerifyLedgerPutsNeverVerifiedFirst
+        case copyTargetsAreListedUntilRemovedOnce
         var testDescription: String { rawValue }
     }
 
@@ -560,7 +561,7 @@ struct CatalogConformance: Sendable {
             #expect(try await c.quota(tenant: "acme", host: "") == nil)
 
         case .snapshotPagesFollowListingOrderFromTheirCursor, .hostKeyWritersIncludeRevokedOnesOldestFirst,
-             .deepVerifyLedgerPutsNeverVerifiedFirst:
+             .deepVerifyLedgerPutsNeverVerifiedFirst, .copyTargetsAreListedUntilRemovedOnce:
             try await runReads(check, c)
 
         case .policiesAreCompareAndSetAndLocksOnlyMoveLater:
@@ -697,6 +698,38 @@ extension CatalogConformance {
             #expect(byUploader["w1"]?.never == 1 && byUploader["w1"]?.oldest == t0.addingTimeInterval(2 * day))
             #expect(byUploader["w2"]?.never == 1 && byUploader["w2"]?.oldest == nil)
             #expect(byUploader["w9"]?.never == 1)
+
+        case .copyTargetsAreListedUntilRemovedOnce:
+            func target(_ id: String, _ tenant: String, at: TimeInterval) -> CopyTarget {
+                CopyTarget(info: Wire.CopyTargetInfo(
+                    id: id, tenant: tenant, url: "s3://b-\(id)/r", endpoint: "https://s3.example", region: "eu-1",
+                    marginSeconds: 86400, acceptUnenforced: id == "t2", createdAt: t0.addingTimeInterval(at),
+                    lastProofAt: t0, lastProofOK: true, lastProofDetail: "ok", lastSyncAt: nil, lastSyncOK: nil,
+                    lastSyncDetail: nil), credentialsFile: id == "t1" ? "/etc/redoubt/aws" : nil,
+                    virtualHosted: id == "t2")
+            }
+            try await c.insertCopyTarget(target("t2", "acme", at: 20))
+            try await c.insertCopyTarget(target("t1", "acme", at: 10))
+            try await c.insertCopyTarget(target("t3", "beta", at: 30))
+            #expect(try await c.copyTargets(tenant: nil).map(\.info.id) == ["t1", "t2", "t3"])
+            let acme = try await c.copyTargets(tenant: "acme")
+            #expect(acme.map(\.info.id) == ["t1", "t2"] && acme.map(\.info.url) == ["s3://b-t1/r", "s3://b-t2/r"])
+            #expect(acme.allSatisfy { $0.info.endpoint == "https://s3.example" && $0.info.region == "eu-1" })
+            #expect(acme.allSatisfy { $0.info.marginSeconds == 86400 && $0.info.lastProofAt == t0 })
+            #expect(acme.map(\.info.createdAt) == [t0.addingTimeInterval(10), t0.addingTimeInterval(20)])
+            #expect(acme.map(\.info.acceptUnenforced) == [false, true] && acme.map(\.virtualHosted) == [false, true])
+            #expect(acme.map(\.credentialsFile) == ["/etc/redoubt/aws", nil])
+            try await c.recordCopyProof("t1", at: t0.addingTimeInterval(day), ok: false, detail: "lock shortened")
+            try await c.recordCopySync("t1", at: t0.addingTimeInterval(2 * day), ok: true, detail: "synced")
+            let t1 = try await c.copyTargets(tenant: "acme").first
+            #expect(t1?.info.lastProofAt == t0.addingTimeInterval(day) && t1?.info.lastProofOK == false)
+            #expect(t1?.info.lastProofDetail == "lock shortened" && t1?.info.lastSyncOK == true)
+            #expect(t1?.info.lastSyncAt == t0.addingTimeInterval(2 * day) && t1?.info.lastSyncDetail == "synced")
+            // Removed once: a second removal (another admin's, at once) is told it came second.
+            #expect(try await c.removeCopyTarget("t1", at: t0))
+            #expect(try await !c.removeCopyTarget("t1", at: t0))
+            #expect(try await !c.removeCopyTarget("nope", at: t0))
+            #expect(try await c.copyTargets(tenant: nil).map(\.info.id) == ["t2", "t3"])
 
         default:
             Issue.record("\(check) is not a read check")

@@ -127,7 +127,6 @@ import Testing
         guard let peer = try PostgresPeer.fromEnvironment() else { return }
         try await peer.withFreshSchema { c in
             let calls: [(String, @Sendable () async throws -> Void)] = [
-                ("CopyTargetRepository.copyTargets", { _ = try await c.copyTargets(tenant: nil) }),
                 ("JobRepository.jobStates", { _ = try await c.jobStates() }),
                 ("FindingRepository.findings", { _ = try await c.findings(tenant: nil, since: nil) }),
                 ("MonitoringRepository.openAlerts", { _ = try await c.openAlerts() }),

@@ -6,24 +6,6 @@ import RedoubtCore
 // "not written yet" for "nothing there". `server init` does not offer this catalog while any
 // method here is left.
 
-extension PostgresCatalog: CopyTargetRepository {
-    public func insertCopyTarget(_ t: CopyTarget) async throws {
-        throw PostgresCatalogError.notImplemented("CopyTargetRepository.insertCopyTarget")
-    }
-    public func copyTargets(tenant: String?) async throws -> [CopyTarget] {
-        throw PostgresCatalogError.notImplemented("CopyTargetRepository.copyTargets")
-    }
-    public func recordCopyProof(_ id: String, at: Date, ok: Bool, detail: String) async throws {
-        throw PostgresCatalogError.notImplemented("CopyTargetRepository.recordCopyProof")
-    }
-    public func recordCopySync(_ id: String, at: Date, ok: Bool, detail: String) async throws {
-        throw PostgresCatalogError.notImplemented("CopyTargetRepository.recordCopySync")
-    }
-    public func removeCopyTarget(_ id: String, at: Date) async throws -> Bool {
-        throw PostgresCatalogError.notImplemented("CopyTargetRepository.removeCopyTarget")
-    }
-}
-
 extension PostgresCatalog: JobRepository {
     public func jobState(job: String, tenant: String) async throws -> JobState? {
         throw PostgresCatalogError.notImplemented("JobRepository.jobState")
