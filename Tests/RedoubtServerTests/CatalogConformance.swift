@@ -30,6 +30,7 @@ struct CatalogConformance: Sendable {
         case hostKeyWritersIncludeRevokedOnesOldestFirst
         case deepVerifyLedgerPutsNeverVerifiedFirst
         case copyTargetsAreListedUntilRemovedOnce
+        case findingsKeepTheirFirstTimeAndCountRepeats
         var testDescription: String { rawValue }
     }
 
@@ -561,7 +562,8 @@ struct CatalogConformance: Sendable {
             #expect(try await c.quota(tenant: "acme", host: "") == nil)
 
         case .snapshotPagesFollowListingOrderFromTheirCursor, .hostKeyWritersIncludeRevokedOnesOldestFirst,
-             .deepVerifyLedgerPutsNeverVerifiedFirst, .copyTargetsAreListedUntilRemovedOnce:
+             .deepVerifyLedgerPutsNeverVerifiedFirst, .copyTargetsAreListedUntilRemovedOnce,
+             .findingsKeepTheirFirstTimeAndCountRepeats:
             try await runReads(check, c)
 
         case .policiesAreCompareAndSetAndLocksOnlyMoveLater:
@@ -730,6 +732,29 @@ extension CatalogConformance {
             #expect(try await !c.removeCopyTarget("t1", at: t0))
             #expect(try await !c.removeCopyTarget("nope", at: t0))
             #expect(try await c.copyTargets(tenant: nil).map(\.info.id) == ["t2", "t3"])
+
+        case .findingsKeepTheirFirstTimeAndCountRepeats:
+            #expect(try await c.recordFinding(tenant: "acme", object: "pack p1", code: "E_INTEGRITY", detail: "a",
+                                              source: "scrub", at: t0))
+            #expect(try await c.recordFinding(tenant: "beta", object: "pack p1", code: "E_INTEGRITY", detail: "b",
+                                              source: "scrub", at: t0.addingTimeInterval(1)))
+            #expect(try await !c.recordFinding(tenant: "acme", object: "pack p1", code: "E_INTEGRITY",
+                                               detail: "again", source: "bucket-verify",
+                                               at: t0.addingTimeInterval(day)))
+            let acme = try await c.findings(tenant: "acme", since: nil)
+            #expect(acme.count == 1 && acme.first?.count == 2 && acme.first?.detail == "again")
+            #expect(acme.first?.firstSeen == t0 && acme.first?.lastSeen == t0.addingTimeInterval(day))
+            #expect(acme.first?.source == "bucket-verify")
+            #expect(try await c.findings(tenant: nil, since: nil).map(\.tenant) == ["acme", "beta"])
+            #expect(try await c.findings(tenant: nil, since: t0.addingTimeInterval(2)).map(\.tenant) == ["acme"])
+            // A host's expected interval, until it clears it.
+            try await c.insertPrincipal(Principal(id: "w1", role: .writer, tenant: "acme", name: "web1",
+                                                  fingerprint: "fp-w1", hostKey: nil), os: nil, now: t0)
+            #expect(try await c.expectedIntervals().isEmpty)
+            try await c.setExpectedInterval(principalID: "w1", seconds: day)
+            #expect(try await c.expectedIntervals() == ["w1": day])
+            try await c.setExpectedInterval(principalID: "w1", seconds: nil)
+            #expect(try await c.expectedIntervals().isEmpty)
 
         default:
             Issue.record("\(check) is not a read check")

@@ -128,10 +128,8 @@ import Testing
         try await peer.withFreshSchema { c in
             let calls: [(String, @Sendable () async throws -> Void)] = [
                 ("JobRepository.jobStates", { _ = try await c.jobStates() }),
-                ("FindingRepository.findings", { _ = try await c.findings(tenant: nil, since: nil) }),
                 ("MonitoringRepository.openAlerts", { _ = try await c.openAlerts() }),
                 ("VerdictRepository.verdicts", { _ = try await c.verdicts(snapshots: ["x"]) }),
-                ("ExpectedIntervalRepository.expectedIntervals", { _ = try await c.expectedIntervals() }),
             ]
             for (name, call) in calls {
                 do {

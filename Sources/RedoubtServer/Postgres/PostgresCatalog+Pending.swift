@@ -43,26 +43,6 @@ extension PostgresCatalog: ScrubRepository {
     }
 }
 
-extension PostgresCatalog: ExpectedIntervalRepository {
-    public func setExpectedInterval(principalID: String, seconds: TimeInterval?) async throws {
-        throw PostgresCatalogError.notImplemented("ExpectedIntervalRepository.setExpectedInterval")
-    }
-    public func expectedIntervals() async throws -> [String: TimeInterval] {
-        throw PostgresCatalogError.notImplemented("ExpectedIntervalRepository.expectedIntervals")
-    }
-}
-
-extension PostgresCatalog: FindingRepository {
-    @discardableResult
-    public func recordFinding(tenant: String, object: String, code: String, detail: String, source: String,
-            at: Date) async throws -> Bool {
-        throw PostgresCatalogError.notImplemented("FindingRepository.recordFinding")
-    }
-    public func findings(tenant: String?, since: Date?) async throws -> [IntegrityFinding] {
-        throw PostgresCatalogError.notImplemented("FindingRepository.findings")
-    }
-}
-
 extension PostgresCatalog: MonitoringRepository {
     public func monitoringFacts(now: Date) async throws -> MonitoringFacts {
         throw PostgresCatalogError.notImplemented("MonitoringRepository.monitoringFacts")

@@ -102,6 +102,14 @@ extension PostgresCatalog {
                 tenant CTEXT NOT NULL, host_glob CTEXT NOT NULL, tag CTEXT NOT NULL, rules CTEXT NOT NULL,
                 updated_at DOUBLE PRECISION NOT NULL, PRIMARY KEY (tenant, host_glob, tag));
             """),
+        // Integrity findings and hosts' expected intervals (SQLite: part of v15-server-jobs).
+        ("pg-v2-findings", """
+            CREATE TABLE integrity_findings (
+                id BIGSERIAL PRIMARY KEY, tenant CTEXT NOT NULL, object CTEXT NOT NULL, code CTEXT NOT NULL,
+                detail CTEXT NOT NULL, source CTEXT NOT NULL, first_seen DOUBLE PRECISION NOT NULL,
+                last_seen DOUBLE PRECISION NOT NULL, count BIGINT NOT NULL, UNIQUE (tenant, object, code));
+            ALTER TABLE principals ADD COLUMN expected_interval DOUBLE PRECISION;
+            """),
     ]
 
     /// Runs the migrations this database has not run yet, each in its own transaction,
