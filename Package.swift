@@ -38,6 +38,8 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-metrics.git", exact: "2.13.0"),
         // Graceful stops of the listeners the server runs beside its API (BackgroundListener).
         .package(url: "https://github.com/swift-server/swift-service-lifecycle.git", exact: "2.13.0"),
+        // The catalog on PostgreSQL for several servers (Sources/RedoubtServer/Postgres).
+        .package(url: "https://github.com/vapor/postgres-nio.git", exact: "1.33.2"),
     ],
     targets: [
         .systemLibrary(
@@ -84,6 +86,7 @@ let package = Package(
                 .product(name: "Prometheus", package: "swift-prometheus"),
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "PostgresNIO", package: "postgres-nio"),
             ]
         ),
         // Offline media format (docs/FORMAT.md §13). May import RedoubtCore only.
@@ -114,7 +117,8 @@ let package = Package(
         .testTarget(name: "RedoubtMediaTests", dependencies: ["RedoubtMedia", "RedoubtCore"], resources: [.copy("Fixtures")]),
         .testTarget(name: "RedoubtClientTests", dependencies: ["RedoubtClient", "RedoubtCore", "RedoubtKMS"]),
         .testTarget(name: "RedoubtServerTests", dependencies: ["RedoubtServer", "RedoubtMedia", "RedoubtClient", "RedoubtCore", "RedoubtKMS", "RedoubtAWS", "RedoubtStore", nioHTTP1, crypto, nioPosix, nioSSL,
-                                                    .product(name: "Hummingbird", package: "hummingbird"), .product(name: "GRDB", package: "GRDB.swift")],
+                                                    .product(name: "Hummingbird", package: "hummingbird"), .product(name: "GRDB", package: "GRDB.swift"),
+                                                    .product(name: "PostgresNIO", package: "postgres-nio"), logging],
                     resources: [.copy("Fixtures")]),
     ]
 )

@@ -90,9 +90,11 @@ public protocol PrincipalRepository: Sendable {
     /// (`.noWriteMaterial`), calls `make`, refuses a name an active principal of the same
     /// tenant and role holds (`.conflict`), records the principal and uses the token up.
     /// Any refusal, or an error `make` throws, leaves the token unused. Two concurrent
-    /// redemptions of one token: exactly one succeeds.
+    /// redemptions of one token: exactly one succeeds. A backend that retries a transaction
+    /// (PostgreSQL) may call `make` more than once; only the last principal is recorded, so
+    /// `make` must do nothing outside its result that a discarded call would leave behind.
     func redeemEnrollment(tokenHash: String, now: Date, os: String?,
-                          _ make: (Catalog.Enrollment) throws -> Principal) throws -> Principal
+                          _ make: (Catalog.Enrollment) throws -> Principal) async throws -> Principal
     /// Tokens that could still enroll someone at `now`, soonest expiry first.
     func pendingEnrollments(now: Date) async throws -> [Wire.EnrollmentInfo]
     /// Cancels the one pending token whose hash starts with `id`; nil when none or several.

@@ -257,7 +257,7 @@ public final class RepositoryService: Sendable {
         var issued: Certificate? = nil
         let p: Principal
         do {
-            p = try catalog.redeemEnrollment(tokenHash: tokenHash, now: now, os: os) { e in
+            p = try await catalog.redeemEnrollment(tokenHash: tokenHash, now: now, os: os) { e in
                 guard e.role != .writer || hostKey != nil else {
                     throw ServerError.badRequest("a writer must send its Ed25519 host key (hostKey, base64)")
                 }

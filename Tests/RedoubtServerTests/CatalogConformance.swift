@@ -4,17 +4,10 @@ import RedoubtCore
 import Testing
 
 /// The contract of the catalog's repository protocols (CatalogRepositories.swift), as
-/// checks every backend must pass: the SQLite catalog here, the PostgreSQL one later. It
+/// checks every backend must pass: SQLite and PostgreSQL (``CatalogConformanceTests``). It
 /// uses only the protocols, and a fresh, empty catalog per check.
-///
-/// Wire a backend in with one parameterized test:
-///
-///     @Test(arguments: CatalogConformance.Check.allCases)
-///     func conformance(_ check: CatalogConformance.Check) async throws {
-///         try await CatalogConformance(makeCatalog: { try MyCatalog(...) }).run(check)
-///     }
 struct CatalogConformance: Sendable {
-    let makeCatalog: @Sendable () throws -> any CatalogRepositories
+    let catalog: any CatalogRepositories
 
     /// One invariant each, so that a failure names it.
     enum Check: String, CaseIterable, Sendable, CustomTestStringConvertible {
@@ -36,6 +29,8 @@ struct CatalogConformance: Sendable {
         case snapshotPagesFollowListingOrderFromTheirCursor
         case hostKeyWritersIncludeRevokedOnesOldestFirst
         case deepVerifyLedgerPutsNeverVerifiedFirst
+        case copyTargetsAreListedUntilRemovedOnce
+        case findingsKeepTheirFirstTimeAndCountRepeats
         var testDescription: String { rawValue }
     }
 
@@ -93,7 +88,7 @@ struct CatalogConformance: Sendable {
     }
 
     func run(_ check: Check) async throws {
-        let c = try makeCatalog()
+        let c = catalog
         let t0 = Self.t0, day = Self.day
         switch check {
         case .packAndItsChunksAreRecordedTogether:
@@ -435,33 +430,34 @@ struct CatalogConformance: Sendable {
             }
             // An error of the caller's leaves the token unused.
             struct Refused: Error {}
-            #expect(throws: Refused.self) {
-                _ = try c.redeemEnrollment(tokenHash: "h1", now: t0, os: nil) { _ in throw Refused() }
+            await #expect(throws: Refused.self) {
+                _ = try await c.redeemEnrollment(tokenHash: "h1", now: t0, os: nil) { _ in throw Refused() }
             }
-            let p = try c.redeemEnrollment(tokenHash: "h1", now: t0, os: "Linux", writer("p1"))
+            let p = try await c.redeemEnrollment(tokenHash: "h1", now: t0, os: "Linux", writer("p1"))
             #expect(try await c.principal(fingerprint: "fp-p1") == p)
             await Self.refused(.notFound, "a used token") {
-                _ = try c.redeemEnrollment(tokenHash: "h1", now: t0, os: nil, writer("p9"))
+                _ = try await c.redeemEnrollment(tokenHash: "h1", now: t0, os: nil, writer("p9"))
             }
             await Self.refused(.notFound, "an unknown token") {
-                _ = try c.redeemEnrollment(tokenHash: "zz", now: t0, os: nil, writer("p9"))
+                _ = try await c.redeemEnrollment(tokenHash: "zz", now: t0, os: nil, writer("p9"))
             }
             // The name is taken: refused, and the token stays usable.
             await Self.refused(.conflict, "a second active web1") {
-                _ = try c.redeemEnrollment(tokenHash: "h2", now: t0, os: nil, writer("p2"))
+                _ = try await c.redeemEnrollment(tokenHash: "h2", now: t0, os: nil, writer("p2"))
             }
             #expect(try await c.pendingEnrollments(now: t0).count == 1)
             // Revoking web1 cancels the pending token for its name too.
             #expect(try await c.revokePrincipal(id: "p1", now: t0) == 1)
             #expect(try await c.principal(fingerprint: "fp-p1") == nil)
             await Self.refused(.notFound, "a token cancelled by revocation") {
-                _ = try c.redeemEnrollment(tokenHash: "h2", now: t0, os: nil, writer("p2"))
+                _ = try await c.redeemEnrollment(tokenHash: "h2", now: t0, os: nil, writer("p2"))
             }
             // Expired tokens enroll no one.
             try await c.insertEnrollment(
                 tokenHash: "h3", role: .writer, tenant: "acme", name: "web2", expiresAt: expires, createdBy: "alice")
             await Self.refused(.notFound, "an expired token") {
-                _ = try c.redeemEnrollment(tokenHash: "h3", now: expires.addingTimeInterval(1), os: nil, writer("p3"))
+                _ = try await c.redeemEnrollment(tokenHash: "h3", now: expires.addingTimeInterval(1), os: nil,
+                                                 writer("p3"))
             }
             // Without write material a writer is refused and the token is not used up.
             #expect(try await c.clearShreddedWriteMaterial() == 0)
@@ -472,11 +468,11 @@ struct CatalogConformance: Sendable {
             try await c.insertEnrollment(
                 tokenHash: "h4", role: .writer, tenant: "bare", name: "web1", expiresAt: expires, createdBy: "alice")
             await Self.refused(.noWriteMaterial, "a writer of a tenant without write material") {
-                _ = try c.redeemEnrollment(tokenHash: "h4", now: t0, os: nil, writer("p4"))
+                _ = try await c.redeemEnrollment(tokenHash: "h4", now: t0, os: nil, writer("p4"))
             }
             #expect(try await c.setWriteMaterial(tenant: "bare", material: [5]))
             #expect(try await !c.setWriteMaterial(tenant: "bare", material: [6]))
-            #expect(try c.redeemEnrollment(tokenHash: "h4", now: t0, os: nil, writer("p4")).tenant == "bare")
+            #expect(try await c.redeemEnrollment(tokenHash: "h4", now: t0, os: nil, writer("p4")).tenant == "bare")
 
         case .readKeyChangesAreCompareAndSet:
             try await c.insertTenant(Self.tenant("acme"))
@@ -566,7 +562,8 @@ struct CatalogConformance: Sendable {
             #expect(try await c.quota(tenant: "acme", host: "") == nil)
 
         case .snapshotPagesFollowListingOrderFromTheirCursor, .hostKeyWritersIncludeRevokedOnesOldestFirst,
-             .deepVerifyLedgerPutsNeverVerifiedFirst:
+             .deepVerifyLedgerPutsNeverVerifiedFirst, .copyTargetsAreListedUntilRemovedOnce,
+             .findingsKeepTheirFirstTimeAndCountRepeats:
             try await runReads(check, c)
 
         case .policiesAreCompareAndSetAndLocksOnlyMoveLater:
@@ -704,22 +701,88 @@ extension CatalogConformance {
             #expect(byUploader["w2"]?.never == 1 && byUploader["w2"]?.oldest == nil)
             #expect(byUploader["w9"]?.never == 1)
 
+        case .copyTargetsAreListedUntilRemovedOnce:
+            func target(_ id: String, _ tenant: String, at: TimeInterval) -> CopyTarget {
+                CopyTarget(info: Wire.CopyTargetInfo(
+                    id: id, tenant: tenant, url: "s3://b-\(id)/r", endpoint: "https://s3.example", region: "eu-1",
+                    marginSeconds: 86400, acceptUnenforced: id == "t2", createdAt: t0.addingTimeInterval(at),
+                    lastProofAt: t0, lastProofOK: true, lastProofDetail: "ok", lastSyncAt: nil, lastSyncOK: nil,
+                    lastSyncDetail: nil), credentialsFile: id == "t1" ? "/etc/redoubt/aws" : nil,
+                    virtualHosted: id == "t2")
+            }
+            try await c.insertCopyTarget(target("t2", "acme", at: 20))
+            try await c.insertCopyTarget(target("t1", "acme", at: 10))
+            try await c.insertCopyTarget(target("t3", "beta", at: 30))
+            #expect(try await c.copyTargets(tenant: nil).map(\.info.id) == ["t1", "t2", "t3"])
+            let acme = try await c.copyTargets(tenant: "acme")
+            #expect(acme.map(\.info.id) == ["t1", "t2"] && acme.map(\.info.url) == ["s3://b-t1/r", "s3://b-t2/r"])
+            #expect(acme.allSatisfy { $0.info.endpoint == "https://s3.example" && $0.info.region == "eu-1" })
+            #expect(acme.allSatisfy { $0.info.marginSeconds == 86400 && $0.info.lastProofAt == t0 })
+            #expect(acme.map(\.info.createdAt) == [t0.addingTimeInterval(10), t0.addingTimeInterval(20)])
+            #expect(acme.map(\.info.acceptUnenforced) == [false, true] && acme.map(\.virtualHosted) == [false, true])
+            #expect(acme.map(\.credentialsFile) == ["/etc/redoubt/aws", nil])
+            try await c.recordCopyProof("t1", at: t0.addingTimeInterval(day), ok: false, detail: "lock shortened")
+            try await c.recordCopySync("t1", at: t0.addingTimeInterval(2 * day), ok: true, detail: "synced")
+            let t1 = try await c.copyTargets(tenant: "acme").first
+            #expect(t1?.info.lastProofAt == t0.addingTimeInterval(day) && t1?.info.lastProofOK == false)
+            #expect(t1?.info.lastProofDetail == "lock shortened" && t1?.info.lastSyncOK == true)
+            #expect(t1?.info.lastSyncAt == t0.addingTimeInterval(2 * day) && t1?.info.lastSyncDetail == "synced")
+            // Removed once: a second removal (another admin's, at once) is told it came second.
+            #expect(try await c.removeCopyTarget("t1", at: t0))
+            #expect(try await !c.removeCopyTarget("t1", at: t0))
+            #expect(try await !c.removeCopyTarget("nope", at: t0))
+            #expect(try await c.copyTargets(tenant: nil).map(\.info.id) == ["t2", "t3"])
+
+        case .findingsKeepTheirFirstTimeAndCountRepeats:
+            #expect(try await c.recordFinding(tenant: "acme", object: "pack p1", code: "E_INTEGRITY", detail: "a",
+                                              source: "scrub", at: t0))
+            #expect(try await c.recordFinding(tenant: "beta", object: "pack p1", code: "E_INTEGRITY", detail: "b",
+                                              source: "scrub", at: t0.addingTimeInterval(1)))
+            #expect(try await !c.recordFinding(tenant: "acme", object: "pack p1", code: "E_INTEGRITY",
+                                               detail: "again", source: "bucket-verify",
+                                               at: t0.addingTimeInterval(day)))
+            let acme = try await c.findings(tenant: "acme", since: nil)
+            #expect(acme.count == 1 && acme.first?.count == 2 && acme.first?.detail == "again")
+            #expect(acme.first?.firstSeen == t0 && acme.first?.lastSeen == t0.addingTimeInterval(day))
+            #expect(acme.first?.source == "bucket-verify")
+            #expect(try await c.findings(tenant: nil, since: nil).map(\.tenant) == ["acme", "beta"])
+            #expect(try await c.findings(tenant: nil, since: t0.addingTimeInterval(2)).map(\.tenant) == ["acme"])
+            // A host's expected interval, until it clears it.
+            try await c.insertPrincipal(Principal(id: "w1", role: .writer, tenant: "acme", name: "web1",
+                                                  fingerprint: "fp-w1", hostKey: nil), os: nil, now: t0)
+            #expect(try await c.expectedIntervals().isEmpty)
+            try await c.setExpectedInterval(principalID: "w1", seconds: day)
+            #expect(try await c.expectedIntervals() == ["w1": day])
+            try await c.setExpectedInterval(principalID: "w1", seconds: nil)
+            #expect(try await c.expectedIntervals().isEmpty)
+
         default:
             Issue.record("\(check) is not a read check")
         }
     }
 }
 
-/// The SQLite catalog against the contract.
-@Suite struct SQLiteCatalogConformanceTests {
-    @Test(arguments: CatalogConformance.Check.allCases)
-    func sqlite(_ check: CatalogConformance.Check) async throws {
-        let dir = FileManager.default.temporaryDirectory.appendingPathComponent(
-            "redoubt-catalog-conf-\(UUID().uuidString)")
-        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
-        defer { try? FileManager.default.removeItem(at: dir) }
-        try await CatalogConformance(makeCatalog: {
-            try Catalog(path: dir.appendingPathComponent("catalog.sqlite").path)
-        }).run(check)
+/// Every backend against the contract: one test over backend × check, each check on a fresh
+/// catalog (a new SQLite file; a new schema in the PostgreSQL peer of scripts/peers).
+@Suite struct CatalogConformanceTests {
+    enum Backend: String, CaseIterable, Sendable, CustomTestStringConvertible {
+        case sqlite, postgres
+        var testDescription: String { rawValue }
+    }
+
+    @Test(arguments: Backend.allCases, CatalogConformance.Check.allCases)
+    func conformance(_ backend: Backend, _ check: CatalogConformance.Check) async throws {
+        switch backend {
+        case .sqlite:
+            let dir = FileManager.default.temporaryDirectory.appendingPathComponent(
+                "redoubt-catalog-conf-\(UUID().uuidString)")
+            try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+            defer { try? FileManager.default.removeItem(at: dir) }
+            let c = try Catalog(path: dir.appendingPathComponent("catalog.sqlite").path)
+            try await CatalogConformance(catalog: c).run(check)
+        case .postgres:
+            guard let peer = try PostgresPeer.fromEnvironment() else { return }
+            try await peer.withFreshSchema { c in try await CatalogConformance(catalog: c).run(check) }
+        }
     }
 }

@@ -1,0 +1,109 @@
+import Foundation
+import RedoubtCore
+
+// Repositories the PostgreSQL catalog does not implement yet. Each method refuses with an
+// error that names it, never an empty answer: a server on this catalog must not mistake
+// "not written yet" for "nothing there". `server init` does not offer this catalog while any
+// method here is left.
+
+extension PostgresCatalog: JobRepository {
+    public func jobState(job: String, tenant: String) async throws -> JobState? {
+        throw PostgresCatalogError.notImplemented("JobRepository.jobState")
+    }
+    public func jobStates() async throws -> [JobState] {
+        throw PostgresCatalogError.notImplemented("JobRepository.jobStates")
+    }
+    public func acquireJobLease(job: String, tenant: String, holder: String, now: Date,
+            ttl: TimeInterval) async throws -> Int64? {
+        throw PostgresCatalogError.notImplemented("JobRepository.acquireJobLease")
+    }
+    public func renewJobLease(job: String, tenant: String, holder: String, now: Date,
+            ttl: TimeInterval) async throws -> Bool {
+        throw PostgresCatalogError.notImplemented("JobRepository.renewJobLease")
+    }
+    public func finishJob(run: Int64, job: String, tenant: String, holder: String, started: Date, ended: Date,
+            outcome: String, error: String?, failures: Int, nextDue: Date) async throws {
+        throw PostgresCatalogError.notImplemented("JobRepository.finishJob")
+    }
+    public func requestJobRun(job: String, tenant: String, at: Date) async throws {
+        throw PostgresCatalogError.notImplemented("JobRepository.requestJobRun")
+    }
+    public func jobRuns(job: String?, tenant: String?) async throws -> [JobRun] {
+        throw PostgresCatalogError.notImplemented("JobRepository.jobRuns")
+    }
+}
+
+extension PostgresCatalog: ScrubRepository {
+    public func scrubSlice(tenant: String, now: Date, period: TimeInterval,
+            interval: TimeInterval) async throws -> [(id: String, size: Int64)] {
+        throw PostgresCatalogError.notImplemented("ScrubRepository.scrubSlice")
+    }
+    public func recordScrub(tenant: String, pack: String, result: String, at: Date) async throws {
+        throw PostgresCatalogError.notImplemented("ScrubRepository.recordScrub")
+    }
+}
+
+extension PostgresCatalog: MonitoringRepository {
+    public func monitoringFacts(now: Date) async throws -> MonitoringFacts {
+        throw PostgresCatalogError.notImplemented("MonitoringRepository.monitoringFacts")
+    }
+    public func setHostExpectation(tenant: String, host: String, interval: TimeInterval?) async throws {
+        throw PostgresCatalogError.notImplemented("MonitoringRepository.setHostExpectation")
+    }
+    public func insertNotifyChannel(id: String, _ req: Wire.AddNotifyChannelRequest, target: String,
+            now: Date) async throws {
+        throw PostgresCatalogError.notImplemented("MonitoringRepository.insertNotifyChannel")
+    }
+    public func notifyChannels() async throws -> [Catalog.NotifyChannel] {
+        throw PostgresCatalogError.notImplemented("MonitoringRepository.notifyChannels")
+    }
+    public func removeNotifyChannel(_ id: String) async throws -> Bool {
+        throw PostgresCatalogError.notImplemented("MonitoringRepository.removeNotifyChannel")
+    }
+    public func openAlert(key: String, kind: String, tenant: String, host: String, summary: String, command: String,
+            lasting: Bool, now: Date) async throws -> Wire.NotifyEvent? {
+        throw PostgresCatalogError.notImplemented("MonitoringRepository.openAlert")
+    }
+    public func resolveAlert(key: String, now: Date) async throws -> Wire.NotifyEvent? {
+        throw PostgresCatalogError.notImplemented("MonitoringRepository.resolveAlert")
+    }
+    public func openAlerts() async throws -> [(key: String, event: Wire.NotifyEvent)] {
+        throw PostgresCatalogError.notImplemented("MonitoringRepository.openAlerts")
+    }
+    public func failedJobRecords(after seq: Int64) async throws -> [(seq: Int64, action: String, object: String,
+            outcome: String)] {
+        throw PostgresCatalogError.notImplemented("MonitoringRepository.failedJobRecords")
+    }
+}
+
+extension PostgresCatalog: VerdictRepository {
+    public func recordPackChunkCount(tenant: String, pack: String, chunks: Int) async throws {
+        throw PostgresCatalogError.notImplemented("VerdictRepository.recordPackChunkCount")
+    }
+    public func snapshotPackVolumes(tenant: String, snapshot: String) async throws -> (newBytes: Int64,
+            newChunks: Int64, referencedBytes: Int64) {
+        throw PostgresCatalogError.notImplemented("VerdictRepository.snapshotPackVolumes")
+    }
+    public func refusals(actor: String, afterSeq: Int64) async throws -> (count: Int64, lastSeq: Int64) {
+        throw PostgresCatalogError.notImplemented("VerdictRepository.refusals")
+    }
+    public func insertVerdict(_ v: VerdictRecord) async throws {
+        throw PostgresCatalogError.notImplemented("VerdictRepository.insertVerdict")
+    }
+    public func clearVerdict(snapshot: String, reasons: [String]) async throws {
+        throw PostgresCatalogError.notImplemented("VerdictRepository.clearVerdict")
+    }
+    public func verdicts(tenant: String, host: String, limit: Int) async throws -> [VerdictRecord] {
+        throw PostgresCatalogError.notImplemented("VerdictRepository.verdicts")
+    }
+    public func verdicts(snapshots ids: [String]) async throws -> [String: VerdictRecord] {
+        throw PostgresCatalogError.notImplemented("VerdictRepository.verdicts")
+    }
+    public func detectionSettings(tenant: String) async throws -> Wire.DetectionSettings {
+        throw PostgresCatalogError.notImplemented("VerdictRepository.detectionSettings")
+    }
+    public func setDetectionSettings(tenant: String, _ s: Wire.DetectionSettings) async throws {
+        throw PostgresCatalogError.notImplemented("VerdictRepository.setDetectionSettings")
+    }
+}
+
