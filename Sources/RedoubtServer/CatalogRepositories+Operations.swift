@@ -11,9 +11,11 @@ public protocol ScrubRepository: Sendable {
 
 /// The interval each host says it backs up at (`--expected-interval`, with its commits).
 public protocol ExpectedIntervalRepository: Sendable {
-    /// Read back through ``MonitoringRepository/monitoringFacts(now:)``, where an admin's
+    /// Judged through ``MonitoringRepository/monitoringFacts(now:)``, where an admin's
     /// expectation replaces it.
     func setExpectedInterval(principalID: String, seconds: TimeInterval?) async throws
+    /// Principal ID → the interval it sent with its last commit, as stored.
+    func expectedIntervals() async throws -> [String: TimeInterval]
 }
 
 /// What monitoring and notifications read and keep: the facts behind metrics and

@@ -216,4 +216,17 @@ extension Catalog {
                            arguments: [seconds, principalID])
         }
     }
+
+    /// Expected intervals by principal ID (writers that sent one).
+    public func expectedIntervals() throws -> [String: TimeInterval] {
+        try db.read { db in
+            var out: [String: TimeInterval] = [:]
+            for r in try Row.fetchAll(db, sql: """
+                SELECT id, expected_interval FROM principals WHERE expected_interval IS NOT NULL
+                """) {
+                out[r["id"]] = r["expected_interval"]
+            }
+            return out
+        }
+    }
 }
