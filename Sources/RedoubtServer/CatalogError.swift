@@ -39,6 +39,11 @@ public struct CatalogError: Error, Sendable, Equatable, CustomStringConvertible 
     /// For ``Code/packsMissing``: the packs the catalog does not hold.
     public var packs: [PackID] = []
 
+    /// Revoking `name` would leave no active admin.
+    static func lastAdmin(_ name: String) -> CatalogError {
+        CatalogError(.conflict, object: "admin \(name)", "\(name) is the last admin; enroll another first")
+    }
+
     public init(_ code: Code, object: String, _ message: String, packs: [PackID] = []) {
         self.code = code
         self.object = object

@@ -77,7 +77,9 @@ public protocol PrincipalRepository: Sendable {
     func principalListing(includeRevoked: Bool) async throws -> [Wire.PrincipalInfo]
     func principalInfo(id: String) async throws -> Wire.PrincipalInfo?
     /// Revokes an active admin by name and cancels that name's unused admin tokens, in one
-    /// transaction; false if there was none.
+    /// transaction; false if there was none. Refuses (`.conflict`, nothing changed) when no
+    /// active admin would be left, checked in that transaction: two removals approved at once
+    /// cannot leave the server without an admin.
     func revokeAdmin(name: String, now: Date) async throws -> Bool
     /// Revokes an active non-admin principal and cancels the unused tokens that would
     /// enroll the same tenant, role and name, in one transaction: returns how many tokens,

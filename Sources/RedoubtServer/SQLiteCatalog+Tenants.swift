@@ -100,6 +100,9 @@ extension Catalog {
                 + "NULL AND name = ? AND revoked = 0",
                            arguments: [now.timeIntervalSince1970, name])
             guard db.changesCount > 0 else { return false }
+            guard try Int.fetchOne(db, sql: """
+                SELECT COUNT(*) FROM principals WHERE role = 'admin' AND tenant IS NULL AND revoked = 0
+                """) ?? 0 > 0 else { throw CatalogError.lastAdmin(name) }
             _ = try Self.cancelEnrollments(db, role: .admin, tenant: nil, name: name, now: now)
             return true
         }

@@ -414,6 +414,13 @@ struct CatalogConformance: Sendable {
             #expect(try await c.request("r3", now: t0)?.approvers == [])
             #expect(try await c.request("r3", now: t0)?.state == .pending)
             #expect(try await c.requests(now: t0).map(\.id) == ["r1", "r2", "r3"])
+            // The last active admin is never revoked, whatever was checked before the call.
+            #expect(try await c.revokeAdmin(name: "carol", now: t0))
+            await Self.refused(.conflict, "revoking the last admin") {
+                _ = try await c.revokeAdmin(name: "alice", now: t0)
+            }
+            #expect(try await c.adminCount() == 1)
+            #expect(try await !c.revokeAdmin(name: "nobody", now: t0))
 
         case .enrollmentTokenIsUsedOnceAndOnlyOnSuccess:
             try await c.insertTenant(Self.tenant("acme"))

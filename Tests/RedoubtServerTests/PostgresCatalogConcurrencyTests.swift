@@ -73,6 +73,42 @@ import Testing
         }
     }
 
+    /// The last two admins, each removed at a different server at the same instant (each
+    /// removal having checked there was another admin): one removal wins, never both.
+    @Test func twoServersNeverRevokeTheLastTwoAdminsTogether() async throws {
+        guard let peer = try PostgresPeer.fromEnvironment() else { return }
+        try await peer.withFreshSchema(servers: 2) { servers in
+            for round in 0..<5 {
+                let names = ["alice\(round)", "bob\(round)"]
+                for n in names {
+                    try await servers[0].insertPrincipal(Principal(id: n, role: .admin, tenant: nil, name: n,
+                                                                   fingerprint: "fp-\(n)", hostKey: nil),
+                                                         os: nil, now: Self.t0)
+                }
+                // The previous round's survivor goes: this pair are the only admins.
+                let others = try await servers[0].principals(tenant: nil).filter {
+                    $0.role == .admin && !names.contains($0.name)
+                }
+                for p in others {
+                    #expect(try await servers[0].revokeAdmin(name: p.name, now: Self.t0))
+                }
+                let revoked = try await withThrowingTaskGroup(of: Bool.self) { group in
+                    for (i, n) in names.enumerated() {
+                        group.addTask {
+                            do { return try await servers[i].revokeAdmin(name: n, now: Self.t0) } catch let e
+                                as CatalogError where e.code == .conflict { return false }
+                        }
+                    }
+                    var out: [Bool] = []
+                    for try await r in group { out.append(r) }
+                    return out
+                }
+                #expect(revoked.filter { $0 }.count == 1, "round \(round): \(revoked)")
+                #expect(try await servers[1].adminCount() == 1)
+            }
+        }
+    }
+
     /// The reclaim race of GarbageCollection.swift across servers: one server claims a queued
     /// pack key for deletion while another records the pack again. Whatever the interleaving,
     /// never both: a key deleted from the store must not be recorded.

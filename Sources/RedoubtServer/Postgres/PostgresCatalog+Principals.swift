@@ -113,6 +113,10 @@ extension PostgresCatalog: PrincipalRepository {
                 UPDATE principals SET revoked = TRUE, revoked_at = \(now.timeIntervalSince1970)
                 WHERE role = 'admin' AND tenant IS NULL AND name = \(name) AND NOT revoked RETURNING 1
                 """, logger) else { return false }
+            // SERIALIZABLE: two revocations that each still see the other admin cannot both commit.
+            guard try await conn.any("""
+                SELECT 1 FROM principals WHERE role = 'admin' AND tenant IS NULL AND NOT revoked
+                """, logger) else { throw CatalogError.lastAdmin(name) }
             _ = try await Self.cancelEnrollments(conn, role: .admin, tenant: nil, name: name, now: now, logger)
             return true
         }
