@@ -340,12 +340,14 @@ enum ArchiveSys {
         return 0
     }
 
-    /// Reads up to `count` bytes at `offset`, retrying short reads until EOF.
+    /// Reads up to `count` bytes at `offset`, retrying short reads until EOF; with no offset,
+    /// from the descriptor's position (a pipe, which cannot be pread).
     static func preadFull(_ fd: Int32, into buffer: UnsafeMutableRawPointer, count: Int,
-        at offset: UInt64) -> SysResult<Int> {
+        at offset: UInt64?) -> SysResult<Int> {
         var done = 0
         while done < count {
-            let n = Glibc.pread(fd, buffer + done, count - done, off_t(offset) + off_t(done))
+            let n = offset.map { Glibc.pread(fd, buffer + done, count - done, off_t($0) + off_t(done)) }
+                ?? Glibc.read(fd, buffer + done, count - done)
             if n < 0 {
                 if Glibc.errno == EINTR { continue }
                 return .failure(Glibc.errno)

@@ -403,21 +403,6 @@ final class BackupWorker {
         return outcome
     }
 
-    /// `read(2)` until `count` bytes or end of file (for a pipe, which cannot be pread).
-    private static func readFull(_ fd: Int32, into buffer: UnsafeMutableRawPointer, count: Int) -> SysResult<Int> {
-        var done = 0
-        while done < count {
-            let n = Glibc.read(fd, buffer + done, count - done)
-            if n < 0 {
-                if Glibc.errno == EINTR { continue }
-                return .failure(Glibc.errno)
-            }
-            if n == 0 { break }
-            done += n
-        }
-        return .success(done)
-    }
-
     /// Reads the file's data (its data regions if sparse) in windows, chunking across
     /// window and region boundaries. Returns the chunk list, the regions (nil if dense)
     /// and the logical size. A `stream` is read with read(2) to its end, whatever `st` says.
@@ -452,8 +437,7 @@ final class BackupWorker {
                 }
                 let want = Int(min(UInt64(buffer.count - filled), remaining))
                 let n: Int
-                let answer = stream ? Self.readFull(fd, into: base + filled, count: want)
-                    : ArchiveSys.preadFull(fd, into: base + filled, count: want, at: offset)
+                let answer = ArchiveSys.preadFull(fd, into: base + filled, count: want, at: stream ? nil : offset)
                 switch answer {
                 case .success(let k): n = k
                 case .failure(let e): throw ReadFailure(errno: e)

@@ -1,5 +1,4 @@
 import Foundation
-import RedoubtAWS
 import RedoubtStore
 
 /// Where a server keeps its objects: the data directory's own `store/` (the embedded
@@ -55,8 +54,13 @@ public struct PrimaryStoreSettings: Codable, Sendable, Equatable {
         let target = try target()
         do {
             return try StoreFactory.make(.s3(target, caPEM: try caPEM()))
-        } catch let e as StoreError {
-            throw ServerError(500, "E_CONFIG", "primary store \(target.redacted): \(e.detail)")
+        } catch let e as ServerError {
+            throw e
+        } catch {
+            throw ServerError(500, "E_CONFIG", """
+                primary store \(target.redacted): \(error); the credentials file must be readable by the \
+                server's user
+                """)
         }
     }
 
@@ -64,24 +68,13 @@ public struct PrimaryStoreSettings: Codable, Sendable, Equatable {
     /// throws `E_UNENFORCED` naming the first check that failed and what to do.
     @discardableResult
     public func prove(now: Date = Date()) async throws -> S3LockProof.Result {
-        let target = try target()
-        let credentials: AWSCredentials
-        do { credentials = try target.awsCredentials() } catch {
-            throw ServerError(500, "E_CONFIG", """
-                primary store \(target.redacted): no S3 credentials (\(error)); the file must be readable by \
-                the server's user
-                """)
+        guard let store = try open() as? any LockProvingStore else {
+            throw ServerError(500, "E_CONFIG", "primary store \(url) cannot prove its locks")
         }
-        let transport = try caPEM().map { pem -> any S3Transport in
-            do { return try AHCTransport.shared(caPEM: pem) } catch {
-                throw ServerError(500, "E_CONFIG", "primary store \(target.redacted): \(error)")
-            }
-        }
-        let result = await S3LockProof(client: S3Client(location: target.location, credentials: credentials,
-                                                        transport: transport)).run(now: now)
+        let result = await store.proveLocks(now: now)
         guard result.passed else {
             throw ServerError(409, "E_UNENFORCED", """
-                primary store \(target.redacted) does not prove Object Lock COMPLIANCE \
+                primary store \(try target().redacted) does not prove Object Lock COMPLIANCE \
                 (\(result.firstFailure ?? "no check ran")): use a bucket created with Object Lock on a server that \
                 enforces it, with credentials that cannot bypass governance
                 """)
