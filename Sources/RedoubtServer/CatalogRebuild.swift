@@ -124,6 +124,9 @@ public struct RebuildReport: Sendable, Codable {
 public enum CatalogRebuilder {
     public static func rebuild(home: ServerHome, clock: any ServerClock = SystemClock(),
         logger: Logger) async throws -> RebuildReport {
+        if let pg = try home.settings().catalog {
+            return try await rebuildShared(home: home, settings: pg, clock: clock, logger: logger)
+        }
         var report = RebuildReport()
         let fm = FileManager.default
         let path = home.catalogPath
@@ -194,9 +197,48 @@ public enum CatalogRebuilder {
             report.rejected += lost
             oldMaterial = material
         }
-        let store = try home.openStore()
+        try await fill(catalog, from: try home.openStore(), oldMaterial: oldMaterial, now: clock.now(),
+                       report: &report)
+        return report
+    }
+
+    /// Rebuilds a PostgreSQL catalog, which must be empty (a new database or schema): what
+    /// a lost database held besides the store's objects cannot be carried over, so a new
+    /// admin credential is issued when no admin remains.
+    static func rebuildShared(home: ServerHome, settings: CatalogSettings, clock: any ServerClock,
+                              logger: Logger) async throws -> RebuildReport {
+        var report = RebuildReport()
+        let catalog = try await CatalogPools.shared.catalog(settings)
+        let tenants = try await catalog.tenants()
+        guard tenants.isEmpty else {
+            throw ServerError(409, "E_EXISTS", """
+                catalog \(try settings.target().redacted) still holds \(tenants.count) tenant(s): a rebuild writes \
+                only into an empty database; create one (or a new schema, search_path=…), point catalog.url in \
+                server.json at it on every node, and run this again
+                """)
+        }
+        let ca = try home.certificateAuthority()
+        try await catalog.setSetting(ServerHome.clusterCASetting, try ca.pin)
+        try await fill(catalog, from: try home.openStore(), oldMaterial: [:], now: clock.now(), report: &report)
+        let admins = try await catalog.principalListing(includeRevoked: false).filter { $0.role == Role.admin.rawValue }
+        if admins.isEmpty {
+            let s = try home.settings()
+            let path = try await home.issueAdminCredential(catalog: catalog, store: try home.openStore(), ca: ca,
+                                                           settings: s, name: "admin-rebuilt")
+            report.toDo.append("""
+                no admin was left: a new admin credential is in \(path) (0600); principals, tokens, the audit log, \
+                holds and copy targets were in the lost database: re-enroll hosts and re-add copy targets
+                """)
+        }
+        return report
+    }
+
+    /// The store phase of a rebuild: tenants, packs and their chunks, snapshots, then one
+    /// audit record of what was done.
+    static func fill(_ catalog: any CatalogRepositories, from store: any ObjectStore,
+                     oldMaterial: [String: (readKeyID: String, material: [UInt8])], now: Date,
+                     report: inout RebuildReport) async throws {
         let objects = try await store.list(prefix: RepositoryLayout.tenantsPrefix)
-        let now = clock.now()
         var tenants: [String: TenantRecord] = [:]
         var checks: [String: String] = [:]
         for o in objects where o.key.path.hasSuffix(".json") && o.key.path.contains("/tenant-v") {
@@ -226,7 +268,7 @@ public enum CatalogRebuilder {
                     until an admin gives it back (`redoubt admin tenant restore-material \(r.name)`)
                     """)
             }
-            try catalog.insertTenant(r)
+            try await catalog.insertTenant(r)
             report.tenants += 1
         }
         for o in objects {
@@ -261,7 +303,7 @@ public enum CatalogRebuilder {
                 // Why no signature check: host keys live with principals, which a rebuild
                 // from the store alone does not have. (Restores check a manifest's ID, not
                 // its signature either; the server checked it at commit.)
-                let missing = try catalog.missingPacks(tenant: tenant.name, packs: m.header.packs)
+                let missing = try await catalog.missingPacks(tenant: tenant.name, packs: m.header.packs)
                 if !missing.isEmpty {
                     report.rejected.append("""
                         snapshot \(id): \(missing.count) pack(s) missing, e.g. \(missing[0]) (kept; restore will fail \
@@ -280,13 +322,12 @@ public enum CatalogRebuilder {
                 report.snapshots += 1
             } catch { report.rejected.append("\(o.key): \(error)") }
         }
-        try catalog.audit(time: now, actor: "local", role: "-", credential: "-", source: "local",
+        try await catalog.audit(time: now, actor: "local", role: "-", credential: "-", source: "local",
             action: "rebuild-catalog", object: "catalog",
                           outcome: report.rejected.isEmpty ? "ok" : "warning",
                           detail: """
                               tenants=\(report.tenants) packs=\(report.packs) snapshots=\(report.snapshots) \
                               rejected=\(report.rejected.count)
                               """)
-        return report
     }
 }

@@ -94,14 +94,17 @@ public struct Doctor: Sendable {
         self.timedatectl = timedatectl
     }
 
-    /// Every check, in `checkIDs` order.
-    public func run() -> [DoctorCheck] {
-        let catalog = openCatalog()
+    /// Every check, in `checkIDs` order; on a cluster node (catalog on PostgreSQL) the
+    /// `clusterCheckIDs` follow.
+    public func run() async -> [DoctorCheck] {
+        let catalog = await openCatalog()
         let host = [checkPrivate(), checkLocalFilesystem(), checkNFSExport(), checkSambaShare(), checkImmutableFlag(),
             checkImmutableCapability(),
                     checkExcessCapabilities(), checkDomainJoin(), checkSSHPassword(), checkSSHRoot(), checkTimeSync()]
         let standIns = host.filter { ["domain.joined", "ssh.password", "ssh.root"].contains($0.id) }
-        return host + [checkHostOS(catalog, standIns: standIns), checkCopyProof(catalog), checkCopyFreshness(catalog)]
+        let cluster = await clusterChecks(catalog)
+        return host + [await checkHostOS(catalog, standIns: standIns), await checkCopyProof(catalog),
+                       await checkCopyFreshness(catalog)] + cluster
     }
 
     /// Whether a shared or exported path holds or lies in `dir`, as written or with its
@@ -646,13 +649,16 @@ public struct Doctor: Sendable {
 
     // MARK: catalog-based checks
 
-    enum CatalogState { case missing, failed(String), open(Catalog) }
+    enum CatalogState { case missing, failed(String), open(any CatalogRepositories) }
 
     /// Opens the catalog read-only. SQLite still creates `-wal`/`-shm` beside a WAL
     /// database; running as root it gives them the database file's owner, so a doctor run
     /// by root leaves the service user able to open its catalog (test
     /// `readingTheCatalogAsRootLeavesItUsableByTheServiceUser`).
-    func openCatalog() -> CatalogState {
+    func openCatalog() async -> CatalogState {
+        if let pg = clusterCatalog {
+            do { return .open(try await CatalogPools.shared.catalog(pg)) } catch { return .failed("\(error)") }
+        }
         let path = realDataDir + "/catalog.sqlite"
         guard FileManager.default.fileExists(atPath: path) else { return .missing }
         do { return .open(try Catalog(readOnlyPath: path)) } catch { return .failed("\(error)") }
@@ -671,7 +677,7 @@ public struct Doctor: Sendable {
 
     /// `hosts.os`: enrolled hosts run another OS than this host. Where one does not, warns
     /// and names the checks that stand in for the separation (`domain.joined`, `ssh.*`).
-    func checkHostOS(_ state: CatalogState, standIns: [DoctorCheck]) -> DoctorCheck {
+    func checkHostOS(_ state: CatalogState, standIns: [DoctorCheck]) async -> DoctorCheck {
         let id = "hosts.os"
         if let c = noCatalog(id, state) { return c }
         guard case .open(let catalog) = state else {
@@ -680,7 +686,7 @@ public struct Doctor: Sendable {
         let rel = files.read("/etc/os-release").map(OSRelease.parse) ?? [:]
         let mine = rel["PRETTY_NAME"] ?? rel["NAME"] ?? "unknown"
         let hosts: [Catalog.HostOS]
-        do { hosts = try catalog.enrolledHostSystems() } catch {
+        do { hosts = try await catalog.enrolledHostSystems() } catch {
             return DoctorCheck(id: id, status: .fail, summary: "cannot read enrolled hosts: \(error)",
                 fix: "check the catalog")
         }
@@ -726,13 +732,13 @@ public struct Doctor: Sendable {
     }
 
     /// `copy.proof`: each copy target's last Object Lock proof (audit action `copy-proof`) passed.
-    func checkCopyProof(_ state: CatalogState) -> DoctorCheck {
+    func checkCopyProof(_ state: CatalogState) async -> DoctorCheck {
         let id = "copy.proof"
         if let c = noCatalog(id, state) { return c }
         guard case .open(let catalog) = state else {
             return DoctorCheck(id: id, status: .fail, summary: "catalog unavailable")
         }
-        do { return Self.copyProof(try catalog.copyEvents(), now: now) } catch {
+        do { return Self.copyProof(try await catalog.copyEvents(), now: now) } catch {
             return DoctorCheck(id: id, status: .fail, summary: "cannot read the audit log: \(error)",
                 fix: "run `redoubt audit verify`")
         }
@@ -771,7 +777,7 @@ public struct Doctor: Sendable {
 
     /// `copy.fresh`: each tenant's newest snapshot has a copy off this host (bucket copy
     /// `copy-sync` or media export `media-write` after its commit), or is younger than `--max-copy-age`.
-    func checkCopyFreshness(_ state: CatalogState) -> DoctorCheck {
+    func checkCopyFreshness(_ state: CatalogState) async -> DoctorCheck {
         let id = "copy.fresh"
         if let c = noCatalog(id, state) { return c }
         guard case .open(let catalog) = state else {
@@ -779,10 +785,10 @@ public struct Doctor: Sendable {
         }
         do {
             var newest: [String: Date] = [:]
-            for t in try catalog.tenants() {
-                if let s = try catalog.snapshots(tenant: t.name).map(\.committedAt).max() { newest[t.name] = s }
+            for t in try await catalog.tenants() {
+                if let s = try await catalog.snapshots(tenant: t.name).map(\.committedAt).max() { newest[t.name] = s }
             }
-            return Self.copyFreshness(newestCommit: newest, events: try catalog.copyEvents(), maxAge: maxCopyAge,
+            return Self.copyFreshness(newestCommit: newest, events: try await catalog.copyEvents(), maxAge: maxCopyAge,
                 now: now)
         } catch {
             return DoctorCheck(id: id, status: .fail, summary: "cannot read the catalog: \(error)",

@@ -22,7 +22,7 @@ extension ServerHome {
     /// Re-walks the audit hash chain; with `anchor` (from an S3 copy or a media set) also
     /// proves the log was not cut back to before it.
     public func verifyAudit(anchor: Catalog.AuditChainHead?) async throws -> AuditVerification {
-        let catalog = try openCatalog()
+        let catalog = try await openCatalog()
         var result = try await catalog.verifyAudit()
         if let anchor { result = try await catalog.verifyAudit(anchor: anchor) }
         let head = try await catalog.auditChainHead()
@@ -54,7 +54,7 @@ extension ServerHome {
                          margin: TimeInterval,
                          acceptUnenforced: Bool, requestID: String?, now: Date,
                          progress: (String) -> Void) async throws -> BucketCopySummary {
-        let catalog = try openCatalog()
+        let catalog = try await openCatalog()
         let store = try openStore()
         if acceptUnenforced {
             let parameters = CopyApproval.parameters(tenant: tenant, endpoint: destination.endpoint,
@@ -76,7 +76,7 @@ extension ServerHome {
     /// Writes `tenant`'s selected snapshots to a media set (`media export` on the server's host).
     public func exportMedia(tenant: String, selection: MediaExport.Selection, writer: MediaWriter, now: Date,
                             progress: (String) -> Void) async throws -> MediaExportSummary {
-        let catalog = try openCatalog()
+        let catalog = try await openCatalog()
         let store = try openStore()
         // The host key statements first: the set must carry who may sign its snapshots.
         _ = try await HostKeyObjects.ensure(catalog: catalog, store: store, ca: try certificateAuthority(),
@@ -87,10 +87,12 @@ extension ServerHome {
     }
 
     /// The catalog this server keeps its index in: the one place that picks its backend
-    /// (SQLite, `catalog.sqlite`); everything that serves or administers uses the
-    /// repository protocols (CatalogRepositories.swift) only.
-    public func openCatalog() throws -> any CatalogRepositories {
-        try Catalog(path: catalogPath)
+    /// (the PostgreSQL database `server.json` names, else SQLite, `catalog.sqlite`);
+    /// everything that serves or administers uses the repository protocols
+    /// (CatalogRepositories.swift) only.
+    public func openCatalog() async throws -> any CatalogRepositories {
+        if let pg = try settings().catalog { return try await CatalogPools.shared.catalog(pg) }
+        return try Catalog(path: catalogPath)
     }
 
     /// The store this server keeps its objects in: the bucket `server.json` names, else `store/`.

@@ -85,6 +85,9 @@ public final class RepositoryService: Sendable {
     let jobWake = JobWake()
     /// Tenants whose garbage collection is running (one run per tenant at a time).
     let gcRunning = Mutex<Set<String>>([])
+    /// Why the primary bucket's last daily proof failed, while it stays failed: uploads and
+    /// commits are refused until a proof passes again (``setStoreUnproved(_:)``).
+    let storeUnproved = Mutex<String?>(nil)
     /// How far a manifest's claimed time may stray from the server's clock.
     public let timeBounds: SnapshotTimeBounds
     /// What one request, connection or caller may spend (docs/PROTOCOL.md §3.2).
@@ -219,6 +222,22 @@ public final class RepositoryService: Sendable {
         return (p, rec)
     }
 
+    /// Refuses (with `why`) or allows again new packs and commits: the daily proof of the
+    /// primary bucket's Object Lock sets it when the bucket stops enforcing COMPLIANCE,
+    /// since a backup written there could be deleted by whoever holds the bucket's keys.
+    public func setStoreUnproved(_ why: String?) {
+        storeUnproved.withLock { $0 = why }
+    }
+
+    func requireStoreProved() throws {
+        if let why = storeUnproved.withLock({ $0 }) {
+            throw ServerError(503, "E_UNENFORCED", """
+                the primary store failed its daily Object Lock proof (\(why)): no backup is accepted until it \
+                passes again; the server's operator must see `redoubt doctor`
+                """)
+        }
+    }
+
     /// Records at start-up that sealed packs cannot be made immutable here.
     public func recordImmutabilityWarning(_ warning: String) async {
         await audit(CallContext(principal: nil, source: "local"), .start, object: "store", outcome: "warning",
@@ -324,6 +343,7 @@ public final class RepositoryService: Sendable {
                             put: (ObjectKey, Date) async throws -> PutResult,
                             reader: SpooledPackReader? = nil) async throws -> Wire.UploadResponse {
         let (p, tenant) = try await requireTenant(ctx)
+        try requireStoreProved()
         guard let id = PackID(hex: idHex) else {
             throw ServerError.badRequest("pack ID must be 64 lowercase hex digits")
         }
@@ -388,6 +408,7 @@ public final class RepositoryService: Sendable {
     public func commit(_ bytes: [UInt8], os: String? = nil, expectedInterval: String? = nil,
                        ctx: CallContext) async throws -> Wire.SnapshotInfo {
         let (p, tenant) = try await requireTenant(ctx)
+        try requireStoreProved()
         let manifest: Manifest
         do {
             manifest = try Manifest.parse(bytes, bounds: limits.manifestBounds)

@@ -25,6 +25,8 @@ public struct ServerHome: Sendable {
         public var limits: ServerLimits?
         /// An S3 Object Lock bucket instead of `store/`; absent: the data directory's own store.
         public var store: PrimaryStoreSettings?
+        /// A PostgreSQL database instead of `catalog.sqlite`; absent: the data directory's own.
+        public var catalog: CatalogSettings?
     }
 
     public struct TLSMaterial: Sendable {
@@ -44,10 +46,12 @@ public struct ServerHome: Sendable {
 
     /// Creates a new data directory. Refuses one that already holds a server.
     /// With `store`, the bucket must prove Object Lock COMPLIANCE first (nothing is created
-    /// when it does not).
+    /// when it does not). With `catalog`, the database must be reachable and hold no other
+    /// server's catalog: a second node joins with ``join(from:listen:url:now:)`` instead.
     public func initialize(listen: String, minRetention: TimeInterval, now: Date,
                            limits: ServerLimits? = nil,
-                           store: PrimaryStoreSettings? = nil) async throws
+                           store: PrimaryStoreSettings? = nil,
+                           catalog catalogSettings: CatalogSettings? = nil) async throws
         -> (settings: Settings, adminCredential: String) {
         let fm = FileManager.default
         if fm.fileExists(atPath: settingsURL.path) {
@@ -58,37 +62,65 @@ public struct ServerHome: Sendable {
             throw ServerError.badRequest("--listen must be HOST:PORT, got \(listen)")
         }
         if let store { try await store.prove(now: now) }
+        if let catalogSettings { try await Self.requireUnclaimed(catalogSettings) }
         try fm.createDirectory(at: root, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
         try fm.setAttributes([.posixPermissions: 0o700], ofItemAtPath: root.path)
         try fm.createDirectory(at: tlsDir, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
         let ca = try CertificateAuthority.create(name: root.lastPathComponent, now: now)
+        try writeTLS(ca: ca, hosts: [host], now: now)
+        let settings = Settings(listen: listen, url: Self.url(host: host, port: port), minRetentionSeconds: minRetention,
+            limits: limits, store: store, catalog: catalogSettings)
+        try writeSettings(settings)
+        let catalog = try await openCatalog()
+        // Which CA the catalog belongs to: a node joining with another cluster's file is refused.
+        try await catalog.setSetting(Self.clusterCASetting, try ca.pin)
+        _ = try await issueAdminCredential(catalog: catalog, store: try openStore(), ca: ca, settings: settings,
+                                           name: "admin")
+        return (settings, adminCredentialPath)
+    }
+
+    /// Issues an admin credential on a new key and writes it to `admin.credential` (0600);
+    /// returns its path.
+    func issueAdminCredential(catalog: any CatalogRepositories, store: any ObjectStore, ca: CertificateAuthority,
+                              settings: Settings, name: String) async throws -> String {
+        let service = RepositoryService(catalog: catalog, store: store, clock: SystemClock(), ca: ca,
+                                        serverURL: settings.url, defaultMinRetention: settings.minRetentionSeconds,
+                                        logger: Logger(label: "redoubt.init"))
+        let adminKey = P256.Signing.PrivateKey()
+        let (principal, certPEM) = try await service.issueAdmin(name: name, publicKey: adminKey.publicKey)
+        let cred = ClientCredential(url: settings.url, caPEM: try ca.certificatePEM, pin: try ca.pin,
+                                    certificatePEM: certPEM, keyPEM: adminKey.pemRepresentation,
+                                    principalID: principal.id, role: Role.admin.rawValue, tenant: nil, name: name)
+        let enc = JSONEncoder()
+        enc.outputFormatting = [.prettyPrinted, .sortedKeys]
+        try writePrivate(URL(fileURLWithPath: adminCredentialPath), String(decoding: try enc.encode(cred),
+            as: UTF8.self))
+        return adminCredentialPath
+    }
+
+    /// Writes the CA (certificate and key) and a new server key with a certificate the CA
+    /// issues for `hosts` and the loopback names.
+    func writeTLS(ca: CertificateAuthority, hosts extra: [String], now: Date) throws {
         let serverKey = P256.Signing.PrivateKey()
         var hosts = ["localhost", "127.0.0.1", "::1"]
-        if !hosts.contains(host) && host != "0.0.0.0" && host != "::" { hosts.append(host) }
+        for h in extra where !hosts.contains(h) && h != "0.0.0.0" && h != "::" { hosts.append(h) }
         let serverCert = try ca.issueServer(publicKey: serverKey.publicKey, hosts: hosts, now: now)
         try writePrivate(tlsDir.appendingPathComponent("ca.key"), ca.keyPEM)
         try writePrivate(tlsDir.appendingPathComponent("ca.pem"), try ca.certificatePEM)
         try writePrivate(tlsDir.appendingPathComponent("server.key"), serverKey.pemRepresentation)
         try writePrivate(tlsDir.appendingPathComponent("server.pem"), try serverCert.serializeAsPEM().pemString)
+    }
+
+    /// The URL clients are given for a server listening on `host:port`.
+    static func url(host: String, port: Int) -> String {
         let urlHost = host.contains(":") ? "[\(host)]" : (host == "0.0.0.0" ? "127.0.0.1" : host)
-        let settings = Settings(listen: listen, url: "https://\(urlHost):\(port)", minRetentionSeconds: minRetention,
-            limits: limits, store: store)
+        return "https://\(urlHost):\(port)"
+    }
+
+    func writeSettings(_ settings: Settings) throws {
         let enc = JSONEncoder()
         enc.outputFormatting = [.prettyPrinted, .sortedKeys]
         try writePrivate(settingsURL, String(decoding: try enc.encode(settings), as: UTF8.self))
-        let catalog = try openCatalog()
-        let store = try openStore()
-        let service = RepositoryService(catalog: catalog, store: store, clock: SystemClock(), ca: ca,
-            serverURL: settings.url,
-                                        defaultMinRetention: minRetention, logger: Logger(label: "redoubt.init"))
-        let adminKey = P256.Signing.PrivateKey()
-        let (principal, certPEM) = try await service.issueAdmin(name: "admin", publicKey: adminKey.publicKey)
-        let cred = ClientCredential(url: settings.url, caPEM: try ca.certificatePEM, pin: try ca.pin,
-            certificatePEM: certPEM, keyPEM: adminKey.pemRepresentation,
-                                    principalID: principal.id, role: Role.admin.rawValue, tenant: nil, name: "admin")
-        try writePrivate(URL(fileURLWithPath: adminCredentialPath), String(decoding: try enc.encode(cred),
-            as: UTF8.self))
-        return (settings, adminCredentialPath)
     }
 
     public func settings() throws -> Settings {
@@ -122,13 +154,13 @@ public struct ServerHome: Sendable {
     /// `store`, when given, replaces the data directory's own (tests without xattrs).
     public func openService(clock: any ServerClock = SystemClock(), logger: Logger, limits: ServerLimits? = nil,
                             timeBounds: SnapshotTimeBounds = SnapshotTimeBounds(),
-                            store: (any ObjectStore)? = nil) throws -> RepositoryService {
+                            store: (any ObjectStore)? = nil) async throws -> RepositoryService {
         let s = try settings()
         let tls = try tlsMaterial()
         let ca = try CertificateAuthority(certificatePEM: tls.caCertPEM, keyPEM: tls.caKeyPEM)
         // Cleared here, at start: a crash mid-upload leaves at most its spool files.
         let uploads = try UploadSpool.open(root.appendingPathComponent("uploads"))
-        return RepositoryService(catalog: try openCatalog(), store: try store ?? openStore(), clock: clock,
+        return RepositoryService(catalog: try await openCatalog(), store: try store ?? openStore(), clock: clock,
             ca: ca,
                                  serverURL: s.url, defaultMinRetention: s.minRetentionSeconds, logger: logger,
                                      timeBounds: timeBounds,

@@ -24,7 +24,7 @@ struct DoctorCommand: AsyncParsableCommand {
             // timedatectl reads the live host, so never under a fixture root.
             let doctor = Doctor(dataDir: data, files: files, maxCopyAge: try parseDuration(maxCopyAge), now: Date(),
                                 timedatectl: files.isHostRoot ? Self.timedatectlShow() : nil)
-            let checks = doctor.run()
+            let checks = await doctor.run()
             if json { try printJSON(checks) } else {
                 let width = checks.map(\.id.count).max() ?? 0
                 for c in checks {

@@ -50,7 +50,7 @@ struct Quickstart {
         var logger = Logger(label: "redoubt.quickstart")
         // The in-process server stops by cancellation at the end; its shutdown chatter is noise here.
         logger.logLevel = .critical
-        let service = try home.openService(logger: logger)
+        let service = try await home.openService(logger: logger)
         let (started, cont) = AsyncStream<Int>.makeStream()
         let app = try RedoubtHTTP.application(service: service, home: home, host: "127.0.0.1", port: port,
             logger: logger) {

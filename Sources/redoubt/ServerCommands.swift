@@ -11,7 +11,8 @@ struct ServerCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(commandName: "server",
         abstract: "Create and run a repository server.",
                                                     subcommands: [ServerInit.self, ServerRun.self,
-                                                        ServerRebuildCatalog.self])
+                                                        ServerRebuildCatalog.self, ServerClusterFile.self,
+                                                        ServerJoin.self])
 }
 
 struct ServerInit: AsyncParsableCommand {
@@ -43,6 +44,14 @@ struct ServerInit: AsyncParsableCommand {
     @Option(name: .long, help: "With --store: PEM file of a private CA that signed the endpoint's certificate.")
     var ca: String?
     @Flag(name: .long, help: "With --store: virtual-hosted addressing instead of path-style.") var virtualHosted = false
+    @Option(name: .long, help: """
+        Keep the catalog in this PostgreSQL database (postgres://USER@HOST:PORT/DB[?sslmode=verify-full&\
+        sslrootcert=FILE&search_path=SCHEMA]) instead of DIR/catalog.sqlite, so that other nodes can join \
+        (docs/SCALE-OUT.md). No password in the URL.
+        """) var catalog: String?
+    @Option(name: .long, help: """
+        With --catalog: a file holding the database password, read at each start (else PGPASSWORD).
+        """) var catalogPasswordFile: String?
 
     func primaryStore() throws -> PrimaryStoreSettings? {
         guard let store else {
@@ -60,18 +69,32 @@ struct ServerInit: AsyncParsableCommand {
         return settings
     }
 
+    func catalogSettings() throws -> CatalogSettings? {
+        guard let catalog else {
+            guard catalogPasswordFile == nil else { throw ValidationError("--catalog-password-file goes with --catalog") }
+            return nil
+        }
+        let settings = CatalogSettings(url: catalog, passwordFile: catalogPasswordFile.map {
+            URL(fileURLWithPath: $0).standardizedFileURL.path
+        })
+        do { _ = try settings.target() } catch let e as ServerError { throw ValidationError(e.message) }
+        return settings
+    }
+
     func run() async throws {
         try await RedoubtCLI.run {
             let r = try parseDuration(minRetention)
             guard quorum >= 1 else { throw ValidationError("--quorum must be at least 1") }
             let limits = try applyLimits(ServerLimits(), limit)
             let primary = try primaryStore()
+            let catalogSettings = try catalogSettings()
             let (settings, cred) = try await ServerHome(path: data).initialize(listen: listen, minRetention: r,
-                now: Date(), limits: limits, store: primary)
+                now: Date(), limits: limits, store: primary, catalog: catalogSettings)
             try await ServerHome(path: data).setQuorum(quorum)
             print("Initialised a Redoubt server in \(ServerHome(path: data).root.path)")
             print("  URL:              \(settings.url)")
             if let t = try primary?.target() { print("  store:            \(t.redacted), Object Lock proved") }
+            if let t = try catalogSettings?.target() { print("  catalog:          \(t.redacted)") }
             print("  admin credential: \(cred)  (mode 0600; keep it off protected hosts)")
             print("Next: redoubt server run --data \(data)")
             return .ok
@@ -127,8 +150,8 @@ struct ServerRun: AsyncParsableCommand {
                 margin: try parseDuration(snapshotTimeMargin))
             let limits = try applyLimits(settings.limits ?? ServerLimits(), limit)
             // A bucket that stopped enforcing its locks must not take another backup.
-            if let s3 = settings.store { try await s3.prove() }
-            let service = try home.openService(logger: logger, limits: limits, timeBounds: bounds)
+            if let s3 = settings.store { try await home.proveStore(s3, node: settings.url) }
+            let service = try await home.openService(logger: logger, limits: limits, timeBounds: bounds)
             let burst = refusalBurst.split(separator: "/", maxSplits: 1).map(String.init)
             guard burst.count == 2, let burstCount = Int(burst[0]) else {
                 throw ValidationError("--refusal-burst takes N/DURATION, e.g. 5/5m")
@@ -188,8 +211,12 @@ struct ServerRun: AsyncParsableCommand {
                     DiskSpace.check(data, threshold: UInt64(threshold), logger: logger)
                     if let s3 = settings.store, Date().timeIntervalSince(lastProof) >= 86400 {
                         lastProof = Date()
-                        do { try await s3.prove() } catch {
-                            logger.error("the primary store no longer proves Object Lock", metadata: [
+                        do {
+                            try await home.proveStore(s3, node: settings.url)
+                            service.setStoreUnproved(nil)
+                        } catch {
+                            service.setStoreUnproved("\(error)")
+                            logger.error("the primary store no longer proves Object Lock; refusing backups", metadata: [
                                 "error": "\(error)"])
                         }
                     }
@@ -204,6 +231,50 @@ struct ServerRun: AsyncParsableCommand {
             watch.cancel()
             await metrics?.stop()
             logger.info("server stopped")
+            return .ok
+        }
+    }
+}
+
+struct ServerClusterFile: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "cluster-file",
+        abstract: "Write what another node needs to join this cluster (holds the CA's key: carry it safely, delete it).")
+    @Option(name: .long, help: "This node's data directory.") var data: String
+    @Option(name: .long, help: "The file to write (0600; must not exist).") var out: String
+
+    func run() async throws {
+        try await RedoubtCLI.run {
+            try ServerHome(path: data).writeClusterFile(to: out)
+            print("""
+                wrote \(out) (mode 0600). It holds the cluster CA's private key: copy it to the new node over a \
+                channel you trust, run `redoubt server join --data DIR --from \(out) --listen HOST:PORT` there, then \
+                delete it on both machines.
+                """)
+            return .ok
+        }
+    }
+}
+
+struct ServerJoin: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "join",
+        abstract: "Make a new data directory a node of an existing cluster (same catalog and store).")
+    @Option(name: .long, help: "The new node's data directory (created 0700).") var data: String
+    @Option(name: .long, help: "The cluster file from `redoubt server cluster-file`.") var from: String
+    @Option(name: .long, help: "Address to listen on.") var listen = "127.0.0.1:8443"
+    @Option(name: .long, help: """
+        The URL this node gives clients it enrolls (e.g. a load balancer's https://backup.example:8443); \
+        default: its own listen address. Its host is added to the node's certificate.
+        """) var url: String?
+
+    func run() async throws {
+        try await RedoubtCLI.run {
+            let home = ServerHome(path: data)
+            let settings = try await home.join(from: from, listen: listen, url: url, now: Date())
+            print("Joined the cluster in \(home.root.path)")
+            print("  URL:      \(settings.url)")
+            if let t = try settings.catalog?.target() { print("  catalog:  \(t.redacted)") }
+            if let t = try settings.store?.target() { print("  store:    \(t.redacted), Object Lock proved") }
+            print("Next: redoubt server run --data \(data); then delete \(from)")
             return .ok
         }
     }

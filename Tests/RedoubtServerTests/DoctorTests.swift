@@ -395,7 +395,7 @@ final class DoctorFixture {
                            statistics: SnapshotStatistics(), packCount: 0, manifestSize: 1)
     }
 
-    @Test func hostOSSameAsRepositoryWarnsAndNamesStandIns() throws {
+    @Test func hostOSSameAsRepositoryWarnsAndNamesStandIns() async throws {
         let f = try DoctorFixture()
         try f.write("/etc/os-release", "NAME=\"Debian GNU/Linux\"\nPRETTY_NAME=\"Debian GNU/Linux 12 (bookworm)\"\n")
         let catalog = try Catalog(path: f.data + "/catalog.sqlite")
@@ -404,46 +404,48 @@ final class DoctorFixture {
             hostKey: nil), os: "Ubuntu 24.04.1 LTS", now: t)
         try catalog.insertPrincipal(Principal(id: "p2", role: .restorer, tenant: "acme", name: "r", fingerprint: "f2",
             hostKey: nil), os: "Debian GNU/Linux 12 (bookworm)", now: t)
-        #expect(f.doctor().run().first { $0.id == "hosts.os" }?.status == .pass)
+        #expect(await f.doctor().run().first { $0.id == "hosts.os" }?.status == .pass)
         try catalog.insertPrincipal(Principal(id: "p3", role: .writer, tenant: "acme", name: "db1", fingerprint: "f3",
             hostKey: nil), os: "Debian GNU/Linux 11 (bullseye)", now: t)
-        let c = try #require(f.doctor().run().first { $0.id == "hosts.os" })
+        let c = try #require(await f.doctor().run().first { $0.id == "hosts.os" })
         #expect(c.status == .warn)
         #expect(c.summary.contains("acme/db1"))
         #expect(c.summary.contains("domain.joined pass"))
         #expect(!c.summary.contains("web1"))
     }
 
-    @Test func copyProofAndFreshnessFromTheAuditLog() throws {
+    @Test func copyProofAndFreshnessFromTheAuditLog() async throws {
         let f = try DoctorFixture()
         let catalog = try Catalog(path: f.data + "/catalog.sqlite")
         let now = Date()
         try catalog.insertTenant(Self.tenant("acme"))
-        try catalog.insertSnapshot(Self.snapshot("acme", committed: now.addingTimeInterval(-3 * 86400)), packs: [])
-        func check(_ id: String) throws -> DoctorCheck { try #require(f.doctor(now: now).run().first { $0.id == id }) }
-        #expect(try check("copy.proof").status == .warn)
-        #expect(try check("copy.fresh").summary.contains("no copy target configured"))
+        try await catalog.insertSnapshot(Self.snapshot("acme", committed: now.addingTimeInterval(-3 * 86400)), packs: [])
+        func check(_ id: String) async throws -> DoctorCheck {
+            try #require(await f.doctor(now: now).run().first { $0.id == id })
+        }
+        #expect(try await check("copy.proof").status == .warn)
+        #expect(try await check("copy.fresh").summary.contains("no copy target configured"))
         // A proof that failed and a copy older than the newest snapshot.
-        try catalog.audit(time: now.addingTimeInterval(-4 * 86400), actor: "a", role: "admin", credential: "",
+        try await catalog.audit(time: now.addingTimeInterval(-4 * 86400), actor: "a", role: "admin", credential: "",
             source: "local", action: "copy-proof",
                           object: "s3://b/p", outcome: "warning", detail: "a locked version was deleted")
-        try catalog.audit(time: now.addingTimeInterval(-4 * 86400), actor: "a", role: "admin", credential: "",
+        try await catalog.audit(time: now.addingTimeInterval(-4 * 86400), actor: "a", role: "admin", credential: "",
             source: "local", action: "copy-sync",
                           object: "s3://b/p", outcome: "ok",
                               detail: "tenant acme: 3 copied, 0 already there, 0 extended")
-        #expect(try check("copy.proof").status == .fail)
-        let stale = try check("copy.fresh")
+        #expect(try await check("copy.proof").status == .fail)
+        let stale = try await check("copy.fresh")
         #expect(stale.status == .fail)
         #expect(stale.summary.contains("acme"))
         // Then a passing proof and a copy after the snapshot; media counts as well.
-        try catalog.audit(time: now.addingTimeInterval(-3600), actor: "a", role: "admin", credential: "",
+        try await catalog.audit(time: now.addingTimeInterval(-3600), actor: "a", role: "admin", credential: "",
             source: "local", action: "copy-proof",
                           object: "s3://b/p", outcome: "ok", detail: "all lock checks passed")
-        try catalog.audit(time: now.addingTimeInterval(-3600), actor: "a", role: "admin", credential: "",
+        try await catalog.audit(time: now.addingTimeInterval(-3600), actor: "a", role: "admin", credential: "",
             source: "local", action: "media-write",
                           object: "tenant/acme", outcome: "ok", detail: "1 snapshots, 3 packs")
-        #expect(try check("copy.proof").status == .pass)
-        let fresh = try check("copy.fresh")
+        #expect(try await check("copy.proof").status == .pass)
+        let fresh = try await check("copy.fresh")
         #expect(fresh.status == .pass)
         #expect(fresh.summary.contains("media"))
     }

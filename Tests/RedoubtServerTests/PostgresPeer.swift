@@ -75,3 +75,38 @@ struct PostgresPeer: Sendable {
         try await conn.close()
     }
 }
+
+extension PostgresPeer {
+    /// Catalog settings for a new, empty schema of this peer (dropped by ``dropSchema(of:)``).
+    func freshCatalogSettings() async throws -> CatalogSettings {
+        let schema = "redoubt_test_" + UUID().uuidString.replacingOccurrences(of: "-", with: "").lowercased()
+        try await admin("CREATE SCHEMA \(schema)")
+        return CatalogSettings(url: "postgres://postgres@\(host):\(port)/postgres?sslmode=disable&search_path=\(schema)")
+    }
+
+    /// Closes this process's pool for `settings` and drops its schema.
+    func dropSchema(of settings: CatalogSettings) async {
+        await CatalogPools.shared.close(settings)
+        guard let schema = try? settings.target().schema else { return }
+        try? await admin("DROP SCHEMA \(schema) CASCADE")
+    }
+}
+
+/// Which catalog test servers use: SQLite unless `REDOUBT_TEST_CATALOG=postgres`, which runs
+/// the same server suites against the PostgreSQL peer, each server in a schema of its own.
+enum TestCatalog {
+    static var isPostgres: Bool { ProcessInfo.processInfo.environment["REDOUBT_TEST_CATALOG"] == "postgres" }
+
+    /// Settings for a new server's catalog: nil for SQLite.
+    static func fresh() async throws -> CatalogSettings? {
+        guard isPostgres else { return nil }
+        let peer = try #require(try PostgresPeer.fromEnvironment(),
+                                "REDOUBT_TEST_CATALOG=postgres needs the PostgreSQL peer (REDOUBT_TEST_POSTGRES)")
+        return try await peer.freshCatalogSettings()
+    }
+
+    static func release(_ settings: CatalogSettings?) async {
+        guard let settings, let peer = try? PostgresPeer.fromEnvironment() else { return }
+        await peer.dropSchema(of: settings)
+    }
+}

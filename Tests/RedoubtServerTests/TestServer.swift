@@ -38,8 +38,9 @@ func peerEnvironment(_ names: String..., sourceLocation: SourceLocation = #_sour
     return nil
 }
 
-/// A real server: TLS on loopback, a real SQLite catalog, a real local store with
-/// immutable flags, in a temp directory. One per test.
+/// A real server: TLS on loopback, a real catalog (SQLite, or a schema of its own in the
+/// PostgreSQL peer under `REDOUBT_TEST_CATALOG=postgres`), a real local store with immutable
+/// flags, in a temp directory. One per test.
 final class TestServer: @unchecked Sendable {
     let dir: URL
     let home: ServerHome
@@ -50,6 +51,8 @@ final class TestServer: @unchecked Sendable {
     let url: String
     /// The scheduler's loop, when started with `jobs`.
     let jobs: Task<Void, Never>?
+    /// The PostgreSQL catalog's settings under `REDOUBT_TEST_CATALOG=postgres`; nil: SQLite.
+    let catalog: CatalogSettings?
 
     /// `prepare` runs on the initialised data directory before the server opens it. With
     /// `inMemory`, objects go to a `MemoryStore` on the server's clock instead of the data
@@ -64,14 +67,15 @@ final class TestServer: @unchecked Sendable {
         let dir = FileManager.default.temporaryDirectory.appendingPathComponent("redoubt-srv-\(UUID().uuidString)")
         let port = try freeLoopbackPort()
         let home = ServerHome(path: dir.appendingPathComponent("data").path)
+        let catalog = try await TestCatalog.fresh()
         _ = try await home.initialize(listen: "127.0.0.1:\(port)", minRetention: minRetention, now: Date(),
-                                      store: primaryStore)
+                                      store: primaryStore, catalog: catalog)
         try await prepare?(home)
         var logger = Logger(label: "test.server")
         logger.logLevel = .warning
         let clock = ManualClock(Date())
         let store: (any ObjectStore)? = inMemory ? (wrapStore ?? { $0 })(MemoryStore(clock: { clock.now() })) : nil
-        let service = try home.openService(clock: clock, logger: logger, limits: limits, store: store)
+        let service = try await home.openService(clock: clock, logger: logger, limits: limits, store: store)
         let (stream, cont) = AsyncStream<Int>.makeStream()
         let app = try RedoubtHTTP.application(service: service, home: home, host: "127.0.0.1", port: port,
             logger: logger) {
@@ -83,12 +87,14 @@ final class TestServer: @unchecked Sendable {
             from: Data(contentsOf: URL(fileURLWithPath: home.adminCredentialPath)))
         let loop = jobs ? Task { await JobScheduler(service: service).run(every: 3600) } : nil
         return TestServer(dir: dir, home: home, service: service, clock: clock, listener: listener,
-            admin: try APIClient(credential: cred), url: cred.url, jobs: loop)
+            admin: try APIClient(credential: cred), url: cred.url, jobs: loop, catalog: catalog)
     }
 
     private init(dir: URL, home: ServerHome, service: RepositoryService, clock: ManualClock,
-        listener: BackgroundListener, admin: APIClient, url: String, jobs: Task<Void, Never>?) {
+        listener: BackgroundListener, admin: APIClient, url: String, jobs: Task<Void, Never>?,
+        catalog: CatalogSettings?) {
         self.jobs = jobs
+        self.catalog = catalog
         self.dir = dir
         self.home = home
         self.service = service
@@ -112,6 +118,7 @@ final class TestServer: @unchecked Sendable {
                 warning: the test server at \(url) did not shut down within 30 s; left running\n
                 """.utf8))
         }
+        await TestCatalog.release(catalog)
         // Objects are immutable: clear the flag before removing the temp tree.
         _ = system("chattr -R -i '\(dir.path)' 2>/dev/null")
         try? FileManager.default.removeItem(at: dir)
