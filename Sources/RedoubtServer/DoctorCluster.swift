@@ -68,7 +68,9 @@ extension Doctor {
         let what = "last proof \(Self.formatAge(max(0, age))) ago by \(record.node)"
         if !record.ok {
             return DoctorCheck(id: id, status: .fail, summary: "\(what) FAILED: \(record.detail)",
-                               fix: "the bucket no longer enforces COMPLIANCE: stop the nodes and see docs/SCALE-OUT.md")
+                               fix: """
+                                   the bucket no longer enforces COMPLIANCE: stop the nodes and see docs/SCALE-OUT.md
+                                   """)
         }
         if age > Self.maxStoreProofAge {
             return DoctorCheck(id: id, status: .warn, summary: "\(what): older than a day",

@@ -68,7 +68,8 @@ public struct ServerHome: Sendable {
         try fm.createDirectory(at: tlsDir, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
         let ca = try CertificateAuthority.create(name: root.lastPathComponent, now: now)
         try writeTLS(ca: ca, hosts: [host], now: now)
-        let settings = Settings(listen: listen, url: Self.url(host: host, port: port), minRetentionSeconds: minRetention,
+        let settings = Settings(listen: listen, url: Self.url(host: host, port: port),
+            minRetentionSeconds: minRetention,
             limits: limits, store: store, catalog: catalogSettings)
         try writeSettings(settings)
         let catalog = try await openCatalog()

@@ -71,7 +71,9 @@ struct ServerInit: AsyncParsableCommand {
 
     func catalogSettings() throws -> CatalogSettings? {
         guard let catalog else {
-            guard catalogPasswordFile == nil else { throw ValidationError("--catalog-password-file goes with --catalog") }
+            guard catalogPasswordFile == nil else {
+                throw ValidationError("--catalog-password-file goes with --catalog")
+            }
             return nil
         }
         let settings = CatalogSettings(url: catalog, passwordFile: catalogPasswordFile.map {
@@ -238,7 +240,9 @@ struct ServerRun: AsyncParsableCommand {
 
 struct ServerClusterFile: AsyncParsableCommand {
     static let configuration = CommandConfiguration(commandName: "cluster-file",
-        abstract: "Write what another node needs to join this cluster (holds the CA's key: carry it safely, delete it).")
+        abstract: """
+            Write what another node needs to join this cluster (holds the CA's key: carry it safely, delete it).
+            """)
     @Option(name: .long, help: "This node's data directory.") var data: String
     @Option(name: .long, help: "The file to write (0600; must not exist).") var out: String
 

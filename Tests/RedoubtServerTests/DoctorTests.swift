@@ -419,7 +419,8 @@ final class DoctorFixture {
         let catalog = try Catalog(path: f.data + "/catalog.sqlite")
         let now = Date()
         try catalog.insertTenant(Self.tenant("acme"))
-        try await catalog.insertSnapshot(Self.snapshot("acme", committed: now.addingTimeInterval(-3 * 86400)), packs: [])
+        try await catalog.insertSnapshot(Self.snapshot("acme", committed: now.addingTimeInterval(-3 * 86400)),
+            packs: [])
         func check(_ id: String) async throws -> DoctorCheck {
             try #require(await f.doctor(now: now).run().first { $0.id == id })
         }

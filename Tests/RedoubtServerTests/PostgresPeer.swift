@@ -81,7 +81,9 @@ extension PostgresPeer {
     func freshCatalogSettings() async throws -> CatalogSettings {
         let schema = "redoubt_test_" + UUID().uuidString.replacingOccurrences(of: "-", with: "").lowercased()
         try await admin("CREATE SCHEMA \(schema)")
-        return CatalogSettings(url: "postgres://postgres@\(host):\(port)/postgres?sslmode=disable&search_path=\(schema)")
+        return CatalogSettings(url: """
+            postgres://postgres@\(host):\(port)/postgres?sslmode=disable&search_path=\(schema)
+            """)
     }
 
     /// Closes this process's pool for `settings` and drops its schema.

@@ -121,7 +121,8 @@ public struct CatalogSettings: Codable, Sendable, Equatable {
                 do {
                     config.trustRoots = .certificates(try NIOSSLCertificate.fromPEMFile(root))
                 } catch {
-                    throw ServerError(500, "E_CONFIG", "catalog \(t.redacted): cannot read sslrootcert \(root): \(error)")
+                    throw ServerError(500, "E_CONFIG",
+                        "catalog \(t.redacted): cannot read sslrootcert \(root): \(error)")
                 }
             }
             tls = .require(config)
