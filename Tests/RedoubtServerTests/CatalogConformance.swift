@@ -31,6 +31,7 @@ struct CatalogConformance: Sendable {
         case deepVerifyLedgerPutsNeverVerifiedFirst
         case copyTargetsAreListedUntilRemovedOnce
         case findingsKeepTheirFirstTimeAndCountRepeats
+        case verdictsRoundTripAndVolumesCountOnlyUnsharedPacks
         var testDescription: String { rawValue }
     }
 
@@ -572,6 +573,9 @@ struct CatalogConformance: Sendable {
              .deepVerifyLedgerPutsNeverVerifiedFirst, .copyTargetsAreListedUntilRemovedOnce,
              .findingsKeepTheirFirstTimeAndCountRepeats:
             try await runReads(check, c)
+
+        case .verdictsRoundTripAndVolumesCountOnlyUnsharedPacks:
+            try await runOperations(check, c)
 
         case .policiesAreCompareAndSetAndLocksOnlyMoveLater:
             // Two admins changing one policy at once: only the one that saw the stored rules wins.

@@ -165,7 +165,6 @@ import Testing
             let calls: [(String, @Sendable () async throws -> Void)] = [
                 ("JobRepository.jobStates", { _ = try await c.jobStates() }),
                 ("MonitoringRepository.openAlerts", { _ = try await c.openAlerts() }),
-                ("VerdictRepository.verdicts", { _ = try await c.verdicts(snapshots: ["x"]) }),
             ]
             for (name, call) in calls {
                 do {

@@ -75,35 +75,3 @@ extension PostgresCatalog: MonitoringRepository {
         throw PostgresCatalogError.notImplemented("MonitoringRepository.failedJobRecords")
     }
 }
-
-extension PostgresCatalog: VerdictRepository {
-    public func recordPackChunkCount(tenant: String, pack: String, chunks: Int) async throws {
-        throw PostgresCatalogError.notImplemented("VerdictRepository.recordPackChunkCount")
-    }
-    public func snapshotPackVolumes(tenant: String, snapshot: String) async throws -> (newBytes: Int64,
-            newChunks: Int64, referencedBytes: Int64) {
-        throw PostgresCatalogError.notImplemented("VerdictRepository.snapshotPackVolumes")
-    }
-    public func refusals(actor: String, afterSeq: Int64) async throws -> (count: Int64, lastSeq: Int64) {
-        throw PostgresCatalogError.notImplemented("VerdictRepository.refusals")
-    }
-    public func insertVerdict(_ v: VerdictRecord) async throws {
-        throw PostgresCatalogError.notImplemented("VerdictRepository.insertVerdict")
-    }
-    public func clearVerdict(snapshot: String, reasons: [String]) async throws {
-        throw PostgresCatalogError.notImplemented("VerdictRepository.clearVerdict")
-    }
-    public func verdicts(tenant: String, host: String, limit: Int) async throws -> [VerdictRecord] {
-        throw PostgresCatalogError.notImplemented("VerdictRepository.verdicts")
-    }
-    public func verdicts(snapshots ids: [String]) async throws -> [String: VerdictRecord] {
-        throw PostgresCatalogError.notImplemented("VerdictRepository.verdicts")
-    }
-    public func detectionSettings(tenant: String) async throws -> Wire.DetectionSettings {
-        throw PostgresCatalogError.notImplemented("VerdictRepository.detectionSettings")
-    }
-    public func setDetectionSettings(tenant: String, _ s: Wire.DetectionSettings) async throws {
-        throw PostgresCatalogError.notImplemented("VerdictRepository.setDetectionSettings")
-    }
-}
-

@@ -110,6 +110,7 @@ extension PostgresCatalog {
                 last_seen DOUBLE PRECISION NOT NULL, count BIGINT NOT NULL, UNIQUE (tenant, object, code));
             ALTER TABLE principals ADD COLUMN expected_interval DOUBLE PRECISION;
             """),
+        ("pg-v3-pgrepos-verdicts", verdictSchema),
     ]
 
     /// Runs the migrations this database has not run yet, each in its own transaction,
