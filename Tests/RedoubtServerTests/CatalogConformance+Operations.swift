@@ -84,6 +84,78 @@ extension CatalogConformance {
             #expect(try await c.detectionSettings(tenant: "acme") == s)
             #expect(try await c.detectionSettings(tenant: "beta") == Wire.DetectionSettings())
 
+        case .jobLeaseIsExclusiveAndKeepsLaterRequests:
+            let ttl: TimeInterval = 600
+            func at(_ s: TimeInterval) -> Date { t0.addingTimeInterval(s) }
+            #expect(try await c.jobState(job: "gc", tenant: "acme") == nil)
+            #expect(try await c.jobStates().isEmpty)
+            // A job never run is due; while one run holds the lease nobody else gets one, its holder neither.
+            let run1 = try #require(try await c.acquireJobLease(job: "gc", tenant: "acme", holder: "s1", now: t0,
+                                                                 ttl: ttl))
+            #expect(try await c.acquireJobLease(job: "gc", tenant: "acme", holder: "s2", now: at(1), ttl: ttl) == nil)
+            #expect(try await c.acquireJobLease(job: "gc", tenant: "acme", holder: "s1", now: at(1), ttl: ttl) == nil)
+            var s = try #require(try await c.jobState(job: "gc", tenant: "acme"))
+            #expect(s.leaseHolder == "s1" && s.leaseExpires == at(ttl) && s.lastStart == t0 && s.requestedAt == nil)
+            // Only the holder renews.
+            #expect(try await !c.renewJobLease(job: "gc", tenant: "acme", holder: "s2", now: at(100), ttl: ttl))
+            #expect(try await c.renewJobLease(job: "gc", tenant: "acme", holder: "s1", now: at(100), ttl: ttl))
+            #expect(try await c.jobState(job: "gc", tenant: "acme")?.leaseExpires == at(100 + ttl))
+            // A request made while the run holds the lease (the first one kept) survives its end.
+            try await c.requestJobRun(job: "gc", tenant: "acme", at: at(200))
+            try await c.requestJobRun(job: "gc", tenant: "acme", at: at(300))
+            // A finish by a server that does not hold the lease releases nothing.
+            try await c.finishJob(run: run1, job: "gc", tenant: "acme", holder: "s2", started: t0, ended: at(350),
+                                  outcome: "ok", error: nil, failures: 0, nextDue: at(day))
+            s = try #require(try await c.jobState(job: "gc", tenant: "acme"))
+            #expect(s.leaseHolder == "s1" && s.lastEnd == nil && s.nextDue == nil)
+            try await c.finishJob(run: run1, job: "gc", tenant: "acme", holder: "s1", started: t0, ended: at(400),
+                                  outcome: "ok", error: nil, failures: 0, nextDue: at(day))
+            s = try #require(try await c.jobState(job: "gc", tenant: "acme"))
+            #expect(s.leaseHolder == nil && s.leaseExpires == nil && s.lastEnd == at(400) && s.lastOutcome == "ok")
+            #expect(s.nextDue == at(day) && s.requestedAt == at(200), "the request made during the run was lost")
+            // Not due until nextDue, but the request makes it due now, and is taken up.
+            let run2 = try #require(try await c.acquireJobLease(job: "gc", tenant: "acme", holder: "s2", now: at(500),
+                                                                 ttl: ttl))
+            #expect(run2 > run1)
+            #expect(try await c.jobState(job: "gc", tenant: "acme")?.requestedAt == nil)
+            try await c.finishJob(run: run2, job: "gc", tenant: "acme", holder: "s2", started: at(500), ended: at(510),
+                                  outcome: "error", error: "boom", failures: 1, nextDue: at(560))
+            s = try #require(try await c.jobState(job: "gc", tenant: "acme"))
+            #expect(s.failures == 1 && s.lastError == "boom" && s.lastOutcome == "error" && s.requestedAt == nil)
+            #expect(try await c.acquireJobLease(job: "gc", tenant: "acme", holder: "s1", now: at(559), ttl: 60) == nil,
+                    "a job taken before it is due")
+            let run3 = try #require(try await c.acquireJobLease(job: "gc", tenant: "acme", holder: "s1", now: at(560),
+                                                                 ttl: 60))
+            // Expired: another server takes it, and the old holder can neither renew nor release it.
+            #expect(try await c.acquireJobLease(job: "gc", tenant: "acme", holder: "s2", now: at(619), ttl: 60) == nil)
+            let run4 = try #require(try await c.acquireJobLease(job: "gc", tenant: "acme", holder: "s2", now: at(700),
+                                                                 ttl: 60))
+            #expect(try await !c.renewJobLease(job: "gc", tenant: "acme", holder: "s1", now: at(701), ttl: 60))
+            try await c.finishJob(run: run3, job: "gc", tenant: "acme", holder: "s1", started: at(560),
+                                  ended: at(702), outcome: "ok", error: nil, failures: 0, nextDue: at(day))
+            s = try #require(try await c.jobState(job: "gc", tenant: "acme"))
+            #expect(s.leaseHolder == "s2" && s.leaseExpires == at(760) && s.lastOutcome == "error")
+            // A request for a job never run makes its row, and is taken up by the first run.
+            try await c.requestJobRun(job: "scrub", tenant: "beta", at: t0)
+            #expect(try await c.jobState(job: "scrub", tenant: "beta")?.requestedAt == t0)
+            let run5 = try #require(try await c.acquireJobLease(job: "scrub", tenant: "beta", holder: "s1",
+                                                                 now: at(10), ttl: ttl))
+            #expect(try await c.jobState(job: "scrub", tenant: "beta")?.requestedAt == nil)
+            #expect(try await c.jobStates().map { "\($0.tenant)/\($0.job)" } == ["acme/gc", "beta/scrub"])
+            let runs = try await c.jobRuns(job: nil, tenant: nil)
+            #expect(runs.map(\.seq) == [run1, run2, run3, run4, run5])
+            #expect(runs.map(\.holder) == ["s1", "s2", "s1", "s2", "s1"])
+            #expect(runs.map(\.startedAt) == [t0, at(500), at(560), at(700), at(10)])
+            #expect(runs[0].endedAt == at(400) && runs[0].outcome == "ok" && runs[0].error == nil)
+            #expect(runs[1].outcome == "error" && runs[1].error == "boom" && runs[3].endedAt == nil)
+            #expect(try await c.jobRuns(job: "gc", tenant: nil).map(\.seq) == [run1, run2, run3, run4])
+            #expect(try await c.jobRuns(job: nil, tenant: "beta").map(\.seq) == [run5])
+            #expect(try await c.jobRuns(job: "scrub", tenant: "acme").isEmpty)
+            // The history keeps 90 days of runs.
+            try await c.finishJob(run: run4, job: "gc", tenant: "acme", holder: "s2", started: at(700),
+                                  ended: at(90 * day + 600), outcome: "ok", error: nil, failures: 0, nextDue: at(day))
+            #expect(try await c.jobRuns(job: nil, tenant: nil).map(\.seq) == [run4])
+
         default:
             Issue.record("\(check) is not an operations check")
         }

@@ -32,6 +32,7 @@ struct CatalogConformance: Sendable {
         case copyTargetsAreListedUntilRemovedOnce
         case findingsKeepTheirFirstTimeAndCountRepeats
         case verdictsRoundTripAndVolumesCountOnlyUnsharedPacks
+        case jobLeaseIsExclusiveAndKeepsLaterRequests
         var testDescription: String { rawValue }
     }
 
@@ -574,7 +575,7 @@ struct CatalogConformance: Sendable {
              .findingsKeepTheirFirstTimeAndCountRepeats:
             try await runReads(check, c)
 
-        case .verdictsRoundTripAndVolumesCountOnlyUnsharedPacks:
+        case .verdictsRoundTripAndVolumesCountOnlyUnsharedPacks, .jobLeaseIsExclusiveAndKeepsLaterRequests:
             try await runOperations(check, c)
 
         case .policiesAreCompareAndSetAndLocksOnlyMoveLater:

@@ -163,7 +163,6 @@ import Testing
         guard let peer = try PostgresPeer.fromEnvironment() else { return }
         try await peer.withFreshSchema { c in
             let calls: [(String, @Sendable () async throws -> Void)] = [
-                ("JobRepository.jobStates", { _ = try await c.jobStates() }),
                 ("MonitoringRepository.openAlerts", { _ = try await c.openAlerts() }),
             ]
             for (name, call) in calls {

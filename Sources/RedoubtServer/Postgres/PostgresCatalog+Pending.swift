@@ -6,33 +6,6 @@ import RedoubtCore
 // "not written yet" for "nothing there". `server init` does not offer this catalog while any
 // method here is left.
 
-extension PostgresCatalog: JobRepository {
-    public func jobState(job: String, tenant: String) async throws -> JobState? {
-        throw PostgresCatalogError.notImplemented("JobRepository.jobState")
-    }
-    public func jobStates() async throws -> [JobState] {
-        throw PostgresCatalogError.notImplemented("JobRepository.jobStates")
-    }
-    public func acquireJobLease(job: String, tenant: String, holder: String, now: Date,
-            ttl: TimeInterval) async throws -> Int64? {
-        throw PostgresCatalogError.notImplemented("JobRepository.acquireJobLease")
-    }
-    public func renewJobLease(job: String, tenant: String, holder: String, now: Date,
-            ttl: TimeInterval) async throws -> Bool {
-        throw PostgresCatalogError.notImplemented("JobRepository.renewJobLease")
-    }
-    public func finishJob(run: Int64, job: String, tenant: String, holder: String, started: Date, ended: Date,
-            outcome: String, error: String?, failures: Int, nextDue: Date) async throws {
-        throw PostgresCatalogError.notImplemented("JobRepository.finishJob")
-    }
-    public func requestJobRun(job: String, tenant: String, at: Date) async throws {
-        throw PostgresCatalogError.notImplemented("JobRepository.requestJobRun")
-    }
-    public func jobRuns(job: String?, tenant: String?) async throws -> [JobRun] {
-        throw PostgresCatalogError.notImplemented("JobRepository.jobRuns")
-    }
-}
-
 extension PostgresCatalog: ScrubRepository {
     public func scrubSlice(tenant: String, now: Date, period: TimeInterval,
             interval: TimeInterval) async throws -> [(id: String, size: Int64)] {

@@ -111,6 +111,7 @@ extension PostgresCatalog {
             ALTER TABLE principals ADD COLUMN expected_interval DOUBLE PRECISION;
             """),
         ("pg-v3-pgrepos-verdicts", verdictSchema),
+        ("pg-v4-pgrepos-jobs", jobSchema),
     ]
 
     /// Runs the migrations this database has not run yet, each in its own transaction,
