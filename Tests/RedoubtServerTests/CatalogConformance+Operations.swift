@@ -156,6 +156,170 @@ extension CatalogConformance {
                                   ended: at(90 * day + 600), outcome: "ok", error: nil, failures: 0, nextDue: at(day))
             #expect(try await c.jobRuns(job: nil, tenant: nil).map(\.seq) == [run4])
 
+        case .alertsOpenOnceAndResolveOnce:
+            func at(_ s: TimeInterval) -> Date { t0.addingTimeInterval(s) }
+            func open(_ key: String, _ summary: String = "s", lasting: Bool = true,
+                      now: Date) async throws -> Wire.NotifyEvent? {
+                try await c.openAlert(key: key, kind: "host-stale", tenant: "acme", host: "web1", summary: summary,
+                                      command: "redoubt admin status", lasting: lasting, now: now)
+            }
+            #expect(try await c.openAlerts().isEmpty)
+            let e1 = try #require(try await open("stale/web1", now: at(0.5)))
+            #expect(e1.state == "open" && e1.openedAt == at(0.5) && e1.resolvedAt == nil && e1.kind == "host-stale")
+            #expect(e1.tenant == "acme" && e1.host == "web1" && e1.command == "redoubt admin status")
+            // Open already: one message while it lasts.
+            #expect(try await open("stale/web1", "again", now: at(1)) == nil)
+            let listed = try await c.openAlerts()
+            #expect(listed.map(\.key) == ["stale/web1"] && listed.first?.event.id == "stale/web1")
+            #expect(listed.first?.event.openedAt == at(0.5) && listed.first?.event.summary == "s")
+            // Resolved once.
+            let r = try #require(try await c.resolveAlert(key: "stale/web1", now: at(10)))
+            #expect(r.state == "resolved" && r.openedAt == at(0.5) && r.resolvedAt == at(10) && r.summary == "s")
+            #expect(r.id != e1.id)
+            #expect(try await c.resolveAlert(key: "stale/web1", now: at(11)) == nil)
+            #expect(try await c.resolveAlert(key: "nope", now: at(11)) == nil)
+            #expect(try await c.openAlerts().isEmpty)
+            // The condition again: a new message.
+            let e2 = try #require(try await open("stale/web1", "s2", now: at(20.25)))
+            #expect(e2.id != e1.id && e2.openedAt == at(20.25) && e2.summary == "s2")
+            // A one-off is sent once, ever, and never listed as open.
+            #expect(try await open("approval/r1", lasting: false, now: at(5))?.state == "once")
+            #expect(try await open("approval/r1", lasting: false, now: at(30)) == nil)
+            #expect(try await c.resolveAlert(key: "approval/r1", now: at(32)) == nil)
+            // Oldest first, ties by key.
+            _ = try await open("copy/t1", now: at(20.25))
+            _ = try await open("z/older", now: at(15))
+            let keys = try await c.openAlerts().map(\.key)
+            #expect(keys == ["z/older", "copy/t1", "stale/web1"])
+            #expect(try await c.openAlerts().last?.event.summary == "s2")
+
+            // Notification channels: listed by creation, then ID; removed once.
+            let hook = Wire.AddNotifyChannelRequest(kind: "webhook", url: "https://hooks.example/x",
+                                                    secretFile: "/etc/redoubt/hook",
+                                                    events: ["host-stale", "job-failed"], tenant: "acme")
+            try await c.insertNotifyChannel(id: "b", hook, target: "https://hooks.example/x", now: at(1))
+            try await c.insertNotifyChannel(id: "a", Wire.AddNotifyChannelRequest(kind: "email", to: ["o@x"]),
+                                            target: "o@x", now: at(1))
+            try await c.insertNotifyChannel(id: "c", Wire.AddNotifyChannelRequest(kind: "journal"), target: "-",
+                                            now: t0)
+            var channels = try await c.notifyChannels()
+            #expect(channels.map(\.info.id) == ["c", "a", "b"])
+            #expect(channels[2].info == Wire.NotifyChannelInfo(id: "b", kind: "webhook",
+                                                               target: "https://hooks.example/x",
+                                                               events: ["host-stale", "job-failed"], tenant: "acme",
+                                                               createdAt: at(1)))
+            #expect(channels[2].config.secretFile == "/etc/redoubt/hook" && channels[1].config.to == ["o@x"])
+            #expect(channels[0].info.events == [] && channels[0].info.tenant == nil)
+            #expect(try await c.removeNotifyChannel("a"))
+            #expect(try await !c.removeNotifyChannel("a"))
+            channels = try await c.notifyChannels()
+            #expect(channels.map(\.info.id) == ["c", "b"])
+
+        case .monitoringFactsMatchWhatTheCatalogHolds:
+            func at(_ s: TimeInterval) -> Date { t0.addingTimeInterval(s) }
+            #expect(try await c.monitoringFacts(now: t0) == MonitoringFacts())
+            try await c.insertTenant(Self.tenant("acme"))
+            try await c.insertTenant(Self.tenant("beta"))
+            func writer(_ id: String, _ tenant: String, _ name: String) -> Principal {
+                Principal(id: id, role: .writer, tenant: tenant, name: name, fingerprint: "fp-\(id)", hostKey: nil)
+            }
+            // A revoked writer of the same name does not date the host's enrolment.
+            try await c.insertPrincipal(writer("old", "acme", "web1"), os: nil, now: at(-100))
+            _ = try await c.revokePrincipal(id: "old", now: at(-50))
+            try await c.insertPrincipal(writer("w1", "acme", "web1"), os: nil, now: t0)
+            try await c.insertPrincipal(writer("w2", "acme", "web2"), os: nil, now: at(5))
+            try await c.insertPrincipal(writer("w3", "beta", "web1"), os: nil, now: at(6))
+            try await c.insertPrincipal(Self.admin("alice"), os: nil, now: t0)
+            try await c.setExpectedInterval(principalID: "w2", seconds: 3600)
+            try await c.setExpectedInterval(principalID: "w3", seconds: 60)
+            for (n, host, commit, retain, total, uploaded) in [(1, "web1", 10.0, day, 1000, 100),
+                                                               (2, "web1", 20.0, 2 * day, 2000, 50),
+                                                               (3, "ghost", 30.0, 3 * day, 5, 5)] {
+                var stats = SnapshotStatistics()
+                stats.bytesTotal = UInt64(total)
+                stats.bytesUploaded = UInt64(uploaded)
+                try await c.insertSnapshot(SnapshotRecord(
+                    id: Self.snapshotID(n), tenant: "acme", host: host, time: at(commit), committedAt: at(commit),
+                    retainUntil: at(retain), paths: ["/srv"], tags: [], statistics: stats, packCount: 0,
+                    manifestSize: 100), packs: [], requirePacks: false, manifestKey: nil)
+            }
+            // An admin's expectation replaces the host's claim; one for a host never seen still shows.
+            try await c.setHostExpectation(tenant: "acme", host: "web2", interval: 7200)
+            try await c.setHostExpectation(tenant: "acme", host: "never", interval: 60)
+            try await c.setHostExpectation(tenant: "beta", host: "web1", interval: 100)
+            try await c.setHostExpectation(tenant: "beta", host: "web1", interval: nil)
+            for (n, tenant, size) in [(1, "acme", 100), (2, "acme", 200), (3, "beta", 7)] {
+                try await c.insertPack(
+                    tenant: tenant, id: Self.pack(n).description, key: Self.packKey(tenant, Self.pack(n)), size: size,
+                    retainUntil: t0, chunkIDs: [], now: t0, uploader: "w1", batch: 10, verified: false)
+            }
+            _ = try await c.recordDamagedPack(tenant: "acme", pack: Self.pack(1).description, reporter: "r1",
+                                              problem: "short read", now: t0)
+            try await c.insertHold(LegalHold(id: "h1", kind: .tenant, target: "acme", tenant: "acme", reason: "case",
+                                             createdBy: "alice", createdAt: t0, releasedAt: nil, releaseRequest: nil))
+            try await c.insertHold(LegalHold(id: "h2", kind: .snapshot, target: Self.snapshotID(1), tenant: "acme",
+                                             reason: "case", createdBy: "alice", createdAt: t0, releasedAt: nil,
+                                             releaseRequest: nil))
+            #expect(try await c.releaseHold("h2", at: t0, request: nil))
+            let records: [(String, String, String, String)] = [
+                ("gc", "tenant acme", "ok", "snapshots=1 packs=2 bytes=4096"), ("gc", "tenant acme", "ok", "bytes=100"),
+                ("verify", "snapshot x", "error", ""), ("verify", "snapshot y", "ok", ""), ("list", "-", "error", ""),
+                ("copy-sync", "copy t1", "partial", ""), ("copy-proof", "copy t2", "error", ""),
+            ]
+            for (action, object, outcome, detail) in records {
+                _ = try await c.audit(time: t0, actor: "server", role: "admin", credential: "-", source: "local",
+                                      action: action, object: object, outcome: outcome, detail: detail)
+            }
+            for (id, tenant, created) in [("t1", "acme", 0.0), ("t2", "beta", 1)] {
+                try await c.insertCopyTarget(CopyTarget(info: Wire.CopyTargetInfo(
+                    id: id, tenant: tenant, url: "s3://b/\(id)", endpoint: "https://s3.example", region: "eu-1",
+                    marginSeconds: day, acceptUnenforced: false, createdAt: at(created), lastProofAt: t0,
+                    lastProofOK: true,
+                    lastProofDetail: "ok", lastSyncAt: nil, lastSyncOK: nil, lastSyncDetail: nil),
+                    credentialsFile: nil, virtualHosted: false))
+            }
+            try await c.recordCopySync("t1", at: at(15), ok: true, detail: "synced")
+            try await c.insertRequest(id: "r1", action: "add-admin", object: "admin bob", parameters: [:],
+                                      requester: Self.admin("alice"), now: at(1), expiresAt: at(day), needed: 1)
+
+            let f = try await c.monitoringFacts(now: at(2))
+            typealias Host = MonitoringFacts.Host
+            #expect(f.hosts == [
+                Host(tenant: "acme", host: "ghost", snapshots: 1, lastCommit: at(30), enrolledAt: nil,
+                     expectedInterval: nil),
+                Host(tenant: "acme", host: "never", snapshots: 0, lastCommit: nil, enrolledAt: nil,
+                     expectedInterval: 60),
+                Host(tenant: "acme", host: "web1", snapshots: 2, lastCommit: at(20), enrolledAt: t0,
+                     expectedInterval: nil),
+                Host(tenant: "acme", host: "web2", snapshots: 0, lastCommit: nil, enrolledAt: at(5),
+                     expectedInterval: 7200),
+                Host(tenant: "beta", host: "web1", snapshots: 0, lastCommit: nil, enrolledAt: at(6),
+                     expectedInterval: 60),
+            ])
+            #expect(f.tenants == [
+                MonitoringFacts.Tenant(tenant: "acme", snapshots: 3, logicalBytes: 3005, storedBytes: 300,
+                                       newBytes: 155, earliestLockEnd: at(day), damagedPacks: 1, activeHolds: 1),
+                MonitoringFacts.Tenant(tenant: "beta", snapshots: 0, logicalBytes: 0, storedBytes: 7, newBytes: 0,
+                                       earliestLockEnd: nil, damagedPacks: 0, activeHolds: 0),
+            ])
+            #expect(f.copyTargets == [
+                MonitoringFacts.CopyTargetFacts(id: "t1", tenant: "acme", lastSyncAt: at(15), lastSyncOK: true,
+                                                lastProofAt: t0, lastProofOK: true, unsyncedSnapshots: 2),
+                MonitoringFacts.CopyTargetFacts(id: "t2", tenant: "beta", lastSyncAt: nil, lastSyncOK: nil,
+                                                lastProofAt: t0, lastProofOK: true, unsyncedSnapshots: 0),
+            ])
+            #expect(f.outcomes.map { "\($0.action)/\($0.outcome)=\($0.count)" }
+                    == ["copy-proof/error=1", "copy-sync/partial=1", "gc/ok=2", "verify/error=1", "verify/ok=1"])
+            #expect(f.gcBytesFreed == 4196 && f.auditRecords == 7)
+            #expect(f.pendingApprovals.map(\.id) == ["r1"] && f.pendingApprovals.first?.createdAt == at(1))
+            #expect(f.pendingApprovals.first?.action == "add-admin")
+            // Failed checks and jobs after a record, oldest first (not other actions' errors).
+            let failed = try await c.failedJobRecords(after: 0)
+            #expect(failed.map { "\($0.seq) \($0.action) \($0.object) \($0.outcome)" }
+                    == ["3 verify snapshot x error", "6 copy-sync copy t1 partial", "7 copy-proof copy t2 error"])
+            #expect(try await c.failedJobRecords(after: 3).map(\.seq) == [6, 7])
+            #expect(try await c.failedJobRecords(after: 7).isEmpty)
+
         default:
             Issue.record("\(check) is not an operations check")
         }

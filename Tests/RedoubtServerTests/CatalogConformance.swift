@@ -33,6 +33,8 @@ struct CatalogConformance: Sendable {
         case findingsKeepTheirFirstTimeAndCountRepeats
         case verdictsRoundTripAndVolumesCountOnlyUnsharedPacks
         case jobLeaseIsExclusiveAndKeepsLaterRequests
+        case alertsOpenOnceAndResolveOnce
+        case monitoringFactsMatchWhatTheCatalogHolds
         var testDescription: String { rawValue }
     }
 
@@ -575,7 +577,8 @@ struct CatalogConformance: Sendable {
              .findingsKeepTheirFirstTimeAndCountRepeats:
             try await runReads(check, c)
 
-        case .verdictsRoundTripAndVolumesCountOnlyUnsharedPacks, .jobLeaseIsExclusiveAndKeepsLaterRequests:
+        case .verdictsRoundTripAndVolumesCountOnlyUnsharedPacks, .jobLeaseIsExclusiveAndKeepsLaterRequests,
+             .alertsOpenOnceAndResolveOnce, .monitoringFactsMatchWhatTheCatalogHolds:
             try await runOperations(check, c)
 
         case .policiesAreCompareAndSetAndLocksOnlyMoveLater:

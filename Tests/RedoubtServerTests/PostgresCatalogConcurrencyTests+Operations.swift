@@ -92,3 +92,43 @@ extension PostgresCatalogConcurrencyTests {
         }
     }
 }
+
+extension PostgresCatalogConcurrencyTests {
+    /// Every server notices the same condition at once (a new alert, and again after it was
+    /// resolved, and a one-off event): exactly one of them gets the event to send; then every
+    /// server resolving it at once: exactly one "resolved" event.
+    @Test func anAlertOpenedAtEveryServerAtOnceSendsOneEvent() async throws {
+        guard let peer = try PostgresPeer.fromEnvironment() else { return }
+        try await peer.withFreshSchema(servers: 4) { servers in
+            func race(_ body: @escaping @Sendable (PostgresCatalog) async throws -> Wire.NotifyEvent?) async throws
+                -> [Wire.NotifyEvent] {
+                try await withThrowingTaskGroup(of: Wire.NotifyEvent?.self) { group in
+                    for c in servers { group.addTask { try await body(c) } }
+                    var out: [Wire.NotifyEvent] = []
+                    for try await e in group { if let e { out.append(e) } }
+                    return out
+                }
+            }
+            for round in 0..<5 {
+                let key = "host-stale/acme/web\(round)"
+                for time in 0..<2 {
+                    let now = Self.t0.addingTimeInterval(Double(time) * 3600)
+                    let opened = try await race { c in
+                        try await c.openAlert(key: key, kind: "host-stale", tenant: "acme", host: "web\(round)",
+                                              summary: "no backup", command: "redoubt admin status", lasting: true,
+                                              now: now)
+                    }
+                    #expect(opened.count == 1, "round \(round), time \(time): \(opened.count) open events")
+                    let resolved = try await race { c in try await c.resolveAlert(key: key, now: now + 60) }
+                    #expect(resolved.count == 1, "round \(round), time \(time): \(resolved.count) resolved events")
+                }
+                let once = try await race { c in
+                    try await c.openAlert(key: "approval/r\(round)", kind: "approval-requested", tenant: "-",
+                                          host: "-", summary: "r", command: "c", lasting: false, now: Self.t0)
+                }
+                #expect(once.count == 1 && once.first?.state == "once", "round \(round): \(once.count) one-offs")
+            }
+            #expect(try await servers[0].openAlerts().isEmpty)
+        }
+    }
+}

@@ -163,7 +163,9 @@ import Testing
         guard let peer = try PostgresPeer.fromEnvironment() else { return }
         try await peer.withFreshSchema { c in
             let calls: [(String, @Sendable () async throws -> Void)] = [
-                ("MonitoringRepository.openAlerts", { _ = try await c.openAlerts() }),
+                ("ScrubRepository.scrubSlice", {
+                    _ = try await c.scrubSlice(tenant: "acme", now: Date(), period: 86400, interval: 3600)
+                }),
             ]
             for (name, call) in calls {
                 do {

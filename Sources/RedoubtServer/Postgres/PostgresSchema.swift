@@ -112,6 +112,7 @@ extension PostgresCatalog {
             """),
         ("pg-v3-pgrepos-verdicts", verdictSchema),
         ("pg-v4-pgrepos-jobs", jobSchema),
+        ("pg-v5-pgrepos-monitoring", monitoringSchema),
     ]
 
     /// Runs the migrations this database has not run yet, each in its own transaction,
