@@ -16,6 +16,9 @@ public struct CatalogSettings: Codable, Sendable, Equatable {
     public var url: String
     public var passwordFile: String?
 
+    /// Connections one process keeps to the catalog at most.
+    public static let poolSize = 6
+
     public init(url: String, passwordFile: String? = nil) {
         self.url = url
         self.passwordFile = passwordFile
@@ -131,6 +134,9 @@ public struct CatalogSettings: Codable, Sendable, Equatable {
                                              database: t.database, tls: tls)
         if let schema = t.schema { c.options.additionalStartupParameters = [("search_path", schema)] }
         c.options.connectTimeout = .seconds(10)
+        // Each node holds at most this many: 16 nodes stay under PostgreSQL's default of 100
+        // connections with room for replication and an operator.
+        c.options.maximumConnections = Self.poolSize
         return c
     }
 }

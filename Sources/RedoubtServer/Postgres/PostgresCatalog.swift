@@ -91,8 +91,23 @@ public final class PostgresCatalog: Sendable {
                              metadata: ["operation": "\(what)", "attempt": "\(attempt)"])
                 // A short, growing, jittered pause so the same two transactions do not meet again.
                 try await Task.sleep(nanoseconds: UInt64.random(in: 0...UInt64(attempt) * 2_000_000))
+            } catch let e as PSQLError {
+                throw Self.described(e, what)
             }
         }
+    }
+
+    /// A PSQLError's own description hides everything (it might carry row values); this keeps
+    /// what an operator needs: the operation, the server's message and SQLSTATE, or the
+    /// connection failure.
+    static func described(_ e: PSQLError, _ what: String) -> PostgresCatalogError {
+        if let info = e.serverInfo {
+            return PostgresCatalogError(message: """
+                catalog \(what): \(info[.message] ?? "error") (SQLSTATE \(info[.sqlState] ?? "?"))
+                """)
+        }
+        let cause = e.underlying.map { ": \($0)" } ?? ""
+        return PostgresCatalogError(message: "catalog \(what): \(e.code)\(cause)")
     }
 
     static func isRetryable(_ e: PSQLError) -> Bool {
@@ -102,7 +117,9 @@ public final class PostgresCatalog: Sendable {
 
     /// One statement outside an explicit transaction (its own snapshot), all rows.
     func rows(_ query: PostgresQuery) async throws -> [PostgresRow] {
-        try await client.query(query, logger: logger).collect()
+        do { return try await client.query(query, logger: logger).collect() } catch let e as PSQLError {
+            throw Self.described(e, "read")
+        }
     }
 
     /// The state (`23505` …) of a server error, nil for other errors.
