@@ -320,6 +320,47 @@ extension CatalogConformance {
             #expect(try await c.failedJobRecords(after: 3).map(\.seq) == [6, 7])
             #expect(try await c.failedJobRecords(after: 7).isEmpty)
 
+        case .scrubSliceCoversEveryPackWithinThePeriod:
+            func at(_ days: Double, _ seconds: TimeInterval = 0) -> Date { t0.addingTimeInterval(days * day + seconds) }
+            let period = 6 * day, interval = day
+            #expect(try await c.scrubSlice(tenant: "acme", now: t0, period: period, interval: interval).isEmpty)
+            for n in 1...6 {
+                try await c.insertPack(
+                    tenant: "acme", id: Self.pack(n).description, key: Self.packKey("acme", Self.pack(n)),
+                    size: 10 * n, retainUntil: t0, chunkIDs: [], now: at(0, Double(n)), uploader: "w1", batch: 10,
+                    verified: false)
+            }
+            // Another tenant's packs, the same upload time: ties are taken by ID.
+            for n in [8, 7] {
+                try await c.insertPack(
+                    tenant: "beta", id: Self.pack(n).description, key: Self.packKey("beta", Self.pack(n)),
+                    size: 1, retainUntil: t0, chunkIDs: [], now: t0, uploader: "w9", batch: 10, verified: false)
+            }
+            func slice(_ tenant: String, _ now: Date, period: TimeInterval = 6 * day) async throws
+                -> [String] {
+                try await c.scrubSlice(tenant: tenant, now: now, period: period, interval: interval).map(\.id)
+            }
+            let p = (0...8).map { Self.pack($0).description }
+            // Run every interval: a sixth of the packs each time, the one checked longest ago first (an
+            // upload counts as a check), and on the sixth day also the one that would pass the period.
+            for k in 1...6 {
+                let now = at(Double(k))
+                let s = try await c.scrubSlice(tenant: "acme", now: now, period: period, interval: interval)
+                #expect(s.map(\.id) == (k == 6 ? [p[6], p[1]] : [p[k]]), "day \(k)")
+                #expect(s.map(\.size) == (k == 6 ? [60, 10] : [Int64(10 * k)]), "day \(k)")
+                for x in s { try await c.recordScrub(tenant: "acme", pack: x.id, result: "ok", at: now) }
+            }
+            // After a pause, every pack whose next check would come too late, at the mark itself too.
+            #expect(try await slice("acme", at(8)) == [p[2], p[3]])
+            #expect(try await slice("acme", at(12)) == [p[2], p[3], p[4], p[5], p[1], p[6]])
+            // A later scrub replaces the earlier one.
+            try await c.recordScrub(tenant: "acme", pack: p[2], result: "damaged", at: at(7))
+            #expect(try await slice("acme", at(8)) == [p[3]])
+            #expect(try await slice("beta", at(0.5), period: 2 * day) == [p[7]])
+            // An interval as long as the period re-reads all of them.
+            #expect(try await slice("beta", at(1), period: day) == [p[7], p[8]])
+            #expect(try await slice("gamma", at(1)).isEmpty)
+
         default:
             Issue.record("\(check) is not an operations check")
         }

@@ -35,6 +35,7 @@ struct CatalogConformance: Sendable {
         case jobLeaseIsExclusiveAndKeepsLaterRequests
         case alertsOpenOnceAndResolveOnce
         case monitoringFactsMatchWhatTheCatalogHolds
+        case scrubSliceCoversEveryPackWithinThePeriod
         var testDescription: String { rawValue }
     }
 
@@ -578,7 +579,8 @@ struct CatalogConformance: Sendable {
             try await runReads(check, c)
 
         case .verdictsRoundTripAndVolumesCountOnlyUnsharedPacks, .jobLeaseIsExclusiveAndKeepsLaterRequests,
-             .alertsOpenOnceAndResolveOnce, .monitoringFactsMatchWhatTheCatalogHolds:
+             .alertsOpenOnceAndResolveOnce, .monitoringFactsMatchWhatTheCatalogHolds,
+             .scrubSliceCoversEveryPackWithinThePeriod:
             try await runOperations(check, c)
 
         case .policiesAreCompareAndSetAndLocksOnlyMoveLater:

@@ -1,4 +1,5 @@
 import Foundation
+import PostgresNIO
 import RedoubtCore
 @testable import RedoubtServer
 import Testing
@@ -131,4 +132,49 @@ extension PostgresCatalogConcurrencyTests {
             #expect(try await servers[0].openAlerts().isEmpty)
         }
     }
+}
+
+/// A database that an older build made, with any prefix of the migrations, upgrades when a
+/// server of this build opens it, and the repositories of the later migrations then work.
+@Suite struct PostgresCatalogMigrationTests {
+    @Test func aSchemaMadeByAnEarlierBuildUpgrades() async throws {
+        guard let peer = try PostgresPeer.fromEnvironment() else { return }
+        try await peer.withFreshSchema { c in
+            let schema = try #require(try await c.rows("SELECT current_schema()").first?.decode(String.self))
+            let all = PostgresCatalog.migrations.map(\.id)
+            for done in 0..<all.count {
+                // The schema as a build that knew only the first `done` migrations left it.
+                for sql in ["DROP SCHEMA \(schema) CASCADE", "CREATE SCHEMA \(schema)",
+                            "CREATE TABLE redoubt_migrations (id TEXT PRIMARY KEY, at TEXT)"] {
+                    _ = try await c.rows(PostgresQuery(unsafeSQL: sql))
+                }
+                for m in PostgresCatalog.migrations.prefix(done) {
+                    for statement in m.sql.split(separator: ";") where !statement.allSatisfy(\.isWhitespace) {
+                        _ = try await c.rows(PostgresQuery(unsafeSQL: String(statement)))
+                    }
+                    _ = try await c.rows("INSERT INTO redoubt_migrations(id, at) VALUES (\(m.id), 'then')")
+                }
+                let upgraded = try await PostgresCatalog(configuration: peer.configuration(schema: schema))
+                do {
+                    let ids = try await upgraded.rows("SELECT id FROM redoubt_migrations ORDER BY id")
+                        .map { try $0.decode(String.self) }
+                    #expect(ids == all.sorted(), "after \(done) migrations")
+                    #expect(try await upgraded.acquireJobLease(job: "gc", tenant: "acme", holder: "s", now: Self.t0,
+                                                               ttl: 60) != nil)
+                    #expect(try await upgraded.openAlert(key: "k", kind: "test", tenant: "-", host: "-", summary: "",
+                                                         command: "", lasting: true, now: Self.t0) != nil)
+                    #expect(try await upgraded.verdicts(snapshots: ["x"]).isEmpty)
+                    #expect(try await upgraded.scrubSlice(tenant: "acme", now: Self.t0, period: 60,
+                                                          interval: 60).isEmpty)
+                    #expect(try await upgraded.findings(tenant: nil, since: nil).isEmpty)
+                } catch {
+                    await upgraded.shutdown()
+                    throw error
+                }
+                await upgraded.shutdown()
+            }
+        }
+    }
+
+    static let t0 = Date(timeIntervalSince1970: 1_800_000_000)
 }

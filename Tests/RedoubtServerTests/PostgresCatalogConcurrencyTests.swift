@@ -155,26 +155,3 @@ import Testing
         }
     }
 }
-
-/// What the PostgreSQL catalog does not implement yet refuses, naming the method, and never
-/// answers as if the catalog were empty.
-@Suite struct PostgresCatalogPendingTests {
-    @Test func anUnimplementedRepositoryMethodRefusesNamingItself() async throws {
-        guard let peer = try PostgresPeer.fromEnvironment() else { return }
-        try await peer.withFreshSchema { c in
-            let calls: [(String, @Sendable () async throws -> Void)] = [
-                ("ScrubRepository.scrubSlice", {
-                    _ = try await c.scrubSlice(tenant: "acme", now: Date(), period: 86400, interval: 3600)
-                }),
-            ]
-            for (name, call) in calls {
-                do {
-                    try await call()
-                    Issue.record("\(name) answered instead of refusing")
-                } catch let e as PostgresCatalogError {
-                    #expect(e.description.contains(name), "\(e)")
-                }
-            }
-        }
-    }
-}

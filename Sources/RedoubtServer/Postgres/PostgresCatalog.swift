@@ -11,8 +11,7 @@ import RedoubtCore
 /// operation stays atomic against other servers is said in docs/PROTOCOL.md ("The catalog on
 /// PostgreSQL"): multi-statement writes run SERIALIZABLE and are retried on a serialization
 /// failure; appends to the audit log take a transaction-scoped advisory lock so the chain has
-/// exactly one head. Repositories not yet written throw ``PostgresCatalogError`` naming the
-/// method (PostgresCatalog+Pending.swift); it is not offered to `server init` until none is left.
+/// exactly one head; a job's lease locks the job's row.
 public final class PostgresCatalog: Sendable {
     let client: PostgresClient
     let logger: Logger
@@ -131,15 +130,6 @@ public final class PostgresCatalog: Sendable {
 /// A failure of the PostgreSQL catalog itself (not a refusal, which is a ``CatalogError``).
 public struct PostgresCatalogError: Error, Sendable, CustomStringConvertible {
     public let message: String
-
-    /// A repository method this backend does not implement yet: it refuses instead of
-    /// answering with nothing.
-    static func notImplemented(_ method: String) -> PostgresCatalogError {
-        PostgresCatalogError(message: """
-            the PostgreSQL catalog does not implement \(method) yet: use the SQLite catalog \
-            (`redoubt server init --data DIR` without --catalog)
-            """)
-    }
 
     public var description: String { message }
 }
