@@ -19,6 +19,12 @@ public final class BackgroundListener: Sendable {
         task = Task { try await group.run() }
     }
 
+    /// Returns when the listener has ended by itself or been stopped: a listener that could
+    /// not bind its port ends at once, with the error.
+    public func ended() async throws {
+        try await task.value
+    }
+
     /// Stops gracefully; only a request still in flight after `seconds` (a client that stopped
     /// sending halfway) is cut by cancellation. Returns once the listener has stopped (true),
     /// or false after a further `seconds` if even cancellation does not end it.

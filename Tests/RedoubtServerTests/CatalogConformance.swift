@@ -781,7 +781,7 @@ extension CatalogConformance {
 
 /// Every backend against the contract: one test over backend × check, each check on a fresh
 /// catalog (a new SQLite file; a new schema in the PostgreSQL peer of scripts/peers).
-@Suite struct CatalogConformanceTests {
+@Suite(.firstPassOnly) struct CatalogConformanceTests {
     enum Backend: String, CaseIterable, Sendable, CustomTestStringConvertible {
         case sqlite, postgres
         var testDescription: String { rawValue }

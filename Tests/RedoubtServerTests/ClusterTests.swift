@@ -14,7 +14,7 @@ import RedoubtStore
 /// node dies by SIGKILL in the middle, and everything reported committed restores bit for bit
 /// through a survivor; a token redeemed at two nodes at once enrolls once; a host's own
 /// credential is refused the same attacks at every node.
-@Suite(.serialized, .timeLimit(.minutes(10))) struct ClusterTests {
+@Suite(.serialized, .timeLimit(.minutes(10)), .firstPassOnly) struct ClusterTests {
     /// One node: its data directory, its `server run` process, and an admin client to it.
     final class Node: @unchecked Sendable {
         let data: String
@@ -36,10 +36,11 @@ import RedoubtStore
 
     static let bin = CrashTests.binary.path
 
-    /// Runs `redoubt ARGS` and returns its exit status and output.
-    func redoubt(_ args: String, in dir: URL) async -> (Int32, String) {
+    /// Runs `redoubt ARGS` and returns its exit status and output (standard output only with
+    /// `stdoutOnly`, for JSON).
+    func redoubt(_ args: String, in dir: URL, stdoutOnly: Bool = false) async -> (Int32, String) {
         let out = dir.appendingPathComponent("out-\(UUID().uuidString).txt").path
-        let rc = await runShell("'\(Self.bin)' \(args) > '\(out)' 2>&1")
+        let rc = await runShell("'\(Self.bin)' \(args) > '\(out)' \(stdoutOnly ? "2>/dev/null" : "2>&1")")
         let text = (try? String(contentsOfFile: out, encoding: .utf8)) ?? ""
         try? FileManager.default.removeItem(atPath: out)
         return (rc >> 8, text)
@@ -308,7 +309,8 @@ import RedoubtStore
         let (v, vOut) = await redoubt("audit verify --data '\(datas[1])'", in: dir)
         #expect(v == 0 && vOut.contains("intact"), "audit verify: \(vOut)")
         // doctor on a node: the catalog over verified TLS, a fresh bucket proof, little skew.
-        let (_, dOut) = await redoubt("doctor --data '\(datas[1])' --json", in: dir)
+        let (_, dOut) = await redoubt("doctor --data '\(datas[1])' --json", in: dir,
+                                      stdoutOnly: true)
         for id in Doctor.clusterCheckIDs {
             let expected = id == "cluster.catalog" && env["REDOUBT_TEST_POSTGRES_CA"] == nil ? "warn" : "pass"
             #expect(dOut.contains("\"id\" : \"\(id)\"") && jsonStatus(dOut, id) == expected, "doctor \(id): \(dOut)")
@@ -321,7 +323,29 @@ import RedoubtStore
         #expect(Set(try await r2.snapshots().map(\.id)) == listed)
         for n in nodes { kill(n.process.processIdentifier, SIGTERM) }
         for n in nodes { n.process.waitUntilExit() }
+
+        // The database is lost: the bucket alone rebuilds the catalog into an empty schema,
+        // with a new admin credential (the principals were in the lost database).
         await peer.dropSchema(of: catalog)
+        let fresh = try await peer.freshCatalogSettings()
+        let settingsFile = URL(fileURLWithPath: datas[0] + "/server.json")
+        var settings = try JSONDecoder().decode(ServerHome.Settings.self, from: Data(contentsOf: settingsFile))
+        settings.catalog = fresh
+        try ServerHome(path: datas[0]).writeSettings(settings)
+        let oldAdmin = try String(contentsOfFile: datas[0] + "/admin.credential", encoding: .utf8)
+        let (rb, rbOut) = await redoubt("server rebuild-catalog --data '\(datas[0])' --json", in: dir,
+                                        stdoutOnly: true)
+        #expect(rb == 0, "rebuild-catalog: \(rbOut)")
+        let report = try JSONDecoder().decode(RebuildReport.self, from: Data(rbOut.utf8))
+        #expect(report.snapshots == listed.count && report.tenants == 1, "\(report)")
+        #expect(report.toDo.contains { $0.contains("admin credential") }, "\(report.toDo)")
+        #expect(try String(contentsOfFile: datas[0] + "/admin.credential", encoding: .utf8) != oldAdmin)
+        let rebuilt = try await ServerHome(path: datas[0]).openCatalog()
+        #expect(Set(try await rebuilt.snapshots(tenant: "acme").map(\.id)) == listed)
+        // A second rebuild into the now full catalog is refused, and changes nothing.
+        let (again2, again2Out) = await redoubt("server rebuild-catalog --data '\(datas[0])'", in: dir)
+        #expect(again2 != 0 && again2Out.contains("empty database"), "second rebuild: \(again2Out)")
+        await peer.dropSchema(of: fresh)
     }
 
     /// The `status` of check `id` in `doctor --json` output.

@@ -81,7 +81,7 @@ import RedoubtStore
 
     /// A catalog rebuilt from the store alone: format 1 gives the material back, format 2
     /// cannot and says what to do.
-    @Test(arguments: [1, 2]) func aRebuildFromTheStoreAloneReadsEitherFormat(format: Int) async throws {
+    @Test(.sqliteCatalogOnly, arguments: [1, 2]) func aRebuildFromTheStoreAloneReadsEitherFormat(format: Int) async throws {
         let (bytes, _) = try descriptor(format)
         var report: RebuildReport?
         let server = try await TestServer.start { home in
@@ -141,7 +141,7 @@ import RedoubtStore
 
     /// A token issued before the material went missing is refused, not used up, and works
     /// once the material is back.
-    @Test func aTokenIsNotUsedUpWhileTheWriteMaterialIsMissing() async throws {
+    @Test(.sqliteCatalogOnly) func aTokenIsNotUsedUpWhileTheWriteMaterialIsMissing() async throws {
         let server = try await TestServer.start()
         defer { Task { await server.stop() } }
         let keys = try TenantKeys.generate()

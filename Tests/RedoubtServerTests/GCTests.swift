@@ -195,7 +195,7 @@ import RedoubtStore
     /// What a run queued but the store would not delete yet (its own lock was later) is
     /// never lost: uploaded again it is recorded and locked again, and a tenant hold placed
     /// meanwhile keeps it; packs younger than the grace period stay.
-    @Test func queuedObjectsAreNeverDeletedFromUnderARecordOrAHold() async throws {
+    @Test(.sqliteCatalogOnly) func queuedObjectsAreNeverDeletedFromUnderARecordOrAHold() async throws {
         try await withOneHost { server, c1, web1 in
             let admin = server.admin
             let store = try LocalStore(root: URL(fileURLWithPath: server.home.storePath))

@@ -125,7 +125,7 @@ import RedoubtStore
         await server.stop()
     }
 
-    @Test func aTenantHoldCoversFutureSnapshotsAndBlocksTheShred() async throws {
+    @Test(.sqliteCatalogOnly) func aTenantHoldCoversFutureSnapshotsAndBlocksTheShred() async throws {
         let (server, bob, wc, writer) = try await world()
         let alice = server.admin
         do {

@@ -105,7 +105,7 @@ import RedoubtStore
         }
     }
 
-    @Test func aShredRemovesEveryWrappedCopyTheServerHoldsAndNothingElse() async throws {
+    @Test(.sqliteCatalogOnly) func aShredRemovesEveryWrappedCopyTheServerHoldsAndNothingElse() async throws {
         let server = try await TestServer.start()
         let keys = try TenantKeys.generate()
         try await server.createTenant("acme", keys: keys)
@@ -183,7 +183,7 @@ import RedoubtStore
     /// What exists only in the catalog survives a rebuild from the store: the retired KEKs
     /// (their descriptors were deleted at rotation; without them a later shred would leave
     /// the old KEKs, and every copy wrapped under them, alive), copy targets and requests.
-    @Test func aRebuildKeepsRetiredKEKsCopyTargetsAndRequests() async throws {
+    @Test(.sqliteCatalogOnly) func aRebuildKeepsRetiredKEKsCopyTargetsAndRequests() async throws {
         let server = try await TestServer.start()
         try await server.createTenant("acme", keys: try TenantKeys.generate())
         let catalog = try server.service.sqlite

@@ -43,7 +43,7 @@ struct SpoolPackSource: PackSource {
         defer { try? FileManager.default.removeItem(at: work) }
         let media = work.appendingPathComponent("media").path
         try FileManager.default.createDirectory(atPath: media, withIntermediateDirectories: true)
-        let catalog = try Catalog(path: server.home.catalogPath)
+        let catalog = try await server.home.openCatalog()
         let store = try LocalStore(root: URL(fileURLWithPath: server.home.storePath))
         let mw = try MediaWriter(device: FileSequentialDevice(path: "\(media)/set", capacity: 1 << 20),
             setID: Array(repeating: 7, count: 16),

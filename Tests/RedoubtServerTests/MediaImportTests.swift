@@ -13,7 +13,7 @@ import RedoubtStore
 @Suite struct MediaImportTests {
     let logger = Logger(label: "test.media-import")
 
-    @Test func aMediaSetImportedIntoAFreshServerRestoresThroughIt() async throws {
+    @Test(.sqliteCatalogOnly) func aMediaSetImportedIntoAFreshServerRestoresThroughIt() async throws {
         // The first repository host: a tenant, a backup, a media set of several volumes.
         let first = try await TestServer.start()
         let keys = try TenantKeys.generate()
@@ -39,7 +39,7 @@ import RedoubtStore
             setID: Array(repeating: 9, count: 16),
                                  pool: "offsite", tenant: "acme", blockSize: 64 << 10, created: "2026-11-27T00:00:00Z",
                                      retainUntil: nil, writer: "test")
-        let written = try await MediaExport.run(catalog: try Catalog(path: first.home.catalogPath),
+        let written = try await MediaExport.run(catalog: try await first.home.openCatalog(),
             store: try LocalStore(root: URL(fileURLWithPath: first.home.storePath)),
                                                 tenant: "acme", selection: .all, writer: mw, actor: "test",
                                                     now: Date()) {

@@ -136,7 +136,7 @@ extension PostgresCatalogConcurrencyTests {
 
 /// A database that an older build made, with any prefix of the migrations, upgrades when a
 /// server of this build opens it, and the repositories of the later migrations then work.
-@Suite struct PostgresCatalogMigrationTests {
+@Suite(.firstPassOnly) struct PostgresCatalogMigrationTests {
     @Test func aSchemaMadeByAnEarlierBuildUpgrades() async throws {
         guard let peer = try PostgresPeer.fromEnvironment() else { return }
         try await peer.withFreshSchema { c in

@@ -7,7 +7,7 @@ import Testing
 /// each with its own connection pool (as two `server run` processes have), on one schema of
 /// the real PostgreSQL peer. What SQLite gets from its single writer must hold here by the
 /// techniques docs/PROTOCOL.md §7.1 names.
-@Suite struct PostgresCatalogConcurrencyTests {
+@Suite(.firstPassOnly) struct PostgresCatalogConcurrencyTests {
     static let t0 = Date(timeIntervalSince1970: 1_800_000_000)
 
     @Test func auditAppendsFromTwoServersFormOneChain() async throws {

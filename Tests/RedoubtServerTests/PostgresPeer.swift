@@ -107,8 +107,35 @@ enum TestCatalog {
         return try await peer.freshCatalogSettings()
     }
 
+    /// Closes the server's pool and drops its schema in the background: a pool closes only
+    /// after every lease is returned, and a test that failed mid-request must not wait on that.
     static func release(_ settings: CatalogSettings?) async {
         guard let settings, let peer = try? PostgresPeer.fromEnvironment() else { return }
-        await peer.dropSchema(of: settings)
+        Task.detached { await peer.dropSchema(of: settings) }
+    }
+}
+
+extension Trait where Self == ConditionTrait {
+    /// For a test that reads or edits `catalog.sqlite` itself (tampering with rows, SQLite
+    /// migrations, the SQLite rebuild's carry-over from the previous file): it runs in the
+    /// SQLite pass only.
+    static var sqliteCatalogOnly: Self {
+        .enabled(if: !TestCatalog.isPostgres, "reads or edits catalog.sqlite itself")
+    }
+}
+
+extension Trait where Self == ConditionTrait {
+    /// For a suite that makes its own catalogs of both kinds (or its own servers): the
+    /// PostgreSQL pass would only repeat it.
+    static var firstPassOnly: Self {
+        .disabled(if: TestCatalog.isPostgres, "makes its own catalogs of both kinds: runs in the first pass")
+    }
+}
+
+extension Trait where Self == ConditionTrait {
+    /// For a test of the transport alone (connection and rate limits), which the catalog
+    /// does not take part in: a second pass would only load the machine.
+    static var transportOnly: Self {
+        .disabled(if: TestCatalog.isPostgres, "tests the transport, not the catalog: runs in the first pass")
     }
 }

@@ -51,7 +51,7 @@ import RedoubtStore
         return (String(parts[0]), String(parts[1]))
     }
 
-    @Test func aBackupGoesToTheBucketUnderComplianceAndRestoresExactly() async throws {
+    @Test(.sqliteCatalogOnly) func aBackupGoesToTheBucketUnderComplianceAndRestoresExactly() async throws {
         guard let env = peerEnvironment("REDOUBT_TEST_SEAWEED", "REDOUBT_TEST_SEAWEED_ADMIN",
                                         "REDOUBT_TEST_SEAWEED_WRITER"),
               let endpoint = env["REDOUBT_TEST_SEAWEED"].flatMap(URL.init(string:)),

@@ -18,7 +18,7 @@ import RedoubtCore
         return try await client.commit(manifestBytes: manifest.bytes)
     }
 
-    @Test func aRevokedHostIsRefusedWhatItCommittedStaysAndItsNameCanEnrollAnew() async throws {
+    @Test(.sqliteCatalogOnly) func aRevokedHostIsRefusedWhatItCommittedStaysAndItsNameCanEnrollAnew() async throws {
         let server = try await TestServer.start()
         var clients: [APIClient] = []
         do {
@@ -264,7 +264,7 @@ import RedoubtCore
     /// Principals are not in the store: a rebuild carries them over from the previous
     /// catalog, revocations included, even when an older build last wrote that catalog
     /// (fewer columns than this build's tables: it is brought up to date first).
-    @Test func aRebuildKeepsRevocationsEvenFromACatalogAnOlderBuildLeft() async throws {
+    @Test(.sqliteCatalogOnly) func aRebuildKeepsRevocationsEvenFromACatalogAnOlderBuildLeft() async throws {
         let server = try await TestServer.start()
         var clients: [APIClient] = []
         do {

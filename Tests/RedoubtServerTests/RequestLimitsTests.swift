@@ -177,7 +177,7 @@ import Testing
         await w.stop()
     }
 
-    @Test func connectionsPerSourceAreCapped() async throws {
+    @Test(.transportOnly) func connectionsPerSourceAreCapped() async throws {
         var limits = Self.testLimits()
         limits.maxConnectionsPerSource = 16
         let w = try await world(limits)
@@ -393,7 +393,7 @@ extension RequestLimitsTests {
         }
     }
 
-    @Test func aPackOfAMillionChunkIDsDoesNotStallAnotherTenant() async throws {
+    @Test(.sqliteCatalogOnly) func aPackOfAMillionChunkIDsDoesNotStallAnotherTenant() async throws {
         var limits = Self.testLimits()
         limits.idleTimeoutSeconds = 300
         limits.chunkInsertBatch = 1024

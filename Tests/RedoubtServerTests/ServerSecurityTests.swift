@@ -256,7 +256,7 @@ import RedoubtKMS
         await w.stop()
     }
 
-    @Test func theAuditChainNamesTheFirstEditedRecord() async throws {
+    @Test(.sqliteCatalogOnly) func theAuditChainNamesTheFirstEditedRecord() async throws {
         let w = try await world()
         _ = try await backup(w, files: [("a", [1])])
         let before = try await w.server.service.catalog.verifyAudit()
@@ -268,7 +268,7 @@ import RedoubtKMS
         await w.stop()
     }
 
-    @Test func theAuditChainNamesADeletedRecord() async throws {
+    @Test(.sqliteCatalogOnly) func theAuditChainNamesADeletedRecord() async throws {
         let w = try await world()
         _ = try await backup(w, files: [("a", [1])])
         try await w.server.service.sqlite.db.write { db in try db.execute(sql: "DELETE FROM audit WHERE seq = 2") }
@@ -276,7 +276,7 @@ import RedoubtKMS
         await w.stop()
     }
 
-    @Test func theAuditChainNamesReorderedRecords() async throws {
+    @Test(.sqliteCatalogOnly) func theAuditChainNamesReorderedRecords() async throws {
         let w = try await world()
         _ = try await backup(w, files: [("a", [1])])
         // Swap the contents of records 2 and 3 while keeping the sequence numbers.
@@ -289,7 +289,7 @@ import RedoubtKMS
         await w.stop()
     }
 
-    @Test func aTruncatedAuditLogFailsAgainstItsAnchoredHead() async throws {
+    @Test(.sqliteCatalogOnly) func aTruncatedAuditLogFailsAgainstItsAnchoredHead() async throws {
         let w = try await world()
         _ = try await backup(w, files: [("a", [1])])
         let head = try await w.server.service.catalog.auditChainHead()
@@ -304,7 +304,7 @@ import RedoubtKMS
         await w.stop()
     }
 
-    @Test func theCatalogIsRebuiltFromTheStoreAlone() async throws {
+    @Test(.sqliteCatalogOnly) func theCatalogIsRebuiltFromTheStoreAlone() async throws {
         let w = try await world()
         let (packs1, m1, _) = try await backup(w, files: [("a", randomBytes(2 << 20)), ("b", Array("hello".utf8))])
         let (_, m2, _) = try await backup(w, files: [("c", randomBytes(1000))])

@@ -89,7 +89,7 @@ import RedoubtCore
         await server.stop()
     }
 
-    @Test func aPageIsReadThroughTheListingIndexFromItsCursor() async throws {
+    @Test(.sqliteCatalogOnly) func aPageIsReadThroughTheListingIndexFromItsCursor() async throws {
         let server = try await TestServer.start()
         let catalog = try server.service.sqlite
         let cursor = ("acme", 1_800_000_000.0, String(repeating: "a", count: 64))

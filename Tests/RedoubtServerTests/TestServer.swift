@@ -64,6 +64,26 @@ final class TestServer: @unchecked Sendable {
         inMemory: Bool = false, jobs: Bool = false, primaryStore: PrimaryStoreSettings? = nil,
                       prepare: ((ServerHome) async throws -> Void)? = nil,
                       wrapStore: ((any ObjectStore) -> any ObjectStore)? = nil) async throws -> TestServer {
+        // A port found free can be taken (by an outgoing connection's ephemeral port) before
+        // the server binds it: then the listener ends at once, and a fresh server is made.
+        for attempt in 1... {
+            do {
+                return try await startOnce(minRetention: minRetention, limits: limits, inMemory: inMemory, jobs: jobs,
+                                           primaryStore: primaryStore, prepare: prepare, wrapStore: wrapStore)
+            } catch let e as ListenerDidNotBind where attempt < 5 {
+                FileHandle.standardError.write(Data("test server: \(e.description); trying another port\n".utf8))
+            }
+        }
+        fatalError("unreachable")
+    }
+
+    struct ListenerDidNotBind: Error, CustomStringConvertible {
+        let description: String
+    }
+
+    private static func startOnce(minRetention: TimeInterval, limits: ServerLimits, inMemory: Bool, jobs: Bool,
+                                  primaryStore: PrimaryStoreSettings?, prepare: ((ServerHome) async throws -> Void)?,
+                                  wrapStore: ((any ObjectStore) -> any ObjectStore)?) async throws -> TestServer {
         let dir = FileManager.default.temporaryDirectory.appendingPathComponent("redoubt-srv-\(UUID().uuidString)")
         let port = try freeLoopbackPort()
         let home = ServerHome(path: dir.appendingPathComponent("data").path)
@@ -82,7 +102,20 @@ final class TestServer: @unchecked Sendable {
             p in cont.yield(p)
         }
         let listener = BackgroundListener(app, logger: logger)
-        for await _ in stream { break }
+        let watch = Task {
+            do { try await listener.ended() } catch { cont.finish() }
+        }
+        var bound = false
+        for await _ in stream {
+            bound = true
+            break
+        }
+        watch.cancel()
+        guard bound else {
+            await TestCatalog.release(catalog)
+            try? FileManager.default.removeItem(at: dir)
+            throw ListenerDidNotBind(description: "the listener on 127.0.0.1:\(port) ended before it was bound")
+        }
         let cred = try JSONDecoder().decode(ClientCredential.self,
             from: Data(contentsOf: URL(fileURLWithPath: home.adminCredentialPath)))
         let loop = jobs ? Task { await JobScheduler(service: service).run(every: 3600) } : nil

@@ -329,7 +329,7 @@ import RedoubtCore
         }
     }
 
-    @Test func hostAndAuditListingsEscapeControlCharacters() async throws {
+    @Test(.sqliteCatalogOnly) func hostAndAuditListingsEscapeControlCharacters() async throws {
         let server = try await TestServer.start()
         defer { Task { await server.stop() } }
         try await server.createTenant("acme", keys: try TenantKeys.generate())

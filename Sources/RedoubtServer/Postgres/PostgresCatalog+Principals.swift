@@ -202,7 +202,7 @@ extension PostgresCatalog: PrincipalRepository {
         try await transaction(.serializable, "cancelEnrollment") { conn -> Wire.EnrollmentInfo? in
             let found = try await conn.all("""
                 SELECT token_hash, role, tenant, name, created_by, expires_at FROM enrollments
-                WHERE substr(token_hash, 1, \(Int64(id.count))) = \(id) AND used_at IS NULL AND cancelled_at IS NULL
+                WHERE substr(token_hash, 1, \(Int32(id.count))) = \(id) AND used_at IS NULL AND cancelled_at IS NULL
                   AND expires_at > \(now.timeIntervalSince1970)
                 LIMIT 2
                 """, logger)
