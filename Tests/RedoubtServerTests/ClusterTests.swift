@@ -66,7 +66,9 @@ import RedoubtStore
             try await Task.sleep(nanoseconds: 100_000_000)
         }
         p.terminate()
-        throw ClusterTestError("node \(data) did not come up: \((try? String(contentsOfFile: log, encoding: .utf8)) ?? "")")
+        throw ClusterTestError("""
+            node \(data) did not come up: \((try? String(contentsOfFile: log, encoding: .utf8)) ?? "")
+            """)
     }
 
     func pemBody(_ pem: String) throws -> [UInt8] {
@@ -102,8 +104,8 @@ import RedoubtStore
         var catalog = try await peer.freshCatalogSettings()
         // Over verified TLS when the peer has its CA, as a node across a network connects.
         if let ca = env["REDOUBT_TEST_POSTGRES_CA"] {
-            catalog = CatalogSettings(url: catalog.url.replacingOccurrences(of: "sslmode=disable",
-                                                                           with: "sslmode=verify-full&sslrootcert=\(ca)"))
+            let tls = "sslmode=verify-full&sslrootcert=\(ca)"
+            catalog = CatalogSettings(url: catalog.url.replacingOccurrences(of: "sslmode=disable", with: tls))
         }
         let bucket = try await PrimaryS3StoreTests().bucket(
             endpoint, admin: AWSCredentials(accessKeyID: s3Admin.id, secretAccessKey: s3Admin.secret),
@@ -221,7 +223,9 @@ import RedoubtStore
                     let (cfg, api) = hostList[h]
                     let src = sourceList[h]
                     group.addTask {
-                        if r == 2 { try? Data("round two \(h)\n".utf8).write(to: src.appendingPathComponent("d/2.txt")) }
+                        if r == 2 {
+                            try? Data("round two \(h)\n".utf8).write(to: src.appendingPathComponent("d/2.txt"))
+                        }
                         do {
                             let result = try await Archiver().run(
                                 options: BackupOptions(paths: [src.path], cachePath: cfg.cachePath),

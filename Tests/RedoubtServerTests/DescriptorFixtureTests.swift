@@ -81,7 +81,8 @@ import RedoubtStore
 
     /// A catalog rebuilt from the store alone: format 1 gives the material back, format 2
     /// cannot and says what to do.
-    @Test(.sqliteCatalogOnly, arguments: [1, 2]) func aRebuildFromTheStoreAloneReadsEitherFormat(format: Int) async throws {
+    @Test(.sqliteCatalogOnly, arguments: [1,
+        2]) func aRebuildFromTheStoreAloneReadsEitherFormat(format: Int) async throws {
         let (bytes, _) = try descriptor(format)
         var report: RebuildReport?
         let server = try await TestServer.start { home in

@@ -181,7 +181,8 @@ struct VerdictScorerTests {
         Dictionary(uniqueKeysWithValues: try await w.restorer.snapshots(host: "web1").map { ($0.id, $0) })
     }
 
-    @Test(.sqliteCatalogOnly) func aSuspectCommitHoldsTheHostsNewestCleanSnapshotsAndTheHostCannotUndoIt() async throws {
+    @Test(.sqliteCatalogOnly)
+    func aSuspectCommitHoldsTheHostsNewestCleanSnapshotsAndTheHostCannotUndoIt() async throws {
         let w = try await world()
         let first = try await commit(w, Self.activity(baseline: false))
         var clean: [Wire.SnapshotInfo] = []
