@@ -260,7 +260,7 @@ import RedoubtStore
 
         let restorer = try client(try rc.credential(), at: nodes[1].url)
         defer { Task { await restorer.shutdown() } }
-        // A host's own credential, at each surviving node: no delete, no retention cut, no
+        // A host's own credential, at every node: no delete, no retention cut, no
         // garbage collection, no reading another host's snapshot, no overwrite of a pack.
         let someone = try #require(all.first { $0.host == 1 })
         let attacker = hosts[0]
@@ -268,8 +268,8 @@ import RedoubtStore
         let victimManifest = try Manifest.parse(try await restorer.manifestBytes(someone.id.description),
                                                 expectedID: someone.id)
         let victimPack = try #require(victimManifest.header.packs.first)
-        for n in 0...1 {
-            let a = try client(cred, at: nodes[n].url)
+        func attack(_ n: Int, _ url: String) async throws {
+            let a = try client(cred, at: url)
             defer { Task { await a.shutdown() } }
             await #expect(throws: APIError.self, "delete at node \(n)") {
                 _ = try await a.send(.DELETE, "/v1/snapshots/\(someone.id)")
@@ -288,6 +288,7 @@ import RedoubtStore
                 #expect(!r.created, "overwrite of \(victimPack) at node \(n)")
             }
         }
+        for n in 0...1 { try await attack(n, nodes[n].url) }
 
         // Every snapshot reported committed restores bit for bit through node 1.
         let readKey = try await provider.unwrap(try rc.wrappedReadKey(), context: KeyContext(tenant: "acme",
@@ -325,6 +326,16 @@ import RedoubtStore
         let r2 = try client(try rc.credential(), at: nodes[2].url)
         defer { Task { await r2.shutdown() } }
         #expect(Set(try await r2.snapshots().map(\.id)) == listed)
+        // The same attacks at the restarted node, and the victim's snapshot still restores there.
+        try await attack(2, nodes[2].url)
+        let victimAgain = try Manifest.parse(try await r2.manifestBytes(someone.id.description), expectedID: someone.id)
+        let target = dir.appendingPathComponent("restore-again")
+        let result = try await Restorer().restore(manifest: victimAgain, readKey: readKey,
+                                                  chunkIDKey: try rc.sharedMaterial().chunkIDKey,
+                                                  source: r2, target: target.path)
+        #expect(result.damaged.isEmpty)
+        #expect(FileManager.default.contents(atPath: target.path + sources[1].path + "/d/own.bin")
+            == FileManager.default.contents(atPath: sources[1].path + "/d/own.bin"))
         for n in nodes { kill(n.process.processIdentifier, SIGTERM) }
         for n in nodes { n.process.waitUntilExit() }
 
