@@ -219,11 +219,12 @@ public enum CatalogRebuilder {
         }
         let ca = try home.certificateAuthority()
         try await catalog.setSetting(ServerHome.clusterCASetting, try ca.pin)
-        try await fill(catalog, from: try home.openStore(), oldMaterial: [:], now: clock.now(), report: &report)
+        let store = try home.openStore()
+        try await fill(catalog, from: store, oldMaterial: [:], now: clock.now(), report: &report)
         let admins = try await catalog.principalListing(includeRevoked: false).filter { $0.role == Role.admin.rawValue }
         if admins.isEmpty {
             let s = try home.settings()
-            let path = try await home.issueAdminCredential(catalog: catalog, store: try home.openStore(), ca: ca,
+            let path = try await home.issueAdminCredential(catalog: catalog, store: store, ca: ca,
                                                            settings: s, name: "admin-rebuilt")
             report.toDo.append("""
                 no admin was left: a new admin credential is in \(path) (0600); principals, tokens, the audit log, \

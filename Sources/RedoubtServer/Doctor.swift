@@ -97,12 +97,13 @@ public struct Doctor: Sendable {
     /// Every check, in `checkIDs` order; on a cluster node (catalog on PostgreSQL) the
     /// `clusterCheckIDs` follow.
     public func run() async -> [DoctorCheck] {
-        let catalog = await openCatalog()
+        let clusterCatalog = clusterCatalog
+        let catalog = await openCatalog(clusterCatalog)
         let host = [checkPrivate(), checkLocalFilesystem(), checkNFSExport(), checkSambaShare(), checkImmutableFlag(),
             checkImmutableCapability(),
                     checkExcessCapabilities(), checkDomainJoin(), checkSSHPassword(), checkSSHRoot(), checkTimeSync()]
         let standIns = host.filter { ["domain.joined", "ssh.password", "ssh.root"].contains($0.id) }
-        let cluster = await clusterChecks(catalog)
+        let cluster = await clusterChecks(catalog, clusterCatalog)
         return host + [await checkHostOS(catalog, standIns: standIns), await checkCopyProof(catalog),
                        await checkCopyFreshness(catalog)] + cluster
     }
@@ -655,8 +656,8 @@ public struct Doctor: Sendable {
     /// database; running as root it gives them the database file's owner, so a doctor run
     /// by root leaves the service user able to open its catalog (test
     /// `readingTheCatalogAsRootLeavesItUsableByTheServiceUser`).
-    func openCatalog() async -> CatalogState {
-        if let pg = clusterCatalog {
+    func openCatalog(_ cluster: CatalogSettings?) async -> CatalogState {
+        if let pg = cluster {
             do { return .open(try await CatalogPools.shared.catalog(pg)) } catch { return .failed("\(error)") }
         }
         let path = realDataDir + "/catalog.sqlite"

@@ -19,8 +19,8 @@ extension Doctor {
         (try? ServerHome(path: dataDir).settings())?.catalog
     }
 
-    func clusterChecks(_ state: CatalogState) async -> [DoctorCheck] {
-        guard let settings = clusterCatalog else { return [] }
+    func clusterChecks(_ state: CatalogState, _ settings: CatalogSettings?) async -> [DoctorCheck] {
+        guard let settings else { return [] }
         let target: CatalogSettings.Target
         do { target = try settings.target() } catch {
             return [DoctorCheck(id: "cluster.catalog", status: .fail, summary: "\(error)",

@@ -66,15 +66,16 @@ final class TestServer: @unchecked Sendable {
                       wrapStore: ((any ObjectStore) -> any ObjectStore)? = nil) async throws -> TestServer {
         // A port found free can be taken (by an outgoing connection's ephemeral port) before
         // the server binds it: then the listener ends at once, and a fresh server is made.
-        for attempt in 1... {
-            do {
-                return try await startOnce(minRetention: minRetention, limits: limits, inMemory: inMemory, jobs: jobs,
-                                           primaryStore: primaryStore, prepare: prepare, wrapStore: wrapStore)
-            } catch let e as ListenerDidNotBind where attempt < 5 {
+        func once() async throws -> TestServer {
+            try await startOnce(minRetention: minRetention, limits: limits, inMemory: inMemory, jobs: jobs,
+                                primaryStore: primaryStore, prepare: prepare, wrapStore: wrapStore)
+        }
+        for _ in 1..<5 {
+            do { return try await once() } catch let e as ListenerDidNotBind {
                 FileHandle.standardError.write(Data("test server: \(e.description); trying another port\n".utf8))
             }
         }
-        fatalError("unreachable")
+        return try await once()
     }
 
     struct ListenerDidNotBind: Error, CustomStringConvertible {
