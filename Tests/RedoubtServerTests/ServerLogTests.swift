@@ -44,7 +44,12 @@ import Testing
         let log = e.dir.appendingPathComponent("server-log.json").path
         let pid = try Self.start(e, ["--log-format", "json", "--disk-warning-free", "1000T"], log: log)
         e.serverPID = pid
+        // The warning follows the start line: read until it is there (or a minute passes).
         var entries = Self.lines(log)
+        for _ in 0..<1200 where !entries.contains(where: { $0["msg"] as? String == "low disk space" }) {
+            usleep(50_000)
+            entries = Self.lines(log)
+        }
         let started = try #require(entries.first { $0["msg"] as? String == "server started" }, "\(entries)")
         #expect(started["level"] as? String == "info" && (started["listen"] as? String)?.contains(":") == true)
         let low = entries.first { $0["msg"] as? String == "low disk space" }
