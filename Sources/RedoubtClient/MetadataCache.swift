@@ -95,12 +95,20 @@ public struct MetadataCache: Sendable {
 
     /// The encoding described above.
     public func encode(chunkIDKey: ChunkIDKey) -> [UInt8] {
-        var w = ByteWriter(capacity: 64 + byPath.count * 120)
+        // Sized to the bound of what is written, so that the buffer is never copied to grow:
+        // at the end of a backup of a large tree this is the client's peak.
+        var capacity = 64 + SHA256.byteCount
+        for (key, e) in byPath {
+            capacity += key.bytes.count + 64 + e.content.count * 100 + (e.dataRegions?.count ?? 0) * 20
+        }
+        var w = ByteWriter(capacity: capacity)
         w.raw(Self.magic)
         w.u16(Self.version)
         w.raw(Self.keyCheck(chunkIDKey))
         w.uvarint(UInt64(byPath.count))
-        for (key, e) in byPath.sorted(by: { bytesPrecede($0.key.bytes, $1.key.bytes) }) {
+        // Keys alone are sorted: a sorted copy of the entries would double the cache in memory.
+        for key in byPath.keys.sorted(by: { bytesPrecede($0.bytes, $1.bytes) }) {
+            let e = byPath[key]!
             w.lengthPrefixed(key.bytes)
             w.uvarint(e.size)
             for t in [e.mtime, e.ctime] {
@@ -128,9 +136,9 @@ public struct MetadataCache: Sendable {
                 w.u8(0)
             }
         }
-        var bytes = w.bytes
-        bytes.append(contentsOf: SHA256.hash(data: bytes))
-        return bytes
+        let digest = SHA256.hash(data: w.bytes)
+        w.raw(Array(digest))
+        return w.bytes
     }
 
     /// Why a cache file was not used.
