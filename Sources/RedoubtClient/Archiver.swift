@@ -173,6 +173,8 @@ public final class Archiver: Sendable {
                     $0 + $1.entry.content.count
                 })
             }
+            // Per-file state is let go as soon as it is used: it is what grows with the tree.
+            candidates = []
         }
         if !cachedChunks.isEmpty {
             // Why ask first: a chunk is named without its bytes only if the repository
@@ -180,25 +182,31 @@ public final class Archiver: Sendable {
             let missing = try await confirmInRepository(cachedChunks.values.map(\.id), run: run)
             let usable = cachedChunks.filter { !missing.contains($0.value.id) }
             run.registry.withLock { $0.reusable = usable }
+            cachedChunks = [:]
         }
         jobs.sort { $0.entry < $1.entry }
         if let s = options.stream { for i in jobs.indices { jobs[i].streamFD = s.fd } }
 
         // 4. Read the rest in parallel.
         run.progress(force: true) { $0.phase = .reading }
-        var outcomes: [FileOutcome] = []
+        // Each worker's outcomes, kept apart: joined, they would be held twice while the
+        // reading ends, which is when a large tree's backup peaks.
+        var outcomes: [[FileOutcome]] = []
         let workers = max(1, min(options.workers, 16))
-        let jobList = jobs
-        try await withThrowingTaskGroup(of: [FileOutcome].self) { group in
-            for _ in 0..<workers {
-                group.addTask { try await Self.workerLoop(run: run, jobs: jobList) }
+        do {
+            let jobList = jobs
+            jobs = []
+            try await withThrowingTaskGroup(of: [FileOutcome].self) { group in
+                for _ in 0..<workers {
+                    group.addTask { try await Self.workerLoop(run: run, jobs: jobList) }
+                }
+                for try await part in group { outcomes.append(part) }
             }
-            for try await part in group { outcomes += part }
         }
         var stable = Set<Int>(reused)
         var heads: [Int: HeadSample] = [:]
         var sealedRaw: UInt64 = 0, sealedStored: UInt64 = 0
-        for o in outcomes {
+        for o in outcomes.joined() {
             if let w = o.warning { warnings.append(w) }
             heads[o.entry] = o.head
             sealedRaw += o.sealedRaw
@@ -225,12 +233,13 @@ public final class Archiver: Sendable {
         }
         // Why here: a command that failed may have written a truncated dump; nothing is committed.
         if let s = options.stream {
-            guard outcomes.allSatisfy({ $0.content != nil }) else {
-                let why = outcomes.compactMap(\.warning).map(\.message).joined(separator: "; ")
+            guard outcomes.joined().allSatisfy({ $0.content != nil }) else {
+                let why = outcomes.joined().compactMap(\.warning).map(\.message).joined(separator: "; ")
                 throw ArchiveError(.io, object: s.name, why)
             }
             try await s.finished()
         }
+        outcomes = []
         // A hard link whose first name could not be stored has nothing to link to.
         var omittedFiles = Set<[UInt8]>()
         for f in walk.files where walk.entries[f].omitted { omittedFiles.insert(walk.entries[f].snapshotPath) }
@@ -321,6 +330,9 @@ public final class Archiver: Sendable {
 
         let activity = Self.activity(walk: walk, added: added, reused: reused, heads: heads, cache: cache,
                                      sealed: (sealedRaw, sealedStored))
+        // The last use of the previous cache: the next one is built from this walk.
+        cache = MetadataCache()
+        heads = [:]
 
         // 7. Sign and commit.
         run.progress(force: true) { $0.phase = .committing }
@@ -376,7 +388,7 @@ public final class Archiver: Sendable {
                                       head: heads[f]))
         }
         let previous: [PreviousFile]? = cache.count == 0 ? nil
-            : cache.entries.map { PreviousFile(path: $0.key, device: $0.value.device, inode: $0.value.inode) }
+            : cache.map { PreviousFile(path: $0, device: $1.device, inode: $1.inode) }
         return ActivityAnalysis.analyze(files: files, previous: previous, sealedBytesRaw: sealed.raw,
                                         sealedBytesStored: sealed.stored)
     }

@@ -81,6 +81,11 @@ public struct MetadataCache: Sendable {
 
     private init(byPath: [ByteKey: Entry]) { self.byPath = byPath }
 
+    /// `transform` of every entry, without copying the cache into a dictionary first.
+    public func map<T>(_ transform: (_ path: [UInt8], _ entry: Entry) -> T) -> [T] {
+        byPath.map { transform($0.key.bytes, $0.value) }
+    }
+
     /// Every entry by path (a copy: for tests and tools, not the backup's lookups).
     public var entries: [[UInt8]: Entry] { Dictionary(uniqueKeysWithValues: byPath.map { ($0.key.bytes, $0.value) }) }
 
