@@ -110,7 +110,7 @@ import Testing
 
     // MARK: connections
 
-    @Test func idleConnectionsAreClosedIncludingDuringTheTLSHandshake() async throws {
+    @Test(.transportOnly) func idleConnectionsAreClosedIncludingDuringTheTLSHandshake() async throws {
         let w = try await world()
         let rss = vmRSS()
         // A bare TCP socket that never sends a ClientHello, a TLS session without a
@@ -145,7 +145,7 @@ import Testing
         await w.stop()
     }
 
-    @Test func aSlowLorisRequestHeadIsClosed() async throws {
+    @Test(.transportOnly) func aSlowLorisRequestHeadIsClosed() async throws {
         let w = try await world()
         let c = try await RawConnection.open(port: w.port, tls: try tls(w, asWriter: true))
         let head =
