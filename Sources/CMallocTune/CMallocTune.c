@@ -16,7 +16,7 @@ void redoubt_tune_malloc(void) {
        many threads, and each arena keeps its own free memory. Pack buffers are recycled
        by the pipeline, not by malloc, so a low threshold costs no speed; measured on the
        benchmark corpus, 32 MiB and four arenas held 27 MiB more in a first backup and
-       75 MiB more in a restore, for the same times. */
+       6 to 9 MiB more in a restore, for the same times. */
     mallopt(M_TRIM_THRESHOLD, 4 << 20);
     mallopt(M_ARENA_MAX, 2);
 #endif

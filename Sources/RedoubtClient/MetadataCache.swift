@@ -100,11 +100,14 @@ public struct MetadataCache: Sendable {
 
     /// The encoding described above.
     public func encode(chunkIDKey: ChunkIDKey) -> [UInt8] {
-        // Sized to the bound of what is written, so that the buffer is never copied to grow:
-        // at the end of a backup of a large tree this is the client's peak.
+        // Sized to the most that can be written, so that the buffer is never copied to grow (at
+        // the end of an unchanged backup of a large tree it is part of the client's peak).
+        // Per entry: six varints of at most 10 bytes, two timestamps of 12, the sparse flag;
+        // 100 bytes per chunk, two varints per data region. The header takes under 64.
         var capacity = 64 + SHA256.byteCount
         for (key, e) in byPath {
-            capacity += key.bytes.count + 64 + e.content.count * 100 + (e.dataRegions?.count ?? 0) * 20
+            capacity += key.bytes.count + 6 * 10 + 2 * 12 + 1 + e.content.count * 100
+                + (e.dataRegions?.count ?? 0) * 20
         }
         var w = ByteWriter(capacity: capacity)
         w.raw(Self.magic)

@@ -301,7 +301,7 @@ final class RestoreSession {
     static let defaultBatchBudget = 8 << 20
     /// Batches prepared ahead of the one being written. One keeps both cores busy (one
     /// decrypts, one writes): on the 800 MB benchmark corpus a second one ahead restored no
-    /// faster and held 70 MiB more.
+    /// faster and held about 40 MiB more.
     static let batchesAhead = 1
     let batchPlaintextBudget: Int
 
