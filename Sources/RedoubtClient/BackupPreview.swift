@@ -34,26 +34,30 @@ extension Archiver {
         }
         var absolute: [[UInt8]] = []
         for p in options.paths { absolute.append(try SnapshotLayout.absolute(p)) }
-        var walker = Walker(excludes: options.excludes) { _, _ in }
+        let plan = SnapshotLayout.walkPlan(absolute, legacy: false)
+        var walker = Walker(paths: plan.paths, names: plan.names, snapshotPaths: plan.snapshotPaths,
+                            excludes: options.excludes)
         walker.excludeCaches = options.excludeCaches
         walker.oneFileSystem = options.oneFileSystem
-        let plan = SnapshotLayout.walkPlan(absolute, legacy: false)
-        let walk = try walker.walk(paths: plan.paths, names: plan.names, snapshotPaths: plan.snapshotPaths)
-        out.warnings += walk.warnings
-        out.bytesTotal = walk.bytesTotal
-        for f in walk.files {
-            let e = walk.entries[f]
-            if let cached = cache[e.fullPath] {
-                if cached.matches(e.stat) && cached.contentSeals.count == cached.content.count {
-                    out.filesUnchanged += 1
-                    continue
+        defer { walker.abandon() }
+        while let event = try walker.next() {
+            guard case .listed(let directory) = event else { continue }
+            for i in directory.entries.indices where directory.entries[i].node.type == .file {
+                let st = directory.entries[i].stat
+                if let cached = cache[directory.fullPath(of: i)] {
+                    if cached.matches(st) && cached.contentSeals.count == cached.content.count {
+                        out.filesUnchanged += 1
+                        continue
+                    }
+                    out.filesChanged += 1
+                } else {
+                    out.filesNew += 1
                 }
-                out.filesChanged += 1
-            } else {
-                out.filesNew += 1
+                out.bytesToRead += st.size
             }
-            out.bytesToRead += e.stat.size
         }
+        out.warnings += walker.warnings
+        out.bytesTotal = walker.bytesFound
         return out
     }
 }

@@ -1,11 +1,11 @@
 import Glibc
 import RedoubtCore
 
-extension WalkResult {
+extension Walker {
     /// What a walk of a ``BackupStream`` finds: one regular file at the top level, named
     /// `name`, owned by this process's user and group, mode 0600 (a dump is as private as
     /// the database it came from), with `now` as its times. Its size is known once read.
-    static func stream(name: String, now: Timestamp) throws(ArchiveError) -> WalkResult {
+    static func stream(name: String, now: Timestamp) throws(ArchiveError) -> Walker {
         let bytes = Array(name.utf8)
         // Why one component: the name becomes a tree entry, which may not hold "/" or be "." or "..".
         guard !bytes.isEmpty, bytes.count <= 255, !bytes.contains(0x2f), !bytes.contains(0), name != ".",
@@ -26,10 +26,6 @@ extension WalkResult {
         let node = Node(name: bytes, type: .file, mode: 0o600, uid: st.uid, gid: st.gid,
                         user: ArchiveSys.userName(st.uid), group: ArchiveSys.groupName(st.gid),
                         mtime: now, ctime: now, atime: now)
-        var result = WalkResult()
-        result.entries = [WalkEntry(node: node, fullPath: bytes, snapshotPath: bytes, parent: -1, stat: st)]
-        result.topLevel = [0]
-        result.files = [0]
-        return result
+        return Walker(single: WalkEntry(node: node, stat: st), path: bytes)
     }
 }

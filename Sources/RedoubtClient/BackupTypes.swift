@@ -78,13 +78,15 @@ public struct BackupStream: Sendable {
 /// A progress report during a backup; the CLI renders it.
 public struct BackupProgress: Sendable {
     public enum Phase: String, Sendable {
-        /// Walking the paths: counts grow, totals unknown.
+        /// Before the walk starts.
         case scanning
-        /// Checking cached files' chunks with the repository.
+        /// Not reported since the walk, the cache check and the reading run together
+        /// (kept so that older callers' switches still compile).
         case checkingCache
-        /// Reading, chunking, sealing and uploading files.
+        /// Walking, checking cached files with the repository, reading, chunking, sealing
+        /// and uploading files, and storing each directory's tree once its files are done.
         case reading
-        /// Building and uploading directory trees.
+        /// Storing the root tree and the last packs.
         case trees
         /// Committing the manifest.
         case committing
@@ -94,11 +96,11 @@ public struct BackupProgress: Sendable {
     public var phase: Phase
     /// Files finished (read, or found unchanged in the cache).
     public var filesDone: UInt64
-    /// Files in the snapshot; known once scanning ends.
+    /// Files in the snapshot; known once the walk ends, which is while files are still read.
     public var filesTotal: UInt64?
     /// Bytes of file data finished (read, or unchanged).
     public var bytesDone: UInt64
-    /// Logical bytes of all files; known once scanning ends.
+    /// Logical bytes of all files; known once the walk ends.
     public var bytesTotal: UInt64?
     /// Bytes actually read from disk so far.
     public var bytesRead: UInt64

@@ -26,16 +26,71 @@ struct CachedChunk: Sendable {
 /// Which chunks the repository or this run holds, and where. Shared by all workers.
 struct ChunkRegistry {
     /// Chunk → the pack that holds it: reported by the repository, or sealed here.
-    var location: [ChunkID: PackID] = [:]
+    var location = ChunkLocations()
     /// Chunks a worker has taken to seal whose pack is not finished yet.
     var sealing: Set<ChunkID> = []
     var chunksNew: UInt64 = 0
     var chunksReused: UInt64 = 0
     var uploaded: [PackID] = []
+    /// The packs of the chunks the snapshot references, as far as they are located.
+    var referencedPacks: Set<PackID> = []
+    /// Chunks the snapshot references whose pack was not known when they were referenced
+    /// (still in a pack being filled); located once every worker has finished.
+    var referencedUnlocated: Set<ChunkID> = []
+    var unlocatedLimit = 4096
     /// Keyed plaintext hash → chunk, for chunks of changed files in the metadata cache that
     /// the repository confirmed it holds: such a chunk is named without being compressed
     /// and sealed again (its location is in `location`).
     var reusable: [ChunkID: CachedChunk] = [:]
+}
+
+/// Chunk → pack, for every chunk a backup meets: the one map of a backup that grows with
+/// the data (a million small files make a million chunks). A pack is named by its number
+/// in a list of the few packs seen, so an entry takes a chunk ID and four bytes, not two IDs.
+struct ChunkLocations {
+    private var numbers: [ChunkID: UInt32] = [:]
+    private var packs: [PackID] = []
+    private var packNumbers: [PackID: UInt32] = [:]
+
+    subscript(id: ChunkID) -> PackID? {
+        get { numbers[id].map { packs[Int($0)] } }
+        set {
+            guard let pack = newValue else {
+                numbers[id] = nil
+                return
+            }
+            if let n = packNumbers[pack] {
+                numbers[id] = n
+            } else {
+                let n = UInt32(packs.count)
+                packs.append(pack)
+                packNumbers[pack] = n
+                numbers[id] = n
+            }
+        }
+    }
+}
+
+extension ChunkRegistry {
+    /// Records that the snapshot references `ids`, so that the manifest lists their packs.
+    mutating func reference(_ ids: [ChunkID]) {
+        for id in ids where !sealing.contains(id) {
+            if let p = location[id] { referencedPacks.insert(p) } else { referencedUnlocated.insert(id) }
+        }
+        if referencedUnlocated.count >= unlocatedLimit { locateReferenced() }
+    }
+
+    /// Moves referenced chunks located since into `referencedPacks`, so that the set of
+    /// the others stays as small as the chunks in flight. A chunk being sealed here needs
+    /// nothing: every pack this run uploads is listed.
+    mutating func locateReferenced() {
+        var still = Set<ChunkID>()
+        for id in referencedUnlocated where !sealing.contains(id) {
+            if let p = location[id] { referencedPacks.insert(p) } else { still.insert(id) }
+        }
+        referencedUnlocated = still
+        unlocatedLimit = max(4096, 2 * still.count)
+    }
 }
 
 /// Progress counters shared by all workers, and the reporting throttle.
@@ -52,7 +107,6 @@ final class BackupRun: Sendable {
     let hooks: ArchiverTestHooks
     let registry = Mutex(ChunkRegistry())
     let status: Mutex<ProgressState>
-    let nextJob = Atomic<Int>(0)
     /// Where finished packs are spooled while they upload, and the target that sends them
     /// from there; nil: packs upload from memory.
     let spool: (target: any SpooledPackTarget, directory: String)?
@@ -92,6 +146,7 @@ final class BackupRun: Sendable {
 
 /// How one regular file was stored.
 struct FileOutcome: Sendable {
+    /// The job's number (``FileJob/entry``).
     var entry: Int
     /// Nil if the file is left out of the snapshot (see `warning`).
     var content: [ChunkID]?
@@ -115,6 +170,7 @@ struct FileOutcome: Sendable {
 
 /// A file to read.
 struct FileJob: Sendable {
+    /// The job's number in the backup, in walk order.
     var entry: Int
     var path: [UInt8]
     var stat: ArchiveSys.FileStat
@@ -130,6 +186,60 @@ struct UploadedPack: Sendable {
 }
 
 typealias UploadGroup = ThrowingTaskGroup<UploadedPack, any Error>
+
+/// The files waiting for a worker: the archiver pushes, workers take, first in first out.
+/// How many wait is up to the archiver (it keeps a bounded window of unfinished files).
+final class JobQueue: Sendable {
+    private struct State {
+        var jobs: [FileJob] = []
+        var head = 0
+        var waiting: [CheckedContinuation<FileJob?, Never>] = []
+        var closed = false
+    }
+
+    private let state = Mutex(State())
+
+    func push(_ job: FileJob) {
+        let waiter: CheckedContinuation<FileJob?, Never>? = state.withLock { s in
+            if !s.waiting.isEmpty { return s.waiting.removeFirst() }
+            if s.head > 1024 && s.head * 2 > s.jobs.count {
+                s.jobs.removeFirst(s.head)
+                s.head = 0
+            }
+            s.jobs.append(job)
+            return nil
+        }
+        waiter?.resume(returning: job)
+    }
+
+    /// No more jobs: workers waiting or coming get nil.
+    func close() {
+        let waiters = state.withLock { s in
+            s.closed = true
+            s.jobs = []
+            s.head = 0
+            defer { s.waiting = [] }
+            return s.waiting
+        }
+        for w in waiters { w.resume(returning: nil) }
+    }
+
+    /// The next job, or nil once the queue is closed.
+    func next() async -> FileJob? {
+        await withCheckedContinuation { (c: CheckedContinuation<FileJob?, Never>) in
+            let job: FileJob?? = state.withLock { s in
+                if s.head < s.jobs.count {
+                    defer { s.head += 1 }
+                    return .some(s.jobs[s.head])
+                }
+                if s.closed { return .some(nil) }
+                s.waiting.append(c)
+                return .none
+            }
+            if let job { c.resume(returning: job) }
+        }
+    }
+}
 
 /// One backup worker: reads files through a reused buffer, cuts chunks, compresses and
 /// seals each once (format 2: the ID is the hash of the sealed bytes, so it is known only
@@ -168,9 +278,11 @@ final class BackupWorker {
 
     init(run: BackupRun) throws(CoreError) {
         self.run = run
+        // The run's registry knows which chunks are sealed, so the pipeline need not.
         pipeline = try PackPipeline(material: run.material, targetPackSize: run.options.packSize,
-            compressionLevel: run.options.compressionLevel,
-                                    chunkerParameters: run.hooks.chunkerParameters ?? .default)
+                                    compressionLevel: run.options.compressionLevel,
+                                    chunkerParameters: run.hooks.chunkerParameters ?? .default,
+                                    remembersChunks: false)
         maxChunk = pipeline.chunker.parameters.max
         window = Self.windowSize
         buffer = .allocate(byteCount: window + maxChunk, alignment: 4096)

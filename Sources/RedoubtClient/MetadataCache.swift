@@ -11,20 +11,26 @@ import RedoubtCore
 /// ctime, inode and device all match its entry is not read again; its chunks are still
 /// checked against the repository before they are reused.
 ///
-/// File format, version 1 (all integers little-endian, `uvarint` and `bytes*` as in
+/// File format, version 3 (all integers little-endian, `uvarint` and `bytes*` as in
 /// docs/FORMAT.md §8):
 /// ```
-/// magic "RDBTMDC1" ‖ version u16 (=1) ‖ keyCheck[32] ‖ count uvarint ‖ count × entry ‖ sha256[32]
+/// magic "RDBTMDC1" ‖ version u16 (=3) ‖ keyCheck[32] ‖ entry* ‖ 0x00 ‖ count uvarint ‖ sha256[32]
 /// entry = path bytes* ‖ size uvarint ‖ mtime ts ‖ ctime ts ‖ inode uvarint ‖ device uvarint
-///       ‖ chunkCount uvarint ‖ chunkCount × chunkID[32]
+///       ‖ chunkCount uvarint ‖ chunkCount × (chunkID[32] ‖ sealKey[32] ‖ rawLength u32 ‖ mac[32])
 ///       ‖ sparse u8 ‖ (if 1: regionCount uvarint ‖ regionCount × (offset uvarint ‖ length uvarint))
 /// ts = seconds i64 ‖ nanoseconds u32
 /// ```
+/// A path is never empty, so the byte 0x00 where the next entry's length would be ends
+/// the list; `count` then says how many entries came before it. Entries are in the order
+/// the backup finished their files, each path once: the cache is written while the backup
+/// runs, never held whole. Version 2 (still read) had `count` after `keyCheck` and its
+/// entries sorted by path, and no end byte.
+///
 /// `keyCheck` is the chunk ID of the label "redoubt/v1/metadata-cache" under the
 /// tenant's chunk-ID key: a cache written for another tenant (whose chunk IDs would mean
 /// nothing here) is ignored. `sha256` covers every byte before it and catches a torn or
-/// damaged file. Entries are sorted by path. The file is written to a temporary name,
-/// fsynced and renamed over the old one, then the directory is fsynced, so a crash
+/// damaged file. The file is written to a temporary name, fsynced and renamed over the
+/// old one only after the snapshot is committed, then the directory is fsynced, so a crash
 /// leaves either the old or the new cache. A cache that fails any check is ignored
 /// with a warning (the backup then reads every file), never trusted in part.
 ///
@@ -64,89 +70,217 @@ public struct MetadataCache: Sendable {
     }
 
     public static let magic = Array("RDBTMDC1".utf8)
-    /// Version 2 keeps each chunk's seal and its plaintext's keyed hash beside its ID. It
-    /// holds the keys of the last snapshot's file chunks: see docs/FORMAT.md §3.4 on what
-    /// that means on a taken host.
-    public static let version: UInt16 = 2
+    /// Since version 2 each chunk's seal and its plaintext's keyed hash are kept beside its
+    /// ID. The cache holds the keys of the last snapshot's file chunks: see docs/FORMAT.md
+    /// §3.4 on what that means on a taken host. Version 3 is written as a stream.
+    public static let version: UInt16 = 3
     static let keyCheckLabel = Array("redoubt/v1/metadata-cache".utf8)
     /// A cache larger than this is not read (a sanity bound, ~10 million files).
     public static let maxSize = 4 << 30
 
-    /// Entries by absolute path bytes (`ByteKey`: a hundred thousand lookups per backup).
-    private var byPath: [ByteKey: Entry]
+    /// The entries, encoded as in the file (a loaded cache keeps the file's bytes as they
+    /// are): an entry is decoded only when it is looked up, so a cache of a large tree
+    /// takes little more memory than its file.
+    private var bytes: [UInt8] = []
+    /// Where each entry starts in `bytes`; -1 once replaced or removed.
+    private var starts: [Int] = []
+    /// Open addressing by the path's hash: an index into `starts` plus one, 0 for an empty
+    /// slot; at most half full.
+    private var table: [Int32] = []
+    public private(set) var count = 0
 
     public init(entries: [[UInt8]: Entry] = [:]) {
-        byPath = Dictionary(uniqueKeysWithValues: entries.map { (ByteKey($0.key), $0.value) })
+        for (path, entry) in entries { self[path] = entry }
     }
-
-    private init(byPath: [ByteKey: Entry]) { self.byPath = byPath }
 
     /// `transform` of every entry, without copying the cache into a dictionary first.
     public func map<T>(_ transform: (_ path: [UInt8], _ entry: Entry) -> T) -> [T] {
-        byPath.map { transform($0.key.bytes, $0.value) }
+        var out: [T] = []
+        out.reserveCapacity(count)
+        forEach { _, path, entry in out.append(transform(path, entry)) }
+        return out
+    }
+
+    /// Every entry with its index (see ``find(_:)``).
+    func forEach(_ body: (_ index: Int, _ path: [UInt8], _ entry: Entry) -> Void) {
+        for (i, start) in starts.enumerated() where start >= 0 {
+            let (path, entry) = decoded(at: start)
+            body(i, path, entry)
+        }
     }
 
     /// Every entry by path (a copy: for tests and tools, not the backup's lookups).
-    public var entries: [[UInt8]: Entry] { Dictionary(uniqueKeysWithValues: byPath.map { ($0.key.bytes, $0.value) }) }
-
-    public subscript(path: [UInt8]) -> Entry? {
-        get { byPath[ByteKey(path)] }
-        set { byPath[ByteKey(path)] = newValue }
+    public var entries: [[UInt8]: Entry] {
+        var out: [[UInt8]: Entry] = [:]
+        forEach { _, path, entry in out[path] = entry }
+        return out
     }
 
-    public var count: Int { byPath.count }
+    /// The entry for `path` and its index: a number below `indexLimit`, the same for a path
+    /// as long as the cache is not changed.
+    func find(_ path: [UInt8]) -> (index: Int, entry: Entry)? {
+        let (_, index) = slot(of: path)
+        guard let index, starts[index] >= 0 else { return nil }
+        return (index, decoded(at: starts[index]).entry)
+    }
+
+    /// Above every index ``find(_:)`` returns.
+    var indexLimit: Int { starts.count }
+
+    public subscript(path: [UInt8]) -> Entry? {
+        get { find(path)?.entry }
+        set {
+            if table.isEmpty || 2 * (starts.count + 1) > table.count { rehash(minimum: 2 * (starts.count + 1)) }
+            let (slot, old) = slot(of: path)
+            if let old {
+                if starts[old] >= 0 {
+                    starts[old] = -1
+                    count -= 1
+                }
+                stalePaths[old] = nil
+            }
+            guard let newValue else {
+                // The slot stays taken (later paths may have probed past it), so its path is kept.
+                if let old { stalePaths[old] = path }
+                return
+            }
+            var w = ByteWriter()
+            Self.writeEntry(&w, path: path, newValue)
+            starts.append(bytes.count)
+            bytes += w.bytes
+            table[slot] = Int32(starts.count)
+            count += 1
+        }
+    }
+
+    /// The slot of `path` in `table`, and the entry it holds (nil if the slot is empty).
+    private func slot(of path: [UInt8]) -> (slot: Int, index: Int?) {
+        guard !table.isEmpty else { return (0, nil) }
+        let mask = table.count - 1
+        var h = Self.hash(path) & mask
+        while true {
+            let t = Int(table[h])
+            if t == 0 { return (h, nil) }
+            if pathEquals(at: starts[t - 1] >= 0 ? starts[t - 1] : nil, index: t - 1, path) { return (h, t - 1) }
+            h = (h + 1) & mask
+        }
+    }
+
+    /// Whether the entry `index` (starting at `start`, or removed) has this path. A removed
+    /// entry keeps its slot until a rehash; its path is then in `stalePaths`.
+    private func pathEquals(at start: Int?, index: Int, _ path: [UInt8]) -> Bool {
+        guard let start else { return stalePaths[index].map { $0 == path } ?? false }
+        let range = Self.pathRange(bytes, at: start)
+        guard range.count == path.count else { return false }
+        if path.isEmpty { return true }
+        return bytes.withUnsafeBufferPointer { b in
+            path.withUnsafeBufferPointer { p in
+                memcmp(b.baseAddress! + range.lowerBound, p.baseAddress!, p.count) == 0
+            }
+        }
+    }
+
+    /// The paths of removed entries that still hold a slot, by index.
+    private var stalePaths: [Int: [UInt8]] = [:]
+
+    private mutating func rehash(minimum: Int) {
+        var size = 16
+        while size < minimum { size *= 2 }
+        table = [Int32](repeating: 0, count: size)
+        stalePaths = [:]
+        let mask = size - 1
+        for (i, start) in starts.enumerated() where start >= 0 {
+            let range = Self.pathRange(bytes, at: start)
+            var h = Self.hash(bytes[range]) & mask
+            while table[h] != 0 { h = (h + 1) & mask }
+            table[h] = Int32(i + 1)
+        }
+    }
+
+    private static func hash(_ path: some Collection<UInt8>) -> Int {
+        var hasher = Hasher()
+        hasher.combine(path.count)
+        for b in path { hasher.combine(b) }
+        return hasher.finalize()
+    }
+
+    /// Where the path of the entry that starts at `start` is (its length prefix read).
+    private static func pathRange(_ bytes: [UInt8], at start: Int) -> Range<Int> {
+        var length = 0, shift = 0, i = start
+        while true {
+            let b = bytes[i]
+            length |= Int(b & 0x7f) << shift
+            i += 1
+            if b < 0x80 { break }
+            shift += 7
+        }
+        return i..<(i + length)
+    }
+
+    /// The entry that starts at `start`; the bytes were checked when they were read or written.
+    private func decoded(at start: Int) -> (path: [UInt8], entry: Entry) {
+        var r = ByteReader(bytes, range: start..<bytes.count)
+        do { return try Self.parseEntry(&r) } catch {
+            preconditionFailure("metadata cache entry at \(start) no longer parses: \(error)")
+        }
+    }
 
     static func keyCheck(_ key: ChunkIDKey) -> [UInt8] { key.chunkID(for: keyCheckLabel).bytes }
 
-    /// The encoding described above.
+    /// The encoding described above, entries sorted by path (one input, one encoding).
     public func encode(chunkIDKey: ChunkIDKey) -> [UInt8] {
-        // Sized to the most that can be written, so that the buffer is never copied to grow (at
-        // the end of an unchanged backup of a large tree it is part of the client's peak).
-        // Per entry: six varints of at most 10 bytes, two timestamps of 12, the sparse flag;
-        // 100 bytes per chunk, two varints per data region. The header takes under 64.
-        var capacity = 64 + SHA256.byteCount
-        for (key, e) in byPath {
-            capacity += key.bytes.count + 6 * 10 + 2 * 12 + 1 + e.content.count * 100
-                + (e.dataRegions?.count ?? 0) * 20
-        }
-        var w = ByteWriter(capacity: capacity)
-        w.raw(Self.magic)
-        w.u16(Self.version)
-        w.raw(Self.keyCheck(chunkIDKey))
-        w.uvarint(UInt64(byPath.count))
-        // Keys alone are sorted: a sorted copy of the entries would double the cache in memory.
-        for key in byPath.keys.sorted(by: { bytesPrecede($0.bytes, $1.bytes) }) {
-            let e = byPath[key]!
-            w.lengthPrefixed(key.bytes)
-            w.uvarint(e.size)
-            for t in [e.mtime, e.ctime] {
-                w.i64(t.seconds)
-                w.u32(t.nanoseconds)
-            }
-            w.uvarint(e.inode)
-            w.uvarint(e.device)
-            w.uvarint(UInt64(e.content.count))
-            for (k, c) in e.content.enumerated() {
-                w.raw(c.bytes)
-                let seal = k < e.contentSeals.count ? e.contentSeals[k] : nil
-                w.raw(seal?.key ?? [UInt8](repeating: 0, count: 32))
-                w.u32(seal?.rawLength ?? UInt32.max)
-                w.raw(k < e.contentMACs.count ? e.contentMACs[k].bytes : [UInt8](repeating: 0, count: 32))
-            }
-            if let regions = e.dataRegions {
-                w.u8(1)
-                w.uvarint(UInt64(regions.count))
-                for r in regions {
-                    w.uvarint(r.offset)
-                    w.uvarint(r.length)
-                }
-            } else {
-                w.u8(0)
-            }
-        }
+        var w = ByteWriter(capacity: 64 + SHA256.byteCount)
+        Self.writeHeader(&w, chunkIDKey: chunkIDKey)
+        for (path, entry) in sortedEntries() { Self.writeEntry(&w, path: path, entry) }
+        Self.writeTrailer(&w, count: count)
         let digest = SHA256.hash(data: w.bytes)
         w.raw(Array(digest))
         return w.bytes
+    }
+
+    private func sortedEntries() -> [(path: [UInt8], entry: Entry)] {
+        map { ($0, $1) }.sorted { bytesPrecede($0.path, $1.path) }
+    }
+
+    static func writeHeader(_ w: inout ByteWriter, chunkIDKey: ChunkIDKey) {
+        w.raw(magic)
+        w.u16(version)
+        w.raw(keyCheck(chunkIDKey))
+    }
+
+    /// The end byte and the count; the caller appends the digest.
+    static func writeTrailer(_ w: inout ByteWriter, count: Int) {
+        w.u8(0)
+        w.uvarint(UInt64(count))
+    }
+
+    static func writeEntry(_ w: inout ByteWriter, path: [UInt8], _ e: Entry) {
+        w.lengthPrefixed(path)
+        w.uvarint(e.size)
+        for t in [e.mtime, e.ctime] {
+            w.i64(t.seconds)
+            w.u32(t.nanoseconds)
+        }
+        w.uvarint(e.inode)
+        w.uvarint(e.device)
+        w.uvarint(UInt64(e.content.count))
+        for (k, c) in e.content.enumerated() {
+            w.raw(c.bytes)
+            let seal = k < e.contentSeals.count ? e.contentSeals[k] : nil
+            w.raw(seal?.key ?? [UInt8](repeating: 0, count: 32))
+            w.u32(seal?.rawLength ?? UInt32.max)
+            w.raw(k < e.contentMACs.count ? e.contentMACs[k].bytes : [UInt8](repeating: 0, count: 32))
+        }
+        if let regions = e.dataRegions {
+            w.u8(1)
+            w.uvarint(UInt64(regions.count))
+            for r in regions {
+                w.uvarint(r.offset)
+                w.uvarint(r.length)
+            }
+        } else {
+            w.u8(0)
+        }
     }
 
     /// Why a cache file was not used.
@@ -155,82 +289,116 @@ public struct MetadataCache: Sendable {
         public var description: String { reason }
     }
 
-    /// Decodes ``encode(chunkIDKey:)``'s output; throws ``Unusable`` for anything else.
+    /// Decodes ``encode(chunkIDKey:)``'s output (or a version-2 cache); throws ``Unusable``
+    /// for anything else. Every entry is checked here; the cache then keeps `bytes` as they
+    /// are and decodes an entry again only when it is looked up.
     public static func decode(_ bytes: [UInt8], chunkIDKey: ChunkIDKey) throws(Unusable) -> MetadataCache {
         guard bytes.count >= 8 + 2 + 32 + 1 + 32 else { throw Unusable(reason: "too short (\(bytes.count) bytes)") }
-        let body = bytes[0..<(bytes.count - 32)]
-        guard Array(SHA256.hash(data: body)) == Array(bytes[(bytes.count - 32)...]) else {
+        let bodyEnd = bytes.count - 32
+        let digest = bytes.withUnsafeBytes { SHA256.hash(data: UnsafeRawBufferPointer(rebasing: $0[0..<bodyEnd])) }
+        guard Array(digest) == Array(bytes[bodyEnd...]) else {
             throw Unusable(reason: "checksum does not match: the file is damaged or was cut short")
         }
-        var r = ByteReader(body)
+        var r = ByteReader(bytes, range: 0..<bodyEnd)
+        var cache = MetadataCache()
+        cache.bytes = bytes
         do {
             guard try r.raw(8) == magic else { throw Unusable(reason: "not a Redoubt metadata cache") }
             let v = try r.u16()
-            guard v == version else { throw Unusable(reason: "cache version \(v); this build reads \(version)") }
+            guard v == 2 || v == version else {
+                throw Unusable(reason: "cache version \(v); this build reads 2 and \(version)")
+            }
             guard try r.raw(32) == keyCheck(chunkIDKey) else {
                 throw Unusable(reason: "written for another tenant's keys")
             }
-            let count = try r.count(limit: r.remaining / 32)
-            var entries: [ByteKey: Entry] = [:]
-            entries.reserveCapacity(count)
-            for _ in 0..<count {
-                let path = try r.lengthPrefixed(limit: 1 << 16)
-                let size = try r.uvarint()
-                var times: [Timestamp] = []
-                for _ in 0..<2 {
-                    let s = try r.i64(), ns = try r.u32()
-                    guard ns < 1_000_000_000 else { throw Unusable(reason: "bad timestamp") }
-                    times.append(Timestamp(seconds: s, nanoseconds: ns))
-                }
-                let inode = try r.uvarint(), device = try r.uvarint()
-                let n = try r.count(limit: r.remaining / 100)
-                var content: [ChunkID] = []
-                var seals: [ChunkSeal] = []
-                var macs: [ChunkID] = []
-                content.reserveCapacity(n)
-                for _ in 0..<n {
-                    content.append(ChunkID(bytes: try r.raw(32))!)
-                    let key = try r.raw(32), raw = try r.u32()
-                    if let s = ChunkSeal(key: key, rawLength: raw) { seals.append(s) }
-                    let mac = try r.raw(32)
-                    if mac != [UInt8](repeating: 0, count: 32) { macs.append(ChunkID(bytes: mac)!) }
-                }
-                // A chunk without a seal (a format-1 chunk) leaves the file to be read again.
-                if seals.count != content.count { seals = [] }
-                if macs.count != content.count || seals.isEmpty { macs = [] }
-                var regions: [Extent]? = nil
-                switch try r.u8() {
-                case 0: break
-                case 1:
-                    let nr = try r.count(limit: r.remaining / 2)
-                    var list: [Extent] = []
-                    var end: UInt64 = 0
-                    for _ in 0..<nr {
-                        let e = Extent(offset: try r.uvarint(), length: try r.uvarint())
-                        let (stop, overflow) = e.offset.addingReportingOverflow(e.length)
-                        guard !overflow, e.offset >= end, e.length > 0, stop <= size else {
-                            throw Unusable(reason: "bad sparse map")
-                        }
-                        end = stop
-                        list.append(e)
+            // Version 2 counts first; version 3 ends its list with an empty path, then counts.
+            let stated = v == 2 ? try r.count(limit: r.remaining / 32) : nil
+            if let stated { cache.rehash(minimum: 2 * stated) }
+            while stated.map({ cache.count < $0 }) ?? true {
+                let start = r.offset
+                var peek = r
+                if try peek.uvarint() == 0 {
+                    guard stated == nil else { throw Unusable(reason: "empty path") }
+                    r = peek
+                    let count = try r.uvarint()
+                    guard count == UInt64(cache.count) else {
+                        throw Unusable(reason: "says \(count) entries, holds \(cache.count)")
                     }
-                    regions = list
-                default: throw Unusable(reason: "bad sparse flag")
+                    break
                 }
-                var entry = Entry(size: size, mtime: times[0], ctime: times[1], inode: inode, device: device,
-                    content: content,
-                                  dataRegions: regions)
-                entry.contentSeals = seals
-                entry.contentMACs = macs
-                entries[ByteKey(path)] = entry
+                let (path, _) = try parseEntry(&r)
+                try cache.adopt(path: path, start: start)
             }
             guard r.isAtEnd else { throw Unusable(reason: "trailing bytes") }
-            return MetadataCache(byPath: entries)
+            return cache
         } catch let e as Unusable {
             throw e
         } catch {
             throw Unusable(reason: "malformed: \(error)")
         }
+    }
+
+    /// Indexes the entry of `path` already in `bytes` at `start`.
+    private mutating func adopt(path: [UInt8], start: Int) throws(Unusable) {
+        if table.isEmpty || 2 * (starts.count + 1) > table.count { rehash(minimum: 2 * (starts.count + 1)) }
+        let (slot, old) = slot(of: path)
+        guard old == nil else { throw Unusable(reason: "a path is listed twice") }
+        starts.append(start)
+        table[slot] = Int32(starts.count)
+        count += 1
+    }
+
+    /// One entry as encoded by ``writeEntry(_:path:_:)``, checked.
+    static func parseEntry(_ r: inout ByteReader) throws -> (path: [UInt8], entry: Entry) {
+        let path = try r.lengthPrefixed(limit: 1 << 16)
+        guard !path.isEmpty else { throw Unusable(reason: "empty path") }
+        let size = try r.uvarint()
+        var times: [Timestamp] = []
+        for _ in 0..<2 {
+            let s = try r.i64(), ns = try r.u32()
+            guard ns < 1_000_000_000 else { throw Unusable(reason: "bad timestamp") }
+            times.append(Timestamp(seconds: s, nanoseconds: ns))
+        }
+        let inode = try r.uvarint(), device = try r.uvarint()
+        let n = try r.count(limit: r.remaining / 100)
+        var content: [ChunkID] = []
+        var seals: [ChunkSeal] = []
+        var macs: [ChunkID] = []
+        content.reserveCapacity(n)
+        for _ in 0..<n {
+            content.append(ChunkID(bytes: try r.raw(32))!)
+            let key = try r.raw(32), raw = try r.u32()
+            if let s = ChunkSeal(key: key, rawLength: raw) { seals.append(s) }
+            let mac = try r.raw(32)
+            if mac != [UInt8](repeating: 0, count: 32) { macs.append(ChunkID(bytes: mac)!) }
+        }
+        // A chunk without a seal (a format-1 chunk) leaves the file to be read again.
+        if seals.count != content.count { seals = [] }
+        if macs.count != content.count || seals.isEmpty { macs = [] }
+        var regions: [Extent]? = nil
+        switch try r.u8() {
+        case 0: break
+        case 1:
+            let nr = try r.count(limit: r.remaining / 2)
+            var list: [Extent] = []
+            var end: UInt64 = 0
+            for _ in 0..<nr {
+                let e = Extent(offset: try r.uvarint(), length: try r.uvarint())
+                let (stop, overflow) = e.offset.addingReportingOverflow(e.length)
+                guard !overflow, e.offset >= end, e.length > 0, stop <= size else {
+                    throw Unusable(reason: "bad sparse map")
+                }
+                end = stop
+                list.append(e)
+            }
+            regions = list
+        default: throw Unusable(reason: "bad sparse flag")
+        }
+        var entry = Entry(size: size, mtime: times[0], ctime: times[1], inode: inode, device: device, content: content,
+                          dataRegions: regions)
+        entry.contentSeals = seals
+        entry.contentMACs = macs
+        return (path, entry)
     }
 
     /// Loads the cache at `path`. A missing file is an empty cache; an unreadable or
@@ -265,28 +433,76 @@ public struct MetadataCache: Sendable {
     /// Writes the cache atomically (temporary file, fsync, rename, fsync of the directory),
     /// readable only by its owner.
     public func write(to path: String, chunkIDKey: ChunkIDKey) throws(ArchiveError) {
-        let bytes = encode(chunkIDKey: chunkIDKey)
+        let writer = try MetadataCacheWriter(path: path, chunkIDKey: chunkIDKey)
+        for (path, entry) in sortedEntries() { try writer.append(path: path, entry) }
+        try writer.commit()
+    }
+}
+
+/// Writes a metadata cache entry by entry while a backup runs, so that the next cache is
+/// never held whole: to a temporary file beside `path`, readable only by its owner, that
+/// replaces the old cache only on ``commit()`` (fsync, rename, fsync of the directory).
+/// Dropped without a commit, it removes its temporary file and the old cache stays.
+final class MetadataCacheWriter {
+    let path: String
+    private let temp: String
+    private var fd: Int32
+    private var buffer = ByteWriter(capacity: 1 << 20)
+    private var digest = SHA256()
+    private var offset: UInt64 = 0
+    private(set) var count = 0
+
+    init(path: String, chunkIDKey: ChunkIDKey) throws(ArchiveError) {
+        self.path = path
         var random = SystemRandomNumberGenerator()
-        let temp = path + ".tmp-\(getpid())-\(String(random.next() as UInt64, radix: 16))"
-        let fd = open(temp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0o600)
+        temp = path + ".tmp-\(getpid())-\(String(random.next() as UInt64, radix: 16))"
+        fd = open(temp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0o600)
         guard fd >= 0 else {
             throw ArchiveError.system("creating the metadata cache", object: temp, errno: Glibc.errno)
         }
-        var failure: ArchiveError? = nil
-        let e = bytes.withUnsafeBytes { ArchiveSys.pwriteAll(fd, $0, at: 0) }
-        if e != 0 {
-            failure = .system("writing the metadata cache", object: temp, errno: e)
-        } else if fsync(fd) != 0 {
-            failure = .system("fsync of the metadata cache", object: temp, errno: Glibc.errno)
-        }
+        MetadataCache.writeHeader(&buffer, chunkIDKey: chunkIDKey)
+    }
+
+    deinit { discard() }
+
+    func append(path: [UInt8], _ entry: MetadataCache.Entry) throws(ArchiveError) {
+        MetadataCache.writeEntry(&buffer, path: path, entry)
+        count += 1
+        if buffer.count >= 1 << 20 { try flush() }
+    }
+
+    private func flush() throws(ArchiveError) {
+        guard fd >= 0 else { throw ArchiveError(.io, object: temp, "the metadata cache was already closed") }
+        digest.update(data: buffer.bytes)
+        let e = buffer.bytes.withUnsafeBytes { ArchiveSys.pwriteAll(fd, $0, at: offset) }
+        guard e == 0 else { throw .system("writing the metadata cache", object: temp, errno: e) }
+        offset += UInt64(buffer.count)
+        buffer.reset()
+    }
+
+    /// Ends the file and puts it in place of the old cache.
+    func commit() throws(ArchiveError) {
+        MetadataCache.writeTrailer(&buffer, count: count)
+        try flush()
+        buffer.raw(Array(digest.finalize()))
+        let e = buffer.bytes.withUnsafeBytes { ArchiveSys.pwriteAll(fd, $0, at: offset) }
+        guard e == 0 else { throw .system("writing the metadata cache", object: temp, errno: e) }
+        guard fsync(fd) == 0 else { throw .system("fsync of the metadata cache", object: temp, errno: Glibc.errno) }
         close(fd)
-        if failure == nil, rename(temp, path) != 0 {
-            failure = .system("renaming the metadata cache into place", object: path, errno: Glibc.errno)
-        }
-        if let failure {
+        fd = -1
+        guard rename(temp, path) == 0 else {
+            let e = Glibc.errno
             unlink(temp)
-            throw failure
+            throw .system("renaming the metadata cache into place", object: path, errno: e)
         }
         ArchiveSys.fsyncDirectory(of: Array(path.utf8))
+    }
+
+    /// Removes the temporary file; the old cache stays.
+    func discard() {
+        guard fd >= 0 else { return }
+        close(fd)
+        fd = -1
+        unlink(temp)
     }
 }

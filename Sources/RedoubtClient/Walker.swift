@@ -4,145 +4,225 @@ import RedoubtCore
 /// One entry found by the walk, with the node that will describe it.
 struct WalkEntry {
     var node: Node
-    /// The absolute path on disk (normalised lexically).
-    var fullPath: [UInt8]
-    /// The path inside the snapshot, relative to its root (what hard links name).
-    var snapshotPath: [UInt8]
-    /// Index of the parent directory's entry; -1 for a top-level entry.
-    var parent: Int
-    /// For a directory: its children's indices (contiguous, sorted by name).
-    var children: Range<Int> = 0..<0
     var stat: ArchiveSys.FileStat
     /// Dropped from the snapshot (unreadable, vanished).
     var omitted = false
 }
 
-/// What the walk found.
-struct WalkResult {
+/// A directory of the walk, from its listing until its tree is stored: its entries in
+/// name order. The walk's top is one too: its entries are the backed-up paths, and it has
+/// no tree of its own.
+///
+/// Held by reference so that a directory's entries can be completed (a file's content, a
+/// subdirectory's tree) after the walk has moved on; let go once its tree is stored.
+final class WalkDirectory {
+    /// The absolute path on disk (normalised lexically); empty for the top.
+    let fullPath: [UInt8]
+    /// The path inside the snapshot, relative to its root (what hard links name).
+    let snapshotPath: [UInt8]
+    /// The directory that lists this one, and this one's index among its entries; nil for the top.
+    let parent: WalkDirectory?
+    let slot: Int
     var entries: [WalkEntry] = []
-    /// Indices of the top-level entries, one per backed-up path.
-    var topLevel: [Int] = []
-    /// Indices of regular files whose content must be stored (hard links excluded).
-    var files: [Int] = []
-    var warnings: [BackupWarning] = []
-    var bytesTotal: UInt64 = 0
+    /// For the top only: each entry's absolute and snapshot path.
+    var topPaths: [(full: [UInt8], snapshot: [UInt8])] = []
+
+    init(fullPath: [UInt8], snapshotPath: [UInt8], parent: WalkDirectory?, slot: Int) {
+        self.fullPath = fullPath
+        self.snapshotPath = snapshotPath
+        self.parent = parent
+        self.slot = slot
+    }
+
+    var isTop: Bool { parent == nil }
+
+    /// The absolute path of entry `i`.
+    func fullPath(of i: Int) -> [UInt8] {
+        if isTop { return topPaths[i].full }
+        return fullPath == [0x2f] ? fullPath + entries[i].node.name : fullPath + [0x2f] + entries[i].node.name
+    }
+
+    /// The snapshot path of entry `i`. The walk of `/` (snapshot path empty) puts its
+    /// entries at the snapshot root.
+    func snapshotPath(of i: Int) -> [UInt8] {
+        if isTop { return topPaths[i].snapshot }
+        return snapshotPath.isEmpty ? entries[i].node.name : snapshotPath + [0x2f] + entries[i].node.name
+    }
+}
+
+/// What the walk reports, in order: a directory's entries once it is listed, and the
+/// directory again once everything below it has been listed.
+enum WalkEvent {
+    case listed(WalkDirectory)
+    case closed(WalkDirectory)
 }
 
 /// Walks the paths to back up: lstat only, never follows a symlink, descends through
 /// directory file descriptors (`openat` with `O_NOFOLLOW`), so a directory swapped for a
 /// symlink mid-walk is not followed. Entries are visited in name order, depth first, so
 /// the "first name" of a hard-linked file is the same on every run.
+///
+/// The walk is driven one event at a time (``next()``) and keeps only the directories on
+/// the way down (one open descriptor each): what a backup holds grows with the tree's
+/// depth and the widest directory, not with its size.
 struct Walker {
     private let patterns: [[CChar]]
     private var users: [UInt32: [UInt8]] = [:]
     private var groups: [UInt32: [UInt8]] = [:]
     /// (device, inode) of multiply-linked files → the snapshot path of their first name.
     private var firstNames: [DevIno: [UInt8]] = [:]
-    private var result = WalkResult()
-    private let report: (Int, [UInt8]) -> Void
     /// Directories tagged as caches (`CACHEDIR.TAG`) keep only their tag file.
     var excludeCaches = false
     /// Directories on another filesystem than their top-level path are kept empty.
     var oneFileSystem = false
+    /// Problems with single entries, for the backup's result.
+    var warnings: [BackupWarning] = []
+    /// Regular files found so far (hard links excluded), and their logical bytes.
+    private(set) var filesFound: UInt64 = 0
+    private(set) var bytesFound: UInt64 = 0
+    /// True once the last event has been returned.
+    private(set) var finished = false
+
+    private struct Frame {
+        /// -1 for the top, which is not a directory on disk.
+        let fd: Int32
+        let directory: WalkDirectory
+        var subdirectories: [Int]
+        var next = 0
+        /// The device of the top-level path this frame is below (one-file-system).
+        let device: UInt64
+    }
+
+    private var stack: [Frame] = []
+    private var top: WalkDirectory
+    private var pending: [(paths: [UInt8], name: [UInt8], snapshot: [UInt8])]
+    /// Entries found below the top-level paths.
+    private var below = 0
+    private var started = false
 
     struct DevIno: Hashable {
         let device: UInt64
         let inode: UInt64
     }
 
-    init(excludes: [String], report: @escaping (Int, [UInt8]) -> Void) {
+    /// A walk of `paths` (absolute, normalised); `names` are their entries' names and
+    /// `snapshotPaths` their paths below the snapshot root (what hard links name).
+    init(paths: [[UInt8]], names: [[UInt8]], snapshotPaths: [[UInt8]], excludes: [String]) {
         patterns = excludes.map { Array($0.utf8CString) }
-        self.report = report
+        top = WalkDirectory(fullPath: [], snapshotPath: [], parent: nil, slot: 0)
+        pending = zip(zip(paths, names), snapshotPaths).map { ($0.0, $0.1, $1) }
     }
 
-    /// Walks `paths` (absolute, normalised); `names` are their entries' names and
-    /// `snapshotPaths` their paths below the snapshot root (what hard links name).
-    mutating func walk(paths: [[UInt8]], names: [[UInt8]],
-                       snapshotPaths: [[UInt8]]) throws(ArchiveError) -> WalkResult {
-        for ((path, name), snapshotPath) in zip(zip(paths, names), snapshotPaths) {
+    /// A walk that finds one prepared top-level file and nothing else (a stream).
+    init(single entry: WalkEntry, path: [UInt8]) {
+        patterns = []
+        top = WalkDirectory(fullPath: [], snapshotPath: [], parent: nil, slot: 0)
+        top.entries = [entry]
+        top.topPaths = [(path, path)]
+        pending = []
+        filesFound = 1
+        stack = [Frame(fd: -1, directory: top, subdirectories: [], device: 0)]
+    }
+
+    /// The next event, or nil once the top has been closed. Throws if no path exists or
+    /// nothing at all would be backed up.
+    mutating func next() throws(ArchiveError) -> WalkEvent? {
+        if !started {
+            started = true
+            if stack.isEmpty { try listTop() }
+            return .listed(top)
+        }
+        while let last = stack.indices.last {
+            guard stack[last].next < stack[last].subdirectories.count else {
+                let frame = stack.removeLast()
+                if frame.fd >= 0 { close(frame.fd) }
+                if frame.directory.isTop {
+                    try refuseNothing()
+                    finished = true
+                }
+                return .closed(frame.directory)
+            }
+            let slot = stack[last].subdirectories[stack[last].next]
+            stack[last].next += 1
+            let parent = stack[last].directory
+            let entry = parent.entries[slot]
+            let device = parent.isTop ? entry.stat.device : stack[last].device
+            let directory = WalkDirectory(fullPath: parent.fullPath(of: slot),
+                                          snapshotPath: parent.snapshotPath(of: slot),
+                                          parent: parent, slot: slot)
+            // Why kept empty and not left out: a restore then shows where the mount point was,
+            // as restic's --one-file-system does.
+            if oneFileSystem && !parent.isTop && entry.stat.device != device { return .closed(directory) }
+            let fd = parent.isTop ? Self.openDirectory(ArchiveSys.atFDCWD, directory.fullPath)
+                : Self.openDirectory(stack[last].fd, entry.node.name)
+            guard fd >= 0 else {
+                warnUnreadableDirectory(directory.fullPath, errno: Glibc.errno)
+                return .closed(directory)
+            }
+            // Why: the directory could have been replaced between lstat and open; what we
+            // opened is what we list, so its metadata must be from the open fd.
+            if !parent.isTop, case .success(let st) = ArchiveSys.fstat(fd), st.inode != entry.stat.inode
+                || st.device != entry.stat.device {
+                warnings.append(BackupWarning(.vanished, path: directory.fullPath,
+                    "replaced while the backup ran; stored as found when listed"))
+                parent.entries[slot].stat = st
+            }
+            let subdirectories = list(directory, fd: fd)
+            stack.append(Frame(fd: fd, directory: directory, subdirectories: subdirectories, device: device))
+            return .listed(directory)
+        }
+        return nil
+    }
+
+    /// Closes what is still open when a backup stops early.
+    mutating func abandon() {
+        for frame in stack where frame.fd >= 0 { close(frame.fd) }
+        stack = []
+        finished = true
+    }
+
+    /// The top-level paths, lstat'ed: the entries of the top.
+    private mutating func listTop() throws(ArchiveError) {
+        for (path, name, snapshotPath) in pending {
             let st: ArchiveSys.FileStat
             switch ArchiveSys.lstat(path) {
             case .success(let s): st = s
             case .failure(let e) where e == ENOENT:
                 // Why a warning: one missing path (an unmounted disk, a renamed directory)
                 // must not cost the backup of the others; the run ends with "partial".
-                result.warnings.append(BackupWarning(.vanished, path: path,
+                warnings.append(BackupWarning(.vanished, path: path,
                     "does not exist; not backed up (the other paths are)"))
                 continue
             case .failure(let e):
                 throw ArchiveError(.io, object: printable(path),
                     "cannot back up this path: \(ArchiveSys.describe(errno: e))", errno: e)
             }
-            guard let index = addEntry(name: name, fullPath: path, snapshotPath: snapshotPath, parent: -1, stat: st,
+            guard let entry = makeEntry(name: name, fullPath: path, snapshotPath: snapshotPath, stat: st,
                 dirfd: nil) else {
                 throw ArchiveError(.io, object: printable(path), "cannot back up this path: it cannot be read")
             }
-            result.topLevel.append(index)
-            if result.entries[index].node.type == .directory {
-                let fd = Self.openDirectory(ArchiveSys.atFDCWD, path)
-                if fd < 0 {
-                    warnUnreadableDirectory(index, errno: Glibc.errno)
-                } else {
-                    walkTree(rootIndex: index, rootFD: fd)
-                }
-            }
+            top.entries.append(entry)
+            top.topPaths.append((path, snapshotPath))
         }
-        let given = paths.map(printable).joined(separator: ", ")
-        if result.topLevel.isEmpty {
-            throw ArchiveError(.notFound, object: given, "none of the paths to back up exists; nothing was backed up")
+        if top.entries.isEmpty {
+            throw ArchiveError(.notFound, object: given,
+                "none of the paths to back up exists; nothing was backed up")
         }
-        // Why refuse: a snapshot of nothing would become the host's newest and keep
-        // monitoring (`host list --stale-after`) quiet while nothing is protected.
-        if result.entries.count == result.topLevel.count && result.entries.allSatisfy({ $0.node.type == .directory }) {
-            let why =
-                patterns.isEmpty ? "they are empty" : "they are empty or every entry in them matched an exclude pattern"
-            throw ArchiveError(.invalidArgument, object: given,
-                               "nothing to back up: \(why), so no snapshot was made (check --exclude: * and ? never "
-                                   + "match /)")
-        }
-        // Handed over, not copied: a walker still holding the entries would make the
-        // archiver's first change to them copy the whole list (tens of MiB on large trees).
-        var out = WalkResult()
-        swap(&out, &result)
-        return out
+        let subdirectories = top.entries.indices.filter { top.entries[$0].node.type == .directory }
+        stack = [Frame(fd: -1, directory: top, subdirectories: subdirectories, device: 0)]
     }
 
-    /// Depth-first walk below one directory, holding one open fd per level.
-    private mutating func walkTree(rootIndex: Int, rootFD: Int32) {
-        struct Frame {
-            let fd: Int32
-            var subdirectories: [Int]
-            var next = 0
-        }
-        var stack = [Frame(fd: rootFD, subdirectories: list(directory: rootIndex, fd: rootFD))]
-        let rootDevice = result.entries[rootIndex].stat.device
-        while !stack.isEmpty {
-            let top = stack.count - 1
-            guard stack[top].next < stack[top].subdirectories.count else {
-                close(stack[top].fd)
-                stack.removeLast()
-                continue
-            }
-            let child = stack[top].subdirectories[stack[top].next]
-            stack[top].next += 1
-            // Why kept empty and not left out: a restore then shows where the mount point was,
-            // as restic's --one-file-system does.
-            if oneFileSystem && result.entries[child].stat.device != rootDevice { continue }
-            let fd = Self.openDirectory(stack[top].fd, result.entries[child].node.name)
-            guard fd >= 0 else {
-                warnUnreadableDirectory(child, errno: Glibc.errno)
-                continue
-            }
-            // Why: the directory could have been replaced between lstat and open; what we
-            // opened is what we list, so its metadata must be from the open fd.
-            if case .success(let st) = ArchiveSys.fstat(fd), st.inode != result.entries[child].stat.inode
-                || st.device != result.entries[child].stat.device {
-                result.warnings.append(BackupWarning(.vanished, path: result.entries[child].fullPath,
-                    "replaced while the backup ran; stored as found when listed"))
-                result.entries[child].stat = st
-            }
-            stack.append(Frame(fd: fd, subdirectories: list(directory: child, fd: fd)))
-        }
+    private var given: String { pending.map { printable($0.paths) }.joined(separator: ", ") }
+
+    /// Why refuse: a snapshot of nothing would become the host's newest and keep
+    /// monitoring (`host list --stale-after`) quiet while nothing is protected.
+    private func refuseNothing() throws(ArchiveError) {
+        guard below == 0, !pending.isEmpty, top.entries.allSatisfy({ $0.node.type == .directory }) else { return }
+        let why = patterns.isEmpty ? "they are empty"
+            : "they are empty or every entry in them matched an exclude pattern"
+        throw ArchiveError(.invalidArgument, object: given,
+                           "nothing to back up: \(why), so no snapshot was made (check --exclude: * and ? never "
+                               + "match /)")
     }
 
     /// Opens a directory for listing without following a symlink and, where allowed,
@@ -154,44 +234,39 @@ struct Walker {
         return fd
     }
 
-    /// Lists one directory, adds its children as entries and returns the indices of the
-    /// subdirectories among them.
-    private mutating func list(directory index: Int, fd: Int32) -> [Int] {
+    /// Lists one directory into its entries and returns the indices of the subdirectories
+    /// among them.
+    private mutating func list(_ directory: WalkDirectory, fd: Int32) -> [Int] {
         var names: [[UInt8]]
         switch ArchiveSys.listDirectory(fd: fd) {
         case .success(let n): names = n
         case .failure(let e):
-            warnUnreadableDirectory(index, errno: e)
+            warnUnreadableDirectory(directory.fullPath, errno: e)
             return []
         }
         if excludeCaches, names.contains(Self.cacheTagName), Self.isTaggedCache(fd) { names = [Self.cacheTagName] }
-        let parentFull = result.entries[index].fullPath
-        let parentSnapshot = result.entries[index].snapshotPath
-        let start = result.entries.count
         var subdirectories: [Int] = []
+        directory.entries.reserveCapacity(names.count)
         for name in names {
-            let full = parentFull == [0x2f] ? parentFull + name : parentFull + [0x2f] + name
+            let full = directory.fullPath == [0x2f] ? directory.fullPath + name : directory.fullPath + [0x2f] + name
             if isExcluded(full, name) { continue }
             let st: ArchiveSys.FileStat
             switch ArchiveSys.fstatat(fd, name) {
             case .success(let s): st = s
             case .failure(let e):
-                result.warnings.append(BackupWarning(e == ENOENT ? .vanished : .unreadable, path: full,
-                                                     e == ENOENT ? "disappeared before it could be read" : """
-                                                         cannot stat: \(ArchiveSys.describe(errno: e))
-                                                         """))
+                warnings.append(BackupWarning(e == ENOENT ? .vanished : .unreadable, path: full,
+                                              e == ENOENT ? "disappeared before it could be read" : """
+                                                  cannot stat: \(ArchiveSys.describe(errno: e))
+                                                  """))
                 continue
             }
-            // The walk of `/` (snapshot path empty) puts its entries at the snapshot root.
-            let snapshotPath = parentSnapshot.isEmpty ? name : parentSnapshot + [0x2f] + name
-            if let child = addEntry(name: name, fullPath: full, snapshotPath: snapshotPath,
-                parent: index, stat: st, dirfd: fd),
-               result.entries[child].node.type == .directory {
-                subdirectories.append(child)
-            }
+            let snapshotPath = directory.snapshotPath.isEmpty ? name : directory.snapshotPath + [0x2f] + name
+            guard let entry = makeEntry(name: name, fullPath: full, snapshotPath: snapshotPath, stat: st,
+                dirfd: fd) else { continue }
+            if entry.node.type == .directory { subdirectories.append(directory.entries.count) }
+            directory.entries.append(entry)
         }
-        result.entries[index].children = start..<result.entries.count
-        report(result.entries.count, parentFull)
+        below += directory.entries.count
         return subdirectories
     }
 
@@ -224,20 +299,20 @@ struct Walker {
         }
     }
 
-    private mutating func warnUnreadableDirectory(_ index: Int, errno e: Int32) {
-        result.warnings.append(BackupWarning(.unreadable, path: result.entries[index].fullPath,
-                                             """
-                                                 directory cannot be read (\(ArchiveSys.describe(errno: e))); stored \
-                                                 without its contents
-                                                 """))
+    private mutating func warnUnreadableDirectory(_ path: [UInt8], errno e: Int32) {
+        warnings.append(BackupWarning(.unreadable, path: path,
+                                      """
+                                          directory cannot be read (\(ArchiveSys.describe(errno: e))); stored \
+                                          without its contents
+                                          """))
     }
 
-    /// Adds an entry for `name` with its node; returns nil (after a warning) if it is
-    /// skipped. `dirfd` is the open parent directory, nil for a top-level path.
-    private mutating func addEntry(name: [UInt8], fullPath: [UInt8], snapshotPath: [UInt8], parent: Int,
-        stat st: ArchiveSys.FileStat, dirfd: Int32?) -> Int? {
+    /// The entry for `name` with its node; nil (after a warning) if it is skipped.
+    /// `dirfd` is the open parent directory, nil for a top-level path.
+    private mutating func makeEntry(name: [UInt8], fullPath: [UInt8], snapshotPath: [UInt8],
+                                    stat st: ArchiveSys.FileStat, dirfd: Int32?) -> WalkEntry? {
         guard var type = st.nodeType else {
-            result.warnings.append(BackupWarning(.unreadable, path: fullPath,
+            warnings.append(BackupWarning(.unreadable, path: fullPath,
                 "unknown file type \(String(st.fileType, radix: 8)); skipped"))
             return nil
         }
@@ -248,12 +323,12 @@ struct Walker {
                 ?? ArchiveSys.readlinkat(ArchiveSys.atFDCWD, fullPath, sizeHint: Int(st.size))
             switch r {
             case .success(let t) where !t.isEmpty && t.count <= TreeCodec.maxLinkTarget: linkTarget = t
-            case .success: 
-                result.warnings.append(BackupWarning(.unreadable, path: fullPath,
+            case .success:
+                warnings.append(BackupWarning(.unreadable, path: fullPath,
                     "symlink target is empty or too long; skipped"))
                 return nil
             case .failure(let e):
-                result.warnings.append(BackupWarning(e == ENOENT ? .vanished : .unreadable, path: fullPath,
+                warnings.append(BackupWarning(e == ENOENT ? .vanished : .unreadable, path: fullPath,
                     "cannot read the symlink: \(ArchiveSys.describe(errno: e))"))
                 return nil
             }
@@ -272,30 +347,26 @@ struct Walker {
         switch ArchiveSys.listXattrs(xattrPath) {
         case .success(let x): xattrs = x
         case .failure(let e) where e == ENOENT:
-            result.warnings.append(BackupWarning(.vanished, path: fullPath, "disappeared before it could be read"))
+            warnings.append(BackupWarning(.vanished, path: fullPath, "disappeared before it could be read"))
             return nil
         case .failure(let e):
-            result.warnings.append(BackupWarning(.attributes, path: fullPath,
+            warnings.append(BackupWarning(.attributes, path: fullPath,
                 "extended attributes not stored: \(ArchiveSys.describe(errno: e))"))
         }
         if xattrs.count > TreeCodec.maxXattrs {
-            result.warnings.append(BackupWarning(.attributes, path: fullPath,
+            warnings.append(BackupWarning(.attributes, path: fullPath,
                 "more than \(TreeCodec.maxXattrs) extended attributes; none stored"))
             xattrs = []
         }
         let node = Node(name: name, type: type, mode: st.permissions, uid: st.uid, gid: st.gid, user: user(st.uid),
-            group: group(st.gid),
-                        mtime: st.mtime, ctime: st.ctime, atime: st.atime, size: type == .file ? st.size : 0,
-                            linkTarget: linkTarget,
+                        group: group(st.gid), mtime: st.mtime, ctime: st.ctime, atime: st.atime,
+                        size: type == .file ? st.size : 0, linkTarget: linkTarget,
                         rdev: (type == .charDevice || type == .blockDevice) ? st.rdev : 0, xattrs: xattrs)
-        let index = result.entries.count
-        result.entries.append(WalkEntry(node: node, fullPath: fullPath, snapshotPath: snapshotPath, parent: parent,
-            stat: st))
         if type == .file {
-            result.files.append(index)
-            result.bytesTotal += st.size
+            filesFound += 1
+            bytesFound += st.size
         }
-        return index
+        return WalkEntry(node: node, stat: st)
     }
 
     /// The directory node for `path`, an ancestor of a backed-up path: its metadata as

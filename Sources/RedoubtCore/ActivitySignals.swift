@@ -237,42 +237,85 @@ public enum ActivityAnalysis {
     /// `previous` nil: no baseline (first backup, or the cache was lost).
     public static func analyze(files: [ActivityFile], previous: [PreviousFile]?, sealedBytesRaw: UInt64,
                                sealedBytesStored: UInt64) -> SnapshotActivity {
-        var a = SnapshotActivity()
+        var tally = ActivityTally(hasBaseline: previous != nil)
+        var present = Set<ByteKey>()
+        for f in files {
+            tally.add(f)
+            present.insert(ByteKey(f.path))
+        }
+        let visitPrevious: ActivityTally.PreviousFiles? = previous.map { list in
+            { visit in for p in list { visit(p, present.contains(ByteKey(p.path))) } }
+        }
+        return tally.finish(previous: visitPrevious, sealedBytesRaw: sealedBytesRaw,
+                            sealedBytesStored: sealedBytesStored)
+    }
+}
+
+/// The activity analysis fed one file at a time, so a backup need not keep its files:
+/// it keeps only the added ones, and only when there is a previous snapshot to compare.
+public struct ActivityTally: Sendable {
+    private var a = SnapshotActivity()
+    private let hasBaseline: Bool
+    /// Files not in the previous snapshot, for rename and extension signals.
+    private var added: [ActivityFile] = []
+
+    public init(hasBaseline: Bool) { self.hasBaseline = hasBaseline }
+
+    public mutating func add(_ f: ActivityFile) {
+        switch f.change {
+        case .added: a.filesAdded += 1
+        case .changed: a.filesChanged += 1
+        case .unchanged: break
+        }
+        if f.change == .added && hasBaseline {
+            var kept = f
+            kept.head = nil
+            added.append(kept)
+        }
+        guard f.change != .unchanged, let head = f.head else { return }
+        a.sampledFiles += 1
+        let ext = ActivityNames.fileExtension(ActivityNames.baseName(f.path))
+        let random = head.unexplainedHighEntropy
+        let mismatch = head.mismatches(extension: ext)
+        if random { a.highEntropyFiles += 1 }
+        if mismatch { a.typeMismatchFiles += 1 }
+        if random || mismatch { a.suspiciousContentFiles += 1 }
+    }
+
+    /// Calls `visit` with each file of the previous snapshot and whether this backup has
+    /// a file at its path.
+    public typealias PreviousFiles = (_ visit: (PreviousFile, _ present: Bool) -> Void) -> Void
+
+    /// The section, given the previous snapshot's files (nil: no baseline). What it keeps
+    /// grows with the files added and deleted, not with the tree.
+    public func finish(previous: PreviousFiles?, sealedBytesRaw: UInt64, sealedBytesStored: UInt64)
+        -> SnapshotActivity {
+        var a = self.a
         a.sealedBytesRaw = sealedBytesRaw
         a.sealedBytesStored = sealedBytesStored
-        for f in files {
-            switch f.change {
-            case .added: a.filesAdded += 1
-            case .changed: a.filesChanged += 1
-            case .unchanged: break
-            }
-            guard f.change != .unchanged, let head = f.head else { continue }
-            a.sampledFiles += 1
-            let ext = ActivityNames.fileExtension(ActivityNames.baseName(f.path))
-            let random = head.unexplainedHighEntropy
-            let mismatch = head.mismatches(extension: ext)
-            if random { a.highEntropyFiles += 1 }
-            if mismatch { a.typeMismatchFiles += 1 }
-            if random || mismatch { a.suspiciousContentFiles += 1 }
-        }
         guard let previous else { return a }
         a.hasBaseline = true
-        var present = Set<ByteKey>()
-        for f in files { present.insert(ByteKey(f.path)) }
+        // The paths that added files' names extend (`a.docx` for `a.docx.locked`), to be
+        // looked for among the previous files.
+        var extended = Set<ByteKey>()
+        for f in added {
+            let ext = ActivityNames.fileExtension(ActivityNames.baseName(f.path))
+            if !ext.isEmpty { extended.insert(ByteKey(Array(f.path.dropLast(ext.utf8.count + 1)))) }
+        }
+        var extendedFound = Set<ByteKey>()
         var gone: [InodeKey: [UInt8]] = [:]
         var oldExtensions = Set<String>()
-        var oldPaths = Set<ByteKey>()
-        for p in previous {
-            oldPaths.insert(ByteKey(p.path))
+        previous { p, present in
+            if !extended.isEmpty, extended.contains(ByteKey(p.path)) { extendedFound.insert(ByteKey(p.path)) }
             oldExtensions.insert(ActivityNames.fileExtension(ActivityNames.baseName(p.path)))
-            if !present.contains(ByteKey(p.path)) {
+            if !present {
                 a.filesDeleted += 1
                 gone[InodeKey(device: p.device, inode: p.inode)] = p.path
             }
         }
         var newExtensionCounts: [String: UInt64] = [:]
         var noteDirectories = Set<ByteKey>()
-        for f in files where f.change == .added {
+        for f in added {
             let name = ActivityNames.baseName(f.path)
             let ext = ActivityNames.fileExtension(name)
             // A file that took another's place under a new extension: renamed (same inode), or
@@ -283,7 +326,7 @@ public enum ActivityAnalysis {
                 replaces = ActivityNames.fileExtension(ActivityNames.baseName(old)) != ext
                 if replaces { a.extensionChanged += 1 }
             } else if !ext.isEmpty {
-                replaces = oldPaths.contains(ByteKey(Array(f.path.dropLast(ext.utf8.count + 1))))
+                replaces = extendedFound.contains(ByteKey(Array(f.path.dropLast(ext.utf8.count + 1))))
             }
             if ActivityNames.ransomExtensions.contains(ext) { a.knownRansomExtension += 1 }
             // Why only such files: a new directory of photos brings a new extension too.

@@ -16,6 +16,9 @@ public struct ByteWriter: Sendable {
 
     public var count: Int { bytes.count }
 
+    /// Forgets what was written, keeping the memory for what comes next.
+    public mutating func reset() { bytes.removeAll(keepingCapacity: true) }
+
     public mutating func u8(_ v: UInt8) { bytes.append(v) }
 
     public mutating func u16(_ v: UInt16) {
@@ -81,6 +84,14 @@ public struct ByteReader {
     }
 
     public init<C: Collection>(_ bytes: C) where C.Element == UInt8 { self.init(Array(bytes)) }
+
+    /// Reads `bytes[range]` without copying them.
+    public init(_ bytes: [UInt8], range: Range<Int>) {
+        precondition(range.lowerBound >= 0 && range.upperBound <= bytes.count)
+        base = bytes
+        offset = range.lowerBound
+        end = range.upperBound
+    }
 
     public var remaining: Int { end - offset }
     public var isAtEnd: Bool { offset == end }

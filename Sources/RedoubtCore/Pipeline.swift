@@ -25,6 +25,10 @@ public final class PackPipeline {
     /// Format 2: the seal of every chunk this pipeline sealed, for the trees and the
     /// manifest root that name them.
     public private(set) var seals: [ChunkID: ChunkSeal] = [:]
+    /// False: ``add(sealed:)`` neither records seals nor skips a chunk this pipeline has
+    /// sealed before, for a caller that keeps that itself (a backup of a million files makes
+    /// a million chunks, and each worker's pipeline would otherwise remember them all).
+    public let remembersChunks: Bool
     private var scratch: [UInt8] = []
 
     /// `isKnown` answers whether the repository already holds a chunk (the server's
@@ -36,8 +40,10 @@ public final class PackPipeline {
     public init(material: SharedWriteMaterial, targetPackSize: Int = defaultTargetPackSize,
         compressionLevel: Int32 = ChunkCompressor.defaultLevel,
                 chunkerParameters: Chunker.Parameters = .default, packVersion: UInt16 = PackFormat.version,
+                remembersChunks: Bool = true,
                 isKnown: @escaping (ChunkID) -> Bool = { _ in false }) throws(CoreError) {
         self.packVersion = packVersion
+        self.remembersChunks = remembersChunks
         self.material = material
         self.chunker = Chunker(seed: material.chunkerSeed, parameters: chunkerParameters)
         self.targetPackSize = targetPackSize
@@ -63,14 +69,14 @@ public final class PackPipeline {
     /// repository already has it; records its seal either way.
     @discardableResult
     public func add(sealed chunk: SealedChunk) throws(CoreError) -> ChunkID {
-        seals[chunk.id] = chunk.seal
-        if sealedHere.contains(chunk.id) || isKnown(chunk.id) {
+        if remembersChunks { seals[chunk.id] = chunk.seal }
+        if (remembersChunks && sealedHere.contains(chunk.id)) || isKnown(chunk.id) {
             chunksReused += 1
             return chunk.id
         }
         try openPack()
         try current!.append(chunk)
-        sealedHere.insert(chunk.id)
+        if remembersChunks { sealedHere.insert(chunk.id) }
         chunksNew += 1
         if current.map({ $0.size >= targetPackSize || $0.chunkCount >= PackFormat.maxChunks - 1 }) == true {
             try finishCurrent()

@@ -173,6 +173,59 @@ extension SysResult {
         }
     }
 
+    /// `body` with its SHA-256 appended: the cache's own checksum, for hand-made files.
+    func sealed(_ body: [UInt8]) -> [UInt8] {
+        var h = SHA256Stream()
+        h.update(body)
+        return body + h.finalize()
+    }
+
+    /// The sample's version-3 bytes cut into header (version field at 8..<10), entries
+    /// and trailer (end byte, a one-byte count, checksum).
+    func parts() -> (header: [UInt8], entries: [UInt8]) {
+        let bytes = sample().encode(chunkIDKey: key)
+        let header = Array(bytes[0..<42])
+        return (header, Array(bytes[42..<(bytes.count - 32 - 2)]))
+    }
+
+    @Test func aVersionTwoCacheIsStillRead() throws {
+        let (header, entries) = parts()
+        #expect(header[8] == 3 && header[9] == 0)
+        var v2 = header
+        v2[8] = 2
+        // Version 2: the count before the entries (sorted by path, as the sample's are), no end byte.
+        let bytes = sealed(v2 + [UInt8(sample().count)] + entries)
+        let back = try MetadataCache.decode(bytes, chunkIDKey: key)
+        #expect(back.entries == sample().entries)
+    }
+
+    @Test func aPathListedTwiceOrAWrongCountIsRefused() throws {
+        let (header, entries) = parts()
+        let twice = sealed(header + entries + entries + [0, UInt8(2 * sample().count)])
+        #expect(throws: MetadataCache.Unusable.self) { try MetadataCache.decode(twice, chunkIDKey: key) }
+        let miscounted = sealed(header + entries + [0, UInt8(sample().count + 1)])
+        #expect(throws: MetadataCache.Unusable.self) { try MetadataCache.decode(miscounted, chunkIDKey: key) }
+        let right = sealed(header + entries + [0, UInt8(sample().count)])
+        #expect(try MetadataCache.decode(right, chunkIDKey: key).entries == sample().entries)
+    }
+
+    @Test func aWriterDroppedWithoutCommitLeavesTheOldCache() throws {
+        let work = try Fixture.tempDirectory("mdc")
+        defer { Fixture.remove(work) }
+        let path = work + "/cache"
+        try sample().write(to: path, chunkIDKey: key)
+        do {
+            let writer = try MetadataCacheWriter(path: path, chunkIDKey: key)
+            try writer.append(path: Array("/other".utf8), sample()[Array("/a/b".utf8)]!)
+        }
+        let loaded = MetadataCache.load(path: path, chunkIDKey: key)
+        #expect(loaded.problem == nil && loaded.cache.entries == sample().entries)
+        let fd = open(work, O_RDONLY | O_DIRECTORY)
+        defer { close(fd) }
+        guard case .success(let names) = ArchiveSys.listDirectory(fd: fd) else { throw Fixture.Failure("list") }
+        #expect(names == [Array("cache".utf8)], "the unfinished cache is removed")
+    }
+
     @Test func writesAtomicallyAndLoads() throws {
         let work = try Fixture.tempDirectory("mdc")
         defer { Fixture.remove(work) }

@@ -1,0 +1,377 @@
+import RedoubtCore
+
+/// Turns the walk's events into a snapshot's trees while the workers read files, holding
+/// a bounded window of the tree at a time: that is what keeps a backup's memory from
+/// growing with the number of files.
+///
+/// Each file gets a number in walk order when its directory is listed. A file found
+/// unchanged in the metadata cache waits for the repository to confirm its chunks (asked
+/// in batches); any other goes to the workers. A directory's tree is stored once every
+/// file numbered before the directory closed has finished: by then its own files are
+/// done, its subdirectories' trees are stored, and every earlier hard-link target is
+/// known to be in the snapshot or not. At most ``window`` files are numbered and not yet
+/// behind that point; the walk waits for the workers beyond it.
+///
+/// Used by one task only.
+final class SnapshotBuilder {
+    /// Files numbered but not yet behind the finished point. Measured on a kernel tree: a
+    /// smaller window lets one large file stall the other worker; a larger one only holds
+    /// more entries.
+    static let window = 8192
+    /// Directories closed and waiting for their files beyond which the walk waits.
+    static let maxWaitingDirectories = 8192
+    /// Chunks of cached files confirmed with the repository per request.
+    static let confirmBatch = 1000
+
+    let run: BackupRun
+    private let treeWorker: BackupWorker
+    private let queue: JobQueue
+    private let streamFD: Int32?
+
+    /// The previous snapshot's files, and which of them this backup found again (stored),
+    /// one bit per cache index.
+    private var cache: MetadataCache
+    private(set) var seen: [UInt64]
+    /// The next cache, written as files finish; nil if there is no cache or it failed.
+    private var writer: MetadataCacheWriter?
+    private(set) var tally: ActivityTally
+
+    private struct Pending {
+        let directory: WalkDirectory
+        let slot: Int
+        let path: [UInt8]
+        let change: ActivityFile.Change
+        /// The file's index in the cache, if it has an entry there.
+        var cacheIndex: Int? = nil
+    }
+
+    private var pending: [Int: Pending] = [:]
+    private var issued = 0
+    /// Every file numbered below this has finished.
+    private var finishedBelow = 0
+    private var finishedAbove = Set<Int>()
+    private var waiting: [(directory: WalkDirectory?, after: Int)] = []
+    private var waitingHead = 0
+    /// Unchanged files, and changed files with cached chunks, whose chunks the repository
+    /// has not been asked about yet.
+    private var unconfirmed: [(job: FileJob, entry: MetadataCache.Entry, unchanged: Bool)] = []
+    private var unconfirmedChunks = 0
+    /// Snapshot paths of hard-linked files that could not be stored.
+    private var omittedFirstNames = Set<[UInt8]>()
+
+    private(set) var warnings: [BackupWarning] = []
+    private(set) var stats = SnapshotStatistics()
+    private(set) var filesNew: UInt64 = 0, filesChanged: UInt64 = 0, filesUnchanged: UInt64 = 0
+    private(set) var sealedRaw: UInt64 = 0, sealedStored: UInt64 = 0
+    /// Why the stream (``BackupStream``) could not be stored, if it could not.
+    private(set) var streamFailure: String?
+    /// The entries of `/` when it is backed up: they are the root's.
+    private(set) var rootEntries: [Node] = []
+    /// The top, once its turn came (after every other directory), its entries complete.
+    private(set) var top: WalkDirectory?
+
+    init(run: BackupRun, queue: JobQueue, cache: MetadataCache, writer: MetadataCacheWriter?, streamFD: Int32?)
+        throws(CoreError) {
+        self.run = run
+        self.queue = queue
+        self.cache = cache
+        self.writer = writer
+        self.streamFD = streamFD
+        tally = ActivityTally(hasBaseline: cache.count > 0)
+        seen = [UInt64](repeating: 0, count: (cache.indexLimit + 63) / 64)
+        treeWorker = try BackupWorker(run: run)
+    }
+
+    typealias Outcomes = AsyncThrowingStream<FileOutcome, any Error>.Iterator
+
+    /// Takes one walk event, then stores what is ready and waits for the workers while
+    /// the window is full.
+    func take(_ event: WalkEvent, _ outcomes: inout Outcomes, _ uploads: inout UploadGroup) async throws {
+        switch event {
+        case .listed(let directory):
+            for i in directory.entries.indices where directory.entries[i].node.type == .file {
+                try await number(directory, i)
+            }
+        case .closed(let directory):
+            waiting.append((directory, issued))
+        }
+        try await storeReady(&uploads)
+        while issued - finishedBelow >= Self.window || waiting.count - waitingHead >= Self.maxWaitingDirectories {
+            try await waitForOne(&outcomes, &uploads)
+        }
+    }
+
+    /// After the last event: waits for every file and stores every directory left.
+    func finish(_ outcomes: inout Outcomes, _ uploads: inout UploadGroup) async throws {
+        while finishedBelow < issued { try await waitForOne(&outcomes, &uploads) }
+        try await storeReady(&uploads)
+        precondition(waitingHead == waiting.count, "a directory was left unstored")
+    }
+
+    /// Puts the treeWorker's blob in the repository (a tree of the root or of an ancestor).
+    func addTree(_ nodes: [Node], _ uploads: inout UploadGroup) async throws -> ([ChunkID], [ChunkSeal]) {
+        let refs = try await treeWorker.addBlob(try TreeCodec.encode(Tree(nodes: nodes)), &uploads)
+        run.registry.withLock { $0.reference(refs.0) }
+        return refs
+    }
+
+    func finishTrees(_ uploads: inout UploadGroup) async throws { try await treeWorker.finish(&uploads) }
+
+    /// Replaces the old cache with the one written during this backup; call after the commit.
+    func commitCache() {
+        guard let writer else { return }
+        do { try writer.commit() } catch {
+            warnings.append(BackupWarning(.cache, path: Array(writer.path.utf8),
+                "metadata cache not saved: \(error); the next backup reads every file"))
+        }
+        self.writer = nil
+    }
+
+    /// Lets the previous cache go once the activity section is made.
+    func releaseCache() {
+        cache = MetadataCache()
+        seen = []
+    }
+
+    /// The previous snapshot's files for the activity section, each with whether this
+    /// backup stored a file at its path.
+    func previousFiles() -> ActivityTally.PreviousFiles? {
+        guard cache.count > 0 else { return nil }
+        return { [cache, seen] visit in
+            cache.forEach { i, path, e in
+                let present = seen[i >> 6] & (1 << UInt64(i & 63)) != 0
+                visit(PreviousFile(path: path, device: e.device, inode: e.inode), present)
+            }
+        }
+    }
+
+    // MARK: - files
+
+    private func number(_ directory: WalkDirectory, _ i: Int) async throws {
+        let seq = issued
+        issued += 1
+        let entry = directory.entries[i]
+        let path = directory.fullPath(of: i)
+        var job = FileJob(entry: seq, path: path, stat: entry.stat)
+        job.streamFD = streamFD
+        guard let (cacheIndex, cached) = cache.find(path) else {
+            filesNew += 1
+            pending[seq] = Pending(directory: directory, slot: i, path: path, change: .added)
+            queue.push(job)
+            return
+        }
+        pending[seq] = Pending(directory: directory, slot: i, path: path, change: .changed, cacheIndex: cacheIndex)
+        // Why the seals: a format-2 tree names each chunk with its seal; an entry without
+        // them (written for format-1 chunks) is read again.
+        let hasSeals = cached.contentSeals.count == cached.content.count
+        if cached.matches(entry.stat) && hasSeals {
+            unconfirmed.append((job, cached, true))
+            unconfirmedChunks += cached.content.count
+        } else {
+            filesChanged += 1
+            if hasSeals && cached.contentMACs.count == cached.content.count && !cached.content.isEmpty {
+                unconfirmed.append((job, cached, false))
+                unconfirmedChunks += cached.content.count
+            } else {
+                queue.push(job)
+            }
+        }
+        if unconfirmedChunks >= Self.confirmBatch { try await confirm() }
+    }
+
+    /// Asks the repository about the waiting cached files' chunks: an unchanged file whose
+    /// chunks are all there is stored from the cache, any other is read; a changed file's
+    /// cached chunks that are there may be named without being sealed again.
+    private func confirm() async throws {
+        guard !unconfirmed.isEmpty else { return }
+        let batch = unconfirmed
+        unconfirmed = []
+        unconfirmedChunks = 0
+        let missing = try await confirmInRepository(batch.flatMap(\.entry.content))
+        for (job, entry, unchanged) in batch {
+            if !unchanged {
+                var usable: [(ChunkID, CachedChunk)] = []
+                for k in entry.content.indices where !missing.contains(entry.content[k]) {
+                    let chunk = CachedChunk(id: entry.content[k], seal: entry.contentSeals[k])
+                    usable.append((entry.contentMACs[k], chunk))
+                }
+                run.registry.withLock { r in for (mac, c) in usable { r.reusable[mac] = c } }
+                queue.push(job)
+            } else if entry.content.contains(where: missing.contains) {
+                // Why: the repository lost (or never committed) a chunk; read the file again.
+                filesChanged += 1
+                queue.push(job)
+            } else {
+                filesUnchanged += 1
+                reuse(job, entry)
+            }
+        }
+    }
+
+    /// Asks the repository where the given chunks are; records the answers and returns the
+    /// chunks it does not have.
+    private func confirmInRepository(_ ids: [ChunkID]) async throws -> Set<ChunkID> {
+        var unique = Array(Set(ids))
+        unique.sort()
+        var missing = Set<ChunkID>()
+        var start = 0
+        while start < unique.count {
+            try Task.checkCancellation()
+            let slice = Array(unique[start..<min(start + Self.confirmBatch, unique.count)])
+            let found = try await run.target.existingChunkLocations(slice)
+            run.registry.withLock { r in for (id, p) in found { r.location[id] = p } }
+            for id in slice where found[id] == nil { missing.insert(id) }
+            start += slice.count
+        }
+        return missing
+    }
+
+    private func reuse(_ job: FileJob, _ entry: MetadataCache.Entry) {
+        guard let p = pending.removeValue(forKey: job.entry) else { return }
+        var node = p.directory.entries[p.slot].node
+        node.content = entry.content
+        node.contentSeals = entry.contentSeals
+        node.dataRegions = entry.dataRegions
+        p.directory.entries[p.slot].node = node
+        run.registry.withLock { $0.chunksReused += UInt64(entry.content.count) }
+        run.progress { $0.filesDone += 1; $0.bytesDone += entry.size }
+        stored(p, stat: p.directory.entries[p.slot].stat, head: nil, cacheEntry: entry)
+        finished(job.entry)
+    }
+
+    /// Waits for one worker's outcome (asking about waiting cached files first, so that
+    /// none is left waiting on a request never sent) and applies it.
+    private func waitForOne(_ outcomes: inout Outcomes, _ uploads: inout UploadGroup) async throws {
+        if !unconfirmed.isEmpty {
+            try await confirm()
+            try await storeReady(&uploads)
+            return
+        }
+        guard let o = try await outcomes.next() else {
+            throw ArchiveError(.inconsistentSnapshot, object: "backup", "the workers stopped early (internal error)")
+        }
+        apply(o)
+        try await storeReady(&uploads)
+    }
+
+    private func apply(_ o: FileOutcome) {
+        guard let p = pending.removeValue(forKey: o.entry) else { return }
+        defer { finished(o.entry) }
+        if let w = o.warning { warnings.append(w) }
+        sealedRaw += o.sealedRaw
+        sealedStored += o.sealedStored
+        guard let content = o.content, let st = o.stat else {
+            p.directory.entries[p.slot].omitted = true
+            if streamFD != nil { streamFailure = o.warning?.message ?? "not read" }
+            if p.directory.entries[p.slot].stat.links > 1 {
+                omittedFirstNames.insert(p.directory.snapshotPath(of: p.slot))
+            }
+            return
+        }
+        var node = p.directory.entries[p.slot].node
+        node.content = content
+        node.contentSeals = o.contentSeals
+        node.dataRegions = o.dataRegions
+        node.size = o.size
+        node.mode = st.permissions
+        node.uid = st.uid
+        node.gid = st.gid
+        node.mtime = st.mtime
+        node.ctime = st.ctime
+        node.atime = st.atime
+        p.directory.entries[p.slot].node = node
+        p.directory.entries[p.slot].stat = st
+        var entry: MetadataCache.Entry? = nil
+        if o.stable {
+            entry = MetadataCache.Entry(size: st.size, mtime: st.mtime, ctime: st.ctime, inode: st.inode,
+                                        device: st.device, content: content, dataRegions: o.dataRegions)
+            entry?.contentSeals = o.contentSeals
+            entry?.contentMACs = o.contentMACs
+        }
+        stored(p, stat: st, head: o.head, cacheEntry: entry)
+    }
+
+    /// A file that is in the snapshot: for the activity section and the next cache.
+    private func stored(_ p: Pending, stat st: ArchiveSys.FileStat, head: HeadSample?,
+                        cacheEntry: MetadataCache.Entry?) {
+        tally.add(ActivityFile(path: p.path, device: st.device, inode: st.inode, change: p.change, head: head))
+        if let i = p.cacheIndex { seen[i >> 6] |= 1 << UInt64(i & 63) }
+        guard let cacheEntry, let w = writer else { return }
+        do { try w.append(path: p.path, cacheEntry) } catch {
+            warnings.append(BackupWarning(.cache, path: Array(w.path.utf8),
+                "metadata cache not saved: \(error); the next backup reads every file"))
+            writer = nil
+        }
+    }
+
+    private func finished(_ seq: Int) {
+        if seq == finishedBelow {
+            finishedBelow += 1
+            while finishedAbove.remove(finishedBelow) != nil { finishedBelow += 1 }
+        } else {
+            finishedAbove.insert(seq)
+        }
+    }
+
+    // MARK: - trees
+
+    /// Stores, in closing order, every directory whose files have all finished.
+    private func storeReady(_ uploads: inout UploadGroup) async throws {
+        while waitingHead < waiting.count, waiting[waitingHead].after <= finishedBelow {
+            let directory = waiting[waitingHead].directory
+            waiting[waitingHead].directory = nil
+            waitingHead += 1
+            if let directory { try await store(directory, &uploads) }
+        }
+        if waitingHead > 1024 && waitingHead * 2 > waiting.count {
+            waiting.removeFirst(waitingHead)
+            waitingHead = 0
+        }
+    }
+
+    private func store(_ directory: WalkDirectory, _ uploads: inout UploadGroup) async throws {
+        // A hard link whose first name could not be stored has nothing to link to.
+        if !omittedFirstNames.isEmpty {
+            for i in directory.entries.indices where directory.entries[i].node.type == .hardlink
+                && !directory.entries[i].omitted && omittedFirstNames.contains(directory.entries[i].node.linkTarget) {
+                directory.entries[i].omitted = true
+                warnings.append(BackupWarning(.unreadable, path: directory.fullPath(of: i),
+                    "hard link to a file that could not be read; not in the snapshot"))
+            }
+        }
+        guard let parent = directory.parent else {
+            // `/` itself is not an entry of the snapshot: its entries are the root's.
+            for i in directory.entries.indices where !directory.entries[i].omitted
+                && !directory.topPaths[i].snapshot.isEmpty {
+                count(directory.entries[i].node)
+            }
+            top = directory
+            return
+        }
+        var nodes: [Node] = []
+        nodes.reserveCapacity(directory.entries.count)
+        for e in directory.entries where !e.omitted {
+            count(e.node)
+            nodes.append(e.node)
+        }
+        directory.entries = []
+        if parent.isTop && directory.snapshotPath.isEmpty {
+            rootEntries = nodes
+            return
+        }
+        let (subtree, seals) = try await addTree(nodes, &uploads)
+        parent.entries[directory.slot].node.subtree = subtree
+        parent.entries[directory.slot].node.subtreeSeals = seals
+    }
+
+    private func count(_ node: Node) {
+        run.registry.withLock { $0.reference(node.content) }
+        switch node.type {
+        case .file:
+            stats.files += 1
+            stats.bytesTotal += node.size
+        case .directory: stats.directories += 1
+        default: stats.otherEntries += 1
+        }
+    }
+}
