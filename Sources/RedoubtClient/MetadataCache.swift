@@ -271,16 +271,7 @@ public struct MetadataCache: Sendable {
             w.u32(seal?.rawLength ?? UInt32.max)
             w.raw(k < e.contentMACs.count ? e.contentMACs[k].bytes : [UInt8](repeating: 0, count: 32))
         }
-        if let regions = e.dataRegions {
-            w.u8(1)
-            w.uvarint(UInt64(regions.count))
-            for r in regions {
-                w.uvarint(r.offset)
-                w.uvarint(r.length)
-            }
-        } else {
-            w.u8(0)
-        }
+        w.dataRegions(e.dataRegions)
     }
 
     /// Why a cache file was not used.

@@ -57,6 +57,20 @@ public struct Extent: Sendable, Hashable {
     }
 }
 
+extension ByteWriter {
+    /// A file's data regions as trees and the host's metadata cache write them: `0`, or
+    /// `1 ‖ count uvarint ‖ count × (offset uvarint ‖ length uvarint)` for a sparse file.
+    public mutating func dataRegions(_ regions: [Extent]?) {
+        guard let regions else { return u8(0) }
+        u8(1)
+        uvarint(UInt64(regions.count))
+        for r in regions {
+            uvarint(r.offset)
+            uvarint(r.length)
+        }
+    }
+}
+
 /// One entry of a directory tree: everything a faithful restore on Linux needs.
 public struct Node: Sendable, Hashable {
     /// The name as raw bytes: Linux names need not be UTF-8.
@@ -193,16 +207,7 @@ public enum TreeCodec {
                 b.raw(c.bytes)
                 if version == 2 { seal(n.contentSeals[k], &b) }
             }
-            if let regions = n.dataRegions {
-                b.u8(1)
-                b.uvarint(UInt64(regions.count))
-                for r in regions {
-                    b.uvarint(r.offset)
-                    b.uvarint(r.length)
-                }
-            } else {
-                b.u8(0)
-            }
+            b.dataRegions(n.dataRegions)
             b.uvarint(UInt64(n.subtree.count))
             for (k, c) in n.subtree.enumerated() {
                 b.raw(c.bytes)
