@@ -71,7 +71,14 @@ import RedoubtCore
         let w = try await world(hosts: ["web1"])
         do {
             let now0 = w.server.clock.now().timeIntervalSince1970
-            let t0 = Date(timeIntervalSince1970: (now0 / Self.day).rounded(.up) * Self.day)
+            let midnight = Date(timeIntervalSince1970: (now0 / Self.day).rounded(.up) * Self.day)
+            // A Sunday: the ten days then span three ISO weeks, so on day 10 the rules keep six
+            // daily snapshots (today's period is empty) and one weekly (day 0). Started on
+            // another weekday the weeks fall differently, and the count with them.
+            var utc = Calendar(identifier: .gregorian)
+            utc.timeZone = try #require(TimeZone(identifier: "UTC"))
+            let toSunday = (8 - utc.component(.weekday, from: midnight)) % 7
+            let t0 = midnight.addingTimeInterval(Double(toSunday) * Self.day)
             _ = try await w.server.service.setPolicy(tenant: "acme",
                 Wire.SetPolicyRequest(rules: RetentionRules(daily: 7, weekly: 4)),
                                                      ctx: w.admin)
