@@ -157,7 +157,7 @@ public struct MetadataCache: Sendable {
     private func slot(of path: [UInt8]) -> (slot: Int, index: Int?) {
         guard !table.isEmpty else { return (0, nil) }
         let mask = table.count - 1
-        var h = Self.hash(path) & mask
+        var h = Self.hash(path[...]) & mask
         while true {
             let t = Int(table[h])
             if t == 0 { return (h, nil) }
@@ -197,10 +197,11 @@ public struct MetadataCache: Sendable {
         }
     }
 
-    private static func hash(_ path: some Collection<UInt8>) -> Int {
+    /// One call per file looked up: the bytes go to the hasher at once, not one by one.
+    private static func hash(_ path: ArraySlice<UInt8>) -> Int {
         var hasher = Hasher()
         hasher.combine(path.count)
-        for b in path { hasher.combine(b) }
+        path.withUnsafeBytes { hasher.combine(bytes: $0) }
         return hasher.finalize()
     }
 
