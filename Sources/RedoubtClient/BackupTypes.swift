@@ -39,9 +39,10 @@ public struct BackupOptions: Sendable {
     public var oneFileSystem = false
     /// Back up this stream as one file instead of `paths` (which must then be empty).
     public var stream: BackupStream? = nil
-    /// Where finished packs wait, in unnamed files, while they upload (``SpooledPack``);
-    /// nil: the metadata cache's directory. With neither, or a target that takes packs
-    /// from memory only, each worker holds its uploading pack in memory beside the next.
+    /// Where packs are written as they are built, in unnamed files, and sent from
+    /// (``SpooledPack``); nil: the metadata cache's directory. With neither, or a target that
+    /// takes packs from memory only, each worker builds its pack in memory and holds the
+    /// uploading one beside it.
     public var spoolDirectory: String? = nil
 
     public init(paths: [String], excludes: [String] = [], tags: [String] = [], cachePath: String? = nil,

@@ -282,7 +282,8 @@ final class BackupWorker {
         pipeline = try PackPipeline(material: run.material, targetPackSize: run.options.packSize,
                                     compressionLevel: run.options.compressionLevel,
                                     chunkerParameters: run.hooks.chunkerParameters ?? .default,
-                                    remembersChunks: false)
+                                    remembersChunks: false,
+                                    makeSpill: run.spool.map { spool in { PackSpoolFile(in: spool.directory) } })
         maxChunk = pipeline.chunker.parameters.max
         window = Self.windowSize
         buffer = .allocate(byteCount: window + maxChunk, alignment: 4096)
@@ -338,8 +339,9 @@ final class BackupWorker {
     }
 
     /// Records finished packs and starts their uploads, waiting for an earlier one
-    /// first if this worker already has `maxInFlight` running. A pack is spooled if it can
-    /// be, and its memory goes straight back to the pipeline for the next pack.
+    /// first if this worker already has `maxInFlight` running. A pack built in its spool file
+    /// is sent from there; one built in memory is spooled if it can be, and its memory goes
+    /// straight back to the pipeline for the next pack.
     private func submit(_ finished: consuming [FinishedPack], _ uploads: inout UploadGroup) async throws {
         // Popped one by one, so each pack's buffer has one owner and can be reused in place.
         var packs = finished
@@ -356,8 +358,10 @@ final class BackupWorker {
                 inFlight -= 1
                 uploaded(consume done)
             }
-            let size = p.bytes.count
-            if let spool = run.spool, let file = SpooledPack.write(id: p.id, bytes: p.bytes, in: spool.directory) {
+            let size = p.size
+            if let spool = run.spool, let file = p.spill.flatMap({ $0 as? PackSpoolFile })
+                .map({ SpooledPack(id: p.id, count: size, file: $0) })
+                ?? SpooledPack.write(id: p.id, bytes: p.bytes, in: spool.directory) {
                 pipeline.recycle(consume p)
                 let target = spool.target
                 uploads.addTask {

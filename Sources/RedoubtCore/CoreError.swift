@@ -25,6 +25,8 @@ public struct CoreError: Error, Sendable, Equatable, CustomStringConvertible {
         case compression = "E_COMPRESSION"
         /// A referenced chunk or object is not present.
         case missing = "E_MISSING"
+        /// Local storage the caller gave failed (a pack's spill file: disk full, I/O error).
+        case io = "E_IO"
     }
 
     public let code: Code

@@ -85,9 +85,23 @@ public struct PackIndexEntry: Sendable, Equatable {
 /// A pack once written: its ID, bytes and the chunk IDs it holds, in order.
 public struct FinishedPack: Sendable {
     public let id: PackID
+    /// The pack's bytes, or none if they went to ``spill`` as they were written.
     public internal(set) var bytes: [UInt8]
     public let entries: [PackIndexEntry]
+    /// The pack's length in bytes.
+    public let size: Int
+    /// Where the writer put the pack's bytes instead of ``bytes``, if it was given one.
+    public let spill: (any PackSpill)?
     public var chunkIDs: [ChunkID] { entries.map(\.chunkID) }
+}
+
+/// Where a pack's bytes go while it is written, so that the writer holds a slice of the
+/// pack rather than all of it: a backup's workers each build a pack of 16 MiB or more,
+/// which would otherwise sit in memory until it is finished and sent.
+public protocol PackSpill: AnyObject, Sendable {
+    /// Appends `bytes` after everything appended before. A failure ends the pack (the
+    /// caller's backup fails with it): `.io`, naming where the bytes were going.
+    func append(_ bytes: UnsafeRawBufferPointer) throws(CoreError)
 }
 
 /// Builds one pack in memory. Not thread-safe; one per pipeline.
@@ -95,7 +109,13 @@ public struct FinishedPack: Sendable {
 /// Each writer draws a fresh random data key, so nonces are counters (chunk sequence
 /// numbers) and never repeat under a key.
 public struct PackWriter {
+    /// The pack's bytes from offset `spilled` on (all of them without a spill).
     private var bytes: [UInt8]
+    /// Where bytes go once `spillAt` of them wait; nil: the whole pack stays in `bytes`.
+    private let spill: (any PackSpill)?
+    private let spillAt: Int
+    /// Bytes already appended to `spill`, and hashed.
+    private var spilled = 0
     /// The pack ID's hash; `bytes[..<hashed]` are in it. Appends leave the rest for
     /// ``chunkID(for:key:)`` to hash alongside the next chunk's ID, or for ``finish()``.
     private var hasher = SHA256Stream()
@@ -107,9 +127,14 @@ public struct PackWriter {
 
     /// Starts a pack sealed to `recipient`. `capacity` is a hint for the final size;
     /// `buffer`, an earlier pack's memory, is reused if nobody else holds it. `version` 1
-    /// is for tests and fixtures of the older format.
+    /// is for tests and fixtures of the older format. With `spill`, bytes are appended to it
+    /// whenever `spillAt` of them wait (a chunk that large goes there without a copy), and
+    /// the finished pack's ``FinishedPack/bytes`` are empty.
     public init(recipient: ReadPublicKey, capacity: Int = 40 << 20, reusing buffer: consuming [UInt8] = [],
-                version: UInt16 = PackFormat.version) throws(CoreError) {
+                version: UInt16 = PackFormat.version, spill: (any PackSpill)? = nil,
+                spillAt: Int = 1 << 20) throws(CoreError) {
+        self.spill = spill
+        self.spillAt = spillAt
         guard PackFormat.readableVersions.contains(version) else {
             throw CoreError(.unsupportedVersion, object: "new pack", "cannot write pack format version \(version)")
         }
@@ -139,7 +164,7 @@ public struct PackWriter {
     }
 
     /// Bytes written so far (header and chunks; the index and footer come at finish).
-    public var size: Int { bytes.count }
+    public var size: Int { spilled + bytes.count }
     public var chunkCount: Int { entries.count }
 
     /// Appends a chunk sealed by ``ConvergentSealing`` (format 2).
@@ -152,8 +177,8 @@ public struct PackWriter {
             throw CoreError(.limitExceeded, object: object,
                 "pack already holds \(PackFormat.maxChunks) chunks; finish it first")
         }
-        let offset = bytes.count
-        bytes.append(contentsOf: chunk.bytes)
+        let offset = size
+        try narrow { try chunk.bytes.withUnsafeBytes { try put($0) } }
         entries.append(PackIndexEntry(chunkID: chunk.id, offset: UInt64(offset),
             sealedLength: UInt32(chunk.bytes.count),
                                       rawLength: chunk.seal.rawLength, kind: .none, sequence: UInt32(entries.count),
@@ -181,11 +206,12 @@ public struct PackWriter {
         do { box = try AES.GCM.seal(payload, using: dataKey, nonce: nonce, authenticating: aad) } catch {
             throw CoreError(.badKey, object: "chunk \(id.short)", "AES-GCM seal failed: \(error)")
         }
-        let offset = bytes.count
+        let offset = size
         bytes.append(contentsOf: box.ciphertext)
         bytes.append(contentsOf: box.tag)
-        entries.append(PackIndexEntry(chunkID: id, offset: UInt64(offset), sealedLength: UInt32(bytes.count - offset),
+        entries.append(PackIndexEntry(chunkID: id, offset: UInt64(offset), sealedLength: UInt32(size - offset),
                                       rawLength: UInt32(rawLength), kind: kind, sequence: seq))
+        if let spill, bytes.count >= spillAt { try drain(into: spill) }
     }
 
     public mutating func append(id: ChunkID, kind: CompressionKind, rawLength: Int,
@@ -197,6 +223,31 @@ public struct PackWriter {
         let from = hashed
         bytes.withUnsafeBytes { hasher.update(UnsafeRawBufferPointer(rebasing: $0[from...])) }
         hashed = bytes.count
+    }
+
+    /// Appends pack bytes: to memory, or past `spillAt` to the spill, a run that large
+    /// straight from where it is.
+    private mutating func put(_ data: UnsafeRawBufferPointer) throws(CoreError) {
+        if let spill, bytes.count + data.count > spillAt {
+            try drain(into: spill)
+            if data.count >= spillAt {
+                hasher.update(data)
+                try spill.append(data)
+                spilled += data.count
+                return
+            }
+        }
+        bytes.append(contentsOf: data)
+    }
+
+    /// Hashes what waits in memory and moves it to the spill.
+    private mutating func drain(into spill: any PackSpill) throws(CoreError) {
+        guard !bytes.isEmpty else { return }
+        hashPending()
+        try narrow { try bytes.withUnsafeBytes { try spill.append($0) } }
+        spilled += bytes.count
+        bytes.removeAll(keepingCapacity: true)
+        hashed = 0
     }
 
     /// The keyed ID of `chunk` (the next one to seal, usually), computed in one loop with
@@ -232,10 +283,10 @@ public struct PackWriter {
             box = try AES.GCM.seal(index.bytes, using: dataKey, nonce: try PackFormat.nonce(domain: 1, counter: 0),
                                    authenticating: PackFormat.indexAAD(count: entries.count))
         } catch { throw CoreError(.badKey, object: "pack index", "AES-GCM seal failed: \(error)") }
-        let indexOffset = bytes.count
+        let indexOffset = size
         bytes.append(contentsOf: box.ciphertext)
         bytes.append(contentsOf: box.tag)
-        let indexLength = bytes.count - indexOffset
+        let indexLength = size - indexOffset
         for e in entries {
             bytes.append(contentsOf: e.chunkID.bytes)
             if version == 2 {
@@ -251,9 +302,9 @@ public struct PackWriter {
         f.u32(UInt32(entries.count))
         f.raw(version == 1 ? PackFormat.footerMagic : PackFormat.footerMagic2)
         bytes.append(contentsOf: f.bytes)
-        hashPending()
+        if let spill { try drain(into: spill) } else { hashPending() }
         let id = PackID(bytes: hasher.finalize())!
-        return FinishedPack(id: id, bytes: bytes, entries: entries)
+        return FinishedPack(id: id, bytes: bytes, entries: entries, size: size, spill: spill)
     }
 }
 

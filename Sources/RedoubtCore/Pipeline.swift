@@ -30,18 +30,25 @@ public final class PackPipeline {
     /// a million chunks, and each worker's pipeline would otherwise remember them all).
     public let remembersChunks: Bool
     private var scratch: [UInt8] = []
+    /// Gives each new pack a place to be written as it fills (``PackSpill``); nil, or a
+    /// nil answer: the pack is built in memory.
+    private let makeSpill: (() -> (any PackSpill)?)?
+    /// Bytes of a spilled pack held in memory at once: a few average chunks, so that the
+    /// spill is written in large appends.
+    public static let spillSlice = 1 << 20
 
-    /// `isKnown` answers whether the repository already holds a chunk (the server's
-    /// answer to "have?"); such chunks are not sealed again.
-    /// 16 MiB, as restic's packs: each worker holds a pack in progress and one uploading,
-    /// so the pack size sets most of a backup's memory.
+    /// 16 MiB, as restic's packs. A pack built in memory (no spill) is most of its
+    /// pipeline's memory.
     public static let defaultTargetPackSize = 16 << 20
 
+    /// `isKnown` answers whether the repository already holds a chunk (the server's
+    /// answer to "have?"); such chunks are not sealed again. `makeSpill`: see ``PackSpill``.
     public init(material: SharedWriteMaterial, targetPackSize: Int = defaultTargetPackSize,
         compressionLevel: Int32 = ChunkCompressor.defaultLevel,
                 chunkerParameters: Chunker.Parameters = .default, packVersion: UInt16 = PackFormat.version,
-                remembersChunks: Bool = true,
+                remembersChunks: Bool = true, makeSpill: (() -> (any PackSpill)?)? = nil,
                 isKnown: @escaping (ChunkID) -> Bool = { _ in false }) throws(CoreError) {
+        self.makeSpill = makeSpill
         self.packVersion = packVersion
         self.remembersChunks = remembersChunks
         self.material = material
@@ -96,6 +103,11 @@ public final class PackPipeline {
 
     private func openPack() throws(CoreError) {
         guard current == nil else { return }
+        if let spill = makeSpill?() {
+            current = try PackWriter(recipient: material.readPublicKey, capacity: Self.spillSlice,
+                                     version: packVersion, spill: spill, spillAt: Self.spillSlice)
+            return
+        }
         var buffer: [UInt8] = []
         swap(&buffer, &spare)
         current = try PackWriter(recipient: material.readPublicKey, capacity: targetPackSize + (9 << 20),
@@ -197,7 +209,7 @@ public final class PackPipeline {
         // its first append duplicates the whole pack buffer (tens of MiB per pack).
         guard let c = current.take() else { return }
         let p = try (consume c).finish()
-        bytesPacked += UInt64(p.bytes.count)
+        bytesPacked += UInt64(p.size)
         finished.append(p)
     }
 }

@@ -74,6 +74,30 @@ import Testing
         #expect(try Fixture.compare(src, dst + src) == [])
     }
 
+    @Test func packsBuiltInTheirSpoolFilesRestoreBitForBit() async throws {
+        // Packs of several slices: each is written to its file as it fills, never held whole.
+        let keys = try TestKeys()
+        let work = try Fixture.tempDirectory("spool-large")
+        defer { Fixture.remove(work) }
+        let src = work + "/src", spool = work + "/spool"
+        try Fixture.check(mkdir(src, 0o755), "mkdir")
+        try Fixture.check(mkdir(spool, 0o700), "mkdir")
+        try Fixture.write(src + "/random", try Fixture.random(11 << 20))
+        try Fixture.write(src + "/text", Fixture.text(3 << 20))
+        let repo = MemoryRepository(keys: keys.write)
+        var options = BackupOptions(paths: [src], packSize: 6 << 20)
+        options.spoolDirectory = spool
+        let result = try await Archiver().run(options: options, keys: keys.write, target: repo, now: now)
+        #expect(result.warnings.isEmpty, "\(result.warnings)")
+        #expect(result.packsUploaded > 1)
+        #expect(await repo.spooledUploads == result.packsUploaded)
+        #expect(try Watching.names(in: spool) == [])
+        let dst = work + "/dst"
+        _ = try await Restorer().restore(manifest: result.manifest, readKey: keys.tenant.readKey,
+            chunkIDKey: keys.tenant.chunkIDKey, source: repo, target: dst)
+        #expect(try Fixture.compare(src, dst + src) == [])
+    }
+
     @Test func theCacheDirectoryIsTheDefaultSpool() async throws {
         let keys = try TestKeys()
         let work = try Fixture.tempDirectory("spool-cache")

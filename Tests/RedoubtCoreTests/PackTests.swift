@@ -1,4 +1,5 @@
 import Crypto
+import Synchronization
 import Testing
 @testable import RedoubtCore
 
@@ -490,5 +491,104 @@ private let tinyChunks: [[UInt8]] = [Array("alpha".utf8), Array("bravo!".utf8), 
             }
         }
         #expect(authenticationFailures > 100)
+    }
+
+    // MARK: spill
+
+    @Test func aSpilledPackIsThePackItsSpillHolds() throws {
+        let keys = try tenantKeys(1)
+        var rng = SplitMix64(seed: 0x5e11)
+        let text = Array(String(repeating: "spilled, not held\n", count: 40_000).utf8)
+        // Below, across and well past the slice, so every path of the writer is taken.
+        let chunks: [[UInt8]] = [text, rng.bytes(300_000), [1, 2, 3], [], rng.bytes(20_000), rng.bytes(70_000)]
+        let spill = CollectingSpill()
+        var writer = try PackWriter(recipient: keys.readKey.publicKey, capacity: 1 << 16, spill: spill,
+                                    spillAt: 64 << 10)
+        let compressor = try ChunkCompressor()
+        var scratch: [UInt8] = []
+        var seals: [ChunkSeal] = []
+        for c in chunks {
+            let sealed = try c.withUnsafeBytes {
+                try ConvergentSealing.seal($0, compressor: compressor, chunkIDKey: keys.chunkIDKey, scratch: &scratch)
+            }
+            seals.append(sealed.seal)
+            try writer.append(sealed)
+        }
+        #expect(spill.appends > 3, "the pack was written out as it grew, not at the end")
+        let pack = try writer.finish()
+        let bytes = spill.bytes
+        #expect(pack.bytes.isEmpty)
+        #expect(pack.size == bytes.count)
+        #expect(pack.id == packID(of: bytes))
+        let opened = try PackReader.open(bytes, expectedID: pack.id, readKey: keys.readKey)
+        #expect(opened.entries.map(\.offset) == pack.entries.map(\.offset))
+        let decompressor = try ChunkDecompressor()
+        for (k, e) in opened.entries.enumerated() {
+            #expect(try opened.chunk(e, seal: seals[k], chunkIDKey: keys.chunkIDKey, decompressor: decompressor)
+                == chunks[k])
+        }
+    }
+
+    @Test func aFormatOneSpilledPackHashesEveryByteOnce() throws {
+        // Format 1 hashes the pack alongside each chunk ID; a spill must neither skip nor repeat bytes.
+        let keys = try tenantKeys(2)
+        var rng = SplitMix64(seed: 0xf1)
+        let chunks: [[UInt8]] = (0..<12).map { _ in rng.bytes(1000 + rng.int(30_000)) }
+        let spill = CollectingSpill()
+        var writer = try PackWriter(recipient: keys.readKey.publicKey, capacity: 1 << 16, version: 1, spill: spill,
+                                    spillAt: 16 << 10)
+        for c in chunks {
+            try c.withUnsafeBytes { raw in
+                let id = writer.chunkID(for: raw, key: keys.chunkIDKey)
+                try writer.append(id: id, kind: .none, rawLength: raw.count, payload: raw)
+            }
+        }
+        let pack = try writer.finish()
+        #expect(spill.appends > 3)
+        #expect(pack.id == packID(of: spill.bytes))
+        #expect(try readAll(spill.bytes, id: pack.id, keys).map(\.1) == chunks)
+    }
+
+    @Test func aSpillThatFailsEndsThePackWithItsError() throws {
+        let keys = try tenantKeys(1)
+        var rng = SplitMix64(seed: 0xdead)
+        let spill = CollectingSpill(failingAt: 2)
+        var writer = try PackWriter(recipient: keys.readKey.publicKey, capacity: 1 << 16, spill: spill,
+                                    spillAt: 4096)
+        let compressor = try ChunkCompressor()
+        var scratch: [UInt8] = []
+        let error = #expect(throws: CoreError.self) {
+            for _ in 0..<4 {
+                let data = rng.bytes(10_000)
+                try writer.append(try data.withUnsafeBytes {
+                    try ConvergentSealing.seal($0, compressor: compressor, chunkIDKey: keys.chunkIDKey,
+                                               scratch: &scratch)
+                })
+            }
+        }
+        #expect(error?.code == .io)
+        #expect(error?.object == "test spill")
+    }
+}
+
+/// Keeps what a writer spills, as a spool file would; the append numbered `failingAt`
+/// fails as a full disk would.
+private final class CollectingSpill: PackSpill {
+    private let state = Mutex<(bytes: [UInt8], appends: Int)>(([], 0))
+    private let failingAt: Int?
+
+    init(failingAt: Int? = nil) { self.failingAt = failingAt }
+
+    var bytes: [UInt8] { state.withLock { $0.bytes } }
+    var appends: Int { state.withLock { $0.appends } }
+
+    func append(_ data: UnsafeRawBufferPointer) throws(CoreError) {
+        let failed = state.withLock { s in
+            s.appends += 1
+            if s.appends == failingAt { return true }
+            s.bytes.append(contentsOf: data)
+            return false
+        }
+        if failed { throw CoreError(.io, object: "test spill", "no space left on device") }
     }
 }
