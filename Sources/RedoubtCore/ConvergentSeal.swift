@@ -6,14 +6,17 @@ import Foundation
 /// nothing it trusts comes from the pack's uploader (docs/FORMAT.md §3.4). Never prints.
 public struct ChunkSeal: Sendable, Hashable, CustomStringConvertible {
     /// The 32-byte AES-256-GCM key of the chunk.
-    public let key: [UInt8]
+    public var key: [UInt8] { keyWords.bytes }
+    /// The key, held inline: as an array each seal of a tree or a restore plan cost one
+    /// more allocation.
+    private let keyWords: Words32
     /// The chunk's plaintext length.
     public let rawLength: UInt32
 
     /// Nil unless `key` is 32 bytes and `rawLength` within the format's limit.
     public init?(key: [UInt8], rawLength: UInt32) {
-        guard key.count == 32, rawLength <= UInt32(PackFormat.maxRawChunk) else { return nil }
-        self.key = key
+        guard let words = Words32(key), rawLength <= UInt32(PackFormat.maxRawChunk) else { return nil }
+        keyWords = words
         self.rawLength = rawLength
     }
 
