@@ -7,10 +7,6 @@ struct RestoreItem {
     var parent: Int
     var name: [UInt8]
     var node: Node
-    /// Path relative to the restore target, for messages.
-    var path: [UInt8]
-    /// Path relative to the snapshot root, for hard links.
-    var snapshotPath: [UInt8]
     /// (device, inode) of what this restore created, to recognise it when reopening.
     var created: (device: UInt64, inode: UInt64)? = nil
     var skipped = false
@@ -49,7 +45,20 @@ final class RestoreTree {
         files.removeAll()
     }
 
-    func object(_ i: Int) -> String { printable(items[i].path) }
+    func object(_ i: Int) -> String { printable(path(i)) }
+
+    /// Item `i`'s path below the restore target, which is its path below the snapshot root:
+    /// its directories' names and its own. Built when asked (messages, hard links), not
+    /// kept: one path per entry was a tenth of a large restore's plan.
+    func path(_ i: Int) -> [UInt8] {
+        var names: [[UInt8]] = []
+        var k = i
+        while k >= 0 {
+            names.append(items[k].name)
+            k = items[k].parent
+        }
+        return Array(names.reversed().joined(separator: [0x2f]))
+    }
 
     /// The name item `i` has in its directory now: its temporary one while it is written.
     func currentName(_ i: Int) -> [UInt8] { items[i].temporary ?? items[i].name }

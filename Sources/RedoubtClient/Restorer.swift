@@ -157,10 +157,13 @@ final class RestoreSession {
 
     private var snapshot: String { "snapshot \(manifest.id)" }
 
-    private func report(force: Bool = false, _ update: (inout RestoreProgress) -> Void = { _ in }) {
+    /// Applies `update` and reports at most every 100 ms (always if `force`); the path of
+    /// `entry`, the item at hand, is built only for a report that goes out.
+    private func report(force: Bool = false, entry: Int? = nil, _ update: (inout RestoreProgress) -> Void = { _ in }) {
         update(&status)
         let now = ContinuousClock.now
         if !force, let last = lastReport, now - last < .milliseconds(100) { return }
+        if let entry { status.currentPath = printable(tree.path(entry)) }
         lastReport = now
         onProgress(status)
     }
@@ -539,12 +542,11 @@ final class RestoreSession {
             let place = filter.place(e.path)
             if place == .outside || (place == .inside && filter.excluded(e.path, name: e.node.name)) { continue }
             let i = tree.items.count
-            var item = RestoreItem(parent: e.parent, name: e.node.name, node: e.node, path: e.path,
-                                   snapshotPath: e.path)
+            var item = RestoreItem(parent: e.parent, name: e.node.name, node: e.node)
             item.onTheWay = place == .onTheWay
             tree.items.append(item)
             guard e.node.type == .directory else { continue }
-            report { $0.currentPath = printable(e.path) }
+            report(entry: i)
             let t: Tree
             do { t = try await loadTree(e.node.subtree, path: e.path) } catch let error as CoreError where skipDamaged {
                 damaged.append(DamagedEntry(path: e.path, error: error))
@@ -560,7 +562,7 @@ final class RestoreSession {
             var keep = [Bool](repeating: false, count: tree.items.count)
             for i in tree.items.indices {
                 let it = tree.items[i]
-                keep[i] = (!it.onTheWay && filter.included(it.path, name: it.name))
+                keep[i] = (!it.onTheWay && filter.included(tree.path(i), name: it.name))
                     || (it.parent >= 0 && keep[it.parent] && !tree.items[it.parent].onTheWay)
             }
             for i in tree.items.indices.reversed() where keep[i] && tree.items[i].parent >= 0 {
@@ -574,6 +576,12 @@ final class RestoreSession {
             bytes += it.node.size
         }
         report(force: true) { $0.filesTotal = files; $0.bytesTotal = bytes }
+        // The plan grew by doubling as the trees were read, and is held through the whole
+        // restore: up to twice its size, for every pack of the content phase.
+        var exact: [RestoreItem] = []
+        exact.reserveCapacity(tree.items.count)
+        exact.append(contentsOf: tree.items)
+        tree.items = exact
     }
 
     /// A node as the plan keeps it, without what the restore never reads again: owners are
@@ -593,11 +601,16 @@ final class RestoreSession {
     private var hardLinkTargets: [Int: Int] = [:]
 
     private func resolveHardLinks() async throws {
+        let links = tree.items.indices.filter { tree.items[$0].node.type == .hardlink && !tree.items[$0].skipped }
+        guard !links.isEmpty else { return }
+        // Only the files links name: paths are not kept per entry.
+        let targets = Set(links.map { tree.items[$0].node.linkTarget })
         var files: [[UInt8]: Int] = [:]
         for (i, it) in tree.items.enumerated() where it.node.type == .file && !it.skipped {
-            files[it.snapshotPath] = i
+            let path = tree.path(i)
+            if targets.contains(path) { files[path] = i }
         }
-        for i in tree.items.indices where tree.items[i].node.type == .hardlink && !tree.items[i].skipped {
+        for i in links {
             let target = tree.items[i].node.linkTarget
             if let f = files[target] {
                 hardLinkTargets[i] = f
@@ -606,7 +619,7 @@ final class RestoreSession {
             // Why: the target is looked up through directories of the snapshot only, never
             // through a symlink, so a link cannot reach a file outside the snapshot.
             if let n = try await findNode(target), n.type == .file {
-                var node = n
+                var node = Self.planned(n)
                 node.name = tree.items[i].name
                 tree.items[i].node = node
                 files[target] = i
@@ -614,7 +627,7 @@ final class RestoreSession {
                 status.bytesTotal = (status.bytesTotal ?? 0) + node.size
             } else {
                 tree.items[i].skipped = true
-                warnings.append(RestoreWarning(path: tree.items[i].path,
+                warnings.append(RestoreWarning(path: tree.path(i),
                     "hard link to \(printable(target)), which is not a file in \(snapshot); not restored"))
             }
         }
@@ -624,6 +637,7 @@ final class RestoreSession {
 
     private func createEntries() throws {
         report(force: true) { $0.phase = .writing }
+        placements.reserveCapacity(Int(clamping: status.filesTotal ?? 0))
         for i in tree.items.indices {
             let parent = tree.items[i].parent
             if parent >= 0 && tree.items[parent].skipped { tree.items[i].skipped = true }
@@ -679,7 +693,7 @@ final class RestoreSession {
             case .charDevice, .blockDevice:
                 guard isRoot else {
                     tree.items[i].skipped = true
-                    warnings.append(RestoreWarning(path: tree.items[i].path,
+                    warnings.append(RestoreWarning(path: tree.path(i),
                         "\(node.type) not restored: creating devices needs root"))
                     continue
                 }
@@ -688,14 +702,14 @@ final class RestoreSession {
                     what: "mknod")
             case .socket:
                 tree.items[i].skipped = true
-                warnings.append(RestoreWarning(path: tree.items[i].path,
+                warnings.append(RestoreWarning(path: tree.path(i),
                     "socket not restored: a socket is created by the program that listens on it"))
                 continue
             case .hardlink:
                 guard let target = hardLinkTargets[i] else { continue }
                 if tree.items[target].skipped {
                     tree.items[i].skipped = true
-                    warnings.append(RestoreWarning(path: tree.items[i].path,
+                    warnings.append(RestoreWarning(path: tree.path(i),
                         "hard link not made: its first name \(tree.object(target)) was left as it was"))
                     continue
                 }
@@ -745,11 +759,10 @@ final class RestoreSession {
     private func planContents() throws -> ContentPlan {
         var plan = ContentPlan()
         for f in placements.indices {
-            let item = tree.items[placements[f].item]
             if placements[f].chunks.isEmpty {
                 if placements[f].expected != 0 {
-                    try damage(item.path, CoreError(.corrupt,
-                        object: "file \(printable(item.snapshotPath)) in \(snapshot)",
+                    try damage(tree.path(placements[f].item), CoreError(.corrupt,
+                        object: "file \(printable(tree.path(placements[f].item))) in \(snapshot)",
                         "has no content but a size of \(placements[f].expected) bytes"))
                 }
                 try finishedFile(f)
@@ -758,13 +771,16 @@ final class RestoreSession {
             for (k, c) in placements[f].chunks.enumerated() {
                 guard let p = location[c] else {
                     placements[f].damaged = true
-                    try damage(item.path, CoreError(.missing, object: "chunk \(c)",
-                        "needed by file \(printable(item.snapshotPath)) but in none of the packs \(snapshot) lists"))
+                    try damage(tree.path(placements[f].item), CoreError(.missing, object: "chunk \(c)",
+                        """
+                            needed by file \(printable(tree.path(placements[f].item))) but in none of the packs \
+                            \(snapshot) lists
+                            """))
                     break
                 }
                 if let e = damagedPacks[p] {
                     placements[f].damaged = true
-                    try damage(item.path, e)
+                    try damage(tree.path(placements[f].item), e)
                     break
                 }
                 if plan.destinations[c] == nil {
@@ -872,7 +888,7 @@ final class RestoreSession {
                     CoreError(.missing, object: "chunk \(c)",
                         """
                             not in pack \(id), where the repository said it is; needed by \
-                            \(printable(tree.items[placements[f].item].snapshotPath))
+                            \(printable(tree.path(placements[f].item)))
                             """)
                 }
             }
@@ -883,7 +899,7 @@ final class RestoreSession {
     private func damageFiles(_ ds: [(file: Int, chunk: Int)], _ error: (Int) -> CoreError) throws {
         for d in ds where !placements[d.file].damaged {
             placements[d.file].damaged = true
-            try damage(tree.items[placements[d.file].item].path, error(d.file))
+            try damage(tree.path(placements[d.file].item), error(d.file))
         }
     }
 
@@ -908,8 +924,8 @@ final class RestoreSession {
     /// (they stay, incomplete, and are listed), gets its metadata.
     private func finishContents() throws {
         for f in placements.indices where !placements[f].damaged && placements[f].chunksLeft > 0 {
-            let item = tree.items[placements[f].item]
-            try damage(item.path, CoreError(.missing, object: "file \(printable(item.snapshotPath)) in \(snapshot)",
+            try damage(tree.path(placements[f].item), CoreError(.missing,
+                object: "file \(printable(tree.path(placements[f].item))) in \(snapshot)",
                                             "\(placements[f].chunksLeft) of its chunks were not found in the packs"))
         }
         for f in placements.indices where !tree.items[placements[f].item].metadataDone {
@@ -920,12 +936,12 @@ final class RestoreSession {
     /// Writes chunk `k` of file `f` at its offset (into the data regions of a sparse file).
     private func write(_ f: Int, _ k: Int, _ data: UnsafeRawBufferPointer) throws {
         let placement = placements[f]
-        let item = tree.items[placement.item]
         let start = placement.offsets[k]
         let (end, overflow) = start.addingReportingOverflow(UInt64(data.count))
         guard !overflow, end <= placement.expected else {
             placements[f].damaged = true
-            try damage(item.path, CoreError(.corrupt, object: "file \(printable(item.snapshotPath)) in \(snapshot)",
+            try damage(tree.path(placement.item), CoreError(.corrupt,
+                object: "file \(printable(tree.path(placement.item))) in \(snapshot)",
                                             """
                                                 its chunks hold more than the \(placement.expected) bytes its tree \
                                                 entry gives
@@ -937,7 +953,7 @@ final class RestoreSession {
             let from = Int(r.content - start)
             let e = ArchiveSys.pwriteAll(fd, UnsafeRawBufferPointer(rebasing: data[from..<(from + r.length)]),
                 at: r.file)
-            if e != 0 { throw ArchiveError.system("writing", object: printable(item.path), errno: e) }
+            if e != 0 { throw ArchiveError.system("writing", object: printable(tree.path(placement.item)), errno: e) }
         }
         placements[f].chunksLeft -= 1
         status.bytesDone += UInt64(data.count)
@@ -947,7 +963,8 @@ final class RestoreSession {
             let total = placements[f].offsets[last] + UInt64(lengths[placement.chunks[last]] ?? 0)
             if total != placement.expected {
                 placements[f].damaged = true
-                try damage(item.path, CoreError(.corrupt, object: "file \(printable(item.snapshotPath)) in \(snapshot)",
+                try damage(tree.path(placement.item), CoreError(.corrupt,
+                    object: "file \(printable(tree.path(placement.item))) in \(snapshot)",
                                                 """
                                                     its chunks hold \(total) bytes, its tree entry says \
                                                     \(placement.expected)
@@ -963,7 +980,7 @@ final class RestoreSession {
         try setMetadata(fd: try tree.file(i), item: i)
         tree.closeFile(i)
         try tree.commitFile(i)
-        report { $0.filesDone += 1; $0.currentPath = printable(tree.items[i].path) }
+        report(entry: i) { $0.filesDone += 1 }
     }
 
     /// Owner, extended attributes, mode and times of an open file, in that order (chown
@@ -972,7 +989,7 @@ final class RestoreSession {
         let item = tree.items[i]
         let node = item.node
         if isRoot && fchown(fd, node.uid, node.gid) != 0 {
-            warnings.append(RestoreWarning(path: item.path,
+            warnings.append(RestoreWarning(path: tree.path(i),
                 "owner \(node.uid):\(node.gid) not set: \(ArchiveSys.describe(errno: Glibc.errno))"))
         }
         if !node.xattrs.isEmpty {
@@ -981,29 +998,29 @@ final class RestoreSession {
             let parent = try tree.directory(item.parent)
             let name = tree.currentName(i)
             let path = ArchiveSys.procPath(dirfd: parent, name: name)
-                ?? (tree.targetPath + [0x2f] + item.path.dropLast(item.name.count) + name)
+                ?? (tree.targetPath + [0x2f] + tree.path(i).dropLast(item.name.count) + name)
             for x in node.xattrs {
                 let e = ArchiveSys.setXattr(path, x)
-                if e != 0 { xattrWarning(item, x, errno: e) }
+                if e != 0 { xattrWarning(i, x, errno: e) }
             }
         }
         if fchmod(fd, mode_t(node.mode)) != 0 {
-            warnings.append(RestoreWarning(path: item.path,
+            warnings.append(RestoreWarning(path: tree.path(i),
                 "mode \(String(node.mode, radix: 8)) not set: \(ArchiveSys.describe(errno: Glibc.errno))"))
         }
         var times = [ArchiveSys.timespec(node.atime), ArchiveSys.timespec(node.mtime)]
         if futimens(fd, &times) != 0 {
-            warnings.append(RestoreWarning(path: item.path,
+            warnings.append(RestoreWarning(path: tree.path(i),
                 "times not set: \(ArchiveSys.describe(errno: Glibc.errno))"))
         }
         tree.items[i].metadataDone = true
     }
 
-    private func xattrWarning(_ item: RestoreItem, _ x: ExtendedAttribute, errno e: Int32) {
+    private func xattrWarning(_ i: Int, _ x: ExtendedAttribute, errno e: Int32) {
         let privileged = x.name.starts(with: Array("system.".utf8)) || x.name.starts(with: Array("security.".utf8))
             || x.name.starts(with: Array("trusted.".utf8))
         let hint = privileged && !isRoot ? " (needs root)" : ""
-        warnings.append(RestoreWarning(path: item.path,
+        warnings.append(RestoreWarning(path: tree.path(i),
             "extended attribute \(printable(x.name)) not set\(hint): \(ArchiveSys.describe(errno: e))"))
     }
 
@@ -1029,24 +1046,25 @@ final class RestoreSession {
         try ArchiveSys.withCString(item.name) { (name: UnsafePointer<CChar>) throws in
             // The owner first: chown clears setuid/setgid and file capabilities.
             if isRoot && fchownat(parent, name, node.uid, node.gid, ArchiveSys.atSymlinkNoFollow) != 0 {
-                warnings.append(RestoreWarning(path: item.path,
+                warnings.append(RestoreWarning(path: tree.path(i),
                     "owner \(node.uid):\(node.gid) not set: \(ArchiveSys.describe(errno: Glibc.errno))"))
             }
             if !node.xattrs.isEmpty {
-                let path = ArchiveSys.procPath(dirfd: parent, name: item.name) ?? (tree.targetPath + [0x2f] + item.path)
+                let path = ArchiveSys.procPath(dirfd: parent, name: item.name) ?? (tree.targetPath + [0x2f]
+                    + tree.path(i))
                 for x in node.xattrs {
                     let e = ArchiveSys.setXattr(path, x)
-                    if e != 0 { xattrWarning(item, x, errno: e) }
+                    if e != 0 { xattrWarning(i, x, errno: e) }
                 }
             }
             // Symlinks have no mode of their own on Linux.
             if node.type != .symlink && fchmodat(parent, name, mode_t(node.mode), ArchiveSys.atSymlinkNoFollow) != 0 {
-                warnings.append(RestoreWarning(path: item.path,
+                warnings.append(RestoreWarning(path: tree.path(i),
                     "mode \(String(node.mode, radix: 8)) not set: \(ArchiveSys.describe(errno: Glibc.errno))"))
             }
             var times = [ArchiveSys.timespec(node.atime), ArchiveSys.timespec(node.mtime)]
             if utimensat(parent, name, &times, ArchiveSys.atSymlinkNoFollow) != 0 {
-                warnings.append(RestoreWarning(path: item.path,
+                warnings.append(RestoreWarning(path: tree.path(i),
                     "times not set: \(ArchiveSys.describe(errno: Glibc.errno))"))
             }
         }
