@@ -287,24 +287,30 @@ public struct PackWriter {
         bytes.append(contentsOf: box.ciphertext)
         bytes.append(contentsOf: box.tag)
         let indexLength = size - indexOffset
+        var list = ByteWriter(capacity: entries.count * PackFormat.listEntrySize(version))
         for e in entries {
-            bytes.append(contentsOf: e.chunkID.bytes)
+            list.raw(e.chunkID.bytes)
             if version == 2 {
-                var l = ByteWriter(capacity: 12)
-                l.u64(e.offset)
-                l.u32(e.sealedLength)
-                bytes.append(contentsOf: l.bytes)
+                list.u64(e.offset)
+                list.u32(e.sealedLength)
             }
         }
+        bytes.append(contentsOf: list.bytes)
         var f = ByteWriter(capacity: PackFormat.footerSize)
         f.u64(UInt64(indexOffset))
         f.u32(UInt32(indexLength))
         f.u32(UInt32(entries.count))
         f.raw(version == 1 ? PackFormat.footerMagic : PackFormat.footerMagic2)
         bytes.append(contentsOf: f.bytes)
-        if let spill { try drain(into: spill) } else { hashPending() }
+        let total = size
+        if let spill {
+            try drain(into: spill)
+            bytes = []  // its capacity, grown for the index and list, goes now, not with the pack
+        } else {
+            hashPending()
+        }
         let id = PackID(bytes: hasher.finalize())!
-        return FinishedPack(id: id, bytes: bytes, entries: entries, size: size, spill: spill)
+        return FinishedPack(id: id, bytes: bytes, entries: entries, size: total, spill: spill)
     }
 }
 

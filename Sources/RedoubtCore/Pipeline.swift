@@ -7,8 +7,9 @@
 public final class PackPipeline {
     public let material: SharedWriteMaterial
     public let chunker: Chunker
-    /// A pack is finished once it holds at least this many bytes.
+    /// A pack is finished once it holds at least this many bytes, or this many chunks.
     public let targetPackSize: Int
+    public let maxChunksPerPack: Int
     private let compressor: ChunkCompressor
     private let isKnown: (ChunkID) -> Bool
     private var current: PackWriter?
@@ -40,10 +41,16 @@ public final class PackPipeline {
     /// 16 MiB, as restic's packs. A pack built in memory (no spill) is most of its
     /// pipeline's memory.
     public static let defaultTargetPackSize = 16 << 20
+    /// A writer holds about 100 bytes per chunk of its pack until the pack is finished, and
+    /// finishing builds the index and chunk list (112 bytes per chunk) at once: 16 MiB of
+    /// one-kilobyte files is 28 000 chunks, which made those the largest part of a backup of
+    /// small files. 8192 keeps each under a megabyte (the format allows 2^20).
+    public static let defaultMaxChunksPerPack = 1 << 13
 
     /// `isKnown` answers whether the repository already holds a chunk (the server's
     /// answer to "have?"); such chunks are not sealed again. `makeSpill`: see ``PackSpill``.
     public init(material: SharedWriteMaterial, targetPackSize: Int = defaultTargetPackSize,
+                maxChunksPerPack: Int = defaultMaxChunksPerPack,
         compressionLevel: Int32 = ChunkCompressor.defaultLevel,
                 chunkerParameters: Chunker.Parameters = .default, packVersion: UInt16 = PackFormat.version,
                 remembersChunks: Bool = true, makeSpill: (() -> (any PackSpill)?)? = nil,
@@ -54,6 +61,7 @@ public final class PackPipeline {
         self.material = material
         self.chunker = Chunker(seed: material.chunkerSeed, parameters: chunkerParameters)
         self.targetPackSize = targetPackSize
+        self.maxChunksPerPack = max(1, min(maxChunksPerPack, PackFormat.maxChunks - 1))
         self.compressor = try ChunkCompressor(level: compressionLevel)
         self.isKnown = isKnown
     }
@@ -85,7 +93,7 @@ public final class PackPipeline {
         try current!.append(chunk)
         if remembersChunks { sealedHere.insert(chunk.id) }
         chunksNew += 1
-        if current.map({ $0.size >= targetPackSize || $0.chunkCount >= PackFormat.maxChunks - 1 }) == true {
+        if current.map({ $0.size >= targetPackSize || $0.chunkCount >= maxChunksPerPack }) == true {
             try finishCurrent()
         }
         return chunk.id
@@ -142,7 +150,7 @@ public final class PackPipeline {
         chunksNew += 1
         // Not `if let c = current`: that copy would keep the pack buffer shared while
         // finish() appends to it, and the append would copy the whole pack.
-        if current.map({ $0.size >= targetPackSize || $0.chunkCount >= PackFormat.maxChunks - 1 }) == true {
+        if current.map({ $0.size >= targetPackSize || $0.chunkCount >= maxChunksPerPack }) == true {
             try finishCurrent()
         }
         return id

@@ -549,6 +549,20 @@ private let tinyChunks: [[UInt8]] = [Array("alpha".utf8), Array("bravo!".utf8), 
         #expect(try readAll(spill.bytes, id: pack.id, keys).map(\.1) == chunks)
     }
 
+    @Test func aPipelineFinishesAPackAtItsChunkLimit() throws {
+        // Many small chunks make packs of few bytes: the chunk count, not the size, ends them.
+        let keys = try tenantKeys(3)
+        let p = try PackPipeline(material: keys.sharedWriteMaterial, maxChunksPerPack: 3)
+        let blobs = (0..<10).map { n in Array("small file \(n)".utf8) }
+        let ids = try blobs.flatMap { try p.add(blob: $0) }
+        let packs = try p.flush()
+        #expect(packs.map(\.entries.count) == [3, 3, 3, 1])
+        #expect(packs.flatMap(\.chunkIDs) == ids)
+        for pack in packs {
+            #expect(try PackReader.inspect(pack.bytes, expectedID: pack.id).chunksVerified)
+        }
+    }
+
     @Test func aSpillThatFailsEndsThePackWithItsError() throws {
         let keys = try tenantKeys(1)
         var rng = SplitMix64(seed: 0xdead)
