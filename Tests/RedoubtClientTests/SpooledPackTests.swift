@@ -47,18 +47,21 @@ import Testing
         }
     }
 
-    @Test func packsUploadFromUnnamedFilesAndRestoreBitForBit() async throws {
+    /// Packs of less than a slice, and packs of several slices (each written to its file as
+    /// it fills, never held whole).
+    @Test(arguments: [(256 << 10, 3 << 20, 2 << 20), (6 << 20, 11 << 20, 3 << 20)])
+    func packsUploadFromUnnamedFilesAndRestoreBitForBit(packSize: Int, random: Int, text: Int) async throws {
         let keys = try TestKeys()
         let work = try Fixture.tempDirectory("spool")
         defer { Fixture.remove(work) }
         let src = work + "/src", spool = work + "/spool"
         try Fixture.check(mkdir(src, 0o755), "mkdir")
         try Fixture.check(mkdir(spool, 0o700), "mkdir")
-        try Fixture.write(src + "/random", try Fixture.random(3 << 20))
-        try Fixture.write(src + "/text", Fixture.text(2 << 20))
+        try Fixture.write(src + "/random", try Fixture.random(random))
+        try Fixture.write(src + "/text", Fixture.text(text))
         let repo = MemoryRepository(keys: keys.write)
         let target = Watching(repository: repo, directory: spool)
-        var options = BackupOptions(paths: [src], packSize: 256 << 10)
+        var options = BackupOptions(paths: [src], packSize: packSize)
         options.spoolDirectory = spool
         let result = try await Archiver().run(options: options, keys: keys.write, target: target, now: now)
         #expect(result.warnings.isEmpty, "\(result.warnings)")
@@ -67,30 +70,6 @@ import Testing
         #expect(await repo.spooledUploads == result.packsUploaded)
         #expect(await repo.uploads == result.packsUploaded)
         #expect(target.namesSeen.withLock { $0 } == [], "a spooled pack never has a name")
-        #expect(try Watching.names(in: spool) == [])
-        let dst = work + "/dst"
-        _ = try await Restorer().restore(manifest: result.manifest, readKey: keys.tenant.readKey,
-            chunkIDKey: keys.tenant.chunkIDKey, source: repo, target: dst)
-        #expect(try Fixture.compare(src, dst + src) == [])
-    }
-
-    @Test func packsBuiltInTheirSpoolFilesRestoreBitForBit() async throws {
-        // Packs of several slices: each is written to its file as it fills, never held whole.
-        let keys = try TestKeys()
-        let work = try Fixture.tempDirectory("spool-large")
-        defer { Fixture.remove(work) }
-        let src = work + "/src", spool = work + "/spool"
-        try Fixture.check(mkdir(src, 0o755), "mkdir")
-        try Fixture.check(mkdir(spool, 0o700), "mkdir")
-        try Fixture.write(src + "/random", try Fixture.random(11 << 20))
-        try Fixture.write(src + "/text", Fixture.text(3 << 20))
-        let repo = MemoryRepository(keys: keys.write)
-        var options = BackupOptions(paths: [src], packSize: 6 << 20)
-        options.spoolDirectory = spool
-        let result = try await Archiver().run(options: options, keys: keys.write, target: repo, now: now)
-        #expect(result.warnings.isEmpty, "\(result.warnings)")
-        #expect(result.packsUploaded > 1)
-        #expect(await repo.spooledUploads == result.packsUploaded)
         #expect(try Watching.names(in: spool) == [])
         let dst = work + "/dst"
         _ = try await Restorer().restore(manifest: result.manifest, readKey: keys.tenant.readKey,

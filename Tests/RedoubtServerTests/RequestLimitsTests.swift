@@ -204,9 +204,15 @@ import Testing
         // (One deadline for them all, so that a server that closes none ends the test in time:
         // before the first held connection's deadline, unless opening them all took so long
         // that the accepts behind it need a few seconds more.)
-        var closedEarly = 0
         let early = max(opening.addingTimeInterval(15), Date().addingTimeInterval(3))
-        for c in open where await c.waitClosed(within: max(0, early.timeIntervalSinceNow)) { closedEarly += 1 }
+        var notYet: [RawConnection] = []
+        for c in open where !(await c.waitClosed(within: max(0, early.timeIntervalSinceNow))) { notYet.append(c) }
+        // A close the server sent before the deadline can reach this side a moment after it on a
+        // loaded machine (one did, in a full CI run): one second more for those, together.
+        let grace = Date().addingTimeInterval(1)
+        var heldOpen = 0
+        for c in notYet where !(await c.waitClosed(within: max(0, grace.timeIntervalSinceNow))) { heldOpen += 1 }
+        let closedEarly = open.count - heldOpen
         let peak = vmRSS()
         #expect(closedEarly >= 1000 - 16,
             "only \(closedEarly) of 1000 idle connections from one source were closed early")
