@@ -366,9 +366,7 @@ final class BackupWorker {
                 uploaded(consume done)
             }
             let size = p.size
-            if let spool = run.spool, let file = p.spill.flatMap({ $0 as? PackSpoolFile })
-                .map({ SpooledPack(id: p.id, count: size, file: $0) })
-                ?? SpooledPack.write(id: p.id, bytes: p.bytes, in: spool.directory) {
+            if let spool = run.spool, let file = spooled(p, in: spool.directory) {
                 pipeline.recycle(consume p)
                 let target = spool.target
                 uploads.addTask {
@@ -384,6 +382,13 @@ final class BackupWorker {
             }
             inFlight += 1
         }
+    }
+
+    /// The pack's spool file: the one it was built in, or a copy of its bytes; nil if
+    /// neither can be had (it is then sent from memory).
+    private func spooled(_ p: borrowing FinishedPack, in directory: String) -> SpooledPack? {
+        if let file = p.spill as? PackSpoolFile { return SpooledPack(id: p.id, count: p.size, file: file) }
+        return SpooledPack.write(id: p.id, bytes: p.bytes, in: directory)
     }
 
     /// `consuming`, and callers pass `consume`: the pipeline can reuse the pack's memory

@@ -157,6 +157,9 @@ final class RestoreSession {
 
     private var snapshot: String { "snapshot \(manifest.id)" }
 
+    /// How an error names the file of item `i`.
+    private func fileObject(_ i: Int) -> String { "file \(tree.object(i)) in \(snapshot)" }
+
     /// Applies `update` and reports at most every 100 ms (always if `force`); the path of
     /// `entry`, the item at hand, is built only for a report that goes out.
     private func report(force: Bool = false, entry: Int? = nil, _ update: (inout RestoreProgress) -> Void = { _ in }) {
@@ -301,8 +304,9 @@ final class RestoreSession {
     /// up to a chunk's size). Why: text expands ~6x from its sealed size, so a whole
     /// 32 MiB pack prepared at once, with two more loading ahead, held over 600 MiB. Three
     /// batches can be alive (one written, two prepared); 8 MiB restored the benchmark corpus
-    /// as fast as 16 MiB did, and 2 MiB, measured together with slimmer plan entries, no
-    /// slower than 8 (7.5 s against 9.0 s on the kernel corpus, 198 MiB against 235).
+    /// as fast as 16 MiB did. 2 MiB was measured only together with slimmer plan entries:
+    /// 7.5 s / 198 MiB against 9.0 s / 235 on the kernel corpus, one run each, where this
+    /// disk moves a restore's time by up to 30% from run to run.
     static let defaultBatchBudget = 2 << 20
     /// Batches prepared ahead of the one being written. One keeps both cores busy (one
     /// decrypts, one writes): on the 800 MB benchmark corpus a second one ahead restored no
@@ -762,7 +766,7 @@ final class RestoreSession {
             if placements[f].chunks.isEmpty {
                 if placements[f].expected != 0 {
                     try damage(tree.path(placements[f].item), CoreError(.corrupt,
-                        object: "file \(printable(tree.path(placements[f].item))) in \(snapshot)",
+                        object: fileObject(placements[f].item),
                         "has no content but a size of \(placements[f].expected) bytes"))
                 }
                 try finishedFile(f)
@@ -925,7 +929,7 @@ final class RestoreSession {
     private func finishContents() throws {
         for f in placements.indices where !placements[f].damaged && placements[f].chunksLeft > 0 {
             try damage(tree.path(placements[f].item), CoreError(.missing,
-                object: "file \(printable(tree.path(placements[f].item))) in \(snapshot)",
+                object: fileObject(placements[f].item),
                                             "\(placements[f].chunksLeft) of its chunks were not found in the packs"))
         }
         for f in placements.indices where !tree.items[placements[f].item].metadataDone {
@@ -941,7 +945,7 @@ final class RestoreSession {
         guard !overflow, end <= placement.expected else {
             placements[f].damaged = true
             try damage(tree.path(placement.item), CoreError(.corrupt,
-                object: "file \(printable(tree.path(placement.item))) in \(snapshot)",
+                object: fileObject(placement.item),
                                             """
                                                 its chunks hold more than the \(placement.expected) bytes its tree \
                                                 entry gives
@@ -964,7 +968,7 @@ final class RestoreSession {
             if total != placement.expected {
                 placements[f].damaged = true
                 try damage(tree.path(placement.item), CoreError(.corrupt,
-                    object: "file \(printable(tree.path(placement.item))) in \(snapshot)",
+                    object: fileObject(placement.item),
                                                 """
                                                     its chunks hold \(total) bytes, its tree entry says \
                                                     \(placement.expected)

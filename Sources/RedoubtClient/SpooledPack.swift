@@ -6,8 +6,8 @@ import Synchronization
 /// A finished pack's bytes in an unnamed file (``PackSpoolFile``), sent from there.
 ///
 /// Why: a worker used to hold two packs (one filling, one uploading); written to the file
-/// as it is built, a pack costs its writer a 1 MiB slice, and its upload a 256 KiB slice
-/// at a time, and the page cache, not the process, holds the rest. The bytes are the
+/// as it is built, a pack costs its writer a 1 MiB slice, and its upload a
+/// ``BodySlices/sliceSize`` slice at a time, and the page cache, not the process, holds the rest. The bytes are the
 /// pack's, unchanged (sealed to the tenant's read key, like what goes to the server). The
 /// file is closed, and so gone, when the last reference (the worker's task or an HTTP body
 /// still being read) is released: a descriptor is never closed while a body might still

@@ -132,7 +132,7 @@ public struct PackWriter {
     /// the finished pack's ``FinishedPack/bytes`` are empty.
     public init(recipient: ReadPublicKey, capacity: Int = 40 << 20, reusing buffer: consuming [UInt8] = [],
                 version: UInt16 = PackFormat.version, spill: (any PackSpill)? = nil,
-                spillAt: Int = 1 << 20) throws(CoreError) {
+                spillAt: Int = PackPipeline.spillSlice) throws(CoreError) {
         self.spill = spill
         self.spillAt = spillAt
         guard PackFormat.readableVersions.contains(version) else {

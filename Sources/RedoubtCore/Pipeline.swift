@@ -34,8 +34,8 @@ public final class PackPipeline {
     /// Gives each new pack a place to be written as it fills (``PackSpill``); nil, or a
     /// nil answer: the pack is built in memory.
     private let makeSpill: (() -> (any PackSpill)?)?
-    /// Bytes of a spilled pack held in memory at once: a few average chunks, so that the
-    /// spill is written in large appends.
+    /// Bytes of a spilled pack held in memory at once: about one average chunk, so that the
+    /// spill is written in large appends (a chunk this large goes to it uncopied).
     public static let spillSlice = 1 << 20
 
     /// 16 MiB, as restic's packs. A pack built in memory (no spill) is most of its
@@ -93,9 +93,7 @@ public final class PackPipeline {
         try current!.append(chunk)
         if remembersChunks { sealedHere.insert(chunk.id) }
         chunksNew += 1
-        if current.map({ $0.size >= targetPackSize || $0.chunkCount >= maxChunksPerPack }) == true {
-            try finishCurrent()
-        }
+        if currentIsFull { try finishCurrent() }
         return chunk.id
     }
 
@@ -107,6 +105,13 @@ public final class PackPipeline {
             out.append(s)
         }
         return out
+    }
+
+    /// The pack in progress holds enough bytes or chunks to be finished. Asked of the
+    /// optional in place, not through `if let c = current`: that copy would keep the pack
+    /// buffer shared while finish() appends to it, and the append would copy the whole pack.
+    private var currentIsFull: Bool {
+        current.map { $0.size >= targetPackSize || $0.chunkCount >= maxChunksPerPack } ?? false
     }
 
     private func openPack() throws(CoreError) {
@@ -148,11 +153,7 @@ public final class PackPipeline {
         }
         sealedHere.insert(id)
         chunksNew += 1
-        // Not `if let c = current`: that copy would keep the pack buffer shared while
-        // finish() appends to it, and the append would copy the whole pack.
-        if current.map({ $0.size >= targetPackSize || $0.chunkCount >= maxChunksPerPack }) == true {
-            try finishCurrent()
-        }
+        if currentIsFull { try finishCurrent() }
         return id
     }
 
