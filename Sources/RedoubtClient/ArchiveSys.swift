@@ -191,55 +191,67 @@ enum ArchiveSys {
     /// The extended attributes of the entry at `path` (not following a final symlink),
     /// sorted by name. ENOTSUP/ENODATA mean "none".
     static func listXattrs(_ path: [UInt8]) -> SysResult<[ExtendedAttribute]> {
-        withCString(path) { cpath -> SysResult<[ExtendedAttribute]> in
-            var size = CRedoubtSys.llistxattr(cpath, nil, 0)
-            if size < 0 {
-                let e = Glibc.errno
-                return (e == ENOTSUP || e == ENODATA) ? .success([]) : .failure(e)
-            }
-            if size == 0 { return .success([]) }
-            var names = [UInt8]()
-            while true {
-                names = [UInt8](repeating: 0, count: size + 64)
-                let n = names.withUnsafeMutableBytes {
-                    CRedoubtSys.llistxattr(cpath, $0.baseAddress!.assumingMemoryBound(to: CChar.self), $0.count)
-                }
-                if n >= 0 {
-                    names.removeSubrange(n...)
-                    break
-                }
-                let e = Glibc.errno
-                guard e == ERANGE else { return .failure(e) }
-                size = CRedoubtSys.llistxattr(cpath, nil, 0)
-                if size < 0 { return .failure(Glibc.errno) }
-            }
-            var out: [ExtendedAttribute] = []
-            for name in names.split(separator: 0) where !name.isEmpty {
-                let nameBytes = Array(name)
-                switch getXattr(cpath, nameBytes) {
-                case .success(let v): out.append(ExtendedAttribute(name: nameBytes, value: v))
-                case .failure(let e) where e == ENODATA: continue  // removed since the listing
-                case .failure(let e): return .failure(e)
-                }
-            }
-            out.sort { bytesPrecede($0.name, $1.name) }
-            return .success(out)
+        withCString(path) { cpath in
+            listXattrs(list: { CRedoubtSys.llistxattr(cpath, $0, $1) },
+                       get: { CRedoubtSys.lgetxattr(cpath, $0, $1, $2) })
         }
     }
 
-    private static func getXattr(_ cpath: UnsafePointer<CChar>, _ name: [UInt8]) -> SysResult<[UInt8]> {
+    /// The extended attributes of the file open as `fd`, sorted by name: no path is looked
+    /// up, so a reader that has the file open lists them for the cost of the calls alone.
+    static func listXattrs(fd: Int32) -> SysResult<[ExtendedAttribute]> {
+        listXattrs(list: { CRedoubtSys.flistxattr(fd, $0, $1) }, get: { CRedoubtSys.fgetxattr(fd, $0, $1, $2) })
+    }
+
+    private static func listXattrs(list: (UnsafeMutablePointer<CChar>?, Int) -> Int,
+                                   get: (UnsafePointer<CChar>, UnsafeMutableRawPointer?, Int) -> Int)
+        -> SysResult<[ExtendedAttribute]> {
+        var size = list(nil, 0)
+        if size < 0 {
+            let e = Glibc.errno
+            return (e == ENOTSUP || e == ENODATA) ? .success([]) : .failure(e)
+        }
+        if size == 0 { return .success([]) }
+        var names = [UInt8]()
+        while true {
+            names = [UInt8](repeating: 0, count: size + 64)
+            let n = names.withUnsafeMutableBytes { list($0.baseAddress!.assumingMemoryBound(to: CChar.self), $0.count) }
+            if n >= 0 {
+                names.removeSubrange(n...)
+                break
+            }
+            let e = Glibc.errno
+            guard e == ERANGE else { return .failure(e) }
+            size = list(nil, 0)
+            if size < 0 { return .failure(Glibc.errno) }
+        }
+        var out: [ExtendedAttribute] = []
+        for name in names.split(separator: 0) where !name.isEmpty {
+            let nameBytes = Array(name)
+            switch getXattr(nameBytes, get) {
+            case .success(let v): out.append(ExtendedAttribute(name: nameBytes, value: v))
+            case .failure(let e) where e == ENODATA: continue  // removed since the listing
+            case .failure(let e): return .failure(e)
+            }
+        }
+        out.sort { bytesPrecede($0.name, $1.name) }
+        return .success(out)
+    }
+
+    private static func getXattr(_ name: [UInt8], _ get: (UnsafePointer<CChar>, UnsafeMutableRawPointer?, Int) -> Int)
+        -> SysResult<[UInt8]> {
         withCString(name) { cname in
             var capacity = 256
             while true {
                 var value = [UInt8](repeating: 0, count: capacity)
-                let n = value.withUnsafeMutableBytes { CRedoubtSys.lgetxattr(cpath, cname, $0.baseAddress, $0.count) }
+                let n = value.withUnsafeMutableBytes { get(cname, $0.baseAddress, $0.count) }
                 if n >= 0 {
                     value.removeSubrange(n...)
                     return .success(value)
                 }
                 let e = Glibc.errno
                 guard e == ERANGE else { return .failure(e) }
-                let need = CRedoubtSys.lgetxattr(cpath, cname, nil, 0)
+                let need = get(cname, nil, 0)
                 if need < 0 { return .failure(Glibc.errno) }
                 capacity = max(capacity * 2, need + 16)
                 if capacity > TreeCodec.maxXattrValue + 16 { return .failure(E2BIG) }

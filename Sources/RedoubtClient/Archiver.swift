@@ -103,6 +103,7 @@ public final class Archiver: Sendable {
                       excludes: options.excludes)
         walker.excludeCaches = options.excludeCaches
         walker.oneFileSystem = options.oneFileSystem
+        walker.fileXattrsFromReader = true
         defer { walker.abandon() }
         run.progress(force: true) { $0 = BackupProgress(phase: .reading) }
         let workers = max(1, min(options.workers, 16))

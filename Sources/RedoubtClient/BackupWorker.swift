@@ -168,6 +168,10 @@ struct FileOutcome: Sendable {
     /// False if the file changed while it was read (it is then not cached).
     var stable: Bool
     var warning: BackupWarning?
+    /// The file's extended attributes, listed through the descriptor it was read from; nil
+    /// if they could not be (`attributeWarning` says why) or the file was not read.
+    var xattrs: [ExtendedAttribute]?
+    var attributeWarning: BackupWarning?
     /// The first KiB of the file as read, sampled for the activity section.
     var head: HeadSample?
     /// Plaintext and stored bytes of the chunks of this file that were compressed and sealed.
@@ -506,6 +510,17 @@ final class BackupWorker {
             }
             attempt += 1
             before = after
+        }
+        // After the content: a change to them since `before` moved the ctime, which the
+        // next backup's cache check sees.
+        switch ArchiveSys.listXattrs(fd: fd) {
+        case .success(let x) where x.count <= TreeCodec.maxXattrs: outcome.xattrs = x
+        case .success:
+            outcome.attributeWarning = BackupWarning(.attributes, path: job.path,
+                "more than \(TreeCodec.maxXattrs) extended attributes; none stored")
+        case .failure(let e):
+            outcome.attributeWarning = BackupWarning(.attributes, path: job.path,
+                "extended attributes not stored: \(ArchiveSys.describe(errno: e))")
         }
         run.progress { $0.filesDone += 1 }
         return outcome

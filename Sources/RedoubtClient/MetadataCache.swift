@@ -7,24 +7,27 @@ import RedoubtCore
 /// without read access").
 ///
 /// It holds only what the host already knows: paths, sizes, times, inode and device
-/// numbers, and keyed chunk IDs. Never plaintext, never a key. A file whose size, mtime,
-/// ctime, inode and device all match its entry is not read again; its chunks are still
-/// checked against the repository before they are reused.
+/// numbers, keyed chunk IDs and extended attributes. Never plaintext, never a key. A file
+/// whose size, mtime, ctime, inode and device all match its entry is not read again, and
+/// its extended attributes are taken from the entry (changing them moves the ctime); its
+/// chunks are still checked against the repository before they are reused.
 ///
-/// File format, version 3 (all integers little-endian, `uvarint` and `bytes*` as in
+/// File format, version 4 (all integers little-endian, `uvarint` and `bytes*` as in
 /// docs/FORMAT.md §8):
 /// ```
-/// magic "RDBTMDC1" ‖ version u16 (=3) ‖ keyCheck[32] ‖ entry* ‖ 0x00 ‖ count uvarint ‖ sha256[32]
+/// magic "RDBTMDC1" ‖ version u16 (=4) ‖ keyCheck[32] ‖ entry* ‖ 0x00 ‖ count uvarint ‖ sha256[32]
 /// entry = path bytes* ‖ size uvarint ‖ mtime ts ‖ ctime ts ‖ inode uvarint ‖ device uvarint
 ///       ‖ chunkCount uvarint ‖ chunkCount × (chunkID[32] ‖ sealKey[32] ‖ rawLength u32 ‖ mac[32])
 ///       ‖ sparse u8 ‖ (if 1: regionCount uvarint ‖ regionCount × (offset uvarint ‖ length uvarint))
+///       ‖ xattrsKnown u8 ‖ (if 1: xattrCount uvarint ‖ xattrCount × (name bytes* ‖ value bytes*))
 /// ts = seconds i64 ‖ nanoseconds u32
 /// ```
 /// A path is never empty, so the byte 0x00 where the next entry's length would be ends
 /// the list; `count` then says how many entries came before it. Entries are in the order
 /// the backup finished their files, each path once: the cache is written while the backup
-/// runs, never held whole. Version 2 (still read) had `count` after `keyCheck` and its
-/// entries sorted by path, and no end byte.
+/// runs, never held whole. Version 3 (still read) had no extended attributes: its entries
+/// load with them unknown, so their files are read once more. Version 2 (still read) also
+/// had `count` after `keyCheck` and its entries sorted by path, and no end byte.
 ///
 /// `keyCheck` is the chunk ID of the label "redoubt/v1/metadata-cache" under the
 /// tenant's chunk-ID key: a cache written for another tenant (whose chunk IDs would mean
@@ -51,6 +54,9 @@ public struct MetadataCache: Sendable {
         /// The keyed hash (HMAC, chunk-ID key) of each chunk's plaintext: lets a changed file's
         /// unchanged chunks be named without compressing and sealing them again.
         public var contentMACs: [ChunkID] = []
+        /// The file's extended attributes when it was read; nil if unknown (a version-3
+        /// entry, or a listing that failed), which leaves the file to be read again.
+        public var xattrs: [ExtendedAttribute]?
 
         public init(size: UInt64, mtime: Timestamp, ctime: Timestamp, inode: UInt64, device: UInt64, content: [ChunkID],
             dataRegions: [Extent]?) {
@@ -72,8 +78,9 @@ public struct MetadataCache: Sendable {
     public static let magic = Array("RDBTMDC1".utf8)
     /// Since version 2 each chunk's seal and its plaintext's keyed hash are kept beside its
     /// ID. The cache holds the keys of the last snapshot's file chunks: see docs/FORMAT.md
-    /// §3.4 on what that means on a taken host. Version 3 is written as a stream.
-    public static let version: UInt16 = 3
+    /// §3.4 on what that means on a taken host. Version 3 is written as a stream. Version 4
+    /// keeps each file's extended attributes, so an unchanged file's need not be listed.
+    public static let version: UInt16 = 4
     static let keyCheckLabel = Array("redoubt/v1/metadata-cache".utf8)
     /// A cache larger than this is not read (a sanity bound, ~10 million files).
     public static let maxSize = 4 << 30
@@ -82,6 +89,8 @@ public struct MetadataCache: Sendable {
     /// are): an entry is decoded only when it is looked up, so a cache of a large tree
     /// takes little more memory than its file.
     private var bytes: [UInt8] = []
+    /// The version `bytes` are encoded in: a loaded cache keeps its file's.
+    private var bytesVersion = version
     /// Where each entry starts in `bytes`; -1 once replaced or removed.
     private var starts: [Int] = []
     /// Open addressing by the path's hash: an index into `starts` plus one, 0 for an empty
@@ -130,6 +139,7 @@ public struct MetadataCache: Sendable {
     public subscript(path: [UInt8]) -> Entry? {
         get { find(path)?.entry }
         set {
+            if bytesVersion != Self.version { self = MetadataCache(entries: entries) }
             if table.isEmpty || 2 * (starts.count + 1) > table.count { rehash(minimum: 2 * (starts.count + 1)) }
             let (slot, old) = slot(of: path)
             if let old {
@@ -221,7 +231,7 @@ public struct MetadataCache: Sendable {
     /// The entry that starts at `start`; the bytes were checked when they were read or written.
     private func decoded(at start: Int) -> (path: [UInt8], entry: Entry) {
         var r = ByteReader(bytes, range: start..<bytes.count)
-        do { return try Self.parseEntry(&r) } catch {
+        do { return try Self.parseEntry(&r, version: bytesVersion) } catch {
             preconditionFailure("metadata cache entry at \(start) no longer parses: \(error)")
         }
     }
@@ -273,6 +283,13 @@ public struct MetadataCache: Sendable {
             w.raw(k < e.contentMACs.count ? e.contentMACs[k].bytes : [UInt8](repeating: 0, count: 32))
         }
         w.dataRegions(e.dataRegions)
+        guard let xattrs = e.xattrs else { return w.u8(0) }
+        w.u8(1)
+        w.uvarint(UInt64(xattrs.count))
+        for x in xattrs {
+            w.lengthPrefixed(x.name)
+            w.lengthPrefixed(x.value)
+        }
     }
 
     /// Why a cache file was not used.
@@ -297,9 +314,10 @@ public struct MetadataCache: Sendable {
         do {
             guard try r.raw(8) == magic else { throw Unusable(reason: "not a Redoubt metadata cache") }
             let v = try r.u16()
-            guard v == 2 || v == version else {
-                throw Unusable(reason: "cache version \(v); this build reads 2 and \(version)")
+            guard (2...version).contains(v) else {
+                throw Unusable(reason: "cache version \(v); this build reads 2 to \(version)")
             }
+            cache.bytesVersion = v
             guard try r.raw(32) == keyCheck(chunkIDKey) else {
                 throw Unusable(reason: "written for another tenant's keys")
             }
@@ -318,7 +336,7 @@ public struct MetadataCache: Sendable {
                     }
                     break
                 }
-                let (path, _) = try parseEntry(&r)
+                let (path, _) = try parseEntry(&r, version: v)
                 try cache.adopt(path: path, start: start)
             }
             guard r.isAtEnd else { throw Unusable(reason: "trailing bytes") }
@@ -341,16 +359,16 @@ public struct MetadataCache: Sendable {
     }
 
     /// One entry as encoded by ``writeEntry(_:path:_:)``, checked.
-    static func parseEntry(_ r: inout ByteReader) throws -> (path: [UInt8], entry: Entry) {
+    static func parseEntry(_ r: inout ByteReader, version: UInt16) throws -> (path: [UInt8], entry: Entry) {
         let path = try r.lengthPrefixed(limit: 1 << 16)
         guard !path.isEmpty else { throw Unusable(reason: "empty path") }
         let size = try r.uvarint()
-        var times: [Timestamp] = []
-        for _ in 0..<2 {
+        func timestamp() throws -> Timestamp {
             let s = try r.i64(), ns = try r.u32()
             guard ns < 1_000_000_000 else { throw Unusable(reason: "bad timestamp") }
-            times.append(Timestamp(seconds: s, nanoseconds: ns))
+            return Timestamp(seconds: s, nanoseconds: ns)
         }
+        let mtime = try timestamp(), ctime = try timestamp()
         let inode = try r.uvarint(), device = try r.uvarint()
         let n = try r.count(limit: r.remaining / 100)
         var content: [ChunkID] = []
@@ -386,11 +404,30 @@ public struct MetadataCache: Sendable {
             regions = list
         default: throw Unusable(reason: "bad sparse flag")
         }
-        var entry = Entry(size: size, mtime: times[0], ctime: times[1], inode: inode, device: device, content: content,
+        var entry = Entry(size: size, mtime: mtime, ctime: ctime, inode: inode, device: device, content: content,
                           dataRegions: regions)
         entry.contentSeals = seals
         entry.contentMACs = macs
+        if version >= 4 { entry.xattrs = try parseXattrs(&r) }
         return (path, entry)
+    }
+
+    /// An entry's extended attributes, within the limits a tree allows.
+    private static func parseXattrs(_ r: inout ByteReader) throws -> [ExtendedAttribute]? {
+        switch try r.u8() {
+        case 0: return nil
+        case 1:
+            let n = try r.count(limit: min(r.remaining / 2, TreeCodec.maxXattrs))
+            var out: [ExtendedAttribute] = []
+            out.reserveCapacity(n)
+            for _ in 0..<n {
+                let name = try r.lengthPrefixed(limit: 255)
+                guard !name.isEmpty, !name.contains(0) else { throw Unusable(reason: "bad attribute name") }
+                out.append(ExtendedAttribute(name: name, value: try r.lengthPrefixed(limit: TreeCodec.maxXattrValue)))
+            }
+            return out
+        default: throw Unusable(reason: "bad attribute flag")
+        }
     }
 
     /// Loads the cache at `path`. A missing file is an empty cache; an unreadable or

@@ -6,7 +6,7 @@ import RedoubtCore
 ///
 /// Each file gets a number in walk order when its directory is listed. A file found
 /// unchanged in the metadata cache waits for the repository to confirm its chunks (asked
-/// in batches); any other goes to the workers. A directory's tree is stored once every
+/// in batches, while the walk goes on); any other goes to the workers. A directory's tree is stored once every
 /// file numbered before the directory closed has finished: by then its own files are
 /// done, its subdirectories' trees are stored, and every earlier hard-link target is
 /// known to be in the snapshot or not. At most ``window`` files are numbered and not yet
@@ -22,6 +22,10 @@ final class SnapshotBuilder {
     static let maxWaitingDirectories = 8192
     /// Chunks of cached files confirmed with the repository per request.
     static let confirmBatch = 1000
+    /// Requests of confirmation sent and not yet applied, beyond which the walk waits for
+    /// the oldest. Why more than one: the walk waited for each answer in turn, and an
+    /// unchanged run of small files left both cores idle half its time.
+    static let confirmationsInFlight = 2
 
     let run: BackupRun
     private let treeWorker: BackupWorker
@@ -54,8 +58,16 @@ final class SnapshotBuilder {
     private var waitingHead = 0
     /// Unchanged files, and changed files with cached chunks, whose chunks the repository
     /// has not been asked about yet.
-    private var unconfirmed: [(job: FileJob, entry: MetadataCache.Entry, unchanged: Bool)] = []
+    private var unconfirmed: [Unconfirmed] = []
     private var unconfirmedChunks = 0
+    private typealias Unconfirmed = (job: FileJob, entry: MetadataCache.Entry, unchanged: Bool)
+    /// Batches sent to the repository, oldest first, with the request that answers which
+    /// of their chunks it lacks.
+    private var confirming: [Confirmation] = []
+    private struct Confirmation {
+        let batch: [Unconfirmed]
+        let missing: Task<Set<ChunkID>, any Error>
+    }
     /// Files handed to the workers whose outcome has not come back.
     private var reading = 0
     /// Snapshot paths of hard-linked files that could not be stored.
@@ -82,6 +94,10 @@ final class SnapshotBuilder {
         tally = ActivityTally(hasBaseline: cache.count > 0)
         seen = [UInt64](repeating: 0, count: (cache.indexLimit + 63) / 64)
         treeWorker = try BackupWorker(run: run)
+    }
+
+    deinit {
+        for c in confirming { c.missing.cancel() }
     }
 
     typealias Outcomes = AsyncThrowingStream<FileOutcome, any Error>.Iterator
@@ -164,9 +180,10 @@ final class SnapshotBuilder {
         }
         pending[seq] = Pending(directory: directory, slot: i, path: path, change: .changed, cacheIndex: cacheIndex)
         // Why the seals: a format-2 tree names each chunk with its seal; an entry without
-        // them (written for format-1 chunks) is read again.
+        // them (written for format-1 chunks) is read again, as is one whose extended
+        // attributes are unknown (the walk leaves them to the reader).
         let hasSeals = cached.contentSeals.count == cached.content.count
-        if cached.matches(entry.stat) && hasSeals {
+        if cached.matches(entry.stat) && hasSeals && cached.xattrs != nil {
             unconfirmed.append((job, cached, true))
             unconfirmedChunks += cached.content.count
         } else {
@@ -178,18 +195,32 @@ final class SnapshotBuilder {
                 read(job)
             }
         }
-        if unconfirmedChunks >= Self.confirmBatch { try await confirm() }
+        if unconfirmedChunks >= Self.confirmBatch {
+            askAboutUnconfirmed()
+            if confirming.count > Self.confirmationsInFlight { try await applyOldestConfirmation() }
+        }
     }
 
-    /// Asks the repository about the waiting cached files' chunks: an unchanged file whose
-    /// chunks are all there is stored from the cache, any other is read; a changed file's
-    /// cached chunks that are there may be named without being sealed again.
-    private func confirm() async throws {
+    /// Sends the waiting cached files' chunks to the repository in a request of their own.
+    private func askAboutUnconfirmed() {
         guard !unconfirmed.isEmpty else { return }
         let batch = unconfirmed
         unconfirmed = []
         unconfirmedChunks = 0
-        let missing = try await confirmInRepository(batch.flatMap(\.entry.content))
+        confirming.append(Confirmation(batch: batch, missing: Self.ask(batch.flatMap(\.entry.content), run)))
+    }
+
+    /// Applies the oldest answer: an unchanged file whose chunks are all there is stored
+    /// from the cache, any other is read; a changed file's cached chunks that are there may
+    /// be named without being sealed again.
+    private func applyOldestConfirmation() async throws {
+        let oldest = confirming.removeFirst()
+        let (batch, answer) = (oldest.batch, oldest.missing)
+        let missing = try await withTaskCancellationHandler {
+            try await answer.value
+        } onCancel: {
+            answer.cancel()
+        }
         for (job, entry, unchanged) in batch {
             if !unchanged {
                 var usable: [(ChunkID, CachedChunk)] = []
@@ -212,7 +243,11 @@ final class SnapshotBuilder {
 
     /// Asks the repository where the given chunks are; records the answers and returns the
     /// chunks it does not have.
-    private func confirmInRepository(_ ids: [ChunkID]) async throws -> Set<ChunkID> {
+    private static func ask(_ ids: [ChunkID], _ run: BackupRun) -> Task<Set<ChunkID>, any Error> {
+        Task { try await confirmInRepository(ids, run) }
+    }
+
+    private static func confirmInRepository(_ ids: [ChunkID], _ run: BackupRun) async throws -> Set<ChunkID> {
         var unique = Array(Set(ids))
         unique.sort()
         var missing = Set<ChunkID>()
@@ -234,6 +269,7 @@ final class SnapshotBuilder {
         node.content = entry.content
         node.contentSeals = entry.contentSeals
         node.dataRegions = entry.dataRegions
+        node.xattrs = entry.xattrs ?? []
         p.directory.entries[p.slot].node = node
         run.registry.withLock { $0.chunksReused += UInt64(entry.content.count) }
         run.progress { $0.filesDone += 1; $0.bytesDone += entry.size }
@@ -241,19 +277,24 @@ final class SnapshotBuilder {
         finished(job.entry)
     }
 
-    /// Waits for one worker's outcome and applies it; with no file at the workers, asks
-    /// about the waiting cached files instead (so that none waits on a request never sent).
+    /// Waits for one worker's outcome and applies it; with no file at the workers, waits for
+    /// the oldest confirmation instead, asking about the waiting cached files first if no
+    /// request is out (so that none waits on a request never sent).
     private func waitForOne(_ outcomes: inout Outcomes, _ uploads: inout UploadGroup) async throws {
         // Why a worker's outcome first: asking about a batch that is not full costs a round
         // trip per call, and a changed file every fifty made a round trip per fifty files.
         // The batch goes early only if nothing else can move: no file at the workers, or the
         // oldest unfinished file is in it.
-        if reading == 0 || unconfirmed.first?.job.entry == finishedBelow {
-            guard !unconfirmed.isEmpty else {
-                throw ArchiveError(.inconsistentSnapshot, object: "backup",
-                                   "waiting for files no worker has (internal error)")
+        let oldestAsked = confirming.first?.batch.first?.job.entry ?? unconfirmed.first?.job.entry
+        if reading == 0 || oldestAsked == finishedBelow {
+            if confirming.isEmpty {
+                guard !unconfirmed.isEmpty else {
+                    throw ArchiveError(.inconsistentSnapshot, object: "backup",
+                                       "waiting for files no worker has (internal error)")
+                }
+                askAboutUnconfirmed()
             }
-            try await confirm()
+            try await applyOldestConfirmation()
             try await storeReady(&uploads)
             return
         }
@@ -275,6 +316,7 @@ final class SnapshotBuilder {
         guard let p = pending.removeValue(forKey: o.entry) else { return }
         defer { finished(o.entry) }
         if let w = o.warning { warnings.append(w) }
+        if let w = o.attributeWarning { warnings.append(w) }
         sealedRaw += o.sealedRaw
         sealedStored += o.sealedStored
         guard let content = o.content, let st = o.stat else {
@@ -296,6 +338,7 @@ final class SnapshotBuilder {
         node.mtime = st.mtime
         node.ctime = st.ctime
         node.atime = st.atime
+        node.xattrs = o.xattrs ?? []
         p.directory.entries[p.slot].node = node
         p.directory.entries[p.slot].stat = st
         var entry: MetadataCache.Entry? = nil
@@ -304,6 +347,7 @@ final class SnapshotBuilder {
                                         device: st.device, content: content, dataRegions: o.dataRegions)
             entry?.contentSeals = o.contentSeals
             entry?.contentMACs = o.contentMACs
+            entry?.xattrs = o.xattrs
         }
         stored(p, stat: st, head: o.head, cacheEntry: entry)
     }

@@ -211,6 +211,84 @@ import Testing
         let dst = work + "/dst"
         _ = try await restore(third.manifest, keys, from: repo, to: dst)
         #expect(try Fixture.compare(src, dst + src) == [])
+
+        // Unchanged files' extended attributes came from the cache; changing one moves the
+        // file's ctime, so that file alone is read again and the snapshot has the new value.
+        try Fixture.setXattr(src + "/xattr.txt", "user.comment", Fixture.bytes("changed"))
+        let fourth = try await Archiver().run(options: options, keys: keys.write, target: repo, now: now)
+        #expect(fourth.filesChanged == 1 && fourth.filesUnchanged == 10 && fourth.bytesRead == 10)
+        let packs = await repo.packs
+        let reader = try SnapshotReader(manifest: fourth.manifest, readKey: keys.tenant.readKey,
+            chunkIDKey: keys.tenant.chunkIDKey) { id in
+            guard let b = packs[id] else { throw Fixture.Failure("no pack \(id)") }
+            return b
+        }
+        let node = try Self.tree(at: src, reader)[Fixture.bytes("xattr.txt")]
+        #expect(node?.xattrs.first { $0.name == Fixture.bytes("user.comment") }?.value == Fixture.bytes("changed"))
+        #expect(node?.xattrs.count == 2)
+    }
+
+    /// A repository whose answers about chunks take a while, and that has lost some chunks.
+    final class SlowAndForgetful: PackLocatingBackupTarget {
+        let repository: MemoryRepository
+        let lost: Set<ChunkID>
+        /// Requests about a whole batch of chunks (the walk's confirmations; a worker's
+        /// here ask about a few) being answered now, and the most at once.
+        let asking = Mutex((now: 0, most: 0))
+
+        init(_ repository: MemoryRepository, lost: Set<ChunkID>) {
+            self.repository = repository
+            self.lost = lost
+        }
+
+        func existingChunks(_ ids: [ChunkID]) async throws -> Set<ChunkID> {
+            try await repository.existingChunks(ids).subtracting(lost)
+        }
+        func existingChunkLocations(_ ids: [ChunkID]) async throws -> [ChunkID: PackID] {
+            let batch = ids.count >= SnapshotBuilder.confirmBatch / 2
+            asking.withLock { a in
+                if batch { a.now += 1 }
+                a.most = max(a.most, a.now)
+            }
+            defer { asking.withLock { if batch { $0.now -= 1 } } }
+            try await Task.sleep(for: .milliseconds(30))
+            return try await repository.existingChunkLocations(ids).filter { !lost.contains($0.key) }
+        }
+        func upload(pack: FinishedPack) async throws { try await repository.upload(pack: pack) }
+        func commit(manifest: Manifest) async throws { try await repository.commit(manifest: manifest) }
+    }
+
+    @Test func cachedFilesAreConfirmedWhileTheWalkGoesOnAndAFileWithALostChunkIsReadAgain() async throws {
+        let keys = try TestKeys()
+        let work = try Fixture.tempDirectory("confirm")
+        defer { Fixture.remove(work) }
+        let src = work + "/src"
+        try Fixture.check(mkdir(src, 0o755), "mkdir")
+        // Several confirmation batches' worth of one-chunk files.
+        let files = 4 * SnapshotBuilder.confirmBatch + 300
+        for d in 0..<4 { try Fixture.check(mkdir("\(src)/d\(d)", 0o755), "mkdir") }
+        for i in 0..<files { try Fixture.write("\(src)/d\(i % 4)/f\(i)", Fixture.bytes("file \(i)\n")) }
+        let cache = work + "/cache"
+        let options = BackupOptions(paths: [src], cachePath: cache)
+        let repo = MemoryRepository(keys: keys.write)
+        let first = try await Archiver().run(options: options, keys: keys.write, target: repo, now: now)
+        #expect(first.filesNew == UInt64(files))
+
+        // The chunks of three files, spread over the walk, are gone from the repository.
+        let (cached, problem) = MetadataCache.load(path: cache, chunkIDKey: keys.tenant.chunkIDKey)
+        #expect(problem == nil)
+        let victims = [7, files / 2, files - 3].map { Fixture.bytes("\(src)/d\($0 % 4)/f\($0)") }
+        let lost = Set(victims.flatMap { cached[$0]?.content ?? [] })
+        #expect(lost.count == 3)
+        let target = SlowAndForgetful(repo, lost: lost)
+        let second = try await Archiver().run(options: options, keys: keys.write, target: target, now: now)
+        #expect(second.filesUnchanged == UInt64(files - 3) && second.filesChanged == 3)
+        let victimBytes = try victims.map { try Fixture.read($0).count }.reduce(0, +)
+        #expect(second.bytesRead == UInt64(victimBytes))
+        #expect(target.asking.withLock { $0.most } >= 2, "the walk waited for each answer in turn")
+        let dst = work + "/dst"
+        _ = try await restore(second.manifest, keys, from: repo, to: dst)
+        #expect(try Fixture.compare(src, dst + src) == [])
     }
 
     @Test func withoutCacheRereadsButUploadsNothingNew() async throws {

@@ -150,9 +150,19 @@ extension SysResult {
     }
 
     @Test func roundTripsAndIsCanonical() throws {
-        let bytes = sample().encode(chunkIDKey: key)
+        var c = sample()
+        var e = MetadataCache.Entry(size: 3, mtime: Timestamp(seconds: 11), ctime: Timestamp(seconds: 12), inode: 13,
+                                    device: 14, content: [], dataRegions: nil)
+        e.xattrs = [ExtendedAttribute(name: Array("user.a".utf8), value: [0, 255]),
+                    ExtendedAttribute(name: Array("user.b".utf8), value: [])]
+        c[Array("/x".utf8)] = e
+        e.xattrs = []
+        c[Array("/y".utf8)] = e
+        let bytes = c.encode(chunkIDKey: key)
         let back = try MetadataCache.decode(bytes, chunkIDKey: key)
-        #expect(back.entries == sample().entries)
+        #expect(back.entries == c.entries)
+        #expect(back[Array("/x".utf8)]?.xattrs?.count == 2 && back[Array("/y".utf8)]?.xattrs == [])
+        #expect(back[Array("/a/b".utf8)] != nil && back[Array("/a/b".utf8)]?.xattrs == nil)
         #expect(back.encode(chunkIDKey: key) == bytes)
     }
 
@@ -180,7 +190,7 @@ extension SysResult {
         return body + h.finalize()
     }
 
-    /// The sample's version-3 bytes cut into header (version field at 8..<10), entries
+    /// The sample's version-4 bytes cut into header (version field at 8..<10), entries
     /// and trailer (end byte, a one-byte count, checksum).
     func parts() -> (header: [UInt8], entries: [UInt8]) {
         let bytes = sample().encode(chunkIDKey: key)
@@ -188,15 +198,42 @@ extension SysResult {
         return (header, Array(bytes[42..<(bytes.count - 32 - 2)]))
     }
 
+    /// The sample's entries as versions 2 and 3 wrote them, sorted by path: each as version 4
+    /// writes it without its last byte, the "attributes unknown" flag the sample's entries have.
+    func entriesWithoutAttributes() -> [UInt8] {
+        var out: [UInt8] = []
+        for (path, entry) in sample().entries.sorted(by: { bytesPrecede($0.key, $1.key) }) {
+            let one = MetadataCache(entries: [path: entry]).encode(chunkIDKey: key)
+            let encoded = one[42..<(one.count - 32 - 2)]
+            #expect(encoded.last == 0)
+            out += encoded.dropLast()
+        }
+        return out
+    }
+
     @Test func aVersionTwoCacheIsStillRead() throws {
-        let (header, entries) = parts()
-        #expect(header[8] == 3 && header[9] == 0)
+        let (header, _) = parts()
+        #expect(header[8] == 4 && header[9] == 0)
         var v2 = header
         v2[8] = 2
         // Version 2: the count before the entries (sorted by path, as the sample's are), no end byte.
-        let bytes = sealed(v2 + [UInt8(sample().count)] + entries)
+        let bytes = sealed(v2 + [UInt8(sample().count)] + entriesWithoutAttributes())
         let back = try MetadataCache.decode(bytes, chunkIDKey: key)
         #expect(back.entries == sample().entries)
+    }
+
+    @Test func aVersionThreeCacheIsReadWithAttributesUnknown() throws {
+        var (v3, _) = parts()
+        v3[8] = 3
+        let bytes = sealed(v3 + entriesWithoutAttributes() + [0, UInt8(sample().count)])
+        let back = try MetadataCache.decode(bytes, chunkIDKey: key)
+        #expect(back.entries == sample().entries)
+        #expect(back.entries.values.allSatisfy { $0.xattrs == nil })
+        // A version-3 cache changed in memory is rewritten whole in the current version.
+        var changed = back
+        changed[Array("/new".utf8)] = sample()[Array("/a/b".utf8)]
+        #expect(changed.count == 3 && changed[Array("/a/b".utf8)] == sample()[Array("/a/b".utf8)])
+        #expect(try MetadataCache.decode(changed.encode(chunkIDKey: key), chunkIDKey: key).entries == changed.entries)
     }
 
     @Test func aPathListedTwiceOrAWrongCountIsRefused() throws {

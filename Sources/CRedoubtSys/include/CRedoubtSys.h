@@ -2,7 +2,7 @@
 #define CREDOUBTSYS_H
 /* Thin wrappers over Linux calls that Swift cannot import (variadic ioctl), and the
    system headers Glibc's Swift module leaves out (xattrs): `import CRedoubtSys` gives
-   llistxattr, lgetxattr, lsetxattr, fgetxattr, fsetxattr. */
+   llistxattr, lgetxattr, lsetxattr, flistxattr, fgetxattr, fsetxattr. */
 #include <sys/types.h>
 #include <sys/xattr.h>
 
