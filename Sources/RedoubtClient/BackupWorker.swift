@@ -412,23 +412,29 @@ final class BackupWorker {
         }
     }
 
-    /// Chunks an in-memory blob (a tree encoding) and queues it; returns its chunk list and
-    /// the chunks' seals (one empty chunk for an empty blob, docs/FORMAT.md §3.1).
-    func addBlob(_ blob: [UInt8], _ uploads: inout UploadGroup) async throws -> ([ChunkID], [ChunkSeal]) {
-        var ids: [ChunkID] = [], seals: [ChunkSeal] = []
+    /// Chunks an in-memory blob (a tree encoding) and queues it; returns its chunk list,
+    /// the chunks' seals and their plaintexts' keyed hashes (one empty chunk for an empty
+    /// blob, docs/FORMAT.md §3.1). A chunk the metadata cache named (an unchanged tree) is
+    /// not sealed again.
+    func addBlob(_ blob: [UInt8], _ uploads: inout UploadGroup) async throws
+        -> (ids: [ChunkID], seals: [ChunkSeal], macs: [ChunkID]) {
+        var ids: [ChunkID] = [], seals: [ChunkSeal] = [], macs: [ChunkID] = []
         var offset = 0
         repeat {
-            let sealed: SealedChunk = try blob.withUnsafeBytes { raw throws(CoreError) in
+            let len = blob.withUnsafeBytes { raw in
                 let rest = UnsafeRawBufferPointer(rebasing: raw[offset...])
-                let len = rest.isEmpty ? 0 : (pipeline.chunker.cut(rest, final: true) ?? rest.count)
-                return try pipeline.seal(UnsafeRawBufferPointer(rebasing: rest[0..<len]))
+                return rest.isEmpty ? 0 : (pipeline.chunker.cut(rest, final: true) ?? rest.count)
             }
-            try await enqueue(sealed, &uploads)
-            ids.append(sealed.id)
-            seals.append(sealed.seal)
-            offset += Int(sealed.seal.rawLength)
+            // Through the read buffer (a chunk always fits): emitting waits on the repository,
+            // and no pointer into the blob may live across that.
+            let base = buffer.baseAddress!
+            blob.withUnsafeBytes { raw in
+                if len > 0 { base.copyMemory(from: raw.baseAddress! + offset, byteCount: len) }
+            }
+            try await emit(UnsafeRawBufferPointer(start: base, count: len), &ids, &seals, &macs, &uploads)
+            offset += len
         } while offset < blob.count
-        return (ids, seals)
+        return (ids, seals, macs)
     }
 
     // MARK: - files

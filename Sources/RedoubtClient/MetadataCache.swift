@@ -15,7 +15,8 @@ import RedoubtCore
 /// File format, version 4 (all integers little-endian, `uvarint` and `bytes*` as in
 /// docs/FORMAT.md §8):
 /// ```
-/// magic "RDBTMDC1" ‖ version u16 (=4) ‖ keyCheck[32] ‖ entry* ‖ 0x00 ‖ count uvarint ‖ sha256[32]
+/// magic "RDBTMDC1" ‖ version u16 (=4) ‖ keyCheck[32] ‖ entry* ‖ 0x00 ‖ count uvarint
+///       ‖ treeCount uvarint ‖ treeCount × (mac[32] ‖ chunkID[32] ‖ sealKey[32] ‖ rawLength u32) ‖ sha256[32]
 /// entry = path bytes* ‖ size uvarint ‖ mtime ts ‖ ctime ts ‖ inode uvarint ‖ device uvarint
 ///       ‖ chunkCount uvarint ‖ chunkCount × (chunkID[32] ‖ sealKey[32] ‖ rawLength u32 ‖ mac[32])
 ///       ‖ sparse u8 ‖ (if 1: regionCount uvarint ‖ regionCount × (offset uvarint ‖ length uvarint))
@@ -23,7 +24,9 @@ import RedoubtCore
 /// ts = seconds i64 ‖ nanoseconds u32
 /// ```
 /// A path is never empty, so the byte 0x00 where the next entry's length would be ends
-/// the list; `count` then says how many entries came before it. Entries are in the order
+/// the list; `count` then says how many entries came before it. The tree chunks of the
+/// snapshot follow (each with its plaintext's keyed hash), so that a directory whose tree
+/// is unchanged is named without compressing and sealing its tree again. Entries are in the order
 /// the backup finished their files, each path once: the cache is written while the backup
 /// runs, never held whole. Version 3 (still read) had no extended attributes: its entries
 /// load with them unknown, so their files are read once more. Version 2 (still read) also
@@ -85,6 +88,21 @@ public struct MetadataCache: Sendable {
     /// A cache larger than this is not read (a sanity bound, ~10 million files).
     public static let maxSize = 4 << 30
 
+    /// A chunk of one of the last snapshot's trees: its plaintext's keyed hash, ID and seal.
+    public struct TreeChunk: Sendable, Hashable {
+        public let mac: ChunkID
+        public let id: ChunkID
+        public let seal: ChunkSeal
+        public init(mac: ChunkID, id: ChunkID, seal: ChunkSeal) {
+            self.mac = mac
+            self.id = id
+            self.seal = seal
+        }
+    }
+
+    /// The tree chunks of the snapshot the cache was written for.
+    public var trees: [TreeChunk] = []
+
     /// The entries, encoded as in the file (a loaded cache keeps the file's bytes as they
     /// are): an entry is decoded only when it is looked up, so a cache of a large tree
     /// takes little more memory than its file.
@@ -113,8 +131,19 @@ public struct MetadataCache: Sendable {
     /// Every entry with its index (see ``find(_:)``).
     func forEach(_ body: (_ index: Int, _ path: [UInt8], _ entry: Entry) -> Void) {
         for (i, start) in starts.enumerated() where start >= 0 {
-            let (path, entry) = decoded(at: start)
+            guard let (path, entry) = decoded(at: start) else { continue }
             body(i, path, entry)
+        }
+    }
+
+    /// Every entry's index, path, device and inode: what the activity section compares,
+    /// without decoding chunk lists.
+    func forEachFile(_ body: (_ index: Int, _ path: [UInt8], _ device: UInt64, _ inode: UInt64) -> Void) {
+        for (i, start) in starts.enumerated() where start >= 0 {
+            var r = ByteReader(bytes, range: start..<bytes.count)
+            guard let path = try? r.lengthPrefixed(), (try? r.uvarint()) != nil, (try? r.skip(24)) != nil,
+                  let inode = try? r.uvarint(), let device = try? r.uvarint() else { continue }
+            body(i, path, device, inode)
         }
     }
 
@@ -128,9 +157,18 @@ public struct MetadataCache: Sendable {
     /// The entry for `path` and its index: a number below `indexLimit`, the same for a path
     /// as long as the cache is not changed.
     func find(_ path: [UInt8]) -> (index: Int, entry: Entry)? {
-        let (_, index) = slot(of: path)
-        guard let index, starts[index] >= 0 else { return nil }
-        return (index, decoded(at: starts[index]).entry)
+        let (_, index) = slot(of: path[...])
+        guard let index, starts[index] >= 0, let (_, entry) = decoded(at: starts[index]) else { return nil }
+        return (index, entry)
+    }
+
+    /// The encoded entry `index` (as ``find(_:)`` returns it), if it is encoded as this
+    /// build writes entries: an unchanged file's entry goes into the next cache as it is.
+    func encodedEntry(_ index: Int) -> ArraySlice<UInt8>? {
+        guard bytesVersion == Self.version, starts.indices.contains(index), starts[index] >= 0 else { return nil }
+        var r = ByteReader(bytes, range: starts[index]..<bytes.count)
+        guard (try? Self.skipEntry(&r, version: bytesVersion)) != nil else { return nil }
+        return bytes[starts[index]..<r.offset]
     }
 
     /// Above every index ``find(_:)`` returns.
@@ -141,7 +179,7 @@ public struct MetadataCache: Sendable {
         set {
             if bytesVersion != Self.version { self = MetadataCache(entries: entries) }
             if table.isEmpty || 2 * (starts.count + 1) > table.count { rehash(minimum: 2 * (starts.count + 1)) }
-            let (slot, old) = slot(of: path)
+            let (slot, old) = slot(of: path[...])
             if let old {
                 if starts[old] >= 0 {
                     starts[old] = -1
@@ -164,10 +202,10 @@ public struct MetadataCache: Sendable {
     }
 
     /// The slot of `path` in `table`, and the entry it holds (nil if the slot is empty).
-    private func slot(of path: [UInt8]) -> (slot: Int, index: Int?) {
+    private func slot(of path: ArraySlice<UInt8>) -> (slot: Int, index: Int?) {
         guard !table.isEmpty else { return (0, nil) }
         let mask = table.count - 1
-        var h = Self.hash(path[...]) & mask
+        var h = Self.hash(path) & mask
         while true {
             let t = Int(table[h])
             if t == 0 { return (h, nil) }
@@ -178,8 +216,8 @@ public struct MetadataCache: Sendable {
 
     /// Whether the entry `index` (starting at `start`, or removed) has this path. A removed
     /// entry keeps its slot until a rehash; its path is then in `stalePaths`.
-    private func pathEquals(at start: Int?, index: Int, _ path: [UInt8]) -> Bool {
-        guard let start else { return stalePaths[index].map { $0 == path } ?? false }
+    private func pathEquals(at start: Int?, index: Int, _ path: ArraySlice<UInt8>) -> Bool {
+        guard let start else { return stalePaths[index].map { $0[...] == path } ?? false }
         let range = Self.pathRange(bytes, at: start)
         guard range.count == path.count else { return false }
         if path.isEmpty { return true }
@@ -228,12 +266,11 @@ public struct MetadataCache: Sendable {
         return i..<(i + length)
     }
 
-    /// The entry that starts at `start`; the bytes were checked when they were read or written.
-    private func decoded(at start: Int) -> (path: [UInt8], entry: Entry) {
+    /// The entry that starts at `start`; nil if its values are out of range (a file the
+    /// checksum vouches for, but not written by this code: its file is then read again).
+    private func decoded(at start: Int) -> (path: [UInt8], entry: Entry)? {
         var r = ByteReader(bytes, range: start..<bytes.count)
-        do { return try Self.parseEntry(&r, version: bytesVersion) } catch {
-            preconditionFailure("metadata cache entry at \(start) no longer parses: \(error)")
-        }
+        return try? Self.parseEntry(&r, version: bytesVersion)
     }
 
     static func keyCheck(_ key: ChunkIDKey) -> [UInt8] { key.chunkID(for: keyCheckLabel).bytes }
@@ -243,7 +280,7 @@ public struct MetadataCache: Sendable {
         var w = ByteWriter(capacity: 64 + SHA256.byteCount)
         Self.writeHeader(&w, chunkIDKey: chunkIDKey)
         for (path, entry) in sortedEntries() { Self.writeEntry(&w, path: path, entry) }
-        Self.writeTrailer(&w, count: count)
+        Self.writeTrailer(&w, count: count, trees: trees)
         let digest = SHA256.hash(data: w.bytes)
         w.raw(Array(digest))
         return w.bytes
@@ -259,10 +296,17 @@ public struct MetadataCache: Sendable {
         w.raw(keyCheck(chunkIDKey))
     }
 
-    /// The end byte and the count; the caller appends the digest.
-    static func writeTrailer(_ w: inout ByteWriter, count: Int) {
+    /// The end byte, the count and the tree chunks; the caller appends the digest.
+    static func writeTrailer(_ w: inout ByteWriter, count: Int, trees: [TreeChunk]) {
         w.u8(0)
         w.uvarint(UInt64(count))
+        w.uvarint(UInt64(trees.count))
+        for t in trees {
+            w.raw(t.mac.bytes)
+            w.raw(t.id.bytes)
+            w.raw(t.seal.key)
+            w.u32(t.seal.rawLength)
+        }
     }
 
     static func writeEntry(_ w: inout ByteWriter, path: [UInt8], _ e: Entry) {
@@ -298,9 +342,11 @@ public struct MetadataCache: Sendable {
         public var description: String { reason }
     }
 
-    /// Decodes ``encode(chunkIDKey:)``'s output (or a version-2 cache); throws ``Unusable``
-    /// for anything else. Every entry is checked here; the cache then keeps `bytes` as they
-    /// are and decodes an entry again only when it is looked up.
+    /// Decodes ``encode(chunkIDKey:)``'s output (or a version-2 or -3 cache); throws
+    /// ``Unusable`` for anything else. The checksum and every entry's framing are checked
+    /// here, without copying anything out; the cache keeps `bytes` as they are and decodes
+    /// an entry only when it is looked up (one whose values do not parse then counts as
+    /// not cached).
     public static func decode(_ bytes: [UInt8], chunkIDKey: ChunkIDKey) throws(Unusable) -> MetadataCache {
         guard bytes.count >= 8 + 2 + 32 + 1 + 32 else { throw Unusable(reason: "too short (\(bytes.count) bytes)") }
         let bodyEnd = bytes.count - 32
@@ -334,10 +380,10 @@ public struct MetadataCache: Sendable {
                     guard count == UInt64(cache.count) else {
                         throw Unusable(reason: "says \(count) entries, holds \(cache.count)")
                     }
+                    if v >= 4 { cache.trees = try parseTrees(&r) }
                     break
                 }
-                let (path, _) = try parseEntry(&r, version: v)
-                try cache.adopt(path: path, start: start)
+                try cache.adopt(path: try skipEntry(&r, version: v), start: start)
             }
             guard r.isAtEnd else { throw Unusable(reason: "trailing bytes") }
             return cache
@@ -348,14 +394,58 @@ public struct MetadataCache: Sendable {
         }
     }
 
-    /// Indexes the entry of `path` already in `bytes` at `start`.
-    private mutating func adopt(path: [UInt8], start: Int) throws(Unusable) {
+    private static func parseTrees(_ r: inout ByteReader) throws -> [TreeChunk] {
+        let n = try r.count(limit: r.remaining / 100)
+        var out: [TreeChunk] = []
+        out.reserveCapacity(n)
+        for _ in 0..<n {
+            let mac = ChunkID(bytes: try r.raw(32))!, id = ChunkID(bytes: try r.raw(32))!
+            guard let seal = ChunkSeal(key: try r.raw(32), rawLength: try r.u32()) else {
+                throw Unusable(reason: "bad tree chunk seal")
+            }
+            out.append(TreeChunk(mac: mac, id: id, seal: seal))
+        }
+        return out
+    }
+
+    /// Indexes the entry already in `bytes` at `start`, whose path is `bytes[path]`.
+    private mutating func adopt(path: Range<Int>, start: Int) throws(Unusable) {
         if table.isEmpty || 2 * (starts.count + 1) > table.count { rehash(minimum: 2 * (starts.count + 1)) }
-        let (slot, old) = slot(of: path)
+        let (slot, old) = slot(of: bytes[path])
         guard old == nil else { throw Unusable(reason: "a path is listed twice") }
         starts.append(start)
         table[slot] = Int32(starts.count)
         count += 1
+    }
+
+    /// Passes over one entry as encoded by ``writeEntry(_:path:_:)``, checking its framing
+    /// (lengths, counts, flags) but not its values; returns where its path is.
+    static func skipEntry(_ r: inout ByteReader, version: UInt16) throws -> Range<Int> {
+        let path = try r.lengthPrefixedRange(limit: 1 << 16)
+        guard !path.isEmpty else { throw Unusable(reason: "empty path") }
+        try r.skip(path.count)
+        _ = try r.uvarint()
+        try r.skip(24)
+        _ = try r.uvarint()
+        _ = try r.uvarint()
+        let n = try r.count(limit: r.remaining / 100)
+        try r.skip(n * 100)
+        switch try r.u8() {
+        case 0: break
+        case 1: for _ in 0..<(2 * (try r.count(limit: r.remaining / 2))) { _ = try r.uvarint() }
+        default: throw Unusable(reason: "bad sparse flag")
+        }
+        guard version >= 4 else { return path }
+        switch try r.u8() {
+        case 0: break
+        case 1:
+            for _ in 0..<(try r.count(limit: min(r.remaining / 2, TreeCodec.maxXattrs))) {
+                try r.skip(try r.lengthPrefixedRange(limit: 255).count)
+                try r.skip(try r.lengthPrefixedRange(limit: TreeCodec.maxXattrValue).count)
+            }
+        default: throw Unusable(reason: "bad attribute flag")
+        }
+        return path
     }
 
     /// One entry as encoded by ``writeEntry(_:path:_:)``, checked.
@@ -464,7 +554,7 @@ public struct MetadataCache: Sendable {
     public func write(to path: String, chunkIDKey: ChunkIDKey) throws(ArchiveError) {
         let writer = try MetadataCacheWriter(path: path, chunkIDKey: chunkIDKey)
         for (path, entry) in sortedEntries() { try writer.append(path: path, entry) }
-        try writer.commit()
+        try writer.commit(trees: trees)
     }
 }
 
@@ -500,6 +590,13 @@ final class MetadataCacheWriter {
         if buffer.count >= 1 << 20 { try flush() }
     }
 
+    /// Appends an entry already encoded (``MetadataCache/encodedEntry(_:)``).
+    func append(encoded: ArraySlice<UInt8>) throws(ArchiveError) {
+        buffer.raw(encoded)
+        count += 1
+        if buffer.count >= 1 << 20 { try flush() }
+    }
+
     private func flush() throws(ArchiveError) {
         guard fd >= 0 else { throw ArchiveError(.io, object: temp, "the metadata cache was already closed") }
         digest.update(data: buffer.bytes)
@@ -509,9 +606,9 @@ final class MetadataCacheWriter {
         buffer.reset()
     }
 
-    /// Ends the file and puts it in place of the old cache.
-    func commit() throws(ArchiveError) {
-        MetadataCache.writeTrailer(&buffer, count: count)
+    /// Ends the file with the snapshot's tree chunks and puts it in place of the old cache.
+    func commit(trees: [MetadataCache.TreeChunk] = []) throws(ArchiveError) {
+        MetadataCache.writeTrailer(&buffer, count: count, trees: trees)
         try flush()
         buffer.raw(Array(digest.finalize()))
         let e = buffer.bytes.withUnsafeBytes { ArchiveSys.pwriteAll(fd, $0, at: offset) }

@@ -64,6 +64,11 @@ final class SnapshotBuilder {
     /// Batches sent to the repository, oldest first, with the request that answers which
     /// of their chunks it lacks.
     private var confirming: [Confirmation] = []
+    /// Makes the last snapshot's tree chunks that the repository still holds reusable (an
+    /// unchanged tree is then named, not sealed again); awaited before the first tree.
+    private var treesConfirmed: Task<Void, any Error>?
+    /// This snapshot's tree chunks, for the next cache.
+    private var treeChunks: [MetadataCache.TreeChunk] = []
     private struct Confirmation {
         let batch: [Unconfirmed]
         let missing: Task<Set<ChunkID>, any Error>
@@ -94,10 +99,12 @@ final class SnapshotBuilder {
         tally = ActivityTally(hasBaseline: cache.count > 0)
         seen = [UInt64](repeating: 0, count: (cache.indexLimit + 63) / 64)
         treeWorker = try BackupWorker(run: run)
+        if !cache.trees.isEmpty { treesConfirmed = Self.makeReusable(cache.trees, run) }
     }
 
     deinit {
         for c in confirming { c.missing.cancel() }
+        treesConfirmed?.cancel()
     }
 
     typealias Outcomes = AsyncThrowingStream<FileOutcome, any Error>.Iterator
@@ -128,9 +135,16 @@ final class SnapshotBuilder {
 
     /// Puts the treeWorker's blob in the repository (a tree of the root or of an ancestor).
     func addTree(_ nodes: [Node], _ uploads: inout UploadGroup) async throws -> ([ChunkID], [ChunkSeal]) {
+        if let t = treesConfirmed {
+            treesConfirmed = nil
+            try await withTaskCancellationHandler { try await t.value } onCancel: { t.cancel() }
+        }
         let refs = try await treeWorker.addBlob(try TreeCodec.encode(Tree(nodes: nodes)), &uploads)
-        run.registry.withLock { $0.reference(refs.0) }
-        return refs
+        run.registry.withLock { $0.reference(refs.ids) }
+        for k in refs.ids.indices {
+            treeChunks.append(MetadataCache.TreeChunk(mac: refs.macs[k], id: refs.ids[k], seal: refs.seals[k]))
+        }
+        return (refs.ids, refs.seals)
     }
 
     func finishTrees(_ uploads: inout UploadGroup) async throws { try await treeWorker.finish(&uploads) }
@@ -138,7 +152,7 @@ final class SnapshotBuilder {
     /// Replaces the old cache with the one written during this backup; call after the commit.
     func commitCache() {
         guard let writer else { return }
-        do { try writer.commit() } catch {
+        do { try writer.commit(trees: treeChunks) } catch {
             warnings.append(BackupWarning(.cache, path: Array(writer.path.utf8),
                 "metadata cache not saved: \(error); the next backup reads every file"))
         }
@@ -156,9 +170,9 @@ final class SnapshotBuilder {
     func previousFiles() -> ActivityTally.PreviousFiles? {
         guard cache.count > 0 else { return nil }
         return { [cache, seen] visit in
-            cache.forEach { i, path, e in
+            cache.forEachFile { i, path, device, inode in
                 let present = seen[i >> 6] & (1 << UInt64(i & 63)) != 0
-                visit(PreviousFile(path: path, device: e.device, inode: e.inode), present)
+                visit(PreviousFile(path: path, device: device, inode: inode), present)
             }
         }
     }
@@ -247,6 +261,15 @@ final class SnapshotBuilder {
         Task { try await confirmInRepository(ids, run) }
     }
 
+    private static func makeReusable(_ trees: [MetadataCache.TreeChunk], _ run: BackupRun) -> Task<Void, any Error> {
+        Task {
+            let missing = try await confirmInRepository(trees.map(\.id), run)
+            run.registry.withLock { r in
+                for t in trees where !missing.contains(t.id) { r.reusable[t.mac] = CachedChunk(id: t.id, seal: t.seal) }
+            }
+        }
+    }
+
     private static func confirmInRepository(_ ids: [ChunkID], _ run: BackupRun) async throws -> Set<ChunkID> {
         var unique = Array(Set(ids))
         unique.sort()
@@ -273,7 +296,8 @@ final class SnapshotBuilder {
         p.directory.entries[p.slot].node = node
         run.registry.withLock { $0.chunksReused += UInt64(entry.content.count) }
         run.progress { $0.filesDone += 1; $0.bytesDone += entry.size }
-        stored(p, stat: p.directory.entries[p.slot].stat, head: nil, cacheEntry: entry)
+        stored(p, stat: p.directory.entries[p.slot].stat, head: nil, cacheEntry: entry,
+               encoded: p.cacheIndex.flatMap { cache.encodedEntry($0) })
         finished(job.entry)
     }
 
@@ -353,12 +377,15 @@ final class SnapshotBuilder {
     }
 
     /// A file that is in the snapshot: for the activity section and the next cache.
+    /// `encoded`: the entry as the previous cache holds it, copied instead of encoded again.
     private func stored(_ p: Pending, stat st: ArchiveSys.FileStat, head: HeadSample?,
-                        cacheEntry: MetadataCache.Entry?) {
+                        cacheEntry: MetadataCache.Entry?, encoded: ArraySlice<UInt8>? = nil) {
         tally.add(ActivityFile(path: p.path, device: st.device, inode: st.inode, change: p.change, head: head))
         if let i = p.cacheIndex { seen[i >> 6] |= 1 << UInt64(i & 63) }
         guard let cacheEntry, let w = writer else { return }
-        do { try w.append(path: p.path, cacheEntry) } catch {
+        do {
+            if let encoded { try w.append(encoded: encoded) } else { try w.append(path: p.path, cacheEntry) }
+        } catch {
             warnings.append(BackupWarning(.cache, path: Array(w.path.utf8),
                 "metadata cache not saved: \(error); the next backup reads every file"))
             writer = nil

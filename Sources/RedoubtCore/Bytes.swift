@@ -160,11 +160,23 @@ public struct ByteReader {
         return Array(base[offset..<(offset + n)])
     }
 
+    /// Passes over `n` bytes.
+    public mutating func skip(_ n: Int) throws(Failure) {
+        try need(n)
+        offset += n
+    }
+
     /// Length-prefixed bytes; the length must not exceed what remains nor `limit`.
     public mutating func lengthPrefixed(limit: Int = Int.max) throws(Failure) -> [UInt8] {
+        try raw(lengthPrefixedRange(limit: limit).count)
+    }
+
+    /// Where the next length-prefixed bytes are in the reader's array, passed over without
+    /// a copy; the same checks as ``lengthPrefixed(limit:)``.
+    public mutating func lengthPrefixedRange(limit: Int = Int.max) throws(Failure) -> Range<Int> {
         let n = try uvarint()
         if n > UInt64(remaining) || n > UInt64(limit) { throw .lengthTooLarge(n) }
-        return try raw(Int(n))
+        return offset..<(offset + Int(n))
     }
 
     public mutating func string(limit: Int = 1 << 16) throws(Failure) -> String {

@@ -552,6 +552,43 @@ import Testing
         #expect(try Fixture.compare(src, dst + src) == [])
     }
 
+    /// An unchanged directory's tree is named from the metadata cache (its keyed hash), not
+    /// compressed and sealed again; a changed one is sealed, and the snapshot restores exactly.
+    @Test func unchangedTreesAreNamedFromTheCacheNotSealedAgain() async throws {
+        let keys = try TestKeys()
+        let work = try Fixture.tempDirectory("trees")
+        defer { Fixture.remove(work) }
+        let src = work + "/src"
+        for d in ["", "/a", "/a/b", "/c"] { try Fixture.check(mkdir(src + d, 0o755), "mkdir") }
+        for d in ["", "/a", "/a/b", "/c"] {
+            try Fixture.write(src + d + "/f", Fixture.text(100, seed: "file in \(d)\n"))
+        }
+        let skipped = Counter()
+        var hooks = ArchiverTestHooks()
+        hooks.sealSkipped = { skipped.value.wrappingAdd(1, ordering: .relaxed) }
+        let cache = work + "/cache"
+        let options = BackupOptions(paths: [src], cachePath: cache)
+        let repo = MemoryRepository(keys: keys.write)
+        _ = try await Archiver(hooks: hooks).run(options: options, keys: keys.write, target: repo, now: now)
+        #expect(skipped.value.load(ordering: .relaxed) == 0)
+        let (cached, _) = MetadataCache.load(path: cache, chunkIDKey: keys.tenant.chunkIDKey)
+        #expect(cached.trees.count >= 4, "src's four trees and those above it")
+
+        let second = try await Archiver(hooks: hooks).run(options: options, keys: keys.write, target: repo, now: now)
+        #expect(second.filesUnchanged == 4 && second.statistics.chunksNew <= Self.treesAbove(src))
+        #expect(skipped.value.load(ordering: .relaxed) >= 4, "src's four trees named from the cache")
+
+        // One file changes: its tree and those above it are new; the others are named.
+        skipped.value.store(0, ordering: .relaxed)
+        try Fixture.write(src + "/a/b/f", Fixture.text(200, seed: "changed"))
+        let third = try await Archiver(hooks: hooks).run(options: options, keys: keys.write, target: repo, now: now)
+        #expect(third.filesChanged == 1)
+        #expect(skipped.value.load(ordering: .relaxed) >= 1, "c's tree named from the cache")
+        let dst = work + "/dst"
+        _ = try await restore(third.manifest, keys, from: repo, to: dst)
+        #expect(try Fixture.compare(src, dst + src) == [])
+    }
+
     @Test func restoreWritesChunksWhoseOffsetsAreLearnedLater() async throws {
         // A chunk that recurs in a file after chunks from packs that come later in the
         // restore's pack order: its second offset is unknown when its pack is opened, so

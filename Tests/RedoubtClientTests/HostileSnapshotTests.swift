@@ -158,9 +158,11 @@ extension SysResult {
         c[Array("/x".utf8)] = e
         e.xattrs = []
         c[Array("/y".utf8)] = e
+        let seal = try #require(ChunkSeal(key: Array(repeating: 7, count: 32), rawLength: 99))
+        c.trees = [MetadataCache.TreeChunk(mac: key.chunkID(for: [1]), id: key.chunkID(for: [2]), seal: seal)]
         let bytes = c.encode(chunkIDKey: key)
         let back = try MetadataCache.decode(bytes, chunkIDKey: key)
-        #expect(back.entries == c.entries)
+        #expect(back.entries == c.entries && back.trees == c.trees)
         #expect(back[Array("/x".utf8)]?.xattrs?.count == 2 && back[Array("/y".utf8)]?.xattrs == [])
         #expect(back[Array("/a/b".utf8)] != nil && back[Array("/a/b".utf8)]?.xattrs == nil)
         #expect(back.encode(chunkIDKey: key) == bytes)
@@ -191,11 +193,11 @@ extension SysResult {
     }
 
     /// The sample's version-4 bytes cut into header (version field at 8..<10), entries
-    /// and trailer (end byte, a one-byte count, checksum).
+    /// and trailer (end byte, a one-byte count, a zero tree count, checksum).
     func parts() -> (header: [UInt8], entries: [UInt8]) {
         let bytes = sample().encode(chunkIDKey: key)
         let header = Array(bytes[0..<42])
-        return (header, Array(bytes[42..<(bytes.count - 32 - 2)]))
+        return (header, Array(bytes[42..<(bytes.count - 32 - 3)]))
     }
 
     /// The sample's entries as versions 2 and 3 wrote them, sorted by path: each as version 4
@@ -204,7 +206,7 @@ extension SysResult {
         var out: [UInt8] = []
         for (path, entry) in sample().entries.sorted(by: { bytesPrecede($0.key, $1.key) }) {
             let one = MetadataCache(entries: [path: entry]).encode(chunkIDKey: key)
-            let encoded = one[42..<(one.count - 32 - 2)]
+            let encoded = one[42..<(one.count - 32 - 3)]
             #expect(encoded.last == 0)
             out += encoded.dropLast()
         }
@@ -236,13 +238,26 @@ extension SysResult {
         #expect(try MetadataCache.decode(changed.encode(chunkIDKey: key), chunkIDKey: key).entries == changed.entries)
     }
 
+    @Test func anEntryWhoseValuesDoNotParseCountsAsNotCached() throws {
+        var bytes = sample().encode(chunkIDKey: key)
+        // "/a/b" comes first: header 42, path length 1, path 4, size 1, mtime seconds 8, then
+        // its nanoseconds, made larger than a second. The checksum is made right again.
+        #expect(Array(bytes[43..<47]) == Array("/a/b".utf8))
+        for i in 56..<60 { bytes[i] = 0xff }
+        let tampered = sealed(Array(bytes.dropLast(32)))
+        let back = try MetadataCache.decode(tampered, chunkIDKey: key)
+        #expect(back[Array("/a/b".utf8)] == nil)
+        #expect(back[[0x2f, 0xff]] == sample()[[0x2f, 0xff]])
+        #expect(back.entries.count == 1)
+    }
+
     @Test func aPathListedTwiceOrAWrongCountIsRefused() throws {
         let (header, entries) = parts()
-        let twice = sealed(header + entries + entries + [0, UInt8(2 * sample().count)])
+        let twice = sealed(header + entries + entries + [0, UInt8(2 * sample().count), 0])
         #expect(throws: MetadataCache.Unusable.self) { try MetadataCache.decode(twice, chunkIDKey: key) }
-        let miscounted = sealed(header + entries + [0, UInt8(sample().count + 1)])
+        let miscounted = sealed(header + entries + [0, UInt8(sample().count + 1), 0])
         #expect(throws: MetadataCache.Unusable.self) { try MetadataCache.decode(miscounted, chunkIDKey: key) }
-        let right = sealed(header + entries + [0, UInt8(sample().count)])
+        let right = sealed(header + entries + [0, UInt8(sample().count), 0])
         #expect(try MetadataCache.decode(right, chunkIDKey: key).entries == sample().entries)
     }
 
