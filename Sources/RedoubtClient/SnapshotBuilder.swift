@@ -16,8 +16,10 @@ import RedoubtCore
 final class SnapshotBuilder {
     /// Files numbered but not yet behind the finished point: wide enough that while one
     /// worker reads a large file the other keeps taking small ones, and each costs only its
-    /// entry and pending record. Not tuned by measurement yet.
-    static let window = 8192
+    /// entry and pending record. Measured on the kernel tree's run after 2% of its files
+    /// changed (warm, release, two or three runs each): 8192 held 2 to 4 MiB more than 4096
+    /// at the same speed; 2048 held 3 MiB less than 4096 but took 0.15 s (12%) longer.
+    static let window = 4096
     /// Directories closed and waiting for their files beyond which the walk waits.
     static let maxWaitingDirectories = 8192
     /// Chunks of cached files confirmed with the repository per request.
@@ -99,7 +101,11 @@ final class SnapshotBuilder {
         tally = ActivityTally(hasBaseline: cache.count > 0)
         seen = [UInt64](repeating: 0, count: (cache.indexLimit + 63) / 64)
         treeWorker = try BackupWorker(run: run)
-        if !cache.trees.isEmpty { treesConfirmed = Self.makeReusable(cache.trees, run) }
+        if !cache.trees.isEmpty {
+            treesConfirmed = Self.makeReusable(cache.trees, run)
+            treeChunks.reserveCapacity(cache.trees.count + 64)
+            self.cache.trees = []
+        }
     }
 
     deinit {
@@ -265,6 +271,7 @@ final class SnapshotBuilder {
         Task {
             let missing = try await confirmInRepository(trees.map(\.id), run)
             run.registry.withLock { r in
+                r.reusable.reserveCapacity(r.reusable.count + trees.count)
                 for t in trees where !missing.contains(t.id) { r.reusable[t.mac] = CachedChunk(id: t.id, seal: t.seal) }
             }
         }
