@@ -6,11 +6,11 @@ import RedoubtCore
 ///
 /// Each file gets a number in walk order when its directory is listed. A file found
 /// unchanged in the metadata cache waits for the repository to confirm its chunks (asked
-/// in batches, while the walk goes on); any other goes to the workers. A directory's tree is stored once every
-/// file numbered before the directory closed has finished: by then its own files are
-/// done, its subdirectories' trees are stored, and every earlier hard-link target is
-/// known to be in the snapshot or not. At most ``window`` files are numbered and not yet
-/// behind that point; the walk waits for the workers beyond it.
+/// in batches, while the walk goes on); any other goes to the workers. A directory's tree
+/// is stored once every file numbered before the directory closed has finished: by then
+/// its own files are done, its subdirectories' trees are stored, and every earlier
+/// hard-link target is known to be in the snapshot or not. At most ``window`` files are
+/// numbered and not yet behind that point; the walk waits for the workers beyond it.
 ///
 /// Used by one task only.
 final class SnapshotBuilder {
@@ -261,8 +261,6 @@ final class SnapshotBuilder {
         }
     }
 
-    /// Asks the repository where the given chunks are; records the answers and returns the
-    /// chunks it does not have.
     private static func ask(_ ids: [ChunkID], _ run: BackupRun) -> Task<Set<ChunkID>, any Error> {
         Task { try await confirmInRepository(ids, run) }
     }
@@ -277,6 +275,8 @@ final class SnapshotBuilder {
         }
     }
 
+    /// Asks the repository where the given chunks are; records the answers and returns the
+    /// chunks it does not have.
     private static func confirmInRepository(_ ids: [ChunkID], _ run: BackupRun) async throws -> Set<ChunkID> {
         var unique = Array(Set(ids))
         unique.sort()
