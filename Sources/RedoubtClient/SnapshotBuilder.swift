@@ -17,8 +17,8 @@ final class SnapshotBuilder {
     /// Files numbered but not yet behind the finished point: wide enough that while one
     /// worker reads a large file the other keeps taking small ones, and each costs only its
     /// entry and pending record. Measured on the kernel tree's run after 2% of its files
-    /// changed (warm, release, two or three runs each): 8192 held 2 to 4 MiB more than 4096
-    /// at the same speed; 2048 held 3 MiB less than 4096 but took 0.15 s (12%) longer.
+    /// changed (warm, release, two or three runs each): 8192 held about 2 MiB more than 4096
+    /// at the same speed; 2048 held about 4 MiB less than 4096 but took 0.15 s (12%) longer.
     static let window = 4096
     /// Directories closed and waiting for their files beyond which the walk waits.
     static let maxWaitingDirectories = 8192
