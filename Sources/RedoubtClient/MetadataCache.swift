@@ -141,9 +141,8 @@ public struct MetadataCache: Sendable {
     func forEachFile(_ body: (_ index: Int, _ path: [UInt8], _ device: UInt64, _ inode: UInt64) -> Void) {
         for (i, start) in starts.enumerated() where start >= 0 {
             var r = ByteReader(bytes, range: start..<bytes.count)
-            guard let path = try? r.lengthPrefixed(), (try? r.uvarint()) != nil, (try? r.skip(24)) != nil,
-                  let inode = try? r.uvarint(), let device = try? r.uvarint() else { continue }
-            body(i, path, device, inode)
+            guard let head = try? Self.skipHead(&r) else { continue }
+            body(i, Array(bytes[head.path]), head.device, head.inode)
         }
     }
 
@@ -421,13 +420,7 @@ public struct MetadataCache: Sendable {
     /// Passes over one entry as encoded by ``writeEntry(_:path:_:)``, checking its framing
     /// (lengths, counts, flags) but not its values; returns where its path is.
     static func skipEntry(_ r: inout ByteReader, version: UInt16) throws -> Range<Int> {
-        let path = try r.lengthPrefixedRange(limit: 1 << 16)
-        guard !path.isEmpty else { throw Unusable(reason: "empty path") }
-        try r.skip(path.count)
-        _ = try r.uvarint()
-        try r.skip(24)
-        _ = try r.uvarint()
-        _ = try r.uvarint()
+        let path = try skipHead(&r).path
         let n = try r.count(limit: r.remaining / 100)
         try r.skip(n * 100)
         switch try r.u8() {
@@ -446,6 +439,19 @@ public struct MetadataCache: Sendable {
         default: throw Unusable(reason: "bad attribute flag")
         }
         return path
+    }
+
+    /// Passes over an entry's path, size and times; returns where its path is, and its
+    /// inode and device (what the activity section compares). The reader is left at the
+    /// chunk count.
+    private static func skipHead(_ r: inout ByteReader) throws -> (path: Range<Int>, inode: UInt64, device: UInt64) {
+        let path = try r.lengthPrefixedRange(limit: 1 << 16)
+        guard !path.isEmpty else { throw Unusable(reason: "empty path") }
+        try r.skip(path.count)
+        _ = try r.uvarint()
+        try r.skip(2 * (8 + 4))
+        let inode = try r.uvarint()
+        return (path, inode, try r.uvarint())
     }
 
     /// One entry as encoded by ``writeEntry(_:path:_:)``, checked.
