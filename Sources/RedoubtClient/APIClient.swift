@@ -33,8 +33,9 @@ public final class APIClient: Sendable {
     public let baseURL: String
     public let credential: ClientCredential?
 
-    /// A client that authenticates with `credential`.
-    public convenience init(credential: ClientCredential) throws {
+    /// A client that authenticates with `credential`. `poolIdleSeconds`: how long an unused
+    /// connection stays pooled; keep it below the server's idle timeout.
+    public convenience init(credential: ClientCredential, poolIdleSeconds: Double = 20) throws {
         var tls = TLSConfiguration.makeClientConfiguration()
         tls.minimumTLSVersion = .tlsv13
         tls.trustRoots = .certificates(try NIOSSLCertificate.fromPEMBytes(Array(credential.caPEM.utf8)))
@@ -42,7 +43,7 @@ public final class APIClient: Sendable {
             .certificate($0)
         }
         tls.privateKey = .privateKey(try NIOSSLPrivateKey(bytes: Array(credential.keyPEM.utf8), format: .pem))
-        try self.init(url: credential.url, tls: tls, credential: credential)
+        try self.init(url: credential.url, tls: tls, credential: credential, poolIdleSeconds: poolIdleSeconds)
     }
 
     /// An unauthenticated client for enrollment, trusting only `caDER`.
@@ -50,16 +51,17 @@ public final class APIClient: Sendable {
         var tls = TLSConfiguration.makeClientConfiguration()
         tls.minimumTLSVersion = .tlsv13
         tls.trustRoots = .certificates([try NIOSSLCertificate(bytes: caDER, format: .der)])
-        try self.init(url: url, tls: tls, credential: nil)
+        try self.init(url: url, tls: tls, credential: nil, poolIdleSeconds: 20)
     }
 
-    init(url: String, tls: TLSConfiguration, credential: ClientCredential?) throws {
+    init(url: String, tls: TLSConfiguration, credential: ClientCredential?, poolIdleSeconds: Double) throws {
         var config = HTTPClient.Configuration(tlsConfiguration: tls)
         config.httpVersion = .http1Only
         config.timeout = .init(connect: .seconds(10), read: .seconds(600))
         // Why shorter than the server's idle timeout (90 s by default): a pooled connection the
-        // server has already closed fails the next request sent on it.
-        config.connectionPool = .init(idleTimeout: .seconds(20), concurrentHTTP1ConnectionsPerHostSoftLimit: 8)
+        // server is closing fails the request sent on it, and a POST is not sent twice.
+        config.connectionPool = .init(idleTimeout: .milliseconds(Int64(poolIdleSeconds * 1000)),
+            concurrentHTTP1ConnectionsPerHostSoftLimit: 8)
         http = HTTPClient(eventLoopGroupProvider: .singleton, configuration: config)
         baseURL = url.hasSuffix("/") ? String(url.dropLast()) : url
         self.credential = credential

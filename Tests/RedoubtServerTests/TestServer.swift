@@ -53,6 +53,11 @@ final class TestServer: @unchecked Sendable {
     let jobs: Task<Void, Never>?
     /// The PostgreSQL catalog's settings under `REDOUBT_TEST_CATALOG=postgres`; nil: SQLite.
     let catalog: CatalogSettings?
+    let limits: ServerLimits
+
+    /// Clients' pooled connections close well before the server's idle deadline, which some
+    /// tests set to seconds: a pooled connection the server is closing fails a POST sent on it.
+    static func poolIdleSeconds(_ limits: ServerLimits) -> Double { min(20, limits.idleTimeoutSeconds / 3) }
 
     /// `prepare` runs on the initialised data directory before the server opens it. With
     /// `inMemory`, objects go to a `MemoryStore` on the server's clock instead of the data
@@ -121,12 +126,14 @@ final class TestServer: @unchecked Sendable {
             from: Data(contentsOf: URL(fileURLWithPath: home.adminCredentialPath)))
         let loop = jobs ? Task { await JobScheduler(service: service).run(every: 3600) } : nil
         return TestServer(dir: dir, home: home, service: service, clock: clock, listener: listener,
-            admin: try APIClient(credential: cred), url: cred.url, jobs: loop, catalog: catalog)
+            admin: try APIClient(credential: cred, poolIdleSeconds: poolIdleSeconds(limits)), url: cred.url,
+            jobs: loop, catalog: catalog, limits: limits)
     }
 
     private init(dir: URL, home: ServerHome, service: RepositoryService, clock: ManualClock,
         listener: BackgroundListener, admin: APIClient, url: String, jobs: Task<Void, Never>?,
-        catalog: CatalogSettings?) {
+        catalog: CatalogSettings?, limits: ServerLimits) {
+        self.limits = limits
         self.jobs = jobs
         self.catalog = catalog
         self.dir = dir
@@ -173,7 +180,7 @@ final class TestServer: @unchecked Sendable {
         let token = try await admin.addAdmin(name: name, ttlSeconds: nil, requestID: nil).token
         let cfg = ClientConfig(path: dir.appendingPathComponent("cfg-admin-\(name)").path)
         _ = try await ClientConfig.enroll(token: token, into: cfg, os: nil)
-        return try APIClient(credential: cfg.credential())
+        return try APIClient(credential: cfg.credential(), poolIdleSeconds: Self.poolIdleSeconds(limits))
     }
 
     /// Enrolls a principal into a fresh config directory and returns it with a client.
@@ -181,7 +188,7 @@ final class TestServer: @unchecked Sendable {
         let token = try await admin.createEnrollment(tenant: tenant, role: role, name: name, ttlSeconds: 3600).token
         let cfg = ClientConfig(path: dir.appendingPathComponent("cfg-\(role)-\(name)").path)
         _ = try await ClientConfig.enroll(token: token, into: cfg, os: "Test OS 1")
-        return (cfg, try APIClient(credential: cfg.credential()))
+        return (cfg, try APIClient(credential: cfg.credential(), poolIdleSeconds: Self.poolIdleSeconds(limits)))
     }
 }
 
