@@ -133,6 +133,9 @@ public final class Archiver: Sendable {
                     }
                 }
                 try await builder.finish(&iterator, &uploads)
+                // Every file's outcome is in, so no job comes any more: the readers flush their
+                // last batches and packs while the top trees are stored and the tree pack is sent.
+                queue.close()
                 run.progress(force: true) { $0.phase = .trees }
                 guard let top = builder.top else {
                     throw ArchiveError(.inconsistentSnapshot, object: "backup", "the walk did not end (internal error)")
