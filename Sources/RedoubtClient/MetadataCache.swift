@@ -1,6 +1,8 @@
 import Crypto
+import Dispatch
 import Glibc
 import RedoubtCore
+import Synchronization
 
 /// The host's local record of the files in its last successful snapshot, so the next
 /// backup need not read files that have not changed (DESIGN.md §2, "incremental backups
@@ -349,10 +351,33 @@ public struct MetadataCache: Sendable {
     public static func decode(_ bytes: [UInt8], chunkIDKey: ChunkIDKey) throws(Unusable) -> MetadataCache {
         guard bytes.count >= 8 + 2 + 32 + 1 + 32 else { throw Unusable(reason: "too short (\(bytes.count) bytes)") }
         let bodyEnd = bytes.count - 32
-        let digest = bytes.withUnsafeBytes { SHA256.hash(data: UnsafeRawBufferPointer(rebasing: $0[0..<bodyEnd])) }
-        guard Array(digest) == Array(bytes[bodyEnd...]) else {
+        // The checksum is computed on a second thread while the entries are indexed (the
+        // index is dropped if it does not match): loading is on every backup's critical path.
+        let matches = Mutex(false), indexed = Mutex<Result<MetadataCache, Unusable>?>(nil)
+        DispatchQueue.concurrentPerform(iterations: 2) { part in
+            if part == 0 {
+                let digest = bytes.withUnsafeBytes {
+                    SHA256.hash(data: UnsafeRawBufferPointer(rebasing: $0[0..<bodyEnd]))
+                }
+                let ok = Array(digest) == Array(bytes[bodyEnd...])
+                matches.withLock { $0 = ok }
+            } else {
+                let result = Result { () throws(Unusable) in
+                    try index(bytes, bodyEnd: bodyEnd, chunkIDKey: chunkIDKey)
+                }
+                indexed.withLock { $0 = result }
+            }
+        }
+        guard matches.withLock({ $0 }) else {
             throw Unusable(reason: "checksum does not match: the file is damaged or was cut short")
         }
+        guard let result = indexed.withLock({ $0 }) else { throw Unusable(reason: "not indexed (internal error)") }
+        return try result.get()
+    }
+
+    /// Indexes the entries of a cache whose checksum is checked by the caller.
+    private static func index(_ bytes: [UInt8], bodyEnd: Int, chunkIDKey: ChunkIDKey) throws(Unusable)
+        -> MetadataCache {
         var r = ByteReader(bytes, range: 0..<bodyEnd)
         var cache = MetadataCache()
         cache.bytes = bytes
@@ -539,13 +564,15 @@ public struct MetadataCache: Sendable {
             return (MetadataCache(), "not a regular file")
         }
         guard st.size <= UInt64(maxSize) else { return (MetadataCache(), "too large (\(st.size) bytes)") }
-        var bytes = [UInt8](repeating: 0, count: Int(st.size))
-        let read = bytes.withUnsafeMutableBytes { b in
-            b.count == 0 ? .success(0) : ArchiveSys.preadFull(fd, into: b.baseAddress!, count: b.count, at: 0)
+        // Not zeroed first: every byte is read into, or the cache is not used.
+        var read: SysResult<Int> = .success(0)
+        let bytes = [UInt8](unsafeUninitializedCapacity: Int(st.size)) { b, initialized in
+            read = b.count == 0 ? .success(0) : ArchiveSys.preadFull(fd, into: b.baseAddress!, count: b.count, at: 0)
+            if case .success(let n) = read { initialized = n }
         }
         switch read {
         case .failure(let e): return (MetadataCache(), "cannot read: \(ArchiveSys.describe(errno: e))")
-        case .success(let n) where n != bytes.count: return (MetadataCache(), "changed while being read")
+        case .success(let n) where n != Int(st.size): return (MetadataCache(), "changed while being read")
         case .success: break
         }
         do {
