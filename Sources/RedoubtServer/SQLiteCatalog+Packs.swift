@@ -60,8 +60,11 @@ extension Catalog {
     /// with `orVerified`, also among every chunk whose bytes the server checked (tenant scope).
     public func chunkLocations(tenant: String, ids: [ChunkID], scope: String? = nil,
                                orVerified: Bool = false) throws -> [ChunkID: PackID] {
+        // Every backup asks this of every cached file's chunks: rows are read in place by
+        // column number from a cached statement, and each pack's hex ID is parsed once.
         try db.read { db in
             var out: [ChunkID: PackID] = [:]
+            var packs: [Data: PackID] = [:]
             var i = 0
             while i < ids.count {
                 let batch = ids[i..<min(i + 500, ids.count)]
@@ -74,11 +77,20 @@ extension Catalog {
                     sql += orVerified ? " AND (scope = ? OR verified = 1)" : " AND scope = ?"
                     args.append(scope)
                 }
-                let rows = try Row.fetchAll(db, sql: sql, arguments: StatementArguments(args))
-                for r in rows {
-                    if let c = ChunkID(bytes: Array(r["chunk_id"] as Data)), let p = PackID(hex: r["pack_id"]) {
-                        out[c] = p
+                let statement = try db.cachedStatement(sql: sql)
+                try statement.setArguments(StatementArguments(args))
+                let rows = try Row.fetchCursor(statement)
+                while let r = try rows.next() {
+                    let chunk = try r.withUnsafeData(atIndex: 0) { d in d.flatMap { ChunkID(bytes: [UInt8]($0)) } }
+                    let pack = try r.withUnsafeData(atIndex: 1) { d -> PackID? in
+                        guard let d else { return nil }
+                        if let known = packs[d] { return known }
+                        // Copied: `d` points into the row, which the next step reuses.
+                        let parsed = PackID(hex: String(decoding: d, as: UTF8.self))
+                        packs[Data([UInt8](d))] = parsed
+                        return parsed
                     }
+                    if let chunk, let pack { out[chunk] = pack }
                 }
             }
             return out
