@@ -19,8 +19,34 @@ final class ManualClock: ServerClock, @unchecked Sendable {
     func set(_ d: Date) { lock.withLock { t = d } }
 }
 
-/// A free TCP port on loopback.
-func freeLoopbackPort() throws -> Int { try ServerHome.freeLoopbackPort() }
+/// A free TCP port on loopback, below the ephemeral range: the kernel hands ports of that
+/// range to outgoing connections (one test opens a thousand), so a port found free there can
+/// be taken before a server started in another process binds it.
+func freeLoopbackPort() throws -> Int {
+    let range = try? String(contentsOfFile: "/proc/sys/net/ipv4/ip_local_port_range", encoding: .utf8)
+    let low = range?.split(whereSeparator: \.isWhitespace).first.flatMap { Int($0) } ?? 32768
+    if low > 10_001 {
+        for _ in 0..<200 {
+            let port = Int.random(in: 10_000..<low)
+            if loopbackPortIsFree(port) { return port }
+        }
+    }
+    return try ServerHome.freeLoopbackPort()
+}
+
+/// Whether `port` on 127.0.0.1 can be bound now.
+private func loopbackPortIsFree(_ port: Int) -> Bool {
+    let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+    guard fd >= 0 else { return false }
+    defer { close(fd) }
+    var addr = sockaddr_in()
+    addr.sin_family = sa_family_t(AF_INET)
+    addr.sin_port = in_port_t(UInt16(port).bigEndian)
+    addr.sin_addr.s_addr = inet_addr("127.0.0.1")
+    return withUnsafePointer(to: &addr) {
+        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+    } == 0
+}
 
 /// The environment, if every named test-peer variable (written by `scripts/peers`) is
 /// set; otherwise nil, and under `REDOUBT_PEERS_REQUIRED=1` (CI) a recorded failure
