@@ -52,21 +52,27 @@ import RedoubtCore
             return r
         }
 
-        /// Starts a command in the background and returns its PID.
-        func background(_ args: [String]) -> pid_t {
+        /// Starts a command in the background and returns its PID; its output goes to `log`.
+        func background(_ args: [String], log: String = "/dev/null") -> pid_t {
             let pidFile = dir.appendingPathComponent("pid.txt").path
             let cmd = ([CrashTests.binary.path] + args).map(q).joined(separator: " ")
-                + " > /dev/null 2>&1 & echo $! > \(q(pidFile))"
+                + " > \(q(log)) 2>&1 & echo $! > \(q(pidFile))"
             _ = system(cmd)
             return pid_t((try? String(contentsOfFile: pidFile,
                 encoding: .utf8))?.trimmingCharacters(in: .whitespacesAndNewlines) ?? "") ?? 0
         }
 
         func startServer() throws {
-            serverPID = background(["server", "run", "--data", dir.appendingPathComponent("server").path])
+            let log = dir.appendingPathComponent("server.log").path
+            serverPID = background(["server", "run", "--data", dir.appendingPathComponent("server").path], log: log)
             // Ready when the port accepts connections.
             let deadline = Date().addingTimeInterval(30)
             while Date() < deadline {
+                if serverPID > 0 && kill(serverPID, 0) != 0 {
+                    let said = (try? String(contentsOfFile: log, encoding: .utf8)) ?? ""
+                    throw APIError(status: 0, code: "E_TEST",
+                        message: "server exited before accepting on port \(port): \(said.suffix(2000))")
+                }
                 let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
                 var addr = sockaddr_in()
                 addr.sin_family = sa_family_t(AF_INET)
@@ -78,7 +84,9 @@ import RedoubtCore
                 if ok { return }
                 usleep(100_000)
             }
-            throw APIError(status: 0, code: "E_TEST", message: "server did not start")
+            let said = (try? String(contentsOfFile: log, encoding: .utf8)) ?? ""
+            throw APIError(status: 0, code: "E_TEST",
+                message: "server did not accept on port \(port) within 30 s: \(said.suffix(2000))")
         }
 
         func killServer() {
