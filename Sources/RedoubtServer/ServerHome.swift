@@ -168,13 +168,29 @@ public struct ServerHome: Sendable {
                                  limits: limits ?? s.limits ?? ServerLimits(), uploadDirectory: uploads.directory)
     }
 
-    /// A TCP port on 127.0.0.1 that is free now (bound, read, released): for loopback
-    /// servers in quickstart and tests.
+    /// A TCP port on 127.0.0.1 that is free now (bound and released): for loopback servers
+    /// in quickstart and tests. Taken below the ephemeral range where it can be: the kernel
+    /// hands ports of that range to outgoing connections, so one found free there can be
+    /// taken before the server binds it.
     public static func freeLoopbackPort() throws -> Int {
+        let range = try? String(contentsOfFile: "/proc/sys/net/ipv4/ip_local_port_range", encoding: .utf8)
+        let low = range?.split(whereSeparator: \.isWhitespace).first.flatMap { Int($0) } ?? 32768
+        if low > 10_001 {
+            for _ in 0..<200 {
+                let port = Int.random(in: 10_000..<low)
+                if (try? bindLoopback(port: port)) != nil { return port }
+            }
+        }
+        return try bindLoopback(port: 0)
+    }
+
+    /// Binds `port` on 127.0.0.1 (0: any the kernel picks), releases it and returns it.
+    private static func bindLoopback(port: Int) throws -> Int {
         let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
         defer { close(fd) }
         var addr = sockaddr_in()
         addr.sin_family = sa_family_t(AF_INET)
+        addr.sin_port = in_port_t(UInt16(port).bigEndian)
         addr.sin_addr.s_addr = inet_addr("127.0.0.1")
         var len = socklen_t(MemoryLayout<sockaddr_in>.size)
         let ok = withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0,

@@ -19,34 +19,8 @@ final class ManualClock: ServerClock, @unchecked Sendable {
     func set(_ d: Date) { lock.withLock { t = d } }
 }
 
-/// A free TCP port on loopback, below the ephemeral range: the kernel hands ports of that
-/// range to outgoing connections (one test opens a thousand), so a port found free there can
-/// be taken before a server started in another process binds it.
-func freeLoopbackPort() throws -> Int {
-    let range = try? String(contentsOfFile: "/proc/sys/net/ipv4/ip_local_port_range", encoding: .utf8)
-    let low = range?.split(whereSeparator: \.isWhitespace).first.flatMap { Int($0) } ?? 32768
-    if low > 10_001 {
-        for _ in 0..<200 {
-            let port = Int.random(in: 10_000..<low)
-            if loopbackPortIsFree(port) { return port }
-        }
-    }
-    return try ServerHome.freeLoopbackPort()
-}
-
-/// Whether `port` on 127.0.0.1 can be bound now.
-private func loopbackPortIsFree(_ port: Int) -> Bool {
-    let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-    guard fd >= 0 else { return false }
-    defer { close(fd) }
-    var addr = sockaddr_in()
-    addr.sin_family = sa_family_t(AF_INET)
-    addr.sin_port = in_port_t(UInt16(port).bigEndian)
-    addr.sin_addr.s_addr = inet_addr("127.0.0.1")
-    return withUnsafePointer(to: &addr) {
-        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
-    } == 0
-}
+/// A free TCP port on loopback.
+func freeLoopbackPort() throws -> Int { try ServerHome.freeLoopbackPort() }
 
 /// The environment, if every named test-peer variable (written by `scripts/peers`) is
 /// set; otherwise nil, and under `REDOUBT_PEERS_REQUIRED=1` (CI) a recorded failure
@@ -79,10 +53,11 @@ final class TestServer: @unchecked Sendable {
     let jobs: Task<Void, Never>?
     /// The PostgreSQL catalog's settings under `REDOUBT_TEST_CATALOG=postgres`; nil: SQLite.
     let catalog: CatalogSettings?
-    let limits: ServerLimits
+    /// How long this server's clients keep a connection pooled: well before its idle deadline,
+    /// which some tests set to seconds (a pooled connection the server is closing fails a POST
+    /// sent on it).
+    let clientPoolIdleSeconds: Double
 
-    /// Clients' pooled connections close well before the server's idle deadline, which some
-    /// tests set to seconds: a pooled connection the server is closing fails a POST sent on it.
     static func poolIdleSeconds(_ limits: ServerLimits) -> Double { min(20, limits.idleTimeoutSeconds / 3) }
 
     /// `prepare` runs on the initialised data directory before the server opens it. With
@@ -153,13 +128,13 @@ final class TestServer: @unchecked Sendable {
         let loop = jobs ? Task { await JobScheduler(service: service).run(every: 3600) } : nil
         return TestServer(dir: dir, home: home, service: service, clock: clock, listener: listener,
             admin: try APIClient(credential: cred, poolIdleSeconds: poolIdleSeconds(limits)), url: cred.url,
-            jobs: loop, catalog: catalog, limits: limits)
+            jobs: loop, catalog: catalog, clientPoolIdleSeconds: poolIdleSeconds(limits))
     }
 
     private init(dir: URL, home: ServerHome, service: RepositoryService, clock: ManualClock,
         listener: BackgroundListener, admin: APIClient, url: String, jobs: Task<Void, Never>?,
-        catalog: CatalogSettings?, limits: ServerLimits) {
-        self.limits = limits
+        catalog: CatalogSettings?, clientPoolIdleSeconds: Double) {
+        self.clientPoolIdleSeconds = clientPoolIdleSeconds
         self.jobs = jobs
         self.catalog = catalog
         self.dir = dir
@@ -206,7 +181,7 @@ final class TestServer: @unchecked Sendable {
         let token = try await admin.addAdmin(name: name, ttlSeconds: nil, requestID: nil).token
         let cfg = ClientConfig(path: dir.appendingPathComponent("cfg-admin-\(name)").path)
         _ = try await ClientConfig.enroll(token: token, into: cfg, os: nil)
-        return try APIClient(credential: cfg.credential(), poolIdleSeconds: Self.poolIdleSeconds(limits))
+        return try APIClient(credential: cfg.credential(), poolIdleSeconds: clientPoolIdleSeconds)
     }
 
     /// Enrolls a principal into a fresh config directory and returns it with a client.
@@ -214,7 +189,7 @@ final class TestServer: @unchecked Sendable {
         let token = try await admin.createEnrollment(tenant: tenant, role: role, name: name, ttlSeconds: 3600).token
         let cfg = ClientConfig(path: dir.appendingPathComponent("cfg-\(role)-\(name)").path)
         _ = try await ClientConfig.enroll(token: token, into: cfg, os: "Test OS 1")
-        return (cfg, try APIClient(credential: cfg.credential(), poolIdleSeconds: Self.poolIdleSeconds(limits)))
+        return (cfg, try APIClient(credential: cfg.credential(), poolIdleSeconds: clientPoolIdleSeconds))
     }
 }
 
