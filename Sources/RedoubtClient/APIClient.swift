@@ -33,9 +33,15 @@ public final class APIClient: Sendable {
     public let baseURL: String
     public let credential: ClientCredential?
 
+    /// How long an unused connection stays pooled unless told otherwise. Why shorter than the
+    /// server's idle timeout (90 s by default): a pooled connection the server is closing fails
+    /// the request sent on it, and a POST is not sent twice.
+    public static let defaultPoolIdleSeconds: Double = 20
+
     /// A client that authenticates with `credential`. `poolIdleSeconds`: how long an unused
     /// connection stays pooled; keep it below the server's idle timeout.
-    public convenience init(credential: ClientCredential, poolIdleSeconds: Double = 20) throws {
+    public convenience init(credential: ClientCredential,
+                            poolIdleSeconds: Double = APIClient.defaultPoolIdleSeconds) throws {
         var tls = TLSConfiguration.makeClientConfiguration()
         tls.minimumTLSVersion = .tlsv13
         tls.trustRoots = .certificates(try NIOSSLCertificate.fromPEMBytes(Array(credential.caPEM.utf8)))
@@ -51,15 +57,13 @@ public final class APIClient: Sendable {
         var tls = TLSConfiguration.makeClientConfiguration()
         tls.minimumTLSVersion = .tlsv13
         tls.trustRoots = .certificates([try NIOSSLCertificate(bytes: caDER, format: .der)])
-        try self.init(url: url, tls: tls, credential: nil, poolIdleSeconds: 20)
+        try self.init(url: url, tls: tls, credential: nil, poolIdleSeconds: Self.defaultPoolIdleSeconds)
     }
 
     init(url: String, tls: TLSConfiguration, credential: ClientCredential?, poolIdleSeconds: Double) throws {
         var config = HTTPClient.Configuration(tlsConfiguration: tls)
         config.httpVersion = .http1Only
         config.timeout = .init(connect: .seconds(10), read: .seconds(600))
-        // Why shorter than the server's idle timeout (90 s by default): a pooled connection the
-        // server is closing fails the request sent on it, and a POST is not sent twice.
         config.connectionPool = .init(idleTimeout: .milliseconds(Int64(poolIdleSeconds * 1000)),
             concurrentHTTP1ConnectionsPerHostSoftLimit: 8)
         http = HTTPClient(eventLoopGroupProvider: .singleton, configuration: config)

@@ -145,7 +145,6 @@ public final class Archiver: Sendable {
                 try await builder.finishTrees(&uploads)
                 return refs
             }
-            queue.close()
             try await readers.waitForAll()
             return refs
         }

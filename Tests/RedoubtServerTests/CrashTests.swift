@@ -65,14 +65,14 @@ import RedoubtCore
         func startServer() throws {
             let log = dir.appendingPathComponent("server.log").path
             serverPID = background(["server", "run", "--data", dir.appendingPathComponent("server").path], log: log)
+            func failed(_ why: String) -> APIError {
+                let said = (try? String(contentsOfFile: log, encoding: .utf8)) ?? ""
+                return APIError(status: 0, code: "E_TEST", message: "server \(why): \(said.suffix(2000))")
+            }
             // Ready when the port accepts connections.
             let deadline = Date().addingTimeInterval(30)
             while Date() < deadline {
-                if serverPID > 0 && kill(serverPID, 0) != 0 {
-                    let said = (try? String(contentsOfFile: log, encoding: .utf8)) ?? ""
-                    throw APIError(status: 0, code: "E_TEST",
-                        message: "server exited before accepting on port \(port): \(said.suffix(2000))")
-                }
+                if serverPID > 0 && kill(serverPID, 0) != 0 { throw failed("exited before accepting on port \(port)") }
                 let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
                 var addr = sockaddr_in()
                 addr.sin_family = sa_family_t(AF_INET)
@@ -84,9 +84,7 @@ import RedoubtCore
                 if ok { return }
                 usleep(100_000)
             }
-            let said = (try? String(contentsOfFile: log, encoding: .utf8)) ?? ""
-            throw APIError(status: 0, code: "E_TEST",
-                message: "server did not accept on port \(port) within 30 s: \(said.suffix(2000))")
+            throw failed("did not accept on port \(port) within 30 s")
         }
 
         func killServer() {
