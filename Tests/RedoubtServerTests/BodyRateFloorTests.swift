@@ -44,11 +44,12 @@ import Testing
             let slow = try await RawConnection.open(port: w.port, tls: try suite.tls(w, asWriter: true))
             let head = "PUT /v1/packs/\(id) HTTP/1.1\r\nhost: localhost\r\ncontent-length: "
             try await slow.send(Array("\(head)\(1 << 20)\r\n\r\n".utf8))
-            // One window is 3 s (here 3.3 s alone); the suites running alongside have held the cut back
-            // to 9 s, and once to 15 s, by delaying when the server starts to read the body. The
-            // bound is what tells a floor at work from a trickle that is never cut.
+            // One window is 3 s (3.3 s measured alone). The suites running alongside have held the
+            // cut back to 22 s on PostgreSQL: the meter starts when the handler starts reading, after
+            // the handshake and the caller's lookup in a catalog the whole suite shares. The bound tells a
+            // floor at work from a trickle that is never cut (this body would take 5.8 hours).
             let started = Date()
-            while slow.isOpen, Date().timeIntervalSince(started) < 45 {
+            while slow.isOpen, Date().timeIntervalSince(started) < 90 {
                 try? await slow.send([UInt8](repeating: 0x41, count: Int(500 * 0.1 * piece)))
                 try await Task.sleep(nanoseconds: UInt64(piece * 1e9))
             }
@@ -57,7 +58,7 @@ import Testing
             #expect(answer?.status == 408 && answer?.body.contains("E_TOO_SLOW") == true,
                 "\(String(describing: answer))")
             #expect(await slow.waitClosed(within: 15), "the trickling connection stayed open")
-            #expect(cutAfter < 40, "cut only after \(cutAfter) s")
+            #expect(cutAfter < 80, "cut only after \(cutAfter) s")
             #expect(try await w.server.service.catalog.pack(tenant: "acme", id: id) == nil)
 
             // An honest slow upload above the floor, for longer than a window, is read whole (and,
