@@ -105,14 +105,23 @@ public struct MetadataCache: Sendable {
     /// The tree chunks of the snapshot the cache was written for.
     public var trees: [TreeChunk] = []
 
-    /// The entries, encoded as in the file (a loaded cache keeps the file's bytes as they
-    /// are): an entry is decoded only when it is looked up, so a cache of a large tree
-    /// takes little more memory than its file.
-    private var bytes: [UInt8] = []
-    /// The version `bytes` are encoded in: a loaded cache keeps its file's.
+    /// Where the encoded entries are: in memory for a cache built or decoded here, in its
+    /// file for a loaded one. A loaded cache keeps only its index in memory and reads
+    /// entries as they are looked up, a window of the file at a time (``CacheFile``), so a
+    /// backup holds a few hundred KiB of its last cache, not the whole file.
+    private enum Storage: Sendable {
+        case memory([UInt8])
+        case file(CacheFile)
+    }
+    private var storage = Storage.memory([])
+    /// The version the entries are encoded in: a loaded cache keeps its file's.
     private var bytesVersion = version
-    /// Where each entry starts in `bytes`; -1 once replaced or removed.
+    /// Where each entry starts in the storage; `-2 - start` once replaced or removed.
     private var starts: [Int] = []
+    /// Where each entry ends.
+    private var ends: [Int] = []
+    /// Each entry's path hash (``hash(_:)``): probing compares it before reading the entry.
+    private var hashes: [Int] = []
     /// Open addressing by the path's hash: an index into `starts` plus one, 0 for an empty
     /// slot; at most half full.
     private var table: [Int32] = []
@@ -132,8 +141,9 @@ public struct MetadataCache: Sendable {
 
     /// Every entry with its index (see ``find(_:)``).
     func forEach(_ body: (_ index: Int, _ path: [UInt8], _ entry: Entry) -> Void) {
-        for (i, start) in starts.enumerated() where start >= 0 {
-            guard let (path, entry) = decoded(at: start) else { continue }
+        for i in starts.indices where starts[i] >= 0 {
+            guard let (base, range) = encoded(i, sequential: true),
+                  let (path, entry) = Self.parse(base, range, version: bytesVersion) else { continue }
             body(i, path, entry)
         }
     }
@@ -141,10 +151,11 @@ public struct MetadataCache: Sendable {
     /// Every entry's index, path, device and inode: what the activity section compares,
     /// without decoding chunk lists.
     func forEachFile(_ body: (_ index: Int, _ path: [UInt8], _ device: UInt64, _ inode: UInt64) -> Void) {
-        for (i, start) in starts.enumerated() where start >= 0 {
-            var r = ByteReader(bytes, range: start..<bytes.count)
+        for i in starts.indices where starts[i] >= 0 {
+            guard let (base, range) = encoded(i, sequential: true) else { continue }
+            var r = ByteReader(base, range: range)
             guard let head = try? Self.skipHead(&r) else { continue }
-            body(i, Array(bytes[head.path]), head.device, head.inode)
+            body(i, Array(base[head.path]), head.device, head.inode)
         }
     }
 
@@ -155,21 +166,14 @@ public struct MetadataCache: Sendable {
         return out
     }
 
-    /// The entry for `path` and its index: a number below `indexLimit`, the same for a path
-    /// as long as the cache is not changed.
-    func find(_ path: [UInt8]) -> (index: Int, entry: Entry)? {
-        let (_, index) = slot(of: path[...])
-        guard let index, starts[index] >= 0, let (_, entry) = decoded(at: starts[index]) else { return nil }
-        return (index, entry)
-    }
-
-    /// The encoded entry `index` (as ``find(_:)`` returns it), if it is encoded as this
-    /// build writes entries: an unchanged file's entry goes into the next cache as it is.
-    func encodedEntry(_ index: Int) -> ArraySlice<UInt8>? {
-        guard bytesVersion == Self.version, starts.indices.contains(index), starts[index] >= 0 else { return nil }
-        var r = ByteReader(bytes, range: starts[index]..<bytes.count)
-        guard (try? Self.skipEntry(&r, version: bytesVersion)) != nil else { return nil }
-        return bytes[starts[index]..<r.offset]
+    /// The entry for `path`, its index (a number below `indexLimit`, the same for a path as
+    /// long as the cache is not changed) and its bytes if they are encoded as this build
+    /// writes entries: an unchanged file's entry goes into the next cache as it is.
+    func find(_ path: [UInt8]) -> (index: Int, entry: Entry, encoded: ArraySlice<UInt8>?)? {
+        let (_, found) = slot(of: path[...], hash: Self.hash(path[...]))
+        guard let (index, base, range) = found, starts[index] >= 0,
+              let (_, entry) = Self.parse(base, range, version: bytesVersion) else { return nil }
+        return (index, entry, bytesVersion == Self.version ? base[range] : nil)
     }
 
     /// Above every index ``find(_:)`` returns.
@@ -178,71 +182,81 @@ public struct MetadataCache: Sendable {
     public subscript(path: [UInt8]) -> Entry? {
         get { find(path)?.entry }
         set {
-            if bytesVersion != Self.version { self = MetadataCache(entries: entries) }
-            if table.isEmpty || 2 * (starts.count + 1) > table.count { rehash(minimum: 2 * (starts.count + 1)) }
-            let (slot, old) = slot(of: path[...])
-            if let old {
-                if starts[old] >= 0 {
-                    starts[old] = -1
-                    count -= 1
-                }
-                stalePaths[old] = nil
-            }
-            guard let newValue else {
-                // The slot stays taken (later paths may have probed past it), so its path is kept.
-                if let old { stalePaths[old] = path }
+            guard case .memory(var bytes) = storage, bytesVersion == Self.version else {
+                let trees = self.trees
+                self = MetadataCache(entries: entries)
+                self.trees = trees
+                self[path] = newValue
                 return
             }
+            if table.isEmpty || 2 * (starts.count + 1) > table.count { rehash(minimum: 2 * (starts.count + 1)) }
+            let h = Self.hash(path[...])
+            let (slot, found) = slot(of: path[...], hash: h)
+            if let old = found?.index, starts[old] >= 0 {
+                starts[old] = -2 - starts[old]
+                count -= 1
+            }
+            guard let newValue else { return }
+            // The slot of a replaced entry is reused; a removed one's keeps its bytes (later
+            // paths may have probed past it), which stay readable in `bytes`.
+            storage = .memory([])
             var w = ByteWriter()
             Self.writeEntry(&w, path: path, newValue)
             starts.append(bytes.count)
             bytes += w.bytes
+            ends.append(bytes.count)
+            hashes.append(h)
+            storage = .memory(bytes)
             table[slot] = Int32(starts.count)
             count += 1
         }
     }
 
-    /// The slot of `path` in `table`, and the entry it holds (nil if the slot is empty).
-    private func slot(of path: ArraySlice<UInt8>) -> (slot: Int, index: Int?) {
+    /// The bytes of entry `index` (also of a removed one), as an array and the range in it;
+    /// nil if its file can no longer be read.
+    /// `sequential`: one of a pass over the entries in order.
+    private func encoded(_ index: Int, sequential: Bool = false) -> (base: [UInt8], range: Range<Int>)? {
+        let start = starts[index] >= 0 ? starts[index] : -2 - starts[index]
+        switch storage {
+        case .memory(let bytes): return (bytes, start..<ends[index])
+        case .file(let file): return file.read(start..<ends[index], sequential: sequential)
+        }
+    }
+
+    /// The slot of `path` in `table`, and the entry it holds with its bytes (nil if the slot
+    /// is empty). A slot whose entry cannot be read is passed over.
+    private func slot(of path: ArraySlice<UInt8>, hash h: Int)
+        -> (slot: Int, found: (index: Int, base: [UInt8], range: Range<Int>)?) {
         guard !table.isEmpty else { return (0, nil) }
         let mask = table.count - 1
-        var h = Self.hash(path) & mask
+        var s = h & mask
         while true {
-            let t = Int(table[h])
-            if t == 0 { return (h, nil) }
-            if pathEquals(at: starts[t - 1] >= 0 ? starts[t - 1] : nil, index: t - 1, path) { return (h, t - 1) }
-            h = (h + 1) & mask
-        }
-    }
-
-    /// Whether the entry `index` (starting at `start`, or removed) has this path. A removed
-    /// entry keeps its slot until a rehash; its path is then in `stalePaths`.
-    private func pathEquals(at start: Int?, index: Int, _ path: ArraySlice<UInt8>) -> Bool {
-        guard let start else { return stalePaths[index].map { $0[...] == path } ?? false }
-        let range = Self.pathRange(bytes, at: start)
-        guard range.count == path.count else { return false }
-        if path.isEmpty { return true }
-        return bytes.withUnsafeBufferPointer { b in
-            path.withUnsafeBufferPointer { p in
-                memcmp(b.baseAddress! + range.lowerBound, p.baseAddress!, p.count) == 0
+            let t = Int(table[s])
+            if t == 0 { return (s, nil) }
+            if hashes[t - 1] == h, let (base, range) = encoded(t - 1),
+               let p = Self.pathRange(base, range), Self.equal(base[p], path) {
+                return (s, (t - 1, base, range))
             }
+            s = (s + 1) & mask
         }
     }
-
-    /// The paths of removed entries that still hold a slot, by index.
-    private var stalePaths: [Int: [UInt8]] = [:]
 
     private mutating func rehash(minimum: Int) {
         var size = 16
         while size < minimum { size *= 2 }
         table = [Int32](repeating: 0, count: size)
-        stalePaths = [:]
         let mask = size - 1
-        for (i, start) in starts.enumerated() where start >= 0 {
-            let range = Self.pathRange(bytes, at: start)
-            var h = Self.hash(bytes[range]) & mask
-            while table[h] != 0 { h = (h + 1) & mask }
-            table[h] = Int32(i + 1)
+        for i in starts.indices {
+            var s = hashes[i] & mask
+            while table[s] != 0 { s = (s + 1) & mask }
+            table[s] = Int32(i + 1)
+        }
+    }
+
+    private static func equal(_ a: ArraySlice<UInt8>, _ b: ArraySlice<UInt8>) -> Bool {
+        guard a.count == b.count else { return false }
+        return a.withUnsafeBytes { x in
+            b.withUnsafeBytes { y in x.count == 0 || memcmp(x.baseAddress!, y.baseAddress!, x.count) == 0 }
         }
     }
 
@@ -254,26 +268,22 @@ public struct MetadataCache: Sendable {
         return hasher.finalize()
     }
 
-    /// Where the path of the entry that starts at `start` is (its length prefix read).
-    private static func pathRange(_ bytes: [UInt8], at start: Int) -> Range<Int> {
-        var length = 0, shift = 0, i = start
-        while true {
-            let b = bytes[i]
-            length |= Int(b & 0x7f) << shift
-            i += 1
-            if b < 0x80 { break }
-            shift += 7
+    /// Where the path of the entry in `bytes[range]` is (its length prefix read); nil if
+    /// the entry is cut short.
+    private static func pathRange(_ bytes: [UInt8], _ range: Range<Int>) -> Range<Int>? {
+        var r = ByteReader(bytes, range: range)
+        guard let path = try? r.lengthPrefixedRange(limit: 1 << 16), path.upperBound <= range.upperBound else {
+            return nil
         }
-        return i..<(i + length)
+        return path
     }
 
-    /// The entry that starts at `start`; nil if its values are out of range (a file the
-    /// checksum vouches for, but not written by this code: its file is then read again).
-    private func decoded(at start: Int) -> (path: [UInt8], entry: Entry)? {
-        var r = ByteReader(bytes, range: start..<bytes.count)
-        return try? Self.parseEntry(&r, version: bytesVersion)
+    /// The entry in `base[range]`; nil if its values are out of range (a file the checksum
+    /// vouches for, but not written by this code: its file is then read again).
+    private static func parse(_ base: [UInt8], _ range: Range<Int>, version: UInt16) -> (path: [UInt8], entry: Entry)? {
+        var r = ByteReader(base, range: range)
+        return try? parseEntry(&r, version: version)
     }
-
     static func keyCheck(_ key: ChunkIDKey) -> [UInt8] { key.chunkID(for: keyCheckLabel).bytes }
 
     /// The encoding described above, entries sorted by path (one input, one encoding).
@@ -343,79 +353,83 @@ public struct MetadataCache: Sendable {
         public var description: String { reason }
     }
 
-    /// Decodes ``encode(chunkIDKey:)``'s output (or a version-2 or -3 cache); throws
-    /// ``Unusable`` for anything else. The checksum and every entry's framing are checked
-    /// here, without copying anything out; the cache keeps `bytes` as they are and decodes
-    /// an entry only when it is looked up (one whose values do not parse then counts as
-    /// not cached).
+    /// Decodes ``encode(chunkIDKey:)``'s output (or a version-2 or -3 cache) held in memory;
+    /// throws ``Unusable`` for anything else. The checksum and every entry's framing are
+    /// checked here, without copying anything out; the cache keeps `bytes` as they are and
+    /// decodes an entry only when it is looked up (one whose values do not parse then counts
+    /// as not cached).
     public static func decode(_ bytes: [UInt8], chunkIDKey: ChunkIDKey) throws(Unusable) -> MetadataCache {
-        guard bytes.count >= 8 + 2 + 32 + 1 + 32 else { throw Unusable(reason: "too short (\(bytes.count) bytes)") }
-        let bodyEnd = bytes.count - 32
-        // The checksum is computed on a second thread while the entries are indexed (the
-        // index is dropped if it does not match): loading is on every backup's critical path.
-        let matches = Mutex(false), indexed = Mutex<Result<MetadataCache, Unusable>?>(nil)
-        DispatchQueue.concurrentPerform(iterations: 2) { part in
-            if part == 0 {
-                let digest = bytes.withUnsafeBytes {
-                    SHA256.hash(data: UnsafeRawBufferPointer(rebasing: $0[0..<bodyEnd]))
-                }
-                let ok = Array(digest) == Array(bytes[bodyEnd...])
-                matches.withLock { $0 = ok }
-            } else {
-                let result = Result { () throws(Unusable) in
-                    try index(bytes, bodyEnd: bodyEnd, chunkIDKey: chunkIDKey)
-                }
-                indexed.withLock { $0 = result }
-            }
+        guard bytes.count >= minimumSize else { throw Unusable(reason: "too short (\(bytes.count) bytes)") }
+        var given = false
+        return try index(.memory(bytes), size: bytes.count, chunkIDKey: chunkIDKey) { () throws(Unusable) in
+            defer { given = true }
+            return given ? nil : bytes
         }
-        guard matches.withLock({ $0 }) else {
-            throw Unusable(reason: "checksum does not match: the file is damaged or was cut short")
-        }
-        guard let result = indexed.withLock({ $0 }) else { throw Unusable(reason: "not indexed (internal error)") }
-        return try result.get()
     }
 
-    /// Indexes the entries of a cache whose checksum is checked by the caller.
-    private static func index(_ bytes: [UInt8], bodyEnd: Int, chunkIDKey: ChunkIDKey) throws(Unusable)
-        -> MetadataCache {
-        var r = ByteReader(bytes, range: 0..<bodyEnd)
+    /// Magic, version, key check, end byte, count and checksum.
+    static let minimumSize = 8 + 2 + 32 + 1 + 32
+
+    /// Indexes a cache of `size` bytes whose bytes `next` gives in order, piece by piece,
+    /// and whose entries are then read from `storage`. The checksum is computed on a second
+    /// thread while the entries are indexed, and checked before anything is returned: loading
+    /// is on every backup's critical path. Only the piece being indexed is held.
+    private static func index(_ storage: Storage, size: Int, chunkIDKey: ChunkIDKey,
+                              next: @escaping () throws(Unusable) -> [UInt8]?) throws(Unusable) -> MetadataCache {
+        let bodyEnd = size - 32
+        var stream = PieceStream(bodyEnd: bodyEnd, size: size, next: next)
         var cache = MetadataCache()
-        cache.bytes = bytes
-        do {
-            guard try r.raw(8) == magic else { throw Unusable(reason: "not a Redoubt metadata cache") }
+        cache.storage = storage
+        let indexed = Result { () throws(Unusable) in try cache.indexEntries(&stream, chunkIDKey: chunkIDKey) }
+        // The checksum's verdict comes first: a file cut short or damaged is said to be so,
+        // whatever its entries looked like.
+        let sum = try stream.finish()
+        guard sum.digest == sum.stated else {
+            throw Unusable(reason: "checksum does not match: the file is damaged or was cut short")
+        }
+        try indexed.get()
+        return cache
+    }
+
+    /// Reads the header, the entries and the trailer from `stream` into this (empty) cache.
+    private mutating func indexEntries(_ stream: inout PieceStream, chunkIDKey: ChunkIDKey) throws(Unusable) {
+        let v = try stream.parse { r throws in
+            guard try r.raw(8) == Self.magic else { throw Unusable(reason: "not a Redoubt metadata cache") }
             let v = try r.u16()
-            guard (2...version).contains(v) else {
-                throw Unusable(reason: "cache version \(v); this build reads 2 to \(version)")
+            guard (2...Self.version).contains(v) else {
+                throw Unusable(reason: "cache version \(v); this build reads 2 to \(Self.version)")
             }
-            cache.bytesVersion = v
-            guard try r.raw(32) == keyCheck(chunkIDKey) else {
+            guard try r.raw(32) == Self.keyCheck(chunkIDKey) else {
                 throw Unusable(reason: "written for another tenant's keys")
             }
-            // Version 2 counts first; version 3 ends its list with an empty path, then counts.
-            let stated = v == 2 ? try r.count(limit: r.remaining / 32) : nil
-            if let stated { cache.rehash(minimum: 2 * stated) }
-            while stated.map({ cache.count < $0 }) ?? true {
-                let start = r.offset
-                var peek = r
-                if try peek.uvarint() == 0 {
-                    guard stated == nil else { throw Unusable(reason: "empty path") }
-                    r = peek
-                    let count = try r.uvarint()
-                    guard count == UInt64(cache.count) else {
-                        throw Unusable(reason: "says \(count) entries, holds \(cache.count)")
-                    }
-                    if v >= 4 { cache.trees = try parseTrees(&r) }
-                    break
-                }
-                try cache.adopt(path: try skipEntry(&r, version: v), start: start)
-            }
-            guard r.isAtEnd else { throw Unusable(reason: "trailing bytes") }
-            return cache
-        } catch let e as Unusable {
-            throw e
-        } catch {
-            throw Unusable(reason: "malformed: \(error)")
+            return v
         }
+        bytesVersion = v
+        // Version 2 counts first; version 3 ends its list with an empty path, then counts.
+        var stated: Int? = nil
+        if v == 2 {
+            let n = try stream.parse { r throws in try r.uvarint() }
+            guard n <= UInt64(stream.bodyEnd / 32) else { throw Unusable(reason: "malformed: count \(n) too large") }
+            stated = Int(n)
+            rehash(minimum: 2 * Int(n))
+        }
+        while stated.map({ count < $0 }) ?? true {
+            let start = stream.offset
+            if stated == nil, try stream.parse({ r throws in
+                var peek = r
+                guard try peek.uvarint() == 0 else { return false }
+                r = peek
+                return true
+            }) {
+                let n = try stream.parse { r throws in try r.uvarint() }
+                guard n == UInt64(count) else { throw Unusable(reason: "says \(n) entries, holds \(count)") }
+                if v >= 4 { trees = try stream.parse { r throws in try Self.parseTrees(&r) } }
+                break
+            }
+            let path = try stream.parse { r throws in try Self.skipEntry(&r, version: v) }
+            try adopt(path: stream.buffer[path], start: start, end: stream.offset)
+        }
+        guard stream.offset == stream.bodyEnd else { throw Unusable(reason: "trailing bytes") }
     }
 
     private static func parseTrees(_ r: inout ByteReader) throws -> [TreeChunk] {
@@ -432,12 +446,15 @@ public struct MetadataCache: Sendable {
         return out
     }
 
-    /// Indexes the entry already in `bytes` at `start`, whose path is `bytes[path]`.
-    private mutating func adopt(path: Range<Int>, start: Int) throws(Unusable) {
+    /// Indexes the entry at `start..<end` of the storage, whose path is `path`.
+    private mutating func adopt(path: ArraySlice<UInt8>, start: Int, end: Int) throws(Unusable) {
         if table.isEmpty || 2 * (starts.count + 1) > table.count { rehash(minimum: 2 * (starts.count + 1)) }
-        let (slot, old) = slot(of: bytes[path])
+        let h = Self.hash(path)
+        let (slot, old) = slot(of: path, hash: h)
         guard old == nil else { throw Unusable(reason: "a path is listed twice") }
         starts.append(start)
+        ends.append(end)
+        hashes.append(h)
         table[slot] = Int32(starts.count)
         count += 1
     }
@@ -552,31 +569,50 @@ public struct MetadataCache: Sendable {
     }
 
     /// Loads the cache at `path`. A missing file is an empty cache; an unreadable or
-    /// invalid one is an empty cache plus the reason, for the caller to warn about.
+    /// invalid one is an empty cache plus the reason, for the caller to warn about. The file
+    /// is read once to index and check it, a piece at a time; its entries are read again
+    /// from it as they are looked up.
     public static func load(path: String, chunkIDKey: ChunkIDKey) -> (cache: MetadataCache, problem: String?) {
         let fd = open(path, O_RDONLY | O_CLOEXEC)
         if fd < 0 {
             let e = Glibc.errno
             return (MetadataCache(), e == ENOENT ? nil : "cannot open: \(ArchiveSys.describe(errno: e))")
         }
-        defer { close(fd) }
         guard case .success(let st) = ArchiveSys.fstat(fd), st.isRegular else {
+            close(fd)
             return (MetadataCache(), "not a regular file")
         }
-        guard st.size <= UInt64(maxSize) else { return (MetadataCache(), "too large (\(st.size) bytes)") }
-        // Not zeroed first: every byte is read into, or the cache is not used.
-        var read: SysResult<Int> = .success(0)
-        let bytes = [UInt8](unsafeUninitializedCapacity: Int(st.size)) { b, initialized in
-            read = b.count == 0 ? .success(0) : ArchiveSys.preadFull(fd, into: b.baseAddress!, count: b.count, at: 0)
-            if case .success(let n) = read { initialized = n }
+        guard st.size <= UInt64(maxSize) else {
+            close(fd)
+            return (MetadataCache(), "too large (\(st.size) bytes)")
         }
-        switch read {
-        case .failure(let e): return (MetadataCache(), "cannot read: \(ArchiveSys.describe(errno: e))")
-        case .success(let n) where n != Int(st.size): return (MetadataCache(), "changed while being read")
-        case .success: break
+        let size = Int(st.size)
+        guard size >= minimumSize else {
+            close(fd)
+            return (MetadataCache(), "too short (\(size) bytes)")
         }
+        let file = CacheFile(fd: fd, identity: st, end: size - 32)
+        var offset = 0
         do {
-            return (try decode(bytes, chunkIDKey: chunkIDKey), nil)
+            let cache = try index(.file(file), size: size, chunkIDKey: chunkIDKey) { () throws(Unusable) in
+                guard offset < size else { return nil }
+                let n = min(CacheFile.pieceSize, size - offset)
+                // Not zeroed first: every byte is read into, or the cache is not used.
+                var read: SysResult<Int> = .success(0)
+                let piece = [UInt8](unsafeUninitializedCapacity: n) { b, initialized in
+                    read = ArchiveSys.preadFull(fd, into: b.baseAddress!, count: n, at: UInt64(offset))
+                    if case .success(let k) = read { initialized = k }
+                }
+                switch read {
+                case .failure(let e): throw Unusable(reason: "cannot read: \(ArchiveSys.describe(errno: e))")
+                case .success(let k) where k != n: throw Unusable(reason: "changed while being read")
+                case .success: break
+                }
+                offset += n
+                return piece
+            }
+            guard file.isUnchanged else { return (MetadataCache(), "changed while being read") }
+            return (cache, nil)
         } catch {
             return (MetadataCache(), error.reason)
         }
@@ -664,4 +700,190 @@ final class MetadataCacheWriter {
         fd = -1
         unlink(temp)
     }
+}
+
+/// A loaded cache's file, from which entries are read as they are looked up. A backup
+/// looks them up in about the order the last one wrote them, but not quite: that order
+/// interleaves runs of entries from several places in the file, and an entry whose file
+/// the last backup read sits up to a window of files later than the walk reaches it. So
+/// entries are read through a few windows, each following one run: a lookup just past a
+/// window's end moves it on; any other lookup outside them starts a small window in place
+/// of the one least recently used.
+final class CacheFile: Sendable {
+    /// What the indexer reads at a time.
+    static let pieceSize = 1 << 20
+    /// What a window reads when it moves on along a run of lookups.
+    static let runRead = 128 << 10
+    /// What a window reads where a lookup fell outside every window: often a single entry.
+    static let strayRead = 16 << 10
+    /// How far past a window's end a lookup continues it (the entries between were looked
+    /// up before, out of order).
+    static let continuation = 64 << 10
+    /// Windows held at once.
+    static let windowCount = 8
+
+    private let fd: Int32
+    /// The file as it was indexed: if it changed since (in place, which no backup does),
+    /// its entries count as not cached and their files are read again.
+    private let identity: ArchiveSys.FileStat
+    /// Where the entries and trailer end (the checksum follows).
+    private let end: Int
+    private struct Window {
+        var start: Int
+        var bytes: [UInt8]
+        var used: UInt64
+        var end: Int { start + bytes.count }
+    }
+    private struct Windows {
+        var all: [Window] = []
+        var tick: UInt64 = 0
+        var failed = false
+    }
+    private let windows = Mutex(Windows())
+
+    init(fd: Int32, identity: ArchiveSys.FileStat, end: Int) {
+        self.fd = fd
+        self.identity = identity
+        self.end = end
+    }
+
+    deinit { close(fd) }
+
+    var isUnchanged: Bool {
+        guard case .success(let st) = ArchiveSys.fstat(fd) else { return false }
+        return st.size == identity.size && st.mtime == identity.mtime && st.ctime == identity.ctime
+            && st.inode == identity.inode && st.device == identity.device
+    }
+
+    /// `range` of the file, as an array and the range in it; nil if it cannot be read or the
+    /// file changed. `sequential`: one of a pass over every entry in order.
+    func read(_ range: Range<Int>, sequential: Bool = false) -> (base: [UInt8], range: Range<Int>)? {
+        guard range.lowerBound >= 0, range.upperBound <= end else { return nil }
+        return windows.withLock { w -> (base: [UInt8], range: Range<Int>)? in
+            guard !w.failed else { return nil }
+            w.tick += 1
+            if let i = w.all.firstIndex(where: { range.lowerBound >= $0.start && range.upperBound <= $0.end }) {
+                w.all[i].used = w.tick
+                let s = w.all[i].start
+                return (w.all[i].bytes, (range.lowerBound - s)..<(range.upperBound - s))
+            }
+            let run = w.all.firstIndex {
+                range.lowerBound >= $0.end - range.count && range.lowerBound <= $0.end + Self.continuation
+            }
+            let want = run != nil || sequential ? Self.runRead : Self.strayRead
+            let count = min(max(range.count, want), end - range.lowerBound)
+            var read: SysResult<Int> = .success(0)
+            let bytes = [UInt8](unsafeUninitializedCapacity: count) { b, initialized in
+                read = ArchiveSys.preadFull(fd, into: b.baseAddress!, count: count, at: UInt64(range.lowerBound))
+                if case .success(let n) = read { initialized = n }
+            }
+            guard case .success(let n) = read, n == count, isUnchanged else {
+                w.failed = true
+                w.all = []
+                return nil
+            }
+            let window = Window(start: range.lowerBound, bytes: bytes, used: w.tick)
+            if let run {
+                w.all[run] = window
+            } else if w.all.count < Self.windowCount {
+                w.all.append(window)
+            } else if let oldest = w.all.indices.min(by: { w.all[$0].used < w.all[$1].used }) {
+                w.all[oldest] = window
+            }
+            return (bytes, 0..<range.count)
+        }
+    }
+}
+
+/// A cache's bytes as they arrive, for the indexer: what is not yet parsed past, and the
+/// checksum of every byte before the stated one, computed on a second thread.
+private struct PieceStream {
+    let bodyEnd: Int
+    let size: Int
+    let next: () throws(MetadataCache.Unusable) -> [UInt8]?
+    /// The bytes received and not yet dropped, from `bufferStart` in the file.
+    private(set) var buffer: [UInt8] = []
+    private var bufferStart = 0
+    /// Where parsing is, in `buffer`.
+    private var position = 0
+    private var received = 0
+    private var stated: [UInt8] = []
+    private let hasher = PieceHasher()
+
+    init(bodyEnd: Int, size: Int, next: @escaping () throws(MetadataCache.Unusable) -> [UInt8]?) {
+        self.bodyEnd = bodyEnd
+        self.size = size
+        self.next = next
+    }
+
+    /// Where parsing is, in the file.
+    var offset: Int { bufferStart + position }
+
+    /// `body` on a reader of the bytes from `offset` to the end of the entries; if it fails
+    /// before every byte has arrived, again with more of them (it may have hit the end of a
+    /// piece, not of the data).
+    mutating func parse<T>(_ body: (inout ByteReader) throws -> T) throws(MetadataCache.Unusable) -> T {
+        while true {
+            var r = ByteReader(buffer, range: position..<min(buffer.count, bodyEnd - bufferStart))
+            do {
+                let value = try body(&r)
+                position = r.offset
+                return value
+            } catch let e as MetadataCache.Unusable {
+                throw e
+            } catch {
+                guard bufferStart + buffer.count < bodyEnd else {
+                    throw MetadataCache.Unusable(reason: "malformed: \(error)")
+                }
+                try more(keep: true)
+            }
+        }
+    }
+
+    /// Takes the next piece into the checksum and, if `keep`, into `buffer`, dropping what
+    /// is parsed past.
+    private mutating func more(keep: Bool) throws(MetadataCache.Unusable) {
+        guard let piece = try next(), !piece.isEmpty else {
+            throw MetadataCache.Unusable(reason: "changed while being read")
+        }
+        let body = max(0, min(piece.count, bodyEnd - received))
+        hasher.add(piece, count: body)
+        if body < piece.count { stated += piece[body...] }
+        received += piece.count
+        guard keep else { return }
+        if position == buffer.count {
+            bufferStart += buffer.count
+            buffer = piece
+        } else {
+            buffer.removeFirst(position)
+            bufferStart += position
+            buffer += piece
+        }
+        position = 0
+    }
+
+    /// Takes the rest of the file into the checksum; the checksum computed and the one the
+    /// file states.
+    mutating func finish() throws(MetadataCache.Unusable) -> (digest: [UInt8], stated: [UInt8]) {
+        buffer = []
+        while received < size { try more(keep: false) }
+        return (hasher.finalize(), stated)
+    }
+}
+
+/// SHA-256 of pieces handed over in order, computed on another thread.
+private final class PieceHasher: Sendable {
+    private let digest = Mutex(SHA256())
+    private let queue = DispatchQueue(label: "redoubt.metadata-cache.checksum")
+
+    func add(_ piece: [UInt8], count: Int) {
+        guard count > 0 else { return }
+        queue.async {
+            piece.withUnsafeBytes { b in
+                self.digest.withLock { $0.update(bufferPointer: UnsafeRawBufferPointer(rebasing: b[..<count])) }
+            }
+        }
+    }
+
+    func finalize() -> [UInt8] { queue.sync { digest.withLock { Array($0.finalize()) } } }
 }

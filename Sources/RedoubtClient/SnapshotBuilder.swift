@@ -49,6 +49,9 @@ final class SnapshotBuilder {
         let change: ActivityFile.Change
         /// The file's index in the cache, if it has an entry there.
         var cacheIndex: Int? = nil
+        /// The entry as the cache holds it, taken when it was looked up (the cache's file is
+        /// read about in order): copied into the next cache if the file is unchanged.
+        var cacheEncoded: ArraySlice<UInt8>? = nil
     }
 
     private var pending: [Int: Pending] = [:]
@@ -192,13 +195,14 @@ final class SnapshotBuilder {
         let path = directory.fullPath(of: i)
         var job = FileJob(entry: seq, path: path, stat: entry.stat)
         job.streamFD = streamFD
-        guard let (cacheIndex, cached) = cache.find(path) else {
+        guard let (cacheIndex, cached, encoded) = cache.find(path) else {
             filesNew += 1
             pending[seq] = Pending(directory: directory, slot: i, path: path, change: .added)
             read(job)
             return
         }
-        pending[seq] = Pending(directory: directory, slot: i, path: path, change: .changed, cacheIndex: cacheIndex)
+        pending[seq] = Pending(directory: directory, slot: i, path: path, change: .changed, cacheIndex: cacheIndex,
+                               cacheEncoded: encoded)
         // Why the seals: a format-2 tree names each chunk with its seal; an entry without
         // them (written for format-1 chunks) is read again, as is one whose extended
         // attributes are unknown (the walk leaves them to the reader).
@@ -304,7 +308,7 @@ final class SnapshotBuilder {
         run.registry.withLock { $0.chunksReused += UInt64(entry.content.count) }
         run.progress { $0.filesDone += 1; $0.bytesDone += entry.size }
         stored(p, stat: p.directory.entries[p.slot].stat, head: nil, cacheEntry: entry,
-               encoded: p.cacheIndex.flatMap { cache.encodedEntry($0) })
+               encoded: p.cacheEncoded)
         finished(job.entry)
     }
 

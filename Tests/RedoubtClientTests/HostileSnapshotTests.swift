@@ -1,3 +1,4 @@
+import Foundation
 import Glibc
 @testable import RedoubtClient
 import RedoubtCore
@@ -276,6 +277,74 @@ extension SysResult {
         defer { close(fd) }
         guard case .success(let names) = ArchiveSys.listDirectory(fd: fd) else { throw Fixture.Failure("list") }
         #expect(names == [Array("cache".utf8)], "the unfinished cache is removed")
+    }
+
+    /// A cache of several read pieces and many windows, written in one order and looked up
+    /// in others, as a backup whose files finished out of order would.
+    @Test func aLoadedCacheIsReadFromItsFileInAnyOrder() throws {
+        let work = try Fixture.tempDirectory("mdc")
+        defer { Fixture.remove(work) }
+        let path = work + "/cache"
+        var rng = SystemRandomNumberGenerator()
+        var c = MetadataCache()
+        var order: [[UInt8]] = []
+        for i in 0..<12_000 {
+            let p = Array("/tree/\(i % 97)/file-\(i)".utf8)
+            let chunks = (0..<(i % 7)).map { key.chunkID(for: [UInt8(i & 0xff), UInt8($0)]) }
+            var e = MetadataCache.Entry(size: UInt64(i), mtime: Timestamp(seconds: Int64(i)),
+                                        ctime: Timestamp(seconds: 1), inode: UInt64(i), device: 3, content: chunks,
+                                        dataRegions: nil)
+            e.contentSeals = chunks.map { _ in ChunkSeal(key: (0..<32).map { _ in rng.next() }, rawLength: 9)! }
+            e.xattrs = []
+            c[p] = e
+            order.append(p)
+        }
+        let writer = try MetadataCacheWriter(path: path, chunkIDKey: key)
+        for p in order { try writer.append(path: p, c[p]!) }
+        try writer.commit()
+        let bytes = [UInt8](try #require(FileManager.default.contents(atPath: path)))
+        #expect(bytes.count > 2 * CacheFile.pieceSize, "the test needs a cache of several pieces: \(bytes.count)")
+
+        let loaded = MetadataCache.load(path: path, chunkIDKey: key)
+        #expect(loaded.problem == nil)
+        var looked = 0
+        // In order, then shuffled, then backwards: the same answers, and each entry's bytes as
+        // the file holds them.
+        for sequence in [order, order.shuffled(), order.reversed()] {
+            for p in sequence {
+                let found = try #require(loaded.cache.find(p), "\(String(decoding: p, as: UTF8.self))")
+                #expect(found.entry == c[p])
+                var w = ByteWriter()
+                MetadataCache.writeEntry(&w, path: p, c[p]!)
+                #expect(found.encoded.map(Array.init) == w.bytes)
+                looked += 1
+            }
+        }
+        #expect(looked == 3 * order.count && loaded.cache.entries == c.entries)
+        // The activity section's pass over every entry, after the lookups moved the windows on.
+        var files: [[UInt8]] = []
+        loaded.cache.forEachFile { _, path, device, inode in
+            if device == 3 && c[path]?.inode == inode { files.append(path) }
+        }
+        #expect(files == order)
+        #expect(loaded.cache.find(Array("/tree/none".utf8)) == nil)
+
+        // A byte changed in the last piece is caught by the checksum, however far from the start.
+        var damaged = bytes
+        damaged[damaged.count - 100] ^= 1
+        try Data(damaged).write(to: URL(fileURLWithPath: path))
+        #expect(MetadataCache.load(path: path, chunkIDKey: key).problem?.contains("checksum") == true)
+
+        // Changed in place after it was loaded (no backup does that): its entries count as not
+        // cached, so their files are read again, never taken from bytes no checksum covered.
+        try Data(bytes).write(to: URL(fileURLWithPath: path))
+        let again = MetadataCache.load(path: path, chunkIDKey: key)
+        #expect(again.problem == nil && again.cache.find(order[0])?.entry == c[order[0]])
+        let fd = open(path, O_WRONLY)
+        #expect(fd >= 0)
+        #expect(pwrite(fd, [0x55], 1, off_t(bytes.count / 2)) == 1)
+        close(fd)
+        #expect(again.cache.find(order[order.count - 1]) == nil)
     }
 
     @Test func writesAtomicallyAndLoads() throws {
