@@ -118,8 +118,9 @@ public struct MetadataCache: Sendable {
     private var bytesVersion = version
     /// Where each entry starts in the storage; `-2 - start` once replaced or removed.
     private var starts: [Int] = []
-    /// Where each entry ends.
-    private var ends: [Int] = []
+    /// Where the last entry ends: each other one ends where the next starts (entries are
+    /// stored one after the other, removed ones included), so no end is kept per entry.
+    private var entriesEnd = 0
     /// Each entry's path hash (``hash(_:)``): probing compares it before reading the entry.
     private var hashes: [Int] = []
     /// Open addressing by the path's hash: an index into `starts` plus one, 0 for an empty
@@ -204,7 +205,7 @@ public struct MetadataCache: Sendable {
             Self.writeEntry(&w, path: path, newValue)
             starts.append(bytes.count)
             bytes += w.bytes
-            ends.append(bytes.count)
+            entriesEnd = bytes.count
             hashes.append(h)
             storage = .memory(bytes)
             table[slot] = Int32(starts.count)
@@ -216,10 +217,11 @@ public struct MetadataCache: Sendable {
     /// nil if its file can no longer be read.
     /// `sequential`: one of a pass over the entries in order.
     private func encoded(_ index: Int, sequential: Bool = false) -> (base: [UInt8], range: Range<Int>)? {
-        let start = starts[index] >= 0 ? starts[index] : -2 - starts[index]
+        func at(_ i: Int) -> Int { starts[i] >= 0 ? starts[i] : -2 - starts[i] }
+        let range = at(index)..<(index + 1 < starts.count ? at(index + 1) : entriesEnd)
         switch storage {
-        case .memory(let bytes): return (bytes, start..<ends[index])
-        case .file(let file): return file.read(start..<ends[index], sequential: sequential)
+        case .memory(let bytes): return (bytes, range)
+        case .file(let file): return file.read(range, sequential: sequential)
         }
     }
 
@@ -453,7 +455,7 @@ public struct MetadataCache: Sendable {
         let (slot, old) = slot(of: path, hash: h)
         guard old == nil else { throw Unusable(reason: "a path is listed twice") }
         starts.append(start)
-        ends.append(end)
+        entriesEnd = end
         hashes.append(h)
         table[slot] = Int32(starts.count)
         count += 1
@@ -659,7 +661,7 @@ final class MetadataCacheWriter {
         if buffer.count >= 1 << 20 { try flush() }
     }
 
-    /// Appends an entry already encoded (``MetadataCache/encodedEntry(_:)``).
+    /// Appends an entry already encoded (as ``MetadataCache/find(_:)`` returns it).
     func append(encoded: ArraySlice<UInt8>) throws(ArchiveError) {
         buffer.raw(encoded)
         count += 1
