@@ -106,9 +106,9 @@ public struct MetadataCache: Sendable {
     public var trees: [TreeChunk] = []
 
     /// Where the encoded entries are: in memory for a cache built or decoded here, in its
-    /// file for a loaded one. A loaded cache keeps only its index in memory and reads
-    /// entries as they are looked up, a window of the file at a time (``CacheFile``), so a
-    /// backup holds a few hundred KiB of its last cache, not the whole file.
+    /// file for a loaded one. A loaded cache keeps only its index in memory (16 bytes an
+    /// entry and the table) and reads entries as they are looked up, through a few windows
+    /// of the file (``CacheFile``, at most 1 MiB), not the whole file.
     private enum Storage: Sendable {
         case memory([UInt8])
         case file(CacheFile)
@@ -199,7 +199,8 @@ public struct MetadataCache: Sendable {
             }
             guard let newValue else { return }
             // The slot of a replaced entry is reused; a removed one's keeps its bytes (later
-            // paths may have probed past it), which stay readable in `bytes`.
+            // paths may have probed past it), which stay readable in `bytes`. The storage lets
+            // go of `bytes` meanwhile, so that the append does not copy them.
             storage = .memory([])
             var w = ByteWriter()
             Self.writeEntry(&w, path: path, newValue)
@@ -580,38 +581,27 @@ public struct MetadataCache: Sendable {
             let e = Glibc.errno
             return (MetadataCache(), e == ENOENT ? nil : "cannot open: \(ArchiveSys.describe(errno: e))")
         }
-        guard case .success(let st) = ArchiveSys.fstat(fd), st.isRegular else {
+        func refused(_ why: String) -> (cache: MetadataCache, problem: String?) {
             close(fd)
-            return (MetadataCache(), "not a regular file")
+            return (MetadataCache(), why)
         }
-        guard st.size <= UInt64(maxSize) else {
-            close(fd)
-            return (MetadataCache(), "too large (\(st.size) bytes)")
-        }
+        guard case .success(let st) = ArchiveSys.fstat(fd), st.isRegular else { return refused("not a regular file") }
+        guard st.size <= UInt64(maxSize) else { return refused("too large (\(st.size) bytes)") }
         let size = Int(st.size)
-        guard size >= minimumSize else {
-            close(fd)
-            return (MetadataCache(), "too short (\(size) bytes)")
-        }
+        guard size >= minimumSize else { return refused("too short (\(size) bytes)") }
         let file = CacheFile(fd: fd, identity: st, end: size - 32)
         var offset = 0
         do {
             let cache = try index(.file(file), size: size, chunkIDKey: chunkIDKey) { () throws(Unusable) in
                 guard offset < size else { return nil }
                 let n = min(CacheFile.pieceSize, size - offset)
-                // Not zeroed first: every byte is read into, or the cache is not used.
-                var read: SysResult<Int> = .success(0)
-                let piece = [UInt8](unsafeUninitializedCapacity: n) { b, initialized in
-                    read = ArchiveSys.preadFull(fd, into: b.baseAddress!, count: n, at: UInt64(offset))
-                    if case .success(let k) = read { initialized = k }
-                }
-                switch read {
+                switch file.bytes(at: offset, count: n) {
                 case .failure(let e): throw Unusable(reason: "cannot read: \(ArchiveSys.describe(errno: e))")
-                case .success(let k) where k != n: throw Unusable(reason: "changed while being read")
-                case .success: break
+                case .success(let piece) where piece.count != n: throw Unusable(reason: "changed while being read")
+                case .success(let piece):
+                    offset += n
+                    return piece
                 }
-                offset += n
-                return piece
             }
             guard file.isUnchanged else { return (MetadataCache(), "changed while being read") }
             return (cache, nil)
@@ -757,6 +747,20 @@ final class CacheFile: Sendable {
             && st.inode == identity.inode && st.device == identity.device
     }
 
+    /// Up to `count` bytes at `offset` (fewer only at the end of the file), in a new array
+    /// not zeroed first: every byte is read into.
+    func bytes(at offset: Int, count: Int) -> SysResult<[UInt8]> {
+        var read: SysResult<Int> = .success(0)
+        let bytes = [UInt8](unsafeUninitializedCapacity: count) { b, initialized in
+            read = ArchiveSys.preadFull(fd, into: b.baseAddress!, count: count, at: UInt64(offset))
+            if case .success(let n) = read { initialized = n }
+        }
+        switch read {
+        case .success: return .success(bytes)
+        case .failure(let e): return .failure(e)
+        }
+    }
+
     /// `range` of the file, as an array and the range in it; nil if it cannot be read or the
     /// file changed. `sequential`: one of a pass over every entry in order.
     func read(_ range: Range<Int>, sequential: Bool = false) -> (base: [UInt8], range: Range<Int>)? {
@@ -774,12 +778,8 @@ final class CacheFile: Sendable {
             }
             let want = run != nil || sequential ? Self.runRead : Self.strayRead
             let count = min(max(range.count, want), end - range.lowerBound)
-            var read: SysResult<Int> = .success(0)
-            let bytes = [UInt8](unsafeUninitializedCapacity: count) { b, initialized in
-                read = ArchiveSys.preadFull(fd, into: b.baseAddress!, count: count, at: UInt64(range.lowerBound))
-                if case .success(let n) = read { initialized = n }
-            }
-            guard case .success(let n) = read, n == count, isUnchanged else {
+            guard case .success(let bytes) = bytes(at: range.lowerBound, count: count), bytes.count == count,
+                  isUnchanged else {
                 w.failed = true
                 w.all = []
                 return nil
@@ -809,7 +809,8 @@ private struct PieceStream {
     /// Where parsing is, in `buffer`.
     private var position = 0
     private var received = 0
-    private var stated: [UInt8] = []
+    /// The checksum the file ends with, as it arrives.
+    private var statedDigest: [UInt8] = []
     private let hasher = PieceHasher()
 
     init(bodyEnd: Int, size: Int, next: @escaping () throws(MetadataCache.Unusable) -> [UInt8]?) {
@@ -850,7 +851,7 @@ private struct PieceStream {
         }
         let body = max(0, min(piece.count, bodyEnd - received))
         hasher.add(piece, count: body)
-        if body < piece.count { stated += piece[body...] }
+        if body < piece.count { statedDigest += piece[body...] }
         received += piece.count
         guard keep else { return }
         if position == buffer.count {
@@ -869,7 +870,7 @@ private struct PieceStream {
     mutating func finish() throws(MetadataCache.Unusable) -> (digest: [UInt8], stated: [UInt8]) {
         buffer = []
         while received < size { try more(keep: false) }
-        return (hasher.finalize(), stated)
+        return (hasher.finalize(), statedDigest)
     }
 }
 
