@@ -12,22 +12,34 @@ final class ConnectionCounter: Sendable {
         var total = 0
         var bySource: [String: Int] = [:]
         var byCredential: [String: Int] = [:]
+        var refused: [String: Int] = [:]
     }
     private let state = Mutex(State())
     let limits: ServerLimits
+    private let metrics: ServerMetrics?
 
-    init(limits: ServerLimits) { self.limits = limits }
+    init(limits: ServerLimits, metrics: ServerMetrics? = nil) {
+        self.limits = limits
+        self.metrics = metrics
+    }
 
-    /// Counts a new connection from `source`, or returns false (and counts nothing) when
+    /// Counts a new connection from `source`, or returns false (and counts nothing open) when
     /// the source or the server is at its cap.
     func open(source: String) -> Bool {
-        state.withLock { s in
+        let refusedBy: String? = state.withLock { s in
             let n = s.bySource[source, default: 0]
-            guard n < limits.maxConnectionsPerSource, s.total < limits.maxConnections else { return false }
+            let limit = n >= limits.maxConnectionsPerSource ? "connections-per-source"
+                : s.total >= limits.maxConnections ? "connections" : nil
+            if let limit {
+                s.refused[limit, default: 0] += 1
+                return limit
+            }
             s.bySource[source] = n + 1
             s.total += 1
-            return true
+            return nil
         }
+        if let refusedBy { metrics?.refusedConnection(limit: refusedBy) }
+        return refusedBy == nil
     }
 
     func close(source: String) {
@@ -39,12 +51,17 @@ final class ConnectionCounter: Sendable {
     }
 
     func open(credential: String) -> Bool {
-        state.withLock { s in
+        let admitted = state.withLock { s in
             let n = s.byCredential[credential, default: 0]
-            guard n < limits.maxConnectionsPerCredential else { return false }
+            guard n < limits.maxConnectionsPerCredential else {
+                s.refused["connections-per-credential", default: 0] += 1
+                return false
+            }
             s.byCredential[credential] = n + 1
             return true
         }
+        if !admitted { metrics?.refusedConnection(limit: "connections-per-credential") }
+        return admitted
     }
 
     func close(credential: String) {
@@ -57,6 +74,11 @@ final class ConnectionCounter: Sendable {
     /// Open connections now, in all and from `source` (for tests and `doctor`).
     func count(source: String? = nil) -> Int {
         state.withLock { s in source.map { s.bySource[$0, default: 0] } ?? s.total }
+    }
+
+    /// Connections refused since start under `limit` (its `server.toml` name), or under any.
+    func refusals(limit: String? = nil) -> Int {
+        state.withLock { s in limit.map { s.refused[$0, default: 0] } ?? s.refused.values.reduce(0, +) }
     }
 }
 

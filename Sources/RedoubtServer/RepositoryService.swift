@@ -99,7 +99,7 @@ public final class RepositoryService: Sendable {
     /// Where pack bodies are spooled to files; nil holds them in memory.
     let uploads: UploadSpool?
     /// Request and refusal counters for the metrics exposition (ServerMetrics.swift).
-    public let metrics = ServerMetrics()
+    public let metrics: ServerMetrics
     /// Where components post events that notification channels receive (Notifier.swift).
     public let notifier: Notifier
 
@@ -112,7 +112,8 @@ public final class RepositoryService: Sendable {
         self.uploads = uploadDirectory.map { UploadSpool(directory: $0) }
         self.timeBounds = timeBounds
         self.limits = limits
-        self.connections = ConnectionCounter(limits: limits)
+        self.metrics = ServerMetrics()
+        self.connections = ConnectionCounter(limits: limits, metrics: metrics)
         self.anonymousRefusals = AnonymousRefusals(window: limits.anonymousAuditWindowSeconds)
         self.catalog = catalog
         self.store = store

@@ -26,6 +26,10 @@ public final class ServerMetrics: Sendable {
         MetricNameDescriptor(metricName: "redoubt_refused_requests", unitName: "total",
                              helpText: "Requests refused by role or scope, by tenant, role, principal and action.")
     }
+    static var refusedConnections: MetricNameDescriptor {
+        MetricNameDescriptor(metricName: "redoubt_refused_connections", unitName: "total",
+                             helpText: "Connections closed at a connection cap, by the cap's server.toml name.")
+    }
     static let latencyBuckets: [Duration] = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300]
         .map { .milliseconds(Int64($0 * 1000)) }
 
@@ -43,6 +47,12 @@ public final class ServerMetrics: Sendable {
             ("tenant", tenant ?? "-"), ("role", role ?? "none"), ("principal", principal ?? "anonymous"),
             ("action", action),
         ]).increment()
+    }
+
+    /// Counts one connection closed because `limit` (`connections-per-source`, `connections`
+    /// or `connections-per-credential`) was reached: a flood from one source shows here.
+    public func refusedConnection(limit: String) {
+        registry.makeCounter(descriptor: Self.refusedConnections, labels: [("limit", limit)]).increment()
     }
 
     /// The text exposition: catalog gauges as of `now`, then the process's counters.
