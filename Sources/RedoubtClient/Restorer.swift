@@ -1,6 +1,7 @@
 import Glibc
 import Logging
 import RedoubtCore
+import Synchronization
 
 /// Restores a snapshot, or one entry of it, into a local directory.
 ///
@@ -754,6 +755,11 @@ final class RestoreSession {
                                          budget: batchPlaintextBudget)
         try await forEachPack(plan.order, leavingCache: true, prepare: prepare) { id, result in
             try take(id, result, &plan)
+            // Why: the batches' plaintexts are freed between the entries the plan holds for the
+            // whole restore, and the pages they leave free stay resident until returned. Once
+            // per pack: after every batch it held about 30 MiB less, but the restore took 0.8 s
+            // longer, refaulting the pages it had returned.
+            if case .success(let b) = result, !b.more { _ = mallocTrim(0) }
         }
         try finishContents()
     }
@@ -803,10 +809,10 @@ final class RestoreSession {
     /// only, never the session.
     private static func prepareChunks(wanted: [PackID: [ChunkID]], chunkIDKey key: ChunkIDKey,
                                       seals known: [ChunkID: ChunkSeal], budget: Int) -> Prepare {
-        { p, from in
+        let positions = PackPositions()
+        return { p, from in
             guard let want = wanted[p.id], from < want.count else { return ([:], from..<from, false) }
-            var index: [ChunkID: PackIndexEntry] = [:]
-            for e in p.entries where index[e.chunkID] == nil { index[e.chunkID] = e }
+            let index = positions.index(of: p)
             var out: PreparedChunks = [:]
             let decompressor: ChunkDecompressor
             do throws(CoreError) { decompressor = try ChunkDecompressor() } catch {
@@ -824,6 +830,7 @@ final class RestoreSession {
                 if case .success(let data) = r { bytes += data.count }
                 out[c] = r
             }
+            positions.keep(index, of: p.id, more: i < want.count)
             return (out, from..<i, i < want.count)
         }
     }
@@ -1074,3 +1081,25 @@ final class RestoreSession {
         }
     }
 }
+
+/// Each pack's chunk index, built at its first batch and dropped after its last: a pack of
+/// small files' chunks holds thousands and is prepared in many batches, which built it again
+/// each time. Batches of one pack run one after another, never at once.
+private final class PackPositions: Sendable {
+    private let byPack = Mutex<[PackID: [ChunkID: PackIndexEntry]]>([:])
+
+    func index(of p: OpenedPack) -> [ChunkID: PackIndexEntry] {
+        if let kept = byPack.withLock({ $0[p.id] }) { return kept }
+        var index: [ChunkID: PackIndexEntry] = [:]
+        index.reserveCapacity(p.entries.count)
+        for e in p.entries where index[e.chunkID] == nil { index[e.chunkID] = e }
+        return index
+    }
+
+    func keep(_ index: [ChunkID: PackIndexEntry], of id: PackID, more: Bool) {
+        byPack.withLock { $0[id] = more ? index : nil }
+    }
+}
+
+/// glibc's `malloc_trim` (not in the Glibc module): returns the free pages of every arena.
+@_silgen_name("malloc_trim") private func mallocTrim(_ pad: Int) -> Int32
