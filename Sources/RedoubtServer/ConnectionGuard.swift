@@ -16,9 +16,9 @@ final class ConnectionCounter: Sendable {
     }
     private let state = Mutex(State())
     let limits: ServerLimits
-    private let metrics: ServerMetrics?
+    private let metrics: ServerMetrics
 
-    init(limits: ServerLimits, metrics: ServerMetrics? = nil) {
+    init(limits: ServerLimits, metrics: ServerMetrics) {
         self.limits = limits
         self.metrics = metrics
     }
@@ -38,7 +38,7 @@ final class ConnectionCounter: Sendable {
             s.total += 1
             return nil
         }
-        if let refusedBy { metrics?.refusedConnection(limit: refusedBy) }
+        if let refusedBy { metrics.refusedConnection(limit: refusedBy) }
         return refusedBy == nil
     }
 
@@ -60,7 +60,7 @@ final class ConnectionCounter: Sendable {
             s.byCredential[credential] = n + 1
             return true
         }
-        if !admitted { metrics?.refusedConnection(limit: "connections-per-credential") }
+        if !admitted { metrics.refusedConnection(limit: "connections-per-credential") }
         return admitted
     }
 
@@ -76,9 +76,9 @@ final class ConnectionCounter: Sendable {
         state.withLock { s in source.map { s.bySource[$0, default: 0] } ?? s.total }
     }
 
-    /// Connections refused since start under `limit` (its `server.toml` name), or under any.
-    func refusals(limit: String? = nil) -> Int {
-        state.withLock { s in limit.map { s.refused[$0, default: 0] } ?? s.refused.values.reduce(0, +) }
+    /// Connections refused since start under `limit` (its `server.toml` name).
+    func refusals(limit: String) -> Int {
+        state.withLock { $0.refused[limit, default: 0] }
     }
 }
 
