@@ -14,8 +14,9 @@ struct RestoreItem {
     var metadataDone = false
     /// A directory restored only because a selected path lies below it.
     var onTheWay = false
-    /// The name a file is written under until it is whole (then renamed to `name`).
-    var temporary: [UInt8]? = nil
+    /// The name a file is written under until it is whole: its own where nothing was
+    /// there, else a temporary one, renamed over what is there when the file is whole.
+    var unfinished: [UInt8]? = nil
 }
 
 /// Everything the restore creates is created and reopened relative to directory file
@@ -60,8 +61,8 @@ final class RestoreTree {
         return Array(names.reversed().joined(separator: [0x2f]))
     }
 
-    /// The name item `i` has in its directory now: its temporary one while it is written.
-    func currentName(_ i: Int) -> [UInt8] { items[i].temporary ?? items[i].name }
+    /// The name item `i` has in its directory now: perhaps a temporary one while it is written.
+    func currentName(_ i: Int) -> [UInt8] { items[i].unfinished ?? items[i].name }
 
     /// A name for a file being written, unlikely to be taken and never a snapshot's own
     /// (it is checked with O_EXCL anyway): `.redoubt-` and 16 random hex digits.
@@ -69,31 +70,35 @@ final class RestoreTree {
         Array(".redoubt-\(String(UInt64.random(in: 1...UInt64.max), radix: 16)).part".utf8)
     }
 
-    /// Renames the whole file `i` from its temporary name to its own, replacing what is
-    /// there (never following it: rename replaces a symlink itself).
+    /// File `i` is whole: one written under a temporary name is renamed to its own,
+    /// replacing what is there (never following it: rename replaces a symlink itself).
     func commitFile(_ i: Int) throws(ArchiveError) {
-        guard let tmp = items[i].temporary else { return }
-        let parent = try directory(items[i].parent)
-        if ArchiveSys.withCString(tmp, items[i].name, { renameat(parent, $0, parent, $1) }) != 0 {
-            let e = Glibc.errno
-            if e == EISDIR || e == ENOTEMPTY || e == EEXIST {
-                throw ArchiveError(.unsafePath, object: object(i),
-                    "a directory is in the way; remove it or restore elsewhere", errno: e)
+        guard let written = items[i].unfinished else { return }
+        if written != items[i].name {
+            let parent = try directory(items[i].parent)
+            if ArchiveSys.withCString(written, items[i].name, { renameat(parent, $0, parent, $1) }) != 0 {
+                let e = Glibc.errno
+                if e == EISDIR || e == ENOTEMPTY || e == EEXIST {
+                    throw ArchiveError(.unsafePath, object: object(i),
+                        "a directory is in the way; remove it or restore elsewhere", errno: e)
+                }
+                throw ArchiveError.system("renaming the restored file into place", object: object(i), errno: e)
             }
-            throw ArchiveError.system("renaming the restored file into place", object: object(i), errno: e)
         }
-        items[i].temporary = nil
+        items[i].unfinished = nil
     }
 
-    /// Removes every file still under its temporary name (a restore that failed).
-    func removeTemporaries() {
+    /// Removes every file this restore created and did not finish (a restore that failed),
+    /// whether under a temporary name or its own; only the inode it created is removed.
+    func removeUnfinished() {
         for i in items.indices {
-            guard let tmp = items[i].temporary else { continue }
+            guard let name = items[i].unfinished else { continue }
             closeFile(i)
-            if let parent = try? directory(items[i].parent) {
-                _ = ArchiveSys.withCString(tmp) { unlinkat(parent, $0, 0) }
-            }
-            items[i].temporary = nil
+            items[i].unfinished = nil
+            guard let parent = try? directory(items[i].parent), let c = items[i].created,
+                case .success(let st) = ArchiveSys.fstatat(parent, name), st.device == c.device,
+                st.inode == c.inode else { continue }
+            _ = ArchiveSys.withCString(name) { unlinkat(parent, $0, 0) }
         }
     }
 
@@ -225,28 +230,32 @@ final class RestoreTree {
         }
     }
 
-    /// Creates file `i` empty under a temporary name in its directory (``commitFile(_:)``
-    /// gives it its own), a sparse one with its final size (all hole until its data
-    /// regions are written), and keeps it open for writing.
+    /// Creates file `i` empty, a sparse one with its final size (all hole until its data
+    /// regions are written), and keeps it open for writing. Where nothing has the file's
+    /// name it is created under it: one directory entry made instead of a temporary one
+    /// and a rename, which was a seventh of a large restore's system time. Where something
+    /// has it, the file is written under a temporary name and replaces it only when whole
+    /// (``commitFile(_:)``), so a failure never leaves a good file truncated.
     func createFile(_ i: Int) throws(ArchiveError) {
         let parent = try directory(items[i].parent)
-        var fd: Int32 = -1
-        var tmp: [UInt8] = []
-        for _ in 0..<8 {
-            tmp = Self.temporaryName()
-            fd = ArchiveSys.withCString(tmp) {
-                openat(parent, $0, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0o600)
+        let flags = O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC
+        var name = items[i].name
+        var fd = ArchiveSys.withCString(name) { openat(parent, $0, flags, 0o600) }
+        if fd < 0 && Glibc.errno == EEXIST {
+            for _ in 0..<8 {
+                name = Self.temporaryName()
+                fd = ArchiveSys.withCString(name) { openat(parent, $0, flags, 0o600) }
+                if fd >= 0 || Glibc.errno != EEXIST { break }
             }
-            if fd >= 0 || Glibc.errno != EEXIST { break }
         }
         guard fd >= 0 else { throw ArchiveError.system("creating the file", object: object(i), errno: Glibc.errno) }
-        items[i].temporary = tmp
+        items[i].unfinished = name
         let size = items[i].node.size
         if items[i].node.dataRegions != nil && size > 0 && ftruncate(fd, off_t(clamping: size)) != 0 {
             let e = Glibc.errno
             close(fd)
-            _ = ArchiveSys.withCString(tmp) { unlinkat(parent, $0, 0) }
-            items[i].temporary = nil
+            _ = ArchiveSys.withCString(name) { unlinkat(parent, $0, 0) }
+            items[i].unfinished = nil
             throw ArchiveError.system("setting the size (\(size) bytes)", object: object(i), errno: e)
         }
         guard case .success(let st) = ArchiveSys.fstat(fd) else {

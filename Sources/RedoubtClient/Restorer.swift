@@ -69,10 +69,11 @@ public final class Restorer: Sendable {
     /// of a snapshot of `/srv/www` creates `target/srv/www`, with `srv` as the snapshot
     /// recorded it (snapshots before manifest version 3: `target/www`). Existing
     /// directories are merged into; other existing entries are handled by
-    /// ``RestoreOptions/overwrite``. Each file is written under a temporary name in its
-    /// directory and renamed to its own when whole (contents, owner, mode and times set),
-    /// so a failure (a full disk) never leaves a truncated file under a real name; the
-    /// temporary files of a failed restore are removed. Throws ``ArchiveError`` `.notFound`
+    /// ``RestoreOptions/overwrite``. A file replacing an existing entry is written under a
+    /// temporary name in its directory and renamed to its own when whole (contents, owner,
+    /// mode and times set); one where nothing was is written under its own name. A failure
+    /// (a full disk) removes every file it did not finish, so it never leaves a truncated
+    /// file under a real name, nor a good one truncated. Throws ``ArchiveError`` `.notFound`
     /// naming a selected path the snapshot does not hold, before anything is written.
     public func restore(manifest: Manifest, readKey: ReadPrivateKey, chunkIDKey: ChunkIDKey, source: any PackSource,
                         target: String, options: RestoreOptions, isRoot: Bool = geteuid() == 0,
@@ -200,9 +201,9 @@ final class RestoreSession {
             try createEntries()
             try await writeContents()
         } catch {
-            // Why: a file not renamed yet is incomplete; none may stay behind (and none
-            // was ever under its real name).
-            tree.removeTemporaries()
+            // Why: a file not finished is incomplete; none may stay behind, under its own
+            // name or a temporary one (what it was to replace is still there).
+            tree.removeUnfinished()
             throw error
         }
         try makeOtherEntries()
