@@ -9,6 +9,9 @@ struct RestoreItem {
     var node: Node
     /// (device, inode) of what this restore created, to recognise it when reopening.
     var created: (device: UInt64, inode: UInt64)? = nil
+    /// Owner and permission bits a file had when this restore created it: where they are
+    /// already the snapshot's, setting them again is skipped.
+    var createdAs: (uid: UInt32, gid: UInt32, permissions: UInt32)? = nil
     var skipped = false
     /// Owner, attributes, mode and times are set (files: through their fd when complete).
     var metadataDone = false
@@ -236,15 +239,21 @@ final class RestoreTree {
     /// and a rename, which was a seventh of a large restore's system time. Where something
     /// has it, the file is written under a temporary name and replaces it only when whole
     /// (``commitFile(_:)``), so a failure never leaves a good file truncated.
+    ///
+    /// It is created with the snapshot's permission bits, less write for group and others
+    /// and the special bits, plus write for the owner: while it is written only its writer
+    /// may change it, and may reopen it; setuid and setgid come after the owner, which
+    /// clears them. For most files these bits are then final.
     func createFile(_ i: Int) throws(ArchiveError) {
         let parent = try directory(items[i].parent)
         let flags = O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC
+        let mode = mode_t(items[i].node.mode & 0o755 | 0o200)
         var name = items[i].name
-        var fd = ArchiveSys.withCString(name) { openat(parent, $0, flags, 0o600) }
+        var fd = ArchiveSys.withCString(name) { openat(parent, $0, flags, mode) }
         if fd < 0 && Glibc.errno == EEXIST {
             for _ in 0..<8 {
                 name = Self.temporaryName()
-                fd = ArchiveSys.withCString(name) { openat(parent, $0, flags, 0o600) }
+                fd = ArchiveSys.withCString(name) { openat(parent, $0, flags, mode) }
                 if fd >= 0 || Glibc.errno != EEXIST { break }
             }
         }
@@ -263,6 +272,7 @@ final class RestoreTree {
             throw ArchiveError.system("fstat", object: object(i), errno: Glibc.errno)
         }
         items[i].created = (st.device, st.inode)
+        items[i].createdAs = (st.uid, st.gid, st.mode & 0o7777)
         tick += 1
         evict(&files)
         files[i] = (fd, tick)

@@ -994,7 +994,8 @@ final class RestoreSession {
     private func setMetadata(fd: Int32, item i: Int) throws {
         let item = tree.items[i]
         let node = item.node
-        if isRoot && fchown(fd, node.uid, node.gid) != 0 {
+        let owned = item.createdAs.map { $0.uid == node.uid && $0.gid == node.gid } ?? false
+        if isRoot && !owned && fchown(fd, node.uid, node.gid) != 0 {
             warnings.append(RestoreWarning(path: tree.path(i),
                 "owner \(node.uid):\(node.gid) not set: \(ArchiveSys.describe(errno: Glibc.errno))"))
         }
@@ -1010,7 +1011,9 @@ final class RestoreSession {
                 if e != 0 { xattrWarning(i, x, errno: e) }
             }
         }
-        if fchmod(fd, mode_t(node.mode)) != 0 {
+        // An ACL set above moves the group bits, so the mode is set again after one.
+        let moded = node.xattrs.isEmpty && item.createdAs?.permissions == node.mode & 0o7777
+        if !moded && fchmod(fd, mode_t(node.mode)) != 0 {
             warnings.append(RestoreWarning(path: tree.path(i),
                 "mode \(String(node.mode, radix: 8)) not set: \(ArchiveSys.describe(errno: Glibc.errno))"))
         }

@@ -29,6 +29,38 @@ import Testing
                                      target: target, subpath: subpath.map { Array($0.utf8) }, skipDamaged: skipDamaged)
     }
 
+    /// A file is created with some of its permission bits and its owner set only where they
+    /// differ: whatever the mix (read-only, group- or world-writable, none at all, setuid,
+    /// setgid and sticky, owners matching the restorer's or not), each comes back as it was.
+    @Test func everyModeAndOwnerComesBack() async throws {
+        let keys = try TestKeys()
+        let work = try Fixture.tempDirectory("modes")
+        defer { Fixture.remove(work) }
+        let src = work + "/src"
+        try Fixture.check(mkdir(src, 0o755), "mkdir")
+        let modes: [mode_t] = [0o444, 0o664, 0o666, 0o600, 0o751, 0o2755, 0o4711, 0o000, 0o1644, 0o640]
+        let owners: [(uid_t, gid_t)] = geteuid() == 0 ? [(0, 0), (1234, 5678), (0, 5678), (4321, 0)] : [(0, 0)]
+        for (k, mode) in modes.enumerated() {
+            for (o, owner) in owners.enumerated() {
+                let path = "\(src)/f\(k)-\(o)"
+                try Fixture.write(path, Fixture.text(100 + k * 10 + o), mode: 0o600)
+                if geteuid() == 0 { try Fixture.check(chown(path, owner.0, owner.1), "chown") }
+                try Fixture.check(chmod(path, mode), "chmod")
+            }
+        }
+        let repo = MemoryRepository(keys: keys.write)
+        let result = try await Archiver().run(options: BackupOptions(paths: [src]), keys: keys.write, target: repo,
+            now: now) { _ in }
+        let dst = work + "/dst"
+        let r = try await restore(result.manifest, keys, from: repo, to: dst)
+        #expect(r.warnings.isEmpty, "\(r.warnings)")
+        #expect(try Fixture.compare(src, dst + src) == [])
+        guard case .success(let st) = ArchiveSys.lstat(Array((dst + src + "/f5-1").utf8)) else {
+            throw Fixture.Failure("lstat")
+        }
+        #expect(st.permissions == 0o2755 || geteuid() != 0, "setgid survives the owner being set")
+    }
+
     @Test func restoresEveryKindOfEntryFaithfully() async throws {
         let keys = try TestKeys()
         let work = try Fixture.tempDirectory("every")
