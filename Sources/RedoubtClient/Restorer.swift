@@ -254,10 +254,8 @@ final class RestoreSession {
             cacheBytes -= oldest.value.size
             cache[oldest.key] = nil
         }
-        var index: [ChunkID: Int] = [:]
-        for (n, e) in p.entries.enumerated() { index[e.chunkID] = n }
         tick += 1
-        cache[p.id] = (p, index, size, tick)
+        cache[p.id] = (p, p.positions(), size, tick)
         cacheBytes += size
     }
 
@@ -280,9 +278,7 @@ final class RestoreSession {
         learn(p)
         keep(p, size: size)
         if let c = cache[id] { return (c.pack, c.index) }
-        var index: [ChunkID: Int] = [:]
-        for (n, e) in p.entries.enumerated() { index[e.chunkID] = n }
-        return (p, index)
+        return (p, p.positions())
     }
 
     /// Plaintexts of the chunks a pack was opened for, or why each failed.
@@ -818,7 +814,8 @@ final class RestoreSession {
             while i < want.count && (i == from || bytes < budget) {
                 let c = want[i]
                 i += 1
-                guard let e = index[c] else { continue }
+                guard let n = index[c] else { continue }
+                let e = p.entries[n]
                 let r = Result { () throws(CoreError) in
                     try p.chunk(e, seal: known[c], chunkIDKey: key, decompressor: decompressor)
                 }
@@ -1080,21 +1077,28 @@ final class RestoreSession {
     }
 }
 
+extension OpenedPack {
+    /// Where each chunk is in the pack's index. A pack naming a chunk twice is read at its
+    /// first place, wherever the restore reads it (trees or contents).
+    func positions() -> [ChunkID: Int] {
+        var index: [ChunkID: Int] = [:]
+        index.reserveCapacity(entries.count)
+        for (n, e) in entries.enumerated() where index[e.chunkID] == nil { index[e.chunkID] = n }
+        return index
+    }
+}
+
 /// Each pack's chunk index, built at its first batch and dropped after its last: a pack of
 /// small files' chunks holds thousands and is prepared in many batches, which built it again
 /// each time. Batches of one pack run one after another, never at once.
 private final class PackPositions: Sendable {
-    private let byPack = Mutex<[PackID: [ChunkID: PackIndexEntry]]>([:])
+    private let byPack = Mutex<[PackID: [ChunkID: Int]]>([:])
 
-    func index(of p: OpenedPack) -> [ChunkID: PackIndexEntry] {
-        if let kept = byPack.withLock({ $0[p.id] }) { return kept }
-        var index: [ChunkID: PackIndexEntry] = [:]
-        index.reserveCapacity(p.entries.count)
-        for e in p.entries where index[e.chunkID] == nil { index[e.chunkID] = e }
-        return index
+    func index(of p: OpenedPack) -> [ChunkID: Int] {
+        byPack.withLock({ $0[p.id] }) ?? p.positions()
     }
 
-    func keep(_ index: [ChunkID: PackIndexEntry], of id: PackID, more: Bool) {
+    func keep(_ index: [ChunkID: Int], of id: PackID, more: Bool) {
         byPack.withLock { $0[id] = more ? index : nil }
     }
 }

@@ -33,6 +33,22 @@ import Testing
             source: repo, target: target)
     }
 
+    /// A pack whose index names a chunk twice is read at the chunk's first place, for trees
+    /// and contents alike (one index helper serves both).
+    @Test func aChunkNamedTwiceInAPackIsReadAtItsFirstPlace() throws {
+        let keys = try TestKeys()
+        let pipeline = try PackPipeline(material: keys.tenant.sharedWriteMaterial, remembersChunks: false)
+        let ids = try [Array("first".utf8), Array("second".utf8), Array("first".utf8)].map { data in
+            try data.withUnsafeBytes { try pipeline.add(chunk: $0) }
+        }
+        let packs = try pipeline.flush()
+        try #require(packs.count == 1)
+        let opened = try PackReader.open(packs[0].bytes, expectedID: packs[0].id, readKey: keys.tenant.readKey)
+        #expect(opened.entries.map(\.chunkID) == ids, "the pack's index names the first chunk twice")
+        let positions = opened.positions()
+        #expect(positions.count == 2 && positions[ids[0]] == 0 && positions[ids[1]] == 1)
+    }
+
     static func file(_ p: PackPipeline, _ name: String, _ data: String) throws -> Node {
         Node(name: Array(name.utf8), type: .file, mode: 0o644, size: UInt64(data.utf8.count),
             content: try p.add(blob: Array(data.utf8)))
