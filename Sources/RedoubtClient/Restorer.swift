@@ -991,8 +991,8 @@ final class RestoreSession {
     private func setMetadata(fd: Int32, item i: Int) throws {
         let item = tree.items[i]
         let node = item.node
-        let owned = item.createdAs.map { $0.uid == node.uid && $0.gid == node.gid } ?? false
-        if isRoot && !owned && fchown(fd, node.uid, node.gid) != 0 {
+        let ownerIsFinal = item.createdAs.map { $0.uid == node.uid && $0.gid == node.gid } ?? false
+        if isRoot && !ownerIsFinal && fchown(fd, node.uid, node.gid) != 0 {
             warnings.append(RestoreWarning(path: tree.path(i),
                 "owner \(node.uid):\(node.gid) not set: \(ArchiveSys.describe(errno: Glibc.errno))"))
         }
@@ -1009,8 +1009,8 @@ final class RestoreSession {
             }
         }
         // An ACL set above moves the group bits, so the mode is set again after one.
-        let moded = node.xattrs.isEmpty && item.createdAs?.permissions == node.mode & 0o7777
-        if !moded && fchmod(fd, mode_t(node.mode)) != 0 {
+        let modeIsFinal = node.xattrs.isEmpty && item.createdAs?.permissions == node.mode & 0o7777
+        if !modeIsFinal && fchmod(fd, mode_t(node.mode)) != 0 {
             warnings.append(RestoreWarning(path: tree.path(i),
                 "mode \(String(node.mode, radix: 8)) not set: \(ArchiveSys.describe(errno: Glibc.errno))"))
         }
