@@ -12,6 +12,16 @@ import RedoubtCore
 /// fails to restore that chunk with an error naming it, never with wrong data.
 public protocol PackLocatingBackupTarget: BackupTarget {
     func existingChunkLocations(_ ids: [ChunkID]) async throws -> [ChunkID: PackID]
+    /// Of `packs`, those this host uploaded that the repository still holds: every chunk in
+    /// them is this host's to reuse, so the metadata cache's chunks in them need no query of
+    /// their own. Same contract as above: a wrong answer costs a restore of those chunks,
+    /// named, never wrong data.
+    func uploadedPacks(_ packs: [PackID]) async throws -> Set<PackID>
+}
+
+extension PackLocatingBackupTarget {
+    /// A target that cannot say has every cached chunk confirmed on its own.
+    public func uploadedPacks(_ packs: [PackID]) async throws -> Set<PackID> { [] }
 }
 
 /// What to back up and how.

@@ -40,6 +40,7 @@ public struct ServerBackupTarget: PackLocatingBackupTarget, SpooledPackTarget {
     public func existingChunkLocations(_ ids: [ChunkID]) async throws -> [ChunkID: PackID] {
         try await client.existingChunkLocations(ids)
     }
+    public func uploadedPacks(_ packs: [PackID]) async throws -> Set<PackID> { try await client.uploadedPacks(packs) }
     public func existingChunks(_ ids: [ChunkID]) async throws -> Set<ChunkID> { try await client.existingChunks(ids) }
     public func upload(pack: FinishedPack) async throws { try await client.upload(pack: pack) }
     public func upload(spooled pack: SpooledPack) async throws { try await client.upload(spooled: pack) }

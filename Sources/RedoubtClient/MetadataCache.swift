@@ -12,17 +12,21 @@ import Synchronization
 /// numbers, keyed chunk IDs and extended attributes. Never plaintext, never a key. A file
 /// whose size, mtime, ctime, inode and device all match its entry is not read again, and
 /// its extended attributes are taken from the entry (changing them moves the ctime); its
-/// chunks are still checked against the repository before they are reused.
+/// chunks are still checked against the repository before they are reused: by their
+/// packs where the entry names them (one query for every pack of the cache), else one by one.
 ///
-/// File format, version 4 (all integers little-endian, `uvarint` and `bytes*` as in
+/// File format, version 5 (all integers little-endian, `uvarint` and `bytes*` as in
 /// docs/FORMAT.md §8):
 /// ```
-/// magic "RDBTMDC1" ‖ version u16 (=4) ‖ keyCheck[32] ‖ entry* ‖ 0x00 ‖ count uvarint
-///       ‖ treeCount uvarint ‖ treeCount × (mac[32] ‖ chunkID[32] ‖ sealKey[32] ‖ rawLength u32) ‖ sha256[32]
+/// magic "RDBTMDC1" ‖ version u16 (=5) ‖ keyCheck[32] ‖ entry* ‖ 0x00 ‖ count uvarint
+///       ‖ treeCount uvarint ‖ treeCount × (mac[32] ‖ chunkID[32] ‖ sealKey[32] ‖ rawLength u32)
+///       ‖ packCount uvarint ‖ packCount × packID[32] ‖ sha256[32]
 /// entry = path bytes* ‖ size uvarint ‖ mtime ts ‖ ctime ts ‖ inode uvarint ‖ device uvarint
 ///       ‖ chunkCount uvarint ‖ chunkCount × (chunkID[32] ‖ sealKey[32] ‖ rawLength u32 ‖ mac[32])
 ///       ‖ sparse u8 ‖ (if 1: regionCount uvarint ‖ regionCount × (offset uvarint ‖ length uvarint))
 ///       ‖ xattrsKnown u8 ‖ (if 1: xattrCount uvarint ‖ xattrCount × (name bytes* ‖ value bytes*))
+///       ‖ entryPackCount uvarint ‖ entryPackCount × packID[32]
+///       ‖ (if entryPackCount > 0: chunkCount × packIndex uvarint)
 /// ts = seconds i64 ‖ nanoseconds u32
 /// ```
 /// A path is never empty, so the byte 0x00 where the next entry's length would be ends
@@ -30,9 +34,13 @@ import Synchronization
 /// snapshot follow (each with its plaintext's keyed hash), so that a directory whose tree
 /// is unchanged is named without compressing and sealing its tree again. Entries are in the order
 /// the backup finished their files, each path once: the cache is written while the backup
-/// runs, never held whole. Version 3 (still read) had no extended attributes: its entries
-/// load with them unknown, so their files are read once more. Version 2 (still read) also
-/// had `count` after `keyCheck` and its entries sorted by path, and no end byte.
+/// runs, never held whole. An entry names the packs its chunks were in when the snapshot
+/// was made, and for each chunk its pack's place in that list plus one (0: not known);
+/// the trailer lists every pack the entries name, once. Version 4 (still read) had no
+/// packs: its entries' chunks are confirmed one by one, as before. Version 3 (still read)
+/// had no extended attributes either: its entries load with them unknown, so their files
+/// are read once more. Version 2 (still read) also had `count` after `keyCheck` and its
+/// entries sorted by path, and no end byte.
 ///
 /// `keyCheck` is the chunk ID of the label "redoubt/v1/metadata-cache" under the
 /// tenant's chunk-ID key: a cache written for another tenant (whose chunk IDs would mean
@@ -62,6 +70,9 @@ public struct MetadataCache: Sendable {
         /// The file's extended attributes when it was read; nil if unknown (a version-3
         /// entry, or a listing that failed), which leaves the file to be read again.
         public var xattrs: [ExtendedAttribute]?
+        /// The pack each chunk of `content` was in when the snapshot was made (nil: not
+        /// known then); empty if none is known (an entry from before version 5).
+        public var contentPacks: [PackID?] = []
 
         public init(size: UInt64, mtime: Timestamp, ctime: Timestamp, inode: UInt64, device: UInt64, content: [ChunkID],
             dataRegions: [Extent]?) {
@@ -85,7 +96,8 @@ public struct MetadataCache: Sendable {
     /// ID. The cache holds the keys of the last snapshot's file chunks: see docs/FORMAT.md
     /// §3.4 on what that means on a taken host. Version 3 is written as a stream. Version 4
     /// keeps each file's extended attributes, so an unchanged file's need not be listed.
-    public static let version: UInt16 = 4
+    /// Version 5 names each chunk's pack, so that a backup confirms packs, not chunks.
+    public static let version: UInt16 = 5
     static let keyCheckLabel = Array("redoubt/v1/metadata-cache".utf8)
     /// A cache larger than this is not read (a sanity bound, ~10 million files).
     public static let maxSize = 4 << 30
@@ -104,6 +116,8 @@ public struct MetadataCache: Sendable {
 
     /// The tree chunks of the snapshot the cache was written for.
     public var trees: [TreeChunk] = []
+    /// Every pack the entries name, once (what a backup asks the repository about).
+    public var packs: [PackID] = []
 
     /// Where the encoded entries are: in memory for a cache built or decoded here, in its
     /// file for a loaded one. A loaded cache keeps only its index in memory (16 bytes an
@@ -293,8 +307,12 @@ public struct MetadataCache: Sendable {
     public func encode(chunkIDKey: ChunkIDKey) -> [UInt8] {
         var w = ByteWriter(capacity: 64 + SHA256.byteCount)
         Self.writeHeader(&w, chunkIDKey: chunkIDKey)
-        for (path, entry) in sortedEntries() { Self.writeEntry(&w, path: path, entry) }
-        Self.writeTrailer(&w, count: count, trees: trees)
+        var named = NamedPacks()
+        for (path, entry) in sortedEntries() {
+            Self.writeEntry(&w, path: path, entry)
+            named.add(entry.contentPacks)
+        }
+        Self.writeTrailer(&w, count: count, trees: trees, packs: named.list)
         let digest = SHA256.hash(data: w.bytes)
         w.raw(Array(digest))
         return w.bytes
@@ -310,8 +328,8 @@ public struct MetadataCache: Sendable {
         w.raw(keyCheck(chunkIDKey))
     }
 
-    /// The end byte, the count and the tree chunks; the caller appends the digest.
-    static func writeTrailer(_ w: inout ByteWriter, count: Int, trees: [TreeChunk]) {
+    /// The end byte, the count, the tree chunks and the packs; the caller appends the digest.
+    static func writeTrailer(_ w: inout ByteWriter, count: Int, trees: [TreeChunk], packs: [PackID]) {
         w.u8(0)
         w.uvarint(UInt64(count))
         w.uvarint(UInt64(trees.count))
@@ -320,6 +338,17 @@ public struct MetadataCache: Sendable {
             w.raw(t.id.bytes)
             w.raw(t.seal.key)
             w.u32(t.seal.rawLength)
+        }
+        w.uvarint(UInt64(packs.count))
+        for p in packs { w.raw(p.bytes) }
+    }
+
+    /// The distinct packs of the entries written, in the order first named.
+    struct NamedPacks {
+        private(set) var list: [PackID] = []
+        private var seen = Set<PackID>()
+        mutating func add(_ packs: [PackID?]) {
+            for case let p? in packs where seen.insert(p).inserted { list.append(p) }
         }
     }
 
@@ -341,13 +370,24 @@ public struct MetadataCache: Sendable {
             w.raw(k < e.contentMACs.count ? e.contentMACs[k].bytes : [UInt8](repeating: 0, count: 32))
         }
         w.dataRegions(e.dataRegions)
-        guard let xattrs = e.xattrs else { return w.u8(0) }
-        w.u8(1)
-        w.uvarint(UInt64(xattrs.count))
-        for x in xattrs {
-            w.lengthPrefixed(x.name)
-            w.lengthPrefixed(x.value)
+        if let xattrs = e.xattrs {
+            w.u8(1)
+            w.uvarint(UInt64(xattrs.count))
+            for x in xattrs {
+                w.lengthPrefixed(x.name)
+                w.lengthPrefixed(x.value)
+            }
+        } else {
+            w.u8(0)
         }
+        guard e.contentPacks.count == e.content.count, e.contentPacks.contains(where: { $0 != nil }) else {
+            return w.uvarint(0)
+        }
+        var named = NamedPacks()
+        named.add(e.contentPacks)
+        w.uvarint(UInt64(named.list.count))
+        for p in named.list { w.raw(p.bytes) }
+        for p in e.contentPacks { w.uvarint(p.map { UInt64(named.list.firstIndex(of: $0)! + 1) } ?? 0) }
     }
 
     /// Why a cache file was not used.
@@ -427,6 +467,7 @@ public struct MetadataCache: Sendable {
                 let n = try stream.parse { r throws in try r.uvarint() }
                 guard n == UInt64(count) else { throw Unusable(reason: "says \(n) entries, holds \(count)") }
                 if v >= 4 { trees = try stream.parse { r throws in try Self.parseTrees(&r) } }
+                if v >= 5 { packs = try stream.parse { r throws in try Self.parsePacks(&r) } }
                 break
             }
             let path = try stream.parse { r throws in try Self.skipEntry(&r, version: v) }
@@ -447,6 +488,11 @@ public struct MetadataCache: Sendable {
             out.append(TreeChunk(mac: mac, id: id, seal: seal))
         }
         return out
+    }
+
+    private static func parsePacks(_ r: inout ByteReader) throws -> [PackID] {
+        let n = try r.count(limit: r.remaining / 32)
+        return try (0..<n).map { _ in PackID(bytes: try r.raw(32))! }
     }
 
     /// Indexes the entry at `start..<end` of the storage, whose path is `path`.
@@ -483,6 +529,10 @@ public struct MetadataCache: Sendable {
             }
         default: throw Unusable(reason: "bad attribute flag")
         }
+        guard version >= 5 else { return path }
+        let packs = try r.count(limit: min(r.remaining / 32, n))
+        try r.skip(packs * 32)
+        if packs > 0 { for _ in 0..<n { _ = try r.uvarint() } }
         return path
     }
 
@@ -550,7 +600,20 @@ public struct MetadataCache: Sendable {
         entry.contentSeals = seals
         entry.contentMACs = macs
         if version >= 4 { entry.xattrs = try parseXattrs(&r) }
+        if version >= 5 { entry.contentPacks = try parseContentPacks(&r, chunks: n) }
         return (path, entry)
+    }
+
+    /// An entry's packs, one per chunk; empty if it names none.
+    private static func parseContentPacks(_ r: inout ByteReader, chunks: Int) throws -> [PackID?] {
+        let n = try r.count(limit: min(r.remaining / 32, chunks))
+        guard n > 0 else { return [] }
+        let list = try (0..<n).map { _ in PackID(bytes: try r.raw(32))! }
+        return try (0..<chunks).map { _ in
+            let k = try r.uvarint()
+            guard k <= UInt64(n) else { throw Unusable(reason: "bad pack index") }
+            return k == 0 ? nil : list[Int(k - 1)]
+        }
     }
 
     /// An entry's extended attributes, within the limits a tree allows.
@@ -631,6 +694,7 @@ final class MetadataCacheWriter {
     private var digest = SHA256()
     private var offset: UInt64 = 0
     private(set) var count = 0
+    private var packs = MetadataCache.NamedPacks()
 
     init(path: String, chunkIDKey: ChunkIDKey) throws(ArchiveError) {
         self.path = path
@@ -647,13 +711,16 @@ final class MetadataCacheWriter {
 
     func append(path: [UInt8], _ entry: MetadataCache.Entry) throws(ArchiveError) {
         MetadataCache.writeEntry(&buffer, path: path, entry)
+        packs.add(entry.contentPacks)
         count += 1
         if buffer.count >= 1 << 20 { try flush() }
     }
 
-    /// Appends an entry already encoded (as ``MetadataCache/find(_:)`` returns it).
-    func append(encoded: ArraySlice<UInt8>) throws(ArchiveError) {
+    /// Appends an entry already encoded (as ``MetadataCache/find(_:)`` returns it), whose
+    /// chunks' packs are `packs`.
+    func append(encoded: ArraySlice<UInt8>, packs named: [PackID?]) throws(ArchiveError) {
         buffer.raw(encoded)
+        packs.add(named)
         count += 1
         if buffer.count >= 1 << 20 { try flush() }
     }
@@ -669,7 +736,7 @@ final class MetadataCacheWriter {
 
     /// Ends the file with the snapshot's tree chunks and puts it in place of the old cache.
     func commit(trees: [MetadataCache.TreeChunk] = []) throws(ArchiveError) {
-        MetadataCache.writeTrailer(&buffer, count: count, trees: trees)
+        MetadataCache.writeTrailer(&buffer, count: count, trees: trees, packs: packs.list)
         try flush()
         buffer.raw(Array(digest.finalize()))
         let e = buffer.bytes.withUnsafeBytes { ArchiveSys.pwriteAll(fd, $0, at: offset) }

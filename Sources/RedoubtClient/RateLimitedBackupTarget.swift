@@ -48,6 +48,8 @@ public final class RateLimitedBackupTarget: PackLocatingBackupTarget, SpooledPac
         try await base.existingChunkLocations(ids)
     }
 
+    public func uploadedPacks(_ packs: [PackID]) async throws -> Set<PackID> { try await base.uploadedPacks(packs) }
+
     public func upload(pack: FinishedPack) async throws {
         let wait = await pacer.delay(bytes: pack.bytes.count, now: ContinuousClock.now - origin)
         if wait > .zero { try await Task.sleep(for: wait) }

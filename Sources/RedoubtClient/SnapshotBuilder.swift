@@ -5,12 +5,15 @@ import RedoubtCore
 /// growing with the number of files.
 ///
 /// Each file gets a number in walk order when its directory is listed. A file found
-/// unchanged in the metadata cache waits for the repository to confirm its chunks (asked
-/// in batches, while the walk goes on); any other goes to the workers. A directory's tree
-/// is stored once every file numbered before the directory closed has finished: by then
-/// its own files are done, its subdirectories' trees are stored, and every earlier
-/// hard-link target is known to be in the snapshot or not. At most ``window`` files are
-/// numbered and not yet behind that point; the walk waits for the workers beyond it.
+/// unchanged in the metadata cache is stored from it once the repository confirms its
+/// chunks: at once if the cache places them all in packs this host uploaded and the
+/// repository still holds (asked once, for every pack of the cache), else after asking
+/// about its chunks (in batches, while the walk goes on). Any other file goes to the
+/// workers. A directory's tree is stored once every file numbered before the directory
+/// closed has finished: by then its own files are done, its subdirectories' trees are
+/// stored, and every earlier hard-link target is known to be in the snapshot or not. At
+/// most ``window`` files are numbered and not yet behind that point; the walk waits for
+/// the workers beyond it.
 ///
 /// Used by one task only.
 final class SnapshotBuilder {
@@ -72,6 +75,15 @@ final class SnapshotBuilder {
     /// Makes the last snapshot's tree chunks that the repository still holds reusable (an
     /// unchanged tree is then named, not sealed again); awaited before the first tree.
     private var treesConfirmed: Task<Void, any Error>?
+    /// Which of the cache's packs this host uploaded and the repository holds: asked when
+    /// the backup starts, awaited by the first cached file that names its packs.
+    private var packsAsked: Task<Set<PackID>, any Error>?
+    private var packsHeld: Set<PackID> = []
+    /// Entries for the next cache whose chunks' packs are not all known yet (a chunk still
+    /// in a batch or a pack being filled), and how many packs had been finished when they
+    /// were last looked at.
+    private var unplaced: [(path: [UInt8], entry: MetadataCache.Entry)] = []
+    private var packsFinishedWhenPlaced = 0
     /// This snapshot's tree chunks, for the next cache.
     private var treeChunks: [MetadataCache.TreeChunk] = []
     private struct Confirmation {
@@ -109,11 +121,17 @@ final class SnapshotBuilder {
             treeChunks.reserveCapacity(cache.trees.count + 64)
             self.cache.trees = []
         }
+        if !cache.packs.isEmpty {
+            let packs = cache.packs
+            packsAsked = Task { try await run.target.uploadedPacks(packs) }
+            self.cache.packs = []
+        }
     }
 
     deinit {
         for c in confirming { c.missing.cancel() }
         treesConfirmed?.cancel()
+        packsAsked?.cancel()
     }
 
     typealias Outcomes = AsyncThrowingStream<FileOutcome, any Error>.Iterator
@@ -160,6 +178,7 @@ final class SnapshotBuilder {
 
     /// Replaces the old cache with the one written during this backup; call after the commit.
     func commitCache() {
+        placeUnplaced(final: true)
         guard let writer else { return }
         do { try writer.commit(trees: treeChunks) } catch {
             warnings.append(BackupWarning(.cache, path: Array(writer.path.utf8),
@@ -208,11 +227,21 @@ final class SnapshotBuilder {
         // attributes are unknown (the walk leaves them to the reader).
         let hasSeals = cached.contentSeals.count == cached.content.count
         if cached.matches(entry.stat) && hasSeals && cached.xattrs != nil {
+            if try await inHeldPacks(cached) {
+                filesUnchanged += 1
+                reuse(job, cached, placed: true)
+                return
+            }
             unconfirmed.append((job, cached, true))
             unconfirmedChunks += cached.content.count
         } else {
             filesChanged += 1
             if hasSeals && cached.contentMACs.count == cached.content.count && !cached.content.isEmpty {
+                if try await inHeldPacks(cached) {
+                    makeReusable(cached, missing: [])
+                    read(job)
+                    return
+                }
                 unconfirmed.append((job, cached, false))
                 unconfirmedChunks += cached.content.count
             } else {
@@ -247,12 +276,7 @@ final class SnapshotBuilder {
         }
         for (job, entry, unchanged) in batch {
             if !unchanged {
-                var usable: [(ChunkID, CachedChunk)] = []
-                for k in entry.content.indices where !missing.contains(entry.content[k]) {
-                    let chunk = CachedChunk(id: entry.content[k], seal: entry.contentSeals[k])
-                    usable.append((entry.contentMACs[k], chunk))
-                }
-                run.registry.withLock { r in for (mac, c) in usable { r.reusable[mac] = c } }
+                makeReusable(entry, missing: missing)
                 read(job)
             } else if entry.content.contains(where: missing.contains) {
                 // Why: the repository lost (or never committed) a chunk; read the file again.
@@ -260,9 +284,37 @@ final class SnapshotBuilder {
                 read(job)
             } else {
                 filesUnchanged += 1
-                reuse(job, entry)
+                reuse(job, entry, placed: false)
             }
         }
+    }
+
+    /// True if the cache places each of the entry's chunks in a pack this host uploaded
+    /// that the repository still holds; their locations are then recorded for the manifest.
+    private func inHeldPacks(_ entry: MetadataCache.Entry) async throws -> Bool {
+        guard entry.contentPacks.count == entry.content.count else { return false }
+        if let asked = packsAsked {
+            packsAsked = nil
+            packsHeld = try await withTaskCancellationHandler { try await asked.value } onCancel: { asked.cancel() }
+        }
+        var located: [PackID] = []
+        located.reserveCapacity(entry.content.count)
+        for case let p? in entry.contentPacks where packsHeld.contains(p) { located.append(p) }
+        guard located.count == entry.content.count else { return false }
+        run.registry.withLock { r in
+            for (id, p) in zip(entry.content, located) where r.location[id] == nil { r.location[id] = p }
+        }
+        return true
+    }
+
+    /// Lets a changed file's cached chunks that the repository holds be named without
+    /// being sealed again.
+    private func makeReusable(_ entry: MetadataCache.Entry, missing: Set<ChunkID>) {
+        var usable: [(ChunkID, CachedChunk)] = []
+        for k in entry.content.indices where !missing.contains(entry.content[k]) {
+            usable.append((entry.contentMACs[k], CachedChunk(id: entry.content[k], seal: entry.contentSeals[k])))
+        }
+        run.registry.withLock { r in for (mac, c) in usable { r.reusable[mac] = c } }
     }
 
     private static func ask(_ ids: [ChunkID], _ run: BackupRun) -> Task<Set<ChunkID>, any Error> {
@@ -297,7 +349,10 @@ final class SnapshotBuilder {
         return missing
     }
 
-    private func reuse(_ job: FileJob, _ entry: MetadataCache.Entry) {
+    /// Stores an unchanged file from its cache entry. `placed`: its packs were confirmed,
+    /// so the entry goes into the next cache as it is; else it is written with the packs
+    /// the repository named for its chunks just now.
+    private func reuse(_ job: FileJob, _ entry: MetadataCache.Entry, placed: Bool) {
         guard let p = pending.removeValue(forKey: job.entry) else { return }
         var node = p.directory.entries[p.slot].node
         node.content = entry.content
@@ -308,7 +363,7 @@ final class SnapshotBuilder {
         run.registry.withLock { $0.chunksReused += UInt64(entry.content.count) }
         run.progress { $0.filesDone += 1; $0.bytesDone += entry.size }
         stored(p, stat: p.directory.entries[p.slot].stat, head: nil, cacheEntry: entry,
-               encoded: p.cacheEncoded)
+               encoded: placed ? p.cacheEncoded : nil)
         finished(job.entry)
     }
 
@@ -393,10 +448,62 @@ final class SnapshotBuilder {
                         cacheEntry: MetadataCache.Entry?, encoded: ArraySlice<UInt8>? = nil) {
         tally.add(ActivityFile(path: p.path, device: st.device, inode: st.inode, change: p.change, head: head))
         if let i = p.cacheIndex { seen[i >> 6] |= 1 << UInt64(i & 63) }
-        guard let cacheEntry, let w = writer else { return }
-        do {
-            if let encoded { try w.append(encoded: encoded) } else { try w.append(path: p.path, cacheEntry) }
-        } catch {
+        guard let cacheEntry, writer != nil else { return }
+        if let encoded {
+            return write { w throws(ArchiveError) in try w.append(encoded: encoded, packs: cacheEntry.contentPacks) }
+        }
+        var entry = cacheEntry
+        if place(&entry) {
+            write { w throws(ArchiveError) in try w.append(path: p.path, entry) }
+        } else {
+            unplaced.append((p.path, entry))
+        }
+        placeUnplaced(final: unplaced.count >= Self.maxUnplaced)
+    }
+
+    /// Entries waiting for their chunks' packs beyond which they are written with the packs
+    /// not yet known (their chunks then confirmed one by one next time): a pack holds a few
+    /// thousand small files, and two or three are filled at a time.
+    static let maxUnplaced = 32768
+
+    /// Gives the entry each chunk's pack; false if one is still in a batch or a pack being
+    /// filled. A chunk of unknown place (none is expected) is recorded as such.
+    private func place(_ entry: inout MetadataCache.Entry) -> Bool {
+        let packs: [PackID?]? = run.registry.withLock { r in
+            var out: [PackID?] = []
+            out.reserveCapacity(entry.content.count)
+            for id in entry.content {
+                if r.sealing.contains(id) { return nil }
+                out.append(r.location[id])
+            }
+            return out
+        }
+        guard let packs else { return false }
+        entry.contentPacks = packs
+        return !packs.contains(nil)
+    }
+
+    /// Writes the waiting entries whose packs are now known, after each finished pack;
+    /// `final`: every one, with what is known.
+    private func placeUnplaced(final: Bool) {
+        guard !unplaced.isEmpty else { return }
+        let finished = run.registry.withLock { $0.uploaded.count }
+        guard final || finished != packsFinishedWhenPlaced else { return }
+        packsFinishedWhenPlaced = finished
+        var still: [(path: [UInt8], entry: MetadataCache.Entry)] = []
+        for var u in unplaced {
+            if place(&u.entry) || final {
+                write { [u] w throws(ArchiveError) in try w.append(path: u.path, u.entry) }
+            } else {
+                still.append(u)
+            }
+        }
+        unplaced = still
+    }
+
+    private func write(_ body: (MetadataCacheWriter) throws(ArchiveError) -> Void) {
+        guard let w = writer else { return }
+        do { try body(w) } catch {
             warnings.append(BackupWarning(.cache, path: Array(w.path.utf8),
                 "metadata cache not saved: \(error); the next backup reads every file"))
             writer = nil

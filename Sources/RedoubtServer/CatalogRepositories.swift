@@ -132,6 +132,9 @@ public protocol PackRepository: Sendable {
         -> [ChunkID: PackID]
     /// Which of `packs` the tenant does not hold, in the order given.
     func missingPacks(tenant: String, packs: [PackID]) async throws -> [PackID]
+    /// Which of `packs` the tenant holds that principal `uploader` uploaded: packs whose
+    /// chunks that principal may reuse under either dedup scope (docs/PROTOCOL.md §4.6).
+    func uploadedPacks(tenant: String, uploader: String, packs: [PackID]) async throws -> Set<PackID>
     /// Moves the packs' retain-until to `until` where that is later (never earlier); returns
     /// the packs that moved. With `requireAll`, a pack the tenant does not hold is
     /// `.packsMissing` (naming them) and nothing moves. One transaction, atomically against

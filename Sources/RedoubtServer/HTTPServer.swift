@@ -203,6 +203,11 @@ public enum RedoubtHTTP {
                 bytesResponse(try await service.queryChunks(try await req.bytes(limit: 100_000 * 32), ctx: ctx.call))
             }
         },
+        Route(.post, "/v1/packs/query", .queryPacks, .writer) { service, logger, req, ctx in
+            await handle(logger) {
+                bytesResponse(try await service.queryPacks(try await req.bytes(limit: 100_000 * 32), ctx: ctx.call))
+            }
+        },
         Route(.put, "/v1/packs/{id}", .uploadPack, .writer) { service, logger, req, ctx in
             await handle(logger) {
                 let id = ctx.parameters.get("id") ?? ""

@@ -15,7 +15,7 @@ public enum Action: String, Sendable, CaseIterable {
     case queryChunks = "query-chunks", uploadPack = "upload-pack", commitSnapshot = "commit"
     case listSnapshots = "list-snapshots", showSnapshot = "show-snapshot"
     case getManifest = "get-manifest", getPack = "get-pack", packChunkLists = "pack-chunk-lists"
-    case reportDamagedPack = "report-damaged-pack"
+    case reportDamagedPack = "report-damaged-pack", queryPacks = "query-packs"
     case reportVerifiedPacks = "report-verified-packs", deepVerifyState = "deep-verify-state"
     case verifySnapshot = "verify"
     case createTenant = "create-tenant", listTenants = "list-tenants", createEnrollment = "create-enrollment"

@@ -323,6 +323,29 @@ public final class RepositoryService: Sendable {
         return Wire.encodeChunkLocations(found)
     }
 
+    /// Which of the queried packs the caller uploaded and the tenant still holds: each once,
+    /// in the order first asked. A host whose metadata cache names each chunk's pack confirms
+    /// an unchanged file's chunks by their packs, a few IDs a backup instead of one per chunk.
+    /// Only a writer's own uploads answer, whatever the dedup scope: what another host
+    /// uploaded stays confirmed chunk by chunk (§4.6).
+    public func queryPacks(_ body: [UInt8], ctx: CallContext) async throws -> [UInt8] {
+        let (p, tenant) = try await requireTenant(ctx)
+        guard p.role == .writer else { throw ServerError.forbidden("only a writer asks about its own packs") }
+        guard body.count % 32 == 0, body.count / 32 <= 100_000 else {
+            throw ServerError.badRequest("pack query must be a multiple of 32 bytes, at most 100000 IDs")
+        }
+        var seen = Set<PackID>()
+        let ids = stride(from: 0, to: body.count, by: 32).compactMap { o -> PackID? in
+            guard let id = PackID(bytes: Array(body[o..<(o + 32)])), seen.insert(id).inserted else { return nil }
+            return id
+        }
+        let held = try await catalog.uploadedPacks(tenant: tenant.name, uploader: p.id, packs: ids)
+        var out: [UInt8] = []
+        out.reserveCapacity(held.count * 32)
+        for id in ids where held.contains(id) { out += id.bytes }
+        return out
+    }
+
     /// Stores a pack whose bytes hash to `idHex`. Idempotent; never overwrites.
     public func uploadPack(idHex: String, bytes: [UInt8], ctx: CallContext) async throws -> Wire.UploadResponse {
         try await uploadPack(idHex: idHex, size: bytes.count, ctx: ctx,

@@ -107,6 +107,25 @@ extension Catalog {
         }
     }
 
+    public func uploadedPacks(tenant: String, uploader: String, packs: [PackID]) throws -> Set<PackID> {
+        try db.read { db in
+            var out = Set<PackID>()
+            var i = 0
+            while i < packs.count {
+                let batch = packs[i..<min(i + 500, packs.count)]
+                i += batch.count
+                let marks = Array(repeating: "?", count: batch.count).joined(separator: ",")
+                let args: [any DatabaseValueConvertible] = [tenant, uploader] + batch.map(\.description)
+                let statement = try db.cachedStatement(
+                    sql: "SELECT id FROM packs WHERE tenant = ? AND uploader = ? AND id IN (\(marks))")
+                for id in try String.fetchAll(statement, arguments: StatementArguments(args)) {
+                    if let p = PackID(hex: id) { out.insert(p) }
+                }
+            }
+            return out
+        }
+    }
+
     /// Moves pack locks later (never earlier); returns the packs whose lock moved, with
     /// their new retain-until, so the store's locks can follow. With `requireAll` (a
     /// commit) a pack the catalog does not hold (collected meanwhile) is ``CatalogError/Code/packsMissing``

@@ -260,6 +260,52 @@ import Testing
         #expect(node?.xattrs.count == 2)
     }
 
+    /// The cache places each chunk in its pack, so an unchanged backup confirms the packs
+    /// (one question) and asks about no file's chunk; a pack the repository no longer holds
+    /// vouches for nothing: its files are read again and the snapshot does not name it.
+    @Test func cachedChunksAreConfirmedByTheirPacksAndAGonePacksFilesAreReadAgain() async throws {
+        let keys = try TestKeys()
+        let work = try Fixture.tempDirectory("by-pack")
+        defer { Fixture.remove(work) }
+        let src = work + "/src"
+        try Fixture.check(mkdir(src, 0o755), "mkdir")
+        for i in 0..<40 { try Fixture.write(src + "/f\(i)", try Fixture.random(150_000 + 1000 * i)) }
+        let cache = work + "/cache.bin"
+        let repo = MemoryRepository(keys: keys.write)
+        let options = BackupOptions(paths: [src], cachePath: cache, packSize: 1 << 20)
+        let first = try await Archiver().run(options: options, keys: keys.write, target: repo, now: now)
+        let (cached, problem) = MetadataCache.load(path: cache, chunkIDKey: keys.tenant.chunkIDKey)
+        #expect(problem == nil)
+        let files = cached.entries.filter { $0.key.starts(with: Array((src + "/").utf8)) }
+        #expect(files.count == 40)
+        for (path, e) in files {
+            #expect(e.contentPacks.count == e.content.count && !e.contentPacks.contains(nil), "\(printable(path))")
+            for (c, p) in zip(e.content, e.contentPacks.compactMap { $0 }) {
+                #expect(try await repo.chunkLocations(inPacks: [p])[c] == p, "the cache places a chunk where it is not")
+            }
+        }
+        let named = Set(files.values.flatMap { $0.contentPacks.compactMap { $0 } })
+        #expect(named.count >= 3 && named.isSubset(of: cached.packs) && named.isSubset(of: first.manifest.header.packs))
+
+        await repo.resetCounters()
+        let second = try await Archiver().run(options: options, keys: keys.write, target: repo, now: now)
+        #expect(second.filesUnchanged == 40 && second.bytesRead == 0)
+        #expect(await repo.packQueries == 1)
+        let fileChunks = Set(files.values.flatMap(\.content))
+        #expect(await repo.chunksAsked.isDisjoint(with: fileChunks), "an unchanged file's chunks were asked about")
+        #expect(named.isSubset(of: second.manifest.header.packs))
+
+        let gone = try #require(files.values.first?.contentPacks.first ?? nil)
+        let inGone = files.values.filter { $0.contentPacks.contains(gone) }.count
+        await repo.drop(gone)
+        let third = try await Archiver().run(options: options, keys: keys.write, target: repo, now: now)
+        #expect(inGone > 0 && third.filesChanged == UInt64(inGone) && third.filesUnchanged == UInt64(40 - inGone))
+        #expect(!third.manifest.header.packs.contains(gone))
+        let dst = work + "/dst"
+        _ = try await restore(third.manifest, keys, from: repo, to: dst)
+        #expect(try Fixture.compare(src, dst + src) == [])
+    }
+
     /// A repository whose answers about chunks take a while, and that has lost some chunks.
     final class SlowAndForgetful: PackLocatingBackupTarget {
         let repository: MemoryRepository

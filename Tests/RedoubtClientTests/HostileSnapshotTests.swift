@@ -177,9 +177,18 @@ extension SysResult {
         c[Array("/y".utf8)] = e
         let seal = try #require(ChunkSeal(key: Array(repeating: 7, count: 32), rawLength: 99))
         c.trees = [MetadataCache.TreeChunk(mac: key.chunkID(for: [1]), id: key.chunkID(for: [2]), seal: seal)]
+        // Three chunks in two packs, one of them in a pack not known when it was stored.
+        let (p1, p2) = (try #require(PackID(bytes: Array(repeating: 1, count: 32))),
+                        try #require(PackID(bytes: Array(repeating: 2, count: 32))))
+        var packed = MetadataCache.Entry(size: 9, mtime: Timestamp(seconds: 1), ctime: Timestamp(seconds: 2), inode: 3,
+                                         device: 4, content: [1, 2, 3, 4].map { key.chunkID(for: [$0]) },
+                                         dataRegions: nil)
+        packed.contentPacks = [p2, nil, p1, p2]
+        c[Array("/z".utf8)] = packed
         let bytes = c.encode(chunkIDKey: key)
         let back = try MetadataCache.decode(bytes, chunkIDKey: key)
         #expect(back.entries == c.entries && back.trees == c.trees)
+        #expect(back[Array("/z".utf8)]?.contentPacks == [p2, nil, p1, p2] && back.packs == [p2, p1])
         #expect(back[Array("/x".utf8)]?.xattrs?.count == 2 && back[Array("/y".utf8)]?.xattrs == [])
         #expect(back[Array("/a/b".utf8)] != nil && back[Array("/a/b".utf8)]?.xattrs == nil)
         #expect(back.encode(chunkIDKey: key) == bytes)
@@ -209,30 +218,42 @@ extension SysResult {
         return body + h.finalize()
     }
 
-    /// The sample's version-4 bytes cut into header (version field at 8..<10), entries
-    /// and trailer (end byte, a one-byte count, a zero tree count, checksum).
+    /// The sample's version-5 bytes cut into header (version field at 8..<10), entries
+    /// and trailer (end byte, a one-byte count, zero tree and pack counts, checksum).
     func parts() -> (header: [UInt8], entries: [UInt8]) {
         let bytes = sample().encode(chunkIDKey: key)
         let header = Array(bytes[0..<42])
-        return (header, Array(bytes[42..<(bytes.count - 32 - 3)]))
+        return (header, Array(bytes[42..<(bytes.count - 32 - 4)]))
     }
 
-    /// The sample's entries as versions 2 and 3 wrote them, sorted by path: each as version 4
-    /// writes it without its last byte, the "attributes unknown" flag the sample's entries have.
-    func entriesWithoutAttributes() -> [UInt8] {
+    /// The sample's entries as an older version wrote them, sorted by path: each as version
+    /// 5 writes it without its last byte, the zero pack count the sample's entries have
+    /// (version 4), and without the "attributes unknown" flag before it (versions 2 and 3).
+    func olderEntries(version: UInt8) -> [UInt8] {
         var out: [UInt8] = []
         for (path, entry) in sample().entries.sorted(by: { bytesPrecede($0.key, $1.key) }) {
             let one = MetadataCache(entries: [path: entry]).encode(chunkIDKey: key)
-            let encoded = one[42..<(one.count - 32 - 3)]
-            #expect(encoded.last == 0)
-            out += encoded.dropLast()
+            let encoded = one[42..<(one.count - 32 - 4)]
+            #expect(encoded.suffix(2) == [0, 0])
+            out += encoded.dropLast(version >= 4 ? 1 : 2)
         }
         return out
     }
 
+    func entriesWithoutAttributes() -> [UInt8] { olderEntries(version: 3) }
+
+    @Test func aVersionFourCacheIsReadWithPacksUnknown() throws {
+        var (v4, _) = parts()
+        v4[8] = 4
+        let bytes = sealed(v4 + olderEntries(version: 4) + [0, UInt8(sample().count), 0])
+        let back = try MetadataCache.decode(bytes, chunkIDKey: key)
+        #expect(back.entries == sample().entries && back.packs.isEmpty)
+        #expect(back.entries.values.allSatisfy { $0.contentPacks.isEmpty })
+    }
+
     @Test func aVersionTwoCacheIsStillRead() throws {
         let (header, _) = parts()
-        #expect(header[8] == 4 && header[9] == 0)
+        #expect(header[8] == 5 && header[9] == 0)
         var v2 = header
         v2[8] = 2
         // Version 2: the count before the entries (sorted by path, as the sample's are), no end byte.
@@ -270,11 +291,11 @@ extension SysResult {
 
     @Test func aPathListedTwiceOrAWrongCountIsRefused() throws {
         let (header, entries) = parts()
-        let twice = sealed(header + entries + entries + [0, UInt8(2 * sample().count), 0])
+        let twice = sealed(header + entries + entries + [0, UInt8(2 * sample().count), 0, 0])
         #expect(throws: MetadataCache.Unusable.self) { try MetadataCache.decode(twice, chunkIDKey: key) }
-        let miscounted = sealed(header + entries + [0, UInt8(sample().count + 1), 0])
+        let miscounted = sealed(header + entries + [0, UInt8(sample().count + 1), 0, 0])
         #expect(throws: MetadataCache.Unusable.self) { try MetadataCache.decode(miscounted, chunkIDKey: key) }
-        let right = sealed(header + entries + [0, UInt8(sample().count), 0])
+        let right = sealed(header + entries + [0, UInt8(sample().count), 0, 0])
         #expect(try MetadataCache.decode(right, chunkIDKey: key).entries == sample().entries)
     }
 

@@ -21,6 +21,9 @@ actor MemoryRepository: PackLocatingBackupTarget, SpooledPackTarget, ChunkLocati
     private(set) var spooledUploads = 0
     private(set) var fetches: [PackID: Int] = [:]
     private(set) var locationQueries = 0
+    /// Every chunk ID asked about, and the questions about packs.
+    private(set) var chunksAsked = Set<ChunkID>()
+    private(set) var packQueries = 0
 
     init(keys: WriteKeySet) {
         tenant = keys.tenant
@@ -33,6 +36,7 @@ actor MemoryRepository: PackLocatingBackupTarget, SpooledPackTarget, ChunkLocati
 
     func existingChunkLocations(_ ids: [ChunkID]) async throws -> [ChunkID: PackID] {
         locationQueries += 1
+        chunksAsked.formUnion(ids)
         var out: [ChunkID: PackID] = [:]
         for id in ids { if let p = chunkIndex[id] { out[id] = p } }
         return out
@@ -94,6 +98,20 @@ actor MemoryRepository: PackLocatingBackupTarget, SpooledPackTarget, ChunkLocati
         spooledUploads = 0
         fetches = [:]
         locationQueries = 0
+        chunksAsked = []
+        packQueries = 0
+    }
+
+    /// One host's repository: every pack it holds is this host's.
+    func uploadedPacks(_ ids: [PackID]) async throws -> Set<PackID> {
+        packQueries += 1
+        return Set(ids.filter { packs[$0] != nil })
+    }
+
+    /// Forgets a pack and its chunks, as garbage collection would.
+    func drop(_ id: PackID) {
+        packs[id] = nil
+        chunkIndex = chunkIndex.filter { $0.value != id }
     }
 
     /// Adds packs made outside the archiver (hostile-snapshot tests).

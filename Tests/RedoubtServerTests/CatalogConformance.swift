@@ -165,6 +165,13 @@ struct CatalogConformance: Sendable {
             let many = (0..<1200).map { Self.chunk(10_000 + $0) }
             #expect(try await c.chunkLocations(tenant: "acme", ids: many + [own1], scope: nil,
                 orVerified: false) == [own1: Self.pack(1)])
+            // A principal's own packs, and no other's, whatever their chunks; never another tenant's.
+            let packs = (1...4).map { Self.pack($0) } + (0..<1200).map { Self.pack(10_000 + $0) }
+            #expect(try await c.uploadedPacks(tenant: "acme", uploader: "w1", packs: packs)
+                == [Self.pack(1), Self.pack(3)])
+            #expect(try await c.uploadedPacks(tenant: "acme", uploader: "w2", packs: packs) == [Self.pack(2)])
+            #expect(try await c.uploadedPacks(tenant: "acme", uploader: "w3", packs: packs).isEmpty)
+            #expect(try await c.uploadedPacks(tenant: "other", uploader: "w1", packs: packs).isEmpty)
 
         case .aCommitNeedsEveryPackStillHeld:
             try await c.insertPack(

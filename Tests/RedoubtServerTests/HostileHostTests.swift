@@ -1,4 +1,5 @@
 import Foundation
+import Synchronization
 import Testing
 import RedoubtMedia
 import RedoubtClient
@@ -246,6 +247,77 @@ import RedoubtStore
             #expect(second.manifest.header.packs.contains(rightBytes.id), "the victim did not reuse the verified chunk")
             #expect(try await restoredFile(n, second.manifest.id, dir: "srv", file: "next.bin") == next)
             #expect(try await restoredFile(n, second.manifest.id, dir: "srv", file: "data.bin") == content)
+        }
+    }
+
+    /// The server's own API seen by a backup, counting the chunk IDs it is asked about.
+    final class CountingTarget: PackLocatingBackupTarget, SpooledPackTarget, Sendable {
+        let base: APIClient
+        let asked = Mutex(Set<ChunkID>())
+        init(_ base: APIClient) { self.base = base }
+        func existingChunks(_ ids: [ChunkID]) async throws -> Set<ChunkID> { try await base.existingChunks(ids) }
+        func existingChunkLocations(_ ids: [ChunkID]) async throws -> [ChunkID: PackID] {
+            asked.withLock { $0.formUnion(ids) }
+            return try await base.existingChunkLocations(ids)
+        }
+        func uploadedPacks(_ packs: [PackID]) async throws -> Set<PackID> { try await base.uploadedPacks(packs) }
+        func upload(pack: FinishedPack) async throws { try await base.upload(pack: pack) }
+        func upload(spooled pack: SpooledPack) async throws { try await base.upload(spooled: pack) }
+        func commit(manifest: Manifest) async throws { try await base.commit(manifest: manifest) }
+    }
+
+    /// A host confirms its cached chunks by asking which of its packs the server holds; the
+    /// server answers only about packs the asking credential uploaded. A taken host that
+    /// copies its neighbour's metadata cache (pack IDs and all) learns nothing and reuses
+    /// nothing: it reads and uploads every file itself, under either dedup scope.
+    @Test func packsConfirmOnlyTheirUploadersChunksEvenWithAStolenCache() async throws {
+        try await withNeighbours { n in
+            let src = n.server.dir.appendingPathComponent("var")
+            try FileManager.default.createDirectory(at: src, withIntermediateDirectories: true)
+            var contents: [String: [UInt8]] = [:]
+            for i in 0..<12 {
+                contents["f\(i)"] = (0..<(40_000 * (i + 1))).map {
+                    UInt8(truncatingIfNeeded: ($0 &* 2_654_435_761) >> 13 &+ i)
+                }
+                try Data(contents["f\(i)"]!).write(to: src.appendingPathComponent("f\(i)"))
+            }
+            let first = try await backUp(src, as: n.victim, at: testNow)
+            let packs = first.manifest.header.packs
+            #expect(try await n.victim.1.uploadedPacks(packs) == Set(packs))
+            #expect(try await n.attacker.1.uploadedPacks(packs).isEmpty)
+
+            // The victim's next backup asks about none of its files' chunks.
+            let (cached, problem) = MetadataCache.load(path: n.victim.0.cachePath,
+                chunkIDKey: try n.victim.0.writeKeySet().shared.chunkIDKey)
+            #expect(problem == nil && !cached.packs.isEmpty && Set(cached.packs).isSubset(of: packs))
+            let fileChunks = Set(cached.entries.values.flatMap(\.content))
+            let counting = CountingTarget(n.victim.1)
+            let second = try await Archiver().run(options: BackupOptions(paths: [src.path],
+                cachePath: n.victim.0.cachePath), keys: try n.victim.0.writeKeySet(), target: counting,
+                now: Timestamp(seconds: testNow + 10))
+            #expect(second.filesUnchanged == 12 && second.bytesRead == 0)
+            #expect(counting.asked.withLock { $0.isDisjoint(with: fileChunks) })
+
+            // The attacker takes the victim's cache as its own: the same files, the same
+            // stat, packs named for every chunk. None is its to reuse.
+            for scope in ["host", "tenant"] {
+                if scope == "tenant" { _ = try await n.server.admin.setDedupScope(tenant: "acme", scope: scope,
+                    requestID: nil) }
+                #expect(try await n.attacker.1.uploadedPacks(packs).isEmpty, "\(scope) scope")
+                try? FileManager.default.removeItem(atPath: n.attacker.0.cachePath)
+                try FileManager.default.copyItem(atPath: n.victim.0.cachePath, toPath: n.attacker.0.cachePath)
+                let stolen = try await backUp(src, as: n.attacker, at: testNow + 20)
+                // Under tenant scope the attacker may reuse verified chunks, asked one by one
+                // as the scope allows; under host scope nothing of the victim's.
+                if scope == "host" {
+                    #expect(stolen.filesUnchanged == 0)
+                    #expect(Set(stolen.manifest.header.packs).isDisjoint(with: packs))
+                    #expect(stolen.bytesRead == UInt64(contents.values.map(\.count).reduce(0, +)))
+                }
+                for (name, bytes) in contents {
+                    #expect(try await restoredFile(n, stolen.manifest.id, dir: "var", file: name) == bytes)
+                }
+            }
         }
     }
 

@@ -17,6 +17,8 @@ private let expectedAccess: [String: Set<String>] = {
         "POST /v1/enroll": anyone,  // authorised by its one-time token
         "POST /v1/chunks/query": ["writer", "restorer"],
         "PUT /v1/packs/{id}": ["writer"],
+        // A writer learns only which of its own uploads the tenant still holds.
+        "POST /v1/packs/query": ["writer"],
         // Reading packs or manifests is restorer-only: a host's own credential cannot
         // download even its own backups (DESIGN.md §1.2).
         "GET /v1/packs/{id}": ["restorer"],

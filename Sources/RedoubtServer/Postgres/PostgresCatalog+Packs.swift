@@ -83,6 +83,14 @@ extension PostgresCatalog: PackRepository {
         return packs.filter { !held.contains($0.description) }
     }
 
+    public func uploadedPacks(tenant: String, uploader: String, packs: [PackID]) async throws -> Set<PackID> {
+        let ids = packs.map(\.description)
+        let query: PostgresQuery = """
+            SELECT id FROM packs WHERE tenant = \(tenant) AND uploader = \(uploader) AND id = ANY(\(ids)::text[])
+            """
+        return Set(try await rows(query).compactMap { PackID(hex: try $0.decode(String.self)) })
+    }
+
     /// Which of `packs` the tenant holds (in `conn`'s transaction when given).
     func heldPacks(tenant: String, packs: [PackID], _ conn: PostgresConnection?) async throws -> Set<String> {
         let ids = packs.map(\.description)
