@@ -20,7 +20,7 @@ import Synchronization
 /// ```
 /// magic "RDBTMDC1" ‖ version u16 (=5) ‖ keyCheck[32] ‖ entry* ‖ 0x00 ‖ count uvarint
 ///       ‖ treeCount uvarint ‖ treeCount × (mac[32] ‖ chunkID[32] ‖ sealKey[32] ‖ rawLength u32)
-///       ‖ packCount uvarint ‖ packCount × packID[32] ‖ sha256[32]
+///       ‖ packCount uvarint ‖ packCount × packID[32] ‖ treeCount × packIndex uvarint ‖ sha256[32]
 /// entry = path bytes* ‖ size uvarint ‖ mtime ts ‖ ctime ts ‖ inode uvarint ‖ device uvarint
 ///       ‖ chunkCount uvarint ‖ chunkCount × (chunkID[32] ‖ sealKey[32] ‖ rawLength u32 ‖ mac[32])
 ///       ‖ sparse u8 ‖ (if 1: regionCount uvarint ‖ regionCount × (offset uvarint ‖ length uvarint))
@@ -36,7 +36,8 @@ import Synchronization
 /// the backup finished their files, each path once: the cache is written while the backup
 /// runs, never held whole. An entry names the packs its chunks were in when the snapshot
 /// was made, and for each chunk its pack's place in that list plus one (0: not known);
-/// the trailer lists every pack the entries name, once. Version 4 (still read) had no
+/// the trailer lists every pack the entries and tree chunks name, once, then each tree
+/// chunk's pack's place in that list plus one. Version 4 (still read) had no
 /// packs: its entries' chunks are confirmed one by one, as before. Version 3 (still read)
 /// had no extended attributes either: its entries load with them unknown, so their files
 /// are read once more. Version 2 (still read) also had `count` after `keyCheck` and its
@@ -107,16 +108,19 @@ public struct MetadataCache: Sendable {
         public let mac: ChunkID
         public let id: ChunkID
         public let seal: ChunkSeal
-        public init(mac: ChunkID, id: ChunkID, seal: ChunkSeal) {
+        /// The pack that held it when the snapshot was made; nil if not known.
+        public var pack: PackID?
+        public init(mac: ChunkID, id: ChunkID, seal: ChunkSeal, pack: PackID? = nil) {
             self.mac = mac
             self.id = id
             self.seal = seal
+            self.pack = pack
         }
     }
 
     /// The tree chunks of the snapshot the cache was written for.
     public var trees: [TreeChunk] = []
-    /// Every pack the entries name, once (what a backup asks the repository about).
+    /// Every pack the entries and tree chunks name, once (what a backup asks the repository about).
     public var packs: [PackID] = []
 
     /// Where the encoded entries are: in memory for a cache built or decoded here, in its
@@ -312,7 +316,7 @@ public struct MetadataCache: Sendable {
             Self.writeEntry(&w, path: path, entry)
             named.add(entry.contentPacks)
         }
-        Self.writeTrailer(&w, count: count, trees: trees, packs: named.list)
+        Self.writeTrailer(&w, count: count, trees: trees, packs: named)
         let digest = SHA256.hash(data: w.bytes)
         w.raw(Array(digest))
         return w.bytes
@@ -329,7 +333,9 @@ public struct MetadataCache: Sendable {
     }
 
     /// The end byte, the count, the tree chunks and the packs; the caller appends the digest.
-    static func writeTrailer(_ w: inout ByteWriter, count: Int, trees: [TreeChunk], packs: [PackID]) {
+    static func writeTrailer(_ w: inout ByteWriter, count: Int, trees: [TreeChunk], packs entryPacks: NamedPacks) {
+        var packs = entryPacks
+        packs.add(trees.map(\.pack))
         w.u8(0)
         w.uvarint(UInt64(count))
         w.uvarint(UInt64(trees.count))
@@ -339,17 +345,22 @@ public struct MetadataCache: Sendable {
             w.raw(t.seal.key)
             w.u32(t.seal.rawLength)
         }
-        w.uvarint(UInt64(packs.count))
-        for p in packs { w.raw(p.bytes) }
+        w.uvarint(UInt64(packs.list.count))
+        for p in packs.list { w.raw(p.bytes) }
+        for t in trees { w.uvarint(t.pack.flatMap { packs.place($0) }.map { UInt64($0 + 1) } ?? 0) }
     }
 
     /// The distinct packs of the entries written, in the order first named.
     struct NamedPacks {
         private(set) var list: [PackID] = []
-        private var seen = Set<PackID>()
+        private var places: [PackID: Int] = [:]
         mutating func add(_ packs: [PackID?]) {
-            for case let p? in packs where seen.insert(p).inserted { list.append(p) }
+            for case let p? in packs where places[p] == nil {
+                places[p] = list.count
+                list.append(p)
+            }
         }
+        func place(_ p: PackID) -> Int? { places[p] }
     }
 
     static func writeEntry(_ w: inout ByteWriter, path: [UInt8], _ e: Entry) {
@@ -387,7 +398,7 @@ public struct MetadataCache: Sendable {
         named.add(e.contentPacks)
         w.uvarint(UInt64(named.list.count))
         for p in named.list { w.raw(p.bytes) }
-        for p in e.contentPacks { w.uvarint(p.map { UInt64(named.list.firstIndex(of: $0)! + 1) } ?? 0) }
+        for p in e.contentPacks { w.uvarint(p.flatMap { named.place($0) }.map { UInt64($0 + 1) } ?? 0) }
     }
 
     /// Why a cache file was not used.
@@ -467,7 +478,10 @@ public struct MetadataCache: Sendable {
                 let n = try stream.parse { r throws in try r.uvarint() }
                 guard n == UInt64(count) else { throw Unusable(reason: "says \(n) entries, holds \(count)") }
                 if v >= 4 { trees = try stream.parse { r throws in try Self.parseTrees(&r) } }
-                if v >= 5 { packs = try stream.parse { r throws in try Self.parsePacks(&r) } }
+                if v >= 5 {
+                    packs = try stream.parse { r throws in try Self.parsePacks(&r) }
+                    trees = try stream.parse { [trees, packs] r throws in try Self.placeTrees(trees, in: packs, &r) }
+                }
                 break
             }
             let path = try stream.parse { r throws in try Self.skipEntry(&r, version: v) }
@@ -493,6 +507,18 @@ public struct MetadataCache: Sendable {
     private static func parsePacks(_ r: inout ByteReader) throws -> [PackID] {
         let n = try r.count(limit: r.remaining / 32)
         return try (0..<n).map { _ in PackID(bytes: try r.raw(32))! }
+    }
+
+    /// The tree chunks, each given its pack from the trailer's list.
+    private static func placeTrees(_ trees: [TreeChunk], in packs: [PackID], _ r: inout ByteReader) throws
+        -> [TreeChunk] {
+        try trees.map { t in
+            let k = try r.uvarint()
+            guard k <= UInt64(packs.count) else { throw Unusable(reason: "bad tree pack index") }
+            var placed = t
+            placed.pack = k == 0 ? nil : packs[Int(k - 1)]
+            return placed
+        }
     }
 
     /// Indexes the entry at `start..<end` of the storage, whose path is `path`.
@@ -736,7 +762,7 @@ final class MetadataCacheWriter {
 
     /// Ends the file with the snapshot's tree chunks and puts it in place of the old cache.
     func commit(trees: [MetadataCache.TreeChunk] = []) throws(ArchiveError) {
-        MetadataCache.writeTrailer(&buffer, count: count, trees: trees, packs: packs.list)
+        MetadataCache.writeTrailer(&buffer, count: count, trees: trees, packs: packs)
         try flush()
         buffer.raw(Array(digest.finalize()))
         let e = buffer.bytes.withUnsafeBytes { ArchiveSys.pwriteAll(fd, $0, at: offset) }

@@ -79,6 +79,7 @@ final class SnapshotBuilder {
     /// the backup starts, awaited by the first cached file that names its packs.
     private var packsAsked: Task<Set<PackID>, any Error>?
     private var packsHeld: Set<PackID> = []
+    private var packsAnswered = false
     /// Entries for the next cache whose chunks' packs are not all known yet (a chunk still
     /// in a batch or a pack being filled), and how many packs had been finished when they
     /// were last looked at.
@@ -116,15 +117,15 @@ final class SnapshotBuilder {
         tally = ActivityTally(hasBaseline: cache.count > 0)
         seen = [UInt64](repeating: 0, count: (cache.indexLimit + 63) / 64)
         treeWorker = try BackupWorker(run: run)
-        if !cache.trees.isEmpty {
-            treesConfirmed = Self.makeReusable(cache.trees, run)
-            treeChunks.reserveCapacity(cache.trees.count + 64)
-            self.cache.trees = []
-        }
         if !cache.packs.isEmpty {
             let packs = cache.packs
             packsAsked = Task { try await run.target.uploadedPacks(packs) }
             self.cache.packs = []
+        }
+        if !cache.trees.isEmpty {
+            treesConfirmed = Self.makeReusable(cache.trees, held: packsAsked, run)
+            treeChunks.reserveCapacity(cache.trees.count + 64)
+            self.cache.trees = []
         }
     }
 
@@ -180,6 +181,7 @@ final class SnapshotBuilder {
     func commitCache() {
         placeUnplaced(final: true)
         guard let writer else { return }
+        run.registry.withLock { r in for k in treeChunks.indices { treeChunks[k].pack = r.location[treeChunks[k].id] } }
         do { try writer.commit(trees: treeChunks) } catch {
             warnings.append(BackupWarning(.cache, path: Array(writer.path.utf8),
                 "metadata cache not saved: \(error); the next backup reads every file"))
@@ -293,9 +295,9 @@ final class SnapshotBuilder {
     /// that the repository still holds; their locations are then recorded for the manifest.
     private func inHeldPacks(_ entry: MetadataCache.Entry) async throws -> Bool {
         guard entry.contentPacks.count == entry.content.count else { return false }
-        if let asked = packsAsked {
-            packsAsked = nil
+        if let asked = packsAsked, !packsAnswered {
             packsHeld = try await withTaskCancellationHandler { try await asked.value } onCancel: { asked.cancel() }
+            packsAnswered = true
         }
         var located: [PackID] = []
         located.reserveCapacity(entry.content.count)
@@ -321,12 +323,24 @@ final class SnapshotBuilder {
         Task { try await confirmInRepository(ids, run) }
     }
 
-    private static func makeReusable(_ trees: [MetadataCache.TreeChunk], _ run: BackupRun) -> Task<Void, any Error> {
+    /// Tree chunks in packs this host uploaded that the repository holds (`held`) are
+    /// reusable at once; the others once the repository confirms them one by one.
+    private static func makeReusable(_ trees: [MetadataCache.TreeChunk], held: Task<Set<PackID>, any Error>?,
+                                     _ run: BackupRun) -> Task<Void, any Error> {
         Task {
-            let missing = try await confirmInRepository(trees.map(\.id), run)
+            let packs = try await held?.value ?? []
+            let (placed, others) = (trees.filter { $0.pack.map(packs.contains) ?? false },
+                                    trees.filter { !($0.pack.map(packs.contains) ?? false) })
+            let missing = try await confirmInRepository(others.map(\.id), run)
             run.registry.withLock { r in
                 r.reusable.reserveCapacity(r.reusable.count + trees.count)
-                for t in trees where !missing.contains(t.id) { r.reusable[t.mac] = CachedChunk(id: t.id, seal: t.seal) }
+                for t in placed {
+                    if r.location[t.id] == nil { r.location[t.id] = t.pack }
+                    r.reusable[t.mac] = CachedChunk(id: t.id, seal: t.seal)
+                }
+                for t in others where !missing.contains(t.id) {
+                    r.reusable[t.mac] = CachedChunk(id: t.id, seal: t.seal)
+                }
             }
         }
     }

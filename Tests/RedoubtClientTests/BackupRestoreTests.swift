@@ -293,6 +293,9 @@ import Testing
         #expect(await repo.packQueries == 1)
         let fileChunks = Set(files.values.flatMap(\.content))
         #expect(await repo.chunksAsked.isDisjoint(with: fileChunks), "an unchanged file's chunks were asked about")
+        let cachedPacks = Set(cached.packs)
+        #expect(!cached.trees.isEmpty && cached.trees.allSatisfy { $0.pack.map(cachedPacks.contains) ?? false })
+        #expect(await repo.chunksAsked.isDisjoint(with: cached.trees.map(\.id)), "a cached tree chunk was asked about")
         #expect(named.isSubset(of: second.manifest.header.packs))
 
         let gone = try #require(files.values.first?.contentPacks.first ?? nil)

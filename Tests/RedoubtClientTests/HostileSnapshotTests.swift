@@ -176,10 +176,16 @@ extension SysResult {
         e.xattrs = []
         c[Array("/y".utf8)] = e
         let seal = try #require(ChunkSeal(key: Array(repeating: 7, count: 32), rawLength: 99))
-        c.trees = [MetadataCache.TreeChunk(mac: key.chunkID(for: [1]), id: key.chunkID(for: [2]), seal: seal)]
-        // Three chunks in two packs, one of them in a pack not known when it was stored.
-        let (p1, p2) = (try #require(PackID(bytes: Array(repeating: 1, count: 32))),
-                        try #require(PackID(bytes: Array(repeating: 2, count: 32))))
+        // Four chunks in two packs, one of them in a pack not known when it was stored; tree
+        // chunks in a third pack, in one of the files' and in none known.
+        let (p1, p2, p3) = (try #require(PackID(bytes: Array(repeating: 1, count: 32))),
+                            try #require(PackID(bytes: Array(repeating: 2, count: 32))),
+                            try #require(PackID(bytes: Array(repeating: 3, count: 32))))
+        c.trees = [MetadataCache.TreeChunk(mac: key.chunkID(for: [1]), id: key.chunkID(for: [2]), seal: seal,
+                                           pack: p3),
+                   MetadataCache.TreeChunk(mac: key.chunkID(for: [3]), id: key.chunkID(for: [4]), seal: seal,
+                                           pack: p1),
+                   MetadataCache.TreeChunk(mac: key.chunkID(for: [5]), id: key.chunkID(for: [6]), seal: seal)]
         var packed = MetadataCache.Entry(size: 9, mtime: Timestamp(seconds: 1), ctime: Timestamp(seconds: 2), inode: 3,
                                          device: 4, content: [1, 2, 3, 4].map { key.chunkID(for: [$0]) },
                                          dataRegions: nil)
@@ -188,7 +194,8 @@ extension SysResult {
         let bytes = c.encode(chunkIDKey: key)
         let back = try MetadataCache.decode(bytes, chunkIDKey: key)
         #expect(back.entries == c.entries && back.trees == c.trees)
-        #expect(back[Array("/z".utf8)]?.contentPacks == [p2, nil, p1, p2] && back.packs == [p2, p1])
+        #expect(back[Array("/z".utf8)]?.contentPacks == [p2, nil, p1, p2] && back.packs == [p2, p1, p3])
+        #expect(back.trees.map(\.pack) == [p3, p1, nil])
         #expect(back[Array("/x".utf8)]?.xattrs?.count == 2 && back[Array("/y".utf8)]?.xattrs == [])
         #expect(back[Array("/a/b".utf8)] != nil && back[Array("/a/b".utf8)]?.xattrs == nil)
         #expect(back.encode(chunkIDKey: key) == bytes)

@@ -291,12 +291,14 @@ import RedoubtStore
                 chunkIDKey: try n.victim.0.writeKeySet().shared.chunkIDKey)
             #expect(problem == nil && !cached.packs.isEmpty && Set(cached.packs).isSubset(of: packs))
             let fileChunks = Set(cached.entries.values.flatMap(\.content))
+            let treeChunks = Set(cached.trees.map(\.id))
+            #expect(!treeChunks.isEmpty && cached.trees.allSatisfy { $0.pack.map(packs.contains) ?? false })
             let counting = CountingTarget(n.victim.1)
             let second = try await Archiver().run(options: BackupOptions(paths: [src.path],
                 cachePath: n.victim.0.cachePath), keys: try n.victim.0.writeKeySet(), target: counting,
                 now: Timestamp(seconds: testNow + 10))
             #expect(second.filesUnchanged == 12 && second.bytesRead == 0)
-            #expect(counting.asked.withLock { $0.isDisjoint(with: fileChunks) })
+            #expect(counting.asked.withLock { $0.isDisjoint(with: fileChunks.union(treeChunks)) })
 
             // The attacker takes the victim's cache as its own: the same files, the same
             // stat, packs named for every chunk. None is its to reuse.
