@@ -3,6 +3,7 @@ import Foundation
 import Logging
 import RedoubtCore
 import RedoubtStore
+import Synchronization
 
 /// A server's data directory: TLS material, the catalog, the store and the settings.
 ///
@@ -171,18 +172,23 @@ public struct ServerHome: Sendable {
     /// A TCP port on 127.0.0.1 that is free now (bound and released): for loopback servers
     /// in quickstart and tests. Taken below the ephemeral range where it can be: the kernel
     /// hands ports of that range to outgoing connections, so one found free there can be
-    /// taken before the server binds it.
+    /// taken before the server binds it. A port is handed out once per process: two servers
+    /// started at once were both given a port still free, and the one that lost the bind
+    /// talked to the other's server.
     public static func freeLoopbackPort() throws -> Int {
         let range = try? String(contentsOfFile: "/proc/sys/net/ipv4/ip_local_port_range", encoding: .utf8)
         let low = range?.split(whereSeparator: \.isWhitespace).first.flatMap { Int($0) } ?? 32768
         if low > 10_001 {
             for _ in 0..<200 {
                 let port = Int.random(in: 10_000..<low)
+                guard handedOut.withLock({ $0.insert(port).inserted }) else { continue }
                 if (try? bindLoopback(port: port)) != nil { return port }
             }
         }
         return try bindLoopback(port: 0)
     }
+
+    private static let handedOut = Mutex(Set<Int>())
 
     /// Binds `port` on 127.0.0.1 (0: any the kernel picks), releases it and returns it.
     private static func bindLoopback(port: Int) throws -> Int {
