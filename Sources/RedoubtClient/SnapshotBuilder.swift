@@ -476,8 +476,9 @@ final class SnapshotBuilder {
     }
 
     /// Entries waiting for their chunks' packs beyond which they are written with the packs
-    /// not yet known (their chunks then confirmed one by one next time): a pack holds a few
-    /// thousand small files, and two or three are filled at a time.
+    /// not yet known (their chunks then confirmed one by one next time). Measured at most:
+    /// 17 197 in the kernel tree's first backup, 17 255 in a first backup of a million small
+    /// files (each worker fills a pack of thousands of files at a time).
     static let maxUnplaced = 32768
 
     /// Gives the entry each chunk's pack; false if one is still in a batch or a pack being
