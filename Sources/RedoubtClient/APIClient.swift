@@ -367,7 +367,7 @@ public final class APIClient: Sendable {
         while i < ids.count {
             let batch = Array(ids[i..<min(i + 20_000, ids.count)])
             i += batch.count
-            let (_, data) = try await send(.POST, "/v1/chunks/query", body: Wire.encodeChunkQuery(batch))
+            let (_, data) = try await send(.POST, "/v1/chunks/query", body: Wire.encodeIDs(batch))
             guard let m = Wire.decodeChunkLocations(data) else {
                 throw APIError(status: 0, code: "E_PROTOCOL", message: "malformed chunk query answer")
             }
@@ -383,26 +383,21 @@ public final class APIClient: Sendable {
         while i < packs.count {
             let batch = packs[i..<min(i + 20_000, packs.count)]
             i += batch.count
-            var body: [UInt8] = []
-            body.reserveCapacity(batch.count * 32)
-            for p in batch { body += p.bytes }
             let data: [UInt8]
-            do { data = try await send(.POST, "/v1/packs/query", body: body).body } catch let e as APIError
-                where e.status == 403 && e.code == "E_FORBIDDEN" && out.isEmpty && i == batch.count {
+            do { data = try await send(.POST, "/v1/packs/query", body: Wire.encodeIDs(batch)).body } catch let e
+                as APIError where e.status == 403 && e.code == "E_FORBIDDEN" && i == batch.count {
                 // A server from before this endpoint refuses it as a path the API does not
-                // define: the cache's chunks are then confirmed one by one, as that server expects.
+                // define (docs/openapi.yaml, "Undefined methods and paths"): the cache's chunks
+                // are then confirmed one by one, as that server expects.
                 return []
             }
-            let asked = Set(batch)
-            guard data.count % 32 == 0 else {
+            guard let answered = Wire.decodeIDs(data, as: PackID.self) else {
                 throw APIError(status: 0, code: "E_PROTOCOL", message: "malformed pack query answer")
             }
-            for o in stride(from: 0, to: data.count, by: 32) {
-                guard let p = PackID(bytes: Array(data[o..<(o + 32)])), asked.contains(p) else {
-                    throw APIError(status: 0, code: "E_PROTOCOL", message: "the server answered a pack not asked for")
-                }
-                out.insert(p)
+            guard Set(answered).isSubset(of: batch) else {
+                throw APIError(status: 0, code: "E_PROTOCOL", message: "the server answered a pack not asked for")
             }
+            out.formUnion(answered)
         }
         return out
     }
@@ -493,9 +488,7 @@ extension APIClient: PackLocatingBackupTarget, SpooledPackTarget, ChunkLocatingP
         // what it left out is asked for again.
         while !left.isEmpty {
             let batch = Array(left.prefix(5000))
-            var body: [UInt8] = []
-            for p in batch { body += p.bytes }
-            let data = try await send(.POST, "/v1/packs/chunk-lists", body: body).body
+            let data = try await send(.POST, "/v1/packs/chunk-lists", body: Wire.encodeIDs(batch)).body
             var answered = Set<PackID>()
             var r = ByteReader(data)
             do {

@@ -347,7 +347,7 @@ public struct MetadataCache: Sendable {
         }
         w.uvarint(UInt64(packs.list.count))
         for p in packs.list { w.raw(p.bytes) }
-        for t in trees { w.uvarint(t.pack.flatMap { packs.place($0) }.map { UInt64($0 + 1) } ?? 0) }
+        for t in trees { w.uvarint(packs.number(t.pack)) }
     }
 
     /// The distinct packs of the entries written, in the order first named.
@@ -360,7 +360,14 @@ public struct MetadataCache: Sendable {
                 list.append(p)
             }
         }
-        func place(_ p: PackID) -> Int? { places[p] }
+        /// How an entry or tree chunk names `p`: its place in ``list`` plus one, 0 for none.
+        func number(_ p: PackID?) -> UInt64 { p.flatMap { places[$0] }.map { UInt64($0 + 1) } ?? 0 }
+
+        /// The pack ``number(_:)`` gave, read back from `list`.
+        static func pack(_ k: UInt64, in list: [PackID]) throws -> PackID? {
+            guard k <= UInt64(list.count) else { throw Unusable(reason: "bad pack index") }
+            return k == 0 ? nil : list[Int(k - 1)]
+        }
     }
 
     static func writeEntry(_ w: inout ByteWriter, path: [UInt8], _ e: Entry) {
@@ -398,7 +405,7 @@ public struct MetadataCache: Sendable {
         named.add(e.contentPacks)
         w.uvarint(UInt64(named.list.count))
         for p in named.list { w.raw(p.bytes) }
-        for p in e.contentPacks { w.uvarint(p.flatMap { named.place($0) }.map { UInt64($0 + 1) } ?? 0) }
+        for p in e.contentPacks { w.uvarint(named.number(p)) }
     }
 
     /// Why a cache file was not used.
@@ -504,8 +511,9 @@ public struct MetadataCache: Sendable {
         return out
     }
 
-    private static func parsePacks(_ r: inout ByteReader) throws -> [PackID] {
-        let n = try r.count(limit: r.remaining / 32)
+    /// A count and that many pack IDs (the trailer's list, or an entry's of at most `limit`).
+    private static func parsePacks(_ r: inout ByteReader, limit: Int = .max) throws -> [PackID] {
+        let n = try r.count(limit: min(r.remaining / 32, limit))
         return try (0..<n).map { _ in PackID(bytes: try r.raw(32))! }
     }
 
@@ -513,10 +521,8 @@ public struct MetadataCache: Sendable {
     private static func placeTrees(_ trees: [TreeChunk], in packs: [PackID], _ r: inout ByteReader) throws
         -> [TreeChunk] {
         try trees.map { t in
-            let k = try r.uvarint()
-            guard k <= UInt64(packs.count) else { throw Unusable(reason: "bad tree pack index") }
             var placed = t
-            placed.pack = k == 0 ? nil : packs[Int(k - 1)]
+            placed.pack = try NamedPacks.pack(try r.uvarint(), in: packs)
             return placed
         }
     }
@@ -632,14 +638,9 @@ public struct MetadataCache: Sendable {
 
     /// An entry's packs, one per chunk; empty if it names none.
     private static func parseContentPacks(_ r: inout ByteReader, chunks: Int) throws -> [PackID?] {
-        let n = try r.count(limit: min(r.remaining / 32, chunks))
-        guard n > 0 else { return [] }
-        let list = try (0..<n).map { _ in PackID(bytes: try r.raw(32))! }
-        return try (0..<chunks).map { _ in
-            let k = try r.uvarint()
-            guard k <= UInt64(n) else { throw Unusable(reason: "bad pack index") }
-            return k == 0 ? nil : list[Int(k - 1)]
-        }
+        let list = try parsePacks(&r, limit: chunks)
+        guard !list.isEmpty else { return [] }
+        return try (0..<chunks).map { _ in try NamedPacks.pack(try r.uvarint(), in: list) }
     }
 
     /// An entry's extended attributes, within the limits a tree allows.

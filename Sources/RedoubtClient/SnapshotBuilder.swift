@@ -78,8 +78,8 @@ final class SnapshotBuilder {
     /// Which of the cache's packs this host uploaded and the repository holds: asked when
     /// the backup starts, awaited by the first cached file that names its packs.
     private var packsAsked: Task<Set<PackID>, any Error>?
-    private var packsHeld: Set<PackID> = []
-    private var packsAnswered = false
+    /// Its answer, once awaited.
+    private var packsHeld: Set<PackID>?
     /// Entries for the next cache whose chunks' packs are not all known yet (a chunk still
     /// in a batch or a pack being filled), and how many packs had been finished when they
     /// were last looked at.
@@ -295,13 +295,19 @@ final class SnapshotBuilder {
     /// that the repository still holds; their locations are then recorded for the manifest.
     private func inHeldPacks(_ entry: MetadataCache.Entry) async throws -> Bool {
         guard entry.contentPacks.count == entry.content.count else { return false }
-        if let asked = packsAsked, !packsAnswered {
-            packsHeld = try await withTaskCancellationHandler { try await asked.value } onCancel: { asked.cancel() }
-            packsAnswered = true
+        let held: Set<PackID>
+        if let known = packsHeld {
+            held = known
+        } else if let asked = packsAsked {
+            held = try await withTaskCancellationHandler { try await asked.value } onCancel: { asked.cancel() }
+            packsHeld = held
+        } else {
+            held = []
+            packsHeld = held
         }
         var located: [PackID] = []
         located.reserveCapacity(entry.content.count)
-        for case let p? in entry.contentPacks where packsHeld.contains(p) { located.append(p) }
+        for case let p? in entry.contentPacks where held.contains(p) { located.append(p) }
         guard located.count == entry.content.count else { return false }
         run.registry.withLock { r in
             for (id, p) in zip(entry.content, located) where r.location[id] == nil { r.location[id] = p }
@@ -329,16 +335,12 @@ final class SnapshotBuilder {
                                      _ run: BackupRun) -> Task<Void, any Error> {
         Task {
             let packs = try await held?.value ?? []
-            let (placed, others) = (trees.filter { $0.pack.map(packs.contains) ?? false },
-                                    trees.filter { !($0.pack.map(packs.contains) ?? false) })
-            let missing = try await confirmInRepository(others.map(\.id), run)
+            let others = trees.filter { !($0.pack.map(packs.contains) ?? false) }.map(\.id)
+            let missing = try await confirmInRepository(others, run)
             run.registry.withLock { r in
                 r.reusable.reserveCapacity(r.reusable.count + trees.count)
-                for t in placed {
-                    if r.location[t.id] == nil { r.location[t.id] = t.pack }
-                    r.reusable[t.mac] = CachedChunk(id: t.id, seal: t.seal)
-                }
-                for t in others where !missing.contains(t.id) {
+                for t in trees where !missing.contains(t.id) {
+                    if let p = t.pack, packs.contains(p), r.location[t.id] == nil { r.location[t.id] = p }
                     r.reusable[t.mac] = CachedChunk(id: t.id, seal: t.seal)
                 }
             }
@@ -481,39 +483,39 @@ final class SnapshotBuilder {
     /// files (each worker fills a pack of thousands of files at a time).
     static let maxUnplaced = 32768
 
+    private func place(_ entry: inout MetadataCache.Entry) -> Bool {
+        run.registry.withLock { Self.place(&entry, $0) }
+    }
+
     /// Gives the entry each chunk's pack; false if one is still in a batch or a pack being
     /// filled. A chunk of unknown place (none is expected) is recorded as such.
-    private func place(_ entry: inout MetadataCache.Entry) -> Bool {
-        let packs: [PackID?]? = run.registry.withLock { r in
-            var out: [PackID?] = []
-            out.reserveCapacity(entry.content.count)
-            for id in entry.content {
-                if r.sealing.contains(id) { return nil }
-                out.append(r.location[id])
-            }
-            return out
+    private static func place(_ entry: inout MetadataCache.Entry, _ r: borrowing ChunkRegistry) -> Bool {
+        var packs: [PackID?] = []
+        packs.reserveCapacity(entry.content.count)
+        for id in entry.content {
+            if r.sealing.contains(id) { return false }
+            packs.append(r.location[id])
         }
-        guard let packs else { return false }
         entry.contentPacks = packs
         return !packs.contains(nil)
     }
 
     /// Writes the waiting entries whose packs are now known, after each finished pack;
-    /// `final`: every one, with what is known.
+    /// `final`: every one, with what is known. One look at the registry for all of them:
+    /// up to 17 197 waited at once in the kernel tree's first backup.
     private func placeUnplaced(final: Bool) {
         guard !unplaced.isEmpty else { return }
-        let finished = run.registry.withLock { $0.uploaded.count }
-        guard final || finished != packsFinishedWhenPlaced else { return }
-        packsFinishedWhenPlaced = finished
-        var still: [(path: [UInt8], entry: MetadataCache.Entry)] = []
-        for var u in unplaced {
-            if place(&u.entry) || final {
-                write { [u] w throws(ArchiveError) in try w.append(path: u.path, u.entry) }
-            } else {
-                still.append(u)
+        let ready: [(path: [UInt8], entry: MetadataCache.Entry)]? = run.registry.withLock { r in
+            guard final || r.uploaded.count != packsFinishedWhenPlaced else { return nil }
+            packsFinishedWhenPlaced = r.uploaded.count
+            var ready: [(path: [UInt8], entry: MetadataCache.Entry)] = [], still = ready
+            for var u in unplaced {
+                if Self.place(&u.entry, r) || final { ready.append(u) } else { still.append(u) }
             }
+            unplaced = still
+            return ready
         }
-        unplaced = still
+        for u in ready ?? [] { write { w throws(ArchiveError) in try w.append(path: u.path, u.entry) } }
     }
 
     private func write(_ body: (MetadataCacheWriter) throws(ArchiveError) -> Void) {

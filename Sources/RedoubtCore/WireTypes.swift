@@ -505,17 +505,19 @@ public enum Wire {
         }
     }
 
-    /// Encodes a chunk query: the IDs back to back (32 bytes each).
-    public static func encodeChunkQuery(_ ids: [ChunkID]) -> [UInt8] {
+    /// Encodes a list of IDs (a chunk or pack query, a pack query's answer): back to back,
+    /// 32 bytes each.
+    public static func encodeIDs<ID: Digest32ID>(_ ids: some Collection<ID>) -> [UInt8] {
         var out: [UInt8] = []
         out.reserveCapacity(ids.count * 32)
         for id in ids { out += id.bytes }
         return out
     }
 
-    public static func decodeChunkQuery(_ bytes: [UInt8]) -> [ChunkID]? {
+    /// ``encodeIDs(_:)``'s input again; nil unless the length is a multiple of 32.
+    public static func decodeIDs<ID: Digest32ID>(_ bytes: [UInt8], as: ID.Type = ID.self) -> [ID]? {
         guard bytes.count % 32 == 0 else { return nil }
-        return stride(from: 0, to: bytes.count, by: 32).map { ChunkID(bytes: Array(bytes[$0..<($0 + 32)]))! }
+        return stride(from: 0, to: bytes.count, by: 32).map { ID(bytes: Array(bytes[$0..<($0 + 32)]))! }
     }
 
     /// Encodes a chunk query answer: for each held chunk, its ID then its pack's ID.

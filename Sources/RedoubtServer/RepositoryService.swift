@@ -314,7 +314,7 @@ public final class RepositoryService: Sendable {
     /// writer learns only of chunks its own credential uploaded (§4.6).
     public func queryChunks(_ body: [UInt8], ctx: CallContext) async throws -> [UInt8] {
         let (p, tenant) = try await requireTenant(ctx)
-        guard let ids = Wire.decodeChunkQuery(body), ids.count <= 100_000 else {
+        guard let ids = Wire.decodeIDs(body, as: ChunkID.self), ids.count <= 100_000 else {
             throw ServerError.badRequest("chunk query must be a multiple of 32 bytes, at most 100000 IDs")
         }
         let scope = try await chunkScope(p, tenant: tenant.name)
@@ -331,19 +331,19 @@ public final class RepositoryService: Sendable {
     public func queryPacks(_ body: [UInt8], ctx: CallContext) async throws -> [UInt8] {
         let (p, tenant) = try await requireTenant(ctx)
         guard p.role == .writer else { throw ServerError.forbidden("only a writer asks about its own packs") }
-        guard body.count % 32 == 0, body.count / 32 <= 100_000 else {
-            throw ServerError.badRequest("pack query must be a multiple of 32 bytes, at most 100000 IDs")
+        let ids = try Self.distinctPackIDs(body)
+        let held = try await catalog.uploadedPacks(tenant: tenant.name, uploader: p.id, packs: ids)
+        return Wire.encodeIDs(ids.filter(held.contains))
+    }
+
+    /// A request body of pack IDs, each once in the order first given. Why once: a repeated
+    /// ID would be looked up and answered (and held in memory) once per repetition.
+    static func distinctPackIDs(_ body: [UInt8]) throws -> [PackID] {
+        guard let all = Wire.decodeIDs(body, as: PackID.self), all.count <= 100_000 else {
+            throw ServerError.badRequest("body must be at most 100000 pack IDs of 32 bytes")
         }
         var seen = Set<PackID>()
-        let ids = stride(from: 0, to: body.count, by: 32).compactMap { o -> PackID? in
-            guard let id = PackID(bytes: Array(body[o..<(o + 32)])), seen.insert(id).inserted else { return nil }
-            return id
-        }
-        let held = try await catalog.uploadedPacks(tenant: tenant.name, uploader: p.id, packs: ids)
-        var out: [UInt8] = []
-        out.reserveCapacity(held.count * 32)
-        for id in ids where held.contains(id) { out += id.bytes }
-        return out
+        return all.filter { seen.insert($0).inserted }
     }
 
     /// Stores a pack whose bytes hash to `idHex`. Idempotent; never overwrites.
@@ -659,18 +659,11 @@ public final class RepositoryService: Sendable {
     public func packChunkLists(_ body: [UInt8], ctx: CallContext,
                                answerLimit: Int = chunkListAnswerLimit) async throws -> [UInt8] {
         let (_, tenant) = try await requireTenant(ctx)
-        guard body.count % 32 == 0, body.count / 32 <= 100_000 else {
-            throw ServerError.badRequest("body must be at most 100000 pack IDs of 32 bytes")
-        }
-        var seen = Set<PackID>()
-        var ids: [PackID] = []
-        for o in stride(from: 0, to: body.count, by: 32) {
-            // Why: a repeated ID would be answered (and held in memory) once per repetition.
-            guard let id = PackID(bytes: Array(body[o..<(o + 32)])), seen.insert(id).inserted else { continue }
+        let ids = try Self.distinctPackIDs(body)
+        for id in ids {
             guard try await catalog.pack(tenant: tenant.name, id: id.description) != nil else {
                 throw ServerError.notFound("pack \(id) not found in tenant \(tenant.name)")
             }
-            ids.append(id)
         }
         var out: [UInt8] = []
         for id in ids {
