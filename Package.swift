@@ -40,6 +40,8 @@ let package = Package(
         .package(url: "https://github.com/swift-server/swift-service-lifecycle.git", exact: "2.13.0"),
         // The catalog on PostgreSQL for several servers (Sources/RedoubtServer/Postgres).
         .package(url: "https://github.com/vapor/postgres-nio.git", exact: "1.33.2"),
+        // Deque, for the client's first-in first-out queues (already built for swift-nio).
+        .package(url: "https://github.com/apple/swift-collections.git", exact: "1.6.0"),
     ],
     targets: [
         .systemLibrary(
@@ -97,6 +99,7 @@ let package = Package(
             dependencies: [
                 "RedoubtCore", "RedoubtKMS", "CRedoubtSys", crypto, x509, nio, nioHTTP1, nioSSL, logging,
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
+                .product(name: "DequeModule", package: "swift-collections"),
             ]
         ),
         .executableTarget(

@@ -76,7 +76,22 @@ public final class Archiver: Sendable {
         let run = BackupRun(target: locating, material: keys.shared, options: options, hooks: hooks,
             onProgress: progress)
 
-        // 1. The cache of the last snapshot, and the next one, written as files finish.
+        // 1. The walk, on its own thread: it needs nothing of the cache, which loads meanwhile.
+        var absolute: [[UInt8]] = []
+        for p in options.paths { absolute.append(try SnapshotLayout.absolute(p)) }
+        let legacy = hooks.legacyLayout
+        let plan = SnapshotLayout.walkPlan(absolute, legacy: legacy)
+        // A command's output is one file at the top level, named as the job says.
+        var walker = try options.stream.map { s throws(ArchiveError) in try Walker.stream(name: s.name, now: now) }
+            ?? Walker(paths: plan.paths, names: plan.names, snapshotPaths: plan.snapshotPaths,
+                      excludes: options.excludes)
+        walker.excludeCaches = options.excludeCaches
+        walker.oneFileSystem = options.oneFileSystem
+        walker.fileXattrsFromReader = true
+        let walk = WalkAhead(walker)
+        defer { walk.stop() }
+
+        // 2. The cache of the last snapshot, and the next one, written as files finish.
         var cache = MetadataCache()
         var writer: MetadataCacheWriter? = nil
         if let path = options.cachePath {
@@ -92,19 +107,7 @@ public final class Archiver: Sendable {
             }
         }
 
-        // 2. Walk, read and store trees, together.
-        var absolute: [[UInt8]] = []
-        for p in options.paths { absolute.append(try SnapshotLayout.absolute(p)) }
-        let legacy = hooks.legacyLayout
-        let plan = SnapshotLayout.walkPlan(absolute, legacy: legacy)
-        // A command's output is one file at the top level, named as the job says.
-        var walker = try options.stream.map { s throws(ArchiveError) in try Walker.stream(name: s.name, now: now) }
-            ?? Walker(paths: plan.paths, names: plan.names, snapshotPaths: plan.snapshotPaths,
-                      excludes: options.excludes)
-        walker.excludeCaches = options.excludeCaches
-        walker.oneFileSystem = options.oneFileSystem
-        walker.fileXattrsFromReader = true
-        defer { walker.abandon() }
+        // 3. Read and store trees as the walk lists them.
         run.progress(force: true) { $0 = BackupProgress(phase: .reading) }
         let workers = max(1, min(options.workers, 16))
         let queue = JobQueue()
@@ -112,7 +115,8 @@ public final class Archiver: Sendable {
                                           streamFD: options.stream?.fd)
         (cache, writer) = (MetadataCache(), nil)
         var storedAncestors: [Node] = []
-        let (root, rootSeals): ([ChunkID], [ChunkSeal]) = try await withThrowingTaskGroup(of: Void.self) { readers in
+        typealias Stored = (root: [ChunkID], seals: [ChunkSeal], activity: Task<SnapshotActivity, Never>)
+        let stored: Stored = try await withThrowingTaskGroup(of: Void.self) { readers in
             let (outcomes, sink) = AsyncThrowingStream.makeStream(of: FileOutcome.self)
             defer { queue.close() }
             for _ in 0..<workers {
@@ -123,16 +127,17 @@ public final class Archiver: Sendable {
                     }
                 }
             }
-            let refs = try await withThrowingTaskGroup(of: UploadedPack.self) { uploads in
+            let stored = try await withThrowingTaskGroup(of: UploadedPack.self) { uploads -> Stored in
                 var iterator = outcomes.makeAsyncIterator()
-                while let event = try walker.next() {
-                    try await builder.take(event, &iterator, &uploads)
-                    if walker.finished {
-                        let (files, bytes) = (walker.filesFound, walker.bytesFound)
-                        run.progress(force: true) { $0.filesTotal = files; $0.bytesTotal = bytes }
-                    }
+                while let event = try await walk.next() { try await builder.take(event, &iterator, &uploads) }
+                guard let walked = walk.finished else {
+                    throw ArchiveError(.inconsistentSnapshot, object: "backup", "the walk did not end (internal error)")
                 }
+                walker = walked
+                let (files, bytes) = (walker.filesFound, walker.bytesFound)
+                run.progress(force: true) { $0.filesTotal = files; $0.bytesTotal = bytes }
                 try await builder.finish(&iterator, &uploads)
+                let activity = builder.activity()
                 // Every file's outcome is in, so no job comes any more: the readers flush their
                 // last batches and packs while the top trees are stored and the tree pack is sent.
                 queue.close()
@@ -140,14 +145,15 @@ public final class Archiver: Sendable {
                 guard let top = builder.top else {
                     throw ArchiveError(.inconsistentSnapshot, object: "backup", "the walk did not end (internal error)")
                 }
-                let refs = try await storeRoot(top, walker: &walker, legacy: legacy, builder: builder,
-                                               ancestors: &storedAncestors, &uploads)
+                let (root, seals) = try await storeRoot(top, walker: &walker, legacy: legacy, builder: builder,
+                                                        ancestors: &storedAncestors, &uploads)
                 try await builder.finishTrees(&uploads)
-                return refs
+                return (root, seals, activity)
             }
             try await readers.waitForAll()
-            return refs
+            return stored
         }
+        let (root, rootSeals) = (stored.root, stored.seals)
         warnings += walker.warnings
         warnings += builder.warnings
         // Why here: a command that failed may have written a truncated dump; nothing is committed.
@@ -156,7 +162,7 @@ public final class Archiver: Sendable {
             try await s.finished()
         }
 
-        // 3. The packs this snapshot needs: every chunk it references, located.
+        // 4. The packs this snapshot needs: every chunk it references, located.
         let registry = run.registry.withLock { $0 }
         var packs = Set(registry.uploaded).union(registry.referencedPacks)
         for c in registry.referencedUnlocated {
@@ -174,8 +180,7 @@ public final class Archiver: Sendable {
         stats.chunksNew = registry.chunksNew
         stats.chunksReused = registry.chunksReused
 
-        let activity = builder.tally.finish(previous: builder.previousFiles(), sealedBytesRaw: builder.sealedRaw,
-                                            sealedBytesStored: builder.sealedStored)
+        let activity = await stored.activity.value
         builder.releaseCache()
 
         // 7. Sign and commit.

@@ -1,3 +1,4 @@
+import DequeModule
 import Glibc
 import RedoubtCore
 import Synchronization
@@ -202,9 +203,8 @@ typealias UploadGroup = ThrowingTaskGroup<UploadedPack, any Error>
 /// How many wait is up to the archiver (it keeps a bounded window of unfinished files).
 final class JobQueue: Sendable {
     private struct State {
-        var jobs: [FileJob] = []
-        var head = 0
-        var waiting: [CheckedContinuation<FileJob?, Never>] = []
+        var jobs: Deque<FileJob> = []
+        var waiting: Deque<CheckedContinuation<FileJob?, Never>> = []
         var closed = false
     }
 
@@ -212,11 +212,7 @@ final class JobQueue: Sendable {
 
     func push(_ job: FileJob) {
         let waiter: CheckedContinuation<FileJob?, Never>? = state.withLock { s in
-            if !s.waiting.isEmpty { return s.waiting.removeFirst() }
-            if s.head > 1024 && s.head * 2 > s.jobs.count {
-                s.jobs.removeFirst(s.head)
-                s.head = 0
-            }
+            if let waiter = s.waiting.popFirst() { return waiter }
             s.jobs.append(job)
             return nil
         }
@@ -228,7 +224,6 @@ final class JobQueue: Sendable {
         let waiters = state.withLock { s in
             s.closed = true
             s.jobs = []
-            s.head = 0
             defer { s.waiting = [] }
             return s.waiting
         }
@@ -239,10 +234,7 @@ final class JobQueue: Sendable {
     func next() async -> FileJob? {
         await withCheckedContinuation { (c: CheckedContinuation<FileJob?, Never>) in
             let job: FileJob?? = state.withLock { s in
-                if s.head < s.jobs.count {
-                    defer { s.head += 1 }
-                    return .some(s.jobs[s.head])
-                }
+                if let job = s.jobs.popFirst() { return .some(job) }
                 if s.closed { return .some(nil) }
                 s.waiting.append(c)
                 return .none

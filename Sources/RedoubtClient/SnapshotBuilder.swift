@@ -1,3 +1,4 @@
+import DequeModule
 import RedoubtCore
 
 /// Turns the walk's events into a snapshot's trees while the workers read files, holding
@@ -62,8 +63,7 @@ final class SnapshotBuilder {
     /// Every file numbered below this has finished.
     private var finishedBelow = 0
     private var finishedAbove = Set<Int>()
-    private var waiting: [(directory: WalkDirectory?, after: Int)] = []
-    private var waitingHead = 0
+    private var waiting: Deque<(directory: WalkDirectory, after: Int)> = []
     /// Unchanged files, and changed files with cached chunks, whose chunks the repository
     /// has not been asked about yet.
     private var unconfirmed: [Unconfirmed] = []
@@ -149,7 +149,7 @@ final class SnapshotBuilder {
             waiting.append((directory, issued))
         }
         try await storeReady(&uploads)
-        while issued - finishedBelow >= Self.window || waiting.count - waitingHead >= Self.maxWaitingDirectories {
+        while issued - finishedBelow >= Self.window || waiting.count >= Self.maxWaitingDirectories {
             try await waitForOne(&outcomes, &uploads)
         }
     }
@@ -158,7 +158,7 @@ final class SnapshotBuilder {
     func finish(_ outcomes: inout Outcomes, _ uploads: inout UploadGroup) async throws {
         while finishedBelow < issued { try await waitForOne(&outcomes, &uploads) }
         try await storeReady(&uploads)
-        precondition(waitingHead == waiting.count, "a directory was left unstored")
+        precondition(waiting.isEmpty, "a directory was left unstored")
     }
 
     /// Puts the treeWorker's blob in the repository (a tree of the root or of an ancestor).
@@ -195,11 +195,31 @@ final class SnapshotBuilder {
         seen = []
     }
 
-    /// The previous snapshot's files for the activity section, each with whether this
-    /// backup stored a file at its path.
-    func previousFiles() -> ActivityTally.PreviousFiles? {
+    /// The snapshot's activity section, worked out off this task (it reads every file of
+    /// the previous snapshot): call once every file has finished, when all it needs is known,
+    /// and it is ready while the last packs upload.
+    func activity() -> Task<SnapshotActivity, Never> {
+        let inputs = ActivityInputs(tally: tally, cache: cache, seen: seen, raw: sealedRaw, stored: sealedStored)
+        return Task.detached { SnapshotBuilder.makeActivity(inputs) }
+    }
+
+    /// What the activity task needs, in one value: Swift 6.3's region-based isolation
+    /// checker cannot check a detached task that captures them one by one.
+    private struct ActivityInputs: Sendable {
+        let tally: ActivityTally
+        let cache: MetadataCache
+        let seen: [UInt64]
+        let raw: UInt64, stored: UInt64
+    }
+
+    private static func makeActivity(_ i: ActivityInputs) -> SnapshotActivity {
+        i.tally.finish(previous: previousFiles(i.cache, i.seen), sealedBytesRaw: i.raw, sealedBytesStored: i.stored)
+    }
+
+    /// The previous snapshot's files, each with whether this backup stored a file at its path.
+    private static func previousFiles(_ cache: MetadataCache, _ seen: [UInt64]) -> ActivityTally.PreviousFiles? {
         guard cache.count > 0 else { return nil }
-        return { [cache, seen] visit in
+        return { visit in
             cache.forEachFile { i, path, device, inode in
                 let present = seen[i >> 6] & (1 << UInt64(i & 63)) != 0
                 visit(PreviousFile(path: path, device: device, inode: inode), present)
@@ -295,16 +315,10 @@ final class SnapshotBuilder {
     /// that the repository still holds; their locations are then recorded for the manifest.
     private func inHeldPacks(_ entry: MetadataCache.Entry) async throws -> Bool {
         guard entry.contentPacks.count == entry.content.count else { return false }
-        let held: Set<PackID>
-        if let known = packsHeld {
-            held = known
-        } else if let asked = packsAsked {
-            held = try await withTaskCancellationHandler { try await asked.value } onCancel: { asked.cancel() }
-            packsHeld = held
-        } else {
-            held = []
-            packsHeld = held
+        if packsHeld == nil, let asked = packsAsked {
+            packsHeld = try await withTaskCancellationHandler { try await asked.value } onCancel: { asked.cancel() }
         }
+        let held = packsHeld ?? []
         var located: [PackID] = []
         located.reserveCapacity(entry.content.count)
         for case let p? in entry.contentPacks where held.contains(p) { located.append(p) }
@@ -540,15 +554,8 @@ final class SnapshotBuilder {
 
     /// Stores, in closing order, every directory whose files have all finished.
     private func storeReady(_ uploads: inout UploadGroup) async throws {
-        while waitingHead < waiting.count, waiting[waitingHead].after <= finishedBelow {
-            let directory = waiting[waitingHead].directory
-            waiting[waitingHead].directory = nil
-            waitingHead += 1
-            if let directory { try await store(directory, &uploads) }
-        }
-        if waitingHead > 1024 && waitingHead * 2 > waiting.count {
-            waiting.removeFirst(waitingHead)
-            waitingHead = 0
+        while let first = waiting.first, first.after <= finishedBelow {
+            try await store(waiting.removeFirst().directory, &uploads)
         }
     }
 

@@ -84,17 +84,26 @@ struct Walker {
     /// Regular files found so far (hard links excluded), and their logical bytes.
     private(set) var filesFound: UInt64 = 0
     private(set) var bytesFound: UInt64 = 0
-    /// True once the last event has been returned.
-    private(set) var finished = false
 
     private struct Frame {
         /// -1 for the top, which is not a directory on disk.
         let fd: Int32
         let directory: WalkDirectory
-        var subdirectories: [Int]
+        var subdirectories: [Subdirectory]
         var next = 0
         /// The device of the top-level path this frame is below (one-file-system).
         let device: UInt64
+    }
+
+    /// A subdirectory to descend into, as found when its parent was listed. Kept apart from
+    /// the parent's entries, which belong to whoever takes the parent's event (the walk may
+    /// run on a thread of its own and must not read them once they are handed over).
+    private struct Subdirectory {
+        let slot: Int
+        let name: [UInt8]
+        let fullPath: [UInt8]
+        let snapshotPath: [UInt8]
+        let stat: ArchiveSys.FileStat
     }
 
     private var stack: [Frame] = []
@@ -102,6 +111,8 @@ struct Walker {
     private var pending: [(paths: [UInt8], name: [UInt8], snapshot: [UInt8])]
     /// Entries found below the top-level paths.
     private var below = 0
+    /// Whether every top-level path is a directory (known once they are lstat'ed).
+    private var topHoldsOnlyDirectories = false
     private var started = false
 
     struct DevIno: Hashable {
@@ -140,36 +151,30 @@ struct Walker {
             guard stack[last].next < stack[last].subdirectories.count else {
                 let frame = stack.removeLast()
                 if frame.fd >= 0 { close(frame.fd) }
-                if frame.directory.isTop {
-                    try refuseNothing()
-                    finished = true
-                }
+                if frame.directory.isTop { try refuseNothing() }
                 return .closed(frame.directory)
             }
-            let slot = stack[last].subdirectories[stack[last].next]
+            let sub = stack[last].subdirectories[stack[last].next]
             stack[last].next += 1
             let parent = stack[last].directory
-            let entry = parent.entries[slot]
-            let device = parent.isTop ? entry.stat.device : stack[last].device
-            let directory = WalkDirectory(fullPath: parent.fullPath(of: slot),
-                                          snapshotPath: parent.snapshotPath(of: slot),
-                                          parent: parent, slot: slot)
+            let device = parent.isTop ? sub.stat.device : stack[last].device
+            let directory = WalkDirectory(fullPath: sub.fullPath, snapshotPath: sub.snapshotPath, parent: parent,
+                                          slot: sub.slot)
             // Why kept empty and not left out: a restore then shows where the mount point was,
             // as restic's --one-file-system does.
-            if oneFileSystem && !parent.isTop && entry.stat.device != device { return .closed(directory) }
-            let fd = parent.isTop ? Self.openDirectory(ArchiveSys.atFDCWD, directory.fullPath)
-                : Self.openDirectory(stack[last].fd, entry.node.name)
+            if oneFileSystem && !parent.isTop && sub.stat.device != device { return .closed(directory) }
+            let fd = parent.isTop ? Self.openDirectory(ArchiveSys.atFDCWD, sub.fullPath)
+                : Self.openDirectory(stack[last].fd, sub.name)
             guard fd >= 0 else {
                 warnUnreadableDirectory(directory.fullPath, errno: Glibc.errno)
                 return .closed(directory)
             }
-            // Why: the directory could have been replaced between lstat and open; what we
-            // opened is what we list, so its metadata must be from the open fd.
-            if !parent.isTop, case .success(let st) = ArchiveSys.fstat(fd), st.inode != entry.stat.inode
-                || st.device != entry.stat.device {
+            // Why: the directory could have been replaced between lstat and open. What is
+            // listed is what was opened; its own entry keeps the metadata found beside it.
+            if !parent.isTop, case .success(let st) = ArchiveSys.fstat(fd), st.inode != sub.stat.inode
+                || st.device != sub.stat.device {
                 warnings.append(BackupWarning(.vanished, path: directory.fullPath,
                     "replaced while the backup ran; stored as found when listed"))
-                parent.entries[slot].stat = st
             }
             let subdirectories = list(directory, fd: fd)
             stack.append(Frame(fd: fd, directory: directory, subdirectories: subdirectories, device: device))
@@ -182,7 +187,6 @@ struct Walker {
     mutating func abandon() {
         for frame in stack where frame.fd >= 0 { close(frame.fd) }
         stack = []
-        finished = true
     }
 
     /// The top-level paths, lstat'ed: the entries of the top.
@@ -212,7 +216,11 @@ struct Walker {
             throw ArchiveError(.notFound, object: given,
                 "none of the paths to back up exists; nothing was backed up")
         }
-        let subdirectories = top.entries.indices.filter { top.entries[$0].node.type == .directory }
+        topHoldsOnlyDirectories = top.entries.allSatisfy { $0.node.type == .directory }
+        let subdirectories = top.entries.indices.filter { top.entries[$0].node.type == .directory }.map { i in
+            Subdirectory(slot: i, name: top.entries[i].node.name, fullPath: top.topPaths[i].full,
+                         snapshotPath: top.topPaths[i].snapshot, stat: top.entries[i].stat)
+        }
         stack = [Frame(fd: -1, directory: top, subdirectories: subdirectories, device: 0)]
     }
 
@@ -221,7 +229,7 @@ struct Walker {
     /// Why refuse: a snapshot of nothing would become the host's newest and keep
     /// monitoring (`host list --stale-after`) quiet while nothing is protected.
     private func refuseNothing() throws(ArchiveError) {
-        guard below == 0, !pending.isEmpty, top.entries.allSatisfy({ $0.node.type == .directory }) else { return }
+        guard below == 0, !pending.isEmpty, topHoldsOnlyDirectories else { return }
         let why = patterns.isEmpty ? "they are empty"
             : "they are empty or every entry in them matched an exclude pattern"
         throw ArchiveError(.invalidArgument, object: given,
@@ -238,9 +246,8 @@ struct Walker {
         return fd
     }
 
-    /// Lists one directory into its entries and returns the indices of the subdirectories
-    /// among them.
-    private mutating func list(_ directory: WalkDirectory, fd: Int32) -> [Int] {
+    /// Lists one directory into its entries and returns the subdirectories among them.
+    private mutating func list(_ directory: WalkDirectory, fd: Int32) -> [Subdirectory] {
         var names: [[UInt8]]
         switch ArchiveSys.listDirectory(fd: fd) {
         case .success(let n): names = n
@@ -249,7 +256,7 @@ struct Walker {
             return []
         }
         if excludeCaches, names.contains(Self.cacheTagName), Self.isTaggedCache(fd) { names = [Self.cacheTagName] }
-        var subdirectories: [Int] = []
+        var subdirectories: [Subdirectory] = []
         directory.entries.reserveCapacity(names.count)
         for name in names {
             let full = directory.fullPath == [0x2f] ? directory.fullPath + name : directory.fullPath + [0x2f] + name
@@ -267,7 +274,10 @@ struct Walker {
             let snapshotPath = directory.snapshotPath.isEmpty ? name : directory.snapshotPath + [0x2f] + name
             guard let entry = makeEntry(name: name, fullPath: full, snapshotPath: snapshotPath, stat: st,
                 dirfd: fd) else { continue }
-            if entry.node.type == .directory { subdirectories.append(directory.entries.count) }
+            if entry.node.type == .directory {
+                subdirectories.append(Subdirectory(slot: directory.entries.count, name: name, fullPath: full,
+                                                   snapshotPath: snapshotPath, stat: st))
+            }
             directory.entries.append(entry)
         }
         below += directory.entries.count
