@@ -95,18 +95,19 @@ public final class APIClient: Sendable {
     /// Sends a request and returns the body of a 2xx answer; anything else is an APIError.
     public func send(_ method: HTTPMethod, _ path: String, body: [UInt8]? = nil,
         contentType: String = "application/octet-stream",
-                     headers: [(String, String)] = [], limit: Int = 1 << 30) async throws -> (status: Int,
-                         body: [UInt8]) {
+                     headers: [(String, String)] = [], limit: Int = 1 << 30,
+                     idempotent: Bool = false) async throws -> (status: Int, body: [UInt8]) {
         // Sent from the array in small slices: a whole-pack ByteBuffer copy would double
         // the memory of every upload in flight (see BodySlices for the TLS side).
         let stream = body.map { HTTPClientRequest.Body.stream(BodySlices(bytes: $0), length: .known(Int64($0.count))) }
-        return try await send(method, path, stream: stream, contentType: contentType, headers: headers, limit: limit)
+        return try await send(method, path, stream: stream, contentType: contentType, headers: headers, limit: limit,
+            idempotent: idempotent)
     }
 
     /// ``send(_:_:body:contentType:headers:limit:)`` with a body the caller streams.
     func send(_ method: HTTPMethod, _ path: String, stream body: HTTPClientRequest.Body?,
               contentType: String = "application/octet-stream", headers: [(String, String)] = [],
-              limit: Int = 1 << 30) async throws -> (status: Int, body: [UInt8]) {
+              limit: Int = 1 << 30, idempotent: Bool = false) async throws -> (status: Int, body: [UInt8]) {
         var req = HTTPClientRequest(url: baseURL + path)
         req.method = method
         for (name, value) in headers { req.headers.add(name: name, value: value) }
@@ -115,15 +116,17 @@ public final class APIClient: Sendable {
             req.body = body
         }
         let resp: HTTPClientResponse
-        do { resp = try await execute(req) } catch { throw unreachable(error) }
+        do { resp = try await execute(req, idempotent: idempotent) } catch {
+            throw unreachable(error, "\(method) \(path)")
+        }
         return try checked(status: Int(resp.status.code), try await Self.collect(resp, upTo: limit))
     }
 
-    private func unreachable(_ error: any Error) -> APIError {
+    private func unreachable(_ error: any Error, _ request: String) -> APIError {
         APIError(status: 0, code: "E_CONNECT",
                  message: """
-                     cannot reach the Redoubt server at \(baseURL) (\(error)): is `redoubt server run` up, \
-                     and is this credential from that server?
+                     cannot reach the Redoubt server at \(baseURL) (\(request): \(error)): is `redoubt server run` \
+                     up, and is this credential from that server?
                      """)
     }
 
@@ -153,12 +156,16 @@ public final class APIClient: Sendable {
         return out
     }
 
-    /// Sends once more a request that cannot have changed anything twice (GET, HEAD, and a
-    /// PUT of content-addressed bytes) when its connection closed before any answer: a
-    /// server closes idle connections, and one may close just as the pool hands it out.
-    private func execute(_ req: HTTPClientRequest) async throws -> HTTPClientResponse {
+    /// Sends once more a request that cannot have changed anything twice (GET, HEAD, a PUT
+    /// of content-addressed bytes, and a POST its caller calls `idempotent`: a lookup, or a
+    /// commit, which answers the same snapshot for the same manifest) when its connection
+    /// closed before any answer: a server closes idle connections, and one may close just
+    /// as the pool hands it out.
+    private func execute(_ req: HTTPClientRequest, idempotent: Bool) async throws -> HTTPClientResponse {
         do { return try await http.execute(req, timeout: .seconds(600)) } catch {
-            guard [.GET, .HEAD, .PUT].contains(req.method), Self.closedBeforeAnswer(error) else { throw error }
+            guard idempotent || [.GET, .HEAD, .PUT].contains(req.method), Self.closedBeforeAnswer(error) else {
+                throw error
+            }
             return try await http.execute(req, timeout: .seconds(600))
         }
     }
@@ -367,7 +374,8 @@ public final class APIClient: Sendable {
         while i < ids.count {
             let batch = Array(ids[i..<min(i + 20_000, ids.count)])
             i += batch.count
-            let (_, data) = try await send(.POST, "/v1/chunks/query", body: Wire.encodeIDs(batch))
+            let (_, data) = try await send(.POST, "/v1/chunks/query", body: Wire.encodeIDs(batch),
+                idempotent: true)
             guard let m = Wire.decodeChunkLocations(data) else {
                 throw APIError(status: 0, code: "E_PROTOCOL", message: "malformed chunk query answer")
             }
@@ -384,8 +392,9 @@ public final class APIClient: Sendable {
             let batch = packs[i..<min(i + 20_000, packs.count)]
             i += batch.count
             let data: [UInt8]
-            do { data = try await send(.POST, "/v1/packs/query", body: Wire.encodeIDs(batch)).body } catch let e
-                as APIError where e.status == 403 && e.code == "E_FORBIDDEN" && i == batch.count {
+            do {
+                data = try await send(.POST, "/v1/packs/query", body: Wire.encodeIDs(batch), idempotent: true).body
+            } catch let e as APIError where e.status == 403 && e.code == "E_FORBIDDEN" && i == batch.count {
                 // A server from before this endpoint refuses it as a path the API does not
                 // define (docs/openapi.yaml, "Undefined methods and paths"): the cache's chunks
                 // are then confirmed one by one, as that server expects.
@@ -451,7 +460,7 @@ public final class APIClient: Sendable {
             }
         } catch let e as ArchiveError {
             throw e  // the spooled copy could not be read back: not the server's doing
-        } catch { throw unreachable(error) }
+        } catch { throw unreachable(error, "PUT \(path)") }
         return try checked(status: Int(response.status.code), response.body.map { Array($0.readableBytesView) } ?? [])
     }
 
@@ -467,7 +476,8 @@ public final class APIClient: Sendable {
     /// each backup does, so the server's `doctor` sees upgrades and reinstalls.
     public func commit(manifestBytes: [UInt8]) async throws -> Wire.SnapshotInfo {
         let os = Self.hostOS.map { [(Wire.hostOSHeader, $0)] } ?? []
-        let (_, data) = try await send(.POST, "/v1/snapshots", body: manifestBytes, headers: os)
+        let (_, data) = try await send(.POST, "/v1/snapshots", body: manifestBytes, headers: os,
+            idempotent: true)
         let d = WireDate.decoder()
         return try d.decode(Wire.SnapshotInfo.self, from: Data(data))
     }
@@ -488,7 +498,8 @@ extension APIClient: PackLocatingBackupTarget, SpooledPackTarget, ChunkLocatingP
         // what it left out is asked for again.
         while !left.isEmpty {
             let batch = Array(left.prefix(5000))
-            let data = try await send(.POST, "/v1/packs/chunk-lists", body: Wire.encodeIDs(batch)).body
+            let data = try await send(.POST, "/v1/packs/chunk-lists", body: Wire.encodeIDs(batch),
+                idempotent: true).body
             var answered = Set<PackID>()
             var r = ByteReader(data)
             do {
