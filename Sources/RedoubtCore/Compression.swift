@@ -81,9 +81,12 @@ public final class ChunkDecompressor {
     /// Decompresses `input`, which must expand to exactly `rawLength` bytes.
     public func decompress(_ input: UnsafeRawBufferPointer, rawLength: Int,
         object: String) throws(CoreError) -> [UInt8] {
-        var out = [UInt8](repeating: 0, count: rawLength)
-        let n = out.withUnsafeMutableBytes { o in
-            ZSTD_decompressDCtx(dctx, o.baseAddress, o.count, input.baseAddress, input.count)
+        // Uninitialized, not zeroed first: zstd writes every byte of a successful expansion,
+        // and an array that did not get exactly `rawLength` of them is thrown away.
+        var n = 0
+        let out = [UInt8](unsafeUninitializedCapacity: rawLength) { o, initialized in
+            n = ZSTD_decompressDCtx(dctx, o.baseAddress, o.count, input.baseAddress, input.count)
+            initialized = ZSTD_isError(n) == 0 && n == rawLength ? n : 0
         }
         if ZSTD_isError(n) != 0 {
             let name = String(cString: ZSTD_getErrorName(n))

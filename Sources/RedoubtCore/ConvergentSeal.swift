@@ -107,13 +107,22 @@ public enum ConvergentSealing {
     /// Checks that `sealed` is what `id` names (SHA-256), opens it with `seal` (from the
     /// reader's own tree, never from the pack) and returns the plaintext, which must be
     /// `seal.rawLength` bytes. `object` names the chunk and where it was read in errors.
+    /// `hashChecked`: the caller has already checked these very bytes against `id` (a
+    /// format-2 pack's chunks are, all of them, when ``PackReader/open(_:expectedID:readKey:)``
+    /// opens it), so they are not hashed twice.
     public static func open(_ sealed: UnsafeRawBufferPointer, id: ChunkID, seal: ChunkSeal,
-                            decompressor: ChunkDecompressor, object: String) throws(CoreError) -> [UInt8] {
-        var h = SHA256Stream()
-        h.update(sealed)
-        guard h.finalize() == id.bytes, sealed.count >= PackFormat.tagSize else {
-            throw CoreError(.authenticationFailed, object: object,
-                            "sealed bytes do not hash to the chunk ID: modified, or another chunk")
+                            decompressor: ChunkDecompressor, object: String,
+                            hashChecked: Bool = false) throws(CoreError) -> [UInt8] {
+        guard sealed.count >= PackFormat.tagSize else {
+            throw CoreError(.corrupt, object: object, "sealed bytes are shorter than a tag")
+        }
+        if !hashChecked {
+            var h = SHA256Stream()
+            h.update(sealed)
+            guard h.finalize() == id.bytes else {
+                throw CoreError(.authenticationFailed, object: object,
+                                "sealed bytes do not hash to the chunk ID: modified, or another chunk")
+            }
         }
         let payload: Data
         do {

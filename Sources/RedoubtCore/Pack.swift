@@ -616,8 +616,10 @@ public struct OpenedPack: Sendable {
                                 "no key for it: a format-2 chunk opens only with the seal its tree gives")
             }
             return try narrow { try bytes.withUnsafeBytes { b in
+                // Why `hashChecked`: a format-2 pack is opened only after every chunk's sealed
+                // bytes hashed to its ID (the pack check's step 2a), and `bytes` cannot change.
                 try ConvergentSealing.open(UnsafeRawBufferPointer(rebasing: b[s..<e]), id: entry.chunkID, seal: seal,
-                                           decompressor: decompressor, object: object)
+                                           decompressor: decompressor, object: object, hashChecked: true)
             } }
         }
         guard let dataKey else { throw CoreError(.missing, object: "pack \(id)", "opened without its data key") }

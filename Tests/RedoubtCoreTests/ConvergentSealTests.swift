@@ -87,6 +87,12 @@ import Testing
         #expect(e?.code == .authenticationFailed)
         #expect(e?.object.contains(forged.description) == true)
         #expect(e?.object.contains(renamed.description) == true)
+        // Opening checks the same, so an opened pack's chunks need no hash check of their own
+        // (`OpenedPack.chunk` relies on it).
+        let opened = #expect(throws: CoreError.self) {
+            try PackReader.open(bytes, expectedID: renamed, readKey: keys.readKey)
+        }
+        #expect(opened?.object.contains(forged.description) == true)
         // Garbage bytes under a true ID are refused as well.
         var garbage = pack.bytes
         let h = try PackHeader.parse(garbage, object: "t")
@@ -94,6 +100,7 @@ import Testing
         let garbageID = PackID(bytes: Array(SHA256.hash(data: garbage)))!
         let e2 = #expect(throws: CoreError.self) { try PackReader.inspect(garbage, expectedID: garbageID) }
         #expect(e2?.object.contains(victim.description) == true)
+        #expect(throws: CoreError.self) { try PackReader.open(garbage, expectedID: garbageID, readKey: keys.readKey) }
         _ = other
     }
 
