@@ -138,13 +138,13 @@ import RedoubtCore
     @Test func aCommandsOutputIsBackedUpAndAFailingCommandCommitsNothing() async throws {
         let s = try await Setup()
         let payload = (0..<20000).map { "row \($0)\n" }.joined()
-        let script = s.e.dir.appendingPathComponent("dump.sh").path
-        try Self.write(script, "#!/bin/sh\ncat '\(s.e.dir.path)/payload'\n")
-        try Self.write(s.e.dir.path + "/payload", payload)
-        chmod(script, 0o755)
+        let dumped = s.e.dir.path + "/payload"
+        try Self.write(dumped, payload)
+        // The command is a program already on disk: a script this test process had just
+        // written could not be run while a child forked by another test still held it open
+        // for writing (exec fails with "Text file busy").
         let done = try await Self.backup(s, ["--stdin-from-command", "--stdin-filename", "app.dump", "--limit-upload",
-            "50M",
-                                       "--", script])
+            "50M", "--", "/bin/cat", dumped])
         #expect(done.bytesRead == payload.utf8.count, "\(done)")
         let target = s.e.dir.appendingPathComponent("restored").path
         try await s.e.run(["restore", done.snapshot, "--target", target, "--config", s.restorer])
