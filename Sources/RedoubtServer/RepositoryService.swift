@@ -354,12 +354,14 @@ public final class RepositoryService: Sendable {
     }
 
     /// ``uploadPack(idHex:bytes:ctx:)`` of a body spooled to `file` (`size` bytes): inspected
-    /// by range and stored through the store's file put, so it is never held whole in memory.
+    /// by range and handed to the store, which keeps the spooled file itself where it can (a
+    /// local store on the spool's filesystem), so the body is never held whole in memory and
+    /// its bytes are written once.
     func uploadPack(idHex: String, file: URL, size: Int, ctx: CallContext) async throws -> Wire.UploadResponse {
         let reader = try SpooledPackReader(file)
         return try await uploadPack(idHex: idHex, size: size, ctx: ctx, inspect: { id throws(CoreError) in
             try PackReader.inspect(size: size, expectedID: id, read: reader.read)
-        }, put: { key, until in try await self.store.put(key, contentsOf: file, retainUntil: until) }, reader: reader)
+        }, put: { key, until in try await self.store.put(key, movingFile: file, retainUntil: until) }, reader: reader)
     }
 
     private func uploadPack(idHex: String, size: Int, ctx: CallContext,

@@ -96,6 +96,19 @@ public final class LocalStore: ObjectStore {
     /// own temp file, which is then published and sealed exactly as a put of an array is; a
     /// retry's comparison with the stored object also reads the file piece by piece.
     public func put(_ key: ObjectKey, contentsOf file: URL, retainUntil: Date?) async throws -> PutResult {
+        try await putFile(key, file, retainUntil, adopting: false)
+    }
+
+    /// ``put(_:contentsOf:retainUntil:)`` of a file the caller gives up: on the store's
+    /// filesystem the file itself becomes the object (its name is linked in and removed), so
+    /// its bytes are neither read nor written again; elsewhere they are copied, and the file
+    /// is left to the caller.
+    public func put(_ key: ObjectKey, movingFile file: URL, retainUntil: Date?) async throws -> PutResult {
+        try await putFile(key, file, retainUntil, adopting: true)
+    }
+
+    private func putFile(_ key: ObjectKey, _ file: URL, _ retainUntil: Date?,
+                         adopting: Bool) async throws -> PutResult {
         try await offload {
             let source = open(file.path, O_RDONLY | O_CLOEXEC)
             guard source >= 0 else {
@@ -106,7 +119,8 @@ public final class LocalStore: ObjectStore {
             guard fstat(source, &st) == 0 else {
                 let e = errno; throw self.ioError(key, "stat source file \(file.path) for", self.path(of: key), e)
             }
-            return try self.putSync(key, .file(source, Int(st.st_size)), retainUntil)
+            return try self.putSync(key, .file(source, Int(st.st_size)), retainUntil,
+                                    adopting: adopting ? (file.path, st) : nil)
         }
     }
 
@@ -165,7 +179,10 @@ public final class LocalStore: ObjectStore {
         }
     }
 
-    private func putSync(_ key: ObjectKey, _ data: PutSource, _ retainUntil: Date?) throws -> PutResult {
+    /// `adopting`: the path and status of the file `data` has open, to be linked in as the
+    /// temp file instead of copied where it can be (``adopt(_:_:as:in:)``).
+    private func putSync(_ key: ObjectKey, _ data: PutSource, _ retainUntil: Date?,
+                         adopting: (path: String, stat: stat)? = nil) throws -> PutResult {
         let (dirs, name) = Self.split(key)
         guard let dirfd = try openDirectory(dirs, creating: true, key: key) else {
             throw StoreError(.io, key: key.path,
@@ -180,7 +197,8 @@ public final class LocalStore: ObjectStore {
         }
 
         let tmp = Self.tempName()
-        let fd = openat(dirfd, tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0o600)
+        let adopted = adopting.flatMap { Self.adopt($0.path, $0.stat, as: tmp, in: dirfd) }
+        let fd = adopted ?? openat(dirfd, tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0o600)
         guard fd >= 0 else {
             let e = errno; throw ioError(key, "create temp file \(tmp) in", Self.dirPath(rootPath, dirs), e)
         }
@@ -189,6 +207,8 @@ public final class LocalStore: ObjectStore {
         defer { if tempExists { unlinkat(dirfd, tmp, 0) } }
 
         switch data {
+        case _ where adopted != nil:
+            break
         case .bytes(let bytes):
             try Self.writeAll(fd, bytes, onError: { ioError(key, "write", self.path(of: key), $0) })
         case .file(let source, let size):
@@ -245,6 +265,26 @@ public final class LocalStore: ObjectStore {
             try metadataLock.withLock { _ in try seal(fd, key: key) }
         }
         return .created
+    }
+
+    /// Links the file at `path` (whose status is `st`) in as the temp file `tmp` and removes
+    /// its own name, so that the inode has the temp name alone (once sealed, no other name of
+    /// it could be removed). Returns a descriptor of it, or nil where the file must be copied
+    /// instead: another filesystem, a name that no longer leads to that file, a file with
+    /// other names or another owner, either of which could change it after it is stored.
+    private static func adopt(_ path: String, _ st: stat, as tmp: String, in dirfd: Int32) -> Int32? {
+        guard st.st_mode & S_IFMT == S_IFREG, st.st_nlink == 1, st.st_uid == geteuid(),
+              linkat(AT_FDCWD, path, dirfd, tmp, 0) == 0 else { return nil }
+        let fd = openat(dirfd, tmp, O_RDONLY | O_CLOEXEC | O_NOFOLLOW)
+        var linked = stat()
+        // The store's own mode for objects, whatever the file had.
+        guard fd >= 0, fstat(fd, &linked) == 0, linked.st_dev == st.st_dev, linked.st_ino == st.st_ino,
+              fchmod(fd, 0o600) == 0, unlink(path) == 0 else {
+            if fd >= 0 { close(fd) }
+            unlinkat(dirfd, tmp, 0)
+            return nil
+        }
+        return fd
     }
 
     private enum Publish { case published, exists }

@@ -109,6 +109,10 @@ public protocol ObjectStore: Sendable {
     /// the same contract. A store that can stream (``LocalStore``) copies it in bounded
     /// pieces; the default reads the file whole and calls `put`.
     func put(_ key: ObjectKey, contentsOf file: URL, retainUntil: Date?) async throws -> PutResult
+    /// `put(_:contentsOf:retainUntil:)` of a file the caller gives up: a store may keep the
+    /// file itself rather than a copy (``LocalStore`` does, on its own filesystem), so the file
+    /// may be gone afterwards, whether the put succeeded or not. The default copies it.
+    func put(_ key: ObjectKey, movingFile file: URL, retainUntil: Date?) async throws -> PutResult
 }
 
 extension ObjectStore {
@@ -120,5 +124,9 @@ extension ObjectStore {
             throw StoreError(.io, key: key.path, "cannot read \(file.path) to store it: \(error)")
         }
         return try await put(key, [UInt8](data), retainUntil: retainUntil)
+    }
+
+    public func put(_ key: ObjectKey, movingFile file: URL, retainUntil: Date?) async throws -> PutResult {
+        try await put(key, contentsOf: file, retainUntil: retainUntil)
     }
 }

@@ -116,6 +116,63 @@ import Glibc
         }
     }
 
+    /// A file given up to the store on its own filesystem becomes the object: the same inode,
+    /// no name of it left outside the store, the store's mode, and any put's flag and lock. A
+    /// file with a second name, or on another filesystem, is copied and left to the caller.
+    @Test func aMovedFileBecomesTheObjectOnlyWhereNothingElseReachesIt() async throws {
+        try await withTempDirectory { base in
+            let store = try LocalStore(root: base.appending(path: "store"))
+            try requireFlagSupport(store)
+            let data = (0..<((1 << 20) + 5)).map { UInt8(truncatingIfNeeded: $0 &* 13) }
+            let until = Date(timeIntervalSince1970: (Date().timeIntervalSince1970 + 3600).rounded(.up))
+            func status(_ path: String) -> stat? { var st = stat(); return lstat(path, &st) == 0 ? st : nil }
+
+            let spooled = base.appending(path: "upload-1")
+            try Data(data).write(to: spooled)
+            chmod(spooled.path, 0o644)
+            let inode = try #require(status(spooled.path)).st_ino
+            let key = try #require(ObjectKey("packs/ad/ad01"))
+            #expect(try await store.put(key, movingFile: spooled, retainUntil: until) == .created)
+            let path = store.rootPath + "/packs/ad/ad01"
+            let stored = try #require(status(path))
+            #expect(stored.st_ino == inode, "the object is a copy, not the moved file")
+            #expect(stored.st_nlink == 1 && stored.st_mode & 0o7777 == 0o600, "\(stored.st_nlink) \(stored.st_mode)")
+            #expect(!FileManager.default.fileExists(atPath: spooled.path))
+            #expect(try lsattrFlags(path).contains("i"))
+            #expect(try await store.head(key) == ObjectInfo(key: key, size: data.count, retainUntil: until,
+                enforced: true))
+            #expect(try await store.get(key) == data)
+            #expect(unlink(path) == -1 && errno == EPERM, "unlink of a moved-in object must fail with EPERM")
+
+            // The same bytes again: already present; the file is left to the caller.
+            let again = base.appending(path: "upload-2")
+            try Data(data).write(to: again)
+            #expect(try await store.put(key, movingFile: again, retainUntil: until) == .alreadyPresent)
+            #expect(FileManager.default.fileExists(atPath: again.path))
+
+            // A second name could change the object after it is stored: copied instead.
+            let linked = base.appending(path: "upload-3"), other = base.appending(path: "other-name")
+            let reversed = Array(data.reversed())
+            try Data(reversed).write(to: linked)
+            #expect(link(linked.path, other.path) == 0)
+            let key3 = try #require(ObjectKey("packs/ad/ad03"))
+            #expect(try await store.put(key3, movingFile: linked, retainUntil: until) == .created)
+            #expect(status(store.rootPath + "/packs/ad/ad03")?.st_ino != status(other.path)?.st_ino)
+            #expect(FileManager.default.fileExists(atPath: linked.path))
+            #expect(try await store.get(key3) == reversed)
+
+            // Another filesystem (tmpfs): copied.
+            let elsewhere = URL(fileURLWithPath: "/dev/shm/redoubt-store-test-\(UInt64.random(in: 1 ... .max))")
+            try Data(reversed.prefix(4096)).write(to: elsewhere)
+            defer { unlink(elsewhere.path) }
+            let key4 = try #require(ObjectKey("packs/ad/ad04"))
+            #expect(try await store.put(key4, movingFile: elsewhere, retainUntil: until) == .created)
+            #expect(FileManager.default.fileExists(atPath: elsewhere.path))
+            #expect(try await store.get(key4) == Array(reversed.prefix(4096)))
+            #expect(try await store.head(key4)?.enforced == true)
+        }
+    }
+
     @Test func deleteUsesTheCallersClockAtTheLockBoundary() async throws {
         try await withTempDirectory { base in
             let store = try LocalStore(root: base.appending(path: "store"))
