@@ -275,9 +275,11 @@ final class BackupWorker {
     /// both are kept small. Chunks are cut as soon as the chunker finds their end, so what
     /// waits in the buffer is usually under one average chunk, and a small window costs
     /// neither copies nor much scanning again (one 8 MiB window, as before, made a 16 MiB
-    /// buffer and moved up to 8 MiB back to its start after every window).
+    /// buffer and moved up to 8 MiB back to its start after every window). A batch of
+    /// 4 MiB, against 8, took the kernel tree's first backup from 128 to 137 MiB peak RSS to
+    /// 122 to 124, in 7.67 to 7.87 s against 7.50 to 7.86 (three alternated runs each).
     static let windowSize = 1 << 20
-    static let batchBytes = 8 << 20
+    static let batchBytes = 4 << 20
 
     init(run: BackupRun) throws(CoreError) {
         self.run = run
