@@ -21,8 +21,10 @@ struct UploadSpool: Sendable {
     }
 
     /// Writes the request's body to a new file, with the same limit and rate floor as
-    /// `Request.bytes(limit:)`, and runs `body` on it; the file is removed whatever happens
-    /// (refusal, error, success, a client that goes away mid-body).
+    /// `Request.bytes(limit:)`, and runs `body` on it; the file's name in the spool is removed
+    /// whatever happens (refusal, error, success, a client that goes away mid-body). On
+    /// success the file itself may live on as the stored object: `body` may hand it to the
+    /// store with `put(_:movingFile:retainUntil:)`.
     func receive<T>(_ request: Request, limit: Int, _ body: (URL, Int) async throws -> T) async throws -> T {
         let url = directory.appendingPathComponent("upload-\(UUID().uuidString.lowercased())")
         let fd = Glibc.open(url.path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0o600)
