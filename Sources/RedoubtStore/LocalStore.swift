@@ -206,27 +206,7 @@ public final class LocalStore: ObjectStore {
         var tempExists = true
         defer { if tempExists { unlinkat(dirfd, tmp, 0) } }
 
-        switch data {
-        case _ where adopted != nil:
-            break
-        case .bytes(let bytes):
-            try Self.writeAll(fd, bytes, onError: { ioError(key, "write", self.path(of: key), $0) })
-        case .file(let source, let size):
-            var buffer = [UInt8](repeating: 0, count: min(1 << 20, max(size, 1)))
-            var offset = 0
-            while offset < size {
-                let want = min(buffer.count, size - offset)
-                guard try preadFully(source, &buffer, count: want, at: offset, key: key) == want else {
-                    throw StoreError(.io, key: key.path,
-                        "the source file became shorter than \(size) bytes while it was "
-                                     + "copied into the store; retry the put")
-                }
-                try Self.writeAll(fd, Array(buffer[0..<want]), onError: {
-                    ioError(key, "write", self.path(of: key), $0)
-                })
-                offset += want
-            }
-        }
+        if adopted == nil { try fill(fd, with: data, key: key) }
         if let retainUntil {
             // Before publishing: a visible object always carries its lock.
             try setRetain(fd, Self.retainSeconds(retainUntil), key: key)
@@ -265,6 +245,30 @@ public final class LocalStore: ObjectStore {
             try metadataLock.withLock { _ in try seal(fd, key: key) }
         }
         return .created
+    }
+
+    /// Writes the bytes of a put into the temp file `fd`: an array at once, a file in 1 MiB
+    /// pieces.
+    private func fill(_ fd: Int32, with data: PutSource, key: ObjectKey) throws {
+        switch data {
+        case .bytes(let bytes):
+            try Self.writeAll(fd, bytes, onError: { ioError(key, "write", self.path(of: key), $0) })
+        case .file(let source, let size):
+            var buffer = [UInt8](repeating: 0, count: min(1 << 20, max(size, 1)))
+            var offset = 0
+            while offset < size {
+                let want = min(buffer.count, size - offset)
+                guard try preadFully(source, &buffer, count: want, at: offset, key: key) == want else {
+                    throw StoreError(.io, key: key.path,
+                        "the source file became shorter than \(size) bytes while it was "
+                                     + "copied into the store; retry the put")
+                }
+                try Self.writeAll(fd, Array(buffer[0..<want]), onError: {
+                    ioError(key, "write", self.path(of: key), $0)
+                })
+                offset += want
+            }
+        }
     }
 
     /// Links the file at `path` (whose status is `st`) in as the temp file `tmp` and removes
