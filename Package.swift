@@ -115,7 +115,7 @@ let package = Package(
         .testTarget(name: "RedoubtCoreTests", dependencies: ["RedoubtCore", "RedoubtKMS", "CRedoubtHash"], resources: [.copy("Fixtures")]),
         .testTarget(name: "RedoubtAWSTests", dependencies: ["RedoubtAWS"]),
         .testTarget(name: "RedoubtKMSTests", dependencies: ["RedoubtCore", "RedoubtKMS", "RedoubtAWS"], resources: [.copy("Fixtures")]),
-        .testTarget(name: "RedoubtStoreTests", dependencies: ["RedoubtStore", "RedoubtAWS", "RedoubtCore"]),
+        .testTarget(name: "RedoubtStoreTests", dependencies: ["RedoubtStore", "RedoubtAWS", "RedoubtCore", nio]),
         // Offline media sets: the format, pure; devices and glue come later.
         .testTarget(name: "RedoubtMediaTests", dependencies: ["RedoubtMedia", "RedoubtCore"], resources: [.copy("Fixtures")]),
         .testTarget(name: "RedoubtClientTests", dependencies: ["RedoubtClient", "RedoubtCore", "RedoubtKMS"]),

@@ -132,6 +132,25 @@ func bytesResponse(_ bytes: [UInt8]) -> Response {
         body: .init(byteBuffer: ByteBuffer(bytes: bytes)))
 }
 
+/// Bytes per piece of a streamed answer: a pack answered is held a piece at a time.
+let streamedPieceSize = 1 << 20
+
+/// An answer read from `object` as the connection takes it. A read that fails once the
+/// head is sent can only cut the answer short: the client sees a truncated body, and the
+/// operator's log says why.
+func streamedResponse(_ object: ObjectReader, _ logger: Logger) -> Response {
+    Response(status: .ok, headers: [.contentType: "application/octet-stream"],
+        body: ResponseBody(contentLength: object.size) { writer in
+            do {
+                try await object.forEachPiece(of: streamedPieceSize) { try await writer.write($0) }
+            } catch let e as StoreError {
+                logger.error("answer cut short", metadata: ["code": "\(e.code.rawValue)", "error": "\(e)"])
+                throw e
+            }
+            try await writer.finish(nil)
+        })
+}
+
 func errorResponse(_ e: ServerError) -> Response {
     var r = jsonResponse(Wire.ErrorBody(code: e.code, message: e.message), status: .init(code: e.status))
     r.headers[errorCodeHeader] = e.code
@@ -229,7 +248,7 @@ public enum RedoubtHTTP {
         },
         Route(.get, "/v1/packs/{id}", .getPack, .restorer) { service, logger, _, ctx in
             await handle(logger) {
-                bytesResponse(try await service.pack(ctx.parameters.get("id") ?? "", ctx: ctx.call))
+                streamedResponse(try await service.pack(ctx.parameters.get("id") ?? "", ctx: ctx.call), logger)
             }
         },
         Route(.post, "/v1/packs/{id}/damaged", .reportDamagedPack, .restorer) { service, logger, req, ctx in

@@ -640,12 +640,20 @@ public final class RepositoryService: Sendable {
         return try await store.get(Self.manifestKey(tenant: rec.tenant, id: id))
     }
 
-    public func pack(_ idHex: String, ctx: CallContext) async throws -> [UInt8] {
+    /// A pack of the caller's tenant, opened to be answered a piece at a time.
+    public func pack(_ idHex: String, ctx: CallContext) async throws -> ObjectReader {
         let (_, tenant) = try await requireTenant(ctx)
         guard let id = PackID(hex: idHex), try await catalog.pack(tenant: tenant.name, id: id.description) != nil else {
             throw ServerError.notFound("pack \(idHex) not found in tenant \(tenant.name)")
         }
-        return try await store.get(Self.packKey(tenant: tenant.name, id: id))
+        guard let reader = try await store.reader(Self.packKey(tenant: tenant.name, id: id)) else {
+            throw StoreError(.notFound, key: Self.packKey(tenant: tenant.name, id: id).path,
+                """
+                    pack \(id) is in the catalog but not in the store: the store lost it; its bucket or \
+                    media copies still hold it
+                    """)
+        }
+        return reader
     }
 
     /// Largest `POST /v1/packs/chunk-lists` answer (docs/PROTOCOL.md §3): lists that would

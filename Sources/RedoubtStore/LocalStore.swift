@@ -2,6 +2,7 @@ import CRedoubtSys
 import Dispatch
 import Foundation
 import Logging
+import NIOCore
 import Synchronization
 
 #if canImport(Glibc)
@@ -130,6 +131,15 @@ public final class LocalStore: ObjectStore {
     /// its size said while reading.
     public func get(_ key: ObjectKey, range: Range<Int>?) async throws -> [UInt8] {
         try await offload { try self.getSync(key, range) }
+    }
+
+    /// The object opened once; each piece is read from the open file when asked, so
+    /// that answering a pack holds a piece of it, not a copy of all of it.
+    public func reader(_ key: ObjectKey) async throws -> ObjectReader? {
+        guard let file = try await offload({ try self.openForReading(key) }) else { return nil }
+        return ObjectReader(size: file.size) { offset, count in
+            try await self.offload { try self.readPiece(file, key, offset: offset, count: count) }
+        }
     }
 
     /// Size, retain-until and whether the immutable flag is set now; nil if no object.
@@ -397,6 +407,53 @@ public final class LocalStore: ObjectStore {
                     + "\(size) bytes; check the disk and the filesystem")
         }
         return out
+    }
+
+    /// A file opened for an ``ObjectReader``, closed when the reader is dropped.
+    private final class OpenFile: Sendable {
+        let fd: Int32
+        let size: Int
+        init(fd: Int32, size: Int) {
+            self.fd = fd
+            self.size = size
+        }
+        deinit { close(fd) }
+    }
+
+    private func openForReading(_ key: ObjectKey) throws -> OpenFile? {
+        guard let fd = try openObject(key) else { return nil }
+        let size: Int
+        do { size = try fileSize(fd, key: key) } catch {
+            close(fd)
+            throw error
+        }
+        return OpenFile(fd: fd, size: size)
+    }
+
+    private func readPiece(_ file: OpenFile, _ key: ObjectKey, offset: Int, count: Int) throws -> ByteBuffer {
+        guard offset >= 0, count >= 0, offset + count <= file.size else {
+            throw StoreError(.badRange, key: key.path,
+                "range \(offset)..<\(offset + count) lies outside the object's \(file.size) bytes")
+        }
+        var piece = ByteBufferAllocator().buffer(capacity: count)
+        while piece.readableBytes < count {
+            let done = piece.readableBytes
+            var e: Int32 = 0
+            let n = piece.writeWithUnsafeMutableBytes(minimumWritableBytes: count - done) { raw in
+                let n = pread(file.fd, raw.baseAddress!, count - done, off_t(offset + done))
+                if n < 0 { e = errno }
+                return Swift.max(n, 0)
+            }
+            if e == EINTR { continue }
+            if e != 0 { throw ioError(key, "read", path(of: key), e) }
+            if n == 0 { break }
+        }
+        guard piece.readableBytes == count else {
+            throw StoreError(.integrity, key: key.path,
+                "short read: \(piece.readableBytes) of \(count) bytes at offset \(offset) though the file had "
+                    + "\(file.size) bytes when opened; check the disk and the filesystem")
+        }
+        return piece
     }
 
     private func headSync(_ key: ObjectKey) throws -> ObjectInfo? {

@@ -1,4 +1,5 @@
 import Foundation
+import NIOCore
 
 /// The name of an object in a store: a relative path of `[a-z0-9._-]` components
 /// separated by `/`, such as `packs/3f/3fa1…` or `snapshots/acme/9c2e…`.
@@ -113,6 +114,35 @@ public protocol ObjectStore: Sendable {
     /// file itself rather than a copy (``LocalStore`` does, on its own filesystem), so the file
     /// may be gone afterwards, whether the put succeeded or not. The default copies it.
     func put(_ key: ObjectKey, movingFile file: URL, retainUntil: Date?) async throws -> PutResult
+    /// The object opened to be read a piece at a time; nil if there is none. A store that
+    /// can read in place (``LocalStore``) reads each piece when asked; the default reads
+    /// the object whole first.
+    func reader(_ key: ObjectKey) async throws -> ObjectReader?
+}
+
+/// An object opened to be read in pieces, so that its reader (a server answering a pack)
+/// holds a piece of it at a time, never all of it. What it holds open is released when
+/// the last copy is dropped.
+public struct ObjectReader: Sendable {
+    public let size: Int
+    private let readRange: @Sendable (_ offset: Int, _ count: Int) async throws -> ByteBuffer
+
+    /// `read` answers exactly `count` bytes from `offset`, within `size`, or throws.
+    public init(size: Int, read: @escaping @Sendable (_ offset: Int, _ count: Int) async throws -> ByteBuffer) {
+        self.size = size
+        self.readRange = read
+    }
+
+    /// Every byte in order, in pieces of at most `pieceSize`, each read once `body` has
+    /// taken the one before.
+    public func forEachPiece(of pieceSize: Int, _ body: (ByteBuffer) async throws -> Void) async throws {
+        var offset = 0
+        while offset < size {
+            let piece = try await readRange(offset, Swift.min(pieceSize, size - offset))
+            offset += piece.readableBytes
+            try await body(piece)
+        }
+    }
 }
 
 extension ObjectStore {
@@ -128,5 +158,19 @@ extension ObjectStore {
 
     public func put(_ key: ObjectKey, movingFile file: URL, retainUntil: Date?) async throws -> PutResult {
         try await put(key, contentsOf: file, retainUntil: retainUntil)
+    }
+
+    public func reader(_ key: ObjectKey) async throws -> ObjectReader? {
+        let whole: ByteBuffer
+        do { whole = ByteBuffer(bytes: try await get(key)) } catch let e as StoreError where e.code == .notFound {
+            return nil
+        }
+        return ObjectReader(size: whole.readableBytes) { offset, count in
+            guard let piece = whole.getSlice(at: offset, length: count) else {
+                throw StoreError(.badRange, key: key.path,
+                    "range \(offset)..<\(offset + count) lies outside the object's \(whole.readableBytes) bytes")
+            }
+            return piece
+        }
     }
 }

@@ -377,6 +377,30 @@ import Testing
     }
 }
 
+// MARK: answers
+
+extension RequestLimitsTests {
+    /// A pack is answered a piece at a time from the store; what arrives must still be the
+    /// pack, byte for byte, across the pieces' edges, and a pack not in the store is refused
+    /// by name.
+    @Test func aPackLongerThanAPieceArrivesWhole() async throws {
+        let w = try await world()
+        let data = (0..<(5 << 20) + 12345).map { _ in UInt8.random(in: 0...255) }
+        let (packs, manifest) = try makeSnapshot(keys: try w.writerConfig.writeKeySet(), files: [("big.bin", data)])
+        for p in packs { _ = try await w.writer.uploadPack(id: p.id, bytes: p.bytes) }
+        _ = try await w.writer.commit(manifestBytes: manifest.bytes)
+        #expect(packs.contains { $0.bytes.count > 2 * streamedPieceSize }, "no pack spans several pieces")
+        for p in packs {
+            let back = try await w.restorer.packBytes(p.id)
+            #expect(back.count == p.bytes.count && back == p.bytes, "pack \(p.id) came back changed")
+        }
+        let absent = PackID(bytes: Array(SHA256.hash(data: [1, 2, 3])))!
+        await refused("E_NOT_FOUND", "a pack never uploaded") { _ = try await w.restorer.packBytes(absent) }
+        try await w.victimRestores()
+        await w.stop()
+    }
+}
+
 // MARK: manifests
 
 extension RequestLimitsTests {

@@ -1,4 +1,5 @@
 import Foundation
+import NIOCore
 import RedoubtStore
 import Testing
 
@@ -44,6 +45,7 @@ struct StoreConformance: Sendable {
         case missingObjectsAreNotFound
         case keysThatCouldEscapeAreRejected
         case putFromFileIsAPutOfItsBytes
+        case readersGiveTheBytesInPieces
 
         var testDescription: String { rawValue }
     }
@@ -74,6 +76,7 @@ struct StoreConformance: Sendable {
         case .missingObjectsAreNotFound: try await missingObjectsAreNotFound(store, ns)
         case .keysThatCouldEscapeAreRejected: keysThatCouldEscapeAreRejected()
         case .putFromFileIsAPutOfItsBytes: try await putFromFileIsAPutOfItsBytes(store, ns)
+        case .readersGiveTheBytesInPieces: try await readersGiveTheBytesInPieces(store, ns)
         }
     }
 
@@ -329,6 +332,29 @@ struct StoreConformance: Sendable {
         #expect(try await store.head(dir) == nil)
         try await Self.expectError(.notFound, dir) { _ = try await store.get(dir) }
         try await Self.expectError(.notFound, dir) { try await store.delete(dir, now: Date()) }
+    }
+
+    func readersGiveTheBytesInPieces(_ store: any ObjectStore, _ ns: String) async throws {
+        for (size, piece) in [(0, 1 << 20), (1, 1 << 20), ((2 << 20) + 17, 1 << 20), (4096, 4096), (10_000, 3)] {
+            let key = try Self.key(ns, "pieces-\(size)-\(piece)")
+            let data = Self.bytes(size, seed: UInt8(truncatingIfNeeded: size &+ piece))
+            _ = try await store.put(key, data, retainUntil: nil)
+            let reader = try #require(try await store.reader(key), "size \(size)")
+            #expect(reader.size == size)
+            var back: [UInt8] = []
+            var pieces: [Int] = []
+            try await reader.forEachPiece(of: piece) { part in
+                pieces.append(part.readableBytes)
+                back += part.readableBytesView
+            }
+            #expect(back == data, "size \(size), pieces of \(piece): bytes differ")
+            #expect(pieces.count == (size + piece - 1) / piece, "size \(size): \(pieces.count) pieces of \(piece)")
+            #expect(pieces.allSatisfy { $0 > 0 && $0 <= piece })
+        }
+        #expect(try await store.reader(try Self.key(ns, "pieces-missing")) == nil)
+        let deep = try Self.key(ns, "pdir/object")
+        _ = try await store.put(deep, [1], retainUntil: nil)
+        #expect(try await store.reader(try Self.key(ns, "pdir")) == nil, "a prefix of keys is no object")
     }
 
     func keysThatCouldEscapeAreRejected() {
