@@ -84,7 +84,12 @@ import Testing
 
     /// TLS to the test server, as the writer (its own credential) or with no certificate.
     func tls(_ w: World, asWriter: Bool) throws -> TLSConfiguration {
-        let cred = try w.writerConfig.credential()
+        try tls(w.writerConfig, presenting: asWriter)
+    }
+
+    /// TLS to the test server with `config`'s credential, or with no certificate.
+    func tls(_ config: ClientConfig, presenting asWriter: Bool = true) throws -> TLSConfiguration {
+        let cred = try config.credential()
         var c = TLSConfiguration.makeClientConfiguration()
         c.trustRoots = .certificates([try NIOSSLCertificate(bytes: Array(cred.caPEM.utf8), format: .pem)])
         c.certificateVerification = .noHostnameVerification
@@ -396,9 +401,35 @@ extension RequestLimitsTests {
         }
         let absent = PackID(bytes: Array(SHA256.hash(data: [1, 2, 3])))!
         await refused("E_NOT_FOUND", "a pack never uploaded") { _ = try await w.restorer.packBytes(absent) }
+
+        // A restorer that goes away while its pack is being sent leaves nothing open: the
+        // pack's file is closed, and the next answer comes whole.
+        let big = try #require(packs.max { $0.bytes.count < $1.bytes.count })
+        let (vaultConfig, vault) = try await w.server.enroll(tenant: "acme", role: "restorer", name: "vault2")
+        await vault.shutdown()
+        for _ in 0..<3 {
+            let c = try await RawConnection.open(port: w.port, tls: try tls(vaultConfig))
+            try await c.send(Array("GET /v1/packs/\(big.id) HTTP/1.1\r\nhost: localhost\r\n\r\n".utf8))
+            for _ in 0..<200 where c.received < 64 << 10 { try await Task.sleep(for: .milliseconds(5)) }
+            await c.close()
+        }
+        var open = openFiles(naming: big.id.description)
+        for _ in 0..<100 where !open.isEmpty {
+            try await Task.sleep(for: .milliseconds(50))
+            open = openFiles(naming: big.id.description)
+        }
+        #expect(open.isEmpty, "the pack is still open after its restorers left: \(open)")
+        #expect(try await w.restorer.packBytes(big.id) == big.bytes)
         try await w.victimRestores()
         await w.stop()
     }
+}
+
+/// This process's open files whose path contains `name`.
+func openFiles(naming name: String) -> [String] {
+    let fds = (try? FileManager.default.contentsOfDirectory(atPath: "/proc/self/fd")) ?? []
+    return fds.compactMap { try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/fd/\($0)") }
+        .filter { $0.contains(name) }
 }
 
 // MARK: manifests
@@ -716,6 +747,8 @@ final class RawConnection: Sendable {
     }
 
     var isOpen: Bool { !inbox.state.withLock { $0.closed } }
+    /// Bytes received so far.
+    var received: Int { inbox.state.withLock { $0.bytes.count } }
 
     func send(_ bytes: [UInt8]) async throws {
         try await channel.writeAndFlush(channel.allocator.buffer(bytes: bytes)).get()
