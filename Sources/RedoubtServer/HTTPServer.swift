@@ -144,7 +144,9 @@ func streamedResponse(_ object: ObjectReader, _ logger: Logger) -> Response {
             do {
                 try await object.forEachPiece(of: streamedPieceSize) { try await writer.write($0) }
             } catch let e as StoreError {
-                logger.error("answer cut short", metadata: ["code": "\(e.code.rawValue)", "error": "\(e)"])
+                logger.error("answer cut short", metadata: [
+                    "object": "\(object.key.path)", "code": "\(e.code.rawValue)", "error": "\(e)",
+                ])
                 throw e
             }
             try await writer.finish(nil)

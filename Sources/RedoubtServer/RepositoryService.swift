@@ -646,12 +646,12 @@ public final class RepositoryService: Sendable {
         guard let id = PackID(hex: idHex), try await catalog.pack(tenant: tenant.name, id: id.description) != nil else {
             throw ServerError.notFound("pack \(idHex) not found in tenant \(tenant.name)")
         }
-        guard let reader = try await store.reader(Self.packKey(tenant: tenant.name, id: id)) else {
-            throw StoreError(.notFound, key: Self.packKey(tenant: tenant.name, id: id).path,
-                """
-                    pack \(id) is in the catalog but not in the store: the store lost it; its bucket or \
-                    media copies still hold it
-                    """)
+        let key = Self.packKey(tenant: tenant.name, id: id)
+        guard let reader = try await store.reader(key) else {
+            throw StoreError(.notFound, key: key.path, """
+                pack \(id) is in the catalog but not in the store, which has lost it: restore from a bucket \
+                copy (`redoubt restore --from`) or a media set (`redoubt media restore`) that holds it
+                """)
         }
         return reader
     }

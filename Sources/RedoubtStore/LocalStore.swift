@@ -137,7 +137,7 @@ public final class LocalStore: ObjectStore {
     /// that answering a pack holds a piece of it, not a copy of all of it.
     public func reader(_ key: ObjectKey) async throws -> ObjectReader? {
         guard let file = try await offload({ try self.openForReading(key) }) else { return nil }
-        return ObjectReader(size: file.size) { offset, count in
+        return ObjectReader(key: key, size: file.size) { offset, count in
             try await self.offload { try self.readPiece(file, key, offset: offset, count: count) }
         }
     }

@@ -124,11 +124,14 @@ public protocol ObjectStore: Sendable {
 /// holds a piece of it at a time, never all of it. What it holds open is released when
 /// the last copy is dropped.
 public struct ObjectReader: Sendable {
+    public let key: ObjectKey
     public let size: Int
     private let readRange: @Sendable (_ offset: Int, _ count: Int) async throws -> ByteBuffer
 
     /// `read` answers exactly `count` bytes from `offset`, within `size`, or throws.
-    public init(size: Int, read: @escaping @Sendable (_ offset: Int, _ count: Int) async throws -> ByteBuffer) {
+    public init(key: ObjectKey, size: Int,
+                read: @escaping @Sendable (_ offset: Int, _ count: Int) async throws -> ByteBuffer) {
+        self.key = key
         self.size = size
         self.readRange = read
     }
@@ -138,8 +141,13 @@ public struct ObjectReader: Sendable {
     public func forEachPiece(of pieceSize: Int, _ body: (ByteBuffer) async throws -> Void) async throws {
         var offset = 0
         while offset < size {
-            let piece = try await readRange(offset, Swift.min(pieceSize, size - offset))
-            offset += piece.readableBytes
+            let count = Swift.min(pieceSize, size - offset)
+            let piece = try await readRange(offset, count)
+            guard piece.readableBytes == count else {
+                throw StoreError(.integrity, key: key.path,
+                    "read \(piece.readableBytes) of the \(count) bytes asked at offset \(offset)")
+            }
+            offset += count
             try await body(piece)
         }
     }
@@ -165,7 +173,7 @@ extension ObjectStore {
         do { whole = ByteBuffer(bytes: try await get(key)) } catch let e as StoreError where e.code == .notFound {
             return nil
         }
-        return ObjectReader(size: whole.readableBytes) { offset, count in
+        return ObjectReader(key: key, size: whole.readableBytes) { offset, count in
             guard let piece = whole.getSlice(at: offset, length: count) else {
                 throw StoreError(.badRange, key: key.path,
                     "range \(offset)..<\(offset + count) lies outside the object's \(whole.readableBytes) bytes")
