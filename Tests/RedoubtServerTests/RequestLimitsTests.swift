@@ -420,6 +420,21 @@ extension RequestLimitsTests {
         }
         #expect(open.isEmpty, "the pack is still open after its restorers left: \(open)")
         #expect(try await w.restorer.packBytes(big.id) == big.bytes)
+
+        // Root on the repository host removes a pack behind the catalog's back: the answer
+        // is a refusal that names it and says where else it may be, not a truncated body.
+        let lost = try #require(packs.first { $0.id != big.id } ?? packs.first)
+        let path = URL(fileURLWithPath: w.server.home.storePath)
+            .appendingPathComponent(RepositoryService.packKey(tenant: "acme", id: lost.id).path).path
+        _ = system("chattr -i '\(path)' 2>/dev/null")
+        try FileManager.default.removeItem(atPath: path)
+        do {
+            _ = try await w.restorer.packBytes(lost.id)
+            Issue.record("a pack missing from the store was answered")
+        } catch let e as APIError {
+            #expect(e.status == 404 && e.code == "E_STORE_NOT_FOUND", "\(e)")
+            #expect(e.message.contains("pack \(lost.id)") && e.message.contains("redoubt restore --from"), "\(e)")
+        }
         try await w.victimRestores()
         await w.stop()
     }
