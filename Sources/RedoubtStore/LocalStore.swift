@@ -402,11 +402,16 @@ public final class LocalStore: ObjectStore {
         var out = [UInt8](repeating: 0, count: wanted.count)
         let got = try preadFully(fd, &out, count: wanted.count, at: wanted.lowerBound, key: key)
         guard got == wanted.count else {
-            throw StoreError(.integrity, key: key.path,
-                "short read: \(got) of \(wanted.count) bytes at offset \(wanted.lowerBound) though the file reports "
-                    + "\(size) bytes; check the disk and the filesystem")
+            throw shortRead(key, got, of: wanted.count, at: wanted.lowerBound, size: size)
         }
         return out
+    }
+
+    /// Fewer bytes than asked where the file's size said there were more.
+    private func shortRead(_ key: ObjectKey, _ got: Int, of count: Int, at offset: Int, size: Int) -> StoreError {
+        StoreError(.integrity, key: key.path,
+            "short read: \(got) of \(count) bytes at offset \(offset) though the file reports \(size) bytes; "
+                + "check the disk and the filesystem")
     }
 
     /// A file opened for an ``ObjectReader``, closed when the reader is dropped.
@@ -436,23 +441,10 @@ public final class LocalStore: ObjectStore {
                 "range \(offset)..<\(offset + count) lies outside the object's \(file.size) bytes")
         }
         var piece = ByteBufferAllocator().buffer(capacity: count)
-        while piece.readableBytes < count {
-            let done = piece.readableBytes
-            var e: Int32 = 0
-            let n = piece.writeWithUnsafeMutableBytes(minimumWritableBytes: count - done) { raw in
-                let n = pread(file.fd, raw.baseAddress!, count - done, off_t(offset + done))
-                if n < 0 { e = errno }
-                return Swift.max(n, 0)
-            }
-            if e == EINTR { continue }
-            if e != 0 { throw ioError(key, "read", path(of: key), e) }
-            if n == 0 { break }
+        let got = try piece.writeWithUnsafeMutableBytes(minimumWritableBytes: count) { raw in
+            try preadFully(file.fd, raw, count: count, at: offset, key: key)
         }
-        guard piece.readableBytes == count else {
-            throw StoreError(.integrity, key: key.path,
-                "short read: \(piece.readableBytes) of \(count) bytes at offset \(offset) though the file had "
-                    + "\(file.size) bytes when opened; check the disk and the filesystem")
-        }
+        guard got == count else { throw shortRead(key, got, of: count, at: offset, size: file.size) }
         return piece
     }
 
@@ -710,11 +702,15 @@ public final class LocalStore: ObjectStore {
     /// Reads up to `count` bytes at `offset` into `buffer`; fewer only at end of file.
     private func preadFully(_ fd: Int32, _ buffer: inout [UInt8], count: Int, at offset: Int,
         key: ObjectKey) throws -> Int {
+        try buffer.withUnsafeMutableBytes { try preadFully(fd, $0, count: count, at: offset, key: key) }
+    }
+
+    /// ``preadFully(_:_:count:at:key:)`` into raw memory of at least `count` bytes.
+    private func preadFully(_ fd: Int32, _ buffer: UnsafeMutableRawBufferPointer, count: Int, at offset: Int,
+        key: ObjectKey) throws -> Int {
         var done = 0
         while done < count {
-            let n = buffer.withUnsafeMutableBytes { raw in
-                pread(fd, raw.baseAddress! + done, count - done, off_t(offset + done))
-            }
+            let n = pread(fd, buffer.baseAddress! + done, count - done, off_t(offset + done))
             if n < 0 {
                 let e = errno
                 if e == EINTR { continue }
