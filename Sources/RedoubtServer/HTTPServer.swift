@@ -132,11 +132,13 @@ func bytesResponse(_ bytes: [UInt8]) -> Response {
         body: .init(byteBuffer: ByteBuffer(bytes: bytes)))
 }
 
-/// Bytes per piece of a streamed answer: a pack answered is held a piece at a time.
+/// Bytes read from the store per write of a streamed answer.
 let streamedPieceSize = 1 << 20
 
-/// An answer read from `object` as the connection takes it. A read that fails once the
-/// head is sent can only cut the answer short: the client sees a truncated body, and the
+/// An answer read from `object` a piece at a time, each written as it is read. The writes
+/// do not wait for the connection: a restorer that stops reading has the rest of its pack
+/// queued in memory, as when the pack was read whole. A read that fails once the head is
+/// sent can only cut the answer short: the client sees a truncated body, and the
 /// operator's log says why.
 func streamedResponse(_ object: ObjectReader, _ logger: Logger) -> Response {
     Response(status: .ok, headers: [.contentType: "application/octet-stream"],

@@ -134,7 +134,7 @@ public final class LocalStore: ObjectStore {
     }
 
     /// The object opened once; each piece is read from the open file when asked, so
-    /// that answering a pack holds a piece of it, not a copy of all of it.
+    /// that answering a pack needs no array of all of it.
     public func reader(_ key: ObjectKey) async throws -> ObjectReader? {
         guard let file = try await offload({ try self.openForReading(key) }) else { return nil }
         return ObjectReader(key: key, size: file.size) { offset, count in

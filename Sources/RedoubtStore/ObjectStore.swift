@@ -121,8 +121,8 @@ public protocol ObjectStore: Sendable {
 }
 
 /// An object opened to be read in pieces, so that its reader (a server answering a pack)
-/// holds a piece of it at a time, never all of it. What it holds open is released when
-/// the last copy is dropped.
+/// needs no array of all of it. What it holds open is released when the last copy is
+/// dropped.
 public struct ObjectReader: Sendable {
     public let key: ObjectKey
     public let size: Int

@@ -88,12 +88,12 @@ import Testing
     }
 
     /// TLS to the test server with `config`'s credential, or with no certificate.
-    func tls(_ config: ClientConfig, presenting asWriter: Bool = true) throws -> TLSConfiguration {
+    func tls(_ config: ClientConfig, presenting: Bool = true) throws -> TLSConfiguration {
         let cred = try config.credential()
         var c = TLSConfiguration.makeClientConfiguration()
         c.trustRoots = .certificates([try NIOSSLCertificate(bytes: Array(cred.caPEM.utf8), format: .pem)])
         c.certificateVerification = .noHostnameVerification
-        if asWriter {
+        if presenting {
             c.certificateChain = [.certificate(try NIOSSLCertificate(bytes: Array(cred.certificatePEM.utf8),
                 format: .pem))]
             c.privateKey = .privateKey(try NIOSSLPrivateKey(bytes: Array(cred.keyPEM.utf8), format: .pem))
@@ -385,12 +385,21 @@ import Testing
 // MARK: answers
 
 extension RequestLimitsTests {
-    /// A pack is answered a piece at a time from the store; what arrives must still be the
-    /// pack, byte for byte, across the pieces' edges, and a pack not in the store is refused
-    /// by name.
+    /// A pack is answered a piece at a time from the store: what arrives must still be the
+    /// pack, byte for byte, across the pieces' edges; a restorer that leaves in the middle
+    /// leaves no file open; a pack never uploaded, or lost by the store, is refused by name.
     @Test func aPackLongerThanAPieceArrivesWhole() async throws {
         let w = try await world()
-        let data = (0..<(5 << 20) + 12345).map { _ in UInt8.random(in: 0...255) }
+        // Larger than a pack (16 MiB), so the largest pack is larger than what the sockets
+        // between the server and a restorer that stops reading can hold (its receive buffer
+        // is fixed at 64 KiB below; the server's send buffer grows to 4 MiB here).
+        var data = [UInt8](repeating: 0, count: (20 << 20) + 12345)
+        var random = SystemRandomNumberGenerator()
+        data.withUnsafeMutableBytes { b in
+            for i in stride(from: 0, to: b.count - 7, by: 8) {
+                b.storeBytes(of: random.next() as UInt64, toByteOffset: i, as: UInt64.self)
+            }
+        }
         let (packs, manifest) = try makeSnapshot(keys: try w.writerConfig.writeKeySet(), files: [("big.bin", data)])
         for p in packs { _ = try await w.writer.uploadPack(id: p.id, bytes: p.bytes) }
         _ = try await w.writer.commit(manifestBytes: manifest.bytes)
@@ -402,15 +411,20 @@ extension RequestLimitsTests {
         let absent = PackID(bytes: Array(SHA256.hash(data: [1, 2, 3])))!
         await refused("E_NOT_FOUND", "a pack never uploaded") { _ = try await w.restorer.packBytes(absent) }
 
-        // A restorer that goes away while its pack is being sent leaves nothing open: the
-        // pack's file is closed, and the next answer comes whole.
+        // A restorer that stops reading in the middle of its pack, then goes away, leaves
+        // no file open, and the next answer comes whole.
         let big = try #require(packs.max { $0.bytes.count < $1.bytes.count })
         let (vaultConfig, vault) = try await w.server.enroll(tenant: "acme", role: "restorer", name: "vault2")
         await vault.shutdown()
         for _ in 0..<3 {
-            let c = try await RawConnection.open(port: w.port, tls: try tls(vaultConfig))
+            let c = try await RawConnection.open(port: w.port, tls: try tls(vaultConfig), receiveBuffer: 64 << 10)
             try await c.send(Array("GET /v1/packs/\(big.id) HTTP/1.1\r\nhost: localhost\r\n\r\n".utf8))
             for _ in 0..<200 where c.received < 64 << 10 { try await Task.sleep(for: .milliseconds(5)) }
+            try await c.channel.setOption(ChannelOptions.autoRead, value: false).get()
+            try await Task.sleep(for: .milliseconds(100))
+            #expect(c.received < big.bytes.count, "the whole pack arrived before the restorer stopped reading")
+            // Reading again only so that the TLS close is answered at once, not after a timeout.
+            try await c.channel.setOption(ChannelOptions.autoRead, value: true).get()
             await c.close()
         }
         var open = openFiles(naming: big.id.description)
@@ -744,10 +758,16 @@ final class RawConnection: Sendable {
         self.inbox = inbox
     }
 
-    static func open(port: Int, tls: TLSConfiguration?) async throws -> RawConnection {
+    /// `receiveBuffer`: the socket's receive buffer, fixed (the kernel does not grow it), so
+    /// that a connection that stops reading soon stops the sender.
+    static func open(port: Int, tls: TLSConfiguration?, receiveBuffer: Int? = nil) async throws -> RawConnection {
         let inbox = Inbox()
         let context = try tls.map { try NIOSSLContext(configuration: $0) }
-        let channel = try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+        var bootstrap = ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+        if let receiveBuffer {
+            bootstrap = bootstrap.channelOption(.socketOption(.so_rcvbuf), value: SocketOptionValue(receiveBuffer))
+        }
+        let channel = try await bootstrap
             .channelInitializer { ch in
                 ch.eventLoop.makeCompletedFuture {
                     if let context {
