@@ -227,6 +227,7 @@ struct GuardedTLSChannel: ServerChildChannel {
             try ops.addHandler(SourceLimitHandler(counter: counter, logger: logger))
             try ops.addHandler(NIOSSLServerHandler(context: sslContext))
             try ops.addHandler(HandshakeGuardHandler(counter: counter))
+            try ops.addHandler(WritableGate())
         }.flatMap {
             http.setup(channel: channel, logger: logger)
         }
@@ -249,5 +250,74 @@ struct GuardedTLSChannel: ServerChildChannel {
             GuardedTLSChannel(http: HTTP1Channel(responder: responder, configuration: config), sslContext: context,
                 counter: counter)
         }
+    }
+}
+
+/// Lets a long answer wait for its connection. The server's writes reach the socket on the
+/// connection's event loop, after the answer's task has moved on; a task that writes
+/// piece after piece would otherwise have its whole answer queued in memory before the
+/// socket notices it is full. ``Channel/writable(within:)`` waits for the writes made so
+/// far to reach the socket's buffer and for that buffer to drain below its mark.
+final class WritableGate: ChannelInboundHandler {
+    typealias InboundIn = NIOAny
+    private var waiters: [EventLoopPromise<Void>] = []
+
+    /// Succeeds once the connection can take more, or has closed (the next write then
+    /// fails); fails with ``StalledReader`` and closes the connection when it takes
+    /// nothing for `seconds`.
+    func writable(_ context: ChannelHandlerContext, within seconds: Double) -> EventLoopFuture<Void> {
+        if context.channel.isWritable || !context.channel.isActive {
+            return context.eventLoop.makeSucceededVoidFuture()
+        }
+        let promise = context.eventLoop.makePromise(of: Void.self)
+        waiters.append(promise)
+        let timer = context.eventLoop.assumeIsolated().scheduleTask(in: .milliseconds(Int64(seconds * 1000))) {
+            [context] in
+            promise.fail(StalledReader(seconds: seconds))
+            context.close(promise: nil)
+        }
+        promise.futureResult.whenComplete { _ in timer.cancel() }
+        return promise.futureResult
+    }
+
+    private func release() {
+        let ready = waiters
+        waiters.removeAll()
+        for w in ready { w.succeed() }
+    }
+
+    func channelWritabilityChanged(context: ChannelHandlerContext) {
+        if context.channel.isWritable { release() }
+        context.fireChannelWritabilityChanged()
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        release()
+        context.fireChannelInactive()
+    }
+
+    func handlerRemoved(context: ChannelHandlerContext) { release() }
+}
+
+@available(*, unavailable)
+extension WritableGate: Sendable {}
+
+/// A peer that took none of an answer for the idle timeout; its connection was closed.
+struct StalledReader: Error, CustomStringConvertible {
+    let seconds: Double
+    var description: String { "the peer read nothing for \(seconds) s (limit idle-timeout); connection closed" }
+}
+
+extension Channel {
+    /// Waits until this connection can take more of an answer: see ``WritableGate``. A
+    /// channel without the gate (not the server's) does not wait.
+    func writable(within seconds: Double) async throws {
+        try await eventLoop.flatSubmit { [self] in
+            guard let context = try? pipeline.syncOperations.context(handlerType: WritableGate.self),
+                let gate = context.handler as? WritableGate else {
+                return eventLoop.makeSucceededVoidFuture()
+            }
+            return gate.writable(context, within: seconds)
+        }.get()
     }
 }

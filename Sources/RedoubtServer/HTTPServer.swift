@@ -135,20 +135,27 @@ func bytesResponse(_ bytes: [UInt8]) -> Response {
 /// Bytes read from the store per write of a streamed answer.
 let streamedPieceSize = 1 << 20
 
-/// An answer read from `object` a piece at a time, each written as it is read. The writes
-/// do not wait for the connection: a restorer that stops reading has the rest of its pack
-/// queued in memory, as when the pack was read whole. A read that fails once the head is
-/// sent can only cut the answer short: the client sees a truncated body, and the
-/// operator's log says why.
-func streamedResponse(_ object: ObjectReader, _ logger: Logger) -> Response {
+/// An answer read from `object` a piece at a time, each read once the connection has taken
+/// the one before: a restorer that stops reading costs the server a piece or two, not its
+/// pack, and one that takes nothing for `stallSeconds` has its connection closed. A read
+/// that fails once the head is sent can only cut the answer short: the client sees a
+/// truncated body, and the operator's log says why.
+func streamedResponse(_ object: ObjectReader, to channel: any Channel, stallSeconds: Double,
+                      _ logger: Logger) -> Response {
     Response(status: .ok, headers: [.contentType: "application/octet-stream"],
         body: ResponseBody(contentLength: object.size) { writer in
             do {
-                try await object.forEachPiece(of: streamedPieceSize) { try await writer.write($0) }
+                try await object.forEachPiece(of: streamedPieceSize) {
+                    try await writer.write($0)
+                    try await channel.writable(within: stallSeconds)
+                }
             } catch let e as StoreError {
                 logger.error("answer cut short", metadata: [
                     "object": "\(object.key.path)", "code": "\(e.code.rawValue)", "error": "\(e)",
                 ])
+                throw e
+            } catch let e as StalledReader {
+                logger.notice("answer cut short", metadata: ["object": "\(object.key.path)", "error": "\(e)"])
                 throw e
             }
             try await writer.finish(nil)
@@ -252,7 +259,8 @@ public enum RedoubtHTTP {
         },
         Route(.get, "/v1/packs/{id}", .getPack, .restorer) { service, logger, _, ctx in
             await handle(logger) {
-                streamedResponse(try await service.pack(ctx.parameters.get("id") ?? "", ctx: ctx.call), logger)
+                streamedResponse(try await service.pack(ctx.parameters.get("id") ?? "", ctx: ctx.call), to: ctx.channel,
+                                 stallSeconds: service.limits.idleTimeoutSeconds, logger)
             }
         },
         Route(.post, "/v1/packs/{id}/damaged", .reportDamagedPack, .restorer) { service, logger, req, ctx in

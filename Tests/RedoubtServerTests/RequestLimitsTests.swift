@@ -8,6 +8,7 @@ import NIOSSL
 import RedoubtClient
 import RedoubtCore
 import RedoubtKMS
+import RedoubtStore
 @testable import RedoubtServer
 import Synchronization
 import Testing
@@ -63,8 +64,10 @@ import Testing
         }
     }
 
-    func world(_ limits: ServerLimits = testLimits()) async throws -> World {
-        let server = try await TestServer.start(limits: limits)
+    /// `wrapStore`: the server keeps its packs in memory, behind this store.
+    func world(_ limits: ServerLimits = testLimits(),
+               wrapStore: ((any ObjectStore) -> any ObjectStore)? = nil) async throws -> World {
+        let server = try await TestServer.start(limits: limits, inMemory: wrapStore != nil, wrapStore: wrapStore)
         let keys = try TenantKeys.generate()
         try await server.createTenant("acme", keys: keys)
         let (victimConfig, victim) = try await server.enroll(tenant: "acme", role: "writer", name: "db1")
@@ -393,13 +396,7 @@ extension RequestLimitsTests {
         // Larger than a pack (16 MiB), so the largest pack is larger than what the sockets
         // between the server and a restorer that stops reading can hold (its receive buffer
         // is fixed at 64 KiB below; the server's send buffer grows to 4 MiB here).
-        var data = [UInt8](repeating: 0, count: (20 << 20) + 12345)
-        var random = SystemRandomNumberGenerator()
-        data.withUnsafeMutableBytes { b in
-            for i in stride(from: 0, to: b.count - 7, by: 8) {
-                b.storeBytes(of: random.next() as UInt64, toByteOffset: i, as: UInt64.self)
-            }
-        }
+        let data = incompressible((20 << 20) + 12345)
         let (packs, manifest) = try makeSnapshot(keys: try w.writerConfig.writeKeySet(), files: [("big.bin", data)])
         for p in packs { _ = try await w.writer.uploadPack(id: p.id, bytes: p.bytes) }
         _ = try await w.writer.commit(manifestBytes: manifest.bytes)
@@ -452,6 +449,68 @@ extension RequestLimitsTests {
         try await w.victimRestores()
         await w.stop()
     }
+}
+
+extension RequestLimitsTests {
+    /// A restorer that stops reading in the middle of a pack costs the server a piece or two
+    /// of it, not the pack; one that then reads nothing for the idle timeout loses its
+    /// connection, and the server reads no more of the pack for it.
+    @Test func aStalledRestorerHoldsAPieceNotItsPack() async throws {
+        var limits = Self.testLimits()
+        limits.idleTimeoutSeconds = 3
+        let w = try await world(limits, wrapStore: { ReadRecordingStore(inner: $0) })
+        let recorder = try #require(w.server.service.store as? ReadRecordingStore)
+        let data = incompressible(20 << 20)
+        let (packs, manifest) = try makeSnapshot(keys: try w.writerConfig.writeKeySet(), files: [("big.bin", data)])
+        for p in packs { _ = try await w.writer.uploadPack(id: p.id, bytes: p.bytes) }
+        _ = try await w.writer.commit(manifestBytes: manifest.bytes)
+        let big = try #require(packs.max { $0.bytes.count < $1.bytes.count })
+        let key = RepositoryService.packKey(tenant: "acme", id: big.id).path
+        func readOfBig() -> Int { recorder.reads.filter { $0.key == key }.reduce(0) { $0 + ($1.range?.count ?? 0) } }
+        // What the sockets between the two can hold: the server's send buffer at its largest,
+        // the restorer's fixed receive buffer (which the kernel doubles), and room for one
+        // piece queued in the server and one being read.
+        let wmem = try String(contentsOfFile: "/proc/sys/net/ipv4/tcp_wmem", encoding: .utf8)
+        let sendBufferMax = try #require(wmem.split(whereSeparator: { $0.isWhitespace }).last.flatMap { Int($0) })
+        let bound = sendBufferMax + 2 * (64 << 10) + 2 * streamedPieceSize + (256 << 10)
+        try #require(bound < big.bytes.count, "a pack of \(big.bytes.count) bytes fits in the sockets (\(bound))")
+
+        let (vaultConfig, vault) = try await w.server.enroll(tenant: "acme", role: "restorer", name: "vault2")
+        await vault.shutdown()
+        recorder.reset()
+        let c = try await RawConnection.open(port: w.port, tls: try tls(vaultConfig), receiveBuffer: 64 << 10)
+        try await c.send(Array("GET /v1/packs/\(big.id) HTTP/1.1\r\nhost: localhost\r\n\r\n".utf8))
+        for _ in 0..<200 where c.received < 64 << 10 { try await Task.sleep(for: .milliseconds(5)) }
+        try await c.channel.setOption(ChannelOptions.autoRead, value: false).get()
+        try await Task.sleep(for: .milliseconds(500))
+        let held = readOfBig() - c.received
+        let what = "of a \(big.bytes.count >> 10) KiB pack past what a stalled restorer took"
+        print("the server read \(held >> 10) KiB \(what)")
+        #expect(held <= bound, "the server read \(held >> 10) KiB \(what); at most \(bound >> 10) expected")
+
+        try await Task.sleep(for: .seconds(limits.idleTimeoutSeconds + 1.5))
+        let readAtClose = readOfBig()
+        try await c.channel.setOption(ChannelOptions.autoRead, value: true).get()
+        #expect(await c.waitClosed(within: 5), "a restorer that read nothing for the idle timeout kept its connection")
+        #expect(c.received < big.bytes.count, "the stalled restorer was sent the whole pack")
+        #expect(readOfBig() == readAtClose, "the server went on reading the pack after closing the connection")
+        #expect(try await w.restorer.packBytes(big.id) == big.bytes)
+        try await w.victimRestores()
+        await w.stop()
+    }
+}
+
+/// `count` random bytes, made eight at a time (a byte at a time takes seconds for a pack's
+/// worth in a debug build).
+func incompressible(_ count: Int) -> [UInt8] {
+    var data = [UInt8](repeating: 0, count: count)
+    var random = SystemRandomNumberGenerator()
+    data.withUnsafeMutableBytes { b in
+        for i in stride(from: 0, to: b.count - 7, by: 8) {
+            b.storeBytes(of: random.next() as UInt64, toByteOffset: i, as: UInt64.self)
+        }
+    }
+    return data
 }
 
 /// This process's open files whose path contains `name`.

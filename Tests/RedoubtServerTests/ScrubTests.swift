@@ -2,6 +2,7 @@ import Foundation
 import Testing
 import RedoubtClient
 import RedoubtCore
+import NIOCore
 import RedoubtStore
 @testable import RedoubtServer
 
@@ -158,5 +159,12 @@ final class ReadRecordingStore: ObjectStore, @unchecked Sendable {
     func delete(_ key: ObjectKey, now: Date) async throws { try await inner.delete(key, now: now) }
     func extendRetention(_ key: ObjectKey, until: Date) async throws {
         try await inner.extendRetention(key, until: until)
+    }
+    /// Each piece is a recorded range read, made when the reader asks for it.
+    func reader(_ key: ObjectKey) async throws -> ObjectReader? {
+        guard let size = try await inner.head(key)?.size else { return nil }
+        return ObjectReader(key: key, size: size) { [self] offset, count in
+            ByteBuffer(bytes: try await get(key, range: offset..<offset + count))
+        }
     }
 }
