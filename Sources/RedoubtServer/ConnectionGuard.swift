@@ -263,8 +263,8 @@ final class WritableGate: ChannelInboundHandler {
     private var waiters: [EventLoopPromise<Void>] = []
 
     /// Succeeds once the connection can take more, or has closed (the next write then
-    /// fails); fails with ``StalledReader`` and closes the connection when it takes
-    /// nothing for `seconds`.
+    /// fails); fails with ``StalledReader`` and closes the connection when its buffer does
+    /// not drain below the mark within `seconds` (the peer took less than what was queued).
     func writable(_ context: ChannelHandlerContext, within seconds: Double) -> EventLoopFuture<Void> {
         if context.channel.isWritable || !context.channel.isActive {
             return context.eventLoop.makeSucceededVoidFuture()
@@ -302,10 +302,13 @@ final class WritableGate: ChannelInboundHandler {
 @available(*, unavailable)
 extension WritableGate: Sendable {}
 
-/// A peer that took none of an answer for the idle timeout; its connection was closed.
+/// A peer that did not take what was queued for it within the idle timeout; its
+/// connection was closed.
 struct StalledReader: Error, CustomStringConvertible {
     let seconds: Double
-    var description: String { "the peer read nothing for \(seconds) s (limit idle-timeout); connection closed" }
+    var description: String {
+        "the peer did not take the answer's last piece in \(seconds) s (limit idle-timeout); connection closed"
+    }
 }
 
 extension Channel {

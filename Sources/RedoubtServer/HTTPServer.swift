@@ -137,7 +137,7 @@ let streamedPieceSize = 1 << 20
 
 /// An answer read from `object` a piece at a time, each read once the connection has taken
 /// the one before: a restorer that stops reading costs the server a piece or two, not its
-/// pack, and one that takes nothing for `stallSeconds` has its connection closed. A read
+/// pack, and one that takes less than a piece in `stallSeconds` has its connection closed. A read
 /// that fails once the head is sent can only cut the answer short: the client sees a
 /// truncated body, and the operator's log says why.
 func streamedResponse(_ object: ObjectReader, to channel: any Channel, stallSeconds: Double,
