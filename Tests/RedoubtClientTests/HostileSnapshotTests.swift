@@ -146,6 +146,56 @@ import Testing
                                              target: work + "/t2", skipDamaged: true)
         #expect(Set(r.damaged.map(\.path)) == [Array("short".utf8), Array("long".utf8)])
     }
+
+    /// A directory whose tree does not open with the seal its parent gives (a hostile
+    /// writer's tree, or a damaged one), among forty that do: without `skipDamaged` the
+    /// restore stops with an integrity error naming the chunk and its pack; with it, that
+    /// directory is listed damaged by its path and everything else is restored. So is one
+    /// whose "tree" is a file's chunk, and its error names the tree by its path.
+    @Test func aTreeThatDoesNotOpenIsListedDamagedByItsPath() async throws {
+        let keys = try TestKeys()
+        let work = try Fixture.tempDirectory("hostile-tree-seal")
+        defer { Fixture.remove(work) }
+        let repo = MemoryRepository(keys: keys.write)
+        let m = try await snapshot(keys, repo) { p in
+            func directory(_ name: String, _ nodes: [Node]) throws -> Node {
+                let ids = try p.add(tree: Tree(nodes: nodes))
+                var n = Node(name: Array(name.utf8), type: .directory, mode: 0o755, subtree: ids)
+                n.subtreeSeals = p.seals(for: ids) ?? []
+                return n
+            }
+            var top = try (0..<40).map { i in
+                try directory(String(format: "d%02d", i), [try Self.file(p, "f", "file \(i)"),
+                    try directory("inner", [try Self.file(p, "g", "inner \(i)")])])
+            }
+            // "d20x" sorts right after "d20": its tree's chunks, with another tree's seals.
+            var bad = try directory("d20x", [try Self.file(p, "lost", "never restored")])
+            bad.subtreeSeals = try directory("other", [try Self.file(p, "o", "other")]).subtreeSeals
+            // "d30y" names a file's chunk, with its own seal, as its tree: it opens, but is no tree.
+            let blob = try p.add(blob: Array("not a tree encoding".utf8))
+            var notATree = Node(name: Array("d30y".utf8), type: .directory, mode: 0o755, subtree: blob)
+            notATree.subtreeSeals = p.seals(for: blob) ?? []
+            top += [bad, notATree]
+            return top.sorted { $0.name.lexicographicallyPrecedes($1.name) }
+        }
+        do {
+            _ = try await restore(m, keys, repo, to: work + "/t")
+            Issue.record("a tree that does not open was restored")
+        } catch let e as CoreError {
+            #expect(e.isIntegrityFailure && e.object.hasPrefix("chunk "), "\(e)")
+        }
+        let r = try await Restorer().restore(manifest: m, readKey: keys.tenant.readKey,
+            chunkIDKey: keys.tenant.chunkIDKey, source: repo, target: work + "/t2", skipDamaged: true)
+        #expect(r.damaged.map(\.path) == [Array("d20x".utf8), Array("d30y".utf8)])
+        #expect(r.damaged.first?.error.code == .authenticationFailed, "\(r.damaged)")
+        #expect(r.damaged.last?.error.object.hasPrefix("tree of d30y in snapshot") == true, "\(r.damaged)")
+        for i in 0..<40 {
+            let d = work + "/t2/" + String(format: "d%02d", i)
+            #expect(try Fixture.read(Array((d + "/f").utf8)) == Array("file \(i)".utf8))
+            #expect(try Fixture.read(Array((d + "/inner/g").utf8)) == Array("inner \(i)".utf8))
+        }
+        #expect(r.files == 80)
+    }
 }
 
 extension SysResult {
