@@ -196,6 +196,47 @@ import Testing
         }
         #expect(r.files == 80)
     }
+
+    /// A format-1 snapshot (lengths only in its packs' indexes) restores bit for bit when a
+    /// file's later chunks sit in packs read before the packs of its earlier ones: `b`
+    /// repeats `a` after new data, so its tail is in `a`'s packs, read first, while its head's
+    /// lengths are still unknown.
+    @Test func aFormatOneSnapshotRestoresWhenLengthsArriveLate() async throws {
+        let keys = try TestKeys()
+        let work = try Fixture.tempDirectory("format-one")
+        defer { Fixture.remove(work) }
+        let repo = MemoryRepository(keys: keys.write)
+        let pipeline = try PackPipeline(material: keys.tenant.sharedWriteMaterial, targetPackSize: 64 << 10,
+            chunkerParameters: try Chunker.Parameters(min: 4 << 10, avg: 16 << 10, max: 64 << 10), packVersion: 1)
+        let a = try Fixture.random(1 << 20), head = try Fixture.random(600 << 10)
+        let files: [(String, [UInt8])] = [("a", a), ("b", head + a), ("empty", []), ("small", Array("s".utf8))]
+        let nodes = try files.map { name, data in
+            Node(name: Array(name.utf8), type: .file, mode: 0o644, size: UInt64(data.count),
+                 content: try pipeline.add(blob: data))
+        }
+        let root = try pipeline.add(tree: Tree(nodes: nodes))
+        let packs = try pipeline.flush()
+        try #require(packs.count > 10, "\(packs.count) packs")
+        for p in packs { try await repo.store(p) }
+        let header = ManifestHeader(tenant: keys.write.tenant, readKeyID: keys.write.shared.readPublicKey.keyID,
+            host: keys.write.host, hostKey: keys.write.signingKey.publicKey, time: Timestamp(seconds: 1),
+            nonce: [UInt8](repeating: 1, count: 16), paths: [], tags: [], statistics: SnapshotStatistics(),
+            packs: packs.map(\.id), clientVersion: "format-1 client")
+        let m = try Manifest.create(header: header, root: root, readPublicKey: keys.write.shared.readPublicKey,
+                                    signingKey: keys.write.signingKey)
+        try #require(m.version == 1)
+        try await repo.commit(manifest: m)
+        // From a source that locates chunks, and from one that does not (every pack opened first).
+        for source in [repo as any PackSource, PlainSource(repository: repo)] {
+            let target = work + "/t-\(UUIDish.next())"
+            let r = try await Restorer().restore(manifest: m, readKey: keys.tenant.readKey,
+                chunkIDKey: keys.tenant.chunkIDKey, source: source, target: target)
+            #expect(r.files == 4 && r.damaged.isEmpty)
+            for (name, data) in files {
+                #expect(try Fixture.read(Array((target + "/" + name).utf8)) == data, "\(name) came back changed")
+            }
+        }
+    }
 }
 
 extension SysResult {
