@@ -272,7 +272,8 @@ final class WritableGate: ChannelInboundHandler {
         let promise = context.eventLoop.makePromise(of: Void.self)
         waiters.append(promise)
         let timer = context.eventLoop.assumeIsolated().scheduleTask(in: .milliseconds(Int64(seconds * 1000))) {
-            [context] in
+            [self, context] in
+            waiters.removeAll { $0 == promise }
             promise.fail(StalledReader(seconds: seconds))
             context.close(promise: nil)
         }

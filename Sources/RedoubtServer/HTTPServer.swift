@@ -136,10 +136,10 @@ func bytesResponse(_ bytes: [UInt8]) -> Response {
 let streamedPieceSize = 1 << 20
 
 /// An answer read from `object` a piece at a time, each read once the connection has taken
-/// the one before: a restorer that stops reading costs the server a piece or two, not its
-/// pack, and one that takes less than a piece in `stallSeconds` has its connection closed. A read
-/// that fails once the head is sent can only cut the answer short: the client sees a
-/// truncated body, and the operator's log says why.
+/// the one before (``WritableGate``): a restorer that stops reading costs the server one
+/// piece, not its pack, and one that takes less than a piece in `stallSeconds` has its
+/// connection closed. A read that fails once the head is sent can only cut the answer
+/// short: the client sees a truncated body, and the operator's log says why.
 func streamedResponse(_ object: ObjectReader, to channel: any Channel, stallSeconds: Double,
                       _ logger: Logger) -> Response {
     Response(status: .ok, headers: [.contentType: "application/octet-stream"],
