@@ -75,4 +75,50 @@ import Testing
         }
         #expect(largest > PackReader.inspectPieceSize)
     }
+
+    /// A format-2 pack of many small chunks, read by range in pieces that end inside chunks:
+    /// a sound pack passes, and a chunk changed at its first or last byte (the pack renamed
+    /// to its new hash, as an uploader would) is refused by its own ID, in memory and by
+    /// range alike, wherever it lies against the pieces.
+    @Test func aChangedChunkIsNamedWhereverItLiesAgainstThePieces() throws {
+        let keys = try TenantKeys.generate()
+        let p = try PackPipeline(material: keys.sharedWriteMaterial)
+        var rng = SplitMix64(seed: 7)
+        var total = 0
+        while total < 3 * PackReader.inspectPieceSize {
+            // Random bytes do not compress, so sealed chunks are about as long as these.
+            let blob = (0..<(3_000 + rng.int(40_000))).map { _ in UInt8(truncatingIfNeeded: rng.next()) }
+            total += blob.count
+            _ = try p.add(blob: blob)
+        }
+        let packs = try p.flush()
+        #expect(packs.count == 1)
+        let pack = packs[0]
+        func inspect(_ bytes: [UInt8], _ id: PackID) -> (memory: Answer, byRange: Answer) {
+            (Self.answer { () throws(CoreError) in try PackReader.inspect(bytes, expectedID: id) },
+             Self.answer { () throws(CoreError) in
+                 try PackReader.inspect(size: bytes.count, expectedID: id) { r throws(CoreError) in Array(bytes[r]) }
+             })
+        }
+        let sound = inspect(pack.bytes, pack.id)
+        #expect(sound.memory.error == nil && sound.memory == sound.byRange)
+        #expect(sound.memory.chunkIDs == pack.entries.map(\.chunkID))
+        let piece = PackReader.inspectPieceSize
+        let straddling = pack.entries.filter {
+            Int($0.offset) / piece != (Int($0.offset) + Int($0.sealedLength) - 1) / piece
+        }
+        #expect(straddling.count >= 2)
+        for entry in [pack.entries.first!, pack.entries.last!] + straddling {
+            let start = Int(entry.offset)
+            for at in [start, start + Int(entry.sealedLength) - 1] {
+                var bytes = pack.bytes
+                bytes[at] ^= 0x10
+                let renamed = PackID(bytes: Array(SHA256.hash(data: bytes)))!
+                let (memory, byRange) = inspect(bytes, renamed)
+                #expect(memory == byRange, "byte \(at) of chunk \(entry.chunkID)")
+                #expect(memory.error?.code == .authenticationFailed, "byte \(at) of chunk \(entry.chunkID)")
+                #expect(memory.error?.object == "chunk \(entry.chunkID) in pack \(renamed)")
+            }
+        }
+    }
 }
