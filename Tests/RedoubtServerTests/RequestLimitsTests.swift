@@ -460,6 +460,10 @@ extension RequestLimitsTests {
         limits.idleTimeoutSeconds = 3
         let w = try await world(limits, wrapStore: { ReadRecordingStore(inner: $0) })
         let recorder = try #require(w.server.service.store as? ReadRecordingStore)
+        // Enrolled first: making the snapshot below can take longer than the 3 s idle timeout
+        // in a loaded debug run, and the admin's pooled connection would be closed under it.
+        let (vaultConfig, vault) = try await w.server.enroll(tenant: "acme", role: "restorer", name: "vault2")
+        await vault.shutdown()
         let data = incompressible(20 << 20)
         let (packs, manifest) = try makeSnapshot(keys: try w.writerConfig.writeKeySet(), files: [("big.bin", data)])
         for p in packs { _ = try await w.writer.uploadPack(id: p.id, bytes: p.bytes) }
@@ -475,8 +479,6 @@ extension RequestLimitsTests {
         let bound = sendBufferMax + 2 * (64 << 10) + 2 * streamedPieceSize + (256 << 10)
         try #require(bound < big.bytes.count, "a pack of \(big.bytes.count) bytes fits in the sockets (\(bound))")
 
-        let (vaultConfig, vault) = try await w.server.enroll(tenant: "acme", role: "restorer", name: "vault2")
-        await vault.shutdown()
         recorder.reset()
         let c = try await RawConnection.open(port: w.port, tls: try tls(vaultConfig), receiveBuffer: 64 << 10)
         try await c.send(Array("GET /v1/packs/\(big.id) HTTP/1.1\r\nhost: localhost\r\n\r\n".utf8))
