@@ -60,6 +60,9 @@ struct RestoreFilter {
     var hasIncludes: Bool { !includes.isEmpty }
     /// Everything is selected (no path, or one that is the whole snapshot).
     var selectsAll: Bool { paths.isEmpty || paths.contains { $0.isEmpty } }
+    /// ``place(_:)`` or ``excluded(_:name:)`` look at the path they are given: without
+    /// either, every entry is inside and none is excluded, whatever its path.
+    var readsPaths: Bool { !selectsAll || !excludes.isEmpty }
 
     /// Where `path` (below the snapshot root) stands to the selected paths.
     enum Place { case inside, onTheWay, outside }

@@ -390,6 +390,10 @@ final class RestoreSession {
         let packs = manifest.header.packs
         if let s = source as? any ChunkLocatingPackSource {
             location = try await s.chunkLocations(inPacks: packs)
+            // The trees name about as many chunks as the packs hold: sized once, the maps
+            // the plan fills are not rehashed as they grow.
+            seals.reserveCapacity(location.count)
+            lengths.reserveCapacity(location.count)
             return
         }
         status.packsTotal = packs.count
@@ -549,7 +553,9 @@ final class RestoreSession {
                 continue
             }
             for child in t.nodes.reversed() {
-                stack.append((i, Self.planned(child), e.path + [0x2f] + child.name, false))
+                // A file's path is for the filter only (a directory's also names its tree).
+                let path = child.type == .directory || filter.readsPaths ? e.path + [0x2f] + child.name : []
+                stack.append((i, Self.planned(child), path, false))
             }
         }
         if filter.hasIncludes {
@@ -572,12 +578,9 @@ final class RestoreSession {
             bytes += it.node.size
         }
         report(force: true) { $0.filesTotal = files; $0.bytesTotal = bytes }
-        // The plan grew by doubling as the trees were read, and is held through the whole
-        // restore: up to twice its size, for every pack of the content phase.
-        var exact: [RestoreItem] = []
-        exact.reserveCapacity(tree.items.count)
-        exact.append(contentsOf: tree.items)
-        tree.items = exact
+        // The plan grew by doubling as the trees were read and is not copied to its exact
+        // size: the capacity past its last item was never written, so it is not resident
+        // (a copy held both arrays at once, and took time).
     }
 
     /// A node as the plan keeps it, without what the restore never reads again: owners are
