@@ -141,8 +141,9 @@ let streamedPieceSize = 1 << 20
 /// connection closed. A read that fails once the head is sent can only cut the answer
 /// short: the client sees a truncated body, and the operator's log says why.
 func streamedResponse(_ object: ObjectReader, to channel: any Channel, stallSeconds: Double,
-                      _ logger: Logger) -> Response {
-    Response(status: .ok, headers: [.contentType: "application/octet-stream"],
+                      metrics: ServerMetrics, caller: Principal?, _ logger: Logger) -> Response {
+    let who = caller.map { "\($0.tenant ?? "-")/\($0.name)" } ?? "anonymous"
+    return Response(status: .ok, headers: [.contentType: "application/octet-stream"],
         body: ResponseBody(contentLength: object.size) { writer in
             do {
                 try await object.forEachPiece(of: streamedPieceSize) {
@@ -152,10 +153,15 @@ func streamedResponse(_ object: ObjectReader, to channel: any Channel, stallSeco
             } catch let e as StoreError {
                 logger.error("answer cut short", metadata: [
                     "object": "\(object.key.path)", "code": "\(e.code.rawValue)", "error": "\(e)",
+                    "principal": "\(who)",
                 ])
+                metrics.answerCutShort(reason: "store-error", tenant: caller?.tenant, principal: caller?.name)
                 throw e
             } catch let e as StalledReader {
-                logger.notice("answer cut short", metadata: ["object": "\(object.key.path)", "error": "\(e)"])
+                logger.notice("answer cut short", metadata: [
+                    "object": "\(object.key.path)", "error": "\(e)", "principal": "\(who)",
+                ])
+                metrics.answerCutShort(reason: "stalled-reader", tenant: caller?.tenant, principal: caller?.name)
                 throw e
             }
             try await writer.finish(nil)
@@ -260,7 +266,8 @@ public enum RedoubtHTTP {
         Route(.get, "/v1/packs/{id}", .getPack, .restorer) { service, logger, _, ctx in
             await handle(logger) {
                 streamedResponse(try await service.pack(ctx.parameters.get("id") ?? "", ctx: ctx.call), to: ctx.channel,
-                                 stallSeconds: service.limits.idleTimeoutSeconds, logger)
+                                 stallSeconds: service.limits.idleTimeoutSeconds, metrics: service.metrics,
+                                 caller: ctx.call.principal, logger)
             }
         },
         Route(.post, "/v1/packs/{id}/damaged", .reportDamagedPack, .restorer) { service, logger, req, ctx in

@@ -30,6 +30,10 @@ public final class ServerMetrics: Sendable {
         MetricNameDescriptor(metricName: "redoubt_refused_connections", unitName: "total",
                              helpText: "Connections closed at a connection cap, by the cap's server.toml name.")
     }
+    static var cutShortAnswers: MetricNameDescriptor {
+        MetricNameDescriptor(metricName: "redoubt_answers_cut_short", unitName: "total",
+                             helpText: "Pack answers ended before their length, by reason, tenant and principal.")
+    }
     static let latencyBuckets: [Duration] = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300]
         .map { .milliseconds(Int64($0 * 1000)) }
 
@@ -53,6 +57,15 @@ public final class ServerMetrics: Sendable {
     /// or `connections-per-credential`) was reached: a flood from one source shows here.
     public func refusedConnection(limit: String) {
         registry.makeCounter(descriptor: Self.refusedConnections, labels: [("limit", limit)]).increment()
+    }
+
+    /// Counts one pack answer ended early: `stalled-reader` (the client took less than a piece
+    /// in the idle timeout, and its connection was closed) or `store-error` (the store failed
+    /// mid-answer). A restorer that opens downloads and stops reading shows here by name.
+    public func answerCutShort(reason: String, tenant: String?, principal: String?) {
+        registry.makeCounter(descriptor: Self.cutShortAnswers, labels: [
+            ("reason", reason), ("tenant", tenant ?? "-"), ("principal", principal ?? "anonymous"),
+        ]).increment()
     }
 
     /// The text exposition: catalog gauges as of `now`, then the process's counters.

@@ -496,6 +496,12 @@ extension RequestLimitsTests {
         #expect(await c.waitClosed(within: 5), "a restorer that read nothing for the idle timeout kept its connection")
         #expect(c.received < big.bytes.count, "the stalled restorer was sent the whole pack")
         #expect(readOfBig() == readAtClose, "the server went on reading the pack after closing the connection")
+        // Operators see it: the answer cut short is counted by its reason and the restorer's name.
+        let counted = #"redoubt_answers_cut_short_total{reason="stalled-reader",tenant="acme",principal="vault2"} 1"#
+        for _ in 0..<40 where !w.server.service.metrics.registry.emitToString().contains(counted) {
+            try await Task.sleep(for: .milliseconds(50))
+        }
+        #expect(w.server.service.metrics.registry.emitToString().contains(counted))
         #expect(try await w.restorer.packBytes(big.id) == big.bytes)
         try await w.victimRestores()
         await w.stop()
