@@ -122,9 +122,12 @@ public protocol PackRepository: Sendable {
     /// A pack already recorded keeps its row; within a scope the first pack recorded for a
     /// chunk keeps it. `verified`: the caller checked every chunk's bytes against its ID
     /// (format-2 packs), which makes the rows visible to other hosts under tenant scope.
+    /// `host`: the name of the host that uploaded it, for an upload: who sent the pack (its
+    /// quota usage) and its chunk count (detection's volumes) are recorded with the pack's
+    /// row, so a crash cannot leave a pack that a re-upload (a no-op) would never record.
     func insertPack(tenant: String, id: String, key: String, size: Int, retainUntil: Date, chunkIDs: [ChunkID],
                     now: Date,
-                    uploader: String?, batch: Int, verified: Bool) async throws
+                    uploader: String?, batch: Int, verified: Bool, uploadedBy host: String?) async throws
     /// For each of `ids` the tenant holds, one pack holding it: only among chunks of scope
     /// `scope` when given (and, with `orVerified`, verified chunks of any scope), else among
     /// all the tenant's. Another tenant's chunks never answer.
@@ -331,7 +334,14 @@ extension PackRepository {
                            chunkIDs: [ChunkID], now: Date, uploader: String? = nil,
                            verified: Bool = false) async throws {
         try await insertPack(tenant: tenant, id: id, key: key, size: size, retainUntil: retainUntil, chunkIDs: chunkIDs,
-                       now: now, uploader: uploader, batch: 4096, verified: verified)
+                       now: now, uploader: uploader, batch: 4096, verified: verified, uploadedBy: nil)
+    }
+
+    public func insertPack(tenant: String, id: String, key: String, size: Int, retainUntil: Date,
+                           chunkIDs: [ChunkID], now: Date, uploader: String?, batch: Int,
+                           verified: Bool) async throws {
+        try await insertPack(tenant: tenant, id: id, key: key, size: size, retainUntil: retainUntil, chunkIDs: chunkIDs,
+                       now: now, uploader: uploader, batch: batch, verified: verified, uploadedBy: nil)
     }
 
     public func chunkLocations(tenant: String, ids: [ChunkID]) async throws -> [ChunkID: PackID] {

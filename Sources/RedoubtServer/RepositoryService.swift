@@ -417,13 +417,10 @@ public final class RepositoryService: Sendable {
             try await catalog.insertPack(tenant: tenant.name, id: id.description, key: key.path, size: size,
                 retainUntil: until, chunkIDs: summary.chunkIDs, now: now,
                                    uploader: p.id, batch: limits.chunkInsertBatch,
-                                   verified: summary.chunksVerified)
+                                   verified: summary.chunksVerified, uploadedBy: p.name)
         } catch let e as CatalogError where e.code == .beingCollected {
             throw ServerError.beingCollected("pack \(id)")
         }
-        try await catalog.recordUpload(tenant: tenant.name, pack: id.description, host: p.name)
-        try await catalog.recordPackChunkCount(tenant: tenant.name, pack: id.description,
-                chunks: summary.chunkIDs.count)
         return Wire.UploadResponse(id: id.description, created: result == .created, retainUntil: until,
             quotaWarning: quotaWarning)
     }

@@ -27,10 +27,13 @@ extension Catalog {
     /// Should the server stop between batches, the pack is recorded with part of its index:
     /// the chunks not indexed are only not deduplicated against, and nothing is lost.
     /// `verified`: the server checked every chunk's bytes against its ID (format-2 packs;
-    /// docs/PROTOCOL.md §4.6), so other hosts may reuse them under tenant scope.
+    /// docs/PROTOCOL.md §4.6), so other hosts may reuse them under tenant scope. `host`: the
+    /// uploading host's name; its upload record and the pack's chunk count go in the first
+    /// transaction (one commit, one sync, instead of three).
     public func insertPack(tenant: String, id: String, key: String, size: Int, retainUntil: Date, chunkIDs: [ChunkID],
         now: Date,
-                           uploader: String? = nil, batch: Int = 4096, verified: Bool = false) throws {
+                           uploader: String? = nil, batch: Int = 4096, verified: Bool = false,
+                           uploadedBy host: String? = nil) throws {
         let step = max(1, batch)
         let shared: [any DatabaseValueConvertible] = [tenant, uploader ?? "", id, verified ? 1 : 0]
         func insert(_ db: Database, _ ids: ArraySlice<ChunkID>) throws {
@@ -53,6 +56,12 @@ extension Catalog {
                 """,
                            arguments: [tenant, id, size, retainUntil.timeIntervalSince1970, now.timeIntervalSince1970,
                                uploader])
+            if let host {
+                try db.execute(sql: "INSERT OR IGNORE INTO pack_uploads(tenant, pack_id, host) VALUES (?, ?, ?)",
+                               arguments: [tenant, id, host])
+                try db.execute(sql: "INSERT OR IGNORE INTO pack_chunk_counts(tenant, pack, chunks) VALUES (?, ?, ?)",
+                               arguments: [tenant, id, chunkIDs.count])
+            }
             try insert(db, chunkIDs.prefix(step))
         }
         var i = step

@@ -10,13 +10,14 @@ extension CatalogConformance {
         let t0 = Self.t0, day = Self.day
         switch check {
         case .verdictsRoundTripAndVolumesCountOnlyUnsharedPacks:
-            // p1 only in s1 (new), p2 in s1 and s2 (shared), p3 without a chunk count.
+            // p1 only in s1 (new), p2 in s1 and s2 (shared), p3 without a chunk count. p1's count
+            // is recorded with its row, as an upload records it (its 7 chunk IDs, over two batches).
             for (n, size) in [(1, 100), (2, 1000), (3, 10)] {
                 try await c.insertPack(
                     tenant: "acme", id: Self.pack(n).description, key: Self.packKey("acme", Self.pack(n)),
-                    size: size, retainUntil: t0, chunkIDs: [], now: t0, uploader: "w1", batch: 10, verified: false)
+                    size: size, retainUntil: t0, chunkIDs: n == 1 ? (1...7).map(Self.chunk) : [], now: t0,
+                    uploader: "w1", batch: 4, verified: false, uploadedBy: n == 1 ? "web1" : nil)
             }
-            try await c.recordPackChunkCount(tenant: "acme", pack: Self.pack(1).description, chunks: 7)
             try await c.recordPackChunkCount(tenant: "acme", pack: Self.pack(2).description, chunks: 50)
             // The first count stays.
             try await c.recordPackChunkCount(tenant: "acme", pack: Self.pack(1).description, chunks: 999)

@@ -575,11 +575,13 @@ struct CatalogConformance: Sendable {
 
         case .quotaUsageSplitsCommittedFromUncommitted:
             for (n, host) in [(1, "web1"), (2, "web1"), (3, "web2")] {
+                // Pack 3 records its uploader with its row, as an upload does; the others after it.
                 try await c.insertPack(
                     tenant: "acme", id: Self.pack(n).description, key: Self.packKey("acme", Self.pack(n)),
                     size: 100 * n,
-                    retainUntil: t0, chunkIDs: [], now: t0, uploader: nil, batch: 10, verified: false)
-                try await c.recordUpload(tenant: "acme", pack: Self.pack(n).description, host: host)
+                    retainUntil: t0, chunkIDs: [], now: t0, uploader: nil, batch: 10, verified: false,
+                    uploadedBy: n == 3 ? host : nil)
+                if n != 3 { try await c.recordUpload(tenant: "acme", pack: Self.pack(n).description, host: host) }
             }
             try await c.recordUpload(tenant: "acme", pack: Self.pack(1).description, host: "web2")
             try await c.insertSnapshot(

@@ -18,7 +18,7 @@ extension PostgresCatalog: PackRepository {
 
     public func insertPack(tenant: String, id: String, key: String, size: Int, retainUntil: Date,
                            chunkIDs: [ChunkID], now: Date, uploader: String?, batch: Int,
-                           verified: Bool) async throws {
+                           verified: Bool, uploadedBy host: String?) async throws {
         let step = max(1, batch)
         let scope = uploader ?? ""
         func insert(_ conn: PostgresConnection, _ ids: ArraySlice<ChunkID>) async throws {
@@ -39,6 +39,17 @@ extension PostgresCatalog: PackRepository {
                         \(now.timeIntervalSince1970), \(uploader))
                 ON CONFLICT DO NOTHING
                 """, logger: logger)
+            if let host {
+                try await conn.query("""
+                    INSERT INTO pack_uploads(tenant, pack_id, host) VALUES (\(tenant), \(id), \(host))
+                    ON CONFLICT DO NOTHING
+                    """, logger: logger)
+                try await conn.query("""
+                    INSERT INTO pack_chunk_counts(tenant, pack, chunks)
+                    VALUES (\(tenant), \(id), \(Int64(chunkIDs.count)))
+                    ON CONFLICT DO NOTHING
+                    """, logger: logger)
+            }
             try await insert(conn, chunkIDs.prefix(step))
         }
         var i = step
