@@ -124,7 +124,8 @@ public protocol PackRepository: Sendable {
     /// (format-2 packs), which makes the rows visible to other hosts under tenant scope.
     /// `host`: the name of the host that uploaded it, for an upload: who sent the pack (its
     /// quota usage) and its chunk count (detection's volumes) are recorded with the pack's
-    /// row, so a crash cannot leave a pack that a re-upload (a no-op) would never record.
+    /// row, so a crash cannot leave a pack that a re-upload (a no-op) would never record. A
+    /// pack recorded again keeps its first uploader and count (its bytes never change).
     func insertPack(tenant: String, id: String, key: String, size: Int, retainUntil: Date, chunkIDs: [ChunkID],
                     now: Date,
                     uploader: String?, batch: Int, verified: Bool, uploadedBy host: String?) async throws
@@ -291,8 +292,6 @@ public protocol QuotaRepository: Sendable {
     /// `host` "" is the tenant's own quota; nil bytes removes it.
     func setQuota(tenant: String, host: String, bytes: Int64?) async throws
     func quota(tenant: String, host: String) async throws -> Int64?
-    /// The first host to upload a pack keeps it.
-    func recordUpload(tenant: String, pack: String, host: String) async throws
     /// Bytes of the tenant's packs (of those `host` uploaded, when given), split into those
     /// a committed snapshot names and the rest.
     func usage(tenant: String, host: String?) async throws -> (committed: Int64, uncommitted: Int64)

@@ -24,14 +24,6 @@ extension Catalog {
         }
     }
 
-    /// Records the host that uploaded a pack (the first one, if several sent it).
-    public func recordUpload(tenant: String, pack: String, host: String) throws {
-        try db.write { db in
-            try db.execute(sql: "INSERT OR IGNORE INTO pack_uploads(tenant, pack_id, host) VALUES (?, ?, ?)",
-                arguments: [tenant, pack, host])
-        }
-    }
-
     /// Bytes of the tenant's packs (with `host`, of those that host uploaded), split into
     /// those a committed snapshot of the tenant names and the rest.
     public func usage(tenant: String, host: String?) throws -> (committed: Int64, uncommitted: Int64) {

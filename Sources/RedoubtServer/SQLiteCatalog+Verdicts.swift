@@ -21,7 +21,6 @@ public struct VerdictRecord: Sendable, Equatable {
 
 /// Verdicts, detection settings and pack chunk counts: what another catalog backend implements.
 public protocol VerdictRepository: Sendable {
-    func recordPackChunkCount(tenant: String, pack: String, chunks: Int) async throws
     func snapshotPackVolumes(tenant: String, snapshot: String) async throws
         -> (newBytes: Int64, newChunks: Int64, referencedBytes: Int64)
     func refusals(actor: String, afterSeq: Int64) async throws -> (count: Int64, lastSeq: Int64)
@@ -49,14 +48,6 @@ extension Catalog {
             tenant TEXT NOT NULL, pack TEXT NOT NULL, chunks INTEGER NOT NULL, PRIMARY KEY (tenant, pack)
         ) WITHOUT ROWID;
         """
-
-    /// Records how many chunks a pack holds (the first upload's count; a pack's bytes never change).
-    public func recordPackChunkCount(tenant: String, pack: String, chunks: Int) throws {
-        try db.write { db in
-            try db.execute(sql: "INSERT OR IGNORE INTO pack_chunk_counts(tenant, pack, chunks) VALUES (?, ?, ?)",
-                           arguments: [tenant, pack, chunks])
-        }
-    }
 
     /// Bytes and chunks of the snapshot's packs that no other snapshot names, and bytes of all its packs.
     public func snapshotPackVolumes(tenant: String, snapshot: String) throws

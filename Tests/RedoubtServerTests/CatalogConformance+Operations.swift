@@ -10,17 +10,20 @@ extension CatalogConformance {
         let t0 = Self.t0, day = Self.day
         switch check {
         case .verdictsRoundTripAndVolumesCountOnlyUnsharedPacks:
-            // p1 only in s1 (new), p2 in s1 and s2 (shared), p3 without a chunk count. p1's count
-            // is recorded with its row, as an upload records it (its 7 chunk IDs, over two batches).
-            for (n, size) in [(1, 100), (2, 1000), (3, 10)] {
+            // p1 only in s1 (new), p2 in s1 and s2 (shared), p3 without a chunk count (recorded
+            // without an upload, as a catalog rebuild records it). p1's 7 chunk IDs go in two
+            // batches; the count is the pack's, not the first batch's.
+            for (n, size, chunks) in [(1, 100, 7), (2, 1000, 50), (3, 10, 5)] {
                 try await c.insertPack(
                     tenant: "acme", id: Self.pack(n).description, key: Self.packKey("acme", Self.pack(n)),
-                    size: size, retainUntil: t0, chunkIDs: n == 1 ? (1...7).map(Self.chunk) : [], now: t0,
-                    uploader: "w1", batch: 4, verified: false, uploadedBy: n == 1 ? "web1" : nil)
+                    size: size, retainUntil: t0, chunkIDs: (1...chunks).map { Self.chunk(100 * n + $0) }, now: t0,
+                    uploader: "w1", batch: 4, verified: false, uploadedBy: n == 3 ? nil : "web1")
             }
-            try await c.recordPackChunkCount(tenant: "acme", pack: Self.pack(2).description, chunks: 50)
-            // The first count stays.
-            try await c.recordPackChunkCount(tenant: "acme", pack: Self.pack(1).description, chunks: 999)
+            // The first count stays when the pack is recorded again.
+            try await c.insertPack(
+                tenant: "acme", id: Self.pack(1).description, key: Self.packKey("acme", Self.pack(1)), size: 100,
+                retainUntil: t0, chunkIDs: (1...9).map(Self.chunk), now: t0, uploader: "w2", batch: 4,
+                verified: false, uploadedBy: "web2")
             try await c.insertSnapshot(Self.snapshot(1, committed: t0, retainUntil: t0, packs: 3),
                                        packs: [Self.pack(1), Self.pack(2), Self.pack(3)], requirePacks: true,
                                        manifestKey: nil)

@@ -574,16 +574,14 @@ struct CatalogConformance: Sendable {
             #expect(try await c.setting("x") == "2")
 
         case .quotaUsageSplitsCommittedFromUncommitted:
-            for (n, host) in [(1, "web1"), (2, "web1"), (3, "web2")] {
-                // Pack 3 records its uploader with its row, as an upload does; the others after it.
+            // Pack 1 sent again by web2 keeps web1, its first uploader.
+            for (n, host) in [(1, "web1"), (2, "web1"), (3, "web2"), (1, "web2")] {
                 try await c.insertPack(
                     tenant: "acme", id: Self.pack(n).description, key: Self.packKey("acme", Self.pack(n)),
                     size: 100 * n,
                     retainUntil: t0, chunkIDs: [], now: t0, uploader: nil, batch: 10, verified: false,
-                    uploadedBy: n == 3 ? host : nil)
-                if n != 3 { try await c.recordUpload(tenant: "acme", pack: Self.pack(n).description, host: host) }
+                    uploadedBy: host)
             }
-            try await c.recordUpload(tenant: "acme", pack: Self.pack(1).description, host: "web2")
             try await c.insertSnapshot(
                 Self.snapshot(1, committed: t0, retainUntil: t0, packs: 2), packs: [Self.pack(1), Self.pack(3)],
                 requirePacks: true, manifestKey: nil)

@@ -157,13 +157,6 @@ extension PostgresCatalog: QuotaRepository {
             .decode(Int64.self)
     }
 
-    public func recordUpload(tenant: String, pack: String, host: String) async throws {
-        _ = try await rows("""
-            INSERT INTO pack_uploads(tenant, pack_id, host) VALUES (\(tenant), \(pack), \(host))
-            ON CONFLICT DO NOTHING
-            """)
-    }
-
     public func usage(tenant: String, host: String?) async throws -> (committed: Int64, uncommitted: Int64) {
         let row = try await rows("""
             WITH p AS (

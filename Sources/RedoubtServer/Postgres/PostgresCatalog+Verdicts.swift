@@ -22,14 +22,6 @@ extension PostgresCatalog {
 }
 
 extension PostgresCatalog: VerdictRepository {
-    /// The first upload's count stays (a pack's bytes never change).
-    public func recordPackChunkCount(tenant: String, pack: String, chunks: Int) async throws {
-        _ = try await rows("""
-            INSERT INTO pack_chunk_counts(tenant, pack, chunks) VALUES (\(tenant), \(pack), \(Int64(chunks)))
-            ON CONFLICT DO NOTHING
-            """)
-    }
-
     public func snapshotPackVolumes(tenant: String, snapshot: String) async throws
         -> (newBytes: Int64, newChunks: Int64, referencedBytes: Int64) {
         // SUM of bigint is numeric in PostgreSQL: cast back so the row decodes as SQLite's integers.
