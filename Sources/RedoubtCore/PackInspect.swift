@@ -166,7 +166,7 @@ extension PackReader {
         try pack.pieces(0..<header.length) { hash.update($0) }
         // One pass over the whole chunk area, cut where the list says each chunk ends (the
         // chunks tile it, checked above). Why not a read per chunk: a pack read by range
-        // holds tens of thousands of small chunks, and a read each cost more than the hashing.
+        // holds thousands of small chunks, and each read was a system call and a zeroed array.
         var next = 0
         var left = places.first.map { Int($0.sealedLength) } ?? 0
         var chunk = SHA256Stream()

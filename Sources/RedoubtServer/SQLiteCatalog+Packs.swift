@@ -29,7 +29,7 @@ extension Catalog {
     /// `verified`: the server checked every chunk's bytes against its ID (format-2 packs;
     /// docs/PROTOCOL.md §4.6), so other hosts may reuse them under tenant scope. `host`: the
     /// uploading host's name; its upload record and the pack's chunk count go in the first
-    /// transaction (one commit, one sync, instead of three).
+    /// transaction (one commit instead of three, and no crash can part them).
     public func insertPack(tenant: String, id: String, key: String, size: Int, retainUntil: Date, chunkIDs: [ChunkID],
         now: Date,
                            uploader: String? = nil, batch: Int = 4096, verified: Bool = false,
