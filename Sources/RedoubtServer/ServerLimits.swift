@@ -9,7 +9,8 @@ public struct ServerLimits: Codable, Sendable, Equatable {
     /// A connection with no complete TLS handshake, request head or body progress for this
     /// long is closed; so is an idle keep-alive connection, and one that takes less than a
     /// piece of a pack answer (``streamedPieceSize``) in this time. Above the client's own
-    /// pool timeout (60 s), so the server does not close a connection the client is reusing.
+    /// pool timeout (`APIClient.defaultPoolIdleSeconds`, 20 s), so the server does not close a
+    /// connection the client is reusing.
     public var idleTimeoutSeconds: Double = 90
     /// The TLS handshake must finish this soon after the connection is accepted.
     public var handshakeTimeoutSeconds: Double = 10
