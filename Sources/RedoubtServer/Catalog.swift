@@ -111,6 +111,12 @@ public final class Catalog: Sendable {
         // the file's free pages.
         config.prepareDatabase { db in try db.execute(sql: "PRAGMA secure_delete = ON") }
         db = try DatabasePool(path: path, configuration: config)
+        // Why: the pool sets `synchronous = NORMAL` on its writer, under which a commit is
+        // durable only at the next checkpoint. A power loss could then take back what was
+        // already answered: a committed snapshot (while its packs' lock extensions go too),
+        // a revocation, the last audit records. FULL syncs the WAL at every commit. Set here,
+        // after the pool's own set-up, on its one writer connection (readers write nothing).
+        try db.writeWithoutTransaction { try $0.execute(sql: "PRAGMA synchronous = FULL") }
         // Why: SQLite creates the file and its -wal/-shm 0644; the catalog holds write
         // material and the audit log, readable by the service user only (doctor: data.private).
         for suffix in ["", "-wal", "-shm"] { _ = chmod(path + suffix, 0o600) }

@@ -122,6 +122,26 @@ import Testing
         #expect(a == b)
     }
 
+    /// A commit is on disk before the catalog returns, for a new catalog and for one opened
+    /// again: under WAL mode's usual `NORMAL`, a power loss could take back a snapshot, a
+    /// revocation or an audit record that was already answered.
+    @Test func everyCommitIsSyncedBeforeItReturns() async throws {
+        let (dir, path) = try Self.temporaryCopy()
+        defer { try? FileManager.default.removeItem(at: dir) }
+        for catalogPath in [path, dir.appendingPathComponent("fresh.sqlite").path] {
+            for _ in 0..<2 {
+                let catalog = try Catalog(path: catalogPath)
+                let (mode, sync) = try await catalog.db.writeWithoutTransaction { db in
+                    (try String.fetchOne(db, sql: "PRAGMA journal_mode"),
+                     try Int.fetchOne(db, sql: "PRAGMA synchronous"))
+                }
+                #expect(mode == "wal", "\(catalogPath): journal mode \(mode ?? "none")")
+                // 2 is FULL: the WAL is synced at every commit (1, NORMAL, syncs at checkpoints only).
+                #expect(sync == 2, "\(catalogPath): the writer runs synchronous = \(sync ?? -1)")
+            }
+        }
+    }
+
     @Test(.disabled("wrote the golden catalog once, with the migrations up to v8-quotas; kept to show how"))
     func writeGolden() throws {
         let path = "/tmp/catalog-v8.sqlite"
