@@ -372,6 +372,51 @@ import Testing
         #expect(try Fixture.compare(src, dst + src) == [])
     }
 
+    /// A backup's target that takes its packs but refuses its commit.
+    struct RefusingCommits: BackupTarget {
+        let repository: MemoryRepository
+        func existingChunks(_ ids: [ChunkID]) async throws -> Set<ChunkID> { try await repository.existingChunks(ids) }
+        func upload(pack: FinishedPack) async throws { try await repository.upload(pack: pack) }
+        func commit(manifest: Manifest) async throws { throw Fixture.Failure("commit refused") }
+    }
+
+    /// The new cache replaces the old one only once the snapshot is committed: a refused
+    /// commit leaves the old cache, byte for byte, and no file of the new one.
+    @Test func aRefusedCommitLeavesTheOldCacheAndNoneOfTheNew() async throws {
+        let keys = try TestKeys()
+        let work = try Fixture.tempDirectory("cache-refused")
+        defer { Fixture.remove(work) }
+        let src = work + "/src", caches = work + "/caches"
+        try Fixture.check(mkdir(src, 0o755), "mkdir")
+        try Fixture.check(mkdir(caches, 0o700), "mkdir")
+        _ = try Fixture.everyKind(at: src, bigFile: 1 << 20)
+        let cache = caches + "/cache.bin"
+        let repo = MemoryRepository(keys: keys.write)
+        let options = BackupOptions(paths: [src], cachePath: cache, packSize: 2 << 20)
+        _ = try await Archiver().run(options: options, keys: keys.write, target: repo, now: now)
+        let before = try Fixture.read(Array(cache.utf8))
+
+        try Fixture.write(src + "/a/b/c/deep.txt", Fixture.text(5000, seed: "changed\n"))
+        await #expect(throws: Fixture.Failure.self) {
+            try await Archiver().run(options: options, keys: keys.write, target: RefusingCommits(repository: repo),
+                                     now: now)
+        }
+        #expect(try Fixture.read(Array(cache.utf8)) == before, "the old cache was replaced")
+        func names() throws -> [[UInt8]] {
+            let fd = open(caches, O_RDONLY | O_DIRECTORY)
+            defer { close(fd) }
+            guard case .success(let names) = ArchiveSys.listDirectory(fd: fd) else { throw Fixture.Failure("list") }
+            return names
+        }
+        #expect(try names() == [Array("cache.bin".utf8)], "the new cache was left behind")
+
+        // The old cache still serves: only the changed file is read again.
+        let next = try await Archiver().run(options: options, keys: keys.write, target: repo, now: now)
+        #expect(next.filesChanged == 1 && next.bytesRead == 5000 && next.warnings.isEmpty, "\(next.warnings)")
+        #expect(try Fixture.read(Array(cache.utf8)) != before, "a committed backup replaces the cache")
+        #expect(try names() == [Array("cache.bin".utf8)])
+    }
+
     @Test func withoutCacheRereadsButUploadsNothingNew() async throws {
         let keys = try TestKeys()
         let work = try Fixture.tempDirectory("dedup")
