@@ -460,9 +460,8 @@ extension RequestLimitsTests {
         limits.idleTimeoutSeconds = 3
         let w = try await world(limits, wrapStore: { ReadRecordingStore(inner: $0) })
         let recorder = try #require(w.server.service.store as? ReadRecordingStore)
-        // Enrolled first, so the admin's requests follow one another: enrolled after the
-        // snapshot below (seconds in a loaded debug run, against a 3 s idle timeout), the
-        // enrollment once failed with E_CONNECT, its pooled connection closed under it.
+        // Enrolled first, so the admin's requests follow one another (the enrollment once
+        // failed with E_CONNECT when made after the snapshot below; `enroll` now asks again).
         let (vaultConfig, vault) = try await w.server.enroll(tenant: "acme", role: "restorer", name: "vault2")
         await vault.shutdown()
         let data = incompressible(20 << 20)
