@@ -353,10 +353,10 @@ struct FilePlacement {
 
     var isResolved: Bool { known == chunks.count }
 
-    /// Extends `known` with the lengths in `lengths`; returns the chunk it waits for, if any.
-    mutating func advance(_ lengths: [ChunkID: Int]) -> ChunkID? {
+    /// Extends `known` with the chunk lengths `length` knows; returns the chunk it waits for, if any.
+    mutating func advance(_ length: (ChunkID) -> Int?) -> ChunkID? {
         while known < chunks.count {
-            guard let len = lengths[chunks[known - 1]] else { return chunks[known - 1] }
+            guard let len = length(chunks[known - 1]) else { return chunks[known - 1] }
             offsets[known] = offsets[known - 1] &+ UInt64(len)
             known += 1
         }

@@ -118,7 +118,8 @@ final class RestoreSession {
     let onProgress: @Sendable (RestoreProgress) -> Void
     private let decompressor: ChunkDecompressor
 
-    /// Chunk → the pack that holds it, and the plaintext lengths learned from opened packs.
+    /// Chunk → the pack that holds it, and the plaintext lengths of format-1 chunks, learned
+    /// from opened packs (a format-2 chunk's length is in its seal: ``length(_:)``).
     private var location: [ChunkID: PackID] = [:]
     private var lengths: [ChunkID: Int] = [:]
     /// Format-2 chunks' seals, from the manifest root and the trees read (this snapshot's
@@ -234,10 +235,16 @@ final class RestoreSession {
 
     /// Records the seals (and so the lengths) a tree or root gives for its chunks.
     private func learnSeals(_ ids: [ChunkID], _ list: [ChunkSeal]) {
-        for (c, s) in zip(ids, list) {
-            seals[c] = s
-            lengths[c] = Int(s.rawLength)
-        }
+        for (c, s) in zip(ids, list) { seals[c] = s }
+    }
+
+    /// A chunk's plaintext length if known: from its seal (what this snapshot's own trees
+    /// say, never the uploader's index), else from a format-1 pack's index. Why not one map
+    /// of lengths: a second entry per chunk of the snapshot, written while the trees are
+    /// read, cost time and about 10 MiB for the kernel tree.
+    private func length(_ c: ChunkID) -> Int? {
+        if let s = seals[c] { return Int(s.rawLength) }
+        return lengths[c]
     }
 
     private func learnSeals(_ tree: Tree) -> Tree {
@@ -390,10 +397,9 @@ final class RestoreSession {
         let packs = manifest.header.packs
         if let s = source as? any ChunkLocatingPackSource {
             location = try await s.chunkLocations(inPacks: packs)
-            // The trees name about as many chunks as the packs hold: sized once, the maps
-            // the plan fills are not rehashed as they grow.
+            // The trees name about as many chunks as the packs hold: sized once, the map
+            // the plan fills is not rehashed as it grows.
             seals.reserveCapacity(location.count)
-            lengths.reserveCapacity(location.count)
             return
         }
         status.packsTotal = packs.count
@@ -793,7 +799,7 @@ final class RestoreSession {
                 }
                 plan.destinations[c, default: []].append((f, k))
             }
-            if let w = placements[f].advance(lengths) { plan.waiting[w, default: []].append(f) }
+            if let w = placements[f].advance(length) { plan.waiting[w, default: []].append(f) }
         }
         return plan
     }
@@ -862,7 +868,7 @@ final class RestoreSession {
         for e in pack.entries {
             guard let ws = plan.waiting.removeValue(forKey: e.chunkID) else { continue }
             for f in ws {
-                if let w = placements[f].advance(lengths) { plan.waiting[w, default: []].append(f) }
+                if let w = placements[f].advance(length) { plan.waiting[w, default: []].append(f) }
                 touched.append(f)
             }
         }
@@ -966,7 +972,7 @@ final class RestoreSession {
         if placements[f].chunksLeft == 0 {
             // All lengths are known now: the chunks must add up to what the tree says.
             let last = placement.chunks.count - 1
-            let total = placements[f].offsets[last] + UInt64(lengths[placement.chunks[last]] ?? 0)
+            let total = placements[f].offsets[last] + UInt64(length(placement.chunks[last]) ?? 0)
             if total != placement.expected {
                 placements[f].damaged = true
                 try damage(tree.path(placement.item), CoreError(.corrupt,

@@ -238,20 +238,21 @@ public enum TreeCodec {
             for _ in 0..<count {
                 var b = ByteReader(try r.lengthPrefixed())
                 let name = try b.lengthPrefixed(limit: maxName)
-                let nodeObject = "\(object), entry \(printableName(name))"
+                // Made only for an error (most entries are sound).
+                func nodeObject() -> String { "\(object), entry \(printableName(name))" }
                 guard let type = NodeType(rawValue: try b.u8()) else {
-                    throw CoreError(.corrupt, object: nodeObject, "unknown entry type")
+                    throw CoreError(.corrupt, object: nodeObject(), "unknown entry type")
                 }
                 let mode = try b.uvarint(), uid = try b.uvarint(), gid = try b.uvarint()
                 guard mode <= 0o7777, uid <= UInt64(UInt32.max), gid <= UInt64(UInt32.max) else {
-                    throw CoreError(.corrupt, object: nodeObject, "mode, uid or gid out of range")
+                    throw CoreError(.corrupt, object: nodeObject(), "mode, uid or gid out of range")
                 }
                 let user = try b.lengthPrefixed(limit: 256), group = try b.lengthPrefixed(limit: 256)
                 var times: [Timestamp] = []
                 for _ in 0..<3 {
                     let s = try b.i64(), ns = try b.u32()
                     guard ns < 1_000_000_000 else {
-                        throw CoreError(.corrupt, object: nodeObject, "nanoseconds out of range")
+                        throw CoreError(.corrupt, object: nodeObject(), "nanoseconds out of range")
                     }
                     times.append(Timestamp(seconds: s, nanoseconds: ns))
                 }
@@ -273,10 +274,10 @@ public enum TreeCodec {
                     var list: [Extent] = []
                     for _ in 0..<nr { list.append(Extent(offset: try b.uvarint(), length: try b.uvarint())) }
                     regions = list
-                default: throw CoreError(.corrupt, object: nodeObject, "bad sparse flag")
+                default: throw CoreError(.corrupt, object: nodeObject(), "bad sparse flag")
                 }
                 let (subtree, subtreeSeals) = try chunkList(&b, version: v)
-                guard b.isAtEnd else { throw CoreError(.corrupt, object: nodeObject, "trailing bytes in entry") }
+                guard b.isAtEnd else { throw CoreError(.corrupt, object: nodeObject(), "trailing bytes in entry") }
                 var node = Node(name: name, type: type, mode: UInt32(mode), uid: UInt32(uid), gid: UInt32(gid),
                     user: user, group: group,
                                 mtime: times[0], ctime: times[1], atime: times[2], size: size, linkTarget: link,
@@ -284,7 +285,7 @@ public enum TreeCodec {
                                 xattrs: xattrs, content: content, dataRegions: regions, subtree: subtree)
                 node.contentSeals = contentSeals
                 node.subtreeSeals = subtreeSeals
-                try validate(node, after: previous, object: nodeObject)
+                try validate(node, after: previous, object: nodeObject())
                 previous = name
                 nodes.append(node)
             }
@@ -322,60 +323,62 @@ public enum TreeCodec {
         return (out, seals)
     }
 
-    /// The rules that make a tree safe to restore and canonical to encode.
-    static func validate(_ n: Node, after previous: [UInt8]?, object: String) throws(CoreError) {
-        let name = printableName(n.name)
+    /// The rules that make a tree safe to restore and canonical to encode. `object` and the
+    /// entry's printable name are made only for an error: a tree is read entry by entry,
+    /// and most are sound.
+    static func validate(_ n: Node, after previous: [UInt8]?, object: @autoclosure () -> String) throws(CoreError) {
+        var name: String { printableName(n.name) }
         // Why: a name with '/' or NUL, or "." / "..", would let a hostile snapshot write
         // outside the directory being restored.
-        guard isSafeName(n.name) else { throw CoreError(.corrupt, object: object, "unsafe entry name \(name)") }
+        guard isSafeName(n.name) else { throw CoreError(.corrupt, object: object(), "unsafe entry name \(name)") }
         if let previous, !bytesPrecede(previous, n.name) {
-            throw CoreError(.corrupt, object: object, "entries not in strictly ascending name order at \(name)")
+            throw CoreError(.corrupt, object: object(), "entries not in strictly ascending name order at \(name)")
         }
         var lastX: [UInt8]? = nil
         for x in n.xattrs {
             guard !x.name.isEmpty, !x.name.contains(0) else {
-                throw CoreError(.corrupt, object: object, "bad xattr name on \(name)")
+                throw CoreError(.corrupt, object: object(), "bad xattr name on \(name)")
             }
             if let lastX, !bytesPrecede(lastX, x.name) {
-                throw CoreError(.corrupt, object: object, "xattrs of \(name) not sorted/unique")
+                throw CoreError(.corrupt, object: object(), "xattrs of \(name) not sorted/unique")
             }
             lastX = x.name
         }
         let isFile = n.type == .file
         guard isFile || (n.content.isEmpty && n.dataRegions == nil && n.size == 0) else {
-            throw CoreError(.corrupt, object: object, "\(n.type) \(name) carries file data")
+            throw CoreError(.corrupt, object: object(), "\(n.type) \(name) carries file data")
         }
         guard n.type == .directory || n.subtree.isEmpty else {
-            throw CoreError(.corrupt, object: object, "\(n.type) \(name) carries a subtree")
+            throw CoreError(.corrupt, object: object(), "\(n.type) \(name) carries a subtree")
         }
         guard n.type == .directory ? !n.subtree.isEmpty : true else {
-            throw CoreError(.corrupt, object: object, "directory \(name) has no subtree")
+            throw CoreError(.corrupt, object: object(), "directory \(name) has no subtree")
         }
         switch n.type {
         case .symlink:
             guard !n.linkTarget.isEmpty, !n.linkTarget.contains(0) else {
-                throw CoreError(.corrupt, object: object, "symlink \(name) has a bad target")
+                throw CoreError(.corrupt, object: object(), "symlink \(name) has a bad target")
             }
         case .hardlink:
             // Why: a hard link restores as link(target) inside the restore root; a target
             // that is absolute or climbs out would link a file from elsewhere.
             guard isSafeRelativePath(n.linkTarget) else {
-                throw CoreError(.corrupt, object: object, "hard link \(name) has an unsafe target")
+                throw CoreError(.corrupt, object: object(), "hard link \(name) has an unsafe target")
             }
         default:
             guard n.linkTarget.isEmpty else {
-                throw CoreError(.corrupt, object: object, "\(n.type) \(name) carries a link target")
+                throw CoreError(.corrupt, object: object(), "\(n.type) \(name) carries a link target")
             }
         }
         guard n.type == .charDevice || n.type == .blockDevice || n.rdev == 0 else {
-            throw CoreError(.corrupt, object: object, "\(n.type) \(name) carries a device number")
+            throw CoreError(.corrupt, object: object(), "\(n.type) \(name) carries a device number")
         }
         if let regions = n.dataRegions {
             var end: UInt64 = 0
             for r in regions {
                 let (e, overflow) = r.offset.addingReportingOverflow(r.length)
                 guard r.offset >= end, r.length > 0, !overflow, e <= n.size else {
-                    throw CoreError(.corrupt, object: object,
+                    throw CoreError(.corrupt, object: object(),
                         "sparse map of \(name) is not ascending, overlapping or within the size")
                 }
                 end = e
