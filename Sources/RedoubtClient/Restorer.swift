@@ -239,9 +239,9 @@ final class RestoreSession {
     }
 
     /// A chunk's plaintext length if known: from its seal (what this snapshot's own trees
-    /// say, never the uploader's index), else from a format-1 pack's index. Why not one map
-    /// of lengths: a second entry per chunk of the snapshot, written while the trees are
-    /// read, cost time and about 10 MiB for the kernel tree.
+    /// say, never the uploader's index), else from a format-1 pack's index. Why not a map of
+    /// every chunk's length: a second entry per chunk, written as the trees are read, made
+    /// the plan slower and a kernel-tree restore peak at 171 to 181 MiB, against 168 to 170.
     private func length(_ c: ChunkID) -> Int? {
         if let s = seals[c] { return Int(s.rawLength) }
         return lengths[c]
