@@ -10,6 +10,36 @@ import Testing
 @Suite(.firstPassOnly) struct PostgresCatalogConcurrencyTests {
     static let t0 = Date(timeIntervalSince1970: 1_800_000_000)
 
+    /// A database that would answer commits before they are on disk is refused before the
+    /// catalog is used, with the setting and its fix named; one that syncs them opens.
+    @Test func aDatabaseWithoutDurableCommitsIsRefused() async throws {
+        guard let peer = try PostgresPeer.fromEnvironment() else { return }
+        // A schema that does not exist: a catalog that went on to migrate would fail there
+        // rather than create tables outside the tests' own schemas.
+        let schema = "redoubt_test_" + UUID().uuidString.replacingOccurrences(of: "-", with: "").lowercased()
+        var lax = peer.configuration(schema: schema)
+        lax.options.additionalStartupParameters.append(("synchronous_commit", "off"))
+        do {
+            let catalog = try await PostgresCatalog(configuration: lax)
+            await catalog.shutdown()
+            Issue.record("a catalog opened on synchronous_commit = off")
+        } catch let e as ServerError {
+            #expect(e.code == "E_CONFIG" && e.message.contains("synchronous_commit = off")
+                && e.message.contains("ALTER DATABASE"), "\(e)")
+        }
+        // `local` still flushes this server's WAL before answering: accepted.
+        try await peer.admin("CREATE SCHEMA \(schema)")
+        var local = peer.configuration(schema: schema)
+        local.options.additionalStartupParameters.append(("synchronous_commit", "local"))
+        do {
+            let catalog = try await PostgresCatalog(configuration: local)
+            await catalog.shutdown()
+        } catch {
+            Issue.record("a catalog on synchronous_commit = local did not open: \(error)")
+        }
+        try await peer.admin("DROP SCHEMA \(schema) CASCADE")
+    }
+
     @Test func auditAppendsFromTwoServersFormOneChain() async throws {
         guard let peer = try PostgresPeer.fromEnvironment() else { return }
         try await peer.withFreshSchema(servers: 2) { servers in

@@ -30,10 +30,27 @@ public final class PostgresCatalog: Sendable {
         self.maxAttempts = max(1, maxAttempts)
         runner = Task { await client.run() }
         do {
+            try await requireDurableCommits()
             try await migrate()
         } catch {
             runner.cancel()
             throw error
+        }
+    }
+
+    /// Refuses a database that answers commits before they are on disk. Why: what the server
+    /// has answered (a committed snapshot with its packs' lock extensions, a revocation, an
+    /// audit record) must survive a crash of the database (docs/PROTOCOL.md §7), and with
+    /// `synchronous_commit = off` PostgreSQL answers before its WAL is flushed. Checked rather
+    /// than set: `on` set here would weaken a replicated database's `remote_apply`.
+    private func requireDurableCommits() async throws {
+        let setting = try await rows("SHOW synchronous_commit").first.map { try $0.decode(String.self) }
+        guard setting != "off" else {
+            throw ServerError(500, "E_CONFIG", """
+                the catalog's database runs with synchronous_commit = off, under which a commit is answered \
+                before it is on disk: set it on (ALTER DATABASE … SET synchronous_commit = on, or in \
+                postgresql.conf) and start the server again
+                """)
         }
     }
 
