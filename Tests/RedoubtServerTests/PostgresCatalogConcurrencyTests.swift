@@ -16,7 +16,7 @@ import Testing
         guard let peer = try PostgresPeer.fromEnvironment() else { return }
         // A schema that does not exist: a catalog that went on to migrate would fail there
         // rather than create tables outside the tests' own schemas.
-        let schema = "redoubt_test_" + UUID().uuidString.replacingOccurrences(of: "-", with: "").lowercased()
+        let schema = PostgresPeer.newSchemaName()
         var lax = peer.configuration(schema: schema)
         lax.options.additionalStartupParameters.append(("synchronous_commit", "off"))
         do {

@@ -33,6 +33,11 @@ struct PostgresPeer: Sendable {
         return c
     }
 
+    /// A schema name no test has used (its schema not created).
+    static func newSchemaName() -> String {
+        "redoubt_test_" + UUID().uuidString.replacingOccurrences(of: "-", with: "").lowercased()
+    }
+
     /// Runs `body` on a catalog in a new, empty schema, then drops the schema.
     func withFreshSchema<T: Sendable>(_ body: (PostgresCatalog) async throws -> T) async throws -> T {
         try await withFreshSchema(servers: 1) { try await body($0[0]) }
@@ -42,7 +47,7 @@ struct PostgresPeer: Sendable {
     /// processes have) sharing one new schema, then drops the schema.
     func withFreshSchema<T: Sendable>(servers: Int,
                                       _ body: ([PostgresCatalog]) async throws -> T) async throws -> T {
-        let schema = "redoubt_test_" + UUID().uuidString.replacingOccurrences(of: "-", with: "").lowercased()
+        let schema = Self.newSchemaName()
         try await admin("CREATE SCHEMA \(schema)")
         var catalogs: [PostgresCatalog] = []
         func close() async { for c in catalogs { await c.shutdown() } }
@@ -79,7 +84,7 @@ struct PostgresPeer: Sendable {
 extension PostgresPeer {
     /// Catalog settings for a new, empty schema of this peer (dropped by ``dropSchema(of:)``).
     func freshCatalogSettings() async throws -> CatalogSettings {
-        let schema = "redoubt_test_" + UUID().uuidString.replacingOccurrences(of: "-", with: "").lowercased()
+        let schema = Self.newSchemaName()
         try await admin("CREATE SCHEMA \(schema)")
         return CatalogSettings(url: """
             postgres://postgres@\(host):\(port)/postgres?sslmode=disable&search_path=\(schema)
