@@ -103,6 +103,8 @@ public struct SnapshotRecord: Sendable, Equatable, Codable {
 /// its schema is CatalogSchema.swift.
 public final class Catalog: Sendable {
     let db: DatabasePool
+    /// Nil for a read-only catalog, which writes no log.
+    let checkpointer: CatalogCheckpointer?
 
     public init(path: String) throws {
         var config = Configuration()
@@ -117,10 +119,16 @@ public final class Catalog: Sendable {
         // a revocation, the last audit records. FULL syncs the WAL at every commit. Set here,
         // after the pool's own set-up, on its one writer connection (readers write nothing).
         try db.writeWithoutTransaction { try $0.execute(sql: "PRAGMA synchronous = FULL") }
+        // The log is checkpointed beside the writer (CatalogCheckpointer.swift); the writer's
+        // own checkpoint only bounds it.
+        try db.writeWithoutTransaction {
+            try $0.execute(sql: "PRAGMA wal_autocheckpoint = \(CatalogCheckpointer.ceilingPages)")
+        }
         // Why: SQLite creates the file and its -wal/-shm 0644; the catalog holds write
         // material and the audit log, readable by the service user only (doctor: data.private).
         for suffix in ["", "-wal", "-shm"] { _ = chmod(path + suffix, 0o600) }
         try Self.migrator.migrate(db)
+        checkpointer = try CatalogCheckpointer(path: path)
     }
 
     /// Opens an existing catalog read-only, without migrating it: for `doctor`, which must
@@ -131,5 +139,6 @@ public final class Catalog: Sendable {
         config.busyMode = .timeout(10)
         config.readonly = true
         db = try DatabasePool(path: path, configuration: config)
+        checkpointer = nil
     }
 }

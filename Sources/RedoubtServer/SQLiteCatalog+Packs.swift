@@ -70,6 +70,7 @@ extension Catalog {
             try db.write { db in try insert(db, chunkIDs[i..<end]) }
             i = end
         }
+        checkpointer?.written()
     }
 
     /// Chunk rows per INSERT. Every chunk of every pack is a row: one statement per row took

@@ -142,6 +142,39 @@ import Testing
         }
     }
 
+    /// A pack's chunk rows reach the database file through the checkpointer, beside the
+    /// writer: the writer's own checkpoint is only a far ceiling, yet the file alone, read
+    /// without its log, soon holds every row.
+    @Test func aPacksRowsReachTheFileWithoutTheWritersCheckpoint() async throws {
+        let (dir, path) = try Self.temporaryCopy()
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let catalog = try Catalog(path: path)
+        let ceiling = try await catalog.db.writeWithoutTransaction {
+            try Int.fetchOne($0, sql: "PRAGMA wal_autocheckpoint")
+        }
+        #expect(ceiling == CatalogCheckpointer.ceilingPages)
+        var rng = SystemRandomNumberGenerator()
+        let ids = (0..<3000).map { _ in ChunkID(bytes: (0..<32).map { _ in UInt8.random(in: 0...255, using: &rng) })! }
+        let pack = PackID(bytes: [UInt8](repeating: 0x5c, count: 32))!
+        try await catalog.insertPack(tenant: Self.tenant, id: pack.description, key: "t/\(Self.tenant)/packs/\(pack)",
+                                     size: 1, retainUntil: Date(), chunkIDs: ids, now: Date())
+        var inFile = 0
+        let deadline = ContinuousClock.now + .seconds(20)
+        repeat {
+            // A copy of the file alone: a reader there sees no log, only what was checkpointed.
+            // A copy taken mid-checkpoint may be torn; the next one is not.
+            let copy = dir.appendingPathComponent("file-only-\(UUID().uuidString).sqlite").path
+            try FileManager.default.copyItem(atPath: path, toPath: copy)
+            inFile = (try? await DatabaseQueue(path: copy).read { db in
+                try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM chunks WHERE pack_id = ?",
+                                 arguments: [pack.description])
+            } ?? 0) ?? 0
+            if inFile == ids.count { break }
+            try await Task.sleep(for: .milliseconds(50))
+        } while ContinuousClock.now < deadline
+        #expect(inFile == ids.count, "the database file holds \(inFile) of the pack's \(ids.count) chunk rows")
+    }
+
     @Test(.disabled("wrote the golden catalog once, with the migrations up to v8-quotas; kept to show how"))
     func writeGolden() throws {
         let path = "/tmp/catalog-v8.sqlite"
