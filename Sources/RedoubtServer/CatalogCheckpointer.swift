@@ -16,21 +16,26 @@ final class CatalogCheckpointer: Sendable {
     /// 16384 pages of 4 KiB, 64 MiB. One pack's commit measured at most 2305 pages.
     static let ceilingPages = 16384
 
+    private let connection: DatabaseQueue
     private let wake: AsyncStream<Void>.Continuation
 
     init(path: String) throws {
         var config = Configuration()
         config.busyMode = .timeout(10)
-        let connection = try DatabaseQueue(path: path, configuration: config)
+        connection = try DatabaseQueue(path: path, configuration: config)
         // Wakes that come while a checkpoint runs fold into one more run after it.
         let (requests, wake) = AsyncStream.makeStream(of: Void.self, bufferingPolicy: .bufferingNewest(1))
         self.wake = wake
-        Task.detached(priority: .utility) {
+        // Why weakly: the connection must close with the catalog. The last connection to
+        // close checkpoints the log into the file and removes it, so a command that opened
+        // the catalog (`server init`, an admin command) leaves the file whole, as before.
+        Task.detached(priority: .utility) { [weak self] in
             for await _ in requests {
+                guard let self else { return }
                 // A passive checkpoint copies what no reader still needs and waits for no
                 // one. One that fails leaves the pages in the log, where they are durable
                 // and read as before; the next wake, or SQLite's own ceiling, moves them.
-                _ = try? await connection.writeWithoutTransaction { try $0.checkpoint(.passive) }
+                _ = try? await self.connection.writeWithoutTransaction { try $0.checkpoint(.passive) }
             }
         }
     }

@@ -175,6 +175,27 @@ import Testing
         #expect(inFile == ids.count, "the database file holds \(inFile) of the pack's \(ids.count) chunk rows")
     }
 
+    /// The checkpointer's connection closes with the catalog, at once: the last connection
+    /// to close folds the log into the file and removes it, so a command that opened the
+    /// catalog and exits (`server init`, an admin command) leaves one whole file behind.
+    @Test func aClosedCatalogLeavesNoLogBehind() async throws {
+        let (dir, path) = try Self.temporaryCopy()
+        defer { try? FileManager.default.removeItem(at: dir) }
+        do {
+            let catalog = try Catalog(path: path)
+            try await catalog.db.write { db in
+                try db.execute(sql: "INSERT INTO settings(key, value) VALUES ('probe', 'written')")
+            }
+            #expect(FileManager.default.fileExists(atPath: path + "-wal"))
+        }
+        // No waiting: a process may exit right after it lets the catalog go.
+        #expect(!FileManager.default.fileExists(atPath: path + "-wal"), "the catalog's log outlived it")
+        let value = try await DatabaseQueue(path: path).read { db in
+            try String.fetchOne(db, sql: "SELECT value FROM settings WHERE key = 'probe'")
+        }
+        #expect(value == "written")
+    }
+
     @Test(.disabled("wrote the golden catalog once, with the migrations up to v8-quotas; kept to show how"))
     func writeGolden() throws {
         let path = "/tmp/catalog-v8.sqlite"
