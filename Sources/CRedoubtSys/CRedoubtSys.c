@@ -1,4 +1,6 @@
+#define _GNU_SOURCE
 #include "CRedoubtSys.h"
+#include <fcntl.h>
 #include <sys/ioctl.h>
 #include <linux/fs.h>
 
@@ -6,6 +8,9 @@ int redoubt_fs_get_flags(int fd, int *flags) { return ioctl(fd, FS_IOC_GETFLAGS,
 int redoubt_fs_set_flags(int fd, int flags) { return ioctl(fd, FS_IOC_SETFLAGS, &flags); }
 int redoubt_fs_immutable_fl(void) { return FS_IMMUTABLE_FL; }
 int redoubt_fs_append_fl(void) { return FS_APPEND_FL; }
+int redoubt_start_writeback(int fd, int64_t offset, int64_t count) {
+    return sync_file_range(fd, offset, count, SYNC_FILE_RANGE_WRITE);
+}
 
 #include <sys/mtio.h>
 

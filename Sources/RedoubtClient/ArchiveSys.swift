@@ -370,6 +370,13 @@ enum ArchiveSys {
         return .success(done)
     }
 
+    /// Starts writing `count` bytes at `offset` of `fd` to disk and returns without waiting:
+    /// the fsync that follows waits only for what is still in flight. Advice only; a
+    /// failure here is left for that fsync to report.
+    static func startWriteback(_ fd: Int32, at offset: UInt64, count: Int) {
+        _ = redoubt_start_writeback(fd, Int64(offset), Int64(count))
+    }
+
     static func fsyncDirectory(of path: [UInt8]) {
         var dir = path
         if let slash = dir.lastIndex(of: 0x2f) { dir.removeSubrange((slash == 0 ? 1 : slash)...) } else { dir = [0x2e] }

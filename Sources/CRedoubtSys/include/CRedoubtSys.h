@@ -3,6 +3,7 @@
 /* Thin wrappers over Linux calls that Swift cannot import (variadic ioctl), and the
    system headers Glibc's Swift module leaves out (xattrs): `import CRedoubtSys` gives
    llistxattr, lgetxattr, lsetxattr, flistxattr, fgetxattr, fsetxattr. */
+#include <stdint.h>
 #include <sys/types.h>
 #include <sys/xattr.h>
 
@@ -13,6 +14,10 @@ int redoubt_fs_set_flags(int fd, int flags);
 /* FS_IMMUTABLE_FL and FS_APPEND_FL. */
 int redoubt_fs_immutable_fl(void);
 int redoubt_fs_append_fl(void);
+/* Starts writeback of count bytes at offset without waiting for it (sync_file_range with
+   SYNC_FILE_RANGE_WRITE, which Glibc's Swift module leaves out): a later fsync then waits
+   only for what is still in flight. Returns 0 or -1 with errno set. */
+int redoubt_start_writeback(int fd, int64_t offset, int64_t count);
 /* CRC-32C register update over count bytes (start 0xFFFFFFFF, complement at the end);
    hardware-accelerated where the CPU allows. */
 #include <stdint.h>
