@@ -757,8 +757,8 @@ final class MetadataCacheWriter {
         digest.update(data: buffer.bytes)
         let e = buffer.bytes.withUnsafeBytes { ArchiveSys.pwriteAll(fd, $0, at: offset) }
         guard e == 0 else { throw .system("writing the metadata cache", object: temp, errno: e) }
-        // Why: the commit's fsync comes after the snapshot's commit, on the backup's last
-        // stretch; the file is written a megabyte at a time during the walk, and each one
+        // Why: this file's fsync comes after the snapshot's commit, on the backup's last
+        // stretch; it is written a megabyte at a time during the walk, and each megabyte
         // sent to disk now leaves that fsync only the end of the file to wait for.
         ArchiveSys.startWriteback(fd, at: offset, count: buffer.count)
         offset += UInt64(buffer.count)

@@ -20,7 +20,6 @@ int redoubt_fs_append_fl(void);
 int redoubt_start_writeback(int fd, int64_t offset, int64_t count);
 /* CRC-32C register update over count bytes (start 0xFFFFFFFF, complement at the end);
    hardware-accelerated where the CPU allows. */
-#include <stdint.h>
 #include <stddef.h>
 uint32_t redoubt_crc32c_update(uint32_t state, const void *bytes, size_t count);
 
